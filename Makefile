@@ -1,0 +1,27 @@
+# Every target creates the virtualenv it needs; nothing is installed globally.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-unit test-deb bench capacity clean venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m odin_ws.demo
+
+test: $(STAMP)
+	$(VENV)/bin/trial --jobs=2 tests
+
+test-unit: $(STAMP)
+	$(VENV)/bin/trial tests.unit
+
+clean:
+	rm -rf $(VENV) _trial_temp* build *.egg-info
