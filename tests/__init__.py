@@ -1,0 +1,1 @@
+"""odinws tests (trial). Unit tests use Twisted's fakes; integration tests start the real broker and processes."""
