@@ -1,0 +1,49 @@
+"""
+The node's /health document: whether it can serve, and each shard's state.
+Answers 503 when no shard can take a connection or the node is draining, so a
+load balancer moves new clients elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from odin_ws.config import Config
+
+
+class Health:
+    def __init__(self, config: Config, shards: Callable[[], list]):
+        self.config = config
+        self.shards = shards
+        #: Set by the node once the dispatcher exists.
+        self.dispatcher = None
+
+    def __call__(self) -> tuple[int, dict]:
+        shards = [h.as_health() for h in self.shards()]
+        alive = [s for s in shards if s["alive"]]
+        connections = sum(s["connections"] for s in alive)
+        capacity = min(sum(s["capacity"] for s in alive),
+                       self.config["limits.max_connections"])
+        draining = self.dispatcher is not None and not self.dispatcher.accepting
+        room = any(s["accepting"] and s["connections"] < s["capacity"] for s in alive)
+        if draining:
+            status = "draining"
+        elif not alive:
+            status = "unavailable"
+        elif not room or connections >= self.config["limits.max_connections"]:
+            status = "full"
+        else:
+            status = "ok"
+        kafka_ok = any((s.get("kafka") or {}).get("connected") for s in alive)
+        body = {
+            "status": status,
+            "node": self.config.node_id,
+            "accepting": status == "ok",
+            "connections": connections,
+            "capacity": capacity,
+            "shards_alive": len(alive),
+            "shards_total": len(shards),
+            "kafka_connected": kafka_ok,
+            "shards": shards,
+        }
+        return (200 if status == "ok" else 503), body

@@ -1,0 +1,141 @@
+"""
+The shard's WebSocket protocol: one Autobahn server protocol per client,
+speaking the JSON control protocol of docs/protocol.md. Events never pass
+through here: they go from the shard's L{odin_ws.writer.Fanout} straight to
+each connection's L{odin_ws.writer.Outbox}.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+
+from odin_ws import messages, metrics
+from odin_ws.writer import Outbox
+
+if TYPE_CHECKING:
+    from odin_ws.shard import Shard
+
+#: Close codes of docs/protocol.md.
+CLOSE_RESTARTING = 4000
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_POLICY = 1008
+
+
+class ClientProtocol(WebSocketServerProtocol):
+    """One WebSocket client of a shard."""
+
+    log = Logger()
+    factory: "ClientFactory"
+    outbox: Outbox | None = None
+    adopted_at: float = 0.0
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.shard.connection_made(self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.shard.connection_lost(self)
+
+    def onConnect(self, request):
+        shard = self.factory.shard
+        if request.path != shard.config["listen.ws_path"]:
+            raise ConnectionDeny(404, "Not Found")
+        if not shard.accepting:
+            raise ConnectionDeny(503, "Service Unavailable")
+        return None
+
+    def onOpen(self):
+        shard = self.factory.shard
+        config = shard.config
+        self.outbox = Outbox(self, shard.fanout, shard.policy_for,
+                             config["outbound.max_buffer_bytes"],
+                             config["outbound.disconnect_grace"], self._slow_consumer)
+        metrics.CONNECTIONS_OPENED.inc()
+        if self.adopted_at:
+            metrics.HANDSHAKE_SECONDS.observe(time.monotonic() - self.adopted_at)
+
+    def onMessage(self, payload: bytes, isBinary: bool):
+        if isBinary:
+            self._error(messages.BINARY_NOT_SUPPORTED,
+                        "binary frames are not supported; send JSON text", None)
+            return
+        shard = self.factory.shard
+        config = shard.config
+        try:
+            msg = messages.parse_client_message(
+                payload, config["limits.max_channels_per_message"],
+                config["limits.max_channel_length"])
+        except messages.ClientError as e:
+            self._error(e.code, e.message, e.id)
+            return
+        if isinstance(msg, messages.Subscribe):
+            self._subscribe(msg)
+        elif isinstance(msg, messages.Unsubscribe):
+            index = shard.index
+            for _, token, etype in msg.channels:
+                index.remove(self.outbox, token, etype)
+            shard.subscriptions_changed()
+            self.sendMessage(messages.ack("unsubscribed", [c[0] for c in msg.channels], msg.id))
+        elif isinstance(msg, messages.Ping):
+            self.sendMessage(messages.pong(msg.id))
+        else:
+            self._error(messages.UNKNOWN_TYPE, f"{type(msg).__name__.lower()} is not "
+                        "available on this server", getattr(msg, "id", None))
+
+    def _subscribe(self, msg: "messages.Subscribe") -> None:
+        shard = self.factory.shard
+        index = shard.index
+        limit = shard.config["limits.max_subscriptions"]
+        held = index.count(self.outbox)
+        new = [c for c in msg.channels if (c[1], c[2]) not in index.patterns_of(self.outbox)]
+        if held + len(new) > limit:
+            self._error(messages.TOO_MANY_SUBSCRIPTIONS,
+                        f"a connection may hold at most {limit} subscriptions", msg.id)
+            return
+        for _, token, etype in new:
+            index.add(self.outbox, token, etype)
+        shard.subscriptions_changed()
+        self.sendMessage(messages.ack("subscribed", [c[0] for c in msg.channels], msg.id))
+
+    def _error(self, code: str, message: str, id) -> None:
+        metrics.CLIENT_ERRORS.labels(code=code).inc()
+        self.sendMessage(messages.error(code, message, id))
+
+    def _slow_consumer(self) -> None:
+        self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer exceeded")
+
+    def onClose(self, wasClean, code, reason):
+        outbox = self.outbox
+        if outbox is None:
+            return
+        self.outbox = None
+        shard = self.factory.shard
+        shard.index.remove_all(outbox)
+        outbox.close()
+        shard.subscriptions_changed()
+        reason_label = "slow_consumer" if code == CLOSE_SLOW_CONSUMER else (
+            "clean" if wasClean else "dropped")
+        metrics.CONNECTIONS_CLOSED.labels(reason=reason_label, code=str(code)).inc()
+
+
+class ClientFactory(WebSocketServerFactory):
+    protocol = ClientProtocol
+
+    def __init__(self, shard: "Shard"):
+        super().__init__()
+        self.shard = shard
+        config = shard.config
+        self.setProtocolOptions(
+            maxFramePayloadSize=config["limits.max_message_bytes"],
+            maxMessagePayloadSize=config["limits.max_message_bytes"],
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+            tcpNoDelay=True,
+            perMessageCompressionAccept=lambda offers: None,
+        )

@@ -1,0 +1,191 @@
+"""
+Integration-test helpers: run the real C{twistd -n odinws} process against
+the test broker, and talk to it with real clients from another library
+(C{websockets}, not Autobahn). Everything waits by polling with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import yaml
+
+from odin_ws.tap import twistd_argv
+from websockets.sync.client import connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll C{predicate} until it returns something truthy; fail after C{timeout}."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last_error = e
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+class Node:
+    """A real odinws parent process (and its shards) on a free loopback port."""
+
+    def __init__(self, workdir: str, brokers: str, shards: int = 1, settings: dict | None = None,
+                 extra_args: list[str] | None = None, env: dict | None = None):
+        self.port = free_port()
+        self.workdir = workdir
+        config = {
+            "node_id": f"test{self.port}",
+            "shards": shards,
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1"},
+            "kafka": {"brokers": brokers},
+            "supervisor": {"stats_interval": 0.2, "restart_min_delay": 0.2},
+        }
+        for key, value in (settings or {}).items():
+            section, _, name = key.rpartition(".")
+            (config.setdefault(section, {}) if section else config)[name] = value
+        fd, self.config_path = tempfile.mkstemp(suffix=".yaml", dir=workdir)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(config, f)
+        self.log_path = os.path.join(workdir, f"odinws-{self.port}.log")
+        self.args = extra_args or []
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True) -> "Node":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(self.env or {})
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            twistd_argv("--nodaemon", "--pidfile=", "odinws", "--config",
+                        self.config_path, *self.args),
+            cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def health(self) -> tuple[int, dict]:
+        status, _, body = http_get(self.port, "/health")
+        return status, json.loads(body)
+
+    def wait_ready(self, timeout: float = 60.0, assigned: bool = True) -> dict:
+        """Wait until every shard is alive and (optionally) Kafka has assigned partitions."""
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"odinws exited with {self.proc.returncode}: {self.tail()}")
+            status, body = self.health()
+            if status != 200 or body["shards_alive"] != body["shards_total"]:
+                return None
+            if assigned:
+                got = sum(len((s.get("kafka") or {}).get("assigned") or []) for s in body["shards"])
+                if got == 0:
+                    return None
+            return body
+        return wait_for(ready, timeout, 0.2, "odinws ready")
+
+    def tail(self, n: int = 4000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def shard_pids(self) -> list[int]:
+        return [s["pid"] for s in self.health()[1]["shards"] if s["alive"]]
+
+    def url(self, path: str = "/ws") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the parent; wait for it; kill it (by pid) only if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("odinws did not stop within %ss: %s" % (timeout, self.tail()))
+        finally:
+            self.log.close()
+
+
+class Client:
+    """A WebSocket client (the C{websockets} library) with JSON helpers."""
+
+    def __init__(self, url: str, **kw):
+        self.ws = connect(url, open_timeout=10, max_size=None, **kw)
+        self.events: list[dict] = []
+
+    def send(self, obj) -> None:
+        self.ws.send(json.dumps(obj))
+
+    def recv(self, timeout: float = 10.0) -> dict:
+        return json.loads(self.ws.recv(timeout))
+
+    def request(self, obj, timeout: float = 10.0) -> dict:
+        """Send a message and return the first non-event reply (events are kept)."""
+        self.send(obj)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if msg.get("type") == "event":
+                self.events.append(msg)
+            else:
+                return msg
+
+    def subscribe(self, *channels: str) -> dict:
+        reply = self.request({"type": "subscribe", "channels": list(channels), "id": "s"})
+        assert reply["type"] == "subscribed", reply
+        return reply
+
+    def collect(self, count: int, timeout: float = 20.0) -> list[dict]:
+        """Receive until C{count} events have arrived in total."""
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"got {len(self.events)} of {count} events")
+            try:
+                msg = self.recv(remaining)
+            except TimeoutError:
+                continue
+            if msg.get("type") == "event":
+                self.events.append(msg)
+        return self.events
+
+    def close(self) -> None:
+        self.ws.close()
