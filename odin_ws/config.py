@@ -58,6 +58,8 @@ SECTIONS = {
     "outbound": "Outbound buffering per connection and the slow-client policy.",
     "hub": "Relay of events between shards through the parent.",
     "supervisor": "Shard processes: restart backoff and shutdown.",
+    "guard": "Resource guard: refuse new connections near the CPU/memory budget "
+             "(cgroup limits, else the host).",
     "log": "Logging.",
     "demo": "The demo page (off by default).",
 }
@@ -146,6 +148,12 @@ SCHEMA: tuple[Option, ...] = (
          minimum=0),
     _opt("supervisor.stats_interval", float, 1.0, "Seconds between shard stat reports.",
          minimum=0.05),
+    _opt("guard.cpu_threshold", float, 0.9, "Refuse new connections while the node "
+         "uses more than this fraction of its CPU budget (0 = never).", minimum=0, live=True),
+    _opt("guard.memory_threshold", float, 0.85, "Refuse new connections while the node "
+         "uses more than this fraction of its memory budget (0 = never).", minimum=0,
+         live=True),
+    _opt("guard.interval", float, 1.0, "Seconds between resource samples.", minimum=0.1),
     _opt("log.format", str, "text", "text or json (one JSON object per line).",
          choices=("text", "json"), flag="log-format"),
     _opt("log.level", str, "info", "Lowest level logged.",

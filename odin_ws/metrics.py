@@ -75,6 +75,12 @@ REJECTED = Counter("odinws_rejected_connections", "Connections refused before th
 HANDOFF_SECONDS = Histogram("odinws_handoff_seconds", "Handoff round trip to a shard, seconds.",
                             buckets=(.0002, .0005, .001, .0025, .005, .01, .025, .1, 1),
                             registry=REGISTRY)
+GUARD_CPU = Gauge("odinws_guard_cpu_fraction", "Node CPU use as a fraction of its budget.",
+                  registry=REGISTRY)
+GUARD_MEMORY = Gauge("odinws_guard_memory_fraction", "Node memory use as a fraction of its "
+                     "budget.", registry=REGISTRY)
+GUARD_ACCEPTING = Gauge("odinws_guard_accepting", "1 while the resource guard lets new "
+                        "connections in.", registry=REGISTRY)
 SHARD_RESTARTS = Counter("odinws_shard_restarts", "Shard processes restarted.", ["shard"],
                          registry=REGISTRY)
 
