@@ -55,6 +55,7 @@ SECTIONS = {
     "listen": "The public listener (dispatcher in the parent process).",
     "kafka": "Kafka ingestion (confluent-kafka). One consumer group per node.",
     "limits": "Per-node, per-shard and per-client limits.",
+    "keepalive": "Keepalive: server pings and idle connections.",
     "outbound": "Outbound buffering per connection and the slow-client policy.",
     "hub": "Relay of events between shards through the parent.",
     "supervisor": "Shard processes: restart backoff and shutdown.",
@@ -120,6 +121,22 @@ SCHEMA: tuple[Option, ...] = (
          live=True),
     _opt("limits.max_message_bytes", int, 16384, "Largest client message (bytes); "
          "larger closes with 1009.", minimum=256),
+    _opt("limits.message_rate", float, 10.0, "Client messages per second allowed "
+         "(token bucket); beyond it the client gets a rate_limited error.", minimum=0.1,
+         live=True),
+    _opt("limits.message_burst", int, 50, "Client messages allowed in a burst.", minimum=1,
+         live=True),
+    _opt("limits.rate_strikes", int, 20, "rate_limited errors a connection may collect "
+         "(a strike is forgiven per second of good behaviour) before it is closed with 1008.",
+         minimum=1, live=True),
+    _opt("limits.handshake_timeout", float, 10.0, "Seconds a handed-over connection has "
+         "to complete the WebSocket handshake.", minimum=0.5),
+    _opt("keepalive.ping_interval", float, 30.0, "Seconds between server pings "
+         "(0 = no pings).", minimum=0),
+    _opt("keepalive.ping_timeout", float, 10.0, "Seconds a client has to answer a ping "
+         "before it is dropped.", minimum=0.5),
+    _opt("keepalive.idle_timeout", float, 60.0, "Seconds a connection may stay open "
+         "without any subscription before it is closed with 1000 (0 = never).", minimum=0),
     _opt("outbound.max_buffer_bytes", int, 262144, "Outbound bytes a connection may "
          "have waiting (kernel-refused plus queued); past it the slow-client "
          "policy applies.", minimum=1024, live=True),

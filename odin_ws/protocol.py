@@ -15,6 +15,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
 from odin_ws import messages, metrics
+from odin_ws.ratelimit import TokenBucket
 from odin_ws.writer import Outbox
 
 if TYPE_CHECKING:
@@ -33,6 +34,11 @@ class ClientProtocol(WebSocketServerProtocol):
     factory: "ClientFactory"
     outbox: Outbox | None = None
     adopted_at: float = 0.0
+    bucket: TokenBucket | None = None
+    strikes: float = 0.0
+    strike_stamp: float = 0.0
+    ever_subscribed = False
+    _idle_call = None
 
     def connectionMade(self):
         super().connectionMade()
@@ -59,8 +65,37 @@ class ClientProtocol(WebSocketServerProtocol):
         metrics.CONNECTIONS_OPENED.inc()
         if self.adopted_at:
             metrics.HANDSHAKE_SECONDS.observe(time.monotonic() - self.adopted_at)
+        clock = shard.reactor
+        self.bucket = TokenBucket(config["limits.message_rate"], config["limits.message_burst"],
+                                  clock.seconds)
+        if config["keepalive.idle_timeout"] > 0:
+            self._idle_call = clock.callLater(config["keepalive.idle_timeout"], self._idle)
+
+    def _idle(self) -> None:
+        self._idle_call = None
+        if not self.ever_subscribed:
+            self.sendClose(1000, "idle: no subscription")
+
+    def _rate_ok(self) -> bool:
+        """Spend a token; on refusal count a strike, and close if strikes pile up."""
+        if self.bucket.take():
+            return True
+        config = self.factory.shard.config
+        now = self.bucket.now()
+        # Strikes decay at one per second of good behaviour.
+        self.strikes = max(0.0, self.strikes - (now - self.strike_stamp)) + 1
+        self.strike_stamp = now
+        if self.strikes > config["limits.rate_strikes"]:
+            metrics.CLIENT_ERRORS.labels(code="rate_limit_close").inc()
+            self.sendClose(CLOSE_POLICY, "rate limit exceeded")
+        else:
+            self._error(messages.RATE_LIMITED, f"more than {config['limits.message_rate']:g} "
+                        "messages per second; slow down", None)
+        return False
 
     def onMessage(self, payload: bytes, isBinary: bool):
+        if self.state != self.STATE_OPEN or not self._rate_ok():
+            return
         if isBinary:
             self._error(messages.BINARY_NOT_SUPPORTED,
                         "binary frames are not supported; send JSON text", None)
@@ -100,6 +135,7 @@ class ClientProtocol(WebSocketServerProtocol):
             return
         for _, token, etype in new:
             index.add(self.outbox, token, etype)
+        self.ever_subscribed = True
         shard.subscriptions_changed()
         self.sendMessage(messages.ack("subscribed", [c[0] for c in msg.channels], msg.id))
 
@@ -111,6 +147,9 @@ class ClientProtocol(WebSocketServerProtocol):
         self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer exceeded")
 
     def onClose(self, wasClean, code, reason):
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
         outbox = self.outbox
         if outbox is None:
             return
@@ -134,8 +173,10 @@ class ClientFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=config["limits.max_message_bytes"],
             maxMessagePayloadSize=config["limits.max_message_bytes"],
-            openHandshakeTimeout=10,
+            openHandshakeTimeout=config["limits.handshake_timeout"],
             closeHandshakeTimeout=2,
+            autoPingInterval=config["keepalive.ping_interval"],
+            autoPingTimeout=config["keepalive.ping_timeout"],
             tcpNoDelay=True,
             perMessageCompressionAccept=lambda offers: None,
         )
