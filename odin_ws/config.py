@@ -175,6 +175,10 @@ SCHEMA: tuple[Option, ...] = (
          choices=("text", "json"), flag="log-format"),
     _opt("log.level", str, "info", "Lowest level logged.",
          choices=("debug", "info", "warn", "error")),
+    _opt("log.audit_file", str, "", "Also write the audit stream (rejections, rate-limit "
+         "closes, shard restarts, reloads) as JSON lines to this file; empty = main log only."),
+    _opt("log.max_lines_per_second", int, 50, "Lines with the same message allowed per "
+         "second; the rest are counted and summarised.", minimum=1),
     _opt("demo.enabled", bool, False, "Serve the demo page at / on the public port."),
 )
 

@@ -81,6 +81,28 @@ def shard_argv(index: int) -> list[str]:
                        "--index", str(index))
 
 
+def install_logging(svc: service.IService, cfg: configmod.Config, parent) -> None:
+    """
+    Give twistd's Application our log observer (format, level, audit file,
+    flood guard): twistd asks the application for an ILogObserver component
+    before it starts logging.
+    """
+    from twisted.logger import ILogObserver
+
+    from odin_ws.logs import make_observer
+    if not hasattr(parent, "setComponent"):
+        return
+    audit_out = None
+    if cfg["log.audit_file"]:
+        try:
+            audit_out = open(cfg["log.audit_file"], "a", encoding="utf-8")
+        except OSError as e:
+            _fail(f"configuration error: log.audit_file: {e.strerror}")
+    parent.setComponent(ILogObserver, make_observer(
+        cfg["log.format"], cfg["log.level"], audit_out=audit_out,
+        per_second=cfg["log.max_lines_per_second"]))
+
+
 class Node(service.MultiService):
     """
     The parent process. Stops in the order an operator wants: stop
@@ -95,6 +117,10 @@ class Node(service.MultiService):
         self.listener = listener
         supervisor.setServiceParent(self)
         listener.setServiceParent(self)
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        install_logging(self, self.dispatcher.config, parent)
 
     @defer.inlineCallbacks
     def stopService(self):
