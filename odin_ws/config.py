@@ -59,6 +59,7 @@ SECTIONS = {
     "outbound": "Outbound buffering per connection and the slow-client policy.",
     "hub": "Relay of events between shards through the parent.",
     "supervisor": "Shard processes: restart backoff and shutdown.",
+    "auth": "Authentication: JWT connection tokens with channel claims (docs/security.md).",
     "guard": "Resource guard: refuse new connections near the CPU/memory budget "
              "(cgroup limits, else the host).",
     "log": "Logging.",
@@ -165,6 +166,25 @@ SCHEMA: tuple[Option, ...] = (
          minimum=0),
     _opt("supervisor.stats_interval", float, 1.0, "Seconds between shard stat reports.",
          minimum=0.05),
+    _opt("auth.mode", str, "none", "none, or jwt: every client needs a valid token.",
+         choices=("none", "jwt")),
+    _opt("auth.token_sources", list, ["subprotocol", "header", "query"], "Where a token "
+         "may be: subprotocol (Sec-WebSocket-Protocol: odinws, bearer.<JWT>), header "
+         "(Authorization: Bearer), query (?token=)."),
+    _opt("auth.secret", str, "", "HS256 shared secret (prefer auth.secret_file).",
+         live=True),
+    _opt("auth.secret_file", str, "", "File holding the HS256 shared secret.", live=True),
+    _opt("auth.public_key_file", str, "", "PEM public key for RS256/ES256 tokens.", live=True),
+    _opt("auth.jwks_file", str, "", "JWKS file (keys chosen by kid); re-read on SIGHUP.",
+         live=True),
+    _opt("auth.audience", str, "", "Required aud claim (empty = not checked).", live=True),
+    _opt("auth.issuer", str, "", "Required iss claim (empty = not checked).", live=True),
+    _opt("auth.leeway", float, 30.0, "Clock skew allowed for exp/nbf, seconds.", minimum=0,
+         live=True),
+    _opt("auth.channels_claim", str, "channels", "Claim listing the channel patterns a "
+         "client may subscribe to.", live=True),
+    _opt("auth.max_token_bytes", int, 8192, "Longer tokens are refused unparsed.",
+         minimum=256, live=True),
     _opt("guard.cpu_threshold", float, 0.9, "Refuse new connections while the node "
          "uses more than this fraction of its CPU budget (0 = never).", minimum=0, live=True),
     _opt("guard.memory_threshold", float, 0.85, "Refuse new connections while the node "
@@ -258,6 +278,8 @@ def _check(opt: Option, value: Any) -> Any:
         raise ConfigError(f"{where}: must be one of {', '.join(opt.choices)}, got {value!r}")
     if opt.kind is dict:
         _check_mapping(opt, value)
+    if opt.kind is list:
+        _check_list(opt, value)
     return value
 
 
@@ -285,6 +307,17 @@ def _check_mapping(opt: Option, value: dict) -> None:
         elif opt.key == "kafka.consumer_config":
             if not isinstance(v, (str, int, float, bool)):
                 raise ConfigError(f"{opt.key}.{k}: expected a scalar, got {_kind(v)}")
+
+
+_LIST_CHOICES = {"auth.token_sources": ("subprotocol", "header", "query")}
+
+
+def _check_list(opt: Option, value: list) -> None:
+    allowed = _LIST_CHOICES.get(opt.key)
+    for item in value:
+        if not isinstance(item, str) or (allowed and item not in allowed):
+            raise ConfigError(f"{opt.key}: items must be among {', '.join(allowed or ())}, "
+                              f"got {item!r}")
 
 
 def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
