@@ -21,7 +21,7 @@ class BigBytes(amp.Argument):
     """
 
     def toBox(self, name, strings, objects, proto):
-        value = objects[name]
+        value = objects[str(name, "ascii")]  # objects are keyed by native str
         if not isinstance(value, bytes):
             raise TypeError(f"{name!r} must be bytes, got {type(value).__name__}")
         chunks = [value[i:i + CHUNK] for i in range(0, len(value), CHUNK)] or [b""]
