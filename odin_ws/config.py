@@ -59,6 +59,7 @@ SECTIONS = {
     "outbound": "Outbound buffering per connection and the slow-client policy.",
     "hub": "Relay of events between shards through the parent.",
     "supervisor": "Shard processes: restart backoff and shutdown.",
+    "tls": "TLS (wss://) terminated in the shards; empty certificate = plain ws://.",
     "auth": "Authentication: JWT connection tokens with channel claims (docs/security.md).",
     "guard": "Resource guard: refuse new connections near the CPU/memory budget "
              "(cgroup limits, else the host).",
@@ -77,6 +78,8 @@ SCHEMA: tuple[Option, ...] = (
     _opt("listen.port", str, "tcp:3005", "Twisted endpoint string of the public "
          "listener, e.g. tcp:3005:interface=0.0.0.0 or systemd:domain=INET:index=0.",
          flag="port"),
+    _opt("listen.admin_port", str, "", "Optional plain listener for /health and /metrics "
+         "only, e.g. tcp:3006:interface=127.0.0.1 (useful with TLS on the public port)."),
     _opt("listen.ws_path", str, "/ws", "Path of the WebSocket endpoint."),
     _opt("listen.max_head_bytes", int, 8192, "Largest HTTP request head accepted "
          "(bytes); larger gets 431.", minimum=512),
@@ -166,6 +169,10 @@ SCHEMA: tuple[Option, ...] = (
          minimum=0),
     _opt("supervisor.stats_interval", float, 1.0, "Seconds between shard stat reports.",
          minimum=0.05),
+    _opt("tls.certificate", str, "", "PEM certificate chain (leaf first); re-read on SIGHUP.",
+         live=True),
+    _opt("tls.private_key", str, "", "PEM private key (empty = in the certificate file).",
+         live=True),
     _opt("auth.mode", str, "none", "none, or jwt: every client needs a valid token.",
          choices=("none", "jwt")),
     _opt("auth.token_sources", list, ["subprotocol", "header", "query"], "Where a token "
