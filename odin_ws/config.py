@@ -88,6 +88,8 @@ SCHEMA: tuple[Option, ...] = (
     _opt("listen.handoff_timeout", float, 5.0, "Seconds to wait for a shard to "
          "adopt a handed-over connection before closing it.", minimum=0.1),
     _opt("listen.retry_after", int, 5, "Retry-After seconds sent with 503.", minimum=0),
+    _opt("listen.metrics_timeout", float, 2.0, "Seconds /metrics waits for each shard's "
+         "metrics; a shard that does not answer in time is left out.", minimum=0.1),
     _opt("kafka.brokers", str, "127.0.0.1:9092", "Bootstrap brokers, host:port[,host:port...].",
          flag="kafka-brokers"),
     _opt("kafka.group", str, "odinws", "Consumer group prefix (the node id is appended)."),
