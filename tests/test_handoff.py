@@ -66,7 +66,7 @@ class Echo(Collector):
             self.transport.write(data)
 
 
-class _Built(protocol.Factory):
+class BuiltFactory(protocol.Factory):
     """A factory that remembers every protocol it built."""
 
     def __init__(self, cls):
@@ -83,7 +83,7 @@ class RealSocketMixin:
     @defer.inlineCallbacks
     def connected_pair(self, interface: str, server_factory=None):
         """A listening port, a connected client and the server-side protocol."""
-        server_factory = server_factory or _Built(Collector)
+        server_factory = server_factory or BuiltFactory(Collector)
         port = reactor.listenTCP(0, server_factory, interface=interface)
         self.addCleanup(port.stopListening)
         client = Collector()
@@ -94,6 +94,24 @@ class RealSocketMixin:
         server = server_factory.built[0]
         yield server.made
         return server, client
+
+    def control_channel(self) -> tuple["ParentSide", "ShardSide"]:
+        """A real AMP pair on a Unix socketpair, as parent and shard have; closed at cleanup."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_factory, shard_factory = BuiltFactory(ParentSide), BuiltFactory(ShardSide)
+        reactor.adoptStreamConnection(a.fileno(), socket.AF_UNIX, parent_factory)
+        reactor.adoptStreamConnection(b.fileno(), socket.AF_UNIX, shard_factory)
+        # The reactor holds duplicates; these copies are not needed.
+        a.close()
+        b.close()
+        parent, shard = parent_factory.built[0], shard_factory.built[0]
+
+        def close():
+            parent.transport.loseConnection()
+            return defer.gatherResults([parent.lost, shard.lost])
+
+        self.addCleanup(close)
+        return parent, shard
 
     @defer.inlineCallbacks
     def finish_session(self, client: Collector, echo: Echo):
@@ -263,25 +281,12 @@ class Dispatching(Collector):
 
 
 class AmpHandoffTests(RealSocketMixin, unittest.TestCase):
-    @defer.inlineCallbacks
     def setUp(self):
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        parent_factory, shard_factory = _Built(ParentSide), _Built(ShardSide)
-        reactor.adoptStreamConnection(a.fileno(), socket.AF_UNIX, parent_factory)
-        reactor.adoptStreamConnection(b.fileno(), socket.AF_UNIX, shard_factory)
-        a.close()
-        b.close()
-        self.parent, self.shard = parent_factory.built[0], shard_factory.built[0]
-        yield None
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        self.parent.transport.loseConnection()
-        yield defer.gatherResults([self.parent.lost, self.shard.lost])
+        self.parent, self.shard = self.control_channel()
 
     @defer.inlineCallbacks
     def handed_over(self):
-        factory = _Built(Dispatching)
+        factory = BuiltFactory(Dispatching)
         factory.buildProtocol = self._with_channel(factory.buildProtocol)
         dispatching, client = yield self.connected_pair("127.0.0.1", factory)
         head = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"
