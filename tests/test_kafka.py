@@ -1,0 +1,316 @@
+"""
+Integration tests for L{odin_ws.kafka} against the real broker (Tansu, see
+L{tests.broker}) with the real reactor.
+
+Consumer settings are the small ones Tansu needs for quick group joins
+(session 2 s: a join takes about 1 s), and fast statistics and auto-commit
+so status and commits show up within a poll or two.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from odin_ws import metrics
+from odin_ws.config import Config, validate
+from odin_ws.kafka import KafkaIngest
+from odin_ws.records import RecordMapper
+from tests.broker import TansuBroker, free_port, shared_broker
+
+TIMEOUT = 30.0
+
+
+def wait_until(condition, what: str, timeout: float = TIMEOUT) -> Deferred:
+    """Fire once C{condition()} is true; fail after C{timeout} seconds."""
+    deadline = reactor.seconds() + timeout
+    d: Deferred = Deferred()
+
+    def check() -> None:
+        if condition():
+            d.callback(None)
+        elif reactor.seconds() > deadline:
+            d.errback(AssertionError(f"timed out waiting for {what}"))
+        else:
+            reactor.callLater(0.05, check)
+
+    check()
+    return d
+
+
+def make_config(bootstrap: str, topic: str, group: str, **overrides) -> Config:
+    values = {
+        "node_id": group, "kafka.group": "test", "kafka.brokers": bootstrap,
+        "kafka.topics": {topic: "trade"}, "kafka.start_offset": "earliest",
+        "kafka.session_timeout_ms": 2000, "kafka.max_poll_interval_ms": 4000,
+        "kafka.retry_backoff_max": 0.5,
+        "kafka.consumer_config": {"statistics.interval.ms": 500,
+                                  "auto.commit.interval.ms": 200,
+                                  # Tansu forgets topics when restarted; see
+                                  # them again without waiting 5 minutes.
+                                  "topic.metadata.refresh.interval.ms": 500},
+    }
+    values.update(overrides)
+    return Config(validate(values))
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Collector:
+    """An on_batch that records batches and can hold them (Deferreds not fired)."""
+
+    def __init__(self, hold: bool = False):
+        self.batches: list[list] = []
+        self.held: list[Deferred] = []
+        self.hold = hold
+
+    def __call__(self, events):
+        assert threading.current_thread() is threading.main_thread()
+        self.batches.append(events)
+        if self.hold:
+            d: Deferred = Deferred()
+            self.held.append(d)
+            return d
+        return None
+
+    @property
+    def events(self) -> list:
+        return [e for batch in self.batches for e in batch]
+
+
+class KafkaIngestTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.broker = shared_broker()
+        self.topic = unique("trades")
+        self.group = unique("node")
+        self.broker.create_topics([self.topic], partitions=2)
+        self.logged: list[dict] = []
+        observer = self.logged.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def start(self, on_batch, bootstrap: str | None = None, **overrides) -> KafkaIngest:
+        config = make_config(bootstrap or self.broker.bootstrap, self.topic, self.group,
+                             **overrides)
+        mapper = RecordMapper(config["kafka.topics"], config["kafka.token_field"],
+                              config["kafka.event_type_field"], config["kafka.max_record_bytes"])
+        ingest = KafkaIngest(reactor, config, mapper, on_batch)
+        ingest.startService()
+        self.addCleanup(lambda: ingest.stopService() if ingest.running else None)
+        return ingest
+
+    def assigned(self, ingest: KafkaIngest, n: int = 2) -> Deferred:
+        return wait_until(lambda: len(ingest.status()["assigned"]) == n, f"{n} partitions")
+
+    def kafka_lines(self) -> list[dict]:
+        return [e for e in self.logged if e.get("log_namespace") == "odin_ws.kafka"]
+
+    @inlineCallbacks
+    def stop(self, ingest: KafkaIngest):
+        thread = ingest._thread
+        yield ingest.stopService()
+        self.assertFalse(thread.is_alive())
+        self.assertEqual(ingest.status()["state"], "stopped")
+
+    @inlineCallbacks
+    def test_eventsInOrder(self):
+        """
+        Records produced to both partitions arrive as the exact events, in
+        order per partition, batched in the reactor thread; the assignment
+        and a running, connected status are reported; rejected records are
+        counted by reason and every record by topic; stopping joins the
+        consumer thread.
+        """
+        collector = Collector()
+        ingest = self.start(collector)
+        yield self.assigned(ingest)
+        self.assertEqual(sorted(ingest.status()["assigned"]),
+                         [f"{self.topic}[0]", f"{self.topic}[1]"])
+        invalid = sample("odinws_kafka_rejected_total", reason="invalid_json")
+        no_token = sample("odinws_kafka_rejected_total", reason="no_token")
+        for i in range(20):
+            partition = i % 2
+            self.broker.produce(self.topic, b"T%d" % partition, b'{"n": %d}' % i,
+                                timestamp_ms=1700000000000 + i, partition=partition)
+        self.broker.produce(self.topic, b"T0", b'"not json', partition=0)
+        self.broker.produce(self.topic, None, b"{}", partition=1)
+        self.broker.produce(self.topic, b"T0", b'{"n": "last"}', partition=0)
+        self.broker.flush()
+        yield wait_until(lambda: len(collector.events) == 21, "21 events")
+
+        for partition in (0, 1):
+            got = [e for e in collector.events if e.partition == partition]
+            numbers = list(range(partition, 20, 2))
+            expected = [b'{"type":"event","channel":"odin.token.T%d.trade","data":{"n": %d},'
+                        b'"ts":%d}' % (partition, n, 1700000000000 + n) for n in numbers]
+            if partition == 0:
+                expected.append(b'{"type":"event","channel":"odin.token.T0.trade",'
+                                b'"data":{"n": "last"},"ts":%d}' % got[-1].ts)
+            self.assertEqual([e.envelope for e in got], expected)
+            offsets = [e.offset for e in got]
+            self.assertEqual(offsets, sorted(offsets))
+            self.assertEqual({e.topic for e in got}, {self.topic})
+        self.assertEqual(sample("odinws_kafka_rejected_total", reason="invalid_json"), invalid + 1)
+        self.assertEqual(sample("odinws_kafka_rejected_total", reason="no_token"), no_token + 1)
+        self.assertEqual(sample("odinws_kafka_records_total", topic=self.topic), 23)
+        status = ingest.status()
+        self.assertEqual((status["state"], status["connected"]), ("running", True))
+        yield self.stop(ingest)
+        self.assertEqual(ingest.status()["assigned"], [])
+
+    def committed(self) -> Deferred:
+        """The group's committed offsets of partitions 0 and 1 (-1001: none)."""
+        def fetch():
+            c = Consumer({"bootstrap.servers": self.broker.bootstrap,
+                          "group.id": f"test-{self.group}"})
+            try:
+                tps = c.committed([TopicPartition(self.topic, p) for p in (0, 1)], timeout=10)
+                return [tp.offset for tp in tps]
+            finally:
+                c.close()
+        return deferToThread(fetch)
+
+    @inlineCallbacks
+    def test_offsetsAfterBatchTaken(self):
+        """
+        Offsets are committed only for batches whose on_batch Deferred has
+        fired: stopped while holding them, the group commits nothing and a
+        new consumer re-reads the records; once taken they are committed on
+        stop and the next consumer starts after them.
+        """
+        for i in range(3):
+            self.broker.produce(self.topic, b"A", b"%d" % i, partition=0)
+        self.broker.flush()
+        held = Collector(hold=True)
+        first = self.start(held)
+        yield wait_until(lambda: len(held.events) == 3, "3 held events")
+        yield self.stop(first)
+        self.assertEqual((yield self.committed()), [-1001, -1001])
+
+        taken = Collector()
+        second = self.start(taken)
+        yield wait_until(lambda: len(taken.events) == 3, "3 re-read events")
+        self.assertEqual([e.offset for e in taken.events], [0, 1, 2])
+        yield self.stop(second)
+        self.assertEqual((yield self.committed())[0], 3)
+
+        self.broker.produce(self.topic, b"A", b"3", partition=0)
+        self.broker.flush()
+        third_batches = Collector()
+        third = self.start(third_batches)
+        yield wait_until(lambda: third_batches.events, "the new event")
+        self.assertEqual([e.offset for e in third_batches.events], [3])
+        yield self.stop(third)
+
+    @inlineCallbacks
+    def test_backpressure(self):
+        """
+        With max_pending batches held in the reactor, no further batch is
+        handed over: the records wait in Kafka (the status shows the lag)
+        and arrive, all of them, once the held batch is taken.
+        """
+        collector = Collector(hold=True)
+        config = make_config(self.broker.bootstrap, self.topic, self.group)
+        mapper = RecordMapper(config["kafka.topics"], "", "", 1 << 20)
+        ingest = KafkaIngest(reactor, config, mapper, collector, max_pending=1)
+        ingest.startService()
+        self.addCleanup(lambda: ingest.stopService() if ingest.running else None)
+        yield self.assigned(ingest)
+        self.broker.produce(self.topic, b"A", b"0", partition=0)
+        self.broker.flush()
+        yield wait_until(lambda: collector.batches, "the first batch")
+        for i in range(1, 6):
+            self.broker.produce(self.topic, b"A", b"%d" % i, partition=0)
+        self.broker.flush()
+        yield wait_until(lambda: ingest.status()["lag"] >= 5, "lag of the waiting records")
+        self.assertEqual(len(collector.batches), 1)
+        collector.hold = False
+        collector.held.pop().callback(None)
+        yield wait_until(lambda: len(collector.events) == 6, "all 6 events")
+        self.assertEqual([e.offset for e in collector.events], list(range(6)))
+        yield wait_until(lambda: ingest.status()["lag"] == 0, "no lag")
+        yield self.stop(ingest)
+
+    @inlineCallbacks
+    def test_unreachableBroker(self):
+        """
+        Pointed at a closed port the consumer reports retrying and not
+        connected, logs the outage once per kind of error rather than per
+        retry, raises nothing into the reactor, and stops cleanly.
+        """
+        ingest = self.start(Collector(), bootstrap=f"127.0.0.1:{free_port()}")
+        before = sample("odinws_kafka_errors_total", kind="transport")
+        yield wait_until(lambda: ingest.status()["state"] == "retrying", "retrying")
+        yield wait_until(
+            lambda: sample("odinws_kafka_errors_total", kind="transport") >= before + 5,
+            "repeated transport errors")
+        status = ingest.status()
+        self.assertFalse(status["connected"])
+        self.assertEqual(status["assigned"], [])
+        self.assertIn("Connection refused", status["last_error"])
+        lines = self.kafka_lines()
+        self.assertLess(len(lines), 5, [e.get("log_format") for e in lines])
+        yield self.stop(ingest)
+
+    @inlineCallbacks
+    def test_brokerComesBack(self):
+        """
+        When the broker goes away the status turns to retrying and not
+        connected; when it is back (on the same address) consumption
+        resumes by itself and the status is running and connected again.
+        """
+        broker = TansuBroker()
+        yield deferToThread(broker.start)
+        self.addCleanup(broker.stop)
+        broker.create_topics([self.topic], partitions=2)
+        collector = Collector()
+        ingest = self.start(collector, bootstrap=broker.bootstrap)
+        yield self.assigned(ingest)
+        broker.produce(self.topic, b"A", b'"before"', partition=0)
+        broker.flush()
+        yield wait_until(lambda: collector.events, "the first event")
+
+        yield deferToThread(broker.stop)
+        yield wait_until(lambda: ingest.status()["state"] == "retrying", "retrying")
+        self.assertFalse(ingest.status()["connected"])
+        yield deferToThread(broker.start, broker.port)
+        # In-memory storage: the topic is gone with the old process.
+        yield deferToThread(broker.create_topics, [self.topic], 2)
+        yield self.assigned(ingest)
+        broker.produce(self.topic, b"A", b'"after"', partition=1)
+        broker.flush()
+        yield wait_until(lambda: len(collector.events) == 2, "the event after the restart")
+        self.assertEqual(json.loads(collector.events[1].envelope)["data"], "after")
+        yield wait_until(lambda: ingest.status()["connected"], "connected")
+        self.assertEqual(ingest.status()["state"], "running")
+        yield self.stop(ingest)
+
+    @inlineCallbacks
+    def test_badConsumerConfig(self):
+        """
+        A consumer librdkafka refuses to create is reported once, in the
+        log and as state error in the status, and stopping still works.
+        """
+        ingest = self.start(Collector(), **{"kafka.consumer_config": {"no.such.setting": 1}})
+        status = ingest.status()
+        self.assertEqual(status["state"], "error")
+        self.assertIn("no.such.setting", status["last_error"])
+        self.assertEqual(len(self.kafka_lines()), 1)
+        yield ingest.stopService()
+        self.assertEqual(ingest.status()["state"], "error")
