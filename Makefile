@@ -20,6 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/trial --jobs=2 tests
 
+test-deb: $(STAMP)
+	VENV_PY=$(PY) bash tests/deb/test-deb.sh
+
 test-unit: $(STAMP)
 	$(VENV)/bin/trial tests.unit
 
