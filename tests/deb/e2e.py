@@ -1,0 +1,166 @@
+"""
+End-to-end check of the *installed* package (run by tests/deb/test-deb.sh
+with the repo's .venv python, as root, after the .deb is installed): start
+/opt/venvs/odinws/bin/twistd as the odinws user against a Tansu broker, wait
+for /health, deliver one Kafka record to a WebSocket client, stop with
+SIGTERM and check the shards went too.
+
+Prints one "ok: ..." or "not ok: ..." line per check (the shell script
+counts them) and exits non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import yaml  # noqa: E402
+
+from tests.broker import TansuBroker  # noqa: E402
+from tests.node import Client, free_port, http_get, wait_for  # noqa: E402
+
+TWISTD = "/opt/venvs/odinws/bin/twistd"
+TOPIC = "odinws.debtest"
+TOKEN = "DEB1"
+CHANNEL = f"odin.token.{TOKEN}.trade"
+STOP_TIMEOUT = 40.0
+
+results: list[bool] = []
+
+
+def check(name: str, ok: bool, detail: str = "") -> bool:
+    results.append(ok)
+    print(("ok: " if ok else "not ok: ") + name + (f" ({detail})" if detail and not ok else ""),
+          flush=True)
+    return ok
+
+
+def write_config(workdir: str, brokers: str) -> str:
+    config = {
+        "node_id": "debtest",
+        "shards": 2,
+        "kafka": {"brokers": brokers, "topics": {TOPIC: "trade"}, "start_offset": "earliest",
+                  "session_timeout_ms": 2000, "max_poll_interval_ms": 4000},
+        "supervisor": {"stats_interval": 0.2},
+    }
+    path = os.path.join(workdir, "odinws.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    os.chmod(path, 0o644)
+    return path
+
+
+def start_server(config: str, port: int, log_path: str) -> subprocess.Popen:
+    # As the service would run it: the odinws user, a bare environment, cwd /.
+    # setpriv execs (no forking wrapper), so the pid is twistd's own; a new
+    # session lets cleanup kill the shards with it.
+    argv = ["setpriv", "--reuid=odinws", "--regid=odinws", "--init-groups", "--",
+            TWISTD, "--nodaemon", "--pidfile=", "odinws", "--config", config,
+            "--port", f"tcp:{port}:interface=127.0.0.1"]
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, cwd="/", env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def health(port: int) -> tuple[int, dict]:
+    status, _, body = http_get(port, "/health")
+    return status, json.loads(body)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run(workdir: str) -> None:
+    broker = TansuBroker(log_dir=workdir)
+    server = None
+    log_path = os.path.join(workdir, "odinws.log")
+    try:
+        broker.start()
+        broker.create_topics([TOPIC])
+        port = free_port()
+        server = start_server(write_config(workdir, broker.bootstrap), port, log_path)
+
+        def ready():
+            if server.poll() is not None:
+                raise AssertionError(f"odinws exited with {server.returncode}")
+            status, body = health(port)
+            return body if status == 200 and body["shards_alive"] == body["shards_total"] else None
+        try:
+            body = wait_for(ready, 90.0, 0.2, "/health 200 with every shard alive")
+        except AssertionError as e:
+            check("installed odinws answers /health 200", False, str(e))
+            return
+        check("installed odinws answers /health 200", True)
+        shard_pids = [s["pid"] for s in body["shards"]]
+        check("both shards run", len(shard_pids) == 2, repr(body))
+
+        status, _, metrics = http_get(port, "/metrics")
+        check("/metrics has shard-labelled odinws samples",
+              status == 200 and b'odinws_connections{shard="0"}' in metrics,
+              metrics[:300].decode("utf-8", "replace"))
+
+        client = Client(f"ws://127.0.0.1:{port}/ws")
+        try:
+            client.subscribe(CHANNEL)
+            broker.produce(TOPIC, TOKEN.encode(), json.dumps({"price": 1.5}).encode())
+            broker.flush()
+            try:
+                events = client.collect(1, timeout=90.0)
+                got = events[0]
+                check("a Kafka record reaches the WebSocket client",
+                      got.get("channel") == CHANNEL and got.get("data") == {"price": 1.5},
+                      repr(got))
+            except AssertionError as e:
+                check("a Kafka record reaches the WebSocket client", False, str(e))
+        finally:
+            client.close()
+
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(STOP_TIMEOUT)
+            check("SIGTERM stops odinws", code == 0, f"exit status {code}")
+        except subprocess.TimeoutExpired:
+            check("SIGTERM stops odinws", False, f"still running after {STOP_TIMEOUT:g}s")
+        try:
+            wait_for(lambda: not any(alive(p) for p in shard_pids), 10.0, 0.1, "shards gone")
+            check("no shard outlives the parent", True)
+        except AssertionError as e:
+            check("no shard outlives the parent", False, str(e))
+    finally:
+        if server is not None and server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+        broker.stop()
+        if not all(results):
+            with open(log_path, "rb") as f:
+                sys.stdout.write("--- odinws log (tail) ---\n"
+                                 + f.read()[-6000:].decode("utf-8", "replace") + "\n")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="odinws-deb-e2e.") as workdir:
+        # The odinws user must read the config in here.
+        os.chmod(workdir, 0o755)
+        try:
+            run(workdir)
+        except Exception as e:  # reported as a failed check, not a traceback
+            check("end-to-end run", False, f"{type(e).__name__}: {e}")
+    return 0 if results and all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
