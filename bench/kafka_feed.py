@@ -1,0 +1,76 @@
+"""
+The event source of odinws in the benchmark: a confluent-kafka producer that
+writes the benchmark's ~200-byte trade events to Kafka at a rate set on stdin.
+
+stdin: "rate R B" = R events/s produced in bursts of B back-to-back records
+(R=0 stops); "q" quits. Prints "ready" and, after "stats", one JSON line with
+what it produced. The record value is the event's "data" object (odinws wraps
+it into the same envelope the peers send); "t_us" is taken at produce time,
+so measured latency includes the whole Kafka path.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import sys
+import time
+
+from confluent_kafka import Producer
+
+TOPIC = "odin.trades"
+
+
+def value(seq: int, tok: int) -> bytes:
+    us = time.time_ns() // 1000
+    return (f'{{"t_us":{us},"seq":{seq},"token":"{tok}","price":0.00001234,'
+            f'"amount":1234.5678,"side":"buy",'
+            f'"user":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"}}').encode()
+
+
+def main() -> None:
+    producer = Producer({"bootstrap.servers": sys.argv[1], "linger.ms": 0, "acks": 1,
+                         "queue.buffering.max.messages": 1_000_000})
+    rate, batch, t0, sent, seq, produced, skipped = 0.0, 1, 0.0, 0, 0, 0, 0
+    print("ready", flush=True)
+    buf = b""
+    while True:
+        wait = 0.2
+        if rate > 0:
+            due = int((time.monotonic() - t0) * rate / batch)
+            if due - sent > rate / batch:  # more than 1 s behind: drop the backlog
+                skipped += (due - 1 - sent) * batch
+                sent = due - 1
+            if sent < due:
+                for _ in range(batch):
+                    tok = 1000 + seq % 16
+                    producer.produce(TOPIC, key=str(tok).encode(), value=value(seq, tok))
+                    seq += 1
+                produced += batch
+                sent += 1
+            producer.poll(0)
+            wait = max(0.0, t0 + (sent + 1) * batch / rate - time.monotonic())
+        if select.select([sys.stdin], [], [], wait)[0]:
+            chunk = sys.stdin.buffer.raw.read(4096)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                parts = line.split()
+                if not parts:
+                    continue
+                if parts[0] == b"rate":
+                    rate, batch = float(parts[1]), max(1, int(parts[2]))
+                    t0, sent = time.monotonic(), 0
+                elif parts[0] == b"stats":
+                    print(json.dumps({"produced": produced, "skipped": skipped,
+                                      "queued": len(producer)}), flush=True)
+                elif parts[0] == b"q":
+                    producer.flush(2)
+                    return
+    producer.flush(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,530 @@
+/*
+ * loadclient: many WebSocket clients in one epoll loop, for the fan-out
+ * benchmark (bench/run.py drives it; see docs/performance.md).
+ *
+ * Opens N non-blocking connections (source addresses 127.0.0.1..127.0.0.K so
+ * 15k+ connections never run short of ephemeral ports), does the HTTP upgrade,
+ * optionally sends one masked text frame (the subscribe message), then reads
+ * frames, counts them and takes the latency of every frame that carries a
+ * "t_us":<wall-clock microseconds> field. A fraction of the connections can be
+ * "slow": after the handshake they never read again.
+ *
+ * Optional publisher (for nchan): pipelined HTTP POSTs of the same event body
+ * to a publisher URL at a rate set on stdin.
+ *
+ * stdin commands (one per line):
+ *   w            print the stats of the window since the previous "w" (JSON) and reset
+ *   pub R B      publish R events/s in batches of B (R=0 stops)
+ *   q            quit
+ * stdout: one JSON line when connecting is done, then one per "w".
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+enum { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_DEAD };
+
+typedef struct {
+    int fd;
+    uint8_t state, slow, tries;
+    uint8_t *carry;
+    uint32_t carry_len, carry_cap;
+    uint64_t frames_win;
+} conn_t;
+
+/* Latency histogram: 10 us buckets below 100 ms, then 1 ms buckets to 120 s. */
+#define FINE_N 10000
+#define COARSE_N 120000
+static uint32_t hist_fine[FINE_N], hist_coarse[COARSE_N];
+static uint64_t lat_n, lat_max;
+
+static const char *host = "127.0.0.1", *path = "/ws", *subscribe = NULL;
+static int port, nconns = 100, nsrc = 4, max_pending = 128, slow_every = 0, lat_every = 1;
+static int rcvbuf_slow = 16384;
+static conn_t *conns;
+static int epfd, started, pending, n_open, n_failed, n_closed;
+static uint64_t w_frames, w_other, w_bytes, w_frames_slow;
+static double w_start, w_cpu_start;
+static uint8_t rbuf[1 << 18];
+
+/* publisher */
+static int pub_port, pub_fd = -1;
+static const char *pub_path = "/pub";
+static double pub_rate, pub_t0;
+static int pub_batch = 1;
+static uint64_t pub_batches_sent, pub_sent, pub_resp, pub_skipped, pub_seq;
+static char pub_tail[16];
+static size_t pub_tail_len;
+
+#define TAG_STDIN (-1)
+#define TAG_PUB (-2)
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+static uint64_t wall_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + ts.tv_nsec / 1000;
+}
+static double cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+static void ep(int op, int fd, uint32_t events, int64_t tag) {
+    struct epoll_event ev = {.events = events, .data.u64 = (uint64_t)tag};
+    if (epoll_ctl(epfd, op, fd, &ev) < 0 && op != EPOLL_CTL_DEL) perror("epoll_ctl");
+}
+
+static void record_latency(uint64_t us) {
+    if (us < FINE_N * 10) hist_fine[us / 10]++;
+    else if (us / 1000 < COARSE_N) hist_coarse[us / 1000]++;
+    else hist_coarse[COARSE_N - 1]++;
+    lat_n++;
+    if (us > lat_max) lat_max = us;
+}
+
+static double percentile(double q) {
+    if (!lat_n) return -1;
+    uint64_t want = (uint64_t)(q * lat_n), seen = 0;
+    if (want >= lat_n) want = lat_n - 1;
+    for (int i = 0; i < FINE_N; i++) {
+        seen += hist_fine[i];
+        if (seen > want) return (i * 10 + 5) / 1000.0;
+    }
+    for (int i = 0; i < COARSE_N; i++) {
+        seen += hist_coarse[i];
+        if (seen > want) return i + 0.5;
+    }
+    return lat_max / 1000.0;
+}
+
+static void mask_frame(uint8_t opcode, const uint8_t *data, size_t len, uint8_t *out, size_t *outlen) {
+    /* Client frames must be masked (RFC 6455 5.3); len < 65536 here. */
+    size_t h = 0;
+    uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    out[h++] = 0x80 | opcode;
+    if (len < 126) out[h++] = 0x80 | len;
+    else { out[h++] = 0x80 | 126; out[h++] = len >> 8; out[h++] = len & 0xff; }
+    memcpy(out + h, key, 4); h += 4;
+    for (size_t i = 0; i < len; i++) out[h + i] = data[i] ^ key[i & 3];
+    *outlen = h + len;
+}
+
+static void send_all(int fd, const uint8_t *p, size_t n) {
+    /* Small control/handshake writes on a fresh socket: the buffer has room. */
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) { if (errno == EINTR) continue; return; }
+        p += w; n -= w;
+    }
+}
+
+static void start_conn(int i);
+
+static void conn_fail(int i) {
+    conn_t *c = &conns[i];
+    if (c->fd >= 0) { close(c->fd); c->fd = -1; }
+    if (c->state == ST_CONNECTING || c->state == ST_HANDSHAKE) pending--;
+    c->carry_len = 0;
+    if (c->state == ST_OPEN) { n_open--; n_closed++; c->state = ST_DEAD; return; }
+    if (++c->tries < 8) { start_conn(i); return; }
+    c->state = ST_DEAD;
+    n_failed++;
+}
+
+static void start_conn(int i) {
+    conn_t *c = &conns[i];
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) { perror("socket"); c->state = ST_DEAD; n_failed++; return; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    if (c->slow) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf_slow, sizeof rcvbuf_slow);
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    src.sin_addr.s_addr = htonl(0x7f000001 + (i % nsrc));
+    bind(fd, (struct sockaddr *)&src, sizeof src);
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, host, &dst.sin_addr);
+    c->fd = fd;
+    c->state = ST_CONNECTING;
+    pending++;
+    if (connect(fd, (struct sockaddr *)&dst, sizeof dst) < 0 && errno != EINPROGRESS) {
+        conn_fail(i);
+        return;
+    }
+    ep(EPOLL_CTL_ADD, fd, EPOLLOUT, i);
+}
+
+static void carry_put(conn_t *c, const uint8_t *p, size_t n) {
+    if (c->carry_len + n > c->carry_cap) {
+        c->carry_cap = (c->carry_len + n) * 2 + 256;
+        c->carry = realloc(c->carry, c->carry_cap);
+    }
+    memcpy(c->carry + c->carry_len, p, n);
+    c->carry_len += n;
+}
+
+static uint64_t parse_tus(const uint8_t *p, size_t n) {
+    const uint8_t *f = memmem(p, n, "\"t_us\":", 7);
+    if (!f) return 0;
+    f += 7;
+    uint64_t v = 0;
+    while (f < p + n && *f >= '0' && *f <= '9') v = v * 10 + (*f++ - '0');
+    return v;
+}
+
+/* Parse whole frames from buf; return bytes consumed. */
+static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_us) {
+    conn_t *c = &conns[i];
+    size_t off = 0;
+    while (len - off >= 2) {
+        const uint8_t *p = buf + off;
+        uint8_t op = p[0] & 0x0f;
+        uint64_t plen = p[1] & 0x7f;
+        size_t h = 2;
+        if (plen == 126) {
+            if (len - off < 4) break;
+            plen = (p[2] << 8) | p[3]; h = 4;
+        } else if (plen == 127) {
+            if (len - off < 10) break;
+            plen = 0;
+            for (int k = 0; k < 8; k++) plen = (plen << 8) | p[2 + k];
+            h = 10;
+        }
+        if (p[1] & 0x80) h += 4; /* servers must not mask, but be lenient */
+        if (len - off < h + plen) break;
+        const uint8_t *payload = p + h;
+        if (op == 1 || op == 2 || op == 0) {
+            uint64_t t = parse_tus(payload, plen);
+            if (t) {
+                if (c->slow) w_frames_slow++;
+                else {
+                    w_frames++;
+                    c->frames_win++;
+                    if (lat_every <= 1 || (w_frames % lat_every) == 0)
+                        record_latency(now_us > t ? now_us - t : 0);
+                }
+            } else w_other++;
+        } else if (op == 9 && plen <= 125) {
+            uint8_t out[160]; size_t ol;
+            mask_frame(10, payload, plen, out, &ol);
+            send_all(c->fd, out, ol);
+        } else if (op == 8) {
+            return (size_t)-1;
+        }
+        off += h + plen;
+    }
+    return off;
+}
+
+static void on_data(int i, const uint8_t *data, size_t n) {
+    conn_t *c = &conns[i];
+    uint64_t now_us = wall_us();
+    w_bytes += n;
+    const uint8_t *buf = data;
+    size_t len = n;
+    if (c->carry_len) { carry_put(c, data, n); buf = c->carry; len = c->carry_len; }
+    size_t used = parse_frames(i, buf, len, now_us);
+    if (used == (size_t)-1) { conn_fail(i); return; }
+    if (buf == c->carry) {
+        memmove(c->carry, c->carry + used, len - used);
+        c->carry_len = len - used;
+    } else if (used < len) {
+        carry_put(c, buf + used, len - used);
+    }
+}
+
+static void on_open(int i) {
+    conn_t *c = &conns[i];
+    c->state = ST_OPEN;
+    pending--;
+    n_open++;
+    if (subscribe) {
+        uint8_t out[4096]; size_t ol;
+        mask_frame(1, (const uint8_t *)subscribe, strlen(subscribe), out, &ol);
+        send_all(c->fd, out, ol);
+    }
+    /* A slow client stops reading here; its socket stays open. */
+    if (c->slow) ep(EPOLL_CTL_MOD, c->fd, 0, i);
+}
+
+static void on_conn_event(int i, uint32_t events) {
+    conn_t *c = &conns[i];
+    if (c->state == ST_CONNECTING) {
+        int err = 0; socklen_t el = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err || (events & (EPOLLERR | EPOLLHUP))) { conn_fail(i); return; }
+        char req[512];
+        int n = snprintf(req, sizeof req,
+                         "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n", path, host, port);
+        send_all(c->fd, (uint8_t *)req, n);
+        c->state = ST_HANDSHAKE;
+        ep(EPOLL_CTL_MOD, c->fd, EPOLLIN, i);
+        return;
+    }
+    ssize_t r = read(c->fd, rbuf, sizeof rbuf);
+    if (r <= 0) {
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        conn_fail(i);
+        return;
+    }
+    if (c->state == ST_HANDSHAKE) {
+        carry_put(c, rbuf, r);
+        uint8_t *end = memmem(c->carry, c->carry_len, "\r\n\r\n", 4);
+        if (!end) { if (c->carry_len > 8192) conn_fail(i); return; }
+        if (c->carry_len < 12 || memcmp(c->carry + 9, "101", 3) != 0) { conn_fail(i); return; }
+        size_t rest = c->carry_len - (end + 4 - c->carry);
+        uint8_t *tmp = rest ? malloc(rest) : NULL;
+        if (rest) memcpy(tmp, end + 4, rest);
+        c->carry_len = 0;
+        on_open(i);
+        if (rest) { on_data(i, tmp, rest); free(tmp); }
+        return;
+    }
+    on_data(i, rbuf, r);
+}
+
+/* ---- publisher (HTTP POST, pipelined, keep-alive) ---- */
+
+static int event_body(char *out, size_t cap, uint64_t seq) {
+    /* Same shape and size as the events of the other servers (~220 bytes). */
+    uint64_t us = wall_us();
+    return snprintf(out, cap,
+                    "{\"type\":\"event\",\"channel\":\"odin.token.%llu.trade\",\"data\":{\"t_us\":%llu,"
+                    "\"seq\":%llu,\"token\":\"%llu\",\"price\":0.00001234,\"amount\":1234.5678,"
+                    "\"side\":\"buy\",\"user\":\"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh\"},"
+                    "\"ts\":%llu}",
+                    (unsigned long long)(1000 + seq % 16), (unsigned long long)us,
+                    (unsigned long long)seq, (unsigned long long)(1000 + seq % 16),
+                    (unsigned long long)(us / 1000));
+}
+
+static void pub_connect(void) {
+    pub_fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(pub_port)};
+    inet_pton(AF_INET, host, &dst.sin_addr);
+    if (connect(pub_fd, (struct sockaddr *)&dst, sizeof dst) < 0) { perror("pub connect"); exit(2); }
+    int one = 1;
+    setsockopt(pub_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    fcntl(pub_fd, F_SETFL, O_NONBLOCK);
+    ep(EPOLL_CTL_ADD, pub_fd, EPOLLIN, TAG_PUB);
+}
+
+static void pub_read(void) {
+    char buf[65536];
+    ssize_t r = read(pub_fd, buf, sizeof buf);
+    if (r <= 0) {
+        if (r < 0 && errno == EAGAIN) return;
+        fprintf(stderr, "publisher connection closed\n");
+        ep(EPOLL_CTL_DEL, pub_fd, 0, TAG_PUB);
+        close(pub_fd);
+        pub_connect();
+        pub_resp = pub_sent;
+        return;
+    }
+    /* Count status lines; keep a tail so one split across reads is still seen. */
+    char joined[sizeof pub_tail + sizeof buf];
+    memcpy(joined, pub_tail, pub_tail_len);
+    memcpy(joined + pub_tail_len, buf, r);
+    size_t n = pub_tail_len + r;
+    for (char *p = joined; (p = memmem(p, joined + n - p, "HTTP/1.1 ", 9)); p += 9) pub_resp++;
+    pub_tail_len = n < 8 ? n : 8;
+    memcpy(pub_tail, joined + n - pub_tail_len, pub_tail_len);
+}
+
+static void pub_tick(void) {
+    if (pub_rate <= 0 || pub_fd < 0) return;
+    double due = (now_s() - pub_t0) * pub_rate / pub_batch;
+    if (due - pub_batches_sent > pub_rate / pub_batch) { /* >1 s behind: drop the backlog */
+        uint64_t skip = (uint64_t)due - pub_batches_sent;
+        pub_skipped += skip * pub_batch;
+        pub_batches_sent += skip;
+    }
+    while (pub_batches_sent < (uint64_t)due) {
+        /* Bound what is in flight so an overloaded server is not buried. */
+        if (pub_sent - pub_resp > (uint64_t)(4 * pub_batch + 16)) return;
+        static char req[1 << 16];
+        size_t off = 0;
+        for (int b = 0; b < pub_batch; b++) {
+            char body[512];
+            int bl = event_body(body, sizeof body, pub_seq++);
+            off += snprintf(req + off, sizeof req - off,
+                            "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                            "Content-Length: %d\r\n\r\n%s", pub_path, host, bl, body);
+        }
+        size_t done = 0;
+        while (done < off) {
+            ssize_t w = write(pub_fd, req + done, off - done);
+            if (w < 0) {
+                if (errno == EAGAIN) {
+                    fd_set fs; FD_ZERO(&fs); FD_SET(pub_fd, &fs);
+                    select(pub_fd + 1, NULL, &fs, NULL, NULL);
+                    continue;
+                }
+                perror("pub write");
+                return;
+            }
+            done += w;
+        }
+        pub_sent += pub_batch;
+        pub_batches_sent++;
+    }
+}
+
+/* ---- stdin commands and reports ---- */
+
+static void report_window(void) {
+    double t = now_s(), dt = t - w_start, cpu = cpu_s();
+    uint64_t starved = 0, active = 0;
+    for (int i = 0; i < nconns; i++) {
+        conn_t *c = &conns[i];
+        if (c->state == ST_OPEN && !c->slow) {
+            active++;
+            if (!c->frames_win) starved++;
+        }
+        c->frames_win = 0;
+    }
+    printf("{\"dt\":%.4f,\"frames\":%llu,\"frames_slow\":%llu,\"other_frames\":%llu,"
+           "\"bytes\":%llu,\"open\":%d,\"closed\":%d,\"failed\":%d,\"active_fast\":%llu,"
+           "\"starved\":%llu,\"lat_n\":%llu,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,"
+           "\"max_ms\":%.3f,\"cpu\":%.4f,\"pub_sent\":%llu,\"pub_resp\":%llu,\"pub_skipped\":%llu}\n",
+           dt, (unsigned long long)w_frames, (unsigned long long)w_frames_slow,
+           (unsigned long long)w_other, (unsigned long long)w_bytes, n_open, n_closed, n_failed,
+           (unsigned long long)active, (unsigned long long)starved, (unsigned long long)lat_n,
+           percentile(0.5), percentile(0.9), percentile(0.99), lat_max / 1000.0,
+           dt > 0 ? (cpu - w_cpu_start) / dt : 0, (unsigned long long)pub_sent,
+           (unsigned long long)pub_resp, (unsigned long long)pub_skipped);
+    fflush(stdout);
+    w_frames = w_other = w_bytes = w_frames_slow = lat_n = lat_max = 0;
+    memset(hist_fine, 0, sizeof hist_fine);
+    memset(hist_coarse, 0, sizeof hist_coarse);
+    w_start = t;
+    w_cpu_start = cpu;
+}
+
+static char cmdbuf[4096];
+static size_t cmdlen;
+
+static int on_stdin(void) {
+    ssize_t r = read(0, cmdbuf + cmdlen, sizeof cmdbuf - 1 - cmdlen);
+    if (r <= 0) return 0;
+    cmdlen += r;
+    char *nl;
+    while ((nl = memchr(cmdbuf, '\n', cmdlen))) {
+        *nl = 0;
+        if (cmdbuf[0] == 'w') report_window();
+        else if (cmdbuf[0] == 'q') return 0;
+        else if (!strncmp(cmdbuf, "pub ", 4)) {
+            double r2; int b;
+            if (sscanf(cmdbuf + 4, "%lf %d", &r2, &b) == 2 && b > 0) {
+                pub_rate = r2; pub_batch = b; pub_t0 = now_s(); pub_batches_sent = 0;
+            }
+        }
+        size_t used = nl + 1 - cmdbuf;
+        memmove(cmdbuf, nl + 1, cmdlen - used);
+        cmdlen -= used;
+    }
+    return 1;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: loadclient -p PORT [-h HOST] [-u PATH] [-n CONNS] [-s SRCADDRS] "
+                    "[-m MAXPENDING] [-S SUBSCRIBE_JSON] [-k SLOW_EVERY] [-l LAT_EVERY] "
+                    "[-P PUBPORT] [-U PUBPATH]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    int opt;
+    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:")) != -1) {
+        switch (opt) {
+        case 'h': host = optarg; break;
+        case 'p': port = atoi(optarg); break;
+        case 'u': path = optarg; break;
+        case 'n': nconns = atoi(optarg); break;
+        case 's': nsrc = atoi(optarg); break;
+        case 'm': max_pending = atoi(optarg); break;
+        case 'S': subscribe = optarg; break;
+        case 'k': slow_every = atoi(optarg); break;
+        case 'l': lat_every = atoi(optarg); break;
+        case 'P': pub_port = atoi(optarg); break;
+        case 'U': pub_path = optarg; break;
+        default: usage();
+        }
+    }
+    if (!port) usage();
+    signal(SIGPIPE, SIG_IGN);
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    if ((rlim_t)nconns + 64 > rl.rlim_cur) {
+        fprintf(stderr, "RLIMIT_NOFILE %llu too low for %d connections\n",
+                (unsigned long long)rl.rlim_cur, nconns);
+        return 2;
+    }
+    conns = calloc(nconns, sizeof *conns);
+    epfd = epoll_create1(0);
+    fcntl(0, F_SETFL, O_NONBLOCK);
+    ep(EPOLL_CTL_ADD, 0, EPOLLIN, TAG_STDIN);
+    for (int i = 0; i < nconns; i++) {
+        conns[i].fd = -1;
+        /* every k-th connection is slow: spread evenly over the order of connects */
+        conns[i].slow = slow_every > 0 && (i % slow_every) == slow_every - 1;
+    }
+    if (pub_port) pub_connect();
+
+    double t0 = now_s();
+    int connect_reported = 0;
+    w_start = t0;
+    w_cpu_start = cpu_s();
+    struct epoll_event evs[1024];
+    for (;;) {
+        while (started < nconns && pending < max_pending) start_conn(started++);
+        if (!connect_reported && started == nconns && pending == 0) {
+            printf("{\"connected\":%d,\"failed\":%d,\"connect_s\":%.3f}\n", n_open, n_failed,
+                   now_s() - t0);
+            fflush(stdout);
+            connect_reported = 1;
+        }
+        int timeout = pub_rate > 0 ? 1 : 50;
+        int n = epoll_wait(epfd, evs, 1024, timeout);
+        for (int k = 0; k < n; k++) {
+            int64_t tag = (int64_t)evs[k].data.u64;
+            if (tag == TAG_STDIN) {
+                if (!on_stdin()) goto out;
+            } else if (tag == TAG_PUB) pub_read();
+            else on_conn_event((int)tag, evs[k].events);
+        }
+        pub_tick();
+    }
+out:
+    for (int i = 0; i < nconns; i++)
+        if (conns[i].fd >= 0) close(conns[i].fd);
+    return 0;
+}

@@ -1,0 +1,294 @@
+"""
+The fan-out benchmark: odinws (one shard) against Node ws, Python websockets
+and nginx + nchan, same events, same load client, server on CPU 0 and load
+client on CPU 1. Prints a table and writes it into docs/performance.md.
+
+    make bench                       # everything (~20 min)
+    python bench/run.py --servers node-ws --conns 1000 --no-slow   # a quick look
+
+Run bench/setup.sh first (make bench does). See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import report  # noqa: E402
+from procs import CpuMeter, Proc, rss_bytes  # noqa: E402
+from servers import CLIENT_CPU, HERE, SERVERS, WORK, Odinws  # noqa: E402
+
+MODES = {10: "burst", 1: "turn"}
+SETTLE = 0.7      # seconds after a rate change before a window starts
+WINDOW = 2.0      # seconds of one measurement window
+RAMP = 1.6        # rate factor between ramp steps
+KEPT_UP = 0.93    # delivered/offered at or above this = the server kept up
+MAX_WINDOW = 6.0  # longest window (slow bursts: see window_for)
+P99_BOUND = 500.0  # ms; above it the server is behind even if the rate matches
+SRC_ADDRS = 8     # 127.0.0.1..127.0.0.8 as source addresses
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+class Instance:
+    """One server process tree with N connected clients of the load client."""
+
+    def __init__(self, server, conns: int, slow_every: int = 0):
+        self.server = server
+        self.conns = conns
+        self.fast = conns - (conns // slow_every if slow_every else 0)
+        self.slow_every = slow_every
+        self.client: Proc | None = None
+
+    def open(self, batch: int, rundir: str) -> dict:
+        srv = self.server
+        srv.start(batch)
+        time.sleep(1.0)
+        rss0 = self.rss()
+        argv = [os.path.join(WORK, "loadclient"), "-p", str(srv.port), "-u", srv.ws_path,
+                "-n", str(self.conns), "-s", str(SRC_ADDRS), "-m", "128"] + srv.client_args()
+        if self.slow_every:
+            argv += ["-k", str(self.slow_every)]
+        self.client = Proc("loadclient", argv, CLIENT_CPU,
+                           log_path=os.path.join(rundir, "loadclient.log"))
+        info = self.client.read_json(timeout=240)
+        if info["connected"] < self.conns:
+            log(f"  only {info['connected']} of {self.conns} connected ({info['failed']} failed)")
+        time.sleep(2.0)
+        rss1 = self.rss()
+        self.cpu = CpuMeter(srv.data_pids())
+        self.client_cpu = CpuMeter([self.client.pid])
+        return {"connect_s": info["connect_s"], "connected": info["connected"],
+                "rss0": rss0, "rss_idle": rss1,
+                "rss_per_conn": (rss1 - rss0) / max(1, info["connected"])}
+
+    def rss(self) -> int:
+        return sum(rss_bytes(p) for p in self.server.data_pids())
+
+    def set_rate(self, rate: float, batch: int) -> None:
+        self.server.set_rate(self.client, rate, batch)
+
+    def window(self, seconds: float) -> dict:
+        """Client stats of a window of C{seconds}, with server CPU and RSS."""
+        self.client.send("w")
+        self.client.read_json(10)
+        self.cpu.reset()
+        time.sleep(seconds)
+        self.client.send("w")
+        st = self.client.read_json(10)
+        st["server_cpu"] = self.cpu.share()
+        st["fps"] = st["frames"] / st["dt"] if st["dt"] > 0 else 0.0
+        st["rss"] = self.rss()
+        return st
+
+    def drain(self, limit: float = 20.0) -> None:
+        """Stop events and wait until nothing arrives for half a second."""
+        for batch in self.server.batches[:1]:
+            self.set_rate(0, batch)
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.window(0.5)["frames"] == 0:
+                return
+
+    def warm_up(self, batch: int) -> None:
+        """Send a trickle until the clients see events (odinws: the consumer joined)."""
+        self.set_rate(5, 1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.window(0.5)["frames"] > 0:
+                self.drain()
+                return
+        raise RuntimeError(f"{self.server.name}: no events reached the clients in 120s")
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.send("q")
+            except OSError:
+                pass
+            self.client.stop()
+            self.client = None
+        self.server.stop()
+
+
+def summary(st: dict, **extra) -> dict:
+    keys = ("fps", "p50_ms", "p99_ms", "max_ms", "cpu", "server_cpu", "rss", "starved",
+            "open", "closed", "pub_skipped")
+    return {**{k: st.get(k) for k in keys}, **extra}
+
+
+def window_for(rate: float, batch: int) -> tuple[float, float]:
+    """
+    Window length and kept-up threshold for a rate: a window should hold at
+    least 10 bursts, else one burst more or less would decide; when it cannot
+    (capped at MAX_WINDOW) the threshold allows for one and a half bursts.
+    """
+    secs = min(MAX_WINDOW, max(WINDOW, 10 * batch / rate))
+    bursts = secs * rate / batch
+    return secs, min(KEPT_UP, 1 - 1.5 / bursts)
+
+
+def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
+    """Raise the event rate until the server falls behind; its best rate is the max."""
+    rate = max(0.5, start_fps / inst.fast)
+    steps, kept = [], None
+    for _ in range(14):
+        inst.set_rate(rate, batch)
+        time.sleep(SETTLE)
+        secs, threshold = window_for(rate, batch)
+        st = inst.window(secs)
+        offered = rate * inst.fast
+        ok = st["fps"] >= threshold * offered and 0 <= st["p99_ms"] < P99_BOUND
+        steps.append(summary(st, rate=rate, offered=offered, kept_up=ok))
+        log(f"    {MODES[batch]:5} {rate:9.1f} ev/s offered {offered / 1e3:8.1f}k "
+            f"delivered {st['fps'] / 1e3:8.1f}k p50 {st['p50_ms']:8.2f} p99 {st['p99_ms']:8.2f} ms"
+            f" srv {st['server_cpu']:.0%} cli {st['cpu']:.0%}")
+        if not ok:
+            break
+        kept = rate
+        rate *= RAMP
+    saturated = not steps[-1]["kept_up"]
+    sat = [steps[-1]["fps"]]
+    if saturated:  # two more windows at the rate the server could not keep up with
+        for _ in range(2):
+            st = inst.window(secs)
+            sat.append(st["fps"])
+            steps.append(summary(st, rate=rate, offered=rate * inst.fast, kept_up=False))
+    best_kept = max([s["fps"] for s in steps if s["kept_up"]], default=0.0)
+    max_fps = max(statistics.median(sat), best_kept) if saturated else best_kept
+    client_bound = any(s["cpu"] >= 0.95 for s in steps if not s["kept_up"]) or not saturated
+    inst.drain()
+    # Latency at half the maximum delivered rate.
+    half_rate = 0.5 * max_fps / inst.fast
+    inst.set_rate(half_rate, batch)
+    time.sleep(1.0)
+    st = inst.window(max(3.0, window_for(half_rate, batch)[0]))
+    half = summary(st, rate=half_rate, offered=half_rate * inst.fast)
+    log(f"    {MODES[batch]:5} max {max_fps / 1e3:.1f}k frames/s; at half: p50 "
+        f"{st['p50_ms']:.2f} p99 {st['p99_ms']:.2f} ms")
+    inst.drain()
+    return {"mode": MODES[batch], "batch": batch, "max_fps": max_fps, "sat_windows": sat,
+            "saturated": saturated, "client_bound": client_bound, "kept_rate": kept,
+            "steps": steps, "half": half}
+
+
+def run_cell(name: str, conns: int, batches: tuple, rundir: str, guesses: dict) -> list[dict]:
+    cls = SERVERS[name]
+    server = cls(rundir, batches[0]) if cls is Odinws else cls(rundir)
+    inst = Instance(server, conns)
+    out = []
+    try:
+        idle = inst.open(batches[0], rundir)
+        log(f"  {name} {conns} conns: connected in {idle['connect_s']:.1f}s, idle RSS "
+            f"{idle['rss_idle'] / 2**20:.1f} MiB ({idle['rss_per_conn'] / 1024:.2f} KiB/conn)")
+        inst.warm_up(batches[0])
+        for batch in batches:
+            r = ramp(inst, batch, guesses.get((name, batch), 20000.0))
+            guesses[(name, batch)] = max(0.4 * r["max_fps"], 2000.0)
+            out.append({"server": name, "conns": conns, **idle, **r,
+                        "aux_rss": sum(rss_bytes(p) for p in server.aux_pids())})
+    finally:
+        inst.close()
+    return out
+
+
+def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) -> dict:
+    """10% of the clients stop reading; the others' rate and the server's RSS over time."""
+    cls = SERVERS[name]
+    server = cls(rundir, 10) if cls is Odinws else cls(rundir)
+    inst = Instance(server, conns, slow_every=10)
+    try:
+        idle = inst.open(10, rundir)
+        inst.warm_up(10)
+        inst.set_rate(rate, 10)
+        series, t0 = [], time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            st = inst.window(3.0)
+            per_conn = st["fps"] / inst.fast
+            series.append({"t": round(time.monotonic() - t0, 1), "fps": st["fps"],
+                           "per_conn_ratio": per_conn / rate, "rss": st["rss"],
+                           "p99_ms": st["p99_ms"], "open": st["open"], "closed": st["closed"],
+                           "starved": st["starved"], "server_cpu": st["server_cpu"]})
+            log(f"    slow t={series[-1]['t']:5.1f}s others {st['fps'] / 1e3:8.1f}k/s "
+                f"({per_conn / rate:.1%} of offered) RSS {st['rss'] / 2**20:7.1f} MiB "
+                f"p99 {st['p99_ms']:.1f} ms closed {st['closed']}")
+        inst.drain()
+        return {"server": name, "conns": conns, "slow": conns // 10, "rate": rate,
+                "offered_fps": rate * inst.fast, "rss_idle": idle["rss_idle"], "series": series}
+    finally:
+        inst.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--servers", default="odinws,node-ws,py-websockets,nchan")
+    ap.add_argument("--conns", default="1000,5000,15000")
+    ap.add_argument("--slow-conns", type=int, default=5000)
+    ap.add_argument("--slow-seconds", type=float, default=30.0)
+    ap.add_argument("--no-slow", action="store_true", help="skip the slow-client scenario")
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args()
+    servers = [s for s in args.servers.split(",") if s]
+    conns = [int(c) for c in args.conns.split(",") if c]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rundir = os.path.join(args.out, stamp)
+    os.makedirs(rundir, exist_ok=True)
+    results = {"started": stamp, "machine": report.machine(), "cells": [], "slow": [],
+               "errors": [], "settings": {"window_s": WINDOW, "settle_s": SETTLE, "ramp": RAMP,
+                                          "kept_up": KEPT_UP, "p99_bound_ms": P99_BOUND}}
+    t_start = time.monotonic()
+    guesses: dict = {}
+    try:
+        for name in servers:
+            for n in conns:
+                variants = [(10,), (1,)] if name == "odinws" else [(10, 1)]
+                for batches in variants:
+                    log(f"{name}: {n} connections, modes {[MODES[b] for b in batches]}")
+                    try:
+                        results["cells"] += run_cell(name, n, batches, rundir, guesses)
+                    except Exception as e:  # one broken cell must not lose the others
+                        log(f"  FAILED: {e!r}")
+                        results["errors"].append(f"{name} {n} {batches}: {e!r}")
+                    finally:
+                        Proc.stop_all()
+        if not args.no_slow:
+            for name in servers:
+                base = [c for c in results["cells"] if c["server"] == name and
+                        c["conns"] == args.slow_conns and c["mode"] == "burst"]
+                if not base or not base[0]["max_fps"]:
+                    continue
+                rate = base[0]["kept_rate"] or 0.5 * base[0]["max_fps"] / args.slow_conns
+                log(f"{name}: slow clients, {args.slow_conns} connections, {rate:.1f} ev/s")
+                try:
+                    results["slow"].append(run_slow(name, args.slow_conns, rate, rundir,
+                                                    args.slow_seconds))
+                except Exception as e:
+                    log(f"  FAILED: {e!r}")
+                    results["errors"].append(f"{name} slow: {e!r}")
+                finally:
+                    Proc.stop_all()
+    finally:
+        Proc.stop_all()
+        Odinws.stop_broker()
+        results["duration_s"] = round(time.monotonic() - t_start)
+        with open(os.path.join(rundir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    text = report.render(results)
+    print(text)
+    if not args.no_doc:
+        report.write_doc(text)
+        log("written to docs/performance.md and " + os.path.join(rundir, "results.json"))
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

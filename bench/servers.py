@@ -1,0 +1,285 @@
+"""
+The servers under test. Each runs its data path pinned to CPU 0 and gets the
+same ~200-byte JSON events at a rate the harness sets:
+
+* odinws: `twistd odinws --shards 1`; events come from Kafka (Tansu), written
+  by bench/kafka_feed.py on CPU 1. The parent (dispatcher) is pinned to CPU 1.
+* node-ws: bench/peers/node_ws.js, a built-in publisher (timer in the same
+  event loop) and ws.send() to every client.
+* py-websockets: bench/peers/py_websockets.py, an asyncio task and
+  websockets' broadcast().
+* nchan: nginx (1 worker) + nchan; the load client POSTs each event to the
+  publisher location over one keep-alive connection (pipelined per burst).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+
+from procs import Proc, free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+WORK = os.path.join(HERE, ".work")
+SERVER_CPU = {0}
+CLIENT_CPU = {1}
+SUBSCRIBE = '{"type":"subscribe","channels":["odin.token.*.*"]}'
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a process (sched_setaffinity on a pid moves one thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
+class Server:
+    """Base: start/stop, where clients connect, how events are driven."""
+
+    name = "?"
+    ws_path = "/"
+    #: The modes (event batch sizes) one running instance can serve.
+    batches = (10, 1)
+
+    def __init__(self, rundir: str):
+        self.rundir = rundir
+        self.port = free_port()
+        self.procs: list[Proc] = []
+
+    def start(self, batch: int) -> None:
+        raise NotImplementedError
+
+    def data_pids(self) -> list[int]:
+        """Processes that hold the connections (RSS and CPU are theirs)."""
+        return [self.procs[0].pid]
+
+    def aux_pids(self) -> list[int]:
+        """Helper processes of the server (reported, not counted as data path)."""
+        return []
+
+    def client_args(self) -> list[str]:
+        return []
+
+    def set_rate(self, client: Proc, rate: float, batch: int) -> None:
+        self.procs[0].send(f"rate {rate:.3f} {batch}")
+
+    def ready_check(self) -> None:
+        """Called after clients connected and before events flow."""
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs = []
+
+    def _log(self, what: str) -> str:
+        return os.path.join(self.rundir, f"{self.name}-{what}.log")
+
+
+class NodeWs(Server):
+    name = "node-ws"
+
+    def start(self, batch: int) -> None:
+        env = dict(os.environ, BENCH_WORK=WORK)
+        p = Proc(self.name, ["node", os.path.join(HERE, "peers", "node_ws.js"), str(self.port)],
+                 SERVER_CPU, env=env, log_path=self._log("server"))
+        self.procs.append(p)
+        p.wait_for("ready", 30)
+
+
+class PyWebsockets(Server):
+    name = "py-websockets"
+
+    def start(self, batch: int) -> None:
+        p = Proc(self.name, [sys.executable, os.path.join(HERE, "peers", "py_websockets.py"),
+                             str(self.port)], SERVER_CPU, log_path=self._log("server"))
+        self.procs.append(p)
+        p.wait_for("ready", 30)
+
+
+NGINX_CONF = """
+load_module {module};
+worker_processes 1;
+worker_cpu_affinity 01;
+worker_rlimit_nofile 20000;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 20000; use epoll; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp;
+    nchan_max_reserved_memory 256M;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /pub {{
+            nchan_publisher;
+            nchan_channel_id bench;
+            nchan_message_buffer_length 16;
+            nchan_message_timeout 60s;
+        }}
+        location = /ws {{
+            nchan_subscriber websocket;
+            nchan_channel_id bench;
+            nchan_subscriber_first_message newest;
+        }}
+    }}
+}}
+"""
+
+
+class Nchan(Server):
+    name = "nchan"
+    ws_path = "/ws"
+
+    def start(self, batch: int) -> None:
+        prefix = os.path.join(self.rundir, "nginx")
+        os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(module="/usr/share/nginx/modules/ngx_nchan_module.so",
+                                      prefix=prefix, port=self.port))
+        p = Proc(self.name, ["nginx", "-p", prefix, "-c", conf], None, log_path=self._log("server"),
+                 stdout_pipe=False)
+        self.procs.append(p)
+        deadline = time.monotonic() + 20
+        while not self._worker() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not self._worker():
+            raise RuntimeError("nginx started no worker; see " + self._log("server"))
+        pin_threads(p.pid, SERVER_CPU)
+        _wait_port(self.port, 20)
+
+    def _worker(self) -> int | None:
+        from procs import children
+        kids = children(self.procs[0].pid)
+        return kids[0] if kids else None
+
+    def data_pids(self) -> list[int]:
+        return [self._worker()]
+
+    def aux_pids(self) -> list[int]:
+        return [self.procs[0].pid]
+
+    def client_args(self) -> list[str]:
+        return ["-P", str(self.port), "-U", "/pub"]
+
+    def set_rate(self, client: Proc, rate: float, batch: int) -> None:
+        client.send(f"pub {rate:.3f} {batch}")
+
+
+class Odinws(Server):
+    """odinws with one shard; a fresh instance per mode (kafka.poll_batch = burst size)."""
+
+    name = "odinws"
+    ws_path = "/ws"
+    batches = (10,)
+    broker = None  # one Tansu broker for the whole run, shared by instances
+    _group = 0
+
+    def __init__(self, rundir: str, batch: int = 10):
+        super().__init__(rundir)
+        self.batches = (batch,)
+
+    @classmethod
+    def start_broker(cls, rundir: str) -> None:
+        if cls.broker is not None:
+            return
+        sys.path.insert(0, REPO)
+        from tests.broker import TansuBroker
+        broker = TansuBroker(log_dir=rundir)
+        broker.start()
+        cls.broker = broker
+        pin_threads(broker.pid, CLIENT_CPU)
+        broker.create_topics(["odin.trades"], partitions=1)
+
+    @classmethod
+    def stop_broker(cls) -> None:
+        if cls.broker is not None:
+            cls.broker.stop()
+            cls.broker = None
+
+    def start(self, batch: int) -> None:
+        Odinws.start_broker(self.rundir)
+        Odinws._group += 1
+        conf = os.path.join(self.rundir, f"odinws-{self.port}.yaml")
+        settings = {
+            "shards": 1, "cpu_affinity": [0],
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1"},
+            "kafka": {"brokers": self.broker.bootstrap, "group": f"bench{os.getpid()}-{Odinws._group}",
+                      "topics": {"odin.trades": "trade"}, "start_offset": "latest",
+                      "poll_batch": batch, "session_timeout_ms": 3000},
+            "limits": {"max_connections": 20000, "max_connections_per_shard": 20000},
+            # No pings (the peers run without them too) and no idle close.
+            "keepalive": {"ping_interval": 0, "idle_timeout": 0},
+            # The admission guard would refuse connections while CPU 0 is busy.
+            "guard": {"cpu_threshold": 0, "memory_threshold": 0},
+            "log": {"level": "warn"},
+        }
+        with open(conf, "w") as f:
+            json.dump(settings, f)  # JSON is YAML
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        twistd = "import sys; sys.argv[0]='twistd'; from twisted.scripts.twistd import run; run()"
+        p = Proc(self.name, [sys.executable, "-c", twistd, "--nodaemon", "--pidfile=",
+                             "odinws", "--config", conf], None, env=env, cwd=self.rundir,
+                 log_path=self._log(f"server-{self.port}"), stdout_pipe=False)
+        self.procs.append(p)
+        feed = Proc("kafka-feed", [sys.executable, os.path.join(HERE, "kafka_feed.py"),
+                                   self.broker.bootstrap], CLIENT_CPU,
+                    log_path=self._log("feed"))
+        self.procs.append(feed)
+        feed.wait_for("ready", 30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            h = self.health()
+            if h and h.get("shards_alive") and h.get("status") == "ok":
+                break
+            if not p.alive():
+                raise RuntimeError("odinws exited; see " + p.log_path)
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"odinws /health not ok within 60s: {self.health()}")
+        pin_threads(p.pid, CLIENT_CPU)  # the dispatcher: idle during the run
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read() or b"{}")
+        except (OSError, ValueError):
+            return None
+
+    def data_pids(self) -> list[int]:
+        from procs import children
+        return children(self.procs[0].pid)[:1]
+
+    def aux_pids(self) -> list[int]:
+        return [self.procs[0].pid]
+
+    def client_args(self) -> list[str]:
+        return ["-S", SUBSCRIBE]
+
+    def set_rate(self, client: Proc, rate: float, batch: int) -> None:
+        self.procs[1].send(f"rate {rate:.3f} {batch}")
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} not listening after {timeout:g}s")
+
+
+SERVERS = {"odinws": Odinws, "node-ws": NodeWs, "py-websockets": PyWebsockets, "nchan": Nchan}
