@@ -26,12 +26,17 @@ import yaml  # noqa: E402
 
 from tests.broker import TansuBroker  # noqa: E402
 from tests.node import Client, free_port, http_get, wait_for  # noqa: E402
+from tests.test_ops_files import (  # noqa: E402
+    DASHBOARD, PROMETHEUS_SERIES, all_rules, dashboard_panels, load_rules, metric_names,
+    recorded_names)
 
 TWISTD = "/opt/venvs/odinws/bin/twistd"
 TOPIC = "odinws.debtest"
 TOKEN = "DEB1"
 CHANNEL = f"odin.token.{TOKEN}.trade"
 STOP_TIMEOUT = 40.0
+#: Metrics the dashboard and alerts use that odinws may not export yet.
+NOT_YET = {"odinws_ready"}
 
 results: list[bool] = []
 
@@ -69,6 +74,36 @@ def start_server(config: str, port: int, log_path: str) -> subprocess.Popen:
     with open(log_path, "ab") as log:
         return subprocess.Popen(argv, cwd="/", env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def exposed_names(text: str) -> set[str]:
+    """Sample names a Prometheus text exposition has or declares (# TYPE)."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(None, 3)
+            names.add(name)
+            if kind == "counter" and not name.endswith("_total"):
+                names.add(name + "_total")
+            elif kind in ("histogram", "summary"):
+                names.update(name + s for s in ("_bucket", "_count", "_sum"))
+        elif line and not line.startswith("#"):
+            names.add(line.split("{", 1)[0].split(" ", 1)[0])
+    return names
+
+
+def used_names() -> set[str]:
+    """Metric names the Grafana dashboard and the Prometheus rules select."""
+    with open(DASHBOARD) as f:
+        dashboard = json.load(f)
+    rules = load_rules()
+    names = set()
+    for panel in dashboard_panels(dashboard):
+        for target in panel.get("targets", []):
+            names |= metric_names(target["expr"])
+    for rule in all_rules(rules):
+        names |= metric_names(rule["expr"])
+    return names - PROMETHEUS_SERIES - recorded_names(rules) - NOT_YET
 
 
 def health(port: int) -> tuple[int, dict]:
@@ -112,6 +147,9 @@ def run(workdir: str) -> None:
         check("/metrics has shard-labelled odinws samples",
               status == 200 and b'odinws_connections{shard="0"}' in metrics,
               metrics[:300].decode("utf-8", "replace"))
+        missing = used_names() - exposed_names(metrics.decode("utf-8", "replace"))
+        check("the node exports every metric the dashboard and alerts use", not missing,
+              "missing: " + ", ".join(sorted(missing)))
 
         client = Client(f"ws://127.0.0.1:{port}/ws")
         try:
