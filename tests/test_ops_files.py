@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(ROOT, "etc", "grafana", "odinws-dashboard.json")
 RULES = os.path.join(ROOT, "etc", "prometheus", "odinws-rules.yml")
 UNIT = os.path.join(ROOT, "systemd", "odinws.service")
+OPERATIONS = os.path.join(ROOT, "docs", "operations.md")
 
 #: Families the write path and the node's readiness export that metrics.py
 #: may not declare (yet); a family metrics.py does declare is taken from there.
@@ -502,3 +503,19 @@ class PackagingTests(unittest.TestCase):
         self.assertIn("--constraint=requirements.lock", rules)
         self.assertIn("readlink -f /usr/bin/python3", rules)
         self.assertIn("--python $(PY_EXE)", rules)
+
+
+class OperationsDocTests(unittest.TestCase):
+    """docs/operations.md against the config schema."""
+
+    def test_reloadSectionListsLiveSettings(self):
+        """
+        The reload section names exactly the settings the schema marks live,
+        so the docs cannot promise a reload the code does not do (or miss one).
+        """
+        with open(OPERATIONS) as f:
+            text = f.read()
+        section = text.split("## Reloading", 1)[1].split("\n## ", 1)[0]
+        named = {key for key in re.findall(r"`([a-z_]+\.[a-z_]+)`", section)
+                 if key in configmod.BY_KEY}
+        self.assertEqual(named, {o.key for o in configmod.SCHEMA if o.live})
