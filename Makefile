@@ -26,5 +26,9 @@ test-deb: $(STAMP)
 test-unit: $(STAMP)
 	$(VENV)/bin/trial tests.unit
 
+bench: $(STAMP)
+	sh bench/setup.sh
+	$(PY) bench/run.py
+
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info
