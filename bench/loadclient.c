@@ -60,7 +60,8 @@ static int port, nconns = 100, nsrc = 4, max_pending = 128, slow_every = 0, lat_
 static int rcvbuf_slow = 16384;
 static conn_t *conns;
 static int epfd, started, pending, n_open, n_failed, n_closed;
-static uint64_t w_frames, w_other, w_bytes, w_frames_slow;
+static uint64_t w_frames, w_other, w_bytes, w_frames_slow, w_reads;
+static int delay_us;
 static double w_start, w_cpu_start;
 static uint8_t rbuf[1 << 18];
 
@@ -244,6 +245,7 @@ static void on_data(int i, const uint8_t *data, size_t n) {
     conn_t *c = &conns[i];
     uint64_t now_us = wall_us();
     w_bytes += n;
+    w_reads++;
     const uint8_t *buf = data;
     size_t len = n;
     if (c->carry_len) { carry_put(c, data, n); buf = c->carry; len = c->carry_len; }
@@ -306,6 +308,12 @@ static void on_conn_event(int i, uint32_t events) {
         if (rest) { on_data(i, tmp, rest); free(tmp); }
         return;
     }
+    /* Delayed-ACK mode, re-armed after each read (the kernel clears it): with
+     * immediate ACKs, each read sends an ACK whose loopback processing (the
+     * server socket's ACK handling and pending transmits) runs on the client's
+     * CPU and made the client, not the server, the bottleneck near 100k reads/s. */
+    int zero = 0;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof zero);
     on_data(i, rbuf, r);
 }
 
@@ -410,17 +418,17 @@ static void report_window(void) {
         c->frames_win = 0;
     }
     printf("{\"dt\":%.4f,\"frames\":%llu,\"frames_slow\":%llu,\"other_frames\":%llu,"
-           "\"bytes\":%llu,\"open\":%d,\"closed\":%d,\"failed\":%d,\"active_fast\":%llu,"
+           "\"bytes\":%llu,\"reads\":%llu,\"open\":%d,\"closed\":%d,\"failed\":%d,\"active_fast\":%llu,"
            "\"starved\":%llu,\"lat_n\":%llu,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,"
            "\"max_ms\":%.3f,\"cpu\":%.4f,\"pub_sent\":%llu,\"pub_resp\":%llu,\"pub_skipped\":%llu}\n",
            dt, (unsigned long long)w_frames, (unsigned long long)w_frames_slow,
-           (unsigned long long)w_other, (unsigned long long)w_bytes, n_open, n_closed, n_failed,
+           (unsigned long long)w_other, (unsigned long long)w_bytes, (unsigned long long)w_reads, n_open, n_closed, n_failed,
            (unsigned long long)active, (unsigned long long)starved, (unsigned long long)lat_n,
            percentile(0.5), percentile(0.9), percentile(0.99), lat_max / 1000.0,
            dt > 0 ? (cpu - w_cpu_start) / dt : 0, (unsigned long long)pub_sent,
            (unsigned long long)pub_resp, (unsigned long long)pub_skipped);
     fflush(stdout);
-    w_frames = w_other = w_bytes = w_frames_slow = lat_n = lat_max = 0;
+    w_frames = w_other = w_bytes = w_frames_slow = w_reads = lat_n = lat_max = 0;
     memset(hist_fine, 0, sizeof hist_fine);
     memset(hist_coarse, 0, sizeof hist_coarse);
     w_start = t;
@@ -461,7 +469,7 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -474,6 +482,7 @@ int main(int argc, char **argv) {
         case 'l': lat_every = atoi(optarg); break;
         case 'P': pub_port = atoi(optarg); break;
         case 'U': pub_path = optarg; break;
+        case 'd': delay_us = atoi(optarg); break;
         default: usage();
         }
     }
@@ -503,7 +512,7 @@ int main(int argc, char **argv) {
     int connect_reported = 0;
     w_start = t0;
     w_cpu_start = cpu_s();
-    struct epoll_event evs[1024];
+    static struct epoll_event evs[16384];
     for (;;) {
         while (started < nconns && pending < max_pending) start_conn(started++);
         if (!connect_reported && started == nconns && pending == 0) {
@@ -513,7 +522,9 @@ int main(int argc, char **argv) {
             connect_reported = 1;
         }
         int timeout = pub_rate > 0 ? 1 : 50;
-        int n = epoll_wait(epfd, evs, 1024, timeout);
+        /* -d: let data pile up a little so one read takes several frames */
+        if (delay_us && connect_reported) usleep(delay_us);
+        int n = epoll_wait(epfd, evs, 16384, timeout);
         for (int k = 0; k < n; k++) {
             int64_t tag = (int64_t)evs[k].data.u64;
             if (tag == TAG_STDIN) {
