@@ -37,7 +37,7 @@ def main() -> None:
     while True:
         wait = 0.2
         if rate > 0:
-            due = int((time.monotonic() - t0) * rate / batch)
+            due = int((time.monotonic() - t0) * rate / batch) + 1  # first at t0
             if due - sent > rate / batch:  # more than 1 s behind: drop the backlog
                 skipped += (due - 1 - sent) * batch
                 sent = due - 1
@@ -49,7 +49,7 @@ def main() -> None:
                 produced += batch
                 sent += 1
             producer.poll(0)
-            wait = max(0.0, t0 + (sent + 1) * batch / rate - time.monotonic())
+            wait = max(0.0, t0 + sent * batch / rate - time.monotonic())
         if select.select([sys.stdin], [], [], wait)[0]:
             chunk = sys.stdin.buffer.raw.read(4096)
             if not chunk:

@@ -367,9 +367,9 @@ static void pub_read(void) {
 
 static void pub_tick(void) {
     if (pub_rate <= 0 || pub_fd < 0) return;
-    double due = (now_s() - pub_t0) * pub_rate / pub_batch;
+    double due = (now_s() - pub_t0) * pub_rate / pub_batch + 1; /* first at t0 */
     if (due - pub_batches_sent > pub_rate / pub_batch) { /* >1 s behind: drop the backlog */
-        uint64_t skip = (uint64_t)due - pub_batches_sent;
+        uint64_t skip = (uint64_t)due - 1 - pub_batches_sent;
         pub_skipped += skip * pub_batch;
         pub_batches_sent += skip;
     }

@@ -71,6 +71,38 @@ class CpuMeter:
         return value
 
 
+def core_times() -> dict[int, tuple[float, float]]:
+    """Per CPU: (busy, total) jiffies from /proc/stat (busy includes irq/softirq)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals]
+                idle = v[3] + v[4]  # idle + iowait
+                out[int(name[3:])] = (sum(v[:8]) - idle, sum(v[:8]))
+    return out
+
+
+class CoreMeter:
+    """Busy share of each CPU (all processes, interrupts included) between calls."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._last = core_times()
+
+    def shares(self) -> dict[int, float]:
+        now = core_times()
+        out = {}
+        for cpu, (busy, total) in now.items():
+            b0, t0 = self._last.get(cpu, (busy, total))
+            out[cpu] = (busy - b0) / (total - t0) if total > t0 else 0.0
+        self._last = now
+        return out
+
+
 class Proc:
     """A child process pinned to CPUs, with line-based stdin/stdout."""
 

@@ -132,7 +132,7 @@ def render(results: dict) -> str:
            f"confluent-kafka {m['confluent_kafka']}, websockets {m['websockets']}; "
            f"Node {m['node']} with ws {m['node_ws']}; nginx {m['nginx']} with nchan {m['nchan']}.",
            "", "| server | conns | mode | max delivered frames/s | p50 / p99 at half max (ms) "
-           "| server CPU at max | client CPU at max | idle RSS | RSS per idle conn | note |",
+           "| server CPU (core 0 busy) at max | client CPU at max | idle RSS | RSS per idle conn | note |",
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for c in sorted(results["cells"], key=lambda c: (c["server"] != "odinws", c["server"],
                                                       c["conns"], c["mode"])):
@@ -145,7 +145,7 @@ def render(results: dict) -> str:
         out.append(
             f"| {c['server']} | {c['conns']:,} | {c['mode']} | {_k(c['max_fps'])} | "
             f"{_ms(c['half']['p50_ms'])} / {_ms(c['half']['p99_ms'])} | "
-            f"{last['server_cpu']:.0%} | {last['cpu']:.0%} | {c['rss_idle'] / 2**20:.1f} MiB | "
+            f"{last['server_cpu']:.0%} ({last.get('core0', 0):.0%}) | {last['cpu']:.0%} | {c['rss_idle'] / 2**20:.1f} MiB | "
             f"{c['rss_per_conn'] / 1024:.1f} KiB | {', '.join(notes)} |")
     if results["slow"]:
         out += ["", "Slow clients (every 10th connection stops reading after subscribing):", "",

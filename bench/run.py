@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import report  # noqa: E402
-from procs import CpuMeter, Proc, rss_bytes  # noqa: E402
+from procs import CoreMeter, CpuMeter, Proc, rss_bytes  # noqa: E402
 from servers import CLIENT_CPU, HERE, SERVERS, WORK, Odinws  # noqa: E402
 
 MODES = {10: "burst", 1: "turn"}
@@ -65,7 +65,7 @@ class Instance:
         time.sleep(2.0)
         rss1 = self.rss()
         self.cpu = CpuMeter(srv.data_pids())
-        self.client_cpu = CpuMeter([self.client.pid])
+        self.cores = CoreMeter()
         return {"connect_s": info["connect_s"], "connected": info["connected"],
                 "rss0": rss0, "rss_idle": rss1,
                 "rss_per_conn": (rss1 - rss0) / max(1, info["connected"])}
@@ -81,10 +81,13 @@ class Instance:
         self.client.send("w")
         self.client.read_json(10)
         self.cpu.reset()
+        self.cores.reset()
         time.sleep(seconds)
         self.client.send("w")
         st = self.client.read_json(10)
         st["server_cpu"] = self.cpu.share()
+        cores = self.cores.shares()
+        st["core0"], st["core1"] = cores.get(0, 0.0), cores.get(1, 0.0)
         st["fps"] = st["frames"] / st["dt"] if st["dt"] > 0 else 0.0
         st["rss"] = self.rss()
         return st
@@ -100,7 +103,7 @@ class Instance:
 
     def warm_up(self, batch: int) -> None:
         """Send a trickle until the clients see events (odinws: the consumer joined)."""
-        self.set_rate(5, 1)
+        self.set_rate(2, 1)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.window(0.5)["frames"] > 0:
@@ -120,7 +123,8 @@ class Instance:
 
 
 def summary(st: dict, **extra) -> dict:
-    keys = ("fps", "p50_ms", "p99_ms", "max_ms", "cpu", "server_cpu", "rss", "starved",
+    keys = ("fps", "p50_ms", "p99_ms", "max_ms", "cpu", "server_cpu", "core0", "core1", "rss",
+            "starved", "reads", "frames",
             "open", "closed", "pub_skipped")
     return {**{k: st.get(k) for k in keys}, **extra}
 
@@ -150,7 +154,7 @@ def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
         steps.append(summary(st, rate=rate, offered=offered, kept_up=ok))
         log(f"    {MODES[batch]:5} {rate:9.1f} ev/s offered {offered / 1e3:8.1f}k "
             f"delivered {st['fps'] / 1e3:8.1f}k p50 {st['p50_ms']:8.2f} p99 {st['p99_ms']:8.2f} ms"
-            f" srv {st['server_cpu']:.0%} cli {st['cpu']:.0%}")
+            f" srv {st['server_cpu']:.0%} (core0 {st['core0']:.0%}) cli {st['cpu']:.0%}")
         if not ok:
             break
         kept = rate

@@ -33,7 +33,7 @@ function broadcast(buf) {
 let rate = 0, batch = 1, t0 = 0, sent = 0, timer = null, gen = 0;
 function tick(myGen) {
   if (myGen !== gen || rate <= 0) return;
-  const due = Math.floor(((performance.now() - t0) / 1000) * rate / batch);
+  const due = Math.floor(((performance.now() - t0) / 1000) * rate / batch) + 1;  // first at t0
   if (due - sent > rate / batch) sent = due - 1;  // more than 1 s behind: drop the backlog
   if (sent < due) {
     for (let i = 0; i < batch; i++) broadcast(event());
@@ -41,7 +41,7 @@ function tick(myGen) {
   }
   // Another batch already due goes out in the next turn (setImmediate), so a
   // batch is never merged with the next one into one turn.
-  const next = t0 + (sent + 1) * 1000 * batch / rate;
+  const next = t0 + sent * 1000 * batch / rate;
   const wait = next - performance.now();
   if (wait <= 0) setImmediate(tick, myGen); else setTimeout(tick, Math.max(0, wait - 0.3), myGen);
 }

@@ -34,14 +34,14 @@ async def publisher(server, rate: float, batch: int) -> None:
     loop = asyncio.get_running_loop()
     t0, sent = loop.time(), 0
     while True:
-        due = int((loop.time() - t0) * rate / batch)
+        due = int((loop.time() - t0) * rate / batch) + 1  # first at t0
         if due - sent > rate / batch:  # more than 1 s behind: drop the backlog
             sent = due - 1
         if sent < due:
             for _ in range(batch):
                 broadcast(server.connections, event())
             sent += 1
-        wait = t0 + (sent + 1) * batch / rate - loop.time()
+        wait = t0 + sent * batch / rate - loop.time()
         # sleep(0) when a batch is already due: the next one is its own turn.
         await asyncio.sleep(max(0.0, wait))
 
