@@ -1,0 +1,510 @@
+"""
+The fan-out write path: how one event frame reaches many WebSocket clients.
+This is the one module that touches Twisted's and Autobahn's write internals;
+C{tests/test_writepath.py} fails loudly if an upgrade moves them.
+
+Design
+======
+
+I{Frame once.} The server accepts no compression extension, so an event's
+WebSocket frame is the same bytes for every client: L{text_frame} builds it
+once per event. Autobahn's C{sendMessage} would re-frame it per client and
+format a debug log line per call.
+
+I{One write per connection per batch.} L{Fanout.publish} only appends the
+shared frame to each subscriber's L{Outbox}; L{Fanout.flush} (after each
+Kafka batch, or at the end of the reactor turn) joins everything queued for
+a connection into one buffer and writes it once. Per-write costs are then
+paid per connection and batch, not per event.
+
+I{Direct send when Twisted holds nothing.} C{transport.write} appends to
+Twisted's buffer and arms the writer (an C{epoll_ctl}); the reactor's
+C{doWrite} later sends and disarms it (another one), inside logging and
+context wrappers. When Twisted holds no bytes for the connection, sending
+now is exactly what C{doWrite} would do an iteration later, minus that
+overhead; order is kept because we never send directly while Twisted holds
+anything. What the kernel refuses goes to C{transport.write}, so Twisted's
+own machinery finishes it and notices a lost connection the usual way.
+Transports that are not plain TCP sockets (TLS, test transports) always get
+C{transport.write}.
+
+I{A producer, so slow clients stay bounded.} Twisted's buffer is unbounded
+and opaque: once bytes are in it they can no longer be dropped or replaced.
+Each Outbox registers as a streaming producer on its transport. Twisted
+calls C{pauseProducing} when it holds more than its 64 KiB high-water mark
+and C{resumeProducing} once its buffer has drained. On a socket transport
+the Outbox does not even wait for 64 KiB: if Twisted still holds bytes
+from an earlier write when a flush comes, the client is behind, so the
+Outbox pauses itself and marks the transport's producer paused
+(C{producerPaused}), which is what makes Twisted's C{doWrite} call
+C{resumeProducing} when it has drained. Twisted then holds at most what the
+kernel refused of one write, and everything else waits in the Outbox as
+frames, where the slow-client policy can bound them (C{limit} counts
+Twisted's held bytes plus the queue), drop them, keep the latest per channel
+or close the connection. On resume the waiting frames leave in one write,
+usually a direct send, since Twisted has just drained.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable, Iterable
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet import abstract, tcp
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+POLICIES = ("drop", "conflate", "disconnect")
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+# A closed Outbox has no room at all, so every push takes the slow path,
+# which ignores it: the hot loop needs no separate "closed" test.
+_CLOSED_ROOM = -(1 << 62)
+_LEN16 = struct.Struct("!BBH").pack
+_LEN64 = struct.Struct("!BBQ").pack
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final, text (opcode 1) WebSocket frame carrying C{payload}."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 0x10000:
+        return _LEN16(0x81, 126, n) + payload
+    return _LEN64(0x81, 127, n) + payload
+
+
+class WriteStats:
+    """
+    Counters of one process's write path, as plain integers: the hot loop
+    bumps them, L{WriteStatsCollector} reads them at scrape time.
+    """
+
+    def __init__(self) -> None:
+        self.delivered = 0         # frames handed to the kernel or to Twisted
+        self.bytes_out = 0         # their bytes
+        self.writes = 0            # buffers written (one per connection per flush)
+        self.direct = 0            # ... the kernel took all of it at once
+        self.partial = 0           # ... the kernel took part, the rest went to Twisted
+        self.buffered = 0          # ... all of it went to transport.write
+        self.fallbacks = 0         # ... of those, a direct send was tried and refused
+        self.dropped = dict.fromkeys(POLICIES, 0)  # frames dropped, by policy
+        self.conflated = 0         # waiting frames replaced by a newer one of their channel
+        self.slow_disconnects = 0  # connections closed under the disconnect policy
+        self.high_water = 0        # most bytes one connection had waiting (Twisted + queue)
+
+
+class WriteStatsCollector:
+    """A C{prometheus_client} collector exposing a L{WriteStats}."""
+
+    def __init__(self, stats: WriteStats):
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats
+        yield CounterMetricFamily("odinws_events_delivered", "Event frames written to "
+                                  "clients (kernel or Twisted's buffer).", value=s.delivered)
+        yield CounterMetricFamily("odinws_outbound_bytes", "Event bytes written to clients.",
+                                  value=s.bytes_out)
+        dropped = CounterMetricFamily("odinws_events_dropped", "Event frames dropped for "
+                                      "slow clients, by policy.", labels=["policy"])
+        for policy in POLICIES:
+            dropped.add_metric([policy], s.dropped[policy])
+        yield dropped
+        yield CounterMetricFamily("odinws_events_conflated", "Waiting event frames replaced "
+                                  "by a newer one of the same channel.", value=s.conflated)
+        yield CounterMetricFamily("odinws_slow_disconnects", "Connections closed (4008) "
+                                  "under the disconnect policy.", value=s.slow_disconnects)
+        yield GaugeMetricFamily("odinws_outbound_buffer_high_water_bytes", "Most bytes one "
+                                "connection had waiting since start.", value=s.high_water)
+        writes = CounterMetricFamily("odinws_writes", "Buffers written to connections, by "
+                                     "path (direct: socket.send took all; partial: the rest "
+                                     "went to Twisted; buffered: all via Twisted).",
+                                     labels=["path"])
+        writes.add_metric(["direct"], s.direct)
+        writes.add_metric(["partial"], s.partial)
+        writes.add_metric(["buffered"], s.buffered)
+        yield writes
+
+
+def held(transport: Any) -> int:
+    """
+    Bytes Twisted holds for C{transport} because the kernel has not taken
+    them yet. For TLS, the (encrypted) bytes the TCP transport below holds;
+    0 for transports with no such buffer (test transports).
+    """
+    if isinstance(transport, abstract.FileDescriptor):
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    inner = getattr(transport, "transport", None)   # TLSMemoryBIOProtocol and wrappers
+    if inner is not None and inner is not transport:
+        return held(inner)
+    return 0
+
+
+def _producer_of(transport: Any) -> Any:
+    producer = getattr(transport, "producer", None)
+    if producer is None:
+        # TLSMemoryBIOProtocol keeps its producer wrapped in a _ProducerMembrane.
+        producer = getattr(getattr(transport, "_producer", None), "_producer", None)
+    return producer
+
+
+@implementer(IPushProducer)
+class Outbox:
+    """
+    The outbound side of one WebSocket connection (create it when the
+    connection opens). Frames pushed in a reactor turn leave in one write;
+    while the client is slow they wait here, bounded by C{limit} bytes
+    (Twisted's held bytes included), and the event type's policy applies
+    past it. Per-channel order is kept under every policy.
+
+    A change of C{limit} takes effect at the next flush.
+    """
+
+    __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
+                 "on_slow_disconnect", "queue", "room", "paused", "closed", "_cap", "_tombs",
+                 "_fd", "_direct", "_index", "_indexed", "_over_since", "_refused", "_grace_call",
+                 "__weakref__")
+
+    def __init__(self, protocol: Any, fanout: "Fanout", policy_for: Callable[[str], str],
+                 limit: int, grace: float, on_slow_disconnect: Callable[[], None]):
+        self.protocol = protocol
+        self.transport = transport = protocol.transport
+        self.fanout = fanout
+        self.stats = fanout.stats
+        self.policy_for = policy_for
+        self.limit = limit
+        self.grace = grace
+        self.on_slow_disconnect = on_slow_disconnect
+        # frame, channel, frame, channel, ...: one list, so the hot loop
+        # does one in-place extend per frame and the flush one slice + join.
+        self.queue: list = []
+        # Bytes that may still be queued: _cap - queued, where _cap is the
+        # limit minus Twisted's held bytes at the last look. One counter
+        # instead of two keeps the per-connection loop to one store.
+        self.room = self._cap = limit
+        self.paused = False
+        self.closed = False
+        self._tombs = 0                 # conflated-away frames left as b"" in the queue
+        # Twisted's buffer attributes are FileDescriptor's; a socket to send
+        # on directly only a TCP (or Unix) connection's.
+        self._fd = isinstance(transport, abstract.FileDescriptor)
+        self._direct = isinstance(transport, tcp.Connection)
+        self._index: dict[str, list[int]] | None = None   # channel -> queue positions
+        self._indexed = 0
+        self._over_since: float | None = None   # disconnect policy: over the limit since
+        self._refused = 0                       # size of the last frame that did not fit
+        self._grace_call = None
+        transport.registerProducer(self, True)
+
+    # -- queueing
+
+    def push(self, frame: bytes, channel: str, event_type: str) -> None:
+        """Queue C{frame} (of C{channel}, C{event_type}) for this reactor turn."""
+        size = len(frame)
+        if size > self.room:
+            self._over(frame, channel, event_type, size)
+        else:
+            self._accept(frame, channel, size)
+
+    def _accept(self, frame: bytes, channel: str, size: int) -> None:
+        self.room -= size
+        queue = self.queue
+        if not queue:
+            self.fanout._mark(self)
+        queue += (frame, channel)
+
+    def queued(self) -> int:
+        """Bytes of the frames waiting in this Outbox."""
+        return 0 if self.closed else self._cap - self.room
+
+    def buffered(self) -> int:
+        """Bytes waiting for this connection: Twisted's held bytes plus the queue."""
+        return held(self.transport) + self.queued()
+
+    def _settle(self) -> None:
+        """Re-read Twisted's held bytes; track the high-water mark and the over state."""
+        queued = self._cap - self.room
+        now_held = held(self.transport)
+        self._cap = self.limit - now_held
+        self.room = self._cap - queued
+        waiting = now_held + queued
+        stats = self.stats
+        if waiting > stats.high_water:
+            stats.high_water = waiting
+        if self._over_since is not None and self.room >= self._refused:
+            self._calm()
+
+    def _over(self, frame: bytes, channel: str, event_type: str, size: int) -> None:
+        """The slow path: the frame does not fit in the room last computed."""
+        if self.closed:
+            return
+        self._settle()
+        if size <= self.room:
+            self._accept(frame, channel, size)
+            return
+        policy = self.policy_for(event_type)
+        stats = self.stats
+        if policy == "conflate":
+            if not self._conflate(frame, channel, size):
+                stats.dropped["conflate"] += 1
+        elif policy == "disconnect":
+            clock = self.fanout.reactor
+            if self._over_since is None:
+                self._over_since = clock.seconds()
+                # A silent feed sends no more pushes: the timer decides then.
+                self._grace_call = clock.callLater(self.grace, self._grace_over)
+            elif clock.seconds() - self._over_since >= self.grace:
+                # Maybe inside Fanout.publish's loop over the subscription
+                # index: the shard's callback runs after it, at flush.
+                self._disconnect(self.fanout._defer)
+                return
+            self._refused = size
+            stats.dropped["disconnect"] += 1
+        else:
+            stats.dropped["drop"] += 1
+
+    def _channels(self) -> dict[str, list[int]]:
+        """Channel -> queue positions of its waiting frames, brought up to date."""
+        index = self._index
+        if index is None:
+            index = self._index = {}
+        queue = self.queue
+        for i in range(self._indexed, len(queue), 2):
+            positions = index.get(queue[i + 1])
+            if positions is None:
+                index[queue[i + 1]] = [i]
+            else:
+                positions.append(i)
+        self._indexed = len(queue)
+        return index
+
+    def _conflate(self, frame: bytes, channel: str, size: int) -> bool:
+        """
+        Keep only the newest waiting frame of C{channel}: older ones become
+        empty placeholders (positions stay valid), and the newest is replaced
+        in place by C{frame} if that fits. False if C{frame} did not fit.
+        """
+        index = self._channels()
+        positions = index.get(channel)
+        if not positions:
+            return False
+        queue = self.queue
+        last = positions[-1]
+        freed = 0
+        for i in positions[:-1]:
+            freed += len(queue[i])
+            queue[i] = b""
+        count = len(positions) - 1
+        self._tombs += count
+        index[channel] = [last]
+        old = len(queue[last])
+        fits = size <= self.room + freed + old
+        if fits:
+            queue[last] = frame
+            freed += old - size
+            count += 1
+        self.room += freed
+        self.stats.conflated += count
+        return fits
+
+    # -- writing
+
+    def _flush(self) -> None:
+        """Write everything queued in one buffer, unless paused, closed or held back."""
+        queue = self.queue
+        if not queue or self.paused or self.closed:
+            return
+        if self.protocol.state != _OPEN:
+            # A close frame has gone out (or came in): no data frame may follow.
+            self._discard()
+            return
+        t = self.transport
+        direct = False
+        if self._fd:
+            if t._tempDataLen or len(t.dataBuffer) != t.offset:
+                if t.producer is self and not t.disconnecting:
+                    # The client has not taken the last write yet: keep the
+                    # frames here, and have doWrite resume us once drained.
+                    self.paused = t.producerPaused = True
+                    self._settle()
+                    return
+            elif self._direct:
+                direct = (t.connected and not t.disconnecting and not t._aborting
+                          and not t.TLS)
+        frames = (len(queue) >> 1) - self._tombs
+        buf = queue[0] if len(queue) == 2 else b"".join(queue[::2])
+        self._discard()
+        size = len(buf)
+        stats = self.stats
+        stats.delivered += frames
+        stats.bytes_out += size
+        stats.writes += 1
+        if direct:
+            try:
+                sent = t.socket.send(buf)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # ECONNRESET, EPIPE, ...: Twisted's own write finds the loss
+                # and closes the connection the usual way.
+                sent = 0
+            if sent == size:
+                stats.direct += 1
+                self.room = self._cap = self.limit
+                if self._over_since is not None:
+                    self._settle()
+                return
+            if sent:
+                stats.partial += 1
+                buf = buf[sent:]
+            else:
+                stats.buffered += 1
+                stats.fallbacks += 1
+        else:
+            stats.buffered += 1
+        t.write(buf)
+        self._settle()
+
+    def _discard(self) -> None:
+        self.queue.clear()
+        self.room = self._cap
+        self._tombs = 0
+        self._index = None
+        self._indexed = 0
+
+    # -- IPushProducer (called by Twisted)
+
+    def pauseProducing(self) -> None:
+        """Twisted holds more than its high-water mark: keep frames here."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """Twisted's buffer has drained: write what waits."""
+        self.paused = False
+        if self.closed:
+            return
+        if self.transport.disconnecting:
+            # Twisted finishes a loseConnection only once a paused producer
+            # is gone; no frame is due on a closing connection anyway.
+            self.close()
+            return
+        if self.queue:
+            self._flush()
+        else:
+            self._settle()
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
+        self.close()
+
+    # -- slow disconnect and close
+
+    def _calm(self) -> None:
+        self._over_since = None
+        self._refused = 0
+        call, self._grace_call = self._grace_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _grace_over(self) -> None:
+        self._grace_call = None
+        if self.closed or self._over_since is None:
+            return
+        self._settle()
+        if self._over_since is not None:
+            self._disconnect(lambda f: f())
+
+    def _disconnect(self, run: Callable[[Callable[[], None]], None]) -> None:
+        self.stats.slow_disconnects += 1
+        self.close()
+        run(self.on_slow_disconnect)
+
+    def close(self) -> None:
+        """Drop waiting frames, unregister from the transport, never write again."""
+        if self.closed:
+            return
+        self.closed = True
+        self._discard()
+        self._calm()
+        self.room = _CLOSED_ROOM
+        transport = self.transport
+        if _producer_of(transport) is self:
+            transport.unregisterProducer()
+
+
+class Fanout:
+    """
+    Pushes prebuilt frames to many Outboxes and flushes the ones that got
+    frames: on L{flush}, or at the end of the reactor turn if nobody did.
+    """
+
+    def __init__(self, reactor: Any, stats: WriteStats):
+        self.reactor = reactor
+        self.stats = stats
+        self._dirty: list[Outbox] = []
+        self._later: list[Callable[[], None]] = []
+        self._call = None
+
+    def publish(self, frame: bytes, channel: str, event_type: str,
+                outboxes: Iterable[Outbox]) -> None:
+        """Queue one frame (of C{channel}, C{event_type}) on every outbox."""
+        size = len(frame)
+        pair = (frame, channel)
+        dirty = self._dirty
+        mark = dirty.append
+        # Outbox.push inlined: this loop runs once per subscriber per event.
+        for box in outboxes:
+            room = box.room - size
+            if room < 0:
+                box._over(frame, channel, event_type, size)
+                continue
+            box.room = room
+            queue = box.queue
+            if not queue:
+                mark(box)
+            queue += pair
+        if dirty and self._call is None:
+            self._call = self.reactor.callLater(0, self._turn_end)
+
+    def flush(self) -> None:
+        """Write every outbox that got frames since the last flush, now."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+            for box in dirty:
+                try:
+                    box._flush()
+                except Exception:
+                    # One broken connection must not starve the others.
+                    log.failure("writing to {outbox}", outbox=box)
+        later = self._later
+        if later:
+            self._later = []
+            for f in later:
+                try:
+                    f()
+                except Exception:
+                    log.failure("slow-client disconnect {f}", f=f)
+
+    def _turn_end(self) -> None:
+        self._call = None
+        self.flush()
+
+    def _mark(self, box: Outbox) -> None:
+        self._dirty.append(box)
+        if self._call is None:
+            self._call = self.reactor.callLater(0, self._turn_end)
+
+    def _defer(self, f: Callable[[], None]) -> None:
+        self._later.append(f)
+        if self._call is None:
+            self._call = self.reactor.callLater(0, self._turn_end)

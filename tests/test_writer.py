@@ -1,0 +1,650 @@
+"""
+Tests for L{odin_ws.writer}: framing, one write per connection per turn, the
+direct-send path on real sockets (whole, partial, refused), the slow-client
+policies with memory bounds, and no data frame after a close frame.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import abstract, tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from odin_ws.writer import Fanout, Outbox, WriteStats, WriteStatsCollector, held, text_frame
+
+OPEN = WebSocketProtocol.STATE_OPEN
+
+
+# -- helpers (tests/test_writepath.py uses some of them too)
+
+def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked, final server frame in C{data}."""
+    frames, i = [], 0
+    while i < len(data):
+        b0, b1 = data[i], data[i + 1]
+        if not b0 & 0x80 or b1 & 0x80:
+            raise ValueError(f"not a final unmasked frame at {i}: {b0:#x} {b1:#x}")
+        n, i = b1 & 0x7F, i + 2
+        if n == 126:
+            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        if i + n > len(data):
+            raise ValueError(f"truncated frame at {i}")
+        frames.append((b0 & 0x0F, data[i:i + n]))
+        i += n
+    return frames
+
+
+def event(channel: str, n: int, pad: int = 60) -> bytes:
+    """A text frame of fixed size per C{pad}, carrying its channel and number."""
+    return text_frame(json.dumps({"c": channel, "n": "%06d" % n, "p": "x" * pad}).encode())
+
+
+def events_in(data: bytes) -> list[tuple[str, int]]:
+    """(channel, number) of each event frame in C{data}."""
+    out = []
+    for opcode, payload in parse_frames(data):
+        assert opcode == 1, opcode
+        doc = json.loads(payload)
+        out.append((doc["c"], int(doc["n"])))
+    return out
+
+
+class FakeProtocol:
+    """What an Outbox uses of an Autobahn protocol: its transport and state."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.state = OPEN
+
+
+class CountingTransport(StringTransport):
+    """A StringTransport that counts write calls."""
+
+    writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+
+class StalledTransport(abstract.FileDescriptor):
+    """
+    Twisted's real buffering and producer calls (L{abstract.FileDescriptor})
+    over a fake kernel that takes only what the test allows: a stalled
+    client until L{drain}.
+    """
+
+    def __init__(self):
+        super().__init__(MemoryReactor())
+        self.connected = 1
+        self.allow = 0
+        self.wire = bytearray()
+
+    def writeSomeData(self, data):
+        n = min(len(data), self.allow)
+        self.allow -= n
+        self.wire += data[:n]
+        return n
+
+    def drain(self) -> None:
+        """The client reads everything, as the reactor's doWrite would deliver it."""
+        self.allow = 1 << 40
+        while held(self):
+            self.doWrite()
+        self.allow = 0
+
+
+@implementer(IReadDescriptor)
+class Client:
+    """The client end of a loopback TCP pair: read only when the test says so."""
+
+    def __init__(self, reactor, sock: socket.socket):
+        self.reactor = reactor
+        self.sock = sock
+        self.data = bytearray()
+        self._want = 0
+        self._done: Deferred | None = None
+
+    def read(self, n: int, timeout: float = 30.0) -> Deferred:
+        """Fires with everything read once at least C{n} bytes came (fails after C{timeout})."""
+        self._want, self._done = n, Deferred()
+        d = self._done
+        self.reactor.addReader(self)
+        self._check()
+        return d.addTimeout(timeout, self.reactor).addBoth(self._stop)
+
+    def _stop(self, result):
+        self.reactor.removeReader(self)
+        return result
+
+    def _check(self) -> None:
+        if self._done is not None and len(self.data) >= self._want:
+            d, self._done = self._done, None
+            d.callback(bytes(self.data))
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def doRead(self):
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return None
+        if not chunk:
+            d, self._done = self._done, None
+            if d is not None:
+                d.errback(ConnectionError(f"peer closed after {len(self.data)} bytes"))
+            self.reactor.removeReader(self)
+            return None
+        self.data += chunk
+        self._check()
+        return None
+
+    def connectionLost(self, reason):
+        pass
+
+    def logPrefix(self):
+        return "test-client"
+
+    def fill_kernel(self, server: socket.socket) -> int:
+        """Send junk from C{server} until the kernel refuses more; bytes sent."""
+        total = 0
+        while True:
+            try:
+                total += server.send(b"\0" * 65536)
+            except BlockingIOError:
+                return total
+
+
+class Sink(Protocol):
+    """The server side of a loopback pair: just a transport to write on."""
+
+    def __init__(self):
+        self.lost = Deferred()
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+def tcp_pair(reactor, sndbuf: int = 0, rcvbuf: int = 0) -> tuple[Sink, Client]:
+    """
+    A connected loopback TCP pair: the server end adopted by C{reactor} (a real
+    L{tcp.Server}), the client end a non-blocking plain socket.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.socket()
+    if rcvbuf:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    client.connect(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    if sndbuf:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    server.setblocking(False)
+    sink = Sink()
+    reactor.adoptStreamConnection(server.fileno(), socket.AF_INET,
+                                  Factory.forProtocol(lambda: sink))
+    server.close()
+    client.setblocking(False)
+    return sink, Client(reactor, client)
+
+
+def handshaken_protocol() -> tuple[WebSocketServerProtocol, StringTransport]:
+    """A real Autobahn server protocol, opened over a StringTransport, no timers."""
+    factory = WebSocketServerFactory()
+    factory.protocol = WebSocketServerProtocol
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
+                               autoPingInterval=0)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    key = base64.b64encode(os.urandom(16))
+    proto.dataReceived(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
+                       b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert proto.state == OPEN, proto.state
+    transport.clear()
+    return proto, transport
+
+
+def policies(**by_type: str):
+    return lambda event_type: by_type.get(event_type, "drop")
+
+
+# -- tests
+
+class TextFrameTests(SynchronousTestCase):
+    def test_headerLengths(self):
+        """Lengths 0, 125 (7-bit), 126, 65535 (16-bit) and 65536 (64-bit) parse back exactly."""
+        for n, marker, header in ((0, 0, 2), (125, 125, 2), (126, 126, 4), (65535, 126, 4),
+                                  (65536, 127, 10)):
+            payload = bytes(range(256)) * (n // 256) + b"a" * (n % 256)
+            frame = text_frame(payload)
+            self.assertEqual(frame[0], 0x81, "FIN + text opcode")
+            self.assertEqual(frame[1], marker, "unmasked, length marker")
+            self.assertEqual(len(frame), header + n)
+            self.assertEqual(parse_frames(frame), [(1, payload)])
+
+    def test_sameBytesAsAutobahn(self):
+        """The frame equals what Autobahn itself prepares for an uncompressed text message."""
+        factory = WebSocketServerFactory()
+        for n in (0, 125, 126, 65535, 65536):
+            payload = b"x" * n
+            self.assertEqual(text_frame(payload), factory.prepareMessage(payload).payloadHybi)
+
+
+class CoalescingTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.stats = WriteStats()
+        self.fanout = Fanout(self.clock, self.stats)
+
+    def outbox(self, transport=None, limit: int = 1 << 20) -> Outbox:
+        proto = FakeProtocol(transport if transport is not None else CountingTransport())
+        return Outbox(proto, self.fanout, policies(), limit, 5.0, lambda: None)
+
+    def test_oneWritePerTurn(self):
+        """Ten frames pushed in a turn leave in one write, in order."""
+        box = self.outbox()
+        frames = [event("a", i) for i in range(10)]
+        for f in frames:
+            box.push(f, "a", "trade")
+        self.fanout.flush()
+        self.assertEqual(box.transport.writes, 1)
+        self.assertEqual(box.transport.value(), b"".join(frames))
+        self.assertEqual((self.stats.writes, self.stats.delivered, self.stats.buffered),
+                         (1, 10, 1))
+        self.assertEqual(self.stats.bytes_out, len(b"".join(frames)))
+
+    def test_flushAtTurnEndWithoutExplicitFlush(self):
+        """Without flush(), one callLater(0) writes the turn's frames."""
+        boxes = [self.outbox() for _ in range(3)]
+        for i in range(4):
+            self.fanout.publish(event("a", i), "a", "trade", boxes)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(boxes[0].transport.value(), b"")
+        self.clock.advance(0)
+        for box in boxes:
+            self.assertEqual(box.transport.writes, 1)
+            self.assertEqual(events_in(box.transport.value()), [("a", i) for i in range(4)])
+
+    def test_flushCancelsTurnEndCall(self):
+        """An explicit flush leaves no timer behind."""
+        self.fanout.publish(event("a", 1), "a", "trade", [self.outbox()])
+        self.fanout.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_publishSharesOneFrame(self):
+        """publish() writes the same frame to every outbox, one write each."""
+        boxes = [self.outbox() for _ in range(3)]
+        frame = event("a", 7)
+        self.fanout.publish(frame, "a", "trade", boxes)
+        self.fanout.flush()
+        self.assertEqual([b.transport.value() for b in boxes], [frame] * 3)
+        self.assertEqual((self.stats.writes, self.stats.delivered), (3, 3))
+
+    def test_closeIsFinalAndIdempotent(self):
+        """After close() the outbox drops what waits, unregisters and never writes."""
+        box = self.outbox()
+        box.push(event("a", 1), "a", "trade")
+        self.assertIs(box.transport.producer, box)
+        box.close()
+        box.close()
+        self.assertIsNone(box.transport.producer)
+        box.push(event("a", 2), "a", "trade")
+        self.fanout.publish(event("a", 3), "a", "trade", [box])
+        box.resumeProducing()
+        self.fanout.flush()
+        self.assertEqual(box.transport.value(), b"")
+        self.assertEqual(box.buffered(), 0)
+
+    def test_collector(self):
+        """The collector exposes the counters under the documented names and labels."""
+        self.stats.delivered, self.stats.direct, self.stats.high_water = 5, 2, 700
+        self.stats.dropped["conflate"] = 3
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in WriteStatsCollector(self.stats).collect()
+                   for s in family.samples}
+        self.assertEqual(samples[("odinws_events_delivered_total", ())], 5)
+        self.assertEqual(samples[("odinws_writes_total", (("path", "direct"),))], 2)
+        self.assertEqual(samples[("odinws_events_dropped_total", (("policy", "conflate"),))], 3)
+        self.assertEqual(samples[("odinws_outbound_buffer_high_water_bytes", ())], 700)
+        for name in ("odinws_outbound_bytes_total", "odinws_events_conflated_total",
+                     "odinws_slow_disconnects_total"):
+            self.assertIn((name, ()), samples)
+
+
+class RealSocketTests(TestCase):
+    """The direct path on real loopback TCP connections and the real reactor."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+        self.reactor = reactor
+        self.stats = WriteStats()
+        self.fanout = Fanout(reactor, self.stats)
+
+    def pair(self, **bufs) -> tuple[Sink, Client]:
+        sink, client = tcp_pair(self.reactor, **bufs)
+        self.assertIsInstance(sink.transport, tcp.Server)
+
+        def cleanup():
+            client.sock.close()
+            sink.transport.abortConnection()
+            return sink.lost
+        self.addCleanup(cleanup)
+        return sink, client
+
+    def outbox(self, sink: Sink, limit: int = 1 << 24, policy: str = "drop") -> Outbox:
+        return Outbox(FakeProtocol(sink.transport), self.fanout, lambda t: policy, limit, 5.0,
+                      lambda: None)
+
+    @inlineCallbacks
+    def test_directSend(self):
+        """With nothing held by Twisted, the joined frames go out by socket.send, intact."""
+        sink, client = self.pair()
+        box = self.outbox(sink)
+        frames = [event("a", i) for i in range(10)]
+        for f in frames:
+            box.push(f, "a", "trade")
+        self.fanout.flush()
+        self.assertEqual((self.stats.direct, self.stats.writes), (1, 1))
+        self.assertEqual(held(sink.transport), 0)
+        data = yield client.read(len(b"".join(frames)))
+        self.assertEqual(data, b"".join(frames))
+
+    @inlineCallbacks
+    def test_waitsWhileTwistedHoldsBytes(self):
+        """
+        When Twisted holds bytes written before (an Autobahn control frame,
+        say), the frames wait in the Outbox, and go out after them once
+        Twisted has drained: order on the wire is kept.
+        """
+        sink, client = self.pair()
+        box = self.outbox(sink)
+        sink.transport.write(b"ahead")
+        frame = event("a", 1)
+        box.push(frame, "a", "trade")
+        self.fanout.flush()
+        self.assertEqual(self.stats.writes, 0)
+        self.assertTrue(box.paused)
+        self.assertEqual(box.queued(), len(frame))
+        data = yield client.read(5 + len(frame))
+        self.assertEqual(data, b"ahead" + frame)
+        self.assertEqual((self.stats.writes, self.stats.direct), (1, 1))
+
+    @inlineCallbacks
+    def test_refusedSendFallsBackToTwisted(self):
+        """A send the kernel refuses (full socket buffer) goes to transport.write whole."""
+        sink, client = self.pair(sndbuf=4096, rcvbuf=4096)
+        box = self.outbox(sink)
+        junk = client.fill_kernel(sink.transport.socket)
+        frames = [event("a", i) for i in range(5)]
+        for f in frames:
+            box.push(f, "a", "trade")
+        self.fanout.flush()
+        self.assertEqual((self.stats.fallbacks, self.stats.buffered, self.stats.direct),
+                         (1, 1, 0))
+        self.assertEqual(held(sink.transport), len(b"".join(frames)))
+        data = yield client.read(junk + len(b"".join(frames)))
+        self.assertEqual(data, b"\0" * junk + b"".join(frames))
+
+    @inlineCallbacks
+    def test_partialSend(self):
+        """
+        When the kernel takes part of a write, the rest goes to Twisted; frames
+        pushed meanwhile wait in the Outbox; once the client reads, every byte
+        arrives exactly once and in order.
+        """
+        sink, client = self.pair(sndbuf=4096, rcvbuf=4096)
+        box = self.outbox(sink)
+        first = [event("a", i, pad=16000) for i in range(40)]
+        for f in first:
+            box.push(f, "a", "trade")
+        self.fanout.flush()
+        self.assertEqual((self.stats.partial, self.stats.writes), (1, 1))
+        rest = held(sink.transport)
+        self.assertTrue(0 < rest < len(b"".join(first)), rest)
+        self.assertTrue(box.paused, "Twisted holds more than its high-water mark")
+        later = [event("a", i) for i in range(40, 60)]
+        for f in later:
+            box.push(f, "a", "trade")
+        self.fanout.flush()
+        self.assertEqual(self.stats.writes, 1, "frames wait in the Outbox while paused")
+        self.assertEqual(box.buffered(), rest + len(b"".join(later)))
+        expected = b"".join(first + later)
+        data = yield client.read(len(expected))
+        self.assertEqual(data, expected)
+        self.assertEqual(self.stats.bytes_out, len(expected))
+        self.assertEqual(box.buffered(), 0)
+
+    @inlineCallbacks
+    def test_stalledClientBoundedByDropPolicy(self):
+        """
+        A real client that stops reading: the Outbox keeps the bytes waiting
+        within the limit, drops and counts the rest, and once the client reads,
+        it receives an in-order subsequence, each event once.
+        """
+        sink, client = self.pair(sndbuf=4096, rcvbuf=4096)
+        limit = 65536
+        box = self.outbox(sink, limit=limit)
+        frame_size = len(event("a", 0, pad=1000))
+        published = 0
+        for turn in range(40):
+            for _ in range(10):
+                self.fanout.publish(event("a", published, pad=1000), "a", "trade", [box])
+                published += 1
+            self.fanout.flush()
+            self.assertLessEqual(box.buffered(), limit + frame_size)
+        self.assertGreater(self.stats.dropped["drop"], 0)
+        self.assertEqual(self.stats.delivered + box.queued() // frame_size
+                         + self.stats.dropped["drop"], published)
+        expected_bytes = self.stats.bytes_out + box.queued()
+        data = yield client.read(expected_bytes)
+        self.assertEqual(len(data), expected_bytes)
+        got = [n for _, n in events_in(data)]
+        self.assertEqual(got, sorted(set(got)))
+        self.assertEqual(len(got) + self.stats.dropped["drop"], published)
+
+
+class PolicyTests(SynchronousTestCase):
+    """Slow-client policies, with Twisted's real buffer over a stalled fake kernel."""
+
+    frame_size = len(event("a", 0))
+
+    def setUp(self):
+        self.clock = Clock()
+        self.stats = WriteStats()
+        self.fanout = Fanout(self.clock, self.stats)
+        self.healthy = [self.make(StringTransport(), "drop") for _ in range(2)]
+        self.disconnects = 0
+
+    def make(self, transport, policy: str, limit: int = 1000, grace: float = 5.0) -> Outbox:
+        def slow():
+            self.disconnects += 1
+        return Outbox(FakeProtocol(transport), self.fanout, lambda t: policy, limit, grace,
+                      slow)
+
+    def run_turns(self, box: Outbox, turns: int, channels=("a",), per_turn: int = 10,
+                  limit: int = 1000, start: int = 0) -> list[tuple[str, int]]:
+        """Publish turns of events to C{box} and the healthy outboxes; what was published."""
+        published = []
+        n = start
+        for _ in range(turns):
+            for _ in range(per_turn):
+                channel = channels[n % len(channels)]
+                self.fanout.publish(event(channel, n), channel, "t", [box] + self.healthy)
+                published.append((channel, n))
+                n += 1
+            self.fanout.flush()
+            self.assertLessEqual(box.buffered(), limit + self.frame_size)
+        return published
+
+    def assertHealthyGot(self, published):
+        for box in self.healthy:
+            self.assertEqual(events_in(box.transport.value()), published)
+
+    def test_dropKeepsMemoryBoundedAndCounts(self):
+        """Drop: bytes waiting stay within the limit, the rest is dropped and counted."""
+        t = StalledTransport()
+        box = self.make(t, "drop")
+        published = self.run_turns(box, 30)
+        self.assertHealthyGot(published)
+        self.assertGreater(self.stats.dropped["drop"], 0)
+        t.drain()
+        got = events_in(bytes(t.wire))
+        self.assertEqual(got, sorted(set(got), key=lambda e: e[1]))
+        self.assertEqual(len(got) + self.stats.dropped["drop"], len(published))
+        self.assertEqual(box.buffered(), 0)
+        self.assertGreaterEqual(self.stats.high_water, 1000 - self.frame_size)
+
+    def test_conflateKeepsLatestPerChannelInOrder(self):
+        """
+        Conflate: waiting frames of a channel are replaced by its newest; the
+        client, once it reads, sees each channel in order, ending with its
+        latest event, within the memory bound.
+        """
+        t = StalledTransport()
+        box = self.make(t, "conflate")
+        channels = ("a", "b", "c")
+        # A first small turn puts a little in Twisted's buffer; later turns queue.
+        published = self.run_turns(box, 1, channels, per_turn=3)
+        published += self.run_turns(box, 20, channels, start=3)
+        self.assertHealthyGot(published)
+        self.assertGreater(self.stats.conflated, 0)
+        self.assertEqual(self.stats.dropped["conflate"], 0)
+        t.drain()
+        got = events_in(bytes(t.wire))
+        for channel in channels:
+            mine = [n for c, n in got if c == channel]
+            self.assertEqual(mine, sorted(set(mine)))
+            self.assertEqual(mine[-1], max(n for c, n in published if c == channel))
+        self.assertEqual(len(got) + self.stats.conflated, len(published))
+
+    def test_conflateDropsWhenNothingToReplace(self):
+        """Conflate with no waiting frame of the channel and no room: dropped and counted."""
+        t = StalledTransport()
+        box = self.make(t, "conflate")
+        box.push(event("a", 0, pad=900), "a", "t")
+        self.fanout.flush()                      # all of it now in Twisted's buffer
+        box.push(event("b", 1), "b", "t")
+        self.assertEqual(self.stats.dropped["conflate"], 1)
+        self.assertEqual(box.queued(), 0)
+
+    def test_pausedAtTwistedHighWater(self):
+        """Past Twisted's 64 KiB high-water mark frames wait here until it drains."""
+        t = StalledTransport()
+        box = self.make(t, "drop", limit=1 << 20)
+        big = [event("a", i, pad=20000) for i in range(4)]
+        for f in big:
+            box.push(f, "a", "t")
+        self.fanout.flush()
+        self.assertTrue(box.paused)
+        self.assertTrue(t.producerPaused)
+        box.push(event("a", 4), "a", "t")
+        self.fanout.flush()
+        self.assertEqual(self.stats.writes, 1)
+        t.drain()
+        self.assertFalse(box.paused)
+        self.assertEqual([n for _, n in events_in(bytes(t.wire))], list(range(5)))
+
+    def test_disconnectAfterGraceByTimer(self):
+        """Disconnect: over the limit for the grace period, closed once by the timer."""
+        t = StalledTransport()
+        box = self.make(t, "disconnect")
+        published = self.run_turns(box, 3)
+        self.assertGreater(self.stats.dropped["disconnect"], 0)
+        self.assertEqual(self.disconnects, 0)
+        self.clock.advance(4.9)
+        self.assertEqual(self.disconnects, 0)
+        self.clock.advance(0.1)
+        self.assertEqual((self.disconnects, self.stats.slow_disconnects), (1, 1))
+        self.assertTrue(box.closed)
+        self.assertIsNone(t.producer)
+        self.assertEqual(box.queued(), 0)
+        published += self.run_turns(box, 3, start=len(published))
+        self.clock.advance(10)
+        self.assertEqual(self.disconnects, 1)
+        self.assertHealthyGot(published)
+
+    def test_disconnectOnLaterPushRunsAfterThePublishLoop(self):
+        """A push past the grace closes the connection, its callback running at flush."""
+        t = StalledTransport()
+        box = self.make(t, "disconnect")
+        self.run_turns(box, 3)
+        self.clock.rightNow += 5.0              # the push comes before the timer runs
+        self.fanout.publish(event("a", 999), "a", "t", [box])
+        self.assertTrue(box.closed)
+        self.assertEqual(self.disconnects, 0)
+        self.fanout.flush()
+        self.assertEqual(self.disconnects, 1)
+        self.clock.advance(0)
+        self.assertEqual((self.disconnects, self.stats.slow_disconnects), (1, 1))
+
+    def test_disconnectSparedWhenClientCatchesUp(self):
+        """A client that drains within the grace period is not closed."""
+        t = StalledTransport()
+        box = self.make(t, "disconnect")
+        self.run_turns(box, 3)
+        self.clock.advance(2)
+        t.drain()
+        self.clock.advance(10)
+        self.assertEqual(self.disconnects, 0)
+        self.assertFalse(box.closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ClosedProtocolTests(SynchronousTestCase):
+    def test_noDataFrameAfterCloseFrame(self):
+        """
+        Frames queued when Autobahn sends its close frame are discarded: the
+        close frame is the last frame on the wire, even after a resume.
+        """
+        proto, transport = handshaken_protocol()
+        fanout = Fanout(Clock(), WriteStats())
+        box = Outbox(proto, fanout, policies(), 1 << 20, 5.0, lambda: None)
+        box.push(event("a", 1), "a", "t")
+        fanout.flush()
+        box.push(event("a", 2), "a", "t")
+        proto.sendClose(4008, "slow consumer")
+        self.assertNotEqual(proto.state, OPEN)
+        fanout.flush()
+        box.push(event("a", 3), "a", "t")
+        box.resumeProducing()
+        fanout.flush()
+        frames = parse_frames(transport.value())
+        self.assertEqual([op for op, _ in frames], [1, 8])
+        self.assertEqual(frames[1][1][:2], (4008).to_bytes(2, "big"))
+
+    def test_slowDisconnectThroughAutobahn(self):
+        """The shard's callback (sendClose 4008) runs once; no data frame follows it."""
+        proto, transport = handshaken_protocol()
+        clock = Clock()
+        fanout = Fanout(clock, WriteStats())
+        box = Outbox(proto, fanout, policies(t="disconnect"), 1000, 1.0,
+                     lambda: proto.sendClose(4008, "slow consumer"))
+        box.pauseProducing()                     # as Twisted would for a stalled client
+        for i in range(50):
+            box.push(event("a", i), "a", "t")
+        fanout.flush()
+        clock.advance(1.0)
+        fanout.flush()
+        frames = parse_frames(transport.value())
+        self.assertEqual([op for op, _ in frames], [8])
+        self.assertIsNone(transport.producer)
