@@ -108,6 +108,38 @@ if [ "$e2e_status" != 0 ] && ! grep -q '^not ok: ' "$work/e2e.log"; then
     fail "end-to-end run (exit status $e2e_status)"
 fi
 
+# --- upgrade --------------------------------------------------------------
+# The same package under a higher version whose default config also changed,
+# over a locally edited config: dpkg must keep the admin's file (confold) and
+# put the new default beside it; the maintainer scripts' upgrade paths must
+# keep the user, the statoverride and a fresh plugin cache.
+repack_upgrade() {
+    local tree=$work/upgrade sum
+    rm -rf "$tree"
+    dpkg-deb -R "$deb" "$tree" || return 1
+    sed -i 's/^Version: .*/&+upgradetest1/' "$tree/DEBIAN/control" || return 1
+    echo "# changed in the upgrade test package" >>"$tree/etc/odinws/odinws.yaml" || return 1
+    sum=$(cd "$tree" && md5sum etc/odinws/odinws.yaml) || return 1
+    sed -i "s#^[0-9a-f]*  etc/odinws/odinws.yaml\$#$sum#" "$tree/DEBIAN/md5sums" || return 1
+    dpkg-deb --root-owner-group -Zgzip -z1 -b "$tree" "$work/out/odinws-upgrade.deb" >/dev/null \
+        || return 1
+    rm -rf "$tree"
+}
+echo "# local change" >>/etc/odinws/odinws.yaml
+check "an upgrade package can be made (repacked, higher version)" repack_upgrade
+check "apt-get upgrades to it (keeping the changed config)" \
+    apt-get install -y -qq -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "$work/out/odinws-upgrade.deb"
+check "the new version is installed" \
+    sh -c 'dpkg-query -W -f "\${Version}" odinws | grep -q "+upgradetest1$"'
+check "the admin's config is kept and the new default put beside it" \
+    sh -c 'grep -qx "# local change" /etc/odinws/odinws.yaml && test -f /etc/odinws/odinws.yaml.dpkg-dist'
+check "the config keeps root:odinws 0640 and the user stays" \
+    sh -c '[ "$(stat -c %U:%G:%a /etc/odinws/odinws.yaml)" = root:odinws:640 ] && getent passwd odinws >/dev/null'
+check "the upgraded odinws runs as its user (plugin cache rebuilt)" \
+    sh -c "ls $VENV/lib/python3*/site-packages/twisted/plugins/dropin.cache >/dev/null &&
+           setpriv --reuid=odinws --regid=odinws --init-groups -- /usr/bin/odinws --help >/dev/null"
+
 # --- remove and purge ---------------------------------------------------
 dpkg -L odinws | sort >"$work/files"
 check "apt-get remove removes the package" apt-get remove -y -qq odinws
