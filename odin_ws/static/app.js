@@ -1,0 +1,390 @@
+// odinws demo page: subscribe to channels, show one live row per token.
+//
+// Incoming events only update an in-memory model and mark rows dirty; the
+// DOM is touched in one batch per animation frame (at most ~10 per second),
+// so a thousand events per second cost a thousand JSON.parse calls, not a
+// thousand layouts. Everything from the server goes in with textContent.
+"use strict";
+
+(() => {
+  const params = new URLSearchParams(location.search);
+  const WS_URL = (() => {
+    const given = params.get("ws");
+    if (given && /^wss?:\/\//.test(given)) return given;
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+  })();
+  // ?subscribe=a,b chooses the first subscriptions; ?subscribe= (empty) none.
+  const INITIAL = params.has("subscribe")
+    ? params.get("subscribe").split(",").map((s) => s.trim()).filter(Boolean)
+    : ["odin.token.*.*"];
+
+  const SEGMENT = /^(\*|[A-Za-z0-9_:-]{1,128})$/;
+  const MAX_CHANNELS_PER_MESSAGE = 100;  // limits.max_channels_per_message default
+  const HISTORY = 90;                    // sparkline points per token
+  const RENDER_EVERY_MS = 100;
+  const BACKOFF_BASE_S = 0.5, BACKOFF_CAP_S = 30, STABLE_AFTER_MS = 10000;
+  const PING_EVERY_MS = 15000;
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    status: $("status"), rate: $("rate"), total: $("total"), tokenCount: $("token-count"),
+    delay: $("delay"), rtt: $("rtt"), rows: $("rows"), empty: $("empty"),
+    subs: $("subscriptions"), message: $("message"), lastEvent: $("last-event"),
+  };
+  $("ws-url").textContent = WS_URL;
+
+  // ---- model -------------------------------------------------------------
+  const wanted = new Set();         // channel patterns we want, across reconnects
+  const confirmed = new Set();      // acknowledged on the current connection
+  const pending = new Map();        // request id -> {kind, channels}
+  const tokens = new Map();         // token id -> row state
+  const order = [];                 // token ids, sorted like the table
+  const dirty = new Set();
+  let total = 0, secondCount = 0, delaySum = 0, delayCount = 0, lastEvent = null;
+  let nextId = 1;
+
+  const collator = new Intl.Collator(undefined, {numeric: true});
+
+  function rowFor(token) {
+    let s = tokens.get(token);
+    if (s) return s;
+    s = {token, price: NaN, first: NaN, prev: NaN, history: [], trade: null,
+         liquidity: NaN, count: 0, ts: 0, types: new Set(), row: null};
+    tokens.set(token, s);
+    return s;
+  }
+
+  function handleEvent(msg) {
+    const parts = String(msg.channel || "").split(".");
+    if (parts.length !== 4) return;
+    const [, , token, type] = parts;
+    const d = (msg.data && typeof msg.data === "object") ? msg.data : {};
+    const s = rowFor(token);
+    s.count++;
+    s.types.add(type);
+    s.ts = typeof msg.ts === "number" ? msg.ts : Date.now();
+    const price = parseFloat(d.price);
+    if ((type === "trade" || type === "price") && Number.isFinite(price)) {
+      if (!Number.isFinite(s.first)) s.first = price;
+      s.prev = s.price;
+      s.price = price;
+      s.history.push(price);
+      if (s.history.length > HISTORY) s.history.shift();
+    }
+    if (type === "trade") s.trade = d;
+    else if (type === "liquidity") s.liquidity = parseFloat(d.liquidity);
+    dirty.add(s);
+    total++;
+    secondCount++;
+    if (typeof msg.ts === "number") { delaySum += Date.now() - msg.ts; delayCount++; }
+    lastEvent = msg;
+    scheduleRender();
+  }
+
+  // ---- rendering (batched) ---------------------------------------------------
+  let renderQueued = false, lastRender = 0;
+
+  function scheduleRender() {
+    if (!renderQueued) { renderQueued = true; requestAnimationFrame(render); }
+  }
+
+  function render(now) {
+    if (now - lastRender < RENDER_EVERY_MS) { requestAnimationFrame(render); return; }
+    renderQueued = false;
+    lastRender = now;
+    for (const s of dirty) drawRow(s);
+    dirty.clear();
+    el.total.textContent = total.toLocaleString();
+    el.tokenCount.textContent = tokens.size;
+    el.empty.hidden = tokens.size > 0;
+    if (lastEvent) el.lastEvent.textContent = JSON.stringify(lastEvent, null, 2);
+  }
+
+  function cell(tr, cls) {
+    const td = document.createElement("td");
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+    return td;
+  }
+
+  function createRow(s) {
+    const tr = document.createElement("tr");
+    tr.dataset.token = s.token;
+    const c = {
+      token: cell(tr, "token"), price: cell(tr, "num price"), change: cell(tr, "num"),
+      spark: cell(tr, "spark"), trade: cell(tr, "trade"), liquidity: cell(tr, "num"),
+      count: cell(tr, "num count"), updated: cell(tr, "updated"),
+    };
+    c.token.textContent = s.token;
+    const canvas = document.createElement("canvas");
+    canvas.className = "sparkline";
+    canvas.width = 120; canvas.height = 28;
+    c.spark.appendChild(canvas);
+    c.canvas = canvas;
+    // Keep rows sorted by token id: binary search for the place.
+    let lo = 0, hi = order.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (collator.compare(order[mid], s.token) < 0) lo = mid + 1; else hi = mid;
+    }
+    const before = lo < order.length ? tokens.get(order[lo]).row.tr : null;
+    el.rows.insertBefore(tr, before);
+    order.splice(lo, 0, s.token);
+    s.row = {tr, ...c};
+  }
+
+  function fmt(x) {
+    if (!Number.isFinite(x)) return "–";
+    const a = Math.abs(x);
+    if (a >= 1000) return x.toLocaleString(undefined, {maximumFractionDigits: 2});
+    if (a >= 1) return x.toFixed(4);
+    return x.toPrecision(4);
+  }
+
+  function drawRow(s) {
+    if (!s.row) createRow(s);
+    const r = s.row;
+    r.tr.dataset.types = [...s.types].join(" ");
+    r.price.textContent = fmt(s.price);
+    if (Number.isFinite(s.prev) && s.prev !== s.price) {
+      r.tr.classList.remove("up", "down");
+      void r.tr.offsetWidth;  // restart the flash animation
+      r.tr.classList.add(s.price > s.prev ? "up" : "down");
+    }
+    if (Number.isFinite(s.first) && s.first > 0) {
+      const pct = (s.price / s.first - 1) * 100;
+      r.change.textContent = (pct >= 0 ? "+" : "") + pct.toFixed(2) + "%";
+      r.change.className = "num " + (pct > 0 ? "pos" : pct < 0 ? "neg" : "");
+    }
+    if (s.trade) {
+      const side = s.trade.side === "sell" ? "sell" : s.trade.side === "buy" ? "buy" : "";
+      const size = parseFloat(s.trade.size);
+      r.trade.textContent = `${Number.isFinite(size)
+        ? size.toLocaleString(undefined, {maximumFractionDigits: 2}) : "–"} ${side || "trade"}`;
+      r.trade.className = "trade " + side;
+    }
+    r.liquidity.textContent = Number.isFinite(s.liquidity)
+      ? s.liquidity.toLocaleString(undefined, {maximumFractionDigits: 0}) : "–";
+    r.count.textContent = s.count.toLocaleString();
+    r.updated.textContent = new Date(s.ts).toLocaleTimeString(undefined, {hour12: false})
+      + "." + String(s.ts % 1000).padStart(3, "0");
+    drawSparkline(r.canvas, s.history);
+  }
+
+  function drawSparkline(canvas, points) {
+    const ctx = canvas.getContext("2d");
+    const w = canvas.width, h = canvas.height, pad = 2;
+    ctx.clearRect(0, 0, w, h);
+    canvas.dataset.points = points.length;
+    if (points.length === 0) return;
+    const min = Math.min(...points), max = Math.max(...points);
+    const span = max - min || 1;
+    const x = (i) => points.length === 1 ? w / 2 : pad + (i * (w - 2 * pad)) / (points.length - 1);
+    const y = (v) => max === min ? h / 2 : h - pad - ((v - min) * (h - 2 * pad)) / span;
+    const rising = points[points.length - 1] >= points[0];
+    ctx.lineWidth = 1.5;
+    ctx.strokeStyle = rising ? "#3ecf8e" : "#ff6b6b";
+    ctx.beginPath();
+    points.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
+    ctx.stroke();
+    ctx.fillStyle = ctx.strokeStyle;
+    ctx.beginPath();
+    ctx.arc(x(points.length - 1), y(points[points.length - 1]), 2, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+
+  function drawSubscriptions() {
+    el.subs.replaceChildren();
+    if (wanted.size === 0) {
+      const i = document.createElement("i");
+      i.textContent = "nothing yet";
+      el.subs.appendChild(i);
+      return;
+    }
+    for (const ch of [...wanted].sort()) {
+      const chip = document.createElement("span");
+      chip.className = "chip" + (confirmed.has(ch) ? " ok" : "");
+      chip.dataset.channel = ch;
+      chip.title = confirmed.has(ch) ? "subscribed" : "waiting for the server";
+      chip.textContent = ch;
+      const x = document.createElement("button");
+      x.type = "button";
+      x.textContent = "×";
+      x.title = "unsubscribe";
+      x.addEventListener("click", () => unsubscribe([ch]));
+      chip.appendChild(x);
+      el.subs.appendChild(chip);
+    }
+  }
+
+  let messageTimer = null;
+  function say(text, isError) {
+    el.message.textContent = text;
+    el.message.className = isError ? "error" : "";
+    clearTimeout(messageTimer);
+    messageTimer = setTimeout(() => { el.message.textContent = ""; }, 8000);
+  }
+
+  function setStatus(state, text) {
+    el.status.dataset.state = state;
+    el.status.textContent = text || state;
+  }
+
+  // ---- connection -----------------------------------------------------------
+  let ws = null, attempt = 0, openedAt = 0, reconnectTimer = null, countdown = null;
+  let pingTimer = null;
+
+  function send(obj) {
+    if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }
+    return false;
+  }
+
+  function request(kind, channels) {
+    for (let i = 0; i < channels.length; i += MAX_CHANNELS_PER_MESSAGE) {
+      const chunk = channels.slice(i, i + MAX_CHANNELS_PER_MESSAGE);
+      const id = nextId++;
+      if (send({type: kind, channels: chunk, id})) pending.set(id, {kind, channels: chunk});
+    }
+  }
+
+  function subscribe(channels) {
+    const fresh = channels.filter((c) => !wanted.has(c));
+    fresh.forEach((c) => wanted.add(c));
+    drawSubscriptions();
+    if (!fresh.length) { say("Already subscribed."); return; }
+    if (!ws || ws.readyState > WebSocket.OPEN) connect();  // idle-closed: come back
+    else request("subscribe", fresh);
+  }
+
+  function unsubscribe(channels) {
+    channels.forEach((c) => { wanted.delete(c); confirmed.delete(c); });
+    drawSubscriptions();
+    request("unsubscribe", channels);
+  }
+
+  function connect() {
+    clearTimeout(reconnectTimer);
+    clearInterval(countdown);
+    setStatus("connecting", "connecting…");
+    let sock;
+    try {
+      sock = new WebSocket(WS_URL);
+    } catch (e) {
+      setStatus("disconnected", "bad WebSocket URL");
+      return;
+    }
+    ws = sock;
+    sock.onopen = () => {
+      openedAt = Date.now();
+      setStatus("connected");
+      confirmed.clear();
+      pending.clear();
+      if (wanted.size) request("subscribe", [...wanted]);  // subscriptions die with a connection
+      drawSubscriptions();
+      clearInterval(pingTimer);
+      pingTimer = setInterval(() => send({type: "ping", id: "t" + performance.now()}), PING_EVERY_MS);
+      send({type: "ping", id: "t" + performance.now()});
+    };
+    sock.onmessage = (m) => {
+      let msg;
+      try { msg = JSON.parse(m.data); } catch (e) { return; }
+      if (msg.type === "event") handleEvent(msg);
+      else onReply(msg);
+    };
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
+      clearInterval(pingTimer);
+      confirmed.clear();
+      drawSubscriptions();
+      if (openedAt && Date.now() - openedAt > STABLE_AFTER_MS) attempt = 0;
+      openedAt = 0;
+      // 1000 with nothing subscribed is the server's idle close: wait for
+      // the visitor to subscribe instead of reconnecting in a loop.
+      if (ev.code === 1000 && wanted.size === 0) {
+        setStatus("idle", "idle (subscribe to reconnect)");
+        return;
+      }
+      scheduleReconnect(ev.code);
+    };
+  }
+
+  function scheduleReconnect(code) {
+    // Exponential backoff with full jitter (docs/protocol.md, reconnect contract).
+    const delay = Math.random() * Math.min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt) * 1000;
+    attempt++;
+    const due = Date.now() + delay;
+    const show = () => setStatus("reconnecting",
+      `reconnecting in ${Math.max(0, (due - Date.now()) / 1000).toFixed(1)} s (closed ${code})`);
+    show();
+    countdown = setInterval(show, 200);
+    reconnectTimer = setTimeout(connect, delay);
+  }
+
+  function onReply(msg) {
+    const req = pending.get(msg.id);
+    if (req) pending.delete(msg.id);
+    if (msg.type === "subscribed") {
+      (msg.channels || []).forEach((c) => { if (wanted.has(c)) confirmed.add(c); });
+      drawSubscriptions();
+    } else if (msg.type === "unsubscribed") {
+      drawSubscriptions();
+    } else if (msg.type === "pong") {
+      const sent = parseFloat(String(msg.id).slice(1));
+      if (Number.isFinite(sent)) el.rtt.textContent = Math.round(performance.now() - sent);
+    } else if (msg.type === "error") {
+      // A refused subscribe had no effect: forget those channels.
+      if (req && req.kind === "subscribe") {
+        req.channels.forEach((c) => wanted.delete(c));
+        drawSubscriptions();
+      }
+      say(`${msg.code}: ${msg.message}`, true);
+    }
+  }
+
+  // ---- controls -------------------------------------------------------------
+  function validChannel(ch) {
+    const p = ch.split(".");
+    return p.length === 4 && p[0] === "odin" && p[1] === "token"
+      && SEGMENT.test(p[2]) && SEGMENT.test(p[3]);
+  }
+
+  $("pick-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const ids = $("tokens-input").value.split(/[\s,]+/).filter(Boolean);
+    let types = [...document.querySelectorAll('input[name="type"]:checked')].map((i) => i.value);
+    if (types.includes("*")) types = ["*"];
+    if (!ids.length || !types.length) { say("Pick at least one token and one event type.", true); return; }
+    const bad = ids.concat(types).find((x) => !SEGMENT.test(x));
+    if (bad) { say(`Invalid token or type "${bad}": use letters, digits, _ - : or a lone *.`, true); return; }
+    subscribe(ids.flatMap((t) => types.map((ty) => `odin.token.${t}.${ty}`)));
+  });
+
+  $("pattern-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const ch = $("pattern-input").value.trim();
+    if (!validChannel(ch)) {
+      say("A channel looks like odin.token.<tokenId>.<eventType>; either segment may be *.", true);
+      return;
+    }
+    subscribe([ch]);
+    $("pattern-input").value = "";
+  });
+
+  $("clear-table").addEventListener("click", () => {
+    tokens.clear(); order.length = 0; dirty.clear();
+    el.rows.replaceChildren();
+    total = 0; lastEvent = null;
+    el.lastEvent.textContent = "–";
+    scheduleRender();
+  });
+
+  setInterval(() => {
+    el.rate.textContent = secondCount.toLocaleString();
+    el.delay.textContent = delayCount ? Math.max(0, Math.round(delaySum / delayCount)) : "–";
+    secondCount = 0; delaySum = 0; delayCount = 0;
+  }, 1000);
+
+  INITIAL.filter(validChannel).forEach((c) => wanted.add(c));
+  drawSubscriptions();
+  connect();
+})();

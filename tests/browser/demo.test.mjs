@@ -1,0 +1,127 @@
+// Drives the odinws demo page in headless Debian Chromium (playwright-core,
+// no browser download) and checks what a visitor would see.
+//
+//   node tests/browser/demo.test.mjs <page url> <screenshot path>
+//
+// Exits 0 when the page connected, subscribed through its own controls,
+// filled rows from live events (trades of every token, prices of one) and
+// drew sparklines; otherwise prints why on stderr and exits 1. The
+// screenshot is saved either way, when the page got that far.
+import { chromium } from "playwright-core";
+import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+
+const [url, shot] = process.argv.slice(2);
+if (!url || !shot) {
+  console.error("usage: node demo.test.mjs <page url> <screenshot path>");
+  process.exit(2);
+}
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const WAIT_MS = 60000;
+const t0 = Date.now();
+const log = (m) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
+
+const profile = mkdtempSync(join(tmpdir(), "odinws-chromium-"));
+const problems = [];
+let context;
+let page;
+
+async function main() {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1400, height: 1000 },
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  page = context.pages()[0] || await context.newPage();
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+
+  // Start with no subscription: the subscriptions below go through the page's controls.
+  await page.goto(url + (url.includes("?") ? "&" : "?") + "subscribe=", { timeout: WAIT_MS });
+  await page.waitForFunction(
+    () => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
+  log("connected");
+
+  await page.fill("#pattern-input", "odin.token.*.trade");
+  await page.click("#pattern-subscribe");
+  await page.waitForSelector('.chip.ok[data-channel="odin.token.*.trade"]', { timeout: WAIT_MS });
+  log("subscribed to odin.token.*.trade");
+
+  await page.waitForFunction(
+    () => document.querySelectorAll("#rows tr").length >= 3, null, { timeout: WAIT_MS, polling: 200 });
+  // Trades only so far: every row shows a trade and no liquidity.
+  const early = await page.$$eval("#rows tr", (rows) => rows.map((r) => ({
+    token: r.dataset.token, types: r.dataset.types, trade: r.querySelector(".trade").textContent,
+    count: Number(r.querySelector(".count").textContent.replace(/\D/g, "")) })));
+  for (const r of early) {
+    if (r.types !== "trade") throw new Error(`row ${r.token} has event types "${r.types}", want trade only`);
+    if (!/^\S+ (buy|sell)$/.test(r.trade)) throw new Error(`row ${r.token} trade cell "${r.trade}"`);
+  }
+  log(`${early.length} rows from trades`);
+
+  // The busiest token so far gets a price subscription through the token/type picker.
+  const busiest = early.reduce((a, b) => (b.count > a.count ? b : a)).token;
+  await page.fill("#tokens-input", busiest);
+  for (const type of ["trade", "price", "liquidity", "*"]) {
+    await page.setChecked(`input[name="type"][value="${type}"]`, type === "price");
+  }
+  await page.click("#pick-subscribe");
+  await page.waitForSelector(`.chip.ok[data-channel="odin.token.${busiest}.price"]`, { timeout: WAIT_MS });
+  log(`subscribed to odin.token.${busiest}.price`);
+  await page.waitForFunction(
+    (token) => {
+      const row = document.querySelector(`#rows tr[data-token="${token}"]`);
+      return row && row.dataset.types.split(" ").includes("price");
+    }, busiest, { timeout: WAIT_MS, polling: 200 });
+  log(`price events arrive for ${busiest}`);
+
+  // Sparklines: the busiest row has several points and its canvas has ink.
+  await page.waitForFunction(
+    (token) => {
+      const c = document.querySelector(`#rows tr[data-token="${token}"] canvas`);
+      if (!c || Number(c.dataset.points) < 3) return false;
+      const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let ink = 0;
+      for (let i = 3; i < px.length; i += 4) if (px[i] > 0) ink++;
+      return ink > 30;
+    }, busiest, { timeout: WAIT_MS, polling: 200 });
+  log("sparkline drawn");
+
+  // Header counters move and the status still says connected.
+  await page.waitForFunction(
+    () => Number(document.getElementById("rate").textContent.replace(/\D/g, "")) > 0
+      && Number(document.getElementById("total").textContent.replace(/\D/g, "")) > 0,
+    null, { timeout: WAIT_MS, polling: 200 });
+  const status = await page.textContent("#status");
+  if (status.trim() !== "connected") throw new Error(`status says "${status}"`);
+  const lastEvent = JSON.parse(await page.textContent("#last-event"));
+  if (lastEvent.type !== "event" || !/^odin\.token\.[^.]+\.(trade|price)$/.test(lastEvent.channel)) {
+    throw new Error(`last event panel shows ${JSON.stringify(lastEvent)}`);
+  }
+  if (problems.length) throw new Error(problems.join("; "));
+}
+
+let failed = false;
+try {
+  await main();
+} catch (e) {
+  failed = true;
+  console.error(`demo page check failed: ${e.message}`);
+  if (problems.length) console.error(problems.join("\n"));
+} finally {
+  if (page) {
+    try {
+      mkdirSync(dirname(shot), { recursive: true });
+      await page.screenshot({ path: shot, fullPage: true });
+      log(`screenshot: ${shot}`);
+    } catch (e) {
+      console.error(`no screenshot: ${e.message}`);
+    }
+  }
+  if (context) await context.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
