@@ -126,7 +126,9 @@ def slow_numbers(s: dict) -> tuple[float, float]:
 def render(results: dict) -> str:
     m = results["machine"]
     out = [BEGIN, "", f"### Results of the run of {results['started']} "
-           f"({results.get('duration_s', 0) // 60} min)", "",
+           f"({results.get('duration_s', 0) // 60} min"
+           + (f"; other servers from the run of {results['merged_from']}"
+              if results.get("merged_from") else "") + ")", "",
            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; "
            f"Python {m['python']}, Twisted {m['twisted']}, Autobahn {m['autobahn']}, "
            f"confluent-kafka {m['confluent_kafka']}, websockets {m['websockets']}; "

@@ -240,6 +240,8 @@ def main() -> int:
     ap.add_argument("--no-slow", action="store_true", help="skip the slow-client scenario")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--merge", metavar="RESULTS_JSON",
+                    help="also report the cells of servers not run now from an earlier run")
     args = ap.parse_args()
     servers = [s for s in args.servers.split(",") if s]
     conns = [int(c) for c in args.conns.split(",") if c]
@@ -270,7 +272,9 @@ def main() -> int:
                         c["conns"] == args.slow_conns and c["mode"] == "burst"]
                 if not base or not base[0]["max_fps"]:
                     continue
-                rate = base[0]["kept_rate"] or 0.5 * base[0]["max_fps"] / args.slow_conns
+                # Half the max rate: a load the server sustains, so a drop is
+                # the stalled clients' doing, not saturation.
+                rate = 0.5 * base[0]["max_fps"] / args.slow_conns
                 log(f"{name}: slow clients, {args.slow_conns} connections, {rate:.1f} ev/s")
                 try:
                     results["slow"].append(run_slow(name, args.slow_conns, rate, rundir,
@@ -286,6 +290,12 @@ def main() -> int:
         results["duration_s"] = round(time.monotonic() - t_start)
         with open(os.path.join(rundir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
+    if args.merge:
+        with open(args.merge) as f:
+            old = json.load(f)
+        results["cells"] += [c for c in old["cells"] if c["server"] not in servers]
+        results["slow"] += [s for s in old["slow"] if s["server"] not in servers]
+        results["merged_from"] = old["started"]
     text = report.render(results)
     print(text)
     if not args.no_doc:

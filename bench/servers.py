@@ -27,6 +27,9 @@ REPO = os.path.dirname(HERE)
 WORK = os.path.join(HERE, ".work")
 SERVER_CPU = {0}
 CLIENT_CPU = {1}
+# Tansu answers a fetch only when fetch.wait.max.ms (librdkafka: 500) expires
+# even with data waiting; see docs/performance.md.
+FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "5"))
 SUBSCRIBE = '{"type":"subscribe","channels":["odin.token.*.*"]}'
 
 
@@ -214,7 +217,8 @@ class Odinws(Server):
             "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1"},
             "kafka": {"brokers": self.broker.bootstrap, "group": f"bench{os.getpid()}-{Odinws._group}",
                       "topics": {"odin.trades": "trade"}, "start_offset": "latest",
-                      "poll_batch": batch, "session_timeout_ms": 3000},
+                      "poll_batch": batch, "session_timeout_ms": 3000,
+                      "consumer_config": {"fetch.wait.max.ms": FETCH_WAIT_MS}},
             "limits": {"max_connections": 20000, "max_connections_per_shard": 20000},
             # No pings (the peers run without them too) and no idle close.
             "keepalive": {"ping_interval": 0, "idle_timeout": 0},
