@@ -59,6 +59,10 @@ def demo_config(http_port: int, brokers: str, shards: int) -> dict:
     }
 
 
+class Interrupted(Exception):
+    """Start-up was cancelled (Ctrl-C / SIGTERM while waiting)."""
+
+
 def _stop_process(proc: subprocess.Popen | None, wait: float) -> None:
     """SIGTERM, wait up to C{wait} seconds, then SIGKILL (all by pid)."""
     if proc is None or proc.poll() is not None:
@@ -80,11 +84,14 @@ class DemoStack:
     @param kafka_port: broker port; C{None}: 9092 if free, else any free port;
         0: any free port.
     @param say: progress messages (one line each).
+    @param cancel: set by a signal handler: L{start} gives up waiting and
+        raises L{Interrupted}.
     """
 
     def __init__(self, workdir: str, port: int = 3005, kafka_port: int | None = None,
                  shards: int = 2, rate: int = 200, tokens: int = 100, partitions: int = 3,
-                 say: Callable[[str], None] = lambda line: None):
+                 say: Callable[[str], None] = lambda line: None,
+                 cancel: threading.Event | None = None):
         self.workdir = workdir
         self.port = port
         self.kafka_port = kafka_port
@@ -93,6 +100,7 @@ class DemoStack:
         self.tokens = tokens
         self.partitions = partitions
         self.say = say
+        self.cancel = cancel or threading.Event()
         self.broker = EmbeddedBroker(log_dir=workdir)
         self.server: subprocess.Popen | None = None
         self.simulator: subprocess.Popen | None = None
@@ -124,11 +132,16 @@ class DemoStack:
             raise
 
     def _start(self) -> None:
-        kafka_port = self.kafka_port
-        if kafka_port is None:
-            kafka_port = 9092 if port_is_free(9092) else 0
         self.say("starting the Kafka broker (Tansu, in memory)")
-        self.broker.start(kafka_port)
+        if self.kafka_port is None and port_is_free(9092):
+            try:
+                self.broker.start(9092)
+            except RuntimeError:
+                # Taken between the check and the start: any port will do.
+                self.broker.start(0)
+        else:
+            self.broker.start(self.kafka_port or 0)
+        self._check_cancel()
         self.broker.create_topics(DEFAULT_TOPICS.values(), self.partitions)
         self.say(f"  broker at {self.broker.bootstrap}; topics {', '.join(DEFAULT_TOPICS.values())} "
                  f"({self.partitions} partitions each)")
@@ -140,11 +153,16 @@ class DemoStack:
             twistd_argv("--nodaemon", "--pidfile=", "odinws", "--config", self.config_path),
             self.server_log)
         self.wait_ready()
+        self._check_cancel()
 
         self.say(f"starting the simulator: {self.tokens} tokens, up to {self.rate} events/s")
         self.simulator = self._spawn(
             [sys.executable, "-m", "odin_ws.simulate", "--brokers", self.broker.bootstrap,
              "--rate", str(self.rate), "--tokens", str(self.tokens)], self.simulator_log)
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Interrupted("interrupted")
 
     def health(self) -> tuple[int, dict]:
         """GET /health: (HTTP status, document)."""
@@ -160,6 +178,7 @@ class DemoStack:
         deadline = time.monotonic() + timeout
         state = "no answer"
         while time.monotonic() < deadline:
+            self._check_cancel()
             if self.server.poll() is not None:
                 raise RuntimeError(f"odinws exited with code {self.server.returncode}:\n"
                                    + self.tail(self.server_log))
@@ -173,7 +192,7 @@ class DemoStack:
                 state = f"status {body.get('status')}, {assigned}/{want} partitions assigned"
                 if status == 200 and assigned >= want:
                     return body
-            time.sleep(0.25)
+            self.cancel.wait(0.25)
         raise RuntimeError(f"odinws not ready after {timeout:g}s: {state}\n"
                            + self.tail(self.server_log))
 
@@ -234,9 +253,13 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
 
     workdir = tempfile.mkdtemp(prefix="odinws-demo-")
     stack = DemoStack(workdir, port=args.port, shards=args.shards, rate=args.rate,
-                      tokens=args.tokens, say=say)
+                      tokens=args.tokens, say=say, cancel=stopping)
     try:
         stack.start()
+    except Interrupted:
+        shutil.rmtree(workdir, ignore_errors=True)
+        say("stopped.")
+        return 130
     except Exception as e:  # noqa: BLE001 - reported with the logs' place, then exit
         say(f"odinws demo: could not start: {e}\nlogs: {workdir}")
         return 1

@@ -1,0 +1,147 @@
+"""
+Tests for L{odin_ws.demo}: its settings are valid odinws settings, and
+C{python -m odin_ws.demo} starts the stack, serves the page and leaves no
+process behind when interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+from twisted.trial import unittest
+
+from odin_ws import config as configmod
+from odin_ws.demo import demo_config
+from odin_ws.embedded_broker import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live (non-zombie) descendants of C{pid}, from /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces; the fields after ")" do not.
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class DemoConfigTests(unittest.TestCase):
+    def test_valid(self):
+        """The demo's settings pass odinws's own validation and enable the page."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            yaml.safe_dump(demo_config(3005, "127.0.0.1:9092", 2), f)
+        cfg = configmod.load(path)
+        self.assertTrue(cfg["demo.enabled"])
+        self.assertEqual(cfg["listen.port"], "tcp:3005:interface=127.0.0.1")
+        self.assertEqual(cfg["shards"], 2)
+
+
+class DemoProgramTests(unittest.TestCase):
+    def start_demo(self, *args: str) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "odin_ws.demo", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        return proc
+
+    def read_until(self, proc: subprocess.Popen, marker: str) -> str:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if marker in line:
+                break
+        return "".join(lines)
+
+    def assert_all_gone(self, pids: set[int]) -> None:
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in pids):
+            self.assertLess(time.monotonic(), deadline,
+                            f"left behind: {[p for p in pids if _alive(p)]}")
+            time.sleep(0.1)
+
+    def test_runs_and_stops_cleanly(self):
+        """
+        C{python -m odin_ws.demo} prints the page URL once everything is up;
+        the page and /health answer; on SIGINT it exits 0 and every process
+        it started (broker, odinws and its shards, simulator) is gone.
+        """
+        port = free_port()
+        proc = self.start_demo("--port", str(port), "--shards", "2", "--tokens", "5",
+                               "--rate", "20")
+        output = self.read_until(proc, "Ctrl-C stops everything")
+        self.assertIn(f"demo page:  http://127.0.0.1:{port}/", output)
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            self.assertIn(b"app.js", r.read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            self.assertEqual(r.status, 200)
+        started = _descendants(proc.pid)
+        # Broker, odinws parent, two shards, simulator (at least).
+        self.assertGreaterEqual(len(started), 5, output)
+
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 0, output + rest)
+        self.assertIn("stopped.", rest)
+        self.assert_all_gone(started)
+
+    def test_interrupted_while_starting(self):
+        """
+        SIGINT while odinws is starting ends the wait at once: exit code
+        130, and the broker and odinws processes are gone.
+        """
+        proc = self.start_demo("--port", str(free_port()), "--shards", "1")
+        output = self.read_until(proc, "starting odinws")
+        self.assertIn("starting odinws", output)
+        started = _descendants(proc.pid)
+        self.assertTrue(started, "the broker should be running by now")
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 130, output + rest)
+        self.assert_all_gone(started)
+
+    def test_port_in_use(self):
+        """A busy --port is reported in one line, exit code 2, nothing started."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            port = s.getsockname()[1]
+            env = dict(os.environ,
+                       PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            result = subprocess.run([sys.executable, "-m", "odin_ws.demo", "--port", str(port)],
+                                    capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(f"port {port} is in use", result.stdout)
