@@ -1,48 +1,36 @@
 """
-The fan-out write path: how one event frame reaches many WebSocket clients.
-This is the one module that touches Twisted's and Autobahn's write internals;
-C{tests/test_writepath.py} fails loudly if an upgrade moves them.
+The fan-out write path: one event frame to many WebSocket connections. The
+one module touching Twisted's and Autobahn's write internals; guarded by
+C{tests/test_writepath.py}.
 
-Design
-======
+Why frame ourselves: the server accepts no compression, so an event's frame
+is the same bytes for every client; L{text_frame} builds it once. Autobahn's
+C{sendMessage} would frame it per client and format a debug line per call.
 
-I{Frame once.} The server accepts no compression extension, so an event's
-WebSocket frame is the same bytes for every client: L{text_frame} builds it
-once per event. Autobahn's C{sendMessage} would re-frame it per client and
-format a debug log line per call.
-
-I{One write per connection per batch.} L{Fanout.publish} only appends the
+Why one write per connection per batch: L{Fanout.publish} only appends the
 shared frame to each subscriber's L{Outbox}; L{Fanout.flush} (after each
-Kafka batch, or at the end of the reactor turn) joins everything queued for
-a connection into one buffer and writes it once. Per-write costs are then
-paid per connection and batch, not per event.
+Kafka batch, else at the end of the reactor turn) joins what a connection
+got into one buffer, so per-write costs are paid per connection, not event.
 
-I{Direct send when Twisted holds nothing.} C{transport.write} appends to
-Twisted's buffer and arms the writer (an C{epoll_ctl}); the reactor's
-C{doWrite} later sends and disarms it (another one), inside logging and
-context wrappers. When Twisted holds no bytes for the connection, sending
-now is exactly what C{doWrite} would do an iteration later, minus that
-overhead; order is kept because we never send directly while Twisted holds
-anything. What the kernel refuses goes to C{transport.write}, so Twisted's
-own machinery finishes it and notices a lost connection the usual way.
-Transports that are not plain TCP sockets (TLS, test transports) always get
-C{transport.write}.
+Why a direct C{socket.send}: C{transport.write} buffers, arms the writer
+(C{epoll_ctl}), and the reactor's C{doWrite} sends an iteration later and
+disarms it (C{epoll_ctl} again), inside logging and context wrappers. When
+Twisted holds nothing for the connection, sending now is what C{doWrite}
+would do, minus that; order is kept since we never send past held bytes.
+What the kernel refuses goes to C{transport.write}: Twisted finishes it and
+notices a lost connection its usual way. Non-socket transports (TLS, test
+transports) always get C{transport.write}.
 
-I{A producer, so slow clients stay bounded.} Twisted's buffer is unbounded
-and opaque: once bytes are in it they can no longer be dropped or replaced.
-Each Outbox registers as a streaming producer on its transport. Twisted
-calls C{pauseProducing} when it holds more than its 64 KiB high-water mark
-and C{resumeProducing} once its buffer has drained. On a socket transport
-the Outbox does not even wait for 64 KiB: if Twisted still holds bytes
-from an earlier write when a flush comes, the client is behind, so the
-Outbox pauses itself and marks the transport's producer paused
-(C{producerPaused}), which is what makes Twisted's C{doWrite} call
-C{resumeProducing} when it has drained. Twisted then holds at most what the
-kernel refused of one write, and everything else waits in the Outbox as
-frames, where the slow-client policy can bound them (C{limit} counts
-Twisted's held bytes plus the queue), drop them, keep the latest per channel
-or close the connection. On resume the waiting frames leave in one write,
-usually a direct send, since Twisted has just drained.
+Why a producer: Twisted's buffer is unbounded and opaque (bytes in it can no
+longer be dropped or replaced). Each Outbox is a streaming producer on its
+transport: Twisted pauses it past its 64 KiB high-water mark and resumes it
+when drained. On socket transports the Outbox goes further: if Twisted
+still holds bytes when a flush comes, the client is behind, so the Outbox
+pauses itself and sets the transport's C{producerPaused}, which makes
+C{doWrite} resume it once drained. Twisted then holds at most what the
+kernel refused of one write; the rest waits here as frames, where the
+slow-client policy bounds them (C{limit} counts Twisted's held bytes too),
+drops them, keeps the latest per channel, or closes the connection.
 """
 
 from __future__ import annotations
@@ -107,28 +95,28 @@ class WriteStatsCollector:
 
     def collect(self):
         s = self.stats
-        yield CounterMetricFamily("odinws_events_delivered", "Event frames written to "
-                                  "clients (kernel or Twisted's buffer).", value=s.delivered)
-        yield CounterMetricFamily("odinws_outbound_bytes", "Event bytes written to clients.",
-                                  value=s.bytes_out)
+        for name, doc, value in (
+                ("events_delivered", "Event frames written to clients.", s.delivered),
+                ("outbound_bytes", "Event bytes written to clients.", s.bytes_out),
+                ("events_conflated", "Waiting event frames replaced by a newer one of "
+                 "their channel.", s.conflated),
+                ("slow_disconnects", "Connections closed (4008) under the disconnect "
+                 "policy.", s.slow_disconnects)):
+            yield CounterMetricFamily("odinws_" + name, doc, value=value)
+        yield GaugeMetricFamily("odinws_outbound_buffer_high_water_bytes", "Most bytes "
+                                "one connection had waiting, since start.", value=s.high_water)
         dropped = CounterMetricFamily("odinws_events_dropped", "Event frames dropped for "
                                       "slow clients, by policy.", labels=["policy"])
         for policy in POLICIES:
             dropped.add_metric([policy], s.dropped[policy])
         yield dropped
-        yield CounterMetricFamily("odinws_events_conflated", "Waiting event frames replaced "
-                                  "by a newer one of the same channel.", value=s.conflated)
-        yield CounterMetricFamily("odinws_slow_disconnects", "Connections closed (4008) "
-                                  "under the disconnect policy.", value=s.slow_disconnects)
-        yield GaugeMetricFamily("odinws_outbound_buffer_high_water_bytes", "Most bytes one "
-                                "connection had waiting since start.", value=s.high_water)
         writes = CounterMetricFamily("odinws_writes", "Buffers written to connections, by "
-                                     "path (direct: socket.send took all; partial: the rest "
-                                     "went to Twisted; buffered: all via Twisted).",
+                                     "path: direct (socket.send took all), partial (the "
+                                     "rest went to Twisted), buffered (all via Twisted).",
                                      labels=["path"])
-        writes.add_metric(["direct"], s.direct)
-        writes.add_metric(["partial"], s.partial)
-        writes.add_metric(["buffered"], s.buffered)
+        for path, value in (("direct", s.direct), ("partial", s.partial),
+                            ("buffered", s.buffered)):
+            writes.add_metric([path], value)
         yield writes
 
 
@@ -147,11 +135,12 @@ def held(transport: Any) -> int:
 
 
 def _producer_of(transport: Any) -> Any:
-    producer = getattr(transport, "producer", None)
-    if producer is None:
-        # TLSMemoryBIOProtocol keeps its producer wrapped in a _ProducerMembrane.
-        producer = getattr(getattr(transport, "_producer", None), "_producer", None)
-    return producer
+    membrane = getattr(transport, "_producer", None)
+    if membrane is not None:
+        # TLSMemoryBIOProtocol wraps its producer in a _ProducerMembrane (and
+        # its .producer would be the TCP transport's: the membrane).
+        return getattr(membrane, "_producer", None)
+    return getattr(transport, "producer", None)
 
 
 @implementer(IPushProducer)
@@ -269,32 +258,23 @@ class Outbox:
         else:
             stats.dropped["drop"] += 1
 
-    def _channels(self) -> dict[str, list[int]]:
-        """Channel -> queue positions of its waiting frames, brought up to date."""
+    def _conflate(self, frame: bytes, channel: str, size: int) -> bool:
+        """
+        Keep only the newest waiting frame of C{channel}: older ones become
+        empty placeholders (so the channel -> positions index stays valid),
+        the newest is replaced in place by C{frame} if that fits. False if
+        C{frame} did not fit.
+        """
         index = self._index
         if index is None:
             index = self._index = {}
         queue = self.queue
-        for i in range(self._indexed, len(queue), 2):
-            positions = index.get(queue[i + 1])
-            if positions is None:
-                index[queue[i + 1]] = [i]
-            else:
-                positions.append(i)
+        for i in range(self._indexed, len(queue), 2):   # index what came since last time
+            index.setdefault(queue[i + 1], []).append(i)
         self._indexed = len(queue)
-        return index
-
-    def _conflate(self, frame: bytes, channel: str, size: int) -> bool:
-        """
-        Keep only the newest waiting frame of C{channel}: older ones become
-        empty placeholders (positions stay valid), and the newest is replaced
-        in place by C{frame} if that fits. False if C{frame} did not fit.
-        """
-        index = self._channels()
         positions = index.get(channel)
         if not positions:
             return False
-        queue = self.queue
         last = positions[-1]
         freed = 0
         for i in positions[:-1]:
@@ -339,7 +319,10 @@ class Outbox:
                           and not t.TLS)
         frames = (len(queue) >> 1) - self._tombs
         buf = queue[0] if len(queue) == 2 else b"".join(queue[::2])
-        self._discard()
+        queue.clear()
+        self.room = self._cap
+        if self._index is not None:
+            self._forget()
         size = len(buf)
         stats = self.stats
         stats.delivered += frames
@@ -374,6 +357,10 @@ class Outbox:
     def _discard(self) -> None:
         self.queue.clear()
         self.room = self._cap
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the channel index (and placeholders count) of an emptied queue."""
         self._tombs = 0
         self._index = None
         self._indexed = 0
@@ -469,31 +456,27 @@ class Fanout:
             if not queue:
                 mark(box)
             queue += pair
-        if dirty and self._call is None:
-            self._call = self.reactor.callLater(0, self._turn_end)
+        if dirty:
+            self._soon()
 
     def flush(self) -> None:
         """Write every outbox that got frames since the last flush, now."""
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
-        dirty = self._dirty
-        if dirty:
-            self._dirty = []
-            for box in dirty:
-                try:
-                    box._flush()
-                except Exception:
-                    # One broken connection must not starve the others.
-                    log.failure("writing to {outbox}", outbox=box)
-        later = self._later
-        if later:
-            self._later = []
-            for f in later:
-                try:
-                    f()
-                except Exception:
-                    log.failure("slow-client disconnect {f}", f=f)
+        dirty, self._dirty = self._dirty, []
+        for box in dirty:
+            try:
+                box._flush()
+            except Exception:
+                # One broken connection must not starve the others.
+                log.failure("writing to {outbox}", outbox=box)
+        later, self._later = self._later, []
+        for f in later:
+            try:
+                f()
+            except Exception:
+                log.failure("slow-client disconnect {f}", f=f)
 
     def _turn_end(self) -> None:
         self._call = None
@@ -501,10 +484,13 @@ class Fanout:
 
     def _mark(self, box: Outbox) -> None:
         self._dirty.append(box)
-        if self._call is None:
-            self._call = self.reactor.callLater(0, self._turn_end)
+        self._soon()
 
     def _defer(self, f: Callable[[], None]) -> None:
+        """Run C{f} at the next flush, after the outboxes were written."""
         self._later.append(f)
+        self._soon()
+
+    def _soon(self) -> None:
         if self._call is None:
             self._call = self.reactor.callLater(0, self._turn_end)

@@ -6,9 +6,7 @@ policies with memory bounds, and no data frame after a close frame.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import socket
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -117,12 +115,16 @@ class Client:
         self.reactor = reactor
         self.sock = sock
         self.data = bytearray()
-        self._want = 0
+        self._want = None
         self._done: Deferred | None = None
 
-    def read(self, n: int, timeout: float = 30.0) -> Deferred:
-        """Fires with everything read once at least C{n} bytes came (fails after C{timeout})."""
-        self._want, self._done = n, Deferred()
+    def read(self, n, timeout: float = 30.0) -> Deferred:
+        """
+        Fires with everything read once at least C{n} bytes came, or once
+        C{n(data)} is true if C{n} is callable; fails after C{timeout}.
+        """
+        self._want = n if callable(n) else (lambda data: len(data) >= n)
+        self._done = Deferred()
         d = self._done
         self.reactor.addReader(self)
         self._check()
@@ -133,7 +135,7 @@ class Client:
         return result
 
     def _check(self) -> None:
-        if self._done is not None and len(self.data) >= self._want:
+        if self._done is not None and self._want(self.data):
             d, self._done = self._done, None
             d.callback(bytes(self.data))
 
@@ -181,10 +183,11 @@ class Sink(Protocol):
         self.lost.callback(None)
 
 
-def tcp_pair(reactor, sndbuf: int = 0, rcvbuf: int = 0) -> tuple[Sink, Client]:
+def tcp_pair(reactor, sndbuf: int = 0, rcvbuf: int = 0, factory=None) -> tuple[Sink, Client]:
     """
     A connected loopback TCP pair: the server end adopted by C{reactor} (a real
-    L{tcp.Server}), the client end a non-blocking plain socket.
+    L{tcp.Server}) with a L{Sink} (or C{factory}'s protocol), the client end a
+    non-blocking plain socket.
     """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -200,10 +203,14 @@ def tcp_pair(reactor, sndbuf: int = 0, rcvbuf: int = 0) -> tuple[Sink, Client]:
     server.setblocking(False)
     sink = Sink()
     reactor.adoptStreamConnection(server.fileno(), socket.AF_INET,
-                                  Factory.forProtocol(lambda: sink))
+                                  factory or Factory.forProtocol(lambda: sink))
     server.close()
     client.setblocking(False)
     return sink, Client(reactor, client)
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
 def handshaken_protocol() -> tuple[WebSocketServerProtocol, StringTransport]:
@@ -215,10 +222,7 @@ def handshaken_protocol() -> tuple[WebSocketServerProtocol, StringTransport]:
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     transport = StringTransport()
     proto.makeConnection(transport)
-    key = base64.b64encode(os.urandom(16))
-    proto.dataReceived(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                       b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
-                       b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    proto.dataReceived(UPGRADE)
     assert proto.state == OPEN, proto.state
     transport.clear()
     return proto, transport
@@ -366,6 +370,49 @@ class RealSocketTests(TestCase):
         self.fanout.flush()
         self.assertEqual((self.stats.direct, self.stats.writes), (1, 1))
         self.assertEqual(held(sink.transport), 0)
+        data = yield client.read(len(b"".join(frames)))
+        self.assertEqual(data, b"".join(frames))
+
+    @inlineCallbacks
+    def test_autobahnConnectionOverRealSocket(self):
+        """
+        An Outbox made in onOpen of a real Autobahn connection (as the shard
+        does) sends directly on its tcp.Server, after Autobahn's 101 answer.
+        """
+        fanout, opened, lost = self.fanout, [], Deferred()
+
+        class Opened(WebSocketServerProtocol):
+            def onOpen(self):
+                self.outbox = Outbox(self, fanout, policies(), 1 << 20, 5.0, lambda: None)
+                opened.append(self)
+
+            def connectionLost(self, reason):
+                super().connectionLost(reason)
+                lost.callback(None)
+
+        factory = WebSocketServerFactory()
+        factory.protocol = Opened
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
+                                   autoPingInterval=0)
+        _, client = tcp_pair(self.reactor, factory=factory)
+
+        def cleanup():
+            client.sock.close()
+            if opened:
+                opened[0].transport.abortConnection()
+                return lost
+        self.addCleanup(cleanup)
+        client.sock.send(UPGRADE)
+        head = yield client.read(lambda data: b"\r\n\r\n" in data)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        [proto] = opened
+        self.assertIsInstance(proto.transport, tcp.Server)
+        client.data.clear()
+        frames = [event("a", i) for i in range(5)]
+        for f in frames:
+            self.fanout.publish(f, "a", "trade", [proto.outbox])
+        self.fanout.flush()
+        self.assertEqual(self.stats.direct, 1)
         data = yield client.read(len(b"".join(frames)))
         self.assertEqual(data, b"".join(frames))
 
@@ -563,6 +610,24 @@ class PolicyTests(SynchronousTestCase):
         t.drain()
         self.assertFalse(box.paused)
         self.assertEqual([n for _, n in events_in(bytes(t.wire))], list(range(5)))
+
+    def test_resumeWhileClosingReleasesTransport(self):
+        """
+        A connection closed (loseConnection) while the Outbox is paused: on
+        resume the Outbox closes and unregisters, so Twisted can finish the
+        close, and what waited is not written.
+        """
+        t = StalledTransport()
+        box = self.make(t, "drop", limit=1 << 20)
+        box.push(event("a", 0, pad=70000), "a", "t")
+        self.fanout.flush()
+        box.push(event("a", 1), "a", "t")
+        self.assertTrue(box.paused)
+        t.loseConnection()
+        t.drain()
+        self.assertTrue(box.closed)
+        self.assertIsNone(t.producer)
+        self.assertEqual([n for _, n in events_in(bytes(t.wire))], [0])
 
     def test_disconnectAfterGraceByTimer(self):
         """Disconnect: over the limit for the grace period, closed once by the timer."""
