@@ -150,15 +150,23 @@ class Outbox:
     connection opens). Frames pushed in a reactor turn leave in one write;
     while the client is slow they wait here, bounded by C{limit} bytes
     (Twisted's held bytes included), and the event type's policy applies
-    past it. Per-channel order is kept under every policy.
+    past it. Per-channel order is kept under every policy:
 
-    A change of C{limit} takes effect at the next flush.
+      - drop: the new frame is discarded;
+      - conflate: the channel's waiting frames give way to the new one; it
+        is dropped if none of its channel waits here or it still does not fit;
+      - disconnect: dropped as well, and if the connection is still over the
+        limit C{grace} seconds after it first was, the Outbox closes and
+        calls C{on_slow_disconnect} (once).
+
+    Drops and conflations are counted in L{WriteStats} (frames discarded
+    because the connection closes are not). A change of C{limit} takes
+    effect at the next flush.
     """
 
     __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
                  "on_slow_disconnect", "queue", "room", "paused", "closed", "_cap", "_tombs",
-                 "_fd", "_direct", "_index", "_indexed", "_over_since", "_refused", "_grace_call",
-                 "__weakref__")
+                 "_fd", "_direct", "_index", "_indexed", "_over_since", "_refused", "_grace_call")
 
     def __init__(self, protocol: Any, fanout: "Fanout", policy_for: Callable[[str], str],
                  limit: int, grace: float, on_slow_disconnect: Callable[[], None]):
