@@ -27,8 +27,9 @@ REPO = os.path.dirname(HERE)
 WORK = os.path.join(HERE, ".work")
 SERVER_CPU = {0}
 CLIENT_CPU = {1}
-# Tansu answers a fetch only when fetch.wait.max.ms (librdkafka: 500) expires
-# even with data waiting; see docs/performance.md.
+# With librdkafka's default fetch.wait.max.ms (500) events took ~200 ms (p50)
+# through the Tansu broker even at low rates; with 5 ms about 20 ms. Measured,
+# see docs/performance.md; the broker, not odinws, set that latency.
 FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "5"))
 SUBSCRIBE = '{"type":"subscribe","channels":["odin.token.*.*"]}'
 
