@@ -119,6 +119,16 @@ SCHEMA: tuple[Option, ...] = (
          "new clients get 503.", minimum=1, live=True),
     _opt("limits.max_connections_per_shard", int, 10000, "Connections per shard.",
          minimum=1, live=True),
+    _opt("limits.max_connections_per_ip", int, 1000, "Connections one client IP may hold "
+         "on a shard; beyond it 429.", minimum=1, live=True),
+    _opt("limits.connection_rate_per_ip", float, 20.0, "New connections per second per "
+         "client IP (token bucket at the dispatcher); beyond it 429.", minimum=0.1, live=True),
+    _opt("limits.connection_burst_per_ip", int, 100, "New connections per client IP "
+         "allowed in a burst.", minimum=1, live=True),
+    _opt("limits.trusted_proxies", list, [], "Peer IPs (load balancers) whose "
+         "X-Forwarded-For names the client IP.", live=True),
+    _opt("limits.allowed_origins", list, [], "Allowed Origin headers (exact, e.g. "
+         "https://app.example.com); empty allows all. Others get 403.", live=True),
     _opt("limits.max_channels_per_message", int, 100, "Channels in one "
          "subscribe/unsubscribe message.", minimum=1, live=True),
     _opt("limits.max_subscriptions", int, 1000, "Subscriptions per connection.",

@@ -12,9 +12,10 @@ from odin_ws.config import Config
 
 
 class Health:
-    def __init__(self, config: Config, shards: Callable[[], list]):
+    def __init__(self, config: Config, shards: Callable[[], list], guard=None):
         self.config = config
         self.shards = shards
+        self.guard = guard
         #: Set by the node once the dispatcher exists.
         self.dispatcher = None
 
@@ -26,8 +27,11 @@ class Health:
                        self.config["limits.max_connections"])
         draining = self.dispatcher is not None and not self.dispatcher.accepting
         room = any(s["accepting"] and s["connections"] < s["capacity"] for s in alive)
+        overloaded = self.guard is not None and not self.guard.accepting
         if draining:
             status = "draining"
+        elif overloaded:
+            status = "overloaded"
         elif not alive:
             status = "unavailable"
         elif not room or connections >= self.config["limits.max_connections"]:
@@ -46,4 +50,6 @@ class Health:
             "kafka_connected": kafka_ok,
             "shards": shards,
         }
+        if self.guard is not None:
+            body["guard"] = self.guard.as_health()
         return (200 if status == "ok" else 503), body

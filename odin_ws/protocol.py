@@ -7,6 +7,7 @@ each connection's L{odin_ws.writer.Outbox}.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
-from odin_ws import messages, metrics
+from odin_ws import auth, messages, metrics
+from odin_ws.logs import audit
 from odin_ws.ratelimit import TokenBucket
 from odin_ws.writer import Outbox
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 CLOSE_RESTARTING = 4000
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_POLICY = 1008
+CLOSE_TOKEN_EXPIRED = 4001
 
 
 class ClientProtocol(WebSocketServerProtocol):
@@ -39,6 +42,10 @@ class ClientProtocol(WebSocketServerProtocol):
     strike_stamp: float = 0.0
     ever_subscribed = False
     _idle_call = None
+    _expiry_call = None
+    grant: auth.Grant = auth.OPEN
+    client_ip: str = ""
+    ip_counted = False
 
     def connectionMade(self):
         super().connectionMade()
@@ -54,7 +61,56 @@ class ClientProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(404, "Not Found")
         if not shard.accepting:
             raise ConnectionDeny(503, "Service Unavailable")
+        config = shard.config
+        origins = config["limits.allowed_origins"]
+        if origins and request.headers.get("origin", "") not in origins:
+            self._deny("origin", 403, "Forbidden: origin not allowed")
+        self.client_ip = self._client_ip(request)
+        if not shard.ip_admit(self):
+            self._deny("per_ip", 429, "Too Many Requests: too many connections from this address")
+        verifier = shard.verifier
+        if not verifier.enabled:
+            return None
+        token = auth.token_from_request(request.headers, request.params, verifier.sources)
+        try:
+            self.grant = verifier.verify(token)
+        except auth.AuthError as e:
+            self._deny("auth_" + e.reason, 401, f"Unauthorized: {e.message}")
+        self._schedule_expiry()
+        if auth.SUBPROTOCOL in request.protocols:
+            return auth.SUBPROTOCOL
         return None
+
+    def _client_ip(self, request) -> str:
+        peer = self.transport.getPeer()
+        ip = getattr(peer, "host", "")
+        trusted = self.factory.shard.config["limits.trusted_proxies"]
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded and ip in trusted:
+            return forwarded.split(",")[-1].strip() or ip
+        return ip
+
+    def _deny(self, reason: str, status: int, text: str):
+        metrics.REJECTED.labels(status=str(status), reason=reason).inc()
+        audit.info("connection from {ip} rejected: {reason} ({status})",
+                   ip=self.client_ip or getattr(self.transport.getPeer(), "host", ""),
+                   reason=reason, status=status)
+        raise ConnectionDeny(status, text)
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        self._expiry_call = None
+        if self.grant.expires is None:
+            return
+        reactor = self.factory.shard.reactor
+        delay = max(0.0, self.grant.expires + self.factory.shard.verifier.leeway - time.time())
+        self._expiry_call = reactor.callLater(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry_call = None
+        audit.info("connection from {ip} closed: token expired", ip=self.client_ip)
+        self.sendClose(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a fresh token")
 
     def onOpen(self):
         shard = self.factory.shard
@@ -87,6 +143,7 @@ class ClientProtocol(WebSocketServerProtocol):
         self.strike_stamp = now
         if self.strikes > config["limits.rate_strikes"]:
             metrics.CLIENT_ERRORS.labels(code="rate_limit_close").inc()
+            audit.info("connection from {ip} closed: sustained rate limit", ip=self.client_ip)
             self.sendClose(CLOSE_POLICY, "rate limit exceeded")
         else:
             self._error(messages.RATE_LIMITED, f"more than {config['limits.message_rate']:g} "
@@ -119,16 +176,44 @@ class ClientProtocol(WebSocketServerProtocol):
             self.sendMessage(messages.ack("unsubscribed", [c[0] for c in msg.channels], msg.id))
         elif isinstance(msg, messages.Ping):
             self.sendMessage(messages.pong(msg.id))
+        elif isinstance(msg, messages.Refresh) and shard.verifier.enabled:
+            self._refresh(msg)
         else:
             self._error(messages.UNKNOWN_TYPE, f"{type(msg).__name__.lower()} is not "
                         "available on this server", getattr(msg, "id", None))
+
+    def _refresh(self, msg: "messages.Refresh") -> None:
+        shard = self.factory.shard
+        try:
+            grant = shard.verifier.verify(msg.token)
+        except auth.AuthError as e:
+            self._error(messages.FORBIDDEN, f"refresh refused: {e.message}", msg.id)
+            return
+        self.grant = grant
+        self._schedule_expiry()
+        # Subscriptions the new token no longer allows are dropped and reported.
+        lost = [(t, e) for (t, e) in shard.index.patterns_of(self.outbox)
+                if not grant.allows(t, e)]
+        for t, e in lost:
+            shard.index.remove(self.outbox, t, e)
+        reply = {"type": "refreshed", "expires": int(grant.expires)}
+        if lost:
+            reply["unsubscribed"] = sorted(f"odin.token.{t}.{e}" for t, e in lost)
+        if msg.id is not None:
+            reply["id"] = msg.id
+        self.sendMessage(json.dumps(reply, separators=(",", ":")).encode())
 
     def _subscribe(self, msg: "messages.Subscribe") -> None:
         shard = self.factory.shard
         index = shard.index
         limit = shard.config["limits.max_subscriptions"]
+        denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+        if denied:
+            self._error(messages.FORBIDDEN, f"your token does not allow {denied[0][:100]}",
+                        msg.id)
+            return
         held = index.count(self.outbox)
-        new = [c for c in msg.channels if (c[1], c[2]) not in index.patterns_of(self.outbox)]
+        new = [c for c in msg.channels if not index.holds(self.outbox, c[1], c[2])]
         if held + len(new) > limit:
             self._error(messages.TOO_MANY_SUBSCRIPTIONS,
                         f"a connection may hold at most {limit} subscriptions", msg.id)
@@ -147,9 +232,10 @@ class ClientProtocol(WebSocketServerProtocol):
         self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer exceeded")
 
     def onClose(self, wasClean, code, reason):
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        for call in (self._idle_call, self._expiry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._expiry_call = None
         outbox = self.outbox
         if outbox is None:
             return
@@ -169,7 +255,10 @@ class ClientFactory(WebSocketServerFactory):
     def __init__(self, shard: "Shard"):
         super().__init__()
         self.shard = shard
-        config = shard.config
+        self.shard_config_changed()
+
+    def shard_config_changed(self) -> None:
+        config = self.shard.config
         self.setProtocolOptions(
             maxFramePayloadSize=config["limits.max_message_bytes"],
             maxMessagePayloadSize=config["limits.max_message_bytes"],

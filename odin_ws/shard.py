@@ -20,8 +20,8 @@ from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from odin_ws import control, handoff, metrics
-from odin_ws.config import Config
+from odin_ws import auth, control, handoff, metrics, tls
+from odin_ws.config import Config, ConfigError, live_changes
 from odin_ws.events import Event, decode_batch, encode_batch
 from odin_ws.kafka import KafkaIngest
 from odin_ws.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
@@ -58,6 +58,11 @@ class ShardControl(amp.AMP):
     def get_metrics(self):
         return {"text": metrics.exposition()}
 
+    @control.Reload.responder
+    def reload(self, config):
+        self.shard.reload(Config.from_json(config.decode()))
+        return {}
+
     @control.Drain.responder
     def drain(self, window):
         return self.shard.drain(window).addCallback(lambda n: {"closed": n})
@@ -85,6 +90,9 @@ class Shard(service.MultiService):
         # partition re-read after a rebalance is not delivered twice.
         self.seen: dict[tuple[str, int], int] = {}
         self._policies = dict(config["outbound.policy"])
+        self.verifier = auth.Verifier(config)
+        self.tls_options = tls.server_options(config) if tls.enabled(config) else None
+        self.per_ip: dict[str, int] = {}
         self._drained: defer.Deferred | None = None
         self.kafka = KafkaIngest(reactor, config, RecordMapper(
             config["kafka.topics"], config["kafka.token_field"],
@@ -93,7 +101,7 @@ class Shard(service.MultiService):
         self.kafka.setServiceParent(self)
         self._stats_loop = task.LoopingCall(self.report_stats)
         self._stats_loop.clock = reactor
-        metrics.REGISTRY.register(WriteStatsCollector(self.stats))
+        self._collector = WriteStatsCollector(self.stats)
 
     # -- lifecycle
 
@@ -105,6 +113,7 @@ class Shard(service.MultiService):
                 self.control_fd, socket.AF_UNIX,
                 protocol.Factory.forProtocol(lambda: ShardControl(self)))
             os.close(self.control_fd)
+        metrics.REGISTRY.register(self._collector)
         super().startService()
         self._stats_loop.start(self.config["supervisor.stats_interval"], now=False)
 
@@ -113,6 +122,7 @@ class Shard(service.MultiService):
             self._stats_loop.stop()
         for client in list(self.clients):
             client.transport.abortConnection()
+        metrics.REGISTRY.unregister(self._collector)
         return super().stopService()
 
     def control_connected(self, proto: ShardControl) -> None:
@@ -141,9 +151,47 @@ class Shard(service.MultiService):
         if not self.accepting or len(self.clients) >= self.capacity:
             os.close(fd)
             raise control.HandoffRefused("shard full or draining")
-        proto = handoff.adopt(self.reactor, fd, self.factory, head)
-        proto.adopted_at = time.monotonic()
+        if tls:
+            if self.tls_options is None:
+                os.close(fd)
+                raise control.HandoffRefused("TLS is not configured on this shard")
+            handoff.adopt(self.reactor, fd, tls.wrap(self.tls_options, self.factory), head)
+        else:
+            proto = handoff.adopt(self.reactor, fd, self.factory, head)
+            proto.adopted_at = time.monotonic()
         return len(self.clients)
+
+    def ip_admit(self, proto: ClientProtocol) -> bool:
+        """Count the client's IP; False if it already holds its share."""
+        ip = proto.client_ip
+        held = self.per_ip.get(ip, 0)
+        if held >= self.config["limits.max_connections_per_ip"]:
+            return False
+        self.per_ip[ip] = held + 1
+        proto.ip_counted = True
+        return True
+
+    def reload(self, new: Config) -> None:
+        """Apply the settings that may change live; keep the rest until restart."""
+        live, _ = live_changes(self.config, new)
+        values = dict(self.config)
+        values.update({k: new[k] for k in live})
+        try:
+            verifier = auth.Verifier(Config(values))
+            options = tls.server_options(Config(values)) if tls.enabled(Config(values)) else None
+        except ConfigError as e:
+            self.log.error("reload refused: {e}", e=e)
+            return
+        self.config = Config(values)
+        self.factory.shard_config_changed()
+        self.verifier = verifier
+        self.tls_options = options
+        self._policies = dict(self.config["outbound.policy"])
+        limit = self.config["outbound.max_buffer_bytes"]
+        for client in self.clients:
+            if client.outbox is not None:
+                client.outbox.limit = limit
+        self.log.info("shard {n} reloaded: {keys}", n=self.number, keys=", ".join(live) or "no changes")
 
     def connection_made(self, proto: ClientProtocol) -> None:
         self.clients.add(proto)
@@ -151,6 +199,12 @@ class Shard(service.MultiService):
 
     def connection_lost(self, proto: ClientProtocol) -> None:
         self.clients.discard(proto)
+        if proto.ip_counted:
+            left = self.per_ip.get(proto.client_ip, 1) - 1
+            if left > 0:
+                self.per_ip[proto.client_ip] = left
+            else:
+                self.per_ip.pop(proto.client_ip, None)
         metrics.CONNECTIONS.set(len(self.clients))
         if self._drained is not None and not self.clients:
             d, self._drained = self._drained, None

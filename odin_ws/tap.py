@@ -7,15 +7,21 @@ C{odinws} (the parent: dispatcher, supervisor, hub) and C{odinws-shard}
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from odin_ws import config as configmod
+from odin_ws import control
+from odin_ws.guard import raise_nofile
+
+log = Logger()
 
 #: Environment variable carrying the parent's effective config to a shard.
 SHARD_CONFIG_ENV = "ODINWS_INTERNAL_SHARD_CONFIG"
@@ -50,6 +56,7 @@ class Options(usage.Options):
                     except ValueError:
                         raise usage.UsageError(f"--{opt.flag}: expected an integer, got {raw!r}")
                 overrides[opt.key] = raw
+        self.overrides = overrides
         try:
             self.config = configmod.load(self["config"], overrides=overrides)
         except configmod.ConfigError as e:
@@ -107,38 +114,111 @@ class Node(service.MultiService):
     """
     The parent process. Stops in the order an operator wants: stop
     accepting (and say so in /health), drain and stop the shards, then close
-    the listener.
+    the listeners. SIGHUP re-reads the configuration.
     """
 
-    def __init__(self, dispatcher, supervisor, listener):
+    def __init__(self, reactor, options, dispatcher, supervisor, listeners, guard):
         super().__init__()
+        self.reactor = reactor
+        self.options = options
         self.dispatcher = dispatcher
         self.supervisor = supervisor
-        self.listener = listener
+        self.listeners = listeners
+        self.guard = guard
         supervisor.setServiceParent(self)
-        listener.setServiceParent(self)
+        for listener in listeners:
+            listener.setServiceParent(self)
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
         install_logging(self, self.dispatcher.config, parent)
 
+    def startService(self):
+        capacity = raise_nofile()
+        log.info("open-files limit {n}: room for about {c} connections on this node",
+                 n=capacity, c=max(0, capacity - 100))
+        super().startService()
+        self.guard.start()
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    def reload(self) -> None:
+        """Re-read file and environment (flags still win); apply what can change live."""
+        from odin_ws.logs import audit
+        old = self.dispatcher.config
+        try:
+            new = configmod.load(self.options["config"], overrides=self.options.overrides)
+        except configmod.ConfigError as e:
+            audit.error("reload refused: {e}", e=str(e))
+            return
+        live, restart = configmod.live_changes(old, new)
+        values = dict(old)
+        values.update({k: new[k] for k in live})
+        applied = configmod.Config(values)
+        self.dispatcher.config = applied
+        self.guard.cpu_threshold = applied["guard.cpu_threshold"]
+        self.guard.memory_threshold = applied["guard.memory_threshold"]
+        self.gate.reconfigure(applied)
+        blob = applied.to_json().encode()
+        for handle in self.supervisor.shards:
+            if handle.alive:
+                handle.call(control.Reload, config=blob).addErrback(
+                    lambda f, i=handle.index: log.warn("shard {i} did not reload: {f}",
+                                                       i=i, f=f.getErrorMessage()))
+        audit.info("configuration reloaded; applied live: {live}; needs a restart: {restart}",
+                   live=", ".join(live) or "none", restart=", ".join(restart) or "none")
+
     @defer.inlineCallbacks
     def stopService(self):
         self.dispatcher.stopAccepting()
         service.Service.stopService(self)
+        self.guard.stop()
         yield self.supervisor.stopService()
-        yield self.listener.stopService()
+        for listener in self.listeners:
+            yield listener.stopService()
+        yield self.dispatcher.close()
+
+
+class Gate:
+    """The dispatcher's door check: resource guard, then per-IP connection rate."""
+
+    def __init__(self, reactor, config, guard):
+        from odin_ws.ratelimit import KeyedBuckets
+        self.guard = guard
+        self._buckets = KeyedBuckets
+        self.reactor = reactor
+        self.reconfigure(config)
+
+    def reconfigure(self, config) -> None:
+        self.buckets = self._buckets(config["limits.connection_rate_per_ip"],
+                                     config["limits.connection_burst_per_ip"],
+                                     self.reactor.seconds)
+
+    def __call__(self, ip: str):
+        if not self.guard.accepting:
+            return (503, "overloaded_" + (self.guard.reason or "resources"))
+        if not self.buckets.take(ip):
+            return (429, "ip_rate")
+        return None
 
 
 def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         reactor = _reactor()
+    from odin_ws.auth import Verifier
     from odin_ws.dispatcher import Dispatcher
+    from odin_ws.guard import Guard, read_budget
     from odin_ws.health import Health
     from odin_ws.hub import Hub
     from odin_ws.supervisor import Supervisor
+    from odin_ws import tls
 
     cfg = options.config
+    try:
+        # Fail at startup, in the parent, on keys and certificates shards would refuse.
+        Verifier(cfg)
+        tls_options = tls.server_options(cfg) if tls.enabled(cfg) else None
+    except configmod.ConfigError as e:
+        _fail(f"configuration error: {e}")
     hub = Hub(reactor, cfg["hub.max_event_bytes"], cfg["hub.max_queue_batches"])
     env = dict(os.environ)
     env[SHARD_CONFIG_ENV] = cfg.to_json()
@@ -146,15 +226,28 @@ def makeService(options, reactor=None) -> service.IService:
         supervisor = Supervisor(reactor, cfg, hub, shard_argv, env)
     except configmod.ConfigError as e:
         _fail(f"configuration error: {e}")
+    guard = Guard(reactor, lambda: [os.getpid()] + [h.pid for h in supervisor.shards if h.pid],
+                  read_budget(), cfg["guard.cpu_threshold"], cfg["guard.memory_threshold"],
+                  cfg["guard.interval"])
+    gate = Gate(reactor, cfg, guard)
     static_dir = os.path.join(os.path.dirname(__file__), "static")
-    health = Health(cfg, lambda: supervisor.shards)
-    dispatcher = Dispatcher(reactor, cfg, lambda: supervisor.shards, health=health,
-                            static_dir=static_dir if cfg["demo.enabled"] else None)
+    health = Health(cfg, lambda: supervisor.shards, guard)
+    shards = lambda: supervisor.shards  # noqa: E731
+    dispatcher = Dispatcher(reactor, cfg, shards, health=health,
+                            static_dir=static_dir if cfg["demo.enabled"] else None,
+                            tls=tls_options, gate=gate)
     health.dispatcher = dispatcher
-    listener = StreamServerEndpointService(
-        serverFromString(reactor, cfg["listen.port"]), dispatcher)
-    listener._raiseSynchronously = True
-    return Node(dispatcher, supervisor, listener)
+    listeners = [StreamServerEndpointService(serverFromString(reactor, cfg["listen.port"]),
+                                             dispatcher)]
+    if cfg["listen.admin_port"]:
+        admin = Dispatcher(reactor, cfg, shards, health=health, admin=True)
+        listeners.append(StreamServerEndpointService(
+            serverFromString(reactor, cfg["listen.admin_port"]), admin))
+    for listener in listeners:
+        listener._raiseSynchronously = True
+    node = Node(reactor, options, dispatcher, supervisor, listeners, guard)
+    node.gate = gate
+    return node
 
 
 class ShardOptions(usage.Options):
