@@ -34,7 +34,7 @@ cleanup() {
     if [ -n "$work" ]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
-trap 'echo "interrupted"; exit 130' INT TERM
+trap 'fail "interrupted"; finish; exit 130' INT TERM
 
 if [ "$(id -u)" != 0 ]; then
     fail "runs as root (it installs and purges a package)"
