@@ -59,7 +59,13 @@ if ! apt-get install -y -qq --no-install-recommends "${build_deps[@]}" >"$work/a
     apt-get update -qq >>"$work/apt.log" 2>&1
     apt-get install -y -qq --no-install-recommends "${build_deps[@]}" >>"$work/apt.log" 2>&1
 fi
-check "build dependencies installed" dpkg-query -W "${build_deps[@]}"
+installed_all() {
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed$' || { echo "$p"; return 1; }
+    done
+}
+check "build dependencies installed" installed_all "${build_deps[@]}"
 
 if "$repo/packaging/build-deb.sh" "$work/out" >"$work/build.log" 2>&1; then
     pass "package builds (dpkg-buildpackage with dh-virtualenv)"
