@@ -144,7 +144,10 @@ class ClientProtocol(WebSocketServerProtocol):
         if self.strikes > config["limits.rate_strikes"]:
             metrics.CLIENT_ERRORS.labels(code="rate_limit_close").inc()
             audit.info("connection from {ip} closed: sustained rate limit", ip=self.client_ip)
-            self.sendClose(CLOSE_POLICY, "rate limit exceeded")
+            # sendClose() refuses 1008 (it allows 1000 and 3000-4999 only);
+            # sendCloseFrame is the same closing handshake without that check.
+            self.sendCloseFrame(code=CLOSE_POLICY, reasonUtf8=b"rate limit exceeded",
+                                isReply=False)
         else:
             self._error(messages.RATE_LIMITED, f"more than {config['limits.message_rate']:g} "
                         "messages per second; slow down", None)

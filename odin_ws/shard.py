@@ -105,6 +105,11 @@ class Shard(service.MultiService):
 
     # -- lifecycle
 
+    def setServiceParent(self, parent):
+        from odin_ws.tap import install_logging
+        super().setServiceParent(parent)
+        install_logging(self, self.config, parent)
+
     def startService(self):
         if self.control_fd is not None:
             # The parent handles Ctrl-C for the whole process group and drains us.

@@ -147,6 +147,9 @@ class Client:
     """A WebSocket client (the C{websockets} library) with JSON helpers."""
 
     def __init__(self, url: str, **kw):
+        # max_queue=None: the client's reader thread never stops reading (so it
+        # answers pings and sees close frames) even when the test reads late.
+        kw.setdefault("max_queue", None)
         self.ws = connect(url, open_timeout=10, max_size=None, **kw)
         self.events: list[dict] = []
 

@@ -264,7 +264,7 @@ class MultiShardTests(NodeTestCase):
             try:
                 c.recv(timeout=30)
             except ConnectionClosed as e:
-                codes.append(e.rcvd.code if e.rcvd else None)
+                codes.append((e.rcvd.code if e.rcvd else None, repr(e)))
         self.assertEqual(codes, [4000] * 6)
         self.node.proc.wait(60)
         for pid in pids:
@@ -287,3 +287,41 @@ class CapacityTests(NodeTestCase):
         self.assertEqual(e.response.headers["Retry-After"], "5")
         status, body = self.node.health()
         self.assertEqual((status, body["status"]), (503, "full"))
+
+
+class FloodTests(NodeTestCase):
+    """A flooding client is limited and closed; 100 others lose nothing."""
+
+    shards = 2
+    partitions = 2
+
+    def test_flooder_closed_others_complete(self):
+        """100 clients get every event in order while one client floods subscribes."""
+        good = [self.client() for _ in range(100)]
+        for c in good:
+            c.subscribe("odin.token.*.trade")
+        flooder = self.client()
+        codes = []
+        errors = 0
+        for i in range(3):
+            self.produce("F", "trade", i, partition=0)
+        self.broker.flush()
+        try:
+            for i in range(10000):
+                flooder.send({"type": "subscribe", "channels": [f"odin.token.F{i}.trade"]})
+        except ConnectionClosed as e:
+            codes.append((e.rcvd.code if e.rcvd else None, repr(e)))
+        for i in range(3, 60):
+            self.produce("F", "trade", i, partition=0)
+        self.broker.flush()
+        try:
+            while True:
+                msg = flooder.recv(timeout=20)
+                if msg.get("code") == "rate_limited":
+                    errors += 1
+        except ConnectionClosed as e:
+            codes.append((e.rcvd.code if e.rcvd else None, repr(e)))
+        self.assertEqual(codes[-1][0], 1008, codes)
+        self.assertGreater(errors, 0)
+        for c in good:
+            self.assertEqual([e["data"]["seq"] for e in c.collect(60)], list(range(60)))
