@@ -16,6 +16,8 @@ class Health:
         self.config = config
         self.shards = shards
         self.guard = guard
+        from odin_ws import metrics
+        metrics.READY.set_function(lambda: 1 if self()[0] == 200 else 0)
         #: Set by the node once the dispatcher exists.
         self.dispatcher = None
 

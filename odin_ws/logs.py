@@ -65,13 +65,13 @@ def make_observer(fmt: str, level: str, out: IO[str] | None = None,
                   now: Callable[[], float] | None = None) -> ILogObserver:
     """The process's log observer for C{log.format}/C{log.level}."""
     out = sys.stdout if out is None else out
-    base = jsonFileLogObserver(out) if fmt == "json" else textFileLogObserver(out)
+    base = jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
     filtered = FilteringLogObserver(
         FloodGuard(base, per_second, now or time.time),
         [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])])
     if audit_out is None:
         return filtered
-    audit_file = jsonFileLogObserver(audit_out)
+    audit_file = jsonFileLogObserver(audit_out, recordSeparator="")
 
     @implementer(ILogObserver)
     def route(event: dict) -> None:

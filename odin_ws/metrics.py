@@ -81,6 +81,8 @@ GUARD_MEMORY = Gauge("odinws_guard_memory_fraction", "Node memory use as a fract
                      "budget.", registry=REGISTRY)
 GUARD_ACCEPTING = Gauge("odinws_guard_accepting", "1 while the resource guard lets new "
                         "connections in.", registry=REGISTRY)
+READY = Gauge("odinws_ready", "1 while the node accepts new connections (/health is 200).",
+              registry=REGISTRY)
 SHARD_RESTARTS = Counter("odinws_shard_restarts", "Shard processes restarted.", ["shard"],
                          registry=REGISTRY)
 

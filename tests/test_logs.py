@@ -21,7 +21,8 @@ class ObserverTests(unittest.TestCase):
         obs = logs.make_observer("json", "info", out)
         emit(obs, who="a")
         emit(obs, who="b")
-        lines = [l for l in out.getvalue().split("\x1e") if l.strip()]
+        self.assertNotIn("\x1e", out.getvalue())
+        lines = out.getvalue().splitlines()
         self.assertEqual(len(lines), 2)
         self.assertEqual(json.loads(lines[0])["who"], "a")
 
