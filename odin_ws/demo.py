@@ -29,7 +29,8 @@ from typing import Callable, TextIO
 
 import yaml
 
-from odin_ws.embedded_broker import EmbeddedBroker, die_with_parent, port_is_free
+from odin_ws.embedded_broker import (EmbeddedBroker, die_with_parent, port_is_free,
+                                     stop_process)
 from odin_ws.simulate import DEFAULT_TOPICS
 from odin_ws.tap import twistd_argv
 
@@ -41,10 +42,10 @@ SERVER_STOP_WAIT = 20.0
 SIMULATOR_STOP_WAIT = 10.0
 
 
-def demo_config(http_port: int, brokers: str, shards: int) -> dict:
+def demo_config(http_port: int, brokers: str, shards: int, node_id: str = "demo") -> dict:
     """The odinws settings of the demo (a YAML document as a dict)."""
     return {
-        "node_id": "demo",
+        "node_id": node_id,
         "shards": shards,
         "listen": {"port": f"tcp:{http_port}:interface=127.0.0.1"},
         "kafka": {"brokers": brokers, "topics": {t: k for k, t in DEFAULT_TOPICS.items()},
@@ -61,18 +62,6 @@ def demo_config(http_port: int, brokers: str, shards: int) -> dict:
 
 class Interrupted(Exception):
     """Start-up was cancelled (Ctrl-C / SIGTERM while waiting)."""
-
-
-def _stop_process(proc: subprocess.Popen | None, wait: float) -> None:
-    """SIGTERM, wait up to C{wait} seconds, then SIGKILL (all by pid)."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=wait)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 class DemoStack:
@@ -104,6 +93,7 @@ class DemoStack:
         self.broker = EmbeddedBroker(log_dir=workdir)
         self.server: subprocess.Popen | None = None
         self.simulator: subprocess.Popen | None = None
+        self.restarts = 0
         self.server_log = os.path.join(workdir, "odinws.log")
         self.simulator_log = os.path.join(workdir, "simulate.log")
         self.config_path = os.path.join(workdir, "odinws.yaml")
@@ -146,19 +136,31 @@ class DemoStack:
         self.say(f"  broker at {self.broker.bootstrap}; topics {', '.join(DEFAULT_TOPICS.values())} "
                  f"({self.partitions} partitions each)")
 
-        with open(self.config_path, "w") as f:
-            yaml.safe_dump(demo_config(self.port, self.broker.bootstrap, self.shards), f)
         self.say(f"starting odinws with {self.shards} shards on port {self.port}")
+        self._start_server("demo")
+
+        self.say(f"starting the simulator: {self.tokens} tokens, up to {self.rate} events/s")
+        self.simulator = self._spawn(
+            [sys.executable, "-m", "odin_ws.simulate", "--brokers", self.broker.bootstrap,
+             "--rate", str(self.rate), "--tokens", str(self.tokens)], self.simulator_log)
+
+    def _start_server(self, node_id: str) -> None:
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(demo_config(self.port, self.broker.bootstrap, self.shards, node_id), f)
         self.server = self._spawn(
             twistd_argv("--nodaemon", "--pidfile=", "odinws", "--config", self.config_path),
             self.server_log)
         self.wait_ready()
         self._check_cancel()
 
-        self.say(f"starting the simulator: {self.tokens} tokens, up to {self.rate} events/s")
-        self.simulator = self._spawn(
-            [sys.executable, "-m", "odin_ws.simulate", "--brokers", self.broker.bootstrap,
-             "--rate", str(self.rate), "--tokens", str(self.tokens)], self.simulator_log)
+    def restart_server(self) -> None:
+        """Stop odinws (SIGTERM: clients are told to reconnect) and start it again."""
+        stop_process(self.server, SERVER_STOP_WAIT)
+        self.restarts += 1
+        # A new node id, so a new consumer group: Tansu 0.6.0 sometimes never
+        # assigns partitions when two members re-form a group whose members
+        # just left (one member, or a fresh group, always works; measured).
+        self._start_server(f"demo-r{self.restarts}")
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -215,8 +217,8 @@ class DemoStack:
 
     def stop(self) -> None:
         """Stop the simulator, odinws and the broker, each with a bounded wait."""
-        _stop_process(self.simulator, SIMULATOR_STOP_WAIT)
-        _stop_process(self.server, SERVER_STOP_WAIT)
+        stop_process(self.simulator, SIMULATOR_STOP_WAIT)
+        stop_process(self.server, SERVER_STOP_WAIT)
         self.broker.stop()
 
 

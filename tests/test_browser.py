@@ -8,8 +8,11 @@ simulator). The screenshot goes to C{artifacts/demo.png}.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
+import threading
+import time
 
 from twisted.trial import unittest
 
@@ -20,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = os.path.join(ROOT, "artifacts", "demo.png")
+RECONNECT_SCREENSHOT = os.path.join(ROOT, "artifacts", "demo-reconnect.png")
 
 
 def _node_modules_ready() -> bool:
@@ -72,3 +76,41 @@ class DemoPageTests(unittest.TestCase):
                          f"odinws log tail:\n{self.stack.tail(self.stack.server_log)}")
         with open(SCREENSHOT, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+    def test_reconnects_after_server_restart(self):
+        """
+        When odinws restarts under it, the page shows it lost the connection,
+        reconnects on its own (backoff), subscribes again and shows events
+        again, keeping its rows.
+        """
+        proc = subprocess.Popen(
+            [self.node, os.path.join(BROWSER_DIR, "demo.test.mjs"), self.stack.base_url + "/",
+             RECONNECT_SCREENSHOT, "--reconnect"],
+            cwd=BROWSER_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        lines: queue.Queue = queue.Queue()
+        # A reader thread: a blocking readline cannot honour a deadline.
+        threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
+                         daemon=True).start()
+        seen = []
+        deadline = time.monotonic() + 120
+        while not seen or seen[-1] != "READY\n":
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                proc.kill()
+                self.fail("the page never got ready:\n" + "".join(seen) + proc.stderr.read())
+            seen.append(line)
+
+        self.stack.restart_server()
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        while (line := lines.get(timeout=10)) is not None:
+            seen.append(line)
+        self.assertEqual(proc.returncode, 0, "reconnect check failed:\n" + "".join(seen)
+                         + proc.stderr.read())

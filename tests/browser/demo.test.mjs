@@ -1,24 +1,31 @@
 // Drives the odinws demo page in headless Debian Chromium (playwright-core,
 // no browser download) and checks what a visitor would see.
 //
-//   node tests/browser/demo.test.mjs <page url> <screenshot path>
+//   node tests/browser/demo.test.mjs <page url> <screenshot path> [--reconnect]
 //
 // Exits 0 when the page connected, subscribed through its own controls,
 // filled rows from live events (trades of every token, prices of one) and
 // drew sparklines; otherwise prints why on stderr and exits 1. The
 // screenshot is saved either way, when the page got that far.
+//
+// With --reconnect: the page subscribes from its URL, and once events flow
+// the script prints a line "READY"; the caller then restarts the server. The
+// check passes when the page noticed (status left "connected"), came back on
+// its own, subscribed again and receives events again.
 import { chromium } from "playwright-core";
 import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 
-const [url, shot] = process.argv.slice(2);
+const [url, shot, mode] = process.argv.slice(2);
 if (!url || !shot) {
   console.error("usage: node demo.test.mjs <page url> <screenshot path>");
   process.exit(2);
 }
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WAIT_MS = 60000;
+// Backoff with full jitter, capped at 30 s, plus the server's start-up.
+const RECONNECT_WAIT_MS = 120000;
 const t0 = Date.now();
 const log = (m) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
 
@@ -27,7 +34,10 @@ const problems = [];
 let context;
 let page;
 
-async function main() {
+const number = (id) => page.evaluate(
+  (i) => Number(document.getElementById(i).textContent.replace(/\D/g, "")), id);
+
+async function open(query) {
   context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
@@ -38,12 +48,46 @@ async function main() {
   page = context.pages()[0] || await context.newPage();
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
   page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
-
-  // Start with no subscription: the subscriptions below go through the page's controls.
-  await page.goto(url + (url.includes("?") ? "&" : "?") + "subscribe=", { timeout: WAIT_MS });
+  await page.goto(url + (url.includes("?") ? "&" : "?") + query, { timeout: WAIT_MS });
   await page.waitForFunction(
     () => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
   log("connected");
+}
+
+async function reconnect() {
+  const channel = "odin.token.*.trade";
+  await open("subscribe=" + encodeURIComponent(channel));
+  const chip = `.chip.ok[data-channel="${channel}"]`;
+  await page.waitForSelector(chip, { timeout: WAIT_MS });
+  await page.waitForFunction(() => document.querySelectorAll("#rows tr").length > 0,
+    null, { timeout: WAIT_MS, polling: 200 });
+  const rows = (await page.$$("#rows tr")).length;
+  console.log("READY");
+  await page.waitForFunction(
+    () => document.getElementById("status").dataset.state !== "connected",
+    null, { timeout: RECONNECT_WAIT_MS, polling: 50 });
+  log(`server gone: status "${await page.textContent("#status")}"`);
+  await page.waitForFunction(
+    () => document.getElementById("status").dataset.state === "connected",
+    null, { timeout: RECONNECT_WAIT_MS, polling: 100 });
+  log("reconnected");
+  await page.waitForSelector(chip, { timeout: WAIT_MS });
+  const before = await number("total");
+  await page.waitForFunction(
+    (n) => Number(document.getElementById("total").textContent.replace(/\D/g, "")) > n + 5,
+    before, { timeout: WAIT_MS, polling: 200 });
+  log("events flow again");
+  const after = (await page.$$("#rows tr")).length;
+  if (after < rows) throw new Error(`rows went from ${rows} to ${after}`);
+  // The close and the refused attempts while the server restarts may log
+  // connection errors in the console; only script errors count here.
+  const scriptErrors = problems.filter((p) => p.startsWith("page error"));
+  if (scriptErrors.length) throw new Error(scriptErrors.join("; "));
+}
+
+async function main() {
+  // Start with no subscription: the subscriptions below go through the page's controls.
+  await open("subscribe=");
 
   await page.fill("#pattern-input", "odin.token.*.trade");
   await page.click("#pattern-subscribe");
@@ -106,7 +150,7 @@ async function main() {
 
 let failed = false;
 try {
-  await main();
+  await (mode === "--reconnect" ? reconnect() : main());
 } catch (e) {
   failed = true;
   console.error(`demo page check failed: ${e.message}`);
