@@ -40,6 +40,18 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
+def stop_process(proc: subprocess.Popen | None, wait: float) -> None:
+    """SIGTERM a child, wait up to C{wait} seconds, then SIGKILL it (all by pid)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -166,11 +178,4 @@ class EmbeddedBroker:
         """Terminate the broker (SIGTERM, SIGKILL after a bounded wait)."""
         self.admin = None
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=TERM_WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, TERM_WAIT)
