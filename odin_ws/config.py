@@ -17,7 +17,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import yaml
 

