@@ -270,6 +270,15 @@ class MultiShardTests(NodeTestCase):
         for pid in pids:
             wait_for(lambda: not pid_alive(pid), 10, what=f"shard {pid} gone")
 
+    def test_no_orphans_when_parent_killed(self):
+        """kill -9 of the parent: every shard notices its control channel close and exits."""
+        pids = self.node.shard_pids()
+        self.assertEqual(len(pids), 3)
+        self.node.proc.kill()
+        self.node.proc.wait(10)
+        for pid in pids:
+            wait_for(lambda: not pid_alive(pid), 20, what=f"orphan shard {pid} gone")
+
 
 class CapacityTests(NodeTestCase):
     """A node that is full answers 503 with Retry-After."""
