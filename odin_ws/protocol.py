@@ -48,6 +48,8 @@ class ClientProtocol(WebSocketServerProtocol):
     ip_counted = False
 
     def connectionMade(self):
+        # Adoption: the parent's head bytes are replayed right after this.
+        self.adopted_at = time.monotonic()
         super().connectionMade()
         self.factory.shard.connection_made(self)
 

@@ -162,8 +162,7 @@ class Shard(service.MultiService):
                 raise control.HandoffRefused("TLS is not configured on this shard")
             handoff.adopt(self.reactor, fd, tls.wrap(self.tls_options, self.factory), head)
         else:
-            proto = handoff.adopt(self.reactor, fd, self.factory, head)
-            proto.adopted_at = time.monotonic()
+            handoff.adopt(self.reactor, fd, self.factory, head)
         return len(self.clients)
 
     def ip_admit(self, proto: ClientProtocol) -> bool:

@@ -148,6 +148,7 @@ class CoreTests(NodeTestCase):
 
     def test_health_and_metrics(self):
         """/health reports the shard and Kafka; /metrics is Prometheus text with shard labels."""
+        self.client().subscribe("odin.token.M.trade")
         status, body = self.node.health()
         self.assertEqual(status, 200)
         self.assertTrue(body["kafka_connected"])
@@ -157,6 +158,10 @@ class CoreTests(NodeTestCase):
         self.assertEqual(code, 200)
         self.assertIn('odinws_connections{shard="0"}', text.decode())
         self.assertIn("odinws_dispatch_total", text.decode())
+        samples = {(s.name, s.labels.get("shard")): s.value
+                   for f in text_string_to_metric_families(text.decode()) for s in f.samples}
+        self.assertEqual(samples[("odinws_handshake_seconds_count", "0")], 1)
+        self.assertEqual(samples[("odinws_handoff_seconds_count", None)], 1)
 
     def test_bad_records_skipped_and_counted(self):
         """Records without a key or with invalid JSON are skipped, counted, and lose nothing else."""
