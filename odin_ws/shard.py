@@ -152,11 +152,12 @@ class Shard(service.MultiService):
 
     # -- connections
 
-    def adopt(self, fd: int, head: bytes, tls: bool) -> int:
+    def adopt(self, fd: int, head: bytes, use_tls: bool) -> int:
+        # Not named "tls": that would shadow the odin_ws.tls module used below.
         if not self.accepting or len(self.clients) >= self.capacity:
             os.close(fd)
             raise control.HandoffRefused("shard full or draining")
-        if tls:
+        if use_tls:
             if self.tls_options is None:
                 os.close(fd)
                 raise control.HandoffRefused("TLS is not configured on this shard")
