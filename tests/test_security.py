@@ -1,0 +1,412 @@
+"""
+End-to-end security tests: JWT authentication and channel grants, TLS
+(wss://) terminated in the shards behind the real dispatcher, and the
+SIGHUP reload of keys and certificates. Real C{twistd odinws} processes, the
+real broker, real C{websockets} clients that verify the certificate chain
+and host name against a CA made up for each test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import ssl
+import time
+import uuid
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.trial import unittest
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
+
+from tests.broker import shared_broker
+from tests.node import Client, Node, free_port, http_get, wait_for
+from tests.test_integration import FAST_KAFKA
+
+SECRET = "first-secret-of-at-least-32-bytes!!"
+ROTATED = "second-secret-of-at-least-32-bytes!"
+
+
+def make_token(secret: str = SECRET, lifetime: float = 300.0, channels=("odin.token.ABC.*",),
+               alg: str = "HS256", **claims) -> str:
+    """An HS256 token expiring C{lifetime} seconds from now, granting C{channels}."""
+    body = {"sub": "tester", "exp": int(time.time() + lifetime), "channels": list(channels)}
+    body.update(claims)
+    return jwt.encode(body, secret, algorithm=alg)
+
+
+def unsigned_token(**claims) -> str:
+    """A token with C{alg: none} and no signature, as an attacker would forge it."""
+    def b64(obj) -> str:
+        return jwt.utils.base64url_encode(json.dumps(obj).encode()).decode()
+    body = {"sub": "tester", "exp": int(time.time() + 300), "channels": ["odin.token.*.*"]}
+    body.update(claims)
+    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(body)}."
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replace a file in one step, as a deployment tool would (no half-written reads)."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def closed_code(client: Client, timeout: float = 30.0) -> tuple[int | None, str]:
+    """Read until the server closes; the close code and reason it sent."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                client.recv(max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                continue
+    except ConnectionClosed as e:
+        return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, "")
+    raise AssertionError(f"not closed within {timeout}s")
+
+
+class SecurityNodeCase(unittest.TestCase):
+    """Starts a node on a fresh topic with settings the test class gives."""
+
+    shards = 1
+    partitions = 1
+    node_class = Node
+
+    def settings(self) -> dict:
+        return {}
+
+    def setUp(self):
+        self.broker = shared_broker()
+        self.topic = f"sec-{uuid.uuid4().hex[:8]}"
+        self.broker.create_topics([self.topic], partitions=self.partitions)
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        settings = dict(FAST_KAFKA)
+        settings.update({"kafka.topics": {self.topic: "trade"},
+                         "kafka.event_type_field": "kind",
+                         # Tests poll with new connections; the per-IP rate is not under test.
+                         "limits.connection_rate_per_ip": 1000.0,
+                         "limits.connection_burst_per_ip": 1000})
+        settings.update(self.settings())
+        self.node = self.node_class(self.workdir, self.broker.bootstrap, shards=self.shards,
+                                    settings=settings)
+        self.addCleanup(self.node.stop)
+        self.node.start()
+
+    def client(self, url: str | None = None, **kw) -> Client:
+        c = Client(url or self.node.url(), **kw)
+        self.addCleanup(c.close)
+        return c
+
+    def produce(self, token: str, kind: str, seq, partition=None) -> None:
+        self.broker.produce(self.topic, token.encode(),
+                            json.dumps({"kind": kind, "seq": seq}).encode(), partition=partition)
+
+    def sighup(self) -> None:
+        self.node.proc.send_signal(signal.SIGHUP)
+
+    def log_count(self, text: str) -> int:
+        with open(self.node.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace").count(text)
+
+
+class AuthTests(SecurityNodeCase):
+    """C{auth.mode: jwt} with an HS256 secret file and no leeway."""
+
+    def settings(self):
+        self.secret_path = os.path.join(self.workdir, "jwt.secret")
+        write_atomically(self.secret_path, SECRET.encode() + b"\n")
+        return {"auth.mode": "jwt", "auth.secret_file": self.secret_path, "auth.leeway": 0}
+
+    def assertRefused(self, why: str = "no token", path: str = "/ws", **kw) -> None:
+        e = self.assertRaises(InvalidStatus, Client, self.node.url(path), **kw)
+        self.assertEqual(e.response.status_code, 401, f"{why}: {e.response.body!r}")
+
+    def test_bad_tokens_get_401_before_upgrade(self):
+        """Missing, expired, wrongly signed, unsigned (alg none) or claim-less tokens get 401."""
+        self.assertRefused()
+        self.assertRefused("bearer without token", subprotocols=["odinws"])
+        bad = {
+            "expired": make_token(lifetime=-5),
+            "wrong signature": make_token(secret="not-the-secret-of-at-least-32-bytes"),
+            "alg none": unsigned_token(),
+            "no channels claim": jwt.encode({"exp": int(time.time() + 300)}, SECRET,
+                                            algorithm="HS256"),
+            "no exp": jwt.encode({"channels": ["odin.token.*.*"]}, SECRET, algorithm="HS256"),
+            "garbage": "not.a.jwt",
+        }
+        for why, token in bad.items():
+            self.assertRefused(why, path=f"/ws?token={token}")
+            self.assertRefused(why, additional_headers={"Authorization": f"Bearer {token}"})
+        # Refused handshakes leave nothing open in the shard.
+        def nothing_open():
+            status, body = self.node.health()
+            return status == 200 and body["connections"] == 0
+        wait_for(nothing_open, 10, what="no connection left open")
+        text = http_get(self.node.port, "/metrics")[2].decode()
+        for reason in ("missing", "expired", "bad_signature", "bad_algorithm", "bad_claim"):
+            self.assertIn(f'reason="auth_{reason}"', text)
+
+    def test_each_token_source_connects(self):
+        """A valid token is accepted as a bearer subprotocol, an Authorization header or ?token=."""
+        token = make_token()
+        via_protocol = self.client(subprotocols=["odinws", f"bearer.{token}"])
+        # The server selects odinws, never echoes the token back.
+        self.assertEqual(via_protocol.ws.subprotocol, "odinws")
+        via_header = self.client(additional_headers={"Authorization": f"Bearer {token}"})
+        via_query = self.client(self.node.url(f"/ws?token={token}"))
+        for i, c in enumerate((via_protocol, via_header, via_query)):
+            self.assertEqual(c.request({"type": "ping", "id": i}), {"type": "pong", "id": i})
+
+    def test_channels_claim_limits_subscriptions(self):
+        """Subscribing outside the claim is forbidden, and that channel's events never arrive."""
+        c = self.client(self.node.url(f"/ws?token={make_token(channels=['odin.token.ABC.*'])}"))
+        c.subscribe("odin.token.ABC.trade")
+        for outside in (["odin.token.XYZ.trade"], ["odin.token.*.trade"],
+                        ["odin.token.ABC.trade", "odin.token.XYZ.price"]):
+            reply = c.request({"type": "subscribe", "channels": outside, "id": "no"})
+            self.assertEqual((reply["type"], reply["code"], reply["id"]),
+                             ("error", "forbidden", "no"))
+        # The forbidden channels' records come first in the single partition;
+        # the allowed end marker after them proves they were seen and not sent.
+        self.produce("XYZ", "trade", "secret-1")
+        self.produce("XYZ", "price", "secret-2")
+        self.produce("ABC", "trade", 1)
+        self.produce("XYZ", "trade", "secret-3")
+        self.produce("ABC", "trade", "end")
+        self.broker.flush()
+        got = c.collect(2)
+        self.assertEqual([(e["channel"], e["data"]["seq"]) for e in got],
+                         [("odin.token.ABC.trade", 1), ("odin.token.ABC.trade", "end")])
+        self.assertEqual(c.request({"type": "ping", "id": 1}), {"type": "pong", "id": 1})
+        self.assertEqual(len(c.events), 2)
+
+    def test_expired_token_closes_4001(self):
+        """A connection is closed with 4001 when its token expires; a bad refresh does not help."""
+        exp = int(time.time()) + 3
+        c = self.client(self.node.url(f"/ws?token={make_token(lifetime=exp - time.time())}"))
+        c.subscribe("odin.token.ABC.trade")
+        reply = c.request({"type": "refresh", "token": make_token(secret="wrong" * 8), "id": 9})
+        self.assertEqual((reply["code"], reply["id"]), ("forbidden", 9))
+        code, reason = closed_code(c)
+        self.assertEqual((code, reason), (4001, "token expired; reconnect with a fresh token"))
+        # Same clock on both ends: the server did not close before exp (leeway 0).
+        self.assertGreaterEqual(time.time(), exp)
+
+    def test_refresh_keeps_connection_past_old_expiry(self):
+        """A refreshed token replaces the old one: no 4001 at the old exp; narrower grants prune."""
+        old_exp = int(time.time()) + 3
+        c = self.client(self.node.url(
+            f"/ws?token={make_token(lifetime=old_exp - time.time(), channels=['odin.token.*.*'])}"))
+        c.subscribe("odin.token.ABC.trade", "odin.token.XYZ.trade")
+        fresh = make_token(lifetime=120, channels=["odin.token.ABC.*"])
+        reply = c.request({"type": "refresh", "token": fresh, "id": "r"})
+        self.assertEqual(reply, {"type": "refreshed", "expires": jwt.decode(
+            fresh, SECRET, algorithms=["HS256"])["exp"],
+            "unsubscribed": ["odin.token.XYZ.trade"], "id": "r"})
+        wait_for(lambda: time.time() > old_exp + 1, 10, what="old token's exp passed")
+        self.assertEqual(c.request({"type": "ping", "id": 2}), {"type": "pong", "id": 2})
+        self.produce("XYZ", "trade", "pruned")
+        self.produce("ABC", "trade", "kept")
+        self.broker.flush()
+        self.assertEqual([e["data"]["seq"] for e in c.collect(1)], ["kept"])
+
+    def test_secret_rotation_on_sighup(self):
+        """After the secret file changes and SIGHUP, new connections need the new key;
+        connections opened before keep running."""
+        before = self.client(self.node.url(f"/ws?token={make_token()}"))
+        write_atomically(self.secret_path, ROTATED.encode() + b"\n")
+        self.sighup()
+
+        def rotated():
+            try:
+                Client(self.node.url(f"/ws?token={make_token(secret=SECRET)}")).close()
+            except InvalidStatus as e:
+                return e.response.status_code == 401
+            return False
+        wait_for(rotated, 20, 0.2, "old secret refused")
+        after = self.client(self.node.url(f"/ws?token={make_token(secret=ROTATED)}"))
+        for i, c in enumerate((before, after)):
+            self.assertEqual(c.request({"type": "ping", "id": i}), {"type": "pong", "id": i})
+
+
+# -- TLS -------------------------------------------------------------------
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+class TestCA:
+    """A throwaway certificate authority issuing server certificates for localhost."""
+
+    def __init__(self, name: str):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.name = _name(name)
+        self.cert = (x509.CertificateBuilder()
+                     .subject_name(self.name).issuer_name(self.name)
+                     .public_key(self.key.public_key())
+                     .serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(minutes=5))
+                     .not_valid_after(now + datetime.timedelta(days=1))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                     .add_extension(x509.KeyUsage(
+                         digital_signature=True, key_cert_sign=True, crl_sign=True,
+                         content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, encipher_only=False,
+                         decipher_only=False), critical=True)
+                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(
+                         self.key.public_key()), critical=False)
+                     .sign(self.key, hashes.SHA256()))
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self) -> tuple[int, bytes, bytes]:
+        """A new server certificate for localhost/127.0.0.1: (serial, cert PEM, key PEM)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        serial = x509.random_serial_number()
+        cert = (x509.CertificateBuilder()
+                .subject_name(_name("localhost")).issuer_name(self.name)
+                .public_key(key.public_key()).serial_number(serial)
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self.key.public_key()), critical=False)
+                .sign(self.key, hashes.SHA256()))
+        key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return serial, cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+class AdminNode(Node):
+    """A node whose public port speaks TLS: /health is asked on the admin port."""
+
+    def __init__(self, workdir, brokers, shards=1, settings=None, **kw):
+        self.admin_port = free_port()
+        settings = dict(settings or {})
+        settings["listen.admin_port"] = f"tcp:{self.admin_port}:interface=127.0.0.1"
+        super().__init__(workdir, brokers, shards=shards, settings=settings, **kw)
+
+    def health(self):
+        status, _, body = http_get(self.admin_port, "/health")
+        return status, json.loads(body)
+
+    def url(self, path: str = "/ws") -> str:
+        return f"wss://127.0.0.1:{self.port}{path}"
+
+
+class TLSTests(SecurityNodeCase):
+    """Two shards terminating TLS on connections the dispatcher hands over unread."""
+
+    shards = 2
+    partitions = 2
+    node_class = AdminNode
+
+    def settings(self):
+        self.ca = TestCA("odinws test CA 1")
+        self.cert_path = os.path.join(self.workdir, "server.crt")
+        self.key_path = os.path.join(self.workdir, "server.key")
+        self.serial, cert, key = self.ca.issue()
+        write_atomically(self.cert_path, cert)
+        write_atomically(self.key_path, key)
+        return {"tls.certificate": self.cert_path, "tls.private_key": self.key_path}
+
+    def context(self, *cas: TestCA) -> ssl.SSLContext:
+        """A client context trusting only C{cas} and checking the host name."""
+        ctx = ssl.create_default_context(cadata="".join(ca.pem.decode() for ca in cas))
+        self.assertTrue(ctx.check_hostname)
+        self.assertEqual(ctx.verify_mode, ssl.CERT_REQUIRED)
+        return ctx
+
+    def wss(self, *cas: TestCA, host: str = "localhost") -> Client:
+        return self.client(ssl=self.context(*(cas or (self.ca,))), server_hostname=host)
+
+    @staticmethod
+    def serial_of(c: Client) -> int:
+        return int(c.ws.socket.getpeercert()["serialNumber"], 16)
+
+    def test_wss_verified_spread_and_events(self):
+        """Verified wss clients spread over both shards and get every event; bad trust fails."""
+        clients = [self.wss() for _ in range(3)] + [self.wss(host="127.0.0.1")]
+        for c in clients:
+            self.assertEqual(self.serial_of(c), self.serial)
+            self.assertIn(c.ws.socket.version(), ("TLSv1.2", "TLSv1.3"))
+
+        def spread():
+            return [s["connections"] for s in self.node.health()[1]["shards"]] == [2, 2]
+        wait_for(spread, 20, what="2/2 placement")
+        for c in clients:
+            c.subscribe("odin.token.*.trade")
+        for i in range(10):
+            self.produce(f"T{i}", "trade", i, partition=i % 2)
+        self.broker.flush()
+        for c in clients:
+            self.assertEqual(sorted(e["data"]["seq"] for e in c.collect(10)), list(range(10)))
+        # A client trusting another CA, or expecting another host name, refuses the server.
+        for ctx, host in ((self.context(TestCA("stranger")), "localhost"),
+                          (self.context(self.ca), "example.com")):
+            e = self.assertRaises(ssl.SSLCertVerificationError, Client, self.node.url(),
+                                  ssl=ctx, server_hostname=host)
+            self.assertEqual(e.verify_code, 62 if host == "example.com" else 20, e)
+        # The admin port is plain HTTP and serves nothing but /health and /metrics.
+        self.assertEqual(http_get(self.node.admin_port, "/ws")[0], 404)
+        self.assertIn(b"odinws_connections", http_get(self.node.admin_port, "/metrics")[2])
+
+    def test_plain_ws_to_tls_port_fails(self):
+        """A plain ws:// client gets no WebSocket from the TLS port, and the node stays up."""
+        url = f"ws://127.0.0.1:{self.node.port}/ws"
+        # The shard's TLS layer refuses the plaintext request: no HTTP answer at all.
+        self.assertRaises(InvalidMessage, Client, url)
+        c = self.wss()
+        self.assertEqual(c.request({"type": "ping", "id": 1}), {"type": "pong", "id": 1})
+        self.assertEqual(self.node.health()[0], 200)
+
+    def test_certificate_reload_on_sighup(self):
+        """After new files and SIGHUP every shard serves the new certificate; a connection
+        made before keeps working; files that do not match are refused and change nothing."""
+        old = self.wss()
+        old.subscribe("odin.token.*.trade")
+        ca2 = TestCA("odinws test CA 2")
+        serial2, cert, key = ca2.issue()
+        write_atomically(self.key_path, key)
+        write_atomically(self.cert_path, cert)
+        self.sighup()
+
+        def everywhere_new():
+            # Four held at once: placement puts some on each shard (checked below).
+            batch = [self.wss(self.ca, ca2) for _ in range(4)]
+            if all(self.serial_of(c) == serial2 for c in batch):
+                return batch
+            for c in batch:
+                c.close()
+            return None
+        wait_for(everywhere_new, 20, 0.2, "the new certificate on every shard")
+        wait_for(lambda: [s["connections"] >= 2 for s in self.node.health()[1]["shards"]]
+                 == [True, True], 10, what="new-certificate connections on both shards")
+        self.assertEqual(self.serial_of(old), self.serial)
+        self.assertEqual(old.request({"type": "ping", "id": 1}), {"type": "pong", "id": 1})
+        self.produce("OLD", "trade", 1)
+        self.broker.flush()
+        self.assertEqual(old.collect(1)[0]["data"]["seq"], 1)
+
+        # A key that does not match the certificate: each shard refuses the reload.
+        write_atomically(self.key_path, self.ca.issue()[2])
+        self.sighup()
+        wait_for(lambda: self.log_count("reload refused") >= 2, 20, what="both shards refuse")
+        self.assertEqual(self.serial_of(self.wss(ca2)), serial2)
