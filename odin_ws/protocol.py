@@ -269,6 +269,10 @@ class ClientFactory(WebSocketServerFactory):
             maxMessagePayloadSize=config["limits.max_message_bytes"],
             openHandshakeTimeout=config["limits.handshake_timeout"],
             closeHandshakeTimeout=2,
+            # Autobahn's default drops the TCP connection on a protocol
+            # violation without a close frame: the client would see 1006,
+            # never the 1009/1007/1002 of docs/protocol.md.
+            failByDrop=False,
             autoPingInterval=config["keepalive.ping_interval"],
             autoPingTimeout=config["keepalive.ping_timeout"],
             tcpNoDelay=True,
