@@ -249,6 +249,11 @@ class ClientProtocol(WebSocketServerProtocol):
         shard.index.remove_all(outbox)
         outbox.close()
         shard.subscriptions_changed()
+        if self.closedByMe and self.localCloseCode is not None:
+            # We closed first (1007, 1008, 1009, 4008, ...): count our code,
+            # not the client's echo, nor the 1006 of a client that never
+            # answered our close frame.
+            code = self.localCloseCode
         reason_label = "slow_consumer" if code == CLOSE_SLOW_CONSUMER else (
             "clean" if wasClean else "dropped")
         metrics.CONNECTIONS_CLOSED.labels(reason=reason_label, code=str(code)).inc()
