@@ -1,0 +1,514 @@
+"""
+Tests for the per-client and handshake limits of a shard (L{odin_ws.protocol}
+with L{odin_ws.shard.Shard}): real Autobahn C{ClientProtocol}s of a Shard
+built without a control channel (its Kafka child is never started), clients
+speaking hand-made frames over in-memory transports, and one
+MemoryReactorClock driving every timer, the shard's and Autobahn's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import struct
+
+import txaio
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from odin_ws import config as configmod
+from odin_ws import metrics
+from odin_ws.events import Event
+from odin_ws.logs import AUDIT_NAMESPACE
+from odin_ws.shard import Shard
+from tests.test_writer import StalledTransport, parse_frames
+
+OPEN = WebSocketProtocol.STATE_OPEN
+HOST = IPv4Address("TCP", "127.0.0.1", 3005)
+_ports = itertools.count(40000)
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True,
+                 mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    """One masked client frame, as RFC 6455 requires of clients."""
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
+    if n < 126:
+        head = bytes((b0, 0x80 | n))
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", b0, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+
+
+def text(obj: object) -> bytes:
+    return client_frame(1, json.dumps(obj).encode())
+
+
+def close_code(payload: bytes) -> int:
+    return int.from_bytes(payload[:2], "big")
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class MemoryTransport(StringTransport):
+    """
+    A StringTransport that, like Twisted's socket transports, lets a protocol
+    unregister a producer it never registered (Autobahn does when it drops a
+    connection).
+    """
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+class StalledSocket(StalledTransport):
+    """
+    tests/test_writer.py's client that reads nothing until C{drain} (over
+    Twisted's real write buffer and producer calls), with what Autobahn
+    also asks of a transport.
+    """
+
+    def __init__(self, peer: IPv4Address):
+        super().__init__()
+        self.peer = peer
+        self.aborted = False
+
+    def getPeer(self):
+        return self.peer
+
+    def getHost(self):
+        return HOST
+
+    def abortConnection(self):
+        self.aborted = True
+        self.disconnecting = True
+
+    def value(self) -> bytes:
+        return bytes(self.wire)
+
+
+class Client:
+    """One client of the shard: a real ClientProtocol, frames made by hand."""
+
+    def __init__(self, shard: Shard, ip: str, transport=None):
+        self.peer = IPv4Address("TCP", ip, next(_ports))
+        self.transport = transport or MemoryTransport(hostAddress=HOST, peerAddress=self.peer)
+        self.proto = shard.factory.buildProtocol(self.peer)
+        self.proto.makeConnection(self.transport)
+        self.status: int | None = None
+        self.lost = False
+        self._read = 0
+
+    def handshake(self, headers: tuple[str, ...] = ()) -> int:
+        """Send the upgrade request; the HTTP status of the answer."""
+        lines = ["GET /ws HTTP/1.1", "Host: node", "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                 "Sec-WebSocket-Version: 13", *headers]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if isinstance(self.transport, StalledSocket):
+            self.transport.drain()
+        data = self.transport.value()
+        head = data.partition(b"\r\n\r\n")[0]
+        self.status = int(head.split(b" ", 2)[1])
+        self._read = len(head) + 4
+        return self.status
+
+    def send(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
+        self.settle()
+
+    def settle(self) -> None:
+        """Deliver connectionLost once the server closed, as a reactor would."""
+        if self.transport.disconnecting and not self.lost:
+            self.lost = True
+            self.proto.connectionLost(Failure(ConnectionDone()))
+
+    @property
+    def open(self) -> bool:
+        return self.proto.state == OPEN and not self.lost
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """(opcode, payload) of the server frames that came since the last call."""
+        data = self.transport.value()
+        new, self._read = data[self._read:], len(data)
+        return parse_frames(new)
+
+    def messages(self) -> list[dict]:
+        """The JSON text messages that came since the last call (no other frames allowed)."""
+        frames = self.frames()
+        assert all(op == 1 for op, _ in frames), frames
+        return [json.loads(p) for _, p in frames]
+
+
+class ShardTestCase(unittest.TestCase):
+    #: Config overrides (dotted keys) of the shard under test.
+    settings: dict = {}
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        # Autobahn's timers (handshake, ping, close) run on txaio's loop.
+        self.patch(txaio.config, "loop", self.clock)
+        config = configmod.load(None, environ={}).replace(**self.settings)
+        self.config = config
+        self.shard = Shard(self.clock, config, 0, control_fd=None)
+        self.clients: list[Client] = []
+        self.offsets = itertools.count()
+        self.audit: list[dict] = []
+
+        def observe(event):
+            if event.get("log_namespace") == AUDIT_NAMESPACE:
+                self.audit.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def connect(self, ip: str = "10.0.0.1", headers: tuple[str, ...] = (),
+                transport=None, expect: int = 101) -> Client:
+        client = Client(self.shard, ip, transport)
+        self.clients.append(client)
+        self.assertEqual(client.handshake(headers), expect)
+        return client
+
+    def subscribe(self, client: Client, *channels: str, id: object = None) -> dict:
+        msg: dict = {"type": "subscribe", "channels": list(channels)}
+        if id is not None:
+            msg["id"] = id
+        client.send(text(msg))
+        [reply] = client.messages()
+        return reply
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        for client in self.clients:
+            client.settle()
+
+    def publish(self, token: str, event_type: str = "trade") -> bytes:
+        """One event through the shard's delivery path; its envelope."""
+        event = Event.build(token, event_type, b'{"p":1}', 1, "odin.trades", 0,
+                            next(self.offsets))
+        self.shard.deliver([event])
+        return event.envelope
+
+    def audited(self, words: str) -> bool:
+        return any(words in e.get("log_format", "") + str(e.get("reason", ""))
+                   for e in self.audit)
+
+
+class FrameLimitTests(ShardTestCase):
+    def test_oversized_frame_closes_1009(self):
+        """
+        A 1 MiB frame (over limits.max_message_bytes) gets a close frame with
+        1009, the connection is dropped when the client does not answer, the
+        close is counted with code 1009, and the shard forgets the client.
+        """
+        client = self.connect()
+        self.subscribe(client, "odin.token.T1.trade")
+        before = sample("odinws_connections_closed_total", reason="dropped", code="1009")
+        client.send(client_frame(1, b'{"type":"ping"}' + b" " * (1 << 20)))
+        [(op, payload)] = client.frames()
+        self.assertEqual((op, close_code(payload)), (8, 1009))
+        self.advance(2.5)   # Autobahn's close handshake timeout
+        self.assertTrue(client.lost)
+        self.assertEqual(sample("odinws_connections_closed_total", reason="dropped",
+                                code="1009"), before + 1)
+        self.assertEqual((self.shard.clients, self.shard.index.total, self.shard.per_ip),
+                         (set(), 0, {}))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_frame_at_limit_is_served(self):
+        """A message of exactly limits.max_message_bytes is still read (the limit is not off by one)."""
+        client = self.connect()
+        limit = self.config["limits.max_message_bytes"]
+        body = b'{"type":"ping","id":1}'
+        client.send(client_frame(1, body + b" " * (limit - len(body))))
+        self.assertEqual(client.messages(), [{"type": "pong", "id": 1}])
+
+    def test_invalid_utf8_closes_1007(self):
+        """A text frame that is not UTF-8 gets a close frame with 1007."""
+        client = self.connect()
+        client.send(client_frame(1, b'{"type":"ping","id":"\xff\xfe"}'))
+        [(op, payload)] = client.frames()
+        self.assertEqual((op, close_code(payload)), (8, 1007))
+
+    def test_binary_frame_refused_connection_stays(self):
+        """A binary frame gets a binary_not_supported error; the connection stays usable."""
+        client = self.connect()
+        before = sample("odinws_client_errors_total", code="binary_not_supported")
+        client.send(client_frame(2, b'{"type":"ping"}'))
+        [reply] = client.messages()
+        self.assertEqual((reply["type"], reply["code"]), ("error", "binary_not_supported"))
+        self.assertEqual(sample("odinws_client_errors_total", code="binary_not_supported"),
+                         before + 1)
+        client.send(text({"type": "ping", "id": 2}))
+        self.assertEqual(client.messages(), [{"type": "pong", "id": 2}])
+        self.assertTrue(client.open)
+
+    def test_fragmented_control_frame_closes_1002(self):
+        """A ping with FIN=0 (control frames must not be fragmented) gets a close with 1002, no pong."""
+        client = self.connect()
+        client.send(client_frame(9, b"hi", fin=False))
+        [(op, payload)] = client.frames()
+        self.assertEqual((op, close_code(payload)), (8, 1002))
+
+
+class RateLimitTests(ShardTestCase):
+    def test_burst_then_rate_limited_then_1008(self):
+        """
+        10,000 subscribe messages in one burst: the first limits.message_burst
+        are served, the next limits.rate_strikes get rate_limited errors, then
+        a 1008 close and nothing more; another client of the shard still gets
+        its events and its answers, and the flooder's subscriptions are gone.
+        """
+        burst = self.config["limits.message_burst"]
+        strikes = self.config["limits.rate_strikes"]
+        calm = self.connect("10.0.0.2")
+        self.subscribe(calm, "odin.token.CALM.trade")
+        flooder = self.connect()
+        errors = sample("odinws_client_errors_total", code="rate_limited")
+        closes = sample("odinws_client_errors_total", code="rate_limit_close")
+        flooder.send(b"".join(
+            text({"type": "subscribe", "channels": [f"odin.token.F{i}.trade"]})
+            for i in range(10000)))
+        frames = flooder.frames()
+        replies = [json.loads(p) for op, p in frames if op == 1]
+        self.assertEqual([r["type"] for r in replies], ["subscribed"] * burst + ["error"] * strikes)
+        self.assertEqual({r["code"] for r in replies[burst:]}, {"rate_limited"})
+        self.assertEqual((frames[-1][0], close_code(frames[-1][1])), (8, 1008))
+        self.assertEqual(sample("odinws_client_errors_total", code="rate_limited"),
+                         errors + strikes)
+        self.assertEqual(sample("odinws_client_errors_total", code="rate_limit_close"),
+                         closes + 1)
+        self.assertTrue(self.audited("sustained rate limit"))
+
+        # The flooder is closing: no event frame may follow its close frame.
+        self.publish("F0")
+        self.assertEqual(flooder.frames(), [])
+        self.assertEqual(self.publish("CALM"), calm.frames()[0][1])
+        calm.send(text({"type": "ping", "id": "still here"}))
+        self.assertEqual(calm.messages(), [{"type": "pong", "id": "still here"}])
+        self.advance(2.5)
+        self.assertTrue(flooder.lost)
+        self.assertEqual(self.shard.index.total, 1)
+        self.assertTrue(calm.open)
+
+    def test_slowing_down_is_forgiven(self):
+        """A client that pauses after hitting the limit is served again and not closed."""
+        burst = self.config["limits.message_burst"]
+        client = self.connect()
+        ping = text({"type": "ping"})
+        client.send(ping * (burst + 5))
+        self.assertEqual([m["type"] for m in client.messages()], ["pong"] * burst + ["error"] * 5)
+        self.advance(10)   # tokens refill, strikes decay
+        client.send(ping * burst)
+        self.assertEqual([m["type"] for m in client.messages()], ["pong"] * burst)
+        self.assertTrue(client.open)
+
+
+class SubscriptionLimitTests(ShardTestCase):
+    settings = {"limits.max_subscriptions": 3}
+
+    def test_too_many_subscriptions(self):
+        """
+        Past limits.max_subscriptions a subscribe is refused whole with
+        too_many_subscriptions (its id echoed); channels already held do not
+        count twice.
+        """
+        client = self.connect()
+        self.subscribe(client, "odin.token.A.trade", "odin.token.B.trade")
+        reply = self.subscribe(client, "odin.token.C.trade", "odin.token.D.trade", id=7)
+        self.assertEqual((reply["type"], reply["code"], reply["id"]),
+                         ("error", "too_many_subscriptions", 7))
+        self.assertEqual(self.shard.index.count(client.proto.outbox), 2)
+        reply = self.subscribe(client, "odin.token.A.trade", "odin.token.C.trade")
+        self.assertEqual(reply["type"], "subscribed")
+        self.assertEqual(self.shard.index.count(client.proto.outbox), 3)
+
+    def test_channel_name_too_long(self):
+        """A channel longer than limits.max_channel_length is invalid_channel; one at the limit is fine."""
+        limit = self.config["limits.max_channel_length"]
+        client = self.connect()
+        # Segments are at most 128 characters: the event type makes up the rest.
+        fits = "odin.token." + "T" * 128 + "." + "e" * (limit - len("odin.token..") - 128)
+        self.assertEqual(len(fits), limit)
+        self.assertEqual(self.subscribe(client, fits)["type"], "subscribed")
+        reply = self.subscribe(client, fits + "e")
+        self.assertEqual((reply["type"], reply["code"]), ("error", "invalid_channel"))
+        self.assertEqual(self.shard.index.count(client.proto.outbox), 1)
+
+
+class KeepaliveTests(ShardTestCase):
+    settings = {"keepalive.idle_timeout": 0}
+
+    def test_silent_client_dropped_after_ping_timeout(self):
+        """
+        A client that never answers pings is dropped once
+        keepalive.ping_interval + keepalive.ping_timeout have passed; one that
+        answers stays.
+        """
+        interval = self.config["keepalive.ping_interval"]
+        timeout = self.config["keepalive.ping_timeout"]
+        silent, answering = self.connect(), self.connect("10.0.0.2")
+        self.advance(interval + 0.5)   # Autobahn batches timers in 0.2 s buckets
+        self.assertEqual([op for op, _ in silent.frames()], [9])
+        [(op, ping)] = answering.frames()
+        self.assertEqual(op, 9)
+        answering.send(client_frame(10, ping))
+        self.advance(timeout - 1)
+        self.assertTrue(silent.open)
+        self.advance(1)
+        self.assertTrue(silent.lost)
+        self.assertTrue(silent.transport.disconnecting)
+        self.assertTrue(answering.open)
+        self.assertEqual(self.shard.clients, {answering.proto})
+
+    def test_no_pings_when_interval_zero(self):
+        """keepalive.ping_interval 0 means no pings and no ping timeout."""
+        self.shard.config = self.config.replace(**{"keepalive.ping_interval": 0})
+        self.shard.factory.shard_config_changed()
+        client = self.connect()
+        self.advance(3600)
+        self.assertEqual(client.frames(), [])
+        self.assertTrue(client.open)
+
+
+class IdleTests(ShardTestCase):
+    settings = {"keepalive.ping_interval": 0}
+
+    def test_idle_without_subscription_closed_1000(self):
+        """
+        A connection that never subscribes is closed with 1000 after
+        keepalive.idle_timeout; one that subscribed stays open.
+        """
+        idle_timeout = self.config["keepalive.idle_timeout"]
+        idle, busy = self.connect(), self.connect("10.0.0.2")
+        self.subscribe(busy, "odin.token.T1.trade")
+        self.advance(idle_timeout - 1)
+        self.assertEqual(idle.frames(), [])
+        self.advance(1)
+        [(op, payload)] = idle.frames()
+        self.assertEqual((op, close_code(payload)), (8, 1000))
+        self.advance(idle_timeout * 10)
+        self.assertTrue(idle.lost)
+        self.assertTrue(busy.open)
+        self.assertEqual(busy.frames(), [])
+
+
+class HandshakeTimeoutTests(ShardTestCase):
+    def test_unfinished_handshake_dropped(self):
+        """
+        A handed-over connection that never completes its WebSocket handshake
+        is dropped after limits.handshake_timeout; a completed one is not.
+        """
+        timeout = self.config["limits.handshake_timeout"]
+        done = self.connect()
+        stuck = Client(self.shard, "10.0.0.2")
+        self.clients.append(stuck)
+        stuck.send(b"GET /ws HTTP/1.1\r\nHost: node\r\nUpgrade: websocket\r\n")
+        self.advance(timeout - 0.5)
+        self.assertFalse(stuck.lost)
+        self.advance(1)
+        self.assertTrue(stuck.lost)
+        self.assertEqual(stuck.transport.value(), b"")
+        self.assertTrue(done.open)
+        self.assertEqual(self.shard.clients, {done.proto})
+
+
+class AdmissionTests(ShardTestCase):
+    settings = {"limits.allowed_origins": ["https://app.example.com"],
+                "limits.max_connections_per_ip": 2,
+                "limits.trusted_proxies": ["10.9.9.9"]}
+
+    def test_origin_allow_list(self):
+        """Only an Origin in limits.allowed_origins is let in; others (and none) get 403, counted."""
+        before = sample("odinws_rejected_connections_total", status="403", reason="origin")
+        self.connect(headers=("Origin: https://app.example.com",))
+        self.connect(headers=("Origin: https://evil.example.com",), expect=403)
+        self.connect(expect=403)
+        self.assertEqual(sample("odinws_rejected_connections_total", status="403",
+                                reason="origin"), before + 2)
+        self.assertTrue(self.audited("origin"))
+        self.assertEqual(len(self.shard.clients), 1)
+
+    def test_per_ip_connections(self):
+        """
+        Past limits.max_connections_per_ip from one address: 429 (counted);
+        other addresses unaffected; a closed connection frees its place.
+        """
+        origin = ("Origin: https://app.example.com",)
+        before = sample("odinws_rejected_connections_total", status="429", reason="per_ip")
+        first = self.connect(headers=origin)
+        self.connect(headers=origin)
+        self.connect(headers=origin, expect=429)
+        self.connect("10.0.0.2", headers=origin)
+        self.assertEqual(sample("odinws_rejected_connections_total", status="429",
+                                reason="per_ip"), before + 1)
+        self.assertEqual(self.shard.per_ip, {"10.0.0.1": 2, "10.0.0.2": 1})
+        first.transport.loseConnection()
+        first.settle()
+        self.connect(headers=origin)
+        self.assertEqual(self.shard.per_ip, {"10.0.0.1": 2, "10.0.0.2": 1})
+
+    def test_forwarded_for_only_from_trusted_proxies(self):
+        """
+        X-Forwarded-For names the client (its last entry) only when the peer
+        is in limits.trusted_proxies; from anyone else it is ignored.
+        """
+        def via(peer: str, forwarded: str, expect: int = 101) -> Client:
+            return self.connect(peer, ("Origin: https://app.example.com",
+                                       f"X-Forwarded-For: {forwarded}"), expect=expect)
+
+        for i in range(3):
+            self.assertEqual(via("10.9.9.9", f"1.1.1.{i}").proto.client_ip, f"1.1.1.{i}")
+        self.assertEqual(via("10.9.9.9", "6.6.6.6, 1.1.1.0").proto.client_ip, "1.1.1.0")
+        via("10.9.9.9", "1.1.1.0", expect=429)
+        self.assertEqual(via("10.0.0.7", "2.2.2.1").proto.client_ip, "10.0.0.7")
+        via("10.0.0.7", "2.2.2.2")
+        via("10.0.0.7", "2.2.2.3", expect=429)
+        self.assertNotIn("2.2.2.1", self.shard.per_ip)
+
+
+class SlowConsumerTests(ShardTestCase):
+    settings = {"outbound.policy": {"default": "disconnect"},
+                "outbound.max_buffer_bytes": 4096,
+                "keepalive.ping_interval": 0}
+
+    def test_stalled_client_closed_4008(self):
+        """
+        Under the disconnect policy, a client that stops reading is closed with
+        4008 once it stayed over outbound.max_buffer_bytes for
+        outbound.disconnect_grace; no event follows the close frame, the close
+        is counted, and a reading client of the same channel keeps its events.
+        """
+        grace = self.config["outbound.disconnect_grace"]
+        peer = IPv4Address("TCP", "10.0.0.1", next(_ports))
+        stalled = self.connect(transport=StalledSocket(peer))
+        reader = self.connect("10.0.0.2")
+        for client in (stalled, reader):
+            client.send(text({"type": "subscribe", "channels": ["odin.token.T1.trade"]}))
+        stalled.transport.drain()
+        before = sample("odinws_connections_closed_total", reason="slow_consumer", code="4008")
+        sent = [self.publish("T1") for _ in range(200)]   # ~18 KB: past Twisted's and our limit
+        self.advance(grace - 0.5)
+        self.assertTrue(stalled.open)
+        self.advance(1)
+        self.assertNotEqual(stalled.proto.state, OPEN)
+        self.advance(2.5)   # the client answers no close frame: dropped
+        self.assertTrue(stalled.transport.aborted)
+        stalled.transport.drain()
+        frames = stalled.frames()
+        self.assertEqual([op for op, _ in frames[1:-1]], [1] * (len(frames) - 2))
+        self.assertEqual((frames[-1][0], close_code(frames[-1][1])), (8, 4008))
+        self.assertLess(len(frames), len(sent) + 2)
+        self.assertEqual(sample("odinws_connections_closed_total", reason="slow_consumer",
+                                code="4008"), before + 1)
+        self.assertEqual([p for op, p in reader.frames() if op == 1][1:], sent)
+        self.assertTrue(reader.open)
