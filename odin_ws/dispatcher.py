@@ -185,7 +185,7 @@ class DispatchProtocol(Protocol):
         elif head.path == dispatcher.config["listen.ws_path"]:
             if (head.method == "GET" and head.header_has_token("upgrade", "websocket")
                     and head.header_has_token("connection", "upgrade")):
-                self._upgrade(head.raw)
+                self._upgrade(head.raw, head)
             else:
                 self.refuse(426, "not_upgrade", "WebSocket upgrade required", send_body)
         else:
@@ -212,12 +212,20 @@ class DispatchProtocol(Protocol):
 
     # -- handoff
 
-    def _upgrade(self, raw: bytes) -> None:
+    def _client_ip(self, head: RequestHead | None) -> str:
+        """The peer, or the last X-Forwarded-For entry when the peer is a trusted proxy."""
+        ip = getattr(self.transport.getPeer(), "host", "")
+        if head is None or ip not in self.factory.config["limits.trusted_proxies"]:
+            return ip
+        forwarded = head.headers.get("x-forwarded-for")
+        return (forwarded.split(",")[-1].strip() or ip) if forwarded else ip
+
+    def _upgrade(self, raw: bytes, head: RequestHead | None = None) -> None:
         dispatcher = self.factory
         if not dispatcher.accepting:
             return self.refuse(503, "draining", "server is shutting down")
         if dispatcher.gate is not None:
-            verdict = dispatcher.gate(getattr(self.transport.getPeer(), "host", ""))
+            verdict = dispatcher.gate(self._client_ip(head))
             if verdict is not None:
                 return self.refuse(verdict[0], verdict[1], _phrase(verdict[0]).lower())
         handle, reason = place(dispatcher.shards(), dispatcher.config["limits.max_connections"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet.address import IPv4Address
+from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws import guard
 from odin_ws.tap import Gate
@@ -106,3 +107,27 @@ class HeadLimitCountTests(DispatcherTestCase):
                                 reason="head_timeout"), timeouts + 1)
         self.assertEqual(sample("odinws_rejected_connections_total", status="431",
                                 reason="head_too_large"), large + 1)
+
+
+class ForwardedForGateTests(SynchronousTestCase):
+    """The door's per-IP check sees the client behind a trusted proxy."""
+
+    def test_gate_sees_forwarded_ip_only_from_trusted_proxy(self):
+        """X-Forwarded-For names the gate's IP only when the peer is in limits.trusted_proxies."""
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from odin_ws.config import Config, validate
+        from odin_ws.dispatcher import Dispatcher
+        seen = []
+        cfg = Config(validate({"limits.trusted_proxies": ["10.0.0.5"]}))
+
+        def gate(ip):
+            seen.append(ip)
+            return (429, "ip_rate")
+        d = Dispatcher(MemoryReactorClock(), cfg, lambda: [], gate=gate)
+        for peer in ("10.0.0.5", "10.0.0.6"):
+            proto = d.buildProtocol(IPv4Address("TCP", peer, 4000))
+            proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", peer, 4000)))
+            proto.dataReceived(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                               b"Connection: Upgrade\r\nX-Forwarded-For: 1.2.3.4, 7.7.7.7\r\n\r\n")
+        self.assertEqual(seen, ["7.7.7.7", "10.0.0.6"])
