@@ -214,9 +214,6 @@ class MultiShardTests(NodeTestCase):
         for c in clients:
             got = [e["data"]["seq"] for e in c.collect(30)]
             self.assertEqual(sorted(got), list(range(30)))
-        # Each partition came through exactly one shard's consumer; all shards delivered.
-        self.assertEqual({s["kafka"]["state"] for s in self.node.health()[1]["shards"]},
-                         {"running"})
 
     def test_kill_shard(self):
         """kill -9 of a shard: its clients drop, new ones go elsewhere, it restarts, no duplicates."""
