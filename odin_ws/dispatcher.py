@@ -233,6 +233,7 @@ class DispatchProtocol(Protocol):
             return self.refuse(503, reason, "no capacity, retry later")
         # Count it now: the next placement (maybe before this answer) must see it.
         handle.connections += 1
+        handle.pending = getattr(handle, "pending", 0) + 1
         self.state = "handing"
         started = dispatcher.reactor.seconds()
         try:
@@ -245,12 +246,14 @@ class DispatchProtocol(Protocol):
                        errbackArgs=(handle,))
 
     def _handed(self, answer: Mapping[str, Any], handle: Any, started: float) -> None:
+        handle.pending -= 1
         metrics.HANDOFF_SECONDS.observe(max(0.0, self.factory.reactor.seconds() - started))
         metrics.DISPATCHED.labels(shard=str(handle.index)).inc()
         self.state = "handed"
         handoff.release(self.transport)
 
     def _handoff_failed(self, failure: Any, handle: Any) -> None:
+        handle.pending -= 1
         handle.connections = max(0, handle.connections - 1)
         log.warn("handoff to shard {index} failed: {error}", index=handle.index,
                  error=failure.getErrorMessage())

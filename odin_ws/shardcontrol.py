@@ -39,6 +39,9 @@ class ShardHandle:
         self.alive = False
         self.accepting = False
         self.connections = 0
+        #: Handoffs sent and not yet answered: a Stats report made before the
+        #: shard adopted them does not count them, so they are added back.
+        self.pending = 0
         self.capacity = 0
         self.restarts = 0
         self.status: dict[str, Any] = {}
@@ -142,7 +145,7 @@ class ShardControl(amp.AMP):
     @Stats.responder
     def _stats(self, connections: int, capacity: int, status: bytes) -> dict:
         h = self.handle
-        h.connections = connections
+        h.connections = connections + h.pending
         h.capacity = capacity
         try:
             parsed = json.loads(status) if status else {}
