@@ -159,6 +159,10 @@ class Node(service.MultiService):
         self.guard.memory_threshold = applied["guard.memory_threshold"]
         self.gate.reconfigure(applied)
         blob = applied.to_json().encode()
+        # Shards started from now on (restarts after a crash) must get the
+        # reloaded settings too, not the ones of the parent's start-up: else a
+        # key or certificate retired by this reload comes back with them.
+        self.supervisor._env[SHARD_CONFIG_ENV] = blob.decode()
         for handle in self.supervisor.shards:
             if handle.alive:
                 handle.call(control.Reload, config=blob).addErrback(
