@@ -154,6 +154,13 @@ class Node(service.MultiService):
         values = dict(old)
         values.update({k: new[k] for k in live})
         applied = configmod.Config(values)
+        try:
+            # As at start-up: keys and certificates the shards would refuse
+            # refuse the whole reload (and restarted shards could not start).
+            _check_keys(applied)
+        except configmod.ConfigError as e:
+            audit.error("reload refused: {e}", e=str(e))
+            return
         self.dispatcher.config = applied
         self.guard.cpu_threshold = applied["guard.cpu_threshold"]
         self.guard.memory_threshold = applied["guard.memory_threshold"]
@@ -205,22 +212,30 @@ class Gate:
         return None
 
 
+def _check_keys(cfg: configmod.Config):
+    """Load the JWT keys and TLS files as a shard would; the TLS options or None.
+
+    @raise configmod.ConfigError: naming the key whose file is unusable.
+    """
+    from odin_ws import tls
+    from odin_ws.auth import Verifier
+    Verifier(cfg)
+    return tls.server_options(cfg) if tls.enabled(cfg) else None
+
+
 def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         reactor = _reactor()
-    from odin_ws.auth import Verifier
     from odin_ws.dispatcher import Dispatcher
     from odin_ws.guard import Guard, read_budget
     from odin_ws.health import Health
     from odin_ws.hub import Hub
     from odin_ws.supervisor import Supervisor
-    from odin_ws import tls
 
     cfg = options.config
     try:
         # Fail at startup, in the parent, on keys and certificates shards would refuse.
-        Verifier(cfg)
-        tls_options = tls.server_options(cfg) if tls.enabled(cfg) else None
+        tls_options = _check_keys(cfg)
     except configmod.ConfigError as e:
         _fail(f"configuration error: {e}")
     hub = Hub(reactor, cfg["hub.max_event_bytes"], cfg["hub.max_queue_batches"])
