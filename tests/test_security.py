@@ -111,6 +111,15 @@ class SecurityNodeCase(unittest.TestCase):
         self.broker.produce(self.topic, token.encode(),
                             json.dumps({"kind": kind, "seq": seq}).encode(), partition=partition)
 
+    def admitted(self, token: str) -> bool:
+        """Does a new connection with C{token} get in (True) or a 401 (False)?"""
+        try:
+            Client(self.node.url(f"/ws?token={token}")).close()
+        except InvalidStatus as e:
+            self.assertEqual(e.response.status_code, 401)
+            return False
+        return True
+
     def sighup(self) -> None:
         self.node.proc.send_signal(signal.SIGHUP)
 
@@ -253,13 +262,8 @@ class AuthTests(SecurityNodeCase):
         self.assertEqual((self.accepted(SECRET), self.accepted(ROTATED)), (False, True))
 
     def accepted(self, secret: str) -> bool:
-        """Does a new connection with a token signed by C{secret} get in (else 401)?"""
-        try:
-            Client(self.node.url(f"/ws?token={make_token(secret=secret)}")).close()
-        except InvalidStatus as e:
-            self.assertEqual(e.response.status_code, 401)
-            return False
-        return True
+        """Does a new connection with a token signed by C{secret} get in?"""
+        return self.admitted(make_token(secret=secret))
 
 
 class JWKSRotationTests(SecurityNodeCase):
@@ -284,12 +288,7 @@ class JWKSRotationTests(SecurityNodeCase):
                           self.keys[kid], algorithm="ES256", headers={"kid": kid})
 
     def accepted(self, kid: str) -> bool:
-        try:
-            Client(self.node.url(f"/ws?token={self.token(kid)}")).close()
-        except InvalidStatus as e:
-            self.assertEqual(e.response.status_code, 401)
-            return False
-        return True
+        return self.admitted(self.token(kid))
 
     def test_two_kids_overlap(self):
         """Publishing old+new accepts both; dropping old then refuses it; no restart needed."""
