@@ -196,7 +196,7 @@ SCHEMA: tuple[Option, ...] = (
     _opt("auth.public_key_file", str, "", "PEM public key for RS256/ES256 tokens.", live=True),
     _opt("auth.jwks_file", str, "", "JWKS file (keys chosen by kid); re-read on SIGHUP.",
          live=True),
-    _opt("auth.audience", str, "", "Required aud claim (empty = not checked).", live=True),
+    _opt("auth.audience", str, "", "Required aud claim (empty: tokens must carry no aud claim, as RFC 7519 asks).", live=True),
     _opt("auth.issuer", str, "", "Required iss claim (empty = not checked).", live=True),
     _opt("auth.leeway", float, 30.0, "Clock skew allowed for exp/nbf, seconds.", minimum=0,
          live=True),
