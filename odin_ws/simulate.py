@@ -3,11 +3,13 @@ odinws-simulate: a feed of realistic token events for demos and trials.
 
 Each token has a price that follows a random walk; the feed mixes trades
 (C{price}, C{size}, C{side}, C{tradeId}), price ticks (C{price}, C{bid},
-C{ask}) and liquidity changes (C{liquidity}, C{delta}). Popular tokens trade
-more (Zipf-like weights) and a "hot" token now and then draws a run of
-trades. The pace is bursty: per second a Poisson number of events with
-quiet stretches and bursts, never more than C{--rate}, spread unevenly over
-ten 100 ms slots.
+C{ask}) and liquidity changes (C{liquidity}, C{delta}); every event carries
+C{seq}, counting up from 1 per token and event type (one channel), so a
+client can tell gaps and duplicates apart (C{odinws-loadtest} does).
+Popular tokens trade more (Zipf-like weights) and a "hot" token now and
+then draws a run of trades. The pace is bursty: per second a Poisson number
+of events with quiet stretches and bursts, never more than C{--rate}, spread
+unevenly over ten 100 ms slots.
 
 The generation (L{events}, L{second_budgets}) is pure and seeded, so it is
 testable without Kafka; L{main} paces it into a confluent-kafka producer.
@@ -98,6 +100,8 @@ class Market:
         self.weights = [1.0 / (rank ** 0.8) for rank in range(1, tokens + 1)]
         rng.shuffle(self.weights)
         self.hot = rng.randrange(tokens)
+        #: Last C{seq} per (token id, event type).
+        self.seqs: dict[tuple[str, str], int] = {}
 
     def _pick(self, kind: str) -> _Token:
         if self.rng.random() < 1 / 400:
@@ -142,6 +146,8 @@ class Market:
             tok.liquidity += delta
             value = {"token": tok.id, "liquidity": round(tok.liquidity, 2),
                      "delta": round(delta, 2), "ts": ts}
+        seq = self.seqs[tok.id, kind] = self.seqs.get((tok.id, kind), 0) + 1
+        value["seq"] = seq
         return kind, tok.id, value
 
 

@@ -45,6 +45,7 @@ class EventsTests(unittest.TestCase):
         by_topic = {v: k for k, v in topics.items()}
         ids = set(simulate.token_ids(30))
         last_trade: dict[str, int] = {}
+        last_seq: dict[tuple[str, str], int] = {}
         for topic, key, value in _take(3000, tokens=30, seed=1):
             data = json.loads(value)
             kind = by_topic[topic]
@@ -52,8 +53,11 @@ class EventsTests(unittest.TestCase):
             self.assertIn(token, ids)
             self.assertEqual(data["token"], token)
             self.assertEqual(data["ts"], 1700000000000)
+            # seq counts up by one per channel (token, type): gaps are visible.
+            self.assertEqual(data["seq"], last_seq.get((token, kind), 0) + 1)
+            last_seq[token, kind] = data["seq"]
             if kind == "trade":
-                self.assertEqual(set(data), {"token", "price", "size", "side", "tradeId", "ts"})
+                self.assertEqual(set(data), {"token", "price", "size", "side", "tradeId", "ts", "seq"})
                 self.assertIn(data["side"], ("buy", "sell"))
                 self.assertGreater(data["price"], 0)
                 self.assertGreater(data["size"], 0)
@@ -63,11 +67,11 @@ class EventsTests(unittest.TestCase):
                 self.assertEqual(int(seq), last_trade.get(token, 0) + 1)
                 last_trade[token] = int(seq)
             elif kind == "price":
-                self.assertEqual(set(data), {"token", "price", "bid", "ask", "ts"})
+                self.assertEqual(set(data), {"token", "price", "bid", "ask", "ts", "seq"})
                 self.assertLess(data["bid"], data["price"])
                 self.assertLess(data["price"], data["ask"])
             else:
-                self.assertEqual(set(data), {"token", "liquidity", "delta", "ts"})
+                self.assertEqual(set(data), {"token", "liquidity", "delta", "ts", "seq"})
                 self.assertGreater(data["liquidity"], 0)
         self.assertTrue(last_trade)
 
