@@ -75,13 +75,16 @@ class DemoStack:
     @param say: progress messages (one line each).
     @param cancel: set by a signal handler: L{start} gives up waiting and
         raises L{Interrupted}.
+    @param settings: dotted config keys (C{"limits.max_connections"}) set on
+        top of L{demo_config} (C{make capacity} raises the limits this way).
     """
 
     def __init__(self, workdir: str, port: int = 3005, kafka_port: int | None = None,
                  shards: int = 2, rate: int = 200, tokens: int = 100, partitions: int = 3,
                  say: Callable[[str], None] = lambda line: None,
-                 cancel: threading.Event | None = None):
+                 cancel: threading.Event | None = None, settings: dict | None = None):
         self.workdir = workdir
+        self.settings = dict(settings or {})
         self.port = port
         self.kafka_port = kafka_port
         self.shards = shards
@@ -145,8 +148,15 @@ class DemoStack:
              "--rate", str(self.rate), "--tokens", str(self.tokens)], self.simulator_log)
 
     def _start_server(self, node_id: str) -> None:
+        config = demo_config(self.port, self.broker.bootstrap, self.shards, node_id)
+        for key, value in self.settings.items():
+            *sections, name = key.split(".")
+            target = config
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[name] = value
         with open(self.config_path, "w") as f:
-            yaml.safe_dump(demo_config(self.port, self.broker.bootstrap, self.shards, node_id), f)
+            yaml.safe_dump(config, f)
         self.server = self._spawn(
             twistd_argv("--nodaemon", "--pidfile=", "odinws", "--config", self.config_path),
             self.server_log)
