@@ -53,7 +53,7 @@ def build_report(args, run, elapsed: float) -> dict:
         subscribe.merge(Histogram.from_wire(f["subscribe"]))
     opened = sum(len(f["conns"]) for f in finals)
     attempted = opened + sum(failed.values())
-    check = evaluate(finals, lambda g: patterns_for(run.spec(0), g), run.hold_end * 1000.0)
+    check = evaluate(finals, lambda g: patterns_for(run.spec(0), g), run.window_end * 1000.0)
     hold = _phase_rows(run.timeline, run.start, run.hold_start, run.hold_end)
     latency, latency_hold = Histogram(), Histogram()
     for row in run.timeline:
@@ -314,7 +314,7 @@ def render_html(r: dict) -> str:
         "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;"
         "text-align:left}.t{font-weight:600;font-size:13px}.l{font-size:11px;fill:#555}"
         ".g{stroke:#eee}.m{stroke:#999;stroke-dasharray:4 3}.pass{color:#176d2c}.fail{color:#b00020}pre{background:#f6f6f6;"
-        "padding:8px}</style></head><body>",
+        "padding:8px;white-space:pre-wrap}</style></head><body>",
         f"<h1>odinws load test</h1><p class='{'pass' if v['passed'] else 'fail'}'>"
         f"<b>{html.escape(verdict_line)}</b></p>",
         f"<pre>{html.escape(r['summary_text'])}</pre>",

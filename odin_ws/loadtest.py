@@ -191,6 +191,7 @@ class Run:
         self.args = args
         self.out = out
         self.interrupted = threading.Event()
+        self.interrupted_at: float | None = None
         now = time.time()
         self.start = now + STARTUP_MARGIN + 0.2 * args.workers
         self.ramp_seconds = args.connections / args.ramp_rate
@@ -198,11 +199,24 @@ class Run:
         self.hold_end = self.hold_start + args.duration
         self.close_at = self.hold_end + args.drain
         self.ticks: dict[int, dict[int, dict]] = {}
+        #: Workers still sending ticks (a dead one must not hold up the progress line).
+        self.live: set[int] = set(range(args.workers))
         self.timeline: list[dict] = []
         self.finals: list[dict] = []
         self.metrics_url = "" if args.metrics_url == "none" else (
             args.metrics_url or f"http://{args.host}:{args.port}/metrics")
         self.metrics: dict = {}
+
+    def interrupt(self) -> None:
+        """Stop early (signal handler): the completeness window ends now."""
+        if self.interrupted_at is None:
+            self.interrupted_at = time.time()
+        self.interrupted.set()
+
+    @property
+    def window_end(self) -> float:
+        """End of the completeness window (epoch seconds)."""
+        return min(self.hold_end, self.interrupted_at or self.hold_end)
 
     def spec(self, index: int) -> WorkerSpec:
         a = self.args
@@ -260,19 +274,20 @@ class Run:
                 try:
                     msg = pipe.recv()
                 except (EOFError, OSError):
-                    del pipes[pipe]
+                    self.live.discard(pipes.pop(pipe))
                     continue
                 if msg["kind"] == "tick":
                     self._tick(msg)
                 else:
                     self.finals.append(msg)
-                    del pipes[pipe]
+                    self.live.discard(pipes.pop(pipe))
 
     def _tick(self, msg: dict) -> None:
         per_worker = self.ticks.setdefault(msg["i"], {})
         per_worker[msg["worker"]] = msg
-        if len(per_worker) == self.args.workers:
-            self._row(self.ticks.pop(msg["i"]))
+        for i in sorted(self.ticks):
+            if i <= msg["i"] and self.live <= set(self.ticks[i]):
+                self._row(self.ticks.pop(i))
 
     def flush(self) -> None:
         """Rows for seconds some worker never reported (it died or was stopped)."""
@@ -324,7 +339,7 @@ def _progress(row: dict, total: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     run = Run(args)
-    previous = {s: signal.signal(s, lambda *_: run.interrupted.set())
+    previous = {s: signal.signal(s, lambda *_: run.interrupt())
                 for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.time()
     sys.stderr.write(

@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from odin_ws import loadtest
 from odin_ws.loadclient import Conn, mask_frame
-from odin_ws.loadreport import histogram_chart, line_chart, render_html, verdict
+from odin_ws.loadreport import histogram_chart, line_chart, verdict
 from odin_ws.loadstats import (Completeness, Histogram, SeqCheck, diff_series, evaluate,
                                key_series, matches, missing_everywhere)
 from odin_ws.loadworker import WorkerSpec, patterns_for
