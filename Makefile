@@ -26,6 +26,12 @@ test-deb: $(STAMP)
 test-unit: $(STAMP)
 	$(VENV)/bin/trial tests.unit
 
+# 12,000 subscribed connections for 60 s against a local demo stack (broker,
+# odinws --shards 2, simulator); fails on any failed connection or lost event.
+# Report: artifacts/capacity/report.html (docs/performance.md, "Capacity").
+capacity: $(STAMP)
+	$(PY) -m odin_ws.capacity --report artifacts/capacity
+
 bench: $(STAMP)
 	sh bench/setup.sh
 	$(PY) bench/run.py
