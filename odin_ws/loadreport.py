@@ -249,11 +249,11 @@ def line_chart(title: str, xs: list[float], series: Iterable[tuple[str, str, lis
         x = px(x0 + tick)
         out.append(f'<text x="{x:.1f}" y="{_H + 4}" class="l" text-anchor="middle">'
                    f'{x0 + tick:g}s</text>')
-    for x, label in marks:
-        if x0 <= x <= x1:
-            out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="20" y2="{_H - _PAD + 10}" '
-                       f'class="m"/><text x="{px(x) + 3:.1f}" y="30" class="l">'
-                       f'{html.escape(label)}</text>')
+    for i, (x, label) in enumerate(m for m in marks if x0 <= m[0] <= x1):
+        # Alternate label heights: phases can be a second apart (drain, close).
+        out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="20" y2="{_H - _PAD + 10}" '
+                   f'class="m"/><text x="{px(x) + 3:.1f}" y="{30 + 11 * (i % 2)}" class="l">'
+                   f'{html.escape(label)}</text>')
     for i, (name, colour, vs) in enumerate(series):
         pts = " ".join(f"{px(x):.1f},{py(v):.1f}" for x, v in zip(xs, vs) if v is not None)
         out.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.6"/>'
