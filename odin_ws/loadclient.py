@@ -6,9 +6,9 @@ Why not the C{websockets} library: per connection this keeps one small
 object and no task once subscribed, and per frame a header decode and one
 JSON scan. With C{websockets} each connection carries a reader task, a
 keepalive task and a message queue: measured on this project's 2-core test
-machine with 3,000 connections, 2.5x the memory per connection (26 against
-11 KiB) and 1.4x the CPU per event; and it is not an install requirement of
-odinws. The worker process that runs thousands of these is
+machine with 3,000 connections, 2.5-3.5x the memory per connection (26-37
+against 11 KiB) and 1.1-1.4x the CPU per event; and it is not an install
+requirement of odinws. The worker process that runs thousands of these is
 L{odin_ws.loadworker}.
 
 What a connection measures: why it failed to open (HTTP status, refused,
