@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from odin_ws.loadworker import CLOSE_WAIT, WorkerSpec, raise_file_limit, worker_main
 from odin_ws.loadreport import build_report, write_report
 from odin_ws.loadstats import Histogram, key_series
-from odin_ws.simulate import EVENT_TYPES, token_ids
+from odin_ws.simulate import token_ids
 
 MAX_CONNECTIONS = 200_000
 MAX_DURATION = 24 * 3600.0
@@ -225,7 +225,7 @@ class Run:
             host_header=f"{a.host}:{a.port}", path=a.path, connections=a.connections,
             ramp=a.ramp_rate, start=self.start, hold_end=self.hold_end, close_at=self.close_at,
             sources=a.sources, channels=a.channel_list, random_tokens=a.random_tokens,
-            tokens=token_ids(a.tokens), event_types=list(EVENT_TYPES), seed=a.seed,
+            tokens=token_ids(a.tokens), seed=a.seed,
             seq_field=a.seq_field, connect_timeout=a.connect_timeout,
             max_pending=a.max_pending)
 

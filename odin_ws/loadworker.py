@@ -42,7 +42,6 @@ class WorkerSpec:
     channels: list[str] = field(default_factory=list)
     random_tokens: int = 0
     tokens: list[str] = field(default_factory=list)
-    event_types: list[str] = field(default_factory=list)
     seed: int = 0
     seq_field: str = "seq"
     connect_timeout: float = 10.0
