@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from odin_ws import config as configmod
 from odin_ws.demo import demo_config
 from odin_ws.embedded_broker import free_port
+from tests.node import pid_alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,14 +46,6 @@ def _descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class DemoConfigTests(unittest.TestCase):
@@ -87,9 +80,9 @@ class DemoProgramTests(unittest.TestCase):
 
     def assert_all_gone(self, pids: set[int]) -> None:
         deadline = time.monotonic() + 15
-        while any(_alive(p) for p in pids):
+        while any(pid_alive(p) for p in pids):
             self.assertLess(time.monotonic(), deadline,
-                            f"left behind: {[p for p in pids if _alive(p)]}")
+                            f"left behind: {[p for p in pids if pid_alive(p)]}")
             time.sleep(0.1)
 
     def test_runs_and_stops_cleanly(self):

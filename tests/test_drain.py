@@ -16,8 +16,8 @@ from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.broker import shared_broker
-from tests.node import Client, Node, wait_for
-from tests.test_integration import FAST_KAFKA, pid_alive
+from tests.node import Client, Node, pid_alive, wait_for
+from tests.test_integration import FAST_KAFKA
 
 CLIENTS = 200
 DRAIN_TIMEOUT = 6.0

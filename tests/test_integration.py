@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.broker import shared_broker
-from tests.node import Client, Node, wait_for
+from tests.node import Client, Node, pid_alive, wait_for
 
 FAST_KAFKA = {
     "kafka.session_timeout_ms": 2000,
@@ -24,19 +24,6 @@ FAST_KAFKA = {
     "kafka.consumer_config": {"statistics.interval.ms": 500, "auto.commit.interval.ms": 200,
                               "fetch.wait.max.ms": 10},
 }
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class NodeTestCase(unittest.TestCase):
