@@ -215,12 +215,17 @@ class Odinws(Server):
         conf = os.path.join(self.rundir, f"odinws-{self.port}.yaml")
         settings = {
             "shards": 1, "cpu_affinity": [0],
-            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1"},
+            # The peers listen with large backlogs too (nginx: 4096).
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1:backlog=4096"},
             "kafka": {"brokers": self.broker.bootstrap, "group": f"bench{os.getpid()}-{Odinws._group}",
                       "topics": {"odin.trades": "trade"}, "start_offset": "latest",
                       "poll_batch": batch, "session_timeout_ms": 3000,
                       "consumer_config": {"fetch.wait.max.ms": FETCH_WAIT_MS}},
-            "limits": {"max_connections": 20000, "max_connections_per_shard": 20000},
+            # The load client is a few loopback addresses standing for
+            # thousands of clients: the per-IP limits would answer 429.
+            "limits": {"max_connections": 20000, "max_connections_per_shard": 20000,
+                       "max_connections_per_ip": 20000, "connection_rate_per_ip": 100000,
+                       "connection_burst_per_ip": 20000},
             # No pings (the peers run without them too) and no idle close.
             "keepalive": {"ping_interval": 0, "idle_timeout": 0},
             # The admission guard would refuse connections while CPU 0 is busy.
