@@ -7,23 +7,9 @@ every connection with websockets.asyncio.server.broadcast(). Prints "ready".
 
 import asyncio
 import sys
-import time
 
+from events import Ticks, event
 from websockets.asyncio.server import broadcast, serve
-
-SEQ = 0
-
-
-def event() -> str:
-    global SEQ
-    us = time.time_ns() // 1000
-    tok = 1000 + SEQ % 16
-    body = (f'{{"type":"event","channel":"odin.token.{tok}.trade","data":{{"t_us":{us},'
-            f'"seq":{SEQ},"token":"{tok}","price":0.00001234,"amount":1234.5678,"side":"buy",'
-            f'"user":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"}},"ts":{us // 1000}}}')
-    SEQ += 1
-    return body
-
 
 async def handler(ws) -> None:
     async for _ in ws:  # the benchmark's clients send nothing we need
@@ -32,18 +18,12 @@ async def handler(ws) -> None:
 
 async def publisher(server, rate: float, batch: int) -> None:
     loop = asyncio.get_running_loop()
-    t0, sent = loop.time(), 0
+    ticks = Ticks(rate, batch, loop.time())
     while True:
-        due = int((loop.time() - t0) * rate / batch) + 1  # first at t0
-        if due - sent > rate / batch:  # more than 1 s behind: drop the backlog
-            sent = due - 1
-        if sent < due:
+        if ticks.take(loop.time()):
             for _ in range(batch):
                 broadcast(server.connections, event())
-            sent += 1
-        wait = t0 + sent * batch / rate - loop.time()
-        # sleep(0) when a batch is already due: the next one is its own turn.
-        await asyncio.sleep(max(0.0, wait))
+        await asyncio.sleep(ticks.wait(loop.time()))
 
 
 async def main() -> None:
