@@ -1,7 +1,8 @@
 """
-The fan-out benchmark: odinws (one shard) against Node ws, Python websockets
-and nginx + nchan, same events, same load client, server on CPU 0 and load
-client on CPU 1. Prints a table and writes it into docs/performance.md.
+The fan-out benchmark: odinws (one shard) against a CPython raw ceiling, Node
+ws, Python websockets and nginx + nchan, same events, same load client,
+server on CPU 0 and load client on CPU 1. Prints a table and writes it into
+docs/performance.md.
 
     make bench                       # everything (~20 min)
     python bench/run.py --servers node-ws --conns 1000 --no-slow   # a quick look
@@ -244,7 +245,7 @@ def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--servers", default="odinws,node-ws,py-websockets,nchan")
+    ap.add_argument("--servers", default="odinws,cpython-raw,node-ws,py-websockets,nchan")
     ap.add_argument("--conns", default="1000,5000,15000")
     ap.add_argument("--slow-conns", type=int, default=5000)
     ap.add_argument("--slow-seconds", type=float, default=30.0)

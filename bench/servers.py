@@ -8,6 +8,9 @@ same ~200-byte JSON events at a rate the harness sets:
   event loop) and ws.send() to every client.
 * py-websockets: bench/peers/py_websockets.py, an asyncio task and
   websockets' broadcast().
+* cpython-raw: bench/peers/raw_py.py, the CPython raw ceiling: an epoll loop
+  that sends each tick's prebuilt frames to every client with one
+  socket.send().
 * nchan: nginx (1 worker) + nchan; the load client POSTs each event to the
   publisher location over one keep-alive connection (pipelined per burst).
 """
@@ -98,12 +101,20 @@ class NodeWs(Server):
 
 class PyWebsockets(Server):
     name = "py-websockets"
+    script = "py_websockets.py"
 
     def start(self, batch: int) -> None:
-        p = Proc(self.name, [sys.executable, os.path.join(HERE, "peers", "py_websockets.py"),
+        p = Proc(self.name, [sys.executable, os.path.join(HERE, "peers", self.script),
                              str(self.port)], SERVER_CPU, log_path=self._log("server"))
         self.procs.append(p)
         p.wait_for("ready", 30)
+
+
+class CpythonRaw(PyWebsockets):
+    """The CPython raw ceiling: one socket.send() per client per tick, nothing else."""
+
+    name = "cpython-raw"
+    script = "raw_py.py"
 
 
 NGINX_CONF = """
@@ -292,4 +303,5 @@ def _wait_port(port: int, timeout: float) -> None:
     raise RuntimeError(f"port {port} not listening after {timeout:g}s")
 
 
-SERVERS = {"odinws": Odinws, "node-ws": NodeWs, "py-websockets": PyWebsockets, "nchan": Nchan}
+SERVERS = {"odinws": Odinws, "cpython-raw": CpythonRaw, "node-ws": NodeWs,
+           "py-websockets": PyWebsockets, "nchan": Nchan}

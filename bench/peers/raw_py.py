@@ -1,0 +1,226 @@
+"""
+CPython raw ceiling for the fan-out benchmark: the most one CPython process
+delivers when all it does per client per tick is one socket.send() of
+prebuilt bytes. No framework, no per-client objects beyond the socket: each
+tick builds its B frames once (unmasked text frames), joins them into one
+bytes object and sends that to every client ("turn": one frame per send,
+"burst": ten). What the kernel does not take waits in a per-client buffer,
+flushed on EPOLLOUT; nothing is dropped, a client with more than 4 MiB
+waiting is closed instead (counted, written to stderr at exit).
+
+stdlib only: socket + select.epoll, non-blocking. A minimal WebSocket
+upgrade (the request head up to the blank line, Sec-WebSocket-Accept, 101);
+client frames are parsed only to notice a close, otherwise discarded. Same
+stdin protocol as the other peers: "rate R B" makes R events/s in batches
+of B, each batch in one loop turn. Prints "ready".
+"""
+
+import base64
+import hashlib
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+
+from events import Ticks, event
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_PENDING = 4 << 20
+MAX_HEAD = 8192
+IN, IN_OUT = select.EPOLLIN, select.EPOLLIN | select.EPOLLOUT
+
+
+def frame(text: str) -> bytes:
+    """An unmasked final text frame."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 1 << 16:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + data
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
+
+
+def upgrade_reply(head: bytes) -> bytes | None:
+    """The 101 answer to an upgrade request head, None without a key."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            accept = base64.b64encode(hashlib.sha1(value.strip() + GUID).digest())
+            return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    return None
+
+
+def close_frame_in(buf: bytearray) -> bool:
+    """Discard the complete client frames in buf; True if one of them was a close."""
+    while len(buf) >= 2:
+        n, h = buf[1] & 0x7F, 2
+        if n == 126:
+            n, h = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            n, h = int.from_bytes(buf[2:10], "big"), 10
+        h += 4 if buf[1] & 0x80 else 0
+        if len(buf) < h + n:
+            return False
+        if buf[0] & 0x0F == 8:
+            return True
+        del buf[:h + n]
+    return False
+
+
+class RawServer:
+    """One epoll loop: listener, stdin, clients."""
+
+    def __init__(self, port: int):
+        self.ep = select.epoll()
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", port))
+        self.lsock.listen(4096)
+        self.lsock.setblocking(False)
+        self.socks: dict[int, socket.socket] = {}    # every accepted connection
+        self.inbuf: dict[int, bytearray] = {}        # request head, then client frames
+        self.clients: dict[int, socket.socket] = {}  # upgraded: they get the events
+        self.pending: dict[int, bytearray] = {}      # what the kernel has not taken yet
+        self.overflows = 0
+
+    def publish(self, batch: int) -> None:
+        buf = b"".join([frame(event()) for _ in range(batch)])
+        size, pending, dead = len(buf), self.pending, []
+        for fd, sock in self.clients.items():
+            if fd in pending:
+                p = pending[fd]
+                p += buf
+                if len(p) > MAX_PENDING:
+                    self.overflows += 1
+                    dead.append(fd)
+                continue
+            try:
+                n = sock.send(buf)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                dead.append(fd)
+                continue
+            if n != size:
+                pending[fd] = bytearray(buf[n:])
+                self.ep.modify(fd, IN_OUT)
+        for fd in dead:
+            self.close(fd)
+
+    def flush(self, fd: int) -> None:
+        p = self.pending[fd]
+        try:
+            n = self.socks[fd].send(p)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close(fd)
+            return
+        del p[:n]
+        if not p:
+            del self.pending[fd]
+            self.ep.modify(fd, IN)
+
+    def accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.lsock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            sock.setblocking(False)
+            # One send per tick must leave at once (the client delays its ACKs).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            fd = sock.fileno()
+            self.socks[fd], self.inbuf[fd] = sock, bytearray()
+            self.ep.register(fd, IN)
+
+    def read(self, fd: int) -> None:
+        sock = self.socks.get(fd)
+        if sock is None:  # closed earlier in this turn
+            return
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(fd)
+            return
+        buf = self.inbuf[fd]
+        buf += data
+        if fd not in self.clients:
+            end = buf.find(b"\r\n\r\n")
+            reply = upgrade_reply(bytes(buf[:end])) if end >= 0 else None
+            if reply is None:
+                if end >= 0 or len(buf) > MAX_HEAD:
+                    self.close(fd)
+                return
+            del buf[:end + 4]
+            self.clients[fd] = sock
+            n = sock.send(reply)  # into an empty socket buffer: all of it, in practice
+            if n != len(reply):
+                self.pending[fd] = bytearray(reply[n:])
+                self.ep.modify(fd, IN_OUT)
+        if close_frame_in(buf):
+            self.close(fd)
+
+    def close(self, fd: int) -> None:
+        sock = self.socks.pop(fd, None)
+        if sock is None:
+            return
+        for d in (self.clients, self.pending, self.inbuf):
+            d.pop(fd, None)
+        self.ep.unregister(fd)
+        sock.close()
+
+    def run(self) -> None:
+        stdin, lfd = sys.stdin.fileno(), self.lsock.fileno()
+        self.ep.register(stdin, IN)
+        self.ep.register(lfd, IN)
+        ticks, line = None, b""
+        print("ready", flush=True)
+        while True:
+            for fd, ev in self.ep.poll(ticks.wait(time.monotonic()) if ticks else -1):
+                if fd == lfd:
+                    self.accept()
+                elif fd == stdin:
+                    chunk = sys.stdin.buffer.raw.read(4096)
+                    if not chunk:
+                        return
+                    line += chunk
+                    while b"\n" in line:
+                        cmd, line = line.split(b"\n", 1)
+                        parts = cmd.split()
+                        if parts and parts[0] == b"rate":
+                            rate, batch = float(parts[1]), max(1, int(parts[2]))
+                            ticks = Ticks(rate, batch, time.monotonic()) if rate > 0 else None
+                else:
+                    if ev & select.EPOLLOUT and fd in self.pending:
+                        self.flush(fd)
+                    if ev & ~select.EPOLLOUT:
+                        self.read(fd)
+            if ticks and ticks.take(time.monotonic()):
+                self.publish(ticks.batch)
+
+
+def main() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = RawServer(int(sys.argv[1]))
+    try:
+        server.run()
+    finally:
+        print(f"raw_py: {len(server.clients)} clients open, {server.overflows} closed "
+              f"over {MAX_PENDING >> 20} MiB pending", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
