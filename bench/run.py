@@ -305,7 +305,9 @@ def main() -> int:
     if args.merge:
         with open(args.merge) as f:
             old = json.load(f)
-        results["cells"] += [c for c in old["cells"] if c["server"] not in servers]
+        # Marked, so that ratios between cells of different runs are not reported.
+        results["cells"] += [dict(c, merged_from=old["started"]) for c in old["cells"]
+                             if c["server"] not in servers]
         results["slow"] += [s for s in old["slow"] if s["server"] not in servers]
         results["merged_from"] = old["started"]
     text = report.render(results)
