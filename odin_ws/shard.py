@@ -278,11 +278,23 @@ class Shard(service.MultiService):
         index = self.index
         fanout = self.fanout
         delivered = []
+        # Consecutive events reaching the same subscribers (match hands out
+        # the same object for the same bucket) go out as one run: framed
+        # and joined once, one queue entry per subscriber.
+        run: list = []
+        run_to = None
         for e in events:
             subscribers = index.match(e.token, e.event_type)
-            if subscribers:
-                fanout.publish(text_frame(e.envelope), e.channel, e.event_type, subscribers)
-                delivered.append(e.ts)
+            if not subscribers:
+                continue
+            delivered.append(e.ts)
+            if subscribers is not run_to and run:
+                fanout.publish_run(run, run_to)
+                run = []
+            run_to = subscribers
+            run.append((text_frame(e.envelope), e.channel, e.event_type))
+        if run:
+            fanout.publish_run(run, run_to)
         fanout.flush()
         if delivered:
             now = time.time() * 1000.0

@@ -36,14 +36,18 @@ class PatternBucket(dict):
     The subscribers of one pattern, as the keys of an insertion-ordered dict
     (values unused). A dict subclass so that matching hands out its keys view
     without an extra attribute hop; the slots are where per-pattern state goes.
+    C{view} is that keys view, made once: live, read-only, and the same object
+    for every match of the bucket, so the fan-out can tell that consecutive
+    events reach the same subscribers.
     """
 
-    __slots__ = ("token", "event_type")
+    __slots__ = ("token", "event_type", "view")
 
     def __init__(self, token: str, event_type: str):
         super().__init__()
         self.token = token
         self.event_type = event_type
+        self.view = self.keys()
 
     def __repr__(self) -> str:
         return f"<PatternBucket {self.token}.{self.event_type} x{len(self)}>"
@@ -178,7 +182,7 @@ class SubscriptionIndex:
         if merged is not None:
             return merged
         if found is not None:
-            return found.keys()
+            return found.view
         return _NOTHING
 
     def bucket(self, token: str, event_type: str) -> PatternBucket | None:

@@ -67,6 +67,28 @@ def text_frame(payload: bytes) -> bytes:
     return _LEN64(0x81, 127, n) + payload
 
 
+class Chunk:
+    """
+    The tag of a queue entry holding several frames joined once for many
+    connections (L{Fanout.publish_run}): the frames it carries, with their
+    channels and event types, for the slow-client policies and the counters.
+    """
+
+    __slots__ = ("parts", "count")
+
+    def __init__(self, parts: list[tuple[bytes, str, str]]):
+        self.parts = parts
+        self.count = len(parts)
+
+    def __repr__(self) -> str:
+        return f"<Chunk of {self.count} frames>"
+
+
+def _frames(tags: list) -> int:
+    """Frames in queue entries with these tags (a channel: one; a Chunk: its count)."""
+    return sum(1 if tag.__class__ is str else tag.count for tag in tags)
+
+
 class WriteStats:
     """
     Counters of one process's write path, as plain integers: the hot loop
@@ -277,6 +299,7 @@ class Outbox:
         if index is None:
             index = self._index = {}
         queue = self.queue
+        self._explode(self._indexed)
         for i in range(self._indexed, len(queue), 2):   # index what came since last time
             index.setdefault(queue[i + 1], []).append(i)
         self._indexed = len(queue)
@@ -300,6 +323,30 @@ class Outbox:
         self.room += freed
         self.stats.conflated += count
         return fits
+
+    def _explode(self, start: int) -> None:
+        """Split the Chunk entries from queue position C{start} on into their frames."""
+        queue = self.queue
+        tags = queue[start + 1::2]
+        if all(tag.__class__ is str for tag in tags):
+            return
+        rest = []
+        for frame, tag in zip(queue[start::2], tags):
+            if tag.__class__ is str:
+                rest += (frame, tag)
+            else:
+                for part, channel, _ in tag.parts:
+                    rest += (part, channel)
+        queue[start:] = rest
+
+    def _push_parts(self, chunk: Chunk) -> None:
+        """A Chunk that does not fit as a whole: its frames one by one, each under the policy."""
+        for frame, channel, event_type in chunk.parts:
+            size = len(frame)
+            if size > self.room:
+                self._over(frame, channel, event_type, size)
+            else:
+                self._accept(frame, channel, size)
 
     # -- writing
 
@@ -325,8 +372,12 @@ class Outbox:
             elif self._direct:
                 direct = (t.connected and not t.disconnecting and not t._aborting
                           and not t.TLS)
-        frames = (len(queue) >> 1) - self._tombs
-        buf = queue[0] if len(queue) == 2 else b"".join(queue[::2])
+        if len(queue) == 2:
+            buf, tag = queue
+            frames = 1 if tag.__class__ is str else tag.count
+        else:
+            buf = b"".join(queue[::2])
+            frames = _frames(queue[1::2]) - self._tombs
         queue.clear()
         self.room = self._cap
         if self._index is not None:
@@ -339,11 +390,10 @@ class Outbox:
         if direct:
             try:
                 sent = t.socket.send(buf)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
             except OSError:
-                # ECONNRESET, EPIPE, ...: Twisted's own write finds the loss
-                # and closes the connection the usual way.
+                # EAGAIN, ECONNRESET, EPIPE, ...: what the kernel did not
+                # take goes to Twisted, whose own write finds a loss and
+                # closes the connection the usual way.
                 sent = 0
             if sent == size:
                 stats.direct += 1
@@ -351,15 +401,22 @@ class Outbox:
                 if self._over_since is not None:
                     self._settle()
                 return
-            if sent:
-                stats.partial += 1
-                buf = buf[sent:]
-            else:
-                stats.buffered += 1
-                stats.fallbacks += 1
+            self._rest(buf, sent)
+            return
+        stats.buffered += 1
+        t.write(buf)
+        self._settle()
+
+    def _rest(self, buf: bytes, sent: int) -> None:
+        """A direct send took C{sent} bytes of C{buf}: Twisted takes the rest."""
+        stats = self.stats
+        if sent > 0:
+            stats.partial += 1
+            buf = buf[sent:]
         else:
             stats.buffered += 1
-        t.write(buf)
+            stats.fallbacks += 1
+        self.transport.write(buf)
         self._settle()
 
     def _discard(self) -> None:
@@ -467,18 +524,87 @@ class Fanout:
         if dirty:
             self._soon()
 
+    def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox]) -> None:
+        """
+        Queue several frames, each C{(frame, channel, event_type)}, in order on
+        every outbox: consecutive events that reach the same subscribers. The
+        frames are joined once for all of them, so each outbox takes one
+        entry; an outbox without room for the whole takes them one by one
+        under its policy.
+        """
+        if len(items) == 1:
+            self.publish(*items[0], outboxes)
+            return
+        chunk = b"".join([item[0] for item in items])
+        tag = Chunk(items)
+        size = len(chunk)
+        pair = (chunk, tag)
+        dirty = self._dirty
+        mark = dirty.append
+        for box in outboxes:
+            room = box.room - size
+            if room < 0:
+                box._push_parts(tag)
+                continue
+            box.room = room
+            queue = box.queue
+            if not queue:
+                mark(box)
+            queue += pair
+        if dirty:
+            self._soon()
+
     def flush(self) -> None:
         """Write every outbox that got frames since the last flush, now."""
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
         dirty, self._dirty = self._dirty, []
+        frames = size = sent_whole = 0
         for box in dirty:
+            # Outbox._flush inlined for the common case: one entry waiting, a
+            # TCP connection open for data with nothing held by Twisted, no
+            # policy state; the kernel takes it all. Anything else: _flush.
+            queue = box.queue
+            if (len(queue) == 2 and box._direct and not (box.paused or box.closed)
+                    and box._index is None and box._over_since is None
+                    and box.protocol.state == _OPEN):
+                t = box.transport
+                if (t.connected and not (t.disconnecting or t._aborting or t._tempDataLen or t.TLS)
+                        and len(t.dataBuffer) == t.offset):
+                    buf, tag = queue
+                    queue.clear()
+                    box.room = box._cap
+                    count = 1 if tag.__class__ is str else tag.count
+                    try:
+                        sent = t.socket.send(buf)
+                    except OSError:
+                        sent = 0    # as in Outbox._flush
+                    if sent == len(buf):
+                        box.room = box._cap = box.limit
+                        frames += count
+                        size += sent
+                        sent_whole += 1
+                        continue
+                    stats = self.stats
+                    stats.delivered += count
+                    stats.bytes_out += len(buf)
+                    stats.writes += 1
+                    try:
+                        box._rest(buf, sent)
+                    except Exception:
+                        log.failure("writing to {outbox}", outbox=box)
+                    continue
             try:
                 box._flush()
             except Exception:
                 # One broken connection must not starve the others.
                 log.failure("writing to {outbox}", outbox=box)
+        stats = self.stats
+        stats.delivered += frames
+        stats.bytes_out += size
+        stats.writes += sent_whole
+        stats.direct += sent_whole
         later, self._later = self._later, []
         for f in later:
             try:

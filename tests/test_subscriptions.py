@@ -179,6 +179,21 @@ class MatchTests(SynchronousTestCase):
         self.assertEqual(list(got), [a])
         self.assertEqual(type(got), type({}.keys()))
 
+    def test_sameBucketSameObject(self) -> None:
+        """
+        Matches served by the same single bucket return the same object (the
+        fan-out groups consecutive events by it); one served by another bucket
+        or by several does not.
+        """
+        a, b = Conn("a"), Conn("b")
+        self.index.add(a, "*", "*")
+        first = self.index.match("ABC", "trade")
+        self.assertIs(self.index.match("XYZ", "price"), first)
+        self.index.add(b, "ABC", "trade")
+        self.assertIsNot(self.index.match("ABC", "trade"), first)
+        self.assertIs(self.index.match("XYZ", "price"), first)
+        self.assertEqual(set(self.index.match("ABC", "trade")), {a, b})
+
     def test_mutationDuringIterationIsLoud(self) -> None:
         """
         The live view match() returns refuses to be iterated across a

@@ -21,7 +21,8 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from odin_ws.writer import Fanout, Outbox, WriteStats, WriteStatsCollector, held, text_frame
+from odin_ws.writer import (Chunk, Fanout, Outbox, WriteStats, WriteStatsCollector, held,
+                            text_frame)
 
 OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -304,6 +305,45 @@ class CoalescingTests(SynchronousTestCase):
         self.assertEqual([b.transport.value() for b in boxes], [frame] * 3)
         self.assertEqual((self.stats.writes, self.stats.delivered), (3, 3))
 
+    def run_of(self, channel: str, first: int, count: int, event_type: str = "trade"):
+        return [(event(channel, n), channel, event_type) for n in range(first, first + count)]
+
+    def test_runIsOneEntryPerOutbox(self):
+        """
+        publish_run joins a run's frames once: every outbox holds the same
+        bytes object as one queue entry, and writes it once, in order.
+        """
+        boxes = [self.outbox() for _ in range(3)]
+        run = self.run_of("a", 0, 10)
+        self.fanout.publish_run(run, boxes)
+        self.assertEqual([len(b.queue) for b in boxes], [2, 2, 2])
+        self.assertIs(boxes[0].queue[0], boxes[2].queue[0])
+        self.assertIsInstance(boxes[0].queue[1], Chunk)
+        self.fanout.flush()
+        for box in boxes:
+            self.assertEqual(box.transport.writes, 1)
+            self.assertEqual(events_in(box.transport.value()), [("a", n) for n in range(10)])
+        self.assertEqual((self.stats.writes, self.stats.delivered), (3, 30))
+        self.assertEqual(self.stats.bytes_out, 3 * len(b"".join(f for f, _, _ in run)))
+
+    def test_runsAndSinglesKeepOrder(self):
+        """Runs and single frames pushed in one turn leave in one write, in push order."""
+        box = self.outbox()
+        self.fanout.publish_run(self.run_of("a", 0, 3), [box])
+        self.fanout.publish(event("b", 3), "b", "trade", [box])
+        self.fanout.publish_run(self.run_of("a", 4, 2), [box])
+        self.fanout.flush()
+        self.assertEqual(box.transport.writes, 1)
+        self.assertEqual([n for _, n in events_in(box.transport.value())], list(range(6)))
+        self.assertEqual(self.stats.delivered, 6)
+
+    def test_runOfOneIsAPlainPublish(self):
+        """A run of one frame is queued as that frame, with its channel."""
+        box = self.outbox()
+        [(frame, channel, etype)] = run = self.run_of("a", 0, 1)
+        self.fanout.publish_run(run, [box])
+        self.assertEqual(box.queue, [frame, "a"])
+
     def test_closeIsFinalAndIdempotent(self):
         """After close() the outbox drops what waits, unregisters and never writes."""
         box = self.outbox()
@@ -510,6 +550,79 @@ class RealSocketTests(TestCase):
         self.assertEqual(len(got) + self.stats.dropped["drop"], published)
 
 
+    def run_frames(self, count: int, pad: int = 60):
+        return [(event("a", n, pad=pad), "a", "trade") for n in range(count)]
+
+    @inlineCallbacks
+    def test_runDirect(self):
+        """A run goes out by one socket.send per connection and counts its frames."""
+        pairs = [self.pair() for _ in range(3)]
+        boxes = [self.outbox(sink) for sink, _ in pairs]
+        run = self.run_frames(10)
+        expected = b"".join(f for f, _, _ in run)
+        self.fanout.publish_run(run, boxes)
+        self.fanout.flush()
+        self.assertEqual((self.stats.direct, self.stats.writes, self.stats.delivered),
+                         (3, 3, 30))
+        self.assertEqual(self.stats.bytes_out, 3 * len(expected))
+        for box, (_, client) in zip(boxes, pairs):
+            self.assertEqual(box.room, box.limit)
+            data = yield client.read(len(expected))
+            self.assertEqual(data, expected)
+
+    @inlineCallbacks
+    def test_runPartialSend(self):
+        """A run the kernel takes only part of: the rest goes to Twisted, all arrives in order."""
+        sink, client = self.pair(sndbuf=4096, rcvbuf=4096)
+        box = self.outbox(sink)
+        run = self.run_frames(40, pad=16000)
+        expected = b"".join(f for f, _, _ in run)
+        self.fanout.publish_run(run, [box])
+        self.fanout.flush()
+        self.assertEqual((self.stats.partial, self.stats.writes, self.stats.delivered),
+                         (1, 1, 40))
+        self.assertTrue(0 < held(sink.transport) < len(expected))
+        later = [event("a", n) for n in range(40, 45)]
+        for f in later:
+            box.push(f, "a", "trade")
+        self.fanout.flush()
+        data = yield client.read(len(expected) + len(b"".join(later)))
+        self.assertEqual(data, expected + b"".join(later))
+        self.assertEqual(self.stats.bytes_out, len(data))
+
+    @inlineCallbacks
+    def test_runRefusedFallsBackToTwisted(self):
+        """A run the kernel refuses whole goes to transport.write, after what was ahead."""
+        sink, client = self.pair(sndbuf=4096, rcvbuf=4096)
+        box = self.outbox(sink)
+        junk = client.fill_kernel(sink.transport.socket)
+        run = self.run_frames(5)
+        expected = b"".join(f for f, _, _ in run)
+        self.fanout.publish_run(run, [box])
+        self.fanout.flush()
+        self.assertEqual((self.stats.fallbacks, self.stats.buffered, self.stats.direct),
+                         (1, 1, 0))
+        self.assertEqual(held(sink.transport), len(expected))
+        data = yield client.read(junk + len(expected))
+        self.assertEqual(data, b"\0" * junk + expected)
+
+    def test_noDirectSendOnceClosing(self):
+        """
+        Once the WebSocket is no longer open (a close frame went out), queued
+        frames are discarded, not sent straight to the socket.
+        """
+        sink, client = self.pair()
+        proto = FakeProtocol(sink.transport)
+        box = Outbox(proto, self.fanout, policies(), 1 << 20, 5.0, lambda: None)
+        self.fanout.publish_run(self.run_frames(3), [box])
+        proto.state = WebSocketProtocol.STATE_CLOSING
+        self.fanout.flush()
+        self.assertEqual((self.stats.writes, self.stats.delivered), (0, 0))
+        self.assertEqual(box.queued(), 0)
+        with self.assertRaises(BlockingIOError):
+            client.sock.recv(100)
+
+
 class PolicyTests(SynchronousTestCase):
     """Slow-client policies, with Twisted's real buffer over a stalled fake kernel."""
 
@@ -673,6 +786,66 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(self.disconnects, 0)
         self.assertFalse(box.closed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RunPolicyTests(PolicyTests):
+    """The policies when events come as runs (publish_run), as the shard sends them."""
+
+    def run_turns(self, box: Outbox, turns: int, channels=("a",), per_turn: int = 10,
+                  limit: int = 1000, start: int = 0) -> list[tuple[str, int]]:
+        published = []
+        n = start
+        for _ in range(turns):
+            run = []
+            for _ in range(per_turn):
+                channel = channels[n % len(channels)]
+                run.append((event(channel, n), channel, "t"))
+                published.append((channel, n))
+                n += 1
+            self.fanout.publish_run(run, [box] + self.healthy)
+            self.fanout.flush()
+            self.assertLessEqual(box.buffered(), limit + self.frame_size)
+        return published
+
+    def test_runWithoutRoomTakenFrameByFrame(self):
+        """
+        An outbox without room for a whole run takes its frames one by one:
+        those that fit, in order, the rest dropped and counted; others get all.
+        """
+        t = StalledTransport()
+        box = self.make(t, "drop", limit=3 * self.frame_size)
+        t.producerPaused = box.paused = True     # nothing leaves: only the queue counts
+        run = [(event("a", n), "a", "t") for n in range(10)]
+        self.fanout.publish_run(run, [box] + self.healthy)
+        self.assertEqual(box.queue[1::2], ["a", "a", "a"])
+        self.assertEqual(self.stats.dropped["drop"], 7)
+        self.fanout.flush()
+        self.assertHealthyGot([("a", n) for n in range(10)])
+        box.resumeProducing()
+        t.drain()
+        self.assertEqual(events_in(bytes(t.wire)), [("a", 0), ("a", 1), ("a", 2)])
+
+    def test_conflateSplitsWaitingRuns(self):
+        """Runs waiting in the queue are split so conflation keeps the newest per channel."""
+        t = StalledTransport()
+        box = self.make(t, "conflate", limit=10 * self.frame_size)
+        t.producerPaused = box.paused = True
+        first = [(event(c, n), c, "t") for n, c in enumerate("abab")]
+        self.fanout.publish_run(first, [box])
+        self.assertIsInstance(box.queue[1], Chunk)
+        for n in range(4, 16):
+            c = "ab"[n % 2]
+            self.fanout.publish(event(c, n), c, "t", [box])
+        self.assertGreater(self.stats.conflated, 0)
+        box.resumeProducing()
+        t.drain()
+        got = events_in(bytes(t.wire))
+        for channel in "ab":
+            mine = [n for c, n in got if c == channel]
+            self.assertEqual(mine, sorted(set(mine)))
+            self.assertEqual(mine[-1], 14 if channel == "a" else 15)
+        self.assertEqual(len(got) + self.stats.conflated, 16)
+        self.assertEqual(self.stats.delivered, len(got))
 
 
 class ClosedProtocolTests(SynchronousTestCase):
