@@ -50,6 +50,15 @@ class ClientProtocol(WebSocketServerProtocol):
     def connectionMade(self):
         # Adoption: the parent's head bytes are replayed right after this.
         self.adopted_at = time.monotonic()
+        # No Nagle: events are small writes, and a client that delays its
+        # ACKs (most do) would otherwise hold each next one up to ~40 ms.
+        # Autobahn's connectionMade means to do this but asks before it has
+        # copied tcpNoDelay from the factory; its AttributeError is
+        # swallowed and the option stays off (Autobahn 26.10).
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass    # not a TCP transport
         super().connectionMade()
         self.factory.shard.connection_made(self)
 

@@ -247,3 +247,78 @@ class TLSTests(SynchronousTestCase):
         held_below = held(self.below)       # the server's TLS bytes, if any, so far
         self.below.write(b"x" * 7)
         self.assertEqual(held(self.tls), held_below + 7)
+
+
+class NoDelayTests(TestCase):
+    """
+    Events are small writes: with Nagle on, a client that delays its ACKs
+    holds every next event up to ~40 ms. Autobahn 26.10 means to set
+    TCP_NODELAY but never does (it reads the option before copying it from
+    the factory); the shard's protocol sets it itself.
+    """
+
+    def setUp(self):
+        from twisted.internet import reactor
+        self.reactor = reactor
+
+    def connected(self, wrap=lambda factory: factory):
+        import txaio
+        from odin_ws import config as configmod
+        from odin_ws.shard import Shard
+        self.patch(txaio.config, "loop", self.reactor)
+        shard = Shard(Clock(), configmod.load(None, environ={}), 0, control_fd=None)
+        made = []
+        original = shard.factory.buildProtocol
+
+        def build(addr):
+            proto = original(addr)
+            made.append(proto)
+            return proto
+        shard.factory.buildProtocol = build
+        _, client = tcp_pair(self.reactor, factory=wrap(shard.factory))
+        [proto] = made
+        self.addCleanup(client.sock.close)
+        self.addCleanup(proto.transport.abortConnection)
+        return proto
+
+    @staticmethod
+    def nodelay(transport) -> int:
+        sock = transport.getHandle()
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    def test_clientConnectionsHaveNoDelay(self):
+        proto = self.connected()
+        self.assertIsInstance(proto.transport, tcp.Server)
+        self.assertEqual(self.nodelay(proto.transport), 1)
+
+    def test_tlsClientConnectionsHaveNoDelay(self):
+        from odin_ws import tls as tlsmod
+        cert = FilePath(twisted.test.__file__).sibling("server.pem")
+        options = ssl.PrivateCertificate.loadPEM(cert.getContent()).options()
+        proto = self.connected(lambda factory: tlsmod.wrap(options, factory))
+        transport = proto.transport
+        while not isinstance(transport, tcp.Server):   # the TLS layer(s) down to TCP
+            transport = transport.transport
+        self.assertIsNot(transport, proto.transport)
+        self.assertEqual(self.nodelay(transport), 1)
+
+    def test_autobahnAloneLeavesNagleOn(self):
+        """
+        The reason for the workaround: when this fails, Autobahn sets the
+        option itself and ClientProtocol.connectionMade's own call can go.
+        """
+        from autobahn.twisted.websocket import (WebSocketServerFactory,
+                                                WebSocketServerProtocol)
+        factory = WebSocketServerFactory()
+        factory.protocol = WebSocketServerProtocol
+        factory.setProtocolOptions(tcpNoDelay=True, openHandshakeTimeout=0,
+                                   closeHandshakeTimeout=0, autoPingInterval=0)
+        self.patch(__import__("txaio").config, "loop", self.reactor)
+        made = []
+        original = factory.buildProtocol
+        factory.buildProtocol = lambda addr: made.append(original(addr)) or made[-1]
+        _, client = tcp_pair(self.reactor, factory=factory)
+        [proto] = made
+        self.addCleanup(client.sock.close)
+        self.addCleanup(proto.transport.abortConnection)
+        self.assertEqual(self.nodelay(proto.transport), 0)
