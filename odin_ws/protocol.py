@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from odin_ws import auth, messages, metrics
 from odin_ws.logs import audit
 from odin_ws.ratelimit import TokenBucket
-from odin_ws.writer import Outbox
+from odin_ws.writer import Outbox, OutboxHolder
 
 if TYPE_CHECKING:
     from odin_ws.shard import Shard
@@ -30,8 +30,8 @@ CLOSE_POLICY = 1008
 CLOSE_TOKEN_EXPIRED = 4001
 
 
-class ClientProtocol(WebSocketServerProtocol):
-    """One WebSocket client of a shard."""
+class ClientProtocol(OutboxHolder, WebSocketServerProtocol):
+    """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
 
     log = Logger()
     factory: "ClientFactory"

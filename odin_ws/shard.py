@@ -126,6 +126,8 @@ class Shard(service.MultiService):
         if self._stats_loop.running:
             self._stats_loop.stop()
         for client in list(self.clients):
+            if client.outbox is not None:
+                client.outbox.close()   # nothing more goes out on an aborted socket
             client.transport.abortConnection()
         metrics.REGISTRY.unregister(self._collector)
         return super().stopService()

@@ -165,6 +165,32 @@ def _producer_of(transport: Any) -> Any:
     return getattr(transport, "producer", None)
 
 
+class OutboxHolder:
+    """
+    Mix into an Autobahn protocol (before it in the bases) that holds an
+    L{Outbox}: the Outbox closes the moment the protocol leaves
+    C{STATE_OPEN} (a close frame went out or came in, or the connection
+    dropped), so no data frame can follow a close frame, and the flush loop
+    need not read the protocol's state for every connection. Autobahn sets
+    C{self.state} by plain assignment, which this property intercepts.
+    """
+
+    outbox: "Outbox | None" = None
+    _ws_state = None
+
+    @property
+    def state(self):
+        return self._ws_state
+
+    @state.setter
+    def state(self, value) -> None:
+        self._ws_state = value
+        if value != _OPEN:
+            box = self.outbox
+            if box is not None:
+                box.close()
+
+
 @implementer(IPushProducer)
 class Outbox:
     """
@@ -188,7 +214,8 @@ class Outbox:
 
     __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
                  "on_slow_disconnect", "queue", "room", "paused", "closed", "_cap", "_tombs",
-                 "_fd", "_direct", "_index", "_indexed", "_over_since", "_refused", "_grace_call")
+                 "_fd", "_direct", "_sock", "_fdno", "_index", "_indexed", "_over_since",
+                 "_refused", "_grace_call")
 
     def __init__(self, protocol: Any, fanout: "Fanout", policy_for: Callable[[str], str],
                  limit: int, grace: float, on_slow_disconnect: Callable[[], None]):
@@ -213,7 +240,20 @@ class Outbox:
         # Twisted's buffer attributes are FileDescriptor's; a socket to send
         # on directly only a TCP (or Unix) connection's.
         self._fd = isinstance(transport, abstract.FileDescriptor)
-        self._direct = isinstance(transport, tcp.Connection)
+        # Fanout.flush's inline path needs more: an OutboxHolder protocol (its
+        # state is not read there) and a reactor whose set of fds registered
+        # for writing tells whether Twisted holds bytes for the connection.
+        self._direct = (isinstance(transport, tcp.Connection) and not transport.TLS
+                        and isinstance(protocol, OutboxHolder)
+                        and transport.reactor is fanout.reactor
+                        and fanout.writes is not None)
+        if self._direct:
+            protocol.outbox = self
+            self._sock = transport.socket
+            self._fdno = transport.fileno()
+        else:
+            self._sock = None
+            self._fdno = -1
         self._index: dict[str, list[int]] | None = None   # channel -> queue positions
         self._indexed = 0
         self._over_since: float | None = None   # disconnect policy: over the limit since
@@ -369,7 +409,7 @@ class Outbox:
                     self.paused = t.producerPaused = True
                     self._settle()
                     return
-            elif self._direct:
+            elif isinstance(t, tcp.Connection):
                 direct = (t.connected and not t.disconnecting and not t._aborting
                           and not t.TLS)
         if len(queue) == 2:
@@ -499,6 +539,11 @@ class Fanout:
     def __init__(self, reactor: Any, stats: WriteStats):
         self.reactor = reactor
         self.stats = stats
+        # The epoll/poll/select reactors' set of file descriptors registered
+        # for writing: Twisted holds bytes for a connection (or is closing
+        # it) exactly while its fd is in there. None for other reactors.
+        writes = getattr(reactor, "_writes", None)
+        self.writes: set[int] | None = writes if isinstance(writes, set) else None
         self._dirty: list[Outbox] = []
         self._later: list[Callable[[], None]] = []
         self._call = None
@@ -561,40 +606,40 @@ class Fanout:
             call.cancel()
         dirty, self._dirty = self._dirty, []
         frames = size = sent_whole = 0
+        writes = self.writes
         for box in dirty:
-            # Outbox._flush inlined for the common case: one entry waiting, a
-            # TCP connection open for data with nothing held by Twisted, no
-            # policy state; the kernel takes it all. Anything else: _flush.
+            # Outbox._flush inlined for the common case: one entry waiting on a
+            # TCP connection (of an open OutboxHolder protocol: else closed)
+            # for which Twisted holds nothing (its fd is not waiting to be
+            # writable), no policy state; the kernel takes it all. The rest
+            # goes through Outbox._flush.
             queue = box.queue
             if (len(queue) == 2 and box._direct and not (box.paused or box.closed)
                     and box._index is None and box._over_since is None
-                    and box.protocol.state == _OPEN):
-                t = box.transport
-                if (t.connected and not (t.disconnecting or t._aborting or t._tempDataLen or t.TLS)
-                        and len(t.dataBuffer) == t.offset):
-                    buf, tag = queue
-                    queue.clear()
-                    box.room = box._cap
-                    count = 1 if tag.__class__ is str else tag.count
-                    try:
-                        sent = t.socket.send(buf)
-                    except OSError:
-                        sent = 0    # as in Outbox._flush
-                    if sent == len(buf):
-                        box.room = box._cap = box.limit
-                        frames += count
-                        size += sent
-                        sent_whole += 1
-                        continue
-                    stats = self.stats
-                    stats.delivered += count
-                    stats.bytes_out += len(buf)
-                    stats.writes += 1
-                    try:
-                        box._rest(buf, sent)
-                    except Exception:
-                        log.failure("writing to {outbox}", outbox=box)
+                    and box._fdno not in writes):
+                buf, tag = queue
+                queue.clear()
+                box.room = box._cap
+                count = 1 if tag.__class__ is str else tag.count
+                try:
+                    sent = box._sock.send(buf)
+                except OSError:
+                    sent = 0    # as in Outbox._flush
+                if sent == len(buf):
+                    box.room = box._cap = box.limit
+                    frames += count
+                    size += sent
+                    sent_whole += 1
                     continue
+                stats = self.stats
+                stats.delivered += count
+                stats.bytes_out += len(buf)
+                stats.writes += 1
+                try:
+                    box._rest(buf, sent)
+                except Exception:
+                    log.failure("writing to {outbox}", outbox=box)
+                continue
             try:
                 box._flush()
             except Exception:

@@ -132,6 +132,79 @@ class TCPTransportTests(TestCase):
         self.assertFalse(hasattr(self.transport, "socket"))
 
 
+class WritesSetTests(TestCase):
+    """
+    Fanout.flush's inline path sends straight to the socket only while the
+    connection's fd is not in the reactor's C{_writes} set: Twisted holds
+    bytes for it, or is closing it, exactly while it is there.
+    """
+
+    def setUp(self):
+        from twisted.internet import reactor
+        self.reactor = reactor
+        self.sink, self.client = tcp_pair(reactor)
+        self.t = self.sink.transport
+        self.fd = self.t.fileno()
+
+        def cleanup():
+            self.client.sock.close()
+            self.t.abortConnection()
+            return self.sink.lost
+        self.addCleanup(cleanup)
+
+    def test_reactorHasTheSet(self):
+        """The reactor the shard runs (epoll here) keeps its writers' fds in a set."""
+        self.assertIsInstance(self.reactor._writes, set)
+        self.assertIsNotNone(Fanout(self.reactor, WriteStats()).writes)
+        self.assertNotIn(self.fd, self.reactor._writes)
+
+    @inlineCallbacks
+    def test_heldBytesMeanRegisteredForWriting(self):
+        """A buffered write puts the fd in the set; once doWrite sent it all, it leaves."""
+        self.t.write(b"abc")
+        self.assertIn(self.fd, self.reactor._writes)
+        yield self.client.read(3)
+        self.assertEqual(held(self.t), 0)
+        self.assertNotIn(self.fd, self.reactor._writes)
+
+    def test_loseConnectionRegistersForWriting(self):
+        """A closing connection stays in the set until it is lost."""
+        self.t.loseConnection()
+        self.assertTrue(self.t.disconnecting)
+        self.assertIn(self.fd, self.reactor._writes)
+
+    def test_abortLeavesTheSet(self):
+        """
+        abortConnection takes the fd out before the connection is lost (a
+        reactor turn later): the shard closes its Outboxes before aborting.
+        """
+        self.t.abortConnection()
+        self.assertNotIn(self.fd, self.reactor._writes)
+        self.assertTrue(self.t.connected)
+
+
+class HolderTests(SynchronousTestCase):
+    """OutboxHolder sees every state change Autobahn makes."""
+
+    def test_closeFrameClosesTheOutbox(self):
+        from autobahn.twisted.websocket import WebSocketServerProtocol
+        from odin_ws.writer import OutboxHolder
+
+        class Held(OutboxHolder, WebSocketServerProtocol):
+            pass
+        proto, transport = handshaken_protocol(Held)
+        self.assertEqual(proto.state, WebSocketProtocol.STATE_OPEN)
+        box = Outbox(proto, Fanout(Clock(), WriteStats()), lambda t: "drop", 1 << 20, 5.0,
+                     lambda: None)
+        proto.outbox = box
+        box.push(b"x", "a", "t")
+        proto.sendClose(4008, "slow consumer")
+        self.assertEqual(proto.state, WebSocketProtocol.STATE_CLOSING)
+        self.assertTrue(box.closed)
+        self.assertEqual(box.queued(), 0)
+        self.assertIsNone(transport.producer)
+
+
 class ProducerContractTests(SynchronousTestCase):
     """abstract.FileDescriptor's streaming-producer contract, which Outbox relies on."""
 
@@ -322,3 +395,32 @@ class NoDelayTests(TestCase):
         self.addCleanup(client.sock.close)
         self.addCleanup(proto.transport.abortConnection)
         self.assertEqual(self.nodelay(proto.transport), 0)
+
+
+class ShardConnectionTests(TestCase):
+    """The shard's own client connections qualify for the inline path."""
+
+    @inlineCallbacks
+    def test_openConnectionIsDirect(self):
+        import txaio
+        from twisted.internet import reactor
+        from odin_ws import config as configmod
+        from odin_ws.shard import Shard
+        from tests.test_writer import UPGRADE
+        self.patch(txaio.config, "loop", reactor)
+        shard = Shard(reactor, configmod.load(None, environ={}), 0, control_fd=None)
+        made = []
+        original = shard.factory.buildProtocol
+        shard.factory.buildProtocol = lambda addr: made.append(original(addr)) or made[-1]
+        _, client = tcp_pair(reactor, factory=shard.factory)
+        [proto] = made
+        self.addCleanup(client.sock.close)
+        self.addCleanup(lambda: proto.transport.connected and proto.transport.abortConnection())
+        client.sock.send(UPGRADE)   # GET /ws, the default listen.ws_path
+        head = yield client.read(lambda data: b"\r\n\r\n" in data)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        box = proto.outbox
+        self.assertIsNotNone(box)
+        self.assertTrue(box._direct)
+        self.assertIs(box._sock, proto.transport.socket)
+        self.assertEqual(box._fdno, proto.transport.fileno())

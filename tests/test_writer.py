@@ -21,8 +21,8 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from odin_ws.writer import (Chunk, Fanout, Outbox, WriteStats, WriteStatsCollector, held,
-                            text_frame)
+from odin_ws.writer import (Chunk, Fanout, Outbox, OutboxHolder, WriteStats, WriteStatsCollector,
+                            held, text_frame)
 
 OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -63,7 +63,7 @@ def events_in(data: bytes) -> list[tuple[str, int]]:
     return out
 
 
-class FakeProtocol:
+class FakeProtocol(OutboxHolder):
     """What an Outbox uses of an Autobahn protocol: its transport and state."""
 
     def __init__(self, transport):
@@ -214,10 +214,11 @@ UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Up
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
-def handshaken_protocol() -> tuple[WebSocketServerProtocol, StringTransport]:
+def handshaken_protocol(cls=WebSocketServerProtocol) -> tuple[WebSocketServerProtocol,
+                                                             StringTransport]:
     """A real Autobahn server protocol, opened over a StringTransport, no timers."""
     factory = WebSocketServerFactory()
-    factory.protocol = WebSocketServerProtocol
+    factory.protocol = cls
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
                                autoPingInterval=0)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
