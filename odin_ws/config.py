@@ -156,6 +156,10 @@ SCHEMA: tuple[Option, ...] = (
     _opt("outbound.max_buffer_bytes", int, 262144, "Outbound bytes a connection may "
          "have waiting (kernel-refused plus queued); past it the slow-client "
          "policy applies.", minimum=1024, live=True),
+    _opt("outbound.kernel_unsent_bytes", int, 65536, "Unsent bytes the kernel may queue "
+         "per client socket (TCP_NOTSENT_LOWAT) before odinws's own buffer and policy "
+         "take over; 0 leaves the kernel's default (up to net.ipv4.tcp_wmem's maximum, "
+         "4 MiB, per stalled client). Applies to new connections.", minimum=0, live=True),
     _opt("outbound.policy", dict, {"default": "drop", "price": "conflate",
                                    "liquidity": "conflate"},
          "Slow-client policy per event type ('default' for the rest): drop, "

@@ -27,7 +27,7 @@ from odin_ws.kafka import KafkaIngest
 from odin_ws.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
 from odin_ws.records import RecordMapper
 from odin_ws.subscriptions import SubscriptionIndex
-from odin_ws.writer import Fanout, WriteStats, WriteStatsCollector, text_frame
+from odin_ws.writer import Fanout, WriteStats, WriteStatsCollector, limit_unsent, text_frame
 
 
 class ShardControl(amp.AMP):
@@ -201,6 +201,7 @@ class Shard(service.MultiService):
         self.log.info("shard {n} reloaded: {keys}", n=self.number, keys=", ".join(live) or "no changes")
 
     def connection_made(self, proto: ClientProtocol) -> None:
+        limit_unsent(proto.transport, self.config["outbound.kernel_unsent_bytes"])
         self.clients.add(proto)
         metrics.CONNECTIONS.set(len(self.clients))
 

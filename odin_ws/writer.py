@@ -35,6 +35,7 @@ drops them, keeps the latest per channel, or closes the connection.
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import Any, Callable, Iterable
 
@@ -53,6 +54,7 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 # A closed Outbox has no room at all, so every push takes the slow path,
 # which ignores it: the hot loop needs no separate "closed" test.
 _CLOSED_ROOM = -(1 << 62)
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)   # Linux
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
 
@@ -163,6 +165,26 @@ def _producer_of(transport: Any) -> Any:
         # its .producer would be the TCP transport's: the membrane).
         return getattr(membrane, "_producer", None)
     return getattr(transport, "producer", None)
+
+
+def limit_unsent(transport: Any, nbytes: int) -> bool:
+    """
+    Let the kernel queue at most about C{nbytes} unsent bytes on the TCP
+    socket under C{transport} (TCP_NOTSENT_LOWAT; 0 = leave the default).
+    Without it, send buffer autotuning lets a stalled client's socket take
+    up to net.ipv4.tcp_wmem's maximum (4 MiB) before a send is refused and
+    the Outbox's limit and policy ever apply. Bytes in flight to a reading
+    client are not limited, so throughput to distant clients is kept. False
+    if the transport has no TCP socket.
+    """
+    if nbytes <= 0:
+        return False
+    try:
+        sock = transport.getHandle()
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, nbytes)
+    except (AttributeError, OSError):
+        return False    # not TCP (tests, Unix sockets)
+    return True
 
 
 class OutboxHolder:

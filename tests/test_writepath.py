@@ -364,6 +364,12 @@ class NoDelayTests(TestCase):
         self.assertIsInstance(proto.transport, tcp.Server)
         self.assertEqual(self.nodelay(proto.transport), 1)
 
+    def test_clientConnectionsLimitUnsent(self):
+        """The shard applies outbound.kernel_unsent_bytes to its client sockets."""
+        proto = self.connected()
+        sock = proto.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT), 65536)
+
     def test_tlsClientConnectionsHaveNoDelay(self):
         from odin_ws import tls as tlsmod
         cert = FilePath(twisted.test.__file__).sibling("server.pem")

@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from odin_ws.writer import (Chunk, Fanout, Outbox, OutboxHolder, WriteStats, WriteStatsCollector,
-                            held, text_frame)
+                            held, limit_unsent, text_frame)
 
 OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -622,6 +622,51 @@ class RealSocketTests(TestCase):
         self.assertEqual(box.queued(), 0)
         with self.assertRaises(BlockingIOError):
             client.sock.recv(100)
+
+
+    def stall(self, unsent: int) -> tuple[Outbox, Sink]:
+        """An outbox (drop, 64 KiB) on a client that never reads; 2 MB pushed at it."""
+        sink, client = self.pair(rcvbuf=4096)
+        if unsent:
+            self.assertTrue(limit_unsent(sink.transport, unsent))
+        box = self.outbox(sink, limit=65536)
+        n = 0
+        for _ in range(400):
+            for _ in range(10):
+                self.fanout.publish(event("a", n, pad=500), "a", "trade", [box])
+                n += 1
+            self.fanout.flush()
+        return box, sink
+
+    def test_kernelUnsentBytesBounded(self):
+        """
+        With limit_unsent, the kernel takes little from a client that does not
+        read, so the Outbox's limit and policy apply: memory for it stays
+        bounded and the excess is dropped and counted.
+        """
+        box, sink = self.stall(16384)
+        kernel = self.stats.bytes_out - held(sink.transport)
+        self.assertLess(kernel, 128 * 1024)
+        self.assertLessEqual(box.buffered(), 65536)
+        self.assertGreater(self.stats.dropped["drop"], 3000)
+
+    def test_kernelTakesAStalledClientsBacklogByDefault(self):
+        """
+        Why limit_unsent exists: left to its default, the kernel queues
+        megabytes for the same client and nothing is ever dropped.
+        """
+        self.stall(0)
+        self.assertGreater(self.stats.bytes_out, 1 << 20)
+        self.assertEqual(self.stats.dropped["drop"], 0)
+
+    def test_limitUnsentOnlyOnTCP(self):
+        """Transports without a TCP socket are left alone."""
+        self.assertFalse(limit_unsent(StringTransport(), 16384))
+        sink, _ = self.pair()
+        self.assertFalse(limit_unsent(sink.transport, 0))
+        sock = sink.transport.socket
+        self.assertTrue(limit_unsent(sink.transport, 32768))
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT), 32768)
 
 
 class PolicyTests(SynchronousTestCase):
