@@ -131,6 +131,15 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _handling(counters: dict | None) -> str:
+    """odinws's slow-client counters after the scenario, in words."""
+    if not counters:
+        return "–"
+    return (f"{counters['dropped']:,.0f} frames dropped, {counters['conflated']:,.0f} conflated, "
+            f"{counters['slow_disconnects']:,.0f} disconnected; largest backlog "
+            f"{counters['high_water'] / 1024:,.0f} KiB")
+
+
 def slow_numbers(s: dict) -> tuple[float, float]:
     """Others' rate drop (median window vs offered) and RSS growth first->last window."""
     ratios = [w["per_conn_ratio"] for w in s["series"][1:]] or [0.0]
@@ -168,14 +177,16 @@ def render(results: dict) -> str:
     if results["slow"]:
         out += ["", "Slow clients (every 10th connection stops reading after subscribing):", "",
                 "| server | conns (stalled) | events/s | others' rate (median, of offered) "
-                "| RSS first → last window | p99 (last window) | closed by server |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+                "| RSS first → last window | p99 (last window) | closed by server "
+                "| server's own slow-client handling |",
+                "|---|---:|---:|---:|---:|---:|---:|---|"]
         for s in results["slow"]:
             drop, growth = slow_numbers(s)
             first, last = s["series"][0], s["series"][-1]
             out.append(f"| {s['server']} | {s['conns']:,} ({s['slow']}) | {s['rate']:.0f} | "
                        f"{1 - drop:.1%} | {first['rss'] / 2**20:.0f} → {last['rss'] / 2**20:.0f} "
-                       f"MiB | {_ms(last['p99_ms'])} ms | {last['closed']} |")
+                       f"MiB | {_ms(last['p99_ms'])} ms | {last['closed']} | "
+                       f"{_handling(s.get('counters'))} |")
     rows = targets(results)
     if rows:
         out += ["", "Targets of the issue (odinws):", "", "| target | measured | |",

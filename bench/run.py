@@ -237,8 +237,11 @@ def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) ->
                 f"({per_conn / rate:.1%} of offered) RSS {st['rss'] / 2**20:7.1f} MiB "
                 f"p99 {st['p99_ms']:.1f} ms closed {st['closed']}")
         inst.drain()
+        # odinws: what its slow-client policy did (the peers expose no such counters)
+        counters = server.counters() if hasattr(server, "counters") else None
         return {"server": name, "conns": conns, "slow": conns // 10, "rate": rate,
-                "offered_fps": rate * inst.fast, "rss_idle": idle["rss_idle"], "series": series}
+                "offered_fps": rate * inst.fast, "rss_idle": idle["rss_idle"], "series": series,
+                "counters": counters}
     finally:
         inst.close()
 

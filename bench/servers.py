@@ -277,6 +277,31 @@ class Odinws(Server):
         except (OSError, ValueError):
             return None
 
+    def counters(self) -> dict:
+        """
+        The slow-client counters of /metrics, summed over shards and labels:
+        frames dropped, conflated, slow disconnects, and the largest backlog
+        one connection had (bytes, Twisted's buffer plus the Outbox).
+        """
+        names = {"odinws_events_dropped_total": "dropped",
+                 "odinws_events_conflated_total": "conflated",
+                 "odinws_slow_disconnects_total": "slow_disconnects",
+                 "odinws_outbound_buffer_high_water_bytes": "high_water"}
+        out = dict.fromkeys(names.values(), 0.0)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return out
+        for line in text.splitlines():
+            name, _, value = line.partition("{") if "{" in line else line.partition(" ")
+            key = names.get(name.strip())
+            if key is None or line.startswith("#"):
+                continue
+            v = float(line.rsplit(" ", 1)[1])
+            out[key] = max(out[key], v) if key == "high_water" else out[key] + v
+        return out
+
     def data_pids(self) -> list[int]:
         from procs import children
         return children(self.procs[0].pid)[:1]
