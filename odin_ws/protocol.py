@@ -11,11 +11,12 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
 from odin_ws import auth, messages, metrics
+from odin_ws.footprint import LeanServerProtocol
 from odin_ws.logs import audit
 from odin_ws.ratelimit import TokenBucket
 from odin_ws.writer import Outbox, OutboxHolder
@@ -30,22 +31,30 @@ CLOSE_POLICY = 1008
 CLOSE_TOKEN_EXPIRED = 4001
 
 
-class ClientProtocol(OutboxHolder, WebSocketServerProtocol):
+class ClientProtocol(OutboxHolder, LeanServerProtocol):
     """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
 
     log = Logger()
     factory: "ClientFactory"
-    outbox: Outbox | None = None
-    adopted_at: float = 0.0
-    bucket: TokenBucket | None = None
-    strikes: float = 0.0
-    strike_stamp: float = 0.0
-    ever_subscribed = False
-    _idle_call = None
-    _expiry_call = None
-    grant: auth.Grant = auth.OPEN
-    client_ip: str = ""
-    ip_counted = False
+    outbox: Outbox | None
+    # In slots like Autobahn's state (odin_ws/footprint.py): every
+    # connection carries them. OutboxHolder's two attributes included.
+    __slots__ = ("outbox", "_ws_state", "adopted_at", "bucket", "strikes", "strike_stamp",
+                 "ever_subscribed", "_idle_call", "_expiry_call", "grant", "client_ip",
+                 "ip_counted")
+
+    def __init__(self):
+        super().__init__()
+        self.adopted_at = 0.0
+        self.bucket: TokenBucket | None = None
+        self.strikes = 0.0
+        self.strike_stamp = 0.0
+        self.ever_subscribed = False
+        self._idle_call = None
+        self._expiry_call = None
+        self.grant: auth.Grant = auth.OPEN
+        self.client_ip = ""
+        self.ip_counted = False
 
     def connectionMade(self):
         # Adoption: the parent's head bytes are replayed right after this.
