@@ -7,11 +7,41 @@ then the test.
 
 from __future__ import annotations
 
+import inspect
+import re
+
 from autobahn.twisted.websocket import WebSocketServerProtocol
 
+from odin_ws import footprint
 from odin_ws.footprint import LeanServerProtocol
 from odin_ws.protocol import ClientProtocol
 from tests.test_protocol import Client, ShardTestCase, client_frame, text
+
+#: Where Autobahn's server code reads the state LeanServerProtocol drops,
+#: and the condition each reader runs under (see odin_ws/footprint.py).
+READERS = {
+    # handshake: processHandshake and succeedHandshake, both before _onOpen
+    **{name: {"WebSocketServerProtocol.processHandshake"} for name in footprint.HANDSHAKE_ATTRS},
+    "websocket_protocols": {"WebSocketServerProtocol.processHandshake",
+                            "WebSocketServerProtocol.succeedHandshake"},
+    "websocket_extensions": {"WebSocketServerProtocol.processHandshake",
+                             "WebSocketServerProtocol.succeedHandshake"},
+    "_wskey": {"WebSocketServerProtocol.processHandshake",
+               "WebSocketServerProtocol.succeedHandshake"},
+    "http_response_data": {"WebSocketServerProtocol.succeedHandshake"},
+    # set at connect, read by _onOpen (before it is dropped) and the property
+    "_transport_details": {"WebSocketProtocol.__init__", "WebSocketProtocol.transport_details",
+                           "WebSocketAdapterProtocol.connectionMade",
+                           "WebSocketAdapterProtocol._onOpen"},
+    # writes go through sendData, which makes the queue when one is needed
+    "send_queue": {"WebSocketProtocol._connectionMade", "WebSocketProtocol._send",
+                   "WebSocketProtocol.sendData"},
+    # inside a frame only (processData's "current_frame is not None" branch)
+    "current_frame_masker": {"WebSocketProtocol.processData"},
+    # set at a text message's first frame, read until its last
+    "utf8validateLast": {"WebSocketProtocol.onFrameBegin", "WebSocketProtocol.onFrameData",
+                         "WebSocketProtocol.onFrameEnd"},
+}
 
 
 class SlotTests(ShardTestCase):
@@ -88,3 +118,76 @@ class SlotDefaultTests(ShardTestCase):
         missing = [name for name in WebSocketServerProtocol.CONFIG_ATTRS
                    if name not in LeanServerProtocol.__slots__]
         self.assertEqual(missing, [])
+
+
+class DroppedStateTests(ShardTestCase):
+    """State only the handshake (or one frame) reads is gone once it is done."""
+
+    settings = {"keepalive.idle_timeout": 0, "keepalive.ping_interval": 0}
+
+    def test_handshake_state_dropped_at_open(self):
+        """
+        An open connection keeps no request, headers, response or transport
+        details; Autobahn's results it reads later stay.
+        """
+        client = self.connect()
+        proto = client.proto
+        self.assertEqual([n for n in footprint.HANDSHAKE_ATTRS if hasattr(proto, n)], [])
+        self.assertIsNone(proto.transport_details)
+        self.assertEqual((proto.websocket_version, proto.websocket_protocol_in_use,
+                          proto.websocket_extensions_in_use), (13, None, []))
+        self.assertEqual(proto.peer, f"tcp4:{client.peer.host}:{client.peer.port}")
+
+    def test_no_write_queue_until_a_chopped_write(self):
+        """
+        An open connection has no queue for chopped writes; a synchronous or
+        chopped write still goes out, in order, after what was sent before.
+        """
+        client = self.connect()
+        proto = client.proto
+        self.assertEqual(proto.send_queue, ())
+        proto.sendMessage(b'"a"')
+        proto.sendMessage(b'"b"', sync=True)
+        proto.sendData(b"\x81\x03\"c\"", chopsize=2)
+        proto.sendMessage(b'"d"')
+        for _ in range(5):  # Autobahn sends one queued piece per reactor turn
+            self.advance(0.001)
+        self.assertEqual(client.frames(), [(1, b'"a"'), (1, b'"b"'), (1, b'"c"'), (1, b'"d"')])
+
+    def test_frame_state_dropped_after_frame(self):
+        """
+        After a complete message the frame's unmasker and the UTF-8 verdict
+        are gone; a frame split across reads and a fragmented message still
+        decode (the unmasker and verdict live while they are needed).
+        """
+        client = self.connect()
+        proto = client.proto
+        whole = client_frame(1, b'{"type":"ping","id":1}')
+        client.send(whole[:9])
+        self.assertIsNotNone(proto.current_frame_masker)
+        client.send(whole[9:])
+        self.assertEqual((proto.current_frame_masker, proto.utf8validateLast), (None, None))
+        client.send(client_frame(1, b'{"type":"pi', fin=False))
+        self.assertIsNotNone(proto.utf8validateLast)
+        client.send(client_frame(9, b"hi") + client_frame(0, b'ng","id":2}'))
+        self.assertEqual(client.frames(), [(1, b'{"type":"pong","id":1}'), (10, b"hi"), (1, b'{"type":"pong","id":2}')])
+        self.assertEqual((proto.current_frame_masker, proto.utf8validateLast), (None, None))
+
+    def test_autobahn_readers_of_dropped_state(self):
+        """
+        Autobahn's server code reads the state LeanServerProtocol drops only
+        where odin_ws/footprint.py says (guards an Autobahn upgrade).
+        """
+        found: dict[str, set[str]] = {}
+        for klass in ClientProtocol.__mro__:
+            if not klass.__module__.startswith("autobahn."):
+                continue
+            for attr, fn in vars(klass).items():
+                fn = fn.fget if isinstance(fn, property) else fn
+                if not inspect.isfunction(fn):
+                    continue
+                source = inspect.getsource(fn)
+                for name in READERS:
+                    if re.search(rf"\bself\.{re.escape(name)}\b", source):
+                        found.setdefault(name, set()).add(f"{klass.__name__}.{attr}")
+        self.assertEqual(found, READERS)
