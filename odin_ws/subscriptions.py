@@ -30,6 +30,11 @@ Pattern = tuple[str, str]
 # What match() returns when nothing matches: shared, immutable.
 _NOTHING: Collection = frozenset()
 
+# A subscriber's patterns are a tuple while there are at most this many (one
+# pattern: 48 bytes; a set is 216 bytes however few it holds), a set past it,
+# where membership tests must not grow with the count.
+_FEW = 8
+
 
 class PatternBucket(dict):
     """
@@ -68,7 +73,7 @@ class SubscriptionIndex:
         self._by_token: dict[str, PatternBucket] = {}
         self._by_type: dict[str, PatternBucket] = {}
         self._all: PatternBucket | None = None
-        self._patterns: dict[Subscriber, set[Pattern]] = {}
+        self._patterns: dict[Subscriber, tuple[Pattern, ...] | set[Pattern]] = {}
         self._total = 0
 
     # -- lookups of one bucket by pattern shape
@@ -114,25 +119,34 @@ class SubscriptionIndex:
         Subscribe C{subscriber} to the pattern (segments already validated,
         see L{odin_ws.channels.parse_pattern}). False if it already held it.
         """
-        held = self._patterns.get(subscriber)
-        if held is None:
-            held = self._patterns[subscriber] = set()
-        elif (token, event_type) in held:
+        pattern = (token, event_type)
+        held = self._patterns.get(subscriber, ())
+        if pattern in held:
             return False
         bucket = self._bucket(token, event_type)
         if bucket is None:
             bucket = self._new_bucket(token, event_type)
         bucket[subscriber] = None
-        held.add((token, event_type))
+        if type(held) is tuple:
+            held += (pattern,)
+            self._patterns[subscriber] = held if len(held) <= _FEW else set(held)
+        else:
+            held.add(pattern)
         self._total += 1
         return True
 
     def remove(self, subscriber: Subscriber, token: str, event_type: str) -> bool:
         """Drop one pattern of C{subscriber}. False if it did not hold it."""
-        held = self._patterns.get(subscriber)
-        if held is None or (token, event_type) not in held:
+        pattern = (token, event_type)
+        held = self._patterns.get(subscriber, ())
+        if pattern not in held:
             return False
-        held.discard((token, event_type))
+        if type(held) is tuple:
+            held = tuple(p for p in held if p != pattern)
+            if held:
+                self._patterns[subscriber] = held
+        else:
+            held.discard(pattern)
         if not held:
             del self._patterns[subscriber]
         self._unlink(subscriber, token, event_type)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws import footprint
 from odin_ws.footprint import LeanServerProtocol
 from odin_ws.protocol import ClientProtocol
+from odin_ws.subscriptions import SubscriptionIndex
 from tests.test_protocol import Client, ShardTestCase, client_frame, text
 
 #: Where Autobahn's server code reads the state LeanServerProtocol drops,
@@ -191,3 +194,43 @@ class DroppedStateTests(ShardTestCase):
                     if re.search(rf"\bself\.{re.escape(name)}\b", source):
                         found.setdefault(name, set()).add(f"{klass.__name__}.{attr}")
         self.assertEqual(found, READERS)
+
+
+class SubscriberPatternsTests(SynchronousTestCase):
+    """The index's record of a subscriber's patterns is small while they are few."""
+
+    def test_one_pattern_costs_a_small_tuple(self):
+        """A subscriber with one pattern costs a 1-tuple (48 bytes), not a set (216)."""
+        index = SubscriptionIndex()
+        index.add("s", "*", "*")
+        self.assertLess(sys.getsizeof(index._patterns["s"]), sys.getsizeof(set()) // 3)
+
+    def test_many_patterns_then_few(self):
+        """
+        Past a few patterns a subscriber's record becomes a set; adding,
+        removing, counting and matching give the same answers either side.
+        """
+        index = SubscriptionIndex()
+        tokens = [f"T{i}" for i in range(20)]
+        for t in tokens:
+            self.assertTrue(index.add("s", t, "trade"))
+            self.assertFalse(index.add("s", t, "trade"))
+        index.add("other", "T3", "trade")
+        self.assertEqual((index.count("s"), index.total), (20, 21))
+        for t in tokens[:17]:
+            self.assertTrue(index.remove("s", t, "trade"))
+            self.assertFalse(index.remove("s", t, "trade"))
+        self.assertEqual(index.patterns_of("s"), {(t, "trade") for t in tokens[17:]})
+        self.assertTrue(index.holds("s", "T19", "trade"))
+        self.assertFalse(index.holds("s", "T3", "trade"))
+        self.assertEqual(set(index.match("T3", "trade")), {"other"})
+        self.assertEqual(index.remove_all("s"), 3)
+        small = SubscriptionIndex()
+        for t in tokens[:3]:
+            small.add("s", t, "trade")
+        self.assertTrue(small.remove("s", "T1", "trade"))
+        self.assertEqual((small.patterns_of("s"), small.count("s")),
+                         ({("T0", "trade"), ("T2", "trade")}, 2))
+        self.assertEqual(small.remove_all("s"), 2)
+        self.assertEqual((len(index), index.subscribers, index.total), (1, 1, 1))
+        self.assertEqual((len(small), small.subscribers, small.total), (0, 0, 0))
