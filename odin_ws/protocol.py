@@ -243,7 +243,13 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             return
         for _, token, etype in new:
             index.add(self.outbox, token, etype)
-        self.ever_subscribed = True
+        if not self.ever_subscribed:
+            self.ever_subscribed = True
+            # The idle close is for connections that never subscribe: its
+            # timer (~0.3 KB) need not wait out its delay.
+            call, self._idle_call = self._idle_call, None
+            if call is not None and call.active():
+                call.cancel()
         shard.subscriptions_changed()
         self.sendMessage(messages.ack("subscribed", [c[0] for c in msg.channels], msg.id))
 

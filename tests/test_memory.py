@@ -234,3 +234,22 @@ class SubscriberPatternsTests(SynchronousTestCase):
         self.assertEqual(small.remove_all("s"), 2)
         self.assertEqual((len(index), index.subscribers, index.total), (1, 1, 1))
         self.assertEqual((len(small), small.subscribers, small.total), (0, 0, 0))
+
+
+class IdleTimerTests(ShardTestCase):
+    settings = {"keepalive.ping_interval": 0}
+
+    def test_subscribing_cancels_the_idle_timer(self):
+        """
+        The first subscription cancels the connection's idle-close timer
+        (the idle close only concerns connections that never subscribe);
+        one that has not subscribed keeps it.
+        """
+        idle, busy = self.connect(), self.connect("10.0.0.2")
+        timer = busy.proto._idle_call
+        self.assertTrue(timer.active())
+        self.subscribe(busy, "odin.token.T1.trade")
+        self.assertFalse(timer.active())
+        self.assertNotIn(timer, self.clock.getDelayedCalls())
+        self.assertIsNone(busy.proto._idle_call)
+        self.assertIn(idle.proto._idle_call, self.clock.getDelayedCalls())
