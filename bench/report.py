@@ -116,6 +116,15 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         rows.append(("p99 ≤ 20 ms at half max rate (worst odinws cell)",
                      f"{_ms(worst['half']['p99_ms'])} ms ({worst['conns']} {worst['mode']})",
                      verdict(worst["half"]["p99_ms"] <= 20)))
+        # Per cell, next to bare CPython's: writing one event to N sockets one
+        # after the other takes N sends, whoever does it.
+        for c in sorted(odin, key=lambda c: (c["conns"], c["mode"])):
+            r = _cell(results, "cpython-raw", c["conns"], c["mode"])
+            raw = (f"; cpython-raw {_ms(r['half']['p99_ms'])} ms"
+                   if r and r.get("merged_from") == c.get("merged_from") else "")
+            rows.append((f"p99 ≤ 20 ms at half max, {c['conns'] // 1000}k {c['mode']}",
+                         f"{_ms(c['half']['p99_ms'])} ms{raw}",
+                         verdict(c["half"]["p99_ms"] <= 20)))
         big = [c for c in odin if c["conns"] >= 5000] or odin
         per = max(c["rss_per_conn"] for c in big)
         rows.append(("≤ 10 KB RSS per idle connection", f"{per / 1000:.1f} KB",
