@@ -574,22 +574,8 @@ class Fanout:
                 outboxes: Iterable[Outbox]) -> None:
         """Queue one frame (of C{channel}, C{event_type}) on every outbox."""
         size = len(frame)
-        pair = (frame, channel)
-        dirty = self._dirty
-        mark = dirty.append
-        # Outbox.push inlined: this loop runs once per subscriber per event.
-        for box in outboxes:
-            room = box.room - size
-            if room < 0:
-                box._over(frame, channel, event_type, size)
-                continue
-            box.room = room
-            queue = box.queue
-            if not queue:
-                mark(box)
-            queue += pair
-        if dirty:
-            self._soon()
+        self._spread((frame, channel), size, outboxes,
+                     lambda box: box._over(frame, channel, event_type, size))
 
     def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox]) -> None:
         """
@@ -604,14 +590,21 @@ class Fanout:
             return
         chunk = b"".join([item[0] for item in items])
         tag = Chunk(items)
-        size = len(chunk)
-        pair = (chunk, tag)
+        self._spread((chunk, tag), len(chunk), outboxes, lambda box: box._push_parts(tag))
+
+    def _spread(self, pair: tuple, size: int, outboxes: Iterable[Outbox],
+                over: Callable[[Outbox], None]) -> None:
+        """
+        Append the queue entry C{pair} (C{size} bytes) to every outbox with
+        room for it; C{over(box)} for the others. Outbox.push inlined: this
+        loop runs once per subscriber per event or run.
+        """
         dirty = self._dirty
         mark = dirty.append
         for box in outboxes:
             room = box.room - size
             if room < 0:
-                box._push_parts(tag)
+                over(box)
                 continue
             box.room = room
             queue = box.queue
