@@ -623,7 +623,6 @@ class RealSocketTests(TestCase):
         with self.assertRaises(BlockingIOError):
             client.sock.recv(100)
 
-
     def stall(self, unsent: int) -> tuple[Outbox, Sink]:
         """An outbox (drop, 64 KiB) on a client that never reads; 2 MB pushed at it."""
         sink, client = self.pair(rcvbuf=4096)
@@ -693,14 +692,21 @@ class PolicyTests(SynchronousTestCase):
         published = []
         n = start
         for _ in range(turns):
+            turn = []
             for _ in range(per_turn):
                 channel = channels[n % len(channels)]
-                self.fanout.publish(event(channel, n), channel, "t", [box] + self.healthy)
+                turn.append((event(channel, n), channel, "t"))
                 published.append((channel, n))
                 n += 1
+            self.send_turn(turn, [box] + self.healthy)
             self.fanout.flush()
             self.assertLessEqual(box.buffered(), limit + self.frame_size)
         return published
+
+    def send_turn(self, turn: list, outboxes: list) -> None:
+        """One turn's events, each (frame, channel, event_type), published one by one."""
+        for frame, channel, event_type in turn:
+            self.fanout.publish(frame, channel, event_type, outboxes)
 
     def assertHealthyGot(self, published):
         for box in self.healthy:
@@ -837,21 +843,8 @@ class PolicyTests(SynchronousTestCase):
 class RunPolicyTests(PolicyTests):
     """The policies when events come as runs (publish_run), as the shard sends them."""
 
-    def run_turns(self, box: Outbox, turns: int, channels=("a",), per_turn: int = 10,
-                  limit: int = 1000, start: int = 0) -> list[tuple[str, int]]:
-        published = []
-        n = start
-        for _ in range(turns):
-            run = []
-            for _ in range(per_turn):
-                channel = channels[n % len(channels)]
-                run.append((event(channel, n), channel, "t"))
-                published.append((channel, n))
-                n += 1
-            self.fanout.publish_run(run, [box] + self.healthy)
-            self.fanout.flush()
-            self.assertLessEqual(box.buffered(), limit + self.frame_size)
-        return published
+    def send_turn(self, turn: list, outboxes: list) -> None:
+        self.fanout.publish_run(turn, outboxes)
 
     def test_runWithoutRoomTakenFrameByFrame(self):
         """
