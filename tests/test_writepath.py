@@ -65,8 +65,8 @@ class PinnedVersionTests(SynchronousTestCase):
                              "test_writepath.py against it and update the pin")
 
 
-class TCPTransportTests(TestCase):
-    """A real adopted TCP connection: the attributes the direct path reads."""
+class AdoptedConnectionCase(TestCase):
+    """Tests on a real adopted TCP connection (C{self.transport}) and its client."""
 
     def setUp(self):
         from twisted.internet import reactor
@@ -79,6 +79,10 @@ class TCPTransportTests(TestCase):
             self.transport.abortConnection()
             return self.sink.lost
         self.addCleanup(cleanup)
+
+
+class TCPTransportTests(AdoptedConnectionCase):
+    """A real adopted TCP connection: the attributes the direct path reads."""
 
     def test_classAndAttributes(self):
         """An adopted stream socket is a tcp.Server (a FileDescriptor) with the buffer
@@ -132,7 +136,7 @@ class TCPTransportTests(TestCase):
         self.assertFalse(hasattr(self.transport, "socket"))
 
 
-class WritesSetTests(TestCase):
+class WritesSetTests(AdoptedConnectionCase):
     """
     Fanout.flush's inline path sends straight to the socket only while the
     connection's fd is not in the reactor's C{_writes} set: Twisted holds
@@ -140,17 +144,8 @@ class WritesSetTests(TestCase):
     """
 
     def setUp(self):
-        from twisted.internet import reactor
-        self.reactor = reactor
-        self.sink, self.client = tcp_pair(reactor)
-        self.t = self.sink.transport
-        self.fd = self.t.fileno()
-
-        def cleanup():
-            self.client.sock.close()
-            self.t.abortConnection()
-            return self.sink.lost
-        self.addCleanup(cleanup)
+        super().setUp()
+        self.fd = self.transport.fileno()
 
     def test_reactorHasTheSet(self):
         """The reactor the shard runs (epoll here) keeps its writers' fds in a set."""
@@ -161,16 +156,16 @@ class WritesSetTests(TestCase):
     @inlineCallbacks
     def test_heldBytesMeanRegisteredForWriting(self):
         """A buffered write puts the fd in the set; once doWrite sent it all, it leaves."""
-        self.t.write(b"abc")
+        self.transport.write(b"abc")
         self.assertIn(self.fd, self.reactor._writes)
         yield self.client.read(3)
-        self.assertEqual(held(self.t), 0)
+        self.assertEqual(held(self.transport), 0)
         self.assertNotIn(self.fd, self.reactor._writes)
 
     def test_loseConnectionRegistersForWriting(self):
         """A closing connection stays in the set until it is lost."""
-        self.t.loseConnection()
-        self.assertTrue(self.t.disconnecting)
+        self.transport.loseConnection()
+        self.assertTrue(self.transport.disconnecting)
         self.assertIn(self.fd, self.reactor._writes)
 
     def test_abortLeavesTheSet(self):
@@ -178,9 +173,9 @@ class WritesSetTests(TestCase):
         abortConnection takes the fd out before the connection is lost (a
         reactor turn later): the shard closes its Outboxes before aborting.
         """
-        self.t.abortConnection()
+        self.transport.abortConnection()
         self.assertNotIn(self.fd, self.reactor._writes)
-        self.assertTrue(self.t.connected)
+        self.assertTrue(self.transport.connected)
 
 
 class HolderTests(SynchronousTestCase):
