@@ -12,11 +12,15 @@ so measured latency includes the whole Kafka path.
 from __future__ import annotations
 
 import json
+import os
 import select
 import sys
 import time
 
 from confluent_kafka import Producer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
+from events import Ticks, commands  # noqa: E402  (the peers' pacing and stdin commands)
 
 TOPIC = "odin.trades"
 
@@ -31,46 +35,39 @@ def value(seq: int, tok: int) -> bytes:
 def main() -> None:
     producer = Producer({"bootstrap.servers": sys.argv[1], "linger.ms": 0, "acks": 1,
                          "queue.buffering.max.messages": 1_000_000})
-    rate, batch, t0, sent, seq, produced, skipped = 0.0, 1, 0.0, 0, 0, 0, 0
+    ticks: Ticks | None = None
+    seq = produced = skipped = 0   # skipped: of earlier rates' Ticks
     print("ready", flush=True)
     buf = b""
     while True:
         wait = 0.2
-        if rate > 0:
-            due = int((time.monotonic() - t0) * rate / batch) + 1  # first at t0
-            if due - sent > rate / batch:  # more than 1 s behind: drop the backlog
-                skipped += (due - 1 - sent) * batch
-                sent = due - 1
-            if sent < due:
-                for _ in range(batch):
+        if ticks is not None:
+            if ticks.take(time.monotonic()):
+                for _ in range(ticks.batch):
                     tok = 1000 + seq % 16
                     producer.produce(TOPIC, key=str(tok).encode(), value=value(seq, tok))
                     seq += 1
-                produced += batch
-                sent += 1
+                produced += ticks.batch
             producer.poll(0)
-            wait = max(0.0, t0 + sent * batch / rate - time.monotonic())
+            wait = ticks.wait(time.monotonic())
         if select.select([sys.stdin], [], [], wait)[0]:
             chunk = sys.stdin.buffer.raw.read(4096)
             if not chunk:
                 break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                parts = line.split()
-                if not parts:
-                    continue
+            cmds, buf = commands(buf, chunk)
+            for parts in cmds:
                 if parts[0] == b"rate":
                     rate, batch = float(parts[1]), max(1, int(parts[2]))
-                    t0, sent = time.monotonic(), 0
+                    skipped += ticks.skipped if ticks else 0
+                    ticks = Ticks(rate, batch, time.monotonic()) if rate > 0 else None
                 elif parts[0] == b"stats":
-                    print(json.dumps({"produced": produced, "skipped": skipped,
+                    total = skipped + (ticks.skipped if ticks else 0)
+                    print(json.dumps({"produced": produced, "skipped": total,
                                       "queued": len(producer)}), flush=True)
                 elif parts[0] == b"q":
                     producer.flush(2)
                     return
     producer.flush(2)
-
 
 if __name__ == "__main__":
     main()

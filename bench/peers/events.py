@@ -1,7 +1,8 @@
 """
 What the Python peers publish and when: the benchmark's event JSON (the same
 text as bench/peers/node_ws.js sends; bench/kafka_feed.py's records are its
-"data" object) and the pacing of "rate R B" (R events/s in batches of B).
+"data" object), the pacing of "rate R B" (R events/s in batches of B) and
+the stdin command lines that set it. bench/kafka_feed.py uses them too.
 """
 
 import time
@@ -26,11 +27,13 @@ class Ticks:
 
     def __init__(self, rate: float, batch: int, t0: float):
         self.rate, self.batch, self.t0, self.sent = rate, batch, t0, 0
+        self.skipped = 0  # events of batches dropped as backlog
 
     def take(self, now: float) -> bool:
         """Whether a batch is due at C{now} (if so it counts as sent)."""
         due = int((now - self.t0) * self.rate / self.batch) + 1  # first at t0
         if due - self.sent > self.rate / self.batch:  # more than 1 s behind: drop the backlog
+            self.skipped += (due - 1 - self.sent) * self.batch
             self.sent = due - 1
         if self.sent < due:
             self.sent += 1
@@ -40,3 +43,10 @@ class Ticks:
     def wait(self, now: float) -> float:
         """Seconds until the next batch is due (0: already due, its own loop turn)."""
         return max(0.0, self.t0 + self.sent * self.batch / self.rate - now)
+
+
+def commands(buf: bytes, chunk: bytes) -> tuple[list[list[bytes]], bytes]:
+    """The complete, non-empty command lines in C{buf + chunk}, as words, and the rest."""
+    buf += chunk
+    lines = buf.split(b"\n")
+    return [words for words in (line.split() for line in lines[:-1]) if words], lines[-1]

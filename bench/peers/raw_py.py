@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 
-from events import Ticks, event
+from events import Ticks, commands, event
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_PENDING = 4 << 20
@@ -194,11 +194,9 @@ class RawServer:
                     chunk = sys.stdin.buffer.raw.read(4096)
                     if not chunk:
                         return
-                    line += chunk
-                    while b"\n" in line:
-                        cmd, line = line.split(b"\n", 1)
-                        parts = cmd.split()
-                        if parts and parts[0] == b"rate":
+                    cmds, line = commands(line, chunk)
+                    for parts in cmds:
+                        if parts[0] == b"rate":
                             rate, batch = float(parts[1]), max(1, int(parts[2]))
                             ticks = Ticks(rate, batch, time.monotonic()) if rate > 0 else None
                 else:
