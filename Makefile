@@ -15,7 +15,7 @@ $(STAMP): setup.cfg requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m odin_ws.demo
+	$(PY) -m odinws_tools.demo
 
 test: $(STAMP)
 	$(VENV)/bin/trial --jobs=2 tests
@@ -30,7 +30,7 @@ test-unit: $(STAMP)
 # odinws --shards 2, simulator); fails on any failed connection or lost event.
 # Report: artifacts/capacity/report.html (docs/performance.md, "Capacity").
 capacity: $(STAMP)
-	$(PY) -m odin_ws.capacity --report artifacts/capacity
+	$(PY) -m odinws_tools.capacity_run --report artifacts/capacity
 
 bench: $(STAMP)
 	sh bench/setup.sh

@@ -50,7 +50,7 @@ import logging
 
 from confluent_kafka import Producer
 
-from odin_ws.embedded_broker import EmbeddedBroker, free_port  # noqa: F401 (re-exported)
+from odinws_tools.embedded_broker import EmbeddedBroker, free_port  # noqa: F401 (re-exported)
 
 # librdkafka's connection-refused chatter while the broker starts or stops
 # would otherwise go to stderr.

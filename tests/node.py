@@ -17,8 +17,8 @@ import urllib.request
 
 import yaml
 
-from odin_ws.embedded_broker import free_port
-from odin_ws.tap import twistd_argv
+from odinws_tools.embedded_broker import free_port
+from odin_ws.common.launch import twistd_argv
 from websockets.sync.client import connect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Tests for L{odin_ws.auth}: token validation, key sources, channel claims."""
+"""Tests for L{odin_ws.shard.auth}: token validation, key sources, channel claims."""
 
 import base64
 import hashlib
@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.trial import unittest
 
-from odin_ws import auth, config
+from odin_ws.shard import auth
+from odin_ws.common import config
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 

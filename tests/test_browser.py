@@ -1,7 +1,7 @@
 """
 The demo page in a real browser: headless Debian Chromium driven by
 Playwright (C{playwright-core} from npm, C{tests/browser/}) against the
-demo stack of L{odin_ws.demo} (Tansu broker, odinws with 2 shards, the
+demo stack of L{odinws_tools.demo} (Tansu broker, odinws with 2 shards, the
 simulator). The screenshot goes to C{artifacts/demo.png}.
 """
 
@@ -16,8 +16,8 @@ import time
 
 from twisted.trial import unittest
 
-from odin_ws.demo import DemoStack
-from odin_ws.embedded_broker import free_port
+from odinws_tools.demo import DemoStack
+from odinws_tools.embedded_broker import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")

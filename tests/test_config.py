@@ -1,12 +1,12 @@
-"""Tests for L{odin_ws.config}: schema, precedence, errors and the example file."""
+"""Tests for L{odin_ws.common.config}: schema, precedence, errors and the example file."""
 
 import os
 import subprocess
 
 from twisted.trial import unittest
 
-from odin_ws import config
-from odin_ws.tap import twistd_argv
+from odin_ws.common import config
+from odin_ws.common.launch import twistd_argv
 from tests.node import ROOT
 
 

@@ -1,6 +1,6 @@
 """
-Tests for L{odin_ws.demo}: its settings are valid odinws settings, and
-C{python -m odin_ws.demo} starts the stack, serves the page and leaves no
+Tests for L{odinws_tools.demo}: its settings are valid odinws settings, and
+C{python -m odinws_tools.demo} starts the stack, serves the page and leaves no
 process behind when interrupted.
 """
 
@@ -17,9 +17,9 @@ import urllib.request
 import yaml
 from twisted.trial import unittest
 
-from odin_ws import config as configmod
-from odin_ws.demo import demo_config
-from odin_ws.embedded_broker import free_port
+from odin_ws.common import config as configmod
+from odinws_tools.demo import demo_config
+from odinws_tools.embedded_broker import free_port
 from tests.node import pid_alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ class DemoProgramTests(unittest.TestCase):
     def start_demo(self, *args: str) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "odin_ws.demo", *args],
+            [sys.executable, "-m", "odinws_tools.demo", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, text=True)
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
@@ -87,7 +87,7 @@ class DemoProgramTests(unittest.TestCase):
 
     def test_runs_and_stops_cleanly(self):
         """
-        C{python -m odin_ws.demo} prints the page URL once everything is up;
+        C{python -m odinws_tools.demo} prints the page URL once everything is up;
         the page and /health answer; on SIGINT it exits 0 and every process
         it started (broker, odinws and its shards, simulator) is gone.
         """
@@ -134,7 +134,7 @@ class DemoProgramTests(unittest.TestCase):
             port = s.getsockname()[1]
             env = dict(os.environ,
                        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            result = subprocess.run([sys.executable, "-m", "odin_ws.demo", "--port", str(port)],
+            result = subprocess.run([sys.executable, "-m", "odinws_tools.demo", "--port", str(port)],
                                     capture_output=True, text=True, env=env, timeout=60)
         self.assertEqual(result.returncode, 2)
         self.assertIn(f"port {port} is in use", result.stdout)

@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.dispatcher}: routes, limits, placement and handoff,
+Tests for L{odin_ws.parent.dispatcher}: routes, limits, placement and handoff,
 driven with a MemoryReactorClock, StringTransports and fake shard handles.
 """
 
@@ -14,11 +14,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from odin_ws import config as configmod
-from odin_ws import dispatcher as dispatchmod
-from odin_ws import handoff, metrics
-from odin_ws.control import GetMetrics, Handoff, HandoffRefused
-from odin_ws.dispatcher import Dispatcher, place
+from odin_ws.common import config as configmod
+from odin_ws.parent import dispatcher as dispatchmod
+from odin_ws.common import handoff
+from odin_ws.common import metrics
+from odin_ws.common.commands import GetMetrics, Handoff, HandoffRefused
+from odin_ws.parent.admission import Admission
+from odin_ws.parent.dispatcher import Dispatcher, place
 from tests.test_handoff import Collector, RealSocketMixin
 
 UPGRADE = (b"GET /ws?token=t1 HTTP/1.1\r\nHost: node\r\nUpgrade: WebSocket\r\n"
@@ -376,8 +378,8 @@ class HandoffTests(DispatcherTestCase):
         self.assertRefused503(self.request(UPGRADE)[1], "node_full", before)
 
     def test_stop_accepting(self):
-        """After stopAccepting upgrades get 503 while /health and /metrics still answer."""
-        self.dispatcher.stopAccepting()
+        """After stop_accepting upgrades get 503 while /health and /metrics still answer."""
+        self.dispatcher.admission.stop_accepting()
         self.assertFalse(self.dispatcher.accepting)
         before = sample("odinws_rejected_connections_total", status="503", reason="draining")
         self.assertRefused503(self.request(UPGRADE)[1], "draining", before)
@@ -387,19 +389,31 @@ class HandoffTests(DispatcherTestCase):
         """Without a health callable, /health is 200 while a shard has room, 503 when draining."""
         d = self.make(health=None)
         self.assertEqual(self.response(self.request(get("/health"), d)[1]).status, 200)
-        d.stopAccepting()
+        d.admission.stop_accepting()
         r = self.response(self.request(get("/health"), d)[1])
         self.assertEqual(r.status, 503)
         self.assertEqual(len(json.loads(r.body)["shards"]), 3)
 
-    def test_gate(self):
-        """A gate refusing the client's IP answers its status (429 with Retry-After)."""
+    def test_admission_refusal(self):
+        """An admission refusing the client's IP answers its status (429 with Retry-After)."""
         seen = []
-        d = self.make(gate=lambda ip: seen.append(ip) or (429, "rate"))
+        d = self.make(admission=RefusingAdmission(seen, (429, "rate")))
         r = self.response(self.request(UPGRADE, d)[1])
         self.assertEqual((r.status, seen), (429, ["10.0.0.1"]))
         self.assertIn("retry-after", r.headers)
         self.assertEqual(self.shards[0].calls, [])
+
+
+class RefusingAdmission(Admission):
+    """Records the IPs it is asked about and refuses each with C{verdict}."""
+
+    def __init__(self, seen: list, verdict: tuple[int, str]):
+        super().__init__(lambda: 0.0)
+        self.seen, self.verdict = seen, verdict
+
+    def check(self, ip):
+        self.seen.append(ip)
+        return self.verdict
 
 
 class ModeTests(DispatcherTestCase):

@@ -21,7 +21,7 @@ from tests.test_integration import FAST_KAFKA
 
 CLIENTS = 200
 DRAIN_TIMEOUT = 6.0
-#: The reason odin_ws.shard.Shard.drain sends with 4000.
+#: The reason odin_ws.shard.service.Shard.drain sends with 4000.
 REASON = "server restarting, reconnect with jitter"
 
 

@@ -1,12 +1,12 @@
-"""Tests for L{odin_ws.exposition}: merging the parent's and the shards' metrics."""
+"""Tests for L{odin_ws.parent.exposition}: merging the parent's and the shards' metrics."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial import unittest
 
-from odin_ws import metrics
-from odin_ws.exposition import merge
+from odin_ws.common import metrics
+from odin_ws.parent.exposition import merge
 
 
 def _registry_text(shard_value: float, reason: str = "plain") -> bytes:

@@ -1,4 +1,4 @@
-"""Tests for L{odin_ws.guard}: cgroup budgets, sampling and the door."""
+"""Tests for L{odin_ws.parent.guard}: cgroup budgets, sampling and the door."""
 
 import os
 import resource
@@ -6,7 +6,7 @@ import resource
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from odin_ws import guard
+from odin_ws.parent import guard
 
 
 class FakeRoot:

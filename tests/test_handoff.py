@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.handoff}: real TCP sockets and real descriptor passing
+Tests for L{odin_ws.common.handoff}: real TCP sockets and real descriptor passing
 over AMP on a Unix socketpair, in one process and one real reactor.
 """
 
@@ -15,7 +15,8 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
 from twisted.trial import unittest
 
-from odin_ws import control, handoff
+from odin_ws.common import commands as control
+from odin_ws.common import handoff
 
 
 class Collector(protocol.Protocol):

@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.hub}.
+Tests for L{odin_ws.parent.hub}.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws import metrics
-from odin_ws.control import Deliver
-from odin_ws.events import Event, decode_batch, encode_batch
-from odin_ws.hub import Hub
+from odin_ws.common import metrics
+from odin_ws.common.commands import Deliver
+from odin_ws.common.events import Event, decode_batch, encode_batch
+from odin_ws.parent.hub import Hub
 
 
 def event(partition: int, offset: int, size: int = 8, topic: str = "odin.trades") -> Event:

@@ -1,5 +1,5 @@
 """
-Integration tests for L{odin_ws.kafka} against the real broker (Tansu, see
+Integration tests for L{odin_ws.shard.ingest} against the real broker (Tansu, see
 L{tests.broker}) with the real reactor.
 
 Consumer settings are the small ones Tansu needs for quick group joins
@@ -20,10 +20,10 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from odin_ws import metrics
-from odin_ws.config import Config, validate
-from odin_ws.kafka import KafkaIngest
-from odin_ws.records import RecordMapper
+from odin_ws.common import metrics
+from odin_ws.common.config import Config, validate
+from odin_ws.shard.ingest import KafkaIngest
+from odin_ws.shard.records import RecordMapper
 from tests.broker import TansuBroker, free_port, shared_broker
 
 TIMEOUT = 30.0
@@ -119,7 +119,7 @@ class KafkaIngestTests(TestCase):
         return wait_until(lambda: len(ingest.status()["assigned"]) == n, f"{n} partitions")
 
     def kafka_lines(self) -> list[dict]:
-        return [e for e in self.logged if e.get("log_namespace") == "odin_ws.kafka"]
+        return [e for e in self.logged if e.get("log_namespace") == "odin_ws.shard.ingest"]
 
     @inlineCallbacks
     def stop(self, ingest: KafkaIngest):

@@ -1,6 +1,7 @@
 """
 Tests for the limits at the parent's door: the dispatcher's real gate
-(L{odin_ws.tap.Gate}: the resource guard, then the per-IP connection rate)
+(L{odin_ws.parent.admission.Admission}: the resource guard, then the per-IP
+connection rate)
 and the counting of head refusals, on top of the fakes of
 tests/test_dispatcher.py (which covers the 408/431 statuses themselves).
 """
@@ -12,9 +13,9 @@ import os
 from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws import guard
-from odin_ws.tap import Gate
-from tests.test_dispatcher import UPGRADE, DispatcherTestCase, sample
+from odin_ws.parent import guard
+from odin_ws.parent.admission import Admission
+from tests.test_dispatcher import UPGRADE, DispatcherTestCase, RefusingAdmission, sample
 from tests.test_guard import FakeRoot
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -31,7 +32,9 @@ class GateTests(DispatcherTestCase):
                                  memory_threshold=self.config["guard.memory_threshold"],
                                  root=self.root.path)
         self.guard.sample()
-        self.gated = self.make(gate=Gate(self.reactor, self.config, self.guard))
+        self.gated = self.make(admission=Admission(
+            self.reactor.seconds, self.guard, (self.config["limits.connection_rate_per_ip"],
+                                               self.config["limits.connection_burst_per_ip"])))
         for shard in self.shards:
             shard.answer = lambda command, kw: {"connections": 1}
 
@@ -116,15 +119,13 @@ class ForwardedForGateTests(SynchronousTestCase):
         """X-Forwarded-For names the gate's IP only when the peer is in limits.trusted_proxies."""
         from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-        from odin_ws.config import Config, validate
-        from odin_ws.dispatcher import Dispatcher
+        from odin_ws.common.config import Config, validate
+        from odin_ws.parent.dispatcher import Dispatcher
         seen = []
         cfg = Config(validate({"limits.trusted_proxies": ["10.0.0.5"]}))
 
-        def gate(ip):
-            seen.append(ip)
-            return (429, "ip_rate")
-        d = Dispatcher(MemoryReactorClock(), cfg, lambda: [], gate=gate)
+        d = Dispatcher(MemoryReactorClock(), cfg, lambda: [],
+                       admission=RefusingAdmission(seen, (429, "ip_rate")))
         for peer in ("10.0.0.5", "10.0.0.6"):
             proto = d.buildProtocol(IPv4Address("TCP", peer, 4000))
             proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", peer, 4000)))

@@ -21,12 +21,12 @@ import uuid
 from confluent_kafka import Producer
 from twisted.trial import unittest
 
-from odin_ws import loadtest
-from odin_ws.loadclient import Conn, mask_frame
-from odin_ws.loadreport import histogram_chart, line_chart, verdict
-from odin_ws.loadstats import (Completeness, Histogram, SeqCheck, diff_series, evaluate,
+from odinws_tools.loadtest import run as loadtest
+from odinws_tools.loadtest.client import Conn, mask_frame
+from odinws_tools.loadtest.report import histogram_chart, line_chart, verdict
+from odinws_tools.loadtest.stats import (Completeness, Histogram, SeqCheck, diff_series, evaluate,
                                key_series, matches, missing_everywhere)
-from odin_ws.loadworker import WorkerSpec, patterns_for
+from odinws_tools.loadtest.worker import WorkerSpec, patterns_for
 from tests.broker import shared_broker
 from tests.node import Node, free_port
 
@@ -155,7 +155,7 @@ class _FakeTransport:
 
 
 class _FakeWorker:
-    """The attributes of L{odin_ws.loadworker.Worker} a connection uses."""
+    """The attributes of L{odinws_tools.loadtest.worker.Worker} a connection uses."""
 
     def __init__(self, loop):
         self.loop = loop

@@ -1,4 +1,4 @@
-"""Tests for L{odin_ws.logs}: formats, levels, audit routing, flood guard."""
+"""Tests for L{odin_ws.common.logs}: formats, levels, audit routing, flood guard."""
 
 import io
 import json
@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.trial import unittest
 
-from odin_ws import logs
+from odin_ws.common import logs
 
 
 def emit(observer, level=LogLevel.info, namespace="odinws.test", fmt="hello {who}", **kw):

@@ -1,7 +1,7 @@
 """
-Tests for L{odin_ws.footprint}: what a shard's connection keeps in memory.
+Tests for L{odin_ws.shard.lean}: what a shard's connection keeps in memory.
 They guard assumptions about Autobahn's internals as well; when one fails
-after an upgrade, read the new Autobahn code, adapt odin_ws/footprint.py,
+after an upgrade, read the new Autobahn code, adapt odin_ws/shard/lean.py,
 then the test.
 """
 
@@ -14,14 +14,14 @@ import sys
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws import footprint
-from odin_ws.footprint import LeanServerProtocol
-from odin_ws.protocol import ClientProtocol
-from odin_ws.subscriptions import SubscriptionIndex
+from odin_ws.shard import lean as footprint
+from odin_ws.shard.lean import LeanServerProtocol
+from odin_ws.shard.protocol import ClientProtocol
+from odin_ws.shard.subscriptions import SubscriptionIndex
 from tests.test_protocol import Client, ShardTestCase, client_frame, text
 
 #: Where Autobahn's server code reads the state LeanServerProtocol drops,
-#: and the condition each reader runs under (see odin_ws/footprint.py).
+#: and the condition each reader runs under (see odin_ws/shard/lean.py).
 READERS = {
     # handshake: processHandshake and succeedHandshake, both before _onOpen
     **{name: {"WebSocketServerProtocol.processHandshake"} for name in footprint.HANDSHAKE_ATTRS},
@@ -55,7 +55,7 @@ class SlotTests(ShardTestCase):
     def assertNoDict(self, client: Client, stage: str) -> None:
         self.assertEqual(sorted(vars(client.proto)), [],
                          f"attributes outside the slots after {stage}: add them to "
-                         "odin_ws/footprint.py (Autobahn's) or ClientProtocol.__slots__")
+                         "odin_ws/shard/lean.py (Autobahn's) or ClientProtocol.__slots__")
 
     def test_lifecycle_keeps_no_instance_dict(self):
         """
@@ -179,7 +179,7 @@ class DroppedStateTests(ShardTestCase):
     def test_autobahn_readers_of_dropped_state(self):
         """
         Autobahn's server code reads the state LeanServerProtocol drops only
-        where odin_ws/footprint.py says (guards an Autobahn upgrade).
+        where odin_ws/shard/lean.py says (guards an Autobahn upgrade).
         """
         found: dict[str, set[str]] = {}
         for klass in ClientProtocol.__mro__:

@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.messages}.
+Tests for L{odin_ws.shard.messages}.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws import messages
-from odin_ws.messages import (
+from odin_ws.shard import messages
+from odin_ws.shard.messages import (
     ClientError, Ping, Refresh, Subscribe, Unsubscribe, ack, error,
     parse_client_message, pong)
 

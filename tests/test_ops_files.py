@@ -19,9 +19,9 @@ import tempfile
 import yaml
 from twisted.trial import unittest
 
-from odin_ws import config as configmod
-from odin_ws import metrics
-from odin_ws.writer import WriteStats, WriteStatsCollector
+from odin_ws.common import config as configmod
+from odin_ws.common import metrics
+from odin_ws.shard.writer import WriteStats, WriteStatsCollector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(ROOT, "etc", "grafana", "odinws-dashboard.json")

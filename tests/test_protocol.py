@@ -1,6 +1,6 @@
 """
-Tests for the per-client and handshake limits of a shard (L{odin_ws.protocol}
-with L{odin_ws.shard.Shard}): real Autobahn C{ClientProtocol}s of a Shard
+Tests for the per-client and handshake limits of a shard (L{odin_ws.shard.protocol}
+with L{odin_ws.shard.service.Shard}): real Autobahn C{ClientProtocol}s of a Shard
 built without a control channel (its Kafka child is never started), clients
 speaking hand-made frames over in-memory transports, and one
 MemoryReactorClock driving every timer, the shard's and Autobahn's.
@@ -21,11 +21,11 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from odin_ws import config as configmod
-from odin_ws import metrics
-from odin_ws.events import Event
-from odin_ws.logs import AUDIT_NAMESPACE
-from odin_ws.shard import Shard
+from odin_ws.common import config as configmod
+from odin_ws.common import metrics
+from odin_ws.common.events import Event
+from odin_ws.common.logs import AUDIT_NAMESPACE
+from odin_ws.shard.service import Shard
 from tests.test_writer import StalledTransport, parse_frames
 
 OPEN = WebSocketProtocol.STATE_OPEN

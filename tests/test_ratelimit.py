@@ -1,9 +1,9 @@
-"""Tests for L{odin_ws.ratelimit}."""
+"""Tests for L{odin_ws.common.ratelimit}."""
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from odin_ws.ratelimit import KeyedBuckets, TokenBucket
+from odin_ws.common.ratelimit import KeyedBuckets, TokenBucket
 
 
 class TokenBucketTests(unittest.TestCase):

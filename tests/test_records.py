@@ -1,4 +1,4 @@
-"""Tests for L{odin_ws.records}."""
+"""Tests for L{odin_ws.shard.records}."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.events import Event
-from odin_ws.records import REASONS, RecordMapper
+from odin_ws.common.events import Event
+from odin_ws.shard.records import REASONS, RecordMapper
 
 TOPICS = {"odin.trades": "trade", "odin.prices": "price"}
 

@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.simulate}: the seeded event feed and its pacing plan
+Tests for L{odinws_tools.simulate}: the seeded event feed and its pacing plan
 without Kafka, and the C{odinws-simulate} program against the test broker.
 """
 
@@ -16,7 +16,7 @@ from collections import Counter
 
 from twisted.trial import unittest
 
-from odin_ws import simulate
+from odinws_tools import simulate
 from tests.broker import shared_broker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,7 +196,7 @@ class OptionsTests(unittest.TestCase):
 class ProgramTests(unittest.TestCase):
     def test_produces_until_sigterm(self):
         """
-        C{python -m odin_ws.simulate} creates its topics, produces keyed JSON
+        C{python -m odinws_tools.simulate} creates its topics, produces keyed JSON
         records that a consumer reads back, and on SIGTERM exits 0 with a
         summary line.
         """
@@ -207,7 +207,7 @@ class ProgramTests(unittest.TestCase):
         topics = {"trade": f"sim.trades.{suffix}", "price": f"sim.prices.{suffix}"}
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "odin_ws.simulate", "--brokers", broker.bootstrap,
+            [sys.executable, "-m", "odinws_tools.simulate", "--brokers", broker.bootstrap,
              "--rate", "50", "--tokens", "5", "--seed", "1", "--create-topics",
              "--partitions", "2", "--topics", ",".join(f"{k}={v}" for k, v in topics.items())],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)

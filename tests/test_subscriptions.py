@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.subscriptions}.
+Tests for L{odin_ws.shard.subscriptions}.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Collection
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.subscriptions import PatternBucket, SubscriptionIndex
+from odin_ws.shard.subscriptions import PatternBucket, SubscriptionIndex
 
 
 class Conn:

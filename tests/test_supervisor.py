@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.supervisor} and L{odin_ws.affinity}, with a fake
+Tests for L{odin_ws.parent.supervisor} and L{odin_ws.parent.affinity}, with a fake
 reactor whose processes the tests end, and AMP over L{iosim}.
 """
 
@@ -20,12 +20,13 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from odin_ws import affinity, metrics
-from odin_ws.config import Config, ConfigError, validate
-from odin_ws.control import Deliver, Drain, Publish, Register, Stats
-from odin_ws.events import Event, encode_batch
-from odin_ws.hub import Hub
-from odin_ws.supervisor import ShardUnavailable, Supervisor
+from odin_ws.parent import affinity
+from odin_ws.common import metrics
+from odin_ws.common.config import Config, ConfigError, validate
+from odin_ws.common.commands import Deliver, Drain, Publish, Register, Stats
+from odin_ws.common.events import Event, encode_batch
+from odin_ws.parent.hub import Hub
+from odin_ws.parent.supervisor import ShardUnavailable, Supervisor
 
 
 class FakeProcess:
@@ -499,7 +500,7 @@ import os, socket, sys
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
-from odin_ws.control import Drain, Register
+from odin_ws.common.commands import Drain, Register
 
 class Child(amp.AMP):
     def connectionMade(self):

@@ -1,7 +1,7 @@
 """
-Guards for what L{odin_ws.writer} assumes about Twisted's and Autobahn's
+Guards for what L{odin_ws.shard.writer} assumes about Twisted's and Autobahn's
 internals. When one of these fails after an upgrade, do not patch the test:
-read the new Twisted/Autobahn code, adapt odin_ws/writer.py, then the test.
+read the new Twisted/Autobahn code, adapt odin_ws/shard/writer.py, then the test.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import twisted.test
-from odin_ws.writer import Fanout, Outbox, WriteStats, _producer_of, held
+from odin_ws.shard.writer import Fanout, Outbox, WriteStats, _producer_of, held
 from tests.test_writer import (FakeProtocol, StalledTransport, handshaken_protocol,
                                parse_frames, tcp_pair)
 
@@ -183,7 +183,7 @@ class HolderTests(SynchronousTestCase):
 
     def test_closeFrameClosesTheOutbox(self):
         from autobahn.twisted.websocket import WebSocketServerProtocol
-        from odin_ws.writer import OutboxHolder
+        from odin_ws.shard.writer import OutboxHolder
 
         class Held(OutboxHolder, WebSocketServerProtocol):
             pass
@@ -331,8 +331,8 @@ class NoDelayTests(TestCase):
 
     def connected(self, wrap=lambda factory: factory):
         import txaio
-        from odin_ws import config as configmod
-        from odin_ws.shard import Shard
+        from odin_ws.common import config as configmod
+        from odin_ws.shard.service import Shard
         self.patch(txaio.config, "loop", self.reactor)
         shard = Shard(Clock(), configmod.load(None, environ={}), 0, control_fd=None)
         made = []
@@ -366,7 +366,7 @@ class NoDelayTests(TestCase):
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT), 65536)
 
     def test_tlsClientConnectionsHaveNoDelay(self):
-        from odin_ws import tls as tlsmod
+        from odin_ws.shard import tls as tlsmod
         cert = FilePath(twisted.test.__file__).sibling("server.pem")
         options = ssl.PrivateCertificate.loadPEM(cert.getContent()).options()
         proto = self.connected(lambda factory: tlsmod.wrap(options, factory))
@@ -405,8 +405,8 @@ class ShardConnectionTests(TestCase):
     def test_openConnectionIsDirect(self):
         import txaio
         from twisted.internet import reactor
-        from odin_ws import config as configmod
-        from odin_ws.shard import Shard
+        from odin_ws.common import config as configmod
+        from odin_ws.shard.service import Shard
         from tests.test_writer import UPGRADE
         self.patch(txaio.config, "loop", reactor)
         shard = Shard(reactor, configmod.load(None, environ={}), 0, control_fd=None)

@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.writer}: framing, one write per connection per turn, the
+Tests for L{odin_ws.shard.writer}: framing, one write per connection per turn, the
 direct-send path on real sockets (whole, partial, refused), the slow-client
 policies with memory bounds, and no data frame after a close frame.
 """
@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from odin_ws.writer import (Chunk, Fanout, Outbox, OutboxHolder, WriteStats, WriteStatsCollector,
+from odin_ws.shard.writer import (Chunk, Fanout, Outbox, OutboxHolder, WriteStats, WriteStatsCollector,
                             held, limit_unsent, text_frame)
 
 OPEN = WebSocketProtocol.STATE_OPEN

@@ -98,11 +98,8 @@ check "the venv holds exactly the pins of requirements.lock" \
     "$VENV/bin/python" "$repo/tests/deb/check_pins.py" "$repo/requirements.lock"
 check "systemd-analyze verify accepts the installed unit" \
     sh -c 'out=$(systemd-analyze verify /lib/systemd/system/odinws.service 2>&1); echo "$out"; [ -z "$out" ]'
-for tool in simulate loadtest; do
-    if [ -f "$repo/odin_ws/$tool.py" ]; then
-        check "odinws-$tool is on PATH and runs (--help)" /usr/bin/odinws-$tool --help
-    fi
-done
+check "the daemon's package ships no tools (odinws_tools, odinws-simulate, odinws-loadtest)" \
+    sh -c "! ls -d $VENV/lib/python3*/site-packages/odinws_tools 2>/dev/null && [ ! -e $VENV/bin/odinws-simulate ] && [ ! -e $VENV/bin/odinws-loadtest ] && [ ! -e /usr/bin/odinws-simulate ]"
 touch "$work/mark"
 check "the odinws user finds the odinws plugin (odinws --help)" \
     setpriv --reuid=odinws --regid=odinws --init-groups -- /usr/bin/odinws --help

@@ -1,0 +1,159 @@
+"""
+Moving a client socket from the parent to a shard: the one module that
+touches socket ownership and Twisted's transport internals.
+
+Parent side: L{offer} sends the descriptor and the bytes already read with
+L{odin_ws.common.commands.Handoff}; once the shard answered, L{release} drops the
+parent's copy without disturbing the shard's. Shard side: L{adopt} wraps the
+received descriptor in a transport of the shard's reactor and replays the
+bytes the parent read.
+
+Why not C{loseConnection()} or C{abortConnection()} in the parent: both act
+on the socket, which the two processes share, not just on the parent's
+descriptor. C{loseConnection()} ends in C{shutdown(2)}, which ends the
+connection for the shard too; C{abortConnection()} sets C{SO_LINGER(1, 0)},
+so the shard's eventual close would send RST and lose its last bytes (see
+C{_SocketCloser._closeSocket} in C{twisted/internet/tcp.py}). Twisted has a
+switch for "this socket is shared, only close it": C{_shouldShutdown}, which
+it clears itself for adopted listening ports. L{release} uses that.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from odin_ws.common import commands as control
+
+log = Logger()
+
+_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def release(transport: Any) -> None:
+    """
+    Drop the parent's copy of a connection a shard has adopted, leaving the
+    connection itself (and the shard's copy) untouched: no shutdown, no
+    linger, no byte read or written. The transport's protocol then gets
+    C{connectionLost} as usual.
+
+    @raise TypeError: if C{transport} is not a Twisted TCP connection.
+    """
+    if not isinstance(transport, tcp.Connection):
+        raise TypeError(f"cannot release {transport!r}: not a TCP connection")
+    transport.stopReading()
+    # Close only our descriptor: the socket is shared with the shard now.
+    transport._shouldShutdown = False
+    transport.loseConnection()
+
+
+def offer(reactor: Any, call: Callable[..., Any], fd: int, head: bytes, peer: str,
+          timeout: float, tls: bool = False) -> defer.Deferred:
+    """
+    Send a L{control.Handoff} of descriptor C{fd} through C{call} (a shard
+    handle's C{call(command, **kwargs)} or an AMP C{callRemote}).
+
+    A duplicate of C{fd} is what goes out, and it stays open until the shard
+    answers or its channel fails, even when this times out: AMP queues the
+    descriptor by number and sends it later, so closing it early could let
+    the number be reused by another client's socket and hand that one over.
+
+    @return: a Deferred firing with the answer (C{{"connections": n}}), or
+        failing with L{control.HandoffRefused}, the channel's error, or
+        L{defer.TimeoutError} after C{timeout} seconds.
+    """
+    dup = os.dup(fd)
+    result: defer.Deferred = defer.Deferred()
+
+    def timed_out() -> None:
+        result.errback(defer.TimeoutError(f"shard did not answer the handoff in {timeout}s"))
+
+    timer = reactor.callLater(timeout, timed_out)
+
+    def answered(outcome: Any) -> None:
+        os.close(dup)
+        if timer.active():
+            timer.cancel()
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+        elif isinstance(outcome, Failure):
+            log.debug("late handoff failure after timeout: {f}", f=outcome.getErrorMessage())
+
+    defer.maybeDeferred(call, control.Handoff, fd=dup, head=head, peer=peer,
+                        tls=tls).addBoth(answered)
+    return result
+
+
+def _kind_of(fd: int) -> tuple[int, int]:
+    """Address family and socket type of C{fd}, read through a duplicate."""
+    dup = os.dup(fd)
+    try:
+        probe = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        raise
+    with probe:
+        return probe.family, probe.type
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class _Capture:
+    """Wraps a factory to catch the protocol the reactor builds for an adopted socket."""
+
+    def __init__(self, factory: IProtocolFactory):
+        self.factory = factory
+        self.protocol: IProtocol | None = None
+
+    def buildProtocol(self, addr):
+        self.protocol = self.factory.buildProtocol(addr)
+        return self.protocol
+
+
+def adopt(reactor: Any, fd: int, factory: IProtocolFactory, head: bytes) -> IProtocol:
+    """
+    Serve a connected TCP socket received from the parent with C{factory}'s
+    protocol in C{reactor}, then replay C{head} (the bytes the parent read)
+    into it before any new byte is read. C{fd} is always closed (the
+    reactor keeps its own duplicate).
+
+    @raise control.HandoffRefused: if C{fd} is not a connected IPv4/IPv6
+        stream socket or the factory builds no protocol.
+    """
+    capture = _Capture(factory)
+    try:
+        family, kind = _kind_of(fd)
+        if family not in _FAMILIES or kind != socket.SOCK_STREAM:
+            raise control.HandoffRefused(f"not a TCP socket (family {family!r})")
+        reactor.adoptStreamConnection(fd, family, capture)
+    except control.HandoffRefused:
+        raise
+    except Exception as e:
+        raise control.HandoffRefused(f"cannot adopt the connection: {e}") from e
+    finally:
+        _close(fd)
+    protocol = capture.protocol
+    if protocol is None:
+        raise control.HandoffRefused("the factory refused the connection")
+    if head:
+        try:
+            protocol.dataReceived(head)
+        except Exception:
+            # The shard owns the connection now; treat it like Twisted treats a
+            # protocol that raises in dataReceived: log it and close.
+            log.failure("replaying the request head failed")
+            protocol.transport.loseConnection()
+    return protocol

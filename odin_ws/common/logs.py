@@ -1,0 +1,105 @@
+"""
+Logging: human-readable text by default, or one JSON object per line
+(C{log.format: json}, for journald and Loki); an audit stream (namespace
+C{odinws.audit}: rejected connections, rate-limit closes, shard restarts,
+reloads) that can also go to a file of its own; a level filter; and a flood
+guard so a burst of identical lines cannot fill a disk.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Callable
+
+from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel,
+                            LogLevelFilterPredicate, Logger, jsonFileLogObserver,
+                            textFileLogObserver)
+from zope.interface import implementer
+
+AUDIT_NAMESPACE = "odinws.audit"
+audit = Logger(namespace=AUDIT_NAMESPACE)
+
+_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+           "error": LogLevel.error}
+
+
+@implementer(ILogObserver)
+class FloodGuard:
+    """
+    Passes at most C{per_second} events with the same format string per
+    second; when a window ends that dropped some, one line says how many.
+    """
+
+    def __init__(self, observer: ILogObserver, per_second: int, now: Callable[[], float]):
+        self.observer = observer
+        self.per_second = per_second
+        self.now = now
+        self._window = 0
+        self._counts: dict[str, int] = {}
+
+    def __call__(self, event: dict) -> None:
+        window = int(self.now())
+        if window != self._window:
+            self._flush_window()
+            self._window = window
+        key = event.get("log_format") or ""
+        count = self._counts.get(key, 0) + 1
+        self._counts[key] = count
+        if count <= self.per_second:
+            self.observer(event)
+
+    def _flush_window(self) -> None:
+        for key, count in self._counts.items():
+            if count > self.per_second:
+                self.observer({
+                    "log_level": LogLevel.warn, "log_namespace": "odinws.logs",
+                    "log_format": "suppressed {n} more log lines like: {what}",
+                    "n": count - self.per_second, "what": key[:200],
+                    "log_time": self.now(), "log_source": None})
+        self._counts = {}
+
+
+def make_observer(fmt: str, level: str, out: IO[str] | None = None,
+                  audit_out: IO[str] | None = None, per_second: int = 50,
+                  now: Callable[[], float] | None = None) -> ILogObserver:
+    """The process's log observer for C{log.format}/C{log.level}."""
+    out = sys.stdout if out is None else out
+    base = jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
+    filtered = FilteringLogObserver(
+        FloodGuard(base, per_second, now or time.time),
+        [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])])
+    if audit_out is None:
+        return filtered
+    audit_file = jsonFileLogObserver(audit_out, recordSeparator="")
+
+    @implementer(ILogObserver)
+    def route(event: dict) -> None:
+        if event.get("log_namespace") == AUDIT_NAMESPACE:
+            audit_file(event)
+        filtered(event)
+
+    return route
+
+
+
+def install_logging(config, parent) -> None:
+    """
+    Give twistd's Application our log observer (format, level, audit file,
+    flood guard): twistd asks the application for an ILogObserver component
+    before it starts logging. Used by both processes' top services when
+    they are attached to the Application; a no-op for other parents (tests).
+    """
+    from odin_ws.common.launch import fail
+
+    if not hasattr(parent, "setComponent"):
+        return
+    audit_out = None
+    if config["log.audit_file"]:
+        try:
+            audit_out = open(config["log.audit_file"], "a", encoding="utf-8")
+        except OSError as e:
+            fail(f"configuration error: log.audit_file: {e.strerror}")
+    parent.setComponent(ILogObserver, make_observer(
+        config["log.format"], config["log.level"], audit_out=audit_out,
+        per_second=config["log.max_lines_per_second"]))

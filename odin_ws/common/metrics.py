@@ -1,0 +1,122 @@
+"""
+Prometheus metrics of one process (the parent or a shard), all prefixed
+C{odinws_}, in a registry of their own so tests can read them.
+
+Hot paths (per delivered frame) never touch these objects: they bump plain
+integers (see L{odin_ws.shard.writer.WriteStats}) that a collector reads at scrape
+time. Per-event and per-connection code may use the objects directly.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+
+import odin_ws
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+BUILD = Info("odinws_build", "Build information.", registry=REGISTRY)
+BUILD.info({"version": odin_ws.__version__})
+
+# Connections (shard).
+CONNECTIONS = Gauge("odinws_connections", "Open WebSocket connections.", registry=REGISTRY)
+CONNECTIONS_OPENED = Counter("odinws_connections_opened", "WebSocket connections opened.",
+                             registry=REGISTRY)
+CONNECTIONS_CLOSED = Counter("odinws_connections_closed",
+                             "WebSocket connections closed, by reason and close code.",
+                             ["reason", "code"], registry=REGISTRY)
+SUBSCRIPTIONS = Gauge("odinws_subscriptions", "Subscriptions held by connections.",
+                      registry=REGISTRY)
+CLIENT_ERRORS = Counter("odinws_client_errors", "Error messages sent to clients, by code.",
+                        ["code"], registry=REGISTRY)
+HANDSHAKE_SECONDS = Histogram("odinws_handshake_seconds",
+                              "Socket adoption to WebSocket open, seconds.",
+                              buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5),
+                              registry=REGISTRY)
+
+# Kafka (shard).
+KAFKA_RECORDS = Counter("odinws_kafka_records", "Records consumed, by topic.", ["topic"],
+                        registry=REGISTRY)
+KAFKA_REJECTED = Counter("odinws_kafka_rejected", "Records skipped, by reason.", ["reason"],
+                         registry=REGISTRY)
+KAFKA_LAG = Gauge("odinws_kafka_consumer_lag", "Consumer lag, records, per partition.",
+                  ["topic", "partition"], registry=REGISTRY)
+KAFKA_CONNECTED = Gauge("odinws_kafka_connected", "1 when the consumer reaches a broker.",
+                        registry=REGISTRY)
+KAFKA_ERRORS = Counter("odinws_kafka_errors", "Consumer errors, by kind.", ["kind"],
+                       registry=REGISTRY)
+DELIVERY_LATENCY = Histogram("odinws_delivery_latency_seconds",
+                             "Kafka record timestamp to first write, seconds.",
+                             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
+                             registry=REGISTRY)
+EVENTS_DUPLICATE = Counter("odinws_events_duplicate", "Events dropped as already seen "
+                           "(rebalance or shard restart re-reads).", registry=REGISTRY)
+
+# Hub and dispatcher (parent).
+HUB_RELAYED = Counter("odinws_hub_relayed_events", "Events relayed to other shards.",
+                      registry=REGISTRY)
+HUB_DROPPED = Counter("odinws_hub_dropped_batches", "Batches dropped for a slow or dead shard.",
+                      ["shard"], registry=REGISTRY)
+HUB_REJECTED = Counter("odinws_hub_rejected_events", "Events not relayed, by reason.",
+                       ["reason"], registry=REGISTRY)
+HUB_QUEUE = Gauge("odinws_hub_queue_batches", "Batches waiting in the hub per shard.",
+                  ["shard"], registry=REGISTRY)
+DISPATCHED = Counter("odinws_dispatch_total", "Connections handed to each shard.",
+                     ["shard"], registry=REGISTRY)
+REJECTED = Counter("odinws_rejected_connections", "Connections refused before the "
+                   "upgrade, by HTTP status and reason.", ["status", "reason"],
+                   registry=REGISTRY)
+HANDOFF_SECONDS = Histogram("odinws_handoff_seconds", "Handoff round trip to a shard, seconds.",
+                            buckets=(.0002, .0005, .001, .0025, .005, .01, .025, .1, 1),
+                            registry=REGISTRY)
+GUARD_CPU = Gauge("odinws_guard_cpu_fraction", "Node CPU use as a fraction of its budget.",
+                  registry=REGISTRY)
+GUARD_MEMORY = Gauge("odinws_guard_memory_fraction", "Node memory use as a fraction of its "
+                     "budget.", registry=REGISTRY)
+GUARD_ACCEPTING = Gauge("odinws_guard_accepting", "1 while the resource guard lets new "
+                        "connections in.", registry=REGISTRY)
+READY = Gauge("odinws_ready", "1 while the node accepts new connections (/health is 200).",
+              registry=REGISTRY)
+SHARD_RESTARTS = Counter("odinws_shard_restarts", "Shard processes restarted.", ["shard"],
+                         registry=REGISTRY)
+
+
+class ProcessCollector:
+    """CPU seconds and RSS of this process (also works where /proc is absent)."""
+
+    def collect(self):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = CounterMetricFamily("odinws_process_cpu_seconds", "CPU time used.")
+        cpu.add_metric([], usage.ru_utime + usage.ru_stime)
+        yield cpu
+        rss = GaugeMetricFamily("odinws_process_resident_bytes", "Resident memory.")
+        rss.add_metric([], rss_bytes())
+        yield rss
+        up = GaugeMetricFamily("odinws_process_start_time_seconds", "Process start, unix time.")
+        up.add_metric([], _START)
+        yield up
+
+
+_START = time.time()
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+REGISTRY.register(ProcessCollector())
+
+
+def exposition() -> bytes:
+    """This process's metrics in the Prometheus text format."""
+    return generate_latest(REGISTRY)

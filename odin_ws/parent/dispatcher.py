@@ -1,0 +1,416 @@
+"""
+The public listener of the parent: reads each client's HTTP request head
+(bounded in size and time), answers C{/health}, C{/metrics} and the demo
+page itself, refuses what it cannot serve with a plain HTTP status, and hands
+WebSocket upgrades to the least-loaded shard with room (see DESIGN.md).
+After a handoff the parent is out of the data path: it reads no further byte.
+
+With TLS on the public port (C{tls.certificate} set) the parent cannot read
+the head; it hands every connection over before reading a byte, and
+C{/health} and C{/metrics} are served on C{listen.admin_port} instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from http import HTTPStatus
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from odin_ws.parent import exposition
+from odin_ws.common import handoff
+from odin_ws.common import metrics
+from odin_ws.common.commands import GetMetrics
+from odin_ws.parent.admission import Admission
+from odin_ws.parent.httphead import HeadError, HeadReader, RequestHead
+
+log = Logger()
+
+#: Demo page files served from C{static_dir}; nothing else is.
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
+MAX_STATIC_BYTES = 4 * 1024 * 1024
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TEXT_TYPE = "text/plain; charset=utf-8"
+JSON_TYPE = "application/json"
+
+_HEAD_ERROR_REASONS = {400: "bad_request", 431: "head_too_large", 505: "bad_version"}
+
+
+
+def place(handles: Iterable[Any], max_connections: int) -> tuple[Any | None, str | None]:
+    """
+    The shard for a new connection: among alive, accepting shards below their
+    capacity, the one with the fewest connections (ties: lowest index).
+
+    @return: C{(handle, None)}, or C{(None, reason)} with reason C{node_full}
+        (the node is at C{max_connections}) or C{no_shard}.
+    """
+    handles = list(handles)
+    if sum(h.connections for h in handles if h.alive) >= max_connections:
+        return None, "node_full"
+    candidates = [h for h in handles if h.alive and h.accepting and h.connections < h.capacity]
+    if not candidates:
+        return None, "no_shard"
+    return min(candidates, key=lambda h: (h.connections, h.index)), None
+
+
+def peer_string(address: Any) -> str:
+    """C{ip:port} of a Twisted address (C{[ip]:port} for IPv6)."""
+    host = getattr(address, "host", "?")
+    port = getattr(address, "port", 0)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class DispatchProtocol(Protocol):
+    """One accepted client, until it is answered or handed to a shard."""
+
+    factory: "Dispatcher"
+
+    def __init__(self) -> None:
+        self.state = "new"  # reading -> answering | handing -> handed | closed
+        self._reader: HeadReader | None = None
+        self._timer = None
+
+    def connectionMade(self) -> None:
+        dispatcher = self.factory
+        dispatcher._opened(self)
+        if dispatcher.tls:
+            # Encrypted bytes mean nothing here: hand over before reading any.
+            self.transport.pauseProducing()
+            self.state = "answering"
+            self._upgrade(b"")
+            return
+        self.state = "reading"
+        self._reader = HeadReader(dispatcher.config["listen.max_head_bytes"])
+        self._timer = dispatcher.reactor.callLater(
+            dispatcher.config["listen.head_timeout"], self._head_timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state != "reading":
+            return
+        result = self._reader.feed(data)
+        if result is None:
+            return
+        # Stop reading at once: the bytes after the head belong to the shard.
+        self.transport.pauseProducing()
+        self._cancel_timer()
+        self.state = "answering"
+        if isinstance(result, HeadError):
+            self.refuse(result.status, _HEAD_ERROR_REASONS.get(result.status, "bad_request"),
+                        result.reason)
+        else:
+            self._route(result)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel_timer()
+        if self.state != "handed":
+            self.state = "closed"
+        self.factory._closed(self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self.state == "reading":
+            self.state = "answering"
+            self.transport.pauseProducing()
+            self.refuse(408, "head_timeout", "request head not received in time")
+
+    # -- answers
+
+    def respond(self, status: int, body: bytes, content_type: str = TEXT_TYPE,
+                headers: Sequence[tuple[str, str]] = (), send_body: bool = True) -> None:
+        """Write a complete HTTP/1.1 response and close the connection."""
+        if self.state in ("closed", "handed"):
+            return
+        lines = [f"HTTP/1.1 {status} {_phrase(status)}",
+                 f"Content-Type: {content_type}",
+                 f"Content-Length: {len(body)}",
+                 "Connection: close",
+                 "Cache-Control: no-store"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if send_body:
+            self.transport.write(body)
+        self.state = "closed"
+        self.transport.loseConnection()
+
+    def refuse(self, status: int, reason: str, text: str, send_body: bool = True) -> None:
+        """Answer an error status (counted in REJECTED) and close."""
+        metrics.REJECTED.labels(status=str(status), reason=reason).inc()
+        log.debug("refused {peer}: {status} {reason}", peer=self._peer(), status=status,
+                  reason=reason)
+        headers: list[tuple[str, str]] = []
+        if status in (429, 503):
+            headers.append(("Retry-After", str(self.factory.config["listen.retry_after"])))
+        if status == 405:
+            headers.append(("Allow", "GET, HEAD"))
+        if status == 426:
+            headers.append(("Upgrade", "websocket"))
+        if self.factory.tls:
+            # No plaintext answer to a TLS client; closing is all it can get.
+            self.state = "closed"
+            self.transport.loseConnection()
+            return
+        self.respond(status, (text + "\n").encode("utf-8"), headers=headers,
+                     send_body=send_body)
+
+    # -- routing
+
+    def _route(self, head: RequestHead) -> None:
+        dispatcher = self.factory
+        send_body = head.method != "HEAD"
+        if head.method not in ("GET", "HEAD"):
+            self.refuse(405, "method", "method not allowed")
+        elif head.path == "/health":
+            self._health(send_body)
+        elif head.path == "/metrics":
+            self._metrics(send_body)
+        elif dispatcher.admin:
+            self.refuse(404, "not_found", "not found", send_body)
+        elif head.path == dispatcher.config["listen.ws_path"]:
+            if (head.method == "GET" and head.header_has_token("upgrade", "websocket")
+                    and head.header_has_token("connection", "upgrade")):
+                self._upgrade(head.raw, head)
+            else:
+                self.refuse(426, "not_upgrade", "WebSocket upgrade required", send_body)
+        else:
+            found = dispatcher.static_file(head.path)
+            if found is None:
+                self.refuse(404, "not_found", "not found", send_body)
+            else:
+                self.respond(200, found[0], found[1], send_body=send_body)
+
+    def _health(self, send_body: bool) -> None:
+        status, document = self.factory.health()
+        body = json.dumps(document, sort_keys=True).encode("utf-8")
+        self.respond(status, body, JSON_TYPE, send_body=send_body)
+
+    def _metrics(self, send_body: bool) -> None:
+        def answer(text: bytes) -> None:
+            self.respond(200, text, METRICS_TYPE, send_body=send_body)
+
+        def failed(failure: Any) -> None:
+            log.failure("answering /metrics failed", failure)
+            self.transport.loseConnection()
+
+        self.factory.gather_metrics().addCallback(answer).addErrback(failed)
+
+    # -- handoff
+
+    def _client_ip(self, head: RequestHead | None) -> str:
+        """The peer, or the last X-Forwarded-For entry when the peer is a trusted proxy."""
+        ip = getattr(self.transport.getPeer(), "host", "")
+        if head is None or ip not in self.factory.config["limits.trusted_proxies"]:
+            return ip
+        forwarded = head.headers.get("x-forwarded-for")
+        return (forwarded.split(",")[-1].strip() or ip) if forwarded else ip
+
+    def _upgrade(self, raw: bytes, head: RequestHead | None = None) -> None:
+        dispatcher = self.factory
+        verdict = dispatcher.admission.check(self._client_ip(head))
+        if verdict is not None:
+            status, reason = verdict
+            if reason == "draining":
+                return self.refuse(503, reason, "server is shutting down")
+            return self.refuse(status, reason, _phrase(status).lower())
+        handle, reason = place(dispatcher.shards(), dispatcher.config["limits.max_connections"])
+        if handle is None:
+            return self.refuse(503, reason, "no capacity, retry later")
+        # Count it now: the next placement (maybe before this answer) must see it.
+        handle.connections += 1
+        handle.pending = getattr(handle, "pending", 0) + 1
+        self.state = "handing"
+        started = dispatcher.reactor.seconds()
+        try:
+            d = handoff.offer(dispatcher.reactor, handle.call, self.transport.fileno(), raw,
+                              peer_string(self.transport.getPeer()),
+                              dispatcher.config["listen.handoff_timeout"], tls=dispatcher.tls)
+        except OSError as e:
+            d = defer.fail(e)
+        d.addCallbacks(self._handed, self._handoff_failed, callbackArgs=(handle, started),
+                       errbackArgs=(handle,))
+
+    def _handed(self, answer: Mapping[str, Any], handle: Any, started: float) -> None:
+        handle.pending -= 1
+        metrics.HANDOFF_SECONDS.observe(max(0.0, self.factory.reactor.seconds() - started))
+        metrics.DISPATCHED.labels(shard=str(handle.index)).inc()
+        self.state = "handed"
+        handoff.release(self.transport)
+
+    def _handoff_failed(self, failure: Any, handle: Any) -> None:
+        handle.pending -= 1
+        handle.connections = max(0, handle.connections - 1)
+        log.warn("handoff to shard {index} failed: {error}", index=handle.index,
+                 error=failure.getErrorMessage())
+        if self.state == "handing":
+            self.state = "answering"
+            self.refuse(503, "handoff_failed", "no capacity, retry later")
+
+    def _peer(self) -> str:
+        try:
+            return peer_string(self.transport.getPeer())
+        except Exception:
+            return "?"
+
+
+class Dispatcher(Factory):
+    """
+    The public (or admin) listener's factory.
+
+    @param shards: returns the current shard handles (C{index, alive,
+        accepting, connections, capacity, call(command, **kw)}).
+    @param health: returns C{(status, document)} for C{/health}.
+    @param static_dir: the demo page's files, served when C{demo.enabled}.
+    @param tls: hand connections over unread (TLS terminated in the shards);
+        default: whether C{tls.certificate} is set.
+    @param admin: serve only C{/health} and C{/metrics} (the admin port).
+    @param admission: whether the node accepts, checked with the client's IP
+        before each placement (L{Admission}); default: always admits.
+    """
+
+    protocol = DispatchProtocol
+    noisy = False
+
+    def __init__(self, reactor: Any, config: Mapping[str, Any],
+                 shards: Callable[[], list],
+                 health: Callable[[], tuple[int, dict]] | None = None,
+                 static_dir: str | None = None, *, tls: bool | None = None,
+                 admin: bool = False, admission: Admission | None = None):
+        self.reactor = reactor
+        #: Replace on reload; read at each use (limits are live settings).
+        self.config = config
+        self.shards = shards
+        self.health = health or self._default_health
+        self.static_dir = os.path.realpath(static_dir) if static_dir else None
+        self.tls = bool(config.get("tls.certificate")) if tls is None else tls
+        if admin:
+            self.tls = False
+        self.admin = admin
+        self.admission = admission if admission is not None else Admission(reactor.seconds)
+        self._open: set[DispatchProtocol] = set()
+        self._all_closed: list[defer.Deferred] = []
+
+    # -- lifecycle
+
+    def reconfigure(self, config: Mapping[str, Any]) -> None:
+        """A reload: limits and timeouts are read at each use."""
+        self.config = config
+
+    @property
+    def accepting(self) -> bool:
+        """False once the node stopped accepting (L{Admission}): upgrades get 503."""
+        return self.admission.accepting
+
+    def close(self) -> defer.Deferred:
+        """
+        Close connections still sending their head; let answers and handoffs
+        in flight finish (each is bounded by its timeout). Fires when no
+        connection of this dispatcher is open.
+        """
+        for proto in list(self._open):
+            if proto.state == "reading":
+                proto.state = "closed"
+                proto.transport.loseConnection()
+        if not self._open:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._all_closed.append(d)
+        return d
+
+    @property
+    def pending(self) -> int:
+        """Connections accepted and not yet closed or handed over."""
+        return len(self._open)
+
+    def _opened(self, proto: DispatchProtocol) -> None:
+        self._open.add(proto)
+
+    def _closed(self, proto: DispatchProtocol) -> None:
+        self._open.discard(proto)
+        if not self._open:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    # -- content
+
+    def _default_health(self) -> tuple[int, dict]:
+        shards = [h.as_health() for h in self.shards()]
+        handle, _ = place(self.shards(), self.config["limits.max_connections"])
+        ok = self.accepting and handle is not None
+        return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "shards": shards}
+
+    def gather_metrics(self) -> defer.Deferred:
+        """
+        The node's exposition: this process's metrics and every alive shard's
+        (labelled C{shard}); a shard that fails or does not answer within
+        C{listen.metrics_timeout} is left out.
+        """
+        timeout = self.config["listen.metrics_timeout"]
+        handles = [h for h in self.shards() if h.alive]
+        calls = [defer.maybeDeferred(h.call, GetMetrics).addTimeout(timeout, self.reactor)
+                 for h in handles]
+
+        def merge(results: list) -> bytes:
+            texts = {}
+            for handle, (ok, value) in zip(handles, results):
+                if ok:
+                    texts[handle.index] = value["text"]
+                else:
+                    log.info("metrics of shard {index} left out: {error}", index=handle.index,
+                             error=value.getErrorMessage())
+            return exposition.merge(metrics.exposition(), texts)
+
+        return defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
+
+    def static_file(self, path: str) -> tuple[bytes, str] | None:
+        """The demo page file for C{path} and its content type, or None (404)."""
+        if not self.static_dir or not self.config["demo.enabled"]:
+            return None
+        name = unquote(path, errors="replace")
+        if name == "/":
+            name = "/index.html"
+        parts = name.split("/")[1:]
+        if ("\x00" in name or "\\" in name
+                or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
+            return None
+        content_type = STATIC_TYPES.get(os.path.splitext(name)[1].lower())
+        if content_type is None:
+            return None
+        full = os.path.realpath(os.path.join(self.static_dir, *parts))
+        # realpath resolves symlinks: refuse anything that leads outside.
+        if os.path.commonpath([self.static_dir, full]) != self.static_dir:
+            return None
+        if not os.path.isfile(full):
+            return None
+        try:
+            # A blocking read in the reactor, acceptable for the small demo files.
+            with open(full, "rb") as f:
+                data = f.read(MAX_STATIC_BYTES + 1)
+        except OSError:
+            return None
+        if len(data) > MAX_STATIC_BYTES:
+            return None
+        return data, content_type
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

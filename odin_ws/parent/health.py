@@ -1,0 +1,68 @@
+"""
+The node's /health document: whether it can serve, and each shard's state.
+Answers 503 when no shard can take a connection or the node is draining, so a
+load balancer moves new clients elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from odin_ws.common import metrics
+from odin_ws.common.config import Config
+from odin_ws.parent.admission import Admission
+
+
+class Health:
+    """
+    @param shards: returns the current shard handles.
+    @param admission: the node's door (draining, overloaded).
+    @param guard: the resource guard, whose readings the document shows.
+    """
+
+    def __init__(self, config: Config, shards: Callable[[], list],
+                 admission: Admission, guard=None):
+        self.config = config
+        self.shards = shards
+        self.admission = admission
+        self.guard = guard
+        metrics.READY.set_function(lambda: 1 if self()[0] == 200 else 0)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload (e.g. C{limits.max_connections}) reaches /health too."""
+        self.config = config
+
+    def __call__(self) -> tuple[int, dict]:
+        shards = [h.as_health() for h in self.shards()]
+        alive = [s for s in shards if s["alive"]]
+        connections = sum(s["connections"] for s in alive)
+        capacity = min(sum(s["capacity"] for s in alive),
+                       self.config["limits.max_connections"])
+        draining = not self.admission.accepting
+        room = any(s["accepting"] and s["connections"] < s["capacity"] for s in alive)
+        overloaded = self.admission.overloaded
+        if draining:
+            status = "draining"
+        elif overloaded:
+            status = "overloaded"
+        elif not alive:
+            status = "unavailable"
+        elif not room or connections >= self.config["limits.max_connections"]:
+            status = "full"
+        else:
+            status = "ok"
+        kafka_ok = any((s.get("kafka") or {}).get("connected") for s in alive)
+        body = {
+            "status": status,
+            "node": self.config.node_id,
+            "accepting": status == "ok",
+            "connections": connections,
+            "capacity": capacity,
+            "shards_alive": len(alive),
+            "shards_total": len(shards),
+            "kafka_connected": kafka_ok,
+            "shards": shards,
+        }
+        if self.guard is not None:
+            body["guard"] = self.guard.as_health()
+        return (200 if status == "ok" else 503), body

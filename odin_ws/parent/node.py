@@ -1,0 +1,110 @@
+"""
+The parent process's top service: the supervisor and the listeners under
+one MultiService that starts and stops them in the order an operator wants,
+and the one path by which SIGHUP reaches every parent component and shard.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Callable
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from odin_ws.common import commands
+from odin_ws.common import config as configmod
+from odin_ws.common.logs import audit, install_logging
+from odin_ws.parent.guard import raise_nofile
+
+log = Logger()
+
+
+class Node(service.MultiService):
+    """
+    The parent process. Stops in the order an operator wants: stop
+    accepting (and say so in /health), drain and stop the shards, then close
+    the listeners. SIGHUP re-reads the configuration.
+
+    @param load_config: reads the configuration again (file, environment,
+        the command line's flags on top), for a reload.
+    @param check_keys: raises L{configmod.ConfigError} for keys and
+        certificates a shard would refuse.
+    @param holders: every parent component that holds live settings; each
+        has C{reconfigure(config)}.
+    """
+
+    def __init__(self, reactor, config: configmod.Config, *, supervisor, listeners,
+                 dispatchers, admission, guard, holders,
+                 load_config: Callable[[], configmod.Config],
+                 check_keys: Callable[[configmod.Config], object]):
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.supervisor = supervisor
+        self.listeners = listeners
+        self.dispatchers = dispatchers
+        self.admission = admission
+        self.guard = guard
+        self.holders = holders
+        self._load_config = load_config
+        self._check_keys = check_keys
+        supervisor.setServiceParent(self)
+        for listener in listeners:
+            listener.setServiceParent(self)
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        install_logging(self.config, parent)
+
+    def startService(self):
+        capacity = raise_nofile()
+        log.info("open-files limit {n}: room for about {c} connections on this node",
+                 n=capacity, c=max(0, capacity - 100))
+        super().startService()
+        self.guard.start()
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    def reload(self) -> None:
+        """Re-read file and environment (flags still win); apply what can change live."""
+        old = self.config
+        try:
+            new = self._load_config()
+        except configmod.ConfigError as e:
+            audit.error("reload refused: {e}", e=str(e))
+            return
+        applied, live, restart = configmod.apply_live(old, new)
+        try:
+            # As at start-up: keys and certificates the shards would refuse
+            # refuse the whole reload (and restarted shards could not start).
+            self._check_keys(applied)
+        except configmod.ConfigError as e:
+            audit.error("reload refused: {e}", e=str(e))
+            return
+        self.config = applied
+        # The supervisor is one of the holders: shards started from now on
+        # (restarts after a crash) get the reloaded settings too, not the ones
+        # of the parent's start-up, else a key or certificate retired by this
+        # reload comes back with them.
+        for holder in self.holders:
+            holder.reconfigure(applied)
+        blob = applied.to_json().encode()
+        for handle in self.supervisor.shards:
+            if handle.alive:
+                handle.call(commands.Reload, config=blob).addErrback(
+                    lambda f, i=handle.index: log.warn("shard {i} did not reload: {f}",
+                                                       i=i, f=f.getErrorMessage()))
+        audit.info("configuration reloaded; applied live: {live}; needs a restart: {restart}",
+                   live=", ".join(live) or "none", restart=", ".join(restart) or "none")
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        self.admission.stop_accepting()
+        service.Service.stopService(self)
+        self.guard.stop()
+        yield self.supervisor.stopService()
+        for listener in self.listeners:
+            yield listener.stopService()
+        for dispatcher in self.dispatchers:
+            yield dispatcher.close()

@@ -1,0 +1,382 @@
+"""
+The supervisor: runs the shard processes of this node.
+
+Each shard gets a Unix socketpair for its AMP control channel (the child's
+end becomes its fd 3), is pinned to a CPU, has its stdout/stderr re-logged
+line by line (never mixed with the control channel), is restarted with
+doubling backoff when it dies, and on stop is drained, then sent SIGTERM,
+then SIGKILL. Modelled on L{twisted.runner.procmon}.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import partial
+from typing import Any, Callable, Mapping
+
+from twisted.application import service
+from twisted.internet import error, protocol
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from odin_ws.parent import affinity
+from odin_ws.common import metrics
+from odin_ws.common.launch import SHARD_CONFIG_ENV
+from odin_ws.common.commands import Drain
+from odin_ws.parent.hub import Hub
+from odin_ws.parent.shardhandle import ShardControl, ShardHandle, ShardUnavailable
+
+__all__ = ["Supervisor", "ShardHandle", "ShardControl", "ShardUnavailable"]
+
+#: Longest stdout/stderr line of a shard re-logged whole; longer is cut.
+MAX_LINE_BYTES = 4096
+#: Output lines per shard and second re-logged; the rest is summarized.
+MAX_LINES_PER_SECOND = 200
+
+
+class _ShardOutput:
+    """Re-logs one shard's stdout/stderr lines, bounded in length and rate."""
+
+    def __init__(self, index: int, clock, log: Logger):
+        self._index = index
+        self._clock = clock
+        self._log = log
+        self._partial = {"stdout": b"", "stderr": b""}
+        self._cut = {"stdout": False, "stderr": False}  # inside an over-long line
+        self._window = float("-inf")
+        self._count = 0
+        self._suppressed = 0
+        self._summary = None
+
+    def feed(self, stream: str, data: bytes) -> None:
+        lines = (self._partial[stream] + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            if self._cut[stream]:
+                self._cut[stream] = False  # the tail of a line already logged cut
+            else:
+                self._emit(stream, line)
+        if len(rest) > MAX_LINE_BYTES:
+            if not self._cut[stream]:
+                self._emit(stream, rest)
+                self._cut[stream] = True
+            rest = b""
+        self._partial[stream] = rest
+
+    def close(self) -> None:
+        for stream, rest in self._partial.items():
+            if rest and not self._cut[stream]:
+                self._emit(stream, rest)
+        self._partial = {"stdout": b"", "stderr": b""}
+        self._summarize()
+
+    def _emit(self, stream: str, line: bytes) -> None:
+        now = self._clock.seconds()
+        if now - self._window >= 1.0:
+            self._summarize()
+            self._window = now
+            self._count = 0
+        if self._count >= MAX_LINES_PER_SECOND:
+            self._suppressed += 1
+            if self._summary is None:
+                self._summary = self._clock.callLater(1.0, self._summarize)
+            return
+        self._count += 1
+        text = line[:MAX_LINE_BYTES].rstrip(b"\r").decode("utf-8", "replace")
+        if len(line) > MAX_LINE_BYTES:
+            text += f" [cut, line longer than {MAX_LINE_BYTES} bytes]"
+        emit = self._log.warn if stream == "stderr" else self._log.info
+        emit("shard {index}: {line}", index=self._index, line=text, stream=stream)
+
+    def _summarize(self) -> None:
+        if self._summary is not None:
+            if self._summary.active():
+                self._summary.cancel()
+            self._summary = None
+        if self._suppressed:
+            self._log.warn("shard {index}: {count} output lines not logged (more than "
+                           "{limit} a second)", index=self._index, count=self._suppressed,
+                           limit=MAX_LINES_PER_SECOND)
+            self._suppressed = 0
+
+
+class _ShardProcess(protocol.ProcessProtocol):
+    """Watches one shard process: its output and its end."""
+
+    def __init__(self, supervisor: "Supervisor", handle: ShardHandle, output: _ShardOutput):
+        self._supervisor = supervisor
+        self._handle = handle
+        self._output = output
+
+    def outReceived(self, data: bytes) -> None:
+        self._output.feed("stdout", data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._output.feed("stderr", data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self._output.close()
+        self._supervisor._process_ended(self._handle, self.transport, reason)
+
+
+class Supervisor(service.Service):
+    """
+    Runs C{config["shards"]} shard processes, restarts them, stops them.
+
+    @param argv_for: the full argv of shard i, executable first.
+    @param env: the environment of every shard.
+    @param allowed_cpus: the CPUs the parent may use (for tests).
+    @param pin: pins a pid to a CPU (for tests).
+    @raise odin_ws.common.config.ConfigError: C{cpu_affinity} names a CPU the
+        parent may not use.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, config: Mapping[str, Any], hub: Hub,
+                 argv_for: Callable[[int], list[str]], env: Mapping[str, str], *,
+                 allowed_cpus: Callable[[], list[int] | None] = affinity.allowed_cpus,
+                 pin: Callable[[int, int], None] = affinity.pin):
+        self._reactor = reactor
+        self.config = config
+        self.hub = hub
+        self._argv_for = argv_for
+        self._env = dict(env)
+        self._pin = pin
+        count = config["shards"]
+        setting = config["cpu_affinity"]
+        allowed = allowed_cpus()
+        cpus = affinity.assign(setting, count, allowed)
+        pinned = {c for c in cpus if c is not None}
+        if setting == "auto" and allowed is None:
+            self.log.info("cpu_affinity: this platform cannot pin processes; not pinning")
+        elif pinned and len(pinned) < count:
+            self.log.info("cpu_affinity: {shards} shards share {cpus} CPUs",
+                          shards=count, cpus=len(pinned))
+        window = config["supervisor.crash_loop_window"]
+        self.shards: list[ShardHandle] = [ShardHandle(i, cpus[i], reactor, window)
+                                          for i in range(count)]
+        self._all_down: Deferred | None = None
+        self._stopping: Deferred | None = None
+
+
+    def set_shard_config(self, config) -> None:
+        """The settings shards started from now on get (after a reload)."""
+        self._env[SHARD_CONFIG_ENV] = config.to_json()
+
+    def reconfigure(self, config) -> None:
+        """A reload: live supervisor settings, and what restarted shards get."""
+        self.config = config
+        self.set_shard_config(config)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every shard's health entry, in index order."""
+        return [h.as_health() for h in self.shards]
+
+    def wait_all_registered(self) -> Deferred:
+        """Fires with the handles once every shard is alive."""
+        return gatherResults([h.when_registered() for h in self.shards], consumeErrors=True)
+
+    # -- starting ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = None
+        for h in self.shards:
+            h._delay = self.config["supervisor.restart_min_delay"]
+            self._start(h)
+
+    def _start(self, h: ShardHandle) -> None:
+        h._restart_call = None
+        if not self.running:
+            return
+        h.started_at = self._reactor.seconds()
+        try:
+            h._process = self._spawn(h)
+        except OSError:
+            # Out of fds or processes: retried with backoff, like a crash.
+            self.log.failure("shard {index}: could not start", index=h.index)
+            if h._channel is not None and h._channel.transport is not None:
+                h._channel.transport.abortConnection()
+            self._schedule_restart(h, uptime=0.0)
+            return
+        h.pid = h._process.pid
+        self.log.info("shard {index} started (pid {pid}, cpu {cpu})",
+                      index=h.index, pid=h.pid, cpu=h.cpu)
+        if h.cpu is not None and h.pid is not None:
+            try:
+                self._pin(h.pid, h.cpu)
+            except OSError as e:
+                self.log.warn("shard {index}: cannot pin pid {pid} to CPU {cpu}: {why}",
+                              index=h.index, pid=h.pid, cpu=h.cpu, why=e)
+
+    def _spawn(self, h: ShardHandle):
+        """Create the control channel, adopt our end, spawn the child with the other."""
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # O_NONBLOCK lives on the shared file description, so the child's
+            # fd 3 is non-blocking too, as adoptStreamConnection requires.
+            child_end.setblocking(False)
+            parent_end.setblocking(False)
+            factory = protocol.Factory.forProtocol(
+                partial(ShardControl, h, self.hub, self._channel_lost))
+            self._reactor.adoptStreamConnection(parent_end.fileno(), socket.AF_UNIX, factory)
+            argv = self._argv_for(h.index)
+            proto = _ShardProcess(self, h, _ShardOutput(h.index, self._reactor, self.log))
+            return self._reactor.spawnProcess(
+                proto, argv[0], argv, env=self._env,
+                childFDs={0: "w", 1: "r", 2: "r", 3: child_end.fileno()})
+        finally:
+            # The reactor adopted a duplicate of our end; the child got its own.
+            parent_end.close()
+            child_end.close()
+
+    # -- exits and restarts -----------------------------------------------
+
+    def _process_ended(self, h: ShardHandle, transport, reason: Failure) -> None:
+        if h._process is not transport:
+            return
+        h._process = None
+        h.pid = None
+        h.alive = False
+        h.accepting = False
+        h.connections = 0
+        if h._kill_call is not None and h._kill_call.active():
+            h._kill_call.cancel()
+        h._kill_call = None
+        uptime = self._reactor.seconds() - (h.started_at or 0.0)
+        how = _describe_exit(reason)
+        if self.running:
+            self.log.warn("shard {index} {how} after {uptime:.1f}s", index=h.index, how=how,
+                          uptime=uptime)
+            self._schedule_restart(h, uptime)
+        else:
+            self.log.info("shard {index} {how}", index=h.index, how=how)
+        if h._channel is not None and h._channel.transport is not None:
+            # The peer is dead: nothing left to flush, and a copy of its end
+            # leaked to a grandchild must not keep the channel open.
+            h._channel.transport.abortConnection()
+        self._check_down()
+
+    def _schedule_restart(self, h: ShardHandle, uptime: float) -> None:
+        if not self.running:
+            return
+        cfg = self.config
+        if uptime > cfg["supervisor.crash_loop_window"]:
+            # A healthy run: forget earlier crashes.
+            h._delay = cfg["supervisor.restart_min_delay"]
+            h._restart_times.clear()
+            h._crash_looping = False
+        delay = h._delay
+        h._delay = min(delay * 2, cfg["supervisor.restart_max_delay"])
+        self.log.info("shard {index} restarts in {delay:.1f}s", index=h.index, delay=delay)
+        h._restart_call = self._reactor.callLater(delay, self._restart, h)
+
+    def _restart(self, h: ShardHandle) -> None:
+        now = self._reactor.seconds()
+        window = self.config["supervisor.crash_loop_window"]
+        h.restarts += 1
+        metrics.SHARD_RESTARTS.labels(shard=str(h.index)).inc()
+        h._restart_times.append(now)
+        while now - h._restart_times[0] > window:
+            h._restart_times.popleft()
+        if len(h._restart_times) >= self.config["supervisor.crash_loop_restarts"]:
+            if not h._crash_looping:
+                self.log.error("shard {index} is crash-looping ({n} restarts in {window:g}s)",
+                               index=h.index, n=len(h._restart_times), window=window)
+            h._crash_looping = True
+        self._start(h)
+
+    def _channel_lost(self, channel: ShardControl) -> None:
+        h = channel.handle
+        if h.running and self.running:
+            # A shard without its control channel can serve nobody (and
+            # exits by itself); make sure it does, then restart it.
+            self.log.warn("shard {index}: control channel lost; stopping it", index=h.index)
+            self._terminate(h)
+        self._check_down()
+
+    # -- stopping ---------------------------------------------------------
+
+    def stopService(self) -> Deferred:
+        """Drain, then TERM, then KILL; fires when every shard has exited."""
+        if self._stopping is not None:
+            return self._stopping
+        super().stopService()
+        for h in self.shards:
+            if h._restart_call is not None and h._restart_call.active():
+                h._restart_call.cancel()
+            h._restart_call = None
+            h._fire_ready(Failure(ShardUnavailable(f"shard {h.index}: supervisor stopped")))
+        d = self._drain()
+        d.addCallback(lambda _: self._terminate_all())
+        self._stopping = d
+        return d
+
+    def _drain(self) -> Deferred:
+        timeout = self.config["supervisor.drain_timeout"]
+        calls = []
+        for h in self.shards:
+            if not (h.alive and h.amp is not None and timeout > 0):
+                continue
+            call = h.amp.callRemote(Drain, window=timeout / 2)
+            call.addTimeout(timeout, self._reactor)
+            call.addCallbacks(self._drained, self._drain_failed, callbackArgs=(h,),
+                              errbackArgs=(h, timeout))
+            calls.append(call)
+        return DeferredList(calls)
+
+    def _drained(self, result: dict, h: ShardHandle) -> None:
+        self.log.info("shard {index} drained ({closed} connections closed)",
+                      index=h.index, closed=result["closed"])
+
+    def _drain_failed(self, reason: Failure, h: ShardHandle, timeout: float) -> None:
+        if reason.check(error.TimeoutError):
+            self.log.warn("shard {index} did not drain within {timeout:g}s", index=h.index,
+                          timeout=timeout)
+        else:
+            self.log.warn("shard {index}: drain failed: {why}", index=h.index,
+                          why=reason.getErrorMessage())
+
+    def _terminate_all(self) -> Deferred:
+        self._all_down = Deferred()
+        for h in self.shards:
+            if h.running:
+                self._terminate(h)
+        all_down = self._all_down
+        self._check_down()
+        return all_down
+
+    def _terminate(self, h: ShardHandle) -> None:
+        if h._kill_call is not None:
+            return  # already on its way out
+        self._signal(h, "TERM")
+        h._kill_call = self._reactor.callLater(self.config["supervisor.kill_timeout"],
+                                               self._kill, h)
+
+    def _kill(self, h: ShardHandle) -> None:
+        h._kill_call = None
+        if h.running:
+            self.log.warn("shard {index} ignored SIGTERM; sending SIGKILL", index=h.index)
+            self._signal(h, "KILL")
+
+    def _signal(self, h: ShardHandle, sig: str) -> None:
+        try:
+            h._process.signalProcess(sig)
+        except error.ProcessExitedAlready:
+            pass  # processEnded is on its way
+
+    def _check_down(self) -> None:
+        if self._all_down is not None and all(h._down for h in self.shards):
+            d, self._all_down = self._all_down, None
+            self.log.info("all shards stopped")
+            d.callback(None)
+
+
+def _describe_exit(reason: Failure) -> str:
+    value = reason.value
+    if getattr(value, "signal", None):
+        return f"was killed by signal {value.signal}"
+    code = getattr(value, "exitCode", None)
+    return f"exited with status {code}" if code is not None else f"ended: {value}"

@@ -1,0 +1,311 @@
+"""
+The shard's WebSocket protocol: one Autobahn server protocol per client,
+speaking the JSON control protocol of docs/protocol.md. Events never pass
+through here: they go from the shard's L{odin_ws.shard.writer.Fanout} straight to
+each connection's L{odin_ws.shard.writer.Outbox}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+
+from odin_ws.shard import auth
+from odin_ws.shard import messages
+from odin_ws.common import metrics
+from odin_ws.shard.lean import LeanServerProtocol
+from odin_ws.common.logs import audit
+from odin_ws.common.ratelimit import TokenBucket
+from odin_ws.shard.writer import Outbox, OutboxHolder
+
+if TYPE_CHECKING:
+    from odin_ws.shard.service import Shard
+
+#: Close codes of docs/protocol.md.
+CLOSE_RESTARTING = 4000
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_POLICY = 1008
+CLOSE_TOKEN_EXPIRED = 4001
+
+
+class ClientProtocol(OutboxHolder, LeanServerProtocol):
+    """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
+
+    log = Logger()
+    factory: "ClientFactory"
+    outbox: Outbox | None
+    # In slots like Autobahn's state (odin_ws/shard/lean.py): every
+    # connection carries them. OutboxHolder's two attributes included.
+    __slots__ = ("outbox", "_ws_state", "adopted_at", "bucket", "strikes", "strike_stamp",
+                 "ever_subscribed", "_idle_call", "_expiry_call", "grant", "client_ip",
+                 "ip_counted")
+
+    def __init__(self):
+        super().__init__()
+        self.adopted_at = 0.0
+        self.bucket: TokenBucket | None = None
+        self.strikes = 0.0
+        self.strike_stamp = 0.0
+        self.ever_subscribed = False
+        self._idle_call = None
+        self._expiry_call = None
+        self.grant: auth.Grant = auth.OPEN
+        self.client_ip = ""
+        self.ip_counted = False
+
+    def connectionMade(self):
+        # Adoption: the parent's head bytes are replayed right after this.
+        self.adopted_at = time.monotonic()
+        # No Nagle: events are small writes, and a client that delays its
+        # ACKs (most do) would otherwise hold each next one up to ~40 ms.
+        # Autobahn's connectionMade means to do this but asks before it has
+        # copied tcpNoDelay from the factory; its AttributeError is
+        # swallowed and the option stays off (Autobahn 26.10).
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass    # not a TCP transport
+        super().connectionMade()
+        self.factory.shard.connection_made(self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.shard.connection_lost(self)
+
+    def onConnect(self, request):
+        shard = self.factory.shard
+        if request.path != shard.config["listen.ws_path"]:
+            raise ConnectionDeny(404, "Not Found")
+        if not shard.accepting:
+            raise ConnectionDeny(503, "Service Unavailable")
+        config = shard.config
+        origins = config["limits.allowed_origins"]
+        if origins and request.headers.get("origin", "") not in origins:
+            self._deny("origin", 403, "Forbidden: origin not allowed")
+        self.client_ip = self._client_ip(request)
+        if not shard.ip_admit(self):
+            self._deny("per_ip", 429, "Too Many Requests: too many connections from this address")
+        verifier = shard.verifier
+        if not verifier.enabled:
+            return None
+        token = auth.token_from_request(request.headers, request.params, verifier.sources)
+        try:
+            self.grant = verifier.verify(token)
+        except auth.AuthError as e:
+            self._deny("auth_" + e.reason, 401, f"Unauthorized: {e.message}")
+        self._schedule_expiry()
+        if auth.SUBPROTOCOL in request.protocols:
+            return auth.SUBPROTOCOL
+        return None
+
+    def _client_ip(self, request) -> str:
+        peer = self.transport.getPeer()
+        ip = getattr(peer, "host", "")
+        trusted = self.factory.shard.config["limits.trusted_proxies"]
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded and ip in trusted:
+            return forwarded.split(",")[-1].strip() or ip
+        return ip
+
+    def _deny(self, reason: str, status: int, text: str):
+        metrics.REJECTED.labels(status=str(status), reason=reason).inc()
+        audit.info("connection from {ip} rejected: {reason} ({status})",
+                   ip=self.client_ip or getattr(self.transport.getPeer(), "host", ""),
+                   reason=reason, status=status)
+        raise ConnectionDeny(status, text)
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        self._expiry_call = None
+        if self.grant.expires is None:
+            return
+        reactor = self.factory.shard.reactor
+        delay = max(0.0, self.grant.expires + self.factory.shard.verifier.leeway - time.time())
+        self._expiry_call = reactor.callLater(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry_call = None
+        audit.info("connection from {ip} closed: token expired", ip=self.client_ip)
+        self.sendClose(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a fresh token")
+
+    def onOpen(self):
+        shard = self.factory.shard
+        config = shard.config
+        self.outbox = Outbox(self, shard.fanout, shard.policy_for,
+                             config["outbound.max_buffer_bytes"],
+                             config["outbound.disconnect_grace"], self._slow_consumer)
+        metrics.CONNECTIONS_OPENED.inc()
+        if self.adopted_at:
+            metrics.HANDSHAKE_SECONDS.observe(time.monotonic() - self.adopted_at)
+        clock = shard.reactor
+        self.bucket = TokenBucket(config["limits.message_rate"], config["limits.message_burst"],
+                                  clock.seconds)
+        if config["keepalive.idle_timeout"] > 0:
+            self._idle_call = clock.callLater(config["keepalive.idle_timeout"], self._idle)
+
+    def _idle(self) -> None:
+        self._idle_call = None
+        if not self.ever_subscribed:
+            self.sendClose(1000, "idle: no subscription")
+
+    def _rate_ok(self) -> bool:
+        """Spend a token; on refusal count a strike, and close if strikes pile up."""
+        if self.bucket.take():
+            return True
+        config = self.factory.shard.config
+        now = self.bucket.now()
+        # Strikes decay at one per second of good behaviour.
+        self.strikes = max(0.0, self.strikes - (now - self.strike_stamp)) + 1
+        self.strike_stamp = now
+        if self.strikes > config["limits.rate_strikes"]:
+            metrics.CLIENT_ERRORS.labels(code="rate_limit_close").inc()
+            audit.info("connection from {ip} closed: sustained rate limit", ip=self.client_ip)
+            # sendClose() refuses 1008 (it allows 1000 and 3000-4999 only);
+            # sendCloseFrame is the same closing handshake without that check.
+            self.sendCloseFrame(code=CLOSE_POLICY, reasonUtf8=b"rate limit exceeded",
+                                isReply=False)
+        else:
+            self._error(messages.RATE_LIMITED, f"more than {config['limits.message_rate']:g} "
+                        "messages per second; slow down", None)
+        return False
+
+    def onMessage(self, payload: bytes, isBinary: bool):
+        if self.state != self.STATE_OPEN or not self._rate_ok():
+            return
+        if isBinary:
+            self._error(messages.BINARY_NOT_SUPPORTED,
+                        "binary frames are not supported; send JSON text", None)
+            return
+        shard = self.factory.shard
+        config = shard.config
+        try:
+            msg = messages.parse_client_message(
+                payload, config["limits.max_channels_per_message"],
+                config["limits.max_channel_length"])
+        except messages.ClientError as e:
+            self._error(e.code, e.message, e.id)
+            return
+        if isinstance(msg, messages.Subscribe):
+            self._subscribe(msg)
+        elif isinstance(msg, messages.Unsubscribe):
+            index = shard.index
+            for _, token, etype in msg.channels:
+                index.remove(self.outbox, token, etype)
+            shard.subscriptions_changed()
+            self.sendMessage(messages.ack("unsubscribed", [c[0] for c in msg.channels], msg.id))
+        elif isinstance(msg, messages.Ping):
+            self.sendMessage(messages.pong(msg.id))
+        elif isinstance(msg, messages.Refresh) and shard.verifier.enabled:
+            self._refresh(msg)
+        else:
+            self._error(messages.UNKNOWN_TYPE, f"{type(msg).__name__.lower()} is not "
+                        "available on this server", getattr(msg, "id", None))
+
+    def _refresh(self, msg: "messages.Refresh") -> None:
+        shard = self.factory.shard
+        try:
+            grant = shard.verifier.verify(msg.token)
+        except auth.AuthError as e:
+            self._error(messages.FORBIDDEN, f"refresh refused: {e.message}", msg.id)
+            return
+        self.grant = grant
+        self._schedule_expiry()
+        # Subscriptions the new token no longer allows are dropped and reported.
+        lost = [(t, e) for (t, e) in shard.index.patterns_of(self.outbox)
+                if not grant.allows(t, e)]
+        for t, e in lost:
+            shard.index.remove(self.outbox, t, e)
+        reply = {"type": "refreshed", "expires": int(grant.expires)}
+        if lost:
+            reply["unsubscribed"] = sorted(f"odin.token.{t}.{e}" for t, e in lost)
+        if msg.id is not None:
+            reply["id"] = msg.id
+        self.sendMessage(json.dumps(reply, separators=(",", ":")).encode())
+
+    def _subscribe(self, msg: "messages.Subscribe") -> None:
+        shard = self.factory.shard
+        index = shard.index
+        limit = shard.config["limits.max_subscriptions"]
+        denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+        if denied:
+            self._error(messages.FORBIDDEN, f"your token does not allow {denied[0][:100]}",
+                        msg.id)
+            return
+        held = index.count(self.outbox)
+        new = [c for c in msg.channels if not index.holds(self.outbox, c[1], c[2])]
+        if held + len(new) > limit:
+            self._error(messages.TOO_MANY_SUBSCRIPTIONS,
+                        f"a connection may hold at most {limit} subscriptions", msg.id)
+            return
+        for _, token, etype in new:
+            index.add(self.outbox, token, etype)
+        if not self.ever_subscribed:
+            self.ever_subscribed = True
+            # The idle close is for connections that never subscribe: its
+            # timer (~0.3 KB) need not wait out its delay.
+            call, self._idle_call = self._idle_call, None
+            if call is not None and call.active():
+                call.cancel()
+        shard.subscriptions_changed()
+        self.sendMessage(messages.ack("subscribed", [c[0] for c in msg.channels], msg.id))
+
+    def _error(self, code: str, message: str, id) -> None:
+        metrics.CLIENT_ERRORS.labels(code=code).inc()
+        self.sendMessage(messages.error(code, message, id))
+
+    def _slow_consumer(self) -> None:
+        self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer exceeded")
+
+    def onClose(self, wasClean, code, reason):
+        for call in (self._idle_call, self._expiry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._expiry_call = None
+        outbox = self.outbox
+        if outbox is None:
+            return
+        self.outbox = None
+        shard = self.factory.shard
+        shard.index.remove_all(outbox)
+        outbox.close()
+        shard.subscriptions_changed()
+        if self.closedByMe and self.localCloseCode is not None:
+            # We closed first (1007, 1008, 1009, 4008, ...): count our code,
+            # not the client's echo, nor the 1006 of a client that never
+            # answered our close frame.
+            code = self.localCloseCode
+        reason_label = "slow_consumer" if code == CLOSE_SLOW_CONSUMER else (
+            "clean" if wasClean else "dropped")
+        metrics.CONNECTIONS_CLOSED.labels(reason=reason_label, code=str(code)).inc()
+
+
+class ClientFactory(WebSocketServerFactory):
+    protocol = ClientProtocol
+
+    def __init__(self, shard: "Shard"):
+        super().__init__()
+        self.shard = shard
+        self.shard_config_changed()
+
+    def shard_config_changed(self) -> None:
+        config = self.shard.config
+        self.setProtocolOptions(
+            maxFramePayloadSize=config["limits.max_message_bytes"],
+            maxMessagePayloadSize=config["limits.max_message_bytes"],
+            openHandshakeTimeout=config["limits.handshake_timeout"],
+            closeHandshakeTimeout=2,
+            # Autobahn's default drops the TCP connection on a protocol
+            # violation without a close frame: the client would see 1006,
+            # never the 1009/1007/1002 of docs/protocol.md.
+            failByDrop=False,
+            autoPingInterval=config["keepalive.ping_interval"],
+            autoPingTimeout=config["keepalive.ping_timeout"],
+            tcpNoDelay=True,
+            perMessageCompressionAccept=lambda offers: None,
+        )

@@ -1,0 +1,308 @@
+"""
+One shard: its own process and reactor, serving the WebSocket clients the
+parent hands over, consuming its share of the Kafka partitions, and trading
+events with the other shards through the parent's hub.
+
+The control channel is the inherited Unix socket (fd 3 by default). When it
+closes, the parent is gone and the shard stops: no orphan outlives its parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+from twisted.application import service
+from twisted.internet import defer, protocol, task
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from odin_ws.shard import auth
+from odin_ws.common import commands as control
+from odin_ws.common import handoff
+from odin_ws.common import metrics
+from odin_ws.shard import tls
+from odin_ws.common.config import Config, ConfigError, apply_live
+from odin_ws.common.logs import install_logging
+from odin_ws.common.events import Event, decode_batch, encode_batch
+from odin_ws.shard.ingest import KafkaIngest
+from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
+from odin_ws.shard.records import RecordMapper
+from odin_ws.shard.subscriptions import SubscriptionIndex
+from odin_ws.shard.writer import Fanout, WriteStats, WriteStatsCollector, limit_unsent, text_frame
+
+
+class ShardControl(amp.AMP):
+    """The shard's end of the control channel."""
+
+    def __init__(self, shard: "Shard"):
+        super().__init__()
+        self.shard = shard
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.shard.control_connected(self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.shard.control_lost()
+
+    @control.Handoff.responder
+    def handoff(self, fd, head, peer, tls):
+        return {"connections": self.shard.adopt(fd, head, tls)}
+
+    @control.Deliver.responder
+    def deliver(self, batch):
+        self.shard.deliver(decode_batch(batch))
+        return {}
+
+    @control.GetMetrics.responder
+    def get_metrics(self):
+        return {"text": metrics.exposition()}
+
+    @control.Reload.responder
+    def reload(self, config):
+        self.shard.reload(Config.from_json(config.decode()))
+        return {}
+
+    @control.Drain.responder
+    def drain(self, window):
+        return self.shard.drain(window).addCallback(lambda n: {"closed": n})
+
+
+class Shard(service.MultiService):
+    """A shard process's service tree: control channel, Kafka, WebSocket clients."""
+
+    log = Logger()
+
+    def __init__(self, reactor, config: Config, number: int, control_fd: int | None = 3):
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.number = number
+        self.control_fd = control_fd
+        self.index = SubscriptionIndex()
+        self.stats = WriteStats()
+        self.fanout = Fanout(reactor, self.stats)
+        self.factory = ClientFactory(self)
+        self.clients: set[ClientProtocol] = set()
+        self.accepting = True
+        self.control: ShardControl | None = None
+        # Highest offset seen per (topic, partition) from any source, so a
+        # partition re-read after a rebalance is not delivered twice.
+        self.seen: dict[tuple[str, int], int] = {}
+        self._policies = dict(config["outbound.policy"])
+        self.verifier = auth.Verifier(config)
+        self.tls_options = tls.server_options(config) if tls.enabled(config) else None
+        self.per_ip: dict[str, int] = {}
+        self._drained: defer.Deferred | None = None
+        self.kafka = KafkaIngest(reactor, config, RecordMapper(
+            config["kafka.topics"], config["kafka.token_field"],
+            config["kafka.event_type_field"], config["kafka.max_record_bytes"]),
+            self.on_kafka_batch)
+        self.kafka.setServiceParent(self)
+        self._stats_loop = task.LoopingCall(self.report_stats)
+        self._stats_loop.clock = reactor
+        self._collector = WriteStatsCollector(self.stats)
+
+    # -- lifecycle
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        install_logging(self.config, parent)
+
+    def startService(self):
+        if self.control_fd is not None:
+            # The parent handles Ctrl-C for the whole process group and drains us.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self.reactor.adoptStreamConnection(
+                self.control_fd, socket.AF_UNIX,
+                protocol.Factory.forProtocol(lambda: ShardControl(self)))
+            os.close(self.control_fd)
+        metrics.REGISTRY.register(self._collector)
+        super().startService()
+        self._stats_loop.start(self.config["supervisor.stats_interval"], now=False)
+
+    def stopService(self):
+        if self._stats_loop.running:
+            self._stats_loop.stop()
+        for client in list(self.clients):
+            if client.outbox is not None:
+                client.outbox.close()   # nothing more goes out on an aborted socket
+            client.transport.abortConnection()
+        metrics.REGISTRY.unregister(self._collector)
+        return super().stopService()
+
+    def control_connected(self, proto: ShardControl) -> None:
+        self.control = proto
+        proto.callRemote(control.Register, index=self.number, pid=os.getpid(),
+                         capacity=self.capacity).addErrback(
+            lambda f: self.log.failure("registering with the parent", f))
+
+    def control_lost(self) -> None:
+        self.control = None
+        if self.running:
+            self.log.info("control channel closed: parent gone, shard {n} stopping", n=self.number)
+            self.reactor.stop()
+
+    @property
+    def capacity(self) -> int:
+        return self.config["limits.max_connections_per_shard"]
+
+    def policy_for(self, event_type: str) -> str:
+        policies = self._policies
+        return policies.get(event_type) or policies.get("default", "drop")
+
+    # -- connections
+
+    def adopt(self, fd: int, head: bytes, use_tls: bool) -> int:
+        # Not named "tls": that would shadow the odin_ws.shard.tls module used below.
+        if not self.accepting or len(self.clients) >= self.capacity:
+            os.close(fd)
+            raise control.HandoffRefused("shard full or draining")
+        if use_tls:
+            if self.tls_options is None:
+                os.close(fd)
+                raise control.HandoffRefused("TLS is not configured on this shard")
+            handoff.adopt(self.reactor, fd, tls.wrap(self.tls_options, self.factory), head)
+        else:
+            handoff.adopt(self.reactor, fd, self.factory, head)
+        return len(self.clients)
+
+    def ip_admit(self, proto: ClientProtocol) -> bool:
+        """Count the client's IP; False if it already holds its share."""
+        ip = proto.client_ip
+        held = self.per_ip.get(ip, 0)
+        if held >= self.config["limits.max_connections_per_ip"]:
+            return False
+        self.per_ip[ip] = held + 1
+        proto.ip_counted = True
+        return True
+
+    def reload(self, new: Config) -> None:
+        """Apply the settings that may change live; keep the rest until restart."""
+        applied, live, _ = apply_live(self.config, new)
+        try:
+            verifier = auth.Verifier(applied)
+            options = tls.server_options(applied) if tls.enabled(applied) else None
+        except ConfigError as e:
+            self.log.error("reload refused: {e}", e=e)
+            return
+        self.config = applied
+        self.factory.shard_config_changed()
+        self.verifier = verifier
+        self.tls_options = options
+        self._policies = dict(self.config["outbound.policy"])
+        limit = self.config["outbound.max_buffer_bytes"]
+        for client in self.clients:
+            if client.outbox is not None:
+                client.outbox.limit = limit
+        self.log.info("shard {n} reloaded: {keys}", n=self.number, keys=", ".join(live) or "no changes")
+
+    def connection_made(self, proto: ClientProtocol) -> None:
+        limit_unsent(proto.transport, self.config["outbound.kernel_unsent_bytes"])
+        self.clients.add(proto)
+        metrics.CONNECTIONS.set(len(self.clients))
+
+    def connection_lost(self, proto: ClientProtocol) -> None:
+        self.clients.discard(proto)
+        if proto.ip_counted:
+            left = self.per_ip.get(proto.client_ip, 1) - 1
+            if left > 0:
+                self.per_ip[proto.client_ip] = left
+            else:
+                self.per_ip.pop(proto.client_ip, None)
+        metrics.CONNECTIONS.set(len(self.clients))
+        if self._drained is not None and not self.clients:
+            d, self._drained = self._drained, None
+            d.callback(None)
+
+    def subscriptions_changed(self) -> None:
+        metrics.SUBSCRIPTIONS.set(self.index.total)
+
+    def report_stats(self) -> None:
+        if self.control is None:
+            return
+        status = {"kafka": self.kafka.status(), "accepting": self.accepting,
+                  "subscriptions": self.index.total}
+        self.control.callRemote(control.Stats, connections=len(self.clients),
+                                capacity=self.capacity,
+                                status=json.dumps(status).encode())
+
+    def drain(self, window: float) -> defer.Deferred:
+        """
+        Stop accepting, then close every client with 4000 ("server
+        restarting, reconnect with jitter"), the closes spread evenly over
+        C{window} seconds so clients do not all come back at once.
+        """
+        self.accepting = False
+        clients = list(self.clients)
+        count = len(clients)
+        if not clients:
+            return defer.succeed(0)
+        d = defer.Deferred()
+        self._drained = d
+        step = window / count if window > 0 else 0
+        for i, client in enumerate(clients):
+            self.reactor.callLater(i * step, client.sendClose, CLOSE_RESTARTING,
+                                   "server restarting, reconnect with jitter")
+        return d.addCallback(lambda _: count)
+
+    # -- events
+
+    def _fresh(self, events: list[Event]) -> list[Event]:
+        seen = self.seen
+        fresh = []
+        for e in events:
+            key = (e.topic, e.partition)
+            if seen.get(key, -1) >= e.offset:
+                metrics.EVENTS_DUPLICATE.inc()
+                continue
+            seen[key] = e.offset
+            fresh.append(e)
+        return fresh
+
+    def on_kafka_batch(self, events: list[Event]):
+        """A batch this shard consumed: deliver here, relay to the others."""
+        events = self._fresh(events)
+        if not events:
+            return None
+        self._deliver(events)
+        if self.control is None:
+            return None
+        return self.control.callRemote(control.Publish, batch=encode_batch(events))
+
+    def deliver(self, events: list[Event]) -> None:
+        """A batch another shard consumed, relayed by the hub."""
+        self._deliver(self._fresh(events))
+
+    def _deliver(self, events: list[Event]) -> None:
+        index = self.index
+        fanout = self.fanout
+        delivered = []
+        # Consecutive events reaching the same subscribers (match hands out
+        # the same object for the same bucket) go out as one run: framed
+        # and joined once, one queue entry per subscriber.
+        run: list = []
+        run_to = None
+        for e in events:
+            subscribers = index.match(e.token, e.event_type)
+            if not subscribers:
+                continue
+            delivered.append(e.ts)
+            if subscribers is not run_to and run:
+                fanout.publish_run(run, run_to)
+                run = []
+            run_to = subscribers
+            run.append((text_frame(e.envelope), e.channel, e.event_type))
+        if run:
+            fanout.publish_run(run, run_to)
+        fanout.flush()
+        if delivered:
+            now = time.time() * 1000.0
+            observe = metrics.DELIVERY_LATENCY.observe
+            for ts in delivered:
+                observe(max(0.0, (now - ts) / 1000.0))

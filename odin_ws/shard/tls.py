@@ -1,0 +1,77 @@
+"""
+TLS for the shards (wss://). The parent hands TLS connections over before
+reading a byte; each shard terminates TLS on the adopted socket with the
+context built here. Re-read on SIGHUP: new connections get the new
+certificate, existing ones keep the one they negotiated.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import crypto
+from twisted.internet import ssl
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from odin_ws.common.config import Config, ConfigError
+
+
+def _read(config: Config, key: str) -> bytes:
+    path = config[key]
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
+def enabled(config: Config) -> bool:
+    return bool(config["tls.certificate"])
+
+
+def server_options(config: Config) -> ssl.CertificateOptions:
+    """
+    Certificate chain + key from PEM files; TLS 1.2 at least; the library's
+    default ciphers.
+
+    @raise ConfigError: unreadable or mismatched files, named by key.
+    """
+    chain = _read(config, "tls.certificate")
+    key_pem = _read(config, "tls.private_key") if config["tls.private_key"] else chain
+    try:
+        certs = [crypto.load_certificate(crypto.FILETYPE_PEM, block)
+                 for block in _pem_blocks(chain, b"CERTIFICATE")]
+    except crypto.Error:
+        raise ConfigError("tls.certificate: not a PEM certificate chain") from None
+    if not certs:
+        raise ConfigError("tls.certificate: no certificate found")
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+    except crypto.Error:
+        raise ConfigError("tls.private_key: not a PEM private key") from None
+    options = ssl.CertificateOptions(
+        privateKey=key, certificate=certs[0], extraCertChain=certs[1:],
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    try:
+        options.getContext()
+    except Exception as e:  # OpenSSL's own wording says which part is wrong.
+        raise ConfigError(f"tls.private_key: does not match tls.certificate ({e})") from None
+    return options
+
+
+def _pem_blocks(data: bytes, kind: bytes) -> list[bytes]:
+    begin = b"-----BEGIN " + kind + b"-----"
+    end = b"-----END " + kind + b"-----"
+    blocks = []
+    pos = 0
+    while (start := data.find(begin, pos)) != -1:
+        stop = data.find(end, start)
+        if stop == -1:
+            break
+        stop += len(end)
+        blocks.append(data[start:stop] + b"\n")
+        pos = stop
+    return blocks
+
+
+def wrap(options: ssl.CertificateOptions, factory) -> TLSMemoryBIOFactory:
+    """A server-side TLS factory around C{factory}."""
+    return TLSMemoryBIOFactory(options, False, factory)

@@ -1,0 +1,105 @@
+"""
+C{python -m odinws_tools.capacity_run} (what C{make capacity} runs): the demo stack
+(embedded broker, odinws with two shards, the simulator at a moderate rate)
+loaded by C{odinws-loadtest} with 12,000 subscribed connections for 60 s.
+Exits 0 only when every connection opened and stayed up and no event was
+lost, duplicated or out of order (the load test's verdict), 1 otherwise.
+
+The node's settings differ from the demo's only where 12,000 connections
+from one machine need it (see L{CAPACITY_SETTINGS} and docs/performance.md,
+"Capacity").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+from odinws_tools.loadtest import run as loadtest
+from odinws_tools.demo import DemoStack, Interrupted
+from odinws_tools.embedded_broker import free_port
+
+#: On top of the demo's settings (which already switch the resource guard
+#: off: cpu_threshold 0): room for 12k connections on two shards, all from
+#: loopback addresses (per-IP limits raised), a listen backlog for the ramp,
+#: and a short Kafka fetch wait so latency is not dominated by it.
+CAPACITY_SETTINGS = {
+    "limits.max_connections": 14000,
+    "limits.max_connections_per_shard": 8000,
+    "limits.max_connections_per_ip": 14000,
+    "limits.connection_rate_per_ip": 2000.0,
+    "limits.connection_burst_per_ip": 2000,
+    "guard.cpu_threshold": 0,
+    "guard.memory_threshold": 0,
+    "kafka.consumer_config": {"fetch.wait.max.ms": 20},
+}
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m odinws_tools.capacity_run",
+        description="Start the demo stack and hold N subscribed connections against it "
+                    "with odinws-loadtest; exit 1 on any failed connection or lost event.")
+    p.add_argument("--connections", type=int, default=12000)
+    p.add_argument("--ramp", default="300/s", help="connections opened per second")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds to hold")
+    p.add_argument("--rate", type=int, default=4,
+                   help="simulator ceiling, events/s (it averages about 60%% of it)")
+    p.add_argument("--tokens", type=int, default=20, help="simulated tokens")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--channels", default="odin.token.*.*")
+    p.add_argument("--report", default="artifacts/capacity", help="report directory")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    began = time.monotonic()
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    workdir = tempfile.mkdtemp(prefix="odinws-capacity-")
+    port = free_port()
+    backlog = {"listen.port": f"tcp:{port}:interface=127.0.0.1:backlog=4096"}
+    stack = DemoStack(workdir, port=port, kafka_port=0, shards=args.shards, rate=args.rate,
+                      tokens=args.tokens, say=lambda line: print(line, flush=True),
+                      cancel=stopping, settings={**CAPACITY_SETTINGS, **backlog})
+    try:
+        stack.start()
+    except Interrupted:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 130
+    except Exception as e:  # noqa: BLE001 - reported with the logs' place, then exit
+        print(f"capacity: could not start the stack: {e}\nlogs: {workdir}", flush=True)
+        return 1
+    try:
+        # Let the consumer group settle and the simulator's first records arrive.
+        stack.cancel.wait(3.0)
+        code = loadtest.main([
+            "--url", f"ws://127.0.0.1:{port}/ws", "--connections", str(args.connections),
+            "--ramp", args.ramp, "--duration", str(args.duration), "--channels", args.channels,
+            "--report", args.report])
+        problem = stack.failed()
+    finally:
+        stack.stop()
+    if problem:
+        print(f"capacity: {problem}", flush=True)
+        code = 1
+    os.makedirs(args.report, exist_ok=True)
+    for name in ("odinws.log", "simulate.log"):
+        if os.path.exists(os.path.join(workdir, name)):
+            shutil.copy(os.path.join(workdir, name), os.path.join(args.report, name))
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"capacity: {'PASS' if code == 0 else 'FAIL'} in {time.monotonic() - began:.0f} s "
+          f"(report: {args.report}/report.html)", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
