@@ -1,6 +1,6 @@
 """
 The memory footprint of one WebSocket connection: the one module naming
-Autobahn's per-connection attributes; guarded by C{tests/test_memory.py}.
+Autobahn's per-connection attributes; guarded by C{tests/shard/test_memory.py}.
 
 An idle connection of a shard costs mostly Python objects, and Autobahn's
 server protocol was the largest of them: about a hundred instance

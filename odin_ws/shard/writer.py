@@ -1,7 +1,7 @@
 """
 The fan-out write path: one event frame to many WebSocket connections. The
 one module touching Twisted's and Autobahn's write internals; guarded by
-C{tests/test_writepath.py}.
+C{tests/shard/test_writepath.py}.
 
 Why frame ourselves: the server accepts no compression, so an event's frame
 is the same bytes for every client; L{text_frame} builds it once. Autobahn's

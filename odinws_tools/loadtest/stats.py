@@ -2,7 +2,7 @@
 The arithmetic of C{odinws-loadtest}: latency histograms, per-channel
 sequence checks, the completeness check over all connections, and the diff
 of the server's C{/metrics}. Pure functions and small classes, no I/O, so
-they are tested on their own (C{tests/test_loadtest.py}).
+they are tested on their own (C{tests/tools/test_loadtest.py}).
 """
 
 from __future__ import annotations

@@ -17,18 +17,25 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 import yaml  # noqa: E402
 
-from tests.broker import TansuBroker  # noqa: E402
-from tests.node import Client, free_port, http_get, wait_for  # noqa: E402
-from tests.test_ops_files import (  # noqa: E402
-    DASHBOARD, EXPECTED_FAMILIES, PROMETHEUS_SERIES, all_rules, dashboard_panels, load_rules,
-    metric_names, recorded_names, sample_names)
+from tests.helpers.broker import TansuBroker  # noqa: E402
+from tests.helpers.node import Client, free_port, http_get, wait_for  # noqa: E402
+from tests.helpers.opsfiles import (  # noqa: E402
+    DASHBOARD,
+    EXPECTED_FAMILIES,
+    PROMETHEUS_SERIES,
+    all_rules,
+    dashboard_panels,
+    load_rules,
+    metric_names,
+    recorded_names,
+    sample_names,
+)
 
 TWISTD = "/opt/venvs/odinws/bin/twistd"
 TOPIC = "odinws.debtest"

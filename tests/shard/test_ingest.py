@@ -20,11 +20,11 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from odin_ws.common import metrics
 from odin_ws.common.config import Config, validate
 from odin_ws.shard.ingest import KafkaIngest
 from odin_ws.shard.records import RecordMapper
-from tests.broker import TansuBroker, free_port, shared_broker
+from tests.helpers import sample
+from tests.helpers.broker import TansuBroker, free_port, shared_broker
 
 TIMEOUT = 30.0
 
@@ -62,8 +62,6 @@ def make_config(bootstrap: str, topic: str, group: str, **overrides) -> Config:
     return Config(validate(values))
 
 
-def sample(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def unique(prefix: str) -> str:

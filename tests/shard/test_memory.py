@@ -18,7 +18,7 @@ from odin_ws.shard import lean as footprint
 from odin_ws.shard.lean import LeanServerProtocol
 from odin_ws.shard.protocol import ClientProtocol
 from odin_ws.shard.subscriptions import SubscriptionIndex
-from tests.test_protocol import Client, ShardTestCase, client_frame, text
+from tests.helpers import ShardClient, ShardTestCase, client_frame, text
 
 #: Where Autobahn's server code reads the state LeanServerProtocol drops,
 #: and the condition each reader runs under (see odin_ws/shard/lean.py).
@@ -52,7 +52,7 @@ class SlotTests(ShardTestCase):
 
     settings = {"keepalive.idle_timeout": 0}
 
-    def assertNoDict(self, client: Client, stage: str) -> None:
+    def assertNoDict(self, client: ShardClient, stage: str) -> None:
         self.assertEqual(sorted(vars(client.proto)), [],
                          f"attributes outside the slots after {stage}: add them to "
                          "odin_ws/shard/lean.py (Autobahn's) or ClientProtocol.__slots__")

@@ -20,13 +20,13 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from odin_ws.parent import affinity
-from odin_ws.common import metrics
-from odin_ws.common.config import Config, ConfigError, validate
 from odin_ws.common.commands import Deliver, Drain, Publish, Register, Stats
+from odin_ws.common.config import Config, ConfigError, validate
 from odin_ws.common.events import Event, encode_batch
+from odin_ws.parent import affinity
 from odin_ws.parent.hub import Hub
 from odin_ws.parent.supervisor import ShardUnavailable, Supervisor
+from tests.helpers import ROOT, sample
 
 
 class FakeProcess:
@@ -126,8 +126,6 @@ def config(shards=2, cpu_affinity="auto", **supervisor) -> Config:
     return Config(validate(values))
 
 
-def sample(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class SupervisorTestCase(SynchronousTestCase):
@@ -538,7 +536,7 @@ class RealProcessTests(TestCase):
         script = self.mktemp()
         with open(script, "w") as f:
             f.write(CHILD)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = ROOT
         env = dict(os.environ, PYTHONPATH=root)
         logged: list[dict] = []
         self.patch(Supervisor, "log", Logger(observer=logged.append))

@@ -11,41 +11,36 @@ import socket
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import abstract, tcp
-from twisted.internet.address import IPv4Address
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReadDescriptor
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
-from odin_ws.shard.writer import (Chunk, Fanout, Outbox, OutboxHolder, WriteStats, WriteStatsCollector,
-                            held, limit_unsent, text_frame)
-
-OPEN = WebSocketProtocol.STATE_OPEN
-
+from odin_ws.shard.writer import (
+    Chunk,
+    Fanout,
+    Outbox,
+    WriteStats,
+    WriteStatsCollector,
+    held,
+    limit_unsent,
+    text_frame,
+)
+from tests.helpers import (
+    OPEN,
+    PLAIN_UPGRADE,
+    Client,
+    FakeProtocol,
+    Sink,
+    StalledTransport,
+    handshaken_protocol,
+    parse_frames,
+    tcp_pair,
+)
 
 # -- helpers (tests/test_writepath.py uses some of them too)
 
-def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """(opcode, payload) of each unmasked, final server frame in C{data}."""
-    frames, i = [], 0
-    while i < len(data):
-        b0, b1 = data[i], data[i + 1]
-        if not b0 & 0x80 or b1 & 0x80:
-            raise ValueError(f"not a final unmasked frame at {i}: {b0:#x} {b1:#x}")
-        n, i = b1 & 0x7F, i + 2
-        if n == 126:
-            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
-        elif n == 127:
-            n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
-        if i + n > len(data):
-            raise ValueError(f"truncated frame at {i}")
-        frames.append((b0 & 0x0F, data[i:i + n]))
-        i += n
-    return frames
 
 
 def event(channel: str, n: int, pad: int = 60) -> bytes:
@@ -63,12 +58,6 @@ def events_in(data: bytes) -> list[tuple[str, int]]:
     return out
 
 
-class FakeProtocol(OutboxHolder):
-    """What an Outbox uses of an Autobahn protocol: its transport and state."""
-
-    def __init__(self, transport):
-        self.transport = transport
-        self.state = OPEN
 
 
 class CountingTransport(StringTransport):
@@ -81,153 +70,16 @@ class CountingTransport(StringTransport):
         super().write(data)
 
 
-class StalledTransport(abstract.FileDescriptor):
-    """
-    Twisted's real buffering and producer calls (L{abstract.FileDescriptor})
-    over a fake kernel that takes only what the test allows: a stalled
-    client until L{drain}.
-    """
-
-    def __init__(self):
-        super().__init__(MemoryReactor())
-        self.connected = 1
-        self.allow = 0
-        self.wire = bytearray()
-
-    def writeSomeData(self, data):
-        n = min(len(data), self.allow)
-        self.allow -= n
-        self.wire += data[:n]
-        return n
-
-    def drain(self) -> None:
-        """The client reads everything, as the reactor's doWrite would deliver it."""
-        self.allow = 1 << 40
-        while held(self):
-            self.doWrite()
-        self.allow = 0
 
 
-@implementer(IReadDescriptor)
-class Client:
-    """The client end of a loopback TCP pair: read only when the test says so."""
-
-    def __init__(self, reactor, sock: socket.socket):
-        self.reactor = reactor
-        self.sock = sock
-        self.data = bytearray()
-        self._want = None
-        self._done: Deferred | None = None
-
-    def read(self, n, timeout: float = 30.0) -> Deferred:
-        """
-        Fires with everything read once at least C{n} bytes came, or once
-        C{n(data)} is true if C{n} is callable; fails after C{timeout}.
-        """
-        self._want = n if callable(n) else (lambda data: len(data) >= n)
-        self._done = Deferred()
-        d = self._done
-        self.reactor.addReader(self)
-        self._check()
-        return d.addTimeout(timeout, self.reactor).addBoth(self._stop)
-
-    def _stop(self, result):
-        self.reactor.removeReader(self)
-        return result
-
-    def _check(self) -> None:
-        if self._done is not None and self._want(self.data):
-            d, self._done = self._done, None
-            d.callback(bytes(self.data))
-
-    def fileno(self):
-        return self.sock.fileno()
-
-    def doRead(self):
-        try:
-            chunk = self.sock.recv(1 << 20)
-        except BlockingIOError:
-            return None
-        if not chunk:
-            d, self._done = self._done, None
-            if d is not None:
-                d.errback(ConnectionError(f"peer closed after {len(self.data)} bytes"))
-            self.reactor.removeReader(self)
-            return None
-        self.data += chunk
-        self._check()
-        return None
-
-    def connectionLost(self, reason):
-        pass
-
-    def logPrefix(self):
-        return "test-client"
-
-    def fill_kernel(self, server: socket.socket) -> int:
-        """Send junk from C{server} until the kernel refuses more; bytes sent."""
-        total = 0
-        while True:
-            try:
-                total += server.send(b"\0" * 65536)
-            except BlockingIOError:
-                return total
 
 
-class Sink(Protocol):
-    """The server side of a loopback pair: just a transport to write on."""
-
-    def __init__(self):
-        self.lost = Deferred()
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
 
 
-def tcp_pair(reactor, sndbuf: int = 0, rcvbuf: int = 0, factory=None) -> tuple[Sink, Client]:
-    """
-    A connected loopback TCP pair: the server end adopted by C{reactor} (a real
-    L{tcp.Server}) with a L{Sink} (or C{factory}'s protocol), the client end a
-    non-blocking plain socket.
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.socket()
-    if rcvbuf:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    client.connect(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    if sndbuf:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    server.setblocking(False)
-    sink = Sink()
-    reactor.adoptStreamConnection(server.fileno(), socket.AF_INET,
-                                  factory or Factory.forProtocol(lambda: sink))
-    server.close()
-    client.setblocking(False)
-    return sink, Client(reactor, client)
 
 
-UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
-def handshaken_protocol(cls=WebSocketServerProtocol) -> tuple[WebSocketServerProtocol,
-                                                             StringTransport]:
-    """A real Autobahn server protocol, opened over a StringTransport, no timers."""
-    factory = WebSocketServerFactory()
-    factory.protocol = cls
-    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
-                               autoPingInterval=0)
-    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-    transport = StringTransport()
-    proto.makeConnection(transport)
-    proto.dataReceived(UPGRADE)
-    assert proto.state == OPEN, proto.state
-    transport.clear()
-    return proto, transport
 
 
 def policies(**by_type: str):
@@ -443,7 +295,7 @@ class RealSocketTests(TestCase):
                 opened[0].transport.abortConnection()
                 return lost
         self.addCleanup(cleanup)
-        client.sock.send(UPGRADE)
+        client.sock.send(PLAIN_UPGRADE)
         head = yield client.read(lambda data: b"\r\n\r\n" in data)
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
         [proto] = opened

@@ -17,9 +17,8 @@ from collections import Counter
 from twisted.trial import unittest
 
 from odinws_tools import simulate
-from tests.broker import shared_broker
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.broker import shared_broker
+from tests.helpers.node import ROOT  # noqa: E402 (the repository root)
 
 
 def _take(n, **kw):

@@ -11,22 +11,28 @@ import re
 import socket
 from importlib import metadata
 
+import twisted.test
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import abstract, main, ssl, tcp
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-import twisted.test
 from odin_ws.shard.writer import Fanout, Outbox, WriteStats, _producer_of, held
-from tests.test_writer import (FakeProtocol, StalledTransport, handshaken_protocol,
-                               parse_frames, tcp_pair)
+from tests.helpers import (
+    PLAIN_UPGRADE,
+    ROOT,
+    FakeProtocol,
+    StalledTransport,
+    handshaken_protocol,
+    parse_frames,
+    tcp_pair,
+)
 
-LOCK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+LOCK = os.path.join(ROOT,
                     "requirements.lock")
 
 
@@ -183,6 +189,7 @@ class HolderTests(SynchronousTestCase):
 
     def test_closeFrameClosesTheOutbox(self):
         from autobahn.twisted.websocket import WebSocketServerProtocol
+
         from odin_ws.shard.writer import OutboxHolder
 
         class Held(OutboxHolder, WebSocketServerProtocol):
@@ -331,6 +338,7 @@ class NoDelayTests(TestCase):
 
     def connected(self, wrap=lambda factory: factory):
         import txaio
+
         from odin_ws.common import config as configmod
         from odin_ws.shard.service import Shard
         self.patch(txaio.config, "loop", self.reactor)
@@ -381,8 +389,10 @@ class NoDelayTests(TestCase):
         The reason for the workaround: when this fails, Autobahn sets the
         option itself and ClientProtocol.connectionMade's own call can go.
         """
-        from autobahn.twisted.websocket import (WebSocketServerFactory,
-                                                WebSocketServerProtocol)
+        from autobahn.twisted.websocket import (
+            WebSocketServerFactory,
+            WebSocketServerProtocol,
+        )
         factory = WebSocketServerFactory()
         factory.protocol = WebSocketServerProtocol
         factory.setProtocolOptions(tcpNoDelay=True, openHandshakeTimeout=0,
@@ -405,9 +415,9 @@ class ShardConnectionTests(TestCase):
     def test_openConnectionIsDirect(self):
         import txaio
         from twisted.internet import reactor
+
         from odin_ws.common import config as configmod
         from odin_ws.shard.service import Shard
-        from tests.test_writer import UPGRADE
         self.patch(txaio.config, "loop", reactor)
         shard = Shard(reactor, configmod.load(None, environ={}), 0, control_fd=None)
         made = []
@@ -417,7 +427,7 @@ class ShardConnectionTests(TestCase):
         [proto] = made
         self.addCleanup(client.sock.close)
         self.addCleanup(lambda: proto.transport.connected and proto.transport.abortConnection())
-        client.sock.send(UPGRADE)   # GET /ws, the default listen.ws_path
+        client.sock.send(PLAIN_UPGRADE)   # GET /ws, the default listen.ws_path
         head = yield client.read(lambda data: b"\r\n\r\n" in data)
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
         box = proto.outbox

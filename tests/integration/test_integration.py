@@ -14,16 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.broker import shared_broker
-from tests.node import Client, Node, pid_alive, wait_for
-
-FAST_KAFKA = {
-    "kafka.session_timeout_ms": 2000,
-    "kafka.max_poll_interval_ms": 4000,
-    "kafka.start_offset": "earliest",
-    "kafka.consumer_config": {"statistics.interval.ms": 500, "auto.commit.interval.ms": 200,
-                              "fetch.wait.max.ms": 10},
-}
+from tests.helpers import FAST_KAFKA
+from tests.helpers.broker import shared_broker
+from tests.helpers.node import Client, Node, pid_alive, wait_for
 
 
 class NodeTestCase(unittest.TestCase):
@@ -140,7 +133,7 @@ class CoreTests(NodeTestCase):
         self.assertEqual(status, 200)
         self.assertTrue(body["kafka_connected"])
         self.assertEqual(body["shards"][0]["kafka"]["state"], "running")
-        from tests.node import http_get
+        from tests.helpers.node import http_get
         code, headers, text = http_get(self.node.port, "/metrics")
         self.assertEqual(code, 200)
         self.assertIn('odinws_connections{shard="0"}', text.decode())
@@ -159,7 +152,7 @@ class CoreTests(NodeTestCase):
         self.produce("K", "trade", 1)
         self.broker.flush()
         self.assertEqual([e["data"]["seq"] for e in c.collect(1)], [1])
-        from tests.node import http_get
+        from tests.helpers.node import http_get
 
         def counted():
             text = http_get(self.node.port, "/metrics")[2].decode()

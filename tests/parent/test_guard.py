@@ -7,19 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from odin_ws.parent import guard
-
-
-class FakeRoot:
-    """A temp directory laid out like / with proc and sys/fs/cgroup files."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def write(self, rel: str, text: str) -> None:
-        full = os.path.join(self.path, rel)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "w") as f:
-            f.write(text)
+from tests.helpers import FakeRoot
 
 
 class BudgetTests(unittest.TestCase):

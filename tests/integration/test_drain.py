@@ -15,9 +15,9 @@ import uuid
 from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.broker import shared_broker
-from tests.node import Client, Node, pid_alive, wait_for
-from tests.test_integration import FAST_KAFKA
+from tests.helpers import FAST_KAFKA
+from tests.helpers.broker import shared_broker
+from tests.helpers.node import Client, Node, pid_alive, wait_for
 
 CLIENTS = 200
 DRAIN_TIMEOUT = 6.0

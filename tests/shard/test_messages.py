@@ -12,8 +12,16 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.shard import messages
 from odin_ws.shard.messages import (
-    ClientError, Ping, Refresh, Subscribe, Unsubscribe, ack, error,
-    parse_client_message, pong)
+    ClientError,
+    Ping,
+    Refresh,
+    Subscribe,
+    Unsubscribe,
+    ack,
+    error,
+    parse_client_message,
+    pong,
+)
 
 MAX_CHANNELS = 5
 MAX_LENGTH = 160

@@ -16,12 +16,13 @@ import urllib.error
 import urllib.request
 
 import yaml
-
-from odinws_tools.embedded_broker import free_port
-from odin_ws.common.launch import twistd_argv
 from websockets.sync.client import connect
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from odin_ws.common.launch import twistd_argv
+from odinws_tools.embedded_broker import free_port
+
+#: The repository's root.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def pid_alive(pid: int) -> bool:
@@ -198,3 +199,14 @@ class Client:
 
     def close(self) -> None:
         self.ws.close()
+
+
+
+
+FAST_KAFKA = {
+    "kafka.session_timeout_ms": 2000,
+    "kafka.max_poll_interval_ms": 4000,
+    "kafka.start_offset": "earliest",
+    "kafka.consumer_config": {"statistics.interval.ms": 500, "auto.commit.interval.ms": 200,
+                              "fetch.wait.max.ms": 10},
+}

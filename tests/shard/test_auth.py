@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.trial import unittest
 
-from odin_ws.shard import auth
 from odin_ws.common import config
+from odin_ws.shard import auth
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 

@@ -8,199 +8,34 @@ MemoryReactorClock driving every timer, the shard's and Autobahn's.
 
 from __future__ import annotations
 
-import itertools
 import json
-import struct
 
-import txaio
-from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
-from twisted.trial import unittest
 
-from odin_ws.common import config as configmod
-from odin_ws.common import metrics
-from odin_ws.common.events import Event
-from odin_ws.common.logs import AUDIT_NAMESPACE
-from odin_ws.shard.service import Shard
-from tests.test_writer import StalledTransport, parse_frames
-
-OPEN = WebSocketProtocol.STATE_OPEN
-HOST = IPv4Address("TCP", "127.0.0.1", 3005)
-_ports = itertools.count(40000)
-
-
-def client_frame(opcode: int, payload: bytes, fin: bool = True,
-                 mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
-    """One masked client frame, as RFC 6455 requires of clients."""
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    if n < 126:
-        head = bytes((b0, 0x80 | n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
-
-
-def text(obj: object) -> bytes:
-    return client_frame(1, json.dumps(obj).encode())
+from tests.helpers import (
+    OPEN,
+    ShardClient,
+    ShardTestCase,
+    StalledSocket,
+    client_frame,
+    sample,
+    text,
+)
+from tests.helpers.cases import _ports
 
 
 def close_code(payload: bytes) -> int:
     return int.from_bytes(payload[:2], "big")
 
 
-def sample(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-class MemoryTransport(StringTransport):
-    """
-    A StringTransport that, like Twisted's socket transports, lets a protocol
-    unregister a producer it never registered (Autobahn does when it drops a
-    connection).
-    """
-
-    def unregisterProducer(self):
-        self.producer = None
 
 
-class StalledSocket(StalledTransport):
-    """
-    tests/test_writer.py's client that reads nothing until C{drain} (over
-    Twisted's real write buffer and producer calls), with what Autobahn
-    also asks of a transport.
-    """
-
-    def __init__(self, peer: IPv4Address):
-        super().__init__()
-        self.peer = peer
-        self.aborted = False
-
-    def getPeer(self):
-        return self.peer
-
-    def getHost(self):
-        return HOST
-
-    def abortConnection(self):
-        self.aborted = True
-        self.disconnecting = True
-
-    def value(self) -> bytes:
-        return bytes(self.wire)
 
 
-class Client:
-    """One client of the shard: a real ClientProtocol, frames made by hand."""
-
-    def __init__(self, shard: Shard, ip: str, transport=None):
-        self.peer = IPv4Address("TCP", ip, next(_ports))
-        self.transport = transport or MemoryTransport(hostAddress=HOST, peerAddress=self.peer)
-        self.proto = shard.factory.buildProtocol(self.peer)
-        self.proto.makeConnection(self.transport)
-        self.status: int | None = None
-        self.lost = False
-        self._read = 0
-
-    def handshake(self, headers: tuple[str, ...] = ()) -> int:
-        """Send the upgrade request; the HTTP status of the answer."""
-        lines = ["GET /ws HTTP/1.1", "Host: node", "Upgrade: websocket",
-                 "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-                 "Sec-WebSocket-Version: 13", *headers]
-        self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
-        if isinstance(self.transport, StalledSocket):
-            self.transport.drain()
-        data = self.transport.value()
-        head = data.partition(b"\r\n\r\n")[0]
-        self.status = int(head.split(b" ", 2)[1])
-        self._read = len(head) + 4
-        return self.status
-
-    def send(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
-        self.settle()
-
-    def settle(self) -> None:
-        """Deliver connectionLost once the server closed, as a reactor would."""
-        if self.transport.disconnecting and not self.lost:
-            self.lost = True
-            self.proto.connectionLost(Failure(ConnectionDone()))
-
-    @property
-    def open(self) -> bool:
-        return self.proto.state == OPEN and not self.lost
-
-    def frames(self) -> list[tuple[int, bytes]]:
-        """(opcode, payload) of the server frames that came since the last call."""
-        data = self.transport.value()
-        new, self._read = data[self._read:], len(data)
-        return parse_frames(new)
-
-    def messages(self) -> list[dict]:
-        """The JSON text messages that came since the last call (no other frames allowed)."""
-        frames = self.frames()
-        assert all(op == 1 for op, _ in frames), frames
-        return [json.loads(p) for _, p in frames]
 
 
-class ShardTestCase(unittest.TestCase):
-    #: Config overrides (dotted keys) of the shard under test.
-    settings: dict = {}
-
-    def setUp(self):
-        self.clock = MemoryReactorClock()
-        # Autobahn's timers (handshake, ping, close) run on txaio's loop.
-        self.patch(txaio.config, "loop", self.clock)
-        config = configmod.load(None, environ={}).replace(**self.settings)
-        self.config = config
-        self.shard = Shard(self.clock, config, 0, control_fd=None)
-        self.clients: list[Client] = []
-        self.offsets = itertools.count()
-        self.audit: list[dict] = []
-
-        def observe(event):
-            if event.get("log_namespace") == AUDIT_NAMESPACE:
-                self.audit.append(event)
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-
-    def connect(self, ip: str = "10.0.0.1", headers: tuple[str, ...] = (),
-                transport=None, expect: int = 101) -> Client:
-        client = Client(self.shard, ip, transport)
-        self.clients.append(client)
-        self.assertEqual(client.handshake(headers), expect)
-        return client
-
-    def subscribe(self, client: Client, *channels: str, id: object = None) -> dict:
-        msg: dict = {"type": "subscribe", "channels": list(channels)}
-        if id is not None:
-            msg["id"] = id
-        client.send(text(msg))
-        [reply] = client.messages()
-        return reply
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-        for client in self.clients:
-            client.settle()
-
-    def publish(self, token: str, event_type: str = "trade") -> bytes:
-        """One event through the shard's delivery path; its envelope."""
-        event = Event.build(token, event_type, b'{"p":1}', 1, "odin.trades", 0,
-                            next(self.offsets))
-        self.shard.deliver([event])
-        return event.envelope
-
-    def audited(self, words: str) -> bool:
-        return any(words in e.get("log_format", "") + str(e.get("reason", ""))
-                   for e in self.audit)
 
 
 class FrameLimitTests(ShardTestCase):
@@ -410,7 +245,7 @@ class HandshakeTimeoutTests(ShardTestCase):
         """
         timeout = self.config["limits.handshake_timeout"]
         done = self.connect()
-        stuck = Client(self.shard, "10.0.0.2")
+        stuck = ShardClient(self.shard, "10.0.0.2")
         self.clients.append(stuck)
         stuck.send(b"GET /ws HTTP/1.1\r\nHost: node\r\nUpgrade: websocket\r\n")
         self.advance(timeout - 0.5)
@@ -462,7 +297,7 @@ class AdmissionTests(ShardTestCase):
         X-Forwarded-For names the client (its last entry) only when the peer
         is in limits.trusted_proxies; from anyone else it is ignored.
         """
-        def via(peer: str, forwarded: str, expect: int = 101) -> Client:
+        def via(peer: str, forwarded: str, expect: int = 101) -> ShardClient:
             return self.connect(peer, ("Origin: https://app.example.com",
                                        f"X-Forwarded-For: {forwarded}"), expect=expect)
 

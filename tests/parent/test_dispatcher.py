@@ -9,117 +9,25 @@ import json
 import os
 
 from twisted.internet import defer, error, protocol, reactor, task
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.address import IPv6Address
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from odin_ws.common import config as configmod
-from odin_ws.parent import dispatcher as dispatchmod
-from odin_ws.common import handoff
-from odin_ws.common import metrics
 from odin_ws.common.commands import GetMetrics, Handoff, HandoffRefused
-from odin_ws.parent.admission import Admission
+from odin_ws.parent import dispatcher as dispatchmod
 from odin_ws.parent.dispatcher import Dispatcher, place
-from tests.test_handoff import Collector, RealSocketMixin
-
-UPGRADE = (b"GET /ws?token=t1 HTTP/1.1\r\nHost: node\r\nUpgrade: WebSocket\r\n"
-           b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-           b"Sec-WebSocket-Version: 13\r\n\r\n")
-
-
-def get(path: str, method: str = "GET", extra: str = "") -> bytes:
-    return f"{method} {path} HTTP/1.1\r\nHost: node\r\n{extra}\r\n".encode()
-
-
-def sample(name: str, **labels) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-class FakeShard:
-    """A shard handle: records calls; answers them at once when C{answer} is set."""
-
-    def __init__(self, index: int, connections: int = 0, capacity: int = 100,
-                 alive: bool = True, accepting: bool = True):
-        self.index, self.connections, self.capacity = index, connections, capacity
-        self.alive, self.accepting = alive, accepting
-        self.calls: list[tuple[type, dict, defer.Deferred]] = []
-        self.answer = None
-
-    def call(self, command, **kw):
-        d = defer.Deferred()
-        self.calls.append((command, kw, d))
-        if self.answer is not None:
-            d.callback(self.answer(command, kw))
-        return d
-
-    def as_health(self):
-        return {"index": self.index, "alive": self.alive, "connections": self.connections}
-
-    def __repr__(self):
-        return f"FakeShard({self.index}, {self.connections}/{self.capacity})"
-
-
-class FdTransport(StringTransport):
-    """A StringTransport with a real descriptor behind fileno(), as a socket has."""
-
-    def __init__(self, test: unittest.TestCase, peer=None):
-        super().__init__(peerAddress=peer or IPv4Address("TCP", "10.0.0.1", 5555))
-        r, w = os.pipe()
-        test.addCleanup(os.close, r)
-        test.addCleanup(os.close, w)
-        self._fd = r
-
-    def fileno(self) -> int:
-        return self._fd
-
-
-class Response:
-    def __init__(self, data: bytes):
-        head, _, self.body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split()[1])
-        self.headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
-
-
-class DispatcherTestCase(unittest.TestCase):
-    def setUp(self):
-        self.reactor = MemoryReactorClock()
-        self.config = configmod.load(None, environ={})
-        self.shards = [FakeShard(0), FakeShard(1), FakeShard(2)]
-        self.released: list = []
-        self.patch(handoff, "release", self.released.append)
-        self.dispatcher = self.make()
-
-    def make(self, **kw) -> Dispatcher:
-        kw.setdefault("health", lambda: (200, {"status": "ok"}))
-        return Dispatcher(self.reactor, self.config, lambda: self.shards, **kw)
-
-    def connect(self, dispatcher=None, peer=None):
-        dispatcher = dispatcher or self.dispatcher
-        proto = dispatcher.buildProtocol(None)
-        transport = FdTransport(self, peer)
-        proto.makeConnection(transport)
-        return proto, transport
-
-    def request(self, data: bytes, dispatcher=None):
-        proto, transport = self.connect(dispatcher)
-        proto.dataReceived(data)
-        return proto, transport
-
-    def response(self, transport) -> Response:
-        self.assertTrue(transport.disconnecting, "connection not closed")
-        r = Response(transport.value())
-        self.assertEqual(r.headers["connection"], "close")
-        if r.body:
-            self.assertEqual(int(r.headers["content-length"]), len(r.body))
-        return r
-
-    def answer_all(self, result=None):
-        for shard in self.shards:
-            for _, _, d in shard.calls:
-                if not d.called:
-                    d.callback(result or {"connections": 1})
+from tests.helpers import (
+    UPGRADE,
+    Collector,
+    DispatcherTestCase,
+    FakeShard,
+    RealSocketMixin,
+    RefusingAdmission,
+    Response,
+    get,
+    sample,
+)
 
 
 class RouteTests(DispatcherTestCase):
@@ -404,16 +312,6 @@ class HandoffTests(DispatcherTestCase):
         self.assertEqual(self.shards[0].calls, [])
 
 
-class RefusingAdmission(Admission):
-    """Records the IPs it is asked about and refuses each with C{verdict}."""
-
-    def __init__(self, seen: list, verdict: tuple[int, str]):
-        super().__init__(lambda: 0.0)
-        self.seen, self.verdict = seen, verdict
-
-    def check(self, ip):
-        self.seen.append(ip)
-        return self.verdict
 
 
 class ModeTests(DispatcherTestCase):

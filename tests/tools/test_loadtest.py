@@ -24,11 +24,19 @@ from twisted.trial import unittest
 from odinws_tools.loadtest import run as loadtest
 from odinws_tools.loadtest.client import Conn, mask_frame
 from odinws_tools.loadtest.report import histogram_chart, line_chart, verdict
-from odinws_tools.loadtest.stats import (Completeness, Histogram, SeqCheck, diff_series, evaluate,
-                               key_series, matches, missing_everywhere)
+from odinws_tools.loadtest.stats import (
+    Completeness,
+    Histogram,
+    SeqCheck,
+    diff_series,
+    evaluate,
+    key_series,
+    matches,
+    missing_everywhere,
+)
 from odinws_tools.loadtest.worker import WorkerSpec, patterns_for
-from tests.broker import shared_broker
-from tests.node import Node, free_port
+from tests.helpers.broker import shared_broker
+from tests.helpers.node import Node, free_port
 
 
 class HistogramTests(unittest.TestCase):

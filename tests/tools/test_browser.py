@@ -18,8 +18,8 @@ from twisted.trial import unittest
 
 from odinws_tools.demo import DemoStack
 from odinws_tools.embedded_broker import free_port
+from tests.helpers.node import ROOT  # noqa: E402 (the repository root)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = os.path.join(ROOT, "artifacts", "demo.png")

@@ -20,9 +20,10 @@ from twisted.trial import unittest
 from odin_ws.common import config as configmod
 from odinws_tools.demo import demo_config
 from odinws_tools.embedded_broker import free_port
-from tests.node import pid_alive
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.node import (
+    ROOT,  # noqa: E402 (the repository root)
+    pid_alive,
+)
 
 
 def _descendants(pid: int) -> set[int]:

@@ -7,7 +7,7 @@ from twisted.trial import unittest
 
 from odin_ws.common import config
 from odin_ws.common.launch import twistd_argv
-from tests.node import ROOT
+from tests.helpers.node import ROOT
 
 
 class LoadTests(unittest.TestCase):

@@ -27,9 +27,9 @@ from cryptography.x509.oid import NameOID
 from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
-from tests.broker import shared_broker
-from tests.node import Client, Node, free_port, http_get, wait_for
-from tests.test_integration import FAST_KAFKA
+from tests.helpers import FAST_KAFKA
+from tests.helpers.broker import shared_broker
+from tests.helpers.node import Client, Node, free_port, http_get, wait_for
 
 SECRET = "first-secret-of-at-least-32-bytes!!"
 ROTATED = "second-secret-of-at-least-32-bytes!"

@@ -10,10 +10,10 @@ from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.common import metrics
 from odin_ws.common.commands import Deliver
 from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.parent.hub import Hub
+from tests.helpers import sample
 
 
 def event(partition: int, offset: int, size: int = 8, topic: str = "odin.trades") -> Event:
@@ -25,8 +25,6 @@ def batch(partition: int, offsets, size: int = 8) -> bytes:
     return encode_batch([event(partition, o, size) for o in offsets])
 
 
-def sample(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class Shard:

@@ -15,8 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.parent import guard
 from odin_ws.parent.admission import Admission
-from tests.test_dispatcher import UPGRADE, DispatcherTestCase, RefusingAdmission, sample
-from tests.test_guard import FakeRoot
+from tests.helpers import (
+    UPGRADE,
+    DispatcherTestCase,
+    FakeRoot,
+    RefusingAdmission,
+    sample,
+)
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

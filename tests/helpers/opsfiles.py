@@ -1,0 +1,104 @@
+"""The operations files (dashboard, alert rules, unit, operations page) as tests and the package test read them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import yaml
+
+from odin_ws.common import metrics
+from odin_ws.shard.writer import WriteStats, WriteStatsCollector
+from tests.helpers.node import ROOT
+
+DASHBOARD = os.path.join(ROOT, "etc", "grafana", "odinws-dashboard.json")
+RULES = os.path.join(ROOT, "etc", "prometheus", "odinws-rules.yml")
+UNIT = os.path.join(ROOT, "systemd", "odinws.service")
+OPERATIONS = os.path.join(ROOT, "docs", "operations.md")
+
+#: Families that may appear later (the node's readiness gauge): the
+#: dashboard and alerts may use them before metrics.py declares them.
+EXPECTED_FAMILIES = {
+    "odinws_ready": "gauge",
+}
+#: Prometheus's own series that the rules may use.
+PROMETHEUS_SERIES = {"up"}
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+    "gauge": ("",),
+}
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+             "and", "or", "unless", "offset", "inf", "nan"}
+_IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def sample_names(families: dict[str, str]) -> set[str]:
+    """The sample names a family of each type appears under in the text format."""
+    return {name + suffix for name, kind in families.items()
+            for suffix in _SUFFIXES.get(kind, ("",))}
+
+
+def exported_names() -> set[str]:
+    """
+    Every sample name odinws exports: metrics.py's registry, the write path's
+    collector (each shard registers one), and EXPECTED_FAMILIES.
+    """
+    families = dict(EXPECTED_FAMILIES)
+    for family in [*metrics.REGISTRY.collect(), *WriteStatsCollector(WriteStats()).collect()]:
+        families[family.name] = family.type
+    return sample_names(families)
+
+
+def metric_names(expr: str) -> set[str]:
+    """
+    The metric names a PromQL expression (possibly with Grafana variables)
+    selects: identifiers that are not functions, aggregation modifiers,
+    keywords, label names or values, durations or variables.
+    """
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)
+    text = re.sub(r"\{[^{}]*\}", " ", text)
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", text)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)
+    names = set()
+    for match in _IDENT.finditer(text):
+        name = match.group()
+        before = text[match.start() - 1] if match.start() else " "
+        if before.isdigit() or before == ".":
+            continue  # part of a number such as 1e9 or 0.5
+        if re.match(r"\s*\(", text[match.end():]) or name.lower() in _KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def dashboard_panels(dashboard: dict) -> list[dict]:
+    panels = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return panels
+
+
+def load_rules() -> dict:
+    with open(RULES) as f:
+        return yaml.safe_load(f)
+
+
+def all_rules(doc: dict) -> list[dict]:
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def recorded_names(doc: dict) -> set[str]:
+    return {rule["record"] for rule in all_rules(doc) if "record" in rule}
+
+
+def promtool() -> str | None:
+    return shutil.which("promtool")
+
+
