@@ -1,6 +1,6 @@
 """
 The AMP commands spoken on the control channel between the parent and each
-shard (one Unix-domain socketpair per shard, see DESIGN.md).
+shard (one Unix-domain socketpair per shard, see docs/architecture.md).
 
 Shard -> parent: L{Register}, L{Stats}, L{Publish}.
 Parent -> shard: L{Handoff}, L{Deliver}, L{GetMetrics}, L{Drain}, L{Reload}.
