@@ -1,0 +1,248 @@
+"""
+The recent past of every partition a shard delivers, kept in memory for
+recovery (replay after a client's last positions) and the latest event of
+every channel for snapshots (docs/protocol.md, "Positions and recovery").
+
+Each shard keeps its own copy: every shard delivers every event (its own
+partitions' and, through the hub, the others'), so recovery and snapshots
+are answered inside the shard's reactor turn, with no call to another
+process, and a subscribe that recovers can switch to live delivery in the
+same turn with no gap and no duplicate (docs/architecture.md).
+
+Bounds: a count and an age per partition, and a byte budget for the whole
+history of the shard (envelope bytes plus a fixed per-event overhead). The
+latest-event cache holds one event per channel, at most a set number of
+channels, least recently updated dropped first.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Callable, Iterable, Iterator
+
+from odin_ws.common.channels import WILDCARD, channel_name
+from odin_ws.common.events import Event
+
+#: Bytes an event costs in history besides its envelope's payload: the Event
+#: object (80 B with its slots), its channel, token, type and topic strings
+#: (~220 B), the envelope's bytes header (33 B) and two list slots (16 B).
+#: Measured on CPython 3.11; tests/shard/test_history.py keeps it honest.
+EVENT_OVERHEAD = 360
+
+#: Why a recovery could not be answered (the C{reason} of C{recovered: false}).
+TOO_OLD = "too_old"            # events after the position were already evicted
+AHEAD = "ahead"                # the position is past what this node has seen
+OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
+UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
+
+
+class PartitionLog:
+    """Retained events of one partition, in offset order."""
+
+    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes")
+
+    def __init__(self, epoch: str, floor: int):
+        self.epoch = epoch
+        self.events: list[Event] = []
+        self.offsets: list[int] = []
+        self.start = 0
+        #: Every event of this partition with an offset above C{floor} is retained.
+        self.floor = floor
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.events) - self.start
+
+    @property
+    def high(self) -> int:
+        """Offset of the newest retained event (C{floor} when empty)."""
+        return self.offsets[-1] if len(self) else self.floor
+
+    def oldest(self) -> Event | None:
+        return self.events[self.start] if len(self) else None
+
+    def append(self, event: Event, size: int) -> None:
+        self.events.append(event)
+        self.offsets.append(event.offset)
+        self.bytes += size
+
+    def pop_oldest(self) -> Event:
+        event = self.events[self.start]
+        self.events[self.start] = None  # type: ignore[call-overload]
+        self.start += 1
+        self.floor = event.offset
+        self.bytes -= len(event.envelope) + EVENT_OVERHEAD
+        if self.start > 64 and self.start * 2 > len(self.events):
+            del self.events[:self.start]
+            del self.offsets[:self.start]
+            self.start = 0
+        return event
+
+    def after(self, offset: int) -> list[Event]:
+        """Retained events with an offset above C{offset}, oldest first."""
+        i = max(bisect_right(self.offsets, offset), self.start)
+        return self.events[i:]
+
+
+def _matches(patterns: Iterable[tuple[str, str]], event: Event) -> bool:
+    for token, event_type in patterns:
+        if (token == WILDCARD or token == event.token) and \
+                (event_type == WILDCARD or event_type == event.event_type):
+            return True
+    return False
+
+
+class History:
+    """
+    @param max_events: events kept per partition.
+    @param max_age: seconds an event is kept (by its Kafka timestamp).
+    @param max_bytes: bytes of history for the whole shard.
+    @param max_channels: channels in the latest-event (snapshot) cache.
+    @param clock: seconds since the epoch.
+    """
+
+    def __init__(self, max_events: int, max_age: float, max_bytes: int, max_channels: int,
+                 clock: Callable[[], float]):
+        self._clock = clock
+        self._logs: dict[tuple[str, int], PartitionLog] = {}
+        self._latest: dict[str, Event] = {}
+        self.bytes = 0
+        #: Evictions by reason: count, age, budget.
+        self.evicted = {"count": 0, "age": 0, "budget": 0}
+        self.configure(max_events, max_age, max_bytes, max_channels)
+
+    def configure(self, max_events: int, max_age: float, max_bytes: int,
+                  max_channels: int) -> None:
+        """New bounds (a reload); applied at once."""
+        self.max_events = max_events
+        self.max_age_ms = int(max_age * 1000)
+        self.max_bytes = max_bytes
+        self.max_channels = max_channels
+        self._trim_all()
+        while len(self._latest) > max_channels:
+            del self._latest[next(iter(self._latest))]
+
+    # -- state
+
+    @property
+    def events(self) -> int:
+        return sum(len(log) for log in self._logs.values())
+
+    @property
+    def channels(self) -> int:
+        return len(self._latest)
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """Bytes the latest-event cache pins beyond what history holds."""
+        return sum(len(e.envelope) + EVENT_OVERHEAD for e in self._latest.values())
+
+    def window(self) -> float | None:
+        """Seconds covered by the shortest partition history (None when empty)."""
+        now_ms = self._clock() * 1000
+        ages = [now_ms - log.oldest().ts for log in self._logs.values() if len(log)]
+        return max(0.0, min(ages) / 1000.0) if ages else None
+
+    def partitions(self) -> Iterator[tuple[str, int, PartitionLog]]:
+        for (topic, partition), log in self._logs.items():
+            yield topic, partition, log
+
+    # -- writing (the hot path: once per delivered event)
+
+    def add(self, event: Event, epoch: str) -> None:
+        key = (event.topic, event.partition)
+        log = self._logs.get(key)
+        if log is None or log.epoch != epoch or event.offset <= log.high:
+            # A new partition, a new incarnation of its topic, or offsets that
+            # went back (the broker was replaced): start this log afresh.
+            if log is not None:
+                self.bytes -= log.bytes
+            log = self._logs[key] = PartitionLog(epoch, event.offset - 1)
+        size = len(event.envelope) + EVENT_OVERHEAD
+        log.append(event, size)
+        self.bytes += size
+        latest = self._latest
+        channel = event.channel
+        if channel in latest:
+            del latest[channel]   # re-insert at the end: least recently updated first
+        elif len(latest) >= self.max_channels:
+            del latest[next(iter(latest))]
+        latest[channel] = event
+        self._trim(log)
+
+    def _trim(self, log: PartitionLog) -> None:
+        if len(log) > self.max_events:
+            self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.evicted["count"] += 1
+        oldest = log.oldest()
+        if oldest is not None and self.max_age_ms > 0:
+            cutoff = self._clock() * 1000 - self.max_age_ms
+            while oldest is not None and oldest.ts < cutoff and len(log) > 1:
+                self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+                self.evicted["age"] += 1
+                oldest = log.oldest()
+        while self.bytes > self.max_bytes:
+            victim = self._oldest_log()
+            if victim is None:
+                break
+            self.bytes -= len(victim.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.evicted["budget"] += 1
+
+    def _trim_all(self) -> None:
+        for log in self._logs.values():
+            while len(log) > self.max_events:
+                self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+                self.evicted["count"] += 1
+            self._trim(log)
+
+    def _oldest_log(self) -> PartitionLog | None:
+        best, best_ts = None, None
+        for log in self._logs.values():
+            oldest = log.oldest()
+            if oldest is not None and (best_ts is None or oldest.ts < best_ts):
+                best, best_ts = log, oldest.ts
+        return best
+
+    # -- reading
+
+    def epoch(self, topic: str, partition: int) -> str | None:
+        log = self._logs.get((topic, partition))
+        return log.epoch if log is not None else None
+
+    def replay(self, since: dict[tuple[str, int], tuple[str, int]],
+               patterns: list[tuple[str, str]]) -> tuple[list[Event] | None, str | None]:
+        """
+        Every retained event after the given positions that matches one of
+        C{patterns}, in order per partition (partitions one after the other).
+
+        @param since: C{(topic, partition) -> (epoch, last offset seen)}.
+        @return: C{(events, None)}, or C{(None, reason)} when any position
+            cannot be recovered from what is retained.
+        """
+        out: list[Event] = []
+        for key, (epoch, offset) in since.items():
+            log = self._logs.get(key)
+            if log is None:
+                return None, UNKNOWN
+            if log.epoch != epoch:
+                return None, OTHER_EPOCH
+            if offset > log.high:
+                return None, AHEAD
+            if offset < log.floor:
+                return None, TOO_OLD
+            out.extend(e for e in log.after(offset) if _matches(patterns, e))
+        return out, None
+
+    def latest(self, patterns: list[tuple[str, str]], limit: int) -> tuple[list[Event], bool]:
+        """
+        The latest event of every known channel matching C{patterns} (at most
+        C{limit}), and whether more matched.
+        """
+        out: list[Event] = []
+        exact = [channel_name(t, e) for t, e in patterns if WILDCARD not in (t, e)]
+        if len(exact) == len(patterns):
+            out = [self._latest[c] for c in dict.fromkeys(exact) if c in self._latest]
+        else:
+            out = [e for e in self._latest.values() if _matches(patterns, e)]
+        out.sort(key=lambda e: (e.topic, e.partition, e.offset))
+        return out[:limit], len(out) > limit

@@ -1,0 +1,188 @@
+"""Tests for L{odin_ws.shard.history} and L{odin_ws.shard.positions}."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from odin_ws.common.events import Event
+from odin_ws.shard import positions
+from odin_ws.shard.history import (AHEAD, EVENT_OVERHEAD, OTHER_EPOCH, TOO_OLD, UNKNOWN,
+                                   History)
+
+
+def ev(token: str, offset: int, *, etype: str = "trade", topic: str = "t", partition: int = 0,
+       ts: int = 1_000_000, pad: int = 10) -> Event:
+    return Event.build(token, etype, b'"' + b"x" * pad + b'"', ts, topic, partition, offset)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ALL = [("*", "*")]
+
+
+class PositionTests(SynchronousTestCase):
+    def test_round_trip(self):
+        """A position encodes topic, partition, epoch and offset and decodes to the same."""
+        text = positions.encode("odin.trades", 3, "k2f9", 12345)
+        self.assertEqual(text, "odin.trades:3:k2f9:12345")
+        self.assertEqual(positions.decode(text), ("odin.trades", 3, "k2f9", 12345))
+
+    def test_malformed_refused(self):
+        """Anything but topic:partition:epoch:offset is refused with InvalidPosition."""
+        for bad in (None, 5, "", "t:1:e", "t:1:e:-1", "t:x:e:1", "t:1:E!:1", "t 1:1:e:1",
+                    "t:1:e:1:2", "t:" + "9" * 12 + ":e:1", "x" * 400, "t:1::1"):
+            self.assertRaises(positions.InvalidPosition, positions.decode, bad)
+
+    def test_epoch_depends_on_identity(self):
+        """Another cluster or topic id gives another epoch; nothing known gives '0'."""
+        a = positions.epoch_of("cluster-a", "topic-id-1")
+        self.assertEqual(a, positions.epoch_of("cluster-a", "topic-id-1"))
+        self.assertNotEqual(a, positions.epoch_of("cluster-b", "topic-id-1"))
+        self.assertNotEqual(a, positions.epoch_of("cluster-a", "topic-id-2"))
+        self.assertEqual(positions.epoch_of("", ""), "0")
+
+
+class ReplayTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.h = History(max_events=5, max_age=3600, max_bytes=10**9, max_channels=100,
+                         clock=self.clock)
+
+    def fill(self, offsets, **kw):
+        for o in offsets:
+            self.h.add(ev(kw.pop("token", "A") if False else "A" if o % 2 else "B", o, **kw), "e1")
+
+    def test_replays_after_position_matching_patterns(self):
+        """Events after the client's offset that match its patterns come back in order."""
+        self.fill(range(10, 15))
+        got, reason = self.h.replay({("t", 0): ("e1", 11)}, ALL)
+        self.assertEqual(([e.offset for e in got], reason), ([12, 13, 14], None))
+        got, _ = self.h.replay({("t", 0): ("e1", 11)}, [("A", "*")])
+        self.assertEqual([e.offset for e in got], [13])
+        got, _ = self.h.replay({("t", 0): ("e1", 14)}, ALL)
+        self.assertEqual(got, [])
+
+    def test_too_old(self):
+        """A position whose successors were evicted is not recovered (too_old)."""
+        self.fill(range(10, 20))          # count bound 5: 15..19 kept
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 13)}, ALL), (None, TOO_OLD))
+        got, reason = self.h.replay({("t", 0): ("e1", 14)}, ALL)
+        self.assertEqual(([e.offset for e in got], reason), ([15, 16, 17, 18, 19], None))
+
+    def test_first_seen_event_sets_the_floor(self):
+        """Before the first event this shard saw nothing is known: an older position is too old."""
+        self.fill([10])
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 8)}, ALL), (None, TOO_OLD))
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 9)}, ALL)[1], None)
+
+    def test_ahead_epoch_unknown(self):
+        """Past the end, another incarnation, or an unknown partition: not recovered."""
+        self.fill(range(10, 13))
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 13)}, ALL), (None, AHEAD))
+        self.assertEqual(self.h.replay({("t", 0): ("e2", 11)}, ALL), (None, OTHER_EPOCH))
+        self.assertEqual(self.h.replay({("t", 1): ("e1", 11)}, ALL), (None, UNKNOWN))
+
+    def test_recreated_topic_restarts_the_log(self):
+        """Offsets going back (or a new epoch) start the partition's log afresh."""
+        self.fill(range(100, 103))
+        self.h.add(ev("A", 0), "e2")
+        self.assertEqual(self.h.epoch("t", 0), "e2")
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 101)}, ALL), (None, OTHER_EPOCH))
+        self.h.add(ev("A", 1), "e2")
+        self.h.add(ev("A", 0), "e2")  # offsets back again, same epoch: broker replaced
+        self.assertEqual(self.h.events, 1)
+        self.assertEqual(self.h.replay({("t", 0): ("e2", 1)}, ALL), (None, AHEAD))
+
+    def test_age_bound(self):
+        """Events older than max_age (by Kafka timestamp) are dropped, the newest is kept."""
+        h = History(max_events=100, max_age=10, max_bytes=10**9, max_channels=10,
+                    clock=self.clock)
+        now_ms = int(self.clock.now * 1000)
+        for o, age in enumerate((30, 20, 5, 1)):
+            h.add(ev("A", o, ts=now_ms - age * 1000), "e")
+        self.assertEqual([e.offset for e in h.replay({("t", 0): ("e", 1)}, ALL)[0]], [2, 3])
+        self.assertEqual(h.evicted["age"], 2)
+
+
+class BudgetTests(SynchronousTestCase):
+    def test_budget_evicts_oldest_across_partitions(self):
+        """Over the byte budget the globally oldest events go first, whatever the partition."""
+        size = len(ev("A", 0, pad=100).envelope) + EVENT_OVERHEAD
+        h = History(max_events=1000, max_age=0, max_bytes=size * 4, max_channels=10,
+                    clock=Clock())
+        for i in range(6):
+            h.add(ev("A", i, partition=i % 2, ts=1000 + i, pad=100), "e")
+        self.assertLessEqual(h.bytes, h.max_bytes)
+        self.assertEqual(h.events, 4)
+        self.assertEqual(h.evicted["budget"], 2)
+        # partition 0 lost offset 0, partition 1 lost offset 1
+        self.assertEqual(h.replay({("t", 0): ("e", 0)}, ALL)[1], None)
+        self.assertEqual(h.replay({("t", 1): ("e", 0)}, ALL), (None, TOO_OLD))
+
+    def test_accounting_under_a_long_stream(self):
+        """100k events through a small budget: the accounted bytes never pass the budget."""
+        h = History(max_events=10**6, max_age=0, max_bytes=256 * 1024, max_channels=50,
+                    clock=Clock())
+        for i in range(100_000):
+            h.add(ev(f"T{i % 97}", i, partition=i % 7, ts=i, pad=i % 300), "e")
+            if i % 997 == 0:
+                self.assertLessEqual(h.bytes, h.max_bytes)
+        self.assertEqual(h.bytes, sum(log.bytes for _, _, log in h.partitions()))
+        self.assertLessEqual(h.channels, 50)
+
+    def test_overhead_covers_real_memory(self):
+        """EVENT_OVERHEAD is at least what one retained event costs beyond its envelope."""
+        h = History(max_events=10**6, max_age=0, max_bytes=10**9, max_channels=10**6,
+                    clock=Clock())
+        # One channel, so the latest-event cache does not grow with them.
+        events = [ev("T", i, pad=50) for i in range(20_000)]
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for e in events:
+            h.add(e, "e")
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        # The events themselves existed before; what history adds is its lists
+        # and the latest-event cache. Their own cost is in EVENT_OVERHEAD too.
+        event_cost = 0
+        for e in events[:100]:
+            event_cost += (e.__sizeof__() + e.channel.__sizeof__() + e.token.__sizeof__()
+                           + e.event_type.__sizeof__() + e.topic.__sizeof__()
+                           + e.envelope.__sizeof__() - len(e.envelope))
+        per_event = grown / len(events) + event_cost / 100
+        self.assertLessEqual(per_event, EVENT_OVERHEAD)
+
+
+class LatestTests(SynchronousTestCase):
+    def setUp(self):
+        self.h = History(max_events=10, max_age=0, max_bytes=10**9, max_channels=3,
+                         clock=Clock())
+
+    def test_latest_per_channel(self):
+        """The snapshot holds the newest event of each channel, exact and wildcard."""
+        for o, (token, etype) in enumerate([("A", "price"), ("A", "price"), ("B", "price"),
+                                            ("A", "trade")]):
+            self.h.add(ev(token, o, etype=etype), "e")
+        got, more = self.h.latest([("A", "price")], 10)
+        self.assertEqual(([e.offset for e in got], more), ([1], False))
+        got, more = self.h.latest([("*", "price")], 10)
+        self.assertEqual(sorted(e.offset for e in got), [1, 2])
+        got, more = self.h.latest(ALL, 2)
+        self.assertEqual((len(got), more), (2, True))
+
+    def test_channel_bound(self):
+        """Past max_channels the least recently updated channel is forgotten."""
+        for o, token in enumerate(["A", "B", "C", "A", "D"]):
+            self.h.add(ev(token, o), "e")
+        self.assertEqual(self.h.channels, 3)
+        self.assertEqual(self.h.latest([("B", "trade")], 10)[0], [])
+        self.assertEqual([e.offset for e in self.h.latest([("A", "trade")], 10)[0]], [3])
