@@ -90,6 +90,8 @@ check "system user and group odinws exist" \
     sh -c 'getent passwd odinws | grep -q ":/usr/sbin/nologin$" && getent group odinws >/dev/null'
 check "the config is readable by group odinws only (root:odinws 0640)" \
     sh -c '[ "$(stat -c %U:%G:%a /etc/odinws/odinws.yaml)" = root:odinws:640 ]'
+check "/etc/default/odinws (it may hold secrets) is root:odinws 0640 too" \
+    sh -c '[ "$(stat -c %U:%G:%a /etc/default/odinws)" = root:odinws:640 ]'
 check "postinst built Twisted's plugin cache" \
     sh -c "ls $VENV/lib/python3*/site-packages/twisted/plugins/dropin.cache"
 check "the venv runs Debian's interpreter" \
@@ -176,6 +178,7 @@ if [ -z "$left" ]; then pass "purge leaves none of the package's files"
 else fail "purge leaves none of the package's files"; echo "$left"; fi
 check "purge removes the odinws user and group" \
     sh -c '! getent passwd odinws && ! getent group odinws'
-check "purge removes the config's stat override" sh -c '! dpkg-statoverride --list /etc/odinws/odinws.yaml'
+check "purge removes the config's stat overrides" \
+    sh -c '! dpkg-statoverride --list /etc/odinws/odinws.yaml && ! dpkg-statoverride --list /etc/default/odinws'
 
 finish
