@@ -27,7 +27,7 @@ from odin_ws.common import handoff
 from odin_ws.common import metrics
 from odin_ws.common.commands import GetMetrics
 from odin_ws.parent.admission import Admission
-from odin_ws.parent.httphead import HeadError, HeadReader, RequestHead
+from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 
 log = Logger()
 

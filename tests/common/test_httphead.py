@@ -1,4 +1,4 @@
-"""Tests for L{odin_ws.parent.httphead}: the bounded, never-raising request-head reader."""
+"""Tests for L{odin_ws.common.httphead}: the bounded, never-raising request-head reader."""
 
 from dataclasses import replace
 
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from odin_ws.parent.httphead import HeadError, HeadReader, RequestHead, parse
+from odin_ws.common.httphead import HeadError, HeadReader, RequestHead, parse
 
 LIMIT = 8192
 UPGRADE = (b"GET /ws?token=abc&x=1&x=2 HTTP/1.1\r\nHost: example.org\r\n"
