@@ -232,8 +232,7 @@ class DispatchProtocol(Protocol):
         if handle is None:
             return self.refuse(503, reason, "no capacity, retry later")
         # Count it now: the next placement (maybe before this answer) must see it.
-        handle.connections += 1
-        handle.pending = getattr(handle, "pending", 0) + 1
+        handle.reserve()
         self.state = "handing"
         started = dispatcher.reactor.seconds()
         try:
@@ -246,15 +245,14 @@ class DispatchProtocol(Protocol):
                        errbackArgs=(handle,))
 
     def _handed(self, answer: Mapping[str, Any], handle: Any, started: float) -> None:
-        handle.pending -= 1
+        handle.handoff_done()
         metrics.HANDOFF_SECONDS.observe(max(0.0, self.factory.reactor.seconds() - started))
         metrics.DISPATCHED.labels(shard=str(handle.index)).inc()
         self.state = "handed"
         handoff.release(self.transport)
 
     def _handoff_failed(self, failure: Any, handle: Any) -> None:
-        handle.pending -= 1
-        handle.connections = max(0, handle.connections - 1)
+        handle.handoff_failed()
         log.warn("handoff to shard {index} failed: {error}", index=handle.index,
                  error=failure.getErrorMessage())
         if self.state == "handing":
@@ -273,7 +271,8 @@ class Dispatcher(Factory):
     The public (or admin) listener's factory.
 
     @param shards: returns the current shard handles (C{index, alive,
-        accepting, connections, capacity, call(command, **kw)}).
+        accepting, connections, capacity, call(command, **kw)}, and
+        C{reserve, handoff_done, handoff_failed} to count placements).
     @param health: returns C{(status, document)} for C{/health}.
     @param static_dir: the demo page's files, served when C{demo.enabled}.
     @param tls: hand connections over unread (TLS terminated in the shards);

@@ -24,10 +24,11 @@ from odin_ws.parent import affinity
 from odin_ws.common import metrics
 from odin_ws.common.launch import SHARD_CONFIG_ENV
 from odin_ws.common.commands import Drain
+from odin_ws.common.settings import Settings
 from odin_ws.parent.hub import Hub
-from odin_ws.parent.shardhandle import ShardControl, ShardHandle, ShardUnavailable
+from odin_ws.parent.shardhandle import ShardHandle, ShardLink, ShardUnavailable
 
-__all__ = ["Supervisor", "ShardHandle", "ShardControl", "ShardUnavailable"]
+__all__ = ["Supervisor", "ShardHandle", "ShardLink", "ShardUnavailable"]
 
 #: Longest stdout/stderr line of a shard re-logged whole; longer is cut.
 MAX_LINE_BYTES = 4096
@@ -104,10 +105,11 @@ class _ShardOutput:
 class _ShardProcess(protocol.ProcessProtocol):
     """Watches one shard process: its output and its end."""
 
-    def __init__(self, supervisor: "Supervisor", handle: ShardHandle, output: _ShardOutput):
-        self._supervisor = supervisor
+    def __init__(self, handle: ShardHandle, output: _ShardOutput,
+                 ended: Callable[[ShardHandle, Any, Failure], None]):
         self._handle = handle
         self._output = output
+        self._ended = ended
 
     def outReceived(self, data: bytes) -> None:
         self._output.feed("stdout", data)
@@ -117,12 +119,16 @@ class _ShardProcess(protocol.ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self._output.close()
-        self._supervisor._process_ended(self._handle, self.transport, reason)
+        self._ended(self._handle, self.transport, reason)
 
 
 class Supervisor(service.Service):
     """
-    Runs C{config["shards"]} shard processes, restarts them, stops them.
+    Runs C{settings.shards} shard processes, restarts them, stops them.
+
+    The state of each shard is its L{ShardHandle}'s; the supervisor owns
+    only its timers (pending restarts, SIGKILLs due) and the environment
+    shards start with.
 
     @param argv_for: the full argv of shard i, executable first.
     @param env: the environment of every shard.
@@ -140,6 +146,7 @@ class Supervisor(service.Service):
                  pin: Callable[[int, int], None] = affinity.pin):
         self._reactor = reactor
         self.config = config
+        self._settings = Settings.from_config(config).supervisor
         self.hub = hub
         self._argv_for = argv_for
         self._env = dict(env)
@@ -154,12 +161,12 @@ class Supervisor(service.Service):
         elif pinned and len(pinned) < count:
             self.log.info("cpu_affinity: {shards} shards share {cpus} CPUs",
                           shards=count, cpus=len(pinned))
-        window = config["supervisor.crash_loop_window"]
-        self.shards: list[ShardHandle] = [ShardHandle(i, cpus[i], reactor, window)
+        self.shards: list[ShardHandle] = [ShardHandle(i, cpus[i], reactor, self._settings)
                                           for i in range(count)]
+        self._restart_calls: dict[int, Any] = {}  # shard index -> IDelayedCall
+        self._kill_calls: dict[int, Any] = {}
         self._all_down: Deferred | None = None
         self._stopping: Deferred | None = None
-
 
     def set_shard_config(self, config) -> None:
         """The settings shards started from now on get (after a reload)."""
@@ -168,11 +175,18 @@ class Supervisor(service.Service):
     def reconfigure(self, config) -> None:
         """A reload: live supervisor settings, and what restarted shards get."""
         self.config = config
+        self._settings = Settings.from_config(config).supervisor
+        for h in self.shards:
+            h.reconfigure(self._settings)
         self.set_shard_config(config)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every shard's health entry, in index order."""
         return [h.as_health() for h in self.shards]
+
+    def pids(self) -> list[int]:
+        """The pids of the shard processes running now."""
+        return [h.pid for h in self.shards if h.pid]
 
     def wait_all_registered(self) -> Deferred:
         """Fires with the handles once every shard is alive."""
@@ -184,24 +198,22 @@ class Supervisor(service.Service):
         super().startService()
         self._stopping = None
         for h in self.shards:
-            h._delay = self.config["supervisor.restart_min_delay"]
+            h.reset_backoff()
             self._start(h)
 
     def _start(self, h: ShardHandle) -> None:
-        h._restart_call = None
+        self._restart_calls.pop(h.index, None)
         if not self.running:
             return
-        h.started_at = self._reactor.seconds()
         try:
-            h._process = self._spawn(h)
+            process = self._spawn(h)
         except OSError:
             # Out of fds or processes: retried with backoff, like a crash.
             self.log.failure("shard {index}: could not start", index=h.index)
-            if h._channel is not None and h._channel.transport is not None:
-                h._channel.transport.abortConnection()
+            h.abort_channel()
             self._schedule_restart(h, uptime=0.0)
             return
-        h.pid = h._process.pid
+        h.started(process)
         self.log.info("shard {index} started (pid {pid}, cpu {cpu})",
                       index=h.index, pid=h.pid, cpu=h.cpu)
         if h.cpu is not None and h.pid is not None:
@@ -220,10 +232,11 @@ class Supervisor(service.Service):
             child_end.setblocking(False)
             parent_end.setblocking(False)
             factory = protocol.Factory.forProtocol(
-                partial(ShardControl, h, self.hub, self._channel_lost))
+                partial(ShardLink, h, self.hub, self._channel_lost))
             self._reactor.adoptStreamConnection(parent_end.fileno(), socket.AF_UNIX, factory)
             argv = self._argv_for(h.index)
-            proto = _ShardProcess(self, h, _ShardOutput(h.index, self._reactor, self.log))
+            proto = _ShardProcess(h, _ShardOutput(h.index, self._reactor, self.log),
+                                  self._process_ended)
             return self._reactor.spawnProcess(
                 proto, argv[0], argv, env=self._env,
                 childFDs={0: "w", 1: "r", 2: "r", 3: child_end.fileno()})
@@ -235,17 +248,12 @@ class Supervisor(service.Service):
     # -- exits and restarts -----------------------------------------------
 
     def _process_ended(self, h: ShardHandle, transport, reason: Failure) -> None:
-        if h._process is not transport:
+        uptime = h.exited(transport)
+        if uptime is None:
             return
-        h._process = None
-        h.pid = None
-        h.alive = False
-        h.accepting = False
-        h.connections = 0
-        if h._kill_call is not None and h._kill_call.active():
-            h._kill_call.cancel()
-        h._kill_call = None
-        uptime = self._reactor.seconds() - (h.started_at or 0.0)
+        kill = self._kill_calls.pop(h.index, None)
+        if kill is not None and kill.active():
+            kill.cancel()
         how = _describe_exit(reason)
         if self.running:
             self.log.warn("shard {index} {how} after {uptime:.1f}s", index=h.index, how=how,
@@ -253,43 +261,28 @@ class Supervisor(service.Service):
             self._schedule_restart(h, uptime)
         else:
             self.log.info("shard {index} {how}", index=h.index, how=how)
-        if h._channel is not None and h._channel.transport is not None:
-            # The peer is dead: nothing left to flush, and a copy of its end
-            # leaked to a grandchild must not keep the channel open.
-            h._channel.transport.abortConnection()
+        # The peer is dead: nothing left to flush, and a copy of its end
+        # leaked to a grandchild must not keep the channel open.
+        h.abort_channel()
         self._check_down()
 
     def _schedule_restart(self, h: ShardHandle, uptime: float) -> None:
         if not self.running:
             return
-        cfg = self.config
-        if uptime > cfg["supervisor.crash_loop_window"]:
-            # A healthy run: forget earlier crashes.
-            h._delay = cfg["supervisor.restart_min_delay"]
-            h._restart_times.clear()
-            h._crash_looping = False
-        delay = h._delay
-        h._delay = min(delay * 2, cfg["supervisor.restart_max_delay"])
+        delay = h.next_delay(uptime)
         self.log.info("shard {index} restarts in {delay:.1f}s", index=h.index, delay=delay)
-        h._restart_call = self._reactor.callLater(delay, self._restart, h)
+        self._restart_calls[h.index] = self._reactor.callLater(delay, self._restart, h)
 
     def _restart(self, h: ShardHandle) -> None:
-        now = self._reactor.seconds()
-        window = self.config["supervisor.crash_loop_window"]
-        h.restarts += 1
         metrics.SHARD_RESTARTS.labels(shard=str(h.index)).inc()
-        h._restart_times.append(now)
-        while now - h._restart_times[0] > window:
-            h._restart_times.popleft()
-        if len(h._restart_times) >= self.config["supervisor.crash_loop_restarts"]:
-            if not h._crash_looping:
-                self.log.error("shard {index} is crash-looping ({n} restarts in {window:g}s)",
-                               index=h.index, n=len(h._restart_times), window=window)
-            h._crash_looping = True
+        if h.restarted():
+            self.log.error("shard {index} is crash-looping ({n} restarts in {window:g}s)",
+                           index=h.index, n=h.recent_restarts,
+                           window=self._settings.crash_loop_window)
         self._start(h)
 
-    def _channel_lost(self, channel: ShardControl) -> None:
-        h = channel.handle
+    def _channel_lost(self, link: ShardLink) -> None:
+        h = link.handle
         if h.running and self.running:
             # A shard without its control channel can serve nobody (and
             # exits by itself); make sure it does, then restart it.
@@ -304,23 +297,24 @@ class Supervisor(service.Service):
         if self._stopping is not None:
             return self._stopping
         super().stopService()
+        for call in self._restart_calls.values():
+            if call.active():
+                call.cancel()
+        self._restart_calls.clear()
         for h in self.shards:
-            if h._restart_call is not None and h._restart_call.active():
-                h._restart_call.cancel()
-            h._restart_call = None
-            h._fire_ready(Failure(ShardUnavailable(f"shard {h.index}: supervisor stopped")))
+            h.fail_waiters(Failure(ShardUnavailable(f"shard {h.index}: supervisor stopped")))
         d = self._drain()
         d.addCallback(lambda _: self._terminate_all())
         self._stopping = d
         return d
 
     def _drain(self) -> Deferred:
-        timeout = self.config["supervisor.drain_timeout"]
+        timeout = self._settings.drain_timeout
         calls = []
         for h in self.shards:
-            if not (h.alive and h.amp is not None and timeout > 0):
+            if not (h.alive and timeout > 0):
                 continue
-            call = h.amp.callRemote(Drain, window=timeout / 2)
+            call = h.call(Drain, window=timeout / 2)
             call.addTimeout(timeout, self._reactor)
             call.addCallbacks(self._drained, self._drain_failed, callbackArgs=(h,),
                               errbackArgs=(h, timeout))
@@ -349,26 +343,20 @@ class Supervisor(service.Service):
         return all_down
 
     def _terminate(self, h: ShardHandle) -> None:
-        if h._kill_call is not None:
+        if h.index in self._kill_calls:
             return  # already on its way out
-        self._signal(h, "TERM")
-        h._kill_call = self._reactor.callLater(self.config["supervisor.kill_timeout"],
-                                               self._kill, h)
+        h.signal("TERM")
+        self._kill_calls[h.index] = self._reactor.callLater(
+            self._settings.kill_timeout, self._kill, h)
 
     def _kill(self, h: ShardHandle) -> None:
-        h._kill_call = None
+        del self._kill_calls[h.index]
         if h.running:
             self.log.warn("shard {index} ignored SIGTERM; sending SIGKILL", index=h.index)
-            self._signal(h, "KILL")
-
-    def _signal(self, h: ShardHandle, sig: str) -> None:
-        try:
-            h._process.signalProcess(sig)
-        except error.ProcessExitedAlready:
-            pass  # processEnded is on its way
+            h.signal("KILL")
 
     def _check_down(self) -> None:
-        if self._all_down is not None and all(h._down for h in self.shards):
+        if self._all_down is not None and all(h.down for h in self.shards):
             d, self._all_down = self._all_down, None
             self.log.info("all shards stopped")
             d.callback(None)

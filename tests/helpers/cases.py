@@ -46,6 +46,15 @@ class FakeShard:
             d.callback(self.answer(command, kw))
         return d
 
+    def reserve(self):
+        self.connections += 1
+
+    def handoff_done(self):
+        pass
+
+    def handoff_failed(self):
+        self.connections = max(0, self.connections - 1)
+
     def as_health(self):
         return {"index": self.index, "alive": self.alive, "connections": self.connections}
 

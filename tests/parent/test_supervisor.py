@@ -129,7 +129,7 @@ def config(shards=2, cpu_affinity="auto", **supervisor) -> Config:
 
 
 class SupervisorTestCase(SynchronousTestCase):
-    def make(self, cpus=(0, 1), **kw) -> Supervisor:
+    def make(self, cpus=(0, 1), pin=None, **kw) -> Supervisor:
         self.reactor = FakeReactor()
         self.addCleanup(self.reactor.close_fds)
         self.hub = Hub(self.reactor, max_event_bytes=4096, max_queue_batches=8)
@@ -139,7 +139,7 @@ class SupervisorTestCase(SynchronousTestCase):
         sup = Supervisor(self.reactor, config(**kw), self.hub,
                          argv_for=lambda i: ["/usr/bin/python3", "-m", "shard", str(i)],
                          env={"ODINWS_TEST": "1"}, allowed_cpus=lambda: list(cpus),
-                         pin=lambda pid, cpu: self.pins.append((pid, cpu)))
+                         pin=pin or (lambda pid, cpu: self.pins.append((pid, cpu))))
         return sup
 
     def connect(self, adopted: int):
@@ -228,11 +228,9 @@ class AffinityTests(SupervisorTestCase):
 
     def test_pinFailureLogged(self):
         """A refused pin is logged and the shard runs unpinned."""
-        sup = self.make(shards=1)
-
         def refuse(pid, cpu):
             raise OSError("EINVAL")
-        sup._pin = refuse
+        sup = self.make(shards=1, pin=refuse)
         sup.startService()
         self.assertEqual(len(self.reactor.processes), 1)
         self.assertTrue(any("cannot pin" in m for m in self.messages()))
@@ -302,7 +300,7 @@ class ControlTests(SupervisorTestCase):
         shard.transport.loseConnection()
         pump.flush()
         h = sup.shards[0]
-        self.assertEqual((h.alive, h.amp), (False, None))
+        self.assertEqual((h.alive, h.link), (False, None))
         self.assertEqual(self.hub.attached, [])
         self.assertEqual(self.reactor.processes[0].signals, ["TERM"])
         self.reactor.processes[0].end(signal=15)

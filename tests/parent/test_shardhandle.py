@@ -1,0 +1,86 @@
+"""
+Tests for L{odin_ws.parent.shardhandle.ShardHandle}: the one owner of a
+shard's state, changed only through its methods.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from odin_ws.common.config import Config, validate
+from odin_ws.common.settings import Settings
+from odin_ws.parent.shardhandle import ShardHandle
+
+
+class FakeProcessTransport:
+    def __init__(self, pid: int):
+        self.pid = pid
+
+
+def handle(**supervisor) -> tuple[ShardHandle, Clock]:
+    values = {"supervisor.restart_min_delay": 1.0, "supervisor.restart_max_delay": 4.0}
+    values.update({"supervisor." + k: v for k, v in supervisor.items()})
+    clock = Clock()
+    settings = Settings.from_config(Config(validate(values))).supervisor
+    return ShardHandle(0, None, clock, settings), clock
+
+
+class PlacementTests(SynchronousTestCase):
+    def test_reserved_counted_over_stale_report(self):
+        """
+        A handoff in flight stays counted when a Stats report made before the
+        shard adopted it arrives, and is the shard's own count once answered.
+        """
+        h, _ = handle()
+        h.registered(object(), pid=7, capacity=10)
+        h.reported(3, 10, {})
+        h.reserve()
+        self.assertEqual((h.connections, h.pending), (4, 1))
+        h.reported(3, 10, {})
+        self.assertEqual(h.connections, 4)
+        h.handoff_done()
+        h.reported(4, 10, {})
+        self.assertEqual((h.connections, h.pending), (4, 0))
+
+    def test_failed_handoff_released(self):
+        """A handoff that failed gives its slot back."""
+        h, _ = handle()
+        h.reserve()
+        h.handoff_failed()
+        self.assertEqual((h.connections, h.pending), (0, 0))
+
+    def test_unreadable_status_keeps_the_last(self):
+        """A report without a readable status updates the load but keeps the last status."""
+        h, _ = handle()
+        h.reported(1, 10, {"accepting": False, "kafka": {"connected": True}})
+        h.reported(2, 20, None)
+        self.assertEqual((h.connections, h.capacity, h.accepting, h.status["kafka"]),
+                         (2, 20, False, {"connected": True}))
+
+
+class ProcessTests(SynchronousTestCase):
+    def test_late_exit_ignored(self):
+        """The exit of a process that is no longer the shard's changes nothing."""
+        h, clock = handle()
+        old, new = FakeProcessTransport(1), FakeProcessTransport(2)
+        h.started(old)
+        h.exited(old)
+        h.started(new)
+        clock.advance(3)
+        self.assertIsNone(h.exited(old))
+        self.assertEqual((h.running, h.pid), (True, 2))
+        self.assertEqual(h.exited(new), 3.0)
+        self.assertEqual((h.running, h.pid), (False, None))
+
+    def test_backoff(self):
+        """Delays double up to the maximum and start over after a healthy run."""
+        h, _ = handle(crash_loop_window=60.0)
+        self.assertEqual([h.next_delay(0.1) for _ in range(4)], [1.0, 2.0, 4.0, 4.0])
+        self.assertEqual(h.next_delay(61.0), 1.0)
+
+    def test_crash_loop_reported_once(self):
+        """restarted() says True only for the restart that starts a crash loop."""
+        h, _ = handle(crash_loop_restarts=2)
+        self.assertEqual([h.restarted() for _ in range(3)], [False, True, False])
+        self.assertEqual((h.restarts, h.recent_restarts), (3, 3))
