@@ -1,6 +1,9 @@
 """
 Kafka ingestion of one shard: a confluent-kafka consumer in a thread of its
-own, feeding batches of mapped L{Event}s to the reactor.
+own (L{odin_ws.shard.consumerloop}), feeding batches of mapped L{Event}s to
+the reactor. This module owns the service's lifecycle and the consumer's
+status; the loop reports to it through the small method API of L{KafkaIngest}
+marked "consumer thread", and never touches its attributes.
 
 Threading: every call on the C{Consumer} (and every librdkafka callback,
 which librdkafka serves from inside C{consume}) happens on the consumer
@@ -24,11 +27,9 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
-from collections import Counter
 from typing import Any, Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -37,15 +38,14 @@ from twisted.python.failure import Failure
 from odin_ws.common import metrics
 from odin_ws.common.config import Config
 from odin_ws.common.events import Event
+from odin_ws.common.settings import Settings
+from odin_ws.shard.consumerloop import ConsumerLoop, describe_error
 from odin_ws.shard.records import RecordMapper
 
 log = Logger()
 
 MAX_PENDING = 4
 STATISTICS_INTERVAL_MS = 5000
-# Seconds the thread waits at stop for batches already in the reactor, so
-# their offsets are committed by close().
-STOP_GRACE = 2.0
 
 
 class KafkaIngest(Service):
@@ -55,15 +55,19 @@ class KafkaIngest(Service):
     returns a Deferred, the batch counts as taken when that fires (a failure
     is logged and the batch still counts as taken: a stuck offset would stop
     the partition's commits for good).
+
+    @param settings: the process's L{Settings} (a L{Config} is converted).
     """
 
     name = "kafka"
 
-    def __init__(self, reactor: Any, config: Config, mapper: RecordMapper,
+    def __init__(self, reactor: Any, settings: Settings | Config, mapper: RecordMapper,
                  on_batch: Callable[[list[Event]], Deferred | None],
                  max_pending: int = MAX_PENDING):
+        if isinstance(settings, Config):
+            settings = Settings.from_config(settings)
         self._reactor = reactor
-        self._config = config
+        self._settings = settings
         self._mapper = mapper
         self._on_batch = on_batch
         self._max_pending = max_pending
@@ -83,24 +87,24 @@ class KafkaIngest(Service):
 
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka settings, C{kafka.consumer_config} applied last."""
-        c = self._config
-        session = c["kafka.session_timeout_ms"]
+        k = self._settings.kafka
+        session = k.session_timeout_ms
         conf = {
-            "bootstrap.servers": c["kafka.brokers"],
-            "group.id": c.group_id,
-            "client.id": f"odinws-{c.node_id}",
-            "auto.offset.reset": c["kafka.start_offset"],
+            "bootstrap.servers": k.brokers,
+            "group.id": self._settings.group_id,
+            "client.id": f"odinws-{self._settings.node_id}",
+            "auto.offset.reset": k.start_offset,
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,
             "session.timeout.ms": session,
             # At most a third of the session timeout, as Kafka advises, so a
             # small session timeout (quick rebalances) keeps the member alive.
             "heartbeat.interval.ms": max(100, min(3000, session // 3)),
-            "max.poll.interval.ms": c["kafka.max_poll_interval_ms"],
-            "reconnect.backoff.max.ms": int(c["kafka.retry_backoff_max"] * 1000),
+            "max.poll.interval.ms": k.max_poll_interval_ms,
+            "reconnect.backoff.max.ms": int(k.retry_backoff_max * 1000),
             "statistics.interval.ms": STATISTICS_INTERVAL_MS,
         }
-        conf.update(c["kafka.consumer_config"])
+        conf.update(k.consumer_config)
         conf.update({"error_cb": self._on_error, "stats_cb": self._on_stats,
                      "logger": _LibrdkafkaLog(self)})
         return conf
@@ -110,6 +114,11 @@ class KafkaIngest(Service):
         return {"state": self._state, "connected": self._connected,
                 "assigned": list(self._assigned), "lag": self._lag,
                 "last_error": self._last_error}
+
+    @property
+    def assigned(self) -> tuple[str, ...]:
+        """The assigned partitions as C{topic[partition]}, sorted (read-only view)."""
+        return self._assigned
 
     def startService(self) -> None:
         Service.startService(self)
@@ -125,11 +134,12 @@ class KafkaIngest(Service):
             # Bad kafka.consumer_config: nothing will retry, so say it once
             # and show it in /health rather than crash the shard's startup.
             self._state = "error"
-            self._last_error = f"cannot create the Kafka consumer: {_describe(e)}"
+            self._last_error = f"cannot create the Kafka consumer: {describe_error(e)}"
             log.error("{error}", error=self._last_error)
             return
         self._finished = Deferred()
-        loop = _ConsumerLoop(self, consumer, self._finished)
+        loop = ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
+                            self._stopping, self._done, self._max_pending, self._finished)
         self._thread = threading.Thread(target=loop.run,
                                         name="odinws-kafka", daemon=True)
         self._thread.start()
@@ -157,7 +167,51 @@ class KafkaIngest(Service):
         d.addErrback(lambda f: log.failure("on_batch failed for {n} events", f, n=len(events)))
         d.addBoth(lambda _: self._done.put(batch_id))
 
-    # Consumer-thread side: status and logging (librdkafka callbacks).
+    # Consumer thread: the loop's API.
+
+    def hand_over(self, batch_id: int, events: list[Event]) -> None:
+        """Consumer thread: give a batch to the reactor; its id comes back on the done queue."""
+        self._reactor.callFromThread(self._deliver, batch_id, events)
+
+    def broker_reached(self) -> None:
+        """Consumer thread: records or an assignment arrived, so the broker is there."""
+        self._set_state("running", True)
+
+    def publish_assignment(self, assigned: tuple[str, ...]) -> None:
+        """Consumer thread: the partitions now assigned, as sorted C{topic[partition]}."""
+        self._assigned = assigned
+
+    def note_error(self, kind: str, text: str, level: str = "warn") -> None:
+        """Consumer thread: count an error by kind; log its first occurrence per episode."""
+        metrics.KAFKA_ERRORS.labels(kind).inc()
+        self._last_error = text
+        self.log_once(kind, "Kafka consumer: {error}", level, error=text)
+
+    def log_once(self, key: str, fmt: str, level: str = "warn", **kw: Any) -> None:
+        """Consumer thread: log a line once per kind (C{key}) and episode."""
+        if key not in self._logged:
+            self._logged.add(key)
+            self._log(level, fmt, **kw)
+
+    def log(self, level: str, fmt: str, **kw: Any) -> None:
+        """Consumer thread: log a line (emitted from the reactor thread)."""
+        self._log(level, fmt, **kw)
+
+    def thread_failed(self, failure: Failure) -> None:
+        """Consumer thread: the loop died of a bug; show it in the status."""
+        self._reactor.callFromThread(log.failure, "Kafka consumer thread failed", failure)
+        self._last_error = f"consumer thread failed: {failure.getErrorMessage()}"
+        self._state = "error"
+
+    def consumer_closed(self, finished: Deferred) -> None:
+        """Consumer thread, its last act: the consumer is closed; fire C{finished}."""
+        if self._state != "error":
+            self._state = "stopped"
+        self._connected = False
+        metrics.KAFKA_CONNECTED.set(0)
+        self._reactor.callFromThread(finished.callback, None)
+
+    # Consumer thread: status (librdkafka callbacks, served inside consume()).
 
     def _log(self, level: str, fmt: str, **kw: Any) -> None:
         # twisted.logger observers are not thread-safe: emit in the reactor.
@@ -174,22 +228,15 @@ class KafkaIngest(Service):
             self._logged = set()
             self._connection_error = None
             self._log("info", "Kafka consumer running (group {group})",
-                      group=self._config.group_id)
+                      group=self._settings.group_id)
         elif state == "retrying":
             self._log("warn", "Kafka brokers unreachable, retrying: {error}",
                       error=self._last_error)
 
-    def _note_error(self, kind: str, text: str, level: str = "warn") -> None:
-        metrics.KAFKA_ERRORS.labels(kind).inc()
-        self._last_error = text
-        if kind not in self._logged:
-            self._logged.add(kind)
-            self._log(level, "Kafka consumer: {error}", error=text)
-
     def _on_error(self, err: KafkaError) -> None:
         kind = err.name().lstrip("_").lower()
         if err.fatal():
-            self._note_error(kind, f"fatal: {err.str()}", "error")
+            self.note_error(kind, f"fatal: {err.str()}", "error")
             self._set_state("error", False)
             self._stopping.set()
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -202,7 +249,7 @@ class KafkaIngest(Service):
             metrics.KAFKA_ERRORS.labels(kind).inc()
             self._last_error = self._connection_error = err.str()
         else:
-            self._note_error(kind, err.str())
+            self.note_error(kind, err.str())
 
     def _on_stats(self, text: str) -> None:
         stats = json.loads(text)
@@ -212,9 +259,10 @@ class KafkaIngest(Service):
         elif self._state == "running":
             self._set_state("retrying", False)
         total = 0
+        assigned = self._assigned
         for topic, t in stats.get("topics", {}).items():
             for p, info in t.get("partitions", {}).items():
-                if f"{topic}[{p}]" not in self._assigned:
+                if f"{topic}[{p}]" not in assigned:
                     continue  # librdkafka also lists the internal partition -1
                 lag = _partition_lag(info)
                 metrics.KAFKA_LAG.labels(topic, p).set(lag)
@@ -235,12 +283,6 @@ def _partition_lag(info: dict) -> int:
     return 0
 
 
-def _describe(e: BaseException) -> str:
-    if e.args and isinstance(e.args[0], KafkaError):
-        return e.args[0].str()
-    return str(e)
-
-
 class _LibrdkafkaLog:
     """
     librdkafka's own log lines: warnings once per facility and episode. Its
@@ -254,175 +296,5 @@ class _LibrdkafkaLog:
         if level != 30:  # confluent-kafka maps librdkafka levels to logging's
             return
         facility = args[0] if args else "?"
-        key = f"librdkafka:{facility}"
-        ingest = self._ingest
-        if key not in ingest._logged:
-            ingest._logged.add(key)
-            ingest._log("warn", "librdkafka: {line}", line=fmt % args)
-
-
-class _ConsumerLoop:
-    """What the consumer thread does; its state is touched by that thread only."""
-
-    def __init__(self, ingest: KafkaIngest, consumer: Consumer, finished: Deferred):
-        self.ingest = ingest
-        self.consumer = consumer
-        self.finished = finished
-        config = ingest._config
-        self.topics = list(config["kafka.topics"])
-        self.poll_batch = config["kafka.poll_batch"]
-        self.poll_timeout = config["kafka.poll_timeout"]
-        # Pause well before librdkafka's max.poll.interval.ms would expire.
-        self.pause_after = config["kafka.max_poll_interval_ms"] / 4000.0
-        self.stopping = ingest._stopping
-        self.done = ingest._done
-        self.next_id = 0
-        self.in_flight = 0
-        # batch id -> [{(topic, partition): next offset}, taken?], in consumption order.
-        self.pending: dict[int, list] = {}
-        self.assignment: set[tuple[str, int]] = set()
-        self.paused = False
-        self.repause = False
-        self.blocked_since: float | None = None
-
-    def run(self) -> None:
-        ingest = self.ingest
-        try:
-            self.consumer.subscribe(self.topics, on_assign=self.on_assign,
-                                    on_revoke=self.on_revoke, on_lost=self.on_revoke)
-            while not self.stopping.is_set():
-                self.poll_once()
-            deadline = time.monotonic() + STOP_GRACE
-            while self.in_flight and time.monotonic() < deadline:
-                self.take_done(0.05)
-        except Exception:
-            # A bug here would otherwise end ingestion silently in a thread.
-            failure = Failure()
-            ingest._reactor.callFromThread(log.failure, "Kafka consumer thread failed", failure)
-            ingest._last_error = f"consumer thread failed: {failure.getErrorMessage()}"
-            ingest._state = "error"
-        finally:
-            try:
-                self.consumer.close()  # commits stored offsets, leaves the group
-            except (KafkaException, RuntimeError) as e:
-                ingest._log("warn", "Kafka consumer close: {error}", error=_describe(e))
-            if ingest._state != "error":
-                ingest._state = "stopped"
-            ingest._connected = False
-            metrics.KAFKA_CONNECTED.set(0)
-            ingest._reactor.callFromThread(self.finished.callback, None)
-
-    def poll_once(self) -> None:
-        self.take_done(0)
-        if self.in_flight < self.ingest._max_pending:
-            self.blocked_since = None
-            if self.paused:
-                self.consumer.resume(self.consumer.assignment())
-                self.paused = False
-            self.handle(self.consumer.consume(self.poll_batch, self.poll_timeout))
-            return
-        now = time.monotonic()
-        if self.blocked_since is None:
-            self.blocked_since = now
-        if not self.paused and now - self.blocked_since > self.pause_after:
-            self.paused = self.repause = True
-        if self.paused:
-            if self.repause:  # after a rebalance, new partitions start unpaused
-                self.consumer.pause(self.consumer.assignment())
-                self.repause = False
-            # Paused partitions return nothing; polling keeps the membership.
-            self.handle(self.consumer.consume(self.poll_batch, 0))
-        self.take_done(self.poll_timeout)
-
-    def handle(self, messages: list) -> None:
-        events: list[Event] = []
-        offsets: dict[tuple[str, int], int] = {}
-        records: Counter[str] = Counter()
-        rejected: Counter[str] = Counter()
-        mapper = self.ingest._mapper
-        for m in messages:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.ingest._note_error(err.name().lstrip("_").lower(), err.str())
-                continue
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            offsets[(topic, partition)] = offset + 1
-            records[topic] += 1
-            result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset)
-            if isinstance(result, str):
-                rejected[result] += 1
-            else:
-                events.append(result)
-        for topic, n in records.items():
-            metrics.KAFKA_RECORDS.labels(topic).inc(n)
-        for reason, n in rejected.items():
-            metrics.KAFKA_REJECTED.labels(reason).inc(n)
-        if not offsets:
-            return
-        self.ingest._set_state("running", True)  # records flow: the broker is there
-        batch_id = self.next_id
-        self.next_id += 1
-        self.pending[batch_id] = [offsets, not events]
-        if events:
-            self.in_flight += 1
-            self.ingest._reactor.callFromThread(self.ingest._deliver, batch_id, events)
-        else:
-            self.store_taken()
-
-    def take_done(self, timeout: float) -> None:
-        """Collect batches the reactor has taken (waiting up to C{timeout})."""
-        try:
-            batch_id = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
-            while True:
-                entry = self.pending.get(batch_id)
-                if entry is not None and not entry[1]:
-                    entry[1] = True
-                    self.in_flight -= 1
-                batch_id = self.done.get_nowait()
-        except queue.Empty:
-            pass
-        self.store_taken()
-
-    def store_taken(self) -> None:
-        """Store the offsets of the taken batches that no untaken batch precedes."""
-        merged: dict[tuple[str, int], int] = {}
-        for batch_id in list(self.pending):
-            offsets, taken = self.pending[batch_id]
-            if not taken:
-                break
-            merged.update(offsets)
-            del self.pending[batch_id]
-        tps = [TopicPartition(t, p, o) for (t, p), o in merged.items()
-               if (t, p) in self.assignment]
-        if tps:
-            try:
-                self.consumer.store_offsets(offsets=tps)
-            except KafkaException as e:  # e.g. revoked in the same poll
-                self.ingest._note_error("store_offsets", _describe(e))
-
-    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assignment.update((tp.topic, tp.partition) for tp in partitions)
-        self._publish_assignment()
-        self.repause = self.paused
-        self.ingest._set_state("running", True)
-
-    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Store what has been taken so the commit librdkafka makes on revoke
-        # includes it, then forget the rest for these partitions: their new
-        # owner re-reads from the committed offset.
-        self.take_done(0)
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        for offsets, _ in self.pending.values():
-            for tp in gone & offsets.keys():
-                del offsets[tp]
-        self.assignment -= gone
-        self._publish_assignment()
-        for topic, partition in gone:
-            try:
-                metrics.KAFKA_LAG.remove(topic, str(partition))
-            except KeyError:
-                pass
-
-    def _publish_assignment(self) -> None:
-        self.ingest._assigned = tuple(sorted(f"{t}[{p}]" for t, p in self.assignment))
+        self._ingest.log_once(f"librdkafka:{facility}", "librdkafka: {line}",
+                              line=fmt % args)

@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 
 from odin_ws.common.channels import valid_segment
 from odin_ws.common.events import Event
+from odin_ws.common.settings import KafkaSettings
 
 REASONS = ("unknown_topic", "no_value", "too_large", "invalid_json", "no_token",
            "invalid_token", "invalid_event_type")
@@ -47,6 +48,13 @@ class RecordMapper:
         self.event_type_field = event_type_field
         self.max_record_bytes = max_record_bytes
         self._clock = clock
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaSettings,
+                      clock: Callable[[], float] = time.time) -> "RecordMapper":
+        """The mapper the C{kafka} settings describe."""
+        return cls(kafka.topics, kafka.token_field, kafka.event_type_field,
+                   kafka.max_record_bytes, clock)
 
     def map(self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int,
             partition: int, offset: int) -> Event | str:

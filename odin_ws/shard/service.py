@@ -27,6 +27,7 @@ from odin_ws.common import metrics
 from odin_ws.shard import tls
 from odin_ws.common.config import Config, ConfigError, apply_live
 from odin_ws.common.logs import install_logging
+from odin_ws.common.settings import Settings
 from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.shard.ingest import KafkaIngest
 from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
@@ -99,10 +100,10 @@ class Shard(service.MultiService):
         self.tls_options = tls.server_options(config) if tls.enabled(config) else None
         self.per_ip: dict[str, int] = {}
         self._drained: defer.Deferred | None = None
-        self.kafka = KafkaIngest(reactor, config, RecordMapper(
-            config["kafka.topics"], config["kafka.token_field"],
-            config["kafka.event_type_field"], config["kafka.max_record_bytes"]),
-            self.on_kafka_batch)
+        typed = Settings.from_config(config)
+        self.kafka = KafkaIngest(reactor, typed,
+                                 RecordMapper.from_settings(typed.kafka),
+                                 self.on_kafka_batch)
         self.kafka.setServiceParent(self)
         self._stats_loop = task.LoopingCall(self.report_stats)
         self._stats_loop.clock = reactor

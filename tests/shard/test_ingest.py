@@ -21,6 +21,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from odin_ws.common.config import Config, validate
+from odin_ws.common.settings import Settings
 from odin_ws.shard.ingest import KafkaIngest
 from odin_ws.shard.records import RecordMapper
 from tests.helpers import sample
@@ -46,7 +47,7 @@ def wait_until(condition, what: str, timeout: float = TIMEOUT) -> Deferred:
     return d
 
 
-def make_config(bootstrap: str, topic: str, group: str, **overrides) -> Config:
+def make_settings(bootstrap: str, topic: str, group: str, **overrides) -> Settings:
     values = {
         "node_id": group, "kafka.group": "test", "kafka.brokers": bootstrap,
         "kafka.topics": {topic: "trade"}, "kafka.start_offset": "earliest",
@@ -59,7 +60,7 @@ def make_config(bootstrap: str, topic: str, group: str, **overrides) -> Config:
                                   "topic.metadata.refresh.interval.ms": 500},
     }
     values.update(overrides)
-    return Config(validate(values))
+    return Settings.from_config(Config(validate(values)))
 
 
 
@@ -104,11 +105,10 @@ class KafkaIngestTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def start(self, on_batch, bootstrap: str | None = None, **overrides) -> KafkaIngest:
-        config = make_config(bootstrap or self.broker.bootstrap, self.topic, self.group,
-                             **overrides)
-        mapper = RecordMapper(config["kafka.topics"], config["kafka.token_field"],
-                              config["kafka.event_type_field"], config["kafka.max_record_bytes"])
-        ingest = KafkaIngest(reactor, config, mapper, on_batch)
+        settings = make_settings(bootstrap or self.broker.bootstrap, self.topic, self.group,
+                                 **overrides)
+        ingest = KafkaIngest(reactor, settings, RecordMapper.from_settings(settings.kafka),
+                             on_batch)
         ingest.startService()
         self.addCleanup(lambda: ingest.stopService() if ingest.running else None)
         return ingest
@@ -224,9 +224,9 @@ class KafkaIngestTests(TestCase):
         and arrive, all of them, once the held batch is taken.
         """
         collector = Collector(hold=True)
-        config = make_config(self.broker.bootstrap, self.topic, self.group)
-        mapper = RecordMapper(config["kafka.topics"], "", "", 1 << 20)
-        ingest = KafkaIngest(reactor, config, mapper, collector, max_pending=1)
+        settings = make_settings(self.broker.bootstrap, self.topic, self.group)
+        ingest = KafkaIngest(reactor, settings, RecordMapper.from_settings(settings.kafka),
+                             collector, max_pending=1)
         ingest.startService()
         self.addCleanup(lambda: ingest.stopService() if ingest.running else None)
         yield self.assigned(ingest)

@@ -6,7 +6,9 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from odin_ws.common.config import Config, validate
 from odin_ws.common.events import Event
+from odin_ws.common.settings import Settings
 from odin_ws.shard.records import REASONS, RecordMapper
 
 TOPICS = {"odin.trades": "trade", "odin.prices": "price"}
@@ -152,3 +154,17 @@ class RecordMapperTests(SynchronousTestCase):
         self.assertEqual(set(REASONS), {"unknown_topic", "no_value", "too_large",
                                         "invalid_json", "no_token", "invalid_token",
                                         "invalid_event_type"})
+
+    def test_fromSettings(self) -> None:
+        """
+        A mapper built from the typed Kafka settings uses their topics,
+        token field, event type field and size limit.
+        """
+        settings = Settings.from_config(Config(validate({
+            "kafka.topics": {"odin.trades": "trade"}, "kafka.token_field": "tok",
+            "kafka.event_type_field": "kind", "kafka.max_record_bytes": 64})))
+        m = RecordMapper.from_settings(settings.kafka, clock=lambda: 1.0)
+        self.assertEqual((dict(m.topics), m.token_field, m.event_type_field, m.max_record_bytes),
+                         ({"odin.trades": "trade"}, "tok", "kind", 64))
+        event = m.map("odin.trades", None, b'{"tok": "X", "kind": "price"}', -1, 0, 7)
+        self.assertEqual((event.channel, event.ts, event.offset), ("odin.token.X.price", 1000, 7))

@@ -1,0 +1,209 @@
+"""
+What the Kafka consumer thread of a shard does (L{ConsumerLoop}): poll,
+map records to events, hand batches to the reactor, store the offsets of
+the batches the reactor has taken, pause when too many are out. Its state
+is touched by that thread only; it reports to the L{KafkaIngest} that owns
+the consumer's status through that class's small "consumer thread" API.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from odin_ws.common import metrics
+from odin_ws.common.events import Event
+from odin_ws.common.settings import KafkaSettings
+from odin_ws.shard.records import RecordMapper
+
+if TYPE_CHECKING:
+    from odin_ws.shard.ingest import KafkaIngest
+
+# Seconds the thread waits at stop for batches already in the reactor, so
+# their offsets are committed by close().
+STOP_GRACE = 2.0
+
+
+def describe_error(e: BaseException) -> str:
+    """The text of a confluent-kafka exception (its KafkaError's, when it has one)."""
+    if e.args and isinstance(e.args[0], KafkaError):
+        return e.args[0].str()
+    return str(e)
+
+
+class ConsumerLoop:
+    """
+    The consumer thread's loop (L{run}).
+
+    @param ingest: the owner of the status, reached through its method API.
+    @param stopping: set when the loop should end.
+    @param done: batch ids the reactor has taken.
+    @param max_pending: batches out in the reactor before the loop waits.
+    @param finished: fired (in the reactor) once the consumer is closed.
+    """
+
+    def __init__(self, ingest: "KafkaIngest", consumer: Consumer, mapper: RecordMapper,
+                 settings: KafkaSettings, stopping: threading.Event,
+                 done: "queue.SimpleQueue[int]", max_pending: int, finished: Deferred):
+        self.ingest = ingest
+        self.consumer = consumer
+        self.mapper = mapper
+        self.finished = finished
+        self.topics = list(settings.topics)
+        self.poll_batch = settings.poll_batch
+        self.poll_timeout = settings.poll_timeout
+        # Pause well before librdkafka's max.poll.interval.ms would expire.
+        self.pause_after = settings.max_poll_interval_ms / 4000.0
+        self.stopping = stopping
+        self.done = done
+        self.max_pending = max_pending
+        self.next_id = 0
+        self.in_flight = 0
+        # batch id -> [{(topic, partition): next offset}, taken?], in consumption order.
+        self.pending: dict[int, list] = {}
+        self.assignment: set[tuple[str, int]] = set()
+        self.paused = False
+        self.repause = False
+        self.blocked_since: float | None = None
+
+    def run(self) -> None:
+        ingest = self.ingest
+        try:
+            self.consumer.subscribe(self.topics, on_assign=self.on_assign,
+                                    on_revoke=self.on_revoke, on_lost=self.on_revoke)
+            while not self.stopping.is_set():
+                self.poll_once()
+            deadline = time.monotonic() + STOP_GRACE
+            while self.in_flight and time.monotonic() < deadline:
+                self.take_done(0.05)
+        except Exception:
+            # A bug here would otherwise end ingestion silently in a thread.
+            ingest.thread_failed(Failure())
+        finally:
+            try:
+                self.consumer.close()  # commits stored offsets, leaves the group
+            except (KafkaException, RuntimeError) as e:
+                ingest.log("warn", "Kafka consumer close: {error}", error=describe_error(e))
+            ingest.consumer_closed(self.finished)
+
+    def poll_once(self) -> None:
+        self.take_done(0)
+        if self.in_flight < self.max_pending:
+            self.blocked_since = None
+            if self.paused:
+                self.consumer.resume(self.consumer.assignment())
+                self.paused = False
+            self.handle(self.consumer.consume(self.poll_batch, self.poll_timeout))
+            return
+        now = time.monotonic()
+        if self.blocked_since is None:
+            self.blocked_since = now
+        if not self.paused and now - self.blocked_since > self.pause_after:
+            self.paused = self.repause = True
+        if self.paused:
+            if self.repause:  # after a rebalance, new partitions start unpaused
+                self.consumer.pause(self.consumer.assignment())
+                self.repause = False
+            # Paused partitions return nothing; polling keeps the membership.
+            self.handle(self.consumer.consume(self.poll_batch, 0))
+        self.take_done(self.poll_timeout)
+
+    def handle(self, messages: list) -> None:
+        events: list[Event] = []
+        offsets: dict[tuple[str, int], int] = {}
+        records: Counter[str] = Counter()
+        rejected: Counter[str] = Counter()
+        mapper = self.mapper
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.ingest.note_error(err.name().lstrip("_").lower(), err.str())
+                continue
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            offsets[(topic, partition)] = offset + 1
+            records[topic] += 1
+            result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset)
+            if isinstance(result, str):
+                rejected[result] += 1
+            else:
+                events.append(result)
+        for topic, n in records.items():
+            metrics.KAFKA_RECORDS.labels(topic).inc(n)
+        for reason, n in rejected.items():
+            metrics.KAFKA_REJECTED.labels(reason).inc(n)
+        if not offsets:
+            return
+        self.ingest.broker_reached()
+        batch_id = self.next_id
+        self.next_id += 1
+        self.pending[batch_id] = [offsets, not events]
+        if events:
+            self.in_flight += 1
+            self.ingest.hand_over(batch_id, events)
+        else:
+            self.store_taken()
+
+    def take_done(self, timeout: float) -> None:
+        """Collect batches the reactor has taken (waiting up to C{timeout})."""
+        try:
+            batch_id = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
+            while True:
+                entry = self.pending.get(batch_id)
+                if entry is not None and not entry[1]:
+                    entry[1] = True
+                    self.in_flight -= 1
+                batch_id = self.done.get_nowait()
+        except queue.Empty:
+            pass
+        self.store_taken()
+
+    def store_taken(self) -> None:
+        """Store the offsets of the taken batches that no untaken batch precedes."""
+        merged: dict[tuple[str, int], int] = {}
+        for batch_id in list(self.pending):
+            offsets, taken = self.pending[batch_id]
+            if not taken:
+                break
+            merged.update(offsets)
+            del self.pending[batch_id]
+        tps = [TopicPartition(t, p, o) for (t, p), o in merged.items()
+               if (t, p) in self.assignment]
+        if tps:
+            try:
+                self.consumer.store_offsets(offsets=tps)
+            except KafkaException as e:  # e.g. revoked in the same poll
+                self.ingest.note_error("store_offsets", describe_error(e))
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assignment.update((tp.topic, tp.partition) for tp in partitions)
+        self._publish_assignment()
+        self.repause = self.paused
+        self.ingest.broker_reached()
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Store what has been taken so the commit librdkafka makes on revoke
+        # includes it, then forget the rest for these partitions: their new
+        # owner re-reads from the committed offset.
+        self.take_done(0)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for offsets, _ in self.pending.values():
+            for tp in gone & offsets.keys():
+                del offsets[tp]
+        self.assignment -= gone
+        self._publish_assignment()
+        for topic, partition in gone:
+            try:
+                metrics.KAFKA_LAG.remove(topic, str(partition))
+            except KeyError:
+                pass
+
+    def _publish_assignment(self) -> None:
+        self.ingest.publish_assignment(tuple(sorted(f"{t}[{p}]" for t, p in self.assignment)))
