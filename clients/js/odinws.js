@@ -1,0 +1,1 @@
+../../odin_ws/static/odinws.js
