@@ -1,16 +1,8 @@
 """
-The fan-out write path: one event frame to many WebSocket connections. The
-one module touching Twisted's and Autobahn's write internals; guarded by
-C{tests/shard/test_writepath.py}.
-
-Why frame ourselves: the server accepts no compression, so an event's frame
-is the same bytes for every client; L{text_frame} builds it once. Autobahn's
-C{sendMessage} would frame it per client and format a debug line per call.
-
-Why one write per connection per batch: L{Fanout.publish} only appends the
-shared frame to each subscriber's L{Outbox}; L{Fanout.flush} (after each
-Kafka batch, else at the end of the reactor turn) joins what a connection
-got into one buffer, so per-write costs are paid per connection, not event.
+The outbound side of one WebSocket connection: L{Outbox} queues the event
+frames L{odin_ws.shard.fanout.Fanout} gives it, writes them in one buffer
+per flush, and bounds what a slow client makes it hold. Twisted internals
+are reached through L{odin_ws.common.twisted_internals} only.
 
 Why a direct C{socket.send}: C{transport.write} buffers, arms the writer
 (C{epoll_ctl}), and the reactor's C{doWrite} sends an iteration later and
@@ -26,27 +18,37 @@ longer be dropped or replaced). Each Outbox is a streaming producer on its
 transport: Twisted pauses it past its 64 KiB high-water mark and resumes it
 when drained. On socket transports the Outbox goes further: if Twisted
 still holds bytes when a flush comes, the client is behind, so the Outbox
-pauses itself and sets the transport's C{producerPaused}, which makes
-C{doWrite} resume it once drained. Twisted then holds at most what the
-kernel refused of one write; the rest waits here as frames, where the
-slow-client policy bounds them (C{limit} counts Twisted's held bytes too),
-drops them, keeps the latest per channel, or closes the connection.
+pauses itself and has the transport resume it once drained. Twisted then
+holds at most what the kernel refused of one write; the rest waits here as
+frames, where the slow-client policy bounds them (C{limit} counts Twisted's
+held bytes too), drops them, keeps the latest per channel, or closes the
+connection.
 """
 
 from __future__ import annotations
 
-import socket
-import struct
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
 from autobahn.websocket.protocol import WebSocketProtocol
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from zope.interface import implementer
 
-log = Logger()
+from odin_ws.common.twisted_internals import (
+    HOLDING,
+    SENDABLE,
+    has_write_buffer,
+    held,
+    plain_socket,
+    producer_of,
+    resume_when_drained,
+    served_by,
+    write_state,
+)
+from odin_ws.shard.frames import Chunk, frame_count
+
+if TYPE_CHECKING:
+    from odin_ws.common.settings import OutboundSettings
+    from odin_ws.shard.fanout import Fanout
 
 POLICIES = ("drop", "conflate", "disconnect")
 
@@ -54,137 +56,6 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 # A closed Outbox has no room at all, so every push takes the slow path,
 # which ignores it: the hot loop needs no separate "closed" test.
 _CLOSED_ROOM = -(1 << 62)
-_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)   # Linux
-_LEN16 = struct.Struct("!BBH").pack
-_LEN64 = struct.Struct("!BBQ").pack
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final, text (opcode 1) WebSocket frame carrying C{payload}."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 0x10000:
-        return _LEN16(0x81, 126, n) + payload
-    return _LEN64(0x81, 127, n) + payload
-
-
-class Chunk:
-    """
-    The tag of a queue entry holding several frames joined once for many
-    connections (L{Fanout.publish_run}): the frames it carries, with their
-    channels and event types, for the slow-client policies and the counters.
-    """
-
-    __slots__ = ("parts", "count")
-
-    def __init__(self, parts: list[tuple[bytes, str, str]]):
-        self.parts = parts
-        self.count = len(parts)
-
-    def __repr__(self) -> str:
-        return f"<Chunk of {self.count} frames>"
-
-
-def _frames(tags: list) -> int:
-    """Frames in queue entries with these tags (a channel: one; a Chunk: its count)."""
-    return sum(1 if tag.__class__ is str else tag.count for tag in tags)
-
-
-class WriteStats:
-    """
-    Counters of one process's write path, as plain integers: the hot loop
-    bumps them, L{WriteStatsCollector} reads them at scrape time.
-    """
-
-    def __init__(self) -> None:
-        self.delivered = 0         # frames handed to the kernel or to Twisted
-        self.bytes_out = 0         # their bytes
-        self.writes = 0            # buffers written (one per connection per flush)
-        self.direct = 0            # ... the kernel took all of it at once
-        self.partial = 0           # ... the kernel took part, the rest went to Twisted
-        self.buffered = 0          # ... all of it went to transport.write
-        self.fallbacks = 0         # ... of those, a direct send was tried and refused
-        self.dropped = dict.fromkeys(POLICIES, 0)  # frames dropped, by policy
-        self.conflated = 0         # waiting frames replaced by a newer one of their channel
-        self.slow_disconnects = 0  # connections closed under the disconnect policy
-        self.high_water = 0        # most bytes one connection had waiting (Twisted + queue)
-
-
-class WriteStatsCollector:
-    """A C{prometheus_client} collector exposing a L{WriteStats}."""
-
-    def __init__(self, stats: WriteStats):
-        self.stats = stats
-
-    def collect(self):
-        s = self.stats
-        for name, doc, value in (
-                ("events_delivered", "Event frames written to clients.", s.delivered),
-                ("outbound_bytes", "Event bytes written to clients.", s.bytes_out),
-                ("events_conflated", "Waiting event frames replaced by a newer one of "
-                 "their channel.", s.conflated),
-                ("slow_disconnects", "Connections closed (4008) under the disconnect "
-                 "policy.", s.slow_disconnects)):
-            yield CounterMetricFamily("odinws_" + name, doc, value=value)
-        yield GaugeMetricFamily("odinws_outbound_buffer_high_water_bytes", "Most bytes "
-                                "one connection had waiting, since start.", value=s.high_water)
-        dropped = CounterMetricFamily("odinws_events_dropped", "Event frames dropped for "
-                                      "slow clients, by policy.", labels=["policy"])
-        for policy in POLICIES:
-            dropped.add_metric([policy], s.dropped[policy])
-        yield dropped
-        writes = CounterMetricFamily("odinws_writes", "Buffers written to connections, by "
-                                     "path: direct (socket.send took all), partial (the "
-                                     "rest went to Twisted), buffered (all via Twisted).",
-                                     labels=["path"])
-        for path, value in (("direct", s.direct), ("partial", s.partial),
-                            ("buffered", s.buffered)):
-            writes.add_metric([path], value)
-        yield writes
-
-
-def held(transport: Any) -> int:
-    """
-    Bytes Twisted holds for C{transport} because the kernel has not taken
-    them yet. For TLS, the (encrypted) bytes the TCP transport below holds;
-    0 for transports with no such buffer (test transports).
-    """
-    if isinstance(transport, abstract.FileDescriptor):
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    inner = getattr(transport, "transport", None)   # TLSMemoryBIOProtocol and wrappers
-    if inner is not None and inner is not transport:
-        return held(inner)
-    return 0
-
-
-def _producer_of(transport: Any) -> Any:
-    membrane = getattr(transport, "_producer", None)
-    if membrane is not None:
-        # TLSMemoryBIOProtocol wraps its producer in a _ProducerMembrane (and
-        # its .producer would be the TCP transport's: the membrane).
-        return getattr(membrane, "_producer", None)
-    return getattr(transport, "producer", None)
-
-
-def limit_unsent(transport: Any, nbytes: int) -> bool:
-    """
-    Let the kernel queue at most about C{nbytes} unsent bytes on the TCP
-    socket under C{transport} (TCP_NOTSENT_LOWAT; 0 = leave the default).
-    Without it, send buffer autotuning lets a stalled client's socket take
-    up to net.ipv4.tcp_wmem's maximum (4 MiB) before a send is refused and
-    the Outbox's limit and policy ever apply. Bytes in flight to a reading
-    client are not limited, so throughput to distant clients is kept. False
-    if the transport has no TCP socket.
-    """
-    if nbytes <= 0:
-        return False
-    try:
-        sock = transport.getHandle()
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, nbytes)
-    except (AttributeError, OSError):
-        return False    # not TCP (tests, Unix sockets)
-    return True
 
 
 class OutboxHolder:
@@ -230,14 +101,29 @@ class Outbox:
         calls C{on_slow_disconnect} (once).
 
     Drops and conflations are counted in L{WriteStats} (frames discarded
-    because the connection closes are not). A change of C{limit} takes
-    effect at the next flush.
+    because the connection closes are not). A change of C{limit} (see
+    L{reconfigure}) takes effect at the next flush.
+
+    The Outbox owns all its state. L{Fanout}'s per-connection loops inline
+    L{push} and L{flush} and so use these public attributes directly (a
+    method call per connection costs measurable time there):
+
+      - C{queue}, C{room}: a push appends C{frame, tag} to C{queue} and
+        subtracts its size from C{room} when it fits; else it calls
+        L{overflow} or L{push_parts};
+      - C{inline}, C{sock}, C{fdno}, C{paused}, C{closed}, C{tracking}:
+        read to decide whether the flush may send the one waiting entry
+        itself (C{inline}: a plain TCP connection of the Fanout's reactor
+        and an L{OutboxHolder} protocol; C{tracking}: policy state is kept,
+        which only L{flush} handles), then C{room = cap}, and after a
+        whole send C{room = cap = limit}, as L{flush} does; otherwise
+        it calls L{flush} or L{write_rest}.
     """
 
     __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
-                 "on_slow_disconnect", "queue", "room", "paused", "closed", "_cap", "_tombs",
-                 "_fd", "_direct", "_sock", "_fdno", "_index", "_indexed", "_over_since",
-                 "_refused", "_grace_call")
+                 "on_slow_disconnect", "queue", "room", "cap", "paused", "closed", "inline",
+                 "sock", "fdno", "tracking", "_tombs", "_fd", "_index", "_indexed",
+                 "_over_since", "_refused", "_grace_call")
 
     def __init__(self, protocol: Any, fanout: "Fanout", policy_for: Callable[[str], str],
                  limit: int, grace: float, on_slow_disconnect: Callable[[], None]):
@@ -252,36 +138,40 @@ class Outbox:
         # frame, channel, frame, channel, ...: one list, so the hot loop
         # does one in-place extend per frame and the flush one slice + join.
         self.queue: list = []
-        # Bytes that may still be queued: _cap - queued, where _cap is the
+        # Bytes that may still be queued: cap - queued, where cap is the
         # limit minus Twisted's held bytes at the last look. One counter
         # instead of two keeps the per-connection loop to one store.
-        self.room = self._cap = limit
+        self.room = self.cap = limit
         self.paused = False
         self.closed = False
         self._tombs = 0                 # conflated-away frames left as b"" in the queue
-        # Twisted's buffer attributes are FileDescriptor's; a socket to send
-        # on directly only a TCP (or Unix) connection's.
-        self._fd = isinstance(transport, abstract.FileDescriptor)
+        # Twisted's buffer is a FileDescriptor's; a socket to send on
+        # directly only a plain TCP connection's.
+        self._fd = has_write_buffer(transport)
+        self.sock = plain_socket(transport)
         # Fanout.flush's inline path needs more: an OutboxHolder protocol (its
         # state is not read there) and a reactor whose set of fds registered
         # for writing tells whether Twisted holds bytes for the connection.
-        self._direct = (isinstance(transport, tcp.Connection) and not transport.TLS
-                        and isinstance(protocol, OutboxHolder)
-                        and transport.reactor is fanout.reactor
-                        and fanout.writes is not None)
-        if self._direct:
+        self.inline = (self.sock is not None and isinstance(protocol, OutboxHolder)
+                       and served_by(transport, fanout.reactor)
+                       and fanout.writes is not None)
+        if self.inline:
             protocol.outbox = self
-            self._sock = transport.socket
-            self._fdno = transport.fileno()
+            self.fdno = transport.fileno()
         else:
-            self._sock = None
-            self._fdno = -1
+            self.fdno = -1
         self._index: dict[str, list[int]] | None = None   # channel -> queue positions
         self._indexed = 0
         self._over_since: float | None = None   # disconnect policy: over the limit since
         self._refused = 0                       # size of the last frame that did not fit
         self._grace_call = None
+        self.tracking = False           # _index or _over_since is set
         transport.registerProducer(self, True)
+
+    def reconfigure(self, outbound: "OutboundSettings") -> None:
+        """Take a reloaded C{outbound.max_buffer_bytes} and C{outbound.disconnect_grace}."""
+        self.limit = outbound.max_buffer_bytes
+        self.grace = outbound.disconnect_grace
 
     # -- queueing
 
@@ -289,7 +179,7 @@ class Outbox:
         """Queue C{frame} (of C{channel}, C{event_type}) for this reactor turn."""
         size = len(frame)
         if size > self.room:
-            self._over(frame, channel, event_type, size)
+            self.overflow(frame, channel, event_type, size)
         else:
             self._accept(frame, channel, size)
 
@@ -297,12 +187,12 @@ class Outbox:
         self.room -= size
         queue = self.queue
         if not queue:
-            self.fanout._mark(self)
+            self.fanout.mark(self)
         queue += (frame, channel)
 
     def queued(self) -> int:
         """Bytes of the frames waiting in this Outbox."""
-        return 0 if self.closed else self._cap - self.room
+        return 0 if self.closed else self.cap - self.room
 
     def buffered(self) -> int:
         """Bytes waiting for this connection: Twisted's held bytes plus the queue."""
@@ -310,10 +200,10 @@ class Outbox:
 
     def _settle(self) -> None:
         """Re-read Twisted's held bytes; track the high-water mark and the over state."""
-        queued = self._cap - self.room
+        queued = self.cap - self.room
         now_held = held(self.transport)
-        self._cap = self.limit - now_held
-        self.room = self._cap - queued
+        self.cap = self.limit - now_held
+        self.room = self.cap - queued
         waiting = now_held + queued
         stats = self.stats
         if waiting > stats.high_water:
@@ -321,8 +211,12 @@ class Outbox:
         if self._over_since is not None and self.room >= self._refused:
             self._calm()
 
-    def _over(self, frame: bytes, channel: str, event_type: str, size: int) -> None:
-        """The slow path: the frame does not fit in the room last computed."""
+    def overflow(self, frame: bytes, channel: str, event_type: str, size: int) -> None:
+        """
+        The slow path of a push: C{frame} (C{size} bytes) does not fit in the
+        C{room} last computed. Re-read Twisted's held bytes, then queue it
+        or apply the event type's policy.
+        """
         if self.closed:
             return
         self._settle()
@@ -338,12 +232,13 @@ class Outbox:
             clock = self.fanout.reactor
             if self._over_since is None:
                 self._over_since = clock.seconds()
+                self.tracking = True
                 # A silent feed sends no more pushes: the timer decides then.
                 self._grace_call = clock.callLater(self.grace, self._grace_over)
             elif clock.seconds() - self._over_since >= self.grace:
                 # Maybe inside Fanout.publish's loop over the subscription
                 # index: the shard's callback runs after it, at flush.
-                self._disconnect(self.fanout._defer)
+                self._disconnect(self.fanout.after_flush)
                 return
             self._refused = size
             stats.dropped["disconnect"] += 1
@@ -360,6 +255,7 @@ class Outbox:
         index = self._index
         if index is None:
             index = self._index = {}
+            self.tracking = True
         queue = self.queue
         self._explode(self._indexed)
         for i in range(self._indexed, len(queue), 2):   # index what came since last time
@@ -401,18 +297,18 @@ class Outbox:
                     rest += (part, channel)
         queue[start:] = rest
 
-    def _push_parts(self, chunk: Chunk) -> None:
+    def push_parts(self, chunk: Chunk) -> None:
         """A Chunk that does not fit as a whole: its frames one by one, each under the policy."""
         for frame, channel, event_type in chunk.parts:
             size = len(frame)
             if size > self.room:
-                self._over(frame, channel, event_type, size)
+                self.overflow(frame, channel, event_type, size)
             else:
                 self._accept(frame, channel, size)
 
     # -- writing
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Write everything queued in one buffer, unless paused, closed or held back."""
         queue = self.queue
         if not queue or self.paused or self.closed:
@@ -424,24 +320,25 @@ class Outbox:
         t = self.transport
         direct = False
         if self._fd:
-            if t._tempDataLen or len(t.dataBuffer) != t.offset:
-                if t.producer is self and not t.disconnecting:
+            state = write_state(t)
+            if state == HOLDING:
+                if producer_of(t) is self and not t.disconnecting:
                     # The client has not taken the last write yet: keep the
                     # frames here, and have doWrite resume us once drained.
-                    self.paused = t.producerPaused = True
+                    self.paused = True
+                    resume_when_drained(t)
                     self._settle()
                     return
-            elif isinstance(t, tcp.Connection):
-                direct = (t.connected and not t.disconnecting and not t._aborting
-                          and not t.TLS)
+            else:
+                direct = state == SENDABLE
         if len(queue) == 2:
             buf, tag = queue
             frames = 1 if tag.__class__ is str else tag.count
         else:
             buf = b"".join(queue[::2])
-            frames = _frames(queue[1::2]) - self._tombs
+            frames = frame_count(queue[1::2]) - self._tombs
         queue.clear()
-        self.room = self._cap
+        self.room = self.cap
         if self._index is not None:
             self._forget()
         size = len(buf)
@@ -451,7 +348,7 @@ class Outbox:
         stats.writes += 1
         if direct:
             try:
-                sent = t.socket.send(buf)
+                sent = self.sock.send(buf)
             except OSError:
                 # EAGAIN, ECONNRESET, EPIPE, ...: what the kernel did not
                 # take goes to Twisted, whose own write finds a loss and
@@ -459,17 +356,17 @@ class Outbox:
                 sent = 0
             if sent == size:
                 stats.direct += 1
-                self.room = self._cap = self.limit
+                self.room = self.cap = self.limit
                 if self._over_since is not None:
                     self._settle()
                 return
-            self._rest(buf, sent)
+            self.write_rest(buf, sent)
             return
         stats.buffered += 1
         t.write(buf)
         self._settle()
 
-    def _rest(self, buf: bytes, sent: int) -> None:
+    def write_rest(self, buf: bytes, sent: int) -> None:
         """A direct send took C{sent} bytes of C{buf}: Twisted takes the rest."""
         stats = self.stats
         if sent > 0:
@@ -483,7 +380,7 @@ class Outbox:
 
     def _discard(self) -> None:
         self.queue.clear()
-        self.room = self._cap
+        self.room = self.cap
         self._forget()
 
     def _forget(self) -> None:
@@ -491,6 +388,7 @@ class Outbox:
         self._tombs = 0
         self._index = None
         self._indexed = 0
+        self.tracking = self._over_since is not None
 
     # -- IPushProducer (called by Twisted)
 
@@ -509,7 +407,7 @@ class Outbox:
             self.close()
             return
         if self.queue:
-            self._flush()
+            self.flush()
         else:
             self._settle()
 
@@ -521,6 +419,7 @@ class Outbox:
 
     def _calm(self) -> None:
         self._over_since = None
+        self.tracking = self._index is not None
         self._refused = 0
         call, self._grace_call = self._grace_call, None
         if call is not None and call.active():
@@ -548,143 +447,5 @@ class Outbox:
         self._calm()
         self.room = _CLOSED_ROOM
         transport = self.transport
-        if _producer_of(transport) is self:
+        if producer_of(transport) is self:
             transport.unregisterProducer()
-
-
-class Fanout:
-    """
-    Pushes prebuilt frames to many Outboxes and flushes the ones that got
-    frames: on L{flush}, or at the end of the reactor turn if nobody did.
-    """
-
-    def __init__(self, reactor: Any, stats: WriteStats):
-        self.reactor = reactor
-        self.stats = stats
-        # The epoll/poll/select reactors' set of file descriptors registered
-        # for writing: Twisted holds bytes for a connection (or is closing
-        # it) exactly while its fd is in there. None for other reactors.
-        writes = getattr(reactor, "_writes", None)
-        self.writes: set[int] | None = writes if isinstance(writes, set) else None
-        self._dirty: list[Outbox] = []
-        self._later: list[Callable[[], None]] = []
-        self._call = None
-
-    def publish(self, frame: bytes, channel: str, event_type: str,
-                outboxes: Iterable[Outbox]) -> None:
-        """Queue one frame (of C{channel}, C{event_type}) on every outbox."""
-        size = len(frame)
-        self._spread((frame, channel), size, outboxes,
-                     lambda box: box._over(frame, channel, event_type, size))
-
-    def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox]) -> None:
-        """
-        Queue several frames, each C{(frame, channel, event_type)}, in order on
-        every outbox: consecutive events that reach the same subscribers. The
-        frames are joined once for all of them, so each outbox takes one
-        entry; an outbox without room for the whole takes them one by one
-        under its policy.
-        """
-        if len(items) == 1:
-            self.publish(*items[0], outboxes)
-            return
-        chunk = b"".join([item[0] for item in items])
-        tag = Chunk(items)
-        self._spread((chunk, tag), len(chunk), outboxes, lambda box: box._push_parts(tag))
-
-    def _spread(self, pair: tuple, size: int, outboxes: Iterable[Outbox],
-                over: Callable[[Outbox], None]) -> None:
-        """
-        Append the queue entry C{pair} (C{size} bytes) to every outbox with
-        room for it; C{over(box)} for the others. Outbox.push inlined: this
-        loop runs once per subscriber per event or run.
-        """
-        dirty = self._dirty
-        mark = dirty.append
-        for box in outboxes:
-            room = box.room - size
-            if room < 0:
-                over(box)
-                continue
-            box.room = room
-            queue = box.queue
-            if not queue:
-                mark(box)
-            queue += pair
-        if dirty:
-            self._soon()
-
-    def flush(self) -> None:
-        """Write every outbox that got frames since the last flush, now."""
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
-        dirty, self._dirty = self._dirty, []
-        frames = size = sent_whole = 0
-        writes = self.writes
-        for box in dirty:
-            # Outbox._flush inlined for the common case: one entry waiting on a
-            # TCP connection (of an open OutboxHolder protocol: else closed)
-            # for which Twisted holds nothing (its fd is not waiting to be
-            # writable), no policy state; the kernel takes it all. The rest
-            # goes through Outbox._flush.
-            queue = box.queue
-            if (len(queue) == 2 and box._direct and not (box.paused or box.closed)
-                    and box._index is None and box._over_since is None
-                    and box._fdno not in writes):
-                buf, tag = queue
-                queue.clear()
-                box.room = box._cap
-                count = 1 if tag.__class__ is str else tag.count
-                try:
-                    sent = box._sock.send(buf)
-                except OSError:
-                    sent = 0    # as in Outbox._flush
-                if sent == len(buf):
-                    box.room = box._cap = box.limit
-                    frames += count
-                    size += sent
-                    sent_whole += 1
-                    continue
-                stats = self.stats
-                stats.delivered += count
-                stats.bytes_out += len(buf)
-                stats.writes += 1
-                try:
-                    box._rest(buf, sent)
-                except Exception:
-                    log.failure("writing to {outbox}", outbox=box)
-                continue
-            try:
-                box._flush()
-            except Exception:
-                # One broken connection must not starve the others.
-                log.failure("writing to {outbox}", outbox=box)
-        stats = self.stats
-        stats.delivered += frames
-        stats.bytes_out += size
-        stats.writes += sent_whole
-        stats.direct += sent_whole
-        later, self._later = self._later, []
-        for f in later:
-            try:
-                f()
-            except Exception:
-                log.failure("slow-client disconnect {f}", f=f)
-
-    def _turn_end(self) -> None:
-        self._call = None
-        self.flush()
-
-    def _mark(self, box: Outbox) -> None:
-        self._dirty.append(box)
-        self._soon()
-
-    def _defer(self, f: Callable[[], None]) -> None:
-        """Run C{f} at the next flush, after the outboxes were written."""
-        self._later.append(f)
-        self._soon()
-
-    def _soon(self) -> None:
-        if self._call is None:
-            self._call = self.reactor.callLater(0, self._turn_end)

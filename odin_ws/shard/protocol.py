@@ -1,8 +1,8 @@
 """
 The shard's WebSocket protocol: one Autobahn server protocol per client,
 speaking the JSON control protocol of docs/protocol.md. Events never pass
-through here: they go from the shard's L{odin_ws.shard.writer.Fanout} straight to
-each connection's L{odin_ws.shard.writer.Outbox}.
+through here: they go from the shard's L{odin_ws.shard.fanout.Fanout} straight to
+each connection's L{odin_ws.shard.outbox.Outbox}.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from odin_ws.common import metrics
 from odin_ws.shard.lean import LeanServerProtocol
 from odin_ws.common.logs import audit
 from odin_ws.common.ratelimit import TokenBucket
-from odin_ws.shard.writer import Outbox, OutboxHolder
+from odin_ws.shard.outbox import Outbox, OutboxHolder
 
 if TYPE_CHECKING:
     from odin_ws.shard.service import Shard

@@ -33,7 +33,8 @@ from odin_ws.shard.ingest import KafkaIngest
 from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
 from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.subscriptions import SubscriptionIndex
-from odin_ws.shard.writer import Fanout, WriteStats, WriteStatsCollector, limit_unsent, text_frame
+from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_unsent
+from odin_ws.shard.frames import text_frame
 
 
 class ShardControl(amp.AMP):

@@ -9,7 +9,8 @@ from twisted.internet.testing import MemoryReactor
 
 from odin_ws.common import metrics
 from odin_ws.parent.admission import Admission
-from odin_ws.shard.writer import OutboxHolder, held
+from odin_ws.common.twisted_internals import held
+from odin_ws.shard.outbox import OutboxHolder
 from tests.helpers.frames import OPEN
 
 

@@ -9,7 +9,7 @@ import shutil
 import yaml
 
 from odin_ws.common import metrics
-from odin_ws.shard.writer import WriteStats, WriteStatsCollector
+from odin_ws.shard.fanout import WriteStats, WriteStatsCollector
 from tests.helpers.node import ROOT
 
 DASHBOARD = os.path.join(ROOT, "etc", "grafana", "odinws-dashboard.json")

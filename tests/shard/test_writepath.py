@@ -21,7 +21,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from odin_ws.shard.writer import Fanout, Outbox, WriteStats, _producer_of, held
+from odin_ws.common.twisted_internals import held
+from odin_ws.common.twisted_internals import producer_of as _producer_of
+from odin_ws.shard.fanout import Fanout, WriteStats
+from odin_ws.shard.outbox import Outbox
 from tests.helpers import (
     PLAIN_UPGRADE,
     ROOT,
@@ -190,7 +193,7 @@ class HolderTests(SynchronousTestCase):
     def test_closeFrameClosesTheOutbox(self):
         from autobahn.twisted.websocket import WebSocketServerProtocol
 
-        from odin_ws.shard.writer import OutboxHolder
+        from odin_ws.shard.outbox import OutboxHolder
 
         class Held(OutboxHolder, WebSocketServerProtocol):
             pass
@@ -432,6 +435,6 @@ class ShardConnectionTests(TestCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
         box = proto.outbox
         self.assertIsNotNone(box)
-        self.assertTrue(box._direct)
-        self.assertIs(box._sock, proto.transport.socket)
-        self.assertEqual(box._fdno, proto.transport.fileno())
+        self.assertTrue(box.inline)
+        self.assertIs(box.sock, proto.transport.socket)
+        self.assertEqual(box.fdno, proto.transport.fileno())

@@ -17,16 +17,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from odin_ws.shard.writer import (
-    Chunk,
-    Fanout,
-    Outbox,
-    WriteStats,
-    WriteStatsCollector,
-    held,
-    limit_unsent,
-    text_frame,
-)
+from odin_ws.common.twisted_internals import held
+from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_unsent
+from odin_ws.shard.frames import Chunk, text_frame
+from odin_ws.shard.outbox import Outbox
 from tests.helpers import (
     OPEN,
     PLAIN_UPGRADE,

@@ -1,0 +1,241 @@
+"""
+The fan-out: one event frame to many WebSocket connections, and the write
+path's counters. Twisted internals are reached through
+L{odin_ws.common.twisted_internals} only.
+
+Why one write per connection per batch: L{Fanout.publish} only appends the
+shared frame to each subscriber's L{Outbox}; L{Fanout.flush} (after each
+Kafka batch, else at the end of the reactor turn) joins what a connection
+got into one buffer, so per-write costs are paid per connection, not event.
+
+Both loops run once per subscriber and inline what an Outbox method would
+do for the common case (L{Fanout._spread}: L{Outbox.push};
+L{Fanout.flush}: L{Outbox.flush} of one entry on a plain TCP connection).
+They read and write the Outbox's public attributes the Outbox documents for
+them instead of calling it: a call per connection costs measurable time.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.logger import Logger
+
+from odin_ws.common.twisted_internals import pending_writers
+from odin_ws.shard.frames import Chunk
+from odin_ws.shard.outbox import POLICIES, Outbox
+
+log = Logger()
+
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)   # Linux
+
+
+class WriteStats:
+    """
+    Counters of one process's write path, as plain integers: the hot loop
+    bumps them, L{WriteStatsCollector} reads them at scrape time.
+    """
+
+    def __init__(self) -> None:
+        self.delivered = 0         # frames handed to the kernel or to Twisted
+        self.bytes_out = 0         # their bytes
+        self.writes = 0            # buffers written (one per connection per flush)
+        self.direct = 0            # ... the kernel took all of it at once
+        self.partial = 0           # ... the kernel took part, the rest went to Twisted
+        self.buffered = 0          # ... all of it went to transport.write
+        self.fallbacks = 0         # ... of those, a direct send was tried and refused
+        self.dropped = dict.fromkeys(POLICIES, 0)  # frames dropped, by policy
+        self.conflated = 0         # waiting frames replaced by a newer one of their channel
+        self.slow_disconnects = 0  # connections closed under the disconnect policy
+        self.high_water = 0        # most bytes one connection had waiting (Twisted + queue)
+
+
+class WriteStatsCollector:
+    """A C{prometheus_client} collector exposing a L{WriteStats}."""
+
+    def __init__(self, stats: WriteStats):
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats
+        for name, doc, value in (
+                ("events_delivered", "Event frames written to clients.", s.delivered),
+                ("outbound_bytes", "Event bytes written to clients.", s.bytes_out),
+                ("events_conflated", "Waiting event frames replaced by a newer one of "
+                 "their channel.", s.conflated),
+                ("slow_disconnects", "Connections closed (4008) under the disconnect "
+                 "policy.", s.slow_disconnects)):
+            yield CounterMetricFamily("odinws_" + name, doc, value=value)
+        yield GaugeMetricFamily("odinws_outbound_buffer_high_water_bytes", "Most bytes "
+                                "one connection had waiting, since start.", value=s.high_water)
+        dropped = CounterMetricFamily("odinws_events_dropped", "Event frames dropped for "
+                                      "slow clients, by policy.", labels=["policy"])
+        for policy in POLICIES:
+            dropped.add_metric([policy], s.dropped[policy])
+        yield dropped
+        writes = CounterMetricFamily("odinws_writes", "Buffers written to connections, by "
+                                     "path: direct (socket.send took all), partial (the "
+                                     "rest went to Twisted), buffered (all via Twisted).",
+                                     labels=["path"])
+        for path, value in (("direct", s.direct), ("partial", s.partial),
+                            ("buffered", s.buffered)):
+            writes.add_metric([path], value)
+        yield writes
+
+
+def limit_unsent(transport: Any, nbytes: int) -> bool:
+    """
+    Let the kernel queue at most about C{nbytes} unsent bytes on the TCP
+    socket under C{transport} (TCP_NOTSENT_LOWAT; 0 = leave the default).
+    Without it, send buffer autotuning lets a stalled client's socket take
+    up to net.ipv4.tcp_wmem's maximum (4 MiB) before a send is refused and
+    the Outbox's limit and policy ever apply. Bytes in flight to a reading
+    client are not limited, so throughput to distant clients is kept. False
+    if the transport has no TCP socket.
+    """
+    if nbytes <= 0:
+        return False
+    try:
+        sock = transport.getHandle()
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, nbytes)
+    except (AttributeError, OSError):
+        return False    # not TCP (tests, Unix sockets)
+    return True
+
+
+class Fanout:
+    """
+    Pushes prebuilt frames to many Outboxes and flushes the ones that got
+    frames: on L{flush}, or at the end of the reactor turn if nobody did.
+    """
+
+    def __init__(self, reactor: Any, stats: WriteStats):
+        self.reactor = reactor
+        self.stats = stats
+        # Twisted holds bytes for a connection (or is closing it) exactly
+        # while its fd is in this set; None for reactors without one.
+        self.writes: set[int] | None = pending_writers(reactor)
+        self._dirty: list[Outbox] = []
+        self._later: list[Callable[[], None]] = []
+        self._call = None
+
+    def publish(self, frame: bytes, channel: str, event_type: str,
+                outboxes: Iterable[Outbox]) -> None:
+        """Queue one frame (of C{channel}, C{event_type}) on every outbox."""
+        size = len(frame)
+        self._spread((frame, channel), size, outboxes,
+                     lambda box: box.overflow(frame, channel, event_type, size))
+
+    def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox]) -> None:
+        """
+        Queue several frames, each C{(frame, channel, event_type)}, in order on
+        every outbox: consecutive events that reach the same subscribers. The
+        frames are joined once for all of them, so each outbox takes one
+        entry; an outbox without room for the whole takes them one by one
+        under its policy.
+        """
+        if len(items) == 1:
+            self.publish(*items[0], outboxes)
+            return
+        chunk = b"".join([item[0] for item in items])
+        tag = Chunk(items)
+        self._spread((chunk, tag), len(chunk), outboxes, lambda box: box.push_parts(tag))
+
+    def _spread(self, pair: tuple, size: int, outboxes: Iterable[Outbox],
+                over: Callable[[Outbox], None]) -> None:
+        """
+        Append the queue entry C{pair} (C{size} bytes) to every outbox with
+        room for it; C{over(box)} for the others. Outbox.push inlined: this
+        loop runs once per subscriber per event or run.
+        """
+        dirty = self._dirty
+        mark = dirty.append
+        for box in outboxes:
+            room = box.room - size
+            if room < 0:
+                over(box)
+                continue
+            box.room = room
+            queue = box.queue
+            if not queue:
+                mark(box)
+            queue += pair
+        if dirty:
+            self._soon()
+
+    def flush(self) -> None:
+        """Write every outbox that got frames since the last flush, now."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        dirty, self._dirty = self._dirty, []
+        frames = size = sent_whole = 0
+        writes = self.writes
+        for box in dirty:
+            # Outbox.flush inlined for the common case: one entry waiting on a
+            # plain TCP connection (of an open OutboxHolder protocol: else
+            # closed) for which Twisted holds nothing (its fd is not waiting
+            # to be writable), no policy state; the kernel takes it all. The
+            # rest goes through Outbox.flush.
+            queue = box.queue
+            if (len(queue) == 2 and box.inline and not (box.paused or box.closed or box.tracking)
+                    and box.fdno not in writes):
+                buf, tag = queue
+                queue.clear()
+                box.room = box.cap
+                count = 1 if tag.__class__ is str else tag.count
+                try:
+                    sent = box.sock.send(buf)
+                except OSError:
+                    sent = 0    # as in Outbox.flush
+                if sent == len(buf):
+                    box.room = box.cap = box.limit
+                    frames += count
+                    size += sent
+                    sent_whole += 1
+                    continue
+                stats = self.stats
+                stats.delivered += count
+                stats.bytes_out += len(buf)
+                stats.writes += 1
+                try:
+                    box.write_rest(buf, sent)
+                except Exception:
+                    log.failure("writing to {outbox}", outbox=box)
+                continue
+            try:
+                box.flush()
+            except Exception:
+                # One broken connection must not starve the others.
+                log.failure("writing to {outbox}", outbox=box)
+        stats = self.stats
+        stats.delivered += frames
+        stats.bytes_out += size
+        stats.writes += sent_whole
+        stats.direct += sent_whole
+        later, self._later = self._later, []
+        for f in later:
+            try:
+                f()
+            except Exception:
+                log.failure("slow-client disconnect {f}", f=f)
+
+    def mark(self, box: Outbox) -> None:
+        """C{box} took its first frame since its last write: flush it with the others."""
+        self._dirty.append(box)
+        self._soon()
+
+    def after_flush(self, f: Callable[[], None]) -> None:
+        """Run C{f} at the next flush, after the outboxes were written."""
+        self._later.append(f)
+        self._soon()
+
+    def _turn_end(self) -> None:
+        self._call = None
+        self.flush()
+
+    def _soon(self) -> None:
+        if self._call is None:
+            self._call = self.reactor.callLater(0, self._turn_end)
