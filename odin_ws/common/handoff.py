@@ -1,6 +1,7 @@
 """
 Moving a client socket from the parent to a shard: the one module that
-touches socket ownership and Twisted's transport internals.
+touches socket ownership (Twisted's internals through
+L{odin_ws.common.twisted_internals}).
 
 Parent side: L{offer} sends the descriptor and the bytes already read with
 L{odin_ws.common.commands.Handoff}; once the shard answered, L{release} drops the
@@ -14,8 +15,9 @@ descriptor. C{loseConnection()} ends in C{shutdown(2)}, which ends the
 connection for the shard too; C{abortConnection()} sets C{SO_LINGER(1, 0)},
 so the shard's eventual close would send RST and lose its last bytes (see
 C{_SocketCloser._closeSocket} in C{twisted/internet/tcp.py}). Twisted has a
-switch for "this socket is shared, only close it": C{_shouldShutdown}, which
-it clears itself for adopted listening ports. L{release} uses that.
+switch for "this socket is shared, only close it", which it flips itself
+for adopted listening ports; L{release} flips it with
+L{twisted_internals.release_shared}.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from odin_ws.common import commands as control
+from odin_ws.common import commands
+from odin_ws.common import twisted_internals
 
 log = Logger()
 
@@ -49,14 +52,14 @@ def release(transport: Any) -> None:
         raise TypeError(f"cannot release {transport!r}: not a TCP connection")
     transport.stopReading()
     # Close only our descriptor: the socket is shared with the shard now.
-    transport._shouldShutdown = False
+    twisted_internals.release_shared(transport)
     transport.loseConnection()
 
 
 def offer(reactor: Any, call: Callable[..., Any], fd: int, head: bytes, peer: str,
           timeout: float, tls: bool = False) -> defer.Deferred:
     """
-    Send a L{control.Handoff} of descriptor C{fd} through C{call} (a shard
+    Send a L{commands.Handoff} of descriptor C{fd} through C{call} (a shard
     handle's C{call(command, **kwargs)} or an AMP C{callRemote}).
 
     A duplicate of C{fd} is what goes out, and it stays open until the shard
@@ -65,7 +68,7 @@ def offer(reactor: Any, call: Callable[..., Any], fd: int, head: bytes, peer: st
     the number be reused by another client's socket and hand that one over.
 
     @return: a Deferred firing with the answer (C{{"connections": n}}), or
-        failing with L{control.HandoffRefused}, the channel's error, or
+        failing with L{commands.HandoffRefused}, the channel's error, or
         L{defer.TimeoutError} after C{timeout} seconds.
     """
     dup = os.dup(fd)
@@ -87,7 +90,7 @@ def offer(reactor: Any, call: Callable[..., Any], fd: int, head: bytes, peer: st
         elif isinstance(outcome, Failure):
             log.debug("late handoff failure after timeout: {f}", f=outcome.getErrorMessage())
 
-    defer.maybeDeferred(call, control.Handoff, fd=dup, head=head, peer=peer,
+    defer.maybeDeferred(call, commands.Handoff, fd=dup, head=head, peer=peer,
                         tls=tls).addBoth(answered)
     return result
 
@@ -130,24 +133,24 @@ def adopt(reactor: Any, fd: int, factory: IProtocolFactory, head: bytes) -> IPro
     into it before any new byte is read. C{fd} is always closed (the
     reactor keeps its own duplicate).
 
-    @raise control.HandoffRefused: if C{fd} is not a connected IPv4/IPv6
+    @raise commands.HandoffRefused: if C{fd} is not a connected IPv4/IPv6
         stream socket or the factory builds no protocol.
     """
     capture = _Capture(factory)
     try:
         family, kind = _kind_of(fd)
         if family not in _FAMILIES or kind != socket.SOCK_STREAM:
-            raise control.HandoffRefused(f"not a TCP socket (family {family!r})")
+            raise commands.HandoffRefused(f"not a TCP socket (family {family!r})")
         reactor.adoptStreamConnection(fd, family, capture)
-    except control.HandoffRefused:
+    except commands.HandoffRefused:
         raise
     except Exception as e:
-        raise control.HandoffRefused(f"cannot adopt the connection: {e}") from e
+        raise commands.HandoffRefused(f"cannot adopt the connection: {e}") from e
     finally:
         _close(fd)
     protocol = capture.protocol
     if protocol is None:
-        raise control.HandoffRefused("the factory refused the connection")
+        raise commands.HandoffRefused("the factory refused the connection")
     if head:
         try:
             protocol.dataReceived(head)
