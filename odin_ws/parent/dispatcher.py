@@ -43,6 +43,11 @@ MAX_STATIC_BYTES = 4 * 1024 * 1024
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 JSON_TYPE = "application/json"
+#: The JavaScript client (docs/protocol.md, "JavaScript client"), served at
+#: CLIENT_LIBRARY_PATH on the public port whether or not the demo is enabled.
+CLIENT_LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "static", "odinws.js")
+CLIENT_LIBRARY_PATH = "/odinws.js"
 
 _HEAD_ERROR_REASONS = {400: "bad_request", 431: "head_too_large", 505: "bad_version"}
 
@@ -182,6 +187,8 @@ class DispatchProtocol(Protocol):
             self._metrics(send_body)
         elif dispatcher.admin:
             self.refuse(404, "not_found", "not found", send_body)
+        elif head.path == CLIENT_LIBRARY_PATH:
+            self._client_library(send_body)
         elif head.path == dispatcher.config["listen.ws_path"]:
             if (head.method == "GET" and head.header_has_token("upgrade", "websocket")
                     and head.header_has_token("connection", "upgrade")):
@@ -194,6 +201,16 @@ class DispatchProtocol(Protocol):
                 self.refuse(404, "not_found", "not found", send_body)
             else:
                 self.respond(200, found[0], found[1], send_body=send_body)
+
+    def _client_library(self, send_body: bool) -> None:
+        try:
+            with open(CLIENT_LIBRARY, "rb") as f:
+                body = f.read()
+        except OSError:
+            return self.refuse(404, "not_found", "not found", send_body)
+        # Any page may import it: module scripts are fetched with CORS.
+        self.respond(200, body, STATIC_TYPES[".js"], send_body=send_body,
+                     headers=[("Access-Control-Allow-Origin", "*")])
 
     def _health(self, send_body: bool) -> None:
         status, document = self.factory.health()
