@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from odin_ws.shard import auth
 from odin_ws.shard import messages
+from odin_ws.shard.headgate import HeadGate
 from odin_ws.common import metrics
 from odin_ws.shard.lean import LeanServerProtocol
 from odin_ws.common.logs import audit
@@ -43,7 +44,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     # connection carries them. OutboxHolder's two attributes included.
     __slots__ = ("outbox", "_ws_state", "adopted_at", "bucket", "strikes", "strike_stamp",
                  "ever_subscribed", "_idle_call", "_expiry_call", "grant", "client_ip",
-                 "ip_counted")
+                 "ip_counted", "head_gate")
 
     def __init__(self):
         super().__init__()
@@ -57,10 +58,12 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         self.grant: auth.Grant = auth.OPEN
         self.client_ip = ""
         self.ip_counted = False
+        self.head_gate: HeadGate | None = None
 
     def connectionMade(self):
         # Adoption: the parent's head bytes are replayed right after this.
         self.adopted_at = time.monotonic()
+        self.head_gate = HeadGate(self.transport, self.factory.shard.config["listen.max_head_bytes"])
         # No Nagle: events are small writes, and a client that delays its
         # ACKs (most do) would otherwise hold each next one up to ~40 ms.
         # Autobahn's connectionMade means to do this but asks before it has
@@ -72,6 +75,18 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             pass    # not a TCP transport
         super().connectionMade()
         self.factory.shard.connection_made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        gate = self.head_gate
+        if gate is None:
+            return super().dataReceived(data)
+        # Until the handshake ends, Autobahn reads only what the parser the
+        # parent uses accepted (odin_ws/shard/headgate.py, issue 16).
+        data = gate.admit(data)
+        if data:
+            super().dataReceived(data)
+        if self.state != self.STATE_CONNECTING:
+            self.head_gate = None
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
