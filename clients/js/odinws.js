@@ -7,8 +7,10 @@
 //   client.subscribe("odin.token.*.trade", {}, (event) => console.log(event.data));
 //   client.connect();
 //
-// The single source of this file is odin_ws/static/odinws.js (every node
-// serves it at /odinws.js); clients/js/odinws.js is a symlink to it.
+// This file (clients/js/odinws.js, the npm package's) is the only copy:
+// odin_ws/static/odinws.js is a symlink to it (npm packs no symlinks; the
+// wheel, the sdist and the Debian build copy the file behind one), and every
+// node serves it at /odinws.js.
 
 /** Settings a client starts with; every one can be given to the constructor. */
 export const DEFAULTS = Object.freeze({
