@@ -75,6 +75,7 @@ def check_keys(cfg: configmod.Config):
 def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         reactor = _reactor()
+    from odin_ws.common.settings import Settings
     from odin_ws.parent.admission import Admission
     from odin_ws.parent.dispatcher import Dispatcher
     from odin_ws.parent.guard import Guard, read_budget
@@ -83,40 +84,35 @@ def makeService(options, reactor=None) -> service.IService:
     from odin_ws.parent.node import Node
     from odin_ws.parent.supervisor import Supervisor
 
-    cfg = options.config
+    settings = Settings.from_config(options.config)
     try:
         # Fail at startup, in the parent, on keys and certificates shards would refuse.
-        tls_options = check_keys(cfg)
+        tls_options = check_keys(settings.config)
     except configmod.ConfigError as e:
         fail(f"configuration error: {e}")
-    hub = Hub(reactor, cfg["hub.max_event_bytes"], cfg["hub.max_queue_batches"])
-    env = dict(os.environ)
-    env[SHARD_CONFIG_ENV] = cfg.to_json()
+    hub = Hub(reactor, settings.hub.max_event_bytes, settings.hub.max_queue_batches)
     try:
-        supervisor = Supervisor(reactor, cfg, hub, shard_argv, env)
+        supervisor = Supervisor(reactor, settings, hub, shard_argv, os.environ)
     except configmod.ConfigError as e:
         fail(f"configuration error: {e}")
-    guard = Guard(reactor, lambda: [os.getpid()] + [h.pid for h in supervisor.shards if h.pid],
-                  read_budget(), cfg["guard.cpu_threshold"], cfg["guard.memory_threshold"],
-                  cfg["guard.interval"])
-    admission = Admission(reactor.seconds, guard, (cfg["limits.connection_rate_per_ip"],
-                                                   cfg["limits.connection_burst_per_ip"]))
+    guard = Guard(reactor, lambda: [os.getpid(), *supervisor.pids()], read_budget(), settings)
+    admission = Admission(reactor.seconds, guard, settings)
     shards = lambda: supervisor.shards  # noqa: E731
-    health = Health(cfg, shards, admission, guard)
+    health = Health(settings, shards, admission, guard)
     static_dir = os.path.join(os.path.dirname(__file__), "static")
-    dispatchers = [Dispatcher(reactor, cfg, shards, health=health,
-                              static_dir=static_dir if cfg["demo.enabled"] else None,
-                              tls=tls_options, admission=admission)]
-    listeners = [StreamServerEndpointService(serverFromString(reactor, cfg["listen.port"]),
+    dispatchers = [Dispatcher(reactor, settings, shards, health=health,
+                              static_dir=static_dir if settings.demo.enabled else None,
+                              tls=tls_options is not None, admission=admission)]
+    listeners = [StreamServerEndpointService(serverFromString(reactor, settings.listen.port),
                                              dispatchers[0])]
-    if cfg["listen.admin_port"]:
-        dispatchers.append(Dispatcher(reactor, cfg, shards, health=health, admin=True,
+    if settings.listen.admin_port:
+        dispatchers.append(Dispatcher(reactor, settings, shards, health=health, admin=True,
                                       admission=admission))
         listeners.append(StreamServerEndpointService(
-            serverFromString(reactor, cfg["listen.admin_port"]), dispatchers[1]))
+            serverFromString(reactor, settings.listen.admin_port), dispatchers[1]))
     for listener in listeners:
         listener._raiseSynchronously = True
-    return Node(reactor, cfg, supervisor=supervisor, listeners=listeners,
+    return Node(reactor, settings, supervisor=supervisor, listeners=listeners,
                 dispatchers=dispatchers, admission=admission, guard=guard,
                 holders=[*dispatchers, health, guard, admission, supervisor],
                 load_config=options.load, check_keys=check_keys)

@@ -10,24 +10,25 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from odin_ws.common.ratelimit import KeyedBuckets
+from odin_ws.common.settings import Settings
 
 
 class Admission:
     """
     @param guard: the resource guard (C{accepting}, C{reason}), or None.
-    @param rate: C{(per_second, burst)} of new connections per client IP,
-        or None for no per-IP rate.
+    @param settings: the node's settings, whose C{limits} give the rate of
+        new connections per client IP; None for no per-IP rate.
     """
 
     def __init__(self, clock: Callable[[], float], guard: Any = None,
-                 rate: tuple[float, int] | None = None):
+                 settings: Settings | None = None):
         self._clock = clock
         self._guard = guard
         self._accepting = True
         self._buckets: KeyedBuckets | None = None
         self._rate: tuple[float, int] | None = None
-        if rate is not None:
-            self.set_rate(*rate)
+        if settings is not None:
+            self.reconfigure(settings)
 
     @property
     def accepting(self) -> bool:
@@ -40,10 +41,10 @@ class Admission:
     def start_accepting(self) -> None:
         self._accepting = True
 
-    def reconfigure(self, config) -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """A reload: the per-IP rate, if it changed."""
-        self.set_rate(config["limits.connection_rate_per_ip"],
-                      config["limits.connection_burst_per_ip"])
+        self.set_rate(settings.limits.connection_rate_per_ip,
+                      settings.limits.connection_burst_per_ip)
 
     @property
     def overloaded(self) -> bool:

@@ -25,7 +25,7 @@ def assign(setting: object, shards: int, allowed: Iterable[int] | None) -> list[
     """
     The CPU of each shard, None meaning "not pinned".
 
-    @param setting: C{"auto"}, C{"off"} or a list of CPU numbers.
+    @param setting: C{"auto"}, C{"off"} or a list (or tuple) of CPU numbers.
     @param allowed: the CPUs the parent may use (None: unknown).
     @raise ConfigError: a listed CPU is not one the parent may use.
     """
@@ -36,7 +36,7 @@ def assign(setting: object, shards: int, allowed: Iterable[int] | None) -> list[
         if not cpus:
             return [None] * shards
         return [cpus[i % len(cpus)] for i in range(shards)]
-    if not isinstance(setting, list) or not setting:
+    if not isinstance(setting, (list, tuple)) or not setting:
         raise ConfigError(f"cpu_affinity: expected 'auto', 'off' or a list of CPU numbers, "
                           f"got {setting!r}")
     if cpus is not None:

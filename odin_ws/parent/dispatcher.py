@@ -26,6 +26,7 @@ from odin_ws.parent import exposition
 from odin_ws.common import handoff
 from odin_ws.common import metrics
 from odin_ws.common.commands import GetMetrics
+from odin_ws.common.settings import Settings
 from odin_ws.parent.admission import Admission
 from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 
@@ -97,9 +98,9 @@ class DispatchProtocol(Protocol):
             self._upgrade(b"")
             return
         self.state = "reading"
-        self._reader = HeadReader(dispatcher.config["listen.max_head_bytes"])
-        self._timer = dispatcher.reactor.callLater(
-            dispatcher.config["listen.head_timeout"], self._head_timed_out)
+        listen = dispatcher.settings.listen
+        self._reader = HeadReader(listen.max_head_bytes)
+        self._timer = dispatcher.reactor.callLater(listen.head_timeout, self._head_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
         if self.state != "reading":
@@ -161,7 +162,7 @@ class DispatchProtocol(Protocol):
                   reason=reason)
         headers: list[tuple[str, str]] = []
         if status in (429, 503):
-            headers.append(("Retry-After", str(self.factory.config["listen.retry_after"])))
+            headers.append(("Retry-After", str(self.factory.settings.listen.retry_after)))
         if status == 405:
             headers.append(("Allow", "GET, HEAD"))
         if status == 426:
@@ -189,7 +190,7 @@ class DispatchProtocol(Protocol):
             self.refuse(404, "not_found", "not found", send_body)
         elif head.path == CLIENT_LIBRARY_PATH:
             self._client_library(send_body)
-        elif head.path == dispatcher.config["listen.ws_path"]:
+        elif head.path == dispatcher.settings.listen.ws_path:
             if (head.method == "GET" and head.header_has_token("upgrade", "websocket")
                     and head.header_has_token("connection", "upgrade")):
                 self._upgrade(head.raw, head)
@@ -232,7 +233,7 @@ class DispatchProtocol(Protocol):
     def _client_ip(self, head: RequestHead | None) -> str:
         """The peer, or the last X-Forwarded-For entry when the peer is a trusted proxy."""
         ip = getattr(self.transport.getPeer(), "host", "")
-        if head is None or ip not in self.factory.config["limits.trusted_proxies"]:
+        if head is None or ip not in self.factory.settings.limits.trusted_proxies:
             return ip
         forwarded = head.headers.get("x-forwarded-for")
         return (forwarded.split(",")[-1].strip() or ip) if forwarded else ip
@@ -245,7 +246,8 @@ class DispatchProtocol(Protocol):
             if reason == "draining":
                 return self.refuse(503, reason, "server is shutting down")
             return self.refuse(status, reason, _phrase(status).lower())
-        handle, reason = place(dispatcher.shards(), dispatcher.config["limits.max_connections"])
+        settings = dispatcher.settings
+        handle, reason = place(dispatcher.shards(), settings.limits.max_connections)
         if handle is None:
             return self.refuse(503, reason, "no capacity, retry later")
         # Count it now: the next placement (maybe before this answer) must see it.
@@ -255,7 +257,7 @@ class DispatchProtocol(Protocol):
         try:
             d = handoff.offer(dispatcher.reactor, handle.call, self.transport.fileno(), raw,
                               peer_string(self.transport.getPeer()),
-                              dispatcher.config["listen.handoff_timeout"], tls=dispatcher.tls)
+                              settings.listen.handoff_timeout, tls=dispatcher.tls)
         except OSError as e:
             d = defer.fail(e)
         d.addCallbacks(self._handed, self._handoff_failed, callbackArgs=(handle, started),
@@ -287,13 +289,15 @@ class Dispatcher(Factory):
     """
     The public (or admin) listener's factory.
 
+    @param settings: the node's settings; limits and timeouts are read at
+        each use, so a reload (L{reconfigure}) applies to the next client.
     @param shards: returns the current shard handles (C{index, alive,
         accepting, connections, capacity, call(command, **kw)}, and
         C{reserve, handoff_done, handoff_failed} to count placements).
     @param health: returns C{(status, document)} for C{/health}.
     @param static_dir: the demo page's files, served when C{demo.enabled}.
     @param tls: hand connections over unread (TLS terminated in the shards);
-        default: whether C{tls.certificate} is set.
+        default: whether C{tls.certificate} is set at start.
     @param admin: serve only C{/health} and C{/metrics} (the admin port).
     @param admission: whether the node accepts, checked with the client's IP
         before each placement (L{Admission}); default: always admits.
@@ -302,18 +306,17 @@ class Dispatcher(Factory):
     protocol = DispatchProtocol
     noisy = False
 
-    def __init__(self, reactor: Any, config: Mapping[str, Any],
+    def __init__(self, reactor: Any, settings: Settings,
                  shards: Callable[[], list],
                  health: Callable[[], tuple[int, dict]] | None = None,
                  static_dir: str | None = None, *, tls: bool | None = None,
                  admin: bool = False, admission: Admission | None = None):
         self.reactor = reactor
-        #: Replace on reload; read at each use (limits are live settings).
-        self.config = config
+        self._settings = settings
         self.shards = shards
         self.health = health or self._default_health
         self.static_dir = os.path.realpath(static_dir) if static_dir else None
-        self.tls = bool(config.get("tls.certificate")) if tls is None else tls
+        self.tls = bool(settings.tls.certificate) if tls is None else tls
         if admin:
             self.tls = False
         self.admin = admin
@@ -323,9 +326,14 @@ class Dispatcher(Factory):
 
     # -- lifecycle
 
-    def reconfigure(self, config: Mapping[str, Any]) -> None:
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (replaced by L{reconfigure})."""
+        return self._settings
+
+    def reconfigure(self, settings: Settings) -> None:
         """A reload: limits and timeouts are read at each use."""
-        self.config = config
+        self._settings = settings
 
     @property
     def accepting(self) -> bool:
@@ -367,7 +375,7 @@ class Dispatcher(Factory):
 
     def _default_health(self) -> tuple[int, dict]:
         shards = [h.as_health() for h in self.shards()]
-        handle, _ = place(self.shards(), self.config["limits.max_connections"])
+        handle, _ = place(self.shards(), self._settings.limits.max_connections)
         ok = self.accepting and handle is not None
         return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "shards": shards}
 
@@ -377,7 +385,7 @@ class Dispatcher(Factory):
         (labelled C{shard}); a shard that fails or does not answer within
         C{listen.metrics_timeout} is left out.
         """
-        timeout = self.config["listen.metrics_timeout"]
+        timeout = self._settings.listen.metrics_timeout
         handles = [h for h in self.shards() if h.alive]
         calls = [defer.maybeDeferred(h.call, GetMetrics).addTimeout(timeout, self.reactor)
                  for h in handles]
@@ -396,7 +404,7 @@ class Dispatcher(Factory):
 
     def static_file(self, path: str) -> tuple[bytes, str] | None:
         """The demo page file for C{path} and its content type, or None (404)."""
-        if not self.static_dir or not self.config["demo.enabled"]:
+        if not self.static_dir or not self._settings.demo.enabled:
             return None
         name = unquote(path, errors="replace")
         if name == "/":

@@ -19,6 +19,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from odin_ws.common import metrics
+from odin_ws.common.settings import GuardSettings, Settings
 
 log = Logger()
 
@@ -128,23 +129,22 @@ def raise_nofile() -> int:
 
 class Guard:
     """
-    Samples the node's processes every C{interval} seconds. C{accepting} is
-    False while CPU or memory use is above its threshold, and turns True
-    again only once both are a margin below (hysteresis, so the door does not
-    flap).
+    Samples the node's processes every C{guard.interval} seconds.
+    C{accepting} is False while CPU or memory use is above its threshold, and
+    turns True again only once both are a margin below (hysteresis, so the
+    door does not flap).
     """
 
     MARGIN = 0.05
 
     def __init__(self, reactor, pids: Callable[[], list[int]], budget: Budget,
-                 cpu_threshold: float, memory_threshold: float, interval: float = 1.0,
-                 root: str = "/"):
+                 settings: Settings, root: str = "/"):
         self.reactor = reactor
         self.pids = pids
         self.budget = budget
-        self.cpu_threshold = cpu_threshold
-        self.memory_threshold = memory_threshold
-        self.interval = interval
+        self._settings: GuardSettings = settings.guard
+        # The sampling interval needs a restart: the loop runs at this one.
+        self.interval = self._settings.interval
         self.root = root
         self.accepting = True
         self.reason: str | None = None
@@ -154,10 +154,17 @@ class Guard:
         self._loop = task.LoopingCall(self.sample)
         self._loop.clock = reactor
 
-    def reconfigure(self, config) -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """A reload: the thresholds (the sampling interval needs a restart)."""
-        self.cpu_threshold = config["guard.cpu_threshold"]
-        self.memory_threshold = config["guard.memory_threshold"]
+        self._settings = settings.guard
+
+    @property
+    def cpu_threshold(self) -> float:
+        return self._settings.cpu_threshold
+
+    @property
+    def memory_threshold(self) -> float:
+        return self._settings.memory_threshold
 
     def start(self) -> None:
         self._loop.start(self.interval, now=True)

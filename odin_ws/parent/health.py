@@ -9,35 +9,36 @@ from __future__ import annotations
 from typing import Callable
 
 from odin_ws.common import metrics
-from odin_ws.common.config import Config
+from odin_ws.common.settings import Settings
 from odin_ws.parent.admission import Admission
 
 
 class Health:
     """
+    @param settings: the node's settings (C{node_id}, C{limits.max_connections}).
     @param shards: returns the current shard handles.
     @param admission: the node's door (draining, overloaded).
     @param guard: the resource guard, whose readings the document shows.
     """
 
-    def __init__(self, config: Config, shards: Callable[[], list],
+    def __init__(self, settings: Settings, shards: Callable[[], list],
                  admission: Admission, guard=None):
-        self.config = config
+        self._settings = settings
         self.shards = shards
         self.admission = admission
         self.guard = guard
         metrics.READY.set_function(lambda: 1 if self()[0] == 200 else 0)
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """A reload (e.g. C{limits.max_connections}) reaches /health too."""
-        self.config = config
+        self._settings = settings
 
     def __call__(self) -> tuple[int, dict]:
         shards = [h.as_health() for h in self.shards()]
         alive = [s for s in shards if s["alive"]]
         connections = sum(s["connections"] for s in alive)
-        capacity = min(sum(s["capacity"] for s in alive),
-                       self.config["limits.max_connections"])
+        max_connections = self._settings.limits.max_connections
+        capacity = min(sum(s["capacity"] for s in alive), max_connections)
         draining = not self.admission.accepting
         room = any(s["accepting"] and s["connections"] < s["capacity"] for s in alive)
         overloaded = self.admission.overloaded
@@ -47,14 +48,14 @@ class Health:
             status = "overloaded"
         elif not alive:
             status = "unavailable"
-        elif not room or connections >= self.config["limits.max_connections"]:
+        elif not room or connections >= max_connections:
             status = "full"
         else:
             status = "ok"
         kafka_ok = any((s.get("kafka") or {}).get("connected") for s in alive)
         body = {
             "status": status,
-            "node": self.config.node_id,
+            "node": self._settings.node_id,
             "accepting": status == "ok",
             "connections": connections,
             "capacity": capacity,

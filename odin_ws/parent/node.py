@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from odin_ws.common import commands
 from odin_ws.common import config as configmod
 from odin_ws.common.logs import audit, install_logging
+from odin_ws.common.settings import Settings
 from odin_ws.parent.guard import raise_nofile
 
 log = Logger()
@@ -27,21 +28,23 @@ class Node(service.MultiService):
     accepting (and say so in /health), drain and stop the shards, then close
     the listeners. SIGHUP re-reads the configuration.
 
+    @param settings: the settings the node started with.
     @param load_config: reads the configuration again (file, environment,
         the command line's flags on top), for a reload.
     @param check_keys: raises L{configmod.ConfigError} for keys and
         certificates a shard would refuse.
-    @param holders: every parent component that holds live settings; each
-        has C{reconfigure(config)}.
+    @param holders: every parent component that holds settings (both
+        dispatchers, health, guard, admission, supervisor); each has
+        C{reconfigure(settings)}, called with the reloaded L{Settings}.
     """
 
-    def __init__(self, reactor, config: configmod.Config, *, supervisor, listeners,
+    def __init__(self, reactor, settings: Settings, *, supervisor, listeners,
                  dispatchers, admission, guard, holders,
                  load_config: Callable[[], configmod.Config],
                  check_keys: Callable[[configmod.Config], object]):
         super().__init__()
         self.reactor = reactor
-        self.config = config
+        self._settings = settings
         self.supervisor = supervisor
         self.listeners = listeners
         self.dispatchers = dispatchers
@@ -56,7 +59,7 @@ class Node(service.MultiService):
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
-        install_logging(self.config, parent)
+        install_logging(self._settings.config, parent)
 
     def startService(self):
         capacity = raise_nofile()
@@ -66,9 +69,18 @@ class Node(service.MultiService):
         self.guard.start()
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (replaced by L{reload})."""
+        return self._settings
+
     def reload(self) -> None:
-        """Re-read file and environment (flags still win); apply what can change live."""
-        old = self.config
+        """
+        Re-read file and environment (flags still win); apply what can change
+        live. The one reload path: one L{Settings} is built and handed to
+        every holder, and the applied configuration to every alive shard.
+        """
+        old = self._settings.config
         try:
             new = self._load_config()
         except configmod.ConfigError as e:
@@ -82,13 +94,12 @@ class Node(service.MultiService):
         except configmod.ConfigError as e:
             audit.error("reload refused: {e}", e=str(e))
             return
-        self.config = applied
+        settings = Settings.from_config(applied)
+        self._settings = settings
         # The supervisor is one of the holders: shards started from now on
-        # (restarts after a crash) get the reloaded settings too, not the ones
-        # of the parent's start-up, else a key or certificate retired by this
-        # reload comes back with them.
+        # (restarts after a crash) get the reloaded configuration too.
         for holder in self.holders:
-            holder.reconfigure(applied)
+            holder.reconfigure(settings)
         blob = applied.to_json().encode()
         for handle in self.supervisor.shards:
             if handle.alive:

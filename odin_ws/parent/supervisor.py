@@ -130,8 +130,10 @@ class Supervisor(service.Service):
     only its timers (pending restarts, SIGKILLs due) and the environment
     shards start with.
 
+    @param settings: the node's settings; shards start with their
+        configuration (C{settings.config}, as JSON in their environment).
     @param argv_for: the full argv of shard i, executable first.
-    @param env: the environment of every shard.
+    @param env: the environment of every shard (the configuration added).
     @param allowed_cpus: the CPUs the parent may use (for tests).
     @param pin: pins a pid to a CPU (for tests).
     @raise odin_ws.common.config.ConfigError: C{cpu_affinity} names a CPU the
@@ -140,19 +142,18 @@ class Supervisor(service.Service):
 
     log = Logger()
 
-    def __init__(self, reactor, config: Mapping[str, Any], hub: Hub,
+    def __init__(self, reactor, settings: Settings, hub: Hub,
                  argv_for: Callable[[int], list[str]], env: Mapping[str, str], *,
                  allowed_cpus: Callable[[], list[int] | None] = affinity.allowed_cpus,
                  pin: Callable[[int, int], None] = affinity.pin):
         self._reactor = reactor
-        self.config = config
-        self._settings = Settings.from_config(config).supervisor
+        self._settings = settings.supervisor
         self.hub = hub
         self._argv_for = argv_for
-        self._env = dict(env)
+        self._env = {**env, SHARD_CONFIG_ENV: settings.config.to_json()}
         self._pin = pin
-        count = config["shards"]
-        setting = config["cpu_affinity"]
+        count = settings.shards
+        setting = settings.cpu_affinity
         allowed = allowed_cpus()
         cpus = affinity.assign(setting, count, allowed)
         pinned = {c for c in cpus if c is not None}
@@ -168,17 +169,18 @@ class Supervisor(service.Service):
         self._all_down: Deferred | None = None
         self._stopping: Deferred | None = None
 
-    def set_shard_config(self, config) -> None:
-        """The settings shards started from now on get (after a reload)."""
-        self._env[SHARD_CONFIG_ENV] = config.to_json()
-
-    def reconfigure(self, config) -> None:
-        """A reload: live supervisor settings, and what restarted shards get."""
-        self.config = config
-        self._settings = Settings.from_config(config).supervisor
+    def reconfigure(self, settings: Settings) -> None:
+        """
+        A reload: the supervisor's settings, and the configuration shards
+        started from now on (restarts after a crash) get, not the one of the
+        parent's start-up: else a key or certificate retired by the reload
+        would come back with them.
+        """
+        self._settings = settings.supervisor
         for h in self.shards:
             h.reconfigure(self._settings)
-        self.set_shard_config(config)
+        # A new dict: shards already started keep the environment they got.
+        self._env = {**self._env, SHARD_CONFIG_ENV: settings.config.to_json()}
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every shard's health entry, in index order."""

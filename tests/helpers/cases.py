@@ -19,6 +19,7 @@ from odin_ws.common import config as configmod
 from odin_ws.common import handoff
 from odin_ws.common.events import Event
 from odin_ws.common.logs import AUDIT_NAMESPACE
+from odin_ws.common.settings import Settings
 from odin_ws.parent.dispatcher import Dispatcher
 from odin_ws.shard.service import Shard
 from tests.helpers.fakes import StalledTransport
@@ -76,6 +77,16 @@ class FdTransport(StringTransport):
         return self._fd
 
 
+def make_settings(config: configmod.Config | None = None, **changes) -> Settings:
+    """
+    Typed settings of C{config} (default: the built-in defaults) with
+    C{changes} on top, named as L{configmod.Config.replace} takes them
+    (C{limits__max_connections=150}).
+    """
+    config = config if config is not None else configmod.load(None, environ={})
+    return Settings.from_config(config.replace(**changes) if changes else config)
+
+
 def get(path: str, method: str = "GET", extra: str = "") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: node\r\n{extra}\r\n".encode()
 
@@ -91,7 +102,7 @@ class DispatcherTestCase(unittest.TestCase):
 
     def make(self, **kw) -> Dispatcher:
         kw.setdefault("health", lambda: (200, {"status": "ok"}))
-        return Dispatcher(self.reactor, self.config, lambda: self.shards, **kw)
+        return Dispatcher(self.reactor, make_settings(self.config), lambda: self.shards, **kw)
 
     def connect(self, dispatcher=None, peer=None):
         dispatcher = dispatcher or self.dispatcher

@@ -26,6 +26,7 @@ from tests.helpers import (
     RefusingAdmission,
     Response,
     get,
+    make_settings,
     sample,
 )
 
@@ -337,7 +338,8 @@ class ModeTests(DispatcherTestCase):
     def test_tls_from_config(self):
         """The TLS mode follows tls.certificate unless given."""
         self.assertFalse(self.dispatcher.tls)
-        self.assertTrue(Dispatcher(self.reactor, {"tls.certificate": "/c.pem"}, list).tls)
+        settings = make_settings(self.config, tls__certificate="/c.pem")
+        self.assertTrue(Dispatcher(self.reactor, settings, list).tls)
 
     def test_admin(self):
         """The admin listener serves /health and /metrics only."""
@@ -438,7 +440,7 @@ class RealSocketTests(RealSocketMixin, unittest.TestCase):
         handle = FakeShard(0)
         handle.call = channel.callRemote
         config = configmod.load(None, environ={})
-        dispatcher = Dispatcher(reactor, config, lambda: [handle],
+        dispatcher = Dispatcher(reactor, make_settings(config), lambda: [handle],
                                 health=lambda: (200, {}))
         port = reactor.listenTCP(0, dispatcher, interface="127.0.0.1")
         self.addCleanup(port.stopListening)

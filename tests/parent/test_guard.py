@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from odin_ws.parent import guard
-from tests.helpers import FakeRoot
+from tests.helpers import FakeRoot, make_settings
 
 
 class BudgetTests(unittest.TestCase):
@@ -71,9 +71,9 @@ class GuardTests(unittest.TestCase):
         self.clock = Clock()
         self.set_usage(ticks=0, pages=100)
         budget = guard.Budget(1.0, 1000 * os.sysconf("SC_PAGE_SIZE"), "host")
-        self.g = guard.Guard(self.clock, lambda: [42], budget,
-                             cpu_threshold=0.8, memory_threshold=0.5, interval=1.0,
-                             root=self.root.path)
+        settings = make_settings(guard__cpu_threshold=0.8, guard__memory_threshold=0.5,
+                                 guard__interval=1.0)
+        self.g = guard.Guard(self.clock, lambda: [42], budget, settings, root=self.root.path)
 
     def set_usage(self, ticks: int, pages: int) -> None:
         # Fields after the command: state ppid ... utime(14th overall) stime(15th).

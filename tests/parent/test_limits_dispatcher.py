@@ -20,6 +20,7 @@ from tests.helpers import (
     DispatcherTestCase,
     FakeRoot,
     RefusingAdmission,
+    make_settings,
     sample,
 )
 
@@ -32,14 +33,11 @@ class GateTests(DispatcherTestCase):
         self.root = FakeRoot(self.mktemp())
         self.use_pages(100)
         # One process (pid 42) with a 1000-page memory budget.
+        settings = make_settings(self.config)
         self.guard = guard.Guard(self.reactor, lambda: [42], guard.Budget(1.0, 1000 * PAGE, "host"),
-                                 cpu_threshold=self.config["guard.cpu_threshold"],
-                                 memory_threshold=self.config["guard.memory_threshold"],
-                                 root=self.root.path)
+                                 settings, root=self.root.path)
         self.guard.sample()
-        self.gated = self.make(admission=Admission(
-            self.reactor.seconds, self.guard, (self.config["limits.connection_rate_per_ip"],
-                                               self.config["limits.connection_burst_per_ip"])))
+        self.gated = self.make(admission=Admission(self.reactor.seconds, self.guard, settings))
         for shard in self.shards:
             shard.answer = lambda command, kw: {"connections": 1}
 
@@ -124,12 +122,11 @@ class ForwardedForGateTests(SynchronousTestCase):
         """X-Forwarded-For names the gate's IP only when the peer is in limits.trusted_proxies."""
         from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-        from odin_ws.common.config import Config, validate
         from odin_ws.parent.dispatcher import Dispatcher
         seen = []
-        cfg = Config(validate({"limits.trusted_proxies": ["10.0.0.5"]}))
+        settings = make_settings(limits__trusted_proxies=["10.0.0.5"])
 
-        d = Dispatcher(MemoryReactorClock(), cfg, lambda: [],
+        d = Dispatcher(MemoryReactorClock(), settings, lambda: [],
                        admission=RefusingAdmission(seen, (429, "ip_rate")))
         for peer in ("10.0.0.5", "10.0.0.6"):
             proto = d.buildProtocol(IPv4Address("TCP", peer, 4000))

@@ -23,6 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from odin_ws.common.commands import Deliver, Drain, Publish, Register, Stats
 from odin_ws.common.config import Config, ConfigError, validate
 from odin_ws.common.events import Event, encode_batch
+from odin_ws.common.launch import SHARD_CONFIG_ENV
+from odin_ws.common.settings import Settings
 from odin_ws.parent import affinity
 from odin_ws.parent.hub import Hub
 from odin_ws.parent.supervisor import ShardUnavailable, Supervisor
@@ -117,13 +119,13 @@ class FakeShard(amp.AMP):
         return {"closed": 2}
 
 
-def config(shards=2, cpu_affinity="auto", **supervisor) -> Config:
+def settings(shards=2, cpu_affinity="auto", **supervisor) -> Settings:
     values = {"shards": shards, "cpu_affinity": cpu_affinity,
               "supervisor.restart_min_delay": 1.0, "supervisor.restart_max_delay": 4.0,
               "supervisor.crash_loop_restarts": 100, "supervisor.crash_loop_window": 60.0,
               "supervisor.drain_timeout": 10.0, "supervisor.kill_timeout": 5.0}
     values.update({"supervisor." + k: v for k, v in supervisor.items()})
-    return Config(validate(values))
+    return Settings.from_config(Config(validate(values)))
 
 
 
@@ -136,7 +138,8 @@ class SupervisorTestCase(SynchronousTestCase):
         self.pins: list[tuple[int, int]] = []
         self.logged: list[dict] = []
         self.patch(Supervisor, "log", Logger(observer=self.logged.append))
-        sup = Supervisor(self.reactor, config(**kw), self.hub,
+        self.settings = settings(**kw)
+        sup = Supervisor(self.reactor, self.settings, self.hub,
                          argv_for=lambda i: ["/usr/bin/python3", "-m", "shard", str(i)],
                          env={"ODINWS_TEST": "1"}, allowed_cpus=lambda: list(cpus),
                          pin=pin or (lambda pid, cpu: self.pins.append((pid, cpu))))
@@ -165,8 +168,9 @@ class SupervisorTestCase(SynchronousTestCase):
 class SpawnTests(SupervisorTestCase):
     def test_spawnsEachShardWithControlFd(self):
         """
-        Each shard is spawned with its argv, the env, stdio pipes and fd 3
-        being the other end of the socketpair the parent adopted.
+        Each shard is spawned with its argv, the env plus its configuration,
+        stdio pipes and fd 3 being the other end of the socketpair the parent
+        adopted.
         """
         sup = self.make(shards=3, cpus=(0, 1, 2))
         sup.startService()
@@ -174,7 +178,8 @@ class SpawnTests(SupervisorTestCase):
         self.assertEqual([p.argv for p in procs],
                          [["/usr/bin/python3", "-m", "shard", str(i)] for i in range(3)])
         self.assertEqual({p.executable for p in procs}, {"/usr/bin/python3"})
-        self.assertEqual([p.env for p in procs], [{"ODINWS_TEST": "1"}] * 3)
+        env = {"ODINWS_TEST": "1", SHARD_CONFIG_ENV: self.settings.config.to_json()}
+        self.assertEqual([p.env for p in procs], [env] * 3)
         for p in procs:
             self.assertEqual({k: v for k, v in p.childFDs.items() if k != 3},
                              {0: "w", 1: "r", 2: "r"})
@@ -369,6 +374,22 @@ class RestartTests(SupervisorTestCase):
         self.assertEqual(len(self.reactor.processes), 1)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_restartAfterReloadGetsReloadedConfig(self):
+        """
+        A shard restarted after a reload starts with the reloaded
+        configuration, not the one of the parent's start-up.
+        """
+        sup = self.make(shards=1)
+        sup.startService()
+        reloaded = Settings.from_config(self.settings.config.replace(limits__max_connections=7))
+        sup.reconfigure(reloaded)
+        self.crash()
+        self.reactor.advance(1.0)
+        first, restarted = self.reactor.processes
+        self.assertEqual(json.loads(first.env[SHARD_CONFIG_ENV])["limits.max_connections"],
+                         self.settings.limits.max_connections)
+        self.assertEqual(json.loads(restarted.env[SHARD_CONFIG_ENV])["limits.max_connections"], 7)
+
     def test_restartedShardRegistersAgain(self):
         """After a restart the new process registers on a new channel and is attached again."""
         sup = self.make(shards=2)
@@ -539,7 +560,7 @@ class RealProcessTests(TestCase):
         logged: list[dict] = []
         self.patch(Supervisor, "log", Logger(observer=logged.append))
         hub = Hub(reactor, max_event_bytes=4096, max_queue_batches=8)
-        sup = Supervisor(reactor, config(shards=2), hub,
+        sup = Supervisor(reactor, settings(shards=2), hub,
                          argv_for=lambda i: [sys.executable, script, str(i)], env=env)
         sup.startService()
         stopped = False
