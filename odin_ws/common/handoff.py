@@ -31,8 +31,7 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from odin_ws.common import commands
-from odin_ws.common import twisted_internals
+from odin_ws.common import commands, twisted_internals
 
 log = Logger()
 

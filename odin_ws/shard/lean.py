@@ -1,6 +1,8 @@
 """
-The memory footprint of one WebSocket connection: the one module naming
-Autobahn's per-connection attributes; guarded by C{tests/shard/test_memory.py}.
+The memory footprint of one WebSocket connection: a lean base for the
+shard's server protocol, built on the Autobahn internals that
+L{odin_ws.shard.autobahn_internals} names; guarded by
+C{tests/shard/test_memory.py} and C{tests/shard/test_autobahn_internals.py}.
 
 An idle connection of a shard costs mostly Python objects, and Autobahn's
 server protocol was the largest of them: about a hundred instance
@@ -38,39 +40,12 @@ import types
 from collections import deque
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerProtocol
-
-#: Set by the opening handshake (server side), dropped when it succeeded.
-HANDSHAKE_ATTRS = (
-    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
-    "http_request_path", "http_request_params", "http_request_host", "http_response_data",
-    "websocket_origin", "websocket_protocols", "websocket_extensions", "_wskey",
-)
-
-#: Instance attributes of an Autobahn (Twisted) server protocol over a
-#: connection's life, besides its settings (C{CONFIG_ATTRS}, copied from the
-#: factory) and the handshake's.
-STATE_ATTRS = (
-    # twisted.internet.protocol.Protocol
-    "factory", "transport", "connected",
-    # autobahn.util.ObservableMixin, WebSocketProtocol.__init__
-    "is_closed", "is_open", "_valid_events", "_results", "_transport_details", "peer",
-    # WebSocketProtocol._connectionMade
-    "_perMessageCompress", "trackedTimings", "trafficStats", "send_state", "data",
-    "send_queue", "triggered", "utf8validator", "wasMaxFramePayloadSizeExceeded",
-    "wasMaxMessagePayloadSizeExceeded", "closedByMe", "failedByMe", "droppedByMe",
-    "wasClean", "wasNotCleanReason", "wasServerConnectionDropTimeout",
-    "wasOpenHandshakeTimeout", "wasCloseHandshakeTimeout", "wasServingFlashSocketPolicyFile",
-    "localCloseCode", "localCloseReason", "remoteCloseCode", "remoteCloseReason",
-    "openHandshakeTimeoutCall", "closeHandshakeTimeoutCall", "autoPingTimeoutCall",
-    "autoPingPending", "autoPingPendingCall", "autoPingPendingSent", "autoPingPendingSeq",
-    # handshake results kept while open
-    "websocket_version", "websocket_protocol_in_use", "websocket_extensions_in_use",
-    # frames and messages
-    "inside_message", "current_frame", "current_frame_masker", "control_frame_data",
-    "frame_length", "frame_data", "message_data", "message_data_total_length",
-    "message_is_binary", "_isMessageCompressed", "utf8validateIncomingCurrentMessage",
-    "utf8validateLast",
+from odin_ws.shard.autobahn_internals import (
+    CONFIG_ATTRS,
+    HANDSHAKE_ATTRS,
+    STATE_ATTRS,
+    ProtocolHooks,
+    forget_transport_details,
 )
 
 # send_queue until a chopped or synchronous write needs a real queue: empty,
@@ -102,15 +77,14 @@ def class_defaults(cls: type) -> dict[str, Any]:
     return defaults
 
 
-class LeanServerProtocol(WebSocketServerProtocol):
+class LeanServerProtocol(ProtocolHooks):
     """
     Autobahn's Twisted server protocol with its per-connection state in
     slots (see the module). Subclasses may add slots of their own; their
     shadowed class attributes become instance defaults the same way.
     """
 
-    __slots__ = tuple(dict.fromkeys(
-        (*WebSocketServerProtocol.CONFIG_ATTRS, *STATE_ATTRS, *HANDSHAKE_ATTRS)))
+    __slots__ = tuple(dict.fromkeys((*CONFIG_ATTRS, *STATE_ATTRS, *HANDSHAKE_ATTRS)))
 
     _slot_defaults: dict[str, Any] = {}
 
@@ -123,8 +97,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
             setattr(self, name, value)
         super().__init__()
 
-    def _connectionMade(self) -> None:
-        super()._connectionMade()
+    def ws_connection_made(self) -> None:
         self.send_queue = _NO_QUEUE
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
@@ -132,15 +105,13 @@ class LeanServerProtocol(WebSocketServerProtocol):
             self.send_queue = deque()
         super().sendData(data, sync, chopsize)
 
-    def _onOpen(self) -> None:
-        # succeedHandshake has answered and set STATE_OPEN; onOpen comes next.
+    def ws_opening(self) -> None:
         for name in HANDSHAKE_ATTRS:
             if hasattr(self, name):
                 delattr(self, name)
-        try:
-            super()._onOpen()
-        finally:
-            self._transport_details = None
+
+    def ws_opened(self) -> None:
+        forget_transport_details(self)
 
     def onFrameEnd(self) -> bool | None:
         result = super().onFrameEnd()

@@ -1,42 +1,44 @@
 """
-Guards for what L{odin_ws.shard.writer} assumes about Twisted's and Autobahn's
-internals. When one of these fails after an upgrade, do not patch the test:
-read the new Twisted/Autobahn code, adapt odin_ws/shard/writer.py, then the test.
+Guards for L{odin_ws.common.twisted_internals}, the one module touching
+Twisted's internals: the pinned Twisted version, and each internal it names
+with the shape it relies on. When one of these fails after an upgrade, do
+not patch the test: read the new Twisted code, adapt
+odin_ws/common/twisted_internals.py, then the test.
 """
 
 from __future__ import annotations
 
+import ast
 import os
-import re
 import socket
 from importlib import metadata
 
 import twisted.test
-from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import abstract, main, ssl, tcp
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from odin_ws.common.twisted_internals import held
-from odin_ws.common.twisted_internals import producer_of as _producer_of
-from odin_ws.shard.fanout import Fanout, WriteStats
-from odin_ws.shard.outbox import Outbox
-from tests.helpers import (
-    PLAIN_UPGRADE,
-    ROOT,
-    FakeProtocol,
-    StalledTransport,
-    handshaken_protocol,
-    parse_frames,
-    tcp_pair,
+from odin_ws.common import twisted_internals
+from odin_ws.common.twisted_internals import (
+    HOLDING,
+    SENDABLE,
+    WRITE,
+    has_write_buffer,
+    held,
+    pending_writers,
+    plain_socket,
+    producer_of,
+    release_shared,
+    served_by,
+    write_state,
 )
-
-LOCK = os.path.join(ROOT,
-                    "requirements.lock")
+from tests.helpers import ROOT, StalledTransport, tcp_pair
+from tests.helpers.pins import pinned
 
 
 class Producer:
@@ -55,23 +57,16 @@ class Producer:
         self.calls.append("stop")
 
 
-def pinned(name: str) -> str:
-    with open(LOCK) as f:
-        for line in f:
-            m = re.match(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;#]+)", line)
-            if m and m.group(1).lower() == name.lower():
-                return m.group(2)
-    raise AssertionError(f"{name} is not pinned in {LOCK}")
-
-
 class PinnedVersionTests(SynchronousTestCase):
-    def test_installedAreThePinnedVersions(self):
-        """The Twisted and Autobahn installed are the ones requirements.lock pins and
-        these guards were written against."""
-        for name in ("Twisted", "autobahn"):
-            self.assertEqual(metadata.version(name), pinned(name),
-                             f"{name} differs from requirements.lock: re-run tests/"
-                             "test_writepath.py against it and update the pin")
+    def test_installed_is_the_pinned_version(self):
+        """
+        The Twisted installed is the one requirements.lock pins and
+        twisted_internals was written for.
+        """
+        self.assertEqual(twisted_internals.WRITTEN_FOR, pinned("Twisted"),
+                         "requirements.lock moved: re-read the internals named in "
+                         "odin_ws/common/twisted_internals.py, then update WRITTEN_FOR")
+        self.assertEqual(metadata.version("Twisted"), pinned("Twisted"))
 
 
 class AdoptedConnectionCase(TestCase):
@@ -125,6 +120,31 @@ class TCPTransportTests(AdoptedConnectionCase):
         self.assertEqual((t.dataBuffer, t.offset, t._tempDataLen), (b"", 0, 0))
         self.assertEqual(held(t), 0)
 
+    @inlineCallbacks
+    def test_writeStateAndSocket(self):
+        """
+        write_state: SENDABLE while nothing is held, HOLDING while a write
+        waits, SENDABLE again once sent, WRITE once closing or aborting;
+        plain_socket is the connection's socket, served by this reactor.
+        """
+        t = self.transport
+        self.assertTrue(has_write_buffer(t))
+        self.assertIs(plain_socket(t), t.socket)
+        self.assertTrue(served_by(t, self.reactor))
+        self.assertFalse(served_by(t, object()))
+        self.assertEqual(write_state(t), SENDABLE)
+        t.write(b"abc")
+        self.assertEqual(write_state(t), HOLDING)
+        yield self.client.read(3)
+        self.assertEqual(write_state(t), SENDABLE)
+        t.abortConnection()
+        self.assertEqual(write_state(t), WRITE)
+
+    def test_writeStateWhileClosing(self):
+        """A connection being closed cleanly is not SENDABLE either."""
+        self.transport.loseConnection()
+        self.assertEqual(write_state(self.transport), WRITE)
+
     def test_closeFlags(self):
         """loseConnection sets disconnecting; abortConnection sets _aborting."""
         self.transport.loseConnection()
@@ -147,19 +167,25 @@ class TCPTransportTests(AdoptedConnectionCase):
 
 class WritesSetTests(AdoptedConnectionCase):
     """
-    Fanout.flush's inline path sends straight to the socket only while the
-    connection's fd is not in the reactor's C{_writes} set: Twisted holds
-    bytes for it, or is closing it, exactly while it is there.
+    L{pending_writers}: Fanout.flush's inline path sends straight to the
+    socket only while the connection's fd is not in the reactor's
+    C{_writes} set: Twisted holds bytes for it, or is closing it, exactly
+    while it is there.
     """
 
     def setUp(self):
         super().setUp()
         self.fd = self.transport.fileno()
 
+    def test_noSetNoneReturned(self):
+        """A reactor without such a set (a fake clock, another reactor) gets None."""
+        from twisted.internet.task import Clock
+        self.assertIsNone(pending_writers(Clock()))
+
     def test_reactorHasTheSet(self):
         """The reactor the shard runs (epoll here) keeps its writers' fds in a set."""
         self.assertIsInstance(self.reactor._writes, set)
-        self.assertIsNotNone(Fanout(self.reactor, WriteStats()).writes)
+        self.assertIs(pending_writers(self.reactor), self.reactor._writes)
         self.assertNotIn(self.fd, self.reactor._writes)
 
     @inlineCallbacks
@@ -187,29 +213,6 @@ class WritesSetTests(AdoptedConnectionCase):
         self.assertTrue(self.transport.connected)
 
 
-class HolderTests(SynchronousTestCase):
-    """OutboxHolder sees every state change Autobahn makes."""
-
-    def test_closeFrameClosesTheOutbox(self):
-        from autobahn.twisted.websocket import WebSocketServerProtocol
-
-        from odin_ws.shard.outbox import OutboxHolder
-
-        class Held(OutboxHolder, WebSocketServerProtocol):
-            pass
-        proto, transport = handshaken_protocol(Held)
-        self.assertEqual(proto.state, WebSocketProtocol.STATE_OPEN)
-        box = Outbox(proto, Fanout(Clock(), WriteStats()), lambda t: "drop", 1 << 20, 5.0,
-                     lambda: None)
-        proto.outbox = box
-        box.push(b"x", "a", "t")
-        proto.sendClose(4008, "slow consumer")
-        self.assertEqual(proto.state, WebSocketProtocol.STATE_CLOSING)
-        self.assertTrue(box.closed)
-        self.assertEqual(box.queued(), 0)
-        self.assertIsNone(transport.producer)
-
-
 class ProducerContractTests(SynchronousTestCase):
     """abstract.FileDescriptor's streaming-producer contract, which Outbox relies on."""
 
@@ -231,10 +234,11 @@ class ProducerContractTests(SynchronousTestCase):
         self.assertFalse(self.t.producerPaused)
 
     def test_producerPausedFlagAsksForResume(self):
-        """Setting producerPaused ourselves (below the high-water mark) makes doWrite
+        """resume_when_drained: setting producerPaused ourselves (below the high-water mark) makes doWrite
         call resumeProducing when the buffer has drained, and clears the flag."""
         self.t.write(b"x" * 10)
-        self.t.producerPaused = True
+        twisted_internals.resume_when_drained(self.t)
+        self.assertTrue(self.t.producerPaused)
         self.t.drain()
         self.assertEqual(self.producer.calls, ["resume"])
         self.assertFalse(self.t.producerPaused)
@@ -257,44 +261,32 @@ class ProducerContractTests(SynchronousTestCase):
         self.assertRaises(RuntimeError, self.t.registerProducer, Producer(), True)
 
 
-class AutobahnTests(SynchronousTestCase):
-    """What the writer assumes of Autobahn's server protocol."""
 
-    def test_states(self):
-        """STATE_OPEN exists and differs from the closing and closed states."""
-        states = {WebSocketProtocol.STATE_OPEN, WebSocketProtocol.STATE_CLOSING,
-                  WebSocketProtocol.STATE_CLOSED}
-        self.assertEqual(len(states), 3)
 
-    def test_closeFrameLeavesOpenState(self):
-        """sendClose writes the close frame and leaves STATE_OPEN in the same call, so
-        checking the state before each flush keeps data frames off after it."""
-        proto, transport = handshaken_protocol()
-        proto.sendClose(1000)
-        self.assertEqual(proto.state, WebSocketProtocol.STATE_CLOSING)
-        self.assertEqual([op for op, _ in parse_frames(transport.value())], [8])
+class NotTCPTests(SynchronousTestCase):
+    """What the functions answer for transports that are no TCP connection."""
 
-    def test_sendMessageWritesThrough(self):
-        """Autobahn's own messages go to transport.write at once (no queue of its own),
-        so 'Twisted holds nothing' means nothing of Autobahn's is pending either."""
-        proto, transport = handshaken_protocol()
-        proto.sendMessage(b"{}")
-        self.assertEqual(parse_frames(transport.value()), [(1, b"{}")])
-        self.assertEqual(len(proto.send_queue), 0)
+    def test_fileDescriptorNotTCP(self):
+        """A FileDescriptor that is no TCP connection: a buffer, no socket, never SENDABLE."""
+        t = StalledTransport()
+        self.assertTrue(has_write_buffer(t))
+        self.assertIsNone(plain_socket(t))
+        self.assertEqual(write_state(t), WRITE)
+        t.write(b"xy")
+        self.assertEqual((write_state(t), held(t)), (HOLDING, 2))
 
-    def test_dropConnectionUnregistersProducer(self):
-        """dropConnection unregisters the transport's producer before closing, so a
-        paused Outbox never holds a closing connection open."""
-        proto, transport = handshaken_protocol()
-        box = Outbox(proto, Fanout(Clock(), WriteStats()), lambda t: "drop", 1 << 20, 5.0,
-                     lambda: None)
-        self.assertIs(transport.producer, box)
-        proto.dropConnection(abort=True)
-        self.assertIsNone(transport.producer)
+    def test_testTransport(self):
+        """A transport without Twisted's buffer: nothing held, no buffer, no socket."""
+        from twisted.internet.testing import StringTransport
+        t = StringTransport()
+        self.assertEqual(held(t), 0)
+        self.assertFalse(has_write_buffer(t))
+        self.assertIsNone(plain_socket(t))
+        self.assertIsNone(producer_of(t))
 
 
 class TLSTests(SynchronousTestCase):
-    """The TLS wrapper: how the writer finds its producer and the TCP buffer below."""
+    """The TLS wrapper: how its producer and the TCP buffer below are found."""
 
     def setUp(self):
         pem = FilePath(twisted.test.__file__).sibling("server.pem").getContent()
@@ -306,18 +298,22 @@ class TLSTests(SynchronousTestCase):
         self.tls.makeConnection(self.below)
 
     def test_producerWrappedAndReachable(self):
-        """registerProducer on TLSMemoryBIOProtocol wraps ours in a membrane registered
-        below (_producer._producer is ours); pauses from below reach us; close()
-        unregisters."""
+        """
+        registerProducer on TLSMemoryBIOProtocol wraps ours in a membrane
+        registered below (_producer._producer is ours); pauses from below
+        reach us; unregistering clears it below.
+        """
         self.assertIsInstance(self.app.transport, TLSMemoryBIOProtocol)
         self.assertIs(self.tls.transport, self.below)
-        box = Outbox(FakeProtocol(self.tls), Fanout(Clock(), WriteStats()),
-                     lambda t: "drop", 1 << 20, 5.0, lambda: None)
-        self.assertIs(_producer_of(self.tls), box)
+        producer = Producer()
+        self.tls.registerProducer(producer, True)
+        self.assertIs(producer_of(self.tls), producer)
         self.assertIs(self.below.producer, self.tls._producer)
+        self.assertIs(producer_of(self.below), self.tls._producer)
         self.below.producer.pauseProducing()
-        self.assertTrue(box.paused)
-        box.close()
+        self.assertEqual(producer.calls, ["pause"])
+        self.tls.unregisterProducer()
+        self.assertIsNone(producer_of(self.tls))
         self.assertIsNone(self.below.producer)
 
     def test_heldReadsTheTransportBelow(self):
@@ -326,115 +322,100 @@ class TLSTests(SynchronousTestCase):
         self.below.write(b"x" * 7)
         self.assertEqual(held(self.tls), held_below + 7)
 
+    def test_noBufferNoSocket(self):
+        """A TLS transport is never written to directly."""
+        self.assertFalse(has_write_buffer(self.tls))
+        self.assertIsNone(plain_socket(self.tls))
 
-class NoDelayTests(TestCase):
-    """
-    Events are small writes: with Nagle on, a client that delays its ACKs
-    holds every next event up to ~40 ms. Autobahn 26.10 means to set
-    TCP_NODELAY but never does (it reads the option before copying it from
-    the factory); the shard's protocol sets it itself.
-    """
 
-    def setUp(self):
-        from twisted.internet import reactor
-        self.reactor = reactor
-
-    def connected(self, wrap=lambda factory: factory):
-        import txaio
-
-        from odin_ws.common import config as configmod
-        from odin_ws.shard.service import Shard
-        self.patch(txaio.config, "loop", self.reactor)
-        shard = Shard(Clock(), configmod.load(None, environ={}), 0, control_fd=None)
-        made = []
-        original = shard.factory.buildProtocol
-
-        def build(addr):
-            proto = original(addr)
-            made.append(proto)
-            return proto
-        shard.factory.buildProtocol = build
-        _, client = tcp_pair(self.reactor, factory=wrap(shard.factory))
-        [proto] = made
-        self.addCleanup(client.sock.close)
-        self.addCleanup(proto.transport.abortConnection)
-        return proto
-
-    @staticmethod
-    def nodelay(transport) -> int:
-        sock = transport.getHandle()
-        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-
-    def test_clientConnectionsHaveNoDelay(self):
-        proto = self.connected()
-        self.assertIsInstance(proto.transport, tcp.Server)
-        self.assertEqual(self.nodelay(proto.transport), 1)
-
-    def test_clientConnectionsLimitUnsent(self):
-        """The shard applies outbound.kernel_unsent_bytes to its client sockets."""
-        proto = self.connected()
-        sock = proto.transport.getHandle()
-        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT), 65536)
-
-    def test_tlsClientConnectionsHaveNoDelay(self):
-        from odin_ws.shard import tls as tlsmod
-        cert = FilePath(twisted.test.__file__).sibling("server.pem")
-        options = ssl.PrivateCertificate.loadPEM(cert.getContent()).options()
-        proto = self.connected(lambda factory: tlsmod.wrap(options, factory))
-        transport = proto.transport
-        while not isinstance(transport, tcp.Server):   # the TLS layer(s) down to TCP
-            transport = transport.transport
-        self.assertIsNot(transport, proto.transport)
-        self.assertEqual(self.nodelay(transport), 1)
-
-    def test_autobahnAloneLeavesNagleOn(self):
+class ReleaseSharedTests(SynchronousTestCase):
+    def test_shutdownSwitch(self):
         """
-        The reason for the workaround: when this fails, Autobahn sets the
-        option itself and ClientProtocol.connectionMade's own call can go.
+        A TCP connection shuts its socket down on close unless
+        _shouldShutdown is cleared (what release_shared does); the closer
+        still reads the switch.
         """
-        from autobahn.twisted.websocket import (
-            WebSocketServerFactory,
-            WebSocketServerProtocol,
-        )
-        factory = WebSocketServerFactory()
-        factory.protocol = WebSocketServerProtocol
-        factory.setProtocolOptions(tcpNoDelay=True, openHandshakeTimeout=0,
-                                   closeHandshakeTimeout=0, autoPingInterval=0)
-        self.patch(__import__("txaio").config, "loop", self.reactor)
-        made = []
-        original = factory.buildProtocol
-        factory.buildProtocol = lambda addr: made.append(original(addr)) or made[-1]
-        _, client = tcp_pair(self.reactor, factory=factory)
-        [proto] = made
-        self.addCleanup(client.sock.close)
-        self.addCleanup(proto.transport.abortConnection)
-        self.assertEqual(self.nodelay(proto.transport), 0)
+        import inspect
+        self.assertIs(tcp.Connection._shouldShutdown, True)
+        self.assertIn("self._shouldShutdown", inspect.getsource(tcp._SocketCloser._closeSocket))
+        conn = tcp.Connection.__new__(tcp.Connection)
+        release_shared(conn)
+        self.assertIs(conn._shouldShutdown, False)
 
 
-class ShardConnectionTests(TestCase):
-    """The shard's own client connections qualify for the inline path."""
+class FailingEndpoint:
+    """A server endpoint whose listen fails at once."""
 
-    @inlineCallbacks
-    def test_openConnectionIsDirect(self):
-        import txaio
-        from twisted.internet import reactor
+    def listen(self, factory):
+        from twisted.internet import defer
+        return defer.fail(CannotListenError("127.0.0.1", 1, OSError("in use")))
 
-        from odin_ws.common import config as configmod
-        from odin_ws.shard.service import Shard
-        self.patch(txaio.config, "loop", reactor)
-        shard = Shard(reactor, configmod.load(None, environ={}), 0, control_fd=None)
-        made = []
-        original = shard.factory.buildProtocol
-        shard.factory.buildProtocol = lambda addr: made.append(original(addr)) or made[-1]
-        _, client = tcp_pair(reactor, factory=shard.factory)
-        [proto] = made
-        self.addCleanup(client.sock.close)
-        self.addCleanup(lambda: proto.transport.connected and proto.transport.abortConnection())
-        client.sock.send(PLAIN_UPGRADE)   # GET /ws, the default listen.ws_path
-        head = yield client.read(lambda data: b"\r\n\r\n" in data)
-        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
-        box = proto.outbox
-        self.assertIsNotNone(box)
-        self.assertTrue(box.inline)
-        self.assertIs(box.sock, proto.transport.socket)
-        self.assertEqual(box.fdno, proto.transport.fileno())
+
+class RaiseListenErrorsTests(SynchronousTestCase):
+    def test_defaultLogsTheFailure(self):
+        """Without it, a failure to listen is only logged: the service runs without a port."""
+        svc = StreamServerEndpointService(FailingEndpoint(), Factory())
+        svc.privilegedStartService()
+        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+
+    def test_raisesAtStart(self):
+        """With raise_listen_errors, privilegedStartService raises the failure."""
+        svc = StreamServerEndpointService(FailingEndpoint(), Factory())
+        twisted_internals.raise_listen_errors(svc)
+        self.assertRaises(CannotListenError, svc.privilegedStartService)
+
+
+#: The modules allowed to touch another object's underscore attributes.
+INTERNALS = {"odin_ws/common/twisted_internals.py", "odin_ws/shard/autobahn_internals.py"}
+
+
+def foreign_private_access(path: str) -> list[str]:
+    """
+    C{name._attr} in C{path} where C{name} is neither C{self}, C{cls} nor a
+    class the module defines, and C{super()._attr}: a reach into another
+    object's (or a base library's) private state.
+    """
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    own = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            continue
+        if node.attr[1:].isupper():
+            continue    # a documented constant (confluent-kafka's KafkaError._TRANSPORT)
+        base = node.value
+        if isinstance(base, ast.Name) and base.id in ({"self", "cls"} | own):
+            continue
+        found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+class PrivateContactTests(SynchronousTestCase):
+    def test_no_foreign_private_access(self):
+        """
+        Outside the internals modules, no module of the shard or common
+        packages reads or writes another object's underscore attributes
+        (Twisted's, Autobahn's, or another odinws class's).
+        """
+        found = []
+        for area in ("odin_ws/shard", "odin_ws/common"):
+            for name in sorted(os.listdir(os.path.join(ROOT, area))):
+                rel = f"{area}/{name}"
+                if name.endswith(".py") and rel not in INTERNALS:
+                    found += foreign_private_access(os.path.join(ROOT, rel))
+        self.assertEqual(found, [])
+
+    def test_checker_sees_a_reach(self):
+        """
+        The checker flags other._private and super()._private, not
+        self._own, a module's own class, or an upper-case constant.
+        """
+        import tempfile
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write("class A:\n    def f(self, t):\n        self._own = t._theirs\n"
+                    "        super()._step()\n        A._k = 1\n        e = E._CODE\n")
+        self.addCleanup(os.unlink, f.name)
+        self.assertEqual([line.split(": ", 1)[1] for line in foreign_private_access(f.name)],
+                         ["t._theirs", "super()._step"])

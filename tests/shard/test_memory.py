@@ -1,50 +1,21 @@
 """
 Tests for L{odin_ws.shard.lean}: what a shard's connection keeps in memory.
-They guard assumptions about Autobahn's internals as well; when one fails
-after an upgrade, read the new Autobahn code, adapt odin_ws/shard/lean.py,
-then the test.
+The Autobahn internals it builds on are guarded in
+tests/shard/test_autobahn_internals.py.
 """
 
 from __future__ import annotations
 
-import inspect
-import re
 import sys
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.shard import lean as footprint
+from odin_ws.shard.autobahn_internals import HANDSHAKE_ATTRS
 from odin_ws.shard.lean import LeanServerProtocol
 from odin_ws.shard.protocol import ClientProtocol
 from odin_ws.shard.subscriptions import SubscriptionIndex
 from tests.helpers import ShardClient, ShardTestCase, client_frame, text
-
-#: Where Autobahn's server code reads the state LeanServerProtocol drops,
-#: and the condition each reader runs under (see odin_ws/shard/lean.py).
-READERS = {
-    # handshake: processHandshake and succeedHandshake, both before _onOpen
-    **{name: {"WebSocketServerProtocol.processHandshake"} for name in footprint.HANDSHAKE_ATTRS},
-    "websocket_protocols": {"WebSocketServerProtocol.processHandshake",
-                            "WebSocketServerProtocol.succeedHandshake"},
-    "websocket_extensions": {"WebSocketServerProtocol.processHandshake",
-                             "WebSocketServerProtocol.succeedHandshake"},
-    "_wskey": {"WebSocketServerProtocol.processHandshake",
-               "WebSocketServerProtocol.succeedHandshake"},
-    "http_response_data": {"WebSocketServerProtocol.succeedHandshake"},
-    # set at connect, read by _onOpen (before it is dropped) and the property
-    "_transport_details": {"WebSocketProtocol.__init__", "WebSocketProtocol.transport_details",
-                           "WebSocketAdapterProtocol.connectionMade",
-                           "WebSocketAdapterProtocol._onOpen"},
-    # writes go through sendData, which makes the queue when one is needed
-    "send_queue": {"WebSocketProtocol._connectionMade", "WebSocketProtocol._send",
-                   "WebSocketProtocol.sendData"},
-    # inside a frame only (processData's "current_frame is not None" branch)
-    "current_frame_masker": {"WebSocketProtocol.processData"},
-    # set at a text message's first frame, read until its last
-    "utf8validateLast": {"WebSocketProtocol.onFrameBegin", "WebSocketProtocol.onFrameData",
-                         "WebSocketProtocol.onFrameEnd"},
-}
 
 
 class SlotTests(ShardTestCase):
@@ -116,12 +87,6 @@ class SlotDefaultTests(ShardTestCase):
         with self.assertRaises(TypeError):
             type("Bad", (ClientProtocol,), {"__slots__": ("transport_details",)})
 
-    def test_every_autobahn_setting_has_a_slot(self):
-        """Autobahn copies CONFIG_ATTRS onto each connection: each has a slot."""
-        missing = [name for name in WebSocketServerProtocol.CONFIG_ATTRS
-                   if name not in LeanServerProtocol.__slots__]
-        self.assertEqual(missing, [])
-
 
 class DroppedStateTests(ShardTestCase):
     """State only the handshake (or one frame) reads is gone once it is done."""
@@ -135,7 +100,7 @@ class DroppedStateTests(ShardTestCase):
         """
         client = self.connect()
         proto = client.proto
-        self.assertEqual([n for n in footprint.HANDSHAKE_ATTRS if hasattr(proto, n)], [])
+        self.assertEqual([n for n in HANDSHAKE_ATTRS if hasattr(proto, n)], [])
         self.assertIsNone(proto.transport_details)
         self.assertEqual((proto.websocket_version, proto.websocket_protocol_in_use,
                           proto.websocket_extensions_in_use), (13, None, []))
@@ -175,25 +140,6 @@ class DroppedStateTests(ShardTestCase):
         client.send(client_frame(9, b"hi") + client_frame(0, b'ng","id":2}'))
         self.assertEqual(client.frames(), [(1, b'{"type":"pong","id":1}'), (10, b"hi"), (1, b'{"type":"pong","id":2}')])
         self.assertEqual((proto.current_frame_masker, proto.utf8validateLast), (None, None))
-
-    def test_autobahn_readers_of_dropped_state(self):
-        """
-        Autobahn's server code reads the state LeanServerProtocol drops only
-        where odin_ws/shard/lean.py says (guards an Autobahn upgrade).
-        """
-        found: dict[str, set[str]] = {}
-        for klass in ClientProtocol.__mro__:
-            if not klass.__module__.startswith("autobahn."):
-                continue
-            for attr, fn in vars(klass).items():
-                fn = fn.fget if isinstance(fn, property) else fn
-                if not inspect.isfunction(fn):
-                    continue
-                source = inspect.getsource(fn)
-                for name in READERS:
-                    if re.search(rf"\bself\.{re.escape(name)}\b", source):
-                        found.setdefault(name, set()).add(f"{klass.__name__}.{attr}")
-        self.assertEqual(found, READERS)
 
 
 class SubscriberPatternsTests(SynchronousTestCase):
