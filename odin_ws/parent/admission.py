@@ -47,6 +47,11 @@ class Admission:
                       settings.limits.connection_burst_per_ip)
 
     @property
+    def rate(self) -> tuple[float, int] | None:
+        """C{(per_second, burst)} of new connections per client IP, or None."""
+        return self._rate
+
+    @property
     def overloaded(self) -> bool:
         return self._guard is not None and not self._guard.accepting
 

@@ -1,13 +1,22 @@
-"""Fakes shared by the unit tests: metrics samples, a fake /proc, stalled transports, an admission that refuses."""
+"""
+Fakes shared by the unit tests: metrics samples, a fake /proc, stalled
+transports, an admission that refuses, and the supervisor's processes, their
+reactor and the shard's end of a control channel.
+"""
 
 from __future__ import annotations
 
 import os
 
-from twisted.internet import abstract
-from twisted.internet.testing import MemoryReactor
+from twisted.internet import abstract, error
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from twisted.test import iosim
 
 from odin_ws.common import metrics
+from odin_ws.common.commands import Deliver, Drain, Reload
 from odin_ws.parent.admission import Admission
 from odin_ws.common.twisted_internals import held
 from odin_ws.shard.outbox import OutboxHolder
@@ -76,3 +85,119 @@ class FakeProtocol(OutboxHolder):
     def __init__(self, transport):
         self.transport = transport
         self.state = OPEN
+
+
+# -- the parent's supervisor: processes, their reactor, the shard's AMP end
+
+class FakeProcess:
+    """A spawned process the test ends by hand."""
+
+    def __init__(self, proto, pid, argv, env, childFDs, fd3):
+        self.proto = proto
+        self.pid = pid
+        self.argv = argv
+        self.env = env
+        self.childFDs = childFDs
+        self.fd3 = fd3  # a duplicate of the child's control end
+        self.signals: list[str] = []
+        self.ended = False
+
+    def signalProcess(self, sig):
+        if self.ended:
+            raise error.ProcessExitedAlready()
+        self.signals.append(sig)
+
+    def end(self, code=0, signal=None):
+        self.ended = True
+        if signal is not None:
+            reason = error.ProcessTerminated(signal=signal)
+        elif code:
+            reason = error.ProcessTerminated(exitCode=code)
+        else:
+            reason = error.ProcessDone(0)
+        self.proto.processEnded(Failure(reason))
+
+
+class FakeReactor(MemoryReactorClock):
+    """
+    L{MemoryReactorClock} plus a recording C{spawnProcess} (whose processes
+    the test ends by hand) and C{adoptStreamConnection} keeping the fds alive
+    until L{close_fds}.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.processes: list[FakeProcess] = []
+        self.adopted_fds: list[int] = []
+        self.spawn_error: Exception | None = None
+        self._pid = 1000
+
+    def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
+        # Keep our own copy: the supervisor closes its end after adopting,
+        # as it may, since the real reactor adopts a duplicate.
+        self.adopted_fds.append(os.dup(fileDescriptor))
+        super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
+
+    def spawnProcess(self, processProtocol, executable, args=(), env=None, path=None,
+                     uid=None, gid=None, usePTY=False, childFDs=None):
+        if self.spawn_error is not None:
+            raise self.spawn_error
+        self._pid += 1
+        fd3 = os.dup(childFDs[3])
+        self.adopted_fds.append(fd3)
+        proc = FakeProcess(processProtocol, self._pid, list(args), env, dict(childFDs), fd3)
+        proc.executable = executable
+        processProtocol.makeConnection(proc)
+        self.processes.append(proc)
+        return proc
+
+    def close_fds(self):
+        for fd in self.adopted_fds:
+            os.close(fd)
+
+
+class FakeParentLink(amp.AMP):
+    """
+    The shard's end of a control channel (as the shard's ParentLink): answers
+    Deliver, Drain (or holds it, with C{hold_drain}) and Reload, and records them.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.delivered: list[bytes] = []
+        self.drains: list[float] = []
+        self.hold_drain = False
+        self.held: list[Deferred] = []
+        self.reloads: list[bytes] = []
+
+    @Deliver.responder
+    def deliver(self, batch):
+        self.delivered.append(batch)
+        return {}
+
+    @Drain.responder
+    def drain(self, window):
+        self.drains.append(window)
+        if self.hold_drain:
+            d = Deferred()
+            self.held.append(d)
+            return d
+        return {"closed": 2}
+
+    @Reload.responder
+    def reload(self, config):
+        self.reloads.append(config)
+        return {}
+
+
+def connect_shard(reactor: FakeReactor, adopted: int) -> tuple[FakeParentLink, iosim.IOPump]:
+    """
+    Connect the C{adopted}-th control channel the parent adopted to a new
+    L{FakeParentLink} over L{iosim}; flush the pump to deliver.
+    """
+    factory = reactor.adoptedStreamConnections[adopted][2]
+    parent = factory.buildProtocol(None)
+    shard = FakeParentLink()
+    pump = iosim.connect(parent, iosim.makeFakeServer(parent),
+                         shard, iosim.makeFakeClient(shard), greet=False)
+    return shard, pump

@@ -10,17 +10,12 @@ import os
 import socket
 import sys
 
-from twisted.internet import error
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
-from twisted.protocols import amp
-from twisted.python.failure import Failure
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from odin_ws.common.commands import Deliver, Drain, Publish, Register, Stats
+from odin_ws.common.commands import Drain, Publish, Register, Stats
 from odin_ws.common.config import Config, ConfigError, validate
 from odin_ws.common.events import Event, encode_batch
 from odin_ws.common.launch import SHARD_CONFIG_ENV
@@ -28,95 +23,7 @@ from odin_ws.common.settings import Settings
 from odin_ws.parent import affinity
 from odin_ws.parent.hub import Hub
 from odin_ws.parent.supervisor import ShardUnavailable, Supervisor
-from tests.helpers import ROOT, sample
-
-
-class FakeProcess:
-    """A spawned process the test ends by hand."""
-
-    def __init__(self, proto, pid, argv, env, childFDs, fd3):
-        self.proto = proto
-        self.pid = pid
-        self.argv = argv
-        self.env = env
-        self.childFDs = childFDs
-        self.fd3 = fd3  # a duplicate of the child's control end
-        self.signals: list[str] = []
-        self.ended = False
-
-    def signalProcess(self, sig):
-        if self.ended:
-            raise error.ProcessExitedAlready()
-        self.signals.append(sig)
-
-    def end(self, code=0, signal=None):
-        self.ended = True
-        if signal is not None:
-            reason = error.ProcessTerminated(signal=signal)
-        elif code:
-            reason = error.ProcessTerminated(exitCode=code)
-        else:
-            reason = error.ProcessDone(0)
-        self.proto.processEnded(Failure(reason))
-
-
-class FakeReactor(MemoryReactorClock):
-    """L{MemoryReactorClock} plus a recording C{spawnProcess}."""
-
-    def __init__(self):
-        super().__init__()
-        self.processes: list[FakeProcess] = []
-        self.adopted_fds: list[int] = []
-        self.spawn_error: Exception | None = None
-        self._pid = 1000
-
-    def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
-        # Keep our own copy: the supervisor closes its end after adopting,
-        # as it may, since the real reactor adopts a duplicate.
-        self.adopted_fds.append(os.dup(fileDescriptor))
-        super().adoptStreamConnection(fileDescriptor, addressFamily, factory)
-
-    def spawnProcess(self, processProtocol, executable, args=(), env=None, path=None,
-                     uid=None, gid=None, usePTY=False, childFDs=None):
-        if self.spawn_error is not None:
-            raise self.spawn_error
-        self._pid += 1
-        fd3 = os.dup(childFDs[3])
-        self.adopted_fds.append(fd3)
-        proc = FakeProcess(processProtocol, self._pid, list(args), env, dict(childFDs), fd3)
-        proc.executable = executable
-        processProtocol.makeConnection(proc)
-        self.processes.append(proc)
-        return proc
-
-    def close_fds(self):
-        for fd in self.adopted_fds:
-            os.close(fd)
-
-
-class FakeShard(amp.AMP):
-    """The shard's end of the control channel."""
-
-    def __init__(self):
-        super().__init__()
-        self.delivered: list[bytes] = []
-        self.drains: list[float] = []
-        self.hold_drain = False
-        self.held: list[Deferred] = []
-
-    @Deliver.responder
-    def deliver(self, batch):
-        self.delivered.append(batch)
-        return {}
-
-    @Drain.responder
-    def drain(self, window):
-        self.drains.append(window)
-        if self.hold_drain:
-            d = Deferred()
-            self.held.append(d)
-            return d
-        return {"closed": 2}
+from tests.helpers import ROOT, FakeReactor, connect_shard, sample
 
 
 def settings(shards=2, cpu_affinity="auto", **supervisor) -> Settings:
@@ -146,13 +53,8 @@ class SupervisorTestCase(SynchronousTestCase):
         return sup
 
     def connect(self, adopted: int):
-        """Connect the adopted-th control channel to a L{FakeShard} via iosim."""
-        factory = self.reactor.adoptedStreamConnections[adopted][2]
-        parent = factory.buildProtocol(None)
-        shard = FakeShard()
-        pump = iosim.connect(parent, iosim.makeFakeServer(parent),
-                             shard, iosim.makeFakeClient(shard), greet=False)
-        return shard, pump
+        """Connect the adopted-th control channel to a L{FakeParentLink} via iosim."""
+        return connect_shard(self.reactor, adopted)
 
     def register(self, sup: Supervisor, index: int, adopted: int | None = None):
         shard, pump = self.connect(index if adopted is None else adopted)
