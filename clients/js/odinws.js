@@ -397,8 +397,9 @@ export class OdinWS extends Emitter {
       this.#refreshTimer = null;
       this.#fetchToken().then(
         (token) => {
-          this.#token = token;  // also for the next connection
-          if (gen === this.#gen) this.#send({type: "refresh", token});
+          // Used for later connections once the server took it.
+          if (gen === this.#gen) this.#send({type: "refresh", token}, {token});
+          else this.#token = token;
         },
         (error) => this.emit("error", {code: "get_token_failed",
                                        message: String(error?.message ?? error)}));
@@ -435,6 +436,7 @@ export class OdinWS extends Emitter {
         req?.resolve?.();
         break;
       case "refreshed":
+        if (req?.token) this.#token = req.token;
         // Channels the new token no longer grants were dropped by the server.
         if (msg.unsubscribed?.length) {
           const error = {code: "forbidden", message: "no longer granted by the refreshed token"};

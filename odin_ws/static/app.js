@@ -4,7 +4,9 @@
 // DOM is touched in one batch per animation frame (at most ~10 per second),
 // so a thousand events per second cost a thousand JSON.parse calls, not a
 // thousand layouts. Everything from the server goes in with textContent.
-"use strict";
+// The connection (reconnect, resubscribe, acks) is the odinws client library,
+// served by the node at /odinws.js.
+import { OdinWS } from "./odinws.js";
 
 (() => {
   const params = new URLSearchParams(location.search);
@@ -19,10 +21,8 @@
     : ["odin.token.*.*"];
 
   const SEGMENT = /^(\*|[A-Za-z0-9_:-]{1,128})$/;
-  const MAX_CHANNELS_PER_MESSAGE = 100;  // limits.max_channels_per_message default
   const HISTORY = 90;                    // sparkline points per token
   const RENDER_EVERY_MS = 250;           // the table redraws at most 4 times a second
-  const BACKOFF_BASE_S = 0.5, BACKOFF_CAP_S = 30, STABLE_AFTER_MS = 10000;
   const PING_EVERY_MS = 15000;
 
   const $ = (id) => document.getElementById(id);
@@ -34,14 +34,11 @@
   $("ws-url").textContent = WS_URL;
 
   // ---- model -------------------------------------------------------------
-  const wanted = new Set();         // channel patterns we want, across reconnects
-  const confirmed = new Set();      // acknowledged on the current connection
-  const pending = new Map();        // request id -> {kind, channels}
+  const wanted = new Map();         // channel pattern -> its Subscription
   const tokens = new Map();         // token id -> row state
   const order = [];                 // token ids, sorted like the table
   const dirty = new Set();
   let total = 0, secondCount = 0, delaySum = 0, delayCount = 0, lastEvent = null;
-  let nextId = 1;
 
   const collator = new Intl.Collator(undefined, {numeric: true});
   // Formatters are built once: toLocaleString() with options builds one per call.
@@ -208,17 +205,18 @@
       el.subs.appendChild(i);
       return;
     }
-    for (const ch of [...wanted].sort()) {
+    for (const ch of [...wanted.keys()].sort()) {
+      const ok = wanted.get(ch).state === "subscribed";
       const chip = document.createElement("span");
-      chip.className = "chip" + (confirmed.has(ch) ? " ok" : "");
+      chip.className = "chip" + (ok ? " ok" : "");
       chip.dataset.channel = ch;
-      chip.title = confirmed.has(ch) ? "subscribed" : "waiting for the server";
+      chip.title = ok ? "subscribed" : "waiting for the server";
       chip.textContent = ch;
       const x = document.createElement("button");
       x.type = "button";
       x.textContent = "×";
       x.title = "unsubscribe";
-      x.addEventListener("click", () => unsubscribe([ch]));
+      x.addEventListener("click", () => unsubscribe(ch));
       chip.appendChild(x);
       el.subs.appendChild(chip);
     }
@@ -237,116 +235,59 @@
     el.status.textContent = text || state;
   }
 
-  // ---- connection -----------------------------------------------------------
-  let ws = null, attempt = 0, openedAt = 0, reconnectTimer = null, countdown = null;
-  let pingTimer = null;
-
-  function send(obj) {
-    if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }
-    return false;
-  }
-
-  function request(kind, channels) {
-    for (let i = 0; i < channels.length; i += MAX_CHANNELS_PER_MESSAGE) {
-      const chunk = channels.slice(i, i + MAX_CHANNELS_PER_MESSAGE);
-      const id = nextId++;
-      if (send({type: kind, channels: chunk, id})) pending.set(id, {kind, channels: chunk});
-    }
-  }
+  // ---- connection (the odinws client library) --------------------------------
+  const client = new OdinWS(WS_URL);
+  let countdown = null, pingTimer = null;
 
   function subscribe(channels) {
     const fresh = channels.filter((c) => !wanted.has(c));
-    fresh.forEach((c) => wanted.add(c));
-    drawSubscriptions();
     if (!fresh.length) { say("Already subscribed."); return; }
-    if (!ws || ws.readyState > WebSocket.OPEN) connect();  // idle-closed: come back
-    else request("subscribe", fresh);
-  }
-
-  function unsubscribe(channels) {
-    channels.forEach((c) => { wanted.delete(c); confirmed.delete(c); });
-    drawSubscriptions();
-    request("unsubscribe", channels);
-  }
-
-  function connect() {
-    clearTimeout(reconnectTimer);
-    clearInterval(countdown);
-    setStatus("connecting", "connecting…");
-    let sock;
-    try {
-      sock = new WebSocket(WS_URL);
-    } catch (e) {
-      setStatus("disconnected", "bad WebSocket URL");
-      return;
-    }
-    ws = sock;
-    sock.onopen = () => {
-      openedAt = Date.now();
-      setStatus("connected");
-      confirmed.clear();
-      pending.clear();
-      if (wanted.size) request("subscribe", [...wanted]);  // subscriptions die with a connection
-      drawSubscriptions();
-      clearInterval(pingTimer);
-      pingTimer = setInterval(() => send({type: "ping", id: "t" + performance.now()}), PING_EVERY_MS);
-      send({type: "ping", id: "t" + performance.now()});
-    };
-    sock.onmessage = (m) => {
-      let msg;
-      try { msg = JSON.parse(m.data); } catch (e) { return; }
-      if (msg.type === "event") handleEvent(msg);
-      else onReply(msg);
-    };
-    sock.onclose = (ev) => {
-      if (ws !== sock) return;
-      clearInterval(pingTimer);
-      confirmed.clear();
-      drawSubscriptions();
-      if (openedAt && Date.now() - openedAt > STABLE_AFTER_MS) attempt = 0;
-      openedAt = 0;
-      // 1000 with nothing subscribed is the server's idle close: wait for
-      // the visitor to subscribe instead of reconnecting in a loop.
-      if (ev.code === 1000 && wanted.size === 0) {
-        setStatus("idle", "idle (subscribe to reconnect)");
-        return;
-      }
-      scheduleReconnect(ev.code);
-    };
-  }
-
-  function scheduleReconnect(code) {
-    // Exponential backoff with full jitter (docs/protocol.md, reconnect contract).
-    const delay = Math.random() * Math.min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt) * 1000;
-    attempt++;
-    const due = Date.now() + delay;
-    const show = () => setStatus("reconnecting",
-      `reconnecting in ${Math.max(0, (due - Date.now()) / 1000).toFixed(1)} s (closed ${code})`);
-    show();
-    countdown = setInterval(show, 200);
-    reconnectTimer = setTimeout(connect, delay);
-  }
-
-  function onReply(msg) {
-    const req = pending.get(msg.id);
-    if (req) pending.delete(msg.id);
-    if (msg.type === "subscribed") {
-      (msg.channels || []).forEach((c) => { if (wanted.has(c)) confirmed.add(c); });
-      drawSubscriptions();
-    } else if (msg.type === "unsubscribed") {
-      drawSubscriptions();
-    } else if (msg.type === "pong") {
-      const sent = parseFloat(String(msg.id).slice(1));
-      if (Number.isFinite(sent)) el.rtt.textContent = Math.round(performance.now() - sent);
-    } else if (msg.type === "error") {
-      // A refused subscribe had no effect: forget those channels.
-      if (req && req.kind === "subscribe") {
-        req.channels.forEach((c) => wanted.delete(c));
+    for (const channel of fresh) {
+      const sub = client.subscribe(channel, {}, handleEvent);
+      wanted.set(channel, sub);
+      sub.on("state", ({state}) => {
+        // A refused subscribe had no effect: forget it (the error event says why).
+        if (state === "failed" && wanted.get(channel) === sub) wanted.delete(channel);
         drawSubscriptions();
-      }
-      say(`${msg.code}: ${msg.message}`, true);
+      });
     }
+    drawSubscriptions();
   }
+
+  function unsubscribe(channel) {
+    wanted.get(channel)?.unsubscribe();
+    wanted.delete(channel);
+    drawSubscriptions();
+  }
+
+  function ping() {
+    client.ping().then((ms) => { el.rtt.textContent = Math.round(ms); }, () => {});
+  }
+
+  client.on("state", ({state, reason, retryIn}) => {
+    clearInterval(countdown);
+    clearInterval(pingTimer);
+    if (state === "connecting") {
+      setStatus("connecting", "connecting…");
+    } else if (state === "connected") {
+      setStatus("connected");
+      ping();
+      pingTimer = setInterval(ping, PING_EVERY_MS);
+    } else if (retryIn !== null && retryIn !== undefined) {
+      const due = Date.now() + retryIn;
+      const show = () => setStatus("reconnecting",
+        `reconnecting in ${Math.max(0, (due - Date.now()) / 1000).toFixed(1)} s (closed ${reason.code})`);
+      show();
+      countdown = setInterval(show, 200);
+    } else if (reason.code === 1000 && wanted.size === 0) {
+      // The server's idle close: the library reconnects on the next subscribe.
+      setStatus("idle", "idle (subscribe to reconnect)");
+    } else {
+      setStatus("disconnected",
+        `disconnected (closed ${reason.code}${reason.text ? ": " + reason.text : ""})`);
+    }
+  });
+  client.on("error", (e) => say(`${e.code}: ${e.message}`, true));
 
   // ---- controls -------------------------------------------------------------
   function validChannel(ch) {
@@ -391,7 +332,8 @@
     secondCount = 0; delaySum = 0; delayCount = 0;
   }, 1000);
 
-  INITIAL.filter(validChannel).forEach((c) => wanted.add(c));
+  const initial = INITIAL.filter(validChannel);
+  if (initial.length) subscribe(initial);
   drawSubscriptions();
-  connect();
+  client.connect();
 })();

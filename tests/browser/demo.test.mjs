@@ -3,7 +3,8 @@
 //
 //   node tests/browser/demo.test.mjs <page url> <screenshot path> [--reconnect]
 //
-// Exits 0 when the page connected, subscribed through its own controls,
+// Exits 0 when the page connected (through the client library it loads
+// from /odinws.js), subscribed through its own controls,
 // filled rows from live events (trades of every token, prices of one) and
 // drew sparklines; otherwise prints why on stderr and exits 1. The
 // screenshot is saved either way, when the page got that far.
@@ -48,10 +49,14 @@ async function open(query) {
   page = context.pages()[0] || await context.newPage();
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
   page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+  let library = null;
+  page.on("response", (r) => { if (new URL(r.url()).pathname === "/odinws.js") library = r.status(); });
   await page.goto(url + (url.includes("?") ? "&" : "?") + query, { timeout: WAIT_MS });
   await page.waitForFunction(
     () => document.getElementById("status").dataset.state === "connected", null, { timeout: WAIT_MS });
   log("connected");
+  // The page's connection is the client library's, loaded from the node.
+  if (library !== 200) throw new Error(`the page did not load /odinws.js (status ${library})`);
 }
 
 async function reconnect() {

@@ -162,3 +162,31 @@ test("getToken failing before connecting counts as a failed attempt", async () =
   await flush();
   assert.equal(WebSocket.sockets.length, 1);
 });
+
+test("a refused refresh token is not used for the next connection; an accepted one is", async () => {
+  const good = jwt({exp: NOW_S + 1000, n: "good"});
+  const tokens = [jwt({exp: NOW_S + 1000, n: "bad"}), good];
+  const initial = jwt({exp: NOW_S + 100});
+  const {client, clock, ws} = makeClient({
+    token: initial, refreshMargin: 30, getToken: async () => tokens.shift()});
+  client.connect();
+  ws().open();
+  clock.advance(70_000);
+  await flush();
+  let [refresh] = ws().take();
+  ws().receive({type: "error", code: "forbidden", message: "bad", id: refresh.id});
+  ws().serverClose(1006);
+  clock.advance(clock.pending()[0]);
+  await flush();
+  assert.deepEqual(ws().protocols, ["odinws", "bearer." + initial]);
+  ws().open();
+  clock.advance(clock.pending()[0]);
+  await flush();
+  [refresh] = ws().take();
+  assert.equal(refresh.token, good);
+  ws().receive({type: "refreshed", expires: NOW_S + 1000, id: refresh.id});
+  ws().serverClose(1006);
+  clock.advance(clock.pending()[0]);
+  await flush();
+  assert.deepEqual(ws().protocols, ["odinws", "bearer." + good]);
+});
