@@ -209,9 +209,9 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         if isinstance(msg, messages.Subscribe):
             self._subscribe(msg)
         elif isinstance(msg, messages.Unsubscribe):
-            index = shard.index
+            subscriptions = shard.subscriptions
             for _, token, etype in msg.channels:
-                index.remove(self.outbox, token, etype)
+                subscriptions.remove(self.outbox, token, etype)
             shard.subscriptions_changed()
             self.sendMessage(messages.ack("unsubscribed", [c[0] for c in msg.channels], msg.id))
         elif isinstance(msg, messages.Ping):
@@ -232,10 +232,10 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         self.grant = grant
         self._schedule_expiry()
         # Subscriptions the new token no longer allows are dropped and reported.
-        lost = [(t, e) for (t, e) in shard.index.patterns_of(self.outbox)
+        lost = [(t, e) for (t, e) in shard.subscriptions.patterns_of(self.outbox)
                 if not grant.allows(t, e)]
         for t, e in lost:
-            shard.index.remove(self.outbox, t, e)
+            shard.subscriptions.remove(self.outbox, t, e)
         reply = {"type": "refreshed", "expires": int(grant.expires)}
         if lost:
             reply["unsubscribed"] = sorted(f"odin.token.{t}.{e}" for t, e in lost)
@@ -245,21 +245,21 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
 
     def _subscribe(self, msg: "messages.Subscribe") -> None:
         shard = self.factory.shard
-        index = shard.index
+        subscriptions = shard.subscriptions
         limit = shard.config["limits.max_subscriptions"]
         denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
         if denied:
             self._error(messages.FORBIDDEN, f"your token does not allow {denied[0][:100]}",
                         msg.id)
             return
-        held = index.count(self.outbox)
-        new = [c for c in msg.channels if not index.holds(self.outbox, c[1], c[2])]
+        held = subscriptions.count(self.outbox)
+        new = [c for c in msg.channels if not subscriptions.holds(self.outbox, c[1], c[2])]
         if held + len(new) > limit:
             self._error(messages.TOO_MANY_SUBSCRIPTIONS,
                         f"a connection may hold at most {limit} subscriptions", msg.id)
             return
         for _, token, etype in new:
-            index.add(self.outbox, token, etype)
+            subscriptions.add(self.outbox, token, etype)
         if not self.ever_subscribed:
             self.ever_subscribed = True
             # The idle close is for connections that never subscribe: its
@@ -287,7 +287,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             return
         self.outbox = None
         shard = self.factory.shard
-        shard.index.remove_all(outbox)
+        shard.subscriptions.remove_all(outbox)
         outbox.close()
         shard.subscriptions_changed()
         if self.closedByMe and self.localCloseCode is not None:

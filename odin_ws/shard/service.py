@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from odin_ws.shard import auth
-from odin_ws.common import commands as control
+from odin_ws.common import commands
 from odin_ws.common import handoff
 from odin_ws.common import metrics
 from odin_ws.shard import tls
@@ -37,8 +37,8 @@ from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_
 from odin_ws.shard.frames import text_frame
 
 
-class ShardControl(amp.AMP):
-    """The shard's end of the control channel."""
+class ParentLink(amp.AMP):
+    """The shard's end of the control channel (the parent's end is its C{ShardLink})."""
 
     def __init__(self, shard: "Shard"):
         super().__init__()
@@ -46,31 +46,31 @@ class ShardControl(amp.AMP):
 
     def connectionMade(self):
         super().connectionMade()
-        self.shard.control_connected(self)
+        self.shard.link_made(self)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        self.shard.control_lost()
+        self.shard.link_lost()
 
-    @control.Handoff.responder
+    @commands.Handoff.responder
     def handoff(self, fd, head, peer, tls):
         return {"connections": self.shard.adopt(fd, head, tls)}
 
-    @control.Deliver.responder
+    @commands.Deliver.responder
     def deliver(self, batch):
         self.shard.deliver(decode_batch(batch))
         return {}
 
-    @control.GetMetrics.responder
+    @commands.GetMetrics.responder
     def get_metrics(self):
         return {"text": metrics.exposition()}
 
-    @control.Reload.responder
+    @commands.Reload.responder
     def reload(self, config):
         self.shard.reload(Config.from_json(config.decode()))
         return {}
 
-    @control.Drain.responder
+    @commands.Drain.responder
     def drain(self, window):
         return self.shard.drain(window).addCallback(lambda n: {"closed": n})
 
@@ -86,13 +86,13 @@ class Shard(service.MultiService):
         self.config = config
         self.number = number
         self.control_fd = control_fd
-        self.index = SubscriptionIndex()
+        self.subscriptions = SubscriptionIndex()
         self.stats = WriteStats()
         self.fanout = Fanout(reactor, self.stats)
         self.factory = ClientFactory(self)
         self.clients: set[ClientProtocol] = set()
         self.accepting = True
-        self.control: ShardControl | None = None
+        self.link: ParentLink | None = None
         # Highest offset seen per (topic, partition) from any source, so a
         # partition re-read after a rebalance is not delivered twice.
         self.seen: dict[tuple[str, int], int] = {}
@@ -122,7 +122,7 @@ class Shard(service.MultiService):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             self.reactor.adoptStreamConnection(
                 self.control_fd, socket.AF_UNIX,
-                protocol.Factory.forProtocol(lambda: ShardControl(self)))
+                protocol.Factory.forProtocol(lambda: ParentLink(self)))
             os.close(self.control_fd)
         metrics.REGISTRY.register(self._collector)
         super().startService()
@@ -138,14 +138,14 @@ class Shard(service.MultiService):
         metrics.REGISTRY.unregister(self._collector)
         return super().stopService()
 
-    def control_connected(self, proto: ShardControl) -> None:
-        self.control = proto
-        proto.callRemote(control.Register, index=self.number, pid=os.getpid(),
+    def link_made(self, link: ParentLink) -> None:
+        self.link = link
+        link.callRemote(commands.Register, index=self.number, pid=os.getpid(),
                          capacity=self.capacity).addErrback(
             lambda f: self.log.failure("registering with the parent", f))
 
-    def control_lost(self) -> None:
-        self.control = None
+    def link_lost(self) -> None:
+        self.link = None
         if self.running:
             self.log.info("control channel closed: parent gone, shard {n} stopping", n=self.number)
             self.reactor.stop()
@@ -164,11 +164,11 @@ class Shard(service.MultiService):
         # Not named "tls": that would shadow the odin_ws.shard.tls module used below.
         if not self.accepting or len(self.clients) >= self.capacity:
             os.close(fd)
-            raise control.HandoffRefused("shard full or draining")
+            raise commands.HandoffRefused("shard full or draining")
         if use_tls:
             if self.tls_options is None:
                 os.close(fd)
-                raise control.HandoffRefused("TLS is not configured on this shard")
+                raise commands.HandoffRefused("TLS is not configured on this shard")
             handoff.adopt(self.reactor, fd, tls.wrap(self.tls_options, self.factory), head)
         else:
             handoff.adopt(self.reactor, fd, self.factory, head)
@@ -223,16 +223,15 @@ class Shard(service.MultiService):
             d.callback(None)
 
     def subscriptions_changed(self) -> None:
-        metrics.SUBSCRIPTIONS.set(self.index.total)
+        metrics.SUBSCRIPTIONS.set(self.subscriptions.total)
 
     def report_stats(self) -> None:
-        if self.control is None:
+        if self.link is None:
             return
         status = {"kafka": self.kafka.status(), "accepting": self.accepting,
-                  "subscriptions": self.index.total}
-        self.control.callRemote(control.Stats, connections=len(self.clients),
-                                capacity=self.capacity,
-                                status=json.dumps(status).encode())
+                  "subscriptions": self.subscriptions.total}
+        self.link.callRemote(commands.Stats, connections=len(self.clients),
+                             capacity=self.capacity, status=json.dumps(status).encode())
 
     def drain(self, window: float) -> defer.Deferred:
         """
@@ -273,16 +272,16 @@ class Shard(service.MultiService):
         if not events:
             return None
         self._deliver(events)
-        if self.control is None:
+        if self.link is None:
             return None
-        return self.control.callRemote(control.Publish, batch=encode_batch(events))
+        return self.link.callRemote(commands.Publish, batch=encode_batch(events))
 
     def deliver(self, events: list[Event]) -> None:
         """A batch another shard consumed, relayed by the hub."""
         self._deliver(self._fresh(events))
 
     def _deliver(self, events: list[Event]) -> None:
-        index = self.index
+        subscriptions = self.subscriptions
         fanout = self.fanout
         delivered = []
         # Consecutive events reaching the same subscribers (match hands out
@@ -291,7 +290,7 @@ class Shard(service.MultiService):
         run: list = []
         run_to = None
         for e in events:
-            subscribers = index.match(e.token, e.event_type)
+            subscribers = subscriptions.match(e.token, e.event_type)
             if not subscribers:
                 continue
             delivered.append(e.ts)

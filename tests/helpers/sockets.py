@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from odin_ws.common import commands as control
+from odin_ws.common import commands
 from odin_ws.common import handoff
 
 
@@ -246,11 +246,11 @@ class ShardSide(amp.AMP):
         self.lost = defer.Deferred()
         self.adopted: list[Echo] = []
 
-    @control.Handoff.responder
+    @commands.Handoff.responder
     def handoff(self, fd, head, peer, tls):
         if self.refuse:
             os.close(fd)
-            raise control.HandoffRefused("full")
+            raise commands.HandoffRefused("full")
         self.peer = peer
         self.adopted.append(handoff.adopt(reactor, fd, protocol.Factory.forProtocol(Echo), head))
         return {"connections": len(self.adopted)}

@@ -55,7 +55,7 @@ class FrameLimitTests(ShardTestCase):
         self.assertTrue(client.lost)
         self.assertEqual(sample("odinws_connections_closed_total", reason="dropped",
                                 code="1009"), before + 1)
-        self.assertEqual((self.shard.clients, self.shard.index.total, self.shard.per_ip),
+        self.assertEqual((self.shard.clients, self.shard.subscriptions.total, self.shard.per_ip),
                          (set(), 0, {}))
         self.assertEqual(self.flushLoggedErrors(), [])
 
@@ -132,7 +132,7 @@ class RateLimitTests(ShardTestCase):
         self.assertEqual(calm.messages(), [{"type": "pong", "id": "still here"}])
         self.advance(2.5)
         self.assertTrue(flooder.lost)
-        self.assertEqual(self.shard.index.total, 1)
+        self.assertEqual(self.shard.subscriptions.total, 1)
         self.assertTrue(calm.open)
 
     def test_slowing_down_is_forgiven(self):
@@ -162,10 +162,10 @@ class SubscriptionLimitTests(ShardTestCase):
         reply = self.subscribe(client, "odin.token.C.trade", "odin.token.D.trade", id=7)
         self.assertEqual((reply["type"], reply["code"], reply["id"]),
                          ("error", "too_many_subscriptions", 7))
-        self.assertEqual(self.shard.index.count(client.proto.outbox), 2)
+        self.assertEqual(self.shard.subscriptions.count(client.proto.outbox), 2)
         reply = self.subscribe(client, "odin.token.A.trade", "odin.token.C.trade")
         self.assertEqual(reply["type"], "subscribed")
-        self.assertEqual(self.shard.index.count(client.proto.outbox), 3)
+        self.assertEqual(self.shard.subscriptions.count(client.proto.outbox), 3)
 
     def test_channel_name_too_long(self):
         """A channel longer than limits.max_channel_length is invalid_channel; one at the limit is fine."""
@@ -177,7 +177,7 @@ class SubscriptionLimitTests(ShardTestCase):
         self.assertEqual(self.subscribe(client, fits)["type"], "subscribed")
         reply = self.subscribe(client, fits + "e")
         self.assertEqual((reply["type"], reply["code"]), ("error", "invalid_channel"))
-        self.assertEqual(self.shard.index.count(client.proto.outbox), 1)
+        self.assertEqual(self.shard.subscriptions.count(client.proto.outbox), 1)
 
 
 class KeepaliveTests(ShardTestCase):
