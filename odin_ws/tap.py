@@ -75,6 +75,7 @@ def check_keys(cfg: configmod.Config):
 def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         reactor = _reactor()
+    from odin_ws.common import twisted_internals
     from odin_ws.common.settings import Settings
     from odin_ws.parent.admission import Admission
     from odin_ws.parent.dispatcher import Dispatcher
@@ -111,7 +112,8 @@ def makeService(options, reactor=None) -> service.IService:
         listeners.append(StreamServerEndpointService(
             serverFromString(reactor, settings.listen.admin_port), dispatchers[1]))
     for listener in listeners:
-        listener._raiseSynchronously = True
+        # A port that cannot be bound fails the start (twistd exits), not a log line.
+        twisted_internals.raise_listen_errors(listener)
     return Node(reactor, settings, supervisor=supervisor, listeners=listeners,
                 dispatchers=dispatchers, admission=admission, guard=guard,
                 holders=[*dispatchers, health, guard, admission, supervisor],
