@@ -90,7 +90,7 @@ class DispatchProtocol(Protocol):
 
     def connectionMade(self) -> None:
         dispatcher = self.factory
-        dispatcher._opened(self)
+        dispatcher.connection_opened(self)
         if dispatcher.tls:
             # Encrypted bytes mean nothing here: hand over before reading any.
             self.transport.pauseProducing()
@@ -122,7 +122,7 @@ class DispatchProtocol(Protocol):
         self._cancel_timer()
         if self.state != "handed":
             self.state = "closed"
-        self.factory._closed(self)
+        self.factory.connection_closed(self)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -361,10 +361,12 @@ class Dispatcher(Factory):
         """Connections accepted and not yet closed or handed over."""
         return len(self._open)
 
-    def _opened(self, proto: DispatchProtocol) -> None:
+    def connection_opened(self, proto: DispatchProtocol) -> None:
+        """C{proto} was accepted (called by the protocol): it counts until it closes."""
         self._open.add(proto)
 
-    def _closed(self, proto: DispatchProtocol) -> None:
+    def connection_closed(self, proto: DispatchProtocol) -> None:
+        """C{proto}'s connection is gone (called by the protocol)."""
         self._open.discard(proto)
         if not self._open:
             waiting, self._all_closed = self._all_closed, []
