@@ -146,13 +146,33 @@ class Guard:
         # The sampling interval needs a restart: the loop runs at this one.
         self.interval = self._settings.interval
         self.root = root
-        self.accepting = True
-        self.reason: str | None = None
-        self.cpu_fraction = 0.0
-        self.memory_fraction = 0.0
+        self._accepting = True
+        self._reason: str | None = None
+        self._cpu_fraction = 0.0
+        self._memory_fraction = 0.0
         self._last: tuple[float, float] | None = None
         self._loop = task.LoopingCall(self.sample)
         self._loop.clock = reactor
+
+    @property
+    def accepting(self) -> bool:
+        """False while usage is above a threshold (and not yet a margin below)."""
+        return self._accepting
+
+    @property
+    def reason(self) -> str | None:
+        """Why the door is closed (C{"cpu"} or C{"memory"}), or None."""
+        return self._reason
+
+    @property
+    def cpu_fraction(self) -> float:
+        """CPU used over the last interval, as a fraction of the budget."""
+        return self._cpu_fraction
+
+    @property
+    def memory_fraction(self) -> float:
+        """Resident memory at the last sample, as a fraction of the budget."""
+        return self._memory_fraction
 
     def reconfigure(self, settings: Settings) -> None:
         """A reload: the thresholds (the sampling interval needs a restart)."""
@@ -178,34 +198,35 @@ class Guard:
         now = self.reactor.seconds()
         if self._last is not None and now > self._last[0]:
             used = max(0.0, cpu_seconds - self._last[1]) / (now - self._last[0])
-            self.cpu_fraction = used / self.budget.cpus
+            self._cpu_fraction = used / self.budget.cpus
         self._last = (now, cpu_seconds)
-        self.memory_fraction = rss / self.budget.memory
-        metrics.GUARD_CPU.set(self.cpu_fraction)
-        metrics.GUARD_MEMORY.set(self.memory_fraction)
+        self._memory_fraction = rss / self.budget.memory
+        metrics.GUARD_CPU.set(self._cpu_fraction)
+        metrics.GUARD_MEMORY.set(self._memory_fraction)
         self._decide()
 
     def _decide(self) -> None:
-        cpu_over = self.cpu_threshold > 0 and self.cpu_fraction > self.cpu_threshold
-        mem_over = self.memory_threshold > 0 and self.memory_fraction > self.memory_threshold
-        if self.accepting and (cpu_over or mem_over):
-            self.accepting = False
-            self.reason = "cpu" if cpu_over else "memory"
+        cpu_over = self.cpu_threshold > 0 and self._cpu_fraction > self.cpu_threshold
+        mem_over = self.memory_threshold > 0 and self._memory_fraction > self.memory_threshold
+        if self._accepting and (cpu_over or mem_over):
+            self._accepting = False
+            self._reason = "cpu" if cpu_over else "memory"
             log.warn("resource guard: {reason} at {pct:.0f}% of budget, refusing new "
-                     "connections", reason=self.reason,
-                     pct=100 * (self.cpu_fraction if cpu_over else self.memory_fraction))
-        elif not self.accepting:
-            cpu_ok = self.cpu_threshold <= 0 or self.cpu_fraction < self.cpu_threshold - self.MARGIN
+                     "connections", reason=self._reason,
+                     pct=100 * (self._cpu_fraction if cpu_over else self._memory_fraction))
+        elif not self._accepting:
+            cpu_ok = (self.cpu_threshold <= 0
+                      or self._cpu_fraction < self.cpu_threshold - self.MARGIN)
             mem_ok = (self.memory_threshold <= 0
-                      or self.memory_fraction < self.memory_threshold - self.MARGIN)
+                      or self._memory_fraction < self.memory_threshold - self.MARGIN)
             if cpu_ok and mem_ok:
                 log.info("resource guard: usage back below thresholds, accepting again")
-                self.accepting = True
-                self.reason = None
-        metrics.GUARD_ACCEPTING.set(1 if self.accepting else 0)
+                self._accepting = True
+                self._reason = None
+        metrics.GUARD_ACCEPTING.set(1 if self._accepting else 0)
 
     def as_health(self) -> dict:
-        return {"accepting": self.accepting, "reason": self.reason,
-                "cpu": round(self.cpu_fraction, 3), "memory": round(self.memory_fraction, 3),
+        return {"accepting": self._accepting, "reason": self._reason,
+                "cpu": round(self._cpu_fraction, 3), "memory": round(self._memory_fraction, 3),
                 "budget": {"cpus": self.budget.cpus, "memory": self.budget.memory,
                            "source": self.budget.source}}
