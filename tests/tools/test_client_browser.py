@@ -1,0 +1,120 @@
+"""
+The JavaScript client (C{clients/js/odinws.js}, served by the node at
+C{/odinws.js}) in a real browser: headless Debian Chromium driven by
+C{tests/browser/client.test.mjs} against a real C{twistd odinws} node and the
+test broker, with events produced the whole time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import uuid
+
+from twisted.trial import unittest
+
+from tests.helpers import FAST_KAFKA
+from tests.helpers.broker import shared_broker
+from tests.helpers.browser import BrowserScript, require_browser
+from tests.helpers.node import Node, wait_for
+
+SECRET = "browser-secret-of-at-least-32-bytes!"
+
+
+class ClientBrowserCase(unittest.TestCase):
+    shards = 1
+
+    def settings(self) -> dict:
+        return {}
+
+    def setUp(self):
+        self.node_exe = require_browser()
+        self.broker = shared_broker()
+        self.topic = f"js-{uuid.uuid4().hex[:8]}"
+        self.broker.create_topics([self.topic], partitions=2)
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        settings = dict(FAST_KAFKA)
+        settings.update({"kafka.topics": {self.topic: "trade"}, "kafka.event_type_field": "kind",
+                         "guard.cpu_threshold": 0, "guard.memory_threshold": 0})
+        settings.update(self.settings())
+        self.node = Node(self.workdir, self.broker.bootstrap, shards=self.shards,
+                         settings=settings)
+        self.addCleanup(self.node.stop)
+        self.node.start()
+        self._produce()
+
+    def _produce(self) -> None:
+        """Trades and prices of three tokens, every 50 ms, until the test ends."""
+        stop = threading.Event()
+
+        def run():
+            seq = 0
+            while not stop.wait(0.05):
+                for token in ("ABC", "XYZ", "QRS"):
+                    for kind in ("trade", "price"):
+                        seq += 1
+                        self.broker.produce(self.topic, token.encode(),
+                                            json.dumps({"kind": kind, "seq": seq}).encode())
+            self.broker.flush()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(stop.set)
+
+    def script(self, *args: str) -> BrowserScript:
+        script = BrowserScript(self.node_exe, "client.test.mjs", *args)
+        self.addCleanup(script.kill)
+        return script
+
+    def assertPassed(self, script: BrowserScript, timeout: float = 240) -> None:
+        self.assertEqual(script.finish(timeout), 0,
+                         f"browser check failed:\n{script.output()}\n"
+                         f"odinws log tail:\n{self.node.tail()}")
+
+
+class ReconnectTests(ClientBrowserCase):
+    shards = 2
+
+    def test_reconnects_after_its_shard_is_killed(self):
+        """
+        The library loads cross-origin from /odinws.js, subscribes with a
+        wildcard token and a wildcard event type and hands each event to every
+        matching subscription; when the shard holding its connection is
+        SIGKILLed (the parent restarts it), it sees 1006, reconnects on its
+        own, subscribes again and receives live events again.
+        """
+        script = self.script("reconnect", f"http://127.0.0.1:{self.node.port}")
+        script.wait_line("READY", 120)
+
+        def holder():
+            shards = self.node.health()[1]["shards"]
+            held = [s["pid"] for s in shards if s["alive"] and s["connections"] > 0]
+            return held[0] if len(held) == 1 else None
+        victim = wait_for(holder, 30, 0.1, "the shard holding the browser's connection")
+        os.kill(victim, signal.SIGKILL)
+        self.assertPassed(script)
+        shards = self.node.health()[1]["shards"]
+        self.assertNotIn(victim, [s["pid"] for s in shards])
+
+
+class TokenTests(ClientBrowserCase):
+    def settings(self):
+        secret_path = os.path.join(self.workdir, "jwt.secret")
+        with open(secret_path, "w") as f:
+            f.write(SECRET)
+        return {"auth.mode": "jwt", "auth.secret_file": secret_path, "auth.leeway": 0}
+
+    def test_refresh_and_4001(self):
+        """
+        With JWT auth: the library connects with a 6 s token in the bearer
+        subprotocol and refreshes it through getToken before exp, so the
+        connection outlives it; a refresh the server refuses is reported
+        (forbidden), the server closes with 4001 at exp, and the library gets
+        a new token from getToken, reconnects with it and receives events.
+        """
+        script = self.script("token", f"http://127.0.0.1:{self.node.port}", SECRET)
+        self.assertPassed(script)
