@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(PY) -m odinws_tools.demo
 
 test: $(STAMP)
+	node --test clients/js/test/
 	$(VENV)/bin/trial --jobs=2 tests
 
 test-deb: $(STAMP)
