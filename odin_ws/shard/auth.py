@@ -21,6 +21,7 @@ import jwt
 
 from odin_ws.common.channels import WILDCARD, InvalidChannel, parse_pattern
 from odin_ws.common.config import Config, ConfigError
+from odin_ws.common.settings import AuthSettings, Settings
 
 SUBPROTOCOL = "odinws"
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
@@ -79,43 +80,50 @@ def token_from_request(headers: Mapping[str, str], query: Mapping[str, Any],
     return None
 
 
+def auth_settings(settings: AuthSettings | Config) -> AuthSettings:
+    """The C{auth} section; a whole L{Config} is still taken (C{tap.check_keys} passes one)."""
+    if isinstance(settings, Config):
+        return Settings.from_config(settings).auth
+    return settings
+
+
 class Verifier:
     """Checks tokens against the configured keys and claims; rebuilt on reload."""
 
-    def __init__(self, config: Config):
-        self.config = config
-        self.enabled = config["auth.mode"] == "jwt"
-        self.claim = config["auth.channels_claim"]
-        self.max_bytes = config["auth.max_token_bytes"]
-        self.leeway = config["auth.leeway"]
-        self.audience = config["auth.audience"] or None
-        self.issuer = config["auth.issuer"] or None
-        self.sources = tuple(config["auth.token_sources"])
+    def __init__(self, settings: AuthSettings | Config):
+        self.settings = settings = auth_settings(settings)
+        self.enabled = settings.mode == "jwt"
+        self.claim = settings.channels_claim
+        self.max_bytes = settings.max_token_bytes
+        self.leeway = settings.leeway
+        self.audience = settings.audience or None
+        self.issuer = settings.issuer or None
+        self.sources = tuple(settings.token_sources)
         self._secret: bytes | None = None
         self._pem: bytes | None = None
         self._jwks: jwt.PyJWKSet | None = None
         if self.enabled:
             self._load_keys()
 
-    def _read(self, key: str) -> bytes:
-        path = self.config[key]
+    def _read(self, name: str) -> bytes:
+        path = getattr(self.settings, name)
         try:
             with open(path, "rb") as f:
                 return f.read()
         except OSError as e:
-            raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+            raise ConfigError(f"auth.{name}: cannot read {path}: {e.strerror}") from None
 
     def _load_keys(self) -> None:
-        c = self.config
-        if c["auth.secret_file"]:
-            self._secret = self._read("auth.secret_file").strip()
-        elif c["auth.secret"]:
-            self._secret = c["auth.secret"].encode()
-        if c["auth.public_key_file"]:
-            self._pem = self._read("auth.public_key_file")
-        if c["auth.jwks_file"]:
+        c = self.settings
+        if c.secret_file:
+            self._secret = self._read("secret_file").strip()
+        elif c.secret:
+            self._secret = c.secret.encode()
+        if c.public_key_file:
+            self._pem = self._read("public_key_file")
+        if c.jwks_file:
             try:
-                self._jwks = jwt.PyJWKSet.from_json(self._read("auth.jwks_file").decode())
+                self._jwks = jwt.PyJWKSet.from_json(self._read("jwks_file").decode())
             except (jwt.PyJWTError, ValueError, UnicodeDecodeError) as e:
                 raise ConfigError(f"auth.jwks_file: not a usable JWKS: {e}") from None
         if not (self._secret or self._pem or self._jwks):
@@ -187,11 +195,11 @@ class Verifier:
         return tuple(out)
 
 
-def describe(config: Config) -> str:
+def describe(settings: AuthSettings) -> str:
     """A log-safe summary of the auth setup (never secrets)."""
-    if config["auth.mode"] != "jwt":
+    if settings.mode != "jwt":
         return "auth: none"
-    keys = [k for k in ("auth.secret_file", "auth.public_key_file", "auth.jwks_file")
-            if config[k]] or (["auth.secret"] if config["auth.secret"] else [])
+    keys = [f"auth.{k}" for k in ("secret_file", "public_key_file", "jwks_file")
+            if getattr(settings, k)] or (["auth.secret"] if settings.secret else [])
     return "auth: jwt, keys from " + ", ".join(keys) + ", sources " + json.dumps(
-        list(config["auth.token_sources"]))
+        list(settings.token_sources))

@@ -25,6 +25,7 @@ from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.outbox import Outbox, OutboxHolder
 
 if TYPE_CHECKING:
+    from odin_ws.common.settings import Settings
     from odin_ws.shard.service import Shard
 
 #: Close codes of docs/protocol.md.
@@ -63,7 +64,8 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     def connectionMade(self):
         # Adoption: the parent's head bytes are replayed right after this.
         self.adopted_at = time.monotonic()
-        self.head_gate = HeadGate(self.transport, self.factory.shard.config["listen.max_head_bytes"])
+        self.head_gate = HeadGate(self.transport,
+                                  self.factory.shard.settings.listen.max_head_bytes)
         # No Nagle: events are small writes, and a client that delays its
         # ACKs (most do) would otherwise hold each next one up to ~40 ms.
         # Autobahn's connectionMade means to do this but asks before it has
@@ -94,12 +96,12 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
 
     def onConnect(self, request):
         shard = self.factory.shard
-        if request.path != shard.config["listen.ws_path"]:
+        settings = shard.settings
+        if request.path != settings.listen.ws_path:
             raise ConnectionDeny(404, "Not Found")
         if not shard.accepting:
             raise ConnectionDeny(503, "Service Unavailable")
-        config = shard.config
-        origins = config["limits.allowed_origins"]
+        origins = settings.limits.allowed_origins
         if origins and request.headers.get("origin", "") not in origins:
             self._deny("origin", 403, "Forbidden: origin not allowed")
         self.client_ip = self._client_ip(request)
@@ -121,7 +123,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     def _client_ip(self, request) -> str:
         peer = self.transport.getPeer()
         ip = getattr(peer, "host", "")
-        trusted = self.factory.shard.config["limits.trusted_proxies"]
+        trusted = self.factory.shard.settings.limits.trusted_proxies
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded and ip in trusted:
             return forwarded.split(",")[-1].strip() or ip
@@ -151,18 +153,34 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
 
     def onOpen(self):
         shard = self.factory.shard
-        config = shard.config
+        settings = shard.settings
         self.outbox = Outbox(self, shard.fanout, shard.policy_for,
-                             config["outbound.max_buffer_bytes"],
-                             config["outbound.disconnect_grace"], self._slow_consumer)
+                             settings.outbound.max_buffer_bytes,
+                             settings.outbound.disconnect_grace, self._slow_consumer)
         metrics.CONNECTIONS_OPENED.inc()
         if self.adopted_at:
             metrics.HANDSHAKE_SECONDS.observe(time.monotonic() - self.adopted_at)
         clock = shard.reactor
-        self.bucket = TokenBucket(config["limits.message_rate"], config["limits.message_burst"],
+        self.bucket = TokenBucket(settings.limits.message_rate, settings.limits.message_burst,
                                   clock.seconds)
-        if config["keepalive.idle_timeout"] > 0:
-            self._idle_call = clock.callLater(config["keepalive.idle_timeout"], self._idle)
+        idle_timeout = settings.keepalive.idle_timeout
+        if idle_timeout > 0:
+            self._idle_call = clock.callLater(idle_timeout, self._idle)
+
+    def reconfigure(self, settings: "Settings") -> None:
+        """
+        Reloaded settings reach this open connection: its message rate
+        and burst, its outbox's limit and grace (a connection not open
+        yet reads them when it opens).
+        """
+        bucket = self.bucket
+        if bucket is not None:
+            # Tokens above a lower burst are cut at the next take().
+            bucket.rate = settings.limits.message_rate
+            bucket.burst = settings.limits.message_burst
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.reconfigure(settings.outbound)
 
     def _idle(self) -> None:
         self._idle_call = None
@@ -173,12 +191,12 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         """Spend a token; on refusal count a strike, and close if strikes pile up."""
         if self.bucket.take():
             return True
-        config = self.factory.shard.config
+        limits = self.factory.shard.settings.limits
         now = self.bucket.now()
         # Strikes decay at one per second of good behaviour.
         self.strikes = max(0.0, self.strikes - (now - self.strike_stamp)) + 1
         self.strike_stamp = now
-        if self.strikes > config["limits.rate_strikes"]:
+        if self.strikes > limits.rate_strikes:
             metrics.CLIENT_ERRORS.labels(code="rate_limit_close").inc()
             audit.info("connection from {ip} closed: sustained rate limit", ip=self.client_ip)
             # sendClose() refuses 1008 (it allows 1000 and 3000-4999 only);
@@ -186,7 +204,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             self.sendCloseFrame(code=CLOSE_POLICY, reasonUtf8=b"rate limit exceeded",
                                 isReply=False)
         else:
-            self._error(messages.RATE_LIMITED, f"more than {config['limits.message_rate']:g} "
+            self._error(messages.RATE_LIMITED, f"more than {limits.message_rate:g} "
                         "messages per second; slow down", None)
         return False
 
@@ -198,11 +216,10 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
                         "binary frames are not supported; send JSON text", None)
             return
         shard = self.factory.shard
-        config = shard.config
+        limits = shard.settings.limits
         try:
             msg = messages.parse_client_message(
-                payload, config["limits.max_channels_per_message"],
-                config["limits.max_channel_length"])
+                payload, limits.max_channels_per_message, limits.max_channel_length)
         except messages.ClientError as e:
             self._error(e.code, e.message, e.id)
             return
@@ -246,7 +263,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     def _subscribe(self, msg: "messages.Subscribe") -> None:
         shard = self.factory.shard
         subscriptions = shard.subscriptions
-        limit = shard.config["limits.max_subscriptions"]
+        limit = shard.settings.limits.max_subscriptions
         denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
         if denied:
             self._error(messages.FORBIDDEN, f"your token does not allow {denied[0][:100]}",
@@ -301,26 +318,29 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
 
 
 class ClientFactory(WebSocketServerFactory):
+    """Builds the shard's client protocols, with Autobahn's options from the settings."""
+
     protocol = ClientProtocol
 
     def __init__(self, shard: "Shard"):
         super().__init__()
         self.shard = shard
-        self.shard_config_changed()
+        self.reconfigure(shard.settings)
 
-    def shard_config_changed(self) -> None:
-        config = self.shard.config
+    def reconfigure(self, settings: "Settings") -> None:
+        """Autobahn's options for the connections made from now on."""
+        limits, keepalive = settings.limits, settings.keepalive
         self.setProtocolOptions(
-            maxFramePayloadSize=config["limits.max_message_bytes"],
-            maxMessagePayloadSize=config["limits.max_message_bytes"],
-            openHandshakeTimeout=config["limits.handshake_timeout"],
+            maxFramePayloadSize=limits.max_message_bytes,
+            maxMessagePayloadSize=limits.max_message_bytes,
+            openHandshakeTimeout=limits.handshake_timeout,
             closeHandshakeTimeout=2,
             # Autobahn's default drops the TCP connection on a protocol
             # violation without a close frame: the client would see 1006,
             # never the 1009/1007/1002 of docs/protocol.md.
             failByDrop=False,
-            autoPingInterval=config["keepalive.ping_interval"],
-            autoPingTimeout=config["keepalive.ping_timeout"],
+            autoPingInterval=keepalive.ping_interval,
+            autoPingTimeout=keepalive.ping_timeout,
             tcpNoDelay=True,
             perMessageCompressionAccept=lambda offers: None,
         )

@@ -83,7 +83,8 @@ class Shard(service.MultiService):
     def __init__(self, reactor, config: Config, number: int, control_fd: int | None = 3):
         super().__init__()
         self.reactor = reactor
-        self.config = config
+        #: Every setting, typed; replaced as a whole by L{reconfigure}.
+        self.settings = settings = Settings.from_config(config)
         self.number = number
         self.control_fd = control_fd
         self.subscriptions = SubscriptionIndex()
@@ -96,14 +97,12 @@ class Shard(service.MultiService):
         # Highest offset seen per (topic, partition) from any source, so a
         # partition re-read after a rebalance is not delivered twice.
         self.seen: dict[tuple[str, int], int] = {}
-        self._policies = dict(config["outbound.policy"])
-        self.verifier = auth.Verifier(config)
-        self.tls_options = tls.server_options(config) if tls.enabled(config) else None
+        self.verifier = auth.Verifier(settings.auth)
+        self.tls_options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         self.per_ip: dict[str, int] = {}
         self._drained: defer.Deferred | None = None
-        typed = Settings.from_config(config)
-        self.kafka = KafkaIngest(reactor, typed,
-                                 RecordMapper.from_settings(typed.kafka),
+        self.kafka = KafkaIngest(reactor, settings,
+                                 RecordMapper.from_settings(settings.kafka),
                                  self.on_kafka_batch)
         self.kafka.setServiceParent(self)
         self._stats_loop = task.LoopingCall(self.report_stats)
@@ -114,7 +113,7 @@ class Shard(service.MultiService):
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
-        install_logging(self.config, parent)
+        install_logging(self.settings.config, parent)
 
     def startService(self):
         if self.control_fd is not None:
@@ -126,7 +125,7 @@ class Shard(service.MultiService):
             os.close(self.control_fd)
         metrics.REGISTRY.register(self._collector)
         super().startService()
-        self._stats_loop.start(self.config["supervisor.stats_interval"], now=False)
+        self._stats_loop.start(self.settings.supervisor.stats_interval, now=False)
 
     def stopService(self):
         if self._stats_loop.running:
@@ -152,10 +151,11 @@ class Shard(service.MultiService):
 
     @property
     def capacity(self) -> int:
-        return self.config["limits.max_connections_per_shard"]
+        return self.settings.limits.max_connections_per_shard
 
     def policy_for(self, event_type: str) -> str:
-        policies = self._policies
+        """The slow-client policy of C{event_type} (C{outbound.policy}, live)."""
+        policies = self.settings.outbound.policy
         return policies.get(event_type) or policies.get("default", "drop")
 
     # -- connections
@@ -178,7 +178,7 @@ class Shard(service.MultiService):
         """Count the client's IP; False if it already holds its share."""
         ip = proto.client_ip
         held = self.per_ip.get(ip, 0)
-        if held >= self.config["limits.max_connections_per_ip"]:
+        if held >= self.settings.limits.max_connections_per_ip:
             return False
         self.per_ip[ip] = held + 1
         proto.ip_counted = True
@@ -186,26 +186,32 @@ class Shard(service.MultiService):
 
     def reload(self, new: Config) -> None:
         """Apply the settings that may change live; keep the rest until restart."""
-        applied, live, _ = apply_live(self.config, new)
+        applied, live, _ = apply_live(self.settings.config, new)
+        settings = Settings.from_config(applied)
         try:
-            verifier = auth.Verifier(applied)
-            options = tls.server_options(applied) if tls.enabled(applied) else None
+            verifier = auth.Verifier(settings.auth)
+            options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         except ConfigError as e:
             self.log.error("reload refused: {e}", e=e)
             return
-        self.config = applied
-        self.factory.shard_config_changed()
         self.verifier = verifier
         self.tls_options = options
-        self._policies = dict(self.config["outbound.policy"])
-        limit = self.config["outbound.max_buffer_bytes"]
-        for client in self.clients:
-            if client.outbox is not None:
-                client.outbox.limit = limit
+        self.reconfigure(settings)
         self.log.info("shard {n} reloaded: {keys}", n=self.number, keys=", ".join(live) or "no changes")
 
+    def reconfigure(self, settings: Settings) -> None:
+        """
+        The one path reloaded settings take to every holder in the shard:
+        the shard itself, its client factory (for new connections) and
+        every connection (its outbox limits, its message rate).
+        """
+        self.settings = settings
+        self.factory.reconfigure(settings)
+        for client in self.clients:
+            client.reconfigure(settings)
+
     def connection_made(self, proto: ClientProtocol) -> None:
-        limit_unsent(proto.transport, self.config["outbound.kernel_unsent_bytes"])
+        limit_unsent(proto.transport, self.settings.outbound.kernel_unsent_bytes)
         self.clients.add(proto)
         metrics.CONNECTIONS.set(len(self.clients))
 

@@ -12,30 +12,40 @@ from twisted.internet import ssl
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from odin_ws.common.config import Config, ConfigError
+from odin_ws.common.settings import Settings, TlsSettings
 
 
-def _read(config: Config, key: str) -> bytes:
-    path = config[key]
+def tls_settings(settings: TlsSettings | Config) -> TlsSettings:
+    """The C{tls} section; a whole L{Config} is still taken (C{tap.check_keys} passes one)."""
+    if isinstance(settings, Config):
+        return Settings.from_config(settings).tls
+    return settings
+
+
+def _read(settings: TlsSettings, name: str) -> bytes:
+    path = getattr(settings, name)
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+        raise ConfigError(f"tls.{name}: cannot read {path}: {e.strerror}") from None
 
 
-def enabled(config: Config) -> bool:
-    return bool(config["tls.certificate"])
+def enabled(settings: TlsSettings | Config) -> bool:
+    """Is TLS configured (a certificate named)?"""
+    return bool(tls_settings(settings).certificate)
 
 
-def server_options(config: Config) -> ssl.CertificateOptions:
+def server_options(settings: TlsSettings | Config) -> ssl.CertificateOptions:
     """
     Certificate chain + key from PEM files; TLS 1.2 at least; the library's
     default ciphers.
 
     @raise ConfigError: unreadable or mismatched files, named by key.
     """
-    chain = _read(config, "tls.certificate")
-    key_pem = _read(config, "tls.private_key") if config["tls.private_key"] else chain
+    settings = tls_settings(settings)
+    chain = _read(settings, "certificate")
+    key_pem = _read(settings, "private_key") if settings.private_key else chain
     try:
         certs = [crypto.load_certificate(crypto.FILETYPE_PEM, block)
                  for block in _pem_blocks(chain, b"CERTIFICATE")]

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.trial import unittest
 
 from odin_ws.common import config
+from odin_ws.common.settings import Settings
 from odin_ws.shard import auth
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
@@ -31,7 +32,8 @@ def hs(claims: dict, secret: str = SECRET, **headers) -> str:
 
 class VerifyTests(unittest.TestCase):
     def setUp(self):
-        self.v = auth.Verifier(make_config(**{"auth.audience": "odin", "auth.leeway": 0}))
+        self.v = auth.Verifier(Settings.from_config(
+            make_config(**{"auth.audience": "odin", "auth.leeway": 0})).auth)
 
     def assertRefused(self, token, reason):
         e = self.assertRaises(auth.AuthError, self.v.verify, token)
@@ -101,6 +103,33 @@ class VerifyTests(unittest.TestCase):
         e = self.assertRaises(config.ConfigError, auth.Verifier,
                               make_config(**{"auth.secret": ""}))
         self.assertIn("auth.mode", str(e))
+
+
+class SettingsTests(unittest.TestCase):
+    def test_section_or_whole_config(self):
+        """
+        A Verifier is built from the typed auth section; a whole Config
+        (what tap.check_keys passes) gives the same settings.
+        """
+        cfg = make_config(**{"auth.audience": "odin"})
+        typed = auth.Verifier(Settings.from_config(cfg).auth)
+        whole = auth.Verifier(cfg)
+        self.assertEqual(typed.settings, whole.settings)
+        self.assertEqual((typed.audience, typed.sources), ("odin", ("subprotocol", "header", "query")))
+
+    def test_unreadable_file_names_the_key(self):
+        """A key file that cannot be read is a configuration error naming its key."""
+        e = self.assertRaises(config.ConfigError, auth.Verifier, Settings.from_config(
+            make_config(**{"auth.secret_file": self.mktemp()})).auth)
+        self.assertIn("auth.secret_file: cannot read", str(e))
+
+    def test_describe_names_key_sources_never_secrets(self):
+        """describe() names where keys come from and never the secret itself."""
+        text = auth.describe(Settings.from_config(make_config()).auth)
+        self.assertIn("auth: jwt, keys from auth.secret", text)
+        self.assertNotIn(SECRET, text)
+        self.assertEqual(auth.describe(Settings.from_config(
+            config.Config(config.validate({}))).auth), "auth: none")
 
 
 class PublicKeyTests(unittest.TestCase):

@@ -12,6 +12,7 @@ import json
 
 from twisted.internet.address import IPv4Address
 
+from odin_ws.common.settings import Settings
 from tests.helpers import (
     OPEN,
     ShardClient,
@@ -207,8 +208,8 @@ class KeepaliveTests(ShardTestCase):
 
     def test_no_pings_when_interval_zero(self):
         """keepalive.ping_interval 0 means no pings and no ping timeout."""
-        self.shard.config = self.config.replace(**{"keepalive.ping_interval": 0})
-        self.shard.factory.shard_config_changed()
+        self.shard.reconfigure(Settings.from_config(
+            self.config.replace(**{"keepalive.ping_interval": 0})))
         client = self.connect()
         self.advance(3600)
         self.assertEqual(client.frames(), [])
@@ -309,6 +310,52 @@ class AdmissionTests(ShardTestCase):
         via("10.0.0.7", "2.2.2.2")
         via("10.0.0.7", "2.2.2.3", expect=429)
         self.assertNotIn("2.2.2.1", self.shard.per_ip)
+
+
+class LiveRateTests(ShardTestCase):
+    """limits.message_rate and limits.message_burst reloaded reach open connections (issue 16)."""
+
+    def pings(self, client: ShardClient, n: int) -> list[str]:
+        """Send C{n} pings at once; the types of the answers."""
+        client.send(text({"type": "ping"}) * n)
+        return [m["type"] for m in client.messages()]
+
+    def test_cut_reaches_an_open_connection(self):
+        """
+        After a reload to 1 message per second (burst 1), a connection
+        opened before it gets 1 pong of 20 pings, the rest rate_limited,
+        as a connection opened after it does.
+        """
+        old = self.connect()
+        self.shard.reload(self.config.replace(**{"limits.message_rate": 1.0,
+                                                 "limits.message_burst": 1}))
+        new = self.connect("10.0.0.2")
+        for client in (old, new):
+            self.assertEqual(self.pings(client, 20), ["pong"] + ["error"] * 19)
+            self.assertTrue(client.open)
+
+    def test_raise_reaches_an_open_connection(self):
+        """
+        A connection limited to 1 message per second gets 5 pongs a second
+        later once a reload allowed 10 per second (burst 5).
+        """
+        self.shard.reload(self.config.replace(**{"limits.message_rate": 1.0,
+                                                 "limits.message_burst": 1}))
+        client = self.connect()
+        self.assertEqual(self.pings(client, 1), ["pong"])
+        self.shard.reload(self.config.replace(**{"limits.message_rate": 10.0,
+                                                 "limits.message_burst": 5}))
+        self.advance(1)
+        self.assertEqual(self.pings(client, 10), ["pong"] * 5 + ["error"] * 5)
+
+    def test_outbound_limits_reach_an_open_connection(self):
+        """outbound.max_buffer_bytes and disconnect_grace reloaded reach an open connection's outbox."""
+        client = self.connect()
+        self.shard.reload(self.config.replace(**{"outbound.max_buffer_bytes": 8192,
+                                                 "outbound.disconnect_grace": 1.5}))
+        box = client.proto.outbox
+        self.assertEqual((box.limit, box.grace), (8192, 1.5))
+        self.assertEqual(self.shard.settings.outbound.max_buffer_bytes, 8192)
 
 
 class SlowConsumerTests(ShardTestCase):
