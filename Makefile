@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) -m odinws_tools.demo
 
 test: $(STAMP)
-	node --test clients/js/test/
+	node --test clients/js/test/*.test.mjs
 	$(VENV)/bin/trial --jobs=2 tests
 
 test-deb: $(STAMP)
