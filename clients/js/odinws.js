@@ -2,8 +2,8 @@
 // any runtime with a WebSocket). docs/protocol.md, "JavaScript client", has
 // the API; its "Reconnect contract" is what the reconnect logic implements.
 //
-//   import { OdinWS } from "https://odin.example:3005/odinws.js";
-//   const client = new OdinWS("wss://odin.example:3005/ws", { token, getToken });
+//   import { OdinWS } from "https://odin.example/odinws.js";
+//   const client = new OdinWS("wss://odin.example/ws", { token, getToken });
 //   client.subscribe("odin.token.*.trade", {}, (event) => console.log(event.data));
 //   client.connect();
 //
