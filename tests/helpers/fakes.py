@@ -10,7 +10,7 @@ import os
 
 from twisted.internet import abstract, error
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactor, MemoryReactorClock
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -201,3 +201,18 @@ def connect_shard(reactor: FakeReactor, adopted: int) -> tuple[FakeParentLink, i
     pump = iosim.connect(parent, iosim.makeFakeServer(parent),
                          shard, iosim.makeFakeClient(shard), greet=False)
     return shard, pump
+
+
+class CountingTransport(StringTransport):
+    """A StringTransport that counts write calls."""
+
+    writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+
+def policies(**by_type: str):
+    """An Outbox's policy_for: C{by_type}'s policy per event type, else drop."""
+    return lambda event_type: by_type.get(event_type, "drop")

@@ -1,4 +1,4 @@
-"""WebSocket frames by hand: a server-frame parser, masked client frames, a handshaken Autobahn protocol."""
+"""WebSocket frames by hand: a server-frame parser, masked client frames, a handshaken Autobahn protocol, numbered event frames."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+
+from odin_ws.shard.frames import text_frame
 
 
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -72,3 +74,18 @@ def text(obj: object) -> bytes:
 
 
 OPEN = WebSocketProtocol.STATE_OPEN
+
+
+def event(channel: str, n: int, pad: int = 60) -> bytes:
+    """A text frame of fixed size per C{pad}, carrying its channel and number."""
+    return text_frame(json.dumps({"c": channel, "n": "%06d" % n, "p": "x" * pad}).encode())
+
+
+def events_in(data: bytes) -> list[tuple[str, int]]:
+    """(channel, number) of each event frame in C{data}."""
+    out = []
+    for opcode, payload in parse_frames(data):
+        assert opcode == 1, opcode
+        doc = json.loads(payload)
+        out.append((doc["c"], int(doc["n"])))
+    return out
