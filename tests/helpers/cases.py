@@ -255,7 +255,7 @@ HOST = IPv4Address("TCP", "127.0.0.1", 3005)
 
 class StalledSocket(StalledTransport):
     """
-    tests/test_writer.py's client that reads nothing until C{drain} (over
+    A client that reads nothing until C{drain} (over
     Twisted's real write buffer and producer calls), with what Autobahn
     also asks of a transport.
     """
