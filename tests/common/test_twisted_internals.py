@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import os
 import socket
-from importlib import metadata
 
 import twisted.test
 from twisted.application.internet import StreamServerEndpointService
@@ -38,7 +37,7 @@ from odin_ws.common.twisted_internals import (
     write_state,
 )
 from tests.helpers import ROOT, StalledTransport, tcp_pair
-from tests.helpers.pins import pinned
+from tests.helpers.pins import assert_written_for
 
 
 class Producer:
@@ -63,10 +62,7 @@ class PinnedVersionTests(SynchronousTestCase):
         The Twisted installed is the one requirements.lock pins and
         twisted_internals was written for.
         """
-        self.assertEqual(twisted_internals.WRITTEN_FOR, pinned("Twisted"),
-                         "requirements.lock moved: re-read the internals named in "
-                         "odin_ws/common/twisted_internals.py, then update WRITTEN_FOR")
-        self.assertEqual(metadata.version("Twisted"), pinned("Twisted"))
+        assert_written_for(self, twisted_internals.WRITTEN_FOR, "Twisted", "odin_ws/common/twisted_internals.py")
 
 
 class AdoptedConnectionCase(TestCase):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import re
 import socket
-from importlib import metadata
 
 from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -32,7 +31,7 @@ from odin_ws.shard.lean import LeanServerProtocol
 from odin_ws.shard.outbox import Outbox, OutboxHolder
 from odin_ws.shard.protocol import ClientProtocol
 from tests.helpers import handshaken_protocol, parse_frames, tcp_pair
-from tests.helpers.pins import pinned
+from tests.helpers.pins import assert_written_for
 
 #: Where Autobahn's server code reads the state LeanServerProtocol drops,
 #: and the condition each reader runs under (see odin_ws/shard/lean.py).
@@ -68,10 +67,7 @@ class PinnedVersionTests(SynchronousTestCase):
         The Autobahn installed is the one requirements.lock pins and
         autobahn_internals was written for.
         """
-        self.assertEqual(autobahn_internals.WRITTEN_FOR, pinned("autobahn"),
-                         "requirements.lock moved: re-read the internals named in "
-                         "odin_ws/shard/autobahn_internals.py, then update WRITTEN_FOR")
-        self.assertEqual(metadata.version("autobahn"), pinned("autobahn"))
+        assert_written_for(self, autobahn_internals.WRITTEN_FOR, "autobahn", "odin_ws/shard/autobahn_internals.py")
 
 
 class Recording(ProtocolHooks):
