@@ -196,6 +196,29 @@ class PolicyTests(SynchronousTestCase):
         self.assertFalse(box.closed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_trackingFollowsPolicyState(self):
+        """
+        Outbox.tracking, which keeps Fanout's inline flush off an outbox,
+        is true while a conflation index or a disconnect grace is kept,
+        and false again once the queue is written or the client caught up.
+        """
+        t = StalledTransport()
+        box = self.make(t, "conflate")
+        self.assertFalse(box.tracking)
+        self.run_turns(box, 5)
+        self.assertTrue(box.tracking)
+        t.drain()
+        box.push(event("a", 1000), "a", "t")    # an index may outlive the queue until then
+        self.fanout.flush()
+        self.assertEqual((box.queued(), box.tracking), (0, False))
+        t = StalledTransport()
+        box = self.make(t, "disconnect")
+        self.run_turns(box, 3)
+        self.assertTrue(box.tracking)
+        t.drain()
+        self.clock.advance(10)      # the grace timer finds the client caught up
+        self.assertEqual((box.closed, box.tracking), (False, False))
+
 
 class RunPolicyTests(PolicyTests):
     """The policies when events come as runs (publish_run), as the shard sends them."""
