@@ -24,25 +24,15 @@
 // again and reconnects with the good token it gets, and events flow again.
 //
 // Exits 0 on success; otherwise prints why on stderr and exits 1.
-import { chromium } from "playwright-core";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
 if (!["reconnect", "token"].includes(mode) || !base || (mode === "token" && !secret)) {
   console.error("usage: node client.test.mjs reconnect|token <node base url> [secret]");
   process.exit(2);
 }
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const WAIT_MS = 60000;
-// Backoff with full jitter, capped at 30 s, plus the shard's restart.
-const RECONNECT_WAIT_MS = 120000;
-const t0 = Date.now();
-const log = (m) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
-
 const node = new URL(base);
 const WS_URL = `ws://${node.host}/ws`;
 const LIBRARY = `${node.origin}/odinws.js`;
@@ -63,9 +53,7 @@ function mintToken(lifetime, key) {
   return `${body}.${createHmac("sha256", key).update(body).digest("base64url")}`;
 }
 
-const profile = mkdtempSync(join(tmpdir(), "odinws-chromium-"));
-const problems = [];
-let context;
+let browser;
 let page;
 
 const rec = () => page.evaluate(() => window.rec);
@@ -73,14 +61,8 @@ const until = (fn, arg, timeout = WAIT_MS) =>
   page.waitForFunction(fn, arg, { timeout, polling: 100 });
 
 async function open() {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  page = context.pages()[0] || await context.newPage();
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  browser = await launch();
+  page = browser.page;
   // Minted when asked for: the initial token, two refreshes, then after the 4001.
   const plan = [[6, secret], [6, secret], [6, "not-the-secret-of-at-least-32-bytes"], [300, secret]];
   await page.exposeFunction("nextToken", () => {
@@ -189,15 +171,17 @@ async function token() {
 let failed = false;
 try {
   await (mode === "reconnect" ? reconnect() : token());
-  if (problems.length) throw new Error(problems.join("; "));
+  // Refused attempts while a shard restarts log connection errors in the
+  // console; only script errors count.
+  const scriptErrors = browser.problems.filter((p) => p.startsWith("page error"));
+  if (scriptErrors.length) throw new Error(scriptErrors.join("; "));
 } catch (e) {
   failed = true;
   console.error(`client library check failed: ${e.message}`);
-  if (problems.length) console.error(problems.join("\n"));
+  if (browser?.problems.length) console.error(browser.problems.join("\n"));
   if (page) console.error(`recorded: ${JSON.stringify(await rec().catch(() => null))?.slice(0, 4000)}`);
 } finally {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
+  if (browser) await browser.close();
   site.close();
 }
 process.exit(failed ? 1 : 0);

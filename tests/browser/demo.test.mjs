@@ -13,42 +13,25 @@
 // the script prints a line "READY"; the caller then restarts the server. The
 // check passes when the page noticed (status left "connected"), came back on
 // its own, subscribed again and receives events again.
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [url, shot, mode] = process.argv.slice(2);
 if (!url || !shot) {
   console.error("usage: node demo.test.mjs <page url> <screenshot path>");
   process.exit(2);
 }
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const WAIT_MS = 60000;
-// Backoff with full jitter, capped at 30 s, plus the server's start-up.
-const RECONNECT_WAIT_MS = 120000;
-const t0 = Date.now();
-const log = (m) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
-
-const profile = mkdtempSync(join(tmpdir(), "odinws-chromium-"));
-const problems = [];
-let context;
+let browser;
 let page;
+let problems = [];
 
 const number = (id) => page.evaluate(
   (i) => Number(document.getElementById(i).textContent.replace(/\D/g, "")), id);
 
 async function open(query) {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1400, height: 1000 },
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  page = context.pages()[0] || await context.newPage();
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+  browser = await launch({ viewport: { width: 1400, height: 1000 } });
+  ({ page, problems } = browser);
   let library = null;
   page.on("response", (r) => { if (new URL(r.url()).pathname === "/odinws.js") library = r.status(); });
   await page.goto(url + (url.includes("?") ? "&" : "?") + query, { timeout: WAIT_MS });
@@ -170,7 +153,6 @@ try {
       console.error(`no screenshot: ${e.message}`);
     }
   }
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
+  if (browser) await browser.close();
 }
 process.exit(failed ? 1 : 0);
