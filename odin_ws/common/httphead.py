@@ -173,6 +173,11 @@ class HeadReader:
         self._over = False       # more than max_bytes came
         self._answer: RequestHead | HeadError | None = None
 
+    @property
+    def buffered(self) -> int:
+        """How many bytes the reader keeps (never more than C{max_bytes} + 1)."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> RequestHead | HeadError | None:
         """Add C{data}; return the head, an error, or C{None} for "need more"."""
         if self._answer is None:

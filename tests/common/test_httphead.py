@@ -80,7 +80,7 @@ class ParseTests(unittest.TestCase):
         reader = HeadReader(LIMIT)
         result = reader.feed(UPGRADE[:-2] + b"\n" + b"A" * 65536)
         self.assertEqual((result.status, result.reason), (400, "line not ended by CRLF"))
-        self.assertLessEqual(len(reader._buffer), LIMIT + 1)
+        self.assertLessEqual(reader.buffered, LIMIT + 1)
 
     def test_obs_text_refused(self):
         """
