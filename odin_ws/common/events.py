@@ -7,6 +7,14 @@ The envelope is the exact text message a client receives::
     {"type":"event","channel":"odin.token.ABC.trade","data":<value>,"ts":<ms>}
 
 (The planned history feature adds a position field next to "ts".)
+
+Besides the envelope an event carries, for odinws only: C{epoch}, the tag of
+the topic's incarnation (L{odin_ws.shard.positions.epoch_of} of the cluster
+and topic ids; C{""} or C{"0"} when unknown), so the de-duplication marks
+(L{odin_ws.common.highwater}) can tell a recreated topic's offsets from
+re-reads; and C{consumed}, when the consuming shard took the record from
+Kafka (seconds since the epoch), so every shard can split delivery latency
+into the broker's share and odinws's own, relay included.
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ from odin_ws.common.channels import channel_name
 
 class Event:
     __slots__ = ("channel", "token", "event_type", "envelope", "ts", "topic",
-                 "partition", "offset")
+                 "partition", "offset", "epoch", "consumed")
 
     def __init__(self, token: str, event_type: str, envelope: bytes, ts: int,
-                 topic: str, partition: int, offset: int):
+                 topic: str, partition: int, offset: int, epoch: str = "",
+                 consumed: float = 0.0):
         self.token = token
         self.event_type = event_type
         self.channel = channel_name(token, event_type)
@@ -31,10 +40,13 @@ class Event:
         self.topic = topic
         self.partition = partition
         self.offset = offset
+        self.epoch = epoch
+        self.consumed = consumed
 
     @classmethod
     def build(cls, token: str, event_type: str, data_json: bytes, ts: int,
-              topic: str = "", partition: int = 0, offset: int = 0) -> "Event":
+              topic: str = "", partition: int = 0, offset: int = 0, epoch: str = "",
+              consumed: float = 0.0) -> "Event":
         """
         Wrap an already-validated JSON value into the envelope. C{token} and
         C{event_type} are valid channel segments (no quoting needed).
@@ -43,7 +55,7 @@ class Event:
             b'{"type":"event","channel":"odin.token.', token.encode("ascii"), b".",
             event_type.encode("ascii"), b'","data":', data_json, b',"ts":',
             b"%d" % ts, b"}"))
-        return cls(token, event_type, envelope, ts, topic, partition, offset)
+        return cls(token, event_type, envelope, ts, topic, partition, offset, epoch, consumed)
 
     def __repr__(self) -> str:
         return (f"<Event {self.channel} {self.topic}[{self.partition}]@{self.offset}"
@@ -51,8 +63,10 @@ class Event:
 
 
 # Batch wire format for the hub (AMP BigBytes): per event a fixed header
-# then the variable fields. Little-endian; lengths in bytes.
-_HEAD = struct.Struct("<qqiHHHI")  # ts, offset, partition, len(topic), len(token), len(type), len(envelope)
+# then the variable fields. Little-endian; lengths in bytes. Parent and
+# shards always run the same code, so the format has no version.
+# ts, offset, consumed, partition, len(topic), len(token), len(type), len(epoch), len(envelope)
+_HEAD = struct.Struct("<qqdiHHHBI")
 
 
 def encode_batch(events: Iterable[Event]) -> bytes:
@@ -61,11 +75,13 @@ def encode_batch(events: Iterable[Event]) -> bytes:
         topic = e.topic.encode("utf-8")
         token = e.token.encode("ascii")
         etype = e.event_type.encode("ascii")
-        parts.append(_HEAD.pack(e.ts, e.offset, e.partition, len(topic), len(token),
-                                len(etype), len(e.envelope)))
+        epoch = e.epoch.encode("ascii")
+        parts.append(_HEAD.pack(e.ts, e.offset, e.consumed, e.partition, len(topic),
+                                len(token), len(etype), len(epoch), len(e.envelope)))
         parts.append(topic)
         parts.append(token)
         parts.append(etype)
+        parts.append(epoch)
         parts.append(e.envelope)
     return b"".join(parts)
 
@@ -83,9 +99,9 @@ def decode_batch(data: bytes) -> list[Event]:
     while pos < end:
         if pos + size > end:
             raise ValueError("truncated event header")
-        ts, offset, partition, lt, lk, le, lv = _HEAD.unpack_from(data, pos)
+        ts, offset, consumed, partition, lt, lk, le, lp, lv = _HEAD.unpack_from(data, pos)
         pos += size
-        stop = pos + lt + lk + le + lv
+        stop = pos + lt + lk + le + lp + lv
         if stop > end:
             raise ValueError("truncated event body")
         topic = data[pos:pos + lt].decode("utf-8")
@@ -94,7 +110,9 @@ def decode_batch(data: bytes) -> list[Event]:
         pos += lk
         etype = data[pos:pos + le].decode("ascii")
         pos += le
+        epoch = data[pos:pos + lp].decode("ascii")
+        pos += lp
         envelope = data[pos:stop]
         pos = stop
-        out.append(Event(token, etype, envelope, ts, topic, partition, offset))
+        out.append(Event(token, etype, envelope, ts, topic, partition, offset, epoch, consumed))
     return out

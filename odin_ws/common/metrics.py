@@ -87,6 +87,16 @@ SHARD_RESTARTS = Counter("odinws_shard_restarts", "Shard processes restarted.", 
                          registry=REGISTRY)
 
 
+# Kafka incarnations and latency shares (shard; the hub counts resets too).
+OFFSET_RESETS = Counter("odinws_offset_resets", "De-duplication marks reset because a "
+                        "partition's log is new (topic recreated, broker replaced, other "
+                        "cluster), by reason.", ["reason"], registry=REGISTRY)
+KAFKA_REWINDS = Counter("odinws_kafka_offset_rewinds", "Partitions whose offsets went back "
+                        "while assigned (the broker's log was reset under the consumer).",
+                        registry=REGISTRY)
+OFFSET_RESETS.labels(reason="topic_changed")  # exported at 0, so increase() sees the first
+
+
 class ProcessCollector:
     """CPU seconds and RSS of this process (also works where /proc is absent)."""
 

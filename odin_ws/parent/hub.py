@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from odin_ws.common import metrics
 from odin_ws.common.events import decode_batch, encode_batch
+from odin_ws.common.highwater import HighWater
 
 #: Queued batches are merged into one Deliver up to about this many bytes
 #: (fewer AMP round trips; a single larger batch is still sent whole).
@@ -65,9 +66,10 @@ class Hub:
         self.max_event_bytes = max_event_bytes
         self.max_queue_batches = max_queue_batches
         self._outlets: dict[int, _Outlet] = {}
-        # Highest offset relayed per (topic, partition): a partition that
-        # moves to another shard may be re-read from its last commit.
-        self._high: dict[tuple[str, int], int] = {}
+        # Highest offset relayed per partition: a partition that moves to
+        # another shard may be re-read from its last commit (reset when the
+        # partition's log is a new one: see HighWater).
+        self._high = HighWater("hub")
 
     # -- membership -------------------------------------------------------
 
@@ -123,14 +125,7 @@ class Hub:
             self.log.warn("hub: dropped a malformed batch of {size} bytes", size=len(batch))
             return None
         kept = []
-        high = self._high
-        for event in events:
-            key = (event.topic, event.partition)
-            last = high.get(key)
-            if last is not None and event.offset <= last:
-                metrics.EVENTS_DUPLICATE.inc()
-                continue
-            high[key] = event.offset
+        for event in self._high.fresh(events):
             if len(event.envelope) > self.max_event_bytes:
                 metrics.HUB_REJECTED.labels(reason="too_large").inc()
                 continue

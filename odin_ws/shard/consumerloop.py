@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from odin_ws.common import metrics
 from odin_ws.common.events import Event
 from odin_ws.common.settings import KafkaSettings
+from odin_ws.shard.incarnations import TopicIncarnations
 from odin_ws.shard.records import RecordMapper
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 # Seconds the thread waits at stop for batches already in the reactor, so
 # their offsets are committed by close().
 STOP_GRACE = 2.0
+# Seconds between retries of a topic identity lookup that failed.
+EPOCH_RETRY = 1.0
 
 
 def describe_error(e: BaseException) -> str:
@@ -47,11 +50,14 @@ class ConsumerLoop:
     @param done: batch ids the reactor has taken.
     @param max_pending: batches out in the reactor before the loop waits.
     @param finished: fired (in the reactor) once the consumer is closed.
+    @param incarnations: the topics' epochs, looked up on every assignment
+        and whenever a partition's offsets go back while assigned.
     """
 
     def __init__(self, ingest: "KafkaIngest", consumer: Consumer, mapper: RecordMapper,
                  settings: KafkaSettings, stopping: threading.Event,
-                 done: "queue.SimpleQueue[int]", max_pending: int, finished: Deferred):
+                 done: "queue.SimpleQueue[int]", max_pending: int, finished: Deferred,
+                 incarnations: TopicIncarnations):
         self.ingest = ingest
         self.consumer = consumer
         self.mapper = mapper
@@ -72,6 +78,12 @@ class ConsumerLoop:
         self.paused = False
         self.repause = False
         self.blocked_since: float | None = None
+        self.incarnations = incarnations
+        # Last offset consumed per assigned partition: one that goes back
+        # while assigned means the broker's log was reset under us.
+        self.positions: dict[tuple[str, int], int] = {}
+        # When to retry a failed identity lookup (monotonic), or None.
+        self.epochs_due: float | None = None
 
     def run(self) -> None:
         ingest = self.ingest
@@ -95,6 +107,8 @@ class ConsumerLoop:
 
     def poll_once(self) -> None:
         self.take_done(0)
+        if self.epochs_due is not None and time.monotonic() >= self.epochs_due:
+            self.refresh_epochs()
         if self.in_flight < self.max_pending:
             self.blocked_since = None
             if self.paused:
@@ -121,6 +135,9 @@ class ConsumerLoop:
         records: Counter[str] = Counter()
         rejected: Counter[str] = Counter()
         mapper = self.mapper
+        positions = self.positions
+        epoch_of = self.incarnations.epoch
+        consumed = time.time()
         for m in messages:
             err = m.error()
             if err is not None:
@@ -128,12 +145,19 @@ class ConsumerLoop:
                     self.ingest.note_error(err.name().lstrip("_").lower(), err.str())
                 continue
             topic, partition, offset = m.topic(), m.partition(), m.offset()
-            offsets[(topic, partition)] = offset + 1
+            key = (topic, partition)
+            last = positions.get(key)
+            if last is not None and offset <= last:
+                self.rewound(topic, partition, last, offset)
+            positions[key] = offset
+            offsets[key] = offset + 1
             records[topic] += 1
             result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset)
             if isinstance(result, str):
                 rejected[result] += 1
             else:
+                result.epoch = epoch_of(topic)
+                result.consumed = consumed
                 events.append(result)
         for topic, n in records.items():
             metrics.KAFKA_RECORDS.labels(topic).inc(n)
@@ -182,11 +206,51 @@ class ConsumerLoop:
             except KafkaException as e:  # e.g. revoked in the same poll
                 self.ingest.note_error("store_offsets", describe_error(e))
 
+    def rewound(self, topic: str, partition: int, last: int, offset: int) -> None:
+        """
+        A partition's offsets went back while assigned: its log is not the
+        one read so far. Look the topic's identity up again now, before the
+        new records are handed over; if it is unchanged (a log truncated or
+        reset in place), give the topic a new epoch all the same, so the
+        de-duplication marks make way for the new records.
+        """
+        metrics.KAFKA_REWINDS.inc()
+        changed = self.refresh_epochs()  # audits a changed identity itself
+        if changed and topic in changed:
+            return
+        old = self.incarnations.epoch(topic)
+        self.incarnations.rewind(topic)
+        self.ingest.audit("Kafka {topic}[{partition}] went back from offset {last} to {offset} "
+                          "with the same topic identity (log reset in place, or identity "
+                          "unknown); new epoch {new} (was {old})", topic=topic,
+                          partition=partition, last=last, offset=offset,
+                          new=self.incarnations.epoch(topic), old=old or "unknown")
+
+    def refresh_epochs(self) -> dict[str, str] | None:
+        """Look up the assigned topics' epochs; on failure retry later."""
+        topics = {t for t, _ in self.assignment}
+        changed = self.incarnations.refresh(topics)
+        if changed is None:
+            self.epochs_due = time.monotonic() + EPOCH_RETRY
+            return None
+        self.epochs_due = None
+        for topic, old in changed.items():
+            if old:
+                self.ingest.audit("Kafka topic {topic} is a new incarnation (epoch {old} -> "
+                                  "{new}): recreated, broker replaced or another cluster",
+                                  topic=topic, old=old, new=self.incarnations.epoch(topic))
+        return changed
+
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assignment.update((tp.topic, tp.partition) for tp in partitions)
+        for tp in partitions:
+            # A new assignment starts from the committed offset: going back
+            # to it is a re-read, not a new log.
+            self.positions.pop((tp.topic, tp.partition), None)
         self._publish_assignment()
         self.repause = self.paused
         self.ingest.broker_reached()
+        self.refresh_epochs()
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Store what has been taken so the commit librdkafka makes on revoke
@@ -198,6 +262,8 @@ class ConsumerLoop:
             for tp in gone & offsets.keys():
                 del offsets[tp]
         self.assignment -= gone
+        for tp in gone:
+            self.positions.pop(tp, None)
         self._publish_assignment()
         for topic, partition in gone:
             try:

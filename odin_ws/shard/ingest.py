@@ -38,8 +38,10 @@ from twisted.python.failure import Failure
 from odin_ws.common import metrics
 from odin_ws.common.config import Config
 from odin_ws.common.events import Event
+from odin_ws.common.logs import audit
 from odin_ws.common.settings import Settings
 from odin_ws.shard.consumerloop import ConsumerLoop, describe_error
+from odin_ws.shard.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.records import RecordMapper
 
 log = Logger()
@@ -128,8 +130,9 @@ class KafkaIngest(Service):
         self._last_error = self._connection_error = None
         self._logged = set()
         self._state = "starting"
+        conf = self.consumer_config()
         try:
-            consumer = Consumer(self.consumer_config())
+            consumer = Consumer(conf)
         except (KafkaException, ValueError, TypeError) as e:
             # Bad kafka.consumer_config: nothing will retry, so say it once
             # and show it in /health rather than crash the shard's startup.
@@ -139,7 +142,8 @@ class KafkaIngest(Service):
             return
         self._finished = Deferred()
         loop = ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
-                            self._stopping, self._done, self._max_pending, self._finished)
+                            self._stopping, self._done, self._max_pending, self._finished,
+                            TopicIncarnations(admin_config(conf)))
         self._thread = threading.Thread(target=loop.run,
                                         name="odinws-kafka", daemon=True)
         self._thread.start()
@@ -196,6 +200,10 @@ class KafkaIngest(Service):
     def log(self, level: str, fmt: str, **kw: Any) -> None:
         """Consumer thread: log a line (emitted from the reactor thread)."""
         self._log(level, fmt, **kw)
+
+    def audit(self, fmt: str, **kw: Any) -> None:
+        """Consumer thread: write a line to the audit stream (a warning)."""
+        self._reactor.callFromThread(audit.warn, fmt, **kw)
 
     def thread_failed(self, failure: Failure) -> None:
         """Consumer thread: the loop died of a bug; show it in the status."""

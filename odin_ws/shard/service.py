@@ -29,6 +29,7 @@ from odin_ws.common.config import Config, ConfigError, apply_live
 from odin_ws.common.logs import install_logging
 from odin_ws.common.settings import Settings
 from odin_ws.common.events import Event, decode_batch, encode_batch
+from odin_ws.common.highwater import HighWater
 from odin_ws.shard.ingest import KafkaIngest
 from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
 from odin_ws.shard.records import RecordMapper
@@ -95,8 +96,9 @@ class Shard(service.MultiService):
         self.accepting = True
         self.link: ParentLink | None = None
         # Highest offset seen per (topic, partition) from any source, so a
-        # partition re-read after a rebalance is not delivered twice.
-        self.seen: dict[tuple[str, int], int] = {}
+        # partition re-read after a rebalance is not delivered twice (reset
+        # when the partition's log is a new one: see HighWater).
+        self.seen = HighWater(f"shard {number}")
         self.verifier = auth.Verifier(settings.auth)
         self.tls_options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         self.per_ip: dict[str, int] = {}
@@ -261,16 +263,7 @@ class Shard(service.MultiService):
     # -- events
 
     def _fresh(self, events: list[Event]) -> list[Event]:
-        seen = self.seen
-        fresh = []
-        for e in events:
-            key = (e.topic, e.partition)
-            if seen.get(key, -1) >= e.offset:
-                metrics.EVENTS_DUPLICATE.inc()
-                continue
-            seen[key] = e.offset
-            fresh.append(e)
-        return fresh
+        return self.seen.fresh(events)
 
     def on_kafka_batch(self, events: list[Event]):
         """A batch this shard consumed: deliver here, relay to the others."""

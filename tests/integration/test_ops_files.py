@@ -263,7 +263,8 @@ class RulesTests(unittest.TestCase):
         """
         On synthetic series (promtool test rules), the key alerts fire when
         they should and stay quiet otherwise: crash-looping shard, no shard
-        alive, growing (not steady) lag, drops above 1% of deliveries.
+        alive, growing (not steady) lag, drops above 1% of deliveries, sustained
+        duplicates (marks that never went back), a new incarnation of a topic.
         Annotations are left out of the comparison (promtool check covers
         their templates). Without promtool, the same scenarios are checked
         for consistency with the rules they target (alert names exist).
@@ -332,6 +333,26 @@ def alert_scenarios() -> list[dict]:
                     instance="ws-2:3005")],
          "alert_rule_test": [expect("OdinwsEventsDropped", "25m",
                                     {"instance": node["instance"], "severity": "warning"})]},
+        # 10 duplicates/s against 50 records/s consumed (the marks never went
+        # back): fires; the same rate against 10,000 records/s: quiet.
+        {"interval": "1m",
+         "input_series": [
+             series("odinws_events_duplicate_total", "0+600x30", shard="0"),
+             series("odinws_kafka_records_total", "0+3000x30", shard="0", topic="odin.trades"),
+             series("odinws_events_duplicate_total", "0+600x30", shard="0",
+                    instance="ws-2:3005"),
+             series("odinws_kafka_records_total", "0+600000x30", shard="0", topic="odin.trades",
+                    instance="ws-2:3005")],
+         "alert_rule_test": [
+             expect("OdinwsDuplicatesSustained", "5m"),
+             expect("OdinwsDuplicatesSustained", "25m",
+                    {"instance": node["instance"], "severity": "critical"})]},
+        {"interval": "1m",
+         "input_series": [
+             series("odinws_offset_resets_total", "0+0x5 1+0x30", shard="0", reason="topic_changed")],
+         "alert_rule_test": [
+             expect("OdinwsKafkaLogReset", "3m"),
+             expect("OdinwsKafkaLogReset", "10m", {"instance": node["instance"], "severity": "warning"})]},
     ]
 
 

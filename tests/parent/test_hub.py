@@ -10,19 +10,23 @@ from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted.logger import formatEvent, globalLogPublisher
+
 from odin_ws.common.commands import Deliver
+from odin_ws.common.logs import AUDIT_NAMESPACE
 from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.parent.hub import Hub
 from tests.helpers import sample
 
 
-def event(partition: int, offset: int, size: int = 8, topic: str = "odin.trades") -> Event:
+def event(partition: int, offset: int, size: int = 8, topic: str = "odin.trades",
+          epoch: str = "") -> Event:
     return Event.build("ABC", "trade", b'"' + b"x" * size + b'"', ts=1, topic=topic,
-                       partition=partition, offset=offset)
+                       partition=partition, offset=offset, epoch=epoch)
 
 
-def batch(partition: int, offsets, size: int = 8) -> bytes:
-    return encode_batch([event(partition, o, size) for o in offsets])
+def batch(partition: int, offsets, size: int = 8, epoch: str = "") -> bytes:
+    return encode_batch([event(partition, o, size, epoch=epoch) for o in offsets])
 
 
 
@@ -94,6 +98,47 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(self.shards[2].offsets(), [(4, o) for o in range(8)])
         self.assertEqual(self.shards[1].offsets(), [(4, o) for o in range(5)])
         self.assertEqual(self.shards[0].offsets(), [(4, o) for o in range(5, 8)])
+
+    def test_newIncarnationResetsTheMark(self):
+        """
+        Offsets that restart below the mark under a new epoch (broker
+        replaced, topic recreated) are relayed, not dropped as duplicates;
+        the reset is counted and audited once per topic change; late events
+        of the old epoch are then dropped, and the new epoch's re-reads are
+        de-duplicated as usual.
+        """
+        resets = sample("odinws_offset_resets_total", reason="topic_changed")
+        audited = []
+        globalLogPublisher.addObserver(audited.append)
+        self.addCleanup(globalLogPublisher.removeObserver, audited.append)
+        self.hub.publish(0, batch(4, range(100, 103), epoch="old"))
+        self.hub.publish(0, batch(5, range(50, 51), epoch="old"))
+        self.hub.publish(0, batch(4, range(0, 3), epoch="new"))
+        self.hub.publish(0, batch(5, range(0, 1), epoch="new"))
+        self.hub.publish(1, batch(4, [102], epoch="old"))       # late, from the old log
+        self.hub.publish(1, batch(4, range(1, 4), epoch="new"))  # re-read after a move
+        self.assertEqual(self.shards[2].offsets(),
+                         [(4, 100), (4, 101), (4, 102), (5, 50), (4, 0), (4, 1), (4, 2),
+                          (5, 0), (4, 3)])
+        self.assertEqual(sample("odinws_offset_resets_total", reason="topic_changed") - resets, 2)
+        lines = [formatEvent(e) for e in audited if e.get("log_namespace") == AUDIT_NAMESPACE]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("hub: topic odin.trades changed (epoch old -> new", lines[0])
+        self.assertIn("de-duplication marks reset", lines[0])
+
+    def test_unknownEpochComparesOffsets(self):
+        """
+        An event whose consumer could not learn the topic's identity (epoch
+        unknown) is de-duplicated by offset against any mark, and a mark
+        made without an epoch takes the first known one without a reset.
+        """
+        resets = sample("odinws_offset_resets_total", reason="topic_changed")
+        self.hub.publish(0, batch(4, range(0, 3)))
+        self.hub.publish(0, batch(4, range(3, 5), epoch="e1"))
+        self.hub.publish(0, batch(4, range(2, 6)))
+        self.hub.publish(0, batch(4, range(4, 7), epoch="e1"))
+        self.assertEqual(self.shards[1].offsets(), [(4, o) for o in range(7)])
+        self.assertEqual(sample("odinws_offset_resets_total", reason="topic_changed"), resets)
 
     def test_partitionsAndTopicsAreIndependent(self):
         """The same offset in another partition or topic is not a duplicate."""

@@ -10,6 +10,7 @@ so status and commits show up within a poll or two.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import uuid
 
@@ -18,10 +19,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from odin_ws.common.config import Config, validate
 from odin_ws.common.settings import Settings
+from odin_ws.shard.consumerloop import ConsumerLoop
+from odin_ws.shard.incarnations import TopicIncarnations
 from odin_ws.shard.ingest import KafkaIngest
 from odin_ws.shard.records import RecordMapper
 from tests.helpers import sample
@@ -312,3 +315,137 @@ class KafkaIngestTests(TestCase):
         self.assertEqual(len(self.kafka_lines()), 1)
         yield ingest.stopService()
         self.assertEqual(ingest.status()["state"], "error")
+
+
+class FakeMessage:
+    """A confluent-kafka Message as ConsumerLoop.handle reads it."""
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes = b"K"):
+        self._t, self._p, self._o, self._k = topic, partition, offset, key
+
+    def error(self):
+        return None
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return b'{"o": %d}' % self._o
+
+    def timestamp(self):
+        return (1, 1700000000000)
+
+
+class FakeIngest:
+    """The owner's consumer-thread API, recorded."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+        self.audited: list[str] = []
+
+    def hand_over(self, batch_id, events):
+        self.batches.append(events)
+
+    def broker_reached(self):
+        pass
+
+    def publish_assignment(self, assigned):
+        pass
+
+    def note_error(self, kind, text, level="warn"):
+        raise AssertionError(text)
+
+    def audit(self, fmt, **kw):
+        self.audited.append(fmt.format(**kw))
+
+
+class FakeIncarnations(TopicIncarnations):
+    """Topic identities from a dict the test changes, instead of the brokers."""
+
+    def __init__(self, ids: dict[str, str]):
+        super().__init__({})
+        self.ids = ids
+        self.lookups = 0
+
+    def refresh(self, topics):
+        self.lookups += 1
+        changed = {}
+        for topic in topics:
+            epoch = self.ids.get(topic, "")
+            if epoch != self.epoch(topic):
+                changed[topic] = self.epoch(topic)
+                self._epochs[topic] = epoch
+        return changed
+
+
+class ConsumerLoopEpochTests(SynchronousTestCase):
+    """ConsumerLoop tags events with their topic's epoch and notices logs that went back."""
+
+    def setUp(self):
+        settings = make_settings("127.0.0.1:1", "t", "g")
+        self.ingest = FakeIngest()
+        self.incarnations = FakeIncarnations({"t": "e1"})
+        self.loop = ConsumerLoop(self.ingest, None, RecordMapper.from_settings(settings.kafka),
+                                 settings.kafka, threading.Event(), queue.SimpleQueue(), 4, Deferred(),
+                                 self.incarnations)
+        self.loop.on_assign(None, [TopicPartition("t", 0), TopicPartition("t", 1)])
+
+    def handle(self, *offsets: tuple[int, int]) -> list:
+        self.loop.handle([FakeMessage("t", p, o) for p, o in offsets])
+        return self.ingest.batches[-1]
+
+    def test_assignLooksUpAndTags(self):
+        """
+        An assignment looks the topics' identity up; every event carries the
+        epoch and one consumed-at time per batch.
+        """
+        self.assertEqual(self.incarnations.lookups, 1)
+        events = self.handle((0, 5), (1, 7))
+        self.assertEqual([e.epoch for e in events], ["e1", "e1"])
+        self.assertEqual(len({e.consumed for e in events}), 1)
+        self.assertGreater(events[0].consumed, 0)
+
+    def test_rewindWithNewTopicId(self):
+        """
+        Offsets going back while assigned trigger a lookup before the batch
+        is handed over: a new topic id gives the new records its epoch, with
+        an audit line and the rewind counted.
+        """
+        rewinds = sample("odinws_kafka_offset_rewinds_total")
+        self.handle((0, 100), (0, 101))
+        self.incarnations.ids["t"] = "e2"
+        events = self.handle((0, 0), (0, 1))
+        self.assertEqual([(e.offset, e.epoch) for e in events], [(0, "e2"), (1, "e2")])
+        self.assertEqual(sample("odinws_kafka_offset_rewinds_total") - rewinds, 1)
+        self.assertIn("new incarnation (epoch e1 -> e2)", self.ingest.audited[-1])
+
+    def test_rewindWithSameTopicId(self):
+        """
+        A log that went back under the same identity (reset in place) still
+        gets a new epoch, so the de-duplication marks make way for it.
+        """
+        self.handle((0, 100))
+        events = self.handle((0, 3))
+        self.assertNotIn(events[0].epoch, ("", "e1"))
+        self.assertIn("went back from offset 100 to 3", self.ingest.audited[-1])
+
+    def test_reassignmentIsNoRewind(self):
+        """
+        Re-reading from the committed offset after a new assignment is not
+        taken for a new log: the epoch stays.
+        """
+        self.handle((0, 100))
+        self.loop.on_revoke(None, [TopicPartition("t", 0)])
+        self.loop.on_assign(None, [TopicPartition("t", 0)])
+        events = self.handle((0, 90))
+        self.assertEqual(events[0].epoch, "e1")
+        self.assertEqual(self.ingest.audited, [])
