@@ -247,7 +247,9 @@ export class OdinWS extends Emitter {
    */
   subscribe(channel, options = {}, onEvent = undefined) {
     if (typeof options === "function") [options, onEvent] = [{}, options];
-    if (typeof channel !== "string" || !channel) throw new TypeError("odinws: channel must be a non-empty string");
+    if (typeof channel !== "string" || !channel) {
+      throw new TypeError("odinws: channel must be a non-empty string");
+    }
     const sub = new Subscription(channel, options, onEvent, (s) => this.#unsubscribe(s));
     const entry = this.#channels.get(channel);
     if (entry) {
@@ -287,7 +289,9 @@ export class OdinWS extends Emitter {
         },
         (error) => {
           if (gen !== this.#gen) return;
-          this.#lost({code: ABNORMAL, text: `getToken failed: ${error?.message ?? error}`});
+          const message = String(error?.message ?? error);
+          this.emit("error", {code: "get_token_failed", message});
+          this.#lost({code: ABNORMAL, text: `getToken failed: ${message}`});
         });
     } else {
       this.#start(gen);

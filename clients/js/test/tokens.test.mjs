@@ -151,12 +151,13 @@ test("an expired token is replaced through getToken before connecting", async ()
 
 test("getToken failing before connecting counts as a failed attempt", async () => {
   let fail = true;
-  const {client, clock, WebSocket, states} = makeClient({
+  const {client, clock, WebSocket, states, errors} = makeClient({
     getToken: async () => { if (fail) throw new Error("no"); return jwt({exp: NOW_S + 99}); }});
   client.connect();
   await flush();
   assert.equal(WebSocket.sockets.length, 0);
   assert.equal(states.at(-1).reason.text, "getToken failed: no");
+  assert.deepEqual(errors, [{code: "get_token_failed", message: "no"}]);
   fail = false;
   clock.advance(clock.pending()[0]);
   await flush();
