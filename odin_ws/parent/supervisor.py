@@ -164,6 +164,9 @@ class Supervisor(service.Service):
                           shards=count, cpus=len(pinned))
         self.shards: list[ShardHandle] = [ShardHandle(i, cpus[i], reactor, self._settings)
                                           for i in range(count)]
+        for h in self.shards:
+            # Exported at 0 from the start: an alert on increase() sees the first restart.
+            metrics.SHARD_RESTARTS.labels(shard=str(h.index))
         self._restart_calls: dict[int, Any] = {}  # shard index -> IDelayedCall
         self._kill_calls: dict[int, Any] = {}
         self._all_down: Deferred | None = None

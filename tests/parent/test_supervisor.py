@@ -234,6 +234,19 @@ class RestartTests(SupervisorTestCase):
         self.assertEqual(sup.shards[0].restarts, 4)
         self.assertEqual(sample("odinws_shard_restarts_total", shard="0") - before, 4)
 
+    def test_restartCounterExportedAtZero(self):
+        """
+        odinws_shard_restarts is exported at 0 for every shard before any
+        restart, so an alert on increase() sees the first one.
+        """
+        from odin_ws.common.metrics import REGISTRY
+        # Shard numbers no other test uses: the registry is the process's.
+        self.make(shards=40, cpus=tuple(range(40)))
+        for i in range(30, 40):
+            self.assertEqual(
+                REGISTRY.get_sample_value("odinws_shard_restarts_total", {"shard": str(i)}), 0.0,
+                f"shard {i} not exported")
+
     def test_healthyRunResetsDelay(self):
         """A shard that ran longer than crash_loop_window restarts after the minimum delay."""
         sup = self.make(shards=1)
