@@ -145,11 +145,17 @@ class Shard(service.MultiService):
                          capacity=self.capacity).addErrback(
             lambda f: self.log.failure("registering with the parent", f))
 
+    #: Seconds clients get to answer the 4000 close when the parent is gone.
+    ORPHAN_CLOSE_SECONDS = 1.0
+
     def link_lost(self) -> None:
         self.link = None
         if self.running:
             self.log.info("control channel closed: parent gone, shard {n} stopping", n=self.number)
-            self.reactor.stop()
+            # Clients get the documented 4000, not a 1006 drop: stopping aborts
+            # every socket, so give the close frames a moment to go out first.
+            closing = self.drain(0).addTimeout(self.ORPHAN_CLOSE_SECONDS, self.reactor)
+            closing.addBoth(lambda _: self.reactor.stop())
 
     @property
     def capacity(self) -> int:
