@@ -28,7 +28,7 @@ from odin_ws.common.events import Event
 #: (~220 B), the envelope's bytes header (33 B) and two list slots (16 B).
 #: Measured on CPython 3.11 (350-370 B with tracemalloc; 400 leaves room);
 #: tests/shard/test_history.py keeps it honest.
-EVENT_OVERHEAD = 376
+EVENT_OVERHEAD = 400
 
 #: Why a recovery could not be answered (the C{reason} of C{recovered: false}).
 TOO_OLD = "too_old"            # events after the position were already evicted
