@@ -29,6 +29,11 @@ class ListenSettings:
     handoff_timeout: float
     retry_after: int
     metrics_timeout: float
+    public_metrics: bool
+    max_heads: int
+    max_heads_per_ip: int
+    startup_grace: float
+    restart_hold: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,7 @@ class KafkaSettings:
     max_record_bytes: int
     poll_batch: int
     poll_timeout: float
+    fetch_wait_max_ms: int
     session_timeout_ms: int
     max_poll_interval_ms: int
     retry_backoff_max: float
@@ -64,6 +70,8 @@ class LimitsSettings:
     max_channels_per_message: int
     max_subscriptions: int
     max_channel_length: int
+    max_snapshot_events: int
+    max_positions: int
     max_message_bytes: int
     message_rate: float
     message_burst: int
@@ -96,6 +104,16 @@ class HubSettings:
 
     max_event_bytes: int
     max_queue_batches: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """Recent events kept by every shard for recovery and snapshots."""
+
+    max_events_per_partition: int
+    max_age: float
+    max_bytes: int
+    snapshot_channels: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +193,7 @@ class Settings:
     keepalive: KeepaliveSettings
     outbound: OutboundSettings
     hub: HubSettings
+    history: HistorySettings
     supervisor: SupervisorSettings
     tls: TlsSettings
     auth: AuthSettings
@@ -216,6 +235,7 @@ _SECTIONS: dict[str, type] = {
     "keepalive": KeepaliveSettings,
     "outbound": OutboundSettings,
     "hub": HubSettings,
+    "history": HistorySettings,
     "supervisor": SupervisorSettings,
     "tls": TlsSettings,
     "auth": AuthSettings,
