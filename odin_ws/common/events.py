@@ -4,9 +4,10 @@ once, here, never per client), and where it came from in Kafka.
 
 The envelope is the exact text message a client receives::
 
-    {"type":"event","channel":"odin.token.ABC.trade","data":<value>,"ts":<ms>}
+    {"type":"event","channel":"odin.token.ABC.trade","data":<value>,"ts":<ms>,
+     "pos":"<topic>:<partition>:<epoch>:<offset>"}
 
-(The planned history feature adds a position field next to "ts".)
+C{pos} is the event's position (L{odin_ws.shard.positions}), for recovery.
 
 Besides the envelope an event carries, for odinws only: C{epoch}, the tag of
 the topic's incarnation (L{odin_ws.shard.positions.epoch_of} of the cluster
@@ -51,10 +52,14 @@ class Event:
         Wrap an already-validated JSON value into the envelope. C{token} and
         C{event_type} are valid channel segments (no quoting needed).
         """
-        envelope = b"".join((
-            b'{"type":"event","channel":"odin.token.', token.encode("ascii"), b".",
-            event_type.encode("ascii"), b'","data":', data_json, b',"ts":',
-            b"%d" % ts, b"}"))
+        parts = [b'{"type":"event","channel":"odin.token.', token.encode("ascii"), b".",
+                 event_type.encode("ascii"), b'","data":', data_json, b',"ts":', b"%d" % ts]
+        if topic:
+            # The position (docs/protocol.md): topic:partition:epoch:offset.
+            parts.append(b',"pos":"%s:%d:%s:%d"' % (topic.encode("utf-8"), partition,
+                                                     (epoch or "0").encode("ascii"), offset))
+        parts.append(b"}")
+        envelope = b"".join(parts)
         return cls(token, event_type, envelope, ts, topic, partition, offset, epoch, consumed)
 
     def __repr__(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from odin_ws.common.channels import InvalidChannel, parse_pattern
+from odin_ws.shard import positions
 
 # Error codes: stable, machine-readable, part of the public protocol.
 INVALID_JSON = "invalid_json"
@@ -24,11 +25,15 @@ MESSAGE_TOO_LARGE = "message_too_large"
 RATE_LIMITED = "rate_limited"
 TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
 FORBIDDEN = "forbidden"
+INVALID_POSITION = "invalid_position"
+UNKNOWN_POSITION = "unknown_position"
+TOO_MANY_POSITIONS = "too_many_positions"
+SNAPSHOT_TOO_LARGE = "snapshot_too_large"
 
 ERROR_CODES = frozenset((
     INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, INVALID_CHANNEL, TOO_MANY_CHANNELS,
     BINARY_NOT_SUPPORTED, MESSAGE_TOO_LARGE, RATE_LIMITED, TOO_MANY_SUBSCRIPTIONS,
-    FORBIDDEN))
+    FORBIDDEN, INVALID_POSITION, UNKNOWN_POSITION, TOO_MANY_POSITIONS, SNAPSHOT_TOO_LARGE))
 
 MAX_ID_LENGTH = 128
 # How much of a client-supplied string an error message quotes back.
@@ -36,6 +41,8 @@ _QUOTE_LENGTH = 64
 
 MessageId = Union[str, int, float, None]
 ChannelSpec = tuple[str, str, str]  # (name, token, event_type)
+#: A subscribe's positions: (topic, partition) -> (epoch, last offset seen).
+Since = dict[tuple[str, int], tuple[str, int]]
 
 
 class ClientError(Exception):
@@ -56,6 +63,10 @@ class ClientError(Exception):
 class Subscribe:
     channels: list[ChannelSpec]
     id: MessageId = None
+    #: Recover from these positions (None: no recovery asked).
+    since: Since | None = None
+    #: Send the latest event of every matching channel first.
+    snapshot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +147,30 @@ def _channels(obj: dict, msg_id: MessageId, max_channels: int,
     return list(seen.values())
 
 
-def parse_client_message(payload: bytes, max_channels: int,
-                         max_channel_length: int) -> ClientMessage:
+def _since(obj: dict, msg_id: MessageId, max_positions: int) -> Since | None:
+    texts = obj.get("since")
+    if texts is None:
+        return None
+    if type(texts) is not list:
+        raise ClientError(INVALID_MESSAGE, "since must be a list of positions", msg_id)
+    if len(texts) > max_positions:
+        raise ClientError(TOO_MANY_POSITIONS,
+                          f"at most {max_positions} positions per subscribe", msg_id)
+    since: Since = {}
+    for text in texts:
+        try:
+            topic, partition, epoch, offset = positions.decode(text)
+        except positions.InvalidPosition as e:
+            raise ClientError(INVALID_POSITION, str(e), msg_id) from None
+        if (topic, partition) in since:
+            raise ClientError(INVALID_POSITION, f"two positions for partition {partition} "
+                              f"of {_quote(topic)}", msg_id)
+        since[(topic, partition)] = (epoch, offset)
+    return since
+
+
+def parse_client_message(payload: bytes, max_channels: int, max_channel_length: int,
+                         max_positions: int = 1000) -> ClientMessage:
     """
     Parse one text message from a client.
 
@@ -165,7 +198,11 @@ def parse_client_message(payload: bytes, max_channels: int,
     if type(kind) is not str:
         raise ClientError(INVALID_MESSAGE, "type must be a string", msg_id)
     if kind == "subscribe":
-        return Subscribe(_channels(obj, msg_id, max_channels, max_channel_length), msg_id)
+        channels = _channels(obj, msg_id, max_channels, max_channel_length)
+        snapshot = obj.get("snapshot", False)
+        if type(snapshot) is not bool:
+            raise ClientError(INVALID_MESSAGE, "snapshot must be true or false", msg_id)
+        return Subscribe(channels, msg_id, _since(obj, msg_id, max_positions), snapshot)
     if kind == "unsubscribe":
         return Unsubscribe(_channels(obj, msg_id, max_channels, max_channel_length),
                            msg_id)
@@ -199,6 +236,28 @@ def _tail(id: MessageId) -> bytes:
 def ack(kind: str, channels: list[str], id: MessageId = None) -> bytes:
     """C{{"type":"subscribed"|"unsubscribed","channels":[...],"id":...}}."""
     return _ACK_HEADS[kind] + _dumps(channels) + _tail(id)
+
+
+def subscribed(channels: list[str], id: MessageId = None, *, recovered: bool | None = None,
+               reason: str | None = None, replayed: int | None = None,
+               snapshot: int | None = None, positions: list[str] | None = None) -> bytes:
+    """
+    The ack of a subscribe, with what recovery and snapshot did:
+    C{{"type":"subscribed","channels":[...],"recovered":true,"replayed":3,
+    "snapshot":2,"positions":[...],"id":...}} (fields only when asked for).
+    """
+    extra = b""
+    if recovered is not None:
+        extra += b',"recovered":' + (b"true" if recovered else b"false")
+        if reason is not None:
+            extra += b',"reason":' + _dumps(reason)
+        if replayed is not None:
+            extra += b',"replayed":%d' % replayed
+    if snapshot is not None:
+        extra += b',"snapshot":%d' % snapshot
+    if positions is not None:
+        extra += b',"positions":' + _dumps(positions)
+    return _ACK_HEADS["subscribed"] + _dumps(channels) + extra + _tail(id)
 
 
 def pong(id: MessageId = None) -> bytes:

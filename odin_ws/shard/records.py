@@ -57,8 +57,11 @@ class RecordMapper:
                    kafka.max_record_bytes, clock)
 
     def map(self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int,
-            partition: int, offset: int) -> Event | str:
-        """The record's L{Event}, or the reason (one of L{REASONS}) it is skipped."""
+            partition: int, offset: int, epoch: str = "") -> Event | str:
+        """
+        The record's L{Event}, or the reason (one of L{REASONS}) it is skipped.
+        C{epoch} names the topic's incarnation; it is part of the position.
+        """
         topic_type = self.topics.get(topic)
         if topic_type is None:
             return "unknown_topic"
@@ -104,4 +107,4 @@ class RecordMapper:
         # The value parsed as strict UTF-8 JSON, so its bytes are a valid JSON
         # value as they are: embed them without re-serializing.
         return Event.build(token, event_type, value.strip(_JSON_SPACE), timestamp_ms,
-                           topic, partition, offset)
+                           topic, partition, offset, epoch)

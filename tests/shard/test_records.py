@@ -37,7 +37,7 @@ class RecordMapperTests(SynchronousTestCase):
         self.assertIsInstance(event, Event)
         self.assertEqual(event.envelope,
                          b'{"type":"event","channel":"odin.token.ABC.trade",'
-                         b'"data":{"price": 1.50, "qty":2},"ts":1234}')
+                         b'"data":{"price": 1.50, "qty":2},"ts":1234,"pos":"odin.trades:3:0:42"}')
         self.assertEqual((event.channel, event.token, event.event_type, event.ts),
                          ("odin.token.ABC.trade", "ABC", "trade", 1234))
         self.assertEqual((event.topic, event.partition, event.offset), ("odin.trades", 3, 42))
@@ -53,9 +53,15 @@ class RecordMapperTests(SynchronousTestCase):
             event = build(mapper(), value)
             self.assertEqual(json.loads(event.envelope),
                              {"type": "event", "channel": "odin.token.ABC.trade",
-                              "data": data, "ts": 1234})
+                              "data": data, "ts": 1234, "pos": "odin.trades:3:0:42"})
         self.assertEqual(build(mapper(), b" [1] ").envelope,
-                         b'{"type":"event","channel":"odin.token.ABC.trade","data":[1],"ts":1234}')
+                         b'{"type":"event","channel":"odin.token.ABC.trade","data":[1],"ts":1234,'
+                         b'"pos":"odin.trades:3:0:42"}')
+
+    def test_position_names_the_epoch(self) -> None:
+        """The envelope's position carries the topic's epoch when the mapper is given one."""
+        event = mapper().map("odin.trades", b"ABC", b"1", 1234, 3, 42, "k2f9")
+        self.assertEqual(json.loads(event.envelope)["pos"], "odin.trades:3:k2f9:42")
 
     def test_fieldToken(self) -> None:
         """
