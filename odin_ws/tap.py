@@ -15,7 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from odin_ws.common import config as configmod
-from odin_ws.common.launch import SHARD_CONFIG_ENV, fail, shard_argv
+from odin_ws.common.launch import SHARD_CONFIG_FD, fail, read_config, shard_argv
 
 
 class Options(usage.Options):
@@ -125,14 +125,21 @@ class ShardOptions(usage.Options):
     optParameters = [
         ["index", None, None, "Shard number.", int],
         ["control-fd", None, 3, "Inherited Unix socket to the parent.", int],
+        ["config-fd", None, SHARD_CONFIG_FD, "Inherited pipe the parent writes the "
+         "configuration to (never the environment: it may hold secrets).", int],
     ]
 
     def postOptions(self):
         if self["index"] is None:
             raise usage.UsageError("--index is required")
-        text = os.environ.get(SHARD_CONFIG_ENV)
+        try:
+            text = read_config(self["config-fd"])
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"odinws-shard is started by the odinws parent (no configuration on fd "
+                 f"{self['config-fd']}: {e})")
         if not text:
-            fail(f"odinws-shard is started by the odinws parent ({SHARD_CONFIG_ENV} missing)")
+            fail(f"odinws-shard is started by the odinws parent (no configuration on fd "
+                 f"{self['config-fd']})")
         try:
             self.config = configmod.Config.from_json(text)
         except (ValueError, configmod.ConfigError) as e:

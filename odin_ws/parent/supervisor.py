@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from odin_ws.parent import affinity
 from odin_ws.common import metrics
-from odin_ws.common.launch import SHARD_CONFIG_ENV
+from odin_ws.common.launch import SHARD_CONFIG_FD, shard_environment
 from odin_ws.common.commands import Drain
 from odin_ws.common.settings import Settings
 from odin_ws.parent.hub import Hub
@@ -127,13 +127,15 @@ class Supervisor(service.Service):
     Runs C{settings.shards} shard processes, restarts them, stops them.
 
     The state of each shard is its L{ShardHandle}'s; the supervisor owns
-    only its timers (pending restarts, SIGKILLs due) and the environment
-    shards start with.
+    only its timers (pending restarts, SIGKILLs due) and the environment and
+    configuration shards start with.
 
     @param settings: the node's settings; shards start with their
-        configuration (C{settings.config}, as JSON in their environment).
+        configuration (C{settings.config}, as JSON written to the pipe on the
+        shard's fd L{SHARD_CONFIG_FD}, never its environment: it holds secrets).
     @param argv_for: the full argv of shard i, executable first.
-    @param env: the environment of every shard (the configuration added).
+    @param env: the environment of every shard, without the C{ODINWS_*}
+        setting overrides (L{shard_environment}).
     @param allowed_cpus: the CPUs the parent may use (for tests).
     @param pin: pins a pid to a CPU (for tests).
     @raise odin_ws.common.config.ConfigError: C{cpu_affinity} names a CPU the
@@ -150,7 +152,8 @@ class Supervisor(service.Service):
         self._settings = settings.supervisor
         self.hub = hub
         self._argv_for = argv_for
-        self._env = {**env, SHARD_CONFIG_ENV: settings.config.to_json()}
+        self._env = shard_environment(env)
+        self._config = settings.config.to_json().encode("utf-8")
         self._pin = pin
         count = settings.shards
         setting = settings.cpu_affinity
@@ -182,8 +185,7 @@ class Supervisor(service.Service):
         self._settings = settings.supervisor
         for h in self.shards:
             h.reconfigure(self._settings)
-        # A new dict: shards already started keep the environment they got.
-        self._env = {**self._env, SHARD_CONFIG_ENV: settings.config.to_json()}
+        self._config = settings.config.to_json().encode("utf-8")
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every shard's health entry, in index order."""
@@ -242,9 +244,14 @@ class Supervisor(service.Service):
             argv = self._argv_for(h.index)
             proto = _ShardProcess(h, _ShardOutput(h.index, self._reactor, self.log),
                                   self._process_ended)
-            return self._reactor.spawnProcess(
+            process = self._reactor.spawnProcess(
                 proto, argv[0], argv, env=self._env,
-                childFDs={0: "w", 1: "r", 2: "r", 3: child_end.fileno()})
+                childFDs={0: "w", 1: "r", 2: "r", 3: child_end.fileno(),
+                          SHARD_CONFIG_FD: "w"})
+            # Written by the reactor as the child reads; closed after, so it reads to the end.
+            process.writeToChild(SHARD_CONFIG_FD, self._config)
+            process.closeChildFD(SHARD_CONFIG_FD)
+            return process
         finally:
             # The reactor adopted a duplicate of our end; the child got its own.
             parent_end.close()

@@ -101,6 +101,16 @@ class FakeProcess:
         self.fd3 = fd3  # a duplicate of the child's control end
         self.signals: list[str] = []
         self.ended = False
+        #: What the parent wrote to each of the child's pipes, and which it closed.
+        self.written: dict[int, bytes] = {}
+        self.closed_fds: list[int] = []
+
+    def writeToChild(self, fd, data):
+        assert fd not in self.closed_fds, f"fd {fd} written after it was closed"
+        self.written[fd] = self.written.get(fd, b"") + data
+
+    def closeChildFD(self, fd):
+        self.closed_fds.append(fd)
 
     def signalProcess(self, sig):
         if self.ended:

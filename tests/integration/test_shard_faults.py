@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import uuid
+
+import jwt
 
 from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed
@@ -25,6 +28,7 @@ class FaultTestCase(unittest.TestCase):
 
     shards = 1
     extra: dict = {}
+    env: dict = {}
 
     def setUp(self):
         broker = shared_broker()
@@ -35,7 +39,8 @@ class FaultTestCase(unittest.TestCase):
         settings.update(self.extra)
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
-        self.node = Node(workdir, broker.bootstrap, shards=self.shards, settings=settings)
+        self.node = Node(workdir, broker.bootstrap, shards=self.shards, settings=settings,
+                         env=self.env)
         self.addCleanup(self.node.stop)
         self.node.start()
         self.pids = self.node.shard_pids()
@@ -47,8 +52,8 @@ class FaultTestCase(unittest.TestCase):
             if pid_alive(pid):
                 os.kill(pid, signal.SIGCONT)
 
-    def client(self) -> Client:
-        c = Client(self.node.url())
+    def client(self, path: str = "/ws") -> Client:
+        c = Client(self.node.url(path))
         self.addCleanup(c.close)
         return c
 
@@ -79,3 +84,35 @@ class ParentDeathTests(FaultTestCase):
         wait_for(lambda: len(closes) == len(clients), 10, what="every client closed")
         self.assertEqual(closes, [4000] * len(clients))
         wait_for(lambda: not any(pid_alive(p) for p in self.pids), 10, what="the shards exited")
+
+
+#: A secret given as the parent's environment override, as /etc/default/odinws would.
+SECRET = "secret-from-etc-default-" + uuid.uuid4().hex
+
+
+class ConfigSecrecyTests(FaultTestCase):
+    extra = {"auth.mode": "jwt", "limits.max_connections_per_shard": 777}
+    env = {"ODINWS_AUTH_SECRET": SECRET}
+
+    def test_shardEnvironmentHoldsNoConfig(self):
+        """
+        A real shard's environment (/proc/<pid>/environ, what `ps e`, crash
+        dumps and its children see) and command line hold neither its
+        configuration nor the secret the parent got in its environment, and
+        the shard still has its settings: the capacity it registered with,
+        and the secret, which it checks a client's token against.
+        """
+        [pid] = self.pids
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        for blob in (environ, cmdline):
+            self.assertNotIn(SECRET.encode(), blob)
+            self.assertNotIn(b"ODINWS_INTERNAL_SHARD_CONFIG", blob)
+            self.assertNotIn(b"max_connections_per_shard", blob)
+        self.assertEqual(self.node.health()[1]["shards"][0]["capacity"], 777)
+        token = jwt.encode({"exp": int(time.time() + 300), "channels": ["odin.token.*.*"]},
+                           SECRET, algorithm="HS256")
+        reply = self.client(f"/ws?token={token}").subscribe("odin.token.T.trade")
+        self.assertEqual(reply["type"], "subscribed")

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from odin_ws import tap
 from odin_ws.common import config as configmod
 from odin_ws.common.commands import Register, Stats
-from odin_ws.common.launch import SHARD_CONFIG_ENV
+from odin_ws.common.launch import SHARD_CONFIG_FD
 from tests.helpers import FakeReactor, FdTransport, Response, connect_shard, get, sample
 
 
@@ -126,7 +126,7 @@ class ReloadTests(SynchronousTestCase):
         restarted = self.reactor.processes[-1]
         self.assertEqual(len(self.reactor.processes), 3)
         self.assertEqual(
-            json.loads(restarted.env[SHARD_CONFIG_ENV])["limits.max_connections"], 150)
+            json.loads(restarted.written[SHARD_CONFIG_FD])["limits.max_connections"], 150)
 
     def test_reload_reaches_alive_shards(self):
         """Every alive shard gets the applied configuration (JSON) in a Reload."""

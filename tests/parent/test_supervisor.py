@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from odin_ws.common.commands import Drain, Publish, Register, Stats
 from odin_ws.common.config import Config, ConfigError, validate
 from odin_ws.common.events import Event, encode_batch
-from odin_ws.common.launch import SHARD_CONFIG_ENV
+from odin_ws.common.launch import SHARD_CONFIG_FD
 from odin_ws.common.settings import Settings
 from odin_ws.parent import affinity
 from odin_ws.parent.hub import Hub
@@ -37,8 +37,14 @@ def settings(shards=2, cpu_affinity="auto", **supervisor) -> Settings:
 
 
 
+def config_of(process) -> str:
+    """The configuration the parent wrote to a fake process's config pipe, once it closed it."""
+    assert SHARD_CONFIG_FD in process.closed_fds, "config pipe left open"
+    return process.written[SHARD_CONFIG_FD].decode("utf-8")
+
+
 class SupervisorTestCase(SynchronousTestCase):
-    def make(self, cpus=(0, 1), pin=None, **kw) -> Supervisor:
+    def make(self, cpus=(0, 1), pin=None, env=None, **kw) -> Supervisor:
         self.reactor = FakeReactor()
         self.addCleanup(self.reactor.close_fds)
         self.hub = Hub(self.reactor, max_event_bytes=4096, max_queue_batches=8)
@@ -48,7 +54,7 @@ class SupervisorTestCase(SynchronousTestCase):
         self.settings = settings(**kw)
         sup = Supervisor(self.reactor, self.settings, self.hub,
                          argv_for=lambda i: ["/usr/bin/python3", "-m", "shard", str(i)],
-                         env={"ODINWS_TEST": "1"}, allowed_cpus=lambda: list(cpus),
+                         env=env or {"ODINWS_TEST": "1"}, allowed_cpus=lambda: list(cpus),
                          pin=pin or (lambda pid, cpu: self.pins.append((pid, cpu))))
         return sup
 
@@ -70,9 +76,9 @@ class SupervisorTestCase(SynchronousTestCase):
 class SpawnTests(SupervisorTestCase):
     def test_spawnsEachShardWithControlFd(self):
         """
-        Each shard is spawned with its argv, the env plus its configuration,
-        stdio pipes and fd 3 being the other end of the socketpair the parent
-        adopted.
+        Each shard is spawned with its argv, the env, stdio pipes, fd 3 being
+        the other end of the socketpair the parent adopted, and a pipe on fd
+        4 its configuration is written to and then closed.
         """
         sup = self.make(shards=3, cpus=(0, 1, 2))
         sup.startService()
@@ -80,17 +86,34 @@ class SpawnTests(SupervisorTestCase):
         self.assertEqual([p.argv for p in procs],
                          [["/usr/bin/python3", "-m", "shard", str(i)] for i in range(3)])
         self.assertEqual({p.executable for p in procs}, {"/usr/bin/python3"})
-        env = {"ODINWS_TEST": "1", SHARD_CONFIG_ENV: self.settings.config.to_json()}
-        self.assertEqual([p.env for p in procs], [env] * 3)
+        self.assertEqual([p.env for p in procs], [{"ODINWS_TEST": "1"}] * 3)
         for p in procs:
             self.assertEqual({k: v for k, v in p.childFDs.items() if k != 3},
-                             {0: "w", 1: "r", 2: "r"})
+                             {0: "w", 1: "r", 2: "r", SHARD_CONFIG_FD: "w"})
+            self.assertEqual(config_of(p), self.settings.config.to_json())
         for i, (fd, family, factory) in enumerate(self.reactor.adoptedStreamConnections):
             self.assertEqual(family, socket.AF_UNIX)
             os.write(procs[i].fd3, b"ping %d" % i)
             self.assertEqual(os.read(self.reactor.adopted_fds[2 * i], 100), b"ping %d" % i)
         self.assertEqual([h.pid for h in sup.shards], [p.pid for p in procs])
         self.assertEqual([h.alive for h in sup.shards], [False] * 3)
+
+    def test_noSettingsInEnvironment(self):
+        """
+        A shard's environment holds neither its configuration nor the
+        ODINWS_* setting overrides the parent started with (they may hold
+        secrets, and an environment is inherited and shows in /proc and
+        crash dumps); the configuration, secrets included, reaches it on the
+        pipe only.
+        """
+        secret = "s3cret-from-the-environment"
+        sup = self.make(shards=1, env={"PATH": "/bin", "ODINWS_AUTH_SECRET": secret,
+                                       "ODINWS_KAFKA_BROKERS": "k:9092"})
+        sup.startService()
+        [proc] = self.reactor.processes
+        self.assertEqual(proc.env, {"PATH": "/bin"})
+        self.assertNotIn(self.settings.config.to_json(), proc.env.values())
+        self.assertIn('"auth.secret"', config_of(proc))
 
     def test_spawnFailureRetried(self):
         """A spawn that fails with OSError is logged and retried with backoff."""
@@ -301,9 +324,9 @@ class RestartTests(SupervisorTestCase):
         self.crash()
         self.reactor.advance(1.0)
         first, restarted = self.reactor.processes
-        self.assertEqual(json.loads(first.env[SHARD_CONFIG_ENV])["limits.max_connections"],
+        self.assertEqual(json.loads(config_of(first))["limits.max_connections"],
                          self.settings.limits.max_connections)
-        self.assertEqual(json.loads(restarted.env[SHARD_CONFIG_ENV])["limits.max_connections"], 7)
+        self.assertEqual(json.loads(config_of(restarted))["limits.max_connections"], 7)
 
     def test_restartedShardRegistersAgain(self):
         """After a restart the new process registers on a new channel and is attached again."""
