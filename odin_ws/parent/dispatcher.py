@@ -1,9 +1,12 @@
 """
-The public listener of the parent: reads each client's HTTP request head
-(bounded in size and time), answers C{/health}, C{/metrics} and the demo
-page itself, refuses what it cannot serve with a plain HTTP status, and hands
-WebSocket upgrades to the least-loaded shard with room (see DESIGN.md).
-After a handoff the parent is out of the data path: it reads no further byte.
+The public listener of the parent: admits each accepted connection through
+the node's door (per-IP rate, caps on connections held before the upgrade),
+reads its HTTP request head (bounded in size and time), answers C{/health},
+C{/metrics} (on the public port only with C{listen.public_metrics}) and the
+demo page itself, refuses what it cannot serve with a plain HTTP status, and
+hands WebSocket upgrades to the least-loaded shard with room (see
+docs/architecture.md). After a handoff the parent is out of the data path:
+it reads no further byte.
 
 With TLS on the public port (C{tls.certificate} set) the parent cannot read
 the head; it hands every connection over before reading a byte, and
@@ -22,12 +25,11 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from odin_ws.parent import exposition
 from odin_ws.common import handoff
 from odin_ws.common import metrics
-from odin_ws.common.commands import GetMetrics
 from odin_ws.common.settings import Settings
 from odin_ws.parent.admission import Admission
+from odin_ws.parent.scrape import MetricsScrape
 from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 
 log = Logger()
@@ -87,10 +89,21 @@ class DispatchProtocol(Protocol):
         self.state = "new"  # reading -> answering | handing -> handed | closed
         self._reader: HeadReader | None = None
         self._timer = None
+        #: The peer address the door counts this connection against, once admitted.
+        self._admitted: str | None = None
 
     def connectionMade(self) -> None:
         dispatcher = self.factory
         dispatcher.connection_opened(self)
+        peer = getattr(self.transport.getPeer(), "host", "")
+        verdict = dispatcher.admission.admit(
+            peer, peer in dispatcher.settings.limits.trusted_proxies)
+        if verdict is not None:
+            # Refused before a byte is read: nothing of it is kept.
+            self.transport.pauseProducing()
+            self.state = "answering"
+            return self.refuse(verdict[0], verdict[1], _phrase(verdict[0]).lower())
+        self._admitted = peer
         if dispatcher.tls:
             # Encrypted bytes mean nothing here: hand over before reading any.
             self.transport.pauseProducing()
@@ -115,14 +128,35 @@ class DispatchProtocol(Protocol):
         if isinstance(result, HeadError):
             self.refuse(result.status, _HEAD_ERROR_REASONS.get(result.status, "bad_request"),
                         result.reason)
+            return
+        verdict = self._charge_forwarded(result)
+        if verdict is not None:
+            self.refuse(verdict[0], verdict[1], _phrase(verdict[0]).lower())
         else:
             self._route(result)
+
+    def _charge_forwarded(self, head: RequestHead) -> tuple[int, str] | None:
+        """
+        A trusted proxy's connection was admitted without a rate: its head
+        names the client, whose rate is charged now, for every request.
+        """
+        if self._admitted is None:
+            return None
+        if self._admitted not in self.factory.settings.limits.trusted_proxies:
+            return None
+        client = self._client_ip(head)
+        if client == self._admitted:
+            return None
+        return self.factory.admission.charge(client)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()
         if self.state != "handed":
             self.state = "closed"
         self.factory.connection_closed(self)
+        if self._admitted is not None:
+            self.factory.admission.release(self._admitted)
+            self._admitted = None
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -162,7 +196,10 @@ class DispatchProtocol(Protocol):
                   reason=reason)
         headers: list[tuple[str, str]] = []
         if status in (429, 503):
-            headers.append(("Retry-After", str(self.factory.settings.listen.retry_after)))
+            retry_after = self.factory.admission.retry_after(reason)
+            if retry_after is None:
+                retry_after = self.factory.settings.listen.retry_after
+            headers.append(("Retry-After", str(retry_after)))
         if status == 405:
             headers.append(("Allow", "GET, HEAD"))
         if status == 426:
@@ -184,7 +221,8 @@ class DispatchProtocol(Protocol):
             self.refuse(405, "method", "method not allowed")
         elif head.path == "/health":
             self._health(send_body)
-        elif head.path == "/metrics":
+        elif head.path == "/metrics" and (dispatcher.admin
+                                          or dispatcher.settings.listen.public_metrics):
             self._metrics(send_body)
         elif dispatcher.admin:
             self.refuse(404, "not_found", "not found", send_body)
@@ -299,8 +337,12 @@ class Dispatcher(Factory):
     @param tls: hand connections over unread (TLS terminated in the shards);
         default: whether C{tls.certificate} is set at start.
     @param admin: serve only C{/health} and C{/metrics} (the admin port).
-    @param admission: whether the node accepts, checked with the client's IP
-        before each placement (L{Admission}); default: always admits.
+    @param admission: the node's door (L{Admission}): every accepted
+        connection is admitted through it (and released when it closes), and
+        every upgrade checked with it before placement; default: one that
+        always admits.
+    @param scrape: the node's C{/metrics} text, shared by the public and
+        admin listeners (one cache); default: one of this dispatcher's own.
     """
 
     protocol = DispatchProtocol
@@ -310,7 +352,8 @@ class Dispatcher(Factory):
                  shards: Callable[[], list],
                  health: Callable[[], tuple[int, dict]] | None = None,
                  static_dir: str | None = None, *, tls: bool | None = None,
-                 admin: bool = False, admission: Admission | None = None):
+                 admin: bool = False, admission: Admission | None = None,
+                 scrape: MetricsScrape | None = None):
         self.reactor = reactor
         self._settings = settings
         self.shards = shards
@@ -321,6 +364,7 @@ class Dispatcher(Factory):
             self.tls = False
         self.admin = admin
         self.admission = admission if admission is not None else Admission(reactor.seconds)
+        self.scrape = scrape if scrape is not None else MetricsScrape(reactor, shards, settings)
         self._open: set[DispatchProtocol] = set()
         self._all_closed: list[defer.Deferred] = []
 
@@ -334,6 +378,7 @@ class Dispatcher(Factory):
     def reconfigure(self, settings: Settings) -> None:
         """A reload: limits and timeouts are read at each use."""
         self._settings = settings
+        self.scrape.reconfigure(settings)
 
     @property
     def accepting(self) -> bool:
@@ -383,26 +428,12 @@ class Dispatcher(Factory):
 
     def gather_metrics(self) -> defer.Deferred:
         """
-        The node's exposition: this process's metrics and every alive shard's
-        (labelled C{shard}); a shard that fails or does not answer within
+        The node's exposition (L{MetricsScrape}): this process's metrics and
+        every alive shard's (labelled C{shard}), gathered at most once a
+        second; a shard that fails or does not answer within
         C{listen.metrics_timeout} is left out.
         """
-        timeout = self._settings.listen.metrics_timeout
-        handles = [h for h in self.shards() if h.alive]
-        calls = [defer.maybeDeferred(h.call, GetMetrics).addTimeout(timeout, self.reactor)
-                 for h in handles]
-
-        def merge(results: list) -> bytes:
-            texts = {}
-            for handle, (ok, value) in zip(handles, results):
-                if ok:
-                    texts[handle.index] = value["text"]
-                else:
-                    log.info("metrics of shard {index} left out: {error}", index=handle.index,
-                             error=value.getErrorMessage())
-            return exposition.merge(metrics.exposition(), texts)
-
-        return defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
+        return self.scrape.text()
 
     def static_file(self, path: str) -> tuple[bytes, str] | None:
         """The demo page file for C{path} and its content type, or None (404)."""

@@ -1,7 +1,8 @@
 """
 The node's /health document: whether it can serve, and each shard's state.
-Answers 503 when no shard can take a connection or the node is draining, so a
-load balancer moves new clients elsewhere.
+Answers 503 when no shard can take a connection, the node is draining, or it
+is still starting (waiting for its shards, L{odin_ws.parent.readiness}), so
+a load balancer moves new clients elsewhere.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Health:
         overloaded = self.admission.overloaded
         if draining:
             status = "draining"
+        elif self.admission.starting:
+            status = "starting"
         elif overloaded:
             status = "overloaded"
         elif not alive:

@@ -65,6 +65,8 @@ class Node(service.MultiService):
         capacity = raise_nofile()
         log.info("open-files limit {n}: room for about {c} connections on this node",
                  n=capacity, c=max(0, capacity - 100))
+        # The startup grace (waiting for every shard to register) counts from here.
+        self.admission.node_started()
         super().startService()
         self.guard.start()
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))

@@ -37,6 +37,7 @@ class FakeShard:
                  alive: bool = True, accepting: bool = True):
         self.index, self.connections, self.capacity = index, connections, capacity
         self.alive, self.accepting = alive, accepting
+        self.crash_looping = False
         self.calls: list[tuple[type, dict, defer.Deferred]] = []
         self.answer = None
 

@@ -122,6 +122,13 @@ class TimeoutTests(DispatcherTestCase):
 
 
 class MetricsTests(DispatcherTestCase):
+    """/metrics on the public port, with listen.public_metrics on."""
+
+    def setUp(self):
+        super().setUp()
+        self.config = self.config.replace(listen__public_metrics=True)
+        self.dispatcher = self.make()
+
     def test_merged(self):
         """/metrics merges the parent's metrics with every alive shard's, labelled shard."""
         self.shards[2].alive = False

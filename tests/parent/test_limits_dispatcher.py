@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.parent import guard
@@ -49,6 +51,9 @@ class GateTests(DispatcherTestCase):
     def upgrade(self, ip: str = "10.0.0.1"):
         proto, transport = self.connect(self.gated, IPv4Address("TCP", ip, 5555))
         proto.dataReceived(UPGRADE)
+        if transport in self.released:
+            # The real release aborts the parent's copy: the connection is lost.
+            proto.connectionLost(Failure(ConnectionDone()))
         return transport
 
     def handed(self) -> int:
