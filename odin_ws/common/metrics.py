@@ -95,6 +95,33 @@ KAFKA_REWINDS = Counter("odinws_kafka_offset_rewinds", "Partitions whose offsets
                         "while assigned (the broker's log was reset under the consumer).",
                         registry=REGISTRY)
 OFFSET_RESETS.labels(reason="topic_changed")  # exported at 0, so increase() sees the first
+# Delivery latency split: odinws_delivery_latency_seconds (end to end) =
+# broker's share (record timestamp to consumed) + odinws's own share.
+_LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10)
+BROKER_LATENCY = Histogram("odinws_broker_latency_seconds",
+                           "Kafka record timestamp to consumed by a shard, seconds: the "
+                           "producer's and broker's share of the delivery latency.",
+                           buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+OWN_LATENCY = Histogram("odinws_own_latency_seconds",
+                        "Consumed from Kafka to handed to the last subscriber's socket, "
+                        "seconds: odinws's own share of the delivery latency; path=relayed "
+                        "for events another shard consumed (consumer shard, hub, this shard).",
+                        ["path"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+OWN_LATENCY_LOCAL = OWN_LATENCY.labels(path="local")
+OWN_LATENCY_RELAYED = OWN_LATENCY.labels(path="relayed")
+
+# Recovery and snapshots (shard). History sizes are read at scrape time by
+# odin_ws.shard.history.HistoryCollector.
+RECOVERIES = Counter("odinws_recoveries", "Subscribes that asked for recovery, by result: "
+                     "recovered, or the reason it was not (too_old, ahead, other_epoch, "
+                     "unknown_partition, too_large).", ["result"], registry=REGISTRY)
+for _result in ("recovered", "too_old", "ahead", "other_epoch", "unknown_partition",
+                "too_large"):
+    RECOVERIES.labels(result=_result)  # exported at 0
+EVENTS_REPLAYED = Counter("odinws_events_replayed", "Events sent again by recoveries.",
+                          registry=REGISTRY)
+SNAPSHOT_EVENTS = Counter("odinws_snapshot_events", "Events sent as snapshots on subscribe.",
+                          registry=REGISTRY)
 
 
 class ProcessCollector:

@@ -114,7 +114,7 @@ class ConsumerLoop:
             if self.paused:
                 self.consumer.resume(self.consumer.assignment())
                 self.paused = False
-            self.handle(self.consumer.consume(self.poll_batch, self.poll_timeout))
+            self.handle(self.take())
             return
         now = time.monotonic()
         if self.blocked_since is None:
@@ -128,6 +128,20 @@ class ConsumerLoop:
             # Paused partitions return nothing; polling keeps the membership.
             self.handle(self.consumer.consume(self.poll_batch, 0))
         self.take_done(self.poll_timeout)
+
+    def take(self) -> list:
+        """
+        The next records: wait for the first one only, then take whatever
+        else is already fetched, up to poll_batch. (consume(n, t) would wait
+        for n records or all of t: every event of a quiet stream would wait
+        poll_timeout. Measured with Tansu, one record per 20 ms, produce to
+        on_batch: median 166 ms before, with consume(500, 0.05) and
+        librdkafka's fetch.wait.max.ms 500; see kafka.fetch_wait_max_ms.)
+        """
+        messages = self.consumer.consume(1, self.poll_timeout)
+        if messages and self.poll_batch > 1:
+            messages.extend(self.consumer.consume(self.poll_batch - 1, 0))
+        return messages
 
     def handle(self, messages: list) -> None:
         events: list[Event] = []
@@ -152,13 +166,19 @@ class ConsumerLoop:
             positions[key] = offset
             offsets[key] = offset + 1
             records[topic] += 1
-            result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset)
+            result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset,
+                                epoch_of(topic))
             if isinstance(result, str):
                 rejected[result] += 1
             else:
                 result.epoch = epoch_of(topic)
                 result.consumed = consumed
                 events.append(result)
+        # The broker's share of the delivery latency (and the producer's:
+        # record timestamp to consumed), once per event and node.
+        observe = metrics.BROKER_LATENCY.observe
+        for e in events:
+            observe(max(0.0, consumed - e.ts / 1000.0))
         for topic, n in records.items():
             metrics.KAFKA_RECORDS.labels(topic).inc(n)
         for reason, n in rejected.items():

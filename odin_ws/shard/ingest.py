@@ -105,6 +105,7 @@ class KafkaIngest(Service):
             "max.poll.interval.ms": k.max_poll_interval_ms,
             "reconnect.backoff.max.ms": int(k.retry_backoff_max * 1000),
             "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+            "fetch.wait.max.ms": k.fetch_wait_max_ms,
         }
         conf.update(k.consumer_config)
         conf.update({"error_cb": self._on_error, "stats_cb": self._on_stats,

@@ -283,9 +283,9 @@ class Shard(service.MultiService):
 
     def deliver(self, events: list[Event]) -> None:
         """A batch another shard consumed, relayed by the hub."""
-        self._deliver(self._fresh(events))
+        self._deliver(self._fresh(events), relayed=True)
 
-    def _deliver(self, events: list[Event]) -> None:
+    def _deliver(self, events: list[Event], relayed: bool = False) -> None:
         subscriptions = self.subscriptions
         fanout = self.fanout
         delivered = []
@@ -298,7 +298,7 @@ class Shard(service.MultiService):
             subscribers = subscriptions.match(e.token, e.event_type)
             if not subscribers:
                 continue
-            delivered.append(e.ts)
+            delivered.append(e)
             if subscribers is not run_to and run:
                 fanout.publish_run(run, run_to)
                 run = []
@@ -308,7 +308,12 @@ class Shard(service.MultiService):
             fanout.publish_run(run, run_to)
         fanout.flush()
         if delivered:
-            now = time.time() * 1000.0
-            observe = metrics.DELIVERY_LATENCY.observe
-            for ts in delivered:
-                observe(max(0.0, (now - ts) / 1000.0))
+            # End to end, and odinws's own share: consumed (by this shard or,
+            # relayed, by another) to written to the last subscriber's socket.
+            now = time.time()
+            end_to_end = metrics.DELIVERY_LATENCY.observe
+            own = (metrics.OWN_LATENCY_RELAYED if relayed else metrics.OWN_LATENCY_LOCAL).observe
+            for e in delivered:
+                end_to_end(max(0.0, now - e.ts / 1000.0))
+                if e.consumed:
+                    own(max(0.0, now - e.consumed))

@@ -1,9 +1,12 @@
 """
-The shard's de-duplication of events (its own consumption and the hub's
-relay): re-reads are dropped, a new incarnation of a topic is not.
+The shard's event path (its own consumption and the hub's relay):
+de-duplication (re-reads are dropped, a new incarnation of a topic is not)
+and the delivery latency metrics.
 """
 
 from __future__ import annotations
+
+import time
 
 from odin_ws.common.events import Event
 from tests.helpers import ShardTestCase, sample
@@ -35,3 +38,32 @@ class ShardDedupTests(ShardTestCase):
         self.assertEqual(sample("odinws_offset_resets_total", reason="topic_changed") - resets, 1)
         self.assertTrue(self.audited("de-duplication marks reset"))
         self.assertEqual(self.shard.seen.marks[("odin.trades", 0)], ("new", 2))
+
+
+class ShardLatencyTests(ShardTestCase):
+    """The delivery latency, end to end and odinws's own share."""
+
+    def test_ownShareLocalAndRelayed(self):
+        """
+        Each delivered event is observed end to end and in odinws's own
+        share (from its consumed-at time), as local when this shard consumed
+        it and as relayed when the hub brought it; undelivered events (no
+        subscriber) and events without a consumed-at time are not.
+        """
+        client = self.connect()
+        self.subscribe(client, "odin.token.ABC.trade")
+
+        def counts():
+            return (sample("odinws_delivery_latency_seconds_count"),
+                    sample("odinws_own_latency_seconds_count", path="local"),
+                    sample("odinws_own_latency_seconds_count", path="relayed"))
+        before = counts()
+        now = time.time()
+
+        def ev(offset, token="ABC", consumed=now):
+            return Event.build(token, "trade", b"1", int(now * 1000) - 5, "odin.trades", 0,
+                               offset, epoch="e", consumed=consumed)
+        self.shard.on_kafka_batch([ev(0), ev(1), ev(2, token="NOBODY")])
+        self.shard.deliver([ev(3), ev(4, consumed=0.0)])
+        after = counts()
+        self.assertEqual([a - b for a, b in zip(after, before)], [4, 2, 1])

@@ -406,11 +406,14 @@ class ConsumerLoopEpochTests(SynchronousTestCase):
     def test_assignLooksUpAndTags(self):
         """
         An assignment looks the topics' identity up; every event carries the
-        epoch and one consumed-at time per batch.
+        epoch and one consumed-at time per batch; the broker's share of the
+        latency is observed once per event.
         """
         self.assertEqual(self.incarnations.lookups, 1)
+        observed = sample("odinws_broker_latency_seconds_count")
         events = self.handle((0, 5), (1, 7))
         self.assertEqual([e.epoch for e in events], ["e1", "e1"])
+        self.assertEqual(sample("odinws_broker_latency_seconds_count") - observed, 2)
         self.assertEqual(len({e.consumed for e in events}), 1)
         self.assertGreater(events[0].consumed, 0)
 
@@ -449,3 +452,63 @@ class ConsumerLoopEpochTests(SynchronousTestCase):
         events = self.handle((0, 90))
         self.assertEqual(events[0].epoch, "e1")
         self.assertEqual(self.ingest.audited, [])
+
+
+class FakeConsumer:
+    """consume() calls recorded; answers from a script of message lists."""
+
+    def __init__(self, answers: list[list]):
+        self.answers = answers
+        self.calls: list[tuple[int, float]] = []
+
+    def consume(self, n: int, timeout: float) -> list:
+        self.calls.append((n, timeout))
+        return list(self.answers.pop(0)) if self.answers else []
+
+
+class ConsumerLoopTakeTests(SynchronousTestCase):
+    """How the loop asks librdkafka for records (issue 15: no wait for a full batch)."""
+
+    def loop(self, consumer: FakeConsumer, poll_batch: int = 500) -> ConsumerLoop:
+        settings = make_settings("127.0.0.1:1", "t", "g", **{"kafka.poll_batch": poll_batch,
+                                                             "kafka.poll_timeout": 0.25})
+        return ConsumerLoop(FakeIngest(), consumer, RecordMapper.from_settings(settings.kafka),
+                            settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
+                            Deferred(), FakeIncarnations({"t": "e1"}))
+
+    def test_firstRecordThenWhatIsBuffered(self):
+        """
+        The loop waits (up to poll_timeout) for one record only, then takes
+        whatever else is already fetched without waiting, up to poll_batch:
+        a quiet stream's event is not held for poll_timeout, a burst is
+        still one batch.
+        """
+        first, rest = [FakeMessage("t", 0, 0)], [FakeMessage("t", 0, 1), FakeMessage("t", 0, 2)]
+        consumer = FakeConsumer([first, rest])
+        self.assertEqual(self.loop(consumer).take(), first + rest)
+        self.assertEqual(consumer.calls, [(1, 0.25), (499, 0)])
+
+    def test_nothingThere(self):
+        """When nothing came within poll_timeout there is no second call."""
+        consumer = FakeConsumer([])
+        self.assertEqual(self.loop(consumer).take(), [])
+        self.assertEqual(consumer.calls, [(1, 0.25)])
+
+    def test_batchOfOne(self):
+        """With poll_batch 1 a record is taken alone."""
+        consumer = FakeConsumer([[FakeMessage("t", 0, 0)]])
+        self.assertEqual(len(self.loop(consumer, poll_batch=1).take()), 1)
+        self.assertEqual(consumer.calls, [(1, 0.25)])
+
+    def test_consumerConfig(self):
+        """
+        kafka.fetch_wait_max_ms reaches librdkafka as fetch.wait.max.ms
+        (default 5: Tansu answers a fetch only when it expires), and
+        kafka.consumer_config still has the last word.
+        """
+        default = KafkaIngest(reactor, make_settings("b:1", "t", "g"), None, None)
+        self.assertEqual(default.consumer_config()["fetch.wait.max.ms"], 5)
+        custom = KafkaIngest(reactor, make_settings(
+            "b:1", "t", "g", **{"kafka.fetch_wait_max_ms": 50,
+                                "kafka.consumer_config": {"fetch.wait.max.ms": 7}}), None, None)
+        self.assertEqual(custom.consumer_config()["fetch.wait.max.ms"], 7)
