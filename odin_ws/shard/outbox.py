@@ -91,7 +91,8 @@ class Outbox:
     connection opens). Frames pushed in a reactor turn leave in one write;
     while the client is slow they wait here, bounded by C{limit} bytes
     (Twisted's held bytes included), and the event type's policy applies
-    past it. Per-channel order is kept under every policy:
+    past it. When nothing waits at all, one frame is taken whatever its
+    size. Per-channel order is kept under every policy:
 
       - drop: the new frame is discarded;
       - conflate: the channel's waiting frames give way to the new one; it
@@ -220,7 +221,13 @@ class Outbox:
         if self.closed:
             return
         self._settle()
-        if size <= self.room:
+        if size <= self.room or self.room == self.limit:
+            # Nothing waits for this connection (self.room == self.limit: no
+            # queued frame, no byte held by Twisted), so it takes the frame
+            # whatever its size: a record above the limit (kafka.max_record_bytes
+            # may be up to the limit, the envelope adds a little) still
+            # reaches every client that keeps up, and is not counted as a
+            # slow-client drop nor, under disconnect, held against it.
             self._accept(frame, channel, size)
             return
         policy = self.policy_for(event_type)

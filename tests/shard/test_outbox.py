@@ -219,6 +219,34 @@ class PolicyTests(SynchronousTestCase):
         self.clock.advance(10)      # the grace timer finds the client caught up
         self.assertEqual((box.closed, box.tracking), (False, False))
 
+    def test_emptyOutboxTakesOneFrameOfAnySize(self):
+        """
+        A frame larger than outbound.max_buffer_bytes reaches every client
+        with nothing waiting, under every policy: it is not counted as a
+        slow-client drop, and under disconnect nobody is closed (issue 16:
+        a 300 KB record reached nobody and closed every subscriber with
+        4008). A client with something waiting still gets the policy, so
+        what waits stays bounded by the limit plus one frame.
+        """
+        big = event("a", 1, pad=3000)
+        self.assertGreater(len(big), 1000)
+        for policy in ("drop", "conflate", "disconnect"):
+            boxes = [self.make(StringTransport(), policy) for _ in range(3)]
+            self.send_turn([(big, "a", "t")], boxes)
+            self.fanout.flush()
+            self.clock.advance(10)
+            for box in boxes:
+                self.assertEqual(events_in(box.transport.value()), [("a", 1)], policy)
+                self.assertFalse(box.closed, policy)
+        self.assertEqual(dict(self.stats.dropped), {"drop": 0, "conflate": 0, "disconnect": 0})
+        self.assertEqual((self.disconnects, self.stats.slow_disconnects), (0, 0))
+        t = StalledTransport()
+        box = self.make(t, "drop")
+        t.producerPaused = box.paused = True     # a small frame already waits
+        self.send_turn([(event("a", 2), "a", "t"), (big, "a", "t")], [box])
+        self.assertEqual(self.stats.dropped["drop"], 1)
+        self.assertLessEqual(box.buffered(), 1000 + len(big))
+
 
 class RunPolicyTests(PolicyTests):
     """The policies when events come as runs (publish_run), as the shard sends them."""
