@@ -29,6 +29,18 @@ SUBPROTOCOL_TOKEN_PREFIX = "bearer."
 _HMAC = ("HS256", "HS384", "HS512")
 _PUBLIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256")
 
+#: The token algorithms a JWKS key without C{alg} verifies, by its C{kty}
+#: (and C{crv}): those of L{_PUBLIC} its key type can check, as
+#: docs/security.md lists them. (PyJWT alone binds such a key to RS256 or
+#: ES256 and refuses RS384, RS512 and PS256 tokens.) A key with C{alg}
+#: verifies that algorithm only.
+_JWK_ALGORITHMS = {
+    ("RSA", None): ("RS256", "RS384", "RS512", "PS256"),
+    ("EC", "P-256"): ("ES256",),
+    ("EC", "P-384"): ("ES384",),
+    ("EC", "P-521"): ("ES512",),
+}
+
 
 class AuthError(Exception):
     """Why a token was refused; C{reason} is a short metric label."""
@@ -87,6 +99,49 @@ def auth_settings(settings: AuthSettings | Config) -> AuthSettings:
     return settings
 
 
+@dataclass(frozen=True)
+class JwksKey:
+    """One usable key of a JWKS: its C{kid} and a PyJWK per token algorithm it verifies."""
+
+    kid: str | None
+    by_alg: Mapping[str, jwt.PyJWK]
+
+
+def load_jwks(text: str) -> tuple[JwksKey, ...]:
+    """
+    The signing keys of a JWKS document, in its order; keys of other kinds
+    (HMAC, unknown curves, algorithms outside L{_PUBLIC}) are left out.
+
+    @raise ValueError: not a JWKS, or no usable key in it.
+    """
+    doc = json.loads(text)
+    entries = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError('expected {"keys": [...]}')
+    keys = []
+    for data in entries:
+        if not isinstance(data, dict):
+            continue
+        kty = data.get("kty")
+        alg = data.get("alg")
+        if alg:
+            algorithms = (alg,) if alg in _PUBLIC else ()
+        else:
+            algorithms = _JWK_ALGORITHMS.get((kty, data.get("crv") if kty == "EC" else None), ())
+        by_alg = {}
+        for name in algorithms:
+            try:
+                by_alg[name] = jwt.PyJWK(data, algorithm=name)
+            except jwt.PyJWTError:
+                pass
+        if by_alg:
+            kid = data.get("kid")
+            keys.append(JwksKey(kid if isinstance(kid, str) else None, by_alg))
+    if not keys:
+        raise ValueError("no usable RSA or EC signing key")
+    return tuple(keys)
+
+
 class Verifier:
     """Checks tokens against the configured keys and claims; rebuilt on reload."""
 
@@ -101,7 +156,7 @@ class Verifier:
         self.sources = tuple(settings.token_sources)
         self._secret: bytes | None = None
         self._pem: bytes | None = None
-        self._jwks: jwt.PyJWKSet | None = None
+        self._jwks: tuple[JwksKey, ...] | None = None
         if self.enabled:
             self._load_keys()
 
@@ -123,8 +178,8 @@ class Verifier:
             self._pem = self._read("public_key_file")
         if c.jwks_file:
             try:
-                self._jwks = jwt.PyJWKSet.from_json(self._read("jwks_file").decode())
-            except (jwt.PyJWTError, ValueError, UnicodeDecodeError) as e:
+                self._jwks = load_jwks(self._read("jwks_file").decode())
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
                 raise ConfigError(f"auth.jwks_file: not a usable JWKS: {e}") from None
         if not (self._secret or self._pem or self._jwks):
             raise ConfigError("auth.mode: jwt needs auth.secret, auth.secret_file, "
@@ -137,9 +192,12 @@ class Verifier:
         if alg in _PUBLIC:
             if self._jwks is not None:
                 kid = header.get("kid")
-                for k in self._jwks.keys:
-                    if kid is None or k.key_id == kid:
-                        return k, [alg]
+                for k in self._jwks:
+                    if kid is None or k.kid == kid:
+                        if alg not in k.by_alg:
+                            raise AuthError("bad_algorithm", "token algorithm does not fit "
+                                            "the key")
+                        return k.by_alg[alg], [alg]
                 raise AuthError("unknown_key", "no key with this kid")
             if self._pem:
                 return self._pem, [alg]

@@ -187,6 +187,51 @@ class PublicKeyTests(unittest.TestCase):
         self.assertEqual(self.assertRaises(auth.AuthError, v.verify, unknown).reason,
                          "unknown_key")
 
+    def test_jwks_keys_without_alg_verify_what_the_docs_list(self):
+        """
+        A JWKS key without "alg" verifies, by its kty and crv, every algorithm
+        docs/security.md lists for it: an RSA key RS256, RS384, RS512 and
+        PS256 tokens (before, PyJWT bound it to RS256 alone and refused the
+        rest), an EC P-384 key ES384; a token whose algorithm the key cannot
+        check, or other than the key's own "alg", is refused as bad_algorithm.
+        """
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ec_key = ec.generate_private_key(ec.SECP384R1())
+        pinned = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        keys = [json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key())),
+                json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key())),
+                json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(pinned.public_key()))]
+        for jwk, kid in zip(keys, ("rsa", "ec", "pinned")):
+            jwk["kid"] = kid
+        keys[2]["alg"] = "RS256"
+        self.assertNotIn("alg", keys[0])
+        path = self.write(json.dumps({"keys": keys}).encode())
+        v = auth.Verifier(make_config(**{"auth.secret": "", "auth.jwks_file": path}))
+
+        def token(key, alg, kid):
+            return jwt.encode({"exp": time.time() + 60, "channels": ["odin.token.*.*"]}, key,
+                              algorithm=alg, headers={"kid": kid})
+
+        for alg in ("RS256", "RS384", "RS512", "PS256"):
+            self.assertTrue(v.verify(token(rsa_key, alg, "rsa")).allows("A", "trade"), alg)
+        self.assertTrue(v.verify(token(ec_key, "ES384", "ec")).allows("A", "trade"))
+        self.assertTrue(v.verify(token(pinned, "RS256", "pinned")).allows("A", "trade"))
+        for key, alg, kid in ((ec_key, "ES384", "rsa"), (rsa_key, "RS256", "ec"),
+                              (pinned, "RS384", "pinned")):
+            self.assertEqual(self.assertRaises(auth.AuthError, v.verify,
+                                               token(key, alg, kid)).reason,
+                             "bad_algorithm", (alg, kid))
+        forged = token(pinned, "RS384", "rsa")
+        self.assertEqual(self.assertRaises(auth.AuthError, v.verify, forged).reason,
+                         "bad_signature")
+
+    def test_jwks_without_a_signing_key_is_a_config_error(self):
+        """A JWKS holding no usable RSA or EC key fails start-up naming auth.jwks_file."""
+        path = self.write(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).encode())
+        e = self.assertRaises(config.ConfigError, auth.Verifier,
+                              make_config(**{"auth.secret": "", "auth.jwks_file": path}))
+        self.assertIn("auth.jwks_file", str(e))
+
 
 class GrantTests(unittest.TestCase):
     def test_wildcards(self):
