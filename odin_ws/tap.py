@@ -83,6 +83,7 @@ def makeService(options, reactor=None) -> service.IService:
     from odin_ws.parent.health import Health
     from odin_ws.parent.hub import Hub
     from odin_ws.parent.node import Node
+    from odin_ws.parent.scrape import MetricsScrape
     from odin_ws.parent.supervisor import Supervisor
 
     settings = Settings.from_config(options.config)
@@ -97,18 +98,20 @@ def makeService(options, reactor=None) -> service.IService:
     except configmod.ConfigError as e:
         fail(f"configuration error: {e}")
     guard = Guard(reactor, lambda: [os.getpid(), *supervisor.pids()], read_budget(), settings)
-    admission = Admission(reactor.seconds, guard, settings)
     shards = lambda: supervisor.shards  # noqa: E731
+    admission = Admission(reactor.seconds, guard, settings, shards)
     health = Health(settings, shards, admission, guard)
+    scrape = MetricsScrape(reactor, shards, settings)
     static_dir = os.path.join(os.path.dirname(__file__), "static")
     dispatchers = [Dispatcher(reactor, settings, shards, health=health,
                               static_dir=static_dir if settings.demo.enabled else None,
-                              tls=tls_options is not None, admission=admission)]
+                              tls=tls_options is not None, admission=admission,
+                              scrape=scrape)]
     listeners = [StreamServerEndpointService(serverFromString(reactor, settings.listen.port),
                                              dispatchers[0])]
     if settings.listen.admin_port:
         dispatchers.append(Dispatcher(reactor, settings, shards, health=health, admin=True,
-                                      admission=admission))
+                                      admission=admission, scrape=scrape))
         listeners.append(StreamServerEndpointService(
             serverFromString(reactor, settings.listen.admin_port), dispatchers[1]))
     for listener in listeners:
