@@ -228,6 +228,12 @@ SCHEMA: tuple[Option, ...] = (
          minimum=0),
     _opt("supervisor.stats_interval", float, 1.0, "Seconds between shard stat reports.",
          minimum=0.05),
+    _opt("supervisor.stats_stale_after", float, 3.0, "Seconds without a stat report after "
+         "which a running shard counts as stalled and gets no new clients (at least twice "
+         "supervisor.stats_interval).", minimum=0.1, live=True),
+    _opt("supervisor.max_handoffs_in_flight", int, 64, "Handoffs to one shard sent and not "
+         "yet answered; at this many the shard gets no new client until one is answered.",
+         minimum=1, live=True),
     _opt("tls.certificate", str, "", "PEM certificate chain (leaf first); re-read on SIGHUP.",
          live=True),
     _opt("tls.private_key", str, "", "PEM private key (empty = in the certificate file).",
@@ -400,6 +406,9 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
         raise ConfigError(f"listen.ws_path: must start with '/', got {values['listen.ws_path']!r}")
     if values["supervisor.restart_max_delay"] < values["supervisor.restart_min_delay"]:
         raise ConfigError("supervisor.restart_max_delay: must not be below supervisor.restart_min_delay")
+    if values["supervisor.stats_stale_after"] < 2 * values["supervisor.stats_interval"]:
+        raise ConfigError("supervisor.stats_stale_after: must be at least twice "
+                          "supervisor.stats_interval")
     return values
 
 

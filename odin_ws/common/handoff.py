@@ -5,7 +5,10 @@ L{odin_ws.common.twisted_internals}).
 
 Parent side: L{offer} sends the descriptor and the bytes already read with
 L{odin_ws.common.commands.Handoff}; once the shard answered, L{release} drops the
-parent's copy without disturbing the shard's. Shard side: L{adopt} wraps the
+parent's copy without disturbing the shard's. A handoff the shard has not
+answered in time may still be adopted later, so the parent never writes to
+that socket again: it only drops its copy (L{not_adopted} tells when a
+failure leaves the socket with the parent alone). Shard side: L{adopt} wraps the
 received descriptor in a transport of the shard's reactor and replays the
 bytes the parent read.
 
@@ -55,42 +58,61 @@ def release(transport: Any) -> None:
     transport.loseConnection()
 
 
+class NotSent(Exception):
+    """
+    A handoff failed before it left the parent (the shard was not running,
+    its channel was already closed, the descriptor could not be duplicated):
+    the shard cannot hold the socket.
+    """
+
+
+def not_adopted(failure: Failure) -> bool:
+    """
+    Whether a failed handoff certainly left the socket with the parent
+    alone (L{NotSent}, or the shard's L{commands.HandoffRefused}), so the
+    parent may still answer the client. Any other failure (the channel lost
+    after sending) leaves it unknown: the shard may have adopted the socket
+    and written to it.
+    """
+    return failure.check(commands.HandoffRefused, NotSent) is not None
+
+
 def offer(reactor: Any, call: Callable[..., Any], fd: int, head: bytes, peer: str,
-          timeout: float, tls: bool = False) -> defer.Deferred:
+          timeout: float, tls: bool = False,
+          on_timeout: Callable[[], None] = lambda: None) -> defer.Deferred:
     """
     Send a L{commands.Handoff} of descriptor C{fd} through C{call} (a shard
     handle's C{call(command, **kwargs)} or an AMP C{callRemote}).
 
-    A duplicate of C{fd} is what goes out, and it stays open until the shard
-    answers or its channel fails, even when this times out: AMP queues the
-    descriptor by number and sends it later, so closing it early could let
-    the number be reused by another client's socket and hand that one over.
+    A duplicate of C{fd} is what goes out, and it stays open until the call
+    completes, however late: AMP queues the descriptor by number and sends
+    it later, so closing it early could let the number be reused by another
+    client's socket and hand that one over.
 
-    @return: a Deferred firing with the answer (C{{"connections": n}}), or
-        failing with L{commands.HandoffRefused}, the channel's error, or
-        L{defer.TimeoutError} after C{timeout} seconds.
+    @param on_timeout: called once when the call has not completed after
+        C{timeout} seconds. The call goes on (the shard may still adopt the
+        socket); the returned Deferred fires when it completes.
+    @return: a Deferred firing, when the call completes, with the answer
+        (C{{"connections": n}}), or failing with L{commands.HandoffRefused},
+        L{NotSent}, or the channel's error (see L{not_adopted}).
     """
     dup = os.dup(fd)
-    result: defer.Deferred = defer.Deferred()
+    timer = reactor.callLater(timeout, on_timeout)
+    returned = False
 
-    def timed_out() -> None:
-        result.errback(defer.TimeoutError(f"shard did not answer the handoff in {timeout}s"))
-
-    timer = reactor.callLater(timeout, timed_out)
-
-    def answered(outcome: Any) -> None:
+    def completed(outcome: Any) -> Any:
         os.close(dup)
         if timer.active():
             timer.cancel()
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-        elif isinstance(outcome, Failure):
-            log.debug("late handoff failure after timeout: {f}", f=outcome.getErrorMessage())
+        if (isinstance(outcome, Failure) and not returned
+                and not outcome.check(commands.HandoffRefused)):
+            # Failed before call() even returned: nothing was sent.
+            return Failure(NotSent(outcome.getErrorMessage()))
+        return outcome
 
-    defer.maybeDeferred(call, commands.Handoff, fd=dup, head=head, peer=peer,
-                        tls=tls).addBoth(answered)
+    result = defer.maybeDeferred(call, commands.Handoff, fd=dup, head=head, peer=peer,
+                                 tls=tls).addBoth(completed)
+    returned = True
     return result
 
 

@@ -75,6 +75,13 @@ REJECTED = Counter("odinws_rejected_connections", "Connections refused before th
 HANDOFF_SECONDS = Histogram("odinws_handoff_seconds", "Handoff round trip to a shard, seconds.",
                             buckets=(.0002, .0005, .001, .0025, .005, .01, .025, .1, 1),
                             registry=REGISTRY)
+HANDOFFS_ABANDONED = Counter("odinws_handoffs_abandoned", "Clients the parent let go of "
+                             "without an answer because their shard may hold the socket, by "
+                             "reason: timeout (no answer within listen.handoff_timeout), lost "
+                             "(the control channel failed after sending).", ["reason"],
+                             registry=REGISTRY)
+for _reason in ("timeout", "lost"):
+    HANDOFFS_ABANDONED.labels(reason=_reason)  # exported at 0, so increase() sees the first
 GUARD_CPU = Gauge("odinws_guard_cpu_fraction", "Node CPU use as a fraction of its budget.",
                   registry=REGISTRY)
 GUARD_MEMORY = Gauge("odinws_guard_memory_fraction", "Node memory use as a fraction of its "

@@ -118,7 +118,7 @@ class HistorySettings:
 
 @dataclass(frozen=True, slots=True)
 class SupervisorSettings:
-    """Shard processes: restart backoff and shutdown."""
+    """Shard processes: restart backoff, shutdown, liveness and handoffs in flight."""
 
     restart_min_delay: float
     restart_max_delay: float
@@ -127,6 +127,8 @@ class SupervisorSettings:
     drain_timeout: float
     kill_timeout: float
     stats_interval: float
+    stats_stale_after: float
+    max_handoffs_in_flight: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,9 @@ _HEAD_ERROR_REASONS = {400: "bad_request", 431: "head_too_large", 505: "bad_vers
 def place(handles: Iterable[Any], max_connections: int) -> tuple[Any | None, str | None]:
     """
     The shard for a new connection: among alive, accepting shards below their
-    capacity, the one with the fewest connections (ties: lowest index).
+    capacity, the one with the fewest connections (ties: lowest index). A
+    stalled shard (no recent stats) is not accepting; a saturated one (too
+    many handoffs unanswered) is skipped until one is answered.
 
     @return: C{(handle, None)}, or C{(None, reason)} with reason C{node_full}
         (the node is at C{max_connections}) or C{no_shard}.
@@ -67,7 +69,8 @@ def place(handles: Iterable[Any], max_connections: int) -> tuple[Any | None, str
     handles = list(handles)
     if sum(h.connections for h in handles if h.alive) >= max_connections:
         return None, "node_full"
-    candidates = [h for h in handles if h.alive and h.accepting and h.connections < h.capacity]
+    candidates = [h for h in handles if h.alive and h.accepting and not h.saturated
+                  and h.connections < h.capacity]
     if not candidates:
         return None, "no_shard"
     return min(candidates, key=lambda h: (h.connections, h.index)), None
@@ -86,7 +89,9 @@ class DispatchProtocol(Protocol):
     factory: "Dispatcher"
 
     def __init__(self) -> None:
-        self.state = "new"  # reading -> answering | handing -> handed | closed
+        # reading -> answering | handing -> handed | closed (also: let go of
+        # after a handoff the shard may have adopted)
+        self.state = "new"
         self._reader: HeadReader | None = None
         self._timer = None
         #: The peer address the door counts this connection against, once admitted.
@@ -288,16 +293,18 @@ class DispatchProtocol(Protocol):
         handle, reason = place(dispatcher.shards(), settings.limits.max_connections)
         if handle is None:
             return self.refuse(503, reason, "no capacity, retry later")
-        # Count it now: the next placement (maybe before this answer) must see it.
+        # Count it now, until the call completes (however late): the next
+        # placement, maybe before this answer, must see it.
         handle.reserve()
         self.state = "handing"
         started = dispatcher.reactor.seconds()
         try:
             d = handoff.offer(dispatcher.reactor, handle.call, self.transport.fileno(), raw,
                               peer_string(self.transport.getPeer()),
-                              settings.listen.handoff_timeout, tls=dispatcher.tls)
+                              settings.listen.handoff_timeout, tls=dispatcher.tls,
+                              on_timeout=lambda: self._handoff_timed_out(handle))
         except OSError as e:
-            d = defer.fail(e)
+            d = defer.fail(handoff.NotSent(str(e)))
         d.addCallbacks(self._handed, self._handoff_failed, callbackArgs=(handle, started),
                        errbackArgs=(handle,))
 
@@ -305,16 +312,47 @@ class DispatchProtocol(Protocol):
         handle.handoff_done()
         metrics.HANDOFF_SECONDS.observe(max(0.0, self.factory.reactor.seconds() - started))
         metrics.DISPATCHED.labels(shard=str(handle.index)).inc()
-        self.state = "handed"
-        handoff.release(self.transport)
+        if self.state == "handing":
+            self.state = "handed"
+            handoff.release(self.transport)
+
+    def _handoff_timed_out(self, handle: Any) -> None:
+        """
+        No answer within C{listen.handoff_timeout}. The descriptor and the
+        message are still on their way, so the shard may yet adopt the socket
+        and write its 101: the parent writes nothing and only drops its own
+        copy. The client is served late if the shard adopts it, or sees its
+        connection closed, with no HTTP status, when the call fails. The slot
+        stays counted until then.
+        """
+        if self.state != "handing":
+            return
+        log.warn("shard {index} did not answer a handoff within {timeout:g}s; letting go of "
+                 "the client without an answer", index=handle.index,
+                 timeout=self.factory.settings.listen.handoff_timeout)
+        metrics.HANDOFFS_ABANDONED.labels(reason="timeout").inc()
+        self._let_go()
 
     def _handoff_failed(self, failure: Any, handle: Any) -> None:
         handle.handoff_failed()
+        if self.state != "handing":
+            log.info("handoff to shard {index} failed after the client was let go of: "
+                     "{error}", index=handle.index, error=failure.getErrorMessage())
+            return
         log.warn("handoff to shard {index} failed: {error}", index=handle.index,
                  error=failure.getErrorMessage())
-        if self.state == "handing":
+        if handoff.not_adopted(failure):
             self.state = "answering"
             self.refuse(503, "handoff_failed", "no capacity, retry later")
+        else:
+            # The channel failed after sending: the shard may have adopted it.
+            metrics.HANDOFFS_ABANDONED.labels(reason="lost").inc()
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop the parent's copy of a socket a shard may hold: no byte, no shutdown."""
+        self.state = "closed"
+        handoff.release(self.transport)
 
     def _peer(self) -> str:
         try:

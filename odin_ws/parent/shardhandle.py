@@ -33,7 +33,10 @@ class ShardHandle:
     C{alive} means the process runs I{and} has registered over AMP; only
     then is C{link} usable. C{connections}, C{capacity}, C{accepting} and
     C{status} come from the shard's last Stats report, plus the handoffs in
-    flight (L{reserve}). Everything is read-only from outside; the
+    flight (L{reserve}). A shard whose reports stopped for
+    C{stats_stale_after} seconds (stopped, hung, its channel stuck) is
+    C{stalled} and not C{accepting}; one with C{max_handoffs_in_flight}
+    handoffs unanswered is C{saturated}. Everything is read-only from outside; the
     supervisor reports the process's life (L{started}, L{exited}, L{restarted},
     L{next_delay}), the L{ShardLink} the channel's (L{channel_opened},
     L{registered}, L{reported}, L{channel_closed}), the dispatcher its
@@ -56,6 +59,8 @@ class ShardHandle:
         self._pending = 0
         self._capacity = 0
         self._restarts = 0
+        #: When the shard last registered or reported: its liveness as the parent sees it.
+        self._last_report: float | None = None
         self._status: dict[str, Any] = {}
         self._started_at: float | None = None
         self._process = None                    # IProcessTransport while the process runs
@@ -93,7 +98,22 @@ class ShardHandle:
 
     @property
     def accepting(self) -> bool:
-        return self._accepting
+        """Alive, says it accepts, and has reported lately (not L{stalled})."""
+        return self._accepting and not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        """
+        Alive, but no Stats report for C{stats_stale_after} seconds: stopped
+        (SIGSTOP), hung, or too busy to serve a handoff in time.
+        """
+        return (self._alive and self._last_report is not None
+                and self._clock.seconds() - self._last_report > self._settings.stats_stale_after)
+
+    @property
+    def saturated(self) -> bool:
+        """C{max_handoffs_in_flight} handoffs sent and not yet answered: no more for now."""
+        return self._pending >= self._settings.max_handoffs_in_flight
 
     @property
     def connections(self) -> int:
@@ -149,7 +169,8 @@ class ShardHandle:
     def as_health(self) -> dict[str, Any]:
         """This shard's entry in /health."""
         return {"index": self._index, "pid": self._pid, "cpu": self._cpu, "alive": self._alive,
-                "accepting": self._accepting, "connections": self._connections,
+                "accepting": self.accepting, "stalled": self.stalled,
+                "connections": self._connections,
                 "capacity": self._capacity, "restarts": self._restarts,
                 "crash_looping": self.crash_looping, "kafka": self._status.get("kafka")}
 
@@ -268,6 +289,7 @@ class ShardHandle:
         self._pid = pid
         self._capacity = capacity
         self._accepting = True
+        self._last_report = self._clock.seconds()
         self._link = link
         self._alive = True
         self._fire_ready(self)
@@ -276,6 +298,7 @@ class ShardHandle:
         """A Stats report; C{status} None when it was unreadable (kept as it was)."""
         self._connections = connections + self._pending
         self._capacity = capacity
+        self._last_report = self._clock.seconds()
         if status is not None:
             self._status = status
             self._accepting = bool(status.get("accepting", True))
@@ -299,17 +322,23 @@ class ShardHandle:
     # -- placement (reported by the dispatcher) ---------------------------
 
     def reserve(self) -> None:
-        """A connection is being handed over: count it now, so the next placement sees it."""
+        """
+        A connection is being handed over: count it now, so the next placement
+        sees it. It stays counted (and in flight) until the handoff call
+        completes, L{handoff_done} or L{handoff_failed}, however long that
+        takes: the client may have been let go of, but the descriptor and the
+        message are still on their way to the shard.
+        """
         self._connections += 1
         self._pending += 1
 
     def handoff_done(self) -> None:
         """The shard adopted a reserved connection (its next report counts it)."""
-        self._pending -= 1
+        self._pending = max(0, self._pending - 1)
 
     def handoff_failed(self) -> None:
-        """A reserved connection did not reach the shard."""
-        self._pending -= 1
+        """A reserved connection's handoff call failed: the slot is free again."""
+        self._pending = max(0, self._pending - 1)
         self._connections = max(0, self._connections - 1)
 
 

@@ -226,27 +226,58 @@ class OfferTests(unittest.TestCase):
 
     def test_timeout_keeps_duplicate_until_answer(self):
         """
-        After the timeout the offer fails, but the duplicate descriptor stays
-        open until the channel answers, so its number cannot be reused while
-        AMP may still be sending it.
+        At the timeout on_timeout is called but the offer goes on: the
+        duplicate descriptor stays open, and the offer fires only when the
+        channel completes the call, so its number cannot be reused while AMP
+        may still be sending it and the caller learns how it ended.
         """
-        d = handoff.offer(self.clock, self.call, self.fd, b"", "p", timeout=5)
+        timeouts = []
+        d = handoff.offer(self.clock, self.call, self.fd, b"", "p", timeout=5,
+                          on_timeout=lambda: timeouts.append(self.clock.seconds()))
         _, kw, pending = self.calls[0]
         self.clock.advance(5)
-        self.failureResultOf(d, defer.TimeoutError)
+        self.assertEqual(timeouts, [5])
+        self.assertNoResult(d)
         os.fstat(kw["fd"])
         pending.errback(error.ConnectionLost())
+        failure = self.failureResultOf(d, error.ConnectionLost)
+        self.assertFalse(handoff.not_adopted(failure), "sent: the shard may have it")
         self.assertRaises(OSError, os.fstat, kw["fd"])
 
+    def test_late_answer_passed_on(self):
+        """An answer after the timeout is passed on; on_timeout was called once."""
+        timeouts = []
+        d = handoff.offer(self.clock, self.call, self.fd, b"", "p", timeout=5,
+                          on_timeout=lambda: timeouts.append(1))
+        self.clock.advance(60)
+        self.calls[0][2].callback({"connections": 1})
+        self.assertEqual((self.successResultOf(d), timeouts), ({"connections": 1}, [1]))
+
+    def test_refused_not_adopted(self):
+        """A refusal by the shard leaves the socket with the parent alone; the timer is cancelled."""
+        d = handoff.offer(self.clock, self.call, self.fd, b"", "p", timeout=5)
+        self.calls[0][2].errback(control.HandoffRefused("full"))
+        self.assertTrue(handoff.not_adopted(self.failureResultOf(d, control.HandoffRefused)))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_call_raises(self):
-        """A call that raises (shard gone) fails the offer and closes the duplicate."""
+        """
+        A call that raises or fails before it returns (shard gone, channel
+        closed) fails the offer with NotSent, which leaves the socket with the
+        parent alone, and closes the duplicate.
+        """
         fds = []
 
         def gone(command, **kw):
             fds.append(kw["fd"])
             raise error.ConnectionLost("no channel")
 
-        d = handoff.offer(self.clock, gone, self.fd, b"", "p", timeout=5)
-        self.failureResultOf(d, error.ConnectionLost)
-        self.assertRaises(OSError, os.fstat, fds[0])
+        def closed(command, **kw):
+            fds.append(kw["fd"])
+            return defer.fail(error.ConnectionLost("channel closed"))
+
+        for call in (gone, closed):
+            d = handoff.offer(self.clock, call, self.fd, b"", "p", timeout=5)
+            self.assertTrue(handoff.not_adopted(self.failureResultOf(d, handoff.NotSent)))
+            self.assertRaises(OSError, os.fstat, fds[-1])
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -38,6 +38,8 @@ class FakeShard:
         self.index, self.connections, self.capacity = index, connections, capacity
         self.alive, self.accepting = alive, accepting
         self.crash_looping = False
+        #: As ShardHandle.saturated: too many handoffs unanswered for another one.
+        self.saturated = False
         self.calls: list[tuple[type, dict, defer.Deferred]] = []
         self.answer = None
 

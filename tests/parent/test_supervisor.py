@@ -198,7 +198,8 @@ class ControlTests(SupervisorTestCase):
         pump.flush()
         health = sup.snapshot()[0]
         self.assertEqual(health, {"index": 0, "pid": self.reactor.processes[0].pid, "cpu": 0,
-                                  "alive": True, "accepting": False, "connections": 7,
+                                  "alive": True, "accepting": False, "stalled": False,
+                                  "connections": 7,
                                   "capacity": 50, "restarts": 0, "crash_looping": False,
                                   "kafka": {"connected": True}})
 
