@@ -47,7 +47,8 @@ def demo_config(http_port: int, brokers: str, shards: int, node_id: str = "demo"
     return {
         "node_id": node_id,
         "shards": shards,
-        "listen": {"port": f"tcp:{http_port}:interface=127.0.0.1"},
+        # The page links /metrics on the same port (off by default in odinws).
+        "listen": {"port": f"tcp:{http_port}:interface=127.0.0.1", "public_metrics": True},
         "kafka": {"brokers": brokers, "topics": {t: k for k, t in DEFAULT_TOPICS.items()},
                   # Small timeouts: the consumer group forms in seconds.
                   "session_timeout_ms": 3000, "max_poll_interval_ms": 4000},

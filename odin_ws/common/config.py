@@ -96,12 +96,14 @@ SCHEMA: tuple[Option, ...] = (
     _opt("listen.public_metrics", bool, False, "Also serve /metrics on the public port "
          "(it is always served on listen.admin_port). Off by default: each scrape asks "
          "every shard over the control channel.", live=True),
-    _opt("listen.max_heads", int, 4096, "Connections of the node still sending their "
-         "request head (or being answered) at once; beyond it new connections get 503.",
+    _opt("listen.max_heads", int, 4096, "Connections the parent may hold at once before "
+         "their upgrade (sending their request head, being answered or handed over), all "
+         "listeners together; beyond it new connections get 503. Each buffers up to "
+         "listen.max_head_bytes.",
          minimum=1, live=True),
-    _opt("listen.max_heads_per_ip", int, 32, "Connections one client IP may have still "
-         "sending their request head at once; beyond it 429. Trusted proxies count "
-         "only against listen.max_heads.", minimum=1, live=True),
+    _opt("listen.max_heads_per_ip", int, 32, "Of those, connections one client IP may have; "
+         "beyond it 429. A trusted proxy's own address counts only against "
+         "listen.max_heads.", minimum=1, live=True),
     _opt("listen.startup_grace", float, 5.0, "Seconds after start the node waits for every "
          "shard to register before it accepts clients (/health says starting, upgrades "
          "get 503); past it, it accepts with the shards that did.", minimum=0),

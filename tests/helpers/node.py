@@ -74,7 +74,8 @@ class Node:
         config = {
             "node_id": f"test{self.port}",
             "shards": shards,
-            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1"},
+            # The tests read /metrics on the public port (off by default).
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True},
             "kafka": {"brokers": brokers},
             "supervisor": {"stats_interval": 0.2, "restart_min_delay": 0.2},
         }
