@@ -86,6 +86,39 @@ class ParentDeathTests(FaultTestCase):
         wait_for(lambda: not any(pid_alive(p) for p in self.pids), 10, what="the shards exited")
 
 
+class StalledShardTests(FaultTestCase):
+    shards = 2
+    extra = {"supervisor.stats_stale_after": 1.0}
+
+    def test_stoppedShardGetsNoClients(self):
+        """
+        A shard stopped with SIGSTOP (alive, its channel open, answering
+        nothing) is reported stalled and not accepting in /health once its
+        stats are stale, and new clients go to the other shard at once
+        instead of waiting listen.handoff_timeout for a 503.
+        """
+        stopped = self.pids[0]
+        os.kill(stopped, signal.SIGSTOP)
+
+        def stalled():
+            shard = self.node.health()[1]["shards"][0]
+            return shard.get("stalled") and not shard["accepting"]
+
+        wait_for(stalled, 10, what="shard 0 reported stalled")
+        clients = [self.client() for _ in range(4)]
+        for c in clients:
+            c.subscribe("odin.token.T.trade")
+
+        def placed():
+            shards = self.node.health()[1]["shards"]
+            return [s["connections"] for s in shards] == [0, 4]
+
+        wait_for(placed, 10, what="every client on shard 1")
+        os.kill(stopped, signal.SIGCONT)
+        wait_for(lambda: self.node.health()[1]["shards"][0]["accepting"], 10,
+                 what="shard 0 accepting again after SIGCONT")
+
+
 #: A secret given as the parent's environment override, as /etc/default/odinws would.
 SECRET = "secret-from-etc-default-" + uuid.uuid4().hex
 
