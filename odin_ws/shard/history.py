@@ -20,6 +20,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Callable, Iterable, Iterator
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from odin_ws.common.channels import WILDCARD, channel_name
 from odin_ws.common.events import Event
 
@@ -107,6 +109,7 @@ class History:
         self._clock = clock
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._latest: dict[str, Event] = {}
+        self._latest_bytes = 0
         self.bytes = 0
         #: Evictions by reason: count, age, budget.
         self.evicted = {"count": 0, "age": 0, "budget": 0}
@@ -121,7 +124,7 @@ class History:
         self.max_channels = max_channels
         self._trim_all()
         while len(self._latest) > max_channels:
-            del self._latest[next(iter(self._latest))]
+            self._forget_latest(next(iter(self._latest)))
 
     # -- state
 
@@ -135,8 +138,11 @@ class History:
 
     @property
     def snapshot_bytes(self) -> int:
-        """Bytes the latest-event cache pins beyond what history holds."""
-        return sum(len(e.envelope) + EVENT_OVERHEAD for e in self._latest.values())
+        """Bytes the latest-event cache holds (counted as if none were in history)."""
+        return self._latest_bytes
+
+    def _forget_latest(self, channel: str) -> None:
+        self._latest_bytes -= len(self._latest.pop(channel).envelope) + EVENT_OVERHEAD
 
     def window(self) -> float | None:
         """Seconds covered by the shortest partition history (None when empty)."""
@@ -150,8 +156,10 @@ class History:
 
     # -- writing (the hot path: once per delivered event)
 
-    def add(self, event: Event, epoch: str) -> None:
+    def add(self, event: Event) -> None:
+        """Retain C{event} (fresh: de-duplicated already) under its topic's epoch."""
         key = (event.topic, event.partition)
+        epoch = event.epoch or "0"
         log = self._logs.get(key)
         if log is None or log.epoch != epoch or event.offset <= log.high:
             # A new partition, a new incarnation of its topic, or offsets that
@@ -162,13 +170,15 @@ class History:
         size = len(event.envelope) + EVENT_OVERHEAD
         log.append(event, size)
         self.bytes += size
-        latest = self._latest
-        channel = event.channel
-        if channel in latest:
-            del latest[channel]   # re-insert at the end: least recently updated first
-        elif len(latest) >= self.max_channels:
-            del latest[next(iter(latest))]
-        latest[channel] = event
+        if self.max_channels:
+            latest = self._latest
+            channel = event.channel
+            if channel in latest:
+                self._forget_latest(channel)  # re-inserted last: least recently updated first
+            elif len(latest) >= self.max_channels:
+                self._forget_latest(next(iter(latest)))
+            latest[channel] = event
+            self._latest_bytes += size
         self._trim(log)
 
     def _trim(self, log: PartitionLog) -> None:
@@ -247,3 +257,40 @@ class History:
             out = [e for e in self._latest.values() if _matches(patterns, e)]
         out.sort(key=lambda e: (e.topic, e.partition, e.offset))
         return out[:limit], len(out) > limit
+
+
+class HistoryCollector:
+    """The history's sizes and evictions, read at scrape time (nothing on the hot path)."""
+
+    def __init__(self, history: History, configured_age: Callable[[], float]):
+        self._history = history
+        self._configured_age = configured_age
+
+    def collect(self):
+        h = self._history
+        for name, text, value in (
+                ("odinws_history_bytes", "Bytes of retained events (envelopes and overhead).",
+                 h.bytes),
+                ("odinws_history_budget_bytes", "history.max_bytes of this shard.", h.max_bytes),
+                ("odinws_history_events", "Retained events.", h.events),
+                ("odinws_snapshot_cache_channels", "Channels in the latest-event cache.",
+                 h.channels),
+                ("odinws_snapshot_cache_bytes", "Bytes the latest-event cache holds beyond "
+                 "the history.", h.snapshot_bytes),
+                ("odinws_history_configured_age_seconds", "history.max_age of this shard.",
+                 self._configured_age())):
+            g = GaugeMetricFamily(name, text)
+            g.add_metric([], value)
+            yield g
+        window = h.window()
+        g = GaugeMetricFamily("odinws_history_window_seconds",
+                              "Age of the oldest retained event of the partition whose "
+                              "history is shortest: how far back recovery reaches.")
+        g.add_metric([], window if window is not None else 0.0)
+        yield g
+        c = CounterMetricFamily("odinws_history_evictions", "Events dropped from history, "
+                                "by bound: count, age, budget (budget means the window is "
+                                "shorter than configured).", labels=["reason"])
+        for reason, n in sorted(h.evicted.items()):
+            c.add_metric([reason], n)
+        yield c

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from odin_ws.shard import auth
 from odin_ws.shard import messages
+from odin_ws.shard import recovery
 from odin_ws.shard.headgate import HeadGate
 from odin_ws.common import metrics
 from odin_ws.shard.lean import LeanServerProtocol
@@ -219,7 +220,8 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         limits = shard.settings.limits
         try:
             msg = messages.parse_client_message(
-                payload, limits.max_channels_per_message, limits.max_channel_length)
+                payload, limits.max_channels_per_message, limits.max_channel_length,
+                limits.max_positions)
         except messages.ClientError as e:
             self._error(e.code, e.message, e.id)
             return
@@ -275,6 +277,16 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             self._error(messages.TOO_MANY_SUBSCRIPTIONS,
                         f"a connection may hold at most {limit} subscriptions", msg.id)
             return
+        answer = None
+        if msg.since is not None or msg.snapshot:
+            # Made before anything is subscribed: a refusal leaves nothing behind.
+            try:
+                answer = recovery.answer(shard.history, msg, shard.settings.kafka.topics,
+                                         shard.settings.limits.max_snapshot_events,
+                                         self.outbox.limit)
+            except messages.ClientError as e:
+                self._error(e.code, e.message, e.id)
+                return
         for _, token, etype in new:
             subscriptions.add(self.outbox, token, etype)
         if not self.ever_subscribed:
@@ -285,7 +297,16 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             if call is not None and call.active():
                 call.cancel()
         shard.subscriptions_changed()
-        self.sendMessage(messages.ack("subscribed", [c[0] for c in msg.channels], msg.id))
+        channels = [c[0] for c in msg.channels]
+        if answer is None:
+            self.sendMessage(messages.ack("subscribed", channels, msg.id))
+            return
+        # The ack, then what recovery replays or the snapshot, then (from the
+        # next delivered event on) live: all in this reactor turn.
+        self.sendMessage(answer.ack(channels, msg.id))
+        if answer.frames:
+            shard.fanout.publish_run(answer.frames, (self.outbox,))
+            shard.fanout.flush()
 
     def _error(self, code: str, message: str, id) -> None:
         metrics.CLIENT_ERRORS.labels(code=code).inc()

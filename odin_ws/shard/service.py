@@ -32,6 +32,7 @@ from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.common.highwater import HighWater
 from odin_ws.shard.ingest import KafkaIngest
 from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
+from odin_ws.shard.history import History, HistoryCollector
 from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.subscriptions import SubscriptionIndex
 from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_unsent
@@ -99,6 +100,8 @@ class Shard(service.MultiService):
         # partition re-read after a rebalance is not delivered twice (reset
         # when the partition's log is a new one: see HighWater).
         self.seen = HighWater(f"shard {number}")
+        #: Recent events of every partition, for recovery and snapshots.
+        self.history = History(clock=time.time, **_history_bounds(settings))
         self.verifier = auth.Verifier(settings.auth)
         self.tls_options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         self.per_ip: dict[str, int] = {}
@@ -109,7 +112,8 @@ class Shard(service.MultiService):
         self.kafka.setServiceParent(self)
         self._stats_loop = task.LoopingCall(self.report_stats)
         self._stats_loop.clock = reactor
-        self._collector = WriteStatsCollector(self.stats)
+        self._collectors = [WriteStatsCollector(self.stats), HistoryCollector(
+            self.history, lambda: self.settings.history.max_age)]
 
     # -- lifecycle
 
@@ -125,7 +129,8 @@ class Shard(service.MultiService):
                 self.control_fd, socket.AF_UNIX,
                 protocol.Factory.forProtocol(lambda: ParentLink(self)))
             os.close(self.control_fd)
-        metrics.REGISTRY.register(self._collector)
+        for collector in self._collectors:
+            metrics.REGISTRY.register(collector)
         super().startService()
         self._stats_loop.start(self.settings.supervisor.stats_interval, now=False)
 
@@ -136,7 +141,8 @@ class Shard(service.MultiService):
             if client.outbox is not None:
                 client.outbox.close()   # nothing more goes out on an aborted socket
             client.transport.abortConnection()
-        metrics.REGISTRY.unregister(self._collector)
+        for collector in self._collectors:
+            metrics.REGISTRY.unregister(collector)
         return super().stopService()
 
     def link_made(self, link: ParentLink) -> None:
@@ -214,6 +220,7 @@ class Shard(service.MultiService):
         every connection (its outbox limits, its message rate).
         """
         self.settings = settings
+        self.history.configure(**_history_bounds(settings))
         self.factory.reconfigure(settings)
         for client in self.clients:
             client.reconfigure(settings)
@@ -294,7 +301,9 @@ class Shard(service.MultiService):
         # and joined once, one queue entry per subscriber.
         run: list = []
         run_to = None
+        remember = self.history.add
         for e in events:
+            remember(e)
             subscribers = subscriptions.match(e.token, e.event_type)
             if not subscribers:
                 continue
@@ -317,3 +326,9 @@ class Shard(service.MultiService):
                 end_to_end(max(0.0, now - e.ts / 1000.0))
                 if e.consumed:
                     own(max(0.0, now - e.consumed))
+
+
+def _history_bounds(settings: Settings) -> dict:
+    h = settings.history
+    return {"max_events": h.max_events_per_partition, "max_age": h.max_age,
+            "max_bytes": h.max_bytes, "max_channels": h.snapshot_channels}

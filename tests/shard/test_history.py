@@ -13,8 +13,9 @@ from odin_ws.shard.history import (AHEAD, EVENT_OVERHEAD, OTHER_EPOCH, TOO_OLD, 
 
 
 def ev(token: str, offset: int, *, etype: str = "trade", topic: str = "t", partition: int = 0,
-       ts: int = 1_000_000, pad: int = 10) -> Event:
-    return Event.build(token, etype, b'"' + b"x" * pad + b'"', ts, topic, partition, offset)
+       ts: int = 1_000_000, pad: int = 10, epoch: str = "e") -> Event:
+    return Event.build(token, etype, b'"' + b"x" * pad + b'"', ts, topic, partition, offset,
+                       epoch)
 
 
 class Clock:
@@ -58,7 +59,7 @@ class ReplayTests(SynchronousTestCase):
 
     def fill(self, offsets, **kw):
         for o in offsets:
-            self.h.add(ev(kw.pop("token", "A") if False else "A" if o % 2 else "B", o, **kw), "e1")
+            self.h.add(ev("A" if o % 2 else "B", o, epoch="e1", **kw))
 
     def test_replays_after_position_matching_patterns(self):
         """Events after the client's offset that match its patterns come back in order."""
@@ -93,11 +94,11 @@ class ReplayTests(SynchronousTestCase):
     def test_recreated_topic_restarts_the_log(self):
         """Offsets going back (or a new epoch) start the partition's log afresh."""
         self.fill(range(100, 103))
-        self.h.add(ev("A", 0), "e2")
+        self.h.add(ev("A", 0, epoch="e2"))
         self.assertEqual(self.h.epoch("t", 0), "e2")
         self.assertEqual(self.h.replay({("t", 0): ("e1", 101)}, ALL), (None, OTHER_EPOCH))
-        self.h.add(ev("A", 1), "e2")
-        self.h.add(ev("A", 0), "e2")  # offsets back again, same epoch: broker replaced
+        self.h.add(ev("A", 1, epoch="e2"))
+        self.h.add(ev("A", 0, epoch="e2"))  # offsets back again, same epoch: broker replaced
         self.assertEqual(self.h.events, 1)
         self.assertEqual(self.h.replay({("t", 0): ("e2", 1)}, ALL), (None, AHEAD))
 
@@ -107,7 +108,7 @@ class ReplayTests(SynchronousTestCase):
                     clock=self.clock)
         now_ms = int(self.clock.now * 1000)
         for o, age in enumerate((30, 20, 5, 1)):
-            h.add(ev("A", o, ts=now_ms - age * 1000), "e")
+            h.add(ev("A", o, ts=now_ms - age * 1000, epoch="e"))
         self.assertEqual([e.offset for e in h.replay({("t", 0): ("e", 1)}, ALL)[0]], [2, 3])
         self.assertEqual(h.evicted["age"], 2)
 
@@ -119,7 +120,7 @@ class BudgetTests(SynchronousTestCase):
         h = History(max_events=1000, max_age=0, max_bytes=size * 4, max_channels=10,
                     clock=Clock())
         for i in range(6):
-            h.add(ev("A", i, partition=i % 2, ts=1000 + i, pad=100), "e")
+            h.add(ev("A", i, partition=i % 2, ts=1000 + i, pad=100, epoch="e"))
         self.assertLessEqual(h.bytes, h.max_bytes)
         self.assertEqual(h.events, 4)
         self.assertEqual(h.evicted["budget"], 2)
@@ -132,7 +133,7 @@ class BudgetTests(SynchronousTestCase):
         h = History(max_events=10**6, max_age=0, max_bytes=256 * 1024, max_channels=50,
                     clock=Clock())
         for i in range(100_000):
-            h.add(ev(f"T{i % 97}", i, partition=i % 7, ts=i, pad=i % 300), "e")
+            h.add(ev(f"T{i % 97}", i, partition=i % 7, ts=i, pad=i % 300, epoch="e"))
             if i % 997 == 0:
                 self.assertLessEqual(h.bytes, h.max_bytes)
         self.assertEqual(h.bytes, sum(log.bytes for _, _, log in h.partitions()))
@@ -147,7 +148,7 @@ class BudgetTests(SynchronousTestCase):
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
         for e in events:
-            h.add(e, "e")
+            h.add(e)
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
         grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
@@ -171,7 +172,7 @@ class LatestTests(SynchronousTestCase):
         """The snapshot holds the newest event of each channel, exact and wildcard."""
         for o, (token, etype) in enumerate([("A", "price"), ("A", "price"), ("B", "price"),
                                             ("A", "trade")]):
-            self.h.add(ev(token, o, etype=etype), "e")
+            self.h.add(ev(token, o, etype=etype, epoch="e"))
         got, more = self.h.latest([("A", "price")], 10)
         self.assertEqual(([e.offset for e in got], more), ([1], False))
         got, more = self.h.latest([("*", "price")], 10)
@@ -182,7 +183,7 @@ class LatestTests(SynchronousTestCase):
     def test_channel_bound(self):
         """Past max_channels the least recently updated channel is forgotten."""
         for o, token in enumerate(["A", "B", "C", "A", "D"]):
-            self.h.add(ev(token, o), "e")
+            self.h.add(ev(token, o, epoch="e"))
         self.assertEqual(self.h.channels, 3)
         self.assertEqual(self.h.latest([("B", "trade")], 10)[0], [])
         self.assertEqual([e.offset for e in self.h.latest([("A", "trade")], 10)[0]], [3])

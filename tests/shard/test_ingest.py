@@ -163,7 +163,13 @@ class KafkaIngestTests(TestCase):
             if partition == 0:
                 expected.append(b'{"type":"event","channel":"odin.token.T0.trade",'
                                 b'"data":{"n": "last"},"ts":%d}' % got[-1].ts)
-            self.assertEqual([e.envelope for e in got], expected)
+            # Each envelope ends with the event's position (topic:partition:epoch:offset).
+            tails = [b',"pos":"%s:%d:%s:%d"}' % (self.topic.encode(), e.partition,
+                                                 e.epoch.encode(), e.offset) for e in got]
+            self.assertTrue(all(e.envelope.endswith(tail) for e, tail in zip(got, tails)))
+            self.assertTrue(all(e.epoch for e in got))
+            self.assertEqual([e.envelope[:-len(tail)] + b"}" for e, tail in zip(got, tails)],
+                             expected)
             offsets = [e.offset for e in got]
             self.assertEqual(offsets, sorted(offsets))
             self.assertEqual({e.topic for e in got}, {self.topic})
