@@ -2,19 +2,21 @@
 Logging: human-readable text by default, or one JSON object per line
 (C{log.format: json}, for journald and Loki); an audit stream (namespace
 C{odinws.audit}: rejected connections, rate-limit closes, shard restarts,
-reloads) that can also go to a file of its own; a level filter; and a flood
-guard so a burst of identical lines cannot fill a disk.
+reloads) that can also go to a file of its own; a level filter; a flood
+guard so a burst of identical lines cannot fill a disk; and a redactor so
+that no client's token reaches a log at any level.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import IO, Callable
 
 from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel,
-                            LogLevelFilterPredicate, Logger, jsonFileLogObserver,
-                            textFileLogObserver)
+                            LogLevelFilterPredicate, Logger, eventAsText,
+                            jsonFileLogObserver, textFileLogObserver)
 from zope.interface import implementer
 
 AUDIT_NAMESPACE = "odinws.audit"
@@ -60,6 +62,73 @@ class FloodGuard:
         self._counts = {}
 
 
+REDACTED = "<redacted>"
+
+# Where a client's token shows up in what gets logged: Autobahn at debug
+# logs the request head as bytes and its headers, parameters and offered
+# subprotocols as dicts and lists, and puts what it could not accept in a
+# reason it logs at info. A token then follows "bearer." or "Bearer ",
+# an Authorization header or key, or a "token" parameter or key; and a JWT
+# is recognisable anywhere: its header is base64url JSON, '{"' -> "eyJ".
+# A value ends at whitespace, a quote, a separator or a backslash (the
+# CRLF of a head printed as bytes).
+_REDACTIONS = (
+    (re.compile(r"(?i)(bearer[.\s]\s*)(?!<redacted>)[^\s'\",;&\\\]]+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?!<redacted>)[^'\"\s\\][^'\"\r\n\\]*"),
+     r"\1" + REDACTED),
+    (re.compile(r"(?i)((?<![\w.])token['\"]?\s*[:=]\s*\[?\s*['\"]?)(?!<redacted>)"
+                r"[^\s'\",;&\\\[\]]+"), r"\1" + REDACTED),
+    (re.compile(r"eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{2,}(?:\.[A-Za-z0-9_\-]*)?"), REDACTED),
+)
+
+
+def redact(text: str) -> str:
+    """C{text} with anything that looks like a client's token replaced."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+# Event keys Twisted's observers add or read besides the fields a message
+# formats; their values are not a client's.
+_META = frozenset(("log_format", "log_level", "log_namespace", "log_time", "log_system",
+                   "log_source", "log_logger", "log_id", "log_trace", "log_io",
+                   "log_failure", "log_flattened"))
+
+
+@implementer(ILogObserver)
+class Redactor:
+    """
+    Passes each event on unchanged unless its text (message and traceback)
+    or any of its fields (the JSON format writes them all) holds what
+    looks like a token; then it passes on a new event: the text and each
+    field as a string, redacted. Robust where turning a library's debug
+    logging off is not: it covers every message, level and library.
+    """
+
+    def __init__(self, observer: ILogObserver):
+        self.observer = observer
+
+    def __call__(self, event: dict) -> None:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        fields = {k: v if isinstance(v, str) else repr(v)
+                  for k, v in event.items() if k not in _META}
+        if redact(text) == text and all(redact(v) == v for v in fields.values()):
+            self.observer(event)
+            return
+        clean = {k: redact(v) for k, v in fields.items()}
+        clean.update({
+            "log_level": event.get("log_level", LogLevel.info),
+            "log_namespace": event.get("log_namespace", "odinws.logs"),
+            "log_time": event.get("log_time", time.time()),
+            "log_source": None,
+            "log_format": "{log_redacted}",
+            "log_redacted": redact(text)})
+        if "log_system" in event:
+            clean["log_system"] = event["log_system"]
+        self.observer(clean)
+
+
 def make_observer(fmt: str, level: str, out: IO[str] | None = None,
                   audit_out: IO[str] | None = None, per_second: int = 50,
                   now: Callable[[], float] | None = None) -> ILogObserver:
@@ -67,11 +136,11 @@ def make_observer(fmt: str, level: str, out: IO[str] | None = None,
     out = sys.stdout if out is None else out
     base = jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
     filtered = FilteringLogObserver(
-        FloodGuard(base, per_second, now or time.time),
+        FloodGuard(Redactor(base), per_second, now or time.time),
         [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])])
     if audit_out is None:
         return filtered
-    audit_file = jsonFileLogObserver(audit_out, recordSeparator="")
+    audit_file = Redactor(jsonFileLogObserver(audit_out, recordSeparator=""))
 
     @implementer(ILogObserver)
     def route(event: dict) -> None:

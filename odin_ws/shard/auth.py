@@ -92,6 +92,15 @@ def token_from_request(headers: Mapping[str, str], query: Mapping[str, Any],
     return None
 
 
+def subprotocol(offered: Iterable[str]) -> str | None:
+    """
+    The subprotocol a handshake selects: C{odinws} whenever it is offered,
+    auth on or off (a browser fails the handshake when it offered some and
+    none is selected), and never a C{bearer.} one, which holds a token.
+    """
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
 def auth_settings(settings: AuthSettings | Config) -> AuthSettings:
     """The C{auth} section; a whole L{Config} is still taken (C{tap.check_keys} passes one)."""
     if isinstance(settings, Config):

@@ -21,7 +21,7 @@ from odin_ws.shard import recovery
 from odin_ws.shard.headgate import HeadGate
 from odin_ws.common import metrics
 from odin_ws.shard.lean import LeanServerProtocol
-from odin_ws.common.logs import audit
+from odin_ws.common.logs import audit, redact
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.outbox import Outbox, OutboxHolder
 
@@ -110,16 +110,20 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             self._deny("per_ip", 429, "Too Many Requests: too many connections from this address")
         verifier = shard.verifier
         if not verifier.enabled:
-            return None
+            return auth.subprotocol(request.protocols)
         token = auth.token_from_request(request.headers, request.params, verifier.sources)
         try:
             self.grant = verifier.verify(token)
         except auth.AuthError as e:
             self._deny("auth_" + e.reason, 401, f"Unauthorized: {e.message}")
         self._schedule_expiry()
-        if auth.SUBPROTOCOL in request.protocols:
-            return auth.SUBPROTOCOL
-        return None
+        return auth.subprotocol(request.protocols)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders=None):
+        # Autobahn quotes what it refused (a "bearer.<JWT>" subprotocol
+        # offered twice, a header it cannot parse) in the status line it
+        # sends and in the reason it logs: never a token (issue 16).
+        super().failHandshake(redact(reason), code, responseHeaders)
 
     def _client_ip(self, request) -> str:
         peer = self.transport.getPeer()

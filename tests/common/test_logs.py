@@ -66,3 +66,54 @@ class FloodGuardTests(unittest.TestCase):
         emit(guard, who="next")
         self.assertEqual(seen[4]["n"], 7)
         self.assertEqual(seen[5]["who"], "next")
+
+
+class RedactorTests(unittest.TestCase):
+    JWT = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3fQ.c2lnbmF0dXJl"
+
+    def test_tokens_redacted_in_every_form(self):
+        """
+        A token is cut from a request head printed as bytes (Authorization,
+        ?token=, bearer. subprotocol), from printed header and parameter
+        dicts, and a JWT from anywhere; channel names and setting names
+        that merely contain "token" are left alone; redacting is idempotent.
+        """
+        j = self.JWT
+        cases = [
+            f"b'GET /ws?token={j}&x=1 HTTP/1.1\\r\\nAuthorization: Bearer {j}\\r\\n"
+            f"Sec-WebSocket-Protocol: odinws, bearer.{j}\\r\\n'",
+            f"{{'authorization': 'Basic dXNlcjpwYXNz', 'sec-websocket-protocol': 'bearer.x.y'}}",
+            f"{{'token': ['not-a-jwt-but-secret']}}",
+            f"refused: {j} (expired)",
+        ]
+        for text in cases:
+            redacted = logs.redact(text)
+            for secret in (j, "dXNlcjpwYXNz", "bearer.x.y", "not-a-jwt-but-secret"):
+                self.assertNotIn(secret, redacted)
+            self.assertIn(logs.REDACTED, redacted)
+            self.assertEqual(logs.redact(redacted), redacted)
+        for plain in ("subscribed odin.token.ABC.trade", "auth.max_token_bytes=8192",
+                      "kafka.token_field: key"):
+            self.assertEqual(logs.redact(plain), plain)
+
+    def test_fields_redacted_in_json_and_text(self):
+        """
+        An event with a token in a field its message does not format is
+        still redacted (the JSON format writes every field); events
+        without one pass unchanged.
+        """
+        for fmt in ("json", "text"):
+            out = io.StringIO()
+            obs = logs.make_observer(fmt, "debug", out)
+            emit(obs, LogLevel.debug, fmt="request {path}", path="/ws",
+                 headers={"authorization": f"Bearer {self.JWT}"})
+            emit(obs, who="plain")
+            self.assertNotIn(self.JWT, out.getvalue())
+            self.assertIn("request /ws", out.getvalue())
+            self.assertIn("plain", out.getvalue())
+            if fmt == "json":
+                self.assertIn(logs.REDACTED, out.getvalue())    # the headers field
+        seen = []
+        event = {"log_format": "hello {who}", "who": "x", "log_level": LogLevel.info}
+        logs.Redactor(seen.append)(event)
+        self.assertIs(seen[0], event)
