@@ -394,6 +394,32 @@ class StopTests(SupervisorTestCase):
         pump.flush()
         self.successResultOf(d)
 
+    def test_stopBoundedByDrainPlusKillTimeout(self):
+        """
+        A shard that never answers Drain and then ignores SIGTERM (e.g. stuck
+        closing its Kafka consumer while the broker is down) holds the stop
+        up no longer than documented: SIGTERM at drain_timeout, SIGKILL at
+        drain_timeout + kill_timeout, and stop fires as soon as it has exited.
+        """
+        sup = self.make(shards=1)
+        sup.startService()
+        shard, pump = self.register(sup, 0)
+        shard.hold_drain = True
+        d = sup.stopService()
+        pump.flush()
+        proc = self.reactor.processes[0]
+        self.reactor.advance(10.0)
+        self.assertEqual(proc.signals, ["TERM"])
+        self.reactor.advance(4.9)
+        self.assertEqual(proc.signals, ["TERM"])
+        self.reactor.advance(0.1)
+        self.assertEqual(proc.signals, ["TERM", "KILL"])
+        self.assertNoResult(d)
+        proc.end(signal=9)
+        pump.flush()
+        self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_unregisteredShardTerminatedWithoutDrain(self):
         """A shard that never registered gets TERM at once; stop waits for its exit."""
         sup = self.make(shards=1)
