@@ -31,6 +31,31 @@ CONNECTIONS_OPENED = Counter("odinws_connections_opened", "WebSocket connections
 CONNECTIONS_CLOSED = Counter("odinws_connections_closed",
                              "WebSocket connections closed, by reason and close code.",
                              ["reason", "code"], registry=REGISTRY)
+#: The close codes counted under their own label: those of RFC 6455 a
+#: connection can end with, and the application codes of docs/protocol.md.
+#: A client picks its own close code (3000-4999 are free for applications),
+#: so every other code is counted per range (other_3xxx, other_4xxx,
+#: other): a fixed set of label values, not a series per code a client
+#: cares to send (issue 16).
+CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011,
+                         1012, 1013, 1014, 1015, 4000, 4001, 4008))
+CLOSE_CODE_LABELS = frozenset(
+    {str(c) for c in CLOSE_CODES} | {"other_3xxx", "other_4xxx", "other", "none"})
+
+
+def close_code_label(code: int | None) -> str:
+    """The C{code} label of L{CONNECTIONS_CLOSED} for a close code (one of L{CLOSE_CODE_LABELS})."""
+    if code in CLOSE_CODES:
+        return str(code)
+    if code is None:
+        return "none"
+    if 3000 <= code <= 3999:
+        return "other_3xxx"
+    if 4000 <= code <= 4999:
+        return "other_4xxx"
+    return "other"
+
+
 SUBSCRIPTIONS = Gauge("odinws_subscriptions", "Subscriptions held by connections.",
                       registry=REGISTRY)
 CLIENT_ERRORS = Counter("odinws_client_errors", "Error messages sent to clients, by code.",

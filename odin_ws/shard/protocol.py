@@ -339,7 +339,8 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             code = self.localCloseCode
         reason_label = "slow_consumer" if code == CLOSE_SLOW_CONSUMER else (
             "clean" if wasClean else "dropped")
-        metrics.CONNECTIONS_CLOSED.labels(reason=reason_label, code=str(code)).inc()
+        metrics.CONNECTIONS_CLOSED.labels(reason=reason_label,
+                                          code=metrics.close_code_label(code)).inc()
 
 
 class ClientFactory(WebSocketServerFactory):

@@ -394,3 +394,38 @@ class SlowConsumerTests(ShardTestCase):
                                 code="4008"), before + 1)
         self.assertEqual([p for op, p in reader.frames() if op == 1][1:], sent)
         self.assertTrue(reader.open)
+
+
+class CloseCodeLabelTests(ShardTestCase):
+    def test_client_close_codes_make_a_bounded_label_set(self):
+        """
+        1000 clients closing with 1000 distinct codes of their choosing
+        (3000-4999) add at most a few series to odinws_connections_closed,
+        every code label from the fixed set (the documented codes as
+        themselves, the rest per range); before, each code became a
+        series of its own, so clients could grow the metrics without bound.
+        """
+        from odin_ws.common import metrics
+
+        def series():
+            return {tuple(sorted(s.labels.items()))
+                    for family in metrics.REGISTRY.collect()
+                    if family.name == "odinws_connections_closed"
+                    for s in family.samples if s.name.endswith("_total")}
+
+        before = series()
+        free = [c for c in range(3000, 5000) if c not in metrics.CLOSE_CODES]
+        codes = free[:500] + free[-500:]
+        self.assertEqual(len(set(codes)), 1000)
+        for n, code in enumerate(codes):
+            client = self.connect(f"10.1.{n // 250}.{n % 250}")
+            client.send(client_frame(8, code.to_bytes(2, "big") + b"bye"))
+            self.assertTrue(client.lost)
+        after = series()
+        self.assertLessEqual(len(after - before), 2)
+        self.assertLessEqual({dict(labels)["code"] for labels in after},
+                             metrics.CLOSE_CODE_LABELS)
+        self.assertEqual(metrics.close_code_label(4001), "4001")
+        self.assertEqual(metrics.close_code_label(3999), "other_3xxx")
+        self.assertEqual(metrics.close_code_label(4999), "other_4xxx")
+        self.assertEqual(metrics.close_code_label(None), "none")
