@@ -19,38 +19,24 @@ import json
 import os
 from http import HTTPStatus
 from typing import Any, Callable, Iterable, Mapping, Sequence
-from urllib.parse import unquote
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from odin_ws.common import handoff
-from odin_ws.common import metrics
+from odin_ws.common import handoff, metrics
+from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 from odin_ws.common.settings import Settings
+from odin_ws.parent import staticfiles
 from odin_ws.parent.admission import Admission
 from odin_ws.parent.scrape import MetricsScrape
-from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
+from odin_ws.parent.staticfiles import CLIENT_LIBRARY, CLIENT_LIBRARY_PATH  # noqa: F401
 
 log = Logger()
 
-#: Demo page files served from C{static_dir}; nothing else is.
-STATIC_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".png": "image/png",
-    ".svg": "image/svg+xml",
-}
-MAX_STATIC_BYTES = 4 * 1024 * 1024
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 JSON_TYPE = "application/json"
-#: The JavaScript client (docs/protocol.md, "JavaScript client"), served at
-#: CLIENT_LIBRARY_PATH on the public port whether or not the demo is enabled.
-CLIENT_LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "static", "odinws.js")
-CLIENT_LIBRARY_PATH = "/odinws.js"
 
 _HEAD_ERROR_REASONS = {400: "bad_request", 431: "head_too_large", 505: "bad_version"}
 
@@ -247,13 +233,11 @@ class DispatchProtocol(Protocol):
                 self.respond(200, found[0], found[1], send_body=send_body)
 
     def _client_library(self, send_body: bool) -> None:
-        try:
-            with open(CLIENT_LIBRARY, "rb") as f:
-                body = f.read()
-        except OSError:
+        body = staticfiles.client_library()
+        if body is None:
             return self.refuse(404, "not_found", "not found", send_body)
         # Any page may import it: module scripts are fetched with CORS.
-        self.respond(200, body, STATIC_TYPES[".js"], send_body=send_body,
+        self.respond(200, body, staticfiles.STATIC_TYPES[".js"], send_body=send_body,
                      headers=[("Access-Control-Allow-Origin", "*")])
 
     def _health(self, send_body: bool) -> None:
@@ -477,31 +461,7 @@ class Dispatcher(Factory):
         """The demo page file for C{path} and its content type, or None (404)."""
         if not self.static_dir or not self._settings.demo.enabled:
             return None
-        name = unquote(path, errors="replace")
-        if name == "/":
-            name = "/index.html"
-        parts = name.split("/")[1:]
-        if ("\x00" in name or "\\" in name
-                or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
-            return None
-        content_type = STATIC_TYPES.get(os.path.splitext(name)[1].lower())
-        if content_type is None:
-            return None
-        full = os.path.realpath(os.path.join(self.static_dir, *parts))
-        # realpath resolves symlinks: refuse anything that leads outside.
-        if os.path.commonpath([self.static_dir, full]) != self.static_dir:
-            return None
-        if not os.path.isfile(full):
-            return None
-        try:
-            # A blocking read in the reactor, acceptable for the small demo files.
-            with open(full, "rb") as f:
-                data = f.read(MAX_STATIC_BYTES + 1)
-        except OSError:
-            return None
-        if len(data) > MAX_STATIC_BYTES:
-            return None
-        return data, content_type
+        return staticfiles.find(self.static_dir, path)
 
 
 def _phrase(status: int) -> str:

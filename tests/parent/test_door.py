@@ -22,13 +22,12 @@ def rejected(status: int, reason: str) -> float:
 
 
 class DoorTests(DispatcherTestCase):
-    #: Dotted-key overrides (as Config.replace takes them) of each test's node.
-    overrides = {"limits__connection_burst_per_ip": 3, "listen__max_heads_per_ip": 2,
-                 "listen__max_heads": 4}
+    """A node whose door allows a burst of 3 per IP, 2 held per IP, 4 held in all."""
 
     def setUp(self):
         super().setUp()
-        self.config = self.config.replace(**self.overrides)
+        self.config = self.config.replace(limits__connection_burst_per_ip=3,
+                                          listen__max_heads_per_ip=2, listen__max_heads=4)
         self.admission = Admission(self.reactor.seconds, None, make_settings(self.config))
         self.door = self.make(admission=self.admission)
 
@@ -63,7 +62,7 @@ class DoorTests(DispatcherTestCase):
         self.assertEqual(self.fetch("/health").status, 200)
         self.assertEqual(self.fetch("/nope").status, 404)
         self.assertEqual(self.fetch("/ws").status, 426)
-        proto, transport = self.open()
+        _, transport = self.open()
         self.assertRefusedUnread(transport, 429)
         self.assertEqual(rejected(429, "ip_rate"), before + 1)
         self.assertEqual(self.fetch("/health", "10.0.0.2").status, 200)
@@ -84,7 +83,7 @@ class DoorTests(DispatcherTestCase):
         self.assertRefusedUnread(transport, 429)
         self.assertEqual(rejected(429, "ip_heads"), before + 1)
         self.assertEqual(self.admission.held_by("10.0.0.1"), 2)
-        other, transport = self.open("10.0.0.2")
+        _, transport = self.open("10.0.0.2")
         self.assertFalse(transport.disconnecting)
         self.reactor.advance(self.config["listen.head_timeout"])
         self.close(first)
