@@ -46,6 +46,8 @@ class Readiness:
         self._settings = settings
         self._started_at = clock()
         self._started = False
+        #: Shards seen alive since the node started.
+        self._registered: set[int] = set()
         #: Shard index -> when it was first seen not alive (cleared when alive).
         self._down_since: dict[int, float] = {}
 
@@ -57,6 +59,7 @@ class Readiness:
         """The node starts now: the startup grace, and every shard's downtime, count from here."""
         self._started_at = now = self._clock()
         self._started = False
+        self._registered = set()
         self._down_since = {h.index: now for h in self._shards()}
 
     @property
@@ -64,7 +67,8 @@ class Readiness:
         """True until every shard has registered once or the startup grace has passed."""
         if not self._started:
             handles = self._shards()
-            if ((handles and all(h.alive for h in handles))
+            self._registered.update(h.index for h in handles if h.alive)
+            if ((handles and all(h.index in self._registered for h in handles))
                     or self._clock() - self._started_at >= self._settings.listen.startup_grace):
                 self._started = True
         return not self._started

@@ -102,6 +102,13 @@ class StartupTests(BalanceTestCase):
         self.assertEqual(self.upgrades(4), [None] * 4)
         self.assertEqual(self.placed(), [2, 2, 0])
 
+    def test_each_shard_registered_once_is_enough(self):
+        """A shard that registered and crashed before the last one registered still counts."""
+        self.node(FakeShard(0), FakeShard(1, alive=False))
+        self.assertTrue(self.admission.starting)
+        self.shards[0].alive, self.shards[1].alive = False, True
+        self.assertFalse(self.admission.starting)
+
     def test_started_once_for_good(self):
         """Once every shard registered, a later crash does not bring "starting" back."""
         self.node(FakeShard(0), FakeShard(1))
