@@ -196,6 +196,10 @@ SCHEMA: tuple[Option, ...] = (
     _opt("outbound.disconnect_grace", float, 5.0, "Seconds a connection under the "
          "disconnect policy may stay over its buffer limit before it is closed.",
          minimum=0, live=True),
+    _opt("outbound.flush_delay", float, 0.0, "Flush window in seconds (0 = off: "
+         "written at once): events queued within the window go out when it ends, in one "
+         "write per connection (fewer, larger writes under load for up to this much added "
+         "latency; Centrifugo's client_write_delay). One timer per shard.", minimum=0, live=True),
     _opt("hub.max_event_bytes", int, 4194304, "Largest event relayed between shards; "
          "larger ones are delivered only by the shard that consumed them and counted.",
          minimum=1024),

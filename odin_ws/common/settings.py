@@ -96,6 +96,7 @@ class OutboundSettings:
     kernel_unsent_bytes: int
     policy: Mapping[str, Any]
     disconnect_grace: float
+    flush_delay: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,13 @@ shared frame to each subscriber's L{Outbox}; L{Fanout.flush} (after each
 Kafka batch, else at the end of the reactor turn) joins what a connection
 got into one buffer, so per-write costs are paid per connection, not event.
 
+With a flush window (C{outbound.flush_delay} > 0) L{Fanout.flush} only
+makes sure one timer of the shard runs: what the Outboxes collect until it
+fires leaves in one write per connection, so under load several events
+share a send() (each send costs ~8 us of kernel on this loopback, see
+docs/performance.md). The window costs one timer per shard, nothing per
+connection, and with 0 the write happens in flush() as before.
+
 Both loops run once per subscriber and inline what an Outbox method would
 do for the common case (L{Fanout._spread}: L{Outbox.push};
 L{Fanout.flush}: L{Outbox.flush} of one entry on a plain TCP connection).
@@ -111,9 +118,11 @@ class Fanout:
     frames: on L{flush}, or at the end of the reactor turn if nobody did.
     """
 
-    def __init__(self, reactor: Any, stats: WriteStats):
+    def __init__(self, reactor: Any, stats: WriteStats, delay: float = 0.0):
         self.reactor = reactor
         self.stats = stats
+        #: The flush window in seconds (C{outbound.flush_delay}; 0 = write in L{flush}).
+        self.delay = delay
         # Twisted holds bytes for a connection (or is closing it) exactly
         # while its fd is in this set; None for reactors without one.
         self.writes: set[int] | None = pending_writers(reactor)
@@ -165,8 +174,25 @@ class Fanout:
         if dirty:
             self._soon()
 
-    def flush(self) -> None:
-        """Write every outbox that got frames since the last flush, now."""
+    def reconfigure(self, delay: float) -> None:
+        """Take a reloaded flush window; a window already running keeps its end."""
+        self.delay = delay
+
+    def flush(self) -> bool:
+        """
+        The caller's events are all queued: write every outbox that got
+        frames, now (True), or, with a flush window, when it ends (False;
+        the window starts with the first event after the last write).
+        """
+        if self.delay:
+            if self._call is None:
+                self._call = self.reactor.callLater(self.delay, self._turn_end)
+            return False
+        self.write()
+        return True
+
+    def write(self) -> None:
+        """Write every outbox that got frames since the last write, now."""
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
@@ -220,22 +246,23 @@ class Fanout:
             try:
                 f()
             except Exception:
-                log.failure("slow-client disconnect {f}", f=f)
+                log.failure("after-write callback {f}", f=f)
 
     def mark(self, box: Outbox) -> None:
-        """C{box} took its first frame since its last write: flush it with the others."""
+        """C{box} took its first frame since its last write: write it with the others."""
         self._dirty.append(box)
         self._soon()
 
     def after_flush(self, f: Callable[[], None]) -> None:
-        """Run C{f} at the next flush, after the outboxes were written."""
+        """Run C{f} at the next write, after the outboxes were written."""
         self._later.append(f)
         self._soon()
 
     def _turn_end(self) -> None:
         self._call = None
-        self.flush()
+        self.write()
 
     def _soon(self) -> None:
+        # At the end of this reactor turn, or of the flush window.
         if self._call is None:
-            self._call = self.reactor.callLater(0, self._turn_end)
+            self._call = self.reactor.callLater(self.delay, self._turn_end)

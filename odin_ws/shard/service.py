@@ -91,7 +91,7 @@ class Shard(service.MultiService):
         self.control_fd = control_fd
         self.subscriptions = SubscriptionIndex()
         self.stats = WriteStats()
-        self.fanout = Fanout(reactor, self.stats)
+        self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
         self.factory = ClientFactory(self)
         self.clients: set[ClientProtocol] = set()
         self.accepting = True
@@ -221,6 +221,7 @@ class Shard(service.MultiService):
         """
         self.settings = settings
         self.history.configure(**_history_bounds(settings))
+        self.fanout.reconfigure(settings.outbound.flush_delay)
         self.factory.reconfigure(settings)
         for client in self.clients:
             client.reconfigure(settings)
@@ -315,17 +316,26 @@ class Shard(service.MultiService):
             run.append((text_frame(e.envelope), e.channel, e.event_type))
         if run:
             fanout.publish_run(run, run_to)
-        fanout.flush()
+        written = fanout.flush()
         if delivered:
-            # End to end, and odinws's own share: consumed (by this shard or,
-            # relayed, by another) to written to the last subscriber's socket.
-            now = time.time()
-            end_to_end = metrics.DELIVERY_LATENCY.observe
-            own = (metrics.OWN_LATENCY_RELAYED if relayed else metrics.OWN_LATENCY_LOCAL).observe
-            for e in delivered:
-                end_to_end(max(0.0, now - e.ts / 1000.0))
-                if e.consumed:
-                    own(max(0.0, now - e.consumed))
+            if written:
+                _observe_latency(delivered, relayed)
+            else:   # a flush window (outbound.flush_delay) is open: measured at its end
+                fanout.after_flush(lambda: _observe_latency(delivered, relayed))
+
+
+def _observe_latency(delivered: list[Event], relayed: bool) -> None:
+    """
+    End to end, and odinws's own share: consumed (by this shard or,
+    relayed, by another) to written to the last subscriber's socket.
+    """
+    now = time.time()
+    end_to_end = metrics.DELIVERY_LATENCY.observe
+    own = (metrics.OWN_LATENCY_RELAYED if relayed else metrics.OWN_LATENCY_LOCAL).observe
+    for e in delivered:
+        end_to_end(max(0.0, now - e.ts / 1000.0))
+        if e.consumed:
+            own(max(0.0, now - e.consumed))
 
 
 def _history_bounds(settings: Settings) -> dict:

@@ -14,7 +14,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from odin_ws.common.twisted_internals import held
@@ -152,6 +152,83 @@ class CoalescingTests(SynchronousTestCase):
         for name in ("odinws_outbound_bytes_total", "odinws_events_conflated_total",
                      "odinws_slow_disconnects_total"):
             self.assertIn((name, ()), samples)
+
+
+class FlushWindowTests(SynchronousTestCase):
+    """
+    outbound.flush_delay: with a window, flush() only starts one timer and
+    the window's events leave in one write per connection when it ends.
+    """
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.stats = WriteStats()
+        self.fanout = Fanout(self.clock, self.stats, delay=0.002)
+
+    def outbox(self) -> Outbox:
+        return Outbox(FakeProtocol(CountingTransport()), self.fanout, policies(), 1 << 20,
+                      5.0, lambda: None)
+
+    def test_eventsInTheWindowLeaveInOneWrite(self):
+        """Three flushed events, 1 ms apart, go out together 2 ms after the first."""
+        boxes = [self.outbox() for _ in range(3)]
+        for i in range(3):
+            self.fanout.publish(event("a", i), "a", "trade", boxes)
+            self.assertFalse(self.fanout.flush())
+            if i < 2:
+                self.clock.advance(0.001)
+                self.assertEqual(boxes[0].transport.writes, 0 if i == 0 else 1)
+        # the first two went out at 2 ms; the third started a new window
+        self.assertEqual(events_in(boxes[0].transport.value()), [("a", 0), ("a", 1)])
+        self.clock.advance(0.002)
+        for box in boxes:
+            self.assertEqual(box.transport.writes, 2)
+            self.assertEqual(events_in(box.transport.value()), [("a", i) for i in range(3)])
+        self.assertEqual((self.stats.writes, self.stats.delivered), (6, 9))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_oneTimerPerWindow(self):
+        """However many events and connections, a window is one delayed call."""
+        boxes = [self.outbox() for _ in range(5)]
+        for i in range(10):
+            self.fanout.publish(event("a", i), "a", "trade", boxes)
+            self.fanout.flush()
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 0.002)
+
+    def test_afterFlushRunsAtTheWindowsEnd(self):
+        """Callbacks for after the write (latency, slow disconnects) wait for the window."""
+        box = self.outbox()
+        ran = []
+        self.fanout.publish(event("a", 1), "a", "trade", [box])
+        self.fanout.flush()
+        self.fanout.after_flush(lambda: ran.append(box.transport.writes))
+        self.clock.advance(0.0019)
+        self.assertEqual(ran, [])
+        self.clock.advance(0.0001)
+        self.assertEqual(ran, [1])
+
+    def test_reconfiguredToZeroWritesAtOnce(self):
+        """Switched off live, the next flush writes what the window held, now."""
+        box = self.outbox()
+        self.fanout.publish(event("a", 1), "a", "trade", [box])
+        self.fanout.flush()
+        self.fanout.reconfigure(0.0)
+        self.fanout.publish(event("a", 2), "a", "trade", [box])
+        self.assertTrue(self.fanout.flush())
+        self.assertEqual(box.transport.writes, 1)
+        self.assertEqual(events_in(box.transport.value()), [("a", 1), ("a", 2)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_zeroWindowWritesInFlush(self):
+        """With 0 (the default) flush() writes at once and leaves no timer."""
+        fanout = Fanout(self.clock, self.stats)
+        box = Outbox(FakeProtocol(CountingTransport()), fanout, policies(), 1 << 20, 5.0,
+                     lambda: None)
+        fanout.publish(event("a", 1), "a", "trade", [box])
+        self.assertTrue(fanout.flush())
+        self.assertEqual(box.transport.writes, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class RealSocketTests(TestCase):

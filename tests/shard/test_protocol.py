@@ -357,6 +357,14 @@ class LiveRateTests(ShardTestCase):
         self.assertEqual((box.limit, box.grace), (8192, 1.5))
         self.assertEqual(self.shard.settings.outbound.max_buffer_bytes, 8192)
 
+    def test_flush_delay_reaches_the_fanout(self):
+        """outbound.flush_delay reloaded is the shard's flush window, and 0 switches it off."""
+        self.assertEqual(self.shard.fanout.delay, 0.0)
+        self.shard.reload(self.config.replace(**{"outbound.flush_delay": 0.002}))
+        self.assertEqual(self.shard.fanout.delay, 0.002)
+        self.shard.reload(self.config.replace(**{"outbound.flush_delay": 0.0}))
+        self.assertEqual(self.shard.fanout.delay, 0.0)
+
 
 class SlowConsumerTests(ShardTestCase):
     settings = {"outbound.policy": {"default": "disconnect"},
