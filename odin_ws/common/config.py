@@ -124,8 +124,9 @@ SCHEMA: tuple[Option, ...] = (
          "event type when present; empty means the topic decides."),
     _opt("kafka.start_offset", str, "latest", "Where a new consumer group starts.",
          choices=("latest", "earliest")),
-    _opt("kafka.max_record_bytes", int, 1048576, "Records with a larger value are "
-         "skipped and counted (reason too_large).", minimum=1),
+    _opt("kafka.max_record_bytes", int, 131072, "Records with a larger value are "
+         "skipped and counted (reason too_large). At most outbound.max_buffer_bytes.",
+         minimum=1),
     _opt("kafka.poll_batch", int, 500, "Most records taken per poll: a poll returns as "
          "soon as one record is there, with whatever else is already fetched.", minimum=1),
     _opt("kafka.poll_timeout", float, 0.05, "Seconds a poll waits for a first record "
@@ -160,8 +161,15 @@ SCHEMA: tuple[Option, ...] = (
          "https://app.example.com); empty allows all. Others get 403.", live=True),
     _opt("limits.max_channels_per_message", int, 100, "Channels in one "
          "subscribe/unsubscribe message.", minimum=1, live=True),
-    _opt("limits.max_subscriptions", int, 1000, "Subscriptions per connection.",
+    _opt("limits.max_subscriptions", int, 100, "Subscriptions per connection (a wildcard "
+         "counts as one; Centrifugo's per-client default is 100 too).", minimum=1, live=True),
+    _opt("limits.max_shard_subscriptions", int, 500000, "Subscriptions one shard holds over "
+         "all its connections; past it a subscribe is refused (server_subscription_limit).",
          minimum=1, live=True),
+    _opt("limits.max_shard_subscription_bytes", int, 268435456, "Memory the subscriptions of "
+         "one shard may take (bytes, as the index counts them: ~280 B plus the channel name "
+         "per subscription, ~360 B more per channel nobody else holds); past it a subscribe "
+         "is refused (server_subscription_limit).", minimum=65536, live=True),
     _opt("limits.max_channel_length", int, 160, "Longest channel name.", minimum=16,
          live=True),
     _opt("limits.max_message_bytes", int, 16384, "Largest client message (bytes); "
@@ -410,6 +418,14 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
         raise ConfigError("kafka.topics: at least one topic is needed")
     if not values["listen.ws_path"].startswith("/"):
         raise ConfigError(f"listen.ws_path: must start with '/', got {values['listen.ws_path']!r}")
+    if values["kafka.max_record_bytes"] > values["outbound.max_buffer_bytes"]:
+        # Such a record could never wait for a client that is behind: it
+        # would be dropped for every one of them (or close them, under the
+        # disconnect policy) however briefly they lag.
+        raise ConfigError(f"kafka.max_record_bytes: {values['kafka.max_record_bytes']} is "
+                          "larger than outbound.max_buffer_bytes "
+                          f"({values['outbound.max_buffer_bytes']}): lower the first or "
+                          "raise the second")
     if values["supervisor.restart_max_delay"] < values["supervisor.restart_min_delay"]:
         raise ConfigError("supervisor.restart_max_delay: must not be below supervisor.restart_min_delay")
     if values["supervisor.stats_stale_after"] < 2 * values["supervisor.stats_interval"]:

@@ -69,6 +69,8 @@ class LimitsSettings:
     allowed_origins: tuple[str, ...]
     max_channels_per_message: int
     max_subscriptions: int
+    max_shard_subscriptions: int
+    max_shard_subscription_bytes: int
     max_channel_length: int
     max_snapshot_events: int
     max_positions: int

@@ -24,6 +24,7 @@ from odin_ws.shard.lean import LeanServerProtocol
 from odin_ws.common.logs import audit, redact
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.outbox import Outbox, OutboxHolder
+from odin_ws.shard.subscriptions import BudgetExceeded
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
@@ -291,8 +292,12 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             except messages.ClientError as e:
                 self._error(e.code, e.message, e.id)
                 return
-        for _, token, etype in new:
-            subscriptions.add(self.outbox, token, etype)
+        try:
+            # All or nothing, within the shard's subscription budget.
+            subscriptions.add_all(self.outbox, [(c[1], c[2]) for c in new])
+        except BudgetExceeded as e:
+            self._error(e.code, e.message, msg.id)
+            return
         if not self.ever_subscribed:
             self.ever_subscribed = True
             # The idle close is for connections that never subscribe: its

@@ -89,7 +89,7 @@ class Shard(service.MultiService):
         self.settings = settings = Settings.from_config(config)
         self.number = number
         self.control_fd = control_fd
-        self.subscriptions = SubscriptionIndex()
+        self.subscriptions = SubscriptionIndex(settings.limits)
         self.stats = WriteStats()
         self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
         self.factory = ClientFactory(self)
@@ -223,6 +223,7 @@ class Shard(service.MultiService):
         self.history.configure(**_history_bounds(settings))
         self.fanout.reconfigure(settings.outbound.flush_delay)
         self.factory.reconfigure(settings)
+        self.subscriptions.reconfigure(settings.limits)
         for client in self.clients:
             client.reconfigure(settings)
 

@@ -16,16 +16,50 @@ Per-pattern state belongs here, in L{PatternBucket}, not in connections: the
 planned per-channel history buffer hangs off this index (it must outlive an
 emptied bucket, so it will sit in its own map keyed by concrete channel,
 owned by the index, next to these buckets).
+
+The index also owns the shard's subscription budget
+(C{limits.max_shard_subscriptions}, C{limits.max_shard_subscription_bytes}):
+a subscribe that would take the shard past either is refused whole
+(L{BudgetExceeded}), so what anonymous clients can pin in memory is bounded
+per shard, whatever the number of connections and addresses they use.
 """
 
 from __future__ import annotations
 
-from typing import Collection, Hashable
+from typing import TYPE_CHECKING, Collection, Hashable, Iterable
 
 from odin_ws.common.channels import WILDCARD
 
+if TYPE_CHECKING:
+    from odin_ws.common.settings import LimitsSettings
+
 Subscriber = Hashable
 Pattern = tuple[str, str]
+
+#: What the budget counts per subscription (one subscriber holding one
+#: pattern) besides the length of its token and event type: its entry in
+#: the pattern's bucket, its pattern tuple, its share of the subscriber's
+#: record and the two strings' headers. tracemalloc measures 268-276 B
+#: (tests/shard/test_subscriptions.py keeps the figure honest).
+SUBSCRIPTION_BYTES = 280
+#: ... and per distinct pattern (the first subscriber to hold it): its
+#: bucket and the key of the bucket's map; measured 340-355 B. A
+#: subscription to a pattern nobody else holds thus costs ~640 B plus its
+#: name (the issue's 714 B per distinct subscription, with longer names).
+PATTERN_BYTES = 360
+
+#: The error code a subscribe refused by the budget gets (docs/protocol.md).
+BUDGET_EXCEEDED = "server_subscription_limit"
+
+
+class BudgetExceeded(Exception):
+    """A subscribe would take the shard past its subscription budget; nothing was added."""
+
+    code = BUDGET_EXCEEDED
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 # What match() returns when nothing matches: shared, immutable.
 _NOTHING: Collection = frozenset()
@@ -68,13 +102,28 @@ class SubscriptionIndex:
     that may drop a subscriber during delivery must collect and remove after).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limits: "LimitsSettings | None" = None) -> None:
         self._exact: dict[Pattern, PatternBucket] = {}
         self._by_token: dict[str, PatternBucket] = {}
         self._by_type: dict[str, PatternBucket] = {}
         self._all: PatternBucket | None = None
         self._patterns: dict[Subscriber, tuple[Pattern, ...] | set[Pattern]] = {}
         self._total = 0
+        self._bytes = 0
+        # The budget; unbounded without limits (a bare index in tests).
+        self.max_total: int | None = None
+        self.max_bytes: int | None = None
+        if limits is not None:
+            self.reconfigure(limits)
+
+    def reconfigure(self, limits: "LimitsSettings") -> None:
+        """
+        Take a (reloaded) budget: C{limits.max_shard_subscriptions} and
+        C{limits.max_shard_subscription_bytes}. Subscriptions already held
+        stay; only new ones are refused while the shard is over it.
+        """
+        self.max_total = limits.max_shard_subscriptions
+        self.max_bytes = limits.max_shard_subscription_bytes
 
     # -- lookups of one bucket by pattern shape
 
@@ -118,22 +167,60 @@ class SubscriptionIndex:
         """
         Subscribe C{subscriber} to the pattern (segments already validated,
         see L{odin_ws.common.channels.parse_pattern}). False if it already held it.
+
+        @raise BudgetExceeded: the shard's budget has no room for it.
         """
+        return self.add_all(subscriber, ((token, event_type),)) == 1
+
+    def add_all(self, subscriber: Subscriber, patterns: Iterable[Pattern]) -> int:
+        """
+        Subscribe C{subscriber} to every C{(token, event_type)} of
+        C{patterns}, all or none: how many it did not hold yet.
+
+        @raise BudgetExceeded: they would take the shard past its budget
+            (count or bytes); nothing was added.
+        """
+        held = self._patterns.get(subscriber, ())
+        new = [p for p in dict.fromkeys(patterns) if p not in held]
+        if not new:
+            return 0
+        if self.max_total is not None or self.max_bytes is not None:
+            self._check_budget(new)
+        for token, event_type in new:
+            self._add(subscriber, token, event_type)
+        return len(new)
+
+    @staticmethod
+    def cost(token: str, event_type: str) -> int:
+        """Bytes the budget counts for one subscription to the pattern (not the pattern's own)."""
+        return SUBSCRIPTION_BYTES + len(token) + len(event_type)
+
+    def _check_budget(self, new: list[Pattern]) -> None:
+        if self.max_total is not None and self._total + len(new) > self.max_total:
+            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
+                                 f"({self.max_total}); try again later")
+        extra = sum(self.cost(t, e) for t, e in new)
+        fresh = {p for p in new if self._bucket(*p) is None}
+        extra += PATTERN_BYTES * len(fresh)
+        if self.max_bytes is not None and self._bytes + extra > self.max_bytes:
+            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
+                                 f"({self.max_bytes} bytes); try again later")
+
+    def _add(self, subscriber: Subscriber, token: str, event_type: str) -> None:
         pattern = (token, event_type)
         held = self._patterns.get(subscriber, ())
-        if pattern in held:
-            return False
         bucket = self._bucket(token, event_type)
         if bucket is None:
             bucket = self._new_bucket(token, event_type)
+            self._bytes += PATTERN_BYTES
         bucket[subscriber] = None
+        self._bytes += self.cost(token, event_type)
         if type(held) is tuple:
             held += (pattern,)
             self._patterns[subscriber] = held if len(held) <= _FEW else set(held)
         else:
             held.add(pattern)
         self._total += 1
-        return True
 
     def remove(self, subscriber: Subscriber, token: str, event_type: str) -> bool:
         """Drop one pattern of C{subscriber}. False if it did not hold it."""
@@ -164,8 +251,10 @@ class SubscriptionIndex:
     def _unlink(self, subscriber: Subscriber, token: str, event_type: str) -> None:
         bucket = self._bucket(token, event_type)
         del bucket[subscriber]
+        self._bytes -= self.cost(token, event_type)
         if not bucket:
             self._drop_bucket(token, event_type)
+            self._bytes -= PATTERN_BYTES
         self._total -= 1
 
     # -- queries
@@ -221,6 +310,11 @@ class SubscriptionIndex:
     def total(self) -> int:
         """Subscriptions held, summed over all subscribers."""
         return self._total
+
+    @property
+    def bytes(self) -> int:
+        """What the budget counts for the subscriptions held (see L{SUBSCRIPTION_BYTES})."""
+        return self._bytes
 
     @property
     def subscribers(self) -> int:

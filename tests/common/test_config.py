@@ -46,6 +46,24 @@ class LoadTests(unittest.TestCase):
             self.assertIn(fragment, str(e))
         self.assertNotIn("\n", str(e))
 
+    def test_record_must_fit_the_outbound_buffer(self):
+        """
+        kafka.max_record_bytes above outbound.max_buffer_bytes fails at load
+        with one line naming both keys (such a record could never wait for
+        a client that is behind); the defaults agree (issue 16: 1 MiB
+        records against a 256 KiB buffer).
+        """
+        defaults = config.load(None, environ={})
+        self.assertLessEqual(defaults["kafka.max_record_bytes"],
+                             defaults["outbound.max_buffer_bytes"])
+        e = self.assertRaises(config.ConfigError, config.load, None, environ={
+            "ODINWS_KAFKA_MAX_RECORD_BYTES": "300000",
+            "ODINWS_OUTBOUND_MAX_BUFFER_BYTES": "262144"})
+        self.assertEqual(len(str(e).splitlines()), 1)
+        self.assertIn("kafka.max_record_bytes", str(e))
+        self.assertIn("outbound.max_buffer_bytes", str(e))
+        config.load(None, environ={"ODINWS_KAFKA_MAX_RECORD_BYTES": "262144"})
+
     def test_unknown_key(self):
         """An unknown key is named, with its section."""
         self.assertConfigError("kafka:\n  brokerz: x\n", "kafka.brokerz", "unknown setting")

@@ -352,6 +352,7 @@ class LiveRateTests(ShardTestCase):
         """outbound.max_buffer_bytes and disconnect_grace reloaded reach an open connection's outbox."""
         client = self.connect()
         self.shard.reload(self.config.replace(**{"outbound.max_buffer_bytes": 8192,
+                                                 "kafka.max_record_bytes": 8192,
                                                  "outbound.disconnect_grace": 1.5}))
         box = client.proto.outbox
         self.assertEqual((box.limit, box.grace), (8192, 1.5))
@@ -369,6 +370,7 @@ class LiveRateTests(ShardTestCase):
 class SlowConsumerTests(ShardTestCase):
     settings = {"outbound.policy": {"default": "disconnect"},
                 "outbound.max_buffer_bytes": 4096,
+                "kafka.max_record_bytes": 4096,
                 "keepalive.ping_interval": 0}
 
     def test_stalled_client_closed_4008(self):
@@ -437,3 +439,38 @@ class CloseCodeLabelTests(ShardTestCase):
         self.assertEqual(metrics.close_code_label(3999), "other_3xxx")
         self.assertEqual(metrics.close_code_label(4999), "other_4xxx")
         self.assertEqual(metrics.close_code_label(None), "none")
+
+
+class ShardSubscriptionBudgetTests(ShardTestCase):
+    settings = {"limits.max_shard_subscriptions": 5}
+
+    def test_budget_refuses_whole_subscribe_across_connections(self):
+        """
+        Connections from many addresses together cannot take a shard past
+        limits.max_shard_subscriptions: the subscribe that would is refused
+        whole with server_subscription_limit (its id echoed), nothing of it
+        is subscribed (no event of its channels arrives), and the room
+        left by a client that goes is usable again; a reload raises the
+        budget for what comes next (issue 16: before, only the
+        per-connection limit bounded what anonymous clients pin).
+        """
+        first, second = self.connect("10.0.0.1"), self.connect("10.0.0.2")
+        channels = [f"odin.token.T{i}.trade" for i in range(4)]
+        self.assertEqual(self.subscribe(first, *channels)["type"], "subscribed")
+        reply = self.subscribe(second, "odin.token.X.trade", "odin.token.Y.trade", id=9)
+        self.assertEqual((reply["type"], reply["code"], reply["id"]),
+                         ("error", "server_subscription_limit", 9))
+        self.assertEqual((self.shard.subscriptions.total,
+                          self.shard.subscriptions.count(second.proto.outbox)), (4, 0))
+        self.publish("X")
+        self.assertEqual(second.frames(), [])
+        self.assertEqual(sample("odinws_client_errors_total", code="server_subscription_limit")
+                         > 0, True)
+        self.assertEqual(self.subscribe(second, "odin.token.X.trade")["type"], "subscribed")
+        first.send(client_frame(8, (1000).to_bytes(2, "big")))
+        self.assertEqual(self.shard.subscriptions.total, 1)
+        self.assertEqual(self.subscribe(second, *channels)["type"], "subscribed")
+        self.assertEqual(self.subscribe(second, "odin.token.Z.trade")["code"],
+                         "server_subscription_limit")
+        self.shard.reload(self.config.replace(**{"limits.max_shard_subscriptions": 6}))
+        self.assertEqual(self.subscribe(second, "odin.token.Z.trade")["type"], "subscribed")

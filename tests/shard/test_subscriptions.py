@@ -4,11 +4,18 @@ Tests for L{odin_ws.shard.subscriptions}.
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import Collection
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.shard.subscriptions import PatternBucket, SubscriptionIndex
+from odin_ws.shard.subscriptions import (
+    PATTERN_BYTES,
+    BudgetExceeded,
+    PatternBucket,
+    SubscriptionIndex,
+)
 
 
 class Conn:
@@ -249,3 +256,91 @@ class MatchTests(SynchronousTestCase):
         self.index.add("s", "ABC", "trade")
         self.index.add(7, "ABC", "*")
         self.assertEqual(set(self.index.match("ABC", "trade")), {"s", 7})
+
+
+class Limits:
+    """What the index reads of LimitsSettings."""
+
+    def __init__(self, count: int, size: int):
+        self.max_shard_subscriptions = count
+        self.max_shard_subscription_bytes = size
+
+
+class BudgetTests(SynchronousTestCase):
+    """The shard's subscription budget, which the index owns (issue 16)."""
+
+    def test_countRefusesWholeBatch(self) -> None:
+        """
+        A batch that would take the index past max_shard_subscriptions is
+        refused whole with BudgetExceeded (code server_subscription_limit):
+        nothing of it is added; patterns already held cost nothing;
+        removing frees room; a reload takes a new budget.
+        """
+        index = SubscriptionIndex(Limits(5, 1 << 30))
+        a, b = Conn("a"), Conn("b")
+        self.assertEqual(index.add_all(a, [("T1", "trade"), ("T2", "trade"), ("T3", "trade")]), 3)
+        e = self.assertRaises(BudgetExceeded, index.add_all, b,
+                              [("T1", "trade"), ("T4", "trade"), ("T5", "trade")])
+        self.assertEqual(e.code, "server_subscription_limit")
+        self.assertEqual((index.total, index.count(b), len(index)), (3, 0, 3))
+        self.assertEqual(set(index.match("T1", "trade")), {a})
+        self.assertEqual(index.add_all(a, [("T1", "trade"), ("T4", "trade"), ("T4", "trade")]), 1)
+        self.assertTrue(index.add(b, "T4", "trade"))
+        self.assertRaises(BudgetExceeded, index.add, b, "T5", "trade")
+        index.remove_all(a)
+        self.assertEqual(index.add_all(b, [("T5", "trade"), ("T6", "trade")]), 2)
+        index.reconfigure(Limits(2, 1 << 30))
+        self.assertEqual(index.total, 3)        # held subscriptions stay
+        self.assertRaises(BudgetExceeded, index.add, a, "T1", "trade")
+
+    def test_bytesRefusesAndFollowsRemovals(self) -> None:
+        """
+        max_shard_subscription_bytes counts each subscription and each
+        distinct pattern; a batch past it is refused whole; removing
+        everything brings the count back to zero.
+        """
+        one = SubscriptionIndex.cost("T1", "trade") + PATTERN_BYTES
+        index = SubscriptionIndex(Limits(1000, 2 * one))
+        a, b = Conn("a"), Conn("b")
+        index.add_all(a, [("T1", "trade"), ("T2", "trade")])
+        self.assertEqual(index.bytes, 2 * one)
+        self.assertRaises(BudgetExceeded, index.add, b, "T1", "trade")
+        self.assertEqual((index.total, index.bytes), (2, 2 * one))
+        index.remove(a, "T2", "trade")
+        self.assertEqual(index.bytes, one)
+        self.assertTrue(index.add(b, "T1", "trade"))     # no new pattern: cheaper
+        self.assertEqual(index.bytes, one + SubscriptionIndex.cost("T1", "trade"))
+        self.assertRaises(BudgetExceeded, index.add, b, "T9", "trade")
+        index.remove_all(a)
+        index.remove_all(b)
+        self.assertEqual((index.total, index.bytes), (0, 0))
+
+    def test_countedBytesFollowMeasuredMemory(self) -> None:
+        """
+        What the budget counts per subscription, to a pattern nobody else
+        holds and to a shared one, stays within 25% of what tracemalloc
+        measures the index to allocate (subscribers with 1 to 100
+        patterns, names of 17 to 80 characters), so the byte budget and
+        docs/operations.md's figures hold.
+        """
+        for per, name in ((1, 12), (100, 12), (100, 75)):
+            for distinct in (True, False):
+                index = SubscriptionIndex()
+                people = [Conn(str(i)) for i in range(100)]
+                gc.collect()
+                tracemalloc.start()
+                try:
+                    base = tracemalloc.get_traced_memory()[0]
+                    n = 0
+                    for person in people:
+                        for j in range(per):
+                            # Fresh strings, as parsing a subscribe makes them.
+                            token = "T%0*d" % (name - 1, n if distinct else j)
+                            index.add(person, token, "".join(["tra", "de"]))
+                            n += 1
+                    gc.collect()
+                    used = tracemalloc.get_traced_memory()[0] - base
+                finally:
+                    tracemalloc.stop()
+                ratio = index.bytes / used
+                self.assertTrue(0.75 < ratio < 1.25, (per, name, distinct, used / n, ratio))
