@@ -90,9 +90,13 @@ class CoreTests(NodeTestCase):
             self.assertEqual([(e["channel"], e["data"]) for e in got], want)
             self.assertEqual(got[-1]["data"]["seq"], last)
             for e in got:
-                self.assertEqual(set(e), {"type", "channel", "data", "ts"})
+                self.assertEqual(set(e), {"type", "channel", "data", "ts", "pos"})
                 self.assertEqual(e["type"], "event")
                 self.assertIsInstance(e["ts"], int)
+                # The position: this topic, its only partition, an epoch, an offset.
+                topic, partition, epoch, offset = e["pos"].split(":")
+                self.assertEqual((topic, partition), (self.topic, "0"))
+                self.assertTrue(epoch and offset.isdigit())
 
     def test_protocol_errors_keep_connection(self):
         """Bad client input gets a specific error and the connection stays usable."""
