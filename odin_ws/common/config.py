@@ -83,6 +83,8 @@ SCHEMA: tuple[Option, ...] = (
     _opt("listen.admin_port", str, "", "Optional plain listener for /health and /metrics "
          "only, e.g. tcp:3006:interface=127.0.0.1 (useful with TLS on the public port)."),
     _opt("listen.ws_path", str, "/ws", "Path of the WebSocket endpoint."),
+    _opt("listen.sse_path", str, "/sse", "Path of the Server-Sent Events endpoint "
+         "(docs/protocol.md); empty: no SSE."),
     _opt("listen.max_head_bytes", int, 8192, "Largest HTTP request head accepted "
          "(bytes); larger gets 431.", minimum=512),
     _opt("listen.head_timeout", float, 10.0, "Seconds a client has to send its "
@@ -418,6 +420,10 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
         raise ConfigError("kafka.topics: at least one topic is needed")
     if not values["listen.ws_path"].startswith("/"):
         raise ConfigError(f"listen.ws_path: must start with '/', got {values['listen.ws_path']!r}")
+    sse_path = values["listen.sse_path"]
+    if sse_path and (not sse_path.startswith("/") or sse_path == values["listen.ws_path"]):
+        raise ConfigError(f"listen.sse_path: must be empty or start with '/' and differ from "
+                          f"listen.ws_path, got {sse_path!r}")
     if values["kafka.max_record_bytes"] > values["outbound.max_buffer_bytes"]:
         # Such a record could never wait for a client that is behind: it
         # would be dropped for every one of them (or close them, under the

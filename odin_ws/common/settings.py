@@ -24,6 +24,7 @@ class ListenSettings:
     port: str
     admin_port: str
     ws_path: str
+    sse_path: str
     max_head_bytes: int
     head_timeout: float
     handoff_timeout: float
