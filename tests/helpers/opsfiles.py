@@ -10,6 +10,7 @@ import yaml
 
 from odin_ws.common import metrics
 from odin_ws.shard.fanout import WriteStats, WriteStatsCollector
+from odin_ws.shard.history import History, HistoryCollector
 from tests.helpers.node import ROOT
 
 DASHBOARD = os.path.join(ROOT, "etc", "grafana", "odinws-dashboard.json")
@@ -46,10 +47,13 @@ def sample_names(families: dict[str, str]) -> set[str]:
 def exported_names() -> set[str]:
     """
     Every sample name odinws exports: metrics.py's registry, the write path's
-    collector (each shard registers one), and EXPECTED_FAMILIES.
+    and the history's collectors (each shard registers one of each), and
+    EXPECTED_FAMILIES.
     """
     families = dict(EXPECTED_FAMILIES)
-    for family in [*metrics.REGISTRY.collect(), *WriteStatsCollector(WriteStats()).collect()]:
+    history = HistoryCollector(History(1, 1, 1, 1, clock=lambda: 0.0), lambda: 1.0)
+    for family in [*metrics.REGISTRY.collect(), *WriteStatsCollector(WriteStats()).collect(),
+                   *history.collect()]:
         families[family.name] = family.type
     return sample_names(families)
 
