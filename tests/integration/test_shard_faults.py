@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import FAST_KAFKA
-from tests.helpers.broker import shared_broker
+from tests.helpers.broker import TansuBroker, shared_broker
 from tests.helpers.node import Client, Node, pid_alive, wait_for
 
 
@@ -155,6 +155,41 @@ class LateHandoffTests(FaultTestCase):
         self.assertEqual(result.subscribe("odin.token.T.trade")["type"], "subscribed")
         wait_for(lambda: [s["connections"] for s in self.node.health()[1]["shards"]] == [1, 0],
                  10, what="the client counted on shard 0")
+
+
+class KafkaDownStopTests(unittest.TestCase):
+    """A node on a broker of its own, which the test stops."""
+
+    def test_stopWithBrokerGone(self):
+        """
+        SIGTERM while the broker is gone (it was up, the consumers had
+        joined) stops the node within supervisor.drain_timeout +
+        supervisor.kill_timeout, and no shard needs SIGKILL: closing the
+        consumers does not block the shards' stop.
+        """
+        broker = TansuBroker()
+        broker.start()
+        self.addCleanup(broker.stop)
+        topic = f"down-{uuid.uuid4().hex[:8]}"
+        broker.create_topics([topic], partitions=2)
+        settings = dict(FAST_KAFKA)
+        settings.update({"kafka.topics": {topic: "trade"}, "supervisor.drain_timeout": 2.0,
+                         "supervisor.kill_timeout": 3.0})
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        node = Node(workdir, broker.bootstrap, shards=2, settings=settings)
+        self.addCleanup(node.stop)
+        node.start()
+        broker.stop()
+
+        def kafka_down():
+            return not any((s.get("kafka") or {}).get("connected")
+                           for s in node.health()[1]["shards"])
+
+        wait_for(kafka_down, 30, what="the shards see the broker gone")
+        # Node.stop fails the test if the parent is not gone within the bound (plus start-up slack).
+        node.stop(timeout=2.0 + 3.0 + 5.0)
+        self.assertNotIn("sending SIGKILL", node.tail(100_000))
 
 
 #: A secret given as the parent's environment override, as /etc/default/odinws would.
