@@ -14,13 +14,14 @@
 
 /** Settings a client starts with; every one can be given to the constructor. */
 export const DEFAULTS = Object.freeze({
-  transports: ["websocket"],
+  transports: ["websocket", "sse"],
   backoffBase: 0.5,           // seconds: the reconnect contract's base and cap
   backoffCap: 30,
   stableAfter: 10,            // seconds up after which the backoff starts over
   refreshMargin: 30,          // seconds before the token's exp to refresh it
   maxChannelsPerMessage: 100, // the server's limits.max_channels_per_message default
   rateLimitedRetry: 1,        // seconds before a rate-limited subscribe is sent again
+  positionsRefresh: 60,       // seconds between asking for the current positions (0: never)
 });
 
 // Retrying after these fails the same way: the client has to change first.
@@ -58,6 +59,50 @@ export function tokenExpiry(token) {
   } catch {
     return null;
   }
+}
+
+// ---- positions ------------------------------------------------------------------
+//
+// Every event carries "pos": "<topic>:<partition>:<epoch>:<offset>". Clients
+// treat it as opaque, except for what recovery needs: everything before the
+// last ":" is the event's stream, the offset after it grows within a stream.
+// The library keeps, per subscription, the last position seen per partition
+// (a partition's stream changes only when its topic is recreated: the new
+// epoch's positions replace the old ones).
+
+/** `{partition, stream, offset}` of a position (offset as a decimal string), or null. */
+export function parsePosition(pos) {
+  if (typeof pos !== "string") return null;
+  const cut = pos.lastIndexOf(":");
+  const offset = pos.slice(cut + 1);
+  if (cut <= 0 || !/^\d{1,30}$/.test(offset)) return null;
+  const stream = pos.slice(0, cut);
+  const epoch = stream.lastIndexOf(":");
+  return {partition: epoch > 0 ? stream.slice(0, epoch) : stream, stream,
+          offset: offset.replace(/^0+(?=\d)/, "")};
+}
+
+// Decimal strings without leading zeros: exact beyond 2^53.
+function offsetAfter(a, b) {
+  return a.length !== b.length ? a.length > b.length : a > b;
+}
+
+/**
+ * Is position `pos` newer than the last one `last` (a Map partition ->
+ * position) holds for its partition? True when `last` has none, when it is
+ * of another stream (a recreated topic), or when either is not a position.
+ */
+export function isNewer(last, pos) {
+  const p = parsePosition(pos);
+  if (!p) return true;
+  const q = parsePosition(last.get(p.partition));
+  return !q || q.stream !== p.stream || offsetAfter(p.offset, q.offset);
+}
+
+// Record `pos` in `last` if it is newer.
+function advance(last, pos) {
+  const p = parsePosition(pos);
+  if (p && isNewer(last, pos)) last.set(p.partition, pos);
 }
 
 // Handler exceptions must not break the client; rethrow them where the
@@ -121,24 +166,175 @@ function webSocketTransport(url, {token, env}, on) {
   };
 }
 
+// Server-Sent Events (docs/protocol.md, "Server-Sent Events"): one
+// EventSource per subscription list, fixed for its life; the client sends
+// nothing, so a change of subscriptions (or of token) opens a new stream
+// with the new list and recovers from the positions seen (`since`), and the
+// transport answers subscribe/unsubscribe/ping/refresh itself. The stream's
+// parameters come from the client: `plan()` gives {channels, since,
+// snapshot, id} and registers the request the stream's `subscribed` answers.
+// EventSource cannot set headers: the token travels as `?token=`.
+//
+// An EventSource retries on its own after a network error; this transport
+// closes it instead and reports 1006, so the client's backoff, state events
+// and recovery from its own positions apply as for WebSocket.
+
+/** The SSE URL of a node's WebSocket URL: same host, http(s), path …/ws -> …/sse. */
+export function sseUrlOf(url) {
+  const u = new URL(url);
+  u.protocol = u.protocol === "wss:" ? "https:" : u.protocol === "ws:" ? "http:" : u.protocol;
+  u.pathname = /\/ws$/.test(u.pathname) ? u.pathname.replace(/\/ws$/, "/sse") : "/sse";
+  u.search = "";
+  return u.toString();
+}
+
+/** The URL of one SSE stream: `channels`, `since`, `snapshot` and `token` in the query. */
+export function sseStreamUrl(base, {channels, since, snapshot}, token) {
+  const u = new URL(base);
+  u.searchParams.set("channels", channels.join(","));
+  if (since?.length) u.searchParams.set("since", since.join(","));
+  if (snapshot) u.searchParams.set("snapshot", "1");
+  if (token) u.searchParams.set("token", token);
+  return u.toString();
+}
+
+/**
+ * The positions of an SSE event id (the shard's vector
+ * `<topic>~<epoch>~<partition>:<offset>,…;<topic2>~…`); [] if it is none.
+ */
+export function vectorPositions(id) {
+  const out = [];
+  if (typeof id !== "string" || !id) return out;
+  for (const group of id.split(";")) {
+    const [topic, epoch, parts, extra] = group.split("~");
+    if (!topic || !epoch || parts === undefined || extra !== undefined) return [];
+    for (const part of parts.split(",")) {
+      const m = /^(\d+):(\d+)$/.exec(part);
+      if (!m) return [];
+      out.push(`${topic}:${m[1]}:${epoch}:${m[2]}`);
+    }
+  }
+  return out;
+}
+
+function sseTransport(url, {token, env, options, plan}, on) {
+  const ES = env.EventSource || globalThis.EventSource;
+  if (!ES) throw new Error("no EventSource in this runtime");
+  const base = options.sseUrl || sseUrlOf(url);
+  let es = null;
+  let opened = false;
+  let closed = false;
+  let reopenQueued = false;
+  let refreshing = [];       // refresh ids answered when the new stream is acknowledged
+
+  const stop = () => {
+    if (!es) return;
+    es.onopen = es.onmessage = es.onerror = null;
+    es.close();
+    es = null;
+  };
+  const fail = (why) => {
+    if (closed) return;
+    closed = true;
+    stop();
+    on.close(why);
+  };
+  const parse = (m) => {
+    try {
+      const msg = JSON.parse(m.data);
+      return msg && typeof msg === "object" ? msg : null;
+    } catch {
+      return null;
+    }
+  };
+  const open = () => {
+    reopenQueued = false;
+    if (closed) return;
+    stop();
+    const p = plan();
+    if (!p.channels.length) {
+      // Nothing to stream: no request to make (a subscribe opens one).
+      if (!opened) { opened = true; on.open(); }
+      for (const id of refreshing.splice(0)) {
+        on.message({type: "refreshed", expires: tokenExpiry(token), id});
+      }
+      return;
+    }
+    const stream = es = new ES(sseStreamUrl(base, p, token));
+    stream.onopen = () => {
+      if (!opened) { opened = true; on.open(); }
+    };
+    stream.addEventListener("subscribed", (m) => {
+      if (stream !== es) return;
+      const msg = parse(m);
+      if (!msg) return;
+      on.message({...msg, id: p.id}, {vector: m.lastEventId});
+      for (const id of refreshing.splice(0)) {
+        on.message({type: "refreshed", expires: tokenExpiry(token), id});
+      }
+    });
+    stream.onmessage = (m) => {
+      const msg = stream === es && parse(m);
+      if (msg) on.message(msg, {vector: m.lastEventId});
+    };
+    stream.addEventListener("close", (m) => {
+      if (stream !== es) return;
+      const msg = parse(m) || {};
+      fail({code: Number(msg.code) || ABNORMAL, text: String(msg.reason || "")});
+    });
+    // A refused request (any non-200: 400, 401, 403, 503) or a dropped
+    // stream: the browser shows neither status nor body.
+    stream.onerror = () => stream === es && fail({code: ABNORMAL, text: "event stream failed"});
+  };
+  const reopen = () => {
+    if (reopenQueued || closed) return;
+    reopenQueued = true;  // one new stream for all of this turn's changes
+    Promise.resolve().then(open);
+  };
+  Promise.resolve().then(open);
+  return {
+    unidirectional: true,
+    // The client calls this when its subscriptions change.
+    update: reopen,
+    send(msg) {
+      if (msg.type === "ping") {
+        // Nothing goes to the server: the round trip is not measured.
+        Promise.resolve().then(() => !closed && on.message({type: "pong", id: msg.id}));
+      } else if (msg.type === "refresh") {
+        token = msg.token;
+        refreshing.push(msg.id);
+        reopen();
+      }
+    },
+    close() {
+      closed = true;
+      stop();
+    },
+  };
+}
+
 /** Transport factories by name, in the order a client may try them. */
-export const TRANSPORTS = {websocket: webSocketTransport};
+export const TRANSPORTS = {websocket: webSocketTransport, sse: sseTransport};
 
 // ---- subscriptions ------------------------------------------------------------
 
 const SET_STATE = Symbol("setState");
 const DELIVER = Symbol("deliver");
+const RECOVERED = Symbol("recovered");
 
 /**
  * One `client.subscribe()` call. `state`: "pending" (waiting for the
  * server; again after each reconnect), "subscribed", "failed" (the server
  * refused it: `error` says why; it is not retried) or "unsubscribed".
+ * Emits "state" ({state, error}) and, after each resubscription that tried
+ * to recover, "recovered" ({recovered, reason, replayed, snapshot}).
  */
 export class Subscription extends Emitter {
   #onEvent;
   #remove;
+  #positions;
 
-  constructor(channel, options, onEvent, remove) {
+  constructor(channel, options, onEvent, remove, positions) {
     super();
     this.channel = channel;
     this.options = options;
@@ -146,6 +342,16 @@ export class Subscription extends Emitter {
     this.error = null;
     this.#onEvent = onEvent;
     this.#remove = remove;
+    this.#positions = positions;
+  }
+
+  /**
+   * The last position seen per partition (sorted): what the next recovery
+   * sends as `since`. Store it to recover across page loads
+   * (`subscribe(channel, {since})`).
+   */
+  get positions() {
+    return this.#positions();
   }
 
   /** Stop receiving events; the server subscription ends with the last one on it. */
@@ -164,14 +370,21 @@ export class Subscription extends Emitter {
     if (!this.#onEvent) return;
     try { this.#onEvent(event); } catch (e) { report(e); }
   }
+
+  [RECOVERED](result) {
+    if (this.state !== "unsubscribed" && this.state !== "failed") this.emit("recovered", result);
+  }
 }
+
+// A subscribe refused for its positions: start over from the current ones.
+const POSITION_ERRORS = new Set(["invalid_position", "unknown_position", "too_many_positions"]);
 
 // ---- the client ----------------------------------------------------------------
 
 /**
  * A connection to an odinws node that stays up: reconnects with backoff,
- * subscribes again, refreshes its token. Emits "state" ({state, reason,
- * retryIn}) and "error" ({code, message, request}).
+ * subscribes again (recovering what it missed), refreshes its token. Emits
+ * "state" ({state, reason, retryIn}) and "error" ({code, message, request}).
  */
 export class OdinWS extends Emitter {
   #options;
@@ -187,16 +400,22 @@ export class OdinWS extends Emitter {
   #attempt = 0;
   #retryTimer = null;
   #refreshTimer = null;
+  #positionsTimer = null;
   #nextId = 0;
-  #pending = new Map();   // request id -> {type, channels, resolve, reject}
-  #channels = new Map();  // channel or pattern -> {segments, subs: Set<Subscription>}
+  #planId = null;
+  #pending = new Map();   // request id -> {type, channels, since, snapshotFor, resolve, reject}
+  // channel or pattern -> {segments, subs: Set<Subscription>, live, last: Map partition -> pos}
+  #channels = new Map();
+  #answer = null;         // a recovery's replay under way: {left, entries, tops}
+  #snapshotFor = null;    // a snapshot under way: {subs: Set<Subscription>, left}
 
   /**
    * @param url  ws:// or wss:// URL of the node's WebSocket path.
-   * @param options  {token, getToken, transports, backoffBase, backoffCap,
-   *   stableAfter, refreshMargin, maxChannelsPerMessage, rateLimitedRetry,
-   *   env: {WebSocket, setTimeout, clearTimeout, now, random}} (env: for
-   *   tests and runtimes without those globals).
+   * @param options  {token, getToken, transports, sseUrl, backoffBase,
+   *   backoffCap, stableAfter, refreshMargin, maxChannelsPerMessage,
+   *   rateLimitedRetry, positionsRefresh, env: {WebSocket, EventSource,
+   *   setTimeout, clearTimeout, now, random}} (env: for tests and runtimes
+   *   without those globals).
    */
   constructor(url, options = {}) {
     super();
@@ -218,6 +437,8 @@ export class OdinWS extends Emitter {
     this.#getToken = getToken || null;
     /** "connecting", "connected" or "disconnected". */
     this.state = "disconnected";
+    /** The transport of the current (or last) connection: "websocket" or "sse". */
+    this.transport = null;
   }
 
   /** Open the connection (and keep it open until close()). */
@@ -243,23 +464,38 @@ export class OdinWS extends Emitter {
   /**
    * Receive the events of `channel` (a channel or a pattern with `*`
    * segments): `onEvent(event)` gets each event message as the server sent
-   * it ({type: "event", channel, data, ts, …}). `options` is reserved.
+   * it ({type: "event", channel, data, ts, pos, …}).
+   *
+   * options: `recover` (default true: after a reconnect, get the events
+   * missed meanwhile; "recovered" says when that was impossible),
+   * `snapshot` (first the latest event of each matching channel, marked
+   * `snapshot: true`; again after a reconnect that could not recover),
+   * `since` (positions to recover from, e.g. a stored `sub.positions`).
    */
   subscribe(channel, options = {}, onEvent = undefined) {
     if (typeof options === "function") [options, onEvent] = [{}, options];
     if (typeof channel !== "string" || !channel) {
       throw new TypeError("odinws: channel must be a non-empty string");
     }
-    const sub = new Subscription(channel, options, onEvent, (s) => this.#unsubscribe(s));
-    const entry = this.#channels.get(channel);
+    options = options || {};
+    let entry = this.#channels.get(channel);
+    const positions = () => [...(this.#channels.get(channel) || entry).last.values()].sort();
+    const sub = new Subscription(channel, options, onEvent, (s) => this.#unsubscribe(s), positions);
     if (entry) {
-      const held = [...entry.subs].some((s) => s.state === "subscribed");
       entry.subs.add(sub);
-      if (held) sub[SET_STATE]("subscribed");
+      if (entry.live) sub[SET_STATE]("subscribed");
+      // The server holds the channel already: ask it for this one's snapshot.
+      if (options.snapshot && this.state === "connected" && !this.#transport.unidirectional) {
+        this.#send({type: "subscribe", channels: [channel], snapshot: true},
+                   {channels: [channel], snapshotFor: [sub]});
+      }
       return sub;
     }
-    this.#channels.set(channel, {segments: channel.split("."), subs: new Set([sub])});
-    if (this.state === "connected") this.#request("subscribe", [channel]);
+    entry = {segments: channel.split("."), subs: new Set([sub]), live: false, last: new Map()};
+    for (const pos of Array.isArray(options.since) ? options.since : []) advance(entry.last, pos);
+    this.#channels.set(channel, entry);
+    if (this.#transport?.unidirectional) this.#transport.update();
+    else if (this.state === "connected") this.#subscribeChannels([channel]);
     else if (this.#wanted && this.state === "disconnected" && !this.#retryTimer) this.#open();
     return sub;
   }
@@ -300,36 +536,43 @@ export class OdinWS extends Emitter {
 
   #start(gen) {
     const name = this.#options.transports[this.#transportIndex];
+    this.transport = name;
     const on = {
       open: () => gen === this.#gen && this.#opened(),
-      message: (msg) => gen === this.#gen && this.#received(msg),
+      message: (msg, meta) => gen === this.#gen && this.#received(msg, meta),
       close: (why) => gen === this.#gen && this.#lost(why),
     };
     try {
-      const transport = TRANSPORTS[name](this.url, {token: this.#token, env: this.#env}, on);
+      const transport = TRANSPORTS[name](this.url, {token: this.#token, env: this.#env,
+        options: this.#options, plan: () => gen === this.#gen && this.#plan()}, on);
       if (gen === this.#gen) this.#transport = transport;  // unless it closed already
     } catch (error) {
-      this.#lost({code: ABNORMAL, text: String(error?.message ?? error)});
+      if (gen === this.#gen) this.#lost({code: ABNORMAL, text: String(error?.message ?? error)});
     }
   }
 
   #opened() {
     this.#openedAt = this.#env.now();
     this.#setState("connected");
-    // Subscriptions belong to a connection: ask for all of them again.
-    if (this.#channels.size) this.#request("subscribe", [...this.#channels.keys()]);
     this.#scheduleRefresh(tokenExpiry(this.#token));
+    // A unidirectional transport's stream carries the subscriptions already.
+    if (this.#transport?.unidirectional) return;
+    // Subscriptions belong to a connection: ask for all of them again.
+    if (this.#channels.size) this.#subscribeChannels([...this.#channels.keys()]);
+    this.#schedulePositions();
   }
 
   // Forget the current connection (its callbacks are ignored from now on).
   #drop() {
     this.#gen++;
     this.#transport = null;
-    this.#env.clearTimeout(this.#refreshTimer);
-    this.#refreshTimer = null;
+    for (const timer of [this.#refreshTimer, this.#positionsTimer]) this.#env.clearTimeout(timer);
+    this.#refreshTimer = this.#positionsTimer = null;
     for (const req of this.#pending.values()) req.reject?.(new Error("odinws: connection closed"));
     this.#pending.clear();
+    this.#answer = this.#snapshotFor = null;
     for (const entry of this.#channels.values()) {
+      entry.live = false;
       for (const sub of entry.subs) sub[SET_STATE]("pending");
     }
   }
@@ -356,8 +599,10 @@ export class OdinWS extends Emitter {
     }
     if (!retry) return this.#setState("disconnected", reason, null);
     const {backoffBase, backoffCap} = this.#options;
+    // A transport that fell back to the next one tries it at once.
+    const fallback = opened === null && this.#transportIndex !== 0;
     const delay = Math.min(MAX_TIMER_MS, (retryAfter > 0 ? retryAfter * 1000 : 0)
-      + backoffDelay(this.#attempt++, backoffBase, backoffCap, this.#env.random));
+      + (fallback ? 0 : backoffDelay(this.#attempt++, backoffBase, backoffCap, this.#env.random)));
     this.#retryTimer = this.#env.setTimeout(() => {
       this.#retryTimer = null;
       this.#open();
@@ -410,6 +655,58 @@ export class OdinWS extends Emitter {
     }, delay);
   }
 
+  // -- positions
+  //
+  // A subscription's positions advance only with the events it receives; a
+  // partition with no event for it keeps the position of its first
+  // subscribe, which the server's history forgets after history.max_age
+  // (300 s by default): recovering from it would then fail (too_old) though
+  // nothing was missed. Every `positionsRefresh` seconds the library asks
+  // for the current positions (a subscribe with `since: []` of channels it
+  // holds: nothing replayed, nothing subscribed twice).
+  #schedulePositions() {
+    this.#env.clearTimeout(this.#positionsTimer);
+    this.#positionsTimer = null;
+    const every = this.#options.positionsRefresh;
+    if (!(every > 0)) return;
+    this.#positionsTimer = this.#env.setTimeout(() => {
+      this.#positionsTimer = null;
+      const held = [...this.#channels].filter(([, e]) => e.live && this.#recovers(e));
+      this.#request("subscribe", held.map(([c]) => c), {since: []}, {refresh: true});
+      this.#schedulePositions();
+    }, Math.min(MAX_TIMER_MS, every * 1000));
+  }
+
+  // What a unidirectional transport's next stream asks for: every channel;
+  // the oldest position per partition of the subscriptions that recover
+  // (each drops what it saw already); a snapshot if any asked for one (the
+  // server sends it only where it did not recover).
+  #plan() {
+    this.#pending.delete(this.#planId);
+    const channels = [...this.#channels.keys()];
+    const oldest = new Map();
+    const snapshotFor = [];
+    for (const entry of this.#channels.values()) {
+      for (const sub of entry.subs) if (sub.options.snapshot) snapshotFor.push(sub);
+      if (!this.#recovers(entry)) continue;
+      for (const [partition, pos] of entry.last) {
+        const have = oldest.get(partition);
+        if (!have || isNewer(new Map([[partition, pos]]), have)) oldest.set(partition, pos);
+      }
+    }
+    const since = oldest.size ? [...oldest.values()].sort() : undefined;
+    const id = this.#planId = ++this.#nextId;
+    // A new stream while connected changes subscriptions: its recovery is
+    // news only when it fails.
+    this.#pending.set(id, {type: "subscribe", channels, since, snapshotFor,
+                           quiet: this.state === "connected"});
+    return {channels, since, snapshot: snapshotFor.length > 0, id};
+  }
+
+  #recovers(entry) {
+    return [...entry.subs].some((s) => s.options.recover !== false);
+  }
+
   // -- messages
 
   #send(msg, request = {}) {
@@ -418,23 +715,75 @@ export class OdinWS extends Emitter {
     this.#transport.send({...msg, id});
   }
 
-  #request(type, channels) {
+  #request(type, channels, fields = {}, request = {}) {
     const size = this.#options.maxChannelsPerMessage;
     for (let i = 0; i < channels.length; i += size) {
       const chunk = channels.slice(i, i + size);
-      this.#send({type, channels: chunk}, {channels: chunk});
+      const snapshotFor = fields.snapshot
+        ? chunk.flatMap((c) => [...this.#channels.get(c).subs].filter((s) => s.options.snapshot))
+        : undefined;
+      this.#send({type, channels: chunk, ...fields},
+                 {...request, channels: chunk, since: fields.since, snapshotFor});
     }
   }
 
-  #received(msg) {
-    if (msg.type === "event") return this.#dispatch(msg);
+  // Subscribe `channels` on this connection: channels asking the same (no
+  // recovery; recovery from the same positions; snapshot or not) share a
+  // message. A first subscribe that recovers asks for the current positions
+  // (`since: []`); with a snapshot too, that comes in a second message (a
+  // subscribe with `since` gets no snapshot when it recovers).
+  #subscribeChannels(channels) {
+    const groups = [new Map(), new Map()];
+    const add = (phase, fields, channel) => {
+      const key = JSON.stringify(fields);
+      if (!groups[phase].has(key)) groups[phase].set(key, {fields, channels: []});
+      groups[phase].get(key).channels.push(channel);
+    };
+    for (const channel of channels) {
+      const entry = this.#channels.get(channel);
+      if (!entry) continue;
+      const snapshot = [...entry.subs].some((s) => s.options.snapshot) ? {snapshot: true} : {};
+      if (!this.#recovers(entry)) {
+        add(0, snapshot, channel);
+      } else if (entry.last.size) {
+        add(0, {since: [...entry.last.values()].sort(), ...snapshot}, channel);
+      } else if (snapshot.snapshot) {
+        add(0, snapshot, channel);
+        add(1, {since: []}, channel);
+      } else {
+        add(0, {since: []}, channel);
+      }
+    }
+    for (const phase of groups) {
+      for (const {fields, channels: chunk} of phase.values()) this.#request("subscribe", chunk, fields);
+    }
+  }
+
+  #received(msg, meta) {
+    if (msg.type === "event") {
+      this.#event(msg);
+    } else {
+      this.#reply(msg);
+    }
+    if (meta?.vector) this.#mergeVector(meta.vector);
+  }
+
+  // An SSE id is the shard's position vector after that message: the
+  // stream has had every event up to it.
+  #mergeVector(vector) {
+    const tops = vectorPositions(vector);
+    if (!tops.length) return;
+    for (const entry of this.#channels.values()) {
+      if (entry.live && this.#recovers(entry)) for (const pos of tops) advance(entry.last, pos);
+    }
+  }
+
+  #reply(msg) {
     const req = this.#pending.get(msg.id);
     this.#pending.delete(msg.id);
     switch (msg.type) {
       case "subscribed":
-        for (const channel of msg.channels || []) {
-          for (const sub of this.#channels.get(channel)?.subs || []) sub[SET_STATE]("subscribed");
-        }
+        this.#acked(msg, req);
         break;
       case "pong":
         req?.resolve?.();
@@ -455,32 +804,114 @@ export class OdinWS extends Emitter {
     }
   }
 
+  // The ack of a subscribe: the channels are live from here on; with
+  // `since`, it says whether the replay that follows it recovers everything
+  // and lists the current position of every partition.
+  #acked(msg, req) {
+    this.#finishAnswer();
+    const entries = [];
+    for (const channel of msg.channels || []) {
+      const entry = this.#channels.get(channel);
+      if (!entry) continue;
+      entries.push(entry);
+      entry.live = true;
+      for (const sub of entry.subs) sub[SET_STATE]("subscribed");
+    }
+    if (req?.since && typeof msg.recovered === "boolean") {
+      const tops = Array.isArray(msg.positions) ? msg.positions : [];
+      for (const entry of entries) {
+        // Not recovered: the old positions are of no more use.
+        if (!msg.recovered) entry.last = new Map();
+        for (const pos of tops) {
+          const p = parsePosition(pos);
+          if (p && !entry.last.has(p.partition)) entry.last.set(p.partition, pos);
+        }
+      }
+      // Recovered: the replayed events follow (older than the tops); the
+      // tops count once they are through.
+      if (msg.recovered) {
+        this.#answer = {left: Number(msg.replayed) || 0, entries, tops};
+        if (this.#answer.left <= 0) this.#finishAnswer();
+      }
+      if (req.since.length && (!req.quiet || !msg.recovered)) {
+        const result = {recovered: msg.recovered, reason: msg.reason ?? null,
+                        replayed: Number(msg.replayed) || 0, snapshot: Number(msg.snapshot) || 0};
+        for (const entry of entries) for (const sub of entry.subs) sub[RECOVERED](result);
+      }
+    }
+    if (msg.snapshot > 0 && req?.snapshotFor?.length) {
+      this.#snapshotFor = {subs: new Set(req.snapshotFor), left: Number(msg.snapshot)};
+    }
+  }
+
+  #finishAnswer() {
+    const answer = this.#answer;
+    this.#answer = null;
+    if (!answer) return;
+    for (const entry of answer.entries) for (const pos of answer.tops) advance(entry.last, pos);
+  }
+
+  #event(event) {
+    this.#dispatch(event);
+    if (this.#answer && --this.#answer.left <= 0) this.#finishAnswer();
+  }
+
+  // To every live subscription whose pattern matches it, unless it saw this
+  // position or a later one of the partition already (a replay asked by
+  // another of the client's subscriptions, or a stray duplicate). A snapshot
+  // event goes only to the subscriptions that asked for that snapshot.
   #dispatch(event) {
     if (typeof event.channel !== "string") return;
     const segments = event.channel.split(".");
+    const snapshot = event.snapshot === true ? this.#snapshotFor : null;
+    if (event.snapshot === true && !snapshot) return;
     for (const entry of this.#channels.values()) {
-      if (!segmentsMatch(entry.segments, segments)) continue;
+      if (!entry.live || !segmentsMatch(entry.segments, segments)) continue;
+      if (snapshot) {
+        const subs = [...entry.subs].filter((s) => snapshot.subs.has(s));
+        if (subs.length) advance(entry.last, event.pos);
+        for (const sub of subs) sub[DELIVER](event);
+        continue;
+      }
+      if (event.pos !== undefined) {
+        if (!isNewer(entry.last, event.pos)) continue;
+        advance(entry.last, event.pos);
+      }
       for (const sub of [...entry.subs]) sub[DELIVER](event);
     }
+    if (snapshot && --snapshot.left <= 0) this.#snapshotFor = null;
   }
 
   #failed(msg, req) {
     const error = {code: msg.code, message: msg.message};
     if (req?.type === "subscribe") {
       const live = req.channels.filter((c) => this.#channels.has(c));
+      if (req.refresh) return;  // asking for positions: the next time will do
       if (msg.code === "rate_limited") {
         // The server dropped the request: send it again, later.
         const gen = this.#gen;
         this.#env.setTimeout(() => {
           const still = live.filter((c) => this.#channels.has(c));
-          if (gen === this.#gen && still.length) this.#request("subscribe", still);
+          if (gen === this.#gen && still.length) this.#subscribeChannels(still);
         }, this.#options.rateLimitedRetry * 1000);
         return this.emit("error", {...error, request: {type: req.type, channels: req.channels}});
+      }
+      if (req.since?.length && POSITION_ERRORS.has(msg.code)) {
+        // Positions this server cannot use (another cluster, a topic gone):
+        // not recovered; start again from the current positions.
+        const result = {recovered: false, reason: msg.code, replayed: 0, snapshot: 0};
+        for (const channel of live) {
+          const entry = this.#channels.get(channel);
+          entry.last = new Map();
+          for (const sub of entry.subs) sub[RECOVERED](result);
+        }
+        this.#subscribeChannels(live);
+        return;
       }
       if (live.length > 1) {
         // All or nothing: one bad channel in a batch (a resubscribe) must not
         // sink the others. Ask for each alone; each refusal is reported then.
-        for (const channel of live) this.#request("subscribe", [channel]);
+        for (const channel of live) this.#subscribeChannels([channel]);
         return;
       }
       this.#refused(live, error);
@@ -505,6 +936,7 @@ export class OdinWS extends Emitter {
     sub[SET_STATE]("unsubscribed");
     if (entry.subs.size) return;
     this.#channels.delete(sub.channel);
-    if (this.state === "connected") this.#request("unsubscribe", [sub.channel]);
+    if (this.#transport?.unidirectional) this.#transport.update();
+    else if (this.state === "connected") this.#request("unsubscribe", [sub.channel]);
   }
 }

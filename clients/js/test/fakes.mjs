@@ -84,8 +84,9 @@ export function makeClient(options = {}, random = () => 0.999999) {
   const WebSocket = fakeWebSocketClass();
   const states = [];
   const errors = [];
+  // WebSocket only and no positions refresh timer unless a test says otherwise.
   const client = new OdinWS("ws://node.test/ws",
-    {...options, env: {WebSocket, setTimeout: clock.setTimeout, clearTimeout: clock.clearTimeout,
+    {transports: ["websocket"], positionsRefresh: 0, ...options, env: {WebSocket, setTimeout: clock.setTimeout, clearTimeout: clock.clearTimeout,
                        now: clock.now, random}});
   client.on("state", (s) => states.push(s));
   client.on("error", (e) => errors.push(e));

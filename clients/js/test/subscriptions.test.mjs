@@ -48,6 +48,7 @@ test("the handler gets the event message as sent; a throwing handler does not st
     client.subscribe("odin.token.ABC.*", (e) => got.push(e));
     client.connect();
     ws().open();
+    ws().ackSubscribes();
     ws().receive({...event("odin.token.ABC.trade"), extra: "kept"});
     assert.deepEqual(got, [{...event("odin.token.ABC.trade"), extra: "kept"}]);
     assert.deepEqual(rethrown, ["app bug"], "reported, not swallowed");
