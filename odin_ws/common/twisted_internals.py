@@ -143,3 +143,21 @@ def raise_listen_errors(service: Any) -> None:
     logging it and running without the listener.
     """
     service._raiseSynchronously = True
+
+
+def replace_protocol(transport: Any, old: Any, new: Any) -> None:
+    """
+    Have the connection under C{transport} deliver to C{new} instead of
+    C{old} from now on (its bytes, its loss): C{tcp.Connection.protocol},
+    or C{wrappedProtocol} of the TLS wrapper between them. Then call
+    C{new.makeConnection(transport)}.
+
+    @raise TypeError: C{transport} does not deliver to C{old}.
+    """
+    if getattr(transport, "wrappedProtocol", None) is old:
+        transport.wrappedProtocol = new
+    elif getattr(transport, "protocol", None) is old:
+        transport.protocol = new
+    else:
+        raise TypeError(f"{transport!r} does not deliver to {old!r}")
+    new.makeConnection(transport)

@@ -225,6 +225,13 @@ class DispatchProtocol(Protocol):
                 self._upgrade(head.raw, head)
             else:
                 self.refuse(426, "not_upgrade", "WebSocket upgrade required", send_body)
+        elif head.path == dispatcher.settings.listen.sse_path and head.path:
+            # An event stream is placed and handed over like an upgrade; the
+            # shard checks the rest (odin_ws/shard/sse.py).
+            if head.method == "GET":
+                self._upgrade(head.raw, head)
+            else:
+                self.refuse(405, "method", "method not allowed", send_body)
         else:
             found = dispatcher.static_file(head.path)
             if found is None:

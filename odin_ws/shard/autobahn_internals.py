@@ -105,3 +105,16 @@ def forget_transport_details(protocol: WebSocketServerProtocol) -> None:
     property then answers None).
     """
     protocol._transport_details = None
+
+
+def retire_unopened(protocol: WebSocketServerProtocol) -> None:
+    """
+    A protocol whose connection another protocol takes over before any
+    handshake (odin_ws/shard/sse.py): cancel the one timer Autobahn arms
+    at connect (C{openHandshakeTimeoutCall}), which would otherwise drop
+    the connection it no longer serves.
+    """
+    call = protocol.openHandshakeTimeoutCall
+    protocol.openHandshakeTimeoutCall = None
+    if call is not None:
+        call.cancel()

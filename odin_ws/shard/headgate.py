@@ -36,19 +36,22 @@ from __future__ import annotations
 from typing import Any
 
 from odin_ws.common import metrics
-from odin_ws.common.httphead import HeadError, HeadReader
+from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 from odin_ws.common.logs import audit
 
 
 class HeadGate:
     """The bytes of one connection before its handshake ends (see the module)."""
 
-    __slots__ = ("_transport", "_reader", "_passed")
+    __slots__ = ("_transport", "_reader", "_passed", "head")
 
     def __init__(self, transport: Any, max_bytes: int):
         self._transport = transport
         self._reader: HeadReader | None = HeadReader(max_bytes)
         self._passed = False
+        #: The head once the parser accepted it (its path routes the
+        #: connection: odin_ws/shard/sse.py).
+        self.head: RequestHead | None = None
 
     def admit(self, data: bytes) -> bytes:
         """Take C{data}; return what Autobahn may read now (C{b""}: nothing)."""
@@ -66,6 +69,7 @@ class HeadGate:
             self._refuse(result.status, result.label, result.response())
             return b""
         self._passed = True
+        self.head = result
         return result.raw
 
     def _refuse(self, status: int, reason: str, answer: bytes | None) -> None:

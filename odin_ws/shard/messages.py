@@ -271,3 +271,55 @@ def error(code: str, message: str, id: MessageId = None) -> bytes:
     """C{{"type":"error","code":...,"message":...,"id":...}}."""
     return (b'{"type":"error","code":' + _dumps(code) + b',"message":'
             + _dumps(message) + _tail(id))
+
+
+# -- subscribe by URL (WebSocket ?channels=, the SSE endpoint; docs/protocol.md)
+
+_TRUE = ("1", "true")
+_FALSE = ("", "0", "false")
+
+
+def parse_since_text(text: str, max_positions: int) -> Since:
+    """
+    The positions of a URL's C{since} or an SSE C{Last-Event-ID}: a position
+    vector (an SSE id) or comma-separated positions.
+
+    @raise ClientError: C{invalid_position} or C{too_many_positions}.
+    """
+    try:
+        if "~" in text:
+            return positions.decode_vector(text, max_positions)
+        return _since({"since": text.split(",")}, None, max_positions) or {}
+    except positions.TooManyPositions:
+        raise ClientError(TOO_MANY_POSITIONS,
+                          f"at most {max_positions} positions per subscribe") from None
+    except positions.InvalidPosition as e:
+        raise ClientError(INVALID_POSITION, str(e)) from None
+
+
+def parse_url_subscribe(query: dict[str, str], max_channels: int, max_channel_length: int,
+                        max_positions: int, last_event_id: str | None = None
+                        ) -> Subscribe | None:
+    """
+    The subscribe a URL's query asks for (C{channels}, C{snapshot}, C{since};
+    C{last_event_id}, when given and not empty, wins over C{since}); None
+    when the query names no channels nor asks for recovery or a snapshot.
+
+    @raise ClientError: as a C{subscribe} message with the same content.
+    """
+    names = query.get("channels")
+    snapshot_text = query.get("snapshot")
+    since_text = last_event_id or query.get("since")
+    if names is None:
+        if snapshot_text is None and since_text is None:
+            return None
+        raise ClientError(INVALID_MESSAGE, "since and snapshot need channels")
+    if not names:
+        raise ClientError(INVALID_MESSAGE, "channels must not be empty")
+    channels = _channels({"channels": names.split(",")}, None, max_channels,
+                         max_channel_length)
+    snapshot = (snapshot_text or "").lower()
+    if snapshot not in _TRUE and snapshot not in _FALSE:
+        raise ClientError(INVALID_MESSAGE, "snapshot must be 1, 0, true or false")
+    since = parse_since_text(since_text, max_positions) if since_text else None
+    return Subscribe(channels, None, since, snapshot in _TRUE)

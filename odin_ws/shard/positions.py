@@ -67,3 +67,52 @@ def decode(text: object) -> tuple[str, int, str, int]:
     if m is None:
         raise InvalidPosition(f"malformed position {text[:80]!r}")
     return m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+
+
+# -- position vectors: the SSE event id (docs/protocol.md, "Event ids")
+#
+#     <topic>~<epoch>~<partition>:<offset>,<partition>:<offset>;<topic2>~...
+#
+# One group per topic and epoch, partitions ascending. EventSource sends
+# back only the last id it saw, so the id must name every partition's
+# position at once; "~" and ";" cannot occur in a topic or an epoch.
+
+_GROUP = re.compile(rf"^({_TOPIC})~([0-9a-z]{{1,16}})~(\d{{1,9}}:\d{{1,19}}(?:,\d{{1,9}}:\d{{1,19}})*)$")
+
+
+def encode_group(topic: str, partitions: dict[int, tuple[str, int]]) -> str:
+    """The vector groups of one topic: C{partitions} maps partition -> (epoch, offset)."""
+    by_epoch: dict[str, list[str]] = {}
+    for partition in sorted(partitions):
+        epoch, offset = partitions[partition]
+        by_epoch.setdefault(epoch, []).append(f"{partition}:{offset}")
+    return ";".join(f"{topic}~{epoch}~{','.join(parts)}" for epoch, parts in by_epoch.items())
+
+
+def decode_vector(text: str, max_positions: int) -> dict[tuple[str, int], tuple[str, int]]:
+    """
+    C{(topic, partition) -> (epoch, offset)} of a position vector.
+
+    @raise InvalidPosition: not a vector, or a partition named twice.
+    @raise ValueError: more than C{max_positions} positions (the message
+        says so; L{InvalidPosition} is a ValueError too, test it first).
+    """
+    out: dict[tuple[str, int], tuple[str, int]] = {}
+    for group in text.split(";"):
+        m = _GROUP.match(group)
+        if m is None:
+            raise InvalidPosition(f"malformed position vector group {group[:80]!r}")
+        topic, epoch = m.group(1), m.group(2)
+        for pair in m.group(3).split(","):
+            partition, _, offset = pair.partition(":")
+            key = (topic, int(partition))
+            if key in out:
+                raise InvalidPosition(f"two positions for partition {partition} of {topic[:80]!r}")
+            out[key] = (epoch, int(offset))
+            if len(out) > max_positions:
+                raise TooManyPositions(f"at most {max_positions} positions")
+    return out
+
+
+class TooManyPositions(ValueError):
+    """More positions than a subscribe may carry."""

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from odin_ws.shard import auth
 from odin_ws.shard import messages
 from odin_ws.shard import recovery
+from odin_ws.shard import sse
 from odin_ws.shard.headgate import HeadGate
 from odin_ws.common import metrics
 from odin_ws.shard.lean import LeanServerProtocol
@@ -47,7 +48,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     # connection carries them. OutboxHolder's two attributes included.
     __slots__ = ("outbox", "_ws_state", "adopted_at", "bucket", "strikes", "strike_stamp",
                  "ever_subscribed", "_idle_call", "_expiry_call", "grant", "client_ip",
-                 "ip_counted", "head_gate")
+                 "ip_counted", "head_gate", "url_subscribe", "deny_body")
 
     def __init__(self):
         super().__init__()
@@ -62,6 +63,10 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         self.client_ip = ""
         self.ip_counted = False
         self.head_gate: HeadGate | None = None
+        #: The subscribe the URL asks for (?channels=...), made at open.
+        self.url_subscribe: messages.Subscribe | None = None
+        #: The JSON body of a refused handshake (subscribe by URL), if any.
+        self.deny_body: bytes | None = None
 
     def connectionMade(self):
         # Adoption: the parent's head bytes are replayed right after this.
@@ -87,6 +92,12 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         # Until the handshake ends, Autobahn reads only what the parser the
         # parent uses accepted (odin_ws/shard/headgate.py, issue 16).
         data = gate.admit(data)
+        head = gate.head
+        if head is not None and head.path == self.factory.shard.settings.listen.sse_path:
+            # An event stream, not a WebSocket: odin_ws/shard/sse.py serves it.
+            self.head_gate = None
+            sse.take_over(self, head)
+            return
         if data:
             super().dataReceived(data)
         if self.state != self.STATE_CONNECTING:
@@ -110,20 +121,69 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         if not shard.ip_admit(self):
             self._deny("per_ip", 429, "Too Many Requests: too many connections from this address")
         verifier = shard.verifier
-        if not verifier.enabled:
-            return auth.subprotocol(request.protocols)
-        token = auth.token_from_request(request.headers, request.params, verifier.sources)
-        try:
-            self.grant = verifier.verify(token)
-        except auth.AuthError as e:
-            self._deny("auth_" + e.reason, 401, f"Unauthorized: {e.message}")
-        self._schedule_expiry()
+        if verifier.enabled:
+            token = auth.token_from_request(request.headers, request.params, verifier.sources)
+            try:
+                self.grant = verifier.verify(token)
+            except auth.AuthError as e:
+                self._deny("auth_" + e.reason, 401, f"Unauthorized: {e.message}")
+        self._check_url_subscribe(request)
+        if verifier.enabled:
+            self._schedule_expiry()
         return auth.subprotocol(request.protocols)
+
+    def _check_url_subscribe(self, request) -> None:
+        """
+        Subscribe by URL (C{?channels=...}, docs/protocol.md): checked now,
+        so a bad list refuses the upgrade with a JSON body; made at open.
+        """
+        gate = self.head_gate
+        if gate is not None and gate.head is not None:
+            query = gate.head.query
+        else:
+            query = {k: v[0] for k, v in request.params.items() if v}
+        if not query:
+            return
+        shard = self.factory.shard
+        limits = shard.settings.limits
+        try:
+            msg = messages.parse_url_subscribe(query, limits.max_channels_per_message,
+                                               limits.max_channel_length, limits.max_positions)
+            if msg is None:
+                return
+            denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+            if denied:
+                raise messages.ClientError(messages.FORBIDDEN,
+                                           f"your token does not allow {denied[0][:100]}")
+            if len(msg.channels) > limits.max_subscriptions:
+                raise messages.ClientError(messages.TOO_MANY_SUBSCRIPTIONS, "a connection may "
+                                           f"hold at most {limits.max_subscriptions} subscriptions")
+            for topic, _ in msg.since or ():
+                if topic not in shard.settings.kafka.topics:
+                    raise messages.ClientError(messages.UNKNOWN_POSITION, "position of a topic "
+                                               f"this server does not serve: {topic[:80]!r}")
+        except messages.ClientError as e:
+            metrics.CLIENT_ERRORS.labels(code=e.code).inc()
+            self.deny_body = json.dumps({"code": e.code, "message": e.message},
+                                        separators=(",", ":")).encode("ascii")
+            status = 403 if e.code == messages.FORBIDDEN else 400
+            self._deny(e.code, status, "Forbidden" if status == 403 else "Bad Request")
+        self.url_subscribe = msg
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders=None):
         # Autobahn quotes what it refused (a "bearer.<JWT>" subprotocol
         # offered twice, a header it cannot parse) in the status line it
         # sends and in the reason it logs: never a token (issue 16).
+        body, self.deny_body = self.deny_body, None
+        if body is not None:
+            # A refused subscribe by URL: the reason as JSON, like the
+            # error message it would have been (docs/protocol.md).
+            self.wasNotCleanReason = reason
+            self.sendData(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                          % (code, redact(reason).encode("ascii", "replace"), len(body), body))
+            self.dropConnection(abort=False)
+            return
         super().failHandshake(redact(reason), code, responseHeaders)
 
     def _client_ip(self, request) -> str:
@@ -172,6 +232,11 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         idle_timeout = settings.keepalive.idle_timeout
         if idle_timeout > 0:
             self._idle_call = clock.callLater(idle_timeout, self._idle)
+        msg, self.url_subscribe = self.url_subscribe, None
+        if msg is not None:
+            # Checked at the handshake (_check_url_subscribe); the ack is
+            # the first message after the open.
+            self._subscribe(msg)
 
     def reconfigure(self, settings: "Settings") -> None:
         """

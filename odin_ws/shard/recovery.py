@@ -14,9 +14,10 @@ the boundary, whatever arrives meanwhile.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from odin_ws.common import metrics
+from odin_ws.common.events import Event
 from odin_ws.shard import messages, positions
 from odin_ws.shard.frames import text_frame
 from odin_ws.shard.history import History
@@ -53,13 +54,21 @@ def tops(history: History) -> list[str]:
                   for topic, partition, log in history.partitions())
 
 
+def _websocket(payload: bytes, event: Event) -> bytes:
+    return text_frame(payload)
+
+
 def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
-           max_snapshot_events: int, room: int) -> Answer:
+           max_snapshot_events: int, room: int,
+           encode: Callable[[bytes, Event], bytes] = _websocket) -> Answer:
     """
     The answer to C{msg}'s C{since} and C{snapshot}.
 
     @param topics: the configured topics (positions of others are refused).
     @param room: bytes the connection's outbound buffer may hold.
+    @param encode: the transport's message of an event's JSON (the event's
+        envelope, or a snapshot's), called in sending order (default: a
+        WebSocket text frame; the SSE stream gives its own).
     @raise messages.ClientError: C{unknown_position} or C{snapshot_too_large};
         nothing is subscribed then.
     """
@@ -95,9 +104,9 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
                 f"the snapshot would send more than {max_snapshot_events} events or "
                 f"{room} bytes; subscribe to fewer channels or without snapshot", msg.id)
         out.snapshot = len(latest)
-        out.frames = [(text_frame(e.envelope[:-1] + _SNAPSHOT_TAIL), e.channel, e.event_type)
+        out.frames = [(encode(e.envelope[:-1] + _SNAPSHOT_TAIL, e), e.channel, e.event_type)
                       for e in latest]
         metrics.SNAPSHOT_EVENTS.inc(len(latest))
     elif replay:
-        out.frames = [(text_frame(e.envelope), e.channel, e.event_type) for e in replay]
+        out.frames = [(encode(e.envelope, e), e.channel, e.event_type) for e in replay]
     return out

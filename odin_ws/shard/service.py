@@ -37,6 +37,7 @@ from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.subscriptions import SubscriptionIndex
 from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_unsent
 from odin_ws.shard.frames import text_frame
+from odin_ws.shard.sse import Streams
 
 
 class ParentLink(amp.AMP):
@@ -93,6 +94,8 @@ class Shard(service.MultiService):
         self.stats = WriteStats()
         self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
         self.factory = ClientFactory(self)
+        #: The shard's Server-Sent Events streams (odin_ws/shard/sse.py).
+        self.streams = Streams(self)
         self.clients: set[ClientProtocol] = set()
         self.accepting = True
         self.link: ParentLink | None = None
@@ -232,6 +235,11 @@ class Shard(service.MultiService):
         self.clients.add(proto)
         metrics.CONNECTIONS.set(len(self.clients))
 
+    def replace_client(self, old: ClientProtocol, new) -> None:
+        """C{new} serves the connection C{old} was made for (an SSE stream's take-over)."""
+        self.clients.discard(old)
+        self.clients.add(new)
+
     def connection_lost(self, proto: ClientProtocol) -> None:
         self.clients.discard(proto)
         if proto.ip_counted:
@@ -246,7 +254,7 @@ class Shard(service.MultiService):
             d.callback(None)
 
     def subscriptions_changed(self) -> None:
-        metrics.SUBSCRIPTIONS.set(self.subscriptions.total)
+        metrics.SUBSCRIPTIONS.set(self.subscriptions.total + self.streams.index.total)
 
     def report_stats(self) -> None:
         if self.link is None:
@@ -304,9 +312,15 @@ class Shard(service.MultiService):
         run: list = []
         run_to = None
         remember = self.history.add
+        # SSE streams get their own message of each event, built once
+        # (odin_ws/shard/sse.py); None while no stream is open.
+        streams = self.streams.feed()
         for e in events:
             remember(e)
             subscribers = subscriptions.match(e.token, e.event_type)
+            if streams is not None and streams.offer(e) and not subscribers:
+                delivered.append(e)
+                continue
             if not subscribers:
                 continue
             delivered.append(e)
@@ -317,6 +331,8 @@ class Shard(service.MultiService):
             run.append((text_frame(e.envelope), e.channel, e.event_type))
         if run:
             fanout.publish_run(run, run_to)
+        if streams is not None:
+            streams.finish()
         written = fanout.flush()
         if delivered:
             if written:

@@ -12,3 +12,4 @@ from tests.helpers.frames import *  # noqa: F401,F403
 from tests.helpers.node import *  # noqa: F401,F403
 from tests.helpers.opsfiles import *  # noqa: F401,F403
 from tests.helpers.sockets import *  # noqa: F401,F403
+from tests.helpers.sse import *  # noqa: F401,F403

@@ -1,0 +1,500 @@
+"""
+Server-Sent Events: the shard's C{text/event-stream} endpoint
+(C{listen.sse_path}, docs/protocol.md "Server-Sent Events").
+
+A stream arrives like a WebSocket: the parent places it and hands it over,
+the shard's L{odin_ws.shard.protocol.ClientProtocol} reads its head through
+the head gate, and when the head asks for C{listen.sse_path} hands the
+connection to an L{SseStream} before Autobahn sees a byte (L{take_over}).
+Everything a stream may be refused for is decided before its C{200}.
+
+Frame-once, per transport: streams hold their subscriptions in an index of
+their own (L{Streams.index}, the same L{SubscriptionIndex} code), so
+matching an event for WebSocket returns WebSocket outboxes only and the
+WebSocket loop does no per-connection test. The shard asks L{Streams.feed}
+once per delivery: C{None} while no stream is open (the WebSocket path is
+unchanged: one C{is None} test per event), else L{Streams.offer} per event
+builds the event's SSE message once for every stream that wants it and hands
+it to the same L{Fanout}, into each stream's L{Outbox}: the same queue,
+limits and slow-client policies as WebSocket.
+
+Event ids: a stream's C{id:} is the shard's position vector after the
+event (L{Tops}), computed once per event and only while streams exist; see
+docs/protocol.md "Event ids" for why a per-event position is not enough.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet import task
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from odin_ws.common import metrics
+from odin_ws.common.events import Event
+from odin_ws.common.httphead import RequestHead
+from odin_ws.common.logs import audit
+from odin_ws.common.twisted_internals import replace_protocol
+from odin_ws.shard import auth, messages, positions, recovery
+from odin_ws.shard.autobahn_internals import retire_unopened
+from odin_ws.shard.outbox import _OPEN, Outbox, OutboxHolder
+from odin_ws.shard.subscriptions import (
+    PATTERN_BYTES, BudgetExceeded, SubscriptionIndex)
+
+if TYPE_CHECKING:
+    from odin_ws.common.settings import Settings
+    from odin_ws.shard.history import History
+    from odin_ws.shard.service import Shard
+
+#: Close codes a stream reports in its C{close} event (docs/protocol.md).
+CLOSE_RESTARTING = 4000
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_SLOW_CONSUMER = 4008
+
+PING = b": ping\n\n"
+#: Browsers come back after a drain within this many seconds (C{retry:}).
+DRAIN_RETRY = (0.5, 5.0)
+
+_STATE_CLOSED = 0   # anything but _OPEN closes the Outbox (OutboxHolder)
+
+
+def message(data: bytes, id: str | None = None, event: str | None = None,
+            retry: int | None = None) -> bytes:
+    """One SSE message carrying C{data} (JSON; any line breaks become data lines)."""
+    head = b""
+    if event is not None:
+        head += b"event: " + event.encode("ascii") + b"\n"
+    if retry is not None:
+        head += b"retry: %d\n" % retry
+    if id:
+        head += b"id: " + id.encode("ascii") + b"\n"
+    if b"\n" in data or b"\r" in data:
+        # An upstream value may be pretty-printed: EventSource joins data
+        # lines with "\n", which JSON reads as the whitespace it was.
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+class Tops:
+    """
+    The shard's position vector: per partition the highest offset delivered
+    so far (with its epoch), and its text (docs/protocol.md "Event ids"),
+    re-encoded only for the topic that changed and only when asked.
+    """
+
+    __slots__ = ("_topics", "_groups", "_dirty", "_text")
+
+    def __init__(self, history: "History"):
+        self._topics: dict[str, dict[int, tuple[str, int]]] = {}
+        for topic, partition, log in history.partitions():
+            self._topics.setdefault(topic, {})[partition] = (log.epoch or "0", log.high)
+        self._groups: dict[str, str] = {}
+        self._dirty: set[str] = set(self._topics)
+        self._text: str | None = None
+
+    def update(self, event: Event) -> None:
+        """C{event} was delivered (after every event before it)."""
+        topic = event.topic
+        parts = self._topics.get(topic)
+        if parts is None:
+            parts = self._topics[topic] = {}
+        parts[event.partition] = (event.epoch or "0", event.offset)
+        self._dirty.add(topic)
+        self._text = None
+
+    def text(self) -> str:
+        """The vector now (C{""} before any event)."""
+        text = self._text
+        if text is None:
+            groups = self._groups
+            for topic in self._dirty:
+                groups[topic] = positions.encode_group(topic, self._topics[topic])
+            self._dirty.clear()
+            text = self._text = ";".join(groups[t] for t in sorted(groups))
+        return text
+
+    def snapshot(self) -> dict[tuple[str, int], tuple[str, int]]:
+        """A copy, as C{(topic, partition) -> (epoch, offset)}."""
+        return {(t, p): v for t, parts in self._topics.items() for p, v in parts.items()}
+
+
+def vector_text(vector: dict[tuple[str, int], tuple[str, int]]) -> str:
+    """The text of a vector given as C{(topic, partition) -> (epoch, offset)}."""
+    topics: dict[str, dict[int, tuple[str, int]]] = {}
+    for (topic, partition), value in vector.items():
+        topics.setdefault(topic, {})[partition] = value
+    return ";".join(positions.encode_group(t, topics[t]) for t in sorted(topics))
+
+
+class Streams:
+    """
+    The shard's SSE streams: their subscription index, the position vector
+    while any is open, the keepalive comments, and the per-delivery hook
+    the shard calls (L{feed}, L{offer}, L{finish}).
+    """
+
+    log = Logger()
+
+    def __init__(self, shard: "Shard"):
+        self.shard = shard
+        #: Subscriptions of streams only (see the module: no per-connection
+        #: transport test in the WebSocket loop).
+        self.index = SubscriptionIndex()
+        self.open: set["SseStream"] = set()
+        self.tops: Tops | None = None
+        self._run: list = []
+        self._run_to: Any = None
+        self._pinger: task.LoopingCall | None = None
+
+    # -- the delivery hook (once per event while streams are open)
+
+    def feed(self) -> "Streams | None":
+        """Self while a stream is open, else None (the shard's delivery skips SSE)."""
+        return self if self.tops is not None else None
+
+    def offer(self, event: Event) -> bool:
+        """
+        C{event} is being delivered (in the shard's delivery order): advance
+        the vector, and queue its SSE message for the streams that want it,
+        built once for all of them. True if any does.
+        """
+        tops = self.tops
+        tops.update(event)
+        subscribers = self.index.match(event.token, event.event_type)
+        if not subscribers:
+            return False
+        if subscribers is not self._run_to and self._run:
+            self.shard.fanout.publish_run(self._run, self._run_to)
+            self._run = []
+        self._run_to = subscribers
+        self._run.append((message(event.envelope, tops.text()), event.channel,
+                          event.event_type))
+        return True
+
+    def finish(self) -> None:
+        """The delivery's events are all offered: queue the last run."""
+        run, self._run = self._run, []
+        to, self._run_to = self._run_to, None
+        if run:
+            self.shard.fanout.publish_run(run, to)
+
+    # -- streams
+
+    def opened(self, stream: "SseStream") -> None:
+        if self.tops is None:
+            self.tops = Tops(self.shard.history)
+        self.open.add(stream)
+        interval = self.shard.settings.keepalive.ping_interval
+        if self._pinger is None and interval > 0:
+            self._pinger = task.LoopingCall(self._ping)
+            self._pinger.clock = self.shard.reactor
+            self._pinger.start(interval, now=False)
+
+    def closed(self, stream: "SseStream") -> None:
+        self.open.discard(stream)
+        if stream.outbox is not None:
+            self.index.remove_all(stream.outbox)
+        if not self.open:
+            # Nothing to compute per event again until a stream opens (it
+            # starts from the history, which saw every event meanwhile).
+            self.tops = None
+            if self._pinger is not None:
+                if self._pinger.running:
+                    self._pinger.stop()
+                self._pinger = None
+
+    def _ping(self) -> None:
+        for stream in list(self.open):
+            stream.ping()
+
+    def check_budget(self, patterns: list[tuple[str, str]]) -> None:
+        """
+        The shard's subscription budget counts streams' subscriptions with
+        the WebSocket ones (C{limits.max_shard_subscriptions}, ..._bytes).
+
+        @raise BudgetExceeded: no room for C{patterns}.
+        """
+        ws = self.shard.subscriptions
+        if ws.max_total is not None and \
+                ws.total + self.index.total + len(patterns) > ws.max_total:
+            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
+                                 f"({ws.max_total}); try again later")
+        extra = sum(SubscriptionIndex.cost(t, e) + PATTERN_BYTES for t, e in patterns)
+        if ws.max_bytes is not None and ws.bytes + self.index.bytes + extra > ws.max_bytes:
+            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
+                                 f"({ws.max_bytes} bytes); try again later")
+
+
+def take_over(ws: Any, head: RequestHead) -> "SseStream":
+    """
+    The connection of C{ws} (a L{ClientProtocol} whose head gate just
+    passed C{head}, path C{listen.sse_path}) becomes an event stream.
+    """
+    shard = ws.factory.shard
+    retire_unopened(ws)
+    stream = SseStream(shard, ws.adopted_at)
+    shard.replace_client(ws, stream)
+    replace_protocol(ws.transport, ws, stream)
+    stream.start(head)
+    return stream
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, message: str, reason: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(code)
+        self.status, self.code, self.message = status, code, message
+        self.reason = reason or code
+        self.headers = headers or {}
+
+
+class SseStream(OutboxHolder, Protocol):
+    """One SSE client of a shard, from its checked head to the end of its stream."""
+
+    def __init__(self, shard: "Shard", adopted_at: float = 0.0):
+        self.shard = shard
+        self.adopted_at = adopted_at
+        self.client_ip = ""
+        self.ip_counted = False
+        self.grant: auth.Grant = auth.OPEN
+        self.outbox: Outbox | None = None
+        self._ws_state = _STATE_CLOSED
+        self._allow_origin: str | None = None
+        self._expiry_call = None
+        self._closing = False
+        #: The code of the close event we sent (None: the client left).
+        self._close_code: int | None = None
+
+    # -- the request
+
+    def start(self, head: RequestHead) -> None:
+        """Answer C{head}: refuse it with a JSON error, or open the stream."""
+        try:
+            msg, patterns = self._check(head)
+            answer = self._answer(msg)
+        except _Refused as e:
+            self._refuse(e)
+            return
+        self._open(msg, patterns, answer)
+
+    def _check(self, head: RequestHead) -> tuple[messages.Subscribe, list[tuple[str, str]]]:
+        shard = self.shard
+        settings = shard.settings
+        limits = settings.limits
+        self.client_ip = _client_ip(self.transport, head, limits.trusted_proxies)
+        origin = head.headers.get("origin")
+        origins = limits.allowed_origins
+        allowed = not origins or origin in origins
+        # Cross-origin pages read the stream (and errors) only with this.
+        self._allow_origin = (origin if origins else "*") if allowed else None
+        if not shard.accepting:
+            raise _Refused(503, "unavailable", "server is shutting down", "draining",
+                           {"Retry-After": str(settings.listen.retry_after)})
+        if not allowed:
+            raise _Refused(403, "origin_not_allowed", "origin not allowed", "origin")
+        if not shard.ip_admit(self):
+            raise _Refused(429, "too_many_connections",
+                           "too many connections from this address", "per_ip")
+        verifier = shard.verifier
+        if verifier.enabled:
+            sources = [s for s in verifier.sources if s != "subprotocol"]
+            token = auth.token_from_request(head.headers, head.query, sources)
+            try:
+                self.grant = verifier.verify(token)
+            except auth.AuthError as e:
+                raise _Refused(401, "unauthorized", e.message, "auth_" + e.reason) from None
+        try:
+            msg = messages.parse_url_subscribe(
+                head.query, limits.max_channels_per_message, limits.max_channel_length,
+                limits.max_positions, head.headers.get("last-event-id") or None)
+        except messages.ClientError as e:
+            raise _Refused(400, e.code, e.message) from None
+        if msg is None:
+            raise _Refused(400, messages.INVALID_MESSAGE, "channels is required")
+        denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+        if denied:
+            raise _Refused(403, messages.FORBIDDEN, f"your token does not allow "
+                           f"{denied[0][:100]}")
+        if len(msg.channels) > limits.max_subscriptions:
+            raise _Refused(400, messages.TOO_MANY_SUBSCRIPTIONS, f"a connection may hold "
+                           f"at most {limits.max_subscriptions} subscriptions")
+        patterns = [(c[1], c[2]) for c in msg.channels]
+        try:
+            shard.streams.check_budget(patterns)
+        except BudgetExceeded as e:
+            raise _Refused(503, e.code, e.message, None,
+                           {"Retry-After": str(settings.listen.retry_after)}) from None
+        return msg, patterns
+
+    def _answer(self, msg: messages.Subscribe) -> recovery.Answer | None:
+        if msg.since is None and not msg.snapshot:
+            return None
+        shard = self.shard
+        # Replayed events carry the vector up to each of them, starting from
+        # the client's (docs/protocol.md "Event ids").
+        vector = dict(msg.since or {})
+
+        def encode(payload: bytes, event: Event) -> bytes:
+            if event.envelope is payload:     # replayed, not a snapshot
+                vector[(event.topic, event.partition)] = (event.epoch or "0", event.offset)
+                return message(payload, vector_text(vector))
+            return message(payload)
+
+        try:
+            return recovery.answer(shard.history, msg, shard.settings.kafka.topics,
+                                   shard.settings.limits.max_snapshot_events,
+                                   shard.settings.outbound.max_buffer_bytes, encode)
+        except messages.ClientError as e:
+            raise _Refused(400, e.code, e.message) from None
+
+    def _refuse(self, e: _Refused) -> None:
+        metrics.REJECTED.labels(status=str(e.status), reason=e.reason).inc()
+        if e.code in messages.ERROR_CODES:
+            metrics.CLIENT_ERRORS.labels(code=e.code).inc()
+        audit.info("stream from {ip} rejected: {reason} ({status})",
+                   ip=self.client_ip, reason=e.reason, status=e.status)
+        body = json.dumps({"code": e.code, "message": e.message},
+                          separators=(",", ":")).encode("ascii")
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(body)),
+                   "Cache-Control": "no-store", "Connection": "close", **e.headers}
+        self.transport.write(self._status(e.status, headers) + body)
+        self.transport.loseConnection()
+
+    def _status(self, status: int, headers: dict[str, str]) -> bytes:
+        if self._allow_origin is not None:
+            headers["Access-Control-Allow-Origin"] = self._allow_origin
+            if self._allow_origin != "*":
+                headers["Vary"] = "Origin"
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+    def _open(self, msg: messages.Subscribe, patterns: list[tuple[str, str]],
+              answer: recovery.Answer | None) -> None:
+        shard = self.shard
+        settings = shard.settings
+        streams = shard.streams
+        self.transport.write(self._status(200, {
+            "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no", "Connection": "close"}))
+        self._ws_state = _OPEN
+        self.outbox = Outbox(self, shard.fanout, shard.policy_for,
+                             settings.outbound.max_buffer_bytes,
+                             settings.outbound.disconnect_grace, self._slow_consumer)
+        streams.opened(self)
+        streams.index.add_all(self.outbox, patterns)
+        shard.subscriptions_changed()
+        metrics.CONNECTIONS_OPENED.inc()
+        if self.adopted_at:
+            metrics.HANDSHAKE_SECONDS.observe(time.monotonic() - self.adopted_at)
+        self._schedule_expiry()
+        # The ack, what recovery replays or the snapshot, then live: in this
+        # reactor turn, as for a WebSocket subscribe (odin_ws/shard/recovery.py).
+        tops = streams.tops.text()
+        channels = [c[0] for c in msg.channels]
+        if answer is None:
+            ack, frames = messages.ack("subscribed", channels), []
+        else:
+            ack, frames = answer.ack(channels, None), answer.frames
+        if not frames:
+            self.transport.write(message(ack, tops, "subscribed"))
+            return
+        self.transport.write(message(ack, None, "subscribed"))
+        # The last message of the answer carries the shard's vector: once it
+        # arrived the client has everything up to now.
+        last, channel, event_type = frames[-1]
+        frames = frames[:-1] + [(_with_id(last, tops), channel, event_type)]
+        shard.fanout.publish_run(frames, (self.outbox,))
+        shard.fanout.flush()
+
+    # -- the open stream
+
+    def dataReceived(self, data: bytes) -> None:
+        # A stream's client has nothing to say; whatever it sends is ignored.
+        pass
+
+    def ping(self) -> None:
+        """Write a keepalive comment (C{keepalive.ping_interval})."""
+        if self._ws_state == _OPEN and not self._closing:
+            self.transport.write(PING)
+
+    def reconfigure(self, settings: "Settings") -> None:
+        """Reloaded outbound limits reach the open stream's Outbox."""
+        if self.outbox is not None:
+            self.outbox.reconfigure(settings.outbound)
+
+    def sendClose(self, code: int, reason: str) -> None:
+        """
+        End the stream with a C{close} event carrying C{code} (the name is
+        the WebSocket protocol's: the shard's drain calls it on every client).
+        """
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        if self._ws_state == _OPEN:
+            self._close_code = code
+            self.state = _STATE_CLOSED
+            data = json.dumps({"code": code, "reason": reason},
+                              separators=(",", ":")).encode("ascii")
+            retry = None
+            if code == CLOSE_RESTARTING:
+                # Not every browser at the same time: EventSource waits
+                # retry ms and has no jitter of its own.
+                retry = int(random.uniform(*DRAIN_RETRY) * 1000)
+            self.transport.write(message(data, None, "close", retry))
+        self.transport.loseConnection()
+
+    def _slow_consumer(self) -> None:
+        self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer exceeded")
+
+    def _schedule_expiry(self) -> None:
+        if self.grant.expires is None:
+            return
+        delay = max(0.0, self.grant.expires + self.shard.verifier.leeway - time.time())
+        self._expiry_call = self.shard.reactor.callLater(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry_call = None
+        audit.info("stream from {ip} closed: token expired", ip=self.client_ip)
+        self.sendClose(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a fresh token")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        call, self._expiry_call = self._expiry_call, None
+        if call is not None and call.active():
+            call.cancel()
+        shard = self.shard
+        was_open = self.outbox is not None
+        if was_open:
+            shard.streams.closed(self)
+            self.state = _STATE_CLOSED
+            self.outbox = None
+            shard.subscriptions_changed()
+            code = self._close_code
+            closed = "slow_consumer" if code == CLOSE_SLOW_CONSUMER else (
+                "clean" if code is not None else "dropped")
+            metrics.CONNECTIONS_CLOSED.labels(reason=closed,
+                                              code=metrics.close_code_label(code)).inc()
+        shard.connection_lost(self)
+
+
+def _with_id(msg: bytes, id: str) -> bytes:
+    """C{msg} (one SSE message without id) with C{id} set."""
+    if not id:
+        return msg
+    if msg.startswith(b"id: "):
+        msg = msg[msg.index(b"\n") + 1:]
+    return b"id: " + id.encode("ascii") + b"\n" + msg
+
+
+def _client_ip(transport: Any, head: RequestHead, trusted: Any) -> str:
+    ip = getattr(transport.getPeer(), "host", "")
+    forwarded = head.headers.get("x-forwarded-for")
+    if forwarded and ip in trusted:
+        return forwarded.split(",")[-1].strip() or ip
+    return ip
