@@ -171,7 +171,6 @@ class ConsumerLoop:
             if isinstance(result, str):
                 rejected[result] += 1
             else:
-                result.epoch = epoch_of(topic)
                 result.consumed = consumed
                 events.append(result)
         # The broker's share of the delivery latency (and the producer's:

@@ -40,14 +40,21 @@ from odin_ws.common.config import Config
 from odin_ws.common.events import Event
 from odin_ws.common.logs import audit
 from odin_ws.common.settings import Settings
-from odin_ws.shard.consumerloop import ConsumerLoop, describe_error
+from odin_ws.shard.consumerloop import STOP_GRACE, ConsumerLoop, describe_error
 from odin_ws.shard.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.records import RecordMapper
 
 log = Logger()
 
 MAX_PENDING = 4
-STATISTICS_INTERVAL_MS = 5000
+# librdkafka statistics (lag, broker states, a hung broker) once a second:
+# parsing them costs ~0.1 ms.
+STATISTICS_INTERVAL_MS = 1000
+# Seconds stopService waits for the consumer thread beyond its grace for
+# batches in flight: close() blocks for minutes on a broker that accepts
+# connections but answers nothing (measured with a SIGSTOPped Tansu), and the
+# supervisor SIGKILLs a shard kill_timeout (5 s) after SIGTERM.
+CLOSE_TIMEOUT = 1.5
 
 
 class KafkaIngest(Service):
@@ -57,6 +64,12 @@ class KafkaIngest(Service):
     returns a Deferred, the batch counts as taken when that fires (a failure
     is logged and the batch still counts as taken: a stuck offset would stop
     the partition's commits for good).
+
+    A broker that accepts connections but answers nothing leaves librdkafka's
+    broker state "UP" for minutes: the status says "unresponsive" and not
+    connected once a broker has had requests waiting without any answer for
+    a session timeout (a member's own bound for the coordinator), or when the
+    consumer's statistics stop coming.
 
     @param settings: the process's L{Settings} (a L{Config} is converted).
     """
@@ -86,6 +99,15 @@ class KafkaIngest(Service):
         # Error kinds logged in the current episode (see _set_state).
         self._logged: set[str] = set()
         self._connection_error: str | None = None
+        k = self._settings.kafka
+        #: Seconds a broker may leave requests unanswered (fetches are held
+        #: at most fetch_wait_max_ms) before it counts as unresponsive.
+        self.unresponsive_after = max(k.session_timeout_ms / 1000.0,
+                                      k.fetch_wait_max_ms / 1000.0 + 1.0)
+        # Statistics: how often they come, when they last came (reactor time).
+        self._stats_interval = k.consumer_config.get(
+            "statistics.interval.ms", STATISTICS_INTERVAL_MS) / 1000.0
+        self._stats_at = reactor.seconds()
 
     def consumer_config(self) -> dict[str, Any]:
         """The librdkafka settings, C{kafka.consumer_config} applied last."""
@@ -114,9 +136,17 @@ class KafkaIngest(Service):
 
     def status(self) -> dict[str, Any]:
         """Health of the consumer, for /health."""
-        return {"state": self._state, "connected": self._connected,
+        state, connected, error = self._state, self._connected, self._last_error
+        if connected and self._stats_interval:
+            silent = self._reactor.seconds() - self._stats_at
+            if silent > self.unresponsive_after + 3 * self._stats_interval:
+                # The consumer thread has not been in consume() for that long.
+                state, connected = "unresponsive", False
+                error = f"no consumer statistics for {silent:.0f}s"
+                metrics.KAFKA_CONNECTED.set(0)
+        return {"state": state, "connected": connected,
                 "assigned": list(self._assigned), "lag": self._lag,
-                "last_error": self._last_error}
+                "last_error": error}
 
     @property
     def assigned(self) -> tuple[str, ...]:
@@ -132,6 +162,7 @@ class KafkaIngest(Service):
         self._logged = set()
         self._state = "starting"
         conf = self.consumer_config()
+        self._stats_at = self._reactor.seconds()
         try:
             consumer = Consumer(conf)
         except (KafkaException, ValueError, TypeError) as e:
@@ -160,9 +191,22 @@ class KafkaIngest(Service):
                 self._state = "stopped"
             return succeed(None)
         done: Deferred = Deferred()
-        # finished fires as the thread's last act, so this join is immediate.
-        finished.addBoth(lambda _: thread.join())
-        finished.addBoth(done.callback)
+
+        def closed(_: object) -> None:
+            # finished fires as the thread's last act, so this join is immediate.
+            thread.join()
+            if timer.active():
+                timer.cancel()
+                done.callback(None)
+
+        def give_up() -> None:
+            log.warn("Kafka consumer not closed within {t:g}s (brokers unreachable or "
+                     "not answering): stopping without it; what it had not committed "
+                     "is read again at the next start", t=STOP_GRACE + CLOSE_TIMEOUT)
+            done.callback(None)
+
+        timer = self._reactor.callLater(STOP_GRACE + CLOSE_TIMEOUT, give_up)
+        finished.addBoth(closed)
         return done
 
     # Reactor side of a batch.
@@ -180,7 +224,8 @@ class KafkaIngest(Service):
 
     def broker_reached(self) -> None:
         """Consumer thread: records or an assignment arrived, so the broker is there."""
-        self._set_state("running", True)
+        if self._state != "unresponsive":  # other brokers may answer; stats decide
+            self._set_state("running", True)
 
     def publish_assignment(self, assigned: tuple[str, ...]) -> None:
         """Consumer thread: the partitions now assigned, as sorted C{topic[partition]}."""
@@ -241,6 +286,8 @@ class KafkaIngest(Service):
         elif state == "retrying":
             self._log("warn", "Kafka brokers unreachable, retrying: {error}",
                       error=self._last_error)
+        elif state == "unresponsive":
+            self._log("warn", "Kafka broker not answering: {error}", error=self._last_error)
 
     def _on_error(self, err: KafkaError) -> None:
         kind = err.name().lstrip("_").lower()
@@ -262,10 +309,29 @@ class KafkaIngest(Service):
 
     def _on_stats(self, text: str) -> None:
         stats = json.loads(text)
-        up = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values())
-        if up:
+        self._stats_at = self._reactor.seconds()
+        up = False
+        hung = None
+        bound_us = self.unresponsive_after * 1e6
+        for b in stats.get("brokers", {}).values():
+            if b.get("state") != "UP":
+                continue
+            # The group coordinator's connection (source "logical") may hold a
+            # JoinGroup for a whole rebalance: only real broker connections,
+            # where fetches are answered within fetch_wait_max_ms, count.
+            if (b.get("source") != "logical" and b.get("waitresp_cnt", 0) > 0
+                    and b.get("rxidle", -1) >= bound_us):
+                hung = b
+            else:
+                up = True
+        if hung is not None:
+            self._last_error = (f"broker {hung.get('nodename') or hung.get('name')} has not "
+                                f"answered for {hung['rxidle'] / 1e6:.0f}s "
+                                f"({hung['waitresp_cnt']} requests waiting)")
+            self._set_state("unresponsive", False)
+        elif up:
             self._set_state("running", True)
-        elif self._state == "running":
+        elif self._state in ("running", "unresponsive"):
             self._set_state("retrying", False)
         total = 0
         assigned = self._assigned

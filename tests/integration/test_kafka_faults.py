@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 
 from twisted.trial import unittest
@@ -124,3 +125,61 @@ class BrokerReplacedTests(unittest.TestCase):
                        if line.startswith("odinws_offset_resets_total{"))
         self.assertGreater(resets(), 0)
         self.assertIn("de-duplication marks reset", self.node.tail(200_000))
+
+
+class HungBrokerTests(unittest.TestCase):
+    """A broker that accepts connections but answers nothing (SIGSTOP)."""
+
+    def setUp(self):
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        self.broker = TansuBroker(workdir)
+        self.broker.start()
+        self.addCleanup(self.broker.stop)
+        topic = f"hung-{uuid.uuid4().hex[:8]}"
+        self.broker.create_topics([topic], partitions=1)
+        self.settings = dict(FAST_KAFKA)
+        self.settings["kafka.topics"] = {topic: "trade"}
+        self.workdir = workdir
+
+    def start(self, **settings) -> Node:
+        node = Node(self.workdir, self.broker.bootstrap, shards=1,
+                    settings={**self.settings, **settings})
+        self.addCleanup(node.stop)
+        node.start()
+        return node
+
+    def freeze(self) -> None:
+        os.kill(self.broker.pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, self.broker.pid, signal.SIGCONT)
+
+    def test_reportedNotConnected(self):
+        """
+        With the broker frozen (connections stay open, nothing is answered)
+        the shard's Kafka status turns to unresponsive and not connected,
+        which /health reads (librdkafka alone keeps the broker "UP").
+        """
+        node = self.start()
+        kafka = lambda: node.health()[1]["shards"][0]["kafka"]  # noqa: E731
+        self.assertTrue(kafka()["connected"])
+        self.freeze()
+        status = wait_for(lambda: (lambda k: k if not k["connected"] else None)(kafka()),
+                          timeout=30, what="Kafka reported not connected")
+        self.assertEqual(status["state"], "unresponsive")
+        self.assertIn("has not answered", status["last_error"])
+
+    def test_stopIsBounded(self):
+        """
+        SIGTERM while the broker is frozen and the consumer still a group
+        member stops the node without waiting for the consumer's close
+        (which blocks for minutes on its LeaveGroup and commit) and without
+        the supervisor having to SIGKILL the shard.
+        """
+        # A long session: the consumer is surely still a member at SIGTERM.
+        node = self.start(**{"kafka.session_timeout_ms": 10000,
+                             "kafka.max_poll_interval_ms": 10000})
+        self.freeze()
+        node.stop()
+        log = node.tail(200_000)
+        self.assertIn("Kafka consumer not closed within", log)
+        self.assertNotIn("sending SIGKILL", log)

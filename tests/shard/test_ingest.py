@@ -18,14 +18,15 @@ from confluent_kafka import Consumer, TopicPartition
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from odin_ws.common.config import Config, validate
 from odin_ws.common.settings import Settings
-from odin_ws.shard.consumerloop import ConsumerLoop
+from odin_ws.shard.consumerloop import STOP_GRACE, ConsumerLoop
 from odin_ws.shard.incarnations import TopicIncarnations
-from odin_ws.shard.ingest import KafkaIngest
+from odin_ws.shard.ingest import CLOSE_TIMEOUT, KafkaIngest
 from odin_ws.shard.records import RecordMapper
 from tests.helpers import sample
 from tests.helpers.broker import TansuBroker, free_port, shared_broker
@@ -518,3 +519,114 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
             "b:1", "t", "g", **{"kafka.fetch_wait_max_ms": 50,
                                 "kafka.consumer_config": {"fetch.wait.max.ms": 7}}), None, None)
         self.assertEqual(custom.consumer_config()["fetch.wait.max.ms"], 7)
+
+
+class ThreadlessReactor(Clock):
+    """A Clock whose callFromThread runs the call at once (the test is the consumer thread)."""
+
+    def callFromThread(self, f, *args, **kw):
+        f(*args, **kw)
+
+
+def stats(*brokers: dict) -> str:
+    """librdkafka statistics JSON with these brokers (and no topics)."""
+    return json.dumps({"brokers": {b["name"]: b for b in brokers}, "topics": {}})
+
+
+def broker(name: str = "127.0.0.1:9092/1", state: str = "UP", source: str = "learned",
+           rxidle_s: float = 0.01, waiting: int = 1) -> dict:
+    return {"name": name, "nodename": name.split("/")[0], "state": state, "source": source,
+            "rxidle": int(rxidle_s * 1e6), "waitresp_cnt": waiting}
+
+
+class UnresponsiveBrokerTests(SynchronousTestCase):
+    """
+    A broker that accepts connections but answers nothing (issue 16): librdkafka
+    keeps it "UP" for minutes, the status must not.
+    """
+
+    def setUp(self):
+        self.reactor = ThreadlessReactor()
+        self.logged: list[dict] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        # session 2 s: a broker silent for 2 s with requests waiting is hung.
+        self.ingest = KafkaIngest(self.reactor, make_settings("b:1", "t", "g"), None, None)
+        self.connected = sample("odinws_kafka_connected")
+
+    def test_silentBrokerWithRequestsWaiting(self):
+        """
+        A broker with requests waiting and nothing received for a session
+        timeout makes the status unresponsive and not connected (and the
+        metric 0), with a warning naming it; once it answers again the
+        consumer is running and connected.
+        """
+        self.assertEqual(self.ingest.unresponsive_after, 2.0)
+        self.ingest._on_stats(stats(broker(rxidle_s=0.5)))
+        self.assertEqual((self.ingest.status()["state"], self.ingest.status()["connected"]),
+                         ("running", True))
+        self.ingest._on_stats(stats(broker(rxidle_s=2.5, waiting=3)))
+        status = self.ingest.status()
+        self.assertEqual((status["state"], status["connected"]), ("unresponsive", False))
+        self.assertIn("127.0.0.1:9092 has not answered for 2s (3 requests waiting)",
+                      status["last_error"])
+        self.assertEqual(sample("odinws_kafka_connected"), 0)
+        self.assertTrue(any("not answering" in formatEvent(e) for e in self.logged))
+        self.ingest.broker_reached()  # records from elsewhere do not hide it
+        self.assertFalse(self.ingest.status()["connected"])
+        self.ingest._on_stats(stats(broker(rxidle_s=0.0)))
+        self.assertEqual((self.ingest.status()["state"], self.ingest.status()["connected"]),
+                         ("running", True))
+        self.assertEqual(sample("odinws_kafka_connected"), 1)
+
+    def test_idleOrCoordinatorIsNotHung(self):
+        """
+        Silence with nothing waiting (no assignment, nothing to fetch) and a
+        group coordinator holding a JoinGroup during a rebalance are normal.
+        """
+        self.ingest._on_stats(stats(broker(rxidle_s=30, waiting=0),
+                                    broker("GroupCoordinator", source="logical", rxidle_s=30)))
+        self.assertEqual((self.ingest.status()["state"], self.ingest.status()["connected"]),
+                         ("running", True))
+
+    def test_statisticsStop(self):
+        """
+        When statistics stop coming (the consumer thread is stuck), the
+        status stops saying connected after the bound plus three intervals.
+        """
+        self.ingest._on_stats(stats(broker()))
+        self.reactor.advance(2.0 + 3 * 0.5 - 0.1)  # make_settings: statistics every 0.5 s
+        self.assertTrue(self.ingest.status()["connected"])
+        self.reactor.advance(0.2)
+        status = self.ingest.status()
+        self.assertEqual((status["state"], status["connected"]), ("unresponsive", False))
+        self.assertIn("no consumer statistics", status["last_error"])
+        self.ingest._on_stats(stats(broker()))
+        self.assertTrue(self.ingest.status()["connected"])
+
+
+class BoundedStopTests(SynchronousTestCase):
+    """stopService does not wait for a consumer whose close() hangs (issue 16)."""
+
+    def test_closeHangs(self):
+        """
+        If the consumer thread has not finished STOP_GRACE + CLOSE_TIMEOUT
+        seconds after stopService, the stop completes anyway, with a warning.
+        """
+        reactor_ = ThreadlessReactor()
+        ingest = KafkaIngest(reactor_, make_settings("b:1", "t", "g"), None, None)
+        release = threading.Event()
+        ingest._finished = Deferred()
+        ingest._thread = threading.Thread(target=release.wait, daemon=True)
+        ingest._thread.start()
+        self.addCleanup(release.set)
+        logged: list[dict] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        ingest.running = True
+        done = ingest.stopService()
+        reactor_.advance(STOP_GRACE + CLOSE_TIMEOUT - 0.1)
+        self.assertNoResult(done)
+        reactor_.advance(0.2)
+        self.successResultOf(done)
+        self.assertTrue(any("not closed within" in formatEvent(e) for e in logged))
