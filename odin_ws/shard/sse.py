@@ -25,6 +25,7 @@ docs/protocol.md "Event ids" for why a per-event position is not enough.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -309,14 +310,18 @@ class SseStream(OutboxHolder, Protocol):
                 self.grant = verifier.verify(token)
             except auth.AuthError as e:
                 raise _Refused(401, "unauthorized", e.message, "auth_" + e.reason) from None
+        last_event_id = head.headers.get("last-event-id") or None
         try:
             msg = messages.parse_url_subscribe(
                 head.query, limits.max_channels_per_message, limits.max_channel_length,
-                limits.max_positions, head.headers.get("last-event-id") or None)
+                limits.max_positions, last_event_id)
         except messages.ClientError as e:
             raise _Refused(400, e.code, e.message) from None
         if msg is None:
             raise _Refused(400, messages.INVALID_MESSAGE, "channels is required")
+        if msg.since is not None and "~" in (last_event_id or head.query.get("since", "")):
+            msg = dataclasses.replace(msg, since=_complete(msg.since, shard.history,
+                                                           settings.kafka.topics))
         denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
         if denied:
             raise _Refused(403, messages.FORBIDDEN, f"your token does not allow "
@@ -481,6 +486,21 @@ class SseStream(OutboxHolder, Protocol):
             metrics.CONNECTIONS_CLOSED.labels(reason=closed,
                                               code=metrics.close_code_label(code)).inc()
         shard.connection_lost(self)
+
+
+def _complete(since: messages.Since, history: "History", topics: Any) -> messages.Since:
+    """
+    A vector names every partition its shard had delivered when the id was
+    made; a partition missing from it had nothing delivered then, so all
+    this shard retains of it may have been missed: recover it from its start.
+    (If the client's shard had started after this one, that may also send
+    events older than the client's subscription; never fewer than it missed.)
+    """
+    out = dict(since)
+    for topic, partition, log in history.partitions():
+        if (topic, partition) not in out and topic in topics:
+            out[(topic, partition)] = (log.epoch or "0", log.floor)
+    return out
 
 
 def _with_id(msg: bytes, id: str) -> bytes:

@@ -113,6 +113,8 @@ class StreamClient:
                 path: str = "/sse") -> int:
         """Send the request; the HTTP status of the answer."""
         self.proto.dataReceived(sse_request(path, query, headers))
+        if hasattr(self.transport, "drain"):   # a StalledSocket: read the answer
+            self.transport.drain()
         self.settle()
         data = self.wire()
         head, _, rest = data.partition(b"\r\n\r\n")
@@ -146,6 +148,7 @@ class StreamClient:
 
     def messages(self, comments: bool = False) -> list[SseMessage]:
         """The SSE messages that came since the last call."""
+        self.settle()
         data = self.wire()
         new, self._read = data[self._read:], len(data)
         out = self.parser.feed(new)
