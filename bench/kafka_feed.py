@@ -2,8 +2,8 @@
 The event source of odinws in the benchmark: a confluent-kafka producer that
 writes the benchmark's ~200-byte trade events to Kafka at a rate set on stdin.
 
-stdin: "rate R B" = R events/s produced in bursts of B back-to-back records
-(R=0 stops); "q" quits. Prints "ready" and, after "stats", one JSON line with
+stdin: "rate R B [N]" = R events/s produced in bursts of B back-to-back
+records on tokens 1000 + seq % N (16 by default; R=0 stops); "q" quits. Prints "ready" and, after "stats", one JSON line with
 what it produced. The record value is the event's "data" object (odinws wraps
 it into the same envelope the peers send); "t_us" is taken at produce time,
 so measured latency includes the whole Kafka path.
@@ -20,7 +20,8 @@ import time
 from confluent_kafka import Producer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
-from events import Ticks, commands  # noqa: E402  (the peers' pacing and stdin commands)
+import events  # noqa: E402  (the peers' pacing, tokens and stdin commands)
+from events import Ticks, commands, rate_command  # noqa: E402
 
 TOPIC = "odin.trades"
 
@@ -44,7 +45,7 @@ def main() -> None:
         if ticks is not None:
             if ticks.take(time.monotonic()):
                 for _ in range(ticks.batch):
-                    tok = 1000 + seq % 16
+                    tok = 1000 + seq % events.TOKENS
                     producer.produce(TOPIC, key=str(tok).encode(), value=value(seq, tok))
                     seq += 1
                 produced += ticks.batch
@@ -57,7 +58,7 @@ def main() -> None:
             cmds, buf = commands(buf, chunk)
             for parts in cmds:
                 if parts[0] == b"rate":
-                    rate, batch = float(parts[1]), max(1, int(parts[2]))
+                    rate, batch = rate_command(parts)
                     skipped += ticks.skipped if ticks else 0
                     ticks = Ticks(rate, batch, time.monotonic()) if rate > 0 else None
                 elif parts[0] == b"stats":

@@ -12,9 +12,16 @@
  * Optional publisher (for nchan): pipelined HTTP POSTs of the same event body
  * to a publisher URL at a rate set on stdin.
  *
+ * Random tokens (-r K -T N): connection i subscribes to K distinct tokens of
+ * 1000..1000+N-1 (chosen from i, the same in every run): it sends
+ * {"type":"subscribe","channels":["odin.token.<t>.*",...]} after the upgrade
+ * (odinws and the peers keep one index token -> connections from it), or
+ * with -X puts them in the path instead (PATH/<t1>/<t2>/..., nchan's
+ * multiplexed channels) and publishes each event to PUBPATH/<token>.
+ *
  * stdin commands (one per line):
  *   w            print the stats of the window since the previous "w" (JSON) and reset
- *   pub R B      publish R events/s in batches of B (R=0 stops)
+ *   pub R B [N]  publish R events/s in batches of B (R=0 stops), tokens 1000+seq%N (16)
  *   q            quit
  * stdout: one JSON line when connecting is done, then one per "w".
  */
@@ -41,8 +48,11 @@
 
 enum { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_DEAD };
 
+#define MAX_RTOK 8
+
 typedef struct {
     int fd;
+    uint16_t tok[MAX_RTOK];
     uint8_t state, slow, tries;
     uint8_t *carry;
     uint32_t carry_len, carry_cap;
@@ -58,6 +68,7 @@ static uint64_t lat_n, lat_max;
 static const char *host = "127.0.0.1", *path = "/ws", *subscribe = NULL;
 static int port, nconns = 100, nsrc = 4, max_pending = 128, slow_every = 0, lat_every = 1;
 static int rcvbuf_slow = 16384;
+static int rand_tokens = 0, ntokens = 100, tokens_in_path = 0;
 static conn_t *conns;
 static int epfd, started, pending, n_open, n_failed, n_closed;
 static uint64_t w_frames, w_other, w_bytes, w_frames_slow, w_reads;
@@ -69,7 +80,7 @@ static uint8_t rbuf[1 << 18];
 static int pub_port, pub_fd = -1;
 static const char *pub_path = "/pub";
 static double pub_rate, pub_t0;
-static int pub_batch = 1;
+static int pub_batch = 1, pub_tokens = 16;
 static uint64_t pub_batches_sent, pub_sent, pub_resp, pub_skipped, pub_seq;
 static char pub_tail[16];
 static size_t pub_tail_len;
@@ -144,6 +155,22 @@ static void send_all(int fd, const uint8_t *p, size_t n) {
 }
 
 static void start_conn(int i);
+
+/* Connection i's K distinct tokens: a small LCG seeded by i, same every run. */
+static void pick_tokens(int i, conn_t *c) {
+    uint32_t x = 2654435761u * (uint32_t)(i + 1);
+    for (int k = 0; k < rand_tokens; k++) {
+        uint16_t t;
+        int dup;
+        do {
+            x = x * 1664525u + 1013904223u;
+            t = (uint16_t)((x >> 8) % (uint32_t)ntokens);
+            dup = 0;
+            for (int j = 0; j < k; j++) dup |= c->tok[j] == t;
+        } while (dup);
+        c->tok[k] = t;
+    }
+}
 
 static void conn_fail(int i) {
     conn_t *c = &conns[i];
@@ -264,7 +291,17 @@ static void on_open(int i) {
     c->state = ST_OPEN;
     pending--;
     n_open++;
-    if (subscribe) {
+    if (rand_tokens && !tokens_in_path) {
+        char msg[512];
+        int n = snprintf(msg, sizeof msg, "{\"type\":\"subscribe\",\"channels\":[");
+        for (int k = 0; k < rand_tokens; k++)
+            n += snprintf(msg + n, sizeof msg - n, "%s\"odin.token.%d.*\"", k ? "," : "",
+                          1000 + c->tok[k]);
+        n += snprintf(msg + n, sizeof msg - n, "]}");
+        uint8_t out[4096]; size_t ol;
+        mask_frame(1, (const uint8_t *)msg, n, out, &ol);
+        send_all(c->fd, out, ol);
+    } else if (subscribe) {
         uint8_t out[4096]; size_t ol;
         mask_frame(1, (const uint8_t *)subscribe, strlen(subscribe), out, &ol);
         send_all(c->fd, out, ol);
@@ -279,11 +316,15 @@ static void on_conn_event(int i, uint32_t events) {
         int err = 0; socklen_t el = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
         if (err || (events & (EPOLLERR | EPOLLHUP))) { conn_fail(i); return; }
-        char req[512];
+        char req[512], target[256];
+        int tn = snprintf(target, sizeof target, "%s", path);
+        if (rand_tokens && tokens_in_path)
+            for (int k = 0; k < rand_tokens; k++)
+                tn += snprintf(target + tn, sizeof target - tn, "/%d", 1000 + c->tok[k]);
         int n = snprintf(req, sizeof req,
                          "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n", path, host, port);
+                         "Sec-WebSocket-Version: 13\r\n\r\n", target, host, port);
         send_all(c->fd, (uint8_t *)req, n);
         c->state = ST_HANDSHAKE;
         ep(EPOLL_CTL_MOD, c->fd, EPOLLIN, i);
@@ -327,8 +368,8 @@ static int event_body(char *out, size_t cap, uint64_t seq) {
                     "\"seq\":%llu,\"token\":\"%llu\",\"price\":0.00001234,\"amount\":1234.5678,"
                     "\"side\":\"buy\",\"user\":\"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh\"},"
                     "\"ts\":%llu}",
-                    (unsigned long long)(1000 + seq % 16), (unsigned long long)us,
-                    (unsigned long long)seq, (unsigned long long)(1000 + seq % 16),
+                    (unsigned long long)(1000 + seq % pub_tokens), (unsigned long long)us,
+                    (unsigned long long)seq, (unsigned long long)(1000 + seq % pub_tokens),
                     (unsigned long long)(us / 1000));
 }
 
@@ -379,11 +420,17 @@ static void pub_tick(void) {
         static char req[1 << 16];
         size_t off = 0;
         for (int b = 0; b < pub_batch; b++) {
-            char body[512];
-            int bl = event_body(body, sizeof body, pub_seq++);
+            char body[512], target[128];
+            uint64_t seq = pub_seq++;
+            int bl = event_body(body, sizeof body, seq);
+            if (tokens_in_path)
+                snprintf(target, sizeof target, "%s/%llu", pub_path,
+                         (unsigned long long)(1000 + seq % pub_tokens));
+            else
+                snprintf(target, sizeof target, "%s", pub_path);
             off += snprintf(req + off, sizeof req - off,
                             "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                            "Content-Length: %d\r\n\r\n%s", pub_path, host, bl, body);
+                            "Content-Length: %d\r\n\r\n%s", target, host, bl, body);
         }
         size_t done = 0;
         while (done < off) {
@@ -448,9 +495,10 @@ static int on_stdin(void) {
         if (cmdbuf[0] == 'w') report_window();
         else if (cmdbuf[0] == 'q') return 0;
         else if (!strncmp(cmdbuf, "pub ", 4)) {
-            double r2; int b;
-            if (sscanf(cmdbuf + 4, "%lf %d", &r2, &b) == 2 && b > 0) {
-                pub_rate = r2; pub_batch = b; pub_t0 = now_s(); pub_batches_sent = 0;
+            double r2; int b, nt = 16;
+            if (sscanf(cmdbuf + 4, "%lf %d %d", &r2, &b, &nt) >= 2 && b > 0 && nt > 0) {
+                pub_rate = r2; pub_batch = b; pub_tokens = nt; pub_t0 = now_s();
+                pub_batches_sent = 0;
             }
         }
         size_t used = nl + 1 - cmdbuf;
@@ -463,13 +511,13 @@ static int on_stdin(void) {
 static void usage(void) {
     fprintf(stderr, "usage: loadclient -p PORT [-h HOST] [-u PATH] [-n CONNS] [-s SRCADDRS] "
                     "[-m MAXPENDING] [-S SUBSCRIBE_JSON] [-k SLOW_EVERY] [-l LAT_EVERY] "
-                    "[-P PUBPORT] [-U PUBPATH]\n");
+                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:X")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -483,10 +531,14 @@ int main(int argc, char **argv) {
         case 'P': pub_port = atoi(optarg); break;
         case 'U': pub_path = optarg; break;
         case 'd': delay_us = atoi(optarg); break;
+        case 'r': rand_tokens = atoi(optarg); break;
+        case 'T': ntokens = atoi(optarg); break;
+        case 'X': tokens_in_path = 1; break;
         default: usage();
         }
     }
-    if (!port) usage();
+    if (!port || rand_tokens < 0 || rand_tokens > MAX_RTOK || rand_tokens > ntokens || ntokens > 65535)
+        usage();
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -505,6 +557,7 @@ int main(int argc, char **argv) {
         conns[i].fd = -1;
         /* every k-th connection is slow: spread evenly over the order of connects */
         conns[i].slow = slow_every > 0 && (i % slow_every) == slow_every - 1;
+        if (rand_tokens) pick_tokens(i, &conns[i]);
     }
     if (pub_port) pub_connect();
 

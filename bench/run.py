@@ -6,6 +6,7 @@ docs/performance.md.
 
     make bench                       # everything (~20 min)
     python bench/run.py --servers node-ws --conns 1000 --no-slow   # a quick look
+    python bench/run.py --conns "" --no-slow --flush-conns ""      # only the random-tokens cells
 
 Run bench/setup.sh first (make bench does). See docs/performance.md.
 """
@@ -21,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import plot  # noqa: E402
 import report  # noqa: E402
 from procs import CoreMeter, CpuMeter, Proc, rss_bytes  # noqa: E402
 from servers import CLIENT_CPU, HERE, SERVERS, WORK, Odinws  # noqa: E402
@@ -46,6 +48,10 @@ class Instance:
         self.server = server
         self.conns = conns
         self.fast = conns - (conns // slow_every if slow_every else 0)
+        # Subscribers per event: every fast client, or in the random-tokens
+        # cells K of N tokens each, events rotating over the N tokens.
+        per, tokens = server.random or (1, 1)
+        self.fanout = self.fast * per / tokens
         self.slow_every = slow_every
         self.client: Proc | None = None
 
@@ -141,16 +147,30 @@ def window_for(rate: float, batch: int) -> tuple[float, float]:
     return secs, min(KEPT_UP, 1 - 1.5 / bursts)
 
 
+def own_share(inst: Instance, seconds: float) -> tuple[dict, dict | None]:
+    """
+    A window, and for odinws its own share of the latency in it (consumed
+    from Kafka to handed to the last subscriber's socket) from the
+    difference of its /metrics histogram before and after.
+    """
+    own = getattr(inst.server, "own_latency", None)
+    before = own() if own else None
+    st = inst.window(seconds)
+    if not own:
+        return st, None
+    return st, report.histogram_quantiles(before, own())
+
+
 def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
     """Raise the event rate until the server falls behind; its best rate is the max."""
-    rate = max(0.5, start_fps / inst.fast)
+    rate = max(0.5, start_fps / inst.fanout)
     steps, kept = [], None
     for _ in range(14):
         inst.set_rate(rate, batch)
         time.sleep(SETTLE)
         secs, threshold = window_for(rate, batch)
         st = inst.window(secs)
-        offered = rate * inst.fast
+        offered = rate * inst.fanout
         # Writing one event to 15k sockets one after another takes a good part of
         # a second on any of these servers, so the bound grows with the fan-out.
         bound = max(P99_BOUND, inst.conns / 15)
@@ -176,29 +196,42 @@ def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
         for _ in range(2):
             st = inst.window(secs)
             sat.append(st["fps"])
-            steps.append(summary(st, rate=rate, offered=rate * inst.fast, kept_up=False))
+            steps.append(summary(st, rate=rate, offered=rate * inst.fanout, kept_up=False))
     steps = [s for s in steps if not s.get("discarded")]
     best_kept = max([s["fps"] for s in steps if s["kept_up"]], default=0.0)
     max_fps = max(statistics.median(sat), best_kept) if saturated else best_kept
     client_bound = any(s["cpu"] >= 0.95 for s in steps if not s["kept_up"]) or not saturated
     inst.drain()
     # Latency at half the maximum delivered rate.
-    half_rate = 0.5 * max_fps / inst.fast
+    half_rate = 0.5 * max_fps / inst.fanout
     inst.set_rate(half_rate, batch)
     time.sleep(1.0)
-    st = inst.window(max(3.0, window_for(half_rate, batch)[0]))
-    half = summary(st, rate=half_rate, offered=half_rate * inst.fast)
+    st, own = own_share(inst, max(3.0, window_for(half_rate, batch)[0]))
+    half = summary(st, rate=half_rate, offered=half_rate * inst.fanout, own=own)
     log(f"    {MODES[batch]:5} max {max_fps / 1e3:.1f}k frames/s; at half: p50 "
-        f"{st['p50_ms']:.2f} p99 {st['p99_ms']:.2f} ms")
+        f"{st['p50_ms']:.2f} p99 {st['p99_ms']:.2f} ms"
+        + (f"; own share p50 {own['p50_ms']:.2f} p99 {own['p99_ms']:.2f} ms" if own else ""))
     inst.drain()
     return {"mode": MODES[batch], "batch": batch, "max_fps": max_fps, "sat_windows": sat,
             "saturated": saturated, "client_bound": client_bound, "kept_rate": kept,
             "steps": steps, "half": half}
 
 
-def run_cell(name: str, conns: int, batches: tuple, rundir: str, guesses: dict) -> list[dict]:
+def run_cell(name: str, conns: int, batches: tuple, rundir: str, guesses: dict,
+             random: tuple[int, int] | None = None, flush_delay: float = 0.0) -> list[dict]:
+    """
+    One server instance with C{conns} clients, ramped in each mode of
+    C{batches}; C{random}: the random-tokens subscriptions (see
+    L{run_random_cells}); C{flush_delay}: odinws's outbound.flush_delay.
+    """
     cls = SERVERS[name]
-    server = cls(rundir, batches[0]) if cls is Odinws else cls(rundir)
+    server = cls(rundir, batches[0], flush_delay) if cls is Odinws else cls(rundir)
+    if random:
+        server.filter_tokens(*random)
+    kind = {"kind": "random", "random": list(random)} if random else {}
+    if flush_delay:
+        kind["flush_delay"] = flush_delay
+    key = (name, bool(random), flush_delay)
     inst = Instance(server, conns)
     out = []
     try:
@@ -207,13 +240,61 @@ def run_cell(name: str, conns: int, batches: tuple, rundir: str, guesses: dict) 
             f"{idle['rss_idle'] / 2**20:.1f} MiB ({idle['rss_per_conn'] / 1024:.2f} KiB/conn)")
         inst.warm_up(batches[0])
         for batch in batches:
-            r = ramp(inst, batch, guesses.get((name, batch), 20000.0))
-            guesses[(name, batch)] = max(0.4 * r["max_fps"], 2000.0)
-            out.append({"server": name, "conns": conns, **idle, **r,
+            r = ramp(inst, batch, guesses.get(key + (batch,), 20000.0))
+            guesses[key + (batch,)] = max(0.4 * r["max_fps"], 2000.0)
+            out.append({"server": name, "conns": conns, **idle, **r, **kind,
                         "aux_rss": sum(rss_bytes(p) for p in server.aux_pids())})
     finally:
         inst.close()
     return out
+
+
+def run_random_cells(servers: list[str], conns: list[int], random: tuple[int, int],
+                     odinws_flush: list[float], rundir: str, guesses: dict,
+                     results: dict) -> None:
+    """
+    Throughput where coalescing cannot help: each connection subscribes to
+    random.0 random tokens of random.1 and events rotate over them, so an
+    event reaches a few percent of the connections and a burst's events
+    mostly different ones. Every server sends each connection only its
+    tokens' events. odinws also with each flush window of C{odinws_flush}.
+    """
+    for n in conns:
+        for name in servers:
+            variants = ([((10,), 0.0), ((1,), 0.0)] + [((1,), d) for d in odinws_flush]
+                        if name == "odinws" else [((10, 1), 0.0)])
+            for batches, delay in variants:
+                log(f"{name}: {n} connections, {random[0]} random tokens of {random[1]}, "
+                    f"modes {[MODES[b] for b in batches]}"
+                    + (f", flush window {delay * 1e3:g} ms" if delay else ""))
+                _cell_into(results, f"{name} {n} random {batches} {delay}",
+                           lambda: run_cell(name, n, batches, rundir, guesses, random, delay))
+
+
+def run_flush_cells(conns: list[int], delays: list[float], rundir: str, guesses: dict,
+                    results: dict) -> None:
+    """
+    odinws, one event per turn, everyone subscribed to everything, with
+    each outbound.flush_delay of C{delays} (0 first: the turn cell the
+    others are compared with, in the same run).
+    """
+    for n in conns:
+        for delay in delays:
+            log(f"odinws: {n} connections, turn, flush window {delay * 1e3:g} ms")
+            _cell_into(results, f"odinws {n} flush {delay}",
+                       lambda: [dict(c, kind="flush", flush_delay=delay) for c in
+                                run_cell("odinws", n, (1,), rundir, guesses, None, delay)])
+
+
+def _cell_into(results: dict, what: str, run) -> None:
+    """Run one cell; its rows go to the results, a failure to the errors."""
+    try:
+        results["cells"] += run()
+    except Exception as e:  # one broken cell must not lose the others
+        log(f"  FAILED: {e!r}")
+        results["errors"].append(f"{what}: {e!r}")
+    finally:
+        Proc.stop_all()
 
 
 def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) -> dict:
@@ -255,11 +336,24 @@ def main() -> int:
     ap.add_argument("--no-slow", action="store_true", help="skip the slow-client scenario")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--random-conns", default="5000",
+                    help="connections of the random-tokens cells ('' to skip them)")
+    ap.add_argument("--random-tokens", type=int, default=3, help="tokens per connection")
+    ap.add_argument("--tokens", type=int, default=100, help="tokens in all (random cells)")
+    ap.add_argument("--random-flush-ms", default="2",
+                    help="odinws's extra random-tokens turn cells with these flush windows")
+    ap.add_argument("--flush-conns", default="1000,5000",
+                    help="connections of the flush-window cells ('' to skip them)")
+    ap.add_argument("--flush-ms", default="0,1,2,5", help="flush windows (ms) of those cells")
     ap.add_argument("--merge", metavar="RESULTS_JSON",
                     help="also report the cells of servers not run now from an earlier run")
     args = ap.parse_args()
     servers = [s for s in args.servers.split(",") if s]
     conns = [int(c) for c in args.conns.split(",") if c]
+    random_conns = [int(c) for c in args.random_conns.split(",") if c]
+    flush_conns = [int(c) for c in args.flush_conns.split(",") if c]
+    random_flush = [float(m) / 1e3 for m in args.random_flush_ms.split(",") if m]
+    flush_delays = [float(m) / 1e3 for m in args.flush_ms.split(",") if m]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rundir = os.path.join(args.out, stamp)
     os.makedirs(rundir, exist_ok=True)
@@ -281,10 +375,15 @@ def main() -> int:
                         results["errors"].append(f"{name} {n} {batches}: {e!r}")
                     finally:
                         Proc.stop_all()
+        if random_conns:
+            run_random_cells(servers, random_conns, (args.random_tokens, args.tokens),
+                             random_flush, rundir, guesses, results)
+        if flush_conns and "odinws" in servers:
+            run_flush_cells(flush_conns, flush_delays, rundir, guesses, results)
         if not args.no_slow:
             for name in servers:
-                base = [c for c in results["cells"] if c["server"] == name and
-                        c["conns"] == args.slow_conns and c["mode"] == "burst"]
+                base = [c for c in results["cells"] if c["server"] == name and not c.get("kind")
+                        and c["conns"] == args.slow_conns and c["mode"] == "burst"]
                 if not base or not base[0]["max_fps"]:
                     continue
                 # Half the max rate: a load the server sustains, so a drop is
@@ -315,8 +414,13 @@ def main() -> int:
         results["merged_from"] = old["started"]
     text = report.render(results)
     print(text)
+    chart = plot.svg(plot.latency_panels(results))
+    with open(os.path.join(rundir, "latency-vs-rate.svg"), "w") as f:
+        f.write(chart)
     if not args.no_doc:
         report.write_doc(text)
+        with open(report.CHART, "w") as f:
+            f.write(chart)
         log("written to docs/performance.md and " + os.path.join(rundir, "results.json"))
     return 1 if results["errors"] else 0
 

@@ -35,6 +35,8 @@ CLIENT_CPU = {1}
 # see docs/performance.md; the broker, not odinws, set that latency.
 FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "5"))
 SUBSCRIBE = '{"type":"subscribe","channels":["odin.token.*.*"]}'
+#: Event tokens when every client takes everything (events rotate over them).
+ALL_TOKENS = 16
 
 
 def pin_threads(pid: int, cpus: set[int]) -> None:
@@ -58,6 +60,28 @@ class Server:
         self.rundir = rundir
         self.port = free_port()
         self.procs: list[Proc] = []
+        #: Random-tokens cells: (tokens per connection, tokens in all); None:
+        #: every client subscribes to everything (see L{filter_tokens}).
+        self.random: tuple[int, int] | None = None
+
+    def filter_tokens(self, per_conn: int, tokens: int) -> None:
+        """
+        Each connection subscribes to C{per_conn} random tokens of C{tokens}
+        (the load client's -r/-T) and events rotate over C{tokens} tokens,
+        so every server sends each connection only its tokens' events.
+        """
+        self.random = (per_conn, tokens)
+
+    @property
+    def tokens(self) -> int:
+        """How many tokens the events rotate over."""
+        return self.random[1] if self.random else ALL_TOKENS
+
+    def random_args(self) -> list[str]:
+        """The load client's arguments for the random-tokens subscriptions."""
+        if not self.random:
+            return []
+        return ["-r", str(self.random[0]), "-T", str(self.random[1])]
 
     def start(self, batch: int) -> None:
         raise NotImplementedError
@@ -71,10 +95,10 @@ class Server:
         return []
 
     def client_args(self) -> list[str]:
-        return []
+        return self.random_args()
 
     def set_rate(self, client: Proc, rate: float, batch: int) -> None:
-        self.procs[0].send(f"rate {rate:.3f} {batch}")
+        self.procs[0].send(f"rate {rate:.3f} {batch} {self.tokens}")
 
     def ready_check(self) -> None:
         """Called after clients connected and before events flow."""
@@ -144,6 +168,19 @@ http {{
             nchan_channel_id bench;
             nchan_subscriber_first_message newest;
         }}
+        # Random-tokens cells: one channel per token, a subscriber multiplexes
+        # its tokens (/ws/<t1>/<t2>/<t3>), events are published per token.
+        location ~ ^/pub/(\d+)$ {{
+            nchan_publisher;
+            nchan_channel_id $1;
+            nchan_message_buffer_length 16;
+            nchan_message_timeout 60s;
+        }}
+        location ~ ^/ws/(\d+)/(\d+)/(\d+)$ {{
+            nchan_subscriber websocket;
+            nchan_channel_id $1 $2 $3;
+            nchan_subscriber_first_message newest;
+        }}
     }}
 }}
 """
@@ -183,10 +220,12 @@ class Nchan(Server):
         return [self.procs[0].pid]
 
     def client_args(self) -> list[str]:
-        return ["-P", str(self.port), "-U", "/pub"]
+        # -X: the random tokens go in the subscriber's path and each event to /pub/<token>
+        return ["-P", str(self.port), "-U", "/pub"] + (
+            self.random_args() + ["-X"] if self.random else [])
 
     def set_rate(self, client: Proc, rate: float, batch: int) -> None:
-        client.send(f"pub {rate:.3f} {batch}")
+        client.send(f"pub {rate:.3f} {batch} {self.tokens}")
 
 
 class Odinws(Server):
@@ -198,16 +237,18 @@ class Odinws(Server):
     broker = None  # one Tansu broker for the whole run, shared by instances
     _group = 0
 
-    def __init__(self, rundir: str, batch: int = 10):
+    def __init__(self, rundir: str, batch: int = 10, flush_delay: float = 0.0):
         super().__init__(rundir)
         self.batches = (batch,)
+        #: outbound.flush_delay of this instance (the flush-window cells).
+        self.flush_delay = flush_delay
 
     @classmethod
     def start_broker(cls, rundir: str) -> None:
         if cls.broker is not None:
             return
         sys.path.insert(0, REPO)
-        from tests.broker import TansuBroker
+        from tests.helpers.broker import TansuBroker
         broker = TansuBroker(log_dir=rundir)
         broker.start()
         cls.broker = broker
@@ -227,18 +268,26 @@ class Odinws(Server):
         settings = {
             "shards": 1, "cpu_affinity": [0],
             # The peers listen with large backlogs too (nginx: 4096).
-            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1:backlog=4096"},
+            # /metrics on the public port: the slow-client counters and the
+            # own-share latency histogram are read from it.
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1:backlog=4096",
+                       "public_metrics": True, "max_heads_per_ip": 4096},
+            "outbound": {"flush_delay": self.flush_delay},
             "kafka": {"brokers": self.broker.bootstrap, "group": f"bench{os.getpid()}-{Odinws._group}",
                       "topics": {"odin.trades": "trade"}, "start_offset": "latest",
                       "poll_batch": batch, "session_timeout_ms": 3000,
                       "consumer_config": {"fetch.wait.max.ms": FETCH_WAIT_MS}},
             # The load client is a few loopback addresses standing for
             # thousands of clients: the per-IP limits would answer 429.
-            "limits": {"max_connections": 20000, "max_connections_per_shard": 20000,
-                       "max_connections_per_ip": 20000, "connection_rate_per_ip": 100000,
+            # (Below the 20,000 open files one process may have here.)
+            "limits": {"max_connections": 16000, "max_connections_per_shard": 16000,
+                       "max_connections_per_ip": 16000, "connection_rate_per_ip": 100000,
                        "connection_burst_per_ip": 20000},
             # No pings (the peers run without them too) and no idle close.
             "keepalive": {"ping_interval": 0, "idle_timeout": 0},
+            # The load client opens 128 at a time; the default 64 handoffs in
+            # flight per shard would answer the rest 503 while the shard is busy.
+            "supervisor": {"max_handoffs_in_flight": 1024},
             # The admission guard would refuse connections while CPU 0 is busy.
             "guard": {"cpu_threshold": 0, "memory_threshold": 0},
             "log": {"level": "warn"},
@@ -288,11 +337,7 @@ class Odinws(Server):
                  "odinws_slow_disconnects_total": "slow_disconnects",
                  "odinws_outbound_buffer_high_water_bytes": "high_water"}
         out = dict.fromkeys(names.values(), 0.0)
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return out
+        text = self.metrics_text()
         for line in text.splitlines():
             name, _, value = line.partition("{") if "{" in line else line.partition(" ")
             key = names.get(name.strip())
@@ -300,6 +345,29 @@ class Odinws(Server):
                 continue
             v = float(line.rsplit(" ", 1)[1])
             out[key] = max(out[key], v) if key == "high_water" else out[key] + v
+        return out
+
+    def metrics_text(self) -> str:
+        """The node's /metrics ("" if it did not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+    def own_latency(self) -> dict[float, float]:
+        """
+        The cumulative buckets (upper bound in s -> count) of
+        odinws_own_latency_seconds, summed over shards and paths: consumed
+        from Kafka to handed to the last subscriber's socket.
+        """
+        out: dict[float, float] = {}
+        for line in self.metrics_text().splitlines():
+            if not line.startswith("odinws_own_latency_seconds_bucket{"):
+                continue
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
         return out
 
     def data_pids(self) -> list[int]:
@@ -310,10 +378,10 @@ class Odinws(Server):
         return [self.procs[0].pid]
 
     def client_args(self) -> list[str]:
-        return ["-S", SUBSCRIBE]
+        return self.random_args() or ["-S", SUBSCRIBE]
 
     def set_rate(self, client: Proc, rate: float, batch: int) -> None:
-        self.procs[1].send(f"rate {rate:.3f} {batch}")
+        self.procs[1].send(f"rate {rate:.3f} {batch} {self.tokens}")
 
 
 def _wait_port(port: int, timeout: float) -> None:

@@ -3,17 +3,30 @@ Python `websockets` peer for the fan-out benchmark: the asyncio server of
 websockets with a built-in publisher. stdin "rate R B" makes it generate R
 events/s in batches of B (B events in one loop callback); each event goes to
 every connection with websockets.asyncio.server.broadcast(). Prints "ready".
+Clients that subscribe to tokens (the random-tokens cells) are kept in an
+index token -> connections and get only their tokens' events (broadcast()
+to the token's set).
 """
 
 import asyncio
 import sys
 
-from events import Ticks, event
+from events import Ticks, event, next_token, rate_command, subscribed_tokens
 from websockets.asyncio.server import broadcast, serve
 
+BY_TOKEN: dict[int, set] = {}
+
+
 async def handler(ws) -> None:
-    async for _ in ws:  # the benchmark's clients send nothing we need
-        pass
+    mine: list[int] = []
+    try:
+        async for message in ws:
+            for tok in subscribed_tokens(message) or ():
+                BY_TOKEN.setdefault(tok, set()).add(ws)
+                mine.append(tok)
+    finally:
+        for tok in mine:
+            BY_TOKEN.get(tok, set()).discard(ws)
 
 
 async def publisher(server, rate: float, batch: int) -> None:
@@ -22,7 +35,8 @@ async def publisher(server, rate: float, batch: int) -> None:
     while True:
         if ticks.take(loop.time()):
             for _ in range(batch):
-                broadcast(server.connections, event())
+                to = BY_TOKEN.get(next_token(), ()) if BY_TOKEN else server.connections
+                broadcast(to, event())
         await asyncio.sleep(ticks.wait(loop.time()))
 
 
@@ -40,7 +54,7 @@ async def main() -> None:
             if parts and parts[0] == b"rate":
                 if task:
                     task.cancel()
-                rate, batch = float(parts[1]), int(parts[2])
+                rate, batch = rate_command(parts)
                 task = asyncio.create_task(publisher(server, rate, batch)) if rate > 0 else None
 
 

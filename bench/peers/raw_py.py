@@ -10,9 +10,15 @@ waiting is closed instead (counted, written to stderr at exit).
 
 stdlib only: socket + select.epoll, non-blocking. A minimal WebSocket
 upgrade (the request head up to the blank line, Sec-WebSocket-Accept, 101);
-client frames are parsed only to notice a close, otherwise discarded. Same
-stdin protocol as the other peers: "rate R B" makes R events/s in batches
-of B, each batch in one loop turn. Prints "ready".
+client frames are parsed only to notice a close or a subscribe, otherwise
+discarded. Same stdin protocol as the other peers: "rate R B [N]" makes R
+events/s in batches of B on N tokens, each batch in one loop turn. Prints
+"ready".
+
+Clients that subscribe to tokens (the random-tokens cells) are kept in an
+index token -> fds; a tick then sends each subscribed client its frames of
+the tick in one socket.send() (one dict of lists per tick), nothing to the
+others.
 """
 
 import base64
@@ -24,7 +30,7 @@ import socket
 import sys
 import time
 
-from events import Ticks, commands, event
+from events import Ticks, commands, event, next_token, rate_command, subscribed_tokens
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_PENDING = 4 << 20
@@ -54,19 +60,29 @@ def upgrade_reply(head: bytes) -> bytes | None:
     return None
 
 
-def close_frame_in(buf: bytearray) -> bool:
-    """Discard the complete client frames in buf; True if one of them was a close."""
+def close_frame_in(buf: bytearray, texts: list | None = None) -> bool:
+    """
+    Discard the complete client frames in buf; True if one of them was a
+    close. The payloads of text frames are appended to C{texts} (unmasked).
+    """
     while len(buf) >= 2:
         n, h = buf[1] & 0x7F, 2
         if n == 126:
             n, h = int.from_bytes(buf[2:4], "big"), 4
         elif n == 127:
             n, h = int.from_bytes(buf[2:10], "big"), 10
-        h += 4 if buf[1] & 0x80 else 0
+        masked = buf[1] & 0x80
+        h += 4 if masked else 0
         if len(buf) < h + n:
             return False
         if buf[0] & 0x0F == 8:
             return True
+        if texts is not None and buf[0] & 0x0F == 1:
+            payload = bytes(buf[h:h + n])
+            if masked:
+                key = buf[h - 4:h]
+                payload = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+            texts.append(payload)
         del buf[:h + n]
     return False
 
@@ -85,12 +101,52 @@ class RawServer:
         self.inbuf: dict[int, bytearray] = {}        # request head, then client frames
         self.clients: dict[int, socket.socket] = {}  # upgraded: they get the events
         self.pending: dict[int, bytearray] = {}      # what the kernel has not taken yet
+        self.by_token: dict[int, set[int]] = {}      # random-tokens cells: token -> fds
+        self.tokens_of: dict[int, list[int]] = {}
         self.overflows = 0
 
     def publish(self, batch: int) -> None:
+        if self.by_token:
+            self.publish_filtered(batch)
+            return
         buf = b"".join([frame(event()) for _ in range(batch)])
+        self.send_each(buf, self.clients.items())
+
+    def publish_filtered(self, batch: int) -> None:
+        """Each subscribed client gets its frames of the tick in one send."""
+        per: dict[int, list[bytes]] = {}
+        by_token = self.by_token
+        for _ in range(batch):
+            fds = by_token.get(next_token(), ())
+            f = frame(event())
+            for fd in fds:
+                if fd in per:
+                    per[fd].append(f)
+                else:
+                    per[fd] = [f]
+        clients, pending = self.clients, self.pending
+        for fd, frames in per.items():
+            sock = clients.get(fd)
+            if sock is None:
+                continue
+            buf = frames[0] if len(frames) == 1 else b"".join(frames)
+            if fd in pending:
+                self.send_each(buf, ((fd, sock),))   # queues behind what waits
+                continue
+            try:
+                n = sock.send(buf)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self.close(fd)
+                continue
+            if n != len(buf):
+                pending[fd] = bytearray(buf[n:])
+                self.ep.modify(fd, IN_OUT)
+
+    def send_each(self, buf: bytes, targets) -> None:
         size, pending, dead = len(buf), self.pending, []
-        for fd, sock in self.clients.items():
+        for fd, sock in targets:
             if fd in pending:
                 p = pending[fd]
                 p += buf
@@ -168,8 +224,14 @@ class RawServer:
             if n != len(reply):
                 self.pending[fd] = bytearray(reply[n:])
                 self.ep.modify(fd, IN_OUT)
-        if close_frame_in(buf):
+        texts: list = []
+        if close_frame_in(buf, texts):
             self.close(fd)
+            return
+        for text in texts:
+            for tok in subscribed_tokens(text) or ():
+                self.by_token.setdefault(tok, set()).add(fd)
+                self.tokens_of.setdefault(fd, []).append(tok)
 
     def close(self, fd: int) -> None:
         sock = self.socks.pop(fd, None)
@@ -177,6 +239,8 @@ class RawServer:
             return
         for d in (self.clients, self.pending, self.inbuf):
             d.pop(fd, None)
+        for tok in self.tokens_of.pop(fd, ()):
+            self.by_token[tok].discard(fd)
         self.ep.unregister(fd)
         sock.close()
 
@@ -197,7 +261,7 @@ class RawServer:
                     cmds, line = commands(line, chunk)
                     for parts in cmds:
                         if parts[0] == b"rate":
-                            rate, batch = float(parts[1]), max(1, int(parts[2]))
+                            rate, batch = rate_command(parts)
                             ticks = Ticks(rate, batch, time.monotonic()) if rate > 0 else None
                 else:
                     if ev & select.EPOLLOUT and fd in self.pending:
