@@ -27,11 +27,13 @@ test-deb: $(STAMP)
 test-unit: $(STAMP)
 	$(VENV)/bin/trial tests.unit
 
-# 12,000 subscribed connections for 60 s against a local demo stack (broker,
-# odinws --shards 2, simulator); fails on any failed connection or lost event.
+# 12,000 subscribed connections (CONNECTIONS=40000 for more) for 60 s against
+# a local demo stack (broker, odinws --shards 2 or more if the open-files hard
+# limit needs them, simulator); fails on any failed connection or lost event.
 # Report: artifacts/capacity/report.html (docs/performance.md, "Capacity").
+CONNECTIONS ?= 12000
 capacity: $(STAMP)
-	$(PY) -m odinws_tools.capacity_run --report artifacts/capacity
+	$(PY) -m odinws_tools.capacity_run --connections $(CONNECTIONS) --report artifacts/capacity
 
 bench: $(STAMP)
 	sh bench/setup.sh

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from odin_ws.common import metrics
+from odin_ws.common import metrics, openfiles
 from odin_ws.common.settings import Settings
 from odin_ws.parent.admission import Admission
 
@@ -66,6 +66,8 @@ class Health:
             "shards_total": len(shards),
             "kafka_connected": kafka_ok,
             "shards": shards,
+            # Whether the open-files limit, not limits.max_connections, bounds the node.
+            "open_files": openfiles.status(self._settings).as_health(),
         }
         if self.guard is not None:
             body["guard"] = self.guard.as_health()

@@ -15,9 +15,9 @@ from twisted.logger import Logger
 
 from odin_ws.common import commands
 from odin_ws.common import config as configmod
+from odin_ws.common import openfiles
 from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
-from odin_ws.parent.guard import raise_nofile
 
 log = Logger()
 
@@ -62,9 +62,10 @@ class Node(service.MultiService):
         install_logging(self._settings.config, parent)
 
     def startService(self):
-        capacity = raise_nofile()
-        log.info("open-files limit {n}: room for about {c} connections on this node",
-                 n=capacity, c=max(0, capacity - 100))
+        # Before the shards start: they inherit the limit.
+        openfiles.ensure(openfiles.needed(self._settings))
+        files = openfiles.status(self._settings)
+        (log.warn if files.capped else log.info)("{message}", message=files.message())
         # The startup grace (waiting for every shard to register) counts from here.
         self.admission.node_started()
         super().startService()

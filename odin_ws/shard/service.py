@@ -24,6 +24,7 @@ from odin_ws.shard import auth
 from odin_ws.common import commands
 from odin_ws.common import handoff
 from odin_ws.common import metrics
+from odin_ws.common import openfiles
 from odin_ws.shard import tls
 from odin_ws.common.config import Config, ConfigError, apply_live
 from odin_ws.common.logs import install_logging
@@ -113,6 +114,8 @@ class Shard(service.MultiService):
                                  RecordMapper.from_settings(settings.kafka),
                                  self.on_kafka_batch)
         self.kafka.setServiceParent(self)
+        # Connections the open-files limit leaves room for (set at start).
+        self._fd_room: int | None = None
         self._stats_loop = task.LoopingCall(self.report_stats)
         self._stats_loop.clock = reactor
         self._collectors = [WriteStatsCollector(self.stats), HistoryCollector(
@@ -132,6 +135,9 @@ class Shard(service.MultiService):
                 self.control_fd, socket.AF_UNIX,
                 protocol.Factory.forProtocol(lambda: ParentLink(self)))
             os.close(self.control_fd)
+        # Inherited from the parent, which raised it; a shard started alone raises it here.
+        soft, _ = openfiles.ensure(openfiles.needed(self.settings))
+        self._fd_room = openfiles.connection_room(soft)
         for collector in self._collectors:
             metrics.REGISTRY.register(collector)
         super().startService()
@@ -168,7 +174,9 @@ class Shard(service.MultiService):
 
     @property
     def capacity(self) -> int:
-        return self.settings.limits.max_connections_per_shard
+        """limits.max_connections_per_shard, or fewer if the open-files limit says so."""
+        per_shard = self.settings.limits.max_connections_per_shard
+        return per_shard if self._fd_room is None else min(per_shard, self._fd_room)
 
     def policy_for(self, event_type: str) -> str:
         """The slow-client policy of C{event_type} (C{outbound.policy}, live)."""
