@@ -331,6 +331,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", default="odinws,cpython-raw,node-ws,py-websockets,nchan")
     ap.add_argument("--conns", default="1000,5000,15000")
+    ap.add_argument("--classic-servers", default=None,
+                    help="servers of the everyone-subscribes-to-everything cells "
+                         "(default: --servers)")
     ap.add_argument("--slow-conns", type=int, default=5000)
     ap.add_argument("--slow-seconds", type=float, default=30.0)
     ap.add_argument("--no-slow", action="store_true", help="skip the slow-client scenario")
@@ -362,8 +365,9 @@ def main() -> int:
                                           "kept_up": KEPT_UP, "p99_bound_ms": P99_BOUND}}
     t_start = time.monotonic()
     guesses: dict = {}
+    classic = [s for s in (args.classic_servers or args.servers).split(",") if s]
     try:
-        for name in servers:
+        for name in classic:
             for n in conns:
                 variants = [(10,), (1,)] if name == "odinws" else [(10, 1)]
                 for batches in variants:
@@ -414,6 +418,8 @@ def main() -> int:
         results["merged_from"] = old["started"]
     text = report.render(results)
     print(text)
+    with open(os.path.join(rundir, "report.md"), "w") as f:
+        f.write(text)
     chart = plot.svg(plot.latency_panels(results))
     with open(os.path.join(rundir, "latency-vs-rate.svg"), "w") as f:
         f.write(chart)
