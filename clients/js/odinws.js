@@ -87,6 +87,12 @@ function offsetAfter(a, b) {
   return a.length !== b.length ? a.length > b.length : a > b;
 }
 
+// Is `pos` after `than`? True unless both are of one stream and it is not.
+function newerThan(pos, than) {
+  const p = parsePosition(pos), q = parsePosition(than);
+  return !p || !q || q.stream !== p.stream || offsetAfter(p.offset, q.offset);
+}
+
 /**
  * Is position `pos` newer than the last one `last` (a Map partition ->
  * position) holds for its partition? True when `last` has none, when it is
@@ -94,9 +100,31 @@ function offsetAfter(a, b) {
  */
 export function isNewer(last, pos) {
   const p = parsePosition(pos);
-  if (!p) return true;
-  const q = parsePosition(last.get(p.partition));
-  return !q || q.stream !== p.stream || offsetAfter(p.offset, q.offset);
+  return !p || newerThan(pos, last.get(p.partition));
+}
+
+// Order of positions: by partition, then offset.
+function comparePositions(a, b) {
+  const p = parsePosition(a), q = parsePosition(b);
+  if (!p || !q) return 0;
+  if (p.partition !== q.partition) return p.partition < q.partition ? -1 : 1;
+  if (p.offset === q.offset) return 0;
+  return offsetAfter(p.offset, q.offset) ? 1 : -1;
+}
+
+// partition -> position of a list of positions (the later of two for one partition).
+function positionMap(list) {
+  const map = new Map();
+  for (const pos of Array.isArray(list) ? list : []) advance(map, pos);
+  return map;
+}
+
+// Is `pos` one a replay brings: after its since, up to its tops?
+function inReplay(replay, pos) {
+  const p = parsePosition(pos);
+  if (!p) return false;
+  const from = replay.from.get(p.partition), until = replay.until.get(p.partition);
+  return from !== undefined && until !== undefined && newerThan(pos, from) && !newerThan(pos, until);
 }
 
 // Record `pos` in `last` if it is newer.
@@ -406,8 +434,9 @@ export class OdinWS extends Emitter {
   #pending = new Map();   // request id -> {type, channels, since, snapshotFor, resolve, reject}
   // channel or pattern -> {segments, subs: Set<Subscription>, live, last: Map partition -> pos}
   #channels = new Map();
-  #answer = null;         // a recovery's replay under way: {left, entries, tops}
-  #snapshotFor = null;    // a snapshot under way: {subs: Set<Subscription>, left}
+  #replays = new Set();   // replays under way: {entries, from, until, left, buffer}
+  #snapshots = [];        // snapshots under way, in ack order: {subs, left}
+  #eventsSeen = 0;        // events received (tops with none after them count at once)
 
   /**
    * @param url  ws:// or wss:// URL of the node's WebSocket path.
@@ -479,7 +508,7 @@ export class OdinWS extends Emitter {
     }
     options = options || {};
     let entry = this.#channels.get(channel);
-    const positions = () => [...(this.#channels.get(channel) || entry).last.values()].sort();
+    const positions = () => this.#sinceOf(this.#channels.get(channel) || entry);
     const sub = new Subscription(channel, options, onEvent, (s) => this.#unsubscribe(s), positions);
     if (entry) {
       entry.subs.add(sub);
@@ -491,7 +520,8 @@ export class OdinWS extends Emitter {
       }
       return sub;
     }
-    entry = {segments: channel.split("."), subs: new Set([sub]), live: false, last: new Map()};
+    entry = {channel, segments: channel.split("."), subs: new Set([sub]), live: false,
+             last: new Map(), tops: null, topsSeen: -1, replay: null};
     for (const pos of Array.isArray(options.since) ? options.since : []) advance(entry.last, pos);
     this.#channels.set(channel, entry);
     if (this.#transport?.unidirectional) this.#transport.update();
@@ -570,9 +600,12 @@ export class OdinWS extends Emitter {
     this.#refreshTimer = this.#positionsTimer = null;
     for (const req of this.#pending.values()) req.reject?.(new Error("odinws: connection closed"));
     this.#pending.clear();
-    this.#answer = this.#snapshotFor = null;
+    this.#replays.clear();
+    this.#snapshots = [];
     for (const entry of this.#channels.values()) {
       entry.live = false;
+      entry.replay = null;
+      entry.topsSeen = -1;  // tops of a lost connection only fill in since
       for (const sub of entry.subs) sub[SET_STATE]("pending");
     }
   }
@@ -689,16 +722,17 @@ export class OdinWS extends Emitter {
     for (const entry of this.#channels.values()) {
       for (const sub of entry.subs) if (sub.options.snapshot) snapshotFor.push(sub);
       if (!this.#recovers(entry)) continue;
-      for (const [partition, pos] of entry.last) {
+      for (const pos of this.#sinceOf(entry)) {
+        const partition = parsePosition(pos)?.partition;
         const have = oldest.get(partition);
-        if (!have || isNewer(new Map([[partition, pos]]), have)) oldest.set(partition, pos);
+        if (partition && (!have || newerThan(have, pos))) oldest.set(partition, pos);
       }
     }
     const since = oldest.size ? [...oldest.values()].sort() : undefined;
     const id = this.#planId = ++this.#nextId;
     // A new stream while connected changes subscriptions: its recovery is
     // news only when it fails.
-    this.#pending.set(id, {type: "subscribe", channels, since, snapshotFor,
+    this.#pending.set(id, {type: "subscribe", channels, since, snapshotFor, ordered: true,
                            quiet: this.state === "connected"});
     return {channels, since, snapshot: snapshotFor.length > 0, id};
   }
@@ -745,8 +779,8 @@ export class OdinWS extends Emitter {
       const snapshot = [...entry.subs].some((s) => s.options.snapshot) ? {snapshot: true} : {};
       if (!this.#recovers(entry)) {
         add(0, snapshot, channel);
-      } else if (entry.last.size) {
-        add(0, {since: [...entry.last.values()].sort(), ...snapshot}, channel);
+      } else if (this.#sinceOf(entry).length) {
+        add(0, {since: this.#sinceOf(entry), ...snapshot}, channel);
       } else if (snapshot.snapshot) {
         add(0, snapshot, channel);
         add(1, {since: []}, channel);
@@ -805,10 +839,20 @@ export class OdinWS extends Emitter {
   }
 
   // The ack of a subscribe: the channels are live from here on; with
-  // `since`, it says whether the replay that follows it recovers everything
-  // and lists the current position of every partition.
+  // `since`, it says whether what follows recovers everything and lists the
+  // current position of every partition (the tops).
+  //
+  // Over WebSocket the server writes acks ahead of events it queued before
+  // them (a previous subscribe's replay, live events), so neither an ack's
+  // tops nor the events right after it can be taken at face value:
+  // * tops count once an event past them arrived (everything queued before
+  //   the ack is then here), or at the next ack if no event came between;
+  // * a replay's events (all that match in (since, tops]) may be preceded by
+  //   copies of some of them that another subscription's request brought:
+  //   they are collected, and handed over in order once all `replayed`
+  //   distinct ones are here (or an event past the tops shows they are).
+  // Server-Sent Events keep one order: ids (the shard's vector) say it all.
   #acked(msg, req) {
-    this.#finishAnswer();
     const entries = [];
     for (const channel of msg.channels || []) {
       const entry = this.#channels.get(channel);
@@ -818,20 +862,18 @@ export class OdinWS extends Emitter {
       for (const sub of entry.subs) sub[SET_STATE]("subscribed");
     }
     if (req?.since && typeof msg.recovered === "boolean") {
-      const tops = Array.isArray(msg.positions) ? msg.positions : [];
-      for (const entry of entries) {
-        // Not recovered: the old positions are of no more use.
-        if (!msg.recovered) entry.last = new Map();
-        for (const pos of tops) {
-          const p = parsePosition(pos);
-          if (p && !entry.last.has(p.partition)) entry.last.set(p.partition, pos);
+      // Not recovered: the old positions are of no more use.
+      if (!msg.recovered) for (const entry of entries) entry.last = new Map();
+      if (!req.ordered) {
+        const tops = positionMap(msg.positions);
+        for (const entry of entries) this.#pendTops(entry, tops);
+        const left = Number(msg.replayed) || 0;
+        if (msg.recovered && left > 0) {
+          const replay = {entries: new Set(entries), from: positionMap(req.since), until: tops,
+                          left, buffer: new Map()};
+          for (const entry of entries) entry.replay = replay;
+          this.#replays.add(replay);
         }
-      }
-      // Recovered: the replayed events follow (older than the tops); the
-      // tops count once they are through.
-      if (msg.recovered) {
-        this.#answer = {left: Number(msg.replayed) || 0, entries, tops};
-        if (this.#answer.left <= 0) this.#finishAnswer();
       }
       if (req.since.length && (!req.quiet || !msg.recovered)) {
         const result = {recovered: msg.recovered, reason: msg.reason ?? null,
@@ -840,20 +882,49 @@ export class OdinWS extends Emitter {
       }
     }
     if (msg.snapshot > 0 && req?.snapshotFor?.length) {
-      this.#snapshotFor = {subs: new Set(req.snapshotFor), left: Number(msg.snapshot)};
+      this.#snapshots.push({subs: new Set(req.snapshotFor), left: Number(msg.snapshot)});
     }
   }
 
-  #finishAnswer() {
-    const answer = this.#answer;
-    this.#answer = null;
-    if (!answer) return;
-    for (const entry of answer.entries) for (const pos of answer.tops) advance(entry.last, pos);
+  // Tops waiting for an event past them; older ones count at once if no
+  // event at all arrived since they came (nothing was in flight).
+  #pendTops(entry, tops) {
+    if (entry.tops && entry.topsSeen === this.#eventsSeen) this.#confirmTops(entry);
+    const merged = new Map(entry.tops || []);
+    for (const pos of tops.values()) advance(merged, pos);
+    entry.tops = merged.size ? merged : null;
+    entry.topsSeen = this.#eventsSeen;
+  }
+
+  #confirmTops(entry) {
+    for (const pos of entry.tops.values()) advance(entry.last, pos);
+    entry.tops = null;
+  }
+
+  // The positions the next recovery of `entry` sends: the last seen per
+  // partition, and the tops of partitions it has seen nothing of.
+  #sinceOf(entry) {
+    const since = new Map(entry.last);
+    for (const [partition, pos] of entry.tops || []) if (!since.has(partition)) since.set(partition, pos);
+    return [...since.values()].sort();
   }
 
   #event(event) {
+    this.#eventsSeen++;
+    const live = event.snapshot !== true && parsePosition(event.pos);
+    if (live) {
+      // Past a replay's tops: the replay (queued before) is all here.
+      for (const replay of this.#replays) {
+        const until = replay.until.get(live.partition);
+        if (until !== undefined && newerThan(event.pos, until)) this.#endReplay(replay);
+      }
+    }
     this.#dispatch(event);
-    if (this.#answer && --this.#answer.left <= 0) this.#finishAnswer();
+    if (live) {
+      for (const entry of this.#channels.values()) {
+        if (entry.tops && isNewer(entry.tops, event.pos)) this.#confirmTops(entry);
+      }
+    }
   }
 
   // To every live subscription whose pattern matches it, unless it saw this
@@ -863,8 +934,9 @@ export class OdinWS extends Emitter {
   #dispatch(event) {
     if (typeof event.channel !== "string") return;
     const segments = event.channel.split(".");
-    const snapshot = event.snapshot === true ? this.#snapshotFor : null;
+    const snapshot = event.snapshot === true ? this.#snapshots[0] : null;
     if (event.snapshot === true && !snapshot) return;
+    let filled = null;
     for (const entry of this.#channels.values()) {
       if (!entry.live || !segmentsMatch(entry.segments, segments)) continue;
       if (snapshot) {
@@ -873,13 +945,38 @@ export class OdinWS extends Emitter {
         for (const sub of subs) sub[DELIVER](event);
         continue;
       }
-      if (event.pos !== undefined) {
-        if (!isNewer(entry.last, event.pos)) continue;
-        advance(entry.last, event.pos);
+      const replay = entry.replay;
+      if (replay && inReplay(replay, event.pos)) {
+        if (!replay.buffer.has(event.pos)) replay.buffer.set(event.pos, event);
+        (filled ||= new Set()).add(replay);
+        continue;
       }
-      for (const sub of [...entry.subs]) sub[DELIVER](event);
+      this.#deliver(entry, event);
     }
-    if (snapshot && --snapshot.left <= 0) this.#snapshotFor = null;
+    if (snapshot && --snapshot.left <= 0) this.#snapshots.shift();
+    for (const replay of filled || []) if (replay.buffer.size >= replay.left) this.#endReplay(replay);
+  }
+
+  #deliver(entry, event) {
+    if (event.pos !== undefined) {
+      if (!isNewer(entry.last, event.pos)) return;
+      advance(entry.last, event.pos);
+    }
+    for (const sub of [...entry.subs]) sub[DELIVER](event);
+  }
+
+  // A replay is complete: its events, in position order, to its subscriptions.
+  #endReplay(replay) {
+    if (!this.#replays.delete(replay)) return;
+    for (const entry of replay.entries) if (entry.replay === replay) entry.replay = null;
+    const events = [...replay.buffer.values()].sort((a, b) => comparePositions(a.pos, b.pos));
+    for (const event of events) {
+      const segments = event.channel.split(".");
+      for (const entry of replay.entries) {
+        if (entry.live && this.#channels.get(entry.channel) === entry
+            && segmentsMatch(entry.segments, segments)) this.#deliver(entry, event);
+      }
+    }
   }
 
   #failed(msg, req) {
@@ -903,6 +1000,7 @@ export class OdinWS extends Emitter {
         for (const channel of live) {
           const entry = this.#channels.get(channel);
           entry.last = new Map();
+          entry.tops = null;
           for (const sub of entry.subs) sub[RECOVERED](result);
         }
         this.#subscribeChannels(live);

@@ -10,12 +10,29 @@
 // script on loopback) and imports the library from
 // http://127.0.0.1:<node port>/odinws.js, as a site would from its node.
 //
+//   node tests/browser/client.test.mjs snapshot <node base url> <last n>
+//   node tests/browser/client.test.mjs sse <node base url>
+//
+// The producer numbers the events of each channel n = 1, 2, 3, … (data.n).
+//
 // reconnect: subscribes to odin.token.*.trade and odin.token.ABC.*, checks
 // each event reaches every subscription whose pattern matches it, prints
-// "READY"; the caller then SIGKILLs the shard holding the connection. Passes
-// when the library noticed (1006), reconnected on its own, subscribed again
-// and receives live events again. (Events missed meanwhile are not
-// recovered: the server keeps no positions yet.)
+// "READY"; the caller then SIGKILLs the shard holding the connection while
+// events keep coming. Passes when the library noticed (1006), reconnected on
+// its own, subscribed again recovering from its positions (recovered: true,
+// replayed > 0), and every channel's events reached each subscription in
+// order, exactly once, with no gap (n consecutive) across the outage.
+//
+// snapshot: the producer has stopped (its last event of each channel is
+// <last n>); a subscription with snapshot: true gets, at once, the latest
+// event of each matching channel marked snapshot, and nothing else (no live
+// event exists to bring it).
+//
+// sse: WebSocket is blocked (the page's WebSocket never opens: what a proxy
+// that refuses upgrades looks like to a browser); the library falls back to
+// Server-Sent Events, gets a snapshot and live events in order, and after
+// the caller SIGKILLs the shard holding the stream ("READY") reconnects over
+// SSE and recovers what it missed, as over WebSocket.
 //
 // token: connects with a 6 s JWT and getToken minting tokens with the
 // secret: the first refresh (before exp) is good, so the connection outlives
@@ -29,8 +46,9 @@ import { createServer } from "node:http";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
-if (!["reconnect", "token"].includes(mode) || !base || (mode === "token" && !secret)) {
-  console.error("usage: node client.test.mjs reconnect|token <node base url> [secret]");
+const MODES = ["reconnect", "token", "snapshot", "sse"];
+if (!MODES.includes(mode) || !base || (["token", "snapshot"].includes(mode) && !secret)) {
+  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse <node base url> [secret|last n]");
   process.exit(2);
 }
 const node = new URL(base);
@@ -60,9 +78,51 @@ const rec = () => page.evaluate(() => window.rec);
 const until = (fn, arg, timeout = WAIT_MS) =>
   page.waitForFunction(fn, arg, { timeout, polling: 100 });
 
-async function open() {
+async function open({blockWebSocket = false} = {}) {
   browser = await launch();
   page = browser.page;
+  // What the page's sockets receive (the last 400 messages, abridged): shown when a check fails.
+  await page.addInitScript(() => {
+    const wire = window.wire = [];
+    const Real = window.WebSocket;
+    window.WebSocket = class RecordedWebSocket extends Real {
+      constructor(...args) {
+        super(...args);
+        this.addEventListener("message", (m) => {
+          try {
+            const msg = JSON.parse(m.data);
+            wire.push(msg.type === "event"
+              ? `${msg.channel} n=${msg.data?.n} pos=${msg.pos}${msg.snapshot ? " snapshot" : ""}`
+              : JSON.stringify(msg));
+            if (wire.length > 400) wire.shift();
+          } catch {}
+        });
+      }
+    };
+  });
+  if (blockWebSocket) {
+    // What a proxy that refuses WebSocket upgrades looks like to a page: the
+    // socket never opens and closes with 1006 (the handshake's status is
+    // not shown). Everything else (fetch, EventSource) passes.
+    await page.addInitScript(() => {
+      window.blockedSockets = 0;
+      window.WebSocket = class BlockedWebSocket extends EventTarget {
+        constructor(url) {
+          super();
+          window.blockedSockets++;
+          this.url = url;
+          this.readyState = 0;
+          setTimeout(() => {
+            this.readyState = 3;
+            this.onerror?.(new Event("error"));
+            this.onclose?.({code: 1006, reason: "", wasClean: false});
+          }, 10);
+        }
+        send() { throw new Error("not open"); }
+        close() {}
+      };
+    });
+  }
   // Minted when asked for: the initial token, two refreshes, then after the 4001.
   const plan = [[6, secret], [6, secret], [6, "not-the-secret-of-at-least-32-bytes"], [300, secret]];
   await page.exposeFunction("nextToken", () => {
@@ -97,9 +157,12 @@ async function start(withAuth) {
     const client = window.client = new window.OdinWS(url, options);
     client.on("state", (s) => rec.states.push({ ...s, at: Date.now() }));
     client.on("error", (e) => rec.errors.push({ ...e, at: Date.now() }));
-    const keep = (list) => (e) => list.push({ channel: e.channel, seq: e.data.seq, at: Date.now() });
+    const keep = (list) => (e) => list.push({ channel: e.channel, seq: e.data.seq, n: e.data.n,
+                                              snapshot: e.snapshot === true, at: Date.now() });
     window.subs = [client.subscribe("odin.token.*.trade", {}, keep(rec.trades)),
                    client.subscribe("odin.token.ABC.*", {}, keep(rec.abc))];
+    rec.recovered = [[], []];
+    window.subs.forEach((s, i) => s.on("recovered", (r) => rec.recovered[i].push(r)));
     client.connect();
   }, { url: WS_URL, withAuth });
   await until(() => window.subs.every((s) => s.state === "subscribed"));
@@ -127,10 +190,30 @@ async function checkDispatch() {
   log(`${trades.length} trades (wildcard token), ${abc.length} ABC events (wildcard type)`);
 }
 
-async function reconnect() {
-  await open();
-  await start(false);
-  await checkDispatch();
+// Each channel's events reached `list` in order, exactly once, without a
+// gap: n consecutive from the first one received. Returns the count.
+function checkSequences(list, label) {
+  const byChannel = new Map();
+  for (const e of list) {
+    if (!byChannel.has(e.channel)) byChannel.set(e.channel, []);
+    byChannel.get(e.channel).push(e.n);
+  }
+  for (const [channel, ns] of byChannel) {
+    for (let i = 1; i < ns.length; i++) {
+      if (ns[i] !== ns[i - 1] + 1) {
+        const what = ns[i] <= ns[i - 1] ? "duplicate or out of order" : `${ns[i] - ns[i - 1] - 1} missed`;
+        throw new Error(`${label}: ${channel} went from n=${ns[i - 1]} to n=${ns[i]} (${what}); ` +
+                        `around: ${JSON.stringify(ns.slice(Math.max(0, i - 5), i + 5))}`);
+      }
+    }
+  }
+  return list.length;
+}
+
+// The shard holding the connection is killed (the caller does it after
+// READY): the library reconnects, recovers every missed event in order and
+// exactly once, and live events follow.
+async function killedAndRecovered() {
   const before = (await rec()).states.length;
   console.log("READY");
   await until((n) => window.rec.states.slice(n).some((s) => s.state === "disconnected"),
@@ -147,6 +230,116 @@ async function reconnect() {
   log(`reconnected and subscribed again (${states.slice(before).map((s) => s.state).join(" > ")})`);
   await eventsFlowAfter(back);
   log("live events flow again on both subscriptions");
+  const r = await rec();
+  log(`recovery answers: ${JSON.stringify(r.recovered)}`);
+  for (const [i, results] of r.recovered.entries()) {
+    if (results.length !== 1 || results[0].recovered !== true) {
+      throw new Error(`subscription ${i}: expected one recovered: true, got ${JSON.stringify(results)}`);
+    }
+  }
+  const replayed = r.recovered.reduce((sum, [x]) => sum + x.replayed, 0);
+  if (replayed === 0) throw new Error("nothing replayed: the outage missed no event?");
+  const n = checkSequences(r.trades, "odin.token.*.trade") + checkSequences(r.abc, "odin.token.ABC.*");
+  log(`${replayed} events replayed after the reconnect; ${n} events in all, every channel's n ` +
+      "consecutive: none missed, none twice, in order");
+}
+
+async function reconnect() {
+  await open();
+  await start(false);
+  await checkDispatch();
+  await killedAndRecovered();
+}
+
+// Subscribe with snapshot: true once the node has the producer's last
+// event of every channel (it stopped producing): the latest event of each
+// matching channel arrives marked snapshot, and nothing else can bring it.
+async function snapshot(lastN) {
+  await open();
+  const deadline = Date.now() + WAIT_MS;
+  for (let attempt = 1; ; attempt++) {
+    const got = await page.evaluate(async (url) => {
+      const client = new window.OdinWS(url);
+      const events = { wild: [], exact: [] };
+      const keep = (list) => (e) => list.push({ channel: e.channel, n: e.data.n, kind: e.data.kind,
+                                                snapshot: e.snapshot === true });
+      const subs = [client.subscribe("odin.token.*.price", { snapshot: true }, keep(events.wild)),
+                    client.subscribe("odin.token.ABC.price", { snapshot: true }, keep(events.exact))];
+      client.connect();
+      const t0 = Date.now();
+      while (!subs.every((s) => s.state === "subscribed") && Date.now() - t0 < 20000) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      // The snapshot follows the ack in the same write: give the page's
+      // event loop a few turns to hand it over, then look.
+      for (let i = 0; i < 20 && (events.wild.length < 3 || events.exact.length < 1); i++) await new Promise((r) => setTimeout(r, 50));
+      client.close();
+      return { events, states: subs.map((s) => s.state) };
+    }, WS_URL);
+    const latest = got.events.wild.filter((e) => e.n === lastN);
+    if (latest.length === 3 || Date.now() > deadline) {
+      log(`attempt ${attempt}: ${JSON.stringify(got)}`);
+      const channels = got.events.wild.map((e) => e.channel).sort();
+      const want = ["odin.token.ABC.price", "odin.token.QRS.price", "odin.token.XYZ.price"];
+      if (JSON.stringify(channels) !== JSON.stringify(want)) {
+        throw new Error(`wildcard snapshot: channels ${JSON.stringify(channels)}, want ${JSON.stringify(want)}`);
+      }
+      if (!got.events.wild.every((e) => e.snapshot && e.n === lastN && e.kind === "price")) {
+        throw new Error(`wildcard snapshot: want each channel's last price (n=${lastN}) marked snapshot`);
+      }
+      const exact = got.events.exact;
+      if (exact.length !== 1 || !exact[0].snapshot || exact[0].n !== lastN
+          || exact[0].channel !== "odin.token.ABC.price") {
+        throw new Error(`exact snapshot: ${JSON.stringify(exact)}`);
+      }
+      log("the current price of every matching channel at once, marked snapshot, nothing else");
+      return;
+    }
+    log(`attempt ${attempt}: the node has not delivered the last events yet; again`);
+  }
+}
+
+// WebSocket blocked: the library falls back to SSE; snapshot, live events,
+// and recovery after the shard holding the stream is killed.
+async function sse() {
+  await open({ blockWebSocket: true });
+  await page.evaluate((url) => {
+    const rec = window.rec = { states: [], errors: [], trades: [], abc: [], prices: [] };
+    const client = window.client = new window.OdinWS(url);  // default transports: websocket, sse
+    client.on("state", (s) => rec.states.push({ ...s, transport: client.transport, at: Date.now() }));
+    client.on("error", (e) => rec.errors.push({ ...e, at: Date.now() }));
+    const keep = (list) => (e) => list.push({ channel: e.channel, seq: e.data.seq, n: e.data.n,
+                                              snapshot: e.snapshot === true, at: Date.now() });
+    window.subs = [client.subscribe("odin.token.*.trade", {}, keep(rec.trades)),
+                   client.subscribe("odin.token.ABC.*", {}, keep(rec.abc))];
+    window.priceSub = client.subscribe("odin.token.XYZ.price", { snapshot: true }, keep(rec.prices));
+    rec.recovered = [[], []];
+    window.subs.forEach((s, i) => s.on("recovered", (r) => rec.recovered[i].push(r)));
+    client.connect();
+  }, WS_URL);
+  await until(() => window.client.state === "connected"
+                 && window.subs.every((s) => s.state === "subscribed"));
+  const first = await page.evaluate(() => ({ transport: window.client.transport,
+                                             blocked: window.blockedSockets }));
+  log(`connected over ${first.transport} after ${first.blocked} blocked WebSocket attempt(s)`);
+  if (first.transport !== "sse" || first.blocked < 1) {
+    throw new Error(`expected the sse fallback after a blocked WebSocket, got ${JSON.stringify(first)}`);
+  }
+  await until(() => window.rec.prices.length >= 2);
+  const prices = (await rec()).prices;
+  if (!prices[0].snapshot || prices.slice(1).some((e) => e.snapshot)) {
+    throw new Error(`expected one snapshot event first, then live: ${JSON.stringify(prices.slice(0, 5))}`);
+  }
+  checkSequences(prices, "odin.token.XYZ.price");
+  log(`snapshot over SSE: XYZ price n=${prices[0].n} first, then live n=${prices[1].n}`);
+  await checkDispatch();
+  await killedAndRecovered();
+  const transports = new Set((await rec()).states.filter((s) => s.state === "connected")
+                                                 .map((s) => s.transport));
+  if (transports.size !== 1 || !transports.has("sse")) {
+    throw new Error(`connected over ${[...transports]}, want sse only`);
+  }
+  log("reconnected over SSE and recovered there too");
 }
 
 async function token() {
@@ -179,7 +372,10 @@ async function token() {
 
 let failed = false;
 try {
-  await (mode === "reconnect" ? reconnect() : token());
+  if (mode === "reconnect") await reconnect();
+  else if (mode === "token") await token();
+  else if (mode === "snapshot") await snapshot(Number(secret));
+  else await sse();
   // Refused attempts while a shard restarts log connection errors in the
   // console; only script errors count.
   const scriptErrors = browser.problems.filter((p) => p.startsWith("page error"));
@@ -189,6 +385,10 @@ try {
   console.error(`client library check failed: ${e.message}`);
   if (browser?.problems.length) console.error(browser.problems.join("\n"));
   if (page) console.error(`recorded: ${JSON.stringify(await rec().catch(() => null))?.slice(0, 4000)}`);
+  if (page) {
+    const wire = await page.evaluate(() => window.wire).catch(() => []);
+    console.error(`the socket received (last ${wire.length}):\n${wire.join("\n")}`);
+  }
 } finally {
   if (browser) await browser.close();
   site.close();

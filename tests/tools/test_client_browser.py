@@ -46,18 +46,31 @@ class ClientBrowserCase(unittest.TestCase):
         self.node.start()
         self._produce()
 
+    #: Rounds to produce, then stop (None: until the test ends).
+    rounds: int | None = None
+
     def _produce(self) -> None:
-        """Trades and prices of three tokens, every 50 ms, until the test ends."""
+        """
+        Trades and prices of three tokens, every 50 ms, until the test ends
+        (or for C{rounds} rounds). C{seq} counts all events, C{n} each
+        channel's (1, 2, 3, ...: a gap or a repeat shows in the browser).
+        """
         stop = threading.Event()
+        self.produced = threading.Event()
 
         def run():
             seq = 0
-            while not stop.wait(0.05):
+            rounds = 0
+            while not stop.wait(0.05) and rounds != self.rounds:
+                rounds += 1
                 for token in ("ABC", "XYZ", "QRS"):
                     for kind in ("trade", "price"):
                         seq += 1
-                        self.broker.produce(self.topic, token.encode(),
-                                            json.dumps({"kind": kind, "seq": seq}).encode())
+                        self.broker.produce(self.topic, token.encode(), json.dumps(
+                            {"kind": kind, "seq": seq, "n": rounds}).encode())
+                if rounds == self.rounds:
+                    self.broker.flush()
+                    self.produced.set()
             self.broker.flush()
 
         thread = threading.Thread(target=run, daemon=True)
@@ -76,29 +89,67 @@ class ClientBrowserCase(unittest.TestCase):
                          f"odinws log tail:\n{self.node.tail()}")
 
 
-class ReconnectTests(ClientBrowserCase):
-    shards = 2
-
-    def test_reconnects_after_its_shard_is_killed(self):
-        """
-        The library loads cross-origin from /odinws.js, subscribes with a
-        wildcard token and a wildcard event type and hands each event to every
-        matching subscription; when the shard holding its connection is
-        SIGKILLed (the parent restarts it), it sees 1006, reconnects on its
-        own, subscribes again and receives live events again.
-        """
-        script = self.script("reconnect", f"http://127.0.0.1:{self.node.port}")
-        script.wait_line("READY", 120)
-
+    def kill_holder(self) -> int:
+        """SIGKILL the one shard holding a connection (the browser's); its pid."""
         def holder():
             shards = self.node.health()[1]["shards"]
             held = [s["pid"] for s in shards if s["alive"] and s["connections"] > 0]
             return held[0] if len(held) == 1 else None
         victim = wait_for(holder, 30, 0.1, "the shard holding the browser's connection")
         os.kill(victim, signal.SIGKILL)
+        return victim
+
+
+class ReconnectTests(ClientBrowserCase):
+    shards = 2
+
+    def test_reconnects_after_its_shard_is_killed_and_recovers(self):
+        """
+        The library loads cross-origin from /odinws.js, subscribes with a
+        wildcard token and a wildcard event type and hands each event to every
+        matching subscription; when the shard holding its connection is
+        SIGKILLed (the parent restarts it) while events keep coming, it sees
+        1006, reconnects on its own, subscribes again with the positions it
+        saw, and gets every event it missed, in order and exactly once (each
+        channel's n consecutive in each subscription), then live events.
+        """
+        script = self.script("reconnect", f"http://127.0.0.1:{self.node.port}")
+        script.wait_line("READY", 120)
+        victim = self.kill_holder()
         self.assertPassed(script)
         shards = self.node.health()[1]["shards"]
         self.assertNotIn(victim, [s["pid"] for s in shards])
+
+
+class SnapshotTests(ClientBrowserCase):
+    rounds = 20
+
+    def test_snapshot_shows_the_current_price_at_once(self):
+        """
+        With the producer stopped after its 20th price per token, a
+        subscription with snapshot: true (wildcard and exact) gets the latest
+        price of every matching channel at once, marked snapshot: nothing
+        live could bring it.
+        """
+        self.assertTrue(self.produced.wait(60), "the producer did not finish")
+        script = self.script("snapshot", f"http://127.0.0.1:{self.node.port}", str(self.rounds))
+        self.assertPassed(script)
+
+
+class SseFallbackTests(ClientBrowserCase):
+    shards = 2
+
+    def test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there(self):
+        """
+        The page's WebSocket never opens (a proxy refusing upgrades): the
+        library falls back to Server-Sent Events, gets a snapshot then live
+        events, and after the shard holding the stream is SIGKILLed it
+        reconnects over SSE and recovers every missed event, in order, once.
+        """
+        script = self.script("sse", f"http://127.0.0.1:{self.node.port}")
+        script.wait_line("READY", 120)
+        self.kill_holder()
+        self.assertPassed(script)
 
 
 class TokenTests(ClientBrowserCase):

@@ -74,14 +74,16 @@ test("positions come from the ack and from events; a reconnect recovers from the
   const [again] = reconnect(c);
   assert.deepEqual(again.since, [pos(0, 10), pos(1, 25)]);
   assert.equal(sub.state, "pending");
-  // The replay follows the ack; the tops count only once it is through.
+  // The replay follows the ack; the tops count once an event past them came.
   c.ws().receive({type: "subscribed", channels: again.channels, id: again.id, recovered: true,
                   replayed: 2, positions: [pos(0, 14), pos(1, 30), pos(2, 5)]});
   assert.deepEqual(sub.positions, [pos(0, 10), pos(1, 25), pos(2, 5)], "a new partition at once");
   c.ws().receive(event("odin.token.A.trade", 0, 12));
   c.ws().receive(event("odin.token.A.trade", 1, 27));
-  assert.deepEqual(c.got(sub), [21, 25, 12, 27]);
-  assert.deepEqual(sub.positions, [pos(0, 14), pos(1, 30), pos(2, 5)]);
+  assert.deepEqual(sub.positions, [pos(0, 12), pos(1, 27), pos(2, 5)]);
+  c.ws().receive(event("odin.token.A.trade", 0, 15));
+  assert.deepEqual(c.got(sub), [21, 25, 12, 27, 15]);
+  assert.deepEqual(sub.positions, [pos(0, 15), pos(1, 30), pos(2, 5)]);
   assert.deepEqual(sub.results, [{recovered: true, reason: null, replayed: 2, snapshot: 0}]);
 });
 
@@ -231,8 +233,69 @@ test("every positionsRefresh seconds the held channels ask for the current posit
   assert.deepEqual([ask.channels, ask.since, ask.snapshot], [["odin.token.A.trade"], [], undefined]);
   c.ws().receive({type: "subscribed", channels: ask.channels, id: ask.id, recovered: true,
                   replayed: 0, positions: [pos(0, 40), pos(1, 80)]});
-  assert.deepEqual(sub.positions, [pos(0, 40), pos(1, 80)]);
+  // Events queued before the ack may still come (acks overtake them): the
+  // tops count after an event past them, or at the next ack if none came.
+  assert.deepEqual(sub.positions, [pos(0, 11), pos(1, 10)]);
+  c.ws().receive(event("odin.token.A.trade", 0, 39));
+  assert.deepEqual(c.got(sub), [11, 39]);
+  c.ws().receive(event("odin.token.A.trade", 0, 41));
+  assert.deepEqual(sub.positions, [pos(0, 41), pos(1, 80)]);
   assert.deepEqual(sub.results, [], "no recovery to report");
   c.clock.advance(60000);
-  assert.equal(c.ws().take().length, 1, "and again");
+  const [next] = c.ws().take();
+  c.ws().receive({type: "subscribed", channels: next.channels, id: next.id, recovered: true,
+                  replayed: 0, positions: [pos(0, 50), pos(1, 90)]});
+  assert.deepEqual(sub.positions, [pos(0, 41), pos(1, 80)]);
+  c.clock.advance(60000);
+  const [third] = c.ws().take();
+  c.ws().receive({type: "subscribed", channels: third.channels, id: third.id, recovered: true,
+                  replayed: 0, positions: [pos(0, 50), pos(1, 95)]});
+  assert.deepEqual(sub.positions, [pos(0, 50), pos(1, 90)], "no event since the last ack");
+});
+
+test("acks may overtake queued events: a replay is collected and handed over in order, once", () => {
+  // What a real node does: the second subscribe's ack is written before the
+  // first one's replay, and the second one's replay repeats events of the
+  // first one's that match both.
+  const c = connected([["odin.token.*.trade", {}], ["odin.token.A.*", {}]]);
+  const [trades, a] = c.subs;
+  const [first] = c.ws().take();
+  c.ws().receive({type: "subscribed", channels: first.channels, id: first.id, recovered: true,
+                  replayed: 0, positions: [pos(0, 10), pos(1, 10)]});
+  c.ws().receive(event("odin.token.A.trade", 0, 11));
+  c.ws().receive(event("odin.token.B.trade", 1, 11));
+  c.ws().receive(event("odin.token.A.price", 0, 12));
+  const again = reconnect(c);
+  assert.deepEqual(again.map((m) => m.since), [[pos(0, 11), pos(1, 11)], [pos(0, 12), pos(1, 10)]]);
+  c.ws().receive({type: "subscribed", channels: again[0].channels, id: again[0].id,
+                  recovered: true, replayed: 3, positions: [pos(0, 16), pos(1, 14)]});
+  c.ws().receive({type: "subscribed", channels: again[1].channels, id: again[1].id,
+                  recovered: true, replayed: 3, positions: [pos(0, 16), pos(1, 14)]});
+  // The first replay: A.trade 13 and 15 (partition 0), B.trade 14 (partition 1).
+  c.ws().receive(event("odin.token.A.trade", 0, 13));
+  c.ws().receive(event("odin.token.A.trade", 0, 15));
+  c.ws().receive(event("odin.token.B.trade", 1, 14));
+  assert.deepEqual(c.got(a), [11, 12], "A.* waits for its own replay");
+  // The second replay: A.trade 13 and 15 again, A.price 16.
+  c.ws().receive(event("odin.token.A.trade", 0, 13));
+  c.ws().receive(event("odin.token.A.trade", 0, 15));
+  assert.equal(c.got(a).length, 2);
+  c.ws().receive(event("odin.token.A.price", 0, 16));
+  c.ws().receive(event("odin.token.A.trade", 0, 17));  // live
+  assert.deepEqual(c.got(trades), [11, 11, 13, 15, 14, 17]);
+  assert.deepEqual(c.got(a), [11, 12, 13, 15, 16, 17]);
+});
+
+test("a replay ends at the first event past its tops, however many came", () => {
+  const c = connected([["odin.token.A.trade", {}]]);
+  const [sub] = c.subs;
+  const [first] = c.ws().take();
+  c.ws().receive({type: "subscribed", channels: first.channels, id: first.id, recovered: true,
+                  replayed: 0, positions: [pos(0, 10)]});
+  const [again] = reconnect(c);
+  c.ws().receive({type: "subscribed", channels: again.channels, id: again.id, recovered: true,
+                  replayed: 3, positions: [pos(0, 20)]});
+  c.ws().receive(event("odin.token.A.trade", 0, 12));
+  c.ws().receive(event("odin.token.A.trade", 0, 21));  // one replayed event never came
+  assert.deepEqual(c.got(sub), [12, 21]);
 });
