@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
+import time
 from urllib.parse import quote
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
-__all__ = ["SseMessage", "SseParser", "StreamClient", "sse_request"]
+__all__ = ["SseMessage", "SseParser", "SseSocket", "StreamClient", "sse_request"]
 
 _ports = itertools.count(50000)
 
@@ -159,3 +161,78 @@ class StreamClient:
         msgs = self.messages()
         assert all(m.event is None for m in msgs), msgs
         return [m.json() for m in msgs]
+
+
+class SseSocket:
+    """
+    A raw-socket SSE client of a real node (what curl does): one GET, the
+    status and headers, then SSE messages as they come, read with a deadline.
+    """
+
+    def __init__(self, port: int, query: dict | None = None, headers: tuple[str, ...] = (),
+                 path: str = "/sse", timeout: float = 10.0, rcvbuf: int | None = None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:   # a small window: a client that stops reading stalls soon
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.sendall(sse_request(path, query, headers))
+        self.parser = SseParser()
+        self.pending: list[SseMessage] = []
+        self.closed = False
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in buf:
+            chunk = self._recv(deadline)
+            if not chunk:
+                raise ConnectionError(f"closed before an answer: {buf!r}")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ", 2)[1])
+        self.headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        self.body = b""
+        if self.status != 200:
+            self.body = rest
+            while len(self.body) < int(self.headers.get("content-length", 0)):
+                chunk = self._recv(deadline)
+                if not chunk:
+                    break
+                self.body += chunk
+            self.close()
+        else:
+            self.pending += self.parser.feed(rest)
+
+    def _recv(self, deadline: float) -> bytes:
+        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        return self.sock.recv(65536)
+
+    def error(self) -> dict:
+        return json.loads(self.body)
+
+    def next(self, timeout: float = 10.0, comments: bool = False) -> SseMessage:
+        """The next message; TimeoutError past C{timeout}; EOFError once the stream ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.pending:
+                msg = self.pending.pop(0)
+                if comments or msg.comment is None:
+                    return msg
+            if self.closed:
+                raise EOFError("stream ended")
+            if time.monotonic() >= deadline:
+                raise TimeoutError("no SSE message")
+            try:
+                chunk = self._recv(deadline)
+            except socket.timeout:
+                raise TimeoutError("no SSE message") from None
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.closed = True
+            else:
+                self.pending += self.parser.feed(chunk)
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()

@@ -1,0 +1,221 @@
+"""
+Server-Sent Events and subscribe by URL end to end (issue 14): the real
+broker, real C{twistd odinws} nodes with real shard processes, a raw-socket
+SSE client (what curl does) and the C{websockets} library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+
+from twisted.trial import unittest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.helpers import FAST_KAFKA, SseSocket
+from tests.helpers.broker import shared_broker
+from tests.helpers.node import Node, http_get, wait_for
+
+ALL = "odin.token.*.*"
+
+
+class SseNodeCase(unittest.TestCase):
+    shards = 2
+    partitions = 2
+
+    def setUp(self):
+        self.broker = shared_broker()
+        self.topic = f"sse-{uuid.uuid4().hex[:8]}"
+        self.broker.create_topics([self.topic], partitions=self.partitions)
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.seq = 0
+        self.produced: dict[int, list[int]] = {}
+
+    def node(self, **extra) -> Node:
+        settings = dict(FAST_KAFKA)
+        settings.update({"kafka.topics": {self.topic: "trade"}, "listen.restart_hold": 0})
+        settings.update(extra)
+        node = Node(self.workdir, self.broker.bootstrap, shards=self.shards, settings=settings)
+        self.addCleanup(node.stop)
+        return node.start()
+
+    def produce(self, count: int, pad: int = 0) -> None:
+        for _ in range(count):
+            token = self.seq % 3
+            partition = token % self.partitions
+            value = {"seq": self.seq}
+            if pad:
+                value["pad"] = "x" * pad
+            self.broker.produce(self.topic, b"T%d" % token, json.dumps(value).encode(),
+                                partition=partition)
+            self.produced.setdefault(partition, []).append(self.seq)
+            self.seq += 1
+        self.broker.flush()
+
+    def stream(self, node: Node, query: dict, headers: tuple[str, ...] = (),
+               **kw) -> SseSocket:
+        def attempt():
+            try:
+                s = SseSocket(node.port, query, headers, **kw)
+            except OSError:
+                return None
+            if s.status == 503:    # a shard due back: retry, as EventSource would
+                return None
+            return s
+        s = wait_for(attempt, 30, 0.1, "a stream")
+        self.addCleanup(s.close)
+        return s
+
+    def read(self, s: SseSocket, got: dict[int, list[int]], total: int,
+             ids: list[str] | None = None) -> None:
+        """Read events until C{total} seqs arrived, by partition."""
+        def enough():
+            if sum(map(len, got.values())) >= total:
+                return True
+            try:
+                msg = s.next(0.5)
+            except TimeoutError:
+                return False
+            if msg.event is None:
+                event = msg.json()
+                partition = int(event["pos"].split(":")[1])
+                got.setdefault(partition, []).append(event["data"]["seq"])
+                if ids is not None:
+                    ids.append(msg.id)
+            return sum(map(len, got.values())) >= total
+        wait_for(enough, 60, 0, f"{total} events")
+
+    def metric(self, node: Node, name: str, *parts: str) -> float:
+        """The sum of the samples of C{name} whose line has every one of C{parts}."""
+        _, _, body = http_get(node.port, "/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and line[len(name)] in "{ " and \
+                    all(p in line for p in parts):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+class StreamTests(SseNodeCase):
+    shards = 1
+
+    def test_events_arrive_with_vector_ids(self):
+        """
+        A raw GET /sse gets text/event-stream: the subscribed event, then every
+        produced event in order per partition, each with the WebSocket JSON
+        (pos included) and an id naming every partition delivered so far.
+        """
+        node = self.node()
+        s = self.stream(node, {"channels": ALL})
+        self.assertEqual(s.status, 200)
+        self.assertTrue(s.headers["content-type"].startswith("text/event-stream"))
+        ack = s.next()
+        self.assertEqual((ack.event, ack.json()["channels"]), ("subscribed", [ALL]))
+        self.produce(12)
+        got: dict[int, list[int]] = {}
+        ids: list[str] = []
+        self.read(s, got, 12, ids)
+        self.assertEqual(got, self.produced)
+        self.assertTrue(all(i and i.startswith(self.topic + "~") for i in ids), ids)
+        # Once both partitions delivered, the id names both.
+        self.assertRegex(ids[-1], rf"^{self.topic}~[0-9a-z]+~0:\d+,1:\d+$")
+
+    def test_bad_input_answers_before_the_stream_and_is_counted(self):
+        """
+        A bad channel list and a bad Last-Event-ID get 400 with a JSON body
+        (no stream), counted in the node's rejected-connections metric.
+        """
+        node = self.node()
+        s = SseSocket(node.port, {"channels": "odin.token.A.b.c"})
+        self.assertEqual((s.status, s.error()["code"]), (400, "invalid_channel"))
+        s = SseSocket(node.port, {"channels": ALL}, ("Last-Event-ID: nonsense~",))
+        self.assertEqual((s.status, s.error()["code"]), (400, "invalid_position"))
+        s = SseSocket(node.port, {})
+        self.assertEqual((s.status, s.error()["code"]), (400, "invalid_message"))
+        wait_for(lambda: self.metric(node, "odinws_rejected_connections_total", 'status="400"',
+                                     'reason="invalid_') >= 3, 10, 0.3, "the refusals counted")
+
+    def test_subscribe_by_url_over_websocket(self):
+        """
+        /ws?channels=... with the websockets library: the first message is
+        the ack, events follow; a bad list refuses the upgrade with 400 and
+        a JSON body.
+        """
+        node = self.node()
+        with connect(node.url("/ws?channels=" + ALL), open_timeout=10) as ws:
+            self.assertEqual(json.loads(ws.recv(10)), {"type": "subscribed", "channels": [ALL]})
+            self.produce(3)
+            events = [json.loads(ws.recv(10)) for _ in range(3)]
+            self.assertEqual(sorted(e["data"]["seq"] for e in events), [0, 1, 2])
+        with self.assertRaises(InvalidStatus) as caught:
+            connect(node.url("/ws?channels=nope"), open_timeout=10)
+        response = caught.exception.response
+        self.assertEqual(response.status_code, 400)
+        self.assertEqual(json.loads(response.body)["code"], "invalid_channel")
+
+
+class SlowStreamTests(SseNodeCase):
+    shards = 1
+
+    def test_disconnect_policy_closes_a_stream_that_stops_reading(self):
+        """
+        Under the disconnect policy a stream whose client stops reading is
+        closed once over outbound.max_buffer_bytes for the grace, with a
+        close event 4008 at the end of what it still gets, and counted.
+        """
+        node = self.node(**{"outbound.policy": {"default": "disconnect"},
+                            "outbound.max_buffer_bytes": 8192, "kafka.max_record_bytes": 8192,
+                            "outbound.kernel_unsent_bytes": 4096,
+                            "outbound.disconnect_grace": 0.5})
+        s = self.stream(node, {"channels": ALL}, rcvbuf=4096)
+        s.next()
+        for _ in range(10):
+            self.produce(50, pad=2000)
+            if self.metric(node, "odinws_slow_disconnects_total") >= 1:
+                break
+        wait_for(lambda: self.metric(node, "odinws_slow_disconnects_total") >= 1, 30, 0.3,
+                 "a slow disconnect")
+        last = None
+        while True:
+            try:
+                last = s.next(10)
+            except EOFError:
+                break
+        self.assertEqual((last.event, last.json()["code"]), ("close", 4008))
+
+
+class ShardCrashTests(SseNodeCase):
+    def test_last_event_id_after_sigkill_recovers_every_missed_event_once(self):
+        """
+        SIGKILL of the shard holding the stream; events keep coming; the
+        client reconnects as EventSource does (same URL, Last-Event-ID = the
+        last id it saw) to whichever shard takes it and gets recovered: true,
+        every event of the outage once and in order, then live ones.
+        """
+        node = self.node()
+        got: dict[int, list[int]] = {}
+        s = self.stream(node, {"channels": ALL})
+        s.next()
+        self.produce(2 * self.partitions)                  # every partition has a log
+        self.read(s, got, self.seq)
+        self.produce(10)
+        self.read(s, got, self.seq)
+        last_id = s.parser.last_id
+        holder = [h for h in node.health()[1]["shards"] if h["connections"] == 1]
+        self.assertEqual(len(holder), 1)
+        os.kill(holder[0]["pid"], signal.SIGKILL)
+        with self.assertRaises(EOFError):
+            while True:
+                s.next(10)
+        self.produce(30)                                   # during the outage
+        again = self.stream(node, {"channels": ALL}, (f"Last-Event-ID: {last_id}",))
+        ack = again.next()
+        self.assertEqual(ack.event, "subscribed")
+        self.assertTrue(ack.json()["recovered"], ack.data)
+        self.produce(10)                                   # live after recovery
+        self.read(again, got, self.seq)
+        self.assertEqual(got, self.produced)
