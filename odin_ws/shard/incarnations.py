@@ -15,7 +15,8 @@ Used from the consumer thread only; every call is bounded by C{timeout}.
 from __future__ import annotations
 
 from concurrent.futures import wait
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient

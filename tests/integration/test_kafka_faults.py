@@ -113,7 +113,7 @@ class BrokerReplacedTests(unittest.TestCase):
         expected = sorted(seq for _, seq in after)
         for c in clients:
             try:
-                wait_for(lambda: len(self.drain(c)) >= len(after), timeout=30,
+                wait_for(lambda c=c: len(self.drain(c)) >= len(after), timeout=30,
                          what="the events produced after recovery")
             except AssertionError:
                 pass  # the comparison below says which are missing
@@ -160,11 +160,17 @@ class HungBrokerTests(unittest.TestCase):
         which /health reads (librdkafka alone keeps the broker "UP").
         """
         node = self.start()
-        kafka = lambda: node.health()[1]["shards"][0]["kafka"]  # noqa: E731
+
+        def kafka() -> dict:
+            return node.health()[1]["shards"][0]["kafka"]
+
+        def disconnected() -> dict | None:
+            status = kafka()
+            return None if status["connected"] else status
+
         self.assertTrue(kafka()["connected"])
         self.freeze()
-        status = wait_for(lambda: (lambda k: k if not k["connected"] else None)(kafka()),
-                          timeout=30, what="Kafka reported not connected")
+        status = wait_for(disconnected, timeout=30, what="Kafka reported not connected")
         self.assertEqual(status["state"], "unresponsive")
         self.assertIn("has not answered", status["last_error"])
 

@@ -224,13 +224,15 @@ class RulesTests(unittest.TestCase):
         """
         The failures an operator must hear about each have an alert: node
         down or not ready, no shard alive, crash-looping shard, Kafka
-        unreachable or lag growing, slow delivery, drops, memory.
+        unreachable or lag growing, slow delivery, drops, memory, events lost
+        as duplicates, a topic's log started over.
         """
         alerts = {r["alert"] for r in self.rules if "alert" in r}
         self.assertLessEqual({"OdinwsDown", "OdinwsNotReady", "OdinwsNoShardsAlive",
                               "OdinwsShardCrashLooping", "OdinwsKafkaDisconnected",
                               "OdinwsKafkaLagGrowing", "OdinwsDeliveryLatencyHigh",
-                              "OdinwsEventsDropped", "OdinwsMemoryNearLimit"}, alerts)
+                              "OdinwsEventsDropped", "OdinwsMemoryNearLimit",
+                              "OdinwsDuplicatesSustained", "OdinwsKafkaLogReset"}, alerts)
 
     def test_exprsUseExportedMetrics(self):
         """

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted.logger import formatEvent, globalLogPublisher
-
 from odin_ws.common.commands import Deliver
-from odin_ws.common.logs import AUDIT_NAMESPACE
 from odin_ws.common.events import Event, decode_batch, encode_batch
+from odin_ws.common.logs import AUDIT_NAMESPACE
 from odin_ws.parent.hub import Hub
 from tests.helpers import sample
 
@@ -92,7 +91,7 @@ class HubTests(SynchronousTestCase):
         When a partition moves to another shard that re-reads overlapping
         offsets, every shard still gets each offset exactly once.
         """
-        self.hub.publish(0, batch(4, range(0, 5)))
+        self.hub.publish(0, batch(4, range(5)))
         # After the rebalance shard 1 owns partition 4 and re-reads from 3.
         self.hub.publish(1, batch(4, range(3, 8)))
         self.assertEqual(self.shards[2].offsets(), [(4, o) for o in range(8)])
@@ -113,8 +112,8 @@ class HubTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, audited.append)
         self.hub.publish(0, batch(4, range(100, 103), epoch="old"))
         self.hub.publish(0, batch(5, range(50, 51), epoch="old"))
-        self.hub.publish(0, batch(4, range(0, 3), epoch="new"))
-        self.hub.publish(0, batch(5, range(0, 1), epoch="new"))
+        self.hub.publish(0, batch(4, range(3), epoch="new"))
+        self.hub.publish(0, batch(5, range(1), epoch="new"))
         self.hub.publish(1, batch(4, [102], epoch="old"))       # late, from the old log
         self.hub.publish(1, batch(4, range(1, 4), epoch="new"))  # re-read after a move
         self.assertEqual(self.shards[2].offsets(),
@@ -133,7 +132,7 @@ class HubTests(SynchronousTestCase):
         made without an epoch takes the first known one without a reset.
         """
         resets = sample("odinws_offset_resets_total", reason="topic_changed")
-        self.hub.publish(0, batch(4, range(0, 3)))
+        self.hub.publish(0, batch(4, range(3)))
         self.hub.publish(0, batch(4, range(3, 5), epoch="e1"))
         self.hub.publish(0, batch(4, range(2, 6)))
         self.hub.publish(0, batch(4, range(4, 7), epoch="e1"))

@@ -29,7 +29,7 @@ class ShardDedupTests(ShardTestCase):
         self.subscribe(client, "odin.token.ABC.trade")
         resets = sample("odinws_offset_resets_total", reason="topic_changed")
         self.shard.deliver([self.event(o, "old", o) for o in range(100, 103)])
-        self.shard.on_kafka_batch([self.event(o, "new", 1000 + o) for o in range(0, 2)])
+        self.shard.on_kafka_batch([self.event(o, "new", 1000 + o) for o in range(2)])
         self.shard.deliver([self.event(1, "new", 1001), self.event(2, "new", 1002),
                             self.event(103, "old", 103)])
         self.advance(0)

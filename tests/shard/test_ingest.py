@@ -17,8 +17,8 @@ import uuid
 from confluent_kafka import Consumer, TopicPartition
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.threads import deferToThread
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
