@@ -36,7 +36,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
-from odin_ws.common.config import Config
 from odin_ws.common.events import Event
 from odin_ws.common.logs import audit
 from odin_ws.common.settings import Settings
@@ -71,16 +70,14 @@ class KafkaIngest(Service):
     a session timeout (a member's own bound for the coordinator), or when the
     consumer's statistics stop coming.
 
-    @param settings: the process's L{Settings} (a L{Config} is converted).
+    @param settings: the process's L{Settings}.
     """
 
     name = "kafka"
 
-    def __init__(self, reactor: Any, settings: Settings | Config, mapper: RecordMapper,
+    def __init__(self, reactor: Any, settings: Settings, mapper: RecordMapper,
                  on_batch: Callable[[list[Event]], Deferred | None],
                  max_pending: int = MAX_PENDING):
-        if isinstance(settings, Config):
-            settings = Settings.from_config(settings)
         self._reactor = reactor
         self._settings = settings
         self._mapper = mapper
