@@ -13,6 +13,7 @@ import signal
 import threading
 import uuid
 
+from twisted.python import log
 from twisted.trial import unittest
 
 from tests.helpers import FAST_KAFKA
@@ -84,9 +85,11 @@ class ClientBrowserCase(unittest.TestCase):
         return script
 
     def assertPassed(self, script: BrowserScript, timeout: float = 240) -> None:
-        self.assertEqual(script.finish(timeout), 0,
-                         f"browser check failed:\n{script.output()}\n"
-                         f"odinws log tail:\n{self.node.tail()}")
+        status = script.finish(timeout)
+        output = script.output()
+        log.msg(f"browser check ({status}):\n{output}")   # in _trial_temp/test.log
+        self.assertEqual(status, 0, f"browser check failed:\n{output}\n"
+                                    f"odinws log tail:\n{self.node.tail()}")
 
 
     def kill_holder(self) -> int:
