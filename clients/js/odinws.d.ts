@@ -9,7 +9,11 @@ export interface OdinEvent<T = unknown> {
   data: T;
   /** Event time, milliseconds since the Unix epoch. */
   ts: number;
-  /** Fields a later server adds (e.g. a position). */
+  /** The event's position "<topic>:<partition>:<epoch>:<offset>" (opaque; for recovery). */
+  pos?: string;
+  /** True on the events of a snapshot (the latest event of a channel at subscribe time). */
+  snapshot?: true;
+  /** Fields a later server adds. */
   [field: string]: unknown;
 }
 
@@ -41,6 +45,7 @@ export type SubscriptionState = "pending" | "subscribed" | "failed" | "unsubscri
 
 export interface TestEnv {
   WebSocket?: { new (url: string, protocols?: string[]): WebSocket };
+  EventSource?: { new (url: string): EventSource };
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (timer: unknown) => void;
   now?: () => number;
@@ -52,8 +57,19 @@ export interface OdinWSOptions {
   token?: string;
   /** Gives a fresh JWT: called before the token's exp and after a 4001 close. */
   getToken?: () => Promise<string> | string;
-  /** Transports in the order to try them; default ["websocket"]. */
+  /**
+   * Transports in the order to try them; default ["websocket", "sse"]: when
+   * one fails to open, the next is tried at once.
+   */
   transports?: string[];
+  /** URL of the node's Server-Sent Events path; default the WebSocket URL with http(s) and …/sse. */
+  sseUrl?: string;
+  /**
+   * Seconds between asking the server for the current positions (keeps the
+   * positions of partitions without events for a subscription inside the
+   * server's history window); default 60, 0: never. WebSocket only.
+   */
+  positionsRefresh?: number;
   /** Reconnect backoff base and cap in seconds; default 0.5 and 30. */
   backoffBase?: number;
   backoffCap?: number;
@@ -69,9 +85,35 @@ export interface OdinWSOptions {
   env?: TestEnv;
 }
 
-/** Subscription options; reserved for recovery and snapshots. */
 export interface SubscribeOptions {
-  [option: string]: unknown;
+  /**
+   * After a reconnect, get the events missed meanwhile (default true); a
+   * "recovered" event says whether that was possible.
+   */
+  recover?: boolean;
+  /**
+   * First the latest event of each matching channel (marked snapshot: true);
+   * again after a reconnect that could not recover.
+   */
+  snapshot?: boolean;
+  /** Positions to recover from (e.g. a stored `sub.positions`). */
+  since?: string[];
+}
+
+/** What a resubscription's recovery did (Subscription "recovered" event). */
+export interface Recovery {
+  /** true: every event missed was replayed (before any live one); false: the app should refetch. */
+  recovered: boolean;
+  /**
+   * Why not: too_old, ahead, other_epoch, unknown_partition, too_large, or
+   * the error code of positions the server refused (invalid_position,
+   * unknown_position, too_many_positions).
+   */
+  reason: string | null;
+  /** Events replayed (over SSE: the stream's, for all its channels). */
+  replayed: number;
+  /** Snapshot events sent instead (with snapshot: true, when not recovered). */
+  snapshot: number;
 }
 
 interface Events<M> {
@@ -84,11 +126,18 @@ export interface SubscriptionStateChange {
   error: { code: string; message: string } | null;
 }
 
+interface SubscriptionEvents {
+  state: SubscriptionStateChange;
+  recovered: Recovery;
+}
+
 /** Made by OdinWS.subscribe(). */
-export class Subscription implements Events<{ state: SubscriptionStateChange }> {
+export class Subscription implements Events<SubscriptionEvents> {
   private constructor();
-  on<K extends "state">(event: K, fn: (value: SubscriptionStateChange) => void): () => void;
-  off<K extends "state">(event: K, fn: (value: SubscriptionStateChange) => void): void;
+  on<K extends keyof SubscriptionEvents>(event: K, fn: (value: SubscriptionEvents[K]) => void): () => void;
+  off<K extends keyof SubscriptionEvents>(event: K, fn: (value: SubscriptionEvents[K]) => void): void;
+  /** The last position seen per partition, sorted: what the next recovery sends. */
+  readonly positions: string[];
   readonly channel: string;
   readonly options: SubscribeOptions;
   readonly state: SubscriptionState;
@@ -101,6 +150,8 @@ export class OdinWS implements Events<{ state: StateChange; error: OdinError }> 
   constructor(url: string, options?: OdinWSOptions);
   readonly url: string;
   readonly state: ConnectionState;
+  /** The transport of the current (or last) connection. */
+  readonly transport: "websocket" | "sse" | string | null;
   on<K extends "state" | "error">(
     event: K, fn: (value: { state: StateChange; error: OdinError }[K]) => void): () => void;
   off<K extends "state" | "error">(
@@ -114,21 +165,48 @@ export class OdinWS implements Events<{ state: StateChange; error: OdinError }> 
   ping(): Promise<number>;
 }
 
-export const DEFAULTS: Readonly<Required<Omit<OdinWSOptions, "token" | "getToken" | "env">>>;
+export const DEFAULTS: Readonly<Required<Omit<OdinWSOptions, "token" | "getToken" | "env" | "sseUrl">>>;
 export function backoffDelay(attempt: number, base?: number, cap?: number,
                              random?: () => number): number;
 export function matches(pattern: string, channel: string): boolean;
 export function tokenExpiry(token: string | null | undefined): number | null;
+/** A position's partition ("<topic>:<partition>"), stream (… ":<epoch>") and offset; null if none. */
+export function parsePosition(pos: unknown): { partition: string; stream: string; offset: string } | null;
+/** Is `pos` newer than what `last` (partition -> position) holds for its partition? */
+export function isNewer(last: Map<string, string>, pos: string): boolean;
+/** The SSE URL of a node's WebSocket URL (http(s), path …/ws -> …/sse). */
+export function sseUrlOf(url: string): string;
+/** The URL of one SSE stream (channels, since, snapshot, token in the query). */
+export function sseStreamUrl(base: string,
+                             plan: { channels: string[]; since?: string[]; snapshot?: boolean },
+                             token: string | null): string;
+/** The positions of an SSE event id (the shard's position vector). */
+export function vectorPositions(id: string): string[];
 
 export interface TransportHandlers {
   open(): void;
-  message(msg: Record<string, unknown>): void;
+  /** `meta.vector`: the position vector the message carries (SSE ids). */
+  message(msg: Record<string, unknown>, meta?: { vector?: string }): void;
   close(why: { code: number; text?: string; retryAfter?: number }): void;
 }
 export interface Transport {
   send(msg: Record<string, unknown>): void;
   close(code: number, text: string): void;
+  /**
+   * A transport that cannot send subscribe/unsubscribe (SSE): the client
+   * calls update() when its subscriptions change, and the transport asks
+   * plan() for what its next stream carries.
+   */
+  unidirectional?: boolean;
+  update?(): void;
 }
-export type TransportFactory = (url: string, context: { token: string | null; env: TestEnv },
+export interface TransportContext {
+  token: string | null;
+  env: TestEnv;
+  options: OdinWSOptions;
+  /** For unidirectional transports: every channel, since, snapshot, and the id to put on the ack. */
+  plan(): { channels: string[]; since?: string[]; snapshot: boolean; id: number };
+}
+export type TransportFactory = (url: string, context: TransportContext,
                                 on: TransportHandlers) => Transport;
 export const TRANSPORTS: Record<string, TransportFactory>;
