@@ -38,7 +38,7 @@ from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.subscriptions import SubscriptionIndex
 from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_unsent
 from odin_ws.shard.frames import text_frame
-from odin_ws.shard.sse import Streams
+from odin_ws.shard.ssefeed import Streams
 
 
 class ParentLink(amp.AMP):

@@ -6,21 +6,8 @@ A stream arrives like a WebSocket: the parent places it and hands it over,
 the shard's L{odin_ws.shard.protocol.ClientProtocol} reads its head through
 the head gate, and when the head asks for C{listen.sse_path} hands the
 connection to an L{SseStream} before Autobahn sees a byte (L{take_over}).
-Everything a stream may be refused for is decided before its C{200}.
-
-Frame-once, per transport: streams hold their subscriptions in an index of
-their own (L{Streams.index}, the same L{SubscriptionIndex} code), so
-matching an event for WebSocket returns WebSocket outboxes only and the
-WebSocket loop does no per-connection test. The shard asks L{Streams.feed}
-once per delivery: C{None} while no stream is open (the WebSocket path is
-unchanged: one C{is None} test per event), else L{Streams.offer} per event
-builds the event's SSE message once for every stream that wants it and hands
-it to the same L{Fanout}, into each stream's L{Outbox}: the same queue,
-limits and slow-client policies as WebSocket.
-
-Event ids: a stream's C{id:} is the shard's position vector after the
-event (L{Tops}), computed once per event and only while streams exist; see
-docs/protocol.md "Event ids" for why a per-event position is not enough.
+Everything a stream may be refused for is decided before its C{200}; then
+its events come from L{odin_ws.shard.ssefeed}, built once for all streams.
 """
 
 from __future__ import annotations
@@ -30,22 +17,21 @@ import json
 import random
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet import task
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 
 from odin_ws.common import metrics
 from odin_ws.common.events import Event
 from odin_ws.common.httphead import RequestHead
 from odin_ws.common.logs import audit
 from odin_ws.common.twisted_internals import replace_protocol
-from odin_ws.shard import auth, messages, positions, recovery
+from odin_ws.shard import auth, messages, recovery
 from odin_ws.shard.autobahn_internals import retire_unopened
-from odin_ws.shard.outbox import _OPEN, Outbox, OutboxHolder
-from odin_ws.shard.subscriptions import (
-    PATTERN_BYTES, BudgetExceeded, SubscriptionIndex)
+from odin_ws.shard.outbox import Outbox, OutboxHolder
+from odin_ws.shard.ssefeed import PING, message, vector_text, with_id
+from odin_ws.shard.subscriptions import BudgetExceeded
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
@@ -57,179 +43,11 @@ CLOSE_RESTARTING = 4000
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 
-PING = b": ping\n\n"
 #: Browsers come back after a drain within this many seconds (C{retry:}).
 DRAIN_RETRY = (0.5, 5.0)
 
-_STATE_CLOSED = 0   # anything but _OPEN closes the Outbox (OutboxHolder)
-
-
-def message(data: bytes, id: str | None = None, event: str | None = None,
-            retry: int | None = None) -> bytes:
-    """One SSE message carrying C{data} (JSON; any line breaks become data lines)."""
-    head = b""
-    if event is not None:
-        head += b"event: " + event.encode("ascii") + b"\n"
-    if retry is not None:
-        head += b"retry: %d\n" % retry
-    if id:
-        head += b"id: " + id.encode("ascii") + b"\n"
-    if b"\n" in data or b"\r" in data:
-        # An upstream value may be pretty-printed: EventSource joins data
-        # lines with "\n", which JSON reads as the whitespace it was.
-        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
-    return head + b"data: " + data + b"\n\n"
-
-
-class Tops:
-    """
-    The shard's position vector: per partition the highest offset delivered
-    so far (with its epoch), and its text (docs/protocol.md "Event ids"),
-    re-encoded only for the topic that changed and only when asked.
-    """
-
-    __slots__ = ("_topics", "_groups", "_dirty", "_text")
-
-    def __init__(self, history: "History"):
-        self._topics: dict[str, dict[int, tuple[str, int]]] = {}
-        for topic, partition, log in history.partitions():
-            self._topics.setdefault(topic, {})[partition] = (log.epoch or "0", log.high)
-        self._groups: dict[str, str] = {}
-        self._dirty: set[str] = set(self._topics)
-        self._text: str | None = None
-
-    def update(self, event: Event) -> None:
-        """C{event} was delivered (after every event before it)."""
-        topic = event.topic
-        parts = self._topics.get(topic)
-        if parts is None:
-            parts = self._topics[topic] = {}
-        parts[event.partition] = (event.epoch or "0", event.offset)
-        self._dirty.add(topic)
-        self._text = None
-
-    def text(self) -> str:
-        """The vector now (C{""} before any event)."""
-        text = self._text
-        if text is None:
-            groups = self._groups
-            for topic in self._dirty:
-                groups[topic] = positions.encode_group(topic, self._topics[topic])
-            self._dirty.clear()
-            text = self._text = ";".join(groups[t] for t in sorted(groups))
-        return text
-
-    def snapshot(self) -> dict[tuple[str, int], tuple[str, int]]:
-        """A copy, as C{(topic, partition) -> (epoch, offset)}."""
-        return {(t, p): v for t, parts in self._topics.items() for p, v in parts.items()}
-
-
-def vector_text(vector: dict[tuple[str, int], tuple[str, int]]) -> str:
-    """The text of a vector given as C{(topic, partition) -> (epoch, offset)}."""
-    topics: dict[str, dict[int, tuple[str, int]]] = {}
-    for (topic, partition), value in vector.items():
-        topics.setdefault(topic, {})[partition] = value
-    return ";".join(positions.encode_group(t, topics[t]) for t in sorted(topics))
-
-
-class Streams:
-    """
-    The shard's SSE streams: their subscription index, the position vector
-    while any is open, the keepalive comments, and the per-delivery hook
-    the shard calls (L{feed}, L{offer}, L{finish}).
-    """
-
-    log = Logger()
-
-    def __init__(self, shard: "Shard"):
-        self.shard = shard
-        #: Subscriptions of streams only (see the module: no per-connection
-        #: transport test in the WebSocket loop).
-        self.index = SubscriptionIndex()
-        self.open: set["SseStream"] = set()
-        self.tops: Tops | None = None
-        self._run: list = []
-        self._run_to: Any = None
-        self._pinger: task.LoopingCall | None = None
-
-    # -- the delivery hook (once per event while streams are open)
-
-    def feed(self) -> "Streams | None":
-        """Self while a stream is open, else None (the shard's delivery skips SSE)."""
-        return self if self.tops is not None else None
-
-    def offer(self, event: Event) -> bool:
-        """
-        C{event} is being delivered (in the shard's delivery order): advance
-        the vector, and queue its SSE message for the streams that want it,
-        built once for all of them. True if any does.
-        """
-        tops = self.tops
-        tops.update(event)
-        subscribers = self.index.match(event.token, event.event_type)
-        if not subscribers:
-            return False
-        if subscribers is not self._run_to and self._run:
-            self.shard.fanout.publish_run(self._run, self._run_to)
-            self._run = []
-        self._run_to = subscribers
-        self._run.append((message(event.envelope, tops.text()), event.channel,
-                          event.event_type))
-        return True
-
-    def finish(self) -> None:
-        """The delivery's events are all offered: queue the last run."""
-        run, self._run = self._run, []
-        to, self._run_to = self._run_to, None
-        if run:
-            self.shard.fanout.publish_run(run, to)
-
-    # -- streams
-
-    def opened(self, stream: "SseStream") -> None:
-        if self.tops is None:
-            self.tops = Tops(self.shard.history)
-        self.open.add(stream)
-        interval = self.shard.settings.keepalive.ping_interval
-        if self._pinger is None and interval > 0:
-            self._pinger = task.LoopingCall(self._ping)
-            self._pinger.clock = self.shard.reactor
-            self._pinger.start(interval, now=False)
-
-    def closed(self, stream: "SseStream") -> None:
-        self.open.discard(stream)
-        if stream.outbox is not None:
-            self.index.remove_all(stream.outbox)
-        if not self.open:
-            # Nothing to compute per event again until a stream opens (it
-            # starts from the history, which saw every event meanwhile).
-            self.tops = None
-            if self._pinger is not None:
-                if self._pinger.running:
-                    self._pinger.stop()
-                self._pinger = None
-
-    def _ping(self) -> None:
-        for stream in list(self.open):
-            stream.ping()
-
-    def check_budget(self, patterns: list[tuple[str, str]]) -> None:
-        """
-        The shard's subscription budget counts streams' subscriptions with
-        the WebSocket ones (C{limits.max_shard_subscriptions}, ..._bytes).
-
-        @raise BudgetExceeded: no room for C{patterns}.
-        """
-        ws = self.shard.subscriptions
-        if ws.max_total is not None and \
-                ws.total + self.index.total + len(patterns) > ws.max_total:
-            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
-                                 f"({ws.max_total}); try again later")
-        extra = sum(SubscriptionIndex.cost(t, e) + PATTERN_BYTES for t, e in patterns)
-        if ws.max_bytes is not None and ws.bytes + self.index.bytes + extra > ws.max_bytes:
-            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
-                                 f"({ws.max_bytes} bytes); try again later")
+_OPEN = WebSocketProtocol.STATE_OPEN
+_STATE_CLOSED = WebSocketProtocol.STATE_CLOSED   # closes the Outbox (OutboxHolder)
 
 
 def take_over(ws: Any, head: RequestHead) -> "SseStream":
@@ -414,7 +232,7 @@ class SseStream(OutboxHolder, Protocol):
         # The last message of the answer carries the shard's vector: once it
         # arrived the client has everything up to now.
         last, channel, event_type = frames[-1]
-        frames = frames[:-1] + [(_with_id(last, tops), channel, event_type)]
+        frames = frames[:-1] + [(with_id(last, tops), channel, event_type)]
         shard.fanout.publish_run(frames, (self.outbox,))
         shard.fanout.flush()
 
@@ -501,15 +319,6 @@ def _complete(since: messages.Since, history: "History", topics: Any) -> message
         if (topic, partition) not in out and topic in topics:
             out[(topic, partition)] = (log.epoch or "0", log.floor)
     return out
-
-
-def _with_id(msg: bytes, id: str) -> bytes:
-    """C{msg} (one SSE message without id) with C{id} set."""
-    if not id:
-        return msg
-    if msg.startswith(b"id: "):
-        msg = msg[msg.index(b"\n") + 1:]
-    return b"id: " + id.encode("ascii") + b"\n" + msg
 
 
 def _client_ip(transport: Any, head: RequestHead, trusted: Any) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from odin_ws.common.commands import Handoff
-from tests.helpers import DispatcherTestCase, get, make_settings
+from tests.helpers import DispatcherTestCase, get
 from tests.helpers.cases import Response
 
 

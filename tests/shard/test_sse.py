@@ -13,9 +13,9 @@ import jwt
 from twisted.internet.address import IPv4Address
 
 from odin_ws.common.events import Event
-from odin_ws.shard import messages, positions, sse
-from odin_ws.shard.sse import Tops, vector_text
-from tests.helpers import ShardTestCase, StalledSocket, StreamClient, sample, text
+from odin_ws.shard import messages, positions, sse, ssefeed
+from odin_ws.shard.ssefeed import Tops, vector_text
+from tests.helpers import ShardTestCase, StalledSocket, StreamClient, sample
 from tests.helpers.cases import ShardClient, _ports
 
 TOPIC = "odin.trades"
@@ -139,8 +139,8 @@ class FrameOnceTests(StreamTestCase):
         gets the same bytes; the WebSocket client gets its frame as before.
         """
         calls = []
-        real = sse.message
-        self.patch(sse, "message", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+        real = ssefeed.message
+        self.patch(ssefeed, "message", lambda *a, **kw: calls.append(a) or real(*a, **kw))
         streams = [self.stream({"channels": "odin.token.A.trade"}, ip=f"10.0.0.{i}")
                    for i in range(1, 4)]
         ws = self.connect("10.0.1.1")
@@ -161,7 +161,7 @@ class FrameOnceTests(StreamTestCase):
         would raise here) and hands the WebSocket fan-out the index's own
         subscriber view: no copy, no per-connection transport test.
         """
-        self.patch(sse.Streams, "offer", lambda *a: self.fail("offer called"))
+        self.patch(ssefeed.Streams, "offer", lambda *a: self.fail("offer called"))
         ws = self.connect()
         self.subscribe(ws, "odin.token.A.trade")
         seen = []
@@ -509,3 +509,31 @@ class VectorTests(StreamTestCase):
         self.assertEqual(tops.text(), f"{TOPIC}~ep1~0:100,1:500")
         tops.update(self.event("A", partition=1))
         self.assertEqual(tops.text(), f"{TOPIC}~ep1~0:100,1:501")
+
+
+class TakeOverTests(StreamTestCase):
+    def test_handshake_timeout_does_not_drop_a_stream(self):
+        """
+        The WebSocket protocol a stream replaced armed Autobahn's opening
+        handshake timer: it is cancelled, so the stream outlives
+        limits.handshake_timeout.
+        """
+        c = self.stream({"channels": "odin.token.A.trade"})
+        self.advance(self.config["limits.handshake_timeout"] + 1)
+        self.assertFalse(c.transport.disconnecting)
+        self.assertFalse(c.lost)
+
+    def test_replace_protocol_under_a_wrapper(self):
+        """
+        Behind a wrapping protocol (TLS: TLSMemoryBIOProtocol), the wrapper
+        delivers to the new protocol; on a plain connection, its protocol.
+        """
+        from twisted.internet.protocol import Protocol
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+        from odin_ws.common.twisted_internals import replace_protocol
+        old, new = Protocol(), Protocol()
+        wrapper = ProtocolWrapper(WrappingFactory(None), old)
+        replace_protocol(wrapper, old, new)
+        self.assertIs(wrapper.wrappedProtocol, new)
+        self.assertIs(new.transport, wrapper)
+        self.assertRaises(TypeError, replace_protocol, wrapper, old, Protocol())
