@@ -13,12 +13,17 @@ Bounds: a count and an age per partition, and a byte budget for the whole
 history of the shard (envelope bytes plus a fixed per-event overhead). The
 latest-event cache holds one event per channel, at most a set number of
 channels, least recently updated dropped first.
+
+Live events are added one by one (L{History.add}); the warm-up of a
+starting shard (L{odin_ws.shard.warmup}) adds what it read back from Kafka
+with L{History.backfill}, which only joins what it can prove continuous
+with what live delivery has added meanwhile.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -38,11 +43,14 @@ AHEAD = "ahead"                # the position is past what this node has seen
 OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
 UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
 
+#: A log's C{join} when any next offset continues it (see L{PartitionLog}).
+ANY_OFFSET = 1 << 62
+
 
 class PartitionLog:
     """Retained events of one partition, in offset order."""
 
-    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes")
+    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join")
 
     def __init__(self, epoch: str, floor: int):
         self.epoch = epoch
@@ -52,6 +60,10 @@ class PartitionLog:
         #: Every event of this partition with an offset above C{floor} is retained.
         self.floor = floor
         self.bytes = 0
+        #: The highest offset the next live event may have and still continue
+        #: this log: after a backfill, the offset after what the warm-up read
+        #: (records it passed over may follow, events it did not read may not).
+        self.join = ANY_OFFSET
 
     def __len__(self) -> int:
         return len(self.events) - self.start
@@ -80,6 +92,14 @@ class PartitionLog:
             del self.offsets[:self.start]
             self.start = 0
         return event
+
+    def prepend(self, events: list[Event], size: int) -> None:
+        """Older events (offset order, all below the retained ones); the floor follows."""
+        self.events = events + self.events[self.start:]
+        self.offsets = [e.offset for e in events] + self.offsets[self.start:]
+        self.start = 0
+        self.floor = events[0].offset - 1
+        self.bytes += size
 
     def after(self, offset: int) -> list[Event]:
         """Retained events with an offset above C{offset}, oldest first."""
@@ -161,12 +181,16 @@ class History:
         key = (event.topic, event.partition)
         epoch = event.epoch or "0"
         log = self._logs.get(key)
-        if log is None or log.epoch != epoch or event.offset <= log.high:
-            # A new partition, a new incarnation of its topic, or offsets that
-            # went back (the broker was replaced): start this log afresh.
+        if log is None or log.epoch != epoch or event.offset <= log.high \
+                or event.offset > log.join:
+            # A new partition, a new incarnation of its topic, offsets that
+            # went back (the broker was replaced), or a gap after what a
+            # backfill read: start this log afresh.
             if log is not None:
                 self.bytes -= log.bytes
             log = self._logs[key] = PartitionLog(epoch, event.offset - 1)
+        elif log.join != ANY_OFFSET:
+            log.join = ANY_OFFSET   # live delivery took over from the backfill
         size = len(event.envelope) + EVENT_OVERHEAD
         log.append(event, size)
         self.bytes += size
@@ -201,10 +225,99 @@ class History:
 
     def _trim_all(self) -> None:
         for log in self._logs.values():
-            while len(log) > self.max_events:
-                self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
-                self.evicted["count"] += 1
-            self._trim(log)
+            self._fit(log)
+
+    def _fit(self, log: PartitionLog) -> None:
+        while len(log) > self.max_events:
+            self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.evicted["count"] += 1
+        self._trim(log)
+
+    # -- backfill (a starting shard's warm-up, odin_ws/shard/warmup.py)
+
+    def backfill(self, events: Iterable[Event],
+                 through: Mapping[tuple[str, int], int] | None = None) -> set[tuple[str, int]]:
+        """
+        Add events read back from Kafka, older than (or overlapping) what live
+        delivery added, in offset order per partition. For each partition the
+        reader saw every record from its first event's offset through
+        C{through[(topic, partition)]} (default: its last event's offset; the
+        records in between that are not here were not events).
+
+        * No log yet: the backfill becomes the log (floor: its first offset -
+          1); a live event after more than C{through} + 1 then starts the log
+          afresh (the reader's end and live delivery's start do not meet).
+        * A log of the same epoch that the backfill meets or overlaps: the
+          older events go in front (the floor goes down), newer ones at the
+          end; the caller counts offsets up to C{through} as seen, so live
+          delivery does not bring them again.
+        * A gap on either side, or another epoch: the log stays as it is.
+
+        The latest-event cache takes a backfilled event only where it holds
+        nothing newer for the channel. Every bound applies afterwards.
+
+        @return: the partitions whose log now holds the backfill.
+        """
+        groups: dict[tuple[str, int], list[Event]] = {}
+        for e in events:
+            groups.setdefault((e.topic, e.partition), []).append(e)
+        kept = set()
+        for key, group in groups.items():
+            end = through.get(key, group[-1].offset) if through else group[-1].offset
+            if self._backfill_partition(key, group, max(end, group[-1].offset)):
+                kept.add(key)
+        return kept
+
+    def _backfill_partition(self, key: tuple[str, int], events: list[Event], end: int) -> bool:
+        epoch = events[0].epoch or "0"
+        first = events[0].offset
+        log = self._logs.get(key)
+        if log is not None and log.epoch != epoch:
+            return False   # another incarnation: live delivery knows the current one
+        self._remember_older(events)
+        if log is None:
+            log = self._logs[key] = PartitionLog(epoch, first - 1)
+            older, newer = [], events
+        elif end < log.floor or first - 1 > log.high:
+            return False   # a gap between the two: continuity cannot be proved
+        else:
+            older = [e for e in events if e.offset <= log.floor]
+            newer = [e for e in events if e.offset > log.high]
+        if older:
+            size = sum(len(e.envelope) for e in older) + EVENT_OVERHEAD * len(older)
+            log.prepend(older, size)
+            self.bytes += size
+        for e in newer:
+            size = len(e.envelope) + EVENT_OVERHEAD
+            log.append(e, size)
+            self.bytes += size
+        if newer:
+            log.join = end + 1
+        self._fit(log)
+        return True
+
+    def _remember_older(self, events: list[Event]) -> None:
+        """The latest-event cache, for backfilled events: never over a newer event."""
+        if not self.max_channels:
+            return
+        latest = self._latest
+        for e in events:
+            current = latest.get(e.channel)
+            if current is not None:
+                if current.topic == e.topic and current.partition == e.partition \
+                        and current.epoch == e.epoch:
+                    if current.offset >= e.offset:
+                        continue
+                elif current.ts >= e.ts:
+                    continue
+                self._forget_latest(e.channel)
+            elif len(latest) >= self.max_channels:
+                lru = next(iter(latest))
+                if latest[lru].ts >= e.ts:
+                    continue   # a full cache of newer events
+                self._forget_latest(lru)
+            latest[e.channel] = e
+            self._latest_bytes += len(e.envelope) + EVENT_OVERHEAD
 
     def _oldest_log(self) -> PartitionLog | None:
         best, best_ts = None, None

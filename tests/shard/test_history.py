@@ -187,3 +187,133 @@ class LatestTests(SynchronousTestCase):
         self.assertEqual(self.h.channels, 3)
         self.assertEqual(self.h.latest([("B", "trade")], 10)[0], [])
         self.assertEqual([e.offset for e in self.h.latest([("A", "trade")], 10)[0]], [3])
+
+
+class BackfillTests(SynchronousTestCase):
+    """L{History.backfill}: what a starting shard read back from Kafka, joined to live delivery."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.h = History(max_events=100, max_age=0, max_bytes=10**9, max_channels=100,
+                         clock=self.clock)
+
+    def live(self, *offsets, token="A", epoch="e1"):
+        for o in offsets:
+            self.h.add(ev(token, o, epoch=epoch, ts=1_000_000 + o))
+
+    def back(self, offsets, token="A", epoch="e1", through=None, partition=0):
+        events = [ev(token, o, epoch=epoch, ts=1_000_000 + o, partition=partition)
+                  for o in offsets]
+        return self.h.backfill(events, {("t", partition): through} if through is not None
+                               else None)
+
+    def offsets(self, since=-1, epoch="e1"):
+        got, reason = self.h.replay({("t", 0): (epoch, since)}, ALL)
+        return reason or [e.offset for e in got]
+
+    def test_no_log_the_backfill_becomes_the_log(self):
+        """Without a log the backfill is the log; its floor is its first offset - 1."""
+        self.assertEqual(self.back(range(10, 15)), {("t", 0)})
+        self.assertEqual(self.offsets(9), [10, 11, 12, 13, 14])
+        self.assertEqual(self.offsets(8), TOO_OLD)
+        self.assertEqual(self.h.bytes, sum(log.bytes for _, _, log in self.h.partitions()))
+
+    def test_live_after_the_backfill_joins_only_without_a_gap(self):
+        """The next live event continues the backfill only at through + 1 (or below)."""
+        self.back(range(10, 15), through=16)     # 15, 16: records that were not events
+        self.live(17)
+        self.assertEqual(self.offsets(9), [10, 11, 12, 13, 14, 17])
+        self.live(18, 19)                        # live delivery goes on as usual
+        self.assertEqual(self.offsets(16), [17, 18, 19])
+
+    def test_live_after_a_gap_starts_afresh(self):
+        """A live event past through + 1: the warm-up and live delivery did not meet."""
+        self.back(range(10, 15))
+        self.live(20)
+        self.assertEqual(self.offsets(14), TOO_OLD)
+        self.assertEqual(self.offsets(19), [20])
+
+    def test_contiguous_backfill_goes_in_front_of_live(self):
+        """Live came first (floor 19); a backfill reaching it lowers the floor, in order."""
+        self.live(20, 21, 22)
+        self.assertEqual(self.back(range(10, 20)), {("t", 0)})
+        self.assertEqual(self.offsets(9), list(range(10, 23)))
+        self.live(23)
+        self.assertEqual(self.offsets(21), [22, 23])
+
+    def test_overlapping_backfill_adds_each_event_once(self):
+        """A backfill overlapping live events and passing them: each offset once, in order."""
+        self.live(15, 16)
+        self.back(range(10, 20))
+        self.assertEqual(self.offsets(9), list(range(10, 20)))
+        self.live(20)                            # the caller de-duplicates up to 19
+        self.assertEqual(self.offsets(18), [19, 20])
+
+    def test_backfill_reaching_the_floor_through_non_events(self):
+        """The last event is below the floor but the reader saw every record up to it."""
+        self.live(20, 21)
+        self.assertEqual(self.back([12, 14], through=19), {("t", 0)})
+        self.assertEqual(self.offsets(11), [12, 14, 20, 21])
+
+    def test_gap_before_live_keeps_live(self):
+        """A backfill ending before the live floor: live kept as is, no continuity claimed."""
+        self.live(20, 21)
+        self.assertEqual(self.back(range(10, 15)), set())
+        self.assertEqual(self.offsets(19), [20, 21])
+        self.assertEqual(self.offsets(14), TOO_OLD)
+
+    def test_gap_after_live_keeps_live(self):
+        """A backfill starting past the live end with a gap between: live kept as is."""
+        self.live(5, 6)
+        self.assertEqual(self.back(range(10, 15)), set())
+        self.assertEqual(self.offsets(4), [5, 6])
+        self.assertEqual(self.offsets(12), AHEAD)
+
+    def test_other_epoch_is_ignored(self):
+        """A backfill of another incarnation of the topic changes nothing, cache included."""
+        self.live(20, token="L")
+        self.assertEqual(self.back(range(10, 20), token="B", epoch="e0"), set())
+        self.assertEqual(self.offsets(19), [20])
+        self.assertEqual(self.h.latest([("B", "*")], 10)[0], [])
+
+    def test_bounds_apply_after_backfill(self):
+        """Count, age and budget bounds hold once the backfill is in."""
+        h = self.h
+        h.configure(max_events=5, max_age=0, max_bytes=10**9, max_channels=100)
+        self.live(20, 21)
+        self.back(range(10, 20))
+        self.assertEqual(self.offsets(16), [17, 18, 19, 20, 21])
+        self.assertEqual(self.offsets(15), TOO_OLD)
+        h.configure(max_events=100, max_age=10, max_bytes=10**9, max_channels=100)
+        now_ms = int(self.clock.now * 1000)
+        h.backfill([ev("Z", o, partition=1, ts=now_ms - (40 - o) * 1000, epoch="e1")
+                    for o in range(20, 40)])
+        got, _ = h.replay({("t", 1): ("e1", 29)}, ALL)
+        self.assertEqual([e.offset for e in got], list(range(30, 40)))
+        size = len(ev("A", 0).envelope) + EVENT_OVERHEAD
+        h.configure(max_events=100, max_age=0, max_bytes=size * 3, max_channels=100)
+        self.assertLessEqual(h.bytes, h.max_bytes)
+        self.assertEqual(h.bytes, sum(log.bytes for _, _, log in h.partitions()))
+
+    def test_latest_never_replaced_by_an_older_backfilled_event(self):
+        """The snapshot cache takes backfilled events only where it holds nothing newer."""
+        self.live(20, token="A")
+        self.back([10, 11, 12, 13], token="B", through=19)
+        self.back([18, 19], token="A")            # older than the live A@20
+        latest = {e.channel: e.offset for e in self.h.latest(ALL, 10)[0]}
+        self.assertEqual(latest, {"odin.token.A.trade": 20, "odin.token.B.trade": 13})
+        # Another partition's event counts as newer only by its timestamp.
+        self.h.backfill([ev("A", 5, partition=3, ts=1_000_000 + 19, epoch="e1")])
+        self.assertEqual(self.h.latest([("A", "*")], 10)[0][0].offset, 20)
+        self.h.backfill([ev("B", 5, partition=3, ts=1_000_000 + 99, epoch="e1")])
+        self.assertEqual(self.h.latest([("B", "*")], 10)[0][0].partition, 3)
+
+    def test_latest_full_cache_keeps_newer_channels(self):
+        """A full snapshot cache forgets a channel for a backfilled one only if that one is newer."""
+        h = History(max_events=10, max_age=0, max_bytes=10**9, max_channels=2, clock=Clock())
+        h.add(ev("A", 50, ts=500, epoch="e"))
+        h.add(ev("B", 51, ts=510, epoch="e"))
+        h.backfill([ev("C", 10, partition=1, ts=100, epoch="e")])
+        self.assertEqual(sorted(e.token for e in h.latest(ALL, 10)[0]), ["A", "B"])
+        h.backfill([ev("D", 10, partition=2, ts=505, epoch="e")])
+        self.assertEqual(sorted(e.token for e in h.latest(ALL, 10)[0]), ["B", "D"])
