@@ -22,7 +22,9 @@ Internals touched:
   - the epoll/poll/select reactors' C{_writes}, the set of file
     descriptors registered for writing (L{pending_writers});
   - C{StreamServerEndpointService._raiseSynchronously}
-    (L{raise_listen_errors}).
+    (L{raise_listen_errors});
+  - C{tcp.Connection.protocol} and C{ProtocolWrapper.wrappedProtocol}
+    (the TLS wrapper's), reassigned (L{replace_protocol}).
 """
 
 from __future__ import annotations
