@@ -79,6 +79,26 @@ class HighWater:
             out.append(e)
         return out
 
+    def raise_to(self, topic: str, partition: int, epoch: str, offset: int) -> bool:
+        """
+        Count every offset of the partition up to C{offset} as seen (a starting
+        shard read them back from Kafka: L{odin_ws.shard.warmup}), never
+        lowering a mark. A mark of another known incarnation (or an unknown
+        C{epoch} against a known one) is left alone. True when it was raised.
+        """
+        key = (topic, partition)
+        mark = self._marks.get(key)
+        if mark is None:
+            self._marks[key] = (epoch, offset)
+            return True
+        old, high = mark
+        if old != epoch and old not in UNKNOWN:
+            return False
+        if offset <= high:
+            return False
+        self._marks[key] = (old if epoch in UNKNOWN else epoch, offset)
+        return True
+
     def _reset(self, key: tuple[str, int], old: str, high: int, e: Event) -> None:
         self._marks[key] = (e.epoch, e.offset)
         self._retired[key] = (old, *self._retired.get(key, ()))[:RETIRED_KEPT]
