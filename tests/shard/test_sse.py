@@ -132,6 +132,14 @@ class StreamTests(StreamTestCase):
 
 
 class FrameOnceTests(StreamTestCase):
+    def recipients(self) -> list:
+        """What the fan-out is asked to deliver each event to, as the shard passes it."""
+        seen: list = []
+        publish = self.shard.fanout.publish
+        self.patch(self.shard.fanout, "publish",
+                   lambda f, c, t, to: seen.append(to) or publish(f, c, t, to))
+        return seen
+
     def test_one_encoding_per_event_for_every_stream(self):
         """
         Three streams and a WebSocket client on the same channel: each event's
@@ -164,10 +172,7 @@ class FrameOnceTests(StreamTestCase):
         self.patch(ssefeed.Streams, "offer", lambda *a: self.fail("offer called"))
         ws = self.connect()
         self.subscribe(ws, "odin.token.A.trade")
-        seen = []
-        publish = self.shard.fanout.publish
-        self.patch(self.shard.fanout, "publish",
-                   lambda f, c, t, to: seen.append(to) or publish(f, c, t, to))
+        seen = self.recipients()
         self.deliver(self.event("A"))
         self.assertEqual(len(ws.messages()), 1)
         [to] = seen
@@ -178,10 +183,7 @@ class FrameOnceTests(StreamTestCase):
         self.stream({"channels": "odin.token.A.trade"})
         ws = self.connect("10.0.1.1")
         self.subscribe(ws, "odin.token.A.trade")
-        seen = []
-        publish = self.shard.fanout.publish
-        self.patch(self.shard.fanout, "publish",
-                   lambda f, c, t, to: seen.append(to) or publish(f, c, t, to))
+        seen = self.recipients()
         self.deliver(self.event("A"))
         self.assertIs(seen[0], self.shard.subscriptions.match("A", "trade"))
         self.assertIs(seen[1], self.shard.streams.index.match("A", "trade"))
