@@ -5,7 +5,9 @@
 // so a thousand events per second cost a thousand JSON.parse calls, not a
 // thousand layouts. Everything from the server goes in with textContent.
 // The connection (reconnect, resubscribe, acks) is the odinws client library,
-// served by the node at /odinws.js.
+// served by the node at /odinws.js. Subscriptions ask for a snapshot, so the
+// current prices show at once, and recover after a reconnect: the line next
+// to the status says how many missed events the server replayed.
 import { OdinWS } from "./odinws.js";
 
 (() => {
@@ -30,6 +32,7 @@ import { OdinWS } from "./odinws.js";
     status: $("status"), rate: $("rate"), total: $("total"), tokenCount: $("token-count"),
     delay: $("delay"), rtt: $("rtt"), rows: $("rows"), empty: $("empty"),
     subs: $("subscriptions"), message: $("message"), lastEvent: $("last-event"),
+    recovery: $("recovery"),
   };
   $("ws-url").textContent = WS_URL;
 
@@ -79,7 +82,8 @@ import { OdinWS } from "./odinws.js";
     dirty.add(s);
     total++;
     secondCount++;
-    if (typeof msg.ts === "number") { delaySum += Date.now() - msg.ts; delayCount++; }
+    // A snapshot event is the latest of its channel, however old: not a delay.
+    if (typeof msg.ts === "number" && !msg.snapshot) { delaySum += Date.now() - msg.ts; delayCount++; }
     lastEvent = msg;
     scheduleRender();
   }
@@ -239,12 +243,27 @@ import { OdinWS } from "./odinws.js";
   const client = new OdinWS(WS_URL);
   let countdown = null, pingTimer = null;
 
+  // What the resubscriptions of the last reconnect recovered, from their acks.
+  let recovery = null;
+  function recovered(channel, {recovered: ok, reason, replayed, snapshot}) {
+    if (!recovery) return;
+    if (ok) recovery.replayed += replayed;
+    else recovery.failed.push(`${channel} (${reason}${snapshot ? `, ${snapshot} snapshot events` : ""})`);
+    const parts = [`reconnected: recovered ${intFmt.format(recovery.replayed)} missed event${
+      recovery.replayed === 1 ? "" : "s"}`];
+    if (recovery.failed.length) parts.push(`could not recover ${recovery.failed.join(", ")}`);
+    el.recovery.textContent = parts.join("; ");
+    el.recovery.className = "recovery" + (recovery.failed.length ? " partial" : "");
+    el.recovery.hidden = false;
+  }
+
   function subscribe(channels) {
     const fresh = channels.filter((c) => !wanted.has(c));
     if (!fresh.length) { say("Already subscribed."); return; }
     for (const channel of fresh) {
-      const sub = client.subscribe(channel, {}, handleEvent);
+      const sub = client.subscribe(channel, {snapshot: true}, handleEvent);
       wanted.set(channel, sub);
+      sub.on("recovered", (result) => recovered(channel, result));
       sub.on("state", ({state}) => {
         // A refused subscribe had no effect: forget it (the error event says why).
         if (state === "failed" && wanted.get(channel) === sub) wanted.delete(channel);
@@ -264,13 +283,17 @@ import { OdinWS } from "./odinws.js";
     client.ping().then((ms) => { el.rtt.textContent = Math.round(ms); }, () => {});
   }
 
+  let everConnected = false;
   client.on("state", ({state, reason, retryIn}) => {
     clearInterval(countdown);
     clearInterval(pingTimer);
     if (state === "connecting") {
       setStatus("connecting", "connecting…");
     } else if (state === "connected") {
-      setStatus("connected");
+      setStatus("connected", client.transport === "websocket" ? "connected"
+                                                              : `connected (${client.transport})`);
+      if (everConnected) recovery = {replayed: 0, failed: []};
+      everConnected = true;
       ping();
       pingTimer = setInterval(ping, PING_EVERY_MS);
     } else if (retryIn !== null && retryIn !== undefined) {

@@ -12,7 +12,8 @@
 // With --reconnect: the page subscribes from its URL, and once events flow
 // the script prints a line "READY"; the caller then restarts the server. The
 // check passes when the page noticed (status left "connected"), came back on
-// its own, subscribed again and receives events again.
+// its own, subscribed again (recovering: the page shows "reconnected:
+// recovered N missed events") and receives events again.
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
@@ -65,6 +66,11 @@ async function reconnect() {
     (n) => Number(document.getElementById("total").textContent.replace(/\D/g, "")) > n + 5,
     before, { timeout: WAIT_MS, polling: 200 });
   log("events flow again");
+  // The resubscription's ack said what recovery did: the page shows it.
+  await page.waitForFunction(() => /^reconnected: recovered \d+ missed events?/
+                                      .test(document.getElementById("recovery").textContent),
+    null, { timeout: WAIT_MS, polling: 100 });
+  log(`the page says "${await page.textContent("#recovery")}"`);
   const after = (await page.$$("#rows tr")).length;
   if (after < rows) throw new Error(`rows went from ${rows} to ${after}`);
   // The close and the refused attempts while the server restarts may log
