@@ -17,6 +17,12 @@ WebSocket.
 
 Event ids: the shard's position vector after the event (L{Tops}),
 computed once per event and only while streams exist.
+
+Measured (cProfile call counts of one delivery of 100 events to 2000 and
+to 4000 WebSocket subscribers, before and after this module): with no
+stream open, one call more per delivery (L{Streams.feed}), whatever the
+number of connections; with a stream open, 8 calls more per event, the
+same at 2000 and 4000 WebSocket connections: nothing per connection.
 """
 
 from __future__ import annotations
