@@ -226,6 +226,10 @@ SCHEMA: tuple[Option, ...] = (
     _opt("history.snapshot_channels", int, 100000, "Channels whose latest event is "
          "kept for snapshots (least recently updated dropped first).", minimum=0,
          live=True),
+    _opt("history.warmup_timeout", float, 15.0, "Seconds a starting shard may spend "
+         "reading the recent past of every partition back from Kafka into its history and "
+         "snapshot cache (within the bounds above); 0 = no warm-up: the history starts "
+         "empty. Applies at the next shard start.", minimum=0, live=True),
     _opt("limits.max_snapshot_events", int, 1000, "Events one snapshot may send; a "
          "subscribe whose snapshot would send more is refused (snapshot_too_large).",
          minimum=1, live=True),

@@ -154,6 +154,9 @@ EVENTS_REPLAYED = Counter("odinws_events_replayed", "Events sent again by recove
                           registry=REGISTRY)
 SNAPSHOT_EVENTS = Counter("odinws_snapshot_events", "Events sent as snapshots on subscribe.",
                           registry=REGISTRY)
+HISTORY_WARMED = Counter("odinws_history_warmed_events", "Events a starting shard read "
+                         "back from Kafka into its history and snapshot cache (warm-up).",
+                         registry=REGISTRY)
 
 
 class ProcessCollector:

@@ -118,6 +118,7 @@ class HistorySettings:
     max_age: float
     max_bytes: int
     snapshot_channels: int
+    warmup_timeout: float
 
 
 @dataclass(frozen=True, slots=True)

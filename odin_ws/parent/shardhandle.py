@@ -172,7 +172,8 @@ class ShardHandle:
                 "accepting": self.accepting, "stalled": self.stalled,
                 "connections": self._connections,
                 "capacity": self._capacity, "restarts": self._restarts,
-                "crash_looping": self.crash_looping, "kafka": self._status.get("kafka")}
+                "crash_looping": self.crash_looping, "kafka": self._status.get("kafka"),
+                "warmup": self._status.get("warmup")}
 
     # -- commands to the shard --------------------------------------------
 

@@ -36,6 +36,7 @@ from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtoc
 from odin_ws.shard.history import History, HistoryCollector
 from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.subscriptions import SubscriptionIndex
+from odin_ws.shard.warmup import HistoryWarmup, WarmedPartition, WarmupReport
 from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_unsent
 from odin_ws.shard.frames import text_frame
 from odin_ws.shard.ssefeed import Streams
@@ -114,6 +115,15 @@ class Shard(service.MultiService):
                                  RecordMapper.from_settings(settings.kafka),
                                  self.on_kafka_batch)
         self.kafka.setServiceParent(self)
+        #: Reads the recent past back from Kafka at start (L{backfill}).
+        self.warmup = HistoryWarmup(reactor, settings, RecordMapper.from_settings(settings.kafka),
+                                    self.kafka.consumer_config(), self.backfill, self.warmed)
+        self.warmup.setServiceParent(self)
+        # Partitions whose marks the warm-up raised -> to which offset, until
+        # this shard's consumer passes it (see _rereading); and the
+        # assignment they were last checked against.
+        self._rereads: dict[tuple[str, int], int] = {}
+        self._rereads_assigned: tuple[str, ...] | None = None
         # Connections the open-files limit leaves room for (set at start).
         self._fd_room: int | None = None
         self._stats_loop = task.LoopingCall(self.report_stats)
@@ -268,7 +278,7 @@ class Shard(service.MultiService):
         if self.link is None:
             return
         status = {"kafka": self.kafka.status(), "accepting": self.accepting,
-                  "subscriptions": self.subscriptions.total}
+                  "subscriptions": self.subscriptions.total, "warmup": self.warmup.status()}
         self.link.callRemote(commands.Stats, connections=len(self.clients),
                              capacity=self.capacity, status=json.dumps(status).encode())
 
@@ -298,13 +308,40 @@ class Shard(service.MultiService):
 
     def on_kafka_batch(self, events: list[Event]):
         """A batch this shard consumed: deliver here, relay to the others."""
+        relay = events if self._rereads and self._rereading(events) else None
         events = self._fresh(events)
-        if not events:
+        if events:
+            self._deliver(events)
+        if relay is None:
+            relay = events
+        if not relay or self.link is None:
             return None
-        self._deliver(events)
-        if self.link is None:
-            return None
-        return self.link.callRemote(commands.Publish, batch=encode_batch(events))
+        return self.link.callRemote(commands.Publish, batch=encode_batch(relay))
+
+    def _rereading(self, events: list[Event]) -> bool:
+        """
+        Whether the batch re-reads offsets the warm-up counted as seen here.
+        Such a batch is relayed whole all the same: another shard's warm-up
+        may have stopped short of them (each took its own high watermark),
+        and the hub drops what it relayed before.
+        """
+        rereads = self._rereads
+        assigned = self.kafka.assigned
+        if assigned is not self._rereads_assigned:
+            # Partitions this consumer does not read: their owner relays them.
+            self._rereads_assigned = assigned
+            for key in [k for k in rereads if f"{k[0]}[{k[1]}]" not in assigned]:
+                del rereads[key]
+        found = False
+        for e in events:
+            key = (e.topic, e.partition)
+            until = rereads.get(key)
+            if until is not None:
+                if e.offset <= until:
+                    found = True
+                else:
+                    del rereads[key]   # the consumer is past what the warm-up read
+        return found
 
     def deliver(self, events: list[Event]) -> None:
         """A batch another shard consumed, relayed by the hub."""
@@ -347,6 +384,50 @@ class Shard(service.MultiService):
                 _observe_latency(delivered, relayed)
             else:   # a flush window (outbound.flush_delay) is open: measured at its end
                 fanout.after_flush(lambda: _observe_latency(delivered, relayed))
+
+    # -- warm-up (odin_ws/shard/warmup.py)
+
+    def backfill(self, warmed: WarmedPartition) -> None:
+        """
+        What the warm-up read back of one partition. It joins the history only
+        where it meets what live delivery brought meanwhile (its own consumer's
+        and the hub's); then the shard counts every offset it read as seen, so
+        the group consumer's re-read of them (a restarted node resumes from its
+        committed offsets) is not delivered again as live: clients that missed
+        them recover them. Where live delivery is behind with a gap, or knows
+        another incarnation of the topic, the backfill is left out.
+        """
+        key = (warmed.topic, warmed.partition)
+        events = warmed.events
+        metrics.HISTORY_WARMED.inc(len(events))
+        mark = self.seen.marks.get(key)
+        if mark is not None:
+            epoch, high = mark
+            if epoch != warmed.epoch or high < warmed.start - 1:
+                return
+            newer = [e for e in events if e.offset > high]
+            if newer:
+                # What live delivery would bring next, read already: now, in order, once.
+                events = events[:len(events) - len(newer)]
+                self._deliver(self._fresh(newer))
+        if events:
+            self.history.backfill(events, {key: warmed.through})
+        if self.seen.raise_to(warmed.topic, warmed.partition, warmed.epoch, warmed.through):
+            self._rereads[key] = warmed.through
+
+    def warmed(self, report: WarmupReport) -> None:
+        """The warm-up ended: one line."""
+        if report.state == "done":
+            self.log.info("history warmed: {events} events of {partitions} partitions in "
+                          "{seconds:.1f} s{cut}", events=report.events,
+                          partitions=report.partitions, seconds=report.seconds,
+                          cut=(f" ({report.incomplete} read in part: history.warmup_timeout)"
+                               if report.incomplete else ""))
+        elif report.state == "failed":
+            self.log.warn("history warm-up failed after {seconds:.1f} s ({error}); "
+                          "{events} events of {partitions} partitions warmed",
+                          seconds=report.seconds, error=report.error, events=report.events,
+                          partitions=report.partitions)
 
 
 def _observe_latency(delivered: list[Event], relayed: bool) -> None:
