@@ -60,7 +60,7 @@ def _websocket(payload: bytes, event: Event) -> bytes:
 
 def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
            max_snapshot_events: int, room: int,
-           encode: Callable[[bytes, Event], bytes] = _websocket) -> Answer:
+           encode: Callable[[bytes, Event], bytes] = _websocket, overhead: int = 8) -> Answer:
     """
     The answer to C{msg}'s C{since} and C{snapshot}.
 
@@ -69,6 +69,8 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
     @param encode: the transport's message of an event's JSON (the event's
         envelope, or a snapshot's), called in sending order (default: a
         WebSocket text frame; the SSE stream gives its own).
+    @param overhead: bytes C{encode} adds to an event at most (a WebSocket
+        frame header: 8; an SSE message carries its id).
     @raise messages.ClientError: C{unknown_position} or C{snapshot_too_large};
         nothing is subscribed then.
     """
@@ -83,7 +85,7 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
                     f"position of a topic this server does not serve: {topic[:80]!r}", msg.id)
         out.positions = tops(history)
         events, reason = history.replay(msg.since, patterns)
-        if events is not None and sum(len(e.envelope) + 8 for e in events) > room:
+        if events is not None and sum(len(e.envelope) + overhead for e in events) > room:
             events, reason = None, TOO_LARGE
         out.recovered = events is not None
         out.reason = reason
@@ -97,7 +99,7 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
     if msg.snapshot and not out.recovered:
         # A recovered subscription has missed nothing: no snapshot needed.
         latest, more = history.latest(patterns, max_snapshot_events)
-        size = sum(len(e.envelope) + 24 for e in latest)
+        size = sum(len(e.envelope) + 16 + overhead for e in latest)
         if more or size > room:
             raise messages.ClientError(
                 messages.SNAPSHOT_TOO_LARGE,

@@ -27,7 +27,7 @@ from odin_ws.common.events import Event
 from odin_ws.common.httphead import RequestHead
 from odin_ws.common.logs import audit
 from odin_ws.common.twisted_internals import replace_protocol
-from odin_ws.shard import auth, messages, recovery
+from odin_ws.shard import auth, messages, positions, recovery
 from odin_ws.shard.autobahn_internals import retire_unopened
 from odin_ws.shard.outbox import Outbox, OutboxHolder
 from odin_ws.shard.ssefeed import PING, message, vector_text, with_id
@@ -169,10 +169,16 @@ class SseStream(OutboxHolder, Protocol):
                 return message(payload, vector_text(vector))
             return message(payload)
 
+        # What the answer may take of the outbound buffer: the response head
+        # and the ack (with the shard's positions) go first, and each event
+        # carries a vector at most as long as the client's and the shard's.
+        now = recovery.tops(shard.history)
+        room = shard.settings.outbound.max_buffer_bytes - 512 - 2 * sum(len(p) + 3 for p in now)
+        overhead = len(vector_text({**vector, **_vector_of(now)})) + 24
         try:
             return recovery.answer(shard.history, msg, shard.settings.kafka.topics,
-                                   shard.settings.limits.max_snapshot_events,
-                                   shard.settings.outbound.max_buffer_bytes, encode)
+                                   shard.settings.limits.max_snapshot_events, max(0, room),
+                                   encode, overhead)
         except messages.ClientError as e:
             raise _Refused(400, e.code, e.message) from None
 
@@ -304,6 +310,14 @@ class SseStream(OutboxHolder, Protocol):
             metrics.CONNECTIONS_CLOSED.labels(reason=closed,
                                               code=metrics.close_code_label(code)).inc()
         shard.connection_lost(self)
+
+
+def _vector_of(texts: list[str]) -> messages.Since:
+    out = {}
+    for text in texts:
+        topic, partition, epoch, offset = positions.decode(text)
+        out[(topic, partition)] = (epoch, offset)
+    return out
 
 
 def _complete(since: messages.Since, history: "History", topics: Any) -> messages.Since:

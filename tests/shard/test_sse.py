@@ -539,3 +539,33 @@ class TakeOverTests(StreamTestCase):
         self.assertIs(wrapper.wrappedProtocol, new)
         self.assertIs(new.transport, wrapper)
         self.assertRaises(TypeError, replace_protocol, wrapper, old, Protocol())
+
+
+class ReplaySizeTests(StreamTestCase):
+    settings = {**StreamTestCase.settings, "outbound.max_buffer_bytes": 4096,
+                "kafka.max_record_bytes": 4096}
+
+    def test_replay_that_would_not_fit_is_not_half_sent(self):
+        """
+        A replay whose SSE messages (each with its id) would not fit the
+        outbound buffer, though its WebSocket frames would, answers
+        recovered: false (too_large) instead of sending part of it and
+        dropping the rest under the slow-client policy.
+        """
+        for p in range(2, 10):
+            self.offset[(TOPIC, p)] = 1000000 * p
+        first = self.stream({"channels": "odin.token.A.trade"})
+        self.deliver(*[self.event("Q", partition=p) for p in range(10)], self.event("A"))
+        last_id = first.messages()[-1].id
+        first.drop()
+        missed = self.deliver(*[self.event("A") for _ in range(24)])
+        websocket_size = sum(len(e.envelope) + 8 for e in missed)
+        self.assertLess(websocket_size, 4096 - 1024)
+        c = self.stream({"channels": "odin.token.A.trade"}, (f"Last-Event-ID: {last_id}",))
+        ack, *rest = c.messages()
+        body = ack.json()
+        if body["recovered"]:
+            self.assertEqual([m.data.encode() for m in rest], [e.envelope for e in missed])
+        else:
+            self.assertEqual((body["reason"], rest), ("too_large", []))
+        self.assertEqual(self.shard.stats.dropped["drop"], 0)
