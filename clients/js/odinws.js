@@ -280,6 +280,7 @@ function sseTransport(url, {token, env, options, plan}, on) {
     if (closed) return;
     stop();
     const p = plan();
+    if (!p) return;  // the client moved on to another connection
     if (!p.channels.length) {
       // Nothing to stream: no request to make (a subscribe opens one).
       if (!opened) { opened = true; on.open(); }
