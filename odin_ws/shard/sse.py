@@ -112,6 +112,9 @@ class SseStream(OutboxHolder, Protocol):
         allowed = not origins or origin in origins
         # Cross-origin pages read the stream (and errors) only with this.
         self._allow_origin = (origin if origins else "*") if allowed else None
+        if head.method != "GET":
+            # The parent answers this itself; with TLS it reads nothing.
+            raise _Refused(405, "method_not_allowed", "a stream is opened with GET", "method")
         if not shard.accepting:
             raise _Refused(503, "unavailable", "server is shutting down", "draining",
                            {"Retry-After": str(settings.listen.retry_after)})

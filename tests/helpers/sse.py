@@ -79,12 +79,12 @@ class SseParser:
 
 
 def sse_request(path: str = "/sse", query: dict | None = None,
-                headers: tuple[str, ...] = ()) -> bytes:
-    """A GET head for an event stream."""
+                headers: tuple[str, ...] = (), method: str = "GET") -> bytes:
+    """A request head for an event stream."""
     target = path
     if query:
         target += "?" + "&".join(f"{k}={quote(str(v), safe=',*:~;')}" for k, v in query.items())
-    lines = [f"GET {target} HTTP/1.1", "Host: node", "Accept: text/event-stream", *headers]
+    lines = [f"{method} {target} HTTP/1.1", "Host: node", "Accept: text/event-stream", *headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -112,9 +112,9 @@ class StreamClient:
         return self.transport.protocol
 
     def request(self, query: dict | None = None, headers: tuple[str, ...] = (),
-                path: str = "/sse") -> int:
+                path: str = "/sse", method: str = "GET") -> int:
         """Send the request; the HTTP status of the answer."""
-        self.proto.dataReceived(sse_request(path, query, headers))
+        self.proto.dataReceived(sse_request(path, query, headers, method))
         if hasattr(self.transport, "drain"):   # a StalledSocket: read the answer
             self.transport.drain()
         self.settle()

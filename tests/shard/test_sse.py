@@ -311,6 +311,12 @@ class RefusalTests(StreamTestCase):
         self.refused({"channels": "odin.token.*.trade", "snapshot": "1"}, 400,
                      messages.SNAPSHOT_TOO_LARGE)
 
+    def test_other_methods_405(self):
+        """A POST on the SSE path (with TLS the parent reads nothing) is refused 405."""
+        c = StreamClient(self.shard)
+        self.assertEqual(c.request({"channels": "odin.token.A.trade"}, method="POST"), 405)
+        self.assertEqual(c.error()["code"], "method_not_allowed")
+
     def test_per_ip_limit_429(self):
         """Past limits.max_connections_per_ip on the shard: 429 too_many_connections."""
         self.shard.reload(self.config.replace(limits__max_connections_per_ip=1))
