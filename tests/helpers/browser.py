@@ -34,7 +34,7 @@ def require_browser() -> str:
         # .ci/run installs these first; a developer's first run does it here, as CI does.
         result = subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BROWSER_DIR,
-            capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+            capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, check=False)
         if result.returncode:
             raise AssertionError(f"npm ci in {BROWSER_DIR} failed:\n{result.stdout}{result.stderr}")
     return node
