@@ -32,7 +32,8 @@
 // that refuses upgrades looks like to a browser); the library falls back to
 // Server-Sent Events, gets a snapshot and live events in order, and after
 // the caller SIGKILLs the shard holding the stream ("READY") reconnects over
-// SSE and recovers what it missed, as over WebSocket.
+// SSE and recovers what it missed, as over WebSocket; a subscription added
+// then opens a new stream, and the others go on without a gap.
 //
 // token: connects with a 6 s JWT and getToken minting tokens with the
 // secret: the first refresh (before exp) is good, so the connection outlives
@@ -340,6 +341,22 @@ async function sse() {
     throw new Error(`connected over ${[...transports]}, want sse only`);
   }
   log("reconnected over SSE and recovered there too");
+  // A subscription change opens a new stream (with every channel and the
+  // positions seen): the other subscriptions go on without a gap.
+  const tradesBefore = await page.evaluate(() => window.rec.trades.length);
+  await page.evaluate(() => {
+    window.rec.qrs = [];
+    window.qrsSub = window.client.subscribe("odin.token.QRS.price", {}, (e) =>
+      window.rec.qrs.push({ channel: e.channel, n: e.data.n, at: Date.now() }));
+  });
+  await until(() => window.qrsSub.state === "subscribed" && window.rec.qrs.length >= 3);
+  await eventsFlowAfter(Date.now());
+  const after = await rec();
+  checkSequences(after.trades, "odin.token.*.trade");
+  checkSequences(after.abc, "odin.token.ABC.*");
+  checkSequences(after.qrs, "odin.token.QRS.price");
+  log(`subscribed to odin.token.QRS.price on a new stream: ${after.qrs.length} events; the others ` +
+      `went on without a gap (${after.trades.length - tradesBefore} trades since)`);
 }
 
 async function token() {

@@ -147,7 +147,9 @@ class SseFallbackTests(ClientBrowserCase):
         The page's WebSocket never opens (a proxy refusing upgrades): the
         library falls back to Server-Sent Events, gets a snapshot then live
         events, and after the shard holding the stream is SIGKILLed it
-        reconnects over SSE and recovers every missed event, in order, once.
+        reconnects over SSE and recovers every missed event, in order, once;
+        a subscription added then opens a new stream without a gap for the
+        others.
         """
         script = self.script("sse", f"http://127.0.0.1:{self.node.port}")
         script.wait_line("READY", 120)
