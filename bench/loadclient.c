@@ -19,6 +19,10 @@
  * with -X puts them in the path instead (PATH/<t1>/<t2>/..., nchan's
  * multiplexed channels) and publishes each event to PUBPATH/<token>.
  *
+ * Server-Sent Events (-E): the request is a plain GET of PATH (which carries
+ * ?channels=...), the answer must be 200, and each SSE message (ended by a
+ * blank line) counts as one frame, with the latency of its "t_us" field.
+ *
  * stdin commands (one per line):
  *   w            print the stats of the window since the previous "w" (JSON) and reset
  *   pub R B [N]  publish R events/s in batches of B (R=0 stops), tokens 1000+seq%N (16)
@@ -68,7 +72,7 @@ static uint64_t lat_n, lat_max;
 static const char *host = "127.0.0.1", *path = "/ws", *subscribe = NULL;
 static int port, nconns = 100, nsrc = 4, max_pending = 128, slow_every = 0, lat_every = 1;
 static int rcvbuf_slow = 16384;
-static int rand_tokens = 0, ntokens = 100, tokens_in_path = 0;
+static int rand_tokens = 0, ntokens = 100, tokens_in_path = 0, sse = 0;
 static conn_t *conns;
 static int epfd, started, pending, n_open, n_failed, n_closed;
 static uint64_t w_frames, w_other, w_bytes, w_frames_slow, w_reads;
@@ -268,6 +272,29 @@ static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_u
     return off;
 }
 
+/* Server-Sent Events: whole messages (ended by "\n\n") from buf; bytes consumed. */
+static size_t parse_sse(int i, const uint8_t *buf, size_t len, uint64_t now_us) {
+    conn_t *c = &conns[i];
+    size_t off = 0;
+    for (;;) {
+        const uint8_t *end = memmem(buf + off, len - off, "\n\n", 2);
+        if (!end) break;
+        size_t mlen = end - (buf + off);
+        uint64_t t = parse_tus(buf + off, mlen);
+        if (t) {
+            if (c->slow) w_frames_slow++;
+            else {
+                w_frames++;
+                c->frames_win++;
+                if (lat_every <= 1 || (w_frames % lat_every) == 0)
+                    record_latency(now_us > t ? now_us - t : 0);
+            }
+        } else w_other++;   /* the subscribed event, comments */
+        off += mlen + 2;
+    }
+    return off;
+}
+
 static void on_data(int i, const uint8_t *data, size_t n) {
     conn_t *c = &conns[i];
     uint64_t now_us = wall_us();
@@ -276,7 +303,7 @@ static void on_data(int i, const uint8_t *data, size_t n) {
     const uint8_t *buf = data;
     size_t len = n;
     if (c->carry_len) { carry_put(c, data, n); buf = c->carry; len = c->carry_len; }
-    size_t used = parse_frames(i, buf, len, now_us);
+    size_t used = sse ? parse_sse(i, buf, len, now_us) : parse_frames(i, buf, len, now_us);
     if (used == (size_t)-1) { conn_fail(i); return; }
     if (buf == c->carry) {
         memmove(c->carry, c->carry + used, len - used);
@@ -321,7 +348,9 @@ static void on_conn_event(int i, uint32_t events) {
         if (rand_tokens && tokens_in_path)
             for (int k = 0; k < rand_tokens; k++)
                 tn += snprintf(target + tn, sizeof target - tn, "/%d", 1000 + c->tok[k]);
-        int n = snprintf(req, sizeof req,
+        int n = sse ? snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n"
+                               "Accept: text/event-stream\r\n\r\n", target, host, port)
+                    : snprintf(req, sizeof req,
                          "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                          "Sec-WebSocket-Version: 13\r\n\r\n", target, host, port);
@@ -340,7 +369,10 @@ static void on_conn_event(int i, uint32_t events) {
         carry_put(c, rbuf, r);
         uint8_t *end = memmem(c->carry, c->carry_len, "\r\n\r\n", 4);
         if (!end) { if (c->carry_len > 8192) conn_fail(i); return; }
-        if (c->carry_len < 12 || memcmp(c->carry + 9, "101", 3) != 0) { conn_fail(i); return; }
+        if (c->carry_len < 12 || memcmp(c->carry + 9, sse ? "200" : "101", 3) != 0) {
+            conn_fail(i);
+            return;
+        }
         size_t rest = c->carry_len - (end + 4 - c->carry);
         uint8_t *tmp = rest ? malloc(rest) : NULL;
         if (rest) memcpy(tmp, end + 4, rest);
@@ -511,13 +543,13 @@ static int on_stdin(void) {
 static void usage(void) {
     fprintf(stderr, "usage: loadclient -p PORT [-h HOST] [-u PATH] [-n CONNS] [-s SRCADDRS] "
                     "[-m MAXPENDING] [-S SUBSCRIBE_JSON] [-k SLOW_EVERY] [-l LAT_EVERY] "
-                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]]\n");
+                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]] [-E]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:X")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:XE")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -534,6 +566,7 @@ int main(int argc, char **argv) {
         case 'r': rand_tokens = atoi(optarg); break;
         case 'T': ntokens = atoi(optarg); break;
         case 'X': tokens_in_path = 1; break;
+        case 'E': sse = 1; break;
         default: usage();
         }
     }

@@ -140,6 +140,12 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         ratio = b / p if b and p else None
         rows.append((f"5k burst: ≥ {factor}× {peer}", "–" if ratio is None else f"{ratio:.1f}×",
                      verdict(None if ratio is None else ratio >= factor)))
+    sse = fps("odinws-sse", 5000, "burst")
+    if sse is not None:
+        ratio = sse / b if b else None
+        rows.append(("5k burst, Server-Sent Events: within 20% of WebSocket (same run)",
+                     "–" if ratio is None else f"{ratio:.0%} ({_k(sse)} of {_k(b)})",
+                     verdict(None if ratio is None else ratio >= 0.8)))
     for conns, goal in ((1000, 300e3), (5000, 150e3)):
         t = fps("odinws", conns, "turn")
         rows.append((f"{conns // 1000}k conns, one event per turn: ≥ {goal / 1e3:.0f}k",

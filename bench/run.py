@@ -7,6 +7,8 @@ docs/performance.md.
     make bench                       # everything (~20 min)
     python bench/run.py --servers node-ws --conns 1000 --no-slow   # a quick look
     python bench/run.py --conns "" --no-slow --flush-conns ""      # only the random-tokens cells
+    python bench/run.py --servers odinws,odinws-sse --conns 5000 --no-slow --random-conns "" \
+        --flush-conns ""                                            # SSE against WebSocket
 
 Run bench/setup.sh first (make bench does). See docs/performance.md.
 """
@@ -35,6 +37,7 @@ KEPT_UP = 0.93    # delivered/offered at or above this = the server kept up
 MAX_WINDOW = 6.0  # longest window (slow bursts: see window_for)
 P99_BOUND = 500.0  # ms; above it the server is behind even if the rate matches
 SRC_ADDRS = 8     # 127.0.0.1..127.0.0.8 as source addresses
+SSE_CONNS = 5000  # the one size of the Server-Sent Events cell (odinws-sse)
 
 
 def log(msg: str) -> None:
@@ -225,7 +228,7 @@ def run_cell(name: str, conns: int, batches: tuple, rundir: str, guesses: dict,
     L{run_random_cells}); C{flush_delay}: odinws's outbound.flush_delay.
     """
     cls = SERVERS[name]
-    server = cls(rundir, batches[0], flush_delay) if cls is Odinws else cls(rundir)
+    server = cls(rundir, batches[0], flush_delay) if issubclass(cls, Odinws) else cls(rundir)
     if random:
         server.filter_tokens(*random)
     kind = {"kind": "random", "random": list(random)} if random else {}
@@ -300,7 +303,7 @@ def _cell_into(results: dict, what: str, run) -> None:
 def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) -> dict:
     """10% of the clients stop reading; the others' rate and the server's RSS over time."""
     cls = SERVERS[name]
-    server = cls(rundir, 10) if cls is Odinws else cls(rundir)
+    server = cls(rundir, 10) if issubclass(cls, Odinws) else cls(rundir)
     inst = Instance(server, conns, slow_every=10)
     try:
         idle = inst.open(10, rundir)
@@ -329,7 +332,7 @@ def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--servers", default="odinws,cpython-raw,node-ws,py-websockets,nchan")
+    ap.add_argument("--servers", default="odinws,odinws-sse,cpython-raw,node-ws,py-websockets,nchan")
     ap.add_argument("--conns", default="1000,5000,15000")
     ap.add_argument("--classic-servers", default=None,
                     help="servers of the everyone-subscribes-to-everything cells "
@@ -369,7 +372,10 @@ def main() -> int:
     try:
         for name in classic:
             for n in conns:
-                variants = [(10,), (1,)] if name == "odinws" else [(10, 1)]
+                if name == "odinws-sse" and n != SSE_CONNS:
+                    continue
+                # odinws: a fresh instance per mode; its SSE endpoint: burst only.
+                variants = {"odinws": [(10,), (1,)], "odinws-sse": [(10,)]}.get(name, [(10, 1)])
                 for batches in variants:
                     log(f"{name}: {n} connections, modes {[MODES[b] for b in batches]}")
                     try:
@@ -380,7 +386,8 @@ def main() -> int:
                     finally:
                         Proc.stop_all()
         if random_conns:
-            run_random_cells(servers, random_conns, (args.random_tokens, args.tokens),
+            # SSE subscribes by URL to everything: not a random-tokens client.
+            run_random_cells([s for s in servers if s != "odinws-sse"], random_conns, (args.random_tokens, args.tokens),
                              random_flush, rundir, guesses, results)
         if flush_conns and "odinws" in servers:
             run_flush_cells(flush_conns, flush_delays, rundir, guesses, results)

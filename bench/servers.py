@@ -384,6 +384,16 @@ class Odinws(Server):
         self.procs[1].send(f"rate {rate:.3f} {batch} {self.tokens}")
 
 
+class OdinwsSse(Odinws):
+    """odinws's Server-Sent Events endpoint: the same node, events as an event stream."""
+
+    name = "odinws-sse"
+    ws_path = "/sse?channels=odin.token.*.*"
+
+    def client_args(self) -> list[str]:
+        return ["-E"]
+
+
 def _wait_port(port: int, timeout: float) -> None:
     import socket
     deadline = time.monotonic() + timeout
@@ -396,5 +406,5 @@ def _wait_port(port: int, timeout: float) -> None:
     raise RuntimeError(f"port {port} not listening after {timeout:g}s")
 
 
-SERVERS = {"odinws": Odinws, "cpython-raw": CpythonRaw, "node-ws": NodeWs,
+SERVERS = {"odinws": Odinws, "odinws-sse": OdinwsSse, "cpython-raw": CpythonRaw, "node-ws": NodeWs,
            "py-websockets": PyWebsockets, "nchan": Nchan}
