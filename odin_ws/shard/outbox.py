@@ -191,6 +191,20 @@ class Outbox:
             self.fanout.mark(self)
         queue += (frame, channel)
 
+    def push_control(self, frame: bytes) -> None:
+        """
+        Queue a reply to the client's own request (ack, error, pong) behind
+        the frames waiting here, so it never overtakes them. Never dropped or
+        conflated: a reply is small and the client waits for it.
+        """
+        if self.closed:
+            return
+        self.room -= len(frame)
+        queue = self.queue
+        if not queue:
+            self.fanout.mark(self)
+        queue += (frame, "")
+
     def queued(self) -> int:
         """Bytes of the frames waiting in this Outbox."""
         return 0 if self.closed else self.cap - self.room

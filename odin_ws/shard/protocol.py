@@ -25,6 +25,7 @@ from odin_ws.shard.lean import LeanServerProtocol
 from odin_ws.common.logs import audit, redact
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.outbox import Outbox, OutboxHolder
+from odin_ws.shard.frames import text_frame
 from odin_ws.shard.subscriptions import BudgetExceeded
 
 if TYPE_CHECKING:
@@ -302,9 +303,9 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             for _, token, etype in msg.channels:
                 subscriptions.remove(self.outbox, token, etype)
             shard.subscriptions_changed()
-            self.sendMessage(messages.ack("unsubscribed", [c[0] for c in msg.channels], msg.id))
+            self._reply(messages.ack("unsubscribed", [c[0] for c in msg.channels], msg.id))
         elif isinstance(msg, messages.Ping):
-            self.sendMessage(messages.pong(msg.id))
+            self._reply(messages.pong(msg.id))
         elif isinstance(msg, messages.Refresh) and shard.verifier.enabled:
             self._refresh(msg)
         else:
@@ -330,7 +331,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             reply["unsubscribed"] = sorted(f"odin.token.{t}.{e}" for t, e in lost)
         if msg.id is not None:
             reply["id"] = msg.id
-        self.sendMessage(json.dumps(reply, separators=(",", ":")).encode())
+        self._reply(json.dumps(reply, separators=(",", ":")).encode())
 
     def _subscribe(self, msg: "messages.Subscribe") -> None:
         shard = self.factory.shard
@@ -373,18 +374,31 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         shard.subscriptions_changed()
         channels = [c[0] for c in msg.channels]
         if answer is None:
-            self.sendMessage(messages.ack("subscribed", channels, msg.id))
+            self._reply(messages.ack("subscribed", channels, msg.id))
             return
         # The ack, then what recovery replays or the snapshot, then (from the
         # next delivered event on) live: all in this reactor turn.
-        self.sendMessage(answer.ack(channels, msg.id))
+        self._reply(answer.ack(channels, msg.id))
         if answer.frames:
             shard.fanout.publish_run(answer.frames, (self.outbox,))
             shard.fanout.flush()
 
     def _error(self, code: str, message: str, id) -> None:
         metrics.CLIENT_ERRORS.labels(code=code).inc()
-        self.sendMessage(messages.error(code, message, id))
+        self._reply(messages.error(code, message, id))
+
+    def _reply(self, payload: bytes) -> None:
+        """
+        A reply to the client goes out behind the events already queued for
+        it, never ahead (an ack after a replay, a pong after a backlog):
+        through the Outbox while frames wait there, else straight to the
+        transport, which keeps order behind what Twisted holds.
+        """
+        outbox = self.outbox
+        if outbox is not None and outbox.queue:
+            outbox.push_control(text_frame(payload))
+        else:
+            self.sendMessage(payload)
 
     def _slow_consumer(self) -> None:
         self.sendClose(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer exceeded")

@@ -203,3 +203,40 @@ class BadInputTests(RecoveryTestCase):
             got = self.request(c, channels=["odin.token.A.trade"], since=[value])
             self.assertIn(got[0]["type"], ("error", "subscribed"))
             self.assertTrue(c.open)
+
+
+class ReplyOrderTests(RecoveryTestCase):
+    def test_replies_never_overtake_queued_events(self):
+        """
+        A pong, an ack or an error answered while events wait for a slow
+        client comes after those events, not before (a client that trusts
+        an ack's positions the moment it arrives would otherwise lose events).
+        """
+        from tests.helpers import StalledSocket, parse_frames
+        from tests.helpers.cases import _ports
+        from twisted.internet.address import IPv4Address
+        stalled = self.connect(transport=StalledSocket(IPv4Address("TCP", "10.0.0.9",
+                                                                   next(_ports))))
+        stalled.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"]}))
+        stalled.transport.drain()
+        stalled.frames()
+        # Enough that Twisted pauses the Outbox and later frames wait in its queue.
+        events = []
+        for _ in range(15):
+            events += self.deliver(*(self.event("A") for _ in range(100)))
+        self.assertTrue(stalled.proto.outbox.queue)
+        stalled.send(text({"type": "ping", "id": "p"}))
+        stalled.send(text({"type": "subscribe", "channels": ["odin.token.B.trade"],
+                           "since": [], "id": "s"}))
+        stalled.send(text({"type": "subscribe", "channels": ["bad"], "id": "e"}))
+        for _ in range(50):
+            stalled.transport.drain()
+            self.clock.advance(0)
+        got = [json.loads(p) for op, p in parse_frames(stalled.transport.value()[stalled._read:])
+               if op == 1]
+        kinds = [m["type"] for m in got]
+        delivered = [m for m in got if m["type"] == "event"]
+        self.assertEqual(kinds[len(delivered):], ["pong", "subscribed", "error"])
+        seqs = [m["data"]["p"] for m in delivered]
+        self.assertEqual(seqs, sorted(seqs))
+        self.assertEqual(seqs[-1], json.loads(events[-1].envelope)["data"]["p"])
