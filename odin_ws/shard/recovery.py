@@ -96,8 +96,10 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
             metrics.EVENTS_REPLAYED.inc(len(events))
         else:
             metrics.RECOVERIES.labels(result=reason).inc()
-    if msg.snapshot and not out.recovered:
-        # A recovered subscription has missed nothing: no snapshot needed.
+    if msg.snapshot and not (out.recovered and msg.since):
+        # A subscription recovered from positions has missed nothing: no
+        # snapshot needed. since: [] (a first subscribe asking for the
+        # current positions) recovers nothing, so it gets its snapshot.
         latest, more = history.latest(patterns, max_snapshot_events)
         size = sum(len(e.envelope) + 16 + overhead for e in latest)
         if more or size > room:

@@ -151,6 +151,22 @@ class SnapshotTests(RecoveryTestCase):
         [live] = c.messages()
         self.assertEqual((live["data"]["p"], "snapshot" in live), (104, False))
 
+    def test_first_subscribe_gets_positions_and_snapshot(self):
+        """since: [] with snapshot: the current positions and the snapshot, in one subscribe."""
+        self.deliver(self.event("A", "price"))
+        c = self.connect()
+        got = self.request(c, channels=["odin.token.A.price"], since=[], snapshot=True)
+        self.assertEqual((got[0]["positions"], got[0]["snapshot"]), ([f"{TOPIC}:0:ep1:100"], 1))
+        self.assertEqual([m["snapshot"] for m in got[1:]], [True])
+
+    def test_recovered_subscription_gets_no_snapshot(self):
+        """Recovered from real positions: nothing was missed, so no snapshot is sent."""
+        seen = self.deliver(self.event("A", "price"))
+        c = self.connect()
+        got = self.request(c, channels=["odin.token.A.price"],
+                           since=[json.loads(seen[0].envelope)["pos"]], snapshot=True)
+        self.assertEqual((got[0]["recovered"], "snapshot" in got[0], len(got)), (True, False, 1))
+
     def test_snapshot_over_the_limit_is_refused(self):
         """More matching channels than limits.max_snapshot_events: error, nothing subscribed."""
         self.shard.reconfigure(self.shard.settings.__class__.from_config(
