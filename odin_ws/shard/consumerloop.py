@@ -266,6 +266,9 @@ class ConsumerLoop:
             # A new assignment starts from the committed offset: going back
             # to it is a re-read, not a new log.
             self.positions.pop((tp.topic, tp.partition), None)
+            # Exported from the assignment on (the statistics set the value
+            # within a second), so lag alerts and graphs see every partition.
+            metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(0)
         self._publish_assignment()
         self.repause = self.paused
         self.ingest.broker_reached()

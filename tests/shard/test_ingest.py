@@ -22,6 +22,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from odin_ws.common import metrics
 from odin_ws.common.config import Config, validate
 from odin_ws.common.settings import Settings
 from odin_ws.shard.consumerloop import STOP_GRACE, ConsumerLoop
@@ -412,11 +413,14 @@ class ConsumerLoopEpochTests(SynchronousTestCase):
 
     def test_assignLooksUpAndTags(self):
         """
-        An assignment looks the topics' identity up; every event carries the
-        epoch and one consumed-at time per batch; the broker's share of the
-        latency is observed once per event.
+        An assignment looks the topics' identity up and exports the lag of
+        its partitions (at 0 until the statistics say more); every event
+        carries the epoch and one consumed-at time per batch; the broker's
+        share of the latency is observed once per event.
         """
         self.assertEqual(self.incarnations.lookups, 1)
+        self.assertEqual(metrics.REGISTRY.get_sample_value(
+            "odinws_kafka_consumer_lag", {"topic": "t", "partition": "1"}), 0.0)
         observed = sample("odinws_broker_latency_seconds_count")
         events = self.handle((0, 5), (1, 7))
         self.assertEqual([e.epoch for e in events], ["e1", "e1"])
