@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
 
 from odin_ws.common.twisted_internals import pending_writers
-from odin_ws.shard.frames import Chunk
+from odin_ws.shard.frames import Chunk, frame_count
 from odin_ws.shard.outbox import POLICIES, Outbox
 
 log = Logger()
@@ -200,18 +200,26 @@ class Fanout:
         frames = size = sent_whole = 0
         writes = self.writes
         for box in dirty:
-            # Outbox.flush inlined for the common case: one entry waiting on a
+            # Outbox.flush inlined for the common case: entries waiting on a
             # plain TCP connection (of an open OutboxHolder protocol: else
             # closed) for which Twisted holds nothing (its fd is not waiting
             # to be writable), no policy state; the kernel takes it all. The
             # rest goes through Outbox.flush.
             queue = box.queue
-            if (len(queue) == 2 and box.inline and not (box.paused or box.closed or box.tracking)
+            if (box.inline and not (box.paused or box.closed or box.tracking)
                     and box.fdno not in writes):
-                buf, tag = queue
+                if len(queue) == 2:
+                    buf, tag = queue
+                    count = 1 if tag.__class__ is str else tag.count
+                elif queue:
+                    # Several entries (a flush window collected them; no policy
+                    # state, hence no conflated placeholders): one buffer.
+                    buf = b"".join(queue[::2])
+                    count = frame_count(queue[1::2])
+                else:
+                    continue    # written since it was marked (resumeProducing)
                 queue.clear()
                 box.room = box.cap
-                count = 1 if tag.__class__ is str else tag.count
                 try:
                     sent = box.sock.send(buf)
                 except OSError:

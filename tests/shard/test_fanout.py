@@ -427,6 +427,26 @@ class RealSocketTests(TestCase):
             self.assertEqual(data, expected)
 
     @inlineCallbacks
+    def test_windowEntriesLeaveInOneDirectSend(self):
+        """
+        With a flush window, the events flushed one by one within it reach
+        each connection in one socket.send (Fanout.flush's inline path joins
+        the entries), counted as their frames.
+        """
+        self.fanout.reconfigure(0.002)
+        pairs = [self.pair() for _ in range(2)]
+        boxes = [self.outbox(sink) for sink, _ in pairs]
+        frames = [event("a", i) for i in range(3)]
+        for f in frames:
+            self.fanout.publish(f, "a", "trade", boxes)
+            self.assertFalse(self.fanout.flush())
+        self.assertEqual(self.stats.writes, 0)
+        for _, client in pairs:
+            data = yield client.read(len(b"".join(frames)))
+            self.assertEqual(data, b"".join(frames))
+        self.assertEqual((self.stats.direct, self.stats.writes, self.stats.delivered), (2, 2, 6))
+
+    @inlineCallbacks
     def test_runPartialSend(self):
         """A run the kernel takes only part of: the rest goes to Twisted, all arrives in order."""
         sink, client = self.pair(sndbuf=4096, rcvbuf=4096)
