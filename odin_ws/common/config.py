@@ -206,6 +206,11 @@ SCHEMA: tuple[Option, ...] = (
     _opt("outbound.disconnect_grace", float, 5.0, "Seconds a connection under the "
          "disconnect policy may stay over its buffer limit before it is closed.",
          minimum=0, live=True),
+    _opt("outbound.max_event_age", float, 60.0, "Events older than this (seconds, by their "
+         "Kafka timestamp) are not delivered live: a backlog read after a restart or a "
+         "long lag is kept for recovery and snapshots only, and counted "
+         "(odinws_events_stale_total). 0 = deliver whatever the age. Producer clocks must "
+         "be within it of the node's.", minimum=0, live=True),
     _opt("outbound.flush_delay", float, 0.0, "Flush window in seconds (0 = off: "
          "written at once): events queued within the window go out when it ends, in one "
          "write per connection (fewer, larger writes under load for up to this much added "

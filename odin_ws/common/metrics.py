@@ -150,6 +150,9 @@ RECOVERIES = Counter("odinws_recoveries", "Subscribes that asked for recovery, b
 for _result in ("recovered", "too_old", "ahead", "other_epoch", "unknown_partition",
                 "too_large"):
     RECOVERIES.labels(result=_result)  # exported at 0
+EVENTS_STALE = Counter("odinws_events_stale", "Events older than outbound.max_event_age, "
+                       "not delivered live (kept for recovery and snapshots).",
+                       registry=REGISTRY)
 EVENTS_REPLAYED = Counter("odinws_events_replayed", "Events sent again by recoveries.",
                           registry=REGISTRY)
 SNAPSHOT_EVENTS = Counter("odinws_snapshot_events", "Events sent as snapshots on subscribe.",

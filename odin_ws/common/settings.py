@@ -99,6 +99,7 @@ class OutboundSettings:
     kernel_unsent_bytes: int
     policy: Mapping[str, Any]
     disconnect_grace: float
+    max_event_age: float
     flush_delay: float
 
 

@@ -357,11 +357,18 @@ class Shard(service.MultiService):
         run: list = []
         run_to = None
         remember = self.history.add
+        # Older than outbound.max_event_age: kept for recovery, not sent live.
+        max_age = self.settings.outbound.max_event_age
+        cutoff = (time.time() - max_age) * 1000.0 if max_age > 0 else -1.0
+        stale = 0
         # SSE streams get their own message of each event, built once
         # (odin_ws/shard/sse.py); None while no stream is open.
         streams = self.streams.feed()
         for e in events:
             remember(e)
+            if e.ts < cutoff:
+                stale += 1
+                continue
             subscribers = subscriptions.match(e.token, e.event_type)
             if streams is not None and streams.offer(e) and not subscribers:
                 delivered.append(e)
@@ -376,6 +383,8 @@ class Shard(service.MultiService):
             run.append((text_frame(e.envelope), e.channel, e.event_type))
         if run:
             fanout.publish_run(run, run_to)
+        if stale:
+            metrics.EVENTS_STALE.inc(stale)
         if streams is not None:
             streams.finish()
         written = fanout.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import os
 
 import txaio
@@ -241,8 +242,9 @@ class ShardTestCase(unittest.TestCase):
 
     def publish(self, token: str, event_type: str = "trade") -> bytes:
         """One event through the shard's delivery path; its envelope."""
-        event = Event.build(token, event_type, b'{"p":1}', 1, "odin.trades", 0,
-                            next(self.offsets))
+        # Stamped now: older events are not delivered live (outbound.max_event_age).
+        event = Event.build(token, event_type, b'{"p":1}', int(time.time() * 1000),
+                            "odin.trades", 0, next(self.offsets))
         self.shard.deliver([event])
         return event.envelope
 

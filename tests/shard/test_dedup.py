@@ -15,8 +15,8 @@ from tests.helpers import ShardTestCase, sample
 class ShardDedupTests(ShardTestCase):
 
     def event(self, offset: int, epoch: str, seq: int, partition: int = 0) -> Event:
-        return Event.build("ABC", "trade", b'{"seq":%d}' % seq, 1, "odin.trades", partition,
-                           offset, epoch=epoch)
+        return Event.build("ABC", "trade", b'{"seq":%d}' % seq, int(time.time() * 1000),
+                           "odin.trades", partition, offset, epoch=epoch)
 
     def test_newIncarnationIsDelivered(self):
         """

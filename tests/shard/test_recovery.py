@@ -256,3 +256,34 @@ class ReplyOrderTests(RecoveryTestCase):
         seqs = [m["data"]["p"] for m in delivered]
         self.assertEqual(seqs, sorted(seqs))
         self.assertEqual(seqs[-1], json.loads(events[-1].envelope)["data"]["p"])
+
+
+class StaleEventTests(RecoveryTestCase):
+    def test_old_backlog_is_kept_for_recovery_not_sent_live(self):
+        """
+        Events older than outbound.max_event_age (a backlog read after a
+        restart) reach no live subscriber, are counted, and stay recoverable.
+        """
+        from tests.helpers import sample
+        c = self.connect()
+        self.subscribe(c, "odin.token.A.trade")
+        before = sample("odinws_events_stale_total")
+        old = Event.build("A", "trade", b'{"p":1}', int((time.time() - 120) * 1000), TOPIC, 0,
+                          100, "ep1")
+        self.offset[0] = 100
+        fresh = self.event("A")
+        self.deliver(old, fresh)
+        self.assertEqual([m["pos"] for m in c.messages()], [json.loads(fresh.envelope)["pos"]])
+        self.assertEqual(sample("odinws_events_stale_total"), before + 1)
+        d = self.connect()
+        got = self.request(d, channels=["odin.token.A.trade"], since=[f"{TOPIC}:0:ep1:99"])
+        self.assertEqual((got[0]["recovered"], [m["data"]["p"] for m in got[1:]]), (True, [1, 101]))
+
+    def test_zero_turns_it_off(self):
+        """outbound.max_event_age 0 delivers events whatever their age."""
+        self.shard.reconfigure(self.shard.settings.__class__.from_config(
+            self.config.replace(outbound__max_event_age=0)))
+        c = self.connect()
+        self.subscribe(c, "odin.token.A.trade")
+        self.deliver(Event.build("A", "trade", b'{"p":1}', 5, TOPIC, 0, 100, "ep1"))
+        self.assertEqual(len(c.messages()), 1)

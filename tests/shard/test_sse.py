@@ -84,7 +84,8 @@ class StreamTests(StreamTestCase):
         """An upstream value with line breaks goes out as several data lines, read back whole."""
         c = self.stream({"channels": "odin.token.A.trade"})
         c.messages()
-        e = Event.build("A", "trade", b'{\n  "p": 1\r\n}', 1, TOPIC, 0, 5, "ep1")
+        e = Event.build("A", "trade", b'{\n  "p": 1\r\n}', int(time.time() * 1000), TOPIC, 0,
+                        5, "ep1")
         self.deliver(e)
         [m] = c.messages()
         self.assertEqual(m.json()["data"], {"p": 1})
