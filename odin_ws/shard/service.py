@@ -115,7 +115,9 @@ class Shard(service.MultiService):
                                  RecordMapper.from_settings(settings.kafka),
                                  self.on_kafka_batch)
         self.kafka.setServiceParent(self)
-        #: Reads the recent past back from Kafka at start (L{backfill}).
+        #: Reads the recent past back from Kafka at start (L{backfill}); what
+        #: was produced before this moment (ms) is the past.
+        self.started_ms = int(time.time() * 1000)
         self.warmup = HistoryWarmup(reactor, settings, RecordMapper.from_settings(settings.kafka),
                                     self.kafka.consumer_config(), self.backfill, self.warmed)
         self.warmup.setServiceParent(self)
@@ -403,26 +405,32 @@ class Shard(service.MultiService):
         and the hub's); then the shard counts every offset it read as seen, so
         the group consumer's re-read of them (a restarted node resumes from its
         committed offsets) is not delivered again as live: clients that missed
-        them recover them. Where live delivery is behind with a gap, or knows
-        another incarnation of the topic, the backfill is left out.
+        them recover them. Events produced since this shard started, and those
+        past what live delivery brought already, are delivered now, as live
+        delivery would have: in order, once. Where live delivery is behind with
+        a gap, or knows another incarnation of the topic, the backfill is left
+        out.
         """
         key = (warmed.topic, warmed.partition)
         events = warmed.events
+        through = warmed.through
         metrics.HISTORY_WARMED.inc(len(events))
         mark = self.seen.marks.get(key)
         if mark is not None:
             epoch, high = mark
             if epoch != warmed.epoch or high < warmed.start - 1:
                 return
-            newer = [e for e in events if e.offset > high]
-            if newer:
-                # What live delivery would bring next, read already: now, in order, once.
-                events = events[:len(events) - len(newer)]
-                self._deliver(self._fresh(newer))
-        if events:
-            self.history.backfill(events, {key: warmed.through})
-        if self.seen.raise_to(warmed.topic, warmed.partition, warmed.epoch, warmed.through):
-            self._rereads[key] = warmed.through
+            live = next((i for i, e in enumerate(events) if e.offset > high), len(events))
+        else:
+            live = next((i for i, e in enumerate(events) if e.ts >= self.started_ms),
+                        len(events))
+        past, now = events[:live], events[live:]
+        if past:
+            self.history.backfill(past, {key: now[0].offset - 1 if now else through})
+        if now:
+            self._deliver(self._fresh(now))
+        if self.seen.raise_to(warmed.topic, warmed.partition, warmed.epoch, through) or now:
+            self._rereads[key] = through
 
     def warmed(self, report: WarmupReport) -> None:
         """The warm-up ended: one line."""

@@ -30,6 +30,7 @@ import heapq
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -126,7 +127,10 @@ class HistoryWarmup(Service):
         self._incarnations = incarnations or TopicIncarnations(
             dict(conf, logger=_quiet), timeout=REQUEST_TIMEOUT)
         conf.update({
-            "group.id": f"{settings.group_id}-warmup",   # required; never joined
+            # Required by librdkafka, never joined. Its own per run: with Tansu
+            # 0.6 a restarted node's shards never got their partitions while
+            # their warm-ups reused the previous run's id (measured).
+            "group.id": f"{settings.group_id}-warmup-{uuid.uuid4().hex[:12]}",
             "client.id": f"{conf.get('client.id', 'odinws')}-warmup",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -311,12 +315,11 @@ class _Run:
 
     def take(self, consumer: Any, m: Any) -> None:
         key = (m.topic(), m.partition())
-        end = self.ends.get(key)
-        if end is None:
+        if key not in self.ends:
             return        # finished already (fetched before the pause)
         err = m.error()
         if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF and m.offset() >= end:
+            if err.code() == KafkaError._PARTITION_EOF:
                 self.finish(consumer, key, through=m.offset() - 1)
             return
         offset = m.offset()

@@ -213,8 +213,8 @@ class WarmupTests(SynchronousTestCase):
         self.warm(FakeConsumer({(TOPIC, 0): [(record(1), 1)]}), history__max_age=0,
                   node_id="n1")
         conf = self.configs[0]
-        self.assertEqual((conf["group.id"], conf["enable.auto.commit"],
-                          conf["enable.partition.eof"]), ("odinws-n1-warmup", False, True))
+        self.assertEqual((conf["group.id"][:-12], conf["enable.auto.commit"],
+                          conf["enable.partition.eof"]), ("odinws-n1-warmup-", False, True))
         self.assertNotIn("session.timeout.ms", conf)
         self.assertEqual(conf["logger"].name, "odinws.warmup.librdkafka")
 
@@ -270,12 +270,17 @@ class ShardBackfillTests(ShardTestCase):
 
     settings = {"kafka__topics": {TOPIC: "trade"}}
 
-    def event(self, offset: int, token: str = "A", epoch: str = "ep1", partition: int = 0):
-        return Event.build(token, "trade", b'{"o":%d}' % offset, int(time.time() * 1000),
-                           TOPIC, partition, offset, epoch)
+    def event(self, offset: int, token: str = "A", epoch: str = "ep1", partition: int = 0,
+              ts: int | None = None):
+        ts = int(time.time() * 1000) if ts is None else ts
+        return Event.build(token, "trade", b'{"o":%d}' % offset, ts, TOPIC, partition, offset,
+                           epoch)
 
-    def warmed(self, offsets, start=None, through=None, epoch="ep1", token="A"):
-        events = [self.event(o, token, epoch) for o in offsets]
+    def warmed(self, offsets, start=None, through=None, epoch="ep1", token="A", since=None):
+        """A warm-up's partition; events produced before the shard started, or from C{since}."""
+        events = [self.event(o, token, epoch, ts=self.shard.started_ms - 1000
+                             if since is None or o < since else self.shard.started_ms)
+                  for o in offsets]
         start = offsets[0] if start is None else start
         through = offsets[-1] if through is None else through
         self.shard.backfill(WarmedPartition(TOPIC, 0, epoch, start, through, events))
@@ -298,8 +303,11 @@ class ShardBackfillTests(ShardTestCase):
         what follows is.
         """
         before = sample("odinws_history_warmed_events_total")
+        early = self.connect()
+        self.subscribe(early, "odin.token.*.trade")
         self.warmed(range(10, 20), through=21)
         self.assertEqual(sample("odinws_history_warmed_events_total") - before, 10)
+        self.assertEqual(self.got(early), [])        # the past: by recovery, not live
         watcher = self.connect()
         ack, replayed = self.recover(watcher, 14)
         self.assertEqual((ack["recovered"], replayed), (True, [15, 16, 17, 18, 19]))
@@ -311,6 +319,19 @@ class ShardBackfillTests(ShardTestCase):
         self.shard.on_kafka_batch([self.event(o) for o in range(5, 23)])
         self.assertEqual(self.got(watcher), [22])
         self.assertEqual(self.shard.seen.marks[(TOPIC, 0)], ("ep1", 22))
+
+    def test_events_since_the_start_are_live(self):
+        """
+        Events produced since the shard started, read by the warm-up before
+        live delivery brought them, go to subscribers now, once, in order.
+        """
+        client = self.connect()
+        self.subscribe(client, "odin.token.*.trade")
+        self.warmed(range(10, 20), since=16)
+        self.shard.deliver([self.event(o) for o in range(15, 22)])
+        self.assertEqual(self.got(client), [16, 17, 18, 19, 20, 21])
+        ack, replayed = self.recover(self.connect(), 9)
+        self.assertEqual((ack["recovered"], replayed), (True, list(range(10, 22))))
 
     def test_live_first_then_the_warmup_read_past_it(self):
         """
