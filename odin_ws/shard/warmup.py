@@ -156,7 +156,10 @@ class HistoryWarmup(Service):
         self.report = WarmupReport(state="running")
         self._stopping = threading.Event()
         self._finished = Deferred()
-        run = _Run(self, self._stopping, self._finished)
+        run = _Run(self._settings, self._mapper, self._incarnations,
+                   lambda: self._consumer_factory(self.config), self._hand_over,
+                   lambda report, finished=self._finished: self._end(report, finished),
+                   self._stopping)
         self._thread = threading.Thread(target=run.run, name="odinws-warmup", daemon=True)
         self._thread.start()
 
@@ -197,19 +200,29 @@ class HistoryWarmup(Service):
 
 
 class _Run:
-    """One warm-up, in its thread; reports to its L{HistoryWarmup} only through its methods."""
+    """
+    One warm-up, in its thread.
 
-    def __init__(self, owner: HistoryWarmup, stopping: threading.Event, finished: Deferred):
-        self.owner = owner
+    @param make_consumer: creates the consumer (in the thread).
+    @param hand_over: takes each L{WarmedPartition} (thread-safe).
+    @param end: takes the L{WarmupReport} once, at the very end (thread-safe).
+    """
+
+    def __init__(self, s: Settings, mapper: RecordMapper, incarnations: Any,
+                 make_consumer: Callable[[], Any],
+                 hand_over: Callable[[WarmedPartition], None],
+                 end: Callable[[WarmupReport], None], stopping: threading.Event):
+        self.incarnations = incarnations
+        self.make_consumer = make_consumer
+        self.hand_over = hand_over
+        self.end = end
         self.stopping = stopping
-        self.finished = finished
-        s = owner._settings
         self.topics = sorted(s.kafka.topics)
         self.max_events = s.history.max_events_per_partition
         self.max_age_ms = int(s.history.max_age * 1000)
         self.max_bytes = s.history.max_bytes
         self.timeout = s.history.warmup_timeout
-        self.mapper = owner._mapper
+        self.mapper = mapper
         self.report = WarmupReport(state="running")
         # Per partition being read: the high watermark at the start, where
         # reading started (moved up by budget evictions), the last offset
@@ -233,7 +246,7 @@ class _Run:
         self.deadline = began + self.timeout
         consumer = None
         try:
-            consumer = self.owner._consumer_factory(self.owner.config)
+            consumer = self.make_consumer()
             self.warm(consumer)
             self.report.state = "stopped" if self.stopping.is_set() else "done"
         except (KafkaException, RuntimeError, ValueError, TypeError) as e:
@@ -249,13 +262,13 @@ class _Run:
                     consumer.close()   # no group, nothing to commit: nothing to wait for
                 except (KafkaException, RuntimeError):
                     pass
-            self.owner._end(self.report, self.finished)
+            self.end(self.report)
 
     def warm(self, consumer: Any) -> None:
         for _ in range(EPOCH_TRIES):
-            if self.owner._incarnations.refresh(self.topics) is not None or self.done():
+            if self.incarnations.refresh(self.topics) is not None or self.done():
                 break
-        self.epochs = {t: self.owner._incarnations.epoch(t) for t in self.topics}
+        self.epochs = {t: self.incarnations.epoch(t) for t in self.topics}
         if self.done():
             return
         ranges = self.plan(consumer)
@@ -374,5 +387,5 @@ class _Run:
         self.report.events += len(events)
         self.report.partitions += 1
         self.report.incomplete += 0 if complete else 1
-        self.owner._hand_over(WarmedPartition(topic, partition, self.epochs.get(topic, ""),
+        self.hand_over(WarmedPartition(topic, partition, self.epochs.get(topic, ""),
                                               self.starts[key], through, events))
