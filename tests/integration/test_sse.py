@@ -9,52 +9,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import uuid
 
-from twisted.trial import unittest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.helpers import FAST_KAFKA, SseSocket
-from tests.helpers.broker import shared_broker
+from tests.helpers import SseSocket
 from tests.helpers.node import Node, http_get, wait_for
+from tests.helpers.topics import TopicNodeCase
 
 ALL = "odin.token.*.*"
 
 
-class SseNodeCase(unittest.TestCase):
-    shards = 2
-    partitions = 2
-
-    def setUp(self):
-        self.broker = shared_broker()
-        self.topic = f"sse-{uuid.uuid4().hex[:8]}"
-        self.broker.create_topics([self.topic], partitions=self.partitions)
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
-        self.seq = 0
-        self.produced: dict[int, list[int]] = {}
-
-    def node(self, **extra) -> Node:
-        settings = dict(FAST_KAFKA)
-        settings.update({"kafka.topics": {self.topic: "trade"}, "listen.restart_hold": 0})
-        settings.update(extra)
-        node = Node(self.workdir, self.broker.bootstrap, shards=self.shards, settings=settings)
-        self.addCleanup(node.stop)
-        return node.start()
-
-    def produce(self, count: int, pad: int = 0) -> None:
-        for _ in range(count):
-            token = self.seq % 3
-            partition = token % self.partitions
-            value = {"seq": self.seq}
-            if pad:
-                value["pad"] = "x" * pad
-            self.broker.produce(self.topic, b"T%d" % token, json.dumps(value).encode(),
-                                partition=partition)
-            self.produced.setdefault(partition, []).append(self.seq)
-            self.seq += 1
-        self.broker.flush()
+class SseNodeCase(TopicNodeCase):
+    prefix = "sse"
 
     def stream(self, node: Node, query: dict, headers: tuple[str, ...] = (),
                **kw) -> SseSocket:

@@ -8,54 +8,16 @@ does not wipe them.
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-from twisted.trial import unittest
-from websockets.exceptions import InvalidStatus
 
-from tests.helpers import FAST_KAFKA
-from tests.helpers.broker import shared_broker
 from tests.helpers.node import Client, Node, wait_for
+from tests.helpers.topics import TopicNodeCase, stream
 
 
-def stream(position: str) -> str:
-    """A position's stream: everything before its last C{:} (docs/protocol.md)."""
-    return position.rpartition(":")[0]
-
-
-class WarmupNodeCase(unittest.TestCase):
-    shards = 2
-    partitions = 2
-
-    def setUp(self):
-        self.broker = shared_broker()
-        self.topic = f"warm-{uuid.uuid4().hex[:8]}"
-        self.broker.create_topics([self.topic], partitions=self.partitions)
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
-        self.seq = 0
-        self.produced: dict[int, list[int]] = {}
-
-    def node(self, start: bool = True, **extra) -> Node:
-        settings = dict(FAST_KAFKA)
-        settings.update({"kafka.topics": {self.topic: "trade"}, "listen.restart_hold": 0})
-        settings.update(extra)
-        node = Node(self.workdir, self.broker.bootstrap, shards=self.shards, settings=settings)
-        self.addCleanup(node.stop)
-        return node.start() if start else node
-
-    def produce(self, count: int) -> None:
-        for _ in range(count):
-            token = self.seq % 3      # three tokens; a token's events stay in one partition
-            partition = token % self.partitions
-            self.broker.produce(self.topic, b"T%d" % token,
-                                json.dumps({"seq": self.seq}).encode(), partition=partition)
-            self.produced.setdefault(partition, []).append(self.seq)
-            self.seq += 1
-        self.broker.flush()
+class WarmupNodeCase(TopicNodeCase):
+    prefix = "warm"
 
     def warmed(self, node: Node) -> list[dict]:
         """
@@ -69,16 +31,6 @@ class WarmupNodeCase(unittest.TestCase):
             joined = all((s.get("kafka") or {}).get("assigned") for s in shards)
             return shards if joined and states == ["done"] * self.shards else None
         return [s["warmup"] for s in wait_for(done, 60, 0.2, "every shard warmed")]
-
-    def connect(self, node: Node) -> Client:
-        def attempt():
-            try:
-                return Client(node.url())
-            except (InvalidStatus, OSError):
-                return None
-        client = wait_for(attempt, 30, 0.1, "a connection")
-        self.addCleanup(client.close)
-        return client
 
     def subscribe(self, client: Client, **msg) -> dict:
         msg.update({"type": "subscribe", "id": "s"})

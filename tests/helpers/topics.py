@@ -1,0 +1,78 @@
+"""
+A base case for end-to-end tests that need a real node on a topic of their
+own: the topic (fresh per test, so tests never see each other's records),
+the node factory, a producer of numbered events and a WebSocket connect that
+retries while the node answers 503.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+from twisted.trial import unittest
+from websockets.exceptions import InvalidStatus
+
+from tests.helpers.broker import shared_broker
+from tests.helpers.node import FAST_KAFKA, Client, Node, wait_for
+
+
+def stream(position: str) -> str:
+    """A position's stream: everything before its last C{:} (docs/protocol.md)."""
+    return position.rpartition(":")[0]
+
+
+class TopicNodeCase(unittest.TestCase):
+    """
+    Nodes on a fresh topic of C{partitions} partitions. C{produce} writes
+    events C{{"seq": n}} for three tokens (C{T0}..C{T2}), each token always on
+    the same partition as keyed records are, and remembers per partition
+    which seqs went there (C{produced}).
+    """
+
+    shards = 2
+    partitions = 2
+    prefix = "it"
+
+    def setUp(self):
+        self.broker = shared_broker()
+        self.topic = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
+        self.broker.create_topics([self.topic], partitions=self.partitions)
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.seq = 0
+        self.produced: dict[int, list[int]] = {}
+
+    def node(self, start: bool = True, **extra) -> Node:
+        settings = dict(FAST_KAFKA)
+        # The tests reconnect at once; no placement hold while a shard is due back.
+        settings.update({"kafka.topics": {self.topic: "trade"}, "listen.restart_hold": 0})
+        settings.update(extra)
+        node = Node(self.workdir, self.broker.bootstrap, shards=self.shards, settings=settings)
+        self.addCleanup(node.stop)
+        return node.start() if start else node
+
+    def produce(self, count: int, pad: int = 0) -> None:
+        for _ in range(count):
+            token = self.seq % 3
+            partition = token % self.partitions
+            value: dict = {"seq": self.seq}
+            if pad:
+                value["pad"] = "x" * pad
+            self.broker.produce(self.topic, b"T%d" % token, json.dumps(value).encode(),
+                                partition=partition)
+            self.produced.setdefault(partition, []).append(self.seq)
+            self.seq += 1
+        self.broker.flush()
+
+    def connect(self, node: Node) -> Client:
+        """A WebSocket client of C{node}, retried while it answers 503 (a shard due back)."""
+        def attempt():
+            try:
+                return Client(node.url())
+            except (InvalidStatus, OSError):
+                return None
+        client = wait_for(attempt, 30, 0.1, "a connection")
+        self.addCleanup(client.close)
+        return client
