@@ -92,7 +92,8 @@ def makeService(options, reactor=None) -> service.IService:
         tls_options = check_keys(settings.config)
     except configmod.ConfigError as e:
         fail(f"configuration error: {e}")
-    hub = Hub(reactor, settings.hub.max_event_bytes, settings.hub.max_queue_batches)
+    hub = Hub(reactor, settings.hub.max_event_bytes, settings.hub.max_queue_batches,
+              settings.hub.max_queue_bytes)
     try:
         supervisor = Supervisor(reactor, settings, hub, shard_argv, os.environ)
     except configmod.ConfigError as e:

@@ -220,6 +220,10 @@ SCHEMA: tuple[Option, ...] = (
          minimum=1024),
     _opt("hub.max_queue_batches", int, 256, "Batches queued per shard in the hub; "
          "past it the oldest are dropped and counted.", minimum=1),
+    _opt("hub.max_queue_bytes", int, 67108864, "Bytes queued per shard in the hub (the "
+         "parent's memory for a slow or stuck shard); past it the oldest batches are "
+         "dropped and counted like past hub.max_queue_batches. The newest batch is kept "
+         "whatever its size.", minimum=65536),
     _opt("history.max_events_per_partition", int, 10000, "Events kept per Kafka "
          "partition for recovery.", minimum=0, live=True),
     _opt("history.max_age", float, 300.0, "Seconds an event is kept for recovery "

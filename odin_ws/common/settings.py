@@ -109,6 +109,7 @@ class HubSettings:
 
     max_event_bytes: int
     max_queue_batches: int
+    max_queue_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,9 @@ hold anyone else up.
 Each attached shard has an outlet: a bounded queue and at most one Deliver
 in flight. While a Deliver is in flight new batches queue up; when it
 answers, everything queued (up to L{MERGE_BYTES}) goes in the next Deliver,
-in order. When the queue is full the oldest batch is dropped and counted.
+in order. When the queue holds more than its bound in batches or in bytes
+the oldest batches are dropped and counted (the newest one is always kept,
+however large: one batch is at most what one Deliver carries).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from odin_ws.common.highwater import HighWater
 #: (fewer AMP round trips; a single larger batch is still sent whole).
 MERGE_BYTES = 1 << 20
 
+#: Default bound of the bytes queued per shard (hub.max_queue_bytes).
+MAX_QUEUE_BYTES = 64 << 20
+
 #: A Deliver unanswered this long makes the hub warn (once per stall).
 STALL_WARN_SECONDS = 5.0
 
@@ -35,12 +40,15 @@ Send = Callable[[bytes], Deferred]
 class _Outlet:
     """The hub's queue towards one shard."""
 
-    __slots__ = ("index", "send", "queue", "busy", "pumping", "sent_at", "warned", "label")
+    __slots__ = ("index", "send", "queue", "size", "busy", "pumping", "sent_at", "warned",
+                 "label")
 
     def __init__(self, index: int, send: Send):
         self.index = index
         self.send = send
         self.queue: deque[bytes] = deque()
+        #: Bytes in C{queue}.
+        self.size = 0
         self.busy = False
         self.pumping = False
         self.sent_at = 0.0
@@ -57,14 +65,18 @@ class Hub:
         shard delivered them to its own clients already).
     @param max_queue_batches: batches queued per shard before the oldest
         is dropped.
+    @param max_queue_bytes: bytes queued per shard before the oldest
+        batches are dropped.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: IReactorTime, max_event_bytes: int, max_queue_batches: int):
+    def __init__(self, reactor: IReactorTime, max_event_bytes: int, max_queue_batches: int,
+                 max_queue_bytes: int = MAX_QUEUE_BYTES):
         self._clock = reactor
         self.max_event_bytes = max_event_bytes
         self.max_queue_batches = max_queue_batches
+        self.max_queue_bytes = max_queue_bytes
         self._outlets: dict[int, _Outlet] = {}
         # Highest offset relayed per partition: a partition that moves to
         # another shard may be re-read from its last commit (reset when the
@@ -86,6 +98,7 @@ class Hub:
         outlet = self._outlets.pop(index, None)
         if outlet is not None:
             outlet.queue.clear()
+            outlet.size = 0
             metrics.HUB_QUEUE.labels(shard=outlet.label).set(0)
 
     @property
@@ -97,6 +110,11 @@ class Hub:
         """Batches waiting for shard C{index} (not counting one in flight)."""
         outlet = self._outlets.get(index)
         return len(outlet.queue) if outlet else 0
+
+    def queued_bytes(self, index: int) -> int:
+        """Bytes waiting for shard C{index} (not counting a Deliver in flight)."""
+        outlet = self._outlets.get(index)
+        return outlet.size if outlet else 0
 
     # -- relay ------------------------------------------------------------
 
@@ -138,11 +156,16 @@ class Hub:
 
     def _enqueue(self, outlet: _Outlet, data: bytes) -> None:
         queue = outlet.queue
-        if len(queue) >= self.max_queue_batches:
-            queue.popleft()
-            metrics.HUB_DROPPED.labels(shard=outlet.label).inc()
-            self._warn_stall(outlet)
         queue.append(data)
+        outlet.size += len(data)
+        dropped = 0
+        while len(queue) > 1 and (len(queue) > self.max_queue_batches
+                                  or outlet.size > self.max_queue_bytes):
+            outlet.size -= len(queue.popleft())
+            dropped += 1
+        if dropped:
+            metrics.HUB_DROPPED.labels(shard=outlet.label).inc(dropped)
+            self._warn_stall(outlet)
         if outlet.busy:
             metrics.HUB_QUEUE.labels(shard=outlet.label).set(len(queue))
         else:
@@ -179,12 +202,14 @@ class Hub:
         queue = outlet.queue
         first = queue.popleft()
         if not queue or len(first) + len(queue[0]) > MERGE_BYTES:
+            outlet.size -= len(first)
             return first
         parts = [first]
         size = len(first)
         while queue and size + len(queue[0]) <= MERGE_BYTES:
             size += len(queue[0])
             parts.append(queue.popleft())
+        outlet.size -= size
         return b"".join(parts)
 
     def _delivered(self, _result: object, outlet: _Outlet) -> None:

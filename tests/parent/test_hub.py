@@ -177,6 +177,35 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(sample("odinws_hub_queue_batches", shard="1"), 3)
         self.assertEqual(sample("odinws_hub_dropped_batches_total", shard="1") - before, 6)
 
+    def test_queueBoundedInBytes(self):
+        """
+        A shard that never answers holds at most max_queue_bytes queued
+        even when that is far fewer than max_queue_batches: the oldest
+        batches are dropped and counted; the newest is kept, and a single
+        batch larger than the bound is still queued whole.
+        """
+        hub = Hub(self.clock, max_event_bytes=1 << 20, max_queue_batches=100,
+                  max_queue_bytes=10_000)
+        slow = Shard(answer=False)
+        hub.attach(0, Shard())
+        hub.attach(1, slow)
+        size = len(batch(0, [0], size=3000))
+        before = sample("odinws_hub_dropped_batches_total", shard="1")
+        for offset in range(10):
+            hub.publish(0, batch(0, [offset], size=3000))
+        self.assertEqual(len(slow.batches), 1)
+        self.assertEqual(hub.queued(1), 10_000 // size)
+        self.assertLessEqual(hub.queued_bytes(1), 10_000)
+        self.assertEqual(sample("odinws_hub_dropped_batches_total", shard="1") - before,
+                         9 - 10_000 // size)
+        hub.publish(0, batch(0, [10], size=20_000))
+        self.assertEqual(hub.queued(1), 1)
+        self.assertEqual(sample("odinws_hub_dropped_batches_total", shard="1") - before,
+                         9)
+        slow.pending.pop(0).callback({})
+        self.assertEqual([e.offset for e in decode_batch(slow.batches[1])], [10])
+        self.assertEqual(hub.queued_bytes(1), 0)
+
     def test_queuedBatchesMergedInOrder(self):
         """When the in-flight Deliver answers, the queued batches go as one Deliver, in order."""
         slow = self.shards[1] = Shard(answer=False)
