@@ -140,10 +140,13 @@ async function open({blockWebSocket = false} = {}) {
 }
 
 // The app under test: two subscriptions, everything recorded on window.rec.
-async function start(withAuth) {
-  await page.evaluate(async ({ url, withAuth }) => {
+// outage: the first reconnect waits 4 s (no jitter), long enough for the
+// killed shard's partitions to move to the survivor, which keeps what it
+// consumes meanwhile for recovery: the outage misses events for certain.
+async function start(withAuth, outage = false) {
+  await page.evaluate(async ({ url, withAuth, outage }) => {
     const rec = window.rec = { states: [], errors: [], trades: [], abc: [], tokenCalls: 0 };
-    const options = {};
+    const options = outage ? { backoffBase: 4, env: { random: () => 1 } } : {};
     if (withAuth) {
       options.token = await window.nextToken();
       rec.exps = [window.tokenExpiry(options.token) * 1000];
@@ -165,7 +168,7 @@ async function start(withAuth) {
     rec.recovered = [[], []];
     window.subs.forEach((s, i) => s.on("recovered", (r) => rec.recovered[i].push(r)));
     client.connect();
-  }, { url: WS_URL, withAuth });
+  }, { url: WS_URL, withAuth, outage });
   await until(() => window.subs.every((s) => s.state === "subscribed"));
   log("connected and subscribed");
 }
@@ -247,7 +250,7 @@ async function killedAndRecovered() {
 
 async function reconnect() {
   await open();
-  await start(false);
+  await start(false, true);
   await checkDispatch();
   await killedAndRecovered();
 }
@@ -306,7 +309,9 @@ async function sse() {
   await open({ blockWebSocket: true });
   await page.evaluate((url) => {
     const rec = window.rec = { states: [], errors: [], trades: [], abc: [], prices: [] };
-    const client = window.client = new window.OdinWS(url);  // default transports: websocket, sse
+    // Default transports (websocket, sse); a 4 s outage as in start(..., true).
+    const client = window.client = new window.OdinWS(url, { backoffBase: 4,
+                                                            env: { random: () => 1 } });
     client.on("state", (s) => rec.states.push({ ...s, transport: client.transport, at: Date.now() }));
     client.on("error", (e) => rec.errors.push({ ...e, at: Date.now() }));
     const keep = (list) => (e) => list.push({ channel: e.channel, seq: e.data.seq, n: e.data.n,
