@@ -192,7 +192,8 @@ class ControlTests(SupervisorTestCase):
         sup = self.make(shards=1)
         sup.startService()
         shard, pump = self.register(sup, 0)
-        status = {"accepting": False, "kafka": {"connected": True}}
+        warmup = {"state": "done", "events": 12, "partitions": 2, "seconds": 0.1}
+        status = {"accepting": False, "kafka": {"connected": True}, "warmup": warmup}
         shard.callRemote(Stats, connections=7, capacity=50,
                          status=json.dumps(status).encode())
         pump.flush()
@@ -201,7 +202,7 @@ class ControlTests(SupervisorTestCase):
                                   "alive": True, "accepting": False, "stalled": False,
                                   "connections": 7,
                                   "capacity": 50, "restarts": 0, "crash_looping": False,
-                                  "kafka": {"connected": True}})
+                                  "kafka": {"connected": True}, "warmup": warmup})
 
     def test_publishRelayedToOtherShards(self):
         """A Publish from one shard reaches the other shard as a Deliver."""
