@@ -141,6 +141,16 @@ SCHEMA: tuple[Option, ...] = (
          "the embedded broker, answers only when it expires, so there it is the latency "
          "floor (measured: 500 ms gives a median of ~250 ms, 5 ms ~4 ms).", minimum=1),
     _opt("kafka.session_timeout_ms", int, 10000, "Consumer session timeout.", minimum=1000),
+    _opt("kafka.cooperative_rebalance", bool, True, "Cooperative incremental "
+         "rebalancing (librdkafka partition.assignment.strategy cooperative-sticky): when a "
+         "shard crashes or restarts only its partitions move, the other shards keep theirs "
+         "and their clients see no pause (measured with Tansu, kill -9 of one of two "
+         "members at 200 events/s: the survivor's events were held 0.06 s, against 3.7 s "
+         "with eager range assignment, 2 s session). The dead shard's partitions still "
+         "wait for its session to expire (kafka.session_timeout_ms). false = eager range "
+         "assignment (every rebalance stops every shard). All members of the node's group "
+         "must agree: change it with a full restart. kafka.consumer_config's "
+         "partition.assignment.strategy, when set, wins."),
     _opt("kafka.max_poll_interval_ms", int, 10000, "Consumer max.poll.interval.ms "
          "(also the rebalance timeout: keep it small for quick joins).", minimum=1000),
     _opt("kafka.retry_backoff_max", float, 30.0, "Longest wait between reconnects "

@@ -52,6 +52,7 @@ class KafkaSettings:
     poll_timeout: float
     fetch_wait_max_ms: int
     session_timeout_ms: int
+    cooperative_rebalance: bool
     max_poll_interval_ms: int
     retry_backoff_max: float
     consumer_config: Mapping[str, Any]

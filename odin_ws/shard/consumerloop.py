@@ -52,13 +52,18 @@ class ConsumerLoop:
     @param finished: fired (in the reactor) once the consumer is closed.
     @param incarnations: the topics' epochs, looked up on every assignment
         and whenever a partition's offsets go back while assigned.
+    @param cooperative: the group uses incremental (cooperative) rebalancing:
+        the rebalance callbacks get only the partitions that move, and must
+        answer with C{incremental_assign}/C{incremental_unassign} (eager:
+        the whole assignment, C{assign}/C{unassign}).
     """
 
     def __init__(self, ingest: "KafkaIngest", consumer: Consumer, mapper: RecordMapper,
                  settings: KafkaSettings, stopping: threading.Event,
                  done: "queue.SimpleQueue[int]", max_pending: int, finished: Deferred,
-                 incarnations: TopicIncarnations):
+                 incarnations: TopicIncarnations, cooperative: bool = False):
         self.ingest = ingest
+        self.cooperative = cooperative
         self.consumer = consumer
         self.mapper = mapper
         self.finished = finished
@@ -261,6 +266,13 @@ class ConsumerLoop:
         return changed
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Eager: the whole new assignment (the old one was revoked first).
+        # Cooperative: only the partitions added; the ones kept go on
+        # flowing with their positions, and get no callback at all.
+        if self.cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
         self.assignment.update((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             # A new assignment starts from the committed offset: going back
@@ -275,9 +287,10 @@ class ConsumerLoop:
         self.refresh_epochs()
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Store what has been taken so the commit librdkafka makes on revoke
-        # includes it, then forget the rest for these partitions: their new
-        # owner re-reads from the committed offset.
+        # Also on_lost (the member was evicted: its commit fails, the new
+        # owner re-reads). Store what has been taken so the commit librdkafka
+        # makes on revoke includes it, then forget the rest for these
+        # partitions: their new owner re-reads from the committed offset.
         self.take_done(0)
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for offsets, _ in self.pending.values():
@@ -292,6 +305,12 @@ class ConsumerLoop:
                 metrics.KAFKA_LAG.remove(topic, str(partition))
             except KeyError:
                 pass
+        # Last: librdkafka commits the stored offsets of these partitions as
+        # they are unassigned.
+        if self.cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
 
     def _publish_assignment(self) -> None:
         self.ingest.publish_assignment(tuple(sorted(f"{t}[{p}]" for t, p in self.assignment)))

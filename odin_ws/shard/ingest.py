@@ -54,6 +54,8 @@ STATISTICS_INTERVAL_MS = 1000
 # connections but answers nothing (measured with a SIGSTOPped Tansu), and the
 # supervisor SIGKILLs a shard kill_timeout (5 s) after SIGTERM.
 CLOSE_TIMEOUT = 1.5
+#: librdkafka's incremental (cooperative) assignor.
+COOPERATIVE = "cooperative-sticky"
 
 
 class KafkaIngest(Service):
@@ -126,6 +128,10 @@ class KafkaIngest(Service):
             "statistics.interval.ms": STATISTICS_INTERVAL_MS,
             "fetch.wait.max.ms": k.fetch_wait_max_ms,
         }
+        if k.cooperative_rebalance:
+            # A shard's crash or restart then moves only its own partitions:
+            # the others' clients see no pause (kafka.cooperative_rebalance).
+            conf["partition.assignment.strategy"] = COOPERATIVE
         conf.update(k.consumer_config)
         conf.update({"error_cb": self._on_error, "stats_cb": self._on_stats,
                      "logger": _LibrdkafkaLog(self)})
@@ -172,7 +178,8 @@ class KafkaIngest(Service):
         self._finished = Deferred()
         loop = ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
                             self._stopping, self._done, self._max_pending, self._finished,
-                            TopicIncarnations(admin_config(conf)))
+                            TopicIncarnations(admin_config(conf)),
+                            cooperative=conf.get("partition.assignment.strategy") == COOPERATIVE)
         self._thread = threading.Thread(target=loop.run,
                                         name="odinws-kafka", daemon=True)
         self._thread.start()

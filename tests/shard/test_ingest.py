@@ -395,6 +395,26 @@ class FakeIncarnations(TopicIncarnations):
         return changed
 
 
+class RebalanceConsumer:
+    """The calls a rebalance callback makes on its Consumer, recorded."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, list]] = []
+
+    def assign(self, partitions):
+        self.calls.append(("assign", [(tp.topic, tp.partition) for tp in partitions]))
+
+    def unassign(self):
+        self.calls.append(("unassign", []))
+
+    def incremental_assign(self, partitions):
+        self.calls.append(("incremental_assign", [(tp.topic, tp.partition) for tp in partitions]))
+
+    def incremental_unassign(self, partitions):
+        self.calls.append(("incremental_unassign",
+                           [(tp.topic, tp.partition) for tp in partitions]))
+
+
 class ConsumerLoopEpochTests(SynchronousTestCase):
     """ConsumerLoop tags events with their topic's epoch and notices logs that went back."""
 
@@ -405,7 +425,7 @@ class ConsumerLoopEpochTests(SynchronousTestCase):
         self.loop = ConsumerLoop(self.ingest, None, RecordMapper.from_settings(settings.kafka),
                                  settings.kafka, threading.Event(), queue.SimpleQueue(), 4, Deferred(),
                                  self.incarnations)
-        self.loop.on_assign(None, [TopicPartition("t", 0), TopicPartition("t", 1)])
+        self.loop.on_assign(RebalanceConsumer(), [TopicPartition("t", 0), TopicPartition("t", 1)])
 
     def handle(self, *offsets: tuple[int, int]) -> list:
         self.loop.handle([FakeMessage("t", p, o) for p, o in offsets])
@@ -458,11 +478,58 @@ class ConsumerLoopEpochTests(SynchronousTestCase):
         taken for a new log: the epoch stays.
         """
         self.handle((0, 100))
-        self.loop.on_revoke(None, [TopicPartition("t", 0)])
-        self.loop.on_assign(None, [TopicPartition("t", 0)])
+        self.loop.on_revoke(RebalanceConsumer(), [TopicPartition("t", 0)])
+        self.loop.on_assign(RebalanceConsumer(), [TopicPartition("t", 0)])
         events = self.handle((0, 90))
         self.assertEqual(events[0].epoch, "e1")
         self.assertEqual(self.ingest.audited, [])
+
+
+class ConsumerLoopRebalanceTests(SynchronousTestCase):
+    """
+    The rebalance callbacks answer librdkafka with the calls of the group's
+    protocol (issue 16: a shard crash must not stop the other shards).
+    """
+
+    def loop(self, cooperative: bool) -> ConsumerLoop:
+        settings = make_settings("127.0.0.1:1", "t", "g")
+        self.ingest = FakeIngest()
+        return ConsumerLoop(self.ingest, None, RecordMapper.from_settings(settings.kafka),
+                            settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
+                            Deferred(), FakeIncarnations({"t": "e1"}), cooperative=cooperative)
+
+    def test_cooperativeMovesOnlyWhatChanges(self):
+        """
+        Cooperative: each callback gets only the partitions that move and
+        answers with incremental_assign/incremental_unassign; a partition
+        kept through the rebalance stays assigned with its position, so its
+        next records are neither a rewind nor dropped.
+        """
+        loop = self.loop(cooperative=True)
+        consumer = RebalanceConsumer()
+        loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+        loop.handle([FakeMessage("t", 0, 10), FakeMessage("t", 1, 20)])
+        loop.on_revoke(consumer, [TopicPartition("t", 1)])
+        loop.on_assign(consumer, [])
+        loop.handle([FakeMessage("t", 0, 11)])
+        self.assertEqual(consumer.calls, [("incremental_assign", [("t", 0), ("t", 1)]),
+                                          ("incremental_unassign", [("t", 1)]),
+                                          ("incremental_assign", [])])
+        self.assertEqual(loop.assignment, {("t", 0)})
+        self.assertEqual(loop.positions, {("t", 0): 11})
+        self.assertEqual([e.offset for e in self.ingest.batches[-1]], [11])
+        self.assertEqual(self.ingest.audited, [])
+
+    def test_eagerAssignsTheWhole(self):
+        """Eager: assign() with the whole new assignment, unassign() on revoke."""
+        loop = self.loop(cooperative=False)
+        consumer = RebalanceConsumer()
+        loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+        loop.on_revoke(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+        loop.on_assign(consumer, [TopicPartition("t", 0)])
+        self.assertEqual(consumer.calls, [("assign", [("t", 0), ("t", 1)]), ("unassign", []),
+                                          ("assign", [("t", 0)])])
+        self.assertEqual(loop.assignment, {("t", 0)})
 
 
 class FakeConsumer:
@@ -523,6 +590,22 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
             "b:1", "t", "g", **{"kafka.fetch_wait_max_ms": 50,
                                 "kafka.consumer_config": {"fetch.wait.max.ms": 7}}), None, None)
         self.assertEqual(custom.consumer_config()["fetch.wait.max.ms"], 7)
+
+    def test_cooperativeByDefault(self):
+        """
+        The group rebalances cooperatively (cooperative-sticky) unless
+        kafka.cooperative_rebalance is off, and kafka.consumer_config's
+        strategy wins over both.
+        """
+        strategy = "partition.assignment.strategy"
+        default = KafkaIngest(reactor, make_settings("b:1", "t", "g"), None, None)
+        self.assertEqual(default.consumer_config()[strategy], "cooperative-sticky")
+        off = KafkaIngest(reactor, make_settings(
+            "b:1", "t", "g", **{"kafka.cooperative_rebalance": False}), None, None)
+        self.assertNotIn(strategy, off.consumer_config())
+        custom = KafkaIngest(reactor, make_settings(
+            "b:1", "t", "g", **{"kafka.consumer_config": {strategy: "roundrobin"}}), None, None)
+        self.assertEqual(custom.consumer_config()[strategy], "roundrobin")
 
 
 class ThreadlessReactor(Clock):
