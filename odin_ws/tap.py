@@ -15,6 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from odin_ws.common import config as configmod
+from odin_ws.common.settings import Settings
 from odin_ws.common.launch import SHARD_CONFIG_FD, fail, read_config, shard_argv
 
 
@@ -47,7 +48,7 @@ class Options(usage.Options):
         except configmod.ConfigError as e:
             fail(f"configuration error: {e}")
         try:
-            serverFromString(_reactor(), self.config["listen.port"])
+            serverFromString(_reactor(), Settings.from_config(self.config).listen.port)
         except (ValueError, KeyError, TypeError) as e:
             fail(f"configuration error: listen.port: {e}")
 

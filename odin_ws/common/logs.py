@@ -12,12 +12,15 @@ from __future__ import annotations
 import re
 import sys
 import time
-from typing import IO, Callable
+from typing import IO, TYPE_CHECKING, Callable
 
 from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel,
                             LogLevelFilterPredicate, Logger, eventAsText,
                             jsonFileLogObserver, textFileLogObserver)
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from odin_ws.common.settings import LogSettings
 
 AUDIT_NAMESPACE = "odinws.audit"
 audit = Logger(namespace=AUDIT_NAMESPACE)
@@ -152,7 +155,7 @@ def make_observer(fmt: str, level: str, out: IO[str] | None = None,
 
 
 
-def install_logging(config, parent) -> None:
+def install_logging(log: "LogSettings", parent) -> None:
     """
     Give twistd's Application our log observer (format, level, audit file,
     flood guard): twistd asks the application for an ILogObserver component
@@ -164,11 +167,10 @@ def install_logging(config, parent) -> None:
     if not hasattr(parent, "setComponent"):
         return
     audit_out = None
-    if config["log.audit_file"]:
+    if log.audit_file:
         try:
-            audit_out = open(config["log.audit_file"], "a", encoding="utf-8")
+            audit_out = open(log.audit_file, "a", encoding="utf-8")
         except OSError as e:
             fail(f"configuration error: log.audit_file: {e.strerror}")
     parent.setComponent(ILogObserver, make_observer(
-        config["log.format"], config["log.level"], audit_out=audit_out,
-        per_second=config["log.max_lines_per_second"]))
+        log.format, log.level, audit_out=audit_out, per_second=log.max_lines_per_second))

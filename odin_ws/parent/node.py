@@ -59,7 +59,7 @@ class Node(service.MultiService):
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
-        install_logging(self._settings.config, parent)
+        install_logging(self._settings.log, parent)
 
     def startService(self):
         # Before the shards start: they inherit the limit.

@@ -137,7 +137,7 @@ class Shard(service.MultiService):
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
-        install_logging(self.settings.config, parent)
+        install_logging(self.settings.log, parent)
 
     def startService(self):
         if self.control_fd is not None:
