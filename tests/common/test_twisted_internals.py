@@ -391,12 +391,13 @@ def foreign_private_access(path: str) -> list[str]:
 class PrivateContactTests(SynchronousTestCase):
     def test_no_foreign_private_access(self):
         """
-        Outside the internals modules, no module of the shard or common
-        packages reads or writes another object's underscore attributes
-        (Twisted's, Autobahn's, or another odinws class's).
+        Outside the internals modules, no module of the daemon (parent,
+        shard, common, the plugin glue) reads or writes another object's
+        underscore attributes (Twisted's, Autobahn's, or another odinws
+        class's).
         """
         found = []
-        for area in ("odin_ws/shard", "odin_ws/common"):
+        for area in ("odin_ws/shard", "odin_ws/common", "odin_ws/parent", "odin_ws"):
             for name in sorted(os.listdir(os.path.join(ROOT, area))):
                 rel = f"{area}/{name}"
                 if name.endswith(".py") and rel not in INTERNALS:
