@@ -1,8 +1,9 @@
 """
 Process faults around the parent and its shards, with the real broker, the
 real C{twistd odinws} parent, real shard processes and real C{websockets}
-clients: the parent killed, a shard stopped (SIGSTOP), and what a shard's
-environment shows to anyone who can read it.
+clients: the parent killed, a shard killed (kill -9) while events flow, a
+shard stopped (SIGSTOP), and what a shard's environment shows to anyone who
+can read it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.helpers import FAST_KAFKA
 from tests.helpers.broker import TansuBroker, shared_broker
 from tests.helpers.node import Client, Node, pid_alive, wait_for
+from tests.helpers.topics import TopicNodeCase
 
 
 class FaultTestCase(unittest.TestCase):
@@ -84,6 +86,104 @@ class ParentDeathTests(FaultTestCase):
         wait_for(lambda: len(closes) == len(clients), 10, what="every client closed")
         self.assertEqual(closes, [4000] * len(clients))
         wait_for(lambda: not any(pid_alive(p) for p in self.pids), 10, what="the shards exited")
+
+
+class ShardCrashTests(TopicNodeCase):
+    """A node of two shards, one partition each, one of them killed with events flowing."""
+
+    prefix = "crash"
+    #: Seconds a probe event may take to reach the survivor's client (the
+    #: target: no pause over 1 s). Measured here: 0.075 s with cooperative
+    #: rebalancing; 1.7 s with eager (kafka.cooperative_rebalance false),
+    #: which fails this test; 9-21 s with eager and a 10 s session.
+    probe_deadline = 1.0
+
+    def assigned(self, node: Node) -> dict[int, list[int]]:
+        """Partitions per shard index, from /health."""
+        out = {}
+        for s in node.health()[1]["shards"]:
+            names = (s.get("kafka") or {}).get("assigned") or []
+            out[s["index"]] = sorted(int(n.rpartition("[")[2].rstrip("]")) for n in names)
+        return out
+
+    def test_survivorsDoNotPause(self):
+        """
+        kill -9 of one shard while events flow on both partitions: the
+        surviving shard's client goes on receiving its partition's events
+        (each probe produced after the kill arrives within probe_deadline,
+        also while the restarted shard joins the group), the dead shard's
+        partition flows again, and in the end the client has every event
+        of both partitions exactly once, in order per partition.
+        """
+        node = self.node()
+        wait_for(lambda: sorted(map(len, self.assigned(node).values())) == [1, 1], 60, 0.2,
+                 "one partition per shard")
+        client = self.connect(node)
+        client.subscribe(*(f"odin.token.T{t}.trade" for t in range(3)))
+        shards = node.health()[1]["shards"]
+        # The client is on the shard with a connection: kill the other one.
+        [victim] = [s for s in shards if s["connections"] == 0]
+        [survivor] = [s for s in shards if s["connections"] == 1]
+        [mine] = self.assigned(node)[survivor["index"]]
+        [theirs] = self.assigned(node)[victim["index"]]
+        received: dict[int, list[int]] = {}
+        arrived: dict[int, float] = {}
+
+        def read_until(seq: int, deadline: float) -> bool:
+            while seq not in arrived:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    msg = client.recv(left)
+                except TimeoutError:
+                    return False
+                if msg.get("type") == "event":
+                    n = msg["data"]["seq"]
+                    received.setdefault(n % 3 % self.partitions, []).append(n)
+                    arrived[n] = time.monotonic()
+            return True
+
+        def produce_on(partition: int) -> int:
+            # Seqs go round the tokens; skip to the next one on this partition.
+            while self.seq % 3 % self.partitions != partition:
+                self.seq += 1
+            seq = self.seq
+            self.produce(1)
+            return seq
+
+        # Events flow on both partitions before the kill.
+        for _ in range(5):
+            produce_on(theirs)
+            self.assertTrue(read_until(produce_on(mine), time.monotonic() + 30),
+                            "events before the kill")
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        worst = 0.0
+        theirs_after: list[int] = []
+        # Probes on the survivor's partition, interleaved with events on
+        # the dead shard's, until the dead partition's events arrive again
+        # (bounded: 60 s).
+        while not (theirs_after and theirs_after[0] in arrived):
+            self.assertLess(time.monotonic() - killed, 60,
+                            "the dead shard's partition never flowed again")
+            theirs_after.append(produce_on(theirs))
+            probe = produce_on(mine)
+            sent = time.monotonic()
+            self.assertTrue(read_until(probe, sent + self.probe_deadline),
+                            f"the survivor's client got no event for {self.probe_deadline}s, "
+                            f"{sent - killed:.1f}s after the kill")
+            worst = max(worst, arrived[probe] - sent)
+        back = arrived[theirs_after[0]] - killed
+        # Recorded, not asserted: the measured pause and the recovery.
+        print(f"\nshard kill -9: survivor's longest probe {worst:.3f}s; the dead shard's "
+              f"partition flowed again {back:.2f}s after the kill")
+        last = produce_on(theirs), produce_on(mine)
+        for seq in last:
+            self.assertTrue(read_until(seq, time.monotonic() + 30), "the last events")
+        for partition in (mine, theirs):
+            self.assertEqual(received[partition], self.produced[partition],
+                             f"partition {partition}")
 
 
 class StalledShardTests(FaultTestCase):
