@@ -16,6 +16,13 @@ Measured against tansu 0.6.0 with confluent-kafka 2.16.1 (librdkafka 2.16):
   with a 2 s session). Integration tests should use session.timeout.ms 2000,
   heartbeat.interval.ms <= session/3 (KafkaIngest does that) and
   max.poll.interval.ms 4000.
+* Rebalancing: cooperative-sticky works. kill -9 of one of two members
+  (2 s session, 200 records/s): the survivor keeps its partitions and its
+  records are late by at most 0.07 s (eager range: 3.7 s), the dead member's
+  partitions move after about the session timeout (2.3-6.3 s). Static
+  membership (group.instance.id) does not work: one static member is
+  assigned after 6 s instead of 1 s, of two static members the second never
+  gets partitions (60 s), nor does a restarted one (25 s).
 * Partitions: topics with 1, 2 and 4 partitions work, produce with an
   explicit partition works, partitions are split across group members
   (range assignor) and records keep their order per partition.
