@@ -120,7 +120,12 @@ class ShardCrashTests(TopicNodeCase):
                  "one partition per shard")
         client = self.connect(node)
         client.subscribe(*(f"odin.token.T{t}.trade" for t in range(3)))
-        shards = node.health()[1]["shards"]
+
+        def placed():
+            shards = node.health()[1]["shards"]
+            return shards if sorted(s["connections"] for s in shards) == [0, 1] else None
+
+        shards = wait_for(placed, 10, 0.1, "the client counted on its shard")
         # The client is on the shard with a connection: kill the other one.
         [victim] = [s for s in shards if s["connections"] == 0]
         [survivor] = [s for s in shards if s["connections"] == 1]
