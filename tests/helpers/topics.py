@@ -76,3 +76,22 @@ class TopicNodeCase(unittest.TestCase):
         client = wait_for(attempt, 30, 0.1, "a connection")
         self.addCleanup(client.close)
         return client
+
+    def wait_consumed(self, node: Node) -> None:
+        """
+        Wait until C{node} has taken every event produced so far: the
+        current positions (a subscribe with C{since: []}) reach each
+        partition's last offset.
+        """
+        probe = self.connect(node)
+        want = {p: len(seqs) - 1 for p, seqs in self.produced.items()}
+
+        def caught_up():
+            reply = probe.request({"type": "subscribe", "channels": ["odin.token.*.*"],
+                                   "since": []})
+            probe.request({"type": "unsubscribe", "channels": ["odin.token.*.*"]})
+            got = {int(pos.split(":")[1]): int(pos.rpartition(":")[2])
+                   for pos in reply.get("positions") or []}
+            return all(got.get(p, -1) >= offset for p, offset in want.items())
+        wait_for(caught_up, 30, 0.1, "the node to take every produced event")
+        probe.close()

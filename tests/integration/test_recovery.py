@@ -174,6 +174,7 @@ class WindowTests(RecoveryNodeCase):
         self.warm(node, tracker, client)
         client.close()
         self.produce(30)
+        self.wait_consumed(node)    # else the node may answer before it saw them
         again = self.connect(node)
         reply = self.subscribe(again, tracker, since=tracker.since())
         self.assertEqual((reply["recovered"], reply["reason"], "replayed" in reply),
