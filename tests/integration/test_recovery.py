@@ -154,6 +154,7 @@ class TwoNodeRecoveryTests(RecoveryNodeCase):
         self.read_until(client, tracker, self.seq)
         client.close()
         self.produce(20)
+        self.wait_consumed(b)       # B answers for what A delivered only once it saw it
         again = self.connect(b)
         reply = self.subscribe(again, tracker, since=tracker.since())
         self.assertTrue(reply["recovered"], reply)
