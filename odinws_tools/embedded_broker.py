@@ -11,7 +11,6 @@ need, so L{EmbeddedBroker.stop} kills it after a short wait.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import signal
 import socket
@@ -20,15 +19,15 @@ import threading
 import time
 from typing import Iterable
 
+from odin_ws.common.logs import silenced
+
 START_TIMEOUT = 30.0
 TOPIC_TIMEOUT = 20.0
 TERM_WAIT = 1.0
 
 # librdkafka's connection-refused chatter while the broker starts would
 # otherwise go to stderr.
-_quiet = logging.getLogger("odinws_tools.embedded_broker.librdkafka")
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
+_quiet = silenced("odinws_tools.embedded_broker.librdkafka")
 
 
 def die_with_parent() -> None:

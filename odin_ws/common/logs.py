@@ -9,6 +9,7 @@ that no client's token reaches a log at any level.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
@@ -174,3 +175,17 @@ def install_logging(log: "LogSettings", parent) -> None:
             fail(f"configuration error: log.audit_file: {e.strerror}")
     parent.setComponent(ILogObserver, make_observer(
         log.format, log.level, audit_out=audit_out, per_second=log.max_lines_per_second))
+
+
+def silenced(name: str) -> logging.Logger:
+    """
+    A stdlib logger that swallows what it gets: handed to librdkafka clients
+    (C{"logger"}) whose own lines (connection refused while a broker starts,
+    ...) would otherwise go to stderr, where the caller reports the outcome
+    itself.
+    """
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger

@@ -27,7 +27,6 @@ continuous with live delivery (L{odin_ws.shard.service.Shard.backfill}).
 from __future__ import annotations
 
 import heapq
-import logging
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from odin_ws.common.events import Event
+from odin_ws.common.logs import silenced
 from odin_ws.common.settings import Settings
 from odin_ws.shard.consumerloop import describe_error
 from odin_ws.shard.history import EVENT_OVERHEAD
@@ -62,9 +62,7 @@ EPOCH_TRIES = 3
 
 # librdkafka's own lines (connection refused while the broker starts...):
 # the warm-up reports its outcome in one line of its own.
-_quiet = logging.getLogger("odinws.warmup.librdkafka")
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
+_quiet = silenced("odinws.warmup.librdkafka")
 
 
 @dataclass

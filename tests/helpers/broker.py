@@ -53,17 +53,15 @@ Measured against tansu 0.6.0 with confluent-kafka 2.16.1 (librdkafka 2.16):
 from __future__ import annotations
 
 import atexit
-import logging
 
 from confluent_kafka import Producer
 
+from odin_ws.common.logs import silenced
 from odinws_tools.embedded_broker import EmbeddedBroker, free_port  # noqa: F401 (re-exported)
 
 # librdkafka's connection-refused chatter while the broker starts or stops
 # would otherwise go to stderr.
-_quiet = logging.getLogger("tests.broker.librdkafka")
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
+_quiet = silenced("tests.broker.librdkafka")
 
 
 class TansuBroker(EmbeddedBroker):
