@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from confluent_kafka import KafkaError
 from twisted.internet import abstract, error
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
@@ -17,8 +18,8 @@ from twisted.test import iosim
 
 from odin_ws.common import metrics
 from odin_ws.common.commands import Deliver, Drain, Reload
-from odin_ws.parent.admission import Admission
 from odin_ws.common.twisted_internals import held
+from odin_ws.parent.admission import Admission
 from odin_ws.shard.outbox import OutboxHolder
 from tests.helpers.frames import OPEN
 
@@ -226,3 +227,45 @@ class CountingTransport(StringTransport):
 def policies(**by_type: str):
     """An Outbox's policy_for: C{by_type}'s policy per event type, else drop."""
     return lambda event_type: by_type.get(event_type, "drop")
+
+
+class _PartitionEof:
+    """The error of librdkafka's end-of-partition message."""
+
+    def code(self):
+        return KafkaError._PARTITION_EOF
+
+
+class FakeKafkaMessage:
+    """
+    A confluent-kafka Message as the consumer loop and the warm-up read it:
+    by default key C{K}, value C{{"o": offset}}, a 2023 timestamp; C{eof}
+    makes it librdkafka's end-of-partition message.
+    """
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes = b"K",
+                 value: bytes | None = None, ts: int = 1700000000000, eof: bool = False):
+        self._t, self._p, self._o, self._k = topic, partition, offset, key
+        self._v = b'{"o": %d}' % offset if value is None else value
+        self._ts, self._eof = ts, eof
+
+    def error(self):
+        return _PartitionEof() if self._eof else None
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+    def timestamp(self):
+        return (1, self._ts)

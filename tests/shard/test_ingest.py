@@ -31,6 +31,7 @@ from odin_ws.shard.ingest import CLOSE_TIMEOUT, KafkaIngest
 from odin_ws.shard.records import RecordMapper
 from tests.helpers import sample
 from tests.helpers.broker import TansuBroker, free_port, shared_broker
+from tests.helpers.fakes import FakeKafkaMessage
 
 TIMEOUT = 30.0
 
@@ -325,34 +326,6 @@ class KafkaIngestTests(TestCase):
         self.assertEqual(ingest.status()["state"], "error")
 
 
-class FakeMessage:
-    """A confluent-kafka Message as ConsumerLoop.handle reads it."""
-
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes = b"K"):
-        self._t, self._p, self._o, self._k = topic, partition, offset, key
-
-    def error(self):
-        return None
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def key(self):
-        return self._k
-
-    def value(self):
-        return b'{"o": %d}' % self._o
-
-    def timestamp(self):
-        return (1, 1700000000000)
-
-
 class FakeIngest:
     """The owner's consumer-thread API, recorded."""
 
@@ -428,7 +401,7 @@ class ConsumerLoopEpochTests(SynchronousTestCase):
         self.loop.on_assign(RebalanceConsumer(), [TopicPartition("t", 0), TopicPartition("t", 1)])
 
     def handle(self, *offsets: tuple[int, int]) -> list:
-        self.loop.handle([FakeMessage("t", p, o) for p, o in offsets])
+        self.loop.handle([FakeKafkaMessage("t", p, o) for p, o in offsets])
         return self.ingest.batches[-1]
 
     def test_assignLooksUpAndTags(self):
@@ -508,10 +481,10 @@ class ConsumerLoopRebalanceTests(SynchronousTestCase):
         loop = self.loop(cooperative=True)
         consumer = RebalanceConsumer()
         loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
-        loop.handle([FakeMessage("t", 0, 10), FakeMessage("t", 1, 20)])
+        loop.handle([FakeKafkaMessage("t", 0, 10), FakeKafkaMessage("t", 1, 20)])
         loop.on_revoke(consumer, [TopicPartition("t", 1)])
         loop.on_assign(consumer, [])
-        loop.handle([FakeMessage("t", 0, 11)])
+        loop.handle([FakeKafkaMessage("t", 0, 11)])
         self.assertEqual(consumer.calls, [("incremental_assign", [("t", 0), ("t", 1)]),
                                           ("incremental_unassign", [("t", 1)]),
                                           ("incremental_assign", [])])
@@ -561,7 +534,7 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
         a quiet stream's event is not held for poll_timeout, a burst is
         still one batch.
         """
-        first, rest = [FakeMessage("t", 0, 0)], [FakeMessage("t", 0, 1), FakeMessage("t", 0, 2)]
+        first, rest = [FakeKafkaMessage("t", 0, 0)], [FakeKafkaMessage("t", 0, 1), FakeKafkaMessage("t", 0, 2)]
         consumer = FakeConsumer([first, rest])
         self.assertEqual(self.loop(consumer).take(), first + rest)
         self.assertEqual(consumer.calls, [(1, 0.25), (499, 0)])
@@ -574,7 +547,7 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
 
     def test_batchOfOne(self):
         """With poll_batch 1 a record is taken alone."""
-        consumer = FakeConsumer([[FakeMessage("t", 0, 0)]])
+        consumer = FakeConsumer([[FakeKafkaMessage("t", 0, 0)]])
         self.assertEqual(len(self.loop(consumer, poll_batch=1).take()), 1)
         self.assertEqual(consumer.calls, [(1, 0.25)])
 

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import TopicPartition
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,40 +22,9 @@ from odin_ws.common.settings import Settings
 from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.warmup import HistoryWarmup, WarmedPartition, WarmupReport
 from tests.helpers import ShardTestCase, sample, text
+from tests.helpers.fakes import FakeKafkaMessage
 
 TOPIC = "odin.trades"
-
-
-class _Eof:
-    def code(self):
-        return KafkaError._PARTITION_EOF
-
-
-class _Message:
-    def __init__(self, topic, partition, offset, value=None, ts=0, eof=False):
-        self._t, self._p, self._o, self._v, self._ts, self._eof = (
-            topic, partition, offset, value, ts, eof)
-
-    def error(self):
-        return _Eof() if self._eof else None
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def key(self):
-        return b"K%d" % (self._o % 3)
-
-    def value(self):
-        return self._v
-
-    def timestamp(self):
-        return (1, self._ts)
 
 
 class _Topic:
@@ -114,12 +83,12 @@ class FakeConsumer:
                 log = self.logs[key]
                 if position < min(self.low + len(log), self.stall_at.get(key, 1 << 60)):
                     value, ts = log[position - self.low]
-                    out.append(_Message(*key, position, value, ts))
+                    out.append(FakeKafkaMessage(*key, position, b"K%d" % (position % 3), value, ts))
                     self.positions[key] = position + 1
                     progress = True
                 elif position == self.low + len(log) and key not in self.eof_sent:
                     self.eof_sent.add(key)
-                    out.append(_Message(*key, position, eof=True))
+                    out.append(FakeKafkaMessage(*key, position, b"K%d" % (position % 3), eof=True))
         return out
 
     def pause(self, tps):
