@@ -140,6 +140,19 @@ class CpythonRaw(PyWebsockets):
     name = "cpython-raw"
     script = "raw_py.py"
 
+    def own_share_begin(self) -> None:
+        """Start a window of L{own_share}."""
+        self.own_share()
+
+    def own_share(self) -> dict | None:
+        """
+        Its own share since L{own_share_begin}, as odinws's: p50/p99 (ms) of
+        each tick's due time to its last send(), measured by raw_py itself.
+        """
+        self.procs[0].send("loops")
+        got = self.procs[0].read_json(10)
+        return got if got.get("n") else None
+
 
 NGINX_CONF = """
 load_module {module};
@@ -237,11 +250,16 @@ class Odinws(Server):
     broker = None  # one Tansu broker for the whole run, shared by instances
     _group = 0
 
-    def __init__(self, rundir: str, batch: int = 10, flush_delay: float = 0.0):
+    def __init__(self, rundir: str, batch: int = 10, flush_delay: float = 0.0,
+                 repo: str = REPO, overrides: dict | None = None):
         super().__init__(rundir)
         self.batches = (batch,)
         #: outbound.flush_delay of this instance (the flush-window cells).
         self.flush_delay = flush_delay
+        #: The source tree that runs (bench/cost.py: another commit's worktree).
+        self.repo = repo
+        #: Settings ("section.key": value) applied over the bench's own.
+        self.overrides = overrides or {}
 
     @classmethod
     def start_broker(cls, rundir: str) -> None:
@@ -261,10 +279,8 @@ class Odinws(Server):
             cls.broker.stop()
             cls.broker = None
 
-    def start(self, batch: int) -> None:
-        Odinws.start_broker(self.rundir)
-        Odinws._group += 1
-        conf = os.path.join(self.rundir, f"odinws-{self.port}.yaml")
+    def settings(self, batch: int) -> dict:
+        """The instance's configuration (a tree, as in the YAML file)."""
         settings = {
             "shards": 1, "cpu_affinity": [0],
             # The peers listen with large backlogs too (nginx: 4096).
@@ -292,9 +308,20 @@ class Odinws(Server):
             "guard": {"cpu_threshold": 0, "memory_threshold": 0},
             "log": {"level": "warn"},
         }
+        if not self.flush_delay:
+            del settings["outbound"]  # (commits before the setting existed)
+        for key, value in self.overrides.items():
+            section, _, name = key.rpartition(".")
+            (settings.setdefault(section, {}) if section else settings)[name] = value
+        return settings
+
+    def start(self, batch: int) -> None:
+        Odinws.start_broker(self.rundir)
+        Odinws._group += 1
+        conf = os.path.join(self.rundir, f"odinws-{self.port}.yaml")
         with open(conf, "w") as f:
-            json.dump(settings, f)  # JSON is YAML
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            json.dump(self.settings(batch), f)  # JSON is YAML
+        env = dict(os.environ, PYTHONPATH=self.repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
         twistd = "import sys; sys.argv[0]='twistd'; from twisted.scripts.twistd import run; run()"
         p = Proc(self.name, [sys.executable, "-c", twistd, "--nodaemon", "--pidfile=",
                              "odinws", "--config", conf], None, env=env, cwd=self.rundir,
@@ -369,6 +396,18 @@ class Odinws(Server):
             bound = float("inf") if le == "+Inf" else float(le)
             out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
         return out
+
+    def own_share_begin(self) -> None:
+        """Start a window of L{own_share}."""
+        self._own_before = self.own_latency()
+
+    def own_share(self) -> dict | None:
+        """
+        Its own share since L{own_share_begin}: p50/p99 (ms) of consumed from
+        Kafka to handed to the last subscriber's socket, from /metrics.
+        """
+        import report
+        return report.histogram_quantiles(self._own_before, self.own_latency())
 
     def data_pids(self) -> list[int]:
         from procs import children
