@@ -9,6 +9,7 @@ time. Per-event and per-connection code may use the objects directly.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import time
@@ -129,7 +130,10 @@ KAFKA_REWINDS = Counter("odinws_kafka_offset_rewinds", "Partitions whose offsets
 OFFSET_RESETS.labels(reason="topic_changed")  # exported at 0, so increase() sees the first
 # Delivery latency split: odinws_delivery_latency_seconds (end to end) =
 # broker's share (record timestamp to consumed) + odinws's own share.
-_LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10)
+# Fine enough below 250 ms to tell 5 ms from 20 (a fan-out to thousands of
+# sockets takes tens of milliseconds on one core).
+_LATENCY_BUCKETS = (.0005, .001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1,
+                    .15, .2, .3, .5, .75, 1, 2.5, 10)
 BROKER_LATENCY = Histogram("odinws_broker_latency_seconds",
                            "Kafka record timestamp to consumed by a shard, seconds: the "
                            "producer's and broker's share of the delivery latency.",
@@ -141,6 +145,40 @@ OWN_LATENCY = Histogram("odinws_own_latency_seconds",
                         ["path"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 OWN_LATENCY_LOCAL = OWN_LATENCY.labels(path="local")
 OWN_LATENCY_RELAYED = OWN_LATENCY.labels(path="relayed")
+# The process stops while Python's cyclic collector runs; a full collection
+# (generation 2) walks every tracked object, so its pause grows with the
+# connections a shard holds (docs/operations.md, "Latency").
+GC_PAUSE = Histogram("odinws_gc_pause_seconds", "Pauses of Python's cyclic garbage "
+                     "collector (nothing else runs meanwhile), seconds, by the oldest "
+                     "generation collected (2 = a full collection).", ["generation"],
+                     buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1,
+                              .25, .5, 1), registry=REGISTRY)
+
+
+class GcPauses:
+    """A C{gc.callbacks} entry that times every collection into L{GC_PAUSE}."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._observe = [GC_PAUSE.labels(generation=str(g)).observe for g in range(3)]
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._observe[info["generation"]](time.perf_counter() - self._started)
+
+    def watch(self) -> None:
+        """Time collections from now on (once, however often called)."""
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def unwatch(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+
+GC_PAUSES = GcPauses()
 
 # Recovery and snapshots (shard). History sizes are read at scrape time by
 # odin_ws.shard.history.HistoryCollector.

@@ -152,6 +152,7 @@ class Shard(service.MultiService):
         self._fd_room = openfiles.connection_room(soft)
         for collector in self._collectors:
             metrics.REGISTRY.register(collector)
+        metrics.GC_PAUSES.watch()
         super().startService()
         self._stats_loop.start(self.settings.supervisor.stats_interval, now=False)
 
@@ -164,6 +165,7 @@ class Shard(service.MultiService):
             client.transport.abortConnection()
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
+        metrics.GC_PAUSES.unwatch()
         return super().stopService()
 
     def link_made(self, link: ParentLink) -> None:

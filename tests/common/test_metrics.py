@@ -1,0 +1,51 @@
+"""odin_ws.common.metrics: the garbage collector's pauses."""
+
+from __future__ import annotations
+
+import gc
+
+from twisted.trial import unittest
+
+from odin_ws.common import metrics
+
+
+def _count(generation: int) -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "odinws_gc_pause_seconds_count", {"generation": str(generation)}) or 0.0
+
+
+class GcPausesTests(unittest.TestCase):
+
+    def setUp(self):
+        self.pauses = metrics.GcPauses()
+        self.addCleanup(self.pauses.unwatch)
+
+    def test_full_collection_timed(self):
+        """A full collection is counted under generation 2, with its duration."""
+        self.pauses.watch()
+        before = _count(2)
+        total = metrics.REGISTRY.get_sample_value(
+            "odinws_gc_pause_seconds_sum", {"generation": "2"}) or 0.0
+        gc.collect()
+        self.assertEqual(_count(2), before + 1)
+        self.assertGreater(metrics.REGISTRY.get_sample_value(
+            "odinws_gc_pause_seconds_sum", {"generation": "2"}), total)
+
+    def test_young_collection_by_generation(self):
+        """A collection of generation 0 only is counted there, not as a full one."""
+        self.pauses.watch()
+        young, full = _count(0), _count(2)
+        gc.collect(0)
+        self.assertEqual(_count(0), young + 1)
+        self.assertEqual(_count(2), full)
+
+    def test_watch_once(self):
+        """Watching twice installs one callback; unwatch removes it."""
+        self.pauses.watch()
+        self.pauses.watch()
+        self.assertEqual(gc.callbacks.count(self.pauses), 1)
+        self.pauses.unwatch()
+        self.assertNotIn(self.pauses, gc.callbacks)
+        before = _count(2)
+        gc.collect()
+        self.assertEqual(_count(2), before)
