@@ -152,16 +152,17 @@ def window_for(rate: float, batch: int) -> tuple[float, float]:
 
 def own_share(inst: Instance, seconds: float) -> tuple[dict, dict | None]:
     """
-    A window, and for odinws its own share of the latency in it (consumed
-    from Kafka to handed to the last subscriber's socket) from the
-    difference of its /metrics histogram before and after.
+    A window, and the server's own share of the latency in it where it
+    measures one: odinws from its /metrics histogram (consumed from Kafka to
+    handed to the last subscriber's socket), cpython-raw from its own clock
+    (a tick's due time to its last send()).
     """
-    own = getattr(inst.server, "own_latency", None)
-    before = own() if own else None
+    server = inst.server
+    if not hasattr(server, "own_share"):
+        return inst.window(seconds), None
+    server.own_share_begin()
     st = inst.window(seconds)
-    if not own:
-        return st, None
-    return st, report.histogram_quantiles(before, own())
+    return st, server.own_share()
 
 
 def ramp(inst: Instance, batch: int, start_fps: float) -> dict:

@@ -50,6 +50,10 @@ class Ticks:
             return True
         return False
 
+    def due_at(self) -> float:
+        """When the batch last taken was due (monotonic)."""
+        return self.t0 + (self.sent - 1) * self.batch / self.rate
+
     def wait(self, now: float) -> float:
         """Seconds until the next batch is due (0: already due, its own loop turn)."""
         return max(0.0, self.t0 + self.sent * self.batch / self.rate - now)

@@ -23,6 +23,7 @@ others.
 
 import base64
 import hashlib
+import json
 import resource
 import select
 import signal
@@ -104,6 +105,9 @@ class RawServer:
         self.by_token: dict[int, set[int]] = {}      # random-tokens cells: token -> fds
         self.tokens_of: dict[int, list[int]] = {}
         self.overflows = 0
+        # Seconds from each tick's due time to its last send() (the "loops"
+        # command prints their p50/p99 and starts over).
+        self.loops: list[float] = []
 
     def publish(self, batch: int) -> None:
         if self.by_token:
@@ -263,6 +267,9 @@ class RawServer:
                         if parts[0] == b"rate":
                             rate, batch = rate_command(parts)
                             ticks = Ticks(rate, batch, time.monotonic()) if rate > 0 else None
+                        elif parts[0] == b"loops":
+                            print(json.dumps(loop_quantiles(self.loops)), flush=True)
+                            self.loops = []
                 else:
                     if ev & select.EPOLLOUT and fd in self.pending:
                         self.flush(fd)
@@ -270,6 +277,17 @@ class RawServer:
                         self.read(fd)
             if ticks and ticks.take(time.monotonic()):
                 self.publish(ticks.batch)
+                # Its own share, as odinws's: due -> handed to the last socket.
+                self.loops.append(time.monotonic() - ticks.due_at())
+
+
+def loop_quantiles(loops: list[float]) -> dict:
+    """p50/p99 (ms) of the ticks' due-to-last-send times."""
+    if not loops:
+        return {"n": 0}
+    s = sorted(loops)
+    return {"n": len(s), "p50_ms": 1e3 * s[len(s) // 2],
+            "p99_ms": 1e3 * s[min(len(s) - 1, int(0.99 * len(s)))]}
 
 
 def main() -> None:
