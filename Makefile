@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-deb bench capacity clean venv
+.PHONY: demo test test-unit test-deb bench bench-cost capacity clean venv
 
 venv: $(STAMP)
 
@@ -24,8 +24,9 @@ test: $(STAMP)
 test-deb: $(STAMP)
 	VENV_PY=$(PY) bash tests/deb/test-deb.sh
 
+# Everything but tests/integration (no broker, no processes).
 test-unit: $(STAMP)
-	$(VENV)/bin/trial tests.unit
+	$(VENV)/bin/trial --jobs=2 tests.common tests.parent tests.shard tests.tools tests.test_layout tests.test_head_differential
 
 # 12,000 subscribed connections (CONNECTIONS=40000 for more) for 60 s against
 # a local demo stack (broker, odinws --shards 2 or more if the open-files hard
@@ -38,6 +39,14 @@ capacity: $(STAMP)
 bench: $(STAMP)
 	sh bench/setup.sh
 	$(PY) bench/run.py
+
+# CPU per delivered frame of the working tree against BEFORE (a commit), in
+# one run (docs/performance.md, "Cost per frame"): how a change is measured
+# on the hot path.
+BEFORE ?= HEAD
+bench-cost: $(STAMP)
+	sh bench/setup.sh
+	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. --doc
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

@@ -97,6 +97,54 @@ class CostOdinws(Odinws):
         return tree
 
 
+def per_event(n: int = 100_000, repeat: int = 5) -> dict[str, float]:
+    """
+    Microseconds per event of the per-event work history and positions add,
+    in this process (the working tree's code), the best of C{repeat} runs:
+    building the envelope with and without its position, and
+    L{odin_ws.shard.history.History.add} at the default bounds, full (every
+    add evicts one), the snapshot cache updated.
+    """
+    sys.path.insert(0, REPO)
+    from odin_ws.common.events import Event
+    from odin_ws.shard.history import History
+    value = (b'{"t_us":1764400000000000,"seq":1,"token":"1000","price":0.00001234,'
+             b'"amount":1234.5678,"side":"buy","user":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"}')
+    now_ms = int(time.time() * 1000)
+
+    def best(f) -> float:
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return min(times) / n * 1e6
+
+    tokens = [str(1000 + i % 16) for i in range(n)]
+    out = {
+        "build_with_pos": best(lambda: [Event.build(t, "trade", value, now_ms, "odin.trades", 0, i,
+                                                    "3f9a2c1b") for i, t in enumerate(tokens)]),
+        "build_without_pos": best(lambda: [Event.build(t, "trade", value, now_ms)
+                                           for t in tokens]),
+    }
+    events = [Event.build(t, "trade", value, now_ms, "odin.trades", 0, i, "3f9a2c1b")
+              for i, t in enumerate(tokens)]
+    history = History(10_000, 300.0, 64 << 20, 100_000, clock=time.time)
+    for e in events[:10_000]:
+        history.add(e)
+    later = [Event.build(t, "trade", value, now_ms, "odin.trades", 0, 10_000 + i, "3f9a2c1b")
+             for i, t in enumerate(tokens)]
+    runs = iter(range(repeat))
+
+    def add_all() -> None:
+        k = next(runs) * n   # offsets keep rising from run to run
+        for e in later:
+            e.offset += k
+            history.add(e)
+    out["history_add"] = best(add_all)
+    return out
+
+
 def counters(server: Odinws) -> dict[str, float]:
     """Frames delivered and buffers written so far, from the shard's /metrics."""
     out = {"writes": 0.0, "delivered": 0.0}
@@ -208,6 +256,27 @@ def _sends(rows: list[dict]) -> str:
     return f"{statistics.median(got):.3f}" if got else "–"
 
 
+def render_per_event(results: dict) -> str:
+    pe = results.get("per_event")
+    if not pe:
+        return ""
+    rows = results["rows"]
+    base = [r for r in rows if r["variant"] == next(iter(results["variants"]))
+            and r["us_per_frame"]]
+    lines = ["Per event, in one process (best of 5 runs of 100,000 events): building the "
+             f"envelope {pe['build_without_pos']:.2f} µs without its position, "
+             f"{pe['build_with_pos']:.2f} µs with it; `History.add` at the default bounds, "
+             f"full (each add evicts one), snapshot cache updated: {pe['history_add']:.2f} µs."]
+    for mode in ("burst", "turn"):
+        got = [r["us_per_frame"] for r in base if r["mode"] == mode]
+        if got:
+            fan = statistics.median(got) * results["conns"]
+            extra = pe["history_add"] + pe["build_with_pos"] - pe["build_without_pos"]
+            lines.append(f"Against one event's fan-out to {results['conns']:,} subscribers in "
+                         f"the {mode} mode ({fan:,.0f} µs of CPU): {extra / fan:.2%}.")
+    return "\n" + " ".join(lines) + "\n"
+
+
 def write_doc(text: str) -> None:
     path = os.path.join(REPO, "docs", "performance.md")
     with open(path) as f:
@@ -219,7 +288,7 @@ def write_doc(text: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", action="append", required=True,
+    ap.add_argument("--variant", action="append", default=[],
                     help="NAME=REF[:key=value,...] (the first is the one the others are compared with)")
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--turn-rate", type=float, default=25.0, help="events/s in the turn mode")
@@ -229,7 +298,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--doc", action="store_true", help="write the table into docs/performance.md")
+    ap.add_argument("--rows-from", metavar="RESULTS_JSON",
+                    help="report the rows of an earlier run instead of measuring again")
     args = ap.parse_args()
+    if args.rows_from:
+        with open(args.rows_from) as f:
+            results = json.load(f)
+        results["per_event"] = per_event()
+        return report_out(results, args.doc)
+    if not args.variant:
+        ap.error("at least one --variant")
     variants = [Variant(s) for s in args.variant]
     batches = [{"burst": 10, "turn": 1}[m] for m in args.modes.split(",") if m]
     rates = {"burst": args.burst_rate, "turn": args.turn_rate}
@@ -240,6 +318,7 @@ def main() -> int:
                "rates": rates, "rounds": args.rounds, "rows": [],
                "variants": {v.name: {"commit": v.commit, "overrides": v.overrides}
                             for v in variants}}
+    results["per_event"] = per_event()
     try:
         for rnd in range(args.rounds):
             order = variants if rnd % 2 == 0 else variants[::-1]
@@ -261,9 +340,13 @@ def main() -> int:
         Odinws.stop_broker()
         with open(os.path.join(rundir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
-    text = render(results)
+    return report_out(results, args.doc)
+
+
+def report_out(results: dict, doc: bool) -> int:
+    text = render(results) + render_per_event(results)
     print(text)
-    if args.doc:
+    if doc:
         write_doc(text)
         log("written to docs/performance.md")
     return 0
