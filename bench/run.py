@@ -206,6 +206,8 @@ def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
     max_fps = max(statistics.median(sat), best_kept) if saturated else best_kept
     client_bound = any(s["cpu"] >= 0.95 for s in steps if not s["kept_up"]) or not saturated
     inst.drain()
+    if not max_fps:
+        raise RuntimeError(f"{inst.server.name}: no step delivered frames (see its logs)")
     # Latency at half the maximum delivered rate.
     half_rate = 0.5 * max_fps / inst.fanout
     inst.set_rate(half_rate, batch)

@@ -247,7 +247,7 @@ class Odinws(Server):
     name = "odinws"
     ws_path = "/ws"
     batches = (10,)
-    broker = None  # one Tansu broker for the whole run, shared by instances
+    broker = None  # the Tansu broker of the running instance (a fresh one for each: stop())
     _group = 0
 
     def __init__(self, rundir: str, batch: int = 10, flush_delay: float = 0.0,
@@ -343,6 +343,14 @@ class Odinws(Server):
         else:
             raise RuntimeError(f"odinws /health not ok within 60s: {self.health()}")
         pin_threads(p.pid, CLIENT_CPU)  # the dispatcher: idle during the run
+
+    def stop(self) -> None:
+        super().stop()
+        # A fresh broker for every instance: one Tansu (in-memory storage) that
+        # took every cell's events for 20 minutes stopped answering fetches in
+        # time (a full make bench of 2026-11-30: each odinws cell after the
+        # 20th got no events).
+        Odinws.stop_broker()
 
     def health(self) -> dict | None:
         try:
