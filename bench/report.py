@@ -348,16 +348,19 @@ def render_flush(results: dict) -> list[str]:
     return out
 
 
-def write_doc(block: str) -> None:
-    """Replace the generated block of docs/performance.md (append it if absent)."""
+def write_doc(block: str, begin: str = BEGIN, end: str = END) -> None:
+    """
+    Replace a generated block of docs/performance.md, from C{begin} to
+    C{end} (C{block} has both), or append it if absent.
+    """
     try:
         with open(DOC) as f:
             text = f.read()
     except FileNotFoundError:
         text = "# Performance\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     with open(DOC, "w") as f:

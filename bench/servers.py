@@ -22,6 +22,7 @@ import os
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 from procs import Proc, free_port
 
@@ -372,14 +373,10 @@ class Odinws(Server):
                  "odinws_slow_disconnects_total": "slow_disconnects",
                  "odinws_outbound_buffer_high_water_bytes": "high_water"}
         out = dict.fromkeys(names.values(), 0.0)
-        text = self.metrics_text()
-        for line in text.splitlines():
-            name, _, value = line.partition("{") if "{" in line else line.partition(" ")
-            key = names.get(name.strip())
-            if key is None or line.startswith("#"):
-                continue
-            v = float(line.rsplit(" ", 1)[1])
-            out[key] = max(out[key], v) if key == "high_water" else out[key] + v
+        for name, _, v in self.samples():
+            key = names.get(name)
+            if key is not None:
+                out[key] = max(out[key], v) if key == "high_water" else out[key] + v
         return out
 
     def metrics_text(self) -> str:
@@ -390,6 +387,18 @@ class Odinws(Server):
         except OSError:
             return ""
 
+    def samples(self) -> Iterator[tuple[str, str, float]]:
+        """
+        The samples of the node's /metrics, comments left out: (name, the
+        labels as written, value); L{label} reads one label.
+        """
+        for line in self.metrics_text().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            name, _, labels = head.partition("{")
+            yield name, labels, float(value)
+
     def own_latency(self) -> dict[float, float]:
         """
         The cumulative buckets (upper bound in s -> count) of
@@ -397,12 +406,11 @@ class Odinws(Server):
         from Kafka to handed to the last subscriber's socket.
         """
         out: dict[float, float] = {}
-        for line in self.metrics_text().splitlines():
-            if not line.startswith("odinws_own_latency_seconds_bucket{"):
-                continue
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+        for name, labels, v in self.samples():
+            if name == "odinws_own_latency_seconds_bucket":
+                le = label(labels, "le")
+                bound = float("inf") if le == "+Inf" else float(le)
+                out[bound] = out.get(bound, 0.0) + v
         return out
 
     def own_share_begin(self) -> None:
@@ -439,6 +447,11 @@ class OdinwsSse(Odinws):
 
     def client_args(self) -> list[str]:
         return ["-E"]
+
+
+def label(labels: str, key: str) -> str:
+    """The value of label C{key} in a sample's labels as written (L{Odinws.samples})."""
+    return labels.split(f'{key}="', 1)[1].split('"', 1)[0]
 
 
 def _wait_port(port: int, timeout: float) -> None:
