@@ -75,6 +75,12 @@ def _cell(results: dict, server: str, conns: int, mode: str) -> dict | None:
     return None
 
 
+def _raw_of(results: dict, c: dict) -> dict | None:
+    """cpython-raw's cell with C{c}'s connections and mode, if measured in the same run."""
+    r = _cell(results, "cpython-raw", c["conns"], c["mode"])
+    return r if r and r.get("merged_from") == c.get("merged_from") else None
+
+
 def _classic(results: dict) -> list[dict]:
     return [c for c in results["cells"] if not c.get("kind")]
 
@@ -130,22 +136,22 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                 rows.append((f"{c['conns'] // 1000}k turn, 2 ms flush window: ≥ 3× the 0 ms "
                              "cell (same run)", f"{ratio:.2f}× ({_k(c['max_fps'])} of "
                              f"{_k(ref['max_fps'])})", verdict(ratio >= 3)))
-    for c in results["cells"]:
-        own = c["server"] == "odinws" and not c.get("kind") and c["half"].get("own")
+    for c in _classic(results):
+        own = c["server"] == "odinws" and c["half"].get("own")
         if own and c["conns"] in (1000, 5000):
             goal = 5 if c["conns"] == 1000 else 25
             # Next to bare CPython's own share in the same run: its send loop
             # alone (a tick's due time to its last send()) is the floor.
-            r = _cell(results, "cpython-raw", c["conns"], c["mode"])
-            rown = r and r.get("merged_from") == c.get("merged_from") and r["half"].get("own")
+            r = _raw_of(results, c)
+            rown = r and r["half"].get("own")
             raw = (f"; cpython-raw's send loop {_ms(rown['p99_ms'])} ms "
                    f"({own['p99_ms'] / rown['p99_ms']:.1f}×)" if rown and rown["p99_ms"] else "")
             rows.append((f"own share p99 ≤ {goal} ms at half max, {c['conns'] // 1000}k "
                          f"{c['mode']}", f"{_ms(own['p99_ms'])} ms{raw}",
                          verdict(own["p99_ms"] <= goal)))
     for c in _classic(results):
-        r = c["server"] == "odinws" and _cell(results, "cpython-raw", c["conns"], c["mode"])
-        if r and r.get("merged_from") == c.get("merged_from") and r["half"]["p99_ms"]:
+        r = c["server"] == "odinws" and _raw_of(results, c)
+        if r and r["half"]["p99_ms"]:
             ratio = c["half"]["p99_ms"] / r["half"]["p99_ms"]
             rows.append((f"end to end p99 at half max within 1.5× cpython-raw's (same run), "
                          f"{c['conns'] // 1000}k {c['mode']}",
@@ -193,9 +199,8 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         # Per cell, next to bare CPython's: writing one event to N sockets one
         # after the other takes N sends, whoever does it.
         for c in sorted(odin, key=lambda c: (c["conns"], c["mode"])):
-            r = _cell(results, "cpython-raw", c["conns"], c["mode"])
-            raw = (f"; cpython-raw {_ms(r['half']['p99_ms'])} ms"
-                   if r and r.get("merged_from") == c.get("merged_from") else "")
+            r = _raw_of(results, c)
+            raw = f"; cpython-raw {_ms(r['half']['p99_ms'])} ms" if r else ""
             rows.append((f"p99 ≤ 20 ms at half max, {c['conns'] // 1000}k {c['mode']}",
                          f"{_ms(c['half']['p99_ms'])} ms{raw}",
                          verdict(c["half"]["p99_ms"] <= 20)))
