@@ -228,6 +228,17 @@ static uint64_t parse_tus(const uint8_t *p, size_t n) {
     return v;
 }
 
+/* One message a connection received, with its t_us (0: not an event):
+ * counted, its latency sampled (every lat_every-th frame). */
+static void count_message(conn_t *c, uint64_t t, uint64_t now_us) {
+    if (!t) { w_other++; return; }
+    if (c->slow) { w_frames_slow++; return; }
+    w_frames++;
+    c->frames_win++;
+    if (lat_every <= 1 || (w_frames % lat_every) == 0)
+        record_latency(now_us > t ? now_us - t : 0);
+}
+
 /* Parse whole frames from buf; return bytes consumed. */
 static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_us) {
     conn_t *c = &conns[i];
@@ -250,16 +261,7 @@ static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_u
         if (len - off < h + plen) break;
         const uint8_t *payload = p + h;
         if (op == 1 || op == 2 || op == 0) {
-            uint64_t t = parse_tus(payload, plen);
-            if (t) {
-                if (c->slow) w_frames_slow++;
-                else {
-                    w_frames++;
-                    c->frames_win++;
-                    if (lat_every <= 1 || (w_frames % lat_every) == 0)
-                        record_latency(now_us > t ? now_us - t : 0);
-                }
-            } else w_other++;
+            count_message(c, parse_tus(payload, plen), now_us);
         } else if (op == 9 && plen <= 125) {
             uint8_t out[160]; size_t ol;
             mask_frame(10, payload, plen, out, &ol);
@@ -280,16 +282,7 @@ static size_t parse_sse(int i, const uint8_t *buf, size_t len, uint64_t now_us) 
         const uint8_t *end = memmem(buf + off, len - off, "\n\n", 2);
         if (!end) break;
         size_t mlen = end - (buf + off);
-        uint64_t t = parse_tus(buf + off, mlen);
-        if (t) {
-            if (c->slow) w_frames_slow++;
-            else {
-                w_frames++;
-                c->frames_win++;
-                if (lat_every <= 1 || (w_frames % lat_every) == 0)
-                    record_latency(now_us > t ? now_us - t : 0);
-            }
-        } else w_other++;   /* the subscribed event, comments */
+        count_message(c, parse_tus(buf + off, mlen), now_us);   /* 0: the subscribed event, comments */
         off += mlen + 2;
     }
     return off;
