@@ -22,20 +22,30 @@ from tests.helpers.node import Client, Node, http_get, wait_for
 BEFORE = 1200
 
 
-class BrokerReplacedTests(unittest.TestCase):
+class OwnBrokerCase(unittest.TestCase):
+    """A Tansu of the test's own (the test replaces or freezes it) with a fresh topic."""
+
+    partitions = 1
+    prefix = "faults"
+
+    def setUp(self):
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.broker = TansuBroker(self.workdir)
+        self.broker.start()
+        self.addCleanup(self.broker.stop)
+        self.topic = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
+        self.broker.create_topics([self.topic], partitions=self.partitions)
+
+
+class BrokerReplacedTests(OwnBrokerCase):
     """A new broker on the same address (Tansu in memory: topics, offsets and groups are gone)."""
 
     shards = 2
     partitions = 2
 
     def setUp(self):
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        self.broker = TansuBroker(workdir)
-        self.broker.start()
-        self.addCleanup(self.broker.stop)
-        self.topic = f"faults-{uuid.uuid4().hex[:8]}"
-        self.broker.create_topics([self.topic], partitions=self.partitions)
+        super().setUp()
         settings = dict(FAST_KAFKA)
         settings["kafka.consumer_config"] = {
             **FAST_KAFKA["kafka.consumer_config"],
@@ -45,7 +55,8 @@ class BrokerReplacedTests(unittest.TestCase):
         # reach clients live (they did not at 7e3dcad: up to all 1200 lost).
         settings.update({"kafka.topics": {self.topic: "trade"}, "kafka.retry_backoff_max": 0.5,
                          "log.level": "info"})
-        self.node = Node(workdir, self.broker.bootstrap, shards=self.shards, settings=settings)
+        self.node = Node(self.workdir, self.broker.bootstrap, shards=self.shards,
+                         settings=settings)
         self.addCleanup(self.node.stop)
         self.node.start()
 
@@ -129,20 +140,15 @@ class BrokerReplacedTests(unittest.TestCase):
         self.assertIn("de-duplication marks reset", self.node.tail(200_000))
 
 
-class HungBrokerTests(unittest.TestCase):
+class HungBrokerTests(OwnBrokerCase):
     """A broker that accepts connections but answers nothing (SIGSTOP)."""
 
+    prefix = "hung"
+
     def setUp(self):
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        self.broker = TansuBroker(workdir)
-        self.broker.start()
-        self.addCleanup(self.broker.stop)
-        topic = f"hung-{uuid.uuid4().hex[:8]}"
-        self.broker.create_topics([topic], partitions=1)
+        super().setUp()
         self.settings = dict(FAST_KAFKA)
-        self.settings["kafka.topics"] = {topic: "trade"}
-        self.workdir = workdir
+        self.settings["kafka.topics"] = {self.topic: "trade"}
 
     def start(self, **settings) -> Node:
         node = Node(self.workdir, self.broker.bootstrap, shards=1,
