@@ -62,7 +62,10 @@ class Variant:
         if ref == ".":
             self.repo, self.commit = REPO, _git("rev-parse", "--short", "HEAD") + "+tree"
         else:
-            sha = _git("rev-parse", "--short", ref + "^{commit}")
+            try:
+                sha = _git("rev-parse", "--short", "--verify", "--quiet", ref + "^{commit}")
+            except subprocess.CalledProcessError:
+                raise SystemExit(f"--variant {spec!r}: {ref!r} is not a commit") from None
             self.repo, self.commit = os.path.join(TREES, sha), sha
             if not os.path.isdir(self.repo):
                 os.makedirs(TREES, exist_ok=True)
