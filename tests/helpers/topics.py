@@ -14,8 +14,8 @@ import uuid
 from twisted.trial import unittest
 from websockets.exceptions import InvalidStatus
 
-from tests.helpers.broker import shared_broker
-from tests.helpers.node import FAST_KAFKA, Client, Node, wait_for
+from tests.helpers.broker import FAST_KAFKA, shared_broker
+from tests.helpers.node import Client, Node, wait_for
 
 
 def stream(position: str) -> str:
