@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
@@ -72,7 +73,7 @@ def peer_string(address: Any) -> str:
 class DispatchProtocol(Protocol):
     """One accepted client, until it is answered or handed to a shard."""
 
-    factory: "Dispatcher"
+    factory: Dispatcher
 
     def __init__(self) -> None:
         # reading -> answering | handing -> handed | closed (also: let go of

@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from twisted.application.service import Service

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Union
 
 from odin_ws.common.channels import InvalidChannel, parse_pattern
 from odin_ws.shard import positions
@@ -39,7 +38,7 @@ MAX_ID_LENGTH = 128
 # How much of a client-supplied string an error message quotes back.
 _QUOTE_LENGTH = 64
 
-MessageId = Union[str, int, float, None]
+MessageId = str | int | float | None
 ChannelSpec = tuple[str, str, str]  # (name, token, event_type)
 #: A subscribe's positions: (topic, partition) -> (epoch, last offset seen).
 Since = dict[tuple[str, int], tuple[str, int]]
@@ -87,7 +86,7 @@ class Refresh:
     id: MessageId = None
 
 
-ClientMessage = Union[Subscribe, Unsubscribe, Ping, Refresh]
+ClientMessage = Subscribe | Unsubscribe | Ping | Refresh
 
 
 def _reject_constant(name: str) -> None:
