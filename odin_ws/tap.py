@@ -87,6 +87,7 @@ def makeService(options, reactor=None) -> service.IService:
     from odin_ws.parent.node import Node
     from odin_ws.parent.scrape import MetricsScrape
     from odin_ws.parent.supervisor import Supervisor
+    from odin_ws.parent.systemd import SystemdNotifier
 
     settings = Settings.from_config(options.config)
     try:
@@ -120,10 +121,12 @@ def makeService(options, reactor=None) -> service.IService:
     for listener in listeners:
         # A port that cannot be bound fails the start (twistd exits), not a log line.
         twisted_internals.raise_listen_errors(listener)
+    systemd = SystemdNotifier.from_environ(reactor, os.environ, os.getpid(),
+                                           starting=lambda: admission.starting, shards=shards)
     return Node(reactor, settings, supervisor=supervisor, listeners=listeners,
                 dispatchers=dispatchers, admission=admission, guard=guard,
                 holders=[*dispatchers, health, guard, admission, supervisor],
-                load_config=options.load, check_keys=check_keys)
+                load_config=options.load, check_keys=check_keys, systemd=systemd)
 
 
 class ShardOptions(usage.Options):

@@ -22,8 +22,24 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from odin_ws.common.channels import channel_name
+
+
+class Partition(NamedTuple):
+    """
+    One Kafka partition: the key of everything kept per partition (offsets,
+    de-duplication marks, history, positions). A plain tuple underneath, so
+    a C{(topic, partition)} built on a hot path finds the same dict entry.
+    """
+
+    topic: str
+    partition: int
+
+    def label(self) -> str:
+        """C{topic[partition]}, as logs and C{/health} show it."""
+        return f"{self.topic}[{self.partition}]"
 
 
 class Event:

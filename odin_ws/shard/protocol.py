@@ -16,6 +16,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
 from odin_ws.common import metrics
+from odin_ws.common.clientip import client_ip
 from odin_ws.common.logs import audit, redact
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard import auth, messages, recovery, sse
@@ -149,7 +150,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
                                                limits.max_channel_length, limits.max_positions)
             if msg is None:
                 return
-            denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+            denied = [c.name for c in msg.channels if not self.grant.allows(c.token, c.event_type)]
             if denied:
                 raise messages.ClientError(messages.FORBIDDEN,
                                            f"your token does not allow {denied[0][:100]}")
@@ -185,13 +186,9 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         super().failHandshake(redact(reason), code, responseHeaders)
 
     def _client_ip(self, request) -> str:
-        peer = self.transport.getPeer()
-        ip = getattr(peer, "host", "")
-        trusted = self.factory.shard.settings.limits.trusted_proxies
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded and ip in trusted:
-            return forwarded.split(",")[-1].strip() or ip
-        return ip
+        return client_ip(getattr(self.transport.getPeer(), "host", ""),
+                         request.headers.get("x-forwarded-for"),
+                         self.factory.shard.settings.limits.trusted_proxies)
 
     def _deny(self, reason: str, status: int, text: str):
         metrics.REJECTED.labels(status=str(status), reason=reason).inc()
@@ -297,10 +294,10 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             self._subscribe(msg)
         elif isinstance(msg, messages.Unsubscribe):
             subscriptions = shard.subscriptions
-            for _, token, etype in msg.channels:
-                subscriptions.remove(self.outbox, token, etype)
+            for c in msg.channels:
+                subscriptions.remove(self.outbox, c.token, c.event_type)
             shard.subscriptions_changed()
-            self._reply(messages.ack("unsubscribed", [c[0] for c in msg.channels], msg.id))
+            self._reply(messages.ack("unsubscribed", [c.name for c in msg.channels], msg.id))
         elif isinstance(msg, messages.Ping):
             self._reply(messages.pong(msg.id))
         elif isinstance(msg, messages.Refresh) and shard.verifier.enabled:
@@ -334,13 +331,14 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         shard = self.factory.shard
         subscriptions = shard.subscriptions
         limit = shard.settings.limits.max_subscriptions
-        denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+        denied = [c.name for c in msg.channels if not self.grant.allows(c.token, c.event_type)]
         if denied:
             self._error(messages.FORBIDDEN, f"your token does not allow {denied[0][:100]}",
                         msg.id)
             return
         held = subscriptions.count(self.outbox)
-        new = [c for c in msg.channels if not subscriptions.holds(self.outbox, c[1], c[2])]
+        new = [c for c in msg.channels
+               if not subscriptions.holds(self.outbox, c.token, c.event_type)]
         if held + len(new) > limit:
             self._error(messages.TOO_MANY_SUBSCRIPTIONS,
                         f"a connection may hold at most {limit} subscriptions", msg.id)
@@ -357,7 +355,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
                 return
         try:
             # All or nothing, within the shard's subscription budget.
-            subscriptions.add_all(self.outbox, [(c[1], c[2]) for c in new])
+            subscriptions.add_all(self.outbox, [(c.token, c.event_type) for c in new])
         except BudgetExceeded as e:
             self._error(e.code, e.message, msg.id)
             return
@@ -369,7 +367,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             if call is not None and call.active():
                 call.cancel()
         shard.subscriptions_changed()
-        channels = [c[0] for c in msg.channels]
+        channels = [c.name for c in msg.channels]
         if answer is None:
             self._reply(messages.ack("subscribed", channels, msg.id))
             return
