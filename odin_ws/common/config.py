@@ -12,12 +12,14 @@ command-line flags.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import socket
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -359,10 +361,10 @@ class Config(Mapping):
         return json.dumps(self._values, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Config":
+    def from_json(cls, text: str) -> Config:
         return cls(validate(json.loads(text), source="shard config"))
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         values = dict(self._values)
         for k, v in changes.items():
             values[k.replace("__", ".")] = v
@@ -382,8 +384,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
         elif isinstance(v, dict) and any(o.startswith(key + ".") for o in BY_KEY):
             out.update(_flatten(v, key + "."))
         else:
-            raise ConfigError(f"{key}: unknown setting")
+            known = [*BY_KEY, *(section for section in SECTIONS if section)]
+            raise ConfigError(f"{key}: unknown setting{did_you_mean(key, known)}")
     return out
+
+
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """
+    ' (did you mean X?)' for the nearest of C{known} to a misspelt C{name},
+    else ''. A C{prefix} that every candidate shares is left out of the
+    comparison (it would make any two names look alike).
+    """
+    close = difflib.get_close_matches(name.removeprefix(prefix),
+                                      [k.removeprefix(prefix) for k in known], n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _kind(value: Any) -> str:
@@ -453,7 +467,7 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     for key, value in flat.items():
         opt = BY_KEY.get(key)
         if opt is None:
-            raise ConfigError(f"{key}: unknown setting ({source})")
+            raise ConfigError(f"{key}: unknown setting ({source}){did_you_mean(key, BY_KEY)}")
         values[key] = _check(opt, value)
     if not values["kafka.topics"]:
         raise ConfigError("kafka.topics: at least one topic is needed")
@@ -479,7 +493,17 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     return values
 
 
+#: Every setting's environment variable; any other ODINWS_* name is a typo.
+BY_ENV: dict[str, Option] = {o.env: o for o in SCHEMA}
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    # A misspelt variable would otherwise be ignored while the same typo in
+    # the YAML file is fatal: refuse it the same way.
+    for name in sorted(environ):
+        if name.startswith("ODINWS_") and name not in BY_ENV:
+            raise ConfigError(f"{name}: unknown environment variable, no setting has this "
+                              f"name{did_you_mean(name, BY_ENV, 'ODINWS_')}")
     out = {}
     for opt in SCHEMA:
         raw = environ.get(opt.env)

@@ -381,6 +381,19 @@ class UnitTests(unittest.TestCase):
         self.assertEqual(s["ExecReload"], "/bin/kill -HUP $MAINPID")
         self.assertEqual((s["User"], s["Group"], s["Restart"]), ("odinws", "odinws", "on-failure"))
 
+    def test_notifiesSystemd(self):
+        """
+        The unit waits for the parent's READY=1 (Type=notify, from the main
+        process only) longer than the startup grace, and restarts a parent
+        whose watchdog pings stop (WatchdogSec, Restart=on-failure).
+        """
+        s = self.service
+        self.assertEqual((s["Type"], s["NotifyAccess"]), ("notify", "main"))
+        self.assertGreater(int(s["TimeoutStartSec"]),
+                           configmod.BY_KEY["listen.startup_grace"].default)
+        self.assertGreater(int(s["WatchdogSec"]), 0)
+        self.assertEqual(s["Restart"], "on-failure")
+
     def test_stopLeavesTimeToDrain(self):
         """
         SIGTERM goes to the parent only and systemd waits longer than the
