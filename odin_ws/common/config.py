@@ -162,7 +162,7 @@ SCHEMA: tuple[Option, ...] = (
          "docs/operations.md, \"Apache Kafka\", for what each measured. All members of "
          "the node's group must agree: change it with a full restart.",
          choices=("classic", "consumer")),
-    _opt("kafka.static_membership", bool, True, "Static group membership "
+    _opt("kafka.static_membership", bool, False, "Static group membership "
          "(group.instance.id <node_id>-shard<index>): a killed shard, restarted by the "
          "supervisor, rejoins under its own id and gets its partitions back at once "
          "instead of after its session timeout, and the other shards see no rebalance. "

@@ -580,6 +580,50 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
             "b:1", "t", "g", **{"kafka.consumer_config": {strategy: "roundrobin"}}), 0, None, None)
         self.assertEqual(custom.consumer_config()[strategy], "roundrobin")
 
+    def test_staticMembership(self):
+        """
+        With kafka.static_membership each shard joins under the instance id
+        <node_id>-shard<index>: stable across its restarts, different for
+        every shard of the node and for every node id; without it there is
+        no instance id.
+        """
+        def conf(node: str, shard: int, static: bool = True) -> dict:
+            settings = make_settings("b:1", "t", node, **{"kafka.static_membership": static})
+            return KafkaIngest(reactor, settings, shard, None, None).consumer_config()
+        self.assertEqual(conf("n1", 0)["group.instance.id"], "n1-shard0")
+        self.assertEqual(conf("n1", 0)["group.instance.id"], conf("n1", 0)["group.instance.id"])
+        ids = {conf(node, shard)["group.instance.id"] for node in ("n1", "n2") for shard in (0, 1)}
+        self.assertEqual(len(ids), 4)
+        self.assertNotIn("group.instance.id", conf("n1", 0, static=False))
+
+    def test_consumerGroupProtocol(self):
+        """
+        kafka.group_protocol consumer (KIP-848) asks librdkafka for it and
+        leaves out the settings the broker owns under it (librdkafka refuses
+        to create a consumer with them); the classic protocol has them.
+        """
+        owned = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+        kip848 = KafkaIngest(reactor, make_settings(
+            "b:1", "t", "g", **{"kafka.group_protocol": "consumer"}), 0, None, None)
+        conf = kip848.consumer_config()
+        self.assertEqual(conf["group.protocol"], "consumer")
+        for key in owned:
+            self.assertNotIn(key, conf)
+        Consumer({k: v for k, v in conf.items() if not callable(v) and k != "logger"}).close()
+        classic = KafkaIngest(reactor, make_settings("b:1", "t", "g"), 0, None, None)
+        self.assertNotIn("group.protocol", classic.consumer_config())
+        for key in owned:
+            self.assertIn(key, classic.consumer_config())
+
+    def test_readCommitted(self):
+        """
+        The consumer reads committed records only (records of aborted
+        transactions are never delivered), unless kafka.consumer_config says
+        otherwise.
+        """
+        default = KafkaIngest(reactor, make_settings("b:1", "t", "g"), 0, None, None)
+        self.assertEqual(default.consumer_config()["isolation.level"], "read_committed")
+
 
 class ThreadlessReactor(Clock):
     """A Clock whose callFromThread runs the call at once (the test is the consumer thread)."""
