@@ -15,8 +15,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from odin_ws.common import config as configmod
-from odin_ws.common.settings import Settings
 from odin_ws.common.launch import SHARD_CONFIG_FD, fail, read_config, shard_argv
+from odin_ws.common.settings import Settings
 
 
 class Options(usage.Options):
@@ -40,7 +40,8 @@ class Options(usage.Options):
                     try:
                         raw = int(raw)
                     except ValueError:
-                        raise usage.UsageError(f"--{opt.flag}: expected an integer, got {raw!r}")
+                        raise usage.UsageError(
+                            f"--{opt.flag}: expected an integer, got {raw!r}") from None
                 overrides[opt.key] = raw
         self.overrides = overrides
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from odin_ws.common.config import SCHEMA
 

@@ -7,15 +7,14 @@ and the one path by which SIGHUP reaches every parent component and shard.
 from __future__ import annotations
 
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from odin_ws.common import commands
+from odin_ws.common import commands, openfiles
 from odin_ws.common import config as configmod
-from odin_ws.common import openfiles
 from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
 from odin_ws.parent.systemd import SystemdNotifier

@@ -24,7 +24,8 @@ variables (L{odin_ws.common.launch.shard_environment}).
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from twisted.internet import task
 from twisted.logger import Logger
@@ -123,7 +124,7 @@ class SystemdNotifier:
     """
 
     def __init__(self, reactor: Any, notify: NotifySocket, *, watchdog: float | None,
-                 starting: Callable[[], bool], shards: Callable[[], list[ShardView]]):
+                 starting: Callable[[], bool], shards: Callable[[], Sequence[ShardView]]):
         self._notify = notify
         self._watchdog = watchdog
         self._starting = starting
@@ -138,7 +139,7 @@ class SystemdNotifier:
     @classmethod
     def from_environ(cls, reactor: Any, environ: Mapping[str, str], pid: int, *,
                      starting: Callable[[], bool],
-                     shards: Callable[[], list[ShardView]]) -> SystemdNotifier | None:
+                     shards: Callable[[], Sequence[ShardView]]) -> SystemdNotifier | None:
         """A notifier for the socket C{environ} names, or None when there is none."""
         notify = NotifySocket.from_environ(environ)
         if notify is None:

@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from odinws_tools.loadtest.stats import Histogram, diff_series, evaluate
 

@@ -42,7 +42,7 @@ class NotifyListener:
 
     def messages(self) -> list[dict[str, str]]:
         """Every datagram received since the last call, parsed into its fields."""
-        out = []
+        out: list[dict[str, str]] = []
         while True:
             try:
                 data = self.sock.recv(4096)
