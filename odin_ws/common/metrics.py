@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info,
-                               ProcessCollector)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
