@@ -82,7 +82,7 @@ class Delivery:
         # the same object for the same bucket) go out as one run: framed
         # and joined once, one queue entry per subscriber.
         run: list[tuple[bytes, str, str]] = []
-        run_to = None
+        run_to: Any = None
         remember = self.history.add
         # Older than outbound.max_event_age: kept for recovery, not sent live.
         max_age = self._max_age

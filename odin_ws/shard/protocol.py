@@ -45,7 +45,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
 
     log = Logger()
-    factory: "ClientFactory"
+    factory: ClientFactory
     outbox: Outbox | None
     # In slots like Autobahn's state (odin_ws/shard/lean.py): every
     # connection carries them. OutboxHolder's two attributes included.

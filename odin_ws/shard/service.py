@@ -45,7 +45,7 @@ from odin_ws.shard.warmup import HistoryWarmup
 class ParentLink(amp.AMP):
     """The shard's end of the control channel (the parent's end is its C{ShardLink})."""
 
-    def __init__(self, shard: "Shard"):
+    def __init__(self, shard: Shard):
         super().__init__()
         self.shard = shard
 
@@ -119,7 +119,7 @@ class Shard(service.MultiService):
         self.delivery = Delivery(settings, self.subscriptions, self.fanout, self.history,
                                  self.streams, HighWater(f"shard {number}"), self._publish)
         self.factory = ClientFactory(self)
-        self.kafka = KafkaIngest(reactor, settings,
+        self.kafka = KafkaIngest(reactor, settings, number,
                                  RecordMapper.from_settings(settings.kafka),
                                  self.delivery.on_kafka_batch)
         self.kafka.setServiceParent(self)

@@ -235,6 +235,13 @@ class Session:
 
     # -- the open connection
 
+    def _outbox(self) -> Outbox:
+        outbox = self.transport.outbox
+        # Messages are read only while the connection is open, and it has
+        # its outbox from its open to its close.
+        assert outbox is not None, "a message before the open or after the close"
+        return outbox
+
     def open(self, adopted_at: float, on_slow: Callable[[], None], talks: bool = True) -> Outbox:
         """
         The connection is open: its outbox (given to the transport), its
@@ -328,7 +335,7 @@ class Session:
         answered first (ack, replay or snapshot, then live, in this turn).
         """
         host = self.host
-        outbox = self.transport.outbox
+        outbox = self._outbox()
         subscriptions = host.subscriptions
         limit = host.settings.limits.max_subscriptions
         try:
@@ -398,7 +405,7 @@ class Session:
         """Drop C{msg}'s channels (those not held are no error) and acknowledge."""
         host = self.host
         subscriptions = host.subscriptions
-        outbox = self.transport.outbox
+        outbox = self._outbox()
         for c in msg.channels:
             subscriptions.remove(outbox, c.token, c.event_type)
         host.subscriptions_changed()
@@ -419,14 +426,16 @@ class Session:
             return
         self.grant = grant
         self.schedule_expiry()
-        outbox = self.transport.outbox
+        outbox = self._outbox()
         subscriptions = host.subscriptions
-        lost = [(t, e) for (t, e) in subscriptions.patterns_of(outbox) if not grant.allows(t, e)]
-        for t, e in lost:
-            subscriptions.remove(outbox, t, e)
+        lost = [(token, etype) for (token, etype) in subscriptions.patterns_of(outbox)
+                if not grant.allows(token, etype)]
+        for token, etype in lost:
+            subscriptions.remove(outbox, token, etype)
         reply: dict[str, Any] = {"type": "refreshed", "expires": int(grant.expires or 0)}
         if lost:
-            reply["unsubscribed"] = sorted(f"odin.token.{t}.{e}" for t, e in lost)
+            reply["unsubscribed"] = sorted(f"odin.token.{token}.{etype}"
+                                           for token, etype in lost)
         if msg.id is not None:
             reply["id"] = msg.id
         self.transport.reply(json.dumps(reply, separators=(",", ":")).encode())

@@ -276,7 +276,7 @@ def _vector_of(texts: list[str]) -> messages.Since:
     return out
 
 
-def _complete(since: messages.Since, history: "History", topics: Any) -> messages.Since:
+def _complete(since: messages.Since, history: History, topics: Any) -> messages.Since:
     """
     A vector names every partition its shard had delivered when the id was
     made; a partition missing from it had nothing delivered then, so all

@@ -81,7 +81,7 @@ class Tops:
 
     __slots__ = ("_topics", "_groups", "_dirty", "_text")
 
-    def __init__(self, history: "History"):
+    def __init__(self, history: History):
         self._topics: dict[str, dict[int, tuple[str, int]]] = {}
         for topic, partition, log in history.partitions():
             self._topics.setdefault(topic, {})[partition] = (log.epoch or "0", log.high)
@@ -164,7 +164,7 @@ class Streams:
 
     # -- the delivery hook (once per event while streams are open)
 
-    def feed(self) -> "Streams | None":
+    def feed(self) -> Streams | None:
         """Self while a stream is open, else None (the shard's delivery skips SSE)."""
         return self if self.tops is not None else None
 
