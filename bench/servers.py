@@ -155,7 +155,7 @@ class CpythonRaw(PyWebsockets):
         return got if got.get("n") else None
 
 
-NGINX_CONF = """
+NGINX_CONF = r"""
 load_module {module};
 worker_processes 1;
 worker_cpu_affinity 01;

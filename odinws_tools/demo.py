@@ -25,14 +25,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 import yaml
 
-from odinws_tools.embedded_broker import (EmbeddedBroker, die_with_parent, port_is_free,
-                                     stop_process)
-from odinws_tools.simulate import DEFAULT_TOPICS
 from odin_ws.common.launch import twistd_argv
+from odinws_tools.embedded_broker import EmbeddedBroker, die_with_parent, port_is_free, stop_process
+from odinws_tools.simulate import DEFAULT_TOPICS
 
 #: The directory holding the C{odin_ws} package (and, in a source tree,
 #: C{twisted/plugins/}): children get it on PYTHONPATH so they run this code.

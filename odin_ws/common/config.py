@@ -17,8 +17,9 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -348,10 +349,10 @@ class Config(Mapping):
         return json.dumps(self._values, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Config":
+    def from_json(cls, text: str) -> Config:
         return cls(validate(json.loads(text), source="shard config"))
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         values = dict(self._values)
         for k, v in changes.items():
             values[k.replace("__", ".")] = v

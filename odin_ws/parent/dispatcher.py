@@ -18,8 +18,9 @@ from __future__ import annotations
 import enum
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
@@ -90,7 +91,7 @@ class DoorState(enum.Enum):
 class DispatchProtocol(Protocol):
     """One accepted client, until it is answered or handed to a shard."""
 
-    factory: "Dispatcher"
+    factory: Dispatcher
 
     def __init__(self) -> None:
         self.state = DoorState.NEW

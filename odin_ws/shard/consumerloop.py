@@ -58,9 +58,9 @@ class ConsumerLoop:
         the whole assignment, C{assign}/C{unassign}).
     """
 
-    def __init__(self, ingest: "KafkaIngest", consumer: Consumer, mapper: RecordMapper,
+    def __init__(self, ingest: KafkaIngest, consumer: Consumer, mapper: RecordMapper,
                  settings: KafkaSettings, stopping: threading.Event,
-                 done: "queue.SimpleQueue[int]", max_pending: int, finished: Deferred,
+                 done: queue.SimpleQueue[int], max_pending: int, finished: Deferred,
                  incarnations: TopicIncarnations, cooperative: bool = False):
         self.ingest = ingest
         self.cooperative = cooperative

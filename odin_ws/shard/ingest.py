@@ -28,7 +28,8 @@ import enum
 import json
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from twisted.application.service import Service

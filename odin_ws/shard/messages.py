@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from odin_ws.common.channels import InvalidChannel, parse_pattern
 from odin_ws.shard import positions
@@ -39,7 +39,7 @@ MAX_ID_LENGTH = 128
 # How much of a client-supplied string an error message quotes back.
 _QUOTE_LENGTH = 64
 
-MessageId = Union[str, int, float, None]
+MessageId = str | int | float | None
 
 
 class ChannelSpec(NamedTuple):
@@ -96,7 +96,7 @@ class Refresh:
     id: MessageId = None
 
 
-ClientMessage = Union[Subscribe, Unsubscribe, Ping, Refresh]
+ClientMessage = Subscribe | Unsubscribe | Ping | Refresh
 
 
 def _reject_constant(name: str) -> None:

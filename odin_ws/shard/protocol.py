@@ -15,18 +15,15 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
-from odin_ws.shard import auth
-from odin_ws.shard import messages
-from odin_ws.shard import recovery
-from odin_ws.shard import sse
-from odin_ws.shard.headgate import HeadGate
 from odin_ws.common import metrics
 from odin_ws.common.clientip import client_ip
-from odin_ws.shard.lean import LeanServerProtocol
 from odin_ws.common.logs import audit, redact
 from odin_ws.common.ratelimit import TokenBucket
-from odin_ws.shard.outbox import Outbox, OutboxHolder
+from odin_ws.shard import auth, messages, recovery, sse
 from odin_ws.shard.frames import text_frame
+from odin_ws.shard.headgate import HeadGate
+from odin_ws.shard.lean import LeanServerProtocol
+from odin_ws.shard.outbox import Outbox, OutboxHolder
 from odin_ws.shard.subscriptions import BudgetExceeded
 
 if TYPE_CHECKING:
@@ -44,7 +41,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
 
     log = Logger()
-    factory: "ClientFactory"
+    factory: ClientFactory
     outbox: Outbox | None
     # In slots like Autobahn's state (odin_ws/shard/lean.py): every
     # connection carries them. OutboxHolder's two attributes included.
@@ -236,7 +233,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             # the first message after the open.
             self._subscribe(msg)
 
-    def reconfigure(self, settings: "Settings") -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """
         Reloaded settings reach this open connection: its message rate
         and burst, its outbox's limit and grace (a connection not open
@@ -309,7 +306,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             self._error(messages.UNKNOWN_TYPE, f"{type(msg).__name__.lower()} is not "
                         "available on this server", getattr(msg, "id", None))
 
-    def _refresh(self, msg: "messages.Refresh") -> None:
+    def _refresh(self, msg: messages.Refresh) -> None:
         shard = self.factory.shard
         try:
             grant = shard.verifier.verify(msg.token)
@@ -330,7 +327,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             reply["id"] = msg.id
         self._reply(json.dumps(reply, separators=(",", ":")).encode())
 
-    def _subscribe(self, msg: "messages.Subscribe") -> None:
+    def _subscribe(self, msg: messages.Subscribe) -> None:
         shard = self.factory.shard
         subscriptions = shard.subscriptions
         limit = shard.settings.limits.max_subscriptions
@@ -430,12 +427,12 @@ class ClientFactory(WebSocketServerFactory):
 
     protocol = ClientProtocol
 
-    def __init__(self, shard: "Shard"):
+    def __init__(self, shard: Shard):
         super().__init__()
         self.shard = shard
         self.reconfigure(shard.settings)
 
-    def reconfigure(self, settings: "Settings") -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """Autobahn's options for the connections made from now on."""
         limits, keepalive = settings.limits, settings.keepalive
         self.setProtocolOptions(

@@ -13,8 +13,8 @@ the boundary, whatever arrives meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from odin_ws.common import metrics
 from odin_ws.common.events import Event

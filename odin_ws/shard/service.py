@@ -20,32 +20,28 @@ from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from odin_ws.shard import auth
-from odin_ws.common import commands
-from odin_ws.common import handoff
-from odin_ws.common import metrics
-from odin_ws.common import openfiles
-from odin_ws.shard import tls
+from odin_ws.common import commands, handoff, metrics, openfiles
 from odin_ws.common.config import Config, ConfigError, apply_live
-from odin_ws.common.logs import install_logging
-from odin_ws.common.settings import Settings
 from odin_ws.common.events import Event, Partition, decode_batch, encode_batch
 from odin_ws.common.highwater import HighWater
-from odin_ws.shard.ingest import KafkaIngest
-from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
-from odin_ws.shard.history import History, HistoryCollector
-from odin_ws.shard.records import RecordMapper
-from odin_ws.shard.subscriptions import SubscriptionIndex
-from odin_ws.shard.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
+from odin_ws.common.logs import install_logging
+from odin_ws.common.settings import Settings
+from odin_ws.shard import auth, tls
 from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_unsent
 from odin_ws.shard.frames import text_frame
+from odin_ws.shard.history import History, HistoryCollector
+from odin_ws.shard.ingest import KafkaIngest
+from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
+from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.ssefeed import Streams
+from odin_ws.shard.subscriptions import SubscriptionIndex
+from odin_ws.shard.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
 
 
 class ParentLink(amp.AMP):
     """The shard's end of the control channel (the parent's end is its C{ShardLink})."""
 
-    def __init__(self, shard: "Shard"):
+    def __init__(self, shard: Shard):
         super().__init__()
         self.shard = shard
 

@@ -51,7 +51,7 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _STATE_CLOSED = WebSocketProtocol.STATE_CLOSED   # closes the Outbox (OutboxHolder)
 
 
-def take_over(ws: Any, head: RequestHead) -> "SseStream":
+def take_over(ws: Any, head: RequestHead) -> SseStream:
     """
     The connection of C{ws} (a L{ClientProtocol} whose head gate just
     passed C{head}, path C{listen.sse_path}) becomes an event stream.
@@ -77,7 +77,7 @@ class _Refused(Exception):
 class SseStream(OutboxHolder, Protocol):
     """One SSE client of a shard, from its checked head to the end of its stream."""
 
-    def __init__(self, shard: "Shard", adopted_at: float = 0.0):
+    def __init__(self, shard: Shard, adopted_at: float = 0.0):
         self.shard = shard
         self.adopted_at = adopted_at
         self.client_ip = ""
@@ -258,7 +258,7 @@ class SseStream(OutboxHolder, Protocol):
         if self._ws_state == _OPEN and not self._closing:
             self.transport.write(PING)
 
-    def reconfigure(self, settings: "Settings") -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """Reloaded outbound limits reach the open stream's Outbox."""
         if self.outbox is not None:
             self.outbox.reconfigure(settings.outbound)
@@ -325,7 +325,7 @@ def _vector_of(texts: list[str]) -> messages.Since:
     return out
 
 
-def _complete(since: messages.Since, history: "History", topics: Any) -> messages.Since:
+def _complete(since: messages.Since, history: History, topics: Any) -> messages.Since:
     """
     A vector names every partition its shard had delivered when the id was
     made; a partition missing from it had nothing delivered then, so all
