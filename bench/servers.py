@@ -158,7 +158,7 @@ class CpythonRaw(PyWebsockets):
         return got if got.get("n") else None
 
 
-NGINX_CONF = """
+NGINX_CONF = r"""
 load_module {module};
 worker_processes 1;
 worker_cpu_affinity 01;
@@ -336,6 +336,8 @@ class Odinws(KafkaFed):
             "kafka": {"brokers": self.broker.bootstrap, "group": self.group,
                       "topics": {"odin.trades": "trade"}, "start_offset": "latest",
                       "poll_batch": batch, "session_timeout_ms": 3000,
+                      # Tansu 0.6 assigns a static member only after ~6 s (measured).
+                      "static_membership": False,
                       "consumer_config": {"fetch.wait.max.ms": FETCH_WAIT_MS}},
             # The load client is a few loopback addresses standing for
             # thousands of clients: the per-IP limits would answer 429.

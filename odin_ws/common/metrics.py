@@ -10,13 +10,13 @@ time. Per-event and per-connection code may use the objects directly.
 from __future__ import annotations
 
 import gc
-import os
-import resource
 import time
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 
 import odin_ws
 
@@ -108,10 +108,10 @@ HANDOFFS_ABANDONED = Counter("odinws_handoffs_abandoned", "Clients the parent le
                              registry=REGISTRY)
 for _reason in ("timeout", "lost"):
     HANDOFFS_ABANDONED.labels(reason=_reason)  # exported at 0, so increase() sees the first
-GUARD_CPU = Gauge("odinws_guard_cpu_fraction", "Node CPU use as a fraction of its budget.",
+GUARD_CPU = Gauge("odinws_guard_cpu_ratio", "Node CPU use as a ratio of its budget (0-1).",
                   registry=REGISTRY)
-GUARD_MEMORY = Gauge("odinws_guard_memory_fraction", "Node memory use as a fraction of its "
-                     "budget.", registry=REGISTRY)
+GUARD_MEMORY = Gauge("odinws_guard_memory_ratio", "Node memory use as a ratio of its "
+                     "budget (0-1).", registry=REGISTRY)
 GUARD_ACCEPTING = Gauge("odinws_guard_accepting", "1 while the resource guard lets new "
                         "connections in.", registry=REGISTRY)
 READY = Gauge("odinws_ready", "1 while the node accepts new connections (/health is 200).",
@@ -200,34 +200,55 @@ HISTORY_WARMED = Counter("odinws_history_warmed_events", "Events a starting shar
                          registry=REGISTRY)
 
 
-class ProcessCollector:
-    """CPU seconds and RSS of this process (also works where /proc is absent)."""
-
-    def collect(self):
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = CounterMetricFamily("odinws_process_cpu_seconds", "CPU time used.")
-        cpu.add_metric([], usage.ru_utime + usage.ru_stime)
-        yield cpu
-        rss = GaugeMetricFamily("odinws_process_resident_bytes", "Resident memory.")
-        rss.add_metric([], rss_bytes())
-        yield rss
-        up = GaugeMetricFamily("odinws_process_start_time_seconds", "Process start, unix time.")
-        up.add_metric([], _START)
-        yield up
+# The standard process metrics every Prometheus client exports
+# (process_cpu_seconds_total, process_resident_memory_bytes,
+# process_virtual_memory_bytes, process_start_time_seconds, process_open_fds,
+# process_max_fds), read from /proc at scrape time: one set per process, the
+# shards' labelled shard="<i>" by the parent's merge.
+PROCESS = ProcessCollector(registry=REGISTRY)
 
 
-_START = time.time()
+class DeprecatedAliases:
+    """
+    Old names of renamed metrics, exported beside the new ones for one more
+    release so dashboards and alert rules written against them keep working
+    while they are moved (docs/operations.md, "Renamed metrics"). Values are
+    the new families' own samples, renamed: nothing is measured twice.
+
+    @param renamed: the old family name of each new one (as
+        C{MetricFamily.name}: without C{_total}).
+    @param sources: the collectors (or metrics) the new families come from.
+    """
+
+    def __init__(self, renamed: dict[str, str], *sources: Any):
+        self._renamed = renamed
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self._sources:
+            for family in source.collect():
+                old = self._renamed.get(family.name)
+                if old is None:
+                    continue
+                alias = Metric(old, f"Deprecated: renamed {family.name}, this name goes in "
+                               f"the next release. {family.documentation}", family.type)
+                for sample in family.samples:
+                    alias.add_sample(old + sample.name[len(family.name):], sample.labels,
+                                     sample.value, sample.timestamp)
+                yield alias
 
 
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-REGISTRY.register(ProcessCollector())
+#: Old name -> new name of every renamed metric. The old names stay for the
+#: next release (the first with the new ones) and go in the one after.
+RENAMED = {
+    "odinws_process_cpu_seconds": "process_cpu_seconds",
+    "odinws_process_resident_bytes": "process_resident_memory_bytes",
+    "odinws_process_start_time_seconds": "process_start_time_seconds",
+    "odinws_guard_cpu_fraction": "odinws_guard_cpu_ratio",
+    "odinws_guard_memory_fraction": "odinws_guard_memory_ratio",
+}
+REGISTRY.register(DeprecatedAliases({new: old for old, new in RENAMED.items()},
+                                    PROCESS, GUARD_CPU, GUARD_MEMORY))
 
 
 def exposition() -> bytes:

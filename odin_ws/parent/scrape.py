@@ -13,7 +13,8 @@ is what keeps a stalled shard from collecting one unanswered call per scrape.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger

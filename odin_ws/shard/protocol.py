@@ -15,17 +15,15 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
-from odin_ws.shard import auth
-from odin_ws.shard import messages
-from odin_ws.shard import recovery
-from odin_ws.shard import sse
-from odin_ws.shard.headgate import HeadGate
 from odin_ws.common import metrics
-from odin_ws.shard.lean import LeanServerProtocol
+from odin_ws.common.clientip import client_ip
 from odin_ws.common.logs import audit, redact
 from odin_ws.common.ratelimit import TokenBucket
-from odin_ws.shard.outbox import Outbox, OutboxHolder
+from odin_ws.shard import auth, messages, recovery, sse
 from odin_ws.shard.frames import text_frame
+from odin_ws.shard.headgate import HeadGate
+from odin_ws.shard.lean import LeanServerProtocol
+from odin_ws.shard.outbox import Outbox, OutboxHolder
 from odin_ws.shard.subscriptions import BudgetExceeded
 
 if TYPE_CHECKING:
@@ -43,7 +41,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
 
     log = Logger()
-    factory: "ClientFactory"
+    factory: ClientFactory
     outbox: Outbox | None
     # In slots like Autobahn's state (odin_ws/shard/lean.py): every
     # connection carries them. OutboxHolder's two attributes included.
@@ -152,7 +150,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
                                                limits.max_channel_length, limits.max_positions)
             if msg is None:
                 return
-            denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+            denied = [c.name for c in msg.channels if not self.grant.allows(c.token, c.event_type)]
             if denied:
                 raise messages.ClientError(messages.FORBIDDEN,
                                            f"your token does not allow {denied[0][:100]}")
@@ -188,13 +186,9 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         super().failHandshake(redact(reason), code, responseHeaders)
 
     def _client_ip(self, request) -> str:
-        peer = self.transport.getPeer()
-        ip = getattr(peer, "host", "")
-        trusted = self.factory.shard.settings.limits.trusted_proxies
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded and ip in trusted:
-            return forwarded.split(",")[-1].strip() or ip
-        return ip
+        return client_ip(getattr(self.transport.getPeer(), "host", ""),
+                         request.headers.get("x-forwarded-for"),
+                         self.factory.shard.settings.limits.trusted_proxies)
 
     def _deny(self, reason: str, status: int, text: str):
         metrics.REJECTED.labels(status=str(status), reason=reason).inc()
@@ -239,7 +233,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             # the first message after the open.
             self._subscribe(msg)
 
-    def reconfigure(self, settings: "Settings") -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """
         Reloaded settings reach this open connection: its message rate
         and burst, its outbox's limit and grace (a connection not open
@@ -300,10 +294,10 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             self._subscribe(msg)
         elif isinstance(msg, messages.Unsubscribe):
             subscriptions = shard.subscriptions
-            for _, token, etype in msg.channels:
-                subscriptions.remove(self.outbox, token, etype)
+            for c in msg.channels:
+                subscriptions.remove(self.outbox, c.token, c.event_type)
             shard.subscriptions_changed()
-            self._reply(messages.ack("unsubscribed", [c[0] for c in msg.channels], msg.id))
+            self._reply(messages.ack("unsubscribed", [c.name for c in msg.channels], msg.id))
         elif isinstance(msg, messages.Ping):
             self._reply(messages.pong(msg.id))
         elif isinstance(msg, messages.Refresh) and shard.verifier.enabled:
@@ -312,7 +306,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             self._error(messages.UNKNOWN_TYPE, f"{type(msg).__name__.lower()} is not "
                         "available on this server", getattr(msg, "id", None))
 
-    def _refresh(self, msg: "messages.Refresh") -> None:
+    def _refresh(self, msg: messages.Refresh) -> None:
         shard = self.factory.shard
         try:
             grant = shard.verifier.verify(msg.token)
@@ -333,17 +327,18 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             reply["id"] = msg.id
         self._reply(json.dumps(reply, separators=(",", ":")).encode())
 
-    def _subscribe(self, msg: "messages.Subscribe") -> None:
+    def _subscribe(self, msg: messages.Subscribe) -> None:
         shard = self.factory.shard
         subscriptions = shard.subscriptions
         limit = shard.settings.limits.max_subscriptions
-        denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+        denied = [c.name for c in msg.channels if not self.grant.allows(c.token, c.event_type)]
         if denied:
             self._error(messages.FORBIDDEN, f"your token does not allow {denied[0][:100]}",
                         msg.id)
             return
         held = subscriptions.count(self.outbox)
-        new = [c for c in msg.channels if not subscriptions.holds(self.outbox, c[1], c[2])]
+        new = [c for c in msg.channels
+               if not subscriptions.holds(self.outbox, c.token, c.event_type)]
         if held + len(new) > limit:
             self._error(messages.TOO_MANY_SUBSCRIPTIONS,
                         f"a connection may hold at most {limit} subscriptions", msg.id)
@@ -360,7 +355,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
                 return
         try:
             # All or nothing, within the shard's subscription budget.
-            subscriptions.add_all(self.outbox, [(c[1], c[2]) for c in new])
+            subscriptions.add_all(self.outbox, [(c.token, c.event_type) for c in new])
         except BudgetExceeded as e:
             self._error(e.code, e.message, msg.id)
             return
@@ -372,7 +367,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
             if call is not None and call.active():
                 call.cancel()
         shard.subscriptions_changed()
-        channels = [c[0] for c in msg.channels]
+        channels = [c.name for c in msg.channels]
         if answer is None:
             self._reply(messages.ack("subscribed", channels, msg.id))
             return
@@ -432,12 +427,12 @@ class ClientFactory(WebSocketServerFactory):
 
     protocol = ClientProtocol
 
-    def __init__(self, shard: "Shard"):
+    def __init__(self, shard: Shard):
         super().__init__()
         self.shard = shard
         self.reconfigure(shard.settings)
 
-    def reconfigure(self, settings: "Settings") -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """Autobahn's options for the connections made from now on."""
         limits, keepalive = settings.limits, settings.keepalive
         self.setProtocolOptions(

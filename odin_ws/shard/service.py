@@ -20,32 +20,28 @@ from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from odin_ws.shard import auth
-from odin_ws.common import commands
-from odin_ws.common import handoff
-from odin_ws.common import metrics
-from odin_ws.common import openfiles
-from odin_ws.shard import tls
+from odin_ws.common import commands, handoff, metrics, openfiles
 from odin_ws.common.config import Config, ConfigError, apply_live
+from odin_ws.common.events import Event, Partition, decode_batch, encode_batch
+from odin_ws.common.highwater import HighWater
 from odin_ws.common.logs import install_logging
 from odin_ws.common.settings import Settings
-from odin_ws.common.events import Event, decode_batch, encode_batch
-from odin_ws.common.highwater import HighWater
-from odin_ws.shard.ingest import KafkaIngest
-from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
-from odin_ws.shard.history import History, HistoryCollector
-from odin_ws.shard.records import RecordMapper
-from odin_ws.shard.subscriptions import SubscriptionIndex
-from odin_ws.shard.warmup import HistoryWarmup, WarmedPartition, WarmupReport
+from odin_ws.shard import auth, tls
 from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_unsent
 from odin_ws.shard.frames import text_frame
+from odin_ws.shard.history import History, HistoryCollector
+from odin_ws.shard.ingest import KafkaIngest
+from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
+from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.ssefeed import Streams
+from odin_ws.shard.subscriptions import SubscriptionIndex
+from odin_ws.shard.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
 
 
 class ParentLink(amp.AMP):
     """The shard's end of the control channel (the parent's end is its C{ShardLink})."""
 
-    def __init__(self, shard: "Shard"):
+    def __init__(self, shard: Shard):
         super().__init__()
         self.shard = shard
 
@@ -111,7 +107,7 @@ class Shard(service.MultiService):
         self.tls_options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         self.per_ip: dict[str, int] = {}
         self._drained: defer.Deferred | None = None
-        self.kafka = KafkaIngest(reactor, settings,
+        self.kafka = KafkaIngest(reactor, settings, number,
                                  RecordMapper.from_settings(settings.kafka),
                                  self.on_kafka_batch)
         self.kafka.setServiceParent(self)
@@ -124,8 +120,8 @@ class Shard(service.MultiService):
         # Partitions whose marks the warm-up raised -> to which offset, until
         # this shard's consumer passes it (see _rereading); and the
         # assignment they were last checked against.
-        self._rereads: dict[tuple[str, int], int] = {}
-        self._rereads_assigned: tuple[str, ...] | None = None
+        self._rereads: dict[Partition, int] = {}
+        self._rereads_assigned: frozenset[Partition] | None = None
         # Connections the open-files limit leaves room for (set at start).
         self._fd_room: int | None = None
         self._stats_loop = task.LoopingCall(self.report_stats)
@@ -334,7 +330,7 @@ class Shard(service.MultiService):
         if assigned is not self._rereads_assigned:
             # Partitions this consumer does not read: their owner relays them.
             self._rereads_assigned = assigned
-            for key in [k for k in rereads if f"{k[0]}[{k[1]}]" not in assigned]:
+            for key in [k for k in rereads if k not in assigned]:
                 del rereads[key]
         found = False
         for e in events:
@@ -413,7 +409,7 @@ class Shard(service.MultiService):
         a gap, or knows another incarnation of the topic, the backfill is left
         out.
         """
-        key = (warmed.topic, warmed.partition)
+        key = Partition(warmed.topic, warmed.partition)
         events = warmed.events
         through = warmed.through
         metrics.HISTORY_WARMED.inc(len(events))
@@ -436,13 +432,13 @@ class Shard(service.MultiService):
 
     def warmed(self, report: WarmupReport) -> None:
         """The warm-up ended: one line."""
-        if report.state == "done":
+        if report.state is WarmupState.DONE:
             self.log.info("history warmed: {events} events of {partitions} partitions in "
                           "{seconds:.1f} s{cut}", events=report.events,
                           partitions=report.partitions, seconds=report.seconds,
                           cut=(f" ({report.incomplete} read in part: history.warmup_timeout)"
                                if report.incomplete else ""))
-        elif report.state == "failed":
+        elif report.state is WarmupState.FAILED:
             self.log.warn("history warm-up failed after {seconds:.1f} s ({error}); "
                           "{events} events of {partitions} partitions warmed",
                           seconds=report.seconds, error=report.error, events=report.events,

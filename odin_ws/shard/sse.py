@@ -23,6 +23,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.protocol import Protocol
 
 from odin_ws.common import metrics
+from odin_ws.common.clientip import client_ip
 from odin_ws.common.events import Event
 from odin_ws.common.httphead import RequestHead
 from odin_ws.common.logs import audit
@@ -50,7 +51,7 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _STATE_CLOSED = WebSocketProtocol.STATE_CLOSED   # closes the Outbox (OutboxHolder)
 
 
-def take_over(ws: Any, head: RequestHead) -> "SseStream":
+def take_over(ws: Any, head: RequestHead) -> SseStream:
     """
     The connection of C{ws} (a L{ClientProtocol} whose head gate just
     passed C{head}, path C{listen.sse_path}) becomes an event stream.
@@ -76,7 +77,7 @@ class _Refused(Exception):
 class SseStream(OutboxHolder, Protocol):
     """One SSE client of a shard, from its checked head to the end of its stream."""
 
-    def __init__(self, shard: "Shard", adopted_at: float = 0.0):
+    def __init__(self, shard: Shard, adopted_at: float = 0.0):
         self.shard = shard
         self.adopted_at = adopted_at
         self.client_ip = ""
@@ -106,7 +107,8 @@ class SseStream(OutboxHolder, Protocol):
         shard = self.shard
         settings = shard.settings
         limits = settings.limits
-        self.client_ip = _client_ip(self.transport, head, limits.trusted_proxies)
+        self.client_ip = client_ip(getattr(self.transport.getPeer(), "host", ""),
+                                   head.headers.get("x-forwarded-for"), limits.trusted_proxies)
         origin = head.headers.get("origin")
         origins = limits.allowed_origins
         allowed = not origins or origin in origins
@@ -143,14 +145,14 @@ class SseStream(OutboxHolder, Protocol):
         if msg.since is not None and "~" in (last_event_id or head.query.get("since", "")):
             msg = dataclasses.replace(msg, since=_complete(msg.since, shard.history,
                                                            settings.kafka.topics))
-        denied = [c[0] for c in msg.channels if not self.grant.allows(c[1], c[2])]
+        denied = [c.name for c in msg.channels if not self.grant.allows(c.token, c.event_type)]
         if denied:
             raise _Refused(403, messages.FORBIDDEN, f"your token does not allow "
                            f"{denied[0][:100]}")
         if len(msg.channels) > limits.max_subscriptions:
             raise _Refused(400, messages.TOO_MANY_SUBSCRIPTIONS, f"a connection may hold "
                            f"at most {limits.max_subscriptions} subscriptions")
-        patterns = [(c[1], c[2]) for c in msg.channels]
+        patterns = [(c.token, c.event_type) for c in msg.channels]
         try:
             shard.streams.check_budget(patterns)
         except BudgetExceeded as e:
@@ -229,7 +231,7 @@ class SseStream(OutboxHolder, Protocol):
         # The ack, what recovery replays or the snapshot, then live: in this
         # reactor turn, as for a WebSocket subscribe (odin_ws/shard/recovery.py).
         tops = streams.tops.text()
-        channels = [c[0] for c in msg.channels]
+        channels = [c.name for c in msg.channels]
         if answer is None:
             ack, frames = messages.ack("subscribed", channels), []
         else:
@@ -256,7 +258,7 @@ class SseStream(OutboxHolder, Protocol):
         if self._ws_state == _OPEN and not self._closing:
             self.transport.write(PING)
 
-    def reconfigure(self, settings: "Settings") -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """Reloaded outbound limits reach the open stream's Outbox."""
         if self.outbox is not None:
             self.outbox.reconfigure(settings.outbound)
@@ -323,7 +325,7 @@ def _vector_of(texts: list[str]) -> messages.Since:
     return out
 
 
-def _complete(since: messages.Since, history: "History", topics: Any) -> messages.Since:
+def _complete(since: messages.Since, history: History, topics: Any) -> messages.Since:
     """
     A vector names every partition its shard had delivered when the id was
     made; a partition missing from it had nothing delivered then, so all
@@ -337,10 +339,3 @@ def _complete(since: messages.Since, history: "History", topics: Any) -> message
             out[(topic, partition)] = (log.epoch or "0", log.floor)
     return out
 
-
-def _client_ip(transport: Any, head: RequestHead, trusted: Any) -> str:
-    ip = getattr(transport.getPeer(), "host", "")
-    forwarded = head.headers.get("x-forwarded-for")
-    if forwarded and ip in trusted:
-        return forwarded.split(",")[-1].strip() or ip
-    return ip

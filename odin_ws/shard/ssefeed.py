@@ -72,7 +72,7 @@ class Tops:
 
     __slots__ = ("_topics", "_groups", "_dirty", "_text")
 
-    def __init__(self, history: "History"):
+    def __init__(self, history: History):
         self._topics: dict[str, dict[int, tuple[str, int]]] = {}
         for topic, partition, log in history.partitions():
             self._topics.setdefault(topic, {})[partition] = (log.epoch or "0", log.high)
@@ -132,12 +132,12 @@ class Streams:
 
     log = Logger()
 
-    def __init__(self, shard: "Shard"):
+    def __init__(self, shard: Shard):
         self.shard = shard
         #: Subscriptions of streams only (see the module: no per-connection
         #: transport test in the WebSocket loop).
         self.index = SubscriptionIndex()
-        self.open: set["SseStream"] = set()
+        self.open: set[SseStream] = set()
         self.tops: Tops | None = None
         self._run: list = []
         self._run_to: Any = None
@@ -145,7 +145,7 @@ class Streams:
 
     # -- the delivery hook (once per event while streams are open)
 
-    def feed(self) -> "Streams | None":
+    def feed(self) -> Streams | None:
         """Self while a stream is open, else None (the shard's delivery skips SSE)."""
         return self if self.tops is not None else None
 
@@ -177,7 +177,7 @@ class Streams:
 
     # -- streams
 
-    def opened(self, stream: "SseStream") -> None:
+    def opened(self, stream: SseStream) -> None:
         if self.tops is None:
             self.tops = Tops(self.shard.history)
         self.open.add(stream)
@@ -187,7 +187,7 @@ class Streams:
             self._pinger.clock = self.shard.reactor
             self._pinger.start(interval, now=False)
 
-    def closed(self, stream: "SseStream") -> None:
+    def closed(self, stream: SseStream) -> None:
         self.open.discard(stream)
         if stream.outbox is not None:
             self.index.remove_all(stream.outbox)

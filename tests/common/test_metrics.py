@@ -1,8 +1,11 @@
-"""odin_ws.common.metrics: the garbage collector's pauses."""
+"""odin_ws.common.metrics: the garbage collector's pauses, the process metrics, renamed metrics."""
 
 from __future__ import annotations
 
 import gc
+import os
+import resource
+import time
 
 from twisted.trial import unittest
 
@@ -59,3 +62,55 @@ class GcPausesTests(unittest.TestCase):
         before = _count(2)
         gc.collect()
         self.assertEqual(_count(2), before)
+
+
+class ProcessMetricsTests(unittest.TestCase):
+    """The standard process metrics and the deprecated aliases of renamed metrics."""
+
+    def samples(self) -> dict[str, float]:
+        return {s.name: s.value for f in metrics.REGISTRY.collect() for s in f.samples}
+
+    def test_standard_process_metrics(self):
+        """
+        The registry exports the standard process metrics of this process:
+        its open descriptors (as /proc counts them) within its limit, its
+        resident memory, CPU time and start time.
+        """
+        before = self.samples()
+        extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(5)]
+        for fd in extra:
+            self.addCleanup(os.close, fd)
+        after = self.samples()
+        self.assertEqual(after["process_open_fds"], before["process_open_fds"] + 5)
+        self.assertEqual(after["process_max_fds"],
+                         resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self.assertGreater(after["process_resident_memory_bytes"], 0)
+        self.assertGreater(after["process_cpu_seconds_total"], 0)
+        self.assertLess(after["process_start_time_seconds"], time.time())
+
+    def test_deprecated_aliases(self):
+        """
+        Every old name in metrics.RENAMED is still exported, with the new
+        name's value and a help text saying it is deprecated and what
+        replaced it.
+        """
+        metrics.GUARD_CPU.set(0.25)
+        families = {f.name: f for f in metrics.REGISTRY.collect()}
+        for old, new in metrics.RENAMED.items():
+            alias, current = families[old], families[new]
+            self.assertEqual(alias.type, current.type, old)
+            self.assertTrue(alias.documentation.startswith(f"Deprecated: renamed {new}"), old)
+            self.assertEqual(len(alias.samples), len(current.samples), old)
+            for a, c in zip(alias.samples, current.samples):
+                self.assertEqual(a.name, old + c.name[len(new):])
+        # The process metrics are read from /proc once per collect() (they
+        # may move between the two reads); a set gauge must be equal.
+        self.assertEqual(metrics.REGISTRY.get_sample_value("odinws_guard_cpu_fraction"), 0.25)
+
+    def test_ratio_names(self):
+        """0-1 gauges end in _ratio (Prometheus naming); none ends in _fraction but the aliases."""
+        names = {f.name for f in metrics.REGISTRY.collect()}
+        self.assertIn("odinws_guard_cpu_ratio", names)
+        self.assertIn("odinws_guard_memory_ratio", names)
+        self.assertEqual({n for n in names if n.endswith("_fraction")},
+                         {n for n in metrics.RENAMED if n.endswith("_fraction")})

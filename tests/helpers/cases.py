@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 import os
+import time
 
 import txaio
 from twisted.internet import defer
@@ -292,4 +292,4 @@ class Response:
         head, _, self.body = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         self.status = int(lines[0].split()[1])
-        self.headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        self.headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}

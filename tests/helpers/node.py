@@ -90,7 +90,7 @@ class Node:
         self.env = env
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait_ready: bool = True) -> "Node":
+    def start(self, wait_ready: bool = True) -> Node:
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.env or {})
@@ -146,7 +146,8 @@ class Node:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError("odinws did not stop within %ss: %s" % (timeout, self.tail()))
+            raise AssertionError(
+                f"odinws did not stop within {timeout}s: {self.tail()}") from None
         finally:
             self.log.close()
 

@@ -228,9 +228,10 @@ class ReplyOrderTests(RecoveryTestCase):
         client comes after those events, not before (a client that trusts
         an ack's positions the moment it arrives would otherwise lose events).
         """
+        from twisted.internet.address import IPv4Address
+
         from tests.helpers import StalledSocket, parse_frames
         from tests.helpers.cases import _ports
-        from twisted.internet.address import IPv4Address
         stalled = self.connect(transport=StalledSocket(IPv4Address("TCP", "10.0.0.9",
                                                                    next(_ports))))
         stalled.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"]}))

@@ -539,6 +539,7 @@ class TakeOverTests(StreamTestCase):
         """
         from twisted.internet.protocol import Protocol
         from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
         from odin_ws.common.twisted_internals import replace_protocol
         old, new = Protocol(), Protocol()
         wrapper = ProtocolWrapper(WrappingFactory(None), old)

@@ -17,10 +17,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.common import config as configmod
-from odin_ws.common.events import Event, decode_batch
+from odin_ws.common.events import Event, Partition, decode_batch
 from odin_ws.common.settings import Settings
 from odin_ws.shard.records import RecordMapper
-from odin_ws.shard.warmup import HistoryWarmup, WarmedPartition, WarmupReport
+from odin_ws.shard.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
 from tests.helpers import ShardTestCase, sample, text
 from tests.helpers.fakes import FakeKafkaMessage
 
@@ -187,6 +187,14 @@ class WarmupTests(SynchronousTestCase):
         self.assertNotIn("session.timeout.ms", conf)
         self.assertEqual(conf["logger"].name, "odinws.warmup.librdkafka")
 
+    def test_reads_what_the_live_consumer_reads(self):
+        """
+        The warm-up reads committed records only, as the group consumer does:
+        records of aborted transactions never reach the history.
+        """
+        self.warm(FakeConsumer({(TOPIC, 0): [(record(1), 1)]}), history__max_age=0)
+        self.assertEqual(self.configs[0]["isolation.level"], "read_committed")
+
     def test_byte_budget_drops_the_oldest_first(self):
         """Past history.max_bytes the oldest buffered events go first, whatever the partition."""
         logs = {(TOPIC, 0): [(record(i), 1000 + 2 * i) for i in range(50)],
@@ -349,7 +357,7 @@ class ShardBackfillTests(ShardTestCase):
             def callRemote(self, command, batch):
                 published.append([e.offset for e in decode_batch(batch)])
         self.shard.link = Link()
-        self.shard.kafka.publish_assignment((f"{TOPIC}[0]",))
+        self.shard.kafka.publish_assignment(frozenset({Partition(TOPIC, 0)}))
         self.warmed(range(10, 20))
         self.shard.on_kafka_batch([self.event(o) for o in (18, 19)])
         self.shard.on_kafka_batch([self.event(o) for o in (19, 20, 21)])
@@ -361,7 +369,7 @@ class ShardBackfillTests(ShardTestCase):
         lines = []
         globalLogPublisher.addObserver(lines.append)
         self.addCleanup(globalLogPublisher.removeObserver, lines.append)
-        self.shard.warmed(WarmupReport("done", 120, 4, 0, 0.25))
+        self.shard.warmed(WarmupReport(WarmupState.DONE, 120, 4, 0, 0.25))
         self.assertIn("history warmed: 120 events of 4 partitions in 0.2 s",
                       [formatEvent(e) for e in lines])
         self.assertEqual(self.shard.warmup.status()["state"], "off")
