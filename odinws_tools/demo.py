@@ -54,7 +54,9 @@ def demo_config(http_port: int, brokers: str, shards: int, node_id: str = "demo"
                    "admin_port": ""},
         "kafka": {"brokers": brokers, "topics": {t: k for k, t in DEFAULT_TOPICS.items()},
                   # Small timeouts: the consumer group forms in seconds.
-                  "session_timeout_ms": 3000, "max_poll_interval_ms": 4000},
+                  "session_timeout_ms": 3000, "max_poll_interval_ms": 4000,
+                  # Tansu 0.6 never assigns a second static member (measured).
+                  "static_membership": False},
         "demo": {"enabled": True},
         # The demo shares a laptop with a browser and the simulator: do not
         # refuse the page's connection because the machine is busy.

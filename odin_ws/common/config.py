@@ -157,6 +157,22 @@ SCHEMA: tuple[Option, ...] = (
          "assignment (every rebalance stops every shard). All members of the node's group "
          "must agree: change it with a full restart. kafka.consumer_config's "
          "partition.assignment.strategy, when set, wins."),
+    _opt("kafka.group_protocol", str, "classic", "Consumer group protocol: classic "
+         "(JoinGroup/SyncGroup, the assignor in the client, kafka.session_timeout_ms and "
+         "kafka.cooperative_rebalance apply) or consumer (KIP-848, Apache Kafka 4.x and "
+         "other brokers that serve it: the broker assigns, and the session timeout, "
+         "heartbeat interval and assignor are the broker's group.consumer.* settings, so "
+         "kafka.session_timeout_ms and kafka.cooperative_rebalance are not used). See "
+         "docs/operations.md, \"Apache Kafka\", for what each measured. All members of "
+         "the node's group must agree: change it with a full restart.",
+         choices=("classic", "consumer")),
+    _opt("kafka.static_membership", bool, False, "Static group membership "
+         "(group.instance.id <node_id>-shard<index>): a killed shard, restarted by the "
+         "supervisor, rejoins under its own id and gets its partitions back at once "
+         "instead of after its session timeout, and the other shards see no rebalance. "
+         "A shard that stays down keeps its partitions unread until its session expires. "
+         "Needs node ids unique per kafka.group (they are already: the group is "
+         "<kafka.group>-<node_id>)."),
     _opt("kafka.max_poll_interval_ms", int, 10000, "Consumer max.poll.interval.ms "
          "(also the rebalance timeout: keep it small for quick joins).", minimum=1000),
     _opt("kafka.retry_backoff_max", float, 30.0, "Longest wait between reconnects "

@@ -107,7 +107,7 @@ class Shard(service.MultiService):
         self.tls_options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         self.per_ip: dict[str, int] = {}
         self._drained: defer.Deferred | None = None
-        self.kafka = KafkaIngest(reactor, settings,
+        self.kafka = KafkaIngest(reactor, settings, number,
                                  RecordMapper.from_settings(settings.kafka),
                                  self.on_kafka_batch)
         self.kafka.setServiceParent(self)

@@ -187,6 +187,14 @@ class WarmupTests(SynchronousTestCase):
         self.assertNotIn("session.timeout.ms", conf)
         self.assertEqual(conf["logger"].name, "odinws.warmup.librdkafka")
 
+    def test_reads_what_the_live_consumer_reads(self):
+        """
+        The warm-up reads committed records only, as the group consumer does:
+        records of aborted transactions never reach the history.
+        """
+        self.warm(FakeConsumer({(TOPIC, 0): [(record(1), 1)]}), history__max_age=0)
+        self.assertEqual(self.configs[0]["isolation.level"], "read_committed")
+
     def test_byte_budget_drops_the_oldest_first(self):
         """Past history.max_bytes the oldest buffered events go first, whatever the partition."""
         logs = {(TOPIC, 0): [(record(i), 1000 + 2 * i) for i in range(50)],
