@@ -82,8 +82,12 @@ SCHEMA: tuple[Option, ...] = (
     _opt("listen.port", str, "tcp:3005", "Twisted endpoint string of the public "
          "listener, e.g. tcp:3005:interface=0.0.0.0 or systemd:domain=INET:index=0.",
          flag="port"),
-    _opt("listen.admin_port", str, "", "Optional plain listener for /health and /metrics "
-         "only, e.g. tcp:3006:interface=127.0.0.1 (useful with TLS on the public port)."),
+    _opt("listen.admin_port", str, "tcp:3006:interface=127.0.0.1", "Plain listener for "
+         "/health and /metrics only (the public port's neighbour, on loopback: a Prometheus "
+         "on the same host scrapes it as it is); an address your monitoring reaches, e.g. "
+         "tcp:3006:interface=10.0.0.5, for one elsewhere; empty: none. Its connections are "
+         "held to listen.max_heads and listen.max_heads_per_ip apart from the public port's, "
+         "so a flood there does not shut it."),
     _opt("listen.ws_path", str, "/ws", "Path of the WebSocket endpoint."),
     _opt("listen.sse_path", str, "/sse", "Path of the Server-Sent Events endpoint "
          "(docs/protocol.md); empty: no SSE."),

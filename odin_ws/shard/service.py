@@ -68,7 +68,7 @@ class ParentLink(amp.AMP):
 
     @commands.GetMetrics.responder
     def get_metrics(self):
-        return {"text": metrics.exposition()}
+        return {"text": metrics.exposition(metrics.Process.SHARD)}
 
     @commands.Reload.responder
     def reload(self, config):
