@@ -4,23 +4,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-deb bench bench-cost capacity clean venv
+.PHONY: demo lint test test-unit test-deb bench bench-cost capacity clean venv
 
 venv: $(STAMP)
 
 $(STAMP): setup.cfg requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m odinws_tools.demo
 
+# The style and type gate (ruff, mypy; configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 # The integration tests run against Apache Kafka (its jars fetched with
 # Maven on first use, odinws_tools/kafka/pom.xml); ODINWS_TEST_BROKER=tansu
 # runs them against the demo's embedded broker instead.
-test: $(STAMP)
+test: $(STAMP) lint
 	node --test clients/js/test/*.test.mjs
 	$(PY) -m odinws_tools.kafka --fetch
 	$(VENV)/bin/trial --jobs=2 tests

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from odin_ws.common.logs import silenced
 

@@ -12,12 +12,14 @@ command-line flags.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import socket
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -80,8 +82,12 @@ SCHEMA: tuple[Option, ...] = (
     _opt("listen.port", str, "tcp:3005", "Twisted endpoint string of the public "
          "listener, e.g. tcp:3005:interface=0.0.0.0 or systemd:domain=INET:index=0.",
          flag="port"),
-    _opt("listen.admin_port", str, "", "Optional plain listener for /health and /metrics "
-         "only, e.g. tcp:3006:interface=127.0.0.1 (useful with TLS on the public port)."),
+    _opt("listen.admin_port", str, "tcp:3006:interface=127.0.0.1", "Plain listener for "
+         "/health and /metrics only (the public port's neighbour, on loopback: a Prometheus "
+         "on the same host scrapes it as it is); an address your monitoring reaches, e.g. "
+         "tcp:3006:interface=10.0.0.5, for one elsewhere; empty: none. Its connections are "
+         "held to listen.max_heads and listen.max_heads_per_ip apart from the public port's, "
+         "so a flood there does not shut it."),
     _opt("listen.ws_path", str, "/ws", "Path of the WebSocket endpoint."),
     _opt("listen.sse_path", str, "/sse", "Path of the Server-Sent Events endpoint "
          "(docs/protocol.md); empty: no SSE."),
@@ -151,6 +157,22 @@ SCHEMA: tuple[Option, ...] = (
          "assignment (every rebalance stops every shard). All members of the node's group "
          "must agree: change it with a full restart. kafka.consumer_config's "
          "partition.assignment.strategy, when set, wins."),
+    _opt("kafka.group_protocol", str, "classic", "Consumer group protocol: classic "
+         "(JoinGroup/SyncGroup, the assignor in the client, kafka.session_timeout_ms and "
+         "kafka.cooperative_rebalance apply) or consumer (KIP-848, Apache Kafka 4.x and "
+         "other brokers that serve it: the broker assigns, and the session timeout, "
+         "heartbeat interval and assignor are the broker's group.consumer.* settings, so "
+         "kafka.session_timeout_ms and kafka.cooperative_rebalance are not used). See "
+         "docs/operations.md, \"Apache Kafka\", for what each measured. All members of "
+         "the node's group must agree: change it with a full restart.",
+         choices=("classic", "consumer")),
+    _opt("kafka.static_membership", bool, False, "Static group membership "
+         "(group.instance.id <node_id>-shard<index>): a killed shard, restarted by the "
+         "supervisor, rejoins under its own id and gets its partitions back at once "
+         "instead of after its session timeout, and the other shards see no rebalance. "
+         "A shard that stays down keeps its partitions unread until its session expires. "
+         "Needs node ids unique per kafka.group (they are already: the group is "
+         "<kafka.group>-<node_id>)."),
     _opt("kafka.max_poll_interval_ms", int, 10000, "Consumer max.poll.interval.ms "
          "(also the rebalance timeout: keep it small for quick joins).", minimum=1000),
     _opt("kafka.retry_backoff_max", float, 30.0, "Longest wait between reconnects "
@@ -343,10 +365,10 @@ class Config(Mapping):
         return json.dumps(self._values, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Config":
+    def from_json(cls, text: str) -> Config:
         return cls(validate(json.loads(text), source="shard config"))
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         values = dict(self._values)
         for k, v in changes.items():
             values[k.replace("__", ".")] = v
@@ -366,8 +388,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
         elif isinstance(v, dict) and any(o.startswith(key + ".") for o in BY_KEY):
             out.update(_flatten(v, key + "."))
         else:
-            raise ConfigError(f"{key}: unknown setting")
+            known = [*BY_KEY, *(section for section in SECTIONS if section)]
+            raise ConfigError(f"{key}: unknown setting{did_you_mean(key, known)}")
     return out
+
+
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """
+    ' (did you mean X?)' for the nearest of C{known} to a misspelt C{name},
+    else ''. A C{prefix} that every candidate shares is left out of the
+    comparison (it would make any two names look alike).
+    """
+    close = difflib.get_close_matches(name.removeprefix(prefix),
+                                      [k.removeprefix(prefix) for k in known], n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _kind(value: Any) -> str:
@@ -437,7 +471,7 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     for key, value in flat.items():
         opt = BY_KEY.get(key)
         if opt is None:
-            raise ConfigError(f"{key}: unknown setting ({source})")
+            raise ConfigError(f"{key}: unknown setting ({source}){did_you_mean(key, BY_KEY)}")
         values[key] = _check(opt, value)
     if not values["kafka.topics"]:
         raise ConfigError("kafka.topics: at least one topic is needed")
@@ -463,7 +497,17 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     return values
 
 
+#: Every setting's environment variable; any other ODINWS_* name is a typo.
+BY_ENV: dict[str, Option] = {o.env: o for o in SCHEMA}
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    # A misspelt variable would otherwise be ignored while the same typo in
+    # the YAML file is fatal: refuse it the same way.
+    for name in sorted(environ):
+        if name.startswith("ODINWS_") and name not in BY_ENV:
+            raise ConfigError(f"{name}: unknown environment variable, no setting has this "
+                              f"name{did_you_mean(name, BY_ENV, 'ODINWS_')}")
     out = {}
     for opt in SCHEMA:
         raw = environ.get(opt.env)

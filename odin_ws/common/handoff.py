@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IProtocol, IProtocolFactory

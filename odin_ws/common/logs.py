@@ -13,11 +13,19 @@ import logging
 import re
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING
 
-from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel,
-                            LogLevelFilterPredicate, Logger, eventAsText,
-                            jsonFileLogObserver, textFileLogObserver)
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsText,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 from zope.interface import implementer
 
 if TYPE_CHECKING:
@@ -156,7 +164,7 @@ def make_observer(fmt: str, level: str, out: IO[str] | None = None,
 
 
 
-def install_logging(log: "LogSettings", parent) -> None:
+def install_logging(log: LogSettings, parent) -> None:
     """
     Give twistd's Application our log observer (format, level, audit file,
     flood guard): twistd asks the application for an ILogObserver component

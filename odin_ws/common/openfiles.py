@@ -15,8 +15,9 @@ C{ulimit -Hn}.
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
@@ -32,7 +33,7 @@ def _hard(value: int) -> int:
     return UNLIMITED if value == resource.RLIM_INFINITY else value
 
 
-def needed(settings: "Settings") -> int:
+def needed(settings: Settings) -> int:
     """
     Descriptors one odinws process needs for the configured limits: a shard
     its connections, the parent the request heads and handoffs it holds.
@@ -98,7 +99,7 @@ class OpenFiles:
                 "capped": self.capped, "message": self.message()}
 
 
-def status(settings: "Settings", getrlimit: Callable = resource.getrlimit) -> OpenFiles:
+def status(settings: Settings, getrlimit: Callable = resource.getrlimit) -> OpenFiles:
     """The limits this process has now (its shards inherited them) against C{settings}."""
     soft, hard = getrlimit(resource.RLIMIT_NOFILE)
     soft = UNLIMITED if soft == resource.RLIM_INFINITY else soft

@@ -21,7 +21,8 @@ lands on the shards that happen to be up at one moment stays there.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from odin_ws.common.settings import Settings
 

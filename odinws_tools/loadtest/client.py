@@ -90,7 +90,7 @@ class Conn(asyncio.Protocol):
                  "subscribed", "acks", "t_sub_ms", "in_window", "events", "seqs", "frags",
                  "ended", "lost", "closing")
 
-    def __init__(self, worker: "Worker", g: int, patterns: tuple[str, ...]):
+    def __init__(self, worker: Worker, g: int, patterns: tuple[str, ...]):
         loop = worker.loop
         self.w = worker
         self.g = g

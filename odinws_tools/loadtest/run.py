@@ -35,9 +35,9 @@ import urllib.request
 from multiprocessing.connection import wait as wait_pipes
 from urllib.parse import urlsplit
 
-from odinws_tools.loadtest.worker import CLOSE_WAIT, WorkerSpec, raise_file_limit, worker_main
 from odinws_tools.loadtest.report import build_report, write_report
 from odinws_tools.loadtest.stats import Histogram, key_series
+from odinws_tools.loadtest.worker import CLOSE_WAIT, WorkerSpec, raise_file_limit, worker_main
 from odinws_tools.simulate import token_ids
 
 MAX_CONNECTIONS = 200_000

@@ -102,20 +102,20 @@ class Worker:
             try:
                 await asyncio.wait_for(self.loop.sock_connect(sock, spec.address),
                                        spec.connect_timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 raise ConnectFailed("connect_timeout") from None
             await self.loop.create_connection(lambda: conn, sock=sock)
             sock = None
             left = spec.connect_timeout - (time.monotonic() - t0)
             try:
                 await asyncio.wait_for(asyncio.shield(conn.opened), max(0.001, left))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 raise ConnectFailed("handshake_timeout") from None
             t1 = time.monotonic()
             self.handshake.add((t1 - t0) * 1000.0)
             try:
                 await asyncio.wait_for(asyncio.shield(conn.subscribed), spec.connect_timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 raise ConnectFailed("subscribe_timeout") from None
             self.subscribe.add((time.monotonic() - t1) * 1000.0)
             self.up += 1
@@ -154,7 +154,7 @@ class Worker:
         try:
             await asyncio.wait_for(self.stopping.wait(), seconds)
             return True
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return False
 
     async def ticks(self) -> None:

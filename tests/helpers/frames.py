@@ -78,7 +78,7 @@ OPEN = WebSocketProtocol.STATE_OPEN
 
 def event(channel: str, n: int, pad: int = 60) -> bytes:
     """A text frame of fixed size per C{pad}, carrying its channel and number."""
-    return text_frame(json.dumps({"c": channel, "n": "%06d" % n, "p": "x" * pad}).encode())
+    return text_frame(json.dumps({"c": channel, "n": f"{n:06d}", "p": "x" * pad}).encode())
 
 
 def events_in(data: bytes) -> list[tuple[str, int]]:

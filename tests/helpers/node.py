@@ -98,7 +98,10 @@ class Node:
             "node_id": f"test{self.port}",
             "shards": shards,
             # The tests read /metrics on the public port (off by default).
-            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True},
+            # No admin listener unless a test asks for one: its default port
+            # is the same for every node on the host.
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True,
+                       "admin_port": ""},
             "kafka": {"brokers": brokers},
             "supervisor": {"stats_interval": 0.2, "restart_min_delay": 0.2},
         }
@@ -113,7 +116,7 @@ class Node:
         self.env = env
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait_ready: bool = True) -> "Node":
+    def start(self, wait_ready: bool = True) -> Node:
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.env or {})
@@ -169,7 +172,8 @@ class Node:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError("odinws did not stop within %ss: %s" % (timeout, self.tail()))
+            raise AssertionError(
+                f"odinws did not stop within {timeout}s: {self.tail()}") from None
         finally:
             self.log.close()
 

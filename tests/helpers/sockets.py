@@ -13,8 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from odin_ws.common import commands
-from odin_ws.common import handoff
+from odin_ws.common import commands, handoff
 
 
 class Collector(protocol.Protocol):
@@ -65,7 +64,7 @@ class RealSocketMixin:
         yield server.made
         return server, client
 
-    def control_channel(self) -> tuple["ParentSide", "ShardSide"]:
+    def control_channel(self) -> tuple[ParentSide, ShardSide]:
         """A real AMP pair on a Unix socketpair, as parent and shard have; closed at cleanup."""
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent_factory, shard_factory = BuiltFactory(ParentSide), BuiltFactory(ShardSide)

@@ -314,7 +314,7 @@ class TestCA:
 
     def __init__(self, name: str):
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.name = _name(name)
         self.cert = (x509.CertificateBuilder()
                      .subject_name(self.name).issuer_name(self.name)
@@ -339,7 +339,7 @@ class TestCA:
     def issue(self) -> tuple[int, bytes, bytes]:
         """A new server certificate for localhost/127.0.0.1: (serial, cert PEM, key PEM)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         serial = x509.random_serial_number()
         cert = (x509.CertificateBuilder()
                 .subject_name(_name("localhost")).issuer_name(self.name)

@@ -389,7 +389,7 @@ class RealSocketTests(TestCase):
         box = self.outbox(sink, limit=limit)
         frame_size = len(event("a", 0, pad=1000))
         published = 0
-        for turn in range(40):
+        for _turn in range(40):
             for _ in range(10):
                 self.fanout.publish(event("a", published, pad=1000), "a", "trade", [box])
                 published += 1

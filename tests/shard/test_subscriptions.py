@@ -335,7 +335,7 @@ class BudgetTests(SynchronousTestCase):
                     for person in people:
                         for j in range(per):
                             # Fresh strings, as parsing a subscribe makes them.
-                            token = "T%0*d" % (name - 1, n if distinct else j)
+                            token = f"T{n if distinct else j:0{name - 1}d}"
                             index.add(person, token, "".join(["tra", "de"]))
                             n += 1
                     gc.collect()

@@ -91,7 +91,7 @@ class DemoPageTests(unittest.TestCase):
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         lines: queue.Queue = queue.Queue()
         # A reader thread: a blocking readline cannot honour a deadline.
-        threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
                          daemon=True).start()
         seen = []
         deadline = time.monotonic() + 120
