@@ -24,7 +24,10 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
 
 from odin_ws.common.logs import silenced
 from odinws_tools.embedded_broker import create_topics, die_with_parent, free_port, stop_process
@@ -142,7 +145,7 @@ class KafkaCluster:
         self.directory = directory or tempfile.mkdtemp(prefix="odinws-kafka-")
         self.nodes: list[KafkaNode] = []
         self.bootstrap = ""
-        self.admin = None
+        self.admin: AdminClient | None = None
         self._classpath = ""
 
     @property
@@ -209,8 +212,7 @@ class KafkaCluster:
 
     def _wait_ready(self) -> None:
         from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-        from confluent_kafka.admin import AdminClient
-        common = {"bootstrap.servers": self.bootstrap, "logger": _quiet,
+        common: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": _quiet,
                   "socket.connection.setup.timeout.ms": 1000, "reconnect.backoff.max.ms": 200}
         admin = AdminClient(common)
         deadline = time.monotonic() + START_TIMEOUT
@@ -241,8 +243,11 @@ class KafkaCluster:
                       timeout=START_TIMEOUT)
         marker = uuid.uuid4().hex.encode()
         producer = Producer({**common, "acks": "all", "linger.ms": 0})
-        until("a produced record acknowledged",
-              lambda: producer.produce(READY_TOPIC, marker) or producer.flush(5.0) == 0)
+
+        def acknowledged() -> bool:
+            producer.produce(READY_TOPIC, marker)
+            return producer.flush(5.0) == 0
+        until("a produced record acknowledged", acknowledged)
         consumer = Consumer({**common, "group.id": "odinws-ready", "enable.auto.commit": False})
         try:
             consumer.assign([TopicPartition(READY_TOPIC, 0, 0)])

@@ -71,9 +71,11 @@ from __future__ import annotations
 import atexit
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from odin_ws.common.logs import silenced
 from odinws_tools.embedded_broker import EmbeddedBroker, free_port  # noqa: F401 (re-exported)
@@ -87,7 +89,7 @@ if KIND not in ("kafka", "tansu"):
 #: Consumer group settings for quick joins on the test broker. Apache Kafka
 #: refuses sessions under 6 s (group.min.session.timeout.ms, kept at its
 #: default); max.poll.interval.ms may not be below the session timeout.
-FAST_KAFKA = {
+FAST_KAFKA: dict[str, Any] = {
     "kafka.session_timeout_ms": 6000 if KIND == "kafka" else 2000,
     "kafka.max_poll_interval_ms": 6000 if KIND == "kafka" else 4000,
     "kafka.start_offset": "earliest",
@@ -108,7 +110,7 @@ class TestBroker:
     """
 
     bootstrap: str
-    admin: object
+    admin: AdminClient | None
     #: Whether L{restart} keeps topics, records and committed offsets.
     keeps_data: bool
 
