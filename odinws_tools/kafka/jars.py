@@ -16,8 +16,8 @@ import subprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 POM = os.path.join(HERE, "pom.xml")
-#: Set to use jars elsewhere (a folder holding C{<version>/}); default: next to the pom.
-JARS_ENV = "ODINWS_KAFKA_JARS"
+#: The folder holding C{<version>/} (gitignored).
+JARS_ROOT = os.path.join(HERE, "jars")
 #: Written last into a version's folder: a copy cut short is not taken for a complete one.
 COMPLETE = ".complete"
 MAVEN_TIMEOUT = 900
@@ -32,10 +32,6 @@ def kafka_version() -> str:
     return match.group(1).strip()
 
 
-def jars_root() -> str:
-    return os.environ.get(JARS_ENV) or os.path.join(HERE, "jars")
-
-
 def ensure_jars() -> str:
     """
     The folder holding the pinned version's jars, fetched with Maven first
@@ -44,11 +40,11 @@ def ensure_jars() -> str:
 
     @raise RuntimeError: Maven is missing or failed (its output in the message).
     """
-    folder = os.path.join(jars_root(), kafka_version())
+    folder = os.path.join(JARS_ROOT, kafka_version())
     if os.path.exists(os.path.join(folder, COMPLETE)):
         return folder
-    os.makedirs(jars_root(), exist_ok=True)
-    with open(os.path.join(jars_root(), ".lock"), "w") as lock:
+    os.makedirs(JARS_ROOT, exist_ok=True)
+    with open(os.path.join(JARS_ROOT, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(folder, COMPLETE)):
             _fetch(folder)

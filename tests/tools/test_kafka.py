@@ -64,7 +64,7 @@ class KafkaToolTests(unittest.TestCase):
 class JarsTests(unittest.TestCase):
     def test_mavenMissing(self):
         """Without Maven and without the jars, the error says what to install."""
-        self.patch(os, "environ", {**os.environ, jars.JARS_ENV: os.path.abspath(self.mktemp())})
+        self.patch(jars, "JARS_ROOT", os.path.abspath(self.mktemp()))
         self.patch(jars.shutil, "which", lambda name: None)
         with self.assertRaises(RuntimeError) as caught:
             jars.ensure_jars()
