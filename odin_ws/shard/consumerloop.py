@@ -160,6 +160,11 @@ class ConsumerLoop:
         for m in messages:
             err = m.error()
             if err is not None:
+                # librdkafka's fatal state (e.g. fenced by a consumer with this
+                # shard's instance id) reaches consume() as _FATAL, fatal() false.
+                if err.fatal() or err.code() == KafkaError._FATAL:
+                    self.ingest.fatal(err.name().lstrip("_").lower(), err.str())
+                    break
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.ingest.note_error(err.name().lstrip("_").lower(), err.str())
                 continue
