@@ -13,10 +13,12 @@ import gc
 import os
 import resource
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 
 import odin_ws
 
@@ -162,7 +164,7 @@ class GcPauses:
         self._started = 0.0
         self._observe = [GC_PAUSE.labels(generation=str(g)).observe for g in range(3)]
 
-    def __call__(self, phase: str, info: dict) -> None:
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
@@ -203,7 +205,7 @@ HISTORY_WARMED = Counter("odinws_history_warmed_events", "Events a starting shar
 class ProcessCollector:
     """CPU seconds and RSS of this process (also works where /proc is absent)."""
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = CounterMetricFamily("odinws_process_cpu_seconds", "CPU time used.")
         cpu.add_metric([], usage.ru_utime + usage.ru_stime)
