@@ -1,6 +1,6 @@
 """
 The fan-out benchmark: odinws (one shard) against a CPython raw ceiling, Node
-ws, Python websockets and nginx + nchan, same events, same load client,
+ws, Python websockets, nginx + nchan and Centrifugo, same events, same load client,
 server on CPU 0 and load client on CPU 1. Prints a table and writes it into
 docs/performance.md.
 
@@ -9,6 +9,8 @@ docs/performance.md.
     python bench/run.py --conns "" --no-slow --flush-conns ""      # only the random-tokens cells
     python bench/run.py --servers odinws,odinws-sse --conns 5000 --no-slow --random-conns "" \
         --flush-conns ""                                            # SSE against WebSocket
+    python bench/run.py --servers odinws,centrifugo --conns 1000 --no-slow --flush-conns "" \
+        --no-doc                                                    # odinws against Centrifugo
 
 Run bench/setup.sh first (make bench does). See docs/performance.md.
 """
@@ -338,7 +340,8 @@ def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--servers", default="odinws,odinws-sse,cpython-raw,node-ws,py-websockets,nchan")
+    ap.add_argument("--servers",
+                    default="odinws,odinws-sse,cpython-raw,node-ws,py-websockets,nchan,centrifugo")
     ap.add_argument("--conns", default="1000,5000,15000")
     ap.add_argument("--classic-servers", default=None,
                     help="servers of the everyone-subscribes-to-everything cells "

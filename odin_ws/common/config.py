@@ -82,8 +82,12 @@ SCHEMA: tuple[Option, ...] = (
     _opt("listen.port", str, "tcp:3005", "Twisted endpoint string of the public "
          "listener, e.g. tcp:3005:interface=0.0.0.0 or systemd:domain=INET:index=0.",
          flag="port"),
-    _opt("listen.admin_port", str, "", "Optional plain listener for /health and /metrics "
-         "only, e.g. tcp:3006:interface=127.0.0.1 (useful with TLS on the public port)."),
+    _opt("listen.admin_port", str, "tcp:3006:interface=127.0.0.1", "Plain listener for "
+         "/health and /metrics only (the public port's neighbour, on loopback: a Prometheus "
+         "on the same host scrapes it as it is); an address your monitoring reaches, e.g. "
+         "tcp:3006:interface=10.0.0.5, for one elsewhere; empty: none. Its connections are "
+         "held to listen.max_heads and listen.max_heads_per_ip apart from the public port's, "
+         "so a flood there does not shut it."),
     _opt("listen.ws_path", str, "/ws", "Path of the WebSocket endpoint."),
     _opt("listen.sse_path", str, "/sse", "Path of the Server-Sent Events endpoint "
          "(docs/protocol.md); empty: no SSE."),
@@ -153,6 +157,22 @@ SCHEMA: tuple[Option, ...] = (
          "assignment (every rebalance stops every shard). All members of the node's group "
          "must agree: change it with a full restart. kafka.consumer_config's "
          "partition.assignment.strategy, when set, wins."),
+    _opt("kafka.group_protocol", str, "classic", "Consumer group protocol: classic "
+         "(JoinGroup/SyncGroup, the assignor in the client, kafka.session_timeout_ms and "
+         "kafka.cooperative_rebalance apply) or consumer (KIP-848, Apache Kafka 4.x and "
+         "other brokers that serve it: the broker assigns, and the session timeout, "
+         "heartbeat interval and assignor are the broker's group.consumer.* settings, so "
+         "kafka.session_timeout_ms and kafka.cooperative_rebalance are not used). See "
+         "docs/operations.md, \"Apache Kafka\", for what each measured. All members of "
+         "the node's group must agree: change it with a full restart.",
+         choices=("classic", "consumer")),
+    _opt("kafka.static_membership", bool, False, "Static group membership "
+         "(group.instance.id <node_id>-shard<index>): a killed shard, restarted by the "
+         "supervisor, rejoins under its own id and gets its partitions back at once "
+         "instead of after its session timeout, and the other shards see no rebalance. "
+         "A shard that stays down keeps its partitions unread until its session expires. "
+         "Needs node ids unique per kafka.group (they are already: the group is "
+         "<kafka.group>-<node_id>)."),
     _opt("kafka.max_poll_interval_ms", int, 10000, "Consumer max.poll.interval.ms "
          "(also the rebalance timeout: keep it small for quick joins).", minimum=1000),
     _opt("kafka.retry_backoff_max", float, 30.0, "Longest wait between reconnects "

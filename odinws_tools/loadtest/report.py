@@ -114,10 +114,10 @@ def server_summary(diff: dict) -> dict:
 
     count = value("odinws_delivery_latency_seconds_count", "delta")
     total = value("odinws_delivery_latency_seconds_sum", "delta")
-    rss = value("odinws_process_resident_bytes")
+    rss = value("process_resident_memory_bytes")
     return {"connections_at_hold_end": value("odinws_connections"),
             "rss_mib_at_hold_end": round(rss / 2 ** 20, 1) if rss is not None else None,
-            "cpu_seconds": value("odinws_process_cpu_seconds_total", "delta"),
+            "cpu_seconds": value("process_cpu_seconds_total", "delta"),
             "kafka_records": value("odinws_kafka_records_total", "delta"),
             "mean_kafka_to_first_write_ms": round(total / count * 1000, 1) if count else None}
 

@@ -220,8 +220,8 @@ KEY_SERIES: dict[str, tuple[str, ...]] = {
     "odinws_shard_restarts_total": (),
     "odinws_delivery_latency_seconds_count": (),
     "odinws_delivery_latency_seconds_sum": (),
-    "odinws_process_cpu_seconds_total": (),
-    "odinws_process_resident_bytes": (),
+    "process_cpu_seconds_total": (),
+    "process_resident_memory_bytes": (),
 }
 
 

@@ -76,7 +76,10 @@ class Node:
             "node_id": f"test{self.port}",
             "shards": shards,
             # The tests read /metrics on the public port (off by default).
-            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True},
+            # No admin listener unless a test asks for one: its default port
+            # is the same for every node on the host.
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True,
+                       "admin_port": ""},
             "kafka": {"brokers": brokers},
             "supervisor": {"stats_interval": 0.2, "restart_min_delay": 0.2},
         }

@@ -78,7 +78,7 @@ class SlotDefaultTests(ShardTestCase):
         proto = ClientProtocol()
         self.assertEqual((proto.connected, proto.factory, proto.transport, proto.outbox,
                           proto.peer), (0, None, None, None, WebSocketServerProtocol.peer))
-        self.assertEqual((proto.bucket, proto.ever_subscribed, proto.client_ip), (None, False, ""))
+        self.assertEqual((proto.session, proto.head_gate, proto.deny_body), (None, None, None))
 
     def test_slot_over_a_method_refused(self):
         """A slot named like a method or property of a base is refused when the class is made."""
@@ -193,10 +193,10 @@ class IdleTimerTests(ShardTestCase):
         one that has not subscribed keeps it.
         """
         idle, busy = self.connect(), self.connect("10.0.0.2")
-        timer = busy.proto._idle_call
+        timer = busy.proto.session._idle_call
         self.assertTrue(timer.active())
         self.subscribe(busy, "odin.token.T1.trade")
         self.assertFalse(timer.active())
         self.assertNotIn(timer, self.clock.getDelayedCalls())
-        self.assertIsNone(busy.proto._idle_call)
-        self.assertIn(idle.proto._idle_call, self.clock.getDelayedCalls())
+        self.assertIsNone(busy.proto.session._idle_call)
+        self.assertIn(idle.proto.session._idle_call, self.clock.getDelayedCalls())
