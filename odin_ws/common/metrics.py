@@ -175,7 +175,7 @@ class GcPauses:
         self._started = 0.0
         self._observe = [GC_PAUSE.labels(generation=str(g)).observe for g in range(3)]
 
-    def __call__(self, phase: str, info: dict) -> None:
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:

@@ -138,7 +138,8 @@ class DroppedStateTests(ShardTestCase):
         client.send(client_frame(1, b'{"type":"pi', fin=False))
         self.assertIsNotNone(proto.utf8validateLast)
         client.send(client_frame(9, b"hi") + client_frame(0, b'ng","id":2}'))
-        self.assertEqual(client.frames(), [(1, b'{"type":"pong","id":1}'), (10, b"hi"), (1, b'{"type":"pong","id":2}')])
+        self.assertEqual(client.frames(), [(1, b'{"type":"pong","id":1}'), (10, b"hi"),
+                                           (1, b'{"type":"pong","id":2}')])
         self.assertEqual((proto.current_frame_masker, proto.utf8validateLast), (None, None))
 
 

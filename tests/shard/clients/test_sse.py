@@ -139,8 +139,11 @@ class FrameOnceTests(StreamTestCase):
         """What the fan-out is asked to deliver each event to, as the shard passes it."""
         seen: list = []
         publish = self.shard.fanout.publish
-        self.patch(self.shard.fanout, "publish",
-                   lambda f, c, t, to: seen.append(to) or publish(f, c, t, to))
+
+        def recording(f, c, t, to):
+            seen.append(to)
+            return publish(f, c, t, to)
+        self.patch(self.shard.fanout, "publish", recording)
         return seen
 
     def test_one_encoding_per_event_for_every_stream(self):

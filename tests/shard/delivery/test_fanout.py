@@ -24,9 +24,9 @@ from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.writestats import WriteStats, WriteStatsCollector
 from tests.helpers import (
     PLAIN_UPGRADE,
-    Client,
     CountingTransport,
     FakeProtocol,
+    LoopbackClient,
     Sink,
     event,
     events_in,
@@ -241,7 +241,7 @@ class RealSocketTests(TestCase):
         self.stats = WriteStats()
         self.fanout = Fanout(reactor, self.stats)
 
-    def pair(self, **bufs) -> tuple[Sink, Client]:
+    def pair(self, **bufs) -> tuple[Sink, LoopbackClient]:
         sink, client = tcp_pair(self.reactor, **bufs)
         self.assertIsInstance(sink.transport, tcp.Server)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 from confluent_kafka import TopicPartition
 from twisted.internet.task import Clock
@@ -130,12 +131,12 @@ class WarmupTests(SynchronousTestCase):
         self.reactor = ImmediateReactor()
         self.handed: list[WarmedPartition] = []
         done = threading.Event()
-        self.reports = []
+        self.reports: list[Any] = []
 
         def ended(report):
             self.reports.append(report)
             done.set()
-        self.configs = []
+        self.configs: list[Any] = []
 
         def factory(conf):
             self.configs.append(conf)
