@@ -31,6 +31,7 @@ from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector, limit_
 from odin_ws.shard.frames import text_frame
 from odin_ws.shard.history import History, HistoryCollector
 from odin_ws.shard.ingest import KafkaIngest
+from odin_ws.shard.jwks import RemoteJwks
 from odin_ws.shard.protocol import CLOSE_RESTARTING, ClientFactory, ClientProtocol
 from odin_ws.shard.records import RecordMapper
 from odin_ws.shard.ssefeed import Streams
@@ -103,7 +104,9 @@ class Shard(service.MultiService):
         self.seen = HighWater(f"shard {number}")
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
-        self.verifier = auth.Verifier(settings.auth)
+        #: The keys of auth.jwks_url, kept across reloads (idle without one).
+        self.jwks = RemoteJwks(reactor, settings.auth)
+        self.verifier = auth.Verifier(settings.auth, self.jwks)
         self.tls_options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         self.per_ip: dict[str, int] = {}
         self._drained: defer.Deferred | None = None
@@ -149,6 +152,7 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.register(collector)
         metrics.GC_PAUSES.watch()
+        self.jwks.start()
         super().startService()
         self._stats_loop.start(self.settings.supervisor.stats_interval, now=False)
 
@@ -162,7 +166,7 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         metrics.GC_PAUSES.unwatch()
-        return super().stopService()
+        return defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)])
 
     def link_made(self, link: ParentLink) -> None:
         self.link = link
@@ -224,12 +228,13 @@ class Shard(service.MultiService):
         applied, live, _ = apply_live(self.settings.config, new)
         settings = Settings.from_config(applied)
         try:
-            verifier = auth.Verifier(settings.auth)
+            verifier = auth.Verifier(settings.auth, self.jwks)
             options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         except ConfigError as e:
             self.log.error("reload refused: {e}", e=e)
             return
         self.verifier = verifier
+        self.jwks.reconfigure(settings.auth)
         self.tls_options = options
         self.reconfigure(settings)
         self.log.info("shard {n} reloaded: {keys}", n=self.number, keys=", ".join(live) or "no changes")
