@@ -9,16 +9,29 @@ time. Per-event and per-connection code may use the objects directly.
 
 from __future__ import annotations
 
+import enum
 import gc
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
 import odin_ws
+
+# Every counter and histogram would carry a C{_created} series (its creation
+# time, which no rule or dashboard here reads): off, in both processes.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -171,7 +184,7 @@ class GcPauses:
         self._started = 0.0
         self._observe = [GC_PAUSE.labels(generation=str(g)).observe for g in range(3)]
 
-    def __call__(self, phase: str, info: dict) -> None:
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
@@ -260,6 +273,48 @@ REGISTRY.register(DeprecatedAliases({new: old for old, new in RENAMED.items()},
                                     PROCESS, GUARD_CPU, GUARD_MEMORY))
 
 
-def exposition() -> bytes:
-    """This process's metrics in the Prometheus text format."""
-    return generate_latest(REGISTRY)
+def _families(*collectors: Any) -> frozenset[str]:
+    return frozenset(family.name for c in collectors for family in c.describe())
+
+
+#: Families only the parent sets: the node's door, hub and shard processes.
+#: A shard's copy would only ever read 0 (C{odinws_ready{shard="0"} 0} on a
+#: ready node), so a shard leaves them out.
+_PARENT_ONLY = _families(READY, GUARD_CPU, GUARD_MEMORY, GUARD_ACCEPTING, HUB_RELAYED,
+                         HUB_DROPPED, HUB_REJECTED, HUB_QUEUE, DISPATCHED, HANDOFF_SECONDS,
+                         HANDOFFS_ABANDONED, SHARD_RESTARTS)
+PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in _PARENT_ONLY}
+#: Families only shards set (connections, Kafka, delivery, history): the
+#: parent leaves them out, rather than show an unlabelled
+#: C{odinws_kafka_connected 0} beside every shard's 1. (The rest, such as
+#: C{odinws_rejected_connections}, the de-duplication counters and the process
+#: series, are set by both.)
+SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
+                           CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
+                           KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, DELIVERY_LATENCY,
+                           KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
+                           GC_PAUSE, RECOVERIES, EVENTS_STALE, EVENTS_REPLAYED,
+                           SNAPSHOT_EVENTS, HISTORY_WARMED)
+
+
+class Process(enum.Enum):
+    """Which kind of process an exposition is for (what it leaves out)."""
+
+    PARENT = SHARD_FAMILIES
+    SHARD = PARENT_FAMILIES
+
+
+class _Without:
+    """A view of a registry without some families (for C{generate_latest})."""
+
+    def __init__(self, registry: CollectorRegistry, left_out: frozenset[str]):
+        self._registry = registry
+        self._left_out = left_out
+
+    def collect(self) -> Iterator[Any]:
+        return (f for f in self._registry.collect() if f.name not in self._left_out)
+
+
+def exposition(process: Process) -> bytes:
+    """This process's metrics in the Prometheus text format, without the other kind's."""
+    return generate_latest(_Without(REGISTRY, process.value))

@@ -55,6 +55,8 @@ class KafkaSettings:
     fetch_wait_max_ms: int
     session_timeout_ms: int
     cooperative_rebalance: bool
+    group_protocol: str
+    static_membership: bool
     max_poll_interval_ms: int
     retry_backoff_max: float
     consumer_config: Mapping[str, Any]

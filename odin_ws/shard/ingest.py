@@ -86,15 +86,18 @@ class KafkaIngest(Service):
     consumer's statistics stop coming.
 
     @param settings: the process's L{Settings}.
+    @param shard: this shard's index: with C{kafka.static_membership} its
+        group instance id is C{<node_id>-shard<index>} (L{instance_id}).
     """
 
     name = "kafka"
 
-    def __init__(self, reactor: Any, settings: Settings, mapper: RecordMapper,
+    def __init__(self, reactor: Any, settings: Settings, shard: int, mapper: RecordMapper,
                  on_batch: Callable[[list[Event]], Deferred | None],
                  max_pending: int = MAX_PENDING):
         self._reactor = reactor
         self._settings = settings
+        self._shard = shard
         self._mapper = mapper
         self._on_batch = on_batch
         self._max_pending = max_pending
@@ -125,30 +128,48 @@ class KafkaIngest(Service):
         """The librdkafka settings, C{kafka.consumer_config} applied last."""
         k = self._settings.kafka
         session = k.session_timeout_ms
-        conf = {
+        conf: dict[str, Any] = {
             "bootstrap.servers": k.brokers,
             "group.id": self._settings.group_id,
             "client.id": f"odinws-{self._settings.node_id}",
             "auto.offset.reset": k.start_offset,
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,
-            "session.timeout.ms": session,
-            # At most a third of the session timeout, as Kafka advises, so a
-            # small session timeout (quick rebalances) keeps the member alive.
-            "heartbeat.interval.ms": max(100, min(3000, session // 3)),
+            # librdkafka's default, stated: records of aborted transactions
+            # are never delivered, nor those of open ones until they commit.
+            "isolation.level": "read_committed",
             "max.poll.interval.ms": k.max_poll_interval_ms,
             "reconnect.backoff.max.ms": int(k.retry_backoff_max * 1000),
             "statistics.interval.ms": STATISTICS_INTERVAL_MS,
             "fetch.wait.max.ms": k.fetch_wait_max_ms,
         }
-        if k.cooperative_rebalance:
-            # A shard's crash or restart then moves only its own partitions:
-            # the others' clients see no pause (kafka.cooperative_rebalance).
-            conf["partition.assignment.strategy"] = COOPERATIVE
+        if k.static_membership:
+            conf["group.instance.id"] = self.instance_id
+        if k.group_protocol == "consumer":
+            # KIP-848: the broker owns the session, the heartbeat and the
+            # assignor; librdkafka refuses the classic settings for them.
+            conf["group.protocol"] = "consumer"
+        else:
+            conf["session.timeout.ms"] = session
+            # At most a third of the session timeout, as Kafka advises, so a
+            # small session timeout (quick rebalances) keeps the member alive.
+            conf["heartbeat.interval.ms"] = max(100, min(3000, session // 3))
+            if k.cooperative_rebalance:
+                # A shard's crash or restart then moves only its own partitions:
+                # the others' clients see no pause (kafka.cooperative_rebalance).
+                conf["partition.assignment.strategy"] = COOPERATIVE
         conf.update(k.consumer_config)
         conf.update({"error_cb": self._on_error, "stats_cb": self._on_stats,
                      "logger": _LibrdkafkaLog(self)})
         return conf
+
+    @property
+    def instance_id(self) -> str:
+        """
+        This shard's static group instance id: unique in the node's group
+        (one per shard index), stable across the shard's restarts.
+        """
+        return f"{self._settings.node_id}-shard{self._shard}"
 
     def status(self) -> dict[str, Any]:
         """Health of the consumer, for /health."""
@@ -192,7 +213,7 @@ class KafkaIngest(Service):
         loop = ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
                             self._stopping, self._done, self._max_pending, self._finished,
                             TopicIncarnations(admin_config(conf)),
-                            cooperative=conf.get("partition.assignment.strategy") == COOPERATIVE)
+                            cooperative=_incremental(conf))
         self._thread = threading.Thread(target=loop.run,
                                         name="odinws-kafka", daemon=True)
         self._thread.start()
@@ -373,6 +394,12 @@ def _partition_lag(info: dict) -> int:
         if position >= 0 and hi >= 0:
             return max(0, hi - position)
     return 0
+
+
+def _incremental(conf: dict[str, Any]) -> bool:
+    """Whether librdkafka rebalances incrementally with these settings (see L{ConsumerLoop})."""
+    return (conf.get("group.protocol") == "consumer"
+            or conf.get("partition.assignment.strategy") == COOPERATIVE)
 
 
 class _LibrdkafkaLog:

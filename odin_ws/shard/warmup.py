@@ -146,6 +146,9 @@ class HistoryWarmup(Service):
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            # As the live consumer reads: the past holds no record it would
+            # not have delivered (aborted transactions).
+            "isolation.level": consumer_config.get("isolation.level", "read_committed"),
             "fetch.wait.max.ms": 50,
             "logger": _quiet,
         })

@@ -77,7 +77,7 @@ class SecurityNodeCase(unittest.TestCase):
 
     shards = 1
     partitions = 1
-    node_class = Node
+    node_class: type[Node] = Node
 
     def settings(self) -> dict:
         return {}
@@ -445,7 +445,7 @@ class TLSTests(SecurityNodeCase):
     def wss(self, *cas: TestCA, host: str = "localhost") -> Client:
         return self.client(ssl=self.context(*(cas or (self.ca,))), server_hostname=host)
 
-    def tls13_upgrade(self, *cas: TestCA) -> tuple[bytes, int, str]:
+    def tls13_upgrade(self, *cas: TestCA) -> tuple[bytes, int, str | None]:
         """A WebSocket upgrade over TLS 1.3 from one thread: (status line, serial, version)."""
         ctx = self.context(*(cas or (self.ca,)), tls13=True)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -460,7 +460,7 @@ class TLSTests(SecurityNodeCase):
                     if not chunk:
                         break
                     head += chunk
-                serial = int(s.getpeercert()["serialNumber"], 16)
+                serial = int((s.getpeercert() or {})["serialNumber"], 16)
                 return head.split(b"\r\n")[0], serial, s.version()
 
     @staticmethod
