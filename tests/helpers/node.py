@@ -68,8 +68,10 @@ class Node:
     """A real odinws parent process (and its shards) on a free loopback port."""
 
     def __init__(self, workdir: str, brokers: str, shards: int = 1, settings: dict | None = None,
-                 extra_args: list[str] | None = None, env: dict | None = None):
-        self.port = free_port()
+                 extra_args: list[str] | None = None, env: dict | None = None,
+                 port: int | None = None):
+        # A given port: a node that replaces another on its address.
+        self.port = port or free_port()
         self.workdir = workdir
         config = {
             "node_id": f"test{self.port}",
