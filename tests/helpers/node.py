@@ -135,6 +135,16 @@ class Node:
     def shard_pids(self) -> list[int]:
         return [s["pid"] for s in self.health()[1]["shards"] if s["alive"]]
 
+    def kill_holder(self) -> int:
+        """SIGKILL the one shard holding a connection (once exactly one does); its pid."""
+        def holder():
+            held = [s["pid"] for s in self.health()[1]["shards"]
+                    if s["alive"] and s["connections"] > 0]
+            return held[0] if len(held) == 1 else None
+        victim = wait_for(holder, 30, 0.05, "the one shard holding a connection")
+        os.kill(victim, signal.SIGKILL)
+        return victim
+
     def url(self, path: str = "/ws") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -123,15 +122,14 @@ class PythonClientCase(TopicNodeCase):
         self.addCleanup(finish)
         return finish
 
-    def kill_holder(self, node: Node) -> int:
-        """SIGKILL the one shard holding a connection; its pid."""
-        def holder():
-            held = [s["pid"] for s in node.health()[1]["shards"]
-                    if s["alive"] and s["connections"] > 0]
-            return held[0] if len(held) == 1 else None
-        victim = wait_for(holder, 30, 0.05, "the shard holding the client's connection")
-        os.kill(victim, signal.SIGKILL)
-        return victim
+    async def reading(self, client: Client) -> tuple[Subscription, Received]:
+        """Subscribe to everything; 12 events produced after the ack (every partition) read."""
+        sub = client.subscribe(ALL)
+        got = Received(sub)
+        await sub.wait_subscribed()
+        await asyncio.to_thread(self.produce, 12)
+        await got.until(lambda: got.count() >= 12, "12 events")
+        return sub, got
 
 
 class ShardKillTests(PythonClientCase):
@@ -151,14 +149,10 @@ class ShardKillTests(PythonClientCase):
 
         async def scenario():
             async with self.client(node) as client:
-                sub = client.subscribe(ALL)
-                got = Received(sub)
-                await sub.wait_subscribed()
-                await asyncio.to_thread(self.produce, 2 * self.partitions)
-                await got.until(lambda: got.count() >= 2 * self.partitions, "the warm-up")
+                _, got = await self.reading(client)
                 stop = self.pour()
                 await got.until(lambda: got.count() >= 40, "40 events")
-                await asyncio.to_thread(self.kill_holder, node)
+                await asyncio.to_thread(node.kill_holder)
                 await until(lambda: 1006 in self.closes(), "the 1006")
                 at_kill = self.seq
                 await got.until(lambda: got.count() >= at_kill + 40, "40 events after the kill")
@@ -206,11 +200,7 @@ class BotRestartTests(PythonClientCase):
     async def first_run(self, node: Node) -> tuple[list[str], dict[int, list[int]]]:
         """A bot reads the warm-up and 10 more, stores its positions and exits."""
         async with self.client(node) as client:
-            sub = client.subscribe(ALL)
-            got = Received(sub)
-            await sub.wait_subscribed()
-            await asyncio.to_thread(self.produce, 12)
-            await got.until(lambda: got.count() >= 12, "12 events")
+            sub, got = await self.reading(client)
             return sub.positions, got.seqs
 
     def test_positions_handed_back_recover_exactly(self):
@@ -344,11 +334,7 @@ class NodeRestartTests(PythonClientCase):
 
         async def scenario():
             async with self.client(first) as client:
-                sub = client.subscribe(ALL)
-                got = Received(sub)
-                await sub.wait_subscribed()
-                await asyncio.to_thread(self.produce, 12)
-                await got.until(lambda: got.count() >= 12, "12 events")
+                _, got = await self.reading(client)
                 await asyncio.to_thread(first.stop)
                 await until(lambda: 4000 in self.closes(), "the 4000")
                 # The loop is held while the new node starts and reads the
