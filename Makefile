@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-deb bench bench-cost capacity clean venv
+.PHONY: demo lint test test-unit test-deb bench bench-cost capacity clean venv
 
 venv: $(STAMP)
 
@@ -13,13 +13,18 @@ venv: $(STAMP)
 $(STAMP): setup.cfg requirements.lock clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]' -e clients/python --config-settings editable_mode=compat
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' -e clients/python --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m odinws_tools.demo
 
-test: $(STAMP)
+# The style and type gate (ruff, mypy; configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) lint
 	node --test clients/js/test/*.test.mjs
 	$(VENV)/bin/trial --jobs=2 tests
 

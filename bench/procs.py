@@ -106,7 +106,7 @@ class CoreMeter:
 class Proc:
     """A child process pinned to CPUs, with line-based stdin/stdout."""
 
-    registry: list["Proc"] = []
+    registry: list[Proc] = []
 
     def __init__(self, name: str, argv: list[str], cpus: set[int] | None, env: dict | None = None,
                  log_path: str | None = None, cwd: str | None = None, stdout_pipe: bool = True):

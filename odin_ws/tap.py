@@ -15,8 +15,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from odin_ws.common import config as configmod
-from odin_ws.common.settings import Settings
 from odin_ws.common.launch import SHARD_CONFIG_FD, fail, read_config, shard_argv
+from odin_ws.common.settings import Settings
 
 
 class Options(usage.Options):
@@ -40,7 +40,8 @@ class Options(usage.Options):
                     try:
                         raw = int(raw)
                     except ValueError:
-                        raise usage.UsageError(f"--{opt.flag}: expected an integer, got {raw!r}")
+                        raise usage.UsageError(
+                            f"--{opt.flag}: expected an integer, got {raw!r}") from None
                 overrides[opt.key] = raw
         self.overrides = overrides
         try:
@@ -85,7 +86,9 @@ def makeService(options, reactor=None) -> service.IService:
     from odin_ws.parent.hub import Hub
     from odin_ws.parent.node import Node
     from odin_ws.parent.scrape import MetricsScrape
+    from odin_ws.parent.shardhandle import ShardHandle
     from odin_ws.parent.supervisor import Supervisor
+    from odin_ws.parent.systemd import SystemdNotifier
 
     settings = Settings.from_config(options.config)
     try:
@@ -100,7 +103,10 @@ def makeService(options, reactor=None) -> service.IService:
     except configmod.ConfigError as e:
         fail(f"configuration error: {e}")
     guard = Guard(reactor, lambda: [os.getpid(), *supervisor.pids()], read_budget(), settings)
-    shards = lambda: supervisor.shards  # noqa: E731
+
+    def shards() -> list[ShardHandle]:
+        return supervisor.shards
+
     admission = Admission(reactor.seconds, guard, settings, shards)
     health = Health(settings, shards, admission, guard)
     scrape = MetricsScrape(reactor, shards, settings)
@@ -111,18 +117,26 @@ def makeService(options, reactor=None) -> service.IService:
                               scrape=scrape)]
     listeners = [StreamServerEndpointService(serverFromString(reactor, settings.listen.port),
                                              dispatchers[0])]
+    holders: list = [health, guard, admission, supervisor]
     if settings.listen.admin_port:
+        # A door of its own: heads held on the public port (a flood of
+        # partial heads fills listen.max_heads) must not shut /health and
+        # /metrics here. Draining and readiness are the node's (Health).
+        admin_door = Admission(reactor.seconds, settings=settings)
+        holders.append(admin_door)
         dispatchers.append(Dispatcher(reactor, settings, shards, health=health, admin=True,
-                                      admission=admission, scrape=scrape))
+                                      admission=admin_door, scrape=scrape))
         listeners.append(StreamServerEndpointService(
             serverFromString(reactor, settings.listen.admin_port), dispatchers[1]))
     for listener in listeners:
         # A port that cannot be bound fails the start (twistd exits), not a log line.
         twisted_internals.raise_listen_errors(listener)
+    systemd = SystemdNotifier.from_environ(reactor, os.environ, os.getpid(),
+                                           starting=lambda: admission.starting, shards=shards)
     return Node(reactor, settings, supervisor=supervisor, listeners=listeners,
                 dispatchers=dispatchers, admission=admission, guard=guard,
-                holders=[*dispatchers, health, guard, admission, supervisor],
-                load_config=options.load, check_keys=check_keys)
+                holders=[*dispatchers, *holders],
+                load_config=options.load, check_keys=check_keys, systemd=systemd)
 
 
 class ShardOptions(usage.Options):

@@ -27,9 +27,9 @@ import threading
 import time
 
 from odin_ws.common import openfiles
-from odinws_tools.loadtest import run as loadtest
 from odinws_tools.demo import DemoStack, Interrupted
 from odinws_tools.embedded_broker import free_port
+from odinws_tools.loadtest import run as loadtest
 
 #: On top of the demo's settings (which already switch the resource guard
 #: off: cpu_threshold 0), for 12,000 connections on two shards: all from

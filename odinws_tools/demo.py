@@ -25,14 +25,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 import yaml
 
-from odinws_tools.embedded_broker import (EmbeddedBroker, die_with_parent, port_is_free,
-                                     stop_process)
-from odinws_tools.simulate import DEFAULT_TOPICS
 from odin_ws.common.launch import twistd_argv
+from odinws_tools.embedded_broker import EmbeddedBroker, die_with_parent, port_is_free, stop_process
+from odinws_tools.simulate import DEFAULT_TOPICS
 
 #: The directory holding the C{odin_ws} package (and, in a source tree,
 #: C{twisted/plugins/}): children get it on PYTHONPATH so they run this code.
@@ -48,10 +48,15 @@ def demo_config(http_port: int, brokers: str, shards: int, node_id: str = "demo"
         "node_id": node_id,
         "shards": shards,
         # The page links /metrics on the same port (off by default in odinws).
-        "listen": {"port": f"tcp:{http_port}:interface=127.0.0.1", "public_metrics": True},
+        # No admin listener: its default port is fixed, and the demo may run
+        # beside an installed odinws or on another port (make demo PORT=...).
+        "listen": {"port": f"tcp:{http_port}:interface=127.0.0.1", "public_metrics": True,
+                   "admin_port": ""},
         "kafka": {"brokers": brokers, "topics": {t: k for k, t in DEFAULT_TOPICS.items()},
                   # Small timeouts: the consumer group forms in seconds.
-                  "session_timeout_ms": 3000, "max_poll_interval_ms": 4000},
+                  "session_timeout_ms": 3000, "max_poll_interval_ms": 4000,
+                  # Tansu 0.6 never assigns a second static member (measured).
+                  "static_membership": False},
         "demo": {"enabled": True},
         # The demo shares a laptop with a browser and the simulator: do not
         # refuse the page's connection because the machine is busy.
@@ -192,8 +197,11 @@ class DemoStack:
         state = "no answer"
         while time.monotonic() < deadline:
             self._check_cancel()
-            if self.server.poll() is not None:
-                raise RuntimeError(f"odinws exited with code {self.server.returncode}:\n"
+            server = self.server
+            if server is None:
+                raise RuntimeError("odinws is not started")
+            if server.poll() is not None:
+                raise RuntimeError(f"odinws exited with code {server.returncode}:\n"
                                    + self.tail(self.server_log))
             try:
                 status, body = self.health()

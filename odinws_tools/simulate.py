@@ -27,8 +27,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
 
 EVENT_TYPES = ("trade", "price", "liquidity")
 DEFAULT_TOPICS: dict[str, str] = {"trade": "odin.trades", "price": "odin.prices",

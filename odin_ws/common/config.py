@@ -12,12 +12,14 @@ command-line flags.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import socket
 import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -29,11 +31,11 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Option:
     key: str
-    kind: type
+    kind: type[Any]
     default: Any
     help: str
     minimum: float | None = None
-    choices: tuple | None = None
+    choices: tuple[str, ...] | None = None
     #: May change on SIGHUP without a restart.
     live: bool = False
     #: Also settable with a command-line flag of this name.
@@ -46,7 +48,7 @@ class Option:
         return "ODINWS_" + self.key.upper().replace(".", "_")
 
 
-def _opt(*a, **kw) -> Option:
+def _opt(*a: Any, **kw: Any) -> Option:
     return Option(*a, **kw)
 
 
@@ -80,8 +82,12 @@ SCHEMA: tuple[Option, ...] = (
     _opt("listen.port", str, "tcp:3005", "Twisted endpoint string of the public "
          "listener, e.g. tcp:3005:interface=0.0.0.0 or systemd:domain=INET:index=0.",
          flag="port"),
-    _opt("listen.admin_port", str, "", "Optional plain listener for /health and /metrics "
-         "only, e.g. tcp:3006:interface=127.0.0.1 (useful with TLS on the public port)."),
+    _opt("listen.admin_port", str, "tcp:3006:interface=127.0.0.1", "Plain listener for "
+         "/health and /metrics only (the public port's neighbour, on loopback: a Prometheus "
+         "on the same host scrapes it as it is); an address your monitoring reaches, e.g. "
+         "tcp:3006:interface=10.0.0.5, for one elsewhere; empty: none. Its connections are "
+         "held to listen.max_heads and listen.max_heads_per_ip apart from the public port's, "
+         "so a flood there does not shut it."),
     _opt("listen.ws_path", str, "/ws", "Path of the WebSocket endpoint."),
     _opt("listen.sse_path", str, "/sse", "Path of the Server-Sent Events endpoint "
          "(docs/protocol.md); empty: no SSE."),
@@ -151,6 +157,22 @@ SCHEMA: tuple[Option, ...] = (
          "assignment (every rebalance stops every shard). All members of the node's group "
          "must agree: change it with a full restart. kafka.consumer_config's "
          "partition.assignment.strategy, when set, wins."),
+    _opt("kafka.group_protocol", str, "classic", "Consumer group protocol: classic "
+         "(JoinGroup/SyncGroup, the assignor in the client, kafka.session_timeout_ms and "
+         "kafka.cooperative_rebalance apply) or consumer (KIP-848, Apache Kafka 4.x and "
+         "other brokers that serve it: the broker assigns, and the session timeout, "
+         "heartbeat interval and assignor are the broker's group.consumer.* settings, so "
+         "kafka.session_timeout_ms and kafka.cooperative_rebalance are not used). See "
+         "docs/operations.md, \"Apache Kafka\", for what each measured. All members of "
+         "the node's group must agree: change it with a full restart.",
+         choices=("classic", "consumer")),
+    _opt("kafka.static_membership", bool, False, "Static group membership "
+         "(group.instance.id <node_id>-shard<index>): a killed shard, restarted by the "
+         "supervisor, rejoins under its own id and gets its partitions back at once "
+         "instead of after its session timeout, and the other shards see no rebalance. "
+         "A shard that stays down keeps its partitions unread until its session expires. "
+         "Needs node ids unique per kafka.group (they are already: the group is "
+         "<kafka.group>-<node_id>)."),
     _opt("kafka.max_poll_interval_ms", int, 10000, "Consumer max.poll.interval.ms "
          "(also the rebalance timeout: keep it small for quick joins).", minimum=1000),
     _opt("kafka.retry_backoff_max", float, 30.0, "Longest wait between reconnects "
@@ -288,7 +310,8 @@ SCHEMA: tuple[Option, ...] = (
     _opt("auth.public_key_file", str, "", "PEM public key for RS256/ES256 tokens.", live=True),
     _opt("auth.jwks_file", str, "", "JWKS file (keys chosen by kid); re-read on SIGHUP.",
          live=True),
-    _opt("auth.audience", str, "", "Required aud claim (empty: tokens must carry no aud claim, as RFC 7519 asks).", live=True),
+    _opt("auth.audience", str, "", "Required aud claim (empty: tokens must carry no aud "
+         "claim, as RFC 7519 asks).", live=True),
     _opt("auth.issuer", str, "", "Required iss claim (empty = not checked).", live=True),
     _opt("auth.leeway", float, 30.0, "Clock skew allowed for exp/nbf, seconds.", minimum=0,
          live=True),
@@ -316,7 +339,7 @@ SCHEMA: tuple[Option, ...] = (
 BY_KEY: dict[str, Option] = {o.key: o for o in SCHEMA}
 
 
-class Config(Mapping):
+class Config(Mapping[str, Any]):
     """Validated settings, looked up by dotted key: C{config["kafka.brokers"]}."""
 
     def __init__(self, values: Mapping[str, Any]):
@@ -325,7 +348,7 @@ class Config(Mapping):
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
     def __len__(self) -> int:
@@ -343,10 +366,10 @@ class Config(Mapping):
         return json.dumps(self._values, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Config":
+    def from_json(cls, text: str) -> Config:
         return cls(validate(json.loads(text), source="shard config"))
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         values = dict(self._values)
         for k, v in changes.items():
             values[k.replace("__", ".")] = v
@@ -366,8 +389,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
         elif isinstance(v, dict) and any(o.startswith(key + ".") for o in BY_KEY):
             out.update(_flatten(v, key + "."))
         else:
-            raise ConfigError(f"{key}: unknown setting")
+            known = [*BY_KEY, *(section for section in SECTIONS if section)]
+            raise ConfigError(f"{key}: unknown setting{did_you_mean(key, known)}")
     return out
+
+
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """
+    ' (did you mean X?)' for the nearest of C{known} to a misspelt C{name},
+    else ''. A C{prefix} that every candidate shares is left out of the
+    comparison (it would make any two names look alike).
+    """
+    close = difflib.get_close_matches(name.removeprefix(prefix),
+                                      [k.removeprefix(prefix) for k in known], n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _kind(value: Any) -> str:
@@ -403,7 +438,7 @@ def _check_affinity(where: str, value: Any) -> Any:
     raise ConfigError(f"{where}: expected 'auto', 'off' or a list of CPU numbers, got {value!r}")
 
 
-def _check_mapping(opt: Option, value: dict) -> None:
+def _check_mapping(opt: Option, value: dict[Any, Any]) -> None:
     for k, v in value.items():
         if not isinstance(k, str) or not k:
             raise ConfigError(f"{opt.key}: keys must be non-empty strings, got {k!r}")
@@ -423,7 +458,7 @@ def _check_mapping(opt: Option, value: dict) -> None:
 _LIST_CHOICES = {"auth.token_sources": ("subprotocol", "header", "query")}
 
 
-def _check_list(opt: Option, value: list) -> None:
+def _check_list(opt: Option, value: list[Any]) -> None:
     allowed = _LIST_CHOICES.get(opt.key)
     for item in value:
         if not isinstance(item, str) or (allowed and item not in allowed):
@@ -437,7 +472,7 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     for key, value in flat.items():
         opt = BY_KEY.get(key)
         if opt is None:
-            raise ConfigError(f"{key}: unknown setting ({source})")
+            raise ConfigError(f"{key}: unknown setting ({source}){did_you_mean(key, BY_KEY)}")
         values[key] = _check(opt, value)
     if not values["kafka.topics"]:
         raise ConfigError("kafka.topics: at least one topic is needed")
@@ -463,7 +498,17 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     return values
 
 
+#: Every setting's environment variable; any other ODINWS_* name is a typo.
+BY_ENV: dict[str, Option] = {o.env: o for o in SCHEMA}
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    # A misspelt variable would otherwise be ignored while the same typo in
+    # the YAML file is fatal: refuse it the same way.
+    for name in sorted(environ):
+        if name.startswith("ODINWS_") and name not in BY_ENV:
+            raise ConfigError(f"{name}: unknown environment variable, no setting has this "
+                              f"name{did_you_mean(name, BY_ENV, 'ODINWS_')}")
     out = {}
     for opt in SCHEMA:
         raw = environ.get(opt.env)

@@ -21,9 +21,25 @@ into the broker's share and odinws's own, relay included.
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from odin_ws.common.channels import channel_name
+
+
+class Partition(NamedTuple):
+    """
+    One Kafka partition: the key of everything kept per partition (offsets,
+    de-duplication marks, history, positions). A plain tuple underneath, so
+    a C{(topic, partition)} built on a hot path finds the same dict entry.
+    """
+
+    topic: str
+    partition: int
+
+    def label(self) -> str:
+        """C{topic[partition]}, as logs and C{/health} show it."""
+        return f"{self.topic}[{self.partition}]"
 
 
 class Event:
@@ -47,7 +63,7 @@ class Event:
     @classmethod
     def build(cls, token: str, event_type: str, data_json: bytes, ts: int,
               topic: str = "", partition: int = 0, offset: int = 0, epoch: str = "",
-              consumed: float = 0.0) -> "Event":
+              consumed: float = 0.0) -> Event:
         """
         Wrap an already-validated JSON value into the envelope. C{token} and
         C{event_type} are valid channel segments (no quoting needed).

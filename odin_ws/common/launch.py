@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from odin_ws.common.config import SCHEMA
+
+#: What systemd sets for the service's main process (the parent): the
+#: notification socket and the watchdog (odin_ws.parent.systemd).
+SYSTEMD_ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 #: The shard's descriptor its configuration (JSON) arrives on: a pipe the
 #: parent writes once and closes.
@@ -52,10 +56,12 @@ def shard_environment(environ: Mapping[str, str]) -> dict[str, str]:
     The environment a shard starts with: C{environ} without the
     C{ODINWS_*} setting overrides (they may hold secrets, such as
     C{ODINWS_AUTH_SECRET}; the shard gets the effective configuration on
-    L{SHARD_CONFIG_FD} instead).
+    L{SHARD_CONFIG_FD} instead) and without systemd's notification
+    variables (only the parent talks to systemd, as sd_notify(3)'s
+    C{unset_environment} intends).
     """
-    settings = {opt.env for opt in SCHEMA}
-    return {k: v for k, v in environ.items() if k not in settings}
+    dropped = {opt.env for opt in SCHEMA} | set(SYSTEMD_ENVIRONMENT)
+    return {k: v for k, v in environ.items() if k not in dropped}
 
 
 def read_config(fd: int = SHARD_CONFIG_FD) -> str:

@@ -9,16 +9,29 @@ time. Per-event and per-connection code may use the objects directly.
 
 from __future__ import annotations
 
+import enum
 import gc
-import os
-import resource
 import time
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 
 import odin_ws
+
+# Every counter and histogram would carry a C{_created} series (its creation
+# time, which no rule or dashboard here reads): off, in both processes.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -108,10 +121,10 @@ HANDOFFS_ABANDONED = Counter("odinws_handoffs_abandoned", "Clients the parent le
                              registry=REGISTRY)
 for _reason in ("timeout", "lost"):
     HANDOFFS_ABANDONED.labels(reason=_reason)  # exported at 0, so increase() sees the first
-GUARD_CPU = Gauge("odinws_guard_cpu_fraction", "Node CPU use as a fraction of its budget.",
+GUARD_CPU = Gauge("odinws_guard_cpu_ratio", "Node CPU use as a ratio of its budget (0-1).",
                   registry=REGISTRY)
-GUARD_MEMORY = Gauge("odinws_guard_memory_fraction", "Node memory use as a fraction of its "
-                     "budget.", registry=REGISTRY)
+GUARD_MEMORY = Gauge("odinws_guard_memory_ratio", "Node memory use as a ratio of its "
+                     "budget (0-1).", registry=REGISTRY)
 GUARD_ACCEPTING = Gauge("odinws_guard_accepting", "1 while the resource guard lets new "
                         "connections in.", registry=REGISTRY)
 READY = Gauge("odinws_ready", "1 while the node accepts new connections (/health is 200).",
@@ -162,7 +175,7 @@ class GcPauses:
         self._started = 0.0
         self._observe = [GC_PAUSE.labels(generation=str(g)).observe for g in range(3)]
 
-    def __call__(self, phase: str, info: dict) -> None:
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
@@ -200,36 +213,99 @@ HISTORY_WARMED = Counter("odinws_history_warmed_events", "Events a starting shar
                          registry=REGISTRY)
 
 
-class ProcessCollector:
-    """CPU seconds and RSS of this process (also works where /proc is absent)."""
-
-    def collect(self):
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = CounterMetricFamily("odinws_process_cpu_seconds", "CPU time used.")
-        cpu.add_metric([], usage.ru_utime + usage.ru_stime)
-        yield cpu
-        rss = GaugeMetricFamily("odinws_process_resident_bytes", "Resident memory.")
-        rss.add_metric([], rss_bytes())
-        yield rss
-        up = GaugeMetricFamily("odinws_process_start_time_seconds", "Process start, unix time.")
-        up.add_metric([], _START)
-        yield up
+# The standard process metrics every Prometheus client exports
+# (process_cpu_seconds_total, process_resident_memory_bytes,
+# process_virtual_memory_bytes, process_start_time_seconds, process_open_fds,
+# process_max_fds), read from /proc at scrape time: one set per process, the
+# shards' labelled shard="<i>" by the parent's merge.
+PROCESS = ProcessCollector(registry=REGISTRY)
 
 
-_START = time.time()
+class DeprecatedAliases:
+    """
+    Old names of renamed metrics, exported beside the new ones for one more
+    release so dashboards and alert rules written against them keep working
+    while they are moved (docs/operations.md, "Renamed metrics"). Values are
+    the new families' own samples, renamed: nothing is measured twice.
+
+    @param renamed: the old family name of each new one (as
+        C{MetricFamily.name}: without C{_total}).
+    @param sources: the collectors (or metrics) the new families come from.
+    """
+
+    def __init__(self, renamed: dict[str, str], *sources: Any):
+        self._renamed = renamed
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self._sources:
+            for family in source.collect():
+                old = self._renamed.get(family.name)
+                if old is None:
+                    continue
+                alias = Metric(old, f"Deprecated: renamed {family.name}, this name goes in "
+                               f"the next release. {family.documentation}", family.type)
+                for sample in family.samples:
+                    alias.add_sample(old + sample.name[len(family.name):], sample.labels,
+                                     sample.value, sample.timestamp)
+                yield alias
 
 
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+#: Old name -> new name of every renamed metric. The old names stay for the
+#: next release (the first with the new ones) and go in the one after.
+RENAMED = {
+    "odinws_process_cpu_seconds": "process_cpu_seconds",
+    "odinws_process_resident_bytes": "process_resident_memory_bytes",
+    "odinws_process_start_time_seconds": "process_start_time_seconds",
+    "odinws_guard_cpu_fraction": "odinws_guard_cpu_ratio",
+    "odinws_guard_memory_fraction": "odinws_guard_memory_ratio",
+}
+REGISTRY.register(DeprecatedAliases({new: old for old, new in RENAMED.items()},
+                                    PROCESS, GUARD_CPU, GUARD_MEMORY))
 
 
-REGISTRY.register(ProcessCollector())
+def _families(*collectors: Any) -> frozenset[str]:
+    return frozenset(family.name for c in collectors for family in c.describe())
 
 
-def exposition() -> bytes:
-    """This process's metrics in the Prometheus text format."""
-    return generate_latest(REGISTRY)
+#: Families only the parent sets: the node's door, hub and shard processes.
+#: A shard's copy would only ever read 0 (C{odinws_ready{shard="0"} 0} on a
+#: ready node), so a shard leaves them out.
+_PARENT_ONLY = _families(READY, GUARD_CPU, GUARD_MEMORY, GUARD_ACCEPTING, HUB_RELAYED,
+                         HUB_DROPPED, HUB_REJECTED, HUB_QUEUE, DISPATCHED, HANDOFF_SECONDS,
+                         HANDOFFS_ABANDONED, SHARD_RESTARTS)
+PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in _PARENT_ONLY}
+#: Families only shards set (connections, Kafka, delivery, history): the
+#: parent leaves them out, rather than show an unlabelled
+#: C{odinws_kafka_connected 0} beside every shard's 1. (The rest, such as
+#: C{odinws_rejected_connections}, the de-duplication counters and the process
+#: series, are set by both.)
+SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
+                           CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
+                           KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, DELIVERY_LATENCY,
+                           KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
+                           GC_PAUSE, RECOVERIES, EVENTS_STALE, EVENTS_REPLAYED,
+                           SNAPSHOT_EVENTS, HISTORY_WARMED)
+
+
+class Process(enum.Enum):
+    """Which kind of process an exposition is for (what it leaves out)."""
+
+    PARENT = SHARD_FAMILIES
+    SHARD = PARENT_FAMILIES
+
+
+class _Without:
+    """A view of a registry without some families (for C{generate_latest})."""
+
+    def __init__(self, registry: CollectorRegistry, left_out: frozenset[str]):
+        self._registry = registry
+        self._left_out = left_out
+
+    def collect(self) -> Iterator[Any]:
+        return (f for f in self._registry.collect() if f.name not in self._left_out)
+
+
+def exposition(process: Process) -> bytes:
+    """This process's metrics in the Prometheus text format, without the other kind's."""
+    return generate_latest(_Without(REGISTRY, process.value))

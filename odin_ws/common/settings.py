@@ -11,11 +11,13 @@ fails when a key is added to the schema and not here (or the reverse).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from odin_ws.common.config import Config
+
 
 @dataclass(frozen=True, slots=True)
 class ListenSettings:
@@ -53,6 +55,8 @@ class KafkaSettings:
     fetch_wait_max_ms: int
     session_timeout_ms: int
     cooperative_rebalance: bool
+    group_protocol: str
+    static_membership: bool
     max_poll_interval_ms: int
     retry_backoff_max: float
     consumer_config: Mapping[str, Any]
@@ -213,7 +217,7 @@ class Settings:
     config: Config
 
     @classmethod
-    def from_config(cls, config: Config) -> "Settings":
+    def from_config(cls, config: Config) -> Settings:
         """Build the typed view of C{config} (lists become tuples, dicts read-only)."""
         sections = {}
         for f in fields(cls):

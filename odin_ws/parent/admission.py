@@ -10,7 +10,8 @@ about whether the node is accepting.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from odin_ws.common.ratelimit import KeyedBuckets
 from odin_ws.common.settings import Settings

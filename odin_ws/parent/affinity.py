@@ -5,7 +5,7 @@ Which CPU each shard is pinned to (the C{cpu_affinity} setting).
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from odin_ws.common.config import ConfigError
 

@@ -15,16 +15,19 @@ C{/health} and C{/metrics} are served on C{listen.admin_port} instead.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from odin_ws.common import handoff, metrics
+from odin_ws.common.clientip import client_ip
 from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 from odin_ws.common.settings import Settings
 from odin_ws.parent import staticfiles
@@ -69,15 +72,31 @@ def peer_string(address: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class DoorState(enum.Enum):
+    """
+    Where one accepted connection is: NEW -> READING (its head) ->
+    ANSWERING (the parent answers it) | HANDING (offered to a shard) ->
+    HANDED (the shard took it) | CLOSED (closed, or let go of after a
+    handoff the shard may have adopted).
+    """
+
+    NEW = "new"
+    READING = "reading"
+    ANSWERING = "answering"
+    HANDING = "handing"
+    HANDED = "handed"
+    CLOSED = "closed"
+
+
 class DispatchProtocol(Protocol):
     """One accepted client, until it is answered or handed to a shard."""
 
-    factory: "Dispatcher"
+    factory: Dispatcher
+    #: The reactor's TCP transport: the door pauses it and passes its descriptor on.
+    transport: tcp.Server
 
     def __init__(self) -> None:
-        # reading -> answering | handing -> handed | closed (also: let go of
-        # after a handoff the shard may have adopted)
-        self.state = "new"
+        self.state = DoorState.NEW
         self._reader: HeadReader | None = None
         self._timer = None
         #: The peer address the door counts this connection against, once admitted.
@@ -92,22 +111,22 @@ class DispatchProtocol(Protocol):
         if verdict is not None:
             # Refused before a byte is read: nothing of it is kept.
             self.transport.pauseProducing()
-            self.state = "answering"
+            self.state = DoorState.ANSWERING
             return self.refuse(verdict[0], verdict[1], _phrase(verdict[0]).lower())
         self._admitted = peer
         if dispatcher.tls:
             # Encrypted bytes mean nothing here: hand over before reading any.
             self.transport.pauseProducing()
-            self.state = "answering"
+            self.state = DoorState.ANSWERING
             self._upgrade(b"")
             return
-        self.state = "reading"
+        self.state = DoorState.READING
         listen = dispatcher.settings.listen
         self._reader = HeadReader(listen.max_head_bytes)
         self._timer = dispatcher.reactor.callLater(listen.head_timeout, self._head_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state != "reading":
+        if self.state != DoorState.READING or self._reader is None:
             return
         result = self._reader.feed(data)
         if result is None:
@@ -115,7 +134,7 @@ class DispatchProtocol(Protocol):
         # Stop reading at once: the bytes after the head belong to the shard.
         self.transport.pauseProducing()
         self._cancel_timer()
-        self.state = "answering"
+        self.state = DoorState.ANSWERING
         if isinstance(result, HeadError):
             self.refuse(result.status, _HEAD_ERROR_REASONS.get(result.status, "bad_request"),
                         result.reason)
@@ -142,8 +161,8 @@ class DispatchProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()
-        if self.state != "handed":
-            self.state = "closed"
+        if self.state != DoorState.HANDED:
+            self.state = DoorState.CLOSED
         self.factory.connection_closed(self)
         if self._admitted is not None:
             self.factory.admission.release(self._admitted)
@@ -156,8 +175,8 @@ class DispatchProtocol(Protocol):
 
     def _head_timed_out(self) -> None:
         self._timer = None
-        if self.state == "reading":
-            self.state = "answering"
+        if self.state == DoorState.READING:
+            self.state = DoorState.ANSWERING
             self.transport.pauseProducing()
             self.refuse(408, "head_timeout", "request head not received in time")
 
@@ -166,7 +185,7 @@ class DispatchProtocol(Protocol):
     def respond(self, status: int, body: bytes, content_type: str = TEXT_TYPE,
                 headers: Sequence[tuple[str, str]] = (), send_body: bool = True) -> None:
         """Write a complete HTTP/1.1 response and close the connection."""
-        if self.state in ("closed", "handed"):
+        if self.state in (DoorState.CLOSED, DoorState.HANDED):
             return
         lines = [f"HTTP/1.1 {status} {_phrase(status)}",
                  f"Content-Type: {content_type}",
@@ -177,7 +196,7 @@ class DispatchProtocol(Protocol):
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if send_body:
             self.transport.write(body)
-        self.state = "closed"
+        self.state = DoorState.CLOSED
         self.transport.loseConnection()
 
     def refuse(self, status: int, reason: str, text: str, send_body: bool = True) -> None:
@@ -197,7 +216,7 @@ class DispatchProtocol(Protocol):
             headers.append(("Upgrade", "websocket"))
         if self.factory.tls:
             # No plaintext answer to a TLS client; closing is all it can get.
-            self.state = "closed"
+            self.state = DoorState.CLOSED
             self.transport.loseConnection()
             return
         self.respond(status, (text + "\n").encode("utf-8"), headers=headers,
@@ -267,10 +286,10 @@ class DispatchProtocol(Protocol):
     def _client_ip(self, head: RequestHead | None) -> str:
         """The peer, or the last X-Forwarded-For entry when the peer is a trusted proxy."""
         ip = getattr(self.transport.getPeer(), "host", "")
-        if head is None or ip not in self.factory.settings.limits.trusted_proxies:
+        if head is None:
             return ip
-        forwarded = head.headers.get("x-forwarded-for")
-        return (forwarded.split(",")[-1].strip() or ip) if forwarded else ip
+        return client_ip(ip, head.headers.get("x-forwarded-for"),
+                         self.factory.settings.limits.trusted_proxies)
 
     def _upgrade(self, raw: bytes, head: RequestHead | None = None) -> None:
         dispatcher = self.factory
@@ -281,13 +300,13 @@ class DispatchProtocol(Protocol):
                 return self.refuse(503, reason, "server is shutting down")
             return self.refuse(status, reason, _phrase(status).lower())
         settings = dispatcher.settings
-        handle, reason = place(dispatcher.shards(), settings.limits.max_connections)
+        handle, full = place(dispatcher.shards(), settings.limits.max_connections)
         if handle is None:
-            return self.refuse(503, reason, "no capacity, retry later")
+            return self.refuse(503, full or "no_shard", "no capacity, retry later")
         # Count it now, until the call completes (however late): the next
         # placement, maybe before this answer, must see it.
         handle.reserve()
-        self.state = "handing"
+        self.state = DoorState.HANDING
         started = dispatcher.reactor.seconds()
         try:
             d = handoff.offer(dispatcher.reactor, handle.call, self.transport.fileno(), raw,
@@ -303,8 +322,8 @@ class DispatchProtocol(Protocol):
         handle.handoff_done()
         metrics.HANDOFF_SECONDS.observe(max(0.0, self.factory.reactor.seconds() - started))
         metrics.DISPATCHED.labels(shard=str(handle.index)).inc()
-        if self.state == "handing":
-            self.state = "handed"
+        if self.state == DoorState.HANDING:
+            self.state = DoorState.HANDED
             handoff.release(self.transport)
 
     def _handoff_timed_out(self, handle: Any) -> None:
@@ -316,7 +335,7 @@ class DispatchProtocol(Protocol):
         connection closed, with no HTTP status, when the call fails. The slot
         stays counted until then.
         """
-        if self.state != "handing":
+        if self.state != DoorState.HANDING:
             return
         log.warn("shard {index} did not answer a handoff within {timeout:g}s; letting go of "
                  "the client without an answer", index=handle.index,
@@ -326,14 +345,14 @@ class DispatchProtocol(Protocol):
 
     def _handoff_failed(self, failure: Any, handle: Any) -> None:
         handle.handoff_failed()
-        if self.state != "handing":
+        if self.state != DoorState.HANDING:
             log.info("handoff to shard {index} failed after the client was let go of: "
                      "{error}", index=handle.index, error=failure.getErrorMessage())
             return
         log.warn("handoff to shard {index} failed: {error}", index=handle.index,
                  error=failure.getErrorMessage())
         if handoff.not_adopted(failure):
-            self.state = "answering"
+            self.state = DoorState.ANSWERING
             self.refuse(503, "handoff_failed", "no capacity, retry later")
         else:
             # The channel failed after sending: the shard may have adopted it.
@@ -342,7 +361,7 @@ class DispatchProtocol(Protocol):
 
     def _let_go(self) -> None:
         """Drop the parent's copy of a socket a shard may hold: no byte, no shutdown."""
-        self.state = "closed"
+        self.state = DoorState.CLOSED
         handoff.release(self.transport)
 
     def _peer(self) -> str:
@@ -352,7 +371,7 @@ class DispatchProtocol(Protocol):
             return "?"
 
 
-class Dispatcher(Factory):
+class Dispatcher(Factory[DispatchProtocol]):
     """
     The public (or admin) listener's factory.
 
@@ -421,8 +440,8 @@ class Dispatcher(Factory):
         connection of this dispatcher is open.
         """
         for proto in list(self._open):
-            if proto.state == "reading":
-                proto.state = "closed"
+            if proto.state == DoorState.READING:
+                proto.state = DoorState.CLOSED
                 proto.transport.loseConnection()
         if not self._open:
             return defer.succeed(None)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from twisted.internet import task
 from twisted.logger import Logger

@@ -7,7 +7,7 @@ a load balancer moves new clients elsewhere.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from odin_ws.common import metrics, openfiles
 from odin_ws.common.settings import Settings

@@ -7,17 +7,17 @@ and the one path by which SIGHUP reaches every parent component and shard.
 from __future__ import annotations
 
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from odin_ws.common import commands
+from odin_ws.common import commands, openfiles
 from odin_ws.common import config as configmod
-from odin_ws.common import openfiles
 from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
+from odin_ws.parent.systemd import SystemdNotifier
 
 log = Logger()
 
@@ -33,6 +33,8 @@ class Node(service.MultiService):
         the command line's flags on top), for a reload.
     @param check_keys: raises L{configmod.ConfigError} for keys and
         certificates a shard would refuse.
+    @param systemd: tells systemd about readiness, status, the watchdog and
+        the drain (L{odin_ws.parent.systemd}); None when not run by systemd.
     @param holders: every parent component that holds settings (both
         dispatchers, health, guard, admission, supervisor); each has
         C{reconfigure(settings)}, called with the reloaded L{Settings}.
@@ -41,7 +43,8 @@ class Node(service.MultiService):
     def __init__(self, reactor, settings: Settings, *, supervisor, listeners,
                  dispatchers, admission, guard, holders,
                  load_config: Callable[[], configmod.Config],
-                 check_keys: Callable[[configmod.Config], object]):
+                 check_keys: Callable[[configmod.Config], object],
+                 systemd: SystemdNotifier | None = None):
         super().__init__()
         self.reactor = reactor
         self._settings = settings
@@ -53,6 +56,7 @@ class Node(service.MultiService):
         self.holders = holders
         self._load_config = load_config
         self._check_keys = check_keys
+        self.systemd = systemd
         supervisor.setServiceParent(self)
         for listener in listeners:
             listener.setServiceParent(self)
@@ -70,6 +74,8 @@ class Node(service.MultiService):
         self.admission.node_started()
         super().startService()
         self.guard.start()
+        if self.systemd is not None:
+            self.systemd.start()
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     @property
@@ -115,6 +121,8 @@ class Node(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         self.admission.stop_accepting()
+        if self.systemd is not None:
+            self.systemd.stopping()
         service.Service.stopService(self)
         self.guard.stop()
         yield self.supervisor.stopService()
@@ -122,3 +130,5 @@ class Node(service.MultiService):
             yield listener.stopService()
         for dispatcher in self.dispatchers:
             yield dispatcher.close()
+        if self.systemd is not None:
+            self.systemd.stop()

@@ -21,7 +21,8 @@ lands on the shards that happen to be up at one moment stays there.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from odin_ws.common.settings import Settings
 
@@ -79,7 +80,10 @@ class Readiness:
         return max(1, math.ceil(left))
 
     def due_back(self) -> list[Any]:
-        """The shards not alive now that are expected back soon: restarting, not crash-looping, held for less than C{listen.restart_hold}."""
+        """
+        The shards not alive now that are expected back soon: restarting, not
+        crash-looping, held for less than C{listen.restart_hold}.
+        """
         now = self._clock()
         hold = self._settings.listen.restart_hold
         due = []

@@ -13,7 +13,8 @@ is what keeps a stalled shard from collecting one unanswered call per scrape.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -85,7 +86,7 @@ class MetricsScrape:
                 else:
                     log.info("metrics of shard {index} left out: {error}", index=handle.index,
                              error=value.getErrorMessage() or value.type.__name__)
-            return exposition.merge(metrics.exposition(), texts)
+            return exposition.merge(metrics.exposition(metrics.Process.PARENT), texts)
 
         done = defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
         done.addBoth(self._gathered)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -143,7 +146,7 @@ class ShardHandle:
         return self._started_at
 
     @property
-    def link(self) -> "ShardLink | None":
+    def link(self) -> ShardLink | None:
         """The control channel the shard registered on, while it is alive."""
         return self._link
 
@@ -282,10 +285,10 @@ class ShardHandle:
 
     # -- the control channel (reported by the ShardLink) ------------------
 
-    def channel_opened(self, link: "ShardLink") -> None:
+    def channel_opened(self, link: ShardLink) -> None:
         self._channel = link
 
-    def registered(self, link: "ShardLink", pid: int, capacity: int) -> None:
+    def registered(self, link: ShardLink, pid: int, capacity: int) -> None:
         """The shard registered on C{link}: it is alive and accepts."""
         self._pid = pid
         self._capacity = capacity
@@ -304,7 +307,7 @@ class ShardHandle:
             self._status = status
             self._accepting = bool(status.get("accepting", True))
 
-    def channel_closed(self, link: "ShardLink") -> tuple[bool, bool]:
+    def channel_closed(self, link: ShardLink) -> tuple[bool, bool]:
         """
         C{link} closed. Returns C{(was the registered link, was the current
         channel)}: the first means the shard is no longer alive, the second
@@ -347,9 +350,11 @@ class ShardLink(amp.AMP):
     """The parent's link to one shard: its end of that shard's control channel."""
 
     log = Logger()
+    #: The adopted Unix socket of the channel (a stream transport, so it can be aborted).
+    transport: ITCPTransport | None
 
     def __init__(self, handle: ShardHandle, hub: Hub,
-                 on_lost: Callable[["ShardLink"], None] = lambda link: None):
+                 on_lost: Callable[[ShardLink], None] = lambda link: None):
         super().__init__()
         self.handle = handle
         self.hub = hub
@@ -392,7 +397,7 @@ class ShardLink(amp.AMP):
         self.hub.publish(self.handle.index, batch)
         return {}
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         was_link, was_channel = self.handle.channel_closed(self)
         if was_link:

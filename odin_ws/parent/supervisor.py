@@ -11,8 +11,9 @@ then SIGKILL. Modelled on L{twisted.runner.procmon}.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import error, protocol
@@ -20,11 +21,11 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from odin_ws.parent import affinity
 from odin_ws.common import metrics
-from odin_ws.common.launch import SHARD_CONFIG_FD, shard_environment
 from odin_ws.common.commands import Drain
+from odin_ws.common.launch import SHARD_CONFIG_FD, shard_environment
 from odin_ws.common.settings import Settings
+from odin_ws.parent import affinity
 from odin_ws.parent.hub import Hub
 from odin_ws.parent.shardhandle import ShardHandle, ShardLink, ShardUnavailable
 

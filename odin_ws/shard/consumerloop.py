@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
-from odin_ws.common.events import Event
+from odin_ws.common.events import Event, Partition
 from odin_ws.common.settings import KafkaSettings
 from odin_ws.shard.incarnations import TopicIncarnations
 from odin_ws.shard.records import RecordMapper
@@ -58,9 +58,9 @@ class ConsumerLoop:
         the whole assignment, C{assign}/C{unassign}).
     """
 
-    def __init__(self, ingest: "KafkaIngest", consumer: Consumer, mapper: RecordMapper,
+    def __init__(self, ingest: KafkaIngest, consumer: Consumer, mapper: RecordMapper,
                  settings: KafkaSettings, stopping: threading.Event,
-                 done: "queue.SimpleQueue[int]", max_pending: int, finished: Deferred,
+                 done: queue.SimpleQueue[int], max_pending: int, finished: Deferred,
                  incarnations: TopicIncarnations, cooperative: bool = False):
         self.ingest = ingest
         self.cooperative = cooperative
@@ -77,16 +77,16 @@ class ConsumerLoop:
         self.max_pending = max_pending
         self.next_id = 0
         self.in_flight = 0
-        # batch id -> [{(topic, partition): next offset}, taken?], in consumption order.
+        # batch id -> [{partition: next offset}, taken?], in consumption order.
         self.pending: dict[int, list] = {}
-        self.assignment: set[tuple[str, int]] = set()
+        self.assignment: set[Partition] = set()
         self.paused = False
         self.repause = False
         self.blocked_since: float | None = None
         self.incarnations = incarnations
         # Last offset consumed per assigned partition: one that goes back
         # while assigned means the broker's log was reset under us.
-        self.positions: dict[tuple[str, int], int] = {}
+        self.positions: dict[Partition, int] = {}
         # When to retry a failed identity lookup (monotonic), or None.
         self.epochs_due: float | None = None
 
@@ -150,7 +150,7 @@ class ConsumerLoop:
 
     def handle(self, messages: list) -> None:
         events: list[Event] = []
-        offsets: dict[tuple[str, int], int] = {}
+        offsets: dict[Partition, int] = {}
         records: Counter[str] = Counter()
         rejected: Counter[str] = Counter()
         mapper = self.mapper
@@ -164,7 +164,7 @@ class ConsumerLoop:
                     self.ingest.note_error(err.name().lstrip("_").lower(), err.str())
                 continue
             topic, partition, offset = m.topic(), m.partition(), m.offset()
-            key = (topic, partition)
+            key = Partition(topic, partition)
             last = positions.get(key)
             if last is not None and offset <= last:
                 self.rewound(topic, partition, last, offset)
@@ -215,7 +215,7 @@ class ConsumerLoop:
 
     def store_taken(self) -> None:
         """Store the offsets of the taken batches that no untaken batch precedes."""
-        merged: dict[tuple[str, int], int] = {}
+        merged: dict[Partition, int] = {}
         for batch_id in list(self.pending):
             offsets, taken = self.pending[batch_id]
             if not taken:
@@ -273,11 +273,11 @@ class ConsumerLoop:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
-        self.assignment.update((tp.topic, tp.partition) for tp in partitions)
+        self.assignment.update(Partition(tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             # A new assignment starts from the committed offset: going back
             # to it is a re-read, not a new log.
-            self.positions.pop((tp.topic, tp.partition), None)
+            self.positions.pop(Partition(tp.topic, tp.partition), None)
             # Exported from the assignment on (the statistics set the value
             # within a second), so lag alerts and graphs see every partition.
             metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(0)
@@ -292,7 +292,7 @@ class ConsumerLoop:
         # makes on revoke includes it, then forget the rest for these
         # partitions: their new owner re-reads from the committed offset.
         self.take_done(0)
-        gone = {(tp.topic, tp.partition) for tp in partitions}
+        gone = {Partition(tp.topic, tp.partition) for tp in partitions}
         for offsets, _ in self.pending.values():
             for tp in gone & offsets.keys():
                 del offsets[tp]
@@ -313,4 +313,4 @@ class ConsumerLoop:
             consumer.unassign()
 
     def _publish_assignment(self) -> None:
-        self.ingest.publish_assignment(tuple(sorted(f"{t}[{p}]" for t, p in self.assignment)))
+        self.ingest.publish_assignment(frozenset(self.assignment))

@@ -25,7 +25,8 @@ them instead of calling it: a call per connection costs measurable time.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger

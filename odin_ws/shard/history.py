@@ -23,7 +23,7 @@ with what live delivery has added meanwhile.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -83,6 +83,7 @@ class PartitionLog:
 
     def pop_oldest(self) -> Event:
         event = self.events[self.start]
+        # The slot is below start, dead: None lets the event go (the list holds Events).
         self.events[self.start] = None  # type: ignore[call-overload]
         self.start += 1
         self.floor = event.offset

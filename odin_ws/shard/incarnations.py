@@ -14,9 +14,9 @@ Used from the consumer thread only; every call is bounded by C{timeout}.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import wait
 from typing import Any
-from collections.abc import Iterable
 
 from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient

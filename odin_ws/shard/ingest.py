@@ -24,10 +24,12 @@ group for exceeding C{max.poll.interval.ms}.
 
 from __future__ import annotations
 
+import enum
 import json
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from twisted.application.service import Service
@@ -36,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
-from odin_ws.common.events import Event
+from odin_ws.common.events import Event, Partition
 from odin_ws.common.logs import audit
 from odin_ws.common.settings import Settings
 from odin_ws.shard.consumerloop import STOP_GRACE, ConsumerLoop, describe_error
@@ -58,6 +60,17 @@ CLOSE_TIMEOUT = 1.5
 COOPERATIVE = "cooperative-sticky"
 
 
+class IngestState(enum.StrEnum):
+    """The consumer's state in C{/health} (a string there: the values are the API)."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    UNRESPONSIVE = "unresponsive"
+    ERROR = "error"
+
+
 class KafkaIngest(Service):
     """
     Consume C{kafka.topics} in the node's consumer group and call
@@ -73,15 +86,18 @@ class KafkaIngest(Service):
     consumer's statistics stop coming.
 
     @param settings: the process's L{Settings}.
+    @param shard: this shard's index: with C{kafka.static_membership} its
+        group instance id is C{<node_id>-shard<index>} (L{instance_id}).
     """
 
     name = "kafka"
 
-    def __init__(self, reactor: Any, settings: Settings, mapper: RecordMapper,
+    def __init__(self, reactor: Any, settings: Settings, shard: int, mapper: RecordMapper,
                  on_batch: Callable[[list[Event]], Deferred | None],
                  max_pending: int = MAX_PENDING):
         self._reactor = reactor
         self._settings = settings
+        self._shard = shard
         self._mapper = mapper
         self._on_batch = on_batch
         self._max_pending = max_pending
@@ -90,9 +106,9 @@ class KafkaIngest(Service):
         self._stopping = threading.Event()
         self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
         # Status, written by the consumer thread, read by status().
-        self._state = "stopped"
+        self._state = IngestState.STOPPED
         self._connected = False
-        self._assigned: tuple[str, ...] = ()
+        self._assigned: frozenset[Partition] = frozenset()
         self._lag = 0
         self._last_error: str | None = None
         # Error kinds logged in the current episode (see _set_state).
@@ -112,30 +128,48 @@ class KafkaIngest(Service):
         """The librdkafka settings, C{kafka.consumer_config} applied last."""
         k = self._settings.kafka
         session = k.session_timeout_ms
-        conf = {
+        conf: dict[str, Any] = {
             "bootstrap.servers": k.brokers,
             "group.id": self._settings.group_id,
             "client.id": f"odinws-{self._settings.node_id}",
             "auto.offset.reset": k.start_offset,
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,
-            "session.timeout.ms": session,
-            # At most a third of the session timeout, as Kafka advises, so a
-            # small session timeout (quick rebalances) keeps the member alive.
-            "heartbeat.interval.ms": max(100, min(3000, session // 3)),
+            # librdkafka's default, stated: records of aborted transactions
+            # are never delivered, nor those of open ones until they commit.
+            "isolation.level": "read_committed",
             "max.poll.interval.ms": k.max_poll_interval_ms,
             "reconnect.backoff.max.ms": int(k.retry_backoff_max * 1000),
             "statistics.interval.ms": STATISTICS_INTERVAL_MS,
             "fetch.wait.max.ms": k.fetch_wait_max_ms,
         }
-        if k.cooperative_rebalance:
-            # A shard's crash or restart then moves only its own partitions:
-            # the others' clients see no pause (kafka.cooperative_rebalance).
-            conf["partition.assignment.strategy"] = COOPERATIVE
+        if k.static_membership:
+            conf["group.instance.id"] = self.instance_id
+        if k.group_protocol == "consumer":
+            # KIP-848: the broker owns the session, the heartbeat and the
+            # assignor; librdkafka refuses the classic settings for them.
+            conf["group.protocol"] = "consumer"
+        else:
+            conf["session.timeout.ms"] = session
+            # At most a third of the session timeout, as Kafka advises, so a
+            # small session timeout (quick rebalances) keeps the member alive.
+            conf["heartbeat.interval.ms"] = max(100, min(3000, session // 3))
+            if k.cooperative_rebalance:
+                # A shard's crash or restart then moves only its own partitions:
+                # the others' clients see no pause (kafka.cooperative_rebalance).
+                conf["partition.assignment.strategy"] = COOPERATIVE
         conf.update(k.consumer_config)
         conf.update({"error_cb": self._on_error, "stats_cb": self._on_stats,
                      "logger": _LibrdkafkaLog(self)})
         return conf
+
+    @property
+    def instance_id(self) -> str:
+        """
+        This shard's static group instance id: unique in the node's group
+        (one per shard index), stable across the shard's restarts.
+        """
+        return f"{self._settings.node_id}-shard{self._shard}"
 
     def status(self) -> dict[str, Any]:
         """Health of the consumer, for /health."""
@@ -144,16 +178,16 @@ class KafkaIngest(Service):
             silent = self._reactor.seconds() - self._stats_at
             if silent > self.unresponsive_after + 3 * self._stats_interval:
                 # The consumer thread has not been in consume() for that long.
-                state, connected = "unresponsive", False
+                state, connected = IngestState.UNRESPONSIVE, False
                 error = f"no consumer statistics for {silent:.0f}s"
                 metrics.KAFKA_CONNECTED.set(0)
         return {"state": state, "connected": connected,
-                "assigned": list(self._assigned), "lag": self._lag,
+                "assigned": sorted(p.label() for p in self._assigned), "lag": self._lag,
                 "last_error": error}
 
     @property
-    def assigned(self) -> tuple[str, ...]:
-        """The assigned partitions as C{topic[partition]}, sorted (read-only view)."""
+    def assigned(self) -> frozenset[Partition]:
+        """The assigned partitions (replaced as a whole when the assignment changes)."""
         return self._assigned
 
     def startService(self) -> None:
@@ -163,7 +197,7 @@ class KafkaIngest(Service):
         self._connected = False
         self._last_error = self._connection_error = None
         self._logged = set()
-        self._state = "starting"
+        self._state = IngestState.STARTING
         conf = self.consumer_config()
         self._stats_at = self._reactor.seconds()
         try:
@@ -171,7 +205,7 @@ class KafkaIngest(Service):
         except (KafkaException, ValueError, TypeError) as e:
             # Bad kafka.consumer_config: nothing will retry, so say it once
             # and show it in /health rather than crash the shard's startup.
-            self._state = "error"
+            self._state = IngestState.ERROR
             self._last_error = f"cannot create the Kafka consumer: {describe_error(e)}"
             log.error("{error}", error=self._last_error)
             return
@@ -179,7 +213,7 @@ class KafkaIngest(Service):
         loop = ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
                             self._stopping, self._done, self._max_pending, self._finished,
                             TopicIncarnations(admin_config(conf)),
-                            cooperative=conf.get("partition.assignment.strategy") == COOPERATIVE)
+                            cooperative=_incremental(conf))
         self._thread = threading.Thread(target=loop.run,
                                         name="odinws-kafka", daemon=True)
         self._thread.start()
@@ -191,8 +225,8 @@ class KafkaIngest(Service):
         finished, self._finished = self._finished, None
         thread, self._thread = self._thread, None
         if finished is None:
-            if self._state != "error":
-                self._state = "stopped"
+            if self._state != IngestState.ERROR:
+                self._state = IngestState.STOPPED
             return succeed(None)
         done: Deferred = Deferred()
 
@@ -228,11 +262,11 @@ class KafkaIngest(Service):
 
     def broker_reached(self) -> None:
         """Consumer thread: records or an assignment arrived, so the broker is there."""
-        if self._state != "unresponsive":  # other brokers may answer; stats decide
-            self._set_state("running", True)
+        if self._state != IngestState.UNRESPONSIVE:  # other brokers may answer; stats decide
+            self._set_state(IngestState.RUNNING, True)
 
-    def publish_assignment(self, assigned: tuple[str, ...]) -> None:
-        """Consumer thread: the partitions now assigned, as sorted C{topic[partition]}."""
+    def publish_assignment(self, assigned: frozenset[Partition]) -> None:
+        """Consumer thread: the partitions now assigned."""
         self._assigned = assigned
 
     def note_error(self, kind: str, text: str, level: str = "warn") -> None:
@@ -259,12 +293,12 @@ class KafkaIngest(Service):
         """Consumer thread: the loop died of a bug; show it in the status."""
         self._reactor.callFromThread(log.failure, "Kafka consumer thread failed", failure)
         self._last_error = f"consumer thread failed: {failure.getErrorMessage()}"
-        self._state = "error"
+        self._state = IngestState.ERROR
 
     def consumer_closed(self, finished: Deferred) -> None:
         """Consumer thread, its last act: the consumer is closed; fire C{finished}."""
-        if self._state != "error":
-            self._state = "stopped"
+        if self._state != IngestState.ERROR:
+            self._state = IngestState.STOPPED
         self._connected = False
         metrics.KAFKA_CONNECTED.set(0)
         self._reactor.callFromThread(finished.callback, None)
@@ -275,36 +309,36 @@ class KafkaIngest(Service):
         # twisted.logger observers are not thread-safe: emit in the reactor.
         self._reactor.callFromThread(getattr(log, level), fmt, **kw)
 
-    def _set_state(self, state: str, connected: bool) -> None:
+    def _set_state(self, state: IngestState, connected: bool) -> None:
         self._connected = connected
         metrics.KAFKA_CONNECTED.set(1 if connected else 0)
-        if state == self._state or self._state == "error":
+        if state == self._state or self._state == IngestState.ERROR:
             return
         self._state = state
-        if state == "running":
+        if state == IngestState.RUNNING:
             # A new episode: the next error of each kind is worth a line again.
             self._logged = set()
             self._connection_error = None
             self._log("info", "Kafka consumer running (group {group})",
                       group=self._settings.group_id)
-        elif state == "retrying":
+        elif state == IngestState.RETRYING:
             self._log("warn", "Kafka brokers unreachable, retrying: {error}",
                       error=self._last_error)
-        elif state == "unresponsive":
+        elif state == IngestState.UNRESPONSIVE:
             self._log("warn", "Kafka broker not answering: {error}", error=self._last_error)
 
     def _on_error(self, err: KafkaError) -> None:
         kind = err.name().lstrip("_").lower()
         if err.fatal():
             self.note_error(kind, f"fatal: {err.str()}", "error")
-            self._set_state("error", False)
+            self._set_state(IngestState.ERROR, False)
             self._stopping.set()
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             metrics.KAFKA_ERRORS.labels(kind).inc()
             # The connection error before it says why; the retrying line shows it.
             self._last_error = self._connection_error or err.str()
-            self._set_state("retrying", False)
-        elif err.code() in _CONNECTION_ERRORS and self._state != "running":
+            self._set_state(IngestState.RETRYING, False)
+        elif err.code() in _CONNECTION_ERRORS and self._state != IngestState.RUNNING:
             # Retried by librdkafka every backoff: the state line reports it.
             metrics.KAFKA_ERRORS.labels(kind).inc()
             self._last_error = self._connection_error = err.str()
@@ -332,16 +366,16 @@ class KafkaIngest(Service):
             self._last_error = (f"broker {hung.get('nodename') or hung.get('name')} has not "
                                 f"answered for {hung['rxidle'] / 1e6:.0f}s "
                                 f"({hung['waitresp_cnt']} requests waiting)")
-            self._set_state("unresponsive", False)
+            self._set_state(IngestState.UNRESPONSIVE, False)
         elif up:
-            self._set_state("running", True)
-        elif self._state in ("running", "unresponsive"):
-            self._set_state("retrying", False)
+            self._set_state(IngestState.RUNNING, True)
+        elif self._state in (IngestState.RUNNING, IngestState.UNRESPONSIVE):
+            self._set_state(IngestState.RETRYING, False)
         total = 0
         assigned = self._assigned
         for topic, t in stats.get("topics", {}).items():
             for p, info in t.get("partitions", {}).items():
-                if f"{topic}[{p}]" not in assigned:
+                if Partition(topic, int(p)) not in assigned:
                     continue  # librdkafka also lists the internal partition -1
                 lag = _partition_lag(info)
                 metrics.KAFKA_LAG.labels(topic, p).set(lag)
@@ -360,6 +394,12 @@ def _partition_lag(info: dict) -> int:
         if position >= 0 and hi >= 0:
             return max(0, hi - position)
     return 0
+
+
+def _incremental(conf: dict[str, Any]) -> bool:
+    """Whether librdkafka rebalances incrementally with these settings (see L{ConsumerLoop})."""
+    return (conf.get("group.protocol") == "consumer"
+            or conf.get("partition.assignment.strategy") == COOPERATIVE)
 
 
 class _LibrdkafkaLog:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple
 
 from odin_ws.common.channels import InvalidChannel, parse_pattern
 from odin_ws.shard import positions
@@ -39,8 +40,17 @@ MAX_ID_LENGTH = 128
 # How much of a client-supplied string an error message quotes back.
 _QUOTE_LENGTH = 64
 
-MessageId = Union[str, int, float, None]
-ChannelSpec = tuple[str, str, str]  # (name, token, event_type)
+MessageId = str | int | float | None
+
+
+class ChannelSpec(NamedTuple):
+    """One channel (or pattern) a client named, parsed."""
+
+    name: str
+    token: str
+    event_type: str
+
+
 #: A subscribe's positions: (topic, partition) -> (epoch, last offset seen).
 Since = dict[tuple[str, int], tuple[str, int]]
 
@@ -87,7 +97,7 @@ class Refresh:
     id: MessageId = None
 
 
-ClientMessage = Union[Subscribe, Unsubscribe, Ping, Refresh]
+ClientMessage = Subscribe | Unsubscribe | Ping | Refresh
 
 
 def _reject_constant(name: str) -> None:
@@ -143,7 +153,7 @@ def _channels(obj: dict, msg_id: MessageId, max_channels: int,
         except InvalidChannel as e:
             raise ClientError(INVALID_CHANNEL,
                               f"invalid channel {_quote(name)}: {e}", msg_id) from None
-        seen[name] = (name, token, event_type)
+        seen[name] = ChannelSpec(name, token, event_type)
     return list(seen.values())
 
 
@@ -297,7 +307,7 @@ def parse_since_text(text: str, max_positions: int) -> Since:
         raise ClientError(INVALID_POSITION, str(e)) from None
 
 
-def parse_url_subscribe(query: dict[str, str], max_channels: int, max_channel_length: int,
+def parse_url_subscribe(query: Mapping[str, str], max_channels: int, max_channel_length: int,
                         max_positions: int, last_event_id: str | None = None
                         ) -> Subscribe | None:
     """

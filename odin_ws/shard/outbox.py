@@ -27,7 +27,8 @@ connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
@@ -68,7 +69,7 @@ class OutboxHolder:
     C{self.state} by plain assignment, which this property intercepts.
     """
 
-    outbox: "Outbox | None" = None
+    outbox: Outbox | None = None
     _ws_state = None
 
     @property
@@ -126,7 +127,7 @@ class Outbox:
                  "sock", "fdno", "tracking", "_tombs", "_fd", "_index", "_indexed",
                  "_over_since", "_refused", "_grace_call")
 
-    def __init__(self, protocol: Any, fanout: "Fanout", policy_for: Callable[[str], str],
+    def __init__(self, protocol: Any, fanout: Fanout, policy_for: Callable[[str], str],
                  limit: int, grace: float, on_slow_disconnect: Callable[[], None]):
         self.protocol = protocol
         self.transport = transport = protocol.transport
@@ -169,7 +170,7 @@ class Outbox:
         self.tracking = False           # _index or _over_since is set
         transport.registerProducer(self, True)
 
-    def reconfigure(self, outbound: "OutboundSettings") -> None:
+    def reconfigure(self, outbound: OutboundSettings) -> None:
         """Take a reloaded C{outbound.max_buffer_bytes} and C{outbound.disconnect_grace}."""
         self.limit = outbound.max_buffer_bytes
         self.grace = outbound.disconnect_grace

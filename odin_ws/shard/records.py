@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from odin_ws.common.channels import valid_segment
 from odin_ws.common.events import Event
@@ -51,7 +51,7 @@ class RecordMapper:
 
     @classmethod
     def from_settings(cls, kafka: KafkaSettings,
-                      clock: Callable[[], float] = time.time) -> "RecordMapper":
+                      clock: Callable[[], float] = time.time) -> RecordMapper:
         """The mapper the C{kafka} settings describe."""
         return cls(kafka.topics, kafka.token_field, kafka.event_type_field,
                    kafka.max_record_bytes, clock)

@@ -13,8 +13,8 @@ the boundary, whatever arrives meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from odin_ws.common import metrics
 from odin_ws.common.events import Event
@@ -74,7 +74,7 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
     @raise messages.ClientError: C{unknown_position} or C{snapshot_too_large};
         nothing is subscribed then.
     """
-    patterns = [(token, etype) for _, token, etype in msg.channels]
+    patterns = [(c.token, c.event_type) for c in msg.channels]
     out = Answer()
     replay = None
     if msg.since is not None:

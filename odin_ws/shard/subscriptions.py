@@ -26,7 +26,8 @@ per shard, whatever the number of connections and addresses they use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Collection, Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable
+from typing import TYPE_CHECKING
 
 from odin_ws.common.channels import WILDCARD
 
@@ -102,7 +103,7 @@ class SubscriptionIndex:
     that may drop a subscriber during delivery must collect and remove after).
     """
 
-    def __init__(self, limits: "LimitsSettings | None" = None) -> None:
+    def __init__(self, limits: LimitsSettings | None = None) -> None:
         self._exact: dict[Pattern, PatternBucket] = {}
         self._by_token: dict[str, PatternBucket] = {}
         self._by_type: dict[str, PatternBucket] = {}
@@ -116,7 +117,7 @@ class SubscriptionIndex:
         if limits is not None:
             self.reconfigure(limits)
 
-    def reconfigure(self, limits: "LimitsSettings") -> None:
+    def reconfigure(self, limits: LimitsSettings) -> None:
         """
         Take a (reloaded) budget: C{limits.max_shard_subscriptions} and
         C{limits.max_shard_subscription_bytes}. Subscriptions already held

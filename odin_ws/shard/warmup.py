@@ -26,13 +26,15 @@ continuous with live delivery (L{odin_ws.shard.service.Shard.backfill}).
 
 from __future__ import annotations
 
+import enum
 import heapq
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from twisted.application.service import Service
@@ -80,11 +82,21 @@ class WarmedPartition:
     events: list[Event] = field(default_factory=list)
 
 
+class WarmupState(enum.StrEnum):
+    """Where the warm-up is (a string in C{/health}: the values are the API)."""
+
+    OFF = "off"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
 @dataclass
 class WarmupReport:
     """The outcome, for the shard's status and log line."""
 
-    state: str = "off"            # off, running, done, failed, stopped
+    state: WarmupState = WarmupState.OFF
     events: int = 0               # events handed to the reactor
     partitions: int = 0           # partitions handed over
     incomplete: int = 0           # of those, read only in part (time ran out)
@@ -134,6 +146,9 @@ class HistoryWarmup(Service):
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            # As the live consumer reads: the past holds no record it would
+            # not have delivered (aborted transactions).
+            "isolation.level": consumer_config.get("isolation.level", "read_committed"),
             "fetch.wait.max.ms": 50,
             "logger": _quiet,
         })
@@ -151,7 +166,7 @@ class HistoryWarmup(Service):
         Service.startService(self)
         if self._settings.history.warmup_timeout <= 0 or not self._settings.kafka.topics:
             return
-        self.report = WarmupReport(state="running")
+        self.report = WarmupReport(state=WarmupState.RUNNING)
         self._stopping = threading.Event()
         self._finished = Deferred()
         run = _Run(self._settings, self._mapper, self._incarnations,
@@ -221,7 +236,7 @@ class _Run:
         self.max_bytes = s.history.max_bytes
         self.timeout = s.history.warmup_timeout
         self.mapper = mapper
-        self.report = WarmupReport(state="running")
+        self.report = WarmupReport(state=WarmupState.RUNNING)
         # Per partition being read: the high watermark at the start, where
         # reading started (moved up by budget evictions), the last offset
         # read, its events.
@@ -246,12 +261,13 @@ class _Run:
         try:
             consumer = self.make_consumer()
             self.warm(consumer)
-            self.report.state = "stopped" if self.stopping.is_set() else "done"
+            self.report.state = (WarmupState.STOPPED if self.stopping.is_set()
+                                 else WarmupState.DONE)
         except (KafkaException, RuntimeError, ValueError, TypeError) as e:
-            self.report.state = "failed"
+            self.report.state = WarmupState.FAILED
             self.report.error = describe_error(e)
         except Exception as e:  # noqa: BLE001 - a bug must not end silently in a thread
-            self.report.state = "failed"
+            self.report.state = WarmupState.FAILED
             self.report.error = f"{type(e).__name__}: {e}"
         finally:
             self.report.seconds = time.monotonic() - began

@@ -32,12 +32,14 @@ import sys
 import threading
 import time
 import urllib.request
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_pipes
+from typing import cast
 from urllib.parse import urlsplit
 
-from odinws_tools.loadtest.worker import CLOSE_WAIT, WorkerSpec, raise_file_limit, worker_main
 from odinws_tools.loadtest.report import build_report, write_report
 from odinws_tools.loadtest.stats import Histogram, key_series
+from odinws_tools.loadtest.worker import CLOSE_WAIT, WorkerSpec, raise_file_limit, worker_main
 from odinws_tools.simulate import token_ids
 
 MAX_CONNECTIONS = 200_000
@@ -270,7 +272,8 @@ class Run:
                 for pipe in pipes:
                     _send_quietly(pipe, "stop")
                 stop_sent = True
-            for pipe in wait_pipes(list(pipes), timeout=0.25):
+            # wait() returns some of the objects it was given: these pipes.
+            for pipe in cast("list[Connection]", wait_pipes(list(pipes), timeout=0.25)):
                 try:
                     msg = pipe.recv()
                 except (EOFError, OSError):

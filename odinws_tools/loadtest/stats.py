@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from odin_ws.common.channels import PREFIX, WILDCARD
 
@@ -47,7 +47,7 @@ class Histogram:
         if ms > self.max:
             self.max = ms
 
-    def merge(self, other: "Histogram") -> "Histogram":
+    def merge(self, other: Histogram) -> Histogram:
         for i, c in other.counts.items():
             self.counts[i] = self.counts.get(i, 0) + c
         self.n += other.n
@@ -90,7 +90,7 @@ class Histogram:
         return (self.counts, self.n, self.total, self.max)
 
     @classmethod
-    def from_wire(cls, wire: tuple) -> "Histogram":
+    def from_wire(cls, wire: tuple) -> Histogram:
         return cls(*wire)
 
 
@@ -220,8 +220,8 @@ KEY_SERIES: dict[str, tuple[str, ...]] = {
     "odinws_shard_restarts_total": (),
     "odinws_delivery_latency_seconds_count": (),
     "odinws_delivery_latency_seconds_sum": (),
-    "odinws_process_cpu_seconds_total": (),
-    "odinws_process_resident_bytes": (),
+    "process_cpu_seconds_total": (),
+    "process_resident_memory_bytes": (),
 }
 
 

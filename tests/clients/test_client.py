@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
-from odinws_client import Client, ConnectionState, Stopped, StateChange
 from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.datastructures import Headers
+
+from odinws_client import Client, ConnectionState, StateChange, Stopped
 
 Script = Callable[[ServerConnection], Awaitable[None]]
 

@@ -11,7 +11,7 @@ import os
 import sys
 import tomllib
 
-from setuptools import find_namespace_packages
+from setuptools import find_namespace_packages  # type: ignore[import-untyped]
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers.node import ROOT
@@ -22,7 +22,7 @@ PACKAGE = os.path.join(CLIENT, "odinws_client")
 
 def imports(path: str) -> set[str]:
     """Top-level names of the modules ``path`` imports (absolute imports)."""
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(open(path).read(), path)):
         if isinstance(node, ast.Import):
             names.update(a.name.split(".")[0] for a in node.names)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from odinws_client.positions import Position, PositionMap
 from twisted.trial.unittest import SynchronousTestCase
+
+from odinws_client.positions import Position, PositionMap
 
 
 class PositionTests(SynchronousTestCase):

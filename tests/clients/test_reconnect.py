@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from odinws_client.reconnect import (
-    Action, after_close, after_refusal, backoff_delay, retry_after)
 from twisted.trial.unittest import SynchronousTestCase
+
+from odinws_client.reconnect import Action, after_close, after_refusal, backoff_delay, retry_after
 
 
 class BackoffTests(SynchronousTestCase):

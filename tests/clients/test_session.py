@@ -9,10 +9,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
 from odinws_client.session import Session
 from odinws_client.subscription import State, Subscription
-from twisted.trial.unittest import SynchronousTestCase
 
 T = "odin.trades"
 
@@ -276,5 +277,5 @@ class EndTests(SessionCase):
         [msg] = self.hooks.take()
 
         async def read() -> list[object]:
-            return [item.data["o"] async for item in sub]  # type: ignore[union-attr]
+            return [item.data["o"] async for item in sub]
         self.assertEqual((msg["type"], asyncio.run(read())), ("unsubscribe", [1]))

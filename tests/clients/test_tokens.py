@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import jwt
-from odinws_client.tokens import TokenError, fetch_token, refresh_delay, token_expiry
 from twisted.trial.unittest import SynchronousTestCase
+
+from odinws_client.tokens import TokenError, fetch_token, refresh_delay, token_expiry
 
 
 class ExpiryTests(SynchronousTestCase):
@@ -48,4 +49,4 @@ class FetchTests(SynchronousTestCase):
             raise RuntimeError("down")
         for provider in (boom, lambda: "", lambda: None):
             with self.assertRaises(TokenError):
-                asyncio.run(fetch_token(provider))  # type: ignore[arg-type]
+                asyncio.run(fetch_token(provider))

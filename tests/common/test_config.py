@@ -68,6 +68,32 @@ class LoadTests(unittest.TestCase):
         """An unknown key is named, with its section."""
         self.assertConfigError("kafka:\n  brokerz: x\n", "kafka.brokerz", "unknown setting")
 
+    def test_unknown_key_near_miss(self):
+        """A misspelt key or section names the nearest real one; a far-off name suggests none."""
+        self.assertConfigError("kafka:\n  brokerz: x\n", "did you mean kafka.brokers?")
+        self.assertConfigError("kafak:\n  brokers: x\n", "kafak", "did you mean kafka?")
+        path = self.write("zzzzzz: 1\n")
+        e = self.assertRaises(config.ConfigError, config.load, path, environ={})
+        self.assertNotIn("did you mean", str(e))
+
+    def test_unknown_env(self):
+        """
+        An ODINWS_* variable that names no setting is refused like an unknown
+        YAML key (it was ignored), with the nearest real name; other
+        variables are none of odinws's business.
+        """
+        e = self.assertRaises(config.ConfigError, config.load, None,
+                              environ={"ODINWS_KAFKA_BROKER": "k:9092"})
+        self.assertEqual(str(e), "ODINWS_KAFKA_BROKER: unknown environment variable, no "
+                                 "setting has this name (did you mean ODINWS_KAFKA_BROKERS?)")
+        e = self.assertRaises(config.ConfigError, config.load, None,
+                              environ={"ODINWS_WHATEVER_ELSE": "1"})
+        self.assertIn("ODINWS_WHATEVER_ELSE: unknown environment variable", str(e))
+        self.assertNotIn("did you mean", str(e))
+        cfg = config.load(None, environ={"ODINWSX": "1", "HOME": "/root",
+                                         "ODINWS_KAFKA_BROKERS": "k:9092"})
+        self.assertEqual(cfg["kafka.brokers"], "k:9092")
+
     def test_wrong_type(self):
         """A value of the wrong type names the key, what was expected and what was given."""
         self.assertConfigError("shards: two\n", "shards", "expected an integer", "'two'")
@@ -150,6 +176,18 @@ class CommandLineTests(unittest.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertEqual(result.stderr.strip().count("\n"), 0, result.stderr)
         self.assertIn("limits.max_subscriptions", result.stderr)
+        self.assertNotIn("Traceback", result.stderr + result.stdout)
+
+    def test_unknown_env_refused_at_start(self):
+        """twistd odinws with a misspelt ODINWS_* variable exits non-zero with one line naming it."""
+        env = dict(os.environ, PYTHONPATH=ROOT, ODINWS_SHARD="2")
+        result = subprocess.run(twistd_argv("--nodaemon", "--pidfile=", "odinws"),
+                                cwd=self.mktemp_dir(), env=env,
+                                capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(result.stderr.strip().count("\n"), 0, result.stderr)
+        self.assertIn("ODINWS_SHARD: unknown environment variable", result.stderr)
+        self.assertIn("did you mean ODINWS_SHARDS?", result.stderr)
         self.assertNotIn("Traceback", result.stderr + result.stdout)
 
     def test_help_documents_options(self):

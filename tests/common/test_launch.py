@@ -26,6 +26,15 @@ class EnvironmentTests(SynchronousTestCase):
                                         "ODINWS_AUTH_SECRET": "s", "ODINWS_NODE_ID": "n"})
         self.assertEqual(env, {"PATH": "/bin", "LANG": "C.UTF-8"})
 
+    def test_systemd_variables_dropped(self):
+        """
+        A shard does not inherit NOTIFY_SOCKET, WATCHDOG_USEC or
+        WATCHDOG_PID: only the parent talks to systemd.
+        """
+        env = launch.shard_environment({"PATH": "/bin", "NOTIFY_SOCKET": "/run/systemd/notify",
+                                        "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2"})
+        self.assertEqual(env, {"PATH": "/bin"})
+
 
 class ConfigPipeTests(SynchronousTestCase):
     def pipe_with(self, data: bytes) -> int:

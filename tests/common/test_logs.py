@@ -82,8 +82,8 @@ class RedactorTests(unittest.TestCase):
         cases = [
             f"b'GET /ws?token={j}&x=1 HTTP/1.1\\r\\nAuthorization: Bearer {j}\\r\\n"
             f"Sec-WebSocket-Protocol: odinws, bearer.{j}\\r\\n'",
-            f"{{'authorization': 'Basic dXNlcjpwYXNz', 'sec-websocket-protocol': 'bearer.x.y'}}",
-            f"{{'token': ['not-a-jwt-but-secret']}}",
+            "{'authorization': 'Basic dXNlcjpwYXNz', 'sec-websocket-protocol': 'bearer.x.y'}",
+            "{'token': ['not-a-jwt-but-secret']}",
             f"refused: {j} (expired)",
         ]
         for text in cases:

@@ -1,9 +1,10 @@
 """
 End-to-end check of the *installed* package (run by tests/deb/test-deb.sh
 with the repo's .venv python, as root, after the .deb is installed): start
-/opt/venvs/odinws/bin/twistd as the odinws user against a Tansu broker, wait
-for /health, deliver one Kafka record to a WebSocket client, stop with
-SIGTERM and check the shards went too.
+/opt/venvs/odinws/bin/twistd as the odinws user against a Tansu broker, as
+the installed unit would (a notify socket and the unit's watchdog), wait
+for READY=1 and /health, deliver one Kafka record to a WebSocket client,
+stop with SIGTERM (STOPPING=1) and check the shards went too.
 
 Prints one "ok: ..." or "not ok: ..." line per check (the shell script
 counts them) and exits non-zero if any failed.
@@ -11,12 +12,15 @@ counts them) and exits non-zero if any failed.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -38,6 +42,7 @@ from tests.helpers.opsfiles import (  # noqa: E402
 )
 
 TWISTD = "/opt/venvs/odinws/bin/twistd"
+UNIT = "/lib/systemd/system/odinws.service"
 TOPIC = "odinws.debtest"
 TOKEN = "DEB1"
 CHANNEL = f"odin.token.{TOKEN}.trade"
@@ -60,10 +65,14 @@ def write_config(workdir: str, brokers: str) -> str:
         "node_id": "debtest",
         "shards": 2,
         "kafka": {"brokers": brokers, "topics": {TOPIC: "trade"}, "start_offset": "earliest",
-                  "session_timeout_ms": 2000, "max_poll_interval_ms": 4000},
+                  "session_timeout_ms": 2000, "max_poll_interval_ms": 4000,
+                  # Tansu 0.6 never assigns a second static member (measured).
+                  "static_membership": False},
         "supervisor": {"stats_interval": 0.2},
-        # /metrics is read on the public port below (off by default).
-        "listen": {"public_metrics": True},
+        # /metrics is read on the public port below (off by default); no
+        # admin listener: its default port (3006) may be an installed
+        # service's on this host.
+        "listen": {"public_metrics": True, "admin_port": ""},
     }
     path = os.path.join(workdir, "odinws.yaml")
     with open(path, "w") as f:
@@ -72,14 +81,47 @@ def write_config(workdir: str, brokers: str) -> str:
     return path
 
 
-def start_server(config: str, port: int, log_path: str) -> subprocess.Popen:
-    # As the service would run it: the odinws user, a bare environment, cwd /.
-    # setpriv execs (no forking wrapper), so the pid is twistd's own; a new
-    # session lets cleanup kill the shards with it.
+class NotifySocket:
+    """systemd's side of the notification protocol: an abstract Unix datagram socket."""
+
+    def __init__(self) -> None:
+        self.name = f"@odinws-deb-notify-{uuid.uuid4().hex}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name[1:])
+        self.sock.settimeout(0.2)
+        self.messages: list[dict[str, str]] = []
+
+    def first(self, field: str) -> dict[str, str] | None:
+        """The first notification with C{field} so far (reading what arrived)."""
+        try:
+            data = self.sock.recv(4096)
+            self.messages.append(dict(line.split("=", 1)
+                                      for line in data.decode().split("\n")))
+        except TimeoutError:
+            pass
+        return next((m for m in self.messages if field in m), None)
+
+
+def unit_watchdog_usec() -> str:
+    """The installed unit's WatchdogSec, in microseconds (as systemd passes it)."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    # Keep the unit's key case; typeshed types optionxform as a method.
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    with open(UNIT) as f:
+        parser.read_file(f)
+    return str(int(parser["Service"]["WatchdogSec"]) * 1_000_000)
+
+
+def start_server(config: str, port: int, log_path: str, notify: NotifySocket) -> subprocess.Popen:
+    # As the service would run it: the odinws user, a bare environment (plus
+    # what systemd adds for Type=notify and WatchdogSec), cwd /. setpriv
+    # execs (no forking wrapper), so the pid is twistd's own; a new session
+    # lets cleanup kill the shards with it.
     argv = ["setpriv", "--reuid=odinws", "--regid=odinws", "--init-groups", "--",
             TWISTD, "--nodaemon", "--pidfile=", "odinws", "--config", config,
             "--port", f"tcp:{port}:interface=127.0.0.1"]
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
+           "NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": unit_watchdog_usec()}
     with open(log_path, "ab") as log:
         return subprocess.Popen(argv, cwd="/", env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -136,7 +178,23 @@ def run(workdir: str) -> None:
         broker.start()
         broker.create_topics([TOPIC])
         port = free_port()
-        server = start_server(write_config(workdir, broker.bootstrap), port, log_path)
+        notify = NotifySocket()
+        server = start_server(write_config(workdir, broker.bootstrap), port, log_path, notify)
+
+        def notified_ready():
+            if server.poll() is not None:
+                raise AssertionError(f"odinws exited with {server.returncode}")
+            return notify.first("READY")
+        try:
+            ready_message = wait_for(notified_ready, 90.0, 0, "READY=1")
+            check("installed odinws says READY=1 with every shard alive (Type=notify)",
+                  ready_message.get("STATUS", "").startswith("ready: 2/2 shards alive"),
+                  repr(ready_message))
+        except AssertionError as e:
+            check("installed odinws says READY=1 with every shard alive (Type=notify)", False,
+                  str(e))
+        check("it pings the watchdog (WatchdogSec)", notify.first("WATCHDOG") is not None,
+              repr(notify.messages))
 
         def ready():
             if server.poll() is not None:
@@ -177,6 +235,11 @@ def run(workdir: str) -> None:
             client.close()
 
         server.send_signal(signal.SIGTERM)
+        try:
+            wait_for(lambda: notify.first("STOPPING"), 10.0, 0, "STOPPING=1")
+            check("SIGTERM: it says STOPPING=1", True)
+        except AssertionError as e:
+            check("SIGTERM: it says STOPPING=1", False, str(e))
         try:
             code = server.wait(STOP_TIMEOUT)
             # twistd re-raises the signal that stopped it once it has shut

@@ -98,6 +98,8 @@ check "the venv runs Debian's interpreter" \
     sh -c "readlink -f $VENV/bin/python | grep -qx '/usr/bin/python3\.[0-9]*'"
 check "the venv holds exactly the pins of requirements.lock" \
     "$VENV/bin/python" "$repo/tests/deb/check_pins.py" "$repo/requirements.lock"
+check "the installed unit waits for READY=1 and watches the parent (Type=notify, WatchdogSec)" \
+    sh -c 'grep -qx "Type=notify" /lib/systemd/system/odinws.service && grep -qx "WatchdogSec=[1-9][0-9]*" /lib/systemd/system/odinws.service'
 check "systemd-analyze verify accepts the installed unit" \
     sh -c 'out=$(systemd-analyze verify /lib/systemd/system/odinws.service 2>&1); echo "$out"; [ -z "$out" ]'
 check "the daemon's package ships no Python client (odinws_client: a distribution of its own)" \

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 import os
+import time
 
 import txaio
 from twisted.internet import defer
@@ -245,7 +245,7 @@ class ShardTestCase(unittest.TestCase):
         # Stamped now: older events are not delivered live (outbound.max_event_age).
         event = Event.build(token, event_type, b'{"p":1}', int(time.time() * 1000),
                             "odin.trades", 0, next(self.offsets))
-        self.shard.deliver([event])
+        self.shard.delivery.deliver([event])
         return event.envelope
 
     def audited(self, words: str) -> bool:
@@ -292,4 +292,4 @@ class Response:
         head, _, self.body = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         self.status = int(lines[0].split()[1])
-        self.headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        self.headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}

@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import yaml
 from websockets.sync.client import connect
@@ -73,11 +74,14 @@ class Node:
         # A given port: a node that replaces another on its address.
         self.port = port or free_port()
         self.workdir = workdir
-        config = {
+        config: dict[str, Any] = {
             "node_id": f"test{self.port}",
             "shards": shards,
             # The tests read /metrics on the public port (off by default).
-            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True},
+            # No admin listener unless a test asks for one: its default port
+            # is the same for every node on the host.
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True,
+                       "admin_port": ""},
             "kafka": {"brokers": brokers},
             "supervisor": {"stats_interval": 0.2, "restart_min_delay": 0.2},
         }
@@ -92,7 +96,7 @@ class Node:
         self.env = env
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait_ready: bool = True) -> "Node":
+    def start(self, wait_ready: bool = True) -> Node:
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.env or {})
@@ -158,7 +162,8 @@ class Node:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError("odinws did not stop within %ss: %s" % (timeout, self.tail()))
+            raise AssertionError(
+                f"odinws did not stop within {timeout}s: {self.tail()}") from None
         finally:
             self.log.close()
 

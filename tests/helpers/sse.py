@@ -6,6 +6,7 @@ import itertools
 import json
 import socket
 import time
+from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.address import IPv4Address
@@ -48,7 +49,7 @@ class SseParser:
 
     def feed(self, data: bytes) -> list[SseMessage]:
         self._buf += data
-        out = []
+        out: list[Any] = []
         while True:
             line, sep, rest = self._buf.partition(b"\n")
             if not sep:
@@ -122,7 +123,7 @@ class StreamClient:
         head, _, rest = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         self.status = int(lines[0].split(" ", 2)[1])
-        self.headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        self.headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
         self._read = len(head) + 4
         if self.status != 200:
             self.body = rest
@@ -190,7 +191,7 @@ class SseSocket:
         head, _, rest = buf.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         self.status = int(lines[0].split(" ", 2)[1])
-        self.headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        self.headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
         self.body = b""
         if self.status != 200:
             self.body = rest
@@ -224,7 +225,7 @@ class SseSocket:
                 raise TimeoutError("no SSE message")
             try:
                 chunk = self._recv(deadline)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError("no SSE message") from None
             except OSError:
                 chunk = b""

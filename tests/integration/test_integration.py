@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.helpers import FAST_KAFKA
 from tests.helpers.broker import shared_broker
-from tests.helpers.node import Client, Node, pid_alive, wait_for
+from tests.helpers.node import Client, Node, http_get, pid_alive, wait_for
 
 
 class NodeTestCase(unittest.TestCase):
@@ -137,7 +137,6 @@ class CoreTests(NodeTestCase):
         self.assertEqual(status, 200)
         self.assertTrue(body["kafka_connected"])
         self.assertEqual(body["shards"][0]["kafka"]["state"], "running")
-        from tests.helpers.node import http_get
         code, headers, text = http_get(self.node.port, "/metrics")
         self.assertEqual(code, 200)
         self.assertIn('odinws_connections{shard="0"}', text.decode())
@@ -156,7 +155,6 @@ class CoreTests(NodeTestCase):
         self.produce("K", "trade", 1)
         self.broker.flush()
         self.assertEqual([e["data"]["seq"] for e in c.collect(1)], [1])
-        from tests.helpers.node import http_get
 
         def counted():
             text = http_get(self.node.port, "/metrics")[2].decode()
@@ -198,6 +196,40 @@ class MultiShardTests(NodeTestCase):
         for c in clients:
             got = [e["data"]["seq"] for e in c.collect(30)]
             self.assertEqual(sorted(got), list(range(30)))
+
+    def test_process_metrics_per_process(self):
+        """
+        /metrics has the standard process metrics once per process: the
+        parent's without a shard label, each shard's labelled with its
+        index and read from that shard's own process (its open descriptors
+        grow with the clients placed on it, the parent's do not).
+        """
+        def process_samples() -> dict[tuple[str, str | None], float]:
+            text = http_get(self.node.port, "/metrics")[2].decode()
+            return {(s.name, s.labels.get("shard")): s.value
+                    for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name.startswith("process_")}
+        before = process_samples()
+        for name in ("process_open_fds", "process_max_fds", "process_resident_memory_bytes",
+                     "process_virtual_memory_bytes", "process_cpu_seconds_total",
+                     "process_start_time_seconds"):
+            self.assertEqual({shard for (n, shard) in before if n == name},
+                             {None, "0", "1", "2"}, name)
+        for shard in (None, "0", "1", "2"):
+            self.assertLessEqual(before[("process_open_fds", shard)],
+                                 before[("process_max_fds", shard)])
+        for _ in range(30):
+            self.client()
+        wait_for(lambda: [s["connections"] for s in self.node.health()[1]["shards"]]
+                 == [10, 10, 10], 20, what="10/10/10 placement")
+
+        def grown():
+            now = process_samples()
+            return all(now[("process_open_fds", shard)]
+                       >= before[("process_open_fds", shard)] + 10 for shard in "012") and now
+        after = wait_for(grown, 10, 0.2, "each shard's open descriptors up by its 10 clients")
+        self.assertLess(after[("process_open_fds", None)],
+                        before[("process_open_fds", None)] + 10)
 
     def test_kill_shard(self):
         """kill -9 of a shard: its clients drop, new ones go elsewhere, it restarts, no duplicates."""
@@ -254,7 +286,7 @@ class MultiShardTests(NodeTestCase):
         self.assertEqual(codes, [4000] * 6)
         self.node.proc.wait(60)
         for pid in pids:
-            wait_for(lambda: not pid_alive(pid), 10, what=f"shard {pid} gone")
+            wait_for(lambda pid=pid: not pid_alive(pid), 10, what=f"shard {pid} gone")
 
     def test_no_orphans_when_parent_killed(self):
         """kill -9 of the parent: every shard notices its control channel close and exits."""
@@ -263,7 +295,7 @@ class MultiShardTests(NodeTestCase):
         self.node.proc.kill()
         self.node.proc.wait(10)
         for pid in pids:
-            wait_for(lambda: not pid_alive(pid), 20, what=f"orphan shard {pid} gone")
+            wait_for(lambda pid=pid: not pid_alive(pid), 20, what=f"orphan shard {pid} gone")
 
 
 class CapacityTests(NodeTestCase):

@@ -20,6 +20,7 @@ import yaml
 from twisted.trial import unittest
 
 from odin_ws.common import config as configmod
+from odin_ws.common import metrics
 from tests.helpers import (
     DASHBOARD,
     OPERATIONS,
@@ -34,6 +35,7 @@ from tests.helpers import (
     metric_names,
     promtool,
     recorded_names,
+    sample_names,
 )
 
 
@@ -67,7 +69,7 @@ class MetricNamesTests(unittest.TestCase):
         names = exported_names()
         for name in ("odinws_connections_opened_total", "odinws_delivery_latency_seconds_bucket",
                      "odinws_build_info", "odinws_connections", "odinws_events_delivered_total",
-                     "odinws_process_cpu_seconds_total", "odinws_dispatch_total"):
+                     "process_cpu_seconds_total", "odinws_dispatch_total"):
             self.assertIn(name, names)
         for name in ("odinws_connections_opened", "odinws_delivery_latency_seconds",
                      "odinws_connections_total"):
@@ -234,6 +236,41 @@ class RulesTests(unittest.TestCase):
                               "OdinwsEventsDropped", "OdinwsMemoryNearLimit",
                               "OdinwsDuplicatesSustained", "OdinwsKafkaLogReset"}, alerts)
 
+    def test_everyAlertHasARunbook(self):
+        """
+        Every alert's runbook_url points at docs/operations.md, at the
+        anchor of a section of that page titled with the alert's name (the
+        anchor GitHub gives the heading), and all alerts share one base.
+        """
+        with open(OPERATIONS) as f:
+            anchors = {heading_anchor(m.group(1)): m.group(1)
+                       for m in re.finditer(r"^#+ (.+)$", f.read(), re.M)}
+        bases = set()
+        for rule in self.rules:
+            if "alert" not in rule:
+                continue
+            url = rule["annotations"].get("runbook_url", "")
+            base, _, anchor = url.partition("#")
+            self.assertTrue(base.startswith("https://") and base.endswith("/docs/operations.md"),
+                            f"{rule['alert']}: {url!r}")
+            self.assertEqual(anchors.get(anchor), rule["alert"], f"{rule['alert']}: {url!r}")
+            bases.add(base)
+        self.assertEqual(len(bases), 1, bases)
+
+    def test_noDeprecatedNames(self):
+        """
+        The shipped rules and dashboard use none of the old names of
+        renamed metrics (still exported for one release as aliases).
+        """
+        with open(DASHBOARD) as f:
+            dashboard = json.load(f)
+        exprs = [rule["expr"] for rule in self.rules]
+        exprs += [t["expr"] for p in dashboard_panels(dashboard) for t in p.get("targets", [])]
+        old = sample_names({name: "counter" if name.endswith("_seconds") else "gauge"
+                            for name in metrics.RENAMED})
+        for expr in exprs:
+            self.assertEqual(metric_names(expr) & old, set(), expr)
+
     def test_exprsUseExportedMetrics(self):
         """
         Every rule selects only metrics odinws exports, Prometheus's `up`, or
@@ -288,6 +325,11 @@ class RulesTests(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
 
+def heading_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation out, spaces as -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
 def alert_scenarios() -> list[dict]:
     """promtool test-rules cases: (series, alert, expected firing label sets)."""
     node = {"instance": "ws-1:3005", "job": "odinws"}
@@ -308,10 +350,10 @@ def alert_scenarios() -> list[dict]:
          "alert_rule_test": [expect("OdinwsShardCrashLooping", "20m",
                                     {**node, "shard": "1", "severity": "critical"})]},
         {"interval": "1m",
-         "input_series": [series("odinws_process_start_time_seconds", "1+0x10"),
-                          series("odinws_process_start_time_seconds", "1+0x10",
+         "input_series": [series("process_start_time_seconds", "1+0x10"),
+                          series("process_start_time_seconds", "1+0x10",
                                  instance="ws-2:3005"),
-                          series("odinws_process_start_time_seconds", "1+0x10",
+                          series("process_start_time_seconds", "1+0x10",
                                  instance="ws-2:3005", shard="0")],
          "alert_rule_test": [expect("OdinwsNoShardsAlive", "5m",
                                     {**node, "severity": "critical"})]},
@@ -350,6 +392,17 @@ def alert_scenarios() -> list[dict]:
              expect("OdinwsDuplicatesSustained", "5m"),
              expect("OdinwsDuplicatesSustained", "25m",
                     {"instance": node["instance"], "severity": "critical"})]},
+        # A shard at 90% of its descriptor limit fires; the parent at 10% does not.
+        {"interval": "1m",
+         "input_series": [
+             series("process_open_fds", "900+0x20", shard="0"),
+             series("process_max_fds", "1000+0x20", shard="0"),
+             series("process_open_fds", "100+0x20"),
+             series("process_max_fds", "1000+0x20")],
+         "alert_rule_test": [
+             expect("OdinwsFileDescriptorsNearLimit", "5m"),
+             expect("OdinwsFileDescriptorsNearLimit", "15m",
+                    {**node, "shard": "0", "severity": "warning"})]},
         {"interval": "1m",
          "input_series": [
              series("odinws_offset_resets_total", "0+0x5 1+0x30", shard="0", reason="topic_changed")],
@@ -380,6 +433,19 @@ class UnitTests(unittest.TestCase):
                                          "odinws --config /etc/odinws/odinws.yaml")
         self.assertEqual(s["ExecReload"], "/bin/kill -HUP $MAINPID")
         self.assertEqual((s["User"], s["Group"], s["Restart"]), ("odinws", "odinws", "on-failure"))
+
+    def test_notifiesSystemd(self):
+        """
+        The unit waits for the parent's READY=1 (Type=notify, from the main
+        process only) longer than the startup grace, and restarts a parent
+        whose watchdog pings stop (WatchdogSec, Restart=on-failure).
+        """
+        s = self.service
+        self.assertEqual((s["Type"], s["NotifyAccess"]), ("notify", "main"))
+        self.assertGreater(int(s["TimeoutStartSec"]),
+                           configmod.BY_KEY["listen.startup_grace"].default)
+        self.assertGreater(int(s["WatchdogSec"]), 0)
+        self.assertEqual(s["Restart"], "on-failure")
 
     def test_stopLeavesTimeToDrain(self):
         """

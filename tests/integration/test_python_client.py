@@ -22,8 +22,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import jwt
-from odinws_client import Client, ConnectionState, Event, Gap, ServerError, StateChange, Subscription
 
+from odinws_client import Client, ConnectionState, Event, Gap, ServerError, StateChange, Subscription
 from tests.helpers.node import Node, wait_for
 from tests.helpers.topics import TopicNodeCase
 

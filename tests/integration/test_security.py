@@ -79,7 +79,7 @@ class SecurityNodeCase(unittest.TestCase):
 
     shards = 1
     partitions = 1
-    node_class = Node
+    node_class: type[Node] = Node
 
     def settings(self) -> dict:
         return {}
@@ -314,7 +314,7 @@ class TestCA:
 
     def __init__(self, name: str):
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.name = _name(name)
         self.cert = (x509.CertificateBuilder()
                      .subject_name(self.name).issuer_name(self.name)
@@ -339,7 +339,7 @@ class TestCA:
     def issue(self) -> tuple[int, bytes, bytes]:
         """A new server certificate for localhost/127.0.0.1: (serial, cert PEM, key PEM)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         serial = x509.random_serial_number()
         cert = (x509.CertificateBuilder()
                 .subject_name(_name("localhost")).issuer_name(self.name)
@@ -417,7 +417,7 @@ class TLSTests(SecurityNodeCase):
     def wss(self, *cas: TestCA, host: str = "localhost") -> Client:
         return self.client(ssl=self.context(*(cas or (self.ca,))), server_hostname=host)
 
-    def tls13_upgrade(self, *cas: TestCA) -> tuple[bytes, int, str]:
+    def tls13_upgrade(self, *cas: TestCA) -> tuple[bytes, int, str | None]:
         """A WebSocket upgrade over TLS 1.3 from one thread: (status line, serial, version)."""
         ctx = self.context(*(cas or (self.ca,)), tls13=True)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -432,7 +432,7 @@ class TLSTests(SecurityNodeCase):
                     if not chunk:
                         break
                     head += chunk
-                serial = int(s.getpeercert()["serialNumber"], 16)
+                serial = int((s.getpeercert() or {})["serialNumber"], 16)
                 return head.split(b"\r\n")[0], serial, s.version()
 
     @staticmethod

@@ -15,7 +15,6 @@ import time
 import uuid
 
 import jwt
-
 from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed
 

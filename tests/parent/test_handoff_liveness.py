@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
 
-from odin_ws.common.commands import Handoff, HandoffRefused
+from odin_ws.common.commands import HandoffRefused
 from odin_ws.parent.dispatcher import Dispatcher
 from odin_ws.parent.shardhandle import ShardHandle
 from tests.helpers import UPGRADE, DispatcherTestCase, get, make_settings, sample

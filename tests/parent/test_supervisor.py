@@ -91,7 +91,7 @@ class SpawnTests(SupervisorTestCase):
             self.assertEqual({k: v for k, v in p.childFDs.items() if k != 3},
                              {0: "w", 1: "r", 2: "r", SHARD_CONFIG_FD: "w"})
             self.assertEqual(config_of(p), self.settings.config.to_json())
-        for i, (fd, family, factory) in enumerate(self.reactor.adoptedStreamConnections):
+        for i, (_fd, family, _factory) in enumerate(self.reactor.adoptedStreamConnections):
             self.assertEqual(family, socket.AF_UNIX)
             os.write(procs[i].fd3, b"ping %d" % i)
             self.assertEqual(os.read(self.reactor.adopted_fds[2 * i], 100), b"ping %d" % i)

@@ -23,9 +23,9 @@ from odin_ws.shard.frames import Chunk
 from odin_ws.shard.outbox import Outbox
 from tests.helpers import (
     PLAIN_UPGRADE,
-    Client,
     CountingTransport,
     FakeProtocol,
+    LoopbackClient,
     Sink,
     event,
     events_in,
@@ -240,7 +240,7 @@ class RealSocketTests(TestCase):
         self.stats = WriteStats()
         self.fanout = Fanout(reactor, self.stats)
 
-    def pair(self, **bufs) -> tuple[Sink, Client]:
+    def pair(self, **bufs) -> tuple[Sink, LoopbackClient]:
         sink, client = tcp_pair(self.reactor, **bufs)
         self.assertIsInstance(sink.transport, tcp.Server)
 
@@ -389,7 +389,7 @@ class RealSocketTests(TestCase):
         box = self.outbox(sink, limit=limit)
         frame_size = len(event("a", 0, pad=1000))
         published = 0
-        for turn in range(40):
+        for _turn in range(40):
             for _ in range(10):
                 self.fanout.publish(event("a", published, pad=1000), "a", "trade", [box])
                 published += 1

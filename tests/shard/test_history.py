@@ -8,8 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.common.events import Event
 from odin_ws.shard import positions
-from odin_ws.shard.history import (AHEAD, EVENT_OVERHEAD, OTHER_EPOCH, TOO_OLD, UNKNOWN,
-                                   History)
+from odin_ws.shard.history import AHEAD, EVENT_OVERHEAD, OTHER_EPOCH, TOO_OLD, UNKNOWN, History
 
 
 def ev(token: str, offset: int, *, etype: str = "trade", topic: str = "t", partition: int = 0,

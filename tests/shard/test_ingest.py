@@ -113,7 +113,7 @@ class KafkaIngestTests(TestCase):
     def start(self, on_batch, bootstrap: str | None = None, **overrides) -> KafkaIngest:
         settings = make_settings(bootstrap or self.broker.bootstrap, self.topic, self.group,
                                  **overrides)
-        ingest = KafkaIngest(reactor, settings, RecordMapper.from_settings(settings.kafka),
+        ingest = KafkaIngest(reactor, settings, 0, RecordMapper.from_settings(settings.kafka),
                              on_batch)
         ingest.startService()
         self.addCleanup(lambda: ingest.stopService() if ingest.running else None)
@@ -237,7 +237,7 @@ class KafkaIngestTests(TestCase):
         """
         collector = Collector(hold=True)
         settings = make_settings(self.broker.bootstrap, self.topic, self.group)
-        ingest = KafkaIngest(reactor, settings, RecordMapper.from_settings(settings.kafka),
+        ingest = KafkaIngest(reactor, settings, 0, RecordMapper.from_settings(settings.kafka),
                              collector, max_pending=1)
         ingest.startService()
         self.addCleanup(lambda: ingest.stopService() if ingest.running else None)
@@ -534,7 +534,8 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
         a quiet stream's event is not held for poll_timeout, a burst is
         still one batch.
         """
-        first, rest = [FakeKafkaMessage("t", 0, 0)], [FakeKafkaMessage("t", 0, 1), FakeKafkaMessage("t", 0, 2)]
+        first = [FakeKafkaMessage("t", 0, 0)]
+        rest = [FakeKafkaMessage("t", 0, 1), FakeKafkaMessage("t", 0, 2)]
         consumer = FakeConsumer([first, rest])
         self.assertEqual(self.loop(consumer).take(), first + rest)
         self.assertEqual(consumer.calls, [(1, 0.25), (499, 0)])
@@ -557,11 +558,11 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
         (default 5: Tansu answers a fetch only when it expires), and
         kafka.consumer_config still has the last word.
         """
-        default = KafkaIngest(reactor, make_settings("b:1", "t", "g"), None, None)
+        default = KafkaIngest(reactor, make_settings("b:1", "t", "g"), 0, None, None)
         self.assertEqual(default.consumer_config()["fetch.wait.max.ms"], 5)
         custom = KafkaIngest(reactor, make_settings(
             "b:1", "t", "g", **{"kafka.fetch_wait_max_ms": 50,
-                                "kafka.consumer_config": {"fetch.wait.max.ms": 7}}), None, None)
+                                "kafka.consumer_config": {"fetch.wait.max.ms": 7}}), 0, None, None)
         self.assertEqual(custom.consumer_config()["fetch.wait.max.ms"], 7)
 
     def test_cooperativeByDefault(self):
@@ -571,14 +572,58 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
         strategy wins over both.
         """
         strategy = "partition.assignment.strategy"
-        default = KafkaIngest(reactor, make_settings("b:1", "t", "g"), None, None)
+        default = KafkaIngest(reactor, make_settings("b:1", "t", "g"), 0, None, None)
         self.assertEqual(default.consumer_config()[strategy], "cooperative-sticky")
         off = KafkaIngest(reactor, make_settings(
-            "b:1", "t", "g", **{"kafka.cooperative_rebalance": False}), None, None)
+            "b:1", "t", "g", **{"kafka.cooperative_rebalance": False}), 0, None, None)
         self.assertNotIn(strategy, off.consumer_config())
         custom = KafkaIngest(reactor, make_settings(
-            "b:1", "t", "g", **{"kafka.consumer_config": {strategy: "roundrobin"}}), None, None)
+            "b:1", "t", "g", **{"kafka.consumer_config": {strategy: "roundrobin"}}), 0, None, None)
         self.assertEqual(custom.consumer_config()[strategy], "roundrobin")
+
+    def test_staticMembership(self):
+        """
+        With kafka.static_membership each shard joins under the instance id
+        <node_id>-shard<index>: stable across its restarts, different for
+        every shard of the node and for every node id; without it there is
+        no instance id.
+        """
+        def conf(node: str, shard: int, static: bool = True) -> dict:
+            settings = make_settings("b:1", "t", node, **{"kafka.static_membership": static})
+            return KafkaIngest(reactor, settings, shard, None, None).consumer_config()
+        self.assertEqual(conf("n1", 0)["group.instance.id"], "n1-shard0")
+        self.assertEqual(conf("n1", 0)["group.instance.id"], conf("n1", 0)["group.instance.id"])
+        ids = {conf(node, shard)["group.instance.id"] for node in ("n1", "n2") for shard in (0, 1)}
+        self.assertEqual(len(ids), 4)
+        self.assertNotIn("group.instance.id", conf("n1", 0, static=False))
+
+    def test_consumerGroupProtocol(self):
+        """
+        kafka.group_protocol consumer (KIP-848) asks librdkafka for it and
+        leaves out the settings the broker owns under it (librdkafka refuses
+        to create a consumer with them); the classic protocol has them.
+        """
+        owned = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+        kip848 = KafkaIngest(reactor, make_settings(
+            "b:1", "t", "g", **{"kafka.group_protocol": "consumer"}), 0, None, None)
+        conf = kip848.consumer_config()
+        self.assertEqual(conf["group.protocol"], "consumer")
+        for key in owned:
+            self.assertNotIn(key, conf)
+        Consumer({k: v for k, v in conf.items() if not callable(v) and k != "logger"}).close()
+        classic = KafkaIngest(reactor, make_settings("b:1", "t", "g"), 0, None, None)
+        self.assertNotIn("group.protocol", classic.consumer_config())
+        for key in owned:
+            self.assertIn(key, classic.consumer_config())
+
+    def test_readCommitted(self):
+        """
+        The consumer reads committed records only (records of aborted
+        transactions are never delivered), unless kafka.consumer_config says
+        otherwise.
+        """
+        default = KafkaIngest(reactor, make_settings("b:1", "t", "g"), 0, None, None)
+        self.assertEqual(default.consumer_config()["isolation.level"], "read_committed")
 
 
 class ThreadlessReactor(Clock):
@@ -611,7 +656,7 @@ class UnresponsiveBrokerTests(SynchronousTestCase):
         globalLogPublisher.addObserver(self.logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
         # session 2 s: a broker silent for 2 s with requests waiting is hung.
-        self.ingest = KafkaIngest(self.reactor, make_settings("b:1", "t", "g"), None, None)
+        self.ingest = KafkaIngest(self.reactor, make_settings("b:1", "t", "g"), 0, None, None)
         self.connected = sample("odinws_kafka_connected")
 
     def test_silentBrokerWithRequestsWaiting(self):
@@ -674,7 +719,7 @@ class BoundedStopTests(SynchronousTestCase):
         seconds after stopService, the stop completes anyway, with a warning.
         """
         reactor_ = ThreadlessReactor()
-        ingest = KafkaIngest(reactor_, make_settings("b:1", "t", "g"), None, None)
+        ingest = KafkaIngest(reactor_, make_settings("b:1", "t", "g"), 0, None, None)
         release = threading.Event()
         ingest._finished = Deferred()
         ingest._thread = threading.Thread(target=release.wait, daemon=True)

@@ -35,7 +35,7 @@ class RecoveryTestCase(ShardTestCase):
                            epoch)
 
     def deliver(self, *events: Event) -> list[Event]:
-        self.shard.deliver(list(events))
+        self.shard.delivery.deliver(list(events))
         return list(events)
 
     def request(self, client, **msg) -> list[dict]:
@@ -124,7 +124,7 @@ class ReplayTests(RecoveryTestCase):
         """A replay that the slow-client policy would drop answers recovered false (too_large)."""
         first = self.deliver(self.event("A"))
         self.deliver(*(self.event("A") for _ in range(50)))
-        for client in self.shard.clients:
+        for client in self.shard.connections:
             client.outbox.limit = 200
         c = self.connect()
         c.proto.outbox.limit = 200
@@ -228,9 +228,10 @@ class ReplyOrderTests(RecoveryTestCase):
         client comes after those events, not before (a client that trusts
         an ack's positions the moment it arrives would otherwise lose events).
         """
+        from twisted.internet.address import IPv4Address
+
         from tests.helpers import StalledSocket, parse_frames
         from tests.helpers.cases import _ports
-        from twisted.internet.address import IPv4Address
         stalled = self.connect(transport=StalledSocket(IPv4Address("TCP", "10.0.0.9",
                                                                    next(_ports))))
         stalled.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"]}))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 from collections.abc import Collection
+from typing import cast
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -168,11 +169,11 @@ class MatchTests(SynchronousTestCase):
         self.index.add(b, "ABC", "*")
         got = self.index.match("ABC", "trade")
         self.assertEqual(len(got), 2)
-        self.assertEqual(sorted(c.name for c in got), ["a", "b"])
+        self.assertEqual(sorted(cast(Conn, c).name for c in got), ["a", "b"])
         self.index.add(a, "*", "trade")
         self.index.add(a, "*", "*")
         got = self.index.match("ABC", "trade")
-        self.assertEqual(sorted(c.name for c in got), ["a", "b"])
+        self.assertEqual(sorted(cast(Conn, c).name for c in got), ["a", "b"])
 
     def test_singleBucketIsNotCopied(self) -> None:
         """
@@ -335,7 +336,7 @@ class BudgetTests(SynchronousTestCase):
                     for person in people:
                         for j in range(per):
                             # Fresh strings, as parsing a subscribe makes them.
-                            token = "T%0*d" % (name - 1, n if distinct else j)
+                            token = f"T{n if distinct else j:0{name - 1}d}"
                             index.add(person, token, "".join(["tra", "de"]))
                             n += 1
                     gc.collect()

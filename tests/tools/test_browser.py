@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from odinws_tools.demo import DemoStack
 from odinws_tools.embedded_broker import free_port
-from tests.helpers.node import ROOT  # noqa: E402 (the repository root)
+from tests.helpers.node import ROOT  # the repository root
 
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 CHROMIUM = "/usr/bin/chromium"
@@ -91,7 +91,7 @@ class DemoPageTests(unittest.TestCase):
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         lines: queue.Queue = queue.Queue()
         # A reader thread: a blocking readline cannot honour a deadline.
-        threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
                          daemon=True).start()
         seen = []
         deadline = time.monotonic() + 120

@@ -249,7 +249,8 @@ class Client:
             return _Ended(reconnect.after_refusal(status, can_renew), status=status,
                           reason=f"HTTP {status} {e.response.reason_phrase}".strip(),
                           retry_after=reconnect.retry_after(e.response.headers.get("Retry-After")))
-        except (OSError, asyncio.TimeoutError, InvalidHandshake) as e:
+        # (Python 3.10's asyncio.TimeoutError is not yet the builtin one.)
+        except (TimeoutError, asyncio.TimeoutError, OSError, InvalidHandshake) as e:  # noqa: UP041
             return _Ended(Action.RECONNECT, reconnect.ABNORMAL, reason=repr(e))
         opened = time.monotonic()
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
 from odinws_client.positions import PositionMap
@@ -18,7 +18,7 @@ from odinws_client.positions import PositionMap
 if TYPE_CHECKING:
     from odinws_client.session import Replay
 
-Item = Union[Event, Gap]
+Item = Event | Gap
 
 
 class State(enum.Enum):

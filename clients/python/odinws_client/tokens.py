@@ -11,10 +11,9 @@ import binascii
 import inspect
 import json
 from collections.abc import Awaitable, Callable
-from typing import Union
 
 #: A callable giving a fresh JWT: ``def get() -> str`` or ``async def get() -> str``.
-TokenProvider = Callable[[], Union[str, Awaitable[str]]]
+TokenProvider = Callable[[], str | Awaitable[str]]
 
 
 class TokenError(Exception):
