@@ -310,6 +310,19 @@ SCHEMA: tuple[Option, ...] = (
     _opt("auth.public_key_file", str, "", "PEM public key for RS256/ES256 tokens.", live=True),
     _opt("auth.jwks_file", str, "", "JWKS file (keys chosen by kid); re-read on SIGHUP.",
          live=True),
+    _opt("auth.jwks_url", str, "", "HTTPS URL of a JWKS (keys chosen by kid), instead of "
+         "auth.jwks_file: each shard fetches it at start, every auth.jwks_refresh seconds "
+         "and when a token names an unknown kid; while it is unreachable the keys already "
+         "fetched keep working.", live=True),
+    _opt("auth.jwks_ca_file", str, "", "PEM CA certificates that verify auth.jwks_url's "
+         "server (empty = the system's trust store).", live=True),
+    _opt("auth.jwks_refresh", float, 300.0, "Seconds between two fetches of auth.jwks_url.",
+         minimum=1, live=True),
+    _opt("auth.jwks_min_refresh", float, 30.0, "A token with an unknown kid makes the shard "
+         "fetch auth.jwks_url again at most once per this many seconds.", minimum=0.1,
+         live=True),
+    _opt("auth.jwks_timeout", float, 5.0, "Seconds a fetch of auth.jwks_url may take "
+         "(connect, TLS, answer).", minimum=0.1, live=True),
     _opt("auth.audience", str, "", "Required aud claim (empty: tokens must carry no aud "
          "claim, as RFC 7519 asks).", live=True),
     _opt("auth.issuer", str, "", "Required iss claim (empty = not checked).", live=True),

@@ -33,6 +33,7 @@ from odin_ws.shard.connections import Connections
 from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector
 from odin_ws.shard.history import History, HistoryCollector
 from odin_ws.shard.ingest import KafkaIngest
+from odin_ws.shard.jwks import RemoteJwks
 from odin_ws.shard.pipeline import Delivery
 from odin_ws.shard.protocol import ClientFactory
 from odin_ws.shard.records import RecordMapper
@@ -103,7 +104,9 @@ class Shard(service.MultiService):
         self.control_fd = control_fd
         self.accepting = True
         self.link: ParentLink | None = None
-        self.verifier = auth.Verifier(settings.auth)
+        #: The keys of auth.jwks_url, kept across reloads (idle without one).
+        self.jwks = RemoteJwks(reactor, settings.auth)
+        self.verifier = auth.Verifier(settings.auth, self.jwks)
         self.tls_options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         self.connections = Connections(reactor, settings)
         self.subscriptions = SubscriptionIndex(settings.limits)
@@ -157,6 +160,7 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.register(collector)
         metrics.GC_PAUSES.watch()
+        self.jwks.start()
         super().startService()
         self._stats_loop.start(self.settings.supervisor.stats_interval, now=False)
 
@@ -167,7 +171,8 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         metrics.GC_PAUSES.unwatch()
-        return super().stopService()
+        return defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)]
+                                   ).addCallback(lambda _: None)
 
     def link_made(self, link: ParentLink) -> None:
         self.link = link
@@ -224,12 +229,13 @@ class Shard(service.MultiService):
         applied, live, _ = apply_live(self.settings.config, new)
         settings = Settings.from_config(applied)
         try:
-            verifier = auth.Verifier(settings.auth)
+            verifier = auth.Verifier(settings.auth, self.jwks)
             options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         except ConfigError as e:
             self.log.error("reload refused: {e}", e=e)
             return
         self.verifier = verifier
+        self.jwks.reconfigure(settings.auth)
         self.tls_options = options
         self.reconfigure(settings)
         self.log.info("shard {n} reloaded: {keys}", n=self.number, keys=", ".join(live) or "no changes")
