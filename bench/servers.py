@@ -331,7 +331,7 @@ class Odinws(KafkaFed):
             # /metrics on the public port: the slow-client counters and the
             # own-share latency histogram are read from it.
             "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1:backlog=4096",
-                       "public_metrics": True, "max_heads_per_ip": 4096},
+                       "public_metrics": True, "max_heads_per_ip": 4096, "admin_port": ""},
             "outbound": {"flush_delay": self.flush_delay},
             "kafka": {"brokers": self.broker.bootstrap, "group": self.group,
                       "topics": {"odin.trades": "trade"}, "start_offset": "latest",

@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import yaml
 from websockets.sync.client import connect
@@ -71,11 +72,14 @@ class Node:
                  extra_args: list[str] | None = None, env: dict | None = None):
         self.port = free_port()
         self.workdir = workdir
-        config = {
+        config: dict[str, Any] = {
             "node_id": f"test{self.port}",
             "shards": shards,
             # The tests read /metrics on the public port (off by default).
-            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True},
+            # No admin listener unless a test asks for one: its default port
+            # is the same for every node on the host.
+            "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1", "public_metrics": True,
+                       "admin_port": ""},
             "kafka": {"brokers": brokers},
             "supervisor": {"stats_interval": 0.2, "restart_min_delay": 0.2},
         }
