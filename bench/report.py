@@ -271,7 +271,8 @@ def render(results: dict) -> str:
         out.append(
             f"| {c['server']} | {c['conns']:,} | {c['mode']} | {_k(c['max_fps'])} | "
             f"{_ms(c['half']['p50_ms'])} / {_ms(c['half']['p99_ms'])} | {_own(c)} | "
-            f"{last['server_cpu']:.0%} ({last.get('core0', 0):.0%}) | {last['cpu']:.0%} | {c['rss_idle'] / 2**20:.1f} MiB | "
+            f"{last['server_cpu']:.0%} ({last.get('core0', 0):.0%}) | {last['cpu']:.0%} | "
+            f"{c['rss_idle'] / 2**20:.1f} MiB | "
             f"{c['rss_per_conn'] / 1024:.1f} KiB | {', '.join(notes)} |")
     if results["slow"]:
         out += ["", "Slow clients (every 10th connection stops reading after subscribing):", "",

@@ -45,7 +45,7 @@ def modules() -> dict[str, str]:
 
 def imported(path: str, module: str) -> set[str]:
     """The project modules C{path} imports, anywhere in it."""
-    names = set()
+    names: set[str] = set()
     package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(open(path).read(), path)):
         if isinstance(node, ast.Import):

@@ -16,31 +16,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
 from odin_ws.common.channels import WILDCARD, InvalidChannel, parse_pattern
 from odin_ws.common.config import Config, ConfigError
 from odin_ws.common.settings import AuthSettings, Settings
+from odin_ws.shard.jwks import PUBLIC_ALGORITHMS, JwksKey, check_url, load_jwks, trust_root
 
 SUBPROTOCOL = "odinws"
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
 
 _HMAC = ("HS256", "HS384", "HS512")
-_PUBLIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256")
-
-#: The token algorithms a JWKS key without C{alg} verifies, by its C{kty}
-#: (and C{crv}): those of L{_PUBLIC} its key type can check, as
-#: docs/security.md lists them. (PyJWT alone binds such a key to RS256 or
-#: ES256 and refuses RS384, RS512 and PS256 tokens.) A key with C{alg}
-#: verifies that algorithm only.
-_JWK_ALGORITHMS = {
-    ("RSA", None): ("RS256", "RS384", "RS512", "PS256"),
-    ("EC", "P-256"): ("ES256",),
-    ("EC", "P-384"): ("ES384",),
-    ("EC", "P-521"): ("ES512",),
-}
 
 
 class AuthError(Exception):
@@ -109,54 +97,28 @@ def auth_settings(settings: AuthSettings | Config) -> AuthSettings:
     return settings
 
 
-@dataclass(frozen=True)
-class JwksKey:
-    """One usable key of a JWKS: its C{kid} and a PyJWK per token algorithm it verifies."""
+class KeySource(Protocol):
+    """Keys that change under a verifier: a JWKS URL's (L{odin_ws.shard.jwks.RemoteJwks})."""
 
-    kid: str | None
-    by_alg: Mapping[str, jwt.PyJWK]
+    @property
+    def keys(self) -> tuple[JwksKey, ...]: ...
 
-
-def load_jwks(text: str) -> tuple[JwksKey, ...]:
-    """
-    The signing keys of a JWKS document, in its order; keys of other kinds
-    (HMAC, unknown curves, algorithms outside L{_PUBLIC}) are left out.
-
-    @raise ValueError: not a JWKS, or no usable key in it.
-    """
-    doc = json.loads(text)
-    entries = doc.get("keys") if isinstance(doc, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError('expected {"keys": [...]}')
-    keys = []
-    for data in entries:
-        if not isinstance(data, dict):
-            continue
-        kty = data.get("kty")
-        alg = data.get("alg")
-        if alg:
-            algorithms = (alg,) if alg in _PUBLIC else ()
-        else:
-            algorithms = _JWK_ALGORITHMS.get((kty, data.get("crv") if kty == "EC" else None), ())
-        by_alg = {}
-        for name in algorithms:
-            try:
-                by_alg[name] = jwt.PyJWK(data, algorithm=name)
-            except jwt.PyJWTError:
-                pass
-        if by_alg:
-            kid = data.get("kid")
-            keys.append(JwksKey(kid if isinstance(kid, str) else None, by_alg))
-    if not keys:
-        raise ValueError("no usable RSA or EC signing key")
-    return tuple(keys)
+    def unknown_kid(self) -> None:
+        """A token named a key not among L{keys} (a reason to fetch them again)."""
 
 
 class Verifier:
-    """Checks tokens against the configured keys and claims; rebuilt on reload."""
+    """
+    Checks tokens against the configured keys and claims; rebuilt on reload.
 
-    def __init__(self, settings: AuthSettings | Config):
+    @param remote: the keys of C{auth.jwks_url} (kept by the shard across
+        reloads); None where tokens are not verified (the parent checks the
+        configuration only).
+    """
+
+    def __init__(self, settings: AuthSettings | Config, remote: KeySource | None = None):
         self.settings = settings = auth_settings(settings)
+        self._remote = remote
         self.enabled = settings.mode == "jwt"
         self.claim = settings.channels_claim
         self.max_bytes = settings.max_token_bytes
@@ -191,23 +153,35 @@ class Verifier:
                 self._jwks = load_jwks(self._read("jwks_file").decode())
             except (ValueError, UnicodeDecodeError, RecursionError) as e:
                 raise ConfigError(f"auth.jwks_file: not a usable JWKS: {e}") from None
-        if not (self._secret or self._pem or self._jwks):
+        if c.jwks_url:
+            if c.jwks_file:
+                raise ConfigError("auth.jwks_url: set auth.jwks_url or auth.jwks_file, "
+                                  "not both")
+            check_url(c.jwks_url)
+            trust_root(c.jwks_ca_file)
+        if not (self._secret or self._pem or self._jwks or c.jwks_url):
             raise ConfigError("auth.mode: jwt needs auth.secret, auth.secret_file, "
-                              "auth.public_key_file or auth.jwks_file")
+                              "auth.public_key_file, auth.jwks_file or auth.jwks_url")
 
     def _key_for(self, header: dict) -> tuple[Any, list[str]]:
         alg = header.get("alg")
         if alg in _HMAC and self._secret:
             return self._secret, [alg]
-        if alg in _PUBLIC:
-            if self._jwks is not None:
+        if alg in PUBLIC_ALGORITHMS:
+            remote = self._remote if self.settings.jwks_url else None
+            jwks = remote.keys if remote is not None else self._jwks
+            if jwks is not None:
                 kid = header.get("kid")
-                for k in self._jwks:
+                for k in jwks:
                     if kid is None or k.kid == kid:
                         if alg not in k.by_alg:
                             raise AuthError("bad_algorithm", "token algorithm does not fit "
                                             "the key")
                         return k.by_alg[alg], [alg]
+                if remote is not None:
+                    # A key the provider published since the last fetch: the
+                    # next attempt may find it (jwks.py: bounded, never waited for).
+                    remote.unknown_kid()
                 raise AuthError("unknown_key", "no key with this kid")
             if self._pem:
                 return self._pem, [alg]
@@ -267,7 +241,7 @@ def describe(settings: AuthSettings) -> str:
     """A log-safe summary of the auth setup (never secrets)."""
     if settings.mode != "jwt":
         return "auth: none"
-    keys = [f"auth.{k}" for k in ("secret_file", "public_key_file", "jwks_file")
+    keys = [f"auth.{k}" for k in ("secret_file", "public_key_file", "jwks_file", "jwks_url")
             if getattr(settings, k)] or (["auth.secret"] if settings.secret else [])
     return "auth: jwt, keys from " + ", ".join(keys) + ", sources " + json.dumps(
         list(settings.token_sources))

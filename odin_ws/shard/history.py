@@ -83,6 +83,7 @@ class PartitionLog:
 
     def pop_oldest(self) -> Event:
         event = self.events[self.start]
+        # The slot is below start, dead: None lets the event go (the list holds Events).
         self.events[self.start] = None  # type: ignore[call-overload]
         self.start += 1
         self.floor = event.offset

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -306,7 +307,7 @@ def parse_since_text(text: str, max_positions: int) -> Since:
         raise ClientError(INVALID_POSITION, str(e)) from None
 
 
-def parse_url_subscribe(query: dict[str, str], max_channels: int, max_channel_length: int,
+def parse_url_subscribe(query: Mapping[str, str], max_channels: int, max_channel_length: int,
                         max_positions: int, last_event_id: str | None = None
                         ) -> Subscribe | None:
     """

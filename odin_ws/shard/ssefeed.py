@@ -27,19 +27,28 @@ same at 2000 and 4000 WebSocket connections: nothing per connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import task
 from twisted.logger import Logger
 
 from odin_ws.common.events import Event
+from odin_ws.common.settings import Settings
 from odin_ws.shard import positions
+from odin_ws.shard.fanout import Fanout
+from odin_ws.shard.outbox import Outbox
 from odin_ws.shard.subscriptions import PATTERN_BYTES, BudgetExceeded, SubscriptionIndex
 
 if TYPE_CHECKING:
     from odin_ws.shard.history import History
-    from odin_ws.shard.service import Shard
-    from odin_ws.shard.sse import SseStream
+
+
+class Stream(Protocol):
+    """What the feed needs of one open stream (L{odin_ws.shard.sse.SseStream})."""
+
+    outbox: Outbox | None
+
+    def ping(self) -> None: ...
 
 #: The keepalive comment (C{keepalive.ping_interval}).
 PING = b": ping\n\n"
@@ -132,16 +141,26 @@ class Streams:
 
     log = Logger()
 
-    def __init__(self, shard: Shard):
-        self.shard = shard
+    def __init__(self, reactor: Any, settings: Settings, fanout: Fanout, history: History,
+                 websocket: SubscriptionIndex):
+        self._reactor = reactor
+        self._fanout = fanout
+        self._history = history
+        #: The WebSocket subscriptions, counted in the same budget.
+        self._websocket = websocket
         #: Subscriptions of streams only (see the module: no per-connection
         #: transport test in the WebSocket loop).
         self.index = SubscriptionIndex()
-        self.open: set[SseStream] = set()
+        self.open: set[Stream] = set()
         self.tops: Tops | None = None
         self._run: list = []
         self._run_to: Any = None
         self._pinger: task.LoopingCall | None = None
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """The live C{keepalive.ping_interval}, for the next keepalive loop."""
+        self._ping_interval = settings.keepalive.ping_interval
 
     # -- the delivery hook (once per event while streams are open)
 
@@ -161,7 +180,7 @@ class Streams:
         if not subscribers:
             return False
         if subscribers is not self._run_to and self._run:
-            self.shard.fanout.publish_run(self._run, self._run_to)
+            self._fanout.publish_run(self._run, self._run_to)
             self._run = []
         self._run_to = subscribers
         self._run.append((message(event.envelope, tops.text()), event.channel,
@@ -173,21 +192,21 @@ class Streams:
         run, self._run = self._run, []
         to, self._run_to = self._run_to, None
         if run:
-            self.shard.fanout.publish_run(run, to)
+            self._fanout.publish_run(run, to)
 
     # -- streams
 
-    def opened(self, stream: SseStream) -> None:
+    def opened(self, stream: Stream) -> None:
         if self.tops is None:
-            self.tops = Tops(self.shard.history)
+            self.tops = Tops(self._history)
         self.open.add(stream)
-        interval = self.shard.settings.keepalive.ping_interval
+        interval = self._ping_interval
         if self._pinger is None and interval > 0:
             self._pinger = task.LoopingCall(self._ping)
-            self._pinger.clock = self.shard.reactor
+            self._pinger.clock = self._reactor
             self._pinger.start(interval, now=False)
 
-    def closed(self, stream: SseStream) -> None:
+    def closed(self, stream: Stream) -> None:
         self.open.discard(stream)
         if stream.outbox is not None:
             self.index.remove_all(stream.outbox)
@@ -211,7 +230,7 @@ class Streams:
 
         @raise BudgetExceeded: no room for C{patterns}.
         """
-        ws = self.shard.subscriptions
+        ws = self._websocket
         if ws.max_total is not None and \
                 ws.total + self.index.total + len(patterns) > ws.max_total:
             raise BudgetExceeded(f"this server holds as many subscriptions as it may "

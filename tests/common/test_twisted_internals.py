@@ -62,7 +62,8 @@ class PinnedVersionTests(SynchronousTestCase):
         The Twisted installed is the one requirements.lock pins and
         twisted_internals was written for.
         """
-        assert_written_for(self, twisted_internals.WRITTEN_FOR, "Twisted", "odin_ws/common/twisted_internals.py")
+        assert_written_for(self, twisted_internals.WRITTEN_FOR, "Twisted",
+                           "odin_ws/common/twisted_internals.py")
 
 
 class AdoptedConnectionCase(TestCase):

@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import yaml
 from websockets.sync.client import connect
@@ -71,7 +72,7 @@ class Node:
                  extra_args: list[str] | None = None, env: dict | None = None):
         self.port = free_port()
         self.workdir = workdir
-        config = {
+        config: dict[str, Any] = {
             "node_id": f"test{self.port}",
             "shards": shards,
             # The tests read /metrics on the public port (off by default).

@@ -1,4 +1,7 @@
-"""The operations files (dashboard, alert rules, unit, operations page) as tests and the package test read them."""
+"""
+The operations files (dashboard, alert rules, unit, operations page) as tests
+and the package test read them.
+"""
 
 from __future__ import annotations
 

@@ -67,7 +67,8 @@ class PinnedVersionTests(SynchronousTestCase):
         The Autobahn installed is the one requirements.lock pins and
         autobahn_internals was written for.
         """
-        assert_written_for(self, autobahn_internals.WRITTEN_FOR, "autobahn", "odin_ws/shard/autobahn_internals.py")
+        assert_written_for(self, autobahn_internals.WRITTEN_FOR, "autobahn",
+                           "odin_ws/shard/autobahn_internals.py")
 
 
 class Recording(ProtocolHooks):
@@ -165,7 +166,7 @@ class AttributeTests(SynchronousTestCase):
         refuses that code).
         """
         proto, transport = handshaken_protocol()
-        e = self.assertRaises(Exception, proto.sendClose, 1008, "policy")  # noqa: B017
+        e = self.assertRaises(Exception, proto.sendClose, 1008, "policy")  # noqa: B017 - Autobahn raises a bare Exception
         self.assertIn("1008", str(e))
         proto.sendCloseFrame(code=1008, reasonUtf8=b"rate limit exceeded", isReply=False)
         self.assertEqual((proto.closedByMe, proto.localCloseCode), (True, 1008))
@@ -179,7 +180,8 @@ class HolderTests(SynchronousTestCase):
     def test_closeFrameClosesTheOutbox(self):
         from autobahn.twisted.websocket import WebSocketServerProtocol
 
-        class Held(OutboxHolder, WebSocketServerProtocol):
+        # Autobahn's own two bases disagree on the types of peer and _transport_details.
+        class Held(OutboxHolder, WebSocketServerProtocol):  # type: ignore[misc]
             pass
         proto, transport = handshaken_protocol(Held)
         self.assertEqual(proto.state, WebSocketProtocol.STATE_OPEN)

@@ -28,16 +28,16 @@ class ShardDedupTests(ShardTestCase):
         client = self.connect()
         self.subscribe(client, "odin.token.ABC.trade")
         resets = sample("odinws_offset_resets_total", reason="topic_changed")
-        self.shard.deliver([self.event(o, "old", o) for o in range(100, 103)])
-        self.shard.on_kafka_batch([self.event(o, "new", 1000 + o) for o in range(2)])
-        self.shard.deliver([self.event(1, "new", 1001), self.event(2, "new", 1002),
+        self.shard.delivery.deliver([self.event(o, "old", o) for o in range(100, 103)])
+        self.shard.delivery.on_kafka_batch([self.event(o, "new", 1000 + o) for o in range(2)])
+        self.shard.delivery.deliver([self.event(1, "new", 1001), self.event(2, "new", 1002),
                             self.event(103, "old", 103)])
         self.advance(0)
         seqs = [m["data"]["seq"] for m in client.messages() if m["type"] == "event"]
         self.assertEqual(seqs, [100, 101, 102, 1000, 1001, 1002])
         self.assertEqual(sample("odinws_offset_resets_total", reason="topic_changed") - resets, 1)
         self.assertTrue(self.audited("de-duplication marks reset"))
-        self.assertEqual(self.shard.seen.marks[("odin.trades", 0)], ("new", 2))
+        self.assertEqual(self.shard.delivery.seen.marks[("odin.trades", 0)], ("new", 2))
 
 
 class ShardLatencyTests(ShardTestCase):
@@ -63,7 +63,7 @@ class ShardLatencyTests(ShardTestCase):
         def ev(offset, token="ABC", consumed=now):
             return Event.build(token, "trade", b"1", int(now * 1000) - 5, "odin.trades", 0,
                                offset, epoch="e", consumed=consumed)
-        self.shard.on_kafka_batch([ev(0), ev(1), ev(2, token="NOBODY")])
-        self.shard.deliver([ev(3), ev(4, consumed=0.0)])
+        self.shard.delivery.on_kafka_batch([ev(0), ev(1), ev(2, token="NOBODY")])
+        self.shard.delivery.deliver([ev(3), ev(4, consumed=0.0)])
         after = counts()
         self.assertEqual([a - b for a, b in zip(after, before)], [4, 2, 1])

@@ -23,9 +23,9 @@ from odin_ws.shard.frames import Chunk
 from odin_ws.shard.outbox import Outbox
 from tests.helpers import (
     PLAIN_UPGRADE,
-    Client,
     CountingTransport,
     FakeProtocol,
+    LoopbackClient,
     Sink,
     event,
     events_in,
@@ -240,7 +240,7 @@ class RealSocketTests(TestCase):
         self.stats = WriteStats()
         self.fanout = Fanout(reactor, self.stats)
 
-    def pair(self, **bufs) -> tuple[Sink, Client]:
+    def pair(self, **bufs) -> tuple[Sink, LoopbackClient]:
         sink, client = tcp_pair(self.reactor, **bufs)
         self.assertIsInstance(sink.transport, tcp.Server)
 

@@ -209,13 +209,13 @@ class TLSHeadTests(ShardTestCase):
         is closed; the shard buffers at most the limit (Autobahn nothing).
         """
         recorder, pump = self.tls_client()
-        [proto] = self.shard.clients
+        [proto] = self.shard.connections
         recorder.transport.write(b"GET /ws HTTP/1.1\r\nHost: node\r\nX-Pad: " + b"a" * 70000)
         pump.flush()
         self.assertEqual(status_of(recorder.data), 431)
         self.assertTrue(recorder.lost)
         self.assertEqual(proto.data, b"")
-        self.assertEqual(self.shard.clients, set())
+        self.assertEqual(set(self.shard.connections), set())
 
     def test_upgrade_served(self):
         """A well-formed upgrade through TLS still passes the gate and opens."""

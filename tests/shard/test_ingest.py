@@ -535,7 +535,8 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
         a quiet stream's event is not held for poll_timeout, a burst is
         still one batch.
         """
-        first, rest = [FakeKafkaMessage("t", 0, 0)], [FakeKafkaMessage("t", 0, 1), FakeKafkaMessage("t", 0, 2)]
+        first = [FakeKafkaMessage("t", 0, 0)]
+        rest = [FakeKafkaMessage("t", 0, 1), FakeKafkaMessage("t", 0, 2)]
         consumer = FakeConsumer([first, rest])
         self.assertEqual(self.loop(consumer).take(), first + rest)
         self.assertEqual(consumer.calls, [(1, 0.25), (499, 0)])

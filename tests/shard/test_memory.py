@@ -78,7 +78,7 @@ class SlotDefaultTests(ShardTestCase):
         proto = ClientProtocol()
         self.assertEqual((proto.connected, proto.factory, proto.transport, proto.outbox,
                           proto.peer), (0, None, None, None, WebSocketServerProtocol.peer))
-        self.assertEqual((proto.bucket, proto.ever_subscribed, proto.client_ip), (None, False, ""))
+        self.assertEqual((proto.session, proto.head_gate, proto.deny_body), (None, None, None))
 
     def test_slot_over_a_method_refused(self):
         """A slot named like a method or property of a base is refused when the class is made."""
@@ -138,7 +138,8 @@ class DroppedStateTests(ShardTestCase):
         client.send(client_frame(1, b'{"type":"pi', fin=False))
         self.assertIsNotNone(proto.utf8validateLast)
         client.send(client_frame(9, b"hi") + client_frame(0, b'ng","id":2}'))
-        self.assertEqual(client.frames(), [(1, b'{"type":"pong","id":1}'), (10, b"hi"), (1, b'{"type":"pong","id":2}')])
+        self.assertEqual(client.frames(), [(1, b'{"type":"pong","id":1}'), (10, b"hi"),
+                                           (1, b'{"type":"pong","id":2}')])
         self.assertEqual((proto.current_frame_masker, proto.utf8validateLast), (None, None))
 
 
@@ -192,10 +193,10 @@ class IdleTimerTests(ShardTestCase):
         one that has not subscribed keeps it.
         """
         idle, busy = self.connect(), self.connect("10.0.0.2")
-        timer = busy.proto._idle_call
+        timer = busy.proto.session._idle_call
         self.assertTrue(timer.active())
         self.subscribe(busy, "odin.token.T1.trade")
         self.assertFalse(timer.active())
         self.assertNotIn(timer, self.clock.getDelayedCalls())
-        self.assertIsNone(busy.proto._idle_call)
-        self.assertIn(idle.proto._idle_call, self.clock.getDelayedCalls())
+        self.assertIsNone(busy.proto.session._idle_call)
+        self.assertIn(idle.proto.session._idle_call, self.clock.getDelayedCalls())

@@ -5,6 +5,7 @@ Tests for L{odin_ws.shard.messages}.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.shard import messages
 from odin_ws.shard.messages import (
+    ChannelSpec,
     ClientError,
     Ping,
     Refresh,
@@ -40,13 +42,13 @@ class ParseTests(SynchronousTestCase):
         """A subscribe message yields (name, token, type) triples and its id."""
         got = parse({"type": "subscribe", "id": "s1",
                      "channels": ["odin.token.ABC.trade", "odin.token.*.price"]})
-        self.assertEqual(got, Subscribe([("odin.token.ABC.trade", "ABC", "trade"),
-                                         ("odin.token.*.price", "*", "price")], "s1"))
+        self.assertEqual(got, Subscribe([ChannelSpec("odin.token.ABC.trade", "ABC", "trade"),
+                                         ChannelSpec("odin.token.*.price", "*", "price")], "s1"))
 
     def test_unsubscribe(self) -> None:
         """An unsubscribe message parses like a subscribe, into Unsubscribe."""
         got = parse({"type": "unsubscribe", "channels": ["odin.token.ABC.*"]})
-        self.assertEqual(got, Unsubscribe([("odin.token.ABC.*", "ABC", "*")], None))
+        self.assertEqual(got, Unsubscribe([ChannelSpec("odin.token.ABC.*", "ABC", "*")], None))
 
     def test_duplicatesCollapsed(self) -> None:
         """Repeated channels in one message count once, first occurrence first."""
@@ -140,7 +142,7 @@ class ParseErrorTests(SynchronousTestCase):
     def test_channelsNotAList(self) -> None:
         """channels missing, not a list, or holding non-strings is invalid_message."""
         for channels in [None, "odin.token.A.trade", {"a": 1}, ["odin.token.A.trade", 1]]:
-            body = {"type": "subscribe", "id": "c"}
+            body: dict[str, Any] = {"type": "subscribe", "id": "c"}
             if channels is not None:
                 body["channels"] = channels
             self.assertError(body, messages.INVALID_MESSAGE, "c")
@@ -181,8 +183,9 @@ class ParseErrorTests(SynchronousTestCase):
 
     def test_refreshWithoutToken(self) -> None:
         """A refresh without a non-empty string token is invalid_message."""
-        for body in [{"type": "refresh"}, {"type": "refresh", "token": ""},
-                     {"type": "refresh", "token": 5}]:
+        bodies: list[dict[str, Any]] = [{"type": "refresh"}, {"type": "refresh", "token": ""},
+                                        {"type": "refresh", "token": 5}]
+        for body in bodies:
             self.assertError({**body, "id": 4}, messages.INVALID_MESSAGE, 4)
 
 

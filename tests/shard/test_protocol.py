@@ -56,8 +56,8 @@ class FrameLimitTests(ShardTestCase):
         self.assertTrue(client.lost)
         self.assertEqual(sample("odinws_connections_closed_total", reason="dropped",
                                 code="1009"), before + 1)
-        self.assertEqual((self.shard.clients, self.shard.subscriptions.total, self.shard.per_ip),
-                         (set(), 0, {}))
+        self.assertEqual((set(self.shard.connections), self.shard.subscriptions.total,
+                          self.shard.connections.per_ip), (set(), 0, {}))
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_frame_at_limit_is_served(self):
@@ -204,7 +204,7 @@ class KeepaliveTests(ShardTestCase):
         self.assertTrue(silent.lost)
         self.assertTrue(silent.transport.disconnecting)
         self.assertTrue(answering.open)
-        self.assertEqual(self.shard.clients, {answering.proto})
+        self.assertEqual(set(self.shard.connections), {answering.proto})
 
     def test_no_pings_when_interval_zero(self):
         """keepalive.ping_interval 0 means no pings and no ping timeout."""
@@ -255,7 +255,7 @@ class HandshakeTimeoutTests(ShardTestCase):
         self.assertTrue(stuck.lost)
         self.assertEqual(stuck.transport.value(), b"")
         self.assertTrue(done.open)
-        self.assertEqual(self.shard.clients, {done.proto})
+        self.assertEqual(set(self.shard.connections), {done.proto})
 
 
 class AdmissionTests(ShardTestCase):
@@ -272,7 +272,7 @@ class AdmissionTests(ShardTestCase):
         self.assertEqual(sample("odinws_rejected_connections_total", status="403",
                                 reason="origin"), before + 2)
         self.assertTrue(self.audited("origin"))
-        self.assertEqual(len(self.shard.clients), 1)
+        self.assertEqual(len(self.shard.connections), 1)
 
     def test_per_ip_connections(self):
         """
@@ -287,11 +287,11 @@ class AdmissionTests(ShardTestCase):
         self.connect("10.0.0.2", headers=origin)
         self.assertEqual(sample("odinws_rejected_connections_total", status="429",
                                 reason="per_ip"), before + 1)
-        self.assertEqual(self.shard.per_ip, {"10.0.0.1": 2, "10.0.0.2": 1})
+        self.assertEqual(self.shard.connections.per_ip, {"10.0.0.1": 2, "10.0.0.2": 1})
         first.transport.loseConnection()
         first.settle()
         self.connect(headers=origin)
-        self.assertEqual(self.shard.per_ip, {"10.0.0.1": 2, "10.0.0.2": 1})
+        self.assertEqual(self.shard.connections.per_ip, {"10.0.0.1": 2, "10.0.0.2": 1})
 
     def test_forwarded_for_only_from_trusted_proxies(self):
         """
@@ -303,13 +303,13 @@ class AdmissionTests(ShardTestCase):
                                        f"X-Forwarded-For: {forwarded}"), expect=expect)
 
         for i in range(3):
-            self.assertEqual(via("10.9.9.9", f"1.1.1.{i}").proto.client_ip, f"1.1.1.{i}")
-        self.assertEqual(via("10.9.9.9", "6.6.6.6, 1.1.1.0").proto.client_ip, "1.1.1.0")
+            self.assertEqual(via("10.9.9.9", f"1.1.1.{i}").proto.session.client_ip, f"1.1.1.{i}")
+        self.assertEqual(via("10.9.9.9", "6.6.6.6, 1.1.1.0").proto.session.client_ip, "1.1.1.0")
         via("10.9.9.9", "1.1.1.0", expect=429)
-        self.assertEqual(via("10.0.0.7", "2.2.2.1").proto.client_ip, "10.0.0.7")
+        self.assertEqual(via("10.0.0.7", "2.2.2.1").proto.session.client_ip, "10.0.0.7")
         via("10.0.0.7", "2.2.2.2")
         via("10.0.0.7", "2.2.2.3", expect=429)
-        self.assertNotIn("2.2.2.1", self.shard.per_ip)
+        self.assertNotIn("2.2.2.1", self.shard.connections.per_ip)
 
 
 class LiveRateTests(ShardTestCase):

@@ -35,7 +35,7 @@ class RecoveryTestCase(ShardTestCase):
                            epoch)
 
     def deliver(self, *events: Event) -> list[Event]:
-        self.shard.deliver(list(events))
+        self.shard.delivery.deliver(list(events))
         return list(events)
 
     def request(self, client, **msg) -> list[dict]:
@@ -124,7 +124,7 @@ class ReplayTests(RecoveryTestCase):
         """A replay that the slow-client policy would drop answers recovered false (too_large)."""
         first = self.deliver(self.event("A"))
         self.deliver(*(self.event("A") for _ in range(50)))
-        for client in self.shard.clients:
+        for client in self.shard.connections:
             client.outbox.limit = 200
         c = self.connect()
         c.proto.outbox.limit = 200

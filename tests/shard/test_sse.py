@@ -40,7 +40,7 @@ class StreamTestCase(ShardTestCase):
                            int(time.time() * 1000), topic, partition, self.offset[key], epoch)
 
     def deliver(self, *events: Event) -> list[Event]:
-        self.shard.deliver(list(events))
+        self.shard.delivery.deliver(list(events))
         return list(events)
 
     def stream(self, query: dict | None = None, headers: tuple[str, ...] = (),
@@ -121,15 +121,15 @@ class StreamTests(StreamTestCase):
         c.drop()
         self.assertEqual(self.shard.streams.index.total, 0)
         self.assertIsNone(self.shard.streams.feed())
-        self.assertNotIn(c.proto, self.shard.clients)
-        self.assertEqual(self.shard.per_ip, {})
+        self.assertNotIn(c.proto, self.shard.connections)
+        self.assertEqual(self.shard.connections.per_ip, {})
 
     def test_counted_as_a_shard_client(self):
         """A stream is one of the shard's clients (capacity, drain, per-IP)."""
         c = self.stream({"channels": "odin.token.A.trade"})
-        self.assertIn(c.proto, self.shard.clients)
+        self.assertIn(c.proto, self.shard.connections)
         self.assertIsInstance(c.proto, sse.SseStream)
-        self.assertEqual(self.shard.per_ip, {"10.0.0.1": 1})
+        self.assertEqual(self.shard.connections.per_ip, {"10.0.0.1": 1})
 
 
 class FrameOnceTests(StreamTestCase):
@@ -137,8 +137,11 @@ class FrameOnceTests(StreamTestCase):
         """What the fan-out is asked to deliver each event to, as the shard passes it."""
         seen: list = []
         publish = self.shard.fanout.publish
-        self.patch(self.shard.fanout, "publish",
-                   lambda f, c, t, to: seen.append(to) or publish(f, c, t, to))
+
+        def recording(f, c, t, to):
+            seen.append(to)
+            return publish(f, c, t, to)
+        self.patch(self.shard.fanout, "publish", recording)
         return seen
 
     def test_one_encoding_per_event_for_every_stream(self):
@@ -303,7 +306,7 @@ class RefusalTests(StreamTestCase):
             self.assertEqual(sample("odinws_rejected_connections_total", status="400",
                                     reason=code), before + 1, code)
             self.assertEqual(sample("odinws_client_errors_total", code=code), errors + 1)
-        self.assertEqual(self.shard.per_ip, {})
+        self.assertEqual(self.shard.connections.per_ip, {})
 
     def test_snapshot_too_large(self):
         """A snapshot past limits.max_snapshot_events is refused before the stream."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 from collections.abc import Collection
+from typing import cast
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -168,11 +169,11 @@ class MatchTests(SynchronousTestCase):
         self.index.add(b, "ABC", "*")
         got = self.index.match("ABC", "trade")
         self.assertEqual(len(got), 2)
-        self.assertEqual(sorted(c.name for c in got), ["a", "b"])
+        self.assertEqual(sorted(cast(Conn, c).name for c in got), ["a", "b"])
         self.index.add(a, "*", "trade")
         self.index.add(a, "*", "*")
         got = self.index.match("ABC", "trade")
-        self.assertEqual(sorted(c.name for c in got), ["a", "b"])
+        self.assertEqual(sorted(cast(Conn, c).name for c in got), ["a", "b"])
 
     def test_singleBucketIsNotCopied(self) -> None:
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 from confluent_kafka import TopicPartition
 from twisted.internet.task import Clock
@@ -130,12 +131,12 @@ class WarmupTests(SynchronousTestCase):
         self.reactor = ImmediateReactor()
         self.handed: list[WarmedPartition] = []
         done = threading.Event()
-        self.reports = []
+        self.reports: list[Any] = []
 
         def ended(report):
             self.reports.append(report)
             done.set()
-        self.configs = []
+        self.configs: list[Any] = []
 
         def factory(conf):
             self.configs.append(conf)
@@ -255,12 +256,12 @@ class ShardBackfillTests(ShardTestCase):
 
     def warmed(self, offsets, start=None, through=None, epoch="ep1", token="A", since=None):
         """A warm-up's partition; events produced before the shard started, or from C{since}."""
-        events = [self.event(o, token, epoch, ts=self.shard.started_ms - 1000
-                             if since is None or o < since else self.shard.started_ms)
+        events = [self.event(o, token, epoch, ts=self.shard.backfill.started_ms - 1000
+                             if since is None or o < since else self.shard.backfill.started_ms)
                   for o in offsets]
         start = offsets[0] if start is None else start
         through = offsets[-1] if through is None else through
-        self.shard.backfill(WarmedPartition(TOPIC, 0, epoch, start, through, events))
+        self.shard.backfill.backfill(WarmedPartition(TOPIC, 0, epoch, start, through, events))
 
     def got(self, client) -> list[int]:
         self.advance(0)
@@ -293,9 +294,9 @@ class ShardBackfillTests(ShardTestCase):
                         "snapshot": True}))
         self.advance(0)
         self.assertEqual([m.get("data", {}).get("o") for m in snap.messages()][1:], [19])
-        self.shard.on_kafka_batch([self.event(o) for o in range(5, 23)])
+        self.shard.delivery.on_kafka_batch([self.event(o) for o in range(5, 23)])
         self.assertEqual(self.got(watcher), [22])
-        self.assertEqual(self.shard.seen.marks[(TOPIC, 0)], ("ep1", 22))
+        self.assertEqual(self.shard.delivery.seen.marks[(TOPIC, 0)], ("ep1", 22))
 
     def test_events_since_the_start_are_live(self):
         """
@@ -305,7 +306,7 @@ class ShardBackfillTests(ShardTestCase):
         client = self.connect()
         self.subscribe(client, "odin.token.*.trade")
         self.warmed(range(10, 20), since=16)
-        self.shard.deliver([self.event(o) for o in range(15, 22)])
+        self.shard.delivery.deliver([self.event(o) for o in range(15, 22)])
         self.assertEqual(self.got(client), [16, 17, 18, 19, 20, 21])
         ack, replayed = self.recover(self.connect(), 9)
         self.assertEqual((ack["recovered"], replayed), (True, list(range(10, 22))))
@@ -318,9 +319,9 @@ class ShardBackfillTests(ShardTestCase):
         """
         client = self.connect()
         self.subscribe(client, "odin.token.*.trade")
-        self.shard.deliver([self.event(o) for o in (15, 16)])
+        self.shard.delivery.deliver([self.event(o) for o in (15, 16)])
         self.warmed(range(10, 20))
-        self.shard.deliver([self.event(o) for o in range(17, 22)])
+        self.shard.delivery.deliver([self.event(o) for o in range(17, 22)])
         self.assertEqual(self.got(client), [15, 16, 17, 18, 19, 20, 21])
         other = self.connect()
         ack, replayed = self.recover(other, 9)
@@ -330,19 +331,19 @@ class ShardBackfillTests(ShardTestCase):
         """Live delivery behind the warm-up's start with a gap: no backfill, no raised marks."""
         client = self.connect()
         self.subscribe(client, "odin.token.*.trade")
-        self.shard.deliver([self.event(3)])
+        self.shard.delivery.deliver([self.event(3)])
         self.warmed(range(10, 20))
-        self.assertEqual(self.shard.seen.marks[(TOPIC, 0)], ("ep1", 3))
-        self.shard.deliver([self.event(o) for o in range(4, 7)])
+        self.assertEqual(self.shard.delivery.seen.marks[(TOPIC, 0)], ("ep1", 3))
+        self.shard.delivery.deliver([self.event(o) for o in range(4, 7)])
         self.assertEqual(self.got(client), [3, 4, 5, 6])
         ack, _ = self.recover(self.connect(), 12)
         self.assertEqual((ack["recovered"], ack["reason"]), (False, "ahead"))
 
     def test_other_epoch_is_ignored(self):
         """A warm-up of another incarnation of the topic than live delivery's changes nothing."""
-        self.shard.deliver([self.event(30, epoch="ep2")])
+        self.shard.delivery.deliver([self.event(30, epoch="ep2")])
         self.warmed(range(10, 20))
-        self.assertEqual(self.shard.seen.marks[(TOPIC, 0)], ("ep2", 30))
+        self.assertEqual(self.shard.delivery.seen.marks[(TOPIC, 0)], ("ep2", 30))
         self.assertEqual(self.shard.history.epoch(TOPIC, 0), "ep2")
 
     def test_rereads_are_relayed_whole(self):
@@ -359,9 +360,9 @@ class ShardBackfillTests(ShardTestCase):
         self.shard.link = Link()
         self.shard.kafka.publish_assignment(frozenset({Partition(TOPIC, 0)}))
         self.warmed(range(10, 20))
-        self.shard.on_kafka_batch([self.event(o) for o in (18, 19)])
-        self.shard.on_kafka_batch([self.event(o) for o in (19, 20, 21)])
-        self.shard.on_kafka_batch([self.event(o) for o in (21, 22)])
+        self.shard.delivery.on_kafka_batch([self.event(o) for o in (18, 19)])
+        self.shard.delivery.on_kafka_batch([self.event(o) for o in (19, 20, 21)])
+        self.shard.delivery.on_kafka_batch([self.event(o) for o in (21, 22)])
         self.assertEqual(published, [[18, 19], [19, 20, 21], [22]])
 
     def test_warmed_line_and_status(self):
@@ -369,7 +370,7 @@ class ShardBackfillTests(ShardTestCase):
         lines = []
         globalLogPublisher.addObserver(lines.append)
         self.addCleanup(globalLogPublisher.removeObserver, lines.append)
-        self.shard.warmed(WarmupReport(WarmupState.DONE, 120, 4, 0, 0.25))
+        self.shard.backfill.warmed(WarmupReport(WarmupState.DONE, 120, 4, 0, 0.25))
         self.assertIn("history warmed: 120 events of 4 partitions in 0.2 s",
                       [formatEvent(e) for e in lines])
         self.assertEqual(self.shard.warmup.status()["state"], "off")
