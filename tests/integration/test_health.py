@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import cast
 
 from twisted.trial import unittest
 
@@ -17,7 +18,7 @@ from tests.helpers.node import FAST_KAFKA, Node, http_get, wait_for
 
 #: The consumer sees a topic created after its start at its next metadata
 #: refresh (5 minutes by librdkafka's default).
-QUICK_METADATA = {**FAST_KAFKA["kafka.consumer_config"],
+QUICK_METADATA = {**cast(dict, FAST_KAFKA["kafka.consumer_config"]),
                   "topic.metadata.refresh.interval.ms": 500}
 
 
