@@ -111,6 +111,10 @@ class KafkaIngest(Service):
         self._assigned: frozenset[Partition] = frozenset()
         self._lag = 0
         self._last_error: str | None = None
+        #: Configured topics the brokers said do not exist (until seen again).
+        self._missing: frozenset[str] = frozenset()
+        #: Reactor time the consumer was last known connected (or started).
+        self._connected_at = reactor.seconds()
         # Error kinds logged in the current episode (see _set_state).
         self._logged: set[str] = set()
         self._connection_error: str | None = None
@@ -174,8 +178,9 @@ class KafkaIngest(Service):
     def status(self) -> dict[str, Any]:
         """Health of the consumer, for /health."""
         state, connected, error = self._state, self._connected, self._last_error
+        now = self._reactor.seconds()
         if connected and self._stats_interval:
-            silent = self._reactor.seconds() - self._stats_at
+            silent = now - self._stats_at
             if silent > self.unresponsive_after + 3 * self._stats_interval:
                 # The consumer thread has not been in consume() for that long.
                 state, connected = IngestState.UNRESPONSIVE, False
@@ -183,7 +188,10 @@ class KafkaIngest(Service):
                 metrics.KAFKA_CONNECTED.set(0)
         return {"state": state, "connected": connected,
                 "assigned": sorted(p.label() for p in self._assigned), "lag": self._lag,
-                "last_error": error}
+                "last_error": error, "missing_topics": sorted(self._missing),
+                # How long no broker has answered (the node's /health 503s
+                # past kafka.unreachable_grace on every shard).
+                "disconnected_for": 0.0 if connected else round(now - self._connected_at, 1)}
 
     @property
     def assigned(self) -> frozenset[Partition]:
@@ -196,6 +204,8 @@ class KafkaIngest(Service):
         self._done = queue.SimpleQueue()
         self._connected = False
         self._last_error = self._connection_error = None
+        self._missing = frozenset()
+        self._connected_at = self._reactor.seconds()
         self._logged = set()
         self._state = IngestState.STARTING
         conf = self.consumer_config()
@@ -268,8 +278,18 @@ class KafkaIngest(Service):
             self._set_state(IngestState.RUNNING, True)
 
     def publish_assignment(self, assigned: frozenset[Partition]) -> None:
-        """Consumer thread: the partitions now assigned."""
+        """
+        Consumer thread: the partitions now assigned. Partitions coming in
+        mean the brokers answer and the topics exist: an earlier error no
+        longer holds, and is cleared (it stayed in /health before).
+        """
+        if assigned - self._assigned:
+            self._last_error = None
         self._assigned = assigned
+
+    def publish_missing(self, topics: frozenset[str]) -> None:
+        """Consumer thread: the configured topics the brokers say do not exist."""
+        self._missing = topics
 
     def note_error(self, kind: str, text: str, level: str = "warn") -> None:
         """Consumer thread: count an error by kind; log its first occurrence per episode."""
@@ -313,14 +333,17 @@ class KafkaIngest(Service):
 
     def _set_state(self, state: IngestState, connected: bool) -> None:
         self._connected = connected
+        if connected:
+            self._connected_at = self._reactor.seconds()
         metrics.KAFKA_CONNECTED.set(1 if connected else 0)
         if state == self._state or self._state == IngestState.ERROR:
             return
         self._state = state
         if state == IngestState.RUNNING:
-            # A new episode: the next error of each kind is worth a line again.
+            # A new episode: the next error of each kind is worth a line
+            # again, and the error that kept it from running no longer holds.
             self._logged = set()
-            self._connection_error = None
+            self._last_error = self._connection_error = None
             self._log("info", "Kafka consumer running (group {group})",
                       group=self._settings.group_id)
         elif state == IngestState.RETRYING:

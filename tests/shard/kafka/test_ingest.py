@@ -14,7 +14,7 @@ import queue
 import threading
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from odin_ws.common import metrics
 from odin_ws.common.config import Config, validate
+from odin_ws.common.events import Partition
 from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop
 from odin_ws.shard.kafka.incarnations import TopicIncarnations
@@ -735,3 +736,112 @@ class BoundedStopTests(SynchronousTestCase):
         reactor_.advance(0.2)
         self.successResultOf(done)
         self.assertTrue(any("not closed within" in formatEvent(e) for e in logged))
+
+
+class TopicErrorMessage(FakeKafkaMessage):
+    """librdkafka's "Subscribed topic not available" as consume() returns it."""
+
+    def __init__(self, topic: str):
+        super().__init__(topic, -1, -1001)
+
+    def error(self):
+        return KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART,
+                          f"Subscribed topic not available: {self.topic()}: Broker: Unknown "
+                          "topic or partition")
+
+
+class MissingTopicIngest(FakeIngest):
+    """The owner's API, with the errors and missing topics recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors: list[str] = []
+        self.missing: frozenset[str] = frozenset()
+
+    def note_error(self, kind, text, level="warn"):
+        self.errors.append(text)
+
+    def publish_missing(self, topics):
+        self.missing = topics
+
+
+class MissingTopicTests(SynchronousTestCase):
+    """
+    A configured topic the brokers say does not exist is reported as missing
+    (for /health) until partitions of it are assigned to this consumer.
+    """
+
+    def setUp(self):
+        settings = make_settings("127.0.0.1:1", "t", "g")
+        self.ingest = MissingTopicIngest()
+        self.consumer = RebalanceConsumer()
+        self.loop = ConsumerLoop(self.ingest, self.consumer,
+                                 RecordMapper.from_settings(settings.kafka), settings.kafka,
+                                 threading.Event(), queue.SimpleQueue(), 4, Deferred(),
+                                 FakeIncarnations({"t": "e1"}))
+
+    def test_reportedUntilAssigned(self):
+        """
+        The error names the topic: it is missing (and the error noted) until
+        partitions of it are assigned; others' assignments do not clear it.
+        """
+        self.loop.handle([TopicErrorMessage("t")])
+        self.assertEqual(self.ingest.missing, {"t"})
+        self.assertIn("Subscribed topic not available: t", self.ingest.errors[0])
+        self.loop.on_assign(self.consumer, [TopicPartition("u", 0)])
+        self.assertEqual(self.ingest.missing, {"t"})
+
+    def test_assignmentClears(self):
+        """Partitions of the topic assigned: it exists, whatever the metadata said."""
+        self.loop.handle([TopicErrorMessage("t")])
+        self.loop.on_assign(self.consumer, [TopicPartition("t", 0)])
+        self.assertEqual(self.ingest.missing, frozenset())
+
+    def test_otherTopicsIgnored(self):
+        """A topic that is not configured (e.g. from a regex) is not reported missing."""
+        self.loop.handle([TopicErrorMessage("other")])
+        self.assertEqual(self.ingest.missing, frozenset())
+
+
+class StatusTruthTests(SynchronousTestCase):
+    """The consumer's status says what holds now, and for how long it has not connected."""
+
+    def setUp(self):
+        self.reactor = ThreadlessReactor()
+        self.ingest = KafkaIngest(self.reactor, make_settings("b:1", "t", "g"), 0, None, None)
+
+    def test_disconnectedFor(self):
+        """
+        Never connected: counted from the start; connected: 0; after losing
+        the broker: counted from when it was last seen.
+        """
+        self.reactor.advance(7)
+        self.assertEqual(self.ingest.status()["disconnected_for"], 7.0)
+        self.ingest._on_stats(stats(broker()))
+        self.assertEqual(self.ingest.status()["disconnected_for"], 0.0)
+        self.reactor.advance(1)
+        self.ingest._on_stats(stats(broker(state="DOWN")))
+        self.reactor.advance(4)
+        self.assertEqual(self.ingest.status()["disconnected_for"], 5.0)
+
+    def test_errorClearedWhenItNoLongerHolds(self):
+        """
+        A connection error stays while retrying and is cleared when the
+        consumer runs again; an error while running (a topic not there yet)
+        is cleared when partitions are assigned, not before.
+        """
+        self.ingest._on_stats(stats(broker()))
+        self.ingest._on_stats(stats(broker(state="DOWN")))
+        self.ingest._on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+        self.assertEqual(self.ingest.status()["last_error"], "1/1 brokers are down")
+        self.ingest._on_stats(stats(broker()))
+        self.assertIsNone(self.ingest.status()["last_error"])
+        self.ingest.note_error("unknown_topic_or_part", "Subscribed topic not available: t")
+        self.ingest.publish_missing(frozenset({"t"}))
+        self.ingest.publish_assignment(frozenset())
+        self.assertEqual(self.ingest.status()["last_error"], "Subscribed topic not available: t")
+        self.assertEqual(self.ingest.status()["missing_topics"], ["t"])
+        self.ingest.publish_missing(frozenset())
+        self.ingest.publish_assignment(frozenset({Partition("t", 0)}))
+        status = self.ingest.status()
+        self.assertEqual((status["last_error"], status["missing_topics"]), (None, []))
