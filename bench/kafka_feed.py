@@ -1,16 +1,29 @@
 """
-The event source of odinws in the benchmark: a confluent-kafka producer that
+The event source of odinws and Centrifugo in the benchmark: a confluent-kafka producer that
 writes the benchmark's ~200-byte trade events to Kafka at a rate set on stdin.
 
+    python bench/kafka_feed.py BOOTSTRAP [--centrifugo all|token]
+
 stdin: "rate R B [N]" = R events/s produced in bursts of B back-to-back
-records on tokens 1000 + seq % N (16 by default; R=0 stops); "q" quits. Prints "ready" and, after "stats", one JSON line with
-what it produced. The record value is the event's "data" object (odinws wraps
-it into the same envelope the peers send); "t_us" is taken at produce time,
+records on tokens 1000 + seq % N (16 by default; R=0 stops); "q" quits.
+Prints "ready" and, after "stats", one JSON line with what it produced. The
+record value is the event's "data" object (odinws wraps it into the same
+envelope the peers send); "t_us" is taken at produce time,
 so measured latency includes the whole Kafka path.
+
+--centrifugo: the same records, plus the header Centrifugo's Kafka consumer
+needs in its publication data mode (the value is published as is): the
+channel to publish into, "centrifugo-channels". "all": every event to one
+channel, odin.all (everyone subscribes to it: Centrifugo has no wildcards);
+"token": each event to its token's channel, odin.token.<token>.trade (the
+random-tokens cells). The cell's channel only: publishing to a channel that
+no connection of the cell subscribes to would cost Centrifugo one more
+publish per event that no other server does.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import select
@@ -20,10 +33,21 @@ import time
 from confluent_kafka import Producer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
-import events  # noqa: E402  (the peers' pacing, tokens and stdin commands)
-from events import Ticks, commands, rate_command  # noqa: E402
+import events  # (the peers' pacing, tokens and stdin commands)
+from events import Ticks, commands, rate_command
 
 TOPIC = "odin.trades"
+#: Centrifugo's publication data mode: the header naming the channels.
+CHANNELS_HEADER = "centrifugo-channels"
+ALL_CHANNEL = "odin.all"
+
+
+def headers(mode: str | None, tok: int) -> list[tuple[str, bytes]] | None:
+    """The record's headers for Centrifugo's consumer (see --centrifugo), None for odinws."""
+    if mode is None:
+        return None
+    channel = ALL_CHANNEL if mode == "all" else f"odin.token.{tok}.trade"
+    return [(CHANNELS_HEADER, channel.encode())]
 
 
 def value(seq: int, tok: int) -> bytes:
@@ -34,7 +58,12 @@ def value(seq: int, tok: int) -> bytes:
 
 
 def main() -> None:
-    producer = Producer({"bootstrap.servers": sys.argv[1], "linger.ms": 0, "acks": 1,
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bootstrap")
+    ap.add_argument("--centrifugo", choices=("all", "token"), default=None,
+                    help="add Centrifugo's channels header (see above)")
+    args = ap.parse_args()
+    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 0, "acks": 1,
                          "queue.buffering.max.messages": 1_000_000})
     ticks: Ticks | None = None
     seq = produced = skipped = 0   # skipped: of earlier rates' Ticks
@@ -46,7 +75,8 @@ def main() -> None:
             if ticks.take(time.monotonic()):
                 for _ in range(ticks.batch):
                     tok = 1000 + seq % events.TOKENS
-                    producer.produce(TOPIC, key=str(tok).encode(), value=value(seq, tok))
+                    producer.produce(TOPIC, key=str(tok).encode(), value=value(seq, tok),
+                                     headers=headers(args.centrifugo, tok))
                     seq += 1
                 produced += ticks.batch
             producer.poll(0)

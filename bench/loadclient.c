@@ -19,6 +19,16 @@
  * with -X puts them in the path instead (PATH/<t1>/<t2>/..., nchan's
  * multiplexed channels) and publishes each event to PUBPATH/<token>.
  *
+ * Centrifugo (-C CHANNEL): Centrifugo's JSON client protocol. After the
+ * upgrade the connection sends one frame of newline-separated commands,
+ * {"id":1,"connect":{}} and {"id":2,"subscribe":{"channel":"CHANNEL"}} (with
+ * -r: one subscribe per token, channel odin.token.<t>.trade); the server may
+ * put several replies and pushes in one frame, newline-separated, so each
+ * line counts as one message (with the latency of its "t_us", the
+ * publication's data); a "{}" line is the server's ping and is answered
+ * with "{}"; a line with "error" (a refused connect or subscribe) is counted
+ * in "proto_errors".
+ *
  * Server-Sent Events (-E): the request is a plain GET of PATH (which carries
  * ?channels=...), the answer must be 200, and each SSE message (ended by a
  * blank line) counts as one frame, with the latency of its "t_us" field.
@@ -73,6 +83,8 @@ static const char *host = "127.0.0.1", *path = "/ws", *subscribe = NULL;
 static int port, nconns = 100, nsrc = 4, max_pending = 128, slow_every = 0, lat_every = 1;
 static int rcvbuf_slow = 16384;
 static int rand_tokens = 0, ntokens = 100, tokens_in_path = 0, sse = 0;
+static const char *centrifugo = NULL;  /* -C: the channel of Centrifugo's protocol */
+static uint64_t n_proto_errors;
 static conn_t *conns;
 static int epfd, started, pending, n_open, n_failed, n_closed;
 static uint64_t w_frames, w_other, w_bytes, w_frames_slow, w_reads;
@@ -239,6 +251,26 @@ static void count_message(conn_t *c, uint64_t t, uint64_t now_us) {
         record_latency(now_us > t ? now_us - t : 0);
 }
 
+/* Centrifugo: one frame holds newline-separated replies and pushes; each
+ * line is one message, "{}" a ping to answer with "{}". */
+static void parse_centrifugo(conn_t *c, const uint8_t *p, size_t n, uint64_t now_us) {
+    const uint8_t *end = p + n;
+    while (p < end) {
+        const uint8_t *nl = memchr(p, '\n', end - p);
+        size_t len = (nl ? nl : end) - p;
+        if (len == 2 && p[0] == '{' && p[1] == '}') {
+            uint8_t out[16]; size_t ol;
+            mask_frame(1, (const uint8_t *)"{}", 2, out, &ol);
+            send_all(c->fd, out, ol);
+        } else if (len) {
+            uint64_t t = parse_tus(p, len);
+            if (!t && memmem(p, len, "\"error\":", 8)) n_proto_errors++;
+            count_message(c, t, now_us);
+        }
+        p += len + 1;
+    }
+}
+
 /* Parse whole frames from buf; return bytes consumed. */
 static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_us) {
     conn_t *c = &conns[i];
@@ -260,7 +292,9 @@ static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_u
         if (p[1] & 0x80) h += 4; /* servers must not mask, but be lenient */
         if (len - off < h + plen) break;
         const uint8_t *payload = p + h;
-        if (op == 1 || op == 2 || op == 0) {
+        if (centrifugo && (op == 1 || op == 0)) {
+            parse_centrifugo(c, payload, plen, now_us);
+        } else if (op == 1 || op == 2 || op == 0) {
             count_message(c, parse_tus(payload, plen), now_us);
         } else if (op == 9 && plen <= 125) {
             uint8_t out[160]; size_t ol;
@@ -311,7 +345,22 @@ static void on_open(int i) {
     c->state = ST_OPEN;
     pending--;
     n_open++;
-    if (rand_tokens && !tokens_in_path) {
+    if (centrifugo) {
+        char msg[1024];
+        int n = snprintf(msg, sizeof msg, "{\"id\":1,\"connect\":{}}");
+        for (int k = 0; k < (rand_tokens ? rand_tokens : 1); k++) {
+            if (rand_tokens)
+                n += snprintf(msg + n, sizeof msg - n,
+                              "\n{\"id\":%d,\"subscribe\":{\"channel\":\"odin.token.%d.trade\"}}",
+                              k + 2, 1000 + c->tok[k]);
+            else
+                n += snprintf(msg + n, sizeof msg - n,
+                              "\n{\"id\":2,\"subscribe\":{\"channel\":\"%s\"}}", centrifugo);
+        }
+        uint8_t out[4096]; size_t ol;
+        mask_frame(1, (const uint8_t *)msg, n, out, &ol);
+        send_all(c->fd, out, ol);
+    } else if (rand_tokens && !tokens_in_path) {
         char msg[512];
         int n = snprintf(msg, sizeof msg, "{\"type\":\"subscribe\",\"channels\":[");
         for (int k = 0; k < rand_tokens; k++)
@@ -492,13 +541,15 @@ static void report_window(void) {
     printf("{\"dt\":%.4f,\"frames\":%llu,\"frames_slow\":%llu,\"other_frames\":%llu,"
            "\"bytes\":%llu,\"reads\":%llu,\"open\":%d,\"closed\":%d,\"failed\":%d,\"active_fast\":%llu,"
            "\"starved\":%llu,\"lat_n\":%llu,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,"
-           "\"max_ms\":%.3f,\"cpu\":%.4f,\"pub_sent\":%llu,\"pub_resp\":%llu,\"pub_skipped\":%llu}\n",
+           "\"max_ms\":%.3f,\"cpu\":%.4f,\"pub_sent\":%llu,\"pub_resp\":%llu,\"pub_skipped\":%llu,"
+           "\"proto_errors\":%llu}\n",
            dt, (unsigned long long)w_frames, (unsigned long long)w_frames_slow,
            (unsigned long long)w_other, (unsigned long long)w_bytes, (unsigned long long)w_reads, n_open, n_closed, n_failed,
            (unsigned long long)active, (unsigned long long)starved, (unsigned long long)lat_n,
            percentile(0.5), percentile(0.9), percentile(0.99), lat_max / 1000.0,
            dt > 0 ? (cpu - w_cpu_start) / dt : 0, (unsigned long long)pub_sent,
-           (unsigned long long)pub_resp, (unsigned long long)pub_skipped);
+           (unsigned long long)pub_resp, (unsigned long long)pub_skipped,
+           (unsigned long long)n_proto_errors);
     fflush(stdout);
     w_frames = w_other = w_bytes = w_frames_slow = w_reads = lat_n = lat_max = 0;
     memset(hist_fine, 0, sizeof hist_fine);
@@ -536,13 +587,13 @@ static int on_stdin(void) {
 static void usage(void) {
     fprintf(stderr, "usage: loadclient -p PORT [-h HOST] [-u PATH] [-n CONNS] [-s SRCADDRS] "
                     "[-m MAXPENDING] [-S SUBSCRIBE_JSON] [-k SLOW_EVERY] [-l LAT_EVERY] "
-                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]] [-E]\n");
+                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]] [-E] [-C CHANNEL]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:XE")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:XEC:")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -560,6 +611,7 @@ int main(int argc, char **argv) {
         case 'T': ntokens = atoi(optarg); break;
         case 'X': tokens_in_path = 1; break;
         case 'E': sse = 1; break;
+        case 'C': centrifugo = optarg; break;
         default: usage();
         }
     }

@@ -11,8 +11,8 @@ import math
 from html import escape
 
 COLORS = {"odinws": "#d62728", "cpython-raw": "#7f7f7f", "node-ws": "#2ca02c",
-          "py-websockets": "#1f77b4", "nchan": "#9467bd"}
-EXTRA = ["#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+          "py-websockets": "#1f77b4", "nchan": "#9467bd", "centrifugo": "#17becf"}
+EXTRA = ["#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#000000"]
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 760, 300, 64, 170, 34, 44
 
 

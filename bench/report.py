@@ -47,6 +47,9 @@ def machine() -> dict:
     except OSError:
         ws_ver = "?"
     nchan = _cmd(["dpkg-query", "-W", "-f", "${Version}", "libnginx-mod-nchan"])
+    from servers import CENTRIFUGO
+    centrifugo = (_cmd([CENTRIFUGO, "version"]).replace("Centrifugo v", "").split(" ")[0]
+                  if os.path.exists(CENTRIFUGO) else "?")
     return {
         "cpu": model.group(1).strip() if model else platform.processor(),
         "cores": os.cpu_count(), "kernel": platform.release(),
@@ -55,7 +58,7 @@ def machine() -> dict:
         "autobahn": _pyver("autobahn"), "confluent_kafka": _pyver("confluent-kafka"),
         "websockets": _pyver("websockets"), "node": _cmd(["node", "--version"]),
         "node_ws": ws_ver, "nginx": _cmd(["nginx", "-v"]).replace("nginx version: ", ""),
-        "nchan": nchan, "executable": sys.executable,
+        "nchan": nchan, "centrifugo": centrifugo, "executable": sys.executable,
     }
 
 
@@ -164,6 +167,12 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         ratio = b / p if b and p else None
         rows.append((f"5k burst: ≥ {factor}× {peer}", "–" if ratio is None else f"{ratio:.1f}×",
                      verdict(None if ratio is None else ratio >= factor)))
+    for mode in ("burst", "turn"):
+        # No target in the issue: how odinws compares with what users would pick instead.
+        o, p = fps("odinws", 5000, mode), fps("centrifugo", 5000, mode)
+        if p is not None:
+            rows.append((f"5k {mode}: odinws's max against Centrifugo's (same run)",
+                         f"{o / p:.1f}× ({_k(o)} of {_k(p)})" if o and p else "–", "–"))
     sse = fps("odinws-sse", 5000, "burst")
     if sse is not None:
         ratio = sse / b if b else None
@@ -245,7 +254,8 @@ def render(results: dict) -> str:
            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; "
            f"Python {m['python']}, Twisted {m['twisted']}, Autobahn {m['autobahn']}, "
            f"confluent-kafka {m['confluent_kafka']}, websockets {m['websockets']}; "
-           f"Node {m['node']} with ws {m['node_ws']}; nginx {m['nginx']} with nchan {m['nchan']}.",
+           f"Node {m['node']} with ws {m['node_ws']}; nginx {m['nginx']} with nchan {m['nchan']}"
+           f"; Centrifugo {m.get('centrifugo', '–')} (GOMAXPROCS=1).",
            "", "| server | conns | mode | max delivered frames/s | p50 / p99 at half max (ms) "
            "| own share p50 / p99 (ms) "
            "| server CPU (core 0 busy) at max | client CPU at max | idle RSS | RSS per idle conn | note |",
@@ -261,7 +271,8 @@ def render(results: dict) -> str:
         out.append(
             f"| {c['server']} | {c['conns']:,} | {c['mode']} | {_k(c['max_fps'])} | "
             f"{_ms(c['half']['p50_ms'])} / {_ms(c['half']['p99_ms'])} | {_own(c)} | "
-            f"{last['server_cpu']:.0%} ({last.get('core0', 0):.0%}) | {last['cpu']:.0%} | {c['rss_idle'] / 2**20:.1f} MiB | "
+            f"{last['server_cpu']:.0%} ({last.get('core0', 0):.0%}) | {last['cpu']:.0%} | "
+            f"{c['rss_idle'] / 2**20:.1f} MiB | "
             f"{c['rss_per_conn'] / 1024:.1f} KiB | {', '.join(notes)} |")
     if results["slow"]:
         out += ["", "Slow clients (every 10th connection stops reading after subscribing):", "",

@@ -1,6 +1,6 @@
 """
 The fan-out benchmark: odinws (one shard) against a CPython raw ceiling, Node
-ws, Python websockets and nginx + nchan, same events, same load client,
+ws, Python websockets, nginx + nchan and Centrifugo, same events, same load client,
 server on CPU 0 and load client on CPU 1. Prints a table and writes it into
 docs/performance.md.
 
@@ -9,6 +9,8 @@ docs/performance.md.
     python bench/run.py --conns "" --no-slow --flush-conns ""      # only the random-tokens cells
     python bench/run.py --servers odinws,odinws-sse --conns 5000 --no-slow --random-conns "" \
         --flush-conns ""                                            # SSE against WebSocket
+    python bench/run.py --servers odinws,centrifugo --conns 1000 --no-slow --flush-conns "" \
+        --no-doc                                                    # odinws against Centrifugo
 
 Run bench/setup.sh first (make bench does). See docs/performance.md.
 """
@@ -16,6 +18,7 @@ Run bench/setup.sh first (make bench does). See docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -24,10 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import plot  # noqa: E402
-import report  # noqa: E402
-from procs import CoreMeter, CpuMeter, Proc, rss_bytes  # noqa: E402
-from servers import CLIENT_CPU, HERE, SERVERS, WORK, Odinws  # noqa: E402
+import plot
+import report
+from procs import CoreMeter, CpuMeter, Proc, rss_bytes
+from servers import CLIENT_CPU, HERE, SERVERS, WORK, Odinws
 
 MODES = {10: "burst", 1: "turn"}
 SETTLE = 0.7      # seconds after a rate change before a window starts
@@ -112,8 +115,13 @@ class Instance:
                 return
 
     def warm_up(self, batch: int) -> None:
-        """Send a trickle until the clients see events (odinws: the consumer joined)."""
-        self.set_rate(2, 1)
+        """
+        Send a trickle until the clients see events (odinws, Centrifugo: the
+        consumer joined). Centrifugo's consumer starts at the earliest offset
+        after its ~20 s join on Tansu, so the trickle is a backlog to drain:
+        half an event per second keeps it small.
+        """
+        self.set_rate(0.5, 1)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.window(0.5)["frames"] > 0:
@@ -274,7 +282,8 @@ def run_random_cells(servers: list[str], conns: list[int], random: tuple[int, in
                     f"modes {[MODES[b] for b in batches]}"
                     + (f", flush window {delay * 1e3:g} ms" if delay else ""))
                 _cell_into(results, f"{name} {n} random {batches} {delay}",
-                           lambda: run_cell(name, n, batches, rundir, guesses, random, delay))
+                           functools.partial(run_cell, name, n, batches, rundir, guesses, random,
+                                             delay))
 
 
 def run_flush_cells(conns: list[int], delays: list[float], rundir: str, guesses: dict,
@@ -288,8 +297,9 @@ def run_flush_cells(conns: list[int], delays: list[float], rundir: str, guesses:
         for delay in delays:
             log(f"odinws: {n} connections, turn, flush window {delay * 1e3:g} ms")
             _cell_into(results, f"odinws {n} flush {delay}",
-                       lambda: [dict(c, kind="flush", flush_delay=delay) for c in
-                                run_cell("odinws", n, (1,), rundir, guesses, None, delay)])
+                       lambda n=n, delay=delay: [
+                           dict(c, kind="flush", flush_delay=delay)
+                           for c in run_cell("odinws", n, (1,), rundir, guesses, None, delay)])
 
 
 def _cell_into(results: dict, what: str, run) -> None:
@@ -335,7 +345,8 @@ def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--servers", default="odinws,odinws-sse,cpython-raw,node-ws,py-websockets,nchan")
+    ap.add_argument("--servers",
+                    default="odinws,odinws-sse,cpython-raw,node-ws,py-websockets,nchan,centrifugo")
     ap.add_argument("--conns", default="1000,5000,15000")
     ap.add_argument("--classic-servers", default=None,
                     help="servers of the everyone-subscribes-to-everything cells "
@@ -390,8 +401,9 @@ def main() -> int:
                         Proc.stop_all()
         if random_conns:
             # SSE subscribes by URL to everything: not a random-tokens client.
-            run_random_cells([s for s in servers if s != "odinws-sse"], random_conns, (args.random_tokens, args.tokens),
-                             random_flush, rundir, guesses, results)
+            run_random_cells([s for s in servers if s != "odinws-sse"], random_conns,
+                             (args.random_tokens, args.tokens), random_flush, rundir, guesses,
+                             results)
         if flush_conns and "odinws" in servers:
             run_flush_cells(flush_conns, flush_delays, rundir, guesses, results)
         if not args.no_slow:

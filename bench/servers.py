@@ -13,6 +13,9 @@ same ~200-byte JSON events at a rate the harness sets:
   socket.send().
 * nchan: nginx (1 worker) + nchan; the load client POSTs each event to the
   publisher location over one keep-alive connection (pipelined per burst).
+* centrifugo: Centrifugo v6 with GOMAXPROCS=1 on CPU 0, its own Kafka
+  consumer reading the events odinws reads (same broker, topic and feed);
+  the load client speaks its JSON protocol (-C).
 """
 
 from __future__ import annotations
@@ -242,14 +245,72 @@ class Nchan(Server):
         client.send(f"pub {rate:.3f} {batch} {self.tokens}")
 
 
-class Odinws(Server):
+class KafkaFed(Server):
+    """
+    A server fed from Kafka: a Tansu broker (a fresh one per instance, see
+    L{stop}) with the topic odin.trades, and bench/kafka_feed.py producing
+    the events into it on the client's CPU.
+    """
+
+    broker = None  # the Tansu broker of the running instance (one at a time)
+    _group = 0     # consumer groups: a new one per instance
+    #: The consumer group of the running instance (L{next_group}).
+    group = ""
+
+    @staticmethod
+    def start_broker(rundir: str) -> None:
+        if KafkaFed.broker is not None:
+            return
+        sys.path.insert(0, REPO)
+        from tests.helpers.broker import TansuBroker
+        broker = TansuBroker(log_dir=rundir)
+        broker.start()
+        KafkaFed.broker = broker
+        pin_threads(broker.pid, CLIENT_CPU)
+        broker.create_topics(["odin.trades"], partitions=1)
+
+    @staticmethod
+    def stop_broker() -> None:
+        if KafkaFed.broker is not None:
+            KafkaFed.broker.stop()
+            KafkaFed.broker = None
+
+    @staticmethod
+    def next_group() -> str:
+        """A consumer group no earlier instance of this run used."""
+        KafkaFed._group += 1
+        return f"bench{os.getpid()}-{KafkaFed._group}"
+
+    def start_feed(self) -> None:
+        """Start the producer (after the broker); L{set_rate} drives it."""
+        self.feed = Proc("kafka-feed", [sys.executable, os.path.join(HERE, "kafka_feed.py"),
+                                        self.broker.bootstrap] + self.feed_args(), CLIENT_CPU,
+                         log_path=self._log("feed"))
+        self.procs.append(self.feed)
+        self.feed.wait_for("ready", 30)
+
+    def feed_args(self) -> list[str]:
+        """bench/kafka_feed.py's arguments after the bootstrap address."""
+        return []
+
+    def set_rate(self, client: Proc, rate: float, batch: int) -> None:
+        self.feed.send(f"rate {rate:.3f} {batch} {self.tokens}")
+
+    def stop(self) -> None:
+        super().stop()
+        # A fresh broker for every instance: one Tansu (in-memory storage) that
+        # took every cell's events for 20 minutes stopped answering fetches in
+        # time (a full make bench of 2026-11-30: each odinws cell after the
+        # 20th got no events).
+        KafkaFed.stop_broker()
+
+
+class Odinws(KafkaFed):
     """odinws with one shard; a fresh instance per mode (kafka.poll_batch = burst size)."""
 
     name = "odinws"
     ws_path = "/ws"
     batches = (10,)
-    broker = None  # the Tansu broker of the running instance (a fresh one for each: stop())
-    _group = 0
 
     def __init__(self, rundir: str, batch: int = 10, flush_delay: float = 0.0,
                  repo: str = REPO, overrides: dict | None = None):
@@ -262,24 +323,6 @@ class Odinws(Server):
         #: Settings ("section.key": value) applied over the bench's own.
         self.overrides = overrides or {}
 
-    @classmethod
-    def start_broker(cls, rundir: str) -> None:
-        if cls.broker is not None:
-            return
-        sys.path.insert(0, REPO)
-        from tests.helpers.broker import TansuBroker
-        broker = TansuBroker(log_dir=rundir)
-        broker.start()
-        cls.broker = broker
-        pin_threads(broker.pid, CLIENT_CPU)
-        broker.create_topics(["odin.trades"], partitions=1)
-
-    @classmethod
-    def stop_broker(cls) -> None:
-        if cls.broker is not None:
-            cls.broker.stop()
-            cls.broker = None
-
     def settings(self, batch: int) -> dict:
         """The instance's configuration (a tree, as in the YAML file)."""
         settings = {
@@ -288,9 +331,9 @@ class Odinws(Server):
             # /metrics on the public port: the slow-client counters and the
             # own-share latency histogram are read from it.
             "listen": {"port": f"tcp:{self.port}:interface=127.0.0.1:backlog=4096",
-                       "public_metrics": True, "max_heads_per_ip": 4096},
+                       "public_metrics": True, "max_heads_per_ip": 4096, "admin_port": ""},
             "outbound": {"flush_delay": self.flush_delay},
-            "kafka": {"brokers": self.broker.bootstrap, "group": f"bench{os.getpid()}-{Odinws._group}",
+            "kafka": {"brokers": self.broker.bootstrap, "group": self.group,
                       "topics": {"odin.trades": "trade"}, "start_offset": "latest",
                       "poll_batch": batch, "session_timeout_ms": 3000,
                       # Tansu 0.6 assigns a static member only after ~6 s (measured).
@@ -319,8 +362,8 @@ class Odinws(Server):
         return settings
 
     def start(self, batch: int) -> None:
-        Odinws.start_broker(self.rundir)
-        Odinws._group += 1
+        self.start_broker(self.rundir)
+        self.group = self.next_group()
         conf = os.path.join(self.rundir, f"odinws-{self.port}.yaml")
         with open(conf, "w") as f:
             json.dump(self.settings(batch), f)  # JSON is YAML
@@ -330,11 +373,7 @@ class Odinws(Server):
                              "odinws", "--config", conf], None, env=env, cwd=self.rundir,
                  log_path=self._log(f"server-{self.port}"), stdout_pipe=False)
         self.procs.append(p)
-        feed = Proc("kafka-feed", [sys.executable, os.path.join(HERE, "kafka_feed.py"),
-                                   self.broker.bootstrap], CLIENT_CPU,
-                    log_path=self._log("feed"))
-        self.procs.append(feed)
-        feed.wait_for("ready", 30)
+        self.start_feed()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             h = self.health()
@@ -346,14 +385,6 @@ class Odinws(Server):
         else:
             raise RuntimeError(f"odinws /health not ok within 60s: {self.health()}")
         pin_threads(p.pid, CLIENT_CPU)  # the dispatcher: idle during the run
-
-    def stop(self) -> None:
-        super().stop()
-        # A fresh broker for every instance: one Tansu (in-memory storage) that
-        # took every cell's events for 20 minutes stopped answering fetches in
-        # time (a full make bench of 2026-11-30: each odinws cell after the
-        # 20th got no events).
-        Odinws.stop_broker()
 
     def health(self) -> dict | None:
         try:
@@ -437,9 +468,6 @@ class Odinws(Server):
     def client_args(self) -> list[str]:
         return self.random_args() or ["-S", SUBSCRIBE]
 
-    def set_rate(self, client: Proc, rate: float, batch: int) -> None:
-        self.procs[1].send(f"rate {rate:.3f} {batch} {self.tokens}")
-
 
 class OdinwsSse(Odinws):
     """odinws's Server-Sent Events endpoint: the same node, events as an event stream."""
@@ -449,6 +477,105 @@ class OdinwsSse(Odinws):
 
     def client_args(self) -> list[str]:
         return ["-E"]
+
+
+#: The pinned Centrifugo release (bench/setup.sh reads it from this line and builds it).
+CENTRIFUGO_VERSION = "6.9.1"
+CENTRIFUGO = os.path.join(WORK, f"centrifugo-v{CENTRIFUGO_VERSION}", "centrifugo")
+
+
+class Centrifugo(KafkaFed):
+    """
+    Centrifugo v6 (bench/setup.sh builds it), one Go thread at a time on the
+    server's CPU (GOMAXPROCS=1), fed by its own Kafka consumer from the same
+    topic as odinws in publication data mode: each record's value is
+    published as is into the channel its "centrifugo-channels" header names
+    (bench/kafka_feed.py --centrifugo). Everyone-gets-everything cells: all
+    events into odin.all, every client subscribed to it; random-tokens cells:
+    each event into odin.token.<t>.trade, each client subscribed to its 3.
+    One instance serves both modes (its configuration does not depend on
+    them), like the other peers.
+    """
+
+    name = "centrifugo"
+    ws_path = "/connection/websocket"
+
+    def feed_args(self) -> list[str]:
+        return ["--centrifugo", "token" if self.random else "all"]
+
+    def settings(self) -> dict:
+        """Its configuration file; every key that is not Centrifugo's default is explained."""
+        return {
+            "http_server": {"address": "127.0.0.1", "port": self.port},
+            "log": {"level": "warn"},
+            # /health answers when the node runs (the harness waits for it).
+            "health": {"enabled": True},
+            # No outside traffic from the bench (the build has no stats
+            # endpoint anyway).
+            "usage_stats": {"disabled": True},
+            "client": {
+                # The load client connects without a JWT, as the other
+                # servers' clients connect without credentials.
+                "allow_anonymous_connect_without_token": True,
+                # No pings (odinws runs without them in the bench, the other
+                # peers have none): a stalled client would otherwise be
+                # disconnected for missing pongs, which no other server does.
+                # A negative value turns each off; Centrifugo still insists
+                # on ping_interval > pong_timeout, hence -1 s and -2 s.
+                "ping_interval": "-1s", "pong_timeout": "-2s",
+            },
+            # Subscribing without a subscription token, anonymous clients
+            # included (the channels have no namespace); history, presence
+            # and join/leave stay off (the defaults).
+            "channel": {"without_namespace": {"allow_subscribe_for_client": True,
+                                              "allow_subscribe_for_anonymous": True}},
+            "consumers": [{
+                "name": "bench", "enabled": True, "type": "kafka",
+                "kafka": {
+                    "brokers": [self.broker.bootstrap], "topics": ["odin.trades"],
+                    "consumer_group": self.group,
+                    # 500 ms by default; odinws runs with 5 ms on the same
+                    # broker (FETCH_WAIT_MS: Tansu holds a fetch for the
+                    # whole wait even when records arrive). Its Kafka client
+                    # (franz-go) refuses less than 10 ms.
+                    "fetch_max_wait": f"{max(FETCH_WAIT_MS, 10)}ms",
+                    "publication_data_mode": {"enabled": True},
+                },
+            }],
+        }
+
+    def start(self, batch: int) -> None:
+        self.start_broker(self.rundir)
+        self.group = self.next_group()
+        if not os.path.exists(CENTRIFUGO):
+            raise RuntimeError(f"{CENTRIFUGO} missing: run bench/setup.sh")
+        conf = os.path.join(self.rundir, f"centrifugo-{self.port}.json")
+        with open(conf, "w") as f:
+            json.dump(self.settings(), f)
+        p = Proc(self.name, [CENTRIFUGO, "--config", conf], SERVER_CPU,
+                 env=dict(os.environ, GOMAXPROCS="1"), cwd=self.rundir,
+                 log_path=self._log(f"server-{self.port}"), stdout_pipe=False)
+        self.procs.append(p)
+        self.start_feed()
+        deadline = time.monotonic() + 60
+        while not self.healthy():
+            if not p.alive():
+                raise RuntimeError("centrifugo exited; see " + p.log_path)
+            if time.monotonic() > deadline:
+                raise RuntimeError("centrifugo /health not ok within 60s; see " + p.log_path)
+            time.sleep(0.2)
+        # Threads the Go runtime started before Proc pinned the process.
+        pin_threads(p.pid, SERVER_CPU)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def client_args(self) -> list[str]:
+        return ["-C", "odin.all"] + self.random_args()
 
 
 def label(labels: str, key: str) -> str:
@@ -469,4 +596,4 @@ def _wait_port(port: int, timeout: float) -> None:
 
 
 SERVERS = {"odinws": Odinws, "odinws-sse": OdinwsSse, "cpython-raw": CpythonRaw, "node-ws": NodeWs,
-           "py-websockets": PyWebsockets, "nchan": Nchan}
+           "py-websockets": PyWebsockets, "nchan": Nchan, "centrifugo": Centrifugo}

@@ -5,6 +5,9 @@
 #     benchmark runs nginx with its own config and prefix on a loopback port)
 #   - Node's `ws` package into bench/.work/node_modules
 #   - bench/.work/loadclient, built from bench/loadclient.c
+#   - Centrifugo at the version pinned in bench/servers.py (CENTRIFUGO_VERSION),
+#     built with `go install` through the Go module proxy into
+#     bench/.work/centrifugo-v<version>/ (skipped when that binary exists)
 # Python peers (websockets) and the Kafka producer use the project virtualenv
 # (`make venv`), which the Makefile's bench rule builds first.
 set -eu
@@ -35,5 +38,17 @@ fi
 
 if [ ! -x "$WORK/loadclient" ] || [ "$HERE/loadclient.c" -nt "$WORK/loadclient" ]; then
     gcc -O2 -Wall -Wextra -o "$WORK/loadclient" "$HERE/loadclient.c" -lm
+fi
+CENTRIFUGO_VERSION=$(sed -n 's/^CENTRIFUGO_VERSION = "\(.*\)"$/\1/p' "$HERE/servers.py")
+CENTRIFUGO_DIR="$WORK/centrifugo-v$CENTRIFUGO_VERSION"
+if [ -z "$CENTRIFUGO_VERSION" ]; then
+    echo "bench setup: no CENTRIFUGO_VERSION in bench/servers.py" >&2; exit 1
+fi
+if [ ! -x "$CENTRIFUGO_DIR/centrifugo" ]; then
+    command -v go >/dev/null || { echo "bench setup: Centrifugo needs Go (go install)" >&2; exit 1; }
+    # The version variable is what release builds set (centrifugo version).
+    GOBIN="$CENTRIFUGO_DIR" go install \
+        -ldflags "-s -w -X github.com/centrifugal/centrifugo/v6/internal/build.Version=$CENTRIFUGO_VERSION" \
+        "github.com/centrifugal/centrifugo/v6@v$CENTRIFUGO_VERSION"
 fi
 echo "bench setup: ok"

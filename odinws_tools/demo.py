@@ -48,7 +48,10 @@ def demo_config(http_port: int, brokers: str, shards: int, node_id: str = "demo"
         "node_id": node_id,
         "shards": shards,
         # The page links /metrics on the same port (off by default in odinws).
-        "listen": {"port": f"tcp:{http_port}:interface=127.0.0.1", "public_metrics": True},
+        # No admin listener: its default port is fixed, and the demo may run
+        # beside an installed odinws or on another port (make demo PORT=...).
+        "listen": {"port": f"tcp:{http_port}:interface=127.0.0.1", "public_metrics": True,
+                   "admin_port": ""},
         "kafka": {"brokers": brokers, "topics": {t: k for k, t in DEFAULT_TOPICS.items()},
                   # Small timeouts: the consumer group forms in seconds.
                   "session_timeout_ms": 3000, "max_poll_interval_ms": 4000,
@@ -194,8 +197,11 @@ class DemoStack:
         state = "no answer"
         while time.monotonic() < deadline:
             self._check_cancel()
-            if self.server.poll() is not None:
-                raise RuntimeError(f"odinws exited with code {self.server.returncode}:\n"
+            server = self.server
+            if server is None:
+                raise RuntimeError("odinws is not started")
+            if server.poll() is not None:
+                raise RuntimeError(f"odinws exited with code {server.returncode}:\n"
                                    + self.tail(self.server_log))
             try:
                 status, body = self.health()

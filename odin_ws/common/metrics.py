@@ -9,16 +9,29 @@ time. Per-event and per-connection code may use the objects directly.
 
 from __future__ import annotations
 
+import enum
 import gc
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
 import odin_ws
+
+# Every counter and histogram would carry a C{_created} series (its creation
+# time, which no rule or dashboard here reads): off, in both processes.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -65,6 +78,15 @@ HANDSHAKE_SECONDS = Histogram("odinws_handshake_seconds",
                               "Socket adoption to WebSocket open, seconds.",
                               buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5),
                               registry=REGISTRY)
+
+# JWT keys from auth.jwks_url (shard: each shard fetches them).
+JWKS_FETCHES = Counter("odinws_jwks_fetches", "Fetches of auth.jwks_url, by result: ok, or "
+                       "failed (unreachable, timeout, TLS, HTTP status, not a usable JWKS; "
+                       "the keys fetched before keep working).", ["result"], registry=REGISTRY)
+for _result in ("ok", "failed"):
+    JWKS_FETCHES.labels(result=_result)  # exported at 0, so increase() sees the first
+JWKS_KEYS = Gauge("odinws_jwks_keys", "Signing keys known from auth.jwks_url.",
+                  registry=REGISTRY)
 
 # Kafka (shard).
 KAFKA_RECORDS = Counter("odinws_kafka_records", "Records consumed, by topic.", ["topic"],
@@ -162,7 +184,7 @@ class GcPauses:
         self._started = 0.0
         self._observe = [GC_PAUSE.labels(generation=str(g)).observe for g in range(3)]
 
-    def __call__(self, phase: str, info: dict) -> None:
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
@@ -181,7 +203,7 @@ class GcPauses:
 GC_PAUSES = GcPauses()
 
 # Recovery and snapshots (shard). History sizes are read at scrape time by
-# odin_ws.shard.history.HistoryCollector.
+# odin_ws.shard.history.store.HistoryCollector.
 RECOVERIES = Counter("odinws_recoveries", "Subscribes that asked for recovery, by result: "
                      "recovered, or the reason it was not (too_old, ahead, other_epoch, "
                      "unknown_partition, too_large).", ["result"], registry=REGISTRY)
@@ -251,6 +273,48 @@ REGISTRY.register(DeprecatedAliases({new: old for old, new in RENAMED.items()},
                                     PROCESS, GUARD_CPU, GUARD_MEMORY))
 
 
-def exposition() -> bytes:
-    """This process's metrics in the Prometheus text format."""
-    return generate_latest(REGISTRY)
+def _families(*collectors: Any) -> frozenset[str]:
+    return frozenset(family.name for c in collectors for family in c.describe())
+
+
+#: Families only the parent sets: the node's door, hub and shard processes.
+#: A shard's copy would only ever read 0 (C{odinws_ready{shard="0"} 0} on a
+#: ready node), so a shard leaves them out.
+_PARENT_ONLY = _families(READY, GUARD_CPU, GUARD_MEMORY, GUARD_ACCEPTING, HUB_RELAYED,
+                         HUB_DROPPED, HUB_REJECTED, HUB_QUEUE, DISPATCHED, HANDOFF_SECONDS,
+                         HANDOFFS_ABANDONED, SHARD_RESTARTS)
+PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in _PARENT_ONLY}
+#: Families only shards set (connections, Kafka, delivery, history): the
+#: parent leaves them out, rather than show an unlabelled
+#: C{odinws_kafka_connected 0} beside every shard's 1. (The rest, such as
+#: C{odinws_rejected_connections}, the de-duplication counters and the process
+#: series, are set by both.)
+SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
+                           CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
+                           KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, DELIVERY_LATENCY,
+                           KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
+                           GC_PAUSE, RECOVERIES, EVENTS_STALE, EVENTS_REPLAYED,
+                           SNAPSHOT_EVENTS, HISTORY_WARMED)
+
+
+class Process(enum.Enum):
+    """Which kind of process an exposition is for (what it leaves out)."""
+
+    PARENT = SHARD_FAMILIES
+    SHARD = PARENT_FAMILIES
+
+
+class _Without:
+    """A view of a registry without some families (for C{generate_latest})."""
+
+    def __init__(self, registry: CollectorRegistry, left_out: frozenset[str]):
+        self._registry = registry
+        self._left_out = left_out
+
+    def collect(self) -> Iterator[Any]:
+        return (f for f in self._registry.collect() if f.name not in self._left_out)
+
+
+def exposition(process: Process) -> bytes:
+    """This process's metrics in the Prometheus text format, without the other kind's."""
+    return generate_latest(_Without(REGISTRY, process.value))

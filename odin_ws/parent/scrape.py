@@ -86,7 +86,7 @@ class MetricsScrape:
                 else:
                     log.info("metrics of shard {index} left out: {error}", index=handle.index,
                              error=value.getErrorMessage() or value.type.__name__)
-            return exposition.merge(metrics.exposition(), texts)
+            return exposition.merge(metrics.exposition(metrics.Process.PARENT), texts)
 
         done = defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
         done.addBoth(self._gathered)

@@ -1,4 +1,7 @@
-"""odin_ws.common.metrics: the garbage collector's pauses, the process metrics, renamed metrics."""
+"""
+odin_ws.common.metrics: each process's exposition, the garbage collector's
+pauses, the process metrics, renamed metrics.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import os
 import resource
 import time
 
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial import unittest
 
 from odin_ws.common import metrics
@@ -15,6 +20,40 @@ from odin_ws.common import metrics
 def _count(generation: int) -> float:
     return metrics.REGISTRY.get_sample_value(
         "odinws_gc_pause_seconds_count", {"generation": str(generation)}) or 0.0
+
+
+class ExpositionTests(unittest.TestCase):
+
+    def families(self, process: metrics.Process) -> set[str]:
+        text = metrics.exposition(process).decode()
+        return {f.name for f in text_string_to_metric_families(text)}
+
+    def test_each_process_its_own(self):
+        """
+        The parent's exposition leaves out what only shards set (connections,
+        Kafka) and a shard's what only the parent sets (readiness, hub,
+        guard); families both set appear in both, and no family of the
+        registry is missing from both.
+        """
+        parent, shard = self.families(metrics.Process.PARENT), self.families(metrics.Process.SHARD)
+        self.assertIn("odinws_ready", parent)
+        self.assertNotIn("odinws_ready", shard)
+        self.assertIn("odinws_kafka_connected", shard)
+        self.assertNotIn("odinws_kafka_connected", parent)
+        self.assertIn("odinws_connections", shard)
+        self.assertNotIn("odinws_connections", parent)
+        for both in ("odinws_rejected_connections", "odinws_build_info",
+                     "process_cpu_seconds"):
+            self.assertIn(both, parent & shard)
+        every = {f.name for f in text_string_to_metric_families(
+            generate_latest(metrics.REGISTRY).decode())}
+        self.assertEqual(every - parent - shard, set())
+
+    def test_no_created_series(self):
+        """No counter or histogram carries a _created series (prometheus_client's default)."""
+        metrics.EVENTS_REPLAYED.inc()
+        for process in metrics.Process:
+            self.assertNotIn(b"_created", metrics.exposition(process))
 
 
 class GcPausesTests(unittest.TestCase):

@@ -69,8 +69,10 @@ def write_config(workdir: str, brokers: str) -> str:
                   # Tansu 0.6 never assigns a second static member (measured).
                   "static_membership": False},
         "supervisor": {"stats_interval": 0.2},
-        # /metrics is read on the public port below (off by default).
-        "listen": {"public_metrics": True},
+        # /metrics is read on the public port below (off by default); no
+        # admin listener: its default port (3006) may be an installed
+        # service's on this host.
+        "listen": {"public_metrics": True, "admin_port": ""},
     }
     path = os.path.join(workdir, "odinws.yaml")
     with open(path, "w") as f:
@@ -103,6 +105,7 @@ class NotifySocket:
 def unit_watchdog_usec() -> str:
     """The installed unit's WatchdogSec, in microseconds (as systemd passes it)."""
     parser = configparser.ConfigParser(strict=False, interpolation=None)
+    # Keep the unit's key case; typeshed types optionxform as a method.
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     with open(UNIT) as f:
         parser.read_file(f)

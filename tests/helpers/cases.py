@@ -245,7 +245,7 @@ class ShardTestCase(unittest.TestCase):
         # Stamped now: older events are not delivered live (outbound.max_event_age).
         event = Event.build(token, event_type, b'{"p":1}', int(time.time() * 1000),
                             "odin.trades", 0, next(self.offsets))
-        self.shard.deliver([event])
+        self.shard.delivery.deliver([event])
         return event.envelope
 
     def audited(self, words: str) -> bool:

@@ -1,5 +1,7 @@
 """Tests for L{odin_ws.parent.exposition}: merging the parent's and the shards' metrics."""
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +23,7 @@ def _registry_text(shard_value: float, reason: str = "plain") -> bytes:
     return generate_latest(registry)
 
 
-def _parse(text: bytes) -> dict[str, list]:
+def _parse(text: bytes) -> dict[str, Any]:
     families = list(text_string_to_metric_families(text.decode()))
     names = [f.name for f in families]
     return {"names": names, "samples": [s for f in families for s in f.samples],
@@ -30,7 +32,7 @@ def _parse(text: bytes) -> dict[str, list]:
 
 class MergeTests(unittest.TestCase):
     def test_shard_label_added(self):
-        """Every shard sample gets shard="<i>", including labelled, bucket, sum, count and created samples."""
+        """Every shard sample gets shard="<i>", including labelled, bucket, sum and count samples."""
         merged = merge(b"", {0: _registry_text(3), 1: _registry_text(4)})
         samples = _parse(merged)["samples"]
         self.assertTrue(samples)
@@ -43,7 +45,6 @@ class MergeTests(unittest.TestCase):
         self.assertEqual(by[("odinws_handshake_seconds_bucket", "0", "0.1")], 1)
         self.assertEqual(by[("odinws_handshake_seconds_count", "1", None)], 1)
         self.assertIn(("odinws_handshake_seconds_sum", "0", None), by)
-        self.assertIn(("odinws_connections_closed_created", "0", None), by)
         closed = [s for s in samples if s.name == "odinws_connections_closed_total"]
         self.assertEqual({s.labels["reason"] for s in closed}, {"plain"})
 
@@ -98,18 +99,34 @@ class MergeTests(unittest.TestCase):
         self.assertEqual(merged, b'# TYPE g gauge\ng{shard="0"} 1\n')
 
     def test_real_registry(self):
-        """The node's own registry merged with two copies of itself parses back cleanly."""
-        own = metrics.exposition()
-        merged = merge(own, {0: own, 1: own})
+        """
+        The parent's exposition merged with two shards' (the real registry)
+        parses back cleanly: one family per name, every sample kept.
+        """
+        parent = metrics.exposition(metrics.Process.PARENT)
+        shard = metrics.exposition(metrics.Process.SHARD)
+        merged = merge(parent, {0: shard, 1: shard})
         parsed = _parse(merged)
         self.assertEqual(len(parsed["names"]), len(set(parsed["names"])))
-        own_samples = _parse(own)["samples"]
-        self.assertEqual(len(parsed["samples"]), 3 * len(own_samples))
-        # The parent's own series that carry a shard label (odinws_dispatch_total)
-        # keep it; in the shards' copies it moves to exported_shard.
-        with_shard = sum(1 for s in own_samples if "shard" in s.labels)
-        self.assertEqual(sum(1 for s in parsed["samples"] if "exported_shard" in s.labels),
-                         2 * with_shard)
+        self.assertEqual(len(parsed["samples"]),
+                         len(_parse(parent)["samples"]) + 2 * len(_parse(shard)["samples"]))
+
+    def test_node_series_mean_the_node(self):
+        """
+        In the node's exposition the node-level gauge odinws_ready stands once,
+        unlabelled (no odinws_ready{shard="0"} 0 on a ready node), and
+        odinws_kafka_connected only per shard (no unlabelled 0 from the
+        parent beside the shards' 1); no counter carries a _created series.
+        """
+        metrics.KAFKA_CONNECTED.set(1)
+        self.addCleanup(metrics.KAFKA_CONNECTED.set, 0)
+        merged = _parse(merge(metrics.exposition(metrics.Process.PARENT),
+                              {0: metrics.exposition(metrics.Process.SHARD)}))
+        ready = merged["families"]["odinws_ready"].samples
+        self.assertEqual([s.labels for s in ready], [{}])
+        connected = merged["families"]["odinws_kafka_connected"].samples
+        self.assertEqual([(s.labels, s.value) for s in connected], [({"shard": "0"}, 1.0)])
+        self.assertEqual([s.name for s in merged["samples"] if s.name.endswith("_created")], [])
 
     def test_empty(self):
         """Nothing in, nothing out."""
