@@ -5,9 +5,10 @@ writes the benchmark's ~200-byte trade events to Kafka at a rate set on stdin.
     python bench/kafka_feed.py BOOTSTRAP [--centrifugo all|token]
 
 stdin: "rate R B [N]" = R events/s produced in bursts of B back-to-back
-records on tokens 1000 + seq % N (16 by default; R=0 stops); "q" quits. Prints "ready" and, after "stats", one JSON line with
-what it produced. The record value is the event's "data" object (odinws wraps
-it into the same envelope the peers send); "t_us" is taken at produce time,
+records on tokens 1000 + seq % N (16 by default; R=0 stops); "q" quits.
+Prints "ready" and, after "stats", one JSON line with what it produced. The
+record value is the event's "data" object (odinws wraps it into the same
+envelope the peers send); "t_us" is taken at produce time,
 so measured latency includes the whole Kafka path.
 
 --centrifugo: the same records, plus the header Centrifugo's Kafka consumer
@@ -32,8 +33,8 @@ import time
 from confluent_kafka import Producer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
-import events  # noqa: E402  (the peers' pacing, tokens and stdin commands)
-from events import Ticks, commands, rate_command  # noqa: E402
+import events  # (the peers' pacing, tokens and stdin commands)
+from events import Ticks, commands, rate_command
 
 TOPIC = "odin.trades"
 #: Centrifugo's publication data mode: the header naming the channels.

@@ -171,7 +171,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         # No target in the issue: how odinws compares with what users would pick instead.
         o, p = fps("odinws", 5000, mode), fps("centrifugo", 5000, mode)
         if p is not None:
-            rows.append((f"5k {mode}: against Centrifugo (same run)",
+            rows.append((f"5k {mode}: odinws's max against Centrifugo's (same run)",
                          f"{o / p:.1f}× ({_k(o)} of {_k(p)})" if o and p else "–", "–"))
     sse = fps("odinws-sse", 5000, "burst")
     if sse is not None:
@@ -271,7 +271,8 @@ def render(results: dict) -> str:
         out.append(
             f"| {c['server']} | {c['conns']:,} | {c['mode']} | {_k(c['max_fps'])} | "
             f"{_ms(c['half']['p50_ms'])} / {_ms(c['half']['p99_ms'])} | {_own(c)} | "
-            f"{last['server_cpu']:.0%} ({last.get('core0', 0):.0%}) | {last['cpu']:.0%} | {c['rss_idle'] / 2**20:.1f} MiB | "
+            f"{last['server_cpu']:.0%} ({last.get('core0', 0):.0%}) | {last['cpu']:.0%} | "
+            f"{c['rss_idle'] / 2**20:.1f} MiB | "
             f"{c['rss_per_conn'] / 1024:.1f} KiB | {', '.join(notes)} |")
     if results["slow"]:
         out += ["", "Slow clients (every 10th connection stops reading after subscribing):", "",

@@ -18,6 +18,7 @@ Run bench/setup.sh first (make bench does). See docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -26,10 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import plot  # noqa: E402
-import report  # noqa: E402
-from procs import CoreMeter, CpuMeter, Proc, rss_bytes  # noqa: E402
-from servers import CLIENT_CPU, HERE, SERVERS, WORK, Odinws  # noqa: E402
+import plot
+import report
+from procs import CoreMeter, CpuMeter, Proc, rss_bytes
+from servers import CLIENT_CPU, HERE, SERVERS, WORK, Odinws
 
 MODES = {10: "burst", 1: "turn"}
 SETTLE = 0.7      # seconds after a rate change before a window starts
@@ -114,8 +115,13 @@ class Instance:
                 return
 
     def warm_up(self, batch: int) -> None:
-        """Send a trickle until the clients see events (odinws: the consumer joined)."""
-        self.set_rate(2, 1)
+        """
+        Send a trickle until the clients see events (odinws, Centrifugo: the
+        consumer joined). Centrifugo's consumer starts at the earliest offset
+        after its ~20 s join on Tansu, so the trickle is a backlog to drain:
+        half an event per second keeps it small.
+        """
+        self.set_rate(0.5, 1)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.window(0.5)["frames"] > 0:
@@ -276,7 +282,8 @@ def run_random_cells(servers: list[str], conns: list[int], random: tuple[int, in
                     f"modes {[MODES[b] for b in batches]}"
                     + (f", flush window {delay * 1e3:g} ms" if delay else ""))
                 _cell_into(results, f"{name} {n} random {batches} {delay}",
-                           lambda: run_cell(name, n, batches, rundir, guesses, random, delay))
+                           functools.partial(run_cell, name, n, batches, rundir, guesses, random,
+                                             delay))
 
 
 def run_flush_cells(conns: list[int], delays: list[float], rundir: str, guesses: dict,
@@ -290,8 +297,9 @@ def run_flush_cells(conns: list[int], delays: list[float], rundir: str, guesses:
         for delay in delays:
             log(f"odinws: {n} connections, turn, flush window {delay * 1e3:g} ms")
             _cell_into(results, f"odinws {n} flush {delay}",
-                       lambda: [dict(c, kind="flush", flush_delay=delay) for c in
-                                run_cell("odinws", n, (1,), rundir, guesses, None, delay)])
+                       lambda n=n, delay=delay: [
+                           dict(c, kind="flush", flush_delay=delay)
+                           for c in run_cell("odinws", n, (1,), rundir, guesses, None, delay)])
 
 
 def _cell_into(results: dict, what: str, run) -> None:
@@ -393,8 +401,9 @@ def main() -> int:
                         Proc.stop_all()
         if random_conns:
             # SSE subscribes by URL to everything: not a random-tokens client.
-            run_random_cells([s for s in servers if s != "odinws-sse"], random_conns, (args.random_tokens, args.tokens),
-                             random_flush, rundir, guesses, results)
+            run_random_cells([s for s in servers if s != "odinws-sse"], random_conns,
+                             (args.random_tokens, args.tokens), random_flush, rundir, guesses,
+                             results)
         if flush_conns and "odinws" in servers:
             run_flush_cells(flush_conns, flush_delays, rundir, guesses, results)
         if not args.no_slow:

@@ -68,8 +68,8 @@ def check_keys(cfg: configmod.Config):
 
     @raise configmod.ConfigError: naming the key whose file is unusable.
     """
-    from odin_ws.shard import tls
-    from odin_ws.shard.auth import Verifier
+    from odin_ws.shard.clients import tls
+    from odin_ws.shard.clients.auth import Verifier
     Verifier(cfg)
     return tls.server_options(cfg) if tls.enabled(cfg) else None
 
@@ -86,6 +86,7 @@ def makeService(options, reactor=None) -> service.IService:
     from odin_ws.parent.hub import Hub
     from odin_ws.parent.node import Node
     from odin_ws.parent.scrape import MetricsScrape
+    from odin_ws.parent.shardhandle import ShardHandle
     from odin_ws.parent.supervisor import Supervisor
     from odin_ws.parent.systemd import SystemdNotifier
 
@@ -102,7 +103,10 @@ def makeService(options, reactor=None) -> service.IService:
     except configmod.ConfigError as e:
         fail(f"configuration error: {e}")
     guard = Guard(reactor, lambda: [os.getpid(), *supervisor.pids()], read_budget(), settings)
-    shards = lambda: supervisor.shards  # noqa: E731
+
+    def shards() -> list[ShardHandle]:
+        return supervisor.shards
+
     admission = Admission(reactor.seconds, guard, settings, shards)
     health = Health(settings, shards, admission, guard)
     scrape = MetricsScrape(reactor, shards, settings)

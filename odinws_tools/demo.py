@@ -197,8 +197,11 @@ class DemoStack:
         state = "no answer"
         while time.monotonic() < deadline:
             self._check_cancel()
-            if self.server.poll() is not None:
-                raise RuntimeError(f"odinws exited with code {self.server.returncode}:\n"
+            server = self.server
+            if server is None:
+                raise RuntimeError("odinws is not started")
+            if server.poll() is not None:
+                raise RuntimeError(f"odinws exited with code {server.returncode}:\n"
                                    + self.tail(self.server_log))
             try:
                 status, body = self.health()

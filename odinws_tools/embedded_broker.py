@@ -18,8 +18,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from odin_ws.common.logs import silenced
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 START_TIMEOUT = 30.0
 TOPIC_TIMEOUT = 20.0
@@ -109,8 +113,8 @@ class EmbeddedBroker:
         self.port = 0
         self.bootstrap = ""
         self.log_path = ""
-        self.admin = None
-        self._proc: subprocess.Popen | None = None
+        self.admin: AdminClient | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -154,13 +158,18 @@ class EmbeddedBroker:
 
     def _wait_ready(self) -> None:
         from confluent_kafka.admin import AdminClient
-        admin = AdminClient({"bootstrap.servers": self.bootstrap,
-                             "socket.connection.setup.timeout.ms": 1000,
-                             "reconnect.backoff.max.ms": 200, "logger": _quiet})
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("not started")
+        # Any: the stubs allow scalars only, but "logger" takes a logging.Logger.
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap,
+                                "socket.connection.setup.timeout.ms": 1000,
+                                "reconnect.backoff.max.ms": 200, "logger": _quiet}
+        admin = AdminClient(conf)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"exited with code {self._proc.returncode}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"exited with code {proc.returncode}")
             try:
                 admin.list_topics(timeout=1.0)
             except Exception:  # noqa: BLE001 - not up yet; retried until the deadline

@@ -1,1 +1,4 @@
-"""odinws tests (trial). Unit tests use Twisted's fakes; integration tests start the real broker and processes."""
+"""
+odinws tests (trial). Unit tests use Twisted's fakes; integration tests start
+the real broker and processes.
+"""

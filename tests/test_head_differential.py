@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import Any
 
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -25,7 +26,7 @@ from twisted.internet.testing import StringTransport
 from odin_ws.common import handoff
 from odin_ws.common.httphead import RequestHead, parse
 from odin_ws.parent.dispatcher import Dispatcher
-from odin_ws.shard.protocol import ClientProtocol
+from odin_ws.shard.clients.websocket import ClientProtocol
 from tests.helpers import FakeShard, ShardClient, ShardTestCase, client_frame, make_settings
 
 KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
@@ -150,7 +151,7 @@ class HeadDifferentialTests(ShardTestCase):
             return "accept", calls[0][1]["head"]
         return _status(transport.value()) or "pending", None
 
-    def shard_verdict(self, data: bytes) -> tuple[object, object]:
+    def shard_verdict(self, data: bytes) -> tuple[object, Any]:
         """The shard's verdict: ("accept", request Autobahn read) or (status or "pending", None)."""
         self.requests.clear()
         client = ShardClient(self.shard, next(self.addresses))

@@ -8,6 +8,8 @@ Parent -> shard: L{Handoff}, L{Deliver}, L{GetMetrics}, L{Drain}, L{Reload}.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.protocols import amp
 
 #: AMP refuses values longer than 0xffff bytes; stay a little below.
@@ -20,7 +22,8 @@ class BigBytes(amp.Argument):
     C{name.2}, ...) so a value is not limited to AMP's 64 KiB.
     """
 
-    def toBox(self, name, strings, objects, proto):
+    def toBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any],
+              proto: amp.AMP | None) -> None:
         value = objects[str(name, "ascii")]  # objects are keyed by native str
         if not isinstance(value, bytes):
             raise TypeError(f"{name!r} must be bytes, got {type(value).__name__}")
@@ -29,7 +32,8 @@ class BigBytes(amp.Argument):
         for i, chunk in enumerate(chunks):
             strings[name + b".%d" % i] = chunk
 
-    def fromBox(self, name, strings, objects, proto):
+    def fromBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any],
+                proto: amp.AMP | None) -> None:
         count = int(strings[name])
         parts = []
         for i in range(count):
@@ -45,7 +49,7 @@ class Register(amp.Command):
         (b"pid", amp.Integer()),
         (b"capacity", amp.Integer()),
     ]
-    response: list = []
+    response = []
 
 
 class Stats(amp.Command):
@@ -70,14 +74,14 @@ class Publish(amp.Command):
     """
 
     arguments = [(b"batch", BigBytes())]
-    response: list = []
+    response = []
 
 
 class Deliver(amp.Command):
     """A batch relayed by the hub from another shard."""
 
     arguments = [(b"batch", BigBytes())]
-    response: list = []
+    response = []
 
 
 class HandoffRefused(Exception):
@@ -104,7 +108,7 @@ class Handoff(amp.Command):
 class GetMetrics(amp.Command):
     """The shard's Prometheus exposition text."""
 
-    arguments: list = []
+    arguments = []
     response = [(b"text", BigBytes())]
 
 
@@ -122,4 +126,4 @@ class Reload(amp.Command):
     """Apply a new configuration (JSON of L{odin_ws.common.config.Config}) live."""
 
     arguments = [(b"config", BigBytes())]
-    response: list = []
+    response = []

@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +31,11 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Option:
     key: str
-    kind: type
+    kind: type[Any]
     default: Any
     help: str
     minimum: float | None = None
-    choices: tuple | None = None
+    choices: tuple[str, ...] | None = None
     #: May change on SIGHUP without a restart.
     live: bool = False
     #: Also settable with a command-line flag of this name.
@@ -48,7 +48,7 @@ class Option:
         return "ODINWS_" + self.key.upper().replace(".", "_")
 
 
-def _opt(*a, **kw) -> Option:
+def _opt(*a: Any, **kw: Any) -> Option:
     return Option(*a, **kw)
 
 
@@ -177,6 +177,10 @@ SCHEMA: tuple[Option, ...] = (
          "(also the rebalance timeout: keep it small for quick joins).", minimum=1000),
     _opt("kafka.retry_backoff_max", float, 30.0, "Longest wait between reconnects "
          "to an unreachable broker (seconds).", minimum=0.1),
+    _opt("kafka.unreachable_grace", float, 15.0, "Seconds every shard may go without "
+         "reaching a Kafka broker before /health answers 503 kafka_unreachable (within it: "
+         "200, degraded kafka_disconnected), so a broker blip does not take the node out "
+         "of a load balancer.", minimum=0, live=True),
     _opt("kafka.consumer_config", dict, {}, "Extra librdkafka settings passed to "
          "the consumer as they are (e.g. security.protocol)."),
     _opt("limits.max_connections", int, 18000, "Connections per node; above it "
@@ -310,7 +314,21 @@ SCHEMA: tuple[Option, ...] = (
     _opt("auth.public_key_file", str, "", "PEM public key for RS256/ES256 tokens.", live=True),
     _opt("auth.jwks_file", str, "", "JWKS file (keys chosen by kid); re-read on SIGHUP.",
          live=True),
-    _opt("auth.audience", str, "", "Required aud claim (empty: tokens must carry no aud claim, as RFC 7519 asks).", live=True),
+    _opt("auth.jwks_url", str, "", "HTTPS URL of a JWKS (keys chosen by kid), instead of "
+         "auth.jwks_file: each shard fetches it at start, every auth.jwks_refresh seconds "
+         "and when a token names an unknown kid; while it is unreachable the keys already "
+         "fetched keep working.", live=True),
+    _opt("auth.jwks_ca_file", str, "", "PEM CA certificates that verify auth.jwks_url's "
+         "server (empty = the system's trust store).", live=True),
+    _opt("auth.jwks_refresh", float, 300.0, "Seconds between two fetches of auth.jwks_url.",
+         minimum=1, live=True),
+    _opt("auth.jwks_min_refresh", float, 30.0, "A token with an unknown kid makes the shard "
+         "fetch auth.jwks_url again at most once per this many seconds.", minimum=0.1,
+         live=True),
+    _opt("auth.jwks_timeout", float, 5.0, "Seconds a fetch of auth.jwks_url may take "
+         "(connect, TLS, answer).", minimum=0.1, live=True),
+    _opt("auth.audience", str, "", "Required aud claim (empty: tokens must carry no aud "
+         "claim, as RFC 7519 asks).", live=True),
     _opt("auth.issuer", str, "", "Required iss claim (empty = not checked).", live=True),
     _opt("auth.leeway", float, 30.0, "Clock skew allowed for exp/nbf, seconds.", minimum=0,
          live=True),
@@ -338,7 +356,7 @@ SCHEMA: tuple[Option, ...] = (
 BY_KEY: dict[str, Option] = {o.key: o for o in SCHEMA}
 
 
-class Config(Mapping):
+class Config(Mapping[str, Any]):
     """Validated settings, looked up by dotted key: C{config["kafka.brokers"]}."""
 
     def __init__(self, values: Mapping[str, Any]):
@@ -347,7 +365,7 @@ class Config(Mapping):
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
     def __len__(self) -> int:
@@ -437,7 +455,7 @@ def _check_affinity(where: str, value: Any) -> Any:
     raise ConfigError(f"{where}: expected 'auto', 'off' or a list of CPU numbers, got {value!r}")
 
 
-def _check_mapping(opt: Option, value: dict) -> None:
+def _check_mapping(opt: Option, value: dict[Any, Any]) -> None:
     for k, v in value.items():
         if not isinstance(k, str) or not k:
             raise ConfigError(f"{opt.key}: keys must be non-empty strings, got {k!r}")
@@ -457,7 +475,7 @@ def _check_mapping(opt: Option, value: dict) -> None:
 _LIST_CHOICES = {"auth.token_sources": ("subprotocol", "header", "query")}
 
 
-def _check_list(opt: Option, value: list) -> None:
+def _check_list(opt: Option, value: list[Any]) -> None:
     allowed = _LIST_CHOICES.get(opt.key)
     for item in value:
         if not isinstance(item, str) or (allowed and item not in allowed):

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, tcp
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -80,7 +80,7 @@ def not_adopted(failure: Failure) -> bool:
 
 def offer(reactor: Any, call: Callable[..., Any], fd: int, head: bytes, peer: str,
           timeout: float, tls: bool = False,
-          on_timeout: Callable[[], None] = lambda: None) -> defer.Deferred:
+          on_timeout: Callable[[], None] = lambda: None) -> defer.Deferred[Any]:
     """
     Send a L{commands.Handoff} of descriptor C{fd} through C{call} (a shard
     handle's C{call(command, **kwargs)} or an AMP C{callRemote}).
@@ -143,7 +143,7 @@ class _Capture:
         self.factory = factory
         self.protocol: IProtocol | None = None
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
         self.protocol = self.factory.buildProtocol(addr)
         return self.protocol
 
@@ -180,5 +180,6 @@ def adopt(reactor: Any, fd: int, factory: IProtocolFactory, head: bytes) -> IPro
             # The shard owns the connection now; treat it like Twisted treats a
             # protocol that raises in dataReceived: log it and close.
             log.failure("replaying the request head failed")
-            protocol.transport.loseConnection()
+            # IProtocol does not declare transport; makeConnection has set it.
+            protocol.transport.loseConnection()  # type: ignore[attr-defined]
     return protocol

@@ -1,7 +1,7 @@
 """
 The one reader of HTTP/1.x request heads (request line + headers), shared
 by the parent's dispatcher and the shards' head gate
-(L{odin_ws.shard.headgate}), so that both processes read a client's head
+(L{odin_ws.shard.clients.headgate}), so that both processes read a client's head
 the same way, byte for byte (issue 16: two parsers that disagreed let
 headers be smuggled past the parent and let a head grow without bound in
 the shard).
@@ -116,7 +116,11 @@ def parse(buffer: bytes, max_bytes: int) -> RequestHead | HeadError | None:
     return HeadReader(max_bytes).feed(buffer)
 
 
-def _request_line(line: bytes) -> tuple[bytes, bytes, bytes, str, dict[str, str]] | HeadError:
+#: A parsed request line: method, target, version, path, query.
+_RequestLine = tuple[bytes, bytes, bytes, str, dict[str, str]]
+
+
+def _request_line(line: bytes) -> _RequestLine | HeadError:
     parts = line.split(b" ")
     if len(parts) != 3:
         return HeadError(400, "malformed request line")
@@ -168,7 +172,7 @@ class HeadReader:
         self.max_bytes = max_bytes
         self._buffer = bytearray()
         self._pos = 0            # start of the first line not yet looked at
-        self._request: tuple | HeadError | None = None
+        self._request: _RequestLine | None = None
         self._headers: dict[str, str] = {}
         self._over = False       # more than max_bytes came
         self._answer: RequestHead | HeadError | None = None
@@ -220,10 +224,13 @@ class HeadReader:
         if self._request is None:
             if not line:
                 return HeadError(400, "empty line before the request line")
-            self._request = _request_line(line)
-            return self._request if isinstance(self._request, HeadError) else None
+            request = _request_line(line)
+            if isinstance(request, HeadError):
+                return request
+            self._request = request
+            return None
         if not line:
-            return self._finish()
+            return self._finish(self._request)
         if line[:1] in (b" ", b"\t"):
             return HeadError(400, "obsolete header line folding")
         name, colon, value = line.partition(b":")
@@ -243,8 +250,8 @@ class HeadReader:
             headers[key] = text
         return None
 
-    def _finish(self) -> RequestHead | HeadError:
-        method, target, version, path, query = self._request
+    def _finish(self, request: _RequestLine) -> RequestHead | HeadError:
+        method, target, version, path, query = request
         if version == b"HTTP/1.1" and "host" not in self._headers:
             return HeadError(400, "missing Host header")
         return RequestHead(method=method.decode("ascii"), target=target.decode("ascii"),

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
@@ -52,7 +53,7 @@ class FloodGuard:
         self._window = 0
         self._counts: dict[str, int] = {}
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: LogEvent) -> None:
         window = int(self.now())
         if window != self._window:
             self._flush_window()
@@ -121,14 +122,14 @@ class Redactor:
     def __init__(self, observer: ILogObserver):
         self.observer = observer
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: LogEvent) -> None:
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
         fields = {k: v if isinstance(v, str) else repr(v)
                   for k, v in event.items() if k not in _META}
         if redact(text) == text and all(redact(v) == v for v in fields.values()):
             self.observer(event)
             return
-        clean = {k: redact(v) for k, v in fields.items()}
+        clean: LogEvent = {k: redact(v) for k, v in fields.items()}
         clean.update({
             "log_level": event.get("log_level", LogLevel.info),
             "log_namespace": event.get("log_namespace", "odinws.logs"),
@@ -152,19 +153,25 @@ def make_observer(fmt: str, level: str, out: IO[str] | None = None,
         [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])])
     if audit_out is None:
         return filtered
-    audit_file = Redactor(jsonFileLogObserver(audit_out, recordSeparator=""))
+    return _AuditRouter(Redactor(jsonFileLogObserver(audit_out, recordSeparator="")), filtered)
 
-    @implementer(ILogObserver)
-    def route(event: dict) -> None:
+
+@implementer(ILogObserver)
+class _AuditRouter:
+    """Audit events to the audit file as well; every event to the process log."""
+
+    def __init__(self, audit_file: ILogObserver, rest: ILogObserver):
+        self.audit_file = audit_file
+        self.rest = rest
+
+    def __call__(self, event: LogEvent) -> None:
         if event.get("log_namespace") == AUDIT_NAMESPACE:
-            audit_file(event)
-        filtered(event)
-
-    return route
+            self.audit_file(event)
+        self.rest(event)
 
 
 
-def install_logging(log: LogSettings, parent) -> None:
+def install_logging(log: LogSettings, parent: object) -> None:
     """
     Give twistd's Application our log observer (format, level, audit file,
     flood guard): twistd asks the application for an ILogObserver component

@@ -17,10 +17,14 @@ from __future__ import annotations
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
+
+#: resource.getrlimit and resource.setrlimit, replaced by fakes in tests.
+GetRlimit = Callable[[int], tuple[int, int]]
+SetRlimit = Callable[[int, tuple[int, int]], None]
 
 #: Descriptors a process needs besides its clients: stdio, logs, the control
 #: channel and its passed descriptors, epoll, pipes, librdkafka's sockets.
@@ -49,8 +53,8 @@ def connection_room(soft: int) -> int:
     return max(0, soft - HEADROOM)
 
 
-def ensure(need: int, getrlimit: Callable = resource.getrlimit,
-           setrlimit: Callable = resource.setrlimit) -> tuple[int, int]:
+def ensure(need: int, getrlimit: GetRlimit = resource.getrlimit,
+           setrlimit: SetRlimit = resource.setrlimit) -> tuple[int, int]:
     """
     Raise the soft limit to C{need}, or to the hard limit if that is lower;
     never lower it. Returns (soft, hard) as they are afterwards.
@@ -93,13 +97,13 @@ class OpenFiles:
                 f"needs {self.needed} descriptors; raise the hard limit (systemd LimitNOFILE, "
                 f"ulimit -Hn) or run more shards")
 
-    def as_health(self) -> dict:
+    def as_health(self) -> dict[str, Any]:
         return {"soft": self.soft, "hard": self.hard, "needed": self.needed,
                 "max_connections": self.configured, "connections_allowed": self.allowed,
                 "capped": self.capped, "message": self.message()}
 
 
-def status(settings: Settings, getrlimit: Callable = resource.getrlimit) -> OpenFiles:
+def status(settings: Settings, getrlimit: GetRlimit = resource.getrlimit) -> OpenFiles:
     """The limits this process has now (its shards inherited them) against C{settings}."""
     soft, hard = getrlimit(resource.RLIMIT_NOFILE)
     soft = UNLIMITED if soft == resource.RLIM_INFINITY else soft

@@ -59,6 +59,7 @@ class KafkaSettings:
     static_membership: bool
     max_poll_interval_ms: int
     retry_backoff_max: float
+    unreachable_grace: float
     consumer_config: Mapping[str, Any]
 
 
@@ -161,6 +162,11 @@ class AuthSettings:
     secret_file: str
     public_key_file: str
     jwks_file: str
+    jwks_url: str
+    jwks_ca_file: str
+    jwks_refresh: float
+    jwks_min_refresh: float
+    jwks_timeout: float
     audience: str
     issuer: str
     leeway: float

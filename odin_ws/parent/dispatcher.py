@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -92,6 +92,8 @@ class DispatchProtocol(Protocol):
     """One accepted client, until it is answered or handed to a shard."""
 
     factory: Dispatcher
+    #: The reactor's TCP transport: the door pauses it and passes its descriptor on.
+    transport: tcp.Server
 
     def __init__(self) -> None:
         self.state = DoorState.NEW
@@ -124,7 +126,7 @@ class DispatchProtocol(Protocol):
         self._timer = dispatcher.reactor.callLater(listen.head_timeout, self._head_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state != DoorState.READING:
+        if self.state != DoorState.READING or self._reader is None:
             return
         result = self._reader.feed(data)
         if result is None:
@@ -244,7 +246,7 @@ class DispatchProtocol(Protocol):
                 self.refuse(426, "not_upgrade", "WebSocket upgrade required", send_body)
         elif head.path == dispatcher.settings.listen.sse_path and head.path:
             # An event stream is placed and handed over like an upgrade; the
-            # shard checks the rest (odin_ws/shard/sse.py).
+            # shard checks the rest (odin_ws/shard/clients/sse.py).
             if head.method == "GET":
                 self._upgrade(head.raw, head)
             else:
@@ -298,9 +300,9 @@ class DispatchProtocol(Protocol):
                 return self.refuse(503, reason, "server is shutting down")
             return self.refuse(status, reason, _phrase(status).lower())
         settings = dispatcher.settings
-        handle, reason = place(dispatcher.shards(), settings.limits.max_connections)
+        handle, full = place(dispatcher.shards(), settings.limits.max_connections)
         if handle is None:
-            return self.refuse(503, reason, "no capacity, retry later")
+            return self.refuse(503, full or "no_shard", "no capacity, retry later")
         # Count it now, until the call completes (however late): the next
         # placement, maybe before this answer, must see it.
         handle.reserve()
@@ -369,7 +371,7 @@ class DispatchProtocol(Protocol):
             return "?"
 
 
-class Dispatcher(Factory):
+class Dispatcher(Factory[DispatchProtocol]):
     """
     The public (or admin) listener's factory.
 

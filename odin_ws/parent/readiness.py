@@ -80,7 +80,10 @@ class Readiness:
         return max(1, math.ceil(left))
 
     def due_back(self) -> list[Any]:
-        """The shards not alive now that are expected back soon: restarting, not crash-looping, held for less than C{listen.restart_hold}."""
+        """
+        The shards not alive now that are expected back soon: restarting, not
+        crash-looping, held for less than C{listen.restart_hold}.
+        """
         now = self._clock()
         hold = self._settings.listen.restart_hold
         due = []

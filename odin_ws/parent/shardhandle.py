@@ -14,6 +14,8 @@ from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -348,6 +350,8 @@ class ShardLink(amp.AMP):
     """The parent's link to one shard: its end of that shard's control channel."""
 
     log = Logger()
+    #: The adopted Unix socket of the channel (a stream transport, so it can be aborted).
+    transport: ITCPTransport | None
 
     def __init__(self, handle: ShardHandle, hub: Hub,
                  on_lost: Callable[[ShardLink], None] = lambda link: None):
@@ -393,7 +397,7 @@ class ShardLink(amp.AMP):
         self.hub.publish(self.handle.index, batch)
         return {}
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         was_link, was_channel = self.handle.channel_closed(self)
         if was_link:

@@ -42,7 +42,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUBSCRIBE_CHUNK = 100
 # json.loads minus its Python wrappers (encoding detection, whitespace
 # checks): a third of the per-event cost (measured).
-_scan = json.scanner.c_make_scanner(json.JSONDecoder())
+_scan = json.scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]  # C-only, not in typeshed
 
 HANDSHAKE, OPEN, CLOSED = 0, 1, 2
 
@@ -57,7 +57,7 @@ def failure_reason(exc: BaseException) -> str:
         return "reset"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timeout"
-    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
         return errno.errorcode[exc.errno].lower()
     return type(exc).__name__
 
@@ -95,7 +95,9 @@ class Conn(asyncio.Protocol):
         self.w = worker
         self.g = g
         self.patterns = patterns
-        self.transport: asyncio.Transport | None = None
+        # None only until connection_made (the worker's failure path checks);
+        # every callback that writes runs after it.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.buf = b""
         self.state = HANDSHAKE
         self.key = base64.b64encode(os.urandom(16))

@@ -14,13 +14,14 @@ import os
 import platform
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from odinws_tools.loadtest.stats import Histogram, diff_series, evaluate
 
 
 def machine() -> dict:
     """What the run ran on (for comparing reports)."""
-    info = {"cpus": os.cpu_count(), "kernel": platform.release(),
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version(), "host": platform.node()}
     try:
         with open("/proc/cpuinfo") as f:
@@ -64,7 +65,7 @@ def build_report(args, run, elapsed: float) -> dict:
     rate = hold_events / len(hold) if hold else 0.0
     before, at_end = run.metrics.get("before"), run.metrics.get("hold_end")
     no_seq = sum(f["no_seq"] for f in finals)
-    report = {
+    report: dict[str, Any] = {
         "tool": "odinws-loadtest",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.start)),
         "elapsed_s": round(elapsed, 1),
@@ -313,7 +314,8 @@ def render_html(r: dict) -> str:
         "<style>body{font:14px system-ui,sans-serif;margin:24px;max-width:900px}"
         "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;"
         "text-align:left}.t{font-weight:600;font-size:13px}.l{font-size:11px;fill:#555}"
-        ".g{stroke:#eee}.m{stroke:#999;stroke-dasharray:4 3}.pass{color:#176d2c}.fail{color:#b00020}pre{background:#f6f6f6;"
+        ".g{stroke:#eee}.m{stroke:#999;stroke-dasharray:4 3}.pass{color:#176d2c}"
+        ".fail{color:#b00020}pre{background:#f6f6f6;"
         "padding:8px;white-space:pre-wrap}</style></head><body>",
         f"<h1>odinws load test</h1><p class='{'pass' if v['passed'] else 'fail'}'>"
         f"<b>{html.escape(verdict_line)}</b></p>",

@@ -32,7 +32,9 @@ import sys
 import threading
 import time
 import urllib.request
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_pipes
+from typing import cast
 from urllib.parse import urlsplit
 
 from odinws_tools.loadtest.report import build_report, write_report
@@ -270,7 +272,8 @@ class Run:
                 for pipe in pipes:
                     _send_quietly(pipe, "stop")
                 stop_sent = True
-            for pipe in wait_pipes(list(pipes), timeout=0.25):
+            # wait() returns some of the objects it was given: these pipes.
+            for pipe in cast("list[Connection]", wait_pipes(list(pipes), timeout=0.25)):
                 try:
                     msg = pipe.recv()
                 except (EOFError, OSError):

@@ -90,6 +90,7 @@ class Worker:
         t0 = time.monotonic()
         family = socket.AF_INET6 if ":" in spec.address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
+        adopted = False  # the loop owns the socket from create_connection on
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -105,7 +106,7 @@ class Worker:
             except TimeoutError:
                 raise ConnectFailed("connect_timeout") from None
             await self.loop.create_connection(lambda: conn, sock=sock)
-            sock = None
+            adopted = True
             left = spec.connect_timeout - (time.monotonic() - t0)
             try:
                 await asyncio.wait_for(asyncio.shield(conn.opened), max(0.001, left))
@@ -122,7 +123,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - every failure is counted by its reason
             reason = failure_reason(e)
             self.failed[reason] = self.failed.get(reason, 0) + 1
-            if sock is not None:
+            if not adopted:
                 sock.close()
             if conn.transport is not None:
                 conn.state = CLOSED
@@ -169,7 +170,8 @@ class Worker:
             events, self.tick_events = self.tick_events, 0
             self.send({"kind": "tick", "worker": self.spec.index, "i": i,
                        "up": self.up - self.lost, "pending": self.pending,
-                       "failed": sum(self.failed.values()), "lost": self.lost, "events": events, "hist": hist.to_wire(),
+                       "failed": sum(self.failed.values()), "lost": self.lost, "events": events,
+                       "hist": hist.to_wire(),
                        "cpu": cpu - cpu0})
             cpu0 = cpu
 
@@ -190,7 +192,8 @@ class Worker:
                 lost[c.lost] = lost.get(c.lost, 0) + 1
         return {"kind": "final", "worker": self.spec.index, "failed": self.failed, "lost": lost,
                 "handshake": self.handshake.to_wire(), "subscribe": self.subscribe.to_wire(),
-                "no_seq": self.no_seq, "malformed": self.malformed, "gaps": self.gaps, "duplicates": self.duplicates,
+                "no_seq": self.no_seq, "malformed": self.malformed, "gaps": self.gaps,
+                "duplicates": self.duplicates,
                 "seen": self.seen, "cpu": _cpu(),
                 "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 "conns": [(c.g, c.t_sub_ms, c.in_window, c.events, c.seqs.gaps,

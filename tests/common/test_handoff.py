@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from typing import cast
 
 from twisted.internet import defer, error, protocol, reactor, task
 from twisted.internet.testing import StringTransport
@@ -30,7 +31,7 @@ class ReleaseTests(RealSocketMixin, unittest.TestCase):
         yield self.finish_session(client, echo)
         reason = client.reason
         self.assertEqual(client.data, b"HEAD:pinglast")
-        self.assertEqual(echo.chunks[0], b"HEAD:")
+        self.assertEqual(cast(Echo, echo).chunks[0], b"HEAD:")
         # FIN, not RST: ConnectionDone, and the last bytes arrived.
         self.assertTrue(reason.check(error.ConnectionDone), reason)
 

@@ -3,6 +3,8 @@ Tests for L{odin_ws.common.httphead}: the bounded, never-raising, strict
 request-head reader that the parent and the shards share (issue 16).
 """
 
+from typing import cast
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
@@ -20,7 +22,7 @@ class ParseTests(unittest.TestCase):
         result = parse(data, limit)
         self.assertIsInstance(result, HeadError)
         self.assertEqual(result.status, status, result.reason)
-        return result
+        return cast(HeadError, result)
 
     def test_upgrade_request(self):
         """A WebSocket upgrade parses into method, target, path, query, version and headers."""

@@ -1,4 +1,7 @@
-"""odin_ws.common.metrics: each process's exposition, the garbage collector's pauses, the process metrics, renamed metrics."""
+"""
+odin_ws.common.metrics: each process's exposition, the garbage collector's
+pauses, the process metrics, renamed metrics.
+"""
 
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ class PinnedVersionTests(SynchronousTestCase):
         The Twisted installed is the one requirements.lock pins and
         twisted_internals was written for.
         """
-        assert_written_for(self, twisted_internals.WRITTEN_FOR, "Twisted", "odin_ws/common/twisted_internals.py")
+        assert_written_for(self, twisted_internals.WRITTEN_FOR, "Twisted",
+                           "odin_ws/common/twisted_internals.py")
 
 
 class AdoptedConnectionCase(TestCase):
@@ -362,7 +363,7 @@ class RaiseListenErrorsTests(SynchronousTestCase):
 
 
 #: The modules allowed to touch another object's underscore attributes.
-INTERNALS = {"odin_ws/common/twisted_internals.py", "odin_ws/shard/autobahn_internals.py"}
+INTERNALS = {"odin_ws/common/twisted_internals.py", "odin_ws/shard/clients/autobahn_internals.py"}
 
 
 def foreign_private_access(path: str) -> list[str]:

@@ -105,6 +105,7 @@ class NotifySocket:
 def unit_watchdog_usec() -> str:
     """The installed unit's WatchdogSec, in microseconds (as systemd passes it)."""
     parser = configparser.ConfigParser(strict=False, interpolation=None)
+    # Keep the unit's key case; typeshed types optionxform as a method.
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     with open(UNIT) as f:
         parser.read_file(f)

@@ -1,16 +1,20 @@
-"""WebSocket frames by hand: a server-frame parser, masked client frames, a handshaken Autobahn protocol, numbered event frames."""
+"""
+WebSocket frames by hand: a server-frame parser, masked client frames, a
+handshaken Autobahn protocol, numbered event frames.
+"""
 
 from __future__ import annotations
 
 import json
 import struct
+from typing import cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from odin_ws.shard.frames import text_frame
+from odin_ws.shard.delivery.frames import text_frame
 
 
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -43,7 +47,7 @@ def handshaken_protocol(cls=WebSocketServerProtocol) -> tuple[WebSocketServerPro
     factory.protocol = cls
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
                                autoPingInterval=0)
-    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    proto = cast(WebSocketServerProtocol, factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
     transport = StringTransport()
     proto.makeConnection(transport)
     proto.dataReceived(PLAIN_UPGRADE)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IReactorSocket, IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp
 from zope.interface import implementer
@@ -38,7 +41,7 @@ class Collector(protocol.Protocol):
     def until_endswith(self, suffix: bytes) -> defer.Deferred:
         if self.data.endswith(suffix):
             return defer.succeed(self.data)
-        d = defer.Deferred()
+        d: Deferred[bytes] = defer.Deferred()
         self._waiters.append((suffix, d))
         return d.addTimeout(10, reactor)
 
@@ -49,6 +52,12 @@ class Collector(protocol.Protocol):
 
 
 class RealSocketMixin:
+    """Real sockets on the global reactor, for a C{unittest.TestCase}."""
+
+    if TYPE_CHECKING:  # provided by the TestCase it is mixed into
+        addCleanup: Callable[..., None]
+        assertEqual: Callable[..., None]
+
     @defer.inlineCallbacks
     def connected_pair(self, interface: str, server_factory=None):
         """A listening port, a connected client and the server-side protocol."""
@@ -57,7 +66,7 @@ class RealSocketMixin:
         self.addCleanup(port.stopListening)
         client = Collector()
         yield protocol.ClientCreator(reactor, lambda: client).connectTCP(
-            interface, port.getHost().port)
+            interface, cast(IPv4Address, port.getHost()).port)
         while not server_factory.built:
             yield task.deferLater(reactor, 0.001, lambda: None)
         server = server_factory.built[0]
@@ -68,8 +77,9 @@ class RealSocketMixin:
         """A real AMP pair on a Unix socketpair, as parent and shard have; closed at cleanup."""
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent_factory, shard_factory = BuiltFactory(ParentSide), BuiltFactory(ShardSide)
-        reactor.adoptStreamConnection(a.fileno(), socket.AF_UNIX, parent_factory)
-        reactor.adoptStreamConnection(b.fileno(), socket.AF_UNIX, shard_factory)
+        adopt = cast(IReactorSocket, reactor).adoptStreamConnection
+        adopt(a.fileno(), socket.AF_UNIX, parent_factory)
+        adopt(b.fileno(), socket.AF_UNIX, shard_factory)
         # The reactor holds duplicates; these copies are not needed.
         a.close()
         b.close()
@@ -112,7 +122,7 @@ class LoopbackClient:
         self.reactor = reactor
         self.sock = sock
         self.data = bytearray()
-        self._want = None
+        self._want: Callable[[bytearray], bool] = lambda data: False
         self._done: Deferred | None = None
 
     def read(self, n, timeout: float = 30.0) -> Deferred:

@@ -6,6 +6,7 @@ import itertools
 import json
 import socket
 import time
+from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.address import IPv4Address
@@ -48,7 +49,7 @@ class SseParser:
 
     def feed(self, data: bytes) -> list[SseMessage]:
         self._buf += data
-        out = []
+        out: list[Any] = []
         while True:
             line, sep, rest = self._buf.partition(b"\n")
             if not sep:

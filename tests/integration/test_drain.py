@@ -109,4 +109,4 @@ class DrainTests(unittest.TestCase):
         # twistd re-raises the SIGTERM it handled once stopped: that is a clean stop.
         self.assertIn(self.node.proc.wait(60), (0, -signal.SIGTERM))
         for pid in pids:
-            wait_for(lambda: not pid_alive(pid), 10, what=f"shard {pid} gone")
+            wait_for(lambda pid=pid: not pid_alive(pid), 10, what=f"shard {pid} gone")

@@ -291,7 +291,7 @@ class MultiShardTests(NodeTestCase):
         self.assertEqual(codes, [4000] * 6)
         self.node.proc.wait(60)
         for pid in pids:
-            wait_for(lambda: not pid_alive(pid), 10, what=f"shard {pid} gone")
+            wait_for(lambda pid=pid: not pid_alive(pid), 10, what=f"shard {pid} gone")
 
     def test_no_orphans_when_parent_killed(self):
         """kill -9 of the parent: every shard notices its control channel close and exits."""
@@ -300,7 +300,7 @@ class MultiShardTests(NodeTestCase):
         self.node.proc.kill()
         self.node.proc.wait(10)
         for pid in pids:
-            wait_for(lambda: not pid_alive(pid), 20, what=f"orphan shard {pid} gone")
+            wait_for(lambda pid=pid: not pid_alive(pid), 20, what=f"orphan shard {pid} gone")
 
 
 class CapacityTests(NodeTestCase):

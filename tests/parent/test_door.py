@@ -134,7 +134,10 @@ class DoorTests(DispatcherTestCase):
         self.assertRefusedUnread(transport, 429)
 
     def test_tls_refused_silently(self):
-        """With TLS (handed over unread), a connection over the IP's rate is closed without a plaintext answer and reaches no shard."""
+        """
+        With TLS (handed over unread), a connection over the IP's rate is
+        closed without a plaintext answer and reaches no shard.
+        """
         tls = self.make(admission=self.admission, tls=True)
         for _ in range(3):
             proto, _ = self.open(dispatcher=tls)

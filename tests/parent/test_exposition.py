@@ -1,5 +1,7 @@
 """Tests for L{odin_ws.parent.exposition}: merging the parent's and the shards' metrics."""
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +23,7 @@ def _registry_text(shard_value: float, reason: str = "plain") -> bytes:
     return generate_latest(registry)
 
 
-def _parse(text: bytes) -> dict[str, list]:
+def _parse(text: bytes) -> dict[str, Any]:
     families = list(text_string_to_metric_families(text.decode()))
     names = [f.name for f in families]
     return {"names": names, "samples": [s for f in families for s in f.samples],

@@ -112,7 +112,10 @@ class WatchdogIntervalTests(SynchronousTestCase):
             {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "7"}, 7), 15.0)
 
     def test_off(self):
-        """No watchdog when WATCHDOG_USEC is missing, zero or not a number, or WATCHDOG_PID is another process."""
+        """
+        No watchdog when WATCHDOG_USEC is missing, zero or not a number, or
+        WATCHDOG_PID is another process.
+        """
         for env in ({}, {"WATCHDOG_USEC": "0"}, {"WATCHDOG_USEC": "x"},
                     {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "8"}):
             self.assertIsNone(systemd.watchdog_interval(env, 7), env)

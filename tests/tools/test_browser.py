@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from odinws_tools.demo import DemoStack
 from odinws_tools.embedded_broker import free_port
-from tests.helpers.node import ROOT  # noqa: E402 (the repository root)
+from tests.helpers.node import ROOT  # the repository root
 
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 CHROMIUM = "/usr/bin/chromium"

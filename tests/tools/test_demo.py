@@ -21,7 +21,7 @@ from odin_ws.common import config as configmod
 from odinws_tools.demo import demo_config
 from odinws_tools.embedded_broker import free_port
 from tests.helpers.node import (
-    ROOT,  # noqa: E402 (the repository root)
+    ROOT,  # the repository root
     descendants,
     pid_alive,
 )
@@ -46,7 +46,11 @@ class DemoProgramTests(unittest.TestCase):
             [sys.executable, "-m", "odinws_tools.demo", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, text=True)
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.kill()
+        self.addCleanup(stop)
         return proc
 
     def read_until(self, proc: subprocess.Popen, marker: str) -> str:

@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import uuid
+from typing import Any
 
 from confluent_kafka import Producer
 from twisted.trial import unittest
@@ -95,7 +96,10 @@ class SeqCheckTests(unittest.TestCase):
         self.assertEqual((s.gaps, s.duplicates), (0, 0))
 
     def test_gap_and_duplicate(self):
-        """A skip counts the skipped events; a repeat or an older seq is a duplicate; channels are separate."""
+        """
+        A skip counts the skipped events; a repeat or an older seq is a
+        duplicate; channels are separate.
+        """
         s = SeqCheck()
         s.observe("a", 1)
         self.assertEqual(s.observe("a", 4), 2)
@@ -221,7 +225,10 @@ class ConnTests(unittest.TestCase):
                                      "data": {"seq": seq}, "ts": ts}).encode())
 
     def test_subscribe_then_events_split_across_reads(self):
-        """After 101 the client subscribes (masked frame); events split anywhere are all counted, gaps and duplicates too."""
+        """
+        After 101 the client subscribes (masked frame); events split anywhere
+        are all counted, gaps and duplicates too.
+        """
         self.conn.data_received(self._accept())
         self.assertTrue(self.conn.opened.done())
         opcode, body = _unmask(self.transport.written)
@@ -283,7 +290,7 @@ class ConnTests(unittest.TestCase):
 class ReportTests(unittest.TestCase):
 
     def _report(self, **over) -> dict:
-        report = {"connections": {"failed": {}, "lost": {}, "not_attempted": 0},
+        report: dict[str, Any] = {"connections": {"failed": {}, "lost": {}, "not_attempted": 0},
                   "events": {"delivered": 10, "without_seq": 0, "malformed": 0},
                   "completeness": {"missing": 0, "gaps": 0, "duplicates": 0,
                                    "missing_everywhere": 0}}
@@ -391,7 +398,10 @@ class RunTests(unittest.TestCase):
         self.assertIn("connections failed: refused 3", report["verdict"]["reasons"])
 
     def test_real_node_loses_nothing(self):
-        """50 connections from 2 workers on a 2-shard node get every event produced while they are subscribed."""
+        """
+        50 connections from 2 workers on a 2-shard node get every event
+        produced while they are subscribed.
+        """
         broker = shared_broker()
         topic = f"lt-{uuid.uuid4().hex[:8]}"
         broker.create_topics([topic], partitions=2)

@@ -13,12 +13,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from typing import Any
 
 from twisted.trial import unittest
 
 from odinws_tools import simulate
 from tests.helpers.broker import FAST_KAFKA, shared_broker
-from tests.helpers.node import ROOT  # noqa: E402 (the repository root)
+from tests.helpers.node import ROOT  # the repository root
 
 
 def _take(n, **kw):
@@ -134,7 +135,7 @@ class FakeProducer:
     """Records produce() calls; raises BufferError C{full} times first."""
 
     def __init__(self, full: int = 0):
-        self.records = []
+        self.records: list[Any] = []
         self.full = full
         self.polls = 0
 
