@@ -177,6 +177,10 @@ SCHEMA: tuple[Option, ...] = (
          "(also the rebalance timeout: keep it small for quick joins).", minimum=1000),
     _opt("kafka.retry_backoff_max", float, 30.0, "Longest wait between reconnects "
          "to an unreachable broker (seconds).", minimum=0.1),
+    _opt("kafka.unreachable_grace", float, 15.0, "Seconds every shard may go without "
+         "reaching a Kafka broker before /health answers 503 kafka_unreachable (within it: "
+         "200, degraded kafka_disconnected), so a broker blip does not take the node out "
+         "of a load balancer.", minimum=0, live=True),
     _opt("kafka.consumer_config", dict, {}, "Extra librdkafka settings passed to "
          "the consumer as they are (e.g. security.protocol)."),
     _opt("limits.max_connections", int, 18000, "Connections per node; above it "
