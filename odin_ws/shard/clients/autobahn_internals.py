@@ -110,7 +110,7 @@ def forget_transport_details(protocol: WebSocketServerProtocol) -> None:
     reads last when the connection opens (its C{transport_details}
     property then answers None).
     """
-    protocol._transport_details = None
+    protocol._transport_details = None  # type: ignore[assignment]  # Autobahn types it set
 
 
 def retire_unopened(protocol: WebSocketServerProtocol) -> None:

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
@@ -43,11 +45,16 @@ class WebSocketHost(sse.StreamHost, Protocol):
     def connection_made(self, proto: Any) -> None: ...
 
 
-class ClientProtocol(OutboxHolder, LeanServerProtocol):
+# Autobahn's own bases disagree on the types of peer and _transport_details.
+class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
     """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
 
     log = Logger()
     factory: ClientFactory
+    #: Twisted types it Optional; a connection has one from connectionMade on.
+    transport: Any
+    #: Made in connectionMade, before any other call reads it.
+    session: Session
     outbox: Outbox | None
     # In slots like Autobahn's state (odin_ws/shard/clients/lean.py): every
     # connection carries them. OutboxHolder's two attributes included.
@@ -57,7 +64,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.adopted_at = 0.0
-        self.session: Session | None = None
+        self.session = None  # type: ignore[assignment]  # until connectionMade
         self.head_gate: HeadGate | None = None
         #: The subscribe the URL asks for (?channels=...), made at open.
         self.url_subscribe: messages.Subscribe | None = None
@@ -100,7 +107,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         if self.state != self.STATE_CONNECTING:
             self.head_gate = None
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.session is not None:
             self.session.lost()
@@ -226,7 +233,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
 class ClientFactory(WebSocketServerFactory):
     """Builds the shard's client protocols, with Autobahn's options from the settings."""
 
-    protocol = ClientProtocol
+    protocol = ClientProtocol  # type: ignore[assignment]  # Twisted's stubs want a plain Protocol
 
     def __init__(self, host: WebSocketHost):
         super().__init__()

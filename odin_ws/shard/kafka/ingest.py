@@ -90,7 +90,7 @@ class KafkaIngest(Service):
         group instance id is C{<node_id>-shard<index>} (L{instance_id}).
     """
 
-    name = "kafka"
+    name = "kafka"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, reactor: Any, settings: Settings, shard: int, mapper: RecordMapper,
                  on_batch: Callable[[list[Event]], Deferred | None],
@@ -241,8 +241,10 @@ class KafkaIngest(Service):
         done: Deferred = Deferred()
 
         def closed(_: object) -> None:
-            # finished fires as the thread's last act, so this join is immediate.
-            thread.join()
+            # finished fires as the thread's last act, so this join is immediate
+            # (a finished Deferred means the thread was started).
+            if thread is not None:
+                thread.join()
             if timer.active():
                 timer.cancel()
                 done.callback(None)
