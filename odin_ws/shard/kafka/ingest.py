@@ -337,7 +337,7 @@ class KafkaIngest(Service):
         if self._state != IngestState.ERROR:
             self._state = IngestState.STOPPED
         self._connected = False
-        self._assigned = ()
+        self._assigned = frozenset()
         metrics.KAFKA_CONNECTED.set(0)
         self._reactor.callFromThread(finished.callback, None)
 
