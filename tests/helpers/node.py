@@ -152,6 +152,16 @@ class Node:
             return body
         return wait_for(ready, timeout, 0.2, "odinws ready")
 
+    def wait_spread(self, timeout: float = 60.0) -> None:
+        """
+        Wait until every shard has partitions (give the topic at least as
+        many as shards). Apache Kafka gives a group's first member every
+        partition, and the later ones their share a rebalance after (seconds).
+        """
+        wait_for(lambda: all((s.get("kafka") or {}).get("assigned")
+                             for s in self.health()[1]["shards"]),
+                 timeout, 0.2, "partitions on every shard")
+
     def tail(self, n: int = 4000) -> str:
         try:
             with open(self.log_path, "rb") as f:

@@ -209,11 +209,8 @@ class MultiShardTests(NodeTestCase):
             return {(s.name, s.labels.get("shard")): s.value
                     for f in text_string_to_metric_families(text) for s in f.samples
                     if s.name.startswith("process_")}
-        # The group settles first: a shard opens descriptors when it gets its
-        # partition, on Apache Kafka seconds after the first member got all.
-        wait_for(lambda: all((s.get("kafka") or {}).get("assigned")
-                             for s in self.node.health()[1]["shards"]),
-                 60, 0.2, "a partition on every shard")
+        # The group settles first: a shard opens descriptors when it gets its partition.
+        self.node.wait_spread()
         before = process_samples()
         for name in ("process_open_fds", "process_max_fds", "process_resident_memory_bytes",
                      "process_virtual_memory_bytes", "process_cpu_seconds_total",
