@@ -196,7 +196,10 @@ SCHEMA: tuple[Option, ...] = (
     _opt("limits.trusted_proxies", list, [], "Peer IPs (load balancers) whose "
          "X-Forwarded-For names the client IP.", live=True),
     _opt("limits.allowed_origins", list, [], "Allowed Origin headers (exact, e.g. "
-         "https://app.example.com); empty allows all. Others get 403.", live=True),
+         "https://app.example.com; null, what a page opened from a file sends, only when "
+         "listed); empty allows all, null and none included. Others, and none when the list "
+         "is set, get 403; an Origin that is no origin gets 400. The same on /ws and SSE.",
+         live=True),
     _opt("limits.max_channels_per_message", int, 100, "Channels in one "
          "subscribe/unsubscribe message.", minimum=1, live=True),
     _opt("limits.max_subscriptions", int, 100, "Subscriptions per connection (a wildcard "

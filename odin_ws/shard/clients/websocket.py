@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, messages, sse
+from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
 from odin_ws.shard.clients.session import (
@@ -31,6 +32,7 @@ from odin_ws.shard.clients.session import (
     CLOSE_SLOW_CONSUMER,
     Refused,
     Session,
+    bad_origin,
     count_closed,
 )
 from odin_ws.shard.delivery.frames import text_frame
@@ -143,6 +145,14 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
         # offered twice, a header it cannot parse) in the status line it
         # sends and in the reason it logs: never a token (issue 16).
         body, self.deny_body = self.deny_body, None
+        session = self.session
+        if reason.startswith(INVALID_ORIGIN) and session is not None:
+            # Refused by Autobahn before onConnect: counted like the stream's.
+            session.identify(getattr(self.transport.getPeer(), "host", ""),
+                             getattr(self, "http_headers", None) or {})
+            refusal = bad_origin()
+            session.refused(refusal)
+            reason, code = f"{HTTPStatus(400).phrase}: {refusal.message}", 400
         if body is not None:
             # A refused subscribe by URL: the reason as JSON, like the
             # error message it would have been (docs/protocol.md).
@@ -242,6 +252,10 @@ class ClientFactory(WebSocketServerFactory):
             # violation without a close frame: the client would see 1006,
             # never the 1009/1007/1002 of docs/protocol.md.
             failByDrop=False,
+            # The origin rule is the session's (limits.allowed_origins), the
+            # same for the event stream: Autobahn would refuse Origin: null
+            # (a page opened from a file) with a 400 nobody counted.
+            allowNullOrigin=True,
             autoPingInterval=keepalive.ping_interval,
             autoPingTimeout=keepalive.ping_timeout,
             tcpNoDelay=True,
