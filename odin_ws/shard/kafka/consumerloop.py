@@ -37,7 +37,11 @@ class LoopOwner(Protocol):
 
     def publish_assignment(self, assigned: frozenset[Partition]) -> None: ...
 
+    def publish_missing(self, topics: frozenset[str]) -> None: ...
+
     def note_error(self, kind: str, text: str, level: str = "warn") -> None: ...
+
+    def fatal(self, kind: str, text: str) -> None: ...
 
     def log(self, level: str, fmt: str, **kw: Any) -> None: ...
 
@@ -109,6 +113,11 @@ class ConsumerLoop:
         self.positions: dict[Partition, int] = {}
         # When to retry a failed identity lookup (monotonic), or None.
         self.epochs_due: float | None = None
+        # Configured topics the brokers said do not exist, until some of
+        # their partitions are assigned here. (librdkafka sees a topic
+        # created later at its next metadata refresh: every
+        # topic.metadata.refresh.interval.ms, 5 minutes by default.)
+        self.missing: set[str] = set()
 
     def run(self) -> None:
         ingest = self.ingest
@@ -180,6 +189,14 @@ class ConsumerLoop:
         for m in messages:
             err = m.error()
             if err is not None:
+                # librdkafka's fatal state (e.g. fenced by a consumer with this
+                # shard's instance id) reaches consume() as _FATAL, fatal() false.
+                if err.fatal() or err.code() == KafkaError._FATAL:
+                    self.ingest.fatal(err.name().lstrip("_").lower(), err.str())
+                    break
+                if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and m.topic() in self.topics:
+                    # "Subscribed topic not available": said once per topic.
+                    self.set_missing(self.missing | {m.topic()})
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.ingest.note_error(err.name().lstrip("_").lower(), err.str())
                 continue
@@ -285,6 +302,11 @@ class ConsumerLoop:
                                   topic=topic, old=old, new=self.incarnations.epoch(topic))
         return changed
 
+    def set_missing(self, topics: set[str]) -> None:
+        if topics != self.missing:
+            self.missing = topics
+            self.ingest.publish_missing(frozenset(topics))
+
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Eager: the whole new assignment (the old one was revoked first).
         # Cooperative: only the partitions added; the ones kept go on
@@ -302,6 +324,8 @@ class ConsumerLoop:
             # within a second), so lag alerts and graphs see every partition.
             metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(0)
         self._publish_assignment()
+        if self.missing:
+            self.set_missing(self.missing - {tp.topic for tp in partitions})
         self.repause = self.paused
         self.ingest.broker_reached()
         self.refresh_epochs()

@@ -90,7 +90,7 @@ class KafkaIngest(Service):
         group instance id is C{<node_id>-shard<index>} (L{instance_id}).
     """
 
-    name = "kafka"
+    name = "kafka"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, reactor: Any, settings: Settings, shard: int, mapper: RecordMapper,
                  on_batch: Callable[[list[Event]], Deferred | None],
@@ -111,6 +111,10 @@ class KafkaIngest(Service):
         self._assigned: frozenset[Partition] = frozenset()
         self._lag = 0
         self._last_error: str | None = None
+        #: Configured topics the brokers said do not exist (until seen again).
+        self._missing: frozenset[str] = frozenset()
+        #: Reactor time the consumer was last known connected (or started).
+        self._connected_at = reactor.seconds()
         # Error kinds logged in the current episode (see _set_state).
         self._logged: set[str] = set()
         self._connection_error: str | None = None
@@ -174,8 +178,9 @@ class KafkaIngest(Service):
     def status(self) -> dict[str, Any]:
         """Health of the consumer, for /health."""
         state, connected, error = self._state, self._connected, self._last_error
+        now = self._reactor.seconds()
         if connected and self._stats_interval:
-            silent = self._reactor.seconds() - self._stats_at
+            silent = now - self._stats_at
             if silent > self.unresponsive_after + 3 * self._stats_interval:
                 # The consumer thread has not been in consume() for that long.
                 state, connected = IngestState.UNRESPONSIVE, False
@@ -183,7 +188,10 @@ class KafkaIngest(Service):
                 metrics.KAFKA_CONNECTED.set(0)
         return {"state": state, "connected": connected,
                 "assigned": sorted(p.label() for p in self._assigned), "lag": self._lag,
-                "last_error": error}
+                "last_error": error, "missing_topics": sorted(self._missing),
+                # How long no broker has answered (the node's /health 503s
+                # past kafka.unreachable_grace on every shard).
+                "disconnected_for": 0.0 if connected else round(now - self._connected_at, 1)}
 
     @property
     def assigned(self) -> frozenset[Partition]:
@@ -196,6 +204,8 @@ class KafkaIngest(Service):
         self._done = queue.SimpleQueue()
         self._connected = False
         self._last_error = self._connection_error = None
+        self._missing = frozenset()
+        self._connected_at = self._reactor.seconds()
         self._logged = set()
         self._state = IngestState.STARTING
         conf = self.consumer_config()
@@ -231,8 +241,10 @@ class KafkaIngest(Service):
         done: Deferred = Deferred()
 
         def closed(_: object) -> None:
-            # finished fires as the thread's last act, so this join is immediate.
-            thread.join()
+            # finished fires as the thread's last act, so this join is immediate
+            # (a finished Deferred means the thread was started).
+            if thread is not None:
+                thread.join()
             if timer.active():
                 timer.cancel()
                 done.callback(None)
@@ -266,14 +278,39 @@ class KafkaIngest(Service):
             self._set_state(IngestState.RUNNING, True)
 
     def publish_assignment(self, assigned: frozenset[Partition]) -> None:
-        """Consumer thread: the partitions now assigned."""
+        """
+        Consumer thread: the partitions now assigned. Partitions coming in
+        mean the brokers answer and the topics exist: an earlier error no
+        longer holds, and is cleared (it stayed in /health before).
+        """
+        if assigned - self._assigned:
+            self._last_error = None
         self._assigned = assigned
+
+    def publish_missing(self, topics: frozenset[str]) -> None:
+        """Consumer thread: the configured topics the brokers say do not exist."""
+        self._missing = topics
 
     def note_error(self, kind: str, text: str, level: str = "warn") -> None:
         """Consumer thread: count an error by kind; log its first occurrence per episode."""
         metrics.KAFKA_ERRORS.labels(kind).inc()
         self._last_error = text
         self.log_once(kind, "Kafka consumer: {error}", level, error=text)
+
+    def fatal(self, kind: str, text: str) -> None:
+        """
+        Consumer thread: the consumer cannot go on (librdkafka's fatal state:
+        it would return nothing more, its assignment still shown); stop it
+        and show why in the status.
+        """
+        if "group.instance.id" in text:
+            # FENCED_INSTANCE_ID: another consumer joined with this shard's id.
+            text += (f" (instance id {self.instance_id}: another process joined the group "
+                     f"{self._settings.group_id} with it; node_id must be unique among the "
+                     f"nodes of kafka.group {self._settings.kafka.group!r})")
+        self.note_error(kind, f"fatal: {text}", "error")
+        self._set_state(IngestState.ERROR, False)
+        self._stopping.set()
 
     def log_once(self, key: str, fmt: str, level: str = "warn", **kw: Any) -> None:
         """Consumer thread: log a line once per kind (C{key}) and episode."""
@@ -300,6 +337,7 @@ class KafkaIngest(Service):
         if self._state != IngestState.ERROR:
             self._state = IngestState.STOPPED
         self._connected = False
+        self._assigned = frozenset()
         metrics.KAFKA_CONNECTED.set(0)
         self._reactor.callFromThread(finished.callback, None)
 
@@ -311,14 +349,17 @@ class KafkaIngest(Service):
 
     def _set_state(self, state: IngestState, connected: bool) -> None:
         self._connected = connected
+        if connected:
+            self._connected_at = self._reactor.seconds()
         metrics.KAFKA_CONNECTED.set(1 if connected else 0)
         if state == self._state or self._state == IngestState.ERROR:
             return
         self._state = state
         if state == IngestState.RUNNING:
-            # A new episode: the next error of each kind is worth a line again.
+            # A new episode: the next error of each kind is worth a line
+            # again, and the error that kept it from running no longer holds.
             self._logged = set()
-            self._connection_error = None
+            self._last_error = self._connection_error = None
             self._log("info", "Kafka consumer running (group {group})",
                       group=self._settings.group_id)
         elif state == IngestState.RETRYING:
@@ -330,9 +371,7 @@ class KafkaIngest(Service):
     def _on_error(self, err: KafkaError) -> None:
         kind = err.name().lstrip("_").lower()
         if err.fatal():
-            self.note_error(kind, f"fatal: {err.str()}", "error")
-            self._set_state(IngestState.ERROR, False)
-            self._stopping.set()
+            self.fatal(kind, err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             metrics.KAFKA_ERRORS.labels(kind).inc()
             # The connection error before it says why; the retrying line shows it.

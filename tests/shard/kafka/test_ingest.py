@@ -14,7 +14,7 @@ import queue
 import threading
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from odin_ws.common import metrics
 from odin_ws.common.config import Config, validate
+from odin_ws.common.events import Partition
 from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop
 from odin_ws.shard.kafka.incarnations import TopicIncarnations
@@ -332,6 +333,7 @@ class FakeIngest:
     def __init__(self):
         self.batches: list[list] = []
         self.audited: list[str] = []
+        self.fatals: list[str] = []
 
     def hand_over(self, batch_id, events):
         self.batches.append(events)
@@ -344,6 +346,9 @@ class FakeIngest:
 
     def note_error(self, kind, text, level="warn"):
         raise AssertionError(text)
+
+    def fatal(self, kind, text):
+        self.fatals.append(text)
 
     def audit(self, fmt, **kw):
         self.audited.append(fmt.format(**kw))
@@ -546,6 +551,22 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
         self.assertEqual(self.loop(consumer).take(), [])
         self.assertEqual(consumer.calls, [(1, 0.25)])
 
+    def test_fatalErrorStops(self):
+        """
+        A fatal error returned by consume() (librdkafka's consumer fenced by
+        another with this shard's group.instance.id) goes to the owner as
+        fatal, and nothing after it in the batch is handled.
+        """
+        fenced = KafkaError(KafkaError._FATAL, "Fatal consumer error: Broker: Static consumer "
+                            "fenced by other consumer with same group.instance.id")
+        ingest = FakeIngest()
+        loop = self.loop(FakeConsumer([]))
+        loop.ingest = ingest
+        loop.handle([FakeKafkaMessage("t", 0, 0, error=fenced), FakeKafkaMessage("t", 0, 1)])
+        self.assertEqual(len(ingest.fatals), 1)
+        self.assertIn("fenced", ingest.fatals[0])
+        self.assertEqual(ingest.batches, [])
+
     def test_batchOfOne(self):
         """With poll_batch 1 a record is taken alone."""
         consumer = FakeConsumer([[FakeKafkaMessage("t", 0, 0)]])
@@ -644,6 +665,30 @@ def broker(name: str = "127.0.0.1:9092/1", state: str = "UP", source: str = "lea
             "rxidle": int(rxidle_s * 1e6), "waitresp_cnt": waiting}
 
 
+class FatalErrorTests(SynchronousTestCase):
+    """A consumer librdkafka gave up on is shown as such, not as running."""
+
+    def test_fencedShowsErrorAndWhy(self):
+        """
+        Fenced by another consumer with this shard's instance id (two nodes
+        with one node_id): the status turns error, the last error names the
+        instance id and what must be unique, and the consumer thread is told
+        to stop.
+        """
+        reactor_ = ThreadlessReactor()
+        ingest = KafkaIngest(reactor_, make_settings("b:1", "t", "n7"), 2, None, None)
+        ingest.broker_reached()
+        ingest.fatal("fatal", "Broker: Static consumer fenced by other consumer with same "
+                     "group.instance.id")
+        status = ingest.status()
+        self.assertEqual((status["state"], status["connected"]), ("error", False))
+        self.assertIn("n7-shard2", status["last_error"])
+        self.assertIn("node_id must be unique", status["last_error"])
+        self.assertTrue(ingest._stopping.is_set())
+        ingest.broker_reached()   # a late assignment callback does not hide it
+        self.assertEqual(ingest.status()["state"], "error")
+
+
 class UnresponsiveBrokerTests(SynchronousTestCase):
     """
     A broker that accepts connections but answers nothing (issue 16): librdkafka
@@ -735,3 +780,112 @@ class BoundedStopTests(SynchronousTestCase):
         reactor_.advance(0.2)
         self.successResultOf(done)
         self.assertTrue(any("not closed within" in formatEvent(e) for e in logged))
+
+
+class TopicErrorMessage(FakeKafkaMessage):
+    """librdkafka's "Subscribed topic not available" as consume() returns it."""
+
+    def __init__(self, topic: str):
+        super().__init__(topic, -1, -1001)
+
+    def error(self):
+        return KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART,
+                          f"Subscribed topic not available: {self.topic()}: Broker: Unknown "
+                          "topic or partition")
+
+
+class MissingTopicIngest(FakeIngest):
+    """The owner's API, with the errors and missing topics recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors: list[str] = []
+        self.missing: frozenset[str] = frozenset()
+
+    def note_error(self, kind, text, level="warn"):
+        self.errors.append(text)
+
+    def publish_missing(self, topics):
+        self.missing = topics
+
+
+class MissingTopicTests(SynchronousTestCase):
+    """
+    A configured topic the brokers say does not exist is reported as missing
+    (for /health) until partitions of it are assigned to this consumer.
+    """
+
+    def setUp(self):
+        settings = make_settings("127.0.0.1:1", "t", "g")
+        self.ingest = MissingTopicIngest()
+        self.consumer = RebalanceConsumer()
+        self.loop = ConsumerLoop(self.ingest, self.consumer,
+                                 RecordMapper.from_settings(settings.kafka), settings.kafka,
+                                 threading.Event(), queue.SimpleQueue(), 4, Deferred(),
+                                 FakeIncarnations({"t": "e1"}))
+
+    def test_reportedUntilAssigned(self):
+        """
+        The error names the topic: it is missing (and the error noted) until
+        partitions of it are assigned; others' assignments do not clear it.
+        """
+        self.loop.handle([TopicErrorMessage("t")])
+        self.assertEqual(self.ingest.missing, {"t"})
+        self.assertIn("Subscribed topic not available: t", self.ingest.errors[0])
+        self.loop.on_assign(self.consumer, [TopicPartition("u", 0)])
+        self.assertEqual(self.ingest.missing, {"t"})
+
+    def test_assignmentClears(self):
+        """Partitions of the topic assigned: it exists, whatever the metadata said."""
+        self.loop.handle([TopicErrorMessage("t")])
+        self.loop.on_assign(self.consumer, [TopicPartition("t", 0)])
+        self.assertEqual(self.ingest.missing, frozenset())
+
+    def test_otherTopicsIgnored(self):
+        """A topic that is not configured (e.g. from a regex) is not reported missing."""
+        self.loop.handle([TopicErrorMessage("other")])
+        self.assertEqual(self.ingest.missing, frozenset())
+
+
+class StatusTruthTests(SynchronousTestCase):
+    """The consumer's status says what holds now, and for how long it has not connected."""
+
+    def setUp(self):
+        self.reactor = ThreadlessReactor()
+        self.ingest = KafkaIngest(self.reactor, make_settings("b:1", "t", "g"), 0, None, None)
+
+    def test_disconnectedFor(self):
+        """
+        Never connected: counted from the start; connected: 0; after losing
+        the broker: counted from when it was last seen.
+        """
+        self.reactor.advance(7)
+        self.assertEqual(self.ingest.status()["disconnected_for"], 7.0)
+        self.ingest._on_stats(stats(broker()))
+        self.assertEqual(self.ingest.status()["disconnected_for"], 0.0)
+        self.reactor.advance(1)
+        self.ingest._on_stats(stats(broker(state="DOWN")))
+        self.reactor.advance(4)
+        self.assertEqual(self.ingest.status()["disconnected_for"], 5.0)
+
+    def test_errorClearedWhenItNoLongerHolds(self):
+        """
+        A connection error stays while retrying and is cleared when the
+        consumer runs again; an error while running (a topic not there yet)
+        is cleared when partitions are assigned, not before.
+        """
+        self.ingest._on_stats(stats(broker()))
+        self.ingest._on_stats(stats(broker(state="DOWN")))
+        self.ingest._on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+        self.assertEqual(self.ingest.status()["last_error"], "1/1 brokers are down")
+        self.ingest._on_stats(stats(broker()))
+        self.assertIsNone(self.ingest.status()["last_error"])
+        self.ingest.note_error("unknown_topic_or_part", "Subscribed topic not available: t")
+        self.ingest.publish_missing(frozenset({"t"}))
+        self.ingest.publish_assignment(frozenset())
+        self.assertEqual(self.ingest.status()["last_error"], "Subscribed topic not available: t")
+        self.assertEqual(self.ingest.status()["missing_topics"], ["t"])
+        self.ingest.publish_missing(frozenset())
+        self.ingest.publish_assignment(frozenset({Partition("t", 0)}))
+        status = self.ingest.status()
+        self.assertEqual((status["last_error"], status["missing_topics"]), (None, []))
