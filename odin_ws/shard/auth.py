@@ -21,8 +21,8 @@ from typing import Any
 import jwt
 
 from odin_ws.common.channels import WILDCARD, InvalidChannel, parse_pattern
-from odin_ws.common.config import Config, ConfigError
-from odin_ws.common.settings import AuthSettings, Settings
+from odin_ws.common.config import ConfigError
+from odin_ws.common.settings import AuthSettings
 
 SUBPROTOCOL = "odinws"
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
@@ -102,13 +102,6 @@ def subprotocol(offered: Iterable[str]) -> str | None:
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def auth_settings(settings: AuthSettings | Config) -> AuthSettings:
-    """The C{auth} section; a whole L{Config} is still taken (C{tap.check_keys} passes one)."""
-    if isinstance(settings, Config):
-        return Settings.from_config(settings).auth
-    return settings
-
-
 @dataclass(frozen=True)
 class JwksKey:
     """One usable key of a JWKS: its C{kid} and a PyJWK per token algorithm it verifies."""
@@ -155,8 +148,8 @@ def load_jwks(text: str) -> tuple[JwksKey, ...]:
 class Verifier:
     """Checks tokens against the configured keys and claims; rebuilt on reload."""
 
-    def __init__(self, settings: AuthSettings | Config):
-        self.settings = settings = auth_settings(settings)
+    def __init__(self, settings: AuthSettings):
+        self.settings = settings
         self.enabled = settings.mode == "jwt"
         self.claim = settings.channels_claim
         self.max_bytes = settings.max_token_bytes
