@@ -68,8 +68,8 @@ def check_keys(settings: Settings) -> object:
 
     @raise configmod.ConfigError: naming the key whose file is unusable.
     """
-    from odin_ws.shard import tls
-    from odin_ws.shard.auth import Verifier
+    from odin_ws.shard.clients import tls
+    from odin_ws.shard.clients.auth import Verifier
     Verifier(settings.auth)
     return tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
 

@@ -25,7 +25,7 @@ from typing import Any, cast, get_origin
 
 import yaml
 
-from odin_ws.common.settings import NODE_DOC, Settings, Spec, spec_of
+from odin_ws.common.settings import NODE_DOC, Settings, Spec, Validated, spec_of
 
 
 class ConfigError(Exception):
@@ -294,7 +294,7 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None,
     return Config(validate(flat, source=path or "config"))
 
 
-def live_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+def live_changes(old: Validated, new: Validated) -> tuple[list[str], list[str]]:
     """Split changed keys into those applied live and those needing a restart."""
     changed = [k for k in old if old[k] != new[k]]
     return ([k for k in changed if BY_KEY[k].live],
@@ -309,7 +309,7 @@ def apply_live(old: Settings, new: Settings) -> tuple[Settings, list[str], list[
     both the parent and the shards reload by.
     """
     live, restart = live_changes(old.config, new.config)
-    values = dict(old.config)
+    values = {k: old.config[k] for k in old.config}
     values.update({k: new.config[k] for k in live})
     return Settings.from_config(Config(values)), live, restart
 

@@ -79,6 +79,15 @@ HANDSHAKE_SECONDS = Histogram("odinws_handshake_seconds",
                               buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5),
                               registry=REGISTRY)
 
+# JWT keys from auth.jwks_url (shard: each shard fetches them).
+JWKS_FETCHES = Counter("odinws_jwks_fetches", "Fetches of auth.jwks_url, by result: ok, or "
+                       "failed (unreachable, timeout, TLS, HTTP status, not a usable JWKS; "
+                       "the keys fetched before keep working).", ["result"], registry=REGISTRY)
+for _result in ("ok", "failed"):
+    JWKS_FETCHES.labels(result=_result)  # exported at 0, so increase() sees the first
+JWKS_KEYS = Gauge("odinws_jwks_keys", "Signing keys known from auth.jwks_url.",
+                  registry=REGISTRY)
+
 # Kafka (shard).
 KAFKA_RECORDS = Counter("odinws_kafka_records", "Records consumed, by topic.", ["topic"],
                         registry=REGISTRY)
@@ -194,7 +203,7 @@ class GcPauses:
 GC_PAUSES = GcPauses()
 
 # Recovery and snapshots (shard). History sizes are read at scrape time by
-# odin_ws.shard.history.HistoryCollector.
+# odin_ws.shard.history.store.HistoryCollector.
 RECOVERIES = Counter("odinws_recoveries", "Subscribes that asked for recovery, by result: "
                      "recovered, or the reason it was not (too_old, ahead, other_epoch, "
                      "unknown_partition, too_large).", ["result"], registry=REGISTRY)

@@ -18,13 +18,10 @@ No C{from __future__ import annotations} here: the schema reads each
 field's type (C{int}, C{tuple[str, ...]}, ...) as an object.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from odin_ws.common.config import Config
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -175,6 +172,10 @@ class KafkaSettings:
         "quick joins).", minimum=1000)
     retry_backoff_max: float = setting(
         30.0, "Longest wait between reconnects to an unreachable broker (seconds).", minimum=0.1)
+    unreachable_grace: float = setting(
+        15.0, "Seconds every shard may go without reaching a Kafka broker before /health answers "
+        "503 kafka_unreachable (within it: 200, degraded kafka_disconnected), so a broker blip "
+        "does not take the node out of a load balancer.", minimum=0, live=True)
     consumer_config: Mapping[str, Any] = setting(
         {}, "Extra librdkafka settings passed to the consumer as they are (e.g. "
         "security.protocol).")
@@ -363,6 +364,21 @@ class AuthSettings:
     secret_file: str = setting("", "File holding the HS256 shared secret.", live=True)
     public_key_file: str = setting("", "PEM public key for RS256/ES256 tokens.", live=True)
     jwks_file: str = setting("", "JWKS file (keys chosen by kid); re-read on SIGHUP.", live=True)
+    jwks_url: str = setting(
+        "", "HTTPS URL of a JWKS (keys chosen by kid), instead of auth.jwks_file: each shard "
+        "fetches it at start, every auth.jwks_refresh seconds and when a token names an unknown "
+        "kid; while it is unreachable the keys already fetched keep working.", live=True)
+    jwks_ca_file: str = setting(
+        "", "PEM CA certificates that verify auth.jwks_url's server (empty = the system's trust "
+        "store).", live=True)
+    jwks_refresh: float = setting(
+        300.0, "Seconds between two fetches of auth.jwks_url.", minimum=1, live=True)
+    jwks_min_refresh: float = setting(
+        30.0, "A token with an unknown kid makes the shard fetch auth.jwks_url again at most "
+        "once per this many seconds.", minimum=0.1, live=True)
+    jwks_timeout: float = setting(
+        5.0, "Seconds a fetch of auth.jwks_url may take (connect, TLS, answer).", minimum=0.1,
+        live=True)
     audience: str = setting(
         "", "Required aud claim (empty: tokens must carry no aud claim, as RFC 7519 asks).",
         live=True)
@@ -413,6 +429,26 @@ class DemoSettings:
     enabled: bool = setting(False, "Serve the demo page at / on the public port.")
 
 
+class Validated(Protocol):
+    """
+    The validated configuration a L{Settings} is built from and keeps
+    (L{odin_ws.common.config.Config}: config.py derives its schema from
+    this module, so this one names only what it uses of it).
+    """
+
+    def __getitem__(self, key: str) -> Any: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def group_id(self) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
 #: The heading of the top-level settings in the example file.
 NODE_DOC = "Node identity and process layout."
 
@@ -434,7 +470,7 @@ class Settings:
     guard: GuardSettings
     log: LogSettings
     demo: DemoSettings
-    config: "Config"
+    config: Validated
     # The top-level settings (the example file's first section): last, as
     # type checkers take setting() for a default.
     node_id: str = setting(
@@ -447,7 +483,7 @@ class Settings:
         "leaves scheduling to the kernel, or a list of CPU numbers.")
 
     @classmethod
-    def from_config(cls, config: "Config") -> "Settings":
+    def from_config(cls, config: Validated) -> "Settings":
         """Build the typed view of C{config} (lists become tuples, dicts read-only)."""
         values: dict[str, Any] = {}
         for f in fields(cls):

@@ -27,19 +27,21 @@ from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.common.highwater import HighWater
 from odin_ws.common.logs import install_logging
 from odin_ws.common.settings import Settings
-from odin_ws.shard import auth, tls
-from odin_ws.shard.backfill import Backfill
-from odin_ws.shard.connections import Connections
-from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector
-from odin_ws.shard.history import History, HistoryCollector
-from odin_ws.shard.ingest import KafkaIngest
-from odin_ws.shard.pipeline import Delivery
-from odin_ws.shard.protocol import ClientFactory
-from odin_ws.shard.records import RecordMapper
-from odin_ws.shard.session import CLOSE_RESTARTING
-from odin_ws.shard.ssefeed import Streams
-from odin_ws.shard.subscriptions import SubscriptionIndex
-from odin_ws.shard.warmup import HistoryWarmup
+from odin_ws.shard.clients import auth, tls
+from odin_ws.shard.clients.connections import Connections
+from odin_ws.shard.clients.jwks import RemoteJwks
+from odin_ws.shard.clients.session import CLOSE_RESTARTING
+from odin_ws.shard.clients.websocket import ClientFactory
+from odin_ws.shard.delivery.fanout import Fanout
+from odin_ws.shard.delivery.pipeline import Delivery
+from odin_ws.shard.delivery.ssefeed import Streams
+from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
+from odin_ws.shard.delivery.writestats import WriteStats, WriteStatsCollector
+from odin_ws.shard.history.store import History, HistoryCollector
+from odin_ws.shard.kafka.backfill import Backfill
+from odin_ws.shard.kafka.ingest import KafkaIngest
+from odin_ws.shard.kafka.records import RecordMapper
+from odin_ws.shard.kafka.warmup import HistoryWarmup
 
 
 class ParentLink(amp.AMP):
@@ -87,7 +89,7 @@ class Shard(service.MultiService):
     (L{Connections}), the delivery path (L{Delivery}), Kafka intake
     (L{KafkaIngest}) and the start's warm-up (L{HistoryWarmup}, joined by
     L{Backfill}). The client transports reach the shard through the small
-    interfaces they declare (L{odin_ws.shard.session.ClientHost} and its
+    interfaces they declare (L{odin_ws.shard.clients.session.ClientHost} and its
     extensions), which it implements by handing each call to its owner.
     """
 
@@ -103,7 +105,9 @@ class Shard(service.MultiService):
         self.control_fd = control_fd
         self.accepting = True
         self.link: ParentLink | None = None
-        self.verifier = auth.Verifier(settings.auth)
+        #: The keys of auth.jwks_url, kept across reloads (idle without one).
+        self.jwks = RemoteJwks(reactor, settings.auth)
+        self.verifier = auth.Verifier(settings.auth, self.jwks)
         self.tls_options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         self.connections = Connections(reactor, settings)
         self.subscriptions = SubscriptionIndex(settings.limits)
@@ -111,7 +115,7 @@ class Shard(service.MultiService):
         self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
-        #: The shard's Server-Sent Events streams (odin_ws/shard/sse.py).
+        #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
         # partition re-read after a rebalance is not delivered twice (reset
@@ -157,6 +161,7 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.register(collector)
         metrics.GC_PAUSES.watch()
+        self.jwks.start()
         super().startService()
         self._stats_loop.start(self.settings.supervisor.stats_interval, now=False)
 
@@ -167,7 +172,8 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         metrics.GC_PAUSES.unwatch()
-        return super().stopService()
+        return defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)]
+                                   ).addCallback(lambda _: None)
 
     def link_made(self, link: ParentLink) -> None:
         self.link = link
@@ -206,7 +212,7 @@ class Shard(service.MultiService):
 
     def adopt(self, fd: int, head: bytes, use_tls: bool) -> int:
         """Serve a socket the parent handed over; the number of connections after it."""
-        # Not named "tls": that would shadow the odin_ws.shard.tls module used below.
+        # Not named "tls": that would shadow the odin_ws.shard.clients.tls module used below.
         if not self.accepting or len(self.connections) >= self.capacity:
             os.close(fd)
             raise commands.HandoffRefused("shard full or draining")
@@ -223,12 +229,13 @@ class Shard(service.MultiService):
         """Apply the settings that may change live; keep the rest until restart."""
         settings, live, _ = apply_live(self.settings, new)
         try:
-            verifier = auth.Verifier(settings.auth)
+            verifier = auth.Verifier(settings.auth, self.jwks)
             options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
         except ConfigError as e:
             self.log.error("reload refused: {e}", e=e)
             return
         self.verifier = verifier
+        self.jwks.reconfigure(settings.auth)
         self.tls_options = options
         self.reconfigure(settings)
         self.log.info("shard {n} reloaded: {keys}", n=self.number, keys=", ".join(live) or "no changes")

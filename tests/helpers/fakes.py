@@ -22,7 +22,7 @@ from odin_ws.common.commands import Deliver, Drain, Reload
 from odin_ws.common.settings import Settings
 from odin_ws.common.twisted_internals import held
 from odin_ws.parent.admission import Admission
-from odin_ws.shard.outbox import OutboxHolder
+from odin_ws.shard.delivery.outbox import OutboxHolder
 from tests.helpers.frames import OPEN
 
 

@@ -392,6 +392,19 @@ def alert_scenarios() -> list[dict]:
              expect("OdinwsDuplicatesSustained", "5m"),
              expect("OdinwsDuplicatesSustained", "25m",
                     {"instance": node["instance"], "severity": "critical"})]},
+        # Failed fetches for 40 minutes fire; on a node where one fetch in
+        # the window succeeded, they do not.
+        {"interval": "5m",
+         "input_series": [
+             series("odinws_jwks_fetches_total", "0+1x12", shard="0", result="failed"),
+             series("odinws_jwks_fetches_total", "5+0x12", shard="0", result="ok"),
+             series("odinws_jwks_fetches_total", "0+1x12", shard="0", result="failed",
+                    instance="ws-2:3005"),
+             series("odinws_jwks_fetches_total", "5+0x8 6+0x4", shard="0", result="ok",
+                    instance="ws-2:3005")],
+         "alert_rule_test": [
+             expect("OdinwsJwksFetchFailing", "50m",
+                    {"instance": node["instance"], "severity": "warning"})]},
         # A shard at 90% of its descriptor limit fires; the parent at 10% does not.
         {"interval": "1m",
          "input_series": [

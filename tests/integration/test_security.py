@@ -8,8 +8,6 @@ and host name against a CA made up for each test.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -20,15 +18,15 @@ import uuid
 
 import jwt
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from tests.helpers import FAST_KAFKA
 from tests.helpers.broker import shared_broker
+from tests.helpers.certs import TestCA
+from tests.helpers.jwks_server import JwksProvider
 from tests.helpers.node import Client, Node, free_port, http_get, wait_for
 
 SECRET = "first-secret-of-at-least-32-bytes!!"
@@ -303,62 +301,92 @@ class JWKSRotationTests(SecurityNodeCase):
         self.assertTrue(self.accepted("new"))
 
 
+class JwksUrlTests(SecurityNodeCase):
+    """
+    C{auth.jwks_url}: two shards fetch the keys from a local HTTPS provider
+    (Twisted, a CA made up for the test) that rotates to a new key with a
+    new kid while clients connect. Scheduled refreshes are 300 s apart, so
+    only the unknown kid makes a shard fetch again.
+    """
+
+    shards = 2
+    partitions = 2
+
+    def settings(self):
+        self.keys = {kid: ec.generate_private_key(ec.SECP256R1())
+                     for kid in ("old", "new", "unpublished")}
+        self.provider = JwksProvider(self.workdir, TestCA("odinws test JWKS CA"))
+        self.provider.publish({"old": self.keys["old"]})
+        self.provider.start()
+        self.addCleanup(self.provider.stop)
+        return {"auth.mode": "jwt", "auth.jwks_url": self.provider.url,
+                "auth.jwks_ca_file": self.provider.ca_file, "auth.jwks_refresh": 300,
+                "auth.jwks_min_refresh": 0.5}
+
+    def token(self, kid: str) -> str:
+        return jwt.encode({"exp": int(time.time() + 300), "channels": ["odin.token.*.*"]},
+                          self.keys[kid], algorithm="ES256", headers={"kid": kid})
+
+    def batch_admitted(self, kid: str, n: int) -> bool:
+        """Do C{n} connections held open at once (so they spread over both shards) all get in?"""
+        clients = []
+        try:
+            for _ in range(n):
+                clients.append(Client(self.node.url(f"/ws?token={self.token(kid)}")))
+            return True
+        except InvalidStatus as e:
+            self.assertEqual(e.response.status_code, 401)
+            return False
+        finally:
+            for c in clients:
+                c.close()
+
+    def fetches(self) -> dict[tuple[str, str], float]:
+        """odinws_jwks_fetches_total per (shard, result) (the shards fetch, not the parent)."""
+        text = http_get(self.node.port, "/metrics")[2].decode()
+        return {(s.labels["shard"], s.labels["result"]): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "odinws_jwks_fetches_total" and "shard" in s.labels}
+
+    def test_rotation_while_clients_connect(self):
+        """
+        Clients with tokens of the old key connect; the provider rotates to
+        a new key (new kid, old one withdrawn); clients with the new key
+        then connect on both shards without a restart (each shard fetched
+        once more, because of the unknown kid), the old clients stay
+        connected, and new old-key tokens are refused. With the provider
+        gone, a fetch fails and is counted, and the known key keeps working.
+        """
+        wait_for(lambda: self.batch_admitted("old", 4), 30, 0.2, "old key accepted")
+        before = [self.client(self.node.url(f"/ws?token={self.token('old')}")) for _ in range(6)]
+        ok_before = self.fetches()
+
+        self.provider.publish({"new": self.keys["new"]})
+        wait_for(lambda: self.batch_admitted("new", 4), 30, 0.2, "new key accepted on both shards")
+
+        def fetched_again() -> dict | None:
+            # /metrics is cached for a second: poll.
+            now = self.fetches()
+            return now if all(now[(shard, "ok")] > ok_before[(shard, "ok")]
+                              for shard in ("0", "1")) else None
+        after = wait_for(fetched_again, 10, 0.2, "both shards fetched the new key set")
+        self.assertFalse(self.batch_admitted("old", 1))
+        for i, c in enumerate(before):
+            self.assertEqual(c.request({"type": "ping", "id": i}), {"type": "pong", "id": i})
+
+        self.provider.stop()
+        failed = sum(v for (_, result), v in after.items() if result == "failed")
+
+        def failure_counted() -> bool:
+            self.batch_admitted("unpublished", 1)   # an unknown kid: a fetch, which fails
+            now = self.fetches()
+            return sum(v for (_, result), v in now.items() if result == "failed") > failed
+        wait_for(failure_counted, 30, 0.6, "a failed fetch counted")
+        self.assertTrue(self.batch_admitted("new", 4))
+        self.assertGreaterEqual(self.log_count("fetch failed"), 1)
+
+
 # -- TLS -------------------------------------------------------------------
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-class TestCA:
-    """A throwaway certificate authority issuing server certificates for localhost."""
-
-    def __init__(self, name: str):
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        self.name = _name(name)
-        self.cert = (x509.CertificateBuilder()
-                     .subject_name(self.name).issuer_name(self.name)
-                     .public_key(self.key.public_key())
-                     .serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(minutes=5))
-                     .not_valid_after(now + datetime.timedelta(days=1))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                     .add_extension(x509.KeyUsage(
-                         digital_signature=True, key_cert_sign=True, crl_sign=True,
-                         content_commitment=False, key_encipherment=False,
-                         data_encipherment=False, key_agreement=False, encipher_only=False,
-                         decipher_only=False), critical=True)
-                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(
-                         self.key.public_key()), critical=False)
-                     .sign(self.key, hashes.SHA256()))
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self) -> tuple[int, bytes, bytes]:
-        """A new server certificate for localhost/127.0.0.1: (serial, cert PEM, key PEM)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        serial = x509.random_serial_number()
-        cert = (x509.CertificateBuilder()
-                .subject_name(_name("localhost")).issuer_name(self.name)
-                .public_key(key.public_key()).serial_number(serial)
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.key.public_key()), critical=False)
-                .sign(self.key, hashes.SHA256()))
-        key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        return serial, cert.public_bytes(serialization.Encoding.PEM), key_pem
-
 
 class AdminNode(Node):
     """A node whose public port speaks TLS: /health is asked on the admin port."""

@@ -40,6 +40,9 @@ class SystemdNotifyTests(unittest.TestCase):
         self.messages: list[dict[str, str]] = []
         settings = dict(FAST_KAFKA)
         settings["kafka.topics"] = {topic: "trade"}
+        # READY=1 must come from both shards registering, not from the grace
+        # running out on a busy machine.
+        settings["listen.startup_grace"] = 120.0
         self.node = Node(workdir, broker.bootstrap, shards=2, settings=settings,
                          env={"NOTIFY_SOCKET": "@" + name,
                               "WATCHDOG_USEC": "2000000"})
