@@ -198,8 +198,10 @@ class LimitsSettings:
     trusted_proxies: tuple[str, ...] = setting(
         [], "Peer IPs (load balancers) whose X-Forwarded-For names the client IP.", live=True)
     allowed_origins: tuple[str, ...] = setting(
-        [], "Allowed Origin headers (exact, e.g. https://app.example.com); empty allows all. "
-        "Others get 403.", live=True)
+        [], "Allowed Origin headers (exact, e.g. https://app.example.com; null, what a page "
+        "opened from a file sends, only when listed); empty allows all, null and none included. "
+        "Others, and none when the list is set, get 403; an Origin that is no origin gets 400. "
+        "The same on /ws and SSE.", live=True)
     max_channels_per_message: int = setting(
         100, "Channels in one subscribe/unsubscribe message.", minimum=1, live=True)
     max_subscriptions: int = setting(

@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Any
 
+from prometheus_client.registry import Collector
 from twisted.application import service
 from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
@@ -138,7 +139,7 @@ class Shard(service.MultiService):
         self._fd_room: int | None = None
         self._stats_loop = task.LoopingCall(self.report_stats)
         self._stats_loop.clock = reactor
-        self._collectors = [WriteStatsCollector(self.stats), HistoryCollector(
+        self._collectors: list[Collector] = [WriteStatsCollector(self.stats), HistoryCollector(
             self.history, lambda: self.settings.history.max_age)]
 
     # -- lifecycle

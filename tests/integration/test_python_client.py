@@ -138,13 +138,13 @@ class ShardKillTests(PythonClientCase):
     def test_shard_killed_while_events_flow(self):
         """
         The shard holding the client's connection is SIGKILLed while events
-        are produced every 20 ms: the client sees 1006, reconnects on its own
-        (through the node's 503 while the shard comes back), subscribes again
-        with its positions and yields every event exactly once, in order per
-        partition, then live events; no gap.
+        are produced every 20 ms: the client sees 1006, reconnects on its own,
+        subscribes again with its positions and yields every event exactly
+        once, in order per partition, then live events; no gap.
         """
-        # The default placement hold: the node answers 503 + Retry-After
-        # while the killed shard comes back, which the client honours.
+        # The default placement hold keeps the reconnect on the surviving
+        # shard (a fair share each), which has every event the client saw;
+        # the restarted one may not have read them back yet (a gap, rightly).
         node = self.node(**{"listen.restart_hold": 5.0})
 
         async def scenario():

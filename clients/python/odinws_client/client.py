@@ -259,7 +259,7 @@ class Client:
             self._drop()
             # A cancelled client (close()) says goodbye; no-op if already closed.
             await ws.close(1000, "closed by the client")
-        code = ws.close_code or reconnect.ABNORMAL
+        code = int(ws.close_code or reconnect.ABNORMAL)
         return _Ended(reconnect.after_close(code, bool(self._session.subscriptions), can_renew),
                       code, reason=ws.close_reason or "",
                       stable=time.monotonic() - opened >= self._stable_after)

@@ -69,15 +69,15 @@ def token_from_request(headers: Mapping[str, str], query: Mapping[str, Any],
                 if proto.startswith(SUBPROTOCOL_TOKEN_PREFIX):
                     return proto[len(SUBPROTOCOL_TOKEN_PREFIX):]
         elif source == "header":
-            value = headers.get("authorization") or ""
-            if value[:7].lower() == "bearer ":
-                return value[7:].strip()
+            header = headers.get("authorization") or ""
+            if header[:7].lower() == "bearer ":
+                return header[7:].strip()
         elif source == "query":
             value = query.get("token")
             if isinstance(value, list):
                 value = value[0] if value else None
             if value:
-                return value
+                return str(value)
     return None
 
 
@@ -198,7 +198,7 @@ class Verifier:
         except jwt.PyJWTError:
             raise AuthError("malformed", "token is not a JWT") from None
         key, algorithms = self._key_for(header)
-        options = {"require": ["exp"]}
+        options: jwt.types.Options = {"require": ["exp"]}
         try:
             claims = jwt.decode(token, key, algorithms=algorithms, audience=self.audience,
                                 issuer=self.issuer, leeway=self.leeway, options=options)

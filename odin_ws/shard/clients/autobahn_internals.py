@@ -24,7 +24,10 @@ Internals touched:
     (L{odin_ws.shard.delivery.outbox.OutboxHolder} intercepts the assignment);
   - C{closedByMe}, C{localCloseCode} and C{sendCloseFrame} (the close
     handshake without C{sendClose}'s code check), read and called by
-    L{odin_ws.shard.clients.websocket.ClientProtocol}.
+    L{odin_ws.shard.clients.websocket.ClientProtocol};
+  - the reason C{processHandshake} gives C{failHandshake} for an C{Origin}
+    it cannot parse (L{INVALID_ORIGIN}): it refuses it before C{onConnect},
+    so the refusal is recognised by it to be counted.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 
 #: The Autobahn release these internals were read in (C{requirements.lock}).
 WRITTEN_FOR = "26.10.2"
+
+#: How the reason of Autobahn's refusal of an unparsable C{Origin} begins.
+INVALID_ORIGIN = "HTTP Origin header invalid"
 
 #: Autobahn's per-connection copies of its factory's settings.
 CONFIG_ATTRS: tuple[str, ...] = tuple(WebSocketServerProtocol.CONFIG_ATTRS)
@@ -104,7 +110,7 @@ def forget_transport_details(protocol: WebSocketServerProtocol) -> None:
     reads last when the connection opens (its C{transport_details}
     property then answers None).
     """
-    protocol._transport_details = None
+    protocol._transport_details = None  # type: ignore[assignment]  # Autobahn types it set
 
 
 def retire_unopened(protocol: WebSocketServerProtocol) -> None:

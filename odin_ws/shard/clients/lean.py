@@ -98,7 +98,7 @@ class LeanServerProtocol(ProtocolHooks):
         super().__init__()
 
     def ws_connection_made(self) -> None:
-        self.send_queue = _NO_QUEUE
+        self.send_queue = _NO_QUEUE  # type: ignore[assignment]  # a deque only when chopped
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if (sync or chopsize) and self.send_queue is _NO_QUEUE:

@@ -22,6 +22,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from odin_ws.common import metrics
 from odin_ws.common.clientip import client_ip
@@ -121,6 +122,29 @@ class Refused(Exception):
                           separators=(",", ":")).encode("ascii")
 
 
+def is_origin(value: str) -> bool:
+    """
+    Whether an C{Origin} header is one (RFC 6454: C{null}, or
+    C{scheme://host[:port]}; Autobahn also takes a C{file:} URL for
+    C{null}), as Autobahn parses it: what it cannot parse it refuses before
+    the session sees it, so the event stream refuses the same.
+    """
+    if value.lower() == "null":
+        return True
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        return False
+    return parts.scheme.lower() == "file" or bool(parts.hostname)
+
+
+def bad_origin() -> Refused:
+    """The refusal of a malformed C{Origin}: 400, on both transports."""
+    return Refused(400, "bad_origin", "Origin is neither null nor scheme://host[:port]",
+                   "invalid_origin")
+
+
 class Session:
     """
     The client rules of one connection: admission (origin, per-IP share,
@@ -153,7 +177,12 @@ class Session:
     # -- the request, before the connection opens
 
     def origin_allowed(self, origin: str | None) -> bool:
-        """Whether a page of C{origin} may connect (C{limits.allowed_origins}; empty: any)."""
+        """
+        Whether a page of C{origin} may connect: C{limits.allowed_origins}
+        compared exactly (C{null}, what a page opened from a file or a
+        sandboxed frame sends, only when listed); an empty list allows any,
+        C{null} and no C{Origin} included.
+        """
         origins = self.host.settings.limits.allowed_origins
         return not origins or origin in origins
 
@@ -179,7 +208,10 @@ class Session:
         """
         host = self.host
         ip = self.client_ip
-        if not self.origin_allowed(headers.get("origin")):
+        origin = headers.get("origin")
+        if origin is not None and not is_origin(origin):
+            raise bad_origin()
+        if not self.origin_allowed(origin):
             raise Refused(403, "origin", "origin not allowed", "origin_not_allowed")
         if not host.admit_ip(ip):
             raise Refused(429, "per_ip", "too many connections from this address",

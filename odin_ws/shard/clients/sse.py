@@ -83,6 +83,9 @@ class SseStream(OutboxHolder, TwistedProtocol):
     stream: an adapter between the stream's HTTP and its L{Session}.
     """
 
+    #: Twisted types it Optional; a stream is made on a live connection.
+    transport: Any
+
     def __init__(self, host: StreamHost, adopted_at: float = 0.0):
         self.host = host
         self.adopted_at = adopted_at
@@ -195,7 +198,7 @@ class SseStream(OutboxHolder, TwistedProtocol):
         self.session.subscribed()
         # The ack, what recovery replays or the snapshot, then live: in this
         # reactor turn, as for a WebSocket subscribe (odin_ws/shard/clients/recovery.py).
-        tops = streams.tops.text()
+        tops = streams.tops.text()  # type: ignore[union-attr]  # opened() just made them
         channels = [c.name for c in msg.channels]
         if answer is None:
             ack, frames = messages.ack("subscribed", channels), []

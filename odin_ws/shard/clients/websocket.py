@@ -17,11 +17,14 @@ from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, messages, sse
+from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
 from odin_ws.shard.clients.session import (
@@ -29,6 +32,7 @@ from odin_ws.shard.clients.session import (
     CLOSE_SLOW_CONSUMER,
     Refused,
     Session,
+    bad_origin,
     count_closed,
 )
 from odin_ws.shard.delivery.frames import text_frame
@@ -41,11 +45,16 @@ class WebSocketHost(sse.StreamHost, Protocol):
     def connection_made(self, proto: Any) -> None: ...
 
 
-class ClientProtocol(OutboxHolder, LeanServerProtocol):
+# Autobahn's own bases disagree on the types of peer and _transport_details.
+class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
     """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
 
     log = Logger()
     factory: ClientFactory
+    #: Twisted types it Optional; a connection has one from connectionMade on.
+    transport: Any
+    #: Made in connectionMade, before any other call reads it.
+    session: Session
     outbox: Outbox | None
     # In slots like Autobahn's state (odin_ws/shard/clients/lean.py): every
     # connection carries them. OutboxHolder's two attributes included.
@@ -55,7 +64,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.adopted_at = 0.0
-        self.session: Session | None = None
+        self.session = None  # type: ignore[assignment]  # until connectionMade
         self.head_gate: HeadGate | None = None
         #: The subscribe the URL asks for (?channels=...), made at open.
         self.url_subscribe: messages.Subscribe | None = None
@@ -98,7 +107,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         if self.state != self.STATE_CONNECTING:
             self.head_gate = None
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.session is not None:
             self.session.lost()
@@ -136,6 +145,14 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
         # offered twice, a header it cannot parse) in the status line it
         # sends and in the reason it logs: never a token (issue 16).
         body, self.deny_body = self.deny_body, None
+        session = self.session
+        if reason.startswith(INVALID_ORIGIN) and session is not None:
+            # Refused by Autobahn before onConnect: counted like the stream's.
+            session.identify(getattr(self.transport.getPeer(), "host", ""),
+                             getattr(self, "http_headers", None) or {})
+            refusal = bad_origin()
+            session.refused(refusal)
+            reason, code = f"{HTTPStatus(400).phrase}: {refusal.message}", 400
         if body is not None:
             # A refused subscribe by URL: the reason as JSON, like the
             # error message it would have been (docs/protocol.md).
@@ -216,7 +233,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):
 class ClientFactory(WebSocketServerFactory):
     """Builds the shard's client protocols, with Autobahn's options from the settings."""
 
-    protocol = ClientProtocol
+    protocol = ClientProtocol  # type: ignore[assignment]  # Twisted's stubs want a plain Protocol
 
     def __init__(self, host: WebSocketHost):
         super().__init__()
@@ -235,6 +252,10 @@ class ClientFactory(WebSocketServerFactory):
             # violation without a close frame: the client would see 1006,
             # never the 1009/1007/1002 of docs/protocol.md.
             failByDrop=False,
+            # The origin rule is the session's (limits.allowed_origins), the
+            # same for the event stream: Autobahn would refuse Origin: null
+            # (a page opened from a file) with a 400 nobody counted.
+            allowNullOrigin=True,
             autoPingInterval=keepalive.ping_interval,
             autoPingTimeout=keepalive.ping_timeout,
             tcpNoDelay=True,

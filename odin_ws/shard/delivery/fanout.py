@@ -100,7 +100,7 @@ class Fanout:
         tag = Chunk(items)
         self._spread((chunk, tag), len(chunk), outboxes, lambda box: box.push_parts(tag))
 
-    def _spread(self, pair: tuple, size: int, outboxes: Iterable[Outbox],
+    def _spread(self, pair: tuple[bytes, Any], size: int, outboxes: Iterable[Outbox],
                 over: Callable[[Outbox], None]) -> None:
         """
         Append the queue entry C{pair} (C{size} bytes) to every outbox with
@@ -155,7 +155,8 @@ class Fanout:
             # rest goes through Outbox.flush.
             queue = box.queue
             if (box.inline and not (box.paused or box.closed or box.tracking)
-                    and box.fdno not in writes):
+                    # An inline box exists only while writes is known (Outbox).
+                    and box.fdno not in writes):  # type: ignore[operator]
                 if len(queue) == 2:
                     buf, tag = queue
                     count = 1 if tag.__class__ is str else tag.count
@@ -169,7 +170,7 @@ class Fanout:
                 queue.clear()
                 box.room = box.cap
                 try:
-                    sent = box.sock.send(buf)
+                    sent = box.sock.send(buf)  # type: ignore[union-attr]  # inline: a socket
                 except OSError:
                     sent = 0    # as in Outbox.flush
                 if sent == len(buf):

@@ -9,6 +9,7 @@ C{sendMessage} would frame it per client and format a debug line per call.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
@@ -42,6 +43,10 @@ class Chunk:
         return f"<Chunk of {self.count} frames>"
 
 
-def frame_count(tags: list) -> int:
-    """Frames in queue entries with these tags (a channel: one; a Chunk: its count)."""
+def frame_count(tags: list[Any]) -> int:
+    """
+    Frames in queue entries with these tags (a channel: one; a Chunk: its
+    count). Typed Any: the class test below is the hot loop's, which mypy
+    does not narrow on.
+    """
     return sum(1 if tag.__class__ is str else tag.count for tag in tags)

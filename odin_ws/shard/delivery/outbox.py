@@ -94,11 +94,11 @@ class OutboxHolder:
     _ws_state = None
 
     @property
-    def state(self):
+    def state(self) -> Any:
         return self._ws_state
 
     @state.setter
-    def state(self, value) -> None:
+    def state(self, value: Any) -> None:
         self._ws_state = value
         if value != _OPEN:
             box = self.outbox
@@ -160,7 +160,7 @@ class Outbox:
         self.on_slow_disconnect = on_slow_disconnect
         # frame, channel, frame, channel, ...: one list, so the hot loop
         # does one in-place extend per frame and the flush one slice + join.
-        self.queue: list = []
+        self.queue: list[Any] = []
         # Bytes that may still be queued: cap - queued, where cap is the
         # limit minus Twisted's held bytes at the last look. One counter
         # instead of two keeps the per-connection loop to one store.
@@ -331,7 +331,7 @@ class Outbox:
         tags = queue[start + 1::2]
         if all(tag.__class__ is str for tag in tags):
             return
-        rest = []
+        rest: list[Any] = []
         for frame, tag in zip(queue[start::2], tags):
             if tag.__class__ is str:
                 rest += (frame, tag)
@@ -391,7 +391,8 @@ class Outbox:
         stats.writes += 1
         if direct:
             try:
-                sent = self.sock.send(buf)
+                # A SENDABLE state is only read on a plain socket (_fd).
+                sent = self.sock.send(buf)  # type: ignore[union-attr]
             except OSError:
                 # EAGAIN, ECONNRESET, EPIPE, ...: what the kernel did not
                 # take goes to Twisted, whose own write finds a loss and

@@ -153,7 +153,7 @@ class Streams:
         self.index = SubscriptionIndex()
         self.open: set[Stream] = set()
         self.tops: Tops | None = None
-        self._run: list = []
+        self._run: list[tuple[bytes, str, str]] = []
         self._run_to: Any = None
         self._pinger: task.LoopingCall | None = None
         self.reconfigure(settings)
@@ -174,7 +174,8 @@ class Streams:
         the vector, and queue its SSE message for the streams that want it,
         built once for all of them. True if any does.
         """
-        tops = self.tops
+        # Called only between feed() (which returned self: tops is set) and finish().
+        tops: Tops = self.tops  # type: ignore[assignment]
         tops.update(event)
         subscribers = self.index.match(event.token, event.event_type)
         if not subscribers:

@@ -63,7 +63,7 @@ class BudgetExceeded(Exception):
         self.message = message
 
 # What match() returns when nothing matches: shared, immutable.
-_NOTHING: Collection = frozenset()
+_NOTHING: Collection[Subscriber] = frozenset()
 
 # A subscriber's patterns are a tuple while there are at most this many (one
 # pattern: 48 bytes; a set is 216 bytes however few it holds), a set past it,
@@ -71,7 +71,7 @@ _NOTHING: Collection = frozenset()
 _FEW = 8
 
 
-class PatternBucket(dict):
+class PatternBucket(dict[Subscriber, None]):
     """
     The subscribers of one pattern, as the keys of an insertion-ordered dict
     (values unused). A dict subclass so that matching hands out its keys view
@@ -216,7 +216,7 @@ class SubscriptionIndex:
             self._bytes += PATTERN_BYTES
         bucket[subscriber] = None
         self._bytes += self.cost(token, event_type)
-        if type(held) is tuple:
+        if isinstance(held, tuple):
             held += (pattern,)
             self._patterns[subscriber] = held if len(held) <= _FEW else set(held)
         else:
@@ -229,7 +229,7 @@ class SubscriptionIndex:
         held = self._patterns.get(subscriber, ())
         if pattern not in held:
             return False
-        if type(held) is tuple:
+        if isinstance(held, tuple):
             held = tuple(p for p in held if p != pattern)
             if held:
                 self._patterns[subscriber] = held
@@ -251,6 +251,7 @@ class SubscriptionIndex:
 
     def _unlink(self, subscriber: Subscriber, token: str, event_type: str) -> None:
         bucket = self._bucket(token, event_type)
+        assert bucket is not None, "a pattern held has its bucket"
         del bucket[subscriber]
         self._bytes -= self.cost(token, event_type)
         if not bucket:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from odin_ws.common.channels import WILDCARD, channel_name
 from odin_ws.common.events import Event
@@ -168,7 +168,7 @@ class History:
     def window(self) -> float | None:
         """Seconds covered by the shortest partition history (None when empty)."""
         now_ms = self._clock() * 1000
-        ages = [now_ms - log.oldest().ts for log in self._logs.values() if len(log)]
+        ages = [now_ms - log.events[log.start].ts for log in self._logs.values() if len(log)]
         return max(0.0, min(ages) / 1000.0) if ages else None
 
     def partitions(self) -> Iterator[tuple[str, int, PartitionLog]]:
@@ -380,7 +380,7 @@ class HistoryCollector:
         self._history = history
         self._configured_age = configured_age
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         h = self._history
         for name, text, value in (
                 ("odinws_history_bytes", "Bytes of retained events (envelopes and overhead).",

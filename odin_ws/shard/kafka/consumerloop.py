@@ -37,7 +37,11 @@ class LoopOwner(Protocol):
 
     def publish_assignment(self, assigned: frozenset[Partition]) -> None: ...
 
+    def publish_missing(self, topics: frozenset[str]) -> None: ...
+
     def note_error(self, kind: str, text: str, level: str = "warn") -> None: ...
+
+    def fatal(self, kind: str, text: str) -> None: ...
 
     def log(self, level: str, fmt: str, **kw: Any) -> None: ...
 
@@ -185,6 +189,11 @@ class ConsumerLoop:
         for m in messages:
             err = m.error()
             if err is not None:
+                # librdkafka's fatal state (e.g. fenced by a consumer with this
+                # shard's instance id) reaches consume() as _FATAL, fatal() false.
+                if err.fatal() or err.code() == KafkaError._FATAL:
+                    self.ingest.fatal(err.name().lstrip("_").lower(), err.str())
+                    break
                 if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and m.topic() in self.topics:
                     # "Subscribed topic not available": said once per topic.
                     self.set_missing(self.missing | {m.topic()})

@@ -90,7 +90,7 @@ class KafkaIngest(Service):
         group instance id is C{<node_id>-shard<index>} (L{instance_id}).
     """
 
-    name = "kafka"
+    name = "kafka"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, reactor: Any, settings: Settings, shard: int, mapper: RecordMapper,
                  on_batch: Callable[[list[Event]], Deferred | None],
@@ -241,8 +241,10 @@ class KafkaIngest(Service):
         done: Deferred = Deferred()
 
         def closed(_: object) -> None:
-            # finished fires as the thread's last act, so this join is immediate.
-            thread.join()
+            # finished fires as the thread's last act, so this join is immediate
+            # (a finished Deferred means the thread was started).
+            if thread is not None:
+                thread.join()
             if timer.active():
                 timer.cancel()
                 done.callback(None)
@@ -295,6 +297,21 @@ class KafkaIngest(Service):
         self._last_error = text
         self.log_once(kind, "Kafka consumer: {error}", level, error=text)
 
+    def fatal(self, kind: str, text: str) -> None:
+        """
+        Consumer thread: the consumer cannot go on (librdkafka's fatal state:
+        it would return nothing more, its assignment still shown); stop it
+        and show why in the status.
+        """
+        if "group.instance.id" in text:
+            # FENCED_INSTANCE_ID: another consumer joined with this shard's id.
+            text += (f" (instance id {self.instance_id}: another process joined the group "
+                     f"{self._settings.group_id} with it; node_id must be unique among the "
+                     f"nodes of kafka.group {self._settings.kafka.group!r})")
+        self.note_error(kind, f"fatal: {text}", "error")
+        self._set_state(IngestState.ERROR, False)
+        self._stopping.set()
+
     def log_once(self, key: str, fmt: str, level: str = "warn", **kw: Any) -> None:
         """Consumer thread: log a line once per kind (C{key}) and episode."""
         if key not in self._logged:
@@ -320,6 +337,7 @@ class KafkaIngest(Service):
         if self._state != IngestState.ERROR:
             self._state = IngestState.STOPPED
         self._connected = False
+        self._assigned = frozenset()
         metrics.KAFKA_CONNECTED.set(0)
         self._reactor.callFromThread(finished.callback, None)
 
@@ -353,9 +371,7 @@ class KafkaIngest(Service):
     def _on_error(self, err: KafkaError) -> None:
         kind = err.name().lstrip("_").lower()
         if err.fatal():
-            self.note_error(kind, f"fatal: {err.str()}", "error")
-            self._set_state(IngestState.ERROR, False)
-            self._stopping.set()
+            self.fatal(kind, err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             metrics.KAFKA_ERRORS.labels(kind).inc()
             # The connection error before it says why; the retrying line shows it.

@@ -27,6 +27,7 @@ continuous with live delivery (L{odin_ws.shard.service.Shard.backfill}).
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 import threading
 import time
@@ -119,7 +120,7 @@ class HistoryWarmup(Service):
     @param on_done: called in the reactor with the L{WarmupReport} at the end.
     """
 
-    name = "warmup"
+    name = "warmup"  # type: ignore[assignment]  # Twisted types Service.name as None
 
     def __init__(self, reactor: Any, settings: Settings, mapper: RecordMapper,
                  consumer_config: dict[str, Any],
@@ -171,7 +172,7 @@ class HistoryWarmup(Service):
         self._finished = Deferred()
         run = _Run(self._settings, self._mapper, self._incarnations,
                    lambda: self._consumer_factory(self.config), self._hand_over,
-                   lambda report, finished=self._finished: self._end(report, finished),
+                   functools.partial(self._end, finished=self._finished),
                    self._stopping)
         self._thread = threading.Thread(target=run.run, name="odinws-warmup", daemon=True)
         self._thread.start()
@@ -306,7 +307,7 @@ class _Run:
     def plan(self, consumer: Any) -> dict[tuple[str, int], tuple[int, int]]:
         """Per partition with something to read: (first offset, high watermark)."""
         metadata = consumer.list_topics(timeout=self.bound())
-        partitions = []
+        partitions: list[TopicPartition] = []
         for topic in self.topics:
             t = metadata.topics.get(topic)
             if t is None or t.error is not None:

@@ -333,6 +333,7 @@ class FakeIngest:
     def __init__(self):
         self.batches: list[list] = []
         self.audited: list[str] = []
+        self.fatals: list[str] = []
 
     def hand_over(self, batch_id, events):
         self.batches.append(events)
@@ -345,6 +346,9 @@ class FakeIngest:
 
     def note_error(self, kind, text, level="warn"):
         raise AssertionError(text)
+
+    def fatal(self, kind, text):
+        self.fatals.append(text)
 
     def audit(self, fmt, **kw):
         self.audited.append(fmt.format(**kw))
@@ -547,6 +551,22 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
         self.assertEqual(self.loop(consumer).take(), [])
         self.assertEqual(consumer.calls, [(1, 0.25)])
 
+    def test_fatalErrorStops(self):
+        """
+        A fatal error returned by consume() (librdkafka's consumer fenced by
+        another with this shard's group.instance.id) goes to the owner as
+        fatal, and nothing after it in the batch is handled.
+        """
+        fenced = KafkaError(KafkaError._FATAL, "Fatal consumer error: Broker: Static consumer "
+                            "fenced by other consumer with same group.instance.id")
+        ingest = FakeIngest()
+        loop = self.loop(FakeConsumer([]))
+        loop.ingest = ingest
+        loop.handle([FakeKafkaMessage("t", 0, 0, error=fenced), FakeKafkaMessage("t", 0, 1)])
+        self.assertEqual(len(ingest.fatals), 1)
+        self.assertIn("fenced", ingest.fatals[0])
+        self.assertEqual(ingest.batches, [])
+
     def test_batchOfOne(self):
         """With poll_batch 1 a record is taken alone."""
         consumer = FakeConsumer([[FakeKafkaMessage("t", 0, 0)]])
@@ -643,6 +663,30 @@ def broker(name: str = "127.0.0.1:9092/1", state: str = "UP", source: str = "lea
            rxidle_s: float = 0.01, waiting: int = 1) -> dict:
     return {"name": name, "nodename": name.split("/")[0], "state": state, "source": source,
             "rxidle": int(rxidle_s * 1e6), "waitresp_cnt": waiting}
+
+
+class FatalErrorTests(SynchronousTestCase):
+    """A consumer librdkafka gave up on is shown as such, not as running."""
+
+    def test_fencedShowsErrorAndWhy(self):
+        """
+        Fenced by another consumer with this shard's instance id (two nodes
+        with one node_id): the status turns error, the last error names the
+        instance id and what must be unique, and the consumer thread is told
+        to stop.
+        """
+        reactor_ = ThreadlessReactor()
+        ingest = KafkaIngest(reactor_, make_settings("b:1", "t", "n7"), 2, None, None)
+        ingest.broker_reached()
+        ingest.fatal("fatal", "Broker: Static consumer fenced by other consumer with same "
+                     "group.instance.id")
+        status = ingest.status()
+        self.assertEqual((status["state"], status["connected"]), ("error", False))
+        self.assertIn("n7-shard2", status["last_error"])
+        self.assertIn("node_id must be unique", status["last_error"])
+        self.assertTrue(ingest._stopping.is_set())
+        ingest.broker_reached()   # a late assignment callback does not hide it
+        self.assertEqual(ingest.status()["state"], "error")
 
 
 class UnresponsiveBrokerTests(SynchronousTestCase):
