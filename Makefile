@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg requirements.lock clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' -e clients/python --config-settings editable_mode=compat
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' -e clients/python
 	touch $(STAMP)
 
 # The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
