@@ -16,8 +16,10 @@ $(STAMP): setup.cfg requirements.lock clients/python/pyproject.toml
 	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' -e clients/python --config-settings editable_mode=compat
 	touch $(STAMP)
 
+# The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
+PORT ?= 3005
 demo: $(STAMP)
-	$(PY) -m odinws_tools.demo
+	$(PY) -m odinws_tools.demo --port $(PORT)
 
 # The style and type gate (ruff, mypy; configured in pyproject.toml).
 lint: $(STAMP)
