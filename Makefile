@@ -6,13 +6,21 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo lint test test-unit test-deb bench bench-cost capacity clean venv
 
-venv: $(STAMP)
+# TypeScript, pinned in clients/js/package-lock.json: checks the JS client's
+# declarations (odinws.d.ts) in make test.
+TSC := clients/js/node_modules/.bin/tsc
 
-$(STAMP): setup.cfg requirements.lock
+venv: $(STAMP) $(TSC)
+
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' --config-settings editable_mode=compat
 	touch $(STAMP)
+
+$(TSC): clients/js/package-lock.json
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TSC)
 
 demo: $(STAMP)
 	$(PY) -m odinws_tools.demo
@@ -22,8 +30,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) $(TSC) lint
 	node --test clients/js/test/*.test.mjs
+	$(TSC) -p clients/js
 	$(VENV)/bin/trial --jobs=2 tests
 
 test-deb: $(STAMP)
