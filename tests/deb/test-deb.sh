@@ -86,11 +86,15 @@ fi
 deb=$(ls "$work"/out/odinws_*.deb)
 changes=$(ls "$work"/out/odinws_*.changes)
 
-check "lintian reports no errors" lintian --allow-root --fail-on error "$changes"
+# One lintian run (it takes minutes), read twice.
+lintian --allow-root --fail-on error --display-info "$changes" >"$work/lintian.txt" 2>&1
+lintian_status=$?
+check "lintian reports no errors" \
+    sh -c "if grep '^E: ' '$work/lintian.txt' || [ $lintian_status != 0 ]; then tail -n 5 '$work/lintian.txt'; exit 1; fi"
 # An override whose file pattern matches nothing is stale (lintian says
 # unused-override or mismatched-override): each one must still silence a tag.
 check "every lintian override matches a file of the package" \
-    sh -c "out=\$(lintian --allow-root --display-info --tags unused-override,mismatched-override '$changes' 2>&1); echo \"\$out\"; [ -z \"\$out\" ]"
+    sh -c "! grep -E ': (unused-override|mismatched-override) ' '$work/lintian.txt'"
 
 # --- install ------------------------------------------------------------
 installed=1
