@@ -12,10 +12,12 @@ TSC := clients/js/node_modules/.bin/tsc
 
 venv: $(STAMP) $(TSC)
 
-$(STAMP): pyproject.toml requirements.lock
+# The daemon with its test extras, and the Python client (clients/python, a
+# distribution of its own that the daemon's package does not ship).
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' -e clients/python --config-settings editable_mode=compat
 	touch $(STAMP)
 
 $(TSC): clients/js/package-lock.json
@@ -40,7 +42,7 @@ test-deb: $(STAMP)
 
 # Everything but tests/integration (no broker, no processes).
 test-unit: $(STAMP)
-	$(VENV)/bin/trial --jobs=2 tests.common tests.parent tests.shard tests.tools tests.test_layout tests.test_head_differential
+	$(VENV)/bin/trial --jobs=2 tests.clients tests.common tests.parent tests.shard tests.tools tests.test_layout tests.test_head_differential
 
 # 12,000 subscribed connections (CONNECTIONS=40000 for more) for 60 s against
 # a local demo stack (broker, odinws --shards 2 or more if the open-files hard

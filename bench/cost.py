@@ -106,12 +106,12 @@ def per_event(n: int = 100_000, repeat: int = 5) -> dict[str, float]:
     Microseconds per event of the per-event work history and positions add,
     in this process (the working tree's code), the best of C{repeat} runs:
     building the envelope with and without its position, and
-    L{odin_ws.shard.history.History.add} at the default bounds, full (every
+    L{odin_ws.shard.history.store.History.add} at the default bounds, full (every
     add evicts one), the snapshot cache updated.
     """
     sys.path.insert(0, REPO)
     from odin_ws.common.events import Event
-    from odin_ws.shard.history import History
+    from odin_ws.shard.history.store import History
     value = (b'{"t_us":1764400000000000,"seq":1,"token":"1000","price":0.00001234,'
              b'"amount":1234.5678,"side":"buy","user":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"}')
     now_ms = int(time.time() * 1000)

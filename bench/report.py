@@ -171,7 +171,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         # No target in the issue: how odinws compares with what users would pick instead.
         o, p = fps("odinws", 5000, mode), fps("centrifugo", 5000, mode)
         if p is not None:
-            rows.append((f"5k {mode}: against Centrifugo (same run)",
+            rows.append((f"5k {mode}: odinws's max against Centrifugo's (same run)",
                          f"{o / p:.1f}× ({_k(o)} of {_k(p)})" if o and p else "–", "–"))
     sse = fps("odinws-sse", 5000, "burst")
     if sse is not None:

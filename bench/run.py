@@ -115,8 +115,13 @@ class Instance:
                 return
 
     def warm_up(self, batch: int) -> None:
-        """Send a trickle until the clients see events (odinws: the consumer joined)."""
-        self.set_rate(2, 1)
+        """
+        Send a trickle until the clients see events (odinws, Centrifugo: the
+        consumer joined). Centrifugo's consumer starts at the earliest offset
+        after its ~20 s join on Tansu, so the trickle is a backlog to drain:
+        half an event per second keeps it small.
+        """
+        self.set_rate(0.5, 1)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.window(0.5)["frames"] > 0:

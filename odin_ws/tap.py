@@ -68,8 +68,8 @@ def check_keys(cfg: configmod.Config):
 
     @raise configmod.ConfigError: naming the key whose file is unusable.
     """
-    from odin_ws.shard import tls
-    from odin_ws.shard.auth import Verifier
+    from odin_ws.shard.clients import tls
+    from odin_ws.shard.clients.auth import Verifier
     Verifier(cfg)
     return tls.server_options(cfg) if tls.enabled(cfg) else None
 

@@ -26,7 +26,7 @@ from twisted.internet.testing import StringTransport
 from odin_ws.common import handoff
 from odin_ws.common.httphead import RequestHead, parse
 from odin_ws.parent.dispatcher import Dispatcher
-from odin_ws.shard.protocol import ClientProtocol
+from odin_ws.shard.clients.websocket import ClientProtocol
 from tests.helpers import FakeShard, ShardClient, ShardTestCase, client_frame, make_settings
 
 KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="

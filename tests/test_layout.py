@@ -1,4 +1,4 @@
-"""
+r"""
 The package layout's rules, checked on the source: which process runs a
 module is told by its path, and imports only go one way,
 
@@ -6,7 +6,15 @@ module is told by its path, and imports only go one way,
     odinws_tools   -> odin_ws.common (the daemon's public, shared API)
 
 with L{odin_ws.tap} and L{odin_ws.shard_tap} (plugin glue) free to assemble
-either process. Function-level imports count as much as module-level ones.
+either process. Inside the shard, each folder serves one thing and imports
+go one way too (docs/architecture.md, "Layout of the shard"):
+
+    shard.service -> shard.clients -> shard.delivery -> shard.history
+                                  \-> shard.history <- shard.kafka
+
+and no module of the shard imports one that imports it back, however far
+round. Function-level imports (and those only made for type checking)
+count as much as module-level ones.
 """
 
 from __future__ import annotations
@@ -23,6 +31,13 @@ ALLOWED = {
     "odin_ws.common": {"odin_ws.common", "odin_ws"},
     "odin_ws.parent": {"odin_ws.parent", "odin_ws.common", "odin_ws"},
     "odin_ws.shard": {"odin_ws.shard", "odin_ws.common", "odin_ws"},
+    "odin_ws.shard.clients": {"odin_ws.shard.clients", "odin_ws.shard.delivery",
+                              "odin_ws.shard.history", "odin_ws.common", "odin_ws"},
+    "odin_ws.shard.delivery": {"odin_ws.shard.delivery", "odin_ws.shard.history",
+                               "odin_ws.common", "odin_ws"},
+    "odin_ws.shard.kafka": {"odin_ws.shard.kafka", "odin_ws.shard.history", "odin_ws.common",
+                            "odin_ws"},
+    "odin_ws.shard.history": {"odin_ws.shard.history", "odin_ws.common", "odin_ws"},
     "odin_ws.tap": {"odin_ws.parent", "odin_ws.shard", "odin_ws.common", "odin_ws"},
     "odin_ws.shard_tap": {"odin_ws.tap"},
     "odinws_tools": {"odinws_tools", "odin_ws.common"},
@@ -99,3 +114,49 @@ class ImportDirectionTests(SynchronousTestCase):
         self.assertIn("odin_ws.parent.hub", names)
         self.assertEqual(area("odin_ws.parent.hub"), "odin_ws.parent")
         self.assertNotIn("odin_ws.parent", ALLOWED[area("odin_ws.shard.example")])
+
+    def test_shard_folders_go_one_way(self):
+        """A shard folder imports only the folders below it: delivery never clients or kafka."""
+        self.assertEqual(area("odin_ws.shard.delivery.fanout"), "odin_ws.shard.delivery")
+        self.assertNotIn("odin_ws.shard.clients", ALLOWED["odin_ws.shard.delivery"])
+        self.assertNotIn("odin_ws.shard.kafka", ALLOWED["odin_ws.shard.delivery"])
+        self.assertNotIn("odin_ws.shard.delivery", ALLOWED["odin_ws.shard.history"])
+        self.assertNotIn("odin_ws.shard.clients", ALLOWED["odin_ws.shard.kafka"])
+
+
+class ImportCycleTests(SynchronousTestCase):
+    def test_no_cycle_in_the_daemon(self):
+        """No module of odin_ws imports, through any chain, a module that imports it."""
+        found = modules()
+        graph = {m: {n for n in imported(path, m) if n in found and n != m}
+                 for m, path in found.items() if m.startswith("odin_ws")}
+        self.assertEqual(cycles(graph), [])
+
+    def test_cycle_is_seen(self):
+        """The cycle finder itself reports a circle of three (guards the test)."""
+        self.assertEqual(cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}),
+                         [["a", "b", "c"]])
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of C{graph} (module -> modules it imports), each from its least name."""
+    out = []
+    done: set[str] = set()
+
+    def walk(node: str, path: list[str]) -> None:
+        if node in path:
+            circle = path[path.index(node):]
+            first = circle.index(min(circle))
+            circle = circle[first:] + circle[:first]
+            if circle not in out:
+                out.append(circle)
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph.get(node, ())):
+            walk(nxt, path + [node])
+        done.add(node)
+
+    for node in sorted(graph):
+        walk(node, [])
+    return out

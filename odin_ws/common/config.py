@@ -177,6 +177,10 @@ SCHEMA: tuple[Option, ...] = (
          "(also the rebalance timeout: keep it small for quick joins).", minimum=1000),
     _opt("kafka.retry_backoff_max", float, 30.0, "Longest wait between reconnects "
          "to an unreachable broker (seconds).", minimum=0.1),
+    _opt("kafka.unreachable_grace", float, 15.0, "Seconds every shard may go without "
+         "reaching a Kafka broker before /health answers 503 kafka_unreachable (within it: "
+         "200, degraded kafka_disconnected), so a broker blip does not take the node out "
+         "of a load balancer.", minimum=0, live=True),
     _opt("kafka.consumer_config", dict, {}, "Extra librdkafka settings passed to "
          "the consumer as they are (e.g. security.protocol)."),
     _opt("limits.max_connections", int, 18000, "Connections per node; above it "
@@ -192,7 +196,10 @@ SCHEMA: tuple[Option, ...] = (
     _opt("limits.trusted_proxies", list, [], "Peer IPs (load balancers) whose "
          "X-Forwarded-For names the client IP.", live=True),
     _opt("limits.allowed_origins", list, [], "Allowed Origin headers (exact, e.g. "
-         "https://app.example.com); empty allows all. Others get 403.", live=True),
+         "https://app.example.com; null, what a page opened from a file sends, only when "
+         "listed); empty allows all, null and none included. Others, and none when the list "
+         "is set, get 403; an Origin that is no origin gets 400. The same on /ws and SSE.",
+         live=True),
     _opt("limits.max_channels_per_message", int, 100, "Channels in one "
          "subscribe/unsubscribe message.", minimum=1, live=True),
     _opt("limits.max_subscriptions", int, 100, "Subscriptions per connection (a wildcard "

@@ -7,10 +7,10 @@ The envelope is the exact text message a client receives::
     {"type":"event","channel":"odin.token.ABC.trade","data":<value>,"ts":<ms>,
      "pos":"<topic>:<partition>:<epoch>:<offset>"}
 
-C{pos} is the event's position (L{odin_ws.shard.positions}), for recovery.
+C{pos} is the event's position (L{odin_ws.shard.history.positions}), for recovery.
 
 Besides the envelope an event carries, for odinws only: C{epoch}, the tag of
-the topic's incarnation (L{odin_ws.shard.positions.epoch_of} of the cluster
+the topic's incarnation (L{odin_ws.shard.history.positions.epoch_of} of the cluster
 and topic ids; C{""} or C{"0"} when unknown), so the de-duplication marks
 (L{odin_ws.common.highwater}) can tell a recreated topic's offsets from
 re-reads; and C{consumed}, when the consuming shard took the record from

@@ -9,7 +9,7 @@ are dropped as duplicates. But offsets also go back when the log itself is
 new: the broker was replaced (Tansu in memory), the topic was recreated, or
 the node fails over to another cluster. Then the events carry another epoch
 (the consumer tags them with the topic's current identity, see
-L{odin_ws.shard.consumerloop}); the mark is reset to the new incarnation,
+L{odin_ws.shard.kafka.consumerloop}); the mark is reset to the new incarnation,
 counted (C{odinws_offset_resets_total{reason="topic_changed"}}) and audited,
 instead of silently discarding every event until the new offsets pass the
 old ones. Events still in flight from the old incarnation are dropped.
@@ -82,7 +82,7 @@ class HighWater:
     def raise_to(self, topic: str, partition: int, epoch: str, offset: int) -> bool:
         """
         Count every offset of the partition up to C{offset} as seen (a starting
-        shard read them back from Kafka: L{odin_ws.shard.warmup}), never
+        shard read them back from Kafka: L{odin_ws.shard.kafka.warmup}), never
         lowering a mark. A mark of another known incarnation (or an unknown
         C{epoch} against a known one) is left alone. True when it was raised.
         """

@@ -1,7 +1,7 @@
 """
 The one reader of HTTP/1.x request heads (request line + headers), shared
 by the parent's dispatcher and the shards' head gate
-(L{odin_ws.shard.headgate}), so that both processes read a client's head
+(L{odin_ws.shard.clients.headgate}), so that both processes read a client's head
 the same way, byte for byte (issue 16: two parsers that disagreed let
 headers be smuggled past the parent and let a head grow without bound in
 the shard).

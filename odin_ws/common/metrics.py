@@ -203,7 +203,7 @@ class GcPauses:
 GC_PAUSES = GcPauses()
 
 # Recovery and snapshots (shard). History sizes are read at scrape time by
-# odin_ws.shard.history.HistoryCollector.
+# odin_ws.shard.history.store.HistoryCollector.
 RECOVERIES = Counter("odinws_recoveries", "Subscribes that asked for recovery, by result: "
                      "recovered, or the reason it was not (too_old, ahead, other_epoch, "
                      "unknown_partition, too_large).", ["result"], registry=REGISTRY)

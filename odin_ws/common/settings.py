@@ -59,6 +59,7 @@ class KafkaSettings:
     static_membership: bool
     max_poll_interval_ms: int
     retry_backoff_max: float
+    unreachable_grace: float
     consumer_config: Mapping[str, Any]
 
 

@@ -246,7 +246,7 @@ class DispatchProtocol(Protocol):
                 self.refuse(426, "not_upgrade", "WebSocket upgrade required", send_body)
         elif head.path == dispatcher.settings.listen.sse_path and head.path:
             # An event stream is placed and handed over like an upgrade; the
-            # shard checks the rest (odin_ws/shard/sse.py).
+            # shard checks the rest (odin_ws/shard/clients/sse.py).
             if head.method == "GET":
                 self._upgrade(head.raw, head)
             else:

@@ -1,17 +1,34 @@
 """
 The node's /health document: whether it can serve, and each shard's state.
-Answers 503 when no shard can take a connection, the node is draining, or it
-is still starting (waiting for its shards, L{odin_ws.parent.readiness}), so
-a load balancer moves new clients elsewhere.
+Answers 503, with a status and a one-line reason, when the node cannot serve
+or cannot deliver: draining, still starting (waiting for its shards,
+L{odin_ws.parent.readiness}), overloaded, no shard, no shard reaching Kafka
+beyond C{kafka.unreachable_grace}, none of the configured topics on the
+brokers, the history still warming when recovery is promised, or no room;
+so a load balancer moves new clients elsewhere. A node that delivers despite
+a problem answers 200 and names it in C{degraded} (docs/operations.md,
+"Health").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from odin_ws.common import metrics, openfiles
 from odin_ws.common.settings import Settings
-from odin_ws.parent.admission import Admission
+
+
+class Door(Protocol):
+    """What /health reads of the node's door (L{odin_ws.parent.admission.Admission})."""
+
+    @property
+    def accepting(self) -> bool: ...
+    @property
+    def starting(self) -> bool: ...
+    @property
+    def overloaded(self) -> bool: ...
 
 
 class Health:
@@ -23,7 +40,7 @@ class Health:
     """
 
     def __init__(self, settings: Settings, shards: Callable[[], list],
-                 admission: Admission, guard=None):
+                 admission: Door, guard=None):
         self._settings = settings
         self.shards = shards
         self.admission = admission
@@ -40,22 +57,27 @@ class Health:
         connections = sum(s["connections"] for s in alive)
         max_connections = self._settings.limits.max_connections
         capacity = min(sum(s["capacity"] for s in alive), max_connections)
-        draining = not self.admission.accepting
         room = any(s["accepting"] and s["connections"] < s["capacity"] for s in alive)
-        overloaded = self.admission.overloaded
-        if draining:
-            status = "draining"
+        delivery = Delivery.of(alive, self._settings)
+        reason: str | None
+        if not self.admission.accepting:
+            status, reason = "draining", "shutting down: clients are moving to other nodes"
         elif self.admission.starting:
-            status = "starting"
-        elif overloaded:
-            status = "overloaded"
+            status, reason = "starting", "waiting for every shard to register"
+        elif self.admission.overloaded:
+            what = (self.guard.reason if self.guard else None) or "resources"
+            status, reason = "overloaded", f"resource guard: {what} over its threshold"
         elif not alive:
-            status = "unavailable"
+            status, reason = "unavailable", "no shard process is running"
+        elif delivery.status is not None:
+            status, reason = delivery.status, delivery.reason
         elif not room or connections >= max_connections:
-            status = "full"
+            status, reason = "full", "no shard has room for another connection"
         else:
-            status = "ok"
-        kafka_ok = any((s.get("kafka") or {}).get("connected") for s in alive)
+            status, reason = "ok", None
+        degraded = list(delivery.degraded)
+        if len(alive) < len(shards):
+            degraded.append("shards_down")
         body = {
             "status": status,
             "node": self._settings.node_id,
@@ -64,11 +86,74 @@ class Health:
             "capacity": capacity,
             "shards_alive": len(alive),
             "shards_total": len(shards),
-            "kafka_connected": kafka_ok,
+            "kafka_connected": delivery.connected,
+            "missing_topics": delivery.missing_topics,
+            "degraded": degraded,
             "shards": shards,
             # Whether the open-files limit, not limits.max_connections, bounds the node.
             "open_files": openfiles.status(self._settings).as_health(),
         }
+        if reason is not None:
+            body["reason"] = reason
         if self.guard is not None:
             body["guard"] = self.guard.as_health()
         return (200 if status == "ok" else 503), body
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """
+    Whether the node can deliver events, from its alive shards' reports:
+    C{status} (a 503 status of /health) and C{reason} when it cannot, and
+    the degradations (C{degraded}) it delivers despite.
+    """
+
+    status: str | None
+    reason: str | None
+    degraded: tuple[str, ...]
+    connected: bool
+    missing_topics: list[str]
+
+    @classmethod
+    def of(cls, alive: list[dict], settings: Settings) -> Delivery:
+        kafka = [s["kafka"] for s in alive if s.get("kafka")]
+        warmups = [s["warmup"] for s in alive if s.get("warmup")]
+        connected = any(k.get("connected") for k in kafka)
+        # Missing as far as every shard knows: a shard clears a topic once it
+        # is assigned some of its partitions, which the others may never be.
+        missing = sorted(set.intersection(*(set(k.get("missing_topics") or ()) for k in kafka))
+                         if kafka else ())
+        degraded = []
+        if any(not k.get("connected") for k in kafka):
+            degraded.append("kafka_disconnected")
+        if missing:
+            degraded.append("topics_missing")
+        warming = [w for w in warmups if w.get("state") == "running"]
+        if warming:
+            degraded.append("warming")
+        if any(w.get("state") == "failed" or w.get("incomplete") for w in warmups):
+            degraded.append("history_cold")
+        status = reason = None
+        grace = settings.kafka.unreachable_grace
+        # Every shard reported, none reaches a broker, and for longer than the grace.
+        if kafka and len(kafka) == len(alive) and not connected and all(
+                (k.get("disconnected_for") or 0) >= grace for k in kafka):
+            errors = sorted({k["last_error"] for k in kafka if k.get("last_error")})
+            status = "kafka_unreachable"
+            reason = (f"no shard has reached a Kafka broker for "
+                      f"{min(k.get('disconnected_for') or 0 for k in kafka):.0f}s"
+                      + (f": {errors[0]}" if errors else ""))
+        elif missing and set(missing) >= set(settings.kafka.topics):
+            status = "topics_missing"
+            reason = ("no configured topic is consumed, the brokers do not have them: "
+                      + ", ".join(missing))
+        elif warmups and len(warming) == len(alive) and _recovery_promised(settings):
+            status = "warming"
+            reason = "reading the recent past back from Kafka for recovery"
+        return cls(status, reason, tuple(degraded), connected, missing)
+
+
+def _recovery_promised(settings: Settings) -> bool:
+    """Clients may resume from a position: the history is kept and warmed at start."""
+    history = settings.history
+    return history.max_events_per_partition > 0 and history.warmup_timeout > 0

@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Any
 
+from prometheus_client.registry import Collector
 from twisted.application import service
 from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
@@ -27,20 +28,21 @@ from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.common.highwater import HighWater
 from odin_ws.common.logs import install_logging
 from odin_ws.common.settings import Settings
-from odin_ws.shard import auth, tls
-from odin_ws.shard.backfill import Backfill
-from odin_ws.shard.connections import Connections
-from odin_ws.shard.fanout import Fanout, WriteStats, WriteStatsCollector
-from odin_ws.shard.history import History, HistoryCollector
-from odin_ws.shard.ingest import KafkaIngest
-from odin_ws.shard.jwks import RemoteJwks
-from odin_ws.shard.pipeline import Delivery
-from odin_ws.shard.protocol import ClientFactory
-from odin_ws.shard.records import RecordMapper
-from odin_ws.shard.session import CLOSE_RESTARTING
-from odin_ws.shard.ssefeed import Streams
-from odin_ws.shard.subscriptions import SubscriptionIndex
-from odin_ws.shard.warmup import HistoryWarmup
+from odin_ws.shard.clients import auth, tls
+from odin_ws.shard.clients.connections import Connections
+from odin_ws.shard.clients.jwks import RemoteJwks
+from odin_ws.shard.clients.session import CLOSE_RESTARTING
+from odin_ws.shard.clients.websocket import ClientFactory
+from odin_ws.shard.delivery.fanout import Fanout
+from odin_ws.shard.delivery.pipeline import Delivery
+from odin_ws.shard.delivery.ssefeed import Streams
+from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
+from odin_ws.shard.delivery.writestats import WriteStats, WriteStatsCollector
+from odin_ws.shard.history.store import History, HistoryCollector
+from odin_ws.shard.kafka.backfill import Backfill
+from odin_ws.shard.kafka.ingest import KafkaIngest
+from odin_ws.shard.kafka.records import RecordMapper
+from odin_ws.shard.kafka.warmup import HistoryWarmup
 
 
 class ParentLink(amp.AMP):
@@ -88,7 +90,7 @@ class Shard(service.MultiService):
     (L{Connections}), the delivery path (L{Delivery}), Kafka intake
     (L{KafkaIngest}) and the start's warm-up (L{HistoryWarmup}, joined by
     L{Backfill}). The client transports reach the shard through the small
-    interfaces they declare (L{odin_ws.shard.session.ClientHost} and its
+    interfaces they declare (L{odin_ws.shard.clients.session.ClientHost} and its
     extensions), which it implements by handing each call to its owner.
     """
 
@@ -114,7 +116,7 @@ class Shard(service.MultiService):
         self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
-        #: The shard's Server-Sent Events streams (odin_ws/shard/sse.py).
+        #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
         # partition re-read after a rebalance is not delivered twice (reset
@@ -137,7 +139,7 @@ class Shard(service.MultiService):
         self._fd_room: int | None = None
         self._stats_loop = task.LoopingCall(self.report_stats)
         self._stats_loop.clock = reactor
-        self._collectors = [WriteStatsCollector(self.stats), HistoryCollector(
+        self._collectors: list[Collector] = [WriteStatsCollector(self.stats), HistoryCollector(
             self.history, lambda: self.settings.history.max_age)]
 
     # -- lifecycle
@@ -211,7 +213,7 @@ class Shard(service.MultiService):
 
     def adopt(self, fd: int, head: bytes, use_tls: bool) -> int:
         """Serve a socket the parent handed over; the number of connections after it."""
-        # Not named "tls": that would shadow the odin_ws.shard.tls module used below.
+        # Not named "tls": that would shadow the odin_ws.shard.clients.tls module used below.
         if not self.accepting or len(self.connections) >= self.capacity:
             os.close(fd)
             raise commands.HandoffRefused("shard full or draining")

@@ -119,6 +119,8 @@ check "the installed unit waits for READY=1 and watches the parent (Type=notify,
     sh -c 'grep -qx "Type=notify" /lib/systemd/system/odinws.service && grep -qx "WatchdogSec=[1-9][0-9]*" /lib/systemd/system/odinws.service'
 check "systemd-analyze verify accepts the installed unit" \
     sh -c 'out=$(systemd-analyze verify /lib/systemd/system/odinws.service 2>&1); echo "$out"; [ -z "$out" ]'
+check "the daemon's package ships no Python client (odinws_client: a distribution of its own)" \
+    sh -c "! ls -d $VENV/lib/python3*/site-packages/odinws_client* 2>/dev/null"
 check "the daemon's package ships no tools (odinws_tools, odinws-simulate, odinws-loadtest)" \
     sh -c "! ls -d $VENV/lib/python3*/site-packages/odinws_tools 2>/dev/null && [ ! -e $VENV/bin/odinws-simulate ] && [ ! -e $VENV/bin/odinws-loadtest ] && [ ! -e /usr/bin/odinws-simulate ]"
 touch "$work/mark"

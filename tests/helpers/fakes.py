@@ -20,7 +20,7 @@ from odin_ws.common import metrics
 from odin_ws.common.commands import Deliver, Drain, Reload
 from odin_ws.common.twisted_internals import held
 from odin_ws.parent.admission import Admission
-from odin_ws.shard.outbox import OutboxHolder
+from odin_ws.shard.delivery.outbox import OutboxHolder
 from tests.helpers.frames import OPEN
 
 
@@ -235,22 +235,27 @@ class _PartitionEof:
     def code(self):
         return KafkaError._PARTITION_EOF
 
+    def fatal(self):
+        return False
+
 
 class FakeKafkaMessage:
     """
     A confluent-kafka Message as the consumer loop and the warm-up read it:
     by default key C{K}, value C{{"o": offset}}, a 2023 timestamp; C{eof}
-    makes it librdkafka's end-of-partition message.
+    makes it librdkafka's end-of-partition message, C{error} a message
+    carrying that error.
     """
 
     def __init__(self, topic: str, partition: int, offset: int, key: bytes = b"K",
-                 value: bytes | None = None, ts: int = 1700000000000, eof: bool = False):
+                 value: bytes | None = None, ts: int = 1700000000000, eof: bool = False,
+                 error: KafkaError | None = None):
         self._t, self._p, self._o, self._k = topic, partition, offset, key
         self._v = b'{"o": %d}' % offset if value is None else value
-        self._ts, self._eof = ts, eof
+        self._ts, self._eof, self._error = ts, eof, error
 
     def error(self):
-        return _PartitionEof() if self._eof else None
+        return _PartitionEof() if self._eof else self._error
 
     def topic(self):
         return self._t

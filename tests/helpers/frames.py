@@ -14,7 +14,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from odin_ws.shard.frames import text_frame
+from odin_ws.shard.delivery.frames import text_frame
 
 
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:

@@ -69,8 +69,10 @@ class Node:
     """A real odinws parent process (and its shards) on a free loopback port."""
 
     def __init__(self, workdir: str, brokers: str, shards: int = 1, settings: dict | None = None,
-                 extra_args: list[str] | None = None, env: dict | None = None):
-        self.port = free_port()
+                 extra_args: list[str] | None = None, env: dict | None = None,
+                 port: int | None = None):
+        # A given port: a node that replaces another on its address.
+        self.port = port or free_port()
         self.workdir = workdir
         config: dict[str, Any] = {
             "node_id": f"test{self.port}",
@@ -136,6 +138,16 @@ class Node:
 
     def shard_pids(self) -> list[int]:
         return [s["pid"] for s in self.health()[1]["shards"] if s["alive"]]
+
+    def kill_holder(self) -> int:
+        """SIGKILL the one shard holding a connection (once exactly one does); its pid."""
+        def holder():
+            held = [s["pid"] for s in self.health()[1]["shards"]
+                    if s["alive"] and s["connections"] > 0]
+            return held[0] if len(held) == 1 else None
+        victim = wait_for(holder, 30, 0.05, "the one shard holding a connection")
+        os.kill(victim, signal.SIGKILL)
+        return victim
 
     def url(self, path: str = "/ws") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"

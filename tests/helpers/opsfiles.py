@@ -12,8 +12,8 @@ import shutil
 import yaml
 
 from odin_ws.common import metrics
-from odin_ws.shard.fanout import WriteStats, WriteStatsCollector
-from odin_ws.shard.history import History, HistoryCollector
+from odin_ws.shard.delivery.writestats import WriteStats, WriteStatsCollector
+from odin_ws.shard.history.store import History, HistoryCollector
 from tests.helpers.node import ROOT
 
 DASHBOARD = os.path.join(ROOT, "etc", "grafana", "odinws-dashboard.json")

@@ -44,12 +44,13 @@ class TopicNodeCase(unittest.TestCase):
         self.seq = 0
         self.produced: dict[int, list[int]] = {}
 
-    def node(self, start: bool = True, **extra) -> Node:
+    def node(self, start: bool = True, port: int | None = None, **extra) -> Node:
         settings = dict(FAST_KAFKA)
         # The tests reconnect at once; no placement hold while a shard is due back.
         settings.update({"kafka.topics": {self.topic: "trade"}, "listen.restart_hold": 0})
         settings.update(extra)
-        node = Node(self.workdir, self.broker.bootstrap, shards=self.shards, settings=settings)
+        node = Node(self.workdir, self.broker.bootstrap, shards=self.shards, settings=settings,
+                    port=port)
         self.addCleanup(node.stop)
         return node.start() if start else node
 

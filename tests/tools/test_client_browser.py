@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import uuid
 
@@ -19,7 +18,7 @@ from twisted.trial import unittest
 from tests.helpers import FAST_KAFKA
 from tests.helpers.broker import shared_broker
 from tests.helpers.browser import BrowserScript, require_browser
-from tests.helpers.node import Node, wait_for
+from tests.helpers.node import Node
 
 SECRET = "browser-secret-of-at-least-32-bytes!"
 
@@ -92,15 +91,6 @@ class ClientBrowserCase(unittest.TestCase):
                                     f"odinws log tail:\n{self.node.tail()}")
 
 
-    def kill_holder(self) -> int:
-        """SIGKILL the one shard holding a connection (the browser's); its pid."""
-        def holder():
-            shards = self.node.health()[1]["shards"]
-            held = [s["pid"] for s in shards if s["alive"] and s["connections"] > 0]
-            return held[0] if len(held) == 1 else None
-        victim = wait_for(holder, 30, 0.1, "the shard holding the browser's connection")
-        os.kill(victim, signal.SIGKILL)
-        return victim
 
 
 class ReconnectTests(ClientBrowserCase):
@@ -118,7 +108,7 @@ class ReconnectTests(ClientBrowserCase):
         """
         script = self.script("reconnect", f"http://127.0.0.1:{self.node.port}")
         script.wait_line("READY", 120)
-        victim = self.kill_holder()
+        victim = self.node.kill_holder()
         self.assertPassed(script)
         shards = self.node.health()[1]["shards"]
         self.assertNotIn(victim, [s["pid"] for s in shards])
@@ -153,7 +143,7 @@ class SseFallbackTests(ClientBrowserCase):
         """
         script = self.script("sse", f"http://127.0.0.1:{self.node.port}")
         script.wait_line("READY", 120)
-        self.kill_holder()
+        self.node.kill_holder()
         self.assertPassed(script)
 
 

@@ -1,0 +1,76 @@
+"""What a subscription's iterator yields, and the errors the client raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """
+    One event (docs/protocol.md, "event"): ``channel`` is concrete (never a
+    pattern), ``data`` the JSON value as produced upstream, ``ts`` the event
+    time in ms, ``pos`` its position (keep it; ``Subscription.positions`` does),
+    ``snapshot`` true for the latest event of a channel sent at subscribe.
+    """
+
+    channel: str
+    data: Any
+    ts: int | None
+    pos: str | None
+    snapshot: bool = False
+    #: The message as received, for fields this version does not know.
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """
+    A resubscription could not recover what was missed (``recovered:
+    false``): events may be missing before the ones that follow, so refetch
+    the state from your system of record. ``reason`` is the server's
+    (``too_old``, ``ahead``, ``other_epoch``, ``unknown_partition``,
+    ``too_large``) or the code of refused positions (``invalid_position``,
+    ``unknown_position``, ``too_many_positions``). ``snapshot``: how many
+    snapshot events follow (a subscription with ``snapshot=True``).
+    """
+
+    reason: str
+    snapshot: int = 0
+
+
+@dataclass(frozen=True)
+class ServerError:
+    """An ``error`` message of the server (docs/protocol.md, "error")."""
+
+    code: str
+    message: str
+    #: The type of the request it answers ("subscribe", "refresh", ...), if known.
+    request: str | None = None
+    #: The channels of that request, if any.
+    channels: tuple[str, ...] = ()
+
+
+class SubscriptionFailed(Exception):
+    """The server refused the subscription (``error`` says why); it is not retried."""
+
+    def __init__(self, error: ServerError) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+
+
+class Stopped(Exception):
+    """
+    The client stopped reconnecting: the server closed with a code (or
+    answered the upgrade with an HTTP status) that says retrying would fail
+    the same way (docs/protocol.md, "Close codes").
+    """
+
+    def __init__(self, reason: str, code: int | None = None, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        #: The WebSocket close code, if the connection was open.
+        self.code = code
+        #: The HTTP status of a refused upgrade, if it was refused.
+        self.status = status

@@ -1,0 +1,426 @@
+"""
+The protocol core of one client, without I/O: it turns subscriptions into
+``subscribe`` messages and the server's messages into the items of each
+subscription (docs/protocol.md, "Positions, recovery and snapshots"). The
+L{odinws_client.client.Client} feeds it what the socket reads and sends
+what it asks to send; tests feed it messages by hand.
+
+Ordering facts it relies on, and the ones it must not:
+
+* Over one connection, events of one partition arrive in position order,
+  and a subscribe's ack is followed by its replay (or snapshot), then live
+  events of it.
+* But a node writes an ack ahead of events it queued before (another
+  subscription's live events, another subscribe's replay). So an ack's
+  ``positions`` (the tops) count only once an event past them came (or at
+  the next ack with no event between), and a replay's events, which copies
+  brought by other subscriptions' traffic may precede, are collected and
+  handed over in order once all ``replayed`` of them are here (or an event
+  past the tops shows they are).
+* Each subscription drops an event at or before the last position it holds
+  of that partition: a node that is behind, an overlapping pattern or
+  another subscription's replay may bring it again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
+from odinws_client.positions import Position, PositionMap
+from odinws_client.subscription import State, Subscription
+
+#: A subscribe refused for its positions: start over from the current ones.
+POSITION_ERRORS = frozenset({"invalid_position", "unknown_position", "too_many_positions"})
+
+
+class Hooks(Protocol):
+    """What the session tells its client."""
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send ``message`` on the current connection."""
+
+    def later(self, delay: float, call: Callable[[], None]) -> None:
+        """Call ``call`` after ``delay`` s unless the connection is lost first."""
+
+    def refreshed(self, token: str, expires: float | None) -> None:
+        """The server took ``token`` (expiring at ``expires``)."""
+
+    def error(self, error: ServerError) -> None:
+        """The server answered a request with an error."""
+
+
+@dataclass
+class Request:
+    """A request waiting for its answer."""
+
+    type: str
+    subs: list[Subscription] = field(default_factory=list)
+    since: list[str] | None = None
+    snapshot: bool = False
+    #: A positions refresh: its errors do not matter (the next one will do).
+    refresh: bool = False
+    token: str | None = None
+    answered: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class Replay:
+    """The events a recovering subscribe brings: after ``since``, up to the ack's tops."""
+
+    subs: list[Subscription]
+    since: PositionMap
+    tops: PositionMap
+    left: int
+    buffer: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def holds(self, pos: Position | None) -> bool:
+        if pos is None:
+            return False
+        top = self.tops.get(pos.partition)
+        start = self.since.get(pos.partition)
+        return top is not None and start is not None and pos.after(start) and not pos.after(top)
+
+
+@dataclass
+class SnapshotWait:
+    """Snapshot events still to come, and the subscriptions that asked for them."""
+
+    subs: list[Subscription]
+    left: int
+
+
+class Session:
+    """The subscriptions of one client and the routing of what the server sends."""
+
+    def __init__(self, hooks: Hooks, max_channels_per_message: int = 100,
+                 rate_limited_retry: float = 1.0) -> None:
+        self._hooks = hooks
+        self._max_channels = max_channels_per_message
+        self._rate_limited_retry = rate_limited_retry
+        self._subs: dict[str, Subscription] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Request] = {}
+        self._replays: list[Replay] = []
+        self._snapshots: deque[SnapshotWait] = deque()
+        self._events_seen = 0
+        self.connected = False
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subs.values())
+
+    # -- what the client asks
+
+    def add(self, sub: Subscription) -> None:
+        """Hold ``sub`` (from now on, and on every later connection)."""
+        if sub.pattern in self._subs:
+            raise ValueError(f"already subscribed to {sub.pattern!r}: iterate that subscription")
+        self._subs[sub.pattern] = sub
+        if self.connected:
+            self._subscribe([sub])
+
+    def remove(self, sub: Subscription) -> None:
+        if self._subs.get(sub.pattern) is not sub:
+            return
+        del self._subs[sub.pattern]
+        sub._set_state(State.UNSUBSCRIBED)
+        sub._end(None)
+        if self.connected:
+            self._send({"type": "unsubscribe", "channels": [sub.pattern]}, Request("unsubscribe"))
+
+    def opened(self) -> None:
+        """A connection opened: subscriptions belong to a connection, ask for all again."""
+        self.connected = True
+        if self._subs:
+            self._subscribe(list(self._subs.values()))
+
+    def lost(self) -> None:
+        """The connection is gone: what was in flight is forgotten, subscriptions wait."""
+        self.connected = False
+        self._pending.clear()
+        self._replays.clear()
+        self._snapshots.clear()
+        for sub in self._subs.values():
+            sub._live = False
+            sub._replay = None
+            sub._tops_seen = -1  # tops of a lost connection only fill in since
+            sub._set_state(State.PENDING)
+
+    def end(self, error: BaseException | None) -> None:
+        """The client stops: every iterator ends (raising ``error`` if given)."""
+        for sub in self._subs.values():
+            sub._end(error)
+        self._subs.clear()
+
+    def refresh_positions(self) -> None:
+        """
+        Ask for the current positions (``since: []`` of the held channels:
+        nothing replayed or subscribed twice). A partition where a
+        subscription gets no events keeps the position of its first
+        subscribe, which the node's history forgets after ``history.max_age``;
+        recovering from it would fail (too_old) though nothing was missed.
+        """
+        held = [s for s in self._subs.values() if s._live and s.recover]
+        self._request(held, {"since": []}, refresh=True)
+
+    def request(self, message: dict[str, Any], answered: Callable[[dict[str, Any]], None],
+                token: str | None = None) -> None:
+        """Send a ``ping`` or ``refresh``; ``answered`` gets the reply (or the error)."""
+        self._send(message, Request(message["type"], token=token, answered=answered))
+
+    # -- what the server sends
+
+    def received(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "event":
+            self._event(msg)
+            return
+        req = self._pending.pop(msg["id"], None) if isinstance(msg.get("id"), int) else None
+        kind = msg.get("type")
+        if kind == "subscribed" and req is not None:
+            self._acked(msg, req)
+        elif kind == "error":
+            self._failed(msg, req)
+        elif kind == "refreshed" and req is not None:
+            self._refreshed(msg, req)
+        elif kind == "pong" and req is not None and req.answered is not None:
+            req.answered(msg)
+
+    # -- subscribing
+
+    def _send(self, message: dict[str, Any], request: Request) -> None:
+        ident = next(self._ids)
+        self._pending[ident] = request
+        self._hooks.send({**message, "id": ident})
+
+    def _request(self, subs: list[Subscription], fields: dict[str, Any],
+                 refresh: bool = False) -> None:
+        """Subscribe ``subs`` with ``fields``, at most L{_max_channels} per message."""
+        for i in range(0, len(subs), self._max_channels):
+            chunk = subs[i:i + self._max_channels]
+            self._send({"type": "subscribe", "channels": [s.pattern for s in chunk], **fields},
+                       Request("subscribe", chunk, fields.get("since"),
+                               bool(fields.get("snapshot")), refresh))
+
+    def _subscribe(self, subs: Iterable[Subscription]) -> None:
+        """
+        Subscribe ``subs`` on this connection; those asking the same (no
+        recovery; recovery from the same positions; snapshot or not) share a
+        message. A subscription with no positions yet asks for the current
+        ones (``since: []``): with a snapshot, the server sends it too.
+        """
+        groups: dict[str, tuple[dict[str, Any], list[Subscription]]] = {}
+        for sub in subs:
+            fields: dict[str, Any] = {"snapshot": True} if sub.snapshot else {}
+            if sub.recover:
+                fields["since"] = sub.positions
+            key = json.dumps(fields, sort_keys=True)
+            groups.setdefault(key, (fields, []))[1].append(sub)
+        for fields, members in groups.values():
+            self._request(members, fields)
+
+    def _current(self, subs: Iterable[Subscription]) -> list[Subscription]:
+        """Those of ``subs`` still held (not unsubscribed since the request)."""
+        return [s for s in subs if self._subs.get(s.pattern) is s]
+
+    def _acked(self, msg: dict[str, Any], req: Request) -> None:
+        subs = self._current(req.subs)
+        for sub in subs:
+            sub._live = True
+            sub._set_state(State.SUBSCRIBED)
+        recovered = msg.get("recovered")
+        if req.since is not None and isinstance(recovered, bool):
+            if not recovered:
+                for sub in subs:
+                    sub._last.clear()  # the old positions are of no more use
+            tops = PositionMap(msg.get("positions") or ())
+            for sub in subs:
+                self._pend_tops(sub, tops)
+            replayed = _count(msg.get("replayed"))
+            if recovered and replayed > 0:
+                replay = Replay(subs, PositionMap(req.since), tops, replayed)
+                for sub in subs:
+                    sub._replay = replay
+                self._replays.append(replay)
+            if req.since and not recovered:
+                gap = Gap(str(msg.get("reason") or "unknown"), _count(msg.get("snapshot")))
+                for sub in subs:
+                    sub._push(gap)
+        snapshot = _count(msg.get("snapshot"))
+        if snapshot and req.snapshot:
+            self._snapshots.append(SnapshotWait([s for s in subs if s.snapshot], snapshot))
+
+    def _pend_tops(self, sub: Subscription, tops: PositionMap) -> None:
+        """Hold ``tops`` until an event past them; older ones count now if no event came since."""
+        if sub._tops is not None and sub._tops_seen == self._events_seen:
+            self._confirm_tops(sub)
+        merged = sub._tops.copy() if sub._tops is not None else PositionMap()
+        for pos in tops:
+            merged.advance(pos.text)
+        sub._tops = merged if len(merged) else None
+        sub._tops_seen = self._events_seen
+
+    def _confirm_tops(self, sub: Subscription) -> None:
+        for pos in sub._tops or ():
+            sub._last.advance(pos.text)
+        sub._tops = None
+
+    def _failed(self, msg: dict[str, Any], req: Request | None) -> None:
+        error = ServerError(str(msg.get("code")), str(msg.get("message", "")),
+                            req.type if req else None,
+                            tuple(s.pattern for s in req.subs) if req else ())
+        if req is not None and req.answered is not None:
+            req.answered(msg)
+        if req is None or req.type != "subscribe":
+            self._hooks.error(error)
+            return
+        live = self._current(req.subs)
+        if req.refresh:
+            return  # asking for positions: the next time will do
+        if error.code == "rate_limited":
+            # The server dropped the request: send it again, later.
+            self._hooks.error(error)
+            self._hooks.later(self._rate_limited_retry,
+                              lambda: self._subscribe(self._current(live)))
+            return
+        if req.since and error.code in POSITION_ERRORS:
+            # Positions this node cannot use (another cluster, a topic gone):
+            # not recovered; start again from the current positions.
+            for sub in live:
+                sub._last.clear()
+                sub._tops = None
+                sub._push(Gap(error.code))
+            self._subscribe(live)
+            return
+        if len(live) > 1:
+            # All or nothing: one bad channel in a batch must not sink the
+            # others. Ask for each alone; each refusal is reported then.
+            for sub in live:
+                self._subscribe([sub])
+            return
+        self._hooks.error(error)
+        for sub in live:
+            self._refuse(sub, error)
+
+    def _refuse(self, sub: Subscription, error: ServerError) -> None:
+        del self._subs[sub.pattern]
+        sub._set_state(State.FAILED, error)
+        sub._end(SubscriptionFailed(error))
+
+    def _refreshed(self, msg: dict[str, Any], req: Request) -> None:
+        expires = msg.get("expires")
+        if req.token is not None:
+            self._hooks.refreshed(req.token, float(expires)
+                                  if isinstance(expires, (int, float)) else None)
+        dropped = msg.get("unsubscribed") or []
+        if dropped:
+            # Channels the new token no longer grants: the server dropped them.
+            error = ServerError("forbidden", "no longer granted by the refreshed token",
+                                "refresh", tuple(dropped))
+            self._hooks.error(error)
+            for pattern in dropped:
+                sub = self._subs.get(pattern)
+                if sub is not None:
+                    self._refuse(sub, error)
+        if req.answered is not None:
+            req.answered(msg)
+
+    # -- events
+
+    def _event(self, msg: dict[str, Any]) -> None:
+        self._events_seen += 1
+        snapshot = msg.get("snapshot") is True
+        pos = None if snapshot else Position.parse(msg.get("pos"))
+        if pos is not None:
+            # Past a replay's tops: the replay (queued before) is all here.
+            for replay in list(self._replays):
+                top = replay.tops.get(pos.partition)
+                if top is not None and pos.after(top):
+                    self._end_replay(replay)
+        self._dispatch(msg, snapshot, pos)
+        if pos is not None:
+            # Past a subscription's pending tops: what was queued before its ack is here.
+            for sub in self._subs.values():
+                top = sub._tops.get(pos.partition) if sub._tops is not None else None
+                if top is not None and pos.after(top):
+                    self._confirm_tops(sub)
+
+    def _dispatch(self, msg: dict[str, Any], snapshot: bool, pos: Position | None) -> None:
+        """
+        To every live subscription whose pattern matches, unless it holds
+        this position or a later one of the partition. A snapshot event goes
+        only to the subscriptions that asked for that snapshot.
+        """
+        channel = msg.get("channel")
+        if not isinstance(channel, str):
+            return
+        segments = channel.split(".")
+        wait = self._snapshots[0] if snapshot and self._snapshots else None
+        if snapshot and wait is None:
+            return
+        filled: list[Replay] = []
+        for sub in list(self._subs.values()):
+            if not sub._live or not sub.matches(segments):
+                continue
+            if wait is not None:
+                if any(s is sub for s in wait.subs):
+                    sub._last.advance(msg.get("pos"))
+                    sub._push(_event(msg))
+                continue
+            replay = sub._replay
+            if replay is not None and replay.holds(pos):
+                assert pos is not None
+                replay.buffer.setdefault(pos.text, msg)
+                if replay not in filled:
+                    filled.append(replay)
+                continue
+            self._deliver(sub, msg)
+        if wait is not None:
+            wait.left -= 1
+            if wait.left <= 0:
+                self._snapshots.popleft()
+        for replay in filled:
+            if len(replay.buffer) >= replay.left:
+                self._end_replay(replay)
+
+    def _deliver(self, sub: Subscription, msg: dict[str, Any]) -> None:
+        pos = msg.get("pos")
+        if pos is not None:
+            if not sub._last.is_new(pos):
+                return
+            sub._last.advance(pos)
+        sub._push(_event(msg))
+
+    def _end_replay(self, replay: Replay) -> None:
+        """A replay is complete: its events, in position order, to its subscriptions."""
+        if replay not in self._replays:
+            return
+        self._replays.remove(replay)
+        for sub in replay.subs:
+            if sub._replay is replay:
+                sub._replay = None
+        parsed = [(Position.parse(text), msg) for text, msg in replay.buffer.items()]
+        parsed.sort(key=lambda item: (item[0].partition, item[0].offset) if item[0] else ("", 0))
+        for _, msg in parsed:
+            segments = str(msg.get("channel")).split(".")
+            for sub in self._current(replay.subs):
+                if sub._live and sub.matches(segments):
+                    self._deliver(sub, msg)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _event(msg: dict[str, Any]) -> Event:
+    ts = msg.get("ts")
+    pos = msg.get("pos")
+    return Event(str(msg.get("channel")), msg.get("data"),
+                 ts if isinstance(ts, int) else None,
+                 pos if isinstance(pos, str) else None,
+                 msg.get("snapshot") is True, msg)

@@ -1,0 +1,126 @@
+"""
+The one module naming Autobahn's internals. Everything else in odinws
+goes through what is here; C{tests/shard/clients/test_autobahn_internals.py} pins
+the Autobahn version this was written for (L{WRITTEN_FOR}, the pin in
+C{requirements.lock}) and checks that every internal named here still
+exists with the shape used, so an upgrade fails there, in one place: read
+the new Autobahn code, adapt this module (and L{odin_ws.shard.clients.lean}), then
+the test.
+
+Internals touched:
+
+  - the private steps C{WebSocketProtocol._connectionMade} (sets up the
+    per-connection state) and C{WebSocketAdapterProtocol._onOpen} (between
+    the handshake's success and C{onOpen}), given public hooks by
+    L{ProtocolHooks};
+  - C{WebSocketProtocol._transport_details} (L{forget_transport_details});
+  - the names of the instance attributes Autobahn's server protocol sets
+    (L{STATE_ATTRS}, L{HANDSHAKE_ATTRS}; its settings are the public
+    C{CONFIG_ATTRS}), which L{odin_ws.shard.clients.lean} puts in slots;
+  - C{send_queue}, C{current_frame}, C{current_frame_masker},
+    C{inside_message}, C{utf8validateLast}: frame and write state
+    L{odin_ws.shard.clients.lean} drops while unused;
+  - C{WebSocketProtocol.state}, assigned directly at every transition
+    (L{odin_ws.shard.delivery.outbox.OutboxHolder} intercepts the assignment);
+  - C{closedByMe}, C{localCloseCode} and C{sendCloseFrame} (the close
+    handshake without C{sendClose}'s code check), read and called by
+    L{odin_ws.shard.clients.websocket.ClientProtocol};
+  - the reason C{processHandshake} gives C{failHandshake} for an C{Origin}
+    it cannot parse (L{INVALID_ORIGIN}): it refuses it before C{onConnect},
+    so the refusal is recognised by it to be counted.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+
+#: The Autobahn release these internals were read in (C{requirements.lock}).
+WRITTEN_FOR = "26.10.2"
+
+#: How the reason of Autobahn's refusal of an unparsable C{Origin} begins.
+INVALID_ORIGIN = "HTTP Origin header invalid"
+
+#: Autobahn's per-connection copies of its factory's settings.
+CONFIG_ATTRS: tuple[str, ...] = tuple(WebSocketServerProtocol.CONFIG_ATTRS)
+
+#: Set by the opening handshake (server side), unused once it succeeded.
+HANDSHAKE_ATTRS = (
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host", "http_response_data",
+    "websocket_origin", "websocket_protocols", "websocket_extensions", "_wskey",
+)
+
+#: Instance attributes of an Autobahn (Twisted) server protocol over a
+#: connection's life, besides its settings (L{CONFIG_ATTRS}, copied from the
+#: factory) and the handshake's.
+STATE_ATTRS = (
+    # twisted.internet.protocol.Protocol
+    "factory", "transport", "connected",
+    # autobahn.util.ObservableMixin, WebSocketProtocol.__init__
+    "is_closed", "is_open", "_valid_events", "_results", "_transport_details", "peer",
+    # WebSocketProtocol._connectionMade
+    "_perMessageCompress", "trackedTimings", "trafficStats", "send_state", "data",
+    "send_queue", "triggered", "utf8validator", "wasMaxFramePayloadSizeExceeded",
+    "wasMaxMessagePayloadSizeExceeded", "closedByMe", "failedByMe", "droppedByMe",
+    "wasClean", "wasNotCleanReason", "wasServerConnectionDropTimeout",
+    "wasOpenHandshakeTimeout", "wasCloseHandshakeTimeout", "wasServingFlashSocketPolicyFile",
+    "localCloseCode", "localCloseReason", "remoteCloseCode", "remoteCloseReason",
+    "openHandshakeTimeoutCall", "closeHandshakeTimeoutCall", "autoPingTimeoutCall",
+    "autoPingPending", "autoPingPendingCall", "autoPingPendingSent", "autoPingPendingSeq",
+    # handshake results kept while open
+    "websocket_version", "websocket_protocol_in_use", "websocket_extensions_in_use",
+    # frames and messages
+    "inside_message", "current_frame", "current_frame_masker", "control_frame_data",
+    "frame_length", "frame_data", "message_data", "message_data_total_length",
+    "message_is_binary", "_isMessageCompressed", "utf8validateIncomingCurrentMessage",
+    "utf8validateLast",
+)
+
+
+class ProtocolHooks(WebSocketServerProtocol):
+    """
+    Autobahn's Twisted server protocol with public hooks around two of its
+    private steps. Subclasses override the hooks, never the steps.
+    """
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        self.ws_connection_made()
+
+    def _onOpen(self) -> None:
+        self.ws_opening()
+        try:
+            super()._onOpen()
+        finally:
+            self.ws_opened()
+
+    def ws_connection_made(self) -> None:
+        """Autobahn has just set up the connection's WebSocket state (C{send_queue}, ...)."""
+
+    def ws_opening(self) -> None:
+        """The handshake succeeded (answered, C{STATE_OPEN}); C{onOpen} comes next."""
+
+    def ws_opened(self) -> None:
+        """C{onOpen} has run (or raised)."""
+
+
+def forget_transport_details(protocol: WebSocketServerProtocol) -> None:
+    """
+    Drop the transport details Autobahn builds at connect for WAMP and
+    reads last when the connection opens (its C{transport_details}
+    property then answers None).
+    """
+    protocol._transport_details = None  # type: ignore[assignment]  # Autobahn types it set
+
+
+def retire_unopened(protocol: WebSocketServerProtocol) -> None:
+    """
+    A protocol whose connection another protocol takes over before any
+    handshake (odin_ws/shard/clients/sse.py): cancel the one timer Autobahn arms
+    at connect (C{openHandshakeTimeoutCall}), which would otherwise drop
+    the connection it no longer serves.
+    """
+    call = protocol.openHandshakeTimeoutCall
+    protocol.openHandshakeTimeoutCall = None
+    if call is not None:
+        call.cancel()

@@ -1,0 +1,117 @@
+"""
+Answering a subscribe's recovery (C{since}: the positions the client last
+saw) and snapshot (C{snapshot: true}: the latest event of every matching
+channel) from the shard's L{History} (docs/protocol.md, "Positions and
+recovery").
+
+The whole answer is made in the reactor turn that handles the subscribe:
+the ack, then the replayed or snapshot events, then the subscription joins
+the index, so the first live event this connection gets is the first one
+delivered after the history it was answered from: no gap, no duplicate at
+the boundary, whatever arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from odin_ws.common import metrics
+from odin_ws.common.events import Event
+from odin_ws.shard.clients import messages
+from odin_ws.shard.delivery.frames import text_frame
+from odin_ws.shard.history import positions
+from odin_ws.shard.history.store import History
+
+#: Reason of C{recovered: false} when the replay would not fit the
+#: connection's outbound buffer (it would be dropped by the slow-client
+#: policy, so it is not attempted).
+TOO_LARGE = "too_large"
+
+_SNAPSHOT_TAIL = b',"snapshot":true}'
+
+
+@dataclass
+class Answer:
+    """What to send for one subscribe: the ack's fields, then C{frames}."""
+
+    recovered: bool | None = None
+    reason: str | None = None
+    replayed: int | None = None
+    snapshot: int | None = None
+    positions: list[str] | None = None
+    #: C{(frame, channel, event_type)} in the order to send.
+    frames: list[tuple[bytes, str, str]] = field(default_factory=list)
+
+    def ack(self, channels: list[str], id: messages.MessageId) -> bytes:
+        return messages.subscribed(channels, id, recovered=self.recovered, reason=self.reason,
+                                   replayed=self.replayed, snapshot=self.snapshot,
+                                   positions=self.positions)
+
+
+def tops(history: History) -> list[str]:
+    """The current position of every partition the shard retains."""
+    return sorted(positions.encode(topic, partition, log.epoch or "0", log.high)
+                  for topic, partition, log in history.partitions())
+
+
+def _websocket(payload: bytes, event: Event) -> bytes:
+    return text_frame(payload)
+
+
+def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
+           max_snapshot_events: int, room: int,
+           encode: Callable[[bytes, Event], bytes] = _websocket, overhead: int = 8) -> Answer:
+    """
+    The answer to C{msg}'s C{since} and C{snapshot}.
+
+    @param topics: the configured topics (positions of others are refused).
+    @param room: bytes the connection's outbound buffer may hold.
+    @param encode: the transport's message of an event's JSON (the event's
+        envelope, or a snapshot's), called in sending order (default: a
+        WebSocket text frame; the SSE stream gives its own).
+    @param overhead: bytes C{encode} adds to an event at most (a WebSocket
+        frame header: 8; an SSE message carries its id).
+    @raise messages.ClientError: C{unknown_position} or C{snapshot_too_large};
+        nothing is subscribed then.
+    """
+    patterns = [(c.token, c.event_type) for c in msg.channels]
+    out = Answer()
+    replay = None
+    if msg.since is not None:
+        for topic, _ in msg.since:
+            if topic not in topics:
+                raise messages.ClientError(
+                    messages.UNKNOWN_POSITION,
+                    f"position of a topic this server does not serve: {topic[:80]!r}", msg.id)
+        out.positions = tops(history)
+        events, reason = history.replay(msg.since, patterns)
+        if events is not None and sum(len(e.envelope) + overhead for e in events) > room:
+            events, reason = None, TOO_LARGE
+        out.recovered = events is not None
+        out.reason = reason
+        if events is not None:
+            out.replayed = len(events)
+            replay = events
+            metrics.RECOVERIES.labels(result="recovered").inc()
+            metrics.EVENTS_REPLAYED.inc(len(events))
+        else:
+            metrics.RECOVERIES.labels(result=reason).inc()
+    if msg.snapshot and not (out.recovered and msg.since):
+        # A subscription recovered from positions has missed nothing: no
+        # snapshot needed. since: [] (a first subscribe asking for the
+        # current positions) recovers nothing, so it gets its snapshot.
+        latest, more = history.latest(patterns, max_snapshot_events)
+        size = sum(len(e.envelope) + 16 + overhead for e in latest)
+        if more or size > room:
+            raise messages.ClientError(
+                messages.SNAPSHOT_TOO_LARGE,
+                f"the snapshot would send more than {max_snapshot_events} events or "
+                f"{room} bytes; subscribe to fewer channels or without snapshot", msg.id)
+        out.snapshot = len(latest)
+        out.frames = [(encode(e.envelope[:-1] + _SNAPSHOT_TAIL, e), e.channel, e.event_type)
+                      for e in latest]
+        metrics.SNAPSHOT_EVENTS.inc(len(latest))
+    elif replay:
+        out.frames = [(encode(e.envelope, e), e.channel, e.event_type) for e in replay]
+    return out

@@ -1,0 +1,529 @@
+"""
+One client of a shard, whatever carries it: the rules every client obeys,
+written once for the WebSocket protocol (L{odin_ws.shard.clients.websocket}) and the
+Server-Sent Events stream (L{odin_ws.shard.clients.sse}).
+
+The transports are adapters (the shape of the C{websockets} library's
+sans-I/O core, and of Centrifugo's transports over one client core): they
+turn bytes into calls on a L{Session} (the request head into L{admit} and
+L{url_subscribe}, a client message into L{message_allowed} and L{subscribe},
+L{unsubscribe}, L{refresh}) and what the session answers into their own
+frames (L{ClientTransport.reply}, L{ClientTransport.close}, or a L{Refused}
+turned into an HTTP answer). A new per-client rule (a filter, a rate cap)
+is added here, once.
+
+Events never pass through a session: the shard's fan-out writes them to the
+connection's L{Outbox}, which the session creates when the client opens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from odin_ws.common import metrics
+from odin_ws.common.clientip import client_ip
+from odin_ws.common.events import Event
+from odin_ws.common.logs import audit
+from odin_ws.common.ratelimit import TokenBucket
+from odin_ws.shard.clients import auth, messages, recovery
+from odin_ws.shard.delivery.outbox import Outbox
+from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
+
+if TYPE_CHECKING:
+    from odin_ws.common.settings import Settings
+    from odin_ws.shard.delivery.fanout import Fanout
+    from odin_ws.shard.history.store import History
+
+#: Close codes of docs/protocol.md.
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_RESTARTING = 4000
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_SLOW_CONSUMER = 4008
+
+
+def count_closed(code: int | None, clean: bool) -> None:
+    """Count a closed connection by why (C{odinws_connections_closed_total}) and its code."""
+    reason = "slow_consumer" if code == CLOSE_SLOW_CONSUMER else ("clean" if clean else "dropped")
+    metrics.CONNECTIONS_CLOSED.labels(reason=reason, code=metrics.close_code_label(code)).inc()
+
+
+class ClientHost(Protocol):
+    """What a session needs of its shard (the shard's other members are not its business)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def verifier(self) -> auth.Verifier: ...
+
+    @property
+    def reactor(self) -> Any: ...
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def fanout(self) -> Fanout: ...
+
+    @property
+    def subscriptions(self) -> SubscriptionIndex: ...
+
+    def policy_for(self, event_type: str) -> str: ...
+
+    def subscriptions_changed(self) -> None: ...
+
+    def admit_ip(self, ip: str) -> bool: ...
+
+    def release_ip(self, ip: str) -> None: ...
+
+
+class ClientTransport(Protocol):
+    """What a session needs of the connection that carries it."""
+
+    outbox: Outbox | None
+
+    @property
+    def transport(self) -> Any: ...
+
+    def reply(self, payload: bytes) -> None:
+        """Send one JSON message of the control protocol, behind the events queued."""
+
+    def close(self, code: int, reason: str) -> None:
+        """End the connection with C{code} (docs/protocol.md's close codes)."""
+
+
+class Refused(Exception):
+    """
+    A request turned down before its connection opens; the transport answers
+    it in its own way (an HTTP status, a JSON body).
+
+    @ivar status: the HTTP status.
+    @ivar reason: the C{reason} label of C{odinws_rejected_total} and the audit line.
+    @ivar message: what the client is told.
+    @ivar code: the machine-readable code of docs/protocol.md, when there is one.
+    @ivar headers: extra response headers (C{Retry-After}).
+    """
+
+    def __init__(self, status: int, reason: str, message: str, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.message = status, reason, message
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        """The refusal as the JSON of an error message, C{{"code":...,"message":...}}."""
+        return json.dumps({"code": self.code or self.reason, "message": self.message},
+                          separators=(",", ":")).encode("ascii")
+
+
+def is_origin(value: str) -> bool:
+    """
+    Whether an C{Origin} header is one (RFC 6454: C{null}, or
+    C{scheme://host[:port]}; Autobahn also takes a C{file:} URL for
+    C{null}), as Autobahn parses it: what it cannot parse it refuses before
+    the session sees it, so the event stream refuses the same.
+    """
+    if value.lower() == "null":
+        return True
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        return False
+    return parts.scheme.lower() == "file" or bool(parts.hostname)
+
+
+def bad_origin() -> Refused:
+    """The refusal of a malformed C{Origin}: 400, on both transports."""
+    return Refused(400, "bad_origin", "Origin is neither null nor scheme://host[:port]",
+                   "invalid_origin")
+
+
+class Session:
+    """
+    The client rules of one connection: admission (origin, per-IP share,
+    authentication), subscribe and unsubscribe (by message or by URL) under
+    the token's grant and the limits and budgets, recovery and snapshots,
+    the message rate, token refresh and expiry, and the idle close of a
+    client that never subscribes.
+
+    @param noun: what the audit lines call the client (C{connection}, C{stream}).
+    """
+
+    # Every connection carries one: slots, not a __dict__ (odin_ws/shard/clients/lean.py).
+    __slots__ = ("host", "transport", "noun", "client_ip", "ip_counted", "grant", "bucket",
+                 "strikes", "strike_stamp", "ever_subscribed", "_idle_call", "_expiry_call")
+
+    def __init__(self, host: ClientHost, transport: ClientTransport, noun: str):
+        self.host = host
+        self.transport = transport
+        self.noun = noun
+        self.client_ip = ""
+        self.ip_counted = False
+        self.grant: auth.Grant = auth.OPEN
+        self.bucket: TokenBucket | None = None
+        self.strikes = 0.0
+        self.strike_stamp = 0.0
+        self.ever_subscribed = False
+        self._idle_call: Any = None
+        self._expiry_call: Any = None
+
+    # -- the request, before the connection opens
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """
+        Whether a page of C{origin} may connect: C{limits.allowed_origins}
+        compared exactly (C{null}, what a page opened from a file or a
+        sandboxed frame sends, only when listed); an empty list allows any,
+        C{null} and no C{Origin} included.
+        """
+        origins = self.host.settings.limits.allowed_origins
+        return not origins or origin in origins
+
+    def identify(self, peer: str, headers: Mapping[str, str]) -> None:
+        """
+        The client's address (L{odin_ws.common.clientip}), first thing: the
+        per-IP share and every audit line use it.
+
+        @param headers: the request's headers, names in lower case.
+        """
+        self.client_ip = client_ip(peer, headers.get("x-forwarded-for"),
+                                   self.host.settings.limits.trusted_proxies)
+
+    def admit(self, headers: Mapping[str, str], query: Mapping[str, Any],
+              token_sources: Iterable[str]) -> None:
+        """
+        The client's origin, its address's share of the connections, its
+        token (looked for in C{token_sources}, from C{headers} and C{query}),
+        in this order (after L{identify}).
+
+        @param headers: the request's headers, names in lower case.
+        @raise Refused: turned down; the address is not counted then.
+        """
+        host = self.host
+        ip = self.client_ip
+        origin = headers.get("origin")
+        if origin is not None and not is_origin(origin):
+            raise bad_origin()
+        if not self.origin_allowed(origin):
+            raise Refused(403, "origin", "origin not allowed", "origin_not_allowed")
+        if not host.admit_ip(ip):
+            raise Refused(429, "per_ip", "too many connections from this address",
+                          "too_many_connections")
+        self.ip_counted = True
+        verifier = host.verifier
+        if verifier.enabled:
+            token = auth.token_from_request(headers, query, token_sources)
+            try:
+                self.grant = verifier.verify(token)
+            except auth.AuthError as e:
+                raise Refused(401, "auth_" + e.reason, e.message, "unauthorized") from None
+
+    def url_subscribe(self, query: Mapping[str, str],
+                      last_event_id: str | None = None) -> messages.Subscribe | None:
+        """
+        The subscribe a URL asks for (C{?channels=...}, docs/protocol.md),
+        checked as its message would be before anything opens: the token's
+        grant, C{limits.max_subscriptions}, the topics of its positions.
+        None when the URL asks for none.
+
+        @raise Refused: with the protocol's error code (403 for a channel
+            the token does not allow, else 400).
+        """
+        settings = self.host.settings
+        limits = settings.limits
+        try:
+            msg = messages.parse_url_subscribe(query, limits.max_channels_per_message,
+                                               limits.max_channel_length, limits.max_positions,
+                                               last_event_id)
+            if msg is None:
+                return None
+            self._check_grant(msg)
+            if len(msg.channels) > limits.max_subscriptions:
+                raise messages.ClientError(messages.TOO_MANY_SUBSCRIPTIONS, "a connection may "
+                                           f"hold at most {limits.max_subscriptions} subscriptions")
+            for topic, _ in msg.since or ():
+                if topic not in settings.kafka.topics:
+                    raise messages.ClientError(messages.UNKNOWN_POSITION, "position of a topic "
+                                               f"this server does not serve: {topic[:80]!r}")
+        except messages.ClientError as e:
+            raise Refused(403 if e.code == messages.FORBIDDEN else 400, e.code, e.message,
+                          e.code) from None
+        return msg
+
+    def refused(self, refusal: Refused) -> None:
+        """Count and audit a refusal (the transport then answers it)."""
+        metrics.REJECTED.labels(status=str(refusal.status), reason=refusal.reason).inc()
+        if refusal.code in messages.ERROR_CODES:
+            metrics.CLIENT_ERRORS.labels(code=refusal.code).inc()
+        audit.info("{noun} from {ip} rejected: {reason} ({status})", noun=self.noun,
+                   ip=self.client_ip, reason=refusal.reason, status=refusal.status)
+
+    # -- the open connection
+
+    def _outbox(self) -> Outbox:
+        outbox = self.transport.outbox
+        # Messages are read only while the connection is open, and it has
+        # its outbox from its open to its close.
+        assert outbox is not None, "a message before the open or after the close"
+        return outbox
+
+    def open(self, adopted_at: float, on_slow: Callable[[], None], talks: bool = True) -> Outbox:
+        """
+        The connection is open: its outbox (given to the transport), its
+        token's expiry, and for a client that C{talks} (sends messages: a
+        WebSocket) its message rate and its idle close.
+        """
+        host = self.host
+        settings = host.settings
+        transport = self.transport
+        transport.outbox = outbox = Outbox(
+            transport, host.fanout, host.policy_for, settings.outbound.max_buffer_bytes,
+            settings.outbound.disconnect_grace, on_slow)
+        metrics.CONNECTIONS_OPENED.inc()
+        if adopted_at:
+            metrics.HANDSHAKE_SECONDS.observe(time.monotonic() - adopted_at)
+        self.schedule_expiry()
+        if talks:
+            clock = host.reactor
+            limits = settings.limits
+            self.bucket = TokenBucket(limits.message_rate, limits.message_burst, clock.seconds)
+            idle_timeout = settings.keepalive.idle_timeout
+            if idle_timeout > 0:
+                self._idle_call = clock.callLater(idle_timeout, self._idle)
+        return outbox
+
+    def reconfigure(self, settings: Settings) -> None:
+        """
+        Reloaded settings reach this open connection: its message rate and
+        burst, its outbox's limit and grace (one not open yet reads them
+        when it opens).
+        """
+        bucket = self.bucket
+        if bucket is not None:
+            # Tokens above a lower burst are cut at the next take().
+            bucket.rate = settings.limits.message_rate
+            bucket.burst = settings.limits.message_burst
+        outbox = self.transport.outbox
+        if outbox is not None:
+            outbox.reconfigure(settings.outbound)
+
+    def message_allowed(self) -> bool:
+        """
+        Spend a token of the message rate; on refusal count a strike, and
+        close the connection if strikes pile up (they decay at one per
+        second of good behaviour).
+        """
+        bucket = self.bucket
+        if bucket is None or bucket.take():
+            return True
+        limits = self.host.settings.limits
+        now = bucket.now()
+        self.strikes = max(0.0, self.strikes - (now - self.strike_stamp)) + 1
+        self.strike_stamp = now
+        if self.strikes > limits.rate_strikes:
+            metrics.CLIENT_ERRORS.labels(code="rate_limit_close").inc()
+            audit.info("{noun} from {ip} closed: sustained rate limit", noun=self.noun,
+                       ip=self.client_ip)
+            self.transport.close(CLOSE_POLICY, "rate limit exceeded")
+        else:
+            self.error(messages.RATE_LIMITED, f"more than {limits.message_rate:g} "
+                       "messages per second; slow down", None)
+        return False
+
+    def message(self, payload: bytes) -> None:
+        """One text message of the client (docs/protocol.md), answered."""
+        host = self.host
+        limits = host.settings.limits
+        try:
+            msg = messages.parse_client_message(
+                payload, limits.max_channels_per_message, limits.max_channel_length,
+                limits.max_positions)
+        except messages.ClientError as e:
+            self.error(e.code, e.message, e.id)
+            return
+        if isinstance(msg, messages.Subscribe):
+            self.subscribe(msg)
+        elif isinstance(msg, messages.Unsubscribe):
+            self.unsubscribe(msg)
+        elif isinstance(msg, messages.Ping):
+            self.transport.reply(messages.pong(msg.id))
+        elif isinstance(msg, messages.Refresh) and host.verifier.enabled:
+            self.refresh(msg)
+        else:
+            self.error(messages.UNKNOWN_TYPE, f"{type(msg).__name__.lower()} is not "
+                       "available on this server", getattr(msg, "id", None))
+
+    def subscribe(self, msg: messages.Subscribe) -> None:
+        """
+        Subscribe to C{msg}'s channels, all or none: within the grant, the
+        connection's and the shard's budgets, with its recovery or snapshot
+        answered first (ack, replay or snapshot, then live, in this turn).
+        """
+        host = self.host
+        outbox = self._outbox()
+        subscriptions = host.subscriptions
+        limit = host.settings.limits.max_subscriptions
+        try:
+            self._check_grant(msg)
+        except messages.ClientError as e:
+            self.error(e.code, e.message, msg.id)
+            return
+        held = subscriptions.count(outbox)
+        new = [c for c in msg.channels if not subscriptions.holds(outbox, c.token, c.event_type)]
+        if held + len(new) > limit:
+            self.error(messages.TOO_MANY_SUBSCRIPTIONS,
+                       f"a connection may hold at most {limit} subscriptions", msg.id)
+            return
+        answer = None
+        if msg.since is not None or msg.snapshot:
+            # Made before anything is subscribed: a refusal leaves nothing behind.
+            try:
+                answer = self.answer(msg, outbox.limit)
+            except messages.ClientError as e:
+                self.error(e.code, e.message, e.id)
+                return
+        try:
+            # All or nothing, within the shard's subscription budget.
+            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new])
+        except BudgetExceeded as e:
+            self.error(e.code, e.message, msg.id)
+            return
+        self.subscribed()
+        channels = [c.name for c in msg.channels]
+        if answer is None:
+            self.transport.reply(messages.ack("subscribed", channels, msg.id))
+            return
+        self.transport.reply(answer.ack(channels, msg.id))
+        if answer.frames:
+            host.fanout.publish_run(answer.frames, (outbox,))
+            host.fanout.flush()
+
+    def answer(self, msg: messages.Subscribe, room: int,
+               encode: Callable[[bytes, Event], bytes] | None = None,
+               overhead: int = 8) -> recovery.Answer:
+        """
+        C{msg}'s recovery and snapshot from the shard's history, in the
+        transport's framing (C{encode}; default: WebSocket text frames),
+        within C{room} bytes (L{odin_ws.shard.clients.recovery.answer}).
+
+        @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}.
+        """
+        settings = self.host.settings
+        if encode is None:
+            return recovery.answer(self.host.history, msg, settings.kafka.topics,
+                                   settings.limits.max_snapshot_events, room)
+        return recovery.answer(self.host.history, msg, settings.kafka.topics,
+                               settings.limits.max_snapshot_events, room, encode, overhead)
+
+    def subscribed(self) -> None:
+        """A subscription was made: the idle close is off, the shard's count is new."""
+        if not self.ever_subscribed:
+            self.ever_subscribed = True
+            # The idle close is for connections that never subscribe: its
+            # timer (~0.3 KB) need not wait out its delay.
+            call, self._idle_call = self._idle_call, None
+            if call is not None and call.active():
+                call.cancel()
+        self.host.subscriptions_changed()
+
+    def unsubscribe(self, msg: messages.Unsubscribe) -> None:
+        """Drop C{msg}'s channels (those not held are no error) and acknowledge."""
+        host = self.host
+        subscriptions = host.subscriptions
+        outbox = self._outbox()
+        for c in msg.channels:
+            subscriptions.remove(outbox, c.token, c.event_type)
+        host.subscriptions_changed()
+        self.transport.reply(messages.ack("unsubscribed", [c.name for c in msg.channels],
+                                          msg.id))
+
+    def refresh(self, msg: messages.Refresh) -> None:
+        """
+        A new token for the open connection: its grant and expiry replace the
+        old ones; subscriptions the new grant does not allow are dropped and
+        reported.
+        """
+        host = self.host
+        try:
+            grant = host.verifier.verify(msg.token)
+        except auth.AuthError as e:
+            self.error(messages.FORBIDDEN, f"refresh refused: {e.message}", msg.id)
+            return
+        self.grant = grant
+        self.schedule_expiry()
+        outbox = self._outbox()
+        subscriptions = host.subscriptions
+        lost = [(token, etype) for (token, etype) in subscriptions.patterns_of(outbox)
+                if not grant.allows(token, etype)]
+        for token, etype in lost:
+            subscriptions.remove(outbox, token, etype)
+        reply: dict[str, Any] = {"type": "refreshed", "expires": int(grant.expires or 0)}
+        if lost:
+            reply["unsubscribed"] = sorted(f"odin.token.{token}.{etype}"
+                                           for token, etype in lost)
+        if msg.id is not None:
+            reply["id"] = msg.id
+        self.transport.reply(json.dumps(reply, separators=(",", ":")).encode())
+
+    def error(self, code: str, message: str, id: messages.MessageId) -> None:
+        """Tell the client about a message refused (counted by code)."""
+        metrics.CLIENT_ERRORS.labels(code=code).inc()
+        self.transport.reply(messages.error(code, message, id))
+
+    def schedule_expiry(self) -> None:
+        """Close the connection when its token expires (plus C{auth.leeway})."""
+        call, self._expiry_call = self._expiry_call, None
+        if call is not None and call.active():
+            call.cancel()
+        expires = self.grant.expires
+        if expires is None:
+            return
+        delay = max(0.0, expires + self.host.verifier.leeway - time.time())
+        self._expiry_call = self.host.reactor.callLater(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry_call = None
+        audit.info("{noun} from {ip} closed: token expired", noun=self.noun, ip=self.client_ip)
+        self.transport.close(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a fresh token")
+
+    def _idle(self) -> None:
+        self._idle_call = None
+        if not self.ever_subscribed:
+            self.transport.close(CLOSE_NORMAL, "idle: no subscription")
+
+    def _check_grant(self, msg: messages.Subscribe) -> None:
+        grant = self.grant
+        denied = [c.name for c in msg.channels if not grant.allows(c.token, c.event_type)]
+        if denied:
+            raise messages.ClientError(messages.FORBIDDEN,
+                                       f"your token does not allow {denied[0][:100]}", msg.id)
+
+    # -- the end
+
+    def closed(self, outbox: Outbox, index: SubscriptionIndex) -> None:
+        """The open connection closed: its timers, subscriptions (in C{index}) and outbox go."""
+        self.stop_timers()
+        index.remove_all(outbox)
+        outbox.close()
+        self.host.subscriptions_changed()
+
+    def lost(self) -> None:
+        """The connection is gone (open or not): its timers and its address's count go."""
+        self.stop_timers()
+        if self.ip_counted:
+            self.ip_counted = False
+            self.host.release_ip(self.client_ip)
+
+    def stop_timers(self) -> None:
+        """No idle close, no expiry close any more (the connection is closing)."""
+        for call in (self._idle_call, self._expiry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._expiry_call = None

@@ -1,0 +1,296 @@
+"""
+Server-Sent Events: the shard's C{text/event-stream} endpoint
+(C{listen.sse_path}, docs/protocol.md "Server-Sent Events").
+
+A stream arrives like a WebSocket: the parent places it and hands it over,
+the shard's L{odin_ws.shard.clients.websocket.ClientProtocol} reads its head through
+the head gate, and when the head asks for C{listen.sse_path} hands the
+connection to an L{SseStream} before Autobahn sees a byte (L{take_over}).
+Everything a stream may be refused for is decided before its C{200}; then
+its events come from L{odin_ws.shard.delivery.ssefeed}, built once for all streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.protocol import Protocol as TwistedProtocol
+
+from odin_ws.common.events import Event
+from odin_ws.common.httphead import RequestHead
+from odin_ws.common.settings import Settings
+from odin_ws.common.twisted_internals import replace_protocol
+from odin_ws.shard.clients import messages, recovery
+from odin_ws.shard.clients.autobahn_internals import retire_unopened
+from odin_ws.shard.clients.session import (
+    CLOSE_RESTARTING,
+    CLOSE_SLOW_CONSUMER,
+    ClientHost,
+    Refused,
+    Session,
+    count_closed,
+)
+from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
+from odin_ws.shard.delivery.ssefeed import PING, Streams, message, vector_text, with_id
+from odin_ws.shard.delivery.subscriptions import BudgetExceeded
+from odin_ws.shard.history import positions
+
+if TYPE_CHECKING:
+    from odin_ws.shard.history.store import History
+
+#: Browsers come back after a drain within this many seconds (C{retry:}).
+DRAIN_RETRY = (0.5, 5.0)
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_STATE_CLOSED = WebSocketProtocol.STATE_CLOSED   # closes the Outbox (OutboxHolder)
+
+
+class StreamHost(ClientHost, Protocol):
+    """What an event stream needs of its shard, besides what its session needs."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def streams(self) -> Streams: ...
+
+    def replace_client(self, old: Any, new: Any) -> None: ...
+
+    def connection_lost(self, proto: Any) -> None: ...
+
+
+def take_over(ws: Any, host: StreamHost, head: RequestHead) -> SseStream:
+    """
+    The connection of C{ws} (a L{ClientProtocol} whose head gate just
+    passed C{head}, path C{listen.sse_path}) becomes an event stream.
+    """
+    retire_unopened(ws)
+    stream = SseStream(host, ws.adopted_at)
+    host.replace_client(ws, stream)
+    replace_protocol(ws.transport, ws, stream)
+    stream.start(head)
+    return stream
+
+
+class SseStream(OutboxHolder, TwistedProtocol):
+    """
+    One SSE client of a shard, from its checked head to the end of its
+    stream: an adapter between the stream's HTTP and its L{Session}.
+    """
+
+    #: Twisted types it Optional; a stream is made on a live connection.
+    transport: Any
+
+    def __init__(self, host: StreamHost, adopted_at: float = 0.0):
+        self.host = host
+        self.adopted_at = adopted_at
+        self.session = Session(host, self, "stream")
+        self.outbox: Outbox | None = None
+        self._ws_state = _STATE_CLOSED
+        self._allow_origin: str | None = None
+        self._closing = False
+        #: The code of the close event we sent (None: the client left).
+        self._close_code: int | None = None
+
+    # -- the request
+
+    def start(self, head: RequestHead) -> None:
+        """Answer C{head}: refuse it with a JSON error, or open the stream."""
+        try:
+            msg, patterns = self._check(head)
+            answer = self._answer(msg)
+        except Refused as e:
+            self._refuse(e)
+            return
+        self._open(msg, patterns, answer)
+
+    def _check(self, head: RequestHead) -> tuple[messages.Subscribe, list[tuple[str, str]]]:
+        host = self.host
+        session = self.session
+        settings = host.settings
+        session.identify(getattr(self.transport.getPeer(), "host", ""), head.headers)
+        origin = head.headers.get("origin")
+        allowed = session.origin_allowed(origin)
+        # Cross-origin pages read the stream (and errors) only with this.
+        self._allow_origin = (origin if settings.limits.allowed_origins else "*") \
+            if allowed else None
+        retry_after = {"Retry-After": str(settings.listen.retry_after)}
+        if head.method != "GET":
+            # The parent answers this itself; with TLS it reads nothing.
+            raise Refused(405, "method", "a stream is opened with GET", "method_not_allowed")
+        if not host.accepting:
+            raise Refused(503, "draining", "server is shutting down", "unavailable", retry_after)
+        sources = [s for s in host.verifier.sources if s != "subprotocol"]
+        session.admit(head.headers, head.query, sources)
+        last_event_id = head.headers.get("last-event-id") or None
+        msg = session.url_subscribe(head.query, last_event_id)
+        if msg is None:
+            raise Refused(400, messages.INVALID_MESSAGE, "channels is required",
+                          messages.INVALID_MESSAGE)
+        if msg.since is not None and "~" in (last_event_id or head.query.get("since", "")):
+            msg = dataclasses.replace(msg, since=_complete(msg.since, host.history,
+                                                           settings.kafka.topics))
+        patterns = [(c.token, c.event_type) for c in msg.channels]
+        try:
+            host.streams.check_budget(patterns)
+        except BudgetExceeded as e:
+            raise Refused(503, e.code, e.message, e.code, retry_after) from None
+        return msg, patterns
+
+    def _answer(self, msg: messages.Subscribe) -> recovery.Answer | None:
+        if msg.since is None and not msg.snapshot:
+            return None
+        host = self.host
+        # Replayed events carry the vector up to each of them, starting from
+        # the client's (docs/protocol.md "Event ids").
+        vector = dict(msg.since or {})
+
+        def encode(payload: bytes, event: Event) -> bytes:
+            if event.envelope is payload:     # replayed, not a snapshot
+                vector[(event.topic, event.partition)] = (event.epoch or "0", event.offset)
+                return message(payload, vector_text(vector))
+            return message(payload)
+
+        # What the answer may take of the outbound buffer: the response head
+        # and the ack (with the shard's positions) go first, and each event
+        # carries a vector at most as long as the client's and the shard's.
+        now = recovery.tops(host.history)
+        room = host.settings.outbound.max_buffer_bytes - 512 - 2 * sum(len(p) + 3 for p in now)
+        overhead = len(vector_text({**vector, **_vector_of(now)})) + 24
+        try:
+            return self.session.answer(msg, max(0, room), encode, overhead)
+        except messages.ClientError as e:
+            raise Refused(400, e.code, e.message, e.code) from None
+
+    def _refuse(self, e: Refused) -> None:
+        self.session.refused(e)
+        body = e.body()
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(body)),
+                   "Cache-Control": "no-store", "Connection": "close", **e.headers}
+        self.transport.write(self._status(e.status, headers) + body)
+        self.transport.loseConnection()
+
+    def _status(self, status: int, headers: dict[str, str]) -> bytes:
+        if self._allow_origin is not None:
+            headers["Access-Control-Allow-Origin"] = self._allow_origin
+            if self._allow_origin != "*":
+                headers["Vary"] = "Origin"
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+    def _open(self, msg: messages.Subscribe, patterns: list[tuple[str, str]],
+              answer: recovery.Answer | None) -> None:
+        host = self.host
+        streams = host.streams
+        self.transport.write(self._status(200, {
+            "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no", "Connection": "close"}))
+        self._ws_state = _OPEN
+        outbox = self.session.open(self.adopted_at, self._slow_consumer, talks=False)
+        streams.opened(self)
+        streams.index.add_all(outbox, patterns)
+        self.session.subscribed()
+        # The ack, what recovery replays or the snapshot, then live: in this
+        # reactor turn, as for a WebSocket subscribe (odin_ws/shard/clients/recovery.py).
+        tops = streams.tops.text()  # type: ignore[union-attr]  # opened() just made them
+        channels = [c.name for c in msg.channels]
+        if answer is None:
+            ack, frames = messages.ack("subscribed", channels), []
+        else:
+            ack, frames = answer.ack(channels, None), answer.frames
+        if not frames:
+            self.transport.write(message(ack, tops, "subscribed"))
+            return
+        self.transport.write(message(ack, None, "subscribed"))
+        # The last message of the answer carries the shard's vector: once it
+        # arrived the client has everything up to now.
+        last, channel, event_type = frames[-1]
+        frames = frames[:-1] + [(with_id(last, tops), channel, event_type)]
+        host.fanout.publish_run(frames, (outbox,))
+        host.fanout.flush()
+
+    # -- the open stream
+
+    def dataReceived(self, data: bytes) -> None:
+        # A stream's client has nothing to say; whatever it sends is ignored.
+        pass
+
+    def ping(self) -> None:
+        """Write a keepalive comment (C{keepalive.ping_interval})."""
+        if self._ws_state == _OPEN and not self._closing:
+            self.transport.write(PING)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Reloaded outbound limits reach the open stream's Outbox."""
+        self.session.reconfigure(settings)
+
+    def reply(self, payload: bytes) -> None:
+        """A control message of the session, as an SSE message of its own."""
+        if self._ws_state == _OPEN and not self._closing:
+            self.transport.write(message(payload))
+
+    def close(self, code: int, reason: str) -> None:
+        """
+        End the stream with a C{close} event carrying C{code} (the shard's
+        drain and the session call it on every client).
+        """
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        if self._ws_state == _OPEN:
+            self._close_code = code
+            self.state = _STATE_CLOSED
+            data = json.dumps({"code": code, "reason": reason},
+                              separators=(",", ":")).encode("ascii")
+            retry = None
+            if code == CLOSE_RESTARTING:
+                # Not every browser at the same time: EventSource waits
+                # retry ms and has no jitter of its own.
+                retry = int(random.uniform(*DRAIN_RETRY) * 1000)
+            self.transport.write(message(data, None, "close", retry))
+        self.transport.loseConnection()
+
+    def _slow_consumer(self) -> None:
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer exceeded")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        host = self.host
+        self.session.lost()
+        if self.outbox is not None:
+            host.streams.closed(self)
+            self.state = _STATE_CLOSED
+            self.outbox = None
+            host.subscriptions_changed()
+            code = self._close_code
+            count_closed(code, code is not None)
+        host.connection_lost(self)
+
+
+def _vector_of(texts: list[str]) -> messages.Since:
+    out = {}
+    for text in texts:
+        topic, partition, epoch, offset = positions.decode(text)
+        out[(topic, partition)] = (epoch, offset)
+    return out
+
+
+def _complete(since: messages.Since, history: History, topics: Any) -> messages.Since:
+    """
+    A vector names every partition its shard had delivered when the id was
+    made; a partition missing from it had nothing delivered then, so all
+    this shard retains of it may have been missed: recover it from its start.
+    (If the client's shard had started after this one, that may also send
+    events older than the client's subscription; never fewer than it missed.)
+    """
+    out = dict(since)
+    for topic, partition, log in history.partitions():
+        if (topic, partition) not in out and topic in topics:
+            out[(topic, partition)] = (log.epoch or "0", log.floor)
+    return out
+

@@ -1,0 +1,225 @@
+"""
+The fan-out: one event frame to many WebSocket connections (its counters
+are L{odin_ws.shard.delivery.writestats}). Twisted internals are reached through
+L{odin_ws.common.twisted_internals} only.
+
+Why one write per connection per batch: L{Fanout.publish} only appends the
+shared frame to each subscriber's L{Outbox}; L{Fanout.flush} (after each
+Kafka batch, else at the end of the reactor turn) joins what a connection
+got into one buffer, so per-write costs are paid per connection, not event.
+
+With a flush window (C{outbound.flush_delay} > 0) L{Fanout.flush} only
+makes sure one timer of the shard runs: what the Outboxes collect until it
+fires leaves in one write per connection, so under load several events
+share a send() (each send costs ~8 us of kernel on this loopback, see
+docs/performance.md). The window costs one timer per shard, nothing per
+connection, and with 0 the write happens in flush() as before.
+
+Both loops run once per subscriber and inline what an Outbox method would
+do for the common case (L{Fanout._spread}: L{Outbox.push};
+L{Fanout.flush}: L{Outbox.flush} of one entry on a plain TCP connection).
+They read and write the Outbox's public attributes the Outbox documents for
+them instead of calling it: a call per connection costs measurable time.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.logger import Logger
+
+from odin_ws.common.twisted_internals import pending_writers
+from odin_ws.shard.delivery.frames import Chunk, frame_count
+from odin_ws.shard.delivery.outbox import Outbox
+from odin_ws.shard.delivery.writestats import WriteStats
+
+log = Logger()
+
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)   # Linux
+
+
+def limit_unsent(transport: Any, nbytes: int) -> bool:
+    """
+    Let the kernel queue at most about C{nbytes} unsent bytes on the TCP
+    socket under C{transport} (TCP_NOTSENT_LOWAT; 0 = leave the default).
+    Without it, send buffer autotuning lets a stalled client's socket take
+    up to net.ipv4.tcp_wmem's maximum (4 MiB) before a send is refused and
+    the Outbox's limit and policy ever apply. Bytes in flight to a reading
+    client are not limited, so throughput to distant clients is kept. False
+    if the transport has no TCP socket.
+    """
+    if nbytes <= 0:
+        return False
+    try:
+        sock = transport.getHandle()
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, nbytes)
+    except (AttributeError, OSError):
+        return False    # not TCP (tests, Unix sockets)
+    return True
+
+
+class Fanout:
+    """
+    Pushes prebuilt frames to many Outboxes and flushes the ones that got
+    frames: on L{flush}, or at the end of the reactor turn if nobody did.
+    """
+
+    def __init__(self, reactor: Any, stats: WriteStats, delay: float = 0.0):
+        self.reactor = reactor
+        self.stats = stats
+        #: The flush window in seconds (C{outbound.flush_delay}; 0 = write in L{flush}).
+        self.delay = delay
+        # Twisted holds bytes for a connection (or is closing it) exactly
+        # while its fd is in this set; None for reactors without one.
+        self.writes: set[int] | None = pending_writers(reactor)
+        self._dirty: list[Outbox] = []
+        self._later: list[Callable[[], None]] = []
+        self._call = None
+
+    def publish(self, frame: bytes, channel: str, event_type: str,
+                outboxes: Iterable[Outbox]) -> None:
+        """Queue one frame (of C{channel}, C{event_type}) on every outbox."""
+        size = len(frame)
+        self._spread((frame, channel), size, outboxes,
+                     lambda box: box.overflow(frame, channel, event_type, size))
+
+    def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox]) -> None:
+        """
+        Queue several frames, each C{(frame, channel, event_type)}, in order on
+        every outbox: consecutive events that reach the same subscribers. The
+        frames are joined once for all of them, so each outbox takes one
+        entry; an outbox without room for the whole takes them one by one
+        under its policy.
+        """
+        if len(items) == 1:
+            self.publish(*items[0], outboxes)
+            return
+        chunk = b"".join([item[0] for item in items])
+        tag = Chunk(items)
+        self._spread((chunk, tag), len(chunk), outboxes, lambda box: box.push_parts(tag))
+
+    def _spread(self, pair: tuple[bytes, Any], size: int, outboxes: Iterable[Outbox],
+                over: Callable[[Outbox], None]) -> None:
+        """
+        Append the queue entry C{pair} (C{size} bytes) to every outbox with
+        room for it; C{over(box)} for the others. Outbox.push inlined: this
+        loop runs once per subscriber per event or run.
+        """
+        dirty = self._dirty
+        mark = dirty.append
+        for box in outboxes:
+            room = box.room - size
+            if room < 0:
+                over(box)
+                continue
+            box.room = room
+            queue = box.queue
+            if not queue:
+                mark(box)
+            queue += pair
+        if dirty:
+            self._soon()
+
+    def reconfigure(self, delay: float) -> None:
+        """Take a reloaded flush window; a window already running keeps its end."""
+        self.delay = delay
+
+    def flush(self) -> bool:
+        """
+        The caller's events are all queued: write every outbox that got
+        frames, now (True), or, with a flush window, when it ends (False;
+        the window starts with the first event after the last write).
+        """
+        if self.delay:
+            if self._call is None:
+                self._call = self.reactor.callLater(self.delay, self._turn_end)
+            return False
+        self.write()
+        return True
+
+    def write(self) -> None:
+        """Write every outbox that got frames since the last write, now."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        dirty, self._dirty = self._dirty, []
+        frames = size = sent_whole = 0
+        writes = self.writes
+        for box in dirty:
+            # Outbox.flush inlined for the common case: entries waiting on a
+            # plain TCP connection (of an open OutboxHolder protocol: else
+            # closed) for which Twisted holds nothing (its fd is not waiting
+            # to be writable), no policy state; the kernel takes it all. The
+            # rest goes through Outbox.flush.
+            queue = box.queue
+            if (box.inline and not (box.paused or box.closed or box.tracking)
+                    # An inline box exists only while writes is known (Outbox).
+                    and box.fdno not in writes):  # type: ignore[operator]
+                if len(queue) == 2:
+                    buf, tag = queue
+                    count = 1 if tag.__class__ is str else tag.count
+                elif queue:
+                    # Several entries (a flush window collected them; no policy
+                    # state, hence no conflated placeholders): one buffer.
+                    buf = b"".join(queue[::2])
+                    count = frame_count(queue[1::2])
+                else:
+                    continue    # written since it was marked (resumeProducing)
+                queue.clear()
+                box.room = box.cap
+                try:
+                    sent = box.sock.send(buf)  # type: ignore[union-attr]  # inline: a socket
+                except OSError:
+                    sent = 0    # as in Outbox.flush
+                if sent == len(buf):
+                    box.room = box.cap = box.limit
+                    frames += count
+                    size += sent
+                    sent_whole += 1
+                    continue
+                stats = self.stats
+                stats.delivered += count
+                stats.bytes_out += len(buf)
+                stats.writes += 1
+                try:
+                    box.write_rest(buf, sent)
+                except Exception:
+                    log.failure("writing to {outbox}", outbox=box)
+                continue
+            try:
+                box.flush()
+            except Exception:
+                # One broken connection must not starve the others.
+                log.failure("writing to {outbox}", outbox=box)
+        stats = self.stats
+        stats.delivered += frames
+        stats.bytes_out += size
+        stats.writes += sent_whole
+        stats.direct += sent_whole
+        later, self._later = self._later, []
+        for f in later:
+            try:
+                f()
+            except Exception:
+                log.failure("after-write callback {f}", f=f)
+
+    def mark(self, box: Outbox) -> None:
+        """C{box} took its first frame since its last write: write it with the others."""
+        self._dirty.append(box)
+        self._soon()
+
+    def after_flush(self, f: Callable[[], None]) -> None:
+        """Run C{f} at the next write, after the outboxes were written."""
+        self._later.append(f)
+        self._soon()
+
+    def _turn_end(self) -> None:
+        self._call = None
+        self.write()
+
+    def _soon(self) -> None:
+        # At the end of this reactor turn, or of the flush window.
+        if self._call is None:
+            self._call = self.reactor.callLater(self.delay, self._turn_end)

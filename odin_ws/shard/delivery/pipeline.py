@@ -1,0 +1,136 @@
+"""
+The shard's delivery path (L{Delivery}): a batch of events, consumed here
+or relayed by the hub, is de-duplicated (L{odin_ws.common.highwater}),
+remembered (L{odin_ws.shard.history.store}), matched against the subscriptions
+and written to every subscriber through the fan-out, each event framed
+once (docs/architecture.md, "One event, from Kafka to the socket").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from odin_ws.common import metrics
+from odin_ws.common.events import Event
+from odin_ws.common.highwater import HighWater
+from odin_ws.common.settings import Settings
+from odin_ws.shard.delivery.fanout import Fanout
+from odin_ws.shard.delivery.frames import text_frame
+from odin_ws.shard.delivery.ssefeed import Streams
+from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
+from odin_ws.shard.history.store import History
+
+#: Sends a batch this shard consumed to the hub (None: no parent to send to).
+Relay = Callable[[list[Event]], "Deferred[Any] | None"]
+
+
+def _never(events: list[Event]) -> bool:
+    return False
+
+
+class Delivery:
+    """
+    From a batch of events to the subscribers' outboxes.
+
+    @param seen: the shard's de-duplication marks.
+    @param relay: hands a batch this shard consumed to the other shards.
+    """
+
+    def __init__(self, settings: Settings, subscriptions: SubscriptionIndex, fanout: Fanout,
+                 history: History, streams: Streams, seen: HighWater, relay: Relay):
+        self.subscriptions = subscriptions
+        self.fanout = fanout
+        self.history = history
+        self.streams = streams
+        self.seen = seen
+        self._relay = relay
+        #: Whether a batch re-reads what the warm-up counted as seen (then it
+        #: is relayed whole): set by the warm-up's join (L{odin_ws.shard.kafka.backfill}).
+        self.rereading: Callable[[list[Event]], bool] = _never
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take the live C{outbound.max_event_age}."""
+        self._max_age = settings.outbound.max_event_age
+
+    def on_kafka_batch(self, events: list[Event]) -> Deferred[Any] | None:
+        """A batch this shard consumed: deliver here, relay to the others."""
+        relay = events if self.rereading(events) else None
+        events = self.seen.fresh(events)
+        if events:
+            self.deliver_fresh(events)
+        if relay is None:
+            relay = events
+        if not relay:
+            return None
+        return self._relay(relay)
+
+    def deliver(self, events: list[Event]) -> None:
+        """A batch another shard consumed, relayed by the hub."""
+        self.deliver_fresh(self.seen.fresh(events), relayed=True)
+
+    def deliver_fresh(self, events: list[Event], relayed: bool = False) -> None:
+        """Deliver C{events}, already de-duplicated, in order."""
+        subscriptions = self.subscriptions
+        fanout = self.fanout
+        delivered = []
+        # Consecutive events reaching the same subscribers (match hands out
+        # the same object for the same bucket) go out as one run: framed
+        # and joined once, one queue entry per subscriber.
+        run: list[tuple[bytes, str, str]] = []
+        run_to: Any = None
+        remember = self.history.add
+        # Older than outbound.max_event_age: kept for recovery, not sent live.
+        max_age = self._max_age
+        cutoff = (time.time() - max_age) * 1000.0 if max_age > 0 else -1.0
+        stale = 0
+        # SSE streams get their own message of each event, built once
+        # (odin_ws/shard/delivery/ssefeed.py); None while no stream is open.
+        streams = self.streams.feed()
+        for e in events:
+            remember(e)
+            if e.ts < cutoff:
+                stale += 1
+                continue
+            subscribers = subscriptions.match(e.token, e.event_type)
+            if streams is not None and streams.offer(e) and not subscribers:
+                delivered.append(e)
+                continue
+            if not subscribers:
+                continue
+            delivered.append(e)
+            if subscribers is not run_to and run:
+                fanout.publish_run(run, run_to)
+                run = []
+            run_to = subscribers
+            run.append((text_frame(e.envelope), e.channel, e.event_type))
+        if run:
+            fanout.publish_run(run, run_to)
+        if stale:
+            metrics.EVENTS_STALE.inc(stale)
+        if streams is not None:
+            streams.finish()
+        written = fanout.flush()
+        if delivered:
+            if written:
+                _observe_latency(delivered, relayed)
+            else:   # a flush window (outbound.flush_delay) is open: measured at its end
+                fanout.after_flush(lambda: _observe_latency(delivered, relayed))
+
+
+def _observe_latency(delivered: list[Event], relayed: bool) -> None:
+    """
+    End to end, and odinws's own share: consumed (by this shard or,
+    relayed, by another) to written to the last subscriber's socket.
+    """
+    now = time.time()
+    end_to_end = metrics.DELIVERY_LATENCY.observe
+    own = (metrics.OWN_LATENCY_RELAYED if relayed else metrics.OWN_LATENCY_LOCAL).observe
+    for e in delivered:
+        end_to_end(max(0.0, now - e.ts / 1000.0))
+        if e.consumed:
+            own(max(0.0, now - e.consumed))

@@ -1,0 +1,242 @@
+"""
+The SSE side of the shard's delivery: each event's Server-Sent Events
+message, built once for every stream that gets it, and the position
+vector used as its id (docs/protocol.md "Server-Sent Events", "Event ids").
+The streams themselves are L{odin_ws.shard.clients.sse.SseStream}.
+
+Frame-once, per transport: streams hold their subscriptions in an index of
+their own (L{Streams.index}, the same L{SubscriptionIndex} code), so
+matching an event for WebSocket returns WebSocket outboxes only and the
+WebSocket loop does no per-connection transport test. The shard asks
+L{Streams.feed} once per delivery: C{None} while no stream is open (the
+WebSocket path is unchanged but for one C{is None} test per event), else
+L{Streams.offer} per event builds the event's SSE message once for every
+stream that wants it and hands it to the same L{Fanout}, into each
+stream's L{Outbox}: the same queue, limits and slow-client policies as
+WebSocket.
+
+Event ids: the shard's position vector after the event (L{Tops}),
+computed once per event and only while streams exist.
+
+Measured (cProfile call counts of one delivery of 100 events to 2000 and
+to 4000 WebSocket subscribers, before and after this module): with no
+stream open, one call more per delivery (L{Streams.feed}), whatever the
+number of connections; with a stream open, 8 calls more per event, the
+same at 2000 and 4000 WebSocket connections: nothing per connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet import task
+from twisted.logger import Logger
+
+from odin_ws.common.events import Event
+from odin_ws.common.settings import Settings
+from odin_ws.shard.delivery.fanout import Fanout
+from odin_ws.shard.delivery.outbox import Outbox
+from odin_ws.shard.delivery.subscriptions import PATTERN_BYTES, BudgetExceeded, SubscriptionIndex
+from odin_ws.shard.history import positions
+
+if TYPE_CHECKING:
+    from odin_ws.shard.history.store import History
+
+
+class Stream(Protocol):
+    """What the feed needs of one open stream (L{odin_ws.shard.clients.sse.SseStream})."""
+
+    outbox: Outbox | None
+
+    def ping(self) -> None: ...
+
+#: The keepalive comment (C{keepalive.ping_interval}).
+PING = b": ping\n\n"
+
+
+def message(data: bytes, id: str | None = None, event: str | None = None,
+            retry: int | None = None) -> bytes:
+    """One SSE message carrying C{data} (JSON; any line breaks become data lines)."""
+    head = b""
+    if event is not None:
+        head += b"event: " + event.encode("ascii") + b"\n"
+    if retry is not None:
+        head += b"retry: %d\n" % retry
+    if id:
+        head += b"id: " + id.encode("ascii") + b"\n"
+    if b"\n" in data or b"\r" in data:
+        # An upstream value may be pretty-printed: EventSource joins data
+        # lines with "\n", which JSON reads as the whitespace it was.
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+class Tops:
+    """
+    The shard's position vector: per partition the highest offset delivered
+    so far (with its epoch), and its text (docs/protocol.md "Event ids"),
+    re-encoded only for the topic that changed and only when asked.
+    """
+
+    __slots__ = ("_topics", "_groups", "_dirty", "_text")
+
+    def __init__(self, history: History):
+        self._topics: dict[str, dict[int, tuple[str, int]]] = {}
+        for topic, partition, log in history.partitions():
+            self._topics.setdefault(topic, {})[partition] = (log.epoch or "0", log.high)
+        self._groups: dict[str, str] = {}
+        self._dirty: set[str] = set(self._topics)
+        self._text: str | None = None
+
+    def update(self, event: Event) -> None:
+        """C{event} was delivered (after every event before it)."""
+        topic = event.topic
+        parts = self._topics.get(topic)
+        if parts is None:
+            parts = self._topics[topic] = {}
+        parts[event.partition] = (event.epoch or "0", event.offset)
+        self._dirty.add(topic)
+        self._text = None
+
+    def text(self) -> str:
+        """The vector now (C{""} before any event)."""
+        text = self._text
+        if text is None:
+            groups = self._groups
+            for topic in self._dirty:
+                groups[topic] = positions.encode_group(topic, self._topics[topic])
+            self._dirty.clear()
+            text = self._text = ";".join(groups[t] for t in sorted(groups))
+        return text
+
+    def snapshot(self) -> dict[tuple[str, int], tuple[str, int]]:
+        """A copy, as C{(topic, partition) -> (epoch, offset)}."""
+        return {(t, p): v for t, parts in self._topics.items() for p, v in parts.items()}
+
+
+def vector_text(vector: dict[tuple[str, int], tuple[str, int]]) -> str:
+    """The text of a vector given as C{(topic, partition) -> (epoch, offset)}."""
+    topics: dict[str, dict[int, tuple[str, int]]] = {}
+    for (topic, partition), value in vector.items():
+        topics.setdefault(topic, {})[partition] = value
+    return ";".join(positions.encode_group(t, topics[t]) for t in sorted(topics))
+
+
+def with_id(msg: bytes, id: str) -> bytes:
+    """C{msg} (one SSE message without id) with C{id} set."""
+    if not id:
+        return msg
+    if msg.startswith(b"id: "):
+        msg = msg[msg.index(b"\n") + 1:]
+    return b"id: " + id.encode("ascii") + b"\n" + msg
+
+
+class Streams:
+    """
+    The shard's SSE streams: their subscription index, the position vector
+    while any is open, the keepalive comments, and the per-delivery hook
+    the shard calls (L{feed}, L{offer}, L{finish}).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, settings: Settings, fanout: Fanout, history: History,
+                 websocket: SubscriptionIndex):
+        self._reactor = reactor
+        self._fanout = fanout
+        self._history = history
+        #: The WebSocket subscriptions, counted in the same budget.
+        self._websocket = websocket
+        #: Subscriptions of streams only (see the module: no per-connection
+        #: transport test in the WebSocket loop).
+        self.index = SubscriptionIndex()
+        self.open: set[Stream] = set()
+        self.tops: Tops | None = None
+        self._run: list[tuple[bytes, str, str]] = []
+        self._run_to: Any = None
+        self._pinger: task.LoopingCall | None = None
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """The live C{keepalive.ping_interval}, for the next keepalive loop."""
+        self._ping_interval = settings.keepalive.ping_interval
+
+    # -- the delivery hook (once per event while streams are open)
+
+    def feed(self) -> Streams | None:
+        """Self while a stream is open, else None (the shard's delivery skips SSE)."""
+        return self if self.tops is not None else None
+
+    def offer(self, event: Event) -> bool:
+        """
+        C{event} is being delivered (in the shard's delivery order): advance
+        the vector, and queue its SSE message for the streams that want it,
+        built once for all of them. True if any does.
+        """
+        # Called only between feed() (which returned self: tops is set) and finish().
+        tops: Tops = self.tops  # type: ignore[assignment]
+        tops.update(event)
+        subscribers = self.index.match(event.token, event.event_type)
+        if not subscribers:
+            return False
+        if subscribers is not self._run_to and self._run:
+            self._fanout.publish_run(self._run, self._run_to)
+            self._run = []
+        self._run_to = subscribers
+        self._run.append((message(event.envelope, tops.text()), event.channel,
+                          event.event_type))
+        return True
+
+    def finish(self) -> None:
+        """The delivery's events are all offered: queue the last run."""
+        run, self._run = self._run, []
+        to, self._run_to = self._run_to, None
+        if run:
+            self._fanout.publish_run(run, to)
+
+    # -- streams
+
+    def opened(self, stream: Stream) -> None:
+        if self.tops is None:
+            self.tops = Tops(self._history)
+        self.open.add(stream)
+        interval = self._ping_interval
+        if self._pinger is None and interval > 0:
+            self._pinger = task.LoopingCall(self._ping)
+            self._pinger.clock = self._reactor
+            self._pinger.start(interval, now=False)
+
+    def closed(self, stream: Stream) -> None:
+        self.open.discard(stream)
+        if stream.outbox is not None:
+            self.index.remove_all(stream.outbox)
+        if not self.open:
+            # Nothing to compute per event again until a stream opens (it
+            # starts from the history, which saw every event meanwhile).
+            self.tops = None
+            if self._pinger is not None:
+                if self._pinger.running:
+                    self._pinger.stop()
+                self._pinger = None
+
+    def _ping(self) -> None:
+        for stream in list(self.open):
+            stream.ping()
+
+    def check_budget(self, patterns: list[tuple[str, str]]) -> None:
+        """
+        The shard's subscription budget counts streams' subscriptions with
+        the WebSocket ones (C{limits.max_shard_subscriptions}, ..._bytes).
+
+        @raise BudgetExceeded: no room for C{patterns}.
+        """
+        ws = self._websocket
+        if ws.max_total is not None and \
+                ws.total + self.index.total + len(patterns) > ws.max_total:
+            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
+                                 f"({ws.max_total}); try again later")
+        extra = sum(SubscriptionIndex.cost(t, e) + PATTERN_BYTES for t, e in patterns)
+        if ws.max_bytes is not None and ws.bytes + self.index.bytes + extra > ws.max_bytes:
+            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
+                                 f"({ws.max_bytes} bytes); try again later")

@@ -1,0 +1,66 @@
+"""
+The write path's counters (L{WriteStats}): plain integers the fan-out's and
+the outboxes' hot loops bump, exposed at scrape time by L{WriteStatsCollector}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+#: The slow-client policies (C{outbound.policy}; L{odin_ws.shard.delivery.outbox.Outbox}).
+POLICIES = ("drop", "conflate", "disconnect")
+
+
+class WriteStats:
+    """
+    Counters of one process's write path, as plain integers: the hot loop
+    bumps them, L{WriteStatsCollector} reads them at scrape time.
+    """
+
+    def __init__(self) -> None:
+        self.delivered = 0         # frames handed to the kernel or to Twisted
+        self.bytes_out = 0         # their bytes
+        self.writes = 0            # buffers written (one per connection per flush)
+        self.direct = 0            # ... the kernel took all of it at once
+        self.partial = 0           # ... the kernel took part, the rest went to Twisted
+        self.buffered = 0          # ... all of it went to transport.write
+        self.fallbacks = 0         # ... of those, a direct send was tried and refused
+        self.dropped = dict.fromkeys(POLICIES, 0)  # frames dropped, by policy
+        self.conflated = 0         # waiting frames replaced by a newer one of their channel
+        self.slow_disconnects = 0  # connections closed under the disconnect policy
+        self.high_water = 0        # most bytes one connection had waiting (Twisted + queue)
+
+
+class WriteStatsCollector:
+    """A C{prometheus_client} collector exposing a L{WriteStats}."""
+
+    def __init__(self, stats: WriteStats):
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        for name, doc, value in (
+                ("events_delivered", "Event frames written to clients.", s.delivered),
+                ("outbound_bytes", "Event bytes written to clients.", s.bytes_out),
+                ("events_conflated", "Waiting event frames replaced by a newer one of "
+                 "their channel.", s.conflated),
+                ("slow_disconnects", "Connections closed (4008) under the disconnect "
+                 "policy.", s.slow_disconnects)):
+            yield CounterMetricFamily("odinws_" + name, doc, value=value)
+        yield GaugeMetricFamily("odinws_outbound_buffer_high_water_bytes", "Most bytes "
+                                "one connection had waiting, since start.", value=s.high_water)
+        dropped = CounterMetricFamily("odinws_events_dropped", "Event frames dropped for "
+                                      "slow clients, by policy.", labels=["policy"])
+        for policy in POLICIES:
+            dropped.add_metric([policy], s.dropped[policy])
+        yield dropped
+        writes = CounterMetricFamily("odinws_writes", "Buffers written to connections, by "
+                                     "path: direct (socket.send took all), partial (the "
+                                     "rest went to Twisted), buffered (all via Twisted).",
+                                     labels=["path"])
+        for path, value in (("direct", s.direct), ("partial", s.partial),
+                            ("buffered", s.buffered)):
+            writes.add_metric([path], value)
+        yield writes

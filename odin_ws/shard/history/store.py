@@ -1,0 +1,410 @@
+"""
+The recent past of every partition a shard delivers, kept in memory for
+recovery (replay after a client's last positions) and the latest event of
+every channel for snapshots (docs/protocol.md, "Positions and recovery").
+
+Each shard keeps its own copy: every shard delivers every event (its own
+partitions' and, through the hub, the others'), so recovery and snapshots
+are answered inside the shard's reactor turn, with no call to another
+process, and a subscribe that recovers can switch to live delivery in the
+same turn with no gap and no duplicate (docs/architecture.md).
+
+Bounds: a count and an age per partition, and a byte budget for the whole
+history of the shard (envelope bytes plus a fixed per-event overhead). The
+latest-event cache holds one event per channel, at most a set number of
+channels, least recently updated dropped first.
+
+Live events are added one by one (L{History.add}); the warm-up of a
+starting shard (L{odin_ws.shard.kafka.warmup}) adds what it read back from Kafka
+with L{History.backfill}, which only joins what it can prove continuous
+with what live delivery has added meanwhile.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from odin_ws.common.channels import WILDCARD, channel_name
+from odin_ws.common.events import Event
+
+#: Bytes an event costs in history besides its envelope's payload: the Event
+#: object (96 B with its slots), its channel, token, type and topic strings
+#: (~220 B), the envelope's bytes header (33 B) and two list slots (16 B).
+#: Measured on CPython 3.11 (350-370 B with tracemalloc; 400 leaves room);
+#: tests/shard/history/test_store.py keeps it honest.
+EVENT_OVERHEAD = 400
+
+#: Why a recovery could not be answered (the C{reason} of C{recovered: false}).
+TOO_OLD = "too_old"            # events after the position were already evicted
+AHEAD = "ahead"                # the position is past what this node has seen
+OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
+UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
+
+#: A log's C{join} when any next offset continues it (see L{PartitionLog}).
+ANY_OFFSET = 1 << 62
+
+
+class PartitionLog:
+    """Retained events of one partition, in offset order."""
+
+    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join")
+
+    def __init__(self, epoch: str, floor: int):
+        self.epoch = epoch
+        self.events: list[Event] = []
+        self.offsets: list[int] = []
+        self.start = 0
+        #: Every event of this partition with an offset above C{floor} is retained.
+        self.floor = floor
+        self.bytes = 0
+        #: The highest offset the next live event may have and still continue
+        #: this log: after a backfill, the offset after what the warm-up read
+        #: (records it passed over may follow, events it did not read may not).
+        self.join = ANY_OFFSET
+
+    def __len__(self) -> int:
+        return len(self.events) - self.start
+
+    @property
+    def high(self) -> int:
+        """Offset of the newest retained event (C{floor} when empty)."""
+        return self.offsets[-1] if len(self) else self.floor
+
+    def oldest(self) -> Event | None:
+        return self.events[self.start] if len(self) else None
+
+    def append(self, event: Event, size: int) -> None:
+        self.events.append(event)
+        self.offsets.append(event.offset)
+        self.bytes += size
+
+    def pop_oldest(self) -> Event:
+        event = self.events[self.start]
+        # The slot is below start, dead: None lets the event go (the list holds Events).
+        self.events[self.start] = None  # type: ignore[call-overload]
+        self.start += 1
+        self.floor = event.offset
+        self.bytes -= len(event.envelope) + EVENT_OVERHEAD
+        if self.start > 64 and self.start * 2 > len(self.events):
+            del self.events[:self.start]
+            del self.offsets[:self.start]
+            self.start = 0
+        return event
+
+    def prepend(self, events: list[Event], size: int) -> None:
+        """Older events (offset order, all below the retained ones); the floor follows."""
+        self.events = events + self.events[self.start:]
+        self.offsets = [e.offset for e in events] + self.offsets[self.start:]
+        self.start = 0
+        self.floor = events[0].offset - 1
+        self.bytes += size
+
+    def after(self, offset: int) -> list[Event]:
+        """Retained events with an offset above C{offset}, oldest first."""
+        i = max(bisect_right(self.offsets, offset), self.start)
+        return self.events[i:]
+
+
+def _matches(patterns: Iterable[tuple[str, str]], event: Event) -> bool:
+    for token, event_type in patterns:
+        if (token == WILDCARD or token == event.token) and \
+                (event_type == WILDCARD or event_type == event.event_type):
+            return True
+    return False
+
+
+class History:
+    """
+    @param max_events: events kept per partition.
+    @param max_age: seconds an event is kept (by its Kafka timestamp).
+    @param max_bytes: bytes of history for the whole shard.
+    @param max_channels: channels in the latest-event (snapshot) cache.
+    @param clock: seconds since the epoch.
+    """
+
+    def __init__(self, max_events: int, max_age: float, max_bytes: int, max_channels: int,
+                 clock: Callable[[], float]):
+        self._clock = clock
+        self._logs: dict[tuple[str, int], PartitionLog] = {}
+        self._latest: dict[str, Event] = {}
+        self._latest_bytes = 0
+        self.bytes = 0
+        #: Evictions by reason: count, age, budget.
+        self.evicted = {"count": 0, "age": 0, "budget": 0}
+        self.configure(max_events, max_age, max_bytes, max_channels)
+
+    def configure(self, max_events: int, max_age: float, max_bytes: int,
+                  max_channels: int) -> None:
+        """New bounds (a reload); applied at once."""
+        self.max_events = max_events
+        self.max_age_ms = int(max_age * 1000)
+        self.max_bytes = max_bytes
+        self.max_channels = max_channels
+        self._trim_all()
+        while len(self._latest) > max_channels:
+            self._forget_latest(next(iter(self._latest)))
+
+    # -- state
+
+    @property
+    def events(self) -> int:
+        return sum(len(log) for log in self._logs.values())
+
+    @property
+    def channels(self) -> int:
+        return len(self._latest)
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """Bytes the latest-event cache holds (counted as if none were in history)."""
+        return self._latest_bytes
+
+    def _forget_latest(self, channel: str) -> None:
+        self._latest_bytes -= len(self._latest.pop(channel).envelope) + EVENT_OVERHEAD
+
+    def window(self) -> float | None:
+        """Seconds covered by the shortest partition history (None when empty)."""
+        now_ms = self._clock() * 1000
+        ages = [now_ms - log.events[log.start].ts for log in self._logs.values() if len(log)]
+        return max(0.0, min(ages) / 1000.0) if ages else None
+
+    def partitions(self) -> Iterator[tuple[str, int, PartitionLog]]:
+        for (topic, partition), log in self._logs.items():
+            yield topic, partition, log
+
+    # -- writing (the hot path: once per delivered event)
+
+    def add(self, event: Event) -> None:
+        """Retain C{event} (fresh: de-duplicated already) under its topic's epoch."""
+        key = (event.topic, event.partition)
+        epoch = event.epoch or "0"
+        log = self._logs.get(key)
+        if log is None or log.epoch != epoch or event.offset <= log.high \
+                or event.offset > log.join:
+            # A new partition, a new incarnation of its topic, offsets that
+            # went back (the broker was replaced), or a gap after what a
+            # backfill read: start this log afresh.
+            if log is not None:
+                self.bytes -= log.bytes
+            log = self._logs[key] = PartitionLog(epoch, event.offset - 1)
+        elif log.join != ANY_OFFSET:
+            log.join = ANY_OFFSET   # live delivery took over from the backfill
+        size = len(event.envelope) + EVENT_OVERHEAD
+        log.append(event, size)
+        self.bytes += size
+        if self.max_channels:
+            latest = self._latest
+            channel = event.channel
+            if channel in latest:
+                self._forget_latest(channel)  # re-inserted last: least recently updated first
+            elif len(latest) >= self.max_channels:
+                self._forget_latest(next(iter(latest)))
+            latest[channel] = event
+            self._latest_bytes += size
+        self._trim(log)
+
+    def _trim(self, log: PartitionLog) -> None:
+        if len(log) > self.max_events:
+            self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.evicted["count"] += 1
+        oldest = log.oldest()
+        if oldest is not None and self.max_age_ms > 0:
+            cutoff = self._clock() * 1000 - self.max_age_ms
+            while oldest is not None and oldest.ts < cutoff and len(log) > 1:
+                self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+                self.evicted["age"] += 1
+                oldest = log.oldest()
+        while self.bytes > self.max_bytes:
+            victim = self._oldest_log()
+            if victim is None:
+                break
+            self.bytes -= len(victim.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.evicted["budget"] += 1
+
+    def _trim_all(self) -> None:
+        for log in self._logs.values():
+            self._fit(log)
+
+    def _fit(self, log: PartitionLog) -> None:
+        while len(log) > self.max_events:
+            self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.evicted["count"] += 1
+        self._trim(log)
+
+    # -- backfill (a starting shard's warm-up, odin_ws/shard/kafka/warmup.py)
+
+    def backfill(self, events: Iterable[Event],
+                 through: Mapping[tuple[str, int], int] | None = None) -> set[tuple[str, int]]:
+        """
+        Add events read back from Kafka, older than (or overlapping) what live
+        delivery added, in offset order per partition. For each partition the
+        reader saw every record from its first event's offset through
+        C{through[(topic, partition)]} (default: its last event's offset; the
+        records in between that are not here were not events).
+
+        * No log yet: the backfill becomes the log (floor: its first offset -
+          1); a live event after more than C{through} + 1 then starts the log
+          afresh (the reader's end and live delivery's start do not meet).
+        * A log of the same epoch that the backfill meets or overlaps: the
+          older events go in front (the floor goes down), newer ones at the
+          end; the caller counts offsets up to C{through} as seen, so live
+          delivery does not bring them again.
+        * A gap on either side, or another epoch: the log stays as it is.
+
+        The latest-event cache takes a backfilled event only where it holds
+        nothing newer for the channel. Every bound applies afterwards.
+
+        @return: the partitions whose log now holds the backfill.
+        """
+        groups: dict[tuple[str, int], list[Event]] = {}
+        for e in events:
+            groups.setdefault((e.topic, e.partition), []).append(e)
+        kept = set()
+        for key, group in groups.items():
+            end = through.get(key, group[-1].offset) if through else group[-1].offset
+            if self._backfill_partition(key, group, max(end, group[-1].offset)):
+                kept.add(key)
+        return kept
+
+    def _backfill_partition(self, key: tuple[str, int], events: list[Event], end: int) -> bool:
+        epoch = events[0].epoch or "0"
+        first = events[0].offset
+        log = self._logs.get(key)
+        if log is not None and log.epoch != epoch:
+            return False   # another incarnation: live delivery knows the current one
+        self._remember_older(events)
+        if log is None:
+            log = self._logs[key] = PartitionLog(epoch, first - 1)
+            older, newer = [], events
+        elif end < log.floor or first - 1 > log.high:
+            return False   # a gap between the two: continuity cannot be proved
+        else:
+            older = [e for e in events if e.offset <= log.floor]
+            newer = [e for e in events if e.offset > log.high]
+        if older:
+            size = sum(len(e.envelope) for e in older) + EVENT_OVERHEAD * len(older)
+            log.prepend(older, size)
+            self.bytes += size
+        for e in newer:
+            size = len(e.envelope) + EVENT_OVERHEAD
+            log.append(e, size)
+            self.bytes += size
+        if newer:
+            log.join = end + 1
+        self._fit(log)
+        return True
+
+    def _remember_older(self, events: list[Event]) -> None:
+        """The latest-event cache, for backfilled events: never over a newer event."""
+        if not self.max_channels:
+            return
+        latest = self._latest
+        for e in events:
+            current = latest.get(e.channel)
+            if current is not None:
+                if current.topic == e.topic and current.partition == e.partition \
+                        and current.epoch == e.epoch:
+                    if current.offset >= e.offset:
+                        continue
+                elif current.ts >= e.ts:
+                    continue
+                self._forget_latest(e.channel)
+            elif len(latest) >= self.max_channels:
+                lru = next(iter(latest))
+                if latest[lru].ts >= e.ts:
+                    continue   # a full cache of newer events
+                self._forget_latest(lru)
+            latest[e.channel] = e
+            self._latest_bytes += len(e.envelope) + EVENT_OVERHEAD
+
+    def _oldest_log(self) -> PartitionLog | None:
+        best, best_ts = None, None
+        for log in self._logs.values():
+            oldest = log.oldest()
+            if oldest is not None and (best_ts is None or oldest.ts < best_ts):
+                best, best_ts = log, oldest.ts
+        return best
+
+    # -- reading
+
+    def epoch(self, topic: str, partition: int) -> str | None:
+        log = self._logs.get((topic, partition))
+        return log.epoch if log is not None else None
+
+    def replay(self, since: dict[tuple[str, int], tuple[str, int]],
+               patterns: list[tuple[str, str]]) -> tuple[list[Event] | None, str | None]:
+        """
+        Every retained event after the given positions that matches one of
+        C{patterns}, in order per partition (partitions one after the other).
+
+        @param since: C{(topic, partition) -> (epoch, last offset seen)}.
+        @return: C{(events, None)}, or C{(None, reason)} when any position
+            cannot be recovered from what is retained.
+        """
+        out: list[Event] = []
+        for key, (epoch, offset) in since.items():
+            log = self._logs.get(key)
+            if log is None:
+                return None, UNKNOWN
+            if log.epoch != epoch:
+                return None, OTHER_EPOCH
+            if offset > log.high:
+                return None, AHEAD
+            if offset < log.floor:
+                return None, TOO_OLD
+            out.extend(e for e in log.after(offset) if _matches(patterns, e))
+        return out, None
+
+    def latest(self, patterns: list[tuple[str, str]], limit: int) -> tuple[list[Event], bool]:
+        """
+        The latest event of every known channel matching C{patterns} (at most
+        C{limit}), and whether more matched.
+        """
+        out: list[Event] = []
+        exact = [channel_name(t, e) for t, e in patterns if WILDCARD not in (t, e)]
+        if len(exact) == len(patterns):
+            out = [self._latest[c] for c in dict.fromkeys(exact) if c in self._latest]
+        else:
+            out = [e for e in self._latest.values() if _matches(patterns, e)]
+        out.sort(key=lambda e: (e.topic, e.partition, e.offset))
+        return out[:limit], len(out) > limit
+
+
+class HistoryCollector:
+    """The history's sizes and evictions, read at scrape time (nothing on the hot path)."""
+
+    def __init__(self, history: History, configured_age: Callable[[], float]):
+        self._history = history
+        self._configured_age = configured_age
+
+    def collect(self) -> Iterator[Metric]:
+        h = self._history
+        for name, text, value in (
+                ("odinws_history_bytes", "Bytes of retained events (envelopes and overhead).",
+                 h.bytes),
+                ("odinws_history_budget_bytes", "history.max_bytes of this shard.", h.max_bytes),
+                ("odinws_history_events", "Retained events.", h.events),
+                ("odinws_snapshot_cache_channels", "Channels in the latest-event cache.",
+                 h.channels),
+                ("odinws_snapshot_cache_bytes", "Bytes the latest-event cache holds beyond "
+                 "the history.", h.snapshot_bytes),
+                ("odinws_history_configured_age_seconds", "history.max_age of this shard.",
+                 self._configured_age())):
+            g = GaugeMetricFamily(name, text)
+            g.add_metric([], value)
+            yield g
+        window = h.window()
+        g = GaugeMetricFamily("odinws_history_window_seconds",
+                              "Age of the oldest retained event of the partition whose "
+                              "history is shortest: how far back recovery reaches.")
+        g.add_metric([], window if window is not None else 0.0)
+        yield g
+        c = CounterMetricFamily("odinws_history_evictions", "Events dropped from history, "
+                                "by bound: count, age, budget (budget means the window is "
+                                "shorter than configured).", labels=["reason"])
+        for reason, n in sorted(h.evicted.items()):
+            c.add_metric([reason], n)
+        yield c

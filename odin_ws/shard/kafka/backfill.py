@@ -1,0 +1,132 @@
+"""
+Where the start's read-back of the recent past (L{odin_ws.shard.kafka.warmup})
+meets live delivery (L{Backfill}): what the warm-up read joins the history,
+the de-duplication marks rise past it, and the group consumer's re-read of
+the same offsets is relayed but not delivered twice (docs/operations.md,
+"History, recovery and snapshots").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.logger import Logger
+
+from odin_ws.common import metrics
+from odin_ws.common.events import Event, Partition
+from odin_ws.common.highwater import HighWater
+from odin_ws.shard.history.store import History
+from odin_ws.shard.kafka.warmup import WarmedPartition, WarmupReport, WarmupState
+
+
+class LiveDelivery(Protocol):
+    """What the backfill needs of the shard's delivery path."""
+
+    @property
+    def seen(self) -> HighWater: ...
+
+    @property
+    def history(self) -> History: ...
+
+    def deliver_fresh(self, events: list[Event], relayed: bool = False) -> None: ...
+
+
+class Backfill:
+    """
+    Joins each partition the warm-up read to the history and the marks, and
+    tells which consumed batches re-read offsets it counted as seen.
+
+    @param assigned: the partitions this shard's consumer reads now.
+    """
+
+    log = Logger()
+
+    def __init__(self, delivery: LiveDelivery, assigned: Callable[[], frozenset[Partition]]):
+        self._delivery = delivery
+        self._assigned = assigned
+        #: What was produced before this moment (ms) is the past.
+        self.started_ms = int(time.time() * 1000)
+        # Partitions whose marks the warm-up raised -> to which offset, until
+        # this shard's consumer passes it (see rereading); and the
+        # assignment they were last checked against.
+        self._rereads: dict[Partition, int] = {}
+        self._rereads_assigned: frozenset[Partition] | None = None
+
+    def backfill(self, warmed: WarmedPartition) -> None:
+        """
+        What the warm-up read back of one partition. It joins the history only
+        where it meets what live delivery brought meanwhile (its own consumer's
+        and the hub's); then the shard counts every offset it read as seen, so
+        the group consumer's re-read of them (a restarted node resumes from its
+        committed offsets) is not delivered again as live: clients that missed
+        them recover them. Events produced since this shard started, and those
+        past what live delivery brought already, are delivered now, as live
+        delivery would have: in order, once. Where live delivery is behind with
+        a gap, or knows another incarnation of the topic, the backfill is left
+        out.
+        """
+        delivery = self._delivery
+        seen = delivery.seen
+        key = Partition(warmed.topic, warmed.partition)
+        events = warmed.events
+        through = warmed.through
+        metrics.HISTORY_WARMED.inc(len(events))
+        mark = seen.marks.get(key)
+        if mark is not None:
+            epoch, high = mark
+            if epoch != warmed.epoch or high < warmed.start - 1:
+                return
+            live = next((i for i, e in enumerate(events) if e.offset > high), len(events))
+        else:
+            live = next((i for i, e in enumerate(events) if e.ts >= self.started_ms),
+                        len(events))
+        past, now = events[:live], events[live:]
+        if past:
+            delivery.history.backfill(past, {key: now[0].offset - 1 if now else through})
+        if now:
+            delivery.deliver_fresh(seen.fresh(now))
+        if seen.raise_to(warmed.topic, warmed.partition, warmed.epoch, through) or now:
+            self._rereads[key] = through
+
+    def rereading(self, events: list[Event]) -> bool:
+        """
+        Whether the batch re-reads offsets the warm-up counted as seen here.
+        Such a batch is relayed whole all the same: another shard's warm-up
+        may have stopped short of them (each took its own high watermark),
+        and the hub drops what it relayed before.
+        """
+        rereads = self._rereads
+        if not rereads:
+            return False
+        assigned = self._assigned()
+        if assigned is not self._rereads_assigned:
+            # Partitions this consumer does not read: their owner relays them.
+            self._rereads_assigned = assigned
+            for key in [k for k in rereads if k not in assigned]:
+                del rereads[key]
+        found = False
+        for e in events:
+            key = Partition(e.topic, e.partition)
+            until = rereads.get(key)
+            if until is not None:
+                if e.offset <= until:
+                    found = True
+                else:
+                    del rereads[key]   # the consumer is past what the warm-up read
+        return found
+
+    def warmed(self, report: WarmupReport) -> None:
+        """The warm-up ended: one line."""
+        if report.state is WarmupState.DONE:
+            self.log.info("history warmed: {events} events of {partitions} partitions in "
+                          "{seconds:.1f} s{cut}", events=report.events,
+                          partitions=report.partitions, seconds=report.seconds,
+                          cut=(f" ({report.incomplete} read in part: history.warmup_timeout)"
+                               if report.incomplete else ""))
+        elif report.state is WarmupState.FAILED:
+            self.log.warn("history warm-up failed after {seconds:.1f} s ({error}); "
+                          "{events} events of {partitions} partitions warmed",
+                          seconds=report.seconds, error=report.error, events=report.events,
+                          partitions=report.partitions)

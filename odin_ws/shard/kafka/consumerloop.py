@@ -1,0 +1,360 @@
+"""
+What the Kafka consumer thread of a shard does (L{ConsumerLoop}): poll,
+map records to events, hand batches to the reactor, store the offsets of
+the batches the reactor has taken, pause when too many are out. Its state
+is touched by that thread only; it reports to the L{KafkaIngest} that owns
+the consumer's status through that class's small "consumer thread" API.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from odin_ws.common import metrics
+from odin_ws.common.events import Event, Partition
+from odin_ws.common.settings import KafkaSettings
+from odin_ws.shard.kafka.incarnations import TopicIncarnations
+from odin_ws.shard.kafka.records import RecordMapper
+
+
+class LoopOwner(Protocol):
+    """
+    Whom the loop reports to, from its thread: the owner of the consumer's
+    status (L{odin_ws.shard.kafka.ingest.KafkaIngest}'s "consumer thread" API).
+    """
+
+    def hand_over(self, batch_id: int, events: list[Event]) -> None: ...
+
+    def broker_reached(self) -> None: ...
+
+    def publish_assignment(self, assigned: frozenset[Partition]) -> None: ...
+
+    def publish_missing(self, topics: frozenset[str]) -> None: ...
+
+    def note_error(self, kind: str, text: str, level: str = "warn") -> None: ...
+
+    def fatal(self, kind: str, text: str) -> None: ...
+
+    def log(self, level: str, fmt: str, **kw: Any) -> None: ...
+
+    def audit(self, fmt: str, **kw: Any) -> None: ...
+
+    def thread_failed(self, failure: Failure) -> None: ...
+
+    def consumer_closed(self, finished: Deferred[None]) -> None: ...
+
+# Seconds the thread waits at stop for batches already in the reactor, so
+# their offsets are committed by close().
+STOP_GRACE = 2.0
+# Seconds between retries of a topic identity lookup that failed.
+EPOCH_RETRY = 1.0
+
+
+def describe_error(e: BaseException) -> str:
+    """The text of a confluent-kafka exception (its KafkaError's, when it has one)."""
+    if e.args and isinstance(e.args[0], KafkaError):
+        return e.args[0].str()
+    return str(e)
+
+
+class ConsumerLoop:
+    """
+    The consumer thread's loop (L{run}).
+
+    @param ingest: the owner of the status, reached through its method API.
+    @param stopping: set when the loop should end.
+    @param done: batch ids the reactor has taken.
+    @param max_pending: batches out in the reactor before the loop waits.
+    @param finished: fired (in the reactor) once the consumer is closed.
+    @param incarnations: the topics' epochs, looked up on every assignment
+        and whenever a partition's offsets go back while assigned.
+    @param cooperative: the group uses incremental (cooperative) rebalancing:
+        the rebalance callbacks get only the partitions that move, and must
+        answer with C{incremental_assign}/C{incremental_unassign} (eager:
+        the whole assignment, C{assign}/C{unassign}).
+    """
+
+    def __init__(self, ingest: LoopOwner, consumer: Consumer, mapper: RecordMapper,
+                 settings: KafkaSettings, stopping: threading.Event,
+                 done: queue.SimpleQueue[int], max_pending: int, finished: Deferred,
+                 incarnations: TopicIncarnations, cooperative: bool = False):
+        self.ingest = ingest
+        self.cooperative = cooperative
+        self.consumer = consumer
+        self.mapper = mapper
+        self.finished = finished
+        self.topics = list(settings.topics)
+        self.poll_batch = settings.poll_batch
+        self.poll_timeout = settings.poll_timeout
+        # Pause well before librdkafka's max.poll.interval.ms would expire.
+        self.pause_after = settings.max_poll_interval_ms / 4000.0
+        self.stopping = stopping
+        self.done = done
+        self.max_pending = max_pending
+        self.next_id = 0
+        self.in_flight = 0
+        # batch id -> [{partition: next offset}, taken?], in consumption order.
+        self.pending: dict[int, list] = {}
+        self.assignment: set[Partition] = set()
+        self.paused = False
+        self.repause = False
+        self.blocked_since: float | None = None
+        self.incarnations = incarnations
+        # Last offset consumed per assigned partition: one that goes back
+        # while assigned means the broker's log was reset under us.
+        self.positions: dict[Partition, int] = {}
+        # When to retry a failed identity lookup (monotonic), or None.
+        self.epochs_due: float | None = None
+        # Configured topics the brokers said do not exist, until some of
+        # their partitions are assigned here. (librdkafka sees a topic
+        # created later at its next metadata refresh: every
+        # topic.metadata.refresh.interval.ms, 5 minutes by default.)
+        self.missing: set[str] = set()
+
+    def run(self) -> None:
+        ingest = self.ingest
+        try:
+            self.consumer.subscribe(self.topics, on_assign=self.on_assign,
+                                    on_revoke=self.on_revoke, on_lost=self.on_revoke)
+            while not self.stopping.is_set():
+                self.poll_once()
+            deadline = time.monotonic() + STOP_GRACE
+            while self.in_flight and time.monotonic() < deadline:
+                self.take_done(0.05)
+        except Exception:
+            # A bug here would otherwise end ingestion silently in a thread.
+            ingest.thread_failed(Failure())
+        finally:
+            try:
+                self.consumer.close()  # commits stored offsets, leaves the group
+            except (KafkaException, RuntimeError) as e:
+                ingest.log("warn", "Kafka consumer close: {error}", error=describe_error(e))
+            ingest.consumer_closed(self.finished)
+
+    def poll_once(self) -> None:
+        self.take_done(0)
+        if self.epochs_due is not None and time.monotonic() >= self.epochs_due:
+            self.refresh_epochs()
+        if self.in_flight < self.max_pending:
+            self.blocked_since = None
+            if self.paused:
+                self.consumer.resume(self.consumer.assignment())
+                self.paused = False
+            self.handle(self.take())
+            return
+        now = time.monotonic()
+        if self.blocked_since is None:
+            self.blocked_since = now
+        if not self.paused and now - self.blocked_since > self.pause_after:
+            self.paused = self.repause = True
+        if self.paused:
+            if self.repause:  # after a rebalance, new partitions start unpaused
+                self.consumer.pause(self.consumer.assignment())
+                self.repause = False
+            # Paused partitions return nothing; polling keeps the membership.
+            self.handle(self.consumer.consume(self.poll_batch, 0))
+        self.take_done(self.poll_timeout)
+
+    def take(self) -> list:
+        """
+        The next records: wait for the first one only, then take whatever
+        else is already fetched, up to poll_batch. (consume(n, t) would wait
+        for n records or all of t: every event of a quiet stream would wait
+        poll_timeout. Measured with Tansu, one record per 20 ms, produce to
+        on_batch: median 166 ms before, with consume(500, 0.05) and
+        librdkafka's fetch.wait.max.ms 500; see kafka.fetch_wait_max_ms.)
+        """
+        messages = self.consumer.consume(1, self.poll_timeout)
+        if messages and self.poll_batch > 1:
+            messages.extend(self.consumer.consume(self.poll_batch - 1, 0))
+        return messages
+
+    def handle(self, messages: list) -> None:
+        events: list[Event] = []
+        offsets: dict[Partition, int] = {}
+        records: Counter[str] = Counter()
+        rejected: Counter[str] = Counter()
+        mapper = self.mapper
+        positions = self.positions
+        epoch_of = self.incarnations.epoch
+        consumed = time.time()
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                # librdkafka's fatal state (e.g. fenced by a consumer with this
+                # shard's instance id) reaches consume() as _FATAL, fatal() false.
+                if err.fatal() or err.code() == KafkaError._FATAL:
+                    self.ingest.fatal(err.name().lstrip("_").lower(), err.str())
+                    break
+                if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and m.topic() in self.topics:
+                    # "Subscribed topic not available": said once per topic.
+                    self.set_missing(self.missing | {m.topic()})
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.ingest.note_error(err.name().lstrip("_").lower(), err.str())
+                continue
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            key = Partition(topic, partition)
+            last = positions.get(key)
+            if last is not None and offset <= last:
+                self.rewound(topic, partition, last, offset)
+            positions[key] = offset
+            offsets[key] = offset + 1
+            records[topic] += 1
+            result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset,
+                                epoch_of(topic))
+            if isinstance(result, str):
+                rejected[result] += 1
+            else:
+                result.consumed = consumed
+                events.append(result)
+        # The broker's share of the delivery latency (and the producer's:
+        # record timestamp to consumed), once per event and node.
+        observe = metrics.BROKER_LATENCY.observe
+        for e in events:
+            observe(max(0.0, consumed - e.ts / 1000.0))
+        for topic, n in records.items():
+            metrics.KAFKA_RECORDS.labels(topic).inc(n)
+        for reason, n in rejected.items():
+            metrics.KAFKA_REJECTED.labels(reason).inc(n)
+        if not offsets:
+            return
+        self.ingest.broker_reached()
+        batch_id = self.next_id
+        self.next_id += 1
+        self.pending[batch_id] = [offsets, not events]
+        if events:
+            self.in_flight += 1
+            self.ingest.hand_over(batch_id, events)
+        else:
+            self.store_taken()
+
+    def take_done(self, timeout: float) -> None:
+        """Collect batches the reactor has taken (waiting up to C{timeout})."""
+        try:
+            batch_id = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
+            while True:
+                entry = self.pending.get(batch_id)
+                if entry is not None and not entry[1]:
+                    entry[1] = True
+                    self.in_flight -= 1
+                batch_id = self.done.get_nowait()
+        except queue.Empty:
+            pass
+        self.store_taken()
+
+    def store_taken(self) -> None:
+        """Store the offsets of the taken batches that no untaken batch precedes."""
+        merged: dict[Partition, int] = {}
+        for batch_id in list(self.pending):
+            offsets, taken = self.pending[batch_id]
+            if not taken:
+                break
+            merged.update(offsets)
+            del self.pending[batch_id]
+        tps = [TopicPartition(t, p, o) for (t, p), o in merged.items()
+               if (t, p) in self.assignment]
+        if tps:
+            try:
+                self.consumer.store_offsets(offsets=tps)
+            except KafkaException as e:  # e.g. revoked in the same poll
+                self.ingest.note_error("store_offsets", describe_error(e))
+
+    def rewound(self, topic: str, partition: int, last: int, offset: int) -> None:
+        """
+        A partition's offsets went back while assigned: its log is not the
+        one read so far. Look the topic's identity up again now, before the
+        new records are handed over; if it is unchanged (a log truncated or
+        reset in place), give the topic a new epoch all the same, so the
+        de-duplication marks make way for the new records.
+        """
+        metrics.KAFKA_REWINDS.inc()
+        changed = self.refresh_epochs()  # audits a changed identity itself
+        if changed and topic in changed:
+            return
+        old = self.incarnations.epoch(topic)
+        self.incarnations.rewind(topic)
+        self.ingest.audit("Kafka {topic}[{partition}] went back from offset {last} to {offset} "
+                          "with the same topic identity (log reset in place, or identity "
+                          "unknown); new epoch {new} (was {old})", topic=topic,
+                          partition=partition, last=last, offset=offset,
+                          new=self.incarnations.epoch(topic), old=old or "unknown")
+
+    def refresh_epochs(self) -> dict[str, str] | None:
+        """Look up the assigned topics' epochs; on failure retry later."""
+        topics = {t for t, _ in self.assignment}
+        changed = self.incarnations.refresh(topics)
+        if changed is None:
+            self.epochs_due = time.monotonic() + EPOCH_RETRY
+            return None
+        self.epochs_due = None
+        for topic, old in changed.items():
+            if old:
+                self.ingest.audit("Kafka topic {topic} is a new incarnation (epoch {old} -> "
+                                  "{new}): recreated, broker replaced or another cluster",
+                                  topic=topic, old=old, new=self.incarnations.epoch(topic))
+        return changed
+
+    def set_missing(self, topics: set[str]) -> None:
+        if topics != self.missing:
+            self.missing = topics
+            self.ingest.publish_missing(frozenset(topics))
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Eager: the whole new assignment (the old one was revoked first).
+        # Cooperative: only the partitions added; the ones kept go on
+        # flowing with their positions, and get no callback at all.
+        if self.cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        self.assignment.update(Partition(tp.topic, tp.partition) for tp in partitions)
+        for tp in partitions:
+            # A new assignment starts from the committed offset: going back
+            # to it is a re-read, not a new log.
+            self.positions.pop(Partition(tp.topic, tp.partition), None)
+            # Exported from the assignment on (the statistics set the value
+            # within a second), so lag alerts and graphs see every partition.
+            metrics.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(0)
+        self._publish_assignment()
+        if self.missing:
+            self.set_missing(self.missing - {tp.topic for tp in partitions})
+        self.repause = self.paused
+        self.ingest.broker_reached()
+        self.refresh_epochs()
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Also on_lost (the member was evicted: its commit fails, the new
+        # owner re-reads). Store what has been taken so the commit librdkafka
+        # makes on revoke includes it, then forget the rest for these
+        # partitions: their new owner re-reads from the committed offset.
+        self.take_done(0)
+        gone = {Partition(tp.topic, tp.partition) for tp in partitions}
+        for offsets, _ in self.pending.values():
+            for tp in gone & offsets.keys():
+                del offsets[tp]
+        self.assignment -= gone
+        for tp in gone:
+            self.positions.pop(tp, None)
+        self._publish_assignment()
+        for topic, partition in gone:
+            try:
+                metrics.KAFKA_LAG.remove(topic, str(partition))
+            except KeyError:
+                pass
+        # Last: librdkafka commits the stored offsets of these partitions as
+        # they are unassigned.
+        if self.cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+
+    def _publish_assignment(self) -> None:
+        self.ingest.publish_assignment(frozenset(self.assignment))

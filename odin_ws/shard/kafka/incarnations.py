@@ -1,0 +1,101 @@
+"""
+Which incarnation of each topic the consumer reads: the epoch tag
+(L{odin_ws.shard.history.positions.epoch_of}) of the cluster id and the topic id,
+asked of the brokers with an C{AdminClient} (DescribeCluster and
+DescribeTopics; a plain consumer does not expose topic ids).
+
+Measured against tansu 0.6.0: the cluster id is always C{tansu_cluster}
+(it does not tell a replaced broker), but a recreated topic (or the same
+topic on a new in-memory broker) gets a new topic id. With Apache Kafka
+both identify (topic ids since 2.8, KIP-516).
+
+Used from the consumer thread only; every call is bounded by C{timeout}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import wait
+from typing import Any
+
+from confluent_kafka import KafkaException, TopicCollection
+from confluent_kafka.admin import AdminClient
+
+from odin_ws.shard.history.positions import epoch_of
+
+#: librdkafka properties an admin client shares with the consumer: where
+#: the brokers are and how to reach them (security included); consumer-only
+#: properties would make librdkafka warn.
+_SHARED = ("bootstrap.servers", "client.id", "security.protocol", "sasl.", "ssl.",
+           "socket.", "broker.", "reconnect.", "retry.", "api.version.",
+           "client.dns.lookup", "connections.max.idle.ms", "metadata.", "logger")
+
+
+def admin_config(consumer_config: dict[str, Any]) -> dict[str, Any]:
+    """The admin client's settings: the connection part of the consumer's."""
+    return {k: v for k, v in consumer_config.items()
+            if k in _SHARED or k.startswith(tuple(p for p in _SHARED if p.endswith(".")))}
+
+
+class TopicIncarnations:
+    """
+    The current epoch of each topic.
+
+    @param config: librdkafka settings for the admin client (L{admin_config}).
+    @param timeout: seconds one lookup may take.
+    """
+
+    def __init__(self, config: dict[str, Any], timeout: float = 2.0):
+        self._config = config
+        self._timeout = timeout
+        self._admin: AdminClient | None = None
+        self._epochs: dict[str, str] = {}
+        self._rewinds = 0
+
+    def epoch(self, topic: str) -> str:
+        """The last known epoch of C{topic} (C{""} before any lookup succeeded)."""
+        return self._epochs.get(topic, "")
+
+    def refresh(self, topics: Iterable[str]) -> dict[str, str] | None:
+        """
+        Ask the brokers for the identity of C{topics}. Returns the topics
+        whose epoch changed (topic -> old epoch, C{""} if unknown before), or
+        None if the brokers did not answer in time (the old epochs stay).
+        """
+        topics = sorted(set(topics))
+        if not topics:
+            return {}
+        try:
+            if self._admin is None:
+                self._admin = AdminClient(self._config)
+            cluster = self._admin.describe_cluster(request_timeout=self._timeout)
+            described = self._admin.describe_topics(TopicCollection(topics),
+                                                    request_timeout=self._timeout)
+            futures = [cluster, *described.values()]
+            wait(futures, timeout=self._timeout + 1.0)
+            cluster_id = cluster.result(timeout=0).cluster_id or ""
+            ids = {}
+            for topic, future in described.items():
+                topic_id = future.result(timeout=0).topic_id
+                ids[topic] = str(topic_id) if topic_id is not None else ""
+        except (KafkaException, TimeoutError, ValueError, TypeError, RuntimeError):
+            # Not reachable now, unknown topic, or a broker without these
+            # requests: keep what is known, the caller retries later.
+            return None
+        changed = {}
+        for topic, topic_id in ids.items():
+            epoch = epoch_of(cluster_id, topic_id)
+            old = self._epochs.get(topic, "")
+            if epoch != old:
+                changed[topic] = old
+                self._epochs[topic] = epoch
+        return changed
+
+    def rewind(self, topic: str) -> None:
+        """
+        Give C{topic} a new epoch without asking the brokers: its log went
+        back in place (same identity, or none known).
+        """
+        self._rewinds += 1
+        self._epochs[topic] = epoch_of(self._epochs.get(topic, ""), topic, "rewind",
+                                       str(self._rewinds))

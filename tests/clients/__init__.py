@@ -1,0 +1,1 @@
+"""Unit tests of the Python client library (clients/python: odinws_client)."""

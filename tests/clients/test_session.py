@@ -1,0 +1,281 @@
+"""
+The protocol core of the Python client (odinws_client.session), fed the
+server's messages by hand: what it sends, what each subscription yields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
+from odinws_client.session import Session
+from odinws_client.subscription import State, Subscription
+
+T = "odin.trades"
+
+
+def pos(partition: int, offset: int, epoch: str = "ep1") -> str:
+    return f"{T}:{partition}:{epoch}:{offset}"
+
+
+def event(channel: str, partition: int, offset: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "event", "channel": channel, "data": {"o": offset}, "ts": 1,
+            "pos": pos(partition, offset), **extra}
+
+
+class FakeHooks:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.delayed: list[tuple[float, Callable[[], None]]] = []
+        self.tokens: list[tuple[str, float | None]] = []
+        self.errors: list[ServerError] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def later(self, delay: float, call: Callable[[], None]) -> None:
+        self.delayed.append((delay, call))
+
+    def refreshed(self, token: str, expires: float | None) -> None:
+        self.tokens.append((token, expires))
+
+    def error(self, error: ServerError) -> None:
+        self.errors.append(error)
+
+    def take(self) -> list[dict[str, Any]]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def got(sub: Subscription) -> list[object]:
+    """What the iterator has queued: offsets of events ("s7" for snapshots), Gap reasons."""
+    out: list[object] = []
+    while not sub._items.empty():
+        item = sub._items.get_nowait()
+        if isinstance(item, Event):
+            out.append(f"s{item.data['o']}" if item.snapshot else item.data["o"])
+        elif isinstance(item, Gap):
+            out.append(("gap", item.reason))
+        else:
+            out.append(("end", item.error))
+    return out
+
+
+class SessionCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.hooks = FakeHooks()
+        self.session = Session(self.hooks, max_channels_per_message=100)
+
+    def subscribe(self, pattern: str, **options: Any) -> Subscription:
+        options.setdefault("snapshot", False)
+        options.setdefault("recover", True)
+        options.setdefault("since", None)
+        sub = Subscription(pattern, remove=self.session.remove, **options)
+        self.session.add(sub)
+        return sub
+
+    def ack(self, request: dict[str, Any], **fields: Any) -> None:
+        self.session.received({"type": "subscribed", "channels": request["channels"],
+                               "id": request["id"], **fields})
+
+    def reconnect(self) -> list[dict[str, Any]]:
+        self.session.lost()
+        self.session.opened()
+        return self.hooks.take()
+
+
+class SubscribeTests(SessionCase):
+    def test_first_subscribe_asks_for_current_positions(self):
+        """since: [] on a first subscribe; none with recover=False; snapshot in the same message."""
+        self.subscribe("odin.token.A.trade")
+        self.subscribe("odin.token.B.trade", recover=False)
+        self.subscribe("odin.token.C.trade", snapshot=True)
+        self.session.opened()
+        sent = [{k: v for k, v in m.items() if k != "id"} for m in self.hooks.take()]
+        self.assertEqual(sent, [
+            {"type": "subscribe", "channels": ["odin.token.A.trade"], "since": []},
+            {"type": "subscribe", "channels": ["odin.token.B.trade"]},
+            {"type": "subscribe", "channels": ["odin.token.C.trade"], "since": [],
+             "snapshot": True}])
+
+    def test_split_at_max_channels(self):
+        """A resubscription of many patterns is split at max_channels_per_message."""
+        self.session = Session(self.hooks, max_channels_per_message=2)
+        for name in "ABCDE":
+            sub = Subscription(f"odin.token.{name}.trade", snapshot=False, recover=False,
+                               since=None, remove=self.session.remove)
+            self.session.add(sub)
+        self.session.opened()
+        self.assertEqual([len(m["channels"]) for m in self.hooks.take()], [2, 2, 1])
+
+    def test_the_same_pattern_twice_is_refused(self):
+        """One subscription per pattern: a second is a programming error, said at once."""
+        self.subscribe("odin.token.A.trade")
+        with self.assertRaises(ValueError):
+            self.subscribe("odin.token.A.trade")
+
+    def test_resubscribe_with_own_positions_after_reconnect(self):
+        """After a reconnect each subscription sends the last position it saw per partition."""
+        a = self.subscribe("odin.token.A.*")
+        b = self.subscribe("odin.token.B.*")
+        self.session.opened()
+        [first] = self.hooks.take()                 # the same since ([]): one message
+        self.assertEqual(first["channels"], ["odin.token.A.*", "odin.token.B.*"])
+        self.ack(first, recovered=True, replayed=0, positions=[pos(0, 4), pos(1, 2)])
+        self.session.received(event("odin.token.A.trade", 0, 5))
+        self.session.received(event("odin.token.B.trade", 1, 6))
+        again = self.reconnect()
+        self.assertEqual({tuple(m["channels"]): m["since"] for m in again}, {
+            ("odin.token.A.*",): [pos(0, 5), pos(1, 2)],
+            ("odin.token.B.*",): [pos(0, 4), pos(1, 6)]})
+        self.assertEqual((got(a), got(b)), ([5], [6]))
+        self.assertEqual((a.state, b.state), (State.PENDING, State.PENDING))
+
+    def test_positions_given_to_subscribe_are_sent(self):
+        """since= (positions stored by a bot) is what the first subscribe recovers from."""
+        sub = self.subscribe("odin.token.*.*", since=[pos(1, 9), pos(0, 3)])
+        self.session.opened()
+        [msg] = self.hooks.take()
+        self.assertEqual(msg["since"], [pos(0, 3), pos(1, 9)])
+        self.assertEqual(sub.positions, [pos(0, 3), pos(1, 9)])
+
+
+class RecoveryTests(SessionCase):
+    def live(self, pattern: str = "odin.token.*.*", **options: Any) -> Subscription:
+        sub = self.subscribe(pattern, **options)
+        self.session.opened() if not self.session.connected else None
+        [msg] = self.hooks.take()
+        self.ack(msg, recovered=True, replayed=0, positions=[pos(0, 10)])
+        return sub
+
+    def test_not_recovered_is_a_gap_item_and_live_goes_on(self):
+        """recovered: false yields a Gap (not an exception); live events follow in the iterator."""
+        sub = self.live()
+        self.session.received(event("odin.token.A.trade", 0, 11))
+        [msg] = self.reconnect()
+        self.ack(msg, recovered=False, reason="too_old", positions=[pos(0, 50)])
+        self.session.received(event("odin.token.A.trade", 0, 51))
+        self.assertEqual(got(sub), [11, ("gap", "too_old"), 51])
+
+    def test_duplicates_and_older_events_are_dropped(self):
+        """An event at or before the last position of its partition is not yielded again."""
+        sub = self.live()
+        for offset in (11, 12, 12, 11, 13):
+            self.session.received(event("odin.token.A.trade", 0, offset))
+        self.session.received(event("odin.token.A.trade", 0, 1, pos=pos(0, 1, "ep2")))
+        self.assertEqual(got(sub), [11, 12, 13, 1])
+
+    def test_replay_behind_earlier_queued_events_is_put_in_order(self):
+        """
+        An ack that overtook events queued before it: the replay's events
+        are collected and yielded in order once all replayed are here, each once.
+        """
+        a = self.live("odin.token.*.trade")
+        self.session.received(event("odin.token.A.trade", 0, 11))
+        b = self.subscribe("odin.token.A.*", since=[pos(0, 10)])
+        [msg] = self.hooks.take()
+        self.ack(msg, recovered=True, replayed=2, positions=[pos(0, 12)])
+        self.session.received(event("odin.token.A.trade", 0, 12))   # queued for A before
+        self.session.received(event("odin.token.A.trade", 0, 11))   # B's replay
+        self.session.received(event("odin.token.A.trade", 0, 12))
+        self.session.received(event("odin.token.A.trade", 0, 13))   # live
+        self.assertEqual((got(a), got(b)), ([11, 12, 13], [11, 12, 13]))
+
+    def test_refused_positions_are_a_gap_then_current_positions(self):
+        """unknown_position for a since: a Gap, then a subscribe from the current positions."""
+        sub = self.subscribe("odin.token.*.*", since=[pos(0, 3)])
+        self.session.opened()
+        [msg] = self.hooks.take()
+        self.session.received({"type": "error", "code": "unknown_position", "message": "m",
+                               "id": msg["id"]})
+        [again] = self.hooks.take()
+        self.assertEqual((again["since"], got(sub)), ([], [("gap", "unknown_position")]))
+
+    def test_tops_count_once_an_event_past_them_came(self):
+        """A positions refresh's tops fill since only after an event past them (none lost)."""
+        sub = self.live("odin.token.A.*")
+        self.session.refresh_positions()
+        [msg] = self.hooks.take()
+        self.assertEqual(msg["since"], [])
+        self.ack(msg, recovered=True, replayed=0, positions=[pos(0, 40), pos(1, 7)])
+        self.session.received(event("odin.token.A.trade", 0, 30))   # queued before the ack
+        self.session.received(event("odin.token.A.trade", 0, 41))
+        self.assertEqual(got(sub), [30, 41])
+        self.assertEqual(sub.positions, [pos(0, 41), pos(1, 7)])
+
+
+class SnapshotTests(SessionCase):
+    def test_snapshot_events_go_to_the_subscription_that_asked(self):
+        """Snapshot events reach only the subscription whose subscribe asked for them."""
+        wild = self.subscribe("odin.token.*.price")
+        self.session.opened()
+        self.ack(self.hooks.take()[0], recovered=True, replayed=0, positions=[pos(0, 9)])
+        exact = self.subscribe("odin.token.A.price", snapshot=True)
+        [msg] = self.hooks.take()
+        self.assertTrue(msg["snapshot"])
+        self.ack(msg, recovered=True, replayed=0, snapshot=1, positions=[pos(0, 9)])
+        self.session.received(event("odin.token.A.price", 0, 8, snapshot=True))
+        self.session.received(event("odin.token.A.price", 0, 10))
+        self.assertEqual((got(wild), got(exact)), ([10], ["s8", 10]))
+
+
+class RefusalTests(SessionCase):
+    def test_refused_batch_is_retried_one_by_one(self):
+        """A refused resubscription batch is asked again per pattern; the bad one fails alone."""
+        good = self.subscribe("odin.token.A.trade", recover=False)
+        bad = self.subscribe("odin.token.B.trade", recover=False)
+        self.session.opened()
+        [batch] = self.hooks.take()
+        self.session.received({"type": "error", "code": "forbidden", "message": "no",
+                               "id": batch["id"]})
+        one, two = self.hooks.take()
+        self.ack(one)
+        self.session.received({"type": "error", "code": "forbidden", "message": "no",
+                               "id": two["id"]})
+        self.assertEqual((good.state, bad.state), (State.SUBSCRIBED, State.FAILED))
+        self.assertEqual([e.code for e in self.hooks.errors], ["forbidden"])
+        with self.assertRaises(SubscriptionFailed):
+            asyncio.run(bad.__anext__())
+
+    def test_rate_limited_subscribe_is_sent_again_later(self):
+        """rate_limited: the subscribe is sent again after the retry delay."""
+        self.subscribe("odin.token.A.trade", recover=False)
+        self.session.opened()
+        [msg] = self.hooks.take()
+        self.session.received({"type": "error", "code": "rate_limited", "message": "slow",
+                               "id": msg["id"]})
+        [(delay, call)] = self.hooks.delayed
+        call()
+        [again] = self.hooks.take()
+        self.assertEqual((delay, again["channels"]), (1.0, ["odin.token.A.trade"]))
+
+    def test_refresh_dropping_channels_fails_them(self):
+        """A refreshed token that no longer grants a channel: its subscription fails (forbidden)."""
+        sub = self.subscribe("odin.token.A.trade", recover=False)
+        self.session.opened()
+        self.ack(self.hooks.take()[0])
+        self.session.request({"type": "refresh", "token": "new"}, lambda msg: None, "new")
+        [msg] = self.hooks.take()
+        self.session.received({"type": "refreshed", "expires": 99, "id": msg["id"],
+                               "unsubscribed": ["odin.token.A.trade"]})
+        self.assertEqual((self.hooks.tokens, sub.state, sub.error and sub.error.code),
+                         ([("new", 99.0)], State.FAILED, "forbidden"))
+
+
+class EndTests(SessionCase):
+    def test_unsubscribe_ends_the_iterator(self):
+        """unsubscribe() sends unsubscribe and the iterator stops after what it had."""
+        sub = self.subscribe("odin.token.A.trade", recover=False)
+        self.session.opened()
+        self.ack(self.hooks.take()[0])
+        self.session.received(event("odin.token.A.trade", 0, 1))
+        sub.unsubscribe()
+        [msg] = self.hooks.take()
+
+        async def read() -> list[object]:
+            return [item.data["o"] async for item in sub]
+        self.assertEqual((msg["type"], asyncio.run(read())), ("unsubscribe", [1]))

@@ -1,0 +1,150 @@
+"""
+Tests for L{odin_ws.parent.health}: when /health says 503 (the node cannot
+deliver) and when 200 with a degradation named, from the shards' reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from odin_ws.parent.health import Health
+from tests.helpers.cases import make_settings
+
+TOPICS = {"odin.trades": "trade", "odin.prices": "price"}
+
+
+class Door:
+    """The node's door as /health reads it: open, started, not overloaded."""
+
+    accepting, starting, overloaded = True, False, False
+
+
+def kafka(connected: bool = True, disconnected_for: float = 0.0, missing: tuple = (),
+          error: str | None = None) -> dict[str, Any]:
+    return {"state": "running" if connected else "retrying", "connected": connected,
+            "assigned": ["odin.trades[0]"] if connected else [], "lag": 0,
+            "last_error": error, "missing_topics": list(missing),
+            "disconnected_for": 0.0 if connected else disconnected_for}
+
+
+class Shard:
+    """A shard handle's /health entry, with a Kafka and warm-up status."""
+
+    def __init__(self, index: int, kafka: dict | None, warmup: str = "done",
+                 incomplete: int = 0, alive: bool = True):
+        self.entry = {"index": index, "alive": alive, "accepting": alive, "connections": 0,
+                      "capacity": 100, "kafka": kafka,
+                      "warmup": {"state": warmup, "incomplete": incomplete}}
+
+    def as_health(self) -> dict:
+        return self.entry
+
+
+class HealthTests(SynchronousTestCase):
+
+    def health(self, *shards: Shard, **settings: Any) -> tuple[int, dict]:
+        s = make_settings(**{"kafka__topics": TOPICS, "kafka__unreachable_grace": 15.0,
+                             **settings})
+        return Health(s, lambda: list(shards), Door())()
+
+    def test_ok(self):
+        """Every shard consuming, history warm: 200 ok, nothing degraded, no reason."""
+        status, body = self.health(Shard(0, kafka()), Shard(1, kafka()))
+        self.assertEqual((status, body["status"], body["degraded"]), (200, "ok", []))
+        self.assertNotIn("reason", body)
+        self.assertTrue(body["kafka_connected"])
+
+    def test_kafka_unreachable_beyond_grace(self):
+        """
+        No shard has reached a broker for longer than kafka.unreachable_grace:
+        503 kafka_unreachable, the reason naming how long and the last error.
+        """
+        error = "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed"
+        status, body = self.health(Shard(0, kafka(False, 20.0, error=error)),
+                                   Shard(1, kafka(False, 16.0)))
+        self.assertEqual((status, body["status"]), (503, "kafka_unreachable"))
+        self.assertEqual(body["reason"], f"no shard has reached a Kafka broker for 16s: {error}")
+        self.assertFalse(body["accepting"])
+
+    def test_kafka_blip_within_grace(self):
+        """
+        Within the grace (a broker restart) the node stays in rotation: 200,
+        degraded kafka_disconnected; one shard still connected is never 503.
+        """
+        status, body = self.health(Shard(0, kafka(False, 14.0)), Shard(1, kafka(False, 30.0)))
+        self.assertEqual((status, body["degraded"]), (200, ["kafka_disconnected"]))
+        status, body = self.health(Shard(0, kafka(False, 300.0)), Shard(1, kafka()))
+        self.assertEqual((status, body["degraded"]), (200, ["kafka_disconnected"]))
+        self.assertTrue(body["kafka_connected"])
+
+    def test_grace_is_a_setting(self):
+        """kafka.unreachable_grace decides: 0 makes any outage a 503."""
+        status, body = self.health(Shard(0, kafka(False, 1.0)), kafka__unreachable_grace=0.0)
+        self.assertEqual((status, body["status"]), (503, "kafka_unreachable"))
+
+    def test_shard_without_report_is_not_judged(self):
+        """A shard that has not reported its Kafka status yet does not make the node 503."""
+        status, body = self.health(Shard(0, None), Shard(1, kafka(False, 60.0)))
+        self.assertEqual((status, body["degraded"]), (200, ["kafka_disconnected"]))
+
+    def test_every_topic_missing(self):
+        """None of the configured topics exists: 503 topics_missing, naming them."""
+        missing = ("odin.prices", "odin.trades")
+        status, body = self.health(Shard(0, kafka(missing=missing)),
+                                   Shard(1, kafka(missing=missing)))
+        self.assertEqual((status, body["status"]), (503, "topics_missing"))
+        self.assertEqual(body["reason"], "no configured topic is consumed, the brokers do not "
+                                         "have them: odin.prices, odin.trades")
+        self.assertEqual(body["missing_topics"], list(missing))
+
+    def test_topic_missing_for_every_shard(self):
+        """
+        A topic counts as missing while every shard says so: once one shard
+        was assigned partitions of it (the others may never be), it exists.
+        """
+        status, body = self.health(Shard(0, kafka(missing=("odin.prices", "odin.trades"))),
+                                   Shard(1, kafka(missing=("odin.prices",))))
+        self.assertEqual((status, body["missing_topics"]), (200, ["odin.prices"]))
+
+    def test_some_topics_missing(self):
+        """Some configured topics exist: the node delivers those, 200 degraded topics_missing."""
+        status, body = self.health(Shard(0, kafka(missing=("odin.prices",))))
+        self.assertEqual((status, body["degraded"], body["missing_topics"]),
+                         (200, ["topics_missing"], ["odin.prices"]))
+
+    def test_warming_when_recovery_is_promised(self):
+        """
+        Every shard still reading its history back (a node just started) while
+        the history is kept: 503 warming, so reconnecting clients that want
+        to recover go to a warm node. One shard warming (a restart): 200,
+        degraded warming. A failed or cut warm-up: 200, degraded history_cold.
+        """
+        status, body = self.health(Shard(0, kafka(), "running"), Shard(1, kafka(), "running"))
+        self.assertEqual((status, body["status"]), (503, "warming"))
+        self.assertIn("reason", body)
+        status, body = self.health(Shard(0, kafka(), "running"), Shard(1, kafka()))
+        self.assertEqual((status, body["degraded"]), (200, ["warming"]))
+        status, body = self.health(Shard(0, kafka(), "failed"), Shard(1, kafka(), incomplete=2))
+        self.assertEqual((status, body["degraded"]), (200, ["history_cold"]))
+
+    def test_no_warming_503_without_recovery(self):
+        """With no history kept (history.max_events_per_partition 0) nothing is promised."""
+        status, _ = self.health(Shard(0, kafka(), "running"),
+                                history__max_events_per_partition=0)
+        self.assertEqual(status, 200)
+
+    def test_shard_down(self):
+        """A dead shard while others deliver: 200, degraded shards_down."""
+        status, body = self.health(Shard(0, kafka()), Shard(1, None, alive=False))
+        self.assertEqual((status, body["degraded"]), (200, ["shards_down"]))
+
+    def test_draining_comes_first(self):
+        """Draining wins over every delivery problem, with its own reason."""
+        class Draining(Door):
+            accepting = False
+        s = make_settings(kafka__topics=TOPICS)
+        status, body = Health(s, lambda: [Shard(0, kafka(False, 99.0))], Draining())()
+        self.assertEqual((status, body["status"]), (503, "draining"))
+        self.assertTrue(body["reason"])

@@ -1,0 +1,376 @@
+"""
+The warm-up of a starting shard (L{odin_ws.shard.kafka.warmup}) with a fake
+consumer, and how the shard joins what it read to live delivery
+(L{odin_ws.shard.service.Shard.backfill}): history, snapshot cache,
+de-duplication marks and the relay of re-read batches.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import TopicPartition
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from odin_ws.common import config as configmod
+from odin_ws.common.events import Event, Partition, decode_batch
+from odin_ws.common.settings import Settings
+from odin_ws.shard.kafka.records import RecordMapper
+from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
+from tests.helpers import ShardTestCase, sample, text
+from tests.helpers.fakes import FakeKafkaMessage
+
+TOPIC = "odin.trades"
+
+
+class _Topic:
+    def __init__(self, partitions):
+        self.partitions = {p: None for p in partitions}
+        self.error = None
+
+
+class FakeConsumer:
+    """
+    A partition is a list of (value, ts) from its low watermark; C{stall_at}
+    makes one stop delivering (no end of partition) from an offset on.
+    """
+
+    def __init__(self, logs: dict[tuple[str, int], list], low: int = 0,
+                 stall_at: dict | None = None, block: threading.Event | None = None):
+        self.logs = logs
+        self.low = low
+        self.stall_at = stall_at or {}
+        self.block = block
+        self.positions: dict[tuple[str, int], int] = {}
+        self.eof_sent: set = set()
+        self.closed = False
+        self.asked_times: list[int] = []
+
+    def list_topics(self, timeout):
+        topics = {}
+        for t, p in self.logs:
+            topics.setdefault(t, []).append(p)
+        return type("Metadata", (), {"topics": {t: _Topic(ps) for t, ps in topics.items()}})
+
+    def get_watermark_offsets(self, tp, timeout, cached):
+        return self.low, self.low + len(self.logs[(tp.topic, tp.partition)])
+
+    def offsets_for_times(self, tps, timeout):
+        out = []
+        for tp in tps:
+            self.asked_times.append(tp.offset)
+            log = self.logs[(tp.topic, tp.partition)]
+            found = next((self.low + i for i, (_, ts) in enumerate(log) if ts >= tp.offset), -1)
+            out.append(TopicPartition(tp.topic, tp.partition, found))
+        return out
+
+    def assign(self, tps):
+        self.positions = {(tp.topic, tp.partition): tp.offset for tp in tps}
+
+    def consume(self, n, timeout):
+        if self.block is not None:
+            self.block.wait(timeout)
+            return []
+        out = []   # round robin, a record of each partition in turn, as fetches interleave
+        progress = True
+        while progress and len(out) < n:
+            progress = False
+            for key, position in self.positions.items():
+                log = self.logs[key]
+                if position < min(self.low + len(log), self.stall_at.get(key, 1 << 60)):
+                    value, ts = log[position - self.low]
+                    out.append(FakeKafkaMessage(*key, position, b"K%d" % (position % 3), value, ts))
+                    self.positions[key] = position + 1
+                    progress = True
+                elif position == self.low + len(log) and key not in self.eof_sent:
+                    self.eof_sent.add(key)
+                    out.append(FakeKafkaMessage(*key, position, b"K%d" % (position % 3), eof=True))
+        return out
+
+    def pause(self, tps):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+class FakeIncarnations:
+    def refresh(self, topics):
+        return {}
+
+    def epoch(self, topic):
+        return "ep1"
+
+
+class ImmediateReactor(Clock):
+    """callFromThread runs at once (in the warm-up's thread): the test waits for on_done."""
+
+    def callFromThread(self, f, *args, **kw):
+        f(*args, **kw)
+
+
+def settings(**overrides) -> Settings:
+    overrides.setdefault("kafka__topics", {TOPIC: "trade"})
+    return Settings.from_config(configmod.load(None, environ={}).replace(**overrides))
+
+
+def record(seq: int) -> bytes:
+    return json.dumps({"seq": seq}).encode()
+
+
+class WarmupTests(SynchronousTestCase):
+    """What the warm-up reads, and what it hands to the reactor."""
+
+    def warm(self, consumer: FakeConsumer, **overrides):
+        s = settings(**overrides)
+        self.reactor = ImmediateReactor()
+        self.handed: list[WarmedPartition] = []
+        done = threading.Event()
+        self.reports: list[Any] = []
+
+        def ended(report):
+            self.reports.append(report)
+            done.set()
+        self.configs: list[Any] = []
+
+        def factory(conf):
+            self.configs.append(conf)
+            return consumer
+        warmup = HistoryWarmup(self.reactor, s, RecordMapper.from_settings(s.kafka),
+                               {"bootstrap.servers": "127.0.0.1:1", "group.id": "odinws-n",
+                                "logger": object(), "session.timeout.ms": 2000},
+                               self.handed.append, ended, factory, FakeIncarnations())
+        warmup.startService()
+        self.addCleanup(warmup.stopService)
+        if s.history.warmup_timeout > 0:
+            self.assertTrue(done.wait(30))
+        return warmup
+
+    def seqs(self, warmed: WarmedPartition) -> list[int]:
+        return [json.loads(e.envelope)["data"]["seq"] for e in warmed.events]
+
+    def test_reads_the_recent_past_of_every_partition(self):
+        """
+        Per partition from max(low, high - max_events, the first record younger
+        than max_age) to the end; events carry the topic's epoch; records that
+        are not events are passed over but covered by through.
+        """
+        now = int(time.time() * 1000)
+        old, young = now - 3_600_000, now - 1000
+        logs = {(TOPIC, 0): [(record(i), old if i < 3 else young) for i in range(10)],
+                (TOPIC, 1): [(record(100 + i), young) for i in range(10)] + [(b"nope", young)],
+                (TOPIC, 2): [(record(200), old)]}
+        consumer = FakeConsumer(logs, low=50)
+        warmup = self.warm(consumer, history__max_events_per_partition=6)
+        by = {w.partition: w for w in self.handed}
+        self.assertEqual(sorted(by), [0, 1])           # partition 2: nothing young enough
+        self.assertEqual((by[0].start, by[0].through, self.seqs(by[0])),
+                         (54, 59, [4, 5, 6, 7, 8, 9]))
+        self.assertEqual((by[1].start, by[1].through, self.seqs(by[1])),
+                         (55, 60, [105, 106, 107, 108, 109]))
+        self.assertEqual({e.epoch for w in self.handed for e in w.events}, {"ep1"})
+        self.assertEqual(warmup.status()["state"], "done")
+        self.assertEqual((warmup.status()["events"], warmup.status()["partitions"]), (11, 2))
+        self.assertTrue(consumer.closed)
+
+    def test_own_consumer_outside_the_group(self):
+        """Its own group id (never joined: assign only), nothing committed, the node's logger not taken."""
+        self.warm(FakeConsumer({(TOPIC, 0): [(record(1), 1)]}), history__max_age=0,
+                  node_id="n1")
+        conf = self.configs[0]
+        self.assertEqual((conf["group.id"][:-12], conf["enable.auto.commit"],
+                          conf["enable.partition.eof"]), ("odinws-n1-warmup-", False, True))
+        self.assertNotIn("session.timeout.ms", conf)
+        self.assertEqual(conf["logger"].name, "odinws.warmup.librdkafka")
+
+    def test_reads_what_the_live_consumer_reads(self):
+        """
+        The warm-up reads committed records only, as the group consumer does:
+        records of aborted transactions never reach the history.
+        """
+        self.warm(FakeConsumer({(TOPIC, 0): [(record(1), 1)]}), history__max_age=0)
+        self.assertEqual(self.configs[0]["isolation.level"], "read_committed")
+
+    def test_byte_budget_drops_the_oldest_first(self):
+        """Past history.max_bytes the oldest buffered events go first, whatever the partition."""
+        logs = {(TOPIC, 0): [(record(i), 1000 + 2 * i) for i in range(50)],
+                (TOPIC, 1): [(record(100 + i), 1001 + 2 * i) for i in range(50)]}
+        size = len(RecordMapper.from_settings(settings().kafka).map(
+            TOPIC, b"K", record(10), 1, 0, 10).envelope) + 400
+        self.warm(FakeConsumer(logs), history__max_age=0, history__max_bytes=size * 10)
+        events = sorted((e for w in self.handed for e in w.events), key=lambda e: e.ts)
+        self.assertLessEqual(len(events), 10)
+        self.assertEqual([json.loads(e.envelope)["data"]["seq"] for e in events][-4:],
+                         [48, 148, 49, 149])
+        for w in self.handed:   # what is handed over is whole from its start
+            self.assertEqual([e.offset for e in w.events], list(range(w.start, w.through + 1)))
+
+    def test_time_limit_hands_over_what_was_read(self):
+        """Out of time: a partition read in part goes over through its last offset read."""
+        logs = {(TOPIC, 0): [(record(i), 1) for i in range(10)],
+                (TOPIC, 1): [(record(100 + i), 1) for i in range(10)]}
+        self.warm(FakeConsumer(logs, stall_at={(TOPIC, 1): 4}), history__max_age=0,
+                  history__warmup_timeout=0.3)
+        by = {w.partition: w for w in self.handed}
+        self.assertEqual((by[0].through, by[1].through, self.seqs(by[1])),
+                         (9, 3, [100, 101, 102, 103]))
+        self.assertEqual((self.reports[0].state, self.reports[0].incomplete), ("done", 1))
+
+    def test_off(self):
+        """history.warmup_timeout 0: no consumer, no thread, state off."""
+        warmup = self.warm(FakeConsumer({}), history__warmup_timeout=0)
+        self.assertEqual((self.configs, warmup.status()["state"]), ([], "off"))
+
+    def test_stop_is_bounded(self):
+        """stopService fires within its bound even while the consumer does not return."""
+        block = threading.Event()
+        s = settings()
+        reactor = ImmediateReactor()
+        warmup = HistoryWarmup(reactor, s, RecordMapper.from_settings(s.kafka),
+                               {"bootstrap.servers": "x"}, lambda w: None, lambda r: None,
+                               lambda conf: FakeConsumer({(TOPIC, 0): [(record(1), 1)]},
+                                                         block=block),
+                               FakeIncarnations())
+        warmup.startService()
+        self.addCleanup(block.set)
+        stopped = warmup.stopService()
+        reactor.advance(2.0)
+        self.assertTrue(stopped.called)
+
+
+class ShardBackfillTests(ShardTestCase):
+    """Shard.backfill: the warm-up joined to live delivery."""
+
+    settings = {"kafka__topics": {TOPIC: "trade"}}
+
+    def event(self, offset: int, token: str = "A", epoch: str = "ep1", partition: int = 0,
+              ts: int | None = None):
+        ts = int(time.time() * 1000) if ts is None else ts
+        return Event.build(token, "trade", b'{"o":%d}' % offset, ts, TOPIC, partition, offset,
+                           epoch)
+
+    def warmed(self, offsets, start=None, through=None, epoch="ep1", token="A", since=None):
+        """A warm-up's partition; events produced before the shard started, or from C{since}."""
+        events = [self.event(o, token, epoch, ts=self.shard.backfill.started_ms - 1000
+                             if since is None or o < since else self.shard.backfill.started_ms)
+                  for o in offsets]
+        start = offsets[0] if start is None else start
+        through = offsets[-1] if through is None else through
+        self.shard.backfill.backfill(WarmedPartition(TOPIC, 0, epoch, start, through, events))
+
+    def got(self, client) -> list[int]:
+        self.advance(0)
+        return [m["data"]["o"] for m in client.messages() if m["type"] == "event"]
+
+    def recover(self, client, offset: int) -> tuple[dict, list[int]]:
+        client.send(text({"type": "subscribe", "channels": ["odin.token.*.trade"],
+                          "since": [f"{TOPIC}:0:ep1:{offset}"]}))
+        self.advance(0)
+        msgs = client.messages()
+        return msgs[0], [m["data"]["o"] for m in msgs[1:]]
+
+    def test_warm_history_snapshot_and_marks(self):
+        """
+        Before any live event: recovery and snapshots answer from the backfill,
+        the consumer's re-read of those offsets is not delivered again, and
+        what follows is.
+        """
+        before = sample("odinws_history_warmed_events_total")
+        early = self.connect()
+        self.subscribe(early, "odin.token.*.trade")
+        self.warmed(range(10, 20), through=21)
+        self.assertEqual(sample("odinws_history_warmed_events_total") - before, 10)
+        self.assertEqual(self.got(early), [])        # the past: by recovery, not live
+        watcher = self.connect()
+        ack, replayed = self.recover(watcher, 14)
+        self.assertEqual((ack["recovered"], replayed), (True, [15, 16, 17, 18, 19]))
+        snap = self.connect()
+        snap.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                        "snapshot": True}))
+        self.advance(0)
+        self.assertEqual([m.get("data", {}).get("o") for m in snap.messages()][1:], [19])
+        self.shard.delivery.on_kafka_batch([self.event(o) for o in range(5, 23)])
+        self.assertEqual(self.got(watcher), [22])
+        self.assertEqual(self.shard.delivery.seen.marks[(TOPIC, 0)], ("ep1", 22))
+
+    def test_events_since_the_start_are_live(self):
+        """
+        Events produced since the shard started, read by the warm-up before
+        live delivery brought them, go to subscribers now, once, in order.
+        """
+        client = self.connect()
+        self.subscribe(client, "odin.token.*.trade")
+        self.warmed(range(10, 20), since=16)
+        self.shard.delivery.deliver([self.event(o) for o in range(15, 22)])
+        self.assertEqual(self.got(client), [16, 17, 18, 19, 20, 21])
+        ack, replayed = self.recover(self.connect(), 9)
+        self.assertEqual((ack["recovered"], replayed), (True, list(range(10, 22))))
+
+    def test_live_first_then_the_warmup_read_past_it(self):
+        """
+        Live events came first; the warm-up read older ones and past them: the
+        older go into history, the newer are delivered now, in order, once, and
+        not again when the consumer reaches them.
+        """
+        client = self.connect()
+        self.subscribe(client, "odin.token.*.trade")
+        self.shard.delivery.deliver([self.event(o) for o in (15, 16)])
+        self.warmed(range(10, 20))
+        self.shard.delivery.deliver([self.event(o) for o in range(17, 22)])
+        self.assertEqual(self.got(client), [15, 16, 17, 18, 19, 20, 21])
+        other = self.connect()
+        ack, replayed = self.recover(other, 9)
+        self.assertEqual((ack["recovered"], replayed), (True, list(range(10, 22))))
+
+    def test_live_behind_with_a_gap_is_left_alone(self):
+        """Live delivery behind the warm-up's start with a gap: no backfill, no raised marks."""
+        client = self.connect()
+        self.subscribe(client, "odin.token.*.trade")
+        self.shard.delivery.deliver([self.event(3)])
+        self.warmed(range(10, 20))
+        self.assertEqual(self.shard.delivery.seen.marks[(TOPIC, 0)], ("ep1", 3))
+        self.shard.delivery.deliver([self.event(o) for o in range(4, 7)])
+        self.assertEqual(self.got(client), [3, 4, 5, 6])
+        ack, _ = self.recover(self.connect(), 12)
+        self.assertEqual((ack["recovered"], ack["reason"]), (False, "ahead"))
+
+    def test_other_epoch_is_ignored(self):
+        """A warm-up of another incarnation of the topic than live delivery's changes nothing."""
+        self.shard.delivery.deliver([self.event(30, epoch="ep2")])
+        self.warmed(range(10, 20))
+        self.assertEqual(self.shard.delivery.seen.marks[(TOPIC, 0)], ("ep2", 30))
+        self.assertEqual(self.shard.history.epoch(TOPIC, 0), "ep2")
+
+    def test_rereads_are_relayed_whole(self):
+        """
+        The consumer's re-read of warmed offsets is not delivered here but goes
+        to the hub all the same (another shard's warm-up may have stopped
+        short); once the consumer is past them, only fresh events go.
+        """
+        published = []
+
+        class Link:
+            def callRemote(self, command, batch):
+                published.append([e.offset for e in decode_batch(batch)])
+        self.shard.link = Link()
+        self.shard.kafka.publish_assignment(frozenset({Partition(TOPIC, 0)}))
+        self.warmed(range(10, 20))
+        self.shard.delivery.on_kafka_batch([self.event(o) for o in (18, 19)])
+        self.shard.delivery.on_kafka_batch([self.event(o) for o in (19, 20, 21)])
+        self.shard.delivery.on_kafka_batch([self.event(o) for o in (21, 22)])
+        self.assertEqual(published, [[18, 19], [19, 20, 21], [22]])
+
+    def test_warmed_line_and_status(self):
+        """The end of the warm-up is one log line; the status carries its state."""
+        lines = []
+        globalLogPublisher.addObserver(lines.append)
+        self.addCleanup(globalLogPublisher.removeObserver, lines.append)
+        self.shard.backfill.warmed(WarmupReport(WarmupState.DONE, 120, 4, 0, 0.25))
+        self.assertIn("history warmed: 120 events of 4 partitions in 0.2 s",
+                      [formatEvent(e) for e in lines])
+        self.assertEqual(self.shard.warmup.status()["state"], "off")
