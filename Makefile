@@ -24,8 +24,10 @@ $(TSC): clients/js/package-lock.json
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $(TSC)
 
+# The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
+PORT ?= 3005
 demo: $(STAMP)
-	$(PY) -m odinws_tools.demo
+	$(PY) -m odinws_tools.demo --port $(PORT)
 
 # The style and type gate (ruff, mypy; configured in pyproject.toml).
 lint: $(STAMP)
