@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from tests.helpers import PLAIN_UPGRADE, tcp_pair
+from tests.helpers import PLAIN_UPGRADE, make_settings, tcp_pair
 
 
 class NoDelayTests(TestCase):
@@ -32,10 +32,9 @@ class NoDelayTests(TestCase):
     def connected(self, wrap=lambda factory: factory):
         import txaio
 
-        from odin_ws.common import config as configmod
         from odin_ws.shard.service import Shard
         self.patch(txaio.config, "loop", self.reactor)
-        shard = Shard(Clock(), configmod.load(None, environ={}), 0, control_fd=None)
+        shard = Shard(Clock(), make_settings(), 0, control_fd=None)
         made = []
         original = shard.factory.buildProtocol
 
@@ -92,10 +91,9 @@ class ShardConnectionTests(TestCase):
         import txaio
         from twisted.internet import reactor
 
-        from odin_ws.common import config as configmod
         from odin_ws.shard.service import Shard
         self.patch(txaio.config, "loop", reactor)
-        shard = Shard(reactor, configmod.load(None, environ={}), 0, control_fd=None)
+        shard = Shard(reactor, make_settings(), 0, control_fd=None)
         made = []
         original = shard.factory.buildProtocol
         shard.factory.buildProtocol = lambda addr: made.append(original(addr)) or made[-1]
