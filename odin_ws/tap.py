@@ -45,17 +45,17 @@ class Options(usage.Options):
                 overrides[opt.key] = raw
         self.overrides = overrides
         try:
-            self.config = self.load()
+            self.settings = self.load()
         except configmod.ConfigError as e:
             fail(f"configuration error: {e}")
         try:
-            serverFromString(_reactor(), Settings.from_config(self.config).listen.port)
+            serverFromString(_reactor(), self.settings.listen.port)
         except (ValueError, KeyError, TypeError) as e:
             fail(f"configuration error: listen.port: {e}")
 
-    def load(self) -> configmod.Config:
+    def load(self) -> Settings:
         """Read file and environment again, this command line's flags on top."""
-        return configmod.load(self["config"], overrides=self.overrides)
+        return Settings.from_config(configmod.load(self["config"], overrides=self.overrides))
 
 
 def _reactor():
@@ -63,22 +63,21 @@ def _reactor():
     return reactor
 
 
-def check_keys(cfg: configmod.Config):
+def check_keys(settings: Settings) -> object:
     """Load the JWT keys and TLS files as a shard would; the TLS options or None.
 
     @raise configmod.ConfigError: naming the key whose file is unusable.
     """
     from odin_ws.shard.clients import tls
     from odin_ws.shard.clients.auth import Verifier
-    Verifier(cfg)
-    return tls.server_options(cfg) if tls.enabled(cfg) else None
+    Verifier(settings.auth)
+    return tls.server_options(settings.tls) if tls.enabled(settings.tls) else None
 
 
 def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         reactor = _reactor()
     from odin_ws.common import twisted_internals
-    from odin_ws.common.settings import Settings
     from odin_ws.parent.admission import Admission
     from odin_ws.parent.dispatcher import Dispatcher
     from odin_ws.parent.guard import Guard, read_budget
@@ -90,10 +89,10 @@ def makeService(options, reactor=None) -> service.IService:
     from odin_ws.parent.supervisor import Supervisor
     from odin_ws.parent.systemd import SystemdNotifier
 
-    settings = Settings.from_config(options.config)
+    settings = options.settings
     try:
         # Fail at startup, in the parent, on keys and certificates shards would refuse.
-        tls_options = check_keys(settings.config)
+        tls_options = check_keys(settings)
     except configmod.ConfigError as e:
         fail(f"configuration error: {e}")
     hub = Hub(reactor, settings.hub.max_event_bytes, settings.hub.max_queue_batches,
@@ -136,7 +135,7 @@ def makeService(options, reactor=None) -> service.IService:
     return Node(reactor, settings, supervisor=supervisor, listeners=listeners,
                 dispatchers=dispatchers, admission=admission, guard=guard,
                 holders=[*dispatchers, *holders],
-                load_config=options.load, check_keys=check_keys, systemd=systemd)
+                load_settings=options.load, check_keys=check_keys, systemd=systemd)
 
 
 class ShardOptions(usage.Options):
@@ -160,7 +159,7 @@ class ShardOptions(usage.Options):
             fail(f"odinws-shard is started by the odinws parent (no configuration on fd "
                  f"{self['config-fd']})")
         try:
-            self.config = configmod.Config.from_json(text)
+            self.settings = Settings.from_config(configmod.Config.from_json(text))
         except (ValueError, configmod.ConfigError) as e:
             fail(f"shard configuration error: {e}")
 
@@ -169,4 +168,4 @@ def makeShardService(options, reactor=None) -> service.IService:
     if reactor is None:
         reactor = _reactor()
     from odin_ws.shard.service import Shard
-    return Shard(reactor, options.config, options["index"], options["control-fd"])
+    return Shard(reactor, options.settings, options["index"], options["control-fd"])

@@ -1,212 +1,464 @@
 """
-Typed, frozen settings, built once from a validated L{Config} (whose schema
-in L{odin_ws.common.config} stays the one source of every default). A
-component takes the section it needs (C{settings.limits.max_connections},
-not C{config["limits.max_connections"]}); a reload builds a new
-L{Settings} from L{config.apply_live}'s result and hands it to every holder.
+Every setting of odinws, defined once: its type, default, help text and
+the rest of its schema (minimum, choices, live reload, command-line flag)
+are one field of the frozen dataclass of its section, as Centrifugo's
+config structs carry default, doc and environment name in their tags.
 
-The classes mirror the schema's sections; C{tests/common/test_settings.py}
-fails when a key is added to the schema and not here (or the reverse).
+From these definitions L{odin_ws.common.config} derives the schema the
+loader validates against (C{config.SCHEMA}), the environment variable of
+each key (C{kafka.brokers} -> C{ODINWS_KAFKA_BROKERS}), C{twistd odinws
+--help} and the example file etc/odinws.yaml (a section's docstring is its
+heading there). To add a setting, add a field here with L{setting}.
+
+A component takes the section it needs (C{settings.limits.max_connections},
+not C{config["limits.max_connections"]}); L{Settings} is built once, at
+the edge (the plugin glue, a reload), and handed down.
+
+No C{from __future__ import annotations} here: the schema reads each
+field's type (C{int}, C{tuple[str, ...]}, ...) as an object.
 """
 
-from __future__ import annotations
-
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
-from odin_ws.common.config import Config
+
+@dataclass(frozen=True)
+class Spec:
+    """What the schema knows of one setting besides its name and type."""
+
+    default: Any
+    help: str
+    minimum: float | None = None
+    #: The values allowed: of the setting, of each item of a list, of each
+    #: value of a mapping.
+    choices: tuple[str, ...] | None = None
+    #: May change on SIGHUP without a restart.
+    live: bool = False
+    #: Also settable with a command-line flag of this name.
+    flag: str | None = None
+    #: Shown commented-out in the example file (the value depends on the host).
+    example_only: bool = False
+
+
+def setting(default: Any, help: str, *, minimum: float | None = None,
+            choices: tuple[str, ...] | None = None, live: bool = False,
+            flag: str | None = None, example_only: bool = False) -> Any:
+    """
+    A setting's field. The C{default} is the value as the YAML file would
+    give it (lists and mappings as such); the field itself has none: a
+    L{Settings} is only ever built from a validated configuration.
+    """
+    return field(metadata={"spec": Spec(default, help, minimum, choices, live, flag,
+                                         example_only)})
+
+
+def spec_of(f: Any) -> Spec | None:
+    """The L{Spec} of a dataclass field made by L{setting}, else None."""
+    spec = f.metadata.get("spec")
+    return spec if isinstance(spec, Spec) else None
 
 
 @dataclass(frozen=True, slots=True)
 class ListenSettings:
     """The public listener (dispatcher in the parent process)."""
 
-    port: str
-    admin_port: str
-    ws_path: str
-    sse_path: str
-    max_head_bytes: int
-    head_timeout: float
-    handoff_timeout: float
-    retry_after: int
-    metrics_timeout: float
-    public_metrics: bool
-    max_heads: int
-    max_heads_per_ip: int
-    startup_grace: float
-    restart_hold: float
+    port: str = setting(
+        "tcp:3005", "Twisted endpoint string of the public listener, e.g. "
+        "tcp:3005:interface=0.0.0.0 or systemd:domain=INET:index=0.", flag="port")
+    admin_port: str = setting(
+        "tcp:3006:interface=127.0.0.1", "Plain listener for /health and /metrics only (the public "
+        "port's neighbour, on loopback: a Prometheus on the same host scrapes it as it is); an "
+        "address your monitoring reaches, e.g. tcp:3006:interface=10.0.0.5, for one elsewhere; "
+        "empty: none. Its connections are held to listen.max_heads and listen.max_heads_per_ip "
+        "apart from the public port's, so a flood there does not shut it.")
+    ws_path: str = setting("/ws", "Path of the WebSocket endpoint.")
+    sse_path: str = setting(
+        "/sse", "Path of the Server-Sent Events endpoint (docs/protocol.md); empty: no SSE.")
+    max_head_bytes: int = setting(
+        8192, "Largest HTTP request head accepted (bytes); larger gets 431.", minimum=512)
+    head_timeout: float = setting(
+        10.0, "Seconds a client has to send its whole HTTP request head (slowloris guard); then "
+        "408.", minimum=0.1)
+    handoff_timeout: float = setting(
+        5.0, "Seconds to wait for a shard to adopt a handed-over connection before closing it.",
+        minimum=0.1)
+    retry_after: int = setting(5, "Retry-After seconds sent with 503.", minimum=0)
+    metrics_timeout: float = setting(
+        2.0, "Seconds /metrics waits for each shard's metrics; a shard that does not answer in "
+        "time is left out (and not asked again until it answers).", minimum=0.1)
+    public_metrics: bool = setting(
+        False, "Also serve /metrics on the public port (it is always served on "
+        "listen.admin_port). Off by default: each scrape asks every shard over the control "
+        "channel.", live=True)
+    max_heads: int = setting(
+        4096, "Connections the parent may hold at once before their upgrade (sending their "
+        "request head, being answered or handed over), all listeners together; beyond it new "
+        "connections get 503. Each buffers up to listen.max_head_bytes.", minimum=1, live=True)
+    max_heads_per_ip: int = setting(
+        32, "Of those, connections one client IP may have; beyond it 429. A trusted proxy's own "
+        "address counts only against listen.max_heads.", minimum=1, live=True)
+    startup_grace: float = setting(
+        5.0, "Seconds after start the node waits for every shard to register before it accepts "
+        "clients (/health says starting, upgrades get 503); past it, it accepts with the shards "
+        "that did.", minimum=0)
+    restart_hold: float = setting(
+        5.0, "Seconds placement stays at a fair share per alive shard while a restarting shard "
+        "(not crash-looping) is due back; beyond the fair share upgrades get 503 with "
+        "Retry-After: 1. 0 = off.", minimum=0, live=True)
 
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     """Kafka ingestion (confluent-kafka). One consumer group per node."""
 
-    brokers: str
-    group: str
-    topics: Mapping[str, Any]
-    token_field: str
-    event_type_field: str
-    start_offset: str
-    max_record_bytes: int
-    poll_batch: int
-    poll_timeout: float
-    fetch_wait_max_ms: int
-    session_timeout_ms: int
-    cooperative_rebalance: bool
-    group_protocol: str
-    static_membership: bool
-    max_poll_interval_ms: int
-    retry_backoff_max: float
-    unreachable_grace: float
-    consumer_config: Mapping[str, Any]
+    brokers: str = setting(
+        "127.0.0.1:9092", "Bootstrap brokers, host:port[,host:port...].", flag="kafka-brokers")
+    group: str = setting("odinws", "Consumer group prefix (the node id is appended).")
+    topics: Mapping[str, Any] = setting(
+        {"odin.trades": "trade", "odin.prices": "price", "odin.liquidity": "liquidity"},
+        "Topic -> event type. Every record of a topic gets that event type unless "
+        "kafka.event_type_field is set and present in the record.")
+    token_field: str = setting("", "JSON field holding the token id; empty means the record key.")
+    event_type_field: str = setting(
+        "", "JSON field that overrides the topic's event type when present; empty means the topic "
+        "decides.")
+    start_offset: str = setting(
+        "latest", "Where a new consumer group starts.", choices=("latest", "earliest"))
+    max_record_bytes: int = setting(
+        131072, "Records with a larger value are skipped and counted (reason too_large). At most "
+        "outbound.max_buffer_bytes.", minimum=1)
+    poll_batch: int = setting(
+        500, "Most records taken per poll: a poll returns as soon as one record is there, with "
+        "whatever else is already fetched.", minimum=1)
+    poll_timeout: float = setting(
+        0.05, "Seconds a poll waits for a first record (not a latency: records are handed over as "
+        "soon as they arrive).", minimum=0.001)
+    fetch_wait_max_ms: int = setting(
+        5, "Longest time a broker may hold a fetch with no new records (librdkafka "
+        "fetch.wait.max.ms, its default 500). Apache Kafka answers as soon as records arrive, so "
+        "there it only sets how often an idle consumer asks again (1000/value fetches per second "
+        "per shard and broker); Tansu, the embedded broker, answers only when it expires, so "
+        "there it is the latency floor (measured: 500 ms gives a median of ~250 ms, 5 ms ~4 ms).",
+        minimum=1)
+    session_timeout_ms: int = setting(10000, "Consumer session timeout.", minimum=1000)
+    cooperative_rebalance: bool = setting(
+        True, "Cooperative incremental rebalancing (librdkafka partition.assignment.strategy "
+        "cooperative-sticky): when a shard crashes or restarts only its partitions move, the "
+        "other shards keep theirs and their clients see no pause (measured with Tansu, kill -9 of "
+        "one of two members at 200 events/s: the survivor's events were held 0.06 s, against 3.7 "
+        "s with eager range assignment, 2 s session). The dead shard's partitions still wait for "
+        "its session to expire (kafka.session_timeout_ms). false = eager range assignment (every "
+        "rebalance stops every shard). All members of the node's group must agree: change it with "
+        "a full restart. kafka.consumer_config's partition.assignment.strategy, when set, wins.")
+    group_protocol: str = setting(
+        "classic", "Consumer group protocol: classic (JoinGroup/SyncGroup, the assignor in the "
+        "client, kafka.session_timeout_ms and kafka.cooperative_rebalance apply) or consumer "
+        "(KIP-848, Apache Kafka 4.x and other brokers that serve it: the broker assigns, and the "
+        "session timeout, heartbeat interval and assignor are the broker's group.consumer.* "
+        "settings, so kafka.session_timeout_ms and kafka.cooperative_rebalance are not used). See "
+        "docs/operations.md, \"Apache Kafka\", for what each measured. All members of the node's "
+        "group must agree: change it with a full restart.", choices=("classic", "consumer"))
+    static_membership: bool = setting(
+        False, "Static group membership (group.instance.id <node_id>-shard<index>): a killed "
+        "shard, restarted by the supervisor, rejoins under its own id and gets its partitions "
+        "back at once instead of after its session timeout, and the other shards see no "
+        "rebalance. A shard that stays down keeps its partitions unread until its session "
+        "expires. Needs node ids unique per kafka.group (they are already: the group is "
+        "<kafka.group>-<node_id>).")
+    max_poll_interval_ms: int = setting(
+        10000, "Consumer max.poll.interval.ms (also the rebalance timeout: keep it small for "
+        "quick joins).", minimum=1000)
+    retry_backoff_max: float = setting(
+        30.0, "Longest wait between reconnects to an unreachable broker (seconds).", minimum=0.1)
+    unreachable_grace: float = setting(
+        15.0, "Seconds every shard may go without reaching a Kafka broker before /health answers "
+        "503 kafka_unreachable (within it: 200, degraded kafka_disconnected), so a broker blip "
+        "does not take the node out of a load balancer.", minimum=0, live=True)
+    consumer_config: Mapping[str, Any] = setting(
+        {}, "Extra librdkafka settings passed to the consumer as they are (e.g. "
+        "security.protocol).")
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
     """Per-node, per-shard and per-client limits."""
 
-    max_connections: int
-    max_connections_per_shard: int
-    max_connections_per_ip: int
-    connection_rate_per_ip: float
-    connection_burst_per_ip: int
-    trusted_proxies: tuple[str, ...]
-    allowed_origins: tuple[str, ...]
-    max_channels_per_message: int
-    max_subscriptions: int
-    max_shard_subscriptions: int
-    max_shard_subscription_bytes: int
-    max_channel_length: int
-    max_snapshot_events: int
-    max_positions: int
-    max_message_bytes: int
-    message_rate: float
-    message_burst: int
-    rate_strikes: int
-    handshake_timeout: float
+    max_connections: int = setting(
+        18000, "Connections per node; above it new clients get 503.", minimum=1, live=True)
+    max_connections_per_shard: int = setting(10000, "Connections per shard.", minimum=1, live=True)
+    max_connections_per_ip: int = setting(
+        1000, "Connections one client IP may hold on a shard; beyond it 429.", minimum=1, live=True)
+    connection_rate_per_ip: float = setting(
+        20.0, "New connections per second per client IP (token bucket at the dispatcher); beyond "
+        "it 429.", minimum=0.1, live=True)
+    connection_burst_per_ip: int = setting(
+        100, "New connections per client IP allowed in a burst.", minimum=1, live=True)
+    trusted_proxies: tuple[str, ...] = setting(
+        [], "Peer IPs (load balancers) whose X-Forwarded-For names the client IP.", live=True)
+    allowed_origins: tuple[str, ...] = setting(
+        [], "Allowed Origin headers (exact, e.g. https://app.example.com; null, what a page "
+        "opened from a file sends, only when listed); empty allows all, null and none included. "
+        "Others, and none when the list is set, get 403; an Origin that is no origin gets 400. "
+        "The same on /ws and SSE.", live=True)
+    max_channels_per_message: int = setting(
+        100, "Channels in one subscribe/unsubscribe message.", minimum=1, live=True)
+    max_subscriptions: int = setting(
+        100, "Subscriptions per connection (a wildcard counts as one; Centrifugo's per-client "
+        "default is 100 too).", minimum=1, live=True)
+    max_shard_subscriptions: int = setting(
+        500000, "Subscriptions one shard holds over all its connections; past it a subscribe is "
+        "refused (server_subscription_limit).", minimum=1, live=True)
+    max_shard_subscription_bytes: int = setting(
+        268435456, "Memory the subscriptions of one shard may take (bytes, as the index counts "
+        "them: ~280 B plus the channel name per subscription, ~360 B more per channel nobody else "
+        "holds); past it a subscribe is refused (server_subscription_limit).",
+        minimum=65536, live=True)
+    max_channel_length: int = setting(160, "Longest channel name.", minimum=16, live=True)
+    max_message_bytes: int = setting(
+        16384, "Largest client message (bytes); larger closes with 1009.", minimum=256)
+    message_rate: float = setting(
+        10.0, "Client messages per second allowed (token bucket); beyond it the client gets a "
+        "rate_limited error.", minimum=0.1, live=True)
+    message_burst: int = setting(50, "Client messages allowed in a burst.", minimum=1, live=True)
+    rate_strikes: int = setting(
+        20, "rate_limited errors a connection may collect (a strike is forgiven per second of "
+        "good behaviour) before it is closed with 1008.", minimum=1, live=True)
+    handshake_timeout: float = setting(
+        10.0, "Seconds a handed-over connection has to complete the WebSocket handshake.",
+        minimum=0.5)
+    max_snapshot_events: int = setting(
+        1000, "Events one snapshot may send; a subscribe whose snapshot would send more is "
+        "refused (snapshot_too_large).", minimum=1, live=True)
+    max_positions: int = setting(
+        1000, "Positions one subscribe may carry (one per partition).", minimum=1, live=True)
 
 
 @dataclass(frozen=True, slots=True)
 class KeepaliveSettings:
     """Keepalive: server pings and idle connections."""
 
-    ping_interval: float
-    ping_timeout: float
-    idle_timeout: float
+    ping_interval: float = setting(30.0, "Seconds between server pings (0 = no pings).", minimum=0)
+    ping_timeout: float = setting(
+        10.0, "Seconds a client has to answer a ping before it is dropped.", minimum=0.5)
+    idle_timeout: float = setting(
+        60.0, "Seconds a connection may stay open without any subscription before it is closed "
+        "with 1000 (0 = never).", minimum=0)
 
 
 @dataclass(frozen=True, slots=True)
 class OutboundSettings:
     """Outbound buffering per connection and the slow-client policy."""
 
-    max_buffer_bytes: int
-    kernel_unsent_bytes: int
-    policy: Mapping[str, Any]
-    disconnect_grace: float
-    max_event_age: float
-    flush_delay: float
+    max_buffer_bytes: int = setting(
+        262144, "Outbound bytes a connection may have waiting (kernel-refused plus queued); past "
+        "it the slow-client policy applies.", minimum=1024, live=True)
+    kernel_unsent_bytes: int = setting(
+        65536, "Unsent bytes the kernel may queue per client socket (TCP_NOTSENT_LOWAT) before "
+        "odinws's own buffer and policy take over; 0 leaves the kernel's default (up to "
+        "net.ipv4.tcp_wmem's maximum, 4 MiB, per stalled client). Applies to new connections.",
+        minimum=0, live=True)
+    policy: Mapping[str, Any] = setting(
+        {"default": "drop", "price": "conflate", "liquidity": "conflate"},
+        "Slow-client policy per event type ('default' for the rest): drop, conflate (keep the "
+        "latest event per channel) or disconnect.",
+        choices=("drop", "conflate", "disconnect"), live=True)
+    disconnect_grace: float = setting(
+        5.0, "Seconds a connection under the disconnect policy may stay over its buffer limit "
+        "before it is closed.", minimum=0, live=True)
+    max_event_age: float = setting(
+        60.0, "Events older than this (seconds, by their Kafka timestamp) are not delivered live: "
+        "a backlog read after a restart or a long lag is kept for recovery and snapshots only, "
+        "and counted (odinws_events_stale_total). 0 = deliver whatever the age. Producer clocks "
+        "must be within it of the node's.", minimum=0, live=True)
+    flush_delay: float = setting(
+        0.0, "Flush window in seconds (0 = off: written at once): events queued within the window "
+        "go out when it ends, in one write per connection (fewer, larger writes under load for up "
+        "to this much added latency; Centrifugo's client_write_delay). One timer per shard.",
+        minimum=0, live=True)
 
 
 @dataclass(frozen=True, slots=True)
 class HubSettings:
     """Relay of events between shards through the parent."""
 
-    max_event_bytes: int
-    max_queue_batches: int
-    max_queue_bytes: int
+    max_event_bytes: int = setting(
+        4194304, "Largest event relayed between shards; larger ones are delivered only by the "
+        "shard that consumed them and counted.", minimum=1024)
+    max_queue_batches: int = setting(
+        256, "Batches queued per shard in the hub; past it the oldest are dropped and counted.",
+        minimum=1)
+    max_queue_bytes: int = setting(
+        67108864, "Bytes queued per shard in the hub (the parent's memory for a slow or stuck "
+        "shard); past it the oldest batches are dropped and counted like past "
+        "hub.max_queue_batches. The newest batch is kept whatever its size.", minimum=65536)
 
 
 @dataclass(frozen=True, slots=True)
 class HistorySettings:
-    """Recent events kept by every shard for recovery and snapshots."""
+    """
+    Recent events kept by every shard for recovery after a reconnect and for snapshots on
+    subscribe (docs/protocol.md, docs/operations.md).
+    """
 
-    max_events_per_partition: int
-    max_age: float
-    max_bytes: int
-    snapshot_channels: int
-    warmup_timeout: float
+    max_events_per_partition: int = setting(
+        10000, "Events kept per Kafka partition for recovery.", minimum=0, live=True)
+    max_age: float = setting(
+        300.0, "Seconds an event is kept for recovery (by its Kafka timestamp); 0 = no age bound.",
+        minimum=0, live=True)
+    max_bytes: int = setting(
+        67108864, "Bytes of history per shard (envelopes plus ~400 B per event); past it the "
+        "oldest events go first, whatever the partition, and the recovery window is shorter than "
+        "configured.", minimum=0, live=True)
+    snapshot_channels: int = setting(
+        100000, "Channels whose latest event is kept for snapshots (least recently updated "
+        "dropped first).", minimum=0, live=True)
+    warmup_timeout: float = setting(
+        15.0, "Seconds a starting shard may spend reading the recent past of every partition back "
+        "from Kafka into its history and snapshot cache (within the bounds above); 0 = no "
+        "warm-up: the history starts empty. Applies at the next shard start.", minimum=0, live=True)
 
 
 @dataclass(frozen=True, slots=True)
 class SupervisorSettings:
-    """Shard processes: restart backoff, shutdown, liveness and handoffs in flight."""
+    """Shard processes: restart backoff and shutdown."""
 
-    restart_min_delay: float
-    restart_max_delay: float
-    crash_loop_restarts: int
-    crash_loop_window: float
-    drain_timeout: float
-    kill_timeout: float
-    stats_interval: float
-    stats_stale_after: float
-    max_handoffs_in_flight: int
+    restart_min_delay: float = setting(0.5, "First restart delay of a dead shard.", minimum=0)
+    restart_max_delay: float = setting(
+        30.0, "Longest restart delay (doubles per crash).", minimum=0)
+    crash_loop_restarts: int = setting(
+        5, "Restarts within supervisor.crash_loop_window that mark a shard as crash-looping.",
+        minimum=1)
+    crash_loop_window: float = setting(60.0, "Seconds, see above.", minimum=1)
+    drain_timeout: float = setting(10.0, "Seconds shards get to drain on stop.", minimum=0)
+    kill_timeout: float = setting(5.0, "Seconds after SIGTERM before SIGKILL.", minimum=0)
+    stats_interval: float = setting(1.0, "Seconds between shard stat reports.", minimum=0.05)
+    stats_stale_after: float = setting(
+        3.0, "Seconds without a stat report after which a running shard counts as stalled and "
+        "gets no new clients (at least twice supervisor.stats_interval).", minimum=0.1, live=True)
+    max_handoffs_in_flight: int = setting(
+        64, "Handoffs to one shard sent and not yet answered; at this many the shard gets no new "
+        "client until one is answered.", minimum=1, live=True)
 
 
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     """TLS (wss://) terminated in the shards; empty certificate = plain ws://."""
 
-    certificate: str
-    private_key: str
+    certificate: str = setting(
+        "", "PEM certificate chain (leaf first); re-read on SIGHUP.", live=True)
+    private_key: str = setting("", "PEM private key (empty = in the certificate file).", live=True)
 
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     """Authentication: JWT connection tokens with channel claims (docs/security.md)."""
 
-    mode: str
-    token_sources: tuple[str, ...]
-    secret: str
-    secret_file: str
-    public_key_file: str
-    jwks_file: str
-    jwks_url: str
-    jwks_ca_file: str
-    jwks_refresh: float
-    jwks_min_refresh: float
-    jwks_timeout: float
-    audience: str
-    issuer: str
-    leeway: float
-    channels_claim: str
-    max_token_bytes: int
+    mode: str = setting(
+        "none", "none, or jwt: every client needs a valid token.", choices=("none", "jwt"))
+    token_sources: tuple[str, ...] = setting(
+        ["subprotocol", "header", "query"],
+        "Where a token may be: subprotocol (Sec-WebSocket-Protocol: odinws, bearer.<JWT>), "
+        "header (Authorization: Bearer), query (?token=).",
+        choices=("subprotocol", "header", "query"))
+    secret: str = setting("", "HS256 shared secret (prefer auth.secret_file).", live=True)
+    secret_file: str = setting("", "File holding the HS256 shared secret.", live=True)
+    public_key_file: str = setting("", "PEM public key for RS256/ES256 tokens.", live=True)
+    jwks_file: str = setting("", "JWKS file (keys chosen by kid); re-read on SIGHUP.", live=True)
+    jwks_url: str = setting(
+        "", "HTTPS URL of a JWKS (keys chosen by kid), instead of auth.jwks_file: each shard "
+        "fetches it at start, every auth.jwks_refresh seconds and when a token names an unknown "
+        "kid; while it is unreachable the keys already fetched keep working.", live=True)
+    jwks_ca_file: str = setting(
+        "", "PEM CA certificates that verify auth.jwks_url's server (empty = the system's trust "
+        "store).", live=True)
+    jwks_refresh: float = setting(
+        300.0, "Seconds between two fetches of auth.jwks_url.", minimum=1, live=True)
+    jwks_min_refresh: float = setting(
+        30.0, "A token with an unknown kid makes the shard fetch auth.jwks_url again at most "
+        "once per this many seconds.", minimum=0.1, live=True)
+    jwks_timeout: float = setting(
+        5.0, "Seconds a fetch of auth.jwks_url may take (connect, TLS, answer).", minimum=0.1,
+        live=True)
+    audience: str = setting(
+        "", "Required aud claim (empty: tokens must carry no aud claim, as RFC 7519 asks).",
+        live=True)
+    issuer: str = setting("", "Required iss claim (empty = not checked).", live=True)
+    leeway: float = setting(30.0, "Clock skew allowed for exp/nbf, seconds.", minimum=0, live=True)
+    channels_claim: str = setting(
+        "channels", "Claim listing the channel patterns a client may subscribe to.", live=True)
+    max_token_bytes: int = setting(
+        8192, "Longer tokens are refused unparsed.", minimum=256, live=True)
 
 
 @dataclass(frozen=True, slots=True)
 class GuardSettings:
-    """Resource guard: refuse new connections near the CPU/memory budget (cgroup limits, else the host)."""
+    """
+    Resource guard: refuse new connections near the CPU/memory budget (cgroup limits, else the
+    host).
+    """
 
-    cpu_threshold: float
-    memory_threshold: float
-    interval: float
+    cpu_threshold: float = setting(
+        0.9, "Refuse new connections while the node uses more than this fraction of its CPU "
+        "budget (0 = never).", minimum=0, live=True)
+    memory_threshold: float = setting(
+        0.85, "Refuse new connections while the node uses more than this fraction of its memory "
+        "budget (0 = never).", minimum=0, live=True)
+    interval: float = setting(1.0, "Seconds between resource samples.", minimum=0.1)
 
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
     """Logging."""
 
-    format: str
-    level: str
-    audit_file: str
-    max_lines_per_second: int
+    format: str = setting(
+        "text", "text or json (one JSON object per line).",
+        choices=("text", "json"), flag="log-format")
+    level: str = setting("info", "Lowest level logged.", choices=("debug", "info", "warn", "error"))
+    audit_file: str = setting(
+        "", "Also write the audit stream (rejections, rate-limit closes, shard restarts, reloads) "
+        "as JSON lines to this file; empty = main log only.")
+    max_lines_per_second: int = setting(
+        50, "Lines with the same message allowed per second; the rest are counted and summarised.",
+        minimum=1)
 
 
 @dataclass(frozen=True, slots=True)
 class DemoSettings:
     """The demo page (off by default)."""
 
-    enabled: bool
+    enabled: bool = setting(False, "Serve the demo page at / on the public port.")
+
+
+class Validated(Protocol):
+    """
+    The validated configuration a L{Settings} is built from and keeps
+    (L{odin_ws.common.config.Config}: config.py derives its schema from
+    this module, so this one names only what it uses of it).
+    """
+
+    def __getitem__(self, key: str) -> Any: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def group_id(self) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
+#: The heading of the top-level settings in the example file.
+NODE_DOC = "Node identity and process layout."
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of one process, by section; C{config} is what it was built from."""
 
-    node_id: str
-    shards: int
-    cpu_affinity: object
     listen: ListenSettings
     kafka: KafkaSettings
     limits: LimitsSettings
@@ -220,19 +472,30 @@ class Settings:
     guard: GuardSettings
     log: LogSettings
     demo: DemoSettings
-    config: Config
+    config: Validated
+    # The top-level settings (the example file's first section): last, as
+    # type checkers take setting() for a default.
+    node_id: str = setting(
+        "", "Name of this node; empty means the host name. The Kafka consumer group is "
+        "<kafka.group>-<node_id>.", example_only=True)
+    shards: int = setting(
+        1, "Number of shard processes (one per CPU core is best).", minimum=1, flag="shards")
+    cpu_affinity: object = setting(
+        "auto", "'auto' pins shard i to the i-th CPU the parent may use (respects cpusets), 'off' "
+        "leaves scheduling to the kernel, or a list of CPU numbers.")
 
     @classmethod
-    def from_config(cls, config: Config) -> Settings:
+    def from_config(cls, config: Validated) -> "Settings":
         """Build the typed view of C{config} (lists become tuples, dicts read-only)."""
-        sections = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name in _SECTIONS:
-                section = _SECTIONS[f.name]
-                sections[f.name] = section(**{
-                    g.name: _frozen(config[f"{f.name}.{g.name}"]) for g in fields(section)})
-        return cls(node_id=config.node_id, shards=config["shards"],
-                   cpu_affinity=_frozen(config["cpu_affinity"]), config=config, **sections)
+            if isinstance(f.type, type) and is_dataclass(f.type):
+                values[f.name] = f.type(**{
+                    g.name: _frozen(config[f"{f.name}.{g.name}"]) for g in fields(f.type)})
+            elif spec_of(f) is not None:
+                values[f.name] = _frozen(config[f.name])
+        values["node_id"] = config.node_id
+        return cls(config=config, **values)
 
     @property
     def group_id(self) -> str:
@@ -246,20 +509,3 @@ def _frozen(value: Any) -> Any:
     if isinstance(value, dict):
         return MappingProxyType({k: _frozen(v) for k, v in value.items()})
     return value
-
-
-_SECTIONS: dict[str, type] = {
-    "listen": ListenSettings,
-    "kafka": KafkaSettings,
-    "limits": LimitsSettings,
-    "keepalive": KeepaliveSettings,
-    "outbound": OutboundSettings,
-    "hub": HubSettings,
-    "history": HistorySettings,
-    "supervisor": SupervisorSettings,
-    "tls": TlsSettings,
-    "auth": AuthSettings,
-    "guard": GuardSettings,
-    "log": LogSettings,
-    "demo": DemoSettings,
-}

@@ -29,10 +29,10 @@ class Node(service.MultiService):
     the listeners. SIGHUP re-reads the configuration.
 
     @param settings: the settings the node started with.
-    @param load_config: reads the configuration again (file, environment,
+    @param load_settings: reads the configuration again (file, environment,
         the command line's flags on top), for a reload.
     @param check_keys: raises L{configmod.ConfigError} for keys and
-        certificates a shard would refuse.
+        certificates of these settings a shard would refuse.
     @param systemd: tells systemd about readiness, status, the watchdog and
         the drain (L{odin_ws.parent.systemd}); None when not run by systemd.
     @param holders: every parent component that holds settings (both
@@ -42,8 +42,8 @@ class Node(service.MultiService):
 
     def __init__(self, reactor, settings: Settings, *, supervisor, listeners,
                  dispatchers, admission, guard, holders,
-                 load_config: Callable[[], configmod.Config],
-                 check_keys: Callable[[configmod.Config], object],
+                 load_settings: Callable[[], Settings],
+                 check_keys: Callable[[Settings], object],
                  systemd: SystemdNotifier | None = None):
         super().__init__()
         self.reactor = reactor
@@ -54,7 +54,7 @@ class Node(service.MultiService):
         self.admission = admission
         self.guard = guard
         self.holders = holders
-        self._load_config = load_config
+        self._load_settings = load_settings
         self._check_keys = check_keys
         self.systemd = systemd
         supervisor.setServiceParent(self)
@@ -89,27 +89,25 @@ class Node(service.MultiService):
         live. The one reload path: one L{Settings} is built and handed to
         every holder, and the applied configuration to every alive shard.
         """
-        old = self._settings.config
         try:
-            new = self._load_config()
+            new = self._load_settings()
         except configmod.ConfigError as e:
             audit.error("reload refused: {e}", e=str(e))
             return
-        applied, live, restart = configmod.apply_live(old, new)
+        settings, live, restart = configmod.apply_live(self._settings, new)
         try:
             # As at start-up: keys and certificates the shards would refuse
             # refuse the whole reload (and restarted shards could not start).
-            self._check_keys(applied)
+            self._check_keys(settings)
         except configmod.ConfigError as e:
             audit.error("reload refused: {e}", e=str(e))
             return
-        settings = Settings.from_config(applied)
         self._settings = settings
         # The supervisor is one of the holders: shards started from now on
         # (restarts after a crash) get the reloaded configuration too.
         for holder in self.holders:
             holder.reconfigure(settings)
-        blob = applied.to_json().encode()
+        blob = settings.config.to_json().encode()
         for handle in self.supervisor.shards:
             if handle.alive:
                 handle.call(commands.Reload, config=blob).addErrback(

@@ -75,7 +75,7 @@ class ParentLink(amp.AMP):
 
     @commands.Reload.responder
     def reload(self, config):
-        self.shard.reload(Config.from_json(config.decode()))
+        self.shard.reload(Settings.from_config(Config.from_json(config.decode())))
         return {}
 
     @commands.Drain.responder
@@ -96,12 +96,12 @@ class Shard(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, config: Config, number: int,
+    def __init__(self, reactor: Any, settings: Settings, number: int,
                  control_fd: int | None = 3):
         super().__init__()
         self.reactor = reactor
         #: Every setting, typed; replaced as a whole by L{reconfigure}.
-        self.settings = settings = Settings.from_config(config)
+        self.settings = settings
         self.number = number
         self.control_fd = control_fd
         self.accepting = True
@@ -146,7 +146,9 @@ class Shard(service.MultiService):
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
-        install_logging(self.settings.log, parent)
+        # The parent logs each line of a shard's output with its own
+        # timestamp (odin_ws/parent/supervisor.py): one timestamp per line.
+        install_logging(self.settings.log, parent, timestamps=False)
 
     def startService(self) -> None:
         if self.control_fd is not None:
@@ -226,10 +228,9 @@ class Shard(service.MultiService):
             handoff.adopt(self.reactor, fd, self.factory, head)
         return len(self.connections)
 
-    def reload(self, new: Config) -> None:
+    def reload(self, new: Settings) -> None:
         """Apply the settings that may change live; keep the rest until restart."""
-        applied, live, _ = apply_live(self.settings.config, new)
-        settings = Settings.from_config(applied)
+        settings, live, _ = apply_live(self.settings, new)
         try:
             verifier = auth.Verifier(settings.auth, self.jwks)
             options = tls.server_options(settings.tls) if tls.enabled(settings.tls) else None

@@ -63,7 +63,7 @@ class ConfigPipeTests(SynchronousTestCase):
         fd = self.pipe_with(cfg.to_json().encode())
         options = ShardOptions()
         options.parseOptions(["--index", "1", "--config-fd", str(fd)])
-        self.assertEqual(options.config["limits.max_connections_per_shard"], 777)
+        self.assertEqual(options.settings.limits.max_connections_per_shard, 777)
 
     def test_not_started_by_the_parent(self):
         """Without the pipe the shard stops with status 2 and one line saying who starts it."""

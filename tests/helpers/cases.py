@@ -209,7 +209,7 @@ class ShardTestCase(unittest.TestCase):
         self.patch(txaio.config, "loop", self.clock)
         config = configmod.load(None, environ={}).replace(**self.settings)
         self.config = config
-        self.shard = Shard(self.clock, config, 0, control_fd=None)
+        self.shard = Shard(self.clock, Settings.from_config(config), 0, control_fd=None)
         self.clients: list[ShardClient] = []
         self.offsets = itertools.count()
         self.audit: list[dict] = []
@@ -219,6 +219,10 @@ class ShardTestCase(unittest.TestCase):
                 self.audit.append(event)
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def reload_shard(self, **changes: object) -> None:
+        """Reload the shard with the test's configuration and C{changes} (as Config.replace takes them)."""
+        self.shard.reload(Settings.from_config(self.config.replace(**changes)))
 
     def connect(self, ip: str = "10.0.0.1", headers: tuple[str, ...] = (),
                 transport=None, expect: int = 101) -> ShardClient:

@@ -7,6 +7,7 @@ reactor and the shard's end of a control channel.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from confluent_kafka import KafkaError
 from twisted.internet import abstract, error
@@ -18,6 +19,7 @@ from twisted.test import iosim
 
 from odin_ws.common import metrics
 from odin_ws.common.commands import Deliver, Drain, Reload
+from odin_ws.common.settings import Settings
 from odin_ws.common.twisted_internals import held
 from odin_ws.parent.admission import Admission
 from odin_ws.shard.delivery.outbox import OutboxHolder
@@ -127,6 +129,17 @@ class FakeProcess:
         else:
             reason = error.ProcessDone(0)
         self.proto.processEnded(Failure(reason))
+
+
+class FakeOptions:
+    """
+    What C{tap.makeService} uses of the command line: the settings, and how
+    to load them again on a reload (default: the same settings).
+    """
+
+    def __init__(self, settings: Settings, load: Callable[[], Settings] | None = None):
+        self.settings = settings
+        self.load = load or (lambda: settings)
 
 
 class FakeReactor(MemoryReactorClock):

@@ -3,7 +3,7 @@ Tests for L{odin_ws.parent.node}: the parent as C{makeService} assembles it,
 and the one reload path (issue 16: a reload must reach every component that
 holds settings, /health and the admin listener included). Driven by fakes:
 a fake reactor whose shard processes are never real, AMP over L{iosim}, and
-a fake C{load_config} standing for the re-read file.
+a fake C{load_settings} standing for the re-read file.
 """
 
 from __future__ import annotations
@@ -16,15 +16,8 @@ from odin_ws import tap
 from odin_ws.common import config as configmod
 from odin_ws.common.commands import Register, Stats
 from odin_ws.common.launch import SHARD_CONFIG_FD
-from tests.helpers import FakeReactor, FdTransport, Response, connect_shard, get, sample
-
-
-class FakeOptions:
-    """What makeService uses of the command line: the config and how to load it again."""
-
-    def __init__(self, config: configmod.Config, load):
-        self.config = config
-        self.load = load
+from odin_ws.common.settings import Settings
+from tests.helpers import FakeOptions, FakeReactor, FdTransport, Response, connect_shard, get, sample
 
 
 class ReloadTests(SynchronousTestCase):
@@ -39,9 +32,10 @@ class ReloadTests(SynchronousTestCase):
         self.started = configmod.load(None, environ={}).replace(
             shards=2, cpu_affinity="off", listen__port="tcp:0",
             listen__admin_port="tcp:0:interface=127.0.0.1")
-        #: What the configuration file says now (load_config's answer).
+        #: What the configuration file says now (load_settings' answer).
         self.file = self.started
-        self.node = tap.makeService(FakeOptions(self.started, self.load), reactor=self.reactor)
+        self.node = tap.makeService(FakeOptions(Settings.from_config(self.started), self.load),
+                                    reactor=self.reactor)
         self.public, self.admin = self.node.dispatchers
         self.node.supervisor.startService()
         self.addCleanup(self.stop)
@@ -55,10 +49,10 @@ class ReloadTests(SynchronousTestCase):
             pump.flush()
             self.shards.append((shard, pump))
 
-    def load(self) -> configmod.Config:
+    def load(self) -> Settings:
         if isinstance(self.file, Exception):
             raise self.file
-        return self.file
+        return Settings.from_config(self.file)
 
     def stop(self) -> None:
         d = self.node.supervisor.stopService()

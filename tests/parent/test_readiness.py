@@ -19,10 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from odin_ws import tap
 from odin_ws.common import config as configmod
 from odin_ws.common.commands import Handoff, Register, Stats
+from odin_ws.common.settings import Settings
 from odin_ws.parent.admission import Admission
 from tests.helpers import (
     UPGRADE,
     DispatcherTestCase,
+    FakeOptions,
     FakeReactor,
     FakeShard,
     FdTransport,
@@ -206,14 +208,6 @@ class RestartHoldTests(BalanceTestCase):
         self.assertEqual(self.response(transport).status, 200)
 
 
-class FakeOptions:
-    """What makeService uses of the command line: the config and how to load it again."""
-
-    def __init__(self, config: configmod.Config):
-        self.config = config
-        self.load = lambda: config
-
-
 class NodeStartupTests(SynchronousTestCase):
     """
     The startup gate as C{makeService} wires it (supervisor, admission,
@@ -227,7 +221,7 @@ class NodeStartupTests(SynchronousTestCase):
         config = configmod.load(None, environ={}).replace(
             shards=2, cpu_affinity="off", listen__port="tcp:0")
         self.config = config
-        self.node = tap.makeService(FakeOptions(config), reactor=self.reactor)
+        self.node = tap.makeService(FakeOptions(Settings.from_config(config)), reactor=self.reactor)
         self.node.admission.node_started()
         self.node.supervisor.startService()
         self.addCleanup(self.stop)

@@ -18,8 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from odin_ws import tap
 from odin_ws.common import config as configmod
 from odin_ws.common.commands import Register, Stats
+from odin_ws.common.settings import Settings
 from odin_ws.parent import systemd
-from tests.helpers import FakeReactor, connect_shard
+from tests.helpers import FakeOptions, FakeReactor, connect_shard
 
 
 class NotifyListener:
@@ -187,14 +188,6 @@ class SystemdNotifierTests(SynchronousTestCase):
         self.assertEqual(self.listener.messages(), [])
 
 
-class FakeOptions:
-    def __init__(self, config: configmod.Config):
-        self.config = config
-
-    def load(self) -> configmod.Config:
-        return self.config
-
-
 class NodeNotifyTests(SynchronousTestCase):
     """The node as makeService assembles it, started with and without NOTIFY_SOCKET."""
 
@@ -204,7 +197,7 @@ class NodeNotifyTests(SynchronousTestCase):
         self.patch(os, "environ", {**os.environ, **environ})
         cfg = configmod.load(None, environ={}).replace(shards=2, cpu_affinity="off",
                                                        listen__port="tcp:0")
-        return reactor, tap.makeService(FakeOptions(cfg), reactor=reactor)
+        return reactor, tap.makeService(FakeOptions(Settings.from_config(cfg)), reactor=reactor)
 
     def test_without_notify_socket(self):
         """Without NOTIFY_SOCKET the node has no notifier: nothing is sent, nothing changes."""

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import jwt
 
 from odin_ws.common.channels import WILDCARD, InvalidChannel, parse_pattern
-from odin_ws.common.config import Config, ConfigError
-from odin_ws.common.settings import AuthSettings, Settings
+from odin_ws.common.config import ConfigError
+from odin_ws.common.settings import AuthSettings
 from odin_ws.shard.clients.jwks import PUBLIC_ALGORITHMS, JwksKey, check_url, load_jwks, trust_root
 
 SUBPROTOCOL = "odinws"
@@ -90,13 +90,6 @@ def subprotocol(offered: Iterable[str]) -> str | None:
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def auth_settings(settings: AuthSettings | Config) -> AuthSettings:
-    """The C{auth} section; a whole L{Config} is still taken (C{tap.check_keys} passes one)."""
-    if isinstance(settings, Config):
-        return Settings.from_config(settings).auth
-    return settings
-
-
 class KeySource(Protocol):
     """Keys that change under a verifier: a JWKS URL's (L{odin_ws.shard.clients.jwks.RemoteJwks})."""
 
@@ -116,8 +109,8 @@ class Verifier:
         configuration only).
     """
 
-    def __init__(self, settings: AuthSettings | Config, remote: KeySource | None = None):
-        self.settings = settings = auth_settings(settings)
+    def __init__(self, settings: AuthSettings, remote: KeySource | None = None):
+        self.settings = settings
         self._remote = remote
         self.enabled = settings.mode == "jwt"
         self.claim = settings.channels_claim

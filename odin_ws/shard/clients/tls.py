@@ -11,15 +11,8 @@ from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from odin_ws.common.config import Config, ConfigError
-from odin_ws.common.settings import Settings, TlsSettings
-
-
-def tls_settings(settings: TlsSettings | Config) -> TlsSettings:
-    """The C{tls} section; a whole L{Config} is still taken (C{tap.check_keys} passes one)."""
-    if isinstance(settings, Config):
-        return Settings.from_config(settings).tls
-    return settings
+from odin_ws.common.config import ConfigError
+from odin_ws.common.settings import TlsSettings
 
 
 def _read(settings: TlsSettings, name: str) -> bytes:
@@ -31,19 +24,18 @@ def _read(settings: TlsSettings, name: str) -> bytes:
         raise ConfigError(f"tls.{name}: cannot read {path}: {e.strerror}") from None
 
 
-def enabled(settings: TlsSettings | Config) -> bool:
+def enabled(settings: TlsSettings) -> bool:
     """Is TLS configured (a certificate named)?"""
-    return bool(tls_settings(settings).certificate)
+    return bool(settings.certificate)
 
 
-def server_options(settings: TlsSettings | Config) -> ssl.CertificateOptions:
+def server_options(settings: TlsSettings) -> ssl.CertificateOptions:
     """
     Certificate chain + key from PEM files; TLS 1.2 at least; the library's
     default ciphers.
 
     @raise ConfigError: unreadable or mismatched files, named by key.
     """
-    settings = tls_settings(settings)
     chain = _read(settings, "certificate")
     key_pem = _read(settings, "private_key") if settings.private_key else chain
     try:

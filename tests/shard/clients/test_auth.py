@@ -12,16 +12,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.trial import unittest
 
 from odin_ws.common import config
-from odin_ws.common.settings import Settings
+from odin_ws.common.settings import AuthSettings, Settings
 from odin_ws.shard.clients import auth
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
 
-def make_config(**settings) -> config.Config:
+def make_auth(**settings) -> AuthSettings:
+    """The typed auth section of jwt mode with the test secret, C{settings} on top."""
     base = {"auth.mode": "jwt", "auth.secret": SECRET}
     base.update(settings)
-    return config.Config(config.validate(base))
+    return Settings.from_config(config.Config(config.validate(base))).auth
 
 
 def hs(claims: dict, secret: str = SECRET, **headers) -> str:
@@ -32,8 +33,7 @@ def hs(claims: dict, secret: str = SECRET, **headers) -> str:
 
 class VerifyTests(unittest.TestCase):
     def setUp(self):
-        self.v = auth.Verifier(Settings.from_config(
-            make_config(**{"auth.audience": "odin", "auth.leeway": 0})).auth)
+        self.v = auth.Verifier(make_auth(**{"auth.audience": "odin", "auth.leeway": 0}))
 
     def assertRefused(self, token, reason):
         e = self.assertRaises(auth.AuthError, self.v.verify, token)
@@ -95,37 +95,32 @@ class VerifyTests(unittest.TestCase):
 
     def test_disabled(self):
         """With auth.mode none every connection gets everything."""
-        v = auth.Verifier(config.Config(config.validate({})))
+        v = auth.Verifier(Settings.from_config(config.Config(config.validate({}))).auth)
         self.assertTrue(v.verify(None).allows("X", "trade"))
 
     def test_no_keys_is_config_error(self):
         """jwt mode without any key is a configuration error naming auth.mode."""
         e = self.assertRaises(config.ConfigError, auth.Verifier,
-                              make_config(**{"auth.secret": ""}))
+                              make_auth(**{"auth.secret": ""}))
         self.assertIn("auth.mode", str(e))
 
 
 class SettingsTests(unittest.TestCase):
-    def test_section_or_whole_config(self):
-        """
-        A Verifier is built from the typed auth section; a whole Config
-        (what tap.check_keys passes) gives the same settings.
-        """
-        cfg = make_config(**{"auth.audience": "odin"})
-        typed = auth.Verifier(Settings.from_config(cfg).auth)
-        whole = auth.Verifier(cfg)
-        self.assertEqual(typed.settings, whole.settings)
-        self.assertEqual((typed.audience, typed.sources), ("odin", ("subprotocol", "header", "query")))
+    def test_typed_section(self):
+        """A Verifier reads the typed auth section: its audience and token sources."""
+        typed = auth.Verifier(make_auth(**{"auth.audience": "odin"}))
+        self.assertEqual((typed.audience, typed.sources),
+                         ("odin", ("subprotocol", "header", "query")))
 
     def test_unreadable_file_names_the_key(self):
         """A key file that cannot be read is a configuration error naming its key."""
-        e = self.assertRaises(config.ConfigError, auth.Verifier, Settings.from_config(
-            make_config(**{"auth.secret_file": self.mktemp()})).auth)
+        e = self.assertRaises(config.ConfigError, auth.Verifier,
+                              make_auth(**{"auth.secret_file": self.mktemp()}))
         self.assertIn("auth.secret_file: cannot read", str(e))
 
     def test_describe_names_key_sources_never_secrets(self):
         """describe() names where keys come from and never the secret itself."""
-        text = auth.describe(Settings.from_config(make_config()).auth)
+        text = auth.describe(make_auth())
         self.assertIn("auth: jwt, keys from auth.secret", text)
         self.assertNotIn(SECRET, text)
         self.assertEqual(auth.describe(Settings.from_config(
@@ -144,7 +139,7 @@ class PublicKeyTests(unittest.TestCase):
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-        v = auth.Verifier(make_config(**{"auth.secret": "",
+        v = auth.Verifier(make_auth(**{"auth.secret": "",
                                          "auth.public_key_file": self.write(pem)}))
         token = jwt.encode({"exp": time.time() + 60, "channels": ["odin.token.A.*"]}, key,
                            algorithm="RS256")
@@ -160,7 +155,7 @@ class PublicKeyTests(unittest.TestCase):
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-        v = auth.Verifier(make_config(**{"auth.secret": "",
+        v = auth.Verifier(make_auth(**{"auth.secret": "",
                                          "auth.public_key_file": self.write(pem)}))
         # PyJWT refuses to HMAC-sign with a PEM key, so build the confusion token by hand.
         header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
@@ -178,7 +173,7 @@ class PublicKeyTests(unittest.TestCase):
         jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
         jwk.update({"kid": "k1", "alg": "ES256", "use": "sig"})
         path = self.write(json.dumps({"keys": [jwk]}).encode())
-        v = auth.Verifier(make_config(**{"auth.secret": "", "auth.jwks_file": path}))
+        v = auth.Verifier(make_auth(**{"auth.secret": "", "auth.jwks_file": path}))
         token = jwt.encode({"exp": time.time() + 60, "channels": ["odin.token.*.*"]}, key,
                            algorithm="ES256", headers={"kid": "k1"})
         self.assertTrue(v.verify(token).allows("Z", "price"))
@@ -206,7 +201,7 @@ class PublicKeyTests(unittest.TestCase):
         keys[2]["alg"] = "RS256"
         self.assertNotIn("alg", keys[0])
         path = self.write(json.dumps({"keys": keys}).encode())
-        v = auth.Verifier(make_config(**{"auth.secret": "", "auth.jwks_file": path}))
+        v = auth.Verifier(make_auth(**{"auth.secret": "", "auth.jwks_file": path}))
 
         def token(key, alg, kid):
             return jwt.encode({"exp": time.time() + 60, "channels": ["odin.token.*.*"]}, key,
@@ -229,7 +224,7 @@ class PublicKeyTests(unittest.TestCase):
         """A JWKS holding no usable RSA or EC key fails start-up naming auth.jwks_file."""
         path = self.write(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).encode())
         e = self.assertRaises(config.ConfigError, auth.Verifier,
-                              make_config(**{"auth.secret": "", "auth.jwks_file": path}))
+                              make_auth(**{"auth.secret": "", "auth.jwks_file": path}))
         self.assertIn("auth.jwks_file", str(e))
 
 

@@ -202,7 +202,7 @@ class ConfigTests(unittest.SynchronousTestCase):
 
     def check(self, **changes):
         cfg = configmod.load(None, environ={}).replace(auth__mode="jwt", **changes)
-        return auth.Verifier(cfg)
+        return auth.Verifier(Settings.from_config(cfg).auth)
 
     def test_https_only(self):
         """A URL that is not https:// (keys over plain HTTP could be swapped) is a config error."""

@@ -312,7 +312,7 @@ class RefusalTests(StreamTestCase):
 
     def test_snapshot_too_large(self):
         """A snapshot past limits.max_snapshot_events is refused before the stream."""
-        self.shard.reload(self.config.replace(limits__max_snapshot_events=1))
+        self.reload_shard(limits__max_snapshot_events=1)
         self.deliver(self.event("A"), self.event("B"))
         self.refused({"channels": "odin.token.*.trade", "snapshot": "1"}, 400,
                      messages.SNAPSHOT_TOO_LARGE)
@@ -325,7 +325,7 @@ class RefusalTests(StreamTestCase):
 
     def test_per_ip_limit_429(self):
         """Past limits.max_connections_per_ip on the shard: 429 too_many_connections."""
-        self.shard.reload(self.config.replace(limits__max_connections_per_ip=1))
+        self.reload_shard(limits__max_connections_per_ip=1)
         self.stream({"channels": "odin.token.A.trade"})
         c = self.stream({"channels": "odin.token.A.trade"}, expect=429)
         self.assertEqual(c.error()["code"], "too_many_connections")
@@ -485,7 +485,7 @@ class UrlSubscribeTests(StreamTestCase):
 
     def test_snapshot_too_large_after_open_is_an_error_message(self):
         """The snapshot's size is checked at open: an error message, nothing subscribed."""
-        self.shard.reload(self.config.replace(limits__max_snapshot_events=1))
+        self.reload_shard(limits__max_snapshot_events=1)
         self.deliver(self.event("A"), self.event("B"))
         c = self.handshake("/ws?channels=odin.token.*.trade&snapshot=1")
         head = c.transport.value().partition(b"\r\n\r\n")[0]

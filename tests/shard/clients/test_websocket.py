@@ -327,8 +327,8 @@ class LiveRateTests(ShardTestCase):
         as a connection opened after it does.
         """
         old = self.connect()
-        self.shard.reload(self.config.replace(**{"limits.message_rate": 1.0,
-                                                 "limits.message_burst": 1}))
+        self.reload_shard(**{"limits.message_rate": 1.0,
+                                                 "limits.message_burst": 1})
         new = self.connect("10.0.0.2")
         for client in (old, new):
             self.assertEqual(self.pings(client, 20), ["pong"] + ["error"] * 19)
@@ -339,21 +339,21 @@ class LiveRateTests(ShardTestCase):
         A connection limited to 1 message per second gets 5 pongs a second
         later once a reload allowed 10 per second (burst 5).
         """
-        self.shard.reload(self.config.replace(**{"limits.message_rate": 1.0,
-                                                 "limits.message_burst": 1}))
+        self.reload_shard(**{"limits.message_rate": 1.0,
+                                                 "limits.message_burst": 1})
         client = self.connect()
         self.assertEqual(self.pings(client, 1), ["pong"])
-        self.shard.reload(self.config.replace(**{"limits.message_rate": 10.0,
-                                                 "limits.message_burst": 5}))
+        self.reload_shard(**{"limits.message_rate": 10.0,
+                                                 "limits.message_burst": 5})
         self.advance(1)
         self.assertEqual(self.pings(client, 10), ["pong"] * 5 + ["error"] * 5)
 
     def test_outbound_limits_reach_an_open_connection(self):
         """outbound.max_buffer_bytes and disconnect_grace reloaded reach an open connection's outbox."""
         client = self.connect()
-        self.shard.reload(self.config.replace(**{"outbound.max_buffer_bytes": 8192,
+        self.reload_shard(**{"outbound.max_buffer_bytes": 8192,
                                                  "kafka.max_record_bytes": 8192,
-                                                 "outbound.disconnect_grace": 1.5}))
+                                                 "outbound.disconnect_grace": 1.5})
         box = client.proto.outbox
         self.assertEqual((box.limit, box.grace), (8192, 1.5))
         self.assertEqual(self.shard.settings.outbound.max_buffer_bytes, 8192)
@@ -361,9 +361,9 @@ class LiveRateTests(ShardTestCase):
     def test_flush_delay_reaches_the_fanout(self):
         """outbound.flush_delay reloaded is the shard's flush window, and 0 switches it off."""
         self.assertEqual(self.shard.fanout.delay, 0.0)
-        self.shard.reload(self.config.replace(**{"outbound.flush_delay": 0.002}))
+        self.reload_shard(**{"outbound.flush_delay": 0.002})
         self.assertEqual(self.shard.fanout.delay, 0.002)
-        self.shard.reload(self.config.replace(**{"outbound.flush_delay": 0.0}))
+        self.reload_shard(**{"outbound.flush_delay": 0.0})
         self.assertEqual(self.shard.fanout.delay, 0.0)
 
 
@@ -472,5 +472,5 @@ class ShardSubscriptionBudgetTests(ShardTestCase):
         self.assertEqual(self.subscribe(second, *channels)["type"], "subscribed")
         self.assertEqual(self.subscribe(second, "odin.token.Z.trade")["code"],
                          "server_subscription_limit")
-        self.shard.reload(self.config.replace(**{"limits.max_shard_subscriptions": 6}))
+        self.reload_shard(**{"limits.max_shard_subscriptions": 6})
         self.assertEqual(self.subscribe(second, "odin.token.Z.trade")["type"], "subscribed")
