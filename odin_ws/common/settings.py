@@ -125,7 +125,13 @@ class KafkaSettings:
         "", "JSON field that overrides the topic's event type when present; empty means the topic "
         "decides.")
     start_offset: str = setting(
-        "latest", "Where a new consumer group starts.", choices=("latest", "earliest"))
+        "latest", "Where a new consumer group starts. A partition that appears while the node "
+        "runs (added to a topic, or a topic created or recreated) is read from its beginning "
+        "either way, unless the group has an offset for it.", choices=("latest", "earliest"))
+    metadata_refresh_ms: int = setting(
+        5000, "How often each consumer re-reads the topics' metadata (librdkafka "
+        "topic.metadata.refresh.interval.ms, its default 5 minutes): partitions added to a topic, "
+        "and a topic created, deleted or recreated, are seen within this time.", minimum=100)
     max_record_bytes: int = setting(
         131072, "Records with a larger value are skipped and counted (reason too_large). At most "
         "outbound.max_buffer_bytes.", minimum=1)

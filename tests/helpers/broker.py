@@ -160,9 +160,12 @@ class TestBroker:
         from confluent_kafka.admin import NewPartitions
         for future in self.admin.create_partitions([NewPartitions(topic, total)]).values():
             future.result(timeout=timeout)
-        wait_metadata(self.admin,
-                      lambda topics: topic in topics and len(topics[topic].partitions) == total,
-                      timeout, f"{topic} with {total} partitions")
+        def grown(topics) -> bool:
+            return topic in topics and len(topics[topic].partitions) == total
+        wait_metadata(self.admin, grown, timeout, f"{topic} with {total} partitions")
+        if self._producer is not None:
+            # Its metadata cache would refuse the new partitions for minutes.
+            wait_metadata(self._producer, grown, timeout, f"{topic} grown for the producer")
 
 
 def wait_metadata(admin, done, timeout: float, what: str) -> None:

@@ -24,6 +24,19 @@ from tests.helpers.node import Node
 SECRET = "browser-secret-of-at-least-32-bytes!"
 
 
+#: Found when the tests moved to Apache Kafka, whose sessions are at least 6 s,
+#: so a killed shard's partition stays unread ~6 s (~2 s on Tansu): the client
+#: reconnects meanwhile. On the other shard its positions of that partition
+#: are ahead of what the node has consumed: recovery says recovered false,
+#: ahead (the WebSocket test, some runs); once the partition moves and is
+#: re-read from its last commit, events the client already has arrive again
+#: as live (the SSE test, "went from n=61 to n=44", 3 runs in 4). Kept
+#: running as known failures until issue 21's shard-kill work (static
+#: membership or KIP-848) or a per-stream mark for "ahead" positions fixes it.
+KILLED_SHARD_ON_KAFKA = ("Apache Kafka: positions ahead of the shard after a shard kill "
+                         "(recovered false, ahead; re-read events delivered again as live)")
+
+
 class ClientBrowserCase(unittest.TestCase):
     shards = 1
 
@@ -117,6 +130,10 @@ class ReconnectTests(ClientBrowserCase):
         shards = self.node.health()[1]["shards"]
         self.assertNotIn(victim, [s["pid"] for s in shards])
 
+    if BROKER_KIND == "kafka":
+        test_reconnects_after_its_shard_is_killed_and_recovers.todo = (  # type: ignore[attr-defined]
+            KILLED_SHARD_ON_KAFKA)
+
 
 class SnapshotTests(ClientBrowserCase):
     rounds = 20
@@ -152,19 +169,8 @@ class SseFallbackTests(ClientBrowserCase):
         self.assertPassed(script)
 
     if BROKER_KIND == "kafka":
-        # Found when the tests moved to Apache Kafka (its sessions are at least
-        # 6 s, so the killed shard's partition stays unread ~6 s, not ~2 s):
-        # the restarted shard's warm-up history lets the client recover past
-        # what the other shard has consumed of that partition; the new stream
-        # of the last step lands on that other shard with positions ahead of
-        # it, and once the partition is reassigned and re-read from its last
-        # commit, events the client already has arrive again as live
-        # ("went from n=61 to n=44"). Fails 3 runs in 4. Kept running as a
-        # known failure until issue 21's shard-kill work (static membership
-        # or KIP-848) or a per-subscription mark for "ahead" positions fixes it.
         test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there.todo = (  # type: ignore[attr-defined]
-            "Apache Kafka: a stream opened with positions ahead of its shard gets "
-            "re-read events as live once the killed shard's partition moves")
+            KILLED_SHARD_ON_KAFKA)
 
 
 class TokenTests(ClientBrowserCase):
