@@ -363,6 +363,9 @@ class PartitionsAddedTests(RecoveryNodeCase):
         client that went away recovers the new partitions' events it missed.
         """
         node = self.node(**{"kafka.start_offset": "latest"})
+        # A running node: every shard has had its first assignment, when a
+        # shard takes the partition counts it compares with (topiclayout).
+        node.wait_spread()
         client, watcher = self.connect(node), self.connect(node)
         tracker, watched = Tracker(), Tracker()
         self.subscribe(client, tracker, since=[])
