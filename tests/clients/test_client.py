@@ -213,3 +213,25 @@ class RequestTests(ClientCase):
                 self.assertEqual((raised.exception.error.code, sub.state),
                                  ("forbidden", State.FAILED))
         self.drive(node, scenario)
+
+
+class PositionsRefreshTests(ClientCase):
+    def test_current_positions_are_asked_for_periodically(self):
+        """Every positions_refresh s the held patterns are subscribed again with since: []."""
+        async def node_side(ws: ServerConnection) -> None:
+            msg = await node.recv(ws)
+            await ws.send(json.dumps({"type": "subscribed", "channels": msg["channels"],
+                                      "id": msg["id"], "recovered": True, "replayed": 0,
+                                      "positions": ["t:0:e:4"]}))
+            await node.recv(ws)
+            await ws.wait_closed()
+        node = FakeNode([node_side])
+
+        async def scenario(url: str) -> None:
+            async with self.client(url, positions_refresh=0.05) as client:
+                client.subscribe("odin.token.A.trade")
+                while len(node.received) < 1 or len(node.received[0]) < 2:
+                    await asyncio.sleep(0.01)
+        self.drive(node, scenario)
+        self.assertEqual([(m["channels"], m["since"]) for m in node.received[0]],
+                         [(["odin.token.A.trade"], [])] * 2)
