@@ -209,6 +209,8 @@ class MultiShardTests(NodeTestCase):
             return {(s.name, s.labels.get("shard")): s.value
                     for f in text_string_to_metric_families(text) for s in f.samples
                     if s.name.startswith("process_")}
+        # The group settles first: a shard opens descriptors when it gets its partition.
+        self.node.wait_spread()
         before = process_samples()
         for name in ("process_open_fds", "process_max_fds", "process_resident_memory_bytes",
                      "process_virtual_memory_bytes", "process_cpu_seconds_total",
