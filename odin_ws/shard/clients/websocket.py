@@ -188,6 +188,19 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             return
         session.message(payload)
 
+    def onPing(self, payload: bytes) -> None:
+        # Control frames are client messages too (issue 23, H4): empty pings
+        # at ~40k/s held a shard's reactor and were never refused. Each one
+        # spends a token of the message rate; a flood is closed with 1008.
+        if self.state == self.STATE_OPEN and self.session.message_allowed():
+            super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        # Autobahn has already matched the answer to its own keepalive ping
+        # (one per keepalive.ping_interval, well inside the rate).
+        if self.state == self.STATE_OPEN:
+            self.session.message_allowed()
+
     def reply(self, payload: bytes) -> None:
         """
         A reply to the client goes out behind the events already queued for
@@ -207,6 +220,10 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             # sendClose() refuses 1008 (it allows 1000 and 3000-4999 only);
             # sendCloseFrame is the same closing handshake without that check.
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+            # A flooding client is read no more: what it still sends would
+            # cost parsing until the close handshake times out (2 s), after
+            # which the connection is dropped.
+            self.transport.pauseProducing()
         else:
             self.sendClose(code, reason)
 

@@ -136,6 +136,31 @@ class RateLimitTests(ShardTestCase):
         self.assertEqual(self.shard.subscriptions.total, 1)
         self.assertTrue(calm.open)
 
+    def test_control_frame_flood_closes_1008(self):
+        """
+        Empty pings, and empty pongs, count in the message rate (issue 23,
+        H4): of 10,000 in one read, the first limits.message_burst pings are
+        answered, then rate_limited errors, then a 1008 close; the flooder
+        is read no more, and another client of the shard is still served.
+        """
+        burst = self.config["limits.message_burst"]
+        strikes = self.config["limits.rate_strikes"]
+        calm = self.connect("10.0.0.2")
+        self.subscribe(calm, "odin.token.CALM.trade")
+        for opcode, answers in ((9, burst), (10, 0)):
+            flooder = self.connect("10.0.0.3")
+            flooder.send(client_frame(opcode, b"") * 10000)
+            frames = flooder.frames()
+            self.assertEqual([op for op, _ in frames[:answers]], [10] * answers)
+            errors = [json.loads(p) for op, p in frames[answers:-1]]
+            self.assertEqual([e.get("code") for e in errors], ["rate_limited"] * strikes)
+            self.assertEqual((frames[-1][0], close_code(frames[-1][1])), (8, 1008))
+            self.assertEqual(flooder.transport.producerState, "paused")
+            self.assertEqual(self.publish("CALM"), calm.frames()[0][1])
+            self.advance(2.5)
+            self.assertTrue(flooder.lost)
+        self.assertTrue(calm.open)
+
     def test_slowing_down_is_forgiven(self):
         """A client that pauses after hitting the limit is served again and not closed."""
         burst = self.config["limits.message_burst"]
