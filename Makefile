@@ -6,15 +6,23 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo lint test test-unit test-deb bench bench-cost capacity clean venv
 
-venv: $(STAMP)
+# TypeScript, pinned in clients/js/package-lock.json: checks the JS client's
+# declarations (odinws.d.ts) in make test.
+TSC := clients/js/node_modules/.bin/tsc
+
+venv: $(STAMP) $(TSC)
 
 # The daemon with its test extras, and the Python client (clients/python, a
 # distribution of its own that the daemon's package does not ship).
-$(STAMP): setup.cfg requirements.lock clients/python/pyproject.toml
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' -e clients/python --config-settings editable_mode=compat
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' -e clients/python
 	touch $(STAMP)
+
+$(TSC): clients/js/package-lock.json
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TSC)
 
 # The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
 PORT ?= 3005
@@ -26,8 +34,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint
+# The integration tests run against Apache Kafka (its jars fetched with
+# Maven on first use, odinws_tools/kafka/pom.xml); ODINWS_TEST_BROKER=tansu
+# runs them against the demo's embedded broker instead.
+test: $(STAMP) $(TSC) lint
 	node --test clients/js/test/*.test.mjs
+	$(TSC) -p clients/js
+	$(PY) -m odinws_tools.kafka --fetch
 	$(VENV)/bin/trial --jobs=2 tests
 
 test-deb: $(STAMP)
@@ -35,6 +48,7 @@ test-deb: $(STAMP)
 
 # Everything but tests/integration (no broker, no processes).
 test-unit: $(STAMP)
+	$(PY) -m odinws_tools.kafka --fetch
 	$(VENV)/bin/trial --jobs=2 tests.clients tests.common tests.parent tests.shard tests.tools tests.test_layout tests.test_head_differential
 
 # 12,000 subscribed connections (CONNECTIONS=40000 for more) for 60 s against

@@ -27,12 +27,11 @@ from odin_ws.shard.clients import auth, messages, sse
 from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
+from odin_ws.shard.clients.refusal import Refused, bad_origin
 from odin_ws.shard.clients.session import (
     CLOSE_POLICY,
     CLOSE_SLOW_CONSUMER,
-    Refused,
     Session,
-    bad_origin,
     count_closed,
 )
 from odin_ws.shard.delivery.frames import text_frame
