@@ -238,12 +238,13 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             return
         self.outbox = None
         session.closed(outbox, self.factory.host.subscriptions)
-        if self.closedByMe and self.localCloseCode is not None:
+        by_server = self.closedByMe and self.localCloseCode is not None
+        if by_server:
             # We closed first (1007, 1008, 1009, 4008, ...): count our code,
             # not the client's echo, nor the 1006 of a client that never
             # answered our close frame.
             code = self.localCloseCode
-        count_closed(code, wasClean)
+        count_closed(code, wasClean, by_server)
 
 
 class ClientFactory(WebSocketServerFactory):

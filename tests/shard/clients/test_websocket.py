@@ -465,6 +465,24 @@ class CloseCodeLabelTests(ShardTestCase):
         self.assertEqual(metrics.close_code_label(4999), "other_4xxx")
         self.assertEqual(metrics.close_code_label(None), "none")
 
+    def test_client_sent_server_codes_are_not_server_decisions(self):
+        """
+        A client closing with 4008 (or 4000, 4001) is not counted as a slow
+        consumer the server disconnected (issue 23, L4): its close is
+        counted as clean with code other_4xxx, and no slow_consumer series
+        moves.
+        """
+        slow = sample("odinws_connections_closed_total", reason="slow_consumer", code="4008")
+        other = sample("odinws_connections_closed_total", reason="clean", code="other_4xxx")
+        for n, code in enumerate((4008, 4000, 4001)):
+            client = self.connect(f"10.2.0.{n + 1}")
+            client.send(client_frame(8, code.to_bytes(2, "big") + b"bye"))
+            self.assertTrue(client.lost)
+        self.assertEqual(sample("odinws_connections_closed_total", reason="slow_consumer",
+                                code="4008"), slow)
+        self.assertEqual(sample("odinws_connections_closed_total", reason="clean",
+                                code="other_4xxx"), other + 3)
+
 
 class ShardSubscriptionBudgetTests(ShardTestCase):
     settings = {"limits.max_shard_subscriptions": 5}
