@@ -6,26 +6,37 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo lint test test-unit test-deb bench bench-cost capacity clean venv
 
-venv: $(STAMP)
+# TypeScript, pinned in clients/js/package-lock.json: checks the JS client's
+# declarations (odinws.d.ts) in make test.
+TSC := clients/js/node_modules/.bin/tsc
+
+venv: $(STAMP) $(TSC)
 
 # The daemon with its test extras, and the Python client (clients/python, a
 # distribution of its own that the daemon's package does not ship).
-$(STAMP): setup.cfg requirements.lock clients/python/pyproject.toml
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[test,lint]' -e clients/python --config-settings editable_mode=compat
 	touch $(STAMP)
 
+$(TSC): clients/js/package-lock.json
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TSC)
+
+# The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
+PORT ?= 3005
 demo: $(STAMP)
-	$(PY) -m odinws_tools.demo
+	$(PY) -m odinws_tools.demo --port $(PORT)
 
 # The style and type gate (ruff, mypy; configured in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) $(TSC) lint
 	node --test clients/js/test/*.test.mjs
+	$(TSC) -p clients/js
 	$(VENV)/bin/trial --jobs=2 tests
 
 test-deb: $(STAMP)

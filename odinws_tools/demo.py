@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -266,7 +265,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(line, file=out, flush=True)
 
     if not port_is_free(args.port):
-        say(f"odinws demo: port {args.port} is in use; choose another with --port")
+        say(f"odinws demo: port {args.port} is in use; choose another: make demo PORT=<port> "
+            "(or --port)")
         return 2
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -278,8 +278,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         stack.start()
     except Interrupted:
-        shutil.rmtree(workdir, ignore_errors=True)
-        say("stopped.")
+        say(f"stopped; logs kept in {workdir}")
         return 130
     except Exception as e:  # noqa: BLE001 - reported with the logs' place, then exit
         say(f"odinws demo: could not start: {e}\nlogs: {workdir}")
@@ -300,8 +299,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     if problem:
         say(f"odinws demo: {problem}\nlogs: {workdir}")
         return 1
-    shutil.rmtree(workdir, ignore_errors=True)
-    say("stopped.")
+    # The folder printed at the start stays: its logs are read after a run.
+    say(f"stopped; logs kept in {workdir}")
     return 0
 
 

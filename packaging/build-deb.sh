@@ -10,10 +10,11 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(realpath -m "${1:-$repo/dist/deb}")
 
-version=$(sed -n 's/^version *= *//p' "$repo/setup.cfg")
+# The one version number (pyproject.toml reads it from there too).
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/odin_ws/__init__.py")
 deb_version=$(dpkg-parsechangelog -l "$repo/packaging/debian/changelog" -S Version)
 if [ "$version" != "$deb_version" ]; then
-    echo "build-deb: setup.cfg says $version but packaging/debian/changelog says" \
+    echo "build-deb: odin_ws/__init__.py says $version but packaging/debian/changelog says" \
          "$deb_version; add a changelog entry (dch -v $version)" >&2
     exit 1
 fi
@@ -26,7 +27,7 @@ mkdir -p "$src"
 # Tracked and new (not ignored) files of what the package is built from.
 cd "$repo"
 git ls-files -z --cached --others --exclude-standard -- \
-        setup.cfg setup.py pyproject.toml README.md requirements.lock \
+        pyproject.toml LICENSE README.md requirements.lock \
         odin_ws twisted etc/odinws.yaml systemd docs |
     while IFS= read -r -d '' f; do
         if [ -f "$f" ]; then cp --parents -- "$f" "$src/"; fi

@@ -33,6 +33,16 @@ export interface StateChange {
   retryIn?: number | null;
 }
 
+export interface Fallback {
+  /** The transport that did not open, and the one tried next. */
+  from: string;
+  to: string;
+  /** Why it did not open (browsers report a refused WebSocket handshake as 1006). */
+  reason: CloseReason;
+  /** The same in one line, e.g. "odinws: websocket did not open (close 1006); trying sse". */
+  message: string;
+}
+
 export interface OdinError {
   /** The server's error code (docs/protocol.md), or "get_token_failed". */
   code: string;
@@ -146,16 +156,16 @@ export class Subscription implements Events<SubscriptionEvents> {
   unsubscribe(): void;
 }
 
-export class OdinWS implements Events<{ state: StateChange; error: OdinError }> {
+export class OdinWS implements Events<{ state: StateChange; error: OdinError; fallback: Fallback }> {
   constructor(url: string, options?: OdinWSOptions);
   readonly url: string;
   readonly state: ConnectionState;
   /** The transport of the current (or last) connection. */
   readonly transport: "websocket" | "sse" | string | null;
-  on<K extends "state" | "error">(
-    event: K, fn: (value: { state: StateChange; error: OdinError }[K]) => void): () => void;
-  off<K extends "state" | "error">(
-    event: K, fn: (value: { state: StateChange; error: OdinError }[K]) => void): void;
+  on<K extends "state" | "error" | "fallback">(
+    event: K, fn: (value: { state: StateChange; error: OdinError; fallback: Fallback }[K]) => void): () => void;
+  off<K extends "state" | "error" | "fallback">(
+    event: K, fn: (value: { state: StateChange; error: OdinError; fallback: Fallback }[K]) => void): void;
   connect(): void;
   close(): void;
   subscribe<T = unknown>(channel: string, options?: SubscribeOptions,

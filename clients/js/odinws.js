@@ -413,7 +413,9 @@ const POSITION_ERRORS = new Set(["invalid_position", "unknown_position", "too_ma
 /**
  * A connection to an odinws node that stays up: reconnects with backoff,
  * subscribes again (recovering what it missed), refreshes its token. Emits
- * "state" ({state, reason, retryIn}) and "error" ({code, message, request}).
+ * "state" ({state, reason, retryIn}), "error" ({code, message, request}) and
+ * "fallback" ({from, to, reason, message}) when a transport did not open and
+ * the next one in `transports` (Server-Sent Events after WebSocket) is tried.
  */
 export class OdinWS extends Emitter {
   #options;
@@ -618,11 +620,21 @@ export class OdinWS extends Emitter {
     if (opened !== null && this.#env.now() - opened >= this.#options.stableAfter * 1000) {
       this.#attempt = 0;
     }
+    const reason = {code, text};
     if (opened === null) {
       // Never opened: the next attempt tries the next transport.
-      this.#transportIndex = (this.#transportIndex + 1) % this.#options.transports.length;
+      const {transports} = this.#options;
+      const from = transports[this.#transportIndex];
+      this.#transportIndex = (this.#transportIndex + 1) % transports.length;
+      if (this.#transportIndex > 0 && this.#wanted) {
+        // Said, not silent: a proxy refusing upgrades, a blocked port, a
+        // refused handshake (browsers tell no status: 1006) would otherwise
+        // go unnoticed behind a working stream.
+        const to = transports[this.#transportIndex];
+        this.emit("fallback", {from, to, reason, message: `odinws: ${from} did not open `
+          + `(close ${code}${text ? `: ${text}` : ""}); trying ${to}`});
+      }
     }
-    const reason = {code, text};
     let retry = this.#wanted;
     if (FINAL_CODES.has(code) || (code === TOKEN_EXPIRED && !this.#getToken)) {
       this.#wanted = retry = false;

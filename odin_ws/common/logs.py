@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
@@ -144,16 +145,32 @@ class Redactor:
 
 def make_observer(fmt: str, level: str, out: IO[str] | None = None,
                   audit_out: IO[str] | None = None, per_second: int = 50,
-                  now: Callable[[], float] | None = None) -> ILogObserver:
-    """The process's log observer for C{log.format}/C{log.level}."""
+                  now: Callable[[], float] | None = None,
+                  timestamps: bool = True) -> ILogObserver:
+    """
+    The process's log observer for C{log.format}/C{log.level}. Without
+    C{timestamps}, text lines start with C{[system]}: a shard's lines are
+    logged again by the parent, with the parent's timestamp.
+    """
     out = sys.stdout if out is None else out
-    base = jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
+    if fmt == "json":
+        base = jsonFileLogObserver(out, recordSeparator="")
+    elif timestamps:
+        base = textFileLogObserver(out)
+    else:
+        base = FileLogObserver(out, _untimed)
     filtered = FilteringLogObserver(
         FloodGuard(Redactor(base), per_second, now or time.time),
         [LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])])
     if audit_out is None:
         return filtered
     return _AuditRouter(Redactor(jsonFileLogObserver(audit_out, recordSeparator="")), filtered)
+
+
+def _untimed(event: LogEvent) -> str:
+    """Twisted's classic text line without its timestamp."""
+    text = eventAsText(event, includeTimestamp=False, includeSystem=True)
+    return text.replace("\n", "\n\t") + "\n"
 
 
 @implementer(ILogObserver)
@@ -171,7 +188,7 @@ class _AuditRouter:
 
 
 
-def install_logging(log: LogSettings, parent: object) -> None:
+def install_logging(log: LogSettings, parent: object, timestamps: bool = True) -> None:
     """
     Give twistd's Application our log observer (format, level, audit file,
     flood guard): twistd asks the application for an ILogObserver component
@@ -189,7 +206,8 @@ def install_logging(log: LogSettings, parent: object) -> None:
         except OSError as e:
             fail(f"configuration error: log.audit_file: {e.strerror}")
     parent.setComponent(ILogObserver, make_observer(
-        log.format, log.level, audit_out=audit_out, per_second=log.max_lines_per_second))
+        log.format, log.level, audit_out=audit_out, per_second=log.max_lines_per_second,
+        timestamps=timestamps))
 
 
 def silenced(name: str) -> logging.Logger:

@@ -146,7 +146,9 @@ class Shard(service.MultiService):
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
-        install_logging(self.settings.log, parent)
+        # The parent logs each line of a shard's output with its own
+        # timestamp (odin_ws/parent/supervisor.py): one timestamp per line.
+        install_logging(self.settings.log, parent, timestamps=False)
 
     def startService(self) -> None:
         if self.control_fd is not None:

@@ -30,7 +30,8 @@
 //
 // sse: WebSocket is blocked (the page's WebSocket never opens: what a proxy
 // that refuses upgrades looks like to a browser); the library falls back to
-// Server-Sent Events, gets a snapshot and live events in order, and after
+// Server-Sent Events, saying so (a "fallback" event with the close code),
+// gets a snapshot and live events in order, and after
 // the caller SIGKILLs the shard holding the stream ("READY") reconnects over
 // SSE and recovers what it missed, as over WebSocket; a subscription added
 // then opens a new stream, and the others go on without a gap.
@@ -308,12 +309,14 @@ async function snapshot(lastN) {
 async function sse() {
   await open({ blockWebSocket: true });
   await page.evaluate((url) => {
-    const rec = window.rec = { states: [], errors: [], trades: [], abc: [], prices: [] };
+    const rec = window.rec = { states: [], errors: [], trades: [], abc: [], prices: [],
+                               fallbacks: [] };
     // Default transports (websocket, sse); a 4 s outage as in start(..., true).
     const client = window.client = new window.OdinWS(url, { backoffBase: 4,
                                                             env: { random: () => 1 } });
     client.on("state", (s) => rec.states.push({ ...s, transport: client.transport, at: Date.now() }));
     client.on("error", (e) => rec.errors.push({ ...e, at: Date.now() }));
+    client.on("fallback", (f) => rec.fallbacks.push(f));
     const keep = (list) => (e) => list.push({ channel: e.channel, seq: e.data.seq, n: e.data.n,
                                               snapshot: e.snapshot === true, at: Date.now() });
     window.subs = [client.subscribe("odin.token.*.trade", {}, keep(rec.trades)),
@@ -326,11 +329,19 @@ async function sse() {
   await until(() => window.client.state === "connected"
                  && window.subs.every((s) => s.state === "subscribed"));
   const first = await page.evaluate(() => ({ transport: window.client.transport,
-                                             blocked: window.blockedSockets }));
+                                             blocked: window.blockedSockets,
+                                             fallback: window.rec.fallbacks[0] }));
   log(`connected over ${first.transport} after ${first.blocked} blocked WebSocket attempt(s)`);
   if (first.transport !== "sse" || first.blocked < 1) {
     throw new Error(`expected the sse fallback after a blocked WebSocket, got ${JSON.stringify(first)}`);
   }
+  // The fallback is said, with why: not a silent switch.
+  const said = first.fallback;
+  if (!said || said.from !== "websocket" || said.to !== "sse" || said.reason?.code !== 1006
+      || !/websocket did not open \(close 1006\); trying sse/.test(said.message)) {
+    throw new Error(`expected a "fallback" event websocket -> sse (1006), got ${JSON.stringify(said)}`);
+  }
+  log(`"fallback" event: ${said.message}`);
   await until(() => window.rec.prices.length >= 2);
   const prices = (await rec()).prices;
   if (!prices[0].snapshot || prices.slice(1).some((e) => e.snapshot)) {

@@ -32,6 +32,20 @@ class ObserverTests(unittest.TestCase):
         emit(logs.make_observer("text", "info", out), who="world")
         self.assertIn("hello world", out.getvalue())
 
+    def test_text_without_timestamps(self):
+        """
+        A shard's text lines carry no timestamp (the parent adds its own when
+        it logs them): they start with the system; multi-line text stays
+        one entry (continuation lines indented), as in Twisted's format.
+        """
+        out = io.StringIO()
+        emit(logs.make_observer("text", "info", out, timestamps=False), fmt="a\nb {who}",
+             who="x", log_system="shard")
+        self.assertEqual(out.getvalue(), "[shard] a\n\tb x\n")
+        timed = io.StringIO()
+        emit(logs.make_observer("text", "info", timed), who="x", log_system="shard")
+        self.assertRegex(timed.getvalue(), r"^\d{4}-\d\d-\d\dT\S+ \[shard\] hello x\n$")
+
     def test_level(self):
         """Events below log.level are dropped."""
         out = io.StringIO()

@@ -73,7 +73,9 @@ def write_config(workdir: str, brokers: str) -> str:
         # /metrics is read on the public port below (off by default); no
         # admin listener: its default port (3006) may be an installed
         # service's on this host.
-        "listen": {"public_metrics": True, "admin_port": ""},
+        # startup_grace: READY=1 then means both shards registered, even on
+        # a busy machine.
+        "listen": {"public_metrics": True, "admin_port": "", "startup_grace": 60.0},
     }
     path = os.path.join(workdir, "odinws.yaml")
     with open(path, "w") as f:

@@ -34,7 +34,8 @@ class AdminListenerTests(unittest.TestCase):
         """
         With etc/odinws.yaml as shipped, the node has an admin listener on
         127.0.0.1 that answers /metrics (the node's exposition) and /health,
-        while the public port keeps /metrics to itself (404). Only the
+        while the public port keeps /metrics to itself (404); its log gives
+        each shard line one timestamp, the parent's. Only the
         admin port's number is changed (the documented 3006 may be taken on
         a shared test host), the interface is the default's; the node's
         id, brokers and topic come from the environment, as on a host.
@@ -63,6 +64,12 @@ class AdminListenerTests(unittest.TestCase):
         self.assertEqual((status, json.loads(body)["status"]), (200, "ok"))
         self.assertEqual(http_get(public, "/metrics")[0], 404)
         self.assertEqual(http_get(admin, "/ws")[0], 404)
+        # The shipped text log: a shard's lines, relayed by the parent, carry
+        # the parent's timestamp only.
+        relayed = [line for line in node.tail(200_000).splitlines() if "shard 0: " in line]
+        self.assertTrue(relayed)
+        for line in relayed:
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\S+ \[[^]]*\] shard 0: \[")
 
     def test_admin_port_answers_during_a_head_flood(self):
         """

@@ -19,6 +19,7 @@ import tempfile
 import yaml
 from twisted.trial import unittest
 
+import odin_ws
 from odin_ws.common import config as configmod
 from odin_ws.common import metrics
 from tests.helpers import (
@@ -504,17 +505,16 @@ class PackagingTests(unittest.TestCase):
 
     def test_changelogMatchesVersion(self):
         """
-        The Debian changelog's newest entry is the setup.cfg version, so a
-        version bump cannot ship a package with the old number (build-deb.sh
-        refuses too, but only when someone builds).
+        The Debian changelog's newest entry is the project's version
+        (odin_ws.__version__, which pyproject.toml reads), so a version bump
+        cannot ship a package with the old number (build-deb.sh refuses
+        too, but only when someone builds).
         """
-        cfg = configparser.ConfigParser()
-        cfg.read(os.path.join(ROOT, "setup.cfg"))
         with open(os.path.join(ROOT, "packaging", "debian", "changelog")) as f:
             first = f.readline()
         match = re.match(r"odinws \(([^)]+)\)", first)
         self.assertIsNotNone(match, first)
-        self.assertEqual(match.group(1), cfg["metadata"]["version"])
+        self.assertEqual(match.group(1), odin_ws.__version__)
 
     def test_installsThePinnedProject(self):
         """

@@ -276,7 +276,9 @@ class TokenTests(PythonClientCase):
 
         async def scenario():
             async with self.client(node, token_provider=provider) as client:
-                got = Received(client.subscribe(ALL))
+                sub = client.subscribe(ALL)
+                got = Received(sub)
+                await sub.wait_subscribed()     # events from here on are owed
                 stop = self.pour(0.05)
                 await got.until(lambda: len(issued) >= 5, "four refreshes", timeout=60)
                 await asyncio.to_thread(stop)
@@ -306,7 +308,9 @@ class TokenTests(PythonClientCase):
             # No jitter: the outage lasts the whole first backoff (0.5 s,
             # about 10 events), so the client must recover them.
             async with self.client(node, token_provider=provider, rand=lambda: 1.0) as client:
-                got = Received(client.subscribe(ALL))
+                sub = client.subscribe(ALL)
+                got = Received(sub)
+                await sub.wait_subscribed()
                 stop = self.pour(0.05)
                 await until(lambda: 4001 in self.closes(), "the 4001")
                 await until(lambda: self.states[-1].state is ConnectionState.CONNECTED,

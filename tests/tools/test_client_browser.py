@@ -135,7 +135,8 @@ class SseFallbackTests(ClientBrowserCase):
     def test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there(self):
         """
         The page's WebSocket never opens (a proxy refusing upgrades): the
-        library falls back to Server-Sent Events, gets a snapshot then live
+        library falls back to Server-Sent Events, says so in a "fallback"
+        event (from, to, the close code), gets a snapshot then live
         events, and after the shard holding the stream is SIGKILLed it
         reconnects over SSE and recovers every missed event, in order, once;
         a subscription added then opens a new stream without a gap for the

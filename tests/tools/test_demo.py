@@ -7,6 +7,8 @@ process behind when interrupted.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,8 +95,9 @@ class DemoProgramTests(unittest.TestCase):
     def test_runs_and_stops_cleanly(self):
         """
         C{python -m odinws_tools.demo} prints the page URL once everything is up;
-        the page and /health answer; on SIGINT it exits 0 and every process
-        it started (broker, odinws and its shards, simulator) is gone.
+        the page and /health answer; on SIGINT it exits 0, every process
+        it started (broker, odinws and its shards, simulator) is gone, and
+        the logs folder it printed is still there with odinws's log.
         """
         port = free_port()
         proc = self.start_demo("--port", str(port), "--shards", "2", "--tokens", "5",
@@ -113,8 +116,12 @@ class DemoProgramTests(unittest.TestCase):
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         self.assertEqual(proc.returncode, 0, output + rest)
-        self.assertIn("stopped.", rest)
         self.assert_all_gone(started)
+        logs = re.search(r"logs:\s+(\S+)", output).group(1)
+        self.assertIn(f"stopped; logs kept in {logs}", rest)
+        self.addCleanup(shutil.rmtree, logs, True)
+        with open(os.path.join(logs, "odinws.log")) as f:
+            self.assertIn("shard 0: ", f.read())
 
     def test_interrupted_while_starting(self):
         """
@@ -142,4 +149,16 @@ class DemoProgramTests(unittest.TestCase):
             result = subprocess.run([sys.executable, "-m", "odinws_tools.demo", "--port", str(port)],
                                     capture_output=True, text=True, env=env, timeout=60)
         self.assertEqual(result.returncode, 2)
+        self.assertIn(f"port {port} is in use; choose another: make demo PORT=<port>",
+                      result.stdout)
+
+    def test_make_demo_port(self):
+        """C{make demo PORT=...} hands the port to the demo (a busy one is then refused)."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            port = s.getsockname()[1]
+            result = subprocess.run(["make", "-s", "demo", f"PORT={port}"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 2, result.stdout + result.stderr)
         self.assertIn(f"port {port} is in use", result.stdout)

@@ -75,11 +75,16 @@ test("an SSE id is the shard's vector: its positions", () => {
 
 test("websocket first; when it fails to open, sse at once, with the same subscriptions", async () => {
   const c = client({transports: ["websocket", "sse"], sseUrl: "https://other.test/events"});
+  const fallbacks = [];
+  c.client.on("fallback", (f) => fallbacks.push(f));
   c.client.subscribe("odin.token.A.trade", {snapshot: true}, () => {});
   c.client.connect();
   assert.equal(c.WebSocket.sockets.length, 1);
   assert.equal(c.client.transport, "websocket");
   c.WebSocket.last().serverClose(1006);
+  assert.deepEqual(fallbacks, [{from: "websocket", to: "sse", reason: {code: 1006, text: ""},
+    message: "odinws: websocket did not open (close 1006); trying sse"}],
+    "the fallback is said, with why");
   assert.deepEqual(c.clock.pending(), [0], "no backoff before the fallback");
   c.clock.advance(0);
   await flush();
@@ -93,6 +98,19 @@ test("websocket first; when it fails to open, sse at once, with the same subscri
   assert.ok(c.clock.pending()[0] > 0);
   c.clock.advance(c.clock.pending()[0]);
   assert.equal(c.WebSocket.sockets.length, 2);
+  assert.equal(fallbacks.length, 1, "back to the first transport is a retry, not a fallback");
+});
+
+test("a transport that opened and dropped is retried, no fallback said", async () => {
+  const c = client({transports: ["websocket", "sse"]});
+  const fallbacks = [];
+  c.client.on("fallback", (f) => fallbacks.push(f));
+  c.client.connect();
+  c.WebSocket.last().open();
+  c.WebSocket.last().serverClose(1006);
+  c.clock.advance(c.clock.pending()[0]);
+  assert.equal(c.client.transport, "websocket");
+  assert.deepEqual(fallbacks, []);
 });
 
 test("events and acks over SSE; positions from ids; a reconnect recovers with since", async () => {
