@@ -6,7 +6,6 @@ websockets only, typed, and not part of the daemon's package.
 from __future__ import annotations
 
 import ast
-import configparser
 import os
 import sys
 import tomllib
@@ -56,11 +55,11 @@ class DistributionTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(os.path.join(PACKAGE, "py.typed")))
 
     def test_the_daemon_does_not_ship_it(self):
-        """The daemon's setup.cfg package list, applied to this tree, finds no client package."""
-        cfg = configparser.ConfigParser()
-        cfg.read(os.path.join(ROOT, "setup.cfg"))
-        include = cfg["options.packages.find"]["include"].split()
-        packages = find_namespace_packages(ROOT, include=include)
+        """The daemon's package list (pyproject.toml), applied to this tree, finds no client package."""
+        with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+            find = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]
+        packages = find_namespace_packages(ROOT, include=find["include"],
+                                           exclude=find.get("exclude", ()))
         self.assertIn("odin_ws", packages)
         self.assertEqual([p for p in packages if "odinws_client" in p or p.startswith("clients")],
                          [])
