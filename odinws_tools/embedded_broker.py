@@ -75,7 +75,7 @@ def port_is_free(port: int) -> bool:
 
 
 def create_topics(admin, names: Iterable[str], partitions: int = 1,
-                  timeout: float = TOPIC_TIMEOUT) -> None:
+                  timeout: float = TOPIC_TIMEOUT, replication: int = 1) -> None:
     """
     Create topics with an C{AdminClient} (existing ones are fine) and wait
     until the broker's metadata lists each with C{partitions} partitions.
@@ -83,7 +83,7 @@ def create_topics(admin, names: Iterable[str], partitions: int = 1,
     from confluent_kafka.admin import NewTopic
     names = list(names)
     futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+        [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in names],
         operation_timeout=timeout)
     for future in futures.values():
         try:

@@ -245,13 +245,16 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
 
 #: Every setting's environment variable; any other ODINWS_* name is a typo.
 BY_ENV: dict[str, Option] = {o.env: o for o in SCHEMA}
+#: ODINWS_* variables that are not settings: the test suite's broker choice
+#: (tests/helpers/broker.py), inherited by the nodes the tests start.
+NOT_SETTINGS = frozenset({"ODINWS_TEST_BROKER"})
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     # A misspelt variable would otherwise be ignored while the same typo in
     # the YAML file is fatal: refuse it the same way.
     for name in sorted(environ):
-        if name.startswith("ODINWS_") and name not in BY_ENV:
+        if name.startswith("ODINWS_") and name not in BY_ENV and name not in NOT_SETTINGS:
             raise ConfigError(f"{name}: unknown environment variable, no setting has this "
                               f"name{did_you_mean(name, BY_ENV, 'ODINWS_')}")
     out = {}

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.datastructures import Headers
 
-from odinws_client import Client, ConnectionState, StateChange, Stopped
+from odinws_client import Client, ConnectionState, State, StateChange, Stopped, SubscriptionFailed
 
 Script = Callable[[ServerConnection], Awaitable[None]]
 
@@ -188,3 +188,50 @@ class RefusalTests(ClientCase):
                 self.assertEqual(raised.exception.status, 401)
         self.drive(node, scenario)
         self.assertEqual(len(node.requests), 1)
+
+
+class RequestTests(ClientCase):
+    def test_ping_and_a_refused_subscription(self):
+        """ping() is answered by the pong of its id; a refused subscribe fails wait_subscribed()."""
+        async def node_side(ws: ServerConnection) -> None:
+            while True:
+                msg = await node.recv(ws)
+                if msg["type"] == "ping":
+                    await ws.send(json.dumps({"type": "pong", "id": msg["id"]}))
+                else:
+                    await ws.send(json.dumps({"type": "error", "code": "forbidden",
+                                              "message": "not granted", "id": msg["id"]}))
+        node = FakeNode([node_side])
+
+        async def scenario(url: str) -> None:
+            async with self.client(url) as client:
+                await self.state(lambda c: c.state is ConnectionState.CONNECTED)
+                self.assertGreaterEqual(await client.ping(), 0.0)
+                sub = client.subscribe("odin.token.A.trade")
+                with self.assertRaises(SubscriptionFailed) as raised:
+                    await sub.wait_subscribed()
+                self.assertEqual((raised.exception.error.code, sub.state),
+                                 ("forbidden", State.FAILED))
+        self.drive(node, scenario)
+
+
+class PositionsRefreshTests(ClientCase):
+    def test_current_positions_are_asked_for_periodically(self):
+        """Every positions_refresh s the held patterns are subscribed again with since: []."""
+        async def node_side(ws: ServerConnection) -> None:
+            msg = await node.recv(ws)
+            await ws.send(json.dumps({"type": "subscribed", "channels": msg["channels"],
+                                      "id": msg["id"], "recovered": True, "replayed": 0,
+                                      "positions": ["t:0:e:4"]}))
+            await node.recv(ws)
+            await ws.wait_closed()
+        node = FakeNode([node_side])
+
+        async def scenario(url: str) -> None:
+            async with self.client(url, positions_refresh=0.05) as client:
+                client.subscribe("odin.token.A.trade")
+                while len(node.received) < 1 or len(node.received[0]) < 2:
+                    await asyncio.sleep(0.01)
+        self.drive(node, scenario)
+        self.assertEqual([(m["channels"], m["since"]) for m in node.received[0]],
+                         [(["odin.token.A.trade"], [])] * 2)

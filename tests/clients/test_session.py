@@ -223,6 +223,21 @@ class SnapshotTests(SessionCase):
         self.assertEqual((got(wild), got(exact)), ([10], ["s8", 10]))
 
 
+    def test_after_a_reconnect_the_snapshot_comes_only_if_recovery_failed(self):
+        """One message asks for both; a failed recovery's Gap says a snapshot follows."""
+        sub = self.subscribe("odin.token.A.price", snapshot=True)
+        self.session.opened()
+        [first] = self.hooks.take()
+        self.ack(first, recovered=True, replayed=0, snapshot=1, positions=[pos(0, 5)])
+        self.session.received(event("odin.token.A.price", 0, 5, snapshot=True))
+        [again] = self.reconnect()
+        self.assertEqual((again["since"], again["snapshot"]), ([pos(0, 5)], True))
+        self.ack(again, recovered=False, reason="too_old", snapshot=1, positions=[pos(0, 90)])
+        self.session.received(event("odin.token.A.price", 0, 90, snapshot=True))
+        self.session.received(event("odin.token.A.price", 0, 91))
+        self.assertEqual(got(sub), ["s5", ("gap", "too_old"), "s90", 91])
+
+
 class RefusalTests(SessionCase):
     def test_refused_batch_is_retried_one_by_one(self):
         """A refused resubscription batch is asked again per pattern; the bad one fails alone."""

@@ -94,6 +94,14 @@ class LoadTests(unittest.TestCase):
                                          "ODINWS_KAFKA_BROKERS": "k:9092"})
         self.assertEqual(cfg["kafka.brokers"], "k:9092")
 
+    def test_test_broker_env_is_not_a_setting(self):
+        """
+        ODINWS_TEST_BROKER (the test suite's broker choice, inherited by the
+        nodes the tests start) is not refused as a misspelt setting.
+        """
+        cfg = config.load(None, environ={"ODINWS_TEST_BROKER": "tansu"})
+        self.assertEqual(cfg["kafka.brokers"], config.load(None, environ={})["kafka.brokers"])
+
     def test_wrong_type(self):
         """A value of the wrong type names the key, what was expected and what was given."""
         self.assertConfigError("shards: two\n", "shards", "expected an integer", "'two'")

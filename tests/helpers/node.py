@@ -39,6 +39,29 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def descendants(pid: int) -> set[int]:
+    """Live (non-zombie) descendants of C{pid}, from /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces; the fields after ")" do not.
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     """Poll C{predicate} until it returns something truthy; fail after C{timeout}."""
     deadline = time.monotonic() + timeout
@@ -129,6 +152,16 @@ class Node:
             return body
         return wait_for(ready, timeout, 0.2, "odinws ready")
 
+    def wait_spread(self, timeout: float = 60.0) -> None:
+        """
+        Wait until every shard has partitions (give the topic at least as
+        many as shards). Apache Kafka gives a group's first member every
+        partition, and the later ones their share a rebalance after (seconds).
+        """
+        wait_for(lambda: all((s.get("kafka") or {}).get("assigned")
+                             for s in self.health()[1]["shards"]),
+                 timeout, 0.2, "partitions on every shard")
+
     def tail(self, n: int = 4000) -> str:
         try:
             with open(self.log_path, "rb") as f:
@@ -218,13 +251,3 @@ class Client:
     def close(self) -> None:
         self.ws.close()
 
-
-
-
-FAST_KAFKA = {
-    "kafka.session_timeout_ms": 2000,
-    "kafka.max_poll_interval_ms": 4000,
-    "kafka.start_offset": "earliest",
-    "kafka.consumer_config": {"statistics.interval.ms": 500, "auto.commit.interval.ms": 200,
-                              "fetch.wait.max.ms": 10},
-}

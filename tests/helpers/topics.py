@@ -14,8 +14,8 @@ import uuid
 from twisted.trial import unittest
 from websockets.exceptions import InvalidStatus
 
-from tests.helpers.broker import shared_broker
-from tests.helpers.node import FAST_KAFKA, Client, Node, wait_for
+from tests.helpers.broker import FAST_KAFKA, new_broker, shared_broker
+from tests.helpers.node import Client, Node, wait_for
 
 
 def stream(position: str) -> str:
@@ -26,7 +26,7 @@ def stream(position: str) -> str:
 class TopicNodeCase(unittest.TestCase):
     """
     Nodes on a fresh topic of C{partitions} partitions. C{produce} writes
-    events C{{"seq": n}} for three tokens (C{T0}..C{T2}), each token always on
+    events C{{"seq": n}} for C{tokens} tokens (C{T0}..C{T2}), each token always on
     the same partition as keyed records are, and remembers per partition
     which seqs went there (C{produced}).
     """
@@ -34,13 +34,22 @@ class TopicNodeCase(unittest.TestCase):
     shards = 2
     partitions = 2
     prefix = "it"
+    #: A broker of the test's own (it restarts it), not the process's shared one.
+    own_broker = False
+    #: Tokens C{produce} cycles through (token i on partition i % partitions).
+    tokens = 3
 
     def setUp(self):
-        self.broker = shared_broker()
-        self.topic = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
-        self.broker.create_topics([self.topic], partitions=self.partitions)
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
+        if self.own_broker:
+            self.broker = new_broker(self.workdir)
+            self.broker.start()
+            self.addCleanup(self.broker.stop)
+        else:
+            self.broker = shared_broker()
+        self.topic = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
+        self.broker.create_topics([self.topic], partitions=self.partitions)
         self.seq = 0
         self.produced: dict[int, list[int]] = {}
 
@@ -54,9 +63,13 @@ class TopicNodeCase(unittest.TestCase):
         self.addCleanup(node.stop)
         return node.start() if start else node
 
-    def produce(self, count: int, pad: int = 0) -> None:
+    def produce(self, count: int, pad: int = 0, flush: bool = True) -> None:
+        """
+        C{count} more events; with C{flush} False they are only queued in
+        the producer (which keeps retrying while the broker is down).
+        """
         for _ in range(count):
-            token = self.seq % 3
+            token = self.seq % self.tokens
             partition = token % self.partitions
             value: dict = {"seq": self.seq}
             if pad:
@@ -65,7 +78,8 @@ class TopicNodeCase(unittest.TestCase):
                                 partition=partition)
             self.produced.setdefault(partition, []).append(self.seq)
             self.seq += 1
-        self.broker.flush()
+        if flush:
+            self.broker.flush()
 
     def connect(self, node: Node) -> Client:
         """A WebSocket client of C{node}, retried while it answers 503 (a shard due back)."""

@@ -15,8 +15,8 @@ import uuid
 from twisted.trial import unittest
 
 from odin_ws.common import config
-from tests.helpers.broker import free_port, shared_broker
-from tests.helpers.node import FAST_KAFKA, ROOT, Node, http_get, wait_for
+from tests.helpers.broker import FAST_KAFKA, free_port, shared_broker
+from tests.helpers.node import ROOT, Node, http_get, wait_for
 
 SHIPPED = os.path.join(ROOT, "etc", "odinws.yaml")
 

@@ -13,8 +13,8 @@ from typing import cast
 
 from twisted.trial import unittest
 
-from tests.helpers.broker import TansuBroker, shared_broker
-from tests.helpers.node import FAST_KAFKA, Node, http_get, wait_for
+from tests.helpers.broker import FAST_KAFKA, new_broker, shared_broker
+from tests.helpers.node import Node, http_get, wait_for
 
 #: The consumer sees a topic created after its start at its next metadata
 #: refresh (5 minutes by librdkafka's default).
@@ -50,17 +50,16 @@ class BrokerStoppedTests(HealthCase):
         With the node's only broker stopped, /health turns 503
         kafka_unreachable once kafka.unreachable_grace has passed (the
         reason says for how long), and odinws_ready 0; with the broker back
-        (and its topic, storage is in memory) it is 200 ok again and no
-        shard shows the old error.
+        (and its topic: Tansu's storage is in memory) it is 200 ok again and
+        no shard shows the old error.
         """
-        broker = TansuBroker()
+        broker = new_broker(self.workdir)
         broker.start()
         self.addCleanup(broker.stop)
         broker.create_topics([self.topic], partitions=2)
         node = self.node(broker.bootstrap, **{"kafka.unreachable_grace": 3.0})
         node.start()
-        port = broker.port
-        broker.stop()
+        broker.down()
         body = self.health_is(node, "kafka_unreachable")
         self.assertEqual(node.health()[0], 503)
         self.assertFalse(body["kafka_connected"])
@@ -68,7 +67,7 @@ class BrokerStoppedTests(HealthCase):
         self.assertTrue(all(s["kafka"]["disconnected_for"] >= 3.0 for s in body["shards"]))
         self.assertIn(b"\nodinws_ready 0.0\n", http_get(node.port, "/metrics")[2])
 
-        broker.start(port)
+        broker.up()
         broker.create_topics([self.topic], partitions=2)
         node.wait_ready()
         body = self.health_is(node, "ok")
@@ -97,7 +96,8 @@ class MissingTopicTests(HealthCase):
         self.assertEqual(node.health()[1]["status"], "topics_missing")
 
         broker.create_topics([self.topic], partitions=2)
-        node.wait_ready()
+        # Every shard has its partition, so no shard still has the error.
+        node.wait_spread()
         body = self.health_is(node, "ok")
         self.assertEqual(body["missing_topics"], [])
         for shard in body["shards"]:

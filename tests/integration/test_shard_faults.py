@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import FAST_KAFKA
-from tests.helpers.broker import TansuBroker, shared_broker
+from tests.helpers.broker import new_broker, shared_broker
 from tests.helpers.node import Client, Node, pid_alive, wait_for
 from tests.helpers.topics import TopicNodeCase
 
@@ -271,7 +271,7 @@ class KafkaDownStopTests(unittest.TestCase):
         supervisor.kill_timeout, and no shard needs SIGKILL: closing the
         consumers does not block the shards' stop.
         """
-        broker = TansuBroker()
+        broker = new_broker(os.path.abspath(self.mktemp()))
         broker.start()
         self.addCleanup(broker.stop)
         topic = f"down-{uuid.uuid4().hex[:8]}"

@@ -24,31 +24,9 @@ from odinws_tools.demo import demo_config
 from odinws_tools.embedded_broker import free_port
 from tests.helpers.node import (
     ROOT,  # the repository root
+    descendants,
     pid_alive,
 )
-
-
-def _descendants(pid: int) -> set[int]:
-    """Live (non-zombie) descendants of C{pid}, from /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may hold spaces; the fields after ")" do not.
-        state, ppid = stat.rpartition(")")[2].split()[:2]
-        if state != "Z":
-            children.setdefault(int(ppid), []).append(int(name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 class DemoConfigTests(unittest.TestCase):
@@ -109,7 +87,7 @@ class DemoProgramTests(unittest.TestCase):
             self.assertIn(b"app.js", r.read())
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
             self.assertEqual(r.status, 200)
-        started = _descendants(proc.pid)
+        started = descendants(proc.pid)
         # Broker, odinws parent, two shards, simulator (at least).
         self.assertGreaterEqual(len(started), 5, output)
 
@@ -131,12 +109,15 @@ class DemoProgramTests(unittest.TestCase):
         proc = self.start_demo("--port", str(free_port()), "--shards", "1")
         output = self.read_until(proc, "starting odinws")
         self.assertIn("starting odinws", output)
-        started = _descendants(proc.pid)
+        started = descendants(proc.pid)
         self.assertTrue(started, "the broker should be running by now")
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         self.assertEqual(proc.returncode, 130, output + rest)
         self.assert_all_gone(started)
+        kept = re.search(r"logs kept in (\S+)", rest)
+        self.assertIsNotNone(kept, rest)
+        shutil.rmtree(kept.group(1), ignore_errors=True)
 
     def test_port_in_use(self):
         """A busy --port is reported in one line, exit code 2, nothing started."""

@@ -36,7 +36,7 @@ from odinws_tools.loadtest.stats import (
     missing_everywhere,
 )
 from odinws_tools.loadtest.worker import WorkerSpec, patterns_for
-from tests.helpers.broker import shared_broker
+from tests.helpers.broker import FAST_KAFKA, shared_broker
 from tests.helpers.node import Node, free_port
 
 
@@ -408,8 +408,9 @@ class RunTests(unittest.TestCase):
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         node = Node(workdir, broker.bootstrap, shards=2, settings={
-            "kafka.topics": {topic: "trade"}, "kafka.session_timeout_ms": 2000,
-            "kafka.max_poll_interval_ms": 4000,
+            "kafka.topics": {topic: "trade"},
+            "kafka.session_timeout_ms": FAST_KAFKA["kafka.session_timeout_ms"],
+            "kafka.max_poll_interval_ms": FAST_KAFKA["kafka.max_poll_interval_ms"],
             "kafka.consumer_config": {"fetch.wait.max.ms": 10}})
         self.addCleanup(node.stop)
         node.start()

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from odinws_tools import simulate
-from tests.helpers.broker import shared_broker
+from tests.helpers.broker import FAST_KAFKA, shared_broker
 from tests.helpers.node import ROOT  # the repository root
 
 
@@ -216,7 +216,8 @@ class ProgramTests(unittest.TestCase):
 
         consumer = Consumer({"bootstrap.servers": broker.bootstrap,
                              "group.id": f"sim-test-{suffix}", "auto.offset.reset": "earliest",
-                             "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
+                             "session.timeout.ms": FAST_KAFKA["kafka.session_timeout_ms"],
+                             "heartbeat.interval.ms": 500})
         self.addCleanup(consumer.close)
         consumer.subscribe(list(topics.values()))
         seen: Counter = Counter()

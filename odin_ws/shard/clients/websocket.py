@@ -27,12 +27,11 @@ from odin_ws.shard.clients import auth, messages, sse
 from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
+from odin_ws.shard.clients.refusal import Refused, bad_origin
 from odin_ws.shard.clients.session import (
     CLOSE_POLICY,
     CLOSE_SLOW_CONSUMER,
-    Refused,
     Session,
-    bad_origin,
     count_closed,
 )
 from odin_ws.shard.delivery.frames import text_frame
@@ -188,6 +187,19 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             return
         session.message(payload)
 
+    def onPing(self, payload: bytes) -> None:
+        # Control frames are client messages too (issue 23, H4): empty pings
+        # at ~40k/s held a shard's reactor and were never refused. Each one
+        # spends a token of the message rate; a flood is closed with 1008.
+        if self.state == self.STATE_OPEN and self.session.message_allowed():
+            super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        # Autobahn has already matched the answer to its own keepalive ping
+        # (one per keepalive.ping_interval, well inside the rate).
+        if self.state == self.STATE_OPEN:
+            self.session.message_allowed()
+
     def reply(self, payload: bytes) -> None:
         """
         A reply to the client goes out behind the events already queued for
@@ -207,6 +219,10 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             # sendClose() refuses 1008 (it allows 1000 and 3000-4999 only);
             # sendCloseFrame is the same closing handshake without that check.
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+            # A flooding client is read no more: what it still sends would
+            # cost parsing until the close handshake times out (2 s), after
+            # which the connection is dropped.
+            self.transport.pauseProducing()
         else:
             self.sendClose(code, reason)
 
@@ -222,12 +238,13 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             return
         self.outbox = None
         session.closed(outbox, self.factory.host.subscriptions)
-        if self.closedByMe and self.localCloseCode is not None:
+        by_server = self.closedByMe and self.localCloseCode is not None
+        if by_server:
             # We closed first (1007, 1008, 1009, 4008, ...): count our code,
             # not the client's echo, nor the 1006 of a client that never
             # answered our close frame.
             code = self.localCloseCode
-        count_closed(code, wasClean)
+        count_closed(code, wasClean, by_server)
 
 
 class ClientFactory(WebSocketServerFactory):

@@ -96,7 +96,7 @@ class Fanout:
         if len(items) == 1:
             self.publish(*items[0], outboxes)
             return
-        chunk = b"".join([item[0] for item in items])
+        chunk = b"".join([frame for frame, _, _ in items])
         tag = Chunk(items)
         self._spread((chunk, tag), len(chunk), outboxes, lambda box: box.push_parts(tag))
 

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -23,6 +24,16 @@ from odin_ws.common.events import Event, Partition
 from odin_ws.common.settings import KafkaSettings
 from odin_ws.shard.kafka.incarnations import TopicIncarnations
 from odin_ws.shard.kafka.records import RecordMapper
+
+
+@dataclass(slots=True)
+class PendingBatch:
+    """A batch handed over (or empty), until its offsets are stored."""
+
+    #: The next offset per partition the batch read up to.
+    offsets: dict[Partition, int]
+    #: The reactor has taken it (or it had no events to take).
+    taken: bool
 
 
 class LoopOwner(Protocol):
@@ -101,8 +112,8 @@ class ConsumerLoop:
         self.max_pending = max_pending
         self.next_id = 0
         self.in_flight = 0
-        # batch id -> [{partition: next offset}, taken?], in consumption order.
-        self.pending: dict[int, list] = {}
+        # batch id -> its offsets and whether it is taken, in consumption order.
+        self.pending: dict[int, PendingBatch] = {}
         self.assignment: set[Partition] = set()
         self.paused = False
         self.repause = False
@@ -229,7 +240,7 @@ class ConsumerLoop:
         self.ingest.broker_reached()
         batch_id = self.next_id
         self.next_id += 1
-        self.pending[batch_id] = [offsets, not events]
+        self.pending[batch_id] = PendingBatch(offsets, not events)
         if events:
             self.in_flight += 1
             self.ingest.hand_over(batch_id, events)
@@ -242,8 +253,8 @@ class ConsumerLoop:
             batch_id = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
             while True:
                 entry = self.pending.get(batch_id)
-                if entry is not None and not entry[1]:
-                    entry[1] = True
+                if entry is not None and not entry.taken:
+                    entry.taken = True
                     self.in_flight -= 1
                 batch_id = self.done.get_nowait()
         except queue.Empty:
@@ -254,13 +265,13 @@ class ConsumerLoop:
         """Store the offsets of the taken batches that no untaken batch precedes."""
         merged: dict[Partition, int] = {}
         for batch_id in list(self.pending):
-            offsets, taken = self.pending[batch_id]
-            if not taken:
+            batch = self.pending[batch_id]
+            if not batch.taken:
                 break
-            merged.update(offsets)
+            merged.update(batch.offsets)
             del self.pending[batch_id]
-        tps = [TopicPartition(t, p, o) for (t, p), o in merged.items()
-               if (t, p) in self.assignment]
+        tps = [TopicPartition(tp.topic, tp.partition, o) for tp, o in merged.items()
+               if tp in self.assignment]
         if tps:
             try:
                 self.consumer.store_offsets(offsets=tps)
@@ -337,9 +348,9 @@ class ConsumerLoop:
         # partitions: their new owner re-reads from the committed offset.
         self.take_done(0)
         gone = {Partition(tp.topic, tp.partition) for tp in partitions}
-        for offsets, _ in self.pending.values():
-            for tp in gone & offsets.keys():
-                del offsets[tp]
+        for batch in self.pending.values():
+            for tp in gone & batch.offsets.keys():
+                del batch.offsets[tp]
         self.assignment -= gone
         for tp in gone:
             self.positions.pop(tp, None)

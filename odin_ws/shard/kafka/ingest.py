@@ -381,6 +381,13 @@ class KafkaIngest(Service):
             # Retried by librdkafka every backoff: the state line reports it.
             metrics.KAFKA_ERRORS.labels(kind).inc()
             self._last_error = self._connection_error = err.str()
+        elif err.code() in _CONNECTION_ERRORS:
+            # Running: one broker connection failed (or a report of the outage
+            # arrived after the consumer was back), while the statistics say
+            # brokers answer. Counted and logged once; not the status's error,
+            # which would then outlive what it says (issue 28).
+            metrics.KAFKA_ERRORS.labels(kind).inc()
+            self.log_once(kind, "Kafka consumer: {error}", error=err.str())
         else:
             self.note_error(kind, err.str())
 

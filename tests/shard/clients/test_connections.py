@@ -1,6 +1,7 @@
 """
-The shard's client connections over real loopback TCP sockets and the real
-reactor: socket options, and the Outbox of an open connection.
+The shard's client connections: the registry (L{odin_ws.shard.clients.connections}),
+and over real loopback TCP sockets and the real reactor, socket options and
+the Outbox of an open connection.
 """
 
 from __future__ import annotations
@@ -108,3 +109,58 @@ class ShardConnectionTests(TestCase):
         self.assertTrue(box.inline)
         self.assertIs(box.sock, proto.transport.socket)
         self.assertEqual(box.fdno, proto.transport.fileno())
+
+
+class RegistryTests(TestCase):
+    """L{Connections}: the shard's open connections and the count per address."""
+
+    def registry(self, per_ip: int = 2):
+        from odin_ws.common import config as configmod
+        from odin_ws.common.settings import Settings
+        from odin_ws.shard.clients.connections import Connections
+        clock = Clock()
+        settings = Settings.from_config(configmod.load(None, environ={}).replace(
+            limits__max_connections_per_ip=per_ip))
+        return clock, Connections(clock, settings)
+
+    def test_per_ip_share(self):
+        """An address gets limits.max_connections_per_ip connections; a release makes room."""
+        _, reg = self.registry(per_ip=2)
+        self.assertEqual([reg.admit_ip("1.1.1.1") for _ in range(3)], [True, True, False])
+        self.assertTrue(reg.admit_ip("2.2.2.2"))
+        reg.release_ip("1.1.1.1")
+        self.assertEqual(reg.per_ip, {"1.1.1.1": 1, "2.2.2.2": 1})
+        self.assertTrue(reg.admit_ip("1.1.1.1"))
+        reg.release_ip("2.2.2.2")
+        self.assertNotIn("2.2.2.2", reg.per_ip)
+
+    def test_close_all_spreads_and_fires_when_the_last_is_gone(self):
+        """
+        close_all closes every connection with the code, spread over the
+        window, and fires with their number once the last one is lost.
+        """
+        from twisted.internet.testing import StringTransport
+        clock, reg = self.registry()
+
+        class Client:
+            def __init__(self):
+                self.transport = StringTransport()
+                self.closed = None
+
+            def close(self, code, reason):
+                self.closed = (clock.seconds(), code)
+
+        clients = [Client() for _ in range(4)]
+        for c in clients:
+            reg.made(c)
+        self.assertEqual(len(reg), 4)
+        done = []
+        reg.close_all(2.0, 4000, "restarting").addCallback(done.append)
+        clock.pump([0.0] + [0.5] * 3)
+        self.assertEqual(sorted(c.closed for c in clients),
+                         [(0.0, 4000), (0.5, 4000), (1.0, 4000), (1.5, 4000)])
+        for c in clients[:-1]:
+            reg.lost(c)
+        self.assertEqual(done, [])
+        reg.lost(clients[-1])
+        self.assertEqual(done, [4])
