@@ -180,5 +180,7 @@ class PromptCloseTLS(BufferingTLSTransport):
     """
 
     def _shutdownTLS(self) -> None:
-        super()._shutdownTLS()
-        self.transport.loseConnection()
+        super()._shutdownTLS()  # type: ignore[no-untyped-call]  # Twisted's is untyped
+        tcp_transport = self.transport
+        if tcp_transport is not None:
+            tcp_transport.loseConnection()

@@ -124,13 +124,13 @@ class TLSRefusalTests(TopicNodeCase):
         settings = dict(FAST_KAFKA)
         settings.update({"kafka.topics": {self.topic: "trade"},
                          "tls.certificate": self.cert_path, "limits.handshake_timeout": 60.0})
-        self.node = AdminNode(self.workdir, self.broker.bootstrap, shards=1, settings=settings)
-        self.addCleanup(self.node.stop)
-        self.node.start()
+        self.tls_node = AdminNode(self.workdir, self.broker.bootstrap, shards=1, settings=settings)
+        self.addCleanup(self.tls_node.stop)
+        self.tls_node.start()
 
     def tls_socket(self) -> ssl.SSLSocket:
         ctx = ssl.create_default_context(cadata=self.ca.pem.decode())
-        raw = socket.create_connection(("127.0.0.1", self.node.port), timeout=10)
+        raw = socket.create_connection(("127.0.0.1", self.tls_node.port), timeout=10)
         sock = ctx.wrap_socket(raw, server_hostname="localhost")
         self.addCleanup(sock.close)
         return sock
