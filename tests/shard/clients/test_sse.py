@@ -126,6 +126,24 @@ class StreamTests(StreamTestCase):
         self.assertNotIn(c.proto, self.shard.connections)
         self.assertEqual(self.shard.connections.per_ip, {})
 
+    def test_upload_ends_the_stream(self):
+        """
+        A client that sends bytes on its open stream (an upload the stream
+        would read and discard forever, issue 23 L2) gets a close event
+        1008 and the connection closes: it is read no more.
+        """
+        c = self.stream({"channels": "odin.token.A.trade"})
+        c.messages()
+        before = sample("odinws_connections_closed_total", reason="clean", code="1008")
+        c.proto.dataReceived(b"x" * 65536)
+        c.settle()
+        [close] = c.messages()
+        self.assertEqual((close.event, close.json()["code"]), ("close", 1008))
+        self.assertTrue(c.lost)
+        self.assertEqual(sample("odinws_connections_closed_total", reason="clean", code="1008"),
+                         before + 1)
+        self.assertEqual(self.shard.streams.index.total, 0)
+
     def test_counted_as_a_shard_client(self):
         """A stream is one of the shard's clients (capacity, drain, per-IP)."""
         c = self.stream({"channels": "odin.token.A.trade"})
