@@ -138,7 +138,7 @@ class SseStream(OutboxHolder, TwistedProtocol):
                                                            settings.kafka.topics))
         patterns = [(c.token, c.event_type) for c in msg.channels]
         try:
-            host.streams.check_budget(patterns)
+            host.streams.index.check_room(patterns)
         except BudgetExceeded as e:
             raise Refused(503, e.code, e.message, e.code, retry_after) from None
         return msg, patterns

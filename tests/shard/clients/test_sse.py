@@ -348,6 +348,27 @@ class RefusalTests(StreamTestCase):
         c = self.stream({"channels": "odin.token.A.trade"}, expect=429)
         self.assertEqual(c.error()["code"], "too_many_connections")
 
+    def test_one_subscription_budget_for_both_transports(self):
+        """
+        limits.max_shard_subscriptions counts WebSocket and stream
+        subscriptions together (issue 23, M4), from either side: with 3 held
+        by a stream, a WebSocket subscribe of 3 more is refused
+        (server_subscription_limit) and one of 2 fits; a stream of 1 more
+        then gets 503; closing the stream gives its 3 back to WebSockets.
+        """
+        self.reload_shard(limits__max_shard_subscriptions=5)
+        stream = self.stream({"channels": "odin.token.A.trade,odin.token.B.trade,odin.token.C.*"})
+        ws = self.connect("10.0.0.2")
+        reply = self.subscribe(ws, "odin.token.D.trade", "odin.token.E.trade", "odin.token.F.*")
+        self.assertEqual((reply["type"], reply.get("code")), ("error", "server_subscription_limit"))
+        reply = self.subscribe(ws, "odin.token.D.trade", "odin.token.E.trade")
+        self.assertEqual(reply["type"], "subscribed")
+        refused = self.stream({"channels": "odin.token.G.trade"}, ip="10.0.0.3", expect=503)
+        self.assertEqual(refused.error()["code"], "server_subscription_limit")
+        stream.drop()
+        reply = self.subscribe(ws, "odin.token.H.trade", "odin.token.I.trade", "odin.token.J.*")
+        self.assertEqual(reply["type"], "subscribed")
+
     def test_draining_503_with_retry_after(self):
         """A draining shard answers 503 unavailable with Retry-After."""
         self.shard.drain(0)
