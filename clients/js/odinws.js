@@ -183,12 +183,24 @@ function webSocketTransport(url, {token, env}, on) {
     try { msg = JSON.parse(m.data); } catch { return; }
     if (msg && typeof msg === "object") on.message(msg);
   };
-  ws.onclose = (ev) => on.close({code: ev.code || ABNORMAL, text: ev.reason || ""});
-  ws.onerror = () => {};  // a close event follows
+  let done = false;  // close reported (or asked for): once per socket
+  const finish = (why) => {
+    if (done) return;
+    done = true;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    on.close(why);
+  };
+  ws.onclose = (ev) => finish({code: ev.code || ABNORMAL, text: ev.reason || ""});
+  // A browser follows an error with a close, in the same task. Node 20's
+  // WebSocket (undici, --experimental-websocket) fires only `error` after a
+  // refused connection or a non-101 answer and stays CONNECTING for good:
+  // an error with no close by the next task counts as a close (1006).
+  ws.onerror = () => env.setTimeout(() => finish({code: ABNORMAL, text: "connection failed"}), 0);
   return {
     send: (msg) => ws.send(JSON.stringify(msg)),
     close(code, text) {
-      ws.onopen = ws.onmessage = ws.onclose = null;
+      done = true;
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       ws.close(code, text);
     },
   };
