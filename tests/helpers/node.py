@@ -214,6 +214,23 @@ class Node:
             self.log.close()
 
 
+class AdminNode(Node):
+    """A node whose public port speaks TLS: /health is asked on the admin port."""
+
+    def __init__(self, workdir, brokers, shards=1, settings=None, **kw):
+        self.admin_port = free_port()
+        settings = dict(settings or {})
+        settings["listen.admin_port"] = f"tcp:{self.admin_port}:interface=127.0.0.1"
+        super().__init__(workdir, brokers, shards=shards, settings=settings, **kw)
+
+    def health(self):
+        status, _, body = http_get(self.admin_port, "/health")
+        return status, json.loads(body)
+
+    def url(self, path: str = "/ws") -> str:
+        return f"wss://127.0.0.1:{self.port}{path}"
+
+
 class Client:
     """A WebSocket client (the C{websockets} library) with JSON helpers."""
 

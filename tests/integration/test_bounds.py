@@ -8,13 +8,16 @@ receiving every event while the attack goes on.
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import time
 
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import client_frame, parse_frames
-from tests.helpers.node import Node, wait_for
+from tests.helpers import FAST_KAFKA, client_frame, parse_frames
+from tests.helpers.certs import TestCA
+from tests.helpers.node import AdminNode, Node, wait_for
 from tests.helpers.topics import TopicNodeCase
 
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -99,3 +102,79 @@ class ControlFrameFloodTests(TopicNodeCase):
         self.produce(5)
         got = [e["data"]["seq"] for e in probe.collect(20)]
         self.assertEqual(got, list(range(20)))
+
+
+class TLSRefusalTests(TopicNodeCase):
+    """
+    A node whose public port speaks TLS: only the shard reads heads there
+    (L1 and M3 of issue 23). A long handshake timeout, so that a refused
+    connection left open shows.
+    """
+
+    shards = 1
+    partitions = 1
+
+    def setUp(self):
+        super().setUp()
+        self.ca = TestCA("odinws bounds CA")
+        _, cert, key = self.ca.issue()
+        self.cert_path = os.path.join(self.workdir, "server.crt")
+        with open(self.cert_path, "wb") as f:
+            f.write(cert + key)
+        settings = dict(FAST_KAFKA)
+        settings.update({"kafka.topics": {self.topic: "trade"},
+                         "tls.certificate": self.cert_path, "limits.handshake_timeout": 60.0})
+        self.tls_node = AdminNode(self.workdir, self.broker.bootstrap, shards=1, settings=settings)
+        self.addCleanup(self.tls_node.stop)
+        self.tls_node.start()
+
+    def tls_socket(self) -> ssl.SSLSocket:
+        ctx = ssl.create_default_context(cadata=self.ca.pem.decode())
+        raw = socket.create_connection(("127.0.0.1", self.tls_node.port), timeout=10)
+        sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.addCleanup(sock.close)
+        return sock
+
+    def answer(self, request: bytes) -> bytes:
+        """What the node answers C{request} over TLS, up to its close."""
+        sock = self.tls_socket()
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+    def test_no_status_page_on_the_tls_port(self):
+        """
+        Requests that are not an upgrade get what docs/protocol.md says
+        (404 off the WebSocket path, 426 on it without Upgrade, 405 for
+        other methods), never Autobahn's 200 status page naming its
+        version, nor its C{?redirect=} 303.
+        """
+        cases = {b"GET / HTTP/1.1\r\nHost: x\r\n\r\n": 404,
+                 b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n": 404,
+                 b"GET /?redirect=https%3A%2F%2Fexample.com HTTP/1.1\r\nHost: x\r\n\r\n": 404,
+                 b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n": 426,
+                 b"GET /ws?redirect=https%3A%2F%2Fexample.com HTTP/1.1\r\nHost: x\r\n\r\n": 426,
+                 b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n": 405}
+        for request, status in cases.items():
+            data = self.answer(request)
+            self.assertTrue(data.startswith(b"HTTP/1.1 %d " % status), (request, data[:200]))
+            self.assertNotIn(b"autobahn", data.lower())
+
+    def test_refused_tls_connection_is_closed_at_once(self):
+        """
+        A TLS client whose head is refused (431) and that keeps sending
+        without a TLS close_notify is closed by the shard, long before the
+        handshake timeout (60 s here): it sends at most 64 MiB, bounded,
+        and the server's close ends it (before: read until the timeout).
+        """
+        sock = self.tls_socket()
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 70000)
+        chunk = b"b" * 65536
+        sent = 0
+        with self.assertRaises(OSError):   # reset or broken pipe once closed
+            while sent < 64 << 20:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        self.assertLess(sent, 64 << 20)

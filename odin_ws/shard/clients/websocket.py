@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
-from odin_ws.shard.clients import auth, messages, sse
+from odin_ws.shard.clients import auth, headgate, messages, sse
 from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
@@ -101,6 +101,12 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             self.head_gate = None
             sse.take_over(self, self.factory.host, head)
             return
+        if head is not None and data:
+            refusal = headgate.not_served(head, self.factory.host.settings.listen.ws_path)
+            if refusal is not None:
+                self.head_gate = None
+                gate.refuse(refusal)
+                return
         if data:
             super().dataReceived(data)
         if self.state != self.STATE_CONNECTING:
@@ -273,6 +279,9 @@ class ClientFactory(WebSocketServerFactory):
             # same for the event stream: Autobahn would refuse Origin: null
             # (a page opened from a file) with a 400 nobody counted.
             allowNullOrigin=True,
+            # No status page (it names Autobahn's version) nor its ?redirect=
+            # for a head without Upgrade; the head gate answers those first.
+            webStatus=False,
             autoPingInterval=keepalive.ping_interval,
             autoPingTimeout=keepalive.ping_timeout,
             tcpNoDelay=True,

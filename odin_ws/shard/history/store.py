@@ -130,7 +130,15 @@ class History:
         self._clock = clock
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._latest: dict[str, Event] = {}
+        # The cache's channels by token and by event type, as the
+        # subscription index buckets wildcards: a snapshot visits the
+        # channels its patterns can match, never the whole cache (issue 23,
+        # H3: 100 patterns matching nothing scanned 100,000 channels each).
+        self._latest_by_token: dict[str, dict[str, None]] = {}
+        self._latest_by_type: dict[str, dict[str, None]] = {}
         self._latest_bytes = 0
+        #: Cache entries snapshots visited, all told (what their work is).
+        self.snapshot_visits = 0
         self.bytes = 0
         #: Evictions by reason: count, age, budget.
         self.evicted = {"count": 0, "age": 0, "budget": 0}
@@ -163,7 +171,21 @@ class History:
         return self._latest_bytes
 
     def _forget_latest(self, channel: str) -> None:
-        self._latest_bytes -= len(self._latest.pop(channel).envelope) + EVENT_OVERHEAD
+        event = self._latest.pop(channel)
+        self._latest_bytes -= len(event.envelope) + EVENT_OVERHEAD
+        for buckets, key in ((self._latest_by_token, event.token),
+                             (self._latest_by_type, event.event_type)):
+            bucket = buckets[key]
+            del bucket[channel]
+            if not bucket:
+                del buckets[key]
+
+    def _remember_latest(self, event: Event) -> None:
+        channel = event.channel
+        self._latest[channel] = event
+        self._latest_by_token.setdefault(event.token, {})[channel] = None
+        self._latest_by_type.setdefault(event.event_type, {})[channel] = None
+        self._latest_bytes += len(event.envelope) + EVENT_OVERHEAD
 
     def window(self) -> float | None:
         """Seconds covered by the shortest partition history (None when empty)."""
@@ -202,8 +224,7 @@ class History:
                 self._forget_latest(channel)  # re-inserted last: least recently updated first
             elif len(latest) >= self.max_channels:
                 self._forget_latest(next(iter(latest)))
-            latest[channel] = event
-            self._latest_bytes += size
+            self._remember_latest(event)
         self._trim(log)
 
     def _trim(self, log: PartitionLog) -> None:
@@ -317,8 +338,7 @@ class History:
                 if latest[lru].ts >= e.ts:
                     continue   # a full cache of newer events
                 self._forget_latest(lru)
-            latest[e.channel] = e
-            self._latest_bytes += len(e.envelope) + EVENT_OVERHEAD
+            self._remember_latest(e)
 
     def _oldest_log(self) -> PartitionLog | None:
         best, best_ts = None, None
@@ -361,15 +381,38 @@ class History:
     def latest(self, patterns: list[tuple[str, str]], limit: int) -> tuple[list[Event], bool]:
         """
         The latest event of every known channel matching C{patterns} (at most
-        C{limit}), and whether more matched.
+        C{limit}), and whether more matched (then the events are not all).
+
+        Work: each pattern visits the channels of its own bucket (an exact
+        channel: one; C{T.*}: token T's; C{*.E}: type E's; C{*.*}: all) and
+        stops once more than C{limit} were found, so one call visits at most
+        C{len(patterns) * (2 * limit + 1)} cache entries, whatever the cache
+        holds (counted in L{snapshot_visits}).
         """
-        out: list[Event] = []
-        exact = [channel_name(t, e) for t, e in patterns if WILDCARD not in (t, e)]
-        if len(exact) == len(patterns):
-            out = [self._latest[c] for c in dict.fromkeys(exact) if c in self._latest]
-        else:
-            out = [e for e in self._latest.values() if _matches(patterns, e)]
-        out.sort(key=lambda e: (e.topic, e.partition, e.offset))
+        latest = self._latest
+        found: dict[str, Event] = {}
+        visits = 0
+        for token, event_type in dict.fromkeys(patterns):
+            bucket: Iterable[str]
+            if token != WILDCARD and event_type != WILDCARD:
+                bucket = (channel_name(token, event_type),)
+            elif token != WILDCARD:
+                bucket = self._latest_by_token.get(token, ())
+            elif event_type != WILDCARD:
+                bucket = self._latest_by_type.get(event_type, ())
+            else:
+                bucket = latest
+            for channel in bucket:
+                visits += 1
+                event = latest.get(channel)
+                if event is not None and channel not in found:
+                    found[channel] = event
+                    if len(found) > limit:
+                        break
+            if len(found) > limit:
+                break
+        self.snapshot_visits += visits
+        out = sorted(found.values(), key=lambda e: (e.topic, e.partition, e.offset))
         return out[:limit], len(out) > limit
 
 
