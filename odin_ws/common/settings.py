@@ -238,6 +238,14 @@ class LimitsSettings:
         "refused (snapshot_too_large).", minimum=1, live=True)
     max_positions: int = setting(
         1000, "Positions one subscribe may carry (one per partition).", minimum=1, live=True)
+    recovery_cost: int = setting(
+        5, "Tokens of the message rate a subscribe with since or snapshot spends (its own "
+        "included): recoveries and snapshots read history, plain messages do not.",
+        minimum=1, live=True)
+    max_recovery_scan: int = setting(
+        20000, "Retained events one recovery may look at, all partitions together; a "
+        "recovery that would look at more is answered recovered: false (too_large).",
+        minimum=1, live=True)
 
 
 @dataclass(frozen=True, slots=True)
