@@ -25,9 +25,15 @@ from twisted.internet.testing import StringTransport
 
 from odin_ws.common import handoff
 from odin_ws.common.httphead import RequestHead, parse
-from odin_ws.parent.dispatcher import Dispatcher
 from odin_ws.shard.clients.websocket import ClientProtocol
-from tests.helpers import FakeShard, ShardClient, ShardTestCase, client_frame, make_settings
+from tests.helpers import (
+    FakeShard,
+    ShardClient,
+    ShardTestCase,
+    client_frame,
+    make_dispatcher,
+    make_settings,
+)
 
 KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
 LINES = (b"GET /ws HTTP/1.1", b"Host: node", b"Upgrade: websocket", b"Connection: Upgrade",
@@ -123,8 +129,8 @@ class HeadDifferentialTests(ShardTestCase):
         self.handle = FakeShard(0, capacity=10 ** 9)
         self.handle.answer = lambda command, kw: {"connections": 1}
         self.patch(handoff, "release", lambda transport: None)
-        self.dispatcher = Dispatcher(self.clock, make_settings(self.config), lambda: [self.handle],
-                                     health=lambda: (200, {"status": "ok"}))
+        self.dispatcher = make_dispatcher(self.clock, make_settings(self.config),
+                                          lambda: [self.handle])
         r, w = os.pipe()
         self.addCleanup(os.close, r)
         self.addCleanup(os.close, w)

@@ -127,6 +127,21 @@ function inReplay(replay, pos) {
   return from !== undefined && until !== undefined && newerThan(pos, from) && !newerThan(pos, until);
 }
 
+// What a subscription keeps of its positions `last` after `recovered:
+// false`, given the node's positions `tops`: those past the node's position
+// of their stream, or of a partition the node has none of (`ahead`,
+// `unknown_partition`: a node behind the one the client came from), so that
+// the live events it sends which the client has already are dropped. The
+// others are of no more use: the ack's positions take their place.
+function keptAfterGap(last, tops) {
+  const kept = new Map();
+  for (const [partition, pos] of last) {
+    const top = tops.get(partition);
+    if (top === undefined || !newerThan(top, pos)) kept.set(partition, pos);
+  }
+  return kept;
+}
+
 // Record `pos` in `last` if it is newer.
 function advance(last, pos) {
   const p = parsePosition(pos);
@@ -183,12 +198,24 @@ function webSocketTransport(url, {token, env}, on) {
     try { msg = JSON.parse(m.data); } catch { return; }
     if (msg && typeof msg === "object") on.message(msg);
   };
-  ws.onclose = (ev) => on.close({code: ev.code || ABNORMAL, text: ev.reason || ""});
-  ws.onerror = () => {};  // a close event follows
+  let done = false;  // close reported (or asked for): once per socket
+  const finish = (why) => {
+    if (done) return;
+    done = true;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    on.close(why);
+  };
+  ws.onclose = (ev) => finish({code: ev.code || ABNORMAL, text: ev.reason || ""});
+  // A browser follows an error with a close, in the same task. Node 20's
+  // WebSocket (undici, --experimental-websocket) fires only `error` after a
+  // refused connection or a non-101 answer and stays CONNECTING for good:
+  // an error with no close by the next task counts as a close (1006).
+  ws.onerror = () => env.setTimeout(() => finish({code: ABNORMAL, text: "connection failed"}), 0);
   return {
     send: (msg) => ws.send(JSON.stringify(msg)),
     close(code, text) {
-      ws.onopen = ws.onmessage = ws.onclose = null;
+      done = true;
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       ws.close(code, text);
     },
   };
@@ -875,10 +902,9 @@ export class OdinWS extends Emitter {
       for (const sub of entry.subs) sub[SET_STATE]("subscribed");
     }
     if (req?.since && typeof msg.recovered === "boolean") {
-      // Not recovered: the old positions are of no more use.
-      if (!msg.recovered) for (const entry of entries) entry.last = new Map();
+      const tops = positionMap(msg.positions);
+      if (!msg.recovered) for (const entry of entries) entry.last = keptAfterGap(entry.last, tops);
       if (!req.ordered) {
-        const tops = positionMap(msg.positions);
         for (const entry of entries) this.#pendTops(entry, tops);
         const left = Number(msg.replayed) || 0;
         if (msg.recovered && left > 0) {

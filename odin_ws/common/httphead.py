@@ -57,7 +57,8 @@ SINGLE_HEADERS = frozenset({
 })
 
 #: The reason label of C{odinws_rejected_connections_total} for each status.
-REASON_LABELS = {400: "bad_request", 431: "head_too_large", 505: "bad_version"}
+REASON_LABELS = {400: "bad_request", 431: "head_too_large", 505: "bad_version",
+                 404: "not_found", 405: "method", 426: "not_upgrade"}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ Internals touched:
   - C{StreamServerEndpointService._raiseSynchronously}
     (L{raise_listen_errors});
   - C{tcp.Connection.protocol} and C{ProtocolWrapper.wrappedProtocol}
-    (the TLS wrapper's), reassigned (L{replace_protocol}).
+    (the TLS wrapper's), reassigned (L{replace_protocol});
+  - C{TLSMemoryBIOProtocol._shutdownTLS}, extended (L{PromptCloseTLS}).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import socket
 from typing import Any
 
 from twisted.internet import abstract, tcp
+from twisted.protocols.tls import BufferingTLSTransport
 
 #: The Twisted release these internals were read in (C{requirements.lock}).
 WRITTEN_FOR = "26.10.0"
@@ -163,3 +165,22 @@ def replace_protocol(transport: Any, old: Any, new: Any) -> None:
     else:
         raise TypeError(f"{transport!r} does not deliver to {old!r}")
     new.makeConnection(transport)
+
+
+class PromptCloseTLS(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, except that once it has sent its close_notify
+    (C{_shutdownTLS}, called when the application's last bytes went into
+    TLS) it closes the TCP connection beneath, after its buffer, instead of
+    reading on until the peer's close_notify: a client refused inside TLS
+    (431, 401, a 1002 close) that keeps sending was read until the handshake
+    timeout, 2.6 GiB in 9.8 s (issue 23, M3), where a plain connection
+    stops reading at once. TLS 1.3 (RFC 8446, 6.1) lets a closing side
+    leave without the peer's close_notify.
+    """
+
+    def _shutdownTLS(self) -> None:
+        super()._shutdownTLS()  # type: ignore[no-untyped-call]  # Twisted's is untyped
+        tcp_transport = self.transport
+        if tcp_transport is not None:
+            tcp_transport.loseConnection()

@@ -52,9 +52,6 @@ class Admission:
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    def start_accepting(self) -> None:
-        self._accepting = True
-
     def node_started(self) -> None:
         """The node starts now: the startup grace counts from here."""
         if self._readiness is not None:

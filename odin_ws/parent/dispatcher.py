@@ -33,7 +33,7 @@ from odin_ws.common.settings import Settings
 from odin_ws.parent import staticfiles
 from odin_ws.parent.admission import Admission
 from odin_ws.parent.scrape import MetricsScrape
-from odin_ws.parent.staticfiles import CLIENT_LIBRARY, CLIENT_LIBRARY_PATH  # noqa: F401
+from odin_ws.parent.staticfiles import CLIENT_LIBRARY_PATH
 
 log = Logger()
 
@@ -381,38 +381,32 @@ class Dispatcher(Factory[DispatchProtocol]):
         accepting, connections, capacity, call(command, **kw)}, and
         C{reserve, handoff_done, handoff_failed} to count placements).
     @param health: returns C{(status, document)} for C{/health}.
-    @param static_dir: the demo page's files, served when C{demo.enabled}.
-    @param tls: hand connections over unread (TLS terminated in the shards);
-        default: whether C{tls.certificate} is set at start.
-    @param admin: serve only C{/health} and C{/metrics} (the admin port).
     @param admission: the node's door (L{Admission}): every accepted
         connection is admitted through it (and released when it closes), and
-        every upgrade checked with it before placement; default: one that
-        always admits.
+        every upgrade checked with it before placement.
     @param scrape: the node's C{/metrics} text, shared by the public and
-        admin listeners (one cache); default: one of this dispatcher's own.
+        admin listeners (one cache).
+    @param static_dir: the demo page's files, served when C{demo.enabled}.
+    @param tls: hand connections over unread (TLS terminated in the shards).
+    @param admin: serve only C{/health} and C{/metrics} (the admin port).
     """
 
     protocol = DispatchProtocol
     noisy = False
 
-    def __init__(self, reactor: Any, settings: Settings,
-                 shards: Callable[[], list],
-                 health: Callable[[], tuple[int, dict]] | None = None,
-                 static_dir: str | None = None, *, tls: bool | None = None,
-                 admin: bool = False, admission: Admission | None = None,
-                 scrape: MetricsScrape | None = None):
+    def __init__(self, reactor: Any, settings: Settings, shards: Callable[[], list], *,
+                 health: Callable[[], tuple[int, dict]], admission: Admission,
+                 scrape: MetricsScrape, static_dir: str | None = None, tls: bool = False,
+                 admin: bool = False):
         self.reactor = reactor
         self._settings = settings
         self.shards = shards
-        self.health = health or self._default_health
+        self.health = health
         self.static_dir = os.path.realpath(static_dir) if static_dir else None
-        self.tls = bool(settings.tls.certificate) if tls is None else tls
-        if admin:
-            self.tls = False
+        self.tls = tls and not admin
         self.admin = admin
-        self.admission = admission if admission is not None else Admission(reactor.seconds)
-        self.scrape = scrape if scrape is not None else MetricsScrape(reactor, shards, settings)
+        self.admission = admission
+        self.scrape = scrape
         self._open: set[DispatchProtocol] = set()
         self._all_closed: list[defer.Deferred] = []
 
@@ -467,12 +461,6 @@ class Dispatcher(Factory[DispatchProtocol]):
                 d.callback(None)
 
     # -- content
-
-    def _default_health(self) -> tuple[int, dict]:
-        shards = [h.as_health() for h in self.shards()]
-        handle, _ = place(self.shards(), self._settings.limits.max_connections)
-        ok = self.accepting and handle is not None
-        return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "shards": shards}
 
     def gather_metrics(self) -> defer.Deferred:
         """

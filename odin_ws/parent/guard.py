@@ -169,11 +169,6 @@ class Guard:
         """CPU used over the last interval, as a fraction of the budget."""
         return self._cpu_fraction
 
-    @property
-    def memory_fraction(self) -> float:
-        """Resident memory at the last sample, as a fraction of the budget."""
-        return self._memory_fraction
-
     def reconfigure(self, settings: Settings) -> None:
         """A reload: the thresholds (the sampling interval needs a restart)."""
         self._settings = settings.guard

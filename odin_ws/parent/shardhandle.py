@@ -142,10 +142,6 @@ class ShardHandle:
         return self._status
 
     @property
-    def started_at(self) -> float | None:
-        return self._started_at
-
-    @property
     def link(self) -> ShardLink | None:
         """The control channel the shard registered on, while it is alive."""
         return self._link

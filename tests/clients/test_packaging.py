@@ -10,6 +10,7 @@ import os
 import sys
 import tomllib
 
+# setuptools ships no type information for this module.
 from setuptools import find_namespace_packages  # type: ignore[import-untyped]
 from twisted.trial.unittest import SynchronousTestCase
 

@@ -161,6 +161,26 @@ class RecoveryTests(SessionCase):
         self.session.received(event("odin.token.A.trade", 0, 51))
         self.assertEqual(got(sub), [11, ("gap", "too_old"), 51])
 
+    def test_not_recovered_ahead_drops_the_live_events_held(self):
+        """
+        recovered: false with ahead (a node behind the one the client left):
+        the live events at or before the positions held are dropped; the
+        ack's positions replace those behind them or of another epoch.
+        """
+        sub = self.live()
+        for partition, offset in ((0, 50), (1, 20), (2, 3)):
+            self.session.received(event("odin.token.A.trade", partition, offset))
+        [msg] = self.reconnect()
+        self.assertEqual(msg["since"], [pos(0, 50), pos(1, 20), pos(2, 3)])
+        self.ack(msg, recovered=False, reason="ahead",
+                 positions=[pos(0, 40), pos(1, 30), pos(2, 1, "ep2")])
+        self.assertEqual(sub.positions, [pos(0, 50), pos(1, 30), pos(2, 1, "ep2")])
+        for offset in (41, 49, 50, 51):
+            self.session.received(event("odin.token.A.trade", 0, offset))
+        self.session.received(event("odin.token.A.trade", 1, 31))
+        self.session.received(event("odin.token.A.trade", 2, 2, pos=pos(2, 2, "ep2")))
+        self.assertEqual(got(sub), [50, 20, 3, ("gap", "ahead"), 51, 31, 2])
+
     def test_duplicates_and_older_events_are_dropped(self):
         """An event at or before the last position of its partition is not yielded again."""
         sub = self.live()

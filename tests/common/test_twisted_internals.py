@@ -417,3 +417,20 @@ class PrivateContactTests(SynchronousTestCase):
         self.addCleanup(os.unlink, f.name)
         self.assertEqual([line.split(": ", 1)[1] for line in foreign_private_access(f.name)],
                          ["t._theirs", "super()._step"])
+
+
+class PromptCloseTLSTests(SynchronousTestCase):
+    """The TLS step L{twisted_internals.PromptCloseTLS} extends."""
+
+    def test_shutdown_step_is_what_lose_connection_calls(self):
+        """
+        C{TLSMemoryBIOProtocol._shutdownTLS} still exists and is the step
+        C{loseConnection} takes once the application's bytes are in TLS (so
+        extending it closes the TCP connection beneath after a refusal).
+        """
+        import inspect
+
+        from odin_ws.common.twisted_internals import PromptCloseTLS
+        self.assertTrue(callable(TLSMemoryBIOProtocol._shutdownTLS))
+        self.assertIn("self._shutdownTLS()", inspect.getsource(TLSMemoryBIOProtocol.loseConnection))
+        self.assertTrue(issubclass(PromptCloseTLS, TLSMemoryBIOProtocol))

@@ -25,6 +25,7 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+# E402: after ROOT is on sys.path (the package test runs this file by its path).
 import yaml  # noqa: E402
 
 from tests.helpers.broker import TansuBroker  # noqa: E402

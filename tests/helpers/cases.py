@@ -6,6 +6,8 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import txaio
 from twisted.internet import defer
@@ -21,7 +23,9 @@ from odin_ws.common import handoff
 from odin_ws.common.events import Event
 from odin_ws.common.logs import AUDIT_NAMESPACE
 from odin_ws.common.settings import Settings
+from odin_ws.parent.admission import Admission
 from odin_ws.parent.dispatcher import Dispatcher
+from odin_ws.parent.scrape import MetricsScrape
 from odin_ws.shard.service import Shard
 from tests.helpers.fakes import StalledTransport
 from tests.helpers.frames import OPEN, parse_frames, text
@@ -95,6 +99,19 @@ def get(path: str, method: str = "GET", extra: str = "") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: node\r\n{extra}\r\n".encode()
 
 
+def make_dispatcher(reactor: Any, settings: Settings, shards: Callable[[], list],
+                    **kw: Any) -> Dispatcher:
+    """
+    A Dispatcher as tests need one: C{/health} answers 200, a door that
+    admits everyone (L{Admission} without limits), its own C{/metrics}
+    scrape; C{kw} replaces any of them.
+    """
+    kw.setdefault("health", lambda: (200, {"status": "ok"}))
+    kw.setdefault("admission", Admission(reactor.seconds))
+    kw.setdefault("scrape", MetricsScrape(reactor, shards, settings))
+    return Dispatcher(reactor, settings, shards, **kw)
+
+
 class DispatcherTestCase(unittest.TestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
@@ -105,8 +122,7 @@ class DispatcherTestCase(unittest.TestCase):
         self.dispatcher = self.make()
 
     def make(self, **kw) -> Dispatcher:
-        kw.setdefault("health", lambda: (200, {"status": "ok"}))
-        return Dispatcher(self.reactor, make_settings(self.config), lambda: self.shards, **kw)
+        return make_dispatcher(self.reactor, make_settings(self.config), lambda: self.shards, **kw)
 
     def connect(self, dispatcher=None, peer=None):
         dispatcher = dispatcher or self.dispatcher

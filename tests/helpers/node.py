@@ -97,8 +97,9 @@ class Node:
         # A given port: a node that replaces another on its address.
         self.port = port or free_port()
         self.workdir = workdir
+        self.node_id = f"test{self.port}"
         config: dict[str, Any] = {
-            "node_id": f"test{self.port}",
+            "node_id": self.node_id,
             "shards": shards,
             # The tests read /metrics on the public port (off by default).
             # No admin listener unless a test asks for one: its default port
@@ -169,6 +170,18 @@ class Node:
         except OSError:
             return ""
 
+    def assigned(self) -> dict[int, list[int]]:
+        """The Kafka partitions each shard (by index) has, from /health."""
+        out = {}
+        for s in self.health()[1]["shards"]:
+            names = (s.get("kafka") or {}).get("assigned") or []
+            out[s["index"]] = sorted(int(n.rpartition("[")[2].rstrip("]")) for n in names)
+        return out
+
+    def split(self, counts: list[int]) -> bool:
+        """Whether the shards have C{counts} partitions each (in any order)."""
+        return sorted(map(len, self.assigned().values())) == sorted(counts)
+
     def shard_pids(self) -> list[int]:
         return [s["pid"] for s in self.health()[1]["shards"] if s["alive"]]
 
@@ -199,6 +212,23 @@ class Node:
                 f"odinws did not stop within {timeout}s: {self.tail()}") from None
         finally:
             self.log.close()
+
+
+class AdminNode(Node):
+    """A node whose public port speaks TLS: /health is asked on the admin port."""
+
+    def __init__(self, workdir, brokers, shards=1, settings=None, **kw):
+        self.admin_port = free_port()
+        settings = dict(settings or {})
+        settings["listen.admin_port"] = f"tcp:{self.admin_port}:interface=127.0.0.1"
+        super().__init__(workdir, brokers, shards=shards, settings=settings, **kw)
+
+    def health(self):
+        status, _, body = http_get(self.admin_port, "/health")
+        return status, json.loads(body)
+
+    def url(self, path: str = "/ws") -> str:
+        return f"wss://127.0.0.1:{self.port}{path}"
 
 
 class Client:

@@ -220,18 +220,20 @@ class MultiShardTests(NodeTestCase):
         for shard in (None, "0", "1", "2"):
             self.assertLessEqual(before[("process_open_fds", shard)],
                                  before[("process_max_fds", shard)])
-        for _ in range(30):
+        for _ in range(60):
             self.client()
         wait_for(lambda: [s["connections"] for s in self.node.health()[1]["shards"]]
-                 == [10, 10, 10], 20, what="10/10/10 placement")
+                 == [20, 20, 20], 30, what="20/20/20 placement")
 
+        # Each shard's 20 clients are 20 descriptors; librdkafka opens and
+        # closes a few broker connections meanwhile, hence the margin.
         def grown():
             now = process_samples()
             return all(now[("process_open_fds", shard)]
-                       >= before[("process_open_fds", shard)] + 10 for shard in "012") and now
-        after = wait_for(grown, 10, 0.2, "each shard's open descriptors up by its 10 clients")
+                       >= before[("process_open_fds", shard)] + 15 for shard in "012") and now
+        after = wait_for(grown, 20, 0.2, "each shard's open descriptors up by its 20 clients")
         self.assertLess(after[("process_open_fds", None)],
-                        before[("process_open_fds", None)] + 10)
+                        before[("process_open_fds", None)] + 15)
 
     def test_kill_shard(self):
         """kill -9 of a shard: its clients drop, new ones go elsewhere, it restarts, no duplicates."""

@@ -27,7 +27,7 @@ from tests.helpers import FAST_KAFKA
 from tests.helpers.broker import shared_broker
 from tests.helpers.certs import TestCA
 from tests.helpers.jwks_server import JwksProvider
-from tests.helpers.node import Client, Node, free_port, http_get, wait_for
+from tests.helpers.node import AdminNode, Client, Node, http_get, wait_for
 
 SECRET = "first-secret-of-at-least-32-bytes!!"
 ROTATED = "second-secret-of-at-least-32-bytes!"
@@ -387,23 +387,6 @@ class JwksUrlTests(SecurityNodeCase):
 
 
 # -- TLS -------------------------------------------------------------------
-
-class AdminNode(Node):
-    """A node whose public port speaks TLS: /health is asked on the admin port."""
-
-    def __init__(self, workdir, brokers, shards=1, settings=None, **kw):
-        self.admin_port = free_port()
-        settings = dict(settings or {})
-        settings["listen.admin_port"] = f"tcp:{self.admin_port}:interface=127.0.0.1"
-        super().__init__(workdir, brokers, shards=shards, settings=settings, **kw)
-
-    def health(self):
-        status, _, body = http_get(self.admin_port, "/health")
-        return status, json.loads(body)
-
-    def url(self, path: str = "/ws") -> str:
-        return f"wss://127.0.0.1:{self.port}{path}"
-
 
 class TLSTests(SecurityNodeCase):
     """Two shards terminating TLS on connections the dispatcher hands over unread."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from odin_ws.parent import dispatcher as dispatchmod
+from odin_ws.parent import staticfiles
 from tests.helpers.cases import DispatcherTestCase, get
 from tests.helpers.node import ROOT
 
@@ -52,6 +52,6 @@ class ClientLibraryTests(DispatcherTestCase):
         wheel and the Debian package), and clients/js/odinws.js (the npm
         package's) is that same file.
         """
-        self.assertEqual(os.path.realpath(dispatchmod.CLIENT_LIBRARY), os.path.realpath(LIBRARY))
+        self.assertEqual(os.path.realpath(staticfiles.CLIENT_LIBRARY), os.path.realpath(LIBRARY))
         self.assertEqual(os.path.realpath(os.path.join(ROOT, "clients", "js", "odinws.js")),
                          os.path.realpath(LIBRARY))

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from odin_ws.common import config as configmod
 from odin_ws.common.commands import GetMetrics, Handoff, HandoffRefused
 from odin_ws.parent import dispatcher as dispatchmod
-from odin_ws.parent.dispatcher import Dispatcher, place
+from odin_ws.parent.dispatcher import place
 from tests.helpers import (
     UPGRADE,
     Collector,
@@ -26,6 +26,7 @@ from tests.helpers import (
     RefusingAdmission,
     Response,
     get,
+    make_dispatcher,
     make_settings,
     sample,
 )
@@ -304,15 +305,6 @@ class HandoffTests(DispatcherTestCase):
         self.assertRefused503(self.request(UPGRADE)[1], "draining", before)
         self.assertEqual(self.response(self.request(get("/health"))[1]).status, 200)
 
-    def test_default_health(self):
-        """Without a health callable, /health is 200 while a shard has room, 503 when draining."""
-        d = self.make(health=None)
-        self.assertEqual(self.response(self.request(get("/health"), d)[1]).status, 200)
-        d.admission.stop_accepting()
-        r = self.response(self.request(get("/health"), d)[1])
-        self.assertEqual(r.status, 503)
-        self.assertEqual(len(json.loads(r.body)["shards"]), 3)
-
     def test_admission_refusal(self):
         """An admission refusing the client's IP answers its status (429 with Retry-After)."""
         seen = []
@@ -344,12 +336,6 @@ class ModeTests(DispatcherTestCase):
         proto, transport = self.connect(self.make(tls=True))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(transport.value(), b"")
-
-    def test_tls_from_config(self):
-        """The TLS mode follows tls.certificate unless given."""
-        self.assertFalse(self.dispatcher.tls)
-        settings = make_settings(self.config, tls__certificate="/c.pem")
-        self.assertTrue(Dispatcher(self.reactor, settings, list).tls)
 
     def test_admin(self):
         """The admin listener serves /health and /metrics only."""
@@ -450,8 +436,7 @@ class RealSocketTests(RealSocketMixin, unittest.TestCase):
         handle = FakeShard(0)
         handle.call = channel.callRemote
         config = configmod.load(None, environ={})
-        dispatcher = Dispatcher(reactor, make_settings(config), lambda: [handle],
-                                health=lambda: (200, {}))
+        dispatcher = make_dispatcher(reactor, make_settings(config), lambda: [handle])
         port = reactor.listenTCP(0, dispatcher, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         client = Collector()

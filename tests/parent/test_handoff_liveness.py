@@ -12,9 +12,8 @@ from twisted.internet import defer, error
 from twisted.python.failure import Failure
 
 from odin_ws.common.commands import HandoffRefused
-from odin_ws.parent.dispatcher import Dispatcher
 from odin_ws.parent.shardhandle import ShardHandle
-from tests.helpers import UPGRADE, DispatcherTestCase, get, make_settings, sample
+from tests.helpers import UPGRADE, DispatcherTestCase, get, make_dispatcher, make_settings, sample
 
 
 class FakeLink:
@@ -43,8 +42,7 @@ class LivenessTestCase(DispatcherTestCase):
         self.shards = [ShardHandle(i, None, self.reactor, settings.supervisor) for i in range(2)]
         for h, link in zip(self.shards, self.links):
             h.registered(link, pid=100 + h.index, capacity=100)
-        self.dispatcher = Dispatcher(self.reactor, settings, lambda: self.shards,
-                                     health=lambda: (200, {}))
+        self.dispatcher = make_dispatcher(self.reactor, settings, lambda: self.shards)
         self.timeout = settings.listen.handoff_timeout
 
     def report(self, index: int, connections: int = 0) -> None:

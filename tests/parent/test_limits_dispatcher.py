@@ -22,6 +22,7 @@ from tests.helpers import (
     DispatcherTestCase,
     FakeRoot,
     RefusingAdmission,
+    make_dispatcher,
     make_settings,
     sample,
 )
@@ -127,12 +128,11 @@ class ForwardedForGateTests(SynchronousTestCase):
         """X-Forwarded-For names the gate's IP only when the peer is in limits.trusted_proxies."""
         from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-        from odin_ws.parent.dispatcher import Dispatcher
         seen = []
         settings = make_settings(limits__trusted_proxies=["10.0.0.5"])
 
-        d = Dispatcher(MemoryReactorClock(), settings, lambda: [],
-                       admission=RefusingAdmission(seen, (429, "ip_rate")))
+        d = make_dispatcher(MemoryReactorClock(), settings, lambda: [],
+                            admission=RefusingAdmission(seen, (429, "ip_rate")))
         for peer in ("10.0.0.5", "10.0.0.6"):
             proto = d.buildProtocol(IPv4Address("TCP", peer, 4000))
             proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", peer, 4000)))

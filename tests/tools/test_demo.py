@@ -115,6 +115,9 @@ class DemoProgramTests(unittest.TestCase):
         rest, _ = proc.communicate(timeout=60)
         self.assertEqual(proc.returncode, 130, output + rest)
         self.assert_all_gone(started)
+        kept = re.search(r"logs kept in (\S+)", rest)
+        self.assertIsNotNone(kept, rest)
+        shutil.rmtree(kept.group(1), ignore_errors=True)
 
     def test_port_in_use(self):
         """A busy --port is reported in one line, exit code 2, nothing started."""

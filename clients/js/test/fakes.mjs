@@ -64,6 +64,8 @@ export function fakeWebSocketClass() {
     open() { this.onopen?.({}); }
     receive(msg) { this.onmessage?.({data: typeof msg === "string" ? msg : JSON.stringify(msg)}); }
     serverClose(code, reason = "") { this.onclose?.({code, reason}); }
+    /** An `error` event: a browser follows it with a close, Node 20's WebSocket does not. */
+    fail() { this.onerror?.({type: "error"}); }
     /** Messages the client sent since the last call. */
     take() { return this.sent.splice(0); }
     /** Answer every subscribe sent since the last take() with `subscribed`. */

@@ -206,3 +206,36 @@ test("events from an old connection are ignored after it closed", () => {
   assert.equal(WebSocket.sockets.length, 2);
   assert.deepEqual(got, []);
 });
+
+test("an error with no close after it (Node 20's WebSocket) counts as a close: the retry follows", () => {
+  const {client, clock, WebSocket, ws, states} = makeClient();
+  client.connect();
+  ws().fail();  // refused, or a 503: no close event will come
+  clock.advance(0);
+  assert.equal(client.state, "disconnected");
+  assert.deepEqual(states.at(-1).reason, {code: 1006, text: "connection failed"});
+  assert.equal(clock.pending().length, 1, "one retry scheduled");
+  clock.advance(clock.pending()[0]);
+  assert.equal(WebSocket.sockets.length, 2, "a new attempt");
+  assert.equal(client.state, "connecting");
+  ws().open();
+  assert.equal(client.state, "connected");
+});
+
+test("an error then its close (a browser) is one close, with the close's code", () => {
+  const {client, clock, WebSocket, ws, states} = makeClient();
+  client.connect();
+  ws().open();
+  ws().fail();
+  ws().serverClose(1006, "");
+  clock.advance(0);
+  const closes = states.filter((s) => s.state === "disconnected");
+  assert.deepEqual(closes.map((s) => s.reason), [{code: 1006, text: ""}]);
+  assert.equal(clock.pending().length, 1, "one retry, not two");
+  clock.advance(clock.pending()[0]);
+  assert.equal(WebSocket.sockets.length, 2);
+  // A late close of the first socket (after the error counted) changes nothing.
+  WebSocket.sockets[0].serverClose(1006);
+  assert.equal(client.state, "connecting");
+  assert.equal(clock.pending().length, 0);
+});

@@ -106,6 +106,26 @@ test("recovered: false reaches the app; the positions start over from the ack's"
   assert.deepEqual(reconnect(c)[0].since, [pos(0, 90001)]);
 });
 
+test("recovered: false, ahead (a node behind): the live events the client has are dropped", () => {
+  const c = connected([["odin.token.A.trade", {}]]);
+  const [sub] = c.subs;
+  c.ws().ackSubscribes();
+  for (const [p, o] of [[0, 50], [1, 20], [2, 3]]) c.ws().receive(event("odin.token.A.trade", p, o));
+  const [again] = reconnect(c);
+  assert.deepEqual(again.since, [pos(0, 50), pos(1, 20), pos(2, 3)]);
+  // Partition 0 is ahead of this node; 1 is behind it (too old to replay);
+  // 2 was recreated (another epoch).
+  c.ws().receive({type: "subscribed", channels: again.channels, id: again.id, recovered: false,
+                  reason: "ahead", positions: [pos(0, 40), pos(1, 30), pos(2, 1, "ep2")]});
+  assert.deepEqual(sub.results, [{recovered: false, reason: "ahead", replayed: 0, snapshot: 0}]);
+  assert.deepEqual(sub.positions, [pos(0, 50), pos(1, 30), pos(2, 1, "ep2")]);
+  for (const o of [41, 49, 50, 51]) c.ws().receive(event("odin.token.A.trade", 0, o));
+  c.ws().receive(event("odin.token.A.trade", 1, 31));
+  c.ws().receive({...event("odin.token.A.trade", 2, 2), pos: pos(2, 2, "ep2")});
+  assert.deepEqual(c.got(sub), [50, 20, 3, 51, 31, 2]);
+  assert.deepEqual(reconnect(c)[0].since, [pos(0, 51), pos(1, 31), pos(2, 2, "ep2")]);
+});
+
 test("an event not newer than the subscription's last of its partition is not delivered", () => {
   const c = connected([["odin.token.A.trade", {}]]);
   const [sub] = c.subs;

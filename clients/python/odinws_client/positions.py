@@ -78,6 +78,16 @@ class PositionMap:
     def clear(self) -> None:
         self._last.clear()
 
+    def keep_ahead_of(self, tops: PositionMap) -> None:
+        """
+        After ``recovered: false``: keep only the positions past ``tops``' of
+        their stream, or of partitions ``tops`` lacks (``ahead``: a node
+        behind the one the client left), so that the live events the client
+        has already are dropped; the others are of no more use.
+        """
+        self._last = {partition: pos for partition, pos in self._last.items()
+                      if (top := tops.get(partition)) is None or not top.after(pos)}
+
     def copy(self) -> PositionMap:
         new = PositionMap()
         new._last = dict(self._last)

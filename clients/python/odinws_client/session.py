@@ -235,10 +235,10 @@ class Session:
             sub._set_state(State.SUBSCRIBED)
         recovered = msg.get("recovered")
         if req.since is not None and isinstance(recovered, bool):
+            tops = PositionMap(msg.get("positions") or ())
             if not recovered:
                 for sub in subs:
-                    sub._last.clear()  # the old positions are of no more use
-            tops = PositionMap(msg.get("positions") or ())
+                    sub._last.keep_ahead_of(tops)
             for sub in subs:
                 self._pend_tops(sub, tops)
             replayed = _count(msg.get("replayed"))

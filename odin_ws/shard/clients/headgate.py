@@ -72,6 +72,12 @@ class HeadGate:
         self.head = result
         return result.raw
 
+    def refuse(self, error: HeadError) -> None:
+        """Answer C{error} (a head the shard does not serve), count it, close."""
+        self._reader = None
+        self._passed = False
+        self._refuse(error.status, error.label, error.response())
+
     def _refuse(self, status: int, reason: str, answer: bytes | None) -> None:
         transport = self._transport
         metrics.REJECTED.labels(status=str(status), reason=reason).inc()
@@ -80,3 +86,21 @@ class HeadGate:
         if answer is not None:
             transport.write(answer)
         transport.loseConnection()
+
+
+def not_served(head: RequestHead, ws_path: str) -> HeadError | None:
+    """
+    Why the shard does not serve C{head} (405, 404, 426), as the parent
+    answers it on a plain port (docs/protocol.md), or None for an upgrade
+    on C{ws_path}. With TLS on the public port only the shard reads heads:
+    without this, Autobahn answered anything else with 200 and its status
+    page, its version included (issue 23, L1).
+    """
+    if head.method not in ("GET", "HEAD"):
+        return HeadError(405, "method not allowed")
+    if head.path != ws_path:
+        return HeadError(404, "not found")
+    if not (head.method == "GET" and head.header_has_token("upgrade", "websocket")
+            and head.header_has_token("connection", "upgrade")):
+        return HeadError(426, "WebSocket upgrade required")
+    return None

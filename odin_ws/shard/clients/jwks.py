@@ -120,8 +120,9 @@ def check_url(url: str) -> None:
         fetched over plain HTTP could be swapped on the way).
     """
     parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ConfigError(f"auth.jwks_url: expected an https:// URL, got {url!r}")
+    if parts.scheme != "https" or not parts.hostname or not url.isascii():
+        raise ConfigError(f"auth.jwks_url: expected an https:// URL (ASCII, IDNA host "
+                          f"names), got {url!r}")
 
 
 def trust_root(ca_file: str) -> Any:
@@ -238,8 +239,11 @@ class RemoteJwks:
             self._last_unknown = None
             if self._fetching is not None:
                 self._fetching.cancel()
-        elif old.jwks_refresh == settings.jwks_refresh:
-            return
+        else:
+            if old.jwks_timeout != settings.jwks_timeout:
+                self._agent = None      # its connect timeout is the old one
+            if old.jwks_refresh == settings.jwks_refresh:
+                return
         if self._running:
             self._schedule()
 

@@ -22,7 +22,6 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
 from odin_ws.common import metrics
 from odin_ws.common.clientip import client_ip
@@ -30,6 +29,7 @@ from odin_ws.common.events import Event
 from odin_ws.common.logs import audit
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.clients import auth, messages, recovery
+from odin_ws.shard.clients.refusal import Refused, bad_origin, is_origin
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
 
@@ -46,10 +46,24 @@ CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 
 
-def count_closed(code: int | None, clean: bool) -> None:
-    """Count a closed connection by why (C{odinws_connections_closed_total}) and its code."""
-    reason = "slow_consumer" if code == CLOSE_SLOW_CONSUMER else ("clean" if clean else "dropped")
-    metrics.CONNECTIONS_CLOSED.labels(reason=reason, code=metrics.close_code_label(code)).inc()
+#: The codes only the server decides (docs/protocol.md); a client may send them too.
+SERVER_CLOSE_CODES = frozenset((CLOSE_RESTARTING, CLOSE_TOKEN_EXPIRED, CLOSE_SLOW_CONSUMER))
+
+
+def count_closed(code: int | None, clean: bool, by_server: bool = True) -> None:
+    """
+    Count a closed connection by why (C{odinws_connections_closed_total})
+    and its code. A server code the client sent (C{by_server} false) is
+    its choice, not the server's decision: counted as C{other_4xxx}, never
+    as a slow consumer (issue 23, L4).
+    """
+    if not by_server and code in SERVER_CLOSE_CODES:
+        label = "other_4xxx"
+    else:
+        label = metrics.close_code_label(code)
+    reason = "slow_consumer" if label == str(CLOSE_SLOW_CONSUMER) else (
+        "clean" if clean else "dropped")
+    metrics.CONNECTIONS_CLOSED.labels(reason=reason, code=label).inc()
 
 
 class ClientHost(Protocol):
@@ -95,54 +109,6 @@ class ClientTransport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """End the connection with C{code} (docs/protocol.md's close codes)."""
-
-
-class Refused(Exception):
-    """
-    A request turned down before its connection opens; the transport answers
-    it in its own way (an HTTP status, a JSON body).
-
-    @ivar status: the HTTP status.
-    @ivar reason: the C{reason} label of C{odinws_rejected_total} and the audit line.
-    @ivar message: what the client is told.
-    @ivar code: the machine-readable code of docs/protocol.md, when there is one.
-    @ivar headers: extra response headers (C{Retry-After}).
-    """
-
-    def __init__(self, status: int, reason: str, message: str, code: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(reason)
-        self.status, self.reason, self.message = status, reason, message
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> bytes:
-        """The refusal as the JSON of an error message, C{{"code":...,"message":...}}."""
-        return json.dumps({"code": self.code or self.reason, "message": self.message},
-                          separators=(",", ":")).encode("ascii")
-
-
-def is_origin(value: str) -> bool:
-    """
-    Whether an C{Origin} header is one (RFC 6454: C{null}, or
-    C{scheme://host[:port]}; Autobahn also takes a C{file:} URL for
-    C{null}), as Autobahn parses it: what it cannot parse it refuses before
-    the session sees it, so the event stream refuses the same.
-    """
-    if value.lower() == "null":
-        return True
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError when out of range
-    except ValueError:
-        return False
-    return parts.scheme.lower() == "file" or bool(parts.hostname)
-
-
-def bad_origin() -> Refused:
-    """The refusal of a malformed C{Origin}: 400, on both transports."""
-    return Refused(400, "bad_origin", "Origin is neither null nor scheme://host[:port]",
-                   "invalid_origin")
 
 
 class Session:
@@ -314,14 +280,14 @@ class Session:
         if outbox is not None:
             outbox.reconfigure(settings.outbound)
 
-    def message_allowed(self) -> bool:
+    def message_allowed(self, cost: int = 1) -> bool:
         """
-        Spend a token of the message rate; on refusal count a strike, and
-        close the connection if strikes pile up (they decay at one per
+        Spend C{cost} tokens of the message rate; on refusal count a strike,
+        and close the connection if strikes pile up (they decay at one per
         second of good behaviour).
         """
         bucket = self.bucket
-        if bucket is None or bucket.take():
+        if bucket is None or bucket.take(cost):
             return True
         limits = self.host.settings.limits
         now = bucket.now()
@@ -349,6 +315,11 @@ class Session:
             self.error(e.code, e.message, e.id)
             return
         if isinstance(msg, messages.Subscribe):
+            if (msg.since is not None or msg.snapshot) and \
+                    not self.message_allowed(limits.recovery_cost - 1):
+                # Its first token was spent when it arrived; a recovery or a
+                # snapshot reads history and costs more (issue 23).
+                return
             self.subscribe(msg)
         elif isinstance(msg, messages.Unsubscribe):
             self.unsubscribe(msg)
@@ -416,11 +387,14 @@ class Session:
         @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}.
         """
         settings = self.host.settings
+        limits = settings.limits
         if encode is None:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
-                                   settings.limits.max_snapshot_events, room)
+                                   limits.max_snapshot_events, room,
+                                   max_scan=limits.max_recovery_scan)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
-                               settings.limits.max_snapshot_events, room, encode, overhead)
+                               limits.max_snapshot_events, room, encode, overhead,
+                               max_scan=limits.max_recovery_scan)
 
     def subscribed(self) -> None:
         """A subscription was made: the idle close is off, the shard's count is new."""

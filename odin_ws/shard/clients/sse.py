@@ -27,11 +27,12 @@ from odin_ws.common.settings import Settings
 from odin_ws.common.twisted_internals import replace_protocol
 from odin_ws.shard.clients import messages, recovery
 from odin_ws.shard.clients.autobahn_internals import retire_unopened
+from odin_ws.shard.clients.refusal import Refused
 from odin_ws.shard.clients.session import (
+    CLOSE_POLICY,
     CLOSE_RESTARTING,
     CLOSE_SLOW_CONSUMER,
     ClientHost,
-    Refused,
     Session,
     count_closed,
 )
@@ -137,7 +138,7 @@ class SseStream(OutboxHolder, TwistedProtocol):
                                                            settings.kafka.topics))
         patterns = [(c.token, c.event_type) for c in msg.channels]
         try:
-            host.streams.check_budget(patterns)
+            host.streams.index.check_room(patterns)
         except BudgetExceeded as e:
             raise Refused(503, e.code, e.message, e.code, retry_after) from None
         return msg, patterns
@@ -218,8 +219,11 @@ class SseStream(OutboxHolder, TwistedProtocol):
     # -- the open stream
 
     def dataReceived(self, data: bytes) -> None:
-        # A stream's client has nothing to say; whatever it sends is ignored.
-        pass
+        # A stream's client has nothing to say. Reading and discarding an
+        # upload cost a shard 15 GiB in 15 s (issue 23, L2): the first byte
+        # ends the stream, and the connection is read no more.
+        if data:
+            self.close(CLOSE_POLICY, "an event stream takes no upload")
 
     def ping(self) -> None:
         """Write a keepalive comment (C{keepalive.ping_interval})."""

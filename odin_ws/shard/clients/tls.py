@@ -13,6 +13,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from odin_ws.common.config import ConfigError
 from odin_ws.common.settings import TlsSettings
+from odin_ws.common.twisted_internals import PromptCloseTLS
 
 
 def _read(settings: TlsSettings, name: str) -> bytes:
@@ -75,5 +76,10 @@ def _pem_blocks(data: bytes, kind: bytes) -> list[bytes]:
 
 
 def wrap(options: ssl.CertificateOptions, factory) -> TLSMemoryBIOFactory:
-    """A server-side TLS factory around C{factory}."""
-    return TLSMemoryBIOFactory(options, False, factory)
+    """
+    A server-side TLS factory around C{factory}, whose connections stop
+    reading once they close (L{PromptCloseTLS}).
+    """
+    tls = TLSMemoryBIOFactory(options, False, factory)
+    tls.protocol = PromptCloseTLS
+    return tls

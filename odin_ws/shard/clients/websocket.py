@@ -23,16 +23,15 @@ from twisted.python.failure import Failure
 
 from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
-from odin_ws.shard.clients import auth, messages, sse
+from odin_ws.shard.clients import auth, headgate, messages, sse
 from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
+from odin_ws.shard.clients.refusal import Refused, bad_origin
 from odin_ws.shard.clients.session import (
     CLOSE_POLICY,
     CLOSE_SLOW_CONSUMER,
-    Refused,
     Session,
-    bad_origin,
     count_closed,
 )
 from odin_ws.shard.delivery.frames import text_frame
@@ -102,6 +101,12 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             self.head_gate = None
             sse.take_over(self, self.factory.host, head)
             return
+        if head is not None and data:
+            refusal = headgate.not_served(head, self.factory.host.settings.listen.ws_path)
+            if refusal is not None:
+                self.head_gate = None
+                gate.refuse(refusal)
+                return
         if data:
             super().dataReceived(data)
         if self.state != self.STATE_CONNECTING:
@@ -188,6 +193,19 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             return
         session.message(payload)
 
+    def onPing(self, payload: bytes) -> None:
+        # Control frames are client messages too (issue 23, H4): empty pings
+        # at ~40k/s held a shard's reactor and were never refused. Each one
+        # spends a token of the message rate; a flood is closed with 1008.
+        if self.state == self.STATE_OPEN and self.session.message_allowed():
+            super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        # Autobahn has already matched the answer to its own keepalive ping
+        # (one per keepalive.ping_interval, well inside the rate).
+        if self.state == self.STATE_OPEN:
+            self.session.message_allowed()
+
     def reply(self, payload: bytes) -> None:
         """
         A reply to the client goes out behind the events already queued for
@@ -207,6 +225,10 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             # sendClose() refuses 1008 (it allows 1000 and 3000-4999 only);
             # sendCloseFrame is the same closing handshake without that check.
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+            # A flooding client is read no more: what it still sends would
+            # cost parsing until the close handshake times out (2 s), after
+            # which the connection is dropped.
+            self.transport.pauseProducing()
         else:
             self.sendClose(code, reason)
 
@@ -222,12 +244,13 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             return
         self.outbox = None
         session.closed(outbox, self.factory.host.subscriptions)
-        if self.closedByMe and self.localCloseCode is not None:
+        by_server = self.closedByMe and self.localCloseCode is not None
+        if by_server:
             # We closed first (1007, 1008, 1009, 4008, ...): count our code,
             # not the client's echo, nor the 1006 of a client that never
             # answered our close frame.
             code = self.localCloseCode
-        count_closed(code, wasClean)
+        count_closed(code, wasClean, by_server)
 
 
 class ClientFactory(WebSocketServerFactory):
@@ -256,6 +279,9 @@ class ClientFactory(WebSocketServerFactory):
             # same for the event stream: Autobahn would refuse Origin: null
             # (a page opened from a file) with a 400 nobody counted.
             allowNullOrigin=True,
+            # No status page (it names Autobahn's version) nor its ?redirect=
+            # for a head without Upgrade; the head gate answers those first.
+            webStatus=False,
             autoPingInterval=keepalive.ping_interval,
             autoPingTimeout=keepalive.ping_timeout,
             tcpNoDelay=True,

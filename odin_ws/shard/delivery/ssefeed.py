@@ -36,7 +36,7 @@ from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox
-from odin_ws.shard.delivery.subscriptions import PATTERN_BYTES, BudgetExceeded, SubscriptionIndex
+from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.history import positions
 
 if TYPE_CHECKING:
@@ -146,11 +146,9 @@ class Streams:
         self._reactor = reactor
         self._fanout = fanout
         self._history = history
-        #: The WebSocket subscriptions, counted in the same budget.
-        self._websocket = websocket
         #: Subscriptions of streams only (see the module: no per-connection
         #: transport test in the WebSocket loop).
-        self.index = SubscriptionIndex()
+        self.index = SubscriptionIndex(budget=websocket.budget)
         self.open: set[Stream] = set()
         self.tops: Tops | None = None
         self._run: list[tuple[bytes, str, str]] = []
@@ -223,20 +221,3 @@ class Streams:
     def _ping(self) -> None:
         for stream in list(self.open):
             stream.ping()
-
-    def check_budget(self, patterns: list[tuple[str, str]]) -> None:
-        """
-        The shard's subscription budget counts streams' subscriptions with
-        the WebSocket ones (C{limits.max_shard_subscriptions}, ..._bytes).
-
-        @raise BudgetExceeded: no room for C{patterns}.
-        """
-        ws = self._websocket
-        if ws.max_total is not None and \
-                ws.total + self.index.total + len(patterns) > ws.max_total:
-            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
-                                 f"({ws.max_total}); try again later")
-        extra = sum(SubscriptionIndex.cost(t, e) + PATTERN_BYTES for t, e in patterns)
-        if ws.max_bytes is not None and ws.bytes + self.index.bytes + extra > ws.max_bytes:
-            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
-                                 f"({ws.max_bytes} bytes); try again later")

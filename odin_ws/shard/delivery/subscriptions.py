@@ -62,6 +62,46 @@ class BudgetExceeded(Exception):
         super().__init__(message)
         self.message = message
 
+class SubscriptionBudget:
+    """
+    The shard's subscription budget (C{limits.max_shard_subscriptions} and
+    C{limits.max_shard_subscription_bytes}): one count for every index that
+    shares it, the WebSocket subscriptions and the event streams'. Each
+    index counted only its own before, so together they could hold twice
+    the bound (issue 23, M4). Unbounded without limits (a bare index).
+    """
+
+    __slots__ = ("max_total", "max_bytes", "total", "bytes")
+
+    def __init__(self, limits: LimitsSettings | None = None) -> None:
+        self.total = 0
+        self.bytes = 0
+        self.max_total: int | None = None
+        self.max_bytes: int | None = None
+        if limits is not None:
+            self.reconfigure(limits)
+
+    def reconfigure(self, limits: LimitsSettings) -> None:
+        """
+        Take a (reloaded) budget. Subscriptions already held stay; only new
+        ones are refused while the shard is over it.
+        """
+        self.max_total = limits.max_shard_subscriptions
+        self.max_bytes = limits.max_shard_subscription_bytes
+
+    def check(self, count: int, extra_bytes: int) -> None:
+        """
+        @raise BudgetExceeded: C{count} more subscriptions of C{extra_bytes}
+            do not fit.
+        """
+        if self.max_total is not None and self.total + count > self.max_total:
+            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
+                                 f"({self.max_total}); try again later")
+        if self.max_bytes is not None and self.bytes + extra_bytes > self.max_bytes:
+            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
+                                 f"({self.max_bytes} bytes); try again later")
+
+
 # What match() returns when nothing matches: shared, immutable.
 _NOTHING: Collection[Subscriber] = frozenset()
 
@@ -103,7 +143,8 @@ class SubscriptionIndex:
     that may drop a subscriber during delivery must collect and remove after).
     """
 
-    def __init__(self, limits: LimitsSettings | None = None) -> None:
+    def __init__(self, limits: LimitsSettings | None = None,
+                 budget: SubscriptionBudget | None = None) -> None:
         self._exact: dict[Pattern, PatternBucket] = {}
         self._by_token: dict[str, PatternBucket] = {}
         self._by_type: dict[str, PatternBucket] = {}
@@ -111,20 +152,12 @@ class SubscriptionIndex:
         self._patterns: dict[Subscriber, tuple[Pattern, ...] | set[Pattern]] = {}
         self._total = 0
         self._bytes = 0
-        # The budget; unbounded without limits (a bare index in tests).
-        self.max_total: int | None = None
-        self.max_bytes: int | None = None
-        if limits is not None:
-            self.reconfigure(limits)
+        #: The budget, shared with the shard's other index (see L{SubscriptionBudget}).
+        self.budget = budget if budget is not None else SubscriptionBudget(limits)
 
     def reconfigure(self, limits: LimitsSettings) -> None:
-        """
-        Take a (reloaded) budget: C{limits.max_shard_subscriptions} and
-        C{limits.max_shard_subscription_bytes}. Subscriptions already held
-        stay; only new ones are refused while the shard is over it.
-        """
-        self.max_total = limits.max_shard_subscriptions
-        self.max_bytes = limits.max_shard_subscription_bytes
+        """Take a (reloaded) budget (L{SubscriptionBudget.reconfigure})."""
+        self.budget.reconfigure(limits)
 
     # -- lookups of one bucket by pattern shape
 
@@ -185,8 +218,7 @@ class SubscriptionIndex:
         new = [p for p in dict.fromkeys(patterns) if p not in held]
         if not new:
             return 0
-        if self.max_total is not None or self.max_bytes is not None:
-            self._check_budget(new)
+        self._check_budget(new)
         for token, event_type in new:
             self._add(subscriber, token, event_type)
         return len(new)
@@ -196,26 +228,32 @@ class SubscriptionIndex:
         """Bytes the budget counts for one subscription to the pattern (not the pattern's own)."""
         return SUBSCRIPTION_BYTES + len(token) + len(event_type)
 
+    def check_room(self, patterns: Iterable[Pattern]) -> None:
+        """
+        Would a new subscriber's C{patterns} fit the budget? (An event
+        stream asks before its C{200}.)
+
+        @raise BudgetExceeded: they would not.
+        """
+        self._check_budget(list(dict.fromkeys(patterns)))
+
     def _check_budget(self, new: list[Pattern]) -> None:
-        if self.max_total is not None and self._total + len(new) > self.max_total:
-            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
-                                 f"({self.max_total}); try again later")
         extra = sum(self.cost(t, e) for t, e in new)
         fresh = {p for p in new if self._bucket(*p) is None}
-        extra += PATTERN_BYTES * len(fresh)
-        if self.max_bytes is not None and self._bytes + extra > self.max_bytes:
-            raise BudgetExceeded(f"this server holds as many subscriptions as it may "
-                                 f"({self.max_bytes} bytes); try again later")
+        self.budget.check(len(new), extra + PATTERN_BYTES * len(fresh))
 
     def _add(self, subscriber: Subscriber, token: str, event_type: str) -> None:
         pattern = (token, event_type)
         held = self._patterns.get(subscriber, ())
         bucket = self._bucket(token, event_type)
+        added = self.cost(token, event_type)
         if bucket is None:
             bucket = self._new_bucket(token, event_type)
-            self._bytes += PATTERN_BYTES
+            added += PATTERN_BYTES
         bucket[subscriber] = None
-        self._bytes += self.cost(token, event_type)
+        self._bytes += added
+        self.budget.bytes += added
+        self.budget.total += 1
         if isinstance(held, tuple):
             held += (pattern,)
             self._patterns[subscriber] = held if len(held) <= _FEW else set(held)
@@ -253,10 +291,13 @@ class SubscriptionIndex:
         bucket = self._bucket(token, event_type)
         assert bucket is not None, "a pattern held has its bucket"
         del bucket[subscriber]
-        self._bytes -= self.cost(token, event_type)
+        freed = self.cost(token, event_type)
         if not bucket:
             self._drop_bucket(token, event_type)
-            self._bytes -= PATTERN_BYTES
+            freed += PATTERN_BYTES
+        self._bytes -= freed
+        self.budget.bytes -= freed
+        self.budget.total -= 1
         self._total -= 1
 
     # -- queries

@@ -20,7 +20,10 @@ import re
 
 #: Kafka topic names: 1-249 of these characters.
 _TOPIC = r"[A-Za-z0-9._-]{1,249}"
-_POSITION = re.compile(rf"^({_TOPIC}):(\d{{1,9}}):([0-9a-z]{{1,16}}):(\d{{1,19}})$")
+# re.ASCII: without it \d takes any Unicode digit, and int() reads
+# Arabic-Indic "١٢" as 12 (issue 23); fullmatch, since "$" allows a
+# final newline.
+_POSITION = re.compile(rf"({_TOPIC}):(\d{{1,9}}):([0-9a-z]{{1,16}}):(\d{{1,19}})", re.ASCII)
 #: Longest position string accepted from a client.
 MAX_LENGTH = 300
 
@@ -63,7 +66,7 @@ def decode(text: object) -> tuple[str, int, str, int]:
     """
     if not isinstance(text, str) or len(text) > MAX_LENGTH:
         raise InvalidPosition("a position is a string like topic:partition:epoch:offset")
-    m = _POSITION.match(text)
+    m = _POSITION.fullmatch(text)
     if m is None:
         raise InvalidPosition(f"malformed position {text[:80]!r}")
     return m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
@@ -77,7 +80,8 @@ def decode(text: object) -> tuple[str, int, str, int]:
 # back only the last id it saw, so the id must name every partition's
 # position at once; "~" and ";" cannot occur in a topic or an epoch.
 
-_GROUP = re.compile(rf"^({_TOPIC})~([0-9a-z]{{1,16}})~(\d{{1,9}}:\d{{1,19}}(?:,\d{{1,9}}:\d{{1,19}})*)$")
+_GROUP = re.compile(rf"({_TOPIC})~([0-9a-z]{{1,16}})~(\d{{1,9}}:\d{{1,19}}(?:,\d{{1,9}}:\d{{1,19}})*)",
+                    re.ASCII)
 
 
 def encode_group(topic: str, partitions: dict[int, tuple[str, int]]) -> str:
@@ -99,7 +103,7 @@ def decode_vector(text: str, max_positions: int) -> dict[tuple[str, int], tuple[
     """
     out: dict[tuple[str, int], tuple[str, int]] = {}
     for group in text.split(";"):
-        m = _GROUP.match(group)
+        m = _GROUP.fullmatch(group)
         if m is None:
             raise InvalidPosition(f"malformed position vector group {group[:80]!r}")
         topic, epoch = m.group(1), m.group(2)

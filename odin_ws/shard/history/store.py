@@ -42,6 +42,7 @@ TOO_OLD = "too_old"            # events after the position were already evicted
 AHEAD = "ahead"                # the position is past what this node has seen
 OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
 UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
+TOO_LARGE = "too_large"        # more to look at or to send than a recovery may
 
 #: A log's C{join} when any next offset continues it (see L{PartitionLog}).
 ANY_OFFSET = 1 << 62
@@ -102,6 +103,10 @@ class PartitionLog:
         self.floor = events[0].offset - 1
         self.bytes += size
 
+    def count_after(self, offset: int) -> int:
+        """How many retained events have an offset above C{offset} (no copy)."""
+        return len(self.events) - max(bisect_right(self.offsets, offset), self.start)
+
     def after(self, offset: int) -> list[Event]:
         """Retained events with an offset above C{offset}, oldest first."""
         i = max(bisect_right(self.offsets, offset), self.start)
@@ -130,7 +135,17 @@ class History:
         self._clock = clock
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._latest: dict[str, Event] = {}
+        # The cache's channels by token and by event type, as the
+        # subscription index buckets wildcards: a snapshot visits the
+        # channels its patterns can match, never the whole cache (issue 23,
+        # H3: 100 patterns matching nothing scanned 100,000 channels each).
+        self._latest_by_token: dict[str, dict[str, None]] = {}
+        self._latest_by_type: dict[str, dict[str, None]] = {}
         self._latest_bytes = 0
+        #: Cache entries snapshots visited, all told (what their work is).
+        self.snapshot_visits = 0
+        #: Retained events recoveries visited, all told.
+        self.replay_visits = 0
         self.bytes = 0
         #: Evictions by reason: count, age, budget.
         self.evicted = {"count": 0, "age": 0, "budget": 0}
@@ -163,7 +178,21 @@ class History:
         return self._latest_bytes
 
     def _forget_latest(self, channel: str) -> None:
-        self._latest_bytes -= len(self._latest.pop(channel).envelope) + EVENT_OVERHEAD
+        event = self._latest.pop(channel)
+        self._latest_bytes -= len(event.envelope) + EVENT_OVERHEAD
+        for buckets, key in ((self._latest_by_token, event.token),
+                             (self._latest_by_type, event.event_type)):
+            bucket = buckets[key]
+            del bucket[channel]
+            if not bucket:
+                del buckets[key]
+
+    def _remember_latest(self, event: Event) -> None:
+        channel = event.channel
+        self._latest[channel] = event
+        self._latest_by_token.setdefault(event.token, {})[channel] = None
+        self._latest_by_type.setdefault(event.event_type, {})[channel] = None
+        self._latest_bytes += len(event.envelope) + EVENT_OVERHEAD
 
     def window(self) -> float | None:
         """Seconds covered by the shortest partition history (None when empty)."""
@@ -202,8 +231,7 @@ class History:
                 self._forget_latest(channel)  # re-inserted last: least recently updated first
             elif len(latest) >= self.max_channels:
                 self._forget_latest(next(iter(latest)))
-            latest[channel] = event
-            self._latest_bytes += size
+            self._remember_latest(event)
         self._trim(log)
 
     def _trim(self, log: PartitionLog) -> None:
@@ -317,8 +345,7 @@ class History:
                 if latest[lru].ts >= e.ts:
                     continue   # a full cache of newer events
                 self._forget_latest(lru)
-            latest[e.channel] = e
-            self._latest_bytes += len(e.envelope) + EVENT_OVERHEAD
+            self._remember_latest(e)
 
     def _oldest_log(self) -> PartitionLog | None:
         best, best_ts = None, None
@@ -335,16 +362,21 @@ class History:
         return log.epoch if log is not None else None
 
     def replay(self, since: dict[tuple[str, int], tuple[str, int]],
-               patterns: list[tuple[str, str]]) -> tuple[list[Event] | None, str | None]:
+               patterns: list[tuple[str, str]],
+               max_scan: int | None = None) -> tuple[list[Event] | None, str | None]:
         """
         Every retained event after the given positions that matches one of
         C{patterns}, in order per partition (partitions one after the other).
 
         @param since: C{(topic, partition) -> (epoch, last offset seen)}.
+        @param max_scan: retained events the replay may look at, all
+            partitions together (counted before any is looked at); past
+            it the answer is C{(None, TOO_LARGE)} (issue 23: a recovery for
+            channels that match nothing scanned all that was retained).
         @return: C{(events, None)}, or C{(None, reason)} when any position
             cannot be recovered from what is retained.
         """
-        out: list[Event] = []
+        tails = []
         for key, (epoch, offset) in since.items():
             log = self._logs.get(key)
             if log is None:
@@ -355,21 +387,51 @@ class History:
                 return None, AHEAD
             if offset < log.floor:
                 return None, TOO_OLD
-            out.extend(e for e in log.after(offset) if _matches(patterns, e))
+            tails.append((log, offset))
+        if max_scan is not None and sum(log.count_after(o) for log, o in tails) > max_scan:
+            return None, TOO_LARGE
+        out: list[Event] = []
+        for log, offset in tails:
+            events = log.after(offset)
+            self.replay_visits += len(events)
+            out.extend(e for e in events if _matches(patterns, e))
         return out, None
 
     def latest(self, patterns: list[tuple[str, str]], limit: int) -> tuple[list[Event], bool]:
         """
         The latest event of every known channel matching C{patterns} (at most
-        C{limit}), and whether more matched.
+        C{limit}), and whether more matched (then the events are not all).
+
+        Work: each pattern visits the channels of its own bucket (an exact
+        channel: one; C{T.*}: token T's; C{*.E}: type E's; C{*.*}: all) and
+        stops once more than C{limit} were found, so one call visits at most
+        C{len(patterns) * (2 * limit + 1)} cache entries, whatever the cache
+        holds (counted in L{snapshot_visits}).
         """
-        out: list[Event] = []
-        exact = [channel_name(t, e) for t, e in patterns if WILDCARD not in (t, e)]
-        if len(exact) == len(patterns):
-            out = [self._latest[c] for c in dict.fromkeys(exact) if c in self._latest]
-        else:
-            out = [e for e in self._latest.values() if _matches(patterns, e)]
-        out.sort(key=lambda e: (e.topic, e.partition, e.offset))
+        latest = self._latest
+        found: dict[str, Event] = {}
+        visits = 0
+        for token, event_type in dict.fromkeys(patterns):
+            bucket: Iterable[str]
+            if token != WILDCARD and event_type != WILDCARD:
+                bucket = (channel_name(token, event_type),)
+            elif token != WILDCARD:
+                bucket = self._latest_by_token.get(token, ())
+            elif event_type != WILDCARD:
+                bucket = self._latest_by_type.get(event_type, ())
+            else:
+                bucket = latest
+            for channel in bucket:
+                visits += 1
+                event = latest.get(channel)
+                if event is not None and channel not in found:
+                    found[channel] = event
+                    if len(found) > limit:
+                        break
+            if len(found) > limit:
+                break
+        self.snapshot_visits += visits
+        out = sorted(found.values(), key=lambda e: (e.topic, e.partition, e.offset))
         return out[:limit], len(out) > limit
 
 

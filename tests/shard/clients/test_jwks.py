@@ -206,7 +206,8 @@ class ConfigTests(unittest.SynchronousTestCase):
 
     def test_https_only(self):
         """A URL that is not https:// (keys over plain HTTP could be swapped) is a config error."""
-        for url in ("http://localhost/jwks.json", "localhost/jwks.json", "https:///x"):
+        for url in ("http://localhost/jwks.json", "localhost/jwks.json", "https:///x",
+                    "https://exämple.org/jwks.json"):
             e = self.assertRaises(configmod.ConfigError, self.check, auth__jwks_url=url)
             self.assertIn("auth.jwks_url", str(e))
 

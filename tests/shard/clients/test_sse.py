@@ -126,6 +126,24 @@ class StreamTests(StreamTestCase):
         self.assertNotIn(c.proto, self.shard.connections)
         self.assertEqual(self.shard.connections.per_ip, {})
 
+    def test_upload_ends_the_stream(self):
+        """
+        A client that sends bytes on its open stream (an upload the stream
+        would read and discard forever, issue 23 L2) gets a close event
+        1008 and the connection closes: it is read no more.
+        """
+        c = self.stream({"channels": "odin.token.A.trade"})
+        c.messages()
+        before = sample("odinws_connections_closed_total", reason="clean", code="1008")
+        c.proto.dataReceived(b"x" * 65536)
+        c.settle()
+        [close] = c.messages()
+        self.assertEqual((close.event, close.json()["code"]), ("close", 1008))
+        self.assertTrue(c.lost)
+        self.assertEqual(sample("odinws_connections_closed_total", reason="clean", code="1008"),
+                         before + 1)
+        self.assertEqual(self.shard.streams.index.total, 0)
+
     def test_counted_as_a_shard_client(self):
         """A stream is one of the shard's clients (capacity, drain, per-IP)."""
         c = self.stream({"channels": "odin.token.A.trade"})
@@ -329,6 +347,27 @@ class RefusalTests(StreamTestCase):
         self.stream({"channels": "odin.token.A.trade"})
         c = self.stream({"channels": "odin.token.A.trade"}, expect=429)
         self.assertEqual(c.error()["code"], "too_many_connections")
+
+    def test_one_subscription_budget_for_both_transports(self):
+        """
+        limits.max_shard_subscriptions counts WebSocket and stream
+        subscriptions together (issue 23, M4), from either side: with 3 held
+        by a stream, a WebSocket subscribe of 3 more is refused
+        (server_subscription_limit) and one of 2 fits; a stream of 1 more
+        then gets 503; closing the stream gives its 3 back to WebSockets.
+        """
+        self.reload_shard(limits__max_shard_subscriptions=5)
+        stream = self.stream({"channels": "odin.token.A.trade,odin.token.B.trade,odin.token.C.*"})
+        ws = self.connect("10.0.0.2")
+        reply = self.subscribe(ws, "odin.token.D.trade", "odin.token.E.trade", "odin.token.F.*")
+        self.assertEqual((reply["type"], reply.get("code")), ("error", "server_subscription_limit"))
+        reply = self.subscribe(ws, "odin.token.D.trade", "odin.token.E.trade")
+        self.assertEqual(reply["type"], "subscribed")
+        refused = self.stream({"channels": "odin.token.G.trade"}, ip="10.0.0.3", expect=503)
+        self.assertEqual(refused.error()["code"], "server_subscription_limit")
+        stream.drop()
+        reply = self.subscribe(ws, "odin.token.H.trade", "odin.token.I.trade", "odin.token.J.*")
+        self.assertEqual(reply["type"], "subscribed")
 
     def test_draining_503_with_retry_after(self):
         """A draining shard answers 503 unavailable with Retry-After."""

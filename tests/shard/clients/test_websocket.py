@@ -136,6 +136,52 @@ class RateLimitTests(ShardTestCase):
         self.assertEqual(self.shard.subscriptions.total, 1)
         self.assertTrue(calm.open)
 
+    def test_control_frame_flood_closes_1008(self):
+        """
+        Empty pings, and empty pongs, count in the message rate (issue 23,
+        H4): of 10,000 in one read, the first limits.message_burst pings are
+        answered, then rate_limited errors, then a 1008 close; the flooder
+        is read no more, and another client of the shard is still served.
+        """
+        burst = self.config["limits.message_burst"]
+        strikes = self.config["limits.rate_strikes"]
+        calm = self.connect("10.0.0.2")
+        self.subscribe(calm, "odin.token.CALM.trade")
+        for opcode, answers in ((9, burst), (10, 0)):
+            flooder = self.connect("10.0.0.3")
+            flooder.send(client_frame(opcode, b"") * 10000)
+            frames = flooder.frames()
+            self.assertEqual([op for op, _ in frames[:answers]], [10] * answers)
+            errors = [json.loads(p) for op, p in frames[answers:-1]]
+            self.assertEqual([e.get("code") for e in errors], ["rate_limited"] * strikes)
+            self.assertEqual((frames[-1][0], close_code(frames[-1][1])), (8, 1008))
+            self.assertEqual(flooder.transport.producerState, "paused")
+            self.assertEqual(self.publish("CALM"), calm.frames()[0][1])
+            self.advance(2.5)
+            self.assertTrue(flooder.lost)
+        self.assertTrue(calm.open)
+
+    def test_recoveries_and_snapshots_cost_more_tokens(self):
+        """
+        A subscribe with since or snapshot spends limits.recovery_cost tokens
+        (5) of the message rate, a plain one 1 (issue 23): of 20 snapshot
+        subscribes in one burst of 50 tokens, 10 are answered, then
+        rate_limited errors; plain pings are served again once tokens refill.
+        """
+        burst = self.config["limits.message_burst"]
+        cost = self.config["limits.recovery_cost"]
+        self.assertEqual((burst, cost), (50, 5))
+        client = self.connect()
+        client.send(b"".join(
+            text({"type": "subscribe", "channels": [f"odin.token.S{i}.trade"],
+                  "snapshot": True}) for i in range(20)))
+        replies = client.messages()
+        self.assertEqual([r["type"] for r in replies], ["subscribed"] * 10 + ["error"] * 10)
+        self.assertEqual({r["code"] for r in replies[10:]}, {"rate_limited"})
+        self.advance(10)
+        client.send(text({"type": "ping", "id": 1}) * 3)
+        self.assertEqual([m["type"] for m in client.messages()], ["pong"] * 3)
+
     def test_slowing_down_is_forgiven(self):
         """A client that pauses after hitting the limit is served again and not closed."""
         burst = self.config["limits.message_burst"]
@@ -439,6 +485,24 @@ class CloseCodeLabelTests(ShardTestCase):
         self.assertEqual(metrics.close_code_label(3999), "other_3xxx")
         self.assertEqual(metrics.close_code_label(4999), "other_4xxx")
         self.assertEqual(metrics.close_code_label(None), "none")
+
+    def test_client_sent_server_codes_are_not_server_decisions(self):
+        """
+        A client closing with 4008 (or 4000, 4001) is not counted as a slow
+        consumer the server disconnected (issue 23, L4): its close is
+        counted as clean with code other_4xxx, and no slow_consumer series
+        moves.
+        """
+        slow = sample("odinws_connections_closed_total", reason="slow_consumer", code="4008")
+        other = sample("odinws_connections_closed_total", reason="clean", code="other_4xxx")
+        for n, code in enumerate((4008, 4000, 4001)):
+            client = self.connect(f"10.2.0.{n + 1}")
+            client.send(client_frame(8, code.to_bytes(2, "big") + b"bye"))
+            self.assertTrue(client.lost)
+        self.assertEqual(sample("odinws_connections_closed_total", reason="slow_consumer",
+                                code="4008"), slow)
+        self.assertEqual(sample("odinws_connections_closed_total", reason="clean",
+                                code="other_4xxx"), other + 3)
 
 
 class ShardSubscriptionBudgetTests(ShardTestCase):

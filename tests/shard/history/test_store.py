@@ -195,6 +195,75 @@ class LatestTests(SynchronousTestCase):
         self.assertEqual([e.offset for e in self.h.latest([("A", "trade")], 10)[0]], [3])
 
 
+class ReplayWorkTests(SynchronousTestCase):
+    """The work of a recovery is bounded by max_scan, whatever is retained (issue 23, H1/H2)."""
+
+    def test_visits_never_exceed_max_scan(self):
+        """
+        With 30,000 events retained on each of two partitions, recoveries
+        of 100 channels that match nothing, from 30% past the oldest
+        retained offset and from near the newest: the first would look at
+        41,998 events and is answered too_large having visited none; the
+        second visits exactly what follows its positions (200), within
+        max_scan (20,000), and finds nothing.
+        """
+        h = History(max_events=10**6, max_age=0, max_bytes=10**10, max_channels=10,
+                    clock=Clock())
+        for o in range(30_000):
+            for p in (0, 1):
+                h.add(ev(f"T{o % 50}", o, partition=p, epoch="e1", pad=1))
+        nothing = [(f"NONE{i}", "trade") for i in range(100)]
+        deep = {("t", 0): ("e1", 9_000), ("t", 1): ("e1", 9_000)}
+        self.assertEqual(h.replay(deep, nothing, 20_000), (None, "too_large"))
+        self.assertEqual(h.replay_visits, 0)
+        recent = {("t", 0): ("e1", 29_899), ("t", 1): ("e1", 29_899)}
+        self.assertEqual(h.replay(recent, nothing, 20_000), ([], None))
+        self.assertEqual(h.replay_visits, 200)
+        # Without a bound (the previous behaviour) the deep one looks at all 41,998.
+        self.assertEqual(h.replay(deep, nothing), ([], None))
+        self.assertEqual(h.replay_visits, 200 + 41_998)
+
+class SnapshotWorkTests(SynchronousTestCase):
+    """The work of a snapshot follows its patterns, not the cache (issue 23, H3)."""
+
+    def test_visits_bounded_whatever_is_cached(self):
+        """
+        With 20,000 channels cached (two types, 10,000 tokens, forgotten
+        channels included), 100 patterns matching nothing visit at most one
+        entry each (exact) or none (wildcards of unknown tokens or types);
+        wildcards that match much stop past the limit; every call stays
+        within len(patterns) * (2 * limit + 1) visits, and answers what a
+        full scan would.
+        """
+        h = History(max_events=10**6, max_age=0, max_bytes=10**9, max_channels=20_000,
+                    clock=Clock())
+        for n in range(21_000):   # 1,000 channels forgotten (the cache's bound)
+            h.add(ev(f"T{n % 10_500}", n, etype=("trade", "price")[n // 10_500]))
+        self.assertEqual(h.channels, 20_000)
+        limit = 50
+        cases = {
+            "exact, nothing": ([(f"NONE{i}", "trade") for i in range(100)], 0, False),
+            "token wildcards, nothing": ([(f"NONE{i}", "*") for i in range(100)], 0, False),
+            "type wildcards, nothing": ([("*", f"none{i}") for i in range(100)], 0, False),
+            "forgotten channel": ([("T0", "trade")], 0, False),
+            "a token": ([("T1600", "*")], 2, False),
+            "a type": ([("*", "price")], limit, True),
+            "everything": ([("*", "*"), ("T5", "*")], limit, True),
+        }
+        for what, (patterns, found, more) in cases.items():
+            before = h.snapshot_visits
+            got, over = h.latest(patterns, limit)
+            visits = h.snapshot_visits - before
+            self.assertEqual((len(got), over), (found, more), what)
+            self.assertLessEqual(visits, len(patterns) * (2 * limit + 1), what)
+            if not found:
+                self.assertLessEqual(visits, sum(1 for t, e in patterns if "*" not in (t, e)),
+                                     what)
+        got, _ = h.latest([("T1600", "*"), ("T1601", "trade")], limit)
+        self.assertEqual(sorted(e.channel for e in got),
+                         ["odin.token.T1600.price", "odin.token.T1600.trade",
+                          "odin.token.T1601.trade"])
+
 class BackfillTests(SynchronousTestCase):
     """L{History.backfill}: what a starting shard read back from Kafka, joined to live delivery."""
 
