@@ -16,7 +16,6 @@ from twisted.python import log
 from twisted.trial import unittest
 
 from tests.helpers import FAST_KAFKA
-from tests.helpers.broker import KIND as BROKER_KIND
 from tests.helpers.broker import shared_broker
 from tests.helpers.browser import BrowserScript, require_browser
 from tests.helpers.node import Node
@@ -150,21 +149,6 @@ class SseFallbackTests(ClientBrowserCase):
         script.wait_line("READY", 120)
         self.node.kill_holder()
         self.assertPassed(script)
-
-    if BROKER_KIND == "kafka":
-        # Found when the tests moved to Apache Kafka (its sessions are at least
-        # 6 s, so the killed shard's partition stays unread ~6 s, not ~2 s):
-        # the restarted shard's warm-up history lets the client recover past
-        # what the other shard has consumed of that partition; the new stream
-        # of the last step lands on that other shard with positions ahead of
-        # it, and once the partition is reassigned and re-read from its last
-        # commit, events the client already has arrive again as live
-        # ("went from n=61 to n=44"). Fails 3 runs in 4. Kept running as a
-        # known failure until issue 21's shard-kill work (static membership
-        # or KIP-848) or a per-subscription mark for "ahead" positions fixes it.
-        test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there.todo = (  # type: ignore[attr-defined]
-            "Apache Kafka: a stream opened with positions ahead of its shard gets "
-            "re-read events as live once the killed shard's partition moves")
 
 
 class TokenTests(ClientBrowserCase):
