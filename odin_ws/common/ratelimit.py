@@ -22,12 +22,12 @@ class TokenBucket:
         self.now = now
         self.stamp = now()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
         t = self.now()
         tokens = min(self.burst, self.tokens + (t - self.stamp) * self.rate)
         self.stamp = t
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
+        if tokens >= cost:
+            self.tokens = tokens - cost
             return True
         self.tokens = tokens
         return False

@@ -86,16 +86,28 @@ KIND = os.environ.get("ODINWS_TEST_BROKER", "kafka")
 if KIND not in ("kafka", "tansu"):
     raise RuntimeError(f"ODINWS_TEST_BROKER={KIND!r}: expected kafka or tansu")
 
-#: Consumer group settings for quick joins on the test broker. Apache Kafka
-#: refuses sessions under 6 s (group.min.session.timeout.ms, kept at its
-#: default); max.poll.interval.ms may not be below the session timeout.
-FAST_KAFKA: dict[str, Any] = {
-    "kafka.session_timeout_ms": 6000 if KIND == "kafka" else 2000,
-    "kafka.max_poll_interval_ms": 6000 if KIND == "kafka" else 4000,
-    "kafka.start_offset": "earliest",
-    "kafka.consumer_config": {"statistics.interval.ms": 500, "auto.commit.interval.ms": 200,
-                              "fetch.wait.max.ms": 10},
-}
+def fast_kafka(kind: str) -> dict[str, Any]:
+    """
+    Consumer group settings for quick joins on a broker of C{kind} ("kafka"
+    or "tansu"). Apache Kafka refuses sessions under 6 s
+    (group.min.session.timeout.ms, kept at its default); max.poll.interval.ms
+    may not be below the session timeout. Tansu 0.6 never assigns a second
+    static member (measured): static membership off there.
+    """
+    settings: dict[str, Any] = {
+        "kafka.session_timeout_ms": 6000 if kind == "kafka" else 2000,
+        "kafka.max_poll_interval_ms": 6000 if kind == "kafka" else 4000,
+        "kafka.start_offset": "earliest",
+        "kafka.consumer_config": {"statistics.interval.ms": 500, "auto.commit.interval.ms": 200,
+                                  "fetch.wait.max.ms": 10},
+    }
+    if kind == "tansu":
+        settings["kafka.static_membership"] = False
+    return settings
+
+
+#: L{fast_kafka} for the broker of this run.
+FAST_KAFKA = fast_kafka(KIND)
 
 # librdkafka's connection-refused chatter while the broker starts or stops
 # would otherwise go to stderr.
@@ -113,6 +125,8 @@ class TestBroker:
     admin: AdminClient | None
     #: Whether L{restart} keeps topics, records and committed offsets.
     keeps_data: bool
+    #: "kafka" or "tansu" (see L{fast_kafka}).
+    kind: str
 
     def _init_producer(self) -> None:
         self._producer: Producer | None = None
@@ -160,9 +174,12 @@ class TestBroker:
         from confluent_kafka.admin import NewPartitions
         for future in self.admin.create_partitions([NewPartitions(topic, total)]).values():
             future.result(timeout=timeout)
-        wait_metadata(self.admin,
-                      lambda topics: topic in topics and len(topics[topic].partitions) == total,
-                      timeout, f"{topic} with {total} partitions")
+        def grown(topics) -> bool:
+            return topic in topics and len(topics[topic].partitions) == total
+        wait_metadata(self.admin, grown, timeout, f"{topic} with {total} partitions")
+        if self._producer is not None:
+            # Its metadata cache would refuse the new partitions for minutes.
+            wait_metadata(self._producer, grown, timeout, f"{topic} grown for the producer")
 
 
 def wait_metadata(admin, done, timeout: float, what: str) -> None:
@@ -178,6 +195,7 @@ class TansuBroker(TestBroker, EmbeddedBroker):
     """The product's embedded broker plus a producer; blocking methods, for setUp/threads."""
 
     keeps_data = False
+    kind = "tansu"
 
     def __init__(self, log_dir: str | None = None):
         EmbeddedBroker.__init__(self, log_dir)
@@ -208,6 +226,7 @@ class KafkaBroker(TestBroker, KafkaCluster):
     """Apache Kafka (one node unless C{brokers}) plus a producer."""
 
     keeps_data = True
+    kind = "kafka"
 
     def __init__(self, log_dir: str | None = None, brokers: int = 1):
         KafkaCluster.__init__(self, os.path.join(log_dir, "kafka") if log_dir else None,
@@ -238,7 +257,16 @@ def new_broker(log_dir: str | None = None) -> TansuBroker | KafkaBroker:
     return KafkaBroker(log_dir) if KIND == "kafka" else TansuBroker(log_dir)
 
 
+def _for_this_process(broker: TansuBroker | KafkaBroker) -> TansuBroker | KafkaBroker:
+    """Start C{broker}, to be stopped when the process exits."""
+    broker.start()
+    atexit.register(broker.stop)
+    return broker
+
+
 _shared: TansuBroker | KafkaBroker | None = None
+_apache: KafkaBroker | None = None
+_tansu: TansuBroker | None = None
 
 
 def shared_broker() -> TansuBroker | KafkaBroker:
@@ -249,8 +277,40 @@ def shared_broker() -> TansuBroker | KafkaBroker:
     """
     global _shared
     if _shared is None:
-        broker = new_broker()
-        broker.start()
-        atexit.register(broker.stop)
-        _shared = broker
+        _shared = _for_this_process(new_broker())
     return _shared
+
+
+def apache_kafka() -> KafkaBroker:
+    """
+    Apache Kafka, for the tests of its own behaviours (static membership,
+    transactions, compaction): the shared broker when this run tests Apache
+    Kafka, else (C{ODINWS_TEST_BROKER=tansu}) one of this process's own,
+    started on first use, stopped at exit (as L{shared_broker}).
+    """
+    global _apache
+    shared = shared_broker()
+    if isinstance(shared, KafkaBroker):
+        return shared
+    if _apache is None:
+        broker = KafkaBroker()
+        _for_this_process(broker)
+        _apache = broker
+    return _apache
+
+
+def tansu() -> TansuBroker:
+    """
+    Tansu, for a test whose scenario has a known Apache Kafka defect named
+    next to it: the shared broker when this run tests Tansu, else one of
+    this process's own, started on first use, stopped at exit.
+    """
+    global _tansu
+    shared = shared_broker()
+    if isinstance(shared, TansuBroker):
+        return shared
+    if _tansu is None:
+        broker = TansuBroker()
+        _for_this_process(broker)
+        _tansu = broker
+    return _tansu

@@ -97,8 +97,9 @@ class Node:
         # A given port: a node that replaces another on its address.
         self.port = port or free_port()
         self.workdir = workdir
+        self.node_id = f"test{self.port}"
         config: dict[str, Any] = {
-            "node_id": f"test{self.port}",
+            "node_id": self.node_id,
             "shards": shards,
             # The tests read /metrics on the public port (off by default).
             # No admin listener unless a test asks for one: its default port
@@ -168,6 +169,18 @@ class Node:
                 return f.read()[-n:].decode("utf-8", "replace")
         except OSError:
             return ""
+
+    def assigned(self) -> dict[int, list[int]]:
+        """The Kafka partitions each shard (by index) has, from /health."""
+        out = {}
+        for s in self.health()[1]["shards"]:
+            names = (s.get("kafka") or {}).get("assigned") or []
+            out[s["index"]] = sorted(int(n.rpartition("[")[2].rstrip("]")) for n in names)
+        return out
+
+    def split(self, counts: list[int]) -> bool:
+        """Whether the shards have C{counts} partitions each (in any order)."""
+        return sorted(map(len, self.assigned().values())) == sorted(counts)
 
     def shard_pids(self) -> list[int]:
         return [s["pid"] for s in self.health()[1]["shards"] if s["alive"]]

@@ -14,7 +14,7 @@ import uuid
 from twisted.trial import unittest
 from websockets.exceptions import InvalidStatus
 
-from tests.helpers.broker import FAST_KAFKA, new_broker, shared_broker
+from tests.helpers.broker import fast_kafka, new_broker, shared_broker
 from tests.helpers.node import Client, Node, wait_for
 
 
@@ -36,6 +36,9 @@ class TopicNodeCase(unittest.TestCase):
     prefix = "it"
     #: A broker of the test's own (it restarts it), not the process's shared one.
     own_broker = False
+    #: Otherwise where the topic lives: this run's broker, or (C{apache_kafka})
+    #: Apache Kafka whatever the run's broker, for a test of its behaviours.
+    broker_of = staticmethod(shared_broker)
     #: Tokens C{produce} cycles through (token i on partition i % partitions).
     tokens = 3
 
@@ -47,14 +50,14 @@ class TopicNodeCase(unittest.TestCase):
             self.broker.start()
             self.addCleanup(self.broker.stop)
         else:
-            self.broker = shared_broker()
+            self.broker = self.broker_of()
         self.topic = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
         self.broker.create_topics([self.topic], partitions=self.partitions)
         self.seq = 0
         self.produced: dict[int, list[int]] = {}
 
     def node(self, start: bool = True, port: int | None = None, **extra) -> Node:
-        settings = dict(FAST_KAFKA)
+        settings = fast_kafka(self.broker.kind)
         # The tests reconnect at once; no placement hold while a shard is due back.
         settings.update({"kafka.topics": {self.topic: "trade"}, "listen.restart_hold": 0})
         settings.update(extra)

@@ -200,8 +200,11 @@ class HungBrokerTests(OwnBrokerCase):
         the supervisor having to SIGKILL the shard.
         """
         # A long session: the consumer is surely still a member at SIGTERM.
+        # A dynamic member: a static one sends no LeaveGroup, and its close
+        # did not block on the frozen Apache Kafka (measured: stopped in 2 s).
         node = self.start(**{"kafka.session_timeout_ms": 10000,
-                             "kafka.max_poll_interval_ms": 10000})
+                             "kafka.max_poll_interval_ms": 10000,
+                             "kafka.static_membership": False})
         self.freeze()
         node.stop()
         log = node.tail(200_000)

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 
+from twisted.trial import unittest
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers.node import Client, Node, wait_for
@@ -227,3 +228,163 @@ class SnapshotTests(RecoveryNodeCase):
         self.produce(3)                                    # seq 9, 10, 11: T1 gets 10
         live = exact.recv(10)
         self.assertEqual((live["data"]["seq"], "snapshot" in live), (10, False))
+
+
+def epochs(positions: list[str]) -> set[str]:
+    """The epochs (third field) of positions."""
+    return {p.split(":")[2] for p in positions}
+
+
+class BrokerRestartTests(RecoveryNodeCase):
+    """The broker restarted under a running node, keeping its data (Apache Kafka)."""
+
+    own_broker = True
+
+    def setUp(self):
+        super().setUp()
+        if not self.broker.keeps_data:
+            raise unittest.SkipTest(
+                "Tansu fact: its storage is in memory, a restarted Tansu has no topics, "
+                "records or offsets to keep (test_kafka_faults.BrokerReplacedTests)")
+
+    def test_restart_loses_nothing_and_replays_nothing(self):
+        """
+        The broker stops and starts again with its data while a client is
+        subscribed and events keep coming (queued by the producer while it
+        is down): the client gets every event exactly once, in order per
+        partition (none lost, none of the earlier ones delivered again as
+        live); positions keep their epoch, and one from before the restart
+        still recovers exactly what came after it.
+        """
+        node = self.node()
+        tracker = Tracker()
+        client = self.connect(node)
+        self.subscribe(client, tracker, since=[])
+        self.warm(node, tracker, client)
+        self.produce(20)
+        self.read_until(client, tracker, self.seq)
+        before = tracker.since()
+        counted = {p: len(seqs) for p, seqs in self.produced.items()}
+
+        self.broker.down()
+        self.produce(10, flush=False)
+        self.broker.up()
+        self.broker.flush(60)
+        self.produce(20)
+        self.read_until(client, tracker, self.seq)
+        self.assertExactlyProduced(tracker)
+        self.assertEqual(epochs(tracker.since()), epochs(before))
+
+        again = self.connect(node)
+        later = Tracker()
+        reply = self.subscribe(again, later, since=before)
+        self.assertEqual((reply["recovered"], reply["replayed"]), (True, 30))
+        self.read_until(again, later, 30)
+        self.assertEqual(later.seqs, {p: seqs[counted.get(p, 0):]
+                                      for p, seqs in self.produced.items()})
+
+
+class TopicRecreatedTests(RecoveryNodeCase):
+    """The topic deleted and created again under a running node."""
+
+    def test_new_epoch_and_old_positions_not_recovered(self):
+        """
+        After the topic is deleted and recreated (offsets start again at 0)
+        its events reach the subscribed client with positions of a new
+        epoch; a position of the old incarnation is answered recovered
+        false, C{other_epoch}, while one of the new incarnation recovers.
+        """
+        node = self.node()
+        node.wait_spread()
+        tracker = Tracker()
+        client = self.connect(node)
+        self.subscribe(client, tracker, since=[])
+        self.warm(node, tracker, client)
+        old = tracker.since()
+
+        self.broker.delete_topics([self.topic])
+        self.broker.create_topics([self.topic], partitions=self.partitions)
+        self.produced, self.seq = {}, 0
+        recreated = Tracker()  # (a position's stream names its epoch)
+        self.produce(2 * self.partitions)
+        self.read_until(client, recreated, self.seq)
+        self.assertExactlyProduced(recreated)
+        new = recreated.since()
+        self.assertEqual(len(epochs(new)), 1)
+        self.assertNotEqual(epochs(new), epochs(old))
+
+        reply = self.subscribe(self.connect(node), Tracker(), since=old)
+        self.assertEqual((reply["recovered"], reply["reason"]), (False, "other_epoch"))
+        self.produce(self.partitions)
+        self.wait_consumed(node)
+        reply = self.subscribe(self.connect(node), Tracker(), since=new)
+        self.assertEqual((reply["recovered"], reply["replayed"]), (True, self.partitions))
+
+
+class PartitionsAddedTests(RecoveryNodeCase):
+    """
+    Partitions added to the topic while the node runs, with the shipped
+    start offset (latest) and metadata refresh (kafka.metadata_refresh_ms).
+    """
+
+    tokens = 4
+
+    def primed(self, *clients: Client) -> None:
+        """
+        Probe events until one of every partition has reached every client:
+        the consumers' start positions are resolved (latest skips what came
+        before). The probes are not tracked.
+        """
+        seen: list[set[int]] = [set() for _ in clients]
+        partitions = set(range(self.partitions))
+
+        def arrived() -> bool:
+            for partition in partitions:
+                self.broker.produce(self.topic, b"P", b'{"seq": "probe"}', partition=partition)
+            self.broker.flush()
+            for client, got in zip(clients, seen, strict=True):
+                try:
+                    while True:
+                        msg = client.recv(0.3)
+                        if msg.get("type") == "event":
+                            got.add(int(msg["pos"].split(":")[1]))
+                except TimeoutError:
+                    pass
+            return all(got >= partitions for got in seen)
+        wait_for(arrived, 60, 0, "a probe from every partition")
+        for client in clients:
+            client.events.clear()
+
+    def test_new_partitions_delivered_and_recoverable(self):
+        """
+        The topic grows from 2 to 4 partitions under a running node: events
+        produced to the new partitions at once (before the node has seen
+        them) reach the subscribed client, every one exactly once, and a
+        client that went away recovers the new partitions' events it missed.
+        """
+        node = self.node(**{"kafka.start_offset": "latest"})
+        # A running node: every shard has had its first assignment, when a
+        # shard takes the partition counts it compares with (topiclayout).
+        node.wait_spread()
+        client, watcher = self.connect(node), self.connect(node)
+        tracker, watched = Tracker(), Tracker()
+        self.subscribe(client, tracker, since=[])
+        self.subscribe(watcher, watched, since=[])
+        self.primed(client, watcher)
+
+        self.broker.add_partitions(self.topic, 4)
+        self.partitions = 4
+        self.produce(8)
+        self.read_until(client, tracker, self.seq)
+        self.assertExactlyProduced(tracker)
+        self.assertEqual(sorted(int(p.split(":")[1]) for p in tracker.since()), [0, 1, 2, 3])
+
+        client.close()
+        self.produce(8)
+        self.read_until(watcher, watched, self.seq)  # the node has them
+        self.assertExactlyProduced(watched)
+        again = self.connect(node)
+        reply = self.subscribe(again, tracker, since=tracker.since())
+        self.assertEqual((reply["recovered"], reply["replayed"]), (True, 8))
+        self.read_until(again, tracker, self.seq)
+        self.assertExactlyProduced(tracker)

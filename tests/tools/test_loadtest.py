@@ -411,6 +411,7 @@ class RunTests(unittest.TestCase):
             "kafka.topics": {topic: "trade"},
             "kafka.session_timeout_ms": FAST_KAFKA["kafka.session_timeout_ms"],
             "kafka.max_poll_interval_ms": FAST_KAFKA["kafka.max_poll_interval_ms"],
+            "kafka.static_membership": FAST_KAFKA.get("kafka.static_membership", True),
             "kafka.consumer_config": {"fetch.wait.max.ms": 10}})
         self.addCleanup(node.stop)
         node.start()

@@ -21,12 +21,7 @@ from odin_ws.common.events import Event
 from odin_ws.shard.clients import messages
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.history import positions
-from odin_ws.shard.history.store import History
-
-#: Reason of C{recovered: false} when the replay would not fit the
-#: connection's outbound buffer (it would be dropped by the slow-client
-#: policy, so it is not attempted).
-TOO_LARGE = "too_large"
+from odin_ws.shard.history.store import TOO_LARGE, History
 
 _SNAPSHOT_TAIL = b',"snapshot":true}'
 
@@ -61,7 +56,8 @@ def _websocket(payload: bytes, event: Event) -> bytes:
 
 def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
            max_snapshot_events: int, room: int,
-           encode: Callable[[bytes, Event], bytes] = _websocket, overhead: int = 8) -> Answer:
+           encode: Callable[[bytes, Event], bytes] = _websocket, overhead: int = 8,
+           max_scan: int | None = None) -> Answer:
     """
     The answer to C{msg}'s C{since} and C{snapshot}.
 
@@ -72,6 +68,10 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         WebSocket text frame; the SSE stream gives its own).
     @param overhead: bytes C{encode} adds to an event at most (a WebSocket
         frame header: 8; an SSE message carries its id).
+    @param max_scan: retained events the recovery may look at
+        (C{limits.max_recovery_scan}); past it: C{recovered: false},
+        C{too_large}. Also too large: a replay that would not fit C{room}
+        (the slow-client policy would drop it, so it is not attempted).
     @raise messages.ClientError: C{unknown_position} or C{snapshot_too_large};
         nothing is subscribed then.
     """
@@ -85,7 +85,7 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
                     messages.UNKNOWN_POSITION,
                     f"position of a topic this server does not serve: {topic[:80]!r}", msg.id)
         out.positions = tops(history)
-        events, reason = history.replay(msg.since, patterns)
+        events, reason = history.replay(msg.since, patterns, max_scan)
         if events is not None and sum(len(e.envelope) + overhead for e in events) > room:
             events, reason = None, TOO_LARGE
         out.recovered = events is not None

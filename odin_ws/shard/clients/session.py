@@ -280,14 +280,14 @@ class Session:
         if outbox is not None:
             outbox.reconfigure(settings.outbound)
 
-    def message_allowed(self) -> bool:
+    def message_allowed(self, cost: int = 1) -> bool:
         """
-        Spend a token of the message rate; on refusal count a strike, and
-        close the connection if strikes pile up (they decay at one per
+        Spend C{cost} tokens of the message rate; on refusal count a strike,
+        and close the connection if strikes pile up (they decay at one per
         second of good behaviour).
         """
         bucket = self.bucket
-        if bucket is None or bucket.take():
+        if bucket is None or bucket.take(cost):
             return True
         limits = self.host.settings.limits
         now = bucket.now()
@@ -315,6 +315,11 @@ class Session:
             self.error(e.code, e.message, e.id)
             return
         if isinstance(msg, messages.Subscribe):
+            if (msg.since is not None or msg.snapshot) and \
+                    not self.message_allowed(limits.recovery_cost - 1):
+                # Its first token was spent when it arrived; a recovery or a
+                # snapshot reads history and costs more (issue 23).
+                return
             self.subscribe(msg)
         elif isinstance(msg, messages.Unsubscribe):
             self.unsubscribe(msg)
@@ -382,11 +387,14 @@ class Session:
         @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}.
         """
         settings = self.host.settings
+        limits = settings.limits
         if encode is None:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
-                                   settings.limits.max_snapshot_events, room)
+                                   limits.max_snapshot_events, room,
+                                   max_scan=limits.max_recovery_scan)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
-                               settings.limits.max_snapshot_events, room, encode, overhead)
+                               limits.max_snapshot_events, room, encode, overhead,
+                               max_scan=limits.max_recovery_scan)
 
     def subscribed(self) -> None:
         """A subscription was made: the idle close is off, the shard's count is new."""

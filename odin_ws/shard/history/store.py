@@ -42,6 +42,7 @@ TOO_OLD = "too_old"            # events after the position were already evicted
 AHEAD = "ahead"                # the position is past what this node has seen
 OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
 UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
+TOO_LARGE = "too_large"        # more to look at or to send than a recovery may
 
 #: A log's C{join} when any next offset continues it (see L{PartitionLog}).
 ANY_OFFSET = 1 << 62
@@ -102,6 +103,10 @@ class PartitionLog:
         self.floor = events[0].offset - 1
         self.bytes += size
 
+    def count_after(self, offset: int) -> int:
+        """How many retained events have an offset above C{offset} (no copy)."""
+        return len(self.events) - max(bisect_right(self.offsets, offset), self.start)
+
     def after(self, offset: int) -> list[Event]:
         """Retained events with an offset above C{offset}, oldest first."""
         i = max(bisect_right(self.offsets, offset), self.start)
@@ -139,6 +144,8 @@ class History:
         self._latest_bytes = 0
         #: Cache entries snapshots visited, all told (what their work is).
         self.snapshot_visits = 0
+        #: Retained events recoveries visited, all told.
+        self.replay_visits = 0
         self.bytes = 0
         #: Evictions by reason: count, age, budget.
         self.evicted = {"count": 0, "age": 0, "budget": 0}
@@ -355,16 +362,21 @@ class History:
         return log.epoch if log is not None else None
 
     def replay(self, since: dict[tuple[str, int], tuple[str, int]],
-               patterns: list[tuple[str, str]]) -> tuple[list[Event] | None, str | None]:
+               patterns: list[tuple[str, str]],
+               max_scan: int | None = None) -> tuple[list[Event] | None, str | None]:
         """
         Every retained event after the given positions that matches one of
         C{patterns}, in order per partition (partitions one after the other).
 
         @param since: C{(topic, partition) -> (epoch, last offset seen)}.
+        @param max_scan: retained events the replay may look at, all
+            partitions together (counted before any is looked at); past
+            it the answer is C{(None, TOO_LARGE)} (issue 23: a recovery for
+            channels that match nothing scanned all that was retained).
         @return: C{(events, None)}, or C{(None, reason)} when any position
             cannot be recovered from what is retained.
         """
-        out: list[Event] = []
+        tails = []
         for key, (epoch, offset) in since.items():
             log = self._logs.get(key)
             if log is None:
@@ -375,7 +387,14 @@ class History:
                 return None, AHEAD
             if offset < log.floor:
                 return None, TOO_OLD
-            out.extend(e for e in log.after(offset) if _matches(patterns, e))
+            tails.append((log, offset))
+        if max_scan is not None and sum(log.count_after(o) for log, o in tails) > max_scan:
+            return None, TOO_LARGE
+        out: list[Event] = []
+        for log, offset in tails:
+            events = log.after(offset)
+            self.replay_visits += len(events)
+            out.extend(e for e in events if _matches(patterns, e))
         return out, None
 
     def latest(self, patterns: list[tuple[str, str]], limit: int) -> tuple[list[Event], bool]:

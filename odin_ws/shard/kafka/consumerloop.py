@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -24,6 +24,7 @@ from odin_ws.common.events import Event, Partition
 from odin_ws.common.settings import KafkaSettings
 from odin_ws.shard.kafka.incarnations import TopicIncarnations
 from odin_ws.shard.kafka.records import RecordMapper
+from odin_ws.shard.kafka.topiclayout import TopicLayout
 
 
 @dataclass(slots=True)
@@ -87,6 +88,8 @@ class ConsumerLoop:
     @param finished: fired (in the reactor) once the consumer is closed.
     @param incarnations: the topics' epochs, looked up on every assignment
         and whenever a partition's offsets go back while assigned.
+    @param layout: which partitions appeared since the start (None: they
+        start where C{kafka.start_offset} says, like the others).
     @param cooperative: the group uses incremental (cooperative) rebalancing:
         the rebalance callbacks get only the partitions that move, and must
         answer with C{incremental_assign}/C{incremental_unassign} (eager:
@@ -96,13 +99,18 @@ class ConsumerLoop:
     def __init__(self, ingest: LoopOwner, consumer: Consumer, mapper: RecordMapper,
                  settings: KafkaSettings, stopping: threading.Event,
                  done: queue.SimpleQueue[int], max_pending: int, finished: Deferred,
-                 incarnations: TopicIncarnations, cooperative: bool = False):
+                 incarnations: TopicIncarnations, cooperative: bool = False,
+                 layout: TopicLayout | None = None):
         self.ingest = ingest
         self.cooperative = cooperative
         self.consumer = consumer
         self.mapper = mapper
         self.finished = finished
         self.topics = list(settings.topics)
+        self.identity_every = settings.metadata_refresh_ms / 1000.0
+        # Partitions appearing later start at their beginning (topiclayout);
+        # with start_offset earliest they do anyway.
+        self.layout = layout if settings.start_offset == "latest" else None
         self.poll_batch = settings.poll_batch
         self.poll_timeout = settings.poll_timeout
         # Pause well before librdkafka's max.poll.interval.ms would expire.
@@ -153,7 +161,8 @@ class ConsumerLoop:
     def poll_once(self) -> None:
         self.take_done(0)
         if self.epochs_due is not None and time.monotonic() >= self.epochs_due:
-            self.refresh_epochs()
+            changed = self.refresh_epochs() or {}
+            self.reread_recreated({topic for topic, old in changed.items() if old})
         if self.in_flight < self.max_pending:
             self.blocked_since = None
             if self.paused:
@@ -208,6 +217,8 @@ class ConsumerLoop:
                 if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and m.topic() in self.topics:
                     # "Subscribed topic not available": said once per topic.
                     self.set_missing(self.missing | {m.topic()})
+                    if self.layout is not None:
+                        self.layout.gone(m.topic())
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.ingest.note_error(err.name().lstrip("_").lower(), err.str())
                 continue
@@ -305,7 +316,10 @@ class ConsumerLoop:
         if changed is None:
             self.epochs_due = time.monotonic() + EPOCH_RETRY
             return None
-        self.epochs_due = None
+        # Looked at again every metadata refresh: a topic deleted and
+        # recreated within one keeps its partitions assigned, and librdkafka
+        # (2.16) goes on fetching at the old offset in the new log.
+        self.epochs_due = time.monotonic() + self.identity_every
         for topic, old in changed.items():
             if old:
                 self.ingest.audit("Kafka topic {topic} is a new incarnation (epoch {old} -> "
@@ -313,12 +327,42 @@ class ConsumerLoop:
                                   topic=topic, old=old, new=self.incarnations.epoch(topic))
         return changed
 
+    def reread_recreated(self, topics: set[str]) -> None:
+        """
+        Topics found recreated while their partitions stayed assigned: read
+        those partitions from the beginning of the new log (all of it is
+        new; the consumer would otherwise skip its first records, up to the
+        old offset).
+        """
+        for tp in [tp for tp in self.assignment if tp.topic in topics]:
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+            except KafkaException as e:
+                self.ingest.note_error("seek", describe_error(e))
+                continue
+            self.positions.pop(tp, None)
+            self.ingest.log("info", "Kafka {topic}[{partition}]: the topic was recreated, "
+                            "read from the beginning of its new log",
+                            topic=tp.topic, partition=tp.partition)
+
     def set_missing(self, topics: set[str]) -> None:
         if topics != self.missing:
             self.missing = topics
             self.ingest.publish_missing(frozenset(topics))
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assignment.update(Partition(tp.topic, tp.partition) for tp in partitions)
+        # The topics' identities first: a recreated topic's partitions are new.
+        changed = self.refresh_epochs() or {}
+        recreated = {topic for topic, old in changed.items() if old}
+        for tp in partitions:
+            if tp.topic in recreated:
+                # Its new log from the start: an offset the group committed
+                # may be the old log's (Apache Kafka 4.4 kept them, measured).
+                tp.offset = OFFSET_BEGINNING
+        if self.layout is not None:
+            self.start_new_partitions(self.layout,
+                                      [tp for tp in partitions if tp.topic not in recreated])
         # Eager: the whole new assignment (the old one was revoked first).
         # Cooperative: only the partitions added; the ones kept go on
         # flowing with their positions, and get no callback at all.
@@ -326,7 +370,6 @@ class ConsumerLoop:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
-        self.assignment.update(Partition(tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             # A new assignment starts from the committed offset: going back
             # to it is a re-read, not a new log.
@@ -339,7 +382,19 @@ class ConsumerLoop:
             self.set_missing(self.missing - {tp.topic for tp in partitions})
         self.repause = self.paused
         self.ingest.broker_reached()
-        self.refresh_epochs()
+
+    def start_new_partitions(self, layout: TopicLayout,
+                             partitions: list[TopicPartition]) -> None:
+        """Partitions that appeared while the shard runs start at their beginning."""
+        try:
+            started = layout.from_beginning(layout.new(partitions))
+        except (KafkaException, TimeoutError) as e:
+            self.ingest.note_error("new_partitions", describe_error(e))
+            return
+        if started:
+            self.ingest.log("info", "Kafka partitions new since the start, read from their "
+                            "beginning: {partitions}",
+                            partitions=", ".join(f"{tp.topic}[{tp.partition}]" for tp in started))
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Also on_lost (the member was evicted: its commit fails, the new

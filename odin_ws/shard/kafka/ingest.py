@@ -44,6 +44,7 @@ from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop, describe_error
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.kafka.records import RecordMapper
+from odin_ws.shard.kafka.topiclayout import TopicLayout
 
 log = Logger()
 
@@ -146,6 +147,8 @@ class KafkaIngest(Service):
             "reconnect.backoff.max.ms": int(k.retry_backoff_max * 1000),
             "statistics.interval.ms": STATISTICS_INTERVAL_MS,
             "fetch.wait.max.ms": k.fetch_wait_max_ms,
+            # Partitions added and topics recreated are seen at a refresh.
+            "topic.metadata.refresh.interval.ms": k.metadata_refresh_ms,
         }
         if k.static_membership:
             conf["group.instance.id"] = self.instance_id
@@ -223,7 +226,9 @@ class KafkaIngest(Service):
         loop = ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
                             self._stopping, self._done, self._max_pending, self._finished,
                             TopicIncarnations(admin_config(conf)),
-                            cooperative=_incremental(conf))
+                            cooperative=_incremental(conf),
+                            layout=TopicLayout(admin_config(conf), conf["group.id"],
+                                               self._settings.kafka.topics))
         self._thread = threading.Thread(target=loop.run,
                                         name="odinws-kafka", daemon=True)
         self._thread.start()

@@ -161,6 +161,27 @@ class RateLimitTests(ShardTestCase):
             self.assertTrue(flooder.lost)
         self.assertTrue(calm.open)
 
+    def test_recoveries_and_snapshots_cost_more_tokens(self):
+        """
+        A subscribe with since or snapshot spends limits.recovery_cost tokens
+        (5) of the message rate, a plain one 1 (issue 23): of 20 snapshot
+        subscribes in one burst of 50 tokens, 10 are answered, then
+        rate_limited errors; plain pings are served again once tokens refill.
+        """
+        burst = self.config["limits.message_burst"]
+        cost = self.config["limits.recovery_cost"]
+        self.assertEqual((burst, cost), (50, 5))
+        client = self.connect()
+        client.send(b"".join(
+            text({"type": "subscribe", "channels": [f"odin.token.S{i}.trade"],
+                  "snapshot": True}) for i in range(20)))
+        replies = client.messages()
+        self.assertEqual([r["type"] for r in replies], ["subscribed"] * 10 + ["error"] * 10)
+        self.assertEqual({r["code"] for r in replies[10:]}, {"rate_limited"})
+        self.advance(10)
+        client.send(text({"type": "ping", "id": 1}) * 3)
+        self.assertEqual([m["type"] for m in client.messages()], ["pong"] * 3)
+
     def test_slowing_down_is_forgiven(self):
         """A client that pauses after hitting the limit is served again and not closed."""
         burst = self.config["limits.message_burst"]

@@ -195,6 +195,34 @@ class LatestTests(SynchronousTestCase):
         self.assertEqual([e.offset for e in self.h.latest([("A", "trade")], 10)[0]], [3])
 
 
+class ReplayWorkTests(SynchronousTestCase):
+    """The work of a recovery is bounded by max_scan, whatever is retained (issue 23, H1/H2)."""
+
+    def test_visits_never_exceed_max_scan(self):
+        """
+        With 30,000 events retained on each of two partitions, recoveries
+        of 100 channels that match nothing, from 30% past the oldest
+        retained offset and from near the newest: the first would look at
+        41,998 events and is answered too_large having visited none; the
+        second visits exactly what follows its positions (200), within
+        max_scan (20,000), and finds nothing.
+        """
+        h = History(max_events=10**6, max_age=0, max_bytes=10**10, max_channels=10,
+                    clock=Clock())
+        for o in range(30_000):
+            for p in (0, 1):
+                h.add(ev(f"T{o % 50}", o, partition=p, epoch="e1", pad=1))
+        nothing = [(f"NONE{i}", "trade") for i in range(100)]
+        deep = {("t", 0): ("e1", 9_000), ("t", 1): ("e1", 9_000)}
+        self.assertEqual(h.replay(deep, nothing, 20_000), (None, "too_large"))
+        self.assertEqual(h.replay_visits, 0)
+        recent = {("t", 0): ("e1", 29_899), ("t", 1): ("e1", 29_899)}
+        self.assertEqual(h.replay(recent, nothing, 20_000), ([], None))
+        self.assertEqual(h.replay_visits, 200)
+        # Without a bound (the previous behaviour) the deep one looks at all 41,998.
+        self.assertEqual(h.replay(deep, nothing), ([], None))
+        self.assertEqual(h.replay_visits, 200 + 41_998)
+
 class SnapshotWorkTests(SynchronousTestCase):
     """The work of a snapshot follows its patterns, not the cache (issue 23, H3)."""
 

@@ -1,0 +1,109 @@
+"""
+Partitions that appear while a shard runs (L{TopicLayout}): added to a
+topic, or a topic created or recreated after the shard started.
+
+With C{kafka.start_offset: latest}, librdkafka starts a partition the group
+has no offset for at its end. For a partition that already existed when
+the node started, that is the setting's meaning (the node does not replay
+the past). For one that appears later it would lose every record produced
+to it before this node's consumer got it, which takes a metadata refresh
+(C{kafka.metadata_refresh_ms}) and a rebalance: seconds. Such a partition
+is read from its beginning instead: all of it is newer than the node.
+
+Asked with an C{AdminClient} of its own: consumer methods called from the
+consumer's rebalance callback abort the process (confluent-kafka 2.16,
+C{CallState_get: Assertion `cs != NULL'}, measured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+#: Seconds a metadata or committed-offsets lookup may take.
+LOOKUP_TIMEOUT = 5.0
+
+
+class TopicLayout:
+    """
+    The partition count of each subscribed topic as this shard first saw it
+    (at its first assignment; then as it grew). Used by the consumer thread
+    only.
+
+    @param config: librdkafka settings of the admin client
+        (L{odin_ws.shard.kafka.incarnations.admin_config}).
+    @param group: the consumer group, whose committed offsets count.
+    """
+
+    def __init__(self, config: dict[str, Any], group: str, topics: Iterable[str],
+                 admin_factory: Any = AdminClient):
+        self._config = config
+        self._group = group
+        self._topics = list(topics)
+        self._admin_factory = admin_factory
+        self._admin: Any = None
+        self._counts: dict[str, int] | None = None
+        # Topics the brokers said do not exist before the counts were taken.
+        self._gone: set[str] = set()
+
+    def _client(self) -> Any:
+        if self._admin is None:
+            self._admin = self._admin_factory(self._config)
+        return self._admin
+
+    def gone(self, topic: str) -> None:
+        """The brokers say C{topic} does not exist: every partition it gets later is new."""
+        if self._counts is not None:
+            self._counts[topic] = 0
+        else:
+            self._gone.add(topic)
+
+    def new(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """
+        Those of C{partitions} that appeared since the shard started: past
+        their topic's partition count. The counts are taken at the first
+        call (nothing is new then, but in topics reported L{gone}); they
+        grow to include C{partitions}. (A recreated topic's partitions are
+        the consumer loop's business: it knows the topic's identity.)
+
+        @raise KafkaException: the first call could not take the counts.
+        """
+        if self._counts is None:
+            self._counts = self._take_counts()
+        counts = self._counts
+        out = [tp for tp in partitions if tp.partition >= counts.get(tp.topic, 0)]
+        for tp in partitions:
+            counts[tp.topic] = max(counts.get(tp.topic, 0), tp.partition + 1)
+        return out
+
+    def _take_counts(self) -> dict[str, int]:
+        metadata = self._client().list_topics(timeout=LOOKUP_TIMEOUT)
+        counts = {}
+        for name in self._topics:
+            topic = metadata.topics.get(name)
+            exists = topic is not None and topic.error is None and name not in self._gone
+            counts[name] = len(topic.partitions) if exists else 0
+        return counts
+
+    def from_beginning(self, new: list[TopicPartition]) -> list[TopicPartition]:
+        """
+        Set those of C{new} the group has no offset for to start at their
+        beginning (in place); the ones set.
+
+        @raise KafkaException: the offsets could not be looked up (none set).
+        """
+        if not new:
+            return []
+        request = ConsumerGroupTopicPartitions(
+            self._group, [TopicPartition(tp.topic, tp.partition) for tp in new])
+        future = self._client().list_consumer_group_offsets(
+            [request], request_timeout=LOOKUP_TIMEOUT)[self._group]
+        committed = future.result(timeout=LOOKUP_TIMEOUT + 1.0).topic_partitions
+        without = {(c.topic, c.partition) for c in committed if c.offset < 0}
+        started = [tp for tp in new if (tp.topic, tp.partition) in without]
+        for tp in started:
+            tp.offset = OFFSET_BEGINNING
+        return started
