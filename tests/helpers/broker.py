@@ -266,6 +266,7 @@ def _for_this_process(broker: TansuBroker | KafkaBroker) -> TansuBroker | KafkaB
 
 _shared: TansuBroker | KafkaBroker | None = None
 _apache: KafkaBroker | None = None
+_tansu: TansuBroker | None = None
 
 
 def shared_broker() -> TansuBroker | KafkaBroker:
@@ -296,3 +297,20 @@ def apache_kafka() -> KafkaBroker:
         _for_this_process(broker)
         _apache = broker
     return _apache
+
+
+def tansu() -> TansuBroker:
+    """
+    Tansu, for a test whose scenario has a known Apache Kafka defect named
+    next to it: the shared broker when this run tests Tansu, else one of
+    this process's own, started on first use, stopped at exit.
+    """
+    global _tansu
+    shared = shared_broker()
+    if isinstance(shared, TansuBroker):
+        return shared
+    if _tansu is None:
+        broker = TansuBroker()
+        _for_this_process(broker)
+        _tansu = broker
+    return _tansu

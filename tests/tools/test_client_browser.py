@@ -15,43 +15,44 @@ import uuid
 from twisted.python import log
 from twisted.trial import unittest
 
-from tests.helpers import FAST_KAFKA
 from tests.helpers.broker import KIND as BROKER_KIND
-from tests.helpers.broker import shared_broker
+from tests.helpers.broker import fast_kafka, shared_broker, tansu
 from tests.helpers.browser import BrowserScript, require_browser
 from tests.helpers.node import Node
 
 SECRET = "browser-secret-of-at-least-32-bytes!"
 
 
-#: Found when the tests moved to Apache Kafka, whose sessions are at least 6 s,
-#: so a killed shard's partition stays unread ~6 s (~2 s on Tansu): the client
-#: reconnects meanwhile. On the other shard its positions of that partition
-#: are ahead of what the node has consumed: recovery says recovered false,
-#: ahead (the WebSocket test, some runs); once the partition moves and is
-#: re-read from its last commit, events the client already has arrive again
-#: as live (the SSE test, "went from n=61 to n=44", 3 runs in 4). Skipped
-#: on Kafka (a trial todo crashes trial --jobs's summary when the test
-#: passes) until issue 21's shard-kill work (static membership or KIP-848)
-#: or a per-stream mark for "ahead" positions fixes it; they run on Tansu.
-KILLED_SHARD_ON_KAFKA = ("Apache Kafka: positions ahead of the shard after a shard kill "
-                         "(recovered false, ahead; re-read events delivered again as live)")
+# Why the shard-kill tests run on Tansu. Found when the tests moved to Apache
+# Kafka: after a shard is SIGKILLed the client reconnects to the other shard
+# before the dead shard's partition is consumed again there; its positions of
+# that partition are past what that shard has seen, so recovery answers
+# recovered false, ahead, and once the partition is re-read from its last
+# commit, events the client already has arrive again as live ("went from n=61
+# to n=44"): failed 2 runs in 6 with static membership. A server defect (issue
+# 22: a shard must not answer recovery for a partition it has not caught up
+# on), not the library's; the library's reconnect and recovery are tested here
+# on Tansu, where the partition moves before the client is back, until issue
+# 22 fixes it.
 
 
 class ClientBrowserCase(unittest.TestCase):
     shards = 1
+    #: Run on Tansu whatever this run's broker (the shard-kill tests: see
+    #: the note at the top of this module).
+    on_tansu = False
 
     def settings(self) -> dict:
         return {}
 
     def setUp(self):
         self.node_exe = require_browser()
-        self.broker = shared_broker()
+        self.broker = tansu() if self.on_tansu else shared_broker()
         self.topic = f"js-{uuid.uuid4().hex[:8]}"
         self.broker.create_topics([self.topic], partitions=2)
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
-        settings = dict(FAST_KAFKA)
+        settings = fast_kafka("tansu" if self.on_tansu else BROKER_KIND)
         settings.update({"kafka.topics": {self.topic: "trade"}, "kafka.event_type_field": "kind",
                          "guard.cpu_threshold": 0, "guard.memory_threshold": 0})
         settings.update(self.settings())
@@ -64,7 +65,7 @@ class ClientBrowserCase(unittest.TestCase):
         self.node.wait_spread()
         self._produce()
 
-    #: Rounds to produce, then stop (None: until the test ends).
+    # Rounds to produce, then stop (None: until the test ends).
     rounds: int | None = None
 
     def _produce(self) -> None:
@@ -113,6 +114,7 @@ class ClientBrowserCase(unittest.TestCase):
 
 class ReconnectTests(ClientBrowserCase):
     shards = 2
+    on_tansu = True
 
     def test_reconnects_after_its_shard_is_killed_and_recovers(self):
         """
@@ -131,9 +133,6 @@ class ReconnectTests(ClientBrowserCase):
         shards = self.node.health()[1]["shards"]
         self.assertNotIn(victim, [s["pid"] for s in shards])
 
-    if BROKER_KIND == "kafka":
-        test_reconnects_after_its_shard_is_killed_and_recovers.skip = (  # type: ignore[attr-defined]
-            KILLED_SHARD_ON_KAFKA)
 
 
 class SnapshotTests(ClientBrowserCase):
@@ -153,6 +152,7 @@ class SnapshotTests(ClientBrowserCase):
 
 class SseFallbackTests(ClientBrowserCase):
     shards = 2
+    on_tansu = True
 
     def test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there(self):
         """
@@ -169,9 +169,6 @@ class SseFallbackTests(ClientBrowserCase):
         self.node.kill_holder()
         self.assertPassed(script)
 
-    if BROKER_KIND == "kafka":
-        test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there.skip = (  # type: ignore[attr-defined]
-            KILLED_SHARD_ON_KAFKA)
 
 
 class TokenTests(ClientBrowserCase):
