@@ -122,8 +122,9 @@ class KafkaIngestTests(TestCase):
         self.addCleanup(lambda: ingest.stopService() if ingest.running else None)
         return ingest
 
-    def assigned(self, ingest: KafkaIngest, n: int = 2) -> Deferred:
-        return wait_until(lambda: len(ingest.status()["assigned"]) == n, f"{n} partitions")
+    def assigned(self, ingest: KafkaIngest, n: int = 2, timeout: float = TIMEOUT) -> Deferred:
+        return wait_until(lambda: len(ingest.status()["assigned"]) == n, f"{n} partitions",
+                          timeout)
 
     def kafka_lines(self) -> list[dict]:
         return [e for e in self.logged if e.get("log_namespace") == "odin_ws.shard.kafka.ingest"]
@@ -306,10 +307,11 @@ class KafkaIngestTests(TestCase):
         if not broker.keeps_data:
             # Tansu's storage is in memory: the topic is gone with the old process.
             yield deferToThread(broker.create_topics, [self.topic], 2)
-        yield self.assigned(ingest)
+        # (Apache Kafka on a busy machine: the restart and the group's rejoin
+        # took over 30 s once.)
+        yield self.assigned(ingest, timeout=90)
         broker.produce(self.topic, b"A", b'"after"', partition=1)
         broker.flush()
-        # (Apache Kafka: the restart and the group's rejoin take seconds each.)
         yield wait_until(lambda: len(collector.events) == 2, "the event after the restart", 90)
         self.assertEqual(json.loads(collector.events[1].envelope)["data"], "after")
         yield wait_until(lambda: ingest.status()["connected"], "connected")
