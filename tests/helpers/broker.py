@@ -264,6 +264,16 @@ def _for_this_process(broker: TansuBroker | KafkaBroker) -> TansuBroker | KafkaB
     return broker
 
 
+#: A defect found when the tests moved to Apache Kafka (open, issue 22): a
+#: topic deleted and recreated within one metadata refresh keeps its
+#: partitions assigned, and librdkafka (2.16) goes on fetching the new log
+#: at the old offset; those records are delivered under the old epoch, and
+#: once the new identity is seen the partition is read again from the
+#: beginning: the first records of the new log arrive late or twice
+#: (measured: ['after-0', 'after-0', ...]; partition 0 as [2, 3, 0]). The
+#: topic-recreated tests run on Tansu (its broker replaced) until it is fixed.
+RECREATED_ON_KAFKA = "records of a recreated topic late or twice (issue 22)"
+
 _shared: TansuBroker | KafkaBroker | None = None
 _apache: KafkaBroker | None = None
 _tansu: TansuBroker | None = None

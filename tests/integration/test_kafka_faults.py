@@ -14,7 +14,7 @@ import uuid
 from twisted.trial import unittest
 
 from tests.helpers import FAST_KAFKA
-from tests.helpers.broker import new_broker
+from tests.helpers.broker import TansuBroker, fast_kafka, new_broker
 from tests.helpers.node import Client, Node, http_get, wait_for
 
 #: Records before the broker is replaced: the de-duplication marks end up
@@ -27,11 +27,13 @@ class OwnBrokerCase(unittest.TestCase):
 
     partitions = 1
     prefix = "faults"
+    #: Tansu whatever this run's broker (see RECREATED_ON_KAFKA).
+    on_tansu = False
 
     def setUp(self):
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
-        self.broker = new_broker(self.workdir)
+        self.broker = TansuBroker(self.workdir) if self.on_tansu else new_broker(self.workdir)
         self.broker.start()
         self.addCleanup(self.broker.stop)
         self.topic = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
@@ -47,12 +49,15 @@ class BrokerReplacedTests(OwnBrokerCase):
 
     shards = 2
     partitions = 2
+    # On Apache Kafka the topic is recreated, which shows the open defect in
+    # tests.helpers.broker.RECREATED_ON_KAFKA: on Tansu the broker is replaced.
+    on_tansu = True
 
     def setUp(self):
         super().setUp()
-        settings = dict(FAST_KAFKA)
+        settings = fast_kafka(self.broker.kind)
         settings["kafka.consumer_config"] = {
-            **FAST_KAFKA["kafka.consumer_config"],
+            **settings["kafka.consumer_config"],
             # See the recreated topic within a poll or two, not 5 minutes.
             "topic.metadata.refresh.interval.ms": 500}
         # The history warm-up stays on: events produced while it runs must
