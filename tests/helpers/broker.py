@@ -253,7 +253,12 @@ class KafkaBroker(TestBroker, KafkaCluster):
 
 
 def new_broker(log_dir: str | None = None) -> TansuBroker | KafkaBroker:
-    """A broker of the kind this run tests (not started: call C{start()})."""
+    """
+    A broker of the kind this run tests (not started: call C{start()}),
+    logging into C{log_dir} (created if missing: Tansu writes its log there).
+    """
+    if log_dir is not None:
+        os.makedirs(log_dir, exist_ok=True)
     return KafkaBroker(log_dir) if KIND == "kafka" else TansuBroker(log_dir)
 
 
