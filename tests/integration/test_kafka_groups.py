@@ -1,6 +1,6 @@
 """
 The consumer group protocols odinws can use on Apache Kafka (issue 21):
-the classic one (the default, with static membership: see
+the classic one (the default; with static membership, see
 test_shard_faults's ShardCrashTests) and KIP-848's consumer protocol
 (C{kafka.group_protocol: consumer}), where the broker assigns partitions
 and owns the session, heartbeat and assignor settings.
@@ -55,8 +55,9 @@ class DuplicateNodeIdTests(TopicNodeCase):
         consumer that reads nothing.
         """
         twin = f"twin-{self.topic}"
-        first = self.node(node_id=twin)
-        self.node(node_id=twin)
+        static = {"kafka.static_membership": True}
+        first = self.node(node_id=twin, **static)
+        self.node(node_id=twin, **static)
 
         def fenced():
             kafka = first.health()[1]["shards"][0].get("kafka") or {}

@@ -24,10 +24,13 @@ from tests.helpers.broker import apache_kafka, new_broker, shared_broker
 from tests.helpers.node import Client, Node, pid_alive, wait_for
 from tests.helpers.topics import TopicNodeCase
 
-#: The shipped group and restart settings, over FAST_KAFKA's quick ones.
+#: The shipped group and restart settings, over FAST_KAFKA's quick ones, with
+#: static membership on (off by default: a broker outage longer than the
+#: session fences a static shard's consumer for good; see the setting).
 SHIPPED = {key: BY_KEY[key].default for key in (
-    "kafka.session_timeout_ms", "kafka.max_poll_interval_ms", "kafka.static_membership",
-    "kafka.group_protocol", "kafka.cooperative_rebalance", "supervisor.restart_min_delay")}
+    "kafka.session_timeout_ms", "kafka.max_poll_interval_ms", "kafka.group_protocol",
+    "kafka.cooperative_rebalance", "supervisor.restart_min_delay")}
+SHIPPED["kafka.static_membership"] = True
 
 
 class FaultTestCase(unittest.TestCase):
