@@ -72,7 +72,17 @@ class BrokerStoppedTests(HealthCase):
         node.wait_ready()
         body = self.health_is(node, "ok")
         self.assertTrue(body["kafka_connected"])
-        self.assertEqual([s["kafka"]["last_error"] for s in body["shards"]], [None, None])
+
+        # librdkafka may report the refused connection of the outage once
+        # more after the consumer runs again (its bootstrap entry
+        # reconnects on its own schedule); the errors are cleared when the
+        # partitions are assigned, which the node reaches on its own.
+        def cleared():
+            body = node.health()[1]
+            errors = [s["kafka"]["last_error"] for s in body["shards"]]
+            return body if body["status"] == "ok" and errors == [None, None] else None
+        body = wait_for(cleared, 60, 0.2, "ok with no shard showing the outage's error")
+        self.assertTrue(body["kafka_connected"])
 
 
 class MissingTopicTests(HealthCase):
