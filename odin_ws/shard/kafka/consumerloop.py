@@ -53,6 +53,8 @@ class LoopOwner(Protocol):
 
     def note_error(self, kind: str, text: str, level: str = "warn") -> None: ...
 
+    def on_error(self, err: KafkaError) -> None: ...
+
     def fatal(self, kind: str, text: str) -> None: ...
 
     def log(self, level: str, fmt: str, **kw: Any) -> None: ...
@@ -220,7 +222,9 @@ class ConsumerLoop:
                     if self.layout is not None:
                         self.layout.gone(m.topic())
                 if err.code() != KafkaError._PARTITION_EOF:
-                    self.ingest.note_error(err.name().lstrip("_").lower(), err.str())
+                    # A connection error of an outage can come this way too,
+                    # after the consumer runs again: the same rules as error_cb.
+                    self.ingest.on_error(err)
                 continue
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             key = Partition(topic, partition)

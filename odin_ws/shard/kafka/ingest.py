@@ -166,7 +166,7 @@ class KafkaIngest(Service):
                 # the others' clients see no pause (kafka.cooperative_rebalance).
                 conf["partition.assignment.strategy"] = COOPERATIVE
         conf.update(k.consumer_config)
-        conf.update({"error_cb": self._on_error, "stats_cb": self._on_stats,
+        conf.update({"error_cb": self.on_error, "stats_cb": self._on_stats,
                      "logger": _LibrdkafkaLog(self)})
         return conf
 
@@ -373,7 +373,12 @@ class KafkaIngest(Service):
         elif state == IngestState.UNRESPONSIVE:
             self._log("warn", "Kafka broker not answering: {error}", error=self._last_error)
 
-    def _on_error(self, err: KafkaError) -> None:
+    def on_error(self, err: KafkaError) -> None:
+        """
+        Consumer thread: an error from librdkafka, through error_cb or as a
+        message from consume(): classified once (fatal, all brokers down,
+        a connection error while retrying or while running, other).
+        """
         kind = err.name().lstrip("_").lower()
         if err.fatal():
             self.fatal(kind, err.str())

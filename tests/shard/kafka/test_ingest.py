@@ -353,6 +353,11 @@ class FakeIngest:
     def note_error(self, kind, text, level="warn"):
         raise AssertionError(text)
 
+    def on_error(self, err):
+        # What KafkaIngest.on_error does with an error that is neither fatal
+        # nor a connection error.
+        self.note_error(err.name().lstrip("_").lower(), err.str())
+
     def fatal(self, kind, text):
         self.fatals.append(text)
 
@@ -885,14 +890,14 @@ class StatusTruthTests(SynchronousTestCase):
         """
         self.ingest._on_stats(stats(broker()))
         self.ingest._on_stats(stats(broker(state="DOWN")))
-        self.ingest._on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+        self.ingest.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
         self.assertEqual(self.ingest.status()["last_error"], "1/1 brokers are down")
         self.ingest._on_stats(stats(broker()))
         self.assertIsNone(self.ingest.status()["last_error"])
         # A connection error reported once running (a late report of the
         # outage, one broker of several) is counted, not the status.
         before = sample("odinws_kafka_errors_total", kind="transport")
-        self.ingest._on_error(KafkaError(KafkaError._TRANSPORT, "b:1/bootstrap: Connect failed"))
+        self.ingest.on_error(KafkaError(KafkaError._TRANSPORT, "b:1/bootstrap: Connect failed"))
         self.assertIsNone(self.ingest.status()["last_error"])
         self.assertEqual(sample("odinws_kafka_errors_total", kind="transport"), before + 1)
         self.ingest.note_error("unknown_topic_or_part", "Subscribed topic not available: t")
