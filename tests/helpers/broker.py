@@ -72,7 +72,7 @@ import atexit
 import os
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
@@ -280,8 +280,6 @@ def _for_this_process(broker: TansuBroker | KafkaBroker) -> TansuBroker | KafkaB
 RECREATED_ON_KAFKA = "records of a recreated topic late or twice (issue 22)"
 
 _shared: TansuBroker | KafkaBroker | None = None
-_apache: KafkaBroker | None = None
-_tansu: TansuBroker | None = None
 
 
 def shared_broker() -> TansuBroker | KafkaBroker:
@@ -296,36 +294,34 @@ def shared_broker() -> TansuBroker | KafkaBroker:
     return _shared
 
 
-def apache_kafka() -> KafkaBroker:
+_B = TypeVar("_B", TansuBroker, KafkaBroker)
+#: Brokers of a kind other than this run's, one per kind, started on first use.
+_own: dict[type, TansuBroker | KafkaBroker] = {}
+
+
+def _of_kind(cls: type[_B]) -> _B:
     """
-    Apache Kafka, for the tests of its own behaviours (static membership,
-    transactions, compaction): the shared broker when this run tests Apache
-    Kafka, else (C{ODINWS_TEST_BROKER=tansu}) one of this process's own,
-    started on first use, stopped at exit (as L{shared_broker}).
+    A broker of class C{cls}: the shared one when this run tests that kind,
+    else one of this process's own, started on first use, stopped at exit
+    (as L{shared_broker}).
     """
-    global _apache
     shared = shared_broker()
-    if isinstance(shared, KafkaBroker):
+    if isinstance(shared, cls):
         return shared
-    if _apache is None:
-        broker = KafkaBroker()
-        _for_this_process(broker)
-        _apache = broker
-    return _apache
+    if cls not in _own:
+        _own[cls] = _for_this_process(cls())
+    broker = _own[cls]
+    assert isinstance(broker, cls)
+    return broker
+
+
+def apache_kafka() -> KafkaBroker:
+    """Apache Kafka, for the tests of its own behaviours (static membership,
+    transactions, compaction), whatever this run's broker."""
+    return _of_kind(KafkaBroker)
 
 
 def tansu() -> TansuBroker:
-    """
-    Tansu, for a test whose scenario has a known Apache Kafka defect named
-    next to it: the shared broker when this run tests Tansu, else one of
-    this process's own, started on first use, stopped at exit.
-    """
-    global _tansu
-    shared = shared_broker()
-    if isinstance(shared, TansuBroker):
-        return shared
-    if _tansu is None:
-        broker = TansuBroker()
-        _for_this_process(broker)
-        _tansu = broker
-    return _tansu
+    """Tansu, for a test whose scenario has a known Apache Kafka defect named
+    next to it, whatever this run's broker."""
+    return _of_kind(TansuBroker)
