@@ -170,16 +170,17 @@ class KafkaSettings:
         "docs/operations.md, \"Verified on Apache Kafka\". All members of the node's group must "
         "agree: change it with a full restart.", choices=("classic", "consumer"))
     static_membership: bool = setting(
-        False, "Static group membership (group.instance.id <node_id>-shard<index>): a killed "
+        True, "Static group membership (group.instance.id <node_id>-shard<index>): a killed "
         "shard, restarted by the supervisor, rejoins under its own id and gets its partitions "
         "back at once instead of after its session timeout, and the other shards see no "
-        "rebalance. A shard that stays down keeps its partitions unread until its session "
+        "rebalance (measured on Apache Kafka 4.4: docs/operations.md, \"Verified on Apache "
+        "Kafka\"). A shard that stays down keeps its partitions unread until its session "
         "expires. Needs node_id unique among the nodes sharing kafka.group: two nodes with one "
-        "id fence each other's shards out. false: a dead shard's partitions wait for its "
-        "session to expire (kafka.session_timeout_ms). Off by default: measured on Apache Kafka "
-        "4.4, a broker outage longer than the session fences a static shard's own consumer "
-        "(librdkafka fatal FENCED_INSTANCE_ID) and that shard consumes nothing more until it "
-        "is restarted. Tansu 0.6 never assigns a second static member.")
+        "id fence each other's shards out (/health shows the error). A consumer fenced for "
+        "another reason (a broker outage longer than the session can do it) is replaced by a new "
+        "one. false: a dead shard's partitions wait for its session to expire "
+        "(kafka.session_timeout_ms). Tansu 0.6 never assigns a second static member: set false "
+        "there (the demo does).")
     max_poll_interval_ms: int = setting(
         10000, "Consumer max.poll.interval.ms (also the rebalance timeout: keep it small for "
         "quick joins).", minimum=1000)

@@ -1,6 +1,6 @@
 """
 The consumer group protocols odinws can use on Apache Kafka (issue 21):
-the classic one (the default; with static membership, see
+the classic one (the default, with static membership: see
 test_shard_faults's ShardCrashTests) and KIP-848's consumer protocol
 (C{kafka.group_protocol: consumer}), where the broker assigns partitions
 and owns the session, heartbeat and assignor settings.
