@@ -362,7 +362,8 @@ class Session:
                 return
         try:
             # All or nothing, within the shard's subscription budget.
-            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new])
+            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new],
+                                  self.client_ip)
         except BudgetExceeded as e:
             self.error(e.code, e.message, msg.id)
             return
