@@ -14,7 +14,7 @@ import time
 
 from odin_ws.common.config import BY_KEY
 from tests.helpers.broker import apache_kafka
-from tests.helpers.node import Client, Node, wait_for
+from tests.helpers.node import Client, wait_for
 from tests.helpers.topics import TopicNodeCase
 
 #: The shipped group and restart settings (static membership off, as shipped).
