@@ -132,7 +132,7 @@ class Shard(service.MultiService):
                                  self.delivery.on_kafka_batch)
         self.kafka.setServiceParent(self)
         #: Joins what the warm-up reads back from Kafka to live delivery.
-        self.backfill = Backfill(self.delivery, lambda: self.kafka.assigned)
+        self.backfill = Backfill(self.delivery)
         self.delivery.rereading = self.backfill.rereading
         self.warmup = HistoryWarmup(reactor, settings, RecordMapper.from_settings(settings.kafka),
                                     self.kafka.consumer_config(), self.backfill.backfill,
