@@ -181,6 +181,34 @@ class PartitionLog:
         i = max(bisect_right(self.offsets, offset), self.start)
         return self.events[i:]
 
+    def read(self, offset: int, patterns: Iterable[tuple[str, str]], max_scan: int,
+             max_bytes: int) -> tuple[list[Event], int, int]:
+        """
+        A slice of what follows C{offset} for a connection's catch-up
+        (L{odin_ws.shard.history.store.History.read}): the events matching
+        C{patterns}, looking at no more than C{max_scan} events, stopping
+        before the matched envelopes pass C{max_bytes} (one is always taken).
+
+        @return: C{(events, last, looked)}: the offset of the last event
+            looked at (C{offset} when none was), and how many were.
+        """
+        i = first = max(bisect_right(self.offsets, offset), self.start)
+        end = min(len(self.events), i + max_scan)
+        out: list[Event] = []
+        size = 0
+        last = offset
+        events = self.events
+        while i < end:
+            e = events[i]
+            if matches(patterns, e):
+                size += len(e.envelope)
+                if size > max_bytes and out:
+                    break
+                out.append(e)
+            last = e.offset
+            i += 1
+        return out, last, i - first
+
     def _runs_of(self, patterns: Iterable[tuple[str, str]]) -> list[ChannelRun] | None:
         """The runs C{patterns} match (each once); None when one pattern is C{*.*}."""
         runs = self.runs
