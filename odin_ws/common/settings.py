@@ -257,6 +257,15 @@ class LimitsSettings:
         5, "Tokens of the message rate a subscribe with since or snapshot spends (its own "
         "included): recoveries and snapshots read history, plain messages do not.",
         minimum=1, live=True)
+    replay_rate: int = setting(
+        262144, "Bytes per second of recovery replays and snapshots one connection may be sent "
+        "(token bucket, replayed envelopes counted when the subscribe is answered); a subscribe "
+        "whose answer would pass it is refused (replay_rate_limited), so re-requesting a replay "
+        "cannot multiply a client's egress.", minimum=1024, live=True)
+    replay_burst: int = setting(
+        4194304, "Bytes of replays and snapshots one connection may be sent at once; a larger "
+        "answer goes through only with a full bucket, and the connection then waits until "
+        "replay_rate has paid it back.", minimum=1024, live=True)
     max_recovery_scan: int = setting(
         20000, "Retained events one recovery may look at, all partitions together (the "
         "subscribed channels' events, through the per-channel index; everything after "
