@@ -37,6 +37,12 @@ class Answer:
     positions: list[str] | None = None
     #: C{(frame, channel, event_type)} in the order to send.
     frames: list[tuple[bytes, str, str]] = field(default_factory=list)
+    #: The history events C{frames} carry (replayed ones; None: a snapshot's).
+    events: list[Event] | None = None
+    #: A recovery too large for the buffer, to stream from history after
+    #: the ack (L{odin_ws.shard.delivery.outbox.Outbox.recover_from}): the
+    #: subscribe's C{since}; C{frames} is empty then.
+    stream: dict[tuple[str, int], tuple[str, int]] | None = None
 
     def ack(self, channels: list[str], id: messages.MessageId) -> bytes:
         return messages.subscribed(channels, id, recovered=self.recovered, reason=self.reason,
@@ -57,7 +63,7 @@ def _websocket(payload: bytes, event: Event) -> bytes:
 def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
            max_snapshot_events: int, room: int,
            encode: Callable[[bytes, Event], bytes] = _websocket, overhead: int = 8,
-           max_scan: int | None = None) -> Answer:
+           max_scan: int | None = None, streamable: bool = False) -> Answer:
     """
     The answer to C{msg}'s C{since} and C{snapshot}.
 
@@ -70,8 +76,9 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         frame header: 8; an SSE message carries its id).
     @param max_scan: retained events the recovery may look at
         (C{limits.max_recovery_scan}); past it: C{recovered: false},
-        C{too_large}. Also too large: a replay that would not fit C{room}
-        (the slow-client policy would drop it, so it is not attempted).
+        C{too_large}. A replay that would not fit C{room} is streamed
+        from history as the socket drains when C{streamable} (the
+        connection can: L{Answer.stream}), else too large as well.
     @raise messages.ClientError: C{unknown_position} or C{snapshot_too_large};
         nothing is subscribed then.
     """
@@ -87,7 +94,10 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         out.positions = tops(history)
         events, reason = history.replay(msg.since, patterns, max_scan)
         if events is not None and sum(len(e.envelope) + overhead for e in events) > room:
-            events, reason = None, TOO_LARGE
+            if streamable:
+                out.stream = msg.since
+            else:
+                events, reason = None, TOO_LARGE
         out.recovered = events is not None
         out.reason = reason
         if events is not None:
@@ -112,6 +122,7 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         out.frames = [(encode(e.envelope[:-1] + _SNAPSHOT_TAIL, e), e.channel, e.event_type)
                       for e in latest]
         metrics.SNAPSHOT_EVENTS.inc(len(latest))
-    elif replay:
+    elif replay and out.stream is None:
         out.frames = [(encode(e.envelope, e), e.channel, e.event_type) for e in replay]
+        out.events = replay
     return out

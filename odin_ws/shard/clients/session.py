@@ -30,6 +30,7 @@ from odin_ws.common.logs import audit
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.clients import auth, messages, recovery
 from odin_ws.shard.clients.refusal import Refused, bad_origin, is_origin
+from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
 
@@ -80,6 +81,9 @@ class ClientHost(Protocol):
 
     @property
     def history(self) -> History: ...
+
+    @property
+    def backlog(self) -> Backlog: ...
 
     @property
     def fanout(self) -> Fanout: ...
@@ -249,9 +253,11 @@ class Session:
         host = self.host
         settings = host.settings
         transport = self.transport
+        # Catch-up frames are WebSocket frames: an SSE stream (which does
+        # not talk) drops past its limit instead.
         transport.outbox = outbox = Outbox(
             transport, host.fanout, host.policy_for, settings.outbound.max_buffer_bytes,
-            settings.outbound.disconnect_grace, on_slow)
+            settings.outbound.disconnect_grace, on_slow, host.backlog if talks else None)
         metrics.CONNECTIONS_OPENED.inc()
         if adopted_at:
             metrics.HANDSHAKE_SECONDS.observe(time.monotonic() - adopted_at)
@@ -356,7 +362,8 @@ class Session:
         if msg.since is not None or msg.snapshot:
             # Made before anything is subscribed: a refusal leaves nothing behind.
             try:
-                answer = self.answer(msg, outbox.limit)
+                answer = self.answer(msg, outbox.limit, streamable=outbox.can_stream(
+                    {(c.token, c.event_type) for c in msg.channels}))
             except messages.ClientError as e:
                 self.error(e.code, e.message, e.id)
                 return
@@ -372,17 +379,20 @@ class Session:
             self.transport.reply(messages.ack("subscribed", channels, msg.id))
             return
         self.transport.reply(answer.ack(channels, msg.id))
-        if answer.frames:
-            host.fanout.publish_run(answer.frames, (outbox,))
+        if answer.stream is not None:
+            outbox.recover_from(answer.stream)
+        elif answer.frames:
+            host.fanout.publish_run(answer.frames, (outbox,), answer.events)
             host.fanout.flush()
 
     def answer(self, msg: messages.Subscribe, room: int,
                encode: Callable[[bytes, Event], bytes] | None = None,
-               overhead: int = 8) -> recovery.Answer:
+               overhead: int = 8, streamable: bool = False) -> recovery.Answer:
         """
         C{msg}'s recovery and snapshot from the shard's history, in the
         transport's framing (C{encode}; default: WebSocket text frames),
-        within C{room} bytes (L{odin_ws.shard.clients.recovery.answer}).
+        within C{room} bytes, or streamed if larger and C{streamable}
+        (L{odin_ws.shard.clients.recovery.answer}).
 
         @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}.
         """
@@ -391,7 +401,7 @@ class Session:
         if encode is None:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                    limits.max_snapshot_events, room,
-                                   max_scan=limits.max_recovery_scan)
+                                   max_scan=limits.max_recovery_scan, streamable=streamable)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                limits.max_snapshot_events, room, encode, overhead,
                                max_scan=limits.max_recovery_scan)

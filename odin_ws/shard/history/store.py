@@ -397,6 +397,55 @@ class History:
             out.extend(e for e in events if _matches(patterns, e))
         return out, None
 
+    def read(self, topic: str, partition: int, epoch: str, offset: int,
+             patterns: Iterable[tuple[str, str]], max_scan: int,
+             max_bytes: int) -> tuple[list[Event], int, int, str | None]:
+        """
+        One slice of a partition's retained events after C{offset} (a slow
+        connection's catch-up, L{odin_ws.shard.delivery.catchup}): those
+        matching C{patterns}, looking at no more than C{max_scan} events and
+        stopping before the matched envelopes pass C{max_bytes} (one is
+        always taken).
+
+        @return: C{(events, last, looked, reason)}: the matching events,
+            the offset of the last event looked at (the next slice starts
+            after it; C{offset} when none was), how many were looked at,
+            and None, or why the position cannot be read (L{UNKNOWN},
+            L{OTHER_EPOCH}, L{AHEAD}, L{TOO_OLD}).
+            C{last == high(topic, partition)} once the slice reached the end.
+        """
+        log = self._logs.get((topic, partition))
+        if log is None:
+            return [], offset, 0, UNKNOWN
+        if log.epoch != epoch:
+            return [], offset, 0, OTHER_EPOCH
+        if offset > log.high:
+            return [], offset, 0, AHEAD
+        if offset < log.floor:
+            return [], offset, 0, TOO_OLD
+        i = first = max(bisect_right(log.offsets, offset), log.start)
+        end = min(len(log.events), i + max_scan)
+        out: list[Event] = []
+        size = 0
+        last = offset
+        events = log.events
+        while i < end:
+            e = events[i]
+            if _matches(patterns, e):
+                size += len(e.envelope)
+                if size > max_bytes and out:
+                    break
+                out.append(e)
+            last = e.offset
+            i += 1
+        self.replay_visits += i - first
+        return out, last, i - first, None
+
+    def high(self, topic: str, partition: int) -> int | None:
+        """Offset of the newest retained event of a partition (None: nothing known)."""
+        log = self._logs.get((topic, partition))
+        return log.high if log is not None else None
+
     def latest(self, patterns: list[tuple[str, str]], limit: int) -> tuple[list[Event], bool]:
         """
         The latest event of every known channel matching C{patterns} (at most

@@ -120,18 +120,6 @@ class ReplayTests(RecoveryTestCase):
         [ack] = self.request(c, channels=["odin.token.A.trade"], since=[f"{TOPIC}:7:ep1:1"])
         self.assertEqual(ack["reason"], "unknown_partition")
 
-    def test_replay_larger_than_the_outbox_is_not_attempted(self):
-        """A replay that the slow-client policy would drop answers recovered false (too_large)."""
-        first = self.deliver(self.event("A"))
-        self.deliver(*(self.event("A") for _ in range(50)))
-        for client in self.shard.connections:
-            client.outbox.limit = 200
-        c = self.connect()
-        c.proto.outbox.limit = 200
-        [ack] = self.request(c, channels=["odin.token.A.trade"],
-                             since=[json.loads(first[0].envelope)["pos"]])
-        self.assertEqual((ack["recovered"], ack["reason"]), (False, "too_large"))
-
 
 class SnapshotTests(RecoveryTestCase):
     def test_snapshot_exact_and_wildcard_then_live(self):

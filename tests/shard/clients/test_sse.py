@@ -158,9 +158,9 @@ class FrameOnceTests(StreamTestCase):
         seen: list = []
         publish = self.shard.fanout.publish
 
-        def recording(f, c, t, to):
+        def recording(f, c, t, to, event=None):
             seen.append(to)
-            return publish(f, c, t, to)
+            return publish(f, c, t, to, event)
         self.patch(self.shard.fanout, "publish", recording)
         return seen
 

@@ -223,6 +223,42 @@ class ReplayWorkTests(SynchronousTestCase):
         self.assertEqual(h.replay(deep, nothing), ([], None))
         self.assertEqual(h.replay_visits, 200 + 41_998)
 
+class ReadTests(SynchronousTestCase):
+    """One slice of a partition for a slow connection's catch-up (History.read)."""
+
+    def test_slices_are_bounded_and_continue_where_they_stopped(self):
+        """
+        A slice looks at no more than max_scan events and stops before its
+        matched envelopes pass max_bytes; the next starts after the last
+        event looked at; together they give every matching event once.
+        """
+        h = History(max_events=1000, max_age=0, max_bytes=10**9, max_channels=10,
+                    clock=Clock())
+        for o in range(100, 200):
+            h.add(ev("A" if o % 2 else "B", o, pad=10))
+        got, offset = [], 99
+        while offset != h.high("t", 0):
+            events, last, looked, reason = h.read("t", 0, "e", offset, [("A", "*")], 7, 100)
+            self.assertIsNone(reason)
+            self.assertLessEqual(looked, 7)
+            self.assertTrue(events)
+            self.assertLessEqual(sum(len(e.envelope) for e in events),
+                                 max(100, len(events[0].envelope)))
+            got += events
+            offset = last
+        self.assertEqual([e.offset for e in got], list(range(101, 200, 2)))
+
+    def test_reasons(self):
+        """A position history cannot serve says why, as a recovery would."""
+        h = History(max_events=5, max_age=0, max_bytes=10**9, max_channels=10, clock=Clock())
+        for o in range(10, 20):
+            h.add(ev("A", o))
+        self.assertEqual(h.read("t", 0, "e", 3, ALL, 10, 100)[3], TOO_OLD)
+        self.assertEqual(h.read("t", 0, "x", 17, ALL, 10, 100)[3], OTHER_EPOCH)
+        self.assertEqual(h.read("t", 0, "e", 99, ALL, 10, 100)[3], AHEAD)
+        self.assertEqual(h.read("t", 9, "e", 17, ALL, 10, 100)[3], UNKNOWN)
+
+
 class SnapshotWorkTests(SynchronousTestCase):
     """The work of a snapshot follows its patterns, not the cache (issue 23, H3)."""
 
