@@ -128,7 +128,8 @@ class Session:
 
     # Every connection carries one: slots, not a __dict__ (odin_ws/shard/clients/lean.py).
     __slots__ = ("host", "transport", "noun", "client_ip", "ip_counted", "grant", "bucket",
-                 "strikes", "strike_stamp", "ever_subscribed", "_idle_call", "_expiry_call")
+                 "replay_bucket", "strikes", "strike_stamp", "ever_subscribed", "_idle_call",
+                 "_expiry_call")
 
     def __init__(self, host: ClientHost, transport: ClientTransport, noun: str):
         self.host = host
@@ -138,6 +139,8 @@ class Session:
         self.ip_counted = False
         self.grant: auth.Grant = auth.OPEN
         self.bucket: TokenBucket | None = None
+        #: Bytes of replays and snapshots (limits.replay_rate), made at the first.
+        self.replay_bucket: TokenBucket | None = None
         self.strikes = 0.0
         self.strike_stamp = 0.0
         self.ever_subscribed = False
@@ -282,6 +285,10 @@ class Session:
             # Tokens above a lower burst are cut at the next take().
             bucket.rate = settings.limits.message_rate
             bucket.burst = settings.limits.message_burst
+        replay = self.replay_bucket
+        if replay is not None:
+            replay.rate = settings.limits.replay_rate
+            replay.burst = settings.limits.replay_burst
         outbox = self.transport.outbox
         if outbox is not None:
             outbox.reconfigure(settings.outbound)
@@ -369,7 +376,8 @@ class Session:
                 return
         try:
             # All or nothing, within the shard's subscription budget.
-            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new])
+            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new],
+                                  self.client_ip)
         except BudgetExceeded as e:
             self.error(e.code, e.message, msg.id)
             return
@@ -401,10 +409,24 @@ class Session:
         if encode is None:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                    limits.max_snapshot_events, room,
-                                   max_scan=limits.max_recovery_scan, streamable=streamable)
+                                   max_scan=limits.max_recovery_scan, streamable=streamable,
+                                   allow=self.replay_allowed)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                limits.max_snapshot_events, room, encode, overhead,
-                               max_scan=limits.max_recovery_scan)
+                               max_scan=limits.max_recovery_scan, allow=self.replay_allowed)
+
+    def replay_allowed(self, size: int) -> bool:
+        """
+        Spend C{size} bytes of the connection's replay egress
+        (C{limits.replay_rate}, C{limits.replay_burst}): a replay that fits
+        the buffer could be re-requested for ~330x egress (issue 23, L3).
+        """
+        bucket = self.replay_bucket
+        if bucket is None:
+            limits = self.host.settings.limits
+            bucket = self.replay_bucket = TokenBucket(limits.replay_rate, limits.replay_burst,
+                                                      self.host.reactor.seconds)
+        return bucket.spend(size)
 
     def subscribed(self) -> None:
         """A subscription was made: the idle close is off, the shard's count is new."""
