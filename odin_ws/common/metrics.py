@@ -104,6 +104,9 @@ KAFKA_CONNECTED = Gauge("odinws_kafka_connected", "1 when the consumer reaches a
                         registry=REGISTRY)
 KAFKA_ERRORS = Counter("odinws_kafka_errors", "Consumer errors, by kind.", ["kind"],
                        registry=REGISTRY)
+KAFKA_REPLACEMENTS = Counter("odinws_kafka_consumer_replacements",
+                             "Kafka consumers replaced after librdkafka declared them fatally "
+                             "failed (e.g. fenced).", registry=REGISTRY)
 DELIVERY_LATENCY = Histogram("odinws_delivery_latency_seconds",
                              "Kafka record timestamp to first write, seconds.",
                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
@@ -297,7 +300,8 @@ PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in 
 SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
                            SCHEMA_FETCHES, SCHEMAS_CACHED,
-                           KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, DELIVERY_LATENCY,
+                           KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
+                           DELIVERY_LATENCY,
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
                            GC_PAUSE, RECOVERIES, EVENTS_STALE, EVENTS_REPLAYED,
                            SNAPSHOT_EVENTS, HISTORY_WARMED)

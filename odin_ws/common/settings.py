@@ -269,6 +269,13 @@ class LimitsSettings:
         "them: ~280 B plus the channel name per subscription, ~360 B more per channel nobody else "
         "holds); past it a subscribe is refused (server_subscription_limit).",
         minimum=65536, live=True)
+    ip_subscription_share: float = setting(
+        0.1, "Share of max_shard_subscriptions and of max_shard_subscription_bytes the "
+        "subscriptions of one client IP may hold on a shard (WebSocket and SSE together), so "
+        "that a few addresses cannot fill the shard's budget and refuse everyone else; past it "
+        "that address's subscribe is refused (server_subscription_limit). 1 = no per-IP share; "
+        "raise it when many clients come from one address (a NAT) without trusted_proxies.",
+        minimum=0.001, live=True)
     max_channel_length: int = setting(160, "Longest channel name.", minimum=16, live=True)
     max_message_bytes: int = setting(
         16384, "Largest client message (bytes); larger closes with 1009.", minimum=256)
@@ -291,9 +298,20 @@ class LimitsSettings:
         5, "Tokens of the message rate a subscribe with since or snapshot spends (its own "
         "included): recoveries and snapshots read history, plain messages do not.",
         minimum=1, live=True)
+    replay_rate: int = setting(
+        262144, "Bytes per second of recovery replays and snapshots one connection may be sent "
+        "(token bucket, replayed envelopes counted when the subscribe is answered); a subscribe "
+        "whose answer would pass it is refused (replay_rate_limited), so re-requesting a replay "
+        "cannot multiply a client's egress.", minimum=1024, live=True)
+    replay_burst: int = setting(
+        4194304, "Bytes of replays and snapshots one connection may be sent at once; a larger "
+        "answer goes through only with a full bucket, and the connection then waits until "
+        "replay_rate has paid it back.", minimum=1024, live=True)
     max_recovery_scan: int = setting(
-        20000, "Retained events one recovery may look at, all partitions together; a "
-        "recovery that would look at more is answered recovered: false (too_large).",
+        20000, "Retained events one recovery may look at, all partitions together (the "
+        "subscribed channels' events, through the per-channel index; everything after "
+        "the positions for *.*); a recovery that would look at more is answered "
+        "recovered: false (too_large).",
         minimum=1, live=True)
 
 

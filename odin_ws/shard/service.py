@@ -33,6 +33,7 @@ from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.jwks import RemoteJwks
 from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
+from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.pipeline import Delivery
 from odin_ws.shard.delivery.ssefeed import Streams
@@ -118,6 +119,8 @@ class Shard(service.MultiService):
         self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
+        #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
+        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, settings.limits)
         #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
@@ -135,7 +138,7 @@ class Shard(service.MultiService):
         self.kafka = KafkaIngest(reactor, settings, number, mapper, self.delivery.on_kafka_batch)
         self.kafka.setServiceParent(self)
         #: Joins what the warm-up reads back from Kafka to live delivery.
-        self.backfill = Backfill(self.delivery, lambda: self.kafka.assigned)
+        self.backfill = Backfill(self.delivery)
         self.delivery.rereading = self.backfill.rereading
         self.warmup = HistoryWarmup(reactor, settings, mapper,
                                     self.kafka.consumer_config(), self.backfill.backfill,
@@ -266,6 +269,7 @@ class Shard(service.MultiService):
         self.fanout.reconfigure(settings.outbound.flush_delay)
         self.factory.reconfigure(settings)
         self.subscriptions.reconfigure(settings.limits)
+        self.backlog.reconfigure(settings.limits)
         self.connections.reconfigure(settings)
         self.delivery.reconfigure(settings)
         self.streams.reconfigure(settings)

@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from odin_ws.common.events import Event
 from odin_ws.common.logs import silenced
 from odin_ws.common.settings import Settings
-from odin_ws.shard.history.store import EVENT_OVERHEAD
+from odin_ws.shard.history.partitionlog import EVENT_OVERHEAD
 from odin_ws.shard.kafka.consumerloop import describe_error
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.kafka.records import RecordMapper
