@@ -97,8 +97,10 @@ class ListenSettings:
         "request head, being answered or handed over), all listeners together; beyond it new "
         "connections get 503. Each buffers up to listen.max_head_bytes.", minimum=1, live=True)
     max_heads_per_ip: int = setting(
-        32, "Of those, connections one client IP may have; beyond it 429. A trusted proxy's own "
-        "address counts only against listen.max_heads.", minimum=1, live=True)
+        100, "Of those, connections one client IP may have; beyond it 429. A trusted proxy's own "
+        "address counts only against listen.max_heads. At least limits.connection_burst_per_ip "
+        "for clients behind one NAT, who reconnect together after a drain "
+        "(docs/operations.md, Reconnection storms).", minimum=1, live=True)
     startup_grace: float = setting(
         5.0, "Seconds after start the node waits for every shard to register before it accepts "
         "clients (/health says starting, upgrades get 503); past it, it accepts with the shards "
