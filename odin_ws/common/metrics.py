@@ -93,6 +93,11 @@ KAFKA_RECORDS = Counter("odinws_kafka_records", "Records consumed, by topic.", [
                         registry=REGISTRY)
 KAFKA_REJECTED = Counter("odinws_kafka_rejected", "Records skipped, by reason.", ["reason"],
                          registry=REGISTRY)
+SCHEMA_FETCHES = Counter("odinws_schema_registry_fetches", "Schema fetches from the Schema "
+                         "Registry, by outcome (ok, unknown_schema, registry_unavailable).",
+                         ["outcome"], registry=REGISTRY)
+SCHEMAS_CACHED = Gauge("odinws_schemas_cached", "Schemas this shard holds from the Schema "
+                       "Registry.", registry=REGISTRY)
 KAFKA_LAG = Gauge("odinws_kafka_consumer_lag", "Consumer lag, records, per partition.",
                   ["topic", "partition"], registry=REGISTRY)
 KAFKA_CONNECTED = Gauge("odinws_kafka_connected", "1 when the consumer reaches a broker.",
@@ -307,6 +312,7 @@ PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in 
 #: series, are set by both.)
 SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
+                           SCHEMA_FETCHES, SCHEMAS_CACHED,
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
                            DELIVERY_LATENCY,
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,

@@ -175,7 +175,7 @@ class ShardHandle:
                 "connections": self._connections,
                 "capacity": self._capacity, "restarts": self._restarts,
                 "crash_looping": self.crash_looping, "kafka": self._status.get("kafka"),
-                "warmup": self._status.get("warmup")}
+                "warmup": self._status.get("warmup"), "registry": self._status.get("registry")}
 
     # -- commands to the shard --------------------------------------------
 
