@@ -38,7 +38,10 @@ from odin_ws.common.events import Event
 EVENT_OVERHEAD = 400
 
 #: Why a recovery could not be answered (the C{reason} of C{recovered: false}).
-TOO_OLD = "too_old"            # events after the position were already evicted
+TOO_OLD = "too_old"            # events after the position were evicted, or older than
+#                                what the warm-up reads back (the history's window)
+NOT_LOADED = "not_loaded"      # events after the position were never loaded here: the
+#                                warm-up had not (or could not) read them back
 AHEAD = "ahead"                # the position is past what this node has seen
 OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
 UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
@@ -51,7 +54,7 @@ ANY_OFFSET = 1 << 62
 class PartitionLog:
     """Retained events of one partition, in offset order."""
 
-    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join")
+    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join", "windowed")
 
     def __init__(self, epoch: str, floor: int):
         self.epoch = epoch
@@ -65,6 +68,10 @@ class PartitionLog:
         #: this log: after a backfill, the offset after what the warm-up read
         #: (records it passed over may follow, events it did not read may not).
         self.join = ANY_OFFSET
+        #: Whether C{floor} is the history's window (events evicted, or the
+        #: warm-up's start), not merely where live delivery began: what is
+        #: below it is then C{too_old}, else C{not_loaded}.
+        self.windowed = False
 
     def __len__(self) -> int:
         return len(self.events) - self.start
@@ -88,6 +95,7 @@ class PartitionLog:
         self.events[self.start] = None  # type: ignore[call-overload]
         self.start += 1
         self.floor = event.offset
+        self.windowed = True
         self.bytes -= len(event.envelope) + EVENT_OVERHEAD
         if self.start > 64 and self.start * 2 > len(self.events):
             del self.events[:self.start]
@@ -101,6 +109,7 @@ class PartitionLog:
         self.offsets = [e.offset for e in events] + self.offsets[self.start:]
         self.start = 0
         self.floor = events[0].offset - 1
+        self.windowed = True
         self.bytes += size
 
     def count_after(self, offset: int) -> int:
@@ -118,6 +127,10 @@ def _matches(patterns: Iterable[tuple[str, str]], event: Event) -> bool:
         if (token == WILDCARD or token == event.token) and \
                 (event_type == WILDCARD or event_type == event.event_type):
             return True
+    return False
+
+
+def _never() -> bool:
     return False
 
 
@@ -149,6 +162,9 @@ class History:
         self.bytes = 0
         #: Evictions by reason: count, age, budget.
         self.evicted = {"count": 0, "age": 0, "budget": 0}
+        #: Whether the warm-up is still reading the past back (set by the
+        #: shard): a partition without a log then is C{not_loaded}, not unknown.
+        self.loading: Callable[[], bool] = _never
         self.configure(max_events, max_age, max_bytes, max_channels)
 
     def configure(self, max_events: int, max_age: float, max_bytes: int,
@@ -322,6 +338,8 @@ class History:
             self.bytes += size
         if newer:
             log.join = end + 1
+        # Below the log now is below what the warm-up read back: the window.
+        log.windowed = True
         self._fit(log)
         return True
 
@@ -361,6 +379,10 @@ class History:
         log = self._logs.get((topic, partition))
         return log.epoch if log is not None else None
 
+    def log(self, key: tuple[str, int]) -> PartitionLog | None:
+        """The retained log of one partition (read it, do not change it)."""
+        return self._logs.get(key)
+
     def replay(self, since: dict[tuple[str, int], tuple[str, int]],
                patterns: list[tuple[str, str]],
                max_scan: int | None = None) -> tuple[list[Event] | None, str | None]:
@@ -380,13 +402,13 @@ class History:
         for key, (epoch, offset) in since.items():
             log = self._logs.get(key)
             if log is None:
-                return None, UNKNOWN
+                return None, NOT_LOADED if self.loading() else UNKNOWN
             if log.epoch != epoch:
                 return None, OTHER_EPOCH
             if offset > log.high:
                 return None, AHEAD
             if offset < log.floor:
-                return None, TOO_OLD
+                return None, TOO_OLD if log.windowed else NOT_LOADED
             tails.append((log, offset))
         if max_scan is not None and sum(log.count_after(o) for log, o in tails) > max_scan:
             return None, TOO_LARGE
