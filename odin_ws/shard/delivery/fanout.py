@@ -30,6 +30,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import pending_writers
 from odin_ws.shard.delivery.frames import Chunk, frame_count
 from odin_ws.shard.delivery.outbox import Outbox
@@ -79,25 +80,30 @@ class Fanout:
         self._call = None
 
     def publish(self, frame: bytes, channel: str, event_type: str,
-                outboxes: Iterable[Outbox]) -> None:
-        """Queue one frame (of C{channel}, C{event_type}) on every outbox."""
+                outboxes: Iterable[Outbox], event: Event | None = None) -> None:
+        """
+        Queue one frame (of C{channel}, C{event_type}; of C{event} of the
+        shard's history, which a slow outbox catches up from) on every outbox.
+        """
         size = len(frame)
         self._spread((frame, channel), size, outboxes,
-                     lambda box: box.overflow(frame, channel, event_type, size))
+                     lambda box: box.overflow(frame, channel, event_type, size, event))
 
-    def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox]) -> None:
+    def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox],
+                    events: list[Event] | None = None) -> None:
         """
         Queue several frames, each C{(frame, channel, event_type)}, in order on
         every outbox: consecutive events that reach the same subscribers. The
         frames are joined once for all of them, so each outbox takes one
         entry; an outbox without room for the whole takes them one by one
-        under its policy.
+        under its policy. C{events}: the history events the frames carry
+        (C{events[i]} is C{items[i]}'s), where a slow outbox catches up from.
         """
         if len(items) == 1:
-            self.publish(*items[0], outboxes)
+            self.publish(*items[0], outboxes, events[0] if events else None)
             return
         chunk = b"".join([frame for frame, _, _ in items])
-        tag = Chunk(items)
+        tag = Chunk(items, events)
         self._spread((chunk, tag), len(chunk), outboxes, lambda box: box.push_parts(tag))
 
     def _spread(self, pair: tuple[bytes, Any], size: int, outboxes: Iterable[Outbox],
