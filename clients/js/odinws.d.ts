@@ -117,7 +117,8 @@ export interface Recovery {
   /**
    * Why not: too_old, ahead, other_epoch, unknown_partition, too_large, or
    * the error code of positions the server refused (invalid_position,
-   * unknown_position, too_many_positions).
+   * unknown_position, too_many_positions), or a gap notice's reason for a
+   * stream it could not name a position of.
    */
   reason: string | null;
   /** Events replayed (over SSE: the stream's, for all its channels). */
@@ -156,16 +157,32 @@ export class Subscription implements Events<SubscriptionEvents> {
   unsubscribe(): void;
 }
 
-export class OdinWS implements Events<{ state: StateChange; error: OdinError; fallback: Fallback }> {
+/**
+ * A gap notice of the server (docs/protocol.md, "gap"): it gave up on events
+ * of these streams. The client recovers them by itself (each subscription's
+ * "recovered" event tells the outcome), except `reason` "conflated".
+ */
+export interface GapNotice {
+  reason: string;
+  /** stream -> the position from which to recover, or null: it cannot. */
+  streams: Record<string, string | null>;
+}
+
+interface ClientEvents {
+  state: StateChange;
+  error: OdinError;
+  fallback: Fallback;
+  gap: GapNotice;
+}
+
+export class OdinWS implements Events<ClientEvents> {
   constructor(url: string, options?: OdinWSOptions);
   readonly url: string;
   readonly state: ConnectionState;
   /** The transport of the current (or last) connection. */
   readonly transport: "websocket" | "sse" | string | null;
-  on<K extends "state" | "error" | "fallback">(
-    event: K, fn: (value: { state: StateChange; error: OdinError; fallback: Fallback }[K]) => void): () => void;
-  off<K extends "state" | "error" | "fallback">(
-    event: K, fn: (value: { state: StateChange; error: OdinError; fallback: Fallback }[K]) => void): void;
+  on<K extends keyof ClientEvents>(event: K, fn: (value: ClientEvents[K]) => void): () => void;
+  off<K extends keyof ClientEvents>(event: K, fn: (value: ClientEvents[K]) => void): void;
   connect(): void;
   close(): void;
   subscribe<T = unknown>(channel: string, options?: SubscribeOptions,

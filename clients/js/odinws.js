@@ -119,12 +119,16 @@ function positionMap(list) {
   return map;
 }
 
-// Is `pos` one a replay brings: after its since, up to its tops?
+// Is `pos` one a replay brings: after its since, up to its tops (a gap's
+// recovery before its ack has none yet: everything after its since)?
 function inReplay(replay, pos) {
   const p = parsePosition(pos);
   if (!p) return false;
-  const from = replay.from.get(p.partition), until = replay.until.get(p.partition);
-  return from !== undefined && until !== undefined && newerThan(pos, from) && !newerThan(pos, until);
+  const from = replay.from.get(p.partition);
+  if (from === undefined || !newerThan(pos, from)) return false;
+  if (!replay.until) return true;
+  const until = replay.until.get(p.partition);
+  return until !== undefined && !newerThan(pos, until);
 }
 
 // What a subscription keeps of its positions `last` after `recovered:
@@ -836,6 +840,8 @@ export class OdinWS extends Emitter {
   #received(msg, meta) {
     if (msg.type === "event") {
       this.#event(msg);
+    } else if (msg.type === "gap") {
+      this.#gap(msg);
     } else {
       this.#reply(msg);
     }
@@ -850,6 +856,51 @@ export class OdinWS extends Emitter {
     for (const entry of this.#channels.values()) {
       if (entry.live && this.#recovers(entry)) for (const pos of tops) advance(entry.last, pos);
     }
+  }
+
+  // The node gave up on events of some streams (docs/protocol.md, "Slow
+  // clients: catch-up and gaps"); each goes on live. The recovering
+  // subscriptions resubscribe from the positions given, and hold those
+  // streams' events from here on (a replay without tops until the ack), so
+  // the recovered events and the live ones are handed over in order, once.
+  // Conflation skips by design: nothing to recover. A stream without a
+  // position cannot be recovered: "recovered" {recovered: false} at once.
+  #gap(msg) {
+    this.emit("gap", {reason: msg.reason, streams: msg.streams});
+    if (msg.reason === "conflated") return;
+    const named = msg.streams && typeof msg.streams === "object" ? Object.values(msg.streams) : [];
+    const since = named.filter((p) => parsePosition(p) !== null);
+    const entries = [...this.#channels.values()].filter((e) => e.live && this.#recovers(e));
+    if (since.length < named.length || !since.length) {
+      const result = {recovered: false, reason: String(msg.reason || "unknown"), replayed: 0, snapshot: 0};
+      for (const entry of this.#channels.values()) {
+        if (entry.live) for (const sub of entry.subs) sub[RECOVERED](result);
+      }
+    }
+    if (!since.length || !entries.length) return;
+    const replay = {entries: new Set(entries), from: positionMap(since), until: null,
+                    left: Infinity, buffer: new Map()};
+    for (const entry of entries) {
+      if (entry.replay) this.#endReplay(entry.replay);
+      entry.replay = replay;
+    }
+    this.#replays.add(replay);
+    this.#request("subscribe", entries.map((e) => e.channel), {since: since.sort()}, {gap: replay});
+  }
+
+  // The ack of a gap's recovery: recovered, the held events are the
+  // replay's first ones (complete once `replayed` are here, or an event
+  // past the tops came); not, they are handed over now.
+  #gapAcked(msg, replay) {
+    if (!this.#replays.has(replay)) return;
+    const result = {recovered: msg.recovered, reason: msg.reason ?? null,
+                    replayed: Number(msg.replayed) || 0, snapshot: 0};
+    for (const entry of replay.entries) for (const sub of entry.subs) sub[RECOVERED](result);
+    if (!msg.recovered) return this.#endReplay(replay);
+    replay.until = positionMap(msg.positions);
+    replay.left = result.replayed;
+    const held = [...replay.buffer.keys()].filter((pos) => inReplay(replay, pos)).length;
+    if (held >= replay.left) this.#endReplay(replay);
   }
 
   #reply(msg) {
@@ -893,6 +944,12 @@ export class OdinWS extends Emitter {
   //   distinct ones are here (or an event past the tops shows they are).
   // Server-Sent Events keep one order: ids (the shard's vector) say it all.
   #acked(msg, req) {
+    if (req?.gap && typeof msg.recovered === "boolean") {
+      for (const channel of msg.channels || []) {
+        for (const sub of this.#channels.get(channel)?.subs || []) sub[SET_STATE]("subscribed");
+      }
+      return this.#gapAcked(msg, req.gap);
+    }
     const entries = [];
     for (const channel of msg.channels || []) {
       const entry = this.#channels.get(channel);
@@ -954,7 +1011,7 @@ export class OdinWS extends Emitter {
     if (live) {
       // Past a replay's tops: the replay (queued before) is all here.
       for (const replay of this.#replays) {
-        const until = replay.until.get(live.partition);
+        const until = replay.until?.get(live.partition);
         if (until !== undefined && newerThan(event.pos, until)) this.#endReplay(replay);
       }
     }

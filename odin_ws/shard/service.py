@@ -26,7 +26,7 @@ from odin_ws.common import commands, handoff, metrics, openfiles
 from odin_ws.common.config import Config, ConfigError, apply_live
 from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.common.highwater import HighWater
-from odin_ws.common.logs import install_logging
+from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, tls
 from odin_ws.shard.clients.connections import Connections
@@ -34,6 +34,7 @@ from odin_ws.shard.clients.jwks import RemoteJwks
 from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery import nativesend
+from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.pipeline import Delivery
 from odin_ws.shard.delivery.ssefeed import Streams
@@ -43,6 +44,8 @@ from odin_ws.shard.history.store import History, HistoryCollector
 from odin_ws.shard.kafka.backfill import Backfill
 from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
+from odin_ws.shard.kafka.schemasource import SchemaSource
+from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
 from odin_ws.shard.kafka.warmup import HistoryWarmup
 
 
@@ -121,6 +124,8 @@ class Shard(service.MultiService):
                              self.native.send_runs)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
+        #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
+        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, settings.limits)
         #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
@@ -129,14 +134,18 @@ class Shard(service.MultiService):
         self.delivery = Delivery(settings, self.subscriptions, self.fanout, self.history,
                                  self.streams, HighWater(f"shard {number}"), self._publish)
         self.factory = ClientFactory(self)
-        self.kafka = KafkaIngest(reactor, settings, number,
-                                 RecordMapper.from_settings(settings.kafka),
-                                 self.delivery.on_kafka_batch)
+        #: The Schema Registry's schemas (None: every topic is JSON).
+        self.schemas = (SchemaSource.from_settings(settings.schema_registry)
+                        if settings.schema_registry.url else None)
+        mapper = RecordMapper.from_settings(settings.kafka, ValueDecoder(
+            self.schemas, UndecodableAudit(
+                lambda fmt, **kw: reactor.callFromThread(audit.warn, fmt, **kw))))
+        self.kafka = KafkaIngest(reactor, settings, number, mapper, self.delivery.on_kafka_batch)
         self.kafka.setServiceParent(self)
         #: Joins what the warm-up reads back from Kafka to live delivery.
-        self.backfill = Backfill(self.delivery, lambda: self.kafka.assigned)
+        self.backfill = Backfill(self.delivery)
         self.delivery.rereading = self.backfill.rereading
-        self.warmup = HistoryWarmup(reactor, settings, RecordMapper.from_settings(settings.kafka),
+        self.warmup = HistoryWarmup(reactor, settings, mapper,
                                     self.kafka.consumer_config(), self.backfill.backfill,
                                     self.backfill.warmed)
         self.warmup.setServiceParent(self)
@@ -180,8 +189,14 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         metrics.GC_PAUSES.unwatch()
-        return defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)]
-                                   ).addCallback(lambda _: None)
+        stopped = defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)])
+        return stopped.addBoth(self._close_schemas).addCallback(lambda _: None)
+
+    def _close_schemas(self, result: object) -> object:
+        # After the consumer threads stopped: they may ask for schemas until then.
+        if self.schemas is not None:
+            self.schemas.close()
+        return result
 
     def link_made(self, link: ParentLink) -> None:
         self.link = link
@@ -259,6 +274,7 @@ class Shard(service.MultiService):
         self.fanout.reconfigure(settings.outbound.flush_delay)
         self.factory.reconfigure(settings)
         self.subscriptions.reconfigure(settings.limits)
+        self.backlog.reconfigure(settings.limits)
         self.connections.reconfigure(settings)
         self.delivery.reconfigure(settings)
         self.streams.reconfigure(settings)
@@ -271,6 +287,8 @@ class Shard(service.MultiService):
         status = {"kafka": self.kafka.status(), "accepting": self.accepting,
                   "subscriptions": self.subscriptions.total, "warmup": self.warmup.status(),
                   "outbound_native": self.native.state}
+        if self.schemas is not None:
+            status["registry"] = self.schemas.status()
         self.link.callRemote(commands.Stats, connections=len(self.connections),
                              capacity=self.capacity, status=json.dumps(status).encode())
 

@@ -205,6 +205,49 @@ class RecoveryTests(SessionCase):
         self.session.received(event("odin.token.A.trade", 0, 13))   # live
         self.assertEqual((got(a), got(b)), ([11, 12, 13], [11, 12, 13]))
 
+    def gap(self, reason: str = "too_old", **streams: str | None) -> None:
+        self.session.received({"type": "gap", "reason": reason, "streams": {
+            stream.replace("_", ":"): position for stream, position in streams.items()}})
+
+    def test_gap_notice_recovers_in_order_once(self):
+        """
+        A gap notice: the recovering subscriptions resubscribe with the
+        given position; live events of the stream that come before the ack
+        are held, and with the replay they are yielded in order, each once,
+        then live; no Gap item (nothing was lost).
+        """
+        sub = self.live()
+        plain = self.live("odin.token.B.*", recover=False)
+        self.session.received(event("odin.token.A.trade", 0, 11))
+        self.gap(**{f"{T}_0_ep1": pos(0, 11)})
+        [msg] = self.hooks.take()
+        self.assertEqual((msg["channels"], msg["since"]), (["odin.token.*.*"], [pos(0, 11)]))
+        self.session.received(event("odin.token.A.trade", 0, 15))    # live, after the gap
+        self.ack(msg, recovered=True, replayed=3, positions=[pos(0, 15)])
+        for offset in (12, 14, 15):                                  # the replay
+            self.session.received(event("odin.token.A.trade", 0, offset))
+        self.session.received(event("odin.token.A.trade", 0, 16))
+        self.assertEqual(got(sub), [11, 12, 14, 15, 16])
+        self.assertEqual(got(plain), [])
+
+    def test_gap_notice_not_recovered_is_a_gap_item(self):
+        """A gap whose recovery fails (too_old): a Gap item, then the held and live events."""
+        sub = self.live()
+        self.gap(**{f"{T}_0_ep1": pos(0, 11)})
+        [msg] = self.hooks.take()
+        self.session.received(event("odin.token.A.trade", 0, 40))
+        self.ack(msg, recovered=False, reason="too_old", positions=[pos(0, 40)])
+        self.session.received(event("odin.token.A.trade", 0, 41))
+        self.assertEqual(got(sub), [("gap", "too_old"), 40, 41])
+
+    def test_gap_without_position_and_conflation(self):
+        """A stream that cannot be recovered is a Gap item at once; conflation is not recovered."""
+        sub = self.live()
+        self.gap("conflated", **{f"{T}_0_ep1": None})
+        self.assertEqual((self.hooks.take(), got(sub)), ([], []))
+        self.gap("undecodable", **{f"{T}_0_ep1": None})
+        self.assertEqual((self.hooks.take(), got(sub)), ([], [("gap", "undecodable")]))
+
     def test_refused_positions_are_a_gap_then_current_positions(self):
         """unknown_position for a since: a Gap, then a subscribe from the current positions."""
         sub = self.subscribe("odin.token.*.*", since=[pos(0, 3)])

@@ -8,6 +8,38 @@ L{new_broker} (a broker of the test's own, to restart or freeze), both with
 the API of L{TestBroker}; group timings to use with it are in
 L{FAST_KAFKA}.
 
+Where the two differ, a test whose scenario needs one broker's behaviour
+runs on that broker whatever C{ODINWS_TEST_BROKER} says (L{apache_kafka},
+L{tansu}, C{KafkaBroker}, C{TansuBroker}), its docstring naming the reason;
+nothing is skipped. The list (docs/development.md repeats it):
+
+* Static group membership (group.instance.id) does not work on Tansu (see
+  its facts below): test_kafka_groups.DuplicateNodeIdTests and
+  test_kafka_faults.FencedAfterOutageTests run on Apache Kafka.
+* KIP-848's consumer group protocol (group.protocol=consumer): a member
+  got no assignment from Tansu within 20 s; test_kafka_groups's
+  ConsumerProtocolTests run on Apache Kafka.
+* A killed member's partitions, with the shipped session (10 s; Kafka's
+  minimum is 6 s, Tansu takes 2 s): the shard-kill tests of the shipped
+  settings (test_shard_faults.ShardCrashTests, test_shard_kill) run on
+  Apache Kafka.
+* Transactions: Tansu stores a transactional producer's records without
+  commit or abort markers and a consumer gets none of them (read_committed
+  or not); compaction needs Kafka's log cleaner: test_kafka_offsets runs
+  on Apache Kafka.
+* A restart keeps nothing on Tansu (in-memory storage):
+  test_recovery.BrokerRestartTests runs on Apache Kafka; the Tansu variant,
+  its broker replaced under the node, is test_kafka_faults's
+  BrokerReplacedTests, on Tansu.
+* Deleting a topic crashes Tansu's consumers (see its facts below):
+  test_recovery.TopicRecreatedTests runs on Apache Kafka.
+* Tansu refuses CreatePartitions: test_recovery.PartitionsAddedTests runs
+  on Apache Kafka.
+* Open odinws defects seen only on Apache Kafka (L{RECREATED_ON_KAFKA}, and
+  a recovery answer after a shard kill: test_client_browser's note) keep
+  their scenarios on Tansu until they are fixed.
+* The three-broker cluster (test_kafka_cluster) is Apache Kafka's only.
+
 Apache Kafka 4.4.0 with confluent-kafka 2.16.1, measured on the 2-core test
 machine:
 
@@ -42,6 +74,14 @@ Tansu facts, measured against tansu 0.6.0 with confluent-kafka 2.16.1 (librdkafk
 * Partitions: topics with 1, 2 and 4 partitions work, produce with an
   explicit partition works, partitions are split across group members
   (range assignor) and records keep their order per partition.
+* Deleting a topic that a consumer is fetching from crashes that consumer
+  (SIGSEGV in librdkafka 2.16's metadata cache update,
+  rd_kafka_metadata_update_op -> rd_kafka_metadata_cache_find, right after
+  Tansu answers its Fetch with UNKNOWN_TOPIC_OR_PART for the topic, whose
+  name librdkafka no longer knows; reproduced with a bare Consumer): an
+  odinws shard dies of it and the supervisor restarts it. Not on Apache
+  Kafka (the same scenario passes there).
+* CreatePartitions is not supported (librdkafka: _UNSUPPORTED_FEATURE).
 * Topic auto-creation: a Producer writing to an unknown topic creates it
   (with 4 partitions); a Consumer subscribing to an unknown topic does not
   (UNKNOWN_TOPIC_OR_PART, even with allow.auto.create.topics). Create topics

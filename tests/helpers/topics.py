@@ -36,6 +36,8 @@ class TopicNodeCase(unittest.TestCase):
     prefix = "it"
     #: A broker of the test's own (it restarts it), not the process's shared one.
     own_broker = False
+    #: That broker's class whatever this run's broker (None: this run's kind).
+    broker_class: type | None = None
     #: Otherwise where the topic lives: this run's broker, or (C{apache_kafka})
     #: Apache Kafka whatever the run's broker, for a test of its behaviours.
     broker_of = staticmethod(shared_broker)
@@ -46,7 +48,8 @@ class TopicNodeCase(unittest.TestCase):
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
         if self.own_broker:
-            self.broker = new_broker(self.workdir)
+            self.broker = (self.broker_class(self.workdir) if self.broker_class
+                           else new_broker(self.workdir))
             self.broker.start()
             self.addCleanup(self.broker.stop)
         else:

@@ -11,11 +11,15 @@ import os
 import signal
 import uuid
 
+from confluent_kafka import Consumer
 from twisted.trial import unittest
 
+from odin_ws.common.logs import silenced
 from tests.helpers import FAST_KAFKA
-from tests.helpers.broker import TansuBroker, fast_kafka, new_broker
+from tests.helpers.broker import KafkaBroker, TansuBroker, fast_kafka, new_broker
 from tests.helpers.node import Client, Node, http_get, wait_for
+
+_quiet = silenced("tests.intruder.librdkafka")
 
 #: Records before the broker is replaced: the de-duplication marks end up
 #: far above anything produced afterwards (offsets restart at 0).
@@ -27,13 +31,14 @@ class OwnBrokerCase(unittest.TestCase):
 
     partitions = 1
     prefix = "faults"
-    #: Tansu whatever this run's broker (see RECREATED_ON_KAFKA).
-    on_tansu = False
+    #: The broker's class, whatever this run's broker (None: this run's kind).
+    broker_class: type | None = None
 
     def setUp(self):
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
-        self.broker = TansuBroker(self.workdir) if self.on_tansu else new_broker(self.workdir)
+        self.broker = (self.broker_class(self.workdir) if self.broker_class
+                       else new_broker(self.workdir))
         self.broker.start()
         self.addCleanup(self.broker.stop)
         self.topic = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
@@ -51,7 +56,7 @@ class BrokerReplacedTests(OwnBrokerCase):
     partitions = 2
     # On Apache Kafka the topic is recreated, which shows the open defect in
     # tests.helpers.broker.RECREATED_ON_KAFKA: on Tansu the broker is replaced.
-    on_tansu = True
+    broker_class = TansuBroker
 
     def setUp(self):
         super().setUp()
@@ -215,3 +220,108 @@ class HungBrokerTests(OwnBrokerCase):
         log = node.tail(200_000)
         self.assertIn("Kafka consumer not closed within", log)
         self.assertNotIn("sending SIGKILL", log)
+
+
+class FencedAfterOutageTests(OwnBrokerCase):
+    """
+    Static members (kafka.static_membership) on Apache Kafka through a
+    broker outage longer than their session: librdkafka fences such a
+    member's consumer for good (fatal FENCED_INSTANCE_ID, measured on
+    Kafka 4.4 with confluent-kafka 2.16), and the shard must replace it.
+    """
+
+    prefix = "fenced"
+    partitions = 2
+    broker_class = KafkaBroker
+
+    def start(self) -> Node:
+        settings = {**fast_kafka("kafka"), "kafka.topics": {self.topic: "trade"},
+                    "kafka.static_membership": True}
+        node = Node(self.workdir, self.broker.bootstrap, shards=2, settings=settings)
+        self.addCleanup(node.stop)
+        return node.start()
+
+    def healthy(self, node: Node) -> dict:
+        """Wait until /health is ok with every shard running and assigned."""
+        def good():
+            body = node.health()[1]
+            kafka = [s["kafka"] for s in body["shards"]]
+            ok = (body["status"] == "ok" and all(k["state"] == "running" and k["assigned"]
+                                               for k in kafka))
+            return body if ok else None
+        return wait_for(good, 90, 0.2, "every shard running and assigned, /health ok")
+
+    def delivered(self, node: Node) -> None:
+        """Events produced now on both partitions all reach a client."""
+        client = Client(node.url())
+        self.addCleanup(client.close)
+        client.subscribe("odin.token.*.trade")
+        for i in range(20):
+            self.broker.produce(self.topic, f"K{i}".encode(), json.dumps({"seq": i}).encode(),
+                                partition=i % 2)
+        self.broker.flush()
+        got = sorted(e["data"]["seq"] for e in client.collect(20, 60))
+        self.assertEqual(got, list(range(20)))
+
+    def test_fencedConsumerReplaced(self):
+        """
+        A consumer joining with shard 0's instance id fences that shard's
+        consumer (librdkafka's fatal state, the same as after a long
+        outage); once the intruder is gone the shard has replaced its
+        consumer (counted, logged), is running and assigned again, /health
+        is ok, and events of both partitions reach a client. Without the
+        replacement the shard stays at error with nothing assigned.
+        """
+        node = self.start()
+        node.wait_spread()
+        intruder = Consumer({"bootstrap.servers": self.broker.bootstrap,
+                             "group.id": f"odinws-{node.node_id}",
+                             "group.instance.id": f"{node.node_id}-shard0",
+                             "partition.assignment.strategy": "cooperative-sticky",
+                             "session.timeout.ms": 6000, "logger": _quiet})
+        intruder.subscribe([self.topic])
+
+        def fenced():
+            intruder.poll(0.1)
+            kafka = node.health()[1]["shards"][0]["kafka"]
+            return kafka if kafka["state"] == "error" else None
+        kafka = wait_for(fenced, 60, 0.1, "shard 0 fenced by the intruder")
+        self.assertIn("fenced", kafka["last_error"])
+        intruder.close()
+        self.healthy(node)
+        self.delivered(node)
+        self.assertIn("replacing the Kafka consumer", node.tail(400_000))
+        _, _, metrics = http_get(node.port, "/metrics")
+        self.assertRegex(metrics.decode(), r"odinws_kafka_consumer_replacements_total\S* [1-9]")
+
+    def test_shardsConsumeAgainAfterLongOutage(self):
+        """
+        Two static shards, the broker stopped for longer than the session
+        (6 s) and started again with its data: every shard is assigned
+        again, /health returns to ok with no shard in error, and events
+        produced afterwards on both partitions reach a client. Where a
+        shard's consumer was fenced, it was replaced (counted in
+        odinws_kafka_consumer_replacements_total, logged), not left reading
+        nothing.
+        """
+        node = self.start()
+        node.wait_spread()
+        self.broker.down()
+
+        def outage(at_least: float):
+            def long_enough():
+                shards = node.health()[1]["shards"]
+                return all((s["kafka"] or {}).get("disconnected_for", 0) >= at_least
+                           for s in shards)
+            return long_enough
+        # Longer than the 6 s session (and the broker's own restart time).
+        wait_for(outage(12.0), 60, 0.2, "an outage longer than the session")
+        self.broker.up()
+        self.healthy(node)
+        self.delivered(node)
+        log = node.tail(400_000)
+        fenced = log.count("Static consumer fenced")
+        replaced = log.count("replacing the Kafka consumer")
+        print(f"\nlong outage: {fenced} fenced-consumer lines, {replaced} replacements")
+        if fenced:
+            self.assertGreater(replaced, 0)

@@ -43,7 +43,12 @@ def partition(pos: str) -> int:
 
 
 class GapsCase(TopicNodeCase):
-    """A topic of its own on Apache Kafka, a node on it, and what a client sees."""
+    """
+    A topic of its own on Apache Kafka whatever this run's broker (Tansu 0.6
+    writes no transaction markers and its consumers get no transactional
+    records; compaction is Kafka's log cleaner), a node on it, and what a
+    client sees.
+    """
 
     prefix = "gaps"
     partitions = 1

@@ -204,7 +204,7 @@ class ControlTests(SupervisorTestCase):
                                   "connections": 7,
                                   "capacity": 50, "restarts": 0, "crash_looping": False,
                                   "kafka": {"connected": True}, "warmup": warmup,
-                                  "outbound_native": "native"})
+                                  "registry": None, "outbound_native": "native"})
 
     def test_publishRelayedToOtherShards(self):
         """A Publish from one shard reaches the other shard as a Deliver."""

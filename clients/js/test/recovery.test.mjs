@@ -319,3 +319,49 @@ test("a replay ends at the first event past its tops, however many came", () => 
   c.ws().receive(event("odin.token.A.trade", 0, 21));  // one replayed event never came
   assert.deepEqual(c.got(sub), [12, 21]);
 });
+
+// Gap notices (docs/protocol.md, "Slow clients: catch-up and gaps").
+function liveAt(c, positions) {
+  const [first] = c.ws().take();
+  c.ws().receive({type: "subscribed", channels: first.channels, id: first.id, recovered: true,
+                  replayed: 0, positions});
+}
+
+test("a gap notice recovers the stream: held live events and the replay in order, once", () => {
+  const c = connected([["odin.token.*.*", {}], ["odin.token.B.*", {recover: false}]]);
+  const [sub, plain] = c.subs;
+  liveAt(c, [pos(0, 10)]);
+  c.ws().take();
+  c.ws().receive(event("odin.token.A.trade", 0, 11));
+  c.ws().receive({type: "gap", reason: "too_old", streams: {[`${T}:0:ep1`]: pos(0, 11)}});
+  const [again] = c.ws().take();
+  assert.deepEqual([again.channels, again.since], [["odin.token.*.*"], [pos(0, 11)]]);
+  c.ws().receive(event("odin.token.A.trade", 0, 15));     // live, after the gap: held
+  assert.deepEqual(c.got(sub), [11]);
+  c.ws().receive({type: "subscribed", channels: again.channels, id: again.id, recovered: true,
+                  replayed: 3, positions: [pos(0, 15)]});
+  for (const o of [12, 14, 15]) c.ws().receive(event("odin.token.A.trade", 0, o));
+  c.ws().receive(event("odin.token.A.trade", 0, 16));
+  assert.deepEqual(c.got(sub), [11, 12, 14, 15, 16]);
+  assert.deepEqual(c.got(plain), []);
+  assert.deepEqual(sub.results, [{recovered: true, reason: null, replayed: 3, snapshot: 0}]);
+});
+
+test("a gap that cannot be recovered surfaces recovered: false; live goes on", () => {
+  const c = connected([["odin.token.A.trade", {}]]);
+  const [sub] = c.subs;
+  liveAt(c, [pos(0, 10)]);
+  c.ws().receive({type: "gap", reason: "too_old", streams: {[`${T}:0:ep1`]: pos(0, 10)}});
+  const [again] = c.ws().take();
+  c.ws().receive(event("odin.token.A.trade", 0, 40));
+  c.ws().receive({type: "subscribed", channels: again.channels, id: again.id, recovered: false,
+                  reason: "too_old", positions: [pos(0, 40)]});
+  c.ws().receive(event("odin.token.A.trade", 0, 41));
+  assert.deepEqual(c.got(sub), [40, 41]);
+  assert.deepEqual(sub.results, [{recovered: false, reason: "too_old", replayed: 0, snapshot: 0}]);
+  c.ws().receive({type: "gap", reason: "undecodable", streams: {[`${T}:0:ep1`]: null}});
+  assert.deepEqual(c.ws().take(), []);
+  assert.equal(sub.results.at(-1).recovered, false);
+  c.ws().receive({type: "gap", reason: "conflated", streams: {[`${T}:0:ep1`]: pos(0, 41)}});
+  assert.deepEqual([c.ws().take(), sub.results.length], [[], 2]);
+});

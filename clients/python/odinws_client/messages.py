@@ -28,8 +28,10 @@ class Event:
 class Gap:
     """
     A resubscription could not recover what was missed (``recovered:
-    false``): events may be missing before the ones that follow, so refetch
-    the state from your system of record. ``reason`` is the server's
+    false``, after a reconnect or a ``gap`` notice of the node), or a gap
+    notice named a stream that cannot be recovered: events may be missing
+    before the ones that follow, so refetch the state from your system of
+    record. ``reason`` is the server's
     (``too_old``, ``ahead``, ``other_epoch``, ``unknown_partition``,
     ``too_large``) or the code of refused positions (``invalid_position``,
     ``unknown_position``, ``too_many_positions``). ``snapshot``: how many

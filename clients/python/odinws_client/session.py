@@ -20,6 +20,12 @@ Ordering facts it relies on, and the ones it must not:
 * Each subscription drops an event at or before the last position it holds
   of that partition: a node that is behind, an overlapping pattern or
   another subscription's replay may bring it again.
+* A ``gap`` message (docs/protocol.md, "Slow clients: catch-up and gaps")
+  names streams whose events the node gave up on, and the position after
+  which to recover them; the stream goes on live. The recovering
+  subscriptions resubscribe with those positions, and hold that stream's
+  events from the notice on (an open L{Replay}: its tops are the ack's),
+  so the recovered events and the live ones are handed over in order.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class Request:
     refresh: bool = False
     token: str | None = None
     answered: Callable[[dict[str, Any]], None] | None = None
+    #: The recovery of a gap notice: the replay holding its streams' events.
+    gap: Replay | None = None
 
 
 @dataclass
@@ -75,16 +83,26 @@ class Replay:
 
     subs: list[Subscription]
     since: PositionMap
-    tops: PositionMap
+    #: None until the ack of a gap's recovery: everything after ``since``.
+    tops: PositionMap | None
     left: int
     buffer: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def holds(self, pos: Position | None) -> bool:
         if pos is None:
             return False
-        top = self.tops.get(pos.partition)
         start = self.since.get(pos.partition)
-        return top is not None and start is not None and pos.after(start) and not pos.after(top)
+        if start is None or not pos.after(start):
+            return False
+        if self.tops is None:
+            return True
+        top = self.tops.get(pos.partition)
+        return top is not None and not pos.after(top)
+
+    def past(self, pos: Position) -> bool:
+        """Is ``pos`` past the tops (the replay, queued before it, is all here)?"""
+        top = self.tops.get(pos.partition) if self.tops is not None else None
+        return top is not None and pos.after(top)
 
 
 @dataclass
@@ -190,6 +208,39 @@ class Session:
             self._refreshed(msg, req)
         elif kind == "pong" and req is not None and req.answered is not None:
             req.answered(msg)
+        elif kind == "gap":
+            self._gap(msg)
+
+    def _gap(self, msg: dict[str, Any]) -> None:
+        """
+        The node gave up on events of some streams: recover them with the
+        positions it gives (conflation skips by design: nothing to recover;
+        a stream without a position cannot be recovered: a L{Gap} item).
+        """
+        reason = str(msg.get("reason") or "unknown")
+        if reason == "conflated":
+            return
+        streams = msg.get("streams")
+        named = list(streams.values()) if isinstance(streams, dict) else []
+        since = [p for p in named if isinstance(p, str) and Position.parse(p) is not None]
+        subs = [s for s in self._subs.values() if s._live and s.recover]
+        if len(since) < len(named) or not since:
+            for sub in self._subs.values():
+                if sub._live:
+                    sub._push(Gap(reason))
+        if not since or not subs:
+            return
+        replay = Replay(subs, PositionMap(since), None, 1 << 62)
+        for sub in subs:
+            if sub._replay is not None:
+                self._end_replay(sub._replay)
+            sub._replay = replay
+        self._replays.append(replay)
+        for i in range(0, len(subs), self._max_channels):
+            chunk = subs[i:i + self._max_channels]
+            self._send({"type": "subscribe", "channels": [s.pattern for s in chunk],
+                        "since": since},
+                       Request("subscribe", chunk, since, gap=replay))
 
     # -- subscribing
 
@@ -234,6 +285,9 @@ class Session:
             sub._live = True
             sub._set_state(State.SUBSCRIBED)
         recovered = msg.get("recovered")
+        if req.gap is not None and isinstance(recovered, bool):
+            self._gap_acked(req.gap, recovered, msg)
+            return
         if req.since is not None and isinstance(recovered, bool):
             tops = PositionMap(msg.get("positions") or ())
             if not recovered:
@@ -254,6 +308,26 @@ class Session:
         snapshot = _count(msg.get("snapshot"))
         if snapshot and req.snapshot:
             self._snapshots.append(SnapshotWait([s for s in subs if s.snapshot], snapshot))
+
+    def _gap_acked(self, replay: Replay, recovered: bool, msg: dict[str, Any]) -> None:
+        """
+        The ack of a gap's recovery: recovered, the held events are the
+        replay's first ones, complete once ``replayed`` are here (or an
+        event past the tops came); not, they go out now after a L{Gap}.
+        """
+        if replay not in self._replays:
+            return
+        if recovered:
+            replay.tops = PositionMap(msg.get("positions") or ())
+            replay.left = _count(msg.get("replayed"))
+            held = sum(1 for text in replay.buffer if replay.holds(Position.parse(text)))
+            if held >= replay.left:
+                self._end_replay(replay)
+            return
+        gap = Gap(str(msg.get("reason") or "unknown"))
+        for sub in self._current(replay.subs):
+            sub._push(gap)
+        self._end_replay(replay)
 
     def _pend_tops(self, sub: Subscription, tops: PositionMap) -> None:
         """Hold ``tops`` until an event past them; older ones count now if no event came since."""
@@ -339,8 +413,7 @@ class Session:
         if pos is not None:
             # Past a replay's tops: the replay (queued before) is all here.
             for replay in list(self._replays):
-                top = replay.tops.get(pos.partition)
-                if top is not None and pos.after(top):
+                if replay.past(pos):
                     self._end_replay(replay)
         self._dispatch(msg, snapshot, pos)
         if pos is not None:

@@ -30,6 +30,7 @@ from odin_ws.common.logs import audit
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.clients import auth, messages, recovery
 from odin_ws.shard.clients.refusal import Refused, bad_origin, is_origin
+from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
 
@@ -82,6 +83,9 @@ class ClientHost(Protocol):
     def history(self) -> History: ...
 
     @property
+    def backlog(self) -> Backlog: ...
+
+    @property
     def fanout(self) -> Fanout: ...
 
     @property
@@ -124,7 +128,8 @@ class Session:
 
     # Every connection carries one: slots, not a __dict__ (odin_ws/shard/clients/lean.py).
     __slots__ = ("host", "transport", "noun", "client_ip", "ip_counted", "grant", "bucket",
-                 "strikes", "strike_stamp", "ever_subscribed", "_idle_call", "_expiry_call")
+                 "replay_bucket", "strikes", "strike_stamp", "ever_subscribed", "_idle_call",
+                 "_expiry_call")
 
     def __init__(self, host: ClientHost, transport: ClientTransport, noun: str):
         self.host = host
@@ -134,6 +139,8 @@ class Session:
         self.ip_counted = False
         self.grant: auth.Grant = auth.OPEN
         self.bucket: TokenBucket | None = None
+        #: Bytes of replays and snapshots (limits.replay_rate), made at the first.
+        self.replay_bucket: TokenBucket | None = None
         self.strikes = 0.0
         self.strike_stamp = 0.0
         self.ever_subscribed = False
@@ -249,9 +256,11 @@ class Session:
         host = self.host
         settings = host.settings
         transport = self.transport
+        # Catch-up frames are WebSocket frames: an SSE stream (which does
+        # not talk) drops past its limit instead.
         transport.outbox = outbox = Outbox(
             transport, host.fanout, host.policy_for, settings.outbound.max_buffer_bytes,
-            settings.outbound.disconnect_grace, on_slow)
+            settings.outbound.disconnect_grace, on_slow, host.backlog if talks else None)
         metrics.CONNECTIONS_OPENED.inc()
         if adopted_at:
             metrics.HANDSHAKE_SECONDS.observe(time.monotonic() - adopted_at)
@@ -276,6 +285,10 @@ class Session:
             # Tokens above a lower burst are cut at the next take().
             bucket.rate = settings.limits.message_rate
             bucket.burst = settings.limits.message_burst
+        replay = self.replay_bucket
+        if replay is not None:
+            replay.rate = settings.limits.replay_rate
+            replay.burst = settings.limits.replay_burst
         outbox = self.transport.outbox
         if outbox is not None:
             outbox.reconfigure(settings.outbound)
@@ -356,13 +369,15 @@ class Session:
         if msg.since is not None or msg.snapshot:
             # Made before anything is subscribed: a refusal leaves nothing behind.
             try:
-                answer = self.answer(msg, outbox.limit)
+                answer = self.answer(msg, outbox.limit, streamable=outbox.can_stream(
+                    {(c.token, c.event_type) for c in msg.channels}))
             except messages.ClientError as e:
                 self.error(e.code, e.message, e.id)
                 return
         try:
             # All or nothing, within the shard's subscription budget.
-            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new])
+            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new],
+                                  self.client_ip)
         except BudgetExceeded as e:
             self.error(e.code, e.message, msg.id)
             return
@@ -372,17 +387,20 @@ class Session:
             self.transport.reply(messages.ack("subscribed", channels, msg.id))
             return
         self.transport.reply(answer.ack(channels, msg.id))
-        if answer.frames:
-            host.fanout.publish_run(answer.frames, (outbox,))
+        if answer.stream is not None:
+            outbox.recover_from(answer.stream)
+        elif answer.frames:
+            host.fanout.publish_run(answer.frames, (outbox,), answer.events)
             host.fanout.flush()
 
     def answer(self, msg: messages.Subscribe, room: int,
                encode: Callable[[bytes, Event], bytes] | None = None,
-               overhead: int = 8) -> recovery.Answer:
+               overhead: int = 8, streamable: bool = False) -> recovery.Answer:
         """
         C{msg}'s recovery and snapshot from the shard's history, in the
         transport's framing (C{encode}; default: WebSocket text frames),
-        within C{room} bytes (L{odin_ws.shard.clients.recovery.answer}).
+        within C{room} bytes, or streamed if larger and C{streamable}
+        (L{odin_ws.shard.clients.recovery.answer}).
 
         @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}.
         """
@@ -391,10 +409,24 @@ class Session:
         if encode is None:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                    limits.max_snapshot_events, room,
-                                   max_scan=limits.max_recovery_scan)
+                                   max_scan=limits.max_recovery_scan, streamable=streamable,
+                                   allow=self.replay_allowed)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                limits.max_snapshot_events, room, encode, overhead,
-                               max_scan=limits.max_recovery_scan)
+                               max_scan=limits.max_recovery_scan, allow=self.replay_allowed)
+
+    def replay_allowed(self, size: int) -> bool:
+        """
+        Spend C{size} bytes of the connection's replay egress
+        (C{limits.replay_rate}, C{limits.replay_burst}): a replay that fits
+        the buffer could be re-requested for ~330x egress (issue 23, L3).
+        """
+        bucket = self.replay_bucket
+        if bucket is None:
+            limits = self.host.settings.limits
+            bucket = self.replay_bucket = TokenBucket(limits.replay_rate, limits.replay_burst,
+                                                      self.host.reactor.seconds)
+        return bucket.spend(size)
 
     def subscribed(self) -> None:
         """A subscription was made: the idle close is off, the shard's count is new."""

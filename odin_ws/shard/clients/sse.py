@@ -138,7 +138,7 @@ class SseStream(OutboxHolder, TwistedProtocol):
                                                            settings.kafka.topics))
         patterns = [(c.token, c.event_type) for c in msg.channels]
         try:
-            host.streams.index.check_room(patterns)
+            host.streams.index.check_room(patterns, session.client_ip)
         except BudgetExceeded as e:
             raise Refused(503, e.code, e.message, e.code, retry_after) from None
         return msg, patterns
@@ -195,7 +195,7 @@ class SseStream(OutboxHolder, TwistedProtocol):
         self._ws_state = _OPEN
         outbox = self.session.open(self.adopted_at, self._slow_consumer, talks=False)
         streams.opened(self)
-        streams.index.add_all(outbox, patterns)
+        streams.index.add_all(outbox, patterns, self.session.client_ip)
         self.session.subscribed()
         # The ack, what recovery replays or the snapshot, then live: in this
         # reactor turn, as for a WebSocket subscribe (odin_ws/shard/clients/recovery.py).

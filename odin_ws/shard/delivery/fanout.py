@@ -40,6 +40,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import pending_writers
 from odin_ws.shard.delivery.frames import Chunk, frame_count
 from odin_ws.shard.delivery.nativesend import SendRuns
@@ -91,36 +92,43 @@ class Fanout:
         # Runs kept for the C loop until the next write: (buf, frames,
         # subscribers) and, for the Python path, (queue entry, items).
         self._runs: list[tuple[bytes, int, tuple[Outbox, ...]]] = []
-        self._entries: list[tuple[tuple[bytes, Any], list[tuple[bytes, str, str]]]] = []
+        self._entries: list[tuple[tuple[bytes, Any], list[tuple[bytes, str, str]],
+                                  list[Event] | None]] = []
         self._dirty: list[Outbox] = []
         self._later: list[Callable[[], None]] = []
         self._call = None
 
     def publish(self, frame: bytes, channel: str, event_type: str,
-                outboxes: Iterable[Outbox]) -> None:
-        """Queue one frame (of C{channel}, C{event_type}) on every outbox."""
+                outboxes: Iterable[Outbox], event: Event | None = None) -> None:
+        """
+        Queue one frame (of C{channel}, C{event_type}; of C{event} of the
+        shard's history, which a slow outbox catches up from) on every outbox.
+        """
         if self.native is not None and not self.delay:
-            self._keep(frame, (frame, channel), [(frame, channel, event_type)], outboxes)
+            self._keep(frame, (frame, channel), [(frame, channel, event_type)],
+                       [event] if event is not None else None, outboxes)
             return
         size = len(frame)
         self._spread((frame, channel), size, outboxes,
-                     lambda box: box.overflow(frame, channel, event_type, size))
+                     lambda box: box.overflow(frame, channel, event_type, size, event))
 
-    def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox]) -> None:
+    def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox],
+                    events: list[Event] | None = None) -> None:
         """
         Queue several frames, each C{(frame, channel, event_type)}, in order on
         every outbox: consecutive events that reach the same subscribers. The
         frames are joined once for all of them, so each outbox takes one
         entry; an outbox without room for the whole takes them one by one
-        under its policy.
+        under its policy. C{events}: the history events the frames carry
+        (C{events[i]} is C{items[i]}'s), where a slow outbox catches up from.
         """
         if len(items) == 1:
-            self.publish(*items[0], outboxes)
+            self.publish(*items[0], outboxes, events[0] if events else None)
             return
         chunk = b"".join([frame for frame, _, _ in items])
-        tag = Chunk(items)
+        tag = Chunk(items, events)
         if self.native is not None and not self.delay:
-            self._keep(chunk, (chunk, tag), items, outboxes)
+            self._keep(chunk, (chunk, tag), items, events, outboxes)
             return
         self._spread((chunk, tag), len(chunk), outboxes, lambda box: box.push_parts(tag))
 
@@ -147,14 +155,14 @@ class Fanout:
             self._soon()
 
     def _keep(self, buf: bytes, pair: tuple[bytes, Any], items: list[tuple[bytes, str, str]],
-              outboxes: Iterable[Outbox]) -> None:
+              events: list[Event] | None, outboxes: Iterable[Outbox]) -> None:
         """
         Keep a run for the C loop at the next write. Its subscribers are
         taken now (the index hands out live views): those it reaches are
         those it would have reached in the Python loop.
         """
         self._runs.append((buf, len(items), tuple(outboxes)))
-        self._entries.append((pair, items))
+        self._entries.append((pair, items, events))
         self._soon()
 
     def _send_native(self, send_runs: SendRuns) -> None:
@@ -175,7 +183,7 @@ class Fanout:
         stats.direct += whole
         for box, run in defer:
             # Outbox.push (or push_parts) of the run, as _spread does it.
-            pair, items = entries[run]
+            pair, items, events = entries[run]
             buf = pair[0]
             room = box.room - len(buf)
             if room >= 0:
@@ -186,7 +194,8 @@ class Fanout:
                 queue += pair
             elif len(items) == 1:
                 frame, channel, event_type = items[0]
-                box.overflow(frame, channel, event_type, len(frame))
+                box.overflow(frame, channel, event_type, len(frame),
+                             events[0] if events else None)
             else:
                 box.push_parts(pair[1])
         for box, buf, sent, count in rest:

@@ -9,7 +9,10 @@ C{sendMessage} would frame it per client and format a debug line per call.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from odin_ws.common.events import Event
 
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
@@ -30,14 +33,16 @@ class Chunk:
     The tag of a queue entry holding several frames joined once for many
     connections (L{odin_ws.shard.delivery.fanout.Fanout.publish_run}): the frames it
     carries, with their channels and event types, for the slow-client
-    policies and the counters.
+    policies and the counters, and the history events they carry (if they
+    are: C{events[i]} is C{parts[i]}'s), where a slow outbox catches up from.
     """
 
-    __slots__ = ("parts", "count")
+    __slots__ = ("parts", "count", "events")
 
-    def __init__(self, parts: list[tuple[bytes, str, str]]):
+    def __init__(self, parts: list[tuple[bytes, str, str]], events: list[Event] | None = None):
         self.parts = parts
         self.count = len(parts)
+        self.events = events
 
     def __repr__(self) -> str:
         return f"<Chunk of {self.count} frames>"

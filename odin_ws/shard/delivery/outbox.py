@@ -45,10 +45,13 @@ from odin_ws.common.twisted_internals import (
     served_by,
     write_state,
 )
+from odin_ws.shard.delivery.catchup import Backlog, Behind, gap_notice
 from odin_ws.shard.delivery.frames import Chunk, frame_count
 from odin_ws.shard.delivery.writestats import WriteStats
+from odin_ws.shard.history.store import TOO_OLD
 
 if TYPE_CHECKING:
+    from odin_ws.common.events import Event
     from odin_ws.common.settings import OutboundSettings
 
 
@@ -78,6 +81,9 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 # A closed Outbox has no room at all, so every push takes the slow path,
 # which ignores it: the hot loop needs no separate "closed" test.
 _CLOSED_ROOM = -(1 << 62)
+# Nor has one that is behind (room and cap start here; cap - room is still
+# what waits in the queue): every push takes the slow path, which notes it.
+_BEHIND_ROOM = -(1 << 61)
 
 
 class OutboxHolder:
@@ -116,12 +122,17 @@ class Outbox:
     past it. When nothing waits at all, one frame is taken whatever its
     size. Per-channel order is kept under every policy:
 
-      - drop: the new frame is discarded;
+      - drop: with a C{backlog} (WebSocket connections), the Outbox falls
+        behind (L{odin_ws.shard.delivery.catchup}): it takes no more
+        frames, notes per stream where it stopped, and once its socket
+        drains it sends what it missed from the shard's history, then live
+        again; a stream history cannot serve gets a gap notice. Without a
+        backlog the new frame is discarded;
       - conflate: the channel's waiting frames give way to the new one; it
         is dropped if none of its channel waits here or it still does not fit;
-      - disconnect: dropped as well, and if the connection is still over the
-        limit C{grace} seconds after it first was, the Outbox closes and
-        calls C{on_slow_disconnect} (once).
+      - disconnect: as drop, and if the connection is still over the limit
+        (or behind) C{grace} seconds after it first was, or history cannot
+        serve it, the Outbox closes and calls C{on_slow_disconnect} (once).
 
     Drops and conflations are counted in L{WriteStats} (frames discarded
     because the connection closes are not). A change of C{limit} (see
@@ -151,10 +162,11 @@ class Outbox:
     __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
                  "on_slow_disconnect", "queue", "room", "cap", "paused", "closed", "inline",
                  "sock", "fdno", "tracking", "_tombs", "_fd", "_index", "_indexed",
-                 "_over_since", "_refused", "_grace_call")
+                 "_over_since", "_refused", "_grace_call", "backlog", "behind", "_catch_call")
 
     def __init__(self, protocol: Any, fanout: Flusher, policy_for: Callable[[str], str],
-                 limit: int, grace: float, on_slow_disconnect: Callable[[], None]):
+                 limit: int, grace: float, on_slow_disconnect: Callable[[], None],
+                 backlog: Backlog | None = None):
         self.protocol = protocol
         self.transport = transport = protocol.transport
         self.fanout = fanout
@@ -193,7 +205,12 @@ class Outbox:
         self._over_since: float | None = None   # disconnect policy: over the limit since
         self._refused = 0                       # size of the last frame that did not fit
         self._grace_call = None
-        self.tracking = False           # _index or _over_since is set
+        self.tracking = False           # _index, _over_since or behind is set
+        #: Where catch-up reads (None: frames past the limit are dropped).
+        self.backlog = backlog
+        #: Per stream, where this connection fell behind (None: it is live).
+        self.behind: Behind | None = None
+        self._catch_call: Any = None
         transport.registerProducer(self, True)
 
     def reconfigure(self, outbound: OutboundSettings) -> None:
@@ -203,11 +220,12 @@ class Outbox:
 
     # -- queueing
 
-    def push(self, frame: bytes, channel: str, event_type: str) -> None:
-        """Queue C{frame} (of C{channel}, C{event_type}) for this reactor turn."""
+    def push(self, frame: bytes, channel: str, event_type: str,
+             event: Event | None = None) -> None:
+        """Queue C{frame} (of C{channel}, C{event_type}, C{event}) for this reactor turn."""
         size = len(frame)
         if size > self.room:
-            self.overflow(frame, channel, event_type, size)
+            self.overflow(frame, channel, event_type, size, event)
         else:
             self._accept(frame, channel, size)
 
@@ -244,8 +262,9 @@ class Outbox:
         """Re-read Twisted's held bytes; track the high-water mark and the over state."""
         queued = self.cap - self.room
         now_held = held(self.transport)
-        self.cap = self.limit - now_held
-        self.room = self.cap - queued
+        if self.behind is None:
+            self.cap = self.limit - now_held
+            self.room = self.cap - queued
         waiting = now_held + queued
         stats = self.stats
         if waiting > stats.high_water:
@@ -253,13 +272,24 @@ class Outbox:
         if self._over_since is not None and self.room >= self._refused:
             self._calm()
 
-    def overflow(self, frame: bytes, channel: str, event_type: str, size: int) -> None:
+    def overflow(self, frame: bytes, channel: str, event_type: str, size: int,
+                 event: Event | None = None) -> None:
         """
-        The slow path of a push: C{frame} (C{size} bytes) does not fit in the
-        C{room} last computed. Re-read Twisted's held bytes, then queue it
-        or apply the event type's policy.
+        The slow path of a push: C{frame} (C{size} bytes, of C{event} if it
+        is one) does not fit in the C{room} last computed. Behind: noted;
+        else re-read Twisted's held bytes, then queue it or apply the event
+        type's policy.
         """
         if self.closed:
+            return
+        behind = self.behind
+        if behind is not None:
+            if event is not None:
+                behind.note(event)
+            else:
+                # Not an event of history (a snapshot's): small, bounded
+                # by its subscribe, and not to be caught up: queued.
+                self._accept(frame, channel, size)
             return
         self._settle()
         if size <= self.room or self.room == self.limit:
@@ -273,6 +303,9 @@ class Outbox:
             return
         policy = self.policy_for(event_type)
         stats = self.stats
+        if event is not None and self.backlog is not None and policy != "conflate":
+            self.fall_behind(event, policy == "disconnect")
+            return
         if policy == "conflate":
             if not self._conflate(frame, channel, size):
                 stats.dropped["conflate"] += 1
@@ -347,10 +380,11 @@ class Outbox:
 
     def push_parts(self, chunk: Chunk) -> None:
         """A Chunk that does not fit as a whole: its frames one by one, each under the policy."""
-        for frame, channel, event_type in chunk.parts:
+        events = chunk.events
+        for i, (frame, channel, event_type) in enumerate(chunk.parts):
             size = len(frame)
             if size > self.room:
-                self.overflow(frame, channel, event_type, size)
+                self.overflow(frame, channel, event_type, size, events[i] if events else None)
             else:
                 self._accept(frame, channel, size)
 
@@ -405,6 +439,9 @@ class Outbox:
                 sent = 0
             if sent == size:
                 stats.direct += 1
+                if self.behind is not None:
+                    self._catch_up_soon()
+                    return
                 self.room = self.cap = self.limit
                 if self._over_since is not None:
                     self._settle()
@@ -414,6 +451,8 @@ class Outbox:
         stats.buffered += 1
         t.write(buf)
         self._settle()
+        if self.behind is not None:
+            self._catch_up_soon()
 
     def write_rest(self, buf: bytes, sent: int) -> None:
         """A direct send took C{sent} bytes of C{buf}: Twisted takes the rest."""
@@ -426,6 +465,8 @@ class Outbox:
             stats.fallbacks += 1
         self.transport.write(buf)
         self._settle()
+        if self.behind is not None:
+            self._catch_up_soon()
 
     def _discard(self) -> None:
         self.queue.clear()
@@ -437,7 +478,109 @@ class Outbox:
         self._tombs = 0
         self._index = None
         self._indexed = 0
-        self.tracking = self._over_since is not None
+        self.tracking = self._over_since is not None or self.behind is not None
+
+    # -- behind: catch-up from history (odin_ws/shard/delivery/catchup.py)
+
+    def fall_behind(self, event: Event, disconnect: bool = False) -> None:
+        """
+        C{event} does not fit: take no more frames, note where each stream
+        stopped, catch up from history once the socket drains. Under the
+        disconnect policy (C{disconnect}) the grace starts too.
+        """
+        behind = self.behind = Behind(disconnect)
+        behind.note(event)
+        self._behind()
+        if disconnect:
+            clock = self.fanout.reactor
+            self._over_since = clock.seconds()
+            self._refused = 0
+            self._grace_call = clock.callLater(self.grace, self._grace_over)
+
+    def can_stream(self, patterns: set[tuple[str, str]]) -> bool:
+        """
+        Whether a recovery for C{patterns} may be streamed (L{recover_from}):
+        catch-up is possible, the connection is live, and it holds no other
+        pattern (catch-up reads for every pattern held; a held one outside
+        C{patterns} would get its events again).
+        """
+        backlog = self.backlog
+        return (backlog is not None and self.behind is None and not self.closed
+                and set(backlog.patterns_of(self)) <= patterns)
+
+    def recover_from(self, since: dict[tuple[str, int], tuple[str, int]]) -> None:
+        """
+        Stream a recovery too large for the buffer: behind from C{since}
+        (C{(topic, partition) -> (epoch, offset)}), caught up from history
+        in slices as the socket drains (only after L{can_stream}).
+        """
+        behind = self.behind = Behind()
+        behind.streams.update(since)
+        self._behind()
+        self._catch_up_soon()
+
+    def _behind(self) -> None:
+        queued = self.cap - self.room
+        self.cap = _BEHIND_ROOM
+        self.room = _BEHIND_ROOM - queued
+        self.tracking = True
+        stats = self.stats
+        stats.fell_behind += 1
+        stats.behind_now += 1
+
+    def _catch_up_soon(self) -> None:
+        """One slice in a later reactor turn (one per turn: others get theirs)."""
+        if self._catch_call is None and not self.closed:
+            self._catch_call = self.fanout.reactor.callLater(0, self._catch_up)
+
+    def _catch_up(self) -> None:
+        """
+        Queue one slice of what this connection missed (as much as its
+        buffer has room for) and write it; live again once a slice reached
+        the newest event of every stream.
+        """
+        self._catch_call = None
+        behind = self.behind
+        if behind is None or self.closed or self.paused:
+            return
+        t = self.transport
+        if self._fd and write_state(t) == HOLDING and producer_of(t) is self:
+            self.paused = True
+            resume_when_drained(t)
+            return
+        backlog = self.backlog
+        assert backlog is not None, "behind only with a backlog"
+        queued = self.cap - self.room
+        part = behind.slice(backlog, self, self.limit - held(t) - queued)
+        stats = self.stats
+        if part.gaps:
+            if behind.disconnect:
+                self._disconnect(lambda f: f())
+                return
+            if any(reason == TOO_OLD for reason in part.gaps):
+                stats.fell_out += 1
+            for reason, streams in part.gaps.items():
+                stats.gaps[reason] = stats.gaps.get(reason, 0) + len(streams)
+                self.push_control(gap_notice(reason, streams))
+        queue = self.queue
+        for frame, channel in part.frames:
+            self.room -= len(frame)
+            queue += (frame, channel)
+        stats.caught_up += part.events
+        if part.done:
+            self._go_live()
+        if queue:
+            self.flush()
+        elif self.behind is not None:
+            self._catch_up_soon()
+
+    def _go_live(self) -> None:
+        self.behind = None
+        self.stats.behind_now -= 1
+        queued = self.cap - self.room
+        self.cap = self.limit - held(self.transport)
+        self.room = self.cap - queued
+        self._calm()
 
     # -- IPushProducer (called by Twisted)
 
@@ -459,6 +602,8 @@ class Outbox:
             self.flush()
         else:
             self._settle()
+            if self.behind is not None:
+                self._catch_up()
 
     def stopProducing(self) -> None:
         """The connection is gone."""
@@ -468,7 +613,7 @@ class Outbox:
 
     def _calm(self) -> None:
         self._over_since = None
-        self.tracking = self._index is not None
+        self.tracking = self._index is not None or self.behind is not None
         self._refused = 0
         call, self._grace_call = self._grace_call, None
         if call is not None and call.active():
@@ -494,6 +639,12 @@ class Outbox:
         self.closed = True
         self._discard()
         self._calm()
+        if self.behind is not None:
+            self.behind = None
+            self.stats.behind_now -= 1
+        call, self._catch_call = self._catch_call, None
+        if call is not None and call.active():
+            call.cancel()
         self.room = _CLOSED_ROOM
         transport = self.transport
         if producer_of(transport) is self:

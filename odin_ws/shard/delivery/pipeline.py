@@ -82,6 +82,7 @@ class Delivery:
         # the same object for the same bucket) go out as one run: framed
         # and joined once, one queue entry per subscriber.
         run: list[tuple[bytes, str, str]] = []
+        run_events: list[Event] = []
         run_to: Any = None
         remember = self.history.add
         # Older than outbound.max_event_age: kept for recovery, not sent live.
@@ -104,12 +105,14 @@ class Delivery:
                 continue
             delivered.append(e)
             if subscribers is not run_to and run:
-                fanout.publish_run(run, run_to)
+                fanout.publish_run(run, run_to, run_events)
                 run = []
+                run_events = []
             run_to = subscribers
             run.append((text_frame(e.envelope), e.channel, e.event_type))
+            run_events.append(e)
         if run:
-            fanout.publish_run(run, run_to)
+            fanout.publish_run(run, run_to, run_events)
         if stale:
             metrics.EVENTS_STALE.inc(stale)
         if streams is not None:

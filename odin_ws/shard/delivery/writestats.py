@@ -31,6 +31,11 @@ class WriteStats:
         self.conflated = 0         # waiting frames replaced by a newer one of their channel
         self.slow_disconnects = 0  # connections closed under the disconnect policy
         self.high_water = 0        # most bytes one connection had waiting (Twisted + queue)
+        self.fell_behind = 0       # times a connection fell behind (catch-up or streamed recovery)
+        self.behind_now = 0        # connections behind now
+        self.caught_up = 0         # events sent from history to connections that were behind
+        self.fell_out = 0          # times a connection fell out of the history window
+        self.gaps: dict[str, int] = {}  # streams named in gap notices, by reason
 
 
 class WriteStatsCollector:
@@ -47,10 +52,23 @@ class WriteStatsCollector:
                 ("events_conflated", "Waiting event frames replaced by a newer one of "
                  "their channel.", s.conflated),
                 ("slow_disconnects", "Connections closed (4008) under the disconnect "
-                 "policy.", s.slow_disconnects)):
+                 "policy.", s.slow_disconnects),
+                ("events_caught_up", "Events sent from history to connections that had "
+                 "fallen behind (catch-up and streamed recoveries).", s.caught_up),
+                ("connections_fell_behind", "Times a connection fell behind: its buffer "
+                 "was full, or a recovery was streamed.", s.fell_behind),
+                ("connections_fell_out", "Times a connection fell out of the history "
+                 "window while behind (told by a gap notice, too_old).", s.fell_out)):
             yield CounterMetricFamily("odinws_" + name, doc, value=value)
         yield GaugeMetricFamily("odinws_outbound_buffer_high_water_bytes", "Most bytes "
                                 "one connection had waiting, since start.", value=s.high_water)
+        yield GaugeMetricFamily("odinws_connections_behind", "Connections catching up from "
+                                "history now.", value=s.behind_now)
+        gaps = CounterMetricFamily("odinws_gaps_notified", "Streams named in gap notices "
+                                   "sent to clients, by reason.", labels=["reason"])
+        for reason in sorted(s.gaps):
+            gaps.add_metric([reason], s.gaps[reason])
+        yield gaps
         dropped = CounterMetricFamily("odinws_events_dropped", "Event frames dropped for "
                                       "slow clients, by policy.", labels=["policy"])
         for policy in POLICIES:

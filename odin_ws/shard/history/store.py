@@ -22,20 +22,13 @@ with what live delivery has added meanwhile.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from odin_ws.common.channels import WILDCARD, channel_name
 from odin_ws.common.events import Event
-
-#: Bytes an event costs in history besides its envelope's payload: the Event
-#: object (96 B with its slots), its channel, token, type and topic strings
-#: (~220 B), the envelope's bytes header (33 B) and two list slots (16 B).
-#: Measured on CPython 3.11 (350-370 B with tracemalloc; 400 leaves room);
-#: tests/shard/history/test_store.py keeps it honest.
-EVENT_OVERHEAD = 400
+from odin_ws.shard.history.partitionlog import ANY_OFFSET, EVENT_OVERHEAD, PartitionLog
 
 #: Why a recovery could not be answered (the C{reason} of C{recovered: false}).
 TOO_OLD = "too_old"            # events after the position were already evicted
@@ -43,82 +36,6 @@ AHEAD = "ahead"                # the position is past what this node has seen
 OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
 UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
 TOO_LARGE = "too_large"        # more to look at or to send than a recovery may
-
-#: A log's C{join} when any next offset continues it (see L{PartitionLog}).
-ANY_OFFSET = 1 << 62
-
-
-class PartitionLog:
-    """Retained events of one partition, in offset order."""
-
-    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join")
-
-    def __init__(self, epoch: str, floor: int):
-        self.epoch = epoch
-        self.events: list[Event] = []
-        self.offsets: list[int] = []
-        self.start = 0
-        #: Every event of this partition with an offset above C{floor} is retained.
-        self.floor = floor
-        self.bytes = 0
-        #: The highest offset the next live event may have and still continue
-        #: this log: after a backfill, the offset after what the warm-up read
-        #: (records it passed over may follow, events it did not read may not).
-        self.join = ANY_OFFSET
-
-    def __len__(self) -> int:
-        return len(self.events) - self.start
-
-    @property
-    def high(self) -> int:
-        """Offset of the newest retained event (C{floor} when empty)."""
-        return self.offsets[-1] if len(self) else self.floor
-
-    def oldest(self) -> Event | None:
-        return self.events[self.start] if len(self) else None
-
-    def append(self, event: Event, size: int) -> None:
-        self.events.append(event)
-        self.offsets.append(event.offset)
-        self.bytes += size
-
-    def pop_oldest(self) -> Event:
-        event = self.events[self.start]
-        # The slot is below start, dead: None lets the event go (the list holds Events).
-        self.events[self.start] = None  # type: ignore[call-overload]
-        self.start += 1
-        self.floor = event.offset
-        self.bytes -= len(event.envelope) + EVENT_OVERHEAD
-        if self.start > 64 and self.start * 2 > len(self.events):
-            del self.events[:self.start]
-            del self.offsets[:self.start]
-            self.start = 0
-        return event
-
-    def prepend(self, events: list[Event], size: int) -> None:
-        """Older events (offset order, all below the retained ones); the floor follows."""
-        self.events = events + self.events[self.start:]
-        self.offsets = [e.offset for e in events] + self.offsets[self.start:]
-        self.start = 0
-        self.floor = events[0].offset - 1
-        self.bytes += size
-
-    def count_after(self, offset: int) -> int:
-        """How many retained events have an offset above C{offset} (no copy)."""
-        return len(self.events) - max(bisect_right(self.offsets, offset), self.start)
-
-    def after(self, offset: int) -> list[Event]:
-        """Retained events with an offset above C{offset}, oldest first."""
-        i = max(bisect_right(self.offsets, offset), self.start)
-        return self.events[i:]
-
-
-def _matches(patterns: Iterable[tuple[str, str]], event: Event) -> bool:
-    for token, event_type in patterns:
-        if (token == WILDCARD or token == event.token) and \
-                (event_type == WILDCARD or event_type == event.event_type):
-            return True
-    return False
 
 
 class History:
@@ -221,9 +138,7 @@ class History:
             log = self._logs[key] = PartitionLog(epoch, event.offset - 1)
         elif log.join != ANY_OFFSET:
             log.join = ANY_OFFSET   # live delivery took over from the backfill
-        size = len(event.envelope) + EVENT_OVERHEAD
-        log.append(event, size)
-        self.bytes += size
+        self.bytes += log.append(event)
         if self.max_channels:
             latest = self._latest
             channel = event.channel
@@ -236,20 +151,20 @@ class History:
 
     def _trim(self, log: PartitionLog) -> None:
         if len(log) > self.max_events:
-            self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.bytes -= log.pop_oldest()
             self.evicted["count"] += 1
         oldest = log.oldest()
         if oldest is not None and self.max_age_ms > 0:
             cutoff = self._clock() * 1000 - self.max_age_ms
             while oldest is not None and oldest.ts < cutoff and len(log) > 1:
-                self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+                self.bytes -= log.pop_oldest()
                 self.evicted["age"] += 1
                 oldest = log.oldest()
         while self.bytes > self.max_bytes:
             victim = self._oldest_log()
             if victim is None:
                 break
-            self.bytes -= len(victim.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.bytes -= victim.pop_oldest()
             self.evicted["budget"] += 1
 
     def _trim_all(self) -> None:
@@ -258,7 +173,7 @@ class History:
 
     def _fit(self, log: PartitionLog) -> None:
         while len(log) > self.max_events:
-            self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.bytes -= log.pop_oldest()
             self.evicted["count"] += 1
         self._trim(log)
 
@@ -313,13 +228,9 @@ class History:
             older = [e for e in events if e.offset <= log.floor]
             newer = [e for e in events if e.offset > log.high]
         if older:
-            size = sum(len(e.envelope) for e in older) + EVENT_OVERHEAD * len(older)
-            log.prepend(older, size)
-            self.bytes += size
+            self.bytes += log.prepend(older)
         for e in newer:
-            size = len(e.envelope) + EVENT_OVERHEAD
-            log.append(e, size)
-            self.bytes += size
+            self.bytes += log.append(e)
         if newer:
             log.join = end + 1
         self._fit(log)
@@ -369,10 +280,12 @@ class History:
         C{patterns}, in order per partition (partitions one after the other).
 
         @param since: C{(topic, partition) -> (epoch, last offset seen)}.
-        @param max_scan: retained events the replay may look at, all
-            partitions together (counted before any is looked at); past
-            it the answer is C{(None, TOO_LARGE)} (issue 23: a recovery for
-            channels that match nothing scanned all that was retained).
+        @param max_scan: retained events and channel runs the replay may
+            look at, all partitions together (L{PartitionLog.select}: what
+            the index finds after each position, or the scan of what
+            follows it when that is less); past it the answer is
+            C{(None, TOO_LARGE)}. A recovery for channels that match nothing
+            looks at no event (issue 23, H1/H2).
         @return: C{(events, None)}, or C{(None, reason)} when any position
             cannot be recovered from what is retained.
         """
@@ -388,14 +301,53 @@ class History:
             if offset < log.floor:
                 return None, TOO_OLD
             tails.append((log, offset))
-        if max_scan is not None and sum(log.count_after(o) for log, o in tails) > max_scan:
-            return None, TOO_LARGE
+        patterns = list(dict.fromkeys(patterns))
+        left = max_scan
         out: list[Event] = []
         for log, offset in tails:
-            events = log.after(offset)
-            self.replay_visits += len(events)
-            out.extend(e for e in events if _matches(patterns, e))
+            events, visits = log.select(offset, patterns, left)
+            if events is None:
+                return None, TOO_LARGE
+            self.replay_visits += visits
+            if left is not None:
+                left -= visits
+            out.extend(events)
         return out, None
+
+    def read(self, topic: str, partition: int, epoch: str, offset: int,
+             patterns: Iterable[tuple[str, str]], max_scan: int,
+             max_bytes: int) -> tuple[list[Event], int, int, str | None]:
+        """
+        One slice of a partition's retained events after C{offset} (a slow
+        connection's catch-up, L{odin_ws.shard.delivery.catchup}): those
+        matching C{patterns}, looking at no more than C{max_scan} events and
+        stopping before the matched envelopes pass C{max_bytes} (one is
+        always taken).
+
+        @return: C{(events, last, looked, reason)}: the matching events,
+            the offset of the last event looked at (the next slice starts
+            after it; C{offset} when none was), how many were looked at,
+            and None, or why the position cannot be read (L{UNKNOWN},
+            L{OTHER_EPOCH}, L{AHEAD}, L{TOO_OLD}).
+            C{last == high(topic, partition)} once the slice reached the end.
+        """
+        log = self._logs.get((topic, partition))
+        if log is None:
+            return [], offset, 0, UNKNOWN
+        if log.epoch != epoch:
+            return [], offset, 0, OTHER_EPOCH
+        if offset > log.high:
+            return [], offset, 0, AHEAD
+        if offset < log.floor:
+            return [], offset, 0, TOO_OLD
+        out, last, looked = log.read(offset, patterns, max_scan, max_bytes)
+        self.replay_visits += looked
+        return out, last, looked, None
+
+    def high(self, topic: str, partition: int) -> int | None:
+        """Offset of the newest retained event of a partition (None: nothing known)."""
+        log = self._logs.get((topic, partition))
+        return log.high if log is not None else None
 
     def latest(self, patterns: list[tuple[str, str]], limit: int) -> tuple[list[Event], bool]:
         """

@@ -9,7 +9,6 @@ the same offsets is relayed but not delivered twice (docs/operations.md,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 from twisted.logger import Logger
@@ -33,26 +32,26 @@ class LiveDelivery(Protocol):
     def deliver_fresh(self, events: list[Event], relayed: bool = False) -> None: ...
 
 
+#: A partition without a mark (never below anything).
+_NO_MARK = ("", -1)
+
+
 class Backfill:
     """
     Joins each partition the warm-up read to the history and the marks, and
     tells which consumed batches re-read offsets it counted as seen.
-
-    @param assigned: the partitions this shard's consumer reads now.
     """
 
     log = Logger()
 
-    def __init__(self, delivery: LiveDelivery, assigned: Callable[[], frozenset[Partition]]):
+    def __init__(self, delivery: LiveDelivery):
         self._delivery = delivery
-        self._assigned = assigned
         #: What was produced before this moment (ms) is the past.
         self.started_ms = int(time.time() * 1000)
         # Partitions whose marks the warm-up raised -> to which offset, until
-        # this shard's consumer passes it (see rereading); and the
-        # assignment they were last checked against.
+        # this shard's consumer passes it or another shard relayed past it
+        # (see rereading).
         self._rereads: dict[Partition, int] = {}
-        self._rereads_assigned: frozenset[Partition] | None = None
 
     def backfill(self, warmed: WarmedPartition) -> None:
         """
@@ -96,16 +95,22 @@ class Backfill:
         Such a batch is relayed whole all the same: another shard's warm-up
         may have stopped short of them (each took its own high watermark),
         and the hub drops what it relayed before.
+
+        A partition's bookkeeping lasts until this consumer passes what the
+        warm-up read, or until another shard relayed past it (the mark rose
+        above it: that shard read from the last commit, so it relayed all
+        the warm-up read too). Not while the partition is merely not
+        assigned: a restarted shard gets the dead one's partitions back in
+        several rebalance steps, and forgetting the later ones there lost
+        their re-read for every other shard's clients (issue 22).
         """
         rereads = self._rereads
         if not rereads:
             return False
-        assigned = self._assigned()
-        if assigned is not self._rereads_assigned:
-            # Partitions this consumer does not read: their owner relays them.
-            self._rereads_assigned = assigned
-            for key in [k for k in rereads if k not in assigned]:
-                del rereads[key]
+        marks = self._delivery.seen.marks
+        for key in [k for k, until in rereads.items()
+                    if marks.get(k, _NO_MARK)[1] > until]:
+            del rereads[key]
         found = False
         for e in events:
             key = Partition(e.topic, e.partition)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
@@ -63,8 +62,6 @@ class LoopOwner(Protocol):
 
     def thread_failed(self, failure: Failure) -> None: ...
 
-    def consumer_closed(self, finished: Deferred[None]) -> None: ...
-
 # Seconds the thread waits at stop for batches already in the reactor, so
 # their offsets are committed by close().
 STOP_GRACE = 2.0
@@ -87,7 +84,6 @@ class ConsumerLoop:
     @param stopping: set when the loop should end.
     @param done: batch ids the reactor has taken.
     @param max_pending: batches out in the reactor before the loop waits.
-    @param finished: fired (in the reactor) once the consumer is closed.
     @param incarnations: the topics' epochs, looked up on every assignment
         and whenever a partition's offsets go back while assigned.
     @param layout: which partitions appeared since the start (None: they
@@ -96,18 +92,24 @@ class ConsumerLoop:
         the rebalance callbacks get only the partitions that move, and must
         answer with C{incremental_assign}/C{incremental_unassign} (eager:
         the whole assignment, C{assign}/C{unassign}).
+    @param fatal: set when librdkafka declared the consumer fatally failed:
+        the loop ends like at a stop, and its thread replaces the consumer
+        (L{odin_ws.shard.kafka.consumerthread}).
+    @param first_id: the first batch id (ids of an earlier loop's batches
+        may still come back on C{done}).
     """
 
     def __init__(self, ingest: LoopOwner, consumer: Consumer, mapper: RecordMapper,
                  settings: KafkaSettings, stopping: threading.Event,
-                 done: queue.SimpleQueue[int], max_pending: int, finished: Deferred,
+                 done: queue.SimpleQueue[int], max_pending: int,
                  incarnations: TopicIncarnations, cooperative: bool = False,
-                 layout: TopicLayout | None = None):
+                 layout: TopicLayout | None = None, fatal: threading.Event | None = None,
+                 first_id: int = 0):
         self.ingest = ingest
         self.cooperative = cooperative
         self.consumer = consumer
         self.mapper = mapper
-        self.finished = finished
+        self.fatal = fatal or threading.Event()
         self.topics = list(settings.topics)
         self.identity_every = settings.metadata_refresh_ms / 1000.0
         # Partitions appearing later start at their beginning (topiclayout);
@@ -120,7 +122,7 @@ class ConsumerLoop:
         self.stopping = stopping
         self.done = done
         self.max_pending = max_pending
-        self.next_id = 0
+        self.next_id = first_id
         self.in_flight = 0
         # batch id -> its offsets and whether it is taken, in consumption order.
         self.pending: dict[int, PendingBatch] = {}
@@ -145,7 +147,7 @@ class ConsumerLoop:
         try:
             self.consumer.subscribe(self.topics, on_assign=self.on_assign,
                                     on_revoke=self.on_revoke, on_lost=self.on_revoke)
-            while not self.stopping.is_set():
+            while not (self.stopping.is_set() or self.fatal.is_set()):
                 self.poll_once()
             deadline = time.monotonic() + STOP_GRACE
             while self.in_flight and time.monotonic() < deadline:
@@ -158,7 +160,6 @@ class ConsumerLoop:
                 self.consumer.close()  # commits stored offsets, leaves the group
             except (KafkaException, RuntimeError) as e:
                 ingest.log("warn", "Kafka consumer close: {error}", error=describe_error(e))
-            ingest.consumer_closed(self.finished)
 
     def poll_once(self) -> None:
         self.take_done(0)
@@ -235,7 +236,7 @@ class ConsumerLoop:
             offsets[key] = offset + 1
             records[topic] += 1
             result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset,
-                                epoch_of(topic))
+                                epoch_of(topic), m.headers)
             if isinstance(result, str):
                 rejected[result] += 1
             else:

@@ -42,6 +42,7 @@ from odin_ws.common.events import Event, Partition
 from odin_ws.common.logs import audit
 from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop, describe_error
+from odin_ws.shard.kafka.consumerthread import ConsumerThread
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.topiclayout import TopicLayout
@@ -105,6 +106,8 @@ class KafkaIngest(Service):
         self._thread: threading.Thread | None = None
         self._finished: Deferred | None = None
         self._stopping = threading.Event()
+        #: Set when librdkafka declared the consumer fatally failed (replace it).
+        self._fatal = threading.Event()
         self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
         # Status, written by the consumer thread, read by status().
         self._state = IngestState.STOPPED
@@ -223,14 +226,21 @@ class KafkaIngest(Service):
             log.error("{error}", error=self._last_error)
             return
         self._finished = Deferred()
-        loop = ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
-                            self._stopping, self._done, self._max_pending, self._finished,
-                            TopicIncarnations(admin_config(conf)),
-                            cooperative=_incremental(conf),
-                            layout=TopicLayout(admin_config(conf), conf["group.id"],
-                                               self._settings.kafka.topics))
-        self._thread = threading.Thread(target=loop.run,
-                                        name="odinws-kafka", daemon=True)
+        self._fatal = threading.Event()
+        # One of each for the consumers this thread runs: a replacement keeps
+        # the topics' known identities and the partition counts first seen.
+        incarnations = TopicIncarnations(admin_config(conf))
+        layout = TopicLayout(admin_config(conf), conf["group.id"], self._settings.kafka.topics)
+
+        def make_loop(consumer: Consumer, first_id: int) -> ConsumerLoop:
+            return ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
+                                self._stopping, self._done, self._max_pending, incarnations,
+                                cooperative=_incremental(conf), layout=layout,
+                                fatal=self._fatal, first_id=first_id)
+
+        body = ConsumerThread(self, consumer, lambda: Consumer(conf), make_loop,
+                              self._stopping, self._fatal, self._finished)
+        self._thread = threading.Thread(target=body.run, name="odinws-kafka", daemon=True)
         self._thread.start()
 
     def stopService(self) -> Deferred:
@@ -305,8 +315,9 @@ class KafkaIngest(Service):
     def fatal(self, kind: str, text: str) -> None:
         """
         Consumer thread: the consumer cannot go on (librdkafka's fatal state:
-        it would return nothing more, its assignment still shown); stop it
-        and show why in the status.
+        it would return nothing more, its assignment still shown); end its
+        loop so the thread replaces it (L{ConsumerThread}), and show why in
+        the status meanwhile.
         """
         if "group.instance.id" in text:
             # FENCED_INSTANCE_ID: another consumer joined with this shard's id.
@@ -315,7 +326,23 @@ class KafkaIngest(Service):
                      f"nodes of kafka.group {self._settings.kafka.group!r})")
         self.note_error(kind, f"fatal: {text}", "error")
         self._set_state(IngestState.ERROR, False)
-        self._stopping.set()
+        # It reads nothing more: no partitions to show, whatever it holds.
+        self._assigned = frozenset()
+        self._fatal.set()
+
+    def replacing(self, delay: float) -> None:
+        """Consumer thread: the failed consumer is closed; a new one follows in C{delay} s."""
+        self._log("warn", "Kafka consumer failed ({error}): replacing the Kafka consumer in "
+                  "{delay:g}s", error=self._last_error, delay=delay)
+
+    def replaced(self) -> None:
+        """
+        Consumer thread: a new consumer replaces the failed one; it starts
+        like the first did (the error stays shown until partitions come in).
+        """
+        self._state = IngestState.STARTING
+        self._connected = False
+        self._logged = set()
 
     def log_once(self, key: str, fmt: str, level: str = "warn", **kw: Any) -> None:
         """Consumer thread: log a line once per kind (C{key}) and episode."""

@@ -11,7 +11,7 @@ import time
 
 from odin_ws.common.events import Event
 from odin_ws.shard.history import positions
-from tests.helpers import ShardTestCase, text
+from tests.helpers import ShardTestCase, sample, text
 
 TOPIC = "odin.trades"
 
@@ -119,18 +119,6 @@ class ReplayTests(RecoveryTestCase):
         self.assertEqual(ack["reason"], "ahead")
         [ack] = self.request(c, channels=["odin.token.A.trade"], since=[f"{TOPIC}:7:ep1:1"])
         self.assertEqual(ack["reason"], "unknown_partition")
-
-    def test_replay_larger_than_the_outbox_is_not_attempted(self):
-        """A replay that the slow-client policy would drop answers recovered false (too_large)."""
-        first = self.deliver(self.event("A"))
-        self.deliver(*(self.event("A") for _ in range(50)))
-        for client in self.shard.connections:
-            client.outbox.limit = 200
-        c = self.connect()
-        c.proto.outbox.limit = 200
-        [ack] = self.request(c, channels=["odin.token.A.trade"],
-                             since=[json.loads(first[0].envelope)["pos"]])
-        self.assertEqual((ack["recovered"], ack["reason"]), (False, "too_large"))
 
 
 class SnapshotTests(RecoveryTestCase):
@@ -288,3 +276,41 @@ class StaleEventTests(RecoveryTestCase):
         self.subscribe(c, "odin.token.A.trade")
         self.deliver(Event.build("A", "trade", b'{"p":1}', 5, TOPIC, 0, 100, "ep1"))
         self.assertEqual(len(c.messages()), 1)
+
+
+class ReplayRateTests(RecoveryTestCase):
+    settings = {**RecoveryTestCase.settings, "limits__replay_rate": 2048,
+                "limits__replay_burst": 4096}
+
+    def test_replays_bounded_per_connection(self):
+        """
+        A replay that fits the buffer, re-requested (issue 23, L3: ~330x
+        egress), is sent while the connection's replay bytes stay within
+        limits.replay_burst, then refused with replay_rate_limited (its id
+        echoed, nothing subscribed, counted) until limits.replay_rate has
+        refilled the bucket; another connection is not affected.
+        """
+        first = self.deliver(self.event("A"))
+        since = [json.loads(first[0].envelope)["pos"]]
+        missed = self.deliver(*(self.event("A") for _ in range(20)))
+        size = sum(len(e.envelope) + 8 for e in missed)
+        self.assertLess(size, 4096)
+        fits = 4096 // size
+        c = self.connect()
+        before = sample("odinws_client_errors_total", code="replay_rate_limited")
+        for i in range(fits):
+            got = self.request(c, channels=["odin.token.A.trade"], since=since, id=i)
+            self.assertEqual((got[0]["recovered"], len(got)), (True, 21))
+            self.request(c, type="unsubscribe", channels=["odin.token.A.trade"])
+        [err] = self.request(c, channels=["odin.token.A.trade"], since=since, id="late")
+        self.assertEqual((err["type"], err["code"], err["id"]),
+                         ("error", "replay_rate_limited", "late"))
+        self.assertEqual(self.shard.subscriptions.count(c.proto.outbox), 0)
+        self.assertEqual(sample("odinws_client_errors_total",
+                                           code="replay_rate_limited"), before + 1)
+        other = self.connect("10.0.0.2")
+        got = self.request(other, channels=["odin.token.A.trade"], since=since)
+        self.assertEqual(len(got), 21)
+        self.advance(size / 2048)
+        got = self.request(c, channels=["odin.token.A.trade"], since=since)
+        self.assertEqual((got[0]["recovered"], len(got)), (True, 21))

@@ -21,6 +21,7 @@ from odin_ws.shard.clients import auth, messages
 from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.refusal import Refused
 from odin_ws.shard.clients.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
+from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
@@ -47,6 +48,7 @@ class Host:
                                clock=time.time)
         self.fanout = Fanout(self.reactor, WriteStats())
         self.subscriptions = SubscriptionIndex(self.settings.limits)
+        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, self.settings.limits)
         self.connections = Connections(self.reactor, self.settings)
         self.changes = 0
 

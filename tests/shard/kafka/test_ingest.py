@@ -412,7 +412,7 @@ class ConsumerLoopEpochTests(SynchronousTestCase):
         self.ingest = FakeIngest()
         self.incarnations = FakeIncarnations({"t": "e1"})
         self.loop = ConsumerLoop(self.ingest, None, RecordMapper.from_settings(settings.kafka),
-                                 settings.kafka, threading.Event(), queue.SimpleQueue(), 4, Deferred(),
+                                 settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
                                  self.incarnations)
         self.loop.on_assign(RebalanceConsumer(), [TopicPartition("t", 0), TopicPartition("t", 1)])
 
@@ -485,7 +485,7 @@ class ConsumerLoopRebalanceTests(SynchronousTestCase):
         self.ingest = FakeIngest()
         return ConsumerLoop(self.ingest, None, RecordMapper.from_settings(settings.kafka),
                             settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
-                            Deferred(), FakeIncarnations({"t": "e1"}), cooperative=cooperative)
+                            FakeIncarnations({"t": "e1"}), cooperative=cooperative)
 
     def test_cooperativeMovesOnlyWhatChanges(self):
         """
@@ -541,7 +541,7 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
                                                              "kafka.poll_timeout": 0.25})
         return ConsumerLoop(FakeIngest(), consumer, RecordMapper.from_settings(settings.kafka),
                             settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
-                            Deferred(), FakeIncarnations({"t": "e1"}))
+                            FakeIncarnations({"t": "e1"}))
 
     def test_firstRecordThenWhatIsBuffered(self):
         """
@@ -683,19 +683,22 @@ class FatalErrorTests(SynchronousTestCase):
         """
         Fenced by another consumer with this shard's instance id (two nodes
         with one node_id): the status turns error, the last error names the
-        instance id and what must be unique, and the consumer thread is told
-        to stop.
+        instance id and what must be unique, no partition is shown, and the
+        consumer thread is told to replace the consumer (not to stop).
         """
         reactor_ = ThreadlessReactor()
         ingest = KafkaIngest(reactor_, make_settings("b:1", "t", "n7"), 2, None, None)
         ingest.broker_reached()
+        ingest.publish_assignment(frozenset({Partition("t", 0)}))
         ingest.fatal("fatal", "Broker: Static consumer fenced by other consumer with same "
                      "group.instance.id")
         status = ingest.status()
         self.assertEqual((status["state"], status["connected"]), ("error", False))
         self.assertIn("n7-shard2", status["last_error"])
         self.assertIn("node_id must be unique", status["last_error"])
-        self.assertTrue(ingest._stopping.is_set())
+        self.assertEqual(status["assigned"], [])
+        self.assertTrue(ingest._fatal.is_set())
+        self.assertFalse(ingest._stopping.is_set())
         ingest.broker_reached()   # a late assignment callback does not hide it
         self.assertEqual(ingest.status()["state"], "error")
 
@@ -834,7 +837,7 @@ class MissingTopicTests(SynchronousTestCase):
         self.consumer = RebalanceConsumer()
         self.loop = ConsumerLoop(self.ingest, self.consumer,
                                  RecordMapper.from_settings(settings.kafka), settings.kafka,
-                                 threading.Event(), queue.SimpleQueue(), 4, Deferred(),
+                                 threading.Event(), queue.SimpleQueue(), 4,
                                  FakeIncarnations({"t": "e1"}))
 
     def test_reportedUntilAssigned(self):

@@ -254,14 +254,27 @@ class ShardBackfillTests(ShardTestCase):
         return Event.build(token, "trade", b'{"o":%d}' % offset, ts, TOPIC, partition, offset,
                            epoch)
 
-    def warmed(self, offsets, start=None, through=None, epoch="ep1", token="A", since=None):
+    def warmed(self, offsets, start=None, through=None, epoch="ep1", token="A", since=None,
+               partition=0):
         """A warm-up's partition; events produced before the shard started, or from C{since}."""
-        events = [self.event(o, token, epoch, ts=self.shard.backfill.started_ms - 1000
+        events = [self.event(o, token, epoch, partition=partition,
+                             ts=self.shard.backfill.started_ms - 1000
                              if since is None or o < since else self.shard.backfill.started_ms)
                   for o in offsets]
         start = offsets[0] if start is None else start
         through = offsets[-1] if through is None else through
-        self.shard.backfill.backfill(WarmedPartition(TOPIC, 0, epoch, start, through, events))
+        self.shard.backfill.backfill(WarmedPartition(TOPIC, partition, epoch, start, through,
+                                                     events))
+
+    def relayed(self) -> list[list[tuple[int, int]]]:
+        """What the shard sends the hub from now on: (partition, offset) per batch."""
+        published: list[list[tuple[int, int]]] = []
+
+        class Link:
+            def callRemote(self, command, batch):
+                published.append([(e.partition, e.offset) for e in decode_batch(batch)])
+        self.shard.link = Link()
+        return published
 
     def got(self, client) -> list[int]:
         self.advance(0)
@@ -352,18 +365,44 @@ class ShardBackfillTests(ShardTestCase):
         to the hub all the same (another shard's warm-up may have stopped
         short); once the consumer is past them, only fresh events go.
         """
-        published = []
-
-        class Link:
-            def callRemote(self, command, batch):
-                published.append([e.offset for e in decode_batch(batch)])
-        self.shard.link = Link()
+        published = self.relayed()
         self.shard.kafka.publish_assignment(frozenset({Partition(TOPIC, 0)}))
         self.warmed(range(10, 20))
         self.shard.delivery.on_kafka_batch([self.event(o) for o in (18, 19)])
         self.shard.delivery.on_kafka_batch([self.event(o) for o in (19, 20, 21)])
         self.shard.delivery.on_kafka_batch([self.event(o) for o in (21, 22)])
-        self.assertEqual(published, [[18, 19], [19, 20, 21], [22]])
+        self.assertEqual([[o for _, o in b] for b in published], [[18, 19], [19, 20, 21], [22]])
+
+    def test_rereads_relayed_when_assigned_in_two_steps(self):
+        """
+        A restarted shard gets the dead shard's partitions back in two
+        rebalance steps: a batch of the partition assigned first must not
+        make it forget the re-read of the one assigned later, which is
+        relayed whole too (the other shards' clients missed those events).
+        """
+        published = self.relayed()
+        self.warmed(range(10, 20), partition=0)
+        self.warmed(range(10, 20), partition=1)
+        self.shard.kafka.publish_assignment(frozenset({Partition(TOPIC, 0)}))
+        self.shard.delivery.on_kafka_batch([self.event(o, partition=0) for o in (18, 19, 20)])
+        self.shard.kafka.publish_assignment(frozenset({Partition(TOPIC, 0),
+                                                       Partition(TOPIC, 1)}))
+        self.shard.delivery.on_kafka_batch([self.event(o, partition=1) for o in range(15, 22)])
+        self.assertEqual(published, [[(0, 18), (0, 19), (0, 20)],
+                                     [(1, o) for o in range(15, 22)]])
+
+    def test_rereads_of_partitions_relayed_by_others_are_forgotten(self):
+        """
+        A partition another shard consumes and relays past what the warm-up
+        read needs no re-read from this one: its bookkeeping goes, and
+        batches are relayed as consumed (nothing re-read) from then on.
+        """
+        published = self.relayed()
+        self.warmed(range(10, 20), partition=1)
+        self.shard.delivery.deliver([self.event(o, partition=1) for o in (19, 20)])
+        self.shard.kafka.publish_assignment(frozenset({Partition(TOPIC, 1)}))
+        self.shard.delivery.on_kafka_batch([self.event(o, partition=1) for o in (18, 19, 20, 21)])
+        self.assertEqual(published, [[(1, 21)]])
 
     def test_warmed_line_and_status(self):
         """The end of the warm-up is one log line; the status carries its state."""

@@ -1,0 +1,150 @@
+"""
+Catch-up from history: what a connection that fell behind is owed, kept as
+positions, not frames (docs/protocol.md, "Slow clients: catch-up and gaps").
+
+Why: under the C{drop} and C{disconnect} policies an Outbox whose buffer is
+full used to drop frames, and the client could not know (positions are not
+contiguous, so a hole is invisible). Every event a shard delivers is in its
+L{History} already, so a full Outbox stops taking copies instead: it notes,
+per stream (partition), the position after which it sent nothing
+(L{Behind.note}: once per stream, an O(1) dict test per later event), and
+when its socket drains it reads what it missed from history in slices
+(L{Behind.slice}, bounded in events looked at and in bytes), then goes
+back to live delivery in the same reactor turn as its last slice, so the
+switch has no gap and no duplicate: no live frame was queued for it while
+it was behind, and history holds every event delivered before that turn.
+
+A stream whose position history no longer holds (evicted: the client was
+away longer than the history window; the topic was recreated; the log
+restarted) cannot be caught up: the client gets one L{gap_notice} naming
+the stream and the position from which it may try to recover, and the
+stream continues live.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from odin_ws.common.events import Event
+from odin_ws.common.settings import LimitsSettings
+from odin_ws.shard.delivery.frames import text_frame
+from odin_ws.shard.history import positions
+from odin_ws.shard.history.store import History
+
+#: A stream: C{(topic, partition)}; its position: C{(epoch, offset)}.
+Stream = tuple[str, int]
+Position = tuple[str, int]
+
+#: Why a gap notice was sent (its C{reason}) besides the history's reasons
+#: (L{odin_ws.shard.history.store}: too_old, other_epoch, ahead, unknown_partition).
+CONFLATED = "conflated"
+STALE = "stale"
+
+
+class Backlog:
+    """
+    What catch-up reads, one per shard: the shard's history, the patterns a
+    connection holds (C{patterns_of(outbox)}: the subscription index), and
+    how many retained events one slice may look at
+    (C{limits.max_recovery_scan}, the bound of one recovery).
+    """
+
+    def __init__(self, history: History, patterns_of: Callable[[Any], Iterable[tuple[str, str]]],
+                 limits: LimitsSettings):
+        self.history = history
+        self.patterns_of = patterns_of
+        self.reconfigure(limits)
+
+    def reconfigure(self, limits: LimitsSettings) -> None:
+        """Take a reloaded C{limits.max_recovery_scan}."""
+        self.max_scan = limits.max_recovery_scan
+
+
+class Slice:
+    """One slice of catch-up: frames to queue, gaps to tell, whether it is all."""
+
+    __slots__ = ("frames", "events", "gaps", "done")
+
+    def __init__(self) -> None:
+        #: C{(frame, channel)} in sending order.
+        self.frames: list[tuple[bytes, str]] = []
+        self.events = 0
+        #: reason -> {stream: position from which the client may recover}.
+        self.gaps: dict[str, dict[Stream, Position]] = {}
+        #: Every stream reached history's newest event: live from now on.
+        self.done = False
+
+
+class Behind:
+    """
+    Per stream, the position after which a connection was sent nothing
+    (C{streams}); C{disconnect}: it fell behind under the C{disconnect}
+    policy (a gap closes it instead of being told).
+    """
+
+    __slots__ = ("streams", "disconnect")
+
+    def __init__(self, disconnect: bool = False):
+        self.streams: dict[Stream, Position] = {}
+        self.disconnect = disconnect
+
+    def note(self, event: Event) -> None:
+        """C{event} was not queued: its stream is behind from just before it, unless already."""
+        key = (event.topic, event.partition)
+        if key not in self.streams:
+            self.streams[key] = (event.epoch or "0", event.offset - 1)
+
+    def slice(self, backlog: Backlog, subscriber: Any, budget: int) -> Slice:
+        """
+        Read what C{subscriber} missed, stream after stream, up to C{budget}
+        bytes of frames (at least one frame) and C{backlog.max_scan} events
+        looked at; advance the positions. Streams that reached the newest
+        retained event, or that history cannot serve (a gap), are dropped
+        from C{streams}: their next event is live or noted again.
+        """
+        out = Slice()
+        history = backlog.history
+        patterns = list(backlog.patterns_of(subscriber))
+        scan = backlog.max_scan
+        streams = self.streams
+        for key in list(streams):
+            if scan <= 0 or budget <= 0:
+                break
+            epoch, offset = streams[key]
+            topic, partition = key
+            events, last, looked, reason = history.read(topic, partition, epoch, offset, patterns,
+                                                scan, budget)
+            if reason is not None:
+                out.gaps.setdefault(reason, {})[key] = (epoch, offset)
+                del streams[key]
+                continue
+            for e in events:
+                frame = text_frame(e.envelope)
+                out.frames.append((frame, e.channel))
+                budget -= len(frame)
+            out.events += len(events)
+            scan -= max(1, looked)
+            if last == history.high(topic, partition):
+                del streams[key]
+            else:
+                streams[key] = (epoch, last)
+        out.done = not streams
+        return out
+
+
+def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
+    """
+    The C{gap} message (a WebSocket text frame) for C{streams}: each maps to
+    the position from which the client may recover (None: it cannot).
+    """
+    named = {}
+    for (topic, partition), position in sorted(streams.items(), key=lambda kv: kv[0]):
+        epoch = position[0] if position is not None else "0"
+        stream = f"{topic}:{partition}:{epoch}"
+        named[stream] = (positions.encode(topic, partition, *position)
+                         if position is not None else None)
+    body = json.dumps({"type": "gap", "reason": reason, "streams": named},
+                      separators=(",", ":"))
+    return text_frame(body.encode())

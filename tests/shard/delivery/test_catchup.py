@@ -1,0 +1,243 @@
+"""
+Catch-up from history (L{odin_ws.shard.delivery.catchup} in the
+L{odin_ws.shard.delivery.outbox.Outbox}), driven through a real shard with
+fakes: a connection whose buffer is full falls behind instead of dropping,
+and gets what it missed from history once it reads again; what history
+cannot serve is told by a gap notice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from twisted.internet.address import IPv4Address
+
+from odin_ws.common.events import Event
+from odin_ws.shard.delivery.catchup import Behind
+from tests.helpers import ShardTestCase, StalledSocket, text
+from tests.helpers.cases import ShardClient, _ports
+
+TOPIC = "odin.trades"
+
+
+class CatchUpTestCase(ShardTestCase):
+    settings = {"kafka__topics": {TOPIC: "trade"},
+                "outbound__max_buffer_bytes": 1024, "kafka__max_record_bytes": 1024,
+                "outbound__policy": {"default": "drop"},
+                "keepalive__ping_interval": 0}
+
+    def setUp(self):
+        super().setUp()
+        self.next_offset = {0: 99, 1: 499}
+
+    def event(self, token: str = "A", partition: int = 0, size: int = 40) -> Event:
+        self.next_offset[partition] += 1
+        offset = self.next_offset[partition]
+        payload = b'{"n":%d,"pad":"%s"}' % (offset, b"x" * size)
+        return Event.build(token, "trade", payload, int(time.time() * 1000), TOPIC, partition,
+                           offset, "ep1")
+
+    def deliver(self, *events: Event) -> list[Event]:
+        self.shard.delivery.deliver(list(events))
+        return list(events)
+
+    def stalled(self, *channels: str) -> ShardClient:
+        client = self.connect(transport=StalledSocket(IPv4Address("TCP", "10.0.0.9",
+                                                                  next(_ports))))
+        client.send(text({"type": "subscribe", "channels": list(channels)}))
+        client.transport.drain()
+        client.messages()
+        return client
+
+    def read_all(self, client: ShardClient, rounds: int = 200) -> list[dict]:
+        """The client reads until nothing more comes (catch-up runs a slice per turn)."""
+        got: list[dict] = []
+        for _ in range(rounds):
+            client.transport.drain()
+            self.clock.advance(0)
+            client.transport.drain()
+            new = client.messages()
+            if not new and self.shard.stats.behind_now == 0:
+                break
+            got += new
+        return got
+
+
+def positions_of(events: list[Event]) -> list[str]:
+    return [json.loads(e.envelope)["pos"] for e in events]
+
+
+class CatchUpTests(CatchUpTestCase):
+    def test_stalled_reader_gets_every_event_once_in_order(self):
+        """
+        A client that stops reading while ten times its buffer arrives,
+        then reads again, gets every event of its channel exactly once and
+        in order (the missed ones from history), with no gap notice; events
+        delivered meanwhile and afterwards follow in order; nothing is
+        counted as dropped.
+        """
+        c = self.stalled("odin.token.A.trade")
+        sent = []
+        for _ in range(20):
+            sent += self.deliver(*(self.event("A", p) for p in (0, 1) for _ in range(5)))
+            self.deliver(self.event("B"))      # another channel, not subscribed
+        self.assertIsNotNone(c.proto.outbox.behind)
+        got = self.read_all(c)
+        sent += self.deliver(self.event("A", 0), self.event("A", 1))
+        got += self.read_all(c)
+        self.assertEqual([m["type"] for m in got], ["event"] * len(got))
+        self.assertEqual(sorted(m["pos"] for m in got), sorted(positions_of(sent)))
+        for p in ("0", "1"):
+            mine = [m["data"]["n"] for m in got if m["pos"].split(":")[1] == p]
+            self.assertEqual(mine, sorted(mine))
+        stats = self.shard.stats
+        self.assertEqual(stats.dropped["drop"], 0)
+        self.assertGreater(stats.caught_up, 0)
+        self.assertEqual((stats.behind_now, stats.gaps), (0, {}))
+        self.assertIsNone(c.proto.outbox.behind)
+
+    def test_behind_holds_positions_not_frames(self):
+        """While behind, the outbox queues no more event frames: it holds one position per stream."""
+        c = self.stalled("odin.token.A.trade")
+        for _ in range(50):
+            self.deliver(self.event("A", 0), self.event("A", 1))
+        box = c.proto.outbox
+        queued = box.queued()
+        for _ in range(200):
+            self.deliver(self.event("A", 0), self.event("A", 1))
+        self.assertEqual(box.queued(), queued)
+        self.assertEqual(len(box.behind.streams), 2)
+        self.assertLessEqual(queued, box.limit)
+
+    def test_out_of_the_window_one_gap_per_stream_then_live(self):
+        """
+        A stalled client that history no longer covers gets exactly one gap
+        notice (reason too_old) naming each stream it lost and the position
+        from which it may recover, then live events; counted.
+        """
+        self.shard.history.configure(max_events=20, max_age=0, max_bytes=10**9,
+                                     max_channels=100)
+        c = self.stalled("odin.token.A.trade")
+        first = self.deliver(self.event("A", 0), self.event("A", 1))
+        for _ in range(100):
+            self.deliver(self.event("A", 0), self.event("A", 1))
+        got = self.read_all(c)
+        gaps = [m for m in got if m["type"] == "gap"]
+        self.assertEqual(len(gaps), 1)
+        [gap] = gaps
+        self.assertEqual(gap["reason"], "too_old")
+        self.assertEqual(set(gap["streams"]), {f"{TOPIC}:0:ep1", f"{TOPIC}:1:ep1"})
+        for stream, position in gap["streams"].items():
+            self.assertTrue(position.startswith(stream + ":"))
+        live = self.deliver(self.event("A", 0), self.event("A", 1))
+        after = self.read_all(c)
+        self.assertEqual([m["pos"] for m in after], positions_of(live))
+        self.assertEqual(self.shard.stats.gaps, {"too_old": 2})
+        self.assertEqual(self.shard.stats.fell_out, 1)
+        # What came before the gap notice is in order and came once.
+        events = [m["pos"] for m in got if m["type"] == "event"]
+        self.assertEqual(len(events), len(set(events)))
+        self.assertNotIn(positions_of(first)[0], events[len(events):])
+
+    def test_keeping_up_client_takes_a_run_larger_than_its_buffer(self):
+        """
+        A client that reads as fast as it can (its transport takes every
+        byte) gets one delivery (a merged catch-up of the hub) larger than
+        its whole buffer in full, in order: the part that did not fit comes
+        from history in the next turns, nothing is dropped.
+        """
+        c = self.connect()
+        self.subscribe(c, "odin.token.A.trade")
+        sent = self.deliver(*(self.event("A", 0) for _ in range(200)))
+        got = c.messages()
+        for _ in range(100):
+            self.clock.advance(0)
+            got += c.messages()
+        self.assertEqual([m["pos"] for m in got], positions_of(sent))
+        self.assertEqual(self.shard.stats.dropped["drop"], 0)
+
+    def test_disconnect_policy_closes_when_out_of_the_window(self):
+        """Under disconnect, a client history no longer covers is closed with 4008, not told."""
+        self.reload_shard(**{"outbound.policy": {"default": "disconnect"},
+                             "outbound.disconnect_grace": 1000.0})
+        self.shard.history.configure(max_events=20, max_age=0, max_bytes=10**9,
+                                     max_channels=100)
+        c = self.stalled("odin.token.A.trade")
+        for _ in range(100):
+            self.deliver(self.event("A", 0))
+        c.transport.drain()
+        self.clock.advance(0)
+        c.transport.drain()
+        frames = c.frames()
+        self.assertEqual((frames[-1][0], int.from_bytes(frames[-1][1][:2], "big")), (8, 4008))
+        self.assertEqual([op for op, _ in frames[:-1]], [1] * (len(frames) - 1))
+        self.assertNotIn(b'"gap"', b"".join(p for _, p in frames))
+        self.assertEqual(self.shard.stats.slow_disconnects, 1)
+
+    def test_disconnect_policy_catches_up_within_the_grace(self):
+        """Under disconnect, a client that reads again within the grace catches up, stays open."""
+        self.reload_shard(**{"outbound.policy": {"default": "disconnect"},
+                             "outbound.disconnect_grace": 5.0})
+        c = self.stalled("odin.token.A.trade")
+        sent = []
+        for _ in range(30):
+            sent += self.deliver(self.event("A", 0))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        got = self.read_all(c)
+        self.clock.advance(10)
+        self.assertTrue(c.open)
+        self.assertEqual([m["pos"] for m in got], positions_of(sent))
+
+
+class StreamedRecoveryTests(CatchUpTestCase):
+    def test_recovery_larger_than_the_buffer_is_streamed(self):
+        """
+        A recovery whose events do not fit the outbound buffer answers
+        recovered: true and streams them from history as the socket
+        drains, then live: every missed event once, in order (before, it
+        was refused as too_large).
+        """
+        seen = self.deliver(self.event("A", 0))
+        missed = []
+        for _ in range(30):
+            missed += self.deliver(self.event("A", 0), self.event("B", 0))
+        c = self.connect()
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of(seen), "id": 1}))
+        got = c.messages()
+        for _ in range(100):
+            self.clock.advance(0)
+            got += c.messages()
+        live = self.deliver(self.event("A", 0))
+        got += c.messages()
+        ack, events = got[0], got[1:]
+        want = [e for e in missed if e.token == "A"]
+        self.assertEqual((ack["recovered"], ack["replayed"]), (True, len(want)))
+        self.assertGreater(sum(len(e.envelope) for e in want), 1024)
+        self.assertEqual([m["pos"] for m in events], positions_of(want + live))
+
+    def test_not_streamed_over_other_subscriptions(self):
+        """
+        A connection holding other subscriptions keeps the bounded answer
+        (too_large): streaming would send their events again.
+        """
+        seen = self.deliver(self.event("A", 0))
+        for _ in range(30):
+            self.deliver(self.event("A", 0))
+        c = self.connect()
+        self.subscribe(c, "odin.token.B.trade")
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of(seen)}))
+        [ack] = c.messages()
+        self.assertEqual((ack["recovered"], ack["reason"]), (False, "too_large"))
+
+
+class BehindTests(ShardTestCase):
+    def test_note_keeps_the_first_position_per_stream(self):
+        """A stream is noted once, just before the first event not queued; later ones change nothing."""
+        behind = Behind()
+        for offset in (10, 11, 15):
+            behind.note(Event.build("A", "trade", b"{}", 0, TOPIC, 3, offset, "e"))
+        behind.note(Event.build("A", "trade", b"{}", 0, TOPIC, 4, 7, "e"))
+        self.assertEqual(behind.streams, {(TOPIC, 3): ("e", 9), (TOPIC, 4): ("e", 6)})
