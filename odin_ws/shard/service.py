@@ -31,6 +31,7 @@ from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, tls
 from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.jwks import RemoteJwks
+from odin_ws.shard.clients.recoveryhold import RecoveryHold
 from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery.catchup import Backlog
@@ -45,7 +46,7 @@ from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.schemasource import SchemaSource
 from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
-from odin_ws.shard.kafka.warmup import HistoryWarmup
+from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmupState
 
 
 class ParentLink(amp.AMP):
@@ -144,6 +145,11 @@ class Shard(service.MultiService):
                                     self.kafka.consumer_config(), self.backfill.backfill,
                                     self.backfill.warmed)
         self.warmup.setServiceParent(self)
+        warming = lambda: self.warmup.report.state is WarmupState.RUNNING  # noqa: E731
+        self.history.loading = warming
+        #: Recoveries waiting until this shard can answer them truly.
+        self.recoveries = RecoveryHold(reactor, self.history, warming,
+                                       lambda: self.settings.history.recovery_hold)
         # Connections the open-files limit leaves room for (set at start).
         self._fd_room: int | None = None
         self._stats_loop = task.LoopingCall(self.report_stats)
