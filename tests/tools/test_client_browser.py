@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 
 from twisted.python import log
@@ -130,6 +131,40 @@ class SnapshotTests(ClientBrowserCase):
         """
         self.assertTrue(self.produced.wait(60), "the producer did not finish")
         script = self.script("snapshot", f"http://127.0.0.1:{self.node.port}", str(self.rounds))
+        self.assertPassed(script)
+
+
+class GapTests(ClientBrowserCase):
+    rounds = 0      # this test produces its own events
+
+    def settings(self):
+        return {"outbound.max_event_age": 10.0}
+
+    def test_recovers_from_a_gap_notice_by_itself(self):
+        """
+        Events older than outbound.max_event_age are not sent live; the node
+        sends a gap notice (stale) naming their stream and the position
+        before them, and the library, by itself, resubscribes from it, gets
+        them replayed (recovered: true) and hands every event over in order
+        and once: 20 stale ones of one channel between fresh ones of another
+        on the same partition.
+        """
+        script = self.script("gap", f"http://127.0.0.1:{self.node.port}")
+        script.wait_line("READY", 120)
+        now = int(time.time() * 1000)
+
+        def trade(token: str, n: int, ts: int) -> None:
+            self.broker.produce(self.topic, token.encode(),
+                                json.dumps({"kind": "trade", "seq": n, "n": n}).encode(),
+                                timestamp_ms=ts, partition=0)
+        for n in (1, 2, 3):
+            trade("NEW", n, now)
+        self.broker.flush()
+        for n in range(1, 21):
+            trade("OLD", n, now - 60_000)
+        for n in (4, 5, 6):
+            trade("NEW", n, now)
+        self.broker.flush()
         self.assertPassed(script)
 
 
