@@ -71,3 +71,26 @@ class StormTests(TopicNodeCase):
         self.assertGreater(metric(text, "odinws_handoff_wait_seconds_count"), 0)
         self.assertEqual(metric(text, "odinws_handoff_wait_timeouts_total"), 0)
         self.assertEqual(metric(text, "odinws_rejected_connections_total"), 0)
+
+    def test_storm_beyond_max_heads_waits_in_the_backlog(self):
+        """
+        300 clients at once to a node that may hold only 100 connections
+        before their upgrade (listen.max_heads 100, Twisted's first accept
+        batch; two handoff slots, so the parent holds many): the listener stops
+        accepting at the cap and starts again as connections are handed
+        over, so every client is upgraded and subscribed and none is
+        answered 503 node_heads; the node counts its pauses
+        (odinws_accept_pauses_total).
+        """
+        node = self.node(**{"listen.max_heads": 100,
+                            "supervisor.max_handoffs_in_flight": 2,
+                            "listen.max_heads_per_ip": 1000,
+                            "limits.connection_rate_per_ip": 1000.0,
+                            "limits.connection_burst_per_ip": 1000})
+        subscribed, refused = asyncio.run(storm(node.url(), CLIENTS))
+        self.assertEqual((subscribed, refused), (CLIENTS, []))
+        _, _, body = http_get(node.port, "/metrics")
+        text = body.decode()
+        self.assertGreater(metric(text, "odinws_accept_pauses_total"), 0)
+        self.assertEqual(metric(text, "odinws_accept_paused"), 0)
+        self.assertEqual(metric(text, "odinws_rejected_connections_total"), 0)
