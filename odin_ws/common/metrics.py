@@ -93,6 +93,11 @@ KAFKA_RECORDS = Counter("odinws_kafka_records", "Records consumed, by topic.", [
                         registry=REGISTRY)
 KAFKA_REJECTED = Counter("odinws_kafka_rejected", "Records skipped, by reason.", ["reason"],
                          registry=REGISTRY)
+SCHEMA_FETCHES = Counter("odinws_schema_registry_fetches", "Schema fetches from the Schema "
+                         "Registry, by outcome (ok, unknown_schema, registry_unavailable).",
+                         ["outcome"], registry=REGISTRY)
+SCHEMAS_CACHED = Gauge("odinws_schemas_cached", "Schemas this shard holds from the Schema "
+                       "Registry.", registry=REGISTRY)
 KAFKA_LAG = Gauge("odinws_kafka_consumer_lag", "Consumer lag, records, per partition.",
                   ["topic", "partition"], registry=REGISTRY)
 KAFKA_CONNECTED = Gauge("odinws_kafka_connected", "1 when the consumer reaches a broker.",
@@ -133,6 +138,18 @@ HANDOFFS_ABANDONED = Counter("odinws_handoffs_abandoned", "Clients the parent le
                              registry=REGISTRY)
 for _reason in ("timeout", "lost"):
     HANDOFFS_ABANDONED.labels(reason=_reason)  # exported at 0, so increase() sees the first
+HANDOFF_WAITING = Gauge("odinws_handoff_waiting", "Upgrades waiting for a handoff slot "
+                        "(every shard with room had supervisor.max_handoffs_in_flight "
+                        "handoffs unanswered).", registry=REGISTRY)
+HANDOFF_WAIT_SECONDS = Histogram("odinws_handoff_wait_seconds", "Time an upgrade waited for a "
+                                 "handoff slot, until it was handed over (or refused for "
+                                 "another reason), seconds; upgrades that did not wait are "
+                                 "not observed.",
+                                 buckets=(.001, .005, .025, .1, .25, .5, 1, 2.5, 5, 10, 30),
+                                 registry=REGISTRY)
+HANDOFF_WAIT_TIMEOUTS = Counter("odinws_handoff_wait_timeouts", "Upgrades whose "
+                                "listen.head_timeout passed while they waited for a handoff "
+                                "slot (answered 503 wait_timeout).", registry=REGISTRY)
 GUARD_CPU = Gauge("odinws_guard_cpu_ratio", "Node CPU use as a ratio of its budget (0-1).",
                   registry=REGISTRY)
 GUARD_MEMORY = Gauge("odinws_guard_memory_ratio", "Node memory use as a ratio of its "
@@ -285,7 +302,8 @@ def _families(*collectors: Any) -> frozenset[str]:
 #: ready node), so a shard leaves them out.
 _PARENT_ONLY = _families(READY, GUARD_CPU, GUARD_MEMORY, GUARD_ACCEPTING, HUB_RELAYED,
                          HUB_DROPPED, HUB_REJECTED, HUB_QUEUE, DISPATCHED, HANDOFF_SECONDS,
-                         HANDOFFS_ABANDONED, SHARD_RESTARTS)
+                         HANDOFFS_ABANDONED, HANDOFF_WAITING, HANDOFF_WAIT_SECONDS,
+                         HANDOFF_WAIT_TIMEOUTS, SHARD_RESTARTS)
 PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in _PARENT_ONLY}
 #: Families only shards set (connections, Kafka, delivery, history): the
 #: parent leaves them out, rather than show an unlabelled
@@ -294,6 +312,7 @@ PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in 
 #: series, are set by both.)
 SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
+                           SCHEMA_FETCHES, SCHEMAS_CACHED,
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
                            DELIVERY_LATENCY,
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,

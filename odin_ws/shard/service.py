@@ -26,7 +26,7 @@ from odin_ws.common import commands, handoff, metrics, openfiles
 from odin_ws.common.config import Config, ConfigError, apply_live
 from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.common.highwater import HighWater
-from odin_ws.common.logs import install_logging
+from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, tls
 from odin_ws.shard.clients.connections import Connections
@@ -43,6 +43,8 @@ from odin_ws.shard.history.store import History, HistoryCollector
 from odin_ws.shard.kafka.backfill import Backfill
 from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
+from odin_ws.shard.kafka.schemasource import SchemaSource
+from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
 from odin_ws.shard.kafka.warmup import HistoryWarmup
 
 
@@ -127,14 +129,18 @@ class Shard(service.MultiService):
         self.delivery = Delivery(settings, self.subscriptions, self.fanout, self.history,
                                  self.streams, HighWater(f"shard {number}"), self._publish)
         self.factory = ClientFactory(self)
-        self.kafka = KafkaIngest(reactor, settings, number,
-                                 RecordMapper.from_settings(settings.kafka),
-                                 self.delivery.on_kafka_batch)
+        #: The Schema Registry's schemas (None: every topic is JSON).
+        self.schemas = (SchemaSource.from_settings(settings.schema_registry)
+                        if settings.schema_registry.url else None)
+        mapper = RecordMapper.from_settings(settings.kafka, ValueDecoder(
+            self.schemas, UndecodableAudit(
+                lambda fmt, **kw: reactor.callFromThread(audit.warn, fmt, **kw))))
+        self.kafka = KafkaIngest(reactor, settings, number, mapper, self.delivery.on_kafka_batch)
         self.kafka.setServiceParent(self)
         #: Joins what the warm-up reads back from Kafka to live delivery.
         self.backfill = Backfill(self.delivery)
         self.delivery.rereading = self.backfill.rereading
-        self.warmup = HistoryWarmup(reactor, settings, RecordMapper.from_settings(settings.kafka),
+        self.warmup = HistoryWarmup(reactor, settings, mapper,
                                     self.kafka.consumer_config(), self.backfill.backfill,
                                     self.backfill.warmed)
         self.warmup.setServiceParent(self)
@@ -178,8 +184,14 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         metrics.GC_PAUSES.unwatch()
-        return defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)]
-                                   ).addCallback(lambda _: None)
+        stopped = defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)])
+        return stopped.addBoth(self._close_schemas).addCallback(lambda _: None)
+
+    def _close_schemas(self, result: object) -> object:
+        # After the consumer threads stopped: they may ask for schemas until then.
+        if self.schemas is not None:
+            self.schemas.close()
+        return result
 
     def link_made(self, link: ParentLink) -> None:
         self.link = link
@@ -269,6 +281,8 @@ class Shard(service.MultiService):
             return
         status = {"kafka": self.kafka.status(), "accepting": self.accepting,
                   "subscriptions": self.subscriptions.total, "warmup": self.warmup.status()}
+        if self.schemas is not None:
+            status["registry"] = self.schemas.status()
         self.link.callRemote(commands.Stats, connections=len(self.connections),
                              capacity=self.capacity, status=json.dumps(status).encode())
 

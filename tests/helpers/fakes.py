@@ -287,3 +287,6 @@ class FakeKafkaMessage:
 
     def timestamp(self):
         return (1, self._ts)
+
+    def headers(self):
+        return None

@@ -20,6 +20,7 @@ from tests.helpers import (
     StalledTransport,
     event,
     events_in,
+    gaps_in,
     handshaken_protocol,
     parse_frames,
     policies,
@@ -106,6 +107,12 @@ class PolicyTests(SynchronousTestCase):
             self.assertEqual(mine, sorted(set(mine)))
             self.assertEqual(mine[-1], max(n for c, n in published if c == channel))
         self.assertEqual(len(got) + self.stats.conflated, len(published))
+        # Conflation says it skipped: gap notices count every replaced frame, per channel.
+        gaps = gaps_in(bytes(t.wire))
+        self.assertTrue(gaps)
+        self.assertEqual({g["reason"] for g in gaps}, {"conflated"})
+        self.assertEqual(sum(n for g in gaps for n in g["channels"].values()),
+                         self.stats.conflated)
 
     def test_conflateDropsWhenNothingToReplace(self):
         """Conflate with no waiting frame of the channel and no room: dropped and counted."""
