@@ -72,6 +72,10 @@ def close_code_label(code: int | None) -> str:
 
 SUBSCRIPTIONS = Gauge("odinws_subscriptions", "Subscriptions held by connections.",
                       registry=REGISTRY)
+#: outbound.native: the fan-out's send loop (odin_ws/shard/delivery/nativesend.py).
+OUTBOUND_NATIVE = Gauge("odinws_outbound_native", "1 when the shard's fan-out sends with its "
+                        "native (C) loop, 0 when with the pure-Python one (outbound.native).",
+                        registry=REGISTRY)
 CLIENT_ERRORS = Counter("odinws_client_errors", "Error messages sent to clients, by code.",
                         ["code"], registry=REGISTRY)
 HANDSHAKE_SECONDS = Histogram("odinws_handshake_seconds",
@@ -225,11 +229,25 @@ GC_PAUSES = GcPauses()
 # Recovery and snapshots (shard). History sizes are read at scrape time by
 # odin_ws.shard.history.store.HistoryCollector.
 RECOVERIES = Counter("odinws_recoveries", "Subscribes that asked for recovery, by result: "
-                     "recovered, or the reason it was not (too_old, ahead, other_epoch, "
-                     "unknown_partition, too_large).", ["result"], registry=REGISTRY)
-for _result in ("recovered", "too_old", "ahead", "other_epoch", "unknown_partition",
-                "too_large"):
+                     "recovered, or the reason it was not (too_old, not_loaded, ahead, "
+                     "other_epoch, unknown_partition, too_large).", ["result"],
+                     registry=REGISTRY)
+for _result in ("recovered", "too_old", "not_loaded", "ahead", "other_epoch",
+                "unknown_partition", "too_large"):
     RECOVERIES.labels(result=_result)  # exported at 0
+RECOVERIES_HELD = Counter("odinws_recoveries_held", "Recoveries held until the shard had "
+                          "loaded or caught up on their partitions (history.recovery_hold), "
+                          "by outcome: answered (it had, in time), timed_out (answered as "
+                          "things stood), gone (the client left first).", ["outcome"],
+                          registry=REGISTRY)
+for _outcome in ("answered", "timed_out", "gone"):
+    RECOVERIES_HELD.labels(outcome=_outcome)  # exported at 0
+RECOVERIES_WAITING = Gauge("odinws_recoveries_waiting", "Recoveries held right now.",
+                           registry=REGISTRY)
+RECOVERY_HOLD_SECONDS = Histogram("odinws_recovery_hold_seconds", "How long held recoveries "
+                                  "waited, seconds.", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                                               5, 10, 15, 30, 60),
+                                  registry=REGISTRY)
 EVENTS_STALE = Counter("odinws_events_stale", "Events older than outbound.max_event_age, "
                        "not delivered live (kept for recovery and snapshots).",
                        registry=REGISTRY)
@@ -316,7 +334,8 @@ SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, 
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
                            DELIVERY_LATENCY,
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
-                           GC_PAUSE, RECOVERIES, EVENTS_STALE, EVENTS_REPLAYED,
+                           GC_PAUSE, RECOVERIES, RECOVERIES_HELD, RECOVERIES_WAITING,
+                           RECOVERY_HOLD_SECONDS, EVENTS_STALE, EVENTS_REPLAYED,
                            SNAPSHOT_EVENTS, HISTORY_WARMED)
 
 

@@ -359,6 +359,11 @@ class OutboundSettings:
         "go out when it ends, in one write per connection (fewer, larger writes under load for up "
         "to this much added latency; Centrifugo's client_write_delay). One timer per shard.",
         minimum=0, live=True)
+    native: str = setting(
+        "auto", "The fan-out's per-connection send loop in C (built with the package): auto uses it "
+        "where it was built and else runs the pure-Python loop (logged once, shown in /health as "
+        "outbound_native and in odinws_outbound_native); on refuses to start without it; off "
+        "always runs the Python loop. Applies at start.", choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +405,13 @@ class HistorySettings:
         15.0, "Seconds a starting shard may spend reading the recent past of every partition back "
         "from Kafka into its history and snapshot cache (within the bounds above); 0 = no "
         "warm-up: the history starts empty. Applies at the next shard start.", minimum=0, live=True)
+    recovery_hold: float = setting(
+        15.0, "Seconds a recovery (a subscribe with since) may wait for this shard to load or "
+        "catch up on a partition it cannot answer truly yet: while the warm-up still reads the "
+        "past back, or while a position is past what the shard has seen (a dead shard's "
+        "partition not consumed again yet: about 10 s with the shipped session). Then it is "
+        "answered as things stand (docs/protocol.md). 0 = answer at once.", minimum=0,
+        live=True)
 
 
 @dataclass(frozen=True, slots=True)

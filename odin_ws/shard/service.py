@@ -31,8 +31,10 @@ from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, tls
 from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.jwks import RemoteJwks
+from odin_ws.shard.clients.recoveryhold import RecoveryHold
 from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
+from odin_ws.shard.delivery import nativesend
 from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.pipeline import Delivery
@@ -45,7 +47,7 @@ from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.schemasource import SchemaSource
 from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
-from odin_ws.shard.kafka.warmup import HistoryWarmup
+from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmupState
 
 
 class ParentLink(amp.AMP):
@@ -116,7 +118,11 @@ class Shard(service.MultiService):
         self.connections = Connections(reactor, settings)
         self.subscriptions = SubscriptionIndex(settings.limits)
         self.stats = WriteStats()
-        self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
+        #: The fan-out's send loop (outbound.native, applied at start).
+        self.native = nativesend.select(settings.outbound.native)
+        metrics.OUTBOUND_NATIVE.set(1 if self.native.send_runs is not None else 0)
+        self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay,
+                             self.native.send_runs)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
@@ -144,6 +150,11 @@ class Shard(service.MultiService):
                                     self.kafka.consumer_config(), self.backfill.backfill,
                                     self.backfill.warmed)
         self.warmup.setServiceParent(self)
+        warming = lambda: self.warmup.report.state is WarmupState.RUNNING  # noqa: E731
+        self.history.loading = warming
+        #: Recoveries waiting until this shard can answer them truly.
+        self.recoveries = RecoveryHold(reactor, self.history, warming,
+                                       lambda: self.settings.history.recovery_hold)
         # Connections the open-files limit leaves room for (set at start).
         self._fd_room: int | None = None
         self._stats_loop = task.LoopingCall(self.report_stats)
@@ -280,7 +291,8 @@ class Shard(service.MultiService):
         if self.link is None:
             return
         status = {"kafka": self.kafka.status(), "accepting": self.accepting,
-                  "subscriptions": self.subscriptions.total, "warmup": self.warmup.status()}
+                  "subscriptions": self.subscriptions.total, "warmup": self.warmup.status(),
+                  "outbound_native": self.native.state}
         if self.schemas is not None:
             status["registry"] = self.schemas.status()
         self.link.callRemote(commands.Stats, connections=len(self.connections),

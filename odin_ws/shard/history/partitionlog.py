@@ -69,7 +69,8 @@ def matches(patterns: Iterable[tuple[str, str]], event: Event) -> bool:
 class PartitionLog:
     """Retained events of one partition, in offset order, indexed by channel."""
 
-    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join", "runs")
+    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join", "runs",
+                 "windowed")
 
     def __init__(self, epoch: str, floor: int):
         self.epoch = epoch
@@ -85,6 +86,10 @@ class PartitionLog:
         self.join = ANY_OFFSET
         #: event type -> token -> that channel's retained events.
         self.runs: dict[str, dict[str, ChannelRun]] = {}
+        #: Whether C{floor} is the history's window (events evicted, or the
+        #: warm-up's start), not merely where live delivery began: what is
+        #: below it is then C{too_old}, else C{not_loaded}.
+        self.windowed = False
 
     def __len__(self) -> int:
         return len(self.events) - self.start
@@ -127,6 +132,7 @@ class PartitionLog:
         self.events[self.start] = None  # type: ignore[call-overload]
         self.start += 1
         self.floor = event.offset
+        self.windowed = True
         size = len(event.envelope) + EVENT_OVERHEAD
         if self.start > 64 and self.start * 2 > len(self.events):
             del self.events[:self.start]
@@ -157,6 +163,7 @@ class PartitionLog:
         self.offsets = [e.offset for e in events] + self.offsets[self.start:]
         self.start = 0
         self.floor = events[0].offset - 1
+        self.windowed = True
         size = 0
         older: dict[tuple[str, str], list[Event]] = {}
         for e in events:

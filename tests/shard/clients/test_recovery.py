@@ -112,10 +112,17 @@ class ReplayTests(RecoveryTestCase):
         self.assertEqual((ack["recovered"], ack["reason"]), (False, "other_epoch"))
 
     def test_ahead_and_unknown_partition(self):
-        """Past the end of what this node saw, or a partition it never saw: recovered false."""
+        """
+        Past the end of what this node saw (after waiting history.recovery_hold
+        for it to catch up), or a partition it never saw (at once, the
+        warm-up being over): recovered false.
+        """
         self.deliver(self.event("A"))
         c = self.connect()
-        [ack] = self.request(c, channels=["odin.token.A.trade"], since=[f"{TOPIC}:0:ep1:900"])
+        self.assertEqual(self.request(c, channels=["odin.token.A.trade"],
+                                      since=[f"{TOPIC}:0:ep1:900"]), [])
+        self.advance(self.shard.settings.history.recovery_hold)
+        [ack] = c.messages()
         self.assertEqual(ack["reason"], "ahead")
         [ack] = self.request(c, channels=["odin.token.A.trade"], since=[f"{TOPIC}:7:ep1:1"])
         self.assertEqual(ack["reason"], "unknown_partition")
