@@ -63,13 +63,15 @@ bench: $(STAMP)
 	sh bench/setup.sh
 	$(PY) bench/run.py
 
-# CPU per delivered frame of the working tree against BEFORE (a commit), in
-# one run (docs/performance.md, "Cost per frame"): how a change is measured
-# on the hot path.
+# CPU per delivered frame of the working tree against BEFORE (a commit) and
+# against its own pure-Python send loop, in one run, and the fan-out loop's
+# instructions per frame under callgrind (valgrind; docs/performance.md,
+# "Cost per frame"): how a change is measured on the hot path.
 BEFORE ?= HEAD
 bench-cost: $(STAMP)
 	sh bench/setup.sh
-	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. --doc
+	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. \
+		--variant python-loop=.:outbound.native=off --doc
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

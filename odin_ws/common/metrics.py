@@ -72,6 +72,10 @@ def close_code_label(code: int | None) -> str:
 
 SUBSCRIPTIONS = Gauge("odinws_subscriptions", "Subscriptions held by connections.",
                       registry=REGISTRY)
+#: outbound.native: the fan-out's send loop (odin_ws/shard/delivery/nativesend.py).
+OUTBOUND_NATIVE = Gauge("odinws_outbound_native", "1 when the shard's fan-out sends with its "
+                        "native (C) loop, 0 when with the pure-Python one (outbound.native).",
+                        registry=REGISTRY)
 CLIENT_ERRORS = Counter("odinws_client_errors", "Error messages sent to clients, by code.",
                         ["code"], registry=REGISTRY)
 HANDSHAKE_SECONDS = Histogram("odinws_handshake_seconds",

@@ -359,6 +359,11 @@ class OutboundSettings:
         "go out when it ends, in one write per connection (fewer, larger writes under load for up "
         "to this much added latency; Centrifugo's client_write_delay). One timer per shard.",
         minimum=0, live=True)
+    native: str = setting(
+        "auto", "The fan-out's per-connection send loop in C (built with the package): auto uses it "
+        "where it was built and else runs the pure-Python loop (logged once, shown in /health as "
+        "outbound_native and in odinws_outbound_native); on refuses to start without it; off "
+        "always runs the Python loop. Applies at start.", choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True, slots=True)

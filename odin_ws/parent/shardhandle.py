@@ -175,7 +175,9 @@ class ShardHandle:
                 "connections": self._connections,
                 "capacity": self._capacity, "restarts": self._restarts,
                 "crash_looping": self.crash_looping, "kafka": self._status.get("kafka"),
-                "warmup": self._status.get("warmup"), "registry": self._status.get("registry")}
+                "warmup": self._status.get("warmup"), "registry": self._status.get("registry"),
+                # The shard's send loop: native, off, or unavailable (outbound.native).
+                "outbound_native": self._status.get("outbound_native")}
 
     # -- commands to the shard --------------------------------------------
 

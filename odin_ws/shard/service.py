@@ -34,6 +34,7 @@ from odin_ws.shard.clients.jwks import RemoteJwks
 from odin_ws.shard.clients.recoveryhold import RecoveryHold
 from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
+from odin_ws.shard.delivery import nativesend
 from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.pipeline import Delivery
@@ -117,7 +118,11 @@ class Shard(service.MultiService):
         self.connections = Connections(reactor, settings)
         self.subscriptions = SubscriptionIndex(settings.limits)
         self.stats = WriteStats()
-        self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
+        #: The fan-out's send loop (outbound.native, applied at start).
+        self.native = nativesend.select(settings.outbound.native)
+        metrics.OUTBOUND_NATIVE.set(1 if self.native.send_runs is not None else 0)
+        self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay,
+                             self.native.send_runs)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
@@ -286,7 +291,8 @@ class Shard(service.MultiService):
         if self.link is None:
             return
         status = {"kafka": self.kafka.status(), "accepting": self.accepting,
-                  "subscriptions": self.subscriptions.total, "warmup": self.warmup.status()}
+                  "subscriptions": self.subscriptions.total, "warmup": self.warmup.status(),
+                  "outbound_native": self.native.state}
         if self.schemas is not None:
             status["registry"] = self.schemas.status()
         self.link.callRemote(commands.Stats, connections=len(self.connections),

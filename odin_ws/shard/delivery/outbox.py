@@ -158,6 +158,11 @@ class Outbox:
         which only L{flush} handles), then C{room = cap}, and after a
         whole send C{room = cap = limit}, as L{flush} does; otherwise
         it calls L{flush} or L{write_rest}.
+
+    The C send loop (odin_ws/shard/delivery/_sendrun.c) makes the same test
+    on the same attributes: a state in which the fan-out must not send to
+    the connection directly (a client behind, being caught up) must show in
+    one of them (C{tracking}, C{paused}, frames in C{queue}).
     """
 
     __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
