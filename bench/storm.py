@@ -40,17 +40,23 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
 
 
-def raise_open_files(need: int) -> None:
-    """Raise this process's RLIMIT_NOFILE (hard too, as root) to C{need}; children inherit it."""
+def raise_open_files(need: int) -> int:
+    """
+    Raise this process's RLIMIT_NOFILE to C{need} (the hard limit too, when
+    root may: not in a container without CAP_SYS_RESOURCE); children inherit
+    it. Returns the soft limit in force.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
         except (ValueError, OSError) as e:
-            sys.exit(f"RLIMIT_NOFILE hard limit {hard} < {need} and cannot be raised "
-                     f"(run as root): {e}")
+            log(f"RLIMIT_NOFILE: hard limit {hard} < {need}, not raised ({e}); "
+                f"using {hard}")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     elif soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def build_client() -> str:
@@ -77,6 +83,8 @@ def node_overrides(args: argparse.Namespace) -> dict:
     }
     if args.max_heads:
         overrides["listen.max_heads"] = args.max_heads
+    if args.head_timeout:
+        overrides["listen.head_timeout"] = args.head_timeout
     return overrides
 
 
@@ -106,23 +114,25 @@ def storm(args: argparse.Namespace, rundir: str) -> dict:
     node.start(10)
     try:
         time.sleep(1.0)
-        argv = [build_client(), "-p", str(node.port), "-u", node.ws_path,
-                "-n", str(args.clients), "-s", str(args.sources), "-m", str(args.clients),
-                "-F", "-S", SUBSCRIBE]
-        log(f"storm: {args.clients} clients at once, {args.shards} shard(s)")
+        # One load client per --client-procs, each a share of the clients (a
+        # process may have no more descriptors than its RLIMIT_NOFILE).
+        shares = [args.clients // args.client_procs + (i < args.clients % args.client_procs)
+                  for i in range(args.client_procs)]
+        log(f"storm: {args.clients} clients at once ({shares}), {args.shards} shard(s)")
         parent = node.procs[0].pid
         pids = [parent, *children(parent)]
         cpu0 = {pid: cpu_seconds(pid) for pid in pids}
-        client = Proc("loadclient", argv, None, log_path=os.path.join(rundir, "loadclient.log"))
+        clients = [Proc(f"loadclient{i}", [build_client(), "-p", str(node.port), "-u",
+                                           node.ws_path, "-n", str(n), "-s", str(args.sources),
+                                           "-m", str(n), "-F", "-S", SUBSCRIBE], None,
+                        log_path=os.path.join(rundir, f"loadclient{i}.log"))
+                   for i, n in enumerate(shares)]
         try:
             started = time.monotonic()
             result: dict = {}
             while time.monotonic() - started < args.timeout:
                 time.sleep(0.5)
-                client.send("s")
-                result = client.read_json(10)
-                while "subscribed" not in result:  # the "connected" line comes in between
-                    result = client.read_json(10)
+                result = combined([storm_counts(client) for client in clients])
                 # Refused connections are counted in failed too.
                 if result["subscribed"] + result["failed"] >= args.clients:
                     break
@@ -138,27 +148,52 @@ def storm(args: argparse.Namespace, rundir: str) -> dict:
             result["shards"] = args.shards
             result["max_handoffs_in_flight"] = args.max_handoffs
             result["max_heads"] = args.max_heads or "default"
+            result["head_timeout"] = args.head_timeout or "default"
             return result
         finally:
-            client.stop()
+            for client in clients:
+                client.stop()
     finally:
         node.stop()
+
+
+def storm_counts(client: Proc) -> dict:
+    """One load client's storm counts (its stdin command "s")."""
+    client.send("s")
+    result = client.read_json(10)
+    while "subscribed" not in result:  # the "connected" line comes in between
+        result = client.read_json(10)
+    return result
+
+
+def combined(results: list[dict]) -> dict:
+    """The load clients' counts added up; the times are the latest of them."""
+    out: dict = {}
+    for result in results:
+        for key, value in result.items():
+            out[key] = max(out.get(key, 0), value) if key.endswith("_s") else \
+                out.get(key, 0) + value
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--client-procs", type=int, default=1,
+                        help="load client processes sharing the clients")
     parser.add_argument("--sources", type=int, default=16,
                         help="source addresses 127.0.0.1..127.0.0.N")
     parser.add_argument("--max-handoffs", type=int, default=64,
                         help="supervisor.max_handoffs_in_flight (default: its default)")
     parser.add_argument("--max-heads", type=int, default=0,
                         help="listen.max_heads (default: its default, 4096)")
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--head-timeout", type=float, default=0,
+                        help="listen.head_timeout, which bounds each wait (default: 10 s)")
+    parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--rundir", default=os.path.join(WORK, "storm"))
     args = parser.parse_args()
-    raise_open_files(args.clients * 2 + 4096)
+    raise_open_files(max(args.clients // args.client_procs, args.max_heads or 4096) + 2048)
     os.makedirs(args.rundir, exist_ok=True)
     print(json.dumps(storm(args, args.rundir), sort_keys=True), flush=True)
 

@@ -187,8 +187,9 @@ def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
     for (topic, partition), position in sorted(streams.items(), key=lambda kv: kv[0]):
         epoch = position[0] if position is not None else "0"
         stream = f"{topic}:{partition}:{epoch}"
+        # Before a partition's first offset (0) there is no position to name.
         named[stream] = (positions.encode(topic, partition, *position)
-                         if position is not None else None)
+                         if position is not None and position[1] >= 0 else None)
     body = json.dumps({"type": "gap", "reason": reason, "streams": named},
                       separators=(",", ":"))
     return text_frame(body.encode())

@@ -438,3 +438,10 @@ class HistoryCollector:
         for reason, n in sorted(h.evicted.items()):
             c.add_metric([reason], n)
         yield c
+        c = CounterMetricFamily("odinws_history_visits", "Retained events and channel runs "
+                                "recoveries looked at (by=recovery), latest-event cache entries "
+                                "snapshots looked at (by=snapshot): the work clients' "
+                                "recoveries and snapshots cause.", labels=["by"])
+        c.add_metric(["recovery"], h.replay_visits)
+        c.add_metric(["snapshot"], h.snapshot_visits)
+        yield c

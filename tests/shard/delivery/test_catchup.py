@@ -14,8 +14,8 @@ import time
 from twisted.internet.address import IPv4Address
 
 from odin_ws.common.events import Event
-from odin_ws.shard.delivery.catchup import Behind
-from tests.helpers import ShardTestCase, StalledSocket, text
+from odin_ws.shard.delivery.catchup import Behind, gap_notice
+from tests.helpers import ShardTestCase, StalledSocket, parse_frames, text
 from tests.helpers.cases import ShardClient, _ports
 
 TOPIC = "odin.trades"
@@ -266,3 +266,11 @@ class BehindTests(ShardTestCase):
             behind.note(Event.build("A", "trade", b"{}", 0, TOPIC, 3, offset, "e"))
         behind.note(Event.build("A", "trade", b"{}", 0, TOPIC, 4, 7, "e"))
         self.assertEqual(behind.streams, {(TOPIC, 3): ("e", 9), (TOPIC, 4): ("e", 6)})
+
+    def test_gap_notice_names_streams_and_positions(self):
+        """The gap message: each stream with the position to recover from; none before offset 0."""
+        [(_, payload)] = parse_frames(gap_notice(
+            "too_old", {(TOPIC, 3): ("e", 41), (TOPIC, 4): ("e", -1), (TOPIC, 5): None}))
+        notice = json.loads(payload)
+        self.assertEqual(notice, {"type": "gap", "reason": "too_old", "streams": {
+            f"{TOPIC}:3:e": f"{TOPIC}:3:e:41", f"{TOPIC}:4:e": None, f"{TOPIC}:5:0": None}})
