@@ -34,10 +34,10 @@ async def storm(url: str, count: int) -> tuple[int, list[int]]:
 
     async def one() -> bool:
         try:
-            async with connect(url, open_timeout=60, close_timeout=1) as ws:
+            async with connect(url, open_timeout=180, close_timeout=1) as ws:
                 await ws.send(json.dumps({"type": "subscribe", "channels": ["odin.token.T0.trade"],
                                           "id": "s"}))
-                reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 120))
                 return reply.get("type") == "subscribed"
         except InvalidStatus as e:
             refused.append(e.response.status_code)
@@ -58,14 +58,20 @@ class StormTests(TopicNodeCase):
         plus C{settings}; C{CLIENTS} clients at once, every one subscribed and
         none refused, by the clients' count and the node's. Its /metrics.
         """
+        # The wait's bounds are the unit tests' (tests/parent/test_handoffqueue.py):
+        # here they are wide, so a shared, loaded machine (load 40 seen: 9
+        # handoffs/s) still serves the storm within them.
         node = self.node(**{"supervisor.max_handoffs_in_flight": 2,
+                            "listen.head_timeout": 120.0, "listen.handoff_timeout": 60.0,
+                            "limits.handshake_timeout": 60.0,
                             "listen.max_heads_per_ip": 1000,
                             "limits.connection_rate_per_ip": 1000.0,
                             "limits.connection_burst_per_ip": 1000, **settings})
         subscribed, refused = asyncio.run(storm(node.url(), CLIENTS))
-        self.assertEqual((subscribed, refused), (CLIENTS, []))
         text = http_get(node.port, "/metrics")[2].decode()
-        self.assertEqual(metric(text, "odinws_rejected_connections_total"), 0)
+        rejected = [line for line in text.splitlines()
+                    if line.startswith("odinws_rejected_connections_total")]
+        self.assertEqual((subscribed, refused, rejected), (CLIENTS, [], []))
         return text
 
     def test_storm_waits_for_handoff_slots(self):
