@@ -26,8 +26,10 @@ $(TSC): clients/js/package-lock.json
 
 # The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
 PORT ?= 3005
+# make demo AVRO=1: the simulator writes Avro through a local Schema Registry
+# (odinws_tools/registry.py) and odinws decodes it; JSON otherwise.
 demo: $(STAMP)
-	$(PY) -m odinws_tools.demo --port $(PORT)
+	$(PY) -m odinws_tools.demo --port $(PORT) $(if $(AVRO),--avro)
 
 # The style and type gate (ruff, mypy; configured in pyproject.toml).
 lint: $(STAMP)
