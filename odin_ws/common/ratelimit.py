@@ -32,6 +32,22 @@ class TokenBucket:
         self.tokens = tokens
         return False
 
+    def spend(self, cost: float) -> bool:
+        """
+        Spend C{cost} tokens, running into debt past the bucket: allowed
+        when the bucket holds C{cost} (or is full, for a cost above the
+        burst), so a large cost goes through once and the next waits until
+        the debt is paid back at C{rate}.
+        """
+        t = self.now()
+        tokens = min(self.burst, self.tokens + (t - self.stamp) * self.rate)
+        self.stamp = t
+        if tokens >= min(cost, self.burst):
+            self.tokens = tokens - cost
+            return True
+        self.tokens = tokens
+        return False
+
 
 class KeyedBuckets:
     """

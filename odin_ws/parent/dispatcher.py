@@ -31,7 +31,9 @@ from odin_ws.common.clientip import client_ip
 from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 from odin_ws.common.settings import Settings
 from odin_ws.parent import staticfiles
+from odin_ws.parent.acceptpause import AcceptPause
 from odin_ws.parent.admission import Admission
+from odin_ws.parent.handoffqueue import HandoffQueue
 from odin_ws.parent.scrape import MetricsScrape
 from odin_ws.parent.staticfiles import CLIENT_LIBRARY_PATH
 
@@ -43,6 +45,9 @@ JSON_TYPE = "application/json"
 
 _HEAD_ERROR_REASONS = {400: "bad_request", 431: "head_too_large", 505: "bad_version"}
 
+#: L{place}'s reason when every shard with room has its handoff slots taken:
+#: the upgrade waits for one (L{HandoffQueue}) instead of being refused.
+SATURATED = "saturated"
 
 
 def place(handles: Iterable[Any], max_connections: int) -> tuple[Any | None, str | None]:
@@ -53,15 +58,20 @@ def place(handles: Iterable[Any], max_connections: int) -> tuple[Any | None, str
     many handoffs unanswered) is skipped until one is answered.
 
     @return: C{(handle, None)}, or C{(None, reason)} with reason C{node_full}
-        (the node is at C{max_connections}) or C{no_shard}.
+        (the node is at C{max_connections}), C{no_shard} (no shard alive,
+        accepting and below its capacity), or L{SATURATED} (there are such
+        shards, but every one is saturated: a slot frees when a handoff is
+        answered).
     """
     handles = list(handles)
     if sum(h.connections for h in handles if h.alive) >= max_connections:
         return None, "node_full"
-    candidates = [h for h in handles if h.alive and h.accepting and not h.saturated
-                  and h.connections < h.capacity]
-    if not candidates:
+    room = [h for h in handles if h.alive and h.accepting and h.connections < h.capacity]
+    if not room:
         return None, "no_shard"
+    candidates = [h for h in room if not h.saturated]
+    if not candidates:
+        return None, SATURATED
     return min(candidates, key=lambda h: (h.connections, h.index)), None
 
 
@@ -75,13 +85,14 @@ def peer_string(address: Any) -> str:
 class DoorState(enum.Enum):
     """
     Where one accepted connection is: NEW -> READING (its head) ->
-    ANSWERING (the parent answers it) | HANDING (offered to a shard) ->
-    HANDED (the shard took it) | CLOSED (closed, or let go of after a
-    handoff the shard may have adopted).
+    ANSWERING (the parent answers it) | WAITING (for a handoff slot) |
+    HANDING (offered to a shard) -> HANDED (the shard took it) | CLOSED
+    (closed, or let go of after a handoff the shard may have adopted).
     """
 
     NEW = "new"
     READING = "reading"
+    WAITING = "waiting"
     ANSWERING = "answering"
     HANDING = "handing"
     HANDED = "handed"
@@ -101,9 +112,15 @@ class DispatchProtocol(Protocol):
         self._timer = None
         #: The peer address the door counts this connection against, once admitted.
         self._admitted: str | None = None
+        #: When it was accepted: its head timeout counts from here, waiting included.
+        self._accepted = 0.0
+        #: The head bytes and client address of an upgrade, kept while it waits.
+        self._raw = b""
+        self._ip = ""
 
     def connectionMade(self) -> None:
         dispatcher = self.factory
+        self._accepted = dispatcher.reactor.seconds()
         dispatcher.connection_opened(self)
         peer = getattr(self.transport.getPeer(), "host", "")
         verdict = dispatcher.admission.admit(
@@ -114,6 +131,7 @@ class DispatchProtocol(Protocol):
             self.state = DoorState.ANSWERING
             return self.refuse(verdict[0], verdict[1], _phrase(verdict[0]).lower())
         self._admitted = peer
+        dispatcher.accept_pause.held(self.transport)
         if dispatcher.tls:
             # Encrypted bytes mean nothing here: hand over before reading any.
             self.transport.pauseProducing()
@@ -161,12 +179,15 @@ class DispatchProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()
+        if self.state == DoorState.WAITING:
+            self.factory.waiting.leave(self)
         if self.state != DoorState.HANDED:
             self.state = DoorState.CLOSED
         self.factory.connection_closed(self)
         if self._admitted is not None:
             self.factory.admission.release(self._admitted)
             self._admitted = None
+            self.factory.accept_pause.released()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -292,17 +313,70 @@ class DispatchProtocol(Protocol):
                          self.factory.settings.limits.trusted_proxies)
 
     def _upgrade(self, raw: bytes, head: RequestHead | None = None) -> None:
+        self._raw = raw
+        self._ip = self._client_ip(head)
+        queue = self.factory.waiting
+        if len(queue) == 0:
+            if not self._place():
+                self._wait()
+            return
+        # Others wait already: behind them, never ahead.
+        self._wait()
+        queue.pump()
+
+    def _place(self) -> bool:
+        """
+        Refuse the upgrade or hand it to a shard, and return True; or return
+        False when the only thing missing is a free handoff slot.
+        """
         dispatcher = self.factory
-        verdict = dispatcher.admission.check(self._client_ip(head))
+        verdict = dispatcher.admission.check(self._ip)
         if verdict is not None:
             status, reason = verdict
             if reason == "draining":
-                return self.refuse(503, reason, "server is shutting down")
-            return self.refuse(status, reason, _phrase(status).lower())
-        settings = dispatcher.settings
-        handle, full = place(dispatcher.shards(), settings.limits.max_connections)
+                self.refuse(503, reason, "server is shutting down")
+            else:
+                self.refuse(status, reason, _phrase(status).lower())
+            return True
+        handle, full = place(dispatcher.shards(), dispatcher.settings.limits.max_connections)
+        if full == SATURATED:
+            return False
         if handle is None:
-            return self.refuse(503, full or "no_shard", "no capacity, retry later")
+            self.refuse(503, full or "no_shard", "no capacity, retry later")
+            return True
+        self._hand_to(handle)
+        return True
+
+    def _wait(self) -> None:
+        """Wait for a handoff slot, until the head timeout (from the accept) passes."""
+        self.state = DoorState.WAITING
+        self.factory.waiting.join(self)
+        self._cancel_timer()
+        left = self._accepted + self.factory.settings.listen.head_timeout
+        self._timer = self.factory.reactor.callLater(
+            max(0.0, left - self.factory.reactor.seconds()), self._wait_timed_out)
+
+    def try_place(self) -> bool:
+        """The queue's turn (L{HandoffQueue.pump}): handed over or refused (True), or still waiting."""
+        if self.state != DoorState.WAITING:
+            return True
+        self.state = DoorState.ANSWERING
+        if self._place():
+            self._cancel_timer()
+            return True
+        self.state = DoorState.WAITING
+        return False
+
+    def _wait_timed_out(self) -> None:
+        self._timer = None
+        if self.state == DoorState.WAITING and self.factory.waiting.timed_out(self):
+            self.state = DoorState.ANSWERING
+            self.refuse(503, "wait_timeout", "no capacity, retry later")
+
+    def _hand_to(self, handle: Any) -> None:
+        dispatcher = self.factory
+        settings = dispatcher.settings
+        raw, self._raw = self._raw, b""
         # Count it now, until the call completes (however late): the next
         # placement, maybe before this answer, must see it.
         handle.reserve()
@@ -320,6 +394,7 @@ class DispatchProtocol(Protocol):
 
     def _handed(self, answer: Mapping[str, Any], handle: Any, started: float) -> None:
         handle.handoff_done()
+        self.factory.waiting.pump()
         metrics.HANDOFF_SECONDS.observe(max(0.0, self.factory.reactor.seconds() - started))
         metrics.DISPATCHED.labels(shard=str(handle.index)).inc()
         if self.state == DoorState.HANDING:
@@ -345,6 +420,7 @@ class DispatchProtocol(Protocol):
 
     def _handoff_failed(self, failure: Any, handle: Any) -> None:
         handle.handoff_failed()
+        self.factory.waiting.pump()
         if self.state != DoorState.HANDING:
             log.info("handoff to shard {index} failed after the client was let go of: "
                      "{error}", index=handle.index, error=failure.getErrorMessage())
@@ -409,6 +485,11 @@ class Dispatcher(Factory[DispatchProtocol]):
         self.scrape = scrape
         self._open: set[DispatchProtocol] = set()
         self._all_closed: list[defer.Deferred] = []
+        #: Upgrades waiting for a handoff slot (a storm of reconnections).
+        self.waiting = HandoffQueue(reactor)
+        #: Stops the listener accepting at listen.max_heads (the backlog holds the rest).
+        self.accept_pause = AcceptPause(
+            reactor, lambda: self._settings.listen.max_heads - self.admission.held)
 
     # -- lifecycle
 
@@ -429,14 +510,16 @@ class Dispatcher(Factory[DispatchProtocol]):
 
     def close(self) -> defer.Deferred:
         """
-        Close connections still sending their head; let answers and handoffs
-        in flight finish (each is bounded by its timeout). Fires when no
+        Close connections still sending their head; let answers, handoffs in
+        flight and upgrades waiting for a slot finish (each is bounded by its
+        timeout; a draining node refuses the waiting ones). Fires when no
         connection of this dispatcher is open.
         """
         for proto in list(self._open):
             if proto.state == DoorState.READING:
                 proto.state = DoorState.CLOSED
                 proto.transport.loseConnection()
+        self.waiting.pump()
         if not self._open:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()

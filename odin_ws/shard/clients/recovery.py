@@ -63,7 +63,8 @@ def _websocket(payload: bytes, event: Event) -> bytes:
 def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
            max_snapshot_events: int, room: int,
            encode: Callable[[bytes, Event], bytes] = _websocket, overhead: int = 8,
-           max_scan: int | None = None, streamable: bool = False) -> Answer:
+           max_scan: int | None = None, streamable: bool = False,
+           allow: Callable[[int], bool] | None = None) -> Answer:
     """
     The answer to C{msg}'s C{since} and C{snapshot}.
 
@@ -79,12 +80,16 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         C{too_large}. A replay that would not fit C{room} is streamed
         from history as the socket drains when C{streamable} (the
         connection can: L{Answer.stream}), else too large as well.
-    @raise messages.ClientError: C{unknown_position} or C{snapshot_too_large};
-        nothing is subscribed then.
+    @param allow: told the bytes the answer would send (replay or
+        snapshot), says whether the connection may have them now (its
+        replay egress, C{limits.replay_rate}); no: C{replay_rate_limited}.
+    @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}
+        or C{replay_rate_limited}; nothing is subscribed then.
     """
     patterns = [(c.token, c.event_type) for c in msg.channels]
     out = Answer()
     replay = None
+    sent = 0
     if msg.since is not None:
         for topic, _ in msg.since:
             if topic not in topics:
@@ -93,20 +98,18 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
                     f"position of a topic this server does not serve: {topic[:80]!r}", msg.id)
         out.positions = tops(history)
         events, reason = history.replay(msg.since, patterns, max_scan)
-        if events is not None and sum(len(e.envelope) + overhead for e in events) > room:
+        size = sum(len(e.envelope) + overhead for e in events) if events is not None else 0
+        if size > room:
             if streamable:
                 out.stream = msg.since
             else:
-                events, reason = None, TOO_LARGE
+                events, reason, size = None, TOO_LARGE, 0
         out.recovered = events is not None
         out.reason = reason
         if events is not None:
             out.replayed = len(events)
             replay = events
-            metrics.RECOVERIES.labels(result="recovered").inc()
-            metrics.EVENTS_REPLAYED.inc(len(events))
-        else:
-            metrics.RECOVERIES.labels(result=reason).inc()
+            sent = size
     if msg.snapshot and not (out.recovered and msg.since):
         # A subscription recovered from positions has missed nothing: no
         # snapshot needed. since: [] (a first subscribe asking for the
@@ -119,6 +122,17 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
                 f"the snapshot would send more than {max_snapshot_events} events or "
                 f"{room} bytes; subscribe to fewer channels or without snapshot", msg.id)
         out.snapshot = len(latest)
+        sent = size
+    if allow is not None and sent and not allow(sent):
+        raise messages.ClientError(
+            messages.REPLAY_RATE_LIMITED,
+            f"this connection was sent as much replay and snapshot as it may for now "
+            f"({sent} bytes more asked); try again later, or recover less at a time", msg.id)
+    if msg.since is not None:
+        metrics.RECOVERIES.labels(result="recovered" if out.recovered else out.reason).inc()
+        if replay is not None:
+            metrics.EVENTS_REPLAYED.inc(len(replay))
+    if out.snapshot is not None:
         out.frames = [(encode(e.envelope[:-1] + _SNAPSHOT_TAIL, e), e.channel, e.event_type)
                       for e in latest]
         metrics.SNAPSHOT_EVENTS.inc(len(latest))

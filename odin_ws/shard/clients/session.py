@@ -36,6 +36,7 @@ from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionInd
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
+    from odin_ws.shard.clients.recoveryhold import HeldRecovery, RecoveryHold
     from odin_ws.shard.delivery.fanout import Fanout
     from odin_ws.shard.history.store import History
 
@@ -91,9 +92,18 @@ class ClientHost(Protocol):
     @property
     def subscriptions(self) -> SubscriptionIndex: ...
 
+    @property
+    def recoveries(self) -> RecoveryHold: ...
+
     def policy_for(self, event_type: str) -> str: ...
 
     def subscriptions_changed(self) -> None: ...
+
+    def recovering(self, outbox: Outbox) -> None:
+        """
+        C{outbox}'s connection recovers from positions in this turn: a gap
+        notice it was sent is answered; later ones are news to it.
+        """
 
     def admit_ip(self, ip: str) -> bool: ...
 
@@ -128,7 +138,8 @@ class Session:
 
     # Every connection carries one: slots, not a __dict__ (odin_ws/shard/clients/lean.py).
     __slots__ = ("host", "transport", "noun", "client_ip", "ip_counted", "grant", "bucket",
-                 "strikes", "strike_stamp", "ever_subscribed", "_idle_call", "_expiry_call")
+                 "replay_bucket", "strikes", "strike_stamp", "ever_subscribed", "_idle_call",
+                 "_expiry_call", "_held")
 
     def __init__(self, host: ClientHost, transport: ClientTransport, noun: str):
         self.host = host
@@ -138,11 +149,16 @@ class Session:
         self.ip_counted = False
         self.grant: auth.Grant = auth.OPEN
         self.bucket: TokenBucket | None = None
+        #: Bytes of replays and snapshots (limits.replay_rate), made at the first.
+        self.replay_bucket: TokenBucket | None = None
         self.strikes = 0.0
         self.strike_stamp = 0.0
         self.ever_subscribed = False
         self._idle_call: Any = None
         self._expiry_call: Any = None
+        #: A recovery held until the shard can answer it truly, and the
+        #: client's messages that came after it (they wait behind it, in order).
+        self._held: tuple[HeldRecovery, list[bytes]] | None = None
 
     # -- the request, before the connection opens
 
@@ -282,6 +298,10 @@ class Session:
             # Tokens above a lower burst are cut at the next take().
             bucket.rate = settings.limits.message_rate
             bucket.burst = settings.limits.message_burst
+        replay = self.replay_bucket
+        if replay is not None:
+            replay.rate = settings.limits.replay_rate
+            replay.burst = settings.limits.replay_burst
         outbox = self.transport.outbox
         if outbox is not None:
             outbox.reconfigure(settings.outbound)
@@ -309,8 +329,15 @@ class Session:
                        "messages per second; slow down", None)
         return False
 
-    def message(self, payload: bytes) -> None:
-        """One text message of the client (docs/protocol.md), answered."""
+    def message(self, payload: bytes, until: float | None = None) -> None:
+        """
+        One text message of the client (docs/protocol.md), answered. A
+        recovery in it waits at most until C{until} (reactor seconds) if it
+        waited behind another one.
+        """
+        if self._held is not None:
+            self._held[1].append(payload)   # behind a held recovery (spent its rate already)
+            return
         host = self.host
         limits = host.settings.limits
         try:
@@ -326,7 +353,7 @@ class Session:
                 # Its first token was spent when it arrived; a recovery or a
                 # snapshot reads history and costs more (issue 23).
                 return
-            self.subscribe(msg)
+            self.subscribe(msg, until)
         elif isinstance(msg, messages.Unsubscribe):
             self.unsubscribe(msg)
         elif isinstance(msg, messages.Ping):
@@ -337,13 +364,18 @@ class Session:
             self.error(messages.UNKNOWN_TYPE, f"{type(msg).__name__.lower()} is not "
                        "available on this server", getattr(msg, "id", None))
 
-    def subscribe(self, msg: messages.Subscribe) -> None:
+    def subscribe(self, msg: messages.Subscribe, until: float | None = None) -> None:
         """
         Subscribe to C{msg}'s channels, all or none: within the grant, the
         connection's and the shard's budgets, with its recovery or snapshot
         answered first (ack, replay or snapshot, then live, in this turn).
+        A recovery the shard cannot answer truly yet waits first, bounded
+        (L{odin_ws.shard.clients.recoveryhold}), at most until C{until}.
         """
         host = self.host
+        if msg.since and host.recoveries.waits(msg.since, until):
+            self._held = (host.recoveries.hold(msg.since, lambda: self._resume(msg), until), [])
+            return
         outbox = self._outbox()
         subscriptions = host.subscriptions
         limit = host.settings.limits.max_subscriptions
@@ -369,7 +401,8 @@ class Session:
                 return
         try:
             # All or nothing, within the shard's subscription budget.
-            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new])
+            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new],
+                                  self.client_ip)
         except BudgetExceeded as e:
             self.error(e.code, e.message, msg.id)
             return
@@ -379,6 +412,8 @@ class Session:
             self.transport.reply(messages.ack("subscribed", channels, msg.id))
             return
         self.transport.reply(answer.ack(channels, msg.id))
+        if msg.since:
+            host.recovering(outbox)
         if answer.stream is not None:
             outbox.recover_from(answer.stream)
         elif answer.frames:
@@ -401,10 +436,40 @@ class Session:
         if encode is None:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                    limits.max_snapshot_events, room,
-                                   max_scan=limits.max_recovery_scan, streamable=streamable)
+                                   max_scan=limits.max_recovery_scan, streamable=streamable,
+                                   allow=self.replay_allowed)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                limits.max_snapshot_events, room, encode, overhead,
-                               max_scan=limits.max_recovery_scan)
+                               max_scan=limits.max_recovery_scan, allow=self.replay_allowed)
+
+    def replay_allowed(self, size: int) -> bool:
+        """
+        Spend C{size} bytes of the connection's replay egress
+        (C{limits.replay_rate}, C{limits.replay_burst}): a replay that fits
+        the buffer could be re-requested for ~330x egress (issue 23, L3).
+        """
+        bucket = self.replay_bucket
+        if bucket is None:
+            limits = self.host.settings.limits
+            bucket = self.replay_bucket = TokenBucket(limits.replay_rate, limits.replay_burst,
+                                                      self.host.reactor.seconds)
+        return bucket.spend(size)
+
+    def _resume(self, msg: messages.Subscribe) -> None:
+        """The held recovery's turn: answer it, then the messages that came after it."""
+        if self._held is None:
+            return
+        held, waiting = self._held
+        self._held = None
+        if self.transport.outbox is None:
+            return    # closing
+        self.subscribe(msg, until=0.0)
+        # Recoveries that waited behind it wait no longer than it did.
+        for i, payload in enumerate(waiting):
+            if self._held is not None:
+                self._held[1].extend(waiting[i:])
+                return
+            self.message(payload, held.deadline)
 
     def subscribed(self) -> None:
         """A subscription was made: the idle close is off, the shard's count is new."""
@@ -506,7 +571,10 @@ class Session:
             self.host.release_ip(self.client_ip)
 
     def stop_timers(self) -> None:
-        """No idle close, no expiry close any more (the connection is closing)."""
+        """No idle close, no expiry close, no held recovery any more (the connection is closing)."""
+        if self._held is not None:
+            self._held[0].cancel()
+            self._held = None
         for call in (self._idle_call, self._expiry_call):
             if call is not None and call.active():
                 call.cancel()

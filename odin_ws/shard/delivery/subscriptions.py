@@ -21,7 +21,9 @@ The index also owns the shard's subscription budget
 (C{limits.max_shard_subscriptions}, C{limits.max_shard_subscription_bytes}):
 a subscribe that would take the shard past either is refused whole
 (L{BudgetExceeded}), so what anonymous clients can pin in memory is bounded
-per shard, whatever the number of connections and addresses they use.
+per shard, whatever the number of connections and addresses they use. One
+client address may hold only a share of it (C{limits.ip_subscription_share}),
+so a few addresses cannot take it all and refuse everyone else (issue 23, M2).
 """
 
 from __future__ import annotations
@@ -69,30 +71,44 @@ class SubscriptionBudget:
     shares it, the WebSocket subscriptions and the event streams'. Each
     index counted only its own before, so together they could hold twice
     the bound (issue 23, M4). Unbounded without limits (a bare index).
+
+    Per client address, the same two counts (C{by_address}: address ->
+    C{[subscriptions, bytes]}), each held to C{limits.ip_subscription_share}
+    of the shard's: four addresses filled one pool before, and a fifth's
+    legitimate subscribe was refused (issue 23, M2).
     """
 
-    __slots__ = ("max_total", "max_bytes", "total", "bytes")
+    __slots__ = ("max_total", "max_bytes", "total", "bytes", "max_address_total",
+                 "max_address_bytes", "by_address")
 
     def __init__(self, limits: LimitsSettings | None = None) -> None:
         self.total = 0
         self.bytes = 0
         self.max_total: int | None = None
         self.max_bytes: int | None = None
+        self.max_address_total: int | None = None
+        self.max_address_bytes: int | None = None
+        self.by_address: dict[str, list[int]] = {}
         if limits is not None:
             self.reconfigure(limits)
 
     def reconfigure(self, limits: LimitsSettings) -> None:
         """
         Take a (reloaded) budget. Subscriptions already held stay; only new
-        ones are refused while the shard is over it.
+        ones are refused while the shard (or an address) is over it.
         """
         self.max_total = limits.max_shard_subscriptions
         self.max_bytes = limits.max_shard_subscription_bytes
+        share = limits.ip_subscription_share
+        self.max_address_total = max(1, int(self.max_total * share))
+        self.max_address_bytes = int(self.max_bytes * share)
 
-    def check(self, count: int, extra_bytes: int) -> None:
+    def check(self, count: int, extra_bytes: int, address: str | None = None) -> None:
         """
+        @param address: the client address the subscriptions would count
+            for (None: the shard's budget only).
         @raise BudgetExceeded: C{count} more subscriptions of C{extra_bytes}
-            do not fit.
+            do not fit the shard's budget or C{address}'s share.
         """
         if self.max_total is not None and self.total + count > self.max_total:
             raise BudgetExceeded(f"this server holds as many subscriptions as it may "
@@ -100,6 +116,28 @@ class SubscriptionBudget:
         if self.max_bytes is not None and self.bytes + extra_bytes > self.max_bytes:
             raise BudgetExceeded(f"this server holds as many subscriptions as it may "
                                  f"({self.max_bytes} bytes); try again later")
+        if address is None or self.max_address_total is None:
+            return
+        held_total, held_bytes = self.by_address.get(address, (0, 0))
+        if held_total + count > self.max_address_total or \
+                held_bytes + extra_bytes > (self.max_address_bytes or 0):
+            raise BudgetExceeded(f"this address holds as many subscriptions on this server as "
+                                 f"one address may ({self.max_address_total}, "
+                                 f"{self.max_address_bytes} bytes); try again later")
+
+    def charge(self, address: str | None, count: int, size: int) -> None:
+        """Count (or, negative, release) C{count} subscriptions of C{size} bytes."""
+        self.total += count
+        self.bytes += size
+        if address is None:
+            return
+        held = self.by_address.get(address)
+        if held is None:
+            held = self.by_address[address] = [0, 0]
+        held[0] += count
+        held[1] += size
+        if not held[0]:
+            del self.by_address[address]
 
 
 # What match() returns when nothing matches: shared, immutable.
@@ -150,6 +188,8 @@ class SubscriptionIndex:
         self._by_type: dict[str, PatternBucket] = {}
         self._all: PatternBucket | None = None
         self._patterns: dict[Subscriber, tuple[Pattern, ...] | set[Pattern]] = {}
+        #: The client address each subscriber's subscriptions count for.
+        self._addresses: dict[Subscriber, str] = {}
         self._total = 0
         self._bytes = 0
         #: The budget, shared with the shard's other index (see L{SubscriptionBudget}).
@@ -206,19 +246,27 @@ class SubscriptionIndex:
         """
         return self.add_all(subscriber, ((token, event_type),)) == 1
 
-    def add_all(self, subscriber: Subscriber, patterns: Iterable[Pattern]) -> int:
+    def add_all(self, subscriber: Subscriber, patterns: Iterable[Pattern],
+                address: str | None = None) -> int:
         """
         Subscribe C{subscriber} to every C{(token, event_type)} of
         C{patterns}, all or none: how many it did not hold yet.
 
+        @param address: the client address C{subscriber}'s subscriptions
+            count for (its share of the budget); a subscriber keeps the
+            address of its first subscriptions.
         @raise BudgetExceeded: they would take the shard past its budget
-            (count or bytes); nothing was added.
+            (count or bytes), or the address past its share; nothing was
+            added.
         """
         held = self._patterns.get(subscriber, ())
         new = [p for p in dict.fromkeys(patterns) if p not in held]
         if not new:
             return 0
-        self._check_budget(new)
+        address = self._addresses.get(subscriber, address)
+        self._check_budget(new, address)
+        if address is not None:
+            self._addresses[subscriber] = address
         for token, event_type in new:
             self._add(subscriber, token, event_type)
         return len(new)
@@ -228,19 +276,19 @@ class SubscriptionIndex:
         """Bytes the budget counts for one subscription to the pattern (not the pattern's own)."""
         return SUBSCRIPTION_BYTES + len(token) + len(event_type)
 
-    def check_room(self, patterns: Iterable[Pattern]) -> None:
+    def check_room(self, patterns: Iterable[Pattern], address: str | None = None) -> None:
         """
-        Would a new subscriber's C{patterns} fit the budget? (An event
-        stream asks before its C{200}.)
+        Would a new subscriber's C{patterns} fit the budget and C{address}'s
+        share? (An event stream asks before its C{200}.)
 
         @raise BudgetExceeded: they would not.
         """
-        self._check_budget(list(dict.fromkeys(patterns)))
+        self._check_budget(list(dict.fromkeys(patterns)), address)
 
-    def _check_budget(self, new: list[Pattern]) -> None:
+    def _check_budget(self, new: list[Pattern], address: str | None) -> None:
         extra = sum(self.cost(t, e) for t, e in new)
         fresh = {p for p in new if self._bucket(*p) is None}
-        self.budget.check(len(new), extra + PATTERN_BYTES * len(fresh))
+        self.budget.check(len(new), extra + PATTERN_BYTES * len(fresh), address)
 
     def _add(self, subscriber: Subscriber, token: str, event_type: str) -> None:
         pattern = (token, event_type)
@@ -252,8 +300,7 @@ class SubscriptionIndex:
             added += PATTERN_BYTES
         bucket[subscriber] = None
         self._bytes += added
-        self.budget.bytes += added
-        self.budget.total += 1
+        self.budget.charge(self._addresses.get(subscriber), 1, added)
         if isinstance(held, tuple):
             held += (pattern,)
             self._patterns[subscriber] = held if len(held) <= _FEW else set(held)
@@ -273,9 +320,10 @@ class SubscriptionIndex:
                 self._patterns[subscriber] = held
         else:
             held.discard(pattern)
+        self._unlink(subscriber, token, event_type)
         if not held:
             del self._patterns[subscriber]
-        self._unlink(subscriber, token, event_type)
+            self._addresses.pop(subscriber, None)
         return True
 
     def remove_all(self, subscriber: Subscriber) -> int:
@@ -285,6 +333,7 @@ class SubscriptionIndex:
             return 0
         for token, event_type in held:
             self._unlink(subscriber, token, event_type)
+        self._addresses.pop(subscriber, None)
         return len(held)
 
     def _unlink(self, subscriber: Subscriber, token: str, event_type: str) -> None:
@@ -296,8 +345,7 @@ class SubscriptionIndex:
             self._drop_bucket(token, event_type)
             freed += PATTERN_BYTES
         self._bytes -= freed
-        self.budget.bytes -= freed
-        self.budget.total -= 1
+        self.budget.charge(self._addresses.get(subscriber), -1, -freed)
         self._total -= 1
 
     # -- queries

@@ -22,102 +22,26 @@ with what live delivery has added meanwhile.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from odin_ws.common.channels import WILDCARD, channel_name
 from odin_ws.common.events import Event
-
-#: Bytes an event costs in history besides its envelope's payload: the Event
-#: object (96 B with its slots), its channel, token, type and topic strings
-#: (~220 B), the envelope's bytes header (33 B) and two list slots (16 B).
-#: Measured on CPython 3.11 (350-370 B with tracemalloc; 400 leaves room);
-#: tests/shard/history/test_store.py keeps it honest.
-EVENT_OVERHEAD = 400
+from odin_ws.shard.history.partitionlog import ANY_OFFSET, EVENT_OVERHEAD, PartitionLog
 
 #: Why a recovery could not be answered (the C{reason} of C{recovered: false}).
-TOO_OLD = "too_old"            # events after the position were already evicted
+TOO_OLD = "too_old"            # events after the position were evicted, or older than
+#                                what the warm-up reads back (the history's window)
+NOT_LOADED = "not_loaded"      # events after the position were never loaded here: the
+#                                warm-up had not (or could not) read them back
 AHEAD = "ahead"                # the position is past what this node has seen
 OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
 UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
 TOO_LARGE = "too_large"        # more to look at or to send than a recovery may
 
-#: A log's C{join} when any next offset continues it (see L{PartitionLog}).
-ANY_OFFSET = 1 << 62
 
-
-class PartitionLog:
-    """Retained events of one partition, in offset order."""
-
-    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join")
-
-    def __init__(self, epoch: str, floor: int):
-        self.epoch = epoch
-        self.events: list[Event] = []
-        self.offsets: list[int] = []
-        self.start = 0
-        #: Every event of this partition with an offset above C{floor} is retained.
-        self.floor = floor
-        self.bytes = 0
-        #: The highest offset the next live event may have and still continue
-        #: this log: after a backfill, the offset after what the warm-up read
-        #: (records it passed over may follow, events it did not read may not).
-        self.join = ANY_OFFSET
-
-    def __len__(self) -> int:
-        return len(self.events) - self.start
-
-    @property
-    def high(self) -> int:
-        """Offset of the newest retained event (C{floor} when empty)."""
-        return self.offsets[-1] if len(self) else self.floor
-
-    def oldest(self) -> Event | None:
-        return self.events[self.start] if len(self) else None
-
-    def append(self, event: Event, size: int) -> None:
-        self.events.append(event)
-        self.offsets.append(event.offset)
-        self.bytes += size
-
-    def pop_oldest(self) -> Event:
-        event = self.events[self.start]
-        # The slot is below start, dead: None lets the event go (the list holds Events).
-        self.events[self.start] = None  # type: ignore[call-overload]
-        self.start += 1
-        self.floor = event.offset
-        self.bytes -= len(event.envelope) + EVENT_OVERHEAD
-        if self.start > 64 and self.start * 2 > len(self.events):
-            del self.events[:self.start]
-            del self.offsets[:self.start]
-            self.start = 0
-        return event
-
-    def prepend(self, events: list[Event], size: int) -> None:
-        """Older events (offset order, all below the retained ones); the floor follows."""
-        self.events = events + self.events[self.start:]
-        self.offsets = [e.offset for e in events] + self.offsets[self.start:]
-        self.start = 0
-        self.floor = events[0].offset - 1
-        self.bytes += size
-
-    def count_after(self, offset: int) -> int:
-        """How many retained events have an offset above C{offset} (no copy)."""
-        return len(self.events) - max(bisect_right(self.offsets, offset), self.start)
-
-    def after(self, offset: int) -> list[Event]:
-        """Retained events with an offset above C{offset}, oldest first."""
-        i = max(bisect_right(self.offsets, offset), self.start)
-        return self.events[i:]
-
-
-def _matches(patterns: Iterable[tuple[str, str]], event: Event) -> bool:
-    for token, event_type in patterns:
-        if (token == WILDCARD or token == event.token) and \
-                (event_type == WILDCARD or event_type == event.event_type):
-            return True
+def _never() -> bool:
     return False
 
 
@@ -149,6 +73,9 @@ class History:
         self.bytes = 0
         #: Evictions by reason: count, age, budget.
         self.evicted = {"count": 0, "age": 0, "budget": 0}
+        #: Whether the warm-up is still reading the past back (set by the
+        #: shard): a partition without a log then is C{not_loaded}, not unknown.
+        self.loading: Callable[[], bool] = _never
         self.configure(max_events, max_age, max_bytes, max_channels)
 
     def configure(self, max_events: int, max_age: float, max_bytes: int,
@@ -221,9 +148,7 @@ class History:
             log = self._logs[key] = PartitionLog(epoch, event.offset - 1)
         elif log.join != ANY_OFFSET:
             log.join = ANY_OFFSET   # live delivery took over from the backfill
-        size = len(event.envelope) + EVENT_OVERHEAD
-        log.append(event, size)
-        self.bytes += size
+        self.bytes += log.append(event)
         if self.max_channels:
             latest = self._latest
             channel = event.channel
@@ -236,20 +161,20 @@ class History:
 
     def _trim(self, log: PartitionLog) -> None:
         if len(log) > self.max_events:
-            self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.bytes -= log.pop_oldest()
             self.evicted["count"] += 1
         oldest = log.oldest()
         if oldest is not None and self.max_age_ms > 0:
             cutoff = self._clock() * 1000 - self.max_age_ms
             while oldest is not None and oldest.ts < cutoff and len(log) > 1:
-                self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+                self.bytes -= log.pop_oldest()
                 self.evicted["age"] += 1
                 oldest = log.oldest()
         while self.bytes > self.max_bytes:
             victim = self._oldest_log()
             if victim is None:
                 break
-            self.bytes -= len(victim.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.bytes -= victim.pop_oldest()
             self.evicted["budget"] += 1
 
     def _trim_all(self) -> None:
@@ -258,7 +183,7 @@ class History:
 
     def _fit(self, log: PartitionLog) -> None:
         while len(log) > self.max_events:
-            self.bytes -= len(log.pop_oldest().envelope) + EVENT_OVERHEAD
+            self.bytes -= log.pop_oldest()
             self.evicted["count"] += 1
         self._trim(log)
 
@@ -313,15 +238,13 @@ class History:
             older = [e for e in events if e.offset <= log.floor]
             newer = [e for e in events if e.offset > log.high]
         if older:
-            size = sum(len(e.envelope) for e in older) + EVENT_OVERHEAD * len(older)
-            log.prepend(older, size)
-            self.bytes += size
+            self.bytes += log.prepend(older)
         for e in newer:
-            size = len(e.envelope) + EVENT_OVERHEAD
-            log.append(e, size)
-            self.bytes += size
+            self.bytes += log.append(e)
         if newer:
             log.join = end + 1
+        # Below the log now is below what the warm-up read back: the window.
+        log.windowed = True
         self._fit(log)
         return True
 
@@ -361,6 +284,10 @@ class History:
         log = self._logs.get((topic, partition))
         return log.epoch if log is not None else None
 
+    def log(self, key: tuple[str, int]) -> PartitionLog | None:
+        """The retained log of one partition (read it, do not change it)."""
+        return self._logs.get(key)
+
     def replay(self, since: dict[tuple[str, int], tuple[str, int]],
                patterns: list[tuple[str, str]],
                max_scan: int | None = None) -> tuple[list[Event] | None, str | None]:
@@ -369,10 +296,12 @@ class History:
         C{patterns}, in order per partition (partitions one after the other).
 
         @param since: C{(topic, partition) -> (epoch, last offset seen)}.
-        @param max_scan: retained events the replay may look at, all
-            partitions together (counted before any is looked at); past
-            it the answer is C{(None, TOO_LARGE)} (issue 23: a recovery for
-            channels that match nothing scanned all that was retained).
+        @param max_scan: retained events and channel runs the replay may
+            look at, all partitions together (L{PartitionLog.select}: what
+            the index finds after each position, or the scan of what
+            follows it when that is less); past it the answer is
+            C{(None, TOO_LARGE)}. A recovery for channels that match nothing
+            looks at no event (issue 23, H1/H2).
         @return: C{(events, None)}, or C{(None, reason)} when any position
             cannot be recovered from what is retained.
         """
@@ -380,21 +309,25 @@ class History:
         for key, (epoch, offset) in since.items():
             log = self._logs.get(key)
             if log is None:
-                return None, UNKNOWN
+                return None, NOT_LOADED if self.loading() else UNKNOWN
             if log.epoch != epoch:
                 return None, OTHER_EPOCH
             if offset > log.high:
                 return None, AHEAD
             if offset < log.floor:
-                return None, TOO_OLD
+                return None, TOO_OLD if log.windowed else NOT_LOADED
             tails.append((log, offset))
-        if max_scan is not None and sum(log.count_after(o) for log, o in tails) > max_scan:
-            return None, TOO_LARGE
+        patterns = list(dict.fromkeys(patterns))
+        left = max_scan
         out: list[Event] = []
         for log, offset in tails:
-            events = log.after(offset)
-            self.replay_visits += len(events)
-            out.extend(e for e in events if _matches(patterns, e))
+            events, visits = log.select(offset, patterns, left)
+            if events is None:
+                return None, TOO_LARGE
+            self.replay_visits += visits
+            if left is not None:
+                left -= visits
+            out.extend(events)
         return out, None
 
     def read(self, topic: str, partition: int, epoch: str, offset: int,
@@ -423,23 +356,9 @@ class History:
             return [], offset, 0, AHEAD
         if offset < log.floor:
             return [], offset, 0, TOO_OLD
-        i = first = max(bisect_right(log.offsets, offset), log.start)
-        end = min(len(log.events), i + max_scan)
-        out: list[Event] = []
-        size = 0
-        last = offset
-        events = log.events
-        while i < end:
-            e = events[i]
-            if _matches(patterns, e):
-                size += len(e.envelope)
-                if size > max_bytes and out:
-                    break
-                out.append(e)
-            last = e.offset
-            i += 1
-        self.replay_visits += i - first
-        return out, last, i - first, None
+        out, last, looked = log.read(offset, patterns, max_scan, max_bytes)
+        self.replay_visits += looked
+        return out, last, looked, None
 
     def high(self, topic: str, partition: int) -> int | None:
         """Offset of the newest retained event of a partition (None: nothing known)."""
@@ -518,4 +437,11 @@ class HistoryCollector:
                                 "shorter than configured).", labels=["reason"])
         for reason, n in sorted(h.evicted.items()):
             c.add_metric([reason], n)
+        yield c
+        c = CounterMetricFamily("odinws_history_visits", "Retained events and channel runs "
+                                "recoveries looked at (by=recovery), latest-event cache entries "
+                                "snapshots looked at (by=snapshot): the work clients' "
+                                "recoveries and snapshots cause.", labels=["by"])
+        c.add_metric(["recovery"], h.replay_visits)
+        c.add_metric(["snapshot"], h.snapshot_visits)
         yield c

@@ -236,7 +236,7 @@ class ConsumerLoop:
             offsets[key] = offset + 1
             records[topic] += 1
             result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset,
-                                epoch_of(topic))
+                                epoch_of(topic), m.headers)
             if isinstance(result, str):
                 rejected[result] += 1
             else:

@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from odin_ws.common.events import Event
 from odin_ws.common.logs import silenced
 from odin_ws.common.settings import Settings
-from odin_ws.shard.history.store import EVENT_OVERHEAD
+from odin_ws.shard.history.partitionlog import EVENT_OVERHEAD
 from odin_ws.shard.kafka.consumerloop import describe_error
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.kafka.records import RecordMapper
@@ -353,7 +353,8 @@ class _Run:
         offset = m.offset()
         self.read[key] = offset
         event = self.mapper.map(m.topic(), m.key(), m.value(), m.timestamp()[1],
-                                m.partition(), offset, self.epochs.get(m.topic(), ""))
+                                m.partition(), offset, self.epochs.get(m.topic(), ""),
+                                m.headers)
         if not isinstance(event, str):
             buffer = self.buffers[key]
             if not buffer:

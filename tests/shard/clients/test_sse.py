@@ -356,7 +356,8 @@ class RefusalTests(StreamTestCase):
         (server_subscription_limit) and one of 2 fits; a stream of 1 more
         then gets 503; closing the stream gives its 3 back to WebSockets.
         """
-        self.reload_shard(limits__max_shard_subscriptions=5)
+        # No per-address share: the shard's budget is what is tested here.
+        self.reload_shard(limits__max_shard_subscriptions=5, limits__ip_subscription_share=1)
         stream = self.stream({"channels": "odin.token.A.trade,odin.token.B.trade,odin.token.C.*"})
         ws = self.connect("10.0.0.2")
         reply = self.subscribe(ws, "odin.token.D.trade", "odin.token.E.trade", "odin.token.F.*")

@@ -227,6 +227,37 @@ class SubscriptionLimitTests(ShardTestCase):
         self.assertEqual(self.shard.subscriptions.count(client.proto.outbox), 1)
 
 
+class SubscriptionShareTests(ShardTestCase):
+    settings = {"limits.max_subscriptions": 10, "limits.max_shard_subscriptions": 100,
+                "limits.ip_subscription_share": 0.2}
+
+    def test_a_few_addresses_cannot_fill_the_shard(self):
+        """
+        With limits.ip_subscription_share 0.2 of a 100-subscription shard,
+        four addresses filling what they may (two connections of 10 each)
+        get server_subscription_limit on a third connection, and a fifth
+        address's subscribe is still accepted (issue 23, M2); a closed
+        connection gives its address room back.
+        """
+        held = []
+        for n in range(1, 5):
+            for _ in range(2):
+                client = self.connect(f"10.0.0.{n}")
+                held.append(client)
+                reply = self.subscribe(client, *(f"odin.token.T{n}x{i}.trade" for i in range(10)))
+                self.assertEqual(reply["type"], "subscribed")
+            third = self.connect(f"10.0.0.{n}")
+            reply = self.subscribe(third, "odin.token.X.trade", id=3)
+            self.assertEqual((reply["type"], reply["code"], reply["id"]),
+                             ("error", "server_subscription_limit", 3))
+        fifth = self.connect("10.0.0.5")
+        self.assertEqual(self.subscribe(fifth, "odin.token.X.trade")["type"], "subscribed")
+        held[0].transport.loseConnection()
+        held[0].settle()
+        again = self.connect("10.0.0.1")
+        self.assertEqual(self.subscribe(again, "odin.token.Y.trade")["type"], "subscribed")
+
+
 class KeepaliveTests(ShardTestCase):
     settings = {"keepalive.idle_timeout": 0}
 
@@ -506,7 +537,8 @@ class CloseCodeLabelTests(ShardTestCase):
 
 
 class ShardSubscriptionBudgetTests(ShardTestCase):
-    settings = {"limits.max_shard_subscriptions": 5}
+    # No per-address share: the shard's budget is what is tested here.
+    settings = {"limits.max_shard_subscriptions": 5, "limits.ip_subscription_share": 1}
 
     def test_budget_refuses_whole_subscribe_across_connections(self):
         """

@@ -262,9 +262,10 @@ class MatchTests(SynchronousTestCase):
 class Limits:
     """What the index reads of LimitsSettings."""
 
-    def __init__(self, count: int, size: int):
+    def __init__(self, count: int, size: int, share: float = 1.0):
         self.max_shard_subscriptions = count
         self.max_shard_subscription_bytes = size
+        self.ip_subscription_share = share
 
 
 class BudgetTests(SynchronousTestCase):
@@ -345,3 +346,60 @@ class BudgetTests(SynchronousTestCase):
                     tracemalloc.stop()
                 ratio = index.bytes / used
                 self.assertTrue(0.75 < ratio < 1.25, (per, name, distinct, used / n, ratio))
+
+
+class AddressShareTests(SynchronousTestCase):
+    """One client address holds at most its share of the shard's budget (issue 23, M2)."""
+
+    def test_four_addresses_cannot_fill_the_budget(self) -> None:
+        """
+        With a budget of 100 subscriptions and a share of 0.2, each of four
+        addresses gets 20 (over several subscribers) and is then refused
+        with server_subscription_limit, whole; a fifth address still
+        subscribes; an address that drops subscriptions (remove, or a
+        subscriber gone) gets room back; the shard's budget still binds.
+        """
+        index = SubscriptionIndex(Limits(100, 1 << 30, 0.2))
+        first = []
+        for n in range(4):
+            ip = f"10.0.0.{n}"
+            first.append(Conn(f"{ip}a"))
+            self.assertEqual(index.add_all(first[-1], [(f"A{n}{i}", "t") for i in range(10)],
+                                           ip), 10)
+            self.assertEqual(index.add_all(Conn(f"{ip}b"), [(f"B{n}{i}", "t") for i in range(10)],
+                                           ip), 10)
+            e = self.assertRaises(BudgetExceeded, index.add_all, Conn(f"{ip}c"),
+                                  [("C", "t")], ip)
+            self.assertEqual(e.code, "server_subscription_limit")
+        self.assertEqual(index.total, 80)
+        fifth = Conn("fifth")
+        self.assertEqual(index.add_all(fifth, [(f"F{i}", "t") for i in range(20)], "10.0.0.9"),
+                         20)
+        self.assertRaises(BudgetExceeded, index.add, fifth, "F99", "t")
+        # A subscriber keeps the address of its first subscriptions.
+        self.assertRaises(BudgetExceeded, index.add_all, fifth, [("F99", "t")], "10.0.0.8")
+        index.remove(fifth, "F0", "t")
+        self.assertTrue(index.add(fifth, "F99", "t"))
+        index.remove_all(first[0])
+        self.assertEqual(index.add_all(Conn("x"), [(f"X{i}", "t") for i in range(10)],
+                                       "10.0.0.0"), 10)
+        self.assertEqual(index.budget.by_address["10.0.0.0"][0], 20)
+        self.assertEqual(index.total, 100)
+        self.assertRaises(BudgetExceeded, index.add, Conn("y"), "Y", "t")
+
+    def test_bytes_share_and_release(self) -> None:
+        """
+        An address is held to its share of max_shard_subscription_bytes
+        too; when all its subscriptions are gone it holds nothing (no entry
+        is left behind).
+        """
+        one = SubscriptionIndex.cost("T1", "trade") + PATTERN_BYTES
+        index = SubscriptionIndex(Limits(1000, 10 * one, 0.2))
+        a = Conn("a")
+        index.add_all(a, [("T1", "trade"), ("T2", "trade")], "10.0.0.1")
+        self.assertRaises(BudgetExceeded, index.add, a, "T3", "trade")
+        self.assertTrue(index.add_all(Conn("b"), [("T3", "trade")], "10.0.0.2"))
+        index.remove_all(a)
+        self.assertNotIn("10.0.0.1", index.budget.by_address)
+        self.assertEqual(index.budget.by_address["10.0.0.2"][1], one)
+

@@ -8,9 +8,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.common.events import Event
 from odin_ws.shard.history import positions
+from odin_ws.shard.history.partitionlog import CHANNEL_OVERHEAD, EVENT_OVERHEAD
 from odin_ws.shard.history.store import (
     AHEAD,
-    EVENT_OVERHEAD,
+    NOT_LOADED,
     OTHER_EPOCH,
     TOO_OLD,
     UNKNOWN,
@@ -85,10 +86,29 @@ class ReplayTests(SynchronousTestCase):
         self.assertEqual(([e.offset for e in got], reason), ([15, 16, 17, 18, 19], None))
 
     def test_first_seen_event_sets_the_floor(self):
-        """Before the first event this shard saw nothing is known: an older position is too old."""
+        """
+        Before the first event this shard saw nothing is known: an older
+        position is not_loaded (never loaded here), not too_old (evicted);
+        once the log has evicted, older positions are too_old.
+        """
         self.fill([10])
-        self.assertEqual(self.h.replay({("t", 0): ("e1", 8)}, ALL), (None, TOO_OLD))
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 8)}, ALL), (None, NOT_LOADED))
         self.assertEqual(self.h.replay({("t", 0): ("e1", 9)}, ALL)[1], None)
+        self.fill(range(11, 20))          # count bound 5: 10..14 evicted
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 8)}, ALL), (None, TOO_OLD))
+
+    def test_backfilled_log_is_the_window(self):
+        """
+        Below what the warm-up read back (the history's window) is too_old;
+        a partition of which nothing is retained is not_loaded while the
+        warm-up still reads, unknown_partition after.
+        """
+        self.h.backfill([ev("A", o, epoch="e1") for o in range(10, 13)])
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 5)}, ALL), (None, TOO_OLD))
+        self.h.loading = lambda: True
+        self.assertEqual(self.h.replay({("t", 1): ("e1", 5)}, ALL), (None, NOT_LOADED))
+        self.h.loading = lambda: False
+        self.assertEqual(self.h.replay({("t", 1): ("e1", 5)}, ALL), (None, UNKNOWN))
 
     def test_ahead_epoch_unknown(self):
         """Past the end, another incarnation, or an unknown partition: not recovered."""
@@ -123,7 +143,9 @@ class BudgetTests(SynchronousTestCase):
     def test_budget_evicts_oldest_across_partitions(self):
         """Over the byte budget the globally oldest events go first, whatever the partition."""
         size = len(ev("A", 0, pad=100).envelope) + EVENT_OVERHEAD
-        h = History(max_events=1000, max_age=0, max_bytes=size * 4, max_channels=10,
+        # Four events, and the channel's run in each partition's index.
+        h = History(max_events=1000, max_age=0, max_bytes=size * 4 + 2 * CHANNEL_OVERHEAD,
+                    max_channels=10,
                     clock=Clock())
         for i in range(6):
             h.add(ev("A", i, partition=i % 2, ts=1000 + i, pad=100, epoch="e"))
@@ -196,32 +218,54 @@ class LatestTests(SynchronousTestCase):
 
 
 class ReplayWorkTests(SynchronousTestCase):
-    """The work of a recovery is bounded by max_scan, whatever is retained (issue 23, H1/H2)."""
+    """The work of a recovery follows what it asks for, not what is retained (issue 23, H1/H2)."""
 
-    def test_visits_never_exceed_max_scan(self):
-        """
-        With 30,000 events retained on each of two partitions, recoveries
-        of 100 channels that match nothing, from 30% past the oldest
-        retained offset and from near the newest: the first would look at
-        41,998 events and is answered too_large having visited none; the
-        second visits exactly what follows its positions (200), within
-        max_scan (20,000), and finds nothing.
-        """
-        h = History(max_events=10**6, max_age=0, max_bytes=10**10, max_channels=10,
-                    clock=Clock())
+    def setUp(self):
+        self.h = History(max_events=10**6, max_age=0, max_bytes=10**10, max_channels=10,
+                         clock=Clock())
         for o in range(30_000):
             for p in (0, 1):
-                h.add(ev(f"T{o % 50}", o, partition=p, epoch="e1", pad=1))
-        nothing = [(f"NONE{i}", "trade") for i in range(100)]
-        deep = {("t", 0): ("e1", 9_000), ("t", 1): ("e1", 9_000)}
-        self.assertEqual(h.replay(deep, nothing, 20_000), (None, "too_large"))
-        self.assertEqual(h.replay_visits, 0)
-        recent = {("t", 0): ("e1", 29_899), ("t", 1): ("e1", 29_899)}
-        self.assertEqual(h.replay(recent, nothing, 20_000), ([], None))
-        self.assertEqual(h.replay_visits, 200)
-        # Without a bound (the previous behaviour) the deep one looks at all 41,998.
-        self.assertEqual(h.replay(deep, nothing), ([], None))
-        self.assertEqual(h.replay_visits, 200 + 41_998)
+                self.h.add(ev(f"T{o % 50}", o, partition=p, epoch="e1", pad=1))
+        self.deep = {("t", 0): ("e1", 9_000), ("t", 1): ("e1", 9_000)}
+
+    def test_nothing_matching_visits_nothing(self):
+        """
+        With 30,000 events retained on each of two partitions, a recovery
+        of 100 exact channels, 100 token wildcards or 100 type wildcards
+        that match nothing, from 30% past the oldest retained offset (the
+        scan looked at 41,998 events for each), is answered (nothing to
+        replay) having looked at no event.
+        """
+        for nothing in ([(f"NONE{i}", "trade") for i in range(100)],
+                        [(f"NONE{i}", "*") for i in range(100)],
+                        [("*", f"none{i}") for i in range(100)]):
+            self.assertEqual(self.h.replay(self.deep, nothing, 20_000), ([], None))
+        self.assertEqual(self.h.replay_visits, 0)
+
+    def test_visits_what_matches(self):
+        """
+        A recovery of two channels from the same positions looks at their
+        runs (one per partition each) and the events it replays, no more.
+        """
+        got, reason = self.h.replay(self.deep, [("T3", "trade"), ("T7", "*")], 20_000)
+        self.assertIsNone(reason)
+        self.assertEqual(len(got), 2 * 2 * 420)
+        self.assertEqual(self.h.replay_visits, 2 * 2 + len(got))
+        self.assertEqual([e.offset for e in got[:3]], [9003, 9007, 9053])
+
+    def test_too_large_past_max_scan(self):
+        """
+        A recovery that would look at more than max_scan events (everything
+        since the deep positions: 41,998) is answered too_large having
+        looked at none; without the bound it looks at all of them.
+        """
+        self.assertEqual(self.h.replay(self.deep, ALL, 20_000), (None, "too_large"))
+        self.assertEqual(self.h.replay(self.deep, [("*", "trade")], 20_000),
+                         (None, "too_large"))
+        self.assertEqual(self.h.replay_visits, 0)
+        got, _ = self.h.replay(self.deep, ALL)
+        self.assertEqual((len(got), self.h.replay_visits), (41_998, 41_998))
+
 
 class ReadTests(SynchronousTestCase):
     """One slice of a partition for a slow connection's catch-up (History.read)."""
@@ -341,7 +385,7 @@ class BackfillTests(SynchronousTestCase):
         """A live event past through + 1: the warm-up and live delivery did not meet."""
         self.back(range(10, 15))
         self.live(20)
-        self.assertEqual(self.offsets(14), TOO_OLD)
+        self.assertEqual(self.offsets(14), NOT_LOADED)   # not evicted: never loaded
         self.assertEqual(self.offsets(19), [20])
 
     def test_contiguous_backfill_goes_in_front_of_live(self):
@@ -371,7 +415,7 @@ class BackfillTests(SynchronousTestCase):
         self.live(20, 21)
         self.assertEqual(self.back(range(10, 15)), set())
         self.assertEqual(self.offsets(19), [20, 21])
-        self.assertEqual(self.offsets(14), TOO_OLD)
+        self.assertEqual(self.offsets(14), NOT_LOADED)
 
     def test_gap_after_live_keeps_live(self):
         """A backfill starting past the live end with a gap between: live kept as is."""
