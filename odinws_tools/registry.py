@@ -20,7 +20,8 @@ Endpoints: C{POST /subjects/S/versions}, C{POST /subjects/S} (lookup),
 C{GET /schemas/ids/N} (C{format} ignored: a Protobuf schema is kept as
 the serialized descriptor the serializers register), C{GET /subjects},
 C{GET /subjects/S/versions}, C{GET /subjects/S/versions/V|latest},
-C{GET /config}, C{GET /schemas/types}.
+C{GET /config}, C{GET /schemas/types}. With C{--basic-auth-file} every
+request must carry those credentials (401 otherwise).
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ def _described(r: Registered) -> dict[str, Any]:
 
 class Handler(BaseHTTPRequestHandler):
     store: Store
+    #: The Authorization header every request must carry (None: none needed).
+    authorization: str | None = None
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -178,6 +181,9 @@ class Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/") if p]
         try:
+            if self.authorization is not None \
+                    and self.headers.get("Authorization") != self.authorization:
+                raise RegistryError(401, 40101, "Unauthorized")
             body: Any = None
             if method == "POST":
                 length = int(self.headers.get("Content-Length") or 0)
@@ -235,7 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", required=True, help="Kafka brokers that keep the schemas")
     parser.add_argument("--topic", default="_odinws_schemas",
                         help="the compacted topic of the registrations")
+    parser.add_argument("--basic-auth-file", default="",
+                        help="a file holding user:password that every request must present "
+                             "(HTTP basic authentication); default: none")
     args = parser.parse_args(argv)
+    if args.basic_auth_file:
+        with open(args.basic_auth_file, encoding="utf-8") as f:
+            token = base64.b64encode(f.read().strip().encode()).decode()
+        Handler.authorization = f"Basic {token}"
     if not re.fullmatch(r"[\w.\-]+", args.topic):
         parser.error("--topic: letters, digits, . _ - only")
     Handler.store = Store(args.bootstrap, args.topic)

@@ -151,6 +151,11 @@ HANDOFF_WAIT_SECONDS = Histogram("odinws_handoff_wait_seconds", "Time an upgrade
                                  "not observed.",
                                  buckets=(.001, .005, .025, .1, .25, .5, 1, 2.5, 5, 10, 30),
                                  registry=REGISTRY)
+ACCEPT_PAUSED = Gauge("odinws_accept_paused", "Listeners not accepting now because the "
+                      "parent holds listen.max_heads connections before their upgrade (new ones "
+                      "wait in the kernel's listen backlog).", registry=REGISTRY)
+ACCEPT_PAUSES = Counter("odinws_accept_pauses", "Times a listener stopped accepting at "
+                        "listen.max_heads.", registry=REGISTRY)
 HANDOFF_WAIT_TIMEOUTS = Counter("odinws_handoff_wait_timeouts", "Upgrades whose "
                                 "listen.head_timeout passed while they waited for a handoff "
                                 "slot (answered 503 wait_timeout).", registry=REGISTRY)
@@ -321,7 +326,8 @@ def _families(*collectors: Any) -> frozenset[str]:
 _PARENT_ONLY = _families(READY, GUARD_CPU, GUARD_MEMORY, GUARD_ACCEPTING, HUB_RELAYED,
                          HUB_DROPPED, HUB_REJECTED, HUB_QUEUE, DISPATCHED, HANDOFF_SECONDS,
                          HANDOFFS_ABANDONED, HANDOFF_WAITING, HANDOFF_WAIT_SECONDS,
-                         HANDOFF_WAIT_TIMEOUTS, SHARD_RESTARTS)
+                         HANDOFF_WAIT_TIMEOUTS, ACCEPT_PAUSED, ACCEPT_PAUSES,
+                         SHARD_RESTARTS)
 PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in _PARENT_ONLY}
 #: Families only shards set (connections, Kafka, delivery, history): the
 #: parent leaves them out, rather than show an unlabelled

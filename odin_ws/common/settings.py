@@ -94,8 +94,9 @@ class ListenSettings:
         "channel.", live=True)
     max_heads: int = setting(
         4096, "Connections the parent may hold at once before their upgrade (sending their "
-        "request head, being answered or handed over), all listeners together; beyond it new "
-        "connections get 503. Each buffers up to listen.max_head_bytes.", minimum=1, live=True)
+        "request head, being answered, waiting for or in a handoff); at it the listener stops "
+        "accepting until one leaves (new connections wait in the kernel's listen backlog: give "
+        "listen.port a backlog=). Each buffers up to listen.max_head_bytes.", minimum=1, live=True)
     max_heads_per_ip: int = setting(
         100, "Of those, connections one client IP may have; beyond it 429. A trusted proxy's own "
         "address counts only against listen.max_heads. At least limits.connection_burst_per_ip "

@@ -37,6 +37,7 @@ from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery import nativesend
 from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
+from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.pipeline import Delivery
 from odin_ws.shard.delivery.ssefeed import Streams
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
@@ -328,6 +329,9 @@ class Shard(service.MultiService):
 
     def subscriptions_changed(self) -> None:
         metrics.SUBSCRIPTIONS.set(self.subscriptions.total + self.streams.index.total)
+
+    def recovering(self, outbox: Outbox) -> None:
+        self.delivery.stale.forget(outbox)
 
 
 def _history_bounds(settings: Settings) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from tests.helpers.node import ROOT, free_port
 class RegistryProcess:
     """One registry process at a time, on one port."""
 
-    def __init__(self, bootstrap: str, topic: str, log_path: str):
+    def __init__(self, bootstrap: str, topic: str, log_path: str, auth_file: str = ""):
+        self.auth_file = auth_file
         self.bootstrap = bootstrap
         self.topic = topic
         self.port = free_port()
@@ -35,7 +36,8 @@ class RegistryProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "odinws_tools.registry", "--port", str(self.port),
-                 "--bootstrap", self.bootstrap, "--topic", self.topic],
+                 "--bootstrap", self.bootstrap, "--topic", self.topic,
+                 *(["--basic-auth-file", self.auth_file] if self.auth_file else [])],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

@@ -41,7 +41,11 @@ def trade(token: str, **extra: object) -> dict:
             "raw": b"\x00\xff", "venue": "xnas", "ratio": 0.5, **extra}
 
 
-class SchemaRegistryTests(unittest.TestCase):
+class RegistryCase(unittest.TestCase):
+    """A node on three topics of the suite's broker, a registry, a client."""
+
+    #: user:password the registry requires ("": none).
+    credentials = ""
 
     def setUp(self) -> None:
         self.broker = shared_broker()
@@ -51,11 +55,18 @@ class SchemaRegistryTests(unittest.TestCase):
         self.broker.create_topics([self.avro, self.proto, self.json], partitions=1)
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
+        auth_file, client_auth, node_auth = "", {}, {}
+        if self.credentials:
+            auth_file = os.path.join(workdir, "registry-auth")
+            with open(auth_file, "w") as f:
+                f.write(self.credentials + "\n")
+            client_auth = {"basic.auth.user.info": self.credentials}
+            node_auth = {"schema_registry.basic_auth_file": auth_file}
         self.registry = RegistryProcess(self.broker.bootstrap, f"_schemas-{tag}",
-                                        os.path.join(workdir, "registry.log"))
+                                        os.path.join(workdir, "registry.log"), auth_file)
         self.registry.up()
         self.addCleanup(self.registry.down)
-        self.client = SchemaRegistryClient({"url": self.registry.url})
+        self.client = SchemaRegistryClient({"url": self.registry.url, **client_auth})
         self.producer = Producer({"bootstrap.servers": self.broker.bootstrap, "linger.ms": 0,
                                   "logger": silenced("tests.registry.librdkafka")})
         self.node = Node(workdir, self.broker.bootstrap, settings={
@@ -68,7 +79,7 @@ class SchemaRegistryTests(unittest.TestCase):
                 self.json: {"format": "auto", "token": "field:token",
                             "event_type": "header:kind"}},
             "schema_registry.url": self.registry.url,
-            "schema_registry.wait": 0.5, "schema_registry.retry": 1.0})
+            "schema_registry.wait": 0.5, "schema_registry.retry": 1.0, **node_auth})
         self.addCleanup(self.node.stop)
         self.node.start()
         self.ws = Client(self.node.url())
@@ -93,6 +104,10 @@ class SchemaRegistryTests(unittest.TestCase):
         wait_for(lambda: self.rejected(reason) >= count, 30, 0.2,
                  f"odinws_kafka_rejected_total{{reason={reason}}} {count}")
         self.assertEqual(self.rejected(reason), count)
+
+
+
+class SchemaRegistryTests(RegistryCase):
 
     def test_three_formats_and_an_evolution(self) -> None:
         """
@@ -198,3 +213,23 @@ class SchemaRegistryTests(unittest.TestCase):
                 self.assertLess(time.monotonic(), deadline, "no record of the new schema came")
         self.assertEqual(event["data"]["fee"], "x")
         self.assertEqual(event["channel"], f"odin.token.NEW{n + 1}.trade")
+
+
+class RegistryAuthTests(RegistryCase):
+
+    credentials = "odinws:s3cret"
+
+    def test_basic_auth_from_a_file(self) -> None:
+        """
+        A registry that requires basic authentication (it answers 401
+        without it) serves the node, which reads the credentials from
+        schema_registry.basic_auth_file: the value is decoded and delivered.
+        """
+        status, _, _ = http_get(self.registry.port, "/schemas/ids/1")
+        self.assertEqual(status, 401)
+        self.ws.subscribe("odin.token.*.trade")
+        self.produce(self.avro, avro_serializer(self.client)(trade("T"), context(self.avro)),
+                     [("token_id", b"AUTH1")])
+        event = self.next_event()
+        self.assertEqual((event["channel"], event["data"]["price"]),
+                         ("odin.token.AUTH1.trade", "12.3400"))

@@ -99,6 +99,12 @@ class ClientHost(Protocol):
 
     def subscriptions_changed(self) -> None: ...
 
+    def recovering(self, outbox: Outbox) -> None:
+        """
+        C{outbox}'s connection recovers from positions in this turn: a gap
+        notice it was sent is answered; later ones are news to it.
+        """
+
     def admit_ip(self, ip: str) -> bool: ...
 
     def release_ip(self, ip: str) -> None: ...
@@ -406,6 +412,8 @@ class Session:
             self.transport.reply(messages.ack("subscribed", channels, msg.id))
             return
         self.transport.reply(answer.ack(channels, msg.id))
+        if msg.since:
+            host.recovering(outbox)
         if answer.stream is not None:
             outbox.recover_from(answer.stream)
         elif answer.frames:

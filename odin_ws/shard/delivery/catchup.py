@@ -162,6 +162,14 @@ class StaleNotices:
             box.push_control(notice)
             self._stats.gaps[STALE] = self._stats.gaps.get(STALE, 0) + 1
 
+    def forget(self, subscriber: Any) -> None:
+        """
+        C{subscriber} recovers from positions (it may have been told): what
+        it is told of from now on is new to it (its recovery ends before).
+        """
+        for told in self.told.values():
+            told.discard(subscriber)
+
     def fresh(self, event: Event) -> None:
         """A live event of its stream: the stream's stale episode (if any) is over."""
         self.told.pop((event.topic, event.partition), None)

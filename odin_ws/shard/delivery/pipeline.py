@@ -53,7 +53,7 @@ class Delivery:
         #: is relayed whole): set by the warm-up's join (L{odin_ws.shard.kafka.backfill}).
         self.rereading: Callable[[list[Event]], bool] = _never
         #: Who was told of events too old to be sent live.
-        self._stale = StaleNotices(fanout.stats)
+        self.stale = StaleNotices(fanout.stats)
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -95,7 +95,7 @@ class Delivery:
         # SSE streams get their own message of each event, built once
         # (odin_ws/shard/delivery/ssefeed.py); None while no stream is open.
         streams = self.streams.feed()
-        notices = self._stale
+        notices = self.stale
         for e in events:
             remember(e)
             if e.ts < cutoff:

@@ -198,7 +198,6 @@ def client_config(settings: SchemaRegistrySettings) -> dict[str, Any]:
         if ":" not in user_info:
             raise ValueError(f"schema_registry.basic_auth_file {settings.basic_auth_file}: "
                              "expected user:password")
-        conf["basic.auth.credentials.source"] = "USER_INFO"
         conf["basic.auth.user.info"] = user_info
     if settings.ca_file:
         conf["ssl.ca.location"] = settings.ca_file

@@ -300,6 +300,27 @@ class StaleEventTests(RecoveryTestCase):
         self.deliver(old(104))
         self.assertEqual([m["type"] for m in c.messages()], ["event", "gap"])
 
+    def test_told_again_after_recovering_mid_episode(self):
+        """
+        A subscriber that recovers from a stale notice's position while the
+        stale events keep coming is told again of the ones after its
+        recovery (they are news to it): none is lost to the race.
+        """
+        c = self.connect()
+        self.subscribe(c, "odin.token.A.trade")
+        then = int((time.time() - 120) * 1000)
+
+        def old(offset: int) -> Event:
+            return Event.build("A", "trade", b'{"p":1}', then, TOPIC, 0, offset, "ep1")
+        self.deliver(old(100))
+        [gap] = c.messages()
+        got = self.request(c, channels=["odin.token.A.trade"],
+                           since=[gap["streams"][f"{TOPIC}:0:ep1"]])
+        self.assertEqual([m["pos"] for m in got[1:]], [f"{TOPIC}:0:ep1:100"])
+        self.deliver(old(101))
+        [again] = c.messages()
+        self.assertEqual(again["streams"], {f"{TOPIC}:0:ep1": f"{TOPIC}:0:ep1:100"})
+
     def test_zero_turns_it_off(self):
         """outbound.max_event_age 0 delivers events whatever their age."""
         self.shard.reconfigure(self.shard.settings.__class__.from_config(

@@ -21,7 +21,7 @@ from odin_ws.common.events import Event
 from odin_ws.common.settings import SchemaRegistrySettings, Settings
 from odin_ws.common.topicoptions import ValueFormat
 from odin_ws.shard.kafka.records import RecordMapper
-from odin_ws.shard.kafka.schemasource import Missing, SchemaSource
+from odin_ws.shard.kafka.schemasource import Missing, SchemaSource, client_config
 from odin_ws.shard.kafka.valueformats import Decoded, UndecodableAudit, ValueDecoder
 from tests.helpers.schemas import (
     AVRO_TRADE_V2,
@@ -271,3 +271,29 @@ class UndecodableAuditTests(SynchronousTestCase):
         self.assertEqual([(kw["reason"], kw["offset"], kw["since"]) for kw in lines],
                          [("corrupt_value", 1, 0), ("unknown_schema", 2, 0),
                           ("corrupt_value", 3, 4)])
+
+
+class ClientConfigTests(SynchronousTestCase):
+
+    def test_credentials_and_tls_from_files(self) -> None:
+        """
+        The registry client gets basic auth from schema_registry.basic_auth_file
+        (not the environment), the TLS files as paths, the timeout, and no
+        retries of its own; a file without user:password is refused.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("reader:s3cret\n")
+        conf = client_config(registry_settings(
+            url="https://r1:8081,https://r2:8081", basic_auth_file=path, ca_file="/ca.pem",
+            certificate="/client.pem", private_key="/client.key", timeout=2.5))
+        self.assertEqual(conf, {
+            "url": "https://r1:8081,https://r2:8081", "timeout": 2.5, "max.retries": 0,
+            "cache.capacity": 1000, "basic.auth.user.info": "reader:s3cret", "ssl.ca.location": "/ca.pem",
+            "ssl.certificate.location": "/client.pem", "ssl.key.location": "/client.key"})
+        with open(path, "w") as f:
+            f.write("no-colon")
+        with self.assertRaises(ValueError):
+            client_config(registry_settings(basic_auth_file=path))
+        # confluent-kafka takes the rest as it is (it opens the TLS files at once).
+        SchemaRegistryClient({k: v for k, v in conf.items() if not k.startswith("ssl.")})
