@@ -33,6 +33,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -151,7 +152,62 @@ typedef struct {
     Py_ssize_t ntargets, captargets;
     Node *nodes;
     Py_ssize_t nnodes, capnodes;
+    /* With several runs: Outbox -> target + 1 by identity (open addressing). */
+    int mapped;
+    Py_ssize_t *slots;
+    size_t mask;
 } Plan;
+
+static size_t
+hash_ptr(const PyObject *p)
+{
+    uint64_t x = (uint64_t)(uintptr_t)p >> 4;
+    x *= 0x9E3779B97F4A7C15ull;
+    return (size_t)(x ^ (x >> 29));
+}
+
+/* Room for one more target in the map (kept at most half full). */
+static int
+map_reserve(Plan *plan)
+{
+    if (plan->slots != NULL && (size_t)(plan->ntargets + 1) * 2 <= plan->mask + 1)
+        return 0;
+    size_t n = plan->slots != NULL ? (plan->mask + 1) * 2 : 256;
+    while ((size_t)(plan->ntargets + 1) * 2 > n)
+        n *= 2;
+    Py_ssize_t *slots = PyMem_Calloc(n, sizeof(Py_ssize_t));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t t = 0; t < plan->ntargets; t++) {
+        size_t i = hash_ptr(plan->targets[t].box) & (n - 1);
+        while (slots[i] != 0)
+            i = (i + 1) & (n - 1);
+        slots[i] = t + 1;
+    }
+    PyMem_Free(plan->slots);
+    plan->slots = slots;
+    plan->mask = n - 1;
+    return 0;
+}
+
+/* The target of `box`, or -1 with `*free_slot` where it goes. */
+static Py_ssize_t
+map_find(const Plan *plan, const PyObject *box, size_t *free_slot)
+{
+    size_t i = hash_ptr(box) & plan->mask;
+    for (;;) {
+        Py_ssize_t v = plan->slots[i];
+        if (v == 0) {
+            *free_slot = i;
+            return -1;
+        }
+        if (plan->targets[v - 1].box == box)
+            return v - 1;
+        i = (i + 1) & plan->mask;
+    }
+}
 
 static int
 grow(void **array, Py_ssize_t *cap, Py_ssize_t need, size_t item)
@@ -227,20 +283,22 @@ plan_free(Plan *plan)
         Py_DECREF(plan->targets[i].box);
     PyMem_Free(plan->targets);
     PyMem_Free(plan->nodes);
+    PyMem_Free(plan->slots);
 }
 
-/* Add (box, run) to the plan; `seen` maps Outboxes to their target index. */
+/* Add (box, run) to the plan. */
 static int
-plan_add(Plan *plan, PyObject *seen, PyObject *box, Py_ssize_t run, Py_ssize_t frames,
-         Py_ssize_t size, PyObject *writes)
+plan_add(Plan *plan, PyObject *box, Py_ssize_t run, Py_ssize_t frames, Py_ssize_t size,
+         PyObject *writes)
 {
-    Py_ssize_t t;
-    PyObject *index = seen != NULL ? PyDict_GetItemWithError(seen, box) : NULL;
-    if (index != NULL) {
-        t = PyLong_AsSsize_t(index);
-    } else {
-        if (PyErr_Occurred())
+    Py_ssize_t t = -1;
+    size_t slot = 0;
+    if (plan->mapped) {
+        if (map_reserve(plan) < 0)
             return -1;
+        t = map_find(plan, box, &slot);
+    }
+    if (t < 0) {
         int fd = direct_fd(box, writes);
         if (fd == -2)
             return -1;
@@ -248,14 +306,8 @@ plan_add(Plan *plan, PyObject *seen, PyObject *box, Py_ssize_t run, Py_ssize_t f
                  sizeof(Target)) < 0)
             return -1;
         t = plan->ntargets;
-        if (seen != NULL) {
-            PyObject *key = PyLong_FromSsize_t(t);
-            if (key == NULL || PyDict_SetItem(seen, box, key) < 0) {
-                Py_XDECREF(key);
-                return -1;
-            }
-            Py_DECREF(key);
-        }
+        if (plan->mapped)
+            plan->slots[slot] = t + 1;
         Target *target = &plan->targets[t];
         Py_INCREF(box);
         target->box = box;
@@ -371,8 +423,9 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!:send_runs", &PyList_Type, &runs, &PySet_Type, &writes))
         return NULL;
     Py_ssize_t nruns = PyList_GET_SIZE(runs);
-    Plan plan = {NULL, 0, 0, NULL, 0, 0};
-    PyObject *seen = NULL, *rest = NULL, *defer = NULL, *result = NULL;
+    /* One run: each Outbox appears once. Several: a map finds an Outbox's earlier runs. */
+    Plan plan = {NULL, 0, 0, NULL, 0, 0, nruns > 1, NULL, 0};
+    PyObject *rest = NULL, *defer = NULL, *result = NULL;
     PyObject **objs = NULL;
     char **bufs = NULL;
     Py_ssize_t *sizes = NULL;
@@ -386,9 +439,6 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    /* One run: each Outbox appears once. Several: a dict finds an Outbox's earlier runs. */
-    if (nruns > 1 && (seen = PyDict_New()) == NULL)
-        goto done;
     for (Py_ssize_t i = 0; i < nruns; i++) {
         PyObject *run = PyList_GET_ITEM(runs, i);
         PyObject *buf, *boxes;
@@ -408,7 +458,7 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
         Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
         PyObject **items = PySequence_Fast_ITEMS(seq);
         for (Py_ssize_t j = 0; j < count; j++) {
-            if (plan_add(&plan, seen, items[j], i, frames, sizes[i], writes) < 0) {
+            if (plan_add(&plan, items[j], i, frames, sizes[i], writes) < 0) {
                 Py_DECREF(seq);
                 goto done;
             }
@@ -462,7 +512,6 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
     result = Py_BuildValue("(nnnOO)", frames, nbytes, whole, rest, defer);
 done:
     plan_free(&plan);
-    Py_XDECREF(seen);
     Py_XDECREF(rest);
     Py_XDECREF(defer);
     PyMem_Free(objs);

@@ -70,6 +70,21 @@ class SendRunsTests(SynchronousTestCase):
         self.assertEqual(self.received(peer_a), b"r0r1-r2--")
         self.assertEqual(self.received(peer_b), b"r1-")
 
+    def test_manyConnectionsInSeveralRuns(self):
+        """
+        Hundreds of connections in several runs (the loop's map of connections
+        to runs grows past its first size): each gets its own runs, once.
+        """
+        pairs = [self.pair() for _ in range(300)]
+        boxes = [box for box, _ in pairs]
+        runs = [(b"a", 1, boxes), (b"b", 1, boxes[::2]), (b"c", 1, boxes[::-3])]
+        frames, nbytes, whole, rest, defer = _sendrun.send_runs(runs, set())
+        self.assertEqual((whole, rest, defer), (300, [], []))
+        self.assertEqual(frames, 300 + 150 + 100)
+        for i, (_, peer) in enumerate(pairs):
+            expected = b"a" + (b"b" if i % 2 == 0 else b"") + (b"c" if (299 - i) % 3 == 0 else b"")
+            self.assertEqual(self.received(peer), expected)
+
     def test_moreRunsThanOneSendmsgTakes(self):
         """Over IOV_MAX (1024) runs for one connection still arrive whole and in order."""
         box, peer = self.pair()
