@@ -26,8 +26,10 @@ $(TSC): clients/js/package-lock.json
 
 # The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
 PORT ?= 3005
+# make demo AVRO=1: the simulator writes Avro through a local Schema Registry
+# (odinws_tools/registry.py) and odinws decodes it; JSON otherwise.
 demo: $(STAMP)
-	$(PY) -m odinws_tools.demo --port $(PORT)
+	$(PY) -m odinws_tools.demo --port $(PORT) $(if $(AVRO),--avro)
 
 # The style and type gate (ruff, mypy; configured in pyproject.toml).
 lint: $(STAMP)
@@ -63,13 +65,15 @@ bench: $(STAMP)
 	sh bench/setup.sh
 	$(PY) bench/run.py
 
-# CPU per delivered frame of the working tree against BEFORE (a commit), in
-# one run (docs/performance.md, "Cost per frame"): how a change is measured
-# on the hot path.
+# CPU per delivered frame of the working tree against BEFORE (a commit) and
+# against its own pure-Python send loop, in one run, and the fan-out loop's
+# instructions per frame under callgrind (valgrind; docs/performance.md,
+# "Cost per frame"): how a change is measured on the hot path.
 BEFORE ?= HEAD
 bench-cost: $(STAMP)
 	sh bench/setup.sh
-	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. --doc
+	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. \
+		--variant python-loop=.:outbound.native=off --doc
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

@@ -9,9 +9,14 @@ shard's CPU over the attack. Bounded: each attack runs C{--seconds}.
 
 Attacks (each inside every documented limit of the variant's defaults):
 
-* C{h1}: subscribes to 100 exact channels that match nothing, C{since} 30%
-  past the oldest retained offset of every partition, from 5 connections
-  at 2/s each (10/s: C{limits.recovery_cost} allows 2/s per connection);
+* C{h1}: subscribes to 100 exact channels that match nothing, C{since}
+  L{BACK} events behind every partition's newest (16,200 in all: inside
+  the scan bound main already had), from 5 connections at 2/s each (10/s:
+  C{limits.recovery_cost} allows 2/s per connection);
+* C{h2}: the same through event streams, 15 opened per second, the
+  positions in C{Last-Event-ID};
+* C{h3}: C{snapshot: true} on 100 token wildcards that match nothing,
+  27,000 channels cached, 10/s as h1;
 * C{h4}: empty ping frames as fast as one connection can send them.
 
 A variant is NAME=REF as in bench/cost.py. Prints one table row per
@@ -36,7 +41,12 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
+import warnings  # noqa: E402
+
 from websockets.sync.client import connect  # noqa: E402
+
+# connect() outside a with block is what a long-lived probe needs.
+warnings.filterwarnings("ignore", "connect.. must be used as a context manager")
 
 from tests.helpers.broker import shared_broker  # noqa: E402
 from tests.helpers.node import Node  # noqa: E402
@@ -44,6 +54,12 @@ from tests.helpers.node import Node  # noqa: E402
 PARTITIONS = 3
 RETAINED = 27_000
 RATE = 200.0
+#: How far back the recoveries start, per partition: 60% of what it retains,
+#: so that all partitions together (16,200 events) stay inside the scan
+#: bound (limits.max_recovery_scan, 20,000) that main had already: past it
+#: a recovery is answered too_large having looked at nothing.
+BACK = int(RETAINED / PARTITIONS * 0.6)
+NOTHING = [f"odin.token.NONE{i}.trade" for i in range(100)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -107,17 +123,29 @@ UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
            b"Sec-WebSocket-Version: 13\r\n\r\n")
 
 
-def attack_h1(node: Node, positions: list[str], seconds: float) -> tuple[int, str]:
-    """
-    5 connections x 2 deep non-matching recoveries per second; how many were
-    sent, and the first answer's recovered/reason.
-    """
-    channels = [f"odin.token.NONE{i}.trade" for i in range(100)]
-    since = []
+def deep(positions: list[str]) -> list[tuple[str, str, str, int]]:
+    """C{(topic, partition, epoch, offset)} BACK events before each position."""
+    out = []
     for pos in positions:
         topic, partition, epoch, high = pos.rsplit(":", 3)
-        since.append(f"{topic}:{partition}:{epoch}:{int(high) - int(RETAINED / PARTITIONS * 0.7)}")
-    msg = json.dumps({"type": "subscribe", "channels": channels, "since": since})
+        out.append((topic, partition, epoch, int(high) - BACK))
+    return out
+
+
+def attack_h1(node: Node, positions: list[str], seconds: float, snapshot: bool = False
+              ) -> tuple[int, str]:
+    """
+    5 connections x 2 subscribes per second (what limits.recovery_cost
+    allows) to 100 channels that match nothing: deep recoveries (h1), or
+    snapshots of 100 token wildcards (h3); how many were sent, and the first
+    answer's recovered/reason (h3: its snapshot count).
+    """
+    if snapshot:
+        msg = json.dumps({"type": "subscribe", "snapshot": True,
+                          "channels": [f"odin.token.NONE{i}.*" for i in range(100)]})
+    else:
+        since = [f"{t}:{p}:{e}:{o}" for t, p, e, o in deep(positions)]
+        msg = json.dumps({"type": "subscribe", "channels": NOTHING, "since": since})
     conns = [connect(node.url(), max_size=None) for _ in range(5)]
     sent = 0
     first = ""
@@ -131,7 +159,8 @@ def attack_h1(node: Node, positions: list[str], seconds: float) -> tuple[int, st
                 while True:   # drain replies
                     reply = json.loads(ws.recv(timeout=0))
                     if not first:
-                        first = f"{reply.get('recovered', reply.get('code'))}/{reply.get('reason')}"
+                        first = f"{reply.get('recovered', reply.get('code'))}/" + \
+                            str(reply.get("snapshot") if snapshot else reply.get("reason"))
             except TimeoutError:
                 pass
             except Exception:
@@ -140,6 +169,43 @@ def attack_h1(node: Node, positions: list[str], seconds: float) -> tuple[int, st
         time.sleep(max(0.0, tick + 0.5 - time.monotonic()))
     for ws in conns:
         ws.close()
+    return sent, first
+
+
+def attack_h2(node: Node, positions: list[str], seconds: float) -> tuple[int, str]:
+    """
+    15 event streams opened per second (inside limits.connection_rate_per_ip)
+    on 100 channels that match nothing, with a Last-Event-ID vector BACK
+    events behind every partition; how many were opened, the first answer.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for topic, partition, epoch, offset in deep(positions):
+        groups.setdefault((topic, epoch), []).append(f"{partition}:{offset}")
+    vector = ";".join(f"{t}~{e}~{','.join(parts)}" for (t, e), parts in sorted(groups.items()))
+    head = (f"GET /sse?channels={','.join(NOTHING)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Accept: text/event-stream\r\nLast-Event-ID: {vector}\r\n\r\n").encode()
+    sent = 0
+    first = ""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        tick = time.monotonic()
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+            sock.sendall(head)
+            data = b""
+            while True:   # up to the end of the subscribed event, or a refusal
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if not data.startswith(b"HTTP/1.1 200") and b"\r\n\r\n" in data:
+                    break
+                if b"\n\n" in data.partition(b"event: subscribed")[2]:
+                    break
+            sent += 1
+            if not first:
+                first = data.split(b"\r\n", 1)[0].decode() + " " + \
+                    ("recovered" if b'"recovered":true' in data else "not recovered")
+        time.sleep(max(0.0, tick + 1 / 15 - time.monotonic()))
     return sent, first
 
 
@@ -167,6 +233,9 @@ def attack_h4(node: Node, seconds: float) -> tuple[int, str]:
                 break
         except BlockingIOError:
             pass
+        except OSError:
+            how = "closed"
+            break
     sock.close()
     return sent, how
 
@@ -182,7 +251,8 @@ def run(tree: str, attack: str, seconds: float) -> dict:
     try:
         # Produced once the node consumes: it retains them as it delivers them.
         for n in range(RETAINED):
-            broker.produce(topic, b"T%d" % (n % 2000),
+            # A channel each: 27,000 channels in the snapshot cache (h3).
+            broker.produce(topic, b"T%d" % n,
                            json.dumps({"t": time.time(), "n": n}).encode(), partition=n % PARTITIONS)
         broker.flush(60)
         probe = Probe(node.url())
@@ -206,8 +276,14 @@ def run(tree: str, attack: str, seconds: float) -> dict:
         [shard] = node.shard_pids()
         t0 = time.time()
         cpu0 = cpu_seconds(shard)
-        sent, how = attack_h1(node, positions, seconds) if attack == "h1" \
-            else attack_h4(node, seconds)
+        if attack == "h1":
+            sent, how = attack_h1(node, positions, seconds)
+        elif attack == "h2":
+            sent, how = attack_h2(node, positions, seconds)
+        elif attack == "h3":
+            sent, how = attack_h1(node, positions, seconds, snapshot=True)
+        else:
+            sent, how = attack_h4(node, seconds)
         cpu1 = cpu_seconds(shard)
         t1 = time.time()
         time.sleep(2)
@@ -224,7 +300,7 @@ def run(tree: str, attack: str, seconds: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", default=[])
-    parser.add_argument("--attack", action="append", choices=["h1", "h4"], default=[])
+    parser.add_argument("--attack", action="append", choices=["h1", "h2", "h3", "h4"], default=[])
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
     from cost import Variant

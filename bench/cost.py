@@ -19,6 +19,10 @@ below every variant's maximum, CPU of the shard process (all its threads,
 user + system) over the window minus its idle CPU, divided by the frames the
 clients received.
 
+Besides, the fan-out loop alone (bench/fanout_loop.py): microseconds and
+callgrind's instructions per frame of the pure-Python send loop and the C
+one (outbound.native), in this process's working tree.
+
 Run bench/setup.sh first (make bench does).
 """
 
@@ -36,6 +40,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import fanout_loop
 import report
 from procs import Proc
 from run import MODES, Instance, log
@@ -293,6 +298,7 @@ def main() -> int:
         with open(args.rows_from) as f:
             results = json.load(f)
         results["per_event"] = per_event()
+        results["loop"] = fanout_loop.costs(args.conns)
         return report_out(results, args.doc)
     if not args.variant:
         ap.error("at least one --variant")
@@ -307,6 +313,7 @@ def main() -> int:
                "variants": {v.name: {"commit": v.commit, "overrides": v.overrides}
                             for v in variants}}
     results["per_event"] = per_event()
+    results["loop"] = fanout_loop.costs(args.conns)
     try:
         for rnd in range(args.rounds):
             order = variants if rnd % 2 == 0 else variants[::-1]
@@ -333,6 +340,8 @@ def main() -> int:
 
 def report_out(results: dict, doc: bool) -> int:
     text = render(results) + render_per_event(results)
+    if results.get("loop"):
+        text += "\n" + fanout_loop.render(results["loop"])
     print(text)
     if doc:
         report.write_doc(f"{BEGIN}\n\n{text}\n{END}", BEGIN, END)

@@ -29,6 +29,11 @@
  * with "{}"; a line with "error" (a refused connect or subscribe) is counted
  * in "proto_errors".
  *
+ * Storm (-F): a reconnection storm's measure (bench/storm.py). No connection
+ * is retried; a non-101 answer is counted by status (503, 429, other), and
+ * the first "subscribed" reply of each connection is counted with the time
+ * it arrived. The stdin command "s" prints those counts (JSON).
+ *
  * Server-Sent Events (-E): the request is a plain GET of PATH (which carries
  * ?channels=...), the answer must be 200, and each SSE message (ended by a
  * blank line) counts as one frame, with the latency of its "t_us" field.
@@ -36,6 +41,7 @@
  * stdin commands (one per line):
  *   w            print the stats of the window since the previous "w" (JSON) and reset
  *   pub R B [N]  publish R events/s in batches of B (R=0 stops), tokens 1000+seq%N (16)
+ *   s            print the storm counts (-F): subscribed, refused by status, failed
  *   q            quit
  * stdout: one JSON line when connecting is done, then one per "w".
  */
@@ -67,7 +73,7 @@ enum { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_DEAD };
 typedef struct {
     int fd;
     uint16_t tok[MAX_RTOK];
-    uint8_t state, slow, tries;
+    uint8_t state, slow, tries, subscribed;
     uint8_t *carry;
     uint32_t carry_len, carry_cap;
     uint64_t frames_win;
@@ -89,6 +95,9 @@ static conn_t *conns;
 static int epfd, started, pending, n_open, n_failed, n_closed;
 static uint64_t w_frames, w_other, w_bytes, w_frames_slow, w_reads;
 static int delay_us;
+/* -F: the storm's counts; times in seconds since the first connect */
+static int storm, n_subscribed, n_503, n_429, n_status_other, n_upgraded;
+static double t_first, t_last_subscribed, t_last_upgraded;
 static double w_start, w_cpu_start;
 static uint8_t rbuf[1 << 18];
 
@@ -194,7 +203,7 @@ static void conn_fail(int i) {
     if (c->state == ST_CONNECTING || c->state == ST_HANDSHAKE) pending--;
     c->carry_len = 0;
     if (c->state == ST_OPEN) { n_open--; n_closed++; c->state = ST_DEAD; return; }
-    if (++c->tries < 8) { start_conn(i); return; }
+    if (!storm && ++c->tries < 8) { start_conn(i); return; }
     c->state = ST_DEAD;
     n_failed++;
 }
@@ -292,6 +301,12 @@ static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_u
         if (p[1] & 0x80) h += 4; /* servers must not mask, but be lenient */
         if (len - off < h + plen) break;
         const uint8_t *payload = p + h;
+        if (storm && op == 1 && !c->subscribed &&
+            memmem(payload, plen, "\"subscribed\"", 12)) {
+            c->subscribed = 1;
+            n_subscribed++;
+            t_last_subscribed = now_s() - t_first;
+        }
         if (centrifugo && (op == 1 || op == 0)) {
             parse_centrifugo(c, payload, plen, now_us);
         } else if (op == 1 || op == 2 || op == 0) {
@@ -412,9 +427,14 @@ static void on_conn_event(int i, uint32_t events) {
         uint8_t *end = memmem(c->carry, c->carry_len, "\r\n\r\n", 4);
         if (!end) { if (c->carry_len > 8192) conn_fail(i); return; }
         if (c->carry_len < 12 || memcmp(c->carry + 9, sse ? "200" : "101", 3) != 0) {
+            if (c->carry_len >= 12 && !memcmp(c->carry + 9, "503", 3)) n_503++;
+            else if (c->carry_len >= 12 && !memcmp(c->carry + 9, "429", 3)) n_429++;
+            else n_status_other++;
             conn_fail(i);
             return;
         }
+        n_upgraded++;
+        t_last_upgraded = now_s() - t_first;
         size_t rest = c->carry_len - (end + 4 - c->carry);
         uint8_t *tmp = rest ? malloc(rest) : NULL;
         if (rest) memcpy(tmp, end + 4, rest);
@@ -558,6 +578,15 @@ static void report_window(void) {
     w_cpu_start = cpu;
 }
 
+static void report_storm(void) {
+    printf("{\"connections\":%d,\"upgraded\":%d,\"subscribed\":%d,\"refused_503\":%d,"
+           "\"refused_429\":%d,\"status_other\":%d,\"failed\":%d,\"closed\":%d,"
+           "\"last_upgraded_s\":%.3f,\"last_subscribed_s\":%.3f}\n",
+           nconns, n_upgraded, n_subscribed, n_503, n_429, n_status_other, n_failed, n_closed,
+           t_last_upgraded, t_last_subscribed);
+    fflush(stdout);
+}
+
 static char cmdbuf[4096];
 static size_t cmdlen;
 
@@ -569,6 +598,7 @@ static int on_stdin(void) {
     while ((nl = memchr(cmdbuf, '\n', cmdlen))) {
         *nl = 0;
         if (cmdbuf[0] == 'w') report_window();
+        else if (cmdbuf[0] == 's') report_storm();
         else if (cmdbuf[0] == 'q') return 0;
         else if (!strncmp(cmdbuf, "pub ", 4)) {
             double r2; int b, nt = 16;
@@ -587,13 +617,13 @@ static int on_stdin(void) {
 static void usage(void) {
     fprintf(stderr, "usage: loadclient -p PORT [-h HOST] [-u PATH] [-n CONNS] [-s SRCADDRS] "
                     "[-m MAXPENDING] [-S SUBSCRIBE_JSON] [-k SLOW_EVERY] [-l LAT_EVERY] "
-                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]] [-E] [-C CHANNEL]\n");
+                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]] [-E] [-C CHANNEL] [-F]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:XEC:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:XEC:F")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -612,6 +642,7 @@ int main(int argc, char **argv) {
         case 'X': tokens_in_path = 1; break;
         case 'E': sse = 1; break;
         case 'C': centrifugo = optarg; break;
+        case 'F': storm = 1; break;
         default: usage();
         }
     }
@@ -640,6 +671,7 @@ int main(int argc, char **argv) {
     if (pub_port) pub_connect();
 
     double t0 = now_s();
+    t_first = t0;
     int connect_reported = 0;
     w_start = t0;
     w_cpu_start = cpu_s();

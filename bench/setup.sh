@@ -29,6 +29,11 @@ if ! dpkg -s nginx libnginx-mod-nchan >/dev/null 2>&1; then
     [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
 fi
 
+# callgrind counts the fan-out loop's instructions per frame (bench/fanout_loop.py).
+command -v valgrind >/dev/null || {
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind; }
+
 if [ ! -f "$WORK/node_modules/ws/package.json" ]; then
     command -v npm >/dev/null || {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }

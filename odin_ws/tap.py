@@ -95,6 +95,13 @@ def makeService(options, reactor=None) -> service.IService:
         tls_options = check_keys(settings)
     except configmod.ConfigError as e:
         fail(f"configuration error: {e}")
+    if settings.outbound.native == "on":
+        # And on a send loop they could not load (auto: each shard says it once).
+        from odin_ws.shard.delivery import nativesend
+        try:
+            nativesend.select("on")
+        except nativesend.NativeMissing as e:
+            fail(f"configuration error: {e}")
     hub = Hub(reactor, settings.hub.max_event_bytes, settings.hub.max_queue_batches,
               settings.hub.max_queue_bytes)
     try:

@@ -82,13 +82,19 @@ class DemoStack:
         raises L{Interrupted}.
     @param settings: dotted config keys (C{"limits.max_connections"}) set on
         top of L{demo_config} (C{make capacity} raises the limits this way).
+    @param avro: the simulator writes Avro through a local Schema Registry
+        (L{odinws_tools.registry}) and odinws decodes it (C{--avro}).
     """
 
     def __init__(self, workdir: str, port: int = 3005, kafka_port: int | None = None,
                  shards: int = 2, rate: int = 200, tokens: int = 100, partitions: int = 3,
                  say: Callable[[str], None] = lambda line: None,
-                 cancel: threading.Event | None = None, settings: dict | None = None):
+                 cancel: threading.Event | None = None, settings: dict | None = None,
+                 avro: bool = False):
         self.workdir = workdir
+        self.avro = avro
+        self.registry: subprocess.Popen | None = None
+        self.registry_log = os.path.join(workdir, "registry.log")
         self.settings = dict(settings or {})
         self.port = port
         self.kafka_port = kafka_port
@@ -144,13 +150,40 @@ class DemoStack:
         self.say(f"  broker at {self.broker.bootstrap}; topics {', '.join(DEFAULT_TOPICS.values())} "
                  f"({self.partitions} partitions each)")
 
+        avro_args: list[str] = []
+        if self.avro:
+            url = self._start_registry()
+            self.settings["schema_registry.url"] = url
+            self.settings["kafka.topic_options"] = {t: {"format": "avro"}
+                                                    for t in DEFAULT_TOPICS.values()}
+            avro_args = ["--registry", url]
+
         self.say(f"starting odinws with {self.shards} shards on port {self.port}")
         self._start_server("demo")
 
-        self.say(f"starting the simulator: {self.tokens} tokens, up to {self.rate} events/s")
+        self.say(f"starting the simulator: {self.tokens} tokens, up to {self.rate} events/s"
+                 + (", Avro values" if self.avro else ""))
         self.simulator = self._spawn(
             [sys.executable, "-m", "odinws_tools.simulate", "--brokers", self.broker.bootstrap,
-             "--rate", str(self.rate), "--tokens", str(self.tokens)], self.simulator_log)
+             "--rate", str(self.rate), "--tokens", str(self.tokens), *avro_args],
+            self.simulator_log)
+
+    def _start_registry(self) -> str:
+        """Start the local Schema Registry; its URL once it serves."""
+        self.say("starting the Schema Registry (odinws_tools.registry)")
+        self.registry = self._spawn([sys.executable, "-m", "odinws_tools.registry",
+                                     "--bootstrap", self.broker.bootstrap], self.registry_log)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            self._check_cancel()
+            for line in self.tail(self.registry_log).splitlines():
+                if line.startswith("registry="):
+                    self.say(f"  registry at {line.removeprefix('registry=')}")
+                    return line.removeprefix("registry=")
+            if self.registry.poll() is not None:
+                break
+            self.cancel.wait(0.1)
+        raise RuntimeError("the Schema Registry did not start:\n" + self.tail(self.registry_log))
 
     def _start_server(self, node_id: str) -> None:
         config = demo_config(self.port, self.broker.bootstrap, self.shards, node_id)
@@ -237,6 +270,7 @@ class DemoStack:
         """Stop the simulator, odinws and the broker, each with a bounded wait."""
         stop_process(self.simulator, SIMULATOR_STOP_WAIT)
         stop_process(self.server, SERVER_STOP_WAIT)
+        stop_process(self.registry, SIMULATOR_STOP_WAIT)
         self.broker.stop()
 
 
@@ -251,6 +285,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=2, help="odinws shard processes")
     p.add_argument("--duration", type=float, default=0.0,
                    help="stop after this many seconds (0: run until Ctrl-C)")
+    p.add_argument("--avro", action="store_true",
+                   help="the simulator writes Avro through a local Schema Registry and odinws "
+                        "decodes it (docs/operations.md, \"Value formats\"); default JSON")
     args = p.parse_args(argv)
     for name in ("port", "rate", "tokens", "shards"):
         if getattr(args, name) < 1:
@@ -274,7 +311,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
 
     workdir = tempfile.mkdtemp(prefix="odinws-demo-")
     stack = DemoStack(workdir, port=args.port, shards=args.shards, rate=args.rate,
-                      tokens=args.tokens, say=say, cancel=stopping)
+                      tokens=args.tokens, say=say, cancel=stopping, avro=args.avro)
     try:
         stack.start()
     except Interrupted:

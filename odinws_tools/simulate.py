@@ -307,6 +307,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--create-topics", action="store_true",
                    help="create the topics first (existing ones are left as they are)")
     p.add_argument("--partitions", type=int, default=3, help="partitions of created topics")
+    p.add_argument("--registry", default="",
+                   help="Schema Registry URL: write the values as Avro in Confluent's wire "
+                        "format, schemas registered as <topic>-value (default: JSON)")
     args = p.parse_args(argv)
     try:
         args.topics = parse_topics(args.topics)
@@ -335,13 +338,19 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"odinws-simulate: cannot create topics: {e}\n")
             return 1
     producer = Producer({**base, "linger.ms": 5, "queue.buffering.max.messages": 200000})
-    feed = Feed(producer, events(args.tokens, args.seed, args.topics),
-                second_budgets(args.rate, args.seed))
+    stream = events(args.tokens, args.seed, args.topics)
+    if args.registry:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        from odinws_tools.avrofeed import as_avro
+        stream = as_avro(stream, args.topics, SchemaRegistryClient({"url": args.registry}))
+    feed = Feed(producer, stream, second_budgets(args.rate, args.seed))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: feed.stop())
     pairs = ", ".join(f"{k}={v}" for k, v in args.topics.items())
     print(f"odinws-simulate: {args.tokens} tokens, up to {args.rate} events/s to "
-          f"{args.brokers} ({pairs}); Ctrl-C stops", flush=True)
+          f"{args.brokers} ({pairs}){', Avro via ' + args.registry if args.registry else ''}; "
+          "Ctrl-C stops", flush=True)
     elapsed = feed.run(args.duration)
     left = producer.flush(5.0)
     feed.failed += left

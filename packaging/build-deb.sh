@@ -27,7 +27,7 @@ mkdir -p "$src"
 # Tracked and new (not ignored) files of what the package is built from.
 cd "$repo"
 git ls-files -z --cached --others --exclude-standard -- \
-        pyproject.toml LICENSE README.md requirements.lock \
+        pyproject.toml setup.py LICENSE README.md requirements.lock \
         odin_ws twisted etc/odinws.yaml systemd docs |
     while IFS= read -r -d '' f; do
         if [ -f "$f" ]; then cp --parents -- "$f" "$src/"; fi

@@ -115,7 +115,7 @@ export interface Recovery {
   /** true: every event missed was replayed (before any live one); false: the app should refetch. */
   recovered: boolean;
   /**
-   * Why not: too_old, ahead, other_epoch, unknown_partition, too_large, or
+   * Why not: too_old, not_loaded, ahead, other_epoch, unknown_partition, too_large, or
    * the error code of positions the server refused (invalid_position,
    * unknown_position, too_many_positions), or a gap notice's reason for a
    * stream it could not name a position of.

@@ -221,6 +221,7 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
         values[key] = _check(opt, value)
     if not values["kafka.topics"]:
         raise ConfigError("kafka.topics: at least one topic is needed")
+    _check_topic_options(values)
     if not values["listen.ws_path"].startswith("/"):
         raise ConfigError(f"listen.ws_path: must start with '/', got {values['listen.ws_path']!r}")
     sse_path = values["listen.sse_path"]
@@ -241,6 +242,21 @@ def validate(flat: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
         raise ConfigError("supervisor.stats_stale_after: must be at least twice "
                           "supervisor.stats_interval")
     return values
+
+
+def _check_topic_options(values: Mapping[str, Any]) -> None:
+    """C{kafka.topic_options}: known topics, formats and sources; a registry if one is needed."""
+    from odin_ws.common import topicoptions
+    try:
+        options = topicoptions.for_topics(values["kafka.topics"], values["kafka.topic_options"],
+                                          values["kafka.token_field"],
+                                          values["kafka.event_type_field"])
+    except ValueError as e:
+        raise ConfigError(f"kafka.topic_options.{e}") from None
+    needing = sorted(t for t, o in options.items() if o.needs_registry)
+    if needing and not values["schema_registry.url"].strip():
+        raise ConfigError(f"schema_registry.url: needed by kafka.topic_options.{needing[0]} "
+                          f"(format {options[needing[0]].format.value})")
 
 
 #: Every setting's environment variable; any other ODINWS_* name is a typo.

@@ -72,6 +72,10 @@ def close_code_label(code: int | None) -> str:
 
 SUBSCRIPTIONS = Gauge("odinws_subscriptions", "Subscriptions held by connections.",
                       registry=REGISTRY)
+#: outbound.native: the fan-out's send loop (odin_ws/shard/delivery/nativesend.py).
+OUTBOUND_NATIVE = Gauge("odinws_outbound_native", "1 when the shard's fan-out sends with its "
+                        "native (C) loop, 0 when with the pure-Python one (outbound.native).",
+                        registry=REGISTRY)
 CLIENT_ERRORS = Counter("odinws_client_errors", "Error messages sent to clients, by code.",
                         ["code"], registry=REGISTRY)
 HANDSHAKE_SECONDS = Histogram("odinws_handshake_seconds",
@@ -93,6 +97,11 @@ KAFKA_RECORDS = Counter("odinws_kafka_records", "Records consumed, by topic.", [
                         registry=REGISTRY)
 KAFKA_REJECTED = Counter("odinws_kafka_rejected", "Records skipped, by reason.", ["reason"],
                          registry=REGISTRY)
+SCHEMA_FETCHES = Counter("odinws_schema_registry_fetches", "Schema fetches from the Schema "
+                         "Registry, by outcome (ok, unknown_schema, registry_unavailable).",
+                         ["outcome"], registry=REGISTRY)
+SCHEMAS_CACHED = Gauge("odinws_schemas_cached", "Schemas this shard holds from the Schema "
+                       "Registry.", registry=REGISTRY)
 KAFKA_LAG = Gauge("odinws_kafka_consumer_lag", "Consumer lag, records, per partition.",
                   ["topic", "partition"], registry=REGISTRY)
 KAFKA_CONNECTED = Gauge("odinws_kafka_connected", "1 when the consumer reaches a broker.",
@@ -142,6 +151,11 @@ HANDOFF_WAIT_SECONDS = Histogram("odinws_handoff_wait_seconds", "Time an upgrade
                                  "not observed.",
                                  buckets=(.001, .005, .025, .1, .25, .5, 1, 2.5, 5, 10, 30),
                                  registry=REGISTRY)
+ACCEPT_PAUSED = Gauge("odinws_accept_paused", "Listeners not accepting now because the "
+                      "parent holds listen.max_heads connections before their upgrade (new ones "
+                      "wait in the kernel's listen backlog).", registry=REGISTRY)
+ACCEPT_PAUSES = Counter("odinws_accept_pauses", "Times a listener stopped accepting at "
+                        "listen.max_heads.", registry=REGISTRY)
 HANDOFF_WAIT_TIMEOUTS = Counter("odinws_handoff_wait_timeouts", "Upgrades whose "
                                 "listen.head_timeout passed while they waited for a handoff "
                                 "slot (answered 503 wait_timeout).", registry=REGISTRY)
@@ -220,11 +234,25 @@ GC_PAUSES = GcPauses()
 # Recovery and snapshots (shard). History sizes are read at scrape time by
 # odin_ws.shard.history.store.HistoryCollector.
 RECOVERIES = Counter("odinws_recoveries", "Subscribes that asked for recovery, by result: "
-                     "recovered, or the reason it was not (too_old, ahead, other_epoch, "
-                     "unknown_partition, too_large).", ["result"], registry=REGISTRY)
-for _result in ("recovered", "too_old", "ahead", "other_epoch", "unknown_partition",
-                "too_large"):
+                     "recovered, or the reason it was not (too_old, not_loaded, ahead, "
+                     "other_epoch, unknown_partition, too_large).", ["result"],
+                     registry=REGISTRY)
+for _result in ("recovered", "too_old", "not_loaded", "ahead", "other_epoch",
+                "unknown_partition", "too_large"):
     RECOVERIES.labels(result=_result)  # exported at 0
+RECOVERIES_HELD = Counter("odinws_recoveries_held", "Recoveries held until the shard had "
+                          "loaded or caught up on their partitions (history.recovery_hold), "
+                          "by outcome: answered (it had, in time), timed_out (answered as "
+                          "things stood), gone (the client left first).", ["outcome"],
+                          registry=REGISTRY)
+for _outcome in ("answered", "timed_out", "gone"):
+    RECOVERIES_HELD.labels(outcome=_outcome)  # exported at 0
+RECOVERIES_WAITING = Gauge("odinws_recoveries_waiting", "Recoveries held right now.",
+                           registry=REGISTRY)
+RECOVERY_HOLD_SECONDS = Histogram("odinws_recovery_hold_seconds", "How long held recoveries "
+                                  "waited, seconds.", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                                               5, 10, 15, 30, 60),
+                                  registry=REGISTRY)
 EVENTS_STALE = Counter("odinws_events_stale", "Events older than outbound.max_event_age, "
                        "not delivered live (kept for recovery and snapshots).",
                        registry=REGISTRY)
@@ -298,7 +326,8 @@ def _families(*collectors: Any) -> frozenset[str]:
 _PARENT_ONLY = _families(READY, GUARD_CPU, GUARD_MEMORY, GUARD_ACCEPTING, HUB_RELAYED,
                          HUB_DROPPED, HUB_REJECTED, HUB_QUEUE, DISPATCHED, HANDOFF_SECONDS,
                          HANDOFFS_ABANDONED, HANDOFF_WAITING, HANDOFF_WAIT_SECONDS,
-                         HANDOFF_WAIT_TIMEOUTS, SHARD_RESTARTS)
+                         HANDOFF_WAIT_TIMEOUTS, ACCEPT_PAUSED, ACCEPT_PAUSES,
+                         SHARD_RESTARTS)
 PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in _PARENT_ONLY}
 #: Families only shards set (connections, Kafka, delivery, history): the
 #: parent leaves them out, rather than show an unlabelled
@@ -307,10 +336,12 @@ PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in 
 #: series, are set by both.)
 SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
+                           SCHEMA_FETCHES, SCHEMAS_CACHED,
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
                            DELIVERY_LATENCY,
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
-                           GC_PAUSE, RECOVERIES, EVENTS_STALE, EVENTS_REPLAYED,
+                           GC_PAUSE, RECOVERIES, RECOVERIES_HELD, RECOVERIES_WAITING,
+                           RECOVERY_HOLD_SECONDS, EVENTS_STALE, EVENTS_REPLAYED,
                            SNAPSHOT_EVENTS, HISTORY_WARMED)
 
 

@@ -94,8 +94,9 @@ class ListenSettings:
         "channel.", live=True)
     max_heads: int = setting(
         4096, "Connections the parent may hold at once before their upgrade (sending their "
-        "request head, being answered or handed over), all listeners together; beyond it new "
-        "connections get 503. Each buffers up to listen.max_head_bytes.", minimum=1, live=True)
+        "request head, being answered, waiting for or in a handoff); at it the listener stops "
+        "accepting until one leaves (new connections wait in the kernel's listen backlog: give "
+        "listen.port a backlog=). Each buffers up to listen.max_head_bytes.", minimum=1, live=True)
     max_heads_per_ip: int = setting(
         100, "Of those, connections one client IP may have; beyond it 429. A trusted proxy's own "
         "address counts only against listen.max_heads. At least limits.connection_burst_per_ip "
@@ -126,6 +127,15 @@ class KafkaSettings:
     event_type_field: str = setting(
         "", "JSON field that overrides the topic's event type when present; empty means the topic "
         "decides.")
+    topic_options: Mapping[str, Any] = setting(
+        {}, "Per topic: how its records are read, {format, token, event_type} "
+        "(docs/operations.md, \"Value formats and the Schema Registry\"). format: json (the "
+        "default), avro, protobuf, jsonschema (Confluent's wire format, schemas from "
+        "schema_registry.url) or auto (the wire format when the value starts with its magic "
+        "byte, else JSON). token: key (the default), header:NAME or field:NAME (a top-level "
+        "field of the decoded value). event_type: topic (the default), header:NAME or "
+        "field:NAME (when the record has it; else the topic's). A topic without an entry uses "
+        "json and kafka.token_field/kafka.event_type_field.")
     start_offset: str = setting(
         "latest", "Where a new consumer group starts. A partition that appears while the node "
         "runs (added to a topic, or a topic created or recreated) is read from its beginning "
@@ -195,6 +205,38 @@ class KafkaSettings:
     consumer_config: Mapping[str, Any] = setting(
         {}, "Extra librdkafka settings passed to the consumer as they are (e.g. "
         "security.protocol).")
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaRegistrySettings:
+    """
+    The Schema Registry of the topics whose kafka.topic_options format is avro, protobuf,
+    jsonschema or auto (Confluent's REST API).
+    """
+
+    url: str = setting(
+        "", "Base URL(s) of the registry, comma-separated (tried in turn); empty: none (every "
+        "topic must then be json).")
+    basic_auth_file: str = setting(
+        "", "File holding user:password for HTTP basic authentication (empty: none).")
+    ca_file: str = setting(
+        "", "PEM CA certificates that verify an https registry (empty: the system's trust store).")
+    certificate: str = setting("", "PEM client certificate for mutual TLS (empty: none).")
+    private_key: str = setting(
+        "", "PEM private key of schema_registry.certificate (empty: in the certificate file).")
+    timeout: float = setting(
+        5.0, "Seconds one request to the registry may take.", minimum=0.1)
+    wait: float = setting(
+        1.0, "Seconds the consumer thread waits for a schema it does not have yet (fetched in "
+        "a thread of its own); a record whose schema has not come by then is skipped and "
+        "counted (reason registry_unavailable), and the fetch goes on for the next records.",
+        minimum=0)
+    retry: float = setting(
+        5.0, "Seconds after a failed fetch before the same schema is asked for again; meanwhile "
+        "its records are skipped at once (counted, reason registry_unavailable or "
+        "unknown_schema).", minimum=0.1)
+    cache_size: int = setting(
+        1000, "Schemas kept per shard (least recently used go first).", minimum=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +361,11 @@ class OutboundSettings:
         "go out when it ends, in one write per connection (fewer, larger writes under load for up "
         "to this much added latency; Centrifugo's client_write_delay). One timer per shard.",
         minimum=0, live=True)
+    native: str = setting(
+        "auto", "The fan-out's per-connection send loop in C (built with the package): auto uses it "
+        "where it was built and else runs the pure-Python loop (logged once, shown in /health as "
+        "outbound_native and in odinws_outbound_native); on refuses to start without it; off "
+        "always runs the Python loop. Applies at start.", choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +407,13 @@ class HistorySettings:
         15.0, "Seconds a starting shard may spend reading the recent past of every partition back "
         "from Kafka into its history and snapshot cache (within the bounds above); 0 = no "
         "warm-up: the history starts empty. Applies at the next shard start.", minimum=0, live=True)
+    recovery_hold: float = setting(
+        15.0, "Seconds a recovery (a subscribe with since) may wait for this shard to load or "
+        "catch up on a partition it cannot answer truly yet: while the warm-up still reads the "
+        "past back, or while a position is past what the shard has seen (a dead shard's "
+        "partition not consumed again yet: about 10 s with the shipped session). Then it is "
+        "answered as things stand (docs/protocol.md). 0 = answer at once.", minimum=0,
+        live=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +557,7 @@ class Settings:
 
     listen: ListenSettings
     kafka: KafkaSettings
+    schema_registry: SchemaRegistrySettings
     limits: LimitsSettings
     keepalive: KeepaliveSettings
     outbound: OutboundSettings

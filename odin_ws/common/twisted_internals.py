@@ -140,6 +140,26 @@ def release_shared(transport: tcp.Connection) -> None:
     transport._shouldShutdown = False
 
 
+def accepting_port(transport: Any) -> Any | None:
+    """
+    The listening port that accepted C{transport} (C{tcp.Server.server}, a
+    C{tcp.Port}, which can C{stopReading}/C{startReading} like any file
+    descriptor), or None for a transport that is not an accepted socket.
+    """
+    port = getattr(transport, "server", None) if isinstance(transport, tcp.Server) else None
+    return port if isinstance(port, tcp.Port) else None
+
+
+def limit_accepts(port: tcp.Port, count: int) -> None:
+    """
+    Let C{port}'s next accept loop take at most C{count} connections (at
+    least one). C{tcp.Port.doRead} accepts up to C{numberAccepts} in a row
+    and grows it by 20 after each full loop; it reads the value when a loop
+    starts, so this bounds the next loop, not the one running.
+    """
+    port.numberAccepts = max(1, min(port.numberAccepts, count))
+
+
 def raise_listen_errors(service: Any) -> None:
     """
     Have a C{StreamServerEndpointService} raise a failure to listen from

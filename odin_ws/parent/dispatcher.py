@@ -31,6 +31,7 @@ from odin_ws.common.clientip import client_ip
 from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 from odin_ws.common.settings import Settings
 from odin_ws.parent import staticfiles
+from odin_ws.parent.acceptpause import AcceptPause
 from odin_ws.parent.admission import Admission
 from odin_ws.parent.handoffqueue import HandoffQueue
 from odin_ws.parent.scrape import MetricsScrape
@@ -130,6 +131,7 @@ class DispatchProtocol(Protocol):
             self.state = DoorState.ANSWERING
             return self.refuse(verdict[0], verdict[1], _phrase(verdict[0]).lower())
         self._admitted = peer
+        dispatcher.accept_pause.held(self.transport)
         if dispatcher.tls:
             # Encrypted bytes mean nothing here: hand over before reading any.
             self.transport.pauseProducing()
@@ -185,6 +187,7 @@ class DispatchProtocol(Protocol):
         if self._admitted is not None:
             self.factory.admission.release(self._admitted)
             self._admitted = None
+            self.factory.accept_pause.released()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -484,6 +487,9 @@ class Dispatcher(Factory[DispatchProtocol]):
         self._all_closed: list[defer.Deferred] = []
         #: Upgrades waiting for a handoff slot (a storm of reconnections).
         self.waiting = HandoffQueue(reactor)
+        #: Stops the listener accepting at listen.max_heads (the backlog holds the rest).
+        self.accept_pause = AcceptPause(
+            reactor, lambda: self._settings.listen.max_heads - self.admission.held)
 
     # -- lifecycle
 

@@ -133,6 +133,9 @@ class Delivery:
             degraded.append("warming")
         if any(w.get("state") == "failed" or w.get("incomplete") for w in warmups):
             degraded.append("history_cold")
+        if any((s.get("registry") or {}).get("state") == "unreachable" for s in alive):
+            # Records whose schema is cached still flow; new schemas do not.
+            degraded.append("registry_unreachable")
         status = reason = None
         grace = settings.kafka.unreachable_grace
         # Every shard reported, none reaches a broker, and for longer than the grace.

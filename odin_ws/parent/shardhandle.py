@@ -36,9 +36,9 @@ class ShardHandle:
     C{alive} means the process runs I{and} has registered over AMP; only
     then is C{link} usable. C{connections}, C{capacity}, C{accepting} and
     C{status} come from the shard's last Stats report, plus the handoffs in
-    flight (L{reserve}). A shard whose reports stopped for
-    C{stats_stale_after} seconds (stopped, hung, its channel stuck) is
-    C{stalled} and not C{accepting}; one with C{max_handoffs_in_flight}
+    flight (L{reserve}). A shard that neither reported nor answered a
+    handoff for C{stats_stale_after} seconds (stopped, hung, its channel
+    stuck) is C{stalled} and not C{accepting}; one with C{max_handoffs_in_flight}
     handoffs unanswered is C{saturated}. Everything is read-only from outside; the
     supervisor reports the process's life (L{started}, L{exited}, L{restarted},
     L{next_delay}), the L{ShardLink} the channel's (L{channel_opened},
@@ -62,7 +62,8 @@ class ShardHandle:
         self._pending = 0
         self._capacity = 0
         self._restarts = 0
-        #: When the shard last registered or reported: its liveness as the parent sees it.
+        #: When the shard last registered, reported or answered a handoff: its
+        #: liveness as the parent sees it.
         self._last_report: float | None = None
         self._status: dict[str, Any] = {}
         self._started_at: float | None = None
@@ -107,8 +108,10 @@ class ShardHandle:
     @property
     def stalled(self) -> bool:
         """
-        Alive, but no Stats report for C{stats_stale_after} seconds: stopped
-        (SIGSTOP), hung, or too busy to serve a handoff in time.
+        Alive, but neither a Stats report nor a handoff answer for
+        C{stats_stale_after} seconds: stopped (SIGSTOP), hung, or too busy to
+        serve a handoff in time. (A shard deep in a reconnection storm may
+        send its Stats late, but each handoff it answers shows it is serving.)
         """
         return (self._alive and self._last_report is not None
                 and self._clock.seconds() - self._last_report > self._settings.stats_stale_after)
@@ -172,7 +175,9 @@ class ShardHandle:
                 "connections": self._connections,
                 "capacity": self._capacity, "restarts": self._restarts,
                 "crash_looping": self.crash_looping, "kafka": self._status.get("kafka"),
-                "warmup": self._status.get("warmup")}
+                "warmup": self._status.get("warmup"), "registry": self._status.get("registry"),
+                # The shard's send loop: native, off, or unavailable (outbound.native).
+                "outbound_native": self._status.get("outbound_native")}
 
     # -- commands to the shard --------------------------------------------
 
@@ -333,8 +338,9 @@ class ShardHandle:
         self._pending += 1
 
     def handoff_done(self) -> None:
-        """The shard adopted a reserved connection (its next report counts it)."""
+        """The shard adopted a reserved connection (its next report counts it): it is alive."""
         self._pending = max(0, self._pending - 1)
+        self._last_report = self._clock.seconds()
 
     def handoff_failed(self) -> None:
         """A reserved connection's handoff call failed: the slot is free again."""

@@ -26,15 +26,18 @@ from odin_ws.common import commands, handoff, metrics, openfiles
 from odin_ws.common.config import Config, ConfigError, apply_live
 from odin_ws.common.events import Event, decode_batch, encode_batch
 from odin_ws.common.highwater import HighWater
-from odin_ws.common.logs import install_logging
+from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, tls
 from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.jwks import RemoteJwks
+from odin_ws.shard.clients.recoveryhold import RecoveryHold
 from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
+from odin_ws.shard.delivery import nativesend
 from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
+from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.pipeline import Delivery
 from odin_ws.shard.delivery.ssefeed import Streams
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
@@ -43,7 +46,9 @@ from odin_ws.shard.history.store import History, HistoryCollector
 from odin_ws.shard.kafka.backfill import Backfill
 from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
-from odin_ws.shard.kafka.warmup import HistoryWarmup
+from odin_ws.shard.kafka.schemasource import SchemaSource
+from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
+from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmupState
 
 
 class ParentLink(amp.AMP):
@@ -114,7 +119,11 @@ class Shard(service.MultiService):
         self.connections = Connections(reactor, settings)
         self.subscriptions = SubscriptionIndex(settings.limits)
         self.stats = WriteStats()
-        self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay)
+        #: The fan-out's send loop (outbound.native, applied at start).
+        self.native = nativesend.select(settings.outbound.native)
+        metrics.OUTBOUND_NATIVE.set(1 if self.native.send_runs is not None else 0)
+        self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay,
+                             self.native.send_runs)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
@@ -127,17 +136,26 @@ class Shard(service.MultiService):
         self.delivery = Delivery(settings, self.subscriptions, self.fanout, self.history,
                                  self.streams, HighWater(f"shard {number}"), self._publish)
         self.factory = ClientFactory(self)
-        self.kafka = KafkaIngest(reactor, settings, number,
-                                 RecordMapper.from_settings(settings.kafka),
-                                 self.delivery.on_kafka_batch)
+        #: The Schema Registry's schemas (None: every topic is JSON).
+        self.schemas = (SchemaSource.from_settings(settings.schema_registry)
+                        if settings.schema_registry.url else None)
+        mapper = RecordMapper.from_settings(settings.kafka, ValueDecoder(
+            self.schemas, UndecodableAudit(
+                lambda fmt, **kw: reactor.callFromThread(audit.warn, fmt, **kw))))
+        self.kafka = KafkaIngest(reactor, settings, number, mapper, self.delivery.on_kafka_batch)
         self.kafka.setServiceParent(self)
         #: Joins what the warm-up reads back from Kafka to live delivery.
         self.backfill = Backfill(self.delivery)
         self.delivery.rereading = self.backfill.rereading
-        self.warmup = HistoryWarmup(reactor, settings, RecordMapper.from_settings(settings.kafka),
+        self.warmup = HistoryWarmup(reactor, settings, mapper,
                                     self.kafka.consumer_config(), self.backfill.backfill,
                                     self.backfill.warmed)
         self.warmup.setServiceParent(self)
+        warming = lambda: self.warmup.report.state is WarmupState.RUNNING  # noqa: E731
+        self.history.loading = warming
+        #: Recoveries waiting until this shard can answer them truly.
+        self.recoveries = RecoveryHold(reactor, self.history, warming,
+                                       lambda: self.settings.history.recovery_hold)
         # Connections the open-files limit leaves room for (set at start).
         self._fd_room: int | None = None
         self._stats_loop = task.LoopingCall(self.report_stats)
@@ -178,8 +196,14 @@ class Shard(service.MultiService):
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         metrics.GC_PAUSES.unwatch()
-        return defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)]
-                                   ).addCallback(lambda _: None)
+        stopped = defer.gatherResults([self.jwks.stop(), defer.maybeDeferred(super().stopService)])
+        return stopped.addBoth(self._close_schemas).addCallback(lambda _: None)
+
+    def _close_schemas(self, result: object) -> object:
+        # After the consumer threads stopped: they may ask for schemas until then.
+        if self.schemas is not None:
+            self.schemas.close()
+        return result
 
     def link_made(self, link: ParentLink) -> None:
         self.link = link
@@ -268,7 +292,10 @@ class Shard(service.MultiService):
         if self.link is None:
             return
         status = {"kafka": self.kafka.status(), "accepting": self.accepting,
-                  "subscriptions": self.subscriptions.total, "warmup": self.warmup.status()}
+                  "subscriptions": self.subscriptions.total, "warmup": self.warmup.status(),
+                  "outbound_native": self.native.state}
+        if self.schemas is not None:
+            status["registry"] = self.schemas.status()
         self.link.callRemote(commands.Stats, connections=len(self.connections),
                              capacity=self.capacity, status=json.dumps(status).encode())
 
@@ -302,6 +329,9 @@ class Shard(service.MultiService):
 
     def subscriptions_changed(self) -> None:
         metrics.SUBSCRIPTIONS.set(self.subscriptions.total + self.streams.index.total)
+
+    def recovering(self, outbox: Outbox) -> None:
+        self.delivery.stale.forget(outbox)
 
 
 def _history_bounds(settings: Settings) -> dict[str, Any]:

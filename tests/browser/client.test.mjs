@@ -48,9 +48,9 @@ import { createServer } from "node:http";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
-const MODES = ["reconnect", "token", "snapshot", "sse"];
+const MODES = ["reconnect", "token", "snapshot", "sse", "gap"];
 if (!MODES.includes(mode) || !base || (["token", "snapshot"].includes(mode) && !secret)) {
-  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse <node base url> [secret|last n]");
+  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap <node base url> [secret|last n]");
   process.exit(2);
 }
 const node = new URL(base);
@@ -162,6 +162,8 @@ async function start(withAuth, outage = false) {
     const client = window.client = new window.OdinWS(url, options);
     client.on("state", (s) => rec.states.push({ ...s, at: Date.now() }));
     client.on("error", (e) => rec.errors.push({ ...e, at: Date.now() }));
+    rec.gaps = [];
+    client.on("gap", (g) => rec.gaps.push(g));
     const keep = (list) => (e) => list.push({ channel: e.channel, seq: e.data.seq, n: e.data.n,
                                               snapshot: e.snapshot === true, at: Date.now() });
     window.subs = [client.subscribe("odin.token.*.trade", {}, keep(rec.trades)),
@@ -247,6 +249,33 @@ async function killedAndRecovered() {
   const n = checkSequences(r.trades, "odin.token.*.trade") + checkSequences(r.abc, "odin.token.ABC.*");
   log(`${replayed} events replayed after the reconnect; ${n} events in all, every channel's n ` +
       "consecutive: none missed, none twice, in order");
+}
+
+// The node tells of events it did not send live (older than
+// outbound.max_event_age: the caller produces them after READY, between
+// fresh ones of another channel): the library recovers them by itself from
+// the position the gap notice gives, and hands every event of every channel
+// over in order and once (the fresh ones it held meanwhile included).
+async function gap() {
+  await open();
+  await start(false);
+  console.log("READY");
+  await until(() => window.rec.trades.filter((e) => e.channel === "odin.token.OLD.trade").length >= 20
+                 && window.rec.trades.filter((e) => e.channel === "odin.token.NEW.trade").length >= 6);
+  const r = await rec();
+  log(`gap notices: ${JSON.stringify(r.gaps)}; recovery answers: ${JSON.stringify(r.recovered)}`);
+  if (!r.gaps.length || r.gaps.some((g) => g.reason !== "stale")) {
+    throw new Error(`expected stale gap notices, got ${JSON.stringify(r.gaps)}`);
+  }
+  if (!r.recovered[0].length || r.recovered[0].some((x) => x.recovered !== true)) {
+    throw new Error(`expected recovered: true, got ${JSON.stringify(r.recovered[0])}`);
+  }
+  const old = r.trades.filter((e) => e.channel === "odin.token.OLD.trade").map((e) => e.n);
+  if (JSON.stringify(old) !== JSON.stringify([...Array(20).keys()].map((i) => i + 1))) {
+    throw new Error(`the stale events, recovered: ${JSON.stringify(old)}`);
+  }
+  const n = checkSequences(r.trades, "odin.token.*.trade");
+  log(`${n} trades, the 20 stale ones recovered after the gap notice, in order, once`);
 }
 
 async function reconnect() {
@@ -408,6 +437,7 @@ try {
   if (mode === "reconnect") await reconnect();
   else if (mode === "token") await token();
   else if (mode === "snapshot") await snapshot(Number(secret));
+  else if (mode === "gap") await gap();
   else await sse();
   // Refused attempts while a shard restarts log connection errors in the
   // console; only script errors count.

@@ -434,3 +434,52 @@ class PromptCloseTLSTests(SynchronousTestCase):
         self.assertTrue(callable(TLSMemoryBIOProtocol._shutdownTLS))
         self.assertIn("self._shutdownTLS()", inspect.getsource(TLSMemoryBIOProtocol.loseConnection))
         self.assertTrue(issubclass(PromptCloseTLS, TLSMemoryBIOProtocol))
+
+
+class AcceptingPortTests(TestCase):
+    """
+    The listening port behind an accepted connection, and the bound on its
+    accept loop (odin_ws/parent/acceptpause.py relies on both).
+    """
+
+    def test_acceptedConnectionNamesItsPort(self):
+        """
+        A connection accepted by a real tcp.Port is a tcp.Server whose
+        C{server} is that port, which has C{numberAccepts} (100 at first)
+        and the file descriptor's stopReading/startReading; other
+        transports have no port.
+        """
+        from twisted.internet import defer, reactor
+        made: defer.Deferred = defer.Deferred()
+
+        class Accepted(Protocol):
+            def connectionMade(self):
+                made.callback(self.transport)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Accepted), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, tcp.Port)
+        self.assertIsInstance(port, abstract.FileDescriptor)
+        self.assertEqual(port.numberAccepts, 100)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+
+        def check(transport):
+            self.assertIs(twisted_internals.accepting_port(transport), port)
+            self.assertIsNone(twisted_internals.accepting_port(StalledTransport()))
+            twisted_internals.limit_accepts(port, 7)
+            self.assertEqual(port.numberAccepts, 7)
+            twisted_internals.limit_accepts(port, 0)
+            self.assertEqual(port.numberAccepts, 1)
+            transport.abortConnection()
+        return made.addCallback(check)
+
+    def test_acceptLoopReadsTheBoundWhenItStarts(self):
+        """tcp.Port.doRead takes C{numberAccepts} when a loop starts (the shape relied on)."""
+        source = FilePath(tcp.__file__).getContent().decode()
+        tree = ast.parse(source)
+        port = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Port")
+        do_read = next(n for n in port.body
+                       if isinstance(n, ast.FunctionDef) and n.name == "doRead")
+        self.assertIn("numAccepts = self.numberAccepts", ast.unparse(do_read))
+        self.assertIn("range(numAccepts)", ast.unparse(do_read))

@@ -213,7 +213,21 @@ def run(workdir: str) -> None:
         shard_pids = [s["pid"] for s in body["shards"]]
         check("both shards run", len(shard_pids) == 2, repr(body))
 
+        def native_loops():
+            loops = [s.get("outbound_native") for s in health(port)[1]["shards"]]
+            return loops if loops and all(loop == "native" for loop in loops) else None
+        try:
+            wait_for(native_loops, 30.0, 0.2, "/health: outbound_native native on every shard")
+            check("every shard sends with the C loop the package built (/health outbound_native)",
+                  True)
+        except AssertionError as e:
+            check("every shard sends with the C loop the package built (/health outbound_native)",
+                  False, str(e))
+
         status, _, metrics = http_get(port, "/metrics")
+        check("/metrics says so too (odinws_outbound_native 1)",
+              b'odinws_outbound_native{shard="0"} 1.0' in metrics,
+              metrics[:300].decode("utf-8", "replace"))
         check("/metrics has shard-labelled odinws samples",
               status == 200 and b'odinws_connections{shard="0"}' in metrics,
               metrics[:300].decode("utf-8", "replace"))

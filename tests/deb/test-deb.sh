@@ -123,6 +123,8 @@ check "the daemon's package ships no Python client (odinws_client: a distributio
     sh -c "! ls -d $VENV/lib/python3*/site-packages/odinws_client* 2>/dev/null"
 check "the daemon's package ships no tools (odinws_tools, odinws-simulate, odinws-loadtest)" \
     sh -c "! ls -d $VENV/lib/python3*/site-packages/odinws_tools 2>/dev/null && [ ! -e $VENV/bin/odinws-simulate ] && [ ! -e $VENV/bin/odinws-loadtest ] && [ ! -e /usr/bin/odinws-simulate ]"
+check "the fan-out's C send loop is built and loads (outbound.native: on would start)" \
+    "$VENV/bin/python" -c "from odin_ws.shard.delivery import nativesend; assert nativesend.select('on').state == 'native'"
 touch "$work/mark"
 check "the odinws user finds the odinws plugin (odinws --help)" \
     setpriv --reuid=odinws --regid=odinws --init-groups -- /usr/bin/odinws --help

@@ -82,6 +82,23 @@ class StalledTransport(abstract.FileDescriptor):
         self.allow = 0
 
 
+class SendLoop:
+    """
+    Mixed into a test class whose Fanouts take C{native=self.send_loop()}:
+    C{native = True} runs them with the C send loop (odin_ws/shard/delivery/_sendrun.c),
+    False with the pure-Python one. The extension is imported, not looked
+    for: where it is not built, the native classes fail.
+    """
+
+    native = False
+
+    def send_loop(self):
+        if not self.native:
+            return None
+        from odin_ws.shard.delivery import _sendrun
+        return _sendrun.send_runs
+
+
 class FakeProtocol(OutboxHolder):
     """What an Outbox uses of an Autobahn protocol: its transport and state."""
 
@@ -287,3 +304,6 @@ class FakeKafkaMessage:
 
     def timestamp(self):
         return (1, self._ts)
+
+    def headers(self):
+        return None

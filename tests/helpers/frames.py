@@ -86,10 +86,17 @@ def event(channel: str, n: int, pad: int = 60) -> bytes:
 
 
 def events_in(data: bytes) -> list[tuple[str, int]]:
-    """(channel, number) of each event frame in C{data}."""
+    """(channel, number) of each event frame in C{data} (gap notices: L{gaps_in})."""
     out = []
     for opcode, payload in parse_frames(data):
         assert opcode == 1, opcode
         doc = json.loads(payload)
-        out.append((doc["c"], int(doc["n"])))
+        if doc.get("type") != "gap":
+            out.append((doc["c"], int(doc["n"])))
     return out
+
+
+def gaps_in(data: bytes) -> list[dict]:
+    """The gap notices in C{data}."""
+    docs = [json.loads(payload) for _, payload in parse_frames(data)]
+    return [doc for doc in docs if doc.get("type") == "gap"]

@@ -13,12 +13,13 @@ import socket
 import ssl
 import time
 
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import FAST_KAFKA, client_frame, parse_frames
 from tests.helpers.certs import TestCA
-from tests.helpers.node import AdminNode, Node, wait_for
-from tests.helpers.topics import TopicNodeCase
+from tests.helpers.node import AdminNode, Client, Node, http_get, wait_for
+from tests.helpers.topics import TopicNodeCase, stream
 
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -180,3 +181,127 @@ class TLSRefusalTests(TopicNodeCase):
                 sock.sendall(chunk)
                 sent += len(chunk)
         self.assertLess(sent, 64 << 20)
+
+
+def history_visits(node: Node, by: str) -> float:
+    """C{odinws_history_visits_total{by}} of the node, all shards together."""
+    status, _, body = http_get(node.port, "/metrics")
+    assert status == 200, status
+    return sum(s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples
+               if s.name == "odinws_history_visits_total" and s.labels.get("by") == by)
+
+
+class RecoveryWorkTests(TopicNodeCase):
+    """Recoveries and snapshots of channels that match nothing on one shard (H1-H3 of issue 23)."""
+
+    shards = 1
+    partitions = 2
+
+    def test_non_matching_recoveries_look_at_no_event(self):
+        """
+        With 3,000 events retained, subscribes to 100 channels that match
+        nothing, recovering from the first retained event of both
+        partitions, by WebSocket and by event stream, are each answered
+        (nothing to replay) having looked at no retained event (the scan
+        looked at 2,998 each); snapshots of 100 wildcards that match
+        nothing look at no cache entry; a recovery of
+        one token looks at the events it replays and at most its channel's
+        run per partition, no more; a probe on the same shard receives
+        every event.
+        """
+        node = self.node()
+        probe = self.connect(node)
+        probe.subscribe("odin.token.*.*")
+        self.produce(3000)
+        probe.collect(3000, timeout=60)
+        self.wait_consumed(node)
+        attacker = self.connect(node)
+        positions = attacker.request({"type": "subscribe", "channels": ["odin.token.X.trade"],
+                                      "since": []})["positions"]
+        attacker.request({"type": "unsubscribe", "channels": ["odin.token.X.trade"]})
+        deep = [f"{stream(p)}:0" for p in positions]   # all but each partition's first
+        nothing = [f"odin.token.NONE{i}.trade" for i in range(100)]
+        # Nothing recovered or snapshot yet (since: [] looks at nothing).
+        self.assertEqual((history_visits(node, "recovery"), history_visits(node, "snapshot")),
+                         (0, 0))
+        for i in range(5):
+            ack = attacker.request({"type": "subscribe", "channels": nothing, "since": deep,
+                                    "id": i})
+            self.assertEqual((ack["type"], ack.get("recovered"), ack.get("replayed")),
+                             ("subscribed", True, 0), ack)
+        # The same through event streams (H2), the positions in Last-Event-ID.
+        topic, _, epoch, _ = positions[0].split(":")
+        vector = f"{topic}~{epoch}~0:0,1:0"
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+                sock.sendall(f"GET /sse?channels={','.join(nothing)} HTTP/1.1\r\n"
+                             f"Host: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+                             f"Last-Event-ID: {vector}\r\n\r\n".encode())
+                data = b""
+                while b"\n\n" not in data.partition(b"event: subscribed")[2]:
+                    chunk = sock.recv(65536)
+                    self.assertTrue(chunk, data)
+                    data += chunk
+                self.assertIn(b'"recovered":true', data)
+        # Snapshots of 100 token wildcards that match nothing (H3).
+        snapper = self.connect(node)
+        for i in range(5):
+            ack = snapper.request({"type": "subscribe", "snapshot": True, "id": i,
+                                   "channels": [f"odin.token.NONE{j}.*" for j in range(100)]})
+            self.assertEqual((ack["type"], ack["snapshot"]), ("subscribed", 0), ack)
+        # Then work of a known size: one exact snapshot (one cache entry),
+        # and one token's recovery. /metrics is gathered at most once a
+        # second: once it shows that work, it shows everything before it.
+        self.produce(10)
+        last = self.connect(node)
+        ack = last.request({"type": "subscribe", "channels": ["odin.token.T0.trade"],
+                            "snapshot": True})
+        self.assertEqual(ack["snapshot"], 1)
+        ack = last.request({"type": "subscribe", "channels": ["odin.token.T1.*"],
+                            "since": deep, "id": "t1"})
+        # Partition 1 holds T1's events only (token i on partition i % 2).
+        self.assertEqual((ack["recovered"], ack["replayed"]), (True, 1002))
+        visits = wait_for(lambda: history_visits(node, "recovery"), 10, 0.2, "the visits")
+        self.assertTrue(1002 <= visits <= 1002 + 2, visits)
+        self.assertEqual(history_visits(node, "snapshot"), 1)
+        got = [e["data"]["seq"] for e in probe.collect(3010)]
+        self.assertEqual(sorted(got), list(range(3010)))
+
+
+class SubscriptionShareTests(TopicNodeCase):
+    """A few addresses cannot take a shard's subscription budget (M2 of issue 23)."""
+
+    shards = 1
+    partitions = 1
+
+    def client_from(self, node: Node, address: str) -> Client:
+        """A WebSocket client whose connection comes from C{address} (a 127/8 address)."""
+        sock = socket.create_connection(("127.0.0.1", node.port), timeout=10,
+                                        source_address=(address, 0))
+        client = Client(node.url(), sock=sock)
+        self.addCleanup(client.close)
+        return client
+
+    def test_four_addresses_cannot_refuse_a_fifth(self):
+        """
+        With a budget of 100 subscriptions and limits.ip_subscription_share
+        0.2, four addresses each holding all they may (two connections of
+        10) get server_subscription_limit on a third connection, and a
+        fifth address's subscribe is accepted and receives its events.
+        """
+        node = self.node(**{"limits.max_shard_subscriptions": 100,
+                            "limits.ip_subscription_share": 0.2,
+                            "limits.max_subscriptions": 10})
+        for n in range(2, 6):
+            for c in range(2):
+                client = self.client_from(node, f"127.0.0.{n}")
+                client.subscribe(*(f"odin.token.A{n}x{c}x{i}.trade" for i in range(10)))
+            third = self.client_from(node, f"127.0.0.{n}")
+            reply = third.request({"type": "subscribe", "channels": ["odin.token.T0.trade"],
+                                   "id": n})
+            self.assertEqual((reply["type"], reply["code"], reply["id"]),
+                             ("error", "server_subscription_limit", n))
+        fifth = self.client_from(node, "127.0.0.6")
+        fifth.subscribe("odin.token.T0.trade")
+        self.produce(3)
+        self.assertEqual([e["data"]["seq"] for e in fifth.collect(1)], [0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
-from tests.helpers.node import Client, Node, wait_for
+from tests.helpers.node import Client, Node, http_get, wait_for
 from tests.helpers.topics import TopicNodeCase, stream
 
 
@@ -139,3 +139,71 @@ class CatchUpTests(CatchUpNodeCase):
         # Every event produced after the notices came (the read above waited for them).
         last_gap = len(reader.order) - 1 - reader.order[::-1].index("gap")
         self.assertGreaterEqual(reader.order[last_gap:].count("event"), 20)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def stalled_socket(url: str) -> socket.socket:
+    """A WebSocket subscribed by URL to every channel that then reads nothing more."""
+    parts = urlsplit(url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((parts.hostname, parts.port))
+    sock.sendall(b"GET /ws?channels=odin.token.*.* HTTP/1.1\r\nHost: node\r\n"
+                 b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise AssertionError("closed during the handshake")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise AssertionError(head[:80])
+    return sock
+
+
+class MemoryTests(CatchUpNodeCase):
+    settings = {"listen.max_heads_per_ip": 1000, "limits.connection_rate_per_ip": 100000.0,
+                "limits.connection_burst_per_ip": 1000, "outbound.policy": {"default": "drop"}}
+
+    def test_stalled_connections_hold_positions_not_frames(self):
+        """
+        500 connections that never read, under a steady stream (~5.6 MB of
+        events, every one to each of them): all of them fall behind and the
+        shard's resident memory stays within a generous bound (60 MiB over
+        what it held once they were behind); frames queued for each of them
+        would take 2.8 GB.
+        """
+        node = self.node(**self.settings)
+        keeper = self.connect(node)
+        keeper.subscribe("odin.token.*.*")
+        stalled = []
+        for _ in range(500):
+            stalled.append(stalled_socket(node.url()))
+        for sock in stalled:
+            self.addCleanup(sock.close)
+        [pid] = node.shard_pids()
+
+        def behind() -> float:
+            _, _, body = http_get(urlsplit(node.url()).port, "/metrics")
+            return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                       if line.startswith("odinws_connections_behind"))
+        self.produce(500, pad=1000)
+        keeper.collect(self.seq, timeout=120)
+        wait_for(lambda: behind() >= 500, 60, 0.5, "every stalled connection behind")
+        base = rss_kib(pid)
+        for _ in range(10):
+            self.produce(500, pad=1000)
+            keeper.collect(self.seq, timeout=120)
+        grown = rss_kib(pid) - base
+        self.assertEqual(behind(), 500)
+        self.assertLess(grown, 60 * 1024, f"the shard grew by {grown} KiB")

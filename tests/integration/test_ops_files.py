@@ -117,7 +117,8 @@ class DashboardTests(unittest.TestCase):
         self.assertEqual(self.dashboard["panels"][0]["type"], "row")
         rows = [p["title"] for p in self.panels if p["type"] == "row"]
         self.assertEqual(rows, ["Overview", "Connections", "Kafka", "Delivery", "Hub", "Shards",
-                                "Recovery and history"])
+                                "Recovery and history", "Catch-up and gaps",
+                                "Reconnection storms"])
 
     def test_layout(self):
         """Panel ids are unique and no two panels overlap on the 24-column grid."""

@@ -176,6 +176,27 @@ class StillRefusedTests(WaitTestCase):
         self.assertEqual(self.response(self.request(UPGRADE)[1]).status, 503)
         self.assertEqual(self.sent(), [1, 2, 3, 4])
 
+    def test_answering_shard_is_not_stalled(self):
+        """
+        A shard deep in a storm whose Stats come late but which keeps
+        answering handoffs is serving, not stalled: its waiters are handed
+        over, none refused, though no Stats arrived for longer than
+        stats_stale_after.
+        """
+        transports = self.storm(12)
+        stale = make_settings(self.config, **{
+            f"supervisor__{k}": v for k, v in self.supervisor.items()}).supervisor
+        step = stale.stats_stale_after / 2
+        for _ in range(4):
+            self.reactor.advance(step)
+            self.answer_one()
+            self.answer_one()
+            self.answer_one()
+        while self.answer_one():
+            pass
+        self.assertEqual(sorted(self.sent()), list(range(1, 13)))
+        self.assertFalse(any(t.value() for t in transports), "nobody refused")
+
     def test_full_shards_refuse_at_once(self):
         """Shards at their capacity (not only out of slots) refuse at once: nobody waits."""
         waiting = sample("odinws_handoff_waiting")

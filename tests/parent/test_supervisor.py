@@ -193,7 +193,8 @@ class ControlTests(SupervisorTestCase):
         sup.startService()
         shard, pump = self.register(sup, 0)
         warmup = {"state": "done", "events": 12, "partitions": 2, "seconds": 0.1}
-        status = {"accepting": False, "kafka": {"connected": True}, "warmup": warmup}
+        status = {"accepting": False, "kafka": {"connected": True}, "warmup": warmup,
+                  "outbound_native": "native"}
         shard.callRemote(Stats, connections=7, capacity=50,
                          status=json.dumps(status).encode())
         pump.flush()
@@ -202,7 +203,8 @@ class ControlTests(SupervisorTestCase):
                                   "alive": True, "accepting": False, "stalled": False,
                                   "connections": 7,
                                   "capacity": 50, "restarts": 0, "crash_looping": False,
-                                  "kafka": {"connected": True}, "warmup": warmup})
+                                  "kafka": {"connected": True}, "warmup": warmup,
+                                  "registry": None, "outbound_native": "native"})
 
     def test_publishRelayedToOtherShards(self):
         """A Publish from one shard reaches the other shard as a Deliver."""

@@ -10,49 +10,34 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 
 from twisted.python import log
 from twisted.trial import unittest
 
 from tests.helpers.broker import KIND as BROKER_KIND
-from tests.helpers.broker import fast_kafka, shared_broker, tansu
+from tests.helpers.broker import fast_kafka, shared_broker
 from tests.helpers.browser import BrowserScript, require_browser
 from tests.helpers.node import Node
 
 SECRET = "browser-secret-of-at-least-32-bytes!"
 
 
-# Why the shard-kill tests run on Tansu. Found when the tests moved to Apache
-# Kafka: after a shard is SIGKILLed the client reconnects to the other shard
-# before the dead shard's partition is consumed again there; its positions of
-# that partition are past what that shard has seen, so recovery answers
-# recovered false, ahead, and once the partition is re-read from its last
-# commit, events the client already has arrive again as live ("went from n=61
-# to n=44"): failed 2 runs in 6 with static membership. A server defect (issue
-# 22: a shard must not answer recovery for a partition it has not caught up
-# on), not the library's; the library's reconnect and recovery are tested here
-# on Tansu, where the partition moves before the client is back, until issue
-# 22 fixes it.
-
-
 class ClientBrowserCase(unittest.TestCase):
     shards = 1
-    #: Run on Tansu whatever this run's broker (the shard-kill tests: see
-    #: the note at the top of this module).
-    on_tansu = False
 
     def settings(self) -> dict:
         return {}
 
     def setUp(self):
         self.node_exe = require_browser()
-        self.broker = tansu() if self.on_tansu else shared_broker()
+        self.broker = shared_broker()
         self.topic = f"js-{uuid.uuid4().hex[:8]}"
         self.broker.create_topics([self.topic], partitions=2)
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
-        settings = fast_kafka("tansu" if self.on_tansu else BROKER_KIND)
+        settings = fast_kafka(BROKER_KIND)
         settings.update({"kafka.topics": {self.topic: "trade"}, "kafka.event_type_field": "kind",
                          "guard.cpu_threshold": 0, "guard.memory_threshold": 0})
         settings.update(self.settings())
@@ -114,7 +99,6 @@ class ClientBrowserCase(unittest.TestCase):
 
 class ReconnectTests(ClientBrowserCase):
     shards = 2
-    on_tansu = True
 
     def test_reconnects_after_its_shard_is_killed_and_recovers(self):
         """
@@ -150,9 +134,42 @@ class SnapshotTests(ClientBrowserCase):
         self.assertPassed(script)
 
 
+class GapTests(ClientBrowserCase):
+    rounds = 0      # this test produces its own events
+
+    def settings(self):
+        return {"outbound.max_event_age": 10.0}
+
+    def test_recovers_from_a_gap_notice_by_itself(self):
+        """
+        Events older than outbound.max_event_age are not sent live; the node
+        sends a gap notice (stale) naming their stream and the position
+        before them, and the library, by itself, resubscribes from it, gets
+        them replayed (recovered: true) and hands every event over in order
+        and once: 20 stale ones of one channel between fresh ones of another
+        on the same partition.
+        """
+        script = self.script("gap", f"http://127.0.0.1:{self.node.port}")
+        script.wait_line("READY", 120)
+        now = int(time.time() * 1000)
+
+        def trade(token: str, n: int, ts: int) -> None:
+            self.broker.produce(self.topic, token.encode(),
+                                json.dumps({"kind": "trade", "seq": n, "n": n}).encode(),
+                                timestamp_ms=ts, partition=0)
+        for n in (1, 2, 3):
+            trade("NEW", n, now)
+        self.broker.flush()
+        for n in range(1, 21):
+            trade("OLD", n, now - 60_000)
+        for n in (4, 5, 6):
+            trade("NEW", n, now)
+        self.broker.flush()
+        self.assertPassed(script)
+
+
 class SseFallbackTests(ClientBrowserCase):
     shards = 2
-    on_tansu = True
 
     def test_falls_back_to_sse_when_websocket_is_blocked_and_recovers_there(self):
         """

@@ -32,7 +32,7 @@ class Gap:
     notice named a stream that cannot be recovered: events may be missing
     before the ones that follow, so refetch the state from your system of
     record. ``reason`` is the server's
-    (``too_old``, ``ahead``, ``other_epoch``, ``unknown_partition``,
+    (``too_old``, ``not_loaded``, ``ahead``, ``other_epoch``, ``unknown_partition``,
     ``too_large``) or the code of refused positions (``invalid_position``,
     ``unknown_position``, ``too_many_positions``). ``snapshot``: how many
     snapshot events follow (a subscription with ``snapshot=True``).

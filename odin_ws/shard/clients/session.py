@@ -36,6 +36,7 @@ from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionInd
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
+    from odin_ws.shard.clients.recoveryhold import HeldRecovery, RecoveryHold
     from odin_ws.shard.delivery.fanout import Fanout
     from odin_ws.shard.history.store import History
 
@@ -91,9 +92,18 @@ class ClientHost(Protocol):
     @property
     def subscriptions(self) -> SubscriptionIndex: ...
 
+    @property
+    def recoveries(self) -> RecoveryHold: ...
+
     def policy_for(self, event_type: str) -> str: ...
 
     def subscriptions_changed(self) -> None: ...
+
+    def recovering(self, outbox: Outbox) -> None:
+        """
+        C{outbox}'s connection recovers from positions in this turn: a gap
+        notice it was sent is answered; later ones are news to it.
+        """
 
     def admit_ip(self, ip: str) -> bool: ...
 
@@ -129,7 +139,7 @@ class Session:
     # Every connection carries one: slots, not a __dict__ (odin_ws/shard/clients/lean.py).
     __slots__ = ("host", "transport", "noun", "client_ip", "ip_counted", "grant", "bucket",
                  "replay_bucket", "strikes", "strike_stamp", "ever_subscribed", "_idle_call",
-                 "_expiry_call")
+                 "_expiry_call", "_held")
 
     def __init__(self, host: ClientHost, transport: ClientTransport, noun: str):
         self.host = host
@@ -146,6 +156,9 @@ class Session:
         self.ever_subscribed = False
         self._idle_call: Any = None
         self._expiry_call: Any = None
+        #: A recovery held until the shard can answer it truly, and the
+        #: client's messages that came after it (they wait behind it, in order).
+        self._held: tuple[HeldRecovery, list[bytes]] | None = None
 
     # -- the request, before the connection opens
 
@@ -316,8 +329,15 @@ class Session:
                        "messages per second; slow down", None)
         return False
 
-    def message(self, payload: bytes) -> None:
-        """One text message of the client (docs/protocol.md), answered."""
+    def message(self, payload: bytes, until: float | None = None) -> None:
+        """
+        One text message of the client (docs/protocol.md), answered. A
+        recovery in it waits at most until C{until} (reactor seconds) if it
+        waited behind another one.
+        """
+        if self._held is not None:
+            self._held[1].append(payload)   # behind a held recovery (spent its rate already)
+            return
         host = self.host
         limits = host.settings.limits
         try:
@@ -333,7 +353,7 @@ class Session:
                 # Its first token was spent when it arrived; a recovery or a
                 # snapshot reads history and costs more (issue 23).
                 return
-            self.subscribe(msg)
+            self.subscribe(msg, until)
         elif isinstance(msg, messages.Unsubscribe):
             self.unsubscribe(msg)
         elif isinstance(msg, messages.Ping):
@@ -344,13 +364,18 @@ class Session:
             self.error(messages.UNKNOWN_TYPE, f"{type(msg).__name__.lower()} is not "
                        "available on this server", getattr(msg, "id", None))
 
-    def subscribe(self, msg: messages.Subscribe) -> None:
+    def subscribe(self, msg: messages.Subscribe, until: float | None = None) -> None:
         """
         Subscribe to C{msg}'s channels, all or none: within the grant, the
         connection's and the shard's budgets, with its recovery or snapshot
         answered first (ack, replay or snapshot, then live, in this turn).
+        A recovery the shard cannot answer truly yet waits first, bounded
+        (L{odin_ws.shard.clients.recoveryhold}), at most until C{until}.
         """
         host = self.host
+        if msg.since and host.recoveries.waits(msg.since, until):
+            self._held = (host.recoveries.hold(msg.since, lambda: self._resume(msg), until), [])
+            return
         outbox = self._outbox()
         subscriptions = host.subscriptions
         limit = host.settings.limits.max_subscriptions
@@ -387,6 +412,8 @@ class Session:
             self.transport.reply(messages.ack("subscribed", channels, msg.id))
             return
         self.transport.reply(answer.ack(channels, msg.id))
+        if msg.since:
+            host.recovering(outbox)
         if answer.stream is not None:
             outbox.recover_from(answer.stream)
         elif answer.frames:
@@ -427,6 +454,22 @@ class Session:
             bucket = self.replay_bucket = TokenBucket(limits.replay_rate, limits.replay_burst,
                                                       self.host.reactor.seconds)
         return bucket.spend(size)
+
+    def _resume(self, msg: messages.Subscribe) -> None:
+        """The held recovery's turn: answer it, then the messages that came after it."""
+        if self._held is None:
+            return
+        held, waiting = self._held
+        self._held = None
+        if self.transport.outbox is None:
+            return    # closing
+        self.subscribe(msg, until=0.0)
+        # Recoveries that waited behind it wait no longer than it did.
+        for i, payload in enumerate(waiting):
+            if self._held is not None:
+                self._held[1].extend(waiting[i:])
+                return
+            self.message(payload, held.deadline)
 
     def subscribed(self) -> None:
         """A subscription was made: the idle close is off, the shard's count is new."""
@@ -528,7 +571,10 @@ class Session:
             self.host.release_ip(self.client_ip)
 
     def stop_timers(self) -> None:
-        """No idle close, no expiry close any more (the connection is closing)."""
+        """No idle close, no expiry close, no held recovery any more (the connection is closing)."""
+        if self._held is not None:
+            self._held[0].cancel()
+            self._held = None
         for call in (self._idle_call, self._expiry_call):
             if call is not None and call.active():
                 call.cancel()

@@ -42,6 +42,7 @@ from odin_ws.shard.delivery.subscriptions import BudgetExceeded
 from odin_ws.shard.history import positions
 
 if TYPE_CHECKING:
+    from odin_ws.shard.clients.recoveryhold import HeldRecovery
     from odin_ws.shard.history.store import History
 
 #: Browsers come back after a drain within this many seconds (C{retry:}).
@@ -97,13 +98,34 @@ class SseStream(OutboxHolder, TwistedProtocol):
         self._closing = False
         #: The code of the close event we sent (None: the client left).
         self._close_code: int | None = None
+        #: A recovery held before the stream opens; whether the client left.
+        self._held: HeldRecovery | None = None
+        self._gone = False
 
     # -- the request
 
     def start(self, head: RequestHead) -> None:
-        """Answer C{head}: refuse it with a JSON error, or open the stream."""
+        """
+        Answer C{head}: refuse it with a JSON error, or open the stream (once
+        a recovery the shard cannot answer truly yet could be: see
+        L{odin_ws.shard.clients.recoveryhold}).
+        """
         try:
             msg, patterns = self._check(head)
+        except Refused as e:
+            self._refuse(e)
+            return
+        recoveries = self.host.recoveries
+        if msg.since and recoveries.waits(msg.since):
+            self._held = recoveries.hold(msg.since, lambda: self._respond(msg, patterns))
+            return
+        self._respond(msg, patterns)
+
+    def _respond(self, msg: messages.Subscribe, patterns: list[tuple[str, str]]) -> None:
+        self._held = None
+        if self._gone:
+            return
+        try:
             answer = self._answer(msg)
         except Refused as e:
             self._refuse(e)
@@ -265,6 +287,10 @@ class SseStream(OutboxHolder, TwistedProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         host = self.host
+        self._gone = True
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
         self.session.lost()
         if self.outbox is not None:
             host.streams.closed(self)

@@ -30,6 +30,7 @@ from typing import Any
 from odin_ws.common.events import Event
 from odin_ws.common.settings import LimitsSettings
 from odin_ws.shard.delivery.frames import text_frame
+from odin_ws.shard.delivery.writestats import WriteStats
 from odin_ws.shard.history import positions
 from odin_ws.shard.history.store import History
 
@@ -134,6 +135,57 @@ class Behind:
         return out
 
 
+class StaleNotices:
+    """
+    Events older than C{outbound.max_event_age} are not sent live (a backlog
+    after a restart or a long lag): their subscribers are told, once per
+    stream while its events stay stale (a stale episode), with the position
+    before the first of them, from which they may recover (history keeps them).
+    """
+
+    def __init__(self, stats: WriteStats):
+        self._stats = stats
+        #: Streams in a stale episode, and the connections told of it.
+        self.told: dict[Stream, set[Any]] = {}
+
+    def stale(self, event: Event, subscribers: Iterable[Any]) -> None:
+        """C{event} is not sent to C{subscribers}: tell those not told yet (before newer events)."""
+        key = (event.topic, event.partition)
+        told = self.told.setdefault(key, set())
+        notice = None
+        for box in subscribers:
+            if box in told:
+                continue
+            told.add(box)
+            if notice is None:
+                notice = gap_notice(STALE, {key: (event.epoch or "0", event.offset - 1)})
+            box.push_control(notice)
+            self._stats.gaps[STALE] = self._stats.gaps.get(STALE, 0) + 1
+
+    def forget(self, subscriber: Any) -> None:
+        """
+        C{subscriber} recovers from positions (it may have been told): what
+        it is told of from now on is new to it (its recovery ends before).
+        """
+        for told in self.told.values():
+            told.discard(subscriber)
+
+    def fresh(self, event: Event) -> None:
+        """A live event of its stream: the stream's stale episode (if any) is over."""
+        self.told.pop((event.topic, event.partition), None)
+
+
+def conflated_notice(skipped: Mapping[str, int]) -> bytes:
+    """
+    The C{gap} message of conflation (a WebSocket text frame): per channel,
+    how many events gave way to a newer one. Nothing to recover: the
+    client chose the latest value over every event.
+    """
+    body = json.dumps({"type": "gap", "reason": CONFLATED, "channels": dict(skipped)},
+                      separators=(",", ":"))
+    return text_frame(body.encode())
+
+
 def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
     """
     The C{gap} message (a WebSocket text frame) for C{streams}: each maps to
@@ -143,8 +195,9 @@ def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
     for (topic, partition), position in sorted(streams.items(), key=lambda kv: kv[0]):
         epoch = position[0] if position is not None else "0"
         stream = f"{topic}:{partition}:{epoch}"
+        # Before a partition's first offset (0) there is no position to name.
         named[stream] = (positions.encode(topic, partition, *position)
-                         if position is not None else None)
+                         if position is not None and position[1] >= 0 else None)
     body = json.dumps({"type": "gap", "reason": reason, "streams": named},
                       separators=(",", ":"))
     return text_frame(body.encode())

@@ -20,6 +20,16 @@ do for the common case (L{Fanout._spread}: L{Outbox.push};
 L{Fanout.flush}: L{Outbox.flush} of one entry on a plain TCP connection).
 They read and write the Outbox's public attributes the Outbox documents for
 them instead of calling it: a call per connection costs measurable time.
+
+With the native send loop (C{outbound.native}, L{odin_ws.shard.delivery.nativesend})
+and no flush window, a run is not spread at all: L{Fanout.publish_run} keeps
+it (with a snapshot of its subscribers) until the write that follows in the
+same call (every caller flushes right after publishing), and the C loop sends
+each connection whose Outbox is empty and for which Twisted holds nothing
+all its runs in one send. Only the others come back to Python: a send the
+kernel took part of goes to L{Outbox.write_rest}; a connection with frames
+waiting, paused, closing or not inline gets the run pushed into its Outbox
+here, under its policy, before the Outboxes are written.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from twisted.logger import Logger
 from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import pending_writers
 from odin_ws.shard.delivery.frames import Chunk, frame_count
+from odin_ws.shard.delivery.nativesend import SendRuns
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.writestats import WriteStats
 
@@ -67,7 +78,8 @@ class Fanout:
     frames: on L{flush}, or at the end of the reactor turn if nobody did.
     """
 
-    def __init__(self, reactor: Any, stats: WriteStats, delay: float = 0.0):
+    def __init__(self, reactor: Any, stats: WriteStats, delay: float = 0.0,
+                 native: SendRuns | None = None):
         self.reactor = reactor
         self.stats = stats
         #: The flush window in seconds (C{outbound.flush_delay}; 0 = write in L{flush}).
@@ -75,6 +87,13 @@ class Fanout:
         # Twisted holds bytes for a connection (or is closing it) exactly
         # while its fd is in this set; None for reactors without one.
         self.writes: set[int] | None = pending_writers(reactor)
+        #: The C send loop (None: the Python loop only).
+        self.native = native
+        # Runs kept for the C loop until the next write: (buf, frames,
+        # subscribers) and, for the Python path, (queue entry, items).
+        self._runs: list[tuple[bytes, int, tuple[Outbox, ...]]] = []
+        self._entries: list[tuple[tuple[bytes, Any], list[tuple[bytes, str, str]],
+                                  list[Event] | None]] = []
         self._dirty: list[Outbox] = []
         self._later: list[Callable[[], None]] = []
         self._call = None
@@ -85,6 +104,10 @@ class Fanout:
         Queue one frame (of C{channel}, C{event_type}; of C{event} of the
         shard's history, which a slow outbox catches up from) on every outbox.
         """
+        if self.native is not None and not self.delay:
+            self._keep(frame, (frame, channel), [(frame, channel, event_type)],
+                       [event] if event is not None else None, outboxes)
+            return
         size = len(frame)
         self._spread((frame, channel), size, outboxes,
                      lambda box: box.overflow(frame, channel, event_type, size, event))
@@ -104,6 +127,9 @@ class Fanout:
             return
         chunk = b"".join([frame for frame, _, _ in items])
         tag = Chunk(items, events)
+        if self.native is not None and not self.delay:
+            self._keep(chunk, (chunk, tag), items, events, outboxes)
+            return
         self._spread((chunk, tag), len(chunk), outboxes, lambda box: box.push_parts(tag))
 
     def _spread(self, pair: tuple[bytes, Any], size: int, outboxes: Iterable[Outbox],
@@ -128,6 +154,64 @@ class Fanout:
         if dirty:
             self._soon()
 
+    def _keep(self, buf: bytes, pair: tuple[bytes, Any], items: list[tuple[bytes, str, str]],
+              events: list[Event] | None, outboxes: Iterable[Outbox]) -> None:
+        """
+        Keep a run for the C loop at the next write. Its subscribers are
+        taken now (the index hands out live views): those it reaches are
+        those it would have reached in the Python loop.
+        """
+        self._runs.append((buf, len(items), tuple(outboxes)))
+        self._entries.append((pair, items, events))
+        self._soon()
+
+    def _send_native(self, send_runs: SendRuns) -> None:
+        """
+        The kept runs, through the C loop: sent whole to every connection it
+        may send to; the rest given to the Outboxes (L{Outbox.write_rest}
+        for what the kernel refused, the queue for the others).
+        """
+        runs, self._runs = self._runs, []
+        entries, self._entries = self._entries, []
+        # No set of writers known: no Outbox is inline, the loop sends to none.
+        writes = self.writes if self.writes is not None else set()
+        frames, size, whole, rest, defer = send_runs(runs, writes)
+        stats = self.stats
+        stats.delivered += frames
+        stats.bytes_out += size
+        stats.writes += whole
+        stats.direct += whole
+        for box, run in defer:
+            # Outbox.push (or push_parts) of the run, as _spread does it.
+            pair, items, events = entries[run]
+            buf = pair[0]
+            room = box.room - len(buf)
+            if room >= 0:
+                box.room = room
+                queue = box.queue
+                if not queue:
+                    self._dirty.append(box)
+                queue += pair
+            elif len(items) == 1:
+                frame, channel, event_type = items[0]
+                box.overflow(frame, channel, event_type, len(frame),
+                             events[0] if events else None)
+            else:
+                box.push_parts(pair[1])
+        for box, buf, sent, count in rest:
+            self._write_rest(box, buf, sent, count)
+
+    def _write_rest(self, box: Outbox, buf: bytes, sent: int, count: int) -> None:
+        """A direct send of C{count} frames took C{sent} bytes of C{buf}: Twisted takes the rest."""
+        stats = self.stats
+        stats.delivered += count
+        stats.bytes_out += len(buf)
+        stats.writes += 1
+        try:
+            box.write_rest(buf, sent)
+        except Exception:
+            log.failure("writing to {outbox}", outbox=box)
+
     def reconfigure(self, delay: float) -> None:
         """Take a reloaded flush window; a window already running keeps its end."""
         self.delay = delay
@@ -147,6 +231,9 @@ class Fanout:
 
     def write(self) -> None:
         """Write every outbox that got frames since the last write, now."""
+        if self._runs:
+            # First: the Outboxes it hands back are written below with the others.
+            self._send_native(self.native)  # type: ignore[arg-type]  # runs are kept only with it
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
@@ -185,14 +272,7 @@ class Fanout:
                     size += sent
                     sent_whole += 1
                     continue
-                stats = self.stats
-                stats.delivered += count
-                stats.bytes_out += len(buf)
-                stats.writes += 1
-                try:
-                    box.write_rest(buf, sent)
-                except Exception:
-                    log.failure("writing to {outbox}", outbox=box)
+                self._write_rest(box, buf, sent, count)
                 continue
             try:
                 box.flush()

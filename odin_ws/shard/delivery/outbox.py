@@ -45,7 +45,13 @@ from odin_ws.common.twisted_internals import (
     served_by,
     write_state,
 )
-from odin_ws.shard.delivery.catchup import Backlog, Behind, gap_notice
+from odin_ws.shard.delivery.catchup import (
+    CONFLATED,
+    Backlog,
+    Behind,
+    conflated_notice,
+    gap_notice,
+)
 from odin_ws.shard.delivery.frames import Chunk, frame_count
 from odin_ws.shard.delivery.writestats import WriteStats
 from odin_ws.shard.history.store import TOO_OLD
@@ -152,12 +158,17 @@ class Outbox:
         which only L{flush} handles), then C{room = cap}, and after a
         whole send C{room = cap = limit}, as L{flush} does; otherwise
         it calls L{flush} or L{write_rest}.
+
+    The C send loop (odin_ws/shard/delivery/_sendrun.c) makes the same test
+    on the same attributes: a state in which the fan-out must not send to
+    the connection directly (a client behind, being caught up) must show in
+    one of them (C{tracking}, C{paused}, frames in C{queue}).
     """
 
     __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
                  "on_slow_disconnect", "queue", "room", "cap", "paused", "closed", "inline",
                  "sock", "fdno", "tracking", "_tombs", "_fd", "_index", "_indexed",
-                 "_over_since", "_refused", "_grace_call", "backlog", "behind", "_catch_call")
+                 "_over_since", "_refused", "_grace_call", "backlog", "behind", "_catch_call", "_skipped")
 
     def __init__(self, protocol: Any, fanout: Flusher, policy_for: Callable[[str], str],
                  limit: int, grace: float, on_slow_disconnect: Callable[[], None],
@@ -206,6 +217,8 @@ class Outbox:
         #: Per stream, where this connection fell behind (None: it is live).
         self.behind: Behind | None = None
         self._catch_call: Any = None
+        #: Frames conflation replaced since the last write, per channel (told then).
+        self._skipped: dict[str, int] | None = None
         transport.registerProducer(self, True)
 
     def reconfigure(self, outbound: OutboundSettings) -> None:
@@ -303,6 +316,11 @@ class Outbox:
             return
         if policy == "conflate":
             if not self._conflate(frame, channel, size):
+                if event is not None and self.backlog is not None:
+                    # Nothing of its channel waits to give way: caught up
+                    # from history rather than lost.
+                    self.fall_behind(event)
+                    return
                 stats.dropped["conflate"] += 1
         elif policy == "disconnect":
             clock = self.fanout.reactor
@@ -356,6 +374,11 @@ class Outbox:
             count += 1
         self.room += freed
         self.stats.conflated += count
+        if count:
+            skipped = self._skipped
+            if skipped is None:
+                skipped = self._skipped = {}
+            skipped[channel] = skipped.get(channel, 0) + count
         return fits
 
     def _explode(self, start: int) -> None:
@@ -408,6 +431,8 @@ class Outbox:
                     return
             else:
                 direct = state == SENDABLE
+        if self._skipped is not None:
+            self._tell_skipped()
         if len(queue) == 2:
             buf, tag = queue
             frames = 1 if tag.__class__ is str else tag.count
@@ -448,6 +473,14 @@ class Outbox:
         self._settle()
         if self.behind is not None:
             self._catch_up_soon()
+
+    def _tell_skipped(self) -> None:
+        """Conflation skipped events: say so, ahead of the frames that replaced them."""
+        skipped, self._skipped = self._skipped, None
+        assert skipped is not None
+        self.queue[0:0] = (conflated_notice(skipped), "")
+        self._tombs += 1    # not an event: not counted as one delivered
+        self.stats.gaps[CONFLATED] = self.stats.gaps.get(CONFLATED, 0) + len(skipped)
 
     def write_rest(self, buf: bytes, sent: int) -> None:
         """A direct send took C{sent} bytes of C{buf}: Twisted takes the rest."""

@@ -18,6 +18,7 @@ from odin_ws.common import metrics
 from odin_ws.common.events import Event
 from odin_ws.common.highwater import HighWater
 from odin_ws.common.settings import Settings
+from odin_ws.shard.delivery.catchup import StaleNotices
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.delivery.ssefeed import Streams
@@ -51,6 +52,8 @@ class Delivery:
         #: Whether a batch re-reads what the warm-up counted as seen (then it
         #: is relayed whole): set by the warm-up's join (L{odin_ws.shard.kafka.backfill}).
         self.rereading: Callable[[list[Event]], bool] = _never
+        #: Who was told of events too old to be sent live.
+        self.stale = StaleNotices(fanout.stats)
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -92,11 +95,20 @@ class Delivery:
         # SSE streams get their own message of each event, built once
         # (odin_ws/shard/delivery/ssefeed.py); None while no stream is open.
         streams = self.streams.feed()
+        notices = self.stale
         for e in events:
             remember(e)
             if e.ts < cutoff:
                 stale += 1
+                subscribers = subscriptions.match(e.token, e.event_type)
+                if subscribers:
+                    if run:     # the notice must not overtake events before it
+                        fanout.publish_run(run, run_to, run_events)
+                        run, run_events, run_to = [], [], None
+                    notices.stale(e, subscribers)
                 continue
+            if notices.told:
+                notices.fresh(e)
             subscribers = subscriptions.match(e.token, e.event_type)
             if streams is not None and streams.offer(e) and not subscribers:
                 delivered.append(e)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable
+from heapq import merge
+from itertools import islice
 from operator import attrgetter
 
 from odin_ws.common.channels import WILDCARD
@@ -69,7 +71,8 @@ def matches(patterns: Iterable[tuple[str, str]], event: Event) -> bool:
 class PartitionLog:
     """Retained events of one partition, in offset order, indexed by channel."""
 
-    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join", "runs")
+    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join", "runs",
+                 "windowed")
 
     def __init__(self, epoch: str, floor: int):
         self.epoch = epoch
@@ -85,6 +88,10 @@ class PartitionLog:
         self.join = ANY_OFFSET
         #: event type -> token -> that channel's retained events.
         self.runs: dict[str, dict[str, ChannelRun]] = {}
+        #: Whether C{floor} is the history's window (events evicted, or the
+        #: warm-up's start), not merely where live delivery began: what is
+        #: below it is then C{too_old}, else C{not_loaded}.
+        self.windowed = False
 
     def __len__(self) -> int:
         return len(self.events) - self.start
@@ -127,6 +134,7 @@ class PartitionLog:
         self.events[self.start] = None  # type: ignore[call-overload]
         self.start += 1
         self.floor = event.offset
+        self.windowed = True
         size = len(event.envelope) + EVENT_OVERHEAD
         if self.start > 64 and self.start * 2 > len(self.events):
             del self.events[:self.start]
@@ -157,6 +165,7 @@ class PartitionLog:
         self.offsets = [e.offset for e in events] + self.offsets[self.start:]
         self.start = 0
         self.floor = events[0].offset - 1
+        self.windowed = True
         size = 0
         older: dict[tuple[str, str], list[Event]] = {}
         for e in events:
@@ -189,9 +198,20 @@ class PartitionLog:
         C{patterns}, looking at no more than C{max_scan} events, stopping
         before the matched envelopes pass C{max_bytes} (one is always taken).
 
+        Through the index when the channels' runs are fewer than what
+        follows C{offset} (a connection of a few channels among many): it
+        looks at the runs and the events it takes; C{last} is then the
+        newest retained offset once every matching event was taken (what
+        follows matches nothing), else the last event taken.
+
         @return: C{(events, last, looked)}: the offset of the last event
             looked at (C{offset} when none was), and how many were.
         """
+        patterns = tuple(patterns)
+        tail = self.count_after(offset)
+        runs = self._runs_of(patterns) if tail > 8 else None
+        if runs is not None and len(runs) < min(tail, max_scan):
+            return self._read_runs(runs, offset, max_scan, max_bytes)
         i = first = max(bisect_right(self.offsets, offset), self.start)
         end = min(len(self.events), i + max_scan)
         out: list[Event] = []
@@ -208,6 +228,26 @@ class PartitionLog:
             last = e.offset
             i += 1
         return out, last, i - first
+
+    def _read_runs(self, runs: list[ChannelRun], offset: int, max_scan: int,
+                   max_bytes: int) -> tuple[list[Event], int, int]:
+        """L{read} through the index: C{runs}' events after C{offset}, in offset order."""
+        tails = [islice(run, max(bisect_right(run, offset, run.start, key=_offset), run.start),
+                        None) for run in runs]
+        out: list[Event] = []
+        looked = len(runs)
+        size = 0
+        last = offset
+        for e in merge(*tails, key=_offset):
+            if looked >= max_scan:
+                return out, last, looked
+            size += len(e.envelope)
+            if size > max_bytes and out:
+                return out, last, looked
+            out.append(e)
+            last = e.offset
+            looked += 1
+        return out, self.high, looked
 
     def _runs_of(self, patterns: Iterable[tuple[str, str]]) -> list[ChannelRun] | None:
         """The runs C{patterns} match (each once); None when one pattern is C{*.*}."""

@@ -31,11 +31,18 @@ from odin_ws.common.events import Event
 from odin_ws.shard.history.partitionlog import ANY_OFFSET, EVENT_OVERHEAD, PartitionLog
 
 #: Why a recovery could not be answered (the C{reason} of C{recovered: false}).
-TOO_OLD = "too_old"            # events after the position were already evicted
+TOO_OLD = "too_old"            # events after the position were evicted, or older than
+#                                what the warm-up reads back (the history's window)
+NOT_LOADED = "not_loaded"      # events after the position were never loaded here: the
+#                                warm-up had not (or could not) read them back
 AHEAD = "ahead"                # the position is past what this node has seen
 OTHER_EPOCH = "other_epoch"    # the topic was recreated / another cluster
 UNKNOWN = "unknown_partition"  # this node retains nothing of that partition
 TOO_LARGE = "too_large"        # more to look at or to send than a recovery may
+
+
+def _never() -> bool:
+    return False
 
 
 class History:
@@ -66,6 +73,9 @@ class History:
         self.bytes = 0
         #: Evictions by reason: count, age, budget.
         self.evicted = {"count": 0, "age": 0, "budget": 0}
+        #: Whether the warm-up is still reading the past back (set by the
+        #: shard): a partition without a log then is C{not_loaded}, not unknown.
+        self.loading: Callable[[], bool] = _never
         self.configure(max_events, max_age, max_bytes, max_channels)
 
     def configure(self, max_events: int, max_age: float, max_bytes: int,
@@ -233,6 +243,8 @@ class History:
             self.bytes += log.append(e)
         if newer:
             log.join = end + 1
+        # Below the log now is below what the warm-up read back: the window.
+        log.windowed = True
         self._fit(log)
         return True
 
@@ -272,6 +284,10 @@ class History:
         log = self._logs.get((topic, partition))
         return log.epoch if log is not None else None
 
+    def log(self, key: tuple[str, int]) -> PartitionLog | None:
+        """The retained log of one partition (read it, do not change it)."""
+        return self._logs.get(key)
+
     def replay(self, since: dict[tuple[str, int], tuple[str, int]],
                patterns: list[tuple[str, str]],
                max_scan: int | None = None) -> tuple[list[Event] | None, str | None]:
@@ -293,13 +309,13 @@ class History:
         for key, (epoch, offset) in since.items():
             log = self._logs.get(key)
             if log is None:
-                return None, UNKNOWN
+                return None, NOT_LOADED if self.loading() else UNKNOWN
             if log.epoch != epoch:
                 return None, OTHER_EPOCH
             if offset > log.high:
                 return None, AHEAD
             if offset < log.floor:
-                return None, TOO_OLD
+                return None, TOO_OLD if log.windowed else NOT_LOADED
             tails.append((log, offset))
         patterns = list(dict.fromkeys(patterns))
         left = max_scan
@@ -421,4 +437,11 @@ class HistoryCollector:
                                 "shorter than configured).", labels=["reason"])
         for reason, n in sorted(h.evicted.items()):
             c.add_metric([reason], n)
+        yield c
+        c = CounterMetricFamily("odinws_history_visits", "Retained events and channel runs "
+                                "recoveries looked at (by=recovery), latest-event cache entries "
+                                "snapshots looked at (by=snapshot): the work clients' "
+                                "recoveries and snapshots cause.", labels=["by"])
+        c.add_metric(["recovery"], h.replay_visits)
+        c.add_metric(["snapshot"], h.snapshot_visits)
         yield c

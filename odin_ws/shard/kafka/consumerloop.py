@@ -236,7 +236,7 @@ class ConsumerLoop:
             offsets[key] = offset + 1
             records[topic] += 1
             result = mapper.map(topic, m.key(), m.value(), m.timestamp()[1], partition, offset,
-                                epoch_of(topic))
+                                epoch_of(topic), m.headers)
             if isinstance(result, str):
                 rejected[result] += 1
             else:
@@ -332,14 +332,15 @@ class ConsumerLoop:
                                   topic=topic, old=old, new=self.incarnations.epoch(topic))
         return changed
 
-    def reread_recreated(self, topics: set[str]) -> None:
+    def reread_recreated(self, topics: set[str], among: set[Partition] | None = None) -> None:
         """
         Topics found recreated while their partitions stayed assigned: read
-        those partitions from the beginning of the new log (all of it is
-        new; the consumer would otherwise skip its first records, up to the
-        old offset).
+        those partitions (those C{among}, if given) from the beginning of the
+        new log (all of it is new; the consumer would otherwise skip its
+        first records, up to the old offset).
         """
-        for tp in [tp for tp in self.assignment if tp.topic in topics]:
+        among = self.assignment if among is None else among
+        for tp in [tp for tp in among if tp.topic in topics]:
             try:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
             except KafkaException as e:
@@ -356,6 +357,7 @@ class ConsumerLoop:
             self.ingest.publish_missing(frozenset(topics))
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        kept = set(self.assignment)  # cooperative: what stays assigned through this rebalance
         self.assignment.update(Partition(tp.topic, tp.partition) for tp in partitions)
         # The topics' identities first: a recreated topic's partitions are new.
         changed = self.refresh_epochs() or {}
@@ -375,6 +377,11 @@ class ConsumerLoop:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
+        # The kept partitions of a topic this lookup found recreated go on at
+        # their old offsets otherwise (the lookup's answer is used up here:
+        # the periodic one finds nothing new). Seen with Tansu replaced under
+        # a node whose group rebalanced cooperatively.
+        self.reread_recreated(recreated, kept)
         for tp in partitions:
             # A new assignment starts from the committed offset: going back
             # to it is a re-read, not a new log.

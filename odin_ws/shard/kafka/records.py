@@ -1,6 +1,8 @@
 """
-Kafka record -> L{Event}: validate the value as JSON, find the token id and
-the event type, and wrap the value's own bytes into the envelope.
+Kafka record -> L{Event}: decode the value by the topic's format
+(L{odin_ws.shard.kafka.valueformats}), find the token id and the event type
+where the topic's options say (key, header or field; topic, header or
+field), and wrap the value's JSON into the envelope.
 
 A record that cannot be mapped yields one of L{REASONS} instead of raising,
 so the consumer can count it (C{odinws_kafka_rejected{reason}}) and move on.
@@ -8,103 +10,120 @@ so the consumer can count it (C{odinws_kafka_rejected{reason}}) and move on.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from odin_ws.common import topicoptions
 from odin_ws.common.channels import valid_segment
 from odin_ws.common.events import Event
 from odin_ws.common.settings import KafkaSettings
+from odin_ws.common.topicoptions import Origin, Source, TopicOptions
+from odin_ws.shard.kafka.valueformats import UNDECODABLE, Decoded, ValueDecoder
 
-REASONS = ("unknown_topic", "no_value", "too_large", "invalid_json", "no_token",
+REASONS = ("unknown_topic", "no_value", "too_large", "invalid_json", *UNDECODABLE, "no_token",
            "invalid_token", "invalid_event_type")
 
-# Whitespace JSON allows around a value; stripped so envelopes stay compact.
-_JSON_SPACE = b" \t\r\n"
-
-
-def _reject_constant(name: str) -> None:
-    # json.loads accepts NaN/Infinity/-Infinity, which are not JSON: a browser's
-    # JSON.parse would choke on the envelope.
-    raise ValueError(f"{name} is not JSON")
+#: A record's headers as confluent-kafka gives them (C{Message.headers()}).
+Headers = Sequence[tuple[str, bytes | None]] | None
 
 
 class RecordMapper:
     """
     Maps records of the configured topics to events.
 
-    @param topics: topic -> event type (C{kafka.topics}).
-    @param token_field: JSON field holding the token id; empty: the record key.
-    @param event_type_field: JSON field overriding the topic's event type when
-        present (and not null); empty: the topic decides.
-    @param max_record_bytes: larger values are rejected before parsing.
+    @param options: topic -> how its records are read (L{TopicOptions};
+        C{kafka.topics} and C{kafka.topic_options}).
+    @param event_types: topic -> its event type (C{kafka.topics}).
+    @param decoder: decodes values by format.
+    @param max_record_bytes: larger values are rejected before decoding.
     @param clock: seconds since the epoch, for records without a timestamp.
     """
 
-    def __init__(self, topics: Mapping[str, str], token_field: str, event_type_field: str,
-                 max_record_bytes: int, clock: Callable[[], float] = time.time):
-        self.topics = dict(topics)
-        self.token_field = token_field
-        self.event_type_field = event_type_field
+    def __init__(self, event_types: Mapping[str, str], options: Mapping[str, TopicOptions],
+                 decoder: ValueDecoder, max_record_bytes: int,
+                 clock: Callable[[], float] = time.time):
+        self.event_types = dict(event_types)
+        self.options = dict(options)
+        self.decoder = decoder
         self.max_record_bytes = max_record_bytes
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, kafka: KafkaSettings,
+    def from_settings(cls, kafka: KafkaSettings, decoder: ValueDecoder | None = None,
                       clock: Callable[[], float] = time.time) -> RecordMapper:
-        """The mapper the C{kafka} settings describe."""
-        return cls(kafka.topics, kafka.token_field, kafka.event_type_field,
-                   kafka.max_record_bytes, clock)
+        """The mapper the C{kafka} settings describe (JSON only without a C{decoder})."""
+        options = topicoptions.for_topics(kafka.topics, kafka.topic_options, kafka.token_field,
+                                          kafka.event_type_field)
+        return cls(kafka.topics, options, decoder or ValueDecoder(None), kafka.max_record_bytes,
+                   clock)
 
     def map(self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int,
-            partition: int, offset: int, epoch: str = "") -> Event | str:
+            partition: int, offset: int, epoch: str = "",
+            headers: Callable[[], Headers] | None = None) -> Event | str:
         """
         The record's L{Event}, or the reason (one of L{REASONS}) it is skipped.
         C{epoch} names the topic's incarnation; it is part of the position.
+        C{headers} gives the record's headers (called only when a topic's
+        options read one: building them costs a list per record).
         """
-        topic_type = self.topics.get(topic)
-        if topic_type is None:
+        options = self.options.get(topic)
+        if options is None:
             return "unknown_topic"
         if not value:
             return "no_value"
         if len(value) > self.max_record_bytes:
             return "too_large"
-        try:
-            data = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
-        except (ValueError, RecursionError):
-            # ValueError covers UnicodeDecodeError and JSONDecodeError (a BOM
-            # included); RecursionError is a value nested thousands deep.
-            return "invalid_json"
-        fields = data if isinstance(data, dict) else None
+        decoded = self.decoder.decode(options.format, value, topic, partition, offset)
+        if isinstance(decoded, str):
+            return decoded
 
-        if self.token_field:
-            if fields is None or fields.get(self.token_field) is None:
-                return "no_token"
-            raw = fields[self.token_field]
-            # bool is an int subclass, but true/false is no token id.
-            if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-                return "invalid_token"
-            token = str(raw)
-        else:
-            if not key:
-                return "no_token"
-            try:
-                token = key.decode("utf-8")
-            except UnicodeDecodeError:
-                return "invalid_token"
+        raw = _read(options.token, key, decoded, headers)
+        if raw is None:
+            return "no_token"
+        # bool is an int subclass, but true/false is no token id.
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            return "invalid_token"
+        token = str(raw)
         if not valid_segment(token):
             return "invalid_token"
 
-        event_type = topic_type
-        if self.event_type_field and fields is not None \
-                and fields.get(self.event_type_field) is not None:
-            event_type = fields[self.event_type_field]
-            if not isinstance(event_type, str) or not valid_segment(event_type):
-                return "invalid_event_type"
+        event_type = self.event_types[topic]
+        if options.event_type.origin is not Origin.TOPIC:
+            named = _read(options.event_type, None, decoded, headers)
+            if named is not None:
+                if not isinstance(named, str) or not valid_segment(named):
+                    return "invalid_event_type"
+                event_type = named
 
         if timestamp_ms < 0:
             timestamp_ms = int(self._clock() * 1000)
-        # The value parsed as strict UTF-8 JSON, so its bytes are a valid JSON
-        # value as they are: embed them without re-serializing.
-        return Event.build(token, event_type, value.strip(_JSON_SPACE), timestamp_ms,
-                           topic, partition, offset, epoch)
+        return Event.build(token, event_type, decoded.json, timestamp_ms, topic, partition,
+                           offset, epoch)
+
+
+def _read(source: Source, key: bytes | None, decoded: Decoded,
+          headers: Callable[[], Headers] | None) -> Any:
+    """
+    The value at C{source}: a str for a key or header (None when absent or
+    not UTF-8: an L{_INVALID} marker then), the field's value for a field.
+    """
+    if source.origin is Origin.FIELD:
+        return None if decoded.fields is None else decoded.fields.get(source.name)
+    if source.origin is Origin.KEY:
+        raw = key
+    else:
+        raw = None
+        for name, data in (headers() if headers is not None else None) or ():
+            if name == source.name:
+                raw = data  # the last one wins, as Kafka Streams reads headers
+    if not raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _INVALID
+
+
+#: A key or header that is not UTF-8: no valid token id or event type.
+_INVALID = object()

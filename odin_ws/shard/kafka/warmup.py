@@ -353,7 +353,8 @@ class _Run:
         offset = m.offset()
         self.read[key] = offset
         event = self.mapper.map(m.topic(), m.key(), m.value(), m.timestamp()[1],
-                                m.partition(), offset, self.epochs.get(m.topic(), ""))
+                                m.partition(), offset, self.epochs.get(m.topic(), ""),
+                                m.headers)
         if not isinstance(event, str):
             buffer = self.buffers[key]
             if not buffer:

@@ -112,10 +112,17 @@ class ReplayTests(RecoveryTestCase):
         self.assertEqual((ack["recovered"], ack["reason"]), (False, "other_epoch"))
 
     def test_ahead_and_unknown_partition(self):
-        """Past the end of what this node saw, or a partition it never saw: recovered false."""
+        """
+        Past the end of what this node saw (after waiting history.recovery_hold
+        for it to catch up), or a partition it never saw (at once, the
+        warm-up being over): recovered false.
+        """
         self.deliver(self.event("A"))
         c = self.connect()
-        [ack] = self.request(c, channels=["odin.token.A.trade"], since=[f"{TOPIC}:0:ep1:900"])
+        self.assertEqual(self.request(c, channels=["odin.token.A.trade"],
+                                      since=[f"{TOPIC}:0:ep1:900"]), [])
+        self.advance(self.shard.settings.history.recovery_hold)
+        [ack] = c.messages()
         self.assertEqual(ack["reason"], "ahead")
         [ack] = self.request(c, channels=["odin.token.A.trade"], since=[f"{TOPIC}:7:ep1:1"])
         self.assertEqual(ack["reason"], "unknown_partition")
@@ -251,7 +258,9 @@ class StaleEventTests(RecoveryTestCase):
     def test_old_backlog_is_kept_for_recovery_not_sent_live(self):
         """
         Events older than outbound.max_event_age (a backlog read after a
-        restart) reach no live subscriber, are counted, and stay recoverable.
+        restart) reach no live subscriber, are counted, and stay
+        recoverable; the subscriber is told by a gap notice (stale) with
+        the position before them, ahead of the newer events.
         """
         from tests.helpers import sample
         c = self.connect()
@@ -262,11 +271,55 @@ class StaleEventTests(RecoveryTestCase):
         self.offset[0] = 100
         fresh = self.event("A")
         self.deliver(old, fresh)
-        self.assertEqual([m["pos"] for m in c.messages()], [json.loads(fresh.envelope)["pos"]])
+        gap, live = c.messages()
+        self.assertEqual(gap, {"type": "gap", "reason": "stale",
+                               "streams": {f"{TOPIC}:0:ep1": f"{TOPIC}:0:ep1:99"}})
+        self.assertEqual(live["pos"], json.loads(fresh.envelope)["pos"])
         self.assertEqual(sample("odinws_events_stale_total"), before + 1)
         d = self.connect()
         got = self.request(d, channels=["odin.token.A.trade"], since=[f"{TOPIC}:0:ep1:99"])
         self.assertEqual((got[0]["recovered"], [m["data"]["p"] for m in got[1:]]), (True, [1, 101]))
+
+    def test_one_notice_per_stale_episode(self):
+        """
+        A stale backlog in several batches tells each subscriber once per
+        stream; after a fresh event of the stream, a new stale run tells again.
+        """
+        c = self.connect()
+        self.subscribe(c, "odin.token.*.trade")
+        then = int((time.time() - 120) * 1000)
+
+        def old(offset: int, partition: int = 0) -> Event:
+            return Event.build("A", "trade", b'{"p":1}', then, TOPIC, partition, offset, "ep1")
+        self.deliver(old(100), old(101))
+        self.deliver(old(102), old(500, 1))
+        self.assertEqual([sorted(m["streams"]) for m in c.messages()],
+                         [[f"{TOPIC}:0:ep1"], [f"{TOPIC}:1:ep1"]])
+        self.offset[0] = 102
+        self.deliver(self.event("A"))
+        self.deliver(old(104))
+        self.assertEqual([m["type"] for m in c.messages()], ["event", "gap"])
+
+    def test_told_again_after_recovering_mid_episode(self):
+        """
+        A subscriber that recovers from a stale notice's position while the
+        stale events keep coming is told again of the ones after its
+        recovery (they are news to it): none is lost to the race.
+        """
+        c = self.connect()
+        self.subscribe(c, "odin.token.A.trade")
+        then = int((time.time() - 120) * 1000)
+
+        def old(offset: int) -> Event:
+            return Event.build("A", "trade", b'{"p":1}', then, TOPIC, 0, offset, "ep1")
+        self.deliver(old(100))
+        [gap] = c.messages()
+        got = self.request(c, channels=["odin.token.A.trade"],
+                           since=[gap["streams"][f"{TOPIC}:0:ep1"]])
+        self.assertEqual([m["pos"] for m in got[1:]], [f"{TOPIC}:0:ep1:100"])
+        self.deliver(old(101))
+        [again] = c.messages()
+        self.assertEqual(again["streams"], {f"{TOPIC}:0:ep1": f"{TOPIC}:0:ep1:100"})
 
     def test_zero_turns_it_off(self):
         """outbound.max_event_age 0 delivers events whatever their age."""

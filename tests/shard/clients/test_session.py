@@ -51,12 +51,16 @@ class Host:
         self.backlog = Backlog(self.history, self.subscriptions.patterns_of, self.settings.limits)
         self.connections = Connections(self.reactor, self.settings)
         self.changes = 0
+        self.recoveries: list[Outbox] = []
 
     def policy_for(self, event_type: str) -> str:
         return "drop"
 
     def subscriptions_changed(self) -> None:
         self.changes += 1
+
+    def recovering(self, outbox: Outbox) -> None:
+        self.recoveries.append(outbox)
 
     def admit_ip(self, ip: str) -> bool:
         return self.connections.admit_ip(ip)

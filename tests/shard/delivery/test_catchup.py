@@ -14,8 +14,8 @@ import time
 from twisted.internet.address import IPv4Address
 
 from odin_ws.common.events import Event
-from odin_ws.shard.delivery.catchup import Behind
-from tests.helpers import ShardTestCase, StalledSocket, text
+from odin_ws.shard.delivery.catchup import Behind, gap_notice
+from tests.helpers import ShardTestCase, StalledSocket, parse_frames, text
 from tests.helpers.cases import ShardClient, _ports
 
 TOPIC = "odin.trades"
@@ -190,6 +190,31 @@ class CatchUpTests(CatchUpTestCase):
         self.assertEqual([m["pos"] for m in got], positions_of(sent))
 
 
+    def test_conflate_without_a_frame_to_replace_catches_up(self):
+        """
+        Under conflate, a frame with nothing of its channel waiting to give
+        way is not dropped: the connection falls behind and gets it (and
+        every later one) from history; what conflation replaced is told.
+        """
+        self.reload_shard(**{"outbound.policy": {"default": "conflate"}})
+        c = self.stalled("odin.token.*.trade")
+        sent = []
+        for token in ["T0", "T1", "T2", "T3"] + ["A"] * 5:   # A's replace A's: conflated
+            sent += self.deliver(self.event(token, 0))
+        self.assertGreater(self.shard.stats.conflated, 0)
+        for n in range(4, 30):      # one per channel: nothing to replace
+            sent += self.deliver(self.event(f"T{n}", 0))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        got = self.read_all(c)
+        positions = [m["pos"] for m in got if m["type"] == "event"]
+        self.assertIn(positions_of(sent)[-1], positions)
+        self.assertEqual(len(positions), len(set(positions)))
+        self.assertEqual(self.shard.stats.dropped["conflate"], 0)
+        conflated = [m for m in got if m["type"] == "gap"]
+        self.assertEqual(sum(n for g in conflated for n in g["channels"].values()),
+                         self.shard.stats.conflated)
+
+
 class StreamedRecoveryTests(CatchUpTestCase):
     def test_recovery_larger_than_the_buffer_is_streamed(self):
         """
@@ -241,3 +266,11 @@ class BehindTests(ShardTestCase):
             behind.note(Event.build("A", "trade", b"{}", 0, TOPIC, 3, offset, "e"))
         behind.note(Event.build("A", "trade", b"{}", 0, TOPIC, 4, 7, "e"))
         self.assertEqual(behind.streams, {(TOPIC, 3): ("e", 9), (TOPIC, 4): ("e", 6)})
+
+    def test_gap_notice_names_streams_and_positions(self):
+        """The gap message: each stream with the position to recover from; none before offset 0."""
+        [(_, payload)] = parse_frames(gap_notice(
+            "too_old", {(TOPIC, 3): ("e", 41), (TOPIC, 4): ("e", -1), (TOPIC, 5): None}))
+        notice = json.loads(payload)
+        self.assertEqual(notice, {"type": "gap", "reason": "too_old", "streams": {
+            f"{TOPIC}:3:e": f"{TOPIC}:3:e:41", f"{TOPIC}:4:e": None, f"{TOPIC}:5:0": None}})

@@ -27,6 +27,7 @@ from tests.helpers import (
     CountingTransport,
     FakeProtocol,
     LoopbackClient,
+    SendLoop,
     Sink,
     event,
     events_in,
@@ -35,11 +36,11 @@ from tests.helpers import (
 )
 
 
-class CoalescingTests(SynchronousTestCase):
+class CoalescingTests(SendLoop, SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.stats = WriteStats()
-        self.fanout = Fanout(self.clock, self.stats)
+        self.fanout = Fanout(self.clock, self.stats, native=self.send_loop())
 
     def outbox(self, transport=None, limit: int = 1 << 20) -> Outbox:
         proto = FakeProtocol(transport if transport is not None else CountingTransport())
@@ -94,12 +95,16 @@ class CoalescingTests(SynchronousTestCase):
         bytes object as one queue entry, and writes it once, in order.
         """
         boxes = [self.outbox() for _ in range(3)]
+        for box in boxes:
+            box.pauseProducing()    # so the entries can be looked at after the flush
         run = self.run_of("a", 0, 10)
         self.fanout.publish_run(run, boxes)
+        self.fanout.flush()
         self.assertEqual([len(b.queue) for b in boxes], [2, 2, 2])
         self.assertIs(boxes[0].queue[0], boxes[2].queue[0])
         self.assertIsInstance(boxes[0].queue[1], Chunk)
-        self.fanout.flush()
+        for box in boxes:
+            box.resumeProducing()
         for box in boxes:
             self.assertEqual(box.transport.writes, 1)
             self.assertEqual(events_in(box.transport.value()), [("a", n) for n in range(10)])
@@ -120,8 +125,10 @@ class CoalescingTests(SynchronousTestCase):
     def test_runOfOneIsAPlainPublish(self):
         """A run of one frame is queued as that frame, with its channel."""
         box = self.outbox()
+        box.pauseProducing()
         [(frame, channel, etype)] = run = self.run_of("a", 0, 1)
         self.fanout.publish_run(run, [box])
+        self.fanout.flush()
         self.assertEqual(box.queue, [frame, "a"])
 
     def test_closeIsFinalAndIdempotent(self):
@@ -155,7 +162,7 @@ class CoalescingTests(SynchronousTestCase):
             self.assertIn((name, ()), samples)
 
 
-class FlushWindowTests(SynchronousTestCase):
+class FlushWindowTests(SendLoop, SynchronousTestCase):
     """
     outbound.flush_delay: with a window, flush() only starts one timer and
     the window's events leave in one write per connection when it ends.
@@ -164,7 +171,7 @@ class FlushWindowTests(SynchronousTestCase):
     def setUp(self):
         self.clock = MemoryReactorClock()
         self.stats = WriteStats()
-        self.fanout = Fanout(self.clock, self.stats, delay=0.002)
+        self.fanout = Fanout(self.clock, self.stats, delay=0.002, native=self.send_loop())
 
     def outbox(self) -> Outbox:
         return Outbox(FakeProtocol(CountingTransport()), self.fanout, policies(), 1 << 20,
@@ -223,7 +230,7 @@ class FlushWindowTests(SynchronousTestCase):
 
     def test_zeroWindowWritesInFlush(self):
         """With 0 (the default) flush() writes at once and leaves no timer."""
-        fanout = Fanout(self.clock, self.stats)
+        fanout = Fanout(self.clock, self.stats, native=self.send_loop())
         box = Outbox(FakeProtocol(CountingTransport()), fanout, policies(), 1 << 20, 5.0,
                      lambda: None)
         fanout.publish(event("a", 1), "a", "trade", [box])
@@ -232,14 +239,14 @@ class FlushWindowTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-class RealSocketTests(TestCase):
+class RealSocketTests(SendLoop, TestCase):
     """The direct path on real loopback TCP connections and the real reactor."""
 
     def setUp(self):
         from twisted.internet import reactor
         self.reactor = reactor
         self.stats = WriteStats()
-        self.fanout = Fanout(reactor, self.stats)
+        self.fanout = Fanout(reactor, self.stats, native=self.send_loop())
 
     def pair(self, **bufs) -> tuple[Sink, LoopbackClient]:
         sink, client = tcp_pair(self.reactor, **bufs)
@@ -428,6 +435,44 @@ class RealSocketTests(TestCase):
             self.assertEqual(data, expected)
 
     @inlineCallbacks
+    def test_runsOfOneWriteLeaveInOneSend(self):
+        """
+        A connection in several runs of one delivery gets them in one
+        socket.send, in order; one in a single run gets that run.
+        """
+        (sink_a, client_a), (sink_b, client_b) = self.pair(), self.pair()
+        a, b = self.outbox(sink_a), self.outbox(sink_b)
+        first, second = self.run_frames(3), [(event("b", 9), "b", "trade")]
+        self.fanout.publish_run(first, [a, b])
+        self.fanout.publish_run(second, [a])
+        self.fanout.flush()
+        self.assertEqual((self.stats.direct, self.stats.writes, self.stats.delivered), (2, 2, 7))
+        both = b"".join(f for f, _, _ in first + second)
+        data = yield client_a.read(len(both))
+        self.assertEqual(data, both)
+        only = b"".join(f for f, _, _ in first)
+        data = yield client_b.read(len(only))
+        self.assertEqual(data, only)
+        self.assertEqual(self.stats.bytes_out, len(both) + len(only))
+
+    @inlineCallbacks
+    def test_runAfterQueuedReplyKeepsOrder(self):
+        """
+        A run for a connection with a reply already waiting in its Outbox
+        goes behind the reply, in the same write.
+        """
+        sink, client = self.pair()
+        box = self.outbox(sink)
+        box.push_control(b"reply")
+        run = self.run_frames(3)
+        self.fanout.publish_run(run, [box])
+        self.fanout.flush()
+        expected = b"reply" + b"".join(f for f, _, _ in run)
+        data = yield client.read(len(expected))
+        self.assertEqual(data, expected)
+        self.assertEqual((self.stats.writes, self.stats.delivered), (1, 4))
+
+    @inlineCallbacks
     def test_windowEntriesLeaveInOneDirectSend(self):
         """
         With a flush window, the events flushed one by one within it reach
@@ -542,3 +587,21 @@ class RealSocketTests(TestCase):
         sock = sink.transport.socket
         self.assertTrue(limit_unsent(sink.transport, 32768))
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT), 32768)
+
+
+class NativeCoalescingTests(CoalescingTests):
+    """L{CoalescingTests} with the C send loop (nothing inline: every run handed back)."""
+
+    native = True
+
+
+class NativeFlushWindowTests(FlushWindowTests):
+    """L{FlushWindowTests} with the C send loop (used only while the window is 0)."""
+
+    native = True
+
+
+class NativeRealSocketTests(RealSocketTests):
+    """L{RealSocketTests} with the C send loop doing the direct sends."""
+
+    native = True

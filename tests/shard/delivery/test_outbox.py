@@ -17,16 +17,18 @@ from odin_ws.shard.delivery.writestats import WriteStats
 from tests.helpers import (
     OPEN,
     FakeProtocol,
+    SendLoop,
     StalledTransport,
     event,
     events_in,
+    gaps_in,
     handshaken_protocol,
     parse_frames,
     policies,
 )
 
 
-class PolicyTests(SynchronousTestCase):
+class PolicyTests(SendLoop, SynchronousTestCase):
     """Slow-client policies, with Twisted's real buffer over a stalled fake kernel."""
 
     frame_size = len(event("a", 0))
@@ -34,7 +36,7 @@ class PolicyTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.stats = WriteStats()
-        self.fanout = Fanout(self.clock, self.stats)
+        self.fanout = Fanout(self.clock, self.stats, native=self.send_loop())
         self.healthy = [self.make(StringTransport(), "drop") for _ in range(2)]
         self.disconnects = 0
 
@@ -106,6 +108,12 @@ class PolicyTests(SynchronousTestCase):
             self.assertEqual(mine, sorted(set(mine)))
             self.assertEqual(mine[-1], max(n for c, n in published if c == channel))
         self.assertEqual(len(got) + self.stats.conflated, len(published))
+        # Conflation says it skipped: gap notices count every replaced frame, per channel.
+        gaps = gaps_in(bytes(t.wire))
+        self.assertTrue(gaps)
+        self.assertEqual({g["reason"] for g in gaps}, {"conflated"})
+        self.assertEqual(sum(n for g in gaps for n in g["channels"].values()),
+                         self.stats.conflated)
 
     def test_conflateDropsWhenNothingToReplace(self):
         """Conflate with no waiting frame of the channel and no room: dropped and counted."""
@@ -178,9 +186,11 @@ class PolicyTests(SynchronousTestCase):
         self.run_turns(box, 3)
         self.clock.rightNow += 5.0              # the push comes before the timer runs
         self.fanout.publish(event("a", 999), "a", "t", [box])
-        self.assertTrue(box.closed)
+        # The C loop keeps the run until the write: the push (and close) happen there.
+        self.assertEqual(box.closed, not self.native)
         self.assertEqual(self.disconnects, 0)
         self.fanout.flush()
+        self.assertTrue(box.closed)
         self.assertEqual(self.disconnects, 1)
         self.clock.advance(0)
         self.assertEqual((self.disconnects, self.stats.slow_disconnects), (1, 1))
@@ -245,6 +255,7 @@ class PolicyTests(SynchronousTestCase):
         box = self.make(t, "drop")
         t.producerPaused = box.paused = True     # a small frame already waits
         self.send_turn([(event("a", 2), "a", "t"), (big, "a", "t")], [box])
+        self.fanout.flush()
         self.assertEqual(self.stats.dropped["drop"], 1)
         self.assertLessEqual(box.buffered(), 1000 + len(big))
 
@@ -265,9 +276,9 @@ class RunPolicyTests(PolicyTests):
         t.producerPaused = box.paused = True     # nothing leaves: only the queue counts
         run = [(event("a", n), "a", "t") for n in range(10)]
         self.fanout.publish_run(run, [box] + self.healthy)
+        self.fanout.flush()
         self.assertEqual(box.queue[1::2], ["a", "a", "a"])
         self.assertEqual(self.stats.dropped["drop"], 7)
-        self.fanout.flush()
         self.assertHealthyGot([("a", n) for n in range(10)])
         box.resumeProducing()
         t.drain()
@@ -280,10 +291,12 @@ class RunPolicyTests(PolicyTests):
         t.producerPaused = box.paused = True
         first = [(event(c, n), c, "t") for n, c in enumerate("abab")]
         self.fanout.publish_run(first, [box])
+        self.fanout.flush()
         self.assertIsInstance(box.queue[1], Chunk)
         for n in range(4, 16):
             c = "ab"[n % 2]
             self.fanout.publish(event(c, n), c, "t", [box])
+        self.fanout.flush()
         self.assertGreater(self.stats.conflated, 0)
         box.resumeProducing()
         t.drain()
@@ -296,14 +309,14 @@ class RunPolicyTests(PolicyTests):
         self.assertEqual(self.stats.delivered, len(got))
 
 
-class ClosedProtocolTests(SynchronousTestCase):
+class ClosedProtocolTests(SendLoop, SynchronousTestCase):
     def test_noDataFrameAfterCloseFrame(self):
         """
         Frames queued when Autobahn sends its close frame are discarded: the
         close frame is the last frame on the wire, even after a resume.
         """
         proto, transport = handshaken_protocol()
-        fanout = Fanout(Clock(), WriteStats())
+        fanout = Fanout(Clock(), WriteStats(), native=self.send_loop())
         box = Outbox(proto, fanout, policies(), 1 << 20, 5.0, lambda: None)
         box.push(event("a", 1), "a", "t")
         fanout.flush()
@@ -322,7 +335,7 @@ class ClosedProtocolTests(SynchronousTestCase):
         """The shard's callback (sendClose 4008) runs once; no data frame follows it."""
         proto, transport = handshaken_protocol()
         clock = Clock()
-        fanout = Fanout(clock, WriteStats())
+        fanout = Fanout(clock, WriteStats(), native=self.send_loop())
         box = Outbox(proto, fanout, policies(t="disconnect"), 1000, 1.0,
                      lambda: proto.sendClose(4008, "slow consumer"))
         box.pauseProducing()                     # as Twisted would for a stalled client
@@ -334,3 +347,21 @@ class ClosedProtocolTests(SynchronousTestCase):
         frames = parse_frames(transport.value())
         self.assertEqual([op for op, _ in frames], [8])
         self.assertIsNone(transport.producer)
+
+
+class NativePolicyTests(PolicyTests):
+    """L{PolicyTests} with the C send loop handing the slow clients back."""
+
+    native = True
+
+
+class NativeRunPolicyTests(RunPolicyTests):
+    """L{RunPolicyTests} with the C send loop handing the slow clients back."""
+
+    native = True
+
+
+class NativeClosedProtocolTests(ClosedProtocolTests):
+    """L{ClosedProtocolTests} with the C send loop."""
+
+    native = True

@@ -110,6 +110,39 @@ class IndexTests(SynchronousTestCase):
             self.assertEqual(got, scan, (patterns, offset))
             self.assertLessEqual(visits, log.count_after(offset))
 
+    def test_catch_up_reads_equal_the_scan(self):
+        """
+        A catch-up read in slices (L{PartitionLog.read}, as a slow
+        connection's catch-up loops: from the last offset each slice
+        returns until it reaches the newest) sends, for 1,000 random pattern
+        lists, positions and slice bounds, exactly the events the scan
+        finds, in order; each slice looks at no more than its bound, and a
+        connection of a few channels looks at far fewer events than follow
+        its position.
+        """
+        rng = random.Random(9)
+        log = PartitionLog("e", -1)
+        for o in range(6_000):
+            log.append(ev(f"T{rng.randrange(200)}", o, rng.choice(TYPES)))
+        for _ in range(1_000):
+            log.pop_oldest()
+        for _ in range(1_000):
+            patterns = random_patterns(rng)
+            offset = rng.randrange(log.floor, log.high + 1)
+            max_scan, max_bytes = rng.choice([(50, 10**9), (20_000, 300), (20_000, 10**9)])
+            want = [e for e in log.after(offset) if matches(patterns, e)]
+            got: list[Event] = []
+            position = offset
+            while position != log.high:
+                events, position, n = log.read(position, patterns, max_scan, max_bytes)
+                self.assertLessEqual(n, max_scan)
+                got.extend(events)
+            self.assertEqual(got, want, (patterns, offset, max_scan, max_bytes))
+        events, last, looked = log.read(log.floor, [("T7", "trade")], 20_000, 10**9)
+        self.assertEqual((events, last), ([e for e in log.after(log.floor)
+                                           if e.channel == "odin.token.T7.trade"], log.high))
+        self.assertEqual(looked, 1 + len(events))
+
     def test_channel_overhead_covers_real_memory(self):
         """CHANNEL_OVERHEAD is at least what one more channel costs a partition's index."""
 

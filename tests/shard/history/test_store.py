@@ -11,6 +11,7 @@ from odin_ws.shard.history import positions
 from odin_ws.shard.history.partitionlog import CHANNEL_OVERHEAD, EVENT_OVERHEAD
 from odin_ws.shard.history.store import (
     AHEAD,
+    NOT_LOADED,
     OTHER_EPOCH,
     TOO_OLD,
     UNKNOWN,
@@ -85,10 +86,29 @@ class ReplayTests(SynchronousTestCase):
         self.assertEqual(([e.offset for e in got], reason), ([15, 16, 17, 18, 19], None))
 
     def test_first_seen_event_sets_the_floor(self):
-        """Before the first event this shard saw nothing is known: an older position is too old."""
+        """
+        Before the first event this shard saw nothing is known: an older
+        position is not_loaded (never loaded here), not too_old (evicted);
+        once the log has evicted, older positions are too_old.
+        """
         self.fill([10])
-        self.assertEqual(self.h.replay({("t", 0): ("e1", 8)}, ALL), (None, TOO_OLD))
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 8)}, ALL), (None, NOT_LOADED))
         self.assertEqual(self.h.replay({("t", 0): ("e1", 9)}, ALL)[1], None)
+        self.fill(range(11, 20))          # count bound 5: 10..14 evicted
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 8)}, ALL), (None, TOO_OLD))
+
+    def test_backfilled_log_is_the_window(self):
+        """
+        Below what the warm-up read back (the history's window) is too_old;
+        a partition of which nothing is retained is not_loaded while the
+        warm-up still reads, unknown_partition after.
+        """
+        self.h.backfill([ev("A", o, epoch="e1") for o in range(10, 13)])
+        self.assertEqual(self.h.replay({("t", 0): ("e1", 5)}, ALL), (None, TOO_OLD))
+        self.h.loading = lambda: True
+        self.assertEqual(self.h.replay({("t", 1): ("e1", 5)}, ALL), (None, NOT_LOADED))
+        self.h.loading = lambda: False
+        self.assertEqual(self.h.replay({("t", 1): ("e1", 5)}, ALL), (None, UNKNOWN))
 
     def test_ahead_epoch_unknown(self):
         """Past the end, another incarnation, or an unknown partition: not recovered."""
@@ -365,7 +385,7 @@ class BackfillTests(SynchronousTestCase):
         """A live event past through + 1: the warm-up and live delivery did not meet."""
         self.back(range(10, 15))
         self.live(20)
-        self.assertEqual(self.offsets(14), TOO_OLD)
+        self.assertEqual(self.offsets(14), NOT_LOADED)   # not evicted: never loaded
         self.assertEqual(self.offsets(19), [20])
 
     def test_contiguous_backfill_goes_in_front_of_live(self):
@@ -395,7 +415,7 @@ class BackfillTests(SynchronousTestCase):
         self.live(20, 21)
         self.assertEqual(self.back(range(10, 15)), set())
         self.assertEqual(self.offsets(19), [20, 21])
-        self.assertEqual(self.offsets(14), TOO_OLD)
+        self.assertEqual(self.offsets(14), NOT_LOADED)
 
     def test_gap_after_live_keeps_live(self):
         """A backfill starting past the live end with a gap between: live kept as is."""

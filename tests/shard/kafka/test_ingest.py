@@ -15,7 +15,7 @@ import queue
 import threading
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
@@ -364,6 +364,9 @@ class FakeIngest:
     def audit(self, fmt, **kw):
         self.audited.append(fmt.format(**kw))
 
+    def log(self, level, fmt, **kw):
+        pass
+
 
 class FakeIncarnations(TopicIncarnations):
     """Topic identities from a dict the test changes, instead of the brokers."""
@@ -402,6 +405,9 @@ class RebalanceConsumer:
     def incremental_unassign(self, partitions):
         self.calls.append(("incremental_unassign",
                            [(tp.topic, tp.partition) for tp in partitions]))
+
+    def seek(self, tp):
+        self.calls.append(("seek", [(tp.topic, tp.partition, tp.offset)]))
 
 
 class ConsumerLoopEpochTests(SynchronousTestCase):
@@ -508,6 +514,29 @@ class ConsumerLoopRebalanceTests(SynchronousTestCase):
         self.assertEqual(loop.positions, {("t", 0): 11})
         self.assertEqual([e.offset for e in self.ingest.batches[-1]], [11])
         self.assertEqual(self.ingest.audited, [])
+
+    def test_keptPartitionOfRecreatedTopicReadFromItsStart(self):
+        """
+        Cooperative: when the lookup of a rebalance finds the topic
+        recreated (Tansu replaced under the node), a partition kept through
+        the rebalance is read from the beginning of the new log, not from
+        its old offset (which skipped the new log's first records), and its
+        records carry the new epoch without being taken for a rewind.
+        """
+        loop = self.loop(cooperative=True)
+        consumer = RebalanceConsumer()
+        loop.consumer = consumer
+        loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+        loop.handle([FakeKafkaMessage("t", 0, 10), FakeKafkaMessage("t", 1, 720)])
+        loop.on_revoke(consumer, [TopicPartition("t", 0)])
+        loop.incarnations.ids["t"] = "e2"
+        loop.on_assign(consumer, [])
+        self.assertEqual(consumer.calls[-2:], [("incremental_assign", []),
+                                               ("seek", [("t", 1, OFFSET_BEGINNING)])])
+        loop.handle([FakeKafkaMessage("t", 1, 0)])
+        self.assertEqual([(e.offset, e.epoch) for e in self.ingest.batches[-1]], [(0, "e2")])
+        self.assertEqual(len(self.ingest.audited), 1)
+        self.assertIn("new incarnation (epoch e1 -> e2)", self.ingest.audited[0])
 
     def test_eagerAssignsTheWhole(self):
         """Eager: assign() with the whole new assignment, unassign() on revoke."""

@@ -6,17 +6,20 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from odin_ws.common import topicoptions
 from odin_ws.common.config import Config, validate
 from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.records import REASONS, RecordMapper
+from odin_ws.shard.kafka.valueformats import ValueDecoder
 
 TOPICS = {"odin.trades": "trade", "odin.prices": "price"}
 
 
 def mapper(token_field: str = "", event_type_field: str = "",
            max_record_bytes: int = 1024 * 1024) -> RecordMapper:
-    return RecordMapper(TOPICS, token_field, event_type_field, max_record_bytes,
+    options = topicoptions.for_topics(TOPICS, {}, token_field, event_type_field)
+    return RecordMapper(TOPICS, options, ValueDecoder(None), max_record_bytes,
                         clock=lambda: 1700000000.1234)
 
 
@@ -159,7 +162,9 @@ class RecordMapperTests(SynchronousTestCase):
         """Every rejection reason returned above belongs to the published set."""
         self.assertEqual(set(REASONS), {"unknown_topic", "no_value", "too_large",
                                         "invalid_json", "no_token", "invalid_token",
-                                        "invalid_event_type"})
+                                        "invalid_event_type", "not_wire_format",
+                                        "unknown_schema", "registry_unavailable",
+                                        "schema_type_mismatch", "corrupt_value"})
 
     def test_fromSettings(self) -> None:
         """
@@ -170,7 +175,9 @@ class RecordMapperTests(SynchronousTestCase):
             "kafka.topics": {"odin.trades": "trade"}, "kafka.token_field": "tok",
             "kafka.event_type_field": "kind", "kafka.max_record_bytes": 64})))
         m = RecordMapper.from_settings(settings.kafka, clock=lambda: 1.0)
-        self.assertEqual((dict(m.topics), m.token_field, m.event_type_field, m.max_record_bytes),
-                         ({"odin.trades": "trade"}, "tok", "kind", 64))
+        options = m.options["odin.trades"]
+        self.assertEqual((m.event_types, str(options.token), str(options.event_type),
+                          options.format, m.max_record_bytes),
+                         ({"odin.trades": "trade"}, "field:tok", "field:kind", "json", 64))
         event = m.map("odin.trades", None, b'{"tok": "X", "kind": "price"}', -1, 0, 7)
         self.assertEqual((event.channel, event.ts, event.offset), ("odin.token.X.price", 1000, 7))

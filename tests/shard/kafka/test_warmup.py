@@ -349,6 +349,7 @@ class ShardBackfillTests(ShardTestCase):
         self.assertEqual(self.shard.delivery.seen.marks[(TOPIC, 0)], ("ep1", 3))
         self.shard.delivery.deliver([self.event(o) for o in range(4, 7)])
         self.assertEqual(self.got(client), [3, 4, 5, 6])
+        self.reload_shard(history__recovery_hold=0)    # answered at once
         ack, _ = self.recover(self.connect(), 12)
         self.assertEqual((ack["recovered"], ack["reason"]), (False, "ahead"))
 
