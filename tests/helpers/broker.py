@@ -35,9 +35,9 @@ nothing is skipped. The list (docs/development.md repeats it):
   test_recovery.TopicRecreatedTests runs on Apache Kafka.
 * Tansu refuses CreatePartitions: test_recovery.PartitionsAddedTests runs
   on Apache Kafka.
-* Open odinws defects seen only on Apache Kafka (L{RECREATED_ON_KAFKA}, and
-  a recovery answer after a shard kill: test_client_browser's note) keep
-  their scenarios on Tansu until they are fixed.
+* An open odinws defect seen only on Apache Kafka (a recovery answer after
+  a shard kill: test_client_browser's note) keeps its scenarios on Tansu
+  until it is fixed.
 * The three-broker cluster (test_kafka_cluster) is Apache Kafka's only.
 
 Apache Kafka 4.4.0 with confluent-kafka 2.16.1, measured on the 2-core test
@@ -309,15 +309,6 @@ def _for_this_process(broker: TansuBroker | KafkaBroker) -> TansuBroker | KafkaB
     return broker
 
 
-#: A defect found when the tests moved to Apache Kafka (open, issue 22): a
-#: topic deleted and recreated within one metadata refresh keeps its
-#: partitions assigned, and librdkafka (2.16) goes on fetching the new log
-#: at the old offset; those records are delivered under the old epoch, and
-#: once the new identity is seen the partition is read again from the
-#: beginning: the first records of the new log arrive late or twice
-#: (measured: ['after-0', 'after-0', ...]; partition 0 as [2, 3, 0]). The
-#: topic-recreated tests run on Tansu (its broker replaced) until it is fixed.
-RECREATED_ON_KAFKA = "records of a recreated topic late or twice (issue 22)"
 
 _shared: TansuBroker | KafkaBroker | None = None
 

@@ -54,8 +54,8 @@ class BrokerReplacedTests(OwnBrokerCase):
 
     shards = 2
     partitions = 2
-    # On Apache Kafka the topic is recreated, which shows the open defect in
-    # tests.helpers.broker.RECREATED_ON_KAFKA: on Tansu the broker is replaced.
+    # On Tansu the broker is replaced (Apache Kafka keeps its data: the
+    # topic recreated there is test_recovery.TopicRecreatedTests).
     broker_class = TansuBroker
 
     def setUp(self):

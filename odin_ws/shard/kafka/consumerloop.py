@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
@@ -115,6 +115,14 @@ class ConsumerLoop:
         # Partitions appearing later start at their beginning (topiclayout);
         # with start_offset earliest they do anyway.
         self.layout = layout if settings.start_offset == "latest" else None
+        #: Where a partition the group has no usable offset for starts
+        #: (librdkafka's auto.offset.reset is "error": L{offset_lost} decides).
+        self.start_offset = OFFSET_END if settings.start_offset == "latest" else OFFSET_BEGINNING
+        # Partitions whose start waits for the topics' identities (brokers
+        # not answering the lookup): placed at the next successful one.
+        self.unplaced: set[Partition] = set()
+        # Assigned partitions with an offset stored since their assignment.
+        self.stored: set[Partition] = set()
         self.poll_batch = settings.poll_batch
         self.poll_timeout = settings.poll_timeout
         # Pause well before librdkafka's max.poll.interval.ms would expire.
@@ -164,8 +172,11 @@ class ConsumerLoop:
     def poll_once(self) -> None:
         self.take_done(0)
         if self.epochs_due is not None and time.monotonic() >= self.epochs_due:
-            changed = self.refresh_epochs() or {}
-            self.reread_recreated({topic for topic, old in changed.items() if old})
+            changed = self.refresh_epochs()
+            if changed is not None:
+                self.reread_recreated({topic for topic, old in changed.items() if old})
+                self.place_unplaced()
+                self.store_positions()
         if self.in_flight < self.max_pending:
             self.blocked_since = None
             if self.paused:
@@ -205,6 +216,7 @@ class ConsumerLoop:
         offsets: dict[Partition, int] = {}
         records: Counter[str] = Counter()
         rejected: Counter[str] = Counter()
+        lost: dict[Partition, str] = {}
         mapper = self.mapper
         positions = self.positions
         epoch_of = self.incarnations.epoch
@@ -217,6 +229,9 @@ class ConsumerLoop:
                 if err.fatal() or err.code() == KafkaError._FATAL:
                     self.ingest.fatal(err.name().lstrip("_").lower(), err.str())
                     break
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    lost[Partition(m.topic(), m.partition())] = err.str()
+                    continue
                 if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and m.topic() in self.topics:
                     # "Subscribed topic not available": said once per topic.
                     self.set_missing(self.missing | {m.topic()})
@@ -251,6 +266,8 @@ class ConsumerLoop:
             metrics.KAFKA_RECORDS.labels(topic).inc(n)
         for reason, n in rejected.items():
             metrics.KAFKA_REJECTED.labels(reason).inc(n)
+        if lost:
+            self.offsets_lost(lost)
         if not offsets:
             return
         self.ingest.broker_reached()
@@ -286,13 +303,40 @@ class ConsumerLoop:
                 break
             merged.update(batch.offsets)
             del self.pending[batch_id]
-        tps = [TopicPartition(tp.topic, tp.partition, o) for tp, o in merged.items()
-               if tp in self.assignment]
-        if tps:
-            try:
-                self.consumer.store_offsets(offsets=tps)
-            except KafkaException as e:  # e.g. revoked in the same poll
-                self.ingest.note_error("store_offsets", describe_error(e))
+        self.store({tp: o for tp, o in merged.items() if tp in self.assignment})
+
+    def store(self, offsets: dict[Partition, int]) -> None:
+        """Store offsets for librdkafka's next commit."""
+        if not offsets:
+            return
+        try:
+            self.consumer.store_offsets(offsets=[TopicPartition(tp.topic, tp.partition, o)
+                                                 for tp, o in offsets.items()])
+        except KafkaException as e:  # e.g. revoked in the same poll
+            self.ingest.note_error("store_offsets", describe_error(e))
+            return
+        self.stored.update(offsets)
+
+    def store_positions(self) -> None:
+        """
+        Store the position of assigned partitions that had nothing stored
+        since their assignment and nothing in flight (idle ones): the group
+        then remembers where this node started reading them, so their next
+        owner does not take them for partitions the group never read
+        (L{offsets_lost}).
+        """
+        busy = {tp for batch in self.pending.values() for tp in batch.offsets}
+        idle = [TopicPartition(tp.topic, tp.partition) for tp in self.assignment
+                if tp not in self.stored and tp not in busy]
+        if not idle:
+            return
+        try:
+            positions = self.consumer.position(idle)
+        except KafkaException as e:
+            self.ingest.note_error("position", describe_error(e))
+            return
+        self.store({Partition(tp.topic, tp.partition): tp.offset for tp in positions
+                    if tp.offset >= 0})
 
     def rewound(self, topic: str, partition: int, last: int, offset: int) -> None:
         """
@@ -339,17 +383,106 @@ class ConsumerLoop:
         new log (all of it is new; the consumer would otherwise skip its
         first records, up to the old offset).
         """
-        among = self.assignment if among is None else among
-        for tp in [tp for tp in among if tp.topic in topics]:
-            try:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
-            except KafkaException as e:
-                self.ingest.note_error("seek", describe_error(e))
-                continue
-            self.positions.pop(tp, None)
+        if among is not None:  # in the rebalance callback: kept partitions, still fetching
+            again = [tp for tp in among if tp.topic in topics]
+            for tp in list(again):
+                try:
+                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+                except KafkaException as e:
+                    self.ingest.note_error("seek", describe_error(e))
+                    again.remove(tp)
+                self.positions.pop(tp, None)
+        else:
+            starts = {tp: OFFSET_BEGINNING for tp in self.assignment if tp.topic in topics}
+            if not starts or not self.restart_at(starts):
+                return
+            again = list(starts)
+        for tp in again:
             self.ingest.log("info", "Kafka {topic}[{partition}]: the topic was recreated, "
                             "read from the beginning of its new log",
                             topic=tp.topic, partition=tp.partition)
+
+    def offsets_lost(self, lost: dict[Partition, str]) -> None:
+        """
+        librdkafka has no usable offset for these assigned partitions (its
+        auto.offset.reset is "error", so it fetches nothing more of them;
+        the values say why): the group has none, or the offset is outside
+        the log (a topic recreated or a broker replaced within one metadata
+        refresh, retention). Where each starts is chosen here, once its
+        topic's identity is known, so no record of a new log is delivered
+        under the old one's epoch: a new incarnation from its beginning; a
+        partition the group never read while it read others of its topic
+        (added while the node was down) from its beginning; else where
+        C{kafka.start_offset} says.
+        """
+        lost = {tp: why for tp, why in lost.items() if tp in self.assignment}
+        if not lost:
+            return
+        changed = self.refresh_epochs()
+        if changed is None:
+            self.unplaced.update(lost)  # placed at the next successful lookup
+            return
+        recreated = {tp.topic for tp in lost if changed.get(tp.topic)}
+        self.reread_recreated(recreated)
+        self.place({tp for tp in lost if tp.topic not in recreated},
+                   "; ".join(sorted(set(lost.values()))))
+
+    def place(self, partitions: set[Partition], why: str) -> None:
+        """Start C{partitions} (of unchanged identity) where L{offsets_lost} says."""
+        if not partitions:
+            return
+        starts = {}
+        for tp in partitions:
+            start = self.start_offset
+            if start == OFFSET_END and self.layout is not None:
+                try:
+                    if self.layout.unread(tp.topic, tp.partition):
+                        start = OFFSET_BEGINNING
+                except (KafkaException, TimeoutError) as e:
+                    self.ingest.note_error("new_partitions", describe_error(e))
+            starts[tp] = start
+        if not self.restart_at(starts):
+            return
+        for tp, start in starts.items():
+            self.ingest.log("info", "Kafka {topic}[{partition}]: no usable offset ({why}); "
+                            "reading from its {where}", topic=tp.topic, partition=tp.partition,
+                            why=why, where="end" if start == OFFSET_END else "beginning")
+
+    def place_unplaced(self) -> None:
+        """Place the partitions whose identity lookup failed, now that one succeeded."""
+        waiting, self.unplaced = self.unplaced & self.assignment, set()
+        if waiting:
+            self.place(waiting, "placed after the topic identity lookup")
+
+    def restart_at(self, starts: dict[Partition, int]) -> bool:
+        """
+        Read C{starts}'s partitions again from the given offsets. By
+        reassigning them: a seek is refused (C{_STATE}) for a partition
+        whose fetcher stopped at an offset error (librdkafka 2.16, measured).
+        What batches in flight read of them is not stored: it was the old log.
+        """
+        tps = [TopicPartition(tp.topic, tp.partition, o) for tp, o in starts.items()]
+        try:
+            if self.cooperative:
+                self.consumer.incremental_unassign([TopicPartition(tp.topic, tp.partition)
+                                                    for tp in starts])
+                self.consumer.incremental_assign(tps)
+            else:
+                kept = [TopicPartition(tp.topic, tp.partition) for tp in self.assignment
+                        if tp not in starts]
+                self.consumer.assign((self.consumer.position(kept) if kept else []) + tps)
+        except KafkaException as e:
+            self.ingest.note_error("seek", describe_error(e))
+            return False
+        for batch in self.pending.values():
+            for tp in starts.keys() & batch.offsets.keys():
+                del batch.offsets[tp]
+        for tp in starts:
+            self.positions.pop(tp, None)
+            self.stored.discard(tp)
+        self.unplaced -= starts.keys()
+        self.repause = self.paused
+        return True
 
     def set_missing(self, topics: set[str]) -> None:
         if topics != self.missing:
@@ -419,6 +552,8 @@ class ConsumerLoop:
             for tp in gone & batch.offsets.keys():
                 del batch.offsets[tp]
         self.assignment -= gone
+        self.stored -= gone
+        self.unplaced -= gone
         for tp in gone:
             self.positions.pop(tp, None)
         self._publish_assignment()

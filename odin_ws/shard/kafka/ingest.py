@@ -140,7 +140,10 @@ class KafkaIngest(Service):
             "bootstrap.servers": k.brokers,
             "group.id": self._settings.group_id,
             "client.id": f"odinws-{self._settings.node_id}",
-            "auto.offset.reset": k.start_offset,
+            # Where a partition without a usable offset starts is the consumer
+            # loop's choice (kafka.start_offset, but only once the topic's
+            # identity is known: ConsumerLoop.offsets_lost), not librdkafka's.
+            "auto.offset.reset": "error",
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,
             # librdkafka's default, stated: records of aborted transactions

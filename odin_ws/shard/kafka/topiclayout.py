@@ -88,6 +88,29 @@ class TopicLayout:
             counts[name] = len(topic.partitions) if exists else 0
         return counts
 
+    def unread(self, topic: str, partition: int) -> bool:
+        """
+        Whether the group has never read C{partition} of C{topic} while it
+        read others of it: no committed offset for it, one for some other
+        partition. So it was added while the group was not reading (the
+        node down or not yet started), and all of it is newer than what the
+        group read: it starts at its beginning. (A partition merely idle
+        since its assignment has its start position stored: the consumer
+        loop's C{store_positions}.)
+
+        @raise KafkaException: the metadata or offsets could not be looked up.
+        """
+        metadata = self._client().list_topics(topic, timeout=LOOKUP_TIMEOUT).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return False
+        request = ConsumerGroupTopicPartitions(
+            self._group, [TopicPartition(topic, p) for p in metadata.partitions])
+        future = self._client().list_consumer_group_offsets(
+            [request], request_timeout=LOOKUP_TIMEOUT)[self._group]
+        committed = {c.partition for c in future.result(timeout=LOOKUP_TIMEOUT + 1.0).topic_partitions
+                     if c.offset >= 0}
+        return partition not in committed and bool(committed)
+
     def from_beginning(self, new: list[TopicPartition]) -> list[TopicPartition]:
         """
         Set those of C{new} the group has no offset for to start at their

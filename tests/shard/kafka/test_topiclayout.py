@@ -19,7 +19,7 @@ class FakeAdmin:
         self.committed = committed
         self.asked: list[list[int]] = []
 
-    def list_topics(self, timeout):
+    def list_topics(self, topic=None, timeout=None):
         topic = SimpleNamespace(partitions=dict.fromkeys(range(self.partitions)), error=None)
         return SimpleNamespace(topics={"t": topic})
 
@@ -74,3 +74,17 @@ class TopicLayoutTests(unittest.TestCase):
         self.assertEqual(admin.asked, [[2, 3]])
         self.assertEqual(layout.from_beginning([]), [])
         self.assertEqual(len(admin.asked), 1)
+
+    def test_unreadPartitions(self):
+        """
+        A partition the group has no offset for while it has one for some
+        other partition of the topic was never read by the group (added
+        while the node was down); with no offsets at all (a new group) or
+        one of its own it is not.
+        """
+        admin = FakeAdmin(4, {0: 10, 1: 12})
+        layout = self.layout(admin)
+        self.assertTrue(layout.unread("t", 3))
+        self.assertFalse(layout.unread("t", 1))
+        self.assertEqual(admin.asked[-1], [0, 1, 2, 3])
+        self.assertFalse(self.layout(FakeAdmin(4, {})).unread("t", 3))

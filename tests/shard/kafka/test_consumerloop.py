@@ -1,0 +1,187 @@
+"""
+Unit tests of L{odin_ws.shard.kafka.consumerloop}'s choice of where a
+partition without a usable offset starts (librdkafka's auto.offset.reset is
+"error"): after the topic's identity is known, never before.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from twisted.trial.unittest import SynchronousTestCase
+
+from odin_ws.common.events import Partition
+from odin_ws.shard.kafka.consumerloop import ConsumerLoop
+from odin_ws.shard.kafka.records import RecordMapper
+from tests.helpers.fakes import FakeKafkaMessage
+from tests.shard.kafka.test_ingest import FakeIncarnations, FakeIngest, RebalanceConsumer, make_settings
+
+
+class PlacingConsumer(RebalanceConsumer):
+    """Records (re)assignments with their offsets; positions from a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.positions: dict[tuple[str, int], int] = {}
+        self.stored: list[tuple[str, int, int]] = []
+
+    def incremental_assign(self, partitions):
+        self.calls.append(("incremental_assign",
+                           [(tp.topic, tp.partition, tp.offset) for tp in partitions]))
+
+    def position(self, partitions):
+        return [TopicPartition(tp.topic, tp.partition,
+                               self.positions.get((tp.topic, tp.partition), -1001))
+                for tp in partitions]
+
+    def store_offsets(self, offsets):
+        self.stored.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
+
+
+class FakeLayout:
+    """Which partitions the group never read (L{TopicLayout.unread}), from a set."""
+
+    def __init__(self, unread=(), fails: bool = False):
+        self._unread = set(unread)
+        self.fails = fails
+
+    def unread(self, topic, partition):
+        if self.fails:
+            raise TimeoutError("no answer")
+        return (topic, partition) in self._unread
+
+    def new(self, partitions):
+        return []
+
+    def from_beginning(self, new):
+        return []
+
+
+class FailingIncarnations(FakeIncarnations):
+    """Identities that cannot be looked up until C{answer} is set."""
+
+    answer = False
+
+    def refresh(self, topics):
+        return super().refresh(topics) if self.answer else None
+
+
+def reset_error(partition: int) -> FakeKafkaMessage:
+    """librdkafka's "no usable offset" for t[partition], as consume() returns it."""
+    err = KafkaError(KafkaError._AUTO_OFFSET_RESET, "fetch failed due to requested offset "
+                     "not available on the broker: Broker: Offset out of range")
+    return FakeKafkaMessage("t", partition, 5, error=err)
+
+
+class OffsetsLostTests(SynchronousTestCase):
+
+    def loop(self, start: str = "latest", layout=None, incarnations=None) -> ConsumerLoop:
+        settings = make_settings("127.0.0.1:1", "t", "g", **{"kafka.start_offset": start})
+        self.ingest = FakeIngest()
+        self.ingest.log = lambda level, fmt, **kw: self.ingest.audited.append(fmt.format(**kw))  # type: ignore[method-assign]
+        self.incarnations = incarnations or FakeIncarnations({"t": "e1"})
+        self.consumer = PlacingConsumer()
+        loop = ConsumerLoop(self.ingest, self.consumer, RecordMapper.from_settings(settings.kafka),
+                            settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
+                            self.incarnations, cooperative=True,
+                            layout=layout or FakeLayout())
+        self.incarnations.answer = True
+        loop.on_assign(self.consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+        self.consumer.calls.clear()
+        return loop
+
+    def test_recreatedTopicReadFromItsBeginning(self):
+        """
+        An offset out of range because the topic was recreated: its identity
+        is looked up first, and every assigned partition of it is read again
+        from the beginning of the new log, so its first records arrive once,
+        under the new epoch.
+        """
+        loop = self.loop()
+        self.incarnations.ids["t"] = "e2"
+        loop.handle([reset_error(0)])
+        self.assertEqual(self.consumer.calls, [
+            ("incremental_unassign", [("t", 0), ("t", 1)]),
+            ("incremental_assign", [("t", 0, OFFSET_BEGINNING), ("t", 1, OFFSET_BEGINNING)])])
+        loop.handle([FakeKafkaMessage("t", 0, 0)])
+        [events] = self.ingest.batches
+        self.assertEqual([(e.offset, e.epoch) for e in events], [(0, "e2")])
+
+    def test_sameIdentityStartsWhereStartOffsetSays(self):
+        """
+        No usable offset for a topic of unchanged identity (a new group,
+        retention): the partition starts at its end with start_offset
+        latest, at its beginning with earliest.
+        """
+        for start, where in (("latest", OFFSET_END), ("earliest", OFFSET_BEGINNING)):
+            loop = self.loop(start)
+            loop.handle([reset_error(1)])
+            self.assertEqual(self.consumer.calls, [("incremental_unassign", [("t", 1)]),
+                                                   ("incremental_assign", [("t", 1, where)])])
+
+    def test_partitionNeverReadByTheGroupFromItsBeginning(self):
+        """
+        With start_offset latest, a partition the group never read while it
+        read others of the topic (added while the node was down) starts at
+        its beginning; if that cannot be looked up, where start_offset says
+        (the error counted).
+        """
+        loop = self.loop(layout=FakeLayout(unread={("t", 1)}))
+        loop.handle([reset_error(1)])
+        self.assertEqual(self.consumer.calls[-1],
+                         ("incremental_assign", [("t", 1, OFFSET_BEGINNING)]))
+        errors: list[str] = []
+        loop = self.loop(layout=FakeLayout(unread={("t", 1)}, fails=True))
+        self.ingest.note_error = lambda kind, text, level="warn": errors.append(kind)
+        loop.handle([reset_error(1)])
+        self.assertEqual(self.consumer.calls[-1], ("incremental_assign", [("t", 1, OFFSET_END)]))
+        self.assertEqual(errors, ["new_partitions"])
+
+    def test_identityUnknownWaits(self):
+        """
+        While the topics' identities cannot be looked up the partition is
+        not restarted anywhere (nothing of a possibly new log is read); it
+        is placed at the next successful lookup.
+        """
+        incarnations = FailingIncarnations({"t": "e1"})
+        loop = self.loop(incarnations=incarnations)
+        incarnations.answer = False
+        loop.handle([reset_error(0)])
+        self.assertEqual(self.consumer.calls, [])
+        self.assertEqual(loop.unplaced, {Partition("t", 0)})
+        incarnations.answer = True
+        incarnations.ids["t"] = "e2"
+        loop.epochs_due = 0
+        loop.consumer.consume = lambda n, timeout: []
+        loop.poll_once()
+        self.assertEqual(self.consumer.calls[-1], ("incremental_assign", [
+            ("t", 0, OFFSET_BEGINNING), ("t", 1, OFFSET_BEGINNING)]))
+
+    def test_batchesOfTheOldLogNotStored(self):
+        """
+        Offsets that batches in flight read of a partition restarted on a
+        new log are not stored: they belong to the old log.
+        """
+        loop = self.loop()
+        loop.handle([FakeKafkaMessage("t", 0, 7), FakeKafkaMessage("t", 1, 3)])
+        self.incarnations.ids["t"] = "e2"
+        loop.handle([reset_error(0)])
+        loop.done.put(0)
+        loop.take_done(0)
+        self.assertEqual(self.consumer.stored, [])
+
+    def test_idlePartitionsStoreTheirStart(self):
+        """
+        At each identity check, assigned partitions with nothing stored and
+        nothing in flight store their position, so the group remembers where
+        this node started them (not taken for never-read partitions later).
+        """
+        loop = self.loop()
+        self.consumer.positions = {("t", 0): 40}
+        loop.handle([FakeKafkaMessage("t", 1, 3)])  # in flight: not stored
+        loop.store_positions()
+        self.assertEqual(self.consumer.stored, [("t", 0, 40)])
+        loop.store_positions()
+        self.assertEqual(self.consumer.stored, [("t", 0, 40)])
