@@ -519,6 +519,11 @@ class Outbox:
         behind = self.behind = Behind(disconnect)
         behind.note(event)
         self._behind()
+        # Nothing may be queued here (the frames before this one went out
+        # directly, the kernel or Twisted holding what did not fit): then no
+        # flush of ours follows, and Twisted resumes a streaming producer
+        # only if it was paused. _catch_up waits for the drain itself.
+        self._catch_up_soon()
         if disconnect:
             clock = self.fanout.reactor
             self._over_since = clock.seconds()

@@ -14,6 +14,7 @@ import time
 from twisted.internet.address import IPv4Address
 
 from odin_ws.common.events import Event
+from odin_ws.common.twisted_internals import held
 from odin_ws.shard.delivery.catchup import Behind, gap_notice
 from tests.helpers import ShardTestCase, StalledSocket, parse_frames, text
 from tests.helpers.cases import ShardClient, _ports
@@ -96,6 +97,27 @@ class CatchUpTests(CatchUpTestCase):
         self.assertGreater(stats.caught_up, 0)
         self.assertEqual((stats.behind_now, stats.gaps), (0, {}))
         self.assertIsNone(c.proto.outbox.behind)
+
+    def test_falls_behind_with_nothing_queued(self):
+        """
+        A connection can fall behind with nothing of its own queued: its
+        last frames were handed to Twisted, which holds what the client has
+        not read (its producer not paused: below Twisted's high-water
+        mark), and the next event does not fit. Once the client reads, it
+        is caught up all the same, though no flush of the outbox follows.
+        """
+        c = self.stalled("odin.token.A.trade")
+        box = c.proto.outbox
+        sent = self.deliver(self.event("A", 0, size=600))
+        self.clock.advance(0)
+        self.assertEqual((box.queued(), box.paused), (0, False))
+        self.assertGreater(held(c.transport), 0)
+        sent += self.deliver(self.event("A", 0, size=600))
+        self.assertIsNotNone(box.behind)
+        self.assertEqual(box.queued(), 0)
+        got = self.read_all(c)
+        self.assertEqual([m["pos"] for m in got], positions_of(sent))
+        self.assertIsNone(box.behind)
 
     def test_behind_holds_positions_not_frames(self):
         """While behind, the outbox queues no more event frames: it holds one position per stream."""
