@@ -181,23 +181,14 @@ class Fanout:
         stats.bytes_out += size
         stats.writes += whole
         stats.direct += whole
+        # The runs handed back, pushed as the Python loop does it (_spread),
+        # run after run: each connection takes its runs in order.
+        handed: dict[int, list[Outbox]] = {}
         for box, run in defer:
-            # Outbox.push (or push_parts) of the run, as _spread does it.
+            handed.setdefault(run, []).append(box)
+        for run in sorted(handed):
             pair, items, events = entries[run]
-            buf = pair[0]
-            room = box.room - len(buf)
-            if room >= 0:
-                box.room = room
-                queue = box.queue
-                if not queue:
-                    self._dirty.append(box)
-                queue += pair
-            elif len(items) == 1:
-                frame, channel, event_type = items[0]
-                box.overflow(frame, channel, event_type, len(frame),
-                             events[0] if events else None)
-            else:
-                box.push_parts(pair[1])
+            self._spread(pair, len(pair[0]), handed[run], _overflow(pair, items, events))
         for box, buf, sent, count in rest:
             self._write_rest(box, buf, sent, count)
 
@@ -309,3 +300,14 @@ class Fanout:
         # At the end of this reactor turn, or of the flush window.
         if self._call is None:
             self._call = self.reactor.callLater(self.delay, self._turn_end)
+
+
+def _overflow(pair: tuple[bytes, Any], items: list[tuple[bytes, str, str]],
+              events: list[Event] | None) -> Callable[[Outbox], None]:
+    """What an Outbox without room for the kept run C{pair} does: as in L{Fanout.publish}/C{publish_run}."""
+    if len(items) == 1:
+        frame, channel, event_type = items[0]
+        event = events[0] if events else None
+        return lambda box: box.overflow(frame, channel, event_type, len(frame), event)
+    tag = pair[1]
+    return lambda box: box.push_parts(tag)
