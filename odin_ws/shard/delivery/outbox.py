@@ -519,11 +519,6 @@ class Outbox:
         behind = self.behind = Behind(disconnect)
         behind.note(event)
         self._behind()
-        # Nothing may be queued here (the frames before this one went out
-        # directly, the kernel or Twisted holding what did not fit): then no
-        # flush of ours follows, and Twisted resumes a streaming producer
-        # only if it was paused. _catch_up waits for the drain itself.
-        self._catch_up_soon()
         if disconnect:
             clock = self.fanout.reactor
             self._over_since = clock.seconds()
@@ -550,7 +545,6 @@ class Outbox:
         behind = self.behind = Behind()
         behind.streams.update(since)
         self._behind()
-        self._catch_up_soon()
 
     def _behind(self) -> None:
         queued = self.cap - self.room
@@ -560,6 +554,12 @@ class Outbox:
         stats = self.stats
         stats.fell_behind += 1
         stats.behind_now += 1
+        # Catch-up starts in a later turn and waits for the drain itself:
+        # nothing else may start it. Nothing may be queued (the frames before
+        # went out directly, the kernel or Twisted holding what did not fit),
+        # so no flush of ours follows; and Twisted resumes a streaming
+        # producer only if it was paused.
+        self._catch_up_soon()
 
     def _catch_up_soon(self) -> None:
         """One slice in a later reactor turn (one per turn: others get theirs)."""
