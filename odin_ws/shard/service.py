@@ -131,7 +131,7 @@ class Shard(service.MultiService):
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
-        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, settings.limits)
+        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, settings)
         #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
@@ -287,7 +287,7 @@ class Shard(service.MultiService):
                                  settings.outbound.compression_min_bytes)
         self.factory.reconfigure(settings)
         self.subscriptions.reconfigure(settings.limits)
-        self.backlog.reconfigure(settings.limits)
+        self.backlog.reconfigure(settings)
         self.connections.reconfigure(settings)
         self.delivery.reconfigure(settings)
         self.streams.reconfigure(settings)
