@@ -529,20 +529,29 @@ class Outbox:
     def can_stream(self, patterns: set[tuple[str, str]]) -> bool:
         """
         Whether a recovery for C{patterns} may be streamed (L{recover_from}):
-        catch-up is possible, the connection is live, and it holds no other
-        pattern (catch-up reads for every pattern held; a held one outside
-        C{patterns} would get its events again).
+        catch-up is possible, and the connection holds no other pattern
+        (catch-up reads for every pattern held; a held one outside
+        C{patterns} would get its events again). It may be behind already.
         """
         backlog = self.backlog
-        return (backlog is not None and self.behind is None and not self.closed
+        return (backlog is not None and not self.closed
                 and set(backlog.patterns_of(self)) <= patterns)
 
     def recover_from(self, since: dict[tuple[str, int], tuple[str, int]]) -> None:
         """
-        Stream a recovery too large for the buffer: behind from C{since}
-        (C{(topic, partition) -> (epoch, offset)}), caught up from history
-        in slices as the socket drains (only after L{can_stream}).
+        Stream a recovery too large for the buffer (or asked while behind):
+        behind from C{since} (C{(topic, partition) -> (epoch, offset)}),
+        caught up from history in slices as the socket drains (only after
+        L{can_stream}). Already behind: C{since} replaces the positions of
+        its streams (the client says what it holds of every pattern the
+        connection has), the others' stay.
         """
+        behind = self.behind
+        if behind is not None:
+            behind.streams.update(since)
+            behind.replay = True
+            self._catch_up_soon()
+            return
         behind = self.behind = Behind(replay=True)
         behind.streams.update(since)
         self._behind()
