@@ -2,7 +2,10 @@
 C{python -m odinws_tools.capacity_run} (what C{make capacity} runs): the demo stack
 (embedded broker, odinws with two shards, the simulator at a moderate rate)
 loaded by C{odinws-loadtest} with 12,000 subscribed connections for 60 s
-(C{--connections N}: C{make capacity CONNECTIONS=40000}).
+(C{--connections N}: C{make capacity CONNECTIONS=40000}). The load comes
+from the native client (C{--client native}, L{odinws_tools.loadtest.nativeclient}),
+so the client takes a small share of the cores the server runs on;
+C{--client python} runs the asyncio workers instead.
 Exits 0 only when every connection opened and stayed up and no event was
 lost, duplicated or out of order (the load test's verdict), 1 otherwise.
 
@@ -89,6 +92,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         "needs them)")
     p.add_argument("--channels", default="odin.token.*.*")
     p.add_argument("--report", default="artifacts/capacity", help="report directory")
+    p.add_argument("--client", choices=("native", "python"), default="native",
+                   help="odinws-loadtest's client: native (C, built on first use) or python")
+    p.add_argument("--native-binary", default="",
+                   help="a built odinws-loadclient (make capacity builds one)")
     return p.parse_args(argv)
 
 
@@ -125,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         code = loadtest.main([
             "--url", f"ws://127.0.0.1:{port}/ws", "--connections", str(args.connections),
             "--ramp", args.ramp, "--duration", str(args.duration), "--channels", args.channels,
-            "--report", args.report])
+            "--report", args.report, "--client", args.client,
+            *(["--native-binary", args.native_binary] if args.native_binary else [])])
         problem = stack.failed()
     finally:
         stack.stop()
