@@ -12,8 +12,9 @@ lost, duplicated or out of order (the load test's verdict), 1 otherwise.
 The node's settings differ from the demo's only where N connections from
 one machine need it (see L{capacity_settings} and docs/performance.md,
 "Capacity"). Every process here has the same open-files hard limit, which
-an unprivileged process cannot raise: when one shard could not hold its
-share of the connections under it, more shards are started (and said so).
+only a process with CAP_SYS_RESOURCE can raise (this one tries first,
+L{plan_shards}): when one shard could not hold its share of the
+connections under it, more shards are started (and said so).
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def plan_shards(connections: int, wanted: int, hard: int | None = None) -> int:
     """
     C{wanted} shards (0: two), or more when one shard could not hold its
     share (with 10% for an uneven split) under the open-files hard limit.
+    Without C{hard}, this process first raises its own limits to what one
+    of C{wanted} shards needs (the hard one too, if it may: L{openfiles.ensure});
+    the node and the load client inherit them.
     """
     if hard is None:
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        hard = openfiles.UNLIMITED if hard == resource.RLIM_INFINITY else hard
+        share = math.ceil(connections * 1.1 / (wanted or 2))
+        _, hard = openfiles.ensure(share + openfiles.HEADROOM)
     room = max(1, openfiles.connection_room(hard))
     return max(wanted or 2, math.ceil(connections * 1.1 / room))
 

@@ -495,11 +495,18 @@ int main(int argc, char **argv) {
     arguments(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, SIG_IGN);   /* the parent decides when to stop (stdin) */
+    nconns = (nconns_all - widx + nworkers - 1) / nworkers;
+    /* The soft limit up to the hard one; the hard one up to what is needed
+     * if this process may (CAP_SYS_RESOURCE: EPERM otherwise, then the
+     * parent must spread the connections over more workers). */
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < (rlim_t)nconns + 64) {
+        struct rlimit more = {(rlim_t)nconns + 64, (rlim_t)nconns + 64};
+        if (setrlimit(RLIMIT_NOFILE, &more) == 0) rl = more;
+    }
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
-    nconns = (nconns_all - widx + nworkers - 1) / nworkers;
     if ((rlim_t)nconns + 64 > rl.rlim_cur) {
         fprintf(stderr, "odinws-loadclient: RLIMIT_NOFILE %llu is too low for %d connections\n",
                 (unsigned long long)rl.rlim_cur, nconns);
