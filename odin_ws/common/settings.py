@@ -317,6 +317,13 @@ class LimitsSettings:
         "the positions for *.*); a recovery that would look at more is answered "
         "recovered: false (too_large).",
         minimum=1, live=True)
+    max_filter_bytes: int = setting(
+        1024, "Longest subscription filter (bytes of its compact JSON); a longer one is refused "
+        "(filter_too_large).", minimum=64, live=True)
+    max_shard_filters: int = setting(
+        10000, "Distinct subscription filters one shard holds (each is compiled once and "
+        "evaluated once per event, however many subscriptions share it); past it a subscribe "
+        "with a new filter is refused (server_filter_limit).", minimum=1, live=True)
 
 
 @dataclass(frozen=True, slots=True)
