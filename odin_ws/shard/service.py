@@ -36,6 +36,7 @@ from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery import nativesend
 from odin_ws.shard.delivery.catchup import Backlog
+from odin_ws.shard.delivery.deflate import Deflate
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.pipeline import Delivery
@@ -122,12 +123,15 @@ class Shard(service.MultiService):
         #: The fan-out's send loop (outbound.native, applied at start).
         self.native = nativesend.select(settings.outbound.native)
         metrics.OUTBOUND_NATIVE.set(1 if self.native.send_runs is not None else 0)
+        #: Compression of event frames, once per event (odin_ws/shard/delivery/deflate.py).
+        self.deflate = Deflate(self.stats, settings.outbound.compression,
+                               settings.outbound.compression_min_bytes)
         self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay,
-                             self.native.send_runs)
+                             self.native.send_runs, self.deflate)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
-        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, settings.limits)
+        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, settings)
         #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
@@ -279,12 +283,16 @@ class Shard(service.MultiService):
         self.settings = settings
         self.history.configure(**_history_bounds(settings))
         self.fanout.reconfigure(settings.outbound.flush_delay)
+        self.deflate.reconfigure(settings.outbound.compression,
+                                 settings.outbound.compression_min_bytes)
         self.factory.reconfigure(settings)
         self.subscriptions.reconfigure(settings.limits)
-        self.backlog.reconfigure(settings.limits)
+        self.backlog.reconfigure(settings)
         self.connections.reconfigure(settings)
         self.delivery.reconfigure(settings)
         self.streams.reconfigure(settings)
+        if self.schemas is not None:
+            self.schemas.reconfigure(settings.schema_registry)
         for client in self.connections:
             client.reconfigure(settings)
 

@@ -48,7 +48,7 @@ class Host:
                                clock=time.time)
         self.fanout = Fanout(self.reactor, WriteStats())
         self.subscriptions = SubscriptionIndex(self.settings.limits)
-        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, self.settings.limits)
+        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, self.settings)
         self.connections = Connections(self.reactor, self.settings)
         self.changes = 0
         self.recoveries: list[Outbox] = []
