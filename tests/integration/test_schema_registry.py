@@ -98,7 +98,10 @@ class RegistryCase(unittest.TestCase):
                 self.json: {"format": "auto", "token": "field:token",
                             "event_type": "header:kind"}},
             "schema_registry.url": self.registry.url,
-            "schema_registry.wait": 0.5, "schema_registry.retry": 1.0, **node_auth})
+            # A generous wait: on the loaded test machine a first fetch (a
+            # schema and its references) can take seconds, and a record
+            # whose schema has not come by then is skipped by design.
+            "schema_registry.wait": 10.0, "schema_registry.retry": 1.0, **node_auth})
         self.addCleanup(self.node.stop)
         self.node.start()
         self.ws = Client(self.node.url())
