@@ -30,7 +30,7 @@ from odin_ws.common.logs import audit
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.clients import auth, messages, recovery
 from odin_ws.shard.clients.refusal import Refused, bad_origin, is_origin
-from odin_ws.shard.delivery.catchup import Backlog
+from odin_ws.shard.delivery.behind import Backlog
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
 
