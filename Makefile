@@ -27,7 +27,7 @@ $(TSC): clients/js/package-lock.json
 # The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
 PORT ?= 3005
 # make demo AVRO=1: the simulator writes Avro through a local Schema Registry
-# (odinws_tools/registry.py) and odinws decodes it; JSON otherwise.
+# (Apicurio Registry, odinws_tools/apicurio) and odinws decodes it; JSON otherwise.
 demo: $(STAMP)
 	$(PY) -m odinws_tools.demo --port $(PORT) $(if $(AVRO),--avro)
 
@@ -38,11 +38,13 @@ lint: $(STAMP)
 
 # The integration tests run against Apache Kafka (its jars fetched with
 # Maven on first use, odinws_tools/kafka/pom.xml); ODINWS_TEST_BROKER=tansu
-# runs them against the demo's embedded broker instead.
+# runs them against the demo's embedded broker instead. The Schema Registry
+# tests run Apicurio Registry (fetched with Maven too; Java 21 or later).
 test: $(STAMP) $(TSC) lint
 	node --test clients/js/test/*.test.mjs
 	$(TSC) -p clients/js
 	$(PY) -m odinws_tools.kafka --fetch
+	$(PY) -m odinws_tools.apicurio --fetch
 	$(VENV)/bin/trial --jobs=2 tests
 
 test-deb: $(STAMP)
