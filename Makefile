@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo lint test test-unit test-deb bench bench-cost capacity clean venv
+.PHONY: demo lint test test-unit test-deb bench bench-cost bench-bandwidth capacity clean venv
 
 # TypeScript, pinned in clients/js/package-lock.json: checks the JS client's
 # declarations (odinws.d.ts) in make test.
@@ -76,6 +76,12 @@ bench-cost: $(STAMP)
 	sh bench/setup.sh
 	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. \
 		--variant python-loop=.:outbound.native=off --doc
+
+# The issue-25 targets (compression, deltas, max_rate, filters) against a
+# real node, written into docs/performance.md (bench/bandwidth.py, ~10 min).
+bench-bandwidth: $(STAMP)
+	sh bench/setup.sh
+	$(PY) bench/bandwidth.py
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

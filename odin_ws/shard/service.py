@@ -136,7 +136,7 @@ class Shard(service.MultiService):
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
         self.backlog = Backlog(self.history,
                                lambda box: self.options.patterns_of(box, self.subscriptions),
-                               settings.limits)
+                               settings)
         #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
@@ -293,7 +293,7 @@ class Shard(service.MultiService):
         self.factory.reconfigure(settings)
         self.subscriptions.reconfigure(settings.limits)
         self.options.reconfigure(settings.limits)
-        self.backlog.reconfigure(settings.limits)
+        self.backlog.reconfigure(settings)
         self.connections.reconfigure(settings)
         self.delivery.reconfigure(settings)
         self.streams.reconfigure(settings)

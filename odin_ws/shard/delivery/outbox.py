@@ -47,6 +47,7 @@ from odin_ws.common.twisted_internals import (
 )
 from odin_ws.shard.delivery.catchup import (
     CONFLATED,
+    STALE,
     Backlog,
     Behind,
     conflated_notice,
@@ -542,7 +543,7 @@ class Outbox:
         (C{(topic, partition) -> (epoch, offset)}), caught up from history
         in slices as the socket drains (only after L{can_stream}).
         """
-        behind = self.behind = Behind()
+        behind = self.behind = Behind(replay=True)
         behind.streams.update(since)
         self._behind()
 
@@ -600,6 +601,8 @@ class Outbox:
             self.room -= len(frame)
             queue += (frame, channel)
         stats.caught_up += part.events
+        if part.stale:
+            stats.gaps[STALE] = stats.gaps.get(STALE, 0) + part.stale
         if part.done:
             self._go_live()
         if queue:

@@ -54,7 +54,7 @@ class Host:
         variants = VariantIndex(self.subscriptions.budget)
         self.options = SubscriptionOptions(self.settings.limits, variants,
                                            VariantFeed(self.reactor, variants, self.fanout))
-        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, self.settings.limits)
+        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, self.settings)
         self.connections = Connections(self.reactor, self.settings)
         self.changes = 0
         self.recoveries: list[Outbox] = []
