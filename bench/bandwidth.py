@@ -76,9 +76,12 @@ class Node(Odinws):
     events bench/kafka_feed.py produces (C{tiers}: its --tiers layout).
     """
 
+    #: The source tree that runs (--repo; this one by default).
+    tree = REPO
+
     def __init__(self, rundir: str, subscribe: dict | None = None, compress: bool = False,
                  tiers: str | None = None, overrides: dict | None = None):
-        super().__init__(rundir, 10, overrides=overrides)
+        super().__init__(rundir, 10, repo=self.tree, overrides=overrides)
         self.subscribe = subscribe or {"type": "subscribe", "channels": ["odin.token.*.*"]}
         self.compress = compress
         self.tiers = tiers
@@ -219,18 +222,20 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--no-doc", action="store_true", help="print only")
+    ap.add_argument("--repo", default=REPO, help="the odinws tree to run (default: this one)")
     args = ap.parse_args()
     cells = [c for c in args.cells.split(",") if c]
     unknown = set(cells) - set(CELLS)
     if unknown:
         ap.error(f"unknown cells {sorted(unknown)}")
+    Node.tree = os.path.abspath(args.repo)
     args.conns = [int(n) for n in args.conns.split(",") if n]
     args.filter_conns = [int(n) for n in args.filter_conns.split(",") if n]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rundir = os.path.join(args.out, stamp + "-bandwidth")
     os.makedirs(rundir, exist_ok=True)
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                     "machine": report.machine(), "commit": _commit(), "load": _load()}
+                     "machine": report.machine(), "commit": _commit(Node.tree), "load": _load()}
     try:
         if "match" in cells:
             results["match"] = match_cost()
@@ -265,9 +270,9 @@ def main() -> int:
     return 0
 
 
-def _commit() -> str:
+def _commit(tree: str) -> str:
     import subprocess
-    return subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+    return subprocess.run(["git", "-C", tree, "describe", "--always", "--dirty"],
                           capture_output=True, text=True).stdout.strip()
 
 

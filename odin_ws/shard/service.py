@@ -37,6 +37,7 @@ from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery import nativesend
 from odin_ws.shard.delivery.catchup import Backlog
+from odin_ws.shard.delivery.deflate import Deflate
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.pipeline import Delivery
@@ -125,8 +126,11 @@ class Shard(service.MultiService):
         #: The fan-out's send loop (outbound.native, applied at start).
         self.native = nativesend.select(settings.outbound.native)
         metrics.OUTBOUND_NATIVE.set(1 if self.native.send_runs is not None else 0)
+        #: Compression of event frames, once per event (odin_ws/shard/delivery/deflate.py).
+        self.deflate = Deflate(self.stats, settings.outbound.compression,
+                               settings.outbound.compression_min_bytes)
         self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay,
-                             self.native.send_runs)
+                             self.native.send_runs, self.deflate)
         #: Subscriptions with options (delta, max_rate, filter) and their delivery.
         variants = VariantIndex(self.subscriptions.budget)
         self.variants = VariantFeed(reactor, variants, self.fanout)
@@ -290,6 +294,8 @@ class Shard(service.MultiService):
         self.settings = settings
         self.history.configure(**_history_bounds(settings))
         self.fanout.reconfigure(settings.outbound.flush_delay)
+        self.deflate.reconfigure(settings.outbound.compression,
+                                 settings.outbound.compression_min_bytes)
         self.factory.reconfigure(settings)
         self.subscriptions.reconfigure(settings.limits)
         self.options.reconfigure(settings.limits)
@@ -297,6 +303,8 @@ class Shard(service.MultiService):
         self.connections.reconfigure(settings)
         self.delivery.reconfigure(settings)
         self.streams.reconfigure(settings)
+        if self.schemas is not None:
+            self.schemas.reconfigure(settings.schema_registry)
         for client in self.connections:
             client.reconfigure(settings)
 

@@ -151,7 +151,8 @@ class Outbox:
 
       - C{queue}, C{room}: a push appends C{frame, tag} to C{queue} and
         subtracts its size from C{room} when it fits; else it calls
-        L{overflow} or L{push_parts};
+        L{overflow} or L{push_parts}; C{variant}: which of an event's
+        frames (plain, compressed for a window size) it takes;
       - C{inline}, C{sock}, C{fdno}, C{paused}, C{closed}, C{tracking}:
         read to decide whether the flush may send the one waiting entry
         itself (C{inline}: a plain TCP connection of the Fanout's reactor
@@ -169,7 +170,8 @@ class Outbox:
     __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
                  "on_slow_disconnect", "queue", "room", "cap", "paused", "closed", "inline",
                  "sock", "fdno", "tracking", "_tombs", "_fd", "_index", "_indexed",
-                 "_over_since", "_refused", "_grace_call", "backlog", "behind", "_catch_call", "_skipped")
+                 "_over_since", "_refused", "_grace_call", "backlog", "behind", "_catch_call", "_skipped",
+                 "variant")
 
     def __init__(self, protocol: Any, fanout: Flusher, policy_for: Callable[[str], str],
                  limit: int, grace: float, on_slow_disconnect: Callable[[], None],
@@ -220,6 +222,9 @@ class Outbox:
         self._catch_call: Any = None
         #: Frames conflation replaced since the last write, per channel (told then).
         self._skipped: dict[str, int] | None = None
+        #: Which event frames it gets (odin_ws/shard/delivery/deflate.py): 0,
+        #: plain, until its connection says it negotiated compression.
+        self.variant = 0
         transport.registerProducer(self, True)
 
     def reconfigure(self, outbound: OutboundSettings) -> None:

@@ -20,8 +20,11 @@ so queued as is, in order) stays; anything else (no room: dropped,
 conflated, caught up from history later, or behind; a new subscriber) gets
 the whole event, and the next one whole as well unless that one was queued
 as is. A whole event is always right, so the rule errs only toward bytes.
-Delta frames are queued into the Outboxes directly, so the runs the C send
-loop keeps are sent first (L{Fanout.settle}): order stays per connection.
+Which path a frame takes is decided from the Outbox's room before it is
+published, so the runs the C send loop keeps are sent first
+(L{Fanout.settle}): then the room read is the room the frame meets. Both
+frames go through the fan-out, compressed once per event like any other
+(L{odin_ws.shard.delivery.deflate}).
 """
 
 from __future__ import annotations
@@ -177,25 +180,33 @@ class VariantFeed:
                 if len(frame) < len(whole):
                     delta = frame
         stream.last = data
+        # No run kept for the C loop before these: room is what each Outbox
+        # will have when its frame reaches it (the two runs below go to
+        # distinct connections).
         self.fanout.settle()
         now_synced: dict[Any, None] = {}
         whole_size = len(whole)
         delta_size = len(delta) if delta is not None else 0
-        deltas = wholes = 0
+        to_delta: list[Any] = []
+        to_whole: list[Any] = []
         event_type = event.event_type
         for box in subscribers:
             if delta is not None and box in synced and delta_size <= box.room:
-                box.push(delta, channel, event_type, event)
+                to_delta.append(box)
                 now_synced[box] = None
-                deltas += 1
             elif whole_size <= box.room:
-                box.push(whole, channel, event_type, event)
+                to_whole.append(box)
                 now_synced[box] = None
-                wholes += 1
             else:
                 # The slow path: its policy may drop, conflate or note it.
                 box.overflow(whole, channel, event_type, whole_size, event)
-                wholes += 1
+        deltas = len(to_delta)
+        wholes = len(subscribers) - deltas
+        # Through the fan-out: framed (and compressed) once for each group.
+        if to_delta:
+            self.fanout.publish(delta, channel, event_type, to_delta, event)  # type: ignore[arg-type]
+        if to_whole:
+            self.fanout.publish(whole, channel, event_type, to_whole, event)
         stream.synced = now_synced
         metrics.DELTA_FRAMES.labels(kind="delta").inc(deltas)
         metrics.DELTA_FRAMES.labels(kind="whole").inc(wholes)

@@ -156,12 +156,12 @@ class FrameOnceTests(StreamTestCase):
     def recipients(self) -> list:
         """What the fan-out is asked to deliver each event to, as the shard passes it."""
         seen: list = []
-        publish = self.shard.fanout.publish
+        publish_run = self.shard.fanout.publish_run
 
-        def recording(f, c, t, to, event=None):
+        def recording(items, to, events=None):
             seen.append(to)
-            return publish(f, c, t, to, event)
-        self.patch(self.shard.fanout, "publish", recording)
+            return publish_run(items, to, events)
+        self.patch(self.shard.fanout, "publish_run", recording)
         return seen
 
     def test_one_encoding_per_event_for_every_stream(self):

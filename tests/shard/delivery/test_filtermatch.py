@@ -6,8 +6,13 @@ strings, booleans, null and missing fields (docs/protocol.md, "Filters").
 
 from __future__ import annotations
 
+import math
+import operator
+import re
 from decimal import Decimal
 
+from hypothesis import example, given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.shard.delivery.filters import compile_filter
@@ -201,3 +206,70 @@ class ValueRuleTests(SynchronousTestCase):
             self.assertFalse(passes({"a": 1}, data))
             self.assertFalse(passes({"not": {"a": 1}}, data))
             self.assertFalse(passes({"a": {"exists": False}}, data))
+
+
+def _exact(value: object) -> Decimal | None:
+    """The reference reading of a data value as a number (docs/protocol.md, "Filters")."""
+    if type(value) is int:
+        return Decimal(value)
+    if type(value) is Decimal:
+        return value
+    if type(value) is float:
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    if type(value) is str and len(value) <= 64 and re.fullmatch(
+            r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?", value):
+        return Decimal(value)
+    return None
+
+
+_REFERENCE = {"eq": operator.eq, "lt": operator.lt, "lte": operator.le, "gt": operator.gt,
+              "gte": operator.ge}
+
+numbers = st.one_of(
+    st.integers(-(10**30), 10**30), st.integers(-1000, 1000), st.integers(2**53, 10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(-1000, 1000).map(lambda f: round(f, 3)),
+    st.integers(-(2**62), 2**62).map(float))
+bounds = st.one_of(numbers, st.decimals(allow_nan=False, allow_infinity=False, places=25))
+numeric_strings = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str),
+    numbers.map(lambda n: repr(n) if type(n) is int else repr(n).replace("e+", "e")),
+    st.text("0123456789.-eE+", max_size=8))
+
+
+class ReferenceTests(SynchronousTestCase):
+    """The compiled comparisons (with their native shortcuts) against a plain Decimal reference."""
+
+    @given(st.sampled_from(sorted(_REFERENCE)), bounds,
+           st.one_of(numbers, numeric_strings, st.just(float("inf")), st.just(float("-inf"))))
+    def test_comparisonsAgreeWithDecimals(self, op, bound, value):
+        """Every comparison gives the verdict exact decimal arithmetic gives."""
+        self.assertAgrees(op, bound, value)
+
+    @given(st.sampled_from(sorted(_REFERENCE)), bounds, st.sampled_from([
+        lambda b: float(b), lambda b: math.nextafter(float(b), math.inf),
+        lambda b: math.nextafter(float(b), -math.inf), lambda b: int(b), lambda b: str(b),
+        lambda b: int(b) + 1]))
+    @example("eq", 123456789012345678901234567890, float)
+    @example("lt", Decimal("0.1000000000000000000001"), float)
+    def test_nearTheBound(self, op, bound, near):
+        """Data right at or next to the bound (its float, the floats around it) agrees too."""
+        value = near(bound)
+        if type(value) is float and not math.isfinite(value):
+            return
+        self.assertAgrees(op, bound, value)
+
+    def assertAgrees(self, op, bound, value):
+        if value in (float("inf"), float("-inf")):
+            want = _REFERENCE[op](Decimal(value), _exact(bound))
+        else:
+            number = _exact(value)
+            want = number is not None and _REFERENCE[op](number, _exact(bound))
+        self.assertEqual(passes({"f": {op: bound}}, {"f": value}), want, (op, bound, value))
+
+    @given(st.lists(st.one_of(numbers, st.text(max_size=3)), min_size=1, max_size=5),
+           st.one_of(numbers, numeric_strings, st.text(max_size=3)))
+    def test_inAgreesWithDecimals(self, values, value):
+        """in passes exactly when eq with one of its values passes."""
+        want = any(passes({"f": v}, {"f": value}) for v in values)
+        self.assertEqual(passes({"f": {"in": values}}, {"f": value}), want, (values, value))
