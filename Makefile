@@ -59,9 +59,17 @@ test-unit: $(STAMP)
 # a local demo stack (broker, odinws --shards 2 or more if the open-files hard
 # limit needs them, simulator); fails on any failed connection or lost event.
 # Report: artifacts/capacity/report.html (docs/performance.md, "Capacity").
+# The load comes from build/odinws-loadclient, built here from
+# odinws_tools/loadtest/loadclient.c (a C compiler is all it needs).
 CONNECTIONS ?= 12000
-capacity: $(STAMP)
-	$(PY) -m odinws_tools.capacity_run --connections $(CONNECTIONS) --report artifacts/capacity
+LOADCLIENT_SRC = odinws_tools/loadtest/loadclient.c odinws_tools/loadtest/loadclient_checks.h
+build/odinws-loadclient: $(LOADCLIENT_SRC)
+	mkdir -p build
+	$(CC) -O2 -std=gnu11 -Wall -o $@ odinws_tools/loadtest/loadclient.c -lm
+
+capacity: $(STAMP) build/odinws-loadclient
+	$(PY) -m odinws_tools.capacity_run --connections $(CONNECTIONS) --report artifacts/capacity \
+		--native-binary build/odinws-loadclient
 
 bench: $(STAMP)
 	sh bench/setup.sh

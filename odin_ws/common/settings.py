@@ -230,13 +230,14 @@ class SchemaRegistrySettings:
         1.0, "Seconds the consumer thread waits for a schema it does not have yet (fetched in "
         "a thread of its own); a record whose schema has not come by then is skipped and "
         "counted (reason registry_unavailable), and the fetch goes on for the next records.",
-        minimum=0)
+        minimum=0, live=True)
     retry: float = setting(
         5.0, "Seconds after a failed fetch before the same schema is asked for again; meanwhile "
         "its records are skipped at once (counted, reason registry_unavailable or "
-        "unknown_schema).", minimum=0.1)
+        "unknown_schema).", minimum=0.1, live=True)
     cache_size: int = setting(
-        1000, "Schemas kept per shard (least recently used go first).", minimum=1)
+        1000, "Schemas kept per shard (least recently used go first; a smaller size on reload "
+        "drops the least recently used at once).", minimum=1, live=True)
 
 
 @dataclass(frozen=True, slots=True)

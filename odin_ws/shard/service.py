@@ -291,6 +291,8 @@ class Shard(service.MultiService):
         self.connections.reconfigure(settings)
         self.delivery.reconfigure(settings)
         self.streams.reconfigure(settings)
+        if self.schemas is not None:
+            self.schemas.reconfigure(settings.schema_registry)
         for client in self.connections:
             client.reconfigure(settings)
 

@@ -395,7 +395,8 @@ class Session:
             # Made before anything is subscribed: a refusal leaves nothing behind.
             try:
                 answer = self.answer(msg, outbox.limit, streamable=outbox.can_stream(
-                    {(c.token, c.event_type) for c in msg.channels}))
+                    {(c.token, c.event_type) for c in msg.channels}),
+                    behind=outbox.behind is not None)
             except messages.ClientError as e:
                 self.error(e.code, e.message, e.id)
                 return
@@ -422,11 +423,13 @@ class Session:
 
     def answer(self, msg: messages.Subscribe, room: int,
                encode: Callable[[bytes, Event], bytes] | None = None,
-               overhead: int = 8, streamable: bool = False) -> recovery.Answer:
+               overhead: int = 8, streamable: bool = False,
+               behind: bool = False) -> recovery.Answer:
         """
         C{msg}'s recovery and snapshot from the shard's history, in the
         transport's framing (C{encode}; default: WebSocket text frames),
-        within C{room} bytes, or streamed if larger and C{streamable}
+        within C{room} bytes, or streamed if larger (or C{behind}: the
+        connection is catching up) and C{streamable}
         (L{odin_ws.shard.clients.recovery.answer}).
 
         @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}.
@@ -437,7 +440,7 @@ class Session:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                    limits.max_snapshot_events, room,
                                    max_scan=limits.max_recovery_scan, streamable=streamable,
-                                   allow=self.replay_allowed)
+                                   allow=self.replay_allowed, behind=behind)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                limits.max_snapshot_events, room, encode, overhead,
                                max_scan=limits.max_recovery_scan, allow=self.replay_allowed)

@@ -37,7 +37,14 @@ from odin_ws.shard.clients.session import (
     count_closed,
 )
 from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
-from odin_ws.shard.delivery.ssefeed import PING, Streams, message, vector_text, with_id
+from odin_ws.shard.delivery.ssefeed import (
+    PING,
+    DropNotices,
+    Streams,
+    message,
+    vector_text,
+    with_id,
+)
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded
 from odin_ws.shard.history import positions
 
@@ -216,6 +223,7 @@ class SseStream(OutboxHolder, TwistedProtocol):
             "X-Accel-Buffering": "no", "Connection": "close"}))
         self._ws_state = _OPEN
         outbox = self.session.open(self.adopted_at, self._slow_consumer, talks=False)
+        outbox.drops = DropNotices(streams)
         streams.opened(self)
         streams.index.add_all(outbox, patterns, self.session.client_ip)
         self.session.subscribed()

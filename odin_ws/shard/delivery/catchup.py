@@ -42,6 +42,8 @@ Position = tuple[str, int]
 #: Why a gap notice was sent (its C{reason}) besides the history's reasons
 #: (L{odin_ws.shard.history.store}: too_old, other_epoch, ahead, unknown_partition).
 CONFLATED = "conflated"
+#: Dropped past the outbound buffer by a transport without catch-up (SSE).
+DROPPED = "dropped"
 STALE = "stale"
 
 
@@ -227,6 +229,12 @@ def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
     The C{gap} message (a WebSocket text frame) for C{streams}: each maps to
     the position from which the client may recover (None: it cannot).
     """
+    body = json.dumps(gap_body(reason, streams), separators=(",", ":"))
+    return text_frame(body.encode())
+
+
+def gap_body(reason: str, streams: Mapping[Stream, Position | None]) -> dict[str, Any]:
+    """The JSON object of a C{gap} message (L{gap_notice}), for any transport."""
     named = {}
     for (topic, partition), position in sorted(streams.items(), key=lambda kv: kv[0]):
         epoch = position[0] if position is not None else "0"
@@ -234,6 +242,4 @@ def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
         # Before a partition's first offset (0) there is no position to name.
         named[stream] = (positions.encode(topic, partition, *position)
                          if position is not None and position[1] >= 0 else None)
-    body = json.dumps({"type": "gap", "reason": reason, "streams": named},
-                      separators=(",", ":"))
-    return text_frame(body.encode())
+    return {"type": "gap", "reason": reason, "streams": named}

@@ -266,6 +266,54 @@ class StreamedRecoveryTests(CatchUpTestCase):
         self.assertGreater(sum(len(e.envelope) for e in want), 1024)
         self.assertEqual([m["pos"] for m in events], positions_of(want + live))
 
+    def test_since_while_behind_is_streamed(self):
+        """
+        A subscribe with since sent while the connection is behind (the
+        client resubscribing after a gap notice while other streams are
+        still caught up) is answered recovered: true and streamed: after
+        the ack, every event after its positions exactly once, in order,
+        then live (before, it was refused as too_large).
+        """
+        seen = self.deliver(self.event("A", 0), self.event("A", 1))
+        c = self.stalled("odin.token.A.trade")
+        missed = []
+        for _ in range(20):
+            missed += self.deliver(self.event("A", 0), self.event("A", 1))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of(seen), "id": 1}))
+        got = self.read_all(c)
+        live = self.deliver(self.event("A", 0), self.event("A", 1))
+        got += self.read_all(c)
+        at = [m["type"] for m in got].index("subscribed")
+        ack, after = got[at], got[at + 1:]
+        self.assertEqual((ack["recovered"], ack["replayed"]), (True, len(missed)))
+        self.assertEqual([m["type"] for m in after], ["event"] * len(after))
+        for p in ("0", "1"):
+            want = [pos for pos in positions_of(missed + live) if pos.split(":")[1] == p]
+            self.assertEqual([m["pos"] for m in after if m["pos"].split(":")[1] == p], want)
+        self.assertEqual(len(after), len(missed + live))
+
+    def test_since_while_behind_over_other_subscriptions_is_refused(self):
+        """
+        While behind, a since subscribe that cannot be streamed (the
+        connection holds other subscriptions) is answered too_large, even
+        when its replay is small: its frames would be noted, not sent, so
+        recovered: true would be a lie.
+        """
+        before = self.deliver(self.event("B", 0))
+        replayed = self.deliver(self.event("A", 0), self.event("A", 0))
+        c = self.stalled("odin.token.B.trade")
+        for _ in range(20):
+            self.deliver(self.event("B", 0))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of(before), "id": 2}))
+        got = self.read_all(c)
+        [ack] = [m for m in got if m["type"] == "subscribed"]
+        self.assertEqual((ack["recovered"], ack["reason"]), (False, "too_large"))
+        self.assertFalse(set(positions_of(replayed)) & {m.get("pos") for m in got})
+
     def test_not_streamed_over_other_subscriptions(self):
         """
         A connection holding other subscriptions keeps the bounded answer
