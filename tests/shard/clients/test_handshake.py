@@ -273,6 +273,25 @@ class CompressionNegotiationTests(ShardTestCase):
         self.assertEqual(json.loads(reply)["type"], "subscribed")
         self.assertIsNone(client.proto._perMessageCompress._decompressor)
 
+    def test_snapshotGoesPlain(self):
+        """
+        A snapshot (per connection) reaches a compressing connection plain,
+        while the live events after it come compressed.
+        """
+        envelope = self.publish("t1")
+        client = self.connect(headers=("Sec-WebSocket-Extensions: permessage-deflate",))
+        client.send(text({"type": "subscribe", "channels": ["odin.token.t1.trade"],
+                          "snapshot": True}))
+        raw = client.transport.value()[client._read:]
+        [(_, ack), (_, snapshot)] = client.frames()
+        self.assertEqual(json.loads(ack)["type"], "subscribed")
+        self.assertTrue(json.loads(snapshot)["snapshot"])
+        self.assertEqual(json.loads(snapshot)["data"], json.loads(envelope)["data"])
+        self.assertEqual(raw[2 + len(ack)], 0x81)     # the snapshot's frame: no RSV1
+        self.publish("t1")
+        data = client.transport.value()[client._read:]
+        self.assertEqual(data[0], 0xC1)
+
     def test_offDeclines(self):
         """With outbound.compression off, offers are declined (counted) and events go plain."""
         self.reload_shard(**{"outbound.compression": False})

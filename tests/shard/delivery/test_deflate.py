@@ -210,6 +210,20 @@ class VariantFanoutTests(SendLoop, SynchronousTestCase):
         self.fanout.flush()
         self.assertEqual(self.stats.deflated, 0)
 
+    def test_perConnectionRunsGoPlain(self):
+        """
+        A run for one connection (compress=False: a recovery, a snapshot)
+        reaches a compressing connection plain, compressed nothing, counted
+        nowhere in the compression bytes.
+        """
+        box = self.outbox(7)
+        run = [(price(n), "a", "price") for n in range(3)]
+        self.fanout.publish_run(run, (box,), compress=False)
+        self.fanout.flush()
+        want = [json.loads(deflate.payload_of(f)) for f, _, _ in run]
+        self.assertEqual(messages(box.transport.value()), [(False, m) for m in want])
+        self.assertEqual((self.stats.deflated, self.stats.deflate_plain), (0, 0))
+
     def test_overflowTakesTheVariantsFrames(self):
         """
         A compressed connection without room for a whole run takes its
