@@ -37,8 +37,9 @@ CHANNEL_B = "odin.token.B.trade"
 AHEAD_MS = 300
 
 #: What the server does with connection n (in accept order): a list of
-#: (channel, seq) to send after the subscribe answer, or a str action.
-Script = Callable[[int], "list[tuple[str, int]] | str"]
+#: (channel, seq) events or dict messages to send after the subscribe
+#: answer, or a str action.
+Script = Callable[[int], "list[tuple[str, int] | dict] | str"]
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
@@ -130,8 +131,9 @@ class ScriptedServer:
             assert isinstance(plan, list)
             ts = int(time.time() * 1000) + AHEAD_MS
             sock.sendall(b"".join(_frame(1, json.dumps(
-                {"type": "event", "channel": ch, "data": {"seq": seq, "token": "A"},
-                 "ts": ts}).encode()) for ch, seq in plan))
+                item if isinstance(item, dict) else
+                {"type": "event", "channel": item[0], "data": {"seq": item[1], "token": "A"},
+                 "ts": ts}).encode()) for item in plan))
             # Until the client closes (1000): answer it, then end.
             while (got := _read_frame(sock, buf)) is not None:
                 if got[0] == 8:
@@ -177,8 +179,14 @@ class PythonClientChecksTests(unittest.TestCase):
         self.assertEqual(report["config"]["client"], self.client)
 
     def test_gap(self):
-        """1, 2, 5: two events skipped per connection, the run fails."""
-        code, report = self._play(lambda n: [(CHANNEL_A, s) for s in (1, 2, 5)])
+        """
+        1, 2, a gap notice, 5: two events skipped per connection, the run
+        fails, and the notices are counted by reason.
+        """
+        notice = {"type": "gap", "reason": "too_old", "streams": {}}
+        code, report = self._play(lambda n: [(CHANNEL_A, 1), (CHANNEL_A, 2), notice,
+                                             (CHANNEL_A, 5)])
+        self.assertEqual(report["events"]["gap_notices"], {"too_old": 2})
         self.assertEqual(code, 1)
         self.assertEqual(report["completeness"]["gaps"], 4)
         self.assertIn("4 sequence gaps", report["verdict"]["reasons"])

@@ -191,6 +191,15 @@ class Fanout:
         self._entries.append(run)
         self._soon()
 
+    def settle(self) -> None:
+        """
+        Send the runs kept for the C loop now, so that frames queued into
+        Outboxes directly next (a delta subscriber's,
+        L{odin_ws.shard.delivery.variantfeed}) come after them.
+        """
+        if self._runs:
+            self._send_native(self.native)  # type: ignore[arg-type]  # runs are kept only with it
+
     def _send_native(self, send_runs: SendRuns) -> None:
         """
         The kept runs, through the C loop: sent whole to every connection it
