@@ -12,6 +12,7 @@
 //
 //   node tests/browser/client.test.mjs snapshot <node base url> <last n>
 //   node tests/browser/client.test.mjs sse <node base url>
+//   node tests/browser/client.test.mjs deflate <node base url>
 //
 // The producer numbers the events of each channel n = 1, 2, 3, … (data.n).
 //
@@ -36,6 +37,11 @@
 // SSE and recovers what it missed, as over WebSocket; a subscription added
 // then opens a new stream, and the others go on without a gap.
 //
+// deflate: Chromium offers permessage-deflate on its own; the socket's
+// negotiated extensions name it with server_no_context_takeover, and the
+// events (compressed by the node: the caller sets its threshold to 0) reach
+// the library's subscriptions whole, in order and once.
+//
 // token: connects with a 6 s JWT and getToken minting tokens with the
 // secret: the first refresh (before exp) is good, so the connection outlives
 // the first token; the second is signed with a wrong key, the server refuses
@@ -48,9 +54,9 @@ import { createServer } from "node:http";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
-const MODES = ["reconnect", "token", "snapshot", "sse", "gap"];
+const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "deflate"];
 if (!MODES.includes(mode) || !base || (["token", "snapshot"].includes(mode) && !secret)) {
-  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap <node base url> [secret|last n]");
+  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|deflate <node base url> [secret|last n]");
   process.exit(2);
 }
 const node = new URL(base);
@@ -86,10 +92,12 @@ async function open({blockWebSocket = false} = {}) {
   // What the page's sockets receive (the last 400 messages, abridged): shown when a check fails.
   await page.addInitScript(() => {
     const wire = window.wire = [];
+    const extensions = window.socketExtensions = [];
     const Real = window.WebSocket;
     window.WebSocket = class RecordedWebSocket extends Real {
       constructor(...args) {
         super(...args);
+        this.addEventListener("open", () => extensions.push(this.extensions));
         this.addEventListener("message", (m) => {
           try {
             const msg = JSON.parse(m.data);
@@ -278,6 +286,22 @@ async function gap() {
   log(`${n} trades, the 20 stale ones recovered after the gap notice, in order, once`);
 }
 
+async function deflate() {
+  await open();
+  await start(false);
+  await checkDispatch();
+  const extensions = await page.evaluate(() => window.socketExtensions);
+  log(`negotiated: ${JSON.stringify(extensions)}`);
+  if (extensions.length !== 1 || !/^permessage-deflate\b/.test(extensions[0])
+      || !/server_no_context_takeover/.test(extensions[0])) {
+    throw new Error(`expected permessage-deflate with server_no_context_takeover, got ${JSON.stringify(extensions)}`);
+  }
+  await until(() => window.rec.trades.length >= 60 && window.rec.abc.length >= 40);
+  const r = await rec();
+  const n = checkSequences(r.trades, "odin.token.*.trade") + checkSequences(r.abc, "odin.token.ABC.*");
+  log(`${n} events over the compressed connection, every channel's n consecutive`);
+}
+
 async function reconnect() {
   await open();
   await start(false, true);
@@ -438,6 +462,7 @@ try {
   else if (mode === "token") await token();
   else if (mode === "snapshot") await snapshot(Number(secret));
   else if (mode === "gap") await gap();
+  else if (mode === "deflate") await deflate();
   else await sse();
   // Refused attempts while a shard restarts log connection errors in the
   // console; only script errors count.

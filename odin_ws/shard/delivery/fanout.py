@@ -110,7 +110,7 @@ class Fanout:
                          [event] if event is not None else None)
 
     def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox],
-                    events: list[Event] | None = None) -> None:
+                    events: list[Event] | None = None, compress: bool = True) -> None:
         """
         Queue several frames, each C{(frame, channel, event_type)}, in order on
         every outbox: consecutive events that reach the same subscribers. The
@@ -119,9 +119,11 @@ class Fanout:
         each outbox takes one entry; an outbox without room for the whole
         takes them one by one under its policy. C{events}: the history
         events the frames carry (C{events[i]} is C{items[i]}'s), where a
-        slow outbox catches up from.
+        slow outbox catches up from. C{compress}: False for frames meant for
+        one connection (a recovery, a snapshot), which go out plain:
+        compressing them would cost per connection, not per event.
         """
-        run = Run(items, events, self.deflate)
+        run = Run(items, events, self.deflate if compress else None)
         if self.native is not None and not self.delay:
             self._keep(run, outboxes)
             return
@@ -160,10 +162,14 @@ class Fanout:
             self._soon()
 
     def _spread_variants(self, run: Run, outboxes: list[Outbox]) -> None:
-        """C{run} to outboxes of compressed variants, counted per variant."""
+        """C{run} to outboxes of compressed variants, counted per variant (if compressed)."""
         by_variant: dict[int, list[Outbox]] = {}
         for box in outboxes:
             by_variant.setdefault(box.variant, []).append(box)
+        if run.deflate is None:
+            for v, boxes in by_variant.items():
+                self._spread(run, boxes, v)
+            return
         stats = self.stats
         plain = run.entry(PLAIN)[1]
         for v, boxes in by_variant.items():
