@@ -65,6 +65,10 @@ def build_report(args, run, elapsed: float) -> dict:
     rate = hold_events / len(hold) if hold else 0.0
     before, at_end = run.metrics.get("before"), run.metrics.get("hold_end")
     no_seq = sum(f["no_seq"] for f in finals)
+    notices: dict[str, int] = {}
+    for f in finals:
+        for reason, n in f.get("gap_notices", {}).items():
+            notices[reason] = notices.get(reason, 0) + n
     report: dict[str, Any] = {
         "tool": "odinws-loadtest",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.start)),
@@ -74,7 +78,8 @@ def build_report(args, run, elapsed: float) -> dict:
                    "duration_s": args.duration, "drain_s": args.drain,
                    "channels": None if args.random_tokens else args.channel_list,
                    "random_tokens": args.random_tokens or None, "workers": args.workers,
-                   "source_addresses": args.sources, "connect_timeout_s": args.connect_timeout},
+                   "source_addresses": args.sources, "connect_timeout_s": args.connect_timeout,
+                   "client": args.client},
         "connections": {"target": args.connections, "attempted": attempted, "opened": opened,
                         "failed": failed, "lost": lost,
                         "not_attempted": args.connections - attempted,
@@ -84,7 +89,8 @@ def build_report(args, run, elapsed: float) -> dict:
         "events": {"delivered": latency.n, "hold_seconds": len(hold),
                    "hold_rate_per_s": round(rate, 1),
                    "per_connection_per_s": round(rate / opened, 3) if opened else None,
-                   "without_seq": no_seq, "malformed": sum(f["malformed"] for f in finals)},
+                   "without_seq": no_seq, "malformed": sum(f["malformed"] for f in finals),
+                   "gap_notices": notices},
         "latency_ms": latency.summary(),
         "latency_hold_ms": latency_hold.summary(),
         "latency_histogram": [[round(lo, 3), round(hi, 3), n] for lo, hi, n in latency.bins()],
@@ -149,6 +155,9 @@ def verdict(report: dict, interrupted: bool = False, workers_lost: int = 0) -> d
                         "gaps and duplicates were not checked for them")
     if e["malformed"]:
         warnings.append(f"{e['malformed']} malformed messages")
+    if e.get("gap_notices"):
+        warnings.append("gap notices from the server (skipped events it announced): "
+                        + _counts(e["gap_notices"]))
     return {"passed": not reasons, "reasons": reasons, "warnings": warnings}
 
 

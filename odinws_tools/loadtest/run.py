@@ -37,6 +37,7 @@ from multiprocessing.connection import wait as wait_pipes
 from typing import cast
 from urllib.parse import urlsplit
 
+from odinws_tools.loadtest import nativeclient
 from odinws_tools.loadtest.report import build_report, write_report
 from odinws_tools.loadtest.stats import Histogram, key_series
 from odinws_tools.loadtest.worker import CLOSE_WAIT, WorkerSpec, raise_file_limit, worker_main
@@ -74,7 +75,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=100,
                    help="token ids TOK001.. to draw from with --random-tokens (as odinws-simulate)")
     p.add_argument("--workers", type=int, default=0,
-                   help="worker processes (0: enough for the file limit, at most the CPUs)")
+                   help="worker processes (0: enough for the file limit; python: at least "
+                        "one per CPU)")
+    p.add_argument("--client", choices=("python", "native"), default="python",
+                   help="python: asyncio workers; native: odinws-loadclient (C, built with "
+                        "the C compiler on first use), the same checks at a fraction of the CPU")
+    p.add_argument("--native-binary", default="",
+                   help="a built odinws-loadclient (default: build it into ~/.cache/odinws)")
     p.add_argument("--source-addresses", default="",
                    help="comma-separated local addresses to connect from (default: as many "
                         "of 127.0.0.1, 127.0.0.2, ... as the ephemeral port range needs)")
@@ -141,7 +148,10 @@ def _check(args: argparse.Namespace) -> None:
         if not loopback and not args.allow_remote:
             raise ValueError(f"--source-addresses: {s} is not a loopback address")
     args.sources = sources or _default_sources(args.connections, args.address[0])
-    args.workers = _plan_workers(args.connections, args.workers)
+    if args.client == "native" and (args.random_tokens or ":" in args.address[0]):
+        raise ValueError("--client native: IPv4 targets and --channels only "
+                         "(no --random-tokens)")
+    args.workers = _plan_workers(args.connections, args.workers, args.client == "native")
 
 
 def _ephemeral_ports() -> int:
@@ -162,8 +172,11 @@ def _default_sources(connections: int, target: str) -> list[str]:
     return [f"127.0.0.{i}" for i in range(1, count + 1)]
 
 
-def _plan_workers(connections: int, wanted: int) -> int:
-    """Enough workers for the file limit (each raises its own), at most one per CPU unless asked."""
+def _plan_workers(connections: int, wanted: int, native: bool = False) -> int:
+    """
+    Enough workers for the file limit (each raises its own); Python workers
+    also at least one per CPU (up to one per 1,000 connections).
+    """
     raise_file_limit()
     import resource
     per_worker = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_RESERVE)
@@ -173,6 +186,8 @@ def _plan_workers(connections: int, wanted: int) -> int:
             raise ValueError(f"--workers: {wanted} cannot hold {connections} connections "
                              f"with a file limit of {per_worker + FD_RESERVE}; use {needed}+")
         return min(wanted, connections)
+    if native:
+        return needed
     return max(needed, min(os.cpu_count() or 1, math.ceil(connections / 1000)))
 
 
@@ -235,6 +250,40 @@ class Run:
         self.metrics["before"], self.metrics["before_error"] = _scrape(self.metrics_url)
         scraper = threading.Thread(target=self._scrape_at_hold_end, daemon=True)
         scraper.start()
+        if self.args.client == "native":
+            self._execute_native()
+        else:
+            self._execute_python()
+        scraper.join(15)
+
+    def _execute_native(self) -> None:
+        specs = [self.spec(i) for i in range(self.args.workers)]
+        workers = nativeclient.NativeWorkers(self.args.native_binary, specs)
+        deadline = self.close_at + CLOSE_WAIT + EXIT_GRACE
+        stop_sent = False
+        running = set(range(self.args.workers))
+        try:
+            while running and time.time() < deadline:
+                if self.interrupted.is_set() and not stop_sent:
+                    workers.stop()
+                    stop_sent = True
+                for i, msg in workers.messages(timeout=0.25):
+                    if msg is None or msg["kind"] == "final":
+                        running.discard(i)
+                        self.live.discard(i)
+                    if msg is not None:
+                        self._receive(msg)
+            self.flush()
+        finally:
+            workers.reap(max(0.1, deadline - time.time()))
+
+    def _receive(self, msg: dict) -> None:
+        if msg["kind"] == "tick":
+            self._tick(msg)
+        else:
+            self.finals.append(msg)
+
+    def _execute_python(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         procs, pipes = [], {}
         try:
@@ -257,7 +306,6 @@ class Run:
                 if proc.is_alive():
                     proc.kill()
                     proc.join(5)
-        scraper.join(15)
 
     def _scrape_at_hold_end(self) -> None:
         while not self.interrupted.is_set() and time.time() < self.hold_end:
@@ -279,11 +327,9 @@ class Run:
                 except (EOFError, OSError):
                     self.live.discard(pipes.pop(pipe))
                     continue
-                if msg["kind"] == "tick":
-                    self._tick(msg)
-                else:
-                    self.finals.append(msg)
+                if msg["kind"] != "tick":
                     self.live.discard(pipes.pop(pipe))
+                self._receive(msg)
 
     def _tick(self, msg: dict) -> None:
         per_worker = self.ticks.setdefault(msg["i"], {})
@@ -341,13 +387,20 @@ def _progress(row: dict, total: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    if args.client == "native" and not args.native_binary:
+        try:
+            # Before the run's schedule is set: a first build takes seconds.
+            args.native_binary = nativeclient.build()
+        except nativeclient.NativeUnavailable as e:
+            sys.stderr.write(f"odinws-loadtest: the native client: {e}\n")
+            return 2
     run = Run(args)
     previous = {s: signal.signal(s, lambda *_: run.interrupt())
                 for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.time()
     sys.stderr.write(
         f"odinws-loadtest: {args.connections} connections to {args.url} at "
-        f"{args.ramp_rate:g}/s from {args.workers} worker(s) and {len(args.sources) or 1} "
+        f"{args.ramp_rate:g}/s from {args.workers} {args.client} worker(s) and {len(args.sources) or 1} "
         f"source address(es); hold {args.duration:g}s, drain {args.drain:g}s\n")
     try:
         run.execute()

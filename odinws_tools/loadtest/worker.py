@@ -77,6 +77,7 @@ class Worker:
         self.tick_events = 0
         self.no_seq = 0
         self.malformed = 0
+        self.gap_notices: dict[str, int] = {}
         self.gaps: dict[str, int] = {}
         self.duplicates: dict[str, int] = {}
         self.seen: dict[str, dict[int, int]] = {}
@@ -193,6 +194,7 @@ class Worker:
         return {"kind": "final", "worker": self.spec.index, "failed": self.failed, "lost": lost,
                 "handshake": self.handshake.to_wire(), "subscribe": self.subscribe.to_wire(),
                 "no_seq": self.no_seq, "malformed": self.malformed, "gaps": self.gaps,
+                "gap_notices": self.gap_notices,
                 "duplicates": self.duplicates,
                 "seen": self.seen, "cpu": _cpu(),
                 "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

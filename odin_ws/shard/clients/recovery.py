@@ -64,7 +64,7 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
            max_snapshot_events: int, room: int,
            encode: Callable[[bytes, Event], bytes] = _websocket, overhead: int = 8,
            max_scan: int | None = None, streamable: bool = False,
-           allow: Callable[[int], bool] | None = None) -> Answer:
+           allow: Callable[[int], bool] | None = None, behind: bool = False) -> Answer:
     """
     The answer to C{msg}'s C{since} and C{snapshot}.
 
@@ -80,6 +80,9 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         C{too_large}. A replay that would not fit C{room} is streamed
         from history as the socket drains when C{streamable} (the
         connection can: L{Answer.stream}), else too large as well.
+    @param behind: the connection is catching up from history (its
+        outbox notes event frames instead of sending them): a replay is
+        streamed whatever its size, or too large if it cannot be.
     @param allow: told the bytes the answer would send (replay or
         snapshot), says whether the connection may have them now (its
         replay egress, C{limits.replay_rate}); no: C{replay_rate_limited}.
@@ -99,7 +102,7 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         out.positions = tops(history)
         events, reason = history.replay(msg.since, patterns, max_scan)
         size = sum(len(e.envelope) + overhead for e in events) if events is not None else 0
-        if size > room:
+        if size > room or (behind and events):
             if streamable:
                 out.stream = msg.since
             else:

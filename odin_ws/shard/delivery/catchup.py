@@ -24,11 +24,12 @@ stream continues live.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from odin_ws.common.events import Event
-from odin_ws.common.settings import LimitsSettings
+from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.delivery.writestats import WriteStats
 from odin_ws.shard.history import positions
@@ -41,37 +42,50 @@ Position = tuple[str, int]
 #: Why a gap notice was sent (its C{reason}) besides the history's reasons
 #: (L{odin_ws.shard.history.store}: too_old, other_epoch, ahead, unknown_partition).
 CONFLATED = "conflated"
+#: Dropped past the outbound buffer by a transport without catch-up (SSE).
+DROPPED = "dropped"
 STALE = "stale"
 
 
 class Backlog:
     """
     What catch-up reads, one per shard: the shard's history, the patterns a
-    connection holds (C{patterns_of(outbox)}: the subscription index), and
-    how many retained events one slice may look at
-    (C{limits.max_recovery_scan}, the bound of one recovery).
+    connection holds (C{patterns_of(outbox)}: the subscription index), how
+    many retained events one slice may look at (C{limits.max_recovery_scan},
+    the bound of one recovery), and the age past which an event is not
+    sent as live (C{outbound.max_event_age}; C{clock}: wall-clock seconds,
+    as the events' timestamps).
     """
 
     def __init__(self, history: History, patterns_of: Callable[[Any], Iterable[tuple[str, str]]],
-                 limits: LimitsSettings):
+                 settings: Settings, clock: Callable[[], float] = time.time):
         self.history = history
         self.patterns_of = patterns_of
-        self.reconfigure(limits)
+        self.clock = clock
+        self.reconfigure(settings)
 
-    def reconfigure(self, limits: LimitsSettings) -> None:
-        """Take a reloaded C{limits.max_recovery_scan}."""
-        self.max_scan = limits.max_recovery_scan
+    def reconfigure(self, settings: Settings) -> None:
+        """Take a reloaded C{limits.max_recovery_scan} and C{outbound.max_event_age}."""
+        self.max_scan = settings.limits.max_recovery_scan
+        self.max_age = settings.outbound.max_event_age
+
+    def cutoff(self) -> float:
+        """Events with a timestamp (ms) below this are stale (-1: none is)."""
+        max_age = self.max_age
+        return (self.clock() - max_age) * 1000.0 if max_age > 0 else -1.0
 
 
 class Slice:
     """One slice of catch-up: frames to queue, gaps to tell, whether it is all."""
 
-    __slots__ = ("frames", "events", "gaps", "done")
+    __slots__ = ("frames", "events", "stale", "gaps", "done")
 
     def __init__(self) -> None:
-        #: C{(frame, channel)} in sending order.
+        #: C{(frame, channel)} in sending order (a stale notice's channel: "").
         self.frames: list[tuple[bytes, str]] = []
         self.events = 0
+        #: Stale notices among the frames.
+        self.stale = 0
         #: reason -> {stream: position from which the client may recover}.
         self.gaps: dict[str, dict[Stream, Position]] = {}
         #: Every stream reached history's newest event: live from now on.
@@ -82,14 +96,20 @@ class Behind:
     """
     Per stream, the position after which a connection was sent nothing
     (C{streams}); C{disconnect}: it fell behind under the C{disconnect}
-    policy (a gap closes it instead of being told).
+    policy (a gap closes it instead of being told; a stale notice does
+    not); C{stale}: the streams already told that catch-up skipped stale
+    events.
     """
 
-    __slots__ = ("streams", "disconnect")
+    __slots__ = ("streams", "disconnect", "replay", "stale")
 
-    def __init__(self, disconnect: bool = False):
+    def __init__(self, disconnect: bool = False, replay: bool = False):
         self.streams: dict[Stream, Position] = {}
         self.disconnect = disconnect
+        #: A recovery the client asked for (streamed): stale events are
+        #: replayed, as in a recovery answered at once.
+        self.replay = replay
+        self.stale: set[Stream] = set()
 
     def note(self, event: Event) -> None:
         """C{event} was not queued: its stream is behind from just before it, unless already."""
@@ -103,12 +123,14 @@ class Behind:
         bytes of frames (at least one frame) and C{backlog.max_scan} events
         looked at; advance the positions. Streams that reached the newest
         retained event, or that history cannot serve (a gap), are dropped
-        from C{streams}: their next event is live or noted again.
+        from C{streams}: their next event is live or noted again. Stale
+        events are skipped, told once per stream (reason C{stale}).
         """
         out = Slice()
         history = backlog.history
         patterns = list(backlog.patterns_of(subscriber))
         scan = backlog.max_scan
+        cutoff = -1.0 if self.replay else backlog.cutoff()
         streams = self.streams
         for key in list(streams):
             if scan <= 0 or budget <= 0:
@@ -122,10 +144,17 @@ class Behind:
                 del streams[key]
                 continue
             for e in events:
+                if e.ts < cutoff:
+                    if key not in self.stale:
+                        # In its place among the frames: after the events before it.
+                        self.stale.add(key)
+                        out.frames.append((gap_notice(STALE, {key: (epoch, e.offset - 1)}), ""))
+                        out.stale += 1
+                    continue
                 frame = text_frame(e.envelope)
                 out.frames.append((frame, e.channel))
                 budget -= len(frame)
-            out.events += len(events)
+                out.events += 1
             scan -= max(1, looked)
             if last == history.high(topic, partition):
                 del streams[key]
@@ -149,12 +178,21 @@ class StaleNotices:
         self.told: dict[Stream, set[Any]] = {}
 
     def stale(self, event: Event, subscribers: Iterable[Any]) -> None:
-        """C{event} is not sent to C{subscribers}: tell those not told yet (before newer events)."""
+        """
+        C{event} is not sent to C{subscribers}: tell those not told yet
+        (before newer events). One that is behind notes it instead: its
+        catch-up reaches it in order and tells it then (a notice now would
+        overtake the events it is still owed).
+        """
         key = (event.topic, event.partition)
         told = self.told.setdefault(key, set())
         notice = None
         for box in subscribers:
             if box in told:
+                continue
+            behind = box.behind
+            if behind is not None:
+                behind.note(event)
                 continue
             told.add(box)
             if notice is None:
@@ -191,6 +229,12 @@ def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
     The C{gap} message (a WebSocket text frame) for C{streams}: each maps to
     the position from which the client may recover (None: it cannot).
     """
+    body = json.dumps(gap_body(reason, streams), separators=(",", ":"))
+    return text_frame(body.encode())
+
+
+def gap_body(reason: str, streams: Mapping[Stream, Position | None]) -> dict[str, Any]:
+    """The JSON object of a C{gap} message (L{gap_notice}), for any transport."""
     named = {}
     for (topic, partition), position in sorted(streams.items(), key=lambda kv: kv[0]):
         epoch = position[0] if position is not None else "0"
@@ -198,6 +242,4 @@ def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
         # Before a partition's first offset (0) there is no position to name.
         named[stream] = (positions.encode(topic, partition, *position)
                          if position is not None and position[1] >= 0 else None)
-    body = json.dumps({"type": "gap", "reason": reason, "streams": named},
-                      separators=(",", ":"))
-    return text_frame(body.encode())
+    return {"type": "gap", "reason": reason, "streams": named}

@@ -47,6 +47,8 @@ from odin_ws.common.twisted_internals import (
 )
 from odin_ws.shard.delivery.catchup import (
     CONFLATED,
+    DROPPED,
+    STALE,
     Backlog,
     Behind,
     conflated_notice,
@@ -59,6 +61,7 @@ from odin_ws.shard.history.store import TOO_OLD
 if TYPE_CHECKING:
     from odin_ws.common.events import Event
     from odin_ws.common.settings import OutboundSettings
+    from odin_ws.shard.delivery.ssefeed import DropNotices
 
 
 class Flusher(Protocol):
@@ -150,7 +153,8 @@ class Outbox:
 
       - C{queue}, C{room}: a push appends C{frame, tag} to C{queue} and
         subtracts its size from C{room} when it fits; else it calls
-        L{overflow} or L{push_parts};
+        L{overflow} or L{push_parts}; C{variant}: which of an event's
+        frames (plain, compressed for a window size) it takes;
       - C{inline}, C{sock}, C{fdno}, C{paused}, C{closed}, C{tracking}:
         read to decide whether the flush may send the one waiting entry
         itself (C{inline}: a plain TCP connection of the Fanout's reactor
@@ -168,7 +172,8 @@ class Outbox:
     __slots__ = ("protocol", "transport", "fanout", "stats", "policy_for", "limit", "grace",
                  "on_slow_disconnect", "queue", "room", "cap", "paused", "closed", "inline",
                  "sock", "fdno", "tracking", "_tombs", "_fd", "_index", "_indexed",
-                 "_over_since", "_refused", "_grace_call", "backlog", "behind", "_catch_call", "_skipped")
+                 "_over_since", "_refused", "_grace_call", "backlog", "behind", "_catch_call", "_skipped",
+                 "variant", "drops")
 
     def __init__(self, protocol: Any, fanout: Flusher, policy_for: Callable[[str], str],
                  limit: int, grace: float, on_slow_disconnect: Callable[[], None],
@@ -219,6 +224,13 @@ class Outbox:
         self._catch_call: Any = None
         #: Frames conflation replaced since the last write, per channel (told then).
         self._skipped: dict[str, int] | None = None
+        #: Which event frames it gets (odin_ws/shard/delivery/deflate.py): 0,
+        #: plain, until its connection says it negotiated compression.
+        self.variant = 0
+        #: Tells the client of events dropped past the limit (set by a
+        #: transport without catch-up: an SSE stream; None: none is dropped
+        #: silently, the Outbox falls behind instead).
+        self.drops: DropNotices | None = None
         transport.registerProducer(self, True)
 
     def reconfigure(self, outbound: OutboundSettings) -> None:
@@ -322,6 +334,8 @@ class Outbox:
                     self.fall_behind(event)
                     return
                 stats.dropped["conflate"] += 1
+                if self.drops is not None and event is not None:
+                    self._tell_drop(event)
         elif policy == "disconnect":
             clock = self.fanout.reactor
             if self._over_since is None:
@@ -336,9 +350,30 @@ class Outbox:
                 return
             self._refused = size
             stats.dropped["disconnect"] += 1
+            if self.drops is not None and event is not None:
+                self._tell_drop(event)
         else:
             stats.dropped["drop"] += 1
+            if self.drops is not None and event is not None:
+                self._tell_drop(event)
 
+    def _tell_drop(self, event: Event) -> None:
+        """
+        C{event} was dropped (a transport without catch-up: SSE): its
+        L{drops} notice goes behind the frames queued before it, or replaces
+        the notice queued last if no frame came since (it names more now).
+        """
+        drops = self.drops
+        assert drops is not None
+        before = drops.notice
+        notice = drops.dropped(event)
+        self.stats.gaps[DROPPED] = self.stats.gaps.get(DROPPED, 0) + 1
+        queue = self.queue
+        if queue and before is not None and queue[-2] is before:
+            queue[-2] = notice
+            self.room -= len(notice) - len(before)
+        else:
+            self.push_control(notice)
     def _conflate(self, frame: bytes, channel: str, size: int) -> bool:
         """
         Keep only the newest waiting frame of C{channel}: older ones become
@@ -528,21 +563,30 @@ class Outbox:
     def can_stream(self, patterns: set[tuple[str, str]]) -> bool:
         """
         Whether a recovery for C{patterns} may be streamed (L{recover_from}):
-        catch-up is possible, the connection is live, and it holds no other
-        pattern (catch-up reads for every pattern held; a held one outside
-        C{patterns} would get its events again).
+        catch-up is possible, and the connection holds no other pattern
+        (catch-up reads for every pattern held; a held one outside
+        C{patterns} would get its events again). It may be behind already.
         """
         backlog = self.backlog
-        return (backlog is not None and self.behind is None and not self.closed
+        return (backlog is not None and not self.closed
                 and set(backlog.patterns_of(self)) <= patterns)
 
     def recover_from(self, since: dict[tuple[str, int], tuple[str, int]]) -> None:
         """
-        Stream a recovery too large for the buffer: behind from C{since}
-        (C{(topic, partition) -> (epoch, offset)}), caught up from history
-        in slices as the socket drains (only after L{can_stream}).
+        Stream a recovery too large for the buffer (or asked while behind):
+        behind from C{since} (C{(topic, partition) -> (epoch, offset)}),
+        caught up from history in slices as the socket drains (only after
+        L{can_stream}). Already behind: C{since} replaces the positions of
+        its streams (the client says what it holds of every pattern the
+        connection has), the others' stay.
         """
-        behind = self.behind = Behind()
+        behind = self.behind
+        if behind is not None:
+            behind.streams.update(since)
+            behind.replay = True
+            self._catch_up_soon()
+            return
+        behind = self.behind = Behind(replay=True)
         behind.streams.update(since)
         self._behind()
 
@@ -600,6 +644,8 @@ class Outbox:
             self.room -= len(frame)
             queue += (frame, channel)
         stats.caught_up += part.events
+        if part.stale:
+            stats.gaps[STALE] = stats.gaps.get(STALE, 0) + part.stale
         if part.done:
             self._go_live()
         if queue:
