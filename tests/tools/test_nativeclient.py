@@ -149,6 +149,9 @@ class PythonClientChecksTests(unittest.TestCase):
 
     client = "python"
     connections = 2
+    #: Seconds of hold: connections not opened by its end are never tried,
+    #: and spawning the Python workers took over 5 s at a load of 40 here.
+    duration = 10.0
 
     def _play(self, script: Script, channels: str = CHANNEL_A) -> tuple[int, dict]:
         server = ScriptedServer(script)
@@ -156,7 +159,7 @@ class PythonClientChecksTests(unittest.TestCase):
         report_dir = os.path.abspath(self.mktemp())
         code = loadtest.main([
             "--url", f"ws://127.0.0.1:{server.port}/ws", "--connections", str(self.connections),
-            "--ramp", "20/s", "--duration", "3", "--drain", "0.2", "--workers", "1",
+            "--ramp", "20/s", "--duration", str(self.duration), "--drain", "0.2", "--workers", "1",
             "--channels", channels, "--metrics-url", "none", "--report", report_dir,
             "--quiet", *self.client_args()])
         with open(os.path.join(report_dir, "report.json")) as f:
@@ -234,6 +237,7 @@ class NativeClientChecksTests(PythonClientChecksTests):
     """The native worker, built from loadclient.c into the test's directory."""
 
     client = "native"
+    duration = 3.0
 
     def client_args(self) -> list[str]:
         binary = nativeclient.build(os.path.abspath(os.path.join(self.mktemp(), "loadclient")))

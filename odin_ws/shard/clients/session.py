@@ -355,7 +355,9 @@ class Session:
         if answer.stream is not None:
             outbox.recover_from(answer.stream)
         elif answer.frames:
-            host.fanout.publish_run(answer.frames, (outbox,), answer.events)
+            # Plain even where compression was negotiated: this is per
+            # connection (docs/protocol.md, "Compression").
+            host.fanout.publish_run(answer.frames, (outbox,), answer.events, compress=False)
             host.fanout.flush()
 
     def answer(self, msg: messages.Subscribe, room: int,

@@ -24,6 +24,9 @@ from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.writestats import WriteStats, WriteStatsCollector
 from tests.helpers import CountingTransport, FakeProtocol, SendLoop, policies, tcp_pair
 
+#: The answer to an offer without a window.
+BOTH_NO_TAKEOVER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     """(first byte, payload) of each unmasked server frame in C{data}."""
@@ -130,12 +133,12 @@ class OfferTests(SynchronousTestCase):
         """The answer always names server_no_context_takeover, and the window asked for."""
         answer = accept([PerMessageDeflateOffer.parse({})])
         self.assertEqual(answer.get_extension_string(),
-                         "permessage-deflate; server_no_context_takeover")
+                         BOTH_NO_TAKEOVER)
         answer = accept([PerMessageDeflateOffer.parse({"server_max_window_bits": ["10"],
                                                        "server_no_context_takeover": [True]})])
         self.assertEqual(answer.get_extension_string(),
                          "permessage-deflate; server_no_context_takeover; "
-                         "server_max_window_bits=10")
+                         "server_max_window_bits=10; client_no_context_takeover")
 
     def test_offersThisServerCannotHonour(self):
         """
@@ -206,6 +209,20 @@ class VariantFanoutTests(SendLoop, SynchronousTestCase):
         self.fanout.publish_run([(price(n), "a", "price") for n in range(3)], boxes)
         self.fanout.flush()
         self.assertEqual(self.stats.deflated, 0)
+
+    def test_perConnectionRunsGoPlain(self):
+        """
+        A run for one connection (compress=False: a recovery, a snapshot)
+        reaches a compressing connection plain, compressed nothing, counted
+        nowhere in the compression bytes.
+        """
+        box = self.outbox(7)
+        run = [(price(n), "a", "price") for n in range(3)]
+        self.fanout.publish_run(run, (box,), compress=False)
+        self.fanout.flush()
+        want = [json.loads(deflate.payload_of(f)) for f, _, _ in run]
+        self.assertEqual(messages(box.transport.value()), [(False, m) for m in want])
+        self.assertEqual((self.stats.deflated, self.stats.deflate_plain), (0, 0))
 
     def test_overflowTakesTheVariantsFrames(self):
         """
