@@ -14,6 +14,13 @@ docs/performance.md instead. The real node's bytes on the wire (TCP
 included, the deltas' too) are bench/bandwidth.py's bytes cell.
 
     python bench/deflate_cost.py --events 5000
+    python bench/deflate_cost.py --loop 1000,5000   # the fan-out loop, compressing or not
+
+--loop: bench/fanout_loop.py (every connection subscribed to every event,
+one event per turn, socketpairs) with every connection compressing against
+none, for both send loops: CPU microseconds (user + system) per delivered
+frame, best of 3,
+the runs of a cell interleaved so that the machine's load hits both alike.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import time
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from odin_ws.common.events import Event  # noqa: E402
 from odin_ws.shard.delivery import deflate  # noqa: E402
@@ -63,12 +71,46 @@ def measure(event_type: str, count: int, min_bytes: int, tokens: int = 100) -> d
             "us_per_event": spent / count * 1e6}
 
 
+def loop_costs(connections: list[int], rounds: int = 10) -> list[dict]:
+    """Per connection count and send loop: CPU µs per frame compressing and not (best of 3)."""
+    import fanout_loop
+    rows = []
+    for conns in connections:
+        for native in ("on", "off"):
+            best: dict[bool, dict] = {}
+            for _ in range(3):
+                for on in (False, True):
+                    args = ["--native", native, "--connections", str(conns),
+                            "--rounds", str(rounds)] + (["--deflate"] if on else [])
+                    got, _ = fanout_loop.run(*args)
+                    if on not in best or got["cpu_us_per_frame"] < best[on]["cpu_us_per_frame"]:
+                        best[on] = got
+            rows.append({"connections": conns, "native": native,
+                         "off_us": best[False]["cpu_us_per_frame"],
+                         "on_us": best[True]["cpu_us_per_frame"],
+                         "ratio": best[True]["cpu_us_per_frame"] / best[False]["cpu_us_per_frame"],
+                         "bytes_off": best[False]["bytes_per_frame"],
+                         "bytes_on": best[True]["bytes_per_frame"]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--min-bytes", type=int, default=128)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--loop", help="connection counts for the fan-out loop cells, e.g. 1000,5000")
     args = ap.parse_args()
+    if args.loop:
+        rows = loop_costs([int(n) for n in args.loop.split(",")])
+        print("| connections | loop | off: CPU µs/frame | on: CPU µs/frame | on / off | "
+              "bytes/frame off → on |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['connections']:,} | {'C' if r['native'] == 'on' else 'Python'} | "
+                  f"{r['off_us']:.2f} | {r['on_us']:.2f} | {r['ratio']:.2f} | "
+                  f"{r['bytes_off']:.0f} → {r['bytes_on']:.0f} |")
+        return
     rows = [measure(t, args.events, args.min_bytes) for t in ("price", "liquidity", "trade")]
     if not args.markdown:
         for row in rows:

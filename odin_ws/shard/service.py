@@ -36,7 +36,7 @@ from odin_ws.shard.clients.recoveryhold import RecoveryHold
 from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery import nativesend
-from odin_ws.shard.delivery.catchup import Backlog
+from odin_ws.shard.delivery.behind import Backlog
 from odin_ws.shard.delivery.deflate import Deflate
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox

@@ -48,15 +48,20 @@
 // it ("forbidden") and closes with 4001 at exp; the library asks getToken
 // again and reconnects with the good token it gets, and events flow again.
 //
+// delta: two clients on one page, one subscribed to odin.token.*.price with
+// delta: true, the other without; the node sends the first deltas
+// (counted on the wire), and for every (channel, n) both got, the library
+// handed the delta subscription exactly the data the plain one got.
+//
 // Exits 0 on success; otherwise prints why on stderr and exits 1.
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
-const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "deflate"];
+const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "deflate", "delta"];
 if (!MODES.includes(mode) || !base || (["token", "snapshot"].includes(mode) && !secret)) {
-  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|deflate <node base url> [secret|last n]");
+  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|deflate|delta <node base url> [secret|last n]");
   process.exit(2);
 }
 const node = new URL(base);
@@ -101,6 +106,7 @@ async function open({blockWebSocket = false} = {}) {
         this.addEventListener("message", (m) => {
           try {
             const msg = JSON.parse(m.data);
+            if (msg.type === "event" && msg.delta !== undefined) window.deltaFrames = (window.deltaFrames || 0) + 1;
             wire.push(msg.type === "event"
               ? `${msg.channel} n=${msg.data?.n} pos=${msg.pos}${msg.snapshot ? " snapshot" : ""}`
               : JSON.stringify(msg));
@@ -456,6 +462,38 @@ async function token() {
   log("live events flow again");
 }
 
+// Deltas applied in the browser: the same data as whole events, channel by channel.
+async function delta() {
+  await open();
+  await page.evaluate((url) => {
+    const rec = window.rec = { plain: {}, delta: {}, errors: [] };
+    const keep = (into) => (e) => { (into[e.channel] ||= {})[e.data.n] = e.data; };
+    window.clients = [new window.OdinWS(url), new window.OdinWS(url)];
+    window.clients.forEach((c) => c.on("error", (e) => rec.errors.push(e)));
+    window.subs = [window.clients[0].subscribe("odin.token.*.price", {}, keep(rec.plain)),
+                   window.clients[1].subscribe("odin.token.*.price", { delta: true }, keep(rec.delta))];
+    window.clients.forEach((c) => c.connect());
+  }, WS_URL);
+  await until(() => window.subs.every((s) => s.state === "subscribed"));
+  log("both subscribed");
+  await until(() => (window.deltaFrames || 0) >= 30);
+  const { plain, delta: got, errors } = await rec();
+  if (errors.length) throw new Error(`client errors: ${JSON.stringify(errors)}`);
+  let compared = 0;
+  for (const [channel, byN] of Object.entries(got)) {
+    for (const [n, data] of Object.entries(byN)) {
+      const want = plain[channel]?.[n];
+      if (want === undefined) continue;
+      if (JSON.stringify(want) !== JSON.stringify(data)) {
+        throw new Error(`${channel} n=${n}: delta subscription got ${JSON.stringify(data)}, plain ${JSON.stringify(want)}`);
+      }
+      compared++;
+    }
+  }
+  if (compared < 30) throw new Error(`only ${compared} events to compare`);
+  log(`${compared} events rebuilt from ${await page.evaluate(() => window.deltaFrames)} deltas equal the whole ones`);
+}
+
 let failed = false;
 try {
   if (mode === "reconnect") await reconnect();
@@ -463,6 +501,7 @@ try {
   else if (mode === "snapshot") await snapshot(Number(secret));
   else if (mode === "gap") await gap();
   else if (mode === "deflate") await deflate();
+  else if (mode === "delta") await delta();
   else await sse();
   // Refused attempts while a shard restarts log connection errors in the
   // console; only script errors count.

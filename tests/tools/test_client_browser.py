@@ -160,6 +160,17 @@ class SnapshotTests(ClientBrowserCase):
         self.assertPassed(script)
 
 
+class DeltaTests(ClientBrowserCase):
+    def test_deltas_applied_in_the_browser(self):
+        """
+        With delta: true the node sends merge-patch deltas (30 or more seen
+        on the page's socket) and the library hands its subscription the
+        same data, event for event, as a plain subscription gets whole.
+        """
+        script = self.script("delta", f"http://127.0.0.1:{self.node.port}")
+        self.assertPassed(script)
+
+
 class GapTests(ClientBrowserCase):
     rounds = 0      # this test produces its own events
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from odin_ws.shard.clients import auth
     from odin_ws.shard.clients.options import SubscriptionOptions
     from odin_ws.shard.clients.recoveryhold import RecoveryHold
-    from odin_ws.shard.delivery.catchup import Backlog
+    from odin_ws.shard.delivery.behind import Backlog
     from odin_ws.shard.delivery.fanout import Fanout
     from odin_ws.shard.delivery.outbox import Outbox
     from odin_ws.shard.delivery.subscriptions import SubscriptionIndex

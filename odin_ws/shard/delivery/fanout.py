@@ -46,6 +46,7 @@ from odin_ws.shard.delivery.deflate import PLAIN, Deflate
 from odin_ws.shard.delivery.frames import Run, frame_count
 from odin_ws.shard.delivery.nativesend import SendRuns
 from odin_ws.shard.delivery.outbox import Outbox
+from odin_ws.shard.delivery.outqueue import OutboxCore
 from odin_ws.shard.delivery.writestats import WriteStats
 
 log = Logger()
@@ -96,7 +97,7 @@ class Fanout:
         # variant, frames, subscribers) and, for the Python path, the Run.
         self._runs: list[tuple[tuple[bytes | None, ...], int, tuple[Outbox, ...]]] = []
         self._entries: list[Run] = []
-        self._dirty: list[Outbox] = []
+        self._dirty: list[OutboxCore] = []
         self._later: list[Callable[[], None]] = []
         self._call = None
 
@@ -228,7 +229,7 @@ class Fanout:
         for box, buf, sent, count in rest:
             self._write_rest(box, buf, sent, count)
 
-    def _write_rest(self, box: Outbox, buf: bytes, sent: int, count: int) -> None:
+    def _write_rest(self, box: OutboxCore, buf: bytes, sent: int, count: int) -> None:
         """A direct send of C{count} frames took C{sent} bytes of C{buf}: Twisted takes the rest."""
         stats = self.stats
         stats.delivered += count
@@ -318,7 +319,7 @@ class Fanout:
             except Exception:
                 log.failure("after-write callback {f}", f=f)
 
-    def mark(self, box: Outbox) -> None:
+    def mark(self, box: OutboxCore) -> None:
         """C{box} took its first frame since its last write: write it with the others."""
         self._dirty.append(box)
         self._soon()

@@ -18,9 +18,9 @@ from odin_ws.common import metrics
 from odin_ws.common.events import Event
 from odin_ws.common.highwater import HighWater
 from odin_ws.common.settings import Settings
-from odin_ws.shard.delivery.catchup import StaleNotices
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
+from odin_ws.shard.delivery.gaps import StaleNotices
 from odin_ws.shard.delivery.ssefeed import Streams
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.delivery.variantfeed import VariantFeed

@@ -22,7 +22,7 @@ from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.options import SubscriptionOptions
 from odin_ws.shard.clients.refusal import Refused
 from odin_ws.shard.clients.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
-from odin_ws.shard.delivery.catchup import Backlog
+from odin_ws.shard.delivery.behind import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
