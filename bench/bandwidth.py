@@ -218,7 +218,7 @@ def main() -> int:
     ap.add_argument("--filter-conns", default="100,1000,5000")
     ap.add_argument("--filter-rate", type=float, default=200.0,
                     help="filter-cpu: events/s produced (10%% pass)")
-    ap.add_argument("--seconds", type=float, default=6.0, help="CPU window")
+    ap.add_argument("--seconds", type=float, default=10.0, help="CPU window")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--no-doc", action="store_true", help="print only")

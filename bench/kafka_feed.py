@@ -21,7 +21,9 @@ no connection of the cell subscribes to would cost Centrifugo one more
 publish per event that no other server does.
 
 --tiers (bench/bandwidth.py's filter cells): each event carries "tier"
-(seq % 10), for a filter that passes 10% of them. "one": every event on
+((seq // 10) % 10: ten events in a row share one, so what a filter on it
+passes comes in bursts of 10 like the rest), for a filter that passes 10%
+of them. "one": every event on
 token 1000; "split": tier 0 on token 1000, the others on 1001 (nobody
 listens there), so a subscriber of token 1000 without a filter gets what
 the filter passes in "one", at the same Kafka ingest.
@@ -58,7 +60,7 @@ def headers(mode: str | None, tok: int) -> list[tuple[str, bytes]] | None:
 
 def value(seq: int, tok: int, tiers: bool = False) -> bytes:
     us = time.time_ns() // 1000
-    tier = f'"tier":{seq % 10},' if tiers else ""
+    tier = f'"tier":{seq // 10 % 10},' if tiers else ""
     return (f'{{"t_us":{us},"seq":{seq},{tier}"token":"{tok}","price":0.00001234,'
             f'"amount":1234.5678,"side":"buy",'
             f'"user":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"}}').encode()
@@ -85,7 +87,7 @@ def main() -> None:
                 for _ in range(ticks.batch):
                     tok = 1000 + seq % events.TOKENS
                     if args.tiers:
-                        tok = 1000 if args.tiers == "one" or seq % 10 == 0 else 1001
+                        tok = 1000 if args.tiers == "one" or seq // 10 % 10 == 0 else 1001
                     producer.produce(TOPIC, key=str(tok).encode(),
                                      value=value(seq, tok, args.tiers is not None),
                                      headers=headers(args.centrifugo, tok))

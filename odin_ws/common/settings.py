@@ -281,6 +281,9 @@ class LimitsSettings:
         "that address's subscribe is refused (server_subscription_limit). 1 = no per-IP share; "
         "raise it when many clients come from one address (a NAT) without trusted_proxies.",
         minimum=0.001, live=True)
+    max_filters_per_connection: int = setting(
+        10, "Distinct filters one connection's subscriptions may carry (docs/protocol.md, "
+        "\"filter\"); past it a subscribe is refused (too_many_filters).", minimum=1, live=True)
     max_channel_length: int = setting(160, "Longest channel name.", minimum=16, live=True)
     max_message_bytes: int = setting(
         16384, "Largest client message (bytes; a compressed one counts inflated, and inflating "

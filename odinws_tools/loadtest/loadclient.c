@@ -17,7 +17,8 @@
  *   - every distinct (channel, seq) with its ts, for that comparison.
  * Failures to open are counted by reason (refused, connect_timeout,
  * http_503, bad_accept, subscribe_error_<code>, ...), connections lost after
- * subscribing by reason (dropped, closed_<code>).
+ * subscribing by reason (dropped, closed_<code>), the server's gap notices
+ * ({"type":"gap"}) by their reason.
  *
  * stdout: JSON lines, {"kind":"tick",...} every second on START + i and
  * {"kind":"final",...} at the end, the shapes worker.py sends over its pipe
@@ -82,7 +83,7 @@ static conn_t *conns;
 static int nconns, next_local, pending, up, lost_n, epfd, stopping;
 static uint64_t no_seq, malformed, tick_events;
 static hist_t tick_hist, hs_hist, sub_hist;
-static counts_t failed, lost;
+static counts_t failed, lost, gap_notices;
 static uint8_t rbuf[1 << 18];
 
 static double mono(void) {
@@ -251,6 +252,12 @@ static void on_text(conn_t *c, const uint8_t *p, size_t n, double now_ms) {
             pending--;
             up++;
         }
+    } else if (m.type_len == 3 && !memcmp(m.type, "gap", 3)) {
+        /* The server says it skipped events: counted by reason (announced). */
+        char reason[48];
+        if (m.reason) snprintf(reason, sizeof reason, "%.*s", (int)m.reason_len, m.reason);
+        else snprintf(reason, sizeof reason, "None");   /* as the Python client's str(None) */
+        counts_add(&gap_notices, reason, 1);
     } else if (m.type_len == 5 && !memcmp(m.type, "error", 5) && c->state == SUBSCRIBING) {
         char reason[64];
         snprintf(reason, sizeof reason, "subscribe_error_%.*s", (int)m.code_len, m.code);
@@ -399,13 +406,26 @@ static void tick(int i, double *cpu0) {
     *cpu0 = cpu;
 }
 
+/* Peak RSS (KiB) of this program: VmHWM, not getrusage's ru_maxrss, which
+ * Linux carries over exec from the parent (the Python process that started it). */
+static long peak_rss_kib(void) {
+    char line[256];
+    long kib = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return kib;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) { kib = atol(line + 6); break; }
+    fclose(f);
+    return kib;
+}
+
 static void final(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
     printf("{\"kind\":\"final\",\"worker\":%d,\"failed\":", widx);
     counts_print(&failed, stdout);
     printf(",\"lost\":");
     counts_print(&lost, stdout);
+    printf(",\"gap_notices\":");
+    counts_print(&gap_notices, stdout);
     printf(",\"handshake\":");
     hist_print(&hs_hist, stdout);
     printf(",\"subscribe\":");
@@ -413,7 +433,7 @@ static void final(void) {
     printf(",\"no_seq\":%llu,\"malformed\":%llu,", (unsigned long long)no_seq,
            (unsigned long long)malformed);
     channels_print(stdout);
-    printf(",\"cpu\":%.4f,\"max_rss_kib\":%ld,\"conns\":[", cpu_s(), ru.ru_maxrss);
+    printf(",\"cpu\":%.4f,\"max_rss_kib\":%ld,\"conns\":[", cpu_s(), peak_rss_kib());
     int first = 1;
     for (int i = 0; i < nconns; i++) {
         conn_t *c = &conns[i];

@@ -14,8 +14,8 @@
 /* ---- JSON: the members of one envelope, without building anything ---- */
 
 typedef struct {
-    const uint8_t *type, *channel, *data, *code;
-    size_t type_len, channel_len, data_len, code_len;
+    const uint8_t *type, *channel, *data, *code, *reason;
+    size_t type_len, channel_len, data_len, code_len, reason_len;
     double ts;
     int has_ts;
 } msg_t;
@@ -100,6 +100,7 @@ static void envelope_member(const uint8_t *k, size_t kl, const uint8_t *v, size_
     if (kl == 4 && !memcmp(k, "type", 4) && str) { m->type = v + 1; m->type_len = vl - 2; }
     else if (kl == 7 && !memcmp(k, "channel", 7) && str) { m->channel = v + 1; m->channel_len = vl - 2; }
     else if (kl == 4 && !memcmp(k, "data", 4)) { m->data = v; m->data_len = vl; }
+    else if (kl == 6 && !memcmp(k, "reason", 6) && str) { m->reason = v + 1; m->reason_len = vl - 2; }
     else if (kl == 4 && !memcmp(k, "code", 4)) {
         m->code = str ? v + 1 : v;
         m->code_len = str ? vl - 2 : vl;

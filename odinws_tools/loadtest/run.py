@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
-import multiprocessing
 import os
 import signal
 import socket
@@ -32,15 +31,12 @@ import sys
 import threading
 import time
 import urllib.request
-from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_pipes
-from typing import cast
 from urllib.parse import urlsplit
 
 from odinws_tools.loadtest import nativeclient
 from odinws_tools.loadtest.report import build_report, write_report
 from odinws_tools.loadtest.stats import Histogram, key_series
-from odinws_tools.loadtest.worker import CLOSE_WAIT, WorkerSpec, raise_file_limit, worker_main
+from odinws_tools.loadtest.worker import CLOSE_WAIT, PipeWorkers, WorkerSpec, raise_file_limit
 from odinws_tools.simulate import token_ids
 
 MAX_CONNECTIONS = 200_000
@@ -250,86 +246,42 @@ class Run:
         self.metrics["before"], self.metrics["before_error"] = _scrape(self.metrics_url)
         scraper = threading.Thread(target=self._scrape_at_hold_end, daemon=True)
         scraper.start()
-        if self.args.client == "native":
-            self._execute_native()
-        else:
-            self._execute_python()
-        scraper.join(15)
-
-    def _execute_native(self) -> None:
         specs = [self.spec(i) for i in range(self.args.workers)]
-        workers = nativeclient.NativeWorkers(self.args.native_binary, specs)
+        workers: PipeWorkers | nativeclient.NativeWorkers = (
+            nativeclient.NativeWorkers(self.args.native_binary, specs)
+            if self.args.client == "native" else PipeWorkers(specs))
         deadline = self.close_at + CLOSE_WAIT + EXIT_GRACE
-        stop_sent = False
-        running = set(range(self.args.workers))
         try:
-            while running and time.time() < deadline:
-                if self.interrupted.is_set() and not stop_sent:
-                    workers.stop()
-                    stop_sent = True
-                for i, msg in workers.messages(timeout=0.25):
-                    if msg is None or msg["kind"] == "final":
-                        running.discard(i)
-                        self.live.discard(i)
-                    if msg is not None:
-                        self._receive(msg)
+            self._collect(workers, deadline)
             self.flush()
         finally:
             workers.reap(max(0.1, deadline - time.time()))
-
-    def _receive(self, msg: dict) -> None:
-        if msg["kind"] == "tick":
-            self._tick(msg)
-        else:
-            self.finals.append(msg)
-
-    def _execute_python(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        procs, pipes = [], {}
-        try:
-            for i in range(self.args.workers):
-                mine, theirs = ctx.Pipe()
-                proc = ctx.Process(target=worker_main, args=(self.spec(i), theirs),
-                                   name=f"odinws-loadtest-{i}", daemon=True)
-                proc.start()
-                theirs.close()
-                procs.append(proc)
-                pipes[mine] = i
-            self._collect(pipes)
-            self.flush()
-        finally:
-            for proc in procs:
-                proc.join(max(0.1, self.close_at + CLOSE_WAIT + EXIT_GRACE - time.time()))
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join(5)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join(5)
+        scraper.join(15)
 
     def _scrape_at_hold_end(self) -> None:
         while not self.interrupted.is_set() and time.time() < self.hold_end:
             self.interrupted.wait(min(0.5, max(0.01, self.hold_end - time.time())))
         self.metrics["hold_end"], self.metrics["hold_end_error"] = _scrape(self.metrics_url)
 
-    def _collect(self, pipes: dict) -> None:
-        deadline = self.close_at + CLOSE_WAIT + EXIT_GRACE
+    def _collect(self, workers: PipeWorkers | nativeclient.NativeWorkers,
+                 deadline: float) -> None:
+        """Ticks and finals until every worker reported (or ended), or the deadline."""
         stop_sent = False
-        while pipes and time.time() < deadline:
+        running = set(range(self.args.workers))
+        while running and time.time() < deadline:
             if self.interrupted.is_set() and not stop_sent:
-                for pipe in pipes:
-                    _send_quietly(pipe, "stop")
+                workers.stop()
                 stop_sent = True
-            # wait() returns some of the objects it was given: these pipes.
-            for pipe in cast("list[Connection]", wait_pipes(list(pipes), timeout=0.25)):
-                try:
-                    msg = pipe.recv()
-                except (EOFError, OSError):
-                    self.live.discard(pipes.pop(pipe))
+            for i, msg in workers.messages(timeout=0.25):
+                if msg is None or msg["kind"] != "tick":
+                    running.discard(i)
+                    self.live.discard(i)
+                if msg is None:
                     continue
-                if msg["kind"] != "tick":
-                    self.live.discard(pipes.pop(pipe))
-                self._receive(msg)
+                if msg["kind"] == "tick":
+                    self._tick(msg)
+                else:
+                    self.finals.append(msg)
 
     def _tick(self, msg: dict) -> None:
         per_worker = self.ticks.setdefault(msg["i"], {})
@@ -369,13 +321,6 @@ class Run:
         if at <= self.hold_end + 1e-6:
             return "hold"
         return "drain" if at <= self.close_at + 1e-6 else "close"
-
-
-def _send_quietly(pipe, msg) -> None:
-    try:
-        pipe.send(msg)
-    except (OSError, ValueError):
-        pass
 
 
 def _progress(row: dict, total: int) -> str:

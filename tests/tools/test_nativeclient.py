@@ -37,8 +37,9 @@ CHANNEL_B = "odin.token.B.trade"
 AHEAD_MS = 300
 
 #: What the server does with connection n (in accept order): a list of
-#: (channel, seq) to send after the subscribe answer, or a str action.
-Script = Callable[[int], "list[tuple[str, int]] | str"]
+#: (channel, seq) events or dict messages to send after the subscribe
+#: answer, or a str action.
+Script = Callable[[int], "list[tuple[str, int] | dict] | str"]
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
@@ -130,8 +131,9 @@ class ScriptedServer:
             assert isinstance(plan, list)
             ts = int(time.time() * 1000) + AHEAD_MS
             sock.sendall(b"".join(_frame(1, json.dumps(
-                {"type": "event", "channel": ch, "data": {"seq": seq, "token": "A"},
-                 "ts": ts}).encode()) for ch, seq in plan))
+                item if isinstance(item, dict) else
+                {"type": "event", "channel": item[0], "data": {"seq": item[1], "token": "A"},
+                 "ts": ts}).encode()) for item in plan))
             # Until the client closes (1000): answer it, then end.
             while (got := _read_frame(sock, buf)) is not None:
                 if got[0] == 8:
@@ -147,6 +149,9 @@ class PythonClientChecksTests(unittest.TestCase):
 
     client = "python"
     connections = 2
+    #: Seconds of hold: connections not opened by its end are never tried,
+    #: and spawning the Python workers took over 5 s at a load of 40 here.
+    duration = 10.0
 
     def _play(self, script: Script, channels: str = CHANNEL_A) -> tuple[int, dict]:
         server = ScriptedServer(script)
@@ -154,7 +159,7 @@ class PythonClientChecksTests(unittest.TestCase):
         report_dir = os.path.abspath(self.mktemp())
         code = loadtest.main([
             "--url", f"ws://127.0.0.1:{server.port}/ws", "--connections", str(self.connections),
-            "--ramp", "20/s", "--duration", "3", "--drain", "0.2", "--workers", "1",
+            "--ramp", "20/s", "--duration", str(self.duration), "--drain", "0.2", "--workers", "1",
             "--channels", channels, "--metrics-url", "none", "--report", report_dir,
             "--quiet", *self.client_args()])
         with open(os.path.join(report_dir, "report.json")) as f:
@@ -175,10 +180,17 @@ class PythonClientChecksTests(unittest.TestCase):
         self.assertEqual(self._counts(report), (8, 8, 0, 0, 0))
         self.assertEqual(report["events"]["delivered"], 8)
         self.assertEqual(report["config"]["client"], self.client)
+        self.assertGreaterEqual(report["client"]["hold_cpu_share"], 0.0)
 
     def test_gap(self):
-        """1, 2, 5: two events skipped per connection, the run fails."""
-        code, report = self._play(lambda n: [(CHANNEL_A, s) for s in (1, 2, 5)])
+        """
+        1, 2, a gap notice, 5: two events skipped per connection, the run
+        fails, and the notices are counted by reason.
+        """
+        notice = {"type": "gap", "reason": "too_old", "streams": {}}
+        code, report = self._play(lambda n: [(CHANNEL_A, 1), (CHANNEL_A, 2), notice,
+                                             (CHANNEL_A, 5)])
+        self.assertEqual(report["events"]["gap_notices"], {"too_old": 2})
         self.assertEqual(code, 1)
         self.assertEqual(report["completeness"]["gaps"], 4)
         self.assertIn("4 sequence gaps", report["verdict"]["reasons"])
@@ -226,6 +238,7 @@ class NativeClientChecksTests(PythonClientChecksTests):
     """The native worker, built from loadclient.c into the test's directory."""
 
     client = "native"
+    duration = 3.0
 
     def client_args(self) -> list[str]:
         binary = nativeclient.build(os.path.abspath(os.path.join(self.mktemp(), "loadclient")))

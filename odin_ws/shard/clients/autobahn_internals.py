@@ -33,7 +33,8 @@ Internals touched:
     handshake for a compression offer it cannot parse, where RFC 7692
     wants it declined;
   - C{_perMessageCompress} and its C{server_max_window_bits}, the
-    compression a connection negotiated (L{server_window}).
+    compression a connection negotiated (L{server_window}), and its
+    C{_decompressor}, dropped after each message (L{InflaterPerMessage}).
 """
 
 from __future__ import annotations
@@ -145,12 +146,30 @@ def retire_unopened(protocol: WebSocketServerProtocol) -> None:
         call.cancel()
 
 
+class InflaterPerMessage(PerMessageDeflate):
+    """
+    Autobahn's permessage-deflate, dropping its inflater once a message is
+    read when the client takes no context over (the server asks it not
+    to): Autobahn keeps it for the connection's life, ~40 KB of zlib state
+    on every connection whose client ever sent a compressed message.
+    """
+
+    def end_decompress_message(self) -> None:
+        super().end_decompress_message()
+        if self.client_no_context_takeover:
+            self._decompressor = None
+
+
 def server_window(protocol: WebSocketServerProtocol) -> int | None:
     """
     The server window (bits) of the permessage-deflate the connection of
     C{protocol} negotiated in its handshake; None if it negotiated none.
+    Its inflater lives for one message at a time from then on
+    (L{InflaterPerMessage}).
     """
     pmce = protocol._perMessageCompress
     if isinstance(pmce, PerMessageDeflate):
+        if type(pmce) is PerMessageDeflate:
+            pmce.__class__ = InflaterPerMessage
         return int(pmce.server_max_window_bits)
     return None

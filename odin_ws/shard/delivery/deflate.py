@@ -114,6 +114,7 @@ class Deflate:
         #: Open connections per variant (index L{PLAIN} unused).
         self.open = [0] * VARIANTS
         self._deflaters: list[FrameDeflater | None] = [None] * VARIANTS
+        self._in_use: list[int] = []
 
     def reconfigure(self, enabled: bool, min_bytes: int) -> None:
         """Reloaded settings: offered to new connections or not; the threshold for new events."""
@@ -134,43 +135,51 @@ class Deflate:
         return out
 
     def in_use(self) -> list[int]:
-        """The variants (not L{PLAIN}) some open connection uses."""
-        open_ = self.open
-        return [v for v in range(1, VARIANTS) if open_[v]]
+        """The variants (not L{PLAIN}) some open connection uses, in order (read per run)."""
+        return self._in_use
 
     def opened(self, v: int) -> None:
         """A connection of variant C{v} opened."""
         self.open[v] += 1
+        self._in_use = [u for u in range(1, VARIANTS) if self.open[u]]
 
     def closed(self, v: int) -> None:
         """A connection of variant C{v} closed."""
         self.open[v] -= 1
+        self._in_use = [u for u in range(1, VARIANTS) if self.open[u]]
 
 
 class ServerAccept(PerMessageDeflateOfferAccept):
     """
     Autobahn's accept of a permessage-deflate offer, answering
     C{server_no_context_takeover} whether the client asked for it or not
-    (RFC 7692, 7.1.1.1 allows it); Autobahn's own names it only when asked.
+    (RFC 7692, 7.1.1.1 allows it; Autobahn's own names it only when asked),
+    and C{client_no_context_takeover} (7.1.1.2).
     """
 
     def get_extension_string(self) -> str:
-        answer: str = super().get_extension_string()  # type: ignore[no-untyped-call]
-        if not self.offer.request_no_context_takeover:
-            answer += "; server_no_context_takeover"
+        answer = f"{EXTENSION}; server_no_context_takeover"
+        if self.offer.request_max_window_bits:
+            answer += f"; server_max_window_bits={self.offer.request_max_window_bits}"
+        if self.request_no_context_takeover:
+            answer += "; client_no_context_takeover"
         return answer
 
 
 def accept(offers: Sequence[Any]) -> ServerAccept | None:
     """
     The first permessage-deflate offer this server can honour, accepted
-    without context takeover on its side; None declines them all (the
+    without context takeover on either side; None declines them all (the
     connection proceeds uncompressed). Offers Autobahn could not parse
     never get here (L{valid_offer}).
     """
     for offer in offers:
         if isinstance(offer, PerMessageDeflateOffer):
-            return ServerAccept(offer, no_context_takeover=True)  # type: ignore[no-untyped-call]
+            # Neither side takes context over: the server's payloads are
+            # shared, and the client's inflater lives for one message
+            # (odin_ws/shard/clients/autobahn_internals.py).
+            return ServerAccept(  # type: ignore[no-untyped-call]
+                offer, request_no_context_takeover=True, no_context_takeover=True)
     return None
 
 

@@ -46,6 +46,7 @@ from odin_ws.shard.delivery.deflate import PLAIN, Deflate
 from odin_ws.shard.delivery.frames import Run, frame_count
 from odin_ws.shard.delivery.nativesend import SendRuns
 from odin_ws.shard.delivery.outbox import Outbox
+from odin_ws.shard.delivery.outqueue import OutboxCore
 from odin_ws.shard.delivery.writestats import WriteStats
 
 log = Logger()
@@ -96,7 +97,7 @@ class Fanout:
         # variant, frames, subscribers) and, for the Python path, the Run.
         self._runs: list[tuple[tuple[bytes | None, ...], int, tuple[Outbox, ...]]] = []
         self._entries: list[Run] = []
-        self._dirty: list[Outbox] = []
+        self._dirty: list[OutboxCore] = []
         self._later: list[Callable[[], None]] = []
         self._call = None
 
@@ -110,7 +111,7 @@ class Fanout:
                          [event] if event is not None else None)
 
     def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox],
-                    events: list[Event] | None = None) -> None:
+                    events: list[Event] | None = None, compress: bool = True) -> None:
         """
         Queue several frames, each C{(frame, channel, event_type)}, in order on
         every outbox: consecutive events that reach the same subscribers. The
@@ -119,9 +120,11 @@ class Fanout:
         each outbox takes one entry; an outbox without room for the whole
         takes them one by one under its policy. C{events}: the history
         events the frames carry (C{events[i]} is C{items[i]}'s), where a
-        slow outbox catches up from.
+        slow outbox catches up from. C{compress}: False for frames meant for
+        one connection (a recovery, a snapshot), which go out plain:
+        compressing them would cost per connection, not per event.
         """
-        run = Run(items, events, self.deflate)
+        run = Run(items, events, self.deflate if compress else None)
         if self.native is not None and not self.delay:
             self._keep(run, outboxes)
             return
@@ -160,10 +163,14 @@ class Fanout:
             self._soon()
 
     def _spread_variants(self, run: Run, outboxes: list[Outbox]) -> None:
-        """C{run} to outboxes of compressed variants, counted per variant."""
+        """C{run} to outboxes of compressed variants, counted per variant (if compressed)."""
         by_variant: dict[int, list[Outbox]] = {}
         for box in outboxes:
             by_variant.setdefault(box.variant, []).append(box)
+        if run.deflate is None:
+            for v, boxes in by_variant.items():
+                self._spread(run, boxes, v)
+            return
         stats = self.stats
         plain = run.entry(PLAIN)[1]
         for v, boxes in by_variant.items():
@@ -184,6 +191,15 @@ class Fanout:
         self._runs.append((bufs, len(run.items), tuple(outboxes)))
         self._entries.append(run)
         self._soon()
+
+    def settle(self) -> None:
+        """
+        Send the runs kept for the C loop now, so that frames queued into
+        Outboxes directly next (a delta subscriber's,
+        L{odin_ws.shard.delivery.variantfeed}) come after them.
+        """
+        if self._runs:
+            self._send_native(self.native)  # type: ignore[arg-type]  # runs are kept only with it
 
     def _send_native(self, send_runs: SendRuns) -> None:
         """
@@ -213,7 +229,7 @@ class Fanout:
         for box, buf, sent, count in rest:
             self._write_rest(box, buf, sent, count)
 
-    def _write_rest(self, box: Outbox, buf: bytes, sent: int, count: int) -> None:
+    def _write_rest(self, box: OutboxCore, buf: bytes, sent: int, count: int) -> None:
         """A direct send of C{count} frames took C{sent} bytes of C{buf}: Twisted takes the rest."""
         stats = self.stats
         stats.delivered += count
@@ -303,7 +319,7 @@ class Fanout:
             except Exception:
                 log.failure("after-write callback {f}", f=f)
 
-    def mark(self, box: Outbox) -> None:
+    def mark(self, box: OutboxCore) -> None:
         """C{box} took its first frame since its last write: write it with the others."""
         self._dirty.append(box)
         self._soon()

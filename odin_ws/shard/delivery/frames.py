@@ -91,6 +91,8 @@ class Run:
         return entry
 
     def _build(self, v: int) -> tuple[tuple[bytes, Any], int]:
+        if v != PLAIN and self.deflate is None:
+            return self.entry(PLAIN)    # not compressed: every variant gets the plain frames
         items = self.variant_items(v)
         if len(items) == 1:
             frame, channel, _ = items[0]
@@ -109,9 +111,11 @@ class Run:
     def bufs(self, variants: list[int]) -> tuple[bytes | None, ...]:
         """
         For the C send loop: the joined buffer of each variant, indexed by
-        variant, built for L{PLAIN} and C{variants}; None for the others.
+        variant, built for L{PLAIN} and C{variants}; None for the others
+        (a run not compressed has the plain one only: the few connections
+        of other variants it has take the Python loop).
         """
-        if not variants:
+        if not variants or self.deflate is None:
             return (self.entry(PLAIN)[0][0],)
         out: list[bytes | None] = [None] * (variants[-1] + 1)
         for v in (PLAIN, *variants):

@@ -35,8 +35,8 @@ from twisted.logger import Logger
 
 from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
-from odin_ws.shard.delivery.catchup import DROPPED, gap_body
 from odin_ws.shard.delivery.fanout import Fanout
+from odin_ws.shard.delivery.gaps import DROPPED, gap_body
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.history import positions

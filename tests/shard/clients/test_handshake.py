@@ -29,6 +29,9 @@ from tests.helpers import (
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
+#: The answer to an offer without a window.
+BOTH_NO_TAKEOVER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+
 
 def head(path: str = "/ws", *headers: str) -> bytes:
     lines = [f"GET {path} HTTP/1.1", "Host: node", "Upgrade: websocket", "Connection: Upgrade",
@@ -164,7 +167,7 @@ class CompressionNegotiationTests(ShardTestCase):
         """
         client = self.connect(headers=("Sec-WebSocket-Extensions: permessage-deflate; "
                                        "client_max_window_bits",))
-        self.assertEqual(extensions(client), "permessage-deflate; server_no_context_takeover")
+        self.assertEqual(extensions(client), BOTH_NO_TAKEOVER)
         self.assertEqual(self.offers()["accepted"], 1)
         self.assertEqual(self.subscribe(client, "odin.token.t1.trade")["type"], "subscribed")
         envelope = self.publish("t1")
@@ -179,8 +182,8 @@ class CompressionNegotiationTests(ShardTestCase):
         """server_max_window_bits=10 is answered and honoured: a 10-bit inflater reads the events."""
         client = self.connect(headers=("Sec-WebSocket-Extensions: permessage-deflate; "
                                        "server_max_window_bits=10",))
-        self.assertEqual(extensions(client), "permessage-deflate; server_max_window_bits=10; "
-                                             "server_no_context_takeover")
+        self.assertEqual(extensions(client), "permessage-deflate; server_no_context_takeover; "
+                                             "server_max_window_bits=10; client_no_context_takeover")
         self.assertEqual(client.proto.outbox.variant, 2)
         self.subscribe(client, "odin.token.t1.trade")
         envelope = self.publish("t1")
@@ -214,7 +217,7 @@ class CompressionNegotiationTests(ShardTestCase):
         """Of two offers, the one it cannot honour is skipped and the next accepted."""
         client = self.connect(headers=("Sec-WebSocket-Extensions: permessage-deflate; "
                                        "server_max_window_bits=8, permessage-deflate",))
-        self.assertEqual(extensions(client), "permessage-deflate; server_no_context_takeover")
+        self.assertEqual(extensions(client), BOTH_NO_TAKEOVER)
         self.assertEqual(self.offers(), {"accepted": 1, "declined": 0, "invalid": 1})
 
     def test_otherExtensionsIgnored(self):
@@ -256,7 +259,11 @@ class CompressionNegotiationTests(ShardTestCase):
         self.assertEqual(other.frames(), [(1, envelope)])
 
     def test_compressedSubscribeUnderstood(self):
-        """A client's compressed subscribe is inflated and answered (uncompressed)."""
+        """
+        A client's compressed subscribe is inflated and answered
+        (uncompressed); the inflater is not kept past the message (the
+        client was told to take no context over).
+        """
         client = self.connect(headers=("Sec-WebSocket-Extensions: permessage-deflate",))
         z = zlib.compressobj(6, zlib.DEFLATED, -15)
         body = json.dumps({"type": "subscribe", "channels": ["odin.token.t1.trade"]}).encode()
@@ -264,6 +271,26 @@ class CompressionNegotiationTests(ShardTestCase):
                                  rsv1=True))
         [(opcode, reply)] = client.frames()
         self.assertEqual(json.loads(reply)["type"], "subscribed")
+        self.assertIsNone(client.proto._perMessageCompress._decompressor)
+
+    def test_snapshotGoesPlain(self):
+        """
+        A snapshot (per connection) reaches a compressing connection plain,
+        while the live events after it come compressed.
+        """
+        envelope = self.publish("t1")
+        client = self.connect(headers=("Sec-WebSocket-Extensions: permessage-deflate",))
+        client.send(text({"type": "subscribe", "channels": ["odin.token.t1.trade"],
+                          "snapshot": True}))
+        raw = client.transport.value()[client._read:]
+        [(_, ack), (_, snapshot)] = client.frames()
+        self.assertEqual(json.loads(ack)["type"], "subscribed")
+        self.assertTrue(json.loads(snapshot)["snapshot"])
+        self.assertEqual(json.loads(snapshot)["data"], json.loads(envelope)["data"])
+        self.assertEqual(raw[2 + len(ack)], 0x81)     # the snapshot's frame: no RSV1
+        self.publish("t1")
+        data = client.transport.value()[client._read:]
+        self.assertEqual(data[0], 0xC1)
 
     def test_offDeclines(self):
         """With outbound.compression off, offers are declined (counted) and events go plain."""

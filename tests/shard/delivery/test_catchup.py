@@ -15,7 +15,8 @@ from twisted.internet.address import IPv4Address
 
 from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import held
-from odin_ws.shard.delivery.catchup import Behind, gap_notice
+from odin_ws.shard.delivery.behind import Behind
+from odin_ws.shard.delivery.gaps import gap_notice
 from tests.helpers import ShardTestCase, StalledSocket, parse_frames, text
 from tests.helpers.cases import ShardClient, _ports
 

@@ -24,6 +24,9 @@ from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.writestats import WriteStats, WriteStatsCollector
 from tests.helpers import CountingTransport, FakeProtocol, SendLoop, policies, tcp_pair
 
+#: The answer to an offer without a window.
+BOTH_NO_TAKEOVER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     """(first byte, payload) of each unmasked server frame in C{data}."""
@@ -127,15 +130,18 @@ class DeflateTests(SynchronousTestCase):
 
 class OfferTests(SynchronousTestCase):
     def test_acceptAnswersNoContextTakeover(self):
-        """The answer always names server_no_context_takeover, and the window asked for."""
+        """
+        The answer always names server_no_context_takeover (asked for or
+        not), the window asked for, and client_no_context_takeover.
+        """
         answer = accept([PerMessageDeflateOffer.parse({})])
         self.assertEqual(answer.get_extension_string(),
-                         "permessage-deflate; server_no_context_takeover")
+                         BOTH_NO_TAKEOVER)
         answer = accept([PerMessageDeflateOffer.parse({"server_max_window_bits": ["10"],
                                                        "server_no_context_takeover": [True]})])
         self.assertEqual(answer.get_extension_string(),
                          "permessage-deflate; server_no_context_takeover; "
-                         "server_max_window_bits=10")
+                         "server_max_window_bits=10; client_no_context_takeover")
 
     def test_offersThisServerCannotHonour(self):
         """
@@ -207,6 +213,20 @@ class VariantFanoutTests(SendLoop, SynchronousTestCase):
         self.fanout.flush()
         self.assertEqual(self.stats.deflated, 0)
 
+    def test_perConnectionRunsGoPlain(self):
+        """
+        A run for one connection (compress=False: a recovery, a snapshot)
+        reaches a compressing connection plain, compressed nothing, counted
+        nowhere in the compression bytes.
+        """
+        box = self.outbox(7)
+        run = [(price(n), "a", "price") for n in range(3)]
+        self.fanout.publish_run(run, (box,), compress=False)
+        self.fanout.flush()
+        want = [json.loads(deflate.payload_of(f)) for f, _, _ in run]
+        self.assertEqual(messages(box.transport.value()), [(False, m) for m in want])
+        self.assertEqual((self.stats.deflated, self.stats.deflate_plain), (0, 0))
+
     def test_overflowTakesTheVariantsFrames(self):
         """
         A compressed connection without room for a whole run takes its
@@ -233,6 +253,38 @@ class VariantFanoutTests(SendLoop, SynchronousTestCase):
         self.assertEqual(got[("odinws_outbound_deflate_bytes", (("stage", "plain"),))], 900)
         self.assertEqual(got[("odinws_outbound_deflate_bytes", (("stage", "wire"),))], 300)
         self.assertEqual(got[("odinws_deflate_offers", (("result", "invalid"),))], 2)
+
+
+class VariantFlushWindowTests(SynchronousTestCase):
+    """Variants under a flush window (outbound.flush_delay): queued per variant, written at its end."""
+
+    def test_windowKeepsEachVariant(self):
+        """
+        Events of one window reach plain and compressing connections in one
+        write each, in order, each connection its own variant.
+        """
+        clock = Clock()
+        stats = WriteStats()
+        d = Deflate(stats, True, 0)
+        fanout = Fanout(clock, stats, delay=0.01, deflate=d)
+        boxes = []
+        for v in (0, 7):
+            box = Outbox(FakeProtocol(CountingTransport()), fanout, policies(), 1 << 20, 5.0,
+                         lambda: None)
+            box.variant = v
+            boxes.append(box)
+        d.opened(7)
+        frames = [price(n) for n in range(3)]
+        fanout.publish_run([(f, "a", "price") for f in frames[:2]], boxes)
+        fanout.publish(frames[2], "a", "price", boxes)
+        self.assertFalse(fanout.flush())
+        clock.advance(0.01)
+        want = [json.loads(deflate.payload_of(f)) for f in frames]
+        for box in boxes:
+            self.assertEqual(box.transport.writes, 1)
+            self.assertEqual(messages(box.transport.value()),
+                             [(box.variant != 0, m) for m in want])
+        self.assertEqual(stats.deflated, 3)
 
 
 class NativeVariantFanoutTests(VariantFanoutTests):
