@@ -85,7 +85,9 @@ class RegistryCase(unittest.TestCase):
             self.registry = RegistryProcess.own(self.broker.bootstrap, f"_schemas-{tag}", log)
         self.registry.up()
         self.addCleanup(self.registry.down)
-        self.client = SchemaRegistryClient({"url": self.registry.url, **client_auth})
+        # Bounded: an answer that never comes fails the test instead of hanging it.
+        self.client = SchemaRegistryClient({"url": self.registry.url, "timeout": 30,
+                                            **client_auth})
         self.producer = Producer({"bootstrap.servers": self.broker.bootstrap, "linger.ms": 0,
                                   "logger": silenced("tests.registry.librdkafka")})
         self.node = Node(workdir, self.broker.bootstrap, settings={
