@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo lint test test-unit test-deb bench bench-cost capacity clean venv
+.PHONY: demo lint test test-unit test-deb bench bench-cost bench-bandwidth capacity clean venv
 
 # TypeScript, pinned in clients/js/package-lock.json: checks the JS client's
 # declarations (odinws.d.ts) in make test.
@@ -27,7 +27,7 @@ $(TSC): clients/js/package-lock.json
 # The demo's public port (page, /ws, /health, /metrics): make demo PORT=3105.
 PORT ?= 3005
 # make demo AVRO=1: the simulator writes Avro through a local Schema Registry
-# (odinws_tools/registry.py) and odinws decodes it; JSON otherwise.
+# (Apicurio Registry, odinws_tools/apicurio) and odinws decodes it; JSON otherwise.
 demo: $(STAMP)
 	$(PY) -m odinws_tools.demo --port $(PORT) $(if $(AVRO),--avro)
 
@@ -38,11 +38,13 @@ lint: $(STAMP)
 
 # The integration tests run against Apache Kafka (its jars fetched with
 # Maven on first use, odinws_tools/kafka/pom.xml); ODINWS_TEST_BROKER=tansu
-# runs them against the demo's embedded broker instead.
+# runs them against the demo's embedded broker instead. The Schema Registry
+# tests run Apicurio Registry (fetched with Maven too; Java 21 or later).
 test: $(STAMP) $(TSC) lint
 	node --test clients/js/test/*.test.mjs
 	$(TSC) -p clients/js
 	$(PY) -m odinws_tools.kafka --fetch
+	$(PY) -m odinws_tools.apicurio --fetch
 	$(VENV)/bin/trial --jobs=2 tests
 
 test-deb: $(STAMP)
@@ -57,9 +59,17 @@ test-unit: $(STAMP)
 # a local demo stack (broker, odinws --shards 2 or more if the open-files hard
 # limit needs them, simulator); fails on any failed connection or lost event.
 # Report: artifacts/capacity/report.html (docs/performance.md, "Capacity").
+# The load comes from build/odinws-loadclient, built here from
+# odinws_tools/loadtest/loadclient.c (a C compiler is all it needs).
 CONNECTIONS ?= 12000
-capacity: $(STAMP)
-	$(PY) -m odinws_tools.capacity_run --connections $(CONNECTIONS) --report artifacts/capacity
+LOADCLIENT_SRC = odinws_tools/loadtest/loadclient.c odinws_tools/loadtest/loadclient_checks.h
+build/odinws-loadclient: $(LOADCLIENT_SRC)
+	mkdir -p build
+	$(CC) -O2 -std=gnu11 -Wall -o $@ odinws_tools/loadtest/loadclient.c -lm
+
+capacity: $(STAMP) build/odinws-loadclient
+	$(PY) -m odinws_tools.capacity_run --connections $(CONNECTIONS) --report artifacts/capacity \
+		--native-binary build/odinws-loadclient
 
 bench: $(STAMP)
 	sh bench/setup.sh
@@ -74,6 +84,12 @@ bench-cost: $(STAMP)
 	sh bench/setup.sh
 	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. \
 		--variant python-loop=.:outbound.native=off --doc
+
+# The issue-25 targets (compression, deltas, max_rate, filters) against a
+# real node, written into docs/performance.md (bench/bandwidth.py, ~10 min).
+bench-bandwidth: $(STAMP)
+	sh bench/setup.sh
+	$(PY) bench/bandwidth.py
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

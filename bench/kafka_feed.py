@@ -19,6 +19,14 @@ channel, odin.all (everyone subscribes to it: Centrifugo has no wildcards);
 random-tokens cells). The cell's channel only: publishing to a channel that
 no connection of the cell subscribes to would cost Centrifugo one more
 publish per event that no other server does.
+
+--tiers (bench/bandwidth.py's filter cells): each event carries "tier"
+((seq // 10) % 10: ten events in a row share one, so what a filter on it
+passes comes in bursts of 10 like the rest), for a filter that passes 10%
+of them. "one": every event on
+token 1000; "split": tier 0 on token 1000, the others on 1001 (nobody
+listens there), so a subscriber of token 1000 without a filter gets what
+the filter passes in "one", at the same Kafka ingest.
 """
 
 from __future__ import annotations
@@ -50,9 +58,10 @@ def headers(mode: str | None, tok: int) -> list[tuple[str, bytes]] | None:
     return [(CHANNELS_HEADER, channel.encode())]
 
 
-def value(seq: int, tok: int) -> bytes:
+def value(seq: int, tok: int, tiers: bool = False) -> bytes:
     us = time.time_ns() // 1000
-    return (f'{{"t_us":{us},"seq":{seq},"token":"{tok}","price":0.00001234,'
+    tier = f'"tier":{seq // 10 % 10},' if tiers else ""
+    return (f'{{"t_us":{us},"seq":{seq},{tier}"token":"{tok}","price":0.00001234,'
             f'"amount":1234.5678,"side":"buy",'
             f'"user":"bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"}}').encode()
 
@@ -62,6 +71,8 @@ def main() -> None:
     ap.add_argument("bootstrap")
     ap.add_argument("--centrifugo", choices=("all", "token"), default=None,
                     help="add Centrifugo's channels header (see above)")
+    ap.add_argument("--tiers", choices=("one", "split"), default=None,
+                    help="events with a tier, on one token or split (see above)")
     args = ap.parse_args()
     producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 0, "acks": 1,
                          "queue.buffering.max.messages": 1_000_000})
@@ -75,7 +86,10 @@ def main() -> None:
             if ticks.take(time.monotonic()):
                 for _ in range(ticks.batch):
                     tok = 1000 + seq % events.TOKENS
-                    producer.produce(TOPIC, key=str(tok).encode(), value=value(seq, tok),
+                    if args.tiers:
+                        tok = 1000 if args.tiers == "one" or seq // 10 % 10 == 0 else 1001
+                    producer.produce(TOPIC, key=str(tok).encode(),
+                                     value=value(seq, tok, args.tiers is not None),
                                      headers=headers(args.centrifugo, tok))
                     seq += 1
                 produced += ticks.batch

@@ -34,6 +34,11 @@
  * the first "subscribed" reply of each connection is counted with the time
  * it arrived. The stdin command "s" prints those counts (JSON).
  *
+ * Compression (-Z): the upgrade offers permessage-deflate (RFC 7692); a
+ * message with RSV1 set is inflated (zlib, raw, each message on its own: the
+ * server compresses without context takeover) before its "t_us" is read, and
+ * counted in "compressed". The client's own messages go out uncompressed.
+ *
  * Server-Sent Events (-E): the request is a plain GET of PATH (which carries
  * ?channels=...), the answer must be 200, and each SSE message (ended by a
  * blank line) counts as one frame, with the latency of its "t_us" field.
@@ -61,6 +66,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -91,6 +97,11 @@ static int rcvbuf_slow = 16384;
 static int rand_tokens = 0, ntokens = 100, tokens_in_path = 0, sse = 0;
 static const char *centrifugo = NULL;  /* -C: the channel of Centrifugo's protocol */
 static uint64_t n_proto_errors;
+static int deflate_offer = 0;          /* -Z */
+static uint64_t n_compressed;          /* messages inflated (-Z) */
+static z_stream zin;
+static uint8_t *zbuf;
+#define ZCAP (1 << 20)
 static conn_t *conns;
 static int epfd, started, pending, n_open, n_failed, n_closed;
 static uint64_t w_frames, w_other, w_bytes, w_frames_slow, w_reads;
@@ -249,6 +260,26 @@ static uint64_t parse_tus(const uint8_t *p, size_t n) {
     return v;
 }
 
+/* A compressed message's payload inflated into zbuf (-Z); its length, or
+ * -1 (counted as a protocol error) if it does not inflate. */
+static long inflate_message(const uint8_t *p, size_t n) {
+    static uint8_t tail[4] = {0, 0, 0xff, 0xff};  /* RFC 7692 7.2.2: removed by the sender */
+    inflateReset(&zin);
+    zin.next_out = zbuf;
+    zin.avail_out = ZCAP;
+    zin.next_in = (Bytef *)p;
+    zin.avail_in = n;
+    int rc = inflate(&zin, Z_SYNC_FLUSH);
+    if (rc == Z_OK || rc == Z_BUF_ERROR) {
+        zin.next_in = tail;
+        zin.avail_in = 4;
+        rc = inflate(&zin, Z_SYNC_FLUSH);
+    }
+    if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) { n_proto_errors++; return -1; }
+    n_compressed++;
+    return (long)(ZCAP - zin.avail_out);
+}
+
 /* One message a connection received, with its t_us (0: not an event):
  * counted, its latency sampled (every lat_every-th frame). */
 static void count_message(conn_t *c, uint64_t t, uint64_t now_us) {
@@ -307,7 +338,10 @@ static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_u
             n_subscribed++;
             t_last_subscribed = now_s() - t_first;
         }
-        if (centrifugo && (op == 1 || op == 0)) {
+        if (deflate_offer && (p[0] & 0x40) && (op == 1 || op == 2)) {
+            long m = inflate_message(payload, plen);
+            if (m >= 0) count_message(c, parse_tus(zbuf, (size_t)m), now_us);
+        } else if (centrifugo && (op == 1 || op == 0)) {
             parse_centrifugo(c, payload, plen, now_us);
         } else if (op == 1 || op == 2 || op == 0) {
             count_message(c, parse_tus(payload, plen), now_us);
@@ -410,7 +444,8 @@ static void on_conn_event(int i, uint32_t events) {
                     : snprintf(req, sizeof req,
                          "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n", target, host, port);
+                         "Sec-WebSocket-Version: 13\r\n%s\r\n", target, host, port,
+                         deflate_offer ? "Sec-WebSocket-Extensions: permessage-deflate\r\n" : "");
         send_all(c->fd, (uint8_t *)req, n);
         c->state = ST_HANDSHAKE;
         ep(EPOLL_CTL_MOD, c->fd, EPOLLIN, i);
@@ -562,14 +597,14 @@ static void report_window(void) {
            "\"bytes\":%llu,\"reads\":%llu,\"open\":%d,\"closed\":%d,\"failed\":%d,\"active_fast\":%llu,"
            "\"starved\":%llu,\"lat_n\":%llu,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,"
            "\"max_ms\":%.3f,\"cpu\":%.4f,\"pub_sent\":%llu,\"pub_resp\":%llu,\"pub_skipped\":%llu,"
-           "\"proto_errors\":%llu}\n",
+           "\"proto_errors\":%llu,\"compressed\":%llu}\n",
            dt, (unsigned long long)w_frames, (unsigned long long)w_frames_slow,
            (unsigned long long)w_other, (unsigned long long)w_bytes, (unsigned long long)w_reads, n_open, n_closed, n_failed,
            (unsigned long long)active, (unsigned long long)starved, (unsigned long long)lat_n,
            percentile(0.5), percentile(0.9), percentile(0.99), lat_max / 1000.0,
            dt > 0 ? (cpu - w_cpu_start) / dt : 0, (unsigned long long)pub_sent,
            (unsigned long long)pub_resp, (unsigned long long)pub_skipped,
-           (unsigned long long)n_proto_errors);
+           (unsigned long long)n_proto_errors, (unsigned long long)n_compressed);
     fflush(stdout);
     w_frames = w_other = w_bytes = w_frames_slow = w_reads = lat_n = lat_max = 0;
     memset(hist_fine, 0, sizeof hist_fine);
@@ -617,13 +652,13 @@ static int on_stdin(void) {
 static void usage(void) {
     fprintf(stderr, "usage: loadclient -p PORT [-h HOST] [-u PATH] [-n CONNS] [-s SRCADDRS] "
                     "[-m MAXPENDING] [-S SUBSCRIBE_JSON] [-k SLOW_EVERY] [-l LAT_EVERY] "
-                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]] [-E] [-C CHANNEL] [-F]\n");
+                    "[-P PUBPORT] [-U PUBPATH] [-r RANDOM_TOKENS -T TOKENS [-X]] [-E] [-C CHANNEL] [-F] [-Z]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:XEC:F")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:u:n:s:m:S:k:l:P:U:d:r:T:XEC:FZ")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -643,11 +678,16 @@ int main(int argc, char **argv) {
         case 'E': sse = 1; break;
         case 'C': centrifugo = optarg; break;
         case 'F': storm = 1; break;
+        case 'Z': deflate_offer = 1; break;
         default: usage();
         }
     }
     if (!port || rand_tokens < 0 || rand_tokens > MAX_RTOK || rand_tokens > ntokens || ntokens > 65535)
         usage();
+    if (deflate_offer) {
+        zbuf = malloc(ZCAP);
+        if (!zbuf || inflateInit2(&zin, -15) != Z_OK) { fprintf(stderr, "zlib init failed\n"); return 2; }
+    }
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);

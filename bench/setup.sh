@@ -41,8 +41,13 @@ if [ ! -f "$WORK/node_modules/ws/package.json" ]; then
     (cd "$WORK" && npm install --no-audit --no-fund --silent ws@8)
 fi
 
+# zlib: the load client inflates permessage-deflate messages (-Z, bench/bandwidth.py).
+[ -f /usr/include/zlib.h ] || {
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q zlib1g-dev; }
+
 if [ ! -x "$WORK/loadclient" ] || [ "$HERE/loadclient.c" -nt "$WORK/loadclient" ]; then
-    gcc -O2 -Wall -Wextra -o "$WORK/loadclient" "$HERE/loadclient.c" -lm
+    gcc -O2 -Wall -Wextra -o "$WORK/loadclient" "$HERE/loadclient.c" -lm -lz
 fi
 CENTRIFUGO_VERSION=$(sed -n 's/^CENTRIFUGO_VERSION = "\(.*\)"$/\1/p' "$HERE/servers.py")
 CENTRIFUGO_DIR="$WORK/centrifugo-v$CENTRIFUGO_VERSION"

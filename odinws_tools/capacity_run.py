@@ -2,15 +2,19 @@
 C{python -m odinws_tools.capacity_run} (what C{make capacity} runs): the demo stack
 (embedded broker, odinws with two shards, the simulator at a moderate rate)
 loaded by C{odinws-loadtest} with 12,000 subscribed connections for 60 s
-(C{--connections N}: C{make capacity CONNECTIONS=40000}).
+(C{--connections N}: C{make capacity CONNECTIONS=40000}). The load comes
+from the native client (C{--client native}, L{odinws_tools.loadtest.nativeclient}),
+so the client takes a small share of the cores the server runs on;
+C{--client python} runs the asyncio workers instead.
 Exits 0 only when every connection opened and stayed up and no event was
 lost, duplicated or out of order (the load test's verdict), 1 otherwise.
 
 The node's settings differ from the demo's only where N connections from
 one machine need it (see L{capacity_settings} and docs/performance.md,
 "Capacity"). Every process here has the same open-files hard limit, which
-an unprivileged process cannot raise: when one shard could not hold its
-share of the connections under it, more shards are started (and said so).
+only a process with CAP_SYS_RESOURCE can raise (this one tries first,
+L{plan_shards}): when one shard could not hold its share of the
+connections under it, more shards are started (and said so).
 """
 
 from __future__ import annotations
@@ -65,10 +69,13 @@ def plan_shards(connections: int, wanted: int, hard: int | None = None) -> int:
     """
     C{wanted} shards (0: two), or more when one shard could not hold its
     share (with 10% for an uneven split) under the open-files hard limit.
+    Without C{hard}, this process first raises its own limits to what one
+    of C{wanted} shards needs (the hard one too, if it may: L{openfiles.ensure});
+    the node and the load client inherit them.
     """
     if hard is None:
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        hard = openfiles.UNLIMITED if hard == resource.RLIM_INFINITY else hard
+        share = math.ceil(connections * 1.1 / (wanted or 2))
+        _, hard = openfiles.ensure(share + openfiles.HEADROOM)
     room = max(1, openfiles.connection_room(hard))
     return max(wanted or 2, math.ceil(connections * 1.1 / room))
 
@@ -89,6 +96,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         "needs them)")
     p.add_argument("--channels", default="odin.token.*.*")
     p.add_argument("--report", default="artifacts/capacity", help="report directory")
+    p.add_argument("--client", choices=("native", "python"), default="native",
+                   help="odinws-loadtest's client: native (C, built on first use) or python")
+    p.add_argument("--native-binary", default="",
+                   help="a built odinws-loadclient (make capacity builds one)")
     return p.parse_args(argv)
 
 
@@ -125,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         code = loadtest.main([
             "--url", f"ws://127.0.0.1:{port}/ws", "--connections", str(args.connections),
             "--ramp", args.ramp, "--duration", str(args.duration), "--channels", args.channels,
-            "--report", args.report])
+            "--report", args.report, "--client", args.client,
+            *(["--native-binary", args.native_binary] if args.native_binary else [])])
         problem = stack.failed()
     finally:
         stack.stop()

@@ -83,7 +83,8 @@ class DemoStack:
     @param settings: dotted config keys (C{"limits.max_connections"}) set on
         top of L{demo_config} (C{make capacity} raises the limits this way).
     @param avro: the simulator writes Avro through a local Schema Registry
-        (L{odinws_tools.registry}) and odinws decodes it (C{--avro}).
+        (Apicurio Registry, L{odinws_tools.apicurio}) and odinws decodes it
+        (C{--avro}).
     """
 
     def __init__(self, workdir: str, port: int = 3005, kafka_port: int | None = None,
@@ -170,9 +171,10 @@ class DemoStack:
 
     def _start_registry(self) -> str:
         """Start the local Schema Registry; its URL once it serves."""
-        self.say("starting the Schema Registry (odinws_tools.registry)")
-        self.registry = self._spawn([sys.executable, "-m", "odinws_tools.registry",
-                                     "--bootstrap", self.broker.bootstrap], self.registry_log)
+        self.say("starting the Schema Registry (Apicurio Registry, odinws_tools.apicurio)")
+        self.registry = self._spawn([sys.executable, "-m", "odinws_tools.apicurio",
+                                     "--dir", os.path.join(self.workdir, "registry")],
+                                    self.registry_log)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             self._check_cancel()

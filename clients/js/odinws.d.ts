@@ -108,6 +108,18 @@ export interface SubscribeOptions {
   snapshot?: boolean;
   /** Positions to recover from (e.g. a stored `sub.positions`). */
   since?: string[];
+  /**
+   * Let the server send deltas (JSON Merge Patch) of each channel's data;
+   * the client applies them, so handlers still get whole `data`.
+   */
+  delta?: boolean | "merge-patch";
+  /**
+   * At most this many events a second per channel (0.1 to 100), always
+   * ending on the channel's latest event.
+   */
+  maxRate?: number;
+  /** Only the events whose `data` passes this filter (docs/protocol.md, "Filters"). */
+  filter?: object;
 }
 
 /** What a resubscription's recovery did (Subscription "recovered" event). */
@@ -196,6 +208,8 @@ export const DEFAULTS: Readonly<Required<Omit<OdinWSOptions, "token" | "getToken
 export function backoffDelay(attempt: number, base?: number, cap?: number,
                              random?: () => number): number;
 export function matches(pattern: string, channel: string): boolean;
+/** RFC 7386 JSON Merge Patch: what `patch` makes of `target`. */
+export function applyMergePatch(target: unknown, patch: unknown): unknown;
 export function tokenExpiry(token: string | null | undefined): number | null;
 /** A position's partition ("<topic>:<partition>"), stream (… ":<epoch>") and offset; null if none. */
 export function parsePosition(pos: unknown): { partition: string; stream: string; offset: string } | null;

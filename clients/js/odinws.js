@@ -154,6 +154,32 @@ function advance(last, pos) {
 
 // Handler exceptions must not break the client; rethrow them where the
 // runtime reports uncaught errors.
+/**
+ * RFC 7386 JSON Merge Patch: what `patch` makes of `target` (the server's
+ * `delta` events, docs/protocol.md "Deltas"). A null member removes it, an
+ * object merges into the member recursively, anything else replaces it.
+ */
+export function applyMergePatch(target, patch) {
+  if (patch === null || typeof patch !== "object" || Array.isArray(patch)) return patch;
+  const result = target !== null && typeof target === "object" && !Array.isArray(target)
+    ? {...target} : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete result[key];
+    else result[key] = applyMergePatch(result[key], value);
+  }
+  return result;
+}
+
+// The subscription options the server applies (docs/protocol.md,
+// "Subscription options"), as the subscribe message carries them.
+function serverOptions(options) {
+  const out = {};
+  if (options.delta) out.delta = true;
+  if (options.maxRate !== undefined && options.maxRate !== null) out.max_rate = options.maxRate;
+  if (options.filter !== undefined && options.filter !== null) out.filter = options.filter;
+  return out;
+}
+
 function report(error) {
   queueMicrotask(() => { throw error; });
 }
@@ -471,6 +497,8 @@ export class OdinWS extends Emitter {
   #replays = new Set();   // replays under way: {entries, from, until, left, buffer}
   #snapshots = [];        // snapshots under way, in ack order: {subs, left}
   #eventsSeen = 0;        // events received (tops with none after them count at once)
+  #bases = new Map();     // channel -> the data of its last event (what a delta applies to)
+  #deltas = 0;            // channels held with delta: true
 
   /**
    * @param url  ws:// or wss:// URL of the node's WebSocket path.
@@ -533,7 +561,13 @@ export class OdinWS extends Emitter {
    * missed meanwhile; "recovered" says when that was impossible),
    * `snapshot` (first the latest event of each matching channel, marked
    * `snapshot: true`; again after a reconnect that could not recover),
-   * `since` (positions to recover from, e.g. a stored `sub.positions`).
+   * `since` (positions to recover from, e.g. a stored `sub.positions`);
+   * and the server-side options (docs/protocol.md, "Subscription
+   * options"): `delta` (true: the server may send deltas, which the
+   * client applies: `onEvent` always gets whole `data`), `maxRate` (at
+   * most so many events a second per channel, ending on the latest) and
+   * `filter` (only events whose data passes it). Every subscription of
+   * one channel (pattern) must ask for the same server-side options.
    */
   subscribe(channel, options = {}, onEvent = undefined) {
     if (typeof options === "function") [options, onEvent] = [{}, options];
@@ -542,6 +576,10 @@ export class OdinWS extends Emitter {
     }
     options = options || {};
     let entry = this.#channels.get(channel);
+    const server = serverOptions(options);
+    if (entry && JSON.stringify(entry.server) !== JSON.stringify(server)) {
+      throw new TypeError(`odinws: ${channel} is subscribed with other delta/maxRate/filter options`);
+    }
     const positions = () => this.#sinceOf(this.#channels.get(channel) || entry);
     const sub = new Subscription(channel, options, onEvent, (s) => this.#unsubscribe(s), positions);
     if (entry) {
@@ -549,13 +587,14 @@ export class OdinWS extends Emitter {
       if (entry.live) sub[SET_STATE]("subscribed");
       // The server holds the channel already: ask it for this one's snapshot.
       if (options.snapshot && this.state === "connected" && !this.#transport.unidirectional) {
-        this.#send({type: "subscribe", channels: [channel], snapshot: true},
+        this.#send({type: "subscribe", channels: [channel], snapshot: true, ...entry.server},
                    {channels: [channel], snapshotFor: [sub]});
       }
       return sub;
     }
     entry = {channel, segments: channel.split("."), subs: new Set([sub]), live: false,
-             last: new Map(), tops: null, topsSeen: -1, replay: null};
+             last: new Map(), tops: null, topsSeen: -1, replay: null, server};
+    if (server.delta) this.#deltas++;
     for (const pos of Array.isArray(options.since) ? options.since : []) advance(entry.last, pos);
     this.#channels.set(channel, entry);
     if (this.#transport?.unidirectional) this.#transport.update();
@@ -636,6 +675,7 @@ export class OdinWS extends Emitter {
     this.#pending.clear();
     this.#replays.clear();
     this.#snapshots = [];
+    this.#bases.clear();    // a new connection starts every channel with a whole event
     for (const entry of this.#channels.values()) {
       entry.live = false;
       entry.replay = null;
@@ -794,6 +834,27 @@ export class OdinWS extends Emitter {
   }
 
   #request(type, channels, fields = {}, request = {}) {
+    if (type === "subscribe") {
+      // The server holds each channel with its options: every subscribe of
+      // it says them again (else it is refused as options_conflict).
+      const groups = new Map();
+      for (const channel of channels) {
+        const server = this.#channels.get(channel)?.server || {};
+        const key = JSON.stringify(server);
+        if (!groups.has(key)) groups.set(key, {server, channels: []});
+        groups.get(key).channels.push(channel);
+      }
+      if (groups.size > 1 || Object.keys(groups.values().next().value?.server || {}).length) {
+        for (const {server, channels: same} of groups.values()) {
+          this.#requestChunks(type, same, {...fields, ...server}, request);
+        }
+        return;
+      }
+    }
+    this.#requestChunks(type, channels, fields, request);
+  }
+
+  #requestChunks(type, channels, fields, request) {
     const size = this.#options.maxChannelsPerMessage;
     for (let i = 0; i < channels.length; i += size) {
       const chunk = channels.slice(i, i + size);
@@ -839,13 +900,32 @@ export class OdinWS extends Emitter {
 
   #received(msg, meta) {
     if (msg.type === "event") {
-      this.#event(msg);
+      const whole = this.#whole(msg);
+      if (whole) this.#event(whole);
     } else if (msg.type === "gap") {
       this.#gap(msg);
     } else {
       this.#reply(msg);
     }
     if (meta?.vector) this.#mergeVector(meta.vector);
+  }
+
+  // A delta event made whole against the last data of its channel; whole
+  // events of channels held with deltas are kept as the next base. The
+  // server sends a channel's first event on a connection whole, and whole
+  // again after anything this connection missed (docs/protocol.md, "Deltas").
+  #whole(msg) {
+    if (msg.delta !== undefined) {
+      if (!this.#bases.has(msg.channel)) {
+        this.emit("error", {code: "delta_without_base",
+                            message: `a delta of ${msg.channel} before any whole event`});
+        return null;
+      }
+      const {delta, ...rest} = msg;
+      msg = {...rest, data: applyMergePatch(this.#bases.get(msg.channel), delta)};
+    }
+    if (this.#deltas > 0 && typeof msg.channel === "string") this.#bases.set(msg.channel, msg.data);
+    return msg;
   }
 
   // An SSE id is the shard's position vector after that message: the
@@ -1130,6 +1210,7 @@ export class OdinWS extends Emitter {
     sub[SET_STATE]("unsubscribed");
     if (entry.subs.size) return;
     this.#channels.delete(sub.channel);
+    if (entry.server.delta) this.#deltas--;
     if (this.#transport?.unidirectional) this.#transport.update();
     else if (this.state === "connected") this.#request("unsubscribe", [sub.channel]);
   }

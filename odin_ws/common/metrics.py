@@ -260,6 +260,18 @@ EVENTS_REPLAYED = Counter("odinws_events_replayed", "Events sent again by recove
                           registry=REGISTRY)
 SNAPSHOT_EVENTS = Counter("odinws_snapshot_events", "Events sent as snapshots on subscribe.",
                           registry=REGISTRY)
+DELTA_BYTES = Counter("odinws_delta_bytes", "Bytes of event frames to subscriptions that "
+                      "asked for deltas: stage=before, had every event gone whole; stage=after, "
+                      "as sent (deltas where they could be).", ["stage"], registry=REGISTRY)
+DELTA_FRAMES = Counter("odinws_delta_frames", "Event frames to subscriptions that asked for "
+                       "deltas, by kind: delta, or whole (first event, after a gap, or no "
+                       "patch possible).", ["kind"], registry=REGISTRY)
+EVENTS_THROTTLED = Counter("odinws_events_throttled", "Events a max_rate stream skipped for a "
+                           "newer one (counted once per channel and rate, not per connection).",
+                           registry=REGISTRY)
+EVENTS_FILTERED = Counter("odinws_events_filtered", "Events a subscription filter kept from its "
+                          "subscribers (counted once per event and distinct filter).",
+                          registry=REGISTRY)
 HISTORY_WARMED = Counter("odinws_history_warmed_events", "Events a starting shard read "
                          "back from Kafka into its history and snapshot cache (warm-up).",
                          registry=REGISTRY)
@@ -342,7 +354,8 @@ SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, 
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
                            GC_PAUSE, RECOVERIES, RECOVERIES_HELD, RECOVERIES_WAITING,
                            RECOVERY_HOLD_SECONDS, EVENTS_STALE, EVENTS_REPLAYED,
-                           SNAPSHOT_EVENTS, HISTORY_WARMED)
+                           SNAPSHOT_EVENTS, HISTORY_WARMED, DELTA_BYTES, DELTA_FRAMES,
+                           EVENTS_THROTTLED, EVENTS_FILTERED)
 
 
 class Process(enum.Enum):

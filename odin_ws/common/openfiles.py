@@ -9,7 +9,8 @@ it. When the hard limit leaves a shard less room than
 C{limits.max_connections_per_shard}, the shard takes no more than it can
 hold (its capacity is capped), the parent logs it at start and C{/health}
 shows it under C{open_files}: raise C{LimitNOFILE} (systemd) or
-C{ulimit -Hn}.
+C{ulimit -Hn}. A process with C{CAP_SYS_RESOURCE} (root on a host) raises
+its own hard limit to what it needs first (L{ensure}).
 """
 
 from __future__ import annotations
@@ -53,13 +54,35 @@ def connection_room(soft: int) -> int:
     return max(0, soft - HEADROOM)
 
 
+def nr_open() -> int:
+    """The kernel's ceiling for any process's open-files limit (C{fs.nr_open})."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return UNLIMITED
+
+
 def ensure(need: int, getrlimit: GetRlimit = resource.getrlimit,
-           setrlimit: SetRlimit = resource.setrlimit) -> tuple[int, int]:
+           setrlimit: SetRlimit = resource.setrlimit,
+           ceiling: Callable[[], int] = nr_open) -> tuple[int, int]:
     """
-    Raise the soft limit to C{need}, or to the hard limit if that is lower;
-    never lower it. Returns (soft, hard) as they are afterwards.
+    Raise the soft limit to C{need}; never lower it. When C{need} is above
+    the hard limit, first try to raise the hard limit too (up to
+    C{fs.nr_open}): the kernel allows it to a process with
+    C{CAP_SYS_RESOURCE} (root, unless a container drops it), and refuses it
+    (EPERM) otherwise, and then the soft limit stops at the hard one.
+    Returns (soft, hard) as they are afterwards.
     """
     soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and need > hard:
+        try:
+            raised = min(need, ceiling())
+            if raised > hard:
+                setrlimit(resource.RLIMIT_NOFILE, (raised, raised))
+        except (ValueError, OSError):
+            pass    # no CAP_SYS_RESOURCE: the hard limit stays
+        soft, hard = getrlimit(resource.RLIMIT_NOFILE)
     target = min(need, _hard(hard))
     if soft != resource.RLIM_INFINITY and soft < target:
         try:

@@ -230,13 +230,14 @@ class SchemaRegistrySettings:
         1.0, "Seconds the consumer thread waits for a schema it does not have yet (fetched in "
         "a thread of its own); a record whose schema has not come by then is skipped and "
         "counted (reason registry_unavailable), and the fetch goes on for the next records.",
-        minimum=0)
+        minimum=0, live=True)
     retry: float = setting(
         5.0, "Seconds after a failed fetch before the same schema is asked for again; meanwhile "
         "its records are skipped at once (counted, reason registry_unavailable or "
-        "unknown_schema).", minimum=0.1)
+        "unknown_schema).", minimum=0.1, live=True)
     cache_size: int = setting(
-        1000, "Schemas kept per shard (least recently used go first).", minimum=1)
+        1000, "Schemas kept per shard (least recently used go first; a smaller size on reload "
+        "drops the least recently used at once).", minimum=1, live=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,9 +281,13 @@ class LimitsSettings:
         "that address's subscribe is refused (server_subscription_limit). 1 = no per-IP share; "
         "raise it when many clients come from one address (a NAT) without trusted_proxies.",
         minimum=0.001, live=True)
+    max_filters_per_connection: int = setting(
+        10, "Distinct filters one connection's subscriptions may carry (docs/protocol.md, "
+        "\"filter\"); past it a subscribe is refused (too_many_filters).", minimum=1, live=True)
     max_channel_length: int = setting(160, "Longest channel name.", minimum=16, live=True)
     max_message_bytes: int = setting(
-        16384, "Largest client message (bytes); larger closes with 1009.", minimum=256)
+        16384, "Largest client message (bytes; a compressed one counts inflated, and inflating "
+        "stops there); larger closes with 1009.", minimum=256)
     message_rate: float = setting(
         10.0, "Client messages per second allowed (token bucket); beyond it the client gets a "
         "rate_limited error.", minimum=0.1, live=True)
@@ -317,6 +322,13 @@ class LimitsSettings:
         "the positions for *.*); a recovery that would look at more is answered "
         "recovered: false (too_large).",
         minimum=1, live=True)
+    max_filter_bytes: int = setting(
+        1024, "Longest subscription filter (bytes of its compact JSON); a longer one is refused "
+        "(filter_too_large).", minimum=64, live=True)
+    max_shard_filters: int = setting(
+        10000, "Distinct subscription filters one shard holds (each is compiled once and "
+        "evaluated once per event, however many subscriptions share it); past it a subscribe "
+        "with a new filter is refused (server_filter_limit).", minimum=1, live=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +378,15 @@ class OutboundSettings:
         "where it was built and else runs the pure-Python loop (logged once, shown in /health as "
         "outbound_native and in odinws_outbound_native); on refuses to start without it; off "
         "always runs the Python loop. Applies at start.", choices=("auto", "on", "off"))
+    compression: bool = setting(
+        True, "Offer permessage-deflate (RFC 7692) to WebSocket clients that ask for it (browsers "
+        "do): each event is compressed once per shard for all of them, without context takeover "
+        "(docs/protocol.md, Compression). Off: offers are declined and every frame goes out "
+        "plain. Applies to new connections.", live=True)
+    compression_min_bytes: int = setting(
+        128, "Event payloads smaller than this go out uncompressed even to connections that "
+        "negotiated compression (small messages gain little without context takeover).",
+        minimum=0, live=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,7 @@ from __future__ import annotations
 import enum
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from http import HTTPStatus
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer, tcp
@@ -34,45 +33,21 @@ from odin_ws.parent import staticfiles
 from odin_ws.parent.acceptpause import AcceptPause
 from odin_ws.parent.admission import Admission
 from odin_ws.parent.handoffqueue import HandoffQueue
+from odin_ws.parent.httpanswer import (
+    JSON_TYPE,
+    METRICS_TYPE,
+    TEXT_TYPE,
+    phrase,
+    refusal_headers,
+    response_head,
+)
+from odin_ws.parent.placement import SATURATED, place
 from odin_ws.parent.scrape import MetricsScrape
 from odin_ws.parent.staticfiles import CLIENT_LIBRARY_PATH
 
 log = Logger()
 
-METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-TEXT_TYPE = "text/plain; charset=utf-8"
-JSON_TYPE = "application/json"
-
 _HEAD_ERROR_REASONS = {400: "bad_request", 431: "head_too_large", 505: "bad_version"}
-
-#: L{place}'s reason when every shard with room has its handoff slots taken:
-#: the upgrade waits for one (L{HandoffQueue}) instead of being refused.
-SATURATED = "saturated"
-
-
-def place(handles: Iterable[Any], max_connections: int) -> tuple[Any | None, str | None]:
-    """
-    The shard for a new connection: among alive, accepting shards below their
-    capacity, the one with the fewest connections (ties: lowest index). A
-    stalled shard (no recent stats) is not accepting; a saturated one (too
-    many handoffs unanswered) is skipped until one is answered.
-
-    @return: C{(handle, None)}, or C{(None, reason)} with reason C{node_full}
-        (the node is at C{max_connections}), C{no_shard} (no shard alive,
-        accepting and below its capacity), or L{SATURATED} (there are such
-        shards, but every one is saturated: a slot frees when a handoff is
-        answered).
-    """
-    handles = list(handles)
-    if sum(h.connections for h in handles if h.alive) >= max_connections:
-        return None, "node_full"
-    room = [h for h in handles if h.alive and h.accepting and h.connections < h.capacity]
-    if not room:
-        return None, "no_shard"
-    candidates = [h for h in room if not h.saturated]
-    if not candidates:
-        return None, SATURATED
-    return min(candidates, key=lambda h: (h.connections, h.index)), None
 
 
 def peer_string(address: Any) -> str:
@@ -129,7 +104,7 @@ class DispatchProtocol(Protocol):
             # Refused before a byte is read: nothing of it is kept.
             self.transport.pauseProducing()
             self.state = DoorState.ANSWERING
-            return self.refuse(verdict[0], verdict[1], _phrase(verdict[0]).lower())
+            return self.refuse(verdict[0], verdict[1], phrase(verdict[0]).lower())
         self._admitted = peer
         dispatcher.accept_pause.held(self.transport)
         if dispatcher.tls:
@@ -159,7 +134,7 @@ class DispatchProtocol(Protocol):
             return
         verdict = self._charge_forwarded(result)
         if verdict is not None:
-            self.refuse(verdict[0], verdict[1], _phrase(verdict[0]).lower())
+            self.refuse(verdict[0], verdict[1], phrase(verdict[0]).lower())
         else:
             self._route(result)
 
@@ -208,13 +183,7 @@ class DispatchProtocol(Protocol):
         """Write a complete HTTP/1.1 response and close the connection."""
         if self.state in (DoorState.CLOSED, DoorState.HANDED):
             return
-        lines = [f"HTTP/1.1 {status} {_phrase(status)}",
-                 f"Content-Type: {content_type}",
-                 f"Content-Length: {len(body)}",
-                 "Connection: close",
-                 "Cache-Control: no-store"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.transport.write(response_head(status, content_type, len(body), headers))
         if send_body:
             self.transport.write(body)
         self.state = DoorState.CLOSED
@@ -225,16 +194,12 @@ class DispatchProtocol(Protocol):
         metrics.REJECTED.labels(status=str(status), reason=reason).inc()
         log.debug("refused {peer}: {status} {reason}", peer=self._peer(), status=status,
                   reason=reason)
-        headers: list[tuple[str, str]] = []
+        retry_after = None
         if status in (429, 503):
             retry_after = self.factory.admission.retry_after(reason)
             if retry_after is None:
                 retry_after = self.factory.settings.listen.retry_after
-            headers.append(("Retry-After", str(retry_after)))
-        if status == 405:
-            headers.append(("Allow", "GET, HEAD"))
-        if status == 426:
-            headers.append(("Upgrade", "websocket"))
+        headers = refusal_headers(status, retry_after)
         if self.factory.tls:
             # No plaintext answer to a TLS client; closing is all it can get.
             self.state = DoorState.CLOSED
@@ -336,7 +301,7 @@ class DispatchProtocol(Protocol):
             if reason == "draining":
                 self.refuse(503, reason, "server is shutting down")
             else:
-                self.refuse(status, reason, _phrase(status).lower())
+                self.refuse(status, reason, phrase(status).lower())
             return True
         handle, full = place(dispatcher.shards(), dispatcher.settings.limits.max_connections)
         if full == SATURATED:
@@ -559,10 +524,3 @@ class Dispatcher(Factory[DispatchProtocol]):
         if not self.static_dir or not self._settings.demo.enabled:
             return None
         return staticfiles.find(self.static_dir, path)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"

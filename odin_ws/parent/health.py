@@ -3,7 +3,8 @@ The node's /health document: whether it can serve, and each shard's state.
 Answers 503, with a status and a one-line reason, when the node cannot serve
 or cannot deliver: draining, still starting (waiting for its shards,
 L{odin_ws.parent.readiness}), overloaded, no shard, no shard reaching Kafka
-beyond C{kafka.unreachable_grace}, none of the configured topics on the
+beyond C{kafka.unreachable_grace}, no shard assigned a partition beyond it
+(a stalled group: connected, yet nothing is read), none of the configured topics on the
 brokers, the history still warming when recovery is promised, or no room;
 so a load balancer moves new clients elsewhere. A node that delivers despite
 a problem answers 200 and names it in C{degraded} (docs/operations.md,
@@ -133,6 +134,12 @@ class Delivery:
             degraded.append("warming")
         if any(w.get("state") == "failed" or w.get("incomplete") for w in warmups):
             degraded.append("history_cold")
+        # Every node reads every partition: a node none of whose shards holds
+        # one reads nothing (a rebalance; a group stalled after a broker pause).
+        unassigned = bool(kafka) and len(kafka) == len(alive) and not any(
+            k.get("assigned") for k in kafka)
+        if unassigned and connected:
+            degraded.append("unassigned")
         if any((s.get("registry") or {}).get("state") == "unreachable" for s in alive):
             # Records whose schema is cached still flow; new schemas do not.
             degraded.append("registry_unreachable")
@@ -150,6 +157,12 @@ class Delivery:
             status = "topics_missing"
             reason = ("no configured topic is consumed, the brokers do not have them: "
                       + ", ".join(missing))
+        elif unassigned and connected and all(
+                (k.get("unassigned_for") or 0) >= grace for k in kafka):
+            status = "unassigned"
+            reason = (f"no shard has been assigned a partition for "
+                      f"{min(k.get('unassigned_for') or 0 for k in kafka):.0f}s: the consumer "
+                      f"group is rebalancing or stalled, nothing is read")
         elif warmups and len(warming) == len(alive) and _recovery_promised(settings):
             status = "warming"
             reason = "reading the recent past back from Kafka for recovery"

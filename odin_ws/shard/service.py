@@ -31,16 +31,20 @@ from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, tls
 from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.jwks import RemoteJwks
+from odin_ws.shard.clients.options import SubscriptionOptions
 from odin_ws.shard.clients.recoveryhold import RecoveryHold
 from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery import nativesend
-from odin_ws.shard.delivery.catchup import Backlog
+from odin_ws.shard.delivery.behind import Backlog
+from odin_ws.shard.delivery.deflate import Deflate
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.pipeline import Delivery
 from odin_ws.shard.delivery.ssefeed import Streams
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
+from odin_ws.shard.delivery.variantfeed import VariantFeed
+from odin_ws.shard.delivery.variants import VariantIndex
 from odin_ws.shard.delivery.writestats import WriteStats, WriteStatsCollector
 from odin_ws.shard.history.store import History, HistoryCollector
 from odin_ws.shard.kafka.backfill import Backfill
@@ -96,7 +100,7 @@ class Shard(service.MultiService):
     (L{Connections}), the delivery path (L{Delivery}), Kafka intake
     (L{KafkaIngest}) and the start's warm-up (L{HistoryWarmup}, joined by
     L{Backfill}). The client transports reach the shard through the small
-    interfaces they declare (L{odin_ws.shard.clients.session.ClientHost} and its
+    interfaces they declare (L{odin_ws.shard.clients.host.ClientHost} and its
     extensions), which it implements by handing each call to its owner.
     """
 
@@ -122,19 +126,29 @@ class Shard(service.MultiService):
         #: The fan-out's send loop (outbound.native, applied at start).
         self.native = nativesend.select(settings.outbound.native)
         metrics.OUTBOUND_NATIVE.set(1 if self.native.send_runs is not None else 0)
+        #: Compression of event frames, once per event (odin_ws/shard/delivery/deflate.py).
+        self.deflate = Deflate(self.stats, settings.outbound.compression,
+                               settings.outbound.compression_min_bytes)
         self.fanout = Fanout(reactor, self.stats, settings.outbound.flush_delay,
-                             self.native.send_runs)
+                             self.native.send_runs, self.deflate)
+        #: Subscriptions with options (delta, max_rate, filter) and their delivery.
+        variants = VariantIndex(self.subscriptions.budget)
+        self.variants = VariantFeed(reactor, variants, self.fanout)
+        self.options = SubscriptionOptions(settings.limits, variants, self.variants)
         #: Recent events of every partition, for recovery and snapshots.
         self.history = History(clock=time.time, **_history_bounds(settings))
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
-        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, settings.limits)
+        self.backlog = Backlog(self.history,
+                               lambda box: self.options.patterns_of(box, self.subscriptions),
+                               settings)
         #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
         # partition re-read after a rebalance is not delivered twice (reset
         # when the partition's log is a new one: see HighWater).
         self.delivery = Delivery(settings, self.subscriptions, self.fanout, self.history,
-                                 self.streams, HighWater(f"shard {number}"), self._publish)
+                                 self.streams, HighWater(f"shard {number}"), self._publish,
+                                 self.variants)
         self.factory = ClientFactory(self)
         #: The Schema Registry's schemas (None: every topic is JSON).
         self.schemas = (SchemaSource.from_settings(settings.schema_registry)
@@ -193,6 +207,7 @@ class Shard(service.MultiService):
         if self._stats_loop.running:
             self._stats_loop.stop()
         self.connections.abort_all()
+        self.variants.stop()
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         metrics.GC_PAUSES.unwatch()
@@ -286,12 +301,17 @@ class Shard(service.MultiService):
         self.settings = settings
         self.history.configure(**_history_bounds(settings))
         self.fanout.reconfigure(settings.outbound.flush_delay)
+        self.deflate.reconfigure(settings.outbound.compression,
+                                 settings.outbound.compression_min_bytes)
         self.factory.reconfigure(settings)
         self.subscriptions.reconfigure(settings.limits)
-        self.backlog.reconfigure(settings.limits)
+        self.options.reconfigure(settings.limits)
+        self.backlog.reconfigure(settings)
         self.connections.reconfigure(settings)
         self.delivery.reconfigure(settings)
         self.streams.reconfigure(settings)
+        if self.schemas is not None:
+            self.schemas.reconfigure(settings.schema_registry)
         for client in self.connections:
             client.reconfigure(settings)
 
@@ -299,7 +319,8 @@ class Shard(service.MultiService):
         if self.link is None:
             return
         status = {"kafka": self.kafka.status(), "accepting": self.accepting,
-                  "subscriptions": self.subscriptions.total, "warmup": self.warmup.status(),
+                  "subscriptions": self.subscriptions.total + self.options.index.total,
+                  "warmup": self.warmup.status(),
                   "outbound_native": self.native.state}
         if self.schemas is not None:
             status["registry"] = self.schemas.status()
@@ -316,7 +337,7 @@ class Shard(service.MultiService):
         return self.connections.close_all(window, CLOSE_RESTARTING,
                                           "server restarting, reconnect with jitter")
 
-    # -- what the client transports ask of the shard (session.ClientHost and
+    # -- what the client transports ask of the shard (host.ClientHost and
     # the transports' extensions of it), each handed to its owner
 
     def admit_ip(self, ip: str) -> bool:
@@ -335,7 +356,8 @@ class Shard(service.MultiService):
         self.connections.lost(proto)
 
     def subscriptions_changed(self) -> None:
-        metrics.SUBSCRIPTIONS.set(self.subscriptions.total + self.streams.index.total)
+        metrics.SUBSCRIPTIONS.set(self.subscriptions.total + self.streams.index.total
+                                  + self.options.index.total)
 
     def recovering(self, outbox: Outbox) -> None:
         self.delivery.stale.forget(outbox)

@@ -8,19 +8,15 @@ own cache (C{~/.m2}) makes that one download per machine; later copies
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
-import shutil
-import subprocess
+
+from odinws_tools.mavenfetch import ensure_folder, run_maven
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 POM = os.path.join(HERE, "pom.xml")
 #: The folder holding C{<version>/} (gitignored).
 JARS_ROOT = os.path.join(HERE, "jars")
-#: Written last into a version's folder: a copy cut short is not taken for a complete one.
-COMPLETE = ".complete"
-MAVEN_TIMEOUT = 900
 
 
 def kafka_version() -> str:
@@ -35,34 +31,13 @@ def kafka_version() -> str:
 def ensure_jars() -> str:
     """
     The folder holding the pinned version's jars, fetched with Maven first
-    if it is not complete. Safe to call from several processes at once (a
-    file lock: one fetches, the others wait and find it done).
+    if it is not complete. Safe to call from several processes at once.
 
     @raise RuntimeError: Maven is missing or failed (its output in the message).
     """
-    folder = os.path.join(JARS_ROOT, kafka_version())
-    if os.path.exists(os.path.join(folder, COMPLETE)):
-        return folder
-    os.makedirs(JARS_ROOT, exist_ok=True)
-    with open(os.path.join(JARS_ROOT, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(folder, COMPLETE)):
-            _fetch(folder)
-    return folder
+    return ensure_folder(os.path.join(JARS_ROOT, kafka_version()), _fetch)
 
 
 def _fetch(folder: str) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars: apt-get install maven")
-    shutil.rmtree(folder, ignore_errors=True)
-    result = subprocess.run(
-        [mvn, "-q", "-B", "-f", POM, "dependency:copy-dependencies",
-         "-DincludeScope=runtime", f"-DoutputDirectory={folder}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        timeout=MAVEN_TIMEOUT)
-    if result.returncode != 0:
-        output = result.stdout.decode("utf-8", "replace")[-3000:]
-        raise RuntimeError(f"mvn dependency:copy-dependencies failed ({result.returncode}):\n{output}")
-    with open(os.path.join(folder, COMPLETE), "w"):
-        pass
+    run_maven("the Kafka jars", ["-f", POM, "dependency:copy-dependencies",
+                                 "-DincludeScope=runtime", f"-DoutputDirectory={folder}"])

@@ -263,6 +263,11 @@ class Conn(asyncio.Protocol):
             if not self.acks:
                 self.t_sub_ms = time.time() * 1000.0
                 self.subscribed.set_result(None)
+        elif kind == "gap":
+            # The server says it skipped events (docs/protocol.md): counted by
+            # reason, so a report tells announced gaps from silent ones.
+            reason = str(msg.get("reason"))
+            self.w.gap_notices[reason] = self.w.gap_notices.get(reason, 0) + 1
         elif kind == "error" and not self.subscribed.done():
             self._fail(f"subscribe_error_{msg.get('code')}")
 

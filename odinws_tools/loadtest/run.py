@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
-import multiprocessing
 import os
 import signal
 import socket
@@ -32,14 +31,12 @@ import sys
 import threading
 import time
 import urllib.request
-from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_pipes
-from typing import cast
 from urllib.parse import urlsplit
 
+from odinws_tools.loadtest import nativeclient
 from odinws_tools.loadtest.report import build_report, write_report
 from odinws_tools.loadtest.stats import Histogram, key_series
-from odinws_tools.loadtest.worker import CLOSE_WAIT, WorkerSpec, raise_file_limit, worker_main
+from odinws_tools.loadtest.worker import CLOSE_WAIT, PipeWorkers, WorkerSpec, raise_file_limit
 from odinws_tools.simulate import token_ids
 
 MAX_CONNECTIONS = 200_000
@@ -74,7 +71,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=100,
                    help="token ids TOK001.. to draw from with --random-tokens (as odinws-simulate)")
     p.add_argument("--workers", type=int, default=0,
-                   help="worker processes (0: enough for the file limit, at most the CPUs)")
+                   help="worker processes (0: enough for the file limit; python: at least "
+                        "one per CPU)")
+    p.add_argument("--client", choices=("python", "native"), default="python",
+                   help="python: asyncio workers; native: odinws-loadclient (C, built with "
+                        "the C compiler on first use), the same checks at a fraction of the CPU")
+    p.add_argument("--native-binary", default="",
+                   help="a built odinws-loadclient (default: build it into ~/.cache/odinws)")
     p.add_argument("--source-addresses", default="",
                    help="comma-separated local addresses to connect from (default: as many "
                         "of 127.0.0.1, 127.0.0.2, ... as the ephemeral port range needs)")
@@ -141,7 +144,10 @@ def _check(args: argparse.Namespace) -> None:
         if not loopback and not args.allow_remote:
             raise ValueError(f"--source-addresses: {s} is not a loopback address")
     args.sources = sources or _default_sources(args.connections, args.address[0])
-    args.workers = _plan_workers(args.connections, args.workers)
+    if args.client == "native" and (args.random_tokens or ":" in args.address[0]):
+        raise ValueError("--client native: IPv4 targets and --channels only "
+                         "(no --random-tokens)")
+    args.workers = _plan_workers(args.connections, args.workers, args.client == "native")
 
 
 def _ephemeral_ports() -> int:
@@ -162,8 +168,11 @@ def _default_sources(connections: int, target: str) -> list[str]:
     return [f"127.0.0.{i}" for i in range(1, count + 1)]
 
 
-def _plan_workers(connections: int, wanted: int) -> int:
-    """Enough workers for the file limit (each raises its own), at most one per CPU unless asked."""
+def _plan_workers(connections: int, wanted: int, native: bool = False) -> int:
+    """
+    Enough workers for the file limit (each raises its own); Python workers
+    also at least one per CPU (up to one per 1,000 connections).
+    """
     raise_file_limit()
     import resource
     per_worker = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_RESERVE)
@@ -173,6 +182,8 @@ def _plan_workers(connections: int, wanted: int) -> int:
             raise ValueError(f"--workers: {wanted} cannot hold {connections} connections "
                              f"with a file limit of {per_worker + FD_RESERVE}; use {needed}+")
         return min(wanted, connections)
+    if native:
+        return needed
     return max(needed, min(os.cpu_count() or 1, math.ceil(connections / 1000)))
 
 
@@ -235,28 +246,16 @@ class Run:
         self.metrics["before"], self.metrics["before_error"] = _scrape(self.metrics_url)
         scraper = threading.Thread(target=self._scrape_at_hold_end, daemon=True)
         scraper.start()
-        ctx = multiprocessing.get_context("spawn")
-        procs, pipes = [], {}
+        specs = [self.spec(i) for i in range(self.args.workers)]
+        workers: PipeWorkers | nativeclient.NativeWorkers = (
+            nativeclient.NativeWorkers(self.args.native_binary, specs)
+            if self.args.client == "native" else PipeWorkers(specs))
+        deadline = self.close_at + CLOSE_WAIT + EXIT_GRACE
         try:
-            for i in range(self.args.workers):
-                mine, theirs = ctx.Pipe()
-                proc = ctx.Process(target=worker_main, args=(self.spec(i), theirs),
-                                   name=f"odinws-loadtest-{i}", daemon=True)
-                proc.start()
-                theirs.close()
-                procs.append(proc)
-                pipes[mine] = i
-            self._collect(pipes)
+            self._collect(workers, deadline)
             self.flush()
         finally:
-            for proc in procs:
-                proc.join(max(0.1, self.close_at + CLOSE_WAIT + EXIT_GRACE - time.time()))
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join(5)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join(5)
+            workers.reap(max(0.1, deadline - time.time()))
         scraper.join(15)
 
     def _scrape_at_hold_end(self) -> None:
@@ -264,26 +263,25 @@ class Run:
             self.interrupted.wait(min(0.5, max(0.01, self.hold_end - time.time())))
         self.metrics["hold_end"], self.metrics["hold_end_error"] = _scrape(self.metrics_url)
 
-    def _collect(self, pipes: dict) -> None:
-        deadline = self.close_at + CLOSE_WAIT + EXIT_GRACE
+    def _collect(self, workers: PipeWorkers | nativeclient.NativeWorkers,
+                 deadline: float) -> None:
+        """Ticks and finals until every worker reported (or ended), or the deadline."""
         stop_sent = False
-        while pipes and time.time() < deadline:
+        running = set(range(self.args.workers))
+        while running and time.time() < deadline:
             if self.interrupted.is_set() and not stop_sent:
-                for pipe in pipes:
-                    _send_quietly(pipe, "stop")
+                workers.stop()
                 stop_sent = True
-            # wait() returns some of the objects it was given: these pipes.
-            for pipe in cast("list[Connection]", wait_pipes(list(pipes), timeout=0.25)):
-                try:
-                    msg = pipe.recv()
-                except (EOFError, OSError):
-                    self.live.discard(pipes.pop(pipe))
+            for i, msg in workers.messages(timeout=0.25):
+                if msg is None or msg["kind"] != "tick":
+                    running.discard(i)
+                    self.live.discard(i)
+                if msg is None:
                     continue
                 if msg["kind"] == "tick":
                     self._tick(msg)
                 else:
                     self.finals.append(msg)
-                    self.live.discard(pipes.pop(pipe))
 
     def _tick(self, msg: dict) -> None:
         per_worker = self.ticks.setdefault(msg["i"], {})
@@ -325,13 +323,6 @@ class Run:
         return "drain" if at <= self.close_at + 1e-6 else "close"
 
 
-def _send_quietly(pipe, msg) -> None:
-    try:
-        pipe.send(msg)
-    except (OSError, ValueError):
-        pass
-
-
 def _progress(row: dict, total: int) -> str:
     p99 = "-" if row["p99"] is None else f"{row['p99']:.0f}ms"
     return (f"[{row['t']:4d}s {row['phase']:5s}] up {row['up']}/{total}  opening {row['pending']}  "
@@ -341,13 +332,20 @@ def _progress(row: dict, total: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    if args.client == "native" and not args.native_binary:
+        try:
+            # Before the run's schedule is set: a first build takes seconds.
+            args.native_binary = nativeclient.build()
+        except nativeclient.NativeUnavailable as e:
+            sys.stderr.write(f"odinws-loadtest: the native client: {e}\n")
+            return 2
     run = Run(args)
     previous = {s: signal.signal(s, lambda *_: run.interrupt())
                 for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.time()
     sys.stderr.write(
         f"odinws-loadtest: {args.connections} connections to {args.url} at "
-        f"{args.ramp_rate:g}/s from {args.workers} worker(s) and {len(args.sources) or 1} "
+        f"{args.ramp_rate:g}/s from {args.workers} {args.client} worker(s) and {len(args.sources) or 1} "
         f"source address(es); hold {args.duration:g}s, drain {args.drain:g}s\n")
     try:
         run.execute()

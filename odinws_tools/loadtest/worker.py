@@ -12,11 +12,16 @@ the ramp rate.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import random
 import resource
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_pipes
+from typing import cast
 
 from odinws_tools.loadtest.client import CLOSED, Conn, ConnectFailed, failure_reason
 from odinws_tools.loadtest.stats import Histogram
@@ -77,6 +82,7 @@ class Worker:
         self.tick_events = 0
         self.no_seq = 0
         self.malformed = 0
+        self.gap_notices: dict[str, int] = {}
         self.gaps: dict[str, int] = {}
         self.duplicates: dict[str, int] = {}
         self.seen: dict[str, dict[int, int]] = {}
@@ -193,6 +199,7 @@ class Worker:
         return {"kind": "final", "worker": self.spec.index, "failed": self.failed, "lost": lost,
                 "handshake": self.handshake.to_wire(), "subscribe": self.subscribe.to_wire(),
                 "no_seq": self.no_seq, "malformed": self.malformed, "gaps": self.gaps,
+                "gap_notices": self.gap_notices,
                 "duplicates": self.duplicates,
                 "seen": self.seen, "cpu": _cpu(),
                 "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -239,6 +246,57 @@ async def _run(spec: WorkerSpec, pipe) -> None:
     await worker.close_all()
     ticker.cancel()
     pipe.send(worker.final())
+
+
+class PipeWorkers:
+    """
+    The worker processes of one run (multiprocessing, spawned), read through
+    their pipes; the same interface as
+    L{odinws_tools.loadtest.nativeclient.NativeWorkers}.
+    """
+
+    def __init__(self, specs: list[WorkerSpec]):
+        ctx = multiprocessing.get_context("spawn")
+        self.procs = []
+        self.pipes: dict[Connection, int] = {}
+        for spec in specs:
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(spec, theirs),
+                               name=f"odinws-loadtest-{spec.index}", daemon=True)
+            proc.start()
+            theirs.close()
+            self.procs.append(proc)
+            self.pipes[mine] = spec.index
+
+    def messages(self, timeout: float) -> Iterator[tuple[int, dict | None]]:
+        """(worker, message) as they come, (worker, None) when one ended."""
+        # wait() returns some of the objects it was given: these pipes.
+        for pipe in cast("list[Connection]", wait_pipes(list(self.pipes), timeout=timeout)):
+            try:
+                msg = pipe.recv()
+            except (EOFError, OSError):
+                yield self.pipes.pop(pipe), None
+                continue
+            yield (self.pipes[pipe] if msg["kind"] == "tick" else self.pipes.pop(pipe)), msg
+
+    def stop(self) -> None:
+        """Ask every worker to close its connections and report now."""
+        for pipe in self.pipes:
+            try:
+                pipe.send("stop")
+            except (OSError, ValueError):
+                pass
+
+    def reap(self, grace: float) -> None:
+        """Wait at most C{grace} s for each, then terminate (and kill) it."""
+        for proc in self.procs:
+            proc.join(grace)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
 
 
 def worker_main(spec: WorkerSpec, pipe) -> None:

@@ -12,6 +12,7 @@
 //
 //   node tests/browser/client.test.mjs snapshot <node base url> <last n>
 //   node tests/browser/client.test.mjs sse <node base url>
+//   node tests/browser/client.test.mjs deflate <node base url>
 //
 // The producer numbers the events of each channel n = 1, 2, 3, … (data.n).
 //
@@ -36,11 +37,21 @@
 // SSE and recovers what it missed, as over WebSocket; a subscription added
 // then opens a new stream, and the others go on without a gap.
 //
+// deflate: Chromium offers permessage-deflate on its own; the socket's
+// negotiated extensions name it with server_no_context_takeover, and the
+// events (compressed by the node: the caller sets its threshold to 0) reach
+// the library's subscriptions whole, in order and once.
+//
 // token: connects with a 6 s JWT and getToken minting tokens with the
 // secret: the first refresh (before exp) is good, so the connection outlives
 // the first token; the second is signed with a wrong key, the server refuses
 // it ("forbidden") and closes with 4001 at exp; the library asks getToken
 // again and reconnects with the good token it gets, and events flow again.
+//
+// delta: two clients on one page, one subscribed to odin.token.*.price with
+// delta: true, the other without; the node sends the first deltas
+// (counted on the wire), and for every (channel, n) both got, the library
+// handed the delta subscription exactly the data the plain one got.
 //
 // Exits 0 on success; otherwise prints why on stderr and exits 1.
 import { createHmac } from "node:crypto";
@@ -48,9 +59,9 @@ import { createServer } from "node:http";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
-const MODES = ["reconnect", "token", "snapshot", "sse", "gap"];
+const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "deflate", "delta"];
 if (!MODES.includes(mode) || !base || (["token", "snapshot"].includes(mode) && !secret)) {
-  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap <node base url> [secret|last n]");
+  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|deflate|delta <node base url> [secret|last n]");
   process.exit(2);
 }
 const node = new URL(base);
@@ -86,13 +97,16 @@ async function open({blockWebSocket = false} = {}) {
   // What the page's sockets receive (the last 400 messages, abridged): shown when a check fails.
   await page.addInitScript(() => {
     const wire = window.wire = [];
+    const extensions = window.socketExtensions = [];
     const Real = window.WebSocket;
     window.WebSocket = class RecordedWebSocket extends Real {
       constructor(...args) {
         super(...args);
+        this.addEventListener("open", () => extensions.push(this.extensions));
         this.addEventListener("message", (m) => {
           try {
             const msg = JSON.parse(m.data);
+            if (msg.type === "event" && msg.delta !== undefined) window.deltaFrames = (window.deltaFrames || 0) + 1;
             wire.push(msg.type === "event"
               ? `${msg.channel} n=${msg.data?.n} pos=${msg.pos}${msg.snapshot ? " snapshot" : ""}`
               : JSON.stringify(msg));
@@ -278,6 +292,22 @@ async function gap() {
   log(`${n} trades, the 20 stale ones recovered after the gap notice, in order, once`);
 }
 
+async function deflate() {
+  await open();
+  await start(false);
+  await checkDispatch();
+  const extensions = await page.evaluate(() => window.socketExtensions);
+  log(`negotiated: ${JSON.stringify(extensions)}`);
+  if (extensions.length !== 1 || !/^permessage-deflate\b/.test(extensions[0])
+      || !/server_no_context_takeover/.test(extensions[0])) {
+    throw new Error(`expected permessage-deflate with server_no_context_takeover, got ${JSON.stringify(extensions)}`);
+  }
+  await until(() => window.rec.trades.length >= 60 && window.rec.abc.length >= 40);
+  const r = await rec();
+  const n = checkSequences(r.trades, "odin.token.*.trade") + checkSequences(r.abc, "odin.token.ABC.*");
+  log(`${n} events over the compressed connection, every channel's n consecutive`);
+}
+
 async function reconnect() {
   await open();
   await start(false, true);
@@ -432,12 +462,46 @@ async function token() {
   log("live events flow again");
 }
 
+// Deltas applied in the browser: the same data as whole events, channel by channel.
+async function delta() {
+  await open();
+  await page.evaluate((url) => {
+    const rec = window.rec = { plain: {}, delta: {}, errors: [] };
+    const keep = (into) => (e) => { (into[e.channel] ||= {})[e.data.n] = e.data; };
+    window.clients = [new window.OdinWS(url), new window.OdinWS(url)];
+    window.clients.forEach((c) => c.on("error", (e) => rec.errors.push(e)));
+    window.subs = [window.clients[0].subscribe("odin.token.*.price", {}, keep(rec.plain)),
+                   window.clients[1].subscribe("odin.token.*.price", { delta: true }, keep(rec.delta))];
+    window.clients.forEach((c) => c.connect());
+  }, WS_URL);
+  await until(() => window.subs.every((s) => s.state === "subscribed"));
+  log("both subscribed");
+  await until(() => (window.deltaFrames || 0) >= 30);
+  const { plain, delta: got, errors } = await rec();
+  if (errors.length) throw new Error(`client errors: ${JSON.stringify(errors)}`);
+  let compared = 0;
+  for (const [channel, byN] of Object.entries(got)) {
+    for (const [n, data] of Object.entries(byN)) {
+      const want = plain[channel]?.[n];
+      if (want === undefined) continue;
+      if (JSON.stringify(want) !== JSON.stringify(data)) {
+        throw new Error(`${channel} n=${n}: delta subscription got ${JSON.stringify(data)}, plain ${JSON.stringify(want)}`);
+      }
+      compared++;
+    }
+  }
+  if (compared < 30) throw new Error(`only ${compared} events to compare`);
+  log(`${compared} events rebuilt from ${await page.evaluate(() => window.deltaFrames)} deltas equal the whole ones`);
+}
+
 let failed = false;
 try {
   if (mode === "reconnect") await reconnect();
   else if (mode === "token") await token();
   else if (mode === "snapshot") await snapshot(Number(secret));
   else if (mode === "gap") await gap();
+  else if (mode === "deflate") await deflate();
+  else if (mode === "delta") await delta();
   else await sse();
   // Refused attempts while a shard restarts log connection errors in the
   // console; only script errors count.

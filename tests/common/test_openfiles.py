@@ -22,17 +22,20 @@ def settings(**overrides) -> Settings:
 
 
 class Limits:
-    """A fake getrlimit/setrlimit pair; setrlimit may refuse."""
+    """
+    A fake getrlimit/setrlimit pair; setrlimit may refuse, and refuses to
+    raise the hard limit unless C{privileged} (CAP_SYS_RESOURCE), as Linux does.
+    """
 
-    def __init__(self, soft: int, hard: int, refuse: bool = False):
-        self.soft, self.hard, self.refuse = soft, hard, refuse
+    def __init__(self, soft: int, hard: int, refuse: bool = False, privileged: bool = False):
+        self.soft, self.hard, self.refuse, self.privileged = soft, hard, refuse, privileged
 
     def get(self, which):
         return self.soft, self.hard
 
     def set(self, which, value):
-        if self.refuse:
-            raise ValueError("not allowed")
+        if self.refuse or (value[1] > self.hard and not self.privileged):
+            raise ValueError("not allowed to raise maximum limit")
         self.soft, self.hard = value
 
 
@@ -60,6 +63,18 @@ class EnsureTests(SynchronousTestCase):
         """Above the hard limit, the soft limit stops at the hard one."""
         lim = Limits(1024, 20000)
         self.assertEqual(openfiles.ensure(30000, lim.get, lim.set), (20000, 20000))
+
+    def test_hard_raised_when_privileged(self):
+        """With CAP_SYS_RESOURCE the hard limit is raised to the need, no further."""
+        lim = Limits(1024, 20000, privileged=True)
+        self.assertEqual(openfiles.ensure(30000, lim.get, lim.set, lambda: 1 << 20),
+                         (30000, 30000))
+
+    def test_hard_raise_stops_at_nr_open(self):
+        """The kernel's fs.nr_open bounds the raised hard limit."""
+        lim = Limits(1024, 20000, privileged=True)
+        self.assertEqual(openfiles.ensure(30000, lim.get, lim.set, lambda: 25000),
+                         (25000, 25000))
 
     def test_never_lowered(self):
         """A soft limit already above the need stays."""

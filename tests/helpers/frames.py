@@ -57,10 +57,10 @@ def handshaken_protocol(cls=WebSocketServerProtocol) -> tuple[WebSocketServerPro
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True,
-                 mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
-    """One masked client frame, as RFC 6455 requires of clients."""
+                 mask: bytes = b"\x37\xfa\x21\x3d", rsv1: bool = False) -> bytes:
+    """One masked client frame, as RFC 6455 requires of clients (C{rsv1}: compressed, RFC 7692)."""
     n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     if n < 126:
         head = bytes((b0, 0x80 | n))
     elif n < 1 << 16:

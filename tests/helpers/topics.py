@@ -114,5 +114,8 @@ class TopicNodeCase(unittest.TestCase):
             got = {int(pos.split(":")[1]): int(pos.rpartition(":")[2])
                    for pos in reply.get("positions") or []}
             return all(got.get(p, -1) >= offset for p, offset in want.items())
-        wait_for(caught_up, 30, 0.1, "the node to take every produced event")
+        # A poll spends limits.recovery_cost + 1 message tokens (6 of the
+        # default 10/s): polled faster, a long wait would run the probe into
+        # rate_limited errors and then its strikes close.
+        wait_for(caught_up, 30, 0.75, "the node to take every produced event")
         probe.close()

@@ -1,6 +1,7 @@
 """
 A three-broker Apache Kafka cluster under a running node (issue 21): the
-leader of a partition killed (SIGKILL) while events flow. Producers write
+leader of a partition killed (SIGKILL) while events flow; and a shard's
+topic identity lookups when the broker they go to is killed. Producers write
 with acks=all and idempotence, so every acknowledged record is on the
 in-sync replicas that survive; the consumers find the new leader. Every
 acknowledged event must reach every subscribed client once, in order per
@@ -20,10 +21,11 @@ import time
 import uuid
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 from twisted.trial import unittest
 
 from odin_ws.common.logs import silenced
+from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
 from tests.helpers.broker import KafkaBroker, fast_kafka
 from tests.helpers.node import Client, Node, wait_for
 
@@ -78,18 +80,31 @@ class Flow:
         self.thread.join(90)
 
 
-class LeaderKilledTests(unittest.TestCase):
-    """Two shards, three clients, a topic of two partitions on three brokers."""
+class ClusterCase(unittest.TestCase):
+    """Three brokers, and a topic replicated on all of them (L{prefix}, L{partitions})."""
+
+    prefix = "topic"
+    partitions = 1
 
     def setUp(self):
         self.cluster = KafkaBroker(brokers=3)
         self.cluster.start()
         self.addCleanup(self.cluster.stop)
-        self.topic = f"leader-{uuid.uuid4().hex[:8]}"
+        self.topic = f"{self.prefix}-{uuid.uuid4().hex[:8]}"
         futures = self.cluster.admin.create_topics(
-            [NewTopic(self.topic, num_partitions=PARTITIONS, replication_factor=3,
+            [NewTopic(self.topic, num_partitions=self.partitions, replication_factor=3,
                       config={"min.insync.replicas": "2"})])
         futures[self.topic].result(30)
+
+
+class LeaderKilledTests(ClusterCase):
+    """Two shards, three clients, a topic of two partitions on three brokers."""
+
+    prefix = "leader"
+    partitions = PARTITIONS
+
+    def setUp(self):
+        super().setUp()
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         settings = fast_kafka("kafka")
@@ -172,3 +187,45 @@ class LeaderKilledTests(unittest.TestCase):
         print(f"\nleader of partition 0 (node {victim}) killed: longest gap between its "
               f"events at a client {max(gaps):.2f}s; node {new_leader} leads it now; "
               f"{total} events acknowledged")
+
+
+class ControllerKilledTests(ClusterCase):
+    """A shard's topic identity lookups (L{TopicIncarnations}) on three brokers."""
+
+    prefix = "identity"
+
+    def test_lookupsAnswerAgainAfterTheirBrokerIsKilled(self):
+        """
+        The lookups go to the broker the admin client takes for the
+        controller (a KRaft broker names a random live one in its metadata).
+        That broker is killed with SIGKILL: the lookups answer again, with
+        the topic's same epoch, once the admin client's metadata names a
+        live broker. Without the metadata refresh after a failed lookup it
+        waits for the dead broker until its periodic refresh (5 minutes),
+        and a shard that needs a lookup to start a partition reads nothing
+        of it meanwhile (seen in C{LeaderKilledTests}).
+        """
+        clients: list[AdminClient] = []
+
+        def make_admin(config):
+            clients.append(AdminClient(config))
+            return clients[-1]
+        incarnations = TopicIncarnations(
+            admin_config({"bootstrap.servers": self.cluster.bootstrap, "logger": _quiet}),
+            admin_factory=make_admin)
+        # The cluster may still be settling: the first answer within 30 s.
+        wait_for(lambda: incarnations.refresh([self.topic]) is not None, 30, 0.5,
+                 "the first topic identity lookup")
+        epoch = incarnations.epoch(self.topic)
+        self.assertNotEqual(epoch, "")
+        [admin] = clients
+        named = admin.list_topics(timeout=10).controller_id
+        [node] = [n for n in self.cluster.nodes if n.node_id == named]
+        node.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: incarnations.refresh([self.topic]) is not None, 60, 0.5,
+                 "a topic identity lookup answered after the named controller was killed")
+        self.assertEqual(incarnations.epoch(self.topic), epoch)
+        self.assertEqual(clients, [admin])
+        print(f"\nbroker {named} (named controller) killed: lookups answered again after "
+              f"{time.monotonic() - killed:.1f}s")

@@ -15,8 +15,6 @@ from twisted.trial import unittest
 
 from odin_ws.common import config as configmod
 from odin_ws.common.commands import GetMetrics, Handoff, HandoffRefused
-from odin_ws.parent import dispatcher as dispatchmod
-from odin_ws.parent.dispatcher import place
 from tests.helpers import (
     UPGRADE,
     Collector,
@@ -165,31 +163,6 @@ class MetricsTests(DispatcherTestCase):
         self.assertNotIn(b'y{shard="1"}', r.body)
 
 
-class PlaceTests(unittest.TestCase):
-    def test_fewest(self):
-        """The shard with the fewest connections wins; ties go to the lowest index."""
-        shards = [FakeShard(0, 5), FakeShard(1, 3), FakeShard(2, 3)]
-        self.assertEqual(place(shards, 1000), (shards[1], None))
-
-    def test_skips_full_dead_and_closed(self):
-        """Full, dead and not-accepting shards are never chosen."""
-        shards = [FakeShard(0, 10, capacity=10), FakeShard(1, 0, alive=False),
-                  FakeShard(2, 0, accepting=False), FakeShard(3, 9, capacity=10)]
-        self.assertEqual(place(shards, 1000), (shards[3], None))
-
-    def test_no_shard(self):
-        """No shard with room gives no_shard."""
-        self.assertEqual(place([FakeShard(0, 1, capacity=1), FakeShard(1, alive=False)], 1000),
-                         (None, "no_shard"))
-        self.assertEqual(place([], 1000), (None, "no_shard"))
-
-    def test_node_full(self):
-        """The node limit counts alive shards' connections and gives node_full."""
-        shards = [FakeShard(0, 6), FakeShard(1, 4), FakeShard(2, 50, alive=False)]
-        self.assertEqual(place(shards, 10), (None, "node_full"))
-        self.assertEqual(place(shards, 11)[0], shards[1])
-
-
 class HandoffTests(DispatcherTestCase):
     def test_handoff(self):
         """
@@ -314,6 +287,24 @@ class HandoffTests(DispatcherTestCase):
         self.assertIn("retry-after", r.headers)
         self.assertEqual(self.shards[0].calls, [])
 
+    def test_refused_at_accept(self):
+        """
+        An admission refusing the peer at accept answers its status with its
+        phrase before reading a byte, and nothing reaches a shard.
+        """
+        class RefuseAtAccept(RefusingAdmission):
+            def admit(self, peer, trusted):
+                self.seen.append(peer)
+                return self.verdict
+
+        seen: list = []
+        d = self.make(admission=RefuseAtAccept(seen, (429, "connection_rate")))
+        r = self.response(self.request(UPGRADE, d)[1])
+        self.assertEqual((r.status, seen), (429, ["10.0.0.1"]))
+        self.assertEqual(r.body, b"too many requests\n")
+        self.assertIn("retry-after", r.headers)
+        self.assertEqual(self.shards[0].calls, [])
+
 
 
 
@@ -414,13 +405,6 @@ class CloseTests(DispatcherTestCase):
         self.shards[0].calls[0][2].errback(Failure(HandoffRefused()))
         self.assertEqual(transport.value(), b"")
         self.assertEqual(self.shards[0].connections, 0)
-
-
-class ModuleTests(unittest.TestCase):
-    def test_phrase(self):
-        """Unknown statuses still get a reason phrase."""
-        self.assertEqual(dispatchmod._phrase(431), "Request Header Fields Too Large")
-        self.assertEqual(dispatchmod._phrase(599), "Error")
 
 
 class RealSocketTests(RealSocketMixin, unittest.TestCase):

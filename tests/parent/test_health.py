@@ -22,11 +22,14 @@ class Door:
 
 
 def kafka(connected: bool = True, disconnected_for: float = 0.0, missing: tuple = (),
-          error: str | None = None) -> dict[str, Any]:
+          error: str | None = None, unassigned_for: float | None = None) -> dict[str, Any]:
+    """A shard's Kafka status; C{unassigned_for}: connected but holding no partition."""
+    assigned = connected and unassigned_for is None
     return {"state": "running" if connected else "retrying", "connected": connected,
-            "assigned": ["odin.trades[0]"] if connected else [], "lag": 0,
+            "assigned": ["odin.trades[0]"] if assigned else [], "lag": 0,
             "last_error": error, "missing_topics": list(missing),
-            "disconnected_for": 0.0 if connected else disconnected_for}
+            "disconnected_for": 0.0 if connected else disconnected_for,
+            "unassigned_for": 0.0 if assigned else (unassigned_for or disconnected_for)}
 
 
 class Shard:
@@ -88,6 +91,30 @@ class HealthTests(SynchronousTestCase):
         """A shard that has not reported its Kafka status yet does not make the node 503."""
         status, body = self.health(Shard(0, None), Shard(1, kafka(False, 60.0)))
         self.assertEqual((status, body["degraded"]), (200, ["kafka_disconnected"]))
+
+    def test_no_partition_beyond_grace(self):
+        """
+        Connected, yet no shard holds a partition for longer than
+        kafka.unreachable_grace (a group stalled after a broker pause): the
+        node reads nothing, so 503 unassigned, not 200 with kafka_connected.
+        """
+        status, body = self.health(Shard(0, kafka(unassigned_for=20.0)),
+                                   Shard(1, kafka(unassigned_for=16.0)))
+        self.assertEqual((status, body["status"]), (503, "unassigned"))
+        self.assertTrue(body["reason"].startswith("no shard has been assigned a partition for 16s"))
+        self.assertTrue(body["kafka_connected"])
+
+    def test_no_partition_within_grace_is_degraded(self):
+        """
+        Within the grace (a rebalance) the node stays in rotation, degraded
+        unassigned; one shard holding partitions is all well (a shard may
+        hold none when there are more shards than partitions).
+        """
+        status, body = self.health(Shard(0, kafka(unassigned_for=5.0)),
+                                   Shard(1, kafka(unassigned_for=30.0)))
+        self.assertEqual((status, body["degraded"]), (200, ["unassigned"]))
+        status, body = self.health(Shard(0, kafka(unassigned_for=60.0)), Shard(1, kafka()))
+        self.assertEqual((status, body["degraded"]), (200, []))
 
     def test_every_topic_missing(self):
         """None of the configured topics exists: 503 topics_missing, naming them."""

@@ -13,13 +13,14 @@ import threading
 import time
 import uuid
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.python import log
 from twisted.trial import unittest
 
 from tests.helpers.broker import KIND as BROKER_KIND
 from tests.helpers.broker import fast_kafka, shared_broker
 from tests.helpers.browser import BrowserScript, require_browser
-from tests.helpers.node import Node
+from tests.helpers.node import Node, http_get
 
 SECRET = "browser-secret-of-at-least-32-bytes!"
 
@@ -119,6 +120,31 @@ class ReconnectTests(ClientBrowserCase):
 
 
 
+class CompressionTests(ClientBrowserCase):
+    def settings(self):
+        return {"outbound.compression_min_bytes": 0}
+
+    def test_compressed_events_reach_the_library(self):
+        """
+        Chromium negotiates permessage-deflate by itself (server_no_context_takeover
+        answered), the node sends it compressed event frames, and the library
+        hands every event to its subscriptions whole, in order and once.
+        """
+        script = self.script("deflate", f"http://127.0.0.1:{self.node.port}")
+        self.assertPassed(script)
+        _, _, text = http_get(self.node.port, "/metrics")
+        wire = plain = 0.0
+        for family in text_string_to_metric_families(text.decode()):
+            for s in family.samples:
+                if s.name == "odinws_outbound_deflate_bytes_total":
+                    if s.labels["stage"] == "wire":
+                        wire += s.value
+                    else:
+                        plain += s.value
+        self.assertGreater(wire, 0)
+        self.assertLess(wire, plain)
+
+
 class SnapshotTests(ClientBrowserCase):
     rounds = 20
 
@@ -131,6 +157,17 @@ class SnapshotTests(ClientBrowserCase):
         """
         self.assertTrue(self.produced.wait(60), "the producer did not finish")
         script = self.script("snapshot", f"http://127.0.0.1:{self.node.port}", str(self.rounds))
+        self.assertPassed(script)
+
+
+class DeltaTests(ClientBrowserCase):
+    def test_deltas_applied_in_the_browser(self):
+        """
+        With delta: true the node sends merge-patch deltas (30 or more seen
+        on the page's socket) and the library hands its subscription the
+        same data, event for event, as a plain subscription gets whole.
+        """
+        script = self.script("delta", f"http://127.0.0.1:{self.node.port}")
         self.assertPassed(script)
 
 

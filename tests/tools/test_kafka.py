@@ -16,6 +16,7 @@ import uuid
 from confluent_kafka import Consumer, Producer, TopicPartition
 from twisted.trial import unittest
 
+from odinws_tools import mavenfetch
 from odinws_tools.embedded_broker import free_port
 from odinws_tools.kafka import jars
 from tests.helpers.node import ROOT, descendants, pid_alive, wait_for
@@ -65,7 +66,7 @@ class JarsTests(unittest.TestCase):
     def test_mavenMissing(self):
         """Without Maven and without the jars, the error says what to install."""
         self.patch(jars, "JARS_ROOT", os.path.abspath(self.mktemp()))
-        self.patch(jars.shutil, "which", lambda name: None)
+        self.patch(mavenfetch.shutil, "which", lambda name: None)
         with self.assertRaises(RuntimeError) as caught:
             jars.ensure_jars()
         self.assertIn("apt-get install maven", str(caught.exception))

@@ -379,9 +379,12 @@ class ArgumentTests(unittest.TestCase):
 class RunTests(unittest.TestCase):
     """Real runs: worker processes, real sockets."""
 
+    #: odinws-loadtest's client (L{NativeRunTests}: the native one).
+    client = ["--client", "python"]
+
     def _loadtest(self, *argv) -> tuple[int, dict]:
         report_dir = os.path.abspath(self.mktemp())
-        code = loadtest.main([*argv, "--report", report_dir, "--quiet"])
+        code = loadtest.main([*argv, "--report", report_dir, "--quiet", *self.client])
         with open(os.path.join(report_dir, "report.json")) as f:
             report = json.load(f)
         with open(os.path.join(report_dir, "report.html")) as f:
@@ -444,3 +447,9 @@ class RunTests(unittest.TestCase):
         self.assertEqual((check["missing"], check["gaps"], check["duplicates"]), (0, 0, 0))
         self.assertEqual(report["server_metrics"]["before_to_hold_end"]
                          ["odinws_connections"]["after"], 50)
+
+
+class NativeRunTests(RunTests):
+    """The same real runs with C{--client native} (built on first use)."""
+
+    client = ["--client", "native"]

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from odinws_client.mergepatch import apply_merge_patch
 from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
 from odinws_client.positions import Position, PositionMap
 from odinws_client.subscription import State, Subscription
@@ -127,6 +128,8 @@ class Session:
         self._replays: list[Replay] = []
         self._snapshots: deque[SnapshotWait] = deque()
         self._events_seen = 0
+        #: channel -> the data of its last event: what a delta applies to.
+        self._bases: dict[str, Any] = {}
         self.connected = False
 
     @property
@@ -164,6 +167,7 @@ class Session:
         self._pending.clear()
         self._replays.clear()
         self._snapshots.clear()
+        self._bases.clear()     # a new connection starts every channel with a whole event
         for sub in self._subs.values():
             sub._live = False
             sub._replay = None
@@ -196,7 +200,9 @@ class Session:
 
     def received(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "event":
-            self._event(msg)
+            whole = self._whole(msg)
+            if whole is not None:
+                self._event(whole)
             return
         req = self._pending.pop(msg["id"], None) if isinstance(msg.get("id"), int) else None
         kind = msg.get("type")
@@ -210,6 +216,26 @@ class Session:
             req.answered(msg)
         elif kind == "gap":
             self._gap(msg)
+
+    def _whole(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """
+        A delta event made whole against its channel's last data (RFC 7386,
+        docs/protocol.md "Deltas"); whole events of channels held with
+        deltas are kept as the next base. None: a delta with no base (the
+        server sends each channel's first event on a connection whole).
+        """
+        channel = msg.get("channel")
+        if "delta" in msg:
+            if channel not in self._bases:
+                self._hooks.error(ServerError("delta_without_base",
+                                              f"a delta of {channel} before any whole event"))
+                return None
+            patch = msg["delta"]
+            msg = {k: v for k, v in msg.items() if k != "delta"}
+            msg["data"] = apply_merge_patch(self._bases[channel], patch)
+        if isinstance(channel, str) and any(s.options.get("delta") for s in self._subs.values()):
+            self._bases[channel] = msg.get("data")
+        return msg
 
     def _gap(self, msg: dict[str, Any]) -> None:
         """
@@ -236,11 +262,7 @@ class Session:
                 self._end_replay(sub._replay)
             sub._replay = replay
         self._replays.append(replay)
-        for i in range(0, len(subs), self._max_channels):
-            chunk = subs[i:i + self._max_channels]
-            self._send({"type": "subscribe", "channels": [s.pattern for s in chunk],
-                        "since": since},
-                       Request("subscribe", chunk, since, gap=replay))
+        self._request(subs, {"since": since}, gap=replay)
 
     # -- subscribing
 
@@ -250,13 +272,23 @@ class Session:
         self._hooks.send({**message, "id": ident})
 
     def _request(self, subs: list[Subscription], fields: dict[str, Any],
-                 refresh: bool = False) -> None:
-        """Subscribe ``subs`` with ``fields``, at most L{_max_channels} per message."""
-        for i in range(0, len(subs), self._max_channels):
-            chunk = subs[i:i + self._max_channels]
-            self._send({"type": "subscribe", "channels": [s.pattern for s in chunk], **fields},
-                       Request("subscribe", chunk, fields.get("since"),
-                               bool(fields.get("snapshot")), refresh))
+                 refresh: bool = False, gap: Replay | None = None) -> None:
+        """
+        Subscribe ``subs`` with ``fields``, at most L{_max_channels} per
+        message, each with its server-side options (the server holds a
+        channel with one set: every subscribe of it says them again).
+        """
+        groups: dict[str, list[Subscription]] = {}
+        for sub in subs:
+            groups.setdefault(json.dumps(sub.options, sort_keys=True), []).append(sub)
+        for same in groups.values():
+            options = same[0].options
+            for i in range(0, len(same), self._max_channels):
+                chunk = same[i:i + self._max_channels]
+                self._send({"type": "subscribe", "channels": [s.pattern for s in chunk],
+                            **fields, **options},
+                           Request("subscribe", chunk, fields.get("since"),
+                                   bool(fields.get("snapshot")), refresh, gap=gap))
 
     def _subscribe(self, subs: Iterable[Subscription]) -> None:
         """

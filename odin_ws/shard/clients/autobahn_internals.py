@@ -27,12 +27,22 @@ Internals touched:
     L{odin_ws.shard.clients.websocket.ClientProtocol};
   - the reason C{processHandshake} gives C{failHandshake} for an C{Origin}
     it cannot parse (L{INVALID_ORIGIN}): it refuses it before C{onConnect},
-    so the refusal is recognised by it to be counted.
+    so the refusal is recognised by it to be counted;
+  - C{WebSocketProtocol._parseExtensionsHeader}, given a public hook by
+    L{ProtocolHooks} (C{ws_extensions_offered}): Autobahn fails the
+    handshake for a compression offer it cannot parse, where RFC 7692
+    wants it declined;
+  - C{_perMessageCompress} and its C{server_max_window_bits}, the
+    compression a connection negotiated (L{server_window}), and its
+    C{_decompressor}, dropped after each message (L{InflaterPerMessage}).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.compress_deflate import PerMessageDeflate
 
 #: The Autobahn release these internals were read in (C{requirements.lock}).
 WRITTEN_FOR = "26.10.2"
@@ -94,6 +104,16 @@ class ProtocolHooks(WebSocketServerProtocol):
         finally:
             self.ws_opened()
 
+    def _parseExtensionsHeader(self, header: str, removeQuotes: bool = True) -> list[Any]:
+        return self.ws_extensions_offered(super()._parseExtensionsHeader(header, removeQuotes))
+
+    def ws_extensions_offered(self, extensions: list[Any]) -> list[Any]:
+        """
+        The handshake's C{Sec-WebSocket-Extensions}, parsed: C{[(name, {param:
+        [values]}), ...]}; what this returns is what Autobahn negotiates from.
+        """
+        return extensions
+
     def ws_connection_made(self) -> None:
         """Autobahn has just set up the connection's WebSocket state (C{send_queue}, ...)."""
 
@@ -124,3 +144,32 @@ def retire_unopened(protocol: WebSocketServerProtocol) -> None:
     protocol.openHandshakeTimeoutCall = None
     if call is not None:
         call.cancel()
+
+
+class InflaterPerMessage(PerMessageDeflate):
+    """
+    Autobahn's permessage-deflate, dropping its inflater once a message is
+    read when the client takes no context over (the server asks it not
+    to): Autobahn keeps it for the connection's life, ~40 KB of zlib state
+    on every connection whose client ever sent a compressed message.
+    """
+
+    def end_decompress_message(self) -> None:
+        super().end_decompress_message()
+        if self.client_no_context_takeover:
+            self._decompressor = None
+
+
+def server_window(protocol: WebSocketServerProtocol) -> int | None:
+    """
+    The server window (bits) of the permessage-deflate the connection of
+    C{protocol} negotiated in its handshake; None if it negotiated none.
+    Its inflater lives for one message at a time from then on
+    (L{InflaterPerMessage}).
+    """
+    pmce = protocol._perMessageCompress
+    if isinstance(pmce, PerMessageDeflate):
+        if type(pmce) is PerMessageDeflate:
+            pmce.__class__ = InflaterPerMessage
+        return int(pmce.server_max_window_bits)
+    return None

@@ -31,12 +31,34 @@ UNKNOWN_POSITION = "unknown_position"
 TOO_MANY_POSITIONS = "too_many_positions"
 SNAPSHOT_TOO_LARGE = "snapshot_too_large"
 REPLAY_RATE_LIMITED = "replay_rate_limited"
+# Subscription options (docs/protocol.md, "Subscription options"); the
+# filter's own codes (bad_filter, filter_too_large, server_filter_limit)
+# are L{odin_ws.shard.delivery.filters}'.
+BAD_DELTA = "bad_delta"
+BAD_MAX_RATE = "bad_max_rate"
+OPTIONS_CONFLICT = "options_conflict"
+TOO_MANY_FILTERS = "too_many_filters"
+BAD_FILTER = "bad_filter"
+FILTER_TOO_LARGE = "filter_too_large"
+SERVER_FILTER_LIMIT = "server_filter_limit"
 
 ERROR_CODES = frozenset((
     INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, INVALID_CHANNEL, TOO_MANY_CHANNELS,
     BINARY_NOT_SUPPORTED, MESSAGE_TOO_LARGE, RATE_LIMITED, TOO_MANY_SUBSCRIPTIONS,
     FORBIDDEN, INVALID_POSITION, UNKNOWN_POSITION, TOO_MANY_POSITIONS, SNAPSHOT_TOO_LARGE,
-    REPLAY_RATE_LIMITED))
+    REPLAY_RATE_LIMITED, BAD_DELTA, BAD_MAX_RATE, OPTIONS_CONFLICT, TOO_MANY_FILTERS,
+    BAD_FILTER, FILTER_TOO_LARGE, SERVER_FILTER_LIMIT))
+
+#: The delta formats a subscribe may ask for (C{"delta": true} is the first).
+DELTA_FORMATS = ("merge-patch",)
+#: The range of C{max_rate}, events per second per channel.
+MIN_RATE = 0.1
+MAX_RATE = 100.0
+#: The rates a subscription gets: the largest step at most the one asked
+#: for. Why steps: subscribers of a channel share a throttle only at equal
+#: rates, so arbitrary rates would let clients make the shard's work per
+#: event grow with the number of connections.
+RATE_STEPS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 MAX_ID_LENGTH = 128
 # How much of a client-supplied string an error message quotes back.
@@ -79,6 +101,13 @@ class Subscribe:
     since: Since | None = None
     #: Send the latest event of every matching channel first.
     snapshot: bool = False
+    #: Deltas (JSON Merge Patch) of the channels' events where they can.
+    delta: bool = False
+    #: At most this many events a second per channel (0: no cap).
+    max_rate: float = 0.0
+    #: The filter on the events' data, as the client wrote it (None: none);
+    #: compiled and interned by the shard (L{odin_ws.shard.delivery.filters}).
+    filter: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +210,28 @@ def _since(obj: dict, msg_id: MessageId, max_positions: int) -> Since | None:
     return since
 
 
+def _delta(obj: dict, msg_id: MessageId) -> bool:
+    value = obj.get("delta", False)
+    if value is False or value is None:
+        return False
+    if value is True or value in DELTA_FORMATS:
+        return True
+    if type(value) is str:
+        raise ClientError(BAD_DELTA, f"unknown delta format {_quote(value)}; this server "
+                          f"knows {', '.join(DELTA_FORMATS)}", msg_id)
+    raise ClientError(BAD_DELTA, "delta must be true, false or a delta format", msg_id)
+
+
+def _max_rate(obj: dict, msg_id: MessageId) -> float:
+    value = obj.get("max_rate")
+    if value is None:
+        return 0.0
+    if type(value) not in (int, float) or not (MIN_RATE <= value <= MAX_RATE):
+        raise ClientError(BAD_MAX_RATE, f"max_rate must be a number of events per second "
+                          f"from {MIN_RATE:g} to {MAX_RATE:g}", msg_id)
+    return max(step for step in RATE_STEPS if step <= value)
+
+
 def parse_client_message(payload: bytes, max_channels: int, max_channel_length: int,
                          max_positions: int = 1000) -> ClientMessage:
     """
@@ -214,7 +265,8 @@ def parse_client_message(payload: bytes, max_channels: int, max_channel_length: 
         snapshot = obj.get("snapshot", False)
         if type(snapshot) is not bool:
             raise ClientError(INVALID_MESSAGE, "snapshot must be true or false", msg_id)
-        return Subscribe(channels, msg_id, _since(obj, msg_id, max_positions), snapshot)
+        return Subscribe(channels, msg_id, _since(obj, msg_id, max_positions), snapshot,
+                         _delta(obj, msg_id), _max_rate(obj, msg_id), obj.get("filter"))
     if kind == "unsubscribe":
         return Unsubscribe(_channels(obj, msg_id, max_channels, max_channel_length),
                            msg_id)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from odin_ws.common import metrics
 from odin_ws.common.clientip import client_ip
@@ -29,16 +29,14 @@ from odin_ws.common.events import Event
 from odin_ws.common.logs import audit
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.clients import auth, messages, recovery
+from odin_ws.shard.clients.host import ClientHost, ClientTransport
 from odin_ws.shard.clients.refusal import Refused, bad_origin, is_origin
-from odin_ws.shard.delivery.catchup import Backlog
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
-    from odin_ws.shard.clients.recoveryhold import HeldRecovery, RecoveryHold
-    from odin_ws.shard.delivery.fanout import Fanout
-    from odin_ws.shard.history.store import History
+    from odin_ws.shard.clients.recoveryhold import HeldRecovery
 
 #: Close codes of docs/protocol.md.
 CLOSE_NORMAL = 1000
@@ -66,63 +64,6 @@ def count_closed(code: int | None, clean: bool, by_server: bool = True) -> None:
     reason = "slow_consumer" if label == str(CLOSE_SLOW_CONSUMER) else (
         "clean" if clean else "dropped")
     metrics.CONNECTIONS_CLOSED.labels(reason=reason, code=label).inc()
-
-
-class ClientHost(Protocol):
-    """What a session needs of its shard (the shard's other members are not its business)."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def verifier(self) -> auth.Verifier: ...
-
-    @property
-    def reactor(self) -> Any: ...
-
-    @property
-    def history(self) -> History: ...
-
-    @property
-    def backlog(self) -> Backlog: ...
-
-    @property
-    def fanout(self) -> Fanout: ...
-
-    @property
-    def subscriptions(self) -> SubscriptionIndex: ...
-
-    @property
-    def recoveries(self) -> RecoveryHold: ...
-
-    def policy_for(self, event_type: str) -> str: ...
-
-    def subscriptions_changed(self) -> None: ...
-
-    def recovering(self, outbox: Outbox) -> None:
-        """
-        C{outbox}'s connection recovers from positions in this turn: a gap
-        notice it was sent is answered; later ones are news to it.
-        """
-
-    def admit_ip(self, ip: str) -> bool: ...
-
-    def release_ip(self, ip: str) -> None: ...
-
-
-class ClientTransport(Protocol):
-    """What a session needs of the connection that carries it."""
-
-    outbox: Outbox | None
-
-    @property
-    def transport(self) -> Any: ...
-
-    def reply(self, payload: bytes) -> None:
-        """Send one JSON message of the control protocol, behind the events queued."""
-
-    def close(self, code: int, reason: str) -> None:
-        """End the connection with C{code} (docs/protocol.md's close codes)."""
 
 
 class Session:
@@ -378,31 +319,28 @@ class Session:
             return
         outbox = self._outbox()
         subscriptions = host.subscriptions
-        limit = host.settings.limits.max_subscriptions
+        options = host.options
         try:
             self._check_grant(msg)
+            variant, new = options.prepare(outbox, subscriptions, msg,
+                                           host.settings.limits.max_subscriptions)
         except messages.ClientError as e:
             self.error(e.code, e.message, msg.id)
-            return
-        held = subscriptions.count(outbox)
-        new = [c for c in msg.channels if not subscriptions.holds(outbox, c.token, c.event_type)]
-        if held + len(new) > limit:
-            self.error(messages.TOO_MANY_SUBSCRIPTIONS,
-                       f"a connection may hold at most {limit} subscriptions", msg.id)
             return
         answer = None
         if msg.since is not None or msg.snapshot:
             # Made before anything is subscribed: a refusal leaves nothing behind.
             try:
                 answer = self.answer(msg, outbox.limit, streamable=outbox.can_stream(
-                    {(c.token, c.event_type) for c in msg.channels}))
+                    {(c.token, c.event_type) for c in msg.channels}),
+                    behind=outbox.behind is not None, keep=options.keeps(variant))
             except messages.ClientError as e:
+                options.release(variant)
                 self.error(e.code, e.message, e.id)
                 return
         try:
             # All or nothing, within the shard's subscription budget.
-            subscriptions.add_all(outbox, [(c.token, c.event_type) for c in new],
-                                  self.client_ip)
+            options.commit(outbox, subscriptions, new, variant, self.client_ip)
         except BudgetExceeded as e:
             self.error(e.code, e.message, msg.id)
             return
@@ -417,17 +355,22 @@ class Session:
         if answer.stream is not None:
             outbox.recover_from(answer.stream)
         elif answer.frames:
-            host.fanout.publish_run(answer.frames, (outbox,), answer.events)
+            # Plain even where compression was negotiated: this is per
+            # connection (docs/protocol.md, "Compression").
+            host.fanout.publish_run(answer.frames, (outbox,), answer.events, compress=False)
             host.fanout.flush()
 
     def answer(self, msg: messages.Subscribe, room: int,
                encode: Callable[[bytes, Event], bytes] | None = None,
-               overhead: int = 8, streamable: bool = False) -> recovery.Answer:
+               overhead: int = 8, streamable: bool = False,
+               behind: bool = False, keep: Callable[[Event], bool] | None = None
+               ) -> recovery.Answer:
         """
         C{msg}'s recovery and snapshot from the shard's history, in the
         transport's framing (C{encode}; default: WebSocket text frames),
-        within C{room} bytes, or streamed if larger and C{streamable}
-        (L{odin_ws.shard.clients.recovery.answer}).
+        within C{room} bytes, or streamed if larger (or C{behind}: the
+        connection is catching up) and C{streamable}, only the events
+        C{keep} keeps (L{odin_ws.shard.clients.recovery.answer}).
 
         @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}.
         """
@@ -437,7 +380,7 @@ class Session:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                    limits.max_snapshot_events, room,
                                    max_scan=limits.max_recovery_scan, streamable=streamable,
-                                   allow=self.replay_allowed)
+                                   allow=self.replay_allowed, behind=behind, keep=keep)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                limits.max_snapshot_events, room, encode, overhead,
                                max_scan=limits.max_recovery_scan, allow=self.replay_allowed)
@@ -488,7 +431,8 @@ class Session:
         subscriptions = host.subscriptions
         outbox = self._outbox()
         for c in msg.channels:
-            subscriptions.remove(outbox, c.token, c.event_type)
+            if not subscriptions.remove(outbox, c.token, c.event_type):
+                host.options.remove(outbox, c.token, c.event_type)
         host.subscriptions_changed()
         self.transport.reply(messages.ack("unsubscribed", [c.name for c in msg.channels],
                                           msg.id))
@@ -509,10 +453,12 @@ class Session:
         self.schedule_expiry()
         outbox = self._outbox()
         subscriptions = host.subscriptions
-        lost = [(token, etype) for (token, etype) in subscriptions.patterns_of(outbox)
+        lost = [(token, etype) for (token, etype)
+                in host.options.patterns_of(outbox, subscriptions)
                 if not grant.allows(token, etype)]
         for token, etype in lost:
-            subscriptions.remove(outbox, token, etype)
+            if not subscriptions.remove(outbox, token, etype):
+                host.options.remove(outbox, token, etype)
         reply: dict[str, Any] = {"type": "refreshed", "expires": int(grant.expires or 0)}
         if lost:
             reply["unsubscribed"] = sorted(f"odin.token.{token}.{etype}"
@@ -560,6 +506,7 @@ class Session:
         """The open connection closed: its timers, subscriptions (in C{index}) and outbox go."""
         self.stop_timers()
         index.remove_all(outbox)
+        self.host.options.remove_all(outbox)
         outbox.close()
         self.host.subscriptions_changed()
 

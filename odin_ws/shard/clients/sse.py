@@ -27,17 +27,24 @@ from odin_ws.common.settings import Settings
 from odin_ws.common.twisted_internals import replace_protocol
 from odin_ws.shard.clients import messages, recovery
 from odin_ws.shard.clients.autobahn_internals import retire_unopened
+from odin_ws.shard.clients.host import ClientHost
 from odin_ws.shard.clients.refusal import Refused
 from odin_ws.shard.clients.session import (
     CLOSE_POLICY,
     CLOSE_RESTARTING,
     CLOSE_SLOW_CONSUMER,
-    ClientHost,
     Session,
     count_closed,
 )
 from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
-from odin_ws.shard.delivery.ssefeed import PING, Streams, message, vector_text, with_id
+from odin_ws.shard.delivery.ssefeed import (
+    PING,
+    DropNotices,
+    Streams,
+    message,
+    vector_text,
+    with_id,
+)
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded
 from odin_ws.shard.history import positions
 
@@ -216,6 +223,7 @@ class SseStream(OutboxHolder, TwistedProtocol):
             "X-Accel-Buffering": "no", "Connection": "close"}))
         self._ws_state = _OPEN
         outbox = self.session.open(self.adopted_at, self._slow_consumer, talks=False)
+        outbox.drops = DropNotices(streams)
         streams.opened(self)
         streams.index.add_all(outbox, patterns, self.session.client_ip)
         self.session.subscribed()

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, headgate, messages, sse
-from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN
+from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN, server_window
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
 from odin_ws.shard.clients.refusal import Refused, bad_origin
@@ -34,6 +34,8 @@ from odin_ws.shard.clients.session import (
     Session,
     count_closed,
 )
+from odin_ws.shard.delivery import deflate
+from odin_ws.shard.delivery.deflate import Deflate
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
 
@@ -42,6 +44,10 @@ class WebSocketHost(sse.StreamHost, Protocol):
     """What the WebSocket transport needs of its shard, besides what the session and SSE need."""
 
     def connection_made(self, proto: Any) -> None: ...
+
+    @property
+    def deflate(self) -> Deflate:
+        """The shard's compression of event frames (whether it is offered, its variants)."""
 
 
 # Autobahn's own bases disagree on the types of peer and _transport_details.
@@ -169,9 +175,25 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             return
         super().failHandshake(redact(reason), code, responseHeaders)
 
+    def ws_extensions_offered(self, extensions: list[Any]) -> list[Any]:
+        # RFC 7692, 5: an offer with unknown, repeated or invalid parameters
+        # is declined (Autobahn would refuse the handshake): dropped here,
+        # counted, and the connection proceeds without it. Other extensions
+        # (Autobahn's bzip2 and snappy among them) are never accepted.
+        offered = [params for name, params in extensions if name == deflate.EXTENSION]
+        kept = [(deflate.EXTENSION, params) for params in offered if deflate.valid_offer(params)]
+        if len(kept) < len(offered):
+            self.factory.host.deflate.stats.offers["invalid"] += 1
+        return kept
+
     def onOpen(self) -> None:
         session = self.session
-        session.open(self.adopted_at, self._slow_consumer)
+        outbox = session.open(self.adopted_at, self._slow_consumer)
+        bits = server_window(self)
+        if bits is not None:
+            # Event frames compressed for this window from now on.
+            outbox.variant = v = deflate.variant(bits)
+            self.factory.host.deflate.opened(v)
         msg, self.url_subscribe = self.url_subscribe, None
         if msg is not None:
             # Checked at the handshake (onConnect); the ack is the first
@@ -217,7 +239,9 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
         if outbox is not None and outbox.queue:
             outbox.push_control(text_frame(payload))
         else:
-            self.sendMessage(payload)
+            # Never compressed (docs/protocol.md): Autobahn's compressor
+            # would keep zlib's state (~256 KB) on the connection.
+            self.sendMessage(payload, doNotCompress=True)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with C{code} (the session's, or the shard's drain)."""
@@ -243,6 +267,8 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
                 session.stop_timers()
             return
         self.outbox = None
+        if outbox.variant != deflate.PLAIN:
+            self.factory.host.deflate.closed(outbox.variant)
         session.closed(outbox, self.factory.host.subscriptions)
         by_server = self.closedByMe and self.localCloseCode is not None
         if by_server:
@@ -285,5 +311,12 @@ class ClientFactory(WebSocketServerFactory):
             autoPingInterval=keepalive.ping_interval,
             autoPingTimeout=keepalive.ping_timeout,
             tcpNoDelay=True,
-            perMessageCompressionAccept=lambda offers: None,
+            perMessageCompressionAccept=self._accept_compression,
         )
+
+    def _accept_compression(self, offers: list[Any]) -> deflate.ServerAccept | None:
+        """The permessage-deflate offer accepted, if compression is on (counted either way)."""
+        host = self.host
+        answer = deflate.accept(offers) if host.deflate.enabled else None
+        host.deflate.stats.offers["accepted" if answer is not None else "declined"] += 1
+        return answer

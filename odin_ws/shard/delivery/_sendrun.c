@@ -3,17 +3,24 @@
  * hot path, in C (docs/architecture.md, "The native send loop").
  *
  * send_runs(runs, writes) takes the runs of frames one write of the fan-out
- * has for its subscribers, runs = [(buf, frames, outboxes), ...], and the
- * reactor's set of descriptors registered for writing. For every Outbox
- * that may be sent to directly now (the same test as Fanout.write's inline
- * path: `inline` true, `paused`, `closed`, `tracking` false, nothing in its
- * `queue`, its `fdno` not in `writes`), it sends everything the runs have
- * for it in one send()/sendmsg() (MSG_DONTWAIT), in run order. It returns
+ * has for its subscribers, runs = [(bufs, frames, outboxes), ...], and the
+ * reactor's set of descriptors registered for writing. A run's `bufs` is its
+ * joined frames, either one bytes object for every Outbox or a tuple of them
+ * indexed by an Outbox's `variant` (0: plain, others compressed,
+ * odin_ws/shard/delivery/deflate.py; an Outbox without the attribute is
+ * variant 0), None for a variant not built. For every Outbox that may be
+ * sent to directly now (the same test as Fanout.write's inline path:
+ * `inline` true, `paused`, `closed`, `tracking` false, nothing in its
+ * `queue`, its `fdno` not in `writes`, and a buffer of its variant in every
+ * run it is in), it sends everything the runs have for it in one
+ * send()/sendmsg() (MSG_DONTWAIT), in run order. It returns
  *
- *   (frames, nbytes, whole, rest, defer)
+ *   (frames, nbytes, whole, rest, defer, plain, wire)
  *
  * frames, nbytes: frames and bytes of the sends the kernel took whole;
- * whole: how many such sends; rest: [(outbox, buf, sent, frames), ...] for
+ * whole: how many such sends; plain, wire: for the Outboxes of a variant
+ * other than 0 it sent to (whole or in part), the bytes of variant 0 of
+ * their runs and the bytes due to them; rest: [(outbox, buf, sent, frames), ...] for
  * the sends the kernel took only part of (sent > 0) or refused (EAGAIN,
  * EPIPE, ECONNRESET, ...: sent == 0), buf being everything due to that
  * Outbox; defer: [(outbox, run index), ...] for the Outboxes that may not
@@ -43,9 +50,13 @@
 #endif
 
 /* The Outbox attributes read (and, after a whole send, written). */
-enum { A_QUEUE, A_INLINE, A_PAUSED, A_CLOSED, A_TRACKING, A_FDNO, A_CAP, A_LIMIT, A_ROOM, NATTR };
+enum { A_QUEUE, A_INLINE, A_PAUSED, A_CLOSED, A_TRACKING, A_FDNO, A_CAP, A_LIMIT, A_ROOM,
+       A_VARIANT, NATTR };
 static const char *attr_names[NATTR] = {"queue", "inline", "paused", "closed", "tracking",
-                                        "fdno", "cap", "limit", "room"};
+                                        "fdno", "cap", "limit", "room", "variant"};
+
+/* Variants of a run's buffer at most (odin_ws/shard/delivery/deflate.py: VARIANTS). */
+#define NVARIANTS 8
 static PyObject *attr_strs[NATTR];
 
 /*
@@ -134,10 +145,12 @@ set(PyObject *box, const Layout *layout, int a, PyObject *value)
 typedef struct {
     PyObject *box;          /* strong reference */
     int fd;                 /* -1: not to be sent to directly */
+    int variant;            /* which buffer of each run it gets */
     Py_ssize_t first, last; /* its first and last node (nodes: run order) */
     Py_ssize_t nruns;
     Py_ssize_t frames;
     Py_ssize_t size;
+    Py_ssize_t plain;       /* the size of variant 0 of its runs */
     Py_ssize_t sent;        /* bytes the kernel took */
 } Target;
 
@@ -276,6 +289,24 @@ direct_fd(PyObject *box, PyObject *writes)
     return (int)fd;
 }
 
+/* box.variant, 0 if it has none; -1 if out of range, -2 on error. */
+static int
+variant_of(PyObject *box)
+{
+    PyObject *v = get(box, layout_of(Py_TYPE(box)), A_VARIANT);
+    if (v == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -2;
+        PyErr_Clear();
+        return 0;
+    }
+    long variant = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (variant == -1 && PyErr_Occurred())
+        return -2;
+    return variant >= 0 && variant < NVARIANTS ? (int)variant : -1;
+}
+
 static void
 plan_free(Plan *plan)
 {
@@ -286,10 +317,10 @@ plan_free(Plan *plan)
     PyMem_Free(plan->slots);
 }
 
-/* Add (box, run) to the plan. */
+/* Add (box, run) to the plan; bufs and sizes: NVARIANTS per run (NULL: no such variant). */
 static int
-plan_add(Plan *plan, PyObject *box, Py_ssize_t run, Py_ssize_t frames, Py_ssize_t size,
-         PyObject *writes)
+plan_add(Plan *plan, PyObject *box, Py_ssize_t run, Py_ssize_t frames, char **bufs,
+         const Py_ssize_t *sizes, PyObject *writes)
 {
     Py_ssize_t t = -1;
     size_t slot = 0;
@@ -302,6 +333,16 @@ plan_add(Plan *plan, PyObject *box, Py_ssize_t run, Py_ssize_t frames, Py_ssize_
         int fd = direct_fd(box, writes);
         if (fd == -2)
             return -1;
+        int variant = 0;
+        if (fd >= 0) {
+            variant = variant_of(box);
+            if (variant == -2)
+                return -1;
+            if (variant < 0) {
+                variant = 0;
+                fd = -1;    /* a variant no run has: Python's */
+            }
+        }
         if (grow((void **)&plan->targets, &plan->captargets, plan->ntargets + 1,
                  sizeof(Target)) < 0)
             return -1;
@@ -312,8 +353,9 @@ plan_add(Plan *plan, PyObject *box, Py_ssize_t run, Py_ssize_t frames, Py_ssize_
         Py_INCREF(box);
         target->box = box;
         target->fd = fd;
+        target->variant = variant;
         target->first = target->last = -1;
-        target->nruns = target->frames = target->size = target->sent = 0;
+        target->nruns = target->frames = target->size = target->plain = target->sent = 0;
         plan->ntargets++;
     }
     if (grow((void **)&plan->nodes, &plan->capnodes, plan->nnodes + 1, sizeof(Node)) < 0)
@@ -329,7 +371,11 @@ plan_add(Plan *plan, PyObject *box, Py_ssize_t run, Py_ssize_t frames, Py_ssize_
     target->last = n;
     target->nruns++;
     target->frames += frames;
-    target->size += size;
+    Py_ssize_t at = run * NVARIANTS + target->variant;
+    if (bufs[at] == NULL)
+        target->fd = -1;    /* this run has no buffer of its variant: all of it is Python's */
+    target->size += sizes[at];
+    target->plain += sizes[run * NVARIANTS];
     return 0;
 }
 
@@ -340,10 +386,11 @@ send_target(Target *target, const Node *nodes, char **bufs, Py_ssize_t *sizes,
 {
     Py_ssize_t total = 0;
     ssize_t r;
+    int v = target->variant;
     if (target->nruns == 1) {
-        Py_ssize_t run = nodes[target->first].run;
+        Py_ssize_t at = nodes[target->first].run * NVARIANTS + v;
         do {
-            r = send(target->fd, bufs[run], (size_t)sizes[run], MSG_DONTWAIT | MSG_NOSIGNAL);
+            r = send(target->fd, bufs[at], (size_t)sizes[at], MSG_DONTWAIT | MSG_NOSIGNAL);
         } while (r < 0 && errno == EINTR);
         target->sent = r < 0 ? 0 : r;
         return;
@@ -354,9 +401,10 @@ send_target(Target *target, const Node *nodes, char **bufs, Py_ssize_t *sizes,
         int count = 0;
         Py_ssize_t batch = 0;
         for (; n >= 0 && count < IOV_MAX; n = nodes[n].next, count++) {
-            iov[count].iov_base = bufs[nodes[n].run];
-            iov[count].iov_len = (size_t)sizes[nodes[n].run];
-            batch += sizes[nodes[n].run];
+            Py_ssize_t at = nodes[n].run * NVARIANTS + v;
+            iov[count].iov_base = bufs[at];
+            iov[count].iov_len = (size_t)sizes[at];
+            batch += sizes[at];
         }
         struct msghdr msg;
         memset(&msg, 0, sizeof(msg));
@@ -378,8 +426,9 @@ static PyObject *
 joined(const Target *target, const Node *nodes, PyObject **objs, char **bufs,
        Py_ssize_t *sizes)
 {
+    int v = target->variant;
     if (target->nruns == 1) {
-        PyObject *buf = objs[nodes[target->first].run];
+        PyObject *buf = objs[nodes[target->first].run * NVARIANTS + v];
         Py_INCREF(buf);
         return buf;
     }
@@ -388,8 +437,9 @@ joined(const Target *target, const Node *nodes, PyObject **objs, char **bufs,
         return NULL;
     char *p = PyBytes_AS_STRING(out);
     for (Py_ssize_t n = target->first; n >= 0; n = nodes[n].next) {
-        memcpy(p, bufs[nodes[n].run], (size_t)sizes[nodes[n].run]);
-        p += sizes[nodes[n].run];
+        Py_ssize_t at = nodes[n].run * NVARIANTS + v;
+        memcpy(p, bufs[at], (size_t)sizes[at]);
+        p += sizes[at];
     }
     return out;
 }
@@ -432,33 +482,56 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
     struct iovec *iov = NULL;
     /* The runs list is the caller's: hold it while its bytes are read unlocked. */
     Py_INCREF(runs);
-    objs = PyMem_Calloc((size_t)nruns + 1, sizeof(PyObject *));
-    bufs = PyMem_Calloc((size_t)nruns + 1, sizeof(char *));
-    sizes = PyMem_Calloc((size_t)nruns + 1, sizeof(Py_ssize_t));
+    size_t slots = ((size_t)nruns + 1) * NVARIANTS;
+    objs = PyMem_Calloc(slots, sizeof(PyObject *));
+    bufs = PyMem_Calloc(slots, sizeof(char *));
+    sizes = PyMem_Calloc(slots, sizeof(Py_ssize_t));
     if (objs == NULL || bufs == NULL || sizes == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     for (Py_ssize_t i = 0; i < nruns; i++) {
         PyObject *run = PyList_GET_ITEM(runs, i);
-        PyObject *buf, *boxes;
+        PyObject *variants, *boxes;
         Py_ssize_t frames;
-        if (!PyTuple_Check(run) || !PyArg_ParseTuple(run, "O!nO:send_runs", &PyBytes_Type,
-                                                     &buf, &frames, &boxes)) {
+        if (!PyTuple_Check(run) || !PyArg_ParseTuple(run, "OnO:send_runs", &variants, &frames,
+                                                     &boxes)) {
             if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "send_runs: a run is (bytes, int, outboxes)");
+                PyErr_SetString(PyExc_TypeError, "send_runs: a run is (bufs, int, outboxes)");
             goto done;
         }
-        objs[i] = buf;
-        bufs[i] = PyBytes_AS_STRING(buf);
-        sizes[i] = PyBytes_GET_SIZE(buf);
+        /* The runs list (held) holds the run, which holds its buffers. */
+        Py_ssize_t nvar = 1;
+        PyObject **vs = &variants;
+        if (PyTuple_Check(variants)) {
+            nvar = PyTuple_GET_SIZE(variants);
+            vs = &PyTuple_GET_ITEM(variants, 0);
+        }
+        if (nvar < 1 || nvar > NVARIANTS) {
+            PyErr_SetString(PyExc_ValueError, "send_runs: 1 to 8 buffers per run");
+            goto done;
+        }
+        for (Py_ssize_t v = 0; v < nvar; v++) {
+            PyObject *buf = vs[v];
+            if (buf == Py_None && v > 0)
+                continue;
+            if (!PyBytes_Check(buf)) {
+                PyErr_SetString(PyExc_TypeError, "send_runs: a run's buffers are bytes "
+                                "(None for a variant not built, but never the first)");
+                goto done;
+            }
+            Py_ssize_t at = i * NVARIANTS + v;
+            objs[at] = buf;
+            bufs[at] = PyBytes_AS_STRING(buf);
+            sizes[at] = PyBytes_GET_SIZE(buf);
+        }
         PyObject *seq = PySequence_Fast(boxes, "send_runs: outboxes must be iterable");
         if (seq == NULL)
             goto done;
         Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
         PyObject **items = PySequence_Fast_ITEMS(seq);
         for (Py_ssize_t j = 0; j < count; j++) {
-            if (plan_add(&plan, items[j], i, frames, sizes[i], writes) < 0) {
+            if (plan_add(&plan, items[j], i, frames, bufs, sizes, writes) < 0) {
                 Py_DECREF(seq);
                 goto done;
             }
@@ -478,10 +551,14 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
     Py_END_ALLOW_THREADS
     if ((rest = PyList_New(0)) == NULL || (defer = PyList_New(0)) == NULL)
         goto done;
-    Py_ssize_t frames = 0, nbytes = 0, whole = 0;
+    Py_ssize_t frames = 0, nbytes = 0, whole = 0, plain = 0, wire = 0;
     for (Py_ssize_t t = 0; t < plan.ntargets; t++) {
         Target *target = &plan.targets[t];
         PyObject *item;
+        if (target->fd >= 0 && target->variant != 0) {
+            plain += target->plain;
+            wire += target->size;
+        }
         if (target->fd < 0) {
             for (Py_ssize_t n = target->first; n >= 0; n = plan.nodes[n].next) {
                 item = Py_BuildValue("(On)", target->box, plan.nodes[n].run);
@@ -509,7 +586,7 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
             Py_DECREF(item);
         }
     }
-    result = Py_BuildValue("(nnnOO)", frames, nbytes, whole, rest, defer);
+    result = Py_BuildValue("(nnnOOnn)", frames, nbytes, whole, rest, defer, plain, wire);
 done:
     plan_free(&plan);
     Py_XDECREF(rest);
@@ -524,8 +601,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"send_runs", send_runs, METH_VARARGS,
-     "send_runs(runs, writes) -> (frames, nbytes, whole, rest, defer)\n\n"
-     "Send each run [(buf, frames, outboxes), ...] to every Outbox that may be sent to\n"
+     "send_runs(runs, writes) -> (frames, nbytes, whole, rest, defer, plain, wire)\n\n"
+     "Send each run [(bufs, frames, outboxes), ...] to every Outbox that may be sent to\n"
      "directly (one send per Outbox for all its runs); see the module's source."},
     {NULL, NULL, 0, NULL},
 };

@@ -2,5 +2,5 @@
 from typing import Any
 
 def send_runs(
-    runs: list[tuple[bytes, int, Any]], writes: set[int]
-) -> tuple[int, int, int, list[tuple[Any, bytes, int, int]], list[tuple[Any, int]]]: ...
+    runs: list[tuple[bytes | tuple[bytes | None, ...], int, Any]], writes: set[int]
+) -> tuple[int, int, int, list[tuple[Any, bytes, int, int]], list[tuple[Any, int]], int, int]: ...

@@ -23,181 +23,140 @@ stream continues live.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-
 from odin_ws.common.events import Event
-from odin_ws.common.settings import LimitsSettings
-from odin_ws.shard.delivery.frames import text_frame
-from odin_ws.shard.delivery.writestats import WriteStats
-from odin_ws.shard.history import positions
-from odin_ws.shard.history.store import History
+from odin_ws.common.twisted_internals import HOLDING, held, producer_of, resume_when_drained, write_state
+from odin_ws.shard.delivery.behind import Behind
+from odin_ws.shard.delivery.gaps import STALE, gap_notice
+from odin_ws.shard.delivery.outqueue import OutboxCore
+from odin_ws.shard.history.store import TOO_OLD
 
-#: A stream: C{(topic, partition)}; its position: C{(epoch, offset)}.
-Stream = tuple[str, int]
-Position = tuple[str, int]
-
-#: Why a gap notice was sent (its C{reason}) besides the history's reasons
-#: (L{odin_ws.shard.history.store}: too_old, other_epoch, ahead, unknown_partition).
-CONFLATED = "conflated"
-STALE = "stale"
+#: Room and cap of an Outbox that is behind start here (as a closed one's
+#: are lower still, odin_ws/shard/delivery/outqueue.py; cap - room is still
+#: what waits in its queue): every push takes the slow path, which notes it.
+_BEHIND_ROOM = -(1 << 61)
 
 
-class Backlog:
+class CatchingUp(OutboxCore):
     """
-    What catch-up reads, one per shard: the shard's history, the patterns a
-    connection holds (C{patterns_of(outbox)}: the subscription index), and
-    how many retained events one slice may look at
-    (C{limits.max_recovery_scan}, the bound of one recovery).
+    The behind path of an L{odin_ws.shard.delivery.outbox.Outbox}: falling
+    behind (positions, not frames), catch-up in slices as the socket
+    drains, live again (see the module), and recoveries streamed the same way.
     """
 
-    def __init__(self, history: History, patterns_of: Callable[[Any], Iterable[tuple[str, str]]],
-                 limits: LimitsSettings):
-        self.history = history
-        self.patterns_of = patterns_of
-        self.reconfigure(limits)
+    __slots__ = ()
 
-    def reconfigure(self, limits: LimitsSettings) -> None:
-        """Take a reloaded C{limits.max_recovery_scan}."""
-        self.max_scan = limits.max_recovery_scan
-
-
-class Slice:
-    """One slice of catch-up: frames to queue, gaps to tell, whether it is all."""
-
-    __slots__ = ("frames", "events", "gaps", "done")
-
-    def __init__(self) -> None:
-        #: C{(frame, channel)} in sending order.
-        self.frames: list[tuple[bytes, str]] = []
-        self.events = 0
-        #: reason -> {stream: position from which the client may recover}.
-        self.gaps: dict[str, dict[Stream, Position]] = {}
-        #: Every stream reached history's newest event: live from now on.
-        self.done = False
-
-
-class Behind:
-    """
-    Per stream, the position after which a connection was sent nothing
-    (C{streams}); C{disconnect}: it fell behind under the C{disconnect}
-    policy (a gap closes it instead of being told).
-    """
-
-    __slots__ = ("streams", "disconnect")
-
-    def __init__(self, disconnect: bool = False):
-        self.streams: dict[Stream, Position] = {}
-        self.disconnect = disconnect
-
-    def note(self, event: Event) -> None:
-        """C{event} was not queued: its stream is behind from just before it, unless already."""
-        key = (event.topic, event.partition)
-        if key not in self.streams:
-            self.streams[key] = (event.epoch or "0", event.offset - 1)
-
-    def slice(self, backlog: Backlog, subscriber: Any, budget: int) -> Slice:
+    def fall_behind(self, event: Event, disconnect: bool = False) -> None:
         """
-        Read what C{subscriber} missed, stream after stream, up to C{budget}
-        bytes of frames (at least one frame) and C{backlog.max_scan} events
-        looked at; advance the positions. Streams that reached the newest
-        retained event, or that history cannot serve (a gap), are dropped
-        from C{streams}: their next event is live or noted again.
+        C{event} does not fit: take no more frames, note where each stream
+        stopped, catch up from history once the socket drains. Under the
+        disconnect policy (C{disconnect}) the grace starts too.
         """
-        out = Slice()
-        history = backlog.history
-        patterns = list(backlog.patterns_of(subscriber))
-        scan = backlog.max_scan
-        streams = self.streams
-        for key in list(streams):
-            if scan <= 0 or budget <= 0:
-                break
-            epoch, offset = streams[key]
-            topic, partition = key
-            events, last, looked, reason = history.read(topic, partition, epoch, offset, patterns,
-                                                scan, budget)
-            if reason is not None:
-                out.gaps.setdefault(reason, {})[key] = (epoch, offset)
-                del streams[key]
-                continue
-            for e in events:
-                frame = text_frame(e.envelope)
-                out.frames.append((frame, e.channel))
-                budget -= len(frame)
-            out.events += len(events)
-            scan -= max(1, looked)
-            if last == history.high(topic, partition):
-                del streams[key]
-            else:
-                streams[key] = (epoch, last)
-        out.done = not streams
-        return out
+        behind = self.behind = Behind(disconnect)
+        behind.note(event)
+        self._behind()
+        if disconnect:
+            clock = self.fanout.reactor
+            self._over_since = clock.seconds()
+            self._refused = 0
+            self._grace_call = clock.callLater(self.grace, self._grace_over)
 
-
-class StaleNotices:
-    """
-    Events older than C{outbound.max_event_age} are not sent live (a backlog
-    after a restart or a long lag): their subscribers are told, once per
-    stream while its events stay stale (a stale episode), with the position
-    before the first of them, from which they may recover (history keeps them).
-    """
-
-    def __init__(self, stats: WriteStats):
-        self._stats = stats
-        #: Streams in a stale episode, and the connections told of it.
-        self.told: dict[Stream, set[Any]] = {}
-
-    def stale(self, event: Event, subscribers: Iterable[Any]) -> None:
-        """C{event} is not sent to C{subscribers}: tell those not told yet (before newer events)."""
-        key = (event.topic, event.partition)
-        told = self.told.setdefault(key, set())
-        notice = None
-        for box in subscribers:
-            if box in told:
-                continue
-            told.add(box)
-            if notice is None:
-                notice = gap_notice(STALE, {key: (event.epoch or "0", event.offset - 1)})
-            box.push_control(notice)
-            self._stats.gaps[STALE] = self._stats.gaps.get(STALE, 0) + 1
-
-    def forget(self, subscriber: Any) -> None:
+    def can_stream(self, patterns: set[tuple[str, str]]) -> bool:
         """
-        C{subscriber} recovers from positions (it may have been told): what
-        it is told of from now on is new to it (its recovery ends before).
+        Whether a recovery for C{patterns} may be streamed (L{recover_from}):
+        catch-up is possible, and the connection holds no other pattern
+        (catch-up reads for every pattern held; a held one outside
+        C{patterns} would get its events again). It may be behind already.
         """
-        for told in self.told.values():
-            told.discard(subscriber)
+        backlog = self.backlog
+        return (backlog is not None and not self.closed
+                and set(backlog.patterns_of(self)) <= patterns)
 
-    def fresh(self, event: Event) -> None:
-        """A live event of its stream: the stream's stale episode (if any) is over."""
-        self.told.pop((event.topic, event.partition), None)
+    def recover_from(self, since: dict[tuple[str, int], tuple[str, int]]) -> None:
+        """
+        Stream a recovery too large for the buffer (or asked while behind):
+        behind from C{since} (C{(topic, partition) -> (epoch, offset)}),
+        caught up from history in slices as the socket drains (only after
+        L{can_stream}). Already behind: C{since} replaces the positions of
+        its streams (the client says what it holds of every pattern the
+        connection has), the others' stay.
+        """
+        behind = self.behind
+        if behind is not None:
+            behind.streams.update(since)
+            behind.replay = True
+            self._catch_up_soon()
+            return
+        behind = self.behind = Behind(replay=True)
+        behind.streams.update(since)
+        self._behind()
 
+    def _behind(self) -> None:
+        queued = self.cap - self.room
+        self.cap = _BEHIND_ROOM
+        self.room = _BEHIND_ROOM - queued
+        self.tracking = True
+        stats = self.stats
+        stats.fell_behind += 1
+        stats.behind_now += 1
+        # Catch-up starts in a later turn and waits for the drain itself:
+        # nothing else may start it. Nothing may be queued (the frames before
+        # went out directly, the kernel or Twisted holding what did not fit),
+        # so no flush of ours follows; and Twisted resumes a streaming
+        # producer only if it was paused.
+        self._catch_up_soon()
 
-def conflated_notice(skipped: Mapping[str, int]) -> bytes:
-    """
-    The C{gap} message of conflation (a WebSocket text frame): per channel,
-    how many events gave way to a newer one. Nothing to recover: the
-    client chose the latest value over every event.
-    """
-    body = json.dumps({"type": "gap", "reason": CONFLATED, "channels": dict(skipped)},
-                      separators=(",", ":"))
-    return text_frame(body.encode())
+    def _catch_up_soon(self) -> None:
+        """One slice in a later reactor turn (one per turn: others get theirs)."""
+        if self._catch_call is None and not self.closed:
+            self._catch_call = self.fanout.reactor.callLater(0, self._catch_up)
 
+    def _catch_up(self) -> None:
+        """
+        Queue one slice of what this connection missed (as much as its
+        buffer has room for) and write it; live again once a slice reached
+        the newest event of every stream.
+        """
+        self._catch_call = None
+        behind = self.behind
+        if behind is None or self.closed or self.paused:
+            return
+        t = self.transport
+        if self._fd and write_state(t) == HOLDING and producer_of(t) is self:
+            self.paused = True
+            resume_when_drained(t)
+            return
+        backlog = self.backlog
+        assert backlog is not None, "behind only with a backlog"
+        queued = self.cap - self.room
+        part = behind.slice(backlog, self, self.limit - held(t) - queued)
+        stats = self.stats
+        if part.gaps:
+            if behind.disconnect:
+                self._disconnect(lambda f: f())
+                return
+            if any(reason == TOO_OLD for reason in part.gaps):
+                stats.fell_out += 1
+            for reason, streams in part.gaps.items():
+                stats.gaps[reason] = stats.gaps.get(reason, 0) + len(streams)
+                self.push_control(gap_notice(reason, streams))
+        queue = self.queue
+        for frame, channel in part.frames:
+            self.room -= len(frame)
+            queue += (frame, channel)
+        stats.caught_up += part.events
+        if part.stale:
+            stats.gaps[STALE] = stats.gaps.get(STALE, 0) + part.stale
+        if part.done:
+            self._go_live()
+        if queue:
+            self.flush()
+        elif self.behind is not None:
+            self._catch_up_soon()
 
-def gap_notice(reason: str, streams: Mapping[Stream, Position | None]) -> bytes:
-    """
-    The C{gap} message (a WebSocket text frame) for C{streams}: each maps to
-    the position from which the client may recover (None: it cannot).
-    """
-    named = {}
-    for (topic, partition), position in sorted(streams.items(), key=lambda kv: kv[0]):
-        epoch = position[0] if position is not None else "0"
-        stream = f"{topic}:{partition}:{epoch}"
-        # Before a partition's first offset (0) there is no position to name.
-        named[stream] = (positions.encode(topic, partition, *position)
-                         if position is not None and position[1] >= 0 else None)
-    body = json.dumps({"type": "gap", "reason": reason, "streams": named},
-                      separators=(",", ":"))
-    return text_frame(body.encode())
+    def _go_live(self) -> None:
+        self.behind = None
+        self.stats.behind_now -= 1
+        queued = self.cap - self.room
+        self.cap = self.limit - held(self.transport)
+        self.room = self.cap - queued
+        self._calm()

@@ -42,9 +42,11 @@ from twisted.logger import Logger
 
 from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import pending_writers
-from odin_ws.shard.delivery.frames import Chunk, frame_count
+from odin_ws.shard.delivery.deflate import PLAIN, Deflate
+from odin_ws.shard.delivery.frames import Run, frame_count
 from odin_ws.shard.delivery.nativesend import SendRuns
 from odin_ws.shard.delivery.outbox import Outbox
+from odin_ws.shard.delivery.outqueue import OutboxCore
 from odin_ws.shard.delivery.writestats import WriteStats
 
 log = Logger()
@@ -79,7 +81,7 @@ class Fanout:
     """
 
     def __init__(self, reactor: Any, stats: WriteStats, delay: float = 0.0,
-                 native: SendRuns | None = None):
+                 native: SendRuns | None = None, deflate: Deflate | None = None):
         self.reactor = reactor
         self.stats = stats
         #: The flush window in seconds (C{outbound.flush_delay}; 0 = write in L{flush}).
@@ -89,12 +91,13 @@ class Fanout:
         self.writes: set[int] | None = pending_writers(reactor)
         #: The C send loop (None: the Python loop only).
         self.native = native
-        # Runs kept for the C loop until the next write: (buf, frames,
-        # subscribers) and, for the Python path, (queue entry, items).
-        self._runs: list[tuple[bytes, int, tuple[Outbox, ...]]] = []
-        self._entries: list[tuple[tuple[bytes, Any], list[tuple[bytes, str, str]],
-                                  list[Event] | None]] = []
-        self._dirty: list[Outbox] = []
+        #: The shard's compression of event frames (None: never compressed).
+        self.deflate = deflate
+        # Runs kept for the C loop until the next write: (buffer per
+        # variant, frames, subscribers) and, for the Python path, the Run.
+        self._runs: list[tuple[tuple[bytes | None, ...], int, tuple[Outbox, ...]]] = []
+        self._entries: list[Run] = []
+        self._dirty: list[OutboxCore] = []
         self._later: list[Callable[[], None]] = []
         self._call = None
 
@@ -104,44 +107,47 @@ class Fanout:
         Queue one frame (of C{channel}, C{event_type}; of C{event} of the
         shard's history, which a slow outbox catches up from) on every outbox.
         """
-        if self.native is not None and not self.delay:
-            self._keep(frame, (frame, channel), [(frame, channel, event_type)],
-                       [event] if event is not None else None, outboxes)
-            return
-        size = len(frame)
-        self._spread((frame, channel), size, outboxes,
-                     lambda box: box.overflow(frame, channel, event_type, size, event))
+        self.publish_run([(frame, channel, event_type)], outboxes,
+                         [event] if event is not None else None)
 
     def publish_run(self, items: list[tuple[bytes, str, str]], outboxes: Iterable[Outbox],
-                    events: list[Event] | None = None) -> None:
+                    events: list[Event] | None = None, compress: bool = True) -> None:
         """
         Queue several frames, each C{(frame, channel, event_type)}, in order on
         every outbox: consecutive events that reach the same subscribers. The
-        frames are joined once for all of them, so each outbox takes one
-        entry; an outbox without room for the whole takes them one by one
-        under its policy. C{events}: the history events the frames carry
-        (C{events[i]} is C{items[i]}'s), where a slow outbox catches up from.
+        frames are joined once for all of them (once per variant: plain, or
+        compressed for a window size, L{odin_ws.shard.delivery.deflate}), so
+        each outbox takes one entry; an outbox without room for the whole
+        takes them one by one under its policy. C{events}: the history
+        events the frames carry (C{events[i]} is C{items[i]}'s), where a
+        slow outbox catches up from. C{compress}: False for frames meant for
+        one connection (a recovery, a snapshot), which go out plain:
+        compressing them would cost per connection, not per event.
         """
-        if len(items) == 1:
-            self.publish(*items[0], outboxes, events[0] if events else None)
-            return
-        chunk = b"".join([frame for frame, _, _ in items])
-        tag = Chunk(items, events)
+        run = Run(items, events, self.deflate if compress else None)
         if self.native is not None and not self.delay:
-            self._keep(chunk, (chunk, tag), items, events, outboxes)
+            self._keep(run, outboxes)
             return
-        self._spread((chunk, tag), len(chunk), outboxes, lambda box: box.push_parts(tag))
+        self._spread(run, outboxes)
 
-    def _spread(self, pair: tuple[bytes, Any], size: int, outboxes: Iterable[Outbox],
-                over: Callable[[Outbox], None]) -> None:
+    def _spread(self, run: Run, outboxes: Iterable[Outbox], variant: int = PLAIN) -> None:
         """
-        Append the queue entry C{pair} (C{size} bytes) to every outbox with
-        room for it; C{over(box)} for the others. Outbox.push inlined: this
-        loop runs once per subscriber per event or run.
+        Append C{run}'s queue entry of C{variant} to every outbox of that
+        variant with room for it; the run's overflow for the others of that
+        variant; the other variants' entries to the rest (L{_spread_variants}).
+        Outbox.push inlined: this loop runs once per subscriber per run.
         """
+        pair, size = run.entry(variant)
+        over = run.over(variant)
         dirty = self._dirty
         mark = dirty.append
+        others: list[Outbox] | None = None
         for box in outboxes:
+            if box.variant != variant:
+                if others is None:
+                    others = []
+                others.append(box)
+                continue
             room = box.room - size
             if room < 0:
                 over(box)
@@ -151,19 +157,49 @@ class Fanout:
             if not queue:
                 mark(box)
             queue += pair
+        if others is not None:
+            self._spread_variants(run, others)
         if dirty:
             self._soon()
 
-    def _keep(self, buf: bytes, pair: tuple[bytes, Any], items: list[tuple[bytes, str, str]],
-              events: list[Event] | None, outboxes: Iterable[Outbox]) -> None:
+    def _spread_variants(self, run: Run, outboxes: list[Outbox]) -> None:
+        """C{run} to outboxes of compressed variants, counted per variant (if compressed)."""
+        by_variant: dict[int, list[Outbox]] = {}
+        for box in outboxes:
+            by_variant.setdefault(box.variant, []).append(box)
+        if run.deflate is None:
+            for v, boxes in by_variant.items():
+                self._spread(run, boxes, v)
+            return
+        stats = self.stats
+        plain = run.entry(PLAIN)[1]
+        for v, boxes in by_variant.items():
+            self._spread(run, boxes, v)
+            size = run.entry(v)[1]
+            stats.deflate_plain += plain * len(boxes)
+            stats.deflate_wire += size * len(boxes)
+
+    def _keep(self, run: Run, outboxes: Iterable[Outbox]) -> None:
         """
-        Keep a run for the C loop at the next write. Its subscribers are
-        taken now (the index hands out live views): those it reaches are
-        those it would have reached in the Python loop.
+        Keep a run for the C loop at the next write, with the buffers of the
+        variants open connections use. Its subscribers are taken now (the
+        index hands out live views): those it reaches are those it would
+        have reached in the Python loop.
         """
-        self._runs.append((buf, len(items), tuple(outboxes)))
-        self._entries.append((pair, items, events))
+        deflate = self.deflate
+        bufs = run.bufs(deflate.in_use() if deflate is not None else [])
+        self._runs.append((bufs, len(run.items), tuple(outboxes)))
+        self._entries.append(run)
         self._soon()
+
+    def settle(self) -> None:
+        """
+        Send the runs kept for the C loop now, so that frames queued into
+        Outboxes directly next (a delta subscriber's,
+        L{odin_ws.shard.delivery.variantfeed}) come after them.
+        """
+        if self._runs:
+            self._send_native(self.native)  # type: ignore[arg-type]  # runs are kept only with it
 
     def _send_native(self, send_runs: SendRuns) -> None:
         """
@@ -175,24 +211,25 @@ class Fanout:
         entries, self._entries = self._entries, []
         # No set of writers known: no Outbox is inline, the loop sends to none.
         writes = self.writes if self.writes is not None else set()
-        frames, size, whole, rest, defer = send_runs(runs, writes)
+        frames, size, whole, rest, defer, plain, wire = send_runs(runs, writes)
         stats = self.stats
         stats.delivered += frames
         stats.bytes_out += size
         stats.writes += whole
         stats.direct += whole
+        stats.deflate_plain += plain
+        stats.deflate_wire += wire
         # The runs handed back, pushed as the Python loop does it (_spread),
         # run after run: each connection takes its runs in order.
         handed: dict[int, list[Outbox]] = {}
         for box, run in defer:
             handed.setdefault(run, []).append(box)
         for run in sorted(handed):
-            pair, items, events = entries[run]
-            self._spread(pair, len(pair[0]), handed[run], _overflow(pair, items, events))
+            self._spread(entries[run], handed[run])
         for box, buf, sent, count in rest:
             self._write_rest(box, buf, sent, count)
 
-    def _write_rest(self, box: Outbox, buf: bytes, sent: int, count: int) -> None:
+    def _write_rest(self, box: OutboxCore, buf: bytes, sent: int, count: int) -> None:
         """A direct send of C{count} frames took C{sent} bytes of C{buf}: Twisted takes the rest."""
         stats = self.stats
         stats.delivered += count
@@ -282,7 +319,7 @@ class Fanout:
             except Exception:
                 log.failure("after-write callback {f}", f=f)
 
-    def mark(self, box: Outbox) -> None:
+    def mark(self, box: OutboxCore) -> None:
         """C{box} took its first frame since its last write: write it with the others."""
         self._dirty.append(box)
         self._soon()
@@ -301,13 +338,3 @@ class Fanout:
         if self._call is None:
             self._call = self.reactor.callLater(self.delay, self._turn_end)
 
-
-def _overflow(pair: tuple[bytes, Any], items: list[tuple[bytes, str, str]],
-              events: list[Event] | None) -> Callable[[Outbox], None]:
-    """What an Outbox without room for the kept run C{pair} does: as in L{Fanout.publish}/C{publish_run}."""
-    if len(items) == 1:
-        frame, channel, event_type = items[0]
-        event = events[0] if events else None
-        return lambda box: box.overflow(frame, channel, event_type, len(frame), event)
-    tag = pair[1]
-    return lambda box: box.push_parts(tag)

@@ -37,9 +37,12 @@ OFF = "off"
 #: L{NativeSend.state}: C{auto}, and the extension could not be loaded.
 UNAVAILABLE = "unavailable"
 
-#: C{send_runs(runs, writes) -> (frames, nbytes, whole, rest, defer)}; see _sendrun.c.
-SendRuns = Callable[[list[tuple[bytes, int, Any]], set[int]],
-                   tuple[int, int, int, list[tuple[Any, bytes, int, int]], list[tuple[Any, int]]]]
+#: C{send_runs(runs, writes) -> (frames, nbytes, whole, rest, defer, plain, wire)}; a
+#: run is C{(bufs, frames, outboxes)}, C{bufs} one buffer per variant
+#: (L{odin_ws.shard.delivery.deflate}); see _sendrun.c.
+SendRuns = Callable[[list[tuple[tuple[bytes | None, ...], int, Any]], set[int]],
+                   tuple[int, int, int, list[tuple[Any, bytes, int, int]], list[tuple[Any, int]],
+                         int, int]]
 
 _warned = False
 

@@ -18,11 +18,12 @@ from odin_ws.common import metrics
 from odin_ws.common.events import Event
 from odin_ws.common.highwater import HighWater
 from odin_ws.common.settings import Settings
-from odin_ws.shard.delivery.catchup import StaleNotices
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
+from odin_ws.shard.delivery.gaps import StaleNotices
 from odin_ws.shard.delivery.ssefeed import Streams
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
+from odin_ws.shard.delivery.variantfeed import VariantFeed
 from odin_ws.shard.history.store import History
 
 #: Sends a batch this shard consumed to the hub (None: no parent to send to).
@@ -39,11 +40,14 @@ class Delivery:
 
     @param seen: the shard's de-duplication marks.
     @param relay: hands a batch this shard consumed to the other shards.
+    @param variants: the subscriptions with options (None: none are served).
     """
 
     def __init__(self, settings: Settings, subscriptions: SubscriptionIndex, fanout: Fanout,
-                 history: History, streams: Streams, seen: HighWater, relay: Relay):
+                 history: History, streams: Streams, seen: HighWater, relay: Relay,
+                 variants: VariantFeed | None = None):
         self.subscriptions = subscriptions
+        self.variants = variants
         self.fanout = fanout
         self.history = history
         self.streams = streams
@@ -96,11 +100,17 @@ class Delivery:
         # (odin_ws/shard/delivery/ssefeed.py); None while no stream is open.
         streams = self.streams.feed()
         notices = self.stale
+        # Subscriptions with options (odin_ws/shard/delivery/variantfeed.py):
+        # one attribute test per batch while none is held.
+        feed = self.variants
+        optioned = feed.index if feed is not None and feed.index.active else None
         for e in events:
             remember(e)
             if e.ts < cutoff:
                 stale += 1
                 subscribers = subscriptions.match(e.token, e.event_type)
+                if optioned is not None:
+                    subscribers = set(subscribers) | optioned.everyone(e.token, e.event_type)
                 if subscribers:
                     if run:     # the notice must not overtake events before it
                         fanout.publish_run(run, run_to, run_events)
@@ -110,12 +120,22 @@ class Delivery:
             if notices.told:
                 notices.fresh(e)
             subscribers = subscriptions.match(e.token, e.event_type)
-            if streams is not None and streams.offer(e) and not subscribers:
+            held = optioned.match(e.token, e.event_type) if optioned is not None else ()
+            if streams is not None and streams.offer(e) and not subscribers and not held:
                 delivered.append(e)
                 continue
-            if not subscribers:
+            if held:
+                delivered.append(e)
+                if run:     # the variants' frames must not overtake events before them
+                    fanout.publish_run(run, run_to, run_events)
+                    run, run_events, run_to = [], [], None
+                feed.offer(e, held)  # type: ignore[union-attr]  # held only with a feed
+                if not subscribers:
+                    continue
+            elif not subscribers:
                 continue
-            delivered.append(e)
+            else:
+                delivered.append(e)
             if subscribers is not run_to and run:
                 fanout.publish_run(run, run_to, run_events)
                 run = []

@@ -27,6 +27,7 @@ same at 2000 and 4000 WebSocket connections: nothing per connection.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import task
@@ -35,6 +36,7 @@ from twisted.logger import Logger
 from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
+from odin_ws.shard.delivery.gaps import DROPPED, gap_body
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.history import positions
@@ -132,6 +134,52 @@ def with_id(msg: bytes, id: str) -> bytes:
     return b"id: " + id.encode("ascii") + b"\n" + msg
 
 
+class DropNotices:
+    """
+    What one SSE stream lost past its buffer, told by a C{gap} message
+    (docs/protocol.md "Server-Sent Events"). A stream has no catch-up (it
+    cannot take another message until it drains, and its ids are position
+    vectors), so the events the policy drops are gone from it; the notice
+    names each stream lost with the position before its first dropped
+    event, and C{since}: a vector from which a new stream recovers
+    everything this one dropped (the shard's vector before the first drop,
+    each dropped stream held back to before its first dropped event).
+    Events it already has come again then; they carry their C{pos}.
+    """
+
+    __slots__ = ("_feed", "positions", "_since", "notice")
+
+    def __init__(self, feed: Streams):
+        self._feed = feed
+        #: Per stream, the position before its first dropped event.
+        self.positions: dict[tuple[str, int], tuple[str, int]] = {}
+        self._since: dict[tuple[str, int], tuple[str, int]] | None = None
+        #: The notice naming everything dropped so far (None: nothing was).
+        self.notice: bytes | None = None
+
+    def dropped(self, event: Event) -> bytes:
+        """C{event} was dropped: the notice (a new one if it names more)."""
+        key = (event.topic, event.partition)
+        before = (event.epoch or "0", event.offset - 1)
+        since = self._since
+        if since is None:
+            # The vector may already be past events of this delivery not
+            # yet pushed: those that are dropped hold their stream back below.
+            tops = self._feed.tops
+            since = self._since = tops.snapshot() if tops is not None else {}
+            since[key] = before
+        if key in self.positions and self.notice is not None:
+            return self.notice
+        self.positions[key] = before
+        held = since.get(key)
+        if held is None or held[0] != before[0] or held[1] > before[1]:
+            since[key] = before
+        body = gap_body(DROPPED, self.positions)
+        body["since"] = vector_text(since)
+        self.notice = message(json.dumps(body, separators=(",", ":")).encode(), event="gap")
+        return self.notice
+
+
 class Streams:
     """
     The shard's SSE streams: their subscription index, the position vector
@@ -152,6 +200,8 @@ class Streams:
         self.open: set[Stream] = set()
         self.tops: Tops | None = None
         self._run: list[tuple[bytes, str, str]] = []
+        #: The events of C{_run}: a stream that drops one names it (L{DropNotices}).
+        self._run_events: list[Event] = []
         self._run_to: Any = None
         self._pinger: task.LoopingCall | None = None
         self.reconfigure(settings)
@@ -179,19 +229,22 @@ class Streams:
         if not subscribers:
             return False
         if subscribers is not self._run_to and self._run:
-            self._fanout.publish_run(self._run, self._run_to)
+            self._fanout.publish_run(self._run, self._run_to, self._run_events)
             self._run = []
+            self._run_events = []
         self._run_to = subscribers
         self._run.append((message(event.envelope, tops.text()), event.channel,
                           event.event_type))
+        self._run_events.append(event)
         return True
 
     def finish(self) -> None:
         """The delivery's events are all offered: queue the last run."""
         run, self._run = self._run, []
+        events, self._run_events = self._run_events, []
         to, self._run_to = self._run_to, None
         if run:
-            self._fanout.publish_run(run, to)
+            self._fanout.publish_run(run, to, events)
 
     # -- streams
 

@@ -11,6 +11,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 #: The slow-client policies (C{outbound.policy}; L{odin_ws.shard.delivery.outbox.Outbox}).
 POLICIES = ("drop", "conflate", "disconnect")
+#: What became of a handshake's permessage-deflate offers (odin_ws/shard/clients/websocket.py):
+#: accepted; declined (compression off, or only offers this server cannot
+#: honour); invalid (malformed, declined too).
+OFFER_RESULTS = ("accepted", "declined", "invalid")
 
 
 class WriteStats:
@@ -36,6 +40,10 @@ class WriteStats:
         self.caught_up = 0         # events sent from history to connections that were behind
         self.fell_out = 0          # times a connection fell out of the history window
         self.gaps: dict[str, int] = {}  # streams named in gap notices, by reason
+        self.deflated = 0          # event frames compressed (once per event and window size)
+        self.deflate_plain = 0     # bytes of event frames handed to compressing connections ...
+        self.deflate_wire = 0      # ... and the same frames' bytes as those connections got them
+        self.offers = dict.fromkeys(OFFER_RESULTS, 0)  # permessage-deflate offers, by outcome
 
 
 class WriteStatsCollector:
@@ -58,27 +66,35 @@ class WriteStatsCollector:
                 ("connections_fell_behind", "Times a connection fell behind: its buffer "
                  "was full, or a recovery was streamed.", s.fell_behind),
                 ("connections_fell_out", "Times a connection fell out of the history "
-                 "window while behind (told by a gap notice, too_old).", s.fell_out)):
+                 "window while behind (told by a gap notice, too_old).", s.fell_out),
+                ("outbound_deflated_frames", "Event frames compressed (permessage-deflate): "
+                 "once per event and server window size, not per connection.", s.deflated)):
             yield CounterMetricFamily("odinws_" + name, doc, value=value)
         yield GaugeMetricFamily("odinws_outbound_buffer_high_water_bytes", "Most bytes "
                                 "one connection had waiting, since start.", value=s.high_water)
         yield GaugeMetricFamily("odinws_connections_behind", "Connections catching up from "
                                 "history now.", value=s.behind_now)
-        gaps = CounterMetricFamily("odinws_gaps_notified", "Streams named in gap notices "
-                                   "sent to clients, by reason.", labels=["reason"])
-        for reason in sorted(s.gaps):
-            gaps.add_metric([reason], s.gaps[reason])
-        yield gaps
-        dropped = CounterMetricFamily("odinws_events_dropped", "Event frames dropped for "
-                                      "slow clients, by policy.", labels=["policy"])
-        for policy in POLICIES:
-            dropped.add_metric([policy], s.dropped[policy])
-        yield dropped
-        writes = CounterMetricFamily("odinws_writes", "Buffers written to connections, by "
-                                     "path: direct (socket.send took all), partial (the "
-                                     "rest went to Twisted), buffered (all via Twisted).",
-                                     labels=["path"])
-        for path, value in (("direct", s.direct), ("partial", s.partial),
-                            ("buffered", s.buffered)):
-            writes.add_metric([path], value)
-        yield writes
+        yield labelled("odinws_gaps_notified", "Streams named in gap notices sent to "
+                       "clients, by reason.", "reason", {r: s.gaps[r] for r in sorted(s.gaps)})
+        yield labelled("odinws_events_dropped", "Event frames dropped for slow clients, by "
+                       "policy.", "policy", s.dropped)
+        yield labelled("odinws_outbound_deflate_bytes", "Bytes of the event frames handed to "
+                       "connections that negotiated permessage-deflate: stage plain as "
+                       "uncompressed frames, wire as sent (smaller ones compressed).", "stage",
+                       {"plain": s.deflate_plain, "wire": s.deflate_wire})
+        yield labelled("odinws_deflate_offers", "WebSocket handshakes offering "
+                       "permessage-deflate, by outcome: accepted, declined (compression off "
+                       "or no offer this server can honour), invalid (malformed: declined "
+                       "too).", "result", s.offers)
+        yield labelled("odinws_writes", "Buffers written to connections, by path: direct "
+                       "(socket.send took all), partial (the rest went to Twisted), buffered "
+                       "(all via Twisted).", "path",
+                       {"direct": s.direct, "partial": s.partial, "buffered": s.buffered})
+
+
+def labelled(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    """A counter family with one sample per C{values} entry, labelled C{label}."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family

@@ -363,6 +363,9 @@ class ConsumerLoop:
         topics = {t for t, _ in self.assignment}
         changed = self.incarnations.refresh(topics)
         if changed is None:
+            failure = self.incarnations.failure
+            self.ingest.note_error("topic_identity", "topic identity lookup failed: "
+                                   + (describe_error(failure) if failure else "no answer"))
             self.epochs_due = time.monotonic() + EPOCH_RETRY
             return None
         # Looked at again every metadata refresh: a topic deleted and

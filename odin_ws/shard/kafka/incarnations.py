@@ -10,6 +10,17 @@ topic on a new in-memory broker) gets a new topic id. With Apache Kafka
 both identify (topic ids since 2.8, KIP-516).
 
 Used from the consumer thread only; every call is bounded by C{timeout}.
+
+Both requests go to what the admin client's last metadata named the
+controller. A KRaft broker names a random live broker there, and librdkafka
+(2.16) waits for that broker for as long as its metadata is not refreshed
+(5 minutes for an admin client): measured on a three-broker Apache Kafka
+4.4, with the named broker killed every lookup timed out ("Timed out
+waiting for controller") for the 40 s tried, and the shards whose group
+had lost its offsets in the same outage started none of those partitions
+again (C{LeaderKilledTests}: 2 runs in 19 stalled for good). So a failed lookup refreshes the
+metadata (L{TopicIncarnations.renew}): the next one asks a broker that is
+there (once the cluster has fenced the dead one, always).
 """
 
 from __future__ import annotations
@@ -37,20 +48,29 @@ def admin_config(consumer_config: dict[str, Any]) -> dict[str, Any]:
             if k in _SHARED or k.startswith(tuple(p for p in _SHARED if p.endswith(".")))}
 
 
+#: Seconds a metadata refresh after a failed lookup may take.
+RENEW_TIMEOUT = 1.0
+
+
 class TopicIncarnations:
     """
     The current epoch of each topic.
 
     @param config: librdkafka settings for the admin client (L{admin_config}).
     @param timeout: seconds one lookup may take.
+    @param admin_factory: builds the admin client from C{config}.
     """
 
-    def __init__(self, config: dict[str, Any], timeout: float = 2.0):
+    def __init__(self, config: dict[str, Any], timeout: float = 2.0,
+                 admin_factory: Any = AdminClient):
         self._config = config
         self._timeout = timeout
-        self._admin: AdminClient | None = None
+        self._admin_factory = admin_factory
+        self._admin: Any = None
         self._epochs: dict[str, str] = {}
         self._rewinds = 0
+        #: Why the last lookup failed (None: it succeeded).
+        self.failure: Exception | None = None
 
     def epoch(self, topic: str) -> str:
         """The last known epoch of C{topic} (C{""} before any lookup succeeded)."""
@@ -67,7 +87,7 @@ class TopicIncarnations:
             return {}
         try:
             if self._admin is None:
-                self._admin = AdminClient(self._config)
+                self._admin = self._admin_factory(self._config)
             cluster = self._admin.describe_cluster(request_timeout=self._timeout)
             described = self._admin.describe_topics(TopicCollection(topics),
                                                     request_timeout=self._timeout)
@@ -78,10 +98,13 @@ class TopicIncarnations:
             for topic, future in described.items():
                 topic_id = future.result(timeout=0).topic_id
                 ids[topic] = str(topic_id) if topic_id is not None else ""
-        except (KafkaException, TimeoutError, ValueError, TypeError, RuntimeError):
+        except (KafkaException, TimeoutError, ValueError, TypeError, RuntimeError) as e:
             # Not reachable now, unknown topic, or a broker without these
             # requests: keep what is known, the caller retries later.
+            self.failure = e
+            self.renew()
             return None
+        self.failure = None
         changed = {}
         for topic, topic_id in ids.items():
             epoch = epoch_of(cluster_id, topic_id)
@@ -90,6 +113,21 @@ class TopicIncarnations:
                 changed[topic] = old
                 self._epochs[topic] = epoch
         return changed
+
+    def renew(self) -> None:
+        """
+        Refresh the admin client's metadata (a request to any broker that
+        answers), and with it the broker it takes for the controller.
+        Bounded by L{RENEW_TIMEOUT} (the consumer thread waits meanwhile; a
+        broker that is up answers in milliseconds); a failure is the next
+        lookup's to report.
+        """
+        if self._admin is None:
+            return
+        try:
+            self._admin.list_topics(timeout=RENEW_TIMEOUT)
+        except KafkaException:
+            pass
 
     def rewind(self, topic: str) -> None:
         """

@@ -118,7 +118,7 @@ class KafkaIngest(Service):
         #: Configured topics the brokers said do not exist (until seen again).
         self._missing: frozenset[str] = frozenset()
         #: Reactor time the consumer was last known connected (or started).
-        self._connected_at = reactor.seconds()
+        self._connected_at = self._unassigned_at = reactor.seconds()
         # Error kinds logged in the current episode (see _set_state).
         self._logged: set[str] = set()
         self._connection_error: str | None = None
@@ -200,7 +200,10 @@ class KafkaIngest(Service):
                 "last_error": error, "missing_topics": sorted(self._missing),
                 # How long no broker has answered (the node's /health 503s
                 # past kafka.unreachable_grace on every shard).
-                "disconnected_for": 0.0 if connected else round(now - self._connected_at, 1)}
+                "disconnected_for": 0.0 if connected else round(now - self._connected_at, 1),
+                # How long it has had no partition (a rebalance, a stalled
+                # group): /health 503s past the grace when no shard has one.
+                "unassigned_for": 0.0 if self._assigned else round(now - self._unassigned_at, 1)}
 
     @property
     def assigned(self) -> frozenset[Partition]:
@@ -214,7 +217,7 @@ class KafkaIngest(Service):
         self._connected = False
         self._last_error = self._connection_error = None
         self._missing = frozenset()
-        self._connected_at = self._reactor.seconds()
+        self._connected_at = self._unassigned_at = self._reactor.seconds()
         self._logged = set()
         self._state = IngestState.STARTING
         conf = self.consumer_config()
@@ -303,6 +306,8 @@ class KafkaIngest(Service):
         """
         if assigned - self._assigned:
             self._last_error = None
+        if not assigned and self._assigned:
+            self._unassigned_at = self._reactor.seconds()
         self._assigned = assigned
 
     def publish_missing(self, topics: frozenset[str]) -> None:

@@ -89,6 +89,26 @@ class SchemaSource:
         conf = client_config(settings)
         return cls(settings, lambda: SchemaRegistryClient(conf))
 
+    def reconfigure(self, settings: SchemaRegistrySettings) -> None:
+        """
+        A reload: C{wait}, C{retry} and C{cache_size} from now on (a smaller
+        cache drops its least recently used schemas at once; a failure
+        already waiting out its retry keeps its time). The registry's
+        address, credentials and timeout are the clients', made once: they
+        need a restart, and cached ids belong to the registry they came from.
+        """
+        with self._lock:
+            self._wait = settings.wait
+            self._retry = settings.retry
+            self._capacity = settings.cache_size
+            self._trim()
+            cached = len(self._schemas)
+        metrics.SCHEMAS_CACHED.set(cached)
+
+    def _trim(self) -> None:
+        while len(self._schemas) > self._capacity:
+            self._schemas.popitem(last=False)
+
     def client(self, fmt: str) -> Any:
         """The registry client whose cache holds the schemas fetched in format C{fmt}."""
         with self._lock:
@@ -147,8 +167,7 @@ class SchemaSource:
         with self._lock:
             self._fetching.pop(key, None)
             self._schemas[key] = schema
-            while len(self._schemas) > self._capacity:
-                self._schemas.popitem(last=False)
+            self._trim()
             cached = len(self._schemas)
         metrics.SCHEMAS_CACHED.set(cached)
         self._state = RegistryState.OK

@@ -25,6 +25,7 @@ from odin_ws.shard.clients.autobahn_internals import (
     STATE_ATTRS,
     ProtocolHooks,
     forget_transport_details,
+    server_window,
 )
 from odin_ws.shard.clients.lean import LeanServerProtocol
 from odin_ws.shard.clients.websocket import ClientProtocol
@@ -101,6 +102,25 @@ class HookTests(SynchronousTestCase):
         self.assertIn("_onOpen", vars(WebSocketAdapterProtocol))
         self.assertIn("self._connectionMade()", inspect.getsource(
             WebSocketAdapterProtocol.connectionMade))
+
+    def test_extensions_parsed_where_hooked(self):
+        """
+        processHandshake parses Sec-WebSocket-Extensions with
+        _parseExtensionsHeader into [(name, {param: [values]})], negotiates
+        from what it returns, and keeps the compression negotiated in
+        _perMessageCompress in succeedHandshake (its server_max_window_bits:
+        server_window).
+        """
+        self.assertIn("self._parseExtensionsHeader(", inspect.getsource(
+            WebSocketServerProtocol.processHandshake))
+        parsed = WebSocketProtocol._parseExtensionsHeader(
+            None, "permessage-deflate; server_max_window_bits=10, x-foo")
+        self.assertEqual(parsed, [("permessage-deflate", {"server_max_window_bits": ["10"]}),
+                                  ("x-foo", {})])
+        self.assertIn("self._perMessageCompress = PMCE[", inspect.getsource(
+            WebSocketServerProtocol.succeedHandshake))
+        proto, _ = handshaken_protocol(Recording)
+        self.assertIsNone(server_window(proto))
 
     def test_hooks_in_order(self):
         """

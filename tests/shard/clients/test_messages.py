@@ -288,3 +288,42 @@ class FuzzTests(SynchronousTestCase):
         got = parse(body)
         self.assertEqual([c[0] for c in got.channels], list(dict.fromkeys(names)))
         self.assertEqual(got.id, msg_id)
+
+
+class SubscribeOptionTests(SynchronousTestCase):
+    def test_delta_true_or_merge_patch(self) -> None:
+        """delta: true and delta: "merge-patch" both ask for merge-patch deltas; false for none."""
+        base = {"type": "subscribe", "channels": ["odin.token.A.price"]}
+        self.assertTrue(parse({**base, "delta": True}).delta)
+        self.assertTrue(parse({**base, "delta": "merge-patch"}).delta)
+        self.assertFalse(parse({**base, "delta": False}).delta)
+        self.assertFalse(parse(base).delta)
+
+    def test_unknown_delta_refused(self) -> None:
+        """An unknown delta format, or a delta that is no format, is refused with bad_delta."""
+        values: list[object] = ["fossil", 1, [], {"format": "merge-patch"}]
+        for value in values:
+            e = self.assertRaises(ClientError, parse, {
+                "type": "subscribe", "channels": ["odin.token.A.price"], "delta": value, "id": 3})
+            self.assertEqual((e.code, e.id), (messages.BAD_DELTA, 3))
+
+    def test_max_rate_range(self) -> None:
+        """max_rate takes 0.1 to 100 events a second, rounded down to a step; else bad_max_rate."""
+        base = {"type": "subscribe", "channels": ["odin.token.A.price"]}
+        self.assertEqual(parse({**base, "max_rate": 2}).max_rate, 2.0)
+        self.assertEqual(parse({**base, "max_rate": 0.1}).max_rate, 0.1)
+        self.assertEqual(parse({**base, "max_rate": 100}).max_rate, 100.0)
+        self.assertEqual(parse(base).max_rate, 0.0)
+        # Rounded down to a step, so that subscribers share throttles.
+        self.assertEqual(parse({**base, "max_rate": 3}).max_rate, 2.0)
+        self.assertEqual(parse({**base, "max_rate": 0.15}).max_rate, 0.1)
+        self.assertEqual(parse({**base, "max_rate": 99.9}).max_rate, 50.0)
+        for value in (0, 0.05, 101, -1, True, "2", [2]):
+            e = self.assertRaises(ClientError, parse, {**base, "max_rate": value})
+            self.assertEqual(e.code, messages.BAD_MAX_RATE)
+
+    def test_filter_kept_as_written(self) -> None:
+        """A filter is kept as the client wrote it (the shard compiles it)."""
+        got = parse({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "filter": {"size": {"gte": 100}}})
+        self.assertEqual(got.filter, {"size": {"gte": 100}})

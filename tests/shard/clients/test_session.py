@@ -19,12 +19,15 @@ from odin_ws.common import config as configmod
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, messages
 from odin_ws.shard.clients.connections import Connections
+from odin_ws.shard.clients.options import SubscriptionOptions
 from odin_ws.shard.clients.refusal import Refused
 from odin_ws.shard.clients.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
-from odin_ws.shard.delivery.catchup import Backlog
+from odin_ws.shard.delivery.behind import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
+from odin_ws.shard.delivery.variantfeed import VariantFeed
+from odin_ws.shard.delivery.variants import VariantIndex
 from odin_ws.shard.delivery.writestats import WriteStats
 from odin_ws.shard.history.store import History
 
@@ -48,7 +51,10 @@ class Host:
                                clock=time.time)
         self.fanout = Fanout(self.reactor, WriteStats())
         self.subscriptions = SubscriptionIndex(self.settings.limits)
-        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, self.settings.limits)
+        variants = VariantIndex(self.subscriptions.budget)
+        self.options = SubscriptionOptions(self.settings.limits, variants,
+                                           VariantFeed(self.reactor, variants, self.fanout))
+        self.backlog = Backlog(self.history, self.subscriptions.patterns_of, self.settings)
         self.connections = Connections(self.reactor, self.settings)
         self.changes = 0
         self.recoveries: list[Outbox] = []

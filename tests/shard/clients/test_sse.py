@@ -156,12 +156,12 @@ class FrameOnceTests(StreamTestCase):
     def recipients(self) -> list:
         """What the fan-out is asked to deliver each event to, as the shard passes it."""
         seen: list = []
-        publish = self.shard.fanout.publish
+        publish_run = self.shard.fanout.publish_run
 
-        def recording(f, c, t, to, event=None):
+        def recording(items, to, events=None):
             seen.append(to)
-            return publish(f, c, t, to, event)
-        self.patch(self.shard.fanout, "publish", recording)
+            return publish_run(items, to, events)
+        self.patch(self.shard.fanout, "publish_run", recording)
         return seen
 
     def test_one_encoding_per_event_for_every_stream(self):
@@ -476,6 +476,44 @@ class DropPolicyTests(StreamTestCase):
         self.advance(10)
         self.assertGreater(self.shard.stats.dropped["drop"], before)
         self.assertFalse(stalled.transport.disconnecting)
+
+
+    def test_dropped_events_are_told_and_recoverable(self):
+        """
+        A stalled stream under the drop policy is told what it lost: a gap
+        event (reason dropped) after the events before the first drop,
+        naming each stream lost, with a since vector; a new stream opened
+        with it recovers every dropped event, so nothing is lost untold.
+        """
+        stalled = self.stream({"channels": "odin.token.T1.trade"},
+                              transport=StalledSocket(IPv4Address("TCP", "10.0.0.1", next(_ports))))
+        sent = []
+        for _ in range(20):     # past the 4 KiB buffer, not past what a recovery may send
+            sent += self.deliver(self.event("T1"), self.event("T1", partition=1))
+        self.assertGreater(self.shard.stats.dropped["drop"], 0)
+        msgs = []
+        for _ in range(50):
+            stalled.transport.drain()
+            self.advance(0)
+            msgs += stalled.messages()
+        msgs = [m for m in msgs if m.event != "subscribed"]
+        kinds = [m.event for m in msgs]
+        self.assertIn("gap", kinds)
+        first_gap = kinds.index("gap")
+        got = [m.data.encode() for m in msgs if m.event != "gap"]
+        self.assertEqual([m.data.encode() for m in msgs[:first_gap]],
+                         [e.envelope for e in sent[:first_gap]])
+        # The last one names every stream lost.
+        gap = [m for m in msgs if m.event == "gap"][-1].json()
+        self.assertEqual((gap["type"], gap["reason"]), ("gap", "dropped"))
+        self.assertEqual(set(gap["streams"]), {f"{TOPIC}:0:ep1", f"{TOPIC}:1:ep1"})
+        self.assertEqual(self.shard.stats.gaps["dropped"], self.shard.stats.dropped["drop"])
+        again = self.stream({"channels": "odin.token.T1.trade", "since": gap["since"]},
+                            ip="10.0.0.2")
+        ack, *replayed = again.messages()
+        self.assertTrue(ack.json()["recovered"])
+        recovered = {m.data.encode() for m in replayed}
+        self.assertEqual({e.envelope for e in sent} - set(got) - recovered, set())
 
 
 class UrlSubscribeTests(StreamTestCase):

@@ -15,7 +15,8 @@ from twisted.internet.address import IPv4Address
 
 from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import held
-from odin_ws.shard.delivery.catchup import Behind, gap_notice
+from odin_ws.shard.delivery.behind import Behind
+from odin_ws.shard.delivery.gaps import gap_notice
 from tests.helpers import ShardTestCase, StalledSocket, parse_frames, text
 from tests.helpers.cases import ShardClient, _ports
 
@@ -32,12 +33,14 @@ class CatchUpTestCase(ShardTestCase):
         super().setUp()
         self.next_offset = {0: 99, 1: 499}
 
-    def event(self, token: str = "A", partition: int = 0, size: int = 40) -> Event:
+    def event(self, token: str = "A", partition: int = 0, size: int = 40,
+              age: float = 0.0) -> Event:
+        """The next event of C{partition}, C{age} seconds old."""
         self.next_offset[partition] += 1
         offset = self.next_offset[partition]
         payload = b'{"n":%d,"pad":"%s"}' % (offset, b"x" * size)
-        return Event.build(token, "trade", payload, int(time.time() * 1000), TOPIC, partition,
-                           offset, "ep1")
+        return Event.build(token, "trade", payload, int((time.time() - age) * 1000), TOPIC,
+                           partition, offset, "ep1")
 
     def deliver(self, *events: Event) -> list[Event]:
         self.shard.delivery.deliver(list(events))
@@ -264,6 +267,54 @@ class StreamedRecoveryTests(CatchUpTestCase):
         self.assertGreater(sum(len(e.envelope) for e in want), 1024)
         self.assertEqual([m["pos"] for m in events], positions_of(want + live))
 
+    def test_since_while_behind_is_streamed(self):
+        """
+        A subscribe with since sent while the connection is behind (the
+        client resubscribing after a gap notice while other streams are
+        still caught up) is answered recovered: true and streamed: after
+        the ack, every event after its positions exactly once, in order,
+        then live (before, it was refused as too_large).
+        """
+        seen = self.deliver(self.event("A", 0), self.event("A", 1))
+        c = self.stalled("odin.token.A.trade")
+        missed = []
+        for _ in range(20):
+            missed += self.deliver(self.event("A", 0), self.event("A", 1))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of(seen), "id": 1}))
+        got = self.read_all(c)
+        live = self.deliver(self.event("A", 0), self.event("A", 1))
+        got += self.read_all(c)
+        at = [m["type"] for m in got].index("subscribed")
+        ack, after = got[at], got[at + 1:]
+        self.assertEqual((ack["recovered"], ack["replayed"]), (True, len(missed)))
+        self.assertEqual([m["type"] for m in after], ["event"] * len(after))
+        for p in ("0", "1"):
+            want = [pos for pos in positions_of(missed + live) if pos.split(":")[1] == p]
+            self.assertEqual([m["pos"] for m in after if m["pos"].split(":")[1] == p], want)
+        self.assertEqual(len(after), len(missed + live))
+
+    def test_since_while_behind_over_other_subscriptions_is_refused(self):
+        """
+        While behind, a since subscribe that cannot be streamed (the
+        connection holds other subscriptions) is answered too_large, even
+        when its replay is small: its frames would be noted, not sent, so
+        recovered: true would be a lie.
+        """
+        before = self.deliver(self.event("B", 0))
+        replayed = self.deliver(self.event("A", 0), self.event("A", 0))
+        c = self.stalled("odin.token.B.trade")
+        for _ in range(20):
+            self.deliver(self.event("B", 0))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of(before), "id": 2}))
+        got = self.read_all(c)
+        [ack] = [m for m in got if m["type"] == "subscribed"]
+        self.assertEqual((ack["recovered"], ack["reason"]), (False, "too_large"))
+        self.assertFalse(set(positions_of(replayed)) & {m.get("pos") for m in got})
+
     def test_not_streamed_over_other_subscriptions(self):
         """
         A connection holding other subscriptions keeps the bounded answer
@@ -278,6 +329,64 @@ class StreamedRecoveryTests(CatchUpTestCase):
                      "since": positions_of(seen)}))
         [ack] = c.messages()
         self.assertEqual((ack["recovered"], ack["reason"]), (False, "too_large"))
+
+
+class StaleCatchUpTests(CatchUpTestCase):
+    settings = dict(CatchUpTestCase.settings, outbound__max_event_age=60.0)
+
+    def test_catch_up_skips_events_that_became_stale(self):
+        """
+        Events fresh when delivered but older than outbound.max_event_age by
+        the time a stalled client is caught up are not sent as if live: the
+        client gets one stale gap notice per stream, naming the position
+        before the first it skipped, then the live events; counted.
+        """
+        c = self.stalled("odin.token.A.trade")
+        old = []
+        for _ in range(20):
+            old += self.deliver(self.event("A", 0, age=50), self.event("A", 1, age=50))
+        box = c.proto.outbox
+        self.assertIsNotNone(box.behind)
+        first_noted = dict(box.behind.streams)
+        self.shard.backlog.clock = lambda: time.time() + 20     # now they are 70 s old
+        got = self.read_all(c)
+        live = self.deliver(self.event("A", 0), self.event("A", 1))
+        got += self.read_all(c)
+        gaps = [m for m in got if m["type"] == "gap"]
+        self.assertEqual([g["reason"] for g in gaps], ["stale", "stale"])
+        self.assertEqual({s: p for g in gaps for s, p in g["streams"].items()}, {
+            f"{TOPIC}:{p}:ep1": f"{TOPIC}:{p}:ep1:{first_noted[(TOPIC, p)][1]}" for p in (0, 1)})
+        events = [m["pos"] for m in got if m["type"] == "event"]
+        # Only what went out before the client fell behind, then live.
+        sent_before = [p for p in positions_of(old) if p in events]
+        self.assertEqual(events, sent_before + positions_of(live))
+        self.assertLess(len(sent_before), len(old))
+        self.assertEqual(self.shard.stats.gaps, {"stale": 2})
+
+    def test_stale_live_event_is_told_after_the_events_owed_before_it(self):
+        """
+        A stale event arriving while its subscriber is behind is told by the
+        catch-up, in its place: after every event of its stream caught up
+        before it (a notice at once would overtake them); the fresh events
+        after it follow.
+        """
+        c = self.stalled("odin.token.A.trade")
+        fresh = []
+        for _ in range(20):
+            fresh += self.deliver(self.event("A", 0))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        stale = self.deliver(self.event("A", 0, age=120))
+        after = self.deliver(self.event("A", 0))
+        got = self.read_all(c)
+        kinds = [m["type"] for m in got]
+        self.assertEqual(kinds.count("gap"), 1)
+        at = kinds.index("gap")
+        self.assertEqual([m["pos"] for m in got[:at]], positions_of(fresh))
+        self.assertEqual(got[at]["reason"], "stale")
+        before_stale = positions_of(fresh)[-1]
+        self.assertEqual(list(got[at]["streams"].values()), [before_stale])
+        self.assertEqual([m["pos"] for m in got[at + 1:]], positions_of(after))
+        self.assertNotIn(positions_of(stale)[0], [m.get("pos") for m in got])
 
 
 class BehindTests(ShardTestCase):

@@ -54,7 +54,7 @@ class SendRunsTests(SynchronousTestCase):
         pairs = [self.pair() for _ in range(3)]
         buf = b"frame-one" + b"frame-two"
         result = _sendrun.send_runs([(buf, 2, [box for box, _ in pairs])], set())
-        self.assertEqual(result, (6, 3 * len(buf), 3, [], []))
+        self.assertEqual(result, (6, 3 * len(buf), 3, [], [], 0, 0))
         for _, peer in pairs:
             self.assertEqual(self.received(peer), buf)
 
@@ -65,7 +65,7 @@ class SendRunsTests(SynchronousTestCase):
         """
         (a, peer_a), (b, peer_b) = self.pair(), self.pair()
         runs = [(b"r0", 1, [a]), (b"r1-", 2, [b, a]), (b"r2--", 1, (a,))]
-        frames, nbytes, whole, rest, defer = _sendrun.send_runs(runs, set())
+        frames, nbytes, whole, rest, defer, _, _ = _sendrun.send_runs(runs, set())
         self.assertEqual((frames, nbytes, whole, rest, defer), (4 + 2, 9 + 3, 2, [], []))
         self.assertEqual(self.received(peer_a), b"r0r1-r2--")
         self.assertEqual(self.received(peer_b), b"r1-")
@@ -78,7 +78,7 @@ class SendRunsTests(SynchronousTestCase):
         pairs = [self.pair() for _ in range(300)]
         boxes = [box for box, _ in pairs]
         runs = [(b"a", 1, boxes), (b"b", 1, boxes[::2]), (b"c", 1, boxes[::-3])]
-        frames, nbytes, whole, rest, defer = _sendrun.send_runs(runs, set())
+        frames, nbytes, whole, rest, defer, _, _ = _sendrun.send_runs(runs, set())
         self.assertEqual((whole, rest, defer), (300, [], []))
         self.assertEqual(frames, 300 + 150 + 100)
         for i, (_, peer) in enumerate(pairs):
@@ -112,7 +112,7 @@ class SendRunsTests(SynchronousTestCase):
         ok, ok_peer = self.pair()
         held = {boxes[-1][0].fdno}
         every = [box for box, _ in boxes] + [ok]
-        frames, nbytes, whole, rest, defer = _sendrun.send_runs(
+        frames, nbytes, whole, rest, defer, _, _ = _sendrun.send_runs(
             [(b"one", 1, every), (b"two", 1, every)], held)
         self.assertEqual((frames, nbytes, whole, rest), (2, 6, 1, []))
         self.assertEqual(defer, [(box, run) for box, _ in boxes for run in (0, 1)])
@@ -127,7 +127,7 @@ class SendRunsTests(SynchronousTestCase):
         """
         box, peer = self.pair(sndbuf=4096)
         buf = bytes(range(256)) * 4096    # 1 MiB
-        frames, nbytes, whole, rest, defer = _sendrun.send_runs([(buf, 7, [box])], set())
+        frames, nbytes, whole, rest, defer, _, _ = _sendrun.send_runs([(buf, 7, [box])], set())
         self.assertEqual((frames, nbytes, whole, defer), (0, 0, 0, []))
         [(back, got, sent, count)] = rest
         self.assertIs(back, box)
@@ -140,7 +140,7 @@ class SendRunsTests(SynchronousTestCase):
         """With several runs, what comes back is all of them joined, and the bytes taken."""
         box, peer = self.pair(sndbuf=4096)
         runs = [(bytes([i]) * 300_000, 1, [box]) for i in range(3)]
-        _, _, _, [(_, got, sent, count)], _ = _sendrun.send_runs(runs, set())
+        _, _, _, [(_, got, sent, count)], _, _, _ = _sendrun.send_runs(runs, set())
         self.assertEqual(got, b"".join(buf for buf, _, _ in runs))
         self.assertEqual(count, 3)
         self.assertEqual(self.received(peer), got[:sent])
@@ -162,7 +162,7 @@ class SendRunsTests(SynchronousTestCase):
         """A peer that is gone (EPIPE) hands the run back with 0 bytes taken, no signal."""
         box, peer = self.pair()
         peer.close()
-        frames, nbytes, whole, rest, defer = _sendrun.send_runs([(b"gone", 1, [box])], set())
+        frames, nbytes, whole, rest, defer, _, _ = _sendrun.send_runs([(b"gone", 1, [box])], set())
         self.assertEqual((frames, nbytes, whole, defer), (0, 0, 0, []))
         self.assertEqual([(b, buf, sent, n) for b, buf, sent, n in rest], [(box, b"gone", 0, 1)])
 
@@ -188,4 +188,45 @@ class SendRunsTests(SynchronousTestCase):
             _sendrun.send_runs((b"x", 1, [box]), set())
         with self.assertRaises(AttributeError):
             _sendrun.send_runs([(b"x", 1, [object()])], set())
+        self.assertEqual(self.received(peer), b"")
+
+    def test_eachConnectionGetsItsVariant(self):
+        """
+        With a buffer per variant, each connection is sent the buffers of its
+        own variant (plain to variant 0, compressed to the others), several
+        runs joined in one send; plain and wire count the compressed ones.
+        """
+        plain, plain_peer = self.pair()
+        small, small_peer = self.pair()
+        small.variant = 7
+        other, other_peer = self.pair()
+        other.variant = 1
+        every = [plain, small, other]
+        runs = [((b"PLAIN-1", None, None, None, None, None, None, b"z1"), 1, every),
+                ((b"PLAIN-22", b"w22", None, None, None, None, None, b"z22"), 1, every)]
+        frames, nbytes, whole, rest, defer, dplain, dwire = _sendrun.send_runs(runs, set())
+        self.assertEqual(self.received(plain_peer), b"PLAIN-1PLAIN-22")
+        self.assertEqual(self.received(small_peer), b"z1z22")
+        # Variant 1 has no buffer in the first run: both runs are Python's, in order.
+        self.assertEqual(defer, [(other, 0), (other, 1)])
+        self.assertEqual(self.received(other_peer), b"")
+        self.assertEqual((frames, nbytes, whole, rest), (4, 15 + 5, 2, []))
+        self.assertEqual((dplain, dwire), (15, 5))
+
+    def test_variantOutOfRangeIsHandedBack(self):
+        """A connection whose variant no run can have (negative, 8 or more) is handed back."""
+        box, peer = self.pair()
+        for v in (-1, 8, 99):
+            box.variant = v
+            result = _sendrun.send_runs([((b"p", b"c"), 1, [box])], set())
+            self.assertEqual(result[4], [(box, 0)])
+        self.assertEqual(self.received(peer), b"")
+
+    def test_badVariants(self):
+        """A run's buffers: 1 to 8 of them, bytes, None only past the first."""
+        box, peer = self.pair()
+        for bufs, error in (((), ValueError), ((b"x",) * 9, ValueError),
+                            ((None, b"x"), TypeError), ((b"x", "text"), TypeError)):
+            with self.assertRaises(error):
+                _sendrun.send_runs([(bufs, 1, [box])], set())
         self.assertEqual(self.received(peer), b"")

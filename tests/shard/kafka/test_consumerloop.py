@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.common.events import Partition
@@ -20,16 +20,22 @@ from tests.shard.kafka.test_ingest import FakeIncarnations, FakeIngest, Rebalanc
 
 
 class PlacingConsumer(RebalanceConsumer):
-    """Records (re)assignments with their offsets; positions from a dict."""
+    """Records (re)assignments with their offsets, sorted; positions from a dict."""
 
     def __init__(self):
         super().__init__()
         self.positions: dict[tuple[str, int], int] = {}
         self.stored: list[tuple[str, int, int]] = []
 
+    # Sorted: the order of a (re)assignment's partitions does not matter,
+    # and the loop takes them from sets.
     def incremental_assign(self, partitions):
         self.calls.append(("incremental_assign",
-                           [(tp.topic, tp.partition, tp.offset) for tp in partitions]))
+                           sorted((tp.topic, tp.partition, tp.offset) for tp in partitions)))
+
+    def incremental_unassign(self, partitions):
+        self.calls.append(("incremental_unassign",
+                           sorted((tp.topic, tp.partition) for tp in partitions)))
 
     def position(self, partitions):
         return [TopicPartition(tp.topic, tp.partition,
@@ -65,7 +71,11 @@ class FailingIncarnations(FakeIncarnations):
     answer = False
 
     def refresh(self, topics):
-        return super().refresh(topics) if self.answer else None
+        if self.answer:
+            return super().refresh(topics)
+        self.failure = KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                                 "Timed out waiting for controller"))
+        return None
 
 
 def reset_error(partition: int) -> FakeKafkaMessage:
@@ -142,14 +152,19 @@ class OffsetsLostTests(SynchronousTestCase):
     def test_identityUnknownWaits(self):
         """
         While the topics' identities cannot be looked up the partition is
-        not restarted anywhere (nothing of a possibly new log is read); it
-        is placed at the next successful lookup.
+        not restarted anywhere (nothing of a possibly new log is read), and
+        the failure is counted and shown; the partition is placed at the
+        next successful lookup.
         """
         incarnations = FailingIncarnations({"t": "e1"})
         loop = self.loop(incarnations=incarnations)
         incarnations.answer = False
+        errors: list[tuple[str, str]] = []
+        self.ingest.note_error = lambda kind, text, level="warn": errors.append((kind, text))
         loop.handle([reset_error(0)])
         self.assertEqual(self.consumer.calls, [])
+        self.assertEqual(errors, [("topic_identity", "topic identity lookup failed: Timed out "
+                                   "waiting for controller")])
         self.assertEqual(loop.unplaced, {Partition("t", 0)})
         incarnations.answer = True
         incarnations.ids["t"] = "e2"

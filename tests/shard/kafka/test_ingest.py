@@ -913,6 +913,21 @@ class StatusTruthTests(SynchronousTestCase):
         self.reactor.advance(4)
         self.assertEqual(self.ingest.status()["disconnected_for"], 5.0)
 
+    def test_unassignedFor(self):
+        """
+        Without partitions: counted from the start; holding some: 0; after
+        losing them all (a rebalance, a stalled group): counted from then.
+        """
+        self.reactor.advance(3)
+        self.assertEqual(self.ingest.status()["unassigned_for"], 3.0)
+        self.ingest.publish_assignment(frozenset({Partition("t", 0)}))
+        self.reactor.advance(10)
+        self.assertEqual(self.ingest.status()["unassigned_for"], 0.0)
+        self.ingest.publish_assignment(frozenset())
+        self.reactor.advance(6)
+        self.ingest.publish_assignment(frozenset())
+        self.assertEqual(self.ingest.status()["unassigned_for"], 6.0)
+
     def test_errorClearedWhenItNoLongerHolds(self):
         """
         A connection error stays while retrying and is cleared when the
