@@ -18,7 +18,8 @@ included, the deltas' too) are bench/bandwidth.py's bytes cell.
 
 --loop: bench/fanout_loop.py (every connection subscribed to every event,
 one event per turn, socketpairs) with every connection compressing against
-none, for both send loops: microseconds per delivered frame, best of 3,
+none, for both send loops: CPU microseconds (user + system) per delivered
+frame, best of 3,
 the runs of a cell interleaved so that the machine's load hits both alike.
 """
 
@@ -71,7 +72,7 @@ def measure(event_type: str, count: int, min_bytes: int, tokens: int = 100) -> d
 
 
 def loop_costs(connections: list[int], rounds: int = 10) -> list[dict]:
-    """Per connection count and send loop: µs per frame compressing and not (best of 3)."""
+    """Per connection count and send loop: CPU µs per frame compressing and not (best of 3)."""
     import fanout_loop
     rows = []
     for conns in connections:
@@ -82,11 +83,12 @@ def loop_costs(connections: list[int], rounds: int = 10) -> list[dict]:
                     args = ["--native", native, "--connections", str(conns),
                             "--rounds", str(rounds)] + (["--deflate"] if on else [])
                     got, _ = fanout_loop.run(*args)
-                    if on not in best or got["us_per_frame"] < best[on]["us_per_frame"]:
+                    if on not in best or got["cpu_us_per_frame"] < best[on]["cpu_us_per_frame"]:
                         best[on] = got
             rows.append({"connections": conns, "native": native,
-                         "off_us": best[False]["us_per_frame"], "on_us": best[True]["us_per_frame"],
-                         "ratio": best[True]["us_per_frame"] / best[False]["us_per_frame"],
+                         "off_us": best[False]["cpu_us_per_frame"],
+                         "on_us": best[True]["cpu_us_per_frame"],
+                         "ratio": best[True]["cpu_us_per_frame"] / best[False]["cpu_us_per_frame"],
                          "bytes_off": best[False]["bytes_per_frame"],
                          "bytes_on": best[True]["bytes_per_frame"]})
     return rows
@@ -101,7 +103,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.loop:
         rows = loop_costs([int(n) for n in args.loop.split(",")])
-        print("| connections | loop | off: µs/frame | on: µs/frame | on / off | bytes/frame off → on |")
+        print("| connections | loop | off: CPU µs/frame | on: CPU µs/frame | on / off | "
+              "bytes/frame off → on |")
         print("|---:|---|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['connections']:,} | {'C' if r['native'] == 'on' else 'Python'} | "

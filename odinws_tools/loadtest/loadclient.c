@@ -406,9 +406,20 @@ static void tick(int i, double *cpu0) {
     *cpu0 = cpu;
 }
 
+/* Peak RSS (KiB) of this program: VmHWM, not getrusage's ru_maxrss, which
+ * Linux carries over exec from the parent (the Python process that started it). */
+static long peak_rss_kib(void) {
+    char line[256];
+    long kib = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return kib;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) { kib = atol(line + 6); break; }
+    fclose(f);
+    return kib;
+}
+
 static void final(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
     printf("{\"kind\":\"final\",\"worker\":%d,\"failed\":", widx);
     counts_print(&failed, stdout);
     printf(",\"lost\":");
@@ -422,7 +433,7 @@ static void final(void) {
     printf(",\"no_seq\":%llu,\"malformed\":%llu,", (unsigned long long)no_seq,
            (unsigned long long)malformed);
     channels_print(stdout);
-    printf(",\"cpu\":%.4f,\"max_rss_kib\":%ld,\"conns\":[", cpu_s(), ru.ru_maxrss);
+    printf(",\"cpu\":%.4f,\"max_rss_kib\":%ld,\"conns\":[", cpu_s(), peak_rss_kib());
     int first = 1;
     for (int i = 0; i < nconns; i++) {
         conn_t *c = &conns[i];

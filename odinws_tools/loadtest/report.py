@@ -98,6 +98,10 @@ def build_report(args, run, elapsed: float) -> dict:
         "client": {"cpu_seconds": round(sum(f["cpu"] for f in finals), 1),
                    "peak_cpu_share": round(max((r["client_cpu"] for r in run.timeline),
                                                default=0.0), 2),
+                   # Cores the client used while the connections were held: what
+                   # it took from the machine the server was measured on.
+                   "hold_cpu_share": round(sum(r["client_cpu"] for r in hold) / len(hold), 3)
+                   if hold else None,
                    "max_rss_mib": round(sum(f["max_rss_kib"] for f in finals) / 1024, 1)},
         "server_metrics": {"url": run.metrics_url or None,
                            "error": run.metrics.get("before_error") or run.metrics.get(
@@ -169,6 +173,10 @@ def _ms(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _cores(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def summary_text(r: dict) -> str:
     c, lat, k, v = r["connections"], r["latency_hold_ms"], r["completeness"], r["verdict"]
     lines = [
@@ -184,8 +192,9 @@ def summary_text(r: dict) -> str:
         f" max {_ms(lat['max'])}",
         f"completeness: {k['received']:,}/{k['expected']:,} expected events received, missing "
         f"{k['missing']}, gaps {k['gaps']}, duplicates {k['duplicates']}",
-        f"client: cpu {r['client']['cpu_seconds']} s, peak {r['client']['peak_cpu_share']:.0%}"
-        f" of one core, max rss {r['client']['max_rss_mib']} MiB (all workers)",
+        f"client: cpu {r['client']['cpu_seconds']} s, {_cores(r['client']['hold_cpu_share'])} "
+        f"core on average in the hold, peak {r['client']['peak_cpu_share']:.0%} of one core, "
+        f"max rss {r['client']['max_rss_mib']} MiB (all workers)",
         "verdict: " + ("PASS" if v["passed"] else "FAIL: " + "; ".join(v["reasons"])),
     ]
     srv = r["server"]

@@ -357,3 +357,51 @@ class EndTests(SessionCase):
         async def read() -> list[object]:
             return [item.data["o"] async for item in sub]
         self.assertEqual((msg["type"], asyncio.run(read())), ("unsubscribe", [1]))
+
+
+class SubscriptionOptionTests(SessionCase):
+    def test_deltas_made_whole(self):
+        """Delta events come out as whole data; a delta without a base is an error, not an event."""
+        sub = self.subscribe("odin.token.A.price", options={"delta": True})
+        self.session.opened()
+        (request,) = self.hooks.take()
+        self.assertEqual(request["delta"], True)
+        self.ack(request)
+        c = "odin.token.A.price"
+        self.session.received({"type": "event", "channel": c, "ts": 1, "pos": pos(0, 1),
+                               "data": {"p": 1, "q": 2, "name": "n"}})
+        self.session.received({"type": "event", "channel": c, "ts": 1, "pos": pos(0, 2),
+                               "delta": {"p": 5, "q": None, "book": {"b": 1}}})
+        datas = []
+        while not sub._items.empty():
+            item = sub._items.get_nowait()
+            self.assertIsInstance(item, Event)
+            datas.append(item.data)
+            self.assertNotIn("delta", item.raw)
+        self.assertEqual(datas, [{"p": 1, "q": 2, "name": "n"}, {"p": 5, "name": "n",
+                                                               "book": {"b": 1}}])
+        self.session.lost()
+        self.session.opened()
+        self.ack(self.hooks.take()[0])
+        self.session.received({"type": "event", "channel": c, "ts": 1, "pos": pos(0, 3),
+                               "delta": {"p": 6}})
+        self.assertEqual([e.code for e in self.hooks.errors], ["delta_without_base"])
+        self.assertEqual(got(sub), [])
+
+    def test_options_on_every_subscribe_of_the_channel(self):
+        """max_rate and filter go on the first subscribe and on a gap's recovery of it."""
+        sub = self.subscribe("odin.token.A.trade",
+                             options={"max_rate": 2, "filter": {"size": {"gte": 100}}})
+        plain = self.subscribe("odin.token.B.trade")
+        self.session.opened()
+        sent = self.hooks.take()
+        by_channel = {m["channels"][0]: m for m in sent}
+        self.assertEqual((by_channel[sub.pattern]["max_rate"], by_channel[sub.pattern]["filter"]),
+                         (2, {"size": {"gte": 100}}))
+        self.assertNotIn("max_rate", by_channel[plain.pattern])
+        for m in sent:
+            self.ack(m, recovered=True, positions=[pos(0, 1)])
+        self.session.received({"type": "gap", "reason": "too_old", "streams": {
+            f"{T}:0:ep1": pos(0, 1)}})
+        again = [m for m in self.hooks.take() if sub.pattern in m["channels"]]
+        self.assertEqual([m.get("max_rate") for m in again], [2])

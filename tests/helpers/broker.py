@@ -110,6 +110,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -259,6 +260,10 @@ class TansuBroker(TestBroker, EmbeddedBroker):
         """Stop the broker; L{up} starts it again on the same port (with nothing in it)."""
         self.stop()
 
+    def replace(self) -> None:
+        """A new broker on the same address, with nothing in it (as L{restart})."""
+        self.restart()
+
     def up(self) -> None:
         self.start(self.port)
 
@@ -288,6 +293,17 @@ class KafkaBroker(TestBroker, KafkaCluster):
         """Stop every node, keeping the data; L{up} starts them again on the same ports."""
         self._producer = None
         self.stop_nodes()
+
+    def replace(self) -> None:
+        """
+        A new cluster on the same addresses: every node stopped, its data
+        (topics, records, consumer groups, the cluster id) wiped, and
+        started again, formatted anew.
+        """
+        self.down()
+        for node in self.nodes:
+            shutil.rmtree(os.path.join(node.data_dir, "log"), ignore_errors=True)
+        self.up()
 
     def up(self) -> None:
         self.start()

@@ -118,7 +118,8 @@ class DashboardTests(unittest.TestCase):
         rows = [p["title"] for p in self.panels if p["type"] == "row"]
         self.assertEqual(rows, ["Overview", "Connections", "Kafka", "Delivery", "Hub", "Shards",
                                 "Recovery and history", "Catch-up and gaps",
-                                "Compression", "Reconnection storms", "Schema Registry"])
+                                "Compression", "Reconnection storms", "Schema Registry",
+                                "Subscription options"])
 
     def test_layout(self):
         """Panel ids are unique and no two panels overlap on the 24-column grid."""

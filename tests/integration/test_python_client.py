@@ -196,6 +196,39 @@ class SnapshotTests(PythonClientCase):
         self.drive(scenario())
 
 
+class DeltaTests(PythonClientCase):
+    def test_deltas_give_the_same_data_as_whole_events(self):
+        """
+        subscribe(delta=True) yields the same data, event for event, as a
+        plain subscription on another connection; the node did send deltas
+        (the raw messages carry none: the library made them whole).
+        """
+        node = self.node()
+
+        async def scenario():
+            async with self.client(node) as plain_client, self.client(node) as delta_client:
+                subs = [plain_client.subscribe(ALL), delta_client.subscribe(ALL, delta=True)]
+                plain, delta = Received(subs[0]), Received(subs[1])
+                sent: list[dict[str, Any]] = []
+                original = delta_client._session.received
+
+                def spy(msg: dict[str, Any]) -> None:
+                    sent.append(msg)
+                    original(msg)
+                delta_client._session.received = spy    # what the wire brought, before the library
+                for sub in subs:
+                    await sub.wait_subscribed()
+                await asyncio.to_thread(self.produce, 60, 40)
+                await plain.until(lambda: plain.count() >= 60, "60 plain events")
+                await delta.until(lambda: delta.count() >= 60, "60 delta events")
+                by_seq = {e.data["seq"]: e.data for e in plain.items if isinstance(e, Event)}
+                got = [e for e in delta.items if isinstance(e, Event)]
+                self.assertEqual([e.data for e in got], [by_seq[e.data["seq"]] for e in got])
+                self.assertGreater(sum("delta" in m for m in sent if m.get("type") == "event"), 20)
+                self.assertFalse(any("delta" in e.raw for e in got))
+        self.drive(scenario())
+
+
 class BotRestartTests(PythonClientCase):
     async def first_run(self, node: Node) -> tuple[list[str], dict[int, list[int]]]:
         """A bot reads the warm-up and 10 more, stores its positions and exits."""

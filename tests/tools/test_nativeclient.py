@@ -180,6 +180,7 @@ class PythonClientChecksTests(unittest.TestCase):
         self.assertEqual(self._counts(report), (8, 8, 0, 0, 0))
         self.assertEqual(report["events"]["delivered"], 8)
         self.assertEqual(report["config"]["client"], self.client)
+        self.assertGreaterEqual(report["client"]["hold_cpu_share"], 0.0)
 
     def test_gap(self):
         """

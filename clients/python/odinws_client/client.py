@@ -165,7 +165,9 @@ class Client:
         await self.close()
 
     def subscribe(self, pattern: str, *, snapshot: bool = False, recover: bool = True,
-                  since: list[str] | None = None) -> Subscription:
+                  since: list[str] | None = None, delta: bool = False,
+                  max_rate: float | None = None, filter: dict[str, Any] | None = None,
+                  ) -> Subscription:
         """
         Receive the events of ``pattern`` (a channel, or one with ``*``
         segments): an async iterator of L{Event}s and L{Gap}s.
@@ -175,13 +177,26 @@ class Client:
         recover. ``recover`` (default): after a reconnect, get the events
         missed meanwhile, or a L{Gap} when the node cannot. ``since``:
         positions to start from (a stored ``sub.positions``).
+
+        Server-side options (docs/protocol.md, "Subscription options"):
+        ``delta`` lets the server send deltas, which the client applies
+        (every L{Event} has whole ``data``); ``max_rate``: at most so many
+        events a second per channel, ending on the latest; ``filter``: only
+        the events whose data passes it.
         """
         if not isinstance(pattern, str) or not pattern:
             raise ValueError("pattern must be a non-empty string")
         if since is not None and not all(isinstance(p, str) for p in since):
             raise ValueError("since must be a list of positions (strings)")
+        options: dict[str, Any] = {}
+        if delta:
+            options["delta"] = True
+        if max_rate is not None:
+            options["max_rate"] = max_rate
+        if filter is not None:
+            options["filter"] = filter
         sub = Subscription(pattern, snapshot=snapshot, recover=recover, since=since,
-                           remove=self._session.remove)
+                           remove=self._session.remove, options=options)
         self._session.add(sub)
         self._wake.set()
         return sub

@@ -34,9 +34,10 @@ import itertools
 import json
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from odinws_client.inflight import Replay, Request, SnapshotWait
+from odinws_client.mergepatch import apply_merge_patch
 from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
 from odinws_client.positions import Position, PositionMap
 from odinws_client.subscription import State, Subscription
@@ -61,58 +62,6 @@ class Hooks(Protocol):
         """The server answered a request with an error."""
 
 
-@dataclass
-class Request:
-    """A request waiting for its answer."""
-
-    type: str
-    subs: list[Subscription] = field(default_factory=list)
-    since: list[str] | None = None
-    snapshot: bool = False
-    #: A positions refresh: its errors do not matter (the next one will do).
-    refresh: bool = False
-    token: str | None = None
-    answered: Callable[[dict[str, Any]], None] | None = None
-    #: The recovery of a gap notice: the replay holding its streams' events.
-    gap: Replay | None = None
-
-
-@dataclass
-class Replay:
-    """The events a recovering subscribe brings: after ``since``, up to the ack's tops."""
-
-    subs: list[Subscription]
-    since: PositionMap
-    #: None until the ack of a gap's recovery: everything after ``since``.
-    tops: PositionMap | None
-    left: int
-    buffer: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def holds(self, pos: Position | None) -> bool:
-        if pos is None:
-            return False
-        start = self.since.get(pos.partition)
-        if start is None or not pos.after(start):
-            return False
-        if self.tops is None:
-            return True
-        top = self.tops.get(pos.partition)
-        return top is not None and not pos.after(top)
-
-    def past(self, pos: Position) -> bool:
-        """Is ``pos`` past the tops (the replay, queued before it, is all here)?"""
-        top = self.tops.get(pos.partition) if self.tops is not None else None
-        return top is not None and pos.after(top)
-
-
-@dataclass
-class SnapshotWait:
-    """Snapshot events still to come, and the subscriptions that asked for them."""
-
-    subs: list[Subscription]
-    left: int
-
-
 class Session:
     """The subscriptions of one client and the routing of what the server sends."""
 
@@ -127,6 +76,8 @@ class Session:
         self._replays: list[Replay] = []
         self._snapshots: deque[SnapshotWait] = deque()
         self._events_seen = 0
+        #: channel -> the data of its last event: what a delta applies to.
+        self._bases: dict[str, Any] = {}
         self.connected = False
 
     @property
@@ -164,6 +115,7 @@ class Session:
         self._pending.clear()
         self._replays.clear()
         self._snapshots.clear()
+        self._bases.clear()     # a new connection starts every channel with a whole event
         for sub in self._subs.values():
             sub._live = False
             sub._replay = None
@@ -196,7 +148,9 @@ class Session:
 
     def received(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "event":
-            self._event(msg)
+            whole = self._whole(msg)
+            if whole is not None:
+                self._event(whole)
             return
         req = self._pending.pop(msg["id"], None) if isinstance(msg.get("id"), int) else None
         kind = msg.get("type")
@@ -210,6 +164,26 @@ class Session:
             req.answered(msg)
         elif kind == "gap":
             self._gap(msg)
+
+    def _whole(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """
+        A delta event made whole against its channel's last data (RFC 7386,
+        docs/protocol.md "Deltas"); whole events of channels held with
+        deltas are kept as the next base. None: a delta with no base (the
+        server sends each channel's first event on a connection whole).
+        """
+        channel = msg.get("channel")
+        if "delta" in msg:
+            if channel not in self._bases:
+                self._hooks.error(ServerError("delta_without_base",
+                                              f"a delta of {channel} before any whole event"))
+                return None
+            patch = msg["delta"]
+            msg = {k: v for k, v in msg.items() if k != "delta"}
+            msg["data"] = apply_merge_patch(self._bases[channel], patch)
+        if isinstance(channel, str) and any(s.options.get("delta") for s in self._subs.values()):
+            self._bases[channel] = msg.get("data")
+        return msg
 
     def _gap(self, msg: dict[str, Any]) -> None:
         """
@@ -236,11 +210,7 @@ class Session:
                 self._end_replay(sub._replay)
             sub._replay = replay
         self._replays.append(replay)
-        for i in range(0, len(subs), self._max_channels):
-            chunk = subs[i:i + self._max_channels]
-            self._send({"type": "subscribe", "channels": [s.pattern for s in chunk],
-                        "since": since},
-                       Request("subscribe", chunk, since, gap=replay))
+        self._request(subs, {"since": since}, gap=replay)
 
     # -- subscribing
 
@@ -250,13 +220,23 @@ class Session:
         self._hooks.send({**message, "id": ident})
 
     def _request(self, subs: list[Subscription], fields: dict[str, Any],
-                 refresh: bool = False) -> None:
-        """Subscribe ``subs`` with ``fields``, at most L{_max_channels} per message."""
-        for i in range(0, len(subs), self._max_channels):
-            chunk = subs[i:i + self._max_channels]
-            self._send({"type": "subscribe", "channels": [s.pattern for s in chunk], **fields},
-                       Request("subscribe", chunk, fields.get("since"),
-                               bool(fields.get("snapshot")), refresh))
+                 refresh: bool = False, gap: Replay | None = None) -> None:
+        """
+        Subscribe ``subs`` with ``fields``, at most L{_max_channels} per
+        message, each with its server-side options (the server holds a
+        channel with one set: every subscribe of it says them again).
+        """
+        groups: dict[str, list[Subscription]] = {}
+        for sub in subs:
+            groups.setdefault(json.dumps(sub.options, sort_keys=True), []).append(sub)
+        for same in groups.values():
+            options = same[0].options
+            for i in range(0, len(same), self._max_channels):
+                chunk = same[i:i + self._max_channels]
+                self._send({"type": "subscribe", "channels": [s.pattern for s in chunk],
+                            **fields, **options},
+                           Request("subscribe", chunk, fields.get("since"),
+                                   bool(fields.get("snapshot")), refresh, gap=gap))
 
     def _subscribe(self, subs: Iterable[Subscription]) -> None:
         """

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
 from odinws_client.positions import PositionMap
 
 if TYPE_CHECKING:
-    from odinws_client.session import Replay
+    from odinws_client.inflight import Replay
 
 Item = Event | Gap
 
@@ -50,10 +50,14 @@ class Subscription:
     """
 
     def __init__(self, pattern: str, *, snapshot: bool, recover: bool,
-                 since: list[str] | None, remove: Callable[[Subscription], None]) -> None:
+                 since: list[str] | None, remove: Callable[[Subscription], None],
+                 options: dict[str, Any] | None = None) -> None:
         self.pattern = pattern
         self.snapshot = snapshot
         self.recover = recover
+        #: What the server applies (docs/protocol.md, "Subscription options"):
+        #: ``delta``, ``max_rate``, ``filter``, as the subscribe message carries them.
+        self.options: dict[str, Any] = dict(options or {})
         self.state = State.PENDING
         self.error: ServerError | None = None
         self._remove = remove

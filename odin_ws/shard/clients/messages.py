@@ -54,6 +54,11 @@ DELTA_FORMATS = ("merge-patch",)
 #: The range of C{max_rate}, events per second per channel.
 MIN_RATE = 0.1
 MAX_RATE = 100.0
+#: The rates a subscription gets: the largest step at most the one asked
+#: for. Why steps: subscribers of a channel share a throttle only at equal
+#: rates, so arbitrary rates would let clients make the shard's work per
+#: event grow with the number of connections.
+RATE_STEPS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 MAX_ID_LENGTH = 128
 # How much of a client-supplied string an error message quotes back.
@@ -224,7 +229,7 @@ def _max_rate(obj: dict, msg_id: MessageId) -> float:
     if type(value) not in (int, float) or not (MIN_RATE <= value <= MAX_RATE):
         raise ClientError(BAD_MAX_RATE, f"max_rate must be a number of events per second "
                           f"from {MIN_RATE:g} to {MAX_RATE:g}", msg_id)
-    return float(value)
+    return max(step for step in RATE_STEPS if step <= value)
 
 
 def parse_client_message(payload: bytes, max_channels: int, max_channel_length: int,

@@ -17,12 +17,14 @@ transport:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from odin_ws.common.events import Event
 from odin_ws.shard.clients import messages
 from odin_ws.shard.delivery.filters import EventFilter, FilterError, FilterPool
 from odin_ws.shard.delivery.subscriptions import Pattern, SubscriptionIndex
+from odin_ws.shard.delivery.variantfeed import event_data
 from odin_ws.shard.delivery.variants import PLAIN, Variant, VariantIndex, conflict, holder_view
 
 if TYPE_CHECKING:
@@ -111,6 +113,14 @@ class SubscriptionOptions:
                 messages.TOO_MANY_FILTERS, "a connection may carry at most "
                 f"{self.limits.max_filters_per_connection} distinct filters", msg.id)
         return Variant(msg.delta, msg.max_rate, compiled.key, compiled)
+
+    @staticmethod
+    def keeps(variant: Variant) -> Callable[[Event], bool] | None:
+        """Which events C{variant}'s filter passes (None: no filter), for replays and snapshots."""
+        event_filter = variant.filter
+        if event_filter is None:
+            return None
+        return lambda event: event_filter.matches(event_data(event))
 
     def release(self, variant: Variant) -> None:
         """Give back the filter L{variant} acquired for a subscribe that was refused."""

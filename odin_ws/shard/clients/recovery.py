@@ -64,7 +64,8 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
            max_snapshot_events: int, room: int,
            encode: Callable[[bytes, Event], bytes] = _websocket, overhead: int = 8,
            max_scan: int | None = None, streamable: bool = False,
-           allow: Callable[[int], bool] | None = None, behind: bool = False) -> Answer:
+           allow: Callable[[int], bool] | None = None, behind: bool = False,
+           keep: Callable[[Event], bool] | None = None) -> Answer:
     """
     The answer to C{msg}'s C{since} and C{snapshot}.
 
@@ -86,6 +87,9 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
     @param allow: told the bytes the answer would send (replay or
         snapshot), says whether the connection may have them now (its
         replay egress, C{limits.replay_rate}); no: C{replay_rate_limited}.
+    @param keep: the subscription's filter (docs/protocol.md, "Subscription
+        options"): replayed and snapshot events it refuses are left out (a
+        streamed replay is not filtered).
     @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}
         or C{replay_rate_limited}; nothing is subscribed then.
     """
@@ -101,6 +105,8 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
                     f"position of a topic this server does not serve: {topic[:80]!r}", msg.id)
         out.positions = tops(history)
         events, reason = history.replay(msg.since, patterns, max_scan)
+        if events is not None and keep is not None:
+            events = [e for e in events if keep(e)]
         size = sum(len(e.envelope) + overhead for e in events) if events is not None else 0
         if size > room or (behind and events):
             if streamable:
@@ -118,6 +124,8 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         # snapshot needed. since: [] (a first subscribe asking for the
         # current positions) recovers nothing, so it gets its snapshot.
         latest, more = history.latest(patterns, max_snapshot_events)
+        if keep is not None:
+            latest = [e for e in latest if keep(e)]
         size = sum(len(e.envelope) + 16 + overhead for e in latest)
         if more or size > room:
             raise messages.ClientError(

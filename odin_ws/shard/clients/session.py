@@ -333,7 +333,7 @@ class Session:
             try:
                 answer = self.answer(msg, outbox.limit, streamable=outbox.can_stream(
                     {(c.token, c.event_type) for c in msg.channels}),
-                    behind=outbox.behind is not None)
+                    behind=outbox.behind is not None, keep=options.keeps(variant))
             except messages.ClientError as e:
                 options.release(variant)
                 self.error(e.code, e.message, e.id)
@@ -363,13 +363,14 @@ class Session:
     def answer(self, msg: messages.Subscribe, room: int,
                encode: Callable[[bytes, Event], bytes] | None = None,
                overhead: int = 8, streamable: bool = False,
-               behind: bool = False) -> recovery.Answer:
+               behind: bool = False, keep: Callable[[Event], bool] | None = None
+               ) -> recovery.Answer:
         """
         C{msg}'s recovery and snapshot from the shard's history, in the
         transport's framing (C{encode}; default: WebSocket text frames),
         within C{room} bytes, or streamed if larger (or C{behind}: the
-        connection is catching up) and C{streamable}
-        (L{odin_ws.shard.clients.recovery.answer}).
+        connection is catching up) and C{streamable}, only the events
+        C{keep} keeps (L{odin_ws.shard.clients.recovery.answer}).
 
         @raise messages.ClientError: C{unknown_position}, C{snapshot_too_large}.
         """
@@ -379,7 +380,7 @@ class Session:
             return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                    limits.max_snapshot_events, room,
                                    max_scan=limits.max_recovery_scan, streamable=streamable,
-                                   allow=self.replay_allowed, behind=behind)
+                                   allow=self.replay_allowed, behind=behind, keep=keep)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                limits.max_snapshot_events, room, encode, overhead,
                                max_scan=limits.max_recovery_scan, allow=self.replay_allowed)

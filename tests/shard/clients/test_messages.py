@@ -308,12 +308,16 @@ class SubscribeOptionTests(SynchronousTestCase):
             self.assertEqual((e.code, e.id), (messages.BAD_DELTA, 3))
 
     def test_max_rate_range(self) -> None:
-        """max_rate takes 0.1 to 100 events a second; anything else is bad_max_rate."""
+        """max_rate takes 0.1 to 100 events a second, rounded down to a step; else bad_max_rate."""
         base = {"type": "subscribe", "channels": ["odin.token.A.price"]}
         self.assertEqual(parse({**base, "max_rate": 2}).max_rate, 2.0)
         self.assertEqual(parse({**base, "max_rate": 0.1}).max_rate, 0.1)
         self.assertEqual(parse({**base, "max_rate": 100}).max_rate, 100.0)
         self.assertEqual(parse(base).max_rate, 0.0)
+        # Rounded down to a step, so that subscribers share throttles.
+        self.assertEqual(parse({**base, "max_rate": 3}).max_rate, 2.0)
+        self.assertEqual(parse({**base, "max_rate": 0.15}).max_rate, 0.1)
+        self.assertEqual(parse({**base, "max_rate": 99.9}).max_rate, 50.0)
         for value in (0, 0.05, 101, -1, True, "2", [2]):
             e = self.assertRaises(ClientError, parse, {**base, "max_rate": value})
             self.assertEqual(e.code, messages.BAD_MAX_RATE)

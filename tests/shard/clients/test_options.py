@@ -8,8 +8,12 @@ everything given back on unsubscribe and close.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from odin_ws.common.events import Event
 from odin_ws.shard.clients import messages
 from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery.variants import Variant
@@ -124,3 +128,38 @@ class LimitTests(SessionCase):
         self.assertEqual(self.last()["code"], messages.TOO_MANY_SUBSCRIPTIONS)
         subscribe(self.session, "odin.token.B.trade", delta=True)
         self.assertEqual(self.last()["type"], "subscribed")
+
+
+class FilteredAnswerTests(SessionCase):
+    settings = {"kafka__topics": {"odin.trades": "trade"}, "limits__message_rate": 1000,
+                "limits__message_burst": 1000}
+
+    def setUp(self) -> None:
+        super().setUp()
+        now = int(time.time() * 1000)
+        for offset, (token, size) in enumerate([("A", 150), ("A", 5), ("B", 500), ("B", 7),
+                                                ("A", 120)]):
+            self.host.history.add(Event.build(token, "trade", b'{"size":%d}' % size, now,
+                                              "odin.trades", 0, offset, "ep1"))
+
+    def test_snapshot_and_replay_filtered(self):
+        """A filtered subscription's snapshot and replay leave out what the filter refuses."""
+        self.conn.state = WebSocketProtocol.STATE_OPEN   # what the Outbox reads of its protocol
+        self.opened()
+        subscribe(self.session, "odin.token.*.trade", snapshot=True,
+                  filter={"size": {"gte": 100}})
+        ack = self.last()
+        # A's latest (120) passes, B's (7) does not; unfiltered it would be 2.
+        self.assertEqual((ack["type"], ack["snapshot"]), ("subscribed", 1))
+        msg = messages.Subscribe([messages.ChannelSpec("odin.token.*.trade", "*", "trade")],
+                                 since={("odin.trades", 0): ("ep1", 0)},
+                                 filter={"size": {"gte": 100}})
+        variant = self.host.options.variant(msg, object())
+        answer = self.session.answer(msg, 1 << 20, keep=self.host.options.keeps(variant))
+        # After offset 0: 5, 500, 7, 120; the filter keeps two.
+        self.assertEqual((answer.recovered, answer.replayed), (True, 2))
+        self.assertEqual([json.loads(e.envelope)["data"] for e in answer.events or []],
+                         [{"size": 500}, {"size": 120}])
+
+    def last(self) -> dict[str, Any]:
+        return self.conn.replies[-1]

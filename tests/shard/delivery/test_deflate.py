@@ -130,7 +130,10 @@ class DeflateTests(SynchronousTestCase):
 
 class OfferTests(SynchronousTestCase):
     def test_acceptAnswersNoContextTakeover(self):
-        """The answer always names server_no_context_takeover, and the window asked for."""
+        """
+        The answer always names server_no_context_takeover (asked for or
+        not), the window asked for, and client_no_context_takeover.
+        """
         answer = accept([PerMessageDeflateOffer.parse({})])
         self.assertEqual(answer.get_extension_string(),
                          BOTH_NO_TAKEOVER)
@@ -250,6 +253,38 @@ class VariantFanoutTests(SendLoop, SynchronousTestCase):
         self.assertEqual(got[("odinws_outbound_deflate_bytes", (("stage", "plain"),))], 900)
         self.assertEqual(got[("odinws_outbound_deflate_bytes", (("stage", "wire"),))], 300)
         self.assertEqual(got[("odinws_deflate_offers", (("result", "invalid"),))], 2)
+
+
+class VariantFlushWindowTests(SynchronousTestCase):
+    """Variants under a flush window (outbound.flush_delay): queued per variant, written at its end."""
+
+    def test_windowKeepsEachVariant(self):
+        """
+        Events of one window reach plain and compressing connections in one
+        write each, in order, each connection its own variant.
+        """
+        clock = Clock()
+        stats = WriteStats()
+        d = Deflate(stats, True, 0)
+        fanout = Fanout(clock, stats, delay=0.01, deflate=d)
+        boxes = []
+        for v in (0, 7):
+            box = Outbox(FakeProtocol(CountingTransport()), fanout, policies(), 1 << 20, 5.0,
+                         lambda: None)
+            box.variant = v
+            boxes.append(box)
+        d.opened(7)
+        frames = [price(n) for n in range(3)]
+        fanout.publish_run([(f, "a", "price") for f in frames[:2]], boxes)
+        fanout.publish(frames[2], "a", "price", boxes)
+        self.assertFalse(fanout.flush())
+        clock.advance(0.01)
+        want = [json.loads(deflate.payload_of(f)) for f in frames]
+        for box in boxes:
+            self.assertEqual(box.transport.writes, 1)
+            self.assertEqual(messages(box.transport.value()),
+                             [(box.variant != 0, m) for m in want])
+        self.assertEqual(stats.deflated, 3)
 
 
 class NativeVariantFanoutTests(VariantFanoutTests):
