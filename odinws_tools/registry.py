@@ -5,16 +5,18 @@ Confluent's REST API that producers' serializers and odinws use, on
 127.0.0.1 only; prints C{registry=URL} once it serves, stops on
 SIGTERM/SIGINT.
 
-Why not Karapace (the issue's choice): it is not on PyPI (the index
-answers 404 for it), and no other registry installs from the package
-registries this project may use (Confluent's is not on Maven Central,
-Apicurio's published jar needs a Quarkus build). This one keeps what a
-real registry keeps, the way Confluent's and Karapace's do: every
+The tests and the demo run Apicurio Registry (L{odinws_tools.apicurio});
+this one is left for Protobuf, which Apicurio 3.3.3 cannot serve to
+confluent-kafka's Python clients (it refuses the base64 descriptors their
+serializer registers, and answers C{format=serialized} with raw bytes,
+not base64). Karapace is not on PyPI, Confluent's registry not on Maven
+Central. This one keeps what a real registry keeps, the way Confluent's and Karapace's do: every
 registration is a record of a compacted Kafka topic (C{--topic}), read
 back at start, so a registry stopped and started again serves the same
 ids. It validates schemas with the real parsers (fastavro, jsonschema,
-protobuf) and gives the same id to the same schema under any subject; it
-does not check compatibility between versions (C{/config} says NONE).
+protobuf; an Avro schema with the schemas it references) and gives the
+same id to the same schema (and references) under any subject; it does
+not check compatibility between versions (C{/config} says NONE).
 
 Endpoints: C{POST /subjects/S/versions}, C{POST /subjects/S} (lookup),
 C{GET /schemas/ids/N} (C{format} ignored: a Protobuf schema is kept as
@@ -34,7 +36,7 @@ import signal
 import sys
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -54,6 +56,8 @@ class Registered:
     schema_id: int
     schema_type: str
     schema: str
+    #: Confluent's references: [{"name", "subject", "version"}, ...].
+    references: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RegistryError(Exception):
@@ -62,11 +66,18 @@ class RegistryError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def check(schema_type: str, text: str) -> None:
-    """Parse the schema with its format's own library; RegistryError 422 if it does not."""
+def check(schema_type: str, text: str, named: list[str]) -> None:
+    """
+    Parse the schema with its format's own library (C{named}: the Avro
+    schemas it references, each after those they reference); RegistryError
+    422 if it does not.
+    """
     try:
         if schema_type == "AVRO":
-            fastavro.parse_schema(json.loads(text))
+            known: dict[str, Any] = {}
+            for other in named:
+                fastavro.parse_schema(json.loads(other), named_schemas=known)
+            fastavro.parse_schema(json.loads(text), named_schemas=known)
         elif schema_type == "JSON":
             jsonschema.validators.validator_for(json.loads(text)).check_schema(json.loads(text))
         elif schema_type == "PROTOBUF":
@@ -86,7 +97,8 @@ class Store:
     def __init__(self, bootstrap: str, topic: str):
         self.topic = topic
         self.lock = threading.Lock()
-        self.by_id: dict[int, tuple[str, str]] = {}
+        # id -> (schemaType, schema, references as JSON text).
+        self.by_id: dict[int, tuple[str, str, str]] = {}
         self.subjects: dict[str, list[Registered]] = {}
         admin = AdminClient({"bootstrap.servers": bootstrap})
         futures = admin.create_topics([NewTopic(topic, 1, 1,
@@ -117,21 +129,23 @@ class Store:
             consumer.close()
 
     def _apply(self, r: Registered) -> None:
-        self.by_id[r.schema_id] = (r.schema_type, r.schema)
+        self.by_id[r.schema_id] = _identity(r.schema_type, r.schema, r.references)
         versions = self.subjects.setdefault(r.subject, [])
         if all(v.version != r.version for v in versions):
             versions.append(r)
 
-    def register(self, subject: str, schema_type: str, text: str) -> int:
-        check(schema_type, text)
+    def register(self, subject: str, schema_type: str, text: str,
+                 references: list[dict[str, Any]]) -> int:
+        check(schema_type, text, self.referenced(references))
+        identity = _identity(schema_type, text, references)
         with self.lock:
             for v in self.subjects.get(subject, []):
-                if (v.schema_type, v.schema) == (schema_type, text):
+                if _identity(v.schema_type, v.schema, v.references) == identity:
                     return v.schema_id
-            same = [i for i, s in self.by_id.items() if s == (schema_type, text)]
+            same = [i for i, s in self.by_id.items() if s == identity]
             schema_id = same[0] if same else max(self.by_id, default=0) + 1
             version = len(self.subjects.get(subject, [])) + 1
-            r = Registered(subject, version, schema_id, schema_type, text)
+            r = Registered(subject, version, schema_id, schema_type, text, references)
             # Kept in Kafka first: what was answered survives a restart.
             self.producer.produce(self.topic, key=f"{subject}/{version}",
                                   value=json.dumps(r.__dict__))
@@ -139,6 +153,17 @@ class Store:
                 raise RegistryError(500, 50001, "could not store the schema in Kafka")
             self._apply(r)
             return schema_id
+
+    def referenced(self, references: list[dict[str, Any]]) -> list[str]:
+        """The schemas C{references} name, each after those they reference (422 if missing)."""
+        out: list[str] = []
+        for ref in references:
+            try:
+                r = self.version(ref["subject"], str(ref["version"]))
+            except RegistryError as e:
+                raise RegistryError(422, 42201, f"Invalid reference {ref}: {e.message}") from None
+            out += [*self.referenced(r.references), r.schema]
+        return out
 
     def version(self, subject: str, version: str) -> Registered:
         versions = self.subjects.get(subject)
@@ -152,11 +177,17 @@ class Store:
         raise RegistryError(404, 40402, f"Version {version} not found.")
 
 
+def _identity(schema_type: str, text: str, references: list[dict[str, Any]]) -> tuple[str, str, str]:
+    return schema_type, text, json.dumps(references, sort_keys=True)
+
+
 def _described(r: Registered) -> dict[str, Any]:
     out: dict[str, Any] = {"subject": r.subject, "version": r.version, "id": r.schema_id,
                            "schema": r.schema}
     if r.schema_type != "AVRO":
         out["schemaType"] = r.schema_type
+    if r.references:
+        out["references"] = r.references
     return out
 
 
@@ -209,16 +240,20 @@ class Handler(BaseHTTPRequestHandler):
             out: dict[str, Any] = {"schema": found[1]}
             if found[0] != "AVRO":
                 out["schemaType"] = found[0]
+            if json.loads(found[2]):
+                out["references"] = json.loads(found[2])
             return out
         if len(parts) >= 2 and parts[0] == "subjects":
             subject = parts[1]
             if method == "POST" and parts[2:] == ["versions"]:
                 schema_type = body.get("schemaType") or "AVRO"
-                return {"id": store.register(subject, schema_type, body["schema"])}
+                return {"id": store.register(subject, schema_type, body["schema"],
+                                             body.get("references") or [])}
             if method == "POST" and len(parts) == 2:
-                schema_type = body.get("schemaType") or "AVRO"
+                identity = _identity(body.get("schemaType") or "AVRO", body["schema"],
+                                     body.get("references") or [])
                 for v in store.subjects.get(subject, []):
-                    if (v.schema_type, v.schema) == (schema_type, body["schema"]):
+                    if _identity(v.schema_type, v.schema, v.references) == identity:
                         return _described(v)
                 raise RegistryError(404, 40403, "Schema not found")
             if method == "GET" and parts[2:] == ["versions"]:

@@ -98,7 +98,8 @@ KAFKA_RECORDS = Counter("odinws_kafka_records", "Records consumed, by topic.", [
 KAFKA_REJECTED = Counter("odinws_kafka_rejected", "Records skipped, by reason.", ["reason"],
                          registry=REGISTRY)
 SCHEMA_FETCHES = Counter("odinws_schema_registry_fetches", "Schema fetches from the Schema "
-                         "Registry, by outcome (ok, unknown_schema, registry_unavailable).",
+                         "Registry, by outcome (ok, unknown_schema, registry_unavailable, "
+                         "schema_references).",
                          ["outcome"], registry=REGISTRY)
 SCHEMAS_CACHED = Gauge("odinws_schemas_cached", "Schemas this shard holds from the Schema "
                        "Registry.", registry=REGISTRY)

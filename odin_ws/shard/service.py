@@ -140,7 +140,7 @@ class Shard(service.MultiService):
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
         self.backlog = Backlog(self.history,
                                lambda box: self.options.patterns_of(box, self.subscriptions),
-                               settings)
+                               settings, keeps=lambda box: self.options.catchup_keeps(box))
         #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a

@@ -72,6 +72,45 @@ def _protobuf_trade() -> Any:
 
 ProtobufTrade = _protobuf_trade()
 
+#: An Avro type registered under a subject of its own, and a schema naming it.
+AVRO_VENUE = json.dumps({"type": "record", "name": "Venue", "namespace": "odin.test",
+                         "fields": [{"name": "mic", "type": "string"}]})
+AVRO_FILL = json.dumps({"type": "record", "name": "Fill", "namespace": "odin.test",
+                        "fields": [{"name": "token", "type": "string"},
+                                   {"name": "venue", "type": "odin.test.Venue"}]})
+
+
+def _protobuf_fill() -> Any:
+    """
+    A message whose field's type comes from another file (odin_test_venue.proto,
+    itself importing a well-known type): confluent-kafka's serializer
+    registers that file under a subject of its own and refers to it.
+    """
+    t = descriptor_pb2.FieldDescriptorProto
+    opt = t.LABEL_OPTIONAL
+    venue = descriptor_pb2.FileDescriptorProto(name="odin_test_venue.proto",
+                                               package="odin.test.ref", syntax="proto3")
+    venue.dependency.append("google/protobuf/timestamp.proto")
+    v = venue.message_type.add(name="Venue")
+    v.field.add(name="mic", number=1, type=t.TYPE_STRING, label=opt)
+    v.field.add(name="opened", number=2, type=t.TYPE_MESSAGE,
+                type_name=".google.protobuf.Timestamp", label=opt)
+    fill = descriptor_pb2.FileDescriptorProto(name="odin_test_fill.proto", package="odin.test",
+                                              syntax="proto3")
+    fill.dependency.append("odin_test_venue.proto")
+    m = fill.message_type.add(name="Fill")
+    m.field.add(name="token", number=1, type=t.TYPE_STRING, label=opt)
+    m.field.add(name="venue", number=2, type=t.TYPE_MESSAGE,
+                type_name=".odin.test.ref.Venue", label=opt)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+    pool.AddSerializedFile(venue.SerializeToString())
+    pool.AddSerializedFile(fill.SerializeToString())
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("odin.test.Fill"))
+
+
+ProtobufFill = _protobuf_fill()
+
 
 def context(topic: str) -> SerializationContext:
     return SerializationContext(topic, MessageField.VALUE)
@@ -85,5 +124,5 @@ def json_serializer(client: Any) -> Any:
     return JSONSerializer(JSON_TRADE, client)
 
 
-def protobuf_serializer(client: Any) -> Any:
-    return ProtobufSerializer(ProtobufTrade, client, {"use.deprecated.format": False})
+def protobuf_serializer(client: Any, message: Any = ProtobufTrade) -> Any:
+    return ProtobufSerializer(message, client, {"use.deprecated.format": False})

@@ -26,7 +26,8 @@ import time
 import uuid
 
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
 from twisted.trial import unittest
 
 from odin_ws.common.logs import silenced
@@ -34,7 +35,10 @@ from tests.helpers.broker import FAST_KAFKA, shared_broker
 from tests.helpers.node import Client, Node, http_get, wait_for
 from tests.helpers.registry import RegistryProcess
 from tests.helpers.schemas import (
+    AVRO_FILL,
     AVRO_TRADE_V2,
+    AVRO_VENUE,
+    ProtobufFill,
     ProtobufTrade,
     avro_serializer,
     context,
@@ -94,7 +98,10 @@ class RegistryCase(unittest.TestCase):
                 self.json: {"format": "auto", "token": "field:token",
                             "event_type": "header:kind"}},
             "schema_registry.url": self.registry.url,
-            "schema_registry.wait": 0.5, "schema_registry.retry": 1.0, **node_auth})
+            # A generous wait: on the loaded test machine a first fetch (a
+            # schema and its references) can take seconds, and a record
+            # whose schema has not come by then is skipped by design.
+            "schema_registry.wait": 10.0, "schema_registry.retry": 1.0, **node_auth})
         self.addCleanup(self.node.stop)
         self.node.start()
         self.ws = Client(self.node.url())
@@ -161,6 +168,22 @@ class SchemaRegistryTests(RegistryCase):
         self.assertEqual(old["channel"], "odin.token.AV3.trade")
         self.assertNotIn("fee", old["data"])
         self.assertEqual(self.client.get_versions(f"{self.avro}-value"), [1, 2])
+
+    def test_avro_named_reference(self) -> None:
+        """
+        An Avro schema naming a type registered under a subject of its own
+        (a schema reference) is decoded with that type: the node fetched
+        the reference from the registry.
+        """
+        self.ws.subscribe("odin.token.*.trade")
+        self.client.register_schema("odin-venue", Schema(AVRO_VENUE, "AVRO"))
+        schema = Schema(AVRO_FILL, "AVRO", [SchemaReference("odin.test.Venue", "odin-venue", 1)])
+        value = AvroSerializer(self.client, schema)({"token": "F", "venue": {"mic": "XNAS"}},
+                                                    context(self.avro))
+        self.produce(self.avro, value, [("token_id", b"REF1")])
+        event = self.next_event()
+        self.assertEqual((event["channel"], event["data"]),
+                         ("odin.token.REF1.trade", {"token": "F", "venue": {"mic": "XNAS"}}))
 
     def test_bad_values_are_counted_not_delivered(self) -> None:
         """
@@ -240,6 +263,22 @@ class ProtobufTests(RegistryCase):
             "odin.token.PB1.BUY",
             {"token": "PB1", "qty": "9", "raw": "", "side": "BUY", "exchange": "xnys",
              "price": 1.25}))
+
+    def test_protobuf_reference_to_another_subject(self) -> None:
+        """
+        A Protobuf file importing another file, which confluent-kafka's
+        serializer registers under a subject of its own (a reference), is
+        decoded with the imported message: the node fetched the reference.
+        """
+        self.ws.subscribe("odin.token.*.*")
+        message = ProtobufFill(token="PB2")
+        message.venue.mic = "XNAS"
+        serializer = protobuf_serializer(self.client, ProtobufFill)
+        self.produce(self.proto, serializer(message, context(self.proto)))
+        self.assertIn("odin_test_venue.proto", self.client.get_subjects())
+        event = self.next_event()
+        self.assertEqual((event["channel"], event["data"]),
+                         ("odin.token.PB2.quote", {"token": "PB2", "venue": {"mic": "XNAS"}}))
 
 
 class RegistryAuthTests(RegistryCase):

@@ -16,7 +16,7 @@ from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
 from odinws_client.positions import PositionMap
 
 if TYPE_CHECKING:
-    from odinws_client.session import Replay
+    from odinws_client.inflight import Replay
 
 Item = Event | Gap
 

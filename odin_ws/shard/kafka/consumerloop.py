@@ -121,6 +121,11 @@ class ConsumerLoop:
         # Partitions whose start waits for the topics' identities (brokers
         # not answering the lookup): placed at the next successful one.
         self.unplaced: set[Partition] = set()
+        # Topics seen change identity while the shard runs (recreated, the
+        # broker replaced): a partition of one without a usable offset was
+        # never read by the group in this incarnation, whenever it is
+        # assigned, so all of its log is new (placed from its beginning).
+        self.renewed: set[str] = set()
         # Assigned partitions with an offset stored since their assignment.
         self.stored: set[Partition] = set()
         self.poll_batch = settings.poll_batch
@@ -374,6 +379,7 @@ class ConsumerLoop:
         self.epochs_due = time.monotonic() + self.identity_every
         for topic, old in changed.items():
             if old:
+                self.renewed.add(topic)
                 self.ingest.audit("Kafka topic {topic} is a new incarnation (epoch {old} -> "
                                   "{new}): recreated, broker replaced or another cluster",
                                   topic=topic, old=old, new=self.incarnations.epoch(topic))
@@ -413,7 +419,8 @@ class ConsumerLoop:
         the log (a topic recreated or a broker replaced within one metadata
         refresh, retention). Where each starts is chosen here, once its
         topic's identity is known, so no record of a new log is delivered
-        under the old one's epoch: a new incarnation from its beginning; a
+        under the old one's epoch: a new incarnation from its beginning (also one
+        an earlier lookup found: C{renewed}); a
         partition the group never read while it read others of its topic
         (added while the node was down) from its beginning; else where
         C{kafka.start_offset} says.
@@ -436,7 +443,10 @@ class ConsumerLoop:
             return
         starts = {}
         for tp in partitions:
-            start = self.start_offset
+            # A new incarnation found by an earlier lookup (the periodic one
+            # while a replaced broker's group re-formed, measured): the
+            # records produced before this assignment are new, not "latest".
+            start = OFFSET_BEGINNING if tp.topic in self.renewed else self.start_offset
             if start == OFFSET_END and self.layout is not None:
                 try:
                     if self.layout.unread(tp.topic, tp.partition):

@@ -43,9 +43,19 @@ _SHARED = ("bootstrap.servers", "client.id", "security.protocol", "sasl.", "ssl.
 
 
 def admin_config(consumer_config: dict[str, Any]) -> dict[str, Any]:
-    """The admin client's settings: the connection part of the consumer's."""
-    return {k: v for k, v in consumer_config.items()
-            if k in _SHARED or k.startswith(tuple(p for p in _SHARED if p.endswith(".")))}
+    """
+    The admin client's settings: the connection part of the consumer's, and
+    no topic auto-creation. An admin client is a producer-type handle in
+    librdkafka, whose default lets a metadata lookup of one named topic
+    (L{odin_ws.shard.kafka.topiclayout}) create it on brokers that allow
+    it (Kafka's default): a deleted topic, or one on a replaced broker,
+    came back with the broker's default partition count before its owner
+    could create it.
+    """
+    config = {k: v for k, v in consumer_config.items()
+              if k in _SHARED or k.startswith(tuple(p for p in _SHARED if p.endswith(".")))}
+    config["allow.auto.create.topics"] = False
+    return config
 
 
 #: Seconds a metadata refresh after a failed lookup may take.

@@ -13,6 +13,13 @@ C{schema_registry.retry} seconds: meanwhile the records of that schema are
 skipped at once, instead of each waiting. The reactor never waits: the
 registry is only touched from the pool, and its state reaches C{/health}
 as plain values read from the reactor thread.
+
+A schema's references (Avro named types, JSON Schema C{$ref}s, Protobuf
+imports registered under subjects of their own) are fetched in the same
+pool thread, before the schema counts as there, each through the same
+client so that the deserializers find them in its cache; they are bounded
+by L{MAX_REFERENCE_DEPTH} levels and L{MAX_REFERENCES} distinct schemas
+per schema, as a registry can hold a chain of references of any length.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
@@ -33,6 +41,10 @@ from odin_ws.common.settings import SchemaRegistrySettings
 
 #: Threads fetching schemas: two, so one slow id does not hold up another.
 FETCH_THREADS = 2
+#: Levels of references below a schema (a reference of a reference is level 2).
+MAX_REFERENCE_DEPTH = 8
+#: Distinct referenced schemas (subject, version) below one schema.
+MAX_REFERENCES = 64
 
 
 class RegistryState(enum.StrEnum):
@@ -51,6 +63,16 @@ class Missing(enum.StrEnum):
     UNKNOWN = "unknown_schema"
     #: The registry did not answer in time, refused, or failed.
     UNAVAILABLE = "registry_unavailable"
+    #: A reference the registry does not have, or references beyond the bounds.
+    REFERENCES = "schema_references"
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    """A schema a schema references: its import name and the schema itself."""
+
+    name: str
+    schema: Schema
 
 
 class SchemaSource:
@@ -74,6 +96,8 @@ class SchemaSource:
         self._lock = threading.Lock()
         # (id, format) -> Schema, least recently used first.
         self._schemas: OrderedDict[tuple[int, str], Schema] = OrderedDict()
+        # (id, format) -> its references, each after those it references.
+        self._dependencies: dict[tuple[int, str], tuple[Dependency, ...]] = {}
         # (id, format) -> the fetch under way.
         self._fetching: dict[tuple[int, str], Future[Schema]] = {}
         # (id, format) -> (why, when it may be asked again).
@@ -107,7 +131,8 @@ class SchemaSource:
 
     def _trim(self) -> None:
         while len(self._schemas) > self._capacity:
-            self._schemas.popitem(last=False)
+            key, _ = self._schemas.popitem(last=False)
+            self._dependencies.pop(key, None)
 
     def client(self, fmt: str) -> Any:
         """The registry client whose cache holds the schemas fetched in format C{fmt}."""
@@ -146,11 +171,24 @@ class SchemaSource:
         except _Failed as e:
             return e.why
 
+    def dependencies(self, schema_id: int, fmt: str = "") -> tuple[Dependency, ...]:
+        """
+        Consumer thread: the references of a schema L{schema} returned,
+        each after the ones it references itself.
+        """
+        with self._lock:
+            return self._dependencies.get((schema_id, fmt), ())
+
     def _fetch(self, key: tuple[int, str]) -> Schema:
-        """Pool thread: one request; the outcome cached either way."""
+        """Pool thread: the schema and its references; the outcome cached either way."""
         schema_id, fmt = key
         try:
-            schema = self.client(fmt).get_schema(schema_id, fmt=fmt or None)
+            client = self.client(fmt)
+            schema = client.get_schema(schema_id, fmt=fmt or None)
+            dependencies = _References(client, fmt).resolve(schema)
+        except _ReferencesRefused as e:
+            self._fail(key, Missing.REFERENCES, f"schema {schema_id}: {e}", reachable=True)
+            raise _Failed(Missing.REFERENCES) from None
         except SchemaRegistryError as e:
             # 404 with error 40403: the registry answered, it has no such id.
             why = Missing.UNKNOWN if e.http_status_code == 404 else Missing.UNAVAILABLE
@@ -167,6 +205,7 @@ class SchemaSource:
         with self._lock:
             self._fetching.pop(key, None)
             self._schemas[key] = schema
+            self._dependencies[key] = dependencies
             self._trim()
             cached = len(self._schemas)
         metrics.SCHEMAS_CACHED.set(cached)
@@ -193,6 +232,50 @@ class SchemaSource:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+class _ReferencesRefused(Exception):
+    """A schema's references go beyond the bounds, or one is not in the registry."""
+
+
+class _References:
+    """
+    Pool thread: a schema's references, depth first, each fetched once
+    (C{get_version} through the client whose cache the deserializers read).
+    """
+
+    def __init__(self, client: Any, fmt: str):
+        self._client = client
+        self._fmt = fmt or None
+        self._seen: set[tuple[str, int]] = set()
+        self._order: list[Dependency] = []
+
+    def resolve(self, schema: Schema) -> tuple[Dependency, ...]:
+        self._visit(schema, 1)
+        return tuple(self._order)
+
+    def _visit(self, schema: Schema, depth: int) -> None:
+        for ref in schema.references or ():
+            if ref.subject is None or ref.version is None or ref.name is None:
+                raise _ReferencesRefused(f"reference {ref.name!r} without subject or version")
+            key = (ref.subject, ref.version)
+            if key in self._seen:
+                continue
+            if depth > MAX_REFERENCE_DEPTH:
+                raise _ReferencesRefused(f"references deeper than {MAX_REFERENCE_DEPTH} levels "
+                                         f"(at {ref.subject} version {ref.version})")
+            if len(self._seen) >= MAX_REFERENCES:
+                raise _ReferencesRefused(f"more than {MAX_REFERENCES} referenced schemas")
+            self._seen.add(key)
+            try:
+                found = self._client.get_version(ref.subject, ref.version, True, fmt=self._fmt)
+            except SchemaRegistryError as e:
+                if e.http_status_code != 404:
+                    raise
+                raise _ReferencesRefused(f"reference {ref.subject} version {ref.version}: "
+                                         f"{e.error_message} (404)") from None
+            self._visit(found.schema, depth + 1)
+            self._order.append(Dependency(ref.name, found.schema))
 
 
 class _Failed(Exception):

@@ -43,11 +43,11 @@ from google.protobuf.descriptor import Descriptor
 
 from odin_ws.common.topicoptions import ValueFormat
 from odin_ws.shard.kafka import jsonmapping
-from odin_ws.shard.kafka.schemasource import Missing, SchemaSource
+from odin_ws.shard.kafka.schemasource import Dependency, Missing, SchemaSource
 
 #: Reasons (C{odinws_kafka_rejected}) a value of a registry format is skipped.
 UNDECODABLE = ("not_wire_format", "unknown_schema", "registry_unavailable",
-               "schema_type_mismatch", "corrupt_value")
+               "schema_references", "schema_type_mismatch", "corrupt_value")
 #: The registry's schemaType of each format (Avro is the default: absent).
 _TYPES = {ValueFormat.AVRO: "AVRO", ValueFormat.PROTOBUF: "PROTOBUF",
           ValueFormat.JSONSCHEMA: "JSON"}
@@ -184,7 +184,9 @@ class ValueDecoder:
             serialized = self._source.schema(schema_id, "serialized")
             if isinstance(serialized, Missing):
                 return serialized.value, f"schema {schema_id} (serialized)"
-            cls = message_factory.GetMessageClass(_message_descriptor(serialized, indexes))
+            dependencies = self._source.dependencies(schema_id, "serialized")
+            cls = message_factory.GetMessageClass(
+                _message_descriptor(serialized, dependencies, indexes))
             self._protobuf[(schema_id, indexes)] = cls
         message = cls()
         message.ParseFromString(payload.read())
@@ -212,23 +214,31 @@ def _plain(value: bytes) -> Decoded | str:
     return Decoded(value.strip(b" \t\r\n"), data if isinstance(data, dict) else None)
 
 
-def _message_descriptor(schema: Schema, indexes: tuple[int, ...]) -> Descriptor:
+def _message_descriptor(schema: Schema, dependencies: tuple[Dependency, ...],
+                        indexes: tuple[int, ...]) -> Descriptor:
     """
     The message a Protobuf value names by its indexes (the first is a
     top-level message of the file, each next one a nested message of the
-    previous), from the registry's serialized file descriptor. Imports of
-    Google's well-known types are served from protobuf's own pool; schema
-    references to other subjects are not followed (the value is then
-    corrupt_value, saying which import is missing).
+    previous), from the registry's serialized file descriptor and those of
+    its references (other subjects' files, each before the files importing
+    it). Imports of Google's well-known types are served from protobuf's
+    own pool; an import found in neither fails the value (corrupt_value,
+    saying which).
     """
-    serialized = base64.standard_b64decode(schema.schema_str or "")
-    proto = descriptor_pb2.FileDescriptorProto()
-    proto.ParseFromString(serialized)
     pool = descriptor_pool.DescriptorPool()
     known = descriptor_pool.Default()
-    for dependency in proto.dependency:
-        pool.AddSerializedFile(known.FindFileByName(dependency).serialized_pb)
-    pool.AddSerializedFile(serialized)
+    added: set[str] = set()
+    proto = descriptor_pb2.FileDescriptorProto()
+    for item in (*(d.schema for d in dependencies), schema):
+        serialized = base64.standard_b64decode(item.schema_str or "")
+        proto = descriptor_pb2.FileDescriptorProto()
+        proto.ParseFromString(serialized)
+        for dependency in proto.dependency:
+            if dependency not in added:
+                pool.AddSerializedFile(known.FindFileByName(dependency).serialized_pb)
+                added.add(dependency)
+        pool.AddSerializedFile(serialized)
+        added.add(proto.name)
     if not indexes or not 0 <= indexes[0] < len(proto.message_type):
         raise ValueError(f"message index {list(indexes)} not in the schema")
     prefix = f"{proto.package}." if proto.package else ""

@@ -131,6 +131,22 @@ class OffsetsLostTests(SynchronousTestCase):
             self.assertEqual(self.consumer.calls, [("incremental_unassign", [("t", 1)]),
                                                    ("incremental_assign", [("t", 1, where)])])
 
+    def test_incarnationFoundEarlierStillReadFromItsBeginning(self):
+        """
+        A broker replaced on the same address: the periodic identity lookup
+        sees the new incarnation while the group re-forms, and only then do
+        the partitions come with no usable offset (the new broker's group
+        has none). They start at the beginning of the new log, not where
+        start_offset latest says: records produced meanwhile are new.
+        """
+        loop = self.loop()
+        self.incarnations.ids["t"] = "e2"
+        loop.refresh_epochs()
+        self.consumer.calls.clear()
+        loop.handle([reset_error(1)])
+        self.assertEqual(self.consumer.calls, [("incremental_unassign", [("t", 1)]),
+                                               ("incremental_assign", [("t", 1, OFFSET_BEGINNING)])])
+
     def test_partitionNeverReadByTheGroupFromItsBeginning(self):
         """
         With start_offset latest, a partition the group never read while it

@@ -163,7 +163,7 @@ class RecordMapperTests(SynchronousTestCase):
         self.assertEqual(set(REASONS), {"unknown_topic", "no_value", "too_large",
                                         "invalid_json", "no_token", "invalid_token",
                                         "invalid_event_type", "not_wire_format",
-                                        "unknown_schema", "registry_unavailable",
+                                        "unknown_schema", "registry_unavailable", "schema_references",
                                         "schema_type_mismatch", "corrupt_value"})
 
     def test_fromSettings(self) -> None:

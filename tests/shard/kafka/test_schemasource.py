@@ -1,16 +1,27 @@
 """
 Tests for L{odin_ws.shard.kafka.schemasource} beyond what the decoders'
-tests cover: reloaded bounds.
+tests cover: reloaded bounds, references fetched and bounded.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryError
+from confluent_kafka.schema_registry import (
+    RegisteredSchema,
+    Schema,
+    SchemaReference,
+    SchemaRegistryError,
+)
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.shard.kafka.schemasource import Missing, SchemaSource
+from odin_ws.shard.kafka.schemasource import (
+    MAX_REFERENCE_DEPTH,
+    MAX_REFERENCES,
+    Missing,
+    SchemaSource,
+)
 from tests.helpers.schemas import AVRO_TRADE
 from tests.shard.kafka.test_valueformats import registry_settings
 
@@ -63,3 +74,76 @@ class ReconfigureTests(SynchronousTestCase):
         self.now += 0.5
         self.assertEqual(self.source.schema(9), Missing.UNKNOWN)
         self.assertEqual(self.client.calls[9], 2)
+
+
+class ChainClient:
+    """
+    A registry whose schema 1 references subject s1, s1 references s2, and
+    so on to s<length> (its last); s<missing> is not there (404).
+    """
+
+    def __init__(self, length: int, missing: int = 0, fan_out: int = 1) -> None:
+        self.length = length
+        self.missing = missing
+        self.fan_out = fan_out
+        self.threads: set[str] = set()
+
+    def _refs(self, level: int) -> list[SchemaReference]:
+        if level >= self.length:
+            return []
+        return [SchemaReference(f"odin.test.T{level + 1}_{i}", f"s{level + 1}_{i}", 1)
+                for i in range(self.fan_out)]
+
+    def get_schema(self, schema_id: int, fmt: str | None = None) -> Schema:
+        return Schema(AVRO_TRADE, "AVRO", self._refs(0))
+
+    def get_version(self, subject: str, version: int, deleted: bool = False,
+                    fmt: str | None = None) -> Any:
+        self.threads.add(threading.current_thread().name)
+        level = int(subject[1:].split("_")[0])
+        if level == self.missing:
+            raise SchemaRegistryError(404, 40401, f"Subject '{subject}' not found.")
+        return RegisteredSchema(subject=subject, version=version, schema_id=None, guid=None,
+                                schema=Schema(AVRO_TRADE, "AVRO", self._refs(level)))
+
+
+class ReferencesTests(SynchronousTestCase):
+    """A schema's references: fetched in the pool, bounded."""
+
+    def source(self, client: ChainClient) -> SchemaSource:
+        source = SchemaSource(registry_settings(wait=5.0), lambda: client)
+        self.addCleanup(source.close)
+        return source
+
+    def test_chain_within_the_bounds(self) -> None:
+        """
+        References MAX_REFERENCE_DEPTH levels deep are all fetched, in the
+        pool's threads (never the consumer's), each listed after the ones it
+        references.
+        """
+        client = ChainClient(MAX_REFERENCE_DEPTH)
+        source = self.source(client)
+        self.assertIsInstance(source.schema(1), Schema)
+        names = [d.name for d in source.dependencies(1)]
+        self.assertEqual(names, [f"odin.test.T{n}_0" for n in range(MAX_REFERENCE_DEPTH, 0, -1)])
+        self.assertEqual({name.split("_")[0] for name in client.threads}, {"odinws-schemas"})
+
+    def test_too_deep(self) -> None:
+        """One level more is refused: schema_references, and the registry counts as reachable."""
+        source = self.source(ChainClient(MAX_REFERENCE_DEPTH + 1))
+        self.assertEqual(source.schema(1), Missing.REFERENCES)
+        status = source.status()
+        self.assertEqual(status["state"], "ok")
+        self.assertIn(f"deeper than {MAX_REFERENCE_DEPTH}", status["last_error"])
+
+    def test_too_many(self) -> None:
+        """More than MAX_REFERENCES distinct referenced schemas are refused."""
+        source = self.source(ChainClient(2, fan_out=MAX_REFERENCES))
+        self.assertEqual(source.schema(1), Missing.REFERENCES)
+        self.assertIn(f"more than {MAX_REFERENCES}", source.status()["last_error"])
+
+    def test_missing_reference(self) -> None:
+        """A reference the registry does not have is schema_references, naming it."""
+        source = self.source(ChainClient(3, missing=2))
+        self.assertEqual(source.schema(1), Missing.REFERENCES)
+        self.assertIn("s2_0 version 1", source.status()["last_error"])

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
 from twisted.trial import unittest
 
+from odin_ws.shard.kafka.incarnations import admin_config
 from odin_ws.shard.kafka.topiclayout import TopicLayout
 
 
@@ -88,3 +89,17 @@ class TopicLayoutTests(unittest.TestCase):
         self.assertFalse(layout.unread("t", 1))
         self.assertEqual(admin.asked[-1], [0, 1, 2, 3])
         self.assertFalse(self.layout(FakeAdmin(4, {})).unread("t", 3))
+
+
+class AdminConfigTests(unittest.TestCase):
+    def test_noTopicAutoCreation(self):
+        """
+        The admin client the layout and the incarnations use keeps the
+        consumer's connection settings and never has a lookup create a
+        topic (librdkafka's producer-type default would, on brokers that
+        allow it: a deleted topic came back with one partition).
+        """
+        config = admin_config({"bootstrap.servers": "b:9092", "group.id": "g",
+                               "security.protocol": "SSL"})
+        self.assertEqual(config, {"bootstrap.servers": "b:9092", "security.protocol": "SSL",
+                                  "allow.auto.create.topics": False})

@@ -12,7 +12,13 @@ import json
 import threading
 from typing import Any
 
-from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
+from confluent_kafka.schema_registry import (
+    Schema,
+    SchemaReference,
+    SchemaRegistryClient,
+    SchemaRegistryError,
+)
+from confluent_kafka.schema_registry.avro import AvroSerializer
 from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.common import topicoptions
@@ -24,7 +30,10 @@ from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.schemasource import Missing, SchemaSource, client_config
 from odin_ws.shard.kafka.valueformats import Decoded, UndecodableAudit, ValueDecoder
 from tests.helpers.schemas import (
+    AVRO_FILL,
     AVRO_TRADE_V2,
+    AVRO_VENUE,
+    ProtobufFill,
     ProtobufTrade,
     avro_serializer,
     context,
@@ -109,6 +118,31 @@ class ValueDecoderTests(SynchronousTestCase):
         self.assertEqual(json.loads(decoded.json),
                          {"token": "X", "qty": "5", "raw": "YWI=", "side": "SELL",
                           "at": "2023-11-14T22:13:20Z", "pool": "uni", "price": 0.0})
+
+    def test_avro_named_reference(self) -> None:
+        """
+        An Avro schema naming a type registered under another subject
+        decodes, the referenced type's fields included.
+        """
+        self.client.register_schema("venue", Schema(AVRO_VENUE, "AVRO"))
+        schema = Schema(AVRO_FILL, "AVRO", [SchemaReference("odin.test.Venue", "venue", 1)])
+        value = AvroSerializer(self.client, schema)({"token": "F", "venue": {"mic": "XNAS"}},
+                                                    context("odin.fills"))
+        self.assertEqual(self.decode(ValueFormat.AVRO, value).json,
+                         b'{"token":"F","venue":{"mic":"XNAS"}}')
+
+    def test_protobuf_reference_to_another_subject(self) -> None:
+        """
+        A Protobuf file importing another registered file (a reference to
+        its subject, which itself imports a well-known type) decodes.
+        """
+        message = ProtobufFill(token="F")
+        message.venue.mic = "XNAS"
+        message.venue.opened.FromSeconds(0)
+        value = protobuf_serializer(self.client, ProtobufFill)(message, context("odin.fills"))
+        self.assertEqual(self.client.get_subjects(), ["odin_test_venue.proto", "odin.fills-value"])
+        self.assertEqual(json.loads(self.decode(ValueFormat.PROTOBUF, value).json), {
+            "token": "F", "venue": {"mic": "XNAS", "opened": "1970-01-01T00:00:00Z"}})
 
     def test_jsonschema_validated(self) -> None:
         """
