@@ -140,7 +140,7 @@ class Shard(service.MultiService):
         #: What a slow connection catches up from (odin_ws/shard/delivery/catchup.py).
         self.backlog = Backlog(self.history,
                                lambda box: self.options.patterns_of(box, self.subscriptions),
-                               settings)
+                               settings, keeps=lambda box: self.options.catchup_keeps(box))
         #: The shard's Server-Sent Events streams (odin_ws/shard/clients/sse.py).
         self.streams = Streams(reactor, settings, self.fanout, self.history, self.subscriptions)
         # Highest offset seen per (topic, partition) from any source, so a
@@ -239,8 +239,15 @@ class Shard(service.MultiService):
             closing.addBoth(lambda _: self.reactor.stop())
 
     def _publish(self, events: list[Event]) -> defer.Deferred[Any] | None:
-        """Relay a batch this shard consumed to the other shards, through the hub."""
-        if self.link is None:
+        """
+        Relay a batch this shard consumed to the other shards, through the
+        hub. A node of one shard has no other shard: the batch is taken at
+        once, without a round trip through the parent per batch (with
+        C{kafka.poll_batch} 1 that was one per event, and at most
+        C{MAX_PENDING} of them in flight held the consumer back whenever the
+        parent's CPU was busy; docs/performance.md).
+        """
+        if self.link is None or self.settings.shards == 1:
             return None
         return self.link.callRemote(commands.Publish, batch=encode_batch(events))
 

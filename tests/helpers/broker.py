@@ -177,7 +177,13 @@ class TestBroker:
                 timestamp_ms: int | None = None, partition: int | None = None) -> None:
         """Queue one record; call L{flush} to wait for delivery."""
         if self._producer is None:
+            # One request in flight per broker: a retried send (e.g. the first
+            # to a partition just added, before its leader has loaded it) is
+            # not overtaken by the next, so each partition's log holds the
+            # records in the order the test produced them (with several in
+            # flight, PartitionsAddedTests saw seq 6 stored before seq 2).
             self._producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 0,
+                                       "max.in.flight.requests.per.connection": 1,
                                        "message.max.bytes": 20_000_000, "logger": _quiet})
         kw = {}
         if timestamp_ms is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from odin_ws.common.channels import WILDCARD
 from odin_ws.common.events import Event
 from odin_ws.shard.clients import messages
 from odin_ws.shard.delivery.filters import EventFilter, FilterError, FilterPool
@@ -121,6 +122,27 @@ class SubscriptionOptions:
         if event_filter is None:
             return None
         return lambda event: event_filter.matches(event_data(event))
+
+    def catchup_keeps(self, subscriber: Any) -> Callable[[Event], bool] | None:
+        """
+        Which events a slow client's catch-up sends C{subscriber} (None:
+        every one matching its patterns): those its filters pass, for the
+        channels it holds with a filter. Options never overlap on one
+        connection (C{options_conflict}), so any held pattern matching an
+        event gives its variant.
+        """
+        filtered = [(p, v.filter) for p, v in self.index.held(subscriber).items()
+                    if v.filter is not None]
+        if not filtered:
+            return None
+
+        def keeps(event: Event) -> bool:
+            for (token, event_type), event_filter in filtered:
+                if ((token == event.token or token == WILDCARD)
+                        and (event_type == event.event_type or event_type == WILDCARD)):
+                    return event_filter.matches(event_data(event))
+            return True
+        return keeps
 
     def release(self, variant: Variant) -> None:
         """Give back the filter L{variant} acquired for a subscribe that was refused."""

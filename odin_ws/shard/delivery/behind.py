@@ -29,9 +29,14 @@ class Backlog:
     """
 
     def __init__(self, history: History, patterns_of: Callable[[Any], Iterable[tuple[str, str]]],
-                 settings: Settings, clock: Callable[[], float] = time.time):
+                 settings: Settings, clock: Callable[[], float] = time.time,
+                 keeps: Callable[[Any], Callable[[Event], bool] | None] = lambda box: None):
         self.history = history
         self.patterns_of = patterns_of
+        #: Per connection, which of the events its patterns match it gets
+        #: (None: all): its subscriptions' filters (docs/protocol.md,
+        #: "Subscription options").
+        self.keeps = keeps
         self.clock = clock
         self.reconfigure(settings)
 
@@ -100,6 +105,7 @@ class Behind:
         out = Slice()
         history = backlog.history
         patterns = list(backlog.patterns_of(subscriber))
+        keeps = backlog.keeps(subscriber)
         scan = backlog.max_scan
         cutoff = -1.0 if self.replay else backlog.cutoff()
         streams = self.streams
@@ -115,6 +121,8 @@ class Behind:
                 del streams[key]
                 continue
             for e in events:
+                if keeps is not None and not keeps(e):
+                    continue
                 if e.ts < cutoff:
                     if key not in self.stale:
                         # In its place among the frames: after the events before it.

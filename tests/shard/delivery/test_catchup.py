@@ -240,6 +240,32 @@ class CatchUpTests(CatchUpTestCase):
                          self.shard.stats.conflated)
 
 
+class FilteredCatchUpTests(CatchUpTestCase):
+    def test_catch_up_keeps_the_subscription_filter(self):
+        """
+        A client subscribed with a filter that falls behind gets, from
+        history, only the events its filter passes, as it would have live:
+        catch-up does not widen a subscription.
+        """
+        c = self.connect(transport=StalledSocket(IPv4Address("TCP", "10.0.0.9", next(_ports))))
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "filter": {"big": True}}))
+        c.transport.drain()
+        self.assertEqual([m["type"] for m in c.messages()], ["subscribed"])
+        sent = []
+        for i in range(200):
+            offset = 1000 + i
+            payload = b'{"n":%d,"big":%s,"pad":"%s"}' % (
+                offset, b"true" if i % 10 == 0 else b"false", b"x" * 40)
+            sent += self.deliver(Event.build("A", "trade", payload, int(time.time() * 1000),
+                                             TOPIC, 0, offset, "ep1"))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        got = self.read_all(c)
+        self.assertGreater(self.shard.stats.caught_up, 0)
+        self.assertEqual([m["data"]["n"] for m in got], list(range(1000, 1200, 10)))
+        self.assertEqual({m["data"]["big"] for m in got}, {True})
+
+
 class StreamedRecoveryTests(CatchUpTestCase):
     def test_recovery_larger_than_the_buffer_is_streamed(self):
         """

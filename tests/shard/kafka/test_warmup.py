@@ -244,9 +244,9 @@ class WarmupTests(SynchronousTestCase):
 
 
 class ShardBackfillTests(ShardTestCase):
-    """Shard.backfill: the warm-up joined to live delivery."""
+    """Shard.backfill: the warm-up joined to live delivery (relayed: a node of two shards)."""
 
-    settings = {"kafka__topics": {TOPIC: "trade"}}
+    settings = {"kafka__topics": {TOPIC: "trade"}, "shards": 2}
 
     def event(self, offset: int, token: str = "A", epoch: str = "ep1", partition: int = 0,
               ts: int | None = None):
