@@ -32,6 +32,7 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaException
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
 from odin_ws.shard.kafka.consumerloop import ConsumerLoop, describe_error
@@ -52,6 +53,8 @@ class ThreadOwner(Protocol):
     def replaced(self) -> None: ...
 
     def note_error(self, kind: str, text: str, level: str = "warn") -> None: ...
+
+    def thread_failed(self, failure: Failure) -> None: ...
 
     def consumer_closed(self, finished: Deferred) -> None: ...
 
@@ -111,5 +114,20 @@ class ConsumerThread:
                     continue
                 metrics.KAFKA_REPLACEMENTS.inc()
                 self.owner.replaced()
+        except Exception:
+            # Building a loop failed (the loop reports its own bugs): the
+            # thread ends, and says why, rather than leave the shard reading
+            # nothing with a status that looks like a stop.
+            self.owner.thread_failed(Failure())
+            if self.consumer is not None:
+                _close_quietly(self.consumer)
         finally:
             self.owner.consumer_closed(self.finished)
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    """Close a consumer no loop took over (what closing raises changes nothing)."""
+    try:
+        consumer.close()
+    except Exception:
+        pass

@@ -30,6 +30,9 @@ class FakeOwner:
     def consumer_closed(self, finished):
         self.calls.append(("closed", finished))
 
+    def thread_failed(self, failure):
+        self.calls.append(("failed", failure.getErrorMessage()))
+
 
 class RecordingStop(threading.Event):
     """A stop event whose waits return at once, recorded (no real time passes)."""
@@ -155,3 +158,26 @@ class ConsumerThreadTests(SynchronousTestCase):
         thread.run()
         self.assertEqual(self.made, 0)
         self.assertEqual(self.owner.calls, [("closed", "finished")])
+
+    def test_loopCannotBeBuilt(self):
+        """
+        A loop that cannot be built (a bug) ends the thread with the
+        failure reported to the owner (its status shows it) and the
+        consumer closed, not as a silent stop.
+        """
+        closed = []
+
+        class Closable:
+            def close(self):
+                closed.append(self)
+
+        consumer = Closable()
+        thread = self.make([])
+
+        def broken(consumer, first_id):
+            raise RuntimeError("cannot build")
+        thread.make_loop = broken
+        thread.consumer = consumer
+        thread.run()
+        self.assertEqual(self.owner.calls, [("failed", "cannot build"), ("closed", "finished")])
+        self.assertEqual(closed, [consumer])
