@@ -28,6 +28,8 @@ from typing import Any
 from confluent_kafka import Producer
 from websockets.asyncio.client import connect
 
+from odinws_client.mergepatch import apply_merge_patch
+
 CONTROL = frozenset(("subscribed", "unsubscribed", "pong", "error", "gap"))
 
 
@@ -63,19 +65,6 @@ class CountingProxy:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: C{patch} applied to C{target}."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
 
 
 class Client:
@@ -118,7 +107,7 @@ class Client:
             channel = msg.get("channel")
             if "delta" in msg:
                 self.deltas += 1
-                data = merge_patch(self._last.get(channel), msg["delta"])
+                data = apply_merge_patch(self._last.get(channel), msg["delta"])
             else:
                 data = msg.get("data")
             self._last[channel] = data
