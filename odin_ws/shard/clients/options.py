@@ -20,13 +20,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from odin_ws.common.channels import WILDCARD
 from odin_ws.common.events import Event
 from odin_ws.shard.clients import messages
 from odin_ws.shard.delivery.filters import EventFilter, FilterError, FilterPool
 from odin_ws.shard.delivery.subscriptions import Pattern, SubscriptionIndex
 from odin_ws.shard.delivery.variantfeed import event_data
-from odin_ws.shard.delivery.variants import PLAIN, Variant, VariantIndex, conflict, holder_view
+from odin_ws.shard.delivery.variants import (
+    PLAIN,
+    Variant,
+    VariantIndex,
+    conflict,
+    holder_view,
+    overlaps,
+)
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import LimitsSettings
@@ -131,16 +137,16 @@ class SubscriptionOptions:
         connection (C{options_conflict}), so any held pattern matching an
         event gives its variant.
         """
-        filtered = [(p, v.filter) for p, v in self.index.held(subscriber).items()
-                    if v.filter is not None]
+        filtered = [(p, keep) for p, v in self.index.held(subscriber).items()
+                    if (keep := self.keeps(v)) is not None]
         if not filtered:
             return None
 
         def keeps(event: Event) -> bool:
-            for (token, event_type), event_filter in filtered:
-                if ((token == event.token or token == WILDCARD)
-                        and (event_type == event.event_type or event_type == WILDCARD)):
-                    return event_filter.matches(event_data(event))
+            channel = (event.token, event.event_type)
+            for pattern, keep in filtered:
+                if overlaps(pattern, channel):
+                    return keep(event)
             return True
         return keeps
 
