@@ -50,7 +50,7 @@ ERROR_CODES = frozenset((
     BAD_FILTER, FILTER_TOO_LARGE, SERVER_FILTER_LIMIT))
 
 #: The delta formats a subscribe may ask for (C{"delta": true} is the first).
-DELTA_FORMATS = ("merge-patch",)
+DELTA_FORMATS = ("merge-patch", "compact")
 #: The range of C{max_rate}, events per second per channel.
 MIN_RATE = 0.1
 MAX_RATE = 100.0
@@ -101,8 +101,9 @@ class Subscribe:
     since: Since | None = None
     #: Send the latest event of every matching channel first.
     snapshot: bool = False
-    #: Deltas (JSON Merge Patch) of the channels' events where they can.
-    delta: bool = False
+    #: Deltas of the channels' events where they can, in this format
+    #: (one of L{DELTA_FORMATS}; "": none).
+    delta: str = ""
     #: At most this many events a second per channel (0: no cap).
     max_rate: float = 0.0
     #: The filter on the events' data, as the client wrote it (None: none);
@@ -210,12 +211,14 @@ def _since(obj: dict, msg_id: MessageId, max_positions: int) -> Since | None:
     return since
 
 
-def _delta(obj: dict, msg_id: MessageId) -> bool:
+def _delta(obj: dict, msg_id: MessageId) -> str:
     value = obj.get("delta", False)
     if value is False or value is None:
-        return False
-    if value is True or value in DELTA_FORMATS:
-        return True
+        return ""
+    if value is True:
+        return DELTA_FORMATS[0]
+    if value in DELTA_FORMATS:
+        return value
     if type(value) is str:
         raise ClientError(BAD_DELTA, f"unknown delta format {_quote(value)}; this server "
                           f"knows {', '.join(DELTA_FORMATS)}", msg_id)

@@ -291,13 +291,17 @@ class FuzzTests(SynchronousTestCase):
 
 
 class SubscribeOptionTests(SynchronousTestCase):
-    def test_delta_true_or_merge_patch(self) -> None:
-        """delta: true and delta: "merge-patch" both ask for merge-patch deltas; false for none."""
+    def test_delta_formats(self) -> None:
+        """
+        delta: true and delta: "merge-patch" both ask for merge-patch
+        deltas, "compact" for compact ones; false (or none) for none.
+        """
         base = {"type": "subscribe", "channels": ["odin.token.A.price"]}
-        self.assertTrue(parse({**base, "delta": True}).delta)
-        self.assertTrue(parse({**base, "delta": "merge-patch"}).delta)
-        self.assertFalse(parse({**base, "delta": False}).delta)
-        self.assertFalse(parse(base).delta)
+        self.assertEqual(parse({**base, "delta": True}).delta, "merge-patch")
+        self.assertEqual(parse({**base, "delta": "merge-patch"}).delta, "merge-patch")
+        self.assertEqual(parse({**base, "delta": "compact"}).delta, "compact")
+        self.assertEqual(parse({**base, "delta": False}).delta, "")
+        self.assertEqual(parse(base).delta, "")
 
     def test_unknown_delta_refused(self) -> None:
         """An unknown delta format, or a delta that is no format, is refused with bad_delta."""
