@@ -389,4 +389,33 @@ def parse_url_subscribe(query: Mapping[str, str], max_channels: int, max_channel
     if snapshot not in _TRUE and snapshot not in _FALSE:
         raise ClientError(INVALID_MESSAGE, "snapshot must be 1, 0, true or false")
     since = parse_since_text(since_text, max_positions) if since_text else None
-    return Subscribe(channels, None, since, snapshot in _TRUE)
+    return Subscribe(channels, None, since, snapshot in _TRUE, *_url_options(query))
+
+
+def _url_options(query: Mapping[str, str]) -> tuple[str, float, object]:
+    """
+    The subscription options of a URL (C{delta}, C{max_rate}, C{filter}):
+    C{delta=1|true|compact|merge-patch|0|false}, C{max_rate=<number>},
+    C{filter=<the filter's JSON>}; the same codes as in a message. The
+    filter's grammar is checked by the caller (it compiles it).
+    """
+    obj: dict[str, object] = {}
+    delta = query.get("delta")
+    if delta is not None:
+        lowered = delta.lower()
+        obj["delta"] = True if lowered in _TRUE else False if lowered in _FALSE else delta
+    rate = query.get("max_rate")
+    if rate is not None:
+        try:
+            number = float(rate)
+        except ValueError:
+            number = math.nan     # refused below, as any value out of range
+        obj["max_rate"] = number
+    spec = None
+    text = query.get("filter")
+    if text is not None:
+        try:
+            spec = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise ClientError(BAD_FILTER, "filter is not valid JSON") from None
+    return _delta(obj, None), _max_rate(obj, None), spec

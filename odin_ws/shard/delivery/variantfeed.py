@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from odin_ws.common import metrics
@@ -129,10 +130,14 @@ class VariantFeed:
     rest of the batch (or, for a throttle's trailing edge, right away).
     """
 
-    def __init__(self, clock: Any, index: VariantIndex, fanout: Fanout):
+    def __init__(self, clock: Any, index: VariantIndex, fanout: Fanout,
+                 frame: Callable[[Event], bytes] | None = None):
         self.clock = clock
         self.index = index
         self.fanout = fanout
+        #: An event's whole message in the subscribers' transport (default:
+        #: a WebSocket text frame of its envelope; SSE streams build theirs).
+        self.frame: Callable[[Event], bytes] = frame or (lambda e: text_frame(e.envelope))
         #: Per variant with deltas, per channel, its delta state.
         self._deltas: dict[Variant, dict[str, _DeltaStream]] = {}
         #: Compact deltas' stream ids: per channel, one for every variant
@@ -206,8 +211,7 @@ class VariantFeed:
             return
         channel = event.channel
         if not variant.delta:
-            self.fanout.publish(text_frame(event.envelope), channel, event.event_type,
-                                subscribers, event)
+            self.fanout.publish(self.frame(event), channel, event.event_type, subscribers, event)
             return
         streams = self._deltas.get(variant)
         if streams is None:
