@@ -227,6 +227,9 @@ class ShardHandle:
         self._alive = False
         self._accepting = False
         self._connections = 0
+        # Its Kafka status (assigned partitions, warm-up) died with it: a
+        # restarted shard shows none until its own first report.
+        self._status = {}
         return self._clock.seconds() - (self._started_at or 0.0)
 
     def signal(self, sig: str) -> None:
@@ -376,7 +379,9 @@ class ShardLink(amp.AMP):
         self.log.info("shard {index} registered (pid {pid}, capacity {capacity})",
                       index=h.index, pid=pid, capacity=capacity)
         h.registered(self, pid, capacity)
-        return {}
+        # Taken in the turn that attached it: every later batch reaches the
+        # shard as a Deliver, every earlier one is in these marks.
+        return {"marks": self.hub.relayed()}
 
     def _deliver(self, batch: bytes) -> Deferred:
         return self.callRemote(Deliver, batch=batch)

@@ -45,3 +45,32 @@ class RaiseToTests(SynchronousTestCase):
         self.offsets(5, epoch="")
         self.assertTrue(self.marks.raise_to("t", 0, "e1", 10))
         self.assertEqual(self.marks.marks[("t", 0)], ("e1", 10))
+
+
+class ExportTests(SynchronousTestCase):
+    """L{HighWater.exported} and L{HighWater.adopt}: the hub's marks handed to a shard."""
+
+    def test_adoptedMarksMakeDuplicates(self):
+        """What one holder has seen counts as seen by another that adopts its export."""
+        hub = HighWater("hub")
+        hub.fresh([ev(o, partition=p) for p in (0, 1) for o in range(5)])
+        shard = HighWater("shard 1")
+        self.assertEqual(shard.adopt(hub.exported()), 2)
+        self.assertEqual(shard.marks, hub.marks)
+        self.assertEqual([e.offset for e in shard.fresh([ev(o) for o in range(3, 7)])], [5, 6])
+
+    def test_adoptNeverLowersNorCrossesIncarnations(self):
+        """Adopted marks go through raise_to: a higher mark stays, another epoch is left alone."""
+        hub = HighWater("hub")
+        hub.fresh([ev(4), ev(9, partition=1)])
+        shard = HighWater("shard 1")
+        shard.fresh([ev(20), ev(2, epoch="e2", partition=1)])
+        self.assertEqual(shard.adopt(hub.exported()), 0)
+        self.assertEqual(dict(shard.marks), {("t", 0): ("e1", 20), ("t", 1): ("e2", 2)})
+
+    def test_unreadableExport(self):
+        """Anything but an export is refused with ValueError, and no mark changes."""
+        shard = HighWater("shard 1")
+        for data in (b"{not json", b'{"topic": "t"}', b'[{"topic": "t"}]', b"\xff"):
+            self.assertRaises(ValueError, shard.adopt, data)
+        self.assertEqual(dict(shard.marks), {})

@@ -73,6 +73,22 @@ class ProcessTests(SynchronousTestCase):
         self.assertEqual(h.exited(new), 3.0)
         self.assertEqual((h.running, h.pid), (False, None))
 
+    def test_deadProcessStatusForgotten(self):
+        """
+        The Kafka status of a process that exited is not shown for the
+        shard any more: its restart shows none (not its predecessor's
+        partitions) until it reports itself.
+        """
+        h, _ = handle()
+        process = FakeProcessTransport(1)
+        h.started(process)
+        h.registered(object(), pid=1, capacity=10)
+        h.reported(0, 10, {"kafka": {"assigned": ["t[1]"]}})
+        h.exited(process)
+        h.started(FakeProcessTransport(2))
+        h.registered(object(), pid=2, capacity=10)
+        self.assertEqual((h.status, h.as_health()["kafka"]), ({}, None))
+
     def test_backoff(self):
         """Delays double up to the maximum and start over after a healthy run."""
         h, _ = handle(crash_loop_window=60.0)

@@ -187,6 +187,26 @@ class ControlTests(SupervisorTestCase):
                          (True, True, 100, self.reactor.processes[0].pid))
         self.assertEqual(self.hub.attached, [0, 1])
 
+    def test_registerAnswersWithTheRelayedMarks(self):
+        """
+        A shard that registers (a restarted one) is answered with the hub's
+        marks: the highest offset the node relayed of each partition before
+        it came, which it counts as seen before it delivers what it consumes.
+        """
+        sup = self.make(shards=2)
+        sup.startService()
+        first, pump = self.register(sup, 0)
+        first.callRemote(Publish, batch=encode_batch(
+            [Event.build("A", "trade", b"1", 1, "odin.trades", 3, o, "e1") for o in (7, 8)]))
+        pump.flush()
+        shard, pump = self.connect(1)
+        answer = shard.callRemote(Register, index=1, pid=self.reactor.processes[1].pid,
+                                  capacity=100)
+        pump.flush()
+        marks = json.loads(self.successResultOf(answer)["marks"])
+        self.assertEqual(marks, [{"topic": "odin.trades", "partition": 3, "epoch": "e1",
+                                  "offset": 8}])
+
     def test_statsUpdateHandle(self):
         """Stats updates the load, the accepting flag and the status shown in /health."""
         sup = self.make(shards=1)
