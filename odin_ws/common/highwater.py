@@ -61,10 +61,8 @@ class HighWater:
             mark = marks.get(key)
             if mark is not None:
                 epoch, high = mark
-                if e.epoch != epoch and e.epoch not in UNKNOWN:
-                    if epoch in UNKNOWN:
-                        pass  # first time the identity is known: same log
-                    elif e.epoch in self._retired.get(key, ()):
+                if e.epoch != epoch and e.epoch not in UNKNOWN and epoch not in UNKNOWN:
+                    if e.epoch in self._retired.get(key, ()):
                         metrics.EVENTS_DUPLICATE.inc()  # late event of the old log
                         continue
                     else:
@@ -72,6 +70,12 @@ class HighWater:
                         out.append(e)
                         continue
                 elif e.offset <= high:
+                    # (A mark of unknown identity meeting a known one is the
+                    # same log, now identified, as in raise_to: compared by
+                    # offset, it takes the epoch. Taken for a new log, it let
+                    # a restarted shard's re-read through as live: issue 22.)
+                    if epoch in UNKNOWN and e.epoch not in UNKNOWN:
+                        marks[key] = (e.epoch, high)
                     metrics.EVENTS_DUPLICATE.inc()
                     continue
                 marks[key] = (epoch if e.epoch in UNKNOWN else e.epoch, e.offset)

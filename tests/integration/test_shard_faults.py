@@ -287,13 +287,13 @@ class RestartedShardRereadTests(TopicNodeCase):
         self.produce(4)
         new = list(range(6, 10))
         got = [e["data"]["seq"] for e in newcomer.collect(4, timeout=30)]
-        self.assertEqual(sorted(got), new)
+        self.assertEqual(sorted(got), new, f"the newcomer's events: {newcomer.events}")
         self.assertEqual(sorted(e["data"]["seq"] for e in survivor.collect(10, timeout=30)),
-                         old + new)
+                         old + new, f"the survivor's events: {survivor.events}")
         # Nothing after: a last event per partition, and then exactly those.
         self.produce(2)
         got = [e["data"]["seq"] for e in newcomer.collect(6, timeout=30)]
-        self.assertEqual(sorted(got), list(range(6, 12)))
+        self.assertEqual(sorted(got), list(range(6, 12)), f"the newcomer's events: {newcomer.events}")
 
 
 class StalledShardTests(FaultTestCase):
