@@ -141,3 +141,17 @@ class SseHoleTests(HoleTestCase):
         self.assertTrue(ack.json()["recovered"])
         self.assertEqual((gap.event, gap.json()), ("gap", self.gap(101)))
         self.assertEqual(last.json()["data"], {"o": 102})
+
+    def test_stream_with_options_gets_the_named_gap(self):
+        """
+        A stream with a filter and a rate cap gets the hole as a named gap
+        too, past the filter and the cap (it has no data for them).
+        """
+        s = self.stream({"channels": CHANNEL, "filter": json.dumps({"o": {"gte": 0}}),
+                         "max_rate": "100"})
+        s.messages()
+        self.shard.delivery.deliver(self.good_bad_good())
+        self.advance(1)
+        msgs = s.messages()
+        self.assertEqual([m.event for m in msgs], [None, "gap", None])
+        self.assertEqual(msgs[1].json(), self.gap(101))
