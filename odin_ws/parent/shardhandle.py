@@ -67,6 +67,10 @@ class ShardHandle:
         self._last_report: float | None = None
         self._status: dict[str, Any] = {}
         self._started_at: float | None = None
+        #: When the current process registered (None: not yet).
+        self._registered_at: float | None = None
+        #: How long the last process was up (registered) when it died.
+        self._was_up = 0.0
         self._process = None                    # IProcessTransport while the process runs
         self._channel: ShardLink | None = None  # connected control channel
         self._link: ShardLink | None = None     # the channel the shard registered on
@@ -214,6 +218,7 @@ class ShardHandle:
         self._process = process
         self._pid = process.pid
         self._started_at = self._clock.seconds()
+        self._registered_at = None
 
     def exited(self, process) -> float | None:
         """
@@ -222,12 +227,18 @@ class ShardHandle:
         """
         if process is not self._process:
             return None
+        now = self._clock.seconds()
+        self._was_up = now - self._registered_at if self._registered_at is not None else 0.0
+        self._registered_at = None
         self._process = None
         self._pid = None
         self._alive = False
         self._accepting = False
         self._connections = 0
-        return self._clock.seconds() - (self._started_at or 0.0)
+        # Its Kafka status (assigned partitions, warm-up) died with it: a
+        # restarted shard shows none until its own first report.
+        self._status = {}
+        return now - (self._started_at or 0.0)
 
     def signal(self, sig: str) -> None:
         """Send C{sig} (C{"TERM"}, C{"KILL"}) to the process, if it still runs."""
@@ -249,16 +260,23 @@ class ShardHandle:
 
     def next_delay(self, uptime: float) -> float:
         """
-        The delay before restarting a process that ran C{uptime} seconds; it
-        doubles per crash, up to C{restart_max_delay}, and starts over after
-        a run longer than C{crash_loop_window} (a healthy run forgets earlier
-        crashes).
+        The delay before restarting a process that ran C{uptime} seconds.
+        A shard that had been up (registered) for C{restart_reset_after}
+        died as a running shard (killed, OOM): unless it is crash-looping it
+        comes back after C{restart_min_delay}, however recent its last crash
+        was, and the doubling starts over. One that died sooner (it could
+        not start, or failed right after) or while crash-looping waits
+        twice the previous delay, up to C{restart_max_delay}. A run longer
+        than C{crash_loop_window} forgets earlier crashes altogether.
         """
         s = self._settings
         if uptime > s.crash_loop_window:
-            self._delay = s.restart_min_delay
             self._restart_times.clear()
             self._crash_looping = False
+        if uptime > s.crash_loop_window or (
+                self._was_up >= s.restart_reset_after and not self._crash_looping):
+            self._delay = s.restart_min_delay
+        self._was_up = 0.0   # used up: a spawn that fails next was up for nothing
         delay = self._delay
         self._delay = min(delay * 2, s.restart_max_delay)
         return delay
@@ -291,6 +309,7 @@ class ShardHandle:
 
     def registered(self, link: ShardLink, pid: int, capacity: int) -> None:
         """The shard registered on C{link}: it is alive and accepts."""
+        self._registered_at = self._clock.seconds()
         self._pid = pid
         self._capacity = capacity
         self._accepting = True
@@ -376,7 +395,9 @@ class ShardLink(amp.AMP):
         self.log.info("shard {index} registered (pid {pid}, capacity {capacity})",
                       index=h.index, pid=pid, capacity=capacity)
         h.registered(self, pid, capacity)
-        return {}
+        # Taken in the turn that attached it: every later batch reaches the
+        # shard as a Deliver, every earlier one is in these marks.
+        return {"marks": self.hub.relayed()}
 
     def _deliver(self, batch: bytes) -> Deferred:
         return self.callRemote(Deliver, batch=batch)
