@@ -258,25 +258,32 @@ def main() -> int:
     os.makedirs(rundir, exist_ok=True)
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "machine": report.machine(), "commit": _commit(Node.tree), "load": _load()}
+    def cell(name: str, key: str, run) -> None:
+        """One cell; a cell that fails is reported as failed (why), and the others still run."""
+        if name not in cells:
+            return
+        try:
+            results[key] = run()
+        except RuntimeError as e:
+            results.setdefault("failed", {})[name] = str(e)
+            log(f"{name}: FAILED: {e}")
+            Proc.stop_all()
+            Node.stop_broker()
+            return
+        if key in ("bytes", "rate", "filter"):
+            got = results[key]
+            log(f"{name}: {json.dumps(got['clients'] if key == 'bytes' else got)}")
+
     try:
-        if "match" in cells:
-            results["match"] = match_cost()
-        if "bytes" in cells:
-            results["bytes"] = with_node(rundir, lambda n: bandwidth_clients.bytes_cell(
-                n.port, n.broker.bootstrap, args.events, 200.0, 20))
-            log(f"bytes: {json.dumps(results['bytes']['clients'])}")
-        if "rate" in cells:
-            results["rate"] = with_node(rundir, lambda n: bandwidth_clients.rate_cell(
-                n.port, n.broker.bootstrap, 10.0, 50.0, 2.0))
-            log(f"rate: {json.dumps(results['rate'])}")
-        if "filter" in cells:
-            results["filter"] = with_node(rundir, lambda n: bandwidth_clients.filter_cell(
-                n.port, n.broker.bootstrap, 1000, 200.0))
-            log(f"filter: {json.dumps(results['filter'])}")
-        if "compress-cpu" in cells:
-            results["compress_cpu"] = compress_cpu(args, rundir)
-        if "filter-cpu" in cells:
-            results["filter_cpu"] = filter_cpu(args, rundir)
+        cell("match", "match", match_cost)
+        cell("bytes", "bytes", lambda: with_node(rundir, lambda n: bandwidth_clients.bytes_cell(
+            n.port, n.broker.bootstrap, args.events, 200.0, 20)))
+        cell("rate", "rate", lambda: with_node(rundir, lambda n: bandwidth_clients.rate_cell(
+            n.port, n.broker.bootstrap, 10.0, 50.0, 2.0)))
+        cell("filter", "filter", lambda: with_node(rundir, lambda n: bandwidth_clients.filter_cell(
+            n.port, n.broker.bootstrap, 1000, 200.0)))
+        cell("compress-cpu", "compress_cpu", lambda: compress_cpu(args, rundir))
+        cell("filter-cpu", "filter_cpu", lambda: filter_cpu(args, rundir))
     finally:
         Proc.stop_all()
         Node.stop_broker()

@@ -253,7 +253,10 @@ async def rate_cell(port: int, bootstrap: str, seconds: float, updates: float,
         records = [record() for _ in range(int(seconds * updates))]
         last_seq = json.loads(records[-1][2])["seq"]
         times = await _paced(producer, records, updates)
-        await _until(lambda: len(control.events) - marks[1] >= len(records), 30, "control")
+        await _until(lambda: len(control.events) - marks[1] >= len(records), 30, "control",
+                     lambda: f"(got {len(control.events) - marks[1]} of {len(records)}, "
+                             f"{len(producer)} still in the producer's queue, errors "
+                             f"{control.errors + capped.errors})")
         await asyncio.sleep(1.5)
         got = capped.events[marks[0]:]
         arrivals = [t for t, _, _ in got]

@@ -17,6 +17,8 @@ def render(results: dict) -> str:
              "One shard on CPU 0, clients and the Kafka feed on CPU 1.", ""]
     for part in (_bytes, _compress_cpu, _rate, _filter, _filter_cpu, _match):
         lines += part(results)
+    for name, why in results.get("failed", {}).items():
+        lines += [f"**The {name} cell failed** in this run: {why}", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
