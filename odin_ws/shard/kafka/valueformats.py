@@ -62,9 +62,19 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+#: One decoder for every value: json.loads with parse_constant builds a new
+#: one per call, which took more than half of its time on an event (~8 us
+#: against ~3 us; docs/performance.md, "Cost per event"). Reentrant: its C
+#: scanner runs under the GIL and keeps nothing across calls.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def strict_json(text: bytes) -> Any:
     """Parse UTF-8 JSON, refusing NaN and the infinities; ValueError/RecursionError otherwise."""
-    return json.loads(text.decode("utf-8"), parse_constant=_reject_constant)
+    s = text.decode("utf-8")
+    if s.startswith("\ufeff"):    # as json.loads refuses it
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", s, 0)
+    return _DECODER.decode(s)
 
 
 @dataclass(frozen=True, slots=True)
