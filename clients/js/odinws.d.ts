@@ -109,10 +109,12 @@ export interface SubscribeOptions {
   /** Positions to recover from (e.g. a stored `sub.positions`). */
   since?: string[];
   /**
-   * Let the server send deltas (JSON Merge Patch) of each channel's data;
-   * the client applies them, so handlers still get whole `data`.
+   * Let the server send deltas of each channel's events; the client applies
+   * them, so handlers still get whole events (`data`, `ts`, `pos`). `true`:
+   * the smallest format ("compact": no envelope, integers as increments);
+   * "merge-patch": JSON Merge Patch in the event's envelope.
    */
-  delta?: boolean | "merge-patch";
+  delta?: boolean | "compact" | "merge-patch";
   /**
    * At most this many events a second per channel (0.1 to 100), always
    * ending on the channel's latest event.
@@ -149,9 +151,25 @@ export interface SubscriptionStateChange {
   error: { code: string; message: string } | null;
 }
 
+/**
+ * A record of a subscribed channel that the node could not decode
+ * (docs/protocol.md, "Records that cannot be decoded"), told in its place
+ * among the events (Subscription "gap" event). Nothing can recover it: the
+ * client does not try; refetch that channel's state if it matters.
+ */
+export interface UndecodableGap {
+  reason: "undecodable";
+  /** Why the node gave up on it (invalid_json, unknown_schema, corrupt_value, too_large, …). */
+  detail: string | null;
+  channel: string;
+  /** The record's position: it counts as seen. */
+  position: string;
+}
+
 interface SubscriptionEvents {
   state: SubscriptionStateChange;
   recovered: Recovery;
+  gap: UndecodableGap;
 }
 
 /** Made by OdinWS.subscribe(). */
@@ -172,7 +190,8 @@ export class Subscription implements Events<SubscriptionEvents> {
 /**
  * A gap notice of the server (docs/protocol.md, "gap"): it gave up on events
  * of these streams. The client recovers them by itself (each subscription's
- * "recovered" event tells the outcome), except `reason` "conflated".
+ * "recovered" event tells the outcome), except `reason` "conflated" and
+ * "undecodable" (told to the channel's subscriptions as their "gap" event).
  */
 export interface GapNotice {
   reason: string;
@@ -210,6 +229,11 @@ export function backoffDelay(attempt: number, base?: number, cap?: number,
 export function matches(pattern: string, channel: string): boolean;
 /** RFC 7386 JSON Merge Patch: what `patch` makes of `target`. */
 export function applyMergePatch(target: unknown, patch: unknown): unknown;
+/** A compact delta `[sid, dpos, dts, patch, adds?]` made whole against its stream's previous event. */
+export function applyCompactDelta(
+  last: {channel: string; data: unknown; ts: number; pos: string},
+  frame: unknown[],
+): {type: "event"; channel: string; data: unknown; ts: number; pos: string; sid: number};
 export function tokenExpiry(token: string | null | undefined): number | null;
 /** A position's partition ("<topic>:<partition>"), stream (… ":<epoch>") and offset; null if none. */
 export function parsePosition(pos: unknown): { partition: string; stream: string; offset: string } | null;

@@ -48,10 +48,11 @@
 // it ("forbidden") and closes with 4001 at exp; the library asks getToken
 // again and reconnects with the good token it gets, and events flow again.
 //
-// delta: two clients on one page, one subscribed to odin.token.*.price with
-// delta: true, the other without; the node sends the first deltas
-// (counted on the wire), and for every (channel, n) both got, the library
-// handed the delta subscription exactly the data the plain one got.
+// delta: three clients on one page subscribed to odin.token.*.price, one
+// with delta: true (compact deltas), one with delta: "merge-patch", one
+// without; the node sends deltas of both kinds (counted on the wire), and
+// for every (channel, n) they all got, the library handed the delta
+// subscriptions exactly the event the plain one got: data, ts and pos.
 //
 // Exits 0 on success; otherwise prints why on stderr and exits 1.
 import { createHmac } from "node:crypto";
@@ -59,9 +60,9 @@ import { createServer } from "node:http";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
-const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "deflate", "delta"];
+const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "undecodable", "deflate", "delta"];
 if (!MODES.includes(mode) || !base || (["token", "snapshot"].includes(mode) && !secret)) {
-  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|deflate|delta <node base url> [secret|last n]");
+  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|undecodable|deflate|delta <node base url> [secret|last n]");
   process.exit(2);
 }
 const node = new URL(base);
@@ -107,6 +108,7 @@ async function open({blockWebSocket = false} = {}) {
           try {
             const msg = JSON.parse(m.data);
             if (msg.type === "event" && msg.delta !== undefined) window.deltaFrames = (window.deltaFrames || 0) + 1;
+            if (Array.isArray(msg)) window.compactFrames = (window.compactFrames || 0) + 1;
             wire.push(msg.type === "event"
               ? `${msg.channel} n=${msg.data?.n} pos=${msg.pos}${msg.snapshot ? " snapshot" : ""}`
               : JSON.stringify(msg));
@@ -184,6 +186,8 @@ async function start(withAuth, outage = false) {
                    client.subscribe("odin.token.ABC.*", {}, keep(rec.abc))];
     rec.recovered = [[], []];
     window.subs.forEach((s, i) => s.on("recovered", (r) => rec.recovered[i].push(r)));
+    rec.holes = [[], []];
+    window.subs.forEach((s, i) => s.on("gap", (g) => rec.holes[i].push({ ...g, after: rec.trades.length })));
     client.connect();
   }, { url: WS_URL, withAuth, outage });
   await until(() => window.subs.every((s) => s.state === "subscribed"));
@@ -290,6 +294,36 @@ async function gap() {
   }
   const n = checkSequences(r.trades, "odin.token.*.trade");
   log(`${n} trades, the 20 stale ones recovered after the gap notice, in order, once`);
+}
+
+// A record of odin.token.UND.trade the node cannot decode, between two good
+// ones (the caller produces them after READY): the trade subscription gets
+// n=1, its "gap" (undecodable, in place), n=2; the library does not try to
+// recover it (no "recovered" answer), and the other subscription hears
+// nothing of it.
+async function undecodable() {
+  await open();
+  await start(false);
+  console.log("READY");
+  await until(() => window.rec.trades.filter((e) => e.channel === "odin.token.UND.trade").length >= 2
+                 && window.rec.holes[0].length >= 1);
+  const r = await rec();
+  log(`gap notices: ${JSON.stringify(r.gaps)}; subscription gaps: ${JSON.stringify(r.holes)}`);
+  const und = r.trades.filter((e) => e.channel === "odin.token.UND.trade").map((e) => e.n);
+  if (JSON.stringify(und) !== "[1,2]") throw new Error(`UND trades: ${JSON.stringify(und)}`);
+  const [hole] = r.holes[0];
+  if (r.holes[0].length !== 1 || hole.reason !== "undecodable" || hole.channel !== "odin.token.UND.trade"
+      || hole.detail !== "invalid_json" || !/:1$/.test(hole.position)) {
+    throw new Error(`expected one undecodable gap at offset 1, got ${JSON.stringify(r.holes[0])}`);
+  }
+  const first = r.trades.findIndex((e) => e.channel === "odin.token.UND.trade");
+  if (hole.after !== first + 1) throw new Error(`the gap came after ${hole.after} trades, not in place`);
+  // A recovery would have been asked at once, on the same socket as the
+  // second event, and answered before anything after it: none was.
+  if (r.holes[1].length || r.recovered[0].length) {
+    throw new Error(`recovered or told elsewhere: ${JSON.stringify([r.holes[1], r.recovered[0]])}`);
+  }
+  log("the undecodable record was told in place, once, and not recovered");
 }
 
 async function deflate() {
@@ -462,36 +496,42 @@ async function token() {
   log("live events flow again");
 }
 
-// Deltas applied in the browser: the same data as whole events, channel by channel.
+// Deltas applied in the browser: the same events as whole ones, channel by channel.
 async function delta() {
   await open();
   await page.evaluate((url) => {
-    const rec = window.rec = { plain: {}, delta: {}, errors: [] };
-    const keep = (into) => (e) => { (into[e.channel] ||= {})[e.data.n] = e.data; };
-    window.clients = [new window.OdinWS(url), new window.OdinWS(url)];
+    const rec = window.rec = { plain: {}, compact: {}, merge: {}, errors: [] };
+    const keep = (into) => (e) => {
+      (into[e.channel] ||= {})[e.data.n] = { data: e.data, ts: e.ts, pos: e.pos };
+    };
+    window.clients = [new window.OdinWS(url), new window.OdinWS(url), new window.OdinWS(url)];
     window.clients.forEach((c) => c.on("error", (e) => rec.errors.push(e)));
     window.subs = [window.clients[0].subscribe("odin.token.*.price", {}, keep(rec.plain)),
-                   window.clients[1].subscribe("odin.token.*.price", { delta: true }, keep(rec.delta))];
+                   window.clients[1].subscribe("odin.token.*.price", { delta: true }, keep(rec.compact)),
+                   window.clients[2].subscribe("odin.token.*.price", { delta: "merge-patch" }, keep(rec.merge))];
     window.clients.forEach((c) => c.connect());
   }, WS_URL);
   await until(() => window.subs.every((s) => s.state === "subscribed"));
-  log("both subscribed");
-  await until(() => (window.deltaFrames || 0) >= 30);
-  const { plain, delta: got, errors } = await rec();
+  log("all three subscribed");
+  await until(() => (window.deltaFrames || 0) >= 30 && (window.compactFrames || 0) >= 30);
+  const { plain, compact, merge, errors } = await rec();
   if (errors.length) throw new Error(`client errors: ${JSON.stringify(errors)}`);
-  let compared = 0;
-  for (const [channel, byN] of Object.entries(got)) {
-    for (const [n, data] of Object.entries(byN)) {
-      const want = plain[channel]?.[n];
-      if (want === undefined) continue;
-      if (JSON.stringify(want) !== JSON.stringify(data)) {
-        throw new Error(`${channel} n=${n}: delta subscription got ${JSON.stringify(data)}, plain ${JSON.stringify(want)}`);
+  for (const [name, got] of [["compact", compact], ["merge-patch", merge]]) {
+    let compared = 0;
+    for (const [channel, byN] of Object.entries(got)) {
+      for (const [n, event] of Object.entries(byN)) {
+        const want = plain[channel]?.[n];
+        if (want === undefined) continue;
+        if (JSON.stringify(want) !== JSON.stringify(event)) {
+          throw new Error(`${channel} n=${n}: ${name} subscription got ${JSON.stringify(event)}, plain ${JSON.stringify(want)}`);
+        }
+        compared++;
       }
-      compared++;
     }
+    if (compared < 30) throw new Error(`only ${compared} ${name} events to compare`);
+    log(`${compared} ${name} events equal the whole ones (data, ts, pos)`);
   }
-  if (compared < 30) throw new Error(`only ${compared} events to compare`);
-  log(`${compared} events rebuilt from ${await page.evaluate(() => window.deltaFrames)} deltas equal the whole ones`);
+  log(`deltas on the wire: ${await page.evaluate(() => [window.compactFrames, window.deltaFrames])} (compact, merge-patch)`);
 }
 
 let failed = false;
@@ -500,6 +540,7 @@ try {
   else if (mode === "token") await token();
   else if (mode === "snapshot") await snapshot(Number(secret));
   else if (mode === "gap") await gap();
+  else if (mode === "undecodable") await undecodable();
   else if (mode === "deflate") await deflate();
   else if (mode === "delta") await delta();
   else await sse();

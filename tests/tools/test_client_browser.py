@@ -163,9 +163,11 @@ class SnapshotTests(ClientBrowserCase):
 class DeltaTests(ClientBrowserCase):
     def test_deltas_applied_in_the_browser(self):
         """
-        With delta: true the node sends merge-patch deltas (30 or more seen
-        on the page's socket) and the library hands its subscription the
-        same data, event for event, as a plain subscription gets whole.
+        With delta: true the node sends compact deltas, with delta:
+        "merge-patch" merge-patch ones (30 or more of each seen on the
+        page's sockets), and the library hands each subscription the same
+        events (data, ts, pos), event for event, as a plain subscription
+        gets whole.
         """
         script = self.script("delta", f"http://127.0.0.1:{self.node.port}")
         self.assertPassed(script)
@@ -201,6 +203,27 @@ class GapTests(ClientBrowserCase):
             trade("OLD", n, now - 60_000)
         for n in (4, 5, 6):
             trade("NEW", n, now)
+        self.broker.flush()
+        self.assertPassed(script)
+
+
+class UndecodableTests(ClientBrowserCase):
+    rounds = 0      # this test produces its own events
+
+    def settings(self):
+        return {"kafka.event_type_field": ""}   # the channel is known without the value
+
+    def test_undecodable_record_is_told_in_place_not_recovered(self):
+        """
+        A record the node cannot decode between two good ones of a channel:
+        the library hands the subscription its "gap" (undecodable) between
+        the two events and does not try to recover it (no loop, no
+        "recovered" answer).
+        """
+        script = self.script("undecodable", f"http://127.0.0.1:{self.node.port}")
+        script.wait_line("READY", 120)
+        for value in (b'{"seq": 1, "n": 1}', b'{"seq": 2, "n"', b'{"seq": 3, "n": 2}'):
+            self.broker.produce(self.topic, b"UND", value, partition=0)
         self.broker.flush()
         self.assertPassed(script)
 

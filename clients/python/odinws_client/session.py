@@ -26,6 +26,12 @@ Ordering facts it relies on, and the ones it must not:
   subscriptions resubscribe with those positions, and hold that stream's
   events from the notice on (an open L{Replay}: its tops are the ack's),
   so the recovered events and the live ones are handed over in order.
+  Two reasons are not recovered: ``conflated`` (skipped by design) and
+  ``undecodable`` (a record the node could not decode: nothing can bring
+  it back). The latter sits at the record's position, so it goes through
+  the same ordering as an event (held by a replay, dropped if already
+  seen) and reaches the subscriptions of its channel as a L{Gap} item; its
+  position counts as seen, so no recovery asks for it again.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from odinws_client import compactdelta
 from odinws_client.inflight import Replay, Request, SnapshotWait
 from odinws_client.mergepatch import apply_merge_patch
 from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
@@ -78,6 +85,8 @@ class Session:
         self._events_seen = 0
         #: channel -> the data of its last event: what a delta applies to.
         self._bases: dict[str, Any] = {}
+        #: compact stream id -> its last event: what a compact delta applies to.
+        self._streams: dict[int, dict[str, Any]] = {}
         self.connected = False
 
     @property
@@ -116,6 +125,7 @@ class Session:
         self._replays.clear()
         self._snapshots.clear()
         self._bases.clear()     # a new connection starts every channel with a whole event
+        self._streams.clear()
         for sub in self._subs.values():
             sub._live = False
             sub._replay = None
@@ -165,6 +175,21 @@ class Session:
         elif kind == "gap":
             self._gap(msg)
 
+    def received_compact(self, frame: list[Any]) -> None:
+        """
+        A compact delta (docs/protocol.md, "Compact deltas"): the event it
+        stands for, rebuilt against its stream's previous event. One of a
+        stream no whole event started is reported, not guessed.
+        """
+        last = self._streams.get(frame[0]) if compactdelta.is_compact(frame) else None
+        if last is None:
+            self._hooks.error(ServerError("delta_without_base",
+                                          f"a compact delta {str(frame)[:80]} of no known stream"))
+            return
+        msg = compactdelta.rebuild(last, frame)
+        self._streams[frame[0]] = compactdelta.stream_start(msg)
+        self._event(msg)
+
     def _whole(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """
         A delta event made whole against its channel's last data (RFC 7386,
@@ -183,6 +208,9 @@ class Session:
             msg["data"] = apply_merge_patch(self._bases[channel], patch)
         if isinstance(channel, str) and any(s.options.get("delta") for s in self._subs.values()):
             self._bases[channel] = msg.get("data")
+        if (type(msg.get("sid")) is int and type(msg.get("ts")) is int
+                and isinstance(msg.get("pos"), str)):
+            self._streams[msg["sid"]] = compactdelta.stream_start(msg)
         return msg
 
     def _gap(self, msg: dict[str, Any]) -> None:
@@ -193,6 +221,8 @@ class Session:
         """
         reason = str(msg.get("reason") or "unknown")
         if reason == "conflated":
+            return
+        if reason == "undecodable" and self._hole(msg):
             return
         streams = msg.get("streams")
         named = list(streams.values()) if isinstance(streams, dict) else []
@@ -211,6 +241,21 @@ class Session:
             sub._replay = replay
         self._replays.append(replay)
         self._request(subs, {"since": since}, gap=replay)
+
+    def _hole(self, msg: dict[str, Any]) -> bool:
+        """
+        A record of a channel the node could not decode, at its position:
+        ordered like an event, a L{Gap} item for the channel's subscriptions.
+        False when it names no channel and one position (then it is an
+        unrecoverable gap like any other).
+        """
+        streams = msg.get("streams")
+        named = list(streams.values()) if isinstance(streams, dict) else []
+        if len(named) != 1 or not isinstance(msg.get("channel"), str) \
+                or Position.parse(named[0]) is None:
+            return False
+        self._event({**msg, "pos": named[0]})
+        return True
 
     # -- subscribing
 
@@ -447,6 +492,9 @@ class Session:
             if not sub._last.is_new(pos):
                 return
             sub._last.advance(pos)
+        if msg.get("type") == "gap":    # an undecodable record (L{_hole})
+            sub._push(Gap(str(msg.get("reason")), channel=msg.get("channel"), pos=pos))
+            return
         sub._push(_event(msg))
 
     def _end_replay(self, replay: Replay) -> None:

@@ -124,6 +124,8 @@ class Delivery:
                         fanout.publish_run(run, run_to, run_events)
                         run, run_events, run_to = [], [], None
                     notices.stale(e, subscribers)
+                if streams is not None:
+                    streams.stale(e)
                 continue
             if notices.told:
                 notices.fresh(e)
