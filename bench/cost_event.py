@@ -72,7 +72,7 @@ TOPIC = "odin.trades"
 WORKLOADS = {"all-turn": ("all", 1), "all-burst": ("all", 10),
              "tokens-turn": ("tokens", 1), "tokens-burst": ("tokens", 10)}
 #: Batches of the short and the long run under callgrind, per workload.
-CALLGRIND_BATCHES = {"all-turn": (10, 30), "all-burst": (2, 6),
+CALLGRIND_BATCHES = {"all-turn": (10, 30), "all-burst": (5, 20),
                      "tokens-turn": (100, 300), "tokens-burst": (20, 60)}
 
 
