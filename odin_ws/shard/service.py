@@ -88,6 +88,10 @@ class ParentLink(amp.AMP):
         self.shard.reload(Settings.from_config(Config.from_json(config.decode())))
         return {}
 
+    @commands.Rejoin.responder
+    def rejoin(self):
+        return {"rejoining": self.shard.kafka.rejoin()}
+
     @commands.Drain.responder
     def drain(self, window):
         return self.shard.drain(window).addCallback(lambda n: {"closed": n})
