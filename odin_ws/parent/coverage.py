@@ -98,6 +98,8 @@ class GroupCoverage(Service):
         # Partition -> reactor time it was first seen held by no shard.
         self._since: dict[Partition, float] = {}
         self._rejoined_at: float | None = None
+        # Since when every shard has been consuming (None: not now).
+        self._consuming_since: float | None = None
         self._next_shard = 0
         self._loop: LoopingCall | None = None
         #: Rejoins asked so far.
@@ -135,12 +137,20 @@ class GroupCoverage(Service):
         missing = self.unassigned()
         grace = self._settings.kafka.unreachable_grace
         now = self._reactor.seconds()
-        stuck = sorted(p for p, seconds in missing.items() if seconds >= grace)
-        if not stuck or (self._rejoined_at is not None and now - self._rejoined_at < grace):
-            return
         shards = self._shards()
         if not shards or not all(_consuming(s) for s in shards):
-            return  # a shard that is down gets its own partitions back when it returns
+            # A shard that is down gets its own partitions back when it
+            # returns; a group without its brokers re-forms when they answer.
+            self._consuming_since = None
+            return
+        if self._consuming_since is None:
+            self._consuming_since = now
+        # Held by none for the grace while every shard consumed (after an
+        # outage the group re-forms first).
+        waited = min(now - self._consuming_since, grace)
+        stuck = sorted(p for p, seconds in missing.items() if min(seconds, waited) >= grace)
+        if not stuck or (self._rejoined_at is not None and now - self._rejoined_at < grace):
+            return
         shard = shards[self._next_shard % len(shards)]
         self._next_shard += 1
         self._rejoined_at = now

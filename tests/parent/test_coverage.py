@@ -119,6 +119,22 @@ class GroupCoverageTests(SynchronousTestCase):
         self.advance(30)
         self.assertEqual(self.coverage.rejoins, 0)
 
+    def test_grace_counts_while_every_shard_consumes(self):
+        """
+        Partitions held by none while the shards do not reach the brokers
+        (an outage: the group re-forms when they answer) wait a whole
+        grace of every shard consuming before a rejoin.
+        """
+        for shard in self.shards:
+            shard.status["kafka"]["state"] = "retrying"
+        self.advance(30)
+        for shard in self.shards:
+            shard.status["kafka"]["state"] = "running"
+        self.advance(14)
+        self.assertEqual(self.coverage.rejoins, 0)
+        self.advance(2)
+        self.assertEqual(self.coverage.rejoins, 1)
+
     def test_every_partition_held(self):
         """Every partition held by some shard: nothing unassigned, never a rejoin."""
         self.shards[1].status["kafka"] = report([1, 2, 3])
