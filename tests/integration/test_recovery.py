@@ -433,13 +433,17 @@ class PartitionsAddedTests(RecoveryNodeCase):
     def test_static_members_get_partitions_added_while_down(self):
         """
         The same with static members (the default) restarted within their
-        session (90 s here: a restart on a loaded machine took 40 s): they
-        get their old assignment back without a rebalance, so the new
-        partitions are held by no shard; the parent finds them so for
-        kafka.unreachable_grace, has one shard rejoin the group, which
-        assigns them, and the node reads them from their beginning. Without
-        the rejoin they stay unread until some other rebalance (about half
-        the restarts).
+        session (90 s here: a restart on a loaded machine took 40 s). A
+        static member that rejoins in time may get its old assignment back
+        without a rebalance, which leaves the new partitions held by no
+        shard: the parent then finds them so for kafka.unreachable_grace
+        and has one shard rejoin the group, which assigns them
+        (parent/coverage.py); either way the node reads them from their
+        beginning. (Whether the group rebalances by itself varies: about
+        half the restarts did not in an earlier session, which this test
+        failed without the rejoin; on Apache Kafka 4.4 here it rebalanced in
+        12 runs of 12 without it, so this test guards the scenario, and
+        tests.parent.test_coverage proves the rejoin.)
         """
         self.added_while_down({"kafka.start_offset": "latest",
                                "kafka.session_timeout_ms": 90_000,
