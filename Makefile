@@ -62,7 +62,8 @@ test-unit: $(STAMP)
 # The load comes from build/odinws-loadclient, built here from
 # odinws_tools/loadtest/loadclient.c (a C compiler is all it needs).
 CONNECTIONS ?= 12000
-LOADCLIENT_SRC = odinws_tools/loadtest/loadclient.c odinws_tools/loadtest/loadclient_checks.h
+LOADCLIENT_SRC = odinws_tools/loadtest/loadclient.c odinws_tools/loadtest/loadclient_checks.h \
+	odinws_tools/loadtest/wsframe.h
 build/odinws-loadclient: $(LOADCLIENT_SRC)
 	mkdir -p build
 	$(CC) -O2 -std=gnu11 -Wall -o $@ odinws_tools/loadtest/loadclient.c -lm

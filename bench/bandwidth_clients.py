@@ -4,10 +4,11 @@ The cells of bench/bandwidth.py that real WebSocket clients measure: Python
 loopback TCP proxy that counts the bytes the server sent it, so "bytes on
 the wire" is what crossed the socket: frames, headers, compression and all.
 
-  - bytes: the simulator's price and liquidity streams to four clients at
-    once, plain, deflate, delta, deflate + delta: bytes per delivered event;
-    the delta clients apply the merge patches and must end up with exactly
-    the plain client's data for every event;
+  - bytes: the simulator's price and liquidity streams to six clients at
+    once, plain, deflate, merge-patch deltas, compact deltas, each delta
+    format with deflate: bytes per delivered event; the delta clients
+    rebuild every event and must end up with exactly the plain client's
+    event (channel, data, ts and pos) for every position;
   - rate: max_rate 2 on a channel updated 50 times a second;
   - filter: two filters that pass 10% of a channel's events (one on a
     number, one on a numeric string), checked event by event.
@@ -28,6 +29,7 @@ from typing import Any
 from confluent_kafka import Producer
 from websockets.asyncio.client import connect
 
+from odinws_client import compactdelta
 from odinws_client.mergepatch import apply_merge_patch
 
 CONTROL = frozenset(("subscribed", "unsubscribed", "pong", "error", "gap"))
@@ -77,7 +79,10 @@ class Client:
         self.compression = compression
         self.options = options
         self.events: list[tuple[float, str, Any]] = []  # (received, pos, data)
+        #: pos -> (channel, data, ts) of every event, as rebuilt.
+        self.whole: dict[str, tuple[Any, Any, Any]] = {}
         self.deltas = 0
+        self._streams: dict[int, dict[str, Any]] = {}
         self.errors: list[dict] = []
         self.extensions = ""
         self._last: dict[str, Any] = {}
@@ -98,12 +103,26 @@ class Client:
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
+        try:
+            await self._receive()
+        except Exception as e:   # shown in the report: a client that cannot rebuild
+            self.errors.append({"client": repr(e)})
+            raise
+
+    async def _receive(self) -> None:
         async for text in self.ws:
             msg = json.loads(text)
-            if msg.get("type") in CONTROL:
+            if type(msg) is list:
+                # A compact delta: the event rebuilt against its stream's previous one.
+                self.deltas += 1
+                msg = compactdelta.rebuild(self._streams[msg[0]], msg)
+                self._streams[msg["sid"]] = compactdelta.stream_start(msg)
+            elif msg.get("type") in CONTROL:
                 if msg.get("type") == "error":
                     self.errors.append(msg)
                 continue
+            elif "sid" in msg:
+                self._streams[msg["sid"]] = compactdelta.stream_start(msg)
             channel = msg.get("channel")
             if "delta" in msg:
                 self.deltas += 1
@@ -111,7 +130,9 @@ class Client:
             else:
                 data = msg.get("data")
             self._last[channel] = data
-            self.events.append((time.monotonic(), msg.get("pos", ""), data))
+            pos = msg.get("pos", "")
+            self.events.append((time.monotonic(), pos, data))
+            self.whole[pos] = (channel, data, msg.get("ts"))
 
     def mark(self) -> tuple[int, int, int]:
         """Where a measured phase starts: (events, deltas, bytes)."""
@@ -124,11 +145,12 @@ class Client:
         self.proxy.close()
 
 
-async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
+async def _until(check: Callable[[], bool], timeout: float, what: str,
+                 state: Callable[[], object] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
+            raise RuntimeError(f"timed out waiting for {what} {state()}")
         await asyncio.sleep(0.05)
 
 
@@ -176,8 +198,10 @@ async def bytes_cell(port: int, bootstrap: str, count: int, rate: float, tokens:
     topics = {"price": "odin.prices", "liquidity": "odin.liquidity"}
     channels = ["odin.token.*.price", "odin.token.*.liquidity"]
     clients = [Client("plain", channels), Client("deflate", channels, "deflate"),
-               Client("delta", channels, delta=True),
-               Client("deflate+delta", channels, "deflate", delta=True)]
+               Client("merge-patch", channels, delta="merge-patch"),
+               Client("deflate+merge-patch", channels, "deflate", delta="merge-patch"),
+               Client("compact", channels, delta="compact"),
+               Client("deflate+compact", channels, "deflate", delta="compact")]
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
     stream = simulate.events(tokens, seed=25, topics=topics)
     try:
@@ -188,13 +212,15 @@ async def bytes_cell(port: int, bootstrap: str, count: int, rate: float, tokens:
         records = [next(stream) for _ in range(count)]
         await _paced(producer, records, rate)
         await _until(lambda: all(len(c.events) - m[0] >= count for c, m in zip(clients, marks)),
-                     60, "every event at every client")
+                     60, "every event at every client", lambda: {
+                         c.name: (len(c.events) - m[0], c.errors) for c, m in zip(clients, marks)})
         await _quiet(clients, 0.5)
         out: dict[str, Any] = {"count": count, "rate": rate, "tokens": tokens, "clients": {}}
-        plain = dict((pos, data) for _, pos, data in clients[0].events[marks[0][0]:])
+        plain = clients[0].whole
         for c, (n0, d0, b0) in zip(clients, marks):
             got = c.events[n0:]
-            wrong = sum(plain.get(pos) != data for _, pos, data in got)
+            # Channel, data and ts of every position exact, and no position made up.
+            wrong = sum(plain.get(pos) != c.whole.get(pos) for _, pos, _ in got)
             out["clients"][c.name] = {
                 "events": len(got), "deltas": c.deltas - d0, "bytes": c.proxy.down - b0,
                 "bytes_per_event": (c.proxy.down - b0) / len(got) if got else None,

@@ -26,11 +26,13 @@ def _bytes(results: dict) -> list[str]:
         return []
     out = [f"**Bytes on the wire per delivered event**: the simulator's price and liquidity "
            f"streams ({got['count']:,} events at {got['rate']:g}/s over {got['tokens']} tokens, "
-           "the same events to four Python `websockets` clients at once; bytes counted by a "
+           "the same events to six Python `websockets` clients at once; bytes counted by a "
            "loopback proxy in front of each, frame headers included). The delta clients "
-           "apply the merge patches; \"data exact\" compares the result with the plain "
-           "client's data, event by event. Target: deflate + delta at most 40% of plain.", "",
-           "| client | negotiated | events | deltas | bytes/event | vs plain | data exact |",
+           "rebuild every event (merge-patch: `delta: \"merge-patch\"`, deltas in the "
+           "envelope; compact: `delta: \"compact\"`, docs/protocol.md \"Compact deltas\"); "
+           "\"exact\" compares channel, data and ts of every position with the plain "
+           "client's, event by event. Target: deflate + delta at most 40% of plain.", "",
+           "| client | negotiated | events | deltas | bytes/event | vs plain | exact |",
            "|---|---|---:|---:|---:|---:|---|"]
     for name, c in got["clients"].items():
         out.append(f"| {name} | {c['extensions'] or 'none'} | {c['events']:,} | {c['deltas']:,} | "

@@ -68,6 +68,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "../odinws_tools/loadtest/wsframe.h"
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
@@ -311,34 +313,23 @@ static void parse_centrifugo(conn_t *c, const uint8_t *p, size_t n, uint64_t now
     }
 }
 
-/* Parse whole frames from buf; return bytes consumed. */
+/* Parse whole frames from buf; return bytes consumed, (size_t)-1 to close. */
 static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_us) {
     conn_t *c = &conns[i];
     size_t off = 0;
-    while (len - off >= 2) {
-        const uint8_t *p = buf + off;
-        uint8_t op = p[0] & 0x0f;
-        uint64_t plen = p[1] & 0x7f;
-        size_t h = 2;
-        if (plen == 126) {
-            if (len - off < 4) break;
-            plen = (p[2] << 8) | p[3]; h = 4;
-        } else if (plen == 127) {
-            if (len - off < 10) break;
-            plen = 0;
-            for (int k = 0; k < 8; k++) plen = (plen << 8) | p[2 + k];
-            h = 10;
-        }
-        if (p[1] & 0x80) h += 4; /* servers must not mask, but be lenient */
-        if (len - off < h + plen) break;
-        const uint8_t *payload = p + h;
+    ws_frame_t f;
+    int got;
+    while ((got = ws_frame(buf + off, len - off, &f)) == WS_FRAME_WHOLE) {
+        const uint8_t *payload = buf + off + f.head;
+        uint64_t plen = f.length;
+        uint8_t op = f.opcode;
         if (storm && op == 1 && !c->subscribed &&
             memmem(payload, plen, "\"subscribed\"", 12)) {
             c->subscribed = 1;
             n_subscribed++;
             t_last_subscribed = now_s() - t_first;
         }
-        if (deflate_offer && (p[0] & 0x40) && (op == 1 || op == 2)) {
+        if (deflate_offer && f.rsv1 && (op == 1 || op == 2)) {
             long m = inflate_message(payload, plen);
             if (m >= 0) count_message(c, parse_tus(zbuf, (size_t)m), now_us);
         } else if (centrifugo && (op == 1 || op == 0)) {
@@ -352,9 +343,10 @@ static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_u
         } else if (op == 8) {
             return (size_t)-1;
         }
-        off += h + plen;
+        off += f.head + plen;
     }
-    return off;
+    /* A masked frame from a server is a protocol error (RFC 6455 5.1). */
+    return got == WS_FRAME_MASKED ? (size_t)-1 : off;
 }
 
 /* Server-Sent Events: whole messages (ended by "\n\n") from buf; bytes consumed. */

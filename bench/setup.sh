@@ -46,7 +46,9 @@ fi
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q zlib1g-dev; }
 
-if [ ! -x "$WORK/loadclient" ] || [ "$HERE/loadclient.c" -nt "$WORK/loadclient" ]; then
+WSFRAME="$HERE/../odinws_tools/loadtest/wsframe.h"
+if [ ! -x "$WORK/loadclient" ] || [ "$HERE/loadclient.c" -nt "$WORK/loadclient" ] \
+        || [ "$WSFRAME" -nt "$WORK/loadclient" ]; then
     gcc -O2 -Wall -Wextra -o "$WORK/loadclient" "$HERE/loadclient.c" -lm -lz
 fi
 CENTRIFUGO_VERSION=$(sed -n 's/^CENTRIFUGO_VERSION = "\(.*\)"$/\1/p' "$HERE/servers.py")

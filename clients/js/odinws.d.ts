@@ -109,10 +109,12 @@ export interface SubscribeOptions {
   /** Positions to recover from (e.g. a stored `sub.positions`). */
   since?: string[];
   /**
-   * Let the server send deltas (JSON Merge Patch) of each channel's data;
-   * the client applies them, so handlers still get whole `data`.
+   * Let the server send deltas of each channel's events; the client applies
+   * them, so handlers still get whole events (`data`, `ts`, `pos`). `true`:
+   * the smallest format ("compact": no envelope, integers as increments);
+   * "merge-patch": JSON Merge Patch in the event's envelope.
    */
-  delta?: boolean | "merge-patch";
+  delta?: boolean | "compact" | "merge-patch";
   /**
    * At most this many events a second per channel (0.1 to 100), always
    * ending on the channel's latest event.
@@ -210,6 +212,11 @@ export function backoffDelay(attempt: number, base?: number, cap?: number,
 export function matches(pattern: string, channel: string): boolean;
 /** RFC 7386 JSON Merge Patch: what `patch` makes of `target`. */
 export function applyMergePatch(target: unknown, patch: unknown): unknown;
+/** A compact delta `[sid, dpos, dts, patch, adds?]` made whole against its stream's previous event. */
+export function applyCompactDelta(
+  last: {channel: string; data: unknown; ts: number; pos: string},
+  frame: unknown[],
+): {type: "event"; channel: string; data: unknown; ts: number; pos: string; sid: number};
 export function tokenExpiry(token: string | null | undefined): number | null;
 /** A position's partition ("<topic>:<partition>"), stream (… ":<epoch>") and offset; null if none. */
 export function parsePosition(pos: unknown): { partition: string; stream: string; offset: string } | null;

@@ -170,11 +170,35 @@ export function applyMergePatch(target, patch) {
   return result;
 }
 
+/**
+ * A compact delta (docs/protocol.md, "Compact deltas"), `[sid, dpos, dts,
+ * patch]` or `[sid, dpos, dts, patch, adds]`, made the whole event it stands
+ * for against `last`, its stream's previous event ({channel, data, ts, pos}):
+ * the data merge-patched and `adds` added to their members, `ts` and the
+ * offset of `pos` advanced (as a BigInt: offsets may pass 2**53).
+ */
+export function applyCompactDelta(last, frame) {
+  const [sid, dpos, dts, patch, adds] = frame;
+  const data = applyMergePatch(last.data, patch);
+  if (adds) for (const [key, step] of Object.entries(adds)) data[key] = last.data[key] + step;
+  const cut = last.pos.lastIndexOf(":");
+  const offset = BigInt(last.pos.slice(cut + 1)) + BigInt(dpos);
+  return {type: "event", channel: last.channel, data, ts: last.ts + dts,
+          pos: `${last.pos.slice(0, cut)}:${offset}`, sid};
+}
+
+function isCompactDelta(frame) {
+  return frame.length >= 4 && frame.length <= 5
+    && frame.slice(0, 3).every(Number.isInteger)
+    && frame.slice(3).every((x) => x !== null && typeof x === "object" && !Array.isArray(x));
+}
+
 // The subscription options the server applies (docs/protocol.md,
-// "Subscription options"), as the subscribe message carries them.
+// "Subscription options"), as the subscribe message carries them. Deltas:
+// `true` asks for the smallest format the library applies ("compact").
 function serverOptions(options) {
   const out = {};
-  if (options.delta) out.delta = true;
+  if (options.delta) out.delta = options.delta === true ? "compact" : options.delta;
   if (options.maxRate !== undefined && options.maxRate !== null) out.max_rate = options.maxRate;
   if (options.filter !== undefined && options.filter !== null) out.filter = options.filter;
   return out;
@@ -498,6 +522,7 @@ export class OdinWS extends Emitter {
   #snapshots = [];        // snapshots under way, in ack order: {subs, left}
   #eventsSeen = 0;        // events received (tops with none after them count at once)
   #bases = new Map();     // channel -> the data of its last event (what a delta applies to)
+  #streams = new Map();   // compact stream id -> its last event (what a compact delta applies to)
   #deltas = 0;            // channels held with delta: true
 
   /**
@@ -676,6 +701,7 @@ export class OdinWS extends Emitter {
     this.#replays.clear();
     this.#snapshots = [];
     this.#bases.clear();    // a new connection starts every channel with a whole event
+    this.#streams.clear();
     for (const entry of this.#channels.values()) {
       entry.live = false;
       entry.replay = null;
@@ -899,7 +925,10 @@ export class OdinWS extends Emitter {
   }
 
   #received(msg, meta) {
-    if (msg.type === "event") {
+    if (Array.isArray(msg)) {
+      const whole = this.#compact(msg);
+      if (whole) this.#event(whole);
+    } else if (msg.type === "event") {
       const whole = this.#whole(msg);
       if (whole) this.#event(whole);
     } else if (msg.type === "gap") {
@@ -925,6 +954,23 @@ export class OdinWS extends Emitter {
       msg = {...rest, data: applyMergePatch(this.#bases.get(msg.channel), delta)};
     }
     if (this.#deltas > 0 && typeof msg.channel === "string") this.#bases.set(msg.channel, msg.data);
+    if (Number.isInteger(msg.sid) && Number.isInteger(msg.ts) && typeof msg.pos === "string") {
+      this.#streams.set(msg.sid, {channel: msg.channel, data: msg.data, ts: msg.ts, pos: msg.pos});
+    }
+    return msg;
+  }
+
+  // A compact delta made whole against its stream's previous event; the
+  // stream starts with a whole event carrying its `sid`.
+  #compact(frame) {
+    const last = isCompactDelta(frame) ? this.#streams.get(frame[0]) : undefined;
+    if (!last) {
+      this.emit("error", {code: "delta_without_base",
+                          message: `a compact delta ${JSON.stringify(frame).slice(0, 80)} of no known stream`});
+      return null;
+    }
+    const msg = applyCompactDelta(last, frame);
+    this.#streams.set(frame[0], {channel: msg.channel, data: msg.data, ts: msg.ts, pos: msg.pos});
     return msg;
   }
 

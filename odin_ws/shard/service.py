@@ -212,6 +212,7 @@ class Shard(service.MultiService):
             self._stats_loop.stop()
         self.connections.abort_all()
         self.variants.stop()
+        self.streams.options.stop()
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         metrics.GC_PAUSES.unwatch()
@@ -361,7 +362,7 @@ class Shard(service.MultiService):
 
     def subscriptions_changed(self) -> None:
         metrics.SUBSCRIPTIONS.set(self.subscriptions.total + self.streams.index.total
-                                  + self.options.index.total)
+                                  + self.streams.variants.total + self.options.index.total)
 
     def recovering(self, outbox: Outbox) -> None:
         self.delivery.stale.forget(outbox)

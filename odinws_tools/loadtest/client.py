@@ -146,6 +146,12 @@ class Conn(asyncio.Protocol):
         now_ms = time.time() * 1000.0
         while n - pos >= 2:
             b0 = buf[pos]
+            if buf[pos + 1] & 0x80:
+                # A server must never mask (RFC 6455 5.1): the client fails it.
+                self._end("masked_frame")
+                self.state = CLOSED
+                self.transport.abort()
+                return
             length = buf[pos + 1] & 0x7F
             head = 2
             if length == 126:

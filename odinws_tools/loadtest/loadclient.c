@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "loadclient_checks.h"
+#include "wsframe.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -269,29 +270,19 @@ static void on_text(conn_t *c, const uint8_t *p, size_t n, double now_ms) {
 static ssize_t frames(conn_t *c, const uint8_t *buf, size_t len) {
     double now_ms = epoch() * 1000.0;
     size_t off = 0;
-    while (len - off >= 2) {
-        const uint8_t *p = buf + off;
-        uint8_t op = p[0] & 0x0f, fin = p[0] & 0x80;
-        uint64_t plen = p[1] & 0x7f;
-        size_t h = 2;
-        if (plen == 126) {
-            if (len - off < 4) break;
-            plen = (p[2] << 8) | p[3]; h = 4;
-        } else if (plen == 127) {
-            if (len - off < 10) break;
-            plen = 0;
-            for (int k = 0; k < 8; k++) plen = (plen << 8) | p[2 + k];
-            h = 10;
-        }
-        if (len - off < h + plen) break;
-        const uint8_t *payload = p + h;
-        off += h + plen;
-        if (op == 1 && fin) {
+    ws_frame_t f;
+    int got;
+    while ((got = ws_frame(buf + off, len - off, &f)) == WS_FRAME_WHOLE) {
+        const uint8_t *payload = buf + off + f.head;
+        uint64_t plen = f.length;
+        uint8_t op = f.opcode;
+        off += f.head + plen;
+        if (op == 1 && f.fin) {
             on_text(c, payload, plen, now_ms);
         } else if (op == 1 || op == 0) {
             if (op == 1) c->frag_len = 0;
             put(&c->frag, &c->frag_len, &c->frag_cap, payload, plen);
-            if (fin) { on_text(c, c->frag, c->frag_len, now_ms); c->frag_len = 0; }
+            if (f.fin) { on_text(c, c->frag, c->frag_len, now_ms); c->frag_len = 0; }
         } else if (op == 9) {
             send_frame(c, 10, (const char *)payload, plen);
         } else if (op == 8) {
@@ -303,6 +294,11 @@ static ssize_t frames(conn_t *c, const uint8_t *buf, size_t len) {
             return -1;
         }
         if (c->state == ENDED) return -1;
+    }
+    if (got == WS_FRAME_MASKED) {
+        /* A server must never mask (RFC 6455 5.1): the client fails it. */
+        end(c, "masked_frame");
+        return -1;
     }
     return off;
 }

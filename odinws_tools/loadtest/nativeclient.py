@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from odinws_tools.loadtest.worker import WorkerSpec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = (os.path.join(HERE, "loadclient.c"), os.path.join(HERE, "loadclient_checks.h"))
+SOURCES = tuple(os.path.join(HERE, name)
+                for name in ("loadclient.c", "loadclient_checks.h", "wsframe.h"))
 #: Channels per subscribe message (as L{odinws_tools.loadtest.client}).
 SUBSCRIBE_CHUNK = 100
 

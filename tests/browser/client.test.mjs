@@ -48,10 +48,11 @@
 // it ("forbidden") and closes with 4001 at exp; the library asks getToken
 // again and reconnects with the good token it gets, and events flow again.
 //
-// delta: two clients on one page, one subscribed to odin.token.*.price with
-// delta: true, the other without; the node sends the first deltas
-// (counted on the wire), and for every (channel, n) both got, the library
-// handed the delta subscription exactly the data the plain one got.
+// delta: three clients on one page subscribed to odin.token.*.price, one
+// with delta: true (compact deltas), one with delta: "merge-patch", one
+// without; the node sends deltas of both kinds (counted on the wire), and
+// for every (channel, n) they all got, the library handed the delta
+// subscriptions exactly the event the plain one got: data, ts and pos.
 //
 // Exits 0 on success; otherwise prints why on stderr and exits 1.
 import { createHmac } from "node:crypto";
@@ -107,6 +108,7 @@ async function open({blockWebSocket = false} = {}) {
           try {
             const msg = JSON.parse(m.data);
             if (msg.type === "event" && msg.delta !== undefined) window.deltaFrames = (window.deltaFrames || 0) + 1;
+            if (Array.isArray(msg)) window.compactFrames = (window.compactFrames || 0) + 1;
             wire.push(msg.type === "event"
               ? `${msg.channel} n=${msg.data?.n} pos=${msg.pos}${msg.snapshot ? " snapshot" : ""}`
               : JSON.stringify(msg));
@@ -462,36 +464,42 @@ async function token() {
   log("live events flow again");
 }
 
-// Deltas applied in the browser: the same data as whole events, channel by channel.
+// Deltas applied in the browser: the same events as whole ones, channel by channel.
 async function delta() {
   await open();
   await page.evaluate((url) => {
-    const rec = window.rec = { plain: {}, delta: {}, errors: [] };
-    const keep = (into) => (e) => { (into[e.channel] ||= {})[e.data.n] = e.data; };
-    window.clients = [new window.OdinWS(url), new window.OdinWS(url)];
+    const rec = window.rec = { plain: {}, compact: {}, merge: {}, errors: [] };
+    const keep = (into) => (e) => {
+      (into[e.channel] ||= {})[e.data.n] = { data: e.data, ts: e.ts, pos: e.pos };
+    };
+    window.clients = [new window.OdinWS(url), new window.OdinWS(url), new window.OdinWS(url)];
     window.clients.forEach((c) => c.on("error", (e) => rec.errors.push(e)));
     window.subs = [window.clients[0].subscribe("odin.token.*.price", {}, keep(rec.plain)),
-                   window.clients[1].subscribe("odin.token.*.price", { delta: true }, keep(rec.delta))];
+                   window.clients[1].subscribe("odin.token.*.price", { delta: true }, keep(rec.compact)),
+                   window.clients[2].subscribe("odin.token.*.price", { delta: "merge-patch" }, keep(rec.merge))];
     window.clients.forEach((c) => c.connect());
   }, WS_URL);
   await until(() => window.subs.every((s) => s.state === "subscribed"));
-  log("both subscribed");
-  await until(() => (window.deltaFrames || 0) >= 30);
-  const { plain, delta: got, errors } = await rec();
+  log("all three subscribed");
+  await until(() => (window.deltaFrames || 0) >= 30 && (window.compactFrames || 0) >= 30);
+  const { plain, compact, merge, errors } = await rec();
   if (errors.length) throw new Error(`client errors: ${JSON.stringify(errors)}`);
-  let compared = 0;
-  for (const [channel, byN] of Object.entries(got)) {
-    for (const [n, data] of Object.entries(byN)) {
-      const want = plain[channel]?.[n];
-      if (want === undefined) continue;
-      if (JSON.stringify(want) !== JSON.stringify(data)) {
-        throw new Error(`${channel} n=${n}: delta subscription got ${JSON.stringify(data)}, plain ${JSON.stringify(want)}`);
+  for (const [name, got] of [["compact", compact], ["merge-patch", merge]]) {
+    let compared = 0;
+    for (const [channel, byN] of Object.entries(got)) {
+      for (const [n, event] of Object.entries(byN)) {
+        const want = plain[channel]?.[n];
+        if (want === undefined) continue;
+        if (JSON.stringify(want) !== JSON.stringify(event)) {
+          throw new Error(`${channel} n=${n}: ${name} subscription got ${JSON.stringify(event)}, plain ${JSON.stringify(want)}`);
+        }
+        compared++;
       }
-      compared++;
     }
+    if (compared < 30) throw new Error(`only ${compared} ${name} events to compare`);
+    log(`${compared} ${name} events equal the whole ones (data, ts, pos)`);
   }
-  if (compared < 30) throw new Error(`only ${compared} events to compare`);
-  log(`${compared} events rebuilt from ${await page.evaluate(() => window.deltaFrames)} deltas equal the whole ones`);
+  log(`deltas on the wire: ${await page.evaluate(() => [window.compactFrames, window.deltaFrames])} (compact, merge-patch)`);
 }
 
 let failed = false;

@@ -388,6 +388,37 @@ class SubscriptionOptionTests(SessionCase):
         self.assertEqual([e.code for e in self.hooks.errors], ["delta_without_base"])
         self.assertEqual(got(sub), [])
 
+    def test_compact_deltas_made_whole(self):
+        """
+        Compact deltas come out as whole events (channel, data, ts, pos
+        rebuilt from the stream's whole event and the deltas before); one
+        of a stream no whole event started is an error, not an event.
+        """
+        sub = self.subscribe("odin.token.A.price", options={"delta": "compact"})
+        self.session.opened()
+        self.ack(self.hooks.take()[0])
+        c = "odin.token.A.price"
+        self.session.received({"type": "event", "channel": c, "ts": 100, "pos": pos(0, 1),
+                               "data": {"p": 1.5, "seq": 1, "name": "n"}, "sid": 3})
+        self.session.received_compact([3, 2, 50, {"p": 1.6}, {"seq": 1}])
+        self.session.received_compact([3, 1, 25, {"name": None}])
+        events = []
+        while not sub._items.empty():
+            events.append(sub._items.get_nowait())
+        self.assertEqual([(e.channel, e.data, e.ts, e.pos) for e in events], [
+            (c, {"p": 1.5, "seq": 1, "name": "n"}, 100, pos(0, 1)),
+            (c, {"p": 1.6, "seq": 2, "name": "n"}, 150, pos(0, 3)),
+            (c, {"p": 1.6, "seq": 2}, 175, pos(0, 4))])
+        self.session.received_compact([4, 1, 1, {}])
+        self.session.received_compact(["x"])
+        self.assertEqual([e.code for e in self.hooks.errors], ["delta_without_base"] * 2)
+        self.session.lost()
+        self.session.opened()
+        self.ack(self.hooks.take()[0])
+        self.session.received_compact([3, 1, 1, {}])      # a new connection: streams restart
+        self.assertEqual(len(self.hooks.errors), 3)
+        self.assertEqual(got(sub), [])
+
     def test_options_on_every_subscribe_of_the_channel(self):
         """max_rate and filter go on the first subscribe and on a gap's recovery of it."""
         sub = self.subscribe("odin.token.A.trade",

@@ -197,35 +197,44 @@ class SnapshotTests(PythonClientCase):
 
 
 class DeltaTests(PythonClientCase):
-    def test_deltas_give_the_same_data_as_whole_events(self):
+    def test_deltas_give_the_same_events_as_whole_ones(self):
         """
-        subscribe(delta=True) yields the same data, event for event, as a
-        plain subscription on another connection; the node did send deltas
-        (the raw messages carry none: the library made them whole).
+        subscribe(delta=True) (compact deltas) and subscribe(delta="merge-patch")
+        yield the same events, event for event (channel, data, ts and pos),
+        as a plain subscription on another connection; the node did send
+        deltas of both kinds (the events carry none: the library made them
+        whole).
         """
         node = self.node()
 
         async def scenario():
-            async with self.client(node) as plain_client, self.client(node) as delta_client:
-                subs = [plain_client.subscribe(ALL), delta_client.subscribe(ALL, delta=True)]
-                plain, delta = Received(subs[0]), Received(subs[1])
-                sent: list[dict[str, Any]] = []
-                original = delta_client._session.received
-
-                def spy(msg: dict[str, Any]) -> None:
-                    sent.append(msg)
-                    original(msg)
-                delta_client._session.received = spy    # what the wire brought, before the library
+            async with self.client(node) as plain_client, self.client(node) as compact_client, \
+                    self.client(node) as merge_client:
+                subs = [plain_client.subscribe(ALL), compact_client.subscribe(ALL, delta=True),
+                        merge_client.subscribe(ALL, delta="merge-patch")]
+                got = [Received(sub) for sub in subs]
+                compacts: list[list[Any]] = []
+                merges: list[dict[str, Any]] = []
+                spied = compact_client._session.received_compact
+                compact_client._session.received_compact = lambda frame: (
+                    compacts.append(frame), spied(frame))
+                spied_merge = merge_client._session.received
+                merge_client._session.received = lambda msg: (merges.append(msg),
+                                                              spied_merge(msg))
                 for sub in subs:
                     await sub.wait_subscribed()
                 await asyncio.to_thread(self.produce, 60, 40)
-                await plain.until(lambda: plain.count() >= 60, "60 plain events")
-                await delta.until(lambda: delta.count() >= 60, "60 delta events")
-                by_seq = {e.data["seq"]: e.data for e in plain.items if isinstance(e, Event)}
-                got = [e for e in delta.items if isinstance(e, Event)]
-                self.assertEqual([e.data for e in got], [by_seq[e.data["seq"]] for e in got])
-                self.assertGreater(sum("delta" in m for m in sent if m.get("type") == "event"), 20)
-                self.assertFalse(any("delta" in e.raw for e in got))
+                for r in got:
+                    await r.until(lambda r=r: r.count() >= 60, "60 events")
+                plain = {e.pos: (e.channel, e.data, e.ts) for e in got[0].items
+                         if isinstance(e, Event)}
+                for r in got[1:]:
+                    events = [e for e in r.items if isinstance(e, Event)]
+                    self.assertEqual([(e.channel, e.data, e.ts) for e in events],
+                                     [plain[e.pos] for e in events])
+                    self.assertFalse(any("delta" in e.raw for e in events))
+                self.assertGreater(len(compacts), 20)
+                self.assertGreater(sum("delta" in m for m in merges), 20)
         self.drive(scenario())
 
 

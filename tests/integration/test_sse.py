@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from urllib.parse import quote
 
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -123,6 +124,70 @@ class StreamTests(SseNodeCase):
         response = caught.exception.response
         self.assertEqual(response.status_code, 400)
         self.assertEqual(json.loads(response.body)["code"], "invalid_channel")
+
+
+class UrlOptionsTests(SseNodeCase):
+    shards = 1
+
+    def test_filter_and_max_rate_on_a_stream(self):
+        """
+        ?filter= on an event stream delivers exactly the events whose data
+        passes it, ?max_rate= caps it ending on the latest; options a stream cannot have
+        or that are bad are refused before the stream with 400 and the
+        code a subscribe message would get.
+        """
+        node = self.node()
+        keep = {1, 4, 7, 9}
+        s = self.stream(node, {"channels": ALL,
+                               "filter": json.dumps({"seq": {"in": sorted(keep)}})})
+        capped = self.stream(node, {"channels": "odin.token.T0.*", "max_rate": "0.5"})
+        for stream in (s, capped):
+            self.assertEqual((stream.status, stream.next().event), (200, "subscribed"))
+        self.produce(12)
+        got: dict[int, list[int]] = {}
+        self.read(s, got, len(keep))
+        self.assertEqual(sorted(seq for seqs in got.values() for seq in seqs), sorted(keep))
+        # T0 has seqs 0, 3, 6, 9, produced at once: the first at once, the
+        # latest at the end of the 2 s interval, what came between skipped.
+        ends: dict[int, list[int]] = {}
+        self.read(capped, ends, 2)
+        self.assertEqual(sum(ends.values(), []), [0, 9])
+        for query, code in (({"delta": "1"}, "bad_delta"), ({"delta": "fossil"}, "bad_delta"),
+                            ({"max_rate": "1000"}, "bad_max_rate"),
+                            ({"max_rate": "fast"}, "bad_max_rate"),
+                            ({"filter": '{"seq":{"like":1}}'}, "bad_filter"),
+                            ({"filter": "{nope"}, "bad_filter")):
+            refused = SseSocket(node.port, {"channels": ALL, **query})
+            self.assertEqual((refused.status, refused.error()["code"]), (400, code), query)
+
+    def test_options_of_a_subscribe_by_url_over_websocket(self):
+        """
+        /ws?channels=...&delta=compact&filter=... with the websockets
+        library: only the passing events arrive, the first whole with its
+        stream id; a bad filter refuses the upgrade with 400 and a JSON body.
+        """
+        node = self.node()
+        keep = [2, 5, 8, 11]
+        url = node.url("/ws?channels=odin.token.T2.*&delta=compact&filter="
+                       + quote(json.dumps({"seq": {"in": keep}})))
+        with connect(url, open_timeout=10) as ws:
+            self.assertEqual(json.loads(ws.recv(10))["type"], "subscribed")
+            self.produce(12)
+            got = [json.loads(ws.recv(10)) for _ in keep]
+            self.assertEqual(got[0]["data"]["seq"], 2)
+            self.assertIn("sid", got[0])
+            # Later ones whole or compact ([sid, dpos, dts, patch, adds]): seq is an increment.
+            seqs = [2]
+            for m in got[1:]:
+                seqs.append(m["data"]["seq"] if type(m) is dict else seqs[-1] + m[4]["seq"])
+            self.assertEqual(seqs, keep)
+        for query, code in (("filter=" + quote('{"seq":{"like":1}}'), "bad_filter"),
+                            ("max_rate=0", "bad_max_rate"), ("delta=2", "bad_delta")):
+            with self.assertRaises(InvalidStatus) as caught:
+                connect(node.url(f"/ws?channels={ALL}&{query}"), open_timeout=10)
+            response = caught.exception.response
+            self.assertEqual((response.status_code, json.loads(response.body)["code"]),
+                             (400, code), query)
 
 
 class SlowStreamTests(SseNodeCase):

@@ -163,9 +163,11 @@ class SnapshotTests(ClientBrowserCase):
 class DeltaTests(ClientBrowserCase):
     def test_deltas_applied_in_the_browser(self):
         """
-        With delta: true the node sends merge-patch deltas (30 or more seen
-        on the page's socket) and the library hands its subscription the
-        same data, event for event, as a plain subscription gets whole.
+        With delta: true the node sends compact deltas, with delta:
+        "merge-patch" merge-patch ones (30 or more of each seen on the
+        page's sockets), and the library hands each subscription the same
+        events (data, ts, pos), event for event, as a plain subscription
+        gets whole.
         """
         script = self.script("delta", f"http://127.0.0.1:{self.node.port}")
         self.assertPassed(script)

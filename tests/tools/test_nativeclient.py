@@ -128,6 +128,16 @@ class ScriptedServer:
             if plan == "close_4000":
                 sock.sendall(_frame(8, struct.pack("!H", 4000)))
                 return
+            if plan == "masked":
+                # A server must never mask (RFC 6455 5.1): one masked event.
+                event = json.dumps({"type": "event", "channel": CHANNEL_A,
+                                    "data": {"seq": 1, "token": "A"}}).encode()
+                mask = b"\x01\x02\x03\x04"
+                sock.sendall(struct.pack("!BB", 0x81, 0x80 | len(event)) + mask
+                             + bytes(b ^ mask[i % 4] for i, b in enumerate(event)))
+                while (got := _read_frame(sock, buf)) is not None and got[0] != 8:
+                    pass
+                return
             assert isinstance(plan, list)
             ts = int(time.time() * 1000) + AHEAD_MS
             sock.sendall(b"".join(_frame(1, json.dumps(
@@ -232,6 +242,17 @@ class PythonClientChecksTests(unittest.TestCase):
         # Accept order may differ from connect order: the reasons, not who had which.
         self.assertEqual(c["failed"], {"http_503": 1, "bad_accept": 1})
         self.assertEqual(c["lost"], {"closed_4000": 1})
+
+    def test_masked_server_frame(self):
+        """
+        A masked frame from the server is a protocol error (RFC 6455 5.1):
+        the connection is counted lost, its event is not counted, the run fails.
+        """
+        self.connections = 1
+        code, report = self._play(lambda n: "masked")
+        self.assertEqual(code, 1)
+        self.assertEqual(report["connections"]["lost"], {"masked_frame": 1})
+        self.assertEqual(report["completeness"]["received"], 0)
 
 
 class NativeClientChecksTests(PythonClientChecksTests):

@@ -2,7 +2,7 @@
 // options carried on every subscribe of their channel, RFC 7386 merge patch.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { applyMergePatch } from "../odinws.js";
+import { applyCompactDelta, applyMergePatch } from "../odinws.js";
 import { makeClient } from "./fakes.mjs";
 
 const C = "odin.token.ABC.price";
@@ -33,7 +33,7 @@ test("a delta subscription asks for deltas and its handler gets whole data", () 
   client.connect();
   ws().open();
   const [sent] = ws().sent;
-  assert.equal(sent.delta, true);
+  assert.equal(sent.delta, "compact");
   ws().ackSubscribes();
   ws().receive(whole({price: "1.00", size: 3, name: "n"}, 1));
   ws().receive(delta({price: "1.01"}, 2));
@@ -77,7 +77,7 @@ test("maxRate and filter go on every subscribe of their channel, recoveries incl
   const withOptions = sent.filter((m) => m.channels.includes(C));
   assert.equal(withOptions.length, 1);
   assert.deepEqual([withOptions[0].max_rate, withOptions[0].filter, withOptions[0].delta],
-                   [2, {size: {gte: 100}}, true]);
+                   [2, {size: {gte: 100}}, "merge-patch"]);
   const plain = sent.find((m) => m.channels.includes("odin.token.ABC.trade"));
   assert.ok(!("max_rate" in plain) && !("filter" in plain) && !("delta" in plain));
   for (const m of sent) ws().receive({type: "subscribed", channels: m.channels, id: m.id});
@@ -85,7 +85,7 @@ test("maxRate and filter go on every subscribe of their channel, recoveries incl
   ws().receive({type: "gap", reason: "too_old", streams: {"p:0:e": "p:0:e:5"}});
   const again = ws().take().filter((m) => m.channels.includes(C));
   assert.ok(again.length >= 1);
-  for (const m of again) assert.deepEqual([m.max_rate, m.delta], [2, true]);
+  for (const m of again) assert.deepEqual([m.max_rate, m.delta], [2, "merge-patch"]);
 });
 
 test("two subscriptions of one channel must ask for the same server-side options", () => {
@@ -93,4 +93,31 @@ test("two subscriptions of one channel must ask for the same server-side options
   client.subscribe(C, {delta: true});
   client.subscribe(C, {delta: true, snapshot: true});     // same server options: fine
   assert.throws(() => client.subscribe(C, {maxRate: 1}), /other delta\/maxRate\/filter/);
+});
+
+test("compact deltas come out as whole events: data, ts and the exact pos", () => {
+  const {client, ws, errors} = makeClient();
+  const got = [];
+  client.subscribe(C, {delta: true, recover: false}, (e) => got.push(e));
+  client.connect();
+  ws().open();
+  ws().ackSubscribes();
+  ws().receive({...whole({price: 1.5, seq: 1, name: "n"}, 9007199254740990), sid: 4,
+                ts: 1000, pos: "p:0:e:9007199254740990"});
+  ws().receive([4, 3, 50, {price: 1.6}, {seq: 1}]);
+  ws().receive([4, 1, 25, {name: null}]);
+  ws().receive([5, 1, 1, {}]);              // a stream no whole event started
+  assert.deepEqual(got.map((e) => [e.channel, e.data, e.ts, e.pos]), [
+    [C, {price: 1.5, seq: 1, name: "n"}, 1000, "p:0:e:9007199254740990"],
+    [C, {price: 1.6, seq: 2, name: "n"}, 1050, "p:0:e:9007199254740993"],
+    [C, {price: 1.6, seq: 2}, 1075, "p:0:e:9007199254740994"]]);
+  assert.deepEqual(errors.map((e) => e.code), ["delta_without_base"]);
+});
+
+test("applyCompactDelta rebuilds from the previous event without changing it", () => {
+  const last = {channel: C, data: {a: 1, b: {c: 2}}, ts: 5, pos: "t:1:e:10"};
+  const next = applyCompactDelta(last, [2, 2, 3, {b: {c: 3}}, {a: 4}]);
+  assert.deepEqual(next, {type: "event", channel: C, data: {a: 5, b: {c: 3}}, ts: 8,
+                          pos: "t:1:e:12", sid: 2});
+  assert.deepEqual(last.data, {a: 1, b: {c: 2}});
 });

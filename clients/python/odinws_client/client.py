@@ -165,7 +165,7 @@ class Client:
         await self.close()
 
     def subscribe(self, pattern: str, *, snapshot: bool = False, recover: bool = True,
-                  since: list[str] | None = None, delta: bool = False,
+                  since: list[str] | None = None, delta: bool | str = False,
                   max_rate: float | None = None, filter: dict[str, Any] | None = None,
                   ) -> Subscription:
         """
@@ -180,7 +180,9 @@ class Client:
 
         Server-side options (docs/protocol.md, "Subscription options"):
         ``delta`` lets the server send deltas, which the client applies
-        (every L{Event} has whole ``data``); ``max_rate``: at most so many
+        (every L{Event} has whole ``data``, ``ts`` and ``pos``): ``True``
+        asks for the smallest format, ``"compact"``; ``"merge-patch"`` for
+        the other; ``max_rate``: at most so many
         events a second per channel, ending on the latest; ``filter``: only
         the events whose data passes it.
         """
@@ -190,7 +192,9 @@ class Client:
             raise ValueError("since must be a list of positions (strings)")
         options: dict[str, Any] = {}
         if delta:
-            options["delta"] = True
+            if delta is not True and delta not in ("compact", "merge-patch"):
+                raise ValueError('delta must be True, False, "compact" or "merge-patch"')
+            options["delta"] = "compact" if delta is True else delta
         if max_rate is not None:
             options["max_rate"] = max_rate
         if filter is not None:
@@ -300,6 +304,8 @@ class Client:
                     continue
                 if isinstance(msg, dict):
                     self._session.received(msg)
+                elif isinstance(msg, list):
+                    self._session.received_compact(msg)
         except ConnectionClosed:
             pass
 

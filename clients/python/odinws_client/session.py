@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from odinws_client import compactdelta
 from odinws_client.inflight import Replay, Request, SnapshotWait
 from odinws_client.mergepatch import apply_merge_patch
 from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
@@ -78,6 +79,8 @@ class Session:
         self._events_seen = 0
         #: channel -> the data of its last event: what a delta applies to.
         self._bases: dict[str, Any] = {}
+        #: compact stream id -> its last event: what a compact delta applies to.
+        self._streams: dict[int, dict[str, Any]] = {}
         self.connected = False
 
     @property
@@ -116,6 +119,7 @@ class Session:
         self._replays.clear()
         self._snapshots.clear()
         self._bases.clear()     # a new connection starts every channel with a whole event
+        self._streams.clear()
         for sub in self._subs.values():
             sub._live = False
             sub._replay = None
@@ -165,6 +169,21 @@ class Session:
         elif kind == "gap":
             self._gap(msg)
 
+    def received_compact(self, frame: list[Any]) -> None:
+        """
+        A compact delta (docs/protocol.md, "Compact deltas"): the event it
+        stands for, rebuilt against its stream's previous event. One of a
+        stream no whole event started is reported, not guessed.
+        """
+        last = self._streams.get(frame[0]) if compactdelta.is_compact(frame) else None
+        if last is None:
+            self._hooks.error(ServerError("delta_without_base",
+                                          f"a compact delta {str(frame)[:80]} of no known stream"))
+            return
+        msg = compactdelta.rebuild(last, frame)
+        self._streams[frame[0]] = compactdelta.stream_start(msg)
+        self._event(msg)
+
     def _whole(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """
         A delta event made whole against its channel's last data (RFC 7386,
@@ -183,6 +202,9 @@ class Session:
             msg["data"] = apply_merge_patch(self._bases[channel], patch)
         if isinstance(channel, str) and any(s.options.get("delta") for s in self._subs.values()):
             self._bases[channel] = msg.get("data")
+        if (type(msg.get("sid")) is int and type(msg.get("ts")) is int
+                and isinstance(msg.get("pos"), str)):
+            self._streams[msg["sid"]] = compactdelta.stream_start(msg)
         return msg
 
     def _gap(self, msg: dict[str, Any]) -> None:

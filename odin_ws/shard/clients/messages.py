@@ -50,7 +50,7 @@ ERROR_CODES = frozenset((
     BAD_FILTER, FILTER_TOO_LARGE, SERVER_FILTER_LIMIT))
 
 #: The delta formats a subscribe may ask for (C{"delta": true} is the first).
-DELTA_FORMATS = ("merge-patch",)
+DELTA_FORMATS = ("merge-patch", "compact")
 #: The range of C{max_rate}, events per second per channel.
 MIN_RATE = 0.1
 MAX_RATE = 100.0
@@ -101,8 +101,9 @@ class Subscribe:
     since: Since | None = None
     #: Send the latest event of every matching channel first.
     snapshot: bool = False
-    #: Deltas (JSON Merge Patch) of the channels' events where they can.
-    delta: bool = False
+    #: Deltas of the channels' events where they can, in this format
+    #: (one of L{DELTA_FORMATS}; "": none).
+    delta: str = ""
     #: At most this many events a second per channel (0: no cap).
     max_rate: float = 0.0
     #: The filter on the events' data, as the client wrote it (None: none);
@@ -210,12 +211,14 @@ def _since(obj: dict, msg_id: MessageId, max_positions: int) -> Since | None:
     return since
 
 
-def _delta(obj: dict, msg_id: MessageId) -> bool:
+def _delta(obj: dict, msg_id: MessageId) -> str:
     value = obj.get("delta", False)
     if value is False or value is None:
-        return False
-    if value is True or value in DELTA_FORMATS:
-        return True
+        return ""
+    if value is True:
+        return DELTA_FORMATS[0]
+    if value in DELTA_FORMATS:
+        return value
     if type(value) is str:
         raise ClientError(BAD_DELTA, f"unknown delta format {_quote(value)}; this server "
                           f"knows {', '.join(DELTA_FORMATS)}", msg_id)
@@ -386,4 +389,33 @@ def parse_url_subscribe(query: Mapping[str, str], max_channels: int, max_channel
     if snapshot not in _TRUE and snapshot not in _FALSE:
         raise ClientError(INVALID_MESSAGE, "snapshot must be 1, 0, true or false")
     since = parse_since_text(since_text, max_positions) if since_text else None
-    return Subscribe(channels, None, since, snapshot in _TRUE)
+    return Subscribe(channels, None, since, snapshot in _TRUE, *_url_options(query))
+
+
+def _url_options(query: Mapping[str, str]) -> tuple[str, float, object]:
+    """
+    The subscription options of a URL (C{delta}, C{max_rate}, C{filter}):
+    C{delta=1|true|compact|merge-patch|0|false}, C{max_rate=<number>},
+    C{filter=<the filter's JSON>}; the same codes as in a message. The
+    filter's grammar is checked by the caller (it compiles it).
+    """
+    obj: dict[str, object] = {}
+    delta = query.get("delta")
+    if delta is not None:
+        lowered = delta.lower()
+        obj["delta"] = True if lowered in _TRUE else False if lowered in _FALSE else delta
+    rate = query.get("max_rate")
+    if rate is not None:
+        try:
+            number = float(rate)
+        except ValueError:
+            number = math.nan     # refused below, as any value out of range
+        obj["max_rate"] = number
+    spec = None
+    text = query.get("filter")
+    if text is not None:
+        try:
+            spec = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise ClientError(BAD_FILTER, "filter is not valid JSON") from None
+    return _delta(obj, None), _max_rate(obj, None), spec

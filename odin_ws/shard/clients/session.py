@@ -31,6 +31,7 @@ from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.clients import auth, messages, recovery
 from odin_ws.shard.clients.host import ClientHost, ClientTransport
 from odin_ws.shard.clients.refusal import Refused, bad_origin, is_origin
+from odin_ws.shard.delivery.filters import FilterError, compile_filter
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
 
@@ -179,6 +180,13 @@ class Session:
                 if topic not in settings.kafka.topics:
                     raise messages.ClientError(messages.UNKNOWN_POSITION, "position of a topic "
                                                f"this server does not serve: {topic[:80]!r}")
+            if msg.filter is not None:
+                # Its grammar and size now; the shard's count of distinct
+                # filters when it is held (an error message after the open).
+                try:
+                    compile_filter(msg.filter, limits.max_filter_bytes)
+                except FilterError as e:
+                    raise messages.ClientError(e.code, e.message) from None
         except messages.ClientError as e:
             raise Refused(403 if e.code == messages.FORBIDDEN else 400, e.code, e.message,
                           e.code) from None
@@ -383,7 +391,8 @@ class Session:
                                    allow=self.replay_allowed, behind=behind, keep=keep)
         return recovery.answer(self.host.history, msg, settings.kafka.topics,
                                limits.max_snapshot_events, room, encode, overhead,
-                               max_scan=limits.max_recovery_scan, allow=self.replay_allowed)
+                               max_scan=limits.max_recovery_scan, allow=self.replay_allowed,
+                               keep=keep)
 
     def replay_allowed(self, size: int) -> bool:
         """

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,6 +47,7 @@ from odin_ws.shard.delivery.ssefeed import (
     with_id,
 )
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded
+from odin_ws.shard.delivery.variants import PLAIN, Variant
 from odin_ws.shard.history import positions
 
 if TYPE_CHECKING:
@@ -108,6 +110,8 @@ class SseStream(OutboxHolder, TwistedProtocol):
         #: A recovery held before the stream opens; whether the client left.
         self._held: HeldRecovery | None = None
         self._gone = False
+        #: The stream's subscription options (its filter held in the shard's pool).
+        self._variant: Variant = PLAIN
 
     # -- the request
 
@@ -132,9 +136,19 @@ class SseStream(OutboxHolder, TwistedProtocol):
         self._held = None
         if self._gone:
             return
+        options = self.host.options
         try:
-            answer = self._answer(msg)
+            # The stream's options: its filter taken from the shard's pool
+            # (server_filter_limit refuses the stream before its 200).
+            self._variant = options.variant(msg, self)
+        except messages.ClientError as e:
+            self._refuse(Refused(400, e.code, e.message, e.code))
+            return
+        try:
+            answer = self._answer(msg, options.keeps(self._variant))
         except Refused as e:
+            options.release(self._variant)
+            self._variant = PLAIN
             self._refuse(e)
             return
         self._open(msg, patterns, answer)
@@ -162,6 +176,11 @@ class SseStream(OutboxHolder, TwistedProtocol):
         if msg is None:
             raise Refused(400, messages.INVALID_MESSAGE, "channels is required",
                           messages.INVALID_MESSAGE)
+        if msg.delta:
+            # An SSE message is built once for every stream, with the shard's
+            # vector as its id; deltas are a WebSocket feature.
+            raise Refused(400, messages.BAD_DELTA, "deltas are not sent over Server-Sent "
+                          "Events; use a WebSocket, or leave delta out", messages.BAD_DELTA)
         if msg.since is not None and "~" in (last_event_id or head.query.get("since", "")):
             msg = dataclasses.replace(msg, since=_complete(msg.since, host.history,
                                                            settings.kafka.topics))
@@ -172,7 +191,8 @@ class SseStream(OutboxHolder, TwistedProtocol):
             raise Refused(503, e.code, e.message, e.code, retry_after) from None
         return msg, patterns
 
-    def _answer(self, msg: messages.Subscribe) -> recovery.Answer | None:
+    def _answer(self, msg: messages.Subscribe,
+                keep: Callable[[Event], bool] | None = None) -> recovery.Answer | None:
         if msg.since is None and not msg.snapshot:
             return None
         host = self.host
@@ -193,7 +213,7 @@ class SseStream(OutboxHolder, TwistedProtocol):
         room = host.settings.outbound.max_buffer_bytes - 512 - 2 * sum(len(p) + 3 for p in now)
         overhead = len(vector_text({**vector, **_vector_of(now)})) + 24
         try:
-            return self.session.answer(msg, max(0, room), encode, overhead)
+            return self.session.answer(msg, max(0, room), encode, overhead, keep=keep)
         except messages.ClientError as e:
             raise Refused(400, e.code, e.message, e.code) from None
 
@@ -225,7 +245,10 @@ class SseStream(OutboxHolder, TwistedProtocol):
         outbox = self.session.open(self.adopted_at, self._slow_consumer, talks=False)
         outbox.drops = DropNotices(streams)
         streams.opened(self)
-        streams.index.add_all(outbox, patterns, self.session.client_ip)
+        if self._variant.plain:
+            streams.index.add_all(outbox, patterns, self.session.client_ip)
+        else:
+            streams.variants.add_all(outbox, patterns, self._variant, self.session.client_ip)
         self.session.subscribed()
         # The ack, what recovery replays or the snapshot, then live: in this
         # reactor turn, as for a WebSocket subscribe (odin_ws/shard/clients/recovery.py).
@@ -302,6 +325,8 @@ class SseStream(OutboxHolder, TwistedProtocol):
         self.session.lost()
         if self.outbox is not None:
             host.streams.closed(self)
+            host.options.release(self._variant)
+            self._variant = PLAIN
             self.state = _STATE_CLOSED
             self.outbox = None
             host.subscriptions_changed()

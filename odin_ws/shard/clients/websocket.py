@@ -193,7 +193,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
         if bits is not None:
             # Event frames compressed for this window from now on.
             outbox.variant = v = deflate.variant(bits)
-            self.factory.host.deflate.opened(v)
+            self.factory.host.deflate.opened(v, outbox)
         msg, self.url_subscribe = self.url_subscribe, None
         if msg is not None:
             # Checked at the handshake (onConnect); the ack is the first
@@ -268,7 +268,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             return
         self.outbox = None
         if outbox.variant != deflate.PLAIN:
-            self.factory.host.deflate.closed(outbox.variant)
+            self.factory.host.deflate.closed(outbox.variant, outbox)
         session.closed(outbox, self.factory.host.subscriptions)
         by_server = self.closedByMe and self.localCloseCode is not None
         if by_server:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autobahn.websocket.compress_deflate import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
@@ -51,6 +51,8 @@ _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
 # FIN, RSV1 (compressed), opcode 1 (text).
 _DEFLATED_TEXT = 0xC1
+#: Collections whose C{in} is a hash lookup (L{Deflate.used_by}).
+_HASHED: tuple[type, ...] = (set, frozenset, type({}.keys()))
 
 
 def variant(window_bits: int) -> int:
@@ -103,16 +105,17 @@ class FrameDeflater:
 class Deflate:
     """
     The shard's compression of event frames: whether it is offered, the
-    compressor of each window size in use, and how many open connections
-    use each variant (the C send loop's runs get the variants in use).
+    compressor of each window size in use, and the open connections that
+    use each variant (a run of the C send loop is compressed for the
+    variants of its own recipients only, L{used_by}).
     """
 
     def __init__(self, stats: WriteStats, enabled: bool, min_bytes: int):
         self.stats = stats
         self.enabled = enabled
         self.min_bytes = min_bytes
-        #: Open connections per variant (index L{PLAIN} unused).
-        self.open = [0] * VARIANTS
+        #: Open connections (their Outboxes) per variant (index L{PLAIN} unused).
+        self.members: list[set[Any]] = [set() for _ in range(VARIANTS)]
         self._deflaters: list[FrameDeflater | None] = [None] * VARIANTS
         self._in_use: list[int] = []
 
@@ -135,18 +138,41 @@ class Deflate:
         return out
 
     def in_use(self) -> list[int]:
-        """The variants (not L{PLAIN}) some open connection uses, in order (read per run)."""
+        """The variants (not L{PLAIN}) some open connection uses, in order."""
         return self._in_use
 
-    def opened(self, v: int) -> None:
-        """A connection of variant C{v} opened."""
-        self.open[v] += 1
-        self._in_use = [u for u in range(1, VARIANTS) if self.open[u]]
+    def used_by(self, outboxes: Collection[Any]) -> list[int]:
+        """
+        The variants (not L{PLAIN}) some of C{outboxes} use, in order: what
+        a run for them must be compressed for. Cheap while the shard has no
+        compressed connection (the common plain case: no work at all) and
+        when recipients are compressed (the first one found answers);
+        otherwise a set intersection test, over the smaller side when
+        C{outboxes} hashes (the index's views do).
+        """
+        in_use = self._in_use
+        if not in_use:
+            return in_use
+        out = []
+        hashed = type(outboxes) in _HASHED
+        for v in in_use:
+            members = self.members[v]
+            if hashed and len(members) < len(outboxes):
+                if any(m in outboxes for m in members):
+                    out.append(v)
+            elif not members.isdisjoint(outboxes):
+                out.append(v)
+        return out
 
-    def closed(self, v: int) -> None:
-        """A connection of variant C{v} closed."""
-        self.open[v] -= 1
-        self._in_use = [u for u in range(1, VARIANTS) if self.open[u]]
+    def opened(self, v: int, outbox: Any) -> None:
+        """C{outbox}'s connection, of variant C{v}, opened."""
+        self.members[v].add(outbox)
+        self._in_use = [u for u in range(1, VARIANTS) if self.members[u]]
+
+    def closed(self, v: int, outbox: Any) -> None:
+        """C{outbox}'s connection, of variant C{v}, closed."""
+        self.members[v].discard(outbox)
+        self._in_use = [u for u in range(1, VARIANTS) if self.members[u]]
 
 
 class ServerAccept(PerMessageDeflateOfferAccept):

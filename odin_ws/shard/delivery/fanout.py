@@ -35,7 +35,7 @@ here, under its policy, before the Outboxes are written.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from twisted.logger import Logger
@@ -187,8 +187,11 @@ class Fanout:
         have reached in the Python loop.
         """
         deflate = self.deflate
-        bufs = run.bufs(deflate.in_use() if deflate is not None else [])
-        self._runs.append((bufs, len(run.items), tuple(outboxes)))
+        boxes = tuple(outboxes)
+        # Compressed only for the variants of this run's own recipients.
+        bufs = run.bufs(deflate.used_by(outboxes if isinstance(outboxes, Collection) else boxes)
+                        if deflate is not None else [])
+        self._runs.append((bufs, len(run.items), boxes))
         self._entries.append(run)
         self._soon()
 

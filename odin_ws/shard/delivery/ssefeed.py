@@ -39,6 +39,8 @@ from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.gaps import DROPPED, gap_body
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
+from odin_ws.shard.delivery.variantfeed import VariantFeed
+from odin_ws.shard.delivery.variants import VariantIndex
 from odin_ws.shard.history import positions
 
 if TYPE_CHECKING:
@@ -197,6 +199,10 @@ class Streams:
         #: Subscriptions of streams only (see the module: no per-connection
         #: transport test in the WebSocket loop).
         self.index = SubscriptionIndex(budget=websocket.budget)
+        #: Streams with options (max_rate, filter: docs/protocol.md), fed as
+        #: the WebSocket ones are, once per event per variant, in SSE messages.
+        self.variants = VariantIndex(websocket.budget)
+        self.options = VariantFeed(reactor, self.variants, fanout, self._message)
         self.open: set[Stream] = set()
         self.tops: Tops | None = None
         self._run: list[tuple[bytes, str, str]] = []
@@ -226,8 +232,11 @@ class Streams:
         tops: Tops = self.tops  # type: ignore[assignment]
         tops.update(event)
         subscribers = self.index.match(event.token, event.event_type)
+        held = self.variants.match(event.token, event.event_type) if self.variants.active else ()
+        if held:
+            self.options.offer(event, held)
         if not subscribers:
-            return False
+            return bool(held)
         if subscribers is not self._run_to and self._run:
             self._fanout.publish_run(self._run, self._run_to, self._run_events)
             self._run = []
@@ -237,6 +246,10 @@ class Streams:
                           event.event_type))
         self._run_events.append(event)
         return True
+
+    def _message(self, event: Event) -> bytes:
+        """C{event}'s SSE message with the vector as it is now (a throttle may send it later)."""
+        return message(event.envelope, self.tops.text() if self.tops is not None else None)
 
     def finish(self) -> None:
         """The delivery's events are all offered: queue the last run."""
@@ -262,6 +275,8 @@ class Streams:
         self.open.discard(stream)
         if stream.outbox is not None:
             self.index.remove_all(stream.outbox)
+            if self.variants.remove_all(stream.outbox):
+                self.options.prune()
         if not self.open:
             # Nothing to compute per event again until a stream opens (it
             # starts from the history, which saw every event meanwhile).

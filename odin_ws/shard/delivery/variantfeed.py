@@ -10,7 +10,10 @@ each computed once for all the connections of the variant:
     C{max_rate} events a second through and always ends on the latest;
   - the delta once per (channel, variant): a JSON Merge Patch
     (L{odin_ws.shard.delivery.mergepatch}) of the event's data against the
-    previous event of that stream, framed once.
+    previous event of that stream, framed once, in the event's envelope
+    (C{"merge-patch"}) or in a compact frame without one (C{"compact"},
+    L{odin_ws.shard.delivery.compactdelta}: a stream id per channel, the
+    position and time as differences).
 
 Why the delta needs per-connection bookkeeping at all: a connection may get
 a delta only if it got the previous event of the stream, in this shape.
@@ -29,16 +32,18 @@ frames go through the fan-out, compressed once per event like any other
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from odin_ws.common import metrics
 from odin_ws.common.events import Event
-from odin_ws.shard.delivery import mergepatch
+from odin_ws.shard.delivery import compactdelta, mergepatch
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.delivery.throttle import Throttle
-from odin_ws.shard.delivery.variants import Variant, VariantIndex
+from odin_ws.shard.delivery.variants import COMPACT, Variant, VariantIndex
 
 _HEAD = b'{"type":"event","channel":"'
 _DATA = b'","data":'
@@ -71,13 +76,50 @@ def delta_envelope(event: Event, patch: dict[str, Any]) -> bytes:
 
 
 class _DeltaStream:
-    """The delta state of one (channel, variant): the last data sent, who got it as is."""
+    """
+    The delta state of one (channel, variant): the last event sent (its
+    data, and for compact deltas its time and place), who got it as is.
+    """
 
-    __slots__ = ("last", "synced")
+    __slots__ = ("last", "synced", "sid", "ts", "where", "offset")
 
-    def __init__(self) -> None:
+    def __init__(self, sid: int = 0) -> None:
         self.last: object = _UNREAD
         self.synced: dict[Any, None] = {}
+        #: The stream id of compact deltas (0: merge-patch deltas).
+        self.sid = sid
+        self.ts = 0
+        #: The last event's (topic, partition, epoch): a compact delta's
+        #: C{dpos} counts offsets within one of them only.
+        self.where: tuple[str, int, str] | None = None
+        self.offset = 0
+
+    def frames(self, event: Event, data: object) -> tuple[bytes, bytes | None]:
+        """
+        C{event}'s whole frame for this stream's subscribers, and its delta
+        frame against the last event (None: none can say it, or it would
+        not be smaller); the event becomes the last.
+        """
+        where = (event.topic, event.partition, event.epoch)
+        delta = None
+        if self.sid:
+            whole = text_frame(compactdelta.whole_payload(event.envelope, self.sid))
+            if self.synced and where == self.where:
+                change = compactdelta.diff(self.last, data)
+                if change is not None:
+                    delta = text_frame(compactdelta.frame_payload(
+                        self.sid, event.offset - self.offset, event.ts - self.ts, *change))
+            self.ts, self.where, self.offset = event.ts, where, event.offset
+        else:
+            whole = text_frame(event.envelope)
+            if self.synced:
+                patch = mergepatch.diff(self.last, data)
+                if patch is not None:
+                    delta = text_frame(delta_envelope(event, patch))
+        self.last = data
+        if delta is not None and len(delta) >= len(whole):
+            delta = None
+        return whole, delta
 
 
 class VariantFeed:
@@ -88,12 +130,20 @@ class VariantFeed:
     rest of the batch (or, for a throttle's trailing edge, right away).
     """
 
-    def __init__(self, clock: Any, index: VariantIndex, fanout: Fanout):
+    def __init__(self, clock: Any, index: VariantIndex, fanout: Fanout,
+                 frame: Callable[[Event], bytes] | None = None):
         self.clock = clock
         self.index = index
         self.fanout = fanout
+        #: An event's whole message in the subscribers' transport (default:
+        #: a WebSocket text frame of its envelope; SSE streams build theirs).
+        self.frame: Callable[[Event], bytes] = frame or (lambda e: text_frame(e.envelope))
         #: Per variant with deltas, per channel, its delta state.
         self._deltas: dict[Variant, dict[str, _DeltaStream]] = {}
+        #: Compact deltas' stream ids: per channel, one for every variant
+        #: (a connection holds a channel with one variant), never reused.
+        self._sids: dict[str, int] = {}
+        self._next_sid = itertools.count(1)
         #: (channel, filter key, rate) -> its throttle.
         self._throttles: dict[tuple[str, str, float], Throttle[Event]] = {}
         #: Inside a delivery batch: its caller writes the Outboxes.
@@ -159,27 +209,19 @@ class VariantFeed:
         subscribers: Any = self.index.subscribers(variant, event.token, event.event_type)
         if not subscribers:
             return
-        whole = text_frame(event.envelope)
         channel = event.channel
         if not variant.delta:
-            self.fanout.publish(whole, channel, event.event_type, subscribers, event)
+            self.fanout.publish(self.frame(event), channel, event.event_type, subscribers, event)
             return
         streams = self._deltas.get(variant)
         if streams is None:
             streams = self._deltas[variant] = {}
         stream = streams.get(channel)
         if stream is None:
-            stream = streams[channel] = _DeltaStream()
-        data = self._data(event)
-        delta = None
+            stream = streams[channel] = _DeltaStream(
+                self._sid(channel) if variant.delta == COMPACT else 0)
+        whole, delta = stream.frames(event, self._data(event))
         synced = stream.synced
-        if synced:
-            patch = mergepatch.diff(stream.last, data)
-            if patch is not None:
-                frame = text_frame(delta_envelope(event, patch))
-                if len(frame) < len(whole):
-                    delta = frame
-        stream.last = data
         # No run kept for the C loop before these: room is what each Outbox
         # will have when its frame reaches it (the two runs below go to
         # distinct connections).
@@ -213,6 +255,12 @@ class VariantFeed:
         metrics.DELTA_BYTES.labels(stage="before").inc(whole_size * (deltas + wholes))
         metrics.DELTA_BYTES.labels(stage="after").inc(whole_size * wholes + delta_size * deltas)
 
+    def _sid(self, channel: str) -> int:
+        sid = self._sids.get(channel)
+        if sid is None:
+            sid = self._sids[channel] = next(self._next_sid)
+        return sid
+
     # -- subscriptions changing
 
     def unsynced(self, subscriber: Any, variant: Variant) -> None:
@@ -228,6 +276,9 @@ class VariantFeed:
         live = set(self.index.variants())
         for variant in [v for v in self._deltas if v not in live]:
             del self._deltas[variant]
+        held = {c for v, streams in self._deltas.items() if v.delta == COMPACT for c in streams}
+        for channel in [c for c in self._sids if c not in held]:
+            del self._sids[channel]
         rates = {(v.filter_key, v.max_rate) for v in live if v.max_rate}
         for key in [k for k in self._throttles if (k[1], k[2]) not in rates]:
             self._throttles.pop(key).stop()

@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     from odin_ws.shard.delivery.filters import EventFilter
 
 
+#: L{Variant.delta}: JSON Merge Patch deltas in the event's envelope.
+MERGE_PATCH = "merge-patch"
+#: L{Variant.delta}: compact delta frames (L{odin_ws.shard.delivery.compactdelta}).
+COMPACT = "compact"
+
+
 @dataclass(frozen=True, slots=True)
 class Variant:
     """
@@ -41,8 +47,9 @@ class Variant:
     filter counts by its canonical key (equal filters, equal key).
     """
 
-    #: Deltas (JSON Merge Patch) instead of whole events, where they can.
-    delta: bool = False
+    #: Deltas instead of whole events where they can, in this format
+    #: (L{MERGE_PATCH}, L{COMPACT}; "": none).
+    delta: str = ""
     #: Events per second at most (0: no cap).
     max_rate: float = 0.0
     #: The filter's canonical key ("": none).
@@ -59,7 +66,7 @@ class Variant:
         """The options in a few words, for error messages."""
         parts = []
         if self.delta:
-            parts.append("delta")
+            parts.append(f"delta {self.delta}")
         if self.max_rate:
             parts.append(f"max_rate {self.max_rate:g}")
         if self.filter_key:

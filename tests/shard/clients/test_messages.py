@@ -291,13 +291,17 @@ class FuzzTests(SynchronousTestCase):
 
 
 class SubscribeOptionTests(SynchronousTestCase):
-    def test_delta_true_or_merge_patch(self) -> None:
-        """delta: true and delta: "merge-patch" both ask for merge-patch deltas; false for none."""
+    def test_delta_formats(self) -> None:
+        """
+        delta: true and delta: "merge-patch" both ask for merge-patch
+        deltas, "compact" for compact ones; false (or none) for none.
+        """
         base = {"type": "subscribe", "channels": ["odin.token.A.price"]}
-        self.assertTrue(parse({**base, "delta": True}).delta)
-        self.assertTrue(parse({**base, "delta": "merge-patch"}).delta)
-        self.assertFalse(parse({**base, "delta": False}).delta)
-        self.assertFalse(parse(base).delta)
+        self.assertEqual(parse({**base, "delta": True}).delta, "merge-patch")
+        self.assertEqual(parse({**base, "delta": "merge-patch"}).delta, "merge-patch")
+        self.assertEqual(parse({**base, "delta": "compact"}).delta, "compact")
+        self.assertEqual(parse({**base, "delta": False}).delta, "")
+        self.assertEqual(parse(base).delta, "")
 
     def test_unknown_delta_refused(self) -> None:
         """An unknown delta format, or a delta that is no format, is refused with bad_delta."""
@@ -327,3 +331,33 @@ class SubscribeOptionTests(SynchronousTestCase):
         got = parse({"type": "subscribe", "channels": ["odin.token.A.trade"],
                      "filter": {"size": {"gte": 100}}})
         self.assertEqual(got.filter, {"size": {"gte": 100}})
+
+
+class UrlOptionTests(SynchronousTestCase):
+    def url(self, **query: str) -> messages.Subscribe | None:
+        return messages.parse_url_subscribe({"channels": "odin.token.A.price", **query},
+                                            100, 160, 100)
+
+    def test_options_from_the_query(self) -> None:
+        """delta, max_rate and filter of a URL give the subscribe those options."""
+        got = self.url(delta="compact", max_rate="3", filter='{"size":{"gte":100}}')
+        assert got is not None
+        self.assertEqual((got.delta, got.max_rate, got.filter),
+                         ("compact", 2.0, {"size": {"gte": 100}}))
+        for text, fmt in (("1", "merge-patch"), ("true", "merge-patch"), ("merge-patch",
+                          "merge-patch"), ("0", ""), ("false", "")):
+            self.assertEqual(self.url(delta=text).delta, fmt, text)
+        plain = self.url()
+        assert plain is not None
+        self.assertEqual((plain.delta, plain.max_rate, plain.filter), ("", 0.0, None))
+
+    def test_bad_options_refused_with_their_codes(self) -> None:
+        """Bad values get the codes a subscribe message would get; a filter that is not JSON is bad_filter."""
+        for query, code in (({"delta": "fossil"}, messages.BAD_DELTA),
+                            ({"max_rate": "fast"}, messages.BAD_MAX_RATE),
+                            ({"max_rate": "nan"}, messages.BAD_MAX_RATE),
+                            ({"max_rate": "1e9"}, messages.BAD_MAX_RATE),
+                            ({"filter": "{not json"}, messages.BAD_FILTER),
+                            ({"filter": "NaN"}, messages.BAD_FILTER)):
+            e = self.assertRaises(messages.ClientError, self.url, **query)
+            self.assertEqual(e.code, code, query)

@@ -16,7 +16,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from odin_ws.common.events import Event
 from odin_ws.shard.clients import messages
 from odin_ws.shard.clients.session import Session
-from odin_ws.shard.delivery.variants import Variant
+from odin_ws.shard.delivery.variants import MERGE_PATCH, Variant
 from tests.shard.clients.test_session import FakeTransport, SessionCase
 
 
@@ -40,7 +40,7 @@ class OptionTests(SessionCase):
         box = self.conn.outbox
         self.assertEqual(self.host.subscriptions.count(box), 0)
         self.assertEqual(self.host.options.index.variant_of(box, ("A", "price")),
-                         Variant(delta=True, max_rate=2.0))
+                         Variant(delta=MERGE_PATCH, max_rate=2.0))
 
     def test_bad_options_answered_with_their_codes(self):
         """Each bad option gets its error code; nothing is held after."""

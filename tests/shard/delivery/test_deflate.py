@@ -114,10 +114,29 @@ class DeflateTests(SynchronousTestCase):
         d.frame(7, price(1))
         d.frame(7, text_frame(b"x"))     # not smaller: not counted
         self.assertEqual(stats.deflated, 1)
-        d.opened(7)
-        d.opened(1)
-        d.closed(1)
+        a, b = object(), object()
+        d.opened(7, a)
+        d.opened(1, b)
+        d.closed(1, b)
         self.assertEqual(d.in_use(), [7])
+
+    def test_usedBy(self):
+        """
+        The variants a set of recipients uses: none while no compressed
+        connection is open, else those of the recipients only, whatever the
+        collection they come in (a set, an index's keys view, a tuple).
+        """
+        d = Deflate(WriteStats(), True, 0)
+        plain = [object() for _ in range(5)]
+        self.assertEqual(d.used_by(plain), [])
+        big, small = object(), object()
+        d.opened(7, big)
+        d.opened(1, small)
+        for make in (set, tuple, lambda boxes: dict.fromkeys(boxes).keys()):
+            self.assertEqual(d.used_by(make(plain)), [], make)
+            self.assertEqual(d.used_by(make(plain + [big])), [7], make)
+            self.assertEqual(d.used_by(make([small] + plain + [big])), [1, 7], make)
+        self.assertEqual(d.used_by({small}), [1])
 
     def test_reconfiguredThreshold(self):
         """A new threshold applies to the next events."""
@@ -176,7 +195,7 @@ class VariantFanoutTests(SendLoop, SynchronousTestCase):
                      lambda: None)
         box.variant = variant
         if variant:
-            self.deflate.opened(variant)
+            self.deflate.opened(variant, box)
         return box
 
     def test_eachGetsItsVariantCompressedOnce(self):
@@ -212,6 +231,23 @@ class VariantFanoutTests(SendLoop, SynchronousTestCase):
         self.fanout.publish_run([(price(n), "a", "price") for n in range(3)], boxes)
         self.fanout.flush()
         self.assertEqual(self.stats.deflated, 0)
+
+    def test_compressedOnlyForItsRecipients(self):
+        """
+        A run whose recipients are all plain is compressed for nobody, even
+        while compressed connections are open on the shard (subscribed to
+        other channels); a run that reaches one of them is, for its window
+        only.
+        """
+        plain = [self.outbox() for _ in range(3)]
+        elsewhere = [self.outbox(7), self.outbox(1)]
+        self.fanout.publish_run([(price(n), "a", "price") for n in range(3)], plain)
+        self.fanout.flush()
+        self.assertEqual(self.stats.deflated, 0)
+        self.fanout.publish(price(9), "b", "price", [plain[0], elsewhere[0]])
+        self.fanout.flush()
+        self.assertEqual(self.stats.deflated, 1)
+        self.assertEqual(elsewhere[1].transport.value(), b"")
 
     def test_perConnectionRunsGoPlain(self):
         """
@@ -273,7 +309,7 @@ class VariantFlushWindowTests(SynchronousTestCase):
                          lambda: None)
             box.variant = v
             boxes.append(box)
-        d.opened(7)
+        d.opened(7, boxes[1])
         frames = [price(n) for n in range(3)]
         fanout.publish_run([(f, "a", "price") for f in frames[:2]], boxes)
         fanout.publish(frames[2], "a", "price", boxes)
@@ -315,7 +351,7 @@ class VariantSocketTests(SendLoop, TestCase):
                      lambda: None)
         box.variant = variant
         if variant:
-            self.deflate.opened(variant)
+            self.deflate.opened(variant, box)
         return box, client
 
     @inlineCallbacks

@@ -19,7 +19,7 @@ from odin_ws.common import config as configmod
 from odin_ws.common.events import Event
 from odin_ws.common.highwater import HighWater
 from odin_ws.common.settings import Settings
-from odin_ws.shard.delivery import mergepatch, variantfeed
+from odin_ws.shard.delivery import compactdelta, mergepatch, variantfeed
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.filters import FilterPool
 from odin_ws.shard.delivery.outbox import Outbox
@@ -27,7 +27,7 @@ from odin_ws.shard.delivery.pipeline import Delivery
 from odin_ws.shard.delivery.ssefeed import Streams
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.delivery.variantfeed import VariantFeed, delta_envelope, event_data
-from odin_ws.shard.delivery.variants import Variant, VariantIndex
+from odin_ws.shard.delivery.variants import COMPACT, MERGE_PATCH, Variant, VariantIndex
 from odin_ws.shard.delivery.writestats import WriteStats
 from odin_ws.shard.history.store import History
 from tests.helpers import CountingTransport, FakeProtocol, SendLoop, parse_frames, policies
@@ -93,7 +93,7 @@ class FeedCase(SendLoop, SynchronousTestCase):
 class DeltaTests(FeedCase):
     def test_deltas_rebuild_every_event_exactly(self):
         """A delta subscriber rebuilds exactly the data a plain subscriber gets whole."""
-        delta = self.subscribe(Variant(delta=True))
+        delta = self.subscribe(Variant(delta=MERGE_PATCH))
         whole = self.outbox()
         self.plain.add(whole, "ABC", "price")
         datas = [{"price": "1.00", "size": i % 3, "book": {"bid": i, "ask": i + 1},
@@ -112,7 +112,7 @@ class DeltaTests(FeedCase):
 
     def test_patch_computed_once_per_event_for_every_connection(self):
         """Three connections of one variant get the same delta frame; the patch is made once."""
-        boxes = [self.subscribe(Variant(delta=True)) for _ in range(3)]
+        boxes = [self.subscribe(Variant(delta=MERGE_PATCH)) for _ in range(3)]
         calls = []
         original = mergepatch.diff
         self.patch(variantfeed.mergepatch, "diff",
@@ -125,10 +125,10 @@ class DeltaTests(FeedCase):
 
     def test_a_late_subscriber_gets_a_whole_event_first(self):
         """A connection that subscribes mid-stream gets its first event whole, then deltas."""
-        early = self.subscribe(Variant(delta=True))
+        early = self.subscribe(Variant(delta=MERGE_PATCH))
         for i in range(3):
             self.deliver(make_event(i, {"price": i, "name": "n"}))
-        late = self.subscribe(Variant(delta=True))
+        late = self.subscribe(Variant(delta=MERGE_PATCH))
         for i in range(3, 6):
             self.deliver(make_event(i, {"price": i, "name": "n"}))
         kinds = ["delta" if "delta" in m else "data" for m in received(late)]
@@ -138,7 +138,7 @@ class DeltaTests(FeedCase):
 
     def test_what_a_patch_cannot_say_goes_whole(self):
         """A null member or non-object data is sent whole, and the next event is a delta again."""
-        box = self.subscribe(Variant(delta=True))
+        box = self.subscribe(Variant(delta=MERGE_PATCH))
         datas = [{"a": 1, "b": "long enough text"}, {"a": None, "b": "long enough text"},
                  [1, 2], {"a": 2, "b": "long enough text"}, {"a": 3, "b": "long enough text"}]
         for i, data in enumerate(datas):
@@ -149,13 +149,13 @@ class DeltaTests(FeedCase):
 
     def test_after_a_dropped_event_the_next_goes_whole(self):
         """A connection whose buffer refused an event gets the following one whole."""
-        box = self.subscribe(Variant(delta=True), box=self.outbox(limit=400))
+        box = self.subscribe(Variant(delta=MERGE_PATCH), box=self.outbox(limit=400))
         box.transport.write = lambda data: None      # nothing drains: the buffer fills
         box.pauseProducing()
         name = "x" * 150
         for i in range(4):
             self.deliver(make_event(i, {"price": i, "name": name}))
-        stream = self.feed._deltas[Variant(delta=True)]["odin.token.ABC.price"]
+        stream = self.feed._deltas[Variant(delta=MERGE_PATCH)]["odin.token.ABC.price"]
         self.assertNotIn(box, stream.synced)
 
     def test_delta_envelope(self):
@@ -173,6 +173,101 @@ class NativeDeltaTests(DeltaTests):
     native = True
 
 
+def rebuild_compact(messages: list[Any]) -> list[dict[str, Any]]:
+    """
+    What a client of compact deltas sees: every event as a whole one
+    (channel, data, ts, pos), rebuilt from its stream's previous event.
+    """
+    streams: dict[int, dict[str, Any]] = {}
+    out = []
+    for m in messages:
+        if type(m) is list:
+            event = compactdelta.apply(streams[m[0]], m)
+            streams[m[0]] = event
+        elif m.get("type") == "event":
+            event = {k: m[k] for k in ("channel", "data", "ts", "pos")}
+            if "sid" in m:
+                streams[m["sid"]] = event
+        else:
+            continue
+        out.append(event)
+    return out
+
+
+def whole_events(box: Outbox) -> list[dict[str, Any]]:
+    """The events a plain subscriber got, as L{rebuild_compact} gives them."""
+    return [{k: m[k] for k in ("channel", "data", "ts", "pos")} for m in received(box)
+            if m.get("type") == "event"]
+
+
+class CompactDeltaTests(FeedCase):
+    def test_compact_deltas_rebuild_every_event_exactly(self):
+        """
+        A compact delta subscriber of two channels rebuilds exactly what a
+        plain subscriber gets: channel, data, ts and pos of every event;
+        most events come as compact frames, integers as increments.
+        """
+        compact = self.subscribe(Variant(delta=COMPACT), ("ABC", "*"))
+        whole = self.outbox()
+        self.plain.add(whole, "ABC", "*")
+        events = []
+        for i in range(30):
+            kind = "price" if i % 3 else "liquidity"
+            data = {"token": "ABC", "price": 1.5 + i / 1000, "bid": 1.49, "ts": 1000 + 7 * i,
+                    "seq": i // 2, "venue": "same venue text"}
+            if i == 12:
+                data["seq"] = 2 ** 60             # beyond every reader's exact integers
+            events.append(make_event(2 * i, data, event_type=kind))
+        for event in events:
+            self.deliver(event)
+        got = received(compact)
+        self.assertEqual(rebuild_compact(got), whole_events(whole))
+        compacts = [m for m in got if type(m) is list]
+        self.assertGreater(len(compacts), 20)
+        # The data's millisecond clock always as an increment; an integer no
+        # reader holds exactly as itself, in the patch.
+        self.assertTrue(all(len(m) == 5 and "ts" in m[4] for m in compacts), compacts)
+        self.assertIn(2 ** 60, [m[3].get("seq") for m in compacts])
+        wholes = [m for m in got if type(m) is dict]
+        self.assertEqual({m["channel"] for m in wholes},
+                         {"odin.token.ABC.price", "odin.token.ABC.liquidity"})
+        self.assertEqual(len({m["sid"] for m in wholes}), 2)
+        self.assertLess(len(compact.transport.value()), len(whole.transport.value()) / 2)
+
+    def test_another_partition_goes_whole(self):
+        """An event of another partition (or epoch) than the previous one goes whole."""
+        box = self.subscribe(Variant(delta=COMPACT))
+        data = {"price": 1, "name": "a long enough name"}
+        first = make_event(1, data)
+        moved = Event.build("ABC", "price", json.dumps({**data, "price": 2}).encode(),
+                            first.ts + 1, topic="prices", partition=3, offset=9)
+        after = Event.build("ABC", "price", json.dumps({**data, "price": 3}).encode(),
+                            first.ts + 2, topic="prices", partition=3, offset=12)
+        for event in (first, moved, after):
+            self.deliver(event)
+        got = received(box)
+        self.assertEqual([type(m) for m in got], [dict, dict, list])
+        self.assertEqual(got[2][:3], [got[0]["sid"], 3, 1])
+        self.assertEqual(rebuild_compact(got)[2]["pos"], "prices:3:0:12")
+
+    def test_a_late_subscriber_starts_whole_with_the_sid(self):
+        """A connection subscribing mid-stream gets a whole event naming the stream id first."""
+        early = self.subscribe(Variant(delta=COMPACT))
+        for i in range(3):
+            self.deliver(make_event(i, {"price": i, "name": "n" * 20}))
+        late = self.subscribe(Variant(delta=COMPACT))
+        for i in range(3, 6):
+            self.deliver(make_event(i, {"price": i, "name": "n" * 20}))
+        got = received(late)
+        self.assertEqual([type(m) for m in got], [dict, list, list])
+        self.assertEqual(got[0]["sid"], received(early)[0]["sid"])
+        self.assertEqual([e["data"]["price"] for e in rebuild_compact(got)], [3, 4, 5])
+
+
+class NativeCompactDeltaTests(CompactDeltaTests):
+    native = True
+
+
 class FilterTests(FeedCase):
     def test_only_matching_events_evaluated_once_per_filter(self):
         """Subscribers of one filter get exactly the matching events; it runs once per event."""
@@ -182,7 +277,7 @@ class FilterTests(FeedCase):
         event_filter._match = lambda data: calls.append(1) or original(data)
         variant = Variant(filter_key=event_filter.key, filter=event_filter)
         boxes = [self.subscribe(variant) for _ in range(4)]
-        deltas = self.subscribe(Variant(delta=True, filter_key=event_filter.key,
+        deltas = self.subscribe(Variant(delta=MERGE_PATCH, filter_key=event_filter.key,
                                         filter=event_filter))
         sizes = [5, 150, 99, 100, 1000, 0]
         for i, size in enumerate(sizes):
@@ -210,7 +305,7 @@ class ThrottleTests(FeedCase):
 
     def test_throttle_and_delta_together(self):
         """A throttled delta stream rebuilds the events it lets through exactly."""
-        box = self.subscribe(Variant(delta=True, max_rate=5.0))
+        box = self.subscribe(Variant(delta=MERGE_PATCH, max_rate=5.0))
         for i in range(40):
             self.deliver(make_event(i, {"price": i, "name": "same name"}))
             self.clock.advance(0.05)

@@ -5,9 +5,16 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionBudget
-from odin_ws.shard.delivery.variants import PLAIN, Variant, VariantIndex, conflict, overlaps
+from odin_ws.shard.delivery.variants import (
+    MERGE_PATCH,
+    PLAIN,
+    Variant,
+    VariantIndex,
+    conflict,
+    overlaps,
+)
 
-DELTA = Variant(delta=True)
+DELTA = Variant(delta=MERGE_PATCH)
 SLOW = Variant(max_rate=2.0)
 
 
