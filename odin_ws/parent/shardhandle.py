@@ -263,20 +263,22 @@ class ShardHandle:
         The delay before restarting a process that ran C{uptime} seconds.
         A shard that had been up (registered) for C{restart_reset_after}
         died as a running shard (killed, OOM): unless it is crash-looping it
-        comes back after C{restart_min_delay}, however recent its last crash
-        was, and the doubling starts over. One that died sooner (it could
-        not start, or failed right after) or while crash-looping waits
-        twice the previous delay, up to C{restart_max_delay}. A run longer
-        than C{crash_loop_window} forgets earlier crashes altogether.
+        comes back at once, however recent its last crash was, and the
+        doubling starts over (Twisted's procmon does the same after its 1 s
+        threshold). One that died sooner (it could not start, or failed
+        right after) or while crash-looping waits C{restart_min_delay},
+        then twice the previous delay, up to C{restart_max_delay}. A run
+        longer than C{crash_loop_window} forgets earlier crashes altogether.
         """
         s = self._settings
         if uptime > s.crash_loop_window:
             self._restart_times.clear()
             self._crash_looping = False
+        was_up, self._was_up = self._was_up, 0.0   # a spawn that fails next was up for nothing
         if uptime > s.crash_loop_window or (
-                self._was_up >= s.restart_reset_after and not self._crash_looping):
+                was_up >= s.restart_reset_after and not self._crash_looping):
             self._delay = s.restart_min_delay
-        self._was_up = 0.0   # used up: a spawn that fails next was up for nothing
+            return 0.0
         delay = self._delay
         self._delay = min(delay * 2, s.restart_max_delay)
         return delay
