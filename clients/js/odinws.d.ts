@@ -151,9 +151,25 @@ export interface SubscriptionStateChange {
   error: { code: string; message: string } | null;
 }
 
+/**
+ * A record of a subscribed channel that the node could not decode
+ * (docs/protocol.md, "Records that cannot be decoded"), told in its place
+ * among the events (Subscription "gap" event). Nothing can recover it: the
+ * client does not try; refetch that channel's state if it matters.
+ */
+export interface UndecodableGap {
+  reason: "undecodable";
+  /** Why the node gave up on it (invalid_json, unknown_schema, corrupt_value, too_large, …). */
+  detail: string | null;
+  channel: string;
+  /** The record's position: it counts as seen. */
+  position: string;
+}
+
 interface SubscriptionEvents {
   state: SubscriptionStateChange;
   recovered: Recovery;
+  gap: UndecodableGap;
 }
 
 /** Made by OdinWS.subscribe(). */
@@ -174,7 +190,8 @@ export class Subscription implements Events<SubscriptionEvents> {
 /**
  * A gap notice of the server (docs/protocol.md, "gap"): it gave up on events
  * of these streams. The client recovers them by itself (each subscription's
- * "recovered" event tells the outcome), except `reason` "conflated".
+ * "recovered" event tells the outcome), except `reason` "conflated" and
+ * "undecodable" (told to the channel's subscriptions as their "gap" event).
  */
 export interface GapNotice {
   reason: string;

@@ -387,6 +387,13 @@ function sseTransport(url, {token, env, options, plan}, on) {
       const msg = stream === es && parse(m);
       if (msg) on.message(msg, {vector: m.lastEventId});
     };
+    // Named gaps: an undecodable record's (with an id past it: nothing to
+    // recover). A dropped or stale one needs a new stream from its `since`,
+    // which this transport does not open yet: not taken here.
+    stream.addEventListener("gap", (m) => {
+      const msg = stream === es && parse(m);
+      if (msg && msg.reason === "undecodable") on.message(msg, {vector: m.lastEventId});
+    });
     stream.addEventListener("close", (m) => {
       if (stream !== es) return;
       const msg = parse(m) || {};
@@ -431,6 +438,8 @@ export const TRANSPORTS = {websocket: webSocketTransport, sse: sseTransport};
 const SET_STATE = Symbol("setState");
 const DELIVER = Symbol("deliver");
 const RECOVERED = Symbol("recovered");
+// Marks an undecodable record's gap, handed along like an event at its position.
+const HOLE = Symbol("hole");
 
 /**
  * One `client.subscribe()` call. `state`: "pending" (waiting for the
@@ -477,6 +486,11 @@ export class Subscription extends Emitter {
   }
 
   [DELIVER](event) {
+    if (event[HOLE]) {
+      this.emit("gap", {reason: event.reason, detail: event.detail ?? null,
+                        channel: event.channel, position: event.pos});
+      return;
+    }
     if (!this.#onEvent) return;
     try { this.#onEvent(event); } catch (e) { report(e); }
   }
@@ -991,9 +1005,21 @@ export class OdinWS extends Emitter {
   // the recovered events and the live ones are handed over in order, once.
   // Conflation skips by design: nothing to recover. A stream without a
   // position cannot be recovered: "recovered" {recovered: false} at once.
+  // An undecodable record cannot be recovered either (docs/protocol.md,
+  // "Records that cannot be decoded"): it sits at its own position, so it
+  // is handed along as an event is (held by a replay, dropped when seen),
+  // to its channel's subscriptions as their "gap"; its position counts as
+  // seen, so no recovery asks for it again (and none loops on it).
   #gap(msg) {
     this.emit("gap", {reason: msg.reason, streams: msg.streams});
     if (msg.reason === "conflated") return;
+    if (msg.reason === "undecodable") {
+      const named = msg.streams && typeof msg.streams === "object" ? Object.values(msg.streams) : [];
+      if (named.length === 1 && typeof msg.channel === "string" && parsePosition(named[0])) {
+        this.#event({...msg, pos: named[0], [HOLE]: true});
+        return;
+      }
+    }
     const named = msg.streams && typeof msg.streams === "object" ? Object.values(msg.streams) : [];
     const since = named.filter((p) => parsePosition(p) !== null);
     const entries = [...this.#channels.values()].filter((e) => e.live && this.#recovers(e));

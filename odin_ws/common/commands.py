@@ -42,14 +42,19 @@ class BigBytes(amp.Argument):
 
 
 class Register(amp.Command):
-    """A shard announces itself once its control channel is up."""
+    """
+    A shard announces itself once its control channel is up. The answer
+    carries the hub's de-duplication marks (L{odin_ws.common.highwater.HighWater.exported}):
+    what the node has relayed already, which the shard counts as seen
+    before it delivers anything it consumed.
+    """
 
     arguments = [
         (b"index", amp.Integer()),
         (b"pid", amp.Integer()),
         (b"capacity", amp.Integer()),
     ]
-    response = []
+    response = [(b"marks", BigBytes())]
 
 
 class Stats(amp.Command):

@@ -97,6 +97,10 @@ KAFKA_RECORDS = Counter("odinws_kafka_records", "Records consumed, by topic.", [
                         registry=REGISTRY)
 KAFKA_REJECTED = Counter("odinws_kafka_rejected", "Records skipped, by reason.", ["reason"],
                          registry=REGISTRY)
+KAFKA_UNTOLD = Counter("odinws_kafka_untold", "Records given up on whose channel is in their "
+                       "value (token id or event type from a field): no subscriber can be "
+                       "told of them (docs/protocol.md, undecodable), by reason.", ["reason"],
+                       registry=REGISTRY)
 SCHEMA_FETCHES = Counter("odinws_schema_registry_fetches", "Schema fetches from the Schema "
                          "Registry, by outcome (ok, unknown_schema, registry_unavailable, "
                          "schema_references).",
@@ -353,7 +357,7 @@ PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in 
 #: series, are set by both.)
 SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
-                           SCHEMA_FETCHES, SCHEMAS_CACHED,
+                           KAFKA_UNTOLD, SCHEMA_FETCHES, SCHEMAS_CACHED,
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
                            KAFKA_REJOINS,
                            DELIVERY_LATENCY,

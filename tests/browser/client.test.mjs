@@ -60,9 +60,9 @@ import { createServer } from "node:http";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
-const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "deflate", "delta"];
+const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "undecodable", "deflate", "delta"];
 if (!MODES.includes(mode) || !base || (["token", "snapshot"].includes(mode) && !secret)) {
-  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|deflate|delta <node base url> [secret|last n]");
+  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|undecodable|deflate|delta <node base url> [secret|last n]");
   process.exit(2);
 }
 const node = new URL(base);
@@ -186,6 +186,8 @@ async function start(withAuth, outage = false) {
                    client.subscribe("odin.token.ABC.*", {}, keep(rec.abc))];
     rec.recovered = [[], []];
     window.subs.forEach((s, i) => s.on("recovered", (r) => rec.recovered[i].push(r)));
+    rec.holes = [[], []];
+    window.subs.forEach((s, i) => s.on("gap", (g) => rec.holes[i].push({ ...g, after: rec.trades.length })));
     client.connect();
   }, { url: WS_URL, withAuth, outage });
   await until(() => window.subs.every((s) => s.state === "subscribed"));
@@ -292,6 +294,36 @@ async function gap() {
   }
   const n = checkSequences(r.trades, "odin.token.*.trade");
   log(`${n} trades, the 20 stale ones recovered after the gap notice, in order, once`);
+}
+
+// A record of odin.token.UND.trade the node cannot decode, between two good
+// ones (the caller produces them after READY): the trade subscription gets
+// n=1, its "gap" (undecodable, in place), n=2; the library does not try to
+// recover it (no "recovered" answer), and the other subscription hears
+// nothing of it.
+async function undecodable() {
+  await open();
+  await start(false);
+  console.log("READY");
+  await until(() => window.rec.trades.filter((e) => e.channel === "odin.token.UND.trade").length >= 2
+                 && window.rec.holes[0].length >= 1);
+  const r = await rec();
+  log(`gap notices: ${JSON.stringify(r.gaps)}; subscription gaps: ${JSON.stringify(r.holes)}`);
+  const und = r.trades.filter((e) => e.channel === "odin.token.UND.trade").map((e) => e.n);
+  if (JSON.stringify(und) !== "[1,2]") throw new Error(`UND trades: ${JSON.stringify(und)}`);
+  const [hole] = r.holes[0];
+  if (r.holes[0].length !== 1 || hole.reason !== "undecodable" || hole.channel !== "odin.token.UND.trade"
+      || hole.detail !== "invalid_json" || !/:1$/.test(hole.position)) {
+    throw new Error(`expected one undecodable gap at offset 1, got ${JSON.stringify(r.holes[0])}`);
+  }
+  const first = r.trades.findIndex((e) => e.channel === "odin.token.UND.trade");
+  if (hole.after !== first + 1) throw new Error(`the gap came after ${hole.after} trades, not in place`);
+  // A recovery would have been asked at once, on the same socket as the
+  // second event, and answered before anything after it: none was.
+  if (r.holes[1].length || r.recovered[0].length) {
+    throw new Error(`recovered or told elsewhere: ${JSON.stringify([r.holes[1], r.recovered[0]])}`);
+  }
+  log("the undecodable record was told in place, once, and not recovered");
 }
 
 async function deflate() {
@@ -508,6 +540,7 @@ try {
   else if (mode === "token") await token();
   else if (mode === "snapshot") await snapshot(Number(secret));
   else if (mode === "gap") await gap();
+  else if (mode === "undecodable") await undecodable();
   else if (mode === "deflate") await deflate();
   else if (mode === "delta") await delta();
   else await sse();

@@ -436,3 +436,37 @@ class SubscriptionOptionTests(SessionCase):
             f"{T}:0:ep1": pos(0, 1)}})
         again = [m for m in self.hooks.take() if sub.pattern in m["channels"]]
         self.assertEqual([m.get("max_rate") for m in again], [2])
+
+
+class UndecodableTests(SessionCase):
+    live = RecoveryTests.live
+
+    def hole(self, offset: int, channel: str = "odin.token.A.trade") -> None:
+        self.session.received({"type": "gap", "reason": "undecodable", "detail": "invalid_json",
+                               "channel": channel, "streams": {f"{T}:0:ep1": pos(0, offset)}})
+
+    def test_told_in_place_and_never_recovered(self):
+        """
+        An undecodable gap is a Gap item between the events around it, for
+        the subscriptions of its channel only; no resubscription is sent
+        (nothing can recover it) and its position counts as seen.
+        """
+        sub = self.live()
+        other = self.live("odin.token.B.*")
+        self.session.received(event("odin.token.A.trade", 0, 11))
+        self.hole(12)
+        self.session.received(event("odin.token.A.trade", 0, 13))
+        self.assertEqual(self.hooks.take(), [])
+        self.assertEqual(got(sub), [11, ("gap", "undecodable"), 13])
+        self.assertEqual(got(other), [])
+
+    def test_replayed_again_is_dropped(self):
+        """
+        The same hole replayed by a recovery (its position already seen)
+        is not handed over twice: a recovery across it cannot loop.
+        """
+        sub = self.live()
+        self.hole(12)
+        self.hole(12)
+        self.assertEqual(got(sub), [("gap", "undecodable")])
+        self.assertEqual(self.hooks.take(), [])

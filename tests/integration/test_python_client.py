@@ -196,6 +196,42 @@ class SnapshotTests(PythonClientCase):
         self.drive(scenario())
 
 
+class UndecodableTests(PythonClientCase):
+    def test_undecodable_record_is_a_gap_item_in_place(self):
+        """
+        Good, undecodable, good on one channel: the subscription yields the
+        event, a Gap("undecodable") naming the channel and the record's
+        position, the event; the client does not try to recover it, and a
+        fourth event follows with nothing in between.
+        """
+        node = self.node()
+
+        async def scenario():
+            async with self.client(node) as client:
+                sub = client.subscribe("odin.token.T0.trade")
+                got = Received(sub)
+                await sub.wait_subscribed()
+
+                def good_bad_good():
+                    for value in (b'{"seq": 0}', b'{"seq": 1', b'{"seq": 2}'):
+                        self.broker.produce(self.topic, b"T0", value, partition=0)
+                    self.broker.flush()
+                await asyncio.to_thread(good_bad_good)
+                await got.until(lambda: got.count() == 2 and len(got.gaps) == 1,
+                                "two events and a gap")
+                first, gap, last = got.items
+                self.assertEqual((first.data, last.data), ({"seq": 0}, {"seq": 2}))
+                self.assertIsInstance(gap, Gap)
+                self.assertEqual((gap.reason, gap.channel), ("undecodable", "odin.token.T0.trade"))
+                self.assertEqual(gap.pos.rpartition(":")[::2], (first.pos.rpartition(":")[0], "1"))
+                await asyncio.to_thread(self.broker.produce, self.topic, b"T0", b'{"seq": 3}',
+                                        None, 0)
+                await asyncio.to_thread(self.broker.flush)
+                await got.until(lambda: got.count() == 3, "the next event")
+                self.assertEqual(len(got.items), 4)
+        self.drive(scenario())
+
+
 class DeltaTests(PythonClientCase):
     def test_deltas_give_the_same_events_as_whole_ones(self):
         """

@@ -207,6 +207,27 @@ class GapTests(ClientBrowserCase):
         self.assertPassed(script)
 
 
+class UndecodableTests(ClientBrowserCase):
+    rounds = 0      # this test produces its own events
+
+    def settings(self):
+        return {"kafka.event_type_field": ""}   # the channel is known without the value
+
+    def test_undecodable_record_is_told_in_place_not_recovered(self):
+        """
+        A record the node cannot decode between two good ones of a channel:
+        the library hands the subscription its "gap" (undecodable) between
+        the two events and does not try to recover it (no loop, no
+        "recovered" answer).
+        """
+        script = self.script("undecodable", f"http://127.0.0.1:{self.node.port}")
+        script.wait_line("READY", 120)
+        for value in (b'{"seq": 1, "n": 1}', b'{"seq": 2, "n"', b'{"seq": 3, "n": 2}'):
+            self.broker.produce(self.topic, b"UND", value, partition=0)
+        self.broker.flush()
+        self.assertPassed(script)
+
+
 class SseFallbackTests(ClientBrowserCase):
     shards = 2
 

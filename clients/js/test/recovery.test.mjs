@@ -365,3 +365,24 @@ test("a gap that cannot be recovered surfaces recovered: false; live goes on", (
   c.ws().receive({type: "gap", reason: "conflated", streams: {[`${T}:0:ep1`]: pos(0, 41)}});
   assert.deepEqual([c.ws().take(), sub.results.length], [[], 2]);
 });
+
+test("an undecodable gap is told in place to its channel, never recovered, never twice", () => {
+  const c = connected([["odin.token.A.trade", {}], ["odin.token.B.*", {}]]);
+  const [sub, other] = c.subs;
+  liveAt(c, [pos(0, 10)]);
+  c.ws().take();
+  const told = [];
+  sub.on("gap", (g) => told.push([c.got(sub).length, g]));
+  other.on("gap", (g) => told.push(["other", g]));
+  const hole = {type: "gap", reason: "undecodable", detail: "invalid_json",
+                channel: "odin.token.A.trade", streams: {[`${T}:0:ep1`]: pos(0, 12)}};
+  c.ws().receive(event("odin.token.A.trade", 0, 11));
+  c.ws().receive(hole);
+  c.ws().receive(event("odin.token.A.trade", 0, 13));
+  c.ws().receive(hole);                                    // replayed again: already seen
+  assert.deepEqual(c.ws().take(), []);                     // no resubscription: nothing to recover
+  assert.deepEqual(c.got(sub), [11, 13]);
+  assert.deepEqual(told, [[1, {reason: "undecodable", detail: "invalid_json",
+                               channel: "odin.token.A.trade", position: pos(0, 12)}]]);
+  assert.deepEqual(sub.positions, [pos(0, 13)]);
+});

@@ -36,10 +36,17 @@ class Gap:
     ``too_large``) or the code of refused positions (``invalid_position``,
     ``unknown_position``, ``too_many_positions``). ``snapshot``: how many
     snapshot events follow (a subscription with ``snapshot=True``).
+
+    ``undecodable``: the node could not decode one record of ``channel``
+    (docs/protocol.md, "Records that cannot be decoded"), at ``pos``, in
+    its place among the events; nothing can recover it (the client does
+    not try): refetch that channel's state if it matters.
     """
 
     reason: str
     snapshot: int = 0
+    channel: str | None = None
+    pos: str | None = None
 
 
 @dataclass(frozen=True)

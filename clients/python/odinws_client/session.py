@@ -26,6 +26,12 @@ Ordering facts it relies on, and the ones it must not:
   subscriptions resubscribe with those positions, and hold that stream's
   events from the notice on (an open L{Replay}: its tops are the ack's),
   so the recovered events and the live ones are handed over in order.
+  Two reasons are not recovered: ``conflated`` (skipped by design) and
+  ``undecodable`` (a record the node could not decode: nothing can bring
+  it back). The latter sits at the record's position, so it goes through
+  the same ordering as an event (held by a replay, dropped if already
+  seen) and reaches the subscriptions of its channel as a L{Gap} item; its
+  position counts as seen, so no recovery asks for it again.
 """
 
 from __future__ import annotations
@@ -216,6 +222,8 @@ class Session:
         reason = str(msg.get("reason") or "unknown")
         if reason == "conflated":
             return
+        if reason == "undecodable" and self._hole(msg):
+            return
         streams = msg.get("streams")
         named = list(streams.values()) if isinstance(streams, dict) else []
         since = [p for p in named if isinstance(p, str) and Position.parse(p) is not None]
@@ -233,6 +241,21 @@ class Session:
             sub._replay = replay
         self._replays.append(replay)
         self._request(subs, {"since": since}, gap=replay)
+
+    def _hole(self, msg: dict[str, Any]) -> bool:
+        """
+        A record of a channel the node could not decode, at its position:
+        ordered like an event, a L{Gap} item for the channel's subscriptions.
+        False when it names no channel and one position (then it is an
+        unrecoverable gap like any other).
+        """
+        streams = msg.get("streams")
+        named = list(streams.values()) if isinstance(streams, dict) else []
+        if len(named) != 1 or not isinstance(msg.get("channel"), str) \
+                or Position.parse(named[0]) is None:
+            return False
+        self._event({**msg, "pos": named[0]})
+        return True
 
     # -- subscribing
 
@@ -469,6 +492,9 @@ class Session:
             if not sub._last.is_new(pos):
                 return
             sub._last.advance(pos)
+        if msg.get("type") == "gap":    # an undecodable record (L{_hole})
+            sub._push(Gap(str(msg.get("reason")), channel=msg.get("channel"), pos=pos))
+            return
         sub._push(_event(msg))
 
     def _end_replay(self, replay: Replay) -> None:

@@ -21,6 +21,7 @@ from odin_ws.common.events import Event
 from odin_ws.shard.clients import messages
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.history import positions
+from odin_ws.shard.history.holes import is_hole
 from odin_ws.shard.history.store import TOO_LARGE, History
 
 _SNAPSHOT_TAIL = b',"snapshot":true}'
@@ -144,10 +145,22 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
         if replay is not None:
             metrics.EVENTS_REPLAYED.inc(len(replay))
     if out.snapshot is not None:
-        out.frames = [(encode(e.envelope[:-1] + _SNAPSHOT_TAIL, e), e.channel, e.event_type)
+        out.frames = [(encode(_snapshot_payload(e), e), e.channel, e.event_type)
                       for e in latest]
         metrics.SNAPSHOT_EVENTS.inc(len(latest))
     elif replay and out.stream is None:
         out.frames = [(encode(e.envelope, e), e.channel, e.event_type) for e in replay]
         out.events = replay
     return out
+
+
+def _snapshot_payload(event: Event) -> bytes:
+    """
+    What a snapshot sends of a channel's latest event: the event marked
+    C{"snapshot":true}, or, when the latest record could not be decoded,
+    its C{gap} message as it is (a copy: not the envelope itself, which an
+    encoder takes for a replayed event).
+    """
+    if is_hole(event):
+        return event.envelope[:-1] + b"}"
+    return event.envelope[:-1] + _SNAPSHOT_TAIL

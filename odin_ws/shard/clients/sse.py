@@ -49,6 +49,7 @@ from odin_ws.shard.delivery.ssefeed import (
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded
 from odin_ws.shard.delivery.variants import PLAIN, Variant
 from odin_ws.shard.history import positions
+from odin_ws.shard.history.holes import is_hole
 
 if TYPE_CHECKING:
     from odin_ws.shard.clients.recoveryhold import HeldRecovery
@@ -201,10 +202,11 @@ class SseStream(OutboxHolder, TwistedProtocol):
         vector = dict(msg.since or {})
 
         def encode(payload: bytes, event: Event) -> bytes:
+            name = "gap" if is_hole(event) else None   # an undecodable record
             if event.envelope is payload:     # replayed, not a snapshot
                 vector[(event.topic, event.partition)] = (event.epoch or "0", event.offset)
-                return message(payload, vector_text(vector))
-            return message(payload)
+                return message(payload, vector_text(vector), name)
+            return message(payload, event=name)
 
         # What the answer may take of the outbound buffer: the response head
         # and the ack (with the shard's positions) go first, and each event

@@ -8,7 +8,7 @@ silent: every event a connected client does not get is counted and told.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from odin_ws.common.events import Event
@@ -48,10 +48,16 @@ class StaleNotices:
     after a restart or a long lag): their subscribers are told, once per
     stream while its events stay stale (a stale episode), with the position
     before the first of them, from which they may recover (history keeps them).
+
+    @param notice: the notice of a stream's position before its first stale
+        event, in the transport's message (a WebSocket frame by default;
+        SSE's is L{odin_ws.shard.delivery.ssefeed.Streams.stale_notice}).
     """
 
-    def __init__(self, stats: WriteStats):
+    def __init__(self, stats: WriteStats,
+                 notice: Callable[[Stream, Position], bytes] | None = None):
         self._stats = stats
+        self._notice = notice or _stale_frame
         #: Streams in a stale episode, and the connections told of it.
         self.told: dict[Stream, set[Any]] = {}
 
@@ -74,7 +80,7 @@ class StaleNotices:
                 continue
             told.add(box)
             if notice is None:
-                notice = gap_notice(STALE, {key: (event.epoch or "0", event.offset - 1)})
+                notice = self._notice(key, (event.epoch or "0", event.offset - 1))
             box.push_control(notice)
             self._stats.gaps[STALE] = self._stats.gaps.get(STALE, 0) + 1
 
@@ -89,6 +95,11 @@ class StaleNotices:
     def fresh(self, event: Event) -> None:
         """A live event of its stream: the stream's stale episode (if any) is over."""
         self.told.pop((event.topic, event.partition), None)
+
+
+def _stale_frame(stream: Stream, before: Position) -> bytes:
+    """The WebSocket C{gap} frame of a stale episode of C{stream}."""
+    return gap_notice(STALE, {stream: before})
 
 
 def conflated_notice(skipped: Mapping[str, int]) -> bytes:

@@ -36,12 +36,13 @@ from twisted.logger import Logger
 from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
-from odin_ws.shard.delivery.gaps import DROPPED, gap_body
+from odin_ws.shard.delivery.gaps import DROPPED, STALE, StaleNotices, gap_body
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.delivery.variantfeed import VariantFeed
 from odin_ws.shard.delivery.variants import VariantIndex
 from odin_ws.shard.history import positions
+from odin_ws.shard.history.holes import is_hole
 
 if TYPE_CHECKING:
     from odin_ws.shard.history.store import History
@@ -210,6 +211,8 @@ class Streams:
         self._run_events: list[Event] = []
         self._run_to: Any = None
         self._pinger: task.LoopingCall | None = None
+        #: Which streams were told of events too old to be sent live.
+        self.stale_told = StaleNotices(fanout.stats, self.stale_notice)
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -231,6 +234,8 @@ class Streams:
         # Called only between feed() (which returned self: tops is set) and finish().
         tops: Tops = self.tops  # type: ignore[assignment]
         tops.update(event)
+        if self.stale_told.told:
+            self.stale_told.fresh(event)
         subscribers = self.index.match(event.token, event.event_type)
         held = self.variants.match(event.token, event.event_type) if self.variants.active else ()
         if held:
@@ -242,14 +247,47 @@ class Streams:
             self._run = []
             self._run_events = []
         self._run_to = subscribers
-        self._run.append((message(event.envelope, tops.text()), event.channel,
-                          event.event_type))
+        # A hole (an undecodable record) is told as a named gap event.
+        self._run.append((message(event.envelope, tops.text(),
+                                  "gap" if is_hole(event) else None),
+                          event.channel, event.event_type))
         self._run_events.append(event)
         return True
 
+    def stale(self, event: Event) -> None:
+        """
+        C{event} is too old to be sent live (C{outbound.max_event_age}): the
+        streams that want it are told once per stale episode, after the
+        messages queued before it. It does not advance the vector: the
+        next ids pass it, which the notice's C{since} makes up for.
+        """
+        subscribers = self.index.match(event.token, event.event_type)
+        if not subscribers:
+            return
+        if self._run:
+            self._fanout.publish_run(self._run, self._run_to, self._run_events)
+            self._run, self._run_events, self._run_to = [], [], None
+        self.stale_told.stale(event, subscribers)
+
+    def stale_notice(self, stream: tuple[str, int], before: tuple[str, int]) -> bytes:
+        """
+        The SSE C{gap} of a stale episode: the stream and the position before
+        its first stale event, and C{since}, the vector now with that stream
+        held back to it, from which a new stream recovers them.
+        """
+        tops = self.tops
+        since = tops.snapshot() if tops is not None else {}
+        held = since.get(stream)
+        if held is None or held[0] != before[0] or held[1] > before[1]:
+            since[stream] = before
+        body = gap_body(STALE, {stream: before})
+        body["since"] = vector_text(since)
+        return message(json.dumps(body, separators=(",", ":")).encode(), event="gap")
+
     def _message(self, event: Event) -> bytes:
         """C{event}'s SSE message with the vector as it is now (a throttle may send it later)."""
-        return message(event.envelope, self.tops.text() if self.tops is not None else None)
+        return message(event.envelope, self.tops.text() if self.tops is not None else None,
+                       "gap" if is_hole(event) else None)
 
     def finish(self) -> None:
         """The delivery's events are all offered: queue the last run."""

@@ -44,6 +44,7 @@ from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.delivery.throttle import Throttle
 from odin_ws.shard.delivery.variants import COMPACT, Variant, VariantIndex
+from odin_ws.shard.history.holes import is_hole
 
 _HEAD = b'{"type":"event","channel":"'
 _DATA = b'","data":'
@@ -155,6 +156,9 @@ class VariantFeed:
 
     def offer(self, event: Event, variants: Any) -> None:
         """C{event} for the C{variants} that hold its channel (in a delivery batch)."""
+        if is_hole(event):
+            self._tell_hole(event, variants)
+            return
         self._in_batch = True
         try:
             verdicts: dict[str, bool] = {}
@@ -177,6 +181,19 @@ class VariantFeed:
                 self._throttle(event, filter_key, rate)
         finally:
             self._in_batch = False
+
+    def _tell_hole(self, event: Event, variants: Any) -> None:
+        """
+        A record of the channel could not be decoded: its C{gap} message
+        (L{odin_ws.shard.history.holes}) goes to every variant as it is, past
+        filters, rates and deltas (it has no data for them; a delta after
+        it is still against the last data the client got).
+        """
+        frame = self.frame(event)   # the transport's: SSE names it a gap
+        for variant in variants:
+            subscribers: Any = self.index.subscribers(variant, event.token, event.event_type)
+            if subscribers:
+                self.fanout.publish(frame, event.channel, event.event_type, subscribers, event)
 
     def _data(self, event: Event) -> object:
         seen, data = self._decoded

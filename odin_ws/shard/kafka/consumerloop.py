@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from odin_ws.common import metrics
 from odin_ws.common.events import Event, Partition
 from odin_ws.common.settings import KafkaSettings
+from odin_ws.shard.history.holes import Hole
 from odin_ws.shard.kafka.incarnations import TopicIncarnations
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.topiclayout import TopicLayout
@@ -265,6 +266,8 @@ class ConsumerLoop:
             if isinstance(result, str):
                 rejected[result] += 1
             else:
+                if result.__class__ is Hole:   # given up on, its subscribers told
+                    rejected[result.reason] += 1
                 result.consumed = consumed
                 events.append(result)
         # The broker's share of the delivery latency (and the producer's:

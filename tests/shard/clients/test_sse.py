@@ -660,3 +660,48 @@ class ReplaySizeTests(StreamTestCase):
         else:
             self.assertEqual((body["reason"], rest), ("too_large", []))
         self.assertEqual(self.shard.stats.dropped["drop"], 0)
+
+
+class StaleTests(StreamTestCase):
+    def old(self, token: str, partition: int = 0) -> Event:
+        key = (TOPIC, partition)
+        self.offset[key] += 1
+        return Event.build(token, "trade", b'{"o":%d}' % self.offset[key],
+                           int((time.time() - 3600) * 1000), TOPIC, partition, self.offset[key],
+                           "ep1")
+
+    def test_stale_events_are_told_once_with_a_recovering_since(self):
+        """
+        Events older than outbound.max_event_age are not streamed live: the
+        stream gets one named gap (reason stale) per stale episode, after
+        the events before it, naming the position before the first stale
+        event and a since vector from which a new stream recovers them.
+        """
+        s = self.stream({"channels": "odin.token.T1.trade"})
+        s.messages()
+        before = self.shard.stats.gaps.get("stale", 0)
+        self.deliver(self.event("T1"))
+        stale = self.deliver(self.old("T1"), self.old("T1"))
+        self.deliver(self.old("T1"))
+        fresh = self.deliver(self.event("T1"))
+        first, gap, last = s.messages()
+        self.assertEqual((first.event, gap.event, last.event), (None, "gap", None))
+        body = gap.json()
+        self.assertEqual((body["reason"], body["streams"]),
+                         ("stale", {f"{TOPIC}:0:ep1": f"{TOPIC}:0:ep1:100"}))
+        self.assertEqual(last.data.encode(), fresh[0].envelope)
+        self.assertEqual(self.shard.stats.gaps["stale"], before + 1)
+        again = self.stream({"channels": "odin.token.T1.trade", "since": body["since"]},
+                            ip="10.0.0.2")
+        ack, *replayed = again.messages()
+        self.assertTrue(ack.json()["recovered"])
+        self.assertEqual([m.data.encode() for m in replayed][:2], [e.envelope for e in stale])
+
+    def test_a_fresh_event_ends_the_episode(self):
+        """After a fresh event of the stream, a new stale run is told again."""
+        s = self.stream({"channels": "odin.token.T1.trade"})
+        s.messages()
+        self.deliver(self.old("T1"))
+        self.deliver(self.event("T1"))
+        self.deliver(self.old("T1"))
+        self.assertEqual([m.event for m in s.messages()], ["gap", None, "gap"])

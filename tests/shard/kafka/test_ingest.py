@@ -27,6 +27,7 @@ from odin_ws.common import metrics
 from odin_ws.common.config import Config, validate
 from odin_ws.common.events import Partition
 from odin_ws.common.settings import Settings
+from odin_ws.shard.history.holes import is_hole
 from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop
 from odin_ws.shard.kafka.incarnations import TopicIncarnations
 from odin_ws.shard.kafka.ingest import CLOSE_TIMEOUT, KafkaIngest
@@ -142,7 +143,8 @@ class KafkaIngestTests(TestCase):
         Records produced to both partitions arrive as the exact events, in
         order per partition, batched in the reactor thread; the assignment
         and a running, connected status are reported; rejected records are
-        counted by reason and every record by topic; stopping joins the
+        counted by reason (the keyed one that is not JSON also comes as a hole,
+        in its place) and every record by topic; stopping joins the
         consumer thread.
         """
         collector = Collector()
@@ -160,10 +162,16 @@ class KafkaIngestTests(TestCase):
         self.broker.produce(self.topic, None, b"{}", partition=1)
         self.broker.produce(self.topic, b"T0", b'{"n": "last"}', partition=0)
         self.broker.flush()
-        yield wait_until(lambda: len(collector.events) == 21, "21 events")
+        yield wait_until(lambda: len(collector.events) == 22, "21 events and a hole")
+        # The record that is not JSON, keyed: a hole in its place, its
+        # subscribers told (odin_ws.shard.history.holes).
+        [hole] = [e for e in collector.events if is_hole(e)]
+        self.assertEqual((hole.channel, hole.partition), ("odin.token.T0.trade", 0))
+        self.assertEqual([e.offset for e in collector.events if e.partition == 0][-2:],
+                         [hole.offset, hole.offset + 1])
 
         for partition in (0, 1):
-            got = [e for e in collector.events if e.partition == partition]
+            got = [e for e in collector.events if e.partition == partition and not is_hole(e)]
             numbers = list(range(partition, 20, 2))
             expected = [b'{"type":"event","channel":"odin.token.T%d.trade","data":{"n": %d},'
                         b'"ts":%d}' % (partition, n, 1700000000000 + n) for n in numbers]

@@ -6,10 +6,11 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.common import topicoptions
+from odin_ws.common import metrics, topicoptions
 from odin_ws.common.config import Config, validate
 from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
+from odin_ws.shard.history.holes import UNDECODABLE, Hole, is_hole
 from odin_ws.shard.kafka.records import REASONS, RecordMapper
 from odin_ws.shard.kafka.valueformats import ValueDecoder
 
@@ -26,6 +27,11 @@ def mapper(token_field: str = "", event_type_field: str = "",
 def build(m: RecordMapper, value: bytes | None, key: bytes | None = b"ABC",
           topic: str = "odin.trades", ts: int = 1234) -> Event | str:
     return m.map(topic, key, value, ts, 3, 42)
+
+
+def reason_of(result: Event | str) -> str:
+    """Why a record was rejected: the reason, or the reason of its L{Hole}."""
+    return result.reason if isinstance(result, Hole) else result  # type: ignore[return-value]
 
 
 class RecordMapperTests(SynchronousTestCase):
@@ -109,9 +115,9 @@ class RecordMapperTests(SynchronousTestCase):
         parsing (the 10 MB value is not even valid JSON); the limit itself
         is allowed.
         """
-        self.assertEqual(build(mapper(), b"[" * (10 * 1024 * 1024)), "too_large")
+        self.assertEqual(reason_of(build(mapper(), b"[" * (10 * 1024 * 1024))), "too_large")
         m = mapper(max_record_bytes=10)
-        self.assertEqual(build(m, b'"123456789"'), "too_large")
+        self.assertEqual(reason_of(build(m, b'"123456789"')), "too_large")
         self.assertIsInstance(build(m, b'"12345678"'), Event)
 
     def test_invalidJSON(self) -> None:
@@ -123,7 +129,7 @@ class RecordMapperTests(SynchronousTestCase):
         for value in [b'"not json', b"NaN", b'{"x": Infinity}', b"[-Infinity]",
                       b'"\xff"', b"\xef\xbb\xbf{}", b"{} {}", b'"a\x01"', b"{'a': 1}",
                       b"[" * 100000 + b"]" * 100000, "\"\u00e9\"".encode("latin-1")]:
-            self.assertEqual(build(mapper(), value), "invalid_json", value[:20])
+            self.assertEqual(reason_of(build(mapper(), value)), "invalid_json", value[:20])
 
     def test_noToken(self) -> None:
         """
@@ -181,3 +187,60 @@ class RecordMapperTests(SynchronousTestCase):
                          ({"odin.trades": "trade"}, "field:tok", "field:kind", "json", 64))
         event = m.map("odin.trades", None, b'{"tok": "X", "kind": "price"}', -1, 0, 7)
         self.assertEqual((event.channel, event.ts, event.offset), ("odin.token.X.price", 1000, 7))
+
+
+class HoleTests(SynchronousTestCase):
+    """Records given up on: holes when their channel is known, untold otherwise."""
+
+    def test_undecodableWithKnownChannel(self) -> None:
+        """
+        A value that is not JSON, with the token id in the key and the event
+        type from the topic, becomes a hole: an event of its channel and
+        position whose envelope is the documented gap message, naming the
+        hole's own position, with the rejection reason as its detail.
+        """
+        hole = build(mapper(), b'{"price": 1.5', ts=1234)
+        self.assertIsInstance(hole, Hole)
+        assert isinstance(hole, Hole)
+        self.assertEqual((hole.reason, hole.channel, hole.topic, hole.partition, hole.offset,
+                          hole.ts), ("invalid_json", "odin.token.ABC.trade", "odin.trades",
+                                     3, 42, 1234))
+        self.assertTrue(is_hole(hole))
+        self.assertEqual(json.loads(hole.envelope),
+                         {"type": "gap", "reason": UNDECODABLE, "detail": "invalid_json",
+                          "channel": "odin.token.ABC.trade",
+                          "streams": {"odin.trades:3:0": "odin.trades:3:0:42"}})
+
+    def test_goodRecordIsNoHole(self) -> None:
+        """A record that decodes is an event, never taken for a hole."""
+        self.assertFalse(is_hole(build(mapper(), b'{"type":"gap"}')))
+
+    def test_headerEventType(self) -> None:
+        """
+        An event type read from a header names the hole's channel; the
+        topic's type when the header is absent, as for an event.
+        """
+        options = topicoptions.for_topics(TOPICS, {"odin.trades": {"event_type": "header:kind"}},
+                                          "", "")
+        m = RecordMapper(TOPICS, options, ValueDecoder(None), 1024)
+        hole = m.map("odin.trades", b"ABC", b"{", 5, 0, 7, headers=lambda: [("kind", b"fill")])
+        self.assertEqual(hole.channel, "odin.token.ABC.fill")
+        hole = m.map("odin.trades", b"ABC", b"{", 5, 0, 7, headers=lambda: [])
+        self.assertEqual(hole.channel, "odin.token.ABC.trade")
+
+    def test_channelInTheValue(self) -> None:
+        """
+        When the token id (or the event type) is a field of the value that
+        could not be decoded, nobody can be told: the reason comes back and
+        the record is counted as untold.
+        """
+        untold = metrics.KAFKA_UNTOLD.labels("invalid_json")
+        before = untold._value.get()
+        self.assertEqual(build(mapper(token_field="token"), b"{"), "invalid_json")
+        self.assertEqual(build(mapper(event_type_field="kind"), b"{"), "invalid_json")
+        self.assertEqual(untold._value.get(), before + 2)
+
+    def test_invalidKey(self) -> None:
+        """A key that is no valid token id leaves the channel unknown: untold."""
+        self.assertEqual(build(mapper(), b"{", key=b"a b"), "invalid_json")
+        self.assertEqual(build(mapper(), b"{", key=None), "invalid_json")
