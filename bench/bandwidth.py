@@ -155,7 +155,9 @@ def cpu_cell(node: Node, conns: int, rate: float, seconds: float, rundir: str,
         idle = inst.window(seconds / 2)["server_cpu"]
         inst.set_rate(rate, 10)
         time.sleep(1.5)
+        before = node_counts(node)
         st = inst.window(seconds)
+        after = node_counts(node)
         busy = st["server_cpu"]
         inst.drain()
         cpu_us = (busy - idle) * st["dt"] * 1e6
@@ -165,11 +167,29 @@ def cpu_cell(node: Node, conns: int, rate: float, seconds: float, rundir: str,
                 "us_per_event": cpu_us / (rate * st["dt"]),
                 "wire_bytes_per_frame": st["bytes"] / st["frames"] if st["frames"] else None,
                 "compressed": st.get("compressed", 0), "p50_ms": st["p50_ms"],
-                "p99_ms": st["p99_ms"], "proto_errors": st.get("proto_errors", 0)}
+                "p99_ms": st["p99_ms"], "proto_errors": st.get("proto_errors", 0),
+                # What the node saw in the window: the events it consumed (a
+                # feed that fell behind its rate shows here, not as a loss),
+                # filtered out, dropped for slow clients, connections behind.
+                **{k: after[k] - before[k] for k in after if k != "behind"},
+                "behind": after["behind"]}
     finally:
         inst.close()
         Proc.stop_all()
         Node.stop_broker()
+
+
+def node_counts(node: Node) -> dict[str, float]:
+    """The node's counters a CPU cell explains its frames with (/metrics, summed)."""
+    names = {"odinws_kafka_records_total": "consumed", "odinws_events_filtered_total": "filtered",
+             "odinws_events_dropped_total": "dropped", "odinws_events_throttled_total":
+             "throttled", "odinws_connections_behind": "behind"}
+    out = dict.fromkeys(names.values(), 0.0)
+    for name, _, value in node.samples():
+        key = names.get(name)
+        if key is not None:
+            out[key] += value
+    return out
 
 
 def paired(name: str, conns_list: list[int], rounds: int, cell) -> list[dict]:
@@ -187,7 +207,9 @@ def paired(name: str, conns_list: list[int], rounds: int, cell) -> list[dict]:
                 log(f"{name} {conns} conns {'on ' if on else 'off'}: "
                     f"{row['us_per_frame'] or 0:.2f} us/frame, {row['us_per_event']:.1f} us/event, "
                     f"{row['frames']} frames, {row['wire_bytes_per_frame'] or 0:.0f} B/frame, "
-                    f"{row['compressed']} inflated, cpu {row['cpu_share']:.0%}")
+                    f"{row['compressed']} inflated, cpu {row['cpu_share']:.0%}, "
+                    f"consumed {row['consumed'] / row['dt']:.0f}/s, filtered {row['filtered']:.0f}, "
+                    f"dropped {row['dropped']:.0f}, behind {row['behind']:.0f}")
     return rows
 
 

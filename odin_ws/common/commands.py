@@ -42,14 +42,19 @@ class BigBytes(amp.Argument):
 
 
 class Register(amp.Command):
-    """A shard announces itself once its control channel is up."""
+    """
+    A shard announces itself once its control channel is up. The answer
+    carries the hub's de-duplication marks (L{odin_ws.common.highwater.HighWater.exported}):
+    what the node has relayed already, which the shard counts as seen
+    before it delivers anything it consumed.
+    """
 
     arguments = [
         (b"index", amp.Integer()),
         (b"pid", amp.Integer()),
         (b"capacity", amp.Integer()),
     ]
-    response = []
+    response = [(b"marks", BigBytes())]
 
 
 class Stats(amp.Command):
@@ -120,6 +125,18 @@ class Drain(amp.Command):
 
     arguments = [(b"window", amp.Float())]
     response = [(b"closed", amp.Integer())]
+
+
+class Rejoin(amp.Command):
+    """
+    Leave the node's consumer group and join it again, so that it assigns
+    every partition anew (the parent found partitions no shard holds:
+    L{odin_ws.parent.coverage}). C{rejoining} is false when the shard's
+    consumer is not running.
+    """
+
+    arguments = []
+    response = [(b"rejoining", amp.Boolean())]
 
 
 class Reload(amp.Command):

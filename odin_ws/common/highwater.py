@@ -17,6 +17,7 @@ old ones. Events still in flight from the old incarnation are dropped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
@@ -60,10 +61,8 @@ class HighWater:
             mark = marks.get(key)
             if mark is not None:
                 epoch, high = mark
-                if e.epoch != epoch and e.epoch not in UNKNOWN:
-                    if epoch in UNKNOWN:
-                        pass  # first time the identity is known: same log
-                    elif e.epoch in self._retired.get(key, ()):
+                if e.epoch != epoch and e.epoch not in UNKNOWN and epoch not in UNKNOWN:
+                    if e.epoch in self._retired.get(key, ()):
                         metrics.EVENTS_DUPLICATE.inc()  # late event of the old log
                         continue
                     else:
@@ -71,6 +70,12 @@ class HighWater:
                         out.append(e)
                         continue
                 elif e.offset <= high:
+                    # (A mark of unknown identity meeting a known one is the
+                    # same log, now identified, as in raise_to: compared by
+                    # offset, it takes the epoch. Taken for a new log, it let
+                    # a restarted shard's re-read through as live: issue 22.)
+                    if epoch in UNKNOWN and e.epoch not in UNKNOWN:
+                        marks[key] = (e.epoch, high)
                     metrics.EVENTS_DUPLICATE.inc()
                     continue
                 marks[key] = (epoch if e.epoch in UNKNOWN else e.epoch, e.offset)
@@ -98,6 +103,31 @@ class HighWater:
             return False
         self._marks[key] = (old if epoch in UNKNOWN else epoch, offset)
         return True
+
+    def exported(self) -> bytes:
+        """
+        The marks as JSON, for a shard that (re)starts: the hub's tell it
+        what the node has relayed already (L{adopt}).
+        """
+        return json.dumps([{"topic": topic, "partition": partition, "epoch": epoch,
+                            "offset": offset}
+                           for (topic, partition), (epoch, offset) in self._marks.items()],
+                          separators=(",", ":")).encode()
+
+    def adopt(self, data: bytes) -> int:
+        """
+        Count as seen what another holder's L{exported} marks say (each
+        through L{raise_to}: never lowered, another incarnation left alone).
+        Returns how many marks rose. Raises ValueError for data that is not
+        such an export.
+        """
+        try:
+            marks = json.loads(data)
+            raised = [self.raise_to(str(m["topic"]), int(m["partition"]), str(m["epoch"]),
+                                    int(m["offset"])) for m in marks]
+        except (TypeError, KeyError, UnicodeDecodeError) as e:
+            raise ValueError(f"not exported marks: {e}") from e
+        return sum(raised)
 
     def _reset(self, key: tuple[str, int], old: str, high: int, e: Event) -> None:
         self._marks[key] = (e.epoch, e.offset)

@@ -106,6 +106,15 @@ class Hub:
         """Indexes of the shards currently relayed to."""
         return sorted(self._outlets)
 
+    def relayed(self) -> bytes:
+        """
+        The highest offset relayed per partition (L{HighWater.exported}),
+        for a shard that attaches: what the node delivered before it came
+        must not reach its clients again when the group has it re-read a
+        partition from an older commit (L{odin_ws.shard.delivery.pipeline}).
+        """
+        return self._high.exported()
+
     def queued(self, index: int) -> int:
         """Batches waiting for shard C{index} (not counting one in flight)."""
         outlet = self._outlets.get(index)

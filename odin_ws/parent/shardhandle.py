@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from odin_ws.common.backoff import Backoff
 from odin_ws.common.commands import Deliver, Publish, Register, Stats
 from odin_ws.common.settings import SupervisorSettings
 from odin_ws.parent.hub import Hub
@@ -67,10 +68,14 @@ class ShardHandle:
         self._last_report: float | None = None
         self._status: dict[str, Any] = {}
         self._started_at: float | None = None
+        #: When the current process registered (None: not yet).
+        self._registered_at: float | None = None
+        #: How long the last process was up (registered) when it died.
+        self._was_up = 0.0
         self._process = None                    # IProcessTransport while the process runs
         self._channel: ShardLink | None = None  # connected control channel
         self._link: ShardLink | None = None     # the channel the shard registered on
-        self._delay = settings.restart_min_delay
+        self._backoff = Backoff(settings.restart_min_delay, settings.restart_max_delay)
         self._restart_times: deque[float] = deque()
         self._crash_looping = False
         self._ready: list[Deferred] = []
@@ -78,6 +83,7 @@ class ShardHandle:
     def reconfigure(self, settings: SupervisorSettings) -> None:
         """New backoff settings (taken at the next restart)."""
         self._settings = settings
+        self._backoff.bounds(settings.restart_min_delay, settings.restart_max_delay)
 
     # -- read-only view ---------------------------------------------------
 
@@ -214,6 +220,7 @@ class ShardHandle:
         self._process = process
         self._pid = process.pid
         self._started_at = self._clock.seconds()
+        self._registered_at = None
 
     def exited(self, process) -> float | None:
         """
@@ -222,12 +229,18 @@ class ShardHandle:
         """
         if process is not self._process:
             return None
+        now = self._clock.seconds()
+        self._was_up = now - self._registered_at if self._registered_at is not None else 0.0
+        self._registered_at = None
         self._process = None
         self._pid = None
         self._alive = False
         self._accepting = False
         self._connections = 0
-        return self._clock.seconds() - (self._started_at or 0.0)
+        # Its Kafka status (assigned partitions, warm-up) died with it: a
+        # restarted shard shows none until its own first report.
+        self._status = {}
+        return now - (self._started_at or 0.0)
 
     def signal(self, sig: str) -> None:
         """Send C{sig} (C{"TERM"}, C{"KILL"}) to the process, if it still runs."""
@@ -245,23 +258,30 @@ class ShardHandle:
 
     def reset_backoff(self) -> None:
         """Start the backoff over (the supervisor starts)."""
-        self._delay = self._settings.restart_min_delay
+        self._backoff.reset()
 
     def next_delay(self, uptime: float) -> float:
         """
-        The delay before restarting a process that ran C{uptime} seconds; it
-        doubles per crash, up to C{restart_max_delay}, and starts over after
-        a run longer than C{crash_loop_window} (a healthy run forgets earlier
-        crashes).
+        The delay before restarting a process that ran C{uptime} seconds.
+        A shard that had been up (registered) for C{restart_reset_after}
+        died as a running shard (killed, OOM): unless it is crash-looping it
+        comes back at once, however recent its last crash was, and the
+        doubling starts over (Twisted's procmon does the same after its 1 s
+        threshold). One that died sooner (it could not start, or failed
+        right after) or while crash-looping waits C{restart_min_delay},
+        then twice the previous delay, up to C{restart_max_delay}. A run
+        longer than C{crash_loop_window} forgets earlier crashes altogether.
         """
         s = self._settings
         if uptime > s.crash_loop_window:
-            self._delay = s.restart_min_delay
             self._restart_times.clear()
             self._crash_looping = False
-        delay = self._delay
-        self._delay = min(delay * 2, s.restart_max_delay)
-        return delay
+        was_up, self._was_up = self._was_up, 0.0   # a spawn that fails next was up for nothing
+        if uptime > s.crash_loop_window or (
+                was_up >= s.restart_reset_after and not self._crash_looping):
+            self._backoff.reset()
+            return 0.0
+        return self._backoff.next()
 
     def restarted(self) -> bool:
         """
@@ -291,6 +311,7 @@ class ShardHandle:
 
     def registered(self, link: ShardLink, pid: int, capacity: int) -> None:
         """The shard registered on C{link}: it is alive and accepts."""
+        self._registered_at = self._clock.seconds()
         self._pid = pid
         self._capacity = capacity
         self._accepting = True
@@ -376,7 +397,9 @@ class ShardLink(amp.AMP):
         self.log.info("shard {index} registered (pid {pid}, capacity {capacity})",
                       index=h.index, pid=pid, capacity=capacity)
         h.registered(self, pid, capacity)
-        return {}
+        # Taken in the turn that attached it: every later batch reaches the
+        # shard as a Deliver, every earlier one is in these marks.
+        return {"marks": self.hub.relayed()}
 
     def _deliver(self, batch: bytes) -> Deferred:
         return self.callRemote(Deliver, batch=batch)

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.registry import Collector
 from twisted.application import service
@@ -50,9 +50,11 @@ from odin_ws.shard.history.store import History, HistoryCollector
 from odin_ws.shard.kafka.backfill import Backfill
 from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
-from odin_ws.shard.kafka.schemasource import SchemaSource
 from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
-from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmupState
+from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupState
+
+if TYPE_CHECKING:
+    from odin_ws.shard.kafka.schemasource import SchemaSource
 
 
 class ParentLink(amp.AMP):
@@ -87,6 +89,10 @@ class ParentLink(amp.AMP):
     def reload(self, config):
         self.shard.reload(Settings.from_config(Config.from_json(config.decode())))
         return {}
+
+    @commands.Rejoin.responder
+    def rejoin(self):
+        return {"rejoining": self.shard.kafka.rejoin()}
 
     @commands.Drain.responder
     def drain(self, window):
@@ -151,8 +157,12 @@ class Shard(service.MultiService):
                                  self.variants)
         self.factory = ClientFactory(self)
         #: The Schema Registry's schemas (None: every topic is JSON).
-        self.schemas = (SchemaSource.from_settings(settings.schema_registry)
-                        if settings.schema_registry.url else None)
+        self.schemas: SchemaSource | None = None
+        if settings.schema_registry.url:
+            # Imported only then: the registry client is a large part of a
+            # shard's start (odin_ws/shard/kafka/valueformats.py).
+            from odin_ws.shard.kafka.schemasource import SchemaSource
+            self.schemas = SchemaSource.from_settings(settings.schema_registry)
         mapper = RecordMapper.from_settings(settings.kafka, ValueDecoder(
             self.schemas, UndecodableAudit(
                 lambda fmt, **kw: reactor.callFromThread(audit.warn, fmt, **kw))))
@@ -161,11 +171,14 @@ class Shard(service.MultiService):
         #: Joins what the warm-up reads back from Kafka to live delivery.
         self.backfill = Backfill(self.delivery)
         self.delivery.rereading = self.backfill.rereading
+        # What the warm-up read joins the history only where the hub's marks
+        # are known (Delivery.hold): they decide what counts as the past.
         self.warmup = HistoryWarmup(reactor, settings, mapper,
-                                    self.kafka.consumer_config(), self.backfill.backfill,
+                                    self.kafka.consumer_config(), self._backfill,
                                     self.backfill.warmed)
         self.warmup.setServiceParent(self)
-        warming = lambda: self.warmup.report.state is WarmupState.RUNNING  # noqa: E731
+        warming = lambda: (self.warmup.report.state is WarmupState.RUNNING  # noqa: E731
+                           or self.delivery.holding)
         self.history.loading = warming
         #: Recoveries waiting until this shard can answer them truly.
         self.recoveries = RecoveryHold(reactor, self.history, warming,
@@ -223,9 +236,21 @@ class Shard(service.MultiService):
 
     def link_made(self, link: ParentLink) -> None:
         self.link = link
-        link.callRemote(commands.Register, index=self.number, pid=os.getpid(),
-                        capacity=self.capacity).addErrback(
-            lambda f: self.log.failure("registering with the parent", f))
+        if self.settings.shards > 1:
+            # The hub's marks first: what the node delivered before this
+            # process existed (Delivery.hold).
+            self.delivery.hold()
+        registered = link.callRemote(commands.Register, index=self.number, pid=os.getpid(),
+                                     capacity=self.capacity)
+        registered.addCallback(lambda answer: self.delivery.marks_known(answer["marks"]))
+        registered.addErrback(self._not_registered)
+
+    def _not_registered(self, failure: Any) -> None:
+        self.log.failure("registering with the parent", failure)
+        self.delivery.marks_known(None)
+
+    def _backfill(self, warmed: WarmedPartition) -> None:
+        self.delivery.when_ready(lambda: self.backfill.backfill(warmed))
 
     #: Seconds clients get to answer the 4000 close when the parent is gone.
     ORPHAN_CLOSE_SECONDS = 1.0

@@ -187,6 +187,26 @@ class ControlTests(SupervisorTestCase):
                          (True, True, 100, self.reactor.processes[0].pid))
         self.assertEqual(self.hub.attached, [0, 1])
 
+    def test_registerAnswersWithTheRelayedMarks(self):
+        """
+        A shard that registers (a restarted one) is answered with the hub's
+        marks: the highest offset the node relayed of each partition before
+        it came, which it counts as seen before it delivers what it consumes.
+        """
+        sup = self.make(shards=2)
+        sup.startService()
+        first, pump = self.register(sup, 0)
+        first.callRemote(Publish, batch=encode_batch(
+            [Event.build("A", "trade", b"1", 1, "odin.trades", 3, o, "e1") for o in (7, 8)]))
+        pump.flush()
+        shard, pump = self.connect(1)
+        answer = shard.callRemote(Register, index=1, pid=self.reactor.processes[1].pid,
+                                  capacity=100)
+        pump.flush()
+        marks = json.loads(self.successResultOf(answer)["marks"])
+        self.assertEqual(marks, [{"topic": "odin.trades", "partition": 3, "epoch": "e1",
+                                  "offset": 8}])
+
     def test_statsUpdateHandle(self):
         """Stats updates the load, the accepting flag and the status shown in /health."""
         sup = self.make(shards=1)
@@ -273,6 +293,28 @@ class RestartTests(SupervisorTestCase):
             self.assertEqual(
                 REGISTRY.get_sample_value("odinws_shard_restarts_total", {"shard": str(i)}), 0.0,
                 f"shard {i} not exported")
+
+    def test_shardThatWasUpRestartsAtOnce(self):
+        """
+        A shard that dies after it had been up (registered for
+        restart_reset_after) comes back at once each time, however recent
+        its previous crash; one that dies before registering waits
+        restart_min_delay.
+        """
+        sup = self.make(shards=1)
+        sup.startService()
+        for n in range(3):
+            self.register(sup, 0, adopted=n)
+            self.reactor.advance(2.0)
+            spawned = len(self.reactor.processes)
+            self.crash()
+            self.reactor.advance(0)
+            self.assertEqual(len(self.reactor.processes), spawned + 1, f"restart {n + 1}")
+        self.crash()
+        self.reactor.advance(0.5)
+        self.assertEqual(len(self.reactor.processes), 4)
+        self.reactor.advance(0.5)
+        self.assertEqual(len(self.reactor.processes), 5)
 
     def test_healthyRunResetsDelay(self):
         """A shard that ran longer than crash_loop_window restarts after the minimum delay."""

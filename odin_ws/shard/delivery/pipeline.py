@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
 
 from odin_ws.common import metrics
 from odin_ws.common.events import Event
@@ -38,10 +39,18 @@ class Delivery:
     """
     From a batch of events to the subscribers' outboxes.
 
+    A shard of a node of several starts out holding what it consumes (and
+    what the warm-up reads back) until it knows the hub's marks
+    (L{hold}, L{marks_known}): without them a partition the group hands it
+    is re-read from its last commit, and what the node delivered before this
+    process existed would reach this shard's clients again as live events.
+
     @param seen: the shard's de-duplication marks.
     @param relay: hands a batch this shard consumed to the other shards.
     @param variants: the subscriptions with options (None: none are served).
     """
+
+    log = Logger()
 
     def __init__(self, settings: Settings, subscriptions: SubscriptionIndex, fanout: Fanout,
                  history: History, streams: Streams, seen: HighWater, relay: Relay,
@@ -58,14 +67,63 @@ class Delivery:
         self.rereading: Callable[[list[Event]], bool] = _never
         #: Who was told of events too old to be sent live.
         self.stale = StaleNotices(fanout.stats)
+        # Work waiting for the hub's marks (None: nothing is held).
+        self._held: list[Callable[[], object]] | None = None
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
         """Take the live C{outbound.max_event_age}."""
         self._max_age = settings.outbound.max_event_age
 
+    @property
+    def holding(self) -> bool:
+        """Whether consumed batches wait for the hub's marks."""
+        return self._held is not None
+
+    def hold(self) -> None:
+        """Hold consumed batches and the warm-up's read-back until L{marks_known}."""
+        if self._held is None:
+            self._held = []
+
+    def marks_known(self, marks: bytes | None) -> None:
+        """
+        The hub's marks (L{odin_ws.common.highwater.HighWater.exported}; None:
+        they could not be had) are counted as seen; then what was held goes
+        on, in order.
+        """
+        if marks:
+            try:
+                self.seen.adopt(marks)
+            except ValueError as e:
+                self.log.error("the hub's de-duplication marks are unreadable ({e}): a "
+                               "partition re-read from an older commit may reach this "
+                               "shard's clients twice", e=e)
+        held, self._held = self._held, None
+        for work in held or ():
+            try:
+                work()
+            except Exception:   # noqa: BLE001 - what follows it must not stay held
+                self.log.failure("held delivery work failed")
+
+    def when_ready(self, work: Callable[[], object]) -> None:
+        """Run C{work} now, or once the hub's marks are known (L{hold})."""
+        if self._held is None:
+            work()
+        else:
+            self._held.append(work)
+
     def on_kafka_batch(self, events: list[Event]) -> Deferred[Any] | None:
-        """A batch this shard consumed: deliver here, relay to the others."""
+        """
+        A batch this shard consumed: deliver here, relay to the others. While
+        held (L{hold}) it is taken once the hub's marks are known.
+        """
+        if self._held is None:
+            return self._consumed(events)
+        taken: Deferred[Any] = Deferred()
+        self._held.append(lambda: maybeDeferred(self._consumed, events).chainDeferred(taken))
+        return taken
+
+    def _consumed(self, events: list[Event]) -> Deferred[Any] | None:
         relay = events if self.rereading(events) else None
         events = self.seen.fresh(events)
         if events:
