@@ -21,7 +21,9 @@ clients received.
 
 Besides, the fan-out loop alone (bench/fanout_loop.py): microseconds and
 callgrind's instructions per frame of the pure-Python send loop and the C
-one (outbound.native), in this process's working tree.
+one (outbound.native), in this process's working tree; and the whole
+per-event path from Kafka record to socket (bench/cost_event.py):
+callgrind's instructions per event and per frame.
 
 Run bench/setup.sh first (make bench does).
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +43,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import cost_event
 import fanout_loop
 import report
 from procs import Proc
@@ -299,6 +303,7 @@ def main() -> int:
             results = json.load(f)
         results["per_event"] = per_event()
         results["loop"] = fanout_loop.costs(args.conns)
+        results["event"] = _event_costs(args.conns)
         return report_out(results, args.doc)
     if not args.variant:
         ap.error("at least one --variant")
@@ -314,6 +319,7 @@ def main() -> int:
                             for v in variants}}
     results["per_event"] = per_event()
     results["loop"] = fanout_loop.costs(args.conns)
+    results["event"] = _event_costs(args.conns)
     try:
         for rnd in range(args.rounds):
             order = variants if rnd % 2 == 0 else variants[::-1]
@@ -338,10 +344,20 @@ def main() -> int:
     return report_out(results, args.doc)
 
 
+def _event_costs(conns: int) -> list[dict] | None:
+    """bench/cost_event.py's instructions per event and frame (None without valgrind)."""
+    return cost_event.costs(conns) if shutil.which("valgrind") else None
+
+
 def report_out(results: dict, doc: bool) -> int:
     text = render(results) + render_per_event(results)
     if results.get("loop"):
         text += "\n" + fanout_loop.render(results["loop"])
+    if results.get("event"):
+        text += ("\nThe whole per-event path (bench/cost_event.py: Kafka records mapped, "
+                 "delivered through the shard's Delivery to connections on socketpairs; "
+                 "callgrind, user space only, the difference of two run lengths):\n\n"
+                 + cost_event.render(results["event"]))
     print(text)
     if doc:
         report.write_doc(f"{BEGIN}\n\n{text}\n{END}", BEGIN, END)

@@ -79,6 +79,7 @@ def makeService(options, reactor=None) -> service.IService:
         reactor = _reactor()
     from odin_ws.common import twisted_internals
     from odin_ws.parent.admission import Admission
+    from odin_ws.parent.coverage import GroupCoverage
     from odin_ws.parent.dispatcher import Dispatcher
     from odin_ws.parent.guard import Guard, read_budget
     from odin_ws.parent.health import Health
@@ -114,7 +115,8 @@ def makeService(options, reactor=None) -> service.IService:
         return supervisor.shards
 
     admission = Admission(reactor.seconds, guard, settings, shards)
-    health = Health(settings, shards, admission, guard)
+    coverage = GroupCoverage(reactor, settings, shards)
+    health = Health(settings, shards, admission, guard, coverage)
     scrape = MetricsScrape(reactor, shards, settings)
     static_dir = os.path.join(os.path.dirname(__file__), "static")
     dispatchers = [Dispatcher(reactor, settings, shards, health=health,
@@ -123,7 +125,7 @@ def makeService(options, reactor=None) -> service.IService:
                               scrape=scrape)]
     listeners = [StreamServerEndpointService(serverFromString(reactor, settings.listen.port),
                                              dispatchers[0])]
-    holders: list = [health, guard, admission, supervisor]
+    holders: list = [health, guard, admission, supervisor, coverage]
     if settings.listen.admin_port:
         # A door of its own: heads held on the public port (a flood of
         # partial heads fills listen.max_heads) must not shut /health and
@@ -139,10 +141,12 @@ def makeService(options, reactor=None) -> service.IService:
         twisted_internals.raise_listen_errors(listener)
     systemd = SystemdNotifier.from_environ(reactor, os.environ, os.getpid(),
                                            starting=lambda: admission.starting, shards=shards)
-    return Node(reactor, settings, supervisor=supervisor, listeners=listeners,
+    node = Node(reactor, settings, supervisor=supervisor, listeners=listeners,
                 dispatchers=dispatchers, admission=admission, guard=guard,
                 holders=[*dispatchers, *holders],
                 load_settings=options.load, check_keys=check_keys, systemd=systemd)
+    coverage.setServiceParent(node)
+    return node
 
 
 class ShardOptions(usage.Options):

@@ -127,6 +127,18 @@ class Drain(amp.Command):
     response = [(b"closed", amp.Integer())]
 
 
+class Rejoin(amp.Command):
+    """
+    Leave the node's consumer group and join it again, so that it assigns
+    every partition anew (the parent found partitions no shard holds:
+    L{odin_ws.parent.coverage}). C{rejoining} is false when the shard's
+    consumer is not running.
+    """
+
+    arguments = []
+    response = [(b"rejoining", amp.Boolean())]
+
+
 class Reload(amp.Command):
     """Apply a new configuration (JSON of L{odin_ws.common.config.Config}) live."""
 

@@ -116,6 +116,10 @@ KAFKA_ERRORS = Counter("odinws_kafka_errors", "Consumer errors, by kind.", ["kin
 KAFKA_REPLACEMENTS = Counter("odinws_kafka_consumer_replacements",
                              "Kafka consumers replaced after librdkafka declared them fatally "
                              "failed (e.g. fenced).", registry=REGISTRY)
+KAFKA_REJOINS = Counter("odinws_kafka_group_rejoins",
+                        "Times a shard left its consumer group and joined again because the "
+                        "parent found partitions that no shard of the node held "
+                        "(parent/coverage.py).", registry=REGISTRY)
 DELIVERY_LATENCY = Histogram("odinws_delivery_latency_seconds",
                              "Kafka record timestamp to first write, seconds.",
                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
@@ -355,6 +359,7 @@ SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, 
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
                            KAFKA_UNTOLD, SCHEMA_FETCHES, SCHEMAS_CACHED,
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
+                           KAFKA_REJOINS,
                            DELIVERY_LATENCY,
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
                            GC_PAUSE, RECOVERIES, RECOVERIES_HELD, RECOVERIES_WAITING,

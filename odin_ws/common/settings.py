@@ -441,15 +441,18 @@ class HistorySettings:
 class SupervisorSettings:
     """Shard processes: restart backoff and shutdown."""
 
-    restart_min_delay: float = setting(0.5, "First restart delay of a dead shard.", minimum=0)
+    restart_min_delay: float = setting(
+        0.5, "Restart delay of a shard that died before it was up (see "
+        "supervisor.restart_reset_after), doubling with each such death; a shard that had been "
+        "up restarts at once.", minimum=0)
     restart_max_delay: float = setting(
         30.0, "Longest restart delay (doubles per crash).", minimum=0)
     restart_reset_after: float = setting(
         1.0, "Seconds a shard must have been up (registered with the parent) for its death to "
-        "count as a crash of a running shard: it restarts after supervisor.restart_min_delay and "
-        "the doubling starts over, unless it is crash-looping. A shard that dies sooner (it "
-        "could not start, or failed right after) or while crash-looping waits twice as long as "
-        "the time before, up to supervisor.restart_max_delay.", minimum=0)
+        "count as a crash of a running shard: it restarts at once and the doubling starts over, "
+        "unless it is crash-looping. A shard that dies sooner (it could not start, or failed "
+        "right after) or while crash-looping waits supervisor.restart_min_delay, then twice "
+        "as long as the time before, up to supervisor.restart_max_delay.", minimum=0)
     crash_loop_restarts: int = setting(
         5, "Restarts within supervisor.crash_loop_window that mark a shard as crash-looping.",
         minimum=1)

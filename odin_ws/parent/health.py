@@ -8,7 +8,9 @@ beyond C{kafka.unreachable_grace}, no shard assigned a partition beyond it
 brokers, the history still warming when recovery is promised, or no room;
 so a load balancer moves new clients elsewhere. A node that delivers despite
 a problem answers 200 and names it in C{degraded} (docs/operations.md,
-"Health").
+"Health"): among them partitions that no shard has held beyond the grace
+(C{partitions_unassigned}, listed in C{unassigned_partitions}; the node
+reads the others, L{odin_ws.parent.coverage}).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from odin_ws.common import metrics, openfiles
+from odin_ws.common.events import Partition
 from odin_ws.common.settings import Settings
 
 
@@ -32,20 +35,28 @@ class Door(Protocol):
     def overloaded(self) -> bool: ...
 
 
+class Coverage(Protocol):
+    """What /health reads of the group coverage (L{odin_ws.parent.coverage.GroupCoverage})."""
+
+    def unassigned(self) -> dict[Partition, float]: ...
+
+
 class Health:
     """
     @param settings: the node's settings (C{node_id}, C{limits.max_connections}).
     @param shards: returns the current shard handles.
     @param admission: the node's door (draining, overloaded).
     @param guard: the resource guard, whose readings the document shows.
+    @param coverage: which partitions no shard holds, and for how long.
     """
 
     def __init__(self, settings: Settings, shards: Callable[[], list],
-                 admission: Door, guard=None):
+                 admission: Door, guard=None, coverage: Coverage | None = None):
         self._settings = settings
         self.shards = shards
         self.admission = admission
         self.guard = guard
+        self.coverage = coverage
         metrics.READY.set_function(lambda: 1 if self()[0] == 200 else 0)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -79,6 +90,14 @@ class Health:
         degraded = list(delivery.degraded)
         if len(alive) < len(shards):
             degraded.append("shards_down")
+        grace = self._settings.kafka.unreachable_grace
+        held_by_none = sorted(p.label() for p, seconds in
+                              (self.coverage.unassigned() if self.coverage else {}).items()
+                              if seconds >= grace)
+        if held_by_none:
+            # Events of these partitions are not read (a shard down, a group
+            # that did not assign them); the others are delivered.
+            degraded.append("partitions_unassigned")
         body = {
             "status": status,
             "node": self._settings.node_id,
@@ -90,6 +109,7 @@ class Health:
             "kafka_connected": delivery.connected,
             "missing_topics": delivery.missing_topics,
             "degraded": degraded,
+            "unassigned_partitions": held_by_none,
             "shards": shards,
             # Whether the open-files limit, not limits.max_connections, bounds the node.
             "open_files": openfiles.status(self._settings).as_health(),

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from odin_ws.common.backoff import Backoff
 from odin_ws.common.commands import Deliver, Publish, Register, Stats
 from odin_ws.common.settings import SupervisorSettings
 from odin_ws.parent.hub import Hub
@@ -74,7 +75,7 @@ class ShardHandle:
         self._process = None                    # IProcessTransport while the process runs
         self._channel: ShardLink | None = None  # connected control channel
         self._link: ShardLink | None = None     # the channel the shard registered on
-        self._delay = settings.restart_min_delay
+        self._backoff = Backoff(settings.restart_min_delay, settings.restart_max_delay)
         self._restart_times: deque[float] = deque()
         self._crash_looping = False
         self._ready: list[Deferred] = []
@@ -82,6 +83,7 @@ class ShardHandle:
     def reconfigure(self, settings: SupervisorSettings) -> None:
         """New backoff settings (taken at the next restart)."""
         self._settings = settings
+        self._backoff.bounds(settings.restart_min_delay, settings.restart_max_delay)
 
     # -- read-only view ---------------------------------------------------
 
@@ -256,30 +258,30 @@ class ShardHandle:
 
     def reset_backoff(self) -> None:
         """Start the backoff over (the supervisor starts)."""
-        self._delay = self._settings.restart_min_delay
+        self._backoff.reset()
 
     def next_delay(self, uptime: float) -> float:
         """
         The delay before restarting a process that ran C{uptime} seconds.
         A shard that had been up (registered) for C{restart_reset_after}
         died as a running shard (killed, OOM): unless it is crash-looping it
-        comes back after C{restart_min_delay}, however recent its last crash
-        was, and the doubling starts over. One that died sooner (it could
-        not start, or failed right after) or while crash-looping waits
-        twice the previous delay, up to C{restart_max_delay}. A run longer
-        than C{crash_loop_window} forgets earlier crashes altogether.
+        comes back at once, however recent its last crash was, and the
+        doubling starts over (Twisted's procmon does the same after its 1 s
+        threshold). One that died sooner (it could not start, or failed
+        right after) or while crash-looping waits C{restart_min_delay},
+        then twice the previous delay, up to C{restart_max_delay}. A run
+        longer than C{crash_loop_window} forgets earlier crashes altogether.
         """
         s = self._settings
         if uptime > s.crash_loop_window:
             self._restart_times.clear()
             self._crash_looping = False
+        was_up, self._was_up = self._was_up, 0.0   # a spawn that fails next was up for nothing
         if uptime > s.crash_loop_window or (
-                self._was_up >= s.restart_reset_after and not self._crash_looping):
-            self._delay = s.restart_min_delay
-        self._was_up = 0.0   # used up: a spawn that fails next was up for nothing
-        delay = self._delay
-        self._delay = min(delay * 2, s.restart_max_delay)
-        return delay
+                was_up >= s.restart_reset_after and not self._crash_looping):
+            self._backoff.reset()
+            return 0.0
+        return self._backoff.next()
 
     def restarted(self) -> bool:
         """

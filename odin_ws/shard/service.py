@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.registry import Collector
 from twisted.application import service
@@ -50,9 +50,11 @@ from odin_ws.shard.history.store import History, HistoryCollector
 from odin_ws.shard.kafka.backfill import Backfill
 from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
-from odin_ws.shard.kafka.schemasource import SchemaSource
 from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
 from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupState
+
+if TYPE_CHECKING:
+    from odin_ws.shard.kafka.schemasource import SchemaSource
 
 
 class ParentLink(amp.AMP):
@@ -87,6 +89,10 @@ class ParentLink(amp.AMP):
     def reload(self, config):
         self.shard.reload(Settings.from_config(Config.from_json(config.decode())))
         return {}
+
+    @commands.Rejoin.responder
+    def rejoin(self):
+        return {"rejoining": self.shard.kafka.rejoin()}
 
     @commands.Drain.responder
     def drain(self, window):
@@ -151,8 +157,12 @@ class Shard(service.MultiService):
                                  self.variants)
         self.factory = ClientFactory(self)
         #: The Schema Registry's schemas (None: every topic is JSON).
-        self.schemas = (SchemaSource.from_settings(settings.schema_registry)
-                        if settings.schema_registry.url else None)
+        self.schemas: SchemaSource | None = None
+        if settings.schema_registry.url:
+            # Imported only then: the registry client is a large part of a
+            # shard's start (odin_ws/shard/kafka/valueformats.py).
+            from odin_ws.shard.kafka.schemasource import SchemaSource
+            self.schemas = SchemaSource.from_settings(settings.schema_registry)
         mapper = RecordMapper.from_settings(settings.kafka, ValueDecoder(
             self.schemas, UndecodableAudit(
                 lambda fmt, **kw: reactor.callFromThread(audit.warn, fmt, **kw))))

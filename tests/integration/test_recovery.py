@@ -426,13 +426,33 @@ class PartitionsAddedTests(RecoveryNodeCase):
         ones, which the group never read, from their beginning: it takes
         every event produced while it was down, on all four partitions.
         (Started at their end, the new partitions' events would never be
-        read.)
+        read.) Dynamic members: the restart rebalances the group.
         """
-        # Dynamic members: restarted static members get their old assignment
-        # back without a rebalance, so the new partitions would wait for the
-        # next one (see docs/operations.md, "Partitions added").
-        dynamic = {"kafka.start_offset": "latest", "kafka.static_membership": False}
-        node = self.node(**dynamic)
+        self.added_while_down({"kafka.start_offset": "latest", "kafka.static_membership": False})
+
+    def test_static_members_get_partitions_added_while_down(self):
+        """
+        The same with static members (the default) restarted within their
+        session (90 s here: a restart on a loaded machine took 40 s). A
+        static member that rejoins in time may get its old assignment back
+        without a rebalance, which leaves the new partitions held by no
+        shard: the parent then finds them so for kafka.unreachable_grace
+        and has one shard rejoin the group, which assigns them
+        (parent/coverage.py); either way the node reads them from their
+        beginning. (Whether the group rebalances by itself varies: about
+        half the restarts did not in an earlier session, which this test
+        failed without the rejoin; on Apache Kafka 4.4 here it rebalanced in
+        12 runs of 12 without it, so this test guards the scenario, and
+        tests.parent.test_coverage proves the rejoin.)
+        """
+        self.added_while_down({"kafka.start_offset": "latest",
+                               "kafka.session_timeout_ms": 90_000,
+                               "kafka.max_poll_interval_ms": 90_000,
+                               "kafka.unreachable_grace": 5.0})
+
+    def added_while_down(self, settings: dict) -> None:
+        """Stop the node, add two partitions and produce, start it: every record is taken."""
+        node = self.node(**settings)
         node.wait_spread()
         client, tracker = self.connect(node), Tracker()
         self.subscribe(client, tracker, since=[])
@@ -447,7 +467,7 @@ class PartitionsAddedTests(RecoveryNodeCase):
         self.produce(8)
         # No identity check (nor idle partitions' start stored) within the
         # test: a committed offset is then that of records the node took.
-        again = self.node(port=node.port, **dynamic, **{"kafka.metadata_refresh_ms": 120_000})
+        again = self.node(port=node.port, **settings, **{"kafka.metadata_refresh_ms": 120_000})
         group = f"odinws-{again.node_id}"
 
         def committed() -> dict[int, int]:

@@ -93,7 +93,8 @@ class ProcessTests(SynchronousTestCase):
         """Delays double up to the maximum and start over after a healthy run."""
         h, _ = handle(crash_loop_window=60.0)
         self.assertEqual([h.next_delay(0.1) for _ in range(4)], [1.0, 2.0, 4.0, 4.0])
-        self.assertEqual(h.next_delay(61.0), 1.0)
+        self.assertEqual(h.next_delay(61.0), 0.0)
+        self.assertEqual(h.next_delay(0.1), 1.0)
 
     def life(self, h: ShardHandle, clock: Clock, up: float, register: bool = True) -> float:
         """One process of the shard: started, registered, up C{up} s, died; its restart delay."""
@@ -111,37 +112,37 @@ class ProcessTests(SynchronousTestCase):
     def setUp(self):
         self.pids: list[int] = []
 
-    def test_runningShardRestartsAtTheMinimum(self):
+    def test_runningShardRestartsAtOnce(self):
         """
         A shard killed after it had been up (restart_reset_after, 1 s by
-        default) comes back after restart_min_delay every time, however
-        recent its previous crash: the doubling is for shards that cannot
-        stay up.
+        default) comes back at once every time, however recent its previous
+        crash: the delays are for shards that cannot stay up.
         """
         h, clock = handle()
-        self.assertEqual([self.life(h, clock, up=3.0) for _ in range(3)], [1.0, 1.0, 1.0])
+        self.assertEqual([self.life(h, clock, up=3.0) for _ in range(3)], [0.0, 0.0, 0.0])
 
     def test_shortRunsDouble(self):
         """
         A shard that dies before it registered, or within restart_reset_after
-        of it, waits twice as long as the time before; a run that was up
-        starts over.
+        of it, waits restart_min_delay, then twice as long as the time
+        before; a run that was up starts over.
         """
         h, clock = handle()
         delays = [self.life(h, clock, up=0.5), self.life(h, clock, up=2.0, register=False),
-                  self.life(h, clock, up=0.5), self.life(h, clock, up=2.0)]
-        self.assertEqual(delays, [1.0, 2.0, 4.0, 1.0])
+                  self.life(h, clock, up=0.5), self.life(h, clock, up=2.0),
+                  self.life(h, clock, up=0.5)]
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 0.0, 1.0])
 
     def test_crashLoopingDoubles(self):
         """Once crash-looping, a shard doubles even after runs that were up."""
         h, clock = handle(crash_loop_restarts=2)
-        self.assertEqual([self.life(h, clock, up=3.0) for _ in range(4)], [1.0, 1.0, 2.0, 4.0])
+        self.assertEqual([self.life(h, clock, up=3.0) for _ in range(4)], [0.0, 0.0, 1.0, 2.0])
 
     def test_failedSpawnAfterARunDoubles(self):
         """A process that could not even be spawned after a run that was up doubles."""
         h, clock = handle()
-        self.assertEqual(self.life(h, clock, up=3.0), 1.0)
-        self.assertEqual(h.next_delay(0.0), 2.0)
+        self.assertEqual(self.life(h, clock, up=3.0), 0.0)
+        self.assertEqual(h.next_delay(0.0), 1.0)
 
     def test_crash_loop_reported_once(self):
         """restarted() says True only for the restart that starts a crash loop."""

@@ -58,6 +58,8 @@ static const char *attr_names[NATTR] = {"queue", "inline", "paused", "closed", "
 /* Variants of a run's buffer at most (odin_ws/shard/delivery/deflate.py: VARIANTS). */
 #define NVARIANTS 8
 static PyObject *attr_strs[NATTR];
+/* The int 0 (Outbox.variant of a plain connection). */
+static PyObject *zero;
 
 /*
  * Where a class keeps those attributes: the Outbox has __slots__, so each is
@@ -79,11 +81,16 @@ static int next_layout;
 static Layout *
 layout_of(PyTypeObject *type)
 {
+    /* Every Outbox of a write is usually of one class: the last one found first. */
+    static Layout *last;
+    if (last != NULL && last->type == type && type->tp_version_tag == last->version
+            && last->version != 0)
+        return last;
     for (int i = 0; i < NLAYOUTS; i++) {
         /* A tag of 0 is no tag: such a type is looked at again every time. */
         if (layouts[i].type == type && type->tp_version_tag == layouts[i].version
                 && layouts[i].version != 0)
-            return &layouts[i];
+            return last = &layouts[i];
     }
     Layout *layout = &layouts[next_layout];
     next_layout = (next_layout + 1) % NLAYOUTS;
@@ -106,7 +113,7 @@ layout_of(PyTypeObject *type)
         Py_DECREF(d);
     }
     layout->version = type->tp_version_tag;
-    return layout;
+    return last = layout;
 }
 
 /* box.<attribute a>, a new reference; NULL with AttributeError if unset. */
@@ -240,11 +247,24 @@ grow(void **array, Py_ssize_t *cap, Py_ssize_t need, size_t item)
     return 0;
 }
 
+/* box.<attribute a> as a borrowed reference when it is a slot, else NULL (no error set). */
+static inline PyObject *
+peek(PyObject *box, const Layout *layout, int a)
+{
+    Py_ssize_t offset = layout->offset[a];
+    return offset < 0 ? NULL : *(PyObject **)((char *)box + offset);
+}
+
 /* Is box.<attribute a> true? -1 on error. */
 static int
 attr_true(PyObject *box, const Layout *layout, int a)
 {
-    PyObject *v = get(box, layout, a);
+    PyObject *v = peek(box, layout, a);
+    if (v == Py_True)
+        return 1;
+    if (v == Py_False)
+        return 0;
+    v = get(box, layout, a);
     if (v == NULL)
         return -1;
     int r = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
@@ -257,17 +277,21 @@ attr_true(PyObject *box, const Layout *layout, int a)
  * Python path, -2 on error.
  */
 static int
-direct_fd(PyObject *box, PyObject *writes)
+direct_fd(PyObject *box, const Layout *layout, PyObject *writes)
 {
-    const Layout *layout = layout_of(Py_TYPE(box));
     int r = attr_true(box, layout, A_INLINE);
     if (r <= 0)
         return r < 0 ? -2 : -1;
-    PyObject *queue = get(box, layout, A_QUEUE);
-    if (queue == NULL)
-        return -2;
-    Py_ssize_t queued = PyList_CheckExact(queue) ? PyList_GET_SIZE(queue) : PyObject_Length(queue);
-    Py_DECREF(queue);
+    PyObject *queue = peek(box, layout, A_QUEUE);
+    Py_ssize_t queued;
+    if (queue != NULL && PyList_CheckExact(queue)) {
+        queued = PyList_GET_SIZE(queue);
+    } else {
+        if ((queue = get(box, layout, A_QUEUE)) == NULL)
+            return -2;
+        queued = PyObject_Length(queue);
+        Py_DECREF(queue);
+    }
     if (queued != 0)
         return queued < 0 ? -2 : -1;
     static const int flags[] = {A_PAUSED, A_CLOSED, A_TRACKING};
@@ -279,7 +303,8 @@ direct_fd(PyObject *box, PyObject *writes)
     PyObject *fdno = get(box, layout, A_FDNO);
     if (fdno == NULL)
         return -2;
-    r = PySet_Contains(writes, fdno);
+    /* Usually empty: Twisted holds bytes for no connection. */
+    r = PySet_GET_SIZE(writes) == 0 ? 0 : PySet_Contains(writes, fdno);
     long fd = r == 0 ? PyLong_AsLong(fdno) : -1;
     Py_DECREF(fdno);
     if (r < 0 || (fd == -1 && PyErr_Occurred()))
@@ -291,9 +316,11 @@ direct_fd(PyObject *box, PyObject *writes)
 
 /* box.variant, 0 if it has none; -1 if out of range, -2 on error. */
 static int
-variant_of(PyObject *box)
+variant_of(PyObject *box, const Layout *layout)
 {
-    PyObject *v = get(box, layout_of(Py_TYPE(box)), A_VARIANT);
+    if (peek(box, layout, A_VARIANT) == zero)
+        return 0;   /* PLAIN: small ints are one object each */
+    PyObject *v = get(box, layout, A_VARIANT);
     if (v == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError))
             return -2;
@@ -330,12 +357,13 @@ plan_add(Plan *plan, PyObject *box, Py_ssize_t run, Py_ssize_t frames, char **bu
         t = map_find(plan, box, &slot);
     }
     if (t < 0) {
-        int fd = direct_fd(box, writes);
+        const Layout *layout = layout_of(Py_TYPE(box));
+        int fd = direct_fd(box, layout, writes);
         if (fd == -2)
             return -1;
         int variant = 0;
         if (fd >= 0) {
-            variant = variant_of(box);
+            variant = variant_of(box, layout);
             if (variant == -2)
                 return -1;
             if (variant < 0) {
@@ -449,7 +477,10 @@ static int
 reset_room(PyObject *box)
 {
     const Layout *layout = layout_of(Py_TYPE(box));
-    PyObject *cap = get(box, layout, A_CAP);
+    PyObject *cap = peek(box, layout, A_CAP);
+    if (cap != NULL && cap == peek(box, layout, A_LIMIT))
+        return 0;
+    cap = get(box, layout, A_CAP);
     if (cap == NULL)
         return -1;
     PyObject *limit = get(box, layout, A_LIMIT);
@@ -530,6 +561,14 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
             goto done;
         Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
         PyObject **items = PySequence_Fast_ITEMS(seq);
+        /* Room for all of them at once (a target per Outbox at most). */
+        if (grow((void **)&plan.targets, &plan.captargets, plan.ntargets + count,
+                 sizeof(Target)) < 0
+                || grow((void **)&plan.nodes, &plan.capnodes, plan.nnodes + count,
+                        sizeof(Node)) < 0) {
+            Py_DECREF(seq);
+            goto done;
+        }
         for (Py_ssize_t j = 0; j < count; j++) {
             if (plan_add(&plan, items[j], i, frames, bufs, sizes, writes) < 0) {
                 Py_DECREF(seq);
@@ -538,7 +577,8 @@ send_runs(PyObject *Py_UNUSED(module), PyObject *args)
         }
         Py_DECREF(seq);
     }
-    iov = PyMem_Calloc(IOV_MAX, sizeof(struct iovec));
+    /* Filled before each use: no need to clear it. */
+    iov = PyMem_Malloc(IOV_MAX * sizeof(struct iovec));
     if (iov == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -616,6 +656,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__sendrun(void)
 {
+    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
     for (int a = 0; a < NATTR; a++) {
         attr_strs[a] = PyUnicode_InternFromString(attr_names[a]);
         if (attr_strs[a] == NULL)

@@ -100,6 +100,8 @@ class Fanout:
         self._dirty: list[OutboxCore] = []
         self._later: list[Callable[[], None]] = []
         self._call = None
+        #: A caller that flushes before it returns is publishing (L{hold}).
+        self._held = False
 
     def publish(self, frame: bytes, channel: str, event_type: str,
                 outboxes: Iterable[Outbox], event: Event | None = None) -> None:
@@ -247,12 +249,29 @@ class Fanout:
         """Take a reloaded flush window; a window already running keeps its end."""
         self.delay = delay
 
+    def hold(self) -> None:
+        """
+        The caller publishes and then calls L{flush} before it returns (a
+        delivery batch): until then, what it publishes schedules no
+        end-of-turn write (a C{callLater} and its cancellation per batch
+        saved). L{release} after the flush, in a C{finally}.
+        """
+        self._held = True
+
+    def release(self) -> None:
+        """The L{hold} is over; if the caller did not flush (it raised), write at the turn's end."""
+        if self._held:
+            self._held = False
+            if self._runs or self._dirty or self._later:
+                self._soon()
+
     def flush(self) -> bool:
         """
         The caller's events are all queued: write every outbox that got
         frames, now (True), or, with a flush window, when it ends (False;
         the window starts with the first event after the last write).
         """
+        self._held = False
         if self.delay:
             if self._call is None:
                 self._call = self.reactor.callLater(self.delay, self._turn_end)
@@ -337,7 +356,8 @@ class Fanout:
         self.write()
 
     def _soon(self) -> None:
-        # At the end of this reactor turn, or of the flush window.
-        if self._call is None:
+        # At the end of this reactor turn, or of the flush window; under a
+        # hold, at the caller's flush.
+        if self._call is None and not self._held:
             self._call = self.reactor.callLater(self.delay, self._turn_end)
 

@@ -140,6 +140,14 @@ class Delivery:
 
     def deliver_fresh(self, events: list[Event], relayed: bool = False) -> None:
         """Deliver C{events}, already de-duplicated, in order."""
+        # It flushes the fan-out at its end: no end-of-turn write to schedule.
+        self.fanout.hold()
+        try:
+            self._deliver_fresh(events, relayed)
+        finally:
+            self.fanout.release()
+
+    def _deliver_fresh(self, events: list[Event], relayed: bool) -> None:
         subscriptions = self.subscriptions
         fanout = self.fanout
         delivered = []

@@ -98,6 +98,8 @@ class ConsumerLoop:
         (L{odin_ws.shard.kafka.consumerthread}).
     @param first_id: the first batch id (ids of an earlier loop's batches
         may still come back on C{done}).
+    @param rejoin: set when the consumer should leave its group and join
+        again (L{rejoin_group}); cleared by the loop.
     """
 
     def __init__(self, ingest: LoopOwner, consumer: Consumer, mapper: RecordMapper,
@@ -105,8 +107,9 @@ class ConsumerLoop:
                  done: queue.SimpleQueue[int], max_pending: int,
                  incarnations: TopicIncarnations, cooperative: bool = False,
                  layout: TopicLayout | None = None, fatal: threading.Event | None = None,
-                 first_id: int = 0):
+                 first_id: int = 0, rejoin: threading.Event | None = None):
         self.ingest = ingest
+        self.rejoin = rejoin or threading.Event()
         self.cooperative = cooperative
         self.consumer = consumer
         self.mapper = mapper
@@ -159,8 +162,7 @@ class ConsumerLoop:
     def run(self) -> None:
         ingest = self.ingest
         try:
-            self.consumer.subscribe(self.topics, on_assign=self.on_assign,
-                                    on_revoke=self.on_revoke, on_lost=self.on_revoke)
+            self.subscribe()
             while not (self.stopping.is_set() or self.fatal.is_set()):
                 self.poll_once()
             deadline = time.monotonic() + STOP_GRACE
@@ -177,6 +179,9 @@ class ConsumerLoop:
 
     def poll_once(self) -> None:
         self.take_done(0)
+        if self.rejoin.is_set():
+            self.rejoin.clear()
+            self.rejoin_group()
         if self.epochs_due is not None and time.monotonic() >= self.epochs_due:
             changed = self.refresh_epochs()
             if changed is not None:
@@ -450,12 +455,8 @@ class ConsumerLoop:
             # while a replaced broker's group re-formed, measured): the
             # records produced before this assignment are new, not "latest".
             start = OFFSET_BEGINNING if tp.topic in self.renewed else self.start_offset
-            if start == OFFSET_END and self.layout is not None:
-                try:
-                    if self.layout.unread(tp.topic, tp.partition):
-                        start = OFFSET_BEGINNING
-                except (KafkaException, TimeoutError) as e:
-                    self.ingest.note_error("new_partitions", describe_error(e))
+            if start == OFFSET_END and self.layout is not None and self.unread(self.layout, tp):
+                start = OFFSET_BEGINNING
             starts[tp] = start
         if not self.restart_at(starts):
             return
@@ -463,6 +464,21 @@ class ConsumerLoop:
             self.ingest.log("info", "Kafka {topic}[{partition}]: no usable offset ({why}); "
                             "reading from its {where}", topic=tp.topic, partition=tp.partition,
                             why=why, where="end" if start == OFFSET_END else "beginning")
+
+    def unread(self, layout: TopicLayout, tp: Partition) -> bool:
+        """
+        Whether C{tp}, of a topic of unchanged identity, is all newer than
+        what the group read: it appeared while the shard ran, or the group
+        read other partitions of its topic but never it (added while the
+        node was down). A failed lookup counts as read (C{start_offset}).
+        """
+        if layout.appeared(tp):
+            return True
+        try:
+            return layout.unread(self.consumer, tp.topic, tp.partition)
+        except (KafkaException, TimeoutError) as e:
+            self.ingest.note_error("new_partitions", describe_error(e))
+            return False
 
     def place_unplaced(self) -> None:
         """Place the partitions whose identity lookup failed, now that one succeeded."""
@@ -500,6 +516,32 @@ class ConsumerLoop:
         self.repause = self.paused
         return True
 
+    def subscribe(self) -> None:
+        self.consumer.subscribe(self.topics, on_assign=self.on_assign,
+                                on_revoke=self.on_revoke, on_lost=self.on_revoke)
+
+    def rejoin_group(self) -> None:
+        """
+        Leave the group and join it again, so that it assigns every
+        partition anew: the node's parent found partitions that no shard
+        holds for longer than a rebalance takes (L{odin_ws.parent.coverage}:
+        static members restarted within their session get their old
+        assignment back, without the partitions added meanwhile; a group
+        that did not re-form after a broker was replaced). Unsubscribing
+        leaves the group (a static member leaves only then) and revokes
+        this shard's partitions (on_revoke stores what was taken); the
+        subscription that follows joins again.
+        """
+        metrics.KAFKA_REJOINS.inc()
+        self.ingest.log("warn", "Kafka: partitions of the subscribed topics are held by no "
+                        "shard of this node; leaving the consumer group and joining again "
+                        "so that it assigns them")
+        try:
+            self.consumer.unsubscribe()
+            self.subscribe()
+        except KafkaException as e:
+            self.ingest.note_error("rejoin", describe_error(e))
+
     def set_missing(self, topics: set[str]) -> None:
         if topics != self.missing:
             self.missing = topics
@@ -517,8 +559,8 @@ class ConsumerLoop:
                 # may be the old log's (Apache Kafka 4.4 kept them, measured).
                 tp.offset = OFFSET_BEGINNING
         if self.layout is not None:
-            self.start_new_partitions(self.layout,
-                                      [tp for tp in partitions if tp.topic not in recreated])
+            self.note_new_partitions(self.layout,
+                                     [tp for tp in partitions if tp.topic not in recreated])
         # Eager: the whole new assignment (the old one was revoked first).
         # Cooperative: only the partitions added; the ones kept go on
         # flowing with their positions, and get no callback at all.
@@ -544,18 +586,24 @@ class ConsumerLoop:
         self.repause = self.paused
         self.ingest.broker_reached()
 
-    def start_new_partitions(self, layout: TopicLayout,
-                             partitions: list[TopicPartition]) -> None:
-        """Partitions that appeared while the shard runs start at their beginning."""
+    def note_new_partitions(self, layout: TopicLayout,
+                            partitions: list[TopicPartition]) -> None:
+        """
+        Partitions that appeared while the shard runs start at their
+        beginning when the group has no offset for them: librdkafka then
+        reports none (auto.offset.reset is "error"), and L{place} starts
+        them so (asking the group's offsets here, in the rebalance callback,
+        could abort the process: L{odin_ws.shard.kafka.topiclayout}).
+        """
         try:
-            started = layout.from_beginning(layout.new(partitions))
+            new = layout.new(partitions)
         except (KafkaException, TimeoutError) as e:
             self.ingest.note_error("new_partitions", describe_error(e))
             return
-        if started:
-            self.ingest.log("info", "Kafka partitions new since the start, read from their "
-                            "beginning: {partitions}",
-                            partitions=", ".join(f"{tp.topic}[{tp.partition}]" for tp in started))
+        if new:
+            self.ingest.log("info", "Kafka partitions new since the start: {partitions}; "
+                            "read from their beginning unless the group read them already",
+                            partitions=", ".join(f"{tp.topic}[{tp.partition}]" for tp in new))
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Also on_lost (the member was evicted: its commit fails, the new

@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
+from odin_ws.common.backoff import Backoff
 from odin_ws.shard.kafka.consumerloop import ConsumerLoop, describe_error
 
 #: Seconds before the first replacement of a fatally failed consumer.
@@ -86,7 +87,7 @@ class ConsumerThread:
         self.fatal = fatal
         self.finished = finished
         self.clock = clock
-        self.backoff = MIN_BACKOFF
+        self.backoff = Backoff(MIN_BACKOFF, MAX_BACKOFF)
 
     def run(self) -> None:
         next_id = 0
@@ -101,9 +102,9 @@ class ConsumerThread:
                     if not self.fatal.is_set():
                         return  # stopped, or the loop died of a bug (reported)
                     if self.clock() - started >= STABLE_AFTER:
-                        self.backoff = MIN_BACKOFF
+                        self.backoff.reset()
                 self.fatal.clear()
-                delay, self.backoff = self.backoff, min(self.backoff * 2, MAX_BACKOFF)
+                delay = self.backoff.next()
                 self.owner.replacing(delay)
                 if self.stopping.wait(delay):
                     return

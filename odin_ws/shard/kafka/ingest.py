@@ -108,6 +108,10 @@ class KafkaIngest(Service):
         self._stopping = threading.Event()
         #: Set when librdkafka declared the consumer fatally failed (replace it).
         self._fatal = threading.Event()
+        #: Set by L{rejoin}: the consumer thread leaves the group and joins again.
+        self._rejoin = threading.Event()
+        #: Partition count of each configured topic, as the consumer's metadata says.
+        self._partitions: dict[str, int] = {}
         self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
         # Status, written by the consumer thread, read by status().
         self._state = IngestState.STOPPED
@@ -197,6 +201,10 @@ class KafkaIngest(Service):
                 metrics.KAFKA_CONNECTED.set(0)
         return {"state": state, "connected": connected,
                 "assigned": sorted(p.label() for p in self._assigned), "lag": self._lag,
+                # Per topic: its partition count and those assigned here, for
+                # the parent's check that every partition has a shard
+                # (odin_ws.parent.coverage).
+                "topics": self._topics_status(),
                 "last_error": error, "missing_topics": sorted(self._missing),
                 # How long no broker has answered (the node's /health 503s
                 # past kafka.unreachable_grace on every shard).
@@ -204,6 +212,26 @@ class KafkaIngest(Service):
                 # How long it has had no partition (a rebalance, a stalled
                 # group): /health 503s past the grace when no shard has one.
                 "unassigned_for": 0.0 if self._assigned else round(now - self._unassigned_at, 1)}
+
+    def _topics_status(self) -> dict[str, dict[str, Any]]:
+        held: dict[str, list[int]] = {}
+        for topic, partition in sorted(self._assigned):
+            held.setdefault(topic, []).append(partition)
+        return {topic: {"partitions": self._partitions.get(topic, 0),
+                        "assigned": held.get(topic, [])}
+                for topic in sorted(self._partitions.keys() | held.keys())}
+
+    def rejoin(self) -> bool:
+        """
+        Have the consumer leave its group and join again (the parent found
+        partitions no shard of the node holds: L{odin_ws.parent.coverage}),
+        which makes the group assign every partition anew. False when no
+        consumer runs to do it.
+        """
+        if self._thread is None or self._state not in (IngestState.RUNNING, IngestState.STARTING):
+            return False
+        self._rejoin.set()
+        return True
 
     @property
     def assigned(self) -> frozenset[Partition]:
@@ -233,16 +261,17 @@ class KafkaIngest(Service):
             return
         self._finished = Deferred()
         self._fatal = threading.Event()
+        self._rejoin = threading.Event()
         # One of each for the consumers this thread runs: a replacement keeps
         # the topics' known identities and the partition counts first seen.
         incarnations = TopicIncarnations(admin_config(conf))
-        layout = TopicLayout(admin_config(conf), conf["group.id"], self._settings.kafka.topics)
+        layout = TopicLayout(admin_config(conf), self._settings.kafka.topics)
 
         def make_loop(consumer: Consumer, first_id: int) -> ConsumerLoop:
             return ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
                                 self._stopping, self._done, self._max_pending, incarnations,
                                 cooperative=_incremental(conf), layout=layout,
-                                fatal=self._fatal, first_id=first_id)
+                                fatal=self._fatal, first_id=first_id, rejoin=self._rejoin)
 
         body = ConsumerThread(self, consumer, lambda: Consumer(conf), make_loop,
                               self._stopping, self._fatal, self._finished)
@@ -464,13 +493,21 @@ class KafkaIngest(Service):
             self._set_state(IngestState.RETRYING, False)
         total = 0
         assigned = self._assigned
+        counts = dict(self._partitions)
+        configured = set(self._settings.kafka.topics)
         for topic, t in stats.get("topics", {}).items():
+            if topic in configured:
+                # librdkafka lists every partition its metadata knows of a
+                # topic it holds some of (and the internal partition -1).
+                counts[topic] = 1 + max((int(p) for p in t.get("partitions", {})), default=-1)
             for p, info in t.get("partitions", {}).items():
                 if Partition(topic, int(p)) not in assigned:
                     continue  # librdkafka also lists the internal partition -1
                 lag = _partition_lag(info)
                 metrics.KAFKA_LAG.labels(topic, p).set(lag)
                 total += lag
+        if counts != self._partitions:
+            self._partitions = counts  # replaced whole: the reactor reads it
         self._lag = total
 
 

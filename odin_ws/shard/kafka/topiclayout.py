@@ -10,9 +10,20 @@ to it before this node's consumer got it, which takes a metadata refresh
 (C{kafka.metadata_refresh_ms}) and a rebalance: seconds. Such a partition
 is read from its beginning instead: all of it is newer than the node.
 
-Asked with an C{AdminClient} of its own: consumer methods called from the
-consumer's rebalance callback abort the process (confluent-kafka 2.16,
-C{CallState_get: Assertion `cs != NULL'}, measured).
+The partition counts are asked with an C{AdminClient} of its own (a
+metadata request, which any broker answers): consumer methods called from
+the consumer's rebalance callback abort the process (confluent-kafka 2.16,
+C{CallState_get: Assertion `cs != NULL'}, measured). Nothing here asks the
+group coordinator through the admin client: an admin request to the
+coordinator (C{ListConsumerGroupOffsets}, C{DescribeConsumerGroups}) aborts
+the process in librdkafka 2.16 when the coordinator's connection drops
+during it (C{rd_kafka_enq_once_del_source_return: Assertion
+`eonce->refcnt > 0'}, librdkafka issues 4605 and 3663; it killed a shard in
+a leader-kill run). The group's committed offsets come from the consumer
+itself (C{Consumer.committed}, the consumer group's own request path, out
+of the rebalance callback); a new partition the group has no offset for is
+placed by the consumer loop when librdkafka reports it has none
+(C{auto.offset.reset} is C{error}), from L{TopicLayout.appeared}.
 """
 
 from __future__ import annotations
@@ -20,8 +31,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from odin_ws.common.events import Partition
 
 #: Seconds a metadata or committed-offsets lookup may take.
 LOOKUP_TIMEOUT = 5.0
@@ -35,19 +48,19 @@ class TopicLayout:
 
     @param config: librdkafka settings of the admin client
         (L{odin_ws.shard.kafka.incarnations.admin_config}).
-    @param group: the consumer group, whose committed offsets count.
     """
 
-    def __init__(self, config: dict[str, Any], group: str, topics: Iterable[str],
+    def __init__(self, config: dict[str, Any], topics: Iterable[str],
                  admin_factory: Any = AdminClient):
         self._config = config
-        self._group = group
         self._topics = list(topics)
         self._admin_factory = admin_factory
         self._admin: Any = None
         self._counts: dict[str, int] | None = None
         # Topics the brokers said do not exist before the counts were taken.
         self._gone: set[str] = set()
+        # Partitions found new by L{new}: all of their log is newer than the shard.
+        self._appeared: set[Partition] = set()
 
     def _client(self) -> Any:
         if self._admin is None:
@@ -75,6 +88,7 @@ class TopicLayout:
             self._counts = self._take_counts()
         counts = self._counts
         out = [tp for tp in partitions if tp.partition >= counts.get(tp.topic, 0)]
+        self._appeared.update(Partition(tp.topic, tp.partition) for tp in out)
         for tp in partitions:
             counts[tp.topic] = max(counts.get(tp.topic, 0), tp.partition + 1)
         return out
@@ -88,7 +102,11 @@ class TopicLayout:
             counts[name] = len(topic.partitions) if exists else 0
         return counts
 
-    def unread(self, topic: str, partition: int) -> bool:
+    def appeared(self, partition: Partition) -> bool:
+        """Whether L{new} found C{partition} new since the start (its log is all new)."""
+        return partition in self._appeared
+
+    def unread(self, consumer: Consumer, topic: str, partition: int) -> bool:
         """
         Whether the group has never read C{partition} of C{topic} while it
         read others of it: no committed offset for it, one for some other
@@ -96,37 +114,16 @@ class TopicLayout:
         node down or not yet started), and all of it is newer than what the
         group read: it starts at its beginning. (A partition merely idle
         since its assignment has its start position stored: the consumer
-        loop's C{store_positions}.)
+        loop's C{store_positions}.) The offsets are the C{consumer}'s
+        own lookup: call it from the consumer thread, never from a
+        rebalance callback.
 
         @raise KafkaException: the metadata or offsets could not be looked up.
         """
         metadata = self._client().list_topics(topic, timeout=LOOKUP_TIMEOUT).topics.get(topic)
         if metadata is None or metadata.error is not None:
             return False
-        request = ConsumerGroupTopicPartitions(
-            self._group, [TopicPartition(topic, p) for p in metadata.partitions])
-        future = self._client().list_consumer_group_offsets(
-            [request], request_timeout=LOOKUP_TIMEOUT)[self._group]
-        committed = {c.partition for c in future.result(timeout=LOOKUP_TIMEOUT + 1.0).topic_partitions
-                     if c.offset >= 0}
+        offsets = consumer.committed([TopicPartition(topic, p) for p in metadata.partitions],
+                                     timeout=LOOKUP_TIMEOUT)
+        committed = {c.partition for c in offsets if c.offset >= 0}
         return partition not in committed and bool(committed)
-
-    def from_beginning(self, new: list[TopicPartition]) -> list[TopicPartition]:
-        """
-        Set those of C{new} the group has no offset for to start at their
-        beginning (in place); the ones set.
-
-        @raise KafkaException: the offsets could not be looked up (none set).
-        """
-        if not new:
-            return []
-        request = ConsumerGroupTopicPartitions(
-            self._group, [TopicPartition(tp.topic, tp.partition) for tp in new])
-        future = self._client().list_consumer_group_offsets(
-            [request], request_timeout=LOOKUP_TIMEOUT)[self._group]
-        committed = future.result(timeout=LOOKUP_TIMEOUT + 1.0).topic_partitions
-        without = {(c.topic, c.partition) for c in committed if c.offset < 0}
-        started = [tp for tp in new if (tp.topic, tp.partition) in without]
-        for tp in started:
-            tp.offset = OFFSET_BEGINNING
-        return started

@@ -77,6 +77,37 @@ class CoalescingTests(SendLoop, SynchronousTestCase):
         self.fanout.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_holdSchedulesNoTurnEndCall(self):
+        """
+        Under a hold (a delivery batch, which flushes at its end) publishing
+        schedules no timer and the flush writes; after it, publishing
+        schedules the turn-end write again.
+        """
+        box = self.outbox()
+        self.fanout.hold()
+        self.fanout.publish(event("a", 1), "a", "trade", [box])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.fanout.flush()
+        self.fanout.release()
+        self.assertEqual(events_in(box.transport.value()), [("a", 1)])
+        self.fanout.publish(event("a", 2), "a", "trade", [box])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(events_in(box.transport.value()), [("a", 1), ("a", 2)])
+
+    def test_releaseWithoutFlushWritesAtTurnEnd(self):
+        """
+        A holder that stopped before its flush (it raised) strands nothing:
+        the release schedules the turn-end write of what it published.
+        """
+        box = self.outbox()
+        self.fanout.hold()
+        self.fanout.publish(event("a", 1), "a", "trade", [box])
+        self.fanout.release()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(events_in(box.transport.value()), [("a", 1)])
+
     def test_publishSharesOneFrame(self):
         """publish() writes the same frame to every outbox, one write each."""
         boxes = [self.outbox() for _ in range(3)]

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from odin_ws.common.events import Partition
 from odin_ws.shard.kafka.consumerloop import ConsumerLoop
 from odin_ws.shard.kafka.records import RecordMapper
+from tests.helpers import sample
 from tests.helpers.fakes import FakeKafkaMessage
 from tests.shard.kafka.test_ingest import FakeIncarnations, FakeIngest, RebalanceConsumer, make_settings
 
@@ -47,21 +48,27 @@ class PlacingConsumer(RebalanceConsumer):
 
 
 class FakeLayout:
-    """Which partitions the group never read (L{TopicLayout.unread}), from a set."""
+    """
+    Which partitions the group never read (L{TopicLayout.unread}, asked of
+    the consumer it is given) and which appeared since the start, from sets.
+    """
 
-    def __init__(self, unread=(), fails: bool = False):
+    def __init__(self, unread=(), fails: bool = False, appeared=()):
         self._unread = set(unread)
+        self._appeared = set(appeared)
         self.fails = fails
+        self.asked: list = []
 
-    def unread(self, topic, partition):
+    def unread(self, consumer, topic, partition):
+        self.asked.append(consumer)
         if self.fails:
             raise TimeoutError("no answer")
         return (topic, partition) in self._unread
 
-    def new(self, partitions):
-        return []
+    def appeared(self, partition):
+        return partition in self._appeared
 
-    def from_beginning(self, new):
+    def new(self, partitions):
         return []
 
 
@@ -165,6 +172,30 @@ class OffsetsLostTests(SynchronousTestCase):
         self.assertEqual(self.consumer.calls[-1], ("incremental_assign", [("t", 1, OFFSET_END)]))
         self.assertEqual(errors, ["new_partitions"])
 
+    def test_committedOffsetsAskedOfTheConsumer(self):
+        """
+        Whether the group read a partition is asked of the consumer itself
+        (its own offset lookup), not of an admin client's coordinator
+        request, which can abort the process in librdkafka 2.16.
+        """
+        layout = FakeLayout()
+        loop = self.loop(layout=layout)
+        loop.handle([reset_error(1)])
+        self.assertEqual(layout.asked, [self.consumer])
+
+    def test_partitionAppearedSinceStartFromItsBeginning(self):
+        """
+        A partition that appeared while the shard ran (added to the topic)
+        and that the group has no offset for starts at its beginning with
+        start_offset latest, without any lookup of the group's offsets.
+        """
+        layout = FakeLayout(appeared={("t", 1)})
+        loop = self.loop(layout=layout)
+        loop.handle([reset_error(1)])
+        self.assertEqual(self.consumer.calls[-1],
+                         ("incremental_assign", [("t", 1, OFFSET_BEGINNING)]))
+        self.assertEqual(layout.asked, [])
+
     def test_identityUnknownWaits(self):
         """
         While the topics' identities cannot be looked up the partition is
@@ -216,3 +247,47 @@ class OffsetsLostTests(SynchronousTestCase):
         self.assertEqual(self.consumer.stored, [("t", 0, 40)])
         loop.store_positions()
         self.assertEqual(self.consumer.stored, [("t", 0, 40)])
+
+
+class SubscribingConsumer(PlacingConsumer):
+    """Also records the subscription calls."""
+
+    def unsubscribe(self):
+        self.calls.append(("unsubscribe",))
+
+    def subscribe(self, topics, **callbacks):
+        self.calls.append(("subscribe", tuple(topics)))
+
+    def consume(self, n, timeout):
+        return []
+
+
+class RejoinTests(SynchronousTestCase):
+
+    def test_rejoinLeavesAndSubscribesAgain(self):
+        """
+        The parent's rejoin request (an event set from the reactor) makes the
+        consumer thread leave the group and subscribe again at its next
+        poll, once (counted, logged); without it the loop does not touch
+        the subscription.
+        """
+        settings = make_settings("127.0.0.1:1", "t", "g")
+        ingest = FakeIngest()
+        logged: list[str] = []
+        ingest.log = lambda level, fmt, **kw: logged.append(fmt)
+        consumer = SubscribingConsumer()
+        rejoin = threading.Event()
+        loop = ConsumerLoop(ingest, consumer, RecordMapper.from_settings(settings.kafka),
+                            settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
+                            FakeIncarnations({"t": "e1"}), cooperative=True, rejoin=rejoin)
+        before = sample("odinws_kafka_group_rejoins_total") or 0
+        loop.poll_once()
+        self.assertNotIn(("unsubscribe",), consumer.calls)
+        rejoin.set()
+        loop.poll_once()
+        loop.poll_once()
+        subscriptions = [c for c in consumer.calls if c[0] in ("unsubscribe", "subscribe")]
+        self.assertEqual(subscriptions, [("unsubscribe",), ("subscribe", ("t",))])
+        self.assertFalse(rejoin.is_set())
+        self.assertEqual(sample("odinws_kafka_group_rejoins_total"), before + 1)
+        self.assertEqual(len([line for line in logged if "joining again" in line]), 1)

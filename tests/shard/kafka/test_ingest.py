@@ -964,3 +964,30 @@ class StatusTruthTests(SynchronousTestCase):
         self.ingest.publish_assignment(frozenset({Partition("t", 0)}))
         status = self.ingest.status()
         self.assertEqual((status["last_error"], status["missing_topics"]), (None, []))
+
+
+class TopicsStatusTests(SynchronousTestCase):
+    """What a shard reports of its topics for the parent's coverage check (parent/coverage.py)."""
+
+    def test_partitionCountsFromStatistics(self):
+        """
+        Each configured topic's partition count comes from the consumer's
+        statistics (its own metadata: every partition of a topic it holds
+        some of, and librdkafka's internal -1), with the partitions held
+        here; topics not configured are left out.
+        """
+        ingest = KafkaIngest(ThreadlessReactor(), make_settings("b:1", "t", "g"), 0, None, None)
+        ingest.publish_assignment(frozenset({Partition("t", 1)}))
+        ingest._on_stats(json.dumps({"brokers": {}, "topics": {
+            "t": {"partitions": {"-1": {}, "0": {}, "1": {}, "2": {}, "3": {}}},
+            "other": {"partitions": {"0": {}}}}}))
+        self.assertEqual(ingest.status()["topics"], {"t": {"partitions": 4, "assigned": [1]}})
+
+    def test_rejoinOnlyWhileConsuming(self):
+        """
+        The parent's rejoin request reaches the consumer thread (an event it
+        polls) only while a consumer runs; a stopped ingest says it cannot.
+        """
+        ingest = KafkaIngest(ThreadlessReactor(), make_settings("b:1", "t", "g"), 0, None, None)
+        self.assertFalse(ingest.rejoin())
+        self.assertFalse(ingest._rejoin.is_set())

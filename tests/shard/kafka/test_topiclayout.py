@@ -2,36 +2,41 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from types import SimpleNamespace
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
+from confluent_kafka import OFFSET_INVALID, TopicPartition
 from twisted.trial import unittest
 
+from odin_ws.common.events import Partition
 from odin_ws.shard.kafka.incarnations import admin_config
 from odin_ws.shard.kafka.topiclayout import TopicLayout
 
 
 class FakeAdmin:
-    """Metadata of topic C{t} with C{partitions}; committed offsets by partition."""
+    """Metadata of topic C{t} with C{partitions}."""
 
-    def __init__(self, partitions: int, committed: dict[int, int]):
+    def __init__(self, partitions: int):
         self.partitions = partitions
-        self.committed = committed
-        self.asked: list[list[int]] = []
 
     def list_topics(self, topic=None, timeout=None):
         topic = SimpleNamespace(partitions=dict.fromkeys(range(self.partitions)), error=None)
         return SimpleNamespace(topics={"t": topic})
 
     def list_consumer_group_offsets(self, requests, request_timeout):
-        [request] = requests
-        self.asked.append([tp.partition for tp in request.topic_partitions])
-        future: Future = Future()
-        future.set_result(SimpleNamespace(topic_partitions=[
-            TopicPartition("t", tp.partition, self.committed.get(tp.partition, OFFSET_INVALID))
-            for tp in request.topic_partitions]))
-        return {request.group_id: future}
+        raise AssertionError("a coordinator request through the admin client")
+
+
+class FakeConsumer:
+    """The group's committed offsets of C{t}, by partition, as C{Consumer.committed} answers."""
+
+    def __init__(self, committed: dict[int, int]):
+        self.offsets = committed
+        self.asked: list[list[int]] = []
+
+    def committed(self, partitions, timeout=None):
+        self.asked.append([tp.partition for tp in partitions])
+        return [TopicPartition("t", tp.partition, self.offsets.get(tp.partition, OFFSET_INVALID))
+                for tp in partitions]
 
 
 def tps(*partitions: int) -> list[TopicPartition]:
@@ -40,14 +45,14 @@ def tps(*partitions: int) -> list[TopicPartition]:
 
 class TopicLayoutTests(unittest.TestCase):
     def layout(self, admin: FakeAdmin) -> TopicLayout:
-        return TopicLayout({}, "g", ["t"], admin_factory=lambda config: admin)
+        return TopicLayout({}, ["t"], admin_factory=lambda config: admin)
 
     def test_partitionsAddedAreNew(self):
         """
         The partitions there at the first assignment are not new; those
         past that count, assigned later, are, once each.
         """
-        admin = FakeAdmin(2, {})
+        admin = FakeAdmin(2)
         layout = self.layout(admin)
         self.assertEqual(layout.new(tps(0, 1)), [])
         admin.partitions = 4
@@ -56,39 +61,38 @@ class TopicLayoutTests(unittest.TestCase):
 
     def test_topicGoneBeforeFirstAssignment(self):
         """A topic reported missing before the counts were taken: all its partitions are new."""
-        layout = self.layout(FakeAdmin(2, {}))
+        layout = self.layout(FakeAdmin(2))
         layout.gone("t")
         self.assertEqual([tp.partition for tp in layout.new(tps(0, 1))], [0, 1])
 
-    def test_fromBeginningOnlyWithoutCommittedOffset(self):
+    def test_partitionsAddedAppeared(self):
         """
-        Of the new partitions, those the group has an offset for keep it
-        (another shard read them already); the others start at the beginning.
+        The partitions L{TopicLayout.new} found new are remembered as
+        appeared (all of their log is newer than the shard); the others not.
         """
-        admin = FakeAdmin(4, {2: 17})
+        admin = FakeAdmin(2)
         layout = self.layout(admin)
-        new = tps(2, 3)
-        started = layout.from_beginning(new)
-        self.assertEqual([tp.partition for tp in started], [3])
-        self.assertEqual([tp.offset for tp in new], [TopicPartition("t", 2).offset,
-                                                     OFFSET_BEGINNING])
-        self.assertEqual(admin.asked, [[2, 3]])
-        self.assertEqual(layout.from_beginning([]), [])
-        self.assertEqual(len(admin.asked), 1)
+        layout.new(tps(0, 1))
+        admin.partitions = 3
+        layout.new(tps(2))
+        self.assertEqual([layout.appeared(Partition("t", p)) for p in range(3)],
+                         [False, False, True])
 
     def test_unreadPartitions(self):
         """
         A partition the group has no offset for while it has one for some
         other partition of the topic was never read by the group (added
         while the node was down); with no offsets at all (a new group) or
-        one of its own it is not.
+        one of its own it is not. The offsets are the consumer's lookup,
+        for every partition of the topic; the admin client never asks the
+        coordinator.
         """
-        admin = FakeAdmin(4, {0: 10, 1: 12})
-        layout = self.layout(admin)
-        self.assertTrue(layout.unread("t", 3))
-        self.assertFalse(layout.unread("t", 1))
-        self.assertEqual(admin.asked[-1], [0, 1, 2, 3])
-        self.assertFalse(self.layout(FakeAdmin(4, {})).unread("t", 3))
+        layout = self.layout(FakeAdmin(4))
+        consumer = FakeConsumer({0: 10, 1: 12})
+        self.assertTrue(layout.unread(consumer, "t", 3))
+        self.assertFalse(layout.unread(consumer, "t", 1))
+        self.assertEqual(consumer.asked[-1], [0, 1, 2, 3])
+        self.assertFalse(self.layout(FakeAdmin(4)).unread(FakeConsumer({}), "t", 3))
 
 
 class AdminConfigTests(unittest.TestCase):

@@ -26,9 +26,10 @@ from odin_ws.common.config import Config, validate
 from odin_ws.common.events import Event
 from odin_ws.common.settings import SchemaRegistrySettings, Settings
 from odin_ws.common.topicoptions import ValueFormat
+from odin_ws.shard.kafka.decoded import Decoded
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.schemasource import Missing, SchemaSource, client_config
-from odin_ws.shard.kafka.valueformats import Decoded, UndecodableAudit, ValueDecoder
+from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
 from tests.helpers.schemas import (
     AVRO_FILL,
     AVRO_TRADE_V2,
