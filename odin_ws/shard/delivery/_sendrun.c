@@ -77,15 +77,12 @@ typedef struct {
 #define NLAYOUTS 4
 static Layout layouts[NLAYOUTS];
 static int next_layout;
+/* The layout found last: every Outbox of a write is usually of one class. */
+static Layout *last;
 
 static Layout *
-layout_of(PyTypeObject *type)
+layout_find(PyTypeObject *type)
 {
-    /* Every Outbox of a write is usually of one class: the last one found first. */
-    static Layout *last;
-    if (last != NULL && last->type == type && type->tp_version_tag == last->version
-            && last->version != 0)
-        return last;
     for (int i = 0; i < NLAYOUTS; i++) {
         /* A tag of 0 is no tag: such a type is looked at again every time. */
         if (layouts[i].type == type && type->tp_version_tag == layouts[i].version
@@ -114,6 +111,16 @@ layout_of(PyTypeObject *type)
     }
     layout->version = type->tp_version_tag;
     return last = layout;
+}
+
+/* The layout of `type`: the last one found, inline, else layout_find. */
+static inline Layout *
+layout_of(PyTypeObject *type)
+{
+    if (last != NULL && last->type == type && type->tp_version_tag == last->version
+            && last->version != 0)
+        return last;
+    return layout_find(type);
 }
 
 /* box.<attribute a>, a new reference; NULL with AttributeError if unset. */
@@ -256,7 +263,7 @@ peek(PyObject *box, const Layout *layout, int a)
 }
 
 /* Is box.<attribute a> true? -1 on error. */
-static int
+static inline int
 attr_true(PyObject *box, const Layout *layout, int a)
 {
     PyObject *v = peek(box, layout, a);
