@@ -137,7 +137,10 @@ class KafkaSettings:
         "field:NAME (when the record has it; else the topic's). A topic without an entry uses "
         "json and kafka.token_field/kafka.event_type_field.")
     start_offset: str = setting(
-        "latest", "Where a new consumer group starts. A partition that appears while the node "
+        "latest", "Where a new consumer group starts: latest, at each partition's first record "
+        "timestamped from the moment the shard's consumer started (so nothing produced while it "
+        "joined the group is skipped); earliest, at its beginning. A partition that appears "
+        "while the node "
         "runs (added to a topic, or a topic created or recreated) is read from its beginning "
         "either way, unless the group has an offset for it.", choices=("latest", "earliest"))
     metadata_refresh_ms: int = setting(

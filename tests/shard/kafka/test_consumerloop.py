@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 from twisted.trial.unittest import SynchronousTestCase
@@ -45,6 +46,20 @@ class PlacingConsumer(RebalanceConsumer):
 
     def store_offsets(self, offsets):
         self.stored.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
+
+    #: (topic, partition) -> the offset of its first record at or after the
+    #: asked timestamp (-1 when none; the default), and its end now.
+    since: dict[tuple[str, int], int] = {}
+    ends: dict[tuple[str, int], int] = {}
+    times_asked: list[int] = []
+
+    def offsets_for_times(self, partitions, timeout=None):
+        self.times_asked = [tp.offset for tp in partitions]
+        return [TopicPartition(tp.topic, tp.partition, self.since.get((tp.topic, tp.partition), -1))
+                for tp in partitions]
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        return 0, self.ends.get((tp.topic, tp.partition), OFFSET_END)
 
 
 class FakeLayout:
@@ -137,6 +152,40 @@ class OffsetsLostTests(SynchronousTestCase):
             loop.handle([reset_error(1)])
             self.assertEqual(self.consumer.calls, [("incremental_unassign", [("t", 1)]),
                                                    ("incremental_assign", [("t", 1, where)])])
+
+    def test_latestMeansSinceTheConsumerStarted(self):
+        """
+        start_offset latest, no usable offset: the partition starts at its
+        first record since the consumer started (looked up by time), so
+        records produced between the start and librdkafka resolving "the
+        end" (up to ~1 s later, measured) are read, not skipped; with none
+        yet, at its end as of now, a real offset.
+        """
+        before = int(time.time() * 1000)
+        loop = self.loop()
+        self.consumer.since = {("t", 1): 7}
+        loop.handle([reset_error(1)])
+        self.assertEqual(self.consumer.calls, [("incremental_unassign", [("t", 1)]),
+                                               ("incremental_assign", [("t", 1, 7)])])
+        self.assertEqual(self.consumer.times_asked, [loop.started_ms])
+        self.assertGreaterEqual(loop.started_ms, before)
+        loop = self.loop()
+        self.consumer.ends = {("t", 1): 12}
+        loop.handle([reset_error(1)])
+        self.assertEqual(self.consumer.calls[-1], ("incremental_assign", [("t", 1, 12)]))
+
+    def test_latestLookupFailingLeavesTheLogicalEnd(self):
+        """A failed lookup by time: the partition starts at the logical end, the error counted."""
+        errors: list[str] = []
+        loop = self.loop()
+        self.ingest.note_error = lambda kind, text, level="warn": errors.append(kind)
+
+        def fails(partitions, timeout=None):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+        self.consumer.offsets_for_times = fails
+        loop.handle([reset_error(1)])
+        self.assertEqual(self.consumer.calls[-1], ("incremental_assign", [("t", 1, OFFSET_END)]))
+        self.assertEqual(errors, ["start_offset"])
 
     def test_incarnationFoundEarlierStillReadFromItsBeginning(self):
         """
