@@ -489,12 +489,12 @@ class ConsumerLoop:
                 [TopicPartition(tp.topic, tp.partition, self.started_ms) for tp in partitions],
                 timeout=LOOKUP_TIMEOUT)
             for tp in found:
-                offset = tp.offset
-                if tp.error is None and offset < 0:   # no record that young: its end now
-                    offset = self.consumer.get_watermark_offsets(
-                        TopicPartition(tp.topic, tp.partition), timeout=LOOKUP_TIMEOUT,
-                        cached=False)[1]
-                if tp.error is None and offset >= 0:
+                if tp.error is not None:
+                    continue
+                offset = tp.offset if tp.offset >= 0 else self.consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=LOOKUP_TIMEOUT,
+                    cached=False)[1]   # no record that young: its end now
+                if offset >= 0:
                     out[Partition(tp.topic, tp.partition)] = offset
         except KafkaException as e:
             self.ingest.note_error("start_offset", describe_error(e))
