@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from odin_ws.shard.delivery import mergepatch
+from odinws_client.mergepatch import apply_merge_patch
 from tests.helpers.node import Client, wait_for
 from tests.helpers.topics import TopicNodeCase
 
@@ -26,7 +26,7 @@ def rebuild(messages: list[dict[str, Any]]) -> list[Any]:
     last: dict[str, Any] = {}
     out = []
     for m in messages:
-        data = mergepatch.apply(last[m["channel"]], m["delta"]) if "delta" in m else m["data"]
+        data = apply_merge_patch(last[m["channel"]], m["delta"]) if "delta" in m else m["data"]
         last[m["channel"]] = data
         out.append(data)
     return out

@@ -85,19 +85,3 @@ def whole_payload(envelope: bytes, sid: int) -> bytes:
     """A whole event's envelope with C{"sid":<sid>} added: it starts stream C{sid}."""
     return envelope[:-1] + b',"sid":%d}' % sid
 
-
-def apply(last: dict[str, Any], message: list[Any]) -> dict[str, Any]:
-    """
-    What a client does with a compact delta: the event it stands for,
-    rebuilt from C{last} (the stream's previous event, as a client keeps
-    it: C{channel}, C{data}, C{ts}, C{pos}). Used by the tests and the
-    bench; the clients in clients/ do the same.
-    """
-    _, dpos, dts, patch, *rest = message
-    data = mergepatch.apply(last["data"], patch)
-    if rest:
-        for key, step in rest[0].items():
-            data[key] = last["data"][key] + step  # type: ignore[index]
-    stream, _, offset = last["pos"].rpartition(":")
-    return {"channel": last["channel"], "data": data, "ts": last["ts"] + dts,
-            "pos": f"{stream}:{int(offset) + dpos}"}

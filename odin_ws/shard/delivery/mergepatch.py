@@ -57,15 +57,3 @@ def _has_null_member(value: object) -> bool:
             return True
     return False
 
-
-def apply(target: object, patch: object) -> object:
-    """RFC 7386's MergePatch(C{target}, C{patch}): what a client does with a delta."""
-    if type(patch) is not dict:
-        return patch
-    result = dict(target) if type(target) is dict else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply(result.get(key), value)
-    return result

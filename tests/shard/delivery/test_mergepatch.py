@@ -1,4 +1,7 @@
-"""Tests for L{odin_ws.shard.delivery.mergepatch}: diffs that apply back exactly, RFC 7386."""
+"""
+Tests for L{odin_ws.shard.delivery.mergepatch}: diffs that the client
+library's RFC 7386 apply (the one clients run) turns back exactly.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.shard.delivery.mergepatch import apply, diff
+from odin_ws.shard.delivery.mergepatch import diff
+from odinws_client.mergepatch import apply_merge_patch as apply
 
 _scalars = st.one_of(st.booleans(), st.integers(), st.text(max_size=5),
                      st.floats(allow_nan=False, allow_infinity=False))

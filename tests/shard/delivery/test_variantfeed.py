@@ -19,7 +19,7 @@ from odin_ws.common import config as configmod
 from odin_ws.common.events import Event
 from odin_ws.common.highwater import HighWater
 from odin_ws.common.settings import Settings
-from odin_ws.shard.delivery import compactdelta, mergepatch, variantfeed
+from odin_ws.shard.delivery import mergepatch, variantfeed
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.filters import FilterPool
 from odin_ws.shard.delivery.outbox import Outbox
@@ -30,6 +30,8 @@ from odin_ws.shard.delivery.variantfeed import VariantFeed, delta_envelope, even
 from odin_ws.shard.delivery.variants import COMPACT, MERGE_PATCH, Variant, VariantIndex
 from odin_ws.shard.delivery.writestats import WriteStats
 from odin_ws.shard.history.store import History
+from odinws_client import compactdelta as compactdelta_client
+from odinws_client.mergepatch import apply_merge_patch
 from tests.helpers import CountingTransport, FakeProtocol, SendLoop, parse_frames, policies
 
 
@@ -52,7 +54,7 @@ def rebuild(messages: list[dict[str, Any]]) -> list[Any]:
         if m.get("type") != "event":
             continue
         if "delta" in m:
-            data = mergepatch.apply(last[m["channel"]], m["delta"])
+            data = apply_merge_patch(last[m["channel"]], m["delta"])
         else:
             data = m["data"]
         last[m["channel"]] = data
@@ -182,7 +184,8 @@ def rebuild_compact(messages: list[Any]) -> list[dict[str, Any]]:
     out = []
     for m in messages:
         if type(m) is list:
-            event = compactdelta.apply(streams[m[0]], m)
+            rebuilt = compactdelta_client.rebuild(streams[m[0]], m)
+            event = {k: rebuilt[k] for k in ("channel", "data", "ts", "pos")}
             streams[m[0]] = event
         elif m.get("type") == "event":
             event = {k: m[k] for k in ("channel", "data", "ts", "pos")}
