@@ -52,6 +52,7 @@ from odin_ws.common import config as configmod  # noqa: E402
 from odin_ws.common import metrics  # noqa: E402
 from odin_ws.common.events import Partition  # noqa: E402
 from odin_ws.common.highwater import HighWater  # noqa: E402
+from odin_ws.common.histograms import Observer  # noqa: E402
 from odin_ws.common.settings import Settings  # noqa: E402
 from odin_ws.shard.delivery.deflate import Deflate  # noqa: E402
 from odin_ws.shard.delivery.fanout import Fanout  # noqa: E402
@@ -69,6 +70,7 @@ from odin_ws.shard.kafka.valueformats import ValueDecoder  # noqa: E402
 from odin_ws.shard.service import _history_bounds  # noqa: E402
 
 TOPIC = "odin.trades"
+_BROKER_LATENCY = Observer(metrics.BROKER_LATENCY)
 WORKLOADS = {"all-turn": ("all", 1), "all-burst": ("all", 10),
              "tokens-turn": ("tokens", 1), "tokens-burst": ("tokens", 10)}
 #: Batches of the short and the long run under callgrind, per workload.
@@ -129,9 +131,7 @@ def handle(mapper: RecordMapper, messages: list[Record], positions: dict) -> lis
         if not isinstance(result, str):
             result.consumed = consumed
             events.append(result)
-    observe = metrics.BROKER_LATENCY.observe
-    for e in events:
-        observe(max(0.0, consumed - e.ts / 1000.0))
+    _BROKER_LATENCY.observe_all([max(0.0, consumed - e.ts / 1000.0) for e in events])
     metrics.KAFKA_RECORDS.labels(TOPIC).inc(len(messages))
     return events
 

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from odin_ws.common import metrics
 from odin_ws.common.events import Event
 from odin_ws.common.highwater import HighWater
+from odin_ws.common.histograms import Observer
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
@@ -225,15 +226,17 @@ class Delivery:
                 fanout.after_flush(lambda: _observe_latency(delivered, relayed))
 
 
+#: The latency histograms, observed once per batch (odin_ws/common/histograms.py).
+_END_TO_END = Observer(metrics.DELIVERY_LATENCY)
+_OWN = {False: Observer(metrics.OWN_LATENCY_LOCAL), True: Observer(metrics.OWN_LATENCY_RELAYED)}
+
+
 def _observe_latency(delivered: list[Event], relayed: bool) -> None:
     """
     End to end, and odinws's own share: consumed (by this shard or,
     relayed, by another) to written to the last subscriber's socket.
+    Never NaN: each is at least 0.
     """
     now = time.time()
-    end_to_end = metrics.DELIVERY_LATENCY.observe
-    own = (metrics.OWN_LATENCY_RELAYED if relayed else metrics.OWN_LATENCY_LOCAL).observe
-    for e in delivered:
-        end_to_end(max(0.0, now - e.ts / 1000.0))
-        if e.consumed:
-            own(max(0.0, now - e.consumed))
+    _END_TO_END.observe_all([max(0.0, now - e.ts / 1000.0) for e in delivered])
+    _OWN[relayed].observe_all([max(0.0, now - e.consumed) for e in delivered if e.consumed])

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
 from odin_ws.common.events import Event, Partition
+from odin_ws.common.histograms import Observer
 from odin_ws.common.settings import KafkaSettings
 from odin_ws.shard.history.holes import Hole
 from odin_ws.shard.kafka.incarnations import TopicIncarnations
@@ -62,6 +63,10 @@ class LoopOwner(Protocol):
     def audit(self, fmt: str, **kw: Any) -> None: ...
 
     def thread_failed(self, failure: Failure) -> None: ...
+
+
+#: The broker's share of the delivery latency, observed once per batch.
+_BROKER_LATENCY = Observer(metrics.BROKER_LATENCY)
 
 # Seconds the thread waits at stop for batches already in the reactor, so
 # their offsets are committed by close().
@@ -278,9 +283,7 @@ class ConsumerLoop:
                 events.append(result)
         # The broker's share of the delivery latency (and the producer's:
         # record timestamp to consumed), once per event and node.
-        observe = metrics.BROKER_LATENCY.observe
-        for e in events:
-            observe(max(0.0, consumed - e.ts / 1000.0))
+        _BROKER_LATENCY.observe_all([max(0.0, consumed - e.ts / 1000.0) for e in events])
         for topic, n in records.items():
             metrics.KAFKA_RECORDS.labels(topic).inc(n)
         for reason, n in rejected.items():
