@@ -52,7 +52,7 @@ from odin_ws.common import config as configmod  # noqa: E402
 from odin_ws.common import metrics  # noqa: E402
 from odin_ws.common.events import Partition  # noqa: E402
 from odin_ws.common.highwater import HighWater  # noqa: E402
-from odin_ws.common.histograms import Observer  # noqa: E402
+from odin_ws.common.prometheus_internals import Observer  # noqa: E402
 from odin_ws.common.settings import Settings  # noqa: E402
 from odin_ws.shard.delivery.deflate import Deflate  # noqa: E402
 from odin_ws.shard.delivery.fanout import Fanout  # noqa: E402

@@ -363,7 +363,8 @@ class RaiseListenErrorsTests(SynchronousTestCase):
 
 
 #: The modules allowed to touch another object's underscore attributes.
-INTERNALS = {"odin_ws/common/twisted_internals.py", "odin_ws/shard/clients/autobahn_internals.py"}
+INTERNALS = {"odin_ws/common/twisted_internals.py", "odin_ws/common/prometheus_internals.py",
+             "odin_ws/shard/clients/autobahn_internals.py"}
 
 
 def foreign_private_access(path: str) -> list[str]:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from odin_ws.common import metrics
 from odin_ws.common.events import Event
 from odin_ws.common.highwater import HighWater
-from odin_ws.common.histograms import Observer
+from odin_ws.common.prometheus_internals import Observer
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
@@ -226,7 +226,7 @@ class Delivery:
                 fanout.after_flush(lambda: _observe_latency(delivered, relayed))
 
 
-#: The latency histograms, observed once per batch (odin_ws/common/histograms.py).
+#: The latency histograms, observed once per batch (common/prometheus_internals.py).
 _END_TO_END = Observer(metrics.DELIVERY_LATENCY)
 _OWN = {False: Observer(metrics.OWN_LATENCY_LOCAL), True: Observer(metrics.OWN_LATENCY_RELAYED)}
 

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
 from odin_ws.common.events import Event, Partition
-from odin_ws.common.histograms import Observer
+from odin_ws.common.prometheus_internals import Observer
 from odin_ws.common.settings import KafkaSettings
 from odin_ws.shard.history.holes import Hole
 from odin_ws.shard.kafka.incarnations import TopicIncarnations

@@ -1,5 +1,5 @@
 """
-Tests for L{odin_ws.common.histograms}: an L{Observer} writes into a
+Tests for L{odin_ws.common.prometheus_internals}: an L{Observer} writes into a
 C{prometheus_client} Histogram exactly what C{Histogram.observe} writes
 (same buckets, count and sum), one value at a time or a batch at once, for
 a metric without labels and for a labelled child; this also pins the
@@ -11,7 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram
 from twisted.trial.unittest import SynchronousTestCase
 
-from odin_ws.common.histograms import Observer
+from odin_ws.common.prometheus_internals import Observer
 
 BUCKETS = (.001, .005, .01, .1, 1, 10)
 #: Below the first bound, on every bound, between bounds, above the last.

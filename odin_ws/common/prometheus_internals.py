@@ -1,5 +1,6 @@
 """
-Observations into a C{prometheus_client} Histogram at a fraction of
+The contact with C{prometheus_client}'s private state. Observations into a
+C{prometheus_client} Histogram at a fraction of
 C{Histogram.observe}'s cost (L{Observer}), for the per-event latency
 metrics of the delivery path.
 
@@ -14,7 +15,7 @@ bucket for every value (the first upper bound it is at most, C{+Inf} last).
 
 This is the one module that reads C{prometheus_client}'s private histogram
 attributes (C{_upper_bounds}, C{_buckets}, C{_sum}); the pinned version is
-checked by tests/common/test_histograms.py against C{observe} itself.
+checked by tests/common/test_prometheus_internals.py against C{observe} itself.
 """
 
 from __future__ import annotations
