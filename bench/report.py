@@ -225,6 +225,62 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                      verdict(drop <= 0.10)))
         rows.append(("10% stalled clients: RSS flat", f"{growth / 2**20:+.1f} MiB over the run",
                      verdict(growth <= max(20 * 2**20, 0.1 * s["series"][0]["rss"]))))
+    return rows + native_targets(results)
+
+
+def _random_cell(results: dict, server: str, conns: int, mode: str) -> dict | None:
+    """A random-tokens cell without a flush window, of this run (not merged)."""
+    return next((c for c in results["cells"] if c.get("kind") == "random"
+                 and not c.get("flush_delay") and not c.get("merged_from")
+                 and c["server"] == server and c["conns"] == conns and c["mode"] == mode), None)
+
+
+def native_targets(results: dict) -> list[tuple[str, str, str]]:
+    """
+    The native fan-out core's targets (issue 24), and what the native loop
+    earns against the pure-Python one (odinws-py, same run).
+    """
+    rows = []
+
+    def ratio_row(what: str, o: dict | None, r: dict | None, goal: float | None,
+                  name: str) -> None:
+        if not (o and r and o["max_fps"] and r["max_fps"]):
+            rows.append((what, "–", "?" if goal else "–"))
+            return
+        ratio = o["max_fps"] / r["max_fps"]
+        ok = "–" if goal is None else ("met" if ratio >= goal else "**missed**")
+        rows.append((what, f"{ratio:.2f}× ({_k(o['max_fps'])} of {name} "
+                           f"{_k(r['max_fps'])})", ok))
+
+    for mode in ("burst", "turn"):
+        o = _random_cell(results, "odinws", 5000, mode)
+        ratio_row(f"random tokens, 5k {mode}: ≥ 1.3× cpython-raw (same run)", o,
+                  _random_cell(results, "cpython-raw", 5000, mode), 1.3, "cpython-raw")
+        peers = [p for p in (_random_cell(results, n, 5000, mode)
+                             for n in ("node-ws", "centrifugo")) if p and p["max_fps"]]
+        best = max(peers, key=lambda p: p["max_fps"]) if peers else None
+        ratio_row(f"random tokens, 5k {mode}: ≥ 1.5× the best of node-ws and Centrifugo "
+                  "(same run)", o, best, 1.5, best["server"] if best else "")
+    for conns in (1000, 5000):
+        o = _cell(results, "odinws", conns, "turn")
+        ratio_row(f"everyone, {conns // 1000}k turn: ≥ 1.3× cpython-raw (same run)", o,
+                  o and _raw_of(results, o), 1.3, "cpython-raw")
+    idle = [c for c in _classic(results) if c["server"] == "odinws"
+            and c["conns"] in (1000, 5000) and not c.get("merged_from")]
+    if idle:
+        worst = max(idle, key=lambda c: c["rss_per_conn"])
+        per = worst["rss_per_conn"] / 1024
+        rows.append(("idle memory per connection ≤ 4.7 KiB (1k and 5k cells)",
+                     f"{per:.1f} KiB ({worst['conns']:,} {worst['mode']})",
+                     "met" if per <= 4.7 else "**missed**"))
+    for conns, mode in ((1000, "burst"), (1000, "turn"), (5000, "burst"), (5000, "turn")):
+        ratio_row(f"everyone, {conns // 1000}k {mode}: native loop against pure-Python "
+                  "(odinws-py, same run)", _cell(results, "odinws", conns, mode),
+                  _cell(results, "odinws-py", conns, mode), None, "odinws-py")
+    for mode in ("burst", "turn"):
+        ratio_row(f"random tokens, 5k {mode}: native loop against pure-Python "
+                  "(odinws-py, same run)", _random_cell(results, "odinws", 5000, mode),
+                  _random_cell(results, "odinws-py", 5000, mode), None, "odinws-py")
     return rows
 
 

@@ -41,6 +41,8 @@ MAX_WINDOW = 6.0  # longest window (slow bursts: see window_for)
 P99_BOUND = 500.0  # ms; above it the server is behind even if the rate matches
 SRC_ADDRS = 8     # 127.0.0.1..127.0.0.8 as source addresses
 SSE_CONNS = 5000  # the one size of the Server-Sent Events cell (odinws-sse)
+#: The sizes of the pure-Python send loop's cells (odinws-py): those of the targets.
+PYTHON_LOOP_CONNS = (1000, 5000)
 
 
 def log(msg: str) -> None:
@@ -279,7 +281,8 @@ def run_random_cells(servers: list[str], conns: list[int], random: tuple[int, in
     for n in conns:
         for name in servers:
             variants = ([((10,), 0.0), ((1,), 0.0)] + [((1,), d) for d in odinws_flush]
-                        if name == "odinws" else [((10, 1), 0.0)])
+                        if name == "odinws" else [((10,), 0.0), ((1,), 0.0)]
+                        if name == "odinws-py" else [((10, 1), 0.0)])
             for batches, delay in variants:
                 log(f"{name}: {n} connections, {random[0]} random tokens of {random[1]}, "
                     f"modes {[MODES[b] for b in batches]}"
@@ -349,7 +352,8 @@ def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) ->
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers",
-                    default="odinws,odinws-sse,cpython-raw,node-ws,py-websockets,nchan,centrifugo")
+                    default="odinws,odinws-py,odinws-sse,cpython-raw,node-ws,py-websockets,nchan,"
+                            "centrifugo")
     ap.add_argument("--conns", default="1000,5000,15000")
     ap.add_argument("--classic-servers", default=None,
                     help="servers of the everyone-subscribes-to-everything cells "
@@ -391,8 +395,11 @@ def main() -> int:
             for n in conns:
                 if name == "odinws-sse" and n != SSE_CONNS:
                     continue
+                if name == "odinws-py" and n not in PYTHON_LOOP_CONNS:
+                    continue
                 # odinws: a fresh instance per mode; its SSE endpoint: burst only.
-                variants = {"odinws": [(10,), (1,)], "odinws-sse": [(10,)]}.get(name, [(10, 1)])
+                variants = {"odinws": [(10,), (1,)], "odinws-py": [(10,), (1,)],
+                            "odinws-sse": [(10,)]}.get(name, [(10, 1)])
                 for batches in variants:
                     log(f"{name}: {n} connections, modes {[MODES[b] for b in batches]}")
                     try:
@@ -410,7 +417,8 @@ def main() -> int:
         if flush_conns and "odinws" in servers:
             run_flush_cells(flush_conns, flush_delays, rundir, guesses, results)
         if not args.no_slow:
-            for name in servers:
+            # (odinws-py: the slow-client policy is the same Python on both loops.)
+            for name in [s for s in servers if s != "odinws-py"]:
                 base = [c for c in results["cells"] if c["server"] == name and not c.get("kind")
                         and c["conns"] == args.slow_conns and c["mode"] == "burst"]
                 if not base or not base[0]["max_fps"]:

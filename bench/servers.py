@@ -469,6 +469,20 @@ class Odinws(KafkaFed):
         return self.random_args() or ["-S", SUBSCRIBE]
 
 
+class OdinwsPython(Odinws):
+    """
+    The same node with its pure-Python send loop (outbound.native: off):
+    the cells beside odinws's show what the native loop earns, same run.
+    """
+
+    name = "odinws-py"
+
+    def __init__(self, rundir: str, batch: int = 10, flush_delay: float = 0.0,
+                 repo: str = REPO, overrides: dict | None = None):
+        super().__init__(rundir, batch, flush_delay, repo,
+                         {"outbound.native": "off", **(overrides or {})})
+
+
 class OdinwsSse(Odinws):
     """odinws's Server-Sent Events endpoint: the same node, events as an event stream."""
 
@@ -595,5 +609,6 @@ def _wait_port(port: int, timeout: float) -> None:
     raise RuntimeError(f"port {port} not listening after {timeout:g}s")
 
 
-SERVERS = {"odinws": Odinws, "odinws-sse": OdinwsSse, "cpython-raw": CpythonRaw, "node-ws": NodeWs,
-           "py-websockets": PyWebsockets, "nchan": Nchan, "centrifugo": Centrifugo}
+SERVERS = {"odinws": Odinws, "odinws-py": OdinwsPython, "odinws-sse": OdinwsSse,
+           "cpython-raw": CpythonRaw, "node-ws": NodeWs, "py-websockets": PyWebsockets,
+           "nchan": Nchan, "centrifugo": Centrifugo}

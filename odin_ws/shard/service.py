@@ -29,11 +29,11 @@ from odin_ws.common.highwater import HighWater
 from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, tls
+from odin_ws.shard.clients.closecodes import CLOSE_RESTARTING
 from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.jwks import RemoteJwks
 from odin_ws.shard.clients.options import SubscriptionOptions
 from odin_ws.shard.clients.recoveryhold import RecoveryHold
-from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery import nativesend
 from odin_ws.shard.delivery.behind import Backlog

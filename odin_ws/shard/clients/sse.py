@@ -28,15 +28,15 @@ from odin_ws.common.settings import Settings
 from odin_ws.common.twisted_internals import replace_protocol
 from odin_ws.shard.clients import messages, recovery
 from odin_ws.shard.clients.autobahn_internals import retire_unopened
-from odin_ws.shard.clients.host import ClientHost
-from odin_ws.shard.clients.refusal import Refused
-from odin_ws.shard.clients.session import (
+from odin_ws.shard.clients.closecodes import (
     CLOSE_POLICY,
     CLOSE_RESTARTING,
     CLOSE_SLOW_CONSUMER,
-    Session,
     count_closed,
 )
+from odin_ws.shard.clients.host import ClientHost
+from odin_ws.shard.clients.refusal import Refused
+from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
 from odin_ws.shard.delivery.ssefeed import (
     PING,

@@ -25,15 +25,15 @@ from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, headgate, messages, sse
 from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN, server_window
+from odin_ws.shard.clients.closecodes import (
+    CLOSE_POLICY,
+    CLOSE_SLOW_CONSUMER,
+    count_closed,
+)
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
 from odin_ws.shard.clients.refusal import Refused, bad_origin
-from odin_ws.shard.clients.session import (
-    CLOSE_POLICY,
-    CLOSE_SLOW_CONSUMER,
-    Session,
-    count_closed,
-)
+from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery import deflate
 from odin_ws.shard.delivery.deflate import Deflate
 from odin_ws.shard.delivery.frames import text_frame
