@@ -21,11 +21,12 @@ from odin_ws.common.highwater import HighWater
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
-from odin_ws.shard.delivery.gaps import StaleNotices
+from odin_ws.shard.delivery.gaps import StaleNotices, count_told
 from odin_ws.shard.delivery.ssefeed import Streams
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.delivery.variantfeed import VariantFeed
 from odin_ws.shard.delivery.warmgate import WarmGate
+from odin_ws.shard.history import holes
 from odin_ws.shard.history.store import History
 
 #: Sends a batch this shard consumed to the hub (None: no parent to send to).
@@ -171,6 +172,10 @@ class Delivery:
         max_age = self._max_age
         cutoff = (time.time() - max_age) * 1000.0 if max_age > 0 else -1.0
         stale = 0
+        # Subscribers told of holes (undecodable records): counted per run
+        # of recipients, one prefix test per event that has subscribers.
+        told = 0
+        hole = holes.PREFIX
         # SSE streams get their own message of each event, built once
         # (odin_ws/shard/delivery/ssefeed.py); None while no stream is open.
         streams = self.streams.feed()
@@ -218,12 +223,16 @@ class Delivery:
                 run = []
                 run_events = []
             run_to = subscribers
+            if e.envelope.startswith(hole):
+                told += len(subscribers)
             run.append((text_frame(e.envelope), e.channel, e.event_type))
             run_events.append(e)
         if run:
             fanout.publish_run(run, run_to, run_events)
         if stale:
             metrics.EVENTS_STALE.inc(stale)
+        if told:
+            count_told(fanout.stats, holes.UNDECODABLE, told)
         if streams is not None:
             streams.finish()
         written = fanout.flush()
