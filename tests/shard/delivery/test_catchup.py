@@ -435,6 +435,16 @@ class BehindTests(ShardTestCase):
 
 
 class CatchUpHoleTests(CatchUpTestCase):
+    def thirty_with_a_hole(self) -> None:
+        """Thirty deliveries on odin.token.A.trade, the sixteenth a hole."""
+        for i in range(30):
+            if i == 15:
+                self.next_offset[0] += 1
+                self.deliver(Hole("invalid_json", "A", "trade", int(time.time() * 1000), TOPIC,
+                                  0, self.next_offset[0], "ep1"))
+            else:
+                self.deliver(self.event("A"))
+
     def test_hole_caught_up_is_told_and_counted(self):
         """
         A hole (an undecodable record) among what a stalled reader missed
@@ -443,13 +453,7 @@ class CatchUpHoleTests(CatchUpTestCase):
         delivery sent it, not again when catch-up does).
         """
         c = self.stalled("odin.token.A.trade")
-        for i in range(30):
-            if i == 15:
-                self.next_offset[0] += 1
-                self.deliver(Hole("invalid_json", "A", "trade", int(time.time() * 1000), TOPIC,
-                                  0, self.next_offset[0], "ep1"))
-            else:
-                self.deliver(self.event("A"))
+        self.thirty_with_a_hole()
         self.assertIsNotNone(c.proto.outbox.behind)
         got = self.read_all(c)
         self.assertEqual([m["type"] for m in got].count("gap"), 1)
@@ -461,13 +465,7 @@ class CatchUpHoleTests(CatchUpTestCase):
         the hole it crosses and counts it once.
         """
         first = self.deliver(self.event("A"))[0]
-        for i in range(30):
-            if i == 15:
-                self.next_offset[0] += 1
-                self.deliver(Hole("invalid_json", "A", "trade", int(time.time() * 1000), TOPIC,
-                                  0, self.next_offset[0], "ep1"))
-            else:
-                self.deliver(self.event("A"))
+        self.thirty_with_a_hole()
         c = self.connect(transport=StalledSocket(IPv4Address("TCP", "10.0.0.9", next(_ports))))
         c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
                      "since": positions_of([first])}))
