@@ -13,6 +13,11 @@ Internals touched:
     per-connection state) and C{WebSocketAdapterProtocol._onOpen} (between
     the handshake's success and C{onOpen}), given public hooks by
     L{ProtocolHooks};
+  - the module global C{pformat} of C{autobahn.websocket.protocol}, which
+    C{_connectionMade} calls on its ~36 settings for a debug line at every
+    connection, written or not (a third of a shard's CPU per adopted
+    connection, issue 22): L{ProtocolHooks} makes it lazy for that call
+    (L{LazyPformat});
   - C{WebSocketProtocol._transport_details} (L{forget_transport_details});
   - the names of the instance attributes Autobahn's server protocol sets
     (L{STATE_ATTRS}, L{HANDSHAKE_ATTRS}; its settings are the public
@@ -39,9 +44,11 @@ Internals touched:
 
 from __future__ import annotations
 
+from pprint import pformat
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.compress_deflate import PerMessageDeflate
 
 #: The Autobahn release these internals were read in (C{requirements.lock}).
@@ -87,6 +94,28 @@ STATE_ATTRS = (
 )
 
 
+class LazyPformat:
+    """
+    C{pprint.pformat(value)}, made only when a log observer formats it: what
+    C{autobahn.websocket.protocol.pformat} is while C{_connectionMade} runs,
+    so the debug line of every connection's settings costs nothing unless
+    it is written.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __format__(self, spec: str) -> str:
+        return format(pformat(self.value), spec)
+
+    def __str__(self) -> str:
+        return pformat(self.value)
+
+    __repr__ = __str__
+
+
 class ProtocolHooks(WebSocketServerProtocol):
     """
     Autobahn's Twisted server protocol with public hooks around two of its
@@ -94,7 +123,13 @@ class ProtocolHooks(WebSocketServerProtocol):
     """
 
     def _connectionMade(self) -> None:
-        super()._connectionMade()
+        # Autobahn formats its settings for a debug line before it knows
+        # whether the line is written; the reactor runs one connect at a time.
+        autobahn_protocol.pformat = LazyPformat  # type: ignore[assignment]
+        try:
+            super()._connectionMade()
+        finally:
+            autobahn_protocol.pformat = pformat
         self.ws_connection_made()
 
     def _onOpen(self) -> None:

@@ -15,10 +15,10 @@ import time
 from http import HTTPStatus
 from typing import Any, Protocol
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from odin_ws.common.logs import redact
@@ -52,9 +52,17 @@ class WebSocketHost(sse.StreamHost, Protocol):
 
 # Autobahn's own bases disagree on the types of peer and _transport_details.
 class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
-    """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
+    """
+    One WebSocket client of a shard (its Outbox closes when it leaves the open state).
 
-    log = Logger()
+    It logs through a logger of Autobahn's kind (txaio's), at C{log.level}
+    (L{ClientFactory.reconfigure}): below that level its calls, about
+    fifteen debug lines per connection, are no-ops, where a Twisted
+    C{Logger} built and filtered an event for each (issue 22).
+    """
+
+    log = txaio.make_logger()  # type: ignore[attr-defined]  # bound by use_twisted()
+
     factory: ClientFactory
     #: Twisted types it Optional; a connection has one from connectionMade on.
     transport: Any
@@ -290,7 +298,8 @@ class ClientFactory(WebSocketServerFactory):
         self.reconfigure(host.settings)
 
     def reconfigure(self, settings: Settings) -> None:
-        """Autobahn's options for the connections made from now on."""
+        """Autobahn's options for the connections made from now on, and its log level."""
+        ClientProtocol.log.set_log_level(settings.log.level)
         limits, keepalive = settings.limits, settings.keepalive
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_bytes,

@@ -10,10 +10,12 @@ odin_ws/shard/clients/lean.py, then the test.
 from __future__ import annotations
 
 import inspect
+import pprint
 import re
 import socket
 
 from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -23,6 +25,7 @@ from odin_ws.shard.clients.autobahn_internals import (
     CONFIG_ATTRS,
     HANDSHAKE_ATTRS,
     STATE_ATTRS,
+    LazyPformat,
     ProtocolHooks,
     forget_transport_details,
     server_window,
@@ -131,6 +134,25 @@ class HookTests(SynchronousTestCase):
         """
         proto, _ = handshaken_protocol(Recording)
         self.assertEqual(proto.seen, ["made:deque", "opening:True", "onOpen", "opened:True"])
+
+    def test_settings_formatted_only_when_written(self):
+        """
+        Autobahn's _connectionMade formats its settings with its module's
+        pformat for a debug line; under ProtocolHooks a connect calls no
+        pformat (the value is a LazyPformat, formatted only by an observer
+        that writes it), and the module's pformat is pprint's again after.
+        """
+        self.assertIn("pformat(configAttrLog)", inspect.getsource(
+            WebSocketProtocol._connectionMade))
+        calls: list[object] = []
+        self.patch(autobahn_protocol, "pformat", calls.append)
+        handshaken_protocol(Recording)
+        self.assertEqual(calls, [])
+        self.assertIs(autobahn_protocol.pformat, pprint.pformat)
+        value = [("maxFramePayloadSize", 0, "ClientFactory")]
+        self.assertEqual(f"\n{LazyPformat(value)}",
+                         "\n" + pprint.pformat(value))
+        self.assertEqual(str(LazyPformat(value)), pprint.pformat(value))
 
     def test_forget_transport_details(self):
         """The transport_details property reads _transport_details, which can be dropped."""
