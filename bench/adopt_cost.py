@@ -13,14 +13,17 @@ space only), Kafka, the shard's periodic Stats.
     python bench/adopt_cost.py --callgrind         # instructions per connection, each process
     python bench/adopt_cost.py --profile shard     # the shard's top functions (cProfile)
 
-Under callgrind each process runs twice (SHORT and LONG connections) and
-the difference is divided by LONG - SHORT, so start-up cancels out.
+Under callgrind each process runs twice (CALLGRIND_RUNS connections) and
+the difference is divided by theirs, so start-up cancels out. Each
+process also reports its garbage collections in the measured window
+(per generation) and the seconds they took.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import os
 import re
@@ -127,10 +130,15 @@ def serve(role: str, fd: int, profile: str | None) -> None:
         delimiter = b"\n"
 
         def lineReceived(self, line: bytes) -> None:
-            if line == b"start" and profiler is not None:
-                profiler.enable()
+            if line == b"start":
+                gc_time.clear()
+                self.gc_before = [g["collections"] for g in gc.get_stats()]
+                if profiler is not None:
+                    profiler.enable()
             elif line == b"done":
-                report: dict = {"role": role}
+                report: dict = {"role": role, "gc_collections": [
+                    g["collections"] - b for g, b in zip(gc.get_stats(), self.gc_before)],
+                    "gc_seconds": round(sum(gc_time), 4)}
                 if profiler is not None:
                     profiler.disable()
                     report.update(profile_counts(profiler, profile))
@@ -138,8 +146,23 @@ def serve(role: str, fd: int, profile: str | None) -> None:
                 reactor.stop()
 
     stdio.StandardIO(Control())
+    gc_time = watch_gc()
     reactor.run()
     del keep
+
+
+def watch_gc() -> list[float]:
+    """Seconds each garbage collection took from now on (the list is cleared at start)."""
+    spent: list[float] = []
+    began = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            spent.append(time.perf_counter() - began[0])
+    gc.callbacks.append(callback)
+    return spent
 
 
 def profile_counts(profiler, path: str) -> dict:
