@@ -51,7 +51,7 @@ from odin_ws.shard.kafka.backfill import Backfill
 from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
-from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupState
+from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
 
 if TYPE_CHECKING:
     from odin_ws.shard.kafka.schemasource import SchemaSource
@@ -175,7 +175,7 @@ class Shard(service.MultiService):
         # are known (Delivery.hold): they decide what counts as the past.
         self.warmup = HistoryWarmup(reactor, settings, mapper,
                                     self.kafka.consumer_config(), self._backfill,
-                                    self.backfill.warmed)
+                                    self._warmed)
         self.warmup.setServiceParent(self)
         warming = lambda: (self.warmup.report.state is WarmupState.RUNNING  # noqa: E731
                            or self.delivery.holding)
@@ -214,12 +214,20 @@ class Shard(service.MultiService):
         metrics.GC_PAUSES.watch()
         self.jwks.start()
         super().startService()
+        if self.warmup.report.state is WarmupState.RUNNING:
+            # Before any batch can arrive (they come from the consumer's
+            # thread, in a later turn): partitions without a mark wait for
+            # their warm-up (odin_ws/shard/delivery/warmgate.py).
+            self.delivery.gate.close()
         self._stats_loop.start(self.settings.supervisor.stats_interval, now=False)
 
     def stopService(self) -> defer.Deferred[None]:
         if self._stats_loop.running:
             self._stats_loop.stop()
         self.connections.abort_all()
+        # No client left to mislead: what waits for the warm-up is taken, so
+        # the consumer's stop does not wait for it.
+        self.delivery.gate.open()
         self.variants.stop()
         self.streams.options.stop()
         for collector in self._collectors:
@@ -250,7 +258,17 @@ class Shard(service.MultiService):
         self.delivery.marks_known(None)
 
     def _backfill(self, warmed: WarmedPartition) -> None:
-        self.delivery.when_ready(lambda: self.backfill.backfill(warmed))
+        def join() -> None:
+            try:
+                self.backfill.backfill(warmed)
+            finally:
+                self.delivery.gate.warmed(warmed.topic, warmed.partition)
+        self.delivery.when_ready(join)
+
+    def _warmed(self, report: WarmupReport) -> None:
+        self.backfill.warmed(report)
+        # In turn with the partitions handed over (Delivery.when_ready).
+        self.delivery.when_ready(self.delivery.gate.open)
 
     #: Seconds clients get to answer the 4000 close when the parent is gone.
     ORPHAN_CLOSE_SECONDS = 1.0

@@ -33,8 +33,10 @@ from odin_ws.shard.clients import auth, messages, recovery
 from odin_ws.shard.clients.closecodes import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from odin_ws.shard.clients.host import ClientHost, ClientTransport
 from odin_ws.shard.clients.request import RequestRules
+from odin_ws.shard.delivery.gaps import count_told
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
+from odin_ws.shard.history.holes import UNDECODABLE
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
@@ -239,6 +241,7 @@ class Session(RequestRules):
         if answer.stream is not None:
             outbox.recover_from(answer.stream)
         elif answer.frames:
+            count_told(host.fanout.stats, UNDECODABLE, answer.holes)
             # Plain even where compression was negotiated: this is per
             # connection (docs/protocol.md, "Compression").
             host.fanout.publish_run(answer.frames, (outbox,), answer.events, compress=False)
