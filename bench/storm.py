@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from procs import Proc, children, cpu_seconds
-from servers import HERE, WORK, Odinws
+from servers import HERE, WORK, Odinws, label
 
 SUBSCRIBE = '{"type":"subscribe","channels":["odin.token.1000.trade"],"id":"s"}'
 
@@ -106,9 +106,11 @@ def node_metrics(node: Odinws) -> dict:
         if name in wanted:
             out[wanted[name]] += value
         elif name == "odinws_rejected_connections_total" and value:
-            out["rejected"][labels] = value
+            why = f"{label(labels, 'status')} {label(labels, 'reason')}"
+            out["rejected"][why] = out["rejected"].get(why, 0) + value
         elif name == "odinws_handoff_wait_seconds_bucket":
-            out["wait_buckets"][labels] = out["wait_buckets"].get(labels, 0) + value
+            le = label(labels, "le")
+            out["wait_buckets"][le] = out["wait_buckets"].get(le, 0) + value
     return out
 
 

@@ -24,7 +24,11 @@ from twisted.python.failure import Failure
 from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, headgate, messages, sse
-from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN, server_window
+from odin_ws.shard.clients.autobahn_internals import (
+    INVALID_ORIGIN,
+    defer_log_arguments,
+    server_window,
+)
 from odin_ws.shard.clients.closecodes import (
     CLOSE_POLICY,
     CLOSE_SLOW_CONSUMER,
@@ -295,6 +299,8 @@ class ClientFactory(WebSocketServerFactory):
     def __init__(self, host: WebSocketHost):
         super().__init__()
         self.host = host
+        # Autobahn's log arguments cost nothing until a line is written.
+        defer_log_arguments()
         self.reconfigure(host.settings)
 
     def reconfigure(self, settings: Settings) -> None:
