@@ -171,6 +171,7 @@ class Shard(service.MultiService):
         #: Joins what the warm-up reads back from Kafka to live delivery.
         self.backfill = Backfill(self.delivery)
         self.delivery.rereading = self.backfill.rereading
+        self.delivery.gate.started_ms = self.backfill.started_ms
         # What the warm-up read joins the history only where the hub's marks
         # are known (Delivery.hold): they decide what counts as the past.
         self.warmup = HistoryWarmup(reactor, settings, mapper,

@@ -72,7 +72,7 @@ class Delivery:
         #: Who was told of events too old to be sent live.
         self.stale = StaleNotices(fanout.stats)
         #: Partitions without a mark wait for their warm-up (odin_ws/shard/delivery/warmgate.py).
-        self.gate = WarmGate(seen.marks)
+        self.gate = WarmGate(seen.marks, self._past, int(time.time() * 1000))
         # Work waiting for the hub's marks (None: nothing is held).
         self._held: list[Callable[[], object]] | None = None
         self.reconfigure(settings)
@@ -140,6 +140,11 @@ class Delivery:
         if not relay:
             return None
         return self._relay(relay)
+
+    def _past(self, events: list[Event]) -> None:
+        """Events of the past (L{WarmGate}): kept for recovery, not sent live."""
+        for e in self.seen.fresh(events):
+            self.history.add(e)
 
     def deliver(self, events: list[Event]) -> None:
         """A batch another shard consumed, relayed by the hub."""

@@ -12,18 +12,20 @@ de-duplicated against that mark (at or below it: history, not live), and
 what is newer is delivered as live.
 
 A partition the warm-up has nothing to hand over for (no record young
-enough) waits until the warm-up ends. A partition that already has a mark
-(the hub's, on a node of several shards) never waits.
+enough; or it ran out of time, or failed, before reading any) waits until
+the warm-up ends; then, with nothing read back to tell the past, what was
+produced before the shard started is the past (the rule the backfill uses
+where no mark is known): its events are kept for recovery, not delivered
+live, until the partition's first event produced since. A partition that
+already has a mark (the hub's, on a node of several shards) never waits.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.logger import Logger
 
 from odin_ws.common.events import Event, Partition
 
@@ -37,15 +39,21 @@ class WarmGate:
 
     @param marks: the shard's de-duplication marks (L{odin_ws.common.highwater.HighWater.marks}):
         a partition with a mark never waits.
+    @param past: takes events of the past (kept for recovery, not live).
+    @param started_ms: when the shard started (ms): what was produced before is the past.
     """
 
-    log = Logger()
-
-    def __init__(self, marks: Mapping[tuple[str, int], tuple[str, int]]):
+    def __init__(self, marks: Mapping[tuple[str, int], tuple[str, int]],
+                 past: Callable[[list[Event]], None], started_ms: int):
         self._marks = marks
+        self._past = past
+        self.started_ms = started_ms
         self._closed = False
-        # Per waiting partition: its parts, in arrival order.
-        self._waiting: dict[Partition, list[Callable[[], object]]] = {}
+        # Partitions the warm-up ended without: the past by time (see above).
+        self._by_time: set[Partition] = set()
+        # Per waiting partition: its parts (where they go, the events, what
+        # fires once taken), in arrival order.
+        self._waiting: dict[Partition, list[tuple[Take, list[Event], Deferred[Any]]]] = {}
 
     @property
     def closed(self) -> bool:
@@ -68,6 +76,10 @@ class WarmGate:
         was taken (C{None}: all were, at once).
         """
         if not self._closed:
+            if self._by_time:
+                events = self._present(events)
+                if not events:
+                    return None
             return take(events)
         marks = self._marks
         waiting = self._waiting
@@ -88,28 +100,45 @@ class WarmGate:
             taken.append(maybeDeferred(take, now))
         for key, part in parts.items():
             later: Deferred[Any] = Deferred()
-            waiting.setdefault(key, []).append(functools.partial(_take, take, part, later))
+            waiting.setdefault(key, []).append((take, part, later))
             taken.append(later)
         return gatherResults(taken, consumeErrors=True)
 
     def warmed(self, topic: str, partition: int) -> None:
         """The warm-up handed the partition over: what waited for it goes on."""
-        self._run(self._waiting.pop(Partition(topic, partition), ()))
+        self._run(self._waiting.pop(Partition(topic, partition), []))
 
     def open(self) -> None:
-        """The warm-up ended: nothing waits any more; what waited goes on."""
+        """
+        The warm-up ended: nothing waits any more; what waited goes on,
+        past the past of partitions it did not hand over.
+        """
         self._closed = False
         waiting, self._waiting = self._waiting, {}
+        self._by_time.update(waiting)
         for parts in waiting.values():
-            self._run(parts)
+            self._run([(take, self._present(part), later) for take, part, later in parts])
 
-    def _run(self, parts: Any) -> None:
-        for work in parts:
-            try:
-                work()
-            except Exception:   # noqa: BLE001 - the parts after it must not stay waiting
-                self.log.failure("a batch that waited for the warm-up failed")
+    def _present(self, events: list[Event]) -> list[Event]:
+        """C{events} but the past of partitions without a warm-up (it goes to L{_past})."""
+        by_time = self._by_time
+        started = self.started_ms
+        past: list[Event] = []
+        now: list[Event] = []
+        for e in events:
+            key = Partition(e.topic, e.partition)
+            if key in by_time:
+                if e.ts < started:
+                    past.append(e)
+                    continue
+                by_time.discard(key)
+            now.append(e)
+        if past:
+            self._past(past)
+        return now
 
-
-def _take(take: Take, part: list[Event], later: Deferred[Any]) -> None:
-    maybeDeferred(take, part).chainDeferred(later)
+    def _run(self, parts: list[tuple[Take, list[Event], Deferred[Any]]]) -> None:
+        # A failing part fails its batch's Deferred (logged by the consumer),
+        # and the parts after it go on.
+        for take, part, later in parts:
+            maybeDeferred(take, part).chainDeferred(later)

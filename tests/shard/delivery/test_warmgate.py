@@ -24,12 +24,20 @@ def event(offset: int, partition: int = 0, ts: int | None = None) -> Event:
     return Event.build("A", "trade", b'{"o":%d}' % offset, ts, TOPIC, partition, offset, "ep1")
 
 
+def got(case: ShardTestCase, client) -> list[int]:
+    """The events C{client} was sent since the last call."""
+    case.advance(0)
+    return [m["data"]["o"] for m in client.messages() if m["type"] == "event"]
+
+
 class WarmGateTests(SynchronousTestCase):
     """The gate alone, with a plain dict of marks."""
 
     def setUp(self):
         self.marks: dict = {}
-        self.gate = WarmGate(self.marks)
+        self.past: list[Event] = []
+        # Started at 0: every event is of the present.
+        self.gate = WarmGate(self.marks, self.past.extend, 0)
         self.taken: list[list[tuple[int, int]]] = []
 
     def take(self, events):
@@ -92,8 +100,7 @@ class OneShardRereadTests(ShardTestCase):
     settings = {"kafka__topics": {TOPIC: "trade"}}
 
     def got(self, client) -> list[int]:
-        self.advance(0)
-        return [m["data"]["o"] for m in client.messages() if m["type"] == "event"]
+        return got(self, client)
 
     def warmed(self, offsets: range, through: int, partition: int = 0) -> None:
         past = self.shard.backfill.started_ms - 1000
@@ -130,3 +137,54 @@ class OneShardRereadTests(ShardTestCase):
         self.assertEqual(self.got(client), [])
         self.shard._warmed(WarmupReport(WarmupState.DONE, 0, 0, 0, 0.1))
         self.assertEqual(self.got(client), [4])
+
+
+class NothingWarmedTests(ShardTestCase):
+    """The warm-up ends without having handed a partition over (out of time, failed)."""
+
+    settings = {"kafka__topics": {TOPIC: "trade"}}
+
+    def test_the_past_by_time_then_live(self):
+        """
+        The re-read that waited, and what the consumer re-reads after, were
+        produced before the shard started: not live, kept for recovery; from
+        the partition's first event produced since, everything is live.
+        """
+        self.shard.delivery.gate.close()
+        client = self.connect()
+        self.subscribe(client, "odin.token.*.trade")
+        past = self.shard.backfill.started_ms - 1000
+        self.shard.delivery.on_kafka_batch([event(o, ts=past) for o in range(0, 4)])
+        self.shard._warmed(WarmupReport(WarmupState.FAILED, 0, 0, 0, 0.1))
+        self.shard.delivery.on_kafka_batch([event(o, ts=past) for o in range(4, 6)])
+        self.assertEqual(got(self, client), [])
+        self.shard.delivery.on_kafka_batch([event(6), event(7, ts=past)])
+        self.assertEqual(got(self, client), [6, 7])
+        replayed, _ = self.shard.history.replay({(TOPIC, 0): ("ep1", 1)}, [("*", "trade")])
+        self.assertEqual([e.offset for e in replayed or []], [2, 3, 4, 5, 6, 7])
+
+
+class WholeNodeRestartTests(OneShardRereadTests):
+    """
+    A shard of a node of two restarted with the whole node: the hub starts
+    empty, so no mark is known, and what another shard consumed and relays
+    (its re-read is relayed whole) waits for this shard's warm-up too.
+    """
+
+    settings = {"kafka__topics": {TOPIC: "trade"}, "shards": 2}
+
+    def test_relayed_reread_waits_for_the_warmup(self):
+        """
+        The hub's marks are empty; another shard relays offsets 0-7 before
+        this shard's warm-up handed the partition over (read through 5): a
+        subscriber here gets 6 and 7 once it has, none of 0-5.
+        """
+        self.shard.delivery.hold()
+        self.shard.delivery.gate.close()
+        self.shard.delivery.marks_known(b"[]")
+        client = self.connect()
+        self.subscribe(client, "odin.token.*.trade")
+        self.shard.delivery.deliver([event(o) for o in range(0, 8)])
+        self.assertEqual(self.got(client), [])
+        self.warmed(range(0, 6), through=5)
+        self.assertEqual(self.got(client), [6, 7])
