@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo lint test test-unit test-deb bench bench-cost bench-bandwidth capacity clean venv
+.PHONY: demo lint test test-unit test-deb bench bench-cost bench-bandwidth bench-storm capacity clean venv
 
 # TypeScript, pinned in clients/js/package-lock.json: checks the JS client's
 # declarations (odinws.d.ts) in make test.
@@ -85,6 +85,16 @@ bench-cost: $(STAMP)
 	sh bench/setup.sh
 	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. \
 		--variant python-loop=.:outbound.native=off --doc
+
+# A reconnection storm (bench/storm.py; docs/performance.md, "Reconnection
+# storms"): STORM_CLIENTS clients at once to a fresh node of STORM_SHARDS
+# shards (the embedded broker; the C load client is built with gcc on first
+# use). STORM_ARGS adds options, e.g. STORM_ARGS="--head-timeout 60".
+STORM_CLIENTS ?= 5000
+STORM_SHARDS ?= 1
+STORM_ARGS ?=
+bench-storm: $(STAMP)
+	$(PY) bench/storm.py --clients $(STORM_CLIENTS) --shards $(STORM_SHARDS) $(STORM_ARGS)
 
 # The issue-25 targets (compression, deltas, max_rate, filters) against a
 # real node, written into docs/performance.md (bench/bandwidth.py, ~10 min).

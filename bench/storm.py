@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from procs import Proc, children, cpu_seconds
-from servers import HERE, WORK, Odinws
+from servers import HERE, WORK, Odinws, label
 
 SUBSCRIBE = '{"type":"subscribe","channels":["odin.token.1000.trade"],"id":"s"}'
 
@@ -106,14 +106,32 @@ def node_metrics(node: Odinws) -> dict:
         if name in wanted:
             out[wanted[name]] += value
         elif name == "odinws_rejected_connections_total" and value:
-            out["rejected"][labels] = value
+            why = f"{label(labels, 'status')} {label(labels, 'reason')}"
+            out["rejected"][why] = out["rejected"].get(why, 0) + value
         elif name == "odinws_handoff_wait_seconds_bucket":
-            out["wait_buckets"][labels] = out["wait_buckets"].get(labels, 0) + value
+            le = label(labels, "le")
+            out["wait_buckets"][le] = out["wait_buckets"].get(le, 0) + value
     return out
+
+
+def somaxconn() -> int | None:
+    """net.core.somaxconn: the kernel caps every listen backlog at it."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def storm(args: argparse.Namespace, rundir: str) -> dict:
     node = Odinws(rundir, overrides=node_overrides(args))
+    # The listener's backlog holds what the parent does not accept yet (it
+    # pauses at listen.max_heads): the storm's tail waits there.
+    node.overrides["listen.port"] = f"tcp:{node.port}:interface=127.0.0.1:backlog={args.backlog}"
+    cap = somaxconn()
+    if cap is not None and cap < args.backlog:
+        log(f"net.core.somaxconn is {cap}: the kernel caps the backlog of {args.backlog} at it "
+            f"(sysctl -w net.core.somaxconn={args.backlog})")
     node.start(10)
     try:
         time.sleep(1.0)
@@ -152,6 +170,7 @@ def storm(args: argparse.Namespace, rundir: str) -> dict:
             result["max_handoffs_in_flight"] = args.max_handoffs
             result["max_heads"] = args.max_heads or "default"
             result["head_timeout"] = args.head_timeout or "default"
+            result["backlog"] = min(args.backlog, cap) if cap is not None else args.backlog
             return result
         finally:
             for client in clients:
@@ -193,6 +212,8 @@ def main() -> None:
                         help="listen.max_heads (default: its default, 4096)")
     parser.add_argument("--head-timeout", type=float, default=0,
                         help="listen.head_timeout, which bounds each wait (default: 10 s)")
+    parser.add_argument("--backlog", type=int, default=4096,
+                        help="the listener's backlog= (capped by net.core.somaxconn)")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--rundir", default=os.path.join(WORK, "storm"))
     args = parser.parse_args()

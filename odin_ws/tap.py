@@ -77,7 +77,10 @@ def check_keys(settings: Settings) -> object:
 def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         reactor = _reactor()
+    from twisted.logger import Logger
+
     from odin_ws.common import twisted_internals
+    from odin_ws.parent import backlog
     from odin_ws.parent.admission import Admission
     from odin_ws.parent.coverage import GroupCoverage
     from odin_ws.parent.dispatcher import Dispatcher
@@ -123,8 +126,11 @@ def makeService(options, reactor=None) -> service.IService:
                               static_dir=static_dir if settings.demo.enabled else None,
                               tls=tls_options is not None, admission=admission,
                               scrape=scrape)]
-    listeners = [StreamServerEndpointService(serverFromString(reactor, settings.listen.port),
-                                             dispatchers[0])]
+    public = serverFromString(reactor, settings.listen.port)
+    capped = backlog.capped(public, backlog.somaxconn())
+    if capped is not None:
+        Logger(namespace="odin_ws.parent.backlog").warn("{message}", message=capped)
+    listeners = [StreamServerEndpointService(public, dispatchers[0])]
     holders: list = [health, guard, admission, supervisor, coverage]
     if settings.listen.admin_port:
         # A door of its own: heads held on the public port (a flood of

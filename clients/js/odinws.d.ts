@@ -241,9 +241,10 @@ export function parsePosition(pos: unknown): { partition: string; stream: string
 export function isNewer(last: Map<string, string>, pos: string): boolean;
 /** The SSE URL of a node's WebSocket URL (http(s), path …/ws -> …/sse). */
 export function sseUrlOf(url: string): string;
-/** The URL of one SSE stream (channels, since, snapshot, token in the query). */
+/** The URL of one SSE stream (channels, since, snapshot, max_rate, filter, token in the query). */
 export function sseStreamUrl(base: string,
-                             plan: { channels: string[]; since?: string[]; snapshot?: boolean },
+                             plan: { channels: string[]; since?: string[]; snapshot?: boolean;
+                                     options?: { max_rate?: number; filter?: unknown } },
                              token: string | null): string;
 /** The positions of an SSE event id (the shard's position vector). */
 export function vectorPositions(id: string): string[];

@@ -152,6 +152,14 @@ function advance(last, pos) {
   if (p && isNewer(last, pos)) last.set(p.partition, pos);
 }
 
+// Record `pos` in `last` unless `last` holds an older one of its stream
+// (a recovery must start there).
+function lowerTo(last, pos) {
+  const p = parsePosition(pos);
+  const have = p && last.get(p.partition);
+  if (p && (have === undefined || newerThan(have, pos))) last.set(p.partition, pos);
+}
+
 // Handler exceptions must not break the client; rethrow them where the
 // runtime reports uncaught errors.
 /**
@@ -297,12 +305,18 @@ export function sseUrlOf(url) {
   return u.toString();
 }
 
-/** The URL of one SSE stream: `channels`, `since`, `snapshot` and `token` in the query. */
-export function sseStreamUrl(base, {channels, since, snapshot}, token) {
+/**
+ * The URL of one SSE stream: `channels`, `since`, `snapshot`, the stream's
+ * options (`max_rate`, `filter` as JSON; docs/protocol.md, "Subscription
+ * options") and `token` in the query.
+ */
+export function sseStreamUrl(base, {channels, since, snapshot, options}, token) {
   const u = new URL(base);
   u.searchParams.set("channels", channels.join(","));
   if (since?.length) u.searchParams.set("since", since.join(","));
   if (snapshot) u.searchParams.set("snapshot", "1");
+  if (options?.max_rate !== undefined) u.searchParams.set("max_rate", String(options.max_rate));
+  if (options?.filter !== undefined) u.searchParams.set("filter", JSON.stringify(options.filter));
   if (token) u.searchParams.set("token", token);
   return u.toString();
 }
@@ -388,11 +402,12 @@ function sseTransport(url, {token, env, options, plan}, on) {
       if (msg) on.message(msg, {vector: m.lastEventId});
     };
     // Named gaps: an undecodable record's (with an id past it: nothing to
-    // recover). A dropped or stale one needs a new stream from its `since`,
-    // which this transport does not open yet: not taken here.
+    // recover); a dropped or stale one (no id: later ids pass the lost
+    // events) makes the client open a new stream from the positions it
+    // names (its `#gap`).
     stream.addEventListener("gap", (m) => {
       const msg = stream === es && parse(m);
-      if (msg && msg.reason === "undecodable") on.message(msg, {vector: m.lastEventId});
+      if (msg) on.message(msg, msg.reason === "undecodable" ? {vector: m.lastEventId} : undefined);
     });
     stream.addEventListener("close", (m) => {
       if (stream !== es) return;
@@ -529,6 +544,8 @@ export class OdinWS extends Emitter {
   #positionsTimer = null;
   #nextId = 0;
   #planId = null;
+  // The next stream recovers from a gap (its "recovered" is news).
+  #gapStream = false;
   #pending = new Map();   // request id -> {type, channels, since, snapshotFor, resolve, reject}
   // channel or pattern -> {segments, subs: Set<Subscription>, live, last: Map partition -> pos}
   #channels = new Map();
@@ -853,12 +870,35 @@ export class OdinWS extends Emitter {
       }
     }
     const since = oldest.size ? [...oldest.values()].sort() : undefined;
+    const options = this.#streamOptions();
     const id = this.#planId = ++this.#nextId;
     // A new stream while connected changes subscriptions: its recovery is
-    // news only when it fails.
+    // news only when it fails (or when it answers a gap).
     this.#pending.set(id, {type: "subscribe", channels, since, snapshotFor, ordered: true,
-                           quiet: this.state === "connected"});
-    return {channels, since, snapshot: snapshotFor.length > 0, id};
+                           quiet: this.state === "connected" && !this.#gapStream});
+    this.#gapStream = false;
+    return {channels, since, snapshot: snapshotFor.length > 0, options, id};
+  }
+
+  // The options of a stream: one set for all its channels (a query has one
+  // `max_rate`, one `filter`). `delta` is not asked for (a stream has no
+  // deltas: its events come whole). Channels asking for different options
+  // cannot share a stream: an "error" says so and the stream asks for none
+  // (its subscriptions get every event of their channels).
+  #streamOptions() {
+    const sets = new Set();
+    for (const entry of this.#channels.values()) {
+      const rest = {...entry.server};
+      delete rest.delta;
+      sets.add(JSON.stringify(rest));
+    }
+    if (sets.size === 1) return JSON.parse([...sets][0]);
+    if (sets.size > 1) {
+      this.emit("error", {code: "options_conflict",
+                          message: "over Server-Sent Events every channel of the stream takes " +
+                                   "the same maxRate and filter; the stream asks for none"});
+    }
+    return {};
   }
 
   #recovers(entry) {
@@ -1030,6 +1070,16 @@ export class OdinWS extends Emitter {
       }
     }
     if (!since.length || !entries.length) return;
+    if (this.#transport?.unidirectional) {
+      // A stream takes no request: a new stream recovers from the gap's
+      // positions (docs/protocol.md, "Server-Sent Events"). Nothing of
+      // those streams came after them on this one, so what comes again is
+      // dropped as seen, and its ack is the gap's "recovered", as over WebSocket.
+      for (const entry of entries) for (const pos of since) lowerTo(entry.last, pos);
+      this.#gapStream = true;
+      this.#transport.update();
+      return;
+    }
     const replay = {entries: new Set(entries), from: positionMap(since), until: null,
                     left: Infinity, buffer: new Map()};
     for (const entry of entries) {

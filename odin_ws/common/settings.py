@@ -65,8 +65,11 @@ class ListenSettings:
     """The public listener (dispatcher in the parent process)."""
 
     port: str = setting(
-        "tcp:3005", "Twisted endpoint string of the public listener, e.g. "
-        "tcp:3005:interface=0.0.0.0 or systemd:domain=INET:index=0.", flag="port")
+        "tcp:3005:backlog=4096", "Twisted endpoint string of the public listener, e.g. "
+        "tcp:3005:interface=0.0.0.0:backlog=4096 or systemd:domain=INET:index=0. backlog= is "
+        "the kernel's queue of connections not yet accepted, where a reconnection storm waits "
+        "while the parent holds listen.max_heads (Twisted's default is 50; the kernel caps it "
+        "at net.core.somaxconn).", flag="port")
     admin_port: str = setting(
         "tcp:3006:interface=127.0.0.1", "Plain listener for /health and /metrics only (the public "
         "port's neighbour, on loopback: a Prometheus on the same host scrapes it as it is); an "

@@ -25,7 +25,9 @@ Internals touched:
     (L{raise_listen_errors});
   - C{tcp.Connection.protocol} and C{ProtocolWrapper.wrappedProtocol}
     (the TLS wrapper's), reassigned (L{replace_protocol});
-  - C{TLSMemoryBIOProtocol._shutdownTLS}, extended (L{PromptCloseTLS}).
+  - C{TLSMemoryBIOProtocol._shutdownTLS}, extended (L{PromptCloseTLS});
+  - C{TCP4ServerEndpoint._backlog} (TCP6's and UNIX's too), the
+    C{backlog=} of an endpoint string (L{endpoint_backlog}).
 """
 
 from __future__ import annotations
@@ -158,6 +160,16 @@ def limit_accepts(port: tcp.Port, count: int) -> None:
     starts, so this bounds the next loop, not the one running.
     """
     port.numberAccepts = max(1, min(port.numberAccepts, count))
+
+
+def endpoint_backlog(endpoint: Any) -> int | None:
+    """
+    The listen backlog a TCP or UNIX server endpoint asks for (C{backlog=}
+    of its string, Twisted's 50 without); None for another kind of endpoint
+    (systemd's inherited socket, wrappers).
+    """
+    backlog = getattr(endpoint, "_backlog", None)
+    return backlog if isinstance(backlog, int) else None
 
 
 def raise_listen_errors(service: Any) -> None:

@@ -15,17 +15,16 @@ C{/health} and C{/metrics} are served on C{listen.admin_port} instead.
 
 from __future__ import annotations
 
-import enum
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, tcp
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from odin_ws.common import handoff, metrics
+from odin_ws.common import metrics
 from odin_ws.common.clientip import client_ip
 from odin_ws.common.httphead import HeadError, HeadReader, RequestHead
 from odin_ws.common.settings import Settings
@@ -33,6 +32,7 @@ from odin_ws.parent import staticfiles
 from odin_ws.parent.acceptpause import AcceptPause
 from odin_ws.parent.admission import Admission
 from odin_ws.parent.handoffqueue import HandoffQueue
+from odin_ws.parent.handover import DoorState, Handover, peer_string
 from odin_ws.parent.httpanswer import (
     JSON_TYPE,
     METRICS_TYPE,
@@ -41,7 +41,6 @@ from odin_ws.parent.httpanswer import (
     refusal_headers,
     response_head,
 )
-from odin_ws.parent.placement import SATURATED, place
 from odin_ws.parent.scrape import MetricsScrape
 from odin_ws.parent.staticfiles import CLIENT_LIBRARY_PATH
 
@@ -50,32 +49,11 @@ log = Logger()
 _HEAD_ERROR_REASONS = {400: "bad_request", 431: "head_too_large", 505: "bad_version"}
 
 
-def peer_string(address: Any) -> str:
-    """C{ip:port} of a Twisted address (C{[ip]:port} for IPv6)."""
-    host = getattr(address, "host", "?")
-    port = getattr(address, "port", 0)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class DoorState(enum.Enum):
+class DispatchProtocol(Handover, Protocol):
     """
-    Where one accepted connection is: NEW -> READING (its head) ->
-    ANSWERING (the parent answers it) | WAITING (for a handoff slot) |
-    HANDING (offered to a shard) -> HANDED (the shard took it) | CLOSED
-    (closed, or let go of after a handoff the shard may have adopted).
+    One accepted client, until it is answered or handed to a shard (the
+    handing: L{Handover}).
     """
-
-    NEW = "new"
-    READING = "reading"
-    WAITING = "waiting"
-    ANSWERING = "answering"
-    HANDING = "handing"
-    HANDED = "handed"
-    CLOSED = "closed"
-
-
-class DispatchProtocol(Protocol):
-    """One accepted client, until it is answered or handed to a shard."""
 
     factory: Dispatcher
     #: The reactor's TCP transport: the door pauses it and passes its descriptor on.
@@ -267,7 +245,7 @@ class DispatchProtocol(Protocol):
 
         self.factory.gather_metrics().addCallback(answer).addErrback(failed)
 
-    # -- handoff
+    # -- the client's address
 
     def _client_ip(self, head: RequestHead | None) -> str:
         """The peer, or the last X-Forwarded-For entry when the peer is a trusted proxy."""
@@ -276,134 +254,6 @@ class DispatchProtocol(Protocol):
             return ip
         return client_ip(ip, head.headers.get("x-forwarded-for"),
                          self.factory.settings.limits.trusted_proxies)
-
-    def _upgrade(self, raw: bytes, head: RequestHead | None = None) -> None:
-        self._raw = raw
-        self._ip = self._client_ip(head)
-        queue = self.factory.waiting
-        if len(queue) == 0:
-            if not self._place():
-                self._wait()
-            return
-        # Others wait already: behind them, never ahead.
-        self._wait()
-        queue.pump()
-
-    def _place(self) -> bool:
-        """
-        Refuse the upgrade or hand it to a shard, and return True; or return
-        False when the only thing missing is a free handoff slot.
-        """
-        dispatcher = self.factory
-        verdict = dispatcher.admission.check(self._ip)
-        if verdict is not None:
-            status, reason = verdict
-            if reason == "draining":
-                self.refuse(503, reason, "server is shutting down")
-            else:
-                self.refuse(status, reason, phrase(status).lower())
-            return True
-        handle, full = place(dispatcher.shards(), dispatcher.settings.limits.max_connections)
-        if full == SATURATED:
-            return False
-        if handle is None:
-            self.refuse(503, full or "no_shard", "no capacity, retry later")
-            return True
-        self._hand_to(handle)
-        return True
-
-    def _wait(self) -> None:
-        """Wait for a handoff slot, until the head timeout (from the accept) passes."""
-        self.state = DoorState.WAITING
-        self.factory.waiting.join(self)
-        self._cancel_timer()
-        left = self._accepted + self.factory.settings.listen.head_timeout
-        self._timer = self.factory.reactor.callLater(
-            max(0.0, left - self.factory.reactor.seconds()), self._wait_timed_out)
-
-    def try_place(self) -> bool:
-        """The queue's turn (L{HandoffQueue.pump}): handed over or refused (True), or still waiting."""
-        if self.state != DoorState.WAITING:
-            return True
-        self.state = DoorState.ANSWERING
-        if self._place():
-            self._cancel_timer()
-            return True
-        self.state = DoorState.WAITING
-        return False
-
-    def _wait_timed_out(self) -> None:
-        self._timer = None
-        if self.state == DoorState.WAITING and self.factory.waiting.timed_out(self):
-            self.state = DoorState.ANSWERING
-            self.refuse(503, "wait_timeout", "no capacity, retry later")
-
-    def _hand_to(self, handle: Any) -> None:
-        dispatcher = self.factory
-        settings = dispatcher.settings
-        raw, self._raw = self._raw, b""
-        # Count it now, until the call completes (however late): the next
-        # placement, maybe before this answer, must see it.
-        handle.reserve()
-        self.state = DoorState.HANDING
-        started = dispatcher.reactor.seconds()
-        try:
-            d = handoff.offer(dispatcher.reactor, handle.call, self.transport.fileno(), raw,
-                              peer_string(self.transport.getPeer()),
-                              settings.listen.handoff_timeout, tls=dispatcher.tls,
-                              on_timeout=lambda: self._handoff_timed_out(handle))
-        except OSError as e:
-            d = defer.fail(handoff.NotSent(str(e)))
-        d.addCallbacks(self._handed, self._handoff_failed, callbackArgs=(handle, started),
-                       errbackArgs=(handle,))
-
-    def _handed(self, answer: Mapping[str, Any], handle: Any, started: float) -> None:
-        handle.handoff_done()
-        self.factory.waiting.pump()
-        metrics.HANDOFF_SECONDS.observe(max(0.0, self.factory.reactor.seconds() - started))
-        metrics.DISPATCHED.labels(shard=str(handle.index)).inc()
-        if self.state == DoorState.HANDING:
-            self.state = DoorState.HANDED
-            handoff.release(self.transport)
-
-    def _handoff_timed_out(self, handle: Any) -> None:
-        """
-        No answer within C{listen.handoff_timeout}. The descriptor and the
-        message are still on their way, so the shard may yet adopt the socket
-        and write its 101: the parent writes nothing and only drops its own
-        copy. The client is served late if the shard adopts it, or sees its
-        connection closed, with no HTTP status, when the call fails. The slot
-        stays counted until then.
-        """
-        if self.state != DoorState.HANDING:
-            return
-        log.warn("shard {index} did not answer a handoff within {timeout:g}s; letting go of "
-                 "the client without an answer", index=handle.index,
-                 timeout=self.factory.settings.listen.handoff_timeout)
-        metrics.HANDOFFS_ABANDONED.labels(reason="timeout").inc()
-        self._let_go()
-
-    def _handoff_failed(self, failure: Any, handle: Any) -> None:
-        handle.handoff_failed()
-        self.factory.waiting.pump()
-        if self.state != DoorState.HANDING:
-            log.info("handoff to shard {index} failed after the client was let go of: "
-                     "{error}", index=handle.index, error=failure.getErrorMessage())
-            return
-        log.warn("handoff to shard {index} failed: {error}", index=handle.index,
-                 error=failure.getErrorMessage())
-        if handoff.not_adopted(failure):
-            self.state = DoorState.ANSWERING
-            self.refuse(503, "handoff_failed", "no capacity, retry later")
-        else:
-            # The channel failed after sending: the shard may have adopted it.
-            metrics.HANDOFFS_ABANDONED.labels(reason="lost").inc()
-            self._let_go()
-
-    def _let_go(self) -> None:
-        """Drop the parent's copy of a socket a shard may hold: no byte, no shutdown."""
-        self.state = DoorState.CLOSED
-        handoff.release(self.transport)
 
     def _peer(self) -> str:
         try:

@@ -29,11 +29,11 @@ from odin_ws.common.highwater import HighWater
 from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, tls
+from odin_ws.shard.clients.closecodes import CLOSE_RESTARTING
 from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.jwks import RemoteJwks
 from odin_ws.shard.clients.options import SubscriptionOptions
 from odin_ws.shard.clients.recoveryhold import RecoveryHold
-from odin_ws.shard.clients.session import CLOSE_RESTARTING
 from odin_ws.shard.clients.websocket import ClientFactory
 from odin_ws.shard.delivery import nativesend
 from odin_ws.shard.delivery.behind import Backlog
@@ -51,7 +51,7 @@ from odin_ws.shard.kafka.backfill import Backfill
 from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
-from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupState
+from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
 
 if TYPE_CHECKING:
     from odin_ws.shard.kafka.schemasource import SchemaSource
@@ -171,11 +171,12 @@ class Shard(service.MultiService):
         #: Joins what the warm-up reads back from Kafka to live delivery.
         self.backfill = Backfill(self.delivery)
         self.delivery.rereading = self.backfill.rereading
+        self.delivery.gate.started_ms = self.backfill.started_ms
         # What the warm-up read joins the history only where the hub's marks
         # are known (Delivery.hold): they decide what counts as the past.
         self.warmup = HistoryWarmup(reactor, settings, mapper,
                                     self.kafka.consumer_config(), self._backfill,
-                                    self.backfill.warmed)
+                                    self._warmed)
         self.warmup.setServiceParent(self)
         warming = lambda: (self.warmup.report.state is WarmupState.RUNNING  # noqa: E731
                            or self.delivery.holding)
@@ -214,12 +215,20 @@ class Shard(service.MultiService):
         metrics.GC_PAUSES.watch()
         self.jwks.start()
         super().startService()
+        if self.warmup.report.state is WarmupState.RUNNING:
+            # Before any batch can arrive (they come from the consumer's
+            # thread, in a later turn): partitions without a mark wait for
+            # their warm-up (odin_ws/shard/delivery/warmgate.py).
+            self.delivery.gate.close()
         self._stats_loop.start(self.settings.supervisor.stats_interval, now=False)
 
     def stopService(self) -> defer.Deferred[None]:
         if self._stats_loop.running:
             self._stats_loop.stop()
         self.connections.abort_all()
+        # No client left to mislead: what waits for the warm-up is taken, so
+        # the consumer's stop does not wait for it.
+        self.delivery.gate.open()
         self.variants.stop()
         self.streams.options.stop()
         for collector in self._collectors:
@@ -250,7 +259,17 @@ class Shard(service.MultiService):
         self.delivery.marks_known(None)
 
     def _backfill(self, warmed: WarmedPartition) -> None:
-        self.delivery.when_ready(lambda: self.backfill.backfill(warmed))
+        def join() -> None:
+            try:
+                self.backfill.backfill(warmed)
+            finally:
+                self.delivery.gate.warmed(warmed.topic, warmed.partition)
+        self.delivery.when_ready(join)
+
+    def _warmed(self, report: WarmupReport) -> None:
+        self.backfill.warmed(report)
+        # In turn with the partitions handed over (Delivery.when_ready).
+        self.delivery.when_ready(self.delivery.gate.open)
 
     #: Seconds clients get to answer the 4000 close when the parent is gone.
     ORPHAN_CLOSE_SECONDS = 1.0

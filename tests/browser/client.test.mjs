@@ -60,9 +60,10 @@ import { createServer } from "node:http";
 import { launch, log, RECONNECT_WAIT_MS, WAIT_MS } from "./chromium.mjs";
 
 const [mode, base, secret] = process.argv.slice(2);
-const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "undecodable", "deflate", "delta"];
+const MODES = ["reconnect", "token", "snapshot", "sse", "gap", "sse-gap", "undecodable", "deflate",
+               "delta"];
 if (!MODES.includes(mode) || !base || (["token", "snapshot"].includes(mode) && !secret)) {
-  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|undecodable|deflate|delta <node base url> [secret|last n]");
+  console.error("usage: node client.test.mjs reconnect|token|snapshot|sse|gap|sse-gap|undecodable|deflate|delta <node base url> [secret|last n]");
   process.exit(2);
 }
 const node = new URL(base);
@@ -138,6 +139,15 @@ async function open({blockWebSocket = false} = {}) {
         }
         send() { throw new Error("not open"); }
         close() {}
+      };
+      // Every stream's URL (its query: channels, since, options).
+      const RealEventSource = window.EventSource;
+      window.eventStreams = [];
+      window.EventSource = class RecordedEventSource extends RealEventSource {
+        constructor(url, init) {
+          super(url, init);
+          window.eventStreams.push(String(url));
+        }
       };
     });
   }
@@ -276,9 +286,17 @@ async function killedAndRecovered() {
 // fresh ones of another channel): the library recovers them by itself from
 // the position the gap notice gives, and hands every event of every channel
 // over in order and once (the fresh ones it held meanwhile included).
-async function gap() {
-  await open();
+//
+// sse-gap: the same with WebSocket blocked: over Server-Sent Events the
+// library opens a new stream from the gap's positions by itself.
+async function gap(blockWebSocket = false) {
+  await open({ blockWebSocket });
   await start(false);
+  const transport = await page.evaluate(() => window.client.transport);
+  if (transport !== (blockWebSocket ? "sse" : "websocket")) {
+    throw new Error(`connected over ${transport}`);
+  }
+  const streamsBefore = await page.evaluate(() => window.eventStreams?.length ?? 0);
   console.log("READY");
   await until(() => window.rec.trades.filter((e) => e.channel === "odin.token.OLD.trade").length >= 20
                  && window.rec.trades.filter((e) => e.channel === "odin.token.NEW.trade").length >= 6);
@@ -295,6 +313,12 @@ async function gap() {
     throw new Error(`the stale events, recovered: ${JSON.stringify(old)}`);
   }
   const n = checkSequences(r.trades, "odin.token.*.trade");
+  if (blockWebSocket) {
+    const streams = await page.evaluate(() => window.eventStreams);
+    const since = streams.slice(streamsBefore).filter((u) => new URL(u).searchParams.get("since"));
+    if (!since.length) throw new Error(`no new stream with since after the gap: ${JSON.stringify(streams)}`);
+    log(`over SSE: a new stream from the gap's positions (${new URL(since[0]).searchParams.get("since")})`);
+  }
   log(`${n} trades, the 20 stale ones recovered after the gap notice, in order, once`);
 }
 
@@ -544,6 +568,7 @@ try {
   else if (mode === "token") await token();
   else if (mode === "snapshot") await snapshot(Number(secret));
   else if (mode === "gap") await gap();
+  else if (mode === "sse-gap") await gap(true);
   else if (mode === "undecodable") await undecodable();
   else if (mode === "deflate") await deflate();
   else if (mode === "delta") await delta();

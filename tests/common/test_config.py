@@ -32,7 +32,7 @@ class LoadTests(unittest.TestCase):
         self.assertEqual(cfg["kafka.brokers"], "env:2")
         self.assertEqual(cfg["kafka.group"], "g")
         self.assertEqual(cfg["listen.ws_path"], "/f")
-        self.assertEqual(cfg["listen.port"], "tcp:3005")
+        self.assertEqual(cfg["listen.port"], "tcp:3005:backlog=4096")
 
     def test_group_per_node(self):
         """The consumer group is <kafka.group>-<node_id>, the host name by default."""

@@ -484,3 +484,23 @@ class AcceptingPortTests(TestCase):
                        if isinstance(n, ast.FunctionDef) and n.name == "doRead")
         self.assertIn("numAccepts = self.numberAccepts", ast.unparse(do_read))
         self.assertIn("range(numAccepts)", ast.unparse(do_read))
+
+
+class EndpointBacklogTests(SynchronousTestCase):
+    """The backlog= of an endpoint string, as Twisted's TCP endpoints keep it."""
+
+    def test_tcp_endpoints(self):
+        """tcp, tcp6 and unix endpoints give theirs, 50 (Twisted's default) without one."""
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.testing import MemoryReactor
+        reactor = MemoryReactor()
+        self.assertEqual(twisted_internals.endpoint_backlog(
+            serverFromString(reactor, "tcp:3005:backlog=4096")), 4096)
+        self.assertEqual(twisted_internals.endpoint_backlog(
+            serverFromString(reactor, "tcp6:3005:backlog=77")), 77)
+        self.assertEqual(twisted_internals.endpoint_backlog(
+            serverFromString(reactor, "tcp:3005")), 50)
+        self.assertEqual(twisted_internals.endpoint_backlog(
+            serverFromString(reactor, "unix:/tmp/x.sock:backlog=9")), 9)
+        self.assertIsNone(twisted_internals.endpoint_backlog(object()))
+

@@ -175,6 +175,8 @@ class DeltaTests(ClientBrowserCase):
 
 class GapTests(ClientBrowserCase):
     rounds = 0      # this test produces its own events
+    #: The page's script mode (sse-gap: with WebSocket blocked).
+    mode = "gap"
 
     def settings(self):
         return {"outbound.max_event_age": 10.0}
@@ -188,7 +190,7 @@ class GapTests(ClientBrowserCase):
         and once: 20 stale ones of one channel between fresh ones of another
         on the same partition.
         """
-        script = self.script("gap", f"http://127.0.0.1:{self.node.port}")
+        script = self.script(self.mode, f"http://127.0.0.1:{self.node.port}")
         script.wait_line("READY", 120)
         now = int(time.time() * 1000)
 
@@ -205,6 +207,19 @@ class GapTests(ClientBrowserCase):
             trade("NEW", n, now)
         self.broker.flush()
         self.assertPassed(script)
+
+
+class SseGapTests(GapTests):
+    mode = "sse-gap"
+
+    def test_recovers_from_a_gap_notice_by_itself(self):
+        """
+        As over WebSocket, with the page's WebSocket blocked: over
+        Server-Sent Events the stale gap makes the library open a new
+        stream from the gap's positions by itself, which replays the 20
+        stale events (recovered), every event in order and once.
+        """
+        super().test_recovers_from_a_gap_notice_by_itself()
 
 
 class UndecodableTests(ClientBrowserCase):

@@ -206,3 +206,79 @@ test("4001 over SSE asks getToken and reconnects with the new token in the query
   await flush();
   assert.equal(c.es().query.token, "new1");
 });
+
+// A client connected over SSE with one subscription that has seen
+// partition 0 up to 11 and partition 1 up to 21.
+async function streaming(reason) {
+  const c = client();
+  const got = [], results = [], gaps = [];
+  const sub = c.client.subscribe("odin.token.*.trade", {}, (e) => got.push([e.pos, e.data.o]));
+  sub.on("recovered", (r) => results.push(r));
+  c.client.on("gap", (g) => gaps.push(g.reason));
+  c.client.connect();
+  await flush();
+  const first = c.es();
+  first.open();
+  first.named("subscribed", {type: "subscribed", channels: ["odin.token.*.trade"]},
+              "odin.trades~ep1~0:10,1:20");
+  first.send(ev("odin.token.A.trade", 0, 11), "odin.trades~ep1~0:11,1:20");
+  first.send(ev("odin.token.A.trade", 1, 21), "odin.trades~ep1~0:11,1:21");
+  first.named("gap", {type: "gap", reason, streams: {[`${T}:0:ep1`]: pos(0, 11)},
+                      since: "odin.trades~ep1~0:11,1:21"});
+  await flush();
+  return {c, got, results, gaps, first};
+}
+
+for (const reason of ["dropped", "stale"]) {
+  test(`a ${reason} gap over SSE opens a new stream from the gap's positions`, async () => {
+    const {c, got, results, gaps, first} = await streaming(reason);
+    assert.deepEqual(gaps, [reason]);
+    assert.equal(first.closed, true, "the stream that lost events is closed");
+    assert.equal(c.EventSource.streams.length, 2);
+    assert.deepEqual(c.es().query, {channels: "odin.token.*.trade", since: `${pos(0, 11)},${pos(1, 21)}`});
+    c.es().open();
+    c.es().named("subscribed", {type: "subscribed", channels: ["odin.token.*.trade"], recovered: true,
+                                replayed: 3, positions: [pos(0, 14), pos(1, 21)]});
+    // The events it lost, then one it had (comes again: dropped as seen).
+    c.es().send(ev("odin.token.A.trade", 0, 12), "odin.trades~ep1~0:12,1:21");
+    c.es().send(ev("odin.token.A.trade", 1, 21), "odin.trades~ep1~0:12,1:21");
+    c.es().send(ev("odin.token.A.trade", 0, 14), "odin.trades~ep1~0:14,1:21");
+    assert.deepEqual(got.map(([, o]) => o), [11, 21, 12, 14]);
+    assert.deepEqual(results, [{recovered: true, reason: null, replayed: 3, snapshot: 0}]);
+    assert.equal(c.client.state, "connected");
+  });
+}
+
+test("a gap over SSE the new stream cannot recover says recovered: false", async () => {
+  const {c, results} = await streaming("dropped");
+  c.es().open();
+  c.es().named("subscribed", {type: "subscribed", channels: ["odin.token.*.trade"], recovered: false,
+                              reason: "too_old", positions: [pos(0, 90), pos(1, 21)]});
+  assert.deepEqual(results, [{recovered: false, reason: "too_old", replayed: 0, snapshot: 0}]);
+});
+
+test("a stream asks for its subscriptions' maxRate and filter, never for delta", async () => {
+  const c = client();
+  const filter = {price: {gte: 10}};
+  c.client.subscribe("odin.token.A.price", {maxRate: 2, filter, delta: true}, () => {});
+  c.client.subscribe("odin.token.B.price", {maxRate: 2, filter}, () => {});
+  c.client.connect();
+  await flush();
+  const query = c.es().query;
+  assert.equal(query.max_rate, "2");
+  assert.deepEqual(JSON.parse(query.filter), filter);
+  assert.equal(query.delta, undefined);
+});
+
+test("channels with different options cannot share a stream: an error, no options asked", async () => {
+  const c = client();
+  const errors = [];
+  c.client.on("error", (e) => errors.push(e.code));
+  c.client.subscribe("odin.token.A.price", {maxRate: 2}, () => {});
+  c.client.subscribe("odin.token.B.price", {filter: {price: {gte: 1}}}, () => {});
+  c.client.connect();
+  await flush();
+  assert.equal(c.es().query.max_rate, undefined);
+  assert.equal(c.es().query.filter, undefined);
+  assert.deepEqual(errors, ["options_conflict"]);
+});

@@ -24,6 +24,16 @@ class Event:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+def event_of(msg: dict[str, Any]) -> Event:
+    """The L{Event} of an ``event`` message (made whole already)."""
+    ts = msg.get("ts")
+    pos = msg.get("pos")
+    return Event(str(msg.get("channel")), msg.get("data"),
+                 ts if isinstance(ts, int) else None,
+                 pos if isinstance(pos, str) else None,
+                 msg.get("snapshot") is True, msg)
+
+
 @dataclass(frozen=True)
 class Gap:
     """

@@ -38,15 +38,14 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from odinws_client import compactdelta
+from odinws_client.deltas import Deltas
 from odinws_client.inflight import Replay, Request, SnapshotWait
-from odinws_client.mergepatch import apply_merge_patch
-from odinws_client.messages import Event, Gap, ServerError, SubscriptionFailed
+from odinws_client.messages import Gap, ServerError, SubscriptionFailed
 from odinws_client.positions import Position, PositionMap
+from odinws_client.router import Router
 from odinws_client.subscription import State, Subscription
 
 #: A subscribe refused for its positions: start over from the current ones.
@@ -80,13 +79,10 @@ class Session:
         self._subs: dict[str, Subscription] = {}
         self._ids = itertools.count(1)
         self._pending: dict[int, Request] = {}
-        self._replays: list[Replay] = []
-        self._snapshots: deque[SnapshotWait] = deque()
-        self._events_seen = 0
-        #: channel -> the data of its last event: what a delta applies to.
-        self._bases: dict[str, Any] = {}
-        #: compact stream id -> its last event: what a compact delta applies to.
-        self._streams: dict[int, dict[str, Any]] = {}
+        #: Events to subscriptions, in order (odinws_client/router.py).
+        self._route = Router(self._subs)
+        #: What this connection's deltas are made whole against.
+        self._deltas = Deltas(hooks.error)
         self.connected = False
 
     @property
@@ -122,10 +118,8 @@ class Session:
         """The connection is gone: what was in flight is forgotten, subscriptions wait."""
         self.connected = False
         self._pending.clear()
-        self._replays.clear()
-        self._snapshots.clear()
-        self._bases.clear()     # a new connection starts every channel with a whole event
-        self._streams.clear()
+        self._route.clear()
+        self._deltas.clear()
         for sub in self._subs.values():
             sub._live = False
             sub._replay = None
@@ -158,9 +152,10 @@ class Session:
 
     def received(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "event":
-            whole = self._whole(msg)
+            whole = self._deltas.whole(msg, any(s.options.get("delta")
+                                                for s in self._subs.values()))
             if whole is not None:
-                self._event(whole)
+                self._route.event(whole)
             return
         req = self._pending.pop(msg["id"], None) if isinstance(msg.get("id"), int) else None
         kind = msg.get("type")
@@ -176,42 +171,10 @@ class Session:
             self._gap(msg)
 
     def received_compact(self, frame: list[Any]) -> None:
-        """
-        A compact delta (docs/protocol.md, "Compact deltas"): the event it
-        stands for, rebuilt against its stream's previous event. One of a
-        stream no whole event started is reported, not guessed.
-        """
-        last = self._streams.get(frame[0]) if compactdelta.is_compact(frame) else None
-        if last is None:
-            self._hooks.error(ServerError("delta_without_base",
-                                          f"a compact delta {str(frame)[:80]} of no known stream"))
-            return
-        msg = compactdelta.rebuild(last, frame)
-        self._streams[frame[0]] = compactdelta.stream_start(msg)
-        self._event(msg)
-
-    def _whole(self, msg: dict[str, Any]) -> dict[str, Any] | None:
-        """
-        A delta event made whole against its channel's last data (RFC 7386,
-        docs/protocol.md "Deltas"); whole events of channels held with
-        deltas are kept as the next base. None: a delta with no base (the
-        server sends each channel's first event on a connection whole).
-        """
-        channel = msg.get("channel")
-        if "delta" in msg:
-            if channel not in self._bases:
-                self._hooks.error(ServerError("delta_without_base",
-                                              f"a delta of {channel} before any whole event"))
-                return None
-            patch = msg["delta"]
-            msg = {k: v for k, v in msg.items() if k != "delta"}
-            msg["data"] = apply_merge_patch(self._bases[channel], patch)
-        if isinstance(channel, str) and any(s.options.get("delta") for s in self._subs.values()):
-            self._bases[channel] = msg.get("data")
-        if (type(msg.get("sid")) is int and type(msg.get("ts")) is int
-                and isinstance(msg.get("pos"), str)):
-            self._streams[msg["sid"]] = compactdelta.stream_start(msg)
-        return msg
+        """A compact delta (docs/protocol.md, "Compact deltas"): the event it stands for."""
+        msg = self._deltas.compact(frame)
+        if msg is not None:
+            self._route.event(msg)
 
     def _gap(self, msg: dict[str, Any]) -> None:
         """
@@ -237,9 +200,9 @@ class Session:
         replay = Replay(subs, PositionMap(since), None, 1 << 62)
         for sub in subs:
             if sub._replay is not None:
-                self._end_replay(sub._replay)
+                self._route.end_replay(sub._replay)
             sub._replay = replay
-        self._replays.append(replay)
+        self._route.replays.append(replay)
         self._request(subs, {"since": since}, gap=replay)
 
     def _hole(self, msg: dict[str, Any]) -> bool:
@@ -254,7 +217,7 @@ class Session:
         if len(named) != 1 or not isinstance(msg.get("channel"), str) \
                 or Position.parse(named[0]) is None:
             return False
-        self._event({**msg, "pos": named[0]})
+        self._route.event({**msg, "pos": named[0]})
         return True
 
     # -- subscribing
@@ -300,12 +263,8 @@ class Session:
         for fields, members in groups.values():
             self._request(members, fields)
 
-    def _current(self, subs: Iterable[Subscription]) -> list[Subscription]:
-        """Those of ``subs`` still held (not unsubscribed since the request)."""
-        return [s for s in subs if self._subs.get(s.pattern) is s]
-
     def _acked(self, msg: dict[str, Any], req: Request) -> None:
-        subs = self._current(req.subs)
+        subs = self._route.current(req.subs)
         for sub in subs:
             sub._live = True
             sub._set_state(State.SUBSCRIBED)
@@ -319,20 +278,20 @@ class Session:
                 for sub in subs:
                     sub._last.keep_ahead_of(tops)
             for sub in subs:
-                self._pend_tops(sub, tops)
+                self._route.pend_tops(sub, tops)
             replayed = _count(msg.get("replayed"))
             if recovered and replayed > 0:
                 replay = Replay(subs, PositionMap(req.since), tops, replayed)
                 for sub in subs:
                     sub._replay = replay
-                self._replays.append(replay)
+                self._route.replays.append(replay)
             if req.since and not recovered:
                 gap = Gap(str(msg.get("reason") or "unknown"), _count(msg.get("snapshot")))
                 for sub in subs:
                     sub._push(gap)
         snapshot = _count(msg.get("snapshot"))
         if snapshot and req.snapshot:
-            self._snapshots.append(SnapshotWait([s for s in subs if s.snapshot], snapshot))
+            self._route.snapshots.append(SnapshotWait([s for s in subs if s.snapshot], snapshot))
 
     def _gap_acked(self, replay: Replay, recovered: bool, msg: dict[str, Any]) -> None:
         """
@@ -340,34 +299,19 @@ class Session:
         replay's first ones, complete once ``replayed`` are here (or an
         event past the tops came); not, they go out now after a L{Gap}.
         """
-        if replay not in self._replays:
+        if replay not in self._route.replays:
             return
         if recovered:
             replay.tops = PositionMap(msg.get("positions") or ())
             replay.left = _count(msg.get("replayed"))
             held = sum(1 for text in replay.buffer if replay.holds(Position.parse(text)))
             if held >= replay.left:
-                self._end_replay(replay)
+                self._route.end_replay(replay)
             return
         gap = Gap(str(msg.get("reason") or "unknown"))
-        for sub in self._current(replay.subs):
+        for sub in self._route.current(replay.subs):
             sub._push(gap)
-        self._end_replay(replay)
-
-    def _pend_tops(self, sub: Subscription, tops: PositionMap) -> None:
-        """Hold ``tops`` until an event past them; older ones count now if no event came since."""
-        if sub._tops is not None and sub._tops_seen == self._events_seen:
-            self._confirm_tops(sub)
-        merged = sub._tops.copy() if sub._tops is not None else PositionMap()
-        for pos in tops:
-            merged.advance(pos.text)
-        sub._tops = merged if len(merged) else None
-        sub._tops_seen = self._events_seen
-
-    def _confirm_tops(self, sub: Subscription) -> None:
-        for pos in sub._tops or ():
-            sub._last.advance(pos.text)
-        sub._tops = None
+        self._route.end_replay(replay)
 
     def _failed(self, msg: dict[str, Any], req: Request | None) -> None:
         error = ServerError(str(msg.get("code")), str(msg.get("message", "")),
@@ -378,14 +322,14 @@ class Session:
         if req is None or req.type != "subscribe":
             self._hooks.error(error)
             return
-        live = self._current(req.subs)
+        live = self._route.current(req.subs)
         if req.refresh:
             return  # asking for positions: the next time will do
         if error.code == "rate_limited":
             # The server dropped the request: send it again, later.
             self._hooks.error(error)
             self._hooks.later(self._rate_limited_retry,
-                              lambda: self._subscribe(self._current(live)))
+                              lambda: self._subscribe(self._route.current(live)))
             return
         if req.since and error.code in POSITION_ERRORS:
             # Positions this node cannot use (another cluster, a topic gone):
@@ -431,97 +375,6 @@ class Session:
 
     # -- events
 
-    def _event(self, msg: dict[str, Any]) -> None:
-        self._events_seen += 1
-        snapshot = msg.get("snapshot") is True
-        pos = None if snapshot else Position.parse(msg.get("pos"))
-        if pos is not None:
-            # Past a replay's tops: the replay (queued before) is all here.
-            for replay in list(self._replays):
-                if replay.past(pos):
-                    self._end_replay(replay)
-        self._dispatch(msg, snapshot, pos)
-        if pos is not None:
-            # Past a subscription's pending tops: what was queued before its ack is here.
-            for sub in self._subs.values():
-                top = sub._tops.get(pos.partition) if sub._tops is not None else None
-                if top is not None and pos.after(top):
-                    self._confirm_tops(sub)
-
-    def _dispatch(self, msg: dict[str, Any], snapshot: bool, pos: Position | None) -> None:
-        """
-        To every live subscription whose pattern matches, unless it holds
-        this position or a later one of the partition. A snapshot event goes
-        only to the subscriptions that asked for that snapshot.
-        """
-        channel = msg.get("channel")
-        if not isinstance(channel, str):
-            return
-        segments = channel.split(".")
-        wait = self._snapshots[0] if snapshot and self._snapshots else None
-        if snapshot and wait is None:
-            return
-        filled: list[Replay] = []
-        for sub in list(self._subs.values()):
-            if not sub._live or not sub.matches(segments):
-                continue
-            if wait is not None:
-                if any(s is sub for s in wait.subs):
-                    sub._last.advance(msg.get("pos"))
-                    sub._push(_event(msg))
-                continue
-            replay = sub._replay
-            if replay is not None and replay.holds(pos):
-                assert pos is not None
-                replay.buffer.setdefault(pos.text, msg)
-                if replay not in filled:
-                    filled.append(replay)
-                continue
-            self._deliver(sub, msg)
-        if wait is not None:
-            wait.left -= 1
-            if wait.left <= 0:
-                self._snapshots.popleft()
-        for replay in filled:
-            if len(replay.buffer) >= replay.left:
-                self._end_replay(replay)
-
-    def _deliver(self, sub: Subscription, msg: dict[str, Any]) -> None:
-        pos = msg.get("pos")
-        if pos is not None:
-            if not sub._last.is_new(pos):
-                return
-            sub._last.advance(pos)
-        if msg.get("type") == "gap":    # an undecodable record (L{_hole})
-            sub._push(Gap(str(msg.get("reason")), channel=msg.get("channel"), pos=pos))
-            return
-        sub._push(_event(msg))
-
-    def _end_replay(self, replay: Replay) -> None:
-        """A replay is complete: its events, in position order, to its subscriptions."""
-        if replay not in self._replays:
-            return
-        self._replays.remove(replay)
-        for sub in replay.subs:
-            if sub._replay is replay:
-                sub._replay = None
-        parsed = [(Position.parse(text), msg) for text, msg in replay.buffer.items()]
-        parsed.sort(key=lambda item: (item[0].partition, item[0].offset) if item[0] else ("", 0))
-        for _, msg in parsed:
-            segments = str(msg.get("channel")).split(".")
-            for sub in self._current(replay.subs):
-                if sub._live and sub.matches(segments):
-                    self._deliver(sub, msg)
-
 
 def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _event(msg: dict[str, Any]) -> Event:
-    ts = msg.get("ts")
-    pos = msg.get("pos")
-    return Event(str(msg.get("channel")), msg.get("data"),
-                 ts if isinstance(ts, int) else None,
-                 pos if isinstance(pos, str) else None,
-                 msg.get("snapshot") is True, msg)

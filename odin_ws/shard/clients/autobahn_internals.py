@@ -13,6 +13,16 @@ Internals touched:
     per-connection state) and C{WebSocketAdapterProtocol._onOpen} (between
     the handshake's success and C{onOpen}), given public hooks by
     L{ProtocolHooks};
+  - the module global C{pformat} of C{autobahn.websocket.protocol}, which
+    C{_connectionMade} calls on its ~36 settings for a debug line at every
+    connection, written or not (half of a shard's CPU per adopted
+    connection, issue 22): L{ProtocolHooks} makes it lazy for that call
+    (L{Lazy});
+  - the module globals C{hltype} and C{hlval} of
+    C{autobahn.websocket.protocol} and C{autobahn.twisted.websocket},
+    used there only for the arguments of log lines, about ten per
+    connection and each evaluated whether the line is written or not (8%
+    of what is left): L{defer_log_arguments} makes them lazy;
   - C{WebSocketProtocol._transport_details} (L{forget_transport_details});
   - the names of the instance attributes Autobahn's server protocol sets
     (L{STATE_ATTRS}, L{HANDSHAKE_ATTRS}; its settings are the public
@@ -39,9 +49,15 @@ Internals touched:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pprint import pformat
 from typing import Any
 
+from autobahn.twisted import websocket as autobahn_twisted
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.util import hltype, hlval
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.compress_deflate import PerMessageDeflate
 
 #: The Autobahn release these internals were read in (C{requirements.lock}).
@@ -87,6 +103,48 @@ STATE_ATTRS = (
 )
 
 
+class Lazy(functools.partial):
+    """
+    C{func(*args, **kwargs)}, made only when a log observer formats it: the
+    argument of a log line that Autobahn evaluates before its logger knows
+    whether the line is written (below C{log.level} it never is). A
+    C{partial}, so making one runs no Python code.
+    """
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return str(self())
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self()), spec)
+
+    __repr__ = __str__
+
+
+def lazy(func: Callable[..., Any]) -> Callable[..., Lazy]:
+    """C{func} made lazy: it returns a L{Lazy} of its call (C{__wrapped__}: C{func})."""
+    call = functools.partial(Lazy, func)
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
+
+
+_lazy_pformat = lazy(pformat)
+#: The Autobahn modules whose hltype and hlval only make log arguments.
+_HIGHLIGHTING = (autobahn_protocol, autobahn_twisted)
+
+
+def defer_log_arguments() -> None:
+    """
+    Make C{hltype} and C{hlval} lazy in the Autobahn modules that use them
+    only for log arguments (L{_HIGHLIGHTING}); idempotent, for the process.
+    """
+    for module in _HIGHLIGHTING:
+        for name, func in (("hltype", hltype), ("hlval", hlval)):
+            if getattr(module, name) is func:
+                setattr(module, name, lazy(func))
+
+
 class ProtocolHooks(WebSocketServerProtocol):
     """
     Autobahn's Twisted server protocol with public hooks around two of its
@@ -94,7 +152,13 @@ class ProtocolHooks(WebSocketServerProtocol):
     """
 
     def _connectionMade(self) -> None:
-        super()._connectionMade()
+        # Autobahn formats its settings for a debug line before it knows
+        # whether the line is written; the reactor runs one connect at a time.
+        autobahn_protocol.pformat = _lazy_pformat  # type: ignore[assignment]
+        try:
+            super()._connectionMade()
+        finally:
+            autobahn_protocol.pformat = pformat
         self.ws_connection_made()
 
     def _onOpen(self) -> None:

@@ -44,6 +44,8 @@ class Answer:
     #: the ack (L{odin_ws.shard.delivery.outbox.Outbox.recover_from}): the
     #: subscribe's C{since}; C{frames} is empty then.
     stream: dict[tuple[str, int], tuple[str, int]] | None = None
+    #: Holes (undecodable records) replayed among C{frames}: each a gap notice.
+    holes: int = 0
 
     def ack(self, channels: list[str], id: messages.MessageId) -> bytes:
         return messages.subscribed(channels, id, recovered=self.recovered, reason=self.reason,
@@ -151,6 +153,7 @@ def answer(history: History, msg: messages.Subscribe, topics: Mapping[str, str],
     elif replay and out.stream is None:
         out.frames = [(encode(e.envelope, e), e.channel, e.event_type) for e in replay]
         out.events = replay
+        out.holes = sum(1 for e in replay if is_hole(e))
     return out
 
 

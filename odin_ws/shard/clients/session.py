@@ -10,7 +10,9 @@ L{url_subscribe}, a client message into L{message_allowed} and L{subscribe},
 L{unsubscribe}, L{refresh}) and what the session answers into their own
 frames (L{ClientTransport.reply}, L{ClientTransport.close}, or a L{Refused}
 turned into an HTTP answer). A new per-client rule (a filter, a rate cap)
-is added here, once.
+is added here, once; the rules of the request head are in
+L{odin_ws.shard.clients.request}, the close codes in
+L{odin_ws.shard.clients.closecodes}.
 
 Events never pass through a session: the shard's fan-out writes them to the
 connection's L{Outbox}, which the session creates when the client opens.
@@ -20,54 +22,28 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from odin_ws.common import metrics
-from odin_ws.common.clientip import client_ip
 from odin_ws.common.events import Event
 from odin_ws.common.logs import audit
 from odin_ws.common.ratelimit import TokenBucket
 from odin_ws.shard.clients import auth, messages, recovery
+from odin_ws.shard.clients.closecodes import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from odin_ws.shard.clients.host import ClientHost, ClientTransport
-from odin_ws.shard.clients.refusal import Refused, bad_origin, is_origin
-from odin_ws.shard.delivery.filters import FilterError, compile_filter
+from odin_ws.shard.clients.request import RequestRules
+from odin_ws.shard.delivery.gaps import count_told
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded, SubscriptionIndex
+from odin_ws.shard.history.holes import UNDECODABLE
 
 if TYPE_CHECKING:
     from odin_ws.common.settings import Settings
     from odin_ws.shard.clients.recoveryhold import HeldRecovery
 
-#: Close codes of docs/protocol.md.
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_RESTARTING = 4000
-CLOSE_TOKEN_EXPIRED = 4001
-CLOSE_SLOW_CONSUMER = 4008
 
-
-#: The codes only the server decides (docs/protocol.md); a client may send them too.
-SERVER_CLOSE_CODES = frozenset((CLOSE_RESTARTING, CLOSE_TOKEN_EXPIRED, CLOSE_SLOW_CONSUMER))
-
-
-def count_closed(code: int | None, clean: bool, by_server: bool = True) -> None:
-    """
-    Count a closed connection by why (C{odinws_connections_closed_total})
-    and its code. A server code the client sent (C{by_server} false) is
-    its choice, not the server's decision: counted as C{other_4xxx}, never
-    as a slow consumer (issue 23, L4).
-    """
-    if not by_server and code in SERVER_CLOSE_CODES:
-        label = "other_4xxx"
-    else:
-        label = metrics.close_code_label(code)
-    reason = "slow_consumer" if label == str(CLOSE_SLOW_CONSUMER) else (
-        "clean" if clean else "dropped")
-    metrics.CONNECTIONS_CLOSED.labels(reason=reason, code=label).inc()
-
-
-class Session:
+class Session(RequestRules):
     """
     The client rules of one connection: admission (origin, per-IP share,
     authentication), subscribe and unsubscribe (by message or by URL) under
@@ -78,10 +54,10 @@ class Session:
     @param noun: what the audit lines call the client (C{connection}, C{stream}).
     """
 
-    # Every connection carries one: slots, not a __dict__ (odin_ws/shard/clients/lean.py).
-    __slots__ = ("host", "transport", "noun", "client_ip", "ip_counted", "grant", "bucket",
-                 "replay_bucket", "strikes", "strike_stamp", "ever_subscribed", "_idle_call",
-                 "_expiry_call", "_held")
+    # Every connection carries one: slots, not a __dict__ (odin_ws/shard/clients/lean.py);
+    # those of the request's rules are L{RequestRules}'.
+    __slots__ = ("transport", "bucket", "replay_bucket", "strikes", "strike_stamp",
+                 "ever_subscribed", "_idle_call", "_expiry_call", "_held")
 
     def __init__(self, host: ClientHost, transport: ClientTransport, noun: str):
         self.host = host
@@ -101,104 +77,6 @@ class Session:
         #: A recovery held until the shard can answer it truly, and the
         #: client's messages that came after it (they wait behind it, in order).
         self._held: tuple[HeldRecovery, list[bytes]] | None = None
-
-    # -- the request, before the connection opens
-
-    def origin_allowed(self, origin: str | None) -> bool:
-        """
-        Whether a page of C{origin} may connect: C{limits.allowed_origins}
-        compared exactly (C{null}, what a page opened from a file or a
-        sandboxed frame sends, only when listed); an empty list allows any,
-        C{null} and no C{Origin} included.
-        """
-        origins = self.host.settings.limits.allowed_origins
-        return not origins or origin in origins
-
-    def identify(self, peer: str, headers: Mapping[str, str]) -> None:
-        """
-        The client's address (L{odin_ws.common.clientip}), first thing: the
-        per-IP share and every audit line use it.
-
-        @param headers: the request's headers, names in lower case.
-        """
-        self.client_ip = client_ip(peer, headers.get("x-forwarded-for"),
-                                   self.host.settings.limits.trusted_proxies)
-
-    def admit(self, headers: Mapping[str, str], query: Mapping[str, Any],
-              token_sources: Iterable[str]) -> None:
-        """
-        The client's origin, its address's share of the connections, its
-        token (looked for in C{token_sources}, from C{headers} and C{query}),
-        in this order (after L{identify}).
-
-        @param headers: the request's headers, names in lower case.
-        @raise Refused: turned down; the address is not counted then.
-        """
-        host = self.host
-        ip = self.client_ip
-        origin = headers.get("origin")
-        if origin is not None and not is_origin(origin):
-            raise bad_origin()
-        if not self.origin_allowed(origin):
-            raise Refused(403, "origin", "origin not allowed", "origin_not_allowed")
-        if not host.admit_ip(ip):
-            raise Refused(429, "per_ip", "too many connections from this address",
-                          "too_many_connections")
-        self.ip_counted = True
-        verifier = host.verifier
-        if verifier.enabled:
-            token = auth.token_from_request(headers, query, token_sources)
-            try:
-                self.grant = verifier.verify(token)
-            except auth.AuthError as e:
-                raise Refused(401, "auth_" + e.reason, e.message, "unauthorized") from None
-
-    def url_subscribe(self, query: Mapping[str, str],
-                      last_event_id: str | None = None) -> messages.Subscribe | None:
-        """
-        The subscribe a URL asks for (C{?channels=...}, docs/protocol.md),
-        checked as its message would be before anything opens: the token's
-        grant, C{limits.max_subscriptions}, the topics of its positions.
-        None when the URL asks for none.
-
-        @raise Refused: with the protocol's error code (403 for a channel
-            the token does not allow, else 400).
-        """
-        settings = self.host.settings
-        limits = settings.limits
-        try:
-            msg = messages.parse_url_subscribe(query, limits.max_channels_per_message,
-                                               limits.max_channel_length, limits.max_positions,
-                                               last_event_id)
-            if msg is None:
-                return None
-            self._check_grant(msg)
-            if len(msg.channels) > limits.max_subscriptions:
-                raise messages.ClientError(messages.TOO_MANY_SUBSCRIPTIONS, "a connection may "
-                                           f"hold at most {limits.max_subscriptions} subscriptions")
-            for topic, _ in msg.since or ():
-                if topic not in settings.kafka.topics:
-                    raise messages.ClientError(messages.UNKNOWN_POSITION, "position of a topic "
-                                               f"this server does not serve: {topic[:80]!r}")
-            if msg.filter is not None:
-                # Its grammar and size now; the shard's count of distinct
-                # filters when it is held (an error message after the open).
-                try:
-                    compile_filter(msg.filter, limits.max_filter_bytes)
-                except FilterError as e:
-                    raise messages.ClientError(e.code, e.message) from None
-        except messages.ClientError as e:
-            raise Refused(403 if e.code == messages.FORBIDDEN else 400, e.code, e.message,
-                          e.code) from None
-        return msg
-
-    def refused(self, refusal: Refused) -> None:
-        """Count and audit a refusal (the transport then answers it)."""
-        metrics.REJECTED.labels(status=str(refusal.status), reason=refusal.reason).inc()
-        if refusal.code in messages.ERROR_CODES:
-            metrics.CLIENT_ERRORS.labels(code=refusal.code).inc()
-        audit.info("{noun} from {ip} rejected: {reason} ({status})", noun=self.noun,
-                   ip=self.client_ip, reason=refusal.reason, status=refusal.status)
 
     # -- the open connection
 
@@ -363,6 +241,7 @@ class Session:
         if answer.stream is not None:
             outbox.recover_from(answer.stream)
         elif answer.frames:
+            count_told(host.fanout.stats, UNDECODABLE, answer.holes)
             # Plain even where compression was negotiated: this is per
             # connection (docs/protocol.md, "Compression").
             host.fanout.publish_run(answer.frames, (outbox,), answer.events, compress=False)
@@ -501,13 +380,6 @@ class Session:
         self._idle_call = None
         if not self.ever_subscribed:
             self.transport.close(CLOSE_NORMAL, "idle: no subscription")
-
-    def _check_grant(self, msg: messages.Subscribe) -> None:
-        grant = self.grant
-        denied = [c.name for c in msg.channels if not grant.allows(c.token, c.event_type)]
-        if denied:
-            raise messages.ClientError(messages.FORBIDDEN,
-                                       f"your token does not allow {denied[0][:100]}", msg.id)
 
     # -- the end
 

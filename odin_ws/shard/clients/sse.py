@@ -28,15 +28,16 @@ from odin_ws.common.settings import Settings
 from odin_ws.common.twisted_internals import replace_protocol
 from odin_ws.shard.clients import messages, recovery
 from odin_ws.shard.clients.autobahn_internals import retire_unopened
-from odin_ws.shard.clients.host import ClientHost
-from odin_ws.shard.clients.refusal import Refused
-from odin_ws.shard.clients.session import (
+from odin_ws.shard.clients.closecodes import (
     CLOSE_POLICY,
     CLOSE_RESTARTING,
     CLOSE_SLOW_CONSUMER,
-    Session,
     count_closed,
 )
+from odin_ws.shard.clients.host import ClientHost
+from odin_ws.shard.clients.refusal import Refused
+from odin_ws.shard.clients.session import Session
+from odin_ws.shard.delivery.gaps import count_told
 from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
 from odin_ws.shard.delivery.ssefeed import (
     PING,
@@ -49,7 +50,7 @@ from odin_ws.shard.delivery.ssefeed import (
 from odin_ws.shard.delivery.subscriptions import BudgetExceeded
 from odin_ws.shard.delivery.variants import PLAIN, Variant
 from odin_ws.shard.history import positions
-from odin_ws.shard.history.holes import is_hole
+from odin_ws.shard.history.holes import UNDECODABLE, is_hole
 
 if TYPE_CHECKING:
     from odin_ws.shard.clients.recoveryhold import HeldRecovery
@@ -264,6 +265,8 @@ class SseStream(OutboxHolder, TwistedProtocol):
             self.transport.write(message(ack, tops, "subscribed"))
             return
         self.transport.write(message(ack, None, "subscribed"))
+        if answer is not None:
+            count_told(host.fanout.stats, UNDECODABLE, answer.holes)
         # The last message of the answer carries the shard's vector: once it
         # arrived the client has everything up to now.
         last, channel, event_type = frames[-1]

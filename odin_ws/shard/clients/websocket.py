@@ -15,25 +15,29 @@ import time
 from http import HTTPStatus
 from typing import Any, Protocol
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from odin_ws.common.logs import redact
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, headgate, messages, sse
-from odin_ws.shard.clients.autobahn_internals import INVALID_ORIGIN, server_window
+from odin_ws.shard.clients.autobahn_internals import (
+    INVALID_ORIGIN,
+    defer_log_arguments,
+    server_window,
+)
+from odin_ws.shard.clients.closecodes import (
+    CLOSE_POLICY,
+    CLOSE_SLOW_CONSUMER,
+    count_closed,
+)
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol
 from odin_ws.shard.clients.refusal import Refused, bad_origin
-from odin_ws.shard.clients.session import (
-    CLOSE_POLICY,
-    CLOSE_SLOW_CONSUMER,
-    Session,
-    count_closed,
-)
+from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery import deflate
 from odin_ws.shard.delivery.deflate import Deflate
 from odin_ws.shard.delivery.frames import text_frame
@@ -52,9 +56,17 @@ class WebSocketHost(sse.StreamHost, Protocol):
 
 # Autobahn's own bases disagree on the types of peer and _transport_details.
 class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
-    """One WebSocket client of a shard (its Outbox closes when it leaves the open state)."""
+    """
+    One WebSocket client of a shard (its Outbox closes when it leaves the open state).
 
-    log = Logger()
+    It logs through a logger of Autobahn's kind (txaio's), at C{log.level}
+    (L{ClientFactory.reconfigure}): below that level its calls, about
+    fifteen debug lines per connection, are no-ops, where a Twisted
+    C{Logger} built and filtered an event for each (issue 22).
+    """
+
+    log = txaio.make_logger()  # type: ignore[attr-defined]  # bound by use_twisted()
+
     factory: ClientFactory
     #: Twisted types it Optional; a connection has one from connectionMade on.
     transport: Any
@@ -287,10 +299,13 @@ class ClientFactory(WebSocketServerFactory):
     def __init__(self, host: WebSocketHost):
         super().__init__()
         self.host = host
+        # Autobahn's log arguments cost nothing until a line is written.
+        defer_log_arguments()
         self.reconfigure(host.settings)
 
     def reconfigure(self, settings: Settings) -> None:
-        """Autobahn's options for the connections made from now on."""
+        """Autobahn's options for the connections made from now on, and its log level."""
+        ClientProtocol.log.set_log_level(settings.log.level)
         limits, keepalive = settings.limits, settings.keepalive
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_bytes,

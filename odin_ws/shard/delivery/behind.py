@@ -15,6 +15,7 @@ from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.delivery.gaps import STALE, Position, Stream, gap_notice
+from odin_ws.shard.history.holes import PREFIX as HOLE
 from odin_ws.shard.history.store import History
 
 
@@ -54,7 +55,7 @@ class Backlog:
 class Slice:
     """One slice of catch-up: frames to queue, gaps to tell, whether it is all."""
 
-    __slots__ = ("frames", "events", "stale", "gaps", "done")
+    __slots__ = ("frames", "events", "stale", "holes", "gaps", "done")
 
     def __init__(self) -> None:
         #: C{(frame, channel)} in sending order (a stale notice's channel: "").
@@ -62,6 +63,10 @@ class Slice:
         self.events = 0
         #: Stale notices among the frames.
         self.stale = 0
+        #: Holes (undecodable records) a streamed recovery replays among the
+        #: frames (gap notices too). Not counted when catching up: live
+        #: delivery counted the connection as told when it sent the run.
+        self.holes = 0
         #: reason -> {stream: position from which the client may recover}.
         self.gaps: dict[str, dict[Stream, Position]] = {}
         #: Every stream reached history's newest event: live from now on.
@@ -134,6 +139,8 @@ class Behind:
                 out.frames.append((frame, e.channel))
                 budget -= len(frame)
                 out.events += 1
+                if self.replay and e.envelope.startswith(HOLE):
+                    out.holes += 1
             scan -= max(1, looked)
             if last == history.high(topic, partition):
                 del streams[key]

@@ -26,8 +26,9 @@ from __future__ import annotations
 from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import HOLDING, held, producer_of, resume_when_drained, write_state
 from odin_ws.shard.delivery.behind import Behind
-from odin_ws.shard.delivery.gaps import STALE, gap_notice
+from odin_ws.shard.delivery.gaps import STALE, count_told, gap_notice
 from odin_ws.shard.delivery.outqueue import OutboxCore
+from odin_ws.shard.history.holes import UNDECODABLE
 from odin_ws.shard.history.store import TOO_OLD
 
 #: Room and cap of an Outbox that is behind start here (as a closed one's
@@ -146,6 +147,8 @@ class CatchingUp(OutboxCore):
         stats.caught_up += part.events
         if part.stale:
             stats.gaps[STALE] = stats.gaps.get(STALE, 0) + part.stale
+        if part.holes:
+            count_told(stats, UNDECODABLE, part.holes)
         if part.done:
             self._go_live()
         if queue:

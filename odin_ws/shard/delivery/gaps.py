@@ -28,6 +28,16 @@ DROPPED = "dropped"
 STALE = "stale"
 
 
+def count_told(stats: WriteStats, reason: str, streams: int) -> None:
+    """
+    C{streams} more named in gap notices of C{reason}
+    (C{odinws_gaps_notified_total}): for holes, the recipients of a run,
+    counted where the run is sent, not per subscriber.
+    """
+    if streams:
+        stats.gaps[reason] = stats.gaps.get(reason, 0) + streams
+
+
 class DropTeller(Protocol):
     """
     What tells a client of events its outbox dropped (a transport without

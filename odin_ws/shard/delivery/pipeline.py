@@ -22,10 +22,12 @@ from odin_ws.common.prometheus_internals import Observer
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
-from odin_ws.shard.delivery.gaps import StaleNotices
+from odin_ws.shard.delivery.gaps import StaleNotices, count_told
 from odin_ws.shard.delivery.ssefeed import Streams
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.delivery.variantfeed import VariantFeed
+from odin_ws.shard.delivery.warmgate import WarmGate
+from odin_ws.shard.history import holes
 from odin_ws.shard.history.store import History
 
 #: Sends a batch this shard consumed to the hub (None: no parent to send to).
@@ -45,6 +47,8 @@ class Delivery:
     (L{hold}, L{marks_known}): without them a partition the group hands it
     is re-read from its last commit, and what the node delivered before this
     process existed would reach this shard's clients again as live events.
+    Where no mark is known for a partition at all (a node of one shard, a
+    whole-node restart), its batches wait for its warm-up (L{gate}).
 
     @param seen: the shard's de-duplication marks.
     @param relay: hands a batch this shard consumed to the other shards.
@@ -68,6 +72,8 @@ class Delivery:
         self.rereading: Callable[[list[Event]], bool] = _never
         #: Who was told of events too old to be sent live.
         self.stale = StaleNotices(fanout.stats)
+        #: Partitions without a mark wait for their warm-up (odin_ws/shard/delivery/warmgate.py).
+        self.gate = WarmGate(seen.marks, self._past, int(time.time() * 1000))
         # Work waiting for the hub's marks (None: nothing is held).
         self._held: list[Callable[[], object]] | None = None
         self.reconfigure(settings)
@@ -119,9 +125,10 @@ class Delivery:
         held (L{hold}) it is taken once the hub's marks are known.
         """
         if self._held is None:
-            return self._consumed(events)
+            return self.gate.admit(events, self._consumed)
         taken: Deferred[Any] = Deferred()
-        self._held.append(lambda: maybeDeferred(self._consumed, events).chainDeferred(taken))
+        self._held.append(lambda: maybeDeferred(self.gate.admit, events, self._consumed)
+                          .chainDeferred(taken))
         return taken
 
     def _consumed(self, events: list[Event]) -> Deferred[Any] | None:
@@ -135,8 +142,16 @@ class Delivery:
             return None
         return self._relay(relay)
 
+    def _past(self, events: list[Event]) -> None:
+        """Events of the past (L{WarmGate}): kept for recovery, not sent live."""
+        for e in self.seen.fresh(events):
+            self.history.add(e)
+
     def deliver(self, events: list[Event]) -> None:
         """A batch another shard consumed, relayed by the hub."""
+        self.gate.admit(events, self._relayed)
+
+    def _relayed(self, events: list[Event]) -> None:
         self.deliver_fresh(self.seen.fresh(events), relayed=True)
 
     def deliver_fresh(self, events: list[Event], relayed: bool = False) -> None:
@@ -163,6 +178,10 @@ class Delivery:
         max_age = self._max_age
         cutoff = (time.time() - max_age) * 1000.0 if max_age > 0 else -1.0
         stale = 0
+        # Subscribers told of holes (undecodable records): counted per run
+        # of recipients, one prefix test per event that has subscribers.
+        told = 0
+        hole = holes.PREFIX
         # SSE streams get their own message of each event, built once
         # (odin_ws/shard/delivery/ssefeed.py); None while no stream is open.
         streams = self.streams.feed()
@@ -182,6 +201,8 @@ class Delivery:
                     if run:     # the notice must not overtake events before it
                         fanout.publish_run(run, run_to, run_events)
                         run, run_events, run_to = [], [], None
+                    # Nor runs kept for the C send loop (the notice is queued directly).
+                    fanout.settle()
                     notices.stale(e, subscribers)
                 if streams is not None:
                     streams.stale(e)
@@ -210,12 +231,16 @@ class Delivery:
                 run = []
                 run_events = []
             run_to = subscribers
+            if e.envelope.startswith(hole):
+                told += len(subscribers)
             run.append((text_frame(e.envelope), e.channel, e.event_type))
             run_events.append(e)
         if run:
             fanout.publish_run(run, run_to, run_events)
         if stale:
             metrics.EVENTS_STALE.inc(stale)
+        if told:
+            count_told(fanout.stats, holes.UNDECODABLE, told)
         if streams is not None:
             streams.finish()
         written = fanout.flush()

@@ -36,13 +36,13 @@ from twisted.logger import Logger
 from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
-from odin_ws.shard.delivery.gaps import DROPPED, STALE, StaleNotices, gap_body
+from odin_ws.shard.delivery.gaps import DROPPED, STALE, StaleNotices, count_told, gap_body
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.delivery.variantfeed import VariantFeed
 from odin_ws.shard.delivery.variants import VariantIndex
 from odin_ws.shard.history import positions
-from odin_ws.shard.history.holes import is_hole
+from odin_ws.shard.history.holes import UNDECODABLE, is_hole
 
 if TYPE_CHECKING:
     from odin_ws.shard.history.store import History
@@ -248,8 +248,10 @@ class Streams:
             self._run_events = []
         self._run_to = subscribers
         # A hole (an undecodable record) is told as a named gap event.
-        self._run.append((message(event.envelope, tops.text(),
-                                  "gap" if is_hole(event) else None),
+        hole = is_hole(event)
+        if hole:
+            count_told(self._fanout.stats, UNDECODABLE, len(subscribers))
+        self._run.append((message(event.envelope, tops.text(), "gap" if hole else None),
                           event.channel, event.event_type))
         self._run_events.append(event)
         return True
@@ -267,6 +269,10 @@ class Streams:
         if self._run:
             self._fanout.publish_run(self._run, self._run_to, self._run_events)
             self._run, self._run_events, self._run_to = [], [], None
+        # Runs kept for the C send loop go first: the notice is queued
+        # directly, and would overtake them (a client opens a new stream
+        # from the gap at once: what came after it on this one is lost).
+        self._fanout.settle()
         self.stale_told.stale(event, subscribers)
 
     def stale_notice(self, stream: tuple[str, int], before: tuple[str, int]) -> bytes:

@@ -42,9 +42,10 @@ from odin_ws.common.events import Event
 from odin_ws.shard.delivery import compactdelta, mergepatch
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.frames import text_frame
+from odin_ws.shard.delivery.gaps import count_told
 from odin_ws.shard.delivery.throttle import Throttle
 from odin_ws.shard.delivery.variants import COMPACT, Variant, VariantIndex
-from odin_ws.shard.history.holes import is_hole
+from odin_ws.shard.history.holes import UNDECODABLE, is_hole
 
 _HEAD = b'{"type":"event","channel":"'
 _DATA = b'","data":'
@@ -190,10 +191,13 @@ class VariantFeed:
         it is still against the last data the client got).
         """
         frame = self.frame(event)   # the transport's: SSE names it a gap
+        told = 0
         for variant in variants:
             subscribers: Any = self.index.subscribers(variant, event.token, event.event_type)
             if subscribers:
+                told += len(subscribers)
                 self.fanout.publish(frame, event.channel, event.event_type, subscribers, event)
+        count_told(self.fanout.stats, UNDECODABLE, told)
 
     def _data(self, event: Event) -> object:
         seen, data = self._decoded

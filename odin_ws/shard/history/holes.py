@@ -31,7 +31,7 @@ from odin_ws.shard.history import positions
 UNDECODABLE = "undecodable"
 
 #: How every hole's envelope starts (an event's starts with C{{"type":"event"}).
-_PREFIX = b'{"type":"gap"'
+PREFIX = b'{"type":"gap"'
 
 
 class Hole(Event):
@@ -56,4 +56,4 @@ class Hole(Event):
 
 def is_hole(event: Event) -> bool:
     """Whether C{event} is a hole (made here, or relayed and decoded as an L{Event})."""
-    return event.envelope.startswith(_PREFIX)
+    return event.envelope.startswith(PREFIX)

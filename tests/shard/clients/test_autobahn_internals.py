@@ -10,10 +10,13 @@ odin_ws/shard/clients/lean.py, then the test.
 from __future__ import annotations
 
 import inspect
+import pprint
 import re
 import socket
 
+from autobahn import util as autobahn_util
 from autobahn.twisted.websocket import WebSocketAdapterProtocol, WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -23,6 +26,7 @@ from odin_ws.shard.clients.autobahn_internals import (
     CONFIG_ATTRS,
     HANDSHAKE_ATTRS,
     STATE_ATTRS,
+    Lazy,
     ProtocolHooks,
     forget_transport_details,
     server_window,
@@ -131,6 +135,49 @@ class HookTests(SynchronousTestCase):
         """
         proto, _ = handshaken_protocol(Recording)
         self.assertEqual(proto.seen, ["made:deque", "opening:True", "onOpen", "opened:True"])
+
+    def test_settings_formatted_only_when_written(self):
+        """
+        Autobahn's _connectionMade formats its settings with its module's
+        pformat for a debug line; under ProtocolHooks a connect calls no
+        pformat (the value is a LazyPformat, formatted only by an observer
+        that writes it), and the module's pformat is pprint's again after.
+        """
+        self.assertIn("pformat(configAttrLog)", inspect.getsource(
+            WebSocketProtocol._connectionMade))
+        calls: list[object] = []
+        self.patch(autobahn_protocol, "pformat", calls.append)
+        handshaken_protocol(Recording)
+        self.assertEqual(calls, [])
+        self.assertIs(autobahn_protocol.pformat, pprint.pformat)
+        value = [("maxFramePayloadSize", 0, "ClientFactory")]
+        self.assertEqual(f"\n{Lazy(pprint.pformat, value)}",
+                         "\n" + pprint.pformat(value))
+        self.assertEqual(str(Lazy(pprint.pformat, value)), pprint.pformat(value))
+
+    def test_highlights_only_for_log_lines(self):
+        """
+        In the two Autobahn modules defer_log_arguments changes, hltype and
+        hlval appear only as keyword arguments (of log calls); after it a
+        handshake calls neither, and a written line still reads the same.
+        """
+        for module in autobahn_internals._HIGHLIGHTING:
+            for name in ("hltype", "hlval"):
+                source = re.sub(rf"\b\w+={name}\(", "", inspect.getsource(module))
+                self.assertNotIn(f"{name}(", source, module.__name__)
+        autobahn_internals.defer_log_arguments()
+        autobahn_internals.defer_log_arguments()   # idempotent: wrapped once
+        for module in autobahn_internals._HIGHLIGHTING:
+            self.assertIs(module.hltype.__wrapped__, autobahn_util.hltype)
+            self.assertIs(module.hlval.__wrapped__, autobahn_util.hlval)
+        self.assertEqual(f"{autobahn_protocol.hlval(3)}", autobahn_util.hlval(3))
+        self.assertEqual(str(autobahn_protocol.hltype(Recording)),
+                         autobahn_util.hltype(Recording))
+        calls: list[object] = []
+        real = autobahn_util.hl
+        self.patch(autobahn_util, "hl", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+        handshaken_protocol(Recording)
+        self.assertEqual(calls, [])
 
     def test_forget_transport_details(self):
         """The transport_details property reads _transport_details, which can be dropped."""

@@ -13,7 +13,7 @@ import zlib
 
 import jwt
 from twisted.internet.error import ConnectionDone
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from odin_ws.common import logs
@@ -70,9 +70,9 @@ class SubprotocolTests(ShardTestCase):
 
 
 class TokenNotLoggedTests(ShardTestCase):
-    """Auth on; the process's own log observers (text, JSON, audit file) at debug."""
+    """Auth on; log.level debug, and the process's own log observers (text, JSON, audit file)."""
 
-    settings = {"auth.mode": "jwt", "auth.secret": SECRET}
+    settings = {"auth.mode": "jwt", "auth.secret": SECRET, "log.level": "debug"}
 
     def setUp(self):
         super().setUp()
@@ -139,6 +139,31 @@ class TokenNotLoggedTests(ShardTestCase):
                 self.assertNotIn(part, logged)
         for line in self.json.getvalue().splitlines():
             json.loads(line)
+
+
+class DebugLinesTests(ShardTestCase):
+    """Autobahn's debug lines of each connection cost nothing below log.level debug."""
+
+    def setUp(self):
+        super().setUp()
+        self.debug_events: list[dict] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_level") == LogLevel.debug:
+                self.debug_events.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def test_no_debug_event_at_info(self):
+        """
+        With the default log.level (info), a handshake and a subscribe emit
+        no debug event at all: Autobahn's ~15 per connection are no-ops, not
+        events filtered later (at log.level debug they come:
+        L{TokenNotLoggedTests}).
+        """
+        reply = self.subscribe(self.connect(), "odin.token.1.trade")
+        self.assertEqual(reply["type"], "subscribed")
+        self.assertEqual(self.debug_events, [])
 
 
 def extensions(client: ShardClient) -> str | None:

@@ -280,6 +280,22 @@ class StaleEventTests(RecoveryTestCase):
         got = self.request(d, channels=["odin.token.A.trade"], since=[f"{TOPIC}:0:ep1:99"])
         self.assertEqual((got[0]["recovered"], [m["data"]["p"] for m in got[1:]]), (True, [1, 101]))
 
+    def test_notice_after_the_fresh_events_of_its_batch(self):
+        """
+        Fresh events, then a stale one, in one delivery batch: the
+        subscriber gets the fresh ones first, then the notice (also on the
+        C send loop's path, where the runs were kept while the notice was
+        queued directly).
+        """
+        c = self.connect()
+        self.subscribe(c, "odin.token.A.trade")
+        fresh = [self.event("A") for _ in range(3)]
+        self.offset[0] += 1
+        old = Event.build("A", "trade", b'{"p":1}', int((time.time() - 120) * 1000), TOPIC, 0,
+                          self.offset[0], "ep1")
+        self.deliver(*fresh, old)
+        self.assertEqual([m["type"] for m in c.messages()], ["event", "event", "event", "gap"])
+
     def test_one_notice_per_stale_episode(self):
         """
         A stale backlog in several batches tells each subscriber once per

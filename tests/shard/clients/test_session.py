@@ -18,10 +18,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from odin_ws.common import config as configmod
 from odin_ws.common.settings import Settings
 from odin_ws.shard.clients import auth, messages
+from odin_ws.shard.clients.closecodes import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from odin_ws.shard.clients.connections import Connections
 from odin_ws.shard.clients.options import SubscriptionOptions
 from odin_ws.shard.clients.refusal import Refused
-from odin_ws.shard.clients.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
+from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery.behind import Backlog
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox

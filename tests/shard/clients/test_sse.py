@@ -705,3 +705,18 @@ class StaleTests(StreamTestCase):
         self.deliver(self.event("T1"))
         self.deliver(self.old("T1"))
         self.assertEqual([m.event for m in s.messages()], ["gap", None, "gap"])
+
+    def test_gap_after_the_fresh_events_of_its_batch(self):
+        """
+        Fresh events and stale ones in one delivery batch: the stream gets
+        the fresh ones first, then the gap (a client opens a new stream
+        from the gap at once, so a gap ahead of them lost them), also on
+        the C send loop's path.
+        """
+        s = self.stream({"channels": "odin.token.T1.trade"})
+        s.messages()
+        fresh = [self.event("T1") for _ in range(3)]
+        self.deliver(*fresh, self.old("T1"), self.old("T1"))
+        msgs = s.messages()
+        self.assertEqual([m.event for m in msgs], [None, None, None, "gap"])
+        self.assertEqual([m.data.encode() for m in msgs[:3]], [e.envelope for e in fresh])

@@ -17,6 +17,7 @@ from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import held
 from odin_ws.shard.delivery.behind import Behind
 from odin_ws.shard.delivery.gaps import gap_notice
+from odin_ws.shard.history.holes import UNDECODABLE, Hole
 from tests.helpers import ShardTestCase, StalledSocket, parse_frames, text
 from tests.helpers.cases import ShardClient, _ports
 
@@ -431,3 +432,44 @@ class BehindTests(ShardTestCase):
         notice = json.loads(payload)
         self.assertEqual(notice, {"type": "gap", "reason": "too_old", "streams": {
             f"{TOPIC}:3:e": f"{TOPIC}:3:e:41", f"{TOPIC}:4:e": None, f"{TOPIC}:5:0": None}})
+
+
+class CatchUpHoleTests(CatchUpTestCase):
+    def thirty_with_a_hole(self) -> None:
+        """Thirty deliveries on odin.token.A.trade, the sixteenth a hole."""
+        for i in range(30):
+            if i == 15:
+                self.next_offset[0] += 1
+                self.deliver(Hole("invalid_json", "A", "trade", int(time.time() * 1000), TOPIC,
+                                  0, self.next_offset[0], "ep1"))
+            else:
+                self.deliver(self.event("A"))
+
+    def test_hole_caught_up_is_told_and_counted(self):
+        """
+        A hole (an undecodable record) among what a stalled reader missed
+        reaches it from history as its gap message, in place, and counts
+        once in odinws_gaps_notified_total{reason="undecodable"} (when live
+        delivery sent it, not again when catch-up does).
+        """
+        c = self.stalled("odin.token.A.trade")
+        self.thirty_with_a_hole()
+        self.assertIsNotNone(c.proto.outbox.behind)
+        got = self.read_all(c)
+        self.assertEqual([m["type"] for m in got].count("gap"), 1)
+        self.assertEqual(self.shard.stats.gaps, {UNDECODABLE: 1})
+
+    def test_hole_in_a_streamed_recovery_is_counted(self):
+        """
+        A recovery too large for the buffer, streamed from history, tells
+        the hole it crosses and counts it once.
+        """
+        first = self.deliver(self.event("A"))[0]
+        self.thirty_with_a_hole()
+        c = self.connect(transport=StalledSocket(IPv4Address("TCP", "10.0.0.9", next(_ports))))
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of([first])}))
+        got = self.read_all(c)
+        self.assertTrue(got[0]["recovered"], got[0])
+        self.assertEqual([m["type"] for m in got].count("gap"), 1)
+        self.assertEqual(self.shard.stats.gaps, {UNDECODABLE: 1})

@@ -155,3 +155,45 @@ class SseHoleTests(HoleTestCase):
         msgs = s.messages()
         self.assertEqual([m.event for m in msgs], [None, "gap", None])
         self.assertEqual(msgs[1].json(), self.gap(101))
+
+
+class CountedTests(HoleTestCase):
+    """Every subscriber told of a hole counts in odinws_gaps_notified_total{reason="undecodable"}."""
+
+    def told(self) -> int:
+        return self.shard.fanout.stats.gaps.get(UNDECODABLE, 0)
+
+    def test_live_recipients_are_counted(self):
+        """
+        A hole reaching three plain subscribers and one with options counts
+        four; events that are not holes count nothing.
+        """
+        for _ in range(3):
+            self.subscribe(self.connect(), CHANNEL)
+        optioned = self.connect()
+        optioned.send(text({"type": "subscribe", "channels": [CHANNEL],
+                            "filter": {"o": {"gte": 0}}}))
+        self.shard.delivery.deliver([self.event(), self.event()])
+        self.assertEqual(self.told(), 0)
+        self.shard.delivery.deliver(self.good_bad_good())
+        self.assertEqual(self.told(), 4)
+
+    def test_stream_recipients_are_counted(self):
+        """An SSE stream told of a hole live counts one."""
+        stream = StreamClient(self.shard, "10.0.0.1", None)
+        self.assertEqual(stream.request({"channels": CHANNEL}, ()), 200, stream.body)
+        self.shard.delivery.deliver(self.good_bad_good())
+        self.assertEqual(self.told(), 1)
+
+    def test_recoveries_across_a_hole_are_counted(self):
+        """A WebSocket recovery and an SSE stream's recovery replaying a hole count one each."""
+        events = self.good_bad_good()
+        self.shard.delivery.deliver(events)
+        since = json.loads(events[0].envelope)["pos"]
+        c = self.connect()
+        c.send(text({"type": "subscribe", "channels": [CHANNEL], "since": [since]}))
+        self.assertEqual(self.told(), 1)
+        stream = StreamClient(self.shard, "10.0.0.1", None)
+        self.assertEqual(stream.request({"channels": CHANNEL, "since": since}, ()), 200,
+                         stream.body)
+        self.assertEqual(self.told(), 2)
