@@ -263,5 +263,12 @@ def _observe_latency(delivered: list[Event], relayed: bool) -> None:
     Never NaN: each is at least 0.
     """
     now = time.time()
+    own = _OWN[relayed]
+    if len(delivered) == 1:     # kafka.poll_batch 1: no lists to build
+        e = delivered[0]
+        _END_TO_END.observe(max(0.0, now - e.ts / 1000.0))
+        if e.consumed:
+            own.observe(max(0.0, now - e.consumed))
+        return
     _END_TO_END.observe_all([max(0.0, now - e.ts / 1000.0) for e in delivered])
-    _OWN[relayed].observe_all([max(0.0, now - e.consumed) for e in delivered if e.consumed])
+    own.observe_all([max(0.0, now - e.consumed) for e in delivered if e.consumed])
