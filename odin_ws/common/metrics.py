@@ -116,10 +116,15 @@ KAFKA_ERRORS = Counter("odinws_kafka_errors", "Consumer errors, by kind.", ["kin
 KAFKA_REPLACEMENTS = Counter("odinws_kafka_consumer_replacements",
                              "Kafka consumers replaced after librdkafka declared them fatally "
                              "failed (e.g. fenced).", registry=REGISTRY)
+KAFKA_STALLED = Gauge("odinws_kafka_partitions_stalled",
+                      "Partitions this shard holds that have records to read and whose "
+                      "position has not moved for kafka.progress_grace "
+                      "(shard/kafka/progress.py).", registry=REGISTRY)
 KAFKA_REJOINS = Counter("odinws_kafka_group_rejoins",
                         "Times a shard left its consumer group and joined again because the "
                         "parent found partitions that no shard of the node held "
-                        "(parent/coverage.py).", registry=REGISTRY)
+                        "(parent/coverage.py) or a partition it held stalled "
+                        "(shard/kafka/progress.py).", registry=REGISTRY)
 DELIVERY_LATENCY = Histogram("odinws_delivery_latency_seconds",
                              "Kafka record timestamp to first write, seconds.",
                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
@@ -359,7 +364,7 @@ SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, 
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
                            KAFKA_UNTOLD, SCHEMA_FETCHES, SCHEMAS_CACHED,
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
-                           KAFKA_REJOINS,
+                           KAFKA_REJOINS, KAFKA_STALLED,
                            DELIVERY_LATENCY,
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
                            GC_PAUSE, RECOVERIES, RECOVERIES_HELD, RECOVERIES_WAITING,

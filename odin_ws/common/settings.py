@@ -208,6 +208,12 @@ class KafkaSettings:
         15.0, "Seconds every shard may go without reaching a Kafka broker before /health answers "
         "503 kafka_unreachable (within it: 200, degraded kafka_disconnected), so a broker blip "
         "does not take the node out of a load balancer.", minimum=0, live=True)
+    progress_grace: float = setting(
+        10.0, "Seconds a partition this node holds may have records to read while its consumer "
+        "position does not move before it counts as stalled: /health degraded "
+        "partitions_stalled, and the shard holding it leaves the consumer group and joins "
+        "again (0: no check). Not counted while the shard pauses its partitions for "
+        "back-pressure or cannot reach a broker.", minimum=0, live=True)
     consumer_config: Mapping[str, Any] = setting(
         {}, "Extra librdkafka settings passed to the consumer as they are (e.g. "
         "security.protocol).")

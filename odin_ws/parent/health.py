@@ -10,7 +10,9 @@ so a load balancer moves new clients elsewhere. A node that delivers despite
 a problem answers 200 and names it in C{degraded} (docs/operations.md,
 "Health"): among them partitions that no shard has held beyond the grace
 (C{partitions_unassigned}, listed in C{unassigned_partitions}; the node
-reads the others, L{odin_ws.parent.coverage}).
+reads the others, L{odin_ws.parent.coverage}) and partitions a shard holds
+but does not read (C{partitions_stalled}, listed in C{stalled_partitions};
+L{odin_ws.shard.kafka.progress}).
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ class Health:
             # Events of these partitions are not read (a shard down, a group
             # that did not assign them); the others are delivered.
             degraded.append("partitions_unassigned")
+        # Held by a shard, with records to read, not read for
+        # kafka.progress_grace (shard/kafka/progress.py): the shard rejoins.
+        stalled = sorted(label for s in alive for label in
+                         ((s.get("kafka") or {}).get("stalled") or {}))
+        if stalled:
+            degraded.append("partitions_stalled")
         body = {
             "status": status,
             "node": self._settings.node_id,
@@ -110,6 +118,7 @@ class Health:
             "missing_topics": delivery.missing_topics,
             "degraded": degraded,
             "unassigned_partitions": held_by_none,
+            "stalled_partitions": stalled,
             "shards": shards,
             # Whether the open-files limit, not limits.max_connections, bounds the node.
             "open_files": openfiles.status(self._settings).as_health(),

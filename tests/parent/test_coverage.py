@@ -156,6 +156,22 @@ class GroupCoverageTests(SynchronousTestCase):
         self.assertEqual((status, body["degraded"], body["unassigned_partitions"]),
                          (200, ["partitions_unassigned"], ["t[2]", "t[3]"]))
 
+    def test_health_names_stalled_partitions(self):
+        """
+        Partitions a shard holds and reports stalled (records to read, not
+        read: shard/kafka/progress.py) make /health say degraded
+        partitions_stalled and list them, still 200 (the others are
+        delivered); none reported, none listed.
+        """
+        self.shards[1].status["kafka"] = report([1, 2, 3])
+        health = Health(self.settings, lambda: self.shards, Door(), coverage=self.coverage)
+        status, body = health()
+        self.assertEqual((status, body["degraded"], body["stalled_partitions"]), (200, [], []))
+        self.shards[1].status["kafka"]["stalled"] = {"t[3]": 12.0, "t[1]": 11.0}
+        status, body = health()
+        self.assertEqual((status, body["degraded"], body["stalled_partitions"]),
+                         (200, ["partitions_stalled"], ["t[1]", "t[3]"]))
+
 
 class Door:
     """The node's door as /health reads it: open, started, not overloaded."""

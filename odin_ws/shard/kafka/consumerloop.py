@@ -64,6 +64,11 @@ class LoopOwner(Protocol):
 
     def thread_failed(self, failure: Failure) -> None: ...
 
+    def pausing(self, paused: bool) -> None: ...
+
+    #: Why the loop is asked to rejoin its group (for its log line).
+    rejoin_reason: str
+
 
 #: The broker's share of the delivery latency, observed once per batch.
 _BROKER_LATENCY = Observer(metrics.BROKER_LATENCY)
@@ -204,6 +209,7 @@ class ConsumerLoop:
             if self.paused:
                 self.consumer.resume(self.consumer.assignment())
                 self.paused = False
+                self.ingest.pausing(False)
             self.handle(self.take())
             return
         now = time.monotonic()
@@ -211,6 +217,7 @@ class ConsumerLoop:
             self.blocked_since = now
         if not self.paused and now - self.blocked_since > self.pause_after:
             self.paused = self.repause = True
+            self.ingest.pausing(True)
         if self.paused:
             if self.repause:  # after a rebalance, new partitions start unpaused
                 self.consumer.pause(self.consumer.assignment())
@@ -571,9 +578,8 @@ class ConsumerLoop:
         subscription that follows joins again.
         """
         metrics.KAFKA_REJOINS.inc()
-        self.ingest.log("warn", "Kafka: partitions of the subscribed topics are held by no "
-                        "shard of this node; leaving the consumer group and joining again "
-                        "so that it assigns them")
+        self.ingest.log("warn", "Kafka: {reason}; leaving the consumer group and joining again "
+                        "so that it assigns them anew", reason=self.ingest.rejoin_reason)
         try:
             self.consumer.unsubscribe()
             self.subscribe()

@@ -44,6 +44,7 @@ from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop, describe_error
 from odin_ws.shard.kafka.consumerthread import ConsumerThread
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
+from odin_ws.shard.kafka.progress import PartitionProgress, position_of
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.topiclayout import TopicLayout
 
@@ -118,6 +119,15 @@ class KafkaIngest(Service):
         self._connected = False
         self._assigned: frozenset[Partition] = frozenset()
         self._lag = 0
+        #: Held partitions behind and not moving (L{PartitionProgress}).
+        self._progress = PartitionProgress()
+        #: Those stalled for kafka.progress_grace, with the seconds (replaced whole).
+        self._stalled: dict[Partition, float] = {}
+        self._stall_rejoined_at: float | None = None
+        #: Whether the consumer loop has paused its partitions (back-pressure).
+        self._paused = False
+        #: Why the consumer thread is asked to rejoin its group (its log line).
+        self.rejoin_reason = ""
         self._last_error: str | None = None
         #: Configured topics the brokers said do not exist (until seen again).
         self._missing: frozenset[str] = frozenset()
@@ -201,6 +211,9 @@ class KafkaIngest(Service):
                 metrics.KAFKA_CONNECTED.set(0)
         return {"state": state, "connected": connected,
                 "assigned": sorted(p.label() for p in self._assigned), "lag": self._lag,
+                # Held, with records to read, not read (kafka.progress_grace).
+                "stalled": {p.label(): round(seconds, 1)
+                            for p, seconds in sorted(self._stalled.items())},
                 # Per topic: its partition count and those assigned here, for
                 # the parent's check that every partition has a shard
                 # (odin_ws.parent.coverage).
@@ -230,6 +243,7 @@ class KafkaIngest(Service):
         """
         if self._thread is None or self._state not in (IngestState.RUNNING, IngestState.STARTING):
             return False
+        self.rejoin_reason = "partitions of the subscribed topics are held by no shard of this node"
         self._rejoin.set()
         return True
 
@@ -342,6 +356,15 @@ class KafkaIngest(Service):
     def publish_missing(self, topics: frozenset[str]) -> None:
         """Consumer thread: the configured topics the brokers say do not exist."""
         self._missing = topics
+
+    def pausing(self, paused: bool) -> None:
+        """
+        Consumer thread: the loop paused (or resumed) its partitions for
+        back-pressure; a paused partition is behind on purpose, not stalled.
+        """
+        self._paused = paused
+        if paused:
+            self._progress.clear()
 
     def note_error(self, kind: str, text: str, level: str = "warn") -> None:
         """Consumer thread: count an error by kind; log its first occurrence per episode."""
@@ -493,6 +516,9 @@ class KafkaIngest(Service):
             self._set_state(IngestState.RETRYING, False)
         total = 0
         assigned = self._assigned
+        # Progress is watched while the consumer reads: not while it cannot
+        # reach a broker, nor while the loop pauses its partitions.
+        watching = self._state == IngestState.RUNNING and not self._paused
         counts = dict(self._partitions)
         configured = set(self._settings.kafka.topics)
         for topic, t in stats.get("topics", {}).items():
@@ -506,9 +532,39 @@ class KafkaIngest(Service):
                 lag = _partition_lag(info)
                 metrics.KAFKA_LAG.labels(topic, p).set(lag)
                 total += lag
+                if watching:
+                    self._progress.observe(Partition(topic, int(p)), position_of(info),
+                                           info.get("hi_offset", -1), self._stats_at)
         if counts != self._partitions:
             self._partitions = counts  # replaced whole: the reactor reads it
         self._lag = total
+        if watching:
+            self._progress.keep_only(assigned)
+        else:
+            self._progress.clear()
+        self._check_progress(self._stats_at)
+
+    def _check_progress(self, now: float) -> None:
+        """
+        Consumer thread, after each statistics report: partitions stalled
+        for the grace are shown and counted, and make the consumer rejoin
+        its group, at most once per grace (shard/kafka/progress.py).
+        """
+        grace = self._settings.kafka.progress_grace
+        stalled = self._progress.stalled(now, grace)
+        metrics.KAFKA_STALLED.set(len(stalled))
+        if stalled.keys() - self._stalled.keys():
+            self._log("warn", "Kafka partitions held by this shard have records to read and "
+                      "have not been read for {seconds:.0f}s: {partitions}",
+                      seconds=max(stalled.values()),
+                      partitions=", ".join(p.label() for p in sorted(stalled)))
+        self._stalled = stalled
+        if stalled and (self._stall_rejoined_at is None
+                        or now - self._stall_rejoined_at >= grace):
+            self._stall_rejoined_at = now
+            self.rejoin_reason = ("partitions held by this shard are not read: "
+                                  + ", ".join(p.label() for p in sorted(stalled)))
+            self._rejoin.set()
 
 
 _CONNECTION_ERRORS = (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT)

@@ -344,10 +344,16 @@ class KafkaIngestTests(TestCase):
 class FakeIngest:
     """The owner's consumer-thread API, recorded."""
 
+    rejoin_reason = "asked"
+
     def __init__(self):
         self.batches: list[list] = []
         self.audited: list[str] = []
         self.fatals: list[str] = []
+        self.paused: list[bool] = []
+
+    def pausing(self, paused):
+        self.paused.append(paused)
 
     def hand_over(self, batch_id, events):
         self.batches.append(events)
