@@ -124,6 +124,8 @@ class KafkaIngest(Service):
         #: Those stalled for kafka.progress_grace, with the seconds (replaced whole).
         self._stalled: dict[Partition, float] = {}
         self._stall_rejoined_at: float | None = None
+        #: Rejoins asked in the current stall (the next step replaces the consumer).
+        self._stall_rejoins = 0
         #: Whether the consumer loop has paused its partitions (back-pressure).
         self._paused = False
         #: Why the consumer thread is asked to rejoin its group (its log line).
@@ -559,12 +561,30 @@ class KafkaIngest(Service):
                       seconds=max(stalled.values()),
                       partitions=", ".join(p.label() for p in sorted(stalled)))
         self._stalled = stalled
-        if stalled and (self._stall_rejoined_at is None
-                        or now - self._stall_rejoined_at >= grace):
-            self._stall_rejoined_at = now
-            self.rejoin_reason = ("partitions held by this shard are not read: "
-                                  + ", ".join(p.label() for p in sorted(stalled)))
+        if not stalled:
+            self._stall_rejoins = 0
+            return
+        if self._stall_rejoined_at is not None and now - self._stall_rejoined_at < grace:
+            return
+        labels = ", ".join(p.label() for p in sorted(stalled))
+        self._stall_rejoined_at = now
+        if self._stall_rejoins == 0:
+            # First the group: it assigns the partitions anew.
+            self._stall_rejoins += 1
+            self.rejoin_reason = f"partitions held by this shard are not read: {labels}"
             self._rejoin.set()
+            return
+        # Still not read after a rejoin (Apache Kafka, broker replaced: the
+        # consumer's own state of the partition is stuck, measured): a new
+        # consumer, as after librdkafka's fatal errors (L{ConsumerThread}).
+        self._stall_rejoins = 0
+        self.note_error("stalled", f"partitions not read after a rejoin: {labels}; "
+                        "replacing the consumer")
+        self._assigned = frozenset()
+        self._progress.clear()
+        self._stalled = {}
+        metrics.KAFKA_STALLED.set(0)
+        self._fatal.set()
 
 
 _CONNECTION_ERRORS = (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT)

@@ -148,15 +148,23 @@ class StalledIngestTests(SynchronousTestCase):
         self.assertEqual(self.ingest.status()["stalled"], {})
         self.assertEqual(sample("odinws_kafka_partitions_stalled"), 0)
 
-    def test_rejoinAtMostOncePerGrace(self):
-        """A partition that stays stalled makes the consumer rejoin again one grace later."""
+    def test_rejoinThenNewConsumer(self):
+        """
+        A partition still stalled one grace after the rejoin makes the
+        consumer thread replace the consumer (the fatal-error path), with
+        the reason in the status; not sooner than a grace after the rejoin.
+        """
         self.feed(5, {0: (5, 10), 1: (10, 10)})
         self.assertTrue(self.ingest._rejoin.is_set())
         self.ingest._rejoin.clear()  # the consumer thread took it
         self.feed(4, {0: (5, 10), 1: (10, 10)})
-        self.assertFalse(self.ingest._rejoin.is_set())
+        self.assertFalse(self.ingest._rejoin.is_set() or self.ingest._fatal.is_set())
         self.feed(1, {0: (5, 10), 1: (10, 10)})
-        self.assertTrue(self.ingest._rejoin.is_set())
+        self.assertFalse(self.ingest._rejoin.is_set())
+        self.assertTrue(self.ingest._fatal.is_set())
+        status = self.ingest.status()
+        self.assertEqual((status["assigned"], status["stalled"]), ([], {}))
+        self.assertIn("t[0]", status["last_error"])
 
     def test_pausedForBackPressureIsNotStalled(self):
         """
