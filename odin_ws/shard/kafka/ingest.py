@@ -562,7 +562,11 @@ class KafkaIngest(Service):
                       partitions=", ".join(p.label() for p in sorted(stalled)))
         self._stalled = stalled
         if not stalled:
-            self._stall_rejoins = 0
+            # A rejoin takes the partitions away and back: the stall it did
+            # not cure shows again a grace later. Cured is a second grace
+            # without one.
+            if self._stall_rejoined_at is None or now - self._stall_rejoined_at > 2 * grace:
+                self._stall_rejoins = 0
             return
         if self._stall_rejoined_at is not None and now - self._stall_rejoined_at < grace:
             return

@@ -152,19 +152,34 @@ class StalledIngestTests(SynchronousTestCase):
         """
         A partition still stalled one grace after the rejoin makes the
         consumer thread replace the consumer (the fatal-error path), with
-        the reason in the status; not sooner than a grace after the rejoin.
+        the reason in the status; not sooner than a grace after the rejoin,
+        which took the partitions away and gave them back. A stall cured
+        by a rejoin starts over with a rejoin.
         """
         self.feed(5, {0: (5, 10), 1: (10, 10)})
         self.assertTrue(self.ingest._rejoin.is_set())
         self.ingest._rejoin.clear()  # the consumer thread took it
-        self.feed(4, {0: (5, 10), 1: (10, 10)})
+        # The rejoin takes the partitions away and gives them back.
+        self.ingest.publish_assignment(frozenset())
+        self.feed(1, {})
+        self.ingest.publish_assignment(frozenset({P0, P1}))
+        self.feed(3, {0: (5, 10), 1: (10, 10)})
         self.assertFalse(self.ingest._rejoin.is_set() or self.ingest._fatal.is_set())
-        self.feed(1, {0: (5, 10), 1: (10, 10)})
+        self.feed(5, {0: (5, 10), 1: (10, 10)})
         self.assertFalse(self.ingest._rejoin.is_set())
         self.assertTrue(self.ingest._fatal.is_set())
         status = self.ingest.status()
         self.assertEqual((status["assigned"], status["stalled"]), ([], {}))
         self.assertIn("t[0]", status["last_error"])
+
+    def test_curedStallStartsOverWithARejoin(self):
+        """A stall that a rejoin cured, and a new one later: a rejoin again, not a new consumer."""
+        self.feed(5, {0: (5, 10), 1: (10, 10)})
+        self.ingest._rejoin.clear()
+        self.feed(15, {0: (10, 10), 1: (10, 10)})
+        self.feed(5, {0: (10, 20), 1: (10, 10)})
+        self.assertTrue(self.ingest._rejoin.is_set())
+        self.assertFalse(self.ingest._fatal.is_set())
 
     def test_pausedForBackPressureIsNotStalled(self):
         """
