@@ -213,7 +213,7 @@ class KafkaSettings:
         "position does not move before it counts as stalled: /health degraded "
         "partitions_stalled, and the shard holding it leaves the consumer group and joins "
         "again (0: no check). Not counted while the shard pauses its partitions for "
-        "back-pressure or cannot reach a broker.", minimum=0, live=True)
+        "back-pressure or cannot reach a broker.", minimum=0)
     consumer_config: Mapping[str, Any] = setting(
         {}, "Extra librdkafka settings passed to the consumer as they are (e.g. "
         "security.protocol).")
