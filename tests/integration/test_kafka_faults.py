@@ -109,6 +109,28 @@ class BrokerReplacedCase(OwnBrokerCase):
                 "stalled": doc.get("stalled_partitions"),
                 "assigned": [(s.get("kafka") or {}).get("assigned") for s in doc["shards"]]}
 
+    def every_one_arrives(self, clients: list[Client], count: int, timeout: float) -> None:
+        """
+        Produce C{count} events now; each client gets every one exactly once
+        (else the failure says which are missing, with /health and the
+        node's last Kafka lines).
+        """
+        after = [(f"A{i % 20}", f"after-{i}") for i in range(count)]
+        for token, seq in after:
+            self.produce(token, seq)
+        self.broker.flush()
+        expected = sorted(seq for _, seq in after)
+        for c in clients:
+            try:
+                wait_for(lambda c=c: len(self.drain(c)) >= count, timeout=timeout,
+                         what="the events produced after the replacement")
+            except AssertionError:
+                pass  # the comparison below says which are missing
+            got = sorted(self.drain(c))
+            kafka_log = [line for line in self.node.tail(400_000).splitlines() if "Kafka" in line]
+            self.assertEqual(got, expected, f"{len(set(expected) - set(got))} missing; "
+                             f"/health: {self.health()}; log: " + "\n".join(kafka_log[-20:]))
+
     def replace_topic(self) -> None:
         """A new broker on the same address; the topic created again on it."""
         self.broker.replace()
@@ -163,18 +185,7 @@ class BrokerReplacedTests(BrokerReplacedCase):
 
         for c in clients:
             c.events.clear()
-        after = [(f"A{i % 20}", f"after-{i}") for i in range(200)]
-        for token, seq in after:
-            self.produce(token, seq)
-        self.broker.flush()
-        expected = sorted(seq for _, seq in after)
-        for c in clients:
-            try:
-                wait_for(lambda c=c: len(self.drain(c)) >= len(after), timeout=30,
-                         what="the events produced after recovery")
-            except AssertionError:
-                pass  # the comparison below says which are missing
-            self.assertEqual(sorted(self.drain(c)), expected, str(self.health()))
+        self.every_one_arrives(clients, 200, timeout=30)
 
         def resets() -> float:
             _, _, body = http_get(self.node.port, "/metrics")
@@ -212,21 +223,7 @@ class BrokerReplacedAtOnceTests(BrokerReplacedCase):
         self.replace_topic()
         for c in clients:
             c.events.clear()
-        after = [(f"A{i % 20}", f"after-{i}") for i in range(150)]
-        for token, seq in after:
-            self.produce(token, seq)
-        self.broker.flush()
-        expected = sorted(seq for _, seq in after)
-        for c in clients:
-            try:
-                wait_for(lambda c=c: len(self.drain(c)) >= len(after), timeout=90,
-                         what="the events produced at once after the replacement")
-            except AssertionError:
-                pass  # the comparison below says which are missing
-            missing = sorted(set(expected) - set(self.drain(c)))
-            kafka_log = [line for line in self.node.tail(400_000).splitlines() if "Kafka" in line]
-            self.assertEqual(missing, [], f"{len(missing)} missing; /health: {self.health()}; "
-                             "log: " + "\n".join(kafka_log[-20:]))
+        self.every_one_arrives(clients, 150, timeout=90)
 
 
 class HungBrokerTests(OwnBrokerCase):
