@@ -15,7 +15,7 @@ from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.delivery.gaps import STALE, Position, Stream, gap_notice
-from odin_ws.shard.history.holes import PREFIX as HOLE
+from odin_ws.shard.history.holes import is_hole
 from odin_ws.shard.history.store import History
 
 
@@ -139,7 +139,7 @@ class Behind:
                 out.frames.append((frame, e.channel))
                 budget -= len(frame)
                 out.events += 1
-                if self.replay and e.envelope.startswith(HOLE):
+                if self.replay and is_hole(e):
                     out.holes += 1
             scan -= max(1, looked)
             if last == history.high(topic, partition):

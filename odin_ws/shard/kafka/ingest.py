@@ -550,7 +550,8 @@ class KafkaIngest(Service):
         """
         Consumer thread, after each statistics report: partitions stalled
         for the grace are shown and counted, and make the consumer rejoin
-        its group, at most once per grace (shard/kafka/progress.py).
+        its group; still stalled a grace after that, the consumer is
+        replaced (shard/kafka/progress.py).
         """
         grace = self._settings.kafka.progress_grace
         stalled = self._progress.stalled(now, grace)

@@ -16,7 +16,9 @@ is I{stalled}: /health names it (degraded C{partitions_stalled}), the
 gauge C{odinws_kafka_partitions_stalled} counts it, and the shard leaves its
 group and joins again (L{odin_ws.shard.kafka.consumerloop.ConsumerLoop.rejoin_group}),
 which makes the group assign it anew and the consumer fetch it from its
-committed position.
+committed position; a partition still stalled a grace after that gets a
+new consumer (L{odin_ws.shard.kafka.ingest.KafkaIngest}: on Apache Kafka
+with a replaced broker the rejoin alone did not cure it, measured).
 
 Not stalled: a partition the consumer loop paused on purpose (the reactor
 is behind: back-pressure; L{PartitionProgress.clear}), or one whose
