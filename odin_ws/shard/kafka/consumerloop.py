@@ -563,7 +563,7 @@ class ConsumerLoop:
 
     def subscribe(self) -> None:
         self.consumer.subscribe(self.topics, on_assign=self.on_assign,
-                                on_revoke=self.on_revoke, on_lost=self.on_revoke)
+                                on_revoke=self.on_revoke, on_lost=self.on_lost)
 
     def rejoin_group(self) -> None:
         """
@@ -648,6 +648,21 @@ class ConsumerLoop:
             self.ingest.log("info", "Kafka partitions new since the start: {partitions}; "
                             "read from their beginning unless the group read them already",
                             partitions=", ".join(f"{tp.topic}[{tp.partition}]" for tp in new))
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """
+        The group took the partitions away without a rebalance handing them
+        over: librdkafka's session timed out (no heartbeat answered for
+        C{session.timeout.ms}: a broker pause or outage) or the member was
+        evicted. Counted and said, for it costs a rejoin (and, for a dynamic
+        member, a wait for the broker to drop the old member: docs/operations.md,
+        "A broker pause"); then the same as a revoke.
+        """
+        if partitions:
+            metrics.KAFKA_ASSIGNMENTS_LOST.inc()
+            self.ingest.log("warn", "Kafka consumer lost its {n} partitions (group session "
+                            "timed out or evicted): rejoining the group", n=len(partitions))
+        self.on_revoke(consumer, partitions)
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Also on_lost (the member was evicted: its commit fails, the new

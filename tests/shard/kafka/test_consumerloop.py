@@ -340,3 +340,32 @@ class RejoinTests(SynchronousTestCase):
         self.assertFalse(rejoin.is_set())
         self.assertEqual(sample("odinws_kafka_group_rejoins_total"), before + 1)
         self.assertEqual(len([line for line in logged if "joining again" in line]), 1)
+
+
+class AssignmentLostTests(SynchronousTestCase):
+
+    def test_lostIsCountedSaidAndRevoked(self):
+        """
+        Partitions the group took away without a rebalance (librdkafka's
+        on_lost: the session timed out through a broker pause) are counted
+        in odinws_kafka_assignments_lost_total, said once, and given up like
+        a revoke; an empty loss is neither counted nor said.
+        """
+        settings = make_settings("127.0.0.1:1", "t", "g")
+        ingest = FakeIngest()
+        logged: list[str] = []
+        ingest.log = lambda level, fmt, **kw: logged.append(fmt.format(**kw))
+        consumer = RebalanceConsumer()
+        loop = ConsumerLoop(ingest, consumer, RecordMapper.from_settings(settings.kafka),
+                            settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
+                            FakeIncarnations({"t": "e1"}), cooperative=True)
+        loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+        before = sample("odinws_kafka_assignments_lost_total") or 0
+        loop.on_lost(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+        self.assertEqual(loop.assignment, set())
+        self.assertEqual(consumer.calls[-1], ("incremental_unassign", [("t", 0), ("t", 1)]))
+        loop.on_lost(consumer, [])
+        self.assertEqual(sample("odinws_kafka_assignments_lost_total"), before + 1)
+        self.assertEqual([line for line in logged if "lost" in line],
+                         ["Kafka consumer lost its 2 partitions (group session timed out or "
+                          "evicted): rejoining the group"])

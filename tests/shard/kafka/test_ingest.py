@@ -640,6 +640,19 @@ class ConsumerLoopTakeTests(SynchronousTestCase):
                                 "kafka.consumer_config": {"fetch.wait.max.ms": 7}}), 0, None, None)
         self.assertEqual(custom.consumer_config()["fetch.wait.max.ms"], 7)
 
+    def test_heartbeatTwentiethOfSession(self):
+        """
+        The heartbeat is a twentieth of the session, 100 ms to 1 s: a broker
+        pause shorter than the session by more than that leaves librdkafka's
+        own session timer running (no SESSTMOUT, no partitions lost); at a
+        third (3.3 s at 10 s) an 8 s pause lost them (docs/operations.md).
+        """
+        def heartbeat(session: int) -> int:
+            settings = make_settings("b:1", "t", "g", **{"kafka.session_timeout_ms": session})
+            return KafkaIngest(reactor, settings, 0, None, None).consumer_config()[
+                "heartbeat.interval.ms"]
+        self.assertEqual([heartbeat(s) for s in (1000, 6000, 10000, 45000)], [100, 300, 500, 1000])
+
     def test_cooperativeByDefault(self):
         """
         The group rebalances cooperatively (cooperative-sticky) unless
