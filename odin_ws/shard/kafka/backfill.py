@@ -17,7 +17,7 @@ from odin_ws.common import metrics
 from odin_ws.common.events import Event, Partition
 from odin_ws.common.highwater import HighWater
 from odin_ws.shard.history.store import History
-from odin_ws.shard.kafka.warmup import WarmedPartition, WarmupReport, WarmupState
+from odin_ws.shard.kafka.warmread import WarmedPartition, WarmupReport, WarmupState
 
 
 class LiveDelivery(Protocol):
@@ -122,9 +122,16 @@ class Backfill:
                     del rereads[key]   # the consumer is past what the warm-up read
         return found
 
-    def warmed(self, report: WarmupReport) -> None:
-        """The warm-up ended: one line."""
-        if report.state is WarmupState.DONE:
+    def warmed(self, report: WarmupReport,
+               late: set[tuple[str, int]] | None = None) -> None:
+        """The warm-up ended (of C{late} partitions, first seen after the start's): one line."""
+        if late is not None:
+            self.log.info("history warmed for {late} partition(s) first seen after the "
+                          "warm-up: {events} events of {partitions} in {seconds:.1f} s "
+                          "({state}{error})", late=len(late), events=report.events,
+                          partitions=report.partitions, seconds=report.seconds,
+                          state=report.state, error=f": {report.error}" if report.error else "")
+        elif report.state is WarmupState.DONE:
             self.log.info("history warmed: {events} events of {partitions} partitions in "
                           "{seconds:.1f} s{cut}", events=report.events,
                           partitions=report.partitions, seconds=report.seconds,
