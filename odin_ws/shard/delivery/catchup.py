@@ -81,14 +81,15 @@ class CatchingUp(OutboxCore):
         its streams (the client says what it holds of every pattern the
         connection has), the others' stay.
         """
+        history = self.backlog.history  # type: ignore[union-attr]  # streamed only with one
+        high = lambda key: history.high(*key)  # noqa: E731
         behind = self.behind
         if behind is not None:
-            behind.streams.update(since)
-            behind.replay = True
+            behind.replaying(since, high)
             self._catch_up_soon()
             return
-        behind = self.behind = Behind(replay=True)
-        behind.streams.update(since)
+        behind = self.behind = Behind()
+        behind.replaying(since, high)
         self._behind()
 
     def _behind(self) -> None:
