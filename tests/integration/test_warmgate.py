@@ -12,14 +12,45 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from tests.helpers.broker import KafkaBroker, apache_kafka
-from tests.helpers.node import wait_for
+from tests.helpers.node import Node, wait_for
 from tests.helpers.quota import set_consumer_byte_rate
 from tests.helpers.topics import TopicNodeCase
 
 
-class OneShardRereadTests(TopicNodeCase):
+class KilledShardCase(TopicNodeCase):
+    """
+    One shard, one partition, no commit (re-read from its start), dynamic
+    membership (a killed member's partition waits for its session).
+    """
+
+    shards = 1
+    partitions = 1
+    tokens = 2
+
+    def one_shard_node(self, **extra: object) -> Node:
+        return self.node(**{"kafka.static_membership": False, "history.warmup_timeout": 30,
+                            "kafka.session_timeout_ms": 12000,
+                            "kafka.max_poll_interval_ms": 12000,
+                            "kafka.consumer_config": {"enable.auto.commit": False,
+                                                      "statistics.interval.ms": 500,
+                                                      "fetch.wait.max.ms": 10},
+                            **extra})
+
+    def kill(self, node: Node) -> Callable[[], dict | None]:
+        """Kill the shard; what tells its restarted process (None until it is there)."""
+        [shard] = node.health()[1]["shards"]
+        os.kill(shard["pid"], signal.SIGKILL)
+
+        def restarted() -> dict | None:
+            [s] = node.health()[1]["shards"]
+            return s if s["alive"] and s["pid"] != shard["pid"] and s["kafka"] else None
+        return restarted
+
+
+class OneShardRereadTests(KilledShardCase):
     """
     One shard, one partition: no hub marks, ever. The warm-up that runs at
     the restart is slowed (a client quota on its client id), so the group
@@ -28,9 +59,6 @@ class OneShardRereadTests(TopicNodeCase):
     """
 
     prefix = "gate"
-    shards = 1
-    partitions = 1
-    tokens = 2
     # Apache Kafka whatever the run's broker: client quotas, and a dead
     # member's partition waits out its session (6 s at least there), which
     # leaves a newcomer the time to subscribe before the re-read starts.
@@ -46,12 +74,7 @@ class OneShardRereadTests(TopicNodeCase):
         runs; then new events are produced: that client gets exactly the
         new events, none of the old ones the re-read brought back.
         """
-        node = self.node(**{"kafka.static_membership": False, "history.warmup_timeout": 30,
-                            "kafka.session_timeout_ms": 12000,
-                            "kafka.max_poll_interval_ms": 12000,
-                            "kafka.consumer_config": {"enable.auto.commit": False,
-                                                      "statistics.interval.ms": 500,
-                                                      "fetch.wait.max.ms": 10}})
+        node = self.one_shard_node()
         wait_for(lambda: node.assigned()[0], 60, 0.2, "the partition assigned")
         before = self.connect(node)
         before.subscribe("odin.token.*.*")
@@ -61,12 +84,7 @@ class OneShardRereadTests(TopicNodeCase):
         warmup = f"odinws-{node.node_id}-warmup"
         set_consumer_byte_rate(self.broker.bootstrap, warmup, 1.0)
         self.addCleanup(set_consumer_byte_rate, self.broker.bootstrap, warmup, None)
-        [shard] = node.health()[1]["shards"]
-        os.kill(shard["pid"], signal.SIGKILL)
-
-        def restarted():
-            [s] = node.health()[1]["shards"]
-            return s if s["alive"] and s["pid"] != shard["pid"] and s["kafka"] else None
+        restarted = self.kill(node)
         wait_for(restarted, 30, 0.1, "the shard restarted")
         newcomer = self.connect(node)
         newcomer.subscribe("odin.token.*.*")
@@ -80,7 +98,7 @@ class OneShardRereadTests(TopicNodeCase):
         self.assertEqual(sorted(got), list(range(6, 10)), f"the newcomer's events: {newcomer.events}")
 
 
-class LatePartitionTests(TopicNodeCase):
+class LatePartitionTests(KilledShardCase):
     """
     One shard, one partition, re-read from its start after a kill -9, which
     reaches the restarted shard only after its warm-up ended (the dead
@@ -89,9 +107,6 @@ class LatePartitionTests(TopicNodeCase):
     """
 
     prefix = "late"
-    shards = 1
-    partitions = 1
-    tokens = 2
     broker_of = staticmethod(apache_kafka)
 
     def produce_at(self, count: int, age: float) -> None:
@@ -111,25 +126,14 @@ class LatePartitionTests(TopicNodeCase):
         warm-up ended and the partition is back, four new events: the seqs
         a client connected after the restart gets (its first four).
         """
-        node = self.node(**{"kafka.static_membership": False, "history.warmup_timeout": 30,
-                            "kafka.session_timeout_ms": 12000,
-                            "kafka.max_poll_interval_ms": 12000,
-                            "kafka.consumer_config": {"enable.auto.commit": False,
-                                                      "statistics.interval.ms": 500,
-                                                      "fetch.wait.max.ms": 10},
-                            **settings})
+        node = self.one_shard_node(**settings)
         wait_for(lambda: node.assigned()[0], 60, 0.2, "the partition assigned")
         before = self.connect(node)
         before.subscribe("odin.token.*.*")
         self.produce_at(6, age)
         old = sorted(e["data"]["seq"] for e in before.collect(6, timeout=30))
         self.assertEqual(old, list(range(6)))
-        [shard] = node.health()[1]["shards"]
-        os.kill(shard["pid"], signal.SIGKILL)
-
-        def restarted():
-            [s] = node.health()[1]["shards"]
-            return s if s["alive"] and s["pid"] != shard["pid"] and s["kafka"] else None
+        restarted = self.kill(node)
         wait_for(restarted, 30, 0.1, "the shard restarted")
         newcomer = self.connect(node)
         newcomer.subscribe("odin.token.*.*")
@@ -155,7 +159,7 @@ class LatePartitionTests(TopicNodeCase):
         self.assertEqual(sorted(got), list(range(6, 10)), got)
 
 
-class LateAfterBrokerOutageTests(TopicNodeCase):
+class LateAfterBrokerOutageTests(KilledShardCase):
     """
     One shard, one partition, on a broker of the test's own: the shard is
     killed while the broker is down, so its warm-up ends having read
@@ -165,9 +169,6 @@ class LateAfterBrokerOutageTests(TopicNodeCase):
     """
 
     prefix = "lateb"
-    shards = 1
-    partitions = 1
-    tokens = 2
     own_broker = True
     broker_class = KafkaBroker
 
@@ -180,10 +181,7 @@ class LateAfterBrokerOutageTests(TopicNodeCase):
         in the restarted shard's history (a recovery from the first gets
         the other five).
         """
-        node = self.node(**{"kafka.static_membership": False, "history.warmup_timeout": 3,
-                            "kafka.consumer_config": {"enable.auto.commit": False,
-                                                      "statistics.interval.ms": 500,
-                                                      "fetch.wait.max.ms": 10}})
+        node = self.one_shard_node(**{"history.warmup_timeout": 3})
         wait_for(lambda: node.assigned()[0], 60, 0.2, "the partition assigned")
         before = self.connect(node)
         before.subscribe("odin.token.*.*")
@@ -191,12 +189,7 @@ class LateAfterBrokerOutageTests(TopicNodeCase):
         old = before.collect(6, timeout=30)
         self.assertEqual(sorted(e["data"]["seq"] for e in old), list(range(6)))
         self.broker.down()
-        [shard] = node.health()[1]["shards"]
-        os.kill(shard["pid"], signal.SIGKILL)
-
-        def restarted():
-            [s] = node.health()[1]["shards"]
-            return s if s["alive"] and s["pid"] != shard["pid"] and s["kafka"] else None
+        restarted = self.kill(node)
         warmed = wait_for(lambda: (lambda s: s if s and s["warmup"]["state"] != "running"
                                    else None)(restarted()), 60, 0.1, "the warm-up's end")
         self.assertEqual((warmed["kafka"]["assigned"], warmed["warmup"]["partitions"]),
