@@ -7,8 +7,9 @@ path (L{odin_ws.shard.kafka.valueformats}) and the registry's wire formats
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from json.decoder import WHITESPACE
 from typing import Any
 
 from odin_ws.common.topicoptions import ValueFormat
@@ -33,8 +34,10 @@ def _reject_constant(name: str) -> None:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-_SCAN = _DECODER.scan_once
-_SPACE = WHITESPACE.match
+# What JSONDecoder.decode uses: its C scanner, and json.decoder.WHITESPACE.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+# It always matches (maybe nothing): typed so.
+_SPACE: Callable[[str, int], re.Match[str]] = re.compile(r"[ \t\n\r]*").match  # type: ignore[assignment]
 
 
 def strict_json(text: bytes) -> Any:

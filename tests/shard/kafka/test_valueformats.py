@@ -349,7 +349,8 @@ class StrictJsonTests(SynchronousTestCase):
                  b'{"k":"\\ud800"}', b"", b"   ", b'{"a":1} x', b"1 2", b"[1,]", b'{"a":',
                  b"[" * 100_000]
         for value in cases:
-            got = want = None
+            got: tuple[object, object]
+            want: tuple[object, object]
             try:
                 want = ("value", json.loads(value.decode("utf-8")))
             except (ValueError, RecursionError) as e:
