@@ -49,6 +49,13 @@ class KilledShardCase(TopicNodeCase):
             return s if s["alive"] and s["pid"] != shard["pid"] and s["kafka"] else None
         return restarted
 
+    def warm_up_ended(self, restarted: Callable[[], dict | None]) -> dict:
+        """Wait until the restarted shard's warm-up no longer runs; its status then."""
+        def ended() -> dict | None:
+            s = restarted()
+            return s if s is not None and s["warmup"]["state"] != "running" else None
+        return wait_for(ended, 60, 0.1, "the warm-up's end")
+
 
 class OneShardRereadTests(KilledShardCase):
     """
@@ -137,8 +144,7 @@ class LatePartitionTests(KilledShardCase):
         wait_for(restarted, 30, 0.1, "the shard restarted")
         newcomer = self.connect(node)
         newcomer.subscribe("odin.token.*.*")
-        warmed = wait_for(lambda: (lambda s: s if s["warmup"]["state"] != "running" else None)(
-            restarted()), 30, 0.1, "the warm-up's end")
+        warmed = self.warm_up_ended(restarted)
         # The precondition: the warm-up ended, with no event read back,
         # before the group gave the partition back (the dead member's session).
         self.assertEqual((warmed["kafka"]["assigned"], warmed["warmup"]["events"]),
@@ -190,8 +196,7 @@ class LateAfterBrokerOutageTests(KilledShardCase):
         self.assertEqual(sorted(e["data"]["seq"] for e in old), list(range(6)))
         self.broker.down()
         restarted = self.kill(node)
-        warmed = wait_for(lambda: (lambda s: s if s and s["warmup"]["state"] != "running"
-                                   else None)(restarted()), 60, 0.1, "the warm-up's end")
+        warmed = self.warm_up_ended(restarted)
         self.assertEqual((warmed["kafka"]["assigned"], warmed["warmup"]["partitions"]),
                          ([], 0), warmed)
         newcomer = self.connect(node)
