@@ -86,7 +86,11 @@ class Backfill:
             delivery.history.backfill(past, {key: now[0].offset - 1 if now else through})
         if now:
             delivery.deliver_fresh(seen.fresh(now))
-        if seen.raise_to(warmed.topic, warmed.partition, warmed.epoch, through) or now:
+        raised = seen.raise_to(warmed.topic, warmed.partition, warmed.epoch, through)
+        # A position only (nothing young enough was there to read): its
+        # re-read is as old for every shard, nothing to relay whole, and
+        # no bookkeeping to look at per batch until it is passed.
+        if (raised and events) or now:
             self._rereads[key] = through
 
     def rereading(self, events: list[Event]) -> bool:

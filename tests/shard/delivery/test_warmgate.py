@@ -202,13 +202,15 @@ class OneShardRereadTests(RereadCase):
         """
         The warm-up had nothing to read of the partition (nothing young
         enough): handed over with its position only (through 5), the re-read
-        at or below it is not live, what follows is.
+        at or below it is not live, what follows is. Nothing there to
+        relay whole: no re-read bookkeeping is kept for it.
         """
         self.shard.delivery.gate.close()
         client = self.connect()
         self.subscribe(client, "odin.token.*.trade")
-        self.shard.delivery.on_kafka_batch([event(o) for o in range(0, 8)])
         self.shard._backfill(WarmedPartition(TOPIC, 0, "ep1", 6, 5, []))
+        self.assertFalse(self.shard.backfill.rereading([event(3)]))
+        self.shard.delivery.on_kafka_batch([event(o) for o in range(0, 8)])
         self.assertEqual(self.got(client), [6, 7])
 
     def test_reread_past_a_partition_with_nothing_to_warm(self):
