@@ -94,6 +94,10 @@ class Variant:
 class CostOdinws(Odinws):
     """The bench's odinws, its settings cut to what the variant's commit knows."""
 
+    #: One tick per batch (kafka.poll_batch = the burst size), as these
+    #: figures were always taken: the cost of a tick, not of a backlog.
+    per_tick = True
+
     def __init__(self, rundir: str, batch: int, known: set[str], **kw):
         super().__init__(rundir, batch, **kw)
         #: The settings ("section.key") of the commit that runs.

@@ -50,7 +50,7 @@ from twisted.internet import reactor  # noqa: E402
 
 from odin_ws.common import config as configmod  # noqa: E402
 from odin_ws.common import metrics  # noqa: E402
-from odin_ws.common.events import Partition  # noqa: E402
+from odin_ws.common.events import Event, Partition  # noqa: E402
 from odin_ws.common.highwater import HighWater  # noqa: E402
 from odin_ws.common.prometheus_internals import Observer  # noqa: E402
 from odin_ws.common.settings import Settings  # noqa: E402
@@ -145,6 +145,9 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=3, help="batches before the measured ones")
     ap.add_argument("--no-drain", dest="drain", action="store_false",
                     help="never read the client ends (under callgrind: reading is not the shard's)")
+    ap.add_argument("--full-history", action="store_true",
+                    help="fill the partition's history to its count bound first, as in a "
+                         "running shard: every event then evicts one")
     args = ap.parse_args()
     shape, size = WORKLOADS[args.workload]
     settings = Settings.from_config(configmod.load(None, environ={}))
@@ -170,7 +173,7 @@ def main() -> None:
                 index.add(p.outbox, str(1000 + t), "trade")
     mapper = RecordMapper({TOPIC: "trade"}, _options(settings), ValueDecoder(None), 1 << 20)
     positions: dict = {}
-    seq = 0
+    seq = _fill(history, settings.history.max_events_per_partition) if args.full_history else 0
     measured = frames = 0
     cpu = 0.0
     for n in range(args.warm + args.batches):
@@ -200,6 +203,16 @@ def main() -> None:
                       "cpu_us_per_event": cpu / measured * 1e6}))
 
 
+def _fill(history: History, count: int) -> int:
+    """C{count} events of the bench's partition in C{history} (offsets 0 on); the next offset."""
+    now_ms = int(time.time() * 1000)
+    for seq in range(count):
+        value = b'{"seq":%d,"price":0.00001234,"amount":1234.5678,"side":"buy"}' % seq
+        history.add(Event.build(str(1000 + seq % 100), "trade", value, now_ms, TOPIC, 0, seq,
+                                "3f9a2c1b"))
+    return count
+
+
 def _options(settings: Settings) -> dict:
     from odin_ws.common import topicoptions
     k = settings.kafka
@@ -222,18 +235,21 @@ def run(*args: str, tree: str = os.path.dirname(os.path.dirname(HERE)),
 
 
 def costs(connections: int = 1000, natives: tuple[str, ...] = ("on", "off"),
-          workloads: tuple[str, ...] = tuple(WORKLOADS), **kw) -> list[dict]:
+          workloads: tuple[str, ...] = tuple(WORKLOADS), full_history: bool = False,
+          **kw) -> list[dict]:
     """Instructions per event and per frame of each workload and loop (callgrind)."""
     rows = []
     for workload in workloads:
         short, long = CALLGRIND_BATCHES[workload]
         for native in natives:
-            args = ("--native", native, "--workload", workload, "--connections", str(connections))
+            args = ("--native", native, "--workload", workload, "--connections", str(connections),
+                    *(("--full-history",) if full_history else ()))
             (a, ia), (b, ib) = (run(*args, "--batches", str(n), "--no-drain", valgrind="/dev/null",
                                     **kw)
                                 for n in (short, long))
             ins = ib - ia  # type: ignore[operator]
             rows.append({"workload": workload, "native": native, "connections": connections,
+                         "full_history": full_history,
                          "instructions_per_event": ins / (b["events"] - a["events"]),
                          "instructions_per_frame": ins / (b["frames"] - a["frames"]),
                          "frames_per_event": (b["frames"] - a["frames"]) / (b["events"] - a["events"])})
@@ -244,7 +260,8 @@ def render(rows: list[dict]) -> str:
     lines = ["| workload | loop | conns | frames per event | instructions per event | "
              "instructions per frame |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['workload']} | {'C' if r['native'] == 'on' else 'Python'} | "
+        workload = r["workload"] + (", history full" if r.get("full_history") else "")
+        lines.append(f"| {workload} | {'C' if r['native'] == 'on' else 'Python'} | "
                      f"{r['connections']:,} | {r['frames_per_event']:,.1f} | "
                      f"{r['instructions_per_event']:,.0f} | {r['instructions_per_frame']:,.0f} |")
     return "\n".join(lines) + "\n"
@@ -257,8 +274,9 @@ if __name__ == "__main__":
         ap.add_argument("--connections", type=int, default=1000)
         ap.add_argument("--native", default="on,off")
         ap.add_argument("--workloads", default=",".join(WORKLOADS))
+        ap.add_argument("--full-history", action="store_true")
         a = ap.parse_args()
         print(render(costs(a.connections, tuple(a.native.split(",")),
-                           tuple(a.workloads.split(",")))))
+                           tuple(a.workloads.split(",")), a.full_history)))
     else:
         main()

@@ -261,6 +261,10 @@ def native_targets(results: dict) -> list[tuple[str, str, str]]:
         best = max(peers, key=lambda p: p["max_fps"]) if peers else None
         ratio_row(f"random tokens, 5k {mode}: ≥ 1.5× the best of node-ws and Centrifugo "
                   "(same run)", o, best, 1.5, best["server"] if best else "")
+        # No target: odinws when a poll never takes more than one tick's events.
+        ratio_row(f"random tokens, 5k {mode}: odinws-tick (poll_batch = burst size) against "
+                  "cpython-raw (same run)", _random_cell(results, "odinws-tick", 5000, mode),
+                  _random_cell(results, "cpython-raw", 5000, mode), None, "cpython-raw")
     for conns in (1000, 5000):
         o = _cell(results, "odinws", conns, "turn")
         ratio_row(f"everyone, {conns // 1000}k turn: ≥ 1.3× cpython-raw (same run)", o,

@@ -35,12 +35,17 @@ from servers import CLIENT_CPU, HERE, SERVERS, WORK, Odinws
 MODES = {10: "burst", 1: "turn"}
 SETTLE = 0.7      # seconds after a rate change before a window starts
 WINDOW = 2.0      # seconds of one measurement window
+HALF_SETTLE = 3.0  # seconds at half the maximum before its window: a server that batches
+                  # more when behind reaches its steady batch size (not the ramp-up's)
 RAMP = 1.6        # rate factor between ramp steps
 KEPT_UP = 0.93    # delivered/offered at or above this = the server kept up
 MAX_WINDOW = 6.0  # longest window (slow bursts: see window_for)
 P99_BOUND = 500.0  # ms; above it the server is behind even if the rate matches
 SRC_ADDRS = 8     # 127.0.0.1..127.0.0.8 as source addresses
 SSE_CONNS = 5000  # the one size of the Server-Sent Events cell (odinws-sse)
+#: Servers only in the random-tokens cells: odinws with poll_batch = the burst
+#: size, beside the shipped setting (bench/servers.py, OdinwsPerTick).
+RANDOM_ONLY = {"odinws-tick"}
 #: The sizes of the pure-Python send loop's cells (odinws-py): those of the targets.
 PYTHON_LOOP_CONNS = (1000, 5000)
 
@@ -224,7 +229,7 @@ def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
     # Latency at half the maximum delivered rate.
     half_rate = 0.5 * max_fps / inst.fanout
     inst.set_rate(half_rate, batch)
-    time.sleep(1.0)
+    time.sleep(HALF_SETTLE)
     st, own = own_share(inst, max(3.0, window_for(half_rate, batch)[0]))
     half = summary(st, rate=half_rate, offered=half_rate * inst.fanout, own=own)
     log(f"    {MODES[batch]:5} max {max_fps / 1e3:.1f}k frames/s; at half: p50 "
@@ -280,9 +285,11 @@ def run_random_cells(servers: list[str], conns: list[int], random: tuple[int, in
     """
     for n in conns:
         for name in servers:
-            variants = ([((10,), 0.0), ((1,), 0.0)] + [((1,), d) for d in odinws_flush]
-                        if name == "odinws" else [((10,), 0.0), ((1,), 0.0)]
-                        if name == "odinws-py" else [((10, 1), 0.0)])
+            # odinws-tick: a fresh instance per mode (its poll_batch is the
+            # burst size); odinws's flush windows: turn cells of their own.
+            variants = ([((10,), 0.0), ((1,), 0.0)] if name == "odinws-tick" else
+                        [((10, 1), 0.0)] + ([((1,), d) for d in odinws_flush]
+                                            if name == "odinws" else []))
             for batches, delay in variants:
                 log(f"{name}: {n} connections, {random[0]} random tokens of {random[1]}, "
                     f"modes {[MODES[b] for b in batches]}"
@@ -352,7 +359,7 @@ def run_slow(name: str, conns: int, rate: float, rundir: str, seconds: float) ->
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers",
-                    default="odinws,odinws-py,odinws-sse,cpython-raw,node-ws,py-websockets,nchan,"
+                    default="odinws,odinws-py,odinws-tick,odinws-sse,cpython-raw,node-ws,py-websockets,nchan,"
                             "centrifugo")
     ap.add_argument("--conns", default="1000,5000,15000")
     ap.add_argument("--classic-servers", default=None,
@@ -397,9 +404,10 @@ def main() -> int:
                     continue
                 if name == "odinws-py" and n not in PYTHON_LOOP_CONNS:
                     continue
-                # odinws: a fresh instance per mode; its SSE endpoint: burst only.
-                variants = {"odinws": [(10,), (1,)], "odinws-py": [(10,), (1,)],
-                            "odinws-sse": [(10,)]}.get(name, [(10, 1)])
+                if name in RANDOM_ONLY:
+                    continue
+                # odinws's SSE endpoint: burst only.
+                variants = {"odinws-sse": [(10,)]}.get(name, [(10, 1)])
                 for batches in variants:
                     log(f"{name}: {n} connections, modes {[MODES[b] for b in batches]}")
                     try:
@@ -418,7 +426,7 @@ def main() -> int:
             run_flush_cells(flush_conns, flush_delays, rundir, guesses, results)
         if not args.no_slow:
             # (odinws-py: the slow-client policy is the same Python on both loops.)
-            for name in [s for s in servers if s != "odinws-py"]:
+            for name in [s for s in servers if s != "odinws-py" and s not in RANDOM_ONLY]:
                 base = [c for c in results["cells"] if c["server"] == name and not c.get("kind")
                         and c["conns"] == args.slow_conns and c["mode"] == "burst"]
                 if not base or not base[0]["max_fps"]:

@@ -306,11 +306,19 @@ class KafkaFed(Server):
 
 
 class Odinws(KafkaFed):
-    """odinws with one shard; a fresh instance per mode (kafka.poll_batch = burst size)."""
+    """
+    odinws with one shard and its shipped C{kafka.poll_batch}: a poll hands
+    over the first record as soon as it is there, with whatever else is
+    already fetched (up to 500), so a shard that keeps up delivers each
+    burst (or event) alone, and one that falls behind writes what queued
+    meanwhile together, one send per connection.
+    """
 
     name = "odinws"
     ws_path = "/ws"
     batches = (10,)
+    #: kafka.poll_batch = the burst size (L{OdinwsPerTick}), else the default.
+    per_tick = False
 
     def __init__(self, rundir: str, batch: int = 10, flush_delay: float = 0.0,
                  repo: str = REPO, overrides: dict | None = None):
@@ -335,7 +343,7 @@ class Odinws(KafkaFed):
             "outbound": {"flush_delay": self.flush_delay},
             "kafka": {"brokers": self.broker.bootstrap, "group": self.group,
                       "topics": {"odin.trades": "trade"}, "start_offset": "latest",
-                      "poll_batch": batch, "session_timeout_ms": 3000,
+                      "session_timeout_ms": 3000,
                       # Tansu 0.6 assigns a static member only after ~6 s (measured).
                       "static_membership": False,
                       "consumer_config": {"fetch.wait.max.ms": FETCH_WAIT_MS}},
@@ -356,6 +364,8 @@ class Odinws(KafkaFed):
         }
         if not self.flush_delay:
             del settings["outbound"]  # (commits before the setting existed)
+        if self.per_tick:
+            settings["kafka"]["poll_batch"] = batch
         for key, value in self.overrides.items():
             section, _, name = key.rpartition(".")
             (settings.setdefault(section, {}) if section else settings)[name] = value
@@ -481,6 +491,19 @@ class OdinwsPython(Odinws):
                  repo: str = REPO, overrides: dict | None = None):
         super().__init__(rundir, batch, flush_delay, repo,
                          {"outbound.native": "off", **(overrides or {})})
+
+
+class OdinwsPerTick(Odinws):
+    """
+    The same node with C{kafka.poll_batch} set to the burst size (10, or 1
+    per turn; a fresh instance per mode): a poll never takes more than one
+    tick's events, so nothing coalesces across ticks even when the shard
+    falls behind. What the bench ran as "odinws" until 2026-12-04: the
+    cost of one send per connection and tick, beside the shipped setting.
+    """
+
+    name = "odinws-tick"
+    per_tick = True
 
 
 class OdinwsSse(Odinws):
@@ -609,6 +632,7 @@ def _wait_port(port: int, timeout: float) -> None:
     raise RuntimeError(f"port {port} not listening after {timeout:g}s")
 
 
-SERVERS = {"odinws": Odinws, "odinws-py": OdinwsPython, "odinws-sse": OdinwsSse,
+SERVERS = {"odinws": Odinws, "odinws-py": OdinwsPython, "odinws-tick": OdinwsPerTick,
+           "odinws-sse": OdinwsSse,
            "cpython-raw": CpythonRaw, "node-ws": NodeWs, "py-websockets": PyWebsockets,
            "nchan": Nchan, "centrifugo": Centrifugo}

@@ -10,6 +10,26 @@ from twisted.trial.unittest import SynchronousTestCase
 from odin_ws.common.events import Event, decode_batch, encode_batch
 
 
+class EnvelopeTests(SynchronousTestCase):
+
+    def test_envelope_bytes(self):
+        """
+        The envelope is docs/protocol.md's event message to the byte: the
+        value's JSON embedded as it is, the position when the event has a
+        topic (epoch "0" when unknown), none without one.
+        """
+        e = Event.build("ABC", "trade", b'{"p": 1.50}', 1700000000123, "odin.tr\u00e4des", 3,
+                        2**40, epoch="1k9x2f")
+        self.assertEqual(e.envelope,
+                         b'{"type":"event","channel":"odin.token.ABC.trade","data":{"p": 1.50},'
+                         b'"ts":1700000000123,"pos":"odin.tr\xc3\xa4des:3:1k9x2f:1099511627776"}')
+        self.assertEqual(Event.build("X", "price", b"[]", 5, "t", 0, 0).envelope,
+                         b'{"type":"event","channel":"odin.token.X.price","data":[],"ts":5,'
+                         b'"pos":"t:0:0:0"}')
+        self.assertEqual(Event.build("X", "price", b'"s"', 5).envelope,
+                         b'{"type":"event","channel":"odin.token.X.price","data":"s","ts":5}')
+
+
 class BatchCodecTests(SynchronousTestCase):
 
     def test_roundTrip(self):

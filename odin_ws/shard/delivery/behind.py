@@ -64,8 +64,9 @@ class Slice:
         #: Stale notices among the frames.
         self.stale = 0
         #: Holes (undecodable records) a streamed recovery replays among the
-        #: frames (gap notices too). Not counted when catching up: live
-        #: delivery counted the connection as told when it sent the run.
+        #: frames (gap notices too), from before it began (L{Behind.replayed}).
+        #: Not counted otherwise: live delivery counted the connection as
+        #: told when it sent the run, also where it only noted it (behind).
         self.holes = 0
         #: reason -> {stream: position from which the client may recover}.
         self.gaps: dict[str, dict[Stream, Position]] = {}
@@ -82,7 +83,7 @@ class Behind:
     events.
     """
 
-    __slots__ = ("streams", "disconnect", "replay", "stale")
+    __slots__ = ("streams", "disconnect", "replay", "stale", "replayed")
 
     def __init__(self, disconnect: bool = False, replay: bool = False):
         self.streams: dict[Stream, Position] = {}
@@ -91,6 +92,26 @@ class Behind:
         #: replayed, as in a recovery answered at once.
         self.replay = replay
         self.stale: set[Stream] = set()
+        #: Per stream of a streamed recovery, the offset through which its
+        #: holes are the replay's to count (L{replaying}); the later ones
+        #: live delivery counted as it noted them (issue 22: counted twice).
+        self.replayed: dict[Stream, int] = {}
+
+    def replaying(self, since: dict[Stream, Position], high: Callable[[Stream], int | None]) -> None:
+        """
+        A streamed recovery from C{since}: each stream is read again from
+        there. Its holes are counted by the replay through where live
+        delivery stopped for this connection: the position it was noted at
+        (behind already), else the newest event history holds (C{high}).
+        """
+        self.replay = True
+        replayed = self.replayed
+        streams = self.streams
+        for key, position in since.items():
+            noted = streams.get(key)
+            through = noted[1] if noted is not None else high(key)
+            replayed[key] = through if through is not None else position[1]
+            streams[key] = position
 
     def note(self, event: Event) -> None:
         """C{event} was not queued: its stream is behind from just before it, unless already."""
@@ -139,7 +160,7 @@ class Behind:
                 out.frames.append((frame, e.channel))
                 budget -= len(frame)
                 out.events += 1
-                if self.replay and is_hole(e):
+                if self.replay and is_hole(e) and e.offset <= self.replayed.get(key, -1):
                     out.holes += 1
             scan -= max(1, looked)
             if last == history.high(topic, partition):

@@ -360,6 +360,9 @@ class SubscriptionIndex:
         by_token = self._by_token.get(token)
         by_type = self._by_type.get(event_type)
         everyone = self._all
+        if by_token is None and by_type is None and everyone is None:
+            # Exact channels only (clients following a few tokens): one bucket at most.
+            return exact.view if exact is not None else _NOTHING
         found = None
         merged = None
         for bucket in (exact, by_token, by_type, everyone):

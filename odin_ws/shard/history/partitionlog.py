@@ -31,10 +31,10 @@ from odin_ws.common.events import Event
 
 #: Bytes an event costs in history besides its envelope's payload: the Event
 #: object (96 B with its slots), its channel, token, type and topic strings
-#: (~220 B), the envelope's bytes header (33 B), two list slots and its
-#: channel run's slot (24 B). Measured on CPython 3.11 (350-370 B with
-#: tracemalloc; 400 leaves room); tests/shard/history/test_store.py keeps it
-#: honest.
+#: (~220 B), the envelope's bytes header (33 B), its slots in the partition's
+#: list and its channel run (16 B). Measured on CPython 3.11 (350-370 B with
+#: tracemalloc, when an offsets list was kept beside the events; 400 leaves
+#: room); tests/shard/history/test_store.py keeps it honest.
 EVENT_OVERHEAD = 400
 
 #: Bytes one channel's run costs in a partition's index beyond its events'
@@ -71,16 +71,20 @@ def matches(patterns: Iterable[tuple[str, str]], event: Event) -> bool:
 class PartitionLog:
     """Retained events of one partition, in offset order, indexed by channel."""
 
-    __slots__ = ("epoch", "events", "offsets", "start", "floor", "bytes", "join", "runs",
+    __slots__ = ("epoch", "events", "start", "floor", "high", "bytes", "join", "runs",
                  "windowed")
 
     def __init__(self, epoch: str, floor: int):
         self.epoch = epoch
+        #: Retained events from C{start} on (the slots before it are dead:
+        #: compacted now and then, not per eviction).
         self.events: list[Event] = []
-        self.offsets: list[int] = []
         self.start = 0
         #: Every event of this partition with an offset above C{floor} is retained.
         self.floor = floor
+        #: Offset of the newest retained event (C{floor} when none is): kept,
+        #: not looked up, as every live event compares its offset with it.
+        self.high = floor
         self.bytes = 0
         #: The highest offset the next live event may have and still continue
         #: this log: after a backfill, the offset after what the warm-up read
@@ -95,11 +99,6 @@ class PartitionLog:
 
     def __len__(self) -> int:
         return len(self.events) - self.start
-
-    @property
-    def high(self) -> int:
-        """Offset of the newest retained event (C{floor} when empty)."""
-        return self.offsets[-1] if len(self) else self.floor
 
     def oldest(self) -> Event | None:
         return self.events[self.start] if len(self) else None
@@ -120,39 +119,48 @@ class PartitionLog:
     def append(self, event: Event) -> int:
         """Retain C{event} (newer than every retained one); return the bytes it costs."""
         self.events.append(event)
-        self.offsets.append(event.offset)
-        run, size = self._run(event)
-        run.append(event)
-        size += len(event.envelope) + EVENT_OVERHEAD
+        self.high = event.offset
+        size = len(event.envelope) + EVENT_OVERHEAD
+        try:    # the channel's run, nearly always there already
+            self.runs[event.event_type][event.token].append(event)
+        except KeyError:
+            run, cost = self._run(event)
+            run.append(event)
+            size += cost
         self.bytes += size
         return size
 
     def pop_oldest(self) -> int:
         """Drop the oldest retained event; return the bytes that frees."""
-        event = self.events[self.start]
+        events = self.events
+        start = self.start
+        event = events[start]
         # The slot is below start, dead: None lets the event go (the list holds Events).
-        self.events[self.start] = None  # type: ignore[call-overload]
-        self.start += 1
+        events[start] = None  # type: ignore[call-overload]
+        start += 1
         self.floor = event.offset
         self.windowed = True
         size = len(event.envelope) + EVENT_OVERHEAD
-        if self.start > 64 and self.start * 2 > len(self.events):
-            del self.events[:self.start]
-            del self.offsets[:self.start]
-            self.start = 0
+        if start > 64 and start * 2 > len(events):
+            del events[:start]
+            start = 0
+        self.start = start
         tokens = self.runs[event.event_type]
         run = tokens[event.token]
         # Events leave in offset order: the partition's oldest is its run's oldest.
-        run[run.start] = None  # type: ignore[call-overload]
-        run.start += 1
-        if run.start == len(run):
+        first = run.start
+        run[first] = None  # type: ignore[call-overload]
+        first += 1
+        if first == len(run):
             del tokens[event.token]
             if not tokens:
                 del self.runs[event.event_type]
             size += CHANNEL_OVERHEAD
-        elif run.start > 16 and run.start * 2 > len(run):
-            del run[:run.start]
+        elif first > 16 and first * 2 > len(run):
+            del run[:first]
             run.start = 0
+        else:
+            run.start = first
         self.bytes -= size
         return size
 
@@ -161,8 +169,9 @@ class PartitionLog:
         Older events (offset order, all below the retained ones); the floor
         follows. Return the bytes they cost.
         """
+        if not len(self):
+            self.high = events[-1].offset
         self.events = events + self.events[self.start:]
-        self.offsets = [e.offset for e in events] + self.offsets[self.start:]
         self.start = 0
         self.floor = events[0].offset - 1
         self.windowed = True
@@ -183,12 +192,11 @@ class PartitionLog:
 
     def count_after(self, offset: int) -> int:
         """How many retained events have an offset above C{offset} (no copy)."""
-        return len(self.events) - max(bisect_right(self.offsets, offset), self.start)
+        return len(self.events) - bisect_right(self.events, offset, self.start, key=_offset)
 
     def after(self, offset: int) -> list[Event]:
         """Retained events with an offset above C{offset}, oldest first."""
-        i = max(bisect_right(self.offsets, offset), self.start)
-        return self.events[i:]
+        return self.events[bisect_right(self.events, offset, self.start, key=_offset):]
 
     def read(self, offset: int, patterns: Iterable[tuple[str, str]], max_scan: int,
              max_bytes: int) -> tuple[list[Event], int, int]:
@@ -212,7 +220,7 @@ class PartitionLog:
         runs = self._runs_of(patterns) if tail > 8 else None
         if runs is not None and len(runs) < min(tail, max_scan):
             return self._read_runs(runs, offset, max_scan, max_bytes)
-        i = first = max(bisect_right(self.offsets, offset), self.start)
+        i = first = bisect_right(self.events, offset, self.start, key=_offset)
         end = min(len(self.events), i + max_scan)
         out: list[Event] = []
         size = 0

@@ -135,41 +135,46 @@ class History:
 
     def add(self, event: Event) -> None:
         """Retain C{event} (fresh: de-duplicated already) under its topic's epoch."""
-        key = (event.topic, event.partition)
-        epoch = event.epoch or "0"
-        log = self._logs.get(key)
-        if log is None or log.epoch != epoch or event.offset <= log.high \
-                or event.offset > log.join:
+        log = self._logs.get((event.topic, event.partition))
+        offset = event.offset
+        if log is None or offset <= log.high or offset > log.join \
+                or log.epoch != (event.epoch or "0"):
             # A new partition, a new incarnation of its topic, offsets that
             # went back (the broker was replaced), or a gap after what a
             # backfill read: start this log afresh.
             if log is not None:
                 self.bytes -= log.bytes
-            log = self._logs[key] = PartitionLog(epoch, event.offset - 1)
+            log = self._logs[event.topic, event.partition] = PartitionLog(event.epoch or "0",
+                                                                          offset - 1)
         elif log.join != ANY_OFFSET:
             log.join = ANY_OFFSET   # live delivery took over from the backfill
         self.bytes += log.append(event)
         if self.max_channels:
             latest = self._latest
             channel = event.channel
-            if channel in latest:
-                self._forget_latest(channel)  # re-inserted last: least recently updated first
-            elif len(latest) >= self.max_channels:
-                self._forget_latest(next(iter(latest)))
-            self._remember_latest(event)
+            older = latest.pop(channel, None)
+            if older is not None:
+                # Re-inserted last (least recently updated first); the same
+                # channel, so its token's and type's buckets already hold it.
+                latest[channel] = event
+                self._latest_bytes += len(event.envelope) - len(older.envelope)
+            else:
+                if len(latest) >= self.max_channels:
+                    self._forget_latest(next(iter(latest)))
+                self._remember_latest(event)
         self._trim(log)
 
     def _trim(self, log: PartitionLog) -> None:
-        if len(log) > self.max_events:
+        """The bounds, after one event was added to C{log} (one test each when none is passed)."""
+        if len(log.events) - log.start > self.max_events:
             self.bytes -= log.pop_oldest()
             self.evicted["count"] += 1
-        oldest = log.oldest()
-        if oldest is not None and self.max_age_ms > 0:
-            cutoff = self._clock() * 1000 - self.max_age_ms
-            while oldest is not None and oldest.ts < cutoff and len(log) > 1:
+        max_age_ms = self.max_age_ms
+        if max_age_ms > 0 and log.start < len(log.events):
+            cutoff = self._clock() * 1000 - max_age_ms
+            while log.events[log.start].ts < cutoff and len(log) > 1:
                 self.bytes -= log.pop_oldest()
                 self.evicted["age"] += 1
-                oldest = log.oldest()
         while self.bytes > self.max_bytes:
             victim = self._oldest_log()
             if victim is None:

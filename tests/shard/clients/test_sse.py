@@ -720,3 +720,9 @@ class StaleTests(StreamTestCase):
         msgs = s.messages()
         self.assertEqual([m.event for m in msgs], [None, None, None, "gap"])
         self.assertEqual([m.data.encode() for m in msgs[:3]], [e.envelope for e in fresh])
+
+
+class PythonLoopDropPolicyTests(DropPolicyTests):
+    """L{DropPolicyTests} with the pure-Python send loop (the others run the C loop where built)."""
+
+    settings = {**DropPolicyTests.settings, "outbound.native": "off"}

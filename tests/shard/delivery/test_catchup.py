@@ -473,3 +473,92 @@ class CatchUpHoleTests(CatchUpTestCase):
         self.assertTrue(got[0]["recovered"], got[0])
         self.assertEqual([m["type"] for m in got].count("gap"), 1)
         self.assertEqual(self.shard.stats.gaps, {UNDECODABLE: 1})
+
+    def hole(self, token: str = "A", partition: int = 0) -> Hole:
+        """The next record of C{partition}, undecodable."""
+        self.next_offset[partition] += 1
+        return Hole("invalid_json", token, "trade", int(time.time() * 1000), TOPIC, partition,
+                    self.next_offset[partition], "ep1")
+
+    def test_hole_arriving_live_during_a_streamed_recovery_is_counted_once(self):
+        """
+        A hole that arrives live while a streamed recovery of its stream
+        runs is told once (by the catch-up, in place) and counted once:
+        live delivery counted the connection when it noted it, so the
+        replay does not count it again (it did: 2 for one notice).
+        """
+        first = self.deliver(self.event("A"))[0]
+        for _ in range(30):
+            self.deliver(self.event("A"))
+        c = self.connect(transport=StalledSocket(IPv4Address("TCP", "10.0.0.9", next(_ports))))
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of([first])}))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        hole = self.deliver(self.hole())[0]
+        self.deliver(self.event("A"))
+        got = self.read_all(c)
+        self.assertTrue(got[0]["recovered"], got[0])
+        gaps = [m for m in got if m["type"] == "gap"]
+        self.assertEqual([g["streams"] for g in gaps], [json.loads(hole.envelope)["streams"]])
+        self.assertEqual(self.shard.stats.gaps, {UNDECODABLE: 1})
+
+    def test_hole_noted_while_behind_then_recovered_is_counted_once(self):
+        """
+        A hole noted while the connection is behind (counted by live
+        delivery), then a subscribe with since from before it (streamed
+        while behind): told once, counted once.
+        """
+        seen = self.deliver(self.event("A"))
+        c = self.stalled("odin.token.A.trade")
+        for _ in range(20):
+            self.deliver(self.event("A"))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        self.deliver(self.hole())
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                     "since": positions_of(seen), "id": 1}))
+        got = self.read_all(c)
+        self.assertEqual([m["type"] for m in got].count("gap"), 1)
+        self.assertEqual(self.shard.stats.gaps, {UNDECODABLE: 1})
+
+
+class CatchUpAfterFailedDeliveryTests(CatchUpTestCase):
+    """
+    Catch-up while runs of a delivery that raised before its write still
+    wait for the C send loop (the end of the turn writes them).
+    """
+
+    settings = {**CatchUpTestCase.settings, "outbound__native": "on"}
+
+    def test_catch_up_end_takes_no_kept_run_twice(self):
+        """
+        The stalled reader drains while such runs wait: it gets every event
+        once, in order (before, the catch-up read their events from history,
+        went live, then the runs were written to it again).
+        """
+        c = self.stalled("odin.token.A.trade")
+        sent = []
+        for _ in range(9):
+            sent += self.deliver(self.event("A"))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        flush = self.shard.fanout.flush
+
+        def failing() -> bool:
+            self.shard.fanout.flush = flush
+            raise RuntimeError("a delivery's bug")
+        self.shard.fanout.flush = failing
+        more = [self.event("A"), self.event("A")]
+        self.assertRaises(RuntimeError, self.deliver, *more)
+        got = self.read_all(c)
+        self.assertEqual([m["pos"] for m in got], positions_of(sent + more))
+
+
+class PythonLoopCatchUpTests(CatchUpTests):
+    """L{CatchUpTests} with the pure-Python send loop (the others run the C loop where built)."""
+
+    settings = {**CatchUpTestCase.settings, "outbound__native": "off"}
+
+
+class PythonLoopCatchUpAfterFailedDeliveryTests(CatchUpAfterFailedDeliveryTests):
+    """L{CatchUpAfterFailedDeliveryTests} with the pure-Python send loop (nothing is kept)."""
+
+    settings = {**CatchUpTestCase.settings, "outbound__native": "off"}

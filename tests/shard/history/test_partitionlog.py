@@ -38,6 +38,11 @@ def rebuilt(log: PartitionLog) -> dict[tuple[str, str], list[int]]:
     return out
 
 
+def high_of(log: PartitionLog) -> int:
+    """What C{high} must be: the newest retained event's offset, else the floor."""
+    return log.events[-1].offset if len(log) else log.floor
+
+
 def random_patterns(rng: random.Random) -> list[tuple[str, str]]:
     out = []
     for _ in range(rng.randint(1, 6)):
@@ -73,10 +78,35 @@ class IndexTests(SynchronousTestCase):
             if n % 1_999 == 0:
                 for _, _, log in h.partitions():
                     self.assertEqual(index_of(log), rebuilt(log))
+                    self.assertEqual(log.high, high_of(log))
         self.assertGreater(h.evicted["count"] + h.evicted["budget"], 10_000)
         for _, _, log in h.partitions():
             self.assertEqual(index_of(log), rebuilt(log))
+            self.assertEqual(log.high, high_of(log))
         self.assertEqual(h.bytes, sum(log.bytes for _, _, log in h.partitions()))
+
+    def test_high_through_eviction_and_prepend(self):
+        """
+        C{high} is the newest retained offset, or the floor when nothing is
+        retained: after appends, after evicting everything (the floor is
+        then the last offset evicted), and after older events are put in
+        front of an empty log and of a non-empty one.
+        """
+        log = PartitionLog("e", 9)
+        self.assertEqual(log.high, 9)
+        for o in (10, 12, 15):
+            log.append(ev("A", o))
+        self.assertEqual(log.high, 15)
+        for _ in range(3):
+            log.pop_oldest()
+        self.assertEqual((len(log), log.high, log.floor), (0, 15, 15))
+        log.prepend([ev("B", 3), ev("A", 4)])
+        self.assertEqual((log.high, log.floor), (4, 2))
+        log.append(ev("A", 20))
+        log.prepend([ev("C", 1)])
+        self.assertEqual((log.high, log.floor), (20, 0))
+        self.assertEqual([e.offset for e in log.after(0)], [1, 3, 4, 20])
+        self.assertEqual(log.count_after(3), 2)
 
     def test_prepend_joins_runs(self):
         """Older events put in front join their channels' runs in front, in offset order."""

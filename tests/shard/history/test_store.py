@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -215,6 +216,35 @@ class LatestTests(SynchronousTestCase):
         self.assertEqual(self.h.channels, 3)
         self.assertEqual(self.h.latest([("B", "trade")], 10)[0], [])
         self.assertEqual([e.offset for e in self.h.latest([("A", "trade")], 10)[0]], [3])
+
+    def test_cache_accounting_across_updates(self):
+        """
+        Through 5,000 events of random sizes on 8 channels (a bound of 3),
+        the snapshot cache's bytes are those of the events it holds, its
+        order is least recently updated first, and a channel updated in
+        place stays in its token's and type's buckets (wildcard snapshots
+        find it), once each.
+        """
+        rng = random.Random(3)
+        h = History(max_events=10, max_age=0, max_bytes=10**9, max_channels=3, clock=Clock())
+        order: list[str] = []   # channels, least recently updated first
+        for o in range(5_000):
+            token, etype = f"T{rng.randrange(4)}", rng.choice(("trade", "price"))
+            e = ev(token, o, etype=etype, pad=rng.randrange(200))
+            h.add(e)
+            if e.channel in order:
+                order.remove(e.channel)
+            order.append(e.channel)
+            del order[:-3]
+            held = h.latest(ALL, 10)[0]
+            self.assertEqual(sorted(x.channel for x in held), sorted(order))
+            self.assertEqual(h.snapshot_bytes,
+                             sum(len(x.envelope) + EVENT_OVERHEAD for x in held))
+            self.assertEqual(len(h.latest([(token, "*")], 10)[0]),
+                             sum(c.split(".")[2] == token for c in order))
+            self.assertEqual(len(h.latest([("*", etype)], 10)[0]),
+                             sum(c.endswith("." + etype) for c in order))
+        self.assertEqual([x.channel for x in h._latest.values()], order)
 
 
 class ReplayWorkTests(SynchronousTestCase):

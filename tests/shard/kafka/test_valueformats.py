@@ -26,7 +26,7 @@ from odin_ws.common.config import Config, validate
 from odin_ws.common.events import Event
 from odin_ws.common.settings import SchemaRegistrySettings, Settings
 from odin_ws.common.topicoptions import ValueFormat
-from odin_ws.shard.kafka.decoded import Decoded
+from odin_ws.shard.kafka.decoded import Decoded, strict_json
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.schemasource import Missing, SchemaSource, client_config
 from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
@@ -332,3 +332,33 @@ class ClientConfigTests(SynchronousTestCase):
             client_config(registry_settings(basic_auth_file=path))
         # confluent-kafka takes the rest as it is (it opens the TLS files at once).
         SchemaRegistryClient({k: v for k, v in conf.items() if not k.startswith("ssl.")})
+
+
+class StrictJsonTests(SynchronousTestCase):
+
+    def test_same_as_json_loads_but_constants(self) -> None:
+        """
+        strict_json (JSONDecoder.decode inlined) gives what json.loads of
+        the UTF-8 text gives, the value or the same error and message, for
+        values, surrounding whitespace, nothing, extra data, truncation and
+        nesting deep enough to recurse out; and refuses what json.loads
+        takes but a browser's JSON.parse does not: NaN, the infinities, a
+        BOM. Bad UTF-8 is a ValueError.
+        """
+        cases = [b'{"a":1}', b' {"a":[1,2,{"b":null}]} \n', b'"x"', b"12", b"-0.5e3",
+                 b'{"k":"\\ud800"}', b"", b"   ", b'{"a":1} x', b"1 2", b"[1,]", b'{"a":',
+                 b"[" * 100_000]
+        for value in cases:
+            got: tuple[object, object]
+            want: tuple[object, object]
+            try:
+                want = ("value", json.loads(value.decode("utf-8")))
+            except (ValueError, RecursionError) as e:
+                want = (type(e), str(e))
+            try:
+                got = ("value", strict_json(value))
+            except (ValueError, RecursionError) as e:
+                got = (type(e), str(e))
+            self.assertEqual(got, want, value[:20])
+        for value in (b"NaN", b"[Infinity]", b'{"a":-Infinity}', b"\xef\xbb\xbf{}", b'"\xff"'):
+            self.assertRaises(ValueError, strict_json, value)
