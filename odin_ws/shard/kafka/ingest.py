@@ -41,8 +41,9 @@ from odin_ws.common import metrics
 from odin_ws.common.events import Event, Partition
 from odin_ws.common.logs import audit
 from odin_ws.common.settings import Settings
-from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop, describe_error
+from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop
 from odin_ws.shard.kafka.consumerthread import ConsumerThread
+from odin_ws.shard.kafka.errors import describe_error
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.kafka.progress import PartitionProgress, position_of
 from odin_ws.shard.kafka.records import RecordMapper
