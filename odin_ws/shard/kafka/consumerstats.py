@@ -65,16 +65,11 @@ class StatisticsOwner(Protocol):
 class ConsumerStatistics:
     """librdkafka's C{stats_cb} (consumer thread) and what follows from it."""
 
-    # What its methods write (the owner's attributes: L{StatisticsOwner}).
-    _stats_at: float
+    # The owner's attributes (L{StatisticsOwner}) that its methods set to a
+    # value narrower than their type (mypy would take that for the type).
     _last_error: str | None
     _assigned: frozenset[Partition]
-    _partitions: dict[str, int]
-    _lag: int
-    _stalled: dict[Partition, float]
     _stall_rejoined_at: float | None
-    _stall_rejoins: int
-    rejoin_reason: str
 
     def _on_stats(self: StatisticsOwner, text: str) -> None:
         stats = json.loads(text)
