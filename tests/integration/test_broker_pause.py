@@ -66,17 +66,23 @@ class BrokerPausedTests(OwnBrokerCase):
             return time.monotonic() >= end
         wait_for(produced_until_end, seconds + 10, 1.0 / RATE, "the events of this period")
 
-    def watch_assignment(self, stop: threading.Event, dropped: list) -> None:
-        """Record every /health sample in which some shard holds no partition."""
+    def watch_health(self, stop: threading.Event, dropped: list, told: list) -> None:
+        """
+        Record every /health sample in which some shard holds no partition
+        (C{dropped}), and the times of those saying the broker does not
+        answer (C{told}: degraded kafka_disconnected).
+        """
         while not stop.is_set():
             try:
                 _, _, body = http_get(self.node.port, "/health", timeout=2)
-                shards = json.loads(body)["shards"]
+                doc = json.loads(body)
             except (OSError, ValueError):
                 continue
-            held = [(s.get("kafka") or {}).get("assigned") for s in shards]
+            held = [(s.get("kafka") or {}).get("assigned") for s in doc["shards"]]
             if not all(held):
                 dropped.append(held)
+            if "kafka_disconnected" in doc["degraded"]:
+                told.append(time.monotonic())
             stop.wait(0.05)
 
     def test_pausesLoseNothingAndKeepTheGroup(self):
@@ -88,7 +94,10 @@ class BrokerPausedTests(OwnBrokerCase):
         SESSTMOUT), no shard loses its partitions
         (odinws_kafka_assignments_lost_total stays 0, no /health sample with
         a shard holding none), so events flow again as soon as the broker
-        answers rather than after a rejoin.
+        answers rather than after a rejoin; and /health says during each
+        pause that Kafka does not answer (degraded kafka_disconnected: a
+        broker silent for 3 s with requests waiting), where it used to
+        wait a session timeout.
         """
         clients = []
         for _ in range(2):
@@ -96,19 +105,23 @@ class BrokerPausedTests(OwnBrokerCase):
             self.addCleanup(c.close)
             c.subscribe("odin.token.*.trade")
             clients.append(c)
-        stop, dropped = threading.Event(), []
-        watcher = threading.Thread(target=self.watch_assignment, args=(stop, dropped), daemon=True)
+        stop, dropped, told = threading.Event(), [], []
+        watcher = threading.Thread(target=self.watch_health, args=(stop, dropped, told),
+                                   daemon=True)
         watcher.start()
         self.addCleanup(watcher.join, 5)
         self.addCleanup(stop.set)
         pid = self.broker.pid
+        pauses = []
         for _ in range(PAUSES):
             self.produce_for(1.5)
             os.kill(pid, signal.SIGSTOP)
             try:
+                began = time.monotonic()
                 self.produce_for(PAUSE)
             finally:
                 os.kill(pid, signal.SIGCONT)
+            pauses.append((began, time.monotonic()))
         self.produce_for(1.5)
         self.broker.flush(30)
         for c in clients:
@@ -130,3 +143,6 @@ class BrokerPausedTests(OwnBrokerCase):
                 if line.startswith("odinws_kafka_assignments_lost_total")]
         self.assertEqual(sum(float(line.rsplit(" ", 1)[1]) for line in lost), 0, lost)
         self.assertEqual(dropped, [])
+        # /health told each pause while it lasted (not only after a session).
+        self.assertEqual([any(began <= t <= ended + 0.5 for t in told) for began, ended in pauses],
+                         [True] * PAUSES, f"kafka_disconnected at {told}, pauses {pauses}")

@@ -51,7 +51,7 @@ class StatisticsOwner(Protocol):
     _rejoin: threading.Event
     _fatal: threading.Event
     rejoin_reason: str
-    unresponsive_after: float
+    unanswered_after: float
 
     def _set_state(self, state: IngestState, connected: bool) -> None: ...
 
@@ -76,7 +76,7 @@ class ConsumerStatistics:
         self._stats_at = self._reactor.seconds()
         up = False
         hung = None
-        bound_us = self.unresponsive_after * 1e6
+        bound_us = self.unanswered_after * 1e6
         for b in stats.get("brokers", {}).values():
             if b.get("state") != "UP":
                 continue

@@ -65,6 +65,9 @@ MAX_PENDING = 4
 # connections but answers nothing (measured with a SIGSTOPped Tansu), and the
 # supervisor SIGKILLs a shard kill_timeout (5 s) after SIGTERM.
 CLOSE_TIMEOUT = 1.5
+#: Seconds a broker connection with requests waiting may receive nothing
+#: before the consumer counts as unresponsive (at most the session timeout).
+UNANSWERED_AFTER = 3.0
 
 
 class KafkaIngest(ConsumerStatistics, Service):
@@ -78,8 +81,8 @@ class KafkaIngest(ConsumerStatistics, Service):
     A broker that accepts connections but answers nothing leaves librdkafka's
     broker state "UP" for minutes: the status says "unresponsive" and not
     connected once a broker has had requests waiting without any answer for
-    a session timeout (a member's own bound for the coordinator), or when the
-    consumer's statistics stop coming.
+    L{UNANSWERED_AFTER} (at most a session timeout), or when the consumer's
+    statistics stop coming for a session timeout.
 
     @param settings: the process's L{Settings}.
     @param shard: this shard's index: with C{kafka.static_membership} its
@@ -132,10 +135,17 @@ class KafkaIngest(ConsumerStatistics, Service):
         self._logged: set[str] = set()
         self._connection_error: str | None = None
         k = self._settings.kafka
-        #: Seconds a broker may leave requests unanswered (fetches are held
-        #: at most fetch_wait_max_ms) before it counts as unresponsive.
+        #: Seconds the consumer's statistics may stop coming (beyond three
+        #: intervals: the consumer thread out of consume()) before it counts
+        #: as unresponsive: a session timeout, a member's own bound.
         self.unresponsive_after = max(k.session_timeout_ms / 1000.0,
                                       k.fetch_wait_max_ms / 1000.0 + 1.0)
+        #: Seconds a broker connection may leave requests unanswered before
+        #: it counts as unresponsive: fetches are held at most
+        #: fetch_wait_max_ms, so well before a session timeout (a broker
+        #: pause shows in /health while it lasts: docs/operations.md).
+        self.unanswered_after = max(min(k.session_timeout_ms / 1000.0, UNANSWERED_AFTER),
+                                    k.fetch_wait_max_ms / 1000.0 + 1.0)
         # Statistics: how often they come, when they last came (reactor time).
         self._stats_interval = k.consumer_config.get(
             "statistics.interval.ms", STATISTICS_INTERVAL_MS) / 1000.0

@@ -783,7 +783,7 @@ class UnresponsiveBrokerTests(SynchronousTestCase):
         metric 0), with a warning naming it; once it answers again the
         consumer is running and connected.
         """
-        self.assertEqual(self.ingest.unresponsive_after, 2.0)
+        self.assertEqual(self.ingest.unanswered_after, 2.0)
         self.ingest._on_stats(stats(broker(rxidle_s=0.5)))
         self.assertEqual((self.ingest.status()["state"], self.ingest.status()["connected"]),
                          ("running", True))
@@ -800,6 +800,22 @@ class UnresponsiveBrokerTests(SynchronousTestCase):
         self.assertEqual((self.ingest.status()["state"], self.ingest.status()["connected"]),
                          ("running", True))
         self.assertEqual(sample("odinws_kafka_connected"), 1)
+
+    def test_pauseShownBeforeTheSessionEnds(self):
+        """
+        At the shipped 10 s session a broker that answers nothing (a pause)
+        makes the status unresponsive after 3 s of silence with requests
+        waiting (fetches are answered within fetch_wait_max_ms), not after
+        the session: /health says it while the pause lasts. 2.5 s is not
+        yet a pause.
+        """
+        ingest = KafkaIngest(self.reactor, make_settings("b:1", "t", "g"), 0, None, None)
+        ingest._on_stats(stats(broker(rxidle_s=2.5, waiting=1)))
+        self.assertEqual((ingest.status()["state"], ingest.status()["connected"]),
+                         ("running", True))
+        ingest._on_stats(stats(broker(rxidle_s=3.5, waiting=1)))
+        self.assertEqual((ingest.status()["state"], ingest.status()["connected"]),
+                         ("unresponsive", False))
 
     def test_idleOrCoordinatorIsNotHung(self):
         """
