@@ -74,6 +74,7 @@ capacity: $(STAMP) build/odinws-loadclient
 
 bench: $(STAMP)
 	sh bench/setup.sh
+	$(PY) -m odinws_tools.kafka --fetch
 	$(PY) bench/run.py
 
 # CPU per delivered frame of the working tree against BEFORE (a commit) and
@@ -83,23 +84,26 @@ bench: $(STAMP)
 BEFORE ?= HEAD
 bench-cost: $(STAMP)
 	sh bench/setup.sh
+	$(PY) -m odinws_tools.kafka --fetch
 	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. \
 		--variant python-loop=.:outbound.native=off --doc
 
 # A reconnection storm (bench/storm.py; docs/performance.md, "Reconnection
 # storms"): STORM_CLIENTS clients at once to a fresh node of STORM_SHARDS
-# shards (the embedded broker; the C load client is built with gcc on first
+# shards (Apache Kafka, its jars fetched on first use; the C load client is built with gcc on first
 # use). STORM_ARGS adds options, e.g. STORM_ARGS="--head-timeout 60".
 STORM_CLIENTS ?= 5000
 STORM_SHARDS ?= 1
 STORM_ARGS ?=
 bench-storm: $(STAMP)
+	$(PY) -m odinws_tools.kafka --fetch
 	$(PY) bench/storm.py --clients $(STORM_CLIENTS) --shards $(STORM_SHARDS) $(STORM_ARGS)
 
 # The issue-25 targets (compression, deltas, max_rate, filters) against a
 # real node, written into docs/performance.md (bench/bandwidth.py, ~10 min).
 bench-bandwidth: $(STAMP)
 	sh bench/setup.sh
+	$(PY) -m odinws_tools.kafka --fetch
 	$(PY) bench/bandwidth.py
 
 clean:

@@ -2,8 +2,8 @@
 The servers under test. Each runs its data path pinned to CPU 0 and gets the
 same ~200-byte JSON events at a rate the harness sets:
 
-* odinws: `twistd odinws --shards 1`; events come from Kafka (Tansu), written
-  by bench/kafka_feed.py on CPU 1. The parent (dispatcher) is pinned to CPU 1.
+* odinws: `twistd odinws --shards 1`; events come from Kafka (Apache Kafka,
+  one node on CPU 1), written by bench/kafka_feed.py on CPU 1. The parent (dispatcher) is pinned to CPU 1.
 * node-ws: bench/peers/node_ws.js, a built-in publisher (timer in the same
   event loop) and ws.send() to every client.
 * py-websockets: bench/peers/py_websockets.py, an asyncio task and
@@ -247,12 +247,12 @@ class Nchan(Server):
 
 class KafkaFed(Server):
     """
-    A server fed from Kafka: a Tansu broker (a fresh one per instance, see
-    L{stop}) with the topic odin.trades, and bench/kafka_feed.py producing
-    the events into it on the client's CPU.
+    A server fed from Kafka: an Apache Kafka node (a fresh one per
+    instance, see L{stop}) with the topic odin.trades, and
+    bench/kafka_feed.py producing the events into it on the client's CPU.
     """
 
-    broker = None  # the Tansu broker of the running instance (one at a time)
+    broker = None  # the broker of the running instance (one at a time)
     _group = 0     # consumer groups: a new one per instance
     #: The consumer group of the running instance (L{next_group}).
     group = ""
@@ -262,8 +262,13 @@ class KafkaFed(Server):
         if KafkaFed.broker is not None:
             return
         sys.path.insert(0, REPO)
-        from tests.helpers.broker import TansuBroker
-        broker = TansuBroker(log_dir=rundir)
+        from tests.helpers.broker import KafkaBroker
+        # Apache Kafka, what users run. Tansu (the demo's broker, the bench's
+        # until 2026-12-04) stopped serving fetches to a consumer with a
+        # backlog of tens of thousands of records after a saturated step,
+        # for tens of seconds (lag 70,000, the consumer idle in consume(),
+        # Tansu idle); Apache Kafka served the same backlog in 2 s.
+        broker = KafkaBroker(log_dir=rundir)
         broker.start()
         KafkaFed.broker = broker
         pin_threads(broker.pid, CLIENT_CPU)
@@ -298,10 +303,10 @@ class KafkaFed(Server):
 
     def stop(self) -> None:
         super().stop()
-        # A fresh broker for every instance: one Tansu (in-memory storage) that
-        # took every cell's events for 20 minutes stopped answering fetches in
-        # time (a full make bench of 2026-11-30: each odinws cell after the
-        # 20th got no events).
+        # A fresh broker for every instance: each cell starts from an empty
+        # topic (odinws's history warm-up reads none of the cells before),
+        # and one Tansu that took every cell's events for 20 minutes stopped
+        # answering fetches in time (a full make bench of 2026-11-30).
         KafkaFed.stop_broker()
 
 
@@ -343,9 +348,8 @@ class Odinws(KafkaFed):
             "outbound": {"flush_delay": self.flush_delay},
             "kafka": {"brokers": self.broker.bootstrap, "group": self.group,
                       "topics": {"odin.trades": "trade"}, "start_offset": "latest",
-                      "session_timeout_ms": 3000,
-                      # Tansu 0.6 assigns a static member only after ~6 s (measured).
-                      "static_membership": False,
+                      # Apache Kafka's shortest (group.min.session.timeout.ms).
+                      "session_timeout_ms": 6000, "max_poll_interval_ms": 6000,
                       "consumer_config": {"fetch.wait.max.ms": FETCH_WAIT_MS}},
             # The load client is a few loopback addresses standing for
             # thousands of clients: the per-IP limits would answer 429.
@@ -572,9 +576,8 @@ class Centrifugo(KafkaFed):
                     "brokers": [self.broker.bootstrap], "topics": ["odin.trades"],
                     "consumer_group": self.group,
                     # 500 ms by default; odinws runs with 5 ms on the same
-                    # broker (FETCH_WAIT_MS: Tansu holds a fetch for the
-                    # whole wait even when records arrive). Its Kafka client
-                    # (franz-go) refuses less than 10 ms.
+                    # broker (FETCH_WAIT_MS). Its Kafka client (franz-go)
+                    # refuses less than 10 ms.
                     "fetch_max_wait": f"{max(FETCH_WAIT_MS, 10)}ms",
                     "publication_data_mode": {"enabled": True},
                 },
