@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from odin_ws.common.events import Event
 from odin_ws.common.settings import Settings
 from odin_ws.shard.history.partitionlog import EVENT_OVERHEAD
-from odin_ws.shard.kafka.consumerloop import describe_error
+from odin_ws.shard.kafka.errors import describe_error
 from odin_ws.shard.kafka.records import RecordMapper
 
 #: Seconds one broker request may take at most (less when the deadline is nearer).
