@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -27,66 +26,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.helpers.broker import fast_kafka, new_broker  # noqa: E402
 from tests.helpers.node import Node, http_get  # noqa: E402
+from tests.helpers.rawclients import Tally, open_client, read_all  # noqa: E402
 
-UPGRADE = (b"GET /ws?channels=odin.token.*.* HTTP/1.1\r\nHost: n\r\nUpgrade: websocket\r\n"
-           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-           b"Sec-WebSocket-Version: 13\r\n\r\n")
 COUNTERS = ("odinws_events_delivered", "odinws_events_caught_up", "odinws_connections_fell",
             "odinws_gaps", "odinws_events_dropped_total")
 
 
-class Tally:
-    """Event frames and gap notices per connection."""
-
-    def __init__(self, n: int, events: int):
-        self.events = events
-        self.counts = [0] * n
-        self.gaps = [0] * n
-        self.opened = 0
-
-    def frames(self, i: int, buf: bytes) -> bytes:
-        """Count the whole frames at the start of C{buf}; the rest of it."""
-        p, n = 0, len(buf)
-        while n - p >= 2:
-            length, head = buf[p + 1] & 127, 2
-            if length == 126:
-                if n - p < 4:
-                    break
-                length, head = int.from_bytes(buf[p + 2:p + 4], "big"), 4
-            elif length == 127:
-                if n - p < 10:
-                    break
-                length, head = int.from_bytes(buf[p + 2:p + 10], "big"), 10
-            if n - p < head + length:
-                break
-            start = buf[p + head:p + head + 16]
-            if start.startswith(b'{"type":"event"'):
-                self.counts[i] += 1
-            elif start.startswith(b'{"type":"gap"'):
-                self.gaps[i] += 1
-            p += head + length
-        return buf[p:]
-
-
 async def client(i: int, port: int, tally: Tally, gate: asyncio.Semaphore) -> None:
-    async with gate:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-        writer.write(UPGRADE)
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise SystemExit(f"connection {i}: {head[:60]!r}")
-    tally.opened += 1
-    buf = b""
-    while chunk := await reader.read(1 << 16):
-        buf = tally.frames(i, buf + chunk)
+    reader, _ = await open_client(i, port, tally, gate)
+    await read_all(i, reader, tally)
 
 
 async def measure(port: int, produce, args) -> dict:
-    tally = Tally(args.connections, args.events)
+    tally = Tally(args.connections)
     gate = asyncio.Semaphore(300)
     tasks = [asyncio.create_task(client(i, port, tally, gate)) for i in range(args.connections)]
     t0 = time.monotonic()

@@ -125,6 +125,11 @@ KAFKA_REJOINS = Counter("odinws_kafka_group_rejoins",
                         "parent found partitions that no shard of the node held "
                         "(parent/coverage.py) or a partition it held stalled "
                         "(shard/kafka/progress.py).", registry=REGISTRY)
+KAFKA_ASSIGNMENTS_LOST = Counter("odinws_kafka_assignments_lost",
+                                 "Times a shard's consumer lost its partitions without a "
+                                 "rebalance handing them over: its group session timed out "
+                                 "(a broker pause or outage longer than the session) or the "
+                                 "group evicted it.", registry=REGISTRY)
 DELIVERY_LATENCY = Histogram("odinws_delivery_latency_seconds",
                              "Kafka record timestamp to first write, seconds.",
                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
@@ -364,7 +369,7 @@ SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, 
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
                            KAFKA_UNTOLD, SCHEMA_FETCHES, SCHEMAS_CACHED,
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,
-                           KAFKA_REJOINS, KAFKA_STALLED,
+                           KAFKA_REJOINS, KAFKA_STALLED, KAFKA_ASSIGNMENTS_LOST,
                            DELIVERY_LATENCY,
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
                            GC_PAUSE, RECOVERIES, RECOVERIES_HELD, RECOVERIES_WAITING,

@@ -166,7 +166,12 @@ class KafkaSettings:
         "per shard and broker); Tansu, the embedded broker, answers only when it expires, so "
         "there it is the latency floor (measured: 500 ms gives a median of ~250 ms, 5 ms ~4 ms).",
         minimum=1)
-    session_timeout_ms: int = setting(10000, "Consumer session timeout.", minimum=1000)
+    session_timeout_ms: int = setting(
+        10000, "Consumer session timeout (classic protocol; the heartbeat is a twentieth of it, "
+        "100 ms to 1 s). A broker pause shorter than it by more than a heartbeat leaves the "
+        "group untouched; a longer one makes the shards rejoin (docs/operations.md, \"A broker "
+        "pause\"). A shard that stays down keeps its partitions unread this long.",
+        minimum=1000)
     cooperative_rebalance: bool = setting(
         True, "Cooperative incremental rebalancing (librdkafka partition.assignment.strategy "
         "cooperative-sticky): when a shard crashes or restarts only its partitions move, the "

@@ -24,7 +24,7 @@ from twisted.protocols import amp
 
 from odin_ws.common import commands, handoff, metrics, openfiles
 from odin_ws.common.config import Config, ConfigError, apply_live
-from odin_ws.common.events import Event, decode_batch, encode_batch
+from odin_ws.common.events import Event, Partition, decode_batch, encode_batch
 from odin_ws.common.highwater import HighWater
 from odin_ws.common.logs import audit, install_logging
 from odin_ws.common.settings import Settings
@@ -51,7 +51,8 @@ from odin_ws.shard.kafka.backfill import Backfill
 from odin_ws.shard.kafka.ingest import KafkaIngest
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.valueformats import UndecodableAudit, ValueDecoder
-from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
+from odin_ws.shard.kafka.warmread import WarmedPartition, WarmupReport, WarmupState
+from odin_ws.shard.kafka.warmup import HistoryWarmup
 
 if TYPE_CHECKING:
     from odin_ws.shard.kafka.schemasource import SchemaSource
@@ -176,9 +177,12 @@ class Shard(service.MultiService):
         # are known (Delivery.hold): they decide what counts as the past.
         self.warmup = HistoryWarmup(reactor, settings, mapper,
                                     self.kafka.consumer_config(), self._backfill,
-                                    self._warmed)
+                                    self._warmed, on_late=self._late_warmed)
         self.warmup.setServiceParent(self)
-        warming = lambda: (self.warmup.report.state is WarmupState.RUNNING  # noqa: E731
+        # A partition first seen after the warm-up ended waits for its own
+        # (odin_ws/shard/delivery/warmgate.py).
+        self.delivery.gate.warm_late = self.warmup.warm
+        warming = lambda: (self.warmup.reading  # noqa: E731
                            or self.delivery.holding)
         self.history.loading = warming
         #: Recoveries waiting until this shard can answer them truly.
@@ -228,7 +232,7 @@ class Shard(service.MultiService):
         self.connections.abort_all()
         # No client left to mislead: what waits for the warm-up is taken, so
         # the consumer's stop does not wait for it.
-        self.delivery.gate.open()
+        self.delivery.gate.stop()
         self.variants.stop()
         self.streams.options.stop()
         for collector in self._collectors:
@@ -270,6 +274,11 @@ class Shard(service.MultiService):
         self.backfill.warmed(report)
         # In turn with the partitions handed over (Delivery.when_ready).
         self.delivery.when_ready(self.delivery.gate.open)
+
+    def _late_warmed(self, partitions: set[tuple[str, int]], report: WarmupReport) -> None:
+        self.backfill.warmed(report, late=partitions)
+        self.delivery.when_ready(lambda: self.delivery.gate.late_done(
+            {Partition(*p) for p in partitions}))
 
     #: Seconds clients get to answer the 4000 close when the parent is gone.
     ORPHAN_CLOSE_SECONDS = 1.0

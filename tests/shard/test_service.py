@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from odin_ws.common import commands
 from odin_ws.common.events import Event, decode_batch
 from odin_ws.common.highwater import HighWater
-from odin_ws.shard.kafka.warmup import WarmedPartition
+from odin_ws.shard.kafka.warmread import WarmedPartition
 from tests.helpers import ShardTestCase
 
 

@@ -245,9 +245,13 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
         A reply to the client goes out behind the events already queued for
         it, never ahead (an ack after a replay, a pong after a backlog):
         through the Outbox while frames wait there, else straight to the
-        transport, which keeps order behind what Twisted holds.
+        transport, which keeps order behind what Twisted holds. Runs the
+        fan-out keeps for the C send loop go first (C{settle}: else a reply
+        made before their write overtook them).
         """
         outbox = self.outbox
+        if outbox is not None:
+            outbox.fanout.settle()
         if outbox is not None and outbox.queue:
             outbox.push_control(text_frame(payload))
         else:

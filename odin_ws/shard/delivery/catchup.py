@@ -129,6 +129,12 @@ class CatchingUp(OutboxCore):
             return
         backlog = self.backlog
         assert backlog is not None, "behind only with a backlog"
+        # Runs kept for the C send loop (a delivery that raised before its
+        # write) are noted first: read after them, history has their events,
+        # and the live switch below would take them a second time.
+        self.fanout.settle()
+        if self.behind is not behind or self.closed:
+            return
         queued = self.cap - self.room
         part = behind.slice(backlog, self, self.limit - held(t) - queued)
         stats = self.stats

@@ -201,7 +201,8 @@ class Fanout:
         """
         Send the runs kept for the C loop now, so that frames queued into
         Outboxes directly next (a delta subscriber's,
-        L{odin_ws.shard.delivery.variantfeed}) come after them.
+        L{odin_ws.shard.delivery.variantfeed}; every reply and notice,
+        L{Outbox.push_control}) come after them.
         """
         if self._runs:
             self._send_native(self.native)  # type: ignore[arg-type]  # runs are kept only with it

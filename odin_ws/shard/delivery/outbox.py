@@ -14,6 +14,7 @@ from odin_ws.shard.delivery.catchup import CatchingUp
 from odin_ws.shard.delivery.frames import Chunk
 from odin_ws.shard.delivery.gaps import CONFLATED, DROPPED, conflated_notice
 from odin_ws.shard.delivery.outqueue import Flusher, OutboxHolder
+from odin_ws.shard.history.holes import UNDECODABLE, is_hole
 
 if TYPE_CHECKING:
     from odin_ws.common.events import Event
@@ -128,7 +129,12 @@ class Outbox(CatchingUp):
         assert drops is not None
         before = drops.notice
         notice = drops.dropped(event)
-        self.stats.gaps[DROPPED] = self.stats.gaps.get(DROPPED, 0) + 1
+        gaps = self.stats.gaps
+        gaps[DROPPED] = gaps.get(DROPPED, 0) + 1
+        if is_hole(event):
+            # Its run counted this stream as told (odin_ws/shard/delivery/gaps.py,
+            # count_told): it was not; the recovery from this notice replays and counts it.
+            gaps[UNDECODABLE] -= 1
         queue = self.queue
         if queue and before is not None and queue[-2] is before:
             queue[-2] = notice

@@ -62,8 +62,9 @@ class Flusher(Protocol):
     """
     What an Outbox needs of the fan-out that fills and flushes it
     (L{odin_ws.shard.delivery.fanout.Fanout}): its reactor and counters,
-    to be flushed at the end of the turn (L{mark}), a call after the next
-    flush (L{after_flush}).
+    to be flushed at the end of the turn (L{mark}), the runs kept for the C
+    send loop out of the way of a frame queued directly (L{settle}), a call
+    after the next flush (L{after_flush}).
     """
 
     @property
@@ -77,6 +78,9 @@ class Flusher(Protocol):
         """The reactor's descriptors registered for writing (None: not known)."""
 
     def mark(self, box: OutboxCore) -> None: ...
+
+    def settle(self) -> None:
+        """Send (or queue) the runs kept for the C send loop now."""
 
     def after_flush(self, f: Callable[[], None]) -> None: ...
 
@@ -227,12 +231,15 @@ class OutboxCore:
 
     def push_control(self, frame: bytes) -> None:
         """
-        Queue a reply to the client's own request (ack, error, pong) behind
-        the frames waiting here, so it never overtakes them. Never dropped or
+        Queue a reply to the client's own request (ack, error, pong) or a
+        notice (a gap) behind the frames waiting here, and behind the runs
+        the fan-out keeps for the C send loop (L{Flusher.settle}: sent or
+        queued first), so it never overtakes them. Never dropped or
         conflated: a reply is small and the client waits for it.
         """
         if self.closed:
             return
+        self.fanout.settle()
         self.room -= len(frame)
         queue = self.queue
         if not queue:

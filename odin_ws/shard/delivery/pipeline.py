@@ -201,8 +201,7 @@ class Delivery:
                     if run:     # the notice must not overtake events before it
                         fanout.publish_run(run, run_to, run_events)
                         run, run_events, run_to = [], [], None
-                    # Nor runs kept for the C send loop (the notice is queued directly).
-                    fanout.settle()
+                    # (Nor runs kept for the C send loop: Outbox.push_control settles them.)
                     notices.stale(e, subscribers)
                 if streams is not None:
                     streams.stale(e)

@@ -269,10 +269,9 @@ class Streams:
         if self._run:
             self._fanout.publish_run(self._run, self._run_to, self._run_events)
             self._run, self._run_events, self._run_to = [], [], None
-        # Runs kept for the C send loop go first: the notice is queued
-        # directly, and would overtake them (a client opens a new stream
-        # from the gap at once: what came after it on this one is lost).
-        self._fanout.settle()
+        # Runs kept for the C send loop go first (Outbox.push_control
+        # settles them): a notice ahead of them lost them (a client opens a
+        # new stream from the gap at once).
         self.stale_told.stale(event, subscribers)
 
     def stale_notice(self, stream: tuple[str, int], before: tuple[str, int]) -> bytes:

@@ -17,7 +17,7 @@ from odin_ws.common import metrics
 from odin_ws.common.events import Event, Partition
 from odin_ws.common.highwater import HighWater
 from odin_ws.shard.history.store import History
-from odin_ws.shard.kafka.warmup import WarmedPartition, WarmupReport, WarmupState
+from odin_ws.shard.kafka.warmread import WarmedPartition, WarmupReport, WarmupState
 
 
 class LiveDelivery(Protocol):
@@ -86,7 +86,11 @@ class Backfill:
             delivery.history.backfill(past, {key: now[0].offset - 1 if now else through})
         if now:
             delivery.deliver_fresh(seen.fresh(now))
-        if seen.raise_to(warmed.topic, warmed.partition, warmed.epoch, through) or now:
+        raised = seen.raise_to(warmed.topic, warmed.partition, warmed.epoch, through)
+        # A position only (nothing young enough was there to read): its
+        # re-read is as old for every shard, nothing to relay whole, and
+        # no bookkeeping to look at per batch until it is passed.
+        if (raised and events) or now:
             self._rereads[key] = through
 
     def rereading(self, events: list[Event]) -> bool:
@@ -122,9 +126,16 @@ class Backfill:
                     del rereads[key]   # the consumer is past what the warm-up read
         return found
 
-    def warmed(self, report: WarmupReport) -> None:
-        """The warm-up ended: one line."""
-        if report.state is WarmupState.DONE:
+    def warmed(self, report: WarmupReport,
+               late: set[tuple[str, int]] | None = None) -> None:
+        """The warm-up ended (of C{late} partitions, first seen after the start's): one line."""
+        if late is not None:
+            self.log.info("history warmed for {late} partition(s) first seen after the "
+                          "warm-up: {events} events of {partitions} in {seconds:.1f} s "
+                          "({state}{error})", late=len(late), events=report.events,
+                          partitions=report.partitions, seconds=report.seconds,
+                          state=report.state, error=f": {report.error}" if report.error else "")
+        elif report.state is WarmupState.DONE:
             self.log.info("history warmed: {events} events of {partitions} partitions in "
                           "{seconds:.1f} s{cut}", events=report.events,
                           partitions=report.partitions, seconds=report.seconds,

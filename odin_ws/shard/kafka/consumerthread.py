@@ -36,7 +36,8 @@ from twisted.python.failure import Failure
 
 from odin_ws.common import metrics
 from odin_ws.common.backoff import Backoff
-from odin_ws.shard.kafka.consumerloop import ConsumerLoop, describe_error
+from odin_ws.shard.kafka.consumerloop import ConsumerLoop
+from odin_ws.shard.kafka.errors import describe_error
 
 #: Seconds before the first replacement of a fatally failed consumer.
 MIN_BACKOFF = 1.0

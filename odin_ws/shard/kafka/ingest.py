@@ -3,7 +3,10 @@ Kafka ingestion of one shard: a confluent-kafka consumer in a thread of its
 own (L{odin_ws.shard.kafka.consumerloop}), feeding batches of mapped L{Event}s to
 the reactor. This module owns the service's lifecycle and the consumer's
 status; the loop reports to it through the small method API of L{KafkaIngest}
-marked "consumer thread", and never touches its attributes.
+marked "consumer thread", and never touches its attributes. The consumer's
+librdkafka settings are L{odin_ws.shard.kafka.consumerconfig}'s; what its
+statistics say (a broker not answering, lag, stalled partitions) is read by
+L{odin_ws.shard.kafka.consumerstats}, a part of L{KafkaIngest}.
 
 Threading: every call on the C{Consumer} (and every librdkafka callback,
 which librdkafka serves from inside C{consume}) happens on the consumer
@@ -24,8 +27,6 @@ group for exceeding C{max.poll.interval.ms}.
 
 from __future__ import annotations
 
-import enum
-import json
 import queue
 import threading
 from collections.abc import Callable
@@ -41,40 +42,35 @@ from odin_ws.common import metrics
 from odin_ws.common.events import Event, Partition
 from odin_ws.common.logs import audit
 from odin_ws.common.settings import Settings
-from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop, describe_error
+from odin_ws.shard.kafka.consumerconfig import (
+    STATISTICS_INTERVAL_MS,
+    LibrdkafkaLog,
+    incremental,
+    librdkafka_settings,
+)
+from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop
+from odin_ws.shard.kafka.consumerstats import ConsumerStatistics, IngestState
 from odin_ws.shard.kafka.consumerthread import ConsumerThread
+from odin_ws.shard.kafka.errors import describe_error
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
-from odin_ws.shard.kafka.progress import PartitionProgress, position_of
+from odin_ws.shard.kafka.progress import PartitionProgress
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.topiclayout import TopicLayout
 
 log = Logger()
 
 MAX_PENDING = 4
-# librdkafka statistics (lag, broker states, a hung broker) once a second:
-# parsing them costs ~0.1 ms.
-STATISTICS_INTERVAL_MS = 1000
 # Seconds stopService waits for the consumer thread beyond its grace for
 # batches in flight: close() blocks for minutes on a broker that accepts
 # connections but answers nothing (measured with a SIGSTOPped Tansu), and the
 # supervisor SIGKILLs a shard kill_timeout (5 s) after SIGTERM.
 CLOSE_TIMEOUT = 1.5
-#: librdkafka's incremental (cooperative) assignor.
-COOPERATIVE = "cooperative-sticky"
+#: Seconds a broker connection with requests waiting may receive nothing
+#: before the consumer counts as unresponsive (at most the session timeout).
+UNANSWERED_AFTER = 3.0
 
 
-class IngestState(enum.StrEnum):
-    """The consumer's state in C{/health} (a string there: the values are the API)."""
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    UNRESPONSIVE = "unresponsive"
-    ERROR = "error"
-
-
-class KafkaIngest(Service):
+class KafkaIngest(ConsumerStatistics, Service):
     """
     Consume C{kafka.topics} in the node's consumer group and call
     C{on_batch(events)} in the reactor thread for each non-empty batch. If it
@@ -85,8 +81,8 @@ class KafkaIngest(Service):
     A broker that accepts connections but answers nothing leaves librdkafka's
     broker state "UP" for minutes: the status says "unresponsive" and not
     connected once a broker has had requests waiting without any answer for
-    a session timeout (a member's own bound for the coordinator), or when the
-    consumer's statistics stop coming.
+    L{UNANSWERED_AFTER} (at most a session timeout), or when the consumer's
+    statistics stop coming for a session timeout.
 
     @param settings: the process's L{Settings}.
     @param shard: this shard's index: with C{kafka.static_membership} its
@@ -139,57 +135,27 @@ class KafkaIngest(Service):
         self._logged: set[str] = set()
         self._connection_error: str | None = None
         k = self._settings.kafka
-        #: Seconds a broker may leave requests unanswered (fetches are held
-        #: at most fetch_wait_max_ms) before it counts as unresponsive.
+        #: Seconds the consumer's statistics may stop coming (beyond three
+        #: intervals: the consumer thread out of consume()) before it counts
+        #: as unresponsive: a session timeout, a member's own bound.
         self.unresponsive_after = max(k.session_timeout_ms / 1000.0,
                                       k.fetch_wait_max_ms / 1000.0 + 1.0)
+        #: Seconds a broker connection may leave requests unanswered before
+        #: it counts as unresponsive: fetches are held at most
+        #: fetch_wait_max_ms, so well before a session timeout (a broker
+        #: pause shows in /health while it lasts: docs/operations.md).
+        self.unanswered_after = max(min(k.session_timeout_ms / 1000.0, UNANSWERED_AFTER),
+                                    k.fetch_wait_max_ms / 1000.0 + 1.0)
         # Statistics: how often they come, when they last came (reactor time).
         self._stats_interval = k.consumer_config.get(
             "statistics.interval.ms", STATISTICS_INTERVAL_MS) / 1000.0
         self._stats_at = reactor.seconds()
 
     def consumer_config(self) -> dict[str, Any]:
-        """The librdkafka settings, C{kafka.consumer_config} applied last."""
-        k = self._settings.kafka
-        session = k.session_timeout_ms
-        conf: dict[str, Any] = {
-            "bootstrap.servers": k.brokers,
-            "group.id": self._settings.group_id,
-            "client.id": f"odinws-{self._settings.node_id}",
-            # Where a partition without a usable offset starts is the consumer
-            # loop's choice (kafka.start_offset, but only once the topic's
-            # identity is known: ConsumerLoop.offsets_lost), not librdkafka's.
-            "auto.offset.reset": "error",
-            "enable.auto.commit": True,
-            "enable.auto.offset.store": False,
-            # librdkafka's default, stated: records of aborted transactions
-            # are never delivered, nor those of open ones until they commit.
-            "isolation.level": "read_committed",
-            "max.poll.interval.ms": k.max_poll_interval_ms,
-            "reconnect.backoff.max.ms": int(k.retry_backoff_max * 1000),
-            "statistics.interval.ms": STATISTICS_INTERVAL_MS,
-            "fetch.wait.max.ms": k.fetch_wait_max_ms,
-            # Partitions added and topics recreated are seen at a refresh.
-            "topic.metadata.refresh.interval.ms": k.metadata_refresh_ms,
-        }
-        if k.static_membership:
-            conf["group.instance.id"] = self.instance_id
-        if k.group_protocol == "consumer":
-            # KIP-848: the broker owns the session, the heartbeat and the
-            # assignor; librdkafka refuses the classic settings for them.
-            conf["group.protocol"] = "consumer"
-        else:
-            conf["session.timeout.ms"] = session
-            # At most a third of the session timeout, as Kafka advises, so a
-            # small session timeout (quick rebalances) keeps the member alive.
-            conf["heartbeat.interval.ms"] = max(100, min(3000, session // 3))
-            if k.cooperative_rebalance:
-                # A shard's crash or restart then moves only its own partitions:
-                # the others' clients see no pause (kafka.cooperative_rebalance).
-                conf["partition.assignment.strategy"] = COOPERATIVE
-        conf.update(k.consumer_config)
+        """The librdkafka settings (L{librdkafka_settings}) with this ingest's callbacks."""
+        conf = librdkafka_settings(self._settings, self.instance_id)
         conf.update({"error_cb": self.on_error, "stats_cb": self._on_stats,
-                     "logger": _LibrdkafkaLog(self)})
+                     "logger": LibrdkafkaLog(self.log_once)})
         return conf
 
     @property
@@ -286,7 +252,7 @@ class KafkaIngest(Service):
         def make_loop(consumer: Consumer, first_id: int) -> ConsumerLoop:
             return ConsumerLoop(self, consumer, self._mapper, self._settings.kafka,
                                 self._stopping, self._done, self._max_pending, incarnations,
-                                cooperative=_incremental(conf), layout=layout,
+                                cooperative=incremental(conf), layout=layout,
                                 fatal=self._fatal, first_id=first_id, rejoin=self._rejoin)
 
         body = ConsumerThread(self, consumer, lambda: Consumer(conf), make_loop,
@@ -490,139 +456,4 @@ class KafkaIngest(Service):
         else:
             self.note_error(kind, err.str())
 
-    def _on_stats(self, text: str) -> None:
-        stats = json.loads(text)
-        self._stats_at = self._reactor.seconds()
-        up = False
-        hung = None
-        bound_us = self.unresponsive_after * 1e6
-        for b in stats.get("brokers", {}).values():
-            if b.get("state") != "UP":
-                continue
-            # The group coordinator's connection (source "logical") may hold a
-            # JoinGroup for a whole rebalance: only real broker connections,
-            # where fetches are answered within fetch_wait_max_ms, count.
-            if (b.get("source") != "logical" and b.get("waitresp_cnt", 0) > 0
-                    and b.get("rxidle", -1) >= bound_us):
-                hung = b
-            else:
-                up = True
-        if hung is not None:
-            self._last_error = (f"broker {hung.get('nodename') or hung.get('name')} has not "
-                                f"answered for {hung['rxidle'] / 1e6:.0f}s "
-                                f"({hung['waitresp_cnt']} requests waiting)")
-            self._set_state(IngestState.UNRESPONSIVE, False)
-        elif up:
-            self._set_state(IngestState.RUNNING, True)
-        elif self._state in (IngestState.RUNNING, IngestState.UNRESPONSIVE):
-            self._set_state(IngestState.RETRYING, False)
-        total = 0
-        assigned = self._assigned
-        # Progress is watched while the consumer reads: not while it cannot
-        # reach a broker, nor while the loop pauses its partitions.
-        watching = self._state == IngestState.RUNNING and not self._paused
-        counts = dict(self._partitions)
-        configured = set(self._settings.kafka.topics)
-        for topic, t in stats.get("topics", {}).items():
-            if topic in configured:
-                # librdkafka lists every partition its metadata knows of a
-                # topic it holds some of (and the internal partition -1).
-                counts[topic] = 1 + max((int(p) for p in t.get("partitions", {})), default=-1)
-            for p, info in t.get("partitions", {}).items():
-                if Partition(topic, int(p)) not in assigned:
-                    continue  # librdkafka also lists the internal partition -1
-                lag = _partition_lag(info)
-                metrics.KAFKA_LAG.labels(topic, p).set(lag)
-                total += lag
-                if watching:
-                    self._progress.observe(Partition(topic, int(p)), position_of(info),
-                                           info.get("hi_offset", -1), self._stats_at)
-        if counts != self._partitions:
-            self._partitions = counts  # replaced whole: the reactor reads it
-        self._lag = total
-        if watching:
-            self._progress.keep_only(assigned)
-        else:
-            self._progress.clear()
-        self._check_progress(self._stats_at)
-
-    def _check_progress(self, now: float) -> None:
-        """
-        Consumer thread, after each statistics report: partitions stalled
-        for the grace are shown and counted, and make the consumer rejoin
-        its group; still stalled a grace after that, the consumer is
-        replaced (shard/kafka/progress.py).
-        """
-        grace = self._settings.kafka.progress_grace
-        stalled = self._progress.stalled(now, grace)
-        metrics.KAFKA_STALLED.set(len(stalled))
-        if stalled.keys() - self._stalled.keys():
-            self._log("warn", "Kafka partitions held by this shard have records to read and "
-                      "have not been read for {seconds:.0f}s: {partitions}",
-                      seconds=max(stalled.values()),
-                      partitions=", ".join(p.label() for p in sorted(stalled)))
-        self._stalled = stalled
-        if not stalled:
-            # A rejoin takes the partitions away and back: the stall it did
-            # not cure shows again a grace later. Cured is a second grace
-            # without one.
-            if self._stall_rejoined_at is None or now - self._stall_rejoined_at > 2 * grace:
-                self._stall_rejoins = 0
-            return
-        if self._stall_rejoined_at is not None and now - self._stall_rejoined_at < grace:
-            return
-        labels = ", ".join(p.label() for p in sorted(stalled))
-        self._stall_rejoined_at = now
-        if self._stall_rejoins == 0:
-            # First the group: it assigns the partitions anew.
-            self._stall_rejoins += 1
-            self.rejoin_reason = f"partitions held by this shard are not read: {labels}"
-            self._rejoin.set()
-            return
-        # Still not read after a rejoin (Apache Kafka, broker replaced: the
-        # consumer's own state of the partition is stuck, measured): a new
-        # consumer, as after librdkafka's fatal errors (L{ConsumerThread}).
-        self._stall_rejoins = 0
-        self.note_error("stalled", f"partitions not read after a rejoin: {labels}; "
-                        "replacing the consumer")
-        self._assigned = frozenset()
-        self._progress.clear()
-        self._stalled = {}
-        metrics.KAFKA_STALLED.set(0)
-        self._fatal.set()
-
-
 _CONNECTION_ERRORS = (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT)
-
-
-def _partition_lag(info: dict) -> int:
-    """Records not yet taken by on_batch: high watermark - stored position."""
-    hi = info.get("hi_offset", -1)
-    for key in ("stored_offset", "committed_offset", "app_offset"):
-        position = info.get(key, -1)
-        if position >= 0 and hi >= 0:
-            return max(0, hi - position)
-    return 0
-
-
-def _incremental(conf: dict[str, Any]) -> bool:
-    """Whether librdkafka rebalances incrementally with these settings (see L{ConsumerLoop})."""
-    return (conf.get("group.protocol") == "consumer"
-            or conf.get("partition.assignment.strategy") == COOPERATIVE)
-
-
-class _LibrdkafkaLog:
-    """
-    librdkafka's own log lines: warnings once per facility and episode. Its
-    error lines are dropped: the same errors reach error_cb.
-    """
-
-    def __init__(self, ingest: KafkaIngest):
-        self._ingest = ingest
-
-    def log(self, level: int, fmt: str, *args: Any) -> None:
-        if level != 30:  # confluent-kafka maps librdkafka levels to logging's
-            return
-        facility = args[0] if args else "?"
-        self._ingest.log_once(f"librdkafka:{facility}", "librdkafka: {line}",
-                              line=fmt % args)

@@ -6,108 +6,49 @@ after a start, a crash or a deploy (docs/operations.md, "History, recovery
 and snapshots").
 
 A consumer of its own, outside the node's group (C{assign()}, nothing
-committed, nothing subscribed), in a thread of its own: per partition it
-starts at the newest of the low watermark, C{max_events_per_partition}
-before the high watermark, and the first record younger than
-C{history.max_age}, and reads up to the end of the partition it finds
-there (the fetch's high watermark: at or past the one taken at the start;
-Tansu 0.6 answers ListOffsets with the first offset of the last record
-batch plus one, so the start's watermark alone would stop short). Each
-partition goes to the reactor (C{callFromThread}) as one
-L{WarmedPartition} once it is read (or when time runs out: what was read so
-far, which is still every record from its start to where it stopped).
-Bounded by C{history.warmup_timeout} and by C{history.max_bytes}: past the
-budget the oldest buffered events go first, whatever the partition, as in
-the history itself.
+committed, nothing subscribed), in a thread of its own
+(L{odin_ws.shard.kafka.warmread}: what it reads, and its bounds). Each
+partition goes to the reactor (C{callFromThread}) as one L{WarmedPartition}
+once it is read (or when time runs out: what was read so far, which is
+still every record from its start to where it stopped).
 
 The shard serves clients meanwhile: it only joins what it can prove to be
 continuous with live delivery (L{odin_ws.shard.service.Shard.backfill}).
+
+Later, a partition that reaches the shard with nothing known of its past (a
+later rebalance; L{odin_ws.shard.delivery.warmgate}) is read back the same
+way, alone (L{HistoryWarmup.warm}): one run at a time, partitions asked for
+meanwhile read by the next.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
-import heapq
 import threading
-import time
 import uuid
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from odin_ws.common.events import Event
 from odin_ws.common.logs import silenced
 from odin_ws.common.settings import Settings
-from odin_ws.shard.history.partitionlog import EVENT_OVERHEAD
-from odin_ws.shard.kafka.consumerloop import describe_error
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.kafka.records import RecordMapper
+from odin_ws.shard.kafka.warmread import REQUEST_TIMEOUT, WarmedPartition, WarmRead, WarmupReport, WarmupState
 
 log = Logger()
 
 #: Seconds stopService waits for the thread (a request in flight ends
 #: within its own bound; the consumer's close is not waited for beyond this).
 STOP_TIMEOUT = 2.0
-#: Seconds one broker request may take at most (less when the deadline is nearer).
-REQUEST_TIMEOUT = 2.0
-#: Records taken per consume() call, and its wait.
-CONSUME_BATCH = 1000
-CONSUME_WAIT = 0.1
-#: Tries at the topics' identities (epochs) before reading with what is known.
-EPOCH_TRIES = 3
 
 # librdkafka's own lines (connection refused while the broker starts...):
 # the warm-up reports its outcome in one line of its own.
 _quiet = silenced("odinws.warmup.librdkafka")
-
-
-@dataclass
-class WarmedPartition:
-    """
-    What the warm-up read of one partition: every record from C{start}
-    through C{through}; C{events} are those that are events (offset order).
-    """
-
-    topic: str
-    partition: int
-    epoch: str
-    start: int
-    through: int
-    events: list[Event] = field(default_factory=list)
-
-
-class WarmupState(enum.StrEnum):
-    """Where the warm-up is (a string in C{/health}: the values are the API)."""
-
-    OFF = "off"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-@dataclass
-class WarmupReport:
-    """The outcome, for the shard's status and log line."""
-
-    state: WarmupState = WarmupState.OFF
-    events: int = 0               # events handed to the reactor
-    partitions: int = 0           # partitions handed over
-    incomplete: int = 0           # of those, read only in part (time ran out)
-    seconds: float = 0.0
-    error: str | None = None
-
-    def as_status(self) -> dict[str, Any]:
-        return {"state": self.state, "events": self.events, "partitions": self.partitions,
-                "incomplete": self.incomplete, "seconds": round(self.seconds, 3),
-                "error": self.error}
 
 
 class HistoryWarmup(Service):
@@ -118,6 +59,8 @@ class HistoryWarmup(Service):
         how to reach the brokers is taken from them.
     @param on_partition: called in the reactor with each L{WarmedPartition}.
     @param on_done: called in the reactor with the L{WarmupReport} at the end.
+    @param on_late: called in the reactor with the partitions of a L{warm}
+        and its L{WarmupReport} once that run ended.
     """
 
     name = "warmup"  # type: ignore[assignment]  # Twisted types Service.name as None
@@ -127,12 +70,17 @@ class HistoryWarmup(Service):
                  on_partition: Callable[[WarmedPartition], None],
                  on_done: Callable[[WarmupReport], None],
                  consumer_factory: Callable[[dict], Any] = Consumer,
-                 incarnations: Any = None):
+                 incarnations: Any = None,
+                 on_late: Callable[[set[tuple[str, int]], WarmupReport], None] | None = None):
         self._reactor = reactor
         self._settings = settings
         self._mapper = mapper
         self._on_partition = on_partition
         self._on_done = on_done
+        self._on_late = on_late
+        # Partitions asked for by warm() and not read yet (the next run's).
+        self._late: set[tuple[str, int]] = set()
+        self._late_reading = False
         self._consumer_factory = consumer_factory
         conf = {k: v for k, v in admin_config(consumer_config).items() if k != "logger"}
         self._incarnations = incarnations or TopicIncarnations(
@@ -163,17 +111,41 @@ class HistoryWarmup(Service):
         """The warm-up's state, for the shard's status (read-only copy)."""
         return self.report.as_status()
 
+    @property
+    def reading(self) -> bool:
+        """Whether a run (the start's, or a later partition's) is reading."""
+        return self.report.state is WarmupState.RUNNING or self._late_reading
+
     def startService(self) -> None:
         Service.startService(self)
         if self._settings.history.warmup_timeout <= 0 or not self._settings.kafka.topics:
             return
         self.report = WarmupReport(state=WarmupState.RUNNING)
         self._stopping = threading.Event()
+        self._start(None, self._end)
+
+    def warm(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """
+        Read the recent past of C{partitions} back as at the start (each to
+        C{on_partition}, then C{on_late} with all of them): now, or after the
+        run that reads. Not running (stopping): C{on_late} at once.
+        """
+        self._late.update(partitions)
+        if not self.running:
+            late, self._late = self._late, set()
+            if self._on_late is not None:
+                self._on_late(late, WarmupReport(state=WarmupState.STOPPED))
+        else:
+            self._next()
+
+    def _start(self, only: set[tuple[str, int]] | None,
+               end: Callable[..., None]) -> None:
+        """One run (of C{only}, None: every partition) in a thread of its own."""
         self._finished = Deferred()
-        run = _Run(self._settings, self._mapper, self._incarnations,
-                   lambda: self._consumer_factory(self.config), self._hand_over,
-                   functools.partial(self._end, finished=self._finished),
-                   self._stopping)
+        run = WarmRead(self._settings, self._mapper, self._incarnations,
+                       lambda: self._consumer_factory(self.config), self._hand_over,
+                       functools.partial(end, finished=self._finished, only=only),
+                       self._stopping, only)
         self._thread = threading.Thread(target=run.run, name="odinws-warmup", daemon=True)
         self._thread.start()
 
@@ -203,205 +175,32 @@ class HistoryWarmup(Service):
         if self.running:
             self._on_partition(warmed)
 
-    def _end(self, report: WarmupReport, finished: Deferred) -> None:
+    def _end(self, report: WarmupReport, finished: Deferred, only: None = None) -> None:
         self._reactor.callFromThread(self._ended, report, finished)
 
     def _ended(self, report: WarmupReport, finished: Deferred) -> None:
-        self.report = report
+        self.report = report    # not RUNNING: reading no more
+        finished.callback(None)
         if self.running:
             self._on_done(report)
+            self._next()
+
+    def _late_end(self, report: WarmupReport, finished: Deferred,
+                  only: set[tuple[str, int]]) -> None:
+        self._reactor.callFromThread(self._late_ended, report, finished, only)
+
+    def _late_ended(self, report: WarmupReport, finished: Deferred,
+                    only: set[tuple[str, int]]) -> None:
+        self._late_reading = False
         finished.callback(None)
+        if self._on_late is not None:
+            self._on_late(only, report)
+        if self.running:
+            self._next()
 
-
-class _Run:
-    """
-    One warm-up, in its thread.
-
-    @param make_consumer: creates the consumer (in the thread).
-    @param hand_over: takes each L{WarmedPartition} (thread-safe).
-    @param end: takes the L{WarmupReport} once, at the very end (thread-safe).
-    """
-
-    def __init__(self, s: Settings, mapper: RecordMapper, incarnations: Any,
-                 make_consumer: Callable[[], Any],
-                 hand_over: Callable[[WarmedPartition], None],
-                 end: Callable[[WarmupReport], None], stopping: threading.Event):
-        self.incarnations = incarnations
-        self.make_consumer = make_consumer
-        self.hand_over = hand_over
-        self.end = end
-        self.stopping = stopping
-        self.topics = sorted(s.kafka.topics)
-        self.max_events = s.history.max_events_per_partition
-        self.max_age_ms = int(s.history.max_age * 1000)
-        self.max_bytes = s.history.max_bytes
-        self.timeout = s.history.warmup_timeout
-        self.mapper = mapper
-        self.report = WarmupReport(state=WarmupState.RUNNING)
-        # Per partition being read: the high watermark at the start, where
-        # reading started (moved up by budget evictions), the last offset
-        # read, its events.
-        self.ends: dict[tuple[str, int], int] = {}
-        self.starts: dict[tuple[str, int], int] = {}
-        self.read: dict[tuple[str, int], int] = {}
-        self.buffers: dict[tuple[str, int], deque[Event]] = {}
-        self.held = 0
-        self.heads: list[tuple[int, tuple[str, int]]] = []
-        self.epochs: dict[str, str] = {}
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def bound(self) -> float:
-        return max(0.05, min(REQUEST_TIMEOUT, self.left()))
-
-    def run(self) -> None:
-        began = time.monotonic()
-        self.deadline = began + self.timeout
-        consumer = None
-        try:
-            consumer = self.make_consumer()
-            self.warm(consumer)
-            self.report.state = (WarmupState.STOPPED if self.stopping.is_set()
-                                 else WarmupState.DONE)
-        except (KafkaException, RuntimeError, ValueError, TypeError) as e:
-            self.report.state = WarmupState.FAILED
-            self.report.error = describe_error(e)
-        except Exception as e:  # noqa: BLE001 - a bug must not end silently in a thread
-            self.report.state = WarmupState.FAILED
-            self.report.error = f"{type(e).__name__}: {e}"
-        finally:
-            self.report.seconds = time.monotonic() - began
-            if consumer is not None:
-                try:
-                    consumer.close()   # no group, nothing to commit: nothing to wait for
-                except (KafkaException, RuntimeError):
-                    pass
-            self.end(self.report)
-
-    def warm(self, consumer: Any) -> None:
-        for _ in range(EPOCH_TRIES):
-            if self.incarnations.refresh(self.topics) is not None or self.done():
-                break
-        self.epochs = {t: self.incarnations.epoch(t) for t in self.topics}
-        if self.done():
-            return
-        ranges = self.plan(consumer)
-        if not ranges or self.done():
-            return
-        consumer.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()])
-        for key, (start, end) in ranges.items():
-            self.ends[key] = end
-            self.starts[key] = start
-            self.buffers[key] = deque()
-        while self.ends and not self.done():
-            for m in consumer.consume(CONSUME_BATCH, min(CONSUME_WAIT, self.bound())):
-                self.take(consumer, m)
-        if not self.stopping.is_set():
-            for key in list(self.ends):    # out of time: what was read is still whole
-                self.finish(consumer, key)
-
-    def done(self) -> bool:
-        return self.stopping.is_set() or self.left() <= 0
-
-    def plan(self, consumer: Any) -> dict[tuple[str, int], tuple[int, int]]:
-        """Per partition with something to read: (first offset, high watermark)."""
-        metadata = consumer.list_topics(timeout=self.bound())
-        partitions: list[TopicPartition] = []
-        for topic in self.topics:
-            t = metadata.topics.get(topic)
-            if t is None or t.error is not None:
-                continue
-            partitions.extend(TopicPartition(topic, p) for p in sorted(t.partitions))
-        marks = {}
-        for tp in partitions:
-            if self.done():
-                return {}
-            low, high = consumer.get_watermark_offsets(tp, timeout=self.bound(), cached=False)
-            marks[(tp.topic, tp.partition)] = (low, high)
-        since: dict[tuple[str, int], int] = {}
-        if self.max_age_ms > 0 and partitions:
-            cutoff = int(time.time() * 1000) - self.max_age_ms
-            found = consumer.offsets_for_times(
-                [TopicPartition(tp.topic, tp.partition, cutoff) for tp in partitions],
-                timeout=self.bound())
-            for tp in found:
-                low, high = marks[(tp.topic, tp.partition)]
-                if tp.error is not None:
-                        since[(tp.topic, tp.partition)] = low   # the history's age bound trims
-                elif tp.offset < 0:   # no record that young: nothing to read
-                    since[(tp.topic, tp.partition)] = high
-                else:   # a record is there, whatever the watermark said
-                    since[(tp.topic, tp.partition)] = tp.offset
-                    marks[(tp.topic, tp.partition)] = (low, max(high, tp.offset + 1))
-        ranges = {}
-        for key, (low, high) in marks.items():
-            start = max(low, high - self.max_events, since.get(key, low))
-            if start < high:
-                ranges[key] = (start, high)
-        return ranges
-
-    def take(self, consumer: Any, m: Any) -> None:
-        key = (m.topic(), m.partition())
-        if key not in self.ends:
-            return        # finished already (fetched before the pause)
-        err = m.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                self.finish(consumer, key, through=m.offset() - 1)
-            return
-        offset = m.offset()
-        self.read[key] = offset
-        event = self.mapper.map(m.topic(), m.key(), m.value(), m.timestamp()[1],
-                                m.partition(), offset, self.epochs.get(m.topic(), ""),
-                                m.headers)
-        if not isinstance(event, str):
-            buffer = self.buffers[key]
-            if not buffer:
-                heapq.heappush(self.heads, (event.ts, key))
-            buffer.append(event)
-            self.held += len(event.envelope) + EVENT_OVERHEAD
-            if self.held > self.max_bytes:
-                self.evict()
-
-    def evict(self) -> None:
-        """Over the budget: drop the oldest buffered events, whatever the partition."""
-        while self.held > self.max_bytes and self.heads:
-            ts, key = heapq.heappop(self.heads)
-            buffer = self.buffers.get(key)
-            if not buffer:
-                continue                       # handed over meanwhile
-            if buffer[0].ts != ts:
-                heapq.heappush(self.heads, (buffer[0].ts, key))
-                continue
-            gone = buffer.popleft()
-            self.held -= len(gone.envelope) + EVENT_OVERHEAD
-            self.starts[key] = gone.offset + 1
-            if buffer:
-                heapq.heappush(self.heads, (buffer[0].ts, key))
-
-    def finish(self, consumer: Any, key: tuple[str, int], through: int | None = None) -> None:
-        """
-        Hand a partition over: read to its end (C{through}, the offset before
-        the end), or in part when time ran out (through the last offset read).
-        """
-        del self.ends[key]
-        buffer = self.buffers.pop(key)
-        self.held -= sum(len(e.envelope) + EVENT_OVERHEAD for e in buffer)
-        complete = through is not None
-        if through is None:
-            through = self.read.get(key, self.starts[key] - 1)
-        if complete:
-            try:
-                consumer.pause([TopicPartition(*key)])
-            except KafkaException:
-                pass
-        if through < self.starts[key] or self.stopping.is_set():
-            return
-        topic, partition = key
-        events = list(buffer)
-        self.report.events += len(events)
-        self.report.partitions += 1
-        self.report.incomplete += 0 if complete else 1
-        self.hand_over(WarmedPartition(topic, partition, self.epochs.get(topic, ""),
-                                              self.starts[key], through, events))
+    def _next(self) -> None:
+        """Partitions asked for while a run was reading: their run now."""
+        if self._late and not self.reading:
+            late, self._late = self._late, set()
+            self._late_reading = True
+            self._start(late, self._late_end)

@@ -13,7 +13,7 @@ import time
 
 from odin_ws.common.events import Event
 from odin_ws.shard.clients.recoveryhold import POLL
-from odin_ws.shard.kafka.warmup import WarmedPartition, WarmupReport, WarmupState
+from odin_ws.shard.kafka.warmread import WarmedPartition, WarmupReport, WarmupState
 from tests.helpers import ShardTestCase, StreamClient, sample, text
 from tests.helpers.sse import sse_request
 

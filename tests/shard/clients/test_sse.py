@@ -17,6 +17,7 @@ from odin_ws.shard.clients import messages, sse
 from odin_ws.shard.delivery import ssefeed
 from odin_ws.shard.delivery.ssefeed import Tops, vector_text
 from odin_ws.shard.history import positions
+from odin_ws.shard.history.holes import UNDECODABLE, Hole
 from tests.helpers import ShardTestCase, StalledSocket, StreamClient, sample
 from tests.helpers.cases import ShardClient, _ports
 
@@ -516,6 +517,36 @@ class DropPolicyTests(StreamTestCase):
         self.assertEqual({e.envelope for e in sent} - set(got) - recovered, set())
 
 
+    def test_dropped_hole_is_counted_once_when_recovered(self):
+        """
+        A hole (an undecodable record) dropped for a stalled stream is not
+        counted as told (it was not: the dropped gap names it); the stream
+        recovered from that gap replays it, and counts it then: once in
+        all (before, twice: as sent live and again in the replay).
+        """
+        stalled = self.stream({"channels": "odin.token.T1.trade"},
+                              transport=StalledSocket(IPv4Address("TCP", "10.0.0.1", next(_ports))))
+        while not self.shard.stats.dropped["drop"]:     # up to the 4 KiB buffer
+            self.deliver(self.event("T1"))
+        dropped = self.shard.stats.dropped["drop"]
+        self.offset[(TOPIC, 0)] += 1
+        self.deliver(Hole("invalid_json", "T1", "trade", int(time.time() * 1000), TOPIC, 0,
+                          self.offset[(TOPIC, 0)], "ep1"))
+        self.assertEqual((self.shard.stats.dropped["drop"] - dropped,
+                          self.shard.stats.gaps.get(UNDECODABLE, 0)), (1, 0))
+        msgs = []
+        for _ in range(50):
+            stalled.transport.drain()
+            self.advance(0)
+            msgs += stalled.messages()
+        gap = [m for m in msgs if m.event == "gap" and m.json()["reason"] == "dropped"][-1].json()
+        again = self.stream({"channels": "odin.token.T1.trade", "since": gap["since"]},
+                            ip="10.0.0.2")
+        told = [m for m in again.messages() if m.event == "gap"]
+        self.assertEqual([m.json()["reason"] for m in told], [UNDECODABLE])
+        self.assertEqual(self.shard.stats.gaps[UNDECODABLE], 1)
+
+
 class UrlSubscribeTests(StreamTestCase):
     def handshake(self, target: str, ip: str = "10.0.0.1") -> ShardClient:
         client = ShardClient(self.shard, ip)
@@ -720,3 +751,9 @@ class StaleTests(StreamTestCase):
         msgs = s.messages()
         self.assertEqual([m.event for m in msgs], [None, None, None, "gap"])
         self.assertEqual([m.data.encode() for m in msgs[:3]], [e.envelope for e in fresh])
+
+
+class PythonLoopDropPolicyTests(DropPolicyTests):
+    """L{DropPolicyTests} with the pure-Python send loop (the others run the C loop where built)."""
+
+    settings = {**DropPolicyTests.settings, "outbound.native": "off"}

@@ -519,3 +519,46 @@ class CatchUpHoleTests(CatchUpTestCase):
         got = self.read_all(c)
         self.assertEqual([m["type"] for m in got].count("gap"), 1)
         self.assertEqual(self.shard.stats.gaps, {UNDECODABLE: 1})
+
+
+class CatchUpAfterFailedDeliveryTests(CatchUpTestCase):
+    """
+    Catch-up while runs of a delivery that raised before its write still
+    wait for the C send loop (the end of the turn writes them).
+    """
+
+    settings = {**CatchUpTestCase.settings, "outbound__native": "on"}
+
+    def test_catch_up_end_takes_no_kept_run_twice(self):
+        """
+        The stalled reader drains while such runs wait: it gets every event
+        once, in order (before, the catch-up read their events from history,
+        went live, then the runs were written to it again).
+        """
+        c = self.stalled("odin.token.A.trade")
+        sent = []
+        for _ in range(9):
+            sent += self.deliver(self.event("A"))
+        self.assertIsNotNone(c.proto.outbox.behind)
+        flush = self.shard.fanout.flush
+
+        def failing() -> bool:
+            self.shard.fanout.flush = flush
+            raise RuntimeError("a delivery's bug")
+        self.shard.fanout.flush = failing
+        more = [self.event("A"), self.event("A")]
+        self.assertRaises(RuntimeError, self.deliver, *more)
+        got = self.read_all(c)
+        self.assertEqual([m["pos"] for m in got], positions_of(sent + more))
+
+
+class PythonLoopCatchUpTests(CatchUpTests):
+    """L{CatchUpTests} with the pure-Python send loop (the others run the C loop where built)."""
+
+    settings = {**CatchUpTestCase.settings, "outbound__native": "off"}
+
+
+class PythonLoopCatchUpAfterFailedDeliveryTests(CatchUpAfterFailedDeliveryTests):
+    """L{CatchUpAfterFailedDeliveryTests} with the pure-Python send loop (nothing is kept)."""
+
+    settings = {**CatchUpTestCase.settings, "outbound__native": "off"}

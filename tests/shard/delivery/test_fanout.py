@@ -7,7 +7,9 @@ Outbox.flush), with the kernel's unsent bytes bounded.
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -17,22 +19,26 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from odin_ws.common.events import Event
 from odin_ws.common.twisted_internals import held
 from odin_ws.shard.delivery.fanout import Fanout, limit_unsent
 from odin_ws.shard.delivery.frames import Chunk
 from odin_ws.shard.delivery.outbox import Outbox
 from odin_ws.shard.delivery.writestats import WriteStats, WriteStatsCollector
+from odin_ws.shard.history.holes import Hole
 from tests.helpers import (
     PLAIN_UPGRADE,
     CountingTransport,
     FakeProtocol,
     LoopbackClient,
     SendLoop,
+    ShardTestCase,
     Sink,
     event,
     events_in,
     policies,
     tcp_pair,
+    text,
 )
 
 
@@ -636,3 +642,91 @@ class NativeRealSocketTests(RealSocketTests):
     """L{RealSocketTests} with the C send loop doing the direct sends."""
 
     native = True
+
+
+class NoticeOrderTests(ShardTestCase):
+    """
+    Notices and replies queued into an Outbox directly never overtake the
+    events published before them, kept for the C send loop until the write
+    (with the Python loop here; L{NativeNoticeOrderTests} with the C loop).
+    """
+
+    settings = {"kafka__topics": {"odin.trades": "trade"}, "outbound__native": "off",
+                "keepalive__ping_interval": 0}
+
+    def setUp(self):
+        super().setUp()
+        self.offset = 99
+
+    def event(self, token: str = "A") -> Event:
+        self.offset += 1
+        return Event.build(token, "trade", b'{"p":%d}' % self.offset, int(time.time() * 1000),
+                           "odin.trades", 0, self.offset, "ep1")
+
+    def hole(self, token: str = "A") -> Hole:
+        self.offset += 1
+        return Hole("invalid_json", token, "trade", int(time.time() * 1000), "odin.trades", 0,
+                    self.offset, "ep1")
+
+    def kinds(self, client) -> list[str]:
+        self.advance(0)
+        return [m["type"] for m in client.messages()]
+
+    def test_hole_in_place_among_its_batch(self):
+        """
+        A hole between events of one batch reaches a plain subscriber and
+        one with options (a filter) in its place: events, gap, event.
+        """
+        plain = self.connect()
+        self.subscribe(plain, "odin.token.A.trade")
+        filtered = self.connect(ip="10.0.0.2")
+        filtered.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"],
+                            "filter": {"p": {"gte": 0}}}))
+        filtered.messages()
+        self.shard.delivery.deliver([self.event(), self.event(), self.hole(), self.event()])
+        self.assertEqual(self.kinds(plain), ["event", "event", "gap", "event"])
+        self.assertEqual(self.kinds(filtered), ["event", "event", "gap", "event"])
+
+    def test_unsubscribed_after_the_events_before_it(self):
+        """The unsubscribed answer comes after the events delivered before it."""
+        c = self.connect()
+        self.subscribe(c, "odin.token.A.trade")
+        self.shard.delivery.deliver([self.event(), self.event()])
+        c.send(text({"type": "unsubscribe", "channels": ["odin.token.A.trade"]}))
+        self.shard.delivery.deliver([self.event()])
+        self.assertEqual(self.kinds(c), ["event", "event", "unsubscribed"])
+
+    def test_recovery_answer_between_the_events_around_it(self):
+        """A recovery's ack and replay come after the events before it, before the live ones after."""
+        c = self.connect()
+        self.subscribe(c, "odin.token.B.trade")
+        first = self.event("A")
+        self.shard.delivery.deliver([first, self.event("A"), self.event("B")])
+        pos = json.loads(first.envelope)["pos"]
+        c.send(text({"type": "subscribe", "channels": ["odin.token.A.trade"], "since": [pos]}))
+        self.shard.delivery.deliver([self.event("A")])
+        self.assertEqual(self.kinds(c), ["event", "subscribed", "event", "event"])
+
+    def test_reply_after_the_events_of_a_batch_that_failed(self):
+        """
+        A delivery that raised before its write leaves its runs to the end
+        of the turn: a reply queued meanwhile (a pong) still comes after
+        them (with the C loop it went first: the runs were kept, not queued).
+        """
+        c = self.connect()
+        self.subscribe(c, "odin.token.A.trade")
+        flush = self.shard.fanout.flush
+
+        def failing() -> bool:
+            self.shard.fanout.flush = flush
+            raise RuntimeError("a delivery's bug")
+        self.shard.fanout.flush = failing
+        self.assertRaises(RuntimeError, self.shard.delivery.deliver, [self.event(), self.event()])
+        c.send(text({"type": "ping", "id": 1}))
+        self.assertEqual(self.kinds(c), ["event", "event", "pong"])
+
+
+class NativeNoticeOrderTests(NoticeOrderTests):
+    """L{NoticeOrderTests} with the C send loop (runs kept until the write)."""
+
+    settings = {**NoticeOrderTests.settings, "outbound__native": "on"}

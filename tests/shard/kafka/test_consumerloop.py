@@ -18,7 +18,13 @@ from odin_ws.shard.kafka.consumerloop import ConsumerLoop
 from odin_ws.shard.kafka.records import RecordMapper
 from tests.helpers import sample
 from tests.helpers.fakes import FakeKafkaMessage
-from tests.shard.kafka.test_ingest import FakeIncarnations, FakeIngest, RebalanceConsumer, make_settings
+from tests.helpers.kafkafakes import (
+    FakeConsumer,
+    FakeIncarnations,
+    FakeIngest,
+    RebalanceConsumer,
+    make_settings,
+)
 
 
 class PlacingConsumer(RebalanceConsumer):
@@ -340,3 +346,55 @@ class RejoinTests(SynchronousTestCase):
         self.assertFalse(rejoin.is_set())
         self.assertEqual(sample("odinws_kafka_group_rejoins_total"), before + 1)
         self.assertEqual(len([line for line in logged if "joining again" in line]), 1)
+
+
+class ConsumerLoopTakeTests(SynchronousTestCase):
+    """How the loop asks librdkafka for records (issue 15: no wait for a full batch)."""
+
+    def loop(self, consumer: FakeConsumer, poll_batch: int = 500) -> ConsumerLoop:
+        settings = make_settings("127.0.0.1:1", "t", "g", **{"kafka.poll_batch": poll_batch,
+                                                             "kafka.poll_timeout": 0.25})
+        return ConsumerLoop(FakeIngest(), consumer, RecordMapper.from_settings(settings.kafka),
+                            settings.kafka, threading.Event(), queue.SimpleQueue(), 4,
+                            FakeIncarnations({"t": "e1"}))
+
+    def test_firstRecordThenWhatIsBuffered(self):
+        """
+        The loop waits (up to poll_timeout) for one record only, then takes
+        whatever else is already fetched without waiting, up to poll_batch:
+        a quiet stream's event is not held for poll_timeout, a burst is
+        still one batch.
+        """
+        first = [FakeKafkaMessage("t", 0, 0)]
+        rest = [FakeKafkaMessage("t", 0, 1), FakeKafkaMessage("t", 0, 2)]
+        consumer = FakeConsumer([first, rest])
+        self.assertEqual(self.loop(consumer).take(), first + rest)
+        self.assertEqual(consumer.calls, [(1, 0.25), (499, 0)])
+
+    def test_nothingThere(self):
+        """When nothing came within poll_timeout there is no second call."""
+        consumer = FakeConsumer([])
+        self.assertEqual(self.loop(consumer).take(), [])
+        self.assertEqual(consumer.calls, [(1, 0.25)])
+
+    def test_fatalErrorStops(self):
+        """
+        A fatal error returned by consume() (librdkafka's consumer fenced by
+        another with this shard's group.instance.id) goes to the owner as
+        fatal, and nothing after it in the batch is handled.
+        """
+        fenced = KafkaError(KafkaError._FATAL, "Fatal consumer error: Broker: Static consumer "
+                            "fenced by other consumer with same group.instance.id")
+        ingest = FakeIngest()
+        loop = self.loop(FakeConsumer([]))
+        loop.ingest = ingest
+        loop.handle([FakeKafkaMessage("t", 0, 0, error=fenced), FakeKafkaMessage("t", 0, 1)])
+        self.assertEqual(len(ingest.fatals), 1)
+        self.assertIn("fenced", ingest.fatals[0])
+        self.assertEqual(ingest.batches, [])
+
+    def test_batchOfOne(self):
+        """With poll_batch 1 a record is taken alone."""
+        consumer = FakeConsumer([[FakeKafkaMessage("t", 0, 0)]])
+        self.assertEqual(len(self.loop(consumer, poll_batch=1).take()), 1)
+        self.assertEqual(consumer.calls, [(1, 0.25)])

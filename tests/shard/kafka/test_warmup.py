@@ -21,7 +21,8 @@ from odin_ws.common import config as configmod
 from odin_ws.common.events import Event, Partition, decode_batch
 from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.records import RecordMapper
-from odin_ws.shard.kafka.warmup import HistoryWarmup, WarmedPartition, WarmupReport, WarmupState
+from odin_ws.shard.kafka.warmread import WarmedPartition, WarmupReport, WarmupState
+from odin_ws.shard.kafka.warmup import HistoryWarmup
 from tests.helpers import ShardTestCase, sample, text
 from tests.helpers.fakes import FakeKafkaMessage
 
@@ -171,7 +172,9 @@ class WarmupTests(SynchronousTestCase):
         consumer = FakeConsumer(logs, low=50)
         warmup = self.warm(consumer, history__max_events_per_partition=6)
         by = {w.partition: w for w in self.handed}
-        self.assertEqual(sorted(by), [0, 1])           # partition 2: nothing young enough
+        # Partition 2, nothing young enough: its position only (after offset 50).
+        self.assertEqual(sorted(by), [0, 1, 2])
+        self.assertEqual((by[2].start, by[2].through, by[2].events), (51, 50, []))
         self.assertEqual((by[0].start, by[0].through, self.seqs(by[0])),
                          (54, 59, [4, 5, 6, 7, 8, 9]))
         self.assertEqual((by[1].start, by[1].through, self.seqs(by[1])),
@@ -223,6 +226,53 @@ class WarmupTests(SynchronousTestCase):
         self.assertEqual((by[0].through, by[1].through, self.seqs(by[1])),
                          (9, 3, [100, 101, 102, 103]))
         self.assertEqual((self.reports[0].state, self.reports[0].incomplete), ("done", 1))
+
+    def test_late_partitions_read_alone_after_the_start(self):
+        """
+        warm() of a partition first seen after the warm-up (the warm gate's
+        late case) reads it back alone, by the same rules, in a run of its
+        own, with a consumer of its own, and reports the run with its
+        partitions; the start's report (/health) stays the start's.
+        """
+        now = int(time.time() * 1000)
+        logs = {(TOPIC, p): [(record(10 * p + i), now - 1000) for i in range(5)]
+                for p in range(3)}
+        consumers = [FakeConsumer(logs), FakeConsumer(logs)]
+        s = settings(history__max_events_per_partition=3)
+        started, late = threading.Event(), threading.Event()
+        ends: list[Any] = []
+        handed: list[WarmedPartition] = []
+
+        def late_done(partitions, report):
+            ends.append((partitions, report.state, report.partitions))
+            late.set()
+        warmup = HistoryWarmup(ImmediateReactor(), s, RecordMapper.from_settings(s.kafka),
+                               {"bootstrap.servers": "x"}, handed.append,
+                               lambda r: started.set(), lambda conf: consumers.pop(0),
+                               FakeIncarnations(), on_late=late_done)
+        warmup.startService()
+        self.addCleanup(warmup.stopService)
+        self.assertTrue(started.wait(30))
+        # (Its callbacks ran in its thread: ImmediateReactor.) Over before warm().
+        warmup._thread.join(30)
+        self.assertEqual(sorted(w.partition for w in handed), [0, 1, 2])
+        handed.clear()
+        warmup.warm({(TOPIC, 1)})
+        self.assertTrue(late.wait(30))
+        self.assertEqual([(w.partition, w.start, w.through) for w in handed], [(1, 2, 4)])
+        self.assertEqual(ends, [({(TOPIC, 1)}, "done", 1)])
+        self.assertEqual((warmup.status()["state"], warmup.status()["partitions"]), ("done", 3))
+
+    def test_late_partitions_when_stopped(self):
+        """Asked while the service is not running: reported at once, nothing read."""
+        s = settings()
+        ends: list[Any] = []
+        warmup = HistoryWarmup(ImmediateReactor(), s, RecordMapper.from_settings(s.kafka),
+                               {"bootstrap.servers": "x"}, lambda w: None, lambda r: None,
+                               lambda conf: self.fail("no consumer"), FakeIncarnations(),
+                               on_late=lambda ps, r: ends.append((ps, r.state)))
+        warmup.warm([(TOPIC, 0)])
+        self.assertEqual(ends, [({(TOPIC, 0)}, "stopped")])
 
     def test_off(self):
         """history.warmup_timeout 0: no consumer, no thread, state off."""
