@@ -81,12 +81,13 @@ bench: $(STAMP)
 # against its own pure-Python send loop, in one run, and the fan-out loop's
 # instructions per frame under callgrind (valgrind; docs/performance.md,
 # "Cost per frame"): how a change is measured on the hot path.
+# (The setting's value is YAML: "off" quoted, or it reads as the boolean false.)
 BEFORE ?= HEAD
 bench-cost: $(STAMP)
 	sh bench/setup.sh
 	$(PY) -m odinws_tools.kafka --fetch
 	$(PY) bench/cost.py --variant before=$(BEFORE) --variant now=. \
-		--variant python-loop=.:outbound.native=off --doc
+		--variant 'python-loop=.:outbound.native="off"' --doc
 
 # A reconnection storm (bench/storm.py; docs/performance.md, "Reconnection
 # storms"): STORM_CLIENTS clients at once to a fresh node of STORM_SHARDS

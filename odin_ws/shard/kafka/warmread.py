@@ -221,6 +221,10 @@ class WarmRead:
                 # Nothing to read (empty, or nothing young enough): its
                 # position is learnt all the same, so a re-read of what is
                 # older (from an old commit) is not taken for live events.
+                # Under read_committed, "high" is the last stable offset:
+                # librdkafka (2.x, rd_kafka_ListOffsetsRequest) sends the
+                # client's isolation.level with ListOffsets, so a record of
+                # a transaction still open is past it, and live once committed.
                 topic, partition = key
                 self.hand_over(WarmedPartition(topic, partition, self.epochs.get(topic, ""),
                                                high, high - 1))
