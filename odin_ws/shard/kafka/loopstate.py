@@ -93,6 +93,10 @@ class LoopState:
         may still come back on C{done}).
     @param rejoin: set when the consumer should leave its group and join
         again (L{rejoin_group}); cleared by the loop.
+    @param renewed: the topics seen change identity while the shard runs,
+        and C{started_ms}: when the shard's first consumer started. Both
+        are the shard's, not this consumer's: a replacement (after a stall
+        or a fatal error) goes on from them. None: this loop's own.
     """
 
     def __init__(self, ingest: LoopOwner, consumer: Consumer, mapper: RecordMapper,
@@ -100,7 +104,8 @@ class LoopState:
                  done: queue.SimpleQueue[int], max_pending: int,
                  incarnations: TopicIncarnations, cooperative: bool = False,
                  layout: TopicLayout | None = None, fatal: threading.Event | None = None,
-                 first_id: int = 0, rejoin: threading.Event | None = None):
+                 first_id: int = 0, rejoin: threading.Event | None = None,
+                 renewed: set[str] | None = None, started_ms: int | None = None):
         self.ingest = ingest
         self.rejoin = rejoin or threading.Event()
         self.cooperative = cooperative
@@ -120,7 +125,7 @@ class LoopState:
         #: whenever librdkafka resolves a logical offset: that resolution came
         #: up to ~1 s after the assignment on Tansu (measured: the first ~40
         #: records at 50/s, produced after clients had subscribed, skipped).
-        self.started_ms = int(time.time() * 1000)
+        self.started_ms = started_ms if started_ms is not None else int(time.time() * 1000)
         # Partitions whose start waits for the topics' identities (brokers
         # not answering the lookup): placed at the next successful one.
         self.unplaced: set[Partition] = set()
@@ -128,7 +133,7 @@ class LoopState:
         # broker replaced): a partition of one without a usable offset was
         # never read by the group in this incarnation, whenever it is
         # assigned, so all of its log is new (placed from its beginning).
-        self.renewed: set[str] = set()
+        self.renewed: set[str] = renewed if renewed is not None else set()
         # Assigned partitions with an offset stored since their assignment.
         self.stored: set[Partition] = set()
         self.poll_batch = settings.poll_batch

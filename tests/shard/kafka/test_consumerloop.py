@@ -209,6 +209,39 @@ class OffsetsLostTests(SynchronousTestCase):
         self.assertEqual(self.consumer.calls, [("incremental_unassign", [("t", 1)]),
                                                ("incremental_assign", [("t", 1, OFFSET_BEGINNING)])])
 
+    def test_replacementGoesOnFromWhatTheShardLearnt(self):
+        """
+        A consumer replaced (after a stall or a fatal error) shares the
+        shard's topic identities, so its own lookup finds nothing new: the
+        topics found renewed and the start time are the shard's, passed
+        in. A renewed topic's partition without a usable offset still
+        starts at the beginning of the new log; otherwise "latest" counts
+        from the shard's first consumer. (With its own, a replacement after
+        a broker was replaced started the new log at its first record since
+        the replacement: 150 events lost, /health ok.)
+        """
+        first = self.loop()
+        self.incarnations.ids["t"] = "e2"
+        first.refresh_epochs()
+
+        def replacement(renewed: set[str]) -> ConsumerLoop:
+            settings = make_settings("127.0.0.1:1", "t", "g", **{"kafka.start_offset": "latest"})
+            loop = ConsumerLoop(self.ingest, self.consumer, first.mapper, settings.kafka,
+                                threading.Event(), queue.SimpleQueue(), 4, self.incarnations,
+                                cooperative=True, layout=FakeLayout(), renewed=renewed,
+                                started_ms=first.started_ms - 60_000)
+            loop.on_assign(self.consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+            self.consumer.calls.clear()
+            loop.handle([reset_error(1)])
+            return loop
+        replacement(first.renewed)
+        self.assertEqual(self.consumer.calls[-1],
+                         ("incremental_assign", [("t", 1, OFFSET_BEGINNING)]))
+        self.consumer.since = {("t", 1): 7}
+        replacement(set())
+        self.assertEqual(self.consumer.calls[-1], ("incremental_assign", [("t", 1, 7)]))
+        self.assertEqual(self.consumer.times_asked[-1], first.started_ms - 60_000)
+
     def test_partitionNeverReadByTheGroupFromItsBeginning(self):
         """
         With start_offset latest, a partition the group never read while it
