@@ -452,9 +452,12 @@ def main() -> int:
     if args.merge:
         with open(args.merge) as f:
             old = json.load(f)
-        # Marked, so that ratios between cells of different runs are not reported.
+        # Marked, so that ratios between cells of different runs are not
+        # reported; a server's cells of a kind (everyone, random tokens)
+        # measured now replace all of its earlier ones of that kind.
+        now = {(c["server"], c.get("kind")) for c in results["cells"]}
         results["cells"] += [dict(c, merged_from=old["started"]) for c in old["cells"]
-                             if c["server"] not in servers]
+                             if (c["server"], c.get("kind")) not in now]
         results["slow"] += [s for s in old["slow"] if s["server"] not in servers]
         results["merged_from"] = old["started"]
     text = report.render(results)
