@@ -84,13 +84,7 @@ class FakeIncarnations(TopicIncarnations):
 
     def refresh(self, topics):
         self.lookups += 1
-        changed = {}
-        for topic in topics:
-            epoch = self.ids.get(topic, "")
-            if epoch != self.epoch(topic):
-                changed[topic] = self.epoch(topic)
-                self._epochs[topic] = epoch
-        return changed
+        return self._record({topic: self.ids.get(topic, "") for topic in topics})
 
 
 class RebalanceConsumer:

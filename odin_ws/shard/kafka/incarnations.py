@@ -79,6 +79,12 @@ class TopicIncarnations:
         self._admin: Any = None
         self._epochs: dict[str, str] = {}
         self._rewinds = 0
+        #: Topics a lookup found changed identity since this tracker started
+        #: (recreated, the broker replaced): a partition of one without a
+        #: usable offset was never read by the group in its new incarnation,
+        #: whenever it is assigned, so all of its log is new. Kept here, with
+        #: the epochs, so that every consumer a shard runs in turn knows it.
+        self.renewed: set[str] = set()
         #: Why the last lookup failed (None: it succeeded).
         self.failure: Exception | None = None
 
@@ -115,13 +121,19 @@ class TopicIncarnations:
             self.renew()
             return None
         self.failure = None
+        return self._record({topic: epoch_of(cluster_id, topic_id)
+                             for topic, topic_id in ids.items()})
+
+    def _record(self, epochs: dict[str, str]) -> dict[str, str]:
+        """Take C{epochs} (topic -> epoch now); the topics changed, as L{refresh} returns them."""
         changed = {}
-        for topic, topic_id in ids.items():
-            epoch = epoch_of(cluster_id, topic_id)
+        for topic, epoch in epochs.items():
             old = self._epochs.get(topic, "")
             if epoch != old:
                 changed[topic] = old
                 self._epochs[topic] = epoch
+                if old:
+                    self.renewed.add(topic)
         return changed
 
     def renew(self) -> None:

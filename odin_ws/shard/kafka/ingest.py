@@ -246,14 +246,14 @@ class KafkaIngest(ConsumerStatistics, Service):
         self._fatal = threading.Event()
         self._rejoin = threading.Event()
         # One of each for the consumers this thread runs: a replacement keeps
-        # the topics' known identities, the partition counts first seen, the
-        # topics found renewed and what "latest" counts from. (A replacement
-        # with its own: a topic renewed before it started was read from the
-        # new log's first record since the replacement, by time; measured,
-        # 150 events lost after a broker was replaced, /health "ok".)
+        # the topics' known identities (and which were renewed), the
+        # partition counts first seen and what "latest" counts from. (A
+        # replacement with its own: a topic renewed before it started was
+        # read from the new log's first record since the replacement, by
+        # time; measured, 150 events lost after a broker was replaced,
+        # /health "ok".)
         incarnations = TopicIncarnations(admin_config(conf))
         layout = TopicLayout(admin_config(conf), self._settings.kafka.topics)
-        renewed: set[str] = set()
         started_ms = int(time.time() * 1000)
 
         def make_loop(consumer: Consumer, first_id: int) -> ConsumerLoop:
@@ -261,7 +261,7 @@ class KafkaIngest(ConsumerStatistics, Service):
                                 self._stopping, self._done, self._max_pending, incarnations,
                                 cooperative=incremental(conf), layout=layout,
                                 fatal=self._fatal, first_id=first_id, rejoin=self._rejoin,
-                                renewed=renewed, started_ms=started_ms)
+                                started_ms=started_ms)
 
         body = ConsumerThread(self, consumer, lambda: Consumer(conf), make_loop,
                               self._stopping, self._fatal, self._finished)

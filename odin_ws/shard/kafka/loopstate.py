@@ -93,10 +93,10 @@ class LoopState:
         may still come back on C{done}).
     @param rejoin: set when the consumer should leave its group and join
         again (L{rejoin_group}); cleared by the loop.
-    @param renewed: the topics seen change identity while the shard runs,
-        and C{started_ms}: when the shard's first consumer started. Both
-        are the shard's, not this consumer's: a replacement (after a stall
-        or a fatal error) goes on from them. None: this loop's own.
+    @param started_ms: when the shard's first consumer started, not this
+        one: a replacement (after a stall or a fatal error) goes on from it,
+        as from the shard's C{incarnations} (the topics found renewed among
+        them). None: now.
     """
 
     def __init__(self, ingest: LoopOwner, consumer: Consumer, mapper: RecordMapper,
@@ -105,7 +105,7 @@ class LoopState:
                  incarnations: TopicIncarnations, cooperative: bool = False,
                  layout: TopicLayout | None = None, fatal: threading.Event | None = None,
                  first_id: int = 0, rejoin: threading.Event | None = None,
-                 renewed: set[str] | None = None, started_ms: int | None = None):
+                 started_ms: int | None = None):
         self.ingest = ingest
         self.rejoin = rejoin or threading.Event()
         self.cooperative = cooperative
@@ -129,11 +129,6 @@ class LoopState:
         # Partitions whose start waits for the topics' identities (brokers
         # not answering the lookup): placed at the next successful one.
         self.unplaced: set[Partition] = set()
-        # Topics seen change identity while the shard runs (recreated, the
-        # broker replaced): a partition of one without a usable offset was
-        # never read by the group in this incarnation, whenever it is
-        # assigned, so all of its log is new (placed from its beginning).
-        self.renewed: set[str] = renewed if renewed is not None else set()
         # Assigned partitions with an offset stored since their assignment.
         self.stored: set[Partition] = set()
         self.poll_batch = settings.poll_batch

@@ -63,7 +63,6 @@ class Placement(BatchOffsets):
         self.epochs_due = time.monotonic() + self.identity_every
         for topic, old in changed.items():
             if old:
-                self.renewed.add(topic)
                 self.ingest.audit("Kafka topic {topic} is a new incarnation (epoch {old} -> "
                                   "{new}): recreated, broker replaced or another cluster",
                                   topic=topic, old=old, new=self.incarnations.epoch(topic))
@@ -104,7 +103,7 @@ class Placement(BatchOffsets):
         refresh, retention). Where each starts is chosen here, once its
         topic's identity is known, so no record of a new log is delivered
         under the old one's epoch: a new incarnation from its beginning (also one
-        an earlier lookup found: C{renewed}); a
+        an earlier lookup found: C{TopicIncarnations.renewed}); a
         partition the group never read while it read others of its topic
         (added while the node was down) from its beginning; else where
         C{kafka.start_offset} says.
@@ -130,7 +129,8 @@ class Placement(BatchOffsets):
             # A new incarnation found by an earlier lookup (the periodic one
             # while a replaced broker's group re-formed, measured): the
             # records produced before this assignment are new, not "latest".
-            start = OFFSET_BEGINNING if tp.topic in self.renewed else self.start_offset
+            start = (OFFSET_BEGINNING if tp.topic in self.incarnations.renewed
+                     else self.start_offset)
             if start == OFFSET_END and self.layout is not None and self.unread(self.layout, tp):
                 start = OFFSET_BEGINNING
             starts[tp] = start

@@ -213,10 +213,10 @@ class OffsetsLostTests(SynchronousTestCase):
         """
         A consumer replaced (after a stall or a fatal error) shares the
         shard's topic identities, so its own lookup finds nothing new: the
-        topics found renewed and the start time are the shard's, passed
-        in. A renewed topic's partition without a usable offset still
-        starts at the beginning of the new log; otherwise "latest" counts
-        from the shard's first consumer. (With its own, a replacement after
+        topics found renewed are the tracker's, and the start time is the
+        shard's, passed in. A renewed topic's partition without a usable
+        offset still starts at the beginning of the new log; otherwise
+        "latest" counts from the shard's first consumer. (With its own, a replacement after
         a broker was replaced started the new log at its first record since
         the replacement: 150 events lost, /health ok.)
         """
@@ -224,21 +224,21 @@ class OffsetsLostTests(SynchronousTestCase):
         self.incarnations.ids["t"] = "e2"
         first.refresh_epochs()
 
-        def replacement(renewed: set[str]) -> ConsumerLoop:
+        def replacement(incarnations: FakeIncarnations) -> ConsumerLoop:
             settings = make_settings("127.0.0.1:1", "t", "g", **{"kafka.start_offset": "latest"})
             loop = ConsumerLoop(self.ingest, self.consumer, first.mapper, settings.kafka,
-                                threading.Event(), queue.SimpleQueue(), 4, self.incarnations,
-                                cooperative=True, layout=FakeLayout(), renewed=renewed,
+                                threading.Event(), queue.SimpleQueue(), 4, incarnations,
+                                cooperative=True, layout=FakeLayout(),
                                 started_ms=first.started_ms - 60_000)
             loop.on_assign(self.consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
             self.consumer.calls.clear()
             loop.handle([reset_error(1)])
             return loop
-        replacement(first.renewed)
+        replacement(self.incarnations)
         self.assertEqual(self.consumer.calls[-1],
                          ("incremental_assign", [("t", 1, OFFSET_BEGINNING)]))
         self.consumer.since = {("t", 1): 7}
-        replacement(set())
+        replacement(FakeIncarnations({"t": "e2"}))   # a topic it knew as it is
         self.assertEqual(self.consumer.calls[-1], ("incremental_assign", [("t", 1, 7)]))
         self.assertEqual(self.consumer.times_asked[-1], first.started_ms - 60_000)
 
