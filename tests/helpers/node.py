@@ -88,6 +88,20 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict, byt
         return e.code, dict(e.headers), e.read()
 
 
+def node_metric(node: Node, name: str, *parts: str) -> float:
+    """
+    The sum over the node's shards of the samples of C{name} in its
+    /metrics whose line has every one of C{parts} (label texts such as
+    C{'status="400"'}).
+    """
+    _, _, body = http_get(node.port, "/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name) and line[len(name)] in "{ " and all(p in line for p in parts):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 class Node:
     """A real odinws parent process (and its shards) on a free loopback port."""
 

@@ -13,20 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.helpers.node import Node, http_get, wait_for
+from tests.helpers.node import node_metric, wait_for
 from tests.helpers.rawclients import Tally, open_client, read_all
 from tests.helpers.topics import TopicNodeCase
 
 CLIENTS = 300
 STALLED = 400   # events produced while no client reads (~120 KB to each)
 LIVE = 200      # events produced while they read
-
-
-def counter(node: Node, name: str) -> float:
-    """The sum of C{name}'s samples over the node's shards (its /metrics)."""
-    _, _, body = http_get(node.port, "/metrics")
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
-               if line.startswith(name) and line[len(name)] in " {")
 
 
 class BacklogTests(TopicNodeCase):
@@ -71,8 +64,8 @@ class BacklogTests(TopicNodeCase):
             await loop.run_in_executor(None, self.produce, STALLED, 300)
             # The node took the burst and its connections filled up: behind.
             consumed = first + STALLED
-            await loop.run_in_executor(None, wait_for, lambda: counter(
-                node, "odinws_kafka_records_total") >= consumed and counter(
+            await loop.run_in_executor(None, wait_for, lambda: node_metric(
+                node, "odinws_kafka_records_total") >= consumed and node_metric(
                 node, "odinws_connections_fell_behind_total") >= 1, 60, 0.2,
                 f"the node to consume {consumed} records and connections to fall behind")
             readers = [asyncio.create_task(read_all(i, reader, tally))
@@ -93,4 +86,4 @@ class BacklogTests(TopicNodeCase):
                          f"{STALLED + LIVE} events (index, count)")
         self.assertEqual([i for i, seqs in enumerate(tally.seqs) if seqs != want], [])
         self.assertEqual(sum(tally.gaps), 0)
-        self.assertGreater(counter(node, "odinws_events_caught_up_total"), 0)
+        self.assertGreater(node_metric(node, "odinws_events_caught_up_total"), 0)

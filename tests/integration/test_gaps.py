@@ -12,20 +12,10 @@ import json
 import time
 
 from tests.helpers import SseSocket
-from tests.helpers.node import Client, Node, http_get, wait_for
+from tests.helpers.node import Client, Node, node_metric, wait_for
 from tests.helpers.topics import TopicNodeCase, stream
 
 CHANNEL = "odin.token.T0.trade"
-
-
-def metric(node: Node, name: str, *parts: str) -> float:
-    """The sum of the samples of C{name} whose line has every one of C{parts}."""
-    _, _, body = http_get(node.port, "/metrics")
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith(name) and line[len(name)] in "{ " and all(p in line for p in parts):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def read(client: Client, count: int) -> list[dict]:
@@ -101,7 +91,7 @@ class UndecodableTests(GapNodeCase):
         again, after = read(late, 2)
         self.assertEqual(again, gap)
         self.assertEqual(after["data"], {"seq": 2})
-        self.assertGreaterEqual(metric(node, "odinws_kafka_rejected_total",
+        self.assertGreaterEqual(node_metric(node, "odinws_kafka_rejected_total",
                                        'reason="invalid_json"'), 1)
 
     def test_channel_in_the_value_is_counted_untold(self):
@@ -112,7 +102,7 @@ class UndecodableTests(GapNodeCase):
         node = self.node(**{"kafka.token_field": "token"})
         self.broker.produce(self.topic, None, b'{"token": "T0"', partition=0)
         self.broker.flush()
-        wait_for(lambda: metric(node, "odinws_kafka_untold_total",
+        wait_for(lambda: node_metric(node, "odinws_kafka_untold_total",
                                 'reason="invalid_json"') >= 1, 30, 0.3, "an untold record")
 
 

@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.helpers import SseSocket
-from tests.helpers.node import Node, http_get, wait_for
+from tests.helpers.node import Node, node_metric, wait_for
 from tests.helpers.topics import TopicNodeCase
 
 ALL = "odin.token.*.*"
@@ -57,16 +57,6 @@ class SseNodeCase(TopicNodeCase):
             return sum(map(len, got.values())) >= total
         wait_for(enough, 60, 0, f"{total} events")
 
-    def metric(self, node: Node, name: str, *parts: str) -> float:
-        """The sum of the samples of C{name} whose line has every one of C{parts}."""
-        _, _, body = http_get(node.port, "/metrics")
-        total = 0.0
-        for line in body.decode().splitlines():
-            if line.startswith(name) and line[len(name)] in "{ " and \
-                    all(p in line for p in parts):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
 
 class StreamTests(SseNodeCase):
     shards = 1
@@ -104,7 +94,7 @@ class StreamTests(SseNodeCase):
         self.assertEqual((s.status, s.error()["code"]), (400, "invalid_position"))
         s = SseSocket(node.port, {})
         self.assertEqual((s.status, s.error()["code"]), (400, "invalid_message"))
-        wait_for(lambda: self.metric(node, "odinws_rejected_connections_total", 'status="400"',
+        wait_for(lambda: node_metric(node, "odinws_rejected_connections_total", 'status="400"',
                                      'reason="invalid_') >= 3, 10, 0.3, "the refusals counted")
 
     def test_subscribe_by_url_over_websocket(self):
@@ -207,9 +197,9 @@ class SlowStreamTests(SseNodeCase):
         s.next()
         for _ in range(10):
             self.produce(50, pad=2000)
-            if self.metric(node, "odinws_slow_disconnects_total") >= 1:
+            if node_metric(node, "odinws_slow_disconnects_total") >= 1:
                 break
-        wait_for(lambda: self.metric(node, "odinws_slow_disconnects_total") >= 1, 30, 0.3,
+        wait_for(lambda: node_metric(node, "odinws_slow_disconnects_total") >= 1, 30, 0.3,
                  "a slow disconnect")
         last = None
         while True:
