@@ -35,7 +35,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -53,6 +53,7 @@ from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop
 from odin_ws.shard.kafka.consumerstats import ConsumerStatistics, IngestState
 from odin_ws.shard.kafka.consumerthread import ConsumerThread
 from odin_ws.shard.kafka.errors import describe_error
+from odin_ws.shard.kafka.handover import Handover
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
 from odin_ws.shard.kafka.progress import PartitionProgress
 from odin_ws.shard.kafka.records import RecordMapper
@@ -74,8 +75,10 @@ UNANSWERED_AFTER = 3.0
 class KafkaIngest(ConsumerStatistics, Service):
     """
     Consume C{kafka.topics} in the node's consumer group and call
-    C{on_batch(events)} in the reactor thread for each non-empty batch. If it
-    returns a Deferred, the batch counts as taken when that fires (a failure
+    C{on_batch(events)} in the reactor thread for each non-empty batch (the
+    batches queued behind a busy reactor joined into one call, up to
+    C{kafka.poll_batch} events: L{Handover}). If it returns a Deferred, the
+    batches count as taken when that fires (a failure
     is logged and the batch still counts as taken: a stuck offset would stop
     the partition's commits for good).
 
@@ -99,7 +102,6 @@ class KafkaIngest(ConsumerStatistics, Service):
         self._settings = settings
         self._shard = shard
         self._mapper = mapper
-        self._on_batch = on_batch
         self._max_pending = max_pending
         self._thread: threading.Thread | None = None
         self._finished: Deferred | None = None
@@ -111,6 +113,7 @@ class KafkaIngest(ConsumerStatistics, Service):
         #: Partition count of each configured topic, as the consumer's metadata says.
         self._partitions: dict[str, int] = {}
         self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._handover = Handover(reactor, on_batch, self._done, settings.kafka.poll_batch)
         # Status, written by the consumer thread, read by status().
         self._state = IngestState.STOPPED
         self._connected = False
@@ -225,6 +228,8 @@ class KafkaIngest(ConsumerStatistics, Service):
         Service.startService(self)
         self._stopping = threading.Event()
         self._done = queue.SimpleQueue()
+        self._handover = Handover(self._reactor, self._handover.deliver, self._done,
+                                  self._settings.kafka.poll_batch)
         self._connected = False
         self._last_error = self._connection_error = None
         self._missing = frozenset()
@@ -299,18 +304,15 @@ class KafkaIngest(ConsumerStatistics, Service):
         finished.addBoth(closed)
         return done
 
-    # Reactor side of a batch.
-
-    def _deliver(self, batch_id: int, events: list[Event]) -> None:
-        d = maybeDeferred(self._on_batch, events)
-        d.addErrback(lambda f: log.failure("on_batch failed for {n} events", f, n=len(events)))
-        d.addBoth(lambda _: self._done.put(batch_id))
-
     # Consumer thread: the loop's API.
 
     def hand_over(self, batch_id: int, events: list[Event]) -> None:
-        """Consumer thread: give a batch to the reactor; its id comes back on the done queue."""
-        self._reactor.callFromThread(self._deliver, batch_id, events)
+        """
+        Consumer thread: give a batch to the reactor; its id comes back on
+        the done queue. Batches queued behind a busy reactor are delivered
+        together (L{Handover}).
+        """
+        self._handover.give(batch_id, events)
 
     def broker_reached(self) -> None:
         """Consumer thread: records or an assignment arrived, so the broker is there."""
