@@ -155,7 +155,9 @@ class KafkaSettings:
         "outbound.max_buffer_bytes.", minimum=1)
     poll_batch: int = setting(
         500, "Most records taken per poll: a poll returns as soon as one record is there, with "
-        "whatever else is already fetched.", minimum=1)
+        "whatever else is already fetched. Also the most events one delivery takes when "
+        "batches queue behind a busy shard (they are joined into one round of sends).",
+        minimum=1)
     poll_timeout: float = setting(
         0.05, "Seconds a poll waits for a first record (not a latency: records are handed over as "
         "soon as they arrive).", minimum=0.001)
