@@ -350,18 +350,13 @@ def render(results: dict) -> str:
     for c in sorted(_classic(results), key=lambda c: (c["server"] != "odinws", c["server"],
                                                        c["conns"], c["mode"])):
         last = c["steps"][-1]
-        notes = []
-        if c["client_bound"]:
-            notes.append("client-bound" if c["saturated"] else "not saturated")
-        if any(s.get("closed") for s in c["steps"]):
-            notes.append(f"{max(s['closed'] or 0 for s in c['steps'])} closed")
         out.append(
             f"| {c['server']} | {c['conns']:,} | {c['mode']} | {_k(c['max_fps'])} | "
             f"{_k(tight_max(c))} | "
             f"{_ms(c['half']['p50_ms'])} / {_ms(c['half']['p99_ms'])} | {_own(c)} | "
             f"{last['server_cpu']:.0%} ({last.get('core0', 0):.0%}) | {last['cpu']:.0%} | "
             f"{c['rss_idle'] / 2**20:.1f} MiB | "
-            f"{c['rss_per_conn'] / 1024:.1f} KiB | {', '.join(notes)} |")
+            f"{c['rss_per_conn'] / 1024:.1f} KiB | {_notes(c)} |")
     if results["slow"]:
         out += ["", "Slow clients (every 10th connection stops reading after subscribing):", "",
                 "| server | conns (stalled) | events/s | others' rate (median, of offered) "
@@ -395,6 +390,8 @@ def _notes(c: dict) -> str:
         notes.append("client-bound" if c["saturated"] else "not saturated")
     if any(s.get("closed") for s in c["steps"]):
         notes.append(f"{max(s['closed'] or 0 for s in c['steps'])} closed")
+    if c["half"].get("backlog"):
+        notes.append("half-max window after an undrained backlog")
     return ", ".join(notes)
 
 

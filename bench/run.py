@@ -38,6 +38,7 @@ WINDOW = 2.0      # seconds of one measurement window
 HALF_SETTLE = 3.0  # seconds at half the maximum before its window: a server that batches
                   # more when behind reaches its steady batch size (not the ramp-up's)
 RAMP = 1.6        # rate factor between ramp steps
+DRAIN_LIMIT = 60.0  # seconds a server may take to deliver its backlog after a saturated step
 KEPT_UP = 0.93    # delivered/offered at or above this = the server kept up
 MAX_WINDOW = 6.0  # longest window (slow bursts: see window_for)
 P99_BOUND = 500.0  # ms; above it the server is behind even if the rate matches
@@ -112,14 +113,20 @@ class Instance:
         st["rss"] = self.rss()
         return st
 
-    def drain(self, limit: float = 20.0) -> None:
-        """Stop events and wait until nothing arrives for half a second."""
+    def drain(self, limit: float = DRAIN_LIMIT) -> bool:
+        """
+        Stop events and wait until nothing arrives for half a second; False
+        if frames still came after C{limit} seconds (a window after it
+        measures that backlog, and is marked so).
+        """
         for batch in self.server.batches[:1]:
             self.set_rate(0, batch)
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.window(0.5)["frames"] == 0:
-                return
+                return True
+        log(f"    {self.server.name}: still delivering a backlog after {limit:g}s of drain")
+        return False
 
     def warm_up(self, batch: int) -> None:
         """
@@ -223,7 +230,7 @@ def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
     # (and odinws's parent): saturated, it bounds the cell, not the server.
     client_bound = any(s["cpu"] >= 0.95 or (s.get("core1") or 0.0) >= 0.95
                        for s in steps if not s["kept_up"]) or not saturated
-    inst.drain()
+    drained = inst.drain()
     if not max_fps:
         raise RuntimeError(f"{inst.server.name}: no step delivered frames (see its logs)")
     # Latency at half the maximum delivered rate.
@@ -232,6 +239,8 @@ def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
     time.sleep(HALF_SETTLE)
     st, own = own_share(inst, max(3.0, window_for(half_rate, batch)[0]))
     half = summary(st, rate=half_rate, offered=half_rate * inst.fanout, own=own)
+    if not drained:
+        half["backlog"] = True
     log(f"    {MODES[batch]:5} max {max_fps / 1e3:.1f}k frames/s; at half: p50 "
         f"{st['p50_ms']:.2f} p99 {st['p99_ms']:.2f} ms"
         + (f"; own share p50 {own['p50_ms']:.2f} p99 {own['p99_ms']:.2f} ms" if own else ""))
