@@ -38,6 +38,8 @@ WINDOW = 2.0      # seconds of one measurement window
 HALF_SETTLE = 3.0  # seconds at half the maximum before its window: a server that batches
                   # more when behind reaches its steady batch size (not the ramp-up's)
 RAMP = 1.6        # rate factor between ramp steps
+COMMON_CONNS = 1000  # cells with one more own-share window, at COMMON_FPS
+COMMON_FPS = 50_000.0  # frames/s: half of cpython-raw's 1k maximum or less, on these machines
 DRAIN_LIMIT = 60.0  # seconds a server may take to deliver its backlog after a saturated step
 KEPT_UP = 0.93    # delivered/offered at or above this = the server kept up
 MAX_WINDOW = 6.0  # longest window (slow bursts: see window_for)
@@ -187,8 +189,11 @@ def own_share(inst: Instance, seconds: float) -> tuple[dict, dict | None]:
     return st, server.own_share()
 
 
-def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
-    """Raise the event rate until the server falls behind; its best rate is the max."""
+def ramp(inst: Instance, batch: int, start_fps: float, common: bool = False) -> dict:
+    """
+    Raise the event rate until the server falls behind; its best rate is the
+    max. C{common}: also the own share at L{COMMON_FPS} (1,000 connections).
+    """
     rate = max(0.5, start_fps / inst.fanout)
     steps, kept = [], None
     for _ in range(14):
@@ -241,13 +246,27 @@ def ramp(inst: Instance, batch: int, start_fps: float) -> dict:
     half = summary(st, rate=half_rate, offered=half_rate * inst.fanout, own=own)
     if not drained:
         half["backlog"] = True
+    at_common = None
+    if common and inst.conns == COMMON_CONNS and hasattr(inst.server, "own_share"):
+        # The own share at one rate for every server that measures it (odinws,
+        # cpython-raw): at half of a batching maximum it is the time of a
+        # round carrying a backlog; here, of one event's (or burst's) fan-out.
+        inst.drain()
+        common_rate = COMMON_FPS / inst.fanout
+        inst.set_rate(common_rate, batch)
+        time.sleep(HALF_SETTLE)
+        st, own = own_share(inst, max(3.0, window_for(common_rate, batch)[0]))
+        at_common = summary(st, rate=common_rate, offered=COMMON_FPS, own=own)
+        if own:
+            log(f"    {MODES[batch]:5} at {COMMON_FPS / 1e3:.0f}k frames/s: p99 "
+                f"{st['p99_ms']:.2f} ms; own share p50 {own['p50_ms']:.2f} p99 {own['p99_ms']:.2f} ms")
     log(f"    {MODES[batch]:5} max {max_fps / 1e3:.1f}k frames/s; at half: p50 "
         f"{st['p50_ms']:.2f} p99 {st['p99_ms']:.2f} ms"
         + (f"; own share p50 {own['p50_ms']:.2f} p99 {own['p99_ms']:.2f} ms" if own else ""))
     inst.drain()
     return {"mode": MODES[batch], "batch": batch, "max_fps": max_fps, "sat_windows": sat,
             "saturated": saturated, "client_bound": client_bound, "kept_rate": kept,
-            "steps": steps, "half": half}
+            "steps": steps, "half": half, "common": at_common}
 
 
 def run_cell(name: str, conns: int, batches: tuple, rundir: str, guesses: dict,
@@ -273,7 +292,8 @@ def run_cell(name: str, conns: int, batches: tuple, rundir: str, guesses: dict,
             f"{idle['rss_idle'] / 2**20:.1f} MiB ({idle['rss_per_conn'] / 1024:.2f} KiB/conn)")
         inst.warm_up(batches[0])
         for batch in batches:
-            r = ramp(inst, batch, guesses.get(key + (batch,), 20000.0))
+            r = ramp(inst, batch, guesses.get(key + (batch,), 20000.0),
+                     common=not random and not flush_delay)
             guesses[key + (batch,)] = max(0.4 * r["max_fps"], 2000.0)
             out.append({"server": name, "conns": conns, **idle, **r, **kind,
                         "aux_rss": sum(rss_bytes(p) for p in server.aux_pids())})
