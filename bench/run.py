@@ -246,6 +246,9 @@ def ramp(inst: Instance, batch: int, start_fps: float, common: bool = False) -> 
     half = summary(st, rate=half_rate, offered=half_rate * inst.fanout, own=own)
     if not drained:
         half["backlog"] = True
+    log(f"    {MODES[batch]:5} max {max_fps / 1e3:.1f}k frames/s; at half: p50 "
+        f"{st['p50_ms']:.2f} p99 {st['p99_ms']:.2f} ms"
+        + (f"; own share p50 {own['p50_ms']:.2f} p99 {own['p99_ms']:.2f} ms" if own else ""))
     at_common = None
     if common and inst.conns == COMMON_CONNS and hasattr(inst.server, "own_share"):
         # The own share at one rate for every server that measures it (odinws,
@@ -260,9 +263,6 @@ def ramp(inst: Instance, batch: int, start_fps: float, common: bool = False) -> 
         if own:
             log(f"    {MODES[batch]:5} at {COMMON_FPS / 1e3:.0f}k frames/s: p99 "
                 f"{st['p99_ms']:.2f} ms; own share p50 {own['p50_ms']:.2f} p99 {own['p99_ms']:.2f} ms")
-    log(f"    {MODES[batch]:5} max {max_fps / 1e3:.1f}k frames/s; at half: p50 "
-        f"{st['p50_ms']:.2f} p99 {st['p99_ms']:.2f} ms"
-        + (f"; own share p50 {own['p50_ms']:.2f} p99 {own['p99_ms']:.2f} ms" if own else ""))
     inst.drain()
     return {"mode": MODES[batch], "batch": batch, "max_fps": max_fps, "sat_windows": sat,
             "saturated": saturated, "client_bound": client_bound, "kept_rate": kept,
