@@ -130,6 +130,11 @@ KAFKA_ASSIGNMENTS_LOST = Counter("odinws_kafka_assignments_lost",
                                  "rebalance handing them over: its group session timed out "
                                  "(a broker pause or outage longer than the session) or the "
                                  "group evicted it.", registry=REGISTRY)
+KAFKA_BATCHES_JOINED = Counter("odinws_kafka_batches_joined",
+                               "Consumed batches that waited behind a busy shard and went "
+                               "out in one delivery with the batch before them "
+                               "(shard/kafka/handover.py): rising, the shard is behind its "
+                               "consumer and coalescing.", registry=REGISTRY)
 DELIVERY_LATENCY = Histogram("odinws_delivery_latency_seconds",
                              "Kafka record timestamp to first write, seconds.",
                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),

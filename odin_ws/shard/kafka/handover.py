@@ -27,6 +27,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
+from odin_ws.common import metrics
 from odin_ws.common.events import Event
 
 log = Logger()
@@ -54,6 +55,12 @@ class Handover:
         # Handed over, not yet taken; a take is scheduled while it is not empty.
         self._queued: list[tuple[int, list[Event]]] = []
 
+    @property
+    def waiting(self) -> int:
+        """Batches handed over and not yet taken by the reactor."""
+        with self._lock:
+            return len(self._queued)
+
     def give(self, batch_id: int, events: list[Event]) -> None:
         """Consumer thread: hand a batch over; its id comes back on the done queue."""
         with self._lock:
@@ -80,6 +87,8 @@ class Handover:
                 taken += 1
             del queued[:taken]
             again = bool(queued)
+        if taken > 1:
+            metrics.KAFKA_BATCHES_JOINED.inc(taken - 1)
         if again:   # what the limit left goes next, before later batches join it
             self._reactor.callFromThread(self._take)
         d = maybeDeferred(self.deliver, events)

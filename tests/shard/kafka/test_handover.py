@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.shard.kafka.handover import Handover
+from tests.helpers import sample
 
 
 class QueuedReactor:
@@ -75,16 +76,21 @@ class HandoverTests(SynchronousTestCase):
         """
         Batches handed over before the reactor got to the first are one
         delivery, their events in order, with one call into the reactor; all
-        their ids come back, in order.
+        their ids come back, in order; the batches that joined another are
+        counted.
         """
         reactor, deliveries, done, handover = self.make()
         handover.give(1, ["a"])
         handover.give(2, ["b"])
         handover.give(3, ["c", "d"])
         self.assertEqual(len(reactor.calls), 1)
+        joined = sample("odinws_kafka_batches_joined_total")
+        self.assertEqual(handover.waiting, 3)
         reactor.run()
         self.assertEqual(deliveries.calls, [["a", "b", "c", "d"]])
         self.assertEqual(drained(done), [1, 2, 3])
+        self.assertEqual(handover.waiting, 0)
+        self.assertEqual(sample("odinws_kafka_batches_joined_total"), joined + 2)
 
     def test_joiningLeavesTheFirstBatchAlone(self):
         """The consumer thread's list is not extended in place: the joined delivery is a new list."""

@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import threading
+import time
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -250,6 +251,41 @@ class KafkaIngestTests(TestCase):
         yield wait_until(lambda: len(collector.events) == 6, "all 6 events")
         self.assertEqual([e.offset for e in collector.events], list(range(6)))
         yield wait_until(lambda: ingest.status()["lag"] == 0, "no lag")
+        yield self.stop(ingest)
+
+    @inlineCallbacks
+    def test_batchesQueuedBehindABusyReactorAreOneDelivery(self):
+        """
+        Records consumed one poll each while the reactor is busy with a
+        delivery reach on_batch together once it is free: one delivery, in
+        order, the batches that joined counted.
+        """
+        joined = sample("odinws_kafka_batches_joined_total")
+        deliveries: list[list[int]] = []
+        ingest: KafkaIngest
+
+        def on_batch(events):
+            deliveries.append([e.offset for e in events])
+            if len(deliveries) > 1:
+                return
+            # The reactor is busy with this delivery while the consumer
+            # thread polls three more records, one batch each.
+            for i in range(1, 4):
+                self.broker.produce(self.topic, b"A", b"%d" % i, partition=0)
+                self.broker.flush()
+                deadline = time.monotonic() + TIMEOUT
+                while ingest._handover.waiting < i:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"batch {i} not handed over")
+                    time.sleep(0.005)
+
+        ingest = self.start(on_batch)
+        yield self.assigned(ingest)
+        self.broker.produce(self.topic, b"A", b"0", partition=0)
+        self.broker.flush()
+        yield wait_until(lambda: len(deliveries) == 2, "the second delivery")
+        self.assertEqual(deliveries, [[0], [1, 2, 3]])
+        self.assertEqual(sample("odinws_kafka_batches_joined_total"), joined + 2)
         yield self.stop(ingest)
 
     @inlineCallbacks
