@@ -49,10 +49,16 @@ class BacklogTests(TopicNodeCase):
         past the buffer were dropped and nothing said so.
         """
         node = self.node(**self.settings)
-        keeper = self.connect(node)
-        keeper.subscribe("odin.token.*.*")
-        self.produce(self.partitions * 2)   # every partition live before the clients come
-        keeper.collect(self.seq, timeout=60)
+        # One keeper per shard (placement: fewest connections): every
+        # partition live on both shards before the clients come. With one
+        # keeper, the other shard could still hold these events (its warm
+        # gate) and deliver them to the clients as they connected.
+        keepers = [self.connect(node) for _ in range(self.shards)]
+        for keeper in keepers:
+            keeper.subscribe("odin.token.*.*")
+        self.produce(self.partitions * 2)
+        for keeper in keepers:
+            keeper.collect(self.seq, timeout=60)
         first = self.seq
         tally = Tally(CLIENTS, keep=True)
 

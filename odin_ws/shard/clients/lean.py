@@ -11,7 +11,16 @@ request it answered) in a C{__dict__} of ~3.3 KB.
 
 L{LeanServerProtocol} keeps Autobahn's behaviour and trims that:
 
-  - every attribute Autobahn's server protocol sets lives in a slot (8
+  - Autobahn copies its factory's settings (C{CONFIG_ATTRS}, 29 of them)
+    onto each connection, unless the connection already has them: the
+    factory makes a protocol class of its own settings (L{with_settings}:
+    class attributes, read by every connection of that class), so nothing
+    is copied, and a change of settings makes a new class for the
+    connections made from then on (as the copy did);
+  - Autobahn's futures C{is_open} and C{is_closed} (two Deferreds) are only
+    resolved on the server side, never observed (odinws uses
+    L{ProtocolHooks}' hooks): one inert object stands for both (L{UNOBSERVED});
+  - every other attribute Autobahn's server protocol sets lives in a slot (8
     bytes) instead of a dict entry. A slot shadows a class attribute of the
     same name (Twisted's C{Protocol.connected = 0}, Autobahn's C{peer}, ...),
     so each instance starts with the value the class hierarchy gives it; a
@@ -53,6 +62,41 @@ from odin_ws.shard.clients.autobahn_internals import (
 _NO_QUEUE: tuple = ()
 
 
+class Unobserved:
+    """
+    What a connection's C{is_open} and C{is_closed} are: Autobahn resolves
+    them (C{txaio.resolve}, C{reject}), nobody on odinws's server side waits
+    on them; waiting on one is refused rather than never fired.
+    """
+
+    __slots__ = ()
+    called = False
+
+    def callback(self, result: object) -> None:
+        pass
+
+    def errback(self, failure: object = None) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{name}: a server connection's is_open / is_closed are not "
+                             "observable in odinws (odin_ws/shard/clients/lean.py)")
+
+
+#: The one L{Unobserved} of every connection.
+UNOBSERVED = Unobserved()
+
+
+def with_settings(cls: type[LeanServerProtocol], factory: Any) -> type[LeanServerProtocol]:
+    """
+    A subclass of C{cls} with C{factory}'s Autobahn settings as class
+    attributes: Autobahn finds them on each connection and copies nothing.
+    """
+    settings = {name: getattr(factory, name) for name in CONFIG_ATTRS}
+    return type(cls.__name__, (cls,), {"__slots__": (), "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__, **settings})
+
+
 def class_defaults(cls: type) -> dict[str, Any]:
     """
     For every slot of C{cls} (its own and its bases'): the value the name has
@@ -84,7 +128,7 @@ class LeanServerProtocol(ProtocolHooks):
     shadowed class attributes become instance defaults the same way.
     """
 
-    __slots__ = tuple(dict.fromkeys((*CONFIG_ATTRS, *STATE_ATTRS, *HANDSHAKE_ATTRS)))
+    __slots__ = tuple(dict.fromkeys((*STATE_ATTRS, *HANDSHAKE_ATTRS)))
 
     _slot_defaults: dict[str, Any] = {}
 
@@ -96,6 +140,7 @@ class LeanServerProtocol(ProtocolHooks):
         for name, value in self._slot_defaults.items():
             setattr(self, name, value)
         super().__init__()
+        self.is_open = self.is_closed = UNOBSERVED
 
     def ws_connection_made(self) -> None:
         self.send_queue = _NO_QUEUE  # type: ignore[assignment]  # a deque only when chopped

@@ -35,7 +35,7 @@ from odin_ws.shard.clients.closecodes import (
     count_closed,
 )
 from odin_ws.shard.clients.headgate import HeadGate
-from odin_ws.shard.clients.lean import LeanServerProtocol
+from odin_ws.shard.clients.lean import LeanServerProtocol, with_settings
 from odin_ws.shard.clients.refusal import Refused, bad_origin
 from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery import deflate
@@ -332,6 +332,8 @@ class ClientFactory(WebSocketServerFactory):
             tcpNoDelay=True,
             perMessageCompressionAccept=self._accept_compression,
         )
+        # Read by each connection from its class, not copied onto it (lean.py).
+        self.protocol = with_settings(ClientProtocol, self)  # type: ignore[assignment]
 
     def _accept_compression(self, offers: list[Any]) -> deflate.ServerAccept | None:
         """The permessage-deflate offer accepted, if compression is on (counted either way)."""

@@ -31,7 +31,7 @@ from odin_ws.shard.clients.autobahn_internals import (
     forget_transport_details,
     server_window,
 )
-from odin_ws.shard.clients.lean import LeanServerProtocol
+from odin_ws.shard.clients.lean import LeanServerProtocol, with_settings
 from odin_ws.shard.clients.websocket import ClientProtocol
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
@@ -191,12 +191,26 @@ class HookTests(SynchronousTestCase):
 class AttributeTests(SynchronousTestCase):
     """The attribute names L{odin_ws.shard.clients.lean} puts in slots are Autobahn's."""
 
-    def test_every_autobahn_setting_has_a_slot(self):
-        """Autobahn copies CONFIG_ATTRS onto each connection: each has a slot."""
-        missing = [name for name in WebSocketServerProtocol.CONFIG_ATTRS
-                   if name not in LeanServerProtocol.__slots__]
-        self.assertEqual(missing, [])
+    def test_every_autobahn_setting_is_a_class_attribute(self):
+        """
+        Autobahn copies CONFIG_ATTRS onto each connection that lacks them:
+        the class L{with_settings} makes has each, from the factory, and no
+        slot or instance entry of its own.
+        """
         self.assertEqual(CONFIG_ATTRS, tuple(WebSocketServerProtocol.CONFIG_ATTRS))
+
+        class Factory:
+            pass
+
+        factory = Factory()
+        for i, name in enumerate(CONFIG_ATTRS):
+            setattr(factory, name, i)
+        cls = with_settings(ClientProtocol, factory)
+        self.assertTrue(issubclass(cls, ClientProtocol))
+        self.assertEqual(cls.__slots__, ())
+        self.assertEqual([getattr(cls, name) for name in CONFIG_ATTRS],
+                         list(range(len(CONFIG_ATTRS))))
+        self.assertEqual([n for n in CONFIG_ATTRS if n in LeanServerProtocol.__slots__], [])
 
     def test_open_connection_sets_only_named_attributes(self):
         """

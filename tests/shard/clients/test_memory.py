@@ -11,6 +11,7 @@ import sys
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
+from odin_ws.common.settings import Settings
 from odin_ws.shard.clients.autobahn_internals import HANDSHAKE_ATTRS
 from odin_ws.shard.clients.lean import LeanServerProtocol
 from odin_ws.shard.clients.websocket import ClientProtocol
@@ -61,12 +62,40 @@ class SlotTests(ShardTestCase):
         self.assertTrue(client.lost)
         self.assertNoDict(client, "a server close")
 
-    def test_settings_copied_per_connection(self):
-        """The factory's settings still reach each connection (now in slots)."""
-        client = self.connect()
-        self.assertEqual(client.proto.maxMessagePayloadSize,
+    def test_settings_reach_each_connection(self):
+        """
+        The factory's settings reach each connection (from its class, not
+        copied onto it); after the factory takes new settings (none of
+        Autobahn's is live today: a restart applies them), the connections
+        made from then on get the new ones and those made before keep
+        theirs, as Autobahn's copy at connect did.
+        """
+        before = self.connect()
+        self.assertEqual(before.proto.maxMessagePayloadSize,
                          self.config["limits.max_message_bytes"])
-        self.assertEqual(client.proto.autoPingInterval, self.config["keepalive.ping_interval"])
+        self.assertEqual(before.proto.autoPingInterval, self.config["keepalive.ping_interval"])
+        self.assertEqual(sorted(vars(before.proto)), [])
+        old = self.config["keepalive.ping_interval"]
+        self.shard.factory.reconfigure(Settings.from_config(
+            self.config.replace(**{"keepalive.ping_interval": old + 7})))
+        after = self.connect(ip="10.0.0.2")
+        self.assertEqual(after.proto.autoPingInterval, old + 7)
+        self.assertEqual(before.proto.autoPingInterval, old)
+        self.assertIsInstance(after.proto, ClientProtocol)
+
+    def test_open_and_closed_futures_are_not_kept(self):
+        """
+        Autobahn's is_open / is_closed are one inert object for every
+        connection (resolving it does nothing, waiting on it is refused),
+        and a connection's open and close still run as before.
+        """
+        client = self.connect()
+        other = self.connect(ip="10.0.0.2")
+        self.assertIs(client.proto.is_open, other.proto.is_closed)
+        with self.assertRaises(AttributeError):
+            client.proto.is_closed.addCallback(lambda _: None)
+        client.send(client_frame(8, (1000).to_bytes(2, "big")))
+        self.assertTrue(client.lost)
 
 
 class SlotDefaultTests(ShardTestCase):
