@@ -42,6 +42,9 @@ BUILD.info({"version": odin_ws.__version__})
 CONNECTIONS = Gauge("odinws_connections", "Open WebSocket connections.", registry=REGISTRY)
 CONNECTIONS_OPENED = Counter("odinws_connections_opened", "WebSocket connections opened.",
                              registry=REGISTRY)
+PING_TIMEOUTS = Counter("odinws_ping_timeouts", "WebSocket connections dropped for answering "
+                        "no keepalive ping within keepalive.ping_timeout (also counted in "
+                        "odinws_connections_closed, code 1006).", registry=REGISTRY)
 CONNECTIONS_CLOSED = Counter("odinws_connections_closed",
                              "WebSocket connections closed, by reason and close code.",
                              ["reason", "code"], registry=REGISTRY)
@@ -370,7 +373,8 @@ PARENT_FAMILIES = _PARENT_ONLY | {old for old, new in RENAMED.items() if new in 
 #: C{odinws_kafka_connected 0} beside every shard's 1. (The rest, such as
 #: C{odinws_rejected_connections}, the de-duplication counters and the process
 #: series, are set by both.)
-SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, SUBSCRIPTIONS,
+SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, PING_TIMEOUTS,
+                           SUBSCRIPTIONS,
                            CLIENT_ERRORS, HANDSHAKE_SECONDS, KAFKA_RECORDS, KAFKA_REJECTED,
                            KAFKA_UNTOLD, SCHEMA_FETCHES, SCHEMAS_CACHED,
                            KAFKA_LAG, KAFKA_CONNECTED, KAFKA_ERRORS, KAFKA_REPLACEMENTS,

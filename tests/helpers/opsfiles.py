@@ -33,6 +33,8 @@ PROMETHEUS_SERIES = {"up"}
 #: too: the dashboard uses the new ones).
 DASHBOARD_LEFT_OUT = {
     "odinws_build": "the version as a label, not a series to watch",
+    "odinws_ping_timeouts": "its closes are in the closes-by-code panel (code 1006); this "
+                            "series tells them apart from other drops when asked",
     "odinws_history_events": "the history's size is watched in bytes against its budget",
     "odinws_snapshot_cache_channels": "the snapshot cache is watched in bytes",
     "odinws_history_visits": "a cost figure for profiling recoveries, not for operators",

@@ -36,6 +36,7 @@ from odin_ws.shard.clients.closecodes import (
 )
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol, with_settings
+from odin_ws.shard.clients.pingwheel import NOT_DUE, PingWheel
 from odin_ws.shard.clients.refusal import Refused, bad_origin
 from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery import deflate
@@ -76,7 +77,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
     # In slots like Autobahn's state (odin_ws/shard/clients/lean.py): every
     # connection carries them. OutboxHolder's two attributes included.
     __slots__ = ("outbox", "_ws_state", "adopted_at", "session", "head_gate", "url_subscribe",
-                 "deny_body")
+                 "deny_body", "ping_due")
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,6 +88,8 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
         self.url_subscribe: messages.Subscribe | None = None
         #: The JSON body of a refused handshake (subscribe by URL), if any.
         self.deny_body: bytes | None = None
+        #: Where it waits in the shard's keepalive wheel (L{PingWheel}).
+        self.ping_due = NOT_DUE
 
     def connectionMade(self) -> None:
         # Adoption: the parent's head bytes are replayed right after this.
@@ -132,6 +135,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        self.factory.pings.discard(self)
         if self.session is not None:
             self.session.lost()
         self.factory.host.connection_lost(self)
@@ -199,6 +203,7 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
         return kept
 
     def onOpen(self) -> None:
+        self.factory.pings.add(self)
         session = self.session
         outbox = session.open(self.adopted_at, self._slow_consumer)
         bits = server_window(self)
@@ -218,6 +223,9 @@ class ClientProtocol(OutboxHolder, LeanServerProtocol):  # type: ignore[misc]
             self.session.reconfigure(settings)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # A message answers a keepalive ping as well as its pong (Autobahn's
+        # autoPingRestartOnAnyTraffic, its default).
+        self.autoPingPending = None
         session = self.session
         if self.state != self.STATE_OPEN or not session.message_allowed():
             return
@@ -303,6 +311,9 @@ class ClientFactory(WebSocketServerFactory):
     def __init__(self, host: WebSocketHost):
         super().__init__()
         self.host = host
+        keepalive = host.settings.keepalive
+        #: The server pings of every connection, from one timer.
+        self.pings = PingWheel(host.reactor, keepalive.ping_interval, keepalive.ping_timeout)
         # Autobahn's log arguments cost nothing until a line is written.
         defer_log_arguments()
         self.reconfigure(host.settings)
@@ -327,11 +338,14 @@ class ClientFactory(WebSocketServerFactory):
             # No status page (it names Autobahn's version) nor its ?redirect=
             # for a head without Upgrade; the head gate answers those first.
             webStatus=False,
-            autoPingInterval=keepalive.ping_interval,
-            autoPingTimeout=keepalive.ping_timeout,
+            # Pings come from the shard's wheel (self.pings), not a timer
+            # per connection.
+            autoPingInterval=0,
+            autoPingTimeout=0,
             tcpNoDelay=True,
             perMessageCompressionAccept=self._accept_compression,
         )
+        self.pings.reconfigure(keepalive.ping_interval, keepalive.ping_timeout)
         # Read by each connection from its class, not copied onto it (lean.py).
         self.protocol = with_settings(ClientProtocol, self)  # type: ignore[assignment]
 

@@ -73,14 +73,14 @@ class SlotTests(ShardTestCase):
         before = self.connect()
         self.assertEqual(before.proto.maxMessagePayloadSize,
                          self.config["limits.max_message_bytes"])
-        self.assertEqual(before.proto.autoPingInterval, self.config["keepalive.ping_interval"])
+        self.assertEqual(before.proto.openHandshakeTimeout, self.config["limits.handshake_timeout"])
         self.assertEqual(sorted(vars(before.proto)), [])
-        old = self.config["keepalive.ping_interval"]
+        old = self.config["limits.handshake_timeout"]
         self.shard.factory.reconfigure(Settings.from_config(
-            self.config.replace(**{"keepalive.ping_interval": old + 7})))
+            self.config.replace(**{"limits.handshake_timeout": old + 7})))
         after = self.connect(ip="10.0.0.2")
-        self.assertEqual(after.proto.autoPingInterval, old + 7)
-        self.assertEqual(before.proto.autoPingInterval, old)
+        self.assertEqual(after.proto.openHandshakeTimeout, old + 7)
+        self.assertEqual(before.proto.openHandshakeTimeout, old)
         self.assertIsInstance(after.proto, ClientProtocol)
 
     def test_open_and_closed_futures_are_not_kept(self):

@@ -283,6 +283,38 @@ class KeepaliveTests(ShardTestCase):
         self.assertTrue(answering.open)
         self.assertEqual(set(self.shard.connections), {answering.proto})
 
+    def test_message_answers_ping(self):
+        """
+        A client that sends a message after a ping instead of its pong is
+        alive (Autobahn's rule: any traffic), and is pinged again later.
+        """
+        interval = self.config["keepalive.ping_interval"]
+        client = self.connect()
+        self.advance(interval + 0.5)
+        self.assertEqual([op for op, _ in client.frames()], [9])
+        client.send(text({"type": "ping", "id": 1}))
+        self.assertEqual([op for op, _ in client.frames()], [1])
+        self.advance(self.config["keepalive.ping_timeout"] + 0.5)
+        self.assertTrue(client.open)
+        self.advance(interval)
+        self.assertEqual([op for op, _ in client.frames()], [9])
+
+    def test_one_timer_for_all_connections(self):
+        """
+        Pings come from the shard's wheel: an open connection holds no
+        keepalive timer of its own (Autobahn's 312 bytes), and one that
+        closed is out of the wheel.
+        """
+        clients = [self.connect(f"10.0.0.{i}") for i in range(1, 4)]
+        for client in clients:
+            self.assertIsNone(client.proto.autoPingPendingCall)
+            self.assertIsNone(client.proto.autoPingTimeoutCall)
+        self.assertEqual(len(self.shard.factory.pings), 3)
+        clients[0].transport.loseConnection()
+        clients[0].settle()
+        self.assertTrue(clients[0].lost)
+        self.assertEqual(len(self.shard.factory.pings), 2)
+
     def test_no_pings_when_interval_zero(self):
         """keepalive.ping_interval 0 means no pings and no ping timeout."""
         self.shard.reconfigure(Settings.from_config(
