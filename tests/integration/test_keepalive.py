@@ -1,6 +1,6 @@
 """
 Keepalive pings of a real node (its shard's ping wheel,
-odin_ws/shard/clients/pingwheel.py): a client that answers them (the
+odin_ws/shard/delivery/pingwheel.py): a client that answers them (the
 C{websockets} library, which does so on its own) stays; one that opened
 the connection on a raw socket and never answers is dropped and counted.
 """

@@ -39,6 +39,7 @@ from odin_ws.shard.clients.refusal import Refused
 from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery.gaps import count_told
 from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
+from odin_ws.shard.delivery.pingwheel import NOT_DUE
 from odin_ws.shard.delivery.ssefeed import (
     PING,
     DropNotices,
@@ -114,6 +115,8 @@ class SseStream(OutboxHolder, TwistedProtocol):
         self._gone = False
         #: The stream's subscription options (its filter held in the shard's pool).
         self._variant: Variant = PLAIN
+        #: Where it waits in the shard's keepalive wheel (ssefeed.Streams.pings).
+        self.ping_due = NOT_DUE
 
     # -- the request
 

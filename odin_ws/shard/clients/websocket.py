@@ -36,13 +36,13 @@ from odin_ws.shard.clients.closecodes import (
 )
 from odin_ws.shard.clients.headgate import HeadGate
 from odin_ws.shard.clients.lean import LeanServerProtocol, with_settings
-from odin_ws.shard.clients.pingwheel import NOT_DUE, PingWheel
 from odin_ws.shard.clients.refusal import Refused, bad_origin
 from odin_ws.shard.clients.session import Session
 from odin_ws.shard.delivery import deflate
 from odin_ws.shard.delivery.deflate import Deflate
 from odin_ws.shard.delivery.frames import text_frame
 from odin_ws.shard.delivery.outbox import Outbox, OutboxHolder
+from odin_ws.shard.delivery.pingwheel import NOT_DUE, PingWheel
 
 
 class WebSocketHost(sse.StreamHost, Protocol):

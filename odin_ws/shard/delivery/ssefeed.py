@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet import task
 from twisted.logger import Logger
 
 from odin_ws.common.events import Event
@@ -38,6 +37,7 @@ from odin_ws.common.settings import Settings
 from odin_ws.shard.delivery.fanout import Fanout
 from odin_ws.shard.delivery.gaps import DROPPED, STALE, StaleNotices, count_told, gap_body
 from odin_ws.shard.delivery.outbox import Outbox
+from odin_ws.shard.delivery.pingwheel import PingWheel
 from odin_ws.shard.delivery.subscriptions import SubscriptionIndex
 from odin_ws.shard.delivery.variantfeed import VariantFeed
 from odin_ws.shard.delivery.variants import VariantIndex
@@ -52,6 +52,8 @@ class Stream(Protocol):
     """What the feed needs of one open stream (L{odin_ws.shard.clients.sse.SseStream})."""
 
     outbox: Outbox | None
+    #: Where it waits in the keepalive wheel (L{PingWheel}).
+    ping_due: int
 
     def ping(self) -> None: ...
 
@@ -210,14 +212,15 @@ class Streams:
         #: The events of C{_run}: a stream that drops one names it (L{DropNotices}).
         self._run_events: list[Event] = []
         self._run_to: Any = None
-        self._pinger: task.LoopingCall | None = None
+        #: The keepalive comments, each stream on its own due time.
+        self.pings = PingWheel(reactor, settings.keepalive.ping_interval, 0.0, answers=False)
         #: Which streams were told of events too old to be sent live.
         self.stale_told = StaleNotices(fanout.stats, self.stale_notice)
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
-        """The live C{keepalive.ping_interval}, for the next keepalive loop."""
-        self._ping_interval = settings.keepalive.ping_interval
+        """The live C{keepalive.ping_interval}, from each stream's next comment."""
+        self.pings.reconfigure(settings.keepalive.ping_interval, 0.0)
 
     # -- the delivery hook (once per event while streams are open)
 
@@ -308,14 +311,11 @@ class Streams:
         if self.tops is None:
             self.tops = Tops(self._history)
         self.open.add(stream)
-        interval = self._ping_interval
-        if self._pinger is None and interval > 0:
-            self._pinger = task.LoopingCall(self._ping)
-            self._pinger.clock = self._reactor
-            self._pinger.start(interval, now=False)
+        self.pings.add(stream)
 
     def closed(self, stream: Stream) -> None:
         self.open.discard(stream)
+        self.pings.discard(stream)
         if stream.outbox is not None:
             self.index.remove_all(stream.outbox)
             if self.variants.remove_all(stream.outbox):
@@ -324,11 +324,3 @@ class Streams:
             # Nothing to compute per event again until a stream opens (it
             # starts from the history, which saw every event meanwhile).
             self.tops = None
-            if self._pinger is not None:
-                if self._pinger.running:
-                    self._pinger.stop()
-                self._pinger = None
-
-    def _ping(self) -> None:
-        for stream in list(self.open):
-            stream.ping()

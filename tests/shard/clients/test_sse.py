@@ -102,6 +102,24 @@ class StreamTests(StreamTestCase):
         self.advance(self.config["keepalive.ping_interval"])
         self.assertEqual([m.comment for m in c.messages(comments=True)], ["ping"])
 
+    def test_keepalive_comments_each_on_its_own_time(self):
+        """
+        Each stream's comments come every interval from its own open, not all
+        streams' in one turn (a shard with many streams would write them all
+        at once).
+        """
+        interval = self.config["keepalive.ping_interval"]
+        first = self.stream({"channels": "odin.token.A.trade"})
+        self.advance(5)
+        second = self.stream({"channels": "odin.token.A.trade"})
+        first.messages(comments=True), second.messages(comments=True)
+        self.advance(interval - 5)
+        self.assertEqual([m.comment for m in first.messages(comments=True)], ["ping"])
+        self.assertEqual(second.messages(comments=True), [])
+        self.advance(5)
+        self.assertEqual([m.comment for m in second.messages(comments=True)], ["ping"])
+        self.assertEqual(first.messages(comments=True), [])
+
     def test_drain_sends_close_4000_with_a_retry(self):
         """The shard's drain ends a stream with a close event (4000) and a jittered retry."""
         c = self.stream({"channels": "odin.token.A.trade"})

@@ -2,7 +2,9 @@
 Server pings for all of a shard's WebSocket connections from one timer
 (C{keepalive.ping_interval}, C{keepalive.ping_timeout}), in place of
 Autobahn's auto-ping, which keeps a timer per connection (txaio's batched
-call and its lambda: 312 bytes of every idle connection's ~4 KB).
+call and its lambda: 312 bytes of every idle connection's ~4 KB); and the
+keepalive comments of its event streams (C{answers} false: a stream has no
+pong), each on its own due time rather than all of them in one turn.
 
 A connection waits in one bucket of a wheel keyed by due time (in L{TICK}s):
 opened, it is due for a ping one interval later; pinged, it is due for a
@@ -51,16 +53,31 @@ class Pingable(Protocol):
     def onAutoPingTimeout(self) -> None: ...
 
 
-class PingWheel:
-    """One shard's keepalive pings: L{add} at open, L{discard} when lost."""
+class Commented(Protocol):
+    """What the wheel needs of an event stream (C{answers} false)."""
 
-    def __init__(self, reactor: Any, interval: float, timeout: float):
+    ping_due: int
+
+    def ping(self) -> None:
+        """Write a keepalive comment."""
+
+
+class PingWheel:
+    """
+    One shard's keepalive pings: L{add} at open, L{discard} when lost.
+
+    @param answers: the connections are L{Pingable} and must answer each
+        ping within C{timeout}; else L{Commented}, pinged every interval.
+    """
+
+    def __init__(self, reactor: Any, interval: float, timeout: float, answers: bool = True):
         self._reactor = reactor
         self.interval = interval
         self.timeout = timeout
+        self._answers = answers
         #: key (due time in TICKs) -> connections due for a ping / a check.
-        self._pings: dict[int, set[Pingable]] = {}
-        self._checks: dict[int, set[Pingable]] = {}
+        self._pings: dict[int, set[Any]] = {}
+        self._checks: dict[int, set[Any]] = {}
         self._loop: task.LoopingCall | None = None
         #: Pings sent so far.
         self.pings = 0
@@ -72,13 +89,13 @@ class PingWheel:
     def __len__(self) -> int:
         return sum(map(len, self._pings.values())) + sum(map(len, self._checks.values()))
 
-    def add(self, conn: Pingable) -> None:
+    def add(self, conn: Pingable | Commented) -> None:
         """An opened connection: its first ping one interval from now."""
         conn.ping_due = NOT_DUE
         if self.interval > 0:
             self._put(conn, self._pings, self.interval, 1)
 
-    def discard(self, conn: Pingable) -> None:
+    def discard(self, conn: Pingable | Commented) -> None:
         """A connection gone: out of its bucket (no reference kept to it)."""
         due, conn.ping_due = conn.ping_due, NOT_DUE
         if due == NOT_DUE:
@@ -91,7 +108,7 @@ class PingWheel:
                 del buckets[abs(due)]
         self._idle()
 
-    def _put(self, conn: Pingable, buckets: dict[int, set[Pingable]], delay: float,
+    def _put(self, conn: Any, buckets: dict[int, set[Any]], delay: float,
              sign: int) -> None:
         key = math.ceil((self._reactor.seconds() + delay) / TICK - 1e-9)
         bucket = buckets.get(key)
@@ -104,8 +121,8 @@ class PingWheel:
             self._loop.clock = self._reactor
             self._loop.start(TICK, now=False)
 
-    def _due(self, buckets: dict[int, set[Pingable]], now_key: int) -> list[Pingable]:
-        out: list[Pingable] = []
+    def _due(self, buckets: dict[int, set[Any]], now_key: int) -> list[Any]:
+        out: list[Any] = []
         for key in sorted(k for k in buckets if k <= now_key):
             out.extend(buckets.pop(key))
         for conn in out:
@@ -127,8 +144,12 @@ class PingWheel:
                 self._ping(conn)
         self._idle()
 
-    def _ping(self, conn: Pingable) -> None:
+    def _ping(self, conn: Any) -> None:
         self.pings += 1
+        if not self._answers:
+            conn.ping()
+            self._put(conn, self._pings, self.interval, 1)
+            return
         conn.autoPingPending = payload = _PAYLOAD.pack(time.time_ns(), self.pings & 0xFFFFFFFF)
         conn.sendPing(payload)
         self._put(conn, self._checks, self.timeout, -1)

@@ -1,4 +1,4 @@
-"""The shard's keepalive wheel (odin_ws/shard/clients/pingwheel.py) on a fake clock."""
+"""The shard's keepalive wheel (odin_ws/shard/delivery/pingwheel.py) on a fake clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from odin_ws.common import metrics
-from odin_ws.shard.clients.pingwheel import NOT_DUE, TICK, PingWheel
+from odin_ws.shard.delivery.pingwheel import NOT_DUE, TICK, PingWheel
 
 
 class Conn:
@@ -31,6 +31,17 @@ class Conn:
 
     def onAutoPingTimeout(self) -> None:
         self.dropped = True
+
+
+class Stream:
+    """An event stream as the wheel sees it: comments only, no answer."""
+
+    def __init__(self):
+        self.ping_due = NOT_DUE
+        self.comments = 0
+
+    def ping(self) -> None:
+        self.comments += 1
 
 
 class PingWheelTests(unittest.TestCase):
@@ -150,3 +161,21 @@ class PingWheelTests(unittest.TestCase):
             self.clock.advance(1.0)
         self.clock.advance(40.0)    # one late turn
         self.assertEqual([len(c.pings) for c in conns], [1, 1, 1])
+
+    def test_streams_commented_every_interval(self):
+        """
+        A wheel of event streams (no answers) writes each a comment every
+        interval from its open, and never drops one.
+        """
+        wheel = PingWheel(self.clock, 30.0, 0.0, answers=False)
+        stream = Stream()
+        wheel.add(stream)
+        self.run_for(30.0 - TICK)
+        self.assertEqual(stream.comments, 0)
+        self.run_for(TICK)
+        self.assertEqual(stream.comments, 1)
+        self.run_for(60.0)
+        self.assertEqual(stream.comments, 3)
+        wheel.discard(stream)
+        self.assertEqual(len(wheel), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
