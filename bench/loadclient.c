@@ -349,12 +349,26 @@ static size_t parse_frames(int i, const uint8_t *buf, size_t len, uint64_t now_u
     return got == WS_FRAME_MASKED ? (size_t)-1 : off;
 }
 
+/* The end of the SSE message at p: its blank line ("\n\n"), or NULL if it
+ * has not all arrived. memchr per line (vectorised) rather than memmem for
+ * the two bytes, which glibc scans a byte at a time: that scan was most of
+ * the client's cost per SSE message (0.37 us against 0.08 per WebSocket frame). */
+static const uint8_t *sse_end(const uint8_t *p, const uint8_t *lim) {
+    while (p < lim) {
+        const uint8_t *nl = memchr(p, '\n', lim - p);
+        if (!nl || nl + 1 >= lim) return NULL;
+        if (nl[1] == '\n') return nl;
+        p = nl + 1;
+    }
+    return NULL;
+}
+
 /* Server-Sent Events: whole messages (ended by "\n\n") from buf; bytes consumed. */
 static size_t parse_sse(int i, const uint8_t *buf, size_t len, uint64_t now_us) {
     conn_t *c = &conns[i];
     size_t off = 0;
     for (;;) {
-        const uint8_t *end = memmem(buf + off, len - off, "\n\n", 2);
+        const uint8_t *end = sse_end(buf + off, buf + len);
         if (!end) break;
         size_t mlen = end - (buf + off);
         count_message(c, parse_tus(buf + off, mlen), now_us);   /* 0: the subscribed event, comments */
