@@ -302,6 +302,13 @@ EVENTS_FILTERED = Counter("odinws_events_filtered", "Events a subscription filte
 HISTORY_WARMED = Counter("odinws_history_warmed_events", "Events a starting shard read "
                          "back from Kafka into its history and snapshot cache (warm-up).",
                          registry=REGISTRY)
+LATE_WARMUPS = Counter("odinws_history_late_warmups", "Warm-ups of partitions first assigned "
+                       "after the start's, ended, by result: done, incomplete (time ran out), "
+                       "failed, stopped.", ["result"], registry=REGISTRY)
+LATE_WARMUP_PARTITIONS = Gauge("odinws_history_late_warmup_partitions", "Partitions first "
+                               "assigned after the start's warm-up that wait for or are in "
+                               "their own now: their events wait at the warm gate.",
+                               registry=REGISTRY)
 
 
 # The standard process metrics every Prometheus client exports
@@ -383,7 +390,8 @@ SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, 
                            KAFKA_REWINDS, BROKER_LATENCY, OWN_LATENCY,
                            GC_PAUSE, RECOVERIES, RECOVERIES_HELD, RECOVERIES_WAITING,
                            RECOVERY_HOLD_SECONDS, EVENTS_STALE, EVENTS_REPLAYED,
-                           SNAPSHOT_EVENTS, HISTORY_WARMED, DELTA_BYTES, DELTA_FRAMES,
+                           SNAPSHOT_EVENTS, HISTORY_WARMED, LATE_WARMUPS,
+                           LATE_WARMUP_PARTITIONS, DELTA_BYTES, DELTA_FRAMES,
                            EVENTS_THROTTLED, EVENTS_FILTERED, KAFKA_BATCHES_JOINED,
                            JWKS_FETCHES, JWKS_KEYS, OUTBOUND_NATIVE)
 

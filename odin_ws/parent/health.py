@@ -106,6 +106,12 @@ class Health:
                          ((s.get("kafka") or {}).get("stalled") or {}))
         if stalled:
             degraded.append("partitions_stalled")
+        # First assigned after the start's warm-up, their history read back
+        # now or next (shard/kafka/warmup.py, LateRuns): events wait meanwhile.
+        warming = sorted({label for s in alive for late in [_late(s)]
+                          for label in (late.get("reading") or []) + (late.get("waiting") or [])})
+        if warming:
+            degraded.append("warming_partitions")
         body = {
             "status": status,
             "node": self._settings.node_id,
@@ -119,6 +125,7 @@ class Health:
             "degraded": degraded,
             "unassigned_partitions": held_by_none,
             "stalled_partitions": stalled,
+            "warming_partitions": warming,
             "shards": shards,
             # Whether the open-files limit, not limits.max_connections, bounds the node.
             "open_files": openfiles.status(self._settings).as_health(),
@@ -161,7 +168,10 @@ class Delivery:
         warming = [w for w in warmups if w.get("state") == "running"]
         if warming:
             degraded.append("warming")
-        if any(w.get("state") == "failed" or w.get("incomplete") for w in warmups):
+        # The start's warm-up, or the last late one (until a later one reads
+        # all it should), failed or ran out of time.
+        lasts = [(w.get("late") or {}).get("last") or {} for w in warmups]
+        if any(w.get("state") == "failed" or w.get("incomplete") for w in warmups + lasts):
             degraded.append("history_cold")
         # Every node reads every partition: a node none of whose shards holds
         # one reads nothing (a rebalance; a group stalled after a broker pause).
@@ -196,6 +206,11 @@ class Delivery:
             status = "warming"
             reason = "reading the recent past back from Kafka for recovery"
         return cls(status, reason, tuple(degraded), connected, missing)
+
+
+def _late(shard: dict) -> dict:
+    """A shard's late warm-ups, as its status reports them (empty if none)."""
+    return (shard.get("warmup") or {}).get("late") or {}
 
 
 def _recovery_promised(settings: Settings) -> bool:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from tests.helpers.broker import KafkaBroker, apache_kafka
-from tests.helpers.node import Node, wait_for
+from tests.helpers.node import Node, node_metric, wait_for
 from tests.helpers.quota import set_consumer_byte_rate
 from tests.helpers.topics import TopicNodeCase
 
@@ -206,6 +206,19 @@ class LateAfterBrokerOutageTests(KilledShardCase):
         self.produce(4)
         got = [e["data"]["seq"] for e in newcomer.collect(4, timeout=90)]
         self.assertEqual(sorted(got), list(range(6, 10)), f"the newcomer's events: {newcomer.events}")
+        # /health tells the partition's own warm-up (from the shard's next
+        # report): it ran, read the six back, and nothing waits any more.
+        def reported() -> dict | None:
+            body = node.health()[1]
+            return body if body["shards"][0]["warmup"]["late"]["runs"] else None
+        body = wait_for(reported, 30, 0.1, "the late warm-up's end reported")
+        [late] = [s["warmup"]["late"] for s in body["shards"]]
+        self.assertEqual((late["runs"], late["reading"], late["waiting"], body["warming_partitions"]),
+                         (1, [], [], []), body)
+        self.assertEqual((late["last"]["state"], late["last"]["events"], late["last"]["partitions"]),
+                         ("done", 6, [f"{self.topic}[0]"]), late)
+        self.assertNotIn("warming_partitions", body["degraded"])
+        self.assertEqual(node_metric(node, "odinws_history_late_warmups_total", 'result="done"'), 1)
         first = min(old, key=lambda e: e["data"]["seq"])["pos"]
         ack = self.connect(node).request({"type": "subscribe", "channels": ["odin.token.*.*"],
                                           "since": [first]})

@@ -36,10 +36,10 @@ class Shard:
     """A shard handle's /health entry, with a Kafka and warm-up status."""
 
     def __init__(self, index: int, kafka: dict | None, warmup: str = "done",
-                 incomplete: int = 0, alive: bool = True):
+                 incomplete: int = 0, alive: bool = True, late: dict | None = None):
         self.entry = {"index": index, "alive": alive, "accepting": alive, "connections": 0,
                       "capacity": 100, "kafka": kafka,
-                      "warmup": {"state": warmup, "incomplete": incomplete}}
+                      "warmup": {"state": warmup, "incomplete": incomplete, "late": late}}
 
     def as_health(self) -> dict:
         return self.entry
@@ -155,6 +155,30 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual((status, body["degraded"]), (200, ["warming"]))
         status, body = self.health(Shard(0, kafka(), "failed"), Shard(1, kafka(), incomplete=2))
         self.assertEqual((status, body["degraded"]), (200, ["history_cold"]))
+
+    def test_late_warmups(self):
+        """
+        Partitions first assigned after the start, whose history a shard
+        reads back now or next (their events wait meanwhile): 200, degraded
+        warming_partitions, listed; once read, nothing. A late warm-up that
+        failed or ran out of time: degraded history_cold, until a later one
+        reads all it should.
+        """
+        reading = {"reading": ["odin.trades[2]"], "reading_for": 1.5,
+                   "waiting": ["odin.trades[3]"], "waiting_for": 0.5, "runs": 0, "last": None}
+        status, body = self.health(Shard(0, kafka(), late=reading), Shard(1, kafka()))
+        self.assertEqual((status, body["degraded"], body["warming_partitions"]),
+                         (200, ["warming_partitions"], ["odin.trades[2]", "odin.trades[3]"]))
+        done = {"reading": [], "reading_for": None, "waiting": [], "waiting_for": None,
+                "runs": 1, "last": {"state": "done", "incomplete": 0,
+                                    "partitions": ["odin.trades[2]"], "ago": 3.0}}
+        status, body = self.health(Shard(0, kafka(), late=done))
+        self.assertEqual((status, body["degraded"], body["warming_partitions"]), (200, [], []))
+        cut = dict(done, last=dict(done["last"], incomplete=1))
+        failed = dict(done, last=dict(done["last"], state="failed"))
+        for late in (cut, failed):
+            status, body = self.health(Shard(0, kafka(), late=late))
+            self.assertEqual((status, body["degraded"]), (200, ["history_cold"]))
 
     def test_no_warming_503_without_recovery(self):
         """With no history kept (history.max_events_per_partition 0) nothing is promised."""

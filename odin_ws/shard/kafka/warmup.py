@@ -34,6 +34,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from odin_ws.common import metrics
 from odin_ws.common.logs import silenced
 from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.incarnations import TopicIncarnations, admin_config
@@ -81,6 +82,8 @@ class HistoryWarmup(Service):
         # Partitions asked for by warm() and not read yet (the next run's).
         self._late: set[tuple[str, int]] = set()
         self._late_reading = False
+        #: The late runs, for the shard's status (L{late_status}).
+        self.late = LateRuns(reactor)
         self._consumer_factory = consumer_factory
         conf = {k: v for k, v in admin_config(consumer_config).items() if k != "logger"}
         self._incarnations = incarnations or TopicIncarnations(
@@ -108,8 +111,10 @@ class HistoryWarmup(Service):
         self._finished: Deferred | None = None
 
     def status(self) -> dict[str, Any]:
-        """The warm-up's state, for the shard's status (read-only copy)."""
-        return self.report.as_status()
+        """The warm-up's state and its late runs', for the shard's status (read-only copy)."""
+        status = self.report.as_status()
+        status["late"] = self.late.status(self._late)
+        return status
 
     @property
     def reading(self) -> bool:
@@ -130,6 +135,9 @@ class HistoryWarmup(Service):
         C{on_partition}, then C{on_late} with all of them): now, or after the
         run that reads. Not running (stopping): C{on_late} at once.
         """
+        partitions = set(partitions)
+        if partitions - self._late:
+            self.late.asked(first=not self._late)
         self._late.update(partitions)
         if not self.running:
             late, self._late = self._late, set()
@@ -192,6 +200,7 @@ class HistoryWarmup(Service):
     def _late_ended(self, report: WarmupReport, finished: Deferred,
                     only: set[tuple[str, int]]) -> None:
         self._late_reading = False
+        self.late.ended(only, report)
         finished.callback(None)
         if self._on_late is not None:
             self._on_late(only, report)
@@ -203,4 +212,75 @@ class HistoryWarmup(Service):
         if self._late and not self.reading:
             late, self._late = self._late, set()
             self._late_reading = True
+            self.late.started(late)
             self._start(late, self._late_end)
+
+
+def partition_label(partition: tuple[str, int]) -> str:
+    """A partition as /health names it (C{odin.trades[2]})."""
+    return f"{partition[0]}[{partition[1]}]"
+
+
+class LateRuns:
+    """
+    The warm-ups of partitions first seen after the start's (a rebalance, a
+    partition added): which one reads and since when, which partitions wait
+    for the next and since when, and how the last one ended. Their events
+    wait at the warm gate meanwhile, so /health names them
+    (C{warming_partitions}) and C{odinws_history_late_warmup_partitions} counts them.
+    """
+
+    def __init__(self, reactor: Any):
+        self._clock = reactor.seconds
+        self.reading: set[tuple[str, int]] = set()
+        self._reading_since: float | None = None
+        self._waiting_since: float | None = None
+        self.runs = 0
+        self._last: dict[str, Any] | None = None
+        self._last_at = 0.0
+
+    def asked(self, first: bool) -> None:
+        """Partitions were asked for (C{first}: none waited before): they wait from now."""
+        if first or self._waiting_since is None:
+            self._waiting_since = self._clock()
+
+    def started(self, partitions: set[tuple[str, int]]) -> None:
+        """A run starts reading C{partitions} (all of those waiting)."""
+        self.reading = set(partitions)
+        self._reading_since = self._clock()
+        self._waiting_since = None
+        self._gauge()
+
+    def ended(self, partitions: set[tuple[str, int]], report: WarmupReport) -> None:
+        """The run of C{partitions} ended with C{report}."""
+        self.runs += 1
+        self.reading = set()
+        self._reading_since = None
+        self._last = dict(report.as_status(), partitions=sorted(map(partition_label, partitions)))
+        self._last_at = self._clock()
+        result = ("failed" if report.state is WarmupState.FAILED else
+                  "incomplete" if report.incomplete else
+                  "stopped" if report.state is WarmupState.STOPPED else "done")
+        metrics.LATE_WARMUPS.labels(result).inc()
+        self._gauge()
+
+    def _gauge(self, waiting: int = 0) -> None:
+        metrics.LATE_WARMUP_PARTITIONS.set(len(self.reading) + waiting)
+
+    def status(self, waiting: set[tuple[str, int]]) -> dict[str, Any]:
+        """What /health shows of the late runs (C{waiting}: asked for, not read yet)."""
+        now = self._clock()
+        self._gauge(len(waiting))
+        last = None
+        if self._last is not None:
+            last = dict(self._last, ago=round(now - self._last_at, 1))
+        return {
+            "reading": sorted(map(partition_label, self.reading)),
+            "reading_for": (None if self._reading_since is None
+                            else round(now - self._reading_since, 1)),
+            "waiting": sorted(map(partition_label, waiting)),
+            "waiting_for": (None if self._waiting_since is None or not waiting
+                            else round(now - self._waiting_since, 1)),
+            "runs": self.runs,
+            "last": last,
+        }

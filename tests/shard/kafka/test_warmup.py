@@ -18,11 +18,12 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from odin_ws.common import config as configmod
+from odin_ws.common import metrics
 from odin_ws.common.events import Event, Partition, decode_batch
 from odin_ws.common.settings import Settings
 from odin_ws.shard.kafka.records import RecordMapper
 from odin_ws.shard.kafka.warmread import WarmedPartition, WarmupReport, WarmupState
-from odin_ws.shard.kafka.warmup import HistoryWarmup
+from odin_ws.shard.kafka.warmup import HistoryWarmup, LateRuns
 from tests.helpers import ShardTestCase, sample, text
 from tests.helpers.fakes import FakeKafkaMessage
 
@@ -262,6 +263,11 @@ class WarmupTests(SynchronousTestCase):
         self.assertEqual([(w.partition, w.start, w.through) for w in handed], [(1, 2, 4)])
         self.assertEqual(ends, [({(TOPIC, 1)}, "done", 1)])
         self.assertEqual((warmup.status()["state"], warmup.status()["partitions"]), ("done", 3))
+        late_status = warmup.status()["late"]
+        self.assertEqual((late_status["reading"], late_status["waiting"], late_status["runs"]),
+                         ([], [], 1))
+        self.assertEqual((late_status["last"]["state"], late_status["last"]["partitions"]),
+                         ("done", [f"{TOPIC}[1]"]))
 
     def test_late_partitions_when_stopped(self):
         """Asked while the service is not running: reported at once, nothing read."""
@@ -294,6 +300,63 @@ class WarmupTests(SynchronousTestCase):
         stopped = warmup.stopService()
         reactor.advance(2.0)
         self.assertTrue(stopped.called)
+
+
+class LateRunsTests(SynchronousTestCase):
+    """What the shard's status (and so /health) shows of the warm-ups of late partitions."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.late = LateRuns(self.clock)
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = metrics.REGISTRY.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def test_waiting_reading_ended(self):
+        """
+        Partitions asked for wait (since when), are read (since when), and
+        the run's end is kept as the last, counted by result; the gauge
+        counts those waiting or being read.
+        """
+        waiting = {(TOPIC, 2), (TOPIC, 3)}
+        self.late.asked(first=True)
+        self.clock.advance(2)
+        status = self.late.status(waiting)
+        self.assertEqual((status["waiting"], status["waiting_for"], status["reading"]),
+                         ([f"{TOPIC}[2]", f"{TOPIC}[3]"], 2.0, []))
+        self.assertEqual(self.sample("odinws_history_late_warmup_partitions"), 2)
+        self.late.started(waiting)
+        self.clock.advance(1.5)
+        status = self.late.status(set())
+        self.assertEqual((status["reading"], status["reading_for"], status["waiting"],
+                          status["waiting_for"]),
+                         ([f"{TOPIC}[2]", f"{TOPIC}[3]"], 1.5, [], None))
+        done = self.sample("odinws_history_late_warmups_total", result="done")
+        cut = self.sample("odinws_history_late_warmups_total", result="incomplete")
+        self.late.ended(waiting, WarmupReport(WarmupState.DONE, 7, 2, 1, 1.5))
+        self.clock.advance(4)
+        status = self.late.status(set())
+        self.assertEqual((status["reading"], status["reading_for"], status["runs"]), ([], None, 1))
+        self.assertEqual((status["last"]["state"], status["last"]["incomplete"],
+                          status["last"]["ago"]), ("done", 1, 4.0))
+        self.assertEqual(self.sample("odinws_history_late_warmups_total", result="incomplete"),
+                         cut + 1)
+        self.assertEqual(self.sample("odinws_history_late_warmups_total", result="done"), done)
+        self.assertEqual(self.sample("odinws_history_late_warmup_partitions"), 0)
+
+    def test_waiting_since_the_first_asked(self):
+        """More partitions asked while some wait keep the first's time; after a run, anew."""
+        self.late.asked(first=True)
+        self.clock.advance(3)
+        self.late.asked(first=False)
+        self.assertEqual(self.late.status({(TOPIC, 0), (TOPIC, 1)})["waiting_for"], 3.0)
+        self.late.started({(TOPIC, 0), (TOPIC, 1)})
+        self.late.ended({(TOPIC, 0), (TOPIC, 1)}, WarmupReport(WarmupState.DONE))
+        self.clock.advance(5)
+        self.late.asked(first=True)
+        self.clock.advance(1)
+        self.assertEqual(self.late.status({(TOPIC, 4)})["waiting_for"], 1.0)
 
 
 class ShardBackfillTests(ShardTestCase):
