@@ -309,6 +309,11 @@ LATE_WARMUP_PARTITIONS = Gauge("odinws_history_late_warmup_partitions", "Partiti
                                "assigned after the start's warm-up that wait for or are in "
                                "their own now: their events wait at the warm gate.",
                                registry=REGISTRY)
+LATE_WARMUP_SECONDS = Gauge("odinws_history_late_warmup_seconds", "How long the late warm-up "
+                            "has been reading, or partitions first assigned after the start "
+                            "have waited for one, whichever is longer (0: none): past twice "
+                            "history.warmup_timeout it is overdue (/health warmup_overdue).",
+                            registry=REGISTRY)
 
 
 # The standard process metrics every Prometheus client exports
@@ -391,7 +396,7 @@ SHARD_FAMILIES = _families(CONNECTIONS, CONNECTIONS_OPENED, CONNECTIONS_CLOSED, 
                            GC_PAUSE, RECOVERIES, RECOVERIES_HELD, RECOVERIES_WAITING,
                            RECOVERY_HOLD_SECONDS, EVENTS_STALE, EVENTS_REPLAYED,
                            SNAPSHOT_EVENTS, HISTORY_WARMED, LATE_WARMUPS,
-                           LATE_WARMUP_PARTITIONS, DELTA_BYTES, DELTA_FRAMES,
+                           LATE_WARMUP_PARTITIONS, LATE_WARMUP_SECONDS, DELTA_BYTES, DELTA_FRAMES,
                            EVENTS_THROTTLED, EVENTS_FILTERED, KAFKA_BATCHES_JOINED,
                            JWKS_FETCHES, JWKS_KEYS, OUTBOUND_NATIVE)
 

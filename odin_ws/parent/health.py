@@ -112,6 +112,9 @@ class Health:
                           for label in (late.get("reading") or []) + (late.get("waiting") or [])})
         if warming:
             degraded.append("warming_partitions")
+        overdue = late_warmups_overdue(alive, self._settings)
+        if overdue:
+            degraded.append("warmup_overdue")
         body = {
             "status": status,
             "node": self._settings.node_id,
@@ -126,6 +129,7 @@ class Health:
             "unassigned_partitions": held_by_none,
             "stalled_partitions": stalled,
             "warming_partitions": warming,
+            "overdue_warmups": overdue,
             "shards": shards,
             # Whether the open-files limit, not limits.max_connections, bounds the node.
             "open_files": openfiles.status(self._settings).as_health(),
@@ -206,6 +210,49 @@ class Delivery:
             status = "warming"
             reason = "reading the recent past back from Kafka for recovery"
         return cls(status, reason, tuple(degraded), connected, missing)
+
+
+#: A late warm-up reading (or partitions waiting for one) this many times
+#: C{history.warmup_timeout} (at least L{OVERDUE_FLOOR} seconds) is overdue.
+OVERDUE_FACTOR = 2.0
+OVERDUE_FLOOR = 5.0
+
+
+def overdue_after(settings: Settings) -> float:
+    """
+    Seconds after which a late warm-up is overdue. A run is cut at
+    C{history.warmup_timeout} and then hands over what it read within one
+    broker request (2 s at most, shard/kafka/warmread.py) and a consumer
+    close; partitions asked for meanwhile wait for that run, then read in
+    the next. Twice the timeout (30 s shipped; 5 s at least, for a short
+    timeout's request and close) is past anything a working run takes: one
+    still reading then is hung (a broker call or a close that does not
+    return), and its partitions' events wait at the warm gate until it ends.
+    """
+    return max(OVERDUE_FACTOR * settings.history.warmup_timeout, OVERDUE_FLOOR)
+
+
+def late_warmups_overdue(alive: list[dict], settings: Settings) -> list[str]:
+    """
+    One line per shard whose late warm-up has read, or whose partitions have
+    waited for one, longer than L{overdue_after}: for C{overdue_warmups}.
+    """
+    limit = overdue_after(settings)
+    timeout = settings.history.warmup_timeout
+    lines = []
+    for shard in alive:
+        late = _late(shard)
+        reading_for, waiting_for = late.get("reading_for"), late.get("waiting_for")
+        if late.get("reading") and reading_for is not None and reading_for >= limit:
+            lines.append(f"shard {shard['index']} has been reading the history of "
+                         f"{', '.join(late['reading'])} back for {reading_for:.0f}s (a run "
+                         f"stops at history.warmup_timeout, {timeout:g}s): their events "
+                         f"wait until it ends")
+        if late.get("waiting") and waiting_for is not None and waiting_for >= limit:
+            lines.append(f"shard {shard['index']} has had {', '.join(late['waiting'])} wait "
+                         f"{waiting_for:.0f}s for a history warm-up to start: their events "
+                         f"wait until it ends")
+    return lines
 
 
 def _late(shard: dict) -> dict:

@@ -370,7 +370,8 @@ class RulesTests(unittest.TestCase):
         On synthetic series (promtool test rules), the key alerts fire when
         they should and stay quiet otherwise: crash-looping shard, no shard
         alive, growing (not steady) lag, drops above 1% of deliveries, sustained
-        duplicates (marks that never went back), a new incarnation of a topic.
+        duplicates (marks that never went back), a new incarnation of a topic,
+        a late warm-up going on past twice the shipped timeout.
         Annotations are left out of the comparison (promtool check covers
         their templates).
         """
@@ -475,6 +476,16 @@ def alert_scenarios() -> list[dict]:
              expect("OdinwsFileDescriptorsNearLimit", "5m"),
              expect("OdinwsFileDescriptorsNearLimit", "15m",
                     {**node, "shard": "0", "severity": "warning"})]},
+        # A shard's late warm-up stuck at 60 s for 10 minutes fires; one of
+        # 10 s (a slow run, within twice the shipped timeout) does not.
+        {"interval": "1m",
+         "input_series": [
+             series("odinws_history_late_warmup_seconds", "60+0x15", shard="1"),
+             series("odinws_history_late_warmup_seconds", "10+0x15", shard="0")],
+         "alert_rule_test": [
+             expect("OdinwsLateWarmupOverdue", "1m"),
+             expect("OdinwsLateWarmupOverdue", "10m",
+                    {"instance": node["instance"], "shard": "1", "severity": "warning"})]},
         {"interval": "1m",
          "input_series": [
              series("odinws_offset_resets_total", "0+0x5 1+0x30", shard="0", reason="topic_changed")],

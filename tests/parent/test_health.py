@@ -180,6 +180,48 @@ class HealthTests(SynchronousTestCase):
             status, body = self.health(Shard(0, kafka(), late=late))
             self.assertEqual((status, body["degraded"]), (200, ["history_cold"]))
 
+    def test_late_warmup_overdue(self):
+        """
+        A late warm-up reading longer than twice history.warmup_timeout (a
+        run stops at the timeout: one still reading is hung), or partitions
+        waiting that long for one: still 200, degraded warmup_overdue, and
+        overdue_warmups says which shard, which partitions, for how long.
+        Short of it, only warming_partitions.
+        """
+        def reading(seconds: float) -> dict:
+            return {"reading": ["odin.trades[2]"], "reading_for": seconds, "waiting": [],
+                    "waiting_for": None, "runs": 0, "last": None}
+        status, body = self.health(Shard(0, kafka(), late=reading(29.9)), Shard(1, kafka()))
+        self.assertEqual((status, body["degraded"], body["overdue_warmups"]),
+                         (200, ["warming_partitions"], []))
+        status, body = self.health(Shard(0, kafka()), Shard(1, kafka(), late=reading(41.0)))
+        self.assertEqual((status, body["status"], body["degraded"]),
+                         (200, "ok", ["warming_partitions", "warmup_overdue"]))
+        self.assertEqual(body["overdue_warmups"], [
+            "shard 1 has been reading the history of odin.trades[2] back for 41s (a run stops "
+            "at history.warmup_timeout, 15s): their events wait until it ends"])
+        waiting = {"reading": [], "reading_for": None, "waiting": ["odin.trades[3]"],
+                   "waiting_for": 31.0, "runs": 2, "last": None}
+        status, body = self.health(Shard(0, kafka(), late=waiting))
+        self.assertEqual((status, body["degraded"]), (200, ["warming_partitions", "warmup_overdue"]))
+        self.assertEqual(body["overdue_warmups"], [
+            "shard 0 has had odin.trades[3] wait 31s for a history warm-up to start: their "
+            "events wait until it ends"])
+
+    def test_late_warmup_overdue_follows_the_timeout(self):
+        """
+        The bound is twice history.warmup_timeout (5 s at least, for a short
+        timeout's last request and close): 12 s of reading is overdue with
+        a 5 s timeout, and 4 s is not with a 1 s one.
+        """
+        late = {"reading": ["odin.trades[2]"], "reading_for": 12.0, "waiting": [],
+                "waiting_for": None, "runs": 0, "last": None}
+        _, body = self.health(Shard(0, kafka(), late=late), history__warmup_timeout=5.0)
+        self.assertIn("warmup_overdue", body["degraded"])
+        _, body = self.health(Shard(0, kafka(), late=dict(late, reading_for=4.0)),
+                              history__warmup_timeout=1.0)
+        self.assertEqual((body["degraded"], body["overdue_warmups"]), (["warming_partitions"], []))
+
     def test_no_warming_503_without_recovery(self):
         """With no history kept (history.max_events_per_partition 0) nothing is promised."""
         status, _ = self.health(Shard(0, kafka(), "running"),

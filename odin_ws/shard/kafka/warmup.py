@@ -227,7 +227,9 @@ class LateRuns:
     partition added): which one reads and since when, which partitions wait
     for the next and since when, and how the last one ended. Their events
     wait at the warm gate meanwhile, so /health names them
-    (C{warming_partitions}) and C{odinws_history_late_warmup_partitions} counts them.
+    (C{warming_partitions}; C{warmup_overdue} when one takes far longer than
+    a run may), C{odinws_history_late_warmup_partitions} counts them and
+    C{odinws_history_late_warmup_seconds} says for how long.
     """
 
     def __init__(self, reactor: Any):
@@ -274,13 +276,16 @@ class LateRuns:
         last = None
         if self._last is not None:
             last = dict(self._last, ago=round(now - self._last_at, 1))
+        reading_for = (None if self._reading_since is None or not self.reading
+                       else round(now - self._reading_since, 1))
+        waiting_for = (None if self._waiting_since is None or not waiting
+                       else round(now - self._waiting_since, 1))
+        metrics.LATE_WARMUP_SECONDS.set(max(reading_for or 0.0, waiting_for or 0.0))
         return {
             "reading": sorted(map(partition_label, self.reading)),
-            "reading_for": (None if self._reading_since is None
-                            else round(now - self._reading_since, 1)),
+            "reading_for": reading_for,
             "waiting": sorted(map(partition_label, waiting)),
-            "waiting_for": (None if self._waiting_since is None or not waiting
-                            else round(now - self._waiting_since, 1)),
+            "waiting_for": waiting_for,
             "runs": self.runs,
             "last": last,
         }

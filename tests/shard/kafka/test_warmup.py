@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -268,6 +268,88 @@ class WarmupTests(SynchronousTestCase):
                          ([], [], 1))
         self.assertEqual((late_status["last"]["state"], late_status["last"]["partitions"]),
                          ("done", [f"{TOPIC}[1]"]))
+
+    def late_warmup(self, late_consumer: Any, **overrides: Any) -> tuple[HistoryWarmup, Any]:
+        """
+        A warm-up whose start has ended (three partitions read), its later
+        runs' consumers from C{late_consumer}; and the list of their ends
+        with an Event set at each.
+        """
+        now = int(time.time() * 1000)
+        logs = {(TOPIC, p): [(record(10 * p + i), now - 1000) for i in range(5)]
+                for p in range(3)}
+        s = settings(**overrides)
+        reactor = ImmediateReactor()
+        consumers = [lambda: FakeConsumer(logs), late_consumer]
+        ends: list[Any] = []
+        ends_set = threading.Event()
+
+        def late_done(partitions, report):
+            ends.append((partitions, report))
+            ends_set.set()
+        started = threading.Event()
+        warmup = HistoryWarmup(reactor, s, RecordMapper.from_settings(s.kafka),
+                               {"bootstrap.servers": "x"}, lambda w: None,
+                               lambda r: started.set(), lambda conf: consumers.pop(0)(),
+                               FakeIncarnations(), on_late=late_done)
+        warmup.startService()
+        self.addCleanup(warmup.stopService)
+        self.assertTrue(started.wait(30))
+        warmup._thread.join(30)
+        return warmup, (ends, ends_set)
+
+    def test_late_run_reading_then_stopped(self):
+        """
+        A late run whose consumer hangs shows in the shard's status as
+        reading its partition, for as long as it has (the reactor's clock),
+        and in odinws_history_late_warmup_seconds; stopped, it is the last
+        run, state stopped, counted as such, and nothing reads any more.
+        """
+        block = threading.Event()
+        self.addCleanup(block.set)
+        warmup, (ends, ended) = self.late_warmup(
+            lambda: FakeConsumer({(TOPIC, 1): [(record(1), int(time.time() * 1000))]},
+                                 block=block))
+        stopped = metrics.REGISTRY.get_sample_value("odinws_history_late_warmups_total",
+                                                    {"result": "stopped"}) or 0.0
+        warmup.warm({(TOPIC, 1)})
+        warmup._reactor.advance(41)
+        late = warmup.status()["late"]
+        self.assertEqual((late["reading"], late["reading_for"], late["waiting"], late["runs"]),
+                         ([f"{TOPIC}[1]"], 41.0, [], 0))
+        self.assertEqual(metrics.REGISTRY.get_sample_value("odinws_history_late_warmup_seconds"),
+                         41.0)
+        warmup.stopService()
+        self.assertTrue(ended.wait(30))
+        late = warmup.status()["late"]
+        self.assertEqual((late["reading"], late["reading_for"], late["runs"]), ([], None, 1))
+        self.assertEqual((late["last"]["state"], late["last"]["partitions"]),
+                         ("stopped", [f"{TOPIC}[1]"]))
+        self.assertEqual(metrics.REGISTRY.get_sample_value("odinws_history_late_warmups_total",
+                                                           {"result": "stopped"}), stopped + 1)
+        self.assertEqual(metrics.REGISTRY.get_sample_value("odinws_history_late_warmup_seconds"),
+                         0.0)
+
+    def test_late_run_failed(self):
+        """
+        A late run that fails (its consumer cannot be made) is the last run,
+        state failed with the error, counted as failed; the start's report
+        stays done.
+        """
+        def broken() -> Any:
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "bad config"))
+        warmup, (ends, ended) = self.late_warmup(broken)
+        failed = metrics.REGISTRY.get_sample_value("odinws_history_late_warmups_total",
+                                                   {"result": "failed"}) or 0.0
+        warmup.warm({(TOPIC, 2)})
+        self.assertTrue(ended.wait(30))
+        status = warmup.status()
+        last = status["late"]["last"]
+        self.assertEqual((status["state"], status["late"]["runs"], last["state"],
+                          last["partitions"]), ("done", 1, "failed", [f"{TOPIC}[2]"]))
+        self.assertIn("bad config", last["error"])
+        self.assertEqual(metrics.REGISTRY.get_sample_value("odinws_history_late_warmups_total",
+                                                           {"result": "failed"}), failed + 1)
 
     def test_late_partitions_when_stopped(self):
         """Asked while the service is not running: reported at once, nothing read."""
