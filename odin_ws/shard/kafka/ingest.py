@@ -6,7 +6,8 @@ status; the loop reports to it through the small method API of L{KafkaIngest}
 marked "consumer thread", and never touches its attributes. The consumer's
 librdkafka settings are L{odin_ws.shard.kafka.consumerconfig}'s; what its
 statistics say (a broker not answering, lag, stalled partitions) is read by
-L{odin_ws.shard.kafka.consumerstats}, a part of L{KafkaIngest}.
+L{odin_ws.shard.kafka.consumerstats}, and what its errors mean for the status
+by L{odin_ws.shard.kafka.consumererrors}, both parts of L{KafkaIngest}.
 
 Threading: every call on the C{Consumer} (and every librdkafka callback,
 which librdkafka serves from inside C{consume}) happens on the consumer
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaException
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -49,6 +50,7 @@ from odin_ws.shard.kafka.consumerconfig import (
     incremental,
     librdkafka_settings,
 )
+from odin_ws.shard.kafka.consumererrors import ConsumerErrors
 from odin_ws.shard.kafka.consumerloop import STOP_GRACE, ConsumerLoop
 from odin_ws.shard.kafka.consumerstats import ConsumerStatistics, IngestState
 from odin_ws.shard.kafka.consumerthread import ConsumerThread
@@ -72,7 +74,7 @@ CLOSE_TIMEOUT = 1.5
 UNANSWERED_AFTER = 3.0
 
 
-class KafkaIngest(ConsumerStatistics, Service):
+class KafkaIngest(ConsumerStatistics, ConsumerErrors, Service):
     """
     Consume C{kafka.topics} in the node's consumer group and call
     C{on_batch(events)} in the reactor thread for each non-empty batch (the
@@ -344,30 +346,6 @@ class KafkaIngest(ConsumerStatistics, Service):
         if paused:
             self._progress.clear()
 
-    def note_error(self, kind: str, text: str, level: str = "warn") -> None:
-        """Consumer thread: count an error by kind; log its first occurrence per episode."""
-        metrics.KAFKA_ERRORS.labels(kind).inc()
-        self._last_error = text
-        self.log_once(kind, "Kafka consumer: {error}", level, error=text)
-
-    def fatal(self, kind: str, text: str) -> None:
-        """
-        Consumer thread: the consumer cannot go on (librdkafka's fatal state:
-        it would return nothing more, its assignment still shown); end its
-        loop so the thread replaces it (L{ConsumerThread}), and show why in
-        the status meanwhile.
-        """
-        if "group.instance.id" in text:
-            # FENCED_INSTANCE_ID: another consumer joined with this shard's id.
-            text += (f" (instance id {self.instance_id}: another process joined the group "
-                     f"{self._settings.group_id} with it; node_id must be unique among the "
-                     f"nodes of kafka.group {self._settings.kafka.group!r})")
-        self.note_error(kind, f"fatal: {text}", "error")
-        self._set_state(IngestState.ERROR, False)
-        # It reads nothing more: no partitions to show, whatever it holds.
-        self._assigned = frozenset()
-        self._fatal.set()
-
     def replacing(self, delay: float) -> None:
         """Consumer thread: the failed consumer is closed; a new one follows in C{delay} s."""
         self._log("warn", "Kafka consumer failed ({error}): replacing the Kafka consumer in "
@@ -381,12 +359,6 @@ class KafkaIngest(ConsumerStatistics, Service):
         self._state = IngestState.STARTING
         self._connected = False
         self._logged = set()
-
-    def log_once(self, key: str, fmt: str, level: str = "warn", **kw: Any) -> None:
-        """Consumer thread: log a line once per kind (C{key}) and episode."""
-        if key not in self._logged:
-            self._logged.add(key)
-            self._log(level, fmt, **kw)
 
     def log(self, level: str, fmt: str, **kw: Any) -> None:
         """Consumer thread: log a line (emitted from the reactor thread)."""
@@ -411,59 +383,6 @@ class KafkaIngest(ConsumerStatistics, Service):
         metrics.KAFKA_CONNECTED.set(0)
         self._reactor.callFromThread(finished.callback, None)
 
-    # Consumer thread: status (librdkafka callbacks, served inside consume()).
-
     def _log(self, level: str, fmt: str, **kw: Any) -> None:
         # twisted.logger observers are not thread-safe: emit in the reactor.
         self._reactor.callFromThread(getattr(log, level), fmt, **kw)
-
-    def _set_state(self, state: IngestState, connected: bool) -> None:
-        self._connected = connected
-        if connected:
-            self._connected_at = self._reactor.seconds()
-        metrics.KAFKA_CONNECTED.set(1 if connected else 0)
-        if state == self._state or self._state == IngestState.ERROR:
-            return
-        self._state = state
-        if state == IngestState.RUNNING:
-            # A new episode: the next error of each kind is worth a line
-            # again, and the error that kept it from running no longer holds.
-            self._logged = set()
-            self._last_error = self._connection_error = None
-            self._log("info", "Kafka consumer running (group {group})",
-                      group=self._settings.group_id)
-        elif state == IngestState.RETRYING:
-            self._log("warn", "Kafka brokers unreachable, retrying: {error}",
-                      error=self._last_error)
-        elif state == IngestState.UNRESPONSIVE:
-            self._log("warn", "Kafka broker not answering: {error}", error=self._last_error)
-
-    def on_error(self, err: KafkaError) -> None:
-        """
-        Consumer thread: an error from librdkafka, through error_cb or as a
-        message from consume(): classified once (fatal, all brokers down,
-        a connection error while retrying or while running, other).
-        """
-        kind = err.name().lstrip("_").lower()
-        if err.fatal():
-            self.fatal(kind, err.str())
-        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
-            metrics.KAFKA_ERRORS.labels(kind).inc()
-            # The connection error before it says why; the retrying line shows it.
-            self._last_error = self._connection_error or err.str()
-            self._set_state(IngestState.RETRYING, False)
-        elif err.code() in _CONNECTION_ERRORS and self._state != IngestState.RUNNING:
-            # Retried by librdkafka every backoff: the state line reports it.
-            metrics.KAFKA_ERRORS.labels(kind).inc()
-            self._last_error = self._connection_error = err.str()
-        elif err.code() in _CONNECTION_ERRORS:
-            # Running: one broker connection failed (or a report of the outage
-            # arrived after the consumer was back), while the statistics say
-            # brokers answer. Counted and logged once; not the status's error,
-            # which would then outlive what it says (issue 28).
-            metrics.KAFKA_ERRORS.labels(kind).inc()
-            self.log_once(kind, "Kafka consumer: {error}", error=err.str())
-        else:
-            self.note_error(kind, err.str())
-
-_CONNECTION_ERRORS = (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT)
