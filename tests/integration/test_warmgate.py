@@ -203,15 +203,17 @@ class LateAfterBrokerOutageTests(KilledShardCase):
         newcomer.subscribe("odin.token.*.*")
         self.broker.up()
         wait_for(lambda: node.assigned()[0], 90, 0.2, "the partition back on the shard")
-        self.produce(4)
-        got = [e["data"]["seq"] for e in newcomer.collect(4, timeout=90)]
-        self.assertEqual(sorted(got), list(range(6, 10)), f"the newcomer's events: {newcomer.events}")
         # /health tells the partition's own warm-up (from the shard's next
         # report): it ran, read the six back, and nothing waits any more.
+        # Waited for before the four new events, which it would otherwise
+        # read too when they reach the partition before its end is taken.
         def reported() -> dict | None:
             body = node.health()[1]
             return body if body["shards"][0]["warmup"]["late"]["runs"] else None
         body = wait_for(reported, 30, 0.1, "the late warm-up's end reported")
+        self.produce(4)
+        got = [e["data"]["seq"] for e in newcomer.collect(4, timeout=90)]
+        self.assertEqual(sorted(got), list(range(6, 10)), f"the newcomer's events: {newcomer.events}")
         [late] = [s["warmup"]["late"] for s in body["shards"]]
         self.assertEqual((late["runs"], late["reading"], late["waiting"], body["warming_partitions"]),
                          (1, [], [], []), body)
