@@ -63,8 +63,12 @@ class CatchUpNodeCase(TopicNodeCase):
     prefix = "catch"
     shards = 1
     partitions = 2
+    # No keepalive pings: a client that reads nothing answers none, and would
+    # be dropped 40 s after it connected (30 s interval, 10 s timeout), which
+    # a slow run of these tests reaches.
     settings = {"outbound.max_buffer_bytes": 16384, "kafka.max_record_bytes": 16384,
-                "outbound.kernel_unsent_bytes": 4096, "outbound.policy": {"default": "drop"}}
+                "outbound.kernel_unsent_bytes": 4096, "outbound.policy": {"default": "drop"},
+                "keepalive.ping_interval": 0}
 
     def start(self, **extra) -> tuple[Node, PausedReader, Client]:
         node = self.node(**{**self.settings, **extra})
@@ -173,7 +177,8 @@ def stalled_socket(url: str) -> socket.socket:
 
 class MemoryTests(CatchUpNodeCase):
     settings = {"listen.max_heads_per_ip": 1000, "limits.connection_rate_per_ip": 100000.0,
-                "limits.connection_burst_per_ip": 1000, "outbound.policy": {"default": "drop"}}
+                "limits.connection_burst_per_ip": 1000, "outbound.policy": {"default": "drop"},
+                "keepalive.ping_interval": 0}
 
     def test_stalled_connections_hold_positions_not_frames(self):
         """
