@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import statistics
 import sys
@@ -38,6 +39,8 @@ WINDOW = 2.0      # seconds of one measurement window
 HALF_SETTLE = 3.0  # seconds at half the maximum before its window: a server that batches
                   # more when behind reaches its steady batch size (not the ramp-up's)
 RAMP = 1.6        # rate factor between ramp steps
+REFINE = 1.3      # a failed step more than this above the last kept one: one step between
+RAMP_STEPS = 17   # most windows of one ramp (the refined steps included)
 COMMON_CONNS = 1000  # cells with one more own-share window, at COMMON_FPS
 COMMON_FPS = 50_000.0  # frames/s: half of cpython-raw's 1k maximum or less, on these machines
 DRAIN_LIMIT = 60.0  # seconds a server may take to deliver its backlog after a saturated step
@@ -196,7 +199,8 @@ def ramp(inst: Instance, batch: int, start_fps: float, common: bool = False) -> 
     """
     rate = max(0.5, start_fps / inst.fanout)
     steps, kept = [], None
-    for _ in range(14):
+    failed = None  # the lowest rate it did not keep up with, while a step between is tried
+    for _ in range(RAMP_STEPS):
         inst.set_rate(rate, batch)
         time.sleep(SETTLE)
         secs, threshold = window_for(rate, batch)
@@ -217,10 +221,25 @@ def ramp(inst: Instance, batch: int, start_fps: float, common: bool = False) -> 
             rate = max(0.5, rate / 4)
             steps[0]["discarded"] = True
             continue
-        if not ok:
-            break
-        kept = rate
-        rate *= RAMP
+        if ok:
+            kept = rate
+            if failed is not None and rate < failed:
+                # The step between held: back to the rate it did not keep up
+                # with, for its saturated windows (or, keeping up now, on).
+                rate = failed
+            else:
+                failed = None
+                rate *= RAMP
+            continue
+        failed = rate
+        if kept is not None and failed / kept > REFINE:
+            # The steps are 1.6x apart: one between the last kept and this
+            # one tells the maximum to 1.26x (a ratio of two cells near 1
+            # would otherwise read 0.62 or 1 by where their steps fell).
+            inst.drain()
+            rate = math.sqrt(kept * failed)
+            continue
+        break
     saturated = not steps[-1]["kept_up"]
     sat = [steps[-1]["fps"]]
     if saturated:  # two more windows at the rate the server could not keep up with
@@ -422,7 +441,8 @@ def main() -> int:
     os.makedirs(rundir, exist_ok=True)
     results = {"started": stamp, "machine": report.machine(), "cells": [], "slow": [],
                "errors": [], "settings": {"window_s": WINDOW, "settle_s": SETTLE, "ramp": RAMP,
-                                          "kept_up": KEPT_UP, "p99_bound_ms": P99_BOUND}}
+                                          "refine": REFINE, "kept_up": KEPT_UP,
+                                          "p99_bound_ms": P99_BOUND}}
     t_start = time.monotonic()
     guesses: dict = {}
     classic = [s for s in (args.classic_servers or args.servers).split(",") if s]
