@@ -204,7 +204,14 @@ class MemoryTests(CatchUpNodeCase):
                        if line.startswith("odinws_connections_behind"))
         self.produce(500, pad=1000)
         keeper.collect(self.seq, timeout=120)
-        wait_for(lambda: behind() >= 500, 60, 0.5, "every stalled connection behind")
+        try:
+            wait_for(lambda: behind() >= 500, 60, 0.5, "every stalled connection behind")
+        except AssertionError as e:
+            _, _, body = http_get(urlsplit(node.url()).port, "/metrics")
+            series = [line for line in body.decode().splitlines() if line.startswith(
+                ("odinws_connections", "odinws_events_dropped", "odinws_events_stale",
+                 "odinws_writes", "odinws_outbound_buffer_high", "odinws_gaps_notified"))]
+            raise AssertionError(f"{e}: {series}") from None
         base = rss_kib(pid)
         for _ in range(10):
             self.produce(500, pad=1000)
