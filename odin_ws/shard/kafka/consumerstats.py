@@ -116,8 +116,14 @@ class ConsumerStatistics:
                 metrics.KAFKA_LAG.labels(topic, p).set(lag)
                 total += lag
                 if watching:
+                    # A partition with no leader in this consumer's metadata
+                    # is fetched from no broker: its high watermark is the
+                    # last one seen, maybe its position, and it looks read to
+                    # its end (Apache Kafka, broker replaced: held this way
+                    # for minutes, its records lost with /health "ok").
+                    high = info.get("hi_offset", -1) if info.get("leader", 0) >= 0 else -1
                     self._progress.observe(Partition(topic, int(p)), position_of(info),
-                                           info.get("hi_offset", -1), self._stats_at)
+                                           high, self._stats_at)
         if counts != self._partitions:
             self._partitions = counts  # replaced whole: the reactor reads it
         self._lag = total

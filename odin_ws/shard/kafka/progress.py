@@ -20,6 +20,12 @@ committed position; a partition still stalled a grace after that gets a
 new consumer (L{odin_ws.shard.kafka.ingest.KafkaIngest}: on Apache Kafka
 with a replaced broker the rejoin alone did not cure it, measured).
 
+A partition whose leader this consumer does not know (librdkafka's
+statistics: C{leader} -1) is fetched from no broker, so its last high
+watermark tells nothing: it counts as behind (seen on Apache Kafka after a
+broker replaced with its data: a partition assigned with no leader, its
+position equal to the stale high watermark of 0, never read again).
+
 Not stalled: a partition the consumer loop paused on purpose (the reactor
 is behind: back-pressure; L{PartitionProgress.clear}), or one whose
 consumer cannot reach a broker (its own status says so).

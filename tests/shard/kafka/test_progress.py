@@ -96,12 +96,16 @@ class ThreadlessReactor(Clock):
         f(*args, **kw)
 
 
-def statistics(partitions: dict[int, tuple[int, int]]) -> str:
-    """librdkafka statistics: one broker up, topic t's partitions at (position, high)."""
+def statistics(partitions: dict[int, tuple[int, int]], leaderless: frozenset[int] = frozenset()) -> str:
+    """
+    librdkafka statistics: one broker up, topic t's partitions at (position,
+    high), led by broker 1 but those in C{leaderless} (leader -1).
+    """
     broker = {"name": "127.0.0.1:9092/1", "nodename": "127.0.0.1:9092", "state": "UP",
               "source": "learned", "rxidle": 10_000, "waitresp_cnt": 1}
     return json.dumps({"brokers": {broker["name"]: broker}, "topics": {"t": {"partitions": {
-        str(p): {"next_offset": position, "app_offset": position, "hi_offset": high}
+        str(p): {"next_offset": position, "app_offset": position, "hi_offset": high,
+                 "leader": -1 if p in leaderless else 1}
         for p, (position, high) in partitions.items()}}}})
 
 
@@ -116,12 +120,27 @@ class StalledIngestTests(SynchronousTestCase):
         self.ingest._thread = object()  # a consumer thread runs (rejoin is possible)
         self.ingest.publish_assignment(frozenset({P0, P1}))
 
-    def feed(self, seconds: int, partitions: dict[int, tuple[int, int]]) -> None:
+    def feed(self, seconds: int, partitions: dict[int, tuple[int, int]],
+             leaderless: frozenset[int] = frozenset()) -> None:
         """One statistics report a second for C{seconds} seconds."""
         for _ in range(seconds):
-            self.ingest._on_stats(statistics(partitions))
+            self.ingest._on_stats(statistics(partitions, leaderless))
             self.reactor.advance(1.0)
-        self.ingest._on_stats(statistics(partitions))
+        self.ingest._on_stats(statistics(partitions, leaderless))
+
+    def test_leaderlessPartitionAtItsLastHighWatermarkIsStalled(self):
+        """
+        t[0] has no leader in the consumer's metadata, at its stale high
+        watermark (0 of 0, as after a broker replaced with its data): it is
+        fetched from nowhere, so after the grace it is stalled and the
+        consumer rejoins; t[1], read to its end with a leader, is not.
+        """
+        self.feed(6, {0: (0, 0), 1: (10, 10)}, leaderless=frozenset({0}))
+        self.assertEqual(list(self.ingest.status()["stalled"]), ["t[0]"])
+        self.assertTrue(self.ingest._rejoin.is_set())
+        # Its leader known again, read to its end: not stalled.
+        self.feed(1, {0: (0, 0), 1: (10, 10)})
+        self.assertEqual(self.ingest.status()["stalled"], {})
 
     def test_stalledPartitionIsShownCountedAndRejoins(self):
         """
