@@ -102,6 +102,12 @@ def node_metric(node: Node, name: str, *parts: str) -> float:
     return total
 
 
+def metric_lines(node: Node, *prefixes: str) -> list[str]:
+    """The node's /metrics sample lines whose name starts with one of C{prefixes} (for messages)."""
+    _, _, body = http_get(node.port, "/metrics")
+    return [line for line in body.decode().splitlines() if line.startswith(prefixes)]
+
+
 class Node:
     """A real odinws parent process (and its shards) on a free loopback port."""
 

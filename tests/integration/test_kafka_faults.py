@@ -17,13 +17,21 @@ from twisted.trial import unittest
 from odin_ws.common.logs import silenced
 from tests.helpers import FAST_KAFKA
 from tests.helpers.broker import KafkaBroker, fast_kafka, new_broker
-from tests.helpers.node import Client, Node, http_get, wait_for
+from tests.helpers.node import Client, Node, http_get, metric_lines, wait_for
 
 _quiet = silenced("tests.intruder.librdkafka")
 
 #: Records before the broker is replaced: the de-duplication marks end up
 #: far above anything produced afterwards (offsets restart at 0).
 BEFORE = 1200
+
+
+def health_summary(doc: dict) -> dict:
+    """Of a /health document: the status, and each shard's partitions and those held by none."""
+    return {"status": doc["status"], "degraded": doc["degraded"],
+            "unassigned": doc.get("unassigned_partitions"),
+            "stalled": doc.get("stalled_partitions"),
+            "assigned": [(s.get("kafka") or {}).get("assigned") for s in doc["shards"]]}
 
 
 class OwnBrokerCase(unittest.TestCase):
@@ -100,27 +108,16 @@ class BrokerReplacedCase(OwnBrokerCase):
             pass
         return [e["data"]["seq"] for e in c.events if str(e["data"]["seq"]).startswith("after-")]
 
-    def health(self) -> dict:
-        """What /health says of each shard's partitions, and those held by none."""
-        _, _, body = http_get(self.node.port, "/health")
-        doc = json.loads(body)
-        return {"status": doc["status"], "degraded": doc["degraded"],
-                "unassigned": doc.get("unassigned_partitions"),
-                "stalled": doc.get("stalled_partitions"),
-                "assigned": [(s.get("kafka") or {}).get("assigned") for s in doc["shards"]]}
-
     def diagnosis(self, clients: list[Client]) -> str:
         """What a failure message needs: /health, the Kafka metrics, the node's last Kafka lines."""
-        _, _, body = http_get(self.node.port, "/metrics")
-        series = [line for line in body.decode().splitlines()
-                  if line.startswith(("odinws_kafka_consumer_lag", "odinws_kafka_records_total",
-                                      "odinws_kafka_partitions_stalled", "odinws_offset_resets",
-                                      "odinws_events_duplicate", "odinws_hub_",
-                                      "odinws_kafka_consumer_replacements"))]
+        series = metric_lines(self.node, "odinws_kafka_consumer_lag", "odinws_kafka_records_total",
+                              "odinws_kafka_partitions_stalled", "odinws_offset_resets",
+                              "odinws_events_duplicate", "odinws_hub_",
+                              "odinws_kafka_consumer_replacements")
         kafka_log = [line for line in self.node.tail(400_000).splitlines() if "Kafka" in line]
-        _, _, health = http_get(self.node.port, "/health")
-        shards = [s.get("kafka") for s in json.loads(health)["shards"]]
-        return (f"/health: {self.health()}; the shards' Kafka: {shards}; "
+        doc = self.node.health()[1]
+        return (f"/health: {health_summary(doc)}; "
+                f"the shards' Kafka: {[s.get('kafka') for s in doc['shards']]}; "
                 f"clients got {[len(c.events) for c in clients]}; "
                 f"metrics: {series}; log: " + "\n".join(kafka_log[-20:]))
 
@@ -142,9 +139,8 @@ class BrokerReplacedCase(OwnBrokerCase):
             except AssertionError:
                 pass  # the comparison below says which are missing
             got = sorted(self.drain(c))
-            kafka_log = [line for line in self.node.tail(400_000).splitlines() if "Kafka" in line]
-            self.assertEqual(got, expected, f"{len(set(expected) - set(got))} missing; "
-                             f"/health: {self.health()}; log: " + "\n".join(kafka_log[-20:]))
+            self.assertEqual(got, expected, None if got == expected else
+                             f"{len(set(expected) - set(got))} missing; {self.diagnosis([c])}")
 
     def replace_topic(self) -> None:
         """A new broker on the same address; the topic created again on it."""
